@@ -1,0 +1,209 @@
+"""Values passed between stages. Arrays in, arrays out; no I/O here.
+
+Layouts are in the names: `hw` = (height, width), `xywh`/`xyxy` boxes in pixels of the
+ORIGINAL (EXIF-corrected) image unless a name says otherwise, features are channels-first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where the original image sits inside SAM's square, padded input frame.
+
+    SAM resizes the long side to `img_size` (ResizeLongestSide), giving `input_hw`, then
+    pads bottom/right to img_size×img_size. The encoder's feature grid has one cell per
+    `patch_size`×`patch_size` input pixels; cells entirely inside the padding are invalid.
+    """
+
+    original_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    img_size: int = 1024
+    patch_size: int = 16
+
+    @property
+    def feature_hw(self) -> tuple[int, int]:
+        """Full feature grid, padding included: (64, 64) for SAM."""
+        n = self.img_size // self.patch_size
+        return (n, n)
+
+    @property
+    def valid_cells_hw(self) -> tuple[int, int]:
+        """Cells that contain at least one non-padding input pixel."""
+        h, w = self.input_hw
+        return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "original_hw": list(self.original_hw),
+            "input_hw": list(self.input_hw),
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ImageGeometry":
+        return cls(tuple(d["original_hw"]), tuple(d["input_hw"]), int(d["img_size"]), int(d["patch_size"]))
+
+    @classmethod
+    def for_image(cls, original_hw: tuple[int, int], img_size: int = 1024, patch_size: int = 16) -> "ImageGeometry":
+        """Same arithmetic as segment_anything's ResizeLongestSide.get_preprocess_shape."""
+        h, w = original_hw
+        scale = img_size / max(h, w)
+        input_hw = (int(h * scale + 0.5), int(w * scale + 0.5))
+        return cls(original_hw=(int(h), int(w)), input_hw=input_hw, img_size=img_size, patch_size=patch_size)
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedImage:
+    """Output of the image encoder for the full image.
+
+    features: C×Hf×Wf float32, channels-first (256×64×64 for real SAM, 32×64×64 for
+    tiny-random). `geometry` says which cells are padding.
+    """
+
+    features: np.ndarray
+    geometry: ImageGeometry
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 3:
+            raise ValueError(f"features must be C×H×W, got shape {self.features.shape}")
+
+
+@dataclass(frozen=True, eq=False)
+class MaskSet:
+    """N masks of one image, held as COCO RLE (never N×H×W booleans between stages).
+
+    rles: N dicts {"size": [h, w], "counts": str} (pycocotools compressed RLE, utf-8),
+      at the original image size `image_hw`.
+    areas: (N,) int64 pixels. bbox_xywh: N×4 float32. predicted_iou, stability_score:
+    (N,) float32. point_coords_xy: N×2 float32 (the prompt that produced each mask).
+    crop_box_xywh: N×4 float32.
+    Order is the AMG's output order; every later array (embeddings, cluster labels)
+    uses the same row order.
+    """
+
+    image_hw: tuple[int, int]
+    rles: list[dict[str, Any]]
+    areas: np.ndarray
+    bbox_xywh: np.ndarray
+    predicted_iou: np.ndarray
+    stability_score: np.ndarray
+    point_coords_xy: np.ndarray
+    crop_box_xywh: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def decode(self, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
+        """N×H×W bool for the chosen masks (all by default). Memory: N·H·W bytes."""
+        from pycocotools import mask as mask_utils
+
+        idx = range(len(self)) if indices is None else indices
+        h, w = self.image_hw
+        rles = [self._coco_rle(i) for i in idx]
+        if not rles:
+            return np.zeros((0, h, w), dtype=bool)
+        return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1).astype(bool))
+
+    def _coco_rle(self, i: int) -> dict[str, Any]:
+        rle = self.rles[i]
+        counts = rle["counts"]
+        return {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+
+    @classmethod
+    def empty(cls, image_hw: tuple[int, int]) -> "MaskSet":
+        return cls.from_binary(np.zeros((0, *image_hw), dtype=bool))
+
+    @classmethod
+    def from_binary(
+        cls,
+        masks: np.ndarray,
+        predicted_iou: np.ndarray | None = None,
+        stability_score: np.ndarray | None = None,
+        point_coords_xy: np.ndarray | None = None,
+    ) -> "MaskSet":
+        """Build from N×H×W bool masks (tests, injected ground truth). Scores default to 1."""
+        from pycocotools import mask as mask_utils
+
+        n, h, w = masks.shape
+        rles = []
+        if n:
+            encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+            for r in encoded:
+                rles.append({"size": [int(h), int(w)], "counts": r["counts"].decode("utf-8")})
+        areas = masks.reshape(n, -1).sum(axis=1).astype(np.int64)
+        bbox = np.zeros((n, 4), dtype=np.float32)
+        for i in range(n):
+            ys, xs = np.nonzero(masks[i].any(axis=1))[0], np.nonzero(masks[i].any(axis=0))[0]
+            if len(ys):
+                bbox[i] = [xs[0], ys[0], xs[-1] - xs[0], ys[-1] - ys[0]]  # SAM's xywh convention
+        ones = np.ones(n, dtype=np.float32)
+        return cls(
+            image_hw=(int(h), int(w)),
+            rles=rles,
+            areas=areas,
+            bbox_xywh=bbox,
+            predicted_iou=ones if predicted_iou is None else np.asarray(predicted_iou, np.float32),
+            stability_score=ones if stability_score is None else np.asarray(stability_score, np.float32),
+            point_coords_xy=np.zeros((n, 2), np.float32) if point_coords_xy is None else np.asarray(point_coords_xy, np.float32),
+            crop_box_xywh=np.tile(np.array([[0, 0, w, h]], dtype=np.float32), (n, 1)),
+        )
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """JSON-able per-mask dicts (the annotation fields of masks.json, minus ids/cluster)."""
+        return [
+            {
+                "segmentation": {"size": list(self.rles[i]["size"]), "counts": self.rles[i]["counts"]},
+                "area": int(self.areas[i]),
+                "bbox": [float(v) for v in self.bbox_xywh[i]],
+                "predicted_iou": float(self.predicted_iou[i]),
+                "stability_score": float(self.stability_score[i]),
+                "point_coords": [[float(v) for v in self.point_coords_xy[i]]],
+                "crop_box": [float(v) for v in self.crop_box_xywh[i]],
+            }
+            for i in range(len(self))
+        ]
+
+    @classmethod
+    def from_records(cls, image_hw: tuple[int, int], records: list[dict[str, Any]]) -> "MaskSet":
+        n = len(records)
+
+        def arr(key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            return np.asarray([r[key] for r in records], dtype=dtype).reshape(shape)
+
+        return cls(
+            image_hw=(int(image_hw[0]), int(image_hw[1])),
+            rles=[{"size": list(r["segmentation"]["size"]), "counts": r["segmentation"]["counts"]} for r in records],
+            areas=arr("area", (n,), np.int64),
+            bbox_xywh=arr("bbox", (n, 4), np.float32),
+            predicted_iou=arr("predicted_iou", (n,), np.float32),
+            stability_score=arr("stability_score", (n,), np.float32),
+            point_coords_xy=np.asarray([r["point_coords"][0] for r in records], np.float32).reshape(n, 2),
+            crop_box_xywh=arr("crop_box", (n, 4), np.float32),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterResult:
+    """labels: (N,) int64, -1 = noise, clusters numbered 0..n_clusters-1 by decreasing
+    size (ties: lower first member index first), so ids are deterministic."""
+
+    labels: np.ndarray
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) and self.labels.max() >= 0 else 0
+
+    @property
+    def n_noise(self) -> int:
+        return int((self.labels < 0).sum())
+
+    def sizes(self) -> list[int]:
+        return [int((self.labels == c).sum()) for c in range(self.n_clusters)]
