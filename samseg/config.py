@@ -17,6 +17,11 @@ Algorithm = Literal["dbscan", "hdbscan", "agglomerative"]
 ALGORITHMS: tuple[str, ...] = ("dbscan", "hdbscan", "agglomerative")
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
 @dataclass(frozen=True)
 class AmgConfig:
     """Every `segment_anything.SamAutomaticMaskGenerator` knob; defaults are SAM's own.
@@ -177,7 +182,3 @@ def get_preset(name: str) -> PipelineConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
 
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
