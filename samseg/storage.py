@@ -16,7 +16,6 @@ S3 has no rename, so a reader must trust only a dir whose marker exists (`is_com
 
 from __future__ import annotations
 
-import glob as _glob
 import json
 import os
 import shutil
@@ -28,8 +27,6 @@ from typing import Any
 from urllib.parse import unquote
 
 SUCCESS_MARKER = "_SUCCESS"
-# The same suffixes samseg.images accepts; lower-cased comparison.
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # 2 retries (3 calls in all) with botocore's "standard" backoff stays under ~5 s for a
 # dead endpoint; overridable (SAMSEG_S3_RETRIES) for flaky links. botocore's
@@ -237,16 +234,22 @@ def delete(uri_or_path: str | os.PathLike[str]) -> None:
 # ---------------------------------------------------------------- listing
 
 
-def list_keys(prefix_uri: str) -> list[str]:
-    """Sorted full ``s3://`` URIs of every object under a prefix (treated as a folder)."""
+def list_keys(prefix_uri: str, *, recursive: bool = True) -> list[str]:
+    """Sorted full ``s3://`` URIs of the objects under a prefix (treated as a folder).
+
+    recursive=False lists only the folder's direct children (S3 ``Delimiter="/"``).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, prefix = split_s3_uri(prefix_uri)
     folder = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
     paginator = _client().get_paginator("list_objects_v2")
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": folder}
+    if not recursive:
+        kwargs["Delimiter"] = "/"
     uris: list[str] = []
     try:
-        for page in paginator.paginate(Bucket=bucket, Prefix=folder):
+        for page in paginator.paginate(**kwargs):
             uris.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
     except (BotoCoreError, ClientError) as exc:
         raise _s3_error("list", prefix_uri, exc) from None
@@ -254,30 +257,29 @@ def list_keys(prefix_uri: str) -> list[str]:
 
 
 def _is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+    from samseg.images import IMAGE_SUFFIXES
+
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_SUFFIXES
 
 
 def list_images(spec: str | os.PathLike[str]) -> list[str]:
     """Sorted image URIs/paths (by suffix) for a file, a folder, a glob, or ``s3://bucket/prefix``.
 
-    Folders and S3 prefixes are listed recursively. A single image key on S3 is returned
-    as itself. A local spec that matches nothing raises StorageNotFound; an empty folder
-    or prefix gives [] (the caller decides whether that is an error).
+    Same rule everywhere (samseg.images.find_images for local specs): a folder or S3
+    prefix gives its direct image children, not recursive, hidden names skipped; a single
+    image key on S3 is returned as itself. An empty folder/prefix gives [] — the caller
+    decides whether that is an error. A local name that does not exist is kept as given
+    so `samseg.images.load_image` reports it as that file's own one-line error.
     """
     if is_s3_uri(spec):
-        bucket, key = split_s3_uri(str(spec))
+        _bucket, key = split_s3_uri(str(spec))
         if key and _is_image_name(key) and exists(str(spec)):
             return [str(spec)]
-        return [u for u in list_keys(str(spec)) if _is_image_name(u)]
-    text = str(spec)
-    path = Path(text)
-    if path.is_file():
-        return [str(path)]
-    if path.is_dir():
-        return sorted(str(p) for p in path.rglob("*") if p.is_file() and _is_image_name(p.name))
-    if _glob.has_magic(text):
-        return sorted(p for p in _glob.glob(text, recursive=True) if Path(p).is_file() and _is_image_name(p))
-    raise StorageNotFound(f"{text}: no such file, folder or glob match")
+        return [u for u in list_keys(str(spec), recursive=False) if _is_image_name(u)]
+    from samseg.images import find_images
+
+    return find_images([str(spec)])
 
 
 # ---------------------------------------------------------------- whole dirs

@@ -61,14 +61,12 @@ def test_local_roundtrip_atomic_and_listing(tmp_path: Path) -> None:
         storage.read_bytes(tmp_path / "nope")
 
     imgs = tmp_path / "imgs"
-    for name in ("b.JPG", "a.png", "sub/c.jpeg", "notes.txt"):
+    for name in ("b.JPG", "a.png", "sub/c.jpeg", "notes.txt", ".hidden.png"):
         storage.write_bytes(imgs / name, b"x")
-    expected = [str(imgs / "a.png"), str(imgs / "b.JPG"), str(imgs / "sub" / "c.jpeg")]
-    assert storage.list_images(imgs) == expected
+    # Same rule as samseg.images.find_images: direct children only, hidden skipped.
+    assert storage.list_images(imgs) == [str(imgs / "a.png"), str(imgs / "b.JPG")]
     assert storage.list_images(str(imgs / "*.png")) == [str(imgs / "a.png")]
     assert storage.list_images(str(imgs / "a.png")) == [str(imgs / "a.png")]
-    with pytest.raises(StorageNotFound):
-        storage.list_images(str(tmp_path / "missing"))
 
 
 def test_local_upload_and_download(tmp_path: Path) -> None:
@@ -96,10 +94,10 @@ def test_s3_roundtrip_list_and_missing(s3_bucket: str) -> None:
     with pytest.raises(StorageNotFound, match="bucket"):
         storage.read_bytes("s3://no-such-bucket-here/x.bin")
 
-    for name in ("b.jpg", "a.PNG", "sub/c.jpeg", "readme.txt"):
+    for name in ("b.jpg", "a.PNG", "sub/c.jpeg", "readme.txt", ".hidden.jpg"):
         storage.write_bytes(f"{base}/photos/{name}", b"img")
     storage.write_bytes(f"{base}/photos2/other.jpg", b"img")  # sibling prefix must not leak in
-    expected = [f"{base}/photos/a.PNG", f"{base}/photos/b.jpg", f"{base}/photos/sub/c.jpeg"]
+    expected = [f"{base}/photos/a.PNG", f"{base}/photos/b.jpg"]  # not recursive, like local folders
     assert storage.list_images(f"{base}/photos") == expected
     assert storage.list_images(f"{base}/photos/") == expected
     assert storage.list_images(f"{base}/photos/b.jpg") == [f"{base}/photos/b.jpg"]
