@@ -138,7 +138,7 @@ class MaskSet:
             encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
             for r in encoded:
                 rles.append({"size": [int(h), int(w)], "counts": r["counts"].decode("utf-8")})
-        areas = masks.reshape(n, -1).sum(axis=1).astype(np.int64)
+        areas = masks.reshape(n, h * w).sum(axis=1).astype(np.int64)
         bbox = np.zeros((n, 4), dtype=np.float32)
         for i in range(n):
             ys, xs = np.nonzero(masks[i].any(axis=1))[0], np.nonzero(masks[i].any(axis=0))[0]
