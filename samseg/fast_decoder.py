@@ -1,0 +1,276 @@
+"""A faster SAM mask decoder for many point prompts on ONE image (the AMG case).
+
+segment_anything's `MaskDecoder.predict_masks` copies the 256×64×64 image embedding once
+per prompt (`repeat_interleave`) and then runs every image-side projection per prompt:
+≈3.6 GFLOP and several 4 MB-per-prompt temporaries for each point of the AMG grid. This
+module computes the same function with less work, exactly in fp32 up to summation order:
+
+1. Layer 0 sees the SAME keys for every prompt (image embedding + the shared no-mask
+   embedding), so its image-side projections (token→image K and V, image→token Q) are
+   computed once per batch instead of once per prompt.
+2. With only T≈7 tokens per prompt, the image-side projections of later layers are folded
+   into the token side: q·(X·Wkᵀ+bk)ᵀ = (q·Wk)·Xᵀ + const (the constant cancels in the
+   softmax), softmax·(K·Wvᵀ+bv) = (softmax·K)·Wvᵀ + bv, and out_proj(P·V) = P·(V·Wo_hᵀ).
+   Each 4096×256→128 projection becomes a 4096×256×(heads·T) product: ≈2.3× fewer FLOPs
+   and no 4096×128 per-prompt intermediates.
+3. The output upscaling (two 2×2-stride-2 transposed convs, LayerNorm2d, GELU) is a
+   per-pixel MLP; it runs as two plain matmuls on the token layout, with no NCHW copies.
+4. Prompts are processed in chunks (`chunk_size`) so the per-prompt 4096×256 tensors of
+   a chunk stay a few tens of MB (cache- and RSS-friendly) whatever points_per_batch is.
+
+Anything this path does not cover (several images at once, per-prompt dense/mask
+prompts, a non-standard transformer) falls back to segment_anything's own code.
+
+Wiring: `accelerate_decoder(sam)` patches `sam.mask_decoder.predict_masks` in place; the
+parameters, the state_dict keys and the forward signature are unchanged, so
+SamPredictor / SamAutomaticMaskGenerator use it transparently.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# 8 prompts × (keys, keys+pe, norm temporaries, 4 MB each) + the 8 MB/prompt upscaled
+# tensor ≈ 100-150 MB working set: large enough for efficient matmuls, small enough that
+# the AMG's points_per_batch no longer drives the decoder's memory.
+DEFAULT_CHUNK_SIZE = 8
+
+
+class _FastPredictMasks:
+    """Callable installed as `decoder.predict_masks` (same signature as the original)."""
+
+    def __init__(self, decoder: Any, chunk_size: int) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.decoder = decoder
+        self.chunk_size = chunk_size
+
+    def __call__(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
+        return fast_predict_masks(
+            self.decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, self.chunk_size
+        )
+
+
+def accelerate_decoder(sam: Any, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Any:
+    """Install the fast path on `sam.mask_decoder` in place and return `sam`. Idempotent.
+
+    Outputs equal segment_anything's within fp32 rounding (see tests/test_fast_decoder.py).
+    """
+    decoder = sam.mask_decoder
+    decoder.__dict__["predict_masks"] = _FastPredictMasks(decoder, chunk_size)
+    return sam
+
+
+def restore_decoder(sam: Any) -> Any:
+    """Undo `accelerate_decoder` (back to segment_anything's predict_masks)."""
+    sam.mask_decoder.__dict__.pop("predict_masks", None)
+    return sam
+
+
+def is_accelerated(sam: Any) -> bool:
+    return isinstance(sam.mask_decoder.__dict__.get("predict_masks"), _FastPredictMasks)
+
+
+def _supported(decoder: Any) -> bool:
+    """The fast path knows segment_anything's TwoWayTransformer + 2×2 upscaling only."""
+    from segment_anything.modeling.common import LayerNorm2d
+    from segment_anything.modeling.transformer import TwoWayTransformer
+    from torch import nn
+
+    up = decoder.output_upscaling
+    convs_ok = all(
+        isinstance(up[i], nn.ConvTranspose2d) and up[i].kernel_size == (2, 2) and up[i].stride == (2, 2)
+        and up[i].padding == (0, 0) and up[i].output_padding == (0, 0) and up[i].groups == 1
+        for i in (0, 3)
+    )
+    return isinstance(decoder.transformer, TwoWayTransformer) and len(up) == 5 and convs_ok and isinstance(up[1], LayerNorm2d)
+
+
+def _shared_dense(dense):
+    """C×h×w when every prompt has the same dense embedding (no mask input), else None."""
+    if dense.shape[0] == 1 or dense.stride(0) == 0:
+        return dense[0]
+    first = dense[:1]
+    return dense[0] if bool((dense == first).all()) else None
+
+
+def fast_predict_masks(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                       chunk_size: int = DEFAULT_CHUNK_SIZE):
+    """Same contract as `MaskDecoder.predict_masks`: masks B×(1+num_multimask)×4h×4w
+    float logits and iou_pred B×(1+num_multimask), for B prompts on one 1×C×h×w image."""
+    import torch
+
+    shared = _shared_dense(dense_prompt_embeddings) if image_embeddings.shape[0] == 1 else None
+    if shared is None or not _supported(decoder):
+        return type(decoder).predict_masks(
+            decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+    n = sparse_prompt_embeddings.shape[0]
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((out_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings), dim=1)
+    c, h, w = image_embeddings.shape[1:]
+    keys0 = (image_embeddings[0] + shared).flatten(1).t().contiguous()  # L×C, L = h·w
+    pe = image_pe[0].flatten(1).t().contiguous()  # L×C
+    layer0 = _Layer0Shared(decoder.transformer.layers[0], keys0, pe)
+    masks, ious = [], []
+    for start in range(0, n, chunk_size):
+        m, i = _decode_chunk(decoder, tokens[start : start + chunk_size], keys0, pe, layer0, (h, w))
+        masks.append(m)
+        ious.append(i)
+    return torch.cat(masks), torch.cat(ious)
+
+
+def _heads(x, num_heads: int):
+    """B×N×D → B×H×N×(D/H), as segment_anything's Attention._separate_heads."""
+    b, n, d = x.shape
+    return x.reshape(b, n, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _recombine(x):
+    """B×H×N×d → B×N×(H·d)."""
+    b, hh, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, hh * d)
+
+
+class _Layer0Shared:
+    """Image-side work of transformer layer 0, identical for every prompt: computed once.
+
+    k_tok2img, v_tok2img, q_img2tok: H×L×d each (L = 4096 image tokens, d = head dim).
+    """
+
+    def __init__(self, layer: Any, keys0, pe) -> None:
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        x = (keys0 + pe).unsqueeze(0)
+        self.k_tok2img = _heads(t2i.k_proj(x), t2i.num_heads)[0]
+        self.v_tok2img = _heads(t2i.v_proj(keys0.unsqueeze(0)), t2i.num_heads)[0]
+        self.q_img2tok = _heads(i2t.q_proj(x), i2t.num_heads)[0]
+
+
+def _queries_block(layer: Any, queries, query_pe, attn_out_fn):
+    """Self-attention, token→image attention (via `attn_out_fn(q)`), MLP — the query side."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    queries = layer.norm2(queries + attn_out_fn(queries + query_pe))
+    return layer.norm3(queries + layer.mlp(queries))
+
+
+def _tok2img_shared(attn: Any, q_in, k_heads, v_heads):
+    """Token→image attention against keys shared by all prompts (H×L×d): B×T×C."""
+    import torch
+
+    q = _heads(attn.q_proj(q_in), attn.num_heads)  # B×H×T×d
+    scores = torch.matmul(q, k_heads.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # B×H×T×L
+    out = torch.matmul(torch.softmax(scores, dim=-1), v_heads)
+    return attn.out_proj(_recombine(out))
+
+
+def _tok2img_folded(attn: Any, q_in, x, keys):
+    """Token→image attention with per-prompt keys, projections folded into the tokens.
+
+    q_in: B×T×C (queries + pe), x: B×L×C (keys + pe), keys: B×L×C. Returns B×T×C.
+    Scores: (q_h·Wk_h)·xᵀ; q_h·bk_h is constant along the softmax axis, so it is dropped.
+    Values: (P·keys)·Wv_hᵀ + bv, because every softmax row sums to 1.
+    """
+    import torch
+
+    nh, b, t = attn.num_heads, q_in.shape[0], q_in.shape[1]
+    q = _heads(attn.q_proj(q_in), nh)  # B×H×T×d
+    d = q.shape[-1]
+    wk = attn.k_proj.weight.view(nh, d, -1)  # H×d×C
+    qk = torch.einsum("bhtd,hdc->bhtc", q, wk).reshape(b, nh * t, -1)  # B×HT×C
+    probs = torch.softmax(torch.bmm(qk, x.transpose(1, 2)) / math.sqrt(d), dim=-1)  # B×HT×L
+    pk = torch.bmm(probs, keys).view(b, nh, t, -1)  # B×H×T×C
+    wv = attn.v_proj.weight.view(nh, d, -1)
+    v = torch.einsum("bhtc,hdc->bhtd", pk, wv) + attn.v_proj.bias.view(nh, 1, d)
+    return attn.out_proj(_recombine(v))
+
+
+def _img2tok_residual(attn: Any, keys, probs, queries):
+    """keys + image→token attention output, B×L×C (the input of norm4).
+
+    probs: B×L×(H·T) (softmax over T per head); values from `queries` B×T×C.
+    out_proj(P·V) = P·(V_h·Wo_hᵀ) + bo, so no B×L×D tensor is formed; bo is spread as
+    bo/H over each head's rows (each head's probabilities sum to 1), so the residual add,
+    the bias and the product are one baddbmm pass over B×L×C.
+    """
+    import torch
+
+    nh = attn.num_heads
+    v = _heads(attn.v_proj(queries), nh)  # B×H×T×d
+    b, _, t, d = v.shape
+    wo = attn.out_proj.weight.view(-1, nh, d)  # C×H×d
+    m = torch.einsum("bhtd,chd->bhtc", v, wo) + attn.out_proj.bias / nh  # B×H×T×C
+    return torch.baddbmm(keys.expand(b, -1, -1), probs, m.reshape(b, nh * t, -1))
+
+
+def _img2tok_probs_folded(attn: Any, x, k_in):
+    """Image→token softmax with per-prompt image queries x: B×L×C, token keys k_in: B×T×C.
+    Scores x·(Wq_hᵀ·k_h) + bq_h·k_h; returns B×L×(H·T)."""
+    import torch
+
+    nh = attn.num_heads
+    k = _heads(attn.k_proj(k_in), nh)  # B×H×T×d
+    b, _, t, d = k.shape
+    wq = attn.q_proj.weight.view(nh, d, -1)  # H×d×C
+    g = torch.einsum("bhtd,hdc->bhtc", k, wq).reshape(b, nh * t, -1)  # B×HT×C
+    bias = torch.einsum("bhtd,hd->bht", k, attn.q_proj.bias.view(nh, d)).reshape(b, 1, nh * t)
+    scores = torch.baddbmm(bias, x, g.transpose(1, 2)) / math.sqrt(d)  # B×L×HT
+    return torch.softmax(scores.view(b, -1, nh, t), dim=-1).view(b, -1, nh * t)
+
+
+def _decode_chunk(decoder: Any, tokens, keys0, pe, layer0: _Layer0Shared, hw: tuple[int, int]):
+    """Transformer + upscaling + heads for a chunk of B prompts (tokens B×T×C)."""
+    import torch
+
+    tr = decoder.transformer
+    query_pe = tokens
+    first = tr.layers[0]
+    i2t = first.cross_attn_image_to_token
+    queries = _queries_block(
+        first, tokens, query_pe,
+        lambda q: _tok2img_shared(first.cross_attn_token_to_image, q, layer0.k_tok2img, layer0.v_tok2img),
+    )
+    k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads)  # B×H×T×d
+    scores = torch.matmul(layer0.q_img2tok, k.transpose(-1, -2)) / math.sqrt(k.shape[-1])  # B×H×L×T
+    probs = torch.softmax(scores, dim=-1).permute(0, 2, 1, 3).reshape(k.shape[0], keys0.shape[0], -1)
+    keys = first.norm4(_img2tok_residual(i2t, keys0, probs, queries))  # B×L×C: per prompt from here on
+    for layer in tr.layers[1:]:
+        x = keys + pe
+        queries = _queries_block(
+            layer, queries, query_pe, lambda q: _tok2img_folded(layer.cross_attn_token_to_image, q, x, keys)
+        )
+        probs = _img2tok_probs_folded(layer.cross_attn_image_to_token, x, queries + query_pe)
+        keys = layer.norm4(_img2tok_residual(layer.cross_attn_image_to_token, keys, probs, queries))
+    attn_out = _tok2img_folded(tr.final_attn_token_to_image, queries + query_pe, keys + pe, keys)
+    hs = tr.norm_final_attn(queries + attn_out)
+    return _masks_from_tokens(decoder, hs, keys, hw)
+
+
+def _masks_from_tokens(decoder: Any, hs, keys, hw: tuple[int, int]):
+    """Upscaling as a per-pixel MLP + hypernetwork product. hs B×T×C, keys B×L×C →
+    masks B×M×4h×4w, iou B×M (M = num_mask_tokens)."""
+    import torch
+    import torch.nn.functional as F
+
+    ct1, ln, act1, ct2, act2 = decoder.output_upscaling
+    b, l, c = keys.shape
+    h, w = hw
+    nm = decoder.num_mask_tokens
+    c4, c8 = ct1.out_channels, ct2.out_channels
+    # ConvTranspose2d(k=2, s=2) = per input pixel a C → (2·2·C_out) linear map; weight is
+    # C_in×C_out×kh×kw, reordered to C_in×(kh·kw·C_out) so C_out is innermost for the LN.
+    w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)
+    y = torch.addmm(ct1.bias.repeat(4), keys.reshape(b * l, c), w1).view(b * l * 4, c4)
+    y = act1(F.layer_norm(y, (c4,), ln.weight, ln.bias, ln.eps))
+    w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
+    z = act2(torch.addmm(ct2.bias.repeat(4), y, w2)).view(b, l * 16, c8)
+    hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    m = torch.bmm(z, hyper.transpose(1, 2))  # B×(L·16)×M, rows ordered (i, j, ki, kj, ki2, kj2)
+    m = m.view(b, h, w, 2, 2, 2, 2, nm).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, nm, 4 * h, 4 * w)
+    iou = decoder.iou_prediction_head(hs[:, 0, :])
+    return m, iou

@@ -1,0 +1,120 @@
+"""samseg.fast_decoder computes segment_anything's MaskDecoder output (fp32 tolerance)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from samseg.fast_decoder import accelerate_decoder, fast_predict_masks, is_accelerated, restore_decoder
+
+# (transformer_dim, depth, mlp_dim, heads, iou_head_hidden_dim): tiny-random's decoder and
+# the real SAM decoder (identical for vit_b/l/h: dim 256, depth 2, mlp 2048, 8 heads).
+TINY = (32, 2, 64, 2, 32)
+REAL = (256, 2, 2048, 8, 256)
+
+
+def _decoder_and_prompts(dims, seed: int = 0):
+    dim, depth, mlp, heads, iou_hidden = dims
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = TwoWayTransformer(depth=depth, embedding_dim=dim, mlp_dim=mlp, num_heads=heads)
+        dec = MaskDecoder(transformer_dim=dim, transformer=transformer, iou_head_hidden_dim=iou_hidden).eval()
+        pe = PromptEncoder(embed_dim=dim, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16)
+        image = torch.randn(1, dim, 64, 64)
+    return dec, pe.eval(), image
+
+
+def _point_prompts(pe, n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(n, 1, 2, generator=g) * 1024
+    labels = torch.ones(n, 1, dtype=torch.int)
+    return pe(points=(points, labels), boxes=None, masks=None)
+
+
+def _assert_close(ref, got, atol: float) -> None:
+    assert got.shape == ref.shape
+    err = (got - ref).abs().max().item()
+    assert err <= atol * max(1.0, ref.abs().max().item()), f"max abs error {err}"
+
+
+@pytest.mark.parametrize("dims", [TINY, REAL], ids=["tiny-dims", "vit-dims-256"])
+@torch.inference_mode()
+def test_fast_predict_masks_matches_segment_anything(dims):
+    dec, pe, image = _decoder_and_prompts(dims)
+    sparse, dense = _point_prompts(pe, n=5)
+    ref_masks, ref_iou = dec.predict_masks(image, pe.get_dense_pe(), sparse, dense)
+    # chunk_size=2 leaves a ragged last chunk (5 = 2+2+1).
+    masks, iou = fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense, chunk_size=2)
+    assert masks.shape == (5, dec.num_mask_tokens, 256, 256)
+    _assert_close(ref_masks, masks, atol=1e-5)
+    _assert_close(ref_iou, iou, atol=1e-5)
+    assert torch.equal(ref_masks > 0, masks > 0) or ((ref_masks > 0) != (masks > 0)).float().mean() < 1e-5
+
+
+@torch.inference_mode()
+def test_box_prompts_change_token_count_and_still_match():
+    dec, pe, image = _decoder_and_prompts(TINY)
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [500.0, 100.0, 900.0, 1000.0]])
+    sparse, dense = pe(points=None, boxes=boxes, masks=None)
+    ref = dec.predict_masks(image, pe.get_dense_pe(), sparse, dense)
+    got = fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense)
+    _assert_close(ref[0], got[0], atol=1e-5)
+    _assert_close(ref[1], got[1], atol=1e-5)
+
+
+@torch.inference_mode()
+def test_per_prompt_mask_inputs_fall_back_to_the_original():
+    dec, pe, image = _decoder_and_prompts(TINY)
+    points = torch.tensor([[[100.0, 200.0]], [[700.0, 50.0]]])
+    labels = torch.ones(2, 1, dtype=torch.int)
+    mask_in = torch.randn(2, 1, 256, 256)
+    sparse, dense = pe(points=(points, labels), boxes=None, masks=mask_in)
+    ref = dec.predict_masks(image, pe.get_dense_pe(), sparse, dense)
+    got = fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense)
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+
+
+def _tiny_sam(seed: int = 0) -> Sam:
+    dim = 32
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=16, depth=1, num_heads=2, out_chans=dim,
+                                  window_size=14, global_attn_indexes=())
+        dec, pe, _ = _decoder_and_prompts(TINY, seed)
+        sam = Sam(image_encoder=encoder, prompt_encoder=pe, mask_decoder=dec)
+    return sam.eval()
+
+
+def test_accelerate_decoder_through_sam_predictor_keeps_state_and_outputs():
+    from segment_anything import SamPredictor
+
+    sam = _tiny_sam()
+    keys_before = list(sam.state_dict())
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(120, 200, 3), dtype=np.uint8)
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    coords = torch.as_tensor(predictor.transform.apply_coords(np.array([[[30.0, 40.0]], [[150.0, 90.0]], [[10.0, 110.0]]]), image.shape[:2]), dtype=torch.float)
+    labels = torch.ones(3, 1, dtype=torch.int)
+    ref_masks, ref_iou, _ = predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+
+    assert accelerate_decoder(sam) is sam and is_accelerated(sam)
+    accelerate_decoder(sam, chunk_size=2)  # idempotent: re-installs, never wraps twice
+    assert list(sam.state_dict()) == keys_before
+    for multimask in (True, False):
+        masks, iou, _ = predictor.predict_torch(coords, labels, multimask_output=multimask, return_logits=True)
+        assert masks.shape == (3, 3 if multimask else 1, 120, 200)
+        if multimask:
+            _assert_close(ref_masks, masks, atol=1e-5)
+            _assert_close(ref_iou, iou, atol=1e-5)
+    restore_decoder(sam)
+    assert not is_accelerated(sam)
+    masks, _, _ = predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+    assert torch.equal(masks, ref_masks)
+
+
+def test_bad_chunk_size_is_rejected():
+    with pytest.raises(ValueError, match="chunk_size"):
+        accelerate_decoder(_tiny_sam(), chunk_size=0)
