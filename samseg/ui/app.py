@@ -1,0 +1,283 @@
+"""The FastAPI app behind `samseg ui`: HTML pages, a small JSON API, and run artifacts.
+
+Pages are server-rendered (Jinja2) so a page always shows something — the data or an
+error message — even without JavaScript; the scripts under static/ add the rerun form,
+exemplar clicks, job progress and run picking for compare.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+from urllib.parse import urlencode
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from samseg.ui import actions
+from samseg.ui.jobs import JobRunner
+from samseg.ui.security import TOKEN_COOKIE, UnsafePathError, token_ok
+from samseg.ui.service import RunDataError, RunNotFound, RunStore, UiSettings
+from samseg.ui.validation import FormError, validate_rerun_form
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+SCOPES = ("image", "batch")
+
+
+def create_app(settings: UiSettings | None = None) -> FastAPI:
+    """Build the app; `settings.token` set → every request must carry it."""
+    settings = settings or UiSettings()
+    jobs = JobRunner()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        jobs.shutdown()
+
+    app = FastAPI(title="samseg", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = RunStore(settings)
+    app.state.jobs = jobs
+    app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    _add_token_guard(app, settings.token)
+    _add_error_handlers(app)
+    _add_pages(app)
+    _add_api(app)
+    _add_files(app)
+    return app
+
+
+# ------------------------------------------------------------------ guards
+def _add_token_guard(app: FastAPI, token: str | None) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        if not token:
+            return await call_next(request)
+        given = request.query_params.get("token")
+        if given is not None and token_ok(token, f"Bearer {given}", None):
+            # ?token= once → cookie, then drop the token from the address bar and history.
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+            url = request.url.path + ("?" + urlencode(rest) if rest else "")
+            resp = RedirectResponse(url, status_code=303)
+            resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            return resp
+        if token_ok(token, request.headers.get("authorization"), request.cookies.get(TOKEN_COOKIE)):
+            return await call_next(request)
+        return _error(request, 401, "this samseg UI needs its access token: open the URL with ?token=… once "
+                      "or send 'Authorization: Bearer …'")
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
+
+
+def _error(request: Request, status: int, message: str, **extra: Any) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"detail": message, **extra}, status_code=status)
+    templates = request.app.state.templates
+    return templates.TemplateResponse(request, "error.html", {"status": status, "message": message}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RunNotFound)
+    async def not_found(request: Request, exc: RunNotFound) -> Response:
+        return _error(request, 404, str(exc))
+
+    @app.exception_handler(UnsafePathError)
+    async def unsafe(request: Request, exc: UnsafePathError) -> Response:
+        return _error(request, 404, str(exc))
+
+    @app.exception_handler(FileNotFoundError)
+    async def no_file(request: Request, exc: FileNotFoundError) -> Response:
+        return _error(request, 404, str(exc))
+
+    @app.exception_handler(RunDataError)
+    async def bad_data(request: Request, exc: RunDataError) -> Response:
+        return _error(request, 409, str(exc))
+
+    @app.exception_handler(FormError)
+    async def bad_form(request: Request, exc: FormError) -> Response:
+        return _error(request, 422, str(exc), errors=exc.errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+# ------------------------------------------------------------------- pages
+def _add_pages(app: FastAPI) -> None:
+    @app.get("/", response_class=HTMLResponse)
+    def runs_page(request: Request, experiment: str | None = None, image: str | None = None) -> Response:
+        store: RunStore = request.app.state.store
+        exp = experiment or store.settings.experiment
+        rows = store.list_runs(exp, image)
+        ctx = {"runs": rows, "experiment": exp, "image": image or "", "tracking_uri": _scrubbed(store.tracking_uri)}
+        return request.app.state.templates.TemplateResponse(request, "runs.html", ctx)
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run_page(request: Request, run_id: str) -> Response:
+        store: RunStore = request.app.state.store
+        return request.app.state.templates.TemplateResponse(request, "run.html", run_detail(store, run_id))
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare_page(request: Request, runs: list[str] = Query(default=[])) -> Response:
+        store: RunStore = request.app.state.store
+        ids = _split_ids(runs)
+        try:
+            data = actions.compare(store, ids)
+        except ValueError as exc:
+            return _error(request, 400, str(exc))
+        return request.app.state.templates.TemplateResponse(request, "compare.html", data)
+
+
+def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
+    """Everything the run page shows (also GET /api/runs/{id})."""
+    from samseg.render import class_color
+
+    run = store.get_run(run_id)
+    summary = store.summary(run_id)
+    masks, _, labels = store.outputs(run_id)
+    sizes = [int((labels == c).sum()) for c in range(int(labels.max(initial=-1)) + 1)]
+    classes = [
+        {"id": c, "n_masks": n, "color": "#%02x%02x%02x" % class_color(c), "cutout_url": f"/runs/{run_id}/files/classes/class_{c}.png"}
+        for c, n in enumerate(sizes)
+    ]
+    noise = [int(i) for i in (labels < 0).nonzero()[0]]
+    table = [
+        {"index": i, "area": int(masks.areas[i]), "predicted_iou": round(float(masks.predicted_iou[i]), 4),
+         "stability_score": round(float(masks.stability_score[i]), 4), "cluster": int(labels[i])}
+        for i in range(len(masks))
+    ]
+    return {
+        "run": store.row(run),
+        "summary": summary,
+        "image_hw": list(masks.image_hw),
+        "classes": classes,
+        "noise": noise,
+        "noise_url": f"/runs/{run_id}/highlight.png?masks=" + ",".join(map(str, noise)) if noise else None,
+        "masks": table,
+        "form": actions.form_defaults(actions.run_config(store, run_id)),
+        "input_url": f"/runs/{run_id}/files/input.png",
+    }
+
+
+def _split_ids(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        out.extend(x.strip() for x in v.split(",") if x.strip())
+    return out
+
+
+def _scrubbed(uri: str) -> str:
+    from samseg.ui.service import _scrub
+
+    return _scrub(uri)
+
+
+# --------------------------------------------------------------------- api
+def _add_api(app: FastAPI) -> None:
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/runs")
+    def api_runs(request: Request, experiment: str | None = None, image: str | None = None) -> dict[str, Any]:
+        store: RunStore = request.app.state.store
+        return {"runs": store.list_runs(experiment, image)}
+
+    @app.get("/api/runs/{run_id}")
+    def api_run(request: Request, run_id: str) -> dict[str, Any]:
+        detail = run_detail(request.app.state.store, run_id)
+        detail.pop("summary", None)
+        return detail
+
+    @app.post("/api/runs/{run_id}/rerun", status_code=202)
+    def api_rerun(request: Request, run_id: str, form: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        store: RunStore = request.app.state.store
+        cfg = actions.run_config(store, run_id)  # RunNotFound → 404 before validating
+        cluster_cfg, pool_cfg = validate_rerun_form(form, cfg.cluster, cfg.pool)
+        job = request.app.state.jobs.submit("rerun", lambda p: actions.rerun(store, run_id, cluster_cfg, pool_cfg, p))
+        return job.to_dict()
+
+    @app.post("/api/runs/{run_id}/query")
+    def api_query(request: Request, run_id: str, body: dict[str, Any] = Body(...)) -> Any:
+        store: RunStore = request.app.state.store
+        store.get_run(run_id)
+        try:
+            x, y = float(body["x"]), float(body["y"])
+            max_distance = float(body.get("max_distance", 0.1))
+            scope = str(body.get("scope", "image"))
+        except (KeyError, TypeError, ValueError):
+            return _error(request, 422, "query needs numbers x, y (pixels) and max_distance")
+        errors = {}
+        if not 0.0 <= max_distance <= 2.0:
+            errors["max_distance"] = "max_distance must be in [0, 2] (cosine distance)"
+        if scope not in SCOPES:
+            errors["scope"] = f"scope must be one of {', '.join(SCOPES)}"
+        if errors:
+            return _error(request, 422, "; ".join(errors.values()), errors=errors)
+        return actions.exemplar_query(store, run_id, x, y, max_distance, scope)
+
+    @app.post("/api/classes", status_code=202)
+    def api_save_class(request: Request, body: dict[str, Any] = Body(...)) -> Any:
+        store: RunStore = request.app.state.store
+        selections = body.get("selections")
+        if not isinstance(selections, list) or not selections:
+            return _error(request, 422, "selections must be a non-empty list of {run_id, indices}")
+        for sel in selections:
+            if not isinstance(sel, dict) or not isinstance(sel.get("indices"), list) or not sel["indices"]:
+                return _error(request, 422, "every selection needs a run_id and a non-empty list of mask indices")
+            masks, _, _ = store.outputs(str(sel.get("run_id")))  # RunNotFound → 404
+            try:
+                actions.selection_labels(len(masks), [int(i) for i in sel["indices"]])
+            except (TypeError, ValueError) as exc:
+                return _error(request, 422, str(exc))
+        query = {k: body[k] for k in ("source_run_id", "mask", "max_distance") if k in body}
+        job = request.app.state.jobs.submit("save-class", lambda p: actions.save_class(store, selections, query, p))
+        return job.to_dict()
+
+    @app.get("/api/jobs/{job_id}")
+    def api_job(request: Request, job_id: str) -> Any:
+        job = request.app.state.jobs.get(job_id)
+        if job is None:
+            return _error(request, 404, f"job {job_id} not found (jobs are kept in memory by this UI process)")
+        return job.to_dict()
+
+    @app.get("/api/compare")
+    def api_compare(request: Request, runs: list[str] = Query(default=[])) -> Any:
+        try:
+            return actions.compare(request.app.state.store, _split_ids(runs))
+        except ValueError as exc:
+            return _error(request, 400, str(exc))
+
+
+# ------------------------------------------------------------------- files
+def _add_files(app: FastAPI) -> None:
+    @app.get("/runs/{run_id}/files/{path:path}")
+    def run_file(request: Request, run_id: str, path: str) -> Response:
+        full = request.app.state.store.file_path(run_id, path)
+        return FileResponse(full, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/runs/{run_id}/highlight.png")
+    def highlight(request: Request, run_id: str, masks: str = "") -> Response:
+        try:
+            indices = [int(v) for v in masks.split(",") if v.strip()]
+        except ValueError:
+            return _error(request, 422, "masks must be a comma-separated list of mask indices")
+        try:
+            png = actions.highlight_png(request.app.state.store, run_id, indices)
+        except ValueError as exc:
+            return _error(request, 422, str(exc))
+        return Response(png, media_type="image/png")

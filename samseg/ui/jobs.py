@@ -1,0 +1,90 @@
+"""Background jobs for actions that take longer than a moment (rerun, save class).
+
+A job runs in a worker thread; the page polls `GET /api/jobs/{id}` and shows `stage`
+as progress text, then the result or the error. Jobs live in memory only: the results
+that matter are MLflow runs, which outlive the UI process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+# Clustering is CPU-bound and sklearn already uses several threads; two concurrent jobs
+# keep the page responsive without oversubscribing a laptop.
+_MAX_WORKERS = 2
+_KEEP_FINISHED = 200
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    state: str = "queued"  # queued | running | done | failed
+    stage: str = "queued"
+    result: Any = None
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "stage": self.stage,
+            "result": self.result,
+            "error": self.error,
+            "seconds": round((self.finished or time.time()) - self.started, 3),
+        }
+
+
+class JobRunner:
+    """Runs `fn(progress)` in a thread; `progress(stage: str)` updates the job's stage."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=_MAX_WORKERS, thread_name_prefix="samseg-ui-job")
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, kind: str, fn: Callable[[Callable[[str], None]], Any]) -> Job:
+        job = Job(id=uuid.uuid4().hex, kind=kind)
+        with self._lock:
+            self._jobs[job.id] = job
+            self._forget_old()
+        self._pool.submit(self._run, job, fn)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def _run(self, job: Job, fn: Callable[[Callable[[str], None]], Any]) -> None:
+        def progress(stage: str) -> None:
+            job.stage = stage
+
+        job.state = "running"
+        try:
+            job.result = fn(progress)
+            job.state, job.stage = "done", "done"
+        except Exception as exc:  # reported to the page as one line, logged in full here
+            log.exception("job %s (%s) failed", job.id, job.kind)
+            job.error = str(exc) or type(exc).__name__
+            job.state = "failed"
+        finally:
+            job.finished = time.time()
+
+    def _forget_old(self) -> None:
+        done = [j for j in self._jobs.values() if j.finished is not None]
+        for j in sorted(done, key=lambda j: j.started)[: max(0, len(done) - _KEEP_FINISHED)]:
+            self._jobs.pop(j.id, None)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

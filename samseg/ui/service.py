@@ -1,0 +1,298 @@
+"""Data access for the web UI: MLflow runs, their artifacts, and the run's input image.
+
+Runs are read through MLflow's client; a run's artifacts are downloaded once into a
+local folder (`<cache_dir>/runs/<run_id>/`, runs are immutable once logged) and every
+file the UI serves comes from there. The input photo is read from the run's image URI
+(local path or s3://) and checked against the sha256 the run recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from samseg.ui.security import check_artifact_path, valid_run_id
+
+# Run kinds that have an image's outputs (a batch parent run has none).
+IMAGE_KINDS = ("image", "recluster", "exemplar")
+_THUMB_PX = 320  # long side of list thumbnails: readable, ~30 KB each
+_MAX_LIST = 500
+
+
+class RunNotFound(LookupError):
+    """Unknown run id (or not a samseg image run); the message is shown with a 404."""
+
+
+class RunDataError(RuntimeError):
+    """A run exists but its artifacts or input cannot be used; one line for the page."""
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """Everything the app needs; built by `samseg ui` from flags and environment.
+
+    tracking_uri None → samseg.tracking.tracking_uri() (MLFLOW_TRACKING_URI or MLflow's
+    default). cache_dir None → `<samseg_home()>/ui`. stage_cache None → StageCache's
+    default root ($SAMSEG_CACHE or <samseg_home()>/cache). token None → no auth.
+    """
+
+    tracking_uri: str | None = None
+    experiment: str = "samseg"
+    cache_dir: Path | None = None
+    stage_cache: str | None = None
+    token: str | None = None
+    mlflow_ui_url: str | None = None
+    prefect_ui_url: str | None = None
+
+
+def _resolve_tracking_uri(uri: str | None) -> str:
+    if uri:
+        return uri
+    from samseg.tracking import tracking_uri
+
+    return tracking_uri()
+
+
+def _default_cache_dir() -> Path:
+    from samseg.model import samseg_home
+
+    return samseg_home() / "ui"
+
+
+def _prefect_ui_base(explicit: str | None) -> str | None:
+    """PREFECT_UI_URL, else PREFECT_API_URL without its trailing /api (Prefect's layout)."""
+    base = explicit or os.environ.get("PREFECT_UI_URL")
+    if not base and os.environ.get("PREFECT_API_URL"):
+        base = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
+    return base.rstrip("/") if base else None
+
+
+class RunStore:
+    """Read access to one MLflow tracking server's samseg runs."""
+
+    def __init__(self, settings: UiSettings):
+        from mlflow.tracking import MlflowClient
+
+        self.settings = settings
+        self.tracking_uri = _resolve_tracking_uri(settings.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.cache_dir = Path(settings.cache_dir or _default_cache_dir())
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._prefect_base = _prefect_ui_base(settings.prefect_ui_url)
+
+    # ------------------------------------------------------------------ runs
+    def experiment_id(self, name: str | None = None) -> str | None:
+        exp = self.client.get_experiment_by_name(name or self.settings.experiment)
+        return exp.experiment_id if exp is not None else None
+
+    def list_runs(self, experiment: str | None = None, image: str | None = None) -> list[dict[str, Any]]:
+        """Image runs of the experiment, newest first; `image` filters by file-name substring."""
+        exp_id = self.experiment_id(experiment)
+        if exp_id is None:
+            return []
+        runs = self.client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=_MAX_LIST)
+        rows = [self.row(r) for r in runs if self._is_image_run(r)]
+        if image:
+            needle = image.lower()
+            rows = [r for r in rows if needle in (r["image"] or "").lower()]
+        return rows
+
+    @staticmethod
+    def _is_image_run(run: Any) -> bool:
+        kind = run.data.tags.get("samseg.kind", "image")
+        return kind in IMAGE_KINDS
+
+    def get_run(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        if not valid_run_id(run_id):
+            raise RunNotFound(f"run {run_id!r} not found: not a run id")
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise RunNotFound(f"run {run_id} not found on {_scrub(self.tracking_uri)}") from exc
+        if not self._is_image_run(run):
+            raise RunNotFound(f"run {run_id} is a {run.data.tags.get('samseg.kind')} run, not an image run")
+        return run
+
+    def row(self, run: Any) -> dict[str, Any]:
+        """One line of the runs table (also the header of the run page)."""
+        p, m, t = run.data.params, run.data.metrics, run.data.tags
+        rid = run.info.run_id
+        uri = t.get("samseg.image_uri", "")
+        return {
+            "run_id": rid,
+            "run_name": run.info.run_name,
+            "kind": t.get("samseg.kind", "image"),
+            "image": uri.rsplit("/", 1)[-1] if uri else None,
+            "image_uri": uri or None,
+            "model": p.get("model_type"),
+            "algorithm": p.get("cluster.algorithm"),
+            "eps": p.get("cluster.eps"),
+            "min_samples": p.get("cluster.min_samples"),
+            "n_masks": _int(m.get("n_masks")),
+            "n_clusters": _int(m.get("n_clusters")),
+            "n_noise": _int(m.get("n_noise")),
+            "time": _iso(run.info.start_time),
+            "parent_run_id": t.get("samseg.parent_run_id"),
+            "mlflow_url": self.mlflow_url(run),
+            "prefect_url": self.prefect_url(t.get("samseg.prefect_flow_run_id")),
+            "thumb_url": f"/runs/{rid}/files/thumb.png",
+            "overlay_url": f"/runs/{rid}/files/overlay.png",
+        }
+
+    def mlflow_url(self, run: Any) -> str | None:
+        base = self.settings.mlflow_ui_url
+        if not base and self.tracking_uri.startswith(("http://", "https://")):
+            base = self.tracking_uri
+        if not base:
+            return None
+        return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+    def prefect_url(self, flow_run_id: str | None) -> str | None:
+        if not flow_run_id or not self._prefect_base:
+            return None
+        return f"{self._prefect_base}/runs/flow-run/{flow_run_id}"
+
+    # ------------------------------------------------------------- artifacts
+    def run_dir(self, run_id: str) -> Path:
+        """Local copy of the run's artifacts (downloaded on first use)."""
+        run = self.get_run(run_id)
+        dest = self.cache_dir / "runs" / run.info.run_id
+        if (dest / "summary.json").is_file():
+            return dest
+        with self._lock_for(run_id):
+            if not (dest / "summary.json").is_file():
+                self._download(run_id, dest)
+        return dest
+
+    def _lock_for(self, run_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(run_id, threading.Lock())
+
+    def _download(self, run_id: str, dest: Path) -> None:
+        import mlflow.artifacts
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=dest.parent))
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp), tracking_uri=self.tracking_uri)
+            root = _outputs_root(tmp)
+            if root is None:
+                raise RunDataError(f"run {run_id}: no summary.json among its artifacts")
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(root, dest)  # atomic: readers never see a half-downloaded run
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def summary(self, run_id: str) -> dict[str, Any]:
+        return json.loads((self.run_dir(run_id) / "summary.json").read_text())
+
+    def file_path(self, run_id: str, path: str) -> Path:
+        """Absolute path of a servable artifact (UnsafePathError / RunNotFound / FileNotFoundError)."""
+        path = check_artifact_path(path)
+        root = self.run_dir(run_id).resolve()
+        if path == "thumb.png":
+            return self._thumbnail(root)
+        if path == "input.png":
+            return self._input_png(run_id, root)
+        full = (root / path).resolve()
+        if not full.is_relative_to(root) or not full.is_file():  # belt and braces after the whitelist
+            raise FileNotFoundError(f"run {run_id} has no artifact {path}")
+        return full
+
+    def _thumbnail(self, root: Path) -> Path:
+        from PIL import Image
+
+        thumb = root / ".ui" / "thumb.png"
+        if not thumb.is_file():
+            thumb.parent.mkdir(exist_ok=True)
+            with Image.open(root / "overlay.png") as im:
+                im.thumbnail((_THUMB_PX, _THUMB_PX))
+                _save_png_atomic(im, thumb)
+        return thumb
+
+    def _input_png(self, run_id: str, root: Path) -> Path:
+        from PIL import Image
+
+        out = root / ".ui" / "input.png"
+        if not out.is_file():
+            out.parent.mkdir(exist_ok=True)
+            _save_png_atomic(Image.fromarray(self.load_image(run_id).rgb), out)
+        return out
+
+    def load_image(self, run_id: str) -> Any:
+        """The run's input as a samseg.images.LoadedImage, verified against its sha256."""
+        from samseg.images import ImageError, decode_image
+        from samseg.storage import StorageError, read_bytes
+
+        run = self.get_run(run_id)
+        summary = self.summary(run_id)
+        uri = run.data.tags.get("samseg.image_uri") or _image_field(summary, "uri")
+        if not uri:
+            raise RunDataError(f"run {run_id}: no input image URI recorded")
+        try:
+            image = decode_image(read_bytes(uri), uri.rsplit("/", 1)[-1], uri=uri)
+        except (ImageError, StorageError, OSError) as exc:
+            raise RunDataError(f"run {run_id}: input image unavailable: {exc}") from exc
+        expected = run.data.tags.get("samseg.image_sha256") or _image_field(summary, "sha256")
+        if expected and image.sha256 != expected:
+            raise RunDataError(f"run {run_id}: {uri} changed since the run (sha256 differs)")
+        return image
+
+    def outputs(self, run_id: str) -> tuple[Any, Any, Any]:
+        """(MaskSet, N×C float32 embeddings, (N,) int64 labels) of the run."""
+        from samseg.export import OutputsError, read_outputs
+
+        try:
+            return read_outputs(self.run_dir(run_id))
+        except OutputsError as exc:
+            raise RunDataError(f"run {run_id}: {exc}") from exc
+
+
+def _outputs_root(tmp: Path) -> Path | None:
+    """The downloaded folder that holds summary.json (the artifact root or one level down)."""
+    if (tmp / "summary.json").is_file():
+        return tmp
+    found = sorted(p.parent for p in tmp.glob("*/summary.json"))
+    return found[0] if len(found) == 1 else None
+
+
+def _save_png_atomic(im: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    im.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _image_field(summary: dict[str, Any], key: str) -> Any:
+    img = summary.get("image")
+    if isinstance(img, dict):
+        return img.get(key)
+    return summary.get(f"image_{key}")
+
+
+def _int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _scrub(uri: str) -> str:
+    try:
+        from samseg.tracking import scrub_secrets
+    except ImportError:  # tracking edge not installed: never print a URI we cannot scrub
+        return uri.split("@")[-1]
+    return scrub_secrets(uri)

@@ -1,0 +1,201 @@
+// samseg UI: plain JavaScript, no build step. Every action shows progress while it runs
+// and shows the server's one-line error when it fails — never a silent or blank result.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+function flash(message) {
+  const box = $("#flash");
+  if (!box) return;
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(method, url, body) {
+  const opts = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  let resp;
+  try {
+    resp = await fetch(url, opts);
+  } catch (err) {
+    throw { detail: `cannot reach the samseg UI server (${err})` };
+  }
+  let data = null;
+  try { data = await resp.json(); } catch (_) { /* non-JSON error body */ }
+  if (!resp.ok) throw data || { detail: `HTTP ${resp.status} from ${url}` };
+  return data;
+}
+
+function showProgress(el, text) {
+  if (!el) return;
+  el.hidden = !text;
+  el.textContent = text ? `⏳ ${text}…` : "";
+}
+
+// Poll a background job until it is done or failed, reporting its stage.
+async function waitForJob(job, onStage) {
+  const started = Date.now();
+  while (job.state === "queued" || job.state === "running") {
+    onStage(`${job.stage} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+    await new Promise((r) => setTimeout(r, 250));
+    job = await api("GET", `/api/jobs/${job.id}`);
+  }
+  if (job.state === "failed") throw { detail: job.error };
+  return job.result;
+}
+
+// ------------------------------------------------------------------ runs list
+function initRunsPage() {
+  const btn = $("#compare-btn");
+  if (!btn) return;
+  const picked = () => $$("input.pick:checked").map((c) => c.value);
+  const update = () => {
+    const n = picked().length;
+    btn.disabled = n < 2 || n > 4;
+    btn.textContent = n ? `Compare selected (${n})` : "Compare selected";
+  };
+  $$("input.pick").forEach((c) => c.addEventListener("change", update));
+  btn.addEventListener("click", () => {
+    const ids = picked();
+    if (ids.length < 2 || ids.length > 4) { flash("Pick 2 to 4 runs to compare."); return; }
+    window.location.href = `/compare?runs=${ids.map(encodeURIComponent).join(",")}`;
+  });
+  update();
+}
+
+// ------------------------------------------------------------------- run page
+function initRerun(runId) {
+  const form = $("#rerun-form");
+  if (!form) return;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    $$(".field-error", form).forEach((e) => { e.textContent = ""; });
+    flash("");
+    const values = {};
+    new FormData(form).forEach((v, k) => { values[k] = v; });
+    const btn = $("#rerun-btn");
+    const prog = $("#rerun-progress");
+    btn.disabled = true;
+    try {
+      showProgress(prog, "submitting");
+      const job = await api("POST", `/api/runs/${runId}/rerun`, values);
+      const res = await waitForJob(job, (s) => showProgress(prog, s));
+      showProgress(prog, "");
+      $("#rerun-result").hidden = false;
+      const link = $("#rerun-link");
+      link.href = res.run_url;
+      link.textContent = res.run_id.slice(0, 8);
+      $("#rerun-clusters").textContent = res.n_clusters;
+      $("#rerun-noise").textContent = res.n_noise;
+      $("#rerun-compare").href = `/compare?runs=${runId},${res.run_id}`;
+      $("#rerun-overlay").src = res.overlay_url;
+    } catch (err) {
+      showProgress(prog, "");
+      const errors = (err && err.errors) || {};
+      let placed = false;
+      for (const [field, msg] of Object.entries(errors)) {
+        const slot = $(`.field-error[data-for="${field}"]`, form);
+        if (slot) { slot.textContent = msg; placed = true; }
+      }
+      if (!placed) flash(`Rerun failed: ${(err && err.detail) || err}`);
+    } finally {
+      btn.disabled = false;
+    }
+  });
+}
+
+function imagePixel(img, ev, w, h) {
+  const rect = img.getBoundingClientRect();
+  return {
+    x: ((ev.clientX - rect.left) / rect.width) * w,
+    y: ((ev.clientY - rect.top) / rect.height) * h,
+  };
+}
+
+function initQuery(runId, w, h) {
+  const img = $("#overlay");
+  if (!img) return;
+  let lastQuery = null;
+  img.addEventListener("click", async (ev) => {
+    const { x, y } = imagePixel(img, ev, w, h);
+    const prog = $("#query-progress");
+    const out = $("#query-results");
+    const status = $("#query-status");
+    const saveBtn = $("#save-class-btn");
+    saveBtn.hidden = true;
+    $("#save-class-status").textContent = "";
+    out.innerHTML = "";
+    showProgress(prog, "searching similar masks");
+    try {
+      const body = { x, y, max_distance: $("#query-distance").value, scope: $("#query-scope").value };
+      const res = await api("POST", `/api/runs/${runId}/query`, body);
+      showProgress(prog, "");
+      if (res.mask === null) { status.textContent = res.message; return; }
+      const total = res.results.reduce((a, r) => a + r.n, 0);
+      status.textContent = `mask #${res.mask} (${res.area} px): ${total} masks within ${res.max_distance} in ${res.results.length} image(s)`;
+      for (const r of res.results) {
+        const fig = document.createElement("figure");
+        fig.className = "query-hit";
+        const cap = document.createElement("figcaption");
+        cap.textContent = `${r.image || r.run_id.slice(0, 8)}: ${r.n} masks`;
+        const im = document.createElement("img");
+        im.src = r.highlight_url;
+        im.alt = `matches in ${r.image}`;
+        fig.append(cap, im);
+        out.append(fig);
+      }
+      lastQuery = { source_run_id: runId, mask: res.mask, max_distance: res.max_distance,
+                    selections: res.results.filter((r) => r.n > 0).map((r) => ({ run_id: r.run_id, indices: r.indices })) };
+      saveBtn.hidden = lastQuery.selections.length === 0;
+      $$("#masks-table tr.hit").forEach((tr) => tr.classList.remove("hit"));
+      const mine = res.results.find((r) => r.run_id === runId);
+      if (mine) mine.indices.forEach((i) => { const tr = $(`#masks-table tr[data-index="${i}"]`); if (tr) tr.classList.add("hit"); });
+    } catch (err) {
+      showProgress(prog, "");
+      status.textContent = "";
+      flash(`Exemplar query failed: ${(err && err.detail) || err}`);
+    }
+  });
+  $("#save-class-btn").addEventListener("click", async () => {
+    if (!lastQuery) return;
+    const prog = $("#query-progress");
+    const status = $("#save-class-status");
+    try {
+      const job = await api("POST", "/api/classes", lastQuery);
+      const res = await waitForJob(job, (s) => showProgress(prog, s));
+      showProgress(prog, "");
+      status.innerHTML = "Saved: " + res.map((r) => `<a href="${r.run_url}">${r.run_id.slice(0, 8)}</a> (${r.n} masks)`).join(", ");
+    } catch (err) {
+      showProgress(prog, "");
+      flash(`Saving the class failed: ${(err && err.detail) || err}`);
+    }
+  });
+}
+
+function initRunPage() {
+  const sec = $("#run");
+  if (!sec) return;
+  const runId = sec.dataset.runId;
+  initRerun(runId);
+  initQuery(runId, Number(sec.dataset.imageW), Number(sec.dataset.imageH));
+}
+
+// Broken images (an artifact missing from a run) get a visible note instead of a blank box.
+function markBrokenImages() {
+  $$("img").forEach((img) => img.addEventListener("error", () => {
+    if (!img.getAttribute("src")) return;
+    img.classList.add("broken");
+    img.title = `could not load ${img.getAttribute("src")}`;
+  }));
+}
+
+window.addEventListener("unhandledrejection", (ev) => flash(`Error: ${(ev.reason && ev.reason.detail) || ev.reason}`));
+document.addEventListener("DOMContentLoaded", () => {
+  markBrokenImages();
+  initRunsPage();
+  initRunPage();
+});

@@ -1,0 +1,386 @@
+"""Web UI API tests (FastAPI TestClient) over synthetic runs logged to a real local MLflow
+store (SQLite in a tmp dir).
+
+The synthetic run has KNOWN structure — 12 rectangle masks whose embeddings form two tight
+groups (6 and 4 masks) plus 2 outliers — so clustering results are predictable without a
+real SAM: DBSCAN(cosine, eps 0.06, min_samples 3) gives 2 clusters + 2 noise; eps 1.5
+puts everything in one cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from samseg.config import SMOKE  # noqa: E402
+
+H, W = 48, 96
+EXPERIMENT = "ui-test"
+GROUP_A, GROUP_B, OUTLIERS = list(range(6)), list(range(6, 10)), [10, 11]
+
+
+def _rect_masks() -> np.ndarray:
+    """12 disjoint 16×16 rectangles on a 3×6 grid of a 48×96 image (row-major)."""
+    masks = np.zeros((12, H, W), bool)
+    for i in range(12):
+        r, c = divmod(i, 6)
+        masks[i, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] = True
+    return masks
+
+
+def _embeddings(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    emb = np.zeros((12, 8), np.float32)
+    emb[GROUP_A, 0] = 1.0
+    emb[GROUP_B, 1] = 1.0
+    emb[OUTLIERS[0], 2] = 1.0
+    emb[OUTLIERS[1], 3] = 1.0
+    return emb + rng.normal(0, 0.01, emb.shape).astype(np.float32)
+
+
+def _log_synthetic_run(tmp: Path, name: str, image_path: Path) -> str:
+    from samseg.export import write_outputs
+    from samseg.images import load_image
+    from samseg.pipeline import recluster
+    from samseg.tracking import log_image_run
+    from samseg.types import MaskSet
+
+    image = load_image(image_path)
+    masks = MaskSet.from_binary(_rect_masks())
+    emb = _embeddings()
+    clusters, label_map = recluster(masks, emb, SMOKE.cluster)
+    summary = {
+        "samseg_version": "test",
+        "image": {"file_name": image.name, "uri": image.uri, "sha256": image.sha256, "hw": list(image.hw)},
+        "model": {"type": "tiny-random", "checkpoint_sha256": "c" * 64, "checkpoint_path": None, "device": "cpu"},
+        "config": SMOKE.flat(),
+        "embedding_dim": 8,
+        "n_masks": len(masks),
+        "n_clusters": clusters.n_clusters,
+        "n_noise": clusters.n_noise,
+        "cluster_sizes": clusters.sizes(),
+        "seconds": {"cluster": 0.001},
+    }
+    out = tmp / "out" / name
+    write_outputs(out, image, masks, emb, clusters, label_map, summary)
+    return log_image_run(out, summary, experiment=EXPERIMENT, run_name=name)
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory):
+    """SQLite MLflow store with two synthetic image runs; yields (tmp, run_a, run_b)."""
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    tmp = tmp_path_factory.mktemp("ui")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
+    # The experiment's artifacts go under tmp (MLflow would default to ./mlruns in the cwd).
+    MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in ("alpha.png", "beta.png"):
+        p = tmp / "images" / name
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    run_a = _log_synthetic_run(tmp, "alpha", paths[0])
+    run_b = _log_synthetic_run(tmp, "beta", paths[1])
+    yield tmp, run_a, run_b
+    mp.undo()
+
+
+@pytest.fixture
+def client(mlflow_store, monkeypatch):
+    from samseg.ui import UiSettings, create_app
+
+    tmp, _, _ = mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    monkeypatch.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
+    app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / "ui-cache", stage_cache=str(tmp / "stage-cache")))
+    with TestClient(app) as c:
+        yield c
+
+
+def _wait_job(client: TestClient, job: dict, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job did not finish: {job}"
+        time.sleep(0.05)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    return job
+
+
+# ------------------------------------------------------------------ listing
+def test_list_runs_and_filter(client, mlflow_store):
+    _, run_a, run_b = mlflow_store
+    runs = client.get("/api/runs").json()["runs"]
+    ids = {r["run_id"] for r in runs}
+    assert {run_a, run_b} <= ids
+    row = next(r for r in runs if r["run_id"] == run_a)
+    assert row["image"] == "alpha.png"
+    assert row["model"] == "tiny-random" and row["algorithm"] == "dbscan"
+    assert row["eps"] == "0.06" and row["min_samples"] == "3"
+    assert row["n_clusters"] == 2 and row["n_noise"] == 2 and row["n_masks"] == 12
+    assert row["time"] and row["thumb_url"].endswith("/thumb.png")
+    only_beta = client.get("/api/runs", params={"image": "BETA"}).json()["runs"]
+    assert {r["run_id"] for r in only_beta} == {run_b}
+
+
+def test_runs_page_html_and_thumbnail(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    page = client.get("/", headers={"accept": "text/html"})
+    assert page.status_code == 200 and "alpha.png" in page.text and run_a in page.text
+    thumb = client.get(f"/runs/{run_a}/files/thumb.png")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    empty = client.get("/", params={"experiment": "no-such-experiment"}, headers={"accept": "text/html"})
+    assert empty.status_code == 200 and "No image runs" in empty.text
+
+
+def test_run_detail(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    d = client.get(f"/api/runs/{run_a}").json()
+    assert [c["n_masks"] for c in d["classes"]] == [6, 4]
+    assert d["noise"] == OUTLIERS
+    assert len(d["masks"]) == 12 and d["masks"][0]["area"] == 256
+    assert {m["cluster"] for m in d["masks"]} == {-1, 0, 1}
+    assert d["form"]["eps"] == 0.06 and d["form"]["cell_rule"] == "min_pixels"
+    page = client.get(f"/runs/{run_a}", headers={"accept": "text/html"})
+    assert page.status_code == 200 and "class 0 (6 masks)" in page.text and "noise (2 masks)" in page.text
+    for url in ("/files/overlay.png", "/files/input.png", "/files/classes/class_1.png", "/highlight.png?masks=10,11"):
+        r = client.get(f"/runs/{run_a}{url}")
+        assert r.status_code == 200 and r.content[:4] == b"\x89PNG", url
+
+
+def test_unknown_run_is_404_with_message(client):
+    r = client.get("/api/runs/0123456789abcdef0123456789abcdef")
+    assert r.status_code == 404 and "not found" in r.json()["detail"]
+    page = client.get("/runs/0123456789abcdef0123456789abcdef", headers={"accept": "text/html"})
+    assert page.status_code == 404 and "not found" in page.text and "<html" in page.text
+    r = client.post("/api/runs/0123456789abcdef0123456789abcdef/rerun", json={"eps": 0.1})
+    assert r.status_code == 404 and "not found" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------- rerun
+@pytest.mark.parametrize(
+    "form, field, message",
+    [
+        ({"eps": 0}, "eps", "cluster.eps must be > 0"),
+        ({"eps": -0.5}, "eps", "cluster.eps must be > 0"),
+        ({"eps": "abc"}, "eps", "cluster.eps must be a number"),
+        ({"min_samples": 0}, "min_samples", "cluster.min_samples must be >= 1"),
+        ({"min_samples": 2.5}, "min_samples", "cluster.min_samples must be a whole number"),
+        ({"algorithm": "kmeans"}, "algorithm", "cluster.algorithm must be one of"),
+        ({"metric": "hamming"}, "metric", "cluster.metric 'hamming' is not supported"),
+        ({"min_coverage": 0}, "min_coverage", "pool.min_coverage must be in (0, 1]"),
+        ({"weighting": "max"}, "weighting", "pool.weighting must be uniform or coverage"),
+        ({"colour": "red"}, "colour", "unknown field"),
+    ],
+)
+def test_rerun_validation(client, mlflow_store, form, field, message):
+    _, run_a, _ = mlflow_store
+    r = client.post(f"/api/runs/{run_a}/rerun", json=form)
+    assert r.status_code == 422
+    assert message in r.json()["errors"][field]
+
+
+def test_rerun_reports_every_bad_field(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    errors = client.post(f"/api/runs/{run_a}/rerun", json={"eps": "0", "min_samples": "0", "algorithm": "x"}).json()["errors"]
+    assert set(errors) == {"eps", "min_samples", "algorithm"}
+
+
+def test_rerun_logs_new_run_with_parent(client, mlflow_store):
+    from mlflow import MlflowClient
+
+    tmp, run_a, _ = mlflow_store
+    job = client.post(f"/api/runs/{run_a}/rerun", json={"eps": "1.5", "min_samples": "3"})
+    assert job.status_code == 202
+    done = _wait_job(client, job.json())
+    assert done["state"] == "done", done
+    res = done["result"]
+    assert res["n_clusters"] == 1 and res["n_noise"] == 0 and res["parent_run_id"] == run_a
+    run = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(res["run_id"])
+    assert run.data.tags["samseg.parent_run_id"] == run_a
+    assert run.data.tags["samseg.kind"] == "recluster"
+    assert run.data.params["cluster.eps"] == "1.5"
+    assert run.data.metrics["n_clusters"] == 1.0
+    assert client.get(res["overlay_url"]).status_code == 200
+    assert res["run_id"] in {r["run_id"] for r in client.get("/api/runs").json()["runs"]}
+
+
+def test_pool_change_without_cached_features_fails_clearly(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    done = _wait_job(client, client.post(f"/api/runs/{run_a}/rerun", json={"weighting": "coverage"}).json())
+    assert done["state"] == "failed"
+    assert "encoder features" in done["error"] and "stage cache" in done["error"]
+
+
+def test_pool_change_uses_cached_encoder_features(client, mlflow_store):
+    """With the image's C×64×64 features in the stage cache, a pooling change re-pools
+    (no encoder/AMG) and logs the new pool config."""
+    from samseg.cache import StageCache, stage_key
+    from samseg.images import load_image
+    from samseg.types import EncodedImage, ImageGeometry
+
+    tmp, run_a, _ = mlflow_store
+    image = load_image(tmp / "images" / "alpha.png")
+    geom = ImageGeometry.for_image(image.hw)
+    feats = np.random.default_rng(2).normal(size=(8, 64, 64)).astype(np.float32)
+    key = stage_key("encode", image.sha256, "c" * 64, SMOKE)
+    StageCache(str(tmp / "stage-cache")).save_encoded(key, EncodedImage(feats, geom))
+    done = _wait_job(client, client.post(f"/api/runs/{run_a}/rerun", json={"weighting": "coverage", "cell_rule": "min_coverage"}).json())
+    assert done["state"] == "done", done
+    d = client.get(f"/api/runs/{done['result']['run_id']}").json()
+    assert d["form"]["weighting"] == "coverage" and d["form"]["cell_rule"] == "min_coverage"
+
+
+# ------------------------------------------------------------- exemplar
+def test_exemplar_query_and_save_class(client, mlflow_store):
+    from mlflow import MlflowClient
+
+    tmp, run_a, _ = mlflow_store
+    # Centre of mask 7 (row 1, col 1) → the group-B masks only.
+    r = client.post(f"/api/runs/{run_a}/query", json={"x": 24, "y": 24, "max_distance": 0.05, "scope": "image"})
+    assert r.status_code == 200
+    q = r.json()
+    assert q["mask"] == 7 and q["results"][0]["indices"] == GROUP_B
+    assert client.get(q["results"][0]["highlight_url"]).status_code == 200
+    miss = client.post(f"/api/runs/{run_a}/query", json={"x": 500, "y": 5, "max_distance": 0.05}).json()
+    assert miss["mask"] is None and "no mask" in miss["message"]
+    bad = client.post(f"/api/runs/{run_a}/query", json={"x": 1, "y": 1, "max_distance": 5, "scope": "world"})
+    assert bad.status_code == 422 and set(bad.json()["errors"]) == {"max_distance", "scope"}
+    job = client.post("/api/classes", json={"source_run_id": run_a, "mask": 7, "max_distance": 0.05,
+                                            "selections": [{"run_id": run_a, "indices": GROUP_B}]})
+    assert job.status_code == 202
+    done = _wait_job(client, job.json())
+    assert done["state"] == "done", done
+    saved = done["result"][0]
+    run = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(saved["run_id"])
+    assert run.data.tags["samseg.kind"] == "exemplar" and run.data.tags["samseg.parent_run_id"] == run_a
+    d = client.get(f"/api/runs/{saved['run_id']}").json()
+    assert [c["n_masks"] for c in d["classes"]] == [4] and len(d["noise"]) == 8
+
+
+def test_exemplar_batch_scope_searches_other_runs(client, mlflow_store):
+    _, run_a, run_b = mlflow_store
+    q = client.post(f"/api/runs/{run_a}/query", json={"x": 8, "y": 8, "max_distance": 0.05, "scope": "batch"}).json()
+    by_run = {r["run_id"]: r["indices"] for r in q["results"]}
+    assert by_run[run_a] == GROUP_A and by_run[run_b] == GROUP_A
+
+
+def test_save_class_rejects_bad_indices(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    r = client.post("/api/classes", json={"selections": [{"run_id": run_a, "indices": [99]}]})
+    assert r.status_code == 422 and "out of range" in r.json()["detail"]
+
+
+# -------------------------------------------------------------- compare
+def test_compare(client, mlflow_store):
+    _, run_a, run_b = mlflow_store
+    data = client.get("/api/compare", params={"runs": f"{run_a},{run_b}"}).json()
+    assert [r["run_id"] for r in data["runs"]] == [run_a, run_b]
+    assert "run_id" in data["columns"] and "n_clusters" in data["columns"]
+    page = client.get("/compare", params={"runs": f"{run_a},{run_b}"}, headers={"accept": "text/html"})
+    assert page.status_code == 200 and "compare-table" in page.text
+    assert client.get("/api/compare", params={"runs": run_a}).status_code == 400
+    assert client.get("/api/compare", params={"runs": f"{run_a},0123456789abcdef0123456789abcdef"}).status_code == 404
+
+
+# ------------------------------------------------------------- safety
+TRAVERSALS = [
+    "../summary.json",
+    "../../mlflow.db",
+    "..%2f..%2fmlflow.db",
+    "%2e%2e/%2e%2e/mlflow.db",
+    "%252e%252e/mlflow.db",
+    "classes/../../mlflow.db",
+    "..\\..\\mlflow.db",
+    "..%5c..%5cmlflow.db",
+    "/etc/passwd",
+    "%2fetc%2fpasswd",
+    "C:\\Windows\\win.ini",
+    "masks.parquet",  # a real artifact, but not one the UI serves
+    "embeddings.npy",
+    ".ui/thumb.png",
+    "overlay.png%00.txt",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_traversal_is_refused(client, mlflow_store, path):
+    _, run_a, _ = mlflow_store
+    r = client.get(f"/runs/{run_a}/files/{path}")
+    assert r.status_code == 404, (path, r.status_code)
+    assert b"SQLite format" not in r.content and b"root:" not in r.content
+
+
+def test_traversal_in_run_id_is_refused(client):
+    for rid in ("..", "..%2f..", "%2e%2e", "a b", "x" * 65):
+        r = client.get(f"/api/runs/{rid}")
+        assert r.status_code == 404, rid
+
+
+def test_check_artifact_path_unit():
+    from samseg.ui.security import UnsafePathError, check_artifact_path
+
+    assert check_artifact_path("classes/class_3.png") == "classes/class_3.png"
+    for bad in ("../overlay.png", "classes/../overlay.png", "/overlay.png", "overlay.png/", "classes\\class_1.png", "%2e%2e/x", ""):
+        with pytest.raises(UnsafePathError):
+            check_artifact_path(bad)
+
+
+def test_token_enforcement(mlflow_store, monkeypatch):
+    from samseg.ui import UiSettings, create_app
+
+    tmp, run_a, _ = mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / "ui-cache", token="s3cret-token"))
+    with TestClient(app) as c:
+        for url in ("/api/runs", "/", f"/runs/{run_a}/files/overlay.png", "/static/app.js", "/healthz"):
+            assert c.get(url).status_code == 401, url
+        assert c.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/runs", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        assert c.get("/api/runs?token=wrong", follow_redirects=False).status_code == 401
+        r = c.get("/?token=s3cret-token&image=alpha", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/?image=alpha"
+        assert "httponly" in r.headers["set-cookie"].lower()
+        assert c.get("/api/runs").status_code == 200  # the cookie now authorises
+        c.cookies.clear()
+        assert c.get("/api/runs").status_code == 401
+        page = c.get("/", headers={"accept": "text/html"})
+        assert page.status_code == 401 and "token" in page.text
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
+    import argparse
+
+    import uvicorn
+
+    from samseg import cli_ui
+
+    parser = argparse.ArgumentParser()
+    cli_ui.add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["ui"])
+    assert (args.host, args.port) == ("127.0.0.1", 8765)
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.delenv("SAMSEG_UI_TOKEN", raising=False)
+    assert args.handler(args) == 0
+    assert calls[-1]["host"] == "127.0.0.1" and "WARNING" not in capsys.readouterr().err
+    args = parser.parse_args(["ui", "--host", "0.0.0.0", "--port", "9999", "--ui-cache", str(tmp_path)])
+    assert args.handler(args) == 0
+    err = capsys.readouterr().err
+    assert calls[-1] == {"host": "0.0.0.0", "port": 9999, "log_level": "warning"}
+    assert "WARNING" in err and "SAMSEG_UI_TOKEN" in err
+    assert args.handler(parser.parse_args(["ui", "--port", "0"])) == 2
