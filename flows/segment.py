@@ -1,0 +1,289 @@
+"""Prefect flows `segment-image` and `segment-batch` (entrypoints used by deployments/prefect.yaml).
+
+segment_image_flow: read → encode → amg → pool → cluster → export (→ MLflow run).
+segment_batch_flow: list a folder / glob / s3:// prefix and run one image flow per image —
+as `segment` deployment runs when a server has that deployment (any worker takes any
+image), else as local subflows. One bad image fails alone; the batch finishes the rest
+and lists the failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Optional, Union
+
+from prefect import flow
+
+from flows.params import PipelineParams, RuntimeParams
+from flows.tasks import (
+    STAGES,
+    amg_task,
+    cached_call,
+    cluster_task,
+    encode_task,
+    export_task,
+    get_model,
+    pool_task,
+    read_image_task,
+    require_entry,
+    timed,
+    track_task,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGE_FLOW_NAME = "segment-image"
+BATCH_FLOW_NAME = "segment-batch"
+SEGMENT_DEPLOYMENT = f"{IMAGE_FLOW_NAME}/segment"  # <flow name>/<deployment name> in prefect.yaml
+EXPERIMENT_DEFAULT = "samseg"
+FanOut = Literal["auto", "local", "deployment"]
+
+
+def stage_status(state: Any) -> tuple[dict[str, str], str]:
+    """(StageRef, "hit"|"computed") of a finished cached-stage task; raises its error."""
+    ref = state.result()
+    return ref, "hit" if state.name == "Cached" else ref["status"]
+
+
+def image_dir_name(uri: str) -> str:
+    """OUT/<image stem>/ — the same layout as the non-Prefect CLI."""
+    return PurePosixPath(str(uri)).stem
+
+
+def run_stages(img: Any, cfg: Any, runtime: RuntimeParams) -> tuple[dict[str, str], dict[str, str], dict[str, float], Any]:
+    """encode → amg → pool through the cache: (keys, cache status, seconds, model)."""
+    from samseg.cache import stage_key
+
+    model = get_model(cfg.model_type, runtime)  # once per process; its sha256 is part of every key
+    keys = {s: stage_key(s, img.sha256, model.checkpoint_sha256, cfg) for s in STAGES}
+    status: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    args = {
+        "encode": (keys["encode"], img, cfg.model_type, runtime),
+        "amg": (keys["amg"], keys["encode"], img, cfg, runtime),
+        "pool": (keys["pool"], keys["encode"], keys["amg"], cfg, runtime),
+    }
+    for stage, stage_task in zip(STAGES, (encode_task, amg_task, pool_task)):
+        fn = cached_call(stage_task, stage, keys[stage], runtime)
+        state, seconds[stage] = timed(fn, *args[stage], return_state=True)
+        _ref, status[stage] = stage_status(state)
+    return keys, status, seconds, model
+
+
+def build_image_summary(img: Any, model: Any, cfg: Any, masks: Any, embeddings: Any,
+                        clusters: Any, seconds: dict[str, float], cache: dict[str, str]) -> dict[str, Any]:
+    """samseg.pipeline.build_summary plus the orchestration fields (cache, prefect ids).
+
+    model: a LoadedModel, or anything with .model_type/.checkpoint_sha256/.checkpoint_path/
+    .device (a recluster describes the model of the run it started from).
+    """
+    from types import SimpleNamespace
+
+    from samseg.pipeline import build_summary
+
+    result = SimpleNamespace(encoded=None, masks=masks, embeddings=embeddings, clusters=clusters,
+                             label_map=None, timings=dict(seconds))
+    summary = build_summary(img, model, cfg, result)
+    if "silhouette" not in summary:
+        from samseg.cluster import silhouette_cosine
+
+        summary["silhouette"] = silhouette_cosine(embeddings, clusters.labels)  # None when undefined
+    summary["cache"] = dict(cache)
+    summary["prefect_flow_run_id"] = _flow_run_id()
+    return summary
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    rid = flow_run.get_id()
+    return str(rid) if rid else None
+
+
+def publish(out: str, img: Any, masks: Any, embeddings: Any, clusters: Any, summary: dict[str, Any],
+            features: Any, track: bool, experiment: str, kind: str, nested_under: str | None = None,
+            parent_run_id: str | None = None) -> dict[str, Any]:
+    """export (+ upload when `out` is s3://) then log the MLflow run; returns where things went."""
+    from samseg.storage import is_s3_uri, join_uri
+
+    name = image_dir_name(img.uri)
+    tmp = None
+    if is_s3_uri(out):
+        tmp = Path(tempfile.mkdtemp(prefix="samseg-export-"))
+        local, dest = tmp / name, join_uri(out, name)
+    else:
+        local, dest = Path(out) / name, None
+    try:
+        (where, seconds) = timed(export_task, str(local), dest, img, masks, embeddings, clusters, summary, features)
+        run_id = None
+        if track:
+            run_id = track_task(str(local), summary, experiment, parent_run_id, nested_under, img.name, kind)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"out_dir": where, "mlflow_run_id": run_id, "export_seconds": seconds}
+
+
+@flow(name=IMAGE_FLOW_NAME, log_prints=True)
+def segment_image_flow(
+    image: str,
+    out: str,
+    settings: PipelineParams = PipelineParams(),
+    runtime: RuntimeParams = RuntimeParams(),
+    track: bool = True,
+    experiment: str = EXPERIMENT_DEFAULT,
+    batch_run_id: Optional[str] = None,
+) -> dict[str, Any]:
+    """Segment one image (path or s3:// URI) into OUT/<stem>/; returns its summary.
+
+    batch_run_id: the MLflow run of the batch this image belongs to (its run is nested).
+    """
+    cfg = settings.to_config()
+    img = read_image_task(image)
+    keys, cache, seconds, model = run_stages(img, cfg, runtime)
+    masks = require_entry(runtime, "amg", keys["amg"])
+    embeddings = require_entry(runtime, "pool", keys["pool"])
+    clusters, seconds["cluster"] = timed(cluster_task, embeddings, cfg.cluster)
+    features = require_entry(runtime, "encode", keys["encode"]).features if runtime.save_features else None
+    summary = build_image_summary(img, model, cfg, masks, embeddings, clusters, seconds, cache)
+    where = publish(out, img, masks, embeddings, clusters, summary, features, track, experiment,
+                    kind="image", nested_under=batch_run_id)
+    return {**summary, **where}
+
+
+# ---------------------------------------------------------------- batch
+
+
+def deployment_exists(name: str = SEGMENT_DEPLOYMENT) -> bool:
+    """True when the API we talk to has the `segment` deployment (i.e. workers can take images)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(name)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+def _image_params(uri: str, out: str, settings: PipelineParams, runtime: RuntimeParams, track: bool,
+                  experiment: str, batch_run_id: str | None) -> dict[str, Any]:
+    return {"image": uri, "out": out, "settings": settings.model_dump(), "runtime": runtime.model_dump(),
+            "track": track, "experiment": experiment, "batch_run_id": batch_run_id}
+
+
+def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    results = []
+    for uri in uris:
+        state = segment_image_flow(image=uri, **kwargs, return_state=True)
+        try:
+            summary = state.result()
+            results.append({"image": uri, "status": "completed", "out_dir": summary["out_dir"],
+                            "mlflow_run_id": summary.get("mlflow_run_id"), "cache": summary.get("cache")})
+        except Exception as exc:  # one bad image fails alone
+            results.append({"image": uri, "status": "failed", "error": _one_line(exc)})
+    return results
+
+
+def _run_deployments(uris: list[str], kwargs: dict[str, Any], poll_s: float = 1.0) -> list[dict[str, Any]]:
+    """Create one `segment` run per image (any worker may take it), then wait for all."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    runs = {uri: run_deployment(SEGMENT_DEPLOYMENT, parameters={"image": uri, **kwargs}, timeout=0,
+                                flow_run_name=f"segment-{image_dir_name(uri)}") for uri in uris}
+    pending = dict(runs)
+    final: dict[str, Any] = {}
+    with get_client(sync_client=True) as client:
+        while pending:
+            for uri, run in list(pending.items()):
+                fr = client.read_flow_run(run.id)
+                if fr.state is not None and fr.state.is_final():
+                    final[uri] = fr
+                    del pending[uri]
+            if pending:
+                time.sleep(poll_s)
+    results = []
+    for uri in uris:
+        fr = final[uri]
+        ok = fr.state.is_completed()
+        entry = {"image": uri, "status": "completed" if ok else "failed", "flow_run_id": str(fr.id)}
+        if not ok:
+            entry["error"] = _one_line(fr.state.message or fr.state.name)
+        results.append(entry)
+    return results
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split())
+
+
+@flow(name=BATCH_FLOW_NAME, log_prints=True)
+def segment_batch_flow(
+    source: Union[str, list[str]],
+    out: str,
+    settings: PipelineParams = PipelineParams(),
+    runtime: RuntimeParams = RuntimeParams(),
+    track: bool = True,
+    experiment: str = EXPERIMENT_DEFAULT,
+    fan_out: FanOut = "auto",
+) -> dict[str, Any]:
+    """Segment every image of a folder, glob, file or s3:// prefix (or a list of them).
+
+    fan_out: "deployment" = one `segment` deployment run per image (needs a server with
+    that deployment and a worker), "local" = subflows in this process, "auto" = the
+    former when the deployment exists. Returns {"images", "succeeded", "failed", ...};
+    the same dict is written to OUT/batch_summary.json.
+    """
+    uris = list_sources(source)
+    use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
+    batch_run_id = _start_batch(track, experiment, settings, source, len(uris))
+    kwargs = _image_params("", out, settings, runtime, track, experiment, batch_run_id)
+    kwargs.pop("image")
+    if not use_deployments:
+        kwargs.update(settings=settings, runtime=runtime)
+    results = (_run_deployments if use_deployments else _run_local)(uris, kwargs)
+    failed = [r for r in results if r["status"] != "completed"]
+    for r in failed:
+        log.error("%s", r["error"])
+    if batch_run_id is not None:
+        from samseg.tracking import end_run
+
+        end_run(batch_run_id, "FAILED" if failed else "FINISHED")
+    report = {"source": source, "out": out, "images": results, "succeeded": len(results) - len(failed),
+              "failed": len(failed), "mlflow_run_id": batch_run_id, "fan_out": "deployment" if use_deployments else "local"}
+    _write_batch_summary(out, report)
+    return report
+
+
+def list_sources(source: Union[str, list[str]]) -> list[str]:
+    from samseg.storage import list_images
+
+    specs = [source] if isinstance(source, str) else list(source)
+    uris: list[str] = []
+    for spec in specs:
+        uris.extend(u for u in list_images(spec) if u not in uris)
+    return uris
+
+
+def _start_batch(track: bool, experiment: str, settings: PipelineParams, source: Any, n: int) -> str | None:
+    if not track:
+        return None
+    from samseg.tracking import start_batch_run
+
+    params = {**settings.to_config().flat(), "n_images": n}
+    tags = {"samseg.kind": "batch", "samseg.source": str(source)}
+    return start_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags)
+
+
+def _write_batch_summary(out: str, report: dict[str, Any]) -> None:
+    import json
+
+    from samseg.storage import join_uri, write_bytes
+
+    write_bytes(join_uri(out, "batch_summary.json"), json.dumps(report, indent=2, default=str).encode("utf-8"))

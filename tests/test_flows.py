@@ -1,0 +1,302 @@
+"""Prefect flows against real servers on 127.0.0.1: Prefect, mlflow (artifacts on moto S3), moto.
+
+tiny-random SAM, preset `smoke` with a 4×4 grid, photos downscaled to 192 px: these check
+plumbing (cache, retries, tracking, fan-out), never segmentation quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefect_fixtures import REPO_ROOT, prefect_api, prefect_server, small_photos, stop_process  # noqa: F401
+from servers import free_port, mlflow_env, mlflow_server, moto_s3, s3_bucket, s3_env  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def smoke_settings(eps: float | None = None):
+    from flows.params import PipelineParams
+
+    p = PipelineParams.from_preset("smoke")
+    amg = p.amg.model_copy(update={"points_per_side": 4})
+    cluster = p.cluster if eps is None else p.cluster.model_copy(update={"eps": eps})
+    return PipelineParams(model_type=p.model_type, amg=amg, pool=p.pool, cluster=cluster)
+
+
+def runtime(cache: Path | str):
+    from flows.params import RuntimeParams
+
+    return RuntimeParams(device="cpu", cache=str(cache))
+
+
+def s3_keys(client, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+@pytest.fixture
+def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SAMSEG_CACHE", str(tmp_path / "default-cache"))
+    return tmp_path
+
+
+# ---------------------------------------------------------------- params (no server)
+
+
+def test_params_mirror_configs_and_reject_what_configs_reject() -> None:
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    from flows.params import AmgParams, ClusterParams, PipelineParams, PoolParams
+    from samseg.config import AmgConfig, ClusterConfig, PoolConfig, get_preset
+
+    for model, cfg in ((AmgParams, AmgConfig), (PoolParams, PoolConfig), (ClusterParams, ClusterConfig)):
+        assert set(model.model_fields) == {f.name for f in dataclasses.fields(cfg)}
+        assert model().to_config() == cfg()
+    for name in ("default", "notebook", "smoke"):
+        assert PipelineParams.from_preset(name).to_config() == get_preset(name)
+    for bad in ({"eps": 0}, {"eps": -1.0}, {"min_samples": 0}, {"metric": "chebyshev"}, {"algorithm": "kmeans"}):
+        with pytest.raises(ValidationError):
+            ClusterParams(**bad)
+    with pytest.raises(ValidationError, match="min_coverage"):
+        PoolParams(min_coverage=0)
+    with pytest.raises(ValidationError):
+        AmgParams(points_per_side=0)
+
+
+def test_flow_parameter_schema_is_a_validated_form() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.recluster import recluster_flow
+    from flows.segment import segment_batch_flow, segment_image_flow
+
+    schema = parameter_schema(segment_batch_flow).model_dump()
+    text = json.dumps(schema)
+    assert {"source", "out", "settings", "runtime", "track", "experiment", "fan_out"} <= set(schema["properties"])
+    cluster = schema["definitions"]["ClusterParams"]["properties"]
+    assert cluster["eps"]["exclusiveMinimum"] == 0 and cluster["min_samples"]["minimum"] == 1
+    assert "dbscan" in text
+    assert "image" in parameter_schema(segment_image_flow).model_dump()["properties"]
+    assert "cluster" in parameter_schema(recluster_flow).model_dump()["required"]
+
+
+def test_gpu_slots_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.tasks import amg_task, encode_task, gpu_slots, pool_task
+
+    monkeypatch.delenv("SAMSEG_GPU_SLOTS", raising=False)
+    assert gpu_slots() == 1
+    monkeypatch.setenv("SAMSEG_GPU_SLOTS", "0")
+    with pytest.raises(ValueError, match="SAMSEG_GPU_SLOTS"):
+        gpu_slots()
+    assert "gpu" in encode_task.tags and "gpu" in amg_task.tags and "gpu" not in pool_task.tags
+    assert encode_task.retries == 0 and amg_task.retries == 0
+
+
+# ---------------------------------------------------------------- batch on S3 + MLflow, then re-tune
+
+
+def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bucket, moto_s3, small_photos) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from flows.params import ClusterParams
+    from flows.recluster import recluster_flow
+    from flows.segment import segment_batch_flow
+
+    client = moto_s3.client()
+    names = ["letters.jpg", "bears.jpg", "plaza.jpg"]
+    for name in names:
+        client.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=(small_photos / name).read_bytes())
+    experiment = f"flows-{uuid.uuid4().hex[:8]}"
+    cache, out = f"s3://{s3_bucket}/cache", f"s3://{s3_bucket}/out"
+    kwargs = dict(source=f"s3://{s3_bucket}/in/", runtime=runtime(cache), track=True, experiment=experiment)
+
+    report = segment_batch_flow(out=out, settings=smoke_settings(), **kwargs)
+    assert (report["succeeded"], report["failed"], report["fan_out"]) == (3, 0, "local")
+    assert all(r["cache"] == {"encode": "computed", "amg": "computed", "pool": "computed"} for r in report["images"])
+
+    # outputs and cache entries are on S3, each image dir published with _SUCCESS last
+    keys = s3_keys(client, s3_bucket, "")
+    for stem in ("letters", "bears", "plaza"):
+        for f in ("_SUCCESS", "labels.png", "overlay.png", "masks.json", "embeddings.npy", "summary.json"):
+            assert f"out/{stem}/{f}" in keys
+    for stage in ("encode", "amg", "pool"):
+        assert sum(k.startswith(f"cache/{stage}/") and k.endswith("manifest.json") for k in keys) == 3
+    assert "out/batch_summary.json" in keys
+
+    # MLflow: a batch parent run, one nested child per image with params/metrics/artifacts
+    ml = MlflowClient()
+    batch = ml.get_run(report["mlflow_run_id"])
+    assert batch.data.tags["samseg.kind"] == "batch" and batch.info.status == "FINISHED"
+    exp = ml.get_experiment_by_name(experiment)
+    children = ml.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{batch.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == sorted(names)
+    for run in children:
+        assert run.data.params["amg.points_per_side"] == "4" and run.data.params["model_type"] == "tiny-random"
+        assert run.data.metrics["n_masks"] > 0 and run.data.metrics["cache_hits"] == 0
+        assert run.data.tags["samseg.prefect_flow_run_id"]
+        arts = {a.path for a in ml.list_artifacts(run.info.run_id)}
+        assert {"labels.png", "summary.json", "masks.json", "embeddings.npy"} <= arts
+
+    # rerun with another eps: encode/amg/pool all come from the cache
+    report2 = segment_batch_flow(out=f"s3://{s3_bucket}/out2", settings=smoke_settings(eps=0.5), **kwargs)
+    assert report2["succeeded"] == 3
+    assert all(r["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"} for r in report2["images"])
+    summary2 = json.loads(client.get_object(Bucket=s3_bucket, Key="out2/letters/summary.json")["Body"].read())
+    assert summary2["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}
+    assert summary2["config"]["cluster.eps"] == 0.5
+
+    # recluster one image run: only cluster + export, a new run tagged with its parent
+    child = next(r for r in children if r.info.run_name == "letters.jpg")
+    res = recluster_flow(cluster=ClusterParams(eps=1e-6, min_samples=1), out=f"s3://{s3_bucket}/re",
+                         run_id=child.info.run_id, runtime=runtime(cache), experiment=experiment)
+    new = ml.get_run(res["mlflow_run_id"])
+    assert new.data.tags["samseg.parent_run_id"] == child.info.run_id
+    assert new.data.tags["samseg.kind"] == "recluster" and new.data.params["cluster.eps"] == "1e-06"
+    assert res["recluster"]["inputs_from"] == "cache"
+    _assert_labels_differ_iff_clusters_differ(client, s3_bucket, "out/letters", "re/letters")
+
+
+def _assert_labels_differ_iff_clusters_differ(client, bucket: str, a: str, b: str) -> None:
+    import io
+
+    from PIL import Image
+
+    def load(prefix: str) -> tuple[list[int], np.ndarray]:
+        coco = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/masks.json")["Body"].read())
+        png = client.get_object(Bucket=bucket, Key=f"{prefix}/labels.png")["Body"].read()
+        return [a["cluster"] for a in coco["annotations"]], np.asarray(Image.open(io.BytesIO(png)))
+
+    (ca, la), (cb, lb) = load(a), load(b)
+    assert len(ca) == len(cb)
+    # eps=1e-6, min_samples=1: every mask is its own cluster (distinct pooled embeddings)
+    assert len(set(cb)) == len(cb) and -1 not in cb
+    if ca != cb:
+        assert not np.array_equal(la, lb)
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_corrupt_cache_entry_is_recomputed(prefect_api, local_env, small_photos) -> None:
+    from flows.segment import segment_image_flow
+    from samseg.cache import StageCache
+
+    cache = local_env / "cache"
+    args = dict(image=str(small_photos / "letters.jpg"), settings=smoke_settings(), runtime=runtime(cache), track=False)
+    first = segment_image_flow(out=str(local_env / "a"), **args)
+    assert set(first["cache"].values()) == {"computed"}
+
+    feats = next(cache.glob("encode/*/*/features.npy"))
+    feats.write_bytes(feats.read_bytes()[: feats.stat().st_size // 2])  # truncated payload
+    masks_json = next(cache.glob("amg/*/*/masks.json"))
+    masks_json.write_bytes(b"{not json" + masks_json.read_bytes()[9:])  # same size, bad bytes
+
+    second = segment_image_flow(out=str(local_env / "b"), **args)
+    assert second["cache"] == {"encode": "computed", "amg": "computed", "pool": "hit"}
+    key = feats.parent.name
+    assert StageCache(str(cache)).load_encoded(key) is not None  # rewritten whole
+    third = segment_image_flow(out=str(local_env / "c"), **args)
+    assert third["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}
+    assert third["n_masks"] == first["n_masks"]
+
+
+def test_s3_unreachable_retries_then_one_clear_error(prefect_api, local_env, small_photos, monkeypatch) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.segment import segment_image_flow
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-not-real")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    state = segment_image_flow(image=str(small_photos / "bears.jpg"), out="s3://nowhere-bucket/run1",
+                               settings=smoke_settings(), runtime=runtime(local_env / "cache"), track=False,
+                               return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception) as info:
+        state.result()
+    message = str(info.value)
+    assert "s3://nowhere-bucket/run1" in message and "\n" not in message.strip()
+    with get_client(sync_client=True) as client:
+        flt = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        runs = {t.name.rsplit("-", 1)[0]: t for t in client.read_task_runs(flow_run_filter=flt)}
+    assert runs["export"].run_count == 3  # the first try + IO_RETRIES
+    assert runs["encode"].run_count == 1
+    assert not list(Path("/tmp").glob("samseg-export-*/bears"))  # local staging cleaned up
+
+
+def test_bad_image_fails_alone(prefect_api, local_env, small_photos) -> None:
+    from flows.segment import segment_batch_flow
+
+    src = local_env / "in"
+    src.mkdir()
+    for name in ("letters.jpg", "plaza.jpg"):
+        (src / name).write_bytes((small_photos / name).read_bytes())
+    (src / "broken.jpg").write_text("this is not a jpeg")
+    out = local_env / "out"
+    report = segment_batch_flow(source=str(src), out=str(out), settings=smoke_settings(),
+                                runtime=runtime(local_env / "cache"), track=False, fan_out="local")
+    assert (report["succeeded"], report["failed"]) == (2, 1)
+    bad = next(r for r in report["images"] if r["status"] == "failed")
+    assert bad["image"].endswith("broken.jpg") and "broken.jpg" in bad["error"] and "\n" not in bad["error"]
+    assert (out / "letters" / "labels.png").is_file() and (out / "plaza" / "labels.png").is_file()
+    assert not (out / "broken").exists()
+    assert json.loads((out / "batch_summary.json").read_text())["failed"] == 1
+
+
+def test_killed_batch_rerun_computes_only_unfinished(prefect_api, local_env, small_photos) -> None:
+    from flows.segment import segment_batch_flow
+
+    src = local_env / "in"
+    src.mkdir()
+    names = ["bears.jpg", "horses.jpg", "letters.jpg", "plaza.jpg"]  # list order = processing order
+    for name in names:
+        (src / name).write_bytes((small_photos / name).read_bytes())
+    out, cache = local_env / "out", local_env / "cache"
+    code = (
+        "import sys\n"
+        "from flows.params import PipelineParams, RuntimeParams\n"
+        "from flows.segment import segment_batch_flow\n"
+        "settings = PipelineParams.model_validate_json(sys.argv[4])\n"
+        "segment_batch_flow(source=sys.argv[1], out=sys.argv[2], settings=settings,"
+        " runtime=RuntimeParams(device='cpu', cache=sys.argv[3]), track=False, fan_out='local')\n"
+    )
+    env = {**prefect_api.env, "SAMSEG_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out), str(cache), smoke_settings().model_dump_json()], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "bears" / "summary.json").exists():
+            assert proc.poll() is None, "batch process exited before the first image finished"
+            assert time.monotonic() < deadline, "first image never finished"
+            time.sleep(0.05)
+        os.killpg(proc.pid, 9)  # the worker dies mid-batch, no cleanup
+        proc.wait(timeout=30)
+    finally:
+        stop_process(proc)
+    finished = {p.parent.name for p in out.glob("*/summary.json")}
+    assert "bears" in finished and len(finished) < len(names), finished
+
+    report = segment_batch_flow(source=str(src), out=str(out), settings=smoke_settings(), runtime=runtime(cache),
+                                track=False, fan_out="local")
+    assert report["succeeded"] == len(names)
+    for r in report["images"]:
+        stem = Path(r["image"]).stem
+        if stem in finished:
+            assert r["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}, stem
+        else:
+            assert "computed" in r["cache"].values(), stem
