@@ -1,0 +1,148 @@
+"""Score predicted class maps against ground-truth class maps.
+
+Both maps are H×W integer arrays. Ground truth: 0 = background, ids >= 1 = classes.
+Prediction: 0 = no class, ids >= 1 = clusters (samseg writes cluster c as c + 1).
+Cluster ids carry no meaning, so each GT class is matched to at most one predicted
+cluster by the Hungarian algorithm (`scipy.optimize.linear_sum_assignment`) maximising
+the summed IoU; an unmatched GT class scores IoU 0. mIoU is the mean over GT classes.
+ARI and NMI (`sklearn.metrics`) compare the two pixel partitions as a whole,
+background / unlabelled (0) included as one more group on each side.
+
+`evaluate_dirs` is the file edge: pred_dir/<stem>/labels.png against gt_dir/<stem>.png.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+
+
+class EvalInputError(ValueError):
+    """Label maps that cannot be compared (missing file, size mismatch, not single-channel)."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Scores of one predicted map against one GT map.
+
+    per_class_iou: GT id → IoU with its matched cluster (0.0 when unmatched).
+    matching: GT id → matched predicted id (GT classes left unmatched are absent).
+    miou: mean of per_class_iou (NaN when the GT has no class). ari, nmi: over pixels.
+    n_pred_clusters: predicted ids >= 1 present in the (non-ignored) map.
+    """
+
+    per_class_iou: dict[int, float]
+    matching: dict[int, int]
+    miou: float
+    ari: float
+    nmi: float
+    n_pred_clusters: int = 0
+
+
+def iou_matrix(pred_hw: np.ndarray, gt_hw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gt_ids (G,), pred_ids (P,), G×P IoU float64) over classes >= 1 of each map (1-D pixel arrays)."""
+    gt_ids, g_inv = np.unique(gt_hw, return_inverse=True)
+    pred_ids, p_inv = np.unique(pred_hw, return_inverse=True)
+    joint = np.bincount(g_inv * len(pred_ids) + p_inv, minlength=len(gt_ids) * len(pred_ids))
+    joint = joint.reshape(len(gt_ids), len(pred_ids)).astype(np.float64)
+    g_keep, p_keep = gt_ids >= 1, pred_ids >= 1
+    inter = joint[g_keep][:, p_keep]
+    g_area = joint.sum(axis=1)[g_keep]
+    p_area = joint.sum(axis=0)[p_keep]
+    union = g_area[:, None] + p_area[None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return gt_ids[g_keep].astype(np.int64), pred_ids[p_keep].astype(np.int64), iou
+
+
+def evaluate_label_maps(pred_hw: np.ndarray, gt_hw: np.ndarray, ignore_index: int | None = None) -> EvalResult:
+    """Hungarian-matched per-class IoU, mIoU, ARI and NMI of one H×W prediction vs one H×W GT.
+
+    Pixels where gt == ignore_index are left out of every score.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    pred, gt = np.asarray(pred_hw), np.asarray(gt_hw)
+    if pred.shape != gt.shape:
+        raise EvalInputError(f"prediction is {pred.shape[:2]}, ground truth is {gt.shape[:2]}")
+    pred, gt = pred.reshape(-1).astype(np.int64), gt.reshape(-1).astype(np.int64)
+    if ignore_index is not None:
+        keep = gt != ignore_index
+        pred, gt = pred[keep], gt[keep]
+    gt_ids, pred_ids, iou = iou_matrix(pred, gt)
+    per_class = {int(g): 0.0 for g in gt_ids}
+    matching: dict[int, int] = {}
+    if iou.size:
+        rows, cols = linear_sum_assignment(iou, maximize=True)
+        for r, c in zip(rows, cols):
+            if iou[r, c] > 0:  # a zero-overlap pairing is not a match
+                per_class[int(gt_ids[r])] = float(iou[r, c])
+                matching[int(gt_ids[r])] = int(pred_ids[c])
+    miou = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    if len(gt):
+        ari = float(adjusted_rand_score(gt, pred))
+        nmi = float(normalized_mutual_info_score(gt, pred))
+    else:
+        ari = nmi = float("nan")
+    return EvalResult(per_class, matching, miou, ari, nmi, n_pred_clusters=len(pred_ids))
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """H×W int64 from a single-channel PNG (8-bit, 16-bit, 32-bit or palette indices)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
+                raise EvalInputError(f"{path}: label map must be single-channel, got PIL mode {img.mode}")
+            arr = np.array(img)
+    except (OSError, SyntaxError) as exc:
+        raise EvalInputError(f"{path}: cannot read label PNG ({exc})") from exc
+    return arr.astype(np.int64)
+
+
+def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, ignore_index: int | None = None):
+    """Score every gt_dir/<stem>.png against pred_dir/<stem>/labels.png.
+
+    Returns (per_image DataFrame [image, n_gt_classes, n_pred_clusters, miou, ari, nmi],
+    per_class DataFrame [image, gt_class, pred_cluster (-1 unmatched), iou],
+    summary dict). Predictions without GT are not scored; they are listed in
+    summary["unscored_predictions"]. A GT without prediction or a size mismatch raises.
+    """
+    import pandas as pd
+
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise EvalInputError(f"{gt_dir}: ground-truth directory not found")
+    gt_files = sorted(gt_dir.glob("*.png"))
+    if not gt_files:
+        raise EvalInputError(f"{gt_dir}: no ground-truth *.png files")
+    images, classes = [], []
+    for gt_path in gt_files:
+        pred_path = pred_dir / gt_path.stem / "labels.png"
+        if not pred_path.is_file():
+            raise EvalInputError(f"{pred_path}: missing prediction for ground truth {gt_path.name}")
+        pred, gt = read_label_png(pred_path), read_label_png(gt_path)
+        if pred.shape != gt.shape:
+            raise EvalInputError(f"{pred_path}: size {pred.shape} does not match ground truth {gt_path} {gt.shape}")
+        res = evaluate_label_maps(pred, gt, ignore_index)
+        images.append(
+            {"image": gt_path.stem, "n_gt_classes": len(res.per_class_iou), "n_pred_clusters": res.n_pred_clusters,
+             "miou": res.miou, "ari": res.ari, "nmi": res.nmi}
+        )
+        for g, iou in res.per_class_iou.items():
+            classes.append({"image": gt_path.stem, "gt_class": g, "pred_cluster": res.matching.get(g, -1), "iou": iou})
+    per_image = pd.DataFrame(images, columns=["image", "n_gt_classes", "n_pred_clusters", "miou", "ari", "nmi"])
+    per_class = pd.DataFrame(classes, columns=["image", "gt_class", "pred_cluster", "iou"])
+    scored = {p["image"] for p in images}
+    unscored = sorted(p.name for p in pred_dir.iterdir() if p.is_dir() and p.name not in scored) if pred_dir.is_dir() else []
+    summary = {
+        "n_images": len(per_image),
+        "mean_miou": float(per_image["miou"].mean()),
+        "mean_ari": float(per_image["ari"].mean()),
+        "mean_nmi": float(per_image["nmi"].mean()),
+        "mean_class_iou": float(per_class["iou"].mean()) if len(per_class) else float("nan"),
+        "unscored_predictions": unscored,
+    }
+    return per_image, per_class, summary
