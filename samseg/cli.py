@@ -1,0 +1,386 @@
+"""`samseg` command line: segment, weights, eval (+ commands other modules register).
+
+Exit codes: 0 = everything done, 1 = some images (or the command's work) failed,
+2 = usage error (bad flag or config value), 130 = interrupted.
+Expected errors print ONE line ("error: <name>: <problem>") and no traceback; an
+unexpected exception on one image is reported the same way, its traceback is logged at
+debug level (shown with --verbose), and the batch goes on.
+
+Adding a subcommand: write a module with `add_parser(subparsers)` that creates its
+parser and calls `parser.set_defaults(handler=fn)` where `fn(args) -> int`, then list
+the module in COMMAND_MODULES. Keep that module's top-level imports light: every
+module listed is imported to build `samseg --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("samseg.cli")
+
+# Modules providing add_parser(subparsers); e.g. "samseg.cli_recluster", "samseg.cli_runs".
+COMMAND_MODULES: list[str] = []
+
+# CLI sections: flag group title and the config section whose every field becomes a flag.
+_CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("amg", "automatic mask generator (SAM's SamAutomaticMaskGenerator knobs)"),
+    ("pool", "mask embedding pooling"),
+    ("cluster", "clustering of mask embeddings"),
+)
+
+
+class UsageError(Exception):
+    """A bad command line detected after parsing (config values, no images); exit 2."""
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help → 0, bad flag → 2
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    _setup_logging(getattr(args, "verbose", False))
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:  # a command group without its action, or no command at all
+        getattr(args, "subparser", parser).print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except UsageError as exc:
+        args.subparser.print_usage(sys.stderr)
+        print(f"{args.subparser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samseg",
+        description="Automatic semantic segmentation with Segment Anything: AMG masks, "
+        "pooled encoder embeddings, density clustering into classes.",
+    )
+    parser.add_argument("--version", action="version", version=f"samseg {_version()}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in (_add_segment_parser, _add_weights_parser, _add_eval_parser):
+        add(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    from samseg import __version__
+
+    return __version__
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks of unexpected errors")
+    p.set_defaults(subparser=p)
+
+
+def _error_line(message: str) -> None:
+    """One error line on stderr that does not tear a tqdm bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"error: {message}", file=sys.stderr)
+
+
+# -------------------------------------------------------------------------- segment
+
+
+def _add_segment_parser(sub: Any) -> None:
+    from samseg.config import PRESETS
+    from samseg.model import MODEL_TYPES
+
+    p = sub.add_parser(
+        "segment",
+        help="segment images into classes",
+        description="Segment every image; results go to OUT/<image stem>/. Flags left out take the preset's value.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, directories (not recursive) or globs")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output root; one sub-directory per image")
+    p.add_argument("--model", choices=MODEL_TYPES, default=None, help="SAM variant (default: the preset's)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", help="weights file (default: the verified cached official one)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="named config (default: %(default)s)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=0, help="tiny-random weights seed (default: %(default)s)")
+    p.add_argument("--save-features", action="store_true", help="also write features.npy (C×64×64 float32 encoder output)")
+    _add_config_flags(p)
+    _add_common(p)
+    p.set_defaults(handler=_run_segment)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per field of AmgConfig / PoolConfig / ClusterConfig (dest "section.field",
+    default None = the preset's value), so a new config field gets its flag for free."""
+    from samseg.config import DEFAULT
+
+    for section, title in _CONFIG_SECTIONS:
+        group = p.add_argument_group(title)
+        cls = type(getattr(DEFAULT, section))
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
+            default = getattr(getattr(DEFAULT, section), f.name)
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f"{section}.{f.name}",
+                type=type(default) if choices is None else str,
+                choices=choices,
+                default=None,
+                metavar=None if choices else type(default).__name__.upper(),
+                help=f"{section}.{f.name} ('default' preset: {default:.4g})" if isinstance(default, float)
+                else f"{section}.{f.name} ('default' preset: {default})",
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> "Any":
+    """PipelineConfig = preset, then --model, then every explicitly given config flag.
+    Invalid values raise UsageError with the config's own message."""
+    from samseg.config import get_preset
+
+    try:
+        cfg = get_preset(args.preset)
+        if args.model is not None:
+            cfg = cfg.replace(model_type=args.model)
+        changes: dict[str, dict[str, Any]] = {}
+        for key, value in vars(args).items():
+            section, dot, name = key.partition(".")
+            if dot and value is not None:
+                changes.setdefault(section, {})[name] = value
+        return cfg.replace(**changes) if changes else cfg
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from samseg.images import find_images
+
+    cfg = config_from_args(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a directory")
+    paths = find_images(args.inputs)
+    if not paths:
+        raise UsageError(f"no images found in: {' '.join(args.inputs)}")
+    model = _load_model_or_none(cfg.model_type, args.checkpoint, args.device, args.seed)
+    if model is None:
+        return 1
+    outcomes = segment_paths(model, paths, cfg, args.out, save_features=args.save_features)
+    failed = sum(1 for o in outcomes if o.error is not None)
+    if failed:
+        print(f"{failed} of {len(outcomes)} images failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _load_model_or_none(model_type: str, checkpoint: str | None, device: str | None, seed: int) -> Any:
+    """The model, loaded once per command; None after printing one error line."""
+    from samseg.model import CheckpointError, load_model
+
+    try:
+        return load_model(model_type, checkpoint=checkpoint, device=device, seed=seed)
+    except CheckpointError as exc:
+        _error_line(str(exc))
+        return None
+    except ValueError as exc:  # unknown device, etc.
+        raise UsageError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What happened to one input: out_dir + summary when done, error (one line) when not."""
+
+    path: str
+    out_dir: Path | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def segment_paths(model: Any, paths: list[str], cfg: Any, out_root: Path, save_features: bool = False) -> list[ImageOutcome]:
+    """The per-image loop of `samseg segment` (the Prefect flow replaces exactly this).
+
+    Each path → out_root/<unique stem>/ via `segment_one`; a failing image prints one
+    error line and the loop goes on. Progress bars (tqdm, stderr) over images and stages.
+    """
+    from tqdm import tqdm
+
+    from samseg.pipeline import STAGES
+
+    outcomes = []
+    names = output_names(paths)
+    with tqdm(total=len(paths), desc="images", unit="img", file=sys.stderr, disable=None) as bar:
+        for path, name in zip(paths, names):
+            with tqdm(total=len(STAGES), desc=Path(path).name, leave=False, file=sys.stderr, disable=None) as stages:
+
+                def progress(stage: str) -> None:
+                    stages.set_postfix_str(stage, refresh=False)
+                    stages.update(1)
+
+                outcome = _segment_one_reported(model, path, cfg, out_root / name, save_features, progress)
+            outcomes.append(outcome)
+            bar.update(1)
+    return outcomes
+
+
+def _segment_one_reported(model: Any, path: str, cfg: Any, out_dir: Path, save_features: bool, progress: Any) -> ImageOutcome:
+    """`segment_one`, with any error turned into one printed line and an ImageOutcome."""
+    from samseg.export import OutputsError
+    from samseg.images import ImageError
+
+    try:
+        summary = segment_one(model, path, cfg, out_dir, save_features, progress)
+    except (ImageError, OutputsError) as exc:
+        message = str(exc)
+    except (ValueError, OSError) as exc:  # stage input errors, disk full, ...
+        message = f"{path}: {exc}"
+    except Exception as exc:  # noqa: BLE001 — one image must not stop the batch
+        log.debug("unexpected error on %s", path, exc_info=True)
+        message = f"{path}: unexpected {type(exc).__name__}: {exc}"
+    else:
+        from tqdm import tqdm
+
+        tqdm.write(
+            f"{summary['image']['file_name']}: {summary['n_masks']} masks, {summary['n_clusters']} classes, "
+            f"{summary['n_noise']} noise -> {out_dir}",
+            file=sys.stdout,
+        )
+        return ImageOutcome(path=path, out_dir=out_dir, summary=summary)
+    message = " ".join(message.split())
+    _error_line(message)
+    return ImageOutcome(path=path, error=message)
+
+
+def segment_one(model: Any, path: str, cfg: Any, out_dir: Path, save_features: bool = False, progress: Any = None) -> dict[str, Any]:
+    """load → segment_image → build_summary → write_outputs(out_dir); returns the summary."""
+    from samseg.export import write_outputs
+    from samseg.images import load_image
+    from samseg.pipeline import build_summary, segment_image
+
+    image = load_image(path)
+    result = segment_image(model, image, cfg, progress=progress)
+    summary = build_summary(image, model, cfg, result)
+    features = result.encoded.features if save_features else None
+    write_outputs(out_dir, image, result.masks, result.embeddings, result.clusters, result.label_map, summary, features)
+    return summary
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """Output dir name per input: the file stem; a repeated stem (a/x.jpg, b/x.png) gets
+    -2, -3, ... in input order so no image overwrites another's results."""
+    names: list[str] = []
+    used: set[str] = set()
+    for p in paths:
+        stem = Path(p).stem or "image"
+        name, k = stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}-{k}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+# -------------------------------------------------------------------------- weights
+
+
+def _add_weights_parser(sub: Any) -> None:
+    from samseg.model import CHECKPOINTS
+
+    p = sub.add_parser("weights", help="download or list SAM checkpoints", description="Official SAM checkpoints, sha256-verified, cached in $SAMSEG_HOME/checkpoints.")
+    wsub = p.add_subparsers(title="actions", metavar="ACTION")
+    d = wsub.add_parser("download", help="download and verify one checkpoint")
+    d.add_argument("model_type", metavar="TYPE", choices=tuple(CHECKPOINTS), help=" | ".join(CHECKPOINTS))
+    _add_common(d)
+    d.set_defaults(handler=_run_weights_download)
+    ls = wsub.add_parser("list", help="where each checkpoint is cached and whether it is present")
+    _add_common(ls)
+    ls.set_defaults(handler=_run_weights_list)
+    _add_common(p)
+
+
+def _run_weights_download(args: argparse.Namespace) -> int:
+    from samseg.model import CheckpointError, download_checkpoint
+
+    try:
+        path = download_checkpoint(args.model_type)
+    except CheckpointError as exc:
+        _error_line(str(exc))
+        return 1
+    print(path)
+    return 0
+
+
+def _run_weights_list(args: argparse.Namespace) -> int:
+    from samseg.model import CHECKPOINTS, checkpoint_path
+
+    for model_type in CHECKPOINTS:
+        path = checkpoint_path(model_type)
+        print(f"{model_type}\t{'present' if path.is_file() else 'missing'}\t{path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _add_eval_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score predicted class maps against ground truth",
+        description="PRED_DIR/<stem>/labels.png against GT_DIR/<stem>.png (0 = background): "
+        "Hungarian-matched per-class IoU, mIoU, ARI, NMI.",
+    )
+    p.add_argument("pred_dir", type=Path, metavar="PRED_DIR")
+    p.add_argument("gt_dir", type=Path, metavar="GT_DIR")
+    p.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                   help="write the per-image table to FILE and the per-class table to FILE with suffix .classes.csv")
+    p.add_argument("--ignore-index", type=int, default=None, metavar="ID", help="GT id excluded from scoring (e.g. 255)")
+    _add_common(p)
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from samseg.eval import EvalInputError, evaluate_dirs
+
+    try:
+        per_image, per_class, summary = evaluate_dirs(args.pred_dir, args.gt_dir, ignore_index=args.ignore_index)
+    except EvalInputError as exc:
+        _error_line(str(exc))
+        return 1
+    print("per-class IoU (GT class → matched predicted cluster id, -1 = unmatched)")
+    print(per_class.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("\nper image")
+    print(per_image.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nmean over {summary['n_images']} images: mIoU {summary['mean_miou']:.4f}  "
+          f"ARI {summary['mean_ari']:.4f}  NMI {summary['mean_nmi']:.4f}")
+    if summary.get("unscored_predictions"):
+        print(f"not scored (no ground truth): {', '.join(summary['unscored_predictions'])}")
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        per_image.to_csv(args.csv, index=False)
+        per_class.to_csv(args.csv.with_suffix(".classes.csv"), index=False)
+    return 0
+
+
+if __name__ == "__main__":  # python -m samseg.cli
+    sys.exit(main())

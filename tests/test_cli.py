@@ -1,0 +1,197 @@
+"""`samseg` CLI end to end with the tiny-random SAM (meaningless masks: shapes and plumbing only)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from samseg import cli
+from samseg.export import read_label_png, write_label_png
+from samseg.types import MaskSet
+
+TINY_POINTS = "4"  # 4×4 prompts: keeps the e2e runs cheap on 2 CPU cores
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+@pytest.fixture(scope="module")
+def batch(shared_images: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real run: letters.jpg + bears.jpg (non-square) + a text file named .jpg."""
+    tmp = tmp_path_factory.mktemp("batch")
+    bad = tmp / "broken.jpg"
+    bad.write_text("this is not a JPEG\n")
+    out = tmp / "out"
+    argv = ["segment", str(shared_images / "letters.jpg"), str(bad), str(shared_images / "bears.jpg"),
+            "--model", "tiny-random", "--preset", "smoke", "--points-per-side", TINY_POINTS, "--device", "cpu",
+            "--save-features", "--out", str(out)]
+    rc, stdout, stderr = run_cli(argv)
+    return {"rc": rc, "stdout": stdout, "stderr": stderr, "out": out, "images": shared_images}
+
+
+@pytest.mark.parametrize("name", ["letters", "bears"])
+def test_batch_outputs_have_right_shapes(batch, name: str) -> None:
+    d = batch["out"] / name
+    hw = Image.open(batch["images"] / f"{name}.jpg").size[::-1]  # these files carry no EXIF rotation
+    labels = read_label_png(d / "labels.png")
+    assert labels.dtype == np.uint16 and labels.shape == hw
+    coco = json.loads((d / "masks.json").read_text())
+    summary = json.loads((d / "summary.json").read_text())
+    n = len(coco["annotations"])
+    assert n > 0 and summary["n_masks"] == n
+    assert (coco["images"][0]["height"], coco["images"][0]["width"]) == hw
+    emb = np.load(d / "embeddings.npy")
+    assert emb.shape == (n, 32) and emb.dtype == np.float32  # tiny-random has 32 channels
+    assert np.load(d / "features.npy").shape == (32, 64, 64)
+    assert len(pd.read_parquet(d / "masks.parquet")) == n
+    assert np.asarray(Image.open(d / "overlay.png")).shape == (*hw, 3)
+    assert len(list((d / "classes").glob("class_*.png"))) == summary["n_clusters"]
+    assert int(labels.max()) <= summary["n_clusters"]
+    assert summary["model"]["type"] == "tiny-random" and summary["config"]["amg.points_per_side"] == 4
+    assert set(summary["seconds"]) == {"encode", "amg", "pool", "cluster", "compose", "total"}
+
+
+def test_batch_bad_file_one_line_others_finished(batch) -> None:
+    assert batch["rc"] == 1
+    errors = error_lines(batch["stderr"])
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and "not a recognised image" in errors[0]
+    assert "Traceback" not in batch["stderr"]
+    assert sorted(p.name for p in batch["out"].iterdir()) == ["bears", "letters"]
+    assert "letters.jpg:" in batch["stdout"] and "bears.jpg:" in batch["stdout"]
+
+
+@pytest.fixture()
+def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path) -> Path:
+    """Reuse the session's tiny model instead of loading one per CLI call."""
+    monkeypatch.setattr("samseg.model.load_model", lambda *a, **k: tiny_model)
+    return tmp_path
+
+
+def test_uniform_image_without_masks_gives_empty_result(quick: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Injected: the AMG finds nothing on a flat image (a random SAM cannot be relied on to).
+    monkeypatch.setattr("samseg.amg.generate_masks", lambda model, rgb, enc, cfg: MaskSet.empty(rgb.shape[:2]))
+    Image.new("RGB", (48, 32), (128, 128, 128)).save(quick / "flat.png")
+    rc, stdout, stderr = run_cli(["segment", str(quick / "flat.png"), "--preset", "smoke", "--out", str(quick / "out")])
+    assert rc == 0, stderr
+    d = quick / "out" / "flat"
+    assert np.array_equal(read_label_png(d / "labels.png"), np.zeros((32, 48), np.uint16))
+    assert json.loads((d / "masks.json").read_text())["annotations"] == []
+    assert np.load(d / "embeddings.npy").shape == (0, 32)
+    summary = json.loads((d / "summary.json").read_text())
+    assert (summary["n_masks"], summary["n_clusters"], summary["n_noise"], summary["cluster_sizes"]) == (0, 0, 0, [])
+    assert not list((d / "classes").iterdir())
+
+
+def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import samseg.pool
+
+    real_pool = samseg.pool.pool_embeddings
+
+    def flaky_pool(masks, encoded, cfg):
+        if masks.image_hw == (40, 40):
+            raise RuntimeError("simulated crash")
+        return real_pool(masks, encoded, cfg)
+
+    monkeypatch.setattr("samseg.pool.pool_embeddings", flaky_pool)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(quick / "a_crash.png")
+    Image.fromarray(rng.integers(0, 255, (24, 36, 3), dtype=np.uint8)).save(quick / "b_fine.png")
+    rc, stdout, stderr = run_cli(["segment", str(quick), "--preset", "smoke", "--points-per-side", "2", "--out", str(quick / "out")])
+    assert rc == 1
+    assert error_lines(stderr) == [f"error: {quick / 'a_crash.png'}: unexpected RuntimeError: simulated crash"]
+    assert "Traceback" not in stderr
+    assert [p.name for p in (quick / "out").iterdir()] == ["b_fine"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--eps", "-1"], "cluster.eps must be > 0"),
+        (["--points-per-side", "0"], "amg.points_per_side must be >= 1"),
+        (["--metric", "hamming"], "cluster.metric"),
+        (["--algorithm", "kmeans"], "invalid choice"),
+        (["--eps", "lots"], "invalid float value"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flag_is_usage_error(tmp_path: Path, flags: list[str], message: str) -> None:
+    rc, _, stderr = run_cli(["segment", str(tmp_path), "--out", str(tmp_path / "o"), *flags])
+    assert rc == 2 and message in stderr and "Traceback" not in stderr
+
+
+def test_no_images_and_missing_command_are_usage_errors(tmp_path: Path) -> None:
+    rc, _, stderr = run_cli(["segment", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no images found" in stderr
+    assert run_cli([])[0] == 2
+    assert run_cli(["weights"])[0] == 2
+
+
+def test_flags_override_preset() -> None:
+    args = cli.build_parser().parse_args(
+        ["segment", "x.jpg", "--out", "o", "--preset", "smoke", "--model", "vit_b", "--points-per-side", "5",
+         "--cell-rule", "min_coverage", "--min-samples", "4"])
+    cfg = cli.config_from_args(args)
+    assert cfg.model_type == "vit_b" and cfg.amg.points_per_side == 5
+    assert cfg.amg.pred_iou_thresh == 0.0  # untouched smoke value
+    assert cfg.pool.cell_rule == "min_coverage" and cfg.cluster.min_samples == 4 and cfg.cluster.eps == 0.06
+
+
+def test_output_names_never_collide() -> None:
+    assert cli.output_names(["a/x.jpg", "b/x.png", "c/y.jpg", "d/x.jpg"]) == ["x", "x-2", "y", "x-3"]
+
+
+def test_weights_download_offline_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from samseg.model import CheckpointError
+
+    def offline(model_type, *a, **k):
+        raise CheckpointError(f"could not download the {model_type} checkpoint (offline)")
+
+    monkeypatch.setattr("samseg.model.download_checkpoint", offline)
+    rc, _, stderr = run_cli(["weights", "download", "vit_b"])
+    assert rc == 1 and error_lines(stderr) == ["error: could not download the vit_b checkpoint (offline)"]
+    assert run_cli(["weights", "download", "vit_x"])[0] == 2
+
+
+def test_eval_prints_tables_and_writes_csv(tmp_path: Path) -> None:
+    gt = np.zeros((10, 12), np.uint8)
+    gt[:, 6:] = 1
+    gt[:3, :3] = 2
+    pred = np.zeros((10, 12), np.uint16)
+    pred[gt == 1], pred[gt == 2] = 7, 3  # same partition, different ids
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(gt).save(tmp_path / "gt" / "pic.png")
+    (tmp_path / "pred" / "pic").mkdir(parents=True)
+    write_label_png(tmp_path / "pred" / "pic" / "labels.png", pred)
+    rc, stdout, stderr = run_cli(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--csv", str(tmp_path / "e.csv")])
+    assert rc == 0, stderr
+    assert "mIoU 1.0000" in stdout and "ARI 1.0000" in stdout
+    assert pd.read_csv(tmp_path / "e.csv")["miou"].tolist() == [1.0]
+    assert sorted(pd.read_csv(tmp_path / "e.classes.csv")["pred_cluster"]) == [3, 7]
+    rc, _, stderr = run_cli(["eval", str(tmp_path / "pred"), str(tmp_path / "nowhere")])
+    assert rc == 1 and len(error_lines(stderr)) == 1
+
+
+def test_help_does_not_import_heavy_libraries() -> None:
+    code = ("import sys, samseg.cli as c; c.build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'segment_anything', 'sklearn', 'mlflow', 'prefect', 'pandas') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
+    res = subprocess.run([sys.executable, "-m", "samseg.cli", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "segment" in res.stdout
