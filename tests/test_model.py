@@ -1,0 +1,251 @@
+"""samseg.model: registry, tiny-random determinism, verified downloads, local checkpoints, devices.
+
+Downloads are tested against a loopback http.server on 127.0.0.1 serving a small file;
+the real CHECKPOINTS table is only ever changed through monkeypatch (restored after).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import socket
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from samseg import model as model_mod
+from samseg.model import (
+    CHECKPOINTS,
+    MODEL_TYPES,
+    CheckpointError,
+    CheckpointInfo,
+    CheckpointWarning,
+    build_tiny_random,
+    checkpoint_path,
+    download_checkpoint,
+    file_sha256,
+    load_model,
+    samseg_home,
+    select_device,
+    state_dict_sha256,
+)
+
+PAYLOAD = b"not really a checkpoint, just bytes to download\n" * 1000
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_pins_meta_checkpoints() -> None:
+    assert MODEL_TYPES == ("vit_h", "vit_l", "vit_b", "tiny-random")
+    assert CHECKPOINTS["vit_h"] == CheckpointInfo(
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    )
+    assert CHECKPOINTS["vit_l"].sha256 == "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"
+    assert CHECKPOINTS["vit_b"].filename == "sam_vit_b_01ec64.pth"
+    assert CHECKPOINTS["vit_b"].sha256 == "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CHECKPOINTS["vit_b"].sha256 = "x"  # type: ignore[misc]
+
+
+def test_unknown_model_type_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown model type 'vit_x'"):
+        load_model("vit_x")
+    with pytest.raises(ValueError, match="no official checkpoint"):
+        download_checkpoint("tiny-random")
+
+
+def test_samseg_home_env_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SAMSEG_HOME", str(tmp_path))
+    assert samseg_home() == tmp_path
+    assert checkpoint_path("vit_b") == tmp_path / "checkpoints" / "sam_vit_b_01ec64.pth"
+    monkeypatch.delenv("SAMSEG_HOME")
+    assert samseg_home() == Path.home() / ".cache" / "samseg"
+
+
+# --------------------------------------------------------------------------- tiny-random
+
+
+def test_tiny_random_is_deterministic_per_seed() -> None:
+    rng_before = torch.random.get_rng_state()
+    a, b, c = build_tiny_random(0), build_tiny_random(0), build_tiny_random(1)
+    assert torch.equal(rng_before, torch.random.get_rng_state()), "global RNG must be left untouched"
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert list(sa) == list(sb)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert state_dict_sha256(a) == state_dict_sha256(b) != state_dict_sha256(c)
+
+
+def test_tiny_random_shapes_and_loaded_model_fields() -> None:
+    m = load_model("tiny-random", device="cpu")
+    assert m.model_type == "tiny-random" and m.device == "cpu" and m.checkpoint_path is None
+    assert m.checkpoint_sha256 == state_dict_sha256(build_tiny_random(0))
+    assert len(m.checkpoint_sha256) == 64
+    assert not m.sam.training
+    assert m.sam.image_encoder.img_size == 1024
+    assert m.sam.prompt_encoder.embed_dim == 32
+    assert load_model("tiny-random", seed=3, device="cpu").checkpoint_sha256 != m.checkpoint_sha256
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_select_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert select_device("cpu") == "cpu"
+    assert select_device(None) in ("cuda", "mps", "cpu")
+    assert select_device("auto") == select_device(None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        select_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        select_device("gpu0")
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        type(self).requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    """Loopback HTTP server serving tmp_path/served/ckpt.pth (= PAYLOAD); yields (url, requests)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "ckpt.pth").write_bytes(PAYLOAD)
+    handler = type("Handler", (_Handler,), {"requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(served)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/ckpt.pth", handler.requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _fake_entry(monkeypatch: pytest.MonkeyPatch, sha256: str, url: str = "http://127.0.0.1:9/unused") -> None:
+    monkeypatch.setitem(CHECKPOINTS, "vit_b", CheckpointInfo(url=url, filename="sam_vit_b_01ec64.pth", sha256=sha256))
+
+
+def _unreachable_url() -> str:
+    with socket.socket() as s:  # a port that was just free: connection refused, no waiting
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/sam.pth"
+
+
+def test_download_verifies_hash_and_skips_valid_cache(monkeypatch, tmp_path, server) -> None:
+    url, requests = server
+    _fake_entry(monkeypatch, hashlib.sha256(PAYLOAD).hexdigest(), url)
+    home = tmp_path / "home"
+    path = download_checkpoint("vit_b", home=home)
+    assert path == home / "checkpoints" / "sam_vit_b_01ec64.pth"
+    assert path.read_bytes() == PAYLOAD
+    assert not path.with_name(path.name + ".part").exists()
+    assert len(requests) == 1
+    assert download_checkpoint("vit_b", home=home) == path
+    assert len(requests) == 1, "a valid cached file must not be downloaded again"
+    path.write_bytes(b"corrupted")
+    download_checkpoint("vit_b", home=home)
+    assert path.read_bytes() == PAYLOAD and len(requests) == 2
+
+
+def test_download_url_override(monkeypatch, tmp_path, server) -> None:
+    url, requests = server
+    _fake_entry(monkeypatch, hashlib.sha256(PAYLOAD).hexdigest())  # table URL unreachable
+    path = download_checkpoint("vit_b", home=tmp_path, url=url)
+    assert path.read_bytes() == PAYLOAD and requests == ["/ckpt.pth"]
+
+
+def test_download_wrong_hash_discards_file(monkeypatch, tmp_path, server) -> None:
+    url, _ = server
+    _fake_entry(monkeypatch, "0" * 64, url)
+    with pytest.raises(CheckpointError) as err:
+        download_checkpoint("vit_b", home=tmp_path)
+    msg = str(err.value)
+    assert "0" * 64 in msg and hashlib.sha256(PAYLOAD).hexdigest() in msg and "\n" not in msg
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_download_unreachable_names_expected_path(monkeypatch, tmp_path) -> None:
+    _fake_entry(monkeypatch, "0" * 64, _unreachable_url())
+    expected = tmp_path / "checkpoints" / "sam_vit_b_01ec64.pth"
+    with pytest.raises(CheckpointError) as err:
+        download_checkpoint("vit_b", home=tmp_path)
+    assert str(expected) in str(err.value) and "--checkpoint" in str(err.value) and "\n" not in str(err.value)
+    assert not expected.exists() and not expected.with_name(expected.name + ".part").exists()
+
+
+def test_load_model_offline_without_checkpoint(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SAMSEG_HOME", str(tmp_path))
+    _fake_entry(monkeypatch, CHECKPOINTS["vit_b"].sha256, _unreachable_url())
+    with pytest.raises(CheckpointError, match="sam_vit_b_01ec64.pth"):
+        load_model("vit_b", device="cpu")
+
+
+def test_real_table_is_intact_after_monkeypatching() -> None:
+    assert CHECKPOINTS["vit_b"].url == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+
+
+# --------------------------------------------------------------------------- local checkpoints
+
+
+def test_local_checkpoint_round_trip_warns_unknown_hash(tmp_path) -> None:
+    ref = load_model("tiny-random", seed=0, device="cpu")
+    path = tmp_path / "tiny.pth"
+    torch.save(ref.sam.state_dict(), path)
+    with pytest.warns(CheckpointWarning, match="not"):
+        loaded = load_model("tiny-random", checkpoint=path, seed=7, device="cpu")  # seed ignored: weights from file
+    assert loaded.checkpoint_path == str(path)
+    assert loaded.checkpoint_sha256 == file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert state_dict_sha256(loaded.sam) == ref.checkpoint_sha256
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, 1024, 1024)).astype(np.float32))
+    with torch.inference_mode():
+        assert torch.equal(ref.sam.image_encoder(x), loaded.sam.image_encoder(x))
+
+
+def test_pinned_hash_is_accepted_without_warning(monkeypatch, tmp_path) -> None:
+    path = tmp_path / "weights.pth"
+    path.write_bytes(PAYLOAD)
+    _fake_entry(monkeypatch, hashlib.sha256(PAYLOAD).hexdigest())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model_mod._resolve_checkpoint("vit_b", path) == (path, hashlib.sha256(PAYLOAD).hexdigest())
+    _fake_entry(monkeypatch, "f" * 64)
+    with pytest.warns(CheckpointWarning, match="f" * 64):
+        model_mod._resolve_checkpoint("vit_b", path)
+
+
+def test_garbage_checkpoint_is_a_clear_error(tmp_path) -> None:
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00\x01 this is not a torch file")
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="garbage.pth") as err:
+        load_model("tiny-random", checkpoint=garbage, device="cpu")
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match="missing.pth: checkpoint file not found"):
+        load_model("tiny-random", checkpoint=tmp_path / "missing.pth", device="cpu")
+
+
+def test_checkpoint_for_another_architecture_is_a_clear_error(tmp_path) -> None:
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 2, 3)}, wrong)
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="wrong.pth: weights do not fit"):
+        load_model("tiny-random", checkpoint=wrong, device="cpu")
