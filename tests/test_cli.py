@@ -195,3 +195,19 @@ def test_help_does_not_import_heavy_libraries() -> None:
     assert res.stdout.strip() == "[]"
     res = subprocess.run([sys.executable, "-m", "samseg.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "segment" in res.stdout
+
+
+def test_readme_preset_table_matches_config() -> None:
+    from samseg.config import PRESETS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 1 + len(PRESETS) and cells[0] in PRESETS["default"].flat():
+            rows[cells[0]] = cells[1:]
+    assert set(rows) == set(PRESETS["default"].flat())
+    for key, cells in rows.items():
+        for name, cell in zip(PRESETS, cells):
+            value = PRESETS[name].flat()[key]
+            assert cell == (f"{value:.4g}" if isinstance(value, float) else str(value)), (key, name)

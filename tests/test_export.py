@@ -179,3 +179,28 @@ def test_palette_is_fixed_and_distinct() -> None:
     assert colours[: len(PALETTE)] == list(PALETTE)
     assert len(set(PALETTE)) == len(PALETTE)
     assert all(0 <= v <= 255 for col in colours for v in col)
+
+
+def test_recluster_and_summary_on_stored_outputs(tmp_path: Path, case) -> None:
+    from samseg.config import ClusterConfig, get_preset
+    from samseg.pipeline import SegmentationResult, build_summary, recluster
+    from samseg.types import EncodedImage, ImageGeometry
+
+    image, masks, _, _, _ = case
+    emb = np.array([[1, 0, 0], [0.99, 0.05, 0], [0, 1, 0]], np.float32)  # masks 0 and 1 alike
+    clusters, label_map = recluster(masks, emb, ClusterConfig(eps=0.1, min_samples=2))
+    assert clusters.labels.tolist() == [0, 0, -1]
+    assert label_map.dtype == np.uint16 and label_map.shape == (H, W)
+    assert set(np.unique(label_map)) == {0, 1}
+
+    class FakeModel:
+        model_type, checkpoint_sha256, checkpoint_path, device = "tiny-random", "cd" * 32, None, "cpu"
+
+    enc = EncodedImage(np.zeros((3, 64, 64), np.float32), ImageGeometry.for_image((H, W)))
+    result = SegmentationResult(enc, masks, emb, clusters, label_map, {"encode": 1.0, "amg": 2.0, "pool": 0.5, "cluster": 0.25, "compose": 0.25})
+    s = build_summary(image, FakeModel(), get_preset("smoke"), result)
+    assert s["image"] == {"file_name": "pic.jpg", "uri": "/data/pic.jpg", "sha256": "ab" * 32, "hw": [H, W]}
+    assert (s["n_masks"], s["n_clusters"], s["n_noise"], s["cluster_sizes"]) == (3, 1, 1, [2])
+    assert s["seconds"]["total"] == 4.0 and s["model"]["checkpoint_sha256"] == "cd" * 32
+    assert s["config"]["cluster.min_samples"] == 3 and s["embedding_dim"] == 3
+    json.dumps(s)  # JSON-able as is
