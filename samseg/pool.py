@@ -80,20 +80,31 @@ def nearest_indices(src: int, dst: int) -> np.ndarray:
     return np.minimum(idx, src - 1)
 
 
-def to_input_frame(masks_khw: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
-    """K×H×W bool at original size → K×ih×iw bool in SAM's input frame (no copy when sizes match)."""
+def decode_framed_wh(masks: MaskSet, idx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+    """K×iw×ih uint8 (0/1) — masks `idx` in SAM's input frame, TRANSPOSED (width before height).
+
+    pycocotools decodes to an H×W×K Fortran-ordered array, i.e. each mask stored column
+    by column; its K×W×H transpose is a free C-contiguous view. Resizing and counting in
+    that layout avoids copying full-resolution masks (the costly part on 12-MP photos).
+    """
+    from pycocotools import mask as mask_utils
+
+    rles = []
+    for i in idx:
+        counts = masks.rles[i]["counts"]
+        rles.append({"size": list(masks.rles[i]["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts})
+    kwh = mask_utils.decode(rles).transpose(2, 1, 0)
     (h, w), (ih, iw) = geometry.original_hw, geometry.input_hw
-    if (h, w) == (ih, iw):
-        return masks_khw
-    rows, cols = nearest_indices(h, ih), nearest_indices(w, iw)
-    return masks_khw[:, rows[:, None], cols[None, :]]
+    if (h, w) != (ih, iw):
+        kwh = kwh.take(nearest_indices(w, iw), axis=1).take(nearest_indices(h, ih), axis=2)
+    return kwh
 
 
 def cell_counts(masks: MaskSet, geometry: ImageGeometry) -> np.ndarray:
     """N×gh×gw int32: covered input-frame pixels of each mask in each valid cell.
 
     Masks are decoded CHUNK_PIXELS at a time; counting is a reshape-sum over the
-    input frame padded (with False) to whole cells.
+    input frame padded (with zeros) to whole cells.
     """
     p = geometry.patch_size
     gh, gw = geometry.valid_cells_hw
@@ -104,10 +115,10 @@ def cell_counts(masks: MaskSet, geometry: ImageGeometry) -> np.ndarray:
     chunk = max(1, CHUNK_PIXELS // max(1, h * w, ih * iw))
     for start in range(0, n, chunk):
         idx = np.arange(start, min(n, start + chunk))
-        framed = to_input_frame(masks.decode(idx), geometry)
-        padded = np.zeros((len(idx), gh * p, gw * p), dtype=bool)
-        padded[:, :ih, :iw] = framed
-        counts[idx] = padded.reshape(len(idx), gh, p, gw, p).sum(axis=(2, 4), dtype=np.int32)
+        padded = np.zeros((len(idx), gw * p, gh * p), dtype=np.uint8)  # K×W×H layout, see decode_framed_wh
+        padded[:, :iw, :ih] = decode_framed_wh(masks, idx, geometry)
+        sums = padded.reshape(len(idx), gw, p, gh, p).sum(axis=(2, 4), dtype=np.int32)
+        counts[idx] = sums.transpose(0, 2, 1)
     return counts
 
 
