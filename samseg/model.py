@@ -155,6 +155,9 @@ def _download_verified(url: str, dest: Path, expected_sha256: str, model_type: s
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
         raise CheckpointError(f"could not download the {model_type} checkpoint from {url} ({reason}); {hint}") from exc
+    except BaseException:  # Ctrl-C mid-download: never leave a half-written .part behind
+        part.unlink(missing_ok=True)
+        raise
     actual = h.hexdigest()
     if actual != expected_sha256:
         part.unlink(missing_ok=True)
