@@ -167,9 +167,16 @@ def run_tags(
 # ---------------------------------------------------------------- MLflow calls
 
 
+# MLflow's own HTTP defaults (7 retries, backoff factor 2) take ~4.5 minutes to give up on
+# a dead server; samseg fails in seconds instead. Values set by the user are kept.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
 def _client() -> Any:
     from mlflow import MlflowClient
 
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     return MlflowClient(tracking_uri=tracking_uri())
 
 
