@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
+        log.debug("unexpected error", exc_info=True)
+        _error_line(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,9 +180,13 @@ def config_from_args(args: argparse.Namespace) -> "Any":
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from samseg.images import find_images
+    from samseg.images import find_images, max_pixels_from_env
 
     cfg = config_from_args(args)
+    try:
+        max_pixels_from_env()  # a bad SAMSEG_MAX_PIXELS is a usage error, not N image errors
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a directory")
     paths = find_images(args.inputs)

@@ -114,6 +114,8 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None, uri: str
         raise ImageError(label, "not a recognised image format (unreadable or not an image)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(label, f"corrupt or truncated image data ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 — untrusted bytes: any decoder failure is this file's error
+        raise ImageError(label, f"cannot decode image ({type(exc).__name__}: {exc})") from None
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(label, f"image has no pixels ({rgb.shape[1]}x{rgb.shape[0]})")
     return LoadedImage(rgb=rgb, sha256=digest, name=name, uri=uri or name)
