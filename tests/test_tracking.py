@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,21 @@ def test_fetch_run_inputs(mlflow_env: str, tmp_path: Path) -> None:  # noqa: F81
         tracking.fetch_run_inputs(uuid.uuid4().hex, tmp_path / "none")
     with pytest.raises(TrackingError, match="not an MLflow run id"):
         tracking.fetch_run_inputs("../../etc", tmp_path / "none")
+
+
+def test_dead_server_is_one_clear_error_and_http_retries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from servers import free_port
+
+    for key in tracking._HTTP_DEFAULTS:
+        monkeypatch.setenv(key, "x")  # recorded, so the defaults set below are undone afterwards
+        monkeypatch.delenv(key)
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    tracking._client()
+    assert {k: os.environ[k] for k in tracking._HTTP_DEFAULTS} == tracking._HTTP_DEFAULTS
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a user's own value wins
+    tracking._client()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    with pytest.raises(TrackingError) as info:
+        tracking.start_batch_run("x", "batch", {}, {})
+    assert dead in str(info.value) and "\n" not in str(info.value)
