@@ -23,8 +23,8 @@ import numpy as np
 from samseg.config import PoolConfig
 from samseg.types import EncodedImage, ImageGeometry, MaskSet
 
-# Decoded pixels held at once (original size + input-frame copy). 64 Mpx ≈ 64 MB of
-# bool per copy: a 12-MP photo is pooled ~5 masks at a time, a 1-MP one ~60 at a time.
+# Decoded pixels held at once (uint8 at original size, plus the smaller input-frame
+# copy): 64 Mpx ≈ 64 MB, so a 12-MP photo is pooled 5 masks at a time, a 1-MP one 64.
 CHUNK_PIXELS = 64 * 1024 * 1024
 
 
