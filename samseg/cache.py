@@ -15,20 +15,23 @@ the samseg version. A load checks all of it; a missing manifest is a plain miss,
 truncated/corrupt/mismatched entry logs a warning and is a miss too — the caller
 recomputes and the save overwrites it. Loads never raise for a bad entry.
 
-Concurrency: local writes are atomic (temp file + os.replace) and the manifest goes last,
-so a reader sees either no entry, a complete one, or (two writers racing on the same key)
-a manifest whose hashes do not match the payload → a miss, never a wrong array.
+Concurrency: every file is replaced atomically (temp file + os.replace) and the manifest
+goes last, so a reader sees no entry, a complete one, or — mid-overwrite — a manifest
+whose hashes do not match the payload → a miss, never a wrong array. Local writers of one
+key are serialized by a lock file, so racing writers always leave a whole entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -119,6 +122,11 @@ class StageCache:
 
     def _save(self, stage: str, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> str:
         entry = self.entry_uri(stage, key)
+        with _writer_lock(entry):
+            self._write_entry(entry, stage, key, files, meta)
+        return entry
+
+    def _write_entry(self, entry: str, stage: str, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> None:
         for name, data in files.items():
             storage.write_bytes(storage.join_uri(entry, name), data)
         manifest = {
@@ -131,7 +139,6 @@ class StageCache:
             **meta,
         }
         storage.write_bytes(storage.join_uri(entry, MANIFEST), json.dumps(manifest, sort_keys=True).encode("utf-8"))
-        return entry
 
     def _load(self, stage: str, key: str) -> tuple[dict[str, bytes], dict[str, Any]] | None:
         """Verified payload bytes + manifest, or None (miss). Bad entries → warning + None."""
@@ -225,6 +232,30 @@ class StageCache:
             return _check_array(_npy_load(files["embeddings.npy"]), manifest)
 
         return self._decode("pool", key, decode)
+
+
+@contextlib.contextmanager
+def _writer_lock(entry: str) -> Iterator[None]:
+    """Serialize writers of one local entry (flock on a sibling lock file).
+
+    Each file is replaced atomically anyway; the lock stops two writers from
+    interleaving payload and manifest (A's manifest over B's payload), which would leave
+    an entry that reads as a miss until recomputed. S3 has no locks: there such a race
+    costs one recompute, never a wrong array (the manifest hashes catch it).
+    """
+    if storage.is_s3_uri(entry):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(entry).parent / f".{Path(entry).name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _check_array(arr: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:

@@ -201,3 +201,42 @@ def test_bad_keys_and_shapes_rejected(tmp_path: Path) -> None:
         cache.entry_uri("cluster", "a" * 64)
     with pytest.raises(ValueError, match="N×C"):
         cache.save_embeddings("a" * 64, np.ones(3, np.float32))
+
+
+def test_concurrent_writers_never_yield_a_mixed_entry(tmp_path: Path) -> None:
+    """Two writers racing on one key (different payloads): a reader gets A, B or a miss."""
+    import threading
+
+    cache = StageCache(tmp_path)
+    key = stage_key("pool", IMG, CKPT, SMOKE)
+    a, b = np.zeros((50, 16), np.float32), np.ones((50, 16), np.float32)
+    stop = threading.Event()
+    seen = {"a": 0, "b": 0, "miss": 0, "bad": 0}
+
+    def write(arr: np.ndarray) -> None:
+        while not stop.is_set():
+            cache.save_embeddings(key, arr)
+
+    def read() -> None:
+        for _ in range(200):
+            got = cache.load_embeddings(key)
+            if got is None:
+                seen["miss"] += 1
+            elif np.array_equal(got, a):
+                seen["a"] += 1
+            elif np.array_equal(got, b):
+                seen["b"] += 1
+            else:
+                seen["bad"] += 1
+
+    writers = [threading.Thread(target=write, args=(x,)) for x in (a, b)]
+    for t in writers:
+        t.start()
+    try:
+        read()
+    finally:
+        stop.set()
+        for t in writers:
+            t.join()
+    assert seen["bad"] == 0 and seen["a"] + seen["b"] + seen["miss"] == 200
+    assert cache.load_embeddings(key) is not None  # once writers stop, the entry is whole
