@@ -52,6 +52,22 @@ def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def cli_parser():
+    """samseg's parser with this module's commands hooked in the way samseg.cli does."""
+    import argparse
+
+    from samseg import cli, cli_orchestration
+
+    parser = argparse.ArgumentParser(prog="samseg")
+    sub = parser.add_subparsers()
+    cli._add_segment_parser(sub)
+    cli_orchestration.add_parser(sub)
+    seg = sub.choices["segment"]
+    cli_orchestration.add_segment_arguments(seg)
+    seg.set_defaults(handler=cli_orchestration.run_segment)
+    return parser
+
+
 # ---------------------------------------------------------------- params (no server)
 
 
@@ -108,7 +124,8 @@ def test_gpu_slots_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------- batch on S3 + MLflow, then re-tune
 
 
-def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bucket, moto_s3, small_photos) -> None:
+def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bucket, moto_s3, small_photos,
+                                                  tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
     from flows.params import ClusterParams
@@ -166,23 +183,47 @@ def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bu
     assert new.data.tags["samseg.parent_run_id"] == child.info.run_id
     assert new.data.tags["samseg.kind"] == "recluster" and new.data.params["cluster.eps"] == "1e-06"
     assert res["recluster"]["inputs_from"] == "cache"
-    _assert_labels_differ_iff_clusters_differ(client, s3_bucket, "out/letters", "re/letters")
+    _assert_labels_differ_iff_clusters_differ(client, s3_bucket, "out/letters", "re/letters",
+                                              ClusterParams(eps=1e-6, min_samples=1).to_config())
+
+    # the same through the CLI handlers: recluster keeps the parent's other cluster params
+    parser = cli_parser()
+    args = parser.parse_args(["recluster", child.info.run_id, "--eps", "0.25", "--out", f"s3://{s3_bucket}/re2",
+                              "--cache", cache, "--experiment", experiment])
+    assert args.handler(args) == 0
+    newest = ml.search_runs([exp.experiment_id], f"tags.`samseg.parent_run_id` = '{child.info.run_id}'")
+    assert sorted(r.data.params["cluster.eps"] for r in newest) == ["0.25", "1e-06"]
+    assert {r.data.params["cluster.min_samples"] for r in newest} == {"1", child.data.params["cluster.min_samples"]}
+    csv = tmp_path / "compare.csv"
+    args = parser.parse_args(["runs", "compare", "--experiment", experiment, "--csv", str(csv)])
+    assert args.handler(args) == 0
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert len(table) == 2 * (1 + 3) + 2  # two batches of 3 images, two reclusters
+    assert "cluster.eps" in table.columns and "amg.points_per_side" not in table.columns  # only differing params
 
 
-def _assert_labels_differ_iff_clusters_differ(client, bucket: str, a: str, b: str) -> None:
+def _assert_labels_differ_iff_clusters_differ(client, bucket: str, a: str, b: str, cluster_cfg) -> None:
+    """b was re-clustered from a: same masks/embeddings, labels = cluster(embeddings, cfg),
+    and the label maps differ exactly when the per-mask clusters do."""
     import io
 
     from PIL import Image
 
-    def load(prefix: str) -> tuple[list[int], np.ndarray]:
-        coco = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/masks.json")["Body"].read())
-        png = client.get_object(Bucket=bucket, Key=f"{prefix}/labels.png")["Body"].read()
-        return [a["cluster"] for a in coco["annotations"]], np.asarray(Image.open(io.BytesIO(png)))
+    from samseg.cluster import cluster_embeddings
 
-    (ca, la), (cb, lb) = load(a), load(b)
-    assert len(ca) == len(cb)
-    # eps=1e-6, min_samples=1: every mask is its own cluster (distinct pooled embeddings)
-    assert len(set(cb)) == len(cb) and -1 not in cb
+    def load(prefix: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+        def get(name: str) -> bytes:
+            return client.get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"].read()
+
+        coco = json.loads(get("masks.json"))
+        emb = np.load(io.BytesIO(get("embeddings.npy")))
+        return [x["cluster"] for x in coco["annotations"]], np.asarray(Image.open(io.BytesIO(get("labels.png")))), emb
+
+    (ca, la, ea), (cb, lb, eb) = load(a), load(b)
+    np.testing.assert_array_equal(ea, eb)
+    assert cb == cluster_embeddings(eb, cluster_cfg).labels.tolist()
     if ca != cb:
         assert not np.array_equal(la, lb)
 
@@ -300,3 +341,29 @@ def test_killed_batch_rerun_computes_only_unfinished(prefect_api, local_env, sma
             assert r["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}, stem
         else:
             assert "computed" in r["cache"].values(), stem
+
+
+def test_cli_segment_via_flows(prefect_api, local_env, small_photos, capsys) -> None:
+    src = local_env / "in"
+    src.mkdir()
+    (src / "letters.jpg").write_bytes((small_photos / "letters.jpg").read_bytes())
+    (src / "zz-broken.jpg").write_bytes(b"\xff\xd8 not really")
+    out = local_env / "out"
+    args = cli_parser().parse_args(["segment", str(src), "--out", str(out), "--preset", "smoke", "--points-per-side", "4",
+                                    "--device", "cpu", "--no-track", "--cache", str(local_env / "cache")])
+    assert args.handler(args) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "zz-broken.jpg" in errors[0], err
+    assert (out / "letters" / "labels.png").is_file()
+    assert json.loads((out / "letters" / "summary.json").read_text())["cache"]["encode"] == "computed"
+
+
+def test_serve_builds_the_three_deployments() -> None:
+    from samseg.cli_orchestration import serve_deployments
+
+    deps = serve_deployments(cron="0 2 * * *", source="s3://b/in/", out="s3://b/out/")
+    assert [(d.flow_name, d.name) for d in deps] == [
+        ("segment-image", "segment"), ("segment-batch", "nightly-batch"), ("recluster", "recluster")]
+    assert deps[1].parameters == {"source": "s3://b/in/", "out": "s3://b/out/"}
+    assert deps[1].schedules and deps[0].schedules == []
