@@ -267,6 +267,8 @@ def log_image_run(
         if parent_run_id and nested_under is None and _kind_of(client, parent_run_id) == "batch":
             parent_run_id, nested_under = None, parent_run_id
         kind = str((extra_tags or {}).get("samseg.kind") or ("recluster" if parent_run_id else "image"))
+        if kind not in KINDS:
+            raise ValueError(f"samseg.kind must be one of {', '.join(KINDS)}, got {kind!r}")
         tags = run_tags(summary, kind, parent_run_id, nested_under, extra_tags)
         name = run_name or _get(summary, ("image", "file_name"), "image_name") or out_dir.name
         run = client.create_run(_experiment_id(client, experiment), tags=tags, run_name=scrub_secrets(str(name)))
@@ -277,7 +279,10 @@ def log_image_run(
         _log_values(client, run_id, run_params(summary), run_metrics(summary))
         _log_outputs(client, run_id, out_dir)
     except BaseException as exc:
-        client.set_terminated(run_id, "FAILED")
+        try:
+            client.set_terminated(run_id, "FAILED")
+        except MlflowException:
+            pass  # keep the original error; the run stays RUNNING in the UI
         if isinstance(exc, MlflowException):
             raise TrackingError(f"MLflow run {run_id} ({out_dir}): {_one_line(exc)}") from None
         raise
