@@ -364,6 +364,11 @@ def _get_run(client: Any, run_id: str) -> Any:
         raise TrackingError(f"MLflow run {run_id}: not found at {_where()} ({_one_line(exc)})") from None
 
 
+def get_run(run_id: str) -> Any:
+    """The mlflow `Run` (.info, .data.params/metrics/tags); unknown id → TrackingError."""
+    return _get_run(_client(), run_id)
+
+
 def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None) -> "pd.DataFrame":
     """One row per run (oldest first): run_id, run_name, the params whose values DIFFER
     across the runs (all params when there is one run), then every metric.

@@ -212,6 +212,9 @@ def test_fetch_run_inputs(mlflow_env: str, tmp_path: Path) -> None:  # noqa: F81
     assert got["image"]["sha256"] == "a" * 64 and got["config"] == s["config"]
     for name in ("masks.json", "embeddings.npy"):
         assert (tmp_path / "dst" / name).read_bytes() == (out / name).read_bytes()
+    assert tracking.get_run(run_id).data.params["cluster.eps"] == "0.06"
+    with pytest.raises(TrackingError, match="not found"):
+        tracking.get_run(uuid.uuid4().hex)
     with pytest.raises(TrackingError, match="not found"):
         tracking.fetch_run_inputs(uuid.uuid4().hex, tmp_path / "none")
     with pytest.raises(TrackingError, match="not an MLflow run id"):
