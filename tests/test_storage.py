@@ -84,7 +84,7 @@ def test_local_upload_and_download(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_s3_roundtrip_list_and_missing(s3_bucket: str) -> None:
+def test_s3_roundtrip_list_and_missing(s3_bucket: str) -> None:  # noqa: F811
     base = f"s3://{s3_bucket}/in"
     storage.write_bytes(f"{base}/x.bin", b"\x00\x01payload")
     assert storage.read_bytes(f"{base}/x.bin") == b"\x00\x01payload"
