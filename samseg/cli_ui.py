@@ -29,6 +29,10 @@ def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--ui-cache", default=None, help="where downloaded run artifacts are kept (default: ~/.cache/samseg/ui)")
     p.add_argument("--mlflow-ui-url", default=None, help="base URL of an MLflow UI for run links when the tracking URI is not http(s)")
     p.add_argument("--prefect-ui-url", default=None, help="base URL of the Prefect UI for flow-run links (default: from PREFECT_API_URL)")
+    p.add_argument("--submit", default="auto", choices=("auto", "local", "prefect"),
+                   help="where reruns run: auto = the Prefect deployment when PREFECT_API_URL is set and it exists, else in this process")
+    p.add_argument("--prefect-deployment", default="recluster/recluster", help="deployment for --submit prefect/auto (default recluster/recluster)")
+    p.add_argument("--prefect-out", default=None, help="output dir or s3:// prefix the recluster flow writes to (default: under --ui-cache)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(handler=run_ui)
     return p
@@ -47,6 +51,9 @@ def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - la
         token=os.environ.get("SAMSEG_UI_TOKEN") or None,
         mlflow_ui_url=args.mlflow_ui_url,
         prefect_ui_url=args.prefect_ui_url,
+        submit=args.submit,
+        prefect_deployment=args.prefect_deployment,
+        prefect_out=args.prefect_out,
     )
 
 
@@ -57,6 +64,9 @@ def run_ui(args: argparse.Namespace) -> int:
         return 2
     from samseg.ui.security import is_loopback
 
+    if args.submit == "prefect" and not os.environ.get("PREFECT_API_URL"):
+        print("error: --submit prefect needs PREFECT_API_URL (the Prefect server's API)", file=sys.stderr)
+        return 2
     if args.tracking_uri:
         # samseg.tracking (which logs the UI's reruns) reads the URI from the environment.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri

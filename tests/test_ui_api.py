@@ -265,7 +265,8 @@ def test_exemplar_query_and_save_class(client, mlflow_store):
     assert done["state"] == "done", done
     saved = done["result"][0]
     run = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(saved["run_id"])
-    assert run.data.tags["samseg.kind"] == "exemplar" and run.data.tags["samseg.parent_run_id"] == run_a
+    assert run.data.tags["samseg.exemplar"] == "true" and run.data.tags["samseg.parent_run_id"] == run_a
+    assert next(r for r in client.get("/api/runs").json()["runs"] if r["run_id"] == saved["run_id"])["kind"] == "exemplar"
     d = client.get(f"/api/runs/{saved['run_id']}").json()
     assert [c["n_masks"] for c in d["classes"]] == [4] and len(d["noise"]) == 8
 
@@ -372,15 +373,78 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
     cli_ui.add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["ui"])
     assert (args.host, args.port) == ("127.0.0.1", 8765)
-    calls = []
+    import samseg.ui
+
+    calls, built = [], []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.setattr(samseg.ui, "create_app", lambda settings: built.append(settings) or object())
     monkeypatch.delenv("SAMSEG_UI_TOKEN", raising=False)
     assert args.handler(args) == 0
     assert calls[-1]["host"] == "127.0.0.1" and "WARNING" not in capsys.readouterr().err
+    assert built[-1].experiment == "samseg" and built[-1].token is None and built[-1].submit == "auto"
     args = parser.parse_args(["ui", "--host", "0.0.0.0", "--port", "9999", "--ui-cache", str(tmp_path)])
     assert args.handler(args) == 0
     err = capsys.readouterr().err
     assert calls[-1] == {"host": "0.0.0.0", "port": 9999, "log_level": "warning"}
     assert "WARNING" in err and "SAMSEG_UI_TOKEN" in err
     assert args.handler(parser.parse_args(["ui", "--port", "0"])) == 2
+    monkeypatch.setenv("SAMSEG_UI_TOKEN", "tok")
+    args = parser.parse_args(["ui", "--host", "0.0.0.0"])
+    assert args.handler(args) == 0
+    assert built[-1].token == "tok" and "set SAMSEG_UI_TOKEN" not in capsys.readouterr().err
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert args.handler(parser.parse_args(["ui", "--submit", "prefect"])) == 2
+
+
+# -------------------------------------------------------------- Prefect
+def test_use_prefect_decision(monkeypatch):
+    from samseg.ui import prefect_submit
+    from samseg.ui.service import RunDataError
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert prefect_submit.use_prefect("auto", False, "recluster/recluster") is False
+    assert prefect_submit.use_prefect("local", False, "x/y") is False
+    with pytest.raises(RunDataError, match="PREFECT_API_URL"):
+        prefect_submit.use_prefect("prefect", False, "x/y")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
+    assert prefect_submit.use_prefect("prefect", True, "x/y") is False  # pooling changes stay local
+    monkeypatch.setattr(prefect_submit, "deployment_exists", lambda name: name == "recluster/recluster")
+    assert prefect_submit.use_prefect("auto", False, "recluster/recluster") is True
+    assert prefect_submit.use_prefect("auto", False, "other/one") is False
+
+
+def test_rerun_through_prefect_deployment(client, mlflow_store, monkeypatch):
+    """The Prefect path with run_deployment stubbed (a real server + worker is
+    tests/test_scaleout.py's job): parameters sent, and the new MLflow run found by its
+    samseg.prefect_flow_run_id tag."""
+    import types
+    import uuid
+
+    import prefect.deployments
+    from mlflow import MlflowClient
+
+    from samseg.ui import actions, prefect_submit
+
+    tmp, run_a, _ = mlflow_store
+    store = client.app.state.store
+    sent = {}
+
+    def fake_run_deployment(name, parameters, **kw):
+        from samseg.config import ClusterConfig
+
+        sent.update(name=name, parameters=parameters)
+        fr_id = str(uuid.uuid4())
+        res = actions.rerun(store, parameters["run_id"], ClusterConfig(**parameters["cluster"]), actions.run_config(store, run_a).pool, lambda s: None)
+        MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").set_tag(res["run_id"], "samseg.prefect_flow_run_id", fr_id)
+        state = types.SimpleNamespace(is_completed=lambda: True, name="Completed", message="")
+        return types.SimpleNamespace(id=fr_id, name="fake-run", state=state)
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
+    monkeypatch.setattr(prefect_submit, "deployment_exists", lambda name: True)
+    monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
+    done = _wait_job(client, client.post(f"/api/runs/{run_a}/rerun", json={"eps": "1.5"}).json())
+    assert done["state"] == "done", done
+    assert done["result"]["via"] == "prefect" and done["result"]["n_clusters"] == 1
+    assert sent["name"] == "recluster/recluster"
+    assert sent["parameters"]["run_id"] == run_a and sent["parameters"]["cluster"]["eps"] == 1.5
+    assert sent["parameters"]["experiment"] == EXPERIMENT

@@ -121,7 +121,9 @@ def _write_and_log(store: RunStore, parent: str, masks: Any, embeddings: np.ndar
             experiment=_experiment_name(store, parent),
             parent_run_id=parent,
             run_name=f"{image.stem}-{kind}",
-            extra_tags={"samseg.kind": kind, "samseg.source": "ui"},
+            # samseg.tracking knows the kinds image|batch|recluster: an exemplar class is a
+            # re-labelling of the parent's masks, so it is a recluster marked samseg.exemplar.
+            extra_tags={"samseg.kind": "recluster", "samseg.source": "ui", **({"samseg.exemplar": "true"} if kind == "exemplar" else {})},
         )
 
 
@@ -273,9 +275,15 @@ def compare(store: RunStore, run_ids: list[str]) -> dict[str, Any]:
 
 
 def _jsonable(v: Any) -> Any:
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if isinstance(v, (str, int, float, bool)) or v is None:
+    """Table cell for display: counts as ints, other floats to 4 significant digits
+    (the precision `samseg runs compare` prints)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        if v != v:
+            return None
+        return int(v) if v.is_integer() else float(f"{v:.4g}")
+    if isinstance(v, (str, int, bool)) or v is None:
         return v
     return str(v)
 

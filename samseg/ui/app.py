@@ -173,6 +173,17 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
     }
 
 
+def _rerun(store: RunStore, run_id: str, cluster_cfg: Any, pool_cfg: Any, cfg: Any, progress: Any) -> dict[str, Any]:
+    """In this process, or through the Prefect `recluster` deployment (UiSettings.submit)."""
+    from samseg.ui import prefect_submit
+
+    s = store.settings
+    if prefect_submit.use_prefect(s.submit, pool_cfg != cfg.pool, s.prefect_deployment):
+        out = s.prefect_out or str(store.cache_dir / "recluster-out")
+        return prefect_submit.rerun_via_prefect(store, run_id, cluster_cfg, out, progress, s.prefect_deployment)
+    return {**actions.rerun(store, run_id, cluster_cfg, pool_cfg, progress), "via": "local"}
+
+
 def _split_ids(values: list[str]) -> list[str]:
     out: list[str] = []
     for v in values:
@@ -208,7 +219,7 @@ def _add_api(app: FastAPI) -> None:
         store: RunStore = request.app.state.store
         cfg = actions.run_config(store, run_id)  # RunNotFound → 404 before validating
         cluster_cfg, pool_cfg = validate_rerun_form(form, cfg.cluster, cfg.pool)
-        job = request.app.state.jobs.submit("rerun", lambda p: actions.rerun(store, run_id, cluster_cfg, pool_cfg, p))
+        job = request.app.state.jobs.submit("rerun", lambda p: _rerun(store, run_id, cluster_cfg, pool_cfg, cfg, p))
         return job.to_dict()
 
     @app.post("/api/runs/{run_id}/query")

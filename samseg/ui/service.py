@@ -21,7 +21,7 @@ from typing import Any
 from samseg.ui.security import check_artifact_path, valid_run_id
 
 # Run kinds that have an image's outputs (a batch parent run has none).
-IMAGE_KINDS = ("image", "recluster", "exemplar")
+IMAGE_KINDS = ("image", "recluster")
 _THUMB_PX = 320  # long side of list thumbnails: readable, ~30 KB each
 _MAX_LIST = 500
 
@@ -50,6 +50,11 @@ class UiSettings:
     token: str | None = None
     mlflow_ui_url: str | None = None
     prefect_ui_url: str | None = None
+    # Reruns: "auto" = through the Prefect deployment when PREFECT_API_URL is set and the
+    # deployment exists, else in the UI process; "local"; "prefect" (required).
+    submit: str = "auto"
+    prefect_deployment: str = "recluster/recluster"
+    prefect_out: str | None = None  # where the flow writes outputs; None → <cache_dir>/recluster-out
 
 
 def _resolve_tracking_uri(uri: str | None) -> str:
@@ -131,7 +136,7 @@ class RunStore:
         return {
             "run_id": rid,
             "run_name": run.info.run_name,
-            "kind": t.get("samseg.kind", "image"),
+            "kind": "exemplar" if t.get("samseg.exemplar") == "true" else t.get("samseg.kind", "image"),
             "image": uri.rsplit("/", 1)[-1] if uri else None,
             "image_uri": uri or None,
             "model": p.get("model_type"),

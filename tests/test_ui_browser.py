@@ -1,0 +1,220 @@
+"""Real-browser test of `samseg ui`: Debian's Chromium driven by Playwright.
+
+Runs are made with the real pipeline and the tiny-random SAM (preset smoke) on two shared
+photos, logged to a SQLite MLflow store in a tmp dir; the UI runs as a subprocess on a
+loopback port. tiny-random's masks are MEANINGLESS — the test checks plumbing (pages,
+rerun, exemplar query, compare), never segmentation quality.
+
+Screenshots land in test-artifacts/ui/ (git-ignored). Never a downloaded browser: the
+test uses /usr/bin/chromium (apt packages chromium, chromium-driver) and skips without it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+EXPERIMENT = "ui-browser"
+TIMEOUT_MS = 90_000  # two shared CPU cores: be patient, never assert on timing
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _segment_and_log(model, image_path: Path, out_root: Path) -> dict:
+    """The real pipeline on one photo, logged like `samseg segment` does; returns the facts the test needs."""
+    from samseg.config import get_preset
+    from samseg.export import write_outputs
+    from samseg.images import load_image
+    from samseg.pipeline import build_summary, segment_image
+    from samseg.tracking import log_image_run
+
+    # smoke with a 4×4 prompt grid: 16 prompts (48 masks) keep the AMG cheap on a shared CPU.
+    cfg = get_preset("smoke").replace(amg={"points_per_side": 4})
+    image = load_image(image_path)
+    result = segment_image(model, image, cfg)
+    summary = build_summary(image, model, cfg, result)
+    out = write_outputs(out_root / image.stem, image, result.masks, result.embeddings, result.clusters, result.label_map, summary)
+    run_id = log_image_run(out, summary, experiment=EXPERIMENT)
+    biggest = int(np.argmax(result.masks.areas))
+    ys, xs = np.nonzero(result.masks.decode([biggest])[0])
+    k = len(ys) // 2  # a pixel inside the largest mask, for the exemplar click
+    return {"run_id": run_id, "n_clusters": result.clusters.n_clusters, "hw": image.hw, "click_xy": (int(xs[k]), int(ys[k]))}
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory, shared_images, tiny_model):
+    from mlflow import MlflowClient
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium chromium-driver)")
+    pytest.importorskip("playwright.sync_api")
+    tmp = tmp_path_factory.mktemp("ui-browser")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
+    runs = [_segment_and_log(tiny_model, shared_images / name, tmp / "out") for name in ("letters.jpg", "bears.jpg")]
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SAMSEG_CACHE": str(tmp / "cache"), "SAMSEG_HOME": str(tmp / "home")}
+    env.pop("SAMSEG_UI_TOKEN", None)
+    log = open(tmp / "ui.log", "w")
+    cmd = [sys.executable, "-m", "samseg.cli_ui", "ui", "--port", str(port), "--experiment", EXPERIMENT, "--ui-cache", str(tmp / "ui-cache")]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ok(f"{base}/healthz", proc, tmp / "ui.log")
+        yield {"base": base, "runs": runs, "uri": uri}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        mp.undo()
+
+
+def _wait_ok(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"samseg ui exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"samseg ui did not answer {url} within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def page(ui_server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        yield pg
+        browser.close()
+        assert not errors, f"JavaScript errors: {errors}"
+
+
+def _image_loaded(pg, selector: str) -> bool:
+    return pg.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+
+
+def test_runs_list(page, ui_server):
+    page.goto(ui_server["base"] + "/")
+    for r in ui_server["runs"]:
+        page.wait_for_selector(f'tr[data-run-id="{r["run_id"]}"]')
+    assert "letters.jpg" in page.inner_text("#runs-table") and "bears.jpg" in page.inner_text("#runs-table")
+    page.wait_for_function("Array.from(document.querySelectorAll('img.thumb')).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "01-runs.png"), full_page=True)
+
+
+def test_rerun_changes_clusters_and_logs_run(page, ui_server):
+    from mlflow import MlflowClient
+
+    run = ui_server["runs"][0]
+    page.goto(ui_server["base"] + "/")
+    page.click(f'tr[data-run-id="{run["run_id"]}"] td:nth-child(3) a')
+    page.wait_for_selector("#rerun-form")
+    assert page.inner_text("#n-clusters") == str(run["n_clusters"])
+    page.wait_for_function("document.querySelector('#overlay').naturalWidth > 0")
+    page.screenshot(path=str(ARTIFACTS / "02-run.png"), full_page=True)
+
+    # Server-side validation shows the config's message next to the field.
+    page.fill('input[name="eps"]', "0")
+    page.click("#rerun-btn")
+    page.wait_for_selector('.field-error[data-for="eps"]:not(:empty)')
+    assert "cluster.eps must be > 0" in page.inner_text('.field-error[data-for="eps"]')
+
+    # Cosine distances are <= 2, so eps 2 with min_samples 1 joins every mask into one
+    # cluster; min_samples above the mask count leaves none. Pick whichever differs from
+    # the run's count (tiny-random's count is arbitrary).
+    new_eps = "2.0"
+    min_samples, expected = ("1", 1) if run["n_clusters"] != 1 else ("100000", 0)
+    page.fill('input[name="eps"]', new_eps)
+    page.fill('input[name="min_samples"]', min_samples)
+    page.click("#rerun-btn")
+    page.wait_for_selector("#rerun-result:not([hidden])")
+    assert page.inner_text("#rerun-clusters") == str(expected)
+    page.wait_for_function("document.querySelector('#rerun-overlay').complete && document.querySelector('#rerun-overlay').naturalWidth > 0")
+    new_src = page.get_attribute("#rerun-overlay", "src")
+    assert new_src != page.get_attribute("#overlay", "src")
+    page.screenshot(path=str(ARTIFACTS / "03-rerun.png"), full_page=True)
+
+    new_id = new_src.split("/")[2]
+    logged = MlflowClient(ui_server["uri"]).get_run(new_id)
+    assert logged.data.tags["samseg.parent_run_id"] == run["run_id"]
+    assert logged.data.params["cluster.eps"] == str(float(new_eps))
+    assert logged.data.metrics["n_clusters"] == expected
+
+    # "compare with this run": parent vs rerun, the changed params are in the table.
+    page.click("#rerun-compare")
+    page.wait_for_selector("#compare-table")
+    headers = page.locator("#compare-table th").all_inner_texts()
+    assert "cluster.eps" in headers and "cluster.min_samples" in headers
+    page.wait_for_function("Array.from(document.querySelectorAll('#compare-grid img')).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "03b-compare-rerun.png"), full_page=True)
+
+
+def test_exemplar_query_click(page, ui_server):
+    run = ui_server["runs"][0]
+    page.goto(f"{ui_server['base']}/runs/{run['run_id']}")
+    page.wait_for_function("document.querySelector('#overlay').naturalWidth > 0")
+    page.fill("#query-distance", "0.2")
+    box = page.locator("#overlay").bounding_box()
+    h, w = run["hw"]
+    x, y = run["click_xy"]
+    page.locator("#overlay").click(position={"x": (x + 0.5) / w * box["width"], "y": (y + 0.5) / h * box["height"]})
+    page.wait_for_selector("#query-results figure img")
+    assert page.inner_text("#query-status").startswith("mask #")
+    page.wait_for_function("Array.from(document.querySelectorAll('#query-results img')).every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("#masks-table tr.hit").count() >= 1  # the clicked mask itself is within any distance
+    assert page.is_visible("#save-class-btn")
+    page.locator("#query-panel").screenshot(path=str(ARTIFACTS / "04-exemplar.png"))
+
+
+def test_compare_view(page, ui_server):
+    a, b = (r["run_id"] for r in ui_server["runs"])
+    page.goto(ui_server["base"] + "/")
+    page.check(f'tr[data-run-id="{a}"] input.pick')
+    page.check(f'tr[data-run-id="{b}"] input.pick')
+    page.click("#compare-btn")
+    page.wait_for_selector("#compare-table")
+    assert page.locator("#compare-grid img").count() == 2
+    page.wait_for_function("Array.from(document.querySelectorAll('#compare-grid img')).every(i => i.complete && i.naturalWidth > 0)")
+    headers = page.locator("#compare-table th").all_inner_texts()
+    assert "run_id" in headers and "n_clusters" in headers
+    page.screenshot(path=str(ARTIFACTS / "05-compare.png"), full_page=True)
+
+
+def test_unknown_run_shows_error_page(page, ui_server):
+    resp = page.goto(f"{ui_server['base']}/runs/0123456789abcdef0123456789abcdef")
+    assert resp.status == 404
+    assert "not found" in page.inner_text("#error-message")
+    page.screenshot(path=str(ARTIFACTS / "06-not-found.png"))
