@@ -1,0 +1,125 @@
+"""Measurement helpers for benchmarks/run.py: peak RSS, matmul floor, encoder FLOPs,
+mask agreement. Every number they return is measured on the machine running them."""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Context manager sampling RSS every `interval` s in a thread; `.peak` bytes after exit.
+
+    ru_maxrss is the process-lifetime peak, so it cannot attribute a peak to one scenario;
+    sampling can (it may miss a spike shorter than `interval`).
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        self.peak = rss_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def ru_maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def matmul_gflops(dtype_name: str = "fp32", n: int = 1024, repeats: int = 5) -> float:
+    """Best-of-`repeats` GFLOP/s of an n×n @ n×n torch matmul (the compute floor)."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up (oneDNN/MKL kernel selection)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def encoder_gflop(image_encoder: Any) -> float:
+    """FLOPs of one forward of `image_encoder` (1×3×1024×1024), counted on the meta device
+    with torch.utils.flop_counter (no compute, no copy of the weights' data)."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(image_encoder).to("meta")
+    size = int(image_encoder.img_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        meta(torch.empty(1, 3, size, size, device="meta"))
+    return counter.get_total_flops() / 1e9
+
+
+def _rles_from_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """COCO RLEs (bytes counts) from AMG records with binary or coco_rle segmentation."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for r in records:
+        seg = r["segmentation"]
+        if isinstance(seg, dict):
+            counts = seg["counts"]
+            out.append({"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts})
+        else:
+            out.append(mask_utils.encode(np.asfortranarray(seg.astype(np.uint8))))
+    return out
+
+
+def mask_agreement(ref_records: list[dict[str, Any]], masks: Any) -> dict[str, Any]:
+    """Agreement of a samseg MaskSet with reference AMG records: one-to-one matching that
+    maximises total IoU (Hungarian), then the mean IoU of matched pairs (IoU > 0.5).
+
+    Returns {n_ref, n_new, n_matched, mean_iou_matched, min_iou_matched}.
+    """
+    from pycocotools import mask as mask_utils
+    from scipy.optimize import linear_sum_assignment
+
+    ref = _rles_from_records(ref_records)
+    new = [masks._coco_rle(i) for i in range(len(masks))]
+    result = {"n_ref": len(ref), "n_new": len(new), "n_matched": 0, "mean_iou_matched": None, "min_iou_matched": None}
+    if not ref or not new:
+        return result
+    iou = np.asarray(mask_utils.iou(new, ref, [0] * len(ref)), dtype=np.float64).reshape(len(new), len(ref))
+    rows, cols = linear_sum_assignment(-iou)
+    matched = iou[rows, cols]
+    matched = matched[matched > 0.5]
+    if len(matched):
+        result.update(n_matched=int(len(matched)), mean_iou_matched=float(matched.mean()), min_iou_matched=float(matched.min()))
+    return result
+
+
+def time_call(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,79 @@
+"""Micro-benchmarks: mask decoder per prompt (SAM's vs samseg.fast_decoder) and the
+image encoder against the measured matmul floor."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from benchmarks import measure
+
+
+def _grid_prompts(sam: Any, n: int) -> tuple[Any, Any]:
+    """Sparse/dense prompt embeddings for n points on a grid over the 1024² frame."""
+    import math
+
+    import torch
+
+    side = math.ceil(math.sqrt(n))
+    xs = (torch.arange(side) + 0.5) * 1024 / side
+    pts = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 1, 2)[:n]
+    labels = torch.ones(n, 1, dtype=torch.int)
+    return sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
+
+
+def decoder_micro(sam: Any, n_prompts: int = 32, seed: int = 0) -> dict[str, Any]:
+    """ms per prompt of segment_anything's predict_masks vs fast_predict_masks on one
+    random C×64×64 embedding, plus their max |Δlogit| and mask (logit > 0) disagreement."""
+    import torch
+
+    from samseg.fast_decoder import fast_predict_masks
+
+    dec = sam.mask_decoder
+    sam_predict = type(dec).predict_masks
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        c = sam.prompt_encoder.embed_dim
+        image = torch.randn(1, c, 64, 64, generator=g)
+        pe = sam.prompt_encoder.get_dense_pe()
+        sparse, dense = _grid_prompts(sam, n_prompts)
+        sam_predict(dec, image, pe, sparse[:2], dense[:2])  # warm-up: kernel selection
+        fast_predict_masks(dec, image, pe, sparse[:2], dense[:2])
+        t0 = time.perf_counter()
+        ref, _ = sam_predict(dec, image, pe, sparse, dense)
+        t1 = time.perf_counter()
+        got, _ = fast_predict_masks(dec, image, pe, sparse, dense)
+        t2 = time.perf_counter()
+    return {
+        "n_prompts": n_prompts,
+        "sam_ms_per_prompt": 1e3 * (t1 - t0) / n_prompts,
+        "fast_ms_per_prompt": 1e3 * (t2 - t1) / n_prompts,
+        "speedup": (t1 - t0) / (t2 - t1),
+        "max_abs_logit_diff": float((ref - got).abs().max()),
+        "mask_pixel_disagreement": float(((ref > 0) != (got > 0)).float().mean()),
+    }
+
+
+def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, Any]:
+    """One image-encoder pass per precision on a random 1×3×1024² input vs the matmul
+    floor (encoder GFLOP / measured matmul GFLOP/s of that dtype). bf16 is skipped (and
+    says so) on a CPU without native bf16: its emulated kernels would take tens of minutes."""
+    import torch
+
+    from samseg.precision import native_bf16_cpu
+
+    gflop = measure.encoder_gflop(sam.image_encoder)
+    out: dict[str, Any] = {"encoder_gflop": gflop}
+    if not native_bf16_cpu():
+        out["bf16"] = "skipped: no AVX-512 BF16 / AMX on this CPU"
+        precisions = tuple(p for p in precisions if p != "bf16")
+    x = torch.randn(1, 3, sam.image_encoder.img_size, sam.image_encoder.img_size)
+    for p in precisions:
+        rate = measure.matmul_gflops(p)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=(p == "bf16")):
+            t0 = time.perf_counter()
+            sam.image_encoder(x)
+            secs = time.perf_counter() - t0
+        floor = gflop / rate
+        out[p] = {"matmul_gflops": rate, "encoder_s": secs, "floor_s": floor, "encoder_over_floor": secs / floor}
+    return out

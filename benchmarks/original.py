@@ -1,0 +1,82 @@
+"""Path A of the benchmark: the original notebook's code path, kept deliberately as it was.
+
+1. `SamPredictor.set_image(image)` + `get_image_embedding()` for the pooling features
+   (encoder pass 1);
+2. `SamAutomaticMaskGenerator(sam, **amg).generate(image)` with its default binary-mask
+   output (encoder pass 2 — the generator sets the same image again);
+3. per mask: resize the H×W bool mask into SAM's input frame, pad to 1024², `np.split` it
+   into 64×64 cells of 16×16 px, keep cells with more than 1 covered pixel, average their
+   feature vectors — a Python loop over masks × cells;
+4. `sklearn.cluster.DBSCAN(eps, min_samples, metric="cosine")` on the N×C embeddings.
+
+Nothing here is samseg code: only segment_anything, numpy, OpenCV and scikit-learn, so the
+comparison measures what the notebook did. Timings are wall seconds per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+GRID = 64  # cells per side of SAM's 1024-px input frame (16-px patches)
+
+
+def notebook_pool(mask_hw: np.ndarray, features_chw: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """C float32: mean feature of the cells where the mask covers > 1 input pixel.
+
+    The notebook's loop: nearest resize to input_hw, pad to 1024², np.split rows then
+    columns, sum each 16×16 block. A mask covering no cell gets a zero vector.
+    """
+    import cv2
+
+    ih, iw = input_hw
+    resized = cv2.resize(mask_hw.astype(np.uint8), (iw, ih), interpolation=cv2.INTER_NEAREST)
+    frame = np.zeros((GRID * 16, GRID * 16), dtype=np.uint8)
+    frame[:ih, :iw] = resized
+    selected = []
+    for i, row in enumerate(np.split(frame, GRID, axis=0)):
+        for j, cell in enumerate(np.split(row, GRID, axis=1)):
+            if cell.sum() > 1:
+                selected.append(features_chw[:, i, j])
+    if not selected:
+        return np.zeros(features_chw.shape[0], dtype=np.float32)
+    return np.mean(selected, axis=0).astype(np.float32)
+
+
+def run_original(sam: Any, rgb_hw3: np.ndarray, amg: Any, cluster: Any) -> dict[str, Any]:
+    """Run path A on one H×W×3 uint8 image. `amg`: samseg AmgConfig, `cluster`: ClusterConfig
+    (only their values are used). Returns {"seconds": {step: s}, "masks": AMG records with
+    binary "segmentation", "embeddings": N×C, "labels": (N,) DBSCAN labels}."""
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+    from sklearn.cluster import DBSCAN
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    predictor = SamPredictor(sam)
+    predictor.set_image(rgb_hw3)
+    with torch.no_grad():
+        features = predictor.get_image_embedding()[0].cpu().numpy()
+    input_hw = tuple(int(v) for v in predictor.input_size)
+    t1 = time.perf_counter()
+    seconds["encode"] = t1 - t0
+
+    generator = SamAutomaticMaskGenerator(sam, **dataclasses.asdict(amg))
+    masks = generator.generate(rgb_hw3)
+    t2 = time.perf_counter()
+    seconds["amg"] = t2 - t1
+
+    embeddings = np.stack([notebook_pool(m["segmentation"], features, input_hw) for m in masks]) if masks else np.zeros((0, features.shape[0]), np.float32)
+    t3 = time.perf_counter()
+    seconds["pool"] = t3 - t2
+
+    if len(embeddings):
+        labels = DBSCAN(eps=cluster.eps, min_samples=cluster.min_samples, metric=cluster.metric).fit(embeddings).labels_
+    else:
+        labels = np.zeros(0, dtype=np.int64)
+    seconds["cluster"] = time.perf_counter() - t3
+    seconds["total"] = sum(seconds.values())
+    return {"seconds": seconds, "masks": masks, "embeddings": embeddings, "labels": labels}

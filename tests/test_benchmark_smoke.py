@@ -1,0 +1,46 @@
+"""`python -m benchmarks.run --mode quick` end to end (tiny-random: numbers are not a
+real model's; this checks the harness measures, compares and reports every path)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "images"
+
+
+def test_quick_benchmark_runs_all_paths_and_writes_json(tmp_path):
+    images = [str(SHARED / n) for n in ("letters.jpg", "bears.jpg") if (SHARED / n).is_file()]
+    cmd = [sys.executable, "-m", "benchmarks.run", "--mode", "quick", "--points-per-side", "4", "--out", str(tmp_path)]
+    if images:
+        cmd += ["--images", *images]  # else the harness synthesises two images
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| A_original |" in proc.stdout and "| B_cold |" in proc.stdout
+
+    [result_file] = tmp_path.glob("bench-quick-*.json")
+    res = json.loads(result_file.read_text())
+    assert res["model_type"] == "tiny-random" and res["config"]["amg.points_per_side"] == 4
+    assert (tmp_path / "tiny-random_random_seed0.pth").is_file()  # the one file A and B both load
+
+    a, b, c = res["A_original"], res["B_cold"], res["C_rerun"]
+    for path in (a, b):
+        assert path["seconds"]["total"] > 0 and path["peak_rss_mb"] > 0
+        assert path["prompts"] == 16  # 4×4 grid, every prompt decoded once
+    # A encodes twice (set_image + the generator's own pass); B and C never encode twice.
+    assert set(b["seconds"]) >= {"encode", "amg", "pool", "cluster+compose", "total"}
+    assert c["cache_hits"] == {"encode": True, "amg": True, "pool": True}
+    assert c["seconds"]["total"] < b["seconds"]["total"]
+
+    agreement = a["agreement_B_vs_A"]
+    assert agreement["n_ref"] == agreement["n_new"] == b["n_masks"] > 0
+    assert agreement["n_matched"] == agreement["n_ref"]
+    assert agreement["mean_iou_matched"] >= 0.995  # fp32 fast decoder: same masks as SAM
+
+    assert res["ratios"]["A_over_B"] > 0 and res["ratios"]["A_over_C"] > 0
+    d = res["D_batch"]
+    assert len(d["images"]) == 2 and d["images_per_minute"] > 0
+    assert res["machine"]["cores"] >= 1 and "load_average_end" in res["machine"]

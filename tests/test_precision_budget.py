@@ -1,0 +1,62 @@
+"""samseg.precision (opt-in bf16) and samseg.amg_budget (points_per_batch from image size)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from samseg.amg_budget import bytes_per_prompt, points_per_batch_for
+from samseg.precision import PrecisionError, get_precision, set_precision
+
+
+def _tiny_module_pair():
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.image_encoder = torch.nn.Linear(8, 4)
+            self.mask_decoder = torch.nn.Linear(4, 2)
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return Holder().eval()
+
+
+def test_bf16_is_opt_in_reversible_and_returns_float32():
+    sam = _tiny_module_pair()
+    x = torch.randn(3, 8)
+    ref = sam.image_encoder(x)
+    keys = list(sam.state_dict())
+    assert get_precision(sam) == "fp32"
+    set_precision(sam, "bf16")
+    assert get_precision(sam) == "bf16" and get_precision(sam, "mask_decoder") == "bf16"
+    out = sam.image_encoder(x)
+    assert out.dtype == torch.float32  # callers keep seeing float32
+    assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=5e-2, rtol=5e-2)
+    assert list(sam.state_dict()) == keys
+    set_precision(sam, "fp32")
+    assert get_precision(sam) == "fp32" and torch.equal(sam.image_encoder(x), ref)
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(PrecisionError, match="fp16"):
+        set_precision(_tiny_module_pair(), "fp16")
+
+
+def test_points_per_batch_shrinks_with_the_image_and_respects_the_budget():
+    budget = 1536 * 1024**2
+    twelve_mp = points_per_batch_for((3000, 4000), 64, budget)
+    assert 1 <= twelve_mp < 8
+    assert twelve_mp * bytes_per_prompt((3000, 4000)) <= budget
+    assert points_per_batch_for((770, 769), 64, budget) > twelve_mp
+    assert points_per_batch_for((100, 100), 64, 4 * budget) == 64  # never above the request
+    assert points_per_batch_for((20000, 20000), 64, budget) == 1  # never below 1
+
+
+def test_budget_from_environment(monkeypatch):
+    monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_prompt((1000, 1000)) * 5))
+    assert points_per_batch_for((1000, 1000), 64) == 5
+    monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", "lots")
+    with pytest.raises(ValueError, match="SAMSEG_AMG_BATCH_BYTES"):
+        points_per_batch_for((1000, 1000), 64)
+    with pytest.raises(ValueError, match="points_per_batch"):
+        points_per_batch_for((10, 10), 0, 10**9)
