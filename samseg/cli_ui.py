@@ -34,8 +34,12 @@ def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--prefect-deployment", default="recluster/recluster", help="deployment for --submit prefect/auto (default recluster/recluster)")
     p.add_argument("--prefect-out", default=None, help="output dir or s3:// prefix the recluster flow writes to (default: under --ui-cache)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
-    p.set_defaults(handler=run_ui)
+    p.set_defaults(handler=run_ui, subparser=p)
     return p
+
+
+# samseg.cli's COMMAND_MODULES convention is `add_parser(subparsers)`.
+add_parser = add_parsers
 
 
 def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - lazy import

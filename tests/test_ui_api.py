@@ -155,9 +155,11 @@ def test_run_detail(client, mlflow_store):
     assert d["form"]["eps"] == 0.06 and d["form"]["cell_rule"] == "min_pixels"
     page = client.get(f"/runs/{run_a}", headers={"accept": "text/html"})
     assert page.status_code == 200 and "class 0 (6 masks)" in page.text and "noise (2 masks)" in page.text
-    for url in ("/files/overlay.png", "/files/input.png", "/files/classes/class_1.png", "/highlight.png?masks=10,11"):
+    for url in ("/files/overlay.png", "/files/classes/class_1.png", "/highlight.png?masks=10,11"):
         r = client.get(f"/runs/{run_a}{url}")
         assert r.status_code == 200 and r.content[:4] == b"\x89PNG", url
+    r = client.get(f"/runs/{run_a}/files/input.jpg")
+    assert r.status_code == 200 and r.content[:3] == b"\xff\xd8\xff"
 
 
 def test_unknown_run_is_404_with_message(client):
@@ -312,6 +314,7 @@ TRAVERSALS = [
     "masks.parquet",  # a real artifact, but not one the UI serves
     "embeddings.npy",
     ".ui/thumb.png",
+    "input.png",
     "overlay.png%00.txt",
 ]
 
@@ -328,6 +331,13 @@ def test_traversal_in_run_id_is_refused(client):
     for rid in ("..", "..%2f..", "%2e%2e", "a b", "x" * 65):
         r = client.get(f"/api/runs/{rid}")
         assert r.status_code == 404, rid
+
+
+def test_mlflow_links_never_carry_credentials():
+    from samseg.ui.service import _link_base
+
+    assert _link_base("https://bob:hunter2@mlflow.example:5000/?token=abc") == "https://mlflow.example:5000"
+    assert _link_base("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"
 
 
 def test_check_artifact_path_unit():

@@ -61,7 +61,7 @@ def _add_token_guard(app: FastAPI, token: str | None) -> None:
         if not token:
             return await call_next(request)
         given = request.query_params.get("token")
-        if given is not None and token_ok(token, f"Bearer {given}", None):
+        if request.method in ("GET", "HEAD") and given is not None and token_ok(token, f"Bearer {given}", None):
             # ?token= once → cookie, then drop the token from the address bar and history.
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             url = request.url.path + ("?" + urlencode(rest) if rest else "")
@@ -169,7 +169,7 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
         "noise_url": f"/runs/{run_id}/highlight.png?masks=" + ",".join(map(str, noise)) if noise else None,
         "masks": table,
         "form": actions.form_defaults(actions.run_config(store, run_id)),
-        "input_url": f"/runs/{run_id}/files/input.png",
+        "input_url": f"/runs/{run_id}/files/input.jpg",
     }
 
 

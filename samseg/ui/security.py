@@ -19,7 +19,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # (not a blacklist of `..`) so that encoded variants (%2e%2e, %252e, backslashes, NUL,
 # absolute paths) can never name anything else.
 _ARTIFACT_FILES = re.compile(
-    r"^(?:overlay\.png|labels\.png|summary\.json|masks\.json|input\.png|thumb\.png"
+    r"^(?:overlay\.png|labels\.png|summary\.json|masks\.json|input\.jpg|thumb\.png"
     r"|classes/class_\d{1,5}\.png)$"
 )
 

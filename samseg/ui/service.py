@@ -160,7 +160,7 @@ class RunStore:
             base = self.tracking_uri
         if not base:
             return None
-        return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        return f"{_link_base(base)}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
     def prefect_url(self, flow_run_id: str | None) -> str | None:
         if not flow_run_id or not self._prefect_base:
@@ -208,8 +208,8 @@ class RunStore:
         root = self.run_dir(run_id).resolve()
         if path == "thumb.png":
             return self._thumbnail(root)
-        if path == "input.png":
-            return self._input_png(run_id, root)
+        if path == "input.jpg":
+            return self._input_jpg(run_id, root)
         full = (root / path).resolve()
         if not full.is_relative_to(root) or not full.is_file():  # belt and braces after the whitelist
             raise FileNotFoundError(f"run {run_id} has no artifact {path}")
@@ -223,16 +223,17 @@ class RunStore:
             thumb.parent.mkdir(exist_ok=True)
             with Image.open(root / "overlay.png") as im:
                 im.thumbnail((_THUMB_PX, _THUMB_PX))
-                _save_png_atomic(im, thumb)
+                _save_atomic(im, thumb, "PNG")
         return thumb
 
-    def _input_png(self, run_id: str, root: Path) -> Path:
+    def _input_jpg(self, run_id: str, root: Path) -> Path:
+        """The EXIF-corrected input as JPEG q90: a photo as PNG would be ~10× larger."""
         from PIL import Image
 
-        out = root / ".ui" / "input.png"
+        out = root / ".ui" / "input.jpg"
         if not out.is_file():
             out.parent.mkdir(exist_ok=True)
-            _save_png_atomic(Image.fromarray(self.load_image(run_id).rgb), out)
+            _save_atomic(Image.fromarray(self.load_image(run_id).rgb), out, "JPEG", quality=90)
         return out
 
     def load_image(self, run_id: str) -> Any:
@@ -272,9 +273,9 @@ def _outputs_root(tmp: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def _save_png_atomic(im: Any, path: Path) -> None:
+def _save_atomic(im: Any, path: Path, fmt: str, **kw: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    im.save(tmp, format="PNG")
+    im.save(tmp, format=fmt, **kw)
     os.replace(tmp, path)
 
 
@@ -293,6 +294,15 @@ def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _link_base(url: str) -> str:
+    """scheme://host[:port]/path of `url` without user:password@ or query: safe to put in a page."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    host = (u.hostname or "") + (f":{u.port}" if u.port else "")
+    return urlunsplit((u.scheme, host, u.path.rstrip("/"), "", ""))
 
 
 def _scrub(uri: str) -> str:
