@@ -34,7 +34,10 @@ def _print_error(message: str) -> None:
 
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags `samseg segment` gains when it runs through the flows."""
+    """Flags `samseg segment` gains when it runs through the flows; --out may be s3://…"""
+    for action in p._actions:  # pathlib would turn s3://b/k into s3:/b/k
+        if action.dest == "out":
+            action.type, action.metavar = str, "DIR_OR_S3"
     g = p.add_argument_group("orchestration (Prefect, MLflow, S3)")
     g.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
     g.add_argument("--experiment", default="samseg", help="MLflow experiment (default: %(default)s)")

@@ -272,9 +272,16 @@ def test_s3_unreachable_retries_then_one_clear_error(prefect_api, local_env, sma
         state.result()
     message = str(info.value)
     assert "s3://nowhere-bucket/run1" in message and "\n" not in message.strip()
-    with get_client(sync_client=True) as client:
-        flt = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        runs = {t.name.rsplit("-", 1)[0]: t for t in client.read_task_runs(flow_run_filter=flt)}
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    deadline = time.monotonic() + 60  # task-run states reach the server as events, a little later
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = {t.name.rsplit("-", 1)[0]: t for t in client.read_task_runs(flow_run_filter=flt)}
+        export = runs.get("export")
+        if (export is not None and export.state is not None and export.state.is_failed()) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert runs["export"].state.is_failed()
     assert runs["export"].run_count == 3  # the first try + IO_RETRIES
     assert runs["encode"].run_count == 1
     assert not list(Path("/tmp").glob("samseg-export-*/bears"))  # local staging cleaned up
