@@ -39,8 +39,9 @@ CLASSES_FORMAT = "samseg.classes/1"
 # faster (agglomerative holds an N² distance matrix: 20k → 3.2 GB float64).
 DEFAULT_MAX_CLUSTER: dict[str, int] = {"dbscan": 200_000, "hdbscan": 50_000, "agglomerative": 20_000}
 
-# float32 products per chunk of a chunked N×N pass: 2^25 floats = 128 MiB per block.
-_BLOCK_FLOATS = 1 << 25
+# float32 similarities per block of a chunked pass: 2^24 floats = 64 MiB (4096×4096),
+# large enough for BLAS to run at full speed, small next to the data at 100k × 256.
+_BLOCK_FLOATS = 1 << 24
 
 
 class ClassTableError(ValueError):
@@ -269,42 +270,66 @@ def dbscan_cosine_chunked(unit_nc: np.ndarray, eps: float, min_samples: int, blo
 
     Same core points, core clusters and noise as sklearn's DBSCAN (a point counts itself
     as a neighbour, like sklearn). A border point near two clusters joins the cluster of
-    its most similar core point (sklearn: whichever reached it first). Peak extra memory
-    ≈ block_floats·4 bytes + the core–core edges of one chunk.
+    its most similar core point (sklearn: whichever reached it first).
+    Work: the similarity matrix is symmetric, so only blocks on and above the diagonal are
+    computed — N²/2 products for the neighbour counts, M²/2 for the M core points' edges,
+    then (N−M)×M for border points. Memory: one b×b float32 block (b² <= block_floats)
+    plus that block's edges; never the whole neighbour lists.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     x = np.ascontiguousarray(unit_nc, dtype=np.float32)
     n = x.shape[0]
     thr = np.float32(1.0 - eps)
     counts = np.zeros(n, dtype=np.int64)
-    for lo, hi in _chunks(n, n, block_floats):
-        counts[lo:hi] = (x[lo:hi] @ x.T >= thr).sum(axis=1)
+    for (a0, a1), (b0, b1) in _upper_blocks(n, block_floats):
+        hit = x[a0:a1] @ x[b0:b1].T >= thr
+        counts[a0:a1] += np.count_nonzero(hit, axis=1)
+        if a0 != b0:  # the mirrored block below the diagonal
+            counts[b0:b1] += np.count_nonzero(hit, axis=0)
     core = np.flatnonzero(counts >= min_samples)
     labels = np.full(n, -1, dtype=np.int64)
     if not len(core):
         return labels
     xc = x[core]
-    m = len(core)
-    comp = np.arange(m, dtype=np.int64)  # component of each core point, merged chunk by chunk
-    for lo, hi in _chunks(m, m, block_floats):
-        rows, cols = np.nonzero(xc[lo:hi] @ xc.T >= thr)
-        # Graph on m core nodes + m "old component" nodes: every core links to its old
-        # component, chunk edges link cores; its components are the merged components.
-        src = np.concatenate([np.arange(m), rows + lo])
-        dst = np.concatenate([m + comp, cols])
-        g = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(2 * m, 2 * m))
-        merged = connected_components(g, directed=False)[1][:m]
-        comp = np.unique(merged, return_inverse=True)[1].astype(np.int64)  # ids 0..<m
+    comp = _core_components(xc, thr, block_floats)
     labels[core] = comp
     border = np.setdiff1d(np.arange(n), core, assume_unique=True)
-    for lo, hi in _chunks(len(border), m, block_floats):
+    for lo, hi in _chunks(len(border), len(core), block_floats):
         sim = x[border[lo:hi]] @ xc.T
         best = sim.argmax(axis=1)
         near = sim[np.arange(hi - lo), best] >= thr
         labels[border[lo:hi][near]] = comp[best[near]]
     return labels
+
+
+def _core_components(xc: np.ndarray, thr: np.float32, block_floats: int) -> np.ndarray:
+    """(M,) component id of each core point (edges: similarity >= thr), merged block by block."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m = xc.shape[0]
+    comp = np.arange(m, dtype=np.int64)  # current component of every core point
+    # A quarter-size block here: inside one big class a block is all edges, and its
+    # index pairs (2 × int64 each) would otherwise be 4× the similarity block.
+    for (a0, a1), (b0, b1) in _upper_blocks(m, max(1, block_floats // 4)):
+        rows, cols = np.nonzero(xc[a0:a1] @ xc[b0:b1].T >= thr)
+        ca, cb = comp[rows + a0], comp[cols + b0]
+        cross = ca != cb  # edges inside one component change nothing
+        if not cross.any():
+            continue
+        ca, cb = ca[cross], cb[cross]
+        g = coo_matrix((np.ones(len(ca), dtype=np.int8), (ca, cb)), shape=(m, m))
+        comp = connected_components(g, directed=False)[1][comp].astype(np.int64)
+    return comp
+
+
+def _upper_blocks(n: int, block_floats: int):
+    """((a0, a1), (b0, b1)) square index blocks with b0 >= a0, each b×b <= block_floats."""
+    step = max(1, math.isqrt(block_floats))
+    starts = range(0, n, step)
+    for a0 in starts:
+        for b0 in starts:
+            if b0 >= a0:
+                yield (a0, min(n, a0 + step)), (b0, min(n, b0 + step))
 
 
 def _chunks(n_rows: int, n_cols: int, block_floats: int):

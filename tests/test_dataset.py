@@ -21,7 +21,7 @@ from samseg.dataset import (
     renumber,
 )
 from samseg.pool import pool_embeddings
-from samseg.types import EncodedImage, ImageGeometry, MaskSet
+from samseg.types import ClusterResult, EncodedImage, ImageGeometry, MaskSet
 
 C = 16
 SIDE = 256  # 256-px square image → 1024-px input, one 16-px cell = 4 original pixels
@@ -219,3 +219,55 @@ def test_renumber_matches_cluster_module():
     for _ in range(5):
         labels = rng.integers(-1, 7, size=200)
         assert np.array_equal(renumber(labels), renumber_by_size(labels))
+
+
+# ------------------------------------------------------------------- contact sheet
+
+
+def test_select_examples_round_robin_largest_first():
+    from samseg.contact_sheet import select_examples
+
+    results = [ClusterResult(np.array([0, 0, 1, -1, 0])), ClusterResult(np.array([0, 1, 0]))]
+    areas = [np.array([10, 50, 5, 99, 30]), np.array([7, 8, 9])]
+    picks = select_examples(results, areas, n_classes=3, per_class=4)
+    # class 0: image 0's largest (mask 1), image 1's largest (mask 2), then the next of each
+    assert picks[0] == [(0, 1), (1, 2), (0, 4), (1, 0)]
+    assert picks[1] == [(0, 2), (1, 1)]
+    assert picks[2] == []
+    assert select_examples(results, areas, n_classes=2, per_class=1) == [[(0, 1)], [(0, 2)]]
+
+
+def test_contact_sheet_layout_colours_and_cutouts():
+    from samseg.contact_sheet import TILE, contact_sheet, select_examples
+    from samseg.render import class_color
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[..., 1] = 200  # a green photo
+    m = np.zeros((2, 40, 60), bool)
+    m[0, 5:15, 10:40] = True
+    m[1, 20:40, 0:10] = True
+    masks = MaskSet.from_binary(m)
+    results = [ClusterResult(np.array([1, 0]))]
+    picks = select_examples(results, [masks.areas], n_classes=2)
+    loads = []
+    sheet = contact_sheet(picks, lambda i: loads.append(i) or (rgb, masks), sizes=[1, 1])
+    assert loads == [0]  # each needed image is loaded once
+    assert sheet.dtype == np.uint8 and sheet.shape[0] == 2 * (TILE + 8)
+    for c in range(2):  # the colour bar of row c is class_color(c), as in overlay.png
+        assert tuple(sheet[c * (TILE + 8) + 10, 6]) == class_color(c)
+    tile0 = sheet[4 : 4 + TILE, 88 : 88 + TILE].reshape(-1, 3)
+    assert (tile0 == (0, 200, 0)).all(axis=1).sum() > TILE * TILE // 4  # the cut-out's pixels
+    assert (tile0 == (255, 255, 255)).all(axis=1).any()  # transparent → white
+
+
+def test_contact_sheet_caps_rows_and_rejects_bad_cutouts():
+    from samseg.contact_sheet import ContactSheetError, fit_tile, render_contact_sheet
+
+    cut = np.full((10, 20, 4), 255, np.uint8)
+    sheet = render_contact_sheet([[cut]] * 5, max_rows=2, tile=32)
+    assert sheet.shape[0] == 2 * 40 + 20  # two rows + the "+3 more classes" line
+    assert render_contact_sheet([]).shape[0] > 0
+    t = fit_tile(cut, 32)
+    assert t.shape == (32, 32, 3) and (t[16] == 255).all() and (t[0] == 255).all()
+    with pytest.raises(ContactSheetError, match="uint8"):
+        fit_tile(np.zeros((4, 4, 4), np.float32), 32)
