@@ -76,7 +76,7 @@ def ui_server(tmp_path_factory, shared_images, tiny_model):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SAMSEG_CACHE": str(tmp / "cache"), "SAMSEG_HOME": str(tmp / "home")}
     env.pop("SAMSEG_UI_TOKEN", None)
     log = open(tmp / "ui.log", "w")
-    cmd = [sys.executable, "-m", "samseg.cli_ui", "ui", "--port", str(port), "--experiment", EXPERIMENT, "--ui-cache", str(tmp / "ui-cache")]
+    cmd = [*_samseg_ui_command(), "--port", str(port), "--experiment", EXPERIMENT, "--ui-cache", str(tmp / "ui-cache")]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -90,6 +90,17 @@ def ui_server(tmp_path_factory, shared_images, tiny_model):
             proc.kill()
         log.close()
         mp.undo()
+
+
+def _samseg_ui_command() -> list[str]:
+    """`samseg ui` through the console script once samseg.cli lists the ui module, else
+    the same handler through `python -m samseg.cli_ui ui`."""
+    from samseg import cli
+
+    script = Path(sys.executable).with_name("samseg")
+    if "samseg.cli_ui" in getattr(cli, "COMMAND_MODULES", []) and script.is_file():
+        return [str(script), "ui"]
+    return [sys.executable, "-m", "samseg.cli_ui", "ui"]
 
 
 def _wait_ok(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
@@ -162,6 +173,7 @@ def test_rerun_changes_clusters_and_logs_run(page, ui_server):
     page.click("#rerun-btn")
     page.wait_for_selector("#rerun-result:not([hidden])")
     assert page.inner_text("#rerun-clusters") == str(expected)
+    assert page.inner_text("#rerun-seconds").endswith(" s")
     page.wait_for_function("document.querySelector('#rerun-overlay').complete && document.querySelector('#rerun-overlay').naturalWidth > 0")
     new_src = page.get_attribute("#rerun-overlay", "src")
     assert new_src != page.get_attribute("#overlay", "src")
@@ -195,8 +207,14 @@ def test_exemplar_query_click(page, ui_server):
     assert page.inner_text("#query-status").startswith("mask #")
     page.wait_for_function("Array.from(document.querySelectorAll('#query-results img')).every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator("#masks-table tr.hit").count() >= 1  # the clicked mask itself is within any distance
-    assert page.is_visible("#save-class-btn")
     page.locator("#query-panel").screenshot(path=str(ARTIFACTS / "04-exemplar.png"))
+
+    # Save the selection as a class: a new run, shown as kind "exemplar" in the list.
+    page.click("#save-class-btn")
+    page.wait_for_selector("#save-class-status a")
+    saved_id = page.get_attribute("#save-class-status a", "href").rsplit("/", 1)[-1]
+    page.goto(ui_server["base"] + "/")
+    assert page.inner_text(f'tr[data-run-id="{saved_id}"] td:nth-child(4)') == "exemplar"
 
 
 def test_compare_view(page, ui_server):

@@ -50,6 +50,7 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
     _add_error_handlers(app)
     _add_pages(app)
     _add_api(app)
+    _add_job_api(app)
     _add_files(app)
     return app
 
@@ -241,6 +242,9 @@ def _add_api(app: FastAPI) -> None:
             return _error(request, 422, "; ".join(errors.values()), errors=errors)
         return actions.exemplar_query(store, run_id, x, y, max_distance, scope)
 
+
+
+def _add_job_api(app: FastAPI) -> None:
     @app.post("/api/classes", status_code=202)
     def api_save_class(request: Request, body: dict[str, Any] = Body(...)) -> Any:
         store: RunStore = request.app.state.store

@@ -45,7 +45,7 @@ async function waitForJob(job, onStage) {
     job = await api("GET", `/api/jobs/${job.id}`);
   }
   if (job.state === "failed") throw { detail: job.error };
-  return job.result;
+  return job;
 }
 
 // ------------------------------------------------------------------ runs list
@@ -83,9 +83,11 @@ function initRerun(runId) {
     try {
       showProgress(prog, "submitting");
       const job = await api("POST", `/api/runs/${runId}/rerun`, values);
-      const res = await waitForJob(job, (s) => showProgress(prog, s));
+      const done = await waitForJob(job, (s) => showProgress(prog, s));
+      const res = done.result;
       showProgress(prog, "");
       $("#rerun-result").hidden = false;
+      $("#rerun-seconds").textContent = `${done.seconds.toFixed(1)} s${res.via === "prefect" ? " via Prefect" : ""}`;
       const link = $("#rerun-link");
       link.href = res.run_url;
       link.textContent = res.run_id.slice(0, 8);
@@ -166,7 +168,7 @@ function initQuery(runId, w, h) {
     const status = $("#save-class-status");
     try {
       const job = await api("POST", "/api/classes", lastQuery);
-      const res = await waitForJob(job, (s) => showProgress(prog, s));
+      const res = (await waitForJob(job, (s) => showProgress(prog, s))).result;
       showProgress(prog, "");
       status.innerHTML = "Saved: " + res.map((r) => `<a href="${r.run_url}">${r.run_id.slice(0, 8)}</a> (${r.n} masks)`).join(", ");
     } catch (err) {
