@@ -1,21 +1,25 @@
 """Dataset-level classes end to end with the tiny-random SAM over ../shared/images.
 
+The batch is segmented image by image (per-image ids, as segment-batch writes them), then
+flows.dataset.apply_dataset_classes gives the whole batch shared ids, classes.json and a
+contact sheet; a second batch is labelled from those classes (--classes-from), and the
+MLflow edge round-trips classes.json through a run.
+
 tiny-random's masks are meaningless: this checks plumbing and consistency only (every id
-in every labels.png is a class of classes.json, masks.json agrees, the contact sheet and
-prototype assignment work on real-sized photos), never segmentation quality.
+in every labels.png is a class of classes.json, masks.json agrees), never quality.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from samseg.contact_sheet import contact_sheet, select_examples
-from samseg.dataset import ClassTable, assign_to_classes, classify_batch
+from samseg.dataset import ClassTable, assign_to_classes
 
 PHOTOS = ("letters.jpg", "bears.jpg", "plaza.jpg", "horses.jpg")
 # Long side of the copies segmented here: full-size photos make the tiny-random AMG's
@@ -23,81 +27,126 @@ PHOTOS = ("letters.jpg", "bears.jpg", "plaza.jpg", "horses.jpg")
 SMALL_SIDE = 320
 
 
-def small_copy(path: Path):
-    """LoadedImage of a SMALL_SIDE-px PNG copy of the photo, keeping its file name."""
-    import io
-
-    from samseg.images import decode_image, load_image
-
-    img = Image.fromarray(load_image(path).rgb)
-    img.thumbnail((SMALL_SIDE, SMALL_SIDE))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return decode_image(buf.getvalue(), path.name, uri=str(path))
-
-
 @pytest.fixture(scope="module")
-def batch_run(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
+def segmented(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
+    """OUT/<stem>/ per image with per-image cluster ids, from SMALL_SIDE-px PNG copies."""
+    from samseg.cluster import cluster_embeddings
+    from samseg.compose import compose_labels
+    from samseg.export import write_outputs
+    from samseg.images import load_image
+    from samseg.pipeline import build_summary, segment_image
+
     # 4×4 prompts (48 masks a photo, 192 in the batch) instead of smoke's 8×8: enough
     # masks to form batch classes, a quarter of the AMG time on 2 shared cores.
     cfg = smoke_cfg.replace(amg={"points_per_side": 4})
-    from samseg.compose import compose_labels
-    from samseg.export import write_outputs
-    from samseg.pipeline import build_summary, segment_image
-
-    out = tmp_path_factory.mktemp("dataset_run")
-    images = [small_copy(shared_images / name) for name in PHOTOS]
-    segs = [segment_image(tiny_model, img, cfg) for img in images]
-    results, table = classify_batch([s.embeddings for s in segs], [img.name for img in images], cfg.cluster)
-    for img, seg, res in zip(images, segs, results):
-        label_map = compose_labels(seg.masks, res)
-        summary = build_summary(img, tiny_model, cfg, seg)
-        summary.update(classes="dataset", n_clusters=res.n_clusters, n_noise=res.n_noise, cluster_sizes=res.sizes())
-        write_outputs(out / Path(img.name).stem, img, seg.masks, seg.embeddings, res, label_map, summary)
-    (out / "classes.json").write_text(table.to_json())
-    picks = select_examples(results, [s.masks.areas for s in segs], table.n_classes)
-    sheet = contact_sheet(picks, lambda i: (images[i].rgb, segs[i].masks), table.sizes)
-    Image.fromarray(sheet).save(out / "contact_sheet.png")
-    return out, images, segs, results, table, picks
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "photos").mkdir()
+    out, dirs, segs = root / "out", [], []
+    for name in PHOTOS:
+        small = Image.fromarray(load_image(shared_images / name).rgb)
+        small.thumbnail((SMALL_SIDE, SMALL_SIDE))
+        small.save(root / "photos" / f"{Path(name).stem}.png")
+        img = load_image(root / "photos" / f"{Path(name).stem}.png")
+        seg = segment_image(tiny_model, img, cfg)
+        own = cluster_embeddings(seg.embeddings, cfg.cluster)  # per-image ids, as before issue 6
+        dirs.append(write_outputs(out / img.stem, img, seg.masks, seg.embeddings, own,
+                                  compose_labels(seg.masks, own), build_summary(img, tiny_model, cfg, seg)))
+        segs.append(seg)
+    return root, out, dirs, segs, cfg
 
 
-def test_every_label_id_is_a_class(batch_run):
+@pytest.fixture(scope="module")
+def batch_run(segmented):
+    from flows.dataset import apply_dataset_classes
+
+    root, out, dirs, segs, cfg = segmented
+    report = apply_dataset_classes(out, dirs, cfg.cluster)
+    table = ClassTable.from_json(Path(report["classes_json"]).read_text(), source=report["classes_json"])
+    return report, table
+
+
+def test_every_label_id_is_a_class(segmented, batch_run):
     from samseg.export import read_label_png, read_outputs
 
-    out, images, segs, results, _, _ = batch_run
-    table = ClassTable.from_json((out / "classes.json").read_text(), source=str(out / "classes.json"))
-    assert table.image_names == list(PHOTOS)
+    _, out, dirs, segs, _ = segmented
+    report, table = batch_run
+    names = [f"{Path(n).stem}.png" for n in PHOTOS]
+    assert report["mode"] == "dataset" and table.image_names == names
+    # Not a quality claim: with no class at all the consistency checks below would be vacuous.
+    assert table.n_classes >= 1 and table.n_noise < sum(len(s.masks) for s in segs)
     assert int(table.sizes.sum()) + table.n_noise == sum(len(s.masks) for s in segs)
-    for img, res in zip(images, results):
-        d = out / Path(img.name).stem
+    assert report["metrics"]["n_classes"] == table.n_classes
+    for d, name, seg in zip(dirs, names, segs):
         labels = read_label_png(d / "labels.png")
-        assert labels.shape == img.rgb.shape[:2]
+        assert labels.shape == seg.masks.image_hw
         ids = {int(v) - 1 for v in np.unique(labels) if v > 0}
         assert ids <= set(range(table.n_classes))
         for c in ids:  # a class painted in an image lists that image in classes.json
-            assert img.name in table.image_counts[c]
-        _, _, stored = read_outputs(d)
-        assert np.array_equal(stored, res.labels)  # masks.json carries the dataset ids
-        for c, n in enumerate(table.image_counts):
-            assert int((stored == c).sum()) == n.get(img.name, 0)
+            assert name in table.image_counts[c]
+        _, emb, stored = read_outputs(d)
+        assert np.array_equal(emb, seg.embeddings)
+        for c, counts in enumerate(table.image_counts):  # masks.json carries the dataset ids
+            assert int((stored == c).sum()) == counts.get(name, 0)
         summary = json.loads((d / "summary.json").read_text())
-        assert summary["classes"] == "dataset"
+        assert summary["classes"] == "dataset" and summary["dataset_n_classes"] == table.n_classes
+        assert summary["n_noise"] == int((stored < 0).sum())
 
 
-def test_members_are_covered_by_some_class(batch_run):
-    _, _, segs, results, table, _ = batch_run
-    for seg, res in zip(segs, results):
-        again = assign_to_classes(seg.embeddings, table)
-        member = res.labels >= 0
+def test_members_are_covered_by_their_classes(segmented, batch_run):
+    from samseg.export import read_outputs
+
+    _, _, dirs, _, _ = segmented
+    _, table = batch_run
+    for d in dirs:
+        _, emb, stored = read_outputs(d)
+        again = assign_to_classes(emb, table).labels
         # every clustered mask lies inside its own class's radius, so it is never noise here
-        assert (again.labels[member] >= 0).all()
+        assert (again[stored >= 0] >= 0).all()
 
 
-def test_contact_sheet_rows(batch_run):
-    out, _, _, results, table, picks = batch_run
-    sheet = np.asarray(Image.open(out / "contact_sheet.png"))
+def test_contact_sheet_written(segmented, batch_run):
+    report, table = batch_run
+    sheet = np.asarray(Image.open(report["contact_sheet"]))
     assert sheet.ndim == 3 and sheet.shape[2] == 3
-    assert len(picks) == table.n_classes
-    for c, row in enumerate(picks):
-        assert 0 < len(row) <= 6
-        assert all(results[i].labels[m] == c for i, m in row)
+    assert sheet.shape[0] >= min(table.n_classes, 60) * 96
+
+
+def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
+    from flows.dataset import apply_dataset_classes
+    from samseg.export import read_outputs
+
+    _, _, dirs, _, cfg = segmented
+    _, table = batch_run
+    new_dirs = [shutil.copytree(d, tmp_path / "new" / d.name) for d in dirs[:2]]
+    report = apply_dataset_classes(tmp_path / "new", new_dirs, cfg.cluster, table=table)
+    assert report["mode"] == "assigned"
+    back = ClassTable.from_json(Path(report["classes_json"]).read_text())
+    assert np.array_equal(back.prototypes, table.prototypes)  # same classes, stable ids
+    assert back.image_names == [d.name + ".png" for d in new_dirs]
+    for d in new_dirs:
+        _, emb, stored = read_outputs(d)
+        assert np.array_equal(stored, assign_to_classes(emb, table).labels)
+        assert json.loads((d / "summary.json").read_text())["classes"] == "assigned"
+
+
+def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from flows.dataset import load_classes_from_run, log_dataset_classes
+    from samseg.tracking import TrackingError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.create_experiment("ds", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(exp, tags={"samseg.kind": "batch"}).info.run_id
+    report, table = batch_run
+    log_dataset_classes(run_id, report)
+    run = client.get_run(run_id)
+    assert run.data.tags["samseg.classes"] == "dataset"
+    assert run.data.metrics["n_classes"] == table.n_classes
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"classes.json", "contact_sheet.png"}
+    loaded = load_classes_from_run(run_id)
+    assert np.array_equal(loaded.prototypes, table.prototypes) and loaded.sample["run_id"] == run_id
+    empty = client.create_run(exp).info.run_id
+    with pytest.raises(TrackingError, match=f"MLflow run {empty}: no usable classes.json"):
+        load_classes_from_run(empty)
