@@ -21,9 +21,10 @@ FAN_OUT = ("local", "auto", "deployment")
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    """Prefect logs every task at INFO; a CLI user wants results and errors."""
+    """Prefect logs every task at INFO and each failure with a traceback; the CLI prints
+    its own one-line errors instead (--verbose keeps Prefect's log)."""
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
 
 
 def _print_error(message: str) -> None:
@@ -48,7 +49,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    """`samseg segment INPUT... --out DIR|s3://…` through segment_batch_flow.
+    """`samseg segment INPUT... --out DIR|s3://…` through segment_image_flow (one image,
+    fan-out local) or segment_batch_flow (MLflow parent run + one child per image).
 
     Uses samseg.cli.config_from_args for the preset + flags. Exit 0 = all images done,
     1 = some failed (one error line each), 2 = usage error (raised as UsageError).
@@ -61,23 +63,36 @@ def run_segment(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out} exists and is not a directory")
     _quiet_prefect(getattr(args, "verbose", False))
     from flows.params import PipelineParams, RuntimeParams
-    from flows.segment import list_sources, segment_batch_flow
+    from flows.segment import list_sources, segment_batch_flow, segment_image_flow
 
     try:
-        if not list_sources(list(args.inputs)):
-            raise UsageError(f"no images found in: {' '.join(args.inputs)}")
+        uris = list_sources(list(args.inputs))
     except Exception as exc:  # StorageError listing an s3:// prefix
-        if isinstance(exc, UsageError):
-            raise
         _print_error(exc)
         return 1
+    if not uris:
+        raise UsageError(f"no images found in: {' '.join(args.inputs)}")
     runtime = RuntimeParams(checkpoint=args.checkpoint, device=args.device, seed=args.seed,
                             cache=getattr(args, "cache", None), save_features=bool(getattr(args, "save_features", False)))
-    state = segment_batch_flow(source=list(args.inputs), out=out, settings=PipelineParams.from_config(cfg),
-                               runtime=runtime, track=not getattr(args, "no_track", False),
-                               experiment=getattr(args, "experiment", "samseg"),
-                               fan_out=getattr(args, "fan_out", "local"), return_state=True)
-    return _report_batch(state)
+    common = dict(out=out, settings=PipelineParams.from_config(cfg), runtime=runtime,
+                  track=not getattr(args, "no_track", False), experiment=getattr(args, "experiment", "samseg"))
+    fan_out = getattr(args, "fan_out", "local")
+    if len(uris) == 1 and fan_out == "local":  # one image: one MLflow run, no batch parent
+        return _report_image(segment_image_flow(image=uris[0], **common, return_state=True), uris[0])
+    return _report_batch(segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, return_state=True))
+
+
+def _report_image(state: Any, uri: str) -> int:
+    try:
+        res = state.result()
+    except Exception as exc:  # ImageError, StorageError, CheckpointError … as one line
+        _print_error(exc)
+        return 1
+    hits = sum(v == "hit" for v in res["cache"].values())
+    print(f"{uri} -> {res['out_dir']} (cache hits: {hits}/3)")
+    if res.get("mlflow_run_id"):
+        print(f"MLflow run: {res['mlflow_run_id']}")
+    return 0
 
 
 def _report_batch(state: Any) -> int:
@@ -231,20 +246,6 @@ def _add_serve_parser(sub: Any) -> None:
     p.set_defaults(handler=run_serve, subparser=p)
 
 
-def serve_deployments(cron: str | None = None, source: str | None = None, out: str | None = None) -> list[Any]:
-    """RunnerDeployments with the names of deployments/prefect.yaml."""
-    from flows.recluster import recluster_flow
-    from flows.segment import segment_batch_flow, segment_image_flow
-
-    batch_params = {k: v for k, v in (("source", source), ("out", out)) if v is not None}
-    return [
-        segment_image_flow.to_deployment(name="segment", tags=["samseg", "image"]),
-        segment_batch_flow.to_deployment(name="nightly-batch", tags=["samseg", "batch"], cron=cron,
-                                         parameters=batch_params),
-        recluster_flow.to_deployment(name="recluster", tags=["samseg", "recluster"]),
-    ]
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from samseg.cli import UsageError
 
@@ -252,9 +253,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be >= 1")
     if args.cron and not (args.source and args.out):
         raise UsageError("--cron needs --source and --out (the scheduled runs' parameters)")
-    from prefect import serve
+    from flows.serve import serve_all
 
-    serve(*serve_deployments(args.cron, args.source, args.out), limit=args.limit)
+    serve_all(args.cron, args.source, args.out, limit=args.limit)
     return 0
 
 

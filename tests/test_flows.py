@@ -350,24 +350,35 @@ def test_killed_batch_rerun_computes_only_unfinished(prefect_api, local_env, sma
             assert "computed" in r["cache"].values(), stem
 
 
-def test_cli_segment_via_flows(prefect_api, local_env, small_photos, capsys) -> None:
+def test_cli_segment_via_flows(prefect_api, local_env, small_photos) -> None:
+    """In a fresh process, as a user runs it: one error line for the bad file, no traceback."""
     src = local_env / "in"
     src.mkdir()
     (src / "letters.jpg").write_bytes((small_photos / "letters.jpg").read_bytes())
     (src / "zz-broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = local_env / "out"
-    args = cli_parser().parse_args(["segment", str(src), "--out", str(out), "--preset", "smoke", "--points-per-side", "4",
-                                    "--device", "cpu", "--no-track", "--cache", str(local_env / "cache")])
-    assert args.handler(args) == 1
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "zz-broken.jpg" in errors[0], err
+    code = (
+        "import sys\n"
+        "from tests.test_flows import cli_parser\n"
+        "args = cli_parser().parse_args(sys.argv[1:])\n"
+        "sys.exit(args.handler(args))\n"
+    )
+    argv = ["segment", str(src), "--out", str(out), "--preset", "smoke", "--points-per-side", "4", "--device", "cpu",
+            "--no-track", "--cache", str(local_env / "cache")]
+    env = {**prefect_api.env, "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'tests'}"}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "zz-broken.jpg" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "letters.jpg ->" in proc.stdout
     assert (out / "letters" / "labels.png").is_file()
     assert json.loads((out / "letters" / "summary.json").read_text())["cache"]["encode"] == "computed"
 
 
 def test_serve_builds_the_three_deployments() -> None:
-    from samseg.cli_orchestration import serve_deployments
+    from flows.serve import serve_deployments
 
     deps = serve_deployments(cron="0 2 * * *", source="s3://b/in/", out="s3://b/out/")
     assert [(d.flow_name, d.name) for d in deps] == [

@@ -1,0 +1,32 @@
+"""The three deployments of deployments/prefect.yaml, served from one process (`samseg serve`).
+
+A local alternative to work pools + workers: `prefect.serve` registers the deployments
+with the API (PREFECT_API_URL) and executes their flow runs in this process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+def serve_deployments(cron: Optional[str] = None, source: Optional[str] = None, out: Optional[str] = None) -> list[Any]:
+    """RunnerDeployments named as in prefect.yaml: segment-image/segment,
+    segment-batch/nightly-batch (optional cron + default source/out), recluster/recluster."""
+    from flows.recluster import recluster_flow
+    from flows.segment import segment_batch_flow, segment_image_flow
+
+    batch_params = {k: v for k, v in (("source", source), ("out", out)) if v is not None}
+    return [
+        segment_image_flow.to_deployment(name="segment", tags=["samseg", "image"]),
+        segment_batch_flow.to_deployment(name="nightly-batch", tags=["samseg", "batch"], cron=cron,
+                                         parameters=batch_params),
+        recluster_flow.to_deployment(name="recluster", tags=["samseg", "recluster"]),
+    ]
+
+
+def serve_all(cron: Optional[str] = None, source: Optional[str] = None, out: Optional[str] = None,
+              limit: Optional[int] = None) -> None:
+    """Block serving the three deployments (Ctrl-C stops)."""
+    from prefect import serve
+
+    serve(*serve_deployments(cron, source, out), limit=limit)
