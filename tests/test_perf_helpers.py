@@ -1,4 +1,4 @@
-"""samseg.precision (opt-in bf16) and samseg.amg_budget (points_per_batch from image size)."""
+"""samseg.precision (opt-in bf16), samseg.amg_budget (points_per_batch from image size), samseg.amg_post (fast RLE)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,28 @@ def test_budget_from_environment(monkeypatch):
         points_per_batch_for((1000, 1000), 64)
     with pytest.raises(ValueError, match="points_per_batch"):
         points_per_batch_for((10, 10), 0, 10**9)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 7), (4, 6, 5), (6, 37, 23)])
+def test_mask_to_rle_fast_equals_segment_anything(shape):
+    from segment_anything.utils.amg import mask_to_rle_pytorch
+
+    from samseg.amg_post import mask_to_rle_fast
+
+    g = torch.Generator().manual_seed(sum(shape))
+    masks = torch.rand(shape, generator=g) > 0.5
+    if shape[0]:
+        masks[0] = True  # a full mask: no change index at all
+        masks[1] = False
+    assert mask_to_rle_fast(masks) == mask_to_rle_pytorch(masks)
+
+
+def test_fast_amg_postprocessing_swaps_and_restores():
+    import segment_anything.automatic_mask_generator as sam_amg
+
+    from samseg.amg_post import fast_amg_postprocessing, mask_to_rle_fast
+
+    original = sam_amg.mask_to_rle_pytorch
+    with fast_amg_postprocessing():
+        assert sam_amg.mask_to_rle_pytorch is mask_to_rle_fast
+    assert sam_amg.mask_to_rle_pytorch is original
