@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from samseg.config import SMOKE  # noqa: E402
+from servers import mlflow_env, mlflow_server, moto_s3, s3_env  # noqa: E402,F401  (fixtures)
 
 H, W = 48, 96
 EXPERIMENT = "ui-test"
@@ -458,3 +459,26 @@ def test_rerun_through_prefect_deployment(client, mlflow_store, monkeypatch):
     assert sent["name"] == "recluster/recluster"
     assert sent["parameters"]["run_id"] == run_a and sent["parameters"]["cluster"]["eps"] == 1.5
     assert sent["parameters"]["experiment"] == EXPERIMENT
+
+
+# ------------------------------------------- real mlflow server, S3 artifacts
+@pytest.mark.integration
+def test_ui_over_mlflow_server_with_s3_artifacts(mlflow_env, tmp_path, monkeypatch):
+    """The same UI over `mlflow server` (artifacts proxied to moto S3): listing, run page,
+    artifact download, a rerun logged back to the server, and links to the MLflow UI."""
+    from PIL import Image
+
+    from samseg.ui import UiSettings, create_app
+
+    img = tmp_path / "gamma.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img)
+    run_id = _log_synthetic_run(tmp_path, "gamma", img)
+    app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp_path / "ui-cache", submit="local"))
+    with TestClient(app) as c:
+        row = next(r for r in c.get("/api/runs").json()["runs"] if r["run_id"] == run_id)
+        assert row["mlflow_url"].startswith(mlflow_env.rstrip("/") + "/#/experiments/")
+        assert [k["n_masks"] for k in c.get(f"/api/runs/{run_id}").json()["classes"]] == [6, 4]
+        assert c.get(f"/runs/{run_id}/files/overlay.png").content[:4] == b"\x89PNG"
+        done = _wait_job(c, c.post(f"/api/runs/{run_id}/rerun", json={"eps": "1.5"}).json())
+        assert done["state"] == "done", done
+        assert c.get(f"/api/runs/{done['result']['run_id']}").json()["run"]["parent_run_id"] == run_id
