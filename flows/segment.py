@@ -190,8 +190,10 @@ def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
-def _run_deployments(uris: list[str], kwargs: dict[str, Any], poll_s: float = 1.0) -> list[dict[str, Any]]:
-    """Create one `segment` run per image (any worker may take it), then wait for all."""
+def _run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float | None,
+                     poll_s: float = 1.0) -> list[dict[str, Any]]:
+    """Create one `segment` run per image (any worker may take it), then wait for all;
+    a run not finished after `timeout_s` (None = wait forever) is reported as failed."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -199,8 +201,9 @@ def _run_deployments(uris: list[str], kwargs: dict[str, Any], poll_s: float = 1.
                                 flow_run_name=f"segment-{image_dir_name(uri)}") for uri in uris}
     pending = dict(runs)
     final: dict[str, Any] = {}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        while pending:
+        while pending and (deadline is None or time.monotonic() < deadline):
             for uri, run in list(pending.items()):
                 fr = client.read_flow_run(run.id)
                 if fr.state is not None and fr.state.is_final():
@@ -210,6 +213,10 @@ def _run_deployments(uris: list[str], kwargs: dict[str, Any], poll_s: float = 1.
                 time.sleep(poll_s)
     results = []
     for uri in uris:
+        if uri in pending:
+            results.append({"image": uri, "status": "failed", "flow_run_id": str(runs[uri].id),
+                            "error": f"{uri}: flow run {runs[uri].id} not finished after {timeout_s:g} s"})
+            continue
         fr = final[uri]
         ok = fr.state.is_completed()
         entry = {"image": uri, "status": "completed" if ok else "failed", "flow_run_id": str(fr.id)}
@@ -232,13 +239,15 @@ def segment_batch_flow(
     track: bool = True,
     experiment: str = EXPERIMENT_DEFAULT,
     fan_out: FanOut = "auto",
+    image_timeout_s: Optional[float] = None,
 ) -> dict[str, Any]:
     """Segment every image of a folder, glob, file or s3:// prefix (or a list of them).
 
     fan_out: "deployment" = one `segment` deployment run per image (needs a server with
     that deployment and a worker), "local" = subflows in this process, "auto" = the
     former when the deployment exists. Returns {"images", "succeeded", "failed", ...};
-    the same dict is written to OUT/batch_summary.json.
+    the same dict is written to OUT/batch_summary.json. image_timeout_s bounds the wait
+    for deployment runs (a run whose worker died never finishes).
     """
     uris = list_sources(source)
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
@@ -247,7 +256,10 @@ def segment_batch_flow(
     kwargs.pop("image")
     if not use_deployments:
         kwargs.update(settings=settings, runtime=runtime)
-    results = (_run_deployments if use_deployments else _run_local)(uris, kwargs)
+    if use_deployments:
+        results = _run_deployments(uris, kwargs, image_timeout_s)
+    else:
+        results = _run_local(uris, kwargs)
     failed = [r for r in results if r["status"] != "completed"]
     for r in failed:
         log.error("%s", r["error"])

@@ -113,6 +113,7 @@ def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
         PREFECT_API_URL,
         PREFECT_HOME,
         PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_LOGGING_TO_API_ENABLED,
         PREFECT_SERVER_ANALYTICS_ENABLED,
         temporary_settings,
     )
@@ -122,6 +123,8 @@ def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
         PREFECT_HOME: str(prefect_server.home / "client"),
         PREFECT_LOCAL_STORAGE_PATH: str(prefect_server.home / "storage"),
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        # in-process flow logs stay local: the server is gone before the handler's final flush
+        PREFECT_LOGGING_TO_API_ENABLED: False,
     }
     with temporary_settings(updates=updates):
         yield prefect_server

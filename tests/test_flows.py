@@ -253,6 +253,19 @@ def test_corrupt_cache_entry_is_recomputed(prefect_api, local_env, small_photos)
     assert third["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}
     assert third["n_masks"] == first["n_masks"]
 
+    # recluster from image + settings: straight from the cache, no run needed
+    from flows.params import ClusterParams
+    from flows.recluster import ReclusterError, recluster_flow
+
+    re = recluster_flow(cluster=ClusterParams(eps=0.5, min_samples=1), out=str(local_env / "re"), track=False,
+                        image=args["image"], settings=args["settings"], runtime=args["runtime"])
+    assert re["recluster"]["inputs_from"] == "cache" and re["n_masks"] == first["n_masks"]
+    assert re["config"]["cluster.eps"] == 0.5 and (local_env / "re" / "letters" / "labels.png").is_file()
+    state = recluster_flow(cluster=ClusterParams(), out=str(local_env / "re2"), track=False, return_state=True,
+                           image=str(small_photos / "plaza.jpg"), settings=args["settings"], runtime=args["runtime"])
+    with pytest.raises(ReclusterError, match="plaza.jpg: no cached masks"):
+        state.result()
+
 
 def test_s3_unreachable_retries_then_one_clear_error(prefect_api, local_env, small_photos, monkeypatch) -> None:
     from prefect.client.orchestration import get_client
