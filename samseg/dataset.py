@@ -6,15 +6,11 @@ prototype and a radius (`build_classes` → `ClassTable`, serialised as classes.
 masks of later images are labelled by nearest prototype without re-clustering
 (`assign_to_classes`), so class ids stay stable over time.
 
-Scale. DBSCAN with the cosine metric runs on unit vectors through `dbscan_cosine_chunked`:
-on unit vectors cos(a, b) = a·b and ||a − b||² = 2(1 − cos), so "cosine distance <= eps"
-is "a·b >= 1 − eps" (euclidean eps_e = sqrt(2·eps)). Neighbour counts and core–core edges
-come from chunked float32 matrix products (memory O(chunk·N), never the O(Σ neighbours)
-lists scikit-learn's DBSCAN holds) and components are merged chunk by chunk. At 256-d a
-BallTree/KD-tree prunes almost nothing, so brute force in BLAS is the fast exact path
-(benchmarks/bench_dataset_cluster.py measures both). Other algorithms and metrics go
-through `samseg.cluster.cluster_embeddings` unchanged. Beyond `max_cluster` masks a seeded
-random sample is clustered and the rest are assigned by prototype.
+Scale. DBSCAN with the cosine metric runs through samseg.cosine_dbscan (exact, blocked
+float32 products on unit vectors, memory O(block) instead of scikit-learn's O(Σ neighbour
+lists)); other algorithms and metrics go through `samseg.cluster.cluster_embeddings`
+unchanged. Beyond `max_cluster` masks a seeded random sample is clustered and the rest
+are assigned by prototype.
 
 Arrays in, arrays and small dataclasses out; no I/O (classes.json text is built and parsed
 here, written by the caller).
@@ -23,14 +19,19 @@ here, written by the caller).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from samseg.config import ClusterConfig
+from samseg.cosine_dbscan import BLOCK_FLOATS, dbscan_cosine_chunked, eps_euclidean, row_chunks
 from samseg.types import ClusterResult
+
+__all__ = [
+    "ClassTable", "ClassTableError", "assign_to_classes", "build_classes", "classify_batch", "cluster_batch",
+    "cluster_rows", "dbscan_cosine_chunked", "eps_euclidean", "prototypes_and_radii", "renumber",
+]
 
 CLASSES_FORMAT = "samseg.classes/1"
 
@@ -39,9 +40,6 @@ CLASSES_FORMAT = "samseg.classes/1"
 # faster (agglomerative holds an N² distance matrix: 20k → 3.2 GB float64).
 DEFAULT_MAX_CLUSTER: dict[str, int] = {"dbscan": 200_000, "hdbscan": 50_000, "agglomerative": 20_000}
 
-# float32 similarities per block of a chunked pass: 2^24 floats = 64 MiB (4096×4096),
-# large enough for BLAS to run at full speed, small next to the data at 100k × 256.
-_BLOCK_FLOATS = 1 << 24
 
 
 class ClassTableError(ValueError):
@@ -262,83 +260,6 @@ def _stack(
     return np.concatenate(parts, axis=0), offsets
 
 
-# ---------------------------------------------------------------- chunked cosine DBSCAN
-
-
-def dbscan_cosine_chunked(unit_nc: np.ndarray, eps: float, min_samples: int, block_floats: int = _BLOCK_FLOATS) -> np.ndarray:
-    """Exact DBSCAN (cosine distance <= eps) on N×C unit float32 rows; (N,) raw labels.
-
-    Same core points, core clusters and noise as sklearn's DBSCAN (a point counts itself
-    as a neighbour, like sklearn). A border point near two clusters joins the cluster of
-    its most similar core point (sklearn: whichever reached it first).
-    Work: the similarity matrix is symmetric, so only blocks on and above the diagonal are
-    computed — N²/2 products for the neighbour counts, M²/2 for the M core points' edges,
-    then (N−M)×M for border points. Memory: one b×b float32 block (b² <= block_floats)
-    plus that block's edges; never the whole neighbour lists.
-    """
-    x = np.ascontiguousarray(unit_nc, dtype=np.float32)
-    n = x.shape[0]
-    thr = np.float32(1.0 - eps)
-    counts = np.zeros(n, dtype=np.int64)
-    for (a0, a1), (b0, b1) in _upper_blocks(n, block_floats):
-        hit = x[a0:a1] @ x[b0:b1].T >= thr
-        counts[a0:a1] += np.count_nonzero(hit, axis=1)
-        if a0 != b0:  # the mirrored block below the diagonal
-            counts[b0:b1] += np.count_nonzero(hit, axis=0)
-    core = np.flatnonzero(counts >= min_samples)
-    labels = np.full(n, -1, dtype=np.int64)
-    if not len(core):
-        return labels
-    xc = x[core]
-    comp = _core_components(xc, thr, block_floats)
-    labels[core] = comp
-    border = np.setdiff1d(np.arange(n), core, assume_unique=True)
-    for lo, hi in _chunks(len(border), len(core), block_floats):
-        sim = x[border[lo:hi]] @ xc.T
-        best = sim.argmax(axis=1)
-        near = sim[np.arange(hi - lo), best] >= thr
-        labels[border[lo:hi][near]] = comp[best[near]]
-    return labels
-
-
-def _core_components(xc: np.ndarray, thr: np.float32, block_floats: int) -> np.ndarray:
-    """(M,) component id of each core point (edges: similarity >= thr), merged block by block."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    m = xc.shape[0]
-    comp = np.arange(m, dtype=np.int64)  # current component of every core point
-    # A quarter-size block here: inside one big class a block is all edges, and its
-    # index pairs (2 × int64 each) would otherwise be 4× the similarity block.
-    for (a0, a1), (b0, b1) in _upper_blocks(m, max(1, block_floats // 4)):
-        rows, cols = np.nonzero(xc[a0:a1] @ xc[b0:b1].T >= thr)
-        ca, cb = comp[rows + a0], comp[cols + b0]
-        cross = ca != cb  # edges inside one component change nothing
-        if not cross.any():
-            continue
-        ca, cb = ca[cross], cb[cross]
-        g = coo_matrix((np.ones(len(ca), dtype=np.int8), (ca, cb)), shape=(m, m))
-        comp = connected_components(g, directed=False)[1][comp].astype(np.int64)
-    return comp
-
-
-def _upper_blocks(n: int, block_floats: int):
-    """((a0, a1), (b0, b1)) square index blocks with b0 >= a0, each b×b <= block_floats."""
-    step = max(1, math.isqrt(block_floats))
-    starts = range(0, n, step)
-    for a0 in starts:
-        for b0 in starts:
-            if b0 >= a0:
-                yield (a0, min(n, a0 + step)), (b0, min(n, b0 + step))
-
-
-def _chunks(n_rows: int, n_cols: int, block_floats: int):
-    """(lo, hi) row ranges so that one rows×n_cols float32 block stays <= block_floats."""
-    step = max(1, block_floats // max(1, n_cols))
-    for lo in range(0, n_rows, step):
-        yield lo, min(n_rows, lo + step)
-
-
 def renumber(labels: np.ndarray) -> np.ndarray:
     """(N,) int64: ids 0.. by decreasing size, ties by lowest first member index; -1 stays.
     Vectorised equivalent of samseg.cluster.renumber_by_size (that one is O(K·N))."""
@@ -451,15 +372,10 @@ def _nearest_covering(unit_nc: np.ndarray, protos_kc: np.ndarray, radii_k: np.nd
     # radius by rounding; without it a class could fail to cover its own members.
     min_sim = (1.0 - radii_k.astype(np.float32) - np.float32(1e-5))[None, :]
     protos = protos_kc.astype(np.float32)
-    for lo, hi in _chunks(n, k, _BLOCK_FLOATS):
+    for lo, hi in row_chunks(n, k, BLOCK_FLOATS):
         sim = unit_nc[lo:hi] @ protos.T
         sim = np.where(sim >= min_sim, sim, -np.inf)
         best = sim.argmax(axis=1)
         ok = np.isfinite(sim[np.arange(hi - lo), best])
         out[lo:hi][ok] = best[ok]
     return out
-
-
-def eps_euclidean(eps_cosine: float) -> float:
-    """Euclidean radius on unit vectors equivalent to a cosine-distance eps: sqrt(2·eps)."""
-    return math.sqrt(2.0 * eps_cosine)

@@ -1,7 +1,7 @@
 """Dataset-level classes end to end with the tiny-random SAM over ../shared/images.
 
 The batch is segmented image by image (per-image ids, as segment-batch writes them), then
-flows.dataset.apply_dataset_classes gives the whole batch shared ids, classes.json and a
+samseg.dataset_outputs.apply_dataset_classes gives the whole batch shared ids, classes.json and a
 contact sheet; a second batch is labelled from those classes (--classes-from), and the
 MLflow edge round-trips classes.json through a run.
 
@@ -57,7 +57,7 @@ def segmented(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch_run(segmented):
-    from flows.dataset import apply_dataset_classes
+    from samseg.dataset_outputs import apply_dataset_classes
 
     root, out, dirs, segs, cfg = segmented
     report = apply_dataset_classes(out, dirs, cfg.cluster)
@@ -112,7 +112,7 @@ def test_contact_sheet_written(segmented, batch_run):
 
 
 def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
-    from flows.dataset import apply_dataset_classes
+    from samseg.dataset_outputs import apply_dataset_classes
     from samseg.export import read_outputs
 
     _, _, dirs, _, cfg = segmented
@@ -132,7 +132,7 @@ def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
 def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from flows.dataset import load_classes_from_run, log_dataset_classes
+    from samseg.dataset_outputs import load_classes_from_run, log_dataset_classes
     from samseg.tracking import TrackingError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
