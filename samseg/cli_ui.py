@@ -12,6 +12,7 @@ import sys
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the UI can start runs, so it is private by default
 DEFAULT_PORT = 8765
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ add_parser = add_parsers
 def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - lazy import
     from pathlib import Path
 
+    from samseg.ui.security import is_loopback
     from samseg.ui.service import UiSettings
 
     return UiSettings(
@@ -58,6 +60,7 @@ def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - la
         submit=args.submit,
         prefect_deployment=args.prefect_deployment,
         prefect_out=args.prefect_out,
+        allowed_hosts=LOOPBACK_NAMES if is_loopback(args.host) else None,
     )
 
 

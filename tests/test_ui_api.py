@@ -334,6 +334,17 @@ def test_traversal_in_run_id_is_refused(client):
         assert r.status_code == 404, rid
 
 
+def test_loopback_host_check_blocks_dns_rebinding(mlflow_store, monkeypatch):
+    from samseg.ui import UiSettings, create_app
+
+    tmp, _, _ = mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / "ui-cache", allowed_hosts=("127.0.0.1", "localhost")))
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/api/runs").status_code == 200
+        assert c.get("/api/runs", headers={"host": "evil.example:8765"}).status_code == 400
+
+
 def test_mlflow_links_never_carry_credentials():
     from samseg.ui.service import _link_base
 
@@ -393,11 +404,13 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
     assert args.handler(args) == 0
     assert calls[-1]["host"] == "127.0.0.1" and "WARNING" not in capsys.readouterr().err
     assert built[-1].experiment == "samseg" and built[-1].token is None and built[-1].submit == "auto"
+    assert "127.0.0.1" in built[-1].allowed_hosts and "localhost" in built[-1].allowed_hosts
     args = parser.parse_args(["ui", "--host", "0.0.0.0", "--port", "9999", "--ui-cache", str(tmp_path)])
     assert args.handler(args) == 0
     err = capsys.readouterr().err
     assert calls[-1] == {"host": "0.0.0.0", "port": 9999, "log_level": "warning"}
     assert "WARNING" in err and "SAMSEG_UI_TOKEN" in err
+    assert built[-1].allowed_hosts is None
     assert args.handler(parser.parse_args(["ui", "--port", "0"])) == 2
     monkeypatch.setenv("SAMSEG_UI_TOKEN", "tok")
     args = parser.parse_args(["ui", "--host", "0.0.0.0"])

@@ -55,6 +55,9 @@ class UiSettings:
     submit: str = "auto"
     prefect_deployment: str = "recluster/recluster"
     prefect_out: str | None = None  # where the flow writes outputs; None → <cache_dir>/recluster-out
+    # Host headers accepted (None = any). `samseg ui` on loopback sets the loopback names so
+    # a web page cannot reach the UI through DNS rebinding (evil.example → 127.0.0.1).
+    allowed_hosts: tuple[str, ...] | None = None
 
 
 def _resolve_tracking_uri(uri: str | None) -> str:
