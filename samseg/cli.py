@@ -27,7 +27,7 @@ from typing import Any, Callable
 log = logging.getLogger("samseg.cli")
 
 # Modules providing add_parser(subparsers); e.g. "samseg.cli_recluster", "samseg.cli_runs".
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["samseg.cli_ui"]
 
 # CLI sections: flag group title and the config section whose every field becomes a flag.
 _CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (

@@ -9,8 +9,9 @@ STAMP="$VENV/.samseg-setup"
 WANT="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 
 # --- system packages hook -------------------------------------------------------------
-# Debian packages the tests need (the UI work adds: chromium chromium-driver).
-SYSTEM_PACKAGES=()
+# Debian packages the tests need: Chromium + driver for the UI browser test (Playwright drives
+# /usr/bin/chromium; a browser downloaded by playwright would fail on machines without internet).
+SYSTEM_PACKAGES=(chromium chromium-driver)
 install_system_packages() {
   local missing=()
   for pkg in "${SYSTEM_PACKAGES[@]}"; do
