@@ -130,6 +130,21 @@ def _write_contact_sheet(path: Path, results: list[Any], loaded: list[Any], summ
 # ---------------------------------------------------------------- MLflow
 
 
+def load_class_table(ref: str) -> Any:
+    """ClassTable from `ref`: a classes.json path / s3:// URI (ends with .json or is an
+    existing file), else an MLflow run id whose artifact classes.json is used."""
+    from samseg.dataset import ClassTable
+    from samseg.storage import read_bytes
+
+    if str(ref).endswith(".json") or Path(ref).is_file():
+        try:
+            data = read_bytes(ref)
+        except Exception as exc:
+            raise DatasetOutputsError(f"{ref}: cannot read ({' '.join(str(exc).split())})") from None
+        return ClassTable.from_json(data, source=str(ref))
+    return load_classes_from_run(ref)
+
+
 def load_classes_from_run(run_id: str) -> Any:
     """ClassTable from the classes.json artifact of an MLflow run (a dataset-level batch run).
     Its `sample["run_id"]` is set to `run_id`. Raises TrackingError / ClassTableError (one line)."""

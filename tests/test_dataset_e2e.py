@@ -112,13 +112,15 @@ def test_contact_sheet_written(segmented, batch_run):
 
 
 def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
-    from samseg.dataset_outputs import apply_dataset_classes
+    from flows.dataset import dataset_classes_task
     from samseg.export import read_outputs
 
     _, _, dirs, _, cfg = segmented
-    _, table = batch_run
+    first, table = batch_run
     new_dirs = [shutil.copytree(d, tmp_path / "new" / d.name) for d in dirs[:2]]
-    report = apply_dataset_classes(tmp_path / "new", new_dirs, cfg.cluster, table=table)
+    # the Prefect task's function, with --classes-from given as the first run's classes.json
+    report = dataset_classes_task.fn(str(tmp_path / "new"), [str(d) for d in new_dirs], cfg.cluster,
+                                     classes_from=first["classes_json"])
     assert report["mode"] == "assigned"
     back = ClassTable.from_json(Path(report["classes_json"]).read_text())
     assert np.array_equal(back.prototypes, table.prototypes)  # same classes, stable ids
@@ -132,7 +134,7 @@ def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
 def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from samseg.dataset_outputs import load_classes_from_run, log_dataset_classes
+    from samseg.dataset_outputs import load_class_table, load_classes_from_run, log_dataset_classes
     from samseg.tracking import TrackingError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -147,6 +149,7 @@ def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     assert {a.path for a in client.list_artifacts(run_id)} >= {"classes.json", "contact_sheet.png"}
     loaded = load_classes_from_run(run_id)
     assert np.array_equal(loaded.prototypes, table.prototypes) and loaded.sample["run_id"] == run_id
+    assert np.array_equal(load_class_table(report["classes_json"]).radii, table.radii)  # a file works too
     empty = client.create_run(exp).info.run_id
     with pytest.raises(TrackingError, match=f"MLflow run {empty}: no usable classes.json"):
         load_classes_from_run(empty)
