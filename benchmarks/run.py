@@ -66,7 +66,7 @@ def checkpoint_file(model_type: str, out: Path, seed: int = 0) -> Path:
     return path
 
 
-def original_sam(model_type: str, checkpoint: Path) -> Any:
+def original_sam(model_type: str, checkpoint: Path, device: str = "cpu") -> Any:
     """Path A's model: built the way the notebook built it (segment_anything only)."""
     import torch
 
@@ -75,10 +75,10 @@ def original_sam(model_type: str, checkpoint: Path) -> Any:
 
         sam = build_tiny_random(0)
         sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-        return sam.eval()
+        return sam.eval().to(device)
     from segment_anything import sam_model_registry
 
-    return sam_model_registry[model_type](checkpoint=str(checkpoint)).eval()
+    return sam_model_registry[model_type](checkpoint=str(checkpoint)).eval().to(device)
 
 
 def load_images(mode: str, paths: list[str]) -> list[Any]:
@@ -152,7 +152,13 @@ def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any
         return out
 
     enc = stage("encode", cache.load_encoded, lambda: encode_image(model, image.rgb), cache.save_encoded)
-    masks = stage("amg", cache.load_masks, lambda: generate_masks(model, image.rgb, enc, cfg.amg), cache.save_masks)
+    def amg() -> Any:
+        from samseg.amg_post import fast_amg_postprocessing
+
+        with fast_amg_postprocessing():  # identical RLEs, O(changes) instead of O(masks × changes)
+            return generate_masks(model, image.rgb, enc, cfg.amg)
+
+    masks = stage("amg", cache.load_masks, amg, cache.save_masks)
     emb = stage("pool", cache.load_embeddings, lambda: pool_embeddings(masks, enc, cfg.pool), cache.save_embeddings)
     t0 = time.perf_counter()
     clusters, _label_map = recluster(masks, emb, cfg.cluster)
@@ -161,7 +167,7 @@ def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any
     return {"seconds": seconds, "cache_hits": hits, "masks": masks, "labels": clusters.labels, "n_clusters": clusters.n_clusters}
 
 
-def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str) -> Any:
+def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str, device: str = "cpu") -> Any:
     """samseg's model from the same file, with the fast decoder / precision applied."""
     import warnings
 
@@ -171,7 +177,7 @@ def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not the pinned checkpoint": expected for random weights
-        model = load_model(model_type, checkpoint=checkpoint, device="cpu")
+        model = load_model(model_type, checkpoint=checkpoint, device=device)
     if decoder == "fast":
         accelerate_decoder(model.sam)
     set_precision(model.sam, precision)
@@ -200,7 +206,7 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     image = images[0]
     res: dict[str, Any] = {"mode": args.mode, "model_type": model_type, "checkpoint": str(ckpt), "config": cfg.flat(),
                            "image": {"name": image.name, "hw": list(image.hw)}, "precision": args.precision, "decoder": args.decoder}
-    model = samseg_model(model_type, ckpt, args.precision, args.decoder)
+    model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device)
     run_cfg = bounded_cfg(cfg, image.hw)
     res["points_per_batch_used"] = run_cfg.amg.points_per_batch
     with tempfile.TemporaryDirectory(prefix="samseg-bench-cache-") as tmp:
@@ -219,7 +225,7 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         res["C_rerun"] = {"seconds": c["seconds"], "cache_hits": c["cache_hits"], "peak_rss_mb": rss.peak / 2**20,
                           "cluster_eps": rerun_cfg.cluster.eps, "n_clusters": c["n_clusters"]}
     if not args.skip_original:
-        res["A_original"] = run_a(model_type, ckpt, image, cfg, b["masks"])
+        res["A_original"] = run_a(model_type, ckpt, image, cfg, b["masks"], args.device)
         a_total = res["A_original"]["seconds"]["total"]
         res["ratios"] = {"A_over_B": a_total / b["seconds"]["total"], "A_over_C": a_total / c["seconds"]["total"]}
     if len(images) > 1 and not args.skip_batch:
@@ -235,8 +241,8 @@ def _guarded(fn: Any, *args: Any) -> Any:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def run_a(model_type: str, ckpt: Path, image: Any, cfg: Any, b_masks: Any) -> dict[str, Any]:
-    sam = original_sam(model_type, ckpt)
+def run_a(model_type: str, ckpt: Path, image: Any, cfg: Any, b_masks: Any, device: str = "cpu") -> dict[str, Any]:
+    sam = original_sam(model_type, ckpt, device)
     timer = DecoderTimer(sam)
     with measure.PeakRss() as rss:
         a = run_original(sam, image.rgb, cfg.amg, cfg.cluster)
@@ -283,7 +289,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     pil.resize((4000, 3000), Image.BILINEAR).save(buf, format="JPEG", quality=90)
     image = decode_image(buf.getvalue(), f"{Path(src).stem if src else 'synthetic'}_4000x3000.jpg")
     cfg = get_preset(args.preset).replace(model_type=model_type, amg={"points_per_side": args.points_per_side or 32})
-    model = samseg_model(model_type, ckpt, args.precision, args.decoder)
+    model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device)
     run_cfg = bounded_cfg(cfg, image.hw)
     rss_before = measure.rss_bytes()
     with tempfile.TemporaryDirectory(prefix="samseg-bench-mem-") as tmp, measure.PeakRss() as rss:
@@ -333,7 +339,7 @@ def _brief(obj: Any) -> Any:
         return {k: _brief(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_brief(v) for v in obj]
-    return round(obj, 4) if isinstance(obj, float) else obj
+    return float(f"{obj:.4g}") if isinstance(obj, float) else obj  # significant digits: 1e-7 stays 1e-7
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -348,6 +354,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-original", action="store_true")
     p.add_argument("--skip-batch", action="store_true")
     p.add_argument("--micro", action="store_true", help="also run the decoder / encoder micro-benchmarks")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for both paths (micro-benchmarks stay on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
     if args.images is None:
@@ -363,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     info = machine_info()
     res = run_memory(args, out) if args.mode == "memory" else run_scenarios(args, out)
     if args.micro:
