@@ -1,15 +1,24 @@
 """Prefect task for dataset-level classes (issue 6); the work is samseg.dataset_outputs.
 
-segment-batch calls `dataset_classes_task` once every image dir of the batch exists.
+segment-batch calls `relabel_and_track` once every image dir of the batch exists: it runs
+`dataset_classes_task` over the completed image dirs, then logs one MLflow child run per
+image (after relabelling, so the runs carry the dataset ids).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Optional
 
 from prefect import task
 
-from samseg.dataset_outputs import apply_dataset_classes, load_class_table, log_dataset_classes
+from samseg.dataset_outputs import (
+    DatasetOutputsError,
+    apply_dataset_classes,
+    load_class_table,
+    log_dataset_classes,
+)
 
 
 @task(name="dataset-classes")
@@ -23,3 +32,45 @@ def dataset_classes_task(out: str, image_dirs: list[str], cluster_cfg: Any, batc
     if batch_run_id:
         log_dataset_classes(batch_run_id, report)
     return report
+
+
+def check_dataset_request(out: str, classes_from: Optional[str]) -> None:
+    """Fail fast (before any image is segmented): dataset classes need a local OUT, and a
+    `classes_from` that does not load (unknown run, bad classes.json) is an error now,
+    not after the whole batch. Raises DatasetOutputsError / TrackingError / ClassTableError."""
+    if str(out).startswith("s3://"):
+        raise DatasetOutputsError(f"{out}: dataset-level classes need a local --out for now")
+    if classes_from:
+        load_class_table(classes_from)
+
+
+def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Any, batch_run_id: Optional[str],
+                      classes_from: Optional[str], max_cluster: Optional[int], track: bool,
+                      experiment: str) -> dict[str, Any]:
+    """Dataset ids for the completed images of a batch, then their MLflow child runs.
+
+    results: segment-batch's per-image entries ("status", "name"); completed entries gain
+    "mlflow_run_id". Returns the class report for the batch report: mode, n_classes,
+    metrics, classes_json, contact_sheet — or {"error": one line} when classing failed
+    (the image dirs then keep their per-image ids, and are still logged).
+    """
+    from flows.segment import _one_line
+    from flows.tasks import track_task
+
+    done = [r for r in results if r["status"] == "completed"]
+    dirs = [str(Path(out) / r["name"]) for r in done]
+    if not dirs:
+        info: dict[str, Any] = {"error": f"{out}: no completed image to give dataset-level classes to"}
+    else:
+        try:
+            rep = dataset_classes_task(out, dirs, cluster_cfg, batch_run_id, classes_from, max_cluster)
+            info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
+        except Exception as exc:  # a bad classes.json, an image that moved, MLflow down, ...
+            info = {"error": _one_line(exc)}
+    for r, d in zip(done, dirs):
+        summary = json.loads((Path(d) / "summary.json").read_text(encoding="utf-8"))
+        r.update(n_clusters=summary.get("n_clusters"), n_noise=summary.get("n_noise"))  # now the dataset ids'
+        if track:
+            run_name = summary.get("image", {}).get("file_name") or r["name"]
+            r["mlflow_run_id"] = track_task(d, summary, experiment, None, batch_run_id, run_name, "image")
+    return info

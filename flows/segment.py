@@ -50,8 +50,41 @@ def stage_status(state: Any) -> tuple[dict[str, str], str]:
 
 
 def image_dir_name(uri: str) -> str:
-    """OUT/<image stem>/ — the same layout as the non-Prefect CLI."""
-    return PurePosixPath(str(uri)).stem
+    """OUT/<image stem>/ for an image run on its own."""
+    return PurePosixPath(str(uri)).stem or "image"
+
+
+def output_names(uris: list[str]) -> list[str]:
+    """Output dir name per input of one batch: the file stem; a repeated stem (a/x.jpg,
+    b/x.png) gets -2, -3, ... in input order so no image overwrites another's results."""
+    names: list[str] = []
+    used: set[str] = set()
+    for uri in uris:
+        stem = image_dir_name(uri)
+        name, k = stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}-{k}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def describe_failure(uri: str, exc: BaseException) -> str:
+    """One line for a failed image, naming it: input/output errors carry the file in their
+    own message; other errors get "<uri>: " (and "unexpected <Type>: " for non-I/O ones)."""
+    from samseg.export import OutputsError
+    from samseg.images import ImageError
+
+    if isinstance(exc, (ImageError, OutputsError)):
+        message = str(exc)
+    elif isinstance(exc, (ValueError, OSError)):
+        message = f"{uri}: {exc}"
+    else:
+        message = f"{uri}: unexpected {type(exc).__name__}: {exc}"
+    if uri not in message and PurePosixPath(str(uri)).name not in message:
+        message = f"{uri}: {message}"
+    return _one_line(message)
 
 
 def run_stages(img: Any, cfg: Any, runtime: RuntimeParams) -> tuple[dict[str, str], dict[str, str], dict[str, float], Any]:
@@ -106,11 +139,12 @@ def _flow_run_id() -> str | None:
 
 def publish(out: str, img: Any, masks: Any, embeddings: Any, clusters: Any, summary: dict[str, Any],
             features: Any, track: bool, experiment: str, kind: str, nested_under: str | None = None,
-            parent_run_id: str | None = None) -> dict[str, Any]:
-    """export (+ upload when `out` is s3://) then log the MLflow run; returns where things went."""
+            parent_run_id: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """export (+ upload when `out` is s3://) to OUT/<name>/ (default: the image's stem), then
+    log the MLflow run; returns where things went."""
     from samseg.storage import is_s3_uri, join_uri
 
-    name = image_dir_name(img.uri)
+    name = name or image_dir_name(img.uri)
     tmp = None
     if is_s3_uri(out):
         tmp = Path(tempfile.mkdtemp(prefix="samseg-export-"))
@@ -137,10 +171,12 @@ def segment_image_flow(
     track: bool = True,
     experiment: str = EXPERIMENT_DEFAULT,
     batch_run_id: Optional[str] = None,
+    name: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Segment one image (path or s3:// URI) into OUT/<stem>/; returns its summary.
+    """Segment one image (path or s3:// URI) into OUT/<name>/; returns its summary.
 
     batch_run_id: the MLflow run of the batch this image belongs to (its run is nested).
+    name: output dir name (None = the file stem); a batch passes `output_names`' unique name.
     """
     cfg = settings.to_config()
     img = read_image_task(image)
@@ -151,7 +187,7 @@ def segment_image_flow(
     features = require_entry(runtime, "encode", keys["encode"]).features if runtime.save_features else None
     summary = build_image_summary(img, model, cfg, masks, embeddings, clusters, seconds, cache)
     where = publish(out, img, masks, embeddings, clusters, summary, features, track, experiment,
-                    kind="image", nested_under=batch_run_id)
+                    kind="image", nested_under=batch_run_id, name=name)
     return {**summary, **where}
 
 
@@ -179,14 +215,15 @@ def _image_params(uri: str, out: str, settings: PipelineParams, runtime: Runtime
 
 def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     results = []
-    for uri in uris:
-        state = segment_image_flow(image=uri, **kwargs, return_state=True)
+    for uri, name in zip(uris, output_names(uris)):
+        state = segment_image_flow(image=uri, name=name, **kwargs, return_state=True)
         try:
-            summary = state.result()
-            results.append({"image": uri, "status": "completed", "out_dir": summary["out_dir"],
-                            "mlflow_run_id": summary.get("mlflow_run_id"), "cache": summary.get("cache")})
+            s = state.result()
+            results.append({"image": uri, "name": name, "status": "completed", "out_dir": s["out_dir"],
+                            "mlflow_run_id": s.get("mlflow_run_id"), "cache": s.get("cache"),
+                            "n_masks": s.get("n_masks"), "n_clusters": s.get("n_clusters"), "n_noise": s.get("n_noise")})
         except Exception as exc:  # one bad image fails alone
-            results.append({"image": uri, "status": "failed", "error": _one_line(exc)})
+            results.append({"image": uri, "name": name, "status": "failed", "error": describe_failure(uri, exc)})
     return results
 
 
@@ -197,8 +234,9 @@ def _run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float |
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    runs = {uri: run_deployment(SEGMENT_DEPLOYMENT, parameters={"image": uri, **kwargs}, timeout=0,
-                                flow_run_name=f"segment-{image_dir_name(uri)}") for uri in uris}
+    names = dict(zip(uris, output_names(uris)))
+    runs = {uri: run_deployment(SEGMENT_DEPLOYMENT, parameters={"image": uri, "name": names[uri], **kwargs}, timeout=0,
+                                flow_run_name=f"segment-{names[uri]}") for uri in uris}
     pending = dict(runs)
     final: dict[str, Any] = {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -214,12 +252,12 @@ def _run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float |
     results = []
     for uri in uris:
         if uri in pending:
-            results.append({"image": uri, "status": "failed", "flow_run_id": str(runs[uri].id),
+            results.append({"image": uri, "name": names[uri], "status": "failed", "flow_run_id": str(runs[uri].id),
                             "error": f"{uri}: flow run {runs[uri].id} not finished after {timeout_s:g} s"})
             continue
         fr = final[uri]
         ok = fr.state.is_completed()
-        entry = {"image": uri, "status": "completed" if ok else "failed", "flow_run_id": str(fr.id)}
+        entry = {"image": uri, "name": names[uri], "status": "completed" if ok else "failed", "flow_run_id": str(fr.id)}
         if not ok:
             entry["error"] = _one_line(fr.state.message or fr.state.name)
         results.append(entry)
@@ -240,6 +278,9 @@ def segment_batch_flow(
     experiment: str = EXPERIMENT_DEFAULT,
     fan_out: FanOut = "auto",
     image_timeout_s: Optional[float] = None,
+    classes: Literal["image", "dataset"] = "image",
+    classes_from: Optional[str] = None,
+    max_cluster: Optional[int] = None,
 ) -> dict[str, Any]:
     """Segment every image of a folder, glob, file or s3:// prefix (or a list of them).
 
@@ -248,11 +289,23 @@ def segment_batch_flow(
     former when the deployment exists. Returns {"images", "succeeded", "failed", ...};
     the same dict is written to OUT/batch_summary.json. image_timeout_s bounds the wait
     for deployment runs (a run whose worker died never finishes).
+
+    classes: "image" = ids per image; "dataset" = one set of ids for the whole batch
+    (flows.dataset: OUT/classes.json + contact_sheet.png, logged on the batch run).
+    classes_from: an MLflow run id or classes.json path/URI whose classes label this batch
+    (stable ids across batches; implies dataset-level classes). max_cluster: most masks
+    clustered at once before a seeded sample is clustered and the rest assigned.
     """
+    from flows.dataset import check_dataset_request, relabel_and_track
+
+    dataset = classes == "dataset" or classes_from is not None
+    if dataset:
+        check_dataset_request(out, classes_from)  # fail before any image is computed
     uris = list_sources(source)
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
     batch_run_id = _start_batch(track, experiment, settings, source, len(uris))
-    kwargs = _image_params("", out, settings, runtime, track, experiment, batch_run_id)
+    # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
+    kwargs = _image_params("", out, settings, runtime, track and not dataset, experiment, batch_run_id)
     kwargs.pop("image")
     if not use_deployments:
         kwargs.update(settings=settings, runtime=runtime)
@@ -263,12 +316,17 @@ def segment_batch_flow(
     failed = [r for r in results if r["status"] != "completed"]
     for r in failed:
         log.error("%s", r["error"])
+    class_report = None
+    if dataset:
+        class_report = relabel_and_track(out, results, settings.cluster.to_config(), batch_run_id, classes_from,
+                                         max_cluster, track, experiment)
     if batch_run_id is not None:
         from samseg.tracking import end_run
 
-        end_run(batch_run_id, "FAILED" if failed else "FINISHED")
+        end_run(batch_run_id, "FAILED" if failed or (class_report or {}).get("error") else "FINISHED")
     report = {"source": source, "out": out, "images": results, "succeeded": len(results) - len(failed),
-              "failed": len(failed), "mlflow_run_id": batch_run_id, "fan_out": "deployment" if use_deployments else "local"}
+              "failed": len(failed), "mlflow_run_id": batch_run_id, "fan_out": "deployment" if use_deployments else "local",
+              "classes": class_report or {"mode": "image"}}
     _write_batch_summary(out, report)
     return report
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
-def serve_deployments(cron: Optional[str] = None, source: Optional[str] = None, out: Optional[str] = None) -> list[Any]:
+def serve_deployments(cron: Optional[str] = None, source: Optional[str] = None, out: Optional[str] = None,
+                      classes_from: Optional[str] = None) -> list[Any]:
     """RunnerDeployments named as in prefect.yaml: segment-image/segment,
-    segment-batch/nightly-batch (optional cron + default source/out), recluster/recluster."""
+    segment-batch/nightly-batch (optional cron + default source/out/classes_from), recluster/recluster.
+
+    classes_from (an MLflow batch run id or classes.json path/URI): the nightly runs label
+    new images with that run's dataset-level classes, so class ids stay the same night after night.
+    """
     from flows.recluster import recluster_flow
     from flows.segment import segment_batch_flow, segment_image_flow
 
-    batch_params = {k: v for k, v in (("source", source), ("out", out)) if v is not None}
+    batch_params = {k: v for k, v in (("source", source), ("out", out), ("classes_from", classes_from)) if v is not None}
     return [
         segment_image_flow.to_deployment(name="segment", tags=["samseg", "image"]),
         segment_batch_flow.to_deployment(name="nightly-batch", tags=["samseg", "batch"], cron=cron,
@@ -25,8 +30,8 @@ def serve_deployments(cron: Optional[str] = None, source: Optional[str] = None, 
 
 
 def serve_all(cron: Optional[str] = None, source: Optional[str] = None, out: Optional[str] = None,
-              limit: Optional[int] = None) -> None:
+              limit: Optional[int] = None, classes_from: Optional[str] = None) -> None:
     """Block serving the three deployments (Ctrl-C stops)."""
     from prefect import serve
 
-    serve(*serve_deployments(cron, source, out), limit=limit)
+    serve(*serve_deployments(cron, source, out, classes_from), limit=limit)

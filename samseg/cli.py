@@ -1,5 +1,7 @@
 """`samseg` command line: segment, weights, eval (+ commands other modules register).
 
+`segment` runs through the Prefect flows (samseg.cli_orchestration.run_segment).
+
 Exit codes: 0 = everything done, 1 = some images (or the command's work) failed,
 2 = usage error (bad flag or config value), 130 = interrupted.
 Expected errors print ONE line ("error: <name>: <problem>") and no traceback; an
@@ -20,14 +22,13 @@ import importlib
 import logging
 import sys
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 log = logging.getLogger("samseg.cli")
 
-# Modules providing add_parser(subparsers); e.g. "samseg.cli_recluster", "samseg.cli_runs".
-COMMAND_MODULES: list[str] = ["samseg.cli_ui"]
+# Modules providing add_parser(subparsers): cli_orchestration adds recluster, runs, serve.
+COMMAND_MODULES: list[str] = ["samseg.cli_orchestration", "samseg.cli_ui"]
 
 # CLI sections: flag group title and the config section whose every field becomes a flag.
 _CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
@@ -121,7 +122,8 @@ def _add_segment_parser(sub: Any) -> None:
     p = sub.add_parser(
         "segment",
         help="segment images into classes",
-        description="Segment every image; results go to OUT/<image stem>/. Flags left out take the preset's value.",
+        description="Segment every image through the Prefect flows; results go to OUT/<image stem>/ (a repeated "
+        "stem gets -2, -3, ...). Flags left out take the preset's value.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, directories (not recursive) or globs")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output root; one sub-directory per image")
@@ -133,7 +135,10 @@ def _add_segment_parser(sub: Any) -> None:
     p.add_argument("--save-features", action="store_true", help="also write features.npy (C×64×64 float32 encoder output)")
     _add_config_flags(p)
     _add_common(p)
-    p.set_defaults(handler=_run_segment)
+    from samseg import cli_orchestration  # light module; Prefect/MLflow load only when a handler runs
+
+    cli_orchestration.add_segment_arguments(p)
+    p.set_defaults(handler=cli_orchestration.run_segment)
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -177,136 +182,6 @@ def config_from_args(args: argparse.Namespace) -> "Any":
         return cfg.replace(**changes) if changes else cfg
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def _run_segment(args: argparse.Namespace) -> int:
-    from samseg.images import find_images, max_pixels_from_env
-
-    cfg = config_from_args(args)
-    try:
-        max_pixels_from_env()  # a bad SAMSEG_MAX_PIXELS is a usage error, not N image errors
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a directory")
-    paths = find_images(args.inputs)
-    if not paths:
-        raise UsageError(f"no images found in: {' '.join(args.inputs)}")
-    model = _load_model_or_none(cfg.model_type, args.checkpoint, args.device, args.seed)
-    if model is None:
-        return 1
-    outcomes = segment_paths(model, paths, cfg, args.out, save_features=args.save_features)
-    failed = sum(1 for o in outcomes if o.error is not None)
-    if failed:
-        print(f"{failed} of {len(outcomes)} images failed", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _load_model_or_none(model_type: str, checkpoint: str | None, device: str | None, seed: int) -> Any:
-    """The model, loaded once per command; None after printing one error line."""
-    from samseg.model import CheckpointError, load_model
-
-    try:
-        return load_model(model_type, checkpoint=checkpoint, device=device, seed=seed)
-    except CheckpointError as exc:
-        _error_line(str(exc))
-        return None
-    except ValueError as exc:  # unknown device, etc.
-        raise UsageError(str(exc)) from None
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    """What happened to one input: out_dir + summary when done, error (one line) when not."""
-
-    path: str
-    out_dir: Path | None = None
-    summary: dict[str, Any] | None = None
-    error: str | None = None
-
-
-def segment_paths(model: Any, paths: list[str], cfg: Any, out_root: Path, save_features: bool = False) -> list[ImageOutcome]:
-    """The per-image loop of `samseg segment` (the Prefect flow replaces exactly this).
-
-    Each path → out_root/<unique stem>/ via `segment_one`; a failing image prints one
-    error line and the loop goes on. Progress bars (tqdm, stderr) over images and stages.
-    """
-    from tqdm import tqdm
-
-    from samseg.pipeline import STAGES
-
-    outcomes = []
-    names = output_names(paths)
-    with tqdm(total=len(paths), desc="images", unit="img", file=sys.stderr, disable=None) as bar:
-        for path, name in zip(paths, names):
-            with tqdm(total=len(STAGES), desc=Path(path).name, leave=False, file=sys.stderr, disable=None) as stages:
-
-                def progress(stage: str) -> None:
-                    stages.set_postfix_str(stage, refresh=False)
-                    stages.update(1)
-
-                outcome = _segment_one_reported(model, path, cfg, out_root / name, save_features, progress)
-            outcomes.append(outcome)
-            bar.update(1)
-    return outcomes
-
-
-def _segment_one_reported(model: Any, path: str, cfg: Any, out_dir: Path, save_features: bool, progress: Any) -> ImageOutcome:
-    """`segment_one`, with any error turned into one printed line and an ImageOutcome."""
-    from samseg.export import OutputsError
-    from samseg.images import ImageError
-
-    try:
-        summary = segment_one(model, path, cfg, out_dir, save_features, progress)
-    except (ImageError, OutputsError) as exc:
-        message = str(exc)
-    except (ValueError, OSError) as exc:  # stage input errors, disk full, ...
-        message = f"{path}: {exc}"
-    except Exception as exc:  # noqa: BLE001 — one image must not stop the batch
-        log.debug("unexpected error on %s", path, exc_info=True)
-        message = f"{path}: unexpected {type(exc).__name__}: {exc}"
-    else:
-        from tqdm import tqdm
-
-        tqdm.write(
-            f"{summary['image']['file_name']}: {summary['n_masks']} masks, {summary['n_clusters']} classes, "
-            f"{summary['n_noise']} noise -> {out_dir}",
-            file=sys.stdout,
-        )
-        return ImageOutcome(path=path, out_dir=out_dir, summary=summary)
-    message = " ".join(message.split())
-    _error_line(message)
-    return ImageOutcome(path=path, error=message)
-
-
-def segment_one(model: Any, path: str, cfg: Any, out_dir: Path, save_features: bool = False, progress: Any = None) -> dict[str, Any]:
-    """load → segment_image → build_summary → write_outputs(out_dir); returns the summary."""
-    from samseg.export import write_outputs
-    from samseg.images import load_image
-    from samseg.pipeline import build_summary, segment_image
-
-    image = load_image(path)
-    result = segment_image(model, image, cfg, progress=progress)
-    summary = build_summary(image, model, cfg, result)
-    features = result.encoded.features if save_features else None
-    write_outputs(out_dir, image, result.masks, result.embeddings, result.clusters, result.label_map, summary, features)
-    return summary
-
-
-def output_names(paths: list[str]) -> list[str]:
-    """Output dir name per input: the file stem; a repeated stem (a/x.jpg, b/x.png) gets
-    -2, -3, ... in input order so no image overwrites another's results."""
-    names: list[str] = []
-    used: set[str] = set()
-    for p in paths:
-        stem = Path(p).stem or "image"
-        name, k = stem, 1
-        while name in used:
-            k += 1
-            name = f"{stem}-{k}"
-        used.add(name)
-        names.append(name)
-    return names
 
 
 # -------------------------------------------------------------------------- weights

@@ -25,6 +25,18 @@ def _quiet_prefect(verbose: bool) -> None:
     its own one-line errors instead (--verbose keeps Prefect's log)."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        import logging
+
+        # Prefect may be imported already (the CLI called from another Python program): then
+        # the variable alone comes too late. Importing `flow` runs Prefect's logging setup
+        # (prefect.main) now, so the levels set below are not reset by it later.
+        from prefect import flow  # noqa: F401
+
+        for name in ("prefect", "prefect.extra"):
+            try:
+                logging.getLogger(name).setLevel(os.environ["PREFECT_LOGGING_LEVEL"].upper())
+            except ValueError:  # a level name logging does not know: leave Prefect's own
+                pass
 
 
 def _print_error(message: str) -> None:
@@ -46,6 +58,16 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fan-out", choices=FAN_OUT, default="local",
                    help="local: every image in this process (default); deployment: one `segment` deployment run "
                    "per image, taken by any worker; auto: deployment when the server has it")
+    d = p.add_argument_group("dataset-level classes")
+    d.add_argument("--classes", choices=("image", "dataset"), default=None,
+                   help="image: class ids per image (default); dataset: one set of ids for all images, "
+                   "written to OUT/classes.json + OUT/contact_sheet.png and logged on the MLflow batch run")
+    d.add_argument("--classes-from", default=None, metavar="RUN_ID_OR_FILE",
+                   help="label the images with the classes of an earlier dataset run (MLflow batch run id, or a "
+                   "classes.json path / s3:// URI): stable ids across batches, no re-clustering")
+    d.add_argument("--max-cluster", type=int, default=None, metavar="N",
+                   help="most masks clustered at once for --classes dataset; beyond it a seeded sample is "
+                   "clustered and the rest assigned by prototype (default: per algorithm, 200000 for dbscan)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -56,8 +78,13 @@ def run_segment(args: argparse.Namespace) -> int:
     1 = some failed (one error line each), 2 = usage error (raised as UsageError).
     """
     from samseg.cli import UsageError, config_from_args
+    from samseg.images import max_pixels_from_env
 
     cfg = config_from_args(args)
+    try:
+        max_pixels_from_env()  # a bad SAMSEG_MAX_PIXELS is a usage error, not N image errors
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     out = str(args.out)
     if not _is_s3(out) and os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} exists and is not a directory")
@@ -77,19 +104,60 @@ def run_segment(args: argparse.Namespace) -> int:
     common = dict(out=out, settings=PipelineParams.from_config(cfg), runtime=runtime,
                   track=not getattr(args, "no_track", False), experiment=getattr(args, "experiment", "samseg"))
     fan_out = getattr(args, "fan_out", "local")
-    if len(uris) == 1 and fan_out == "local":  # one image: one MLflow run, no batch parent
+    classes = _classes_request(args, out)
+    if fan_out == "local" and not _preload_model(cfg.model_type, runtime):
+        return 1
+    if len(uris) == 1 and fan_out == "local" and not classes:  # one image: one MLflow run, no batch parent
         return _report_image(segment_image_flow(image=uris[0], **common, return_state=True), uris[0])
-    return _report_batch(segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, return_state=True))
+    return _report_batch(segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, **classes,
+                                            return_state=True))
+
+
+def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
+    """segment_batch_flow's classes/classes_from/max_cluster from the flags; {} = per-image ids."""
+    from samseg.cli import UsageError
+
+    mode, source, max_cluster = getattr(args, "classes", None), getattr(args, "classes_from", None), getattr(args, "max_cluster", None)
+    if mode == "image" and source:
+        raise UsageError("--classes-from gives dataset-level ids; it cannot be combined with --classes image")
+    if max_cluster is not None and max_cluster < 2:
+        raise UsageError("--max-cluster must be >= 2")
+    if mode != "dataset" and not source:
+        if max_cluster is not None:
+            raise UsageError("--max-cluster needs --classes dataset")
+        return {}
+    if _is_s3(out):
+        raise UsageError(f"--out {out}: dataset-level classes need a local output directory for now")
+    return {"classes": "dataset", "classes_from": source, "max_cluster": max_cluster}
+
+
+def _preload_model(model_type: str, runtime: Any) -> bool:
+    """Load the model once for this process (the flows' tasks reuse it); a checkpoint
+    problem is one error line here instead of one per image. False after printing it."""
+    from samseg.cli import UsageError
+    from samseg.model import CheckpointError
+
+    from flows.tasks import get_model
+
+    try:
+        get_model(model_type, runtime)
+    except CheckpointError as exc:
+        _print_error(exc)
+        return False
+    except ValueError as exc:  # unknown device, etc.
+        raise UsageError(str(exc)) from None
+    return True
 
 
 def _report_image(state: Any, uri: str) -> int:
     try:
         res = state.result()
     except Exception as exc:  # ImageError, StorageError, CheckpointError … as one line
-        _print_error(exc)
+        from flows.segment import describe_failure
+
+        _print_error(describe_failure(uri, exc))
         return 1
-    hits = sum(v == "hit" for v in res["cache"].values())
-    print(f"{uri} -> {res['out_dir']} (cache hits: {hits}/3)")
+    print(_image_line(res["image"]["file_name"], res, res["out_dir"]))
     if res.get("mlflow_run_id"):
         print(f"MLflow run: {res['mlflow_run_id']}")
     return 0
@@ -101,18 +169,34 @@ def _report_batch(state: Any) -> int:
     except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
         _print_error(exc)
         return 1
+    from pathlib import PurePosixPath
+
     for r in report["images"]:
         if r["status"] == "completed":
-            hits = sum(v == "hit" for v in (r.get("cache") or {}).values())
-            print(f"{r['image']} -> {r.get('out_dir', '(deployment run ' + str(r.get('flow_run_id')) + ')')}"
-                  + (f" (cache hits: {hits}/3)" if r.get("cache") else ""))
+            where = r.get("out_dir") or f"(deployment run {r.get('flow_run_id')})"
+            print(_image_line(PurePosixPath(r["image"]).name, r, where))
         else:
             _print_error(r["error"])
+    classes = report.get("classes") or {}
+    if classes.get("error"):
+        _print_error(f"dataset-level classes: {classes['error']}")
+    elif classes.get("classes_json"):
+        print(f"dataset classes ({classes['mode']}): {classes['n_classes']} classes -> {classes['classes_json']}, "
+              f"{classes['contact_sheet']}")
     if report.get("mlflow_run_id"):
         print(f"MLflow batch run: {report['mlflow_run_id']}")
     if report["failed"]:
         print(f"{report['failed']} of {len(report['images'])} images failed", file=sys.stderr)
-    return 1 if report["failed"] else 0
+    return 1 if report["failed"] or classes.get("error") else 0
+
+
+def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:
+    """"<file>: N masks, K classes, M noise -> OUT/<name> (cache hits: h/3)"; counts when known."""
+    counts = ""
+    if r.get("n_masks") is not None:
+        counts = f" {r['n_masks']} masks, {r['n_clusters']} classes, {r['n_noise']} noise"
+    hits = f" (cache hits: {sum(v == 'hit' for v in r['cache'].values())}/3)" if r.get("cache") else ""
+    return f"{file_name}:{counts} -> {where}{hits}"
 
 
 def _is_s3(s: str) -> bool:
@@ -243,6 +327,9 @@ def _add_serve_parser(sub: Any) -> None:
     p.add_argument("--cron", default=None, help='schedule nightly-batch, e.g. "0 2 * * *" (default: no schedule)')
     p.add_argument("--source", default=None, help="nightly-batch default source (folder, glob or s3:// prefix)")
     p.add_argument("--out", default=None, help="nightly-batch default output root")
+    p.add_argument("--classes-from", default=None, metavar="RUN_ID_OR_FILE",
+                   help="nightly-batch default classes_from: label new images with the dataset-level classes of "
+                   "this MLflow batch run (or classes.json), so ids stay stable night after night")
     p.set_defaults(handler=run_serve, subparser=p)
 
 
@@ -255,7 +342,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError("--cron needs --source and --out (the scheduled runs' parameters)")
     from flows.serve import serve_all
 
-    serve_all(args.cron, args.source, args.out, limit=args.limit)
+    serve_all(args.cron, args.source, args.out, limit=args.limit, classes_from=args.classes_from)
     return 0
 
 

@@ -14,7 +14,6 @@ from samseg import storage
 from samseg.cache import StageCache, default_cache_root, stage_key
 from samseg.config import SMOKE, PipelineConfig
 from samseg.types import EncodedImage, ImageGeometry, MaskSet
-from servers import moto_s3, s3_bucket, s3_env  # noqa: F401  (fixtures)
 
 IMG = "a" * 64
 CKPT = "b" * 64

@@ -1,4 +1,9 @@
-"""`samseg` CLI end to end with the tiny-random SAM (meaningless masks: shapes and plumbing only)."""
+"""`samseg` CLI end to end with the tiny-random SAM (meaningless masks: shapes and plumbing only).
+
+`samseg segment` runs through the Prefect flows: tests that segment request `prefect_api`
+(the session's one Prefect server) and patch samseg.model / samseg.amg / samseg.pool,
+where the flows' tasks look those names up at call time.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def batch(shared_images: Path, tmp_path_factory: pytest.TempPathFactory):
+def batch(shared_images: Path, tmp_path_factory: pytest.TempPathFactory, prefect_api):
     """One real run: letters.jpg + bears.jpg (non-square) + a text file named .jpg."""
     tmp = tmp_path_factory.mktemp("batch")
     bad = tmp / "broken.jpg"
@@ -41,7 +46,7 @@ def batch(shared_images: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp / "out"
     argv = ["segment", str(shared_images / "letters.jpg"), str(bad), str(shared_images / "bears.jpg"),
             "--model", "tiny-random", "--preset", "smoke", "--points-per-side", TINY_POINTS, "--device", "cpu",
-            "--save-features", "--out", str(out)]
+            "--save-features", "--cache", str(tmp / "cache"), "--out", str(out)]
     rc, stdout, stderr = run_cli(argv)
     return {"rc": rc, "stdout": stdout, "stderr": stderr, "out": out, "images": shared_images}
 
@@ -65,7 +70,9 @@ def test_batch_outputs_have_right_shapes(batch, name: str) -> None:
     assert len(list((d / "classes").glob("class_*.png"))) == summary["n_clusters"]
     assert int(labels.max()) <= summary["n_clusters"]
     assert summary["model"]["type"] == "tiny-random" and summary["config"]["amg.points_per_side"] == 4
-    assert set(summary["seconds"]) == {"encode", "amg", "pool", "cluster", "compose", "total"}
+    # the flows time each stage task; compose runs inside the export task (timed as export)
+    assert set(summary["seconds"]) == {"encode", "amg", "pool", "cluster", "total"}
+    assert summary["cache"] == {"encode": "computed", "amg": "computed", "pool": "computed"}
 
 
 def test_batch_bad_file_one_line_others_finished(batch) -> None:
@@ -73,14 +80,20 @@ def test_batch_bad_file_one_line_others_finished(batch) -> None:
     errors = error_lines(batch["stderr"])
     assert len(errors) == 1 and "broken.jpg" in errors[0] and "not a recognised image" in errors[0]
     assert "Traceback" not in batch["stderr"]
-    assert sorted(p.name for p in batch["out"].iterdir()) == ["bears", "letters"]
+    assert sorted(p.name for p in batch["out"].iterdir() if p.is_dir()) == ["bears", "letters"]  # no dir for the bad one
+    report = json.loads((batch["out"] / "batch_summary.json").read_text())
+    assert (report["succeeded"], report["failed"]) == (2, 1)
     assert "letters.jpg:" in batch["stdout"] and "bears.jpg:" in batch["stdout"]
 
 
 @pytest.fixture()
-def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path) -> Path:
-    """Reuse the session's tiny model instead of loading one per CLI call."""
+def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path, prefect_api) -> Path:
+    """Reuse the session's tiny model instead of loading one per CLI call; a fresh stage cache."""
+    import flows.tasks
+
     monkeypatch.setattr("samseg.model.load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr(flows.tasks, "_MODELS", {})  # the flows' once-per-process model cache
+    monkeypatch.setenv("SAMSEG_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
 
@@ -117,7 +130,7 @@ def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypat
     assert rc == 1
     assert error_lines(stderr) == [f"error: {quick / 'a_crash.png'}: unexpected RuntimeError: simulated crash"]
     assert "Traceback" not in stderr
-    assert [p.name for p in (quick / "out").iterdir()] == ["b_fine"]
+    assert [p.name for p in (quick / "out").iterdir() if p.is_dir()] == ["b_fine"]
 
 
 @pytest.mark.parametrize(
@@ -154,7 +167,25 @@ def test_flags_override_preset() -> None:
 
 
 def test_output_names_never_collide() -> None:
-    assert cli.output_names(["a/x.jpg", "b/x.png", "c/y.jpg", "d/x.jpg"]) == ["x", "x-2", "y", "x-3"]
+    from flows.segment import output_names
+
+    assert output_names(["a/x.jpg", "b/x.png", "c/y.jpg", "d/x.jpg"]) == ["x", "x-2", "y", "x-3"]
+    assert output_names(["s3://b/in/x.jpg", "s3://b/other/x.jpg"]) == ["x", "x-2"]
+
+
+def test_same_stem_in_two_folders_writes_two_dirs(quick: Path, monkeypatch: pytest.MonkeyPatch, tiny_model) -> None:
+    loads: list[str] = []
+    monkeypatch.setattr("samseg.model.load_model", lambda model_type, **k: loads.append(model_type) or tiny_model)
+    rng = np.random.default_rng(7)
+    for sub, hw in (("a", (20, 30)), ("b", (26, 18))):
+        (quick / sub).mkdir()
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(quick / sub / "x.png")
+    rc, stdout, stderr = run_cli(["segment", str(quick / "a"), str(quick / "b"), "--preset", "smoke",
+                                  "--points-per-side", "2", "--no-track", "--out", str(quick / "out")])
+    assert rc == 0, stderr
+    assert read_label_png(quick / "out" / "x" / "labels.png").shape == (20, 30)
+    assert read_label_png(quick / "out" / "x-2" / "labels.png").shape == (26, 18)
+    assert loads == ["tiny-random"]  # the model is loaded once per process, not per image
 
 
 def test_weights_download_offline_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

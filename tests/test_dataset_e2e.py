@@ -153,3 +153,78 @@ def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     empty = client.create_run(exp).info.run_id
     with pytest.raises(TrackingError, match=f"MLflow run {empty}: no usable classes.json"):
         load_classes_from_run(empty)
+
+
+def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tmp_path):
+    """Through `samseg segment` and segment-batch: --classes dataset over three photos, then
+    --classes-from the batch run id on a fourth; MLflow holds what the next run needs."""
+    import contextlib
+    import io
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from samseg import cli
+    from samseg.export import read_label_png
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in PHOTOS[:3]:
+        shutil.copy(small_photos / name, src / name)
+    experiment = f"dataset-{uuid.uuid4().hex[:8]}"
+    common = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu",
+              "--experiment", experiment]
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main(argv)
+        return rc, out.getvalue(), err.getvalue()
+
+    def label_ids(d: Path) -> set[int]:
+        return {int(v) - 1 for v in np.unique(read_label_png(d / "labels.png")) if v > 0}
+
+    rc, stdout, stderr = run(["segment", str(src), "--out", str(tmp_path / "out"), "--classes", "dataset", *common])
+    assert rc == 0, stderr
+    report = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
+    table = ClassTable.from_json((tmp_path / "out" / "classes.json").read_text())
+    assert report["classes"]["mode"] == "dataset" and report["classes"]["n_classes"] == table.n_classes
+    assert table.n_classes >= 1  # not a quality claim: with no class the id checks below would be vacuous
+    for name in PHOTOS[:3]:
+        d = tmp_path / "out" / Path(name).stem
+        assert label_ids(d) <= set(range(table.n_classes))
+        assert json.loads((d / "summary.json").read_text())["classes"] == "dataset"
+
+    ml = MlflowClient()
+    batch_id = report["mlflow_run_id"]
+    batch = ml.get_run(batch_id)
+    assert batch.info.status == "FINISHED" and batch.data.tags["samseg.classes"] == "dataset"
+    assert batch.data.metrics["n_classes"] == table.n_classes
+    assert {a.path for a in ml.list_artifacts(batch_id)} >= {"classes.json", "contact_sheet.png"}
+    children = ml.search_runs([batch.info.experiment_id], f"tags.mlflow.parentRunId = '{batch_id}'")
+    assert sorted(r.info.run_name for r in children) == sorted(PHOTOS[:3])
+    for child in children:  # logged after relabelling: the child runs carry the dataset ids
+        path = ml.download_artifacts(child.info.run_id, "summary.json", str(tmp_path))
+        summary = json.loads(Path(path).read_text())
+        assert summary["classes"] == "dataset" and child.data.metrics["n_clusters"] == summary["n_clusters"]
+
+    # a later image, labelled with the batch run's classes: same ids, no re-clustering
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(small_photos / PHOTOS[3], new / PHOTOS[3])
+    rc, stdout, stderr = run(["segment", str(new / PHOTOS[3]), "--out", str(tmp_path / "out2"),
+                              "--classes-from", batch_id, *common])
+    assert rc == 0, stderr
+    assigned = ClassTable.from_json((tmp_path / "out2" / "classes.json").read_text())
+    assert np.array_equal(assigned.prototypes, table.prototypes)
+    d = tmp_path / "out2" / Path(PHOTOS[3]).stem
+    assert label_ids(d) <= set(range(table.n_classes))
+    assert json.loads((d / "summary.json").read_text())["classes"] == "assigned"
+    second = ml.get_run(json.loads((tmp_path / "out2" / "batch_summary.json").read_text())["mlflow_run_id"])
+    assert second.data.tags["samseg.classes"] == "assigned" and second.data.tags["samseg.classes_from"] == batch_id
+
+    # a run id without classes.json fails before any image is segmented: one line, exit 1
+    rc, _, stderr = run(["segment", str(new), "--out", str(tmp_path / "out3"), "--classes-from", children[0].info.run_id,
+                         *common])
+    assert rc == 1 and "no usable classes.json" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out3" / "horses").exists()

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefect_fixtures import REPO_ROOT, prefect_api, prefect_server, small_photos, stop_process  # noqa: F401
-from servers import free_port, mlflow_env, mlflow_server, moto_s3, s3_bucket, s3_env  # noqa: F401
+from prefect_fixtures import REPO_ROOT, stop_process
+from servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,9 @@ def test_flow_parameter_schema_is_a_validated_form() -> None:
 
     schema = parameter_schema(segment_batch_flow).model_dump()
     text = json.dumps(schema)
-    assert {"source", "out", "settings", "runtime", "track", "experiment", "fan_out"} <= set(schema["properties"])
+    assert {"source", "out", "settings", "runtime", "track", "experiment", "fan_out", "classes", "classes_from",
+            "max_cluster"} <= set(schema["properties"])
+    assert schema["properties"]["classes"]["enum"] == ["image", "dataset"]
     cluster = schema["definitions"]["ClusterParams"]["properties"]
     assert cluster["eps"]["exclusiveMinimum"] == 0 and cluster["min_samples"]["minimum"] == 1
     assert "dbscan" in text
@@ -385,7 +387,7 @@ def test_cli_segment_via_flows(prefect_api, local_env, small_photos) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "zz-broken.jpg" in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "letters.jpg ->" in proc.stdout
+    assert "letters.jpg: " in proc.stdout and f"-> {out / 'letters'}" in proc.stdout
     assert (out / "letters" / "labels.png").is_file()
     assert json.loads((out / "letters" / "summary.json").read_text())["cache"]["encode"] == "computed"
 
@@ -397,4 +399,6 @@ def test_serve_builds_the_three_deployments() -> None:
     assert [(d.flow_name, d.name) for d in deps] == [
         ("segment-image", "segment"), ("segment-batch", "nightly-batch"), ("recluster", "recluster")]
     assert deps[1].parameters == {"source": "s3://b/in/", "out": "s3://b/out/"}
+    nightly = serve_deployments(source="/data/in", out="/data/out", classes_from="0123abcd")[1]
+    assert nightly.parameters == {"source": "/data/in", "out": "/data/out", "classes_from": "0123abcd"}
     assert deps[1].schedules and deps[0].schedules == []

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_fixtures import REPO_ROOT, PrefectServer, prefect_api, prefect_server, small_photos, stop_process  # noqa: F401
-from servers import mlflow_env, mlflow_server, moto_s3, s3_env  # noqa: F401
+from prefect_fixtures import REPO_ROOT, PrefectServer, stop_process
 
 pytestmark = pytest.mark.integration
 

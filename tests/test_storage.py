@@ -8,7 +8,7 @@ import pytest
 
 from samseg import storage
 from samseg.storage import StorageError, StorageNotFound
-from servers import free_port, moto_s3, s3_bucket, s3_env  # noqa: F401  (fixtures)
+from servers import free_port
 
 # ---------------------------------------------------------------- keys (pure)
 

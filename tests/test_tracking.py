@@ -14,7 +14,6 @@ import pytest
 from samseg import tracking
 from samseg.config import SMOKE
 from samseg.tracking import TrackingError, scrub_secrets
-from servers import mlflow_env, mlflow_server, moto_s3, s3_env  # noqa: F401  (fixtures)
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 

@@ -19,7 +19,6 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from samseg.config import SMOKE  # noqa: E402
-from servers import mlflow_env, mlflow_server, moto_s3, s3_env  # noqa: E402,F401  (fixtures)
 
 H, W = 48, 96
 EXPERIMENT = "ui-test"
