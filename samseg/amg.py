@@ -2,8 +2,9 @@
 
 The generator's full-image crop reuses the features from `encode_image` instead of running
 the image encoder a second time; crop layers > 0 still encode their own crops. Everything
-else (point grid, batching, filters, NMS, RLE) is SAM's unchanged code, so the masks are
-identical to a plain `SamAutomaticMaskGenerator(...).generate(image)`.
+else (point grid, filters, NMS) is SAM's code; the RLE encoder is swapped for an identical,
+faster one (samseg.amg_post) and points_per_batch is capped by image size (samseg.amg_budget),
+so the masks are identical to a plain `SamAutomaticMaskGenerator(...).generate(image)`.
 """
 
 from __future__ import annotations
@@ -77,11 +78,17 @@ def generate_masks(model: "LoadedModel", rgb_hw3: np.ndarray, encoded: EncodedIm
     """
     import torch
 
+    from samseg.amg_budget import points_per_batch_for
+    from samseg.amg_post import fast_amg_postprocessing
+
     check_rgb(rgb_hw3)
     _check_encoded(model, rgb_hw3, encoded)
+    # Prompts are independent until the final NMS, so a smaller batch changes memory only,
+    # never the masks: bound it so a 12-MP photo's full-resolution logits fit in RAM.
+    cfg = dataclasses.replace(cfg, points_per_batch=points_per_batch_for(rgb_hw3.shape[:2], cfg.points_per_batch))
     generator = make_generator(model, cfg)
     generator.predictor = _reusing_predictor(model.sam, encoded)
-    with torch.inference_mode():
+    with torch.inference_mode(), fast_amg_postprocessing():
         records = generator.generate(np.ascontiguousarray(rgb_hw3))
     image_hw = (int(rgb_hw3.shape[0]), int(rgb_hw3.shape[1]))
     return MaskSet.from_records(image_hw, records) if records else MaskSet.empty(image_hw)

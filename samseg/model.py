@@ -281,12 +281,15 @@ def load_model(
     checkpoint: str | Path | None = None,
     device: str | None = None,
     seed: int = 0,
+    fast_decoder: bool = True,
 ) -> LoadedModel:
     """Build `model_type`, load its weights, move it to `device` (None/"auto" = best available).
 
     Real types: `checkpoint` given → that file (hash logged, warning if not pinned);
     otherwise the cached official file, downloaded and verified if missing.
     tiny-random: seeded random weights (`seed`), or the state_dict file `checkpoint`.
+    fast_decoder: swap in samseg.fast_decoder's mask decoder (same outputs within fp32
+    tolerance, ~3× faster per prompt on CPU); False keeps segment_anything's module.
     Raises CheckpointError (one line) for missing/invalid/undownloadable weights.
     """
     _check_model_type(model_type)
@@ -302,6 +305,10 @@ def load_model(
     if path is not None:
         _load_weights(sam, path, model_type)
     sam.eval().to(dev)
+    if fast_decoder:
+        from samseg.fast_decoder import accelerate_decoder
+
+        accelerate_decoder(sam)
     log.info("loaded %s on %s (weights sha256 %s)", model_type, dev, sha)
     return LoadedModel(sam=sam, model_type=model_type, checkpoint_path=None if path is None else str(path),
                        checkpoint_sha256=sha, device=dev)

@@ -209,3 +209,20 @@ def test_real_photo_geometry_and_single_encode(model) -> None:
     assert enc.geometry.original_hw == (h, w) and max(enc.geometry.input_hw) == 1024
     assert enc.geometry == ImageGeometry.for_image((h, w))
     assert masks.image_hw == (h, w)
+
+
+def test_memory_cap_on_points_per_batch_changes_no_mask(model, small, small_encoded, small_masks, monkeypatch) -> None:
+    # A byte budget of one prompt forces points_per_batch=1: only memory may change, not the masks.
+    from samseg.amg_budget import bytes_per_prompt
+
+    monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_prompt(small.shape[:2])))
+    capped = generate_masks(model, small, small_encoded, OPEN)
+    assert len(small_masks) > 0 and capped.rles == small_masks.rles
+    np.testing.assert_array_equal(capped.predicted_iou, small_masks.predicted_iou)
+
+
+def test_fast_decoder_is_on_by_default_and_can_be_turned_off() -> None:
+    from samseg.fast_decoder import is_accelerated
+
+    assert is_accelerated(load_model("tiny-random", device="cpu").sam)
+    assert not is_accelerated(load_model("tiny-random", device="cpu", fast_decoder=False).sam)
