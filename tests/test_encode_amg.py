@@ -218,7 +218,8 @@ def test_memory_cap_on_points_per_batch_changes_no_mask(model, small, small_enco
     monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_prompt(small.shape[:2])))
     capped = generate_masks(model, small, small_encoded, OPEN)
     assert len(small_masks) > 0 and capped.rles == small_masks.rles
-    np.testing.assert_array_equal(capped.predicted_iou, small_masks.predicted_iou)
+    # batch size changes float summation order in the decoder: scores agree to fp32 rounding
+    np.testing.assert_allclose(capped.predicted_iou, small_masks.predicted_iou, rtol=1e-5, atol=1e-6)
 
 
 def test_fast_decoder_is_on_by_default_and_can_be_turned_off() -> None:
