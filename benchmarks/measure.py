@@ -106,7 +106,7 @@ def mask_agreement(ref_records: list[dict[str, Any]], masks: Any) -> dict[str, A
     from scipy.optimize import linear_sum_assignment
 
     ref = _rles_from_records(ref_records)
-    new = [masks._coco_rle(i) for i in range(len(masks))]
+    new = [masks.coco_rle(i) for i in range(len(masks))]
     result = {"n_ref": len(ref), "n_new": len(new), "n_matched": 0, "mean_iou_matched": None, "min_iou_matched": None}
     if not ref or not new:
         return result

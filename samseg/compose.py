@@ -51,26 +51,14 @@ def compose_labels(masks: MaskSet, clusters: ClusterResult) -> np.ndarray:
     bad = [i for i, r in enumerate(masks.rles) if tuple(r["size"]) != (h, w)]
     if bad:
         raise ComposeError(f"mask {bad[0]} has RLE size {tuple(masks.rles[bad[0]]['size'])}, image is {(h, w)}")
-    out_wh = np.zeros((w, h), dtype=np.uint16)  # painted transposed, see _decode_wh
+    out_wh = np.zeros((w, h), dtype=np.uint16)  # painted transposed, see MaskSet.decode_wh
     order = paint_order(masks.areas, masks.predicted_iou, labels)
     chunk = max(1, CHUNK_PIXELS // max(1, h * w))
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
-        for i, m_wh in zip(idx, _decode_wh(masks, idx)):
+        for i, m_wh in zip(idx, masks.decode_wh(idx)):
             np.copyto(out_wh, np.uint16(labels[i] + 1), where=m_wh)
     return np.ascontiguousarray(out_wh.T)
-
-
-def _decode_wh(masks: MaskSet, idx: np.ndarray) -> np.ndarray:
-    """K×W×H bool masks, transposed: pycocotools decodes H×W×K in Fortran order, whose
-    K×W×H transpose is a free contiguous view (no full-resolution copy per mask)."""
-    from pycocotools import mask as mask_utils
-
-    rles = []
-    for i in idx:
-        counts = masks.rles[i]["counts"]
-        rles.append({"size": list(masks.rles[i]["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts})
-    return mask_utils.decode(rles).transpose(2, 1, 0).view(bool)
 
 
 def class_mask(label_map_hw: np.ndarray, c: int) -> np.ndarray:

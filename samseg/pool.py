@@ -81,19 +81,13 @@ def nearest_indices(src: int, dst: int) -> np.ndarray:
 
 
 def decode_framed_wh(masks: MaskSet, idx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
-    """K×iw×ih uint8 (0/1) — masks `idx` in SAM's input frame, TRANSPOSED (width before height).
+    """K×iw×ih bool — masks `idx` in SAM's input frame, TRANSPOSED (width before height).
 
     pycocotools decodes to an H×W×K Fortran-ordered array, i.e. each mask stored column
     by column; its K×W×H transpose is a free C-contiguous view. Resizing and counting in
     that layout avoids copying full-resolution masks (the costly part on 12-MP photos).
     """
-    from pycocotools import mask as mask_utils
-
-    rles = []
-    for i in idx:
-        counts = masks.rles[i]["counts"]
-        rles.append({"size": list(masks.rles[i]["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts})
-    kwh = mask_utils.decode(rles).transpose(2, 1, 0)
+    kwh = masks.decode_wh(idx)
     (h, w), (ih, iw) = geometry.original_hw, geometry.input_hw
     if (h, w) != (ih, iw):
         kwh = kwh.take(nearest_indices(w, iw), axis=1).take(nearest_indices(h, ih), axis=2)

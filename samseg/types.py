@@ -102,17 +102,26 @@ class MaskSet:
         return len(self.rles)
 
     def decode(self, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
-        """N×H×W bool for the chosen masks (all by default). Memory: N·H·W bytes."""
+        """K×H×W bool for the chosen masks (all by default). Memory: K·H·W bytes."""
+        return np.ascontiguousarray(self.decode_wh(indices).transpose(0, 2, 1))
+
+    def decode_wh(self, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
+        """K×W×H bool (transposed!) for the chosen masks, without a full-resolution copy.
+
+        pycocotools decodes to H×W×K in Fortran order; its K×W×H transpose is a free
+        C-contiguous view, which is what the chunked pool/compose loops want on 12-MP photos.
+        """
         from pycocotools import mask as mask_utils
 
         idx = range(len(self)) if indices is None else indices
-        h, w = self.image_hw
-        rles = [self._coco_rle(i) for i in idx]
+        rles = [self.coco_rle(i) for i in idx]
         if not rles:
-            return np.zeros((0, h, w), dtype=bool)
-        return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1).astype(bool))
+            h, w = self.image_hw
+            return np.zeros((0, w, h), dtype=bool)
+        return mask_utils.decode(rles).transpose(2, 1, 0).view(bool)
 
-    def _coco_rle(self, i: int) -> dict[str, Any]:
+    def coco_rle(self, i: int) -> dict[str, Any]:
+        """Mask i as the dict pycocotools takes (counts as bytes)."""
         rle = self.rles[i]
         counts = rle["counts"]
         return {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
