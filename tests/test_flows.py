@@ -53,19 +53,10 @@ def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def cli_parser():
-    """samseg's parser with this module's commands hooked in the way samseg.cli does."""
-    import argparse
+    """samseg's own parser (segment runs through the flows; recluster/runs/serve are hooked in)."""
+    from samseg import cli
 
-    from samseg import cli, cli_orchestration
-
-    parser = argparse.ArgumentParser(prog="samseg")
-    sub = parser.add_subparsers()
-    cli._add_segment_parser(sub)
-    cli_orchestration.add_parser(sub)
-    seg = sub.choices["segment"]
-    cli_orchestration.add_segment_arguments(seg)
-    seg.set_defaults(handler=cli_orchestration.run_segment)
-    return parser
+    return cli.build_parser()
 
 
 # ---------------------------------------------------------------- params (no server)
