@@ -270,14 +270,9 @@ def run_recluster(args: argparse.Namespace) -> int:
 
 
 def _run_params(run_id: str) -> dict[str, str]:
-    from samseg.tracking import TrackingError, _client, _get_run  # the tracking edge owns MLflow access
+    from samseg.tracking import get_run  # raises TrackingError (one line) for unknown runs
 
-    try:
-        return dict(_get_run(_client(), run_id).data.params)
-    except TrackingError:
-        raise
-    except Exception as exc:
-        raise TrackingError(f"MLflow run {run_id}: {exc}") from None
+    return dict(get_run(run_id).data.params)
 
 
 # ------------------------------------------------------------------ runs compare
