@@ -56,10 +56,13 @@ def decoder_micro(sam: Any, n_prompts: int = 32, seed: int = 0) -> dict[str, Any
 
 def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, Any]:
     """One image-encoder pass per precision on a random 1×3×1024² input vs the matmul
-    floor (encoder GFLOP / measured matmul GFLOP/s of that dtype). bf16 is skipped (and
-    says so) on a CPU without native bf16: its emulated kernels would take tens of minutes."""
+    floor (encoder GFLOP / measured matmul GFLOP/s of that dtype), with segment_anything's
+    attention and with samseg.fast_encoder's (max |Δ| of the two outputs). `sam` must come
+    without the fast encoder. bf16 is skipped (and says so) on a CPU without native bf16:
+    its emulated kernels would take tens of minutes."""
     import torch
 
+    from samseg.fast_encoder import accelerate_encoder, restore_encoder
     from samseg.precision import native_bf16_cpu
 
     gflop = measure.encoder_gflop(sam.image_encoder)
@@ -70,10 +73,18 @@ def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16")) -> d
     x = torch.randn(1, 3, sam.image_encoder.img_size, sam.image_encoder.img_size)
     for p in precisions:
         rate = measure.matmul_gflops(p)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=(p == "bf16")):
-            t0 = time.perf_counter()
-            sam.image_encoder(x)
-            secs = time.perf_counter() - t0
         floor = gflop / rate
-        out[p] = {"matmul_gflops": rate, "encoder_s": secs, "floor_s": floor, "encoder_over_floor": secs / floor}
+        row: dict[str, Any] = {"matmul_gflops": rate, "floor_s": floor}
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=(p == "bf16")):
+            for name in ("sam", "fast"):
+                if name == "fast":
+                    accelerate_encoder(sam)
+                t0 = time.perf_counter()
+                y = sam.image_encoder(x)
+                secs = time.perf_counter() - t0
+                row[f"{name}_encoder_s"], row[f"{name}_over_floor"] = secs, secs / floor
+                row[f"{name}_output"] = y
+            restore_encoder(sam)
+        row["max_abs_diff"] = float((row.pop("sam_output") - row.pop("fast_output")).abs().max())
+        out[p] = row
     return out

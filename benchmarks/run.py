@@ -167,19 +167,18 @@ def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any
     return {"seconds": seconds, "cache_hits": hits, "masks": masks, "labels": clusters.labels, "n_clusters": clusters.n_clusters}
 
 
-def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str, device: str = "cpu") -> Any:
-    """samseg's model from the same file, with the fast decoder / precision applied."""
+def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str, device: str = "cpu",
+                 encoder: str = "fast") -> Any:
+    """samseg's model from the same file, with the fast decoder / encoder ("fast" or "sam") and precision applied."""
     import warnings
 
-    from samseg.fast_decoder import accelerate_decoder
     from samseg.model import load_model
     from samseg.precision import set_precision
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not the pinned checkpoint": expected for random weights
-        model = load_model(model_type, checkpoint=checkpoint, device=device)
-    if decoder == "fast":
-        accelerate_decoder(model.sam)
+        model = load_model(model_type, checkpoint=checkpoint, device=device,
+                           fast_decoder=(decoder == "fast"), fast_encoder=(encoder == "fast"))
     set_precision(model.sam, precision)
     return model
 
@@ -206,7 +205,7 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     image = images[0]
     res: dict[str, Any] = {"mode": args.mode, "model_type": model_type, "checkpoint": str(ckpt), "config": cfg.flat(),
                            "image": {"name": image.name, "hw": list(image.hw)}, "precision": args.precision, "decoder": args.decoder}
-    model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device)
+    model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device, args.encoder)
     run_cfg = bounded_cfg(cfg, image.hw)
     res["points_per_batch_used"] = run_cfg.amg.points_per_batch
     with tempfile.TemporaryDirectory(prefix="samseg-bench-cache-") as tmp:
@@ -289,7 +288,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     pil.resize((4000, 3000), Image.BILINEAR).save(buf, format="JPEG", quality=90)
     image = decode_image(buf.getvalue(), f"{Path(src).stem if src else 'synthetic'}_4000x3000.jpg")
     cfg = get_preset(args.preset).replace(model_type=model_type, amg={"points_per_side": args.points_per_side or 32})
-    model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device)
+    model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device, args.encoder)
     run_cfg = bounded_cfg(cfg, image.hw)
     rss_before = measure.rss_bytes()
     with tempfile.TemporaryDirectory(prefix="samseg-bench-mem-") as tmp, measure.PeakRss() as rss:
@@ -351,6 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--points-per-side", type=int, default=None)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="samseg path only (A is always fp32)")
     p.add_argument("--decoder", choices=("fast", "sam"), default="fast", help="samseg's mask decoder")
+    p.add_argument("--encoder", choices=("fast", "sam"), default="fast", help="samseg's image-encoder attention")
     p.add_argument("--skip-original", action="store_true")
     p.add_argument("--skip-batch", action="store_true")
     p.add_argument("--micro", action="store_true", help="also run the decoder / encoder micro-benchmarks")
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.micro:
         from benchmarks.micro import decoder_micro, encoder_floor
 
-        sam = samseg_model(MODEL_TYPE[args.mode], checkpoint_file(MODEL_TYPE[args.mode], out), "fp32", "sam").sam
+        sam = samseg_model(MODEL_TYPE[args.mode], checkpoint_file(MODEL_TYPE[args.mode], out), "fp32", "sam",
+                           encoder="sam").sam
         res["decoder_micro"] = _guarded(decoder_micro, sam, 32 if args.mode != "quick" else 8)
         res["encoder_floor"] = _guarded(encoder_floor, sam)
     info["load_average_end"] = list(os.getloadavg())

@@ -282,6 +282,7 @@ def load_model(
     device: str | None = None,
     seed: int = 0,
     fast_decoder: bool = True,
+    fast_encoder: bool = True,
 ) -> LoadedModel:
     """Build `model_type`, load its weights, move it to `device` (None/"auto" = best available).
 
@@ -290,6 +291,8 @@ def load_model(
     tiny-random: seeded random weights (`seed`), or the state_dict file `checkpoint`.
     fast_decoder: swap in samseg.fast_decoder's mask decoder (same outputs within fp32
     tolerance, ~3× faster per prompt on CPU); False keeps segment_anything's module.
+    fast_encoder: swap in samseg.fast_encoder's per-head attention in the image encoder
+    (same outputs within fp32 tolerance, no (heads×HW×HW) score tensors); False keeps SAM's.
     Raises CheckpointError (one line) for missing/invalid/undownloadable weights.
     """
     _check_model_type(model_type)
@@ -309,6 +312,10 @@ def load_model(
         from samseg.fast_decoder import accelerate_decoder
 
         accelerate_decoder(sam)
+    if fast_encoder:
+        from samseg.fast_encoder import accelerate_encoder
+
+        accelerate_encoder(sam)
     log.info("loaded %s on %s (weights sha256 %s)", model_type, dev, sha)
     return LoadedModel(sam=sam, model_type=model_type, checkpoint_path=None if path is None else str(path),
                        checkpoint_sha256=sha, device=dev)
