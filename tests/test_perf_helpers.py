@@ -1,4 +1,4 @@
-"""samseg.precision (opt-in bf16), samseg.amg_budget (points_per_batch from image size), samseg.amg_post (fast RLE)."""
+"""samseg.precision (opt-in bf16), samseg.amg_budget (points_per_batch from image size), samseg.amg_post (fast RLE, MaskData.cat without deepcopy)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,65 @@ def test_fast_amg_postprocessing_swaps_and_restores():
 
     from samseg.amg_post import fast_amg_postprocessing, mask_to_rle_fast
 
-    original = sam_amg.mask_to_rle_pytorch
+    from segment_anything.utils.amg import MaskData
+
+    from samseg.amg_post import cat_without_deepcopy
+
+    original, original_cat = sam_amg.mask_to_rle_pytorch, MaskData.cat
     with fast_amg_postprocessing():
         assert sam_amg.mask_to_rle_pytorch is mask_to_rle_fast
+        assert MaskData.cat is cat_without_deepcopy
     assert sam_amg.mask_to_rle_pytorch is original
+    assert MaskData.cat is original_cat
+
+
+def _mask_data(seed: int):
+    import numpy as np
+    from segment_anything.utils.amg import MaskData
+
+    g = torch.Generator().manual_seed(seed)
+    return MaskData(
+        boxes=torch.rand(3, 4, generator=g),
+        points=np.arange(6.0).reshape(3, 2) + seed,
+        rles=[{"size": [4, 5], "counts": [seed, i, 20 - seed - i]} for i in range(3)],
+    )
+
+
+def test_cat_without_deepcopy_equals_mask_data_cat():
+    import numpy as np
+
+    from samseg.amg_post import cat_without_deepcopy
+
+    ref, got = _mask_data(0), _mask_data(0)
+    for seed in (1, 2):
+        ref.cat(_mask_data(seed))
+        cat_without_deepcopy(got, _mask_data(seed))
+    assert ref["rles"] == got["rles"] and len(got["rles"]) == 9
+    assert torch.equal(ref["boxes"], got["boxes"])
+    assert np.array_equal(ref["points"], got["points"])
+    fresh = _mask_data(3)
+    empty = type(fresh)()
+    cat_without_deepcopy(empty, fresh)
+    assert empty["rles"] == fresh["rles"] and empty["rles"] is not fresh["rles"]
+    assert torch.equal(empty["boxes"], fresh["boxes"]) and empty["boxes"] is not fresh["boxes"]
+
+
+@torch.inference_mode()
+def test_fast_postprocessing_gives_identical_amg_records_with_crops():
+    """Same records as SAM's generator (tiny-random, open filters, one crop layer: batch
+    and crop concatenation both go through cat), every field compared exactly."""
+    import numpy as np
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from samseg.amg_post import fast_amg_postprocessing
+    from samseg.fast_decoder import accelerate_decoder
+    from samseg.model import build_tiny_random
+
+    sam = accelerate_decoder(build_tiny_random(seed=0))
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    kw = dict(points_per_side=4, points_per_batch=5, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+              box_nms_thresh=1.0, crop_n_layers=1, crop_nms_thresh=1.0, output_mode="uncompressed_rle")
+    ref = SamAutomaticMaskGenerator(sam, **kw).generate(image)
+    with fast_amg_postprocessing():
+        got = SamAutomaticMaskGenerator(sam, **kw).generate(image)
+    assert len(ref) > 16 and got == ref
