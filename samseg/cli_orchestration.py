@@ -23,6 +23,10 @@ FAN_OUT = ("local", "auto", "deployment")
 def _quiet_prefect(verbose: bool) -> None:
     """Prefect logs every task at INFO and each failure with a traceback; the CLI prints
     its own one-line errors instead (--verbose keeps Prefect's log)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        # The temporary local API Prefect starts for us would try to send usage telemetry and
+        # log an ERROR line on machines without internet; it is our server, so say no.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
         import logging

@@ -12,3 +12,4 @@ if [[ ! -d "$IMAGES" ]]; then
 fi
 .venv/bin/samseg segment "$IMAGES" --model tiny-random --preset smoke --out out/demo
 echo "demo: results in out/demo/<image>/ (tiny-random: meaningless masks, formats only)"
+echo "demo: runs are in MLflow (./mlflow.db); browse them with: .venv/bin/samseg ui"
