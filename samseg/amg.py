@@ -2,8 +2,8 @@
 
 The generator's full-image crop reuses the features from `encode_image` instead of running
 the image encoder a second time; crop layers > 0 still encode their own crops. Everything
-else (point grid, filters, NMS) is SAM's code; the RLE encoder is swapped for an identical,
-faster one (samseg.amg_post) and points_per_batch is capped by image size (samseg.amg_budget),
+else (point grid, filters, NMS) is SAM's code; the RLE encoder and MaskData.cat are swapped for
+identical, faster ones (samseg.amg_post) and points_per_batch is capped by image size (samseg.amg_budget),
 so the masks are identical to a plain `SamAutomaticMaskGenerator(...).generate(image)`.
 """
 
