@@ -33,6 +33,7 @@ from flows.tasks import (
     timed,
     track_task,
 )
+from samseg.progress import report
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def run_stages(img: Any, cfg: Any, runtime: RuntimeParams) -> tuple[dict[str, st
         fn = cached_call(stage_task, stage, keys[stage], runtime)
         state, seconds[stage] = timed(fn, *args[stage], return_state=True)
         _ref, status[stage] = stage_status(state)
+        report("stage", image=img.uri, stage=stage, status=status[stage])
     return keys, status, seconds, model
 
 
@@ -179,15 +181,19 @@ def segment_image_flow(
     name: output dir name (None = the file stem); a batch passes `output_names`' unique name.
     """
     cfg = settings.to_config()
+    report("image_start", image=image)
     img = read_image_task(image)
     keys, cache, seconds, model = run_stages(img, cfg, runtime)
     masks = require_entry(runtime, "amg", keys["amg"])
     embeddings = require_entry(runtime, "pool", keys["pool"])
     clusters, seconds["cluster"] = timed(cluster_task, embeddings, cfg.cluster)
+    report("stage", image=image, stage="cluster", status="computed")  # never cached
     features = require_entry(runtime, "encode", keys["encode"]).features if runtime.save_features else None
     summary = build_image_summary(img, model, cfg, masks, embeddings, clusters, seconds, cache)
     where = publish(out, img, masks, embeddings, clusters, summary, features, track, experiment,
                     kind="image", nested_under=batch_run_id, name=name)
+    report("stage", image=image, stage="export", status="computed")
+    report("image_done", image=image)
     return {**summary, **where}
 
 
@@ -224,6 +230,7 @@ def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
                             "n_masks": s.get("n_masks"), "n_clusters": s.get("n_clusters"), "n_noise": s.get("n_noise")})
         except Exception as exc:  # one bad image fails alone
             results.append({"image": uri, "name": name, "status": "failed", "error": describe_failure(uri, exc)})
+            report("image_failed", image=uri, error=results[-1]["error"])
     return results
 
 
@@ -247,6 +254,10 @@ def _run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float |
                 if fr.state is not None and fr.state.is_final():
                     final[uri] = fr
                     del pending[uri]
+                    if fr.state.is_completed():  # the image bar moves as each worker finishes
+                        report("image_done", image=uri)
+                    else:
+                        report("image_failed", image=uri, error=_one_line(fr.state.message or fr.state.name))
             if pending:
                 time.sleep(poll_s)
     results = []
@@ -254,6 +265,7 @@ def _run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float |
         if uri in pending:
             results.append({"image": uri, "name": names[uri], "status": "failed", "flow_run_id": str(runs[uri].id),
                             "error": f"{uri}: flow run {runs[uri].id} not finished after {timeout_s:g} s"})
+            report("image_failed", image=uri, error=results[-1]["error"])
             continue
         fr = final[uri]
         ok = fr.state.is_completed()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 FAN_OUT = ("local", "auto", "deployment")
 
@@ -44,7 +45,9 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 def _print_error(message: str) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    from tqdm import tqdm  # tqdm.write: a line printed while progress bars show does not tear them
+
+    tqdm.write(f"error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ segment (via flows)
@@ -59,6 +62,7 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
     g.add_argument("--experiment", default="samseg", help="MLflow experiment (default: %(default)s)")
     g.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root (default: $SAMSEG_CACHE or ~/.cache/samseg/cache)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     g.add_argument("--fan-out", choices=FAN_OUT, default="local",
                    help="local: every image in this process (default); deployment: one `segment` deployment run "
                    "per image, taken by any worker; auto: deployment when the server has it")
@@ -112,9 +116,32 @@ def run_segment(args: argparse.Namespace) -> int:
     if fan_out == "local" and not _preload_model(cfg.model_type, runtime):
         return 1
     if len(uris) == 1 and fan_out == "local" and not classes:  # one image: one MLflow run, no batch parent
-        return _report_image(segment_image_flow(image=uris[0], **common, return_state=True), uris[0])
-    return _report_batch(segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, **classes,
-                                            return_state=True))
+        with _progress_bars(args, 1):
+            state = segment_image_flow(image=uris[0], **common, return_state=True)
+        return _report_image(state, uris[0])
+    with _progress_bars(args, len(uris)):
+        state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, **classes, return_state=True)
+    return _report_batch(state)
+
+
+@contextmanager
+def _progress_bars(args: argparse.Namespace, n_images: int) -> Iterator[None]:
+    """Bars over images and the stages of the current image (samseg.progress.TqdmReporter)
+    while the flows run; none with --verbose (Prefect's log lines would interleave) or --quiet.
+    Log records go through tqdm.write meanwhile; the bars are gone before results print."""
+    if getattr(args, "verbose", False) or getattr(args, "quiet", False):
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from samseg import progress
+
+    bars = progress.TqdmReporter(n_images)
+    try:
+        with progress.reporting(bars), logging_redirect_tqdm():
+            yield
+    finally:
+        bars.close()
 
 
 def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:

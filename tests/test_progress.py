@@ -1,0 +1,184 @@
+"""samseg.progress (the flows' progress hook) and the CLI's bars over images and stages.
+
+The CLI test runs `samseg segment` in-process with the tiny-random SAM (meaningless masks:
+plumbing only) and records every event the flows report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samseg import cli, progress
+
+
+@pytest.fixture(autouse=True)
+def no_reporter_left():
+    """Each test starts and ends without a reporter (it is process-global)."""
+    assert progress.set_reporter(None) is None
+    yield
+    assert progress.set_reporter(None) is None, "a test left a reporter installed"
+
+
+# ---------------------------------------------------------------- the hook
+
+
+def test_report_without_reporter_is_noop() -> None:
+    assert progress.get_reporter() is None
+    progress.report("image_start", image="a.png")  # nothing to call, nothing raised
+
+
+def test_events_reach_reporter_in_order_and_reporting_restores() -> None:
+    events: list[tuple[str, dict]] = []
+    outer = lambda event, **info: events.append(("outer", event))  # noqa: E731
+    with progress.reporting(outer):
+        with progress.reporting(lambda event, **info: events.append((event, info))):
+            progress.report("image_start", image="a.png")
+            progress.report("stage", image="a.png", stage="encode", status="hit")
+            progress.report("image_done", image="a.png")
+        progress.report("image_failed", image="b.png", error="boom")
+    progress.report("image_start", image="c.png")  # after the block: none installed again
+    assert events == [("image_start", {"image": "a.png"}),
+                      ("stage", {"image": "a.png", "stage": "encode", "status": "hit"}),
+                      ("image_done", {"image": "a.png"}),
+                      ("outer", "image_failed")]
+
+
+def test_unknown_event_raises_and_failing_reporter_is_ignored() -> None:
+    with pytest.raises(ValueError, match="unknown progress event 'stage_done'"):
+        progress.report("stage_done", image="a.png")
+
+    def broken(event, **info):
+        raise RuntimeError("display gone")
+
+    with progress.reporting(broken):
+        progress.report("image_done", image="a.png")  # a broken display never fails a run
+
+
+def test_reports_from_threads_are_serialised() -> None:
+    inside, overlaps, seen = [0], [], []
+
+    def reporter(event, **info):
+        inside[0] += 1
+        overlaps.append(inside[0])
+        seen.append(info["image"])
+        inside[0] -= 1
+
+    def worker(k: int) -> None:
+        for i in range(200):
+            progress.report("image_done", image=f"{k}-{i}")
+
+    with progress.reporting(reporter):
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(seen) == 800 and len(set(seen)) == 800
+    assert max(overlaps) == 1  # never two reporter calls at once
+
+
+def test_tqdm_reporter_counts_stages_marks_hits_and_counts_each_image_once() -> None:
+    buf = io.StringIO()
+    bars = progress.TqdmReporter(2, file=buf, disable=False)
+    bars("image_start", image="/x/a.png")
+    for stage, status in zip(progress.STAGES, ("hit", "hit", "computed", "computed", "computed")):
+        bars("stage", image="/x/a.png", stage=stage, status=status)
+    assert bars.stages.n == len(progress.STAGES) == 5
+    bars("image_done", image="/x/a.png")
+    bars("image_done", image="/x/a.png")  # reported twice (flow + poll loop): counted once
+    bars("image_start", image="/x/b.png")
+    assert bars.stages.n == 0  # the stage bar restarts per image
+    bars("image_failed", image="/x/b.png", error="bad")
+    assert bars.images.n == 2
+    bars.close()
+    text = buf.getvalue()
+    assert "encode hit > amg hit > pool" in text and "a.png" in text and "images" in text
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@pytest.fixture()
+def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path, prefect_api) -> Path:
+    """The session's tiny model instead of one load per CLI call; a fresh stage cache."""
+    import flows.tasks
+
+    monkeypatch.setattr("samseg.model.load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr(flows.tasks, "_MODELS", {})
+    monkeypatch.setenv("SAMSEG_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def recording_bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
+    """The CLI's real TqdmReporter, forced on (stderr is no terminal here), recording events."""
+    events: list[tuple[str, dict]] = []
+
+    class Recording(progress.TqdmReporter):
+        def __init__(self, n_images: int) -> None:
+            events.append(("bars", {"n_images": n_images}))
+            super().__init__(n_images, disable=False)
+
+        def __call__(self, event: str, **info) -> None:
+            events.append((event, info))
+            super().__call__(event, **info)
+
+    monkeypatch.setattr(progress, "TqdmReporter", Recording)
+    return events
+
+
+def expected_events(uri: str, cached: str) -> list[tuple[str, dict]]:
+    stages = [("stage", {"image": uri, "stage": s, "status": cached if s in ("encode", "amg", "pool") else "computed"})
+              for s in progress.STAGES]
+    return [("image_start", {"image": uri}), *stages, ("image_done", {"image": uri})]
+
+
+def test_cli_reports_every_stage_of_every_image_in_order(quick: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    src = quick / "in"
+    src.mkdir()
+    Image.fromarray(rng.integers(0, 255, (24, 36, 3), dtype=np.uint8)).save(src / "a.png")
+    (src / "b_broken.png").write_text("not a PNG\n")
+    Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).save(src / "c.png")
+    argv = ["segment", str(src), "--preset", "smoke", "--points-per-side", "2", "--no-track", "--out", str(quick / "out")]
+    a, b, c = (str(src / n) for n in ("a.png", "b_broken.png", "c.png"))
+
+    events = recording_bars(monkeypatch)
+    rc, stdout, stderr = run_cli(argv)
+    assert rc == 1
+    assert events[0] == ("bars", {"n_images": 3})
+    failed = [e for e in events if e[0] == "image_failed"]
+    assert len(failed) == 1 and failed[0][1]["image"] == b and "b_broken.png" in failed[0][1]["error"]
+    assert events[1:] == [*expected_events(a, "computed"), ("image_start", {"image": b}), failed[0],
+                          *expected_events(c, "computed")]
+    # the one-line error and the per-image lines are as without bars
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "b_broken.png" in errors[0] and "Traceback" not in stderr
+    assert "images" in stderr and "3/3" in stderr  # the image bar went on to the end, failure included
+
+    events.clear()
+    rc, stdout_again, stderr = run_cli(argv)  # same inputs and cache: the cached stages hit
+    assert rc == 1
+    assert events[1:] == [*expected_events(a, "hit"), ("image_start", {"image": b}), failed[0],
+                          *expected_events(c, "hit")]
+    assert "encode hit > amg hit > pool hit" in stderr
+
+    events.clear()
+    rc, stdout_quiet, stderr_quiet = run_cli([*argv, "--quiet"])
+    assert rc == 1 and events == []  # no bars, no reporter
+    assert stdout_quiet == stdout_again and "cache hits: 3/3" in stdout_quiet
+    assert [line for line in stderr_quiet.splitlines() if line.startswith("error: ")] == errors
+    assert progress.get_reporter() is None  # the CLI took its reporter away again
