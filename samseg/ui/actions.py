@@ -104,6 +104,13 @@ def _derived_summary(summary: dict[str, Any], cfg: PipelineConfig, clusters: Any
     out["parent_run_id"] = parent
     out["kind"] = kind
     out.pop("silhouette", None)  # belonged to the parent's clustering
+    if out.get("classes") in ("dataset", "assigned"):
+        # The parent's ids were dataset-wide; this clustering is of one image alone, so
+        # its ids are per-image — never let the copied summary claim otherwise.
+        out["rerun_of_dataset_ids"] = out["classes"]
+        out["classes"] = "image"
+        out.pop("dataset_n_classes", None)
+        out.pop("classes_from", None)
     return out
 
 
@@ -259,12 +266,15 @@ def save_class(store: RunStore, selections: list[dict[str, Any]], query: dict[st
 
 # ----------------------------------------------------------------- compare
 def compare(store: RunStore, run_ids: list[str]) -> dict[str, Any]:
-    """The table `samseg runs compare` prints (samseg.tracking.compare_runs) + each run's row."""
+    """The table `samseg runs compare` prints (samseg.tracking.compare_runs) + each run's row.
+
+    Dataset runs compare like image runs: their params are the batch's settings and their
+    metrics n_classes, n_noise, mean_class_coverage, class_coverage.<c>."""
     from samseg.tracking import compare_runs
 
     if not 2 <= len(run_ids) <= MAX_COMPARE:
         raise ValueError(f"pick 2 to {MAX_COMPARE} runs to compare, got {len(run_ids)}")
-    rows = [store.row(store.get_run(r)) for r in run_ids]  # RunNotFound → 404
+    rows = [store.row(store.get_any_run(r)) for r in run_ids]  # image or dataset run; RunNotFound → 404
     df = compare_runs(run_ids, None)
     table = df.astype(object).where(df.notna(), None)
     return {

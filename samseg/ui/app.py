@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from samseg.ui import actions
+from samseg.ui.dataset_view import dataset_detail
 from samseg.ui.jobs import JobRunner
 from samseg.ui.security import TOKEN_COOKIE, UnsafePathError, token_ok
 from samseg.ui.service import RunDataError, RunNotFound, RunStore, UiSettings
@@ -134,6 +135,9 @@ def _add_pages(app: FastAPI) -> None:
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str) -> Response:
         store: RunStore = request.app.state.store
+        run = store.get_any_run(run_id)
+        if store.is_dataset_run(run):
+            return request.app.state.templates.TemplateResponse(request, "dataset.html", dataset_detail(store, run))
         return request.app.state.templates.TemplateResponse(request, "run.html", run_detail(store, run_id))
 
     @app.get("/compare", response_class=HTMLResponse)
@@ -151,8 +155,11 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
     """Everything the run page shows (also GET /api/runs/{id})."""
     from samseg.render import class_color
 
+    from samseg.ui.dataset_view import dataset_note
+
     run = store.get_run(run_id)
     summary = store.summary(run_id)
+    row = store.row(run)
     masks, _, labels = store.outputs(run_id)
     sizes = [int((labels == c).sum()) for c in range(int(labels.max(initial=-1)) + 1)]
     classes = [
@@ -166,7 +173,8 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
         for i in range(len(masks))
     ]
     return {
-        "run": store.row(run),
+        "run": row,
+        "dataset": dataset_note(store, row, summary),
         "summary": summary,
         "image_hw": list(masks.image_hw),
         "classes": classes,
@@ -215,7 +223,11 @@ def _add_api(app: FastAPI) -> None:
 
     @app.get("/api/runs/{run_id}")
     def api_run(request: Request, run_id: str) -> dict[str, Any]:
-        detail = run_detail(request.app.state.store, run_id)
+        store: RunStore = request.app.state.store
+        run = store.get_any_run(run_id)
+        if store.is_dataset_run(run):
+            return dataset_detail(store, run)
+        detail = run_detail(store, run_id)
         detail.pop("summary", None)
         return detail
 

@@ -20,7 +20,8 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # absolute paths) can never name anything else.
 _ARTIFACT_FILES = re.compile(
     r"^(?:overlay\.png|labels\.png|summary\.json|masks\.json|input\.jpg|thumb\.png"
-    r"|classes/class_\d{1,5}\.png)$"
+    r"|classes/class_\d{1,5}\.png"
+    r"|classes\.json|contact_sheet\.png)$"  # the last two: dataset (batch) runs only, see RunStore
 )
 
 

@@ -18,10 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from samseg.ui.security import check_artifact_path, valid_run_id
+from samseg.ui.security import UnsafePathError, check_artifact_path, valid_run_id
 
 # Run kinds that have an image's outputs (a batch parent run has none).
 IMAGE_KINDS = ("image", "recluster")
+# Batch parent runs whose images share one set of class ids (tag samseg.classes, see
+# samseg.dataset_outputs): the UI shows them as "dataset runs".
+DATASET_MODES = ("dataset", "assigned")
+DATASET_FILES = ("classes.json", "contact_sheet.png")
 _THUMB_PX = 320  # long side of list thumbnails: readable, ~30 KB each
 _MAX_LIST = 500
 
@@ -102,12 +106,15 @@ class RunStore:
         return exp.experiment_id if exp is not None else None
 
     def list_runs(self, experiment: str | None = None, image: str | None = None) -> list[dict[str, Any]]:
-        """Image runs of the experiment, newest first; `image` filters by file-name substring."""
+        """Image runs and dataset runs of the experiment, newest first; `image` filters
+        image runs by file-name substring (and then leaves dataset runs out)."""
         exp_id = self.experiment_id(experiment)
         if exp_id is None:
             return []
         runs = self.client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=_MAX_LIST)
-        rows = [self.row(r) for r in runs if self._is_image_run(r)]
+        datasets = {r.info.run_id: r for r in runs if self.is_dataset_run(r)}
+        rows = [self.dataset_row(r) if r.info.run_id in datasets else self.row(r, datasets)
+                for r in runs if self._is_image_run(r) or r.info.run_id in datasets]
         if image:
             needle = image.lower()
             rows = [r for r in rows if needle in (r["image"] or "").lower()]
@@ -118,7 +125,14 @@ class RunStore:
         kind = run.data.tags.get("samseg.kind", "image")
         return kind in IMAGE_KINDS
 
-    def get_run(self, run_id: str) -> Any:
+    @staticmethod
+    def is_dataset_run(run: Any) -> bool:
+        """A batch parent run that carries dataset-level classes (classes.json)."""
+        tags = run.data.tags
+        return tags.get("samseg.kind") == "batch" and tags.get("samseg.classes") in DATASET_MODES
+
+    def get_any_run(self, run_id: str) -> Any:
+        """An image run or a dataset run (RunNotFound for anything else)."""
         from mlflow.exceptions import MlflowException
 
         if not valid_run_id(run_id):
@@ -127,16 +141,46 @@ class RunStore:
             run = self.client.get_run(run_id)
         except MlflowException as exc:
             raise RunNotFound(f"run {run_id} not found on {_scrub(self.tracking_uri)}") from exc
-        if not self._is_image_run(run):
-            raise RunNotFound(f"run {run_id} is a {run.data.tags.get('samseg.kind')} run, not an image run")
+        if not (self._is_image_run(run) or self.is_dataset_run(run)):
+            raise RunNotFound(f"run {run_id} is a {run.data.tags.get('samseg.kind')} run without dataset classes, "
+                              "not an image or dataset run")
         return run
 
-    def row(self, run: Any) -> dict[str, Any]:
-        """One line of the runs table (also the header of the run page)."""
+    def get_run(self, run_id: str) -> Any:
+        """An image run (RunNotFound for a dataset run or anything else)."""
+        run = self.get_any_run(run_id)
+        if not self._is_image_run(run):
+            raise RunNotFound(f"run {run_id} is a dataset (batch) run, not an image run")
+        return run
+
+    def dataset_of(self, run: Any, known: dict[str, Any] | None = None) -> Any | None:
+        """The dataset run an image run was labelled by (its batch parent), or None."""
+        from mlflow.exceptions import MlflowException
+
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if not parent:
+            return None
+        if known is not None:
+            return known.get(parent)
+        try:
+            prun = self.client.get_run(parent)
+        except MlflowException:
+            return None
+        return prun if self.is_dataset_run(prun) else None
+
+    def row(self, run: Any, datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One line of the runs table (also the header of the run page). `datasets`: the
+        dataset runs already at hand by id (None → look the batch parent up)."""
+        if self.is_dataset_run(run):
+            return self.dataset_row(run)
         p, m, t = run.data.params, run.data.metrics, run.data.tags
         rid = run.info.run_id
         uri = t.get("samseg.image_uri", "")
+        ds = self.dataset_of(run, datasets)
         return {
+            "is_dataset": False,
+            "dataset_run_id": ds.info.run_id if ds is not None else None,
+            "dataset_mode": ds.data.tags.get("samseg.classes") if ds is not None else None,
             "run_id": rid,
             "run_name": run.info.run_name,
             "kind": "exemplar" if t.get("samseg.exemplar") == "true" else t.get("samseg.kind", "image"),
@@ -157,6 +201,38 @@ class RunStore:
             "overlay_url": f"/runs/{rid}/files/overlay.png",
         }
 
+    def dataset_row(self, run: Any) -> dict[str, Any]:
+        """Runs-table line of a dataset run (same keys as `row` where they apply)."""
+        p, m, t = run.data.params, run.data.metrics, run.data.tags
+        rid = run.info.run_id
+        return {
+            "is_dataset": True,
+            "run_id": rid,
+            "run_name": run.info.run_name,
+            "kind": t.get("samseg.classes"),
+            "classes_from": t.get("samseg.classes_from"),
+            "image": None,
+            "source": t.get("samseg.source"),
+            "model": p.get("model_type"),
+            "algorithm": p.get("cluster.algorithm"),
+            "eps": p.get("cluster.eps"),
+            "min_samples": p.get("cluster.min_samples"),
+            "n_images": _int(p.get("n_images")),
+            "n_masks": _int(m.get("n_masks")),
+            "n_classes": _int(m.get("n_classes")),
+            "n_clusters": _int(m.get("n_classes")),
+            "n_noise": _int(m.get("n_noise")),
+            "mean_class_coverage": m.get("mean_class_coverage"),
+            "status": run.info.status,
+            "time": _iso(run.info.start_time),
+            "parent_run_id": None,
+            "mlflow_url": self.mlflow_url(run),
+            "prefect_url": self.prefect_url(t.get("samseg.prefect_flow_run_id")),
+            "thumb_url": f"/runs/{rid}/files/thumb.png",
+            "overlay_url": f"/runs/{rid}/files/contact_sheet.png",
+            "contact_sheet_url": f"/runs/{rid}/files/contact_sheet.png",
+        }
+
     def mlflow_url(self, run: Any) -> str | None:
         base = self.settings.mlflow_ui_url
         if not base and self.tracking_uri.startswith(("http://", "https://")):
@@ -172,30 +248,31 @@ class RunStore:
 
     # ------------------------------------------------------------- artifacts
     def run_dir(self, run_id: str) -> Path:
-        """Local copy of the run's artifacts (downloaded on first use)."""
-        run = self.get_run(run_id)
+        """Local copy of the run's artifacts (downloaded on first use); image or dataset run."""
+        run = self.get_any_run(run_id)
+        marker = "classes.json" if self.is_dataset_run(run) else "summary.json"
         dest = self.cache_dir / "runs" / run.info.run_id
-        if (dest / "summary.json").is_file():
+        if (dest / marker).is_file():
             return dest
         with self._lock_for(run_id):
-            if not (dest / "summary.json").is_file():
-                self._download(run_id, dest)
+            if not (dest / marker).is_file():
+                self._download(run_id, dest, marker)
         return dest
 
     def _lock_for(self, run_id: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(run_id, threading.Lock())
 
-    def _download(self, run_id: str, dest: Path) -> None:
+    def _download(self, run_id: str, dest: Path, marker: str = "summary.json") -> None:
         import mlflow.artifacts
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=dest.parent))
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp), tracking_uri=self.tracking_uri)
-            root = _outputs_root(tmp)
+            root = _outputs_root(tmp, marker)
             if root is None:
-                raise RunDataError(f"run {run_id}: no summary.json among its artifacts")
+                raise RunDataError(f"run {run_id}: no {marker} among its artifacts")
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(root, dest)  # atomic: readers never see a half-downloaded run
@@ -208,9 +285,14 @@ class RunStore:
     def file_path(self, run_id: str, path: str) -> Path:
         """Absolute path of a servable artifact (UnsafePathError / RunNotFound / FileNotFoundError)."""
         path = check_artifact_path(path)
+        dataset = self.is_dataset_run(self.get_any_run(run_id))
+        if dataset and path not in (*DATASET_FILES, "thumb.png"):
+            raise UnsafePathError(f"not an artifact of dataset run {run_id}: {path!r}")
+        if not dataset and path in DATASET_FILES:
+            raise UnsafePathError(f"{path!r} belongs to dataset runs; run {run_id} is an image run")
         root = self.run_dir(run_id).resolve()
         if path == "thumb.png":
-            return self._thumbnail(root)
+            return self._thumbnail(root, "contact_sheet.png" if dataset else "overlay.png")
         if path == "input.jpg":
             return self._input_jpg(run_id, root)
         full = (root / path).resolve()
@@ -218,13 +300,13 @@ class RunStore:
             raise FileNotFoundError(f"run {run_id} has no artifact {path}")
         return full
 
-    def _thumbnail(self, root: Path) -> Path:
+    def _thumbnail(self, root: Path, source: str = "overlay.png") -> Path:
         from PIL import Image
 
         thumb = root / ".ui" / "thumb.png"
         if not thumb.is_file():
             thumb.parent.mkdir(exist_ok=True)
-            with Image.open(root / "overlay.png") as im:
+            with Image.open(root / source) as im:
                 im.thumbnail((_THUMB_PX, _THUMB_PX))
                 _save_atomic(im, thumb, "PNG")
         return thumb
@@ -268,11 +350,11 @@ class RunStore:
             raise RunDataError(f"run {run_id}: {exc}") from exc
 
 
-def _outputs_root(tmp: Path) -> Path | None:
-    """The downloaded folder that holds summary.json (the artifact root or one level down)."""
-    if (tmp / "summary.json").is_file():
+def _outputs_root(tmp: Path, marker: str = "summary.json") -> Path | None:
+    """The downloaded folder that holds `marker` (the artifact root or one level down)."""
+    if (tmp / marker).is_file():
         return tmp
-    found = sorted(p.parent for p in tmp.glob("*/summary.json"))
+    found = sorted(p.parent for p in tmp.glob(f"*/{marker}"))
     return found[0] if len(found) == 1 else None
 
 

@@ -1,0 +1,273 @@
+"""Web UI over dataset-level runs (issue 6): a batch parent run with classes.json +
+contact_sheet.png and its child image runs, logged to a real SQLite MLflow store through
+the same functions segment-batch uses (samseg.dataset_outputs.apply_dataset_classes,
+log_dataset_classes, samseg.tracking.start_batch_run / log_image_run).
+
+Known structure, no SAM: each of the 2 images has 12 rectangle masks whose embeddings form
+group A (6 masks), group B (4) and 2 outliers. Over the batch DBSCAN(cosine, eps 0.06,
+min_samples 3) finds 2 classes (A: 12 masks, B: 8) and 4 noise masks (each outlier occurs
+twice, below min_samples). A second batch run is `assigned` to the first one's classes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from samseg.config import SMOKE  # noqa: E402
+
+H, W = 48, 96
+EXPERIMENT = "ui-dataset-test"
+GROUP_A, GROUP_B, OUTLIERS = list(range(6)), list(range(6, 10)), [10, 11]
+
+
+def _rect_masks() -> np.ndarray:
+    """12 disjoint 16×16 rectangles on a 3×6 grid of a 48×96 image (row-major)."""
+    masks = np.zeros((12, H, W), bool)
+    for i in range(12):
+        r, c = divmod(i, 6)
+        masks[i, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] = True
+    return masks
+
+
+def _embeddings(seed: int) -> np.ndarray:
+    """12×8 float32: groups A and B on axes 0 and 1, outliers on axes 2 and 3, tiny noise."""
+    rng = np.random.default_rng(seed)
+    emb = np.zeros((12, 8), np.float32)
+    emb[GROUP_A, 0] = 1.0
+    emb[GROUP_B, 1] = 1.0
+    emb[OUTLIERS[0], 2] = 1.0
+    emb[OUTLIERS[1], 3] = 1.0
+    return emb + rng.normal(0, 0.01, emb.shape).astype(np.float32)
+
+
+def _image_dir(out: Path, image_path: Path, seed: int) -> Path:
+    """One image's outputs (samseg.export layout) with per-image clustering, as a batch writes them."""
+    from samseg.export import write_outputs
+    from samseg.images import load_image
+    from samseg.pipeline import recluster
+    from samseg.types import MaskSet
+
+    image = load_image(image_path)
+    masks = MaskSet.from_binary(_rect_masks())
+    emb = _embeddings(seed)
+    clusters, label_map = recluster(masks, emb, SMOKE.cluster)
+    summary = {
+        "samseg_version": "test",
+        "image": {"file_name": image.name, "uri": image.uri, "sha256": image.sha256, "hw": list(image.hw)},
+        "model": {"type": "tiny-random", "checkpoint_sha256": "c" * 64, "checkpoint_path": None, "device": "cpu"},
+        "config": SMOKE.flat(),
+        "embedding_dim": 8,
+        "n_masks": len(masks),
+        "n_clusters": clusters.n_clusters,
+        "n_noise": clusters.n_noise,
+        "cluster_sizes": clusters.sizes(),
+        "seconds": {"cluster": 0.001},
+    }
+    d = out / image_path.stem
+    write_outputs(d, image, masks, emb, clusters, label_map, summary)
+    return d
+
+
+def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: str | None) -> tuple[str, list[str]]:
+    """What segment-batch --classes dataset (or --classes-from RUN) logs; returns (batch id, child ids)."""
+    from samseg.dataset_outputs import apply_dataset_classes, load_class_table, log_dataset_classes
+    from samseg.export import read_summary
+    from samseg.tracking import end_run, log_image_run, start_batch_run
+
+    out = tmp / "out" / name
+    dirs = [_image_dir(out, p, seed) for seed, p in enumerate(images)]
+    batch = start_batch_run(EXPERIMENT, name, {**SMOKE.flat(), "n_images": len(images)}, {"samseg.source": str(tmp / "images")})
+    table = load_class_table(classes_from) if classes_from else None
+    report = apply_dataset_classes(out, dirs, SMOKE.cluster, table=table)
+    children = [log_image_run(d, read_summary(d), experiment=EXPERIMENT, nested_under=batch) for d in dirs]
+    log_dataset_classes(batch, report)
+    end_run(batch)
+    return batch, children
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """SQLite MLflow store: a `dataset` batch (2 images), an `assigned` batch, a plain batch
+    without classes and a lone image run. Yields a dict of their ids and the tmp dir."""
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from samseg.tracking import end_run, log_image_run, start_batch_run
+
+    tmp = tmp_path_factory.mktemp("ui-dataset")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
+    MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
+    rng = np.random.default_rng(1)
+    images = []
+    for name in ("alpha.png", "beta.png"):
+        p = tmp / "images" / name
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(p)
+        images.append(p)
+    ds, ds_children = _log_dataset_batch(tmp, "batch-dataset", images, None)
+    assigned, _ = _log_dataset_batch(tmp, "batch-assigned", images, ds)
+    plain = start_batch_run(EXPERIMENT, "batch-plain", {"n_images": 0}, {})
+    end_run(plain)
+    lone_dir = _image_dir(tmp / "out" / "lone", images[0], 7)
+    from samseg.export import read_summary
+
+    lone = log_image_run(lone_dir, read_summary(lone_dir), experiment=EXPERIMENT, run_name="lone")
+    yield {"tmp": tmp, "dataset": ds, "children": ds_children, "assigned": assigned, "plain": plain, "lone": lone}
+    mp.undo()
+
+
+@pytest.fixture
+def client(store, monkeypatch):
+    from samseg.ui import UiSettings, create_app
+
+    tmp = store["tmp"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    monkeypatch.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
+    app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / "ui-cache", stage_cache=str(tmp / "stage-cache")))
+    with TestClient(app) as c:
+        yield c
+
+
+HTML = {"accept": "text/html"}
+
+
+# ------------------------------------------------------------------ listing
+def test_list_shows_dataset_runs_and_membership(client, store):
+    rows = {r["run_id"]: r for r in client.get("/api/runs").json()["runs"]}
+    ds = rows[store["dataset"]]
+    assert ds["is_dataset"] and ds["kind"] == "dataset"
+    assert ds["n_classes"] == 2 and ds["n_images"] == 2 and ds["n_noise"] == 4 and ds["time"]
+    assigned = rows[store["assigned"]]
+    assert assigned["kind"] == "assigned" and assigned["classes_from"] == store["dataset"]
+    assert store["plain"] not in rows  # a batch without dataset classes has nothing to show
+    for child in store["children"]:
+        assert rows[child]["dataset_run_id"] == store["dataset"] and rows[child]["dataset_mode"] == "dataset"
+    assert rows[store["lone"]]["dataset_run_id"] is None
+
+    page = client.get("/", headers=HTML)
+    assert page.status_code == 200
+    assert f'href="/runs/{store["dataset"]}"' in page.text and "dataset run" in page.text
+    assert f"dataset ids from <a href=\"/runs/{store['dataset']}\"" in page.text
+
+
+def test_image_filter_leaves_dataset_runs_out(client, store):
+    rows = client.get("/api/runs", params={"image": "alpha"}).json()["runs"]
+    assert rows and all(not r["is_dataset"] and r["image"] == "alpha.png" for r in rows)
+
+
+# ------------------------------------------------------------- dataset page
+def test_dataset_page_classes_table_contact_sheet_children(client, store):
+    from samseg.render import class_color
+
+    rid = store["dataset"]
+    page = client.get(f"/runs/{rid}", headers=HTML)
+    assert page.status_code == 200, page.text
+    assert 'id="classes-table"' in page.text and f'src="/runs/{rid}/files/contact_sheet.png"' in page.text
+    for c in (0, 1):
+        assert "#%02x%02x%02x" % class_color(c) in page.text  # swatch = overlay colour of class c
+    for child in store["children"]:
+        assert f'href="/runs/{child}"' in page.text and f"/runs/{child}/files/thumb.png" in page.text
+
+    detail = client.get(f"/api/runs/{rid}").json()
+    assert detail["n_classes"] == 2 and detail["n_noise"] == 4 and detail["n_images"] == 2
+    sizes = sorted(c["size"] for c in detail["classes"])
+    assert sizes == [8, 12]  # group B twice, group A twice
+    for c in detail["classes"]:
+        assert c["images"] == ["alpha.png", "beta.png"] and c["image_coverage"] == 1.0
+        assert 0.0 <= c["radius"] < 0.06
+    assert {r["run_id"] for r in detail["children"]} == set(store["children"])
+
+
+def test_assigned_page_links_its_source(client, store):
+    page = client.get(f"/runs/{store['assigned']}", headers=HTML)
+    assert page.status_code == 200
+    assert 'id="assigned-note"' in page.text and f'href="/runs/{store["dataset"]}"' in page.text
+    detail = client.get(f"/api/runs/{store['assigned']}").json()
+    assert detail["classes_from_url"] == f"/runs/{store['dataset']}"
+
+
+def test_child_page_says_ids_are_dataset_wide_and_rerun_is_per_image(client, store):
+    child = store["children"][0]
+    page = client.get(f"/runs/{child}", headers=HTML)
+    assert page.status_code == 200
+    assert 'id="dataset-note"' in page.text and 'id="rerun-dataset-note"' in page.text
+    assert client.get(f"/api/runs/{child}").json()["dataset"]["batch_run_id"] == store["dataset"]
+    lone = client.get(f"/runs/{store['lone']}", headers=HTML)
+    assert "dataset-note" not in lone.text
+
+
+def test_rerun_of_dataset_child_is_labelled_per_image(client, store):
+    """The rerun's summary must not carry the parent's 'classes: dataset' claim."""
+    import time
+
+    child = store["children"][0]
+    job = client.post(f"/api/runs/{child}/rerun", json={"eps": "0.06", "min_samples": "3"}).json()
+    deadline = time.monotonic() + 60
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    assert job["state"] == "done", job
+    new_id = job["result"]["run_id"]
+    detail = client.get(f"/api/runs/{new_id}").json()
+    assert detail["dataset"] == {"kind": "rerun", "batch_run_id": None, "mode": "dataset"}
+    page = client.get(f"/runs/{new_id}", headers=HTML)
+    assert "per-image" in page.text and 'id="dataset-note"' in page.text
+
+
+# -------------------------------------------------------------------- files
+def test_dataset_files_served_for_dataset_runs_only(client, store):
+    rid = store["dataset"]
+    r = client.get(f"/runs/{rid}/files/classes.json")
+    assert r.status_code == 200 and json.loads(r.content)["format"] == "samseg.classes/1"
+    sheet = client.get(f"/runs/{rid}/files/contact_sheet.png")
+    assert sheet.status_code == 200 and sheet.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.get(f"/runs/{rid}/files/thumb.png").content[:4] == b"\x89PNG"
+    for bad in ("overlay.png", "summary.json", "../classes.json", "%2e%2e/classes.json", "classes.json/.."):
+        assert client.get(f"/runs/{rid}/files/{bad}").status_code == 404, bad
+    child = store["children"][0]
+    for name in ("classes.json", "contact_sheet.png"):
+        assert client.get(f"/runs/{child}/files/{name}").status_code == 404
+    assert client.get(f"/runs/{child}/files/overlay.png").status_code == 200
+
+
+def test_unknown_and_plain_batch_runs_404(client, store):
+    for rid in ("0" * 32, store["plain"], "not..a/run"):
+        assert client.get(f"/api/runs/{rid}").status_code == 404, rid
+    page = client.get(f"/runs/{'0' * 32}", headers=HTML)
+    assert page.status_code == 404 and 'id="error-message"' in page.text
+    assert client.get(f"/runs/{store['plain']}/files/classes.json").status_code == 404
+    # a dataset run has no masks to rerun or query
+    assert client.post(f"/api/runs/{store['dataset']}/rerun", json={}).status_code == 404
+
+
+# ------------------------------------------------------------------ compare
+def test_compare_two_dataset_runs(client, store):
+    ids = [store["dataset"], store["assigned"]]
+    data = client.get("/api/compare", params={"runs": ",".join(ids)}).json()
+    assert [r["run_id"] for r in data["runs"]] == ids and all(r["is_dataset"] for r in data["runs"])
+    for col in ("n_classes", "n_noise", "mean_class_coverage"):
+        assert col in data["columns"]
+    assert "run_name" in data["columns"]
+    page = client.get("/compare", params={"runs": ",".join(ids)}, headers=HTML)
+    assert page.status_code == 200
+    for rid in ids:
+        assert f'src="/runs/{rid}/files/contact_sheet.png"' in page.text
+
+
+def test_compare_dataset_run_with_image_run(client, store):
+    ids = [store["dataset"], store["lone"]]
+    page = client.get("/compare", params={"runs": ",".join(ids)}, headers=HTML)
+    assert page.status_code == 200
+    assert f'src="/runs/{ids[0]}/files/contact_sheet.png"' in page.text
+    assert f'src="/runs/{ids[1]}/files/overlay.png"' in page.text
