@@ -81,7 +81,7 @@ def ui_server(tmp_path_factory, shared_images, tiny_model):
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ok(f"{base}/healthz", proc, tmp / "ui.log")
-        yield {"base": base, "runs": runs, "uri": uri}
+        yield {"base": base, "runs": runs, "uri": uri, "out": tmp / "out"}
     finally:
         proc.terminate()
         try:
@@ -236,3 +236,30 @@ def test_unknown_run_shows_error_page(page, ui_server):
     assert resp.status == 404
     assert "not found" in page.inner_text("#error-message")
     page.screenshot(path=str(ARTIFACTS / "06-not-found.png"))
+
+
+def test_dataset_run_page(page, ui_server):
+    """A dataset-level batch over the two runs' outputs (what segment-batch --classes dataset
+    logs), then its page: classes table rows = the batch's classes, contact sheet loads,
+    child overlays link to their image runs. tiny-random features: counts are not asserted."""
+    from samseg.config import get_preset
+    from samseg.dataset_outputs import apply_dataset_classes, log_dataset_classes
+    from samseg.export import read_summary
+    from samseg.tracking import end_run, log_image_run, start_batch_run
+
+    cfg = get_preset("smoke")
+    dirs = sorted(p.parent for p in ui_server["out"].glob("*/summary.json"))[:2]
+    batch = start_batch_run(EXPERIMENT, "batch-dataset", {**cfg.flat(), "n_images": len(dirs)}, {})
+    report = apply_dataset_classes(ui_server["out"], dirs, cfg.cluster)
+    children = [log_image_run(d, read_summary(d), experiment=EXPERIMENT, nested_under=batch) for d in dirs]
+    log_dataset_classes(batch, report)
+    end_run(batch)
+    page.goto(f"{ui_server['base']}/runs/{batch}")
+    page.wait_for_selector("#classes-table")
+    assert page.locator("#classes-table tbody tr").count() == report["n_classes"]
+    page.wait_for_function("Array.from(document.querySelectorAll('#contact-sheet, #children img')).every(i => i.complete && i.naturalWidth > 0)")
+    for child in children:
+        assert page.locator(f'#children figure[data-run-id="{child}"] a').count() == 2
+    page.screenshot(path=str(ARTIFACTS / "07-dataset-run.png"), full_page=True)
+    page.goto(f"{ui_server['base']}/runs/{children[0]}")
+    assert "dataset-level" in page.inner_text("#dataset-note")
