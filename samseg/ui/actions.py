@@ -186,7 +186,7 @@ def exemplar_query(store: RunStore, run_id: str, x: float, y: float, max_distanc
             continue  # another model's embedding space: distances would be meaningless
         d = cosine_distance(query, other)
         sel = [int(i) for i in np.flatnonzero(d <= max_distance)]
-        row = store.row(store.get_run(rid))
+        row = store.row(store.get_run(rid), {})  # {}: only the image name is needed, skip the batch look-up
         results.append({
             "run_id": rid,
             "image": row["image"],
