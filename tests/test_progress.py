@@ -182,3 +182,50 @@ def test_cli_reports_every_stage_of_every_image_in_order(quick: Path, monkeypatc
     assert stdout_quiet == stdout_again and "cache hits: 3/3" in stdout_quiet
     assert [line for line in stderr_quiet.splitlines() if line.startswith("error: ")] == errors
     assert progress.get_reporter() is None  # the CLI took its reporter away again
+
+
+def test_deployment_fan_out_advances_images_as_runs_finish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--fan-out deployment: the batch flow's poll loop reports each run as it ends (fakes for
+    Prefect's client: a run finishes after a given number of polls)."""
+    import uuid
+    from types import SimpleNamespace
+
+    import prefect.client.orchestration
+    import prefect.deployments
+
+    from flows.segment import _run_deployments
+
+    finish_after = {"a.png": 2, "b.png": 1, "c.png": 99}  # c never finishes: timed out
+    ok = {"a.png": True, "b.png": False}
+    runs: dict[uuid.UUID, str] = {}
+    polls: dict[str, int] = {}
+
+    def fake_run_deployment(name, parameters, timeout, flow_run_name):
+        rid = uuid.uuid4()
+        runs[rid] = parameters["image"]
+        return SimpleNamespace(id=rid)
+
+    class FakeClient:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read_flow_run(self, rid):
+            uri = runs[rid]
+            polls[uri] = polls.get(uri, 0) + 1
+            final = polls[uri] >= finish_after[uri]
+            state = SimpleNamespace(is_final=lambda: final, is_completed=lambda: final and ok[uri],
+                                    message="worker crashed", name="Crashed")
+            return SimpleNamespace(id=rid, state=state)
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda sync_client: FakeClient())
+    events: list[tuple[str, dict]] = []
+    with progress.reporting(lambda event, **info: events.append((event, info))):
+        results = _run_deployments(["a.png", "b.png", "c.png"], {}, timeout_s=0.5, poll_s=0.01)
+    assert [r["status"] for r in results] == ["completed", "failed", "failed"]
+    assert [(e, i["image"]) for e, i in events] == [("image_failed", "b.png"), ("image_done", "a.png"),
+                                                     ("image_failed", "c.png")]
+    assert events[0][1]["error"] == "worker crashed" and "not finished after 0.5 s" in events[2][1]["error"]
