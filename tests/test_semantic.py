@@ -45,7 +45,7 @@ def _scene() -> tuple[np.ndarray, np.ndarray]:
 
 def _encoder_standin(gt: np.ndarray, geometry: ImageGeometry, seed: int = 0) -> np.ndarray:
     """C×64×64 float32: per valid cell, the majority GT class's vector + noise; padding = junk."""
-    cv2 = pytest.importorskip("cv2")
+    import cv2
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(3, C))  # c (background), a (disc), b (square): ~orthogonal in 64-D
     (ih, iw), p = geometry.input_hw, geometry.patch_size

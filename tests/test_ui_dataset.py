@@ -17,34 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from samseg.config import SMOKE  # noqa: E402
+from samseg.config import SMOKE
+from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, embeddings, rect_masks  # noqa: F401
 
-H, W = 48, 96
 EXPERIMENT = "ui-dataset-test"
-GROUP_A, GROUP_B, OUTLIERS = list(range(6)), list(range(6, 10)), [10, 11]
-
-
-def _rect_masks() -> np.ndarray:
-    """12 disjoint 16×16 rectangles on a 3×6 grid of a 48×96 image (row-major)."""
-    masks = np.zeros((12, H, W), bool)
-    for i in range(12):
-        r, c = divmod(i, 6)
-        masks[i, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] = True
-    return masks
-
-
-def _embeddings(seed: int) -> np.ndarray:
-    """12×8 float32: groups A and B on axes 0 and 1, outliers on axes 2 and 3, tiny noise."""
-    rng = np.random.default_rng(seed)
-    emb = np.zeros((12, 8), np.float32)
-    emb[GROUP_A, 0] = 1.0
-    emb[GROUP_B, 1] = 1.0
-    emb[OUTLIERS[0], 2] = 1.0
-    emb[OUTLIERS[1], 3] = 1.0
-    return emb + rng.normal(0, 0.01, emb.shape).astype(np.float32)
 
 
 def _image_dir(out: Path, image_path: Path, seed: int) -> Path:
@@ -55,8 +33,8 @@ def _image_dir(out: Path, image_path: Path, seed: int) -> Path:
     from samseg.types import MaskSet
 
     image = load_image(image_path)
-    masks = MaskSet.from_binary(_rect_masks())
-    emb = _embeddings(seed)
+    masks = MaskSet.from_binary(rect_masks())
+    emb = embeddings(seed)
     clusters, label_map = recluster(masks, emb, SMOKE.cluster)
     summary = {
         "samseg_version": "test",

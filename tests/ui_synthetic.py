@@ -1,0 +1,32 @@
+"""Synthetic runs of KNOWN structure for the web-UI tests (no SAM needed).
+
+12 disjoint 16×16 rectangle masks on a 48×96 image whose embeddings form group A (6 masks),
+group B (4) and 2 outliers: DBSCAN(cosine, eps 0.06, min_samples 3) gives 2 clusters + 2 noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+H, W = 48, 96
+GROUP_A, GROUP_B, OUTLIERS = list(range(6)), list(range(6, 10)), [10, 11]
+
+
+def rect_masks() -> np.ndarray:
+    """12×H×W bool: disjoint 16×16 rectangles on a 3×6 grid (row-major)."""
+    masks = np.zeros((12, H, W), bool)
+    for i in range(12):
+        r, c = divmod(i, 6)
+        masks[i, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] = True
+    return masks
+
+
+def embeddings(seed: int = 0) -> np.ndarray:
+    """12×8 float32: groups A and B on axes 0 and 1, outliers on axes 2 and 3, tiny noise."""
+    rng = np.random.default_rng(seed)
+    emb = np.zeros((12, 8), np.float32)
+    emb[GROUP_A, 0] = 1.0
+    emb[GROUP_B, 1] = 1.0
+    emb[OUTLIERS[0], 2] = 1.0
+    emb[OUTLIERS[1], 3] = 1.0
+    return emb + rng.normal(0, 0.01, emb.shape).astype(np.float32)
