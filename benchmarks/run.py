@@ -12,7 +12,6 @@ Both paths load the SAME checkpoint file (seeded random weights saved once under
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

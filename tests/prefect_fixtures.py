@@ -27,7 +27,6 @@ import pytest
 from servers import free_port, wait_http_ok
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = REPO_ROOT / ".." / "shared" / "images"
 PHOTOS = ("letters.jpg", "bears.jpg", "plaza.jpg", "horses.jpg")
 SMALL_SIDE = 192
 
@@ -131,15 +130,13 @@ def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
 
 
 @pytest.fixture(scope="session")
-def small_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_photos(tmp_path_factory: pytest.TempPathFactory, shared_images: Path) -> Path:
     """Dir with the four shared photos downscaled to SMALL_SIDE px (EXIF applied)."""
-    if not (SHARED_IMAGES / PHOTOS[0]).is_file():
-        pytest.skip("../shared/images not present")
     from PIL import Image, ImageOps
 
     out = tmp_path_factory.mktemp("photos")
     for name in PHOTOS:
-        with Image.open(SHARED_IMAGES / name) as img:
+        with Image.open(shared_images / name) as img:
             small = ImageOps.exif_transpose(img).convert("RGB")
             small.thumbnail((SMALL_SIDE, SMALL_SIDE))
             small.save(out / name, quality=90)

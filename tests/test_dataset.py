@@ -13,7 +13,6 @@ from samseg.dataset import (
     ClassTable,
     ClassTableError,
     assign_to_classes,
-    build_classes,
     classify_batch,
     cluster_batch,
     dbscan_cosine_chunked,

@@ -10,7 +10,6 @@ because a random SAM's masks otherwise nearly all get filtered out.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from samseg.model import load_model
 from samseg.types import EncodedImage, ImageGeometry, MaskSet
 
 OPEN = AmgConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -193,10 +191,8 @@ def test_count_encoder_calls_removes_its_hook(model) -> None:
     assert calls.count == 0 and len(model.sam.image_encoder._forward_hooks) == before
 
 
-def test_real_photo_geometry_and_single_encode(model) -> None:
-    path = IMAGES / "letters.jpg"
-    if not path.is_file():
-        pytest.skip("../shared/images not present")
+def test_real_photo_geometry_and_single_encode(model, shared_images) -> None:
+    path = shared_images / "letters.jpg"
     from PIL import Image
 
     with Image.open(path) as im:

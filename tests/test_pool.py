@@ -17,7 +17,6 @@ from samseg.types import EncodedImage, ImageGeometry, MaskSet
 sys.path.insert(0, str(Path(__file__).parent))
 from reference_notebook import notebook_embeddings  # noqa: E402
 
-IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "images"
 SQUARE = ImageGeometry.for_image((1024, 1024))
 
 
@@ -25,15 +24,12 @@ def _features(c: int, geometry: ImageGeometry = SQUARE, seed: int = 0) -> np.nda
     return np.random.default_rng(seed).normal(size=(c, *geometry.feature_hw)).astype(np.float32)
 
 
-def _photo_masks(name: str, k: int = 6, n_masks: int = 36) -> np.ndarray:
+def _photo_masks(path: Path, k: int = 6, n_masks: int = 36) -> np.ndarray:
     """N×1024×1024 bool: connected components of a k-means colour quantisation of a real photo
     squashed to 1024×1024, picked across the whole range of component sizes (1 px up)."""
     import cv2
     from PIL import Image
 
-    path = IMAGES / name
-    if not path.is_file():
-        pytest.skip("../shared/images not present")
     rgb = np.asarray(Image.open(path).convert("RGB").resize((1024, 1024), Image.BILINEAR))
     pixels = rgb.reshape(-1, 3).astype(np.float32)
     cv2.setRNGSeed(0)
@@ -52,8 +48,8 @@ def _photo_masks(name: str, k: int = 6, n_masks: int = 36) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", params=["letters.jpg", "bears.jpg"])
-def photo_case(request):
-    masks = _photo_masks(request.param)
+def photo_case(request, shared_images):
+    masks = _photo_masks(shared_images / request.param)
     features = _features(256, seed=1)
     return masks, features, notebook_embeddings(masks, features)
 

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from samseg.config import SMOKE
-from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, embeddings, rect_masks  # noqa: F401
+from ui_synthetic import H, W, embeddings, rect_masks
 
 EXPERIMENT = "ui-dataset-test"
 
