@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from samseg.config import SMOKE
-from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, embeddings, rect_masks
+from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, embeddings, rect_masks, sqlite_store
 
 EXPERIMENT = "ui-test"
 
@@ -54,23 +54,9 @@ def _log_synthetic_run(tmp: Path, name: str, image_path: Path) -> str:
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory):
     """SQLite MLflow store with two synthetic image runs; yields (tmp, run_a, run_b)."""
-    from mlflow import MlflowClient
-    from PIL import Image
-
     tmp = tmp_path_factory.mktemp("ui")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
-    # The experiment's artifacts go under tmp (MLflow would default to ./mlruns in the cwd).
-    MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
-    rng = np.random.default_rng(1)
-    paths = []
-    for name in ("alpha.png", "beta.png"):
-        p = tmp / "images" / name
-        p.parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(p)
-        paths.append(p)
+    paths = sqlite_store(tmp, EXPERIMENT, mp)
     run_a = _log_synthetic_run(tmp, "alpha", paths[0])
     run_b = _log_synthetic_run(tmp, "beta", paths[1])
     yield tmp, run_a, run_b

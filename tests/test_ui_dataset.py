@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fastapi.testclient import TestClient
 
 from samseg.config import SMOKE
-from ui_synthetic import H, W, embeddings, rect_masks
+from ui_synthetic import embeddings, rect_masks, sqlite_store
 
 EXPERIMENT = "ui-dataset-test"
 
@@ -74,24 +73,11 @@ def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: s
 def store(tmp_path_factory: pytest.TempPathFactory):
     """SQLite MLflow store: a `dataset` batch (2 images), an `assigned` batch, a plain batch
     without classes and a lone image run. Yields a dict of their ids and the tmp dir."""
-    from mlflow import MlflowClient
-    from PIL import Image
-
     from samseg.tracking import end_run, log_image_run, start_batch_run
 
     tmp = tmp_path_factory.mktemp("ui-dataset")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
-    MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
-    rng = np.random.default_rng(1)
-    images = []
-    for name in ("alpha.png", "beta.png"):
-        p = tmp / "images" / name
-        p.parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(p)
-        images.append(p)
+    images = sqlite_store(tmp, EXPERIMENT, mp)
     ds, ds_children = _log_dataset_batch(tmp, "batch-dataset", images, None)
     assigned, _ = _log_dataset_batch(tmp, "batch-assigned", images, ds)
     plain = start_batch_run(EXPERIMENT, "batch-plain", {"n_images": 0}, {})

@@ -30,3 +30,24 @@ def embeddings(seed: int = 0) -> np.ndarray:
     emb[OUTLIERS[0], 2] = 1.0
     emb[OUTLIERS[1], 3] = 1.0
     return emb + rng.normal(0, 0.01, emb.shape).astype(np.float32)
+
+
+def sqlite_store(tmp, experiment: str, monkeypatch) -> list:
+    """Point MLflow + the stage cache at `tmp` (SQLite store, artifacts under tmp) and write
+    two random H×W RGB images; returns their paths [alpha.png, beta.png]."""
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
+    # The experiment's artifacts go under tmp (MLflow would default to ./mlruns in the cwd).
+    MlflowClient(uri).create_experiment(experiment, artifact_location=(tmp / "artifacts").as_uri())
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in ("alpha.png", "beta.png"):
+        p = tmp / "images" / name
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
