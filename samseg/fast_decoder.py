@@ -17,6 +17,10 @@ module computes the same function with less work, exactly in fp32 up to summatio
    per-pixel MLP; it runs as two plain matmuls on the token layout, with no NCHW copies.
 4. Prompts are processed in chunks (`chunk_size`) so the per-prompt 4096×256 tensors of
    a chunk stay a few tens of MB (cache- and RSS-friendly) whatever points_per_batch is.
+5. The chunk's big temporaries are written into buffers reused across chunks (`_Workspace`)
+   and the masks straight into the output tensor: a fresh 16-33 MB tensor is a fresh mmap
+   whose page faults cost more than the op that fills it (measured on the 2-core dev CPU:
+   GELU into a new 33 MB tensor 16 ms, in place 3.8 ms).
 
 Anything this path does not cover (several images at once, per-prompt dense/mask
 prompts, a non-standard transformer) falls back to segment_anything's own code.
@@ -31,10 +35,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# 8 prompts × (keys, keys+pe, norm temporaries, 4 MB each) + the 8 MB/prompt upscaled
-# tensor ≈ 100-150 MB working set: large enough for efficient matmuls, small enough that
-# the AMG's points_per_batch no longer drives the decoder's memory.
-DEFAULT_CHUNK_SIZE = 8
+# 4 prompts × (keys, keys+pe, norm temporaries, 4 MB each) + the 8 MB/prompt upscaled
+# tensor ≈ 100 MB of reused buffers: large enough for efficient matmuls, small enough that
+# the AMG's points_per_batch no longer drives the decoder's memory. Measured on vit_b
+# (2-core AVX2): 4 was as fast as 1-2 and faster than 8-16 (the working set spills).
+DEFAULT_CHUNK_SIZE = 4
 
 
 class _FastPredictMasks:
@@ -113,12 +118,38 @@ def fast_predict_masks(decoder, image_embeddings, image_pe, sparse_prompt_embedd
     keys0 = (image_embeddings[0] + shared).flatten(1).t().contiguous()  # L×C, L = h·w
     pe = image_pe[0].flatten(1).t().contiguous()  # L×C
     layer0 = _Layer0Shared(decoder.transformer.layers[0], keys0, pe)
-    masks, ious = [], []
+    masks = keys0.new_empty((n, decoder.num_mask_tokens, 4 * h, 4 * w))
+    ious, ws = [], _Workspace()
     for start in range(0, n, chunk_size):
-        m, i = _decode_chunk(decoder, tokens[start : start + chunk_size], keys0, pe, layer0, (h, w))
-        masks.append(m)
-        ious.append(i)
-    return torch.cat(masks), torch.cat(ious)
+        stop = min(n, start + chunk_size)
+        ious.append(_decode_chunk(decoder, tokens[start:stop], keys0, pe, layer0, masks[start:stop], ws))
+    return masks, torch.cat(ious)
+
+
+class _Workspace:
+    """Named scratch buffers reused by every chunk of one predict call: `get(name, shape)`
+    is a contiguous view of the first prod(shape) floats of buffer `name` (grown on demand;
+    a ragged last chunk uses a prefix). Contents are garbage until written."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, Any] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like):
+        numel = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < numel:
+            flat = self._flat[name] = like.new_empty(numel)
+        return flat[:numel].view(shape)
+
+
+def _layer_norm_into(norm: Any, x, out):
+    """norm(x) (a LayerNorm over the last axis) written into `out`."""
+    import torch
+
+    stats = x.new_empty(x.shape[:-1] + (1,)), x.new_empty(x.shape[:-1] + (1,))
+    torch.ops.aten.native_layer_norm.out(x, [x.shape[-1]], norm.weight, norm.bias, norm.eps,
+                                         out0=out, out1=stats[0], out2=stats[1])
+    return out
 
 
 def _heads(x, num_heads: int):
@@ -144,7 +175,7 @@ class _Layer0Shared:
         x = (keys0 + pe).unsqueeze(0)
         self.k_tok2img = _heads(t2i.k_proj(x), t2i.num_heads)[0]
         self.v_tok2img = _heads(t2i.v_proj(keys0.unsqueeze(0)), t2i.num_heads)[0]
-        self.q_img2tok = _heads(i2t.q_proj(x), i2t.num_heads)[0]
+        self.q_img2tok_t = _heads(i2t.q_proj(x), i2t.num_heads)[0].transpose(1, 2).contiguous()  # H×d×L
 
 
 def _queries_block(layer: Any, queries, query_pe, attn_out_fn):
@@ -160,13 +191,18 @@ def _queries_block(layer: Any, queries, query_pe, attn_out_fn):
 
 
 def _tok2img_shared(attn: Any, q_in, k_heads, v_heads):
-    """Token→image attention against keys shared by all prompts (H×L×d): B×T×C."""
+    """Token→image attention against keys shared by all prompts (H×L×d): B×T×C.
+
+    Heads are the bmm batch and prompts × tokens the rows, so the shared keys and values
+    are never broadcast-copied per prompt."""
     import torch
 
     q = _heads(attn.q_proj(q_in), attn.num_heads)  # B×H×T×d
-    scores = torch.matmul(q, k_heads.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # B×H×T×L
-    out = torch.matmul(torch.softmax(scores, dim=-1), v_heads)
-    return attn.out_proj(_recombine(out))
+    b, nh, t, d = q.shape
+    q = (q / math.sqrt(d)).transpose(0, 1).reshape(nh, b * t, d)  # H×BT×d
+    probs = torch.softmax(torch.bmm(q, k_heads.transpose(1, 2)), dim=-1)  # H×BT×L
+    out = torch.bmm(probs, v_heads).view(nh, b, t, d).permute(1, 2, 0, 3).reshape(b, t, nh * d)
+    return attn.out_proj(out)
 
 
 def _tok2img_folded(attn: Any, q_in, x, keys):
@@ -182,18 +218,19 @@ def _tok2img_folded(attn: Any, q_in, x, keys):
     q = _heads(attn.q_proj(q_in), nh)  # B×H×T×d
     d = q.shape[-1]
     wk = attn.k_proj.weight.view(nh, d, -1)  # H×d×C
-    qk = torch.einsum("bhtd,hdc->bhtc", q, wk).reshape(b, nh * t, -1)  # B×HT×C
-    probs = torch.softmax(torch.bmm(qk, x.transpose(1, 2)) / math.sqrt(d), dim=-1)  # B×HT×L
+    qk = torch.einsum("bhtd,hdc->bhtc", q / math.sqrt(d), wk).reshape(b, nh * t, -1)  # B×HT×C, scaled
+    probs = torch.softmax(torch.bmm(qk, x.transpose(1, 2)), dim=-1)  # B×HT×L
     pk = torch.bmm(probs, keys).view(b, nh, t, -1)  # B×H×T×C
     wv = attn.v_proj.weight.view(nh, d, -1)
     v = torch.einsum("bhtc,hdc->bhtd", pk, wv) + attn.v_proj.bias.view(nh, 1, d)
     return attn.out_proj(_recombine(v))
 
 
-def _img2tok_residual(attn: Any, keys, probs, queries):
-    """keys + image→token attention output, B×L×C (the input of norm4).
+def _img2tok_residual(attn: Any, keys, probs_t, queries, out):
+    """keys + image→token attention output, B×L×C (the input of norm4), written into `out`.
 
-    probs: B×L×(H·T) (softmax over T per head); values from `queries` B×T×C.
+    probs_t: B×(H·T)×L, the transposed probabilities (softmax over T per head, see
+    `_img2tok_probs_t`); values from `queries` B×T×C.
     out_proj(P·V) = P·(V_h·Wo_hᵀ) + bo, so no B×L×D tensor is formed; bo is spread as
     bo/H over each head's rows (each head's probabilities sum to 1), so the residual add,
     the bias and the product are one baddbmm pass over B×L×C.
@@ -205,26 +242,40 @@ def _img2tok_residual(attn: Any, keys, probs, queries):
     b, _, t, d = v.shape
     wo = attn.out_proj.weight.view(-1, nh, d)  # C×H×d
     m = torch.einsum("bhtd,chd->bhtc", v, wo) + attn.out_proj.bias / nh  # B×H×T×C
-    return torch.baddbmm(keys.expand(b, -1, -1), probs, m.reshape(b, nh * t, -1))
+    return torch.baddbmm(keys.expand(b, -1, -1), probs_t.transpose(1, 2), m.reshape(b, nh * t, -1), out=out)
+
+
+def _softmax_over_tokens(scores_t, num_heads: int):
+    """B×(H·T)×L scores → probabilities normalised over T within each head, same layout.
+
+    The image→token softmax runs over only T≈7 tokens for each of 4096 pixels: as rows of
+    7 (B×L×H×T) PyTorch's CPU kernel is ≈10× slower than over the middle axis of
+    B×H×T×L, where it vectorises along L (measured 8.8 ms vs 0.8 ms per 4 prompts).
+    """
+    import torch
+
+    b, ht, l = scores_t.shape
+    return torch.softmax(scores_t.view(b, num_heads, ht // num_heads, l), dim=2).view(b, ht, l)
 
 
 def _img2tok_probs_folded(attn: Any, x, k_in):
     """Image→token softmax with per-prompt image queries x: B×L×C, token keys k_in: B×T×C.
-    Scores x·(Wq_hᵀ·k_h) + bq_h·k_h; returns B×L×(H·T)."""
+    Scores x·(Wq_hᵀ·k_h) + bq_h·k_h; returns the probabilities transposed, B×(H·T)×L."""
     import torch
 
     nh = attn.num_heads
     k = _heads(attn.k_proj(k_in), nh)  # B×H×T×d
     b, _, t, d = k.shape
     wq = attn.q_proj.weight.view(nh, d, -1)  # H×d×C
+    k = k / math.sqrt(d)
     g = torch.einsum("bhtd,hdc->bhtc", k, wq).reshape(b, nh * t, -1)  # B×HT×C
-    bias = torch.einsum("bhtd,hd->bht", k, attn.q_proj.bias.view(nh, d)).reshape(b, 1, nh * t)
-    scores = torch.baddbmm(bias, x, g.transpose(1, 2)) / math.sqrt(d)  # B×L×HT
-    return torch.softmax(scores.view(b, -1, nh, t), dim=-1).view(b, -1, nh * t)
+    bias = torch.einsum("bhtd,hd->bht", k, attn.q_proj.bias.view(nh, d)).reshape(b, nh * t, 1)
+    return _softmax_over_tokens(torch.baddbmm(bias, g, x.transpose(1, 2)), nh)  # B×HT×L
 
 
-def _decode_chunk(decoder: Any, tokens, keys0, pe, layer0: _Layer0Shared, hw: tuple[int, int]):
-    """Transformer + upscaling + heads for a chunk of B prompts (tokens B×T×C)."""
+def _decode_chunk(decoder: Any, tokens, keys0, pe, layer0: _Layer0Shared, masks_out, ws: _Workspace):
+    """Transformer + upscaling + heads for a chunk of B prompts (tokens B×T×C): writes the
+    B×M×4h×4w mask logits into `masks_out`, returns iou B×M."""
     import torch
 
     tr = decoder.transformer
@@ -235,42 +286,57 @@ def _decode_chunk(decoder: Any, tokens, keys0, pe, layer0: _Layer0Shared, hw: tu
         first, tokens, query_pe,
         lambda q: _tok2img_shared(first.cross_attn_token_to_image, q, layer0.k_tok2img, layer0.v_tok2img),
     )
-    k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads)  # B×H×T×d
-    scores = torch.matmul(layer0.q_img2tok, k.transpose(-1, -2)) / math.sqrt(k.shape[-1])  # B×H×L×T
-    probs = torch.softmax(scores, dim=-1).permute(0, 2, 1, 3).reshape(k.shape[0], keys0.shape[0], -1)
-    keys = first.norm4(_img2tok_residual(i2t, keys0, probs, queries))  # B×L×C: per prompt from here on
-    for layer in tr.layers[1:]:
-        x = keys + pe
+    k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads) / math.sqrt(layer0.q_img2tok_t.shape[1])  # B×H×T×d
+    b, nh, t, _ = k.shape
+    l, c = keys0.shape
+    scores_t = ws.get("scores0", (b, nh, t, l), keys0)
+    for i in range(b):  # one bmm per prompt against the shared H×d×L queries: no broadcast copy
+        torch.bmm(k[i], layer0.q_img2tok_t, out=scores_t[i])
+    probs_t = _softmax_over_tokens(scores_t.view(b, nh * t, l), nh)
+    residual = _img2tok_residual(i2t, keys0, probs_t, queries, ws.get("residual", (b, l, c), keys0))
+    keys = _layer_norm_into(first.norm4, residual, ws.get("keys0", (b, l, c), keys0))  # per prompt from here on
+    for index, layer in enumerate(tr.layers[1:], start=1):
+        x = torch.add(keys, pe, out=ws.get("keys_pe", (b, l, c), keys0))
         queries = _queries_block(
             layer, queries, query_pe, lambda q: _tok2img_folded(layer.cross_attn_token_to_image, q, x, keys)
         )
-        probs = _img2tok_probs_folded(layer.cross_attn_image_to_token, x, queries + query_pe)
-        keys = layer.norm4(_img2tok_residual(layer.cross_attn_image_to_token, keys, probs, queries))
-    attn_out = _tok2img_folded(tr.final_attn_token_to_image, queries + query_pe, keys + pe, keys)
-    hs = tr.norm_final_attn(queries + attn_out)
-    return _masks_from_tokens(decoder, hs, keys, hw)
+        probs_t = _img2tok_probs_folded(layer.cross_attn_image_to_token, x, queries + query_pe)
+        residual = _img2tok_residual(layer.cross_attn_image_to_token, keys, probs_t, queries, residual)
+        keys = _layer_norm_into(layer.norm4, residual, ws.get(f"keys{index % 2}", (b, l, c), keys0))
+    x = torch.add(keys, pe, out=ws.get("keys_pe", (b, l, c), keys0))
+    hs = tr.norm_final_attn(queries + _tok2img_folded(tr.final_attn_token_to_image, queries + query_pe, x, keys))
+    return _masks_from_tokens(decoder, hs, keys, masks_out, ws)
 
 
-def _masks_from_tokens(decoder: Any, hs, keys, hw: tuple[int, int]):
-    """Upscaling as a per-pixel MLP + hypernetwork product. hs B×T×C, keys B×L×C →
-    masks B×M×4h×4w, iou B×M (M = num_mask_tokens)."""
+def _gelu_(act: Any, x):
+    """act(x), in place on the fresh temporary x when act is an nn.GELU: a new 16-32 MB
+    output would be a fresh mmap whose page faults cost 4× the GELU itself here."""
     import torch
-    import torch.nn.functional as F
+
+    if isinstance(act, torch.nn.GELU):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
+def _masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: _Workspace):
+    """Upscaling as a per-pixel MLP + hypernetwork product. hs B×T×C, keys B×L×C (L = h·w)
+    → mask logits written into masks_out B×M×4h×4w (M = num_mask_tokens); returns iou B×M."""
+    import torch
 
     ct1, ln, act1, ct2, act2 = decoder.output_upscaling
     b, l, c = keys.shape
-    h, w = hw
-    nm = decoder.num_mask_tokens
+    _, nm, h4, w4 = masks_out.shape
     c4, c8 = ct1.out_channels, ct2.out_channels
     # ConvTranspose2d(k=2, s=2) = per input pixel a C → (2·2·C_out) linear map; weight is
     # C_in×C_out×kh×kw, reordered to C_in×(kh·kw·C_out) so C_out is innermost for the LN.
     w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)
-    y = torch.addmm(ct1.bias.repeat(4), keys.reshape(b * l, c), w1).view(b * l * 4, c4)
-    y = act1(F.layer_norm(y, (c4,), ln.weight, ln.bias, ln.eps))
+    y = torch.addmm(ct1.bias.repeat(4), keys.reshape(b * l, c), w1, out=ws.get("up1", (b * l, 4 * c4), keys))
+    y = _gelu_(act1, _layer_norm_into(ln, y.view(b * l * 4, c4), ws.get("up1_norm", (b * l * 4, c4), keys)))
     w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
-    z = act2(torch.addmm(ct2.bias.repeat(4), y, w2)).view(b, l * 16, c8)
+    z = _gelu_(act2, torch.addmm(ct2.bias.repeat(4), y, w2, out=ws.get("up2", (b * l * 4, 4 * c8), keys)))
     hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    m = torch.bmm(z, hyper.transpose(1, 2))  # B×(L·16)×M, rows ordered (i, j, ki, kj, ki2, kj2)
-    m = m.view(b, h, w, 2, 2, 2, 2, nm).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, nm, 4 * h, 4 * w)
-    iou = decoder.iou_prediction_head(hs[:, 0, :])
-    return m, iou
+    m = torch.bmm(z.view(b, l * 16, c8), hyper.transpose(1, 2), out=ws.get("masks", (b, l * 16, nm), keys))
+    # rows are ordered (i, j, ki, kj, ki2, kj2): pixel (4i + 2ki + ki2, 4j + 2kj + kj2)
+    h, w = h4 // 4, w4 // 4
+    masks_out.view(b, nm, h, 2, 2, w, 2, 2).copy_(m.view(b, h, w, 2, 2, 2, 2, nm).permute(0, 7, 1, 3, 5, 2, 4, 6))
+    return decoder.iou_prediction_head(hs[:, 0, :])
