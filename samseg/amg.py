@@ -1,10 +1,11 @@
 """Automatic mask generation with SAM's own `SamAutomaticMaskGenerator`, encoding once.
 
 The generator's full-image crop reuses the features from `encode_image` instead of running
-the image encoder a second time; crop layers > 0 still encode their own crops. Everything
-else (point grid, filters, NMS) is SAM's code; the RLE encoder and MaskData.cat are swapped for
-identical, faster ones (samseg.amg_post) and points_per_batch is capped by image size (samseg.amg_budget),
-so the masks are identical to a plain `SamAutomaticMaskGenerator(...).generate(image)`.
+the image encoder a second time; crop layers > 0 still encode their own crops. The per-batch
+work is samseg.amg_batch's fused, chunked version of SAM's `_process_batch` (chunk size from
+samseg.amg_budget), and the RLE encoder and MaskData.cat are swapped for identical, faster
+ones (samseg.amg_post). Everything else (point grid, crops, NMS, small-region removal) is
+SAM's code, so the masks are identical to a plain `SamAutomaticMaskGenerator(...).generate(image)`.
 """
 
 from __future__ import annotations
@@ -63,11 +64,21 @@ def _check_encoded(model: "LoadedModel", rgb_hw3: np.ndarray, encoded: EncodedIm
         raise EncodedMismatchError(f"encoded features grid {encoded.features.shape[1:]} != {encoded.geometry.feature_hw}")
 
 
-def make_generator(model: "LoadedModel", cfg: AmgConfig) -> Any:
-    """SamAutomaticMaskGenerator with every AmgConfig field and output_mode="coco_rle"."""
+def make_generator(model: "LoadedModel", cfg: AmgConfig, masks_per_chunk: int | None = None) -> Any:
+    """A SamAutomaticMaskGenerator with every AmgConfig field and output_mode="coco_rle",
+    whose `_process_batch` is samseg.amg_batch.process_batch (same MaskData) upsampling
+    `masks_per_chunk` masks at a time (default: samseg.amg_budget.masks_per_chunk of the crop)."""
     from segment_anything import SamAutomaticMaskGenerator
 
-    return SamAutomaticMaskGenerator(model.sam, output_mode="coco_rle", **dataclasses.asdict(cfg))
+    from samseg.amg_batch import process_batch
+    from samseg.amg_budget import masks_per_chunk as budget_chunk
+
+    class _ChunkedGenerator(SamAutomaticMaskGenerator):
+        def _process_batch(self, points, im_size, crop_box, orig_size):  # type: ignore[override]
+            chunk = masks_per_chunk or budget_chunk(tuple(im_size))
+            return process_batch(self, points, tuple(im_size), crop_box, tuple(orig_size), chunk)
+
+    return _ChunkedGenerator(model.sam, output_mode="coco_rle", **dataclasses.asdict(cfg))
 
 
 def generate_masks(model: "LoadedModel", rgb_hw3: np.ndarray, encoded: EncodedImage, cfg: AmgConfig) -> MaskSet:
@@ -78,14 +89,10 @@ def generate_masks(model: "LoadedModel", rgb_hw3: np.ndarray, encoded: EncodedIm
     """
     import torch
 
-    from samseg.amg_budget import points_per_batch_for
     from samseg.amg_post import fast_amg_postprocessing
 
     check_rgb(rgb_hw3)
     _check_encoded(model, rgb_hw3, encoded)
-    # Prompts are independent until the final NMS, so a smaller batch changes memory only,
-    # never the masks: bound it so a 12-MP photo's full-resolution logits fit in RAM.
-    cfg = dataclasses.replace(cfg, points_per_batch=points_per_batch_for(rgb_hw3.shape[:2], cfg.points_per_batch))
     generator = make_generator(model, cfg)
     generator.predictor = _reusing_predictor(model.sam, encoded)
     with torch.inference_mode(), fast_amg_postprocessing():

@@ -1,30 +1,30 @@
-"""Bound the AMG's memory by choosing points_per_batch from the crop size.
+"""Bound the AMG's memory: how many masks are upsampled to full resolution at once.
 
 segment_anything's `_process_batch` upsamples every prompt's 3 low-res masks to the FULL
-crop resolution as float32 logits, then copies them through the IoU filter, the stability
-score (two thresholded copies), the bool masks and the RLE encoder. For a 12-MP photo and
-the default 64 prompts per batch that is 64 × 3 × 12 M × 4 B ≈ 9 GB for the logits alone.
-
-Every prompt is independent until the final NMS and MaskData keeps the order of the
-batches, so points_per_batch changes memory and speed, never the masks: shrinking it for
-large crops is safe. `points_per_batch_for` picks the largest batch whose working set fits
-a byte budget.
+crop resolution as float32 logits at once: for a 12-MP photo and the default 64 prompts per
+batch that is 64 × 3 × 12 M × 4 B ≈ 9 GB for the logits alone. samseg.amg_batch upsamples
+the masks of a batch in chunks instead, and `masks_per_chunk` picks the largest chunk whose
+working set fits a byte budget. Chunks never change the masks (every mask is processed on
+its own until the final NMS, in order), only memory and speed — so points_per_batch is left
+as configured (the decoder's low-res output is 0.75 MB per prompt at any image size).
 """
 
 from __future__ import annotations
 
 import os
 
-# Bytes held per prompt per crop pixel at the peak of SAM's _process_batch: 3 mask
-# outputs × (float32 logits 4 B + the filtered float32 copy 4 B + bool mask, stability
-# thresholds and RLE diff temporaries ≈ 4 B). An upper estimate, checked against peak RSS
-# by `benchmarks/run.py --mode memory`.
-BYTES_PER_PROMPT_PIXEL = 3 * 12
-# Plus the 1024² bilinear intermediate of postprocess_masks: 3 × 1024 × 1024 × 4 B × 2.
-BYTES_PER_PROMPT_FIXED = 3 * 1024 * 1024 * 4 * 2
-# 1.5 GiB of mask temporaries keeps a 12-MP photo's AMG (plus a vit_b model, image,
-# features and RLEs) well under 4 GB RSS; override with $SAMSEG_AMG_BATCH_BYTES.
-DEFAULT_BUDGET_BYTES = 1536 * 1024**2
+# Bytes one mask holds per crop pixel while its chunk is processed: float32 logits 4 B,
+# the two thresholded copies of the stability score 2 B, the bool mask 1 B, and the
+# transposed copy, XOR and padding temporaries of the RLE encoder ≈ 3 B. An upper
+# estimate, checked against peak RSS by `benchmarks/run.py --mode memory`.
+BYTES_PER_MASK_PIXEL = 10
+# Plus the bilinear intermediate in SAM's 1024² input frame (float32).
+BYTES_PER_MASK_FIXED = 1024 * 1024 * 4
+# 64 MiB per chunk: ~6 masks of a 0.6-MP photo, 1 of a 12-MP one. Measured on the 2-core dev
+# machine (vit_b, 770² image): 16 → 64 → 256 MiB changed the post-processing time by less
+# than the run-to-run noise, while 256 MiB chunks cost 200 MB more RSS; small chunks also
+# stay below glibc's mmap threshold, so their pages are reused instead of faulted in again.
+DEFAULT_BUDGET_BYTES = 64 * 1024**2
 
 
 def budget_bytes() -> int:
@@ -41,19 +41,17 @@ def budget_bytes() -> int:
     return value
 
 
-def bytes_per_prompt(crop_hw: tuple[int, int]) -> int:
-    """Estimated peak bytes one prompt costs in SAM's _process_batch for an H×W crop."""
+def bytes_per_mask(crop_hw: tuple[int, int]) -> int:
+    """Estimated peak bytes one mask costs in samseg.amg_batch for an H×W crop."""
     h, w = crop_hw
-    return BYTES_PER_PROMPT_PIXEL * int(h) * int(w) + BYTES_PER_PROMPT_FIXED
+    return BYTES_PER_MASK_PIXEL * int(h) * int(w) + BYTES_PER_MASK_FIXED
 
 
-def points_per_batch_for(crop_hw: tuple[int, int], requested: int, budget: int | None = None) -> int:
-    """min(requested, largest batch whose estimated working set fits `budget` bytes), >= 1.
+def masks_per_chunk(crop_hw: tuple[int, int], budget: int | None = None) -> int:
+    """Largest number of masks (>= 1) whose estimated working set fits `budget` bytes.
 
     crop_hw: the (height, width) of the image crop the AMG is processing (the full image
     for crop layer 0). budget: bytes, default `budget_bytes()`.
     """
-    if requested < 1:
-        raise ValueError(f"points_per_batch must be >= 1, got {requested}")
     limit = budget_bytes() if budget is None else int(budget)
-    return max(1, min(int(requested), limit // bytes_per_prompt(crop_hw)))
+    return max(1, limit // bytes_per_mask(crop_hw))

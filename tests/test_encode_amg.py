@@ -207,15 +207,16 @@ def test_real_photo_geometry_and_single_encode(model, shared_images) -> None:
     assert masks.image_hw == (h, w)
 
 
-def test_memory_cap_on_points_per_batch_changes_no_mask(model, small, small_encoded, small_masks, monkeypatch) -> None:
-    # A byte budget of one prompt forces points_per_batch=1: only memory may change, not the masks.
-    from samseg.amg_budget import bytes_per_prompt
+def test_memory_cap_on_mask_chunks_changes_no_mask(model, small, small_encoded, small_masks, monkeypatch) -> None:
+    # A byte budget of one mask forces chunks of one mask: only memory may change, not the masks.
+    from samseg.amg_budget import bytes_per_mask, masks_per_chunk
 
-    monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_prompt(small.shape[:2])))
+    monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_mask(small.shape[:2])))
+    assert masks_per_chunk(small.shape[:2]) == 1
     capped = generate_masks(model, small, small_encoded, OPEN)
     assert len(small_masks) > 0 and capped.rles == small_masks.rles
-    # batch size changes float summation order in the decoder: scores agree to fp32 rounding
-    np.testing.assert_allclose(capped.predicted_iou, small_masks.predicted_iou, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(capped.predicted_iou, small_masks.predicted_iou)
+    np.testing.assert_array_equal(capped.stability_score, small_masks.stability_score)
 
 
 def test_fast_decoder_is_on_by_default_and_can_be_turned_off() -> None:

@@ -1,11 +1,11 @@
-"""samseg.precision (opt-in bf16), samseg.amg_budget (points_per_batch from image size), samseg.amg_post (fast RLE, MaskData.cat without deepcopy)."""
+"""samseg.precision (opt-in bf16), samseg.amg_budget (masks per post-processing chunk from image size), samseg.amg_post (fast RLE, MaskData.cat without deepcopy)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from samseg.amg_budget import bytes_per_prompt, points_per_batch_for
+from samseg.amg_budget import bytes_per_mask, masks_per_chunk
 from samseg.precision import PrecisionError, get_precision, set_precision
 
 
@@ -42,24 +42,24 @@ def test_unknown_precision_is_rejected():
         set_precision(_tiny_module_pair(), "fp16")
 
 
-def test_points_per_batch_shrinks_with_the_image_and_respects_the_budget():
-    budget = 1536 * 1024**2
-    twelve_mp = points_per_batch_for((3000, 4000), 64, budget)
-    assert 1 <= twelve_mp < 8
-    assert twelve_mp * bytes_per_prompt((3000, 4000)) <= budget
-    assert points_per_batch_for((770, 769), 64, budget) > twelve_mp
-    assert points_per_batch_for((100, 100), 64, 4 * budget) == 64  # never above the request
-    assert points_per_batch_for((20000, 20000), 64, budget) == 1  # never below 1
+def test_masks_per_chunk_shrinks_with_the_image_and_respects_the_budget():
+    budget = 64 * 1024**2
+    twelve_mp = masks_per_chunk((3000, 4000), budget)
+    assert twelve_mp == 1  # one 12-MP mask is ~124 MB of temporaries: never below 1
+    small = masks_per_chunk((770, 769), budget)
+    assert small > twelve_mp and small * bytes_per_mask((770, 769)) <= budget < (small + 1) * bytes_per_mask((770, 769))
+    assert masks_per_chunk((100, 100), 64 * budget) > masks_per_chunk((100, 100), budget)
 
 
 def test_budget_from_environment(monkeypatch):
-    monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_prompt((1000, 1000)) * 5))
-    assert points_per_batch_for((1000, 1000), 64) == 5
+    monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_mask((1000, 1000)) * 5))
+    assert masks_per_chunk((1000, 1000)) == 5
     monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", "lots")
     with pytest.raises(ValueError, match="SAMSEG_AMG_BATCH_BYTES"):
-        points_per_batch_for((1000, 1000), 64)
-    with pytest.raises(ValueError, match="points_per_batch"):
-        points_per_batch_for((10, 10), 0, 10**9)
+        masks_per_chunk((1000, 1000))
+    monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", "0")
+    with pytest.raises(ValueError, match="> 0"):
+        masks_per_chunk((1000, 1000))
 
 
 @pytest.mark.parametrize("shape", [(0, 5, 7), (4, 6, 5), (6, 37, 23)])
