@@ -151,13 +151,7 @@ def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any
         return out
 
     enc = stage("encode", cache.load_encoded, lambda: encode_image(model, image.rgb), cache.save_encoded)
-    def amg() -> Any:
-        from samseg.amg_post import fast_amg_postprocessing
-
-        with fast_amg_postprocessing():  # identical RLEs, O(changes) instead of O(masks × changes)
-            return generate_masks(model, image.rgb, enc, cfg.amg)
-
-    masks = stage("amg", cache.load_masks, amg, cache.save_masks)
+    masks = stage("amg", cache.load_masks, lambda: generate_masks(model, image.rgb, enc, cfg.amg), cache.save_masks)
     emb = stage("pool", cache.load_embeddings, lambda: pool_embeddings(masks, enc, cfg.pool), cache.save_embeddings)
     t0 = time.perf_counter()
     clusters, _label_map = recluster(masks, emb, cfg.cluster)
@@ -182,13 +176,6 @@ def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str
     return model
 
 
-def bounded_cfg(cfg: Any, image_hw: tuple[int, int]) -> Any:
-    """cfg with points_per_batch bounded by samseg.amg_budget (masks unchanged)."""
-    from samseg.amg_budget import points_per_batch_for
-
-    return cfg.replace(amg={"points_per_batch": points_per_batch_for(image_hw, cfg.amg.points_per_batch)})
-
-
 def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from samseg.cache import StageCache
     from samseg.config import get_preset
@@ -205,8 +192,8 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"mode": args.mode, "model_type": model_type, "checkpoint": str(ckpt), "config": cfg.flat(),
                            "image": {"name": image.name, "hw": list(image.hw)}, "precision": args.precision, "decoder": args.decoder}
     model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device, args.encoder)
-    run_cfg = bounded_cfg(cfg, image.hw)
-    res["points_per_batch_used"] = run_cfg.amg.points_per_batch
+    run_cfg = cfg
+    res["masks_per_chunk"] = _masks_per_chunk(image.hw)
     with tempfile.TemporaryDirectory(prefix="samseg-bench-cache-") as tmp:
         cache = StageCache(tmp)
         timer = DecoderTimer(model.sam)
@@ -262,7 +249,7 @@ def run_batch(model: Any, images: list[Any], cfg: Any) -> dict[str, Any]:
         cache = StageCache(tmp)
         t0 = time.perf_counter()
         for img in images:
-            r = samseg_cached(model, img, bounded_cfg(cfg, img.hw), cache)
+            r = samseg_cached(model, img, cfg, cache)
             per_image.append({"name": img.name, "hw": list(img.hw), "seconds": r["seconds"]["total"], "n_masks": len(r["masks"])})
         total = time.perf_counter() - t0
     return {"images": per_image, "total_s": total, "images_per_minute": 60 * len(images) / total, "peak_rss_mb": rss.peak / 2**20}
@@ -270,7 +257,7 @@ def run_batch(model: Any, images: list[Any], cfg: Any) -> dict[str, Any]:
 
 def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """samseg cold on a 12-MP photo (an image upscaled to 4000×3000) at points_per_side=32,
-    points_per_batch bounded by samseg.amg_budget; peak RSS of the whole process."""
+    masks upsampled in chunks sized by samseg.amg_budget; peak RSS of the whole process."""
     import io
 
     from PIL import Image
@@ -288,17 +275,23 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     image = decode_image(buf.getvalue(), f"{Path(src).stem if src else 'synthetic'}_4000x3000.jpg")
     cfg = get_preset(args.preset).replace(model_type=model_type, amg={"points_per_side": args.points_per_side or 32})
     model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device, args.encoder)
-    run_cfg = bounded_cfg(cfg, image.hw)
+    run_cfg = cfg
     rss_before = measure.rss_bytes()
     with tempfile.TemporaryDirectory(prefix="samseg-bench-mem-") as tmp, measure.PeakRss() as rss:
         r = samseg_cached(model, image, run_cfg, StageCache(tmp))
-    from samseg.amg_budget import bytes_per_prompt
+    from samseg.amg_budget import bytes_per_mask
 
     return {"mode": "memory", "model_type": model_type, "image": {"name": image.name, "hw": list(image.hw)},
-            "config": cfg.flat(), "points_per_batch_used": run_cfg.amg.points_per_batch,
-            "estimated_batch_mb": run_cfg.amg.points_per_batch * bytes_per_prompt(image.hw) / 2**20,
+            "config": cfg.flat(), "masks_per_chunk": _masks_per_chunk(image.hw),
+            "estimated_chunk_mb": _masks_per_chunk(image.hw) * bytes_per_mask(image.hw) / 2**20,
             "rss_before_mb": rss_before / 2**20, "peak_rss_mb": rss.peak / 2**20,
             "ru_maxrss_mb": measure.ru_maxrss_bytes() / 2**20, "seconds": r["seconds"], "n_masks": len(r["masks"])}
+
+
+def _masks_per_chunk(image_hw: tuple[int, int]) -> int:
+    from samseg.amg_budget import masks_per_chunk
+
+    return masks_per_chunk(image_hw)
 
 
 def _fmt(v: Any) -> str:
@@ -311,7 +304,7 @@ def markdown(res: dict[str, Any]) -> str:
              f"precision `{res.get('precision', 'fp32')}`, machine: {res['machine']['cpu']} ×{res['machine']['cores']}, "
              f"load avg at start {res['machine']['load_average_start'][0]:.2f}", ""]
     if res["mode"] == "memory":
-        lines += [f"- points_per_batch used: {res['points_per_batch_used']}, peak RSS {res['peak_rss_mb']:.0f} MB "
+        lines += [f"- masks per chunk: {res['masks_per_chunk']}, peak RSS {res['peak_rss_mb']:.0f} MB "
                   f"(before the run {res['rss_before_mb']:.0f} MB), {res['seconds']['total']:.1f} s, {res['n_masks']} masks"]
         return "\n".join(lines)
     stages = ["encode", "amg", "pool", "cluster", "cluster+compose", "total"]
@@ -356,6 +349,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for both paths (micro-benchmarks stay on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--mlflow", nargs="?", const="samseg-benchmarks", default=None, metavar="EXPERIMENT",
+                   help="also log the result as an MLflow run (MLFLOW_TRACKING_URI; default experiment samseg-benchmarks)")
     args = p.parse_args(argv)
     if args.images is None:
         names = ("letters.jpg", "bears.jpg", "plaza.jpg", "horses.jpg")
@@ -390,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(_brief(res), indent=2))
     print(markdown(res))
     print(f"\nresults: {path}")
+    if args.mlflow:
+        from benchmarks.track import log_benchmark
+
+        print(f"mlflow run: {log_benchmark(_brief(res), path, args.mlflow)} (experiment {args.mlflow})")  # the JSON's numbers
     return 0
 
 

@@ -4,6 +4,7 @@ real model's; this checks the harness measures, compares and reports every path)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,13 @@ SHARED = REPO.parent / "shared" / "images"
 
 def test_quick_benchmark_runs_all_paths_and_writes_json(tmp_path):
     images = [str(SHARED / n) for n in ("letters.jpg", "bears.jpg") if (SHARED / n).is_file()]
-    cmd = [sys.executable, "-m", "benchmarks.run", "--mode", "quick", "--points-per-side", "4", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "benchmarks.run", "--mode", "quick", "--points-per-side", "4", "--out", str(tmp_path),
+           "--mlflow", "bench-smoke"]
     if images:
         cmd += ["--images", *images]  # else the harness synthesises two images
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| A_original |" in proc.stdout and "| B_cold |" in proc.stdout
 
@@ -44,3 +48,15 @@ def test_quick_benchmark_runs_all_paths_and_writes_json(tmp_path):
     d = res["D_batch"]
     assert len(d["images"]) == 2 and d["images_per_minute"] > 0
     assert res["machine"]["cores"] >= 1 and "load_average_end" in res["machine"]
+
+    # --mlflow: one FINISHED run holding the numbers, the config and the JSON itself
+    from mlflow import MlflowClient
+
+    run_id = proc.stdout.split("mlflow run: ")[1].split()[0]
+    run = MlflowClient(tracking_uri=store).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["samseg.kind"] == "benchmark"
+    assert run.data.params["amg.points_per_side"] == "4" and run.data.params["mode"] == "quick"
+    assert run.data.metrics["ratios.A_over_B"] == res["ratios"]["A_over_B"]
+    assert run.data.metrics["B_cold.seconds.total"] == res["B_cold"]["seconds"]["total"]
+    assert run.data.metrics["B_cold.seconds.cluster_compose"] == res["B_cold"]["seconds"]["cluster+compose"]
+    assert [a.path for a in MlflowClient(tracking_uri=store).list_artifacts(run_id)] == [result_file.name]
