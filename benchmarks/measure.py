@@ -123,3 +123,57 @@ def time_call(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+class DecoderTimer:
+    """Forward pre/post hooks on sam.mask_decoder: total seconds and prompts decoded."""
+
+    def __init__(self, sam: Any) -> None:
+        self.seconds, self.prompts, self._t0 = 0.0, 0, 0.0
+        self._handles = [sam.mask_decoder.register_forward_pre_hook(self._pre, with_kwargs=True),
+                         sam.mask_decoder.register_forward_hook(self._post)]
+
+    def _pre(self, _m: Any, args: Any, kwargs: Any) -> None:
+        self._t0 = time.perf_counter()
+        sparse = kwargs.get("sparse_prompt_embeddings", args[2] if len(args) > 2 else None)
+        self.prompts += int(sparse.shape[0]) if sparse is not None else 0
+
+    def _post(self, *_a: Any) -> None:
+        self.seconds += time.perf_counter() - self._t0
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+class EncoderTimer:
+    """Forward hooks on sam.image_encoder: the seconds of every pass, in order."""
+
+    def __init__(self, sam: Any) -> None:
+        self.passes: list[float] = []
+        self._t0 = 0.0
+        self._handles = [sam.image_encoder.register_forward_pre_hook(self._pre),
+                         sam.image_encoder.register_forward_hook(self._post)]
+
+    def _pre(self, *_a: Any) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_a: Any) -> None:
+        self.passes.append(time.perf_counter() - self._t0)
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def amg_breakdown(amg_s: float, decoder: DecoderTimer, encoder: EncoderTimer) -> dict[str, Any]:
+    """Split the AMG stage's seconds: decoder, the encoder passes the AMG runs itself (crop
+    layers; for A also its second full-image pass), and the rest ("post": upsampling,
+    filters, boxes, RLE, NMS, small-region removal). Both paths encode the full image once
+    before the AMG (A: set_image, B: encode_image), so the AMG's passes are all but the first."""
+    amg_encoder = sum(encoder.passes[1:])
+    return {"decoder_s": decoder.seconds, "prompts": decoder.prompts,
+            "decoder_ms_per_prompt": 1e3 * decoder.seconds / max(1, decoder.prompts),
+            "encoder_passes": len(encoder.passes), "amg_encoder_s": amg_encoder,
+            "amg_post_s": amg_s - decoder.seconds - amg_encoder,
+            "amg_other_s": amg_s - decoder.seconds}

@@ -107,27 +107,6 @@ def load_images(mode: str, paths: list[str]) -> list[Any]:
     return imgs
 
 
-class DecoderTimer:
-    """Forward pre/post hooks on sam.mask_decoder: total seconds and prompts decoded."""
-
-    def __init__(self, sam: Any) -> None:
-        self.seconds, self.prompts, self._t0 = 0.0, 0, 0.0
-        self._handles = [sam.mask_decoder.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         sam.mask_decoder.register_forward_hook(self._post)]
-
-    def _pre(self, _m: Any, args: Any, kwargs: Any) -> None:
-        self._t0 = time.perf_counter()
-        sparse = kwargs.get("sparse_prompt_embeddings", args[2] if len(args) > 2 else None)
-        self.prompts += int(sparse.shape[0]) if sparse is not None else 0
-
-    def _post(self, *_a: Any) -> None:
-        self.seconds += time.perf_counter() - self._t0
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
 def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any]:
     """encode → amg → pool through StageCache (load, else compute + save), then cluster +
     compose. Returns seconds per stage, cache hits, masks, embeddings, labels."""
@@ -196,14 +175,13 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     res["masks_per_chunk"] = _masks_per_chunk(image.hw)
     with tempfile.TemporaryDirectory(prefix="samseg-bench-cache-") as tmp:
         cache = StageCache(tmp)
-        timer = DecoderTimer(model.sam)
+        timer, enc_timer = measure.DecoderTimer(model.sam), measure.EncoderTimer(model.sam)
         with measure.PeakRss() as rss:
             b = samseg_cached(model, image, run_cfg, cache)
         timer.close()
+        enc_timer.close()
         res["B_cold"] = {"seconds": b["seconds"], "peak_rss_mb": rss.peak / 2**20, "n_masks": len(b["masks"]),
-                         "n_clusters": b["n_clusters"], "decoder_s": timer.seconds, "prompts": timer.prompts,
-                         "decoder_ms_per_prompt": 1e3 * timer.seconds / max(1, timer.prompts),
-                         "amg_other_s": b["seconds"]["amg"] - timer.seconds}
+                         "n_clusters": b["n_clusters"], **measure.amg_breakdown(b["seconds"]["amg"], timer, enc_timer)}
         rerun_cfg = run_cfg.replace(cluster={"eps": run_cfg.cluster.eps * 1.5})
         with measure.PeakRss() as rss:
             c = samseg_cached(model, image, rerun_cfg, cache)
@@ -228,15 +206,15 @@ def _guarded(fn: Any, *args: Any) -> Any:
 
 def run_a(model_type: str, ckpt: Path, image: Any, cfg: Any, b_masks: Any, device: str = "cpu") -> dict[str, Any]:
     sam = original_sam(model_type, ckpt, device)
-    timer = DecoderTimer(sam)
+    timer, enc_timer = measure.DecoderTimer(sam), measure.EncoderTimer(sam)
     with measure.PeakRss() as rss:
         a = run_original(sam, image.rgb, cfg.amg, cfg.cluster)
     timer.close()
+    enc_timer.close()
     labels = a["labels"]
     return {"seconds": a["seconds"], "peak_rss_mb": rss.peak / 2**20, "n_masks": len(a["masks"]),
             "n_clusters": int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0,
-            "decoder_s": timer.seconds, "prompts": timer.prompts,
-            "decoder_ms_per_prompt": 1e3 * timer.seconds / max(1, timer.prompts),
+            **measure.amg_breakdown(a["seconds"]["amg"], timer, enc_timer),
             "agreement_B_vs_A": measure.mask_agreement(a["masks"], b_masks)}
 
 
@@ -320,8 +298,10 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"- {key}: `{json.dumps(_brief(res[key]))}`")
     if "A_original" in res:
         lines.append(f"- agreement B vs A: `{json.dumps(_brief(res['A_original']['agreement_B_vs_A']))}`")
-        lines.append(f"- decoder ms/prompt inside AMG: A {res['A_original']['decoder_ms_per_prompt']:.1f}, "
-                     f"B {res['B_cold']['decoder_ms_per_prompt']:.1f}; B AMG time outside the decoder {res['B_cold']['amg_other_s']:.2f} s")
+        a, b = res["A_original"], res["B_cold"]
+        lines.append(f"- inside the AMG: decoder ms/prompt A {a['decoder_ms_per_prompt']:.1f}, B {b['decoder_ms_per_prompt']:.1f}; "
+                     f"AMG's own encoder passes A {a['amg_encoder_s']:.1f} s, B {b['amg_encoder_s']:.1f} s; "
+                     f"post-processing A {a['amg_post_s']:.1f} s, B {b['amg_post_s']:.1f} s")
     return "\n".join(lines)
 
 

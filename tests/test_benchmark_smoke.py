@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +36,9 @@ def test_quick_benchmark_runs_all_paths_and_writes_json(tmp_path):
     for path in (a, b):
         assert path["seconds"]["total"] > 0 and path["peak_rss_mb"] > 0
         assert path["prompts"] == 16  # 4×4 grid, every prompt decoded once
+        assert path["amg_post_s"] == pytest.approx(path["seconds"]["amg"] - path["decoder_s"] - path["amg_encoder_s"], abs=0.02)  # JSON keeps 4 significant digits
+    # the AMG's own encoder passes: A encodes the full image again, B reuses encode_image's
+    assert a["encoder_passes"] == 2 and b["encoder_passes"] == 1 and b["amg_encoder_s"] == 0
     # A encodes twice (set_image + the generator's own pass); B and C never encode twice.
     assert set(b["seconds"]) >= {"encode", "amg", "pool", "cluster+compose", "total"}
     assert c["cache_hits"] == {"encode": True, "amg": True, "pool": True}
