@@ -10,7 +10,11 @@
 4. `sklearn.cluster.DBSCAN(eps, min_samples, metric="cosine")` on the N×C embeddings.
 
 Nothing here is samseg code: only segment_anything, numpy, OpenCV and scikit-learn, so the
-comparison measures what the notebook did. Timings are wall seconds per step.
+comparison measures what the notebook did. Timings are wall seconds per step. One change:
+with crop layers, segment_anything raises IndexError when no crop yields a mask (its
+empty `crop_boxes` has shape (0,), see samseg.amg.fix_empty_crop_boxes) — which is what
+random weights do under the notebook's filters — so `_Generator` gives that case the
+(0, 4) shape. It touches nothing else and costs nothing.
 """
 
 from __future__ import annotations
@@ -46,12 +50,26 @@ def notebook_pool(mask_hw: np.ndarray, features_chw: np.ndarray, input_hw: tuple
     return np.mean(selected, axis=0).astype(np.float32)
 
 
+def _generator_class() -> Any:
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+
+    class _Generator(SamAutomaticMaskGenerator):
+        def _process_crop(self, *args: Any) -> Any:
+            data = super()._process_crop(*args)
+            if len(data["rles"]) == 0:
+                data["crop_boxes"] = torch.zeros((0, 4), dtype=torch.int64)
+            return data
+
+    return _Generator
+
+
 def run_original(sam: Any, rgb_hw3: np.ndarray, amg: Any, cluster: Any) -> dict[str, Any]:
     """Run path A on one H×W×3 uint8 image. `amg`: samseg AmgConfig, `cluster`: ClusterConfig
     (only their values are used). Returns {"seconds": {step: s}, "masks": AMG records with
     binary "segmentation", "embeddings": N×C, "labels": (N,) DBSCAN labels}."""
     import torch
-    from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+    from segment_anything import SamPredictor
     from sklearn.cluster import DBSCAN
 
     seconds: dict[str, float] = {}
@@ -64,7 +82,7 @@ def run_original(sam: Any, rgb_hw3: np.ndarray, amg: Any, cluster: Any) -> dict[
     t1 = time.perf_counter()
     seconds["encode"] = t1 - t0
 
-    generator = SamAutomaticMaskGenerator(sam, **dataclasses.asdict(amg))
+    generator = _generator_class()(sam, **dataclasses.asdict(amg))
     masks = generator.generate(rgb_hw3)
     t2 = time.perf_counter()
     seconds["amg"] = t2 - t1

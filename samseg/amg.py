@@ -78,7 +78,21 @@ def make_generator(model: "LoadedModel", cfg: AmgConfig, masks_per_chunk: int | 
             chunk = masks_per_chunk or budget_chunk(tuple(im_size))
             return process_batch(self, points, tuple(im_size), crop_box, tuple(orig_size), chunk)
 
+        def _process_crop(self, image, crop_box, crop_layer_idx, orig_size):  # type: ignore[override]
+            return fix_empty_crop_boxes(super()._process_crop(image, crop_box, crop_layer_idx, orig_size))
+
     return _ChunkedGenerator(model.sam, output_mode="coco_rle", **dataclasses.asdict(cfg))
+
+
+def fix_empty_crop_boxes(data: Any) -> Any:
+    """SAM builds a crop's `crop_boxes` as torch.tensor([box] * n_masks): for 0 masks that
+    is shape (0,), not (0, 4), and with crop layers SAM's `_generate_masks` then fails in
+    box_area (IndexError) when NO crop has a mask. Give it the (0, 4) it expects."""
+    import torch
+
+    if len(data["rles"]) == 0:
+        data["crop_boxes"] = torch.zeros((0, 4), dtype=torch.int64)
+    return data
 
 
 def generate_masks(model: "LoadedModel", rgb_hw3: np.ndarray, encoded: EncodedImage, cfg: AmgConfig) -> MaskSet:

@@ -224,3 +224,10 @@ def test_fast_decoder_is_on_by_default_and_can_be_turned_off() -> None:
 
     assert is_accelerated(load_model("tiny-random", device="cpu").sam)
     assert not is_accelerated(load_model("tiny-random", device="cpu", fast_decoder=False).sam)
+
+
+def test_zero_masks_with_crop_layers_gives_empty_mask_set(model, small, small_encoded) -> None:
+    # segment_anything alone raises IndexError here (box_area on a (0,)-shaped crop_boxes)
+    cfg = dataclasses.replace(OPEN, points_per_side=2, pred_iou_thresh=1e6, crop_n_layers=1)
+    masks = generate_masks(model, small, small_encoded, cfg)
+    assert len(masks) == 0 and masks.image_hw == (96, 160)
