@@ -125,38 +125,24 @@ def time_call(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-class DecoderTimer:
-    """Forward pre/post hooks on sam.mask_decoder: total seconds and prompts decoded."""
+class ModuleTimer:
+    """Forward pre/post hooks on one module: the seconds of every forward pass, in order
+    (`passes`), their sum (`seconds`) and, for a mask decoder, the prompts it decoded."""
 
-    def __init__(self, sam: Any) -> None:
-        self.seconds, self.prompts, self._t0 = 0.0, 0, 0.0
-        self._handles = [sam.mask_decoder.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         sam.mask_decoder.register_forward_hook(self._post)]
+    def __init__(self, module: Any) -> None:
+        self.passes: list[float] = []
+        self.prompts, self._t0 = 0, 0.0
+        self._handles = [module.register_forward_pre_hook(self._pre, with_kwargs=True),
+                         module.register_forward_hook(self._post)]
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.passes)
 
     def _pre(self, _m: Any, args: Any, kwargs: Any) -> None:
         self._t0 = time.perf_counter()
         sparse = kwargs.get("sparse_prompt_embeddings", args[2] if len(args) > 2 else None)
         self.prompts += int(sparse.shape[0]) if sparse is not None else 0
-
-    def _post(self, *_a: Any) -> None:
-        self.seconds += time.perf_counter() - self._t0
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-class EncoderTimer:
-    """Forward hooks on sam.image_encoder: the seconds of every pass, in order."""
-
-    def __init__(self, sam: Any) -> None:
-        self.passes: list[float] = []
-        self._t0 = 0.0
-        self._handles = [sam.image_encoder.register_forward_pre_hook(self._pre),
-                         sam.image_encoder.register_forward_hook(self._post)]
-
-    def _pre(self, *_a: Any) -> None:
-        self._t0 = time.perf_counter()
 
     def _post(self, *_a: Any) -> None:
         self.passes.append(time.perf_counter() - self._t0)
@@ -166,7 +152,7 @@ class EncoderTimer:
             h.remove()
 
 
-def amg_breakdown(amg_s: float, decoder: DecoderTimer, encoder: EncoderTimer) -> dict[str, Any]:
+def amg_breakdown(amg_s: float, decoder: ModuleTimer, encoder: ModuleTimer) -> dict[str, Any]:
     """Split the AMG stage's seconds: decoder, the encoder passes the AMG runs itself (crop
     layers; for A also its second full-image pass), and the rest ("post": upsampling,
     filters, boxes, RLE, NMS, small-region removal). Both paths encode the full image once

@@ -175,7 +175,7 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     res["masks_per_chunk"] = _masks_per_chunk(image.hw)
     with tempfile.TemporaryDirectory(prefix="samseg-bench-cache-") as tmp:
         cache = StageCache(tmp)
-        timer, enc_timer = measure.DecoderTimer(model.sam), measure.EncoderTimer(model.sam)
+        timer, enc_timer = measure.ModuleTimer(model.sam.mask_decoder), measure.ModuleTimer(model.sam.image_encoder)
         with measure.PeakRss() as rss:
             b = samseg_cached(model, image, run_cfg, cache)
         timer.close()
@@ -206,7 +206,7 @@ def _guarded(fn: Any, *args: Any) -> Any:
 
 def run_a(model_type: str, ckpt: Path, image: Any, cfg: Any, b_masks: Any, device: str = "cpu") -> dict[str, Any]:
     sam = original_sam(model_type, ckpt, device)
-    timer, enc_timer = measure.DecoderTimer(sam), measure.EncoderTimer(sam)
+    timer, enc_timer = measure.ModuleTimer(sam.mask_decoder), measure.ModuleTimer(sam.image_encoder)
     with measure.PeakRss() as rss:
         a = run_original(sam, image.rgb, cfg.amg, cfg.cluster)
     timer.close()

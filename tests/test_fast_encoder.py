@@ -72,8 +72,12 @@ def test_accelerate_encoder_whole_tiny_random_encoder_and_restore():
     keys = list(sam.state_dict())
     assert accelerate_encoder(accelerate_encoder(sam)) is sam  # idempotent
     assert is_encoder_accelerated(sam)
+    mlps = [b.mlp for b in sam.image_encoder.blocks]
+    assert all("forward" in m.__dict__ for m in mlps)  # the in-place GELU MLP is installed too
     _assert_close(ref, sam.image_encoder(x))
     assert list(sam.state_dict()) == keys
     restore_encoder(sam)
-    assert not is_encoder_accelerated(sam)
+    assert not is_encoder_accelerated(sam) and not any("forward" in m.__dict__ for m in mlps)
     assert torch.equal(ref, sam.image_encoder(x))
+    # the decoder's MLPs (ReLU) are never touched
+    assert not any("forward" in m.__dict__ for m in sam.mask_decoder.modules())
