@@ -94,3 +94,49 @@ def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repe
         row["max_abs_diff"] = float((row.pop("sam_output") - row.pop("fast_output")).abs().max())
         out[p] = row
     return out
+
+
+def smooth_low_res_logits(n: int, per_prompt: int = 3, side: int = 256, seed: int = 0) -> Any:
+    """n×per_prompt×side×side float logits of random discs (radius 8-100 low-res px),
+    ±10 far from the edge: smooth masks, like a trained model's, which every filter keeps."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(n, per_prompt, 2, 1, 1, generator=g) * side
+    radius = 8 + torch.rand(n, per_prompt, 1, 1, generator=g) * 92
+    yy, xx = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij")
+    dist = ((yy - centre[:, :, 0]) ** 2 + (xx - centre[:, :, 1]) ** 2).sqrt()
+    return ((radius - dist) / 2).clamp(-10, 10)
+
+
+def post_memory_probe(model: Any, rgb_hw3: Any, n_prompts: int = 64) -> dict[str, Any]:
+    """Peak RSS of samseg's chunked AMG post-processing for ONE batch of `n_prompts` prompts
+    (3 masks each, all kept: filters open, smooth synthetic low-res logits instead of a
+    random decoder's salt-and-pepper) at the image's full size. A random model's masks
+    pass no filter at default settings and cannot stand in here: their RLEs alone hold
+    millions of runs each at 12 MP."""
+    import numpy as np
+    import torch
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from samseg.amg import make_generator
+    from samseg.amg_batch import postprocess_batch
+    from samseg.amg_budget import masks_per_chunk
+    from samseg.config import AmgConfig
+
+    h, w = rgb_hw3.shape[:2]
+    gen = make_generator(model, AmgConfig(pred_iou_thresh=0.0, stability_score_thresh=0.0))
+    gen.predictor.input_size = ResizeLongestSide(1024).get_preprocess_shape(h, w, 1024)
+    gen.predictor.original_size = (h, w)
+    low = smooth_low_res_logits(n_prompts)
+    iou = torch.ones(n_prompts, 3)
+    points = np.full((n_prompts, 2), 0.5) * [w, h]
+    before = measure.rss_bytes()
+    with torch.inference_mode(), measure.PeakRss() as rss:
+        t0 = time.perf_counter()
+        data = postprocess_batch(gen, low, iou, points, [0, 0, w, h], (h, w), masks_per_chunk((h, w)))
+        secs = time.perf_counter() - t0
+    return {"prompts": n_prompts, "masks_kept": len(data["rles"]), "masks_per_chunk": masks_per_chunk((h, w)),
+            "seconds": secs, "ms_per_mask": 1e3 * secs / max(1, 3 * n_prompts),
+            "rss_before_mb": before / 2**20, "peak_rss_mb": rss.peak / 2**20,
+            "sam_logits_alone_mb": 3 * n_prompts * h * w * 4 / 2**20}

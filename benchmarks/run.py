@@ -155,17 +155,24 @@ def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str
     return model
 
 
+def bench_cfg(args: argparse.Namespace, cfg: Any) -> Any:
+    """The preset with --open-filters, --keep-all-masks and --points-per-side applied."""
+    if args.open_filters:
+        cfg = cfg.replace(amg={"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    if args.keep_all_masks:
+        cfg = cfg.replace(amg={"box_nms_thresh": 1.0, "crop_nms_thresh": 1.0})
+    if args.points_per_side:
+        cfg = cfg.replace(amg={"points_per_side": args.points_per_side})
+    return cfg
+
+
 def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from samseg.cache import StageCache
     from samseg.config import get_preset
 
     model_type = MODEL_TYPE[args.mode]
     ckpt = checkpoint_file(model_type, out)
-    cfg = get_preset(args.preset).replace(model_type=model_type)
-    if args.open_filters:
-        cfg = cfg.replace(amg={"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
-    if args.points_per_side:
-        cfg = cfg.replace(amg={"points_per_side": args.points_per_side})
+    cfg = bench_cfg(args, get_preset(args.preset).replace(model_type=model_type))
     images = load_images(args.mode, args.images)
     image = images[0]
     res: dict[str, Any] = {"mode": args.mode, "model_type": model_type, "checkpoint": str(ckpt), "config": cfg.flat(),
@@ -251,7 +258,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     buf = io.BytesIO()
     pil.resize((4000, 3000), Image.BILINEAR).save(buf, format="JPEG", quality=90)
     image = decode_image(buf.getvalue(), f"{Path(src).stem if src else 'synthetic'}_4000x3000.jpg")
-    cfg = get_preset(args.preset).replace(model_type=model_type, amg={"points_per_side": args.points_per_side or 32})
+    cfg = bench_cfg(args, get_preset(args.preset).replace(model_type=model_type, amg={"points_per_side": 32}))
     model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device, args.encoder)
     run_cfg = cfg
     rss_before = measure.rss_bytes()
@@ -259,7 +266,10 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         r = samseg_cached(model, image, run_cfg, StageCache(tmp))
     from samseg.amg_budget import bytes_per_mask
 
-    return {"mode": "memory", "model_type": model_type, "image": {"name": image.name, "hw": list(image.hw)},
+    from benchmarks.micro import post_memory_probe
+
+    probe = _guarded(post_memory_probe, model, image.rgb)
+    return {"mode": "memory", "post_probe": probe, "model_type": model_type, "image": {"name": image.name, "hw": list(image.hw)},
             "config": cfg.flat(), "masks_per_chunk": _masks_per_chunk(image.hw),
             "estimated_chunk_mb": _masks_per_chunk(image.hw) * bytes_per_mask(image.hw) / 2**20,
             "rss_before_mb": rss_before / 2**20, "peak_rss_mb": rss.peak / 2**20,
@@ -283,7 +293,8 @@ def markdown(res: dict[str, Any]) -> str:
              f"load avg at start {res['machine']['load_average_start'][0]:.2f}", ""]
     if res["mode"] == "memory":
         lines += [f"- masks per chunk: {res['masks_per_chunk']}, peak RSS {res['peak_rss_mb']:.0f} MB "
-                  f"(before the run {res['rss_before_mb']:.0f} MB), {res['seconds']['total']:.1f} s, {res['n_masks']} masks"]
+                  f"(before the run {res['rss_before_mb']:.0f} MB), {res['seconds']['total']:.1f} s, {res['n_masks']} masks",
+                  f"- post-processing probe (one batch, smooth synthetic masks, all kept): `{json.dumps(_brief(res['post_probe']))}`"]
         return "\n".join(lines)
     stages = ["encode", "amg", "pool", "cluster", "cluster+compose", "total"]
     lines += ["| path | " + " | ".join(stages) + " | peak RSS MB | masks |", "|---" * (len(stages) + 3) + "|"]
@@ -319,6 +330,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", nargs="+", default=None, help="first = A/B/C image; all = D batch (default: ../shared/images)")
     p.add_argument("--preset", default=None, help="samseg preset (default: smoke in quick mode, default otherwise)")
     p.add_argument("--open-filters", action="store_true", help="pred_iou_thresh=stability_score_thresh=0 (random weights pass no filter)")
+    p.add_argument("--keep-all-masks", action="store_true",
+                   help="box_nms_thresh=crop_nms_thresh=1.0: no NMS, so every mask is kept and compared (random weights collapse under NMS)")
     p.add_argument("--points-per-side", type=int, default=None)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="samseg path only (A is always fp32)")
     p.add_argument("--decoder", choices=("fast", "sam"), default="fast", help="samseg's mask decoder")

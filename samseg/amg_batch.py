@@ -75,11 +75,18 @@ def process_batch(generator: Any, points_xy: np.ndarray, im_size: tuple[int, int
     """Drop-in for `SamAutomaticMaskGenerator._process_batch` (same arguments, same MaskData:
     iou_preds, points, stability_score, boxes, rles), upsampling `masks_per_chunk` masks at
     a time. points_xy: N×2 in crop pixels; crop_box xyxy in the original image."""
+    low_res, iou_preds = decode_batch(generator.predictor, points_xy, im_size)
+    return postprocess_batch(generator, low_res, iou_preds, points_xy, crop_box, orig_size, masks_per_chunk)
+
+
+def postprocess_batch(generator: Any, low_res: Any, iou_preds: Any, points_xy: np.ndarray, crop_box: list[int],
+                      orig_size: tuple[int, int], masks_per_chunk: int) -> Any:
+    """Everything of `process_batch` after the decoder: low_res N×M×h×w logits and
+    iou_preds N×M for the N prompts `points_xy` → MaskData (the generator's predictor
+    gives the input and crop sizes)."""
     import torch
     from segment_anything.utils.amg import MaskData
 
-    predictor = generator.predictor
-    low_res, iou_preds = decode_batch(predictor, points_xy, im_size)
     per_prompt = low_res.shape[1]
     low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
     points = torch.as_tensor(points_xy.repeat(per_prompt, axis=0))
