@@ -90,7 +90,7 @@ def postprocess_batch(generator: Any, low_res: Any, iou_preds: Any, points_xy: n
     per_prompt = low_res.shape[1]
     low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
     points = torch.as_tensor(points_xy.repeat(per_prompt, axis=0))
-    index = torch.arange(len(iou_preds))
+    index = torch.arange(len(iou_preds), device=iou_preds.device)  # same device as the masks it selects
     if generator.pred_iou_thresh > 0.0:
         index = index[iou_preds > generator.pred_iou_thresh]
     parts = [_process_chunk(generator, low_res, index[i : i + masks_per_chunk], crop_box, orig_size)
@@ -107,8 +107,8 @@ def postprocess_batch(generator: Any, low_res: Any, iou_preds: Any, points_xy: n
         from segment_anything.utils.amg import batched_mask_to_box
 
         kept, stability = index[:0], iou_preds[:0]
-        boxes = batched_mask_to_box(torch.zeros((0, *orig_size), dtype=torch.bool))
-    return MaskData(iou_preds=iou_preds[kept], points=points[kept], stability_score=stability, boxes=boxes,
+        boxes = batched_mask_to_box(torch.zeros((0, *orig_size), dtype=torch.bool, device=low_res.device))
+    return MaskData(iou_preds=iou_preds[kept], points=points[kept.cpu()], stability_score=stability, boxes=boxes,
                     rles=[r for p in thresholded for r in p["rles"]])
 
 
