@@ -18,36 +18,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from samseg.config import SMOKE
-from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, embeddings, rect_masks, sqlite_store
+from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, sqlite_store, write_image_outputs
 
 EXPERIMENT = "ui-test"
 
 
 def _log_synthetic_run(tmp: Path, name: str, image_path: Path) -> str:
-    from samseg.export import write_outputs
-    from samseg.images import load_image
-    from samseg.pipeline import recluster
     from samseg.tracking import log_image_run
-    from samseg.types import MaskSet
 
-    image = load_image(image_path)
-    masks = MaskSet.from_binary(rect_masks())
-    emb = embeddings()
-    clusters, label_map = recluster(masks, emb, SMOKE.cluster)
-    summary = {
-        "samseg_version": "test",
-        "image": {"file_name": image.name, "uri": image.uri, "sha256": image.sha256, "hw": list(image.hw)},
-        "model": {"type": "tiny-random", "checkpoint_sha256": "c" * 64, "checkpoint_path": None, "device": "cpu"},
-        "config": SMOKE.flat(),
-        "embedding_dim": 8,
-        "n_masks": len(masks),
-        "n_clusters": clusters.n_clusters,
-        "n_noise": clusters.n_noise,
-        "cluster_sizes": clusters.sizes(),
-        "seconds": {"cluster": 0.001},
-    }
     out = tmp / "out" / name
-    write_outputs(out, image, masks, emb, clusters, label_map, summary)
+    summary = write_image_outputs(out, image_path)
     return log_image_run(out, summary, experiment=EXPERIMENT, run_name=name)
 
 

@@ -19,36 +19,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from samseg.config import SMOKE
-from ui_synthetic import embeddings, rect_masks, sqlite_store
+from ui_synthetic import sqlite_store, write_image_outputs
 
 EXPERIMENT = "ui-dataset-test"
 
 
 def _image_dir(out: Path, image_path: Path, seed: int) -> Path:
     """One image's outputs (samseg.export layout) with per-image clustering, as a batch writes them."""
-    from samseg.export import write_outputs
-    from samseg.images import load_image
-    from samseg.pipeline import recluster
-    from samseg.types import MaskSet
-
-    image = load_image(image_path)
-    masks = MaskSet.from_binary(rect_masks())
-    emb = embeddings(seed)
-    clusters, label_map = recluster(masks, emb, SMOKE.cluster)
-    summary = {
-        "samseg_version": "test",
-        "image": {"file_name": image.name, "uri": image.uri, "sha256": image.sha256, "hw": list(image.hw)},
-        "model": {"type": "tiny-random", "checkpoint_sha256": "c" * 64, "checkpoint_path": None, "device": "cpu"},
-        "config": SMOKE.flat(),
-        "embedding_dim": 8,
-        "n_masks": len(masks),
-        "n_clusters": clusters.n_clusters,
-        "n_noise": clusters.n_noise,
-        "cluster_sizes": clusters.sizes(),
-        "seconds": {"cluster": 0.001},
-    }
     d = out / image_path.stem
-    write_outputs(d, image, masks, emb, clusters, label_map, summary)
+    write_image_outputs(d, image_path, seed)
     return d
 
 

@@ -51,3 +51,32 @@ def sqlite_store(tmp, experiment: str, monkeypatch) -> list:
         Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(p)
         paths.append(p)
     return paths
+
+
+def write_image_outputs(out_dir, image_path, seed: int = 0) -> dict:
+    """One synthetic image's outputs (samseg.export layout: rect_masks, embeddings(seed),
+    per-image SMOKE clustering) written to `out_dir`; returns its summary.json dict."""
+    from samseg.config import SMOKE
+    from samseg.export import write_outputs
+    from samseg.images import load_image
+    from samseg.pipeline import recluster
+    from samseg.types import MaskSet
+
+    image = load_image(image_path)
+    masks = MaskSet.from_binary(rect_masks())
+    emb = embeddings(seed)
+    clusters, label_map = recluster(masks, emb, SMOKE.cluster)
+    summary = {
+        "samseg_version": "test",
+        "image": {"file_name": image.name, "uri": image.uri, "sha256": image.sha256, "hw": list(image.hw)},
+        "model": {"type": "tiny-random", "checkpoint_sha256": "c" * 64, "checkpoint_path": None, "device": "cpu"},
+        "config": SMOKE.flat(),
+        "embedding_dim": int(emb.shape[1]),
+        "n_masks": len(masks),
+        "n_clusters": clusters.n_clusters,
+        "n_noise": clusters.n_noise,
+        "cluster_sizes": clusters.sizes(),
+        "seconds": {"cluster": 0.001},
+    }
+    write_outputs(out_dir, image, masks, emb, clusters, label_map, summary)
+    return summary

@@ -168,35 +168,42 @@ class RunStore:
             return None
         return prun if self.is_dataset_run(prun) else None
 
-    def row(self, run: Any, datasets: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One line of the runs table (also the header of the run page). `datasets`: the
-        dataset runs already at hand by id (None → look the batch parent up)."""
-        if self.is_dataset_run(run):
-            return self.dataset_row(run)
+    def _row_base(self, run: Any) -> dict[str, Any]:
+        """The runs-table keys image and dataset runs share."""
         p, m, t = run.data.params, run.data.metrics, run.data.tags
-        rid = run.info.run_id
-        uri = t.get("samseg.image_uri", "")
-        ds = self.dataset_of(run, datasets)
         return {
-            "is_dataset": False,
-            "dataset_run_id": ds.info.run_id if ds is not None else None,
-            "dataset_mode": ds.data.tags.get("samseg.classes") if ds is not None else None,
-            "run_id": rid,
+            "run_id": run.info.run_id,
             "run_name": run.info.run_name,
-            "kind": "exemplar" if t.get("samseg.exemplar") == "true" else t.get("samseg.kind", "image"),
-            "image": uri.rsplit("/", 1)[-1] if uri else None,
-            "image_uri": uri or None,
             "model": p.get("model_type"),
             "algorithm": p.get("cluster.algorithm"),
             "eps": p.get("cluster.eps"),
             "min_samples": p.get("cluster.min_samples"),
             "n_masks": _int(m.get("n_masks")),
-            "n_clusters": _int(m.get("n_clusters")),
             "n_noise": _int(m.get("n_noise")),
             "time": _iso(run.info.start_time),
-            "parent_run_id": t.get("samseg.parent_run_id"),
             "mlflow_url": self.mlflow_url(run),
             "prefect_url": self.prefect_url(t.get("samseg.prefect_flow_run_id")),
+        }
+
+    def row(self, run: Any, datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One line of the runs table (also the header of the run page). `datasets`: the
+        dataset runs already at hand by id (None → look the batch parent up)."""
+        if self.is_dataset_run(run):
+            return self.dataset_row(run)
+        m, t = run.data.metrics, run.data.tags
+        rid = run.info.run_id
+        uri = t.get("samseg.image_uri", "")
+        ds = self.dataset_of(run, datasets)
+        return {
+            **self._row_base(run),
+            "is_dataset": False,
+            "dataset_run_id": ds.info.run_id if ds is not None else None,
+            "dataset_mode": ds.data.tags.get("samseg.classes") if ds is not None else None,
+            "kind": "exemplar" if t.get("samseg.exemplar") == "true" else t.get("samseg.kind", "image"),
+            "image": uri.rsplit("/", 1)[-1] if uri else None,
+            "image_uri": uri or None,
+            "n_clusters": _int(m.get("n_clusters")),
+            "parent_run_id": t.get("samseg.parent_run_id"),
             "thumb_url": f"/runs/{rid}/files/thumb.png",
             "overlay_url": f"/runs/{rid}/files/overlay.png",
         }
@@ -206,28 +213,18 @@ class RunStore:
         p, m, t = run.data.params, run.data.metrics, run.data.tags
         rid = run.info.run_id
         return {
+            **self._row_base(run),
             "is_dataset": True,
-            "run_id": rid,
-            "run_name": run.info.run_name,
             "kind": t.get("samseg.classes"),
             "classes_from": t.get("samseg.classes_from"),
             "image": None,
             "source": t.get("samseg.source"),
-            "model": p.get("model_type"),
-            "algorithm": p.get("cluster.algorithm"),
-            "eps": p.get("cluster.eps"),
-            "min_samples": p.get("cluster.min_samples"),
             "n_images": _int(p.get("n_images")),
-            "n_masks": _int(m.get("n_masks")),
             "n_classes": _int(m.get("n_classes")),
             "n_clusters": _int(m.get("n_classes")),
-            "n_noise": _int(m.get("n_noise")),
             "mean_class_coverage": m.get("mean_class_coverage"),
             "status": run.info.status,
-            "time": _iso(run.info.start_time),
             "parent_run_id": None,
-            "mlflow_url": self.mlflow_url(run),
-            "prefect_url": self.prefect_url(t.get("samseg.prefect_flow_run_id")),
             "thumb_url": f"/runs/{rid}/files/thumb.png",
             "overlay_url": f"/runs/{rid}/files/contact_sheet.png",
             "contact_sheet_url": f"/runs/{rid}/files/contact_sheet.png",
