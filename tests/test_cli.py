@@ -7,8 +7,6 @@ where the flows' tasks look those names up at call time.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -19,18 +17,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cli_run import run_cli
 from samseg import cli
 from samseg.export import read_label_png, write_label_png
 from samseg.types import MaskSet
 
 TINY_POINTS = "4"  # 4×4 prompts: keeps the e2e runs cheap on 2 CPU cores
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_run import run_cli
 from samseg.dataset import ClassTable, assign_to_classes
 
 PHOTOS = ("letters.jpg", "bears.jpg", "plaza.jpg", "horses.jpg")
@@ -158,13 +159,10 @@ def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
 def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tmp_path):
     """Through `samseg segment` and segment-batch: --classes dataset over three photos, then
     --classes-from the batch run id on a fourth; MLflow holds what the next run needs."""
-    import contextlib
-    import io
     import uuid
 
     from mlflow import MlflowClient
 
-    from samseg import cli
     from samseg.export import read_label_png
 
     src = tmp_path / "in"
@@ -175,16 +173,10 @@ def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tm
     common = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu",
               "--experiment", experiment]
 
-    def run(argv: list[str]) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(argv)
-        return rc, out.getvalue(), err.getvalue()
-
     def label_ids(d: Path) -> set[int]:
         return {int(v) - 1 for v in np.unique(read_label_png(d / "labels.png")) if v > 0}
 
-    rc, stdout, stderr = run(["segment", str(src), "--out", str(tmp_path / "out"), "--classes", "dataset", *common])
+    rc, stdout, stderr = run_cli(["segment", str(src), "--out", str(tmp_path / "out"), "--classes", "dataset", *common])
     assert rc == 0, stderr
     report = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
     table = ClassTable.from_json((tmp_path / "out" / "classes.json").read_text())
@@ -212,7 +204,7 @@ def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tm
     new = tmp_path / "new"
     new.mkdir()
     shutil.copy(small_photos / PHOTOS[3], new / PHOTOS[3])
-    rc, stdout, stderr = run(["segment", str(new / PHOTOS[3]), "--out", str(tmp_path / "out2"),
+    rc, stdout, stderr = run_cli(["segment", str(new / PHOTOS[3]), "--out", str(tmp_path / "out2"),
                               "--classes-from", batch_id, *common])
     assert rc == 0, stderr
     assigned = ClassTable.from_json((tmp_path / "out2" / "classes.json").read_text())
@@ -224,7 +216,7 @@ def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tm
     assert second.data.tags["samseg.classes"] == "assigned" and second.data.tags["samseg.classes_from"] == batch_id
 
     # a run id without classes.json fails before any image is segmented: one line, exit 1
-    rc, _, stderr = run(["segment", str(new), "--out", str(tmp_path / "out3"), "--classes-from", children[0].info.run_id,
+    rc, _, stderr = run_cli(["segment", str(new), "--out", str(tmp_path / "out3"), "--classes-from", children[0].info.run_id,
                          *common])
     assert rc == 1 and "no usable classes.json" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "out3" / "horses").exists()

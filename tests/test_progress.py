@@ -6,7 +6,6 @@ plumbing only) and records every event the flows report.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import threading
 from pathlib import Path
@@ -15,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samseg import cli, progress
+from cli_run import run_cli
+from samseg import progress
 
 
 @pytest.fixture(autouse=True)
@@ -114,13 +114,6 @@ def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path, prefect_a
     monkeypatch.setattr(flows.tasks, "_MODELS", {})
     monkeypatch.setenv("SAMSEG_CACHE", str(tmp_path / "cache"))
     return tmp_path
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def recording_bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:

@@ -1,0 +1,16 @@
+"""`run_cli(argv)`: samseg's CLI in-process, its stdout and stderr captured (for the CLI tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `samseg <argv>` run through samseg.cli.main."""
+    from samseg import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
