@@ -346,7 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also log the result as an MLflow run (MLFLOW_TRACKING_URI; default experiment samseg-benchmarks)")
     args = p.parse_args(argv)
     if args.images is None:
-        names = ("letters.jpg", "bears.jpg", "plaza.jpg", "horses.jpg")
+        names = ("building.jpg", "bears.jpg", "alphabet.jpg", "corgi.jpg")
         args.images = [str(SHARED_IMAGES / n) for n in names if (SHARED_IMAGES / n).is_file()]
         if not args.images and args.mode != "quick":
             p.error(f"no images given and {SHARED_IMAGES} has none")

@@ -8,7 +8,7 @@ exactly the same list of {"size": [h, w], "counts": [...]} dicts.
 
 `MaskData.cat` deep-copies every list it appends: the AMG calls it once per batch and once
 per crop, so each mask's RLE counts list (thousands of ints for a ragged mask) is copied
-element by element, twice. On vit_b at letters.jpg scale with open filters this deepcopy
+element by element, twice. On vit_b at building.jpg scale with open filters this deepcopy
 was the largest part of the AMG time outside the decoder (cProfile: 217 s of 260 s with
 the profiler's overhead, 768 masks). `cat_without_deepcopy` appends the same objects
 (the generator discards each batch right after `cat`, so nothing else holds them) and

@@ -59,8 +59,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def shared_images() -> Path:
-    """../shared/images relative to the repo root (letters.jpg, bears.jpg, plaza.jpg, horses.jpg)."""
-    if not (SHARED_IMAGES / "letters.jpg").is_file():
+    """../shared/images relative to the repo root (building.jpg, bears.jpg, alphabet.jpg, corgi.jpg)."""
+    if not (SHARED_IMAGES / "building.jpg").is_file():
         pytest.skip("../shared/images not present")
     return SHARED_IMAGES.resolve()
 

@@ -8,7 +8,7 @@
   temporary server per process (tens of seconds each on a loaded machine).
 - `prefect_api` (session): this process talks to that server (temporary_settings:
   PREFECT_API_URL, result storage in the temp home) → the PrefectServer.
-- `small_photos` (session): letters/bears/plaza/horses from ../shared/images, downscaled
+- `small_photos` (session): building/bears/corgi/alphabet from ../shared/images, downscaled
   to a 192-px long side (JPEG) — real photos, cheap for tiny-random on a shared CPU.
 """
 
@@ -27,7 +27,7 @@ import pytest
 from servers import free_port, wait_http_ok
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ("letters.jpg", "bears.jpg", "plaza.jpg", "horses.jpg")
+PHOTOS = ("building.jpg", "bears.jpg", "alphabet.jpg", "corgi.jpg")
 SMALL_SIDE = 192
 
 

@@ -16,7 +16,7 @@ SHARED = REPO.parent / "shared" / "images"
 
 
 def test_quick_benchmark_runs_all_paths_and_writes_json(tmp_path):
-    images = [str(SHARED / n) for n in ("letters.jpg", "bears.jpg") if (SHARED / n).is_file()]
+    images = [str(SHARED / n) for n in ("building.jpg", "bears.jpg") if (SHARED / n).is_file()]
     cmd = [sys.executable, "-m", "benchmarks.run", "--mode", "quick", "--points-per-side", "4", "--out", str(tmp_path),
            "--mlflow", "bench-smoke"]
     if images:

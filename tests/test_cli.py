@@ -31,19 +31,19 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def batch(shared_images: Path, tmp_path_factory: pytest.TempPathFactory, prefect_api):
-    """One real run: letters.jpg + bears.jpg (non-square) + a text file named .jpg."""
+    """One real run: building.jpg + bears.jpg (non-square) + a text file named .jpg."""
     tmp = tmp_path_factory.mktemp("batch")
     bad = tmp / "broken.jpg"
     bad.write_text("this is not a JPEG\n")
     out = tmp / "out"
-    argv = ["segment", str(shared_images / "letters.jpg"), str(bad), str(shared_images / "bears.jpg"),
+    argv = ["segment", str(shared_images / "building.jpg"), str(bad), str(shared_images / "bears.jpg"),
             "--model", "tiny-random", "--preset", "smoke", "--points-per-side", TINY_POINTS, "--device", "cpu",
             "--save-features", "--cache", str(tmp / "cache"), "--out", str(out)]
     rc, stdout, stderr = run_cli(argv)
     return {"rc": rc, "stdout": stdout, "stderr": stderr, "out": out, "images": shared_images}
 
 
-@pytest.mark.parametrize("name", ["letters", "bears"])
+@pytest.mark.parametrize("name", ["building", "bears"])
 def test_batch_outputs_have_right_shapes(batch, name: str) -> None:
     d = batch["out"] / name
     hw = Image.open(batch["images"] / f"{name}.jpg").size[::-1]  # these files carry no EXIF rotation
@@ -72,10 +72,10 @@ def test_batch_bad_file_one_line_others_finished(batch) -> None:
     errors = error_lines(batch["stderr"])
     assert len(errors) == 1 and "broken.jpg" in errors[0] and "not a recognised image" in errors[0]
     assert "Traceback" not in batch["stderr"]
-    assert sorted(p.name for p in batch["out"].iterdir() if p.is_dir()) == ["bears", "letters"]  # no dir for the bad one
+    assert sorted(p.name for p in batch["out"].iterdir() if p.is_dir()) == ["bears", "building"]  # no dir for the bad one
     report = json.loads((batch["out"] / "batch_summary.json").read_text())
     assert (report["succeeded"], report["failed"]) == (2, 1)
-    assert "letters.jpg:" in batch["stdout"] and "bears.jpg:" in batch["stdout"]
+    assert "building.jpg:" in batch["stdout"] and "bears.jpg:" in batch["stdout"]
 
 
 @pytest.fixture()

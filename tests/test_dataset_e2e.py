@@ -22,7 +22,7 @@ from PIL import Image
 from cli_run import run_cli
 from samseg.dataset import ClassTable, assign_to_classes
 
-PHOTOS = ("letters.jpg", "bears.jpg", "plaza.jpg", "horses.jpg")
+PHOTOS = ("building.jpg", "bears.jpg", "alphabet.jpg", "corgi.jpg")
 # Long side of the copies segmented here: full-size photos make the tiny-random AMG's
 # full-resolution mask post-processing take minutes on CI's 2 cores; plumbing is the same.
 SMALL_SIDE = 320
@@ -219,4 +219,4 @@ def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tm
     rc, _, stderr = run_cli(["segment", str(new), "--out", str(tmp_path / "out3"), "--classes-from", children[0].info.run_id,
                          *common])
     assert rc == 1 and "no usable classes.json" in stderr and "Traceback" not in stderr
-    assert not (tmp_path / "out3" / "horses").exists()
+    assert not (tmp_path / "out3" / "corgi").exists()

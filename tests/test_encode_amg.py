@@ -192,7 +192,7 @@ def test_count_encoder_calls_removes_its_hook(model) -> None:
 
 
 def test_real_photo_geometry_and_single_encode(model, shared_images) -> None:
-    path = shared_images / "letters.jpg"
+    path = shared_images / "building.jpg"
     from PIL import Image
 
     with Image.open(path) as im:

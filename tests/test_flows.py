@@ -126,7 +126,7 @@ def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bu
     from flows.segment import segment_batch_flow
 
     client = moto_s3.client()
-    names = ["letters.jpg", "bears.jpg", "plaza.jpg"]
+    names = ["building.jpg", "bears.jpg", "alphabet.jpg"]
     for name in names:
         client.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=(small_photos / name).read_bytes())
     experiment = f"flows-{uuid.uuid4().hex[:8]}"
@@ -139,7 +139,7 @@ def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bu
 
     # outputs and cache entries are on S3, each image dir published with _SUCCESS last
     keys = s3_keys(client, s3_bucket, "")
-    for stem in ("letters", "bears", "plaza"):
+    for stem in ("building", "bears", "alphabet"):
         for f in ("_SUCCESS", "labels.png", "overlay.png", "masks.json", "embeddings.npy", "summary.json"):
             assert f"out/{stem}/{f}" in keys
     for stage in ("encode", "amg", "pool"):
@@ -164,19 +164,19 @@ def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bu
     report2 = segment_batch_flow(out=f"s3://{s3_bucket}/out2", settings=smoke_settings(eps=0.5), **kwargs)
     assert report2["succeeded"] == 3
     assert all(r["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"} for r in report2["images"])
-    summary2 = json.loads(client.get_object(Bucket=s3_bucket, Key="out2/letters/summary.json")["Body"].read())
+    summary2 = json.loads(client.get_object(Bucket=s3_bucket, Key="out2/building/summary.json")["Body"].read())
     assert summary2["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}
     assert summary2["config"]["cluster.eps"] == 0.5
 
     # recluster one image run: only cluster + export, a new run tagged with its parent
-    child = next(r for r in children if r.info.run_name == "letters.jpg")
+    child = next(r for r in children if r.info.run_name == "building.jpg")
     res = recluster_flow(cluster=ClusterParams(eps=1e-6, min_samples=1), out=f"s3://{s3_bucket}/re",
                          run_id=child.info.run_id, runtime=runtime(cache), experiment=experiment)
     new = ml.get_run(res["mlflow_run_id"])
     assert new.data.tags["samseg.parent_run_id"] == child.info.run_id
     assert new.data.tags["samseg.kind"] == "recluster" and new.data.params["cluster.eps"] == "1e-06"
     assert res["recluster"]["inputs_from"] == "cache"
-    _assert_labels_differ_iff_clusters_differ(client, s3_bucket, "out/letters", "re/letters",
+    _assert_labels_differ_iff_clusters_differ(client, s3_bucket, "out/building", "re/building",
                                               ClusterParams(eps=1e-6, min_samples=1).to_config())
 
     # the same through the CLI handlers: recluster keeps the parent's other cluster params
@@ -229,7 +229,7 @@ def test_corrupt_cache_entry_is_recomputed(prefect_api, local_env, small_photos)
     from samseg.cache import StageCache
 
     cache = local_env / "cache"
-    args = dict(image=str(small_photos / "letters.jpg"), settings=smoke_settings(), runtime=runtime(cache), track=False)
+    args = dict(image=str(small_photos / "building.jpg"), settings=smoke_settings(), runtime=runtime(cache), track=False)
     first = segment_image_flow(out=str(local_env / "a"), **args)
     assert set(first["cache"].values()) == {"computed"}
 
@@ -253,10 +253,10 @@ def test_corrupt_cache_entry_is_recomputed(prefect_api, local_env, small_photos)
     re = recluster_flow(cluster=ClusterParams(eps=0.5, min_samples=1), out=str(local_env / "re"), track=False,
                         image=args["image"], settings=args["settings"], runtime=args["runtime"])
     assert re["recluster"]["inputs_from"] == "cache" and re["n_masks"] == first["n_masks"]
-    assert re["config"]["cluster.eps"] == 0.5 and (local_env / "re" / "letters" / "labels.png").is_file()
+    assert re["config"]["cluster.eps"] == 0.5 and (local_env / "re" / "building" / "labels.png").is_file()
     state = recluster_flow(cluster=ClusterParams(), out=str(local_env / "re2"), track=False, return_state=True,
-                           image=str(small_photos / "plaza.jpg"), settings=args["settings"], runtime=args["runtime"])
-    with pytest.raises(ReclusterError, match="plaza.jpg: no cached masks"):
+                           image=str(small_photos / "alphabet.jpg"), settings=args["settings"], runtime=args["runtime"])
+    with pytest.raises(ReclusterError, match="alphabet.jpg: no cached masks"):
         state.result()
 
 
@@ -298,7 +298,7 @@ def test_bad_image_fails_alone(prefect_api, local_env, small_photos) -> None:
 
     src = local_env / "in"
     src.mkdir()
-    for name in ("letters.jpg", "plaza.jpg"):
+    for name in ("building.jpg", "alphabet.jpg"):
         (src / name).write_bytes((small_photos / name).read_bytes())
     (src / "broken.jpg").write_text("this is not a jpeg")
     out = local_env / "out"
@@ -307,7 +307,7 @@ def test_bad_image_fails_alone(prefect_api, local_env, small_photos) -> None:
     assert (report["succeeded"], report["failed"]) == (2, 1)
     bad = next(r for r in report["images"] if r["status"] == "failed")
     assert bad["image"].endswith("broken.jpg") and "broken.jpg" in bad["error"] and "\n" not in bad["error"]
-    assert (out / "letters" / "labels.png").is_file() and (out / "plaza" / "labels.png").is_file()
+    assert (out / "building" / "labels.png").is_file() and (out / "alphabet" / "labels.png").is_file()
     assert not (out / "broken").exists()
     assert json.loads((out / "batch_summary.json").read_text())["failed"] == 1
 
@@ -317,7 +317,7 @@ def test_killed_batch_rerun_computes_only_unfinished(prefect_api, local_env, sma
 
     src = local_env / "in"
     src.mkdir()
-    names = ["bears.jpg", "horses.jpg", "letters.jpg", "plaza.jpg"]  # list order = processing order
+    names = ["alphabet.jpg", "bears.jpg", "building.jpg", "corgi.jpg"]  # list order = processing order
     for name in names:
         (src / name).write_bytes((small_photos / name).read_bytes())
     out, cache = local_env / "out", local_env / "cache"
@@ -360,7 +360,7 @@ def test_cli_segment_via_flows(prefect_api, local_env, small_photos) -> None:
     """In a fresh process, as a user runs it: one error line for the bad file, no traceback."""
     src = local_env / "in"
     src.mkdir()
-    (src / "letters.jpg").write_bytes((small_photos / "letters.jpg").read_bytes())
+    (src / "building.jpg").write_bytes((small_photos / "building.jpg").read_bytes())
     (src / "zz-broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = local_env / "out"
     code = (
@@ -378,9 +378,9 @@ def test_cli_segment_via_flows(prefect_api, local_env, small_photos) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "zz-broken.jpg" in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "letters.jpg: " in proc.stdout and f"-> {out / 'letters'}" in proc.stdout
-    assert (out / "letters" / "labels.png").is_file()
-    assert json.loads((out / "letters" / "summary.json").read_text())["cache"]["encode"] == "computed"
+    assert "building.jpg: " in proc.stdout and f"-> {out / 'building'}" in proc.stdout
+    assert (out / "building" / "labels.png").is_file()
+    assert json.loads((out / "building" / "summary.json").read_text())["cache"]["encode"] == "computed"
 
 
 def test_serve_builds_the_three_deployments() -> None:

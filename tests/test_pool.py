@@ -47,7 +47,7 @@ def _photo_masks(path: Path, k: int = 6, n_masks: int = 36) -> np.ndarray:
     return np.stack([comps[i][3] == comps[i][2] for i in picks])
 
 
-@pytest.fixture(scope="module", params=["letters.jpg", "bears.jpg"])
+@pytest.fixture(scope="module", params=["building.jpg", "bears.jpg"])
 def photo_case(request, shared_images):
     masks = _photo_masks(shared_images / request.param)
     features = _features(256, seed=1)

@@ -74,7 +74,7 @@ def ui_server(tmp_path_factory, shared_images, tiny_model):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
-    runs = [_segment_and_log(tiny_model, shared_images / name, tmp / "out") for name in ("letters.jpg", "bears.jpg")]
+    runs = [_segment_and_log(tiny_model, shared_images / name, tmp / "out") for name in ("building.jpg", "bears.jpg")]
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SAMSEG_CACHE": str(tmp / "cache"), "SAMSEG_HOME": str(tmp / "home")}
     env.pop("SAMSEG_UI_TOKEN", None)
@@ -144,7 +144,7 @@ def test_runs_list(page, ui_server):
     page.goto(ui_server["base"] + "/")
     for r in ui_server["runs"]:
         page.wait_for_selector(f'tr[data-run-id="{r["run_id"]}"]')
-    assert "letters.jpg" in page.inner_text("#runs-table") and "bears.jpg" in page.inner_text("#runs-table")
+    assert "building.jpg" in page.inner_text("#runs-table") and "bears.jpg" in page.inner_text("#runs-table")
     page.wait_for_function("Array.from(document.querySelectorAll('img.thumb')).every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(ARTIFACTS / "01-runs.png"), full_page=True)
 
