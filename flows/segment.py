@@ -51,24 +51,36 @@ def stage_status(state: Any) -> tuple[dict[str, str], str]:
 
 
 def image_dir_name(uri: str) -> str:
-    """OUT/<image stem>/ for an image run on its own."""
-    return PurePosixPath(str(uri)).stem or "image"
+    """OUT/<name>/ for an image run on its own: one safe path component (samseg.outdirs)."""
+    from samseg.outdirs import safe_dir_name
+
+    return safe_dir_name(uri)
 
 
 def output_names(uris: list[str]) -> list[str]:
-    """Output dir name per input of one batch: the file stem; a repeated stem (a/x.jpg,
+    """Output dir name per input of one batch: the safe stem; a repeated name (a/x.jpg,
     b/x.png) gets -2, -3, ... in input order so no image overwrites another's results."""
-    names: list[str] = []
-    used: set[str] = set()
-    for uri in uris:
-        stem = image_dir_name(uri)
-        name, k = stem, 1
-        while name in used:
-            k += 1
-            name = f"{stem}-{k}"
-        used.add(name)
-        names.append(name)
-    return names
+    from samseg.outdirs import unique_names
+
+    return unique_names(uris)
+
+
+def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, str]:
+    """uri -> one error line for each image whose OUT/<name> samseg may not replace
+    (a directory it did not write, or one holding an input): checked before any compute."""
+    from samseg.outdirs import OutputDirRefused, check_replaceable, child_dir
+    from samseg.storage import is_s3_uri
+
+    if is_s3_uri(out):
+        return {}
+    local = [u for u in uris if not is_s3_uri(u)]
+    refused = {}
+    for uri, name in zip(uris, names):
+        try:
+            check_replaceable(child_dir(Path(out), name), local)
+        except OutputDirRefused as exc:
+            refused[uri] = f"{uri}: output {exc}"
+    return refused
 
 
 def describe_failure(uri: str, exc: BaseException) -> str:
@@ -76,8 +88,9 @@ def describe_failure(uri: str, exc: BaseException) -> str:
     own message; other errors get "<uri>: " (and "unexpected <Type>: " for non-I/O ones)."""
     from samseg.export import OutputsError
     from samseg.images import ImageError
+    from samseg.storage import StorageError
 
-    if isinstance(exc, (ImageError, OutputsError)):
+    if isinstance(exc, (ImageError, OutputsError, StorageError)):
         message = str(exc)
     elif isinstance(exc, (ValueError, OSError)):
         message = f"{uri}: {exc}"
@@ -146,18 +159,24 @@ def publish(out: str, img: Any, masks: Any, embeddings: Any, clusters: Any, summ
     log the MLflow run; returns where things went."""
     from samseg.storage import is_s3_uri, join_uri
 
+    from samseg.outdirs import child_dir
+
     name = name or image_dir_name(img.uri)
     tmp = None
     if is_s3_uri(out):
         tmp = Path(tempfile.mkdtemp(prefix="samseg-export-"))
-        local, dest = tmp / name, join_uri(out, name)
+        local, dest = child_dir(tmp, name), join_uri(out, name)
     else:
-        local, dest = Path(out) / name, None
+        local, dest = child_dir(Path(out), name), None
     try:
         (where, seconds) = timed(export_task, str(local), dest, img, masks, embeddings, clusters, summary, features)
         run_id = None
-        if track:
-            run_id = track_task(str(local), summary, experiment, parent_run_id, nested_under, img.name, kind)
+        if track and nested_under:  # a resumed batch (killed, then rerun) logs each image once
+            from samseg.batch_runs import logged_image_run
+
+            run_id = logged_image_run(nested_under, img.sha256, where)
+        if track and run_id is None:
+            run_id = track_task(str(local), summary, experiment, parent_run_id, nested_under, img.name, kind, where)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -220,8 +239,17 @@ def _image_params(uri: str, out: str, settings: PipelineParams, runtime: Runtime
 
 
 def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    from samseg import shutdown
+
+    names = output_names(uris)
+    refused = refused_outputs(kwargs["out"], uris, names)
     results = []
-    for uri, name in zip(uris, output_names(uris)):
+    for uri, name in zip(uris, names):
+        shutdown.check()  # SIGTERM / Ctrl-C: start no new image
+        if uri in refused:
+            results.append({"image": uri, "name": name, "status": "failed", "error": refused[uri]})
+            report("image_failed", image=uri, error=refused[uri])
+            continue
         state = segment_image_flow(image=uri, name=name, **kwargs, return_state=True)
         try:
             s = state.result()
@@ -241,9 +269,16 @@ def _run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float |
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
+    from samseg import shutdown
+
     names = dict(zip(uris, output_names(uris)))
-    runs = {uri: run_deployment(SEGMENT_DEPLOYMENT, parameters={"image": uri, "name": names[uri], **kwargs}, timeout=0,
-                                flow_run_name=f"segment-{names[uri]}") for uri in uris}
+    refused = refused_outputs(kwargs["out"], uris, list(names.values())) if kwargs.get("out") else {}
+    runs = {}
+    for uri in uris:
+        shutdown.check()
+        if uri not in refused:
+            runs[uri] = run_deployment(SEGMENT_DEPLOYMENT, parameters={"image": uri, "name": names[uri], **kwargs},
+                                       timeout=0, flow_run_name=f"segment-{names[uri]}")
     pending = dict(runs)
     final: dict[str, Any] = {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -262,6 +297,10 @@ def _run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float |
                 time.sleep(poll_s)
     results = []
     for uri in uris:
+        if uri in refused:
+            results.append({"image": uri, "name": names[uri], "status": "failed", "error": refused[uri]})
+            report("image_failed", image=uri, error=refused[uri])
+            continue
         if uri in pending:
             results.append({"image": uri, "name": names[uri], "status": "failed", "flow_run_id": str(runs[uri].id),
                             "error": f"{uri}: flow run {runs[uri].id} not finished after {timeout_s:g} s"})
@@ -315,19 +354,21 @@ def segment_batch_flow(
         check_dataset_request(out, classes_from)  # fail before any image is computed
     uris = list_sources(source)
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
-    batch_run_id = _start_batch(track, experiment, settings, source, len(uris))
+    batch_run_id = _start_batch(track, experiment, settings, source, out, len(uris))
     # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
     kwargs = _image_params("", out, settings, runtime, track and not dataset, experiment, batch_run_id)
     kwargs.pop("image")
     if not use_deployments:
         kwargs.update(settings=settings, runtime=runtime)
-    if use_deployments:
-        results = _run_deployments(uris, kwargs, image_timeout_s)
-    else:
-        results = _run_local(uris, kwargs)
+    try:
+        results = _run_deployments(uris, kwargs, image_timeout_s) if use_deployments else _run_local(uris, kwargs)
+    except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
+        if batch_run_id is not None:
+            _end_quietly(batch_run_id, "KILLED")
+        raise
     failed = [r for r in results if r["status"] != "completed"]
-    for r in failed:
-        log.error("%s", r["error"])
+    for r in failed:  # the Prefect run log (the CLI prints its own line, and silences this one)
+        _run_logger().warning("%s", r["error"])
     class_report = None
     if dataset:
         class_report = relabel_and_track(out, results, settings.cluster.to_config(), batch_run_id, classes_from,
@@ -339,8 +380,30 @@ def segment_batch_flow(
     report = {"source": source, "out": out, "images": results, "succeeded": len(results) - len(failed),
               "failed": len(failed), "mlflow_run_id": batch_run_id, "fan_out": "deployment" if use_deployments else "local",
               "classes": class_report or {"mode": "image"}}
-    _write_batch_summary(out, report)
+    try:
+        _write_batch_summary(out, report)
+    except Exception as exc:  # noqa: BLE001 — the images' results must still reach the caller
+        report["summary_error"] = _one_line(f"batch_summary.json not written: {exc}")
     return report
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+def _end_quietly(run_id: str, status: str) -> None:
+    from samseg.tracking import TrackingError, end_run
+
+    try:
+        end_run(run_id, status)
+    except TrackingError:
+        pass
 
 
 def list_sources(source: Union[str, list[str]]) -> list[str]:
@@ -349,18 +412,28 @@ def list_sources(source: Union[str, list[str]]) -> list[str]:
     specs = [source] if isinstance(source, str) else list(source)
     uris: list[str] = []
     for spec in specs:
-        uris.extend(u for u in list_images(spec) if u not in uris)
+        # absolute local paths: the runs stay usable from any directory (UI, recluster)
+        uris.extend(u for u in map(_absolute, list_images(spec)) if u not in uris)
     return uris
 
 
-def _start_batch(track: bool, experiment: str, settings: PipelineParams, source: Any, n: int) -> str | None:
+def _absolute(uri: str) -> str:
+    import os
+
+    from samseg.storage import is_s3_uri
+
+    return uri if is_s3_uri(uri) else os.path.abspath(uri)
+
+
+def _start_batch(track: bool, experiment: str, settings: PipelineParams, source: Any, out: str, n: int) -> str | None:
     if not track:
         return None
-    from samseg.tracking import start_batch_run
+    from samseg.batch_runs import batch_key, open_batch_run
 
     params = {**settings.to_config().flat(), "n_images": n}
     tags = {"samseg.kind": "batch", "samseg.source": str(source)}
-    return start_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags)
+    key = batch_key(experiment, source, out, params)
+    return open_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags, key)
 
 
 def _write_batch_summary(out: str, report: dict[str, Any]) -> None:

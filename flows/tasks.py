@@ -265,14 +265,15 @@ def export_task(local_dir: str, dest: str | None, image: Any, masks: Any, embedd
 
 @task(name="track", **_IO)
 def track_task(out_dir: str, summary: dict[str, Any], experiment: str, parent_run_id: str | None,
-               nested_under: str | None, run_name: str | None, kind: str) -> str:
-    """Log one image's outputs as an MLflow run; returns the run id."""
+               nested_under: str | None, run_name: str | None, kind: str, where: str | None = None) -> str:
+    """Log one image's outputs (read from `out_dir`, published at `where`) as an MLflow run; returns the run id."""
     from pathlib import Path
 
     from samseg.tracking import log_image_run
 
+    tags = {"samseg.kind": kind, "samseg.out_dir": where or out_dir}
     return log_image_run(Path(out_dir), summary, experiment=experiment, parent_run_id=parent_run_id,
-                         nested_under=nested_under, run_name=run_name, extra_tags={"samseg.kind": kind})
+                         nested_under=nested_under, run_name=run_name, extra_tags=tags)
 
 
 def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:

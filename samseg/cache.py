@@ -84,6 +84,28 @@ def default_cache_root() -> str:
     return str(samseg_home() / "cache")
 
 
+def unusable_reason(root: str) -> str | None:
+    """Why the local cache `root` cannot be written (a file, read-only, ...), or None.
+
+    Checked once before any compute, so a bad --cache / SAMSEG_HOME costs one warning
+    line, not an encoder pass per image that then fails to save. S3 roots are not probed
+    (a write there is a request; its errors are one line each anyway)."""
+    if storage.is_s3_uri(root):
+        return None
+    import tempfile
+
+    path = os.path.expanduser(root)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except FileExistsError:
+        return f"{root} is not a directory"
+    except OSError as exc:
+        return f"{root}: {exc.strerror or exc}"
+    return None
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)

@@ -3,7 +3,8 @@
 `segment` runs through the Prefect flows (samseg.cli_orchestration.run_segment).
 
 Exit codes: 0 = everything done, 1 = some images (or the command's work) failed,
-2 = usage error (bad flag or config value), 130 = interrupted.
+2 = usage error (bad flag or config value), 130 = interrupted (Ctrl-C), 143 = stopped by
+SIGTERM (samseg.shutdown: both start nothing new and leave no half-written output).
 Expected errors print ONE line ("error: <name>: <problem>") and no traceback; an
 unexpected exception on one image is reported the same way, its traceback is logged at
 debug level (shown with --verbose), and the batch goes on.
@@ -56,19 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:  # a command group without its action, or no command at all
         getattr(args, "subparser", parser).print_help(sys.stderr)
         return 2
-    try:
-        return handler(args)
-    except UsageError as exc:
-        args.subparser.print_usage(sys.stderr)
-        print(f"{args.subparser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
-        log.debug("unexpected error", exc_info=True)
-        _error_line(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
-        return 1
+    from samseg import shutdown
+
+    with shutdown.handled():
+        try:
+            rc = handler(args)
+            shutdown.check()  # a signal that a flow swallowed still ends the command as one
+            return rc
+        except UsageError as exc:
+            args.subparser.print_usage(sys.stderr)
+            print(f"{args.subparser.prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
+            return shutdown.exit_code()
+        except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
+            log.debug("unexpected error", exc_info=True)
+            _error_line(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
+            return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,12 +98,31 @@ def _version() -> str:
     return __version__
 
 
+class _ScrubSecrets(logging.Filter):
+    """No credential in any log line: with -v botocore logs signed headers at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from samseg.tracking import scrub_secrets
+
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 — a malformed record is logging's own problem
+            return True
+        clean = scrub_secrets(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _ScrubSecrets) for f in handler.filters):
+            handler.addFilter(_ScrubSecrets())
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -30,6 +30,16 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    _quiet_prefect_loggers(verbose)
+    from samseg.watchdog import guard_prefect_ephemeral
+
+    # Prefect's temporary server, started now under a watchdog: it dies with this process,
+    # even after kill -9 (Prefect alone stops it from an atexit hook, which SIGKILL skips).
+    guard_prefect_ephemeral()
+
+
+def _quiet_prefect_loggers(verbose: bool) -> None:
+    if not verbose:
         import logging
 
         # Prefect may be imported already (the CLI called from another Python program): then
@@ -62,6 +72,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
     g.add_argument("--experiment", default="samseg", help="MLflow experiment (default: %(default)s)")
     g.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root (default: $SAMSEG_CACHE or ~/.cache/samseg/cache)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="use no persistent stage cache (a private temporary one, removed when the command ends)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     g.add_argument("--fan-out", choices=FAN_OUT, default="local",
                    help="local: every image in this process (default); deployment: one `segment` deployment run "
@@ -94,11 +106,10 @@ def run_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     out = str(args.out)
-    if not _is_s3(out) and os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out} exists and is not a directory")
+    _check_out(out)
     _quiet_prefect(getattr(args, "verbose", False))
-    from flows.params import PipelineParams, RuntimeParams
-    from flows.segment import list_sources, segment_batch_flow, segment_image_flow
+    from flows.params import RuntimeParams
+    from flows.segment import list_sources
 
     try:
         uris = list_sources(list(args.inputs))
@@ -107,21 +118,78 @@ def run_segment(args: argparse.Namespace) -> int:
         return 1
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
-    runtime = RuntimeParams(checkpoint=args.checkpoint, device=args.device, seed=args.seed,
-                            cache=getattr(args, "cache", None), save_features=bool(getattr(args, "save_features", False)))
+    fan_out = getattr(args, "fan_out", "local")
+    with stage_cache_root(args, shared=fan_out == "deployment") as cache:
+        runtime = RuntimeParams(checkpoint=args.checkpoint, device=args.device, seed=args.seed,
+                                cache=cache, save_features=bool(getattr(args, "save_features", False)))
+        return _segment(args, cfg, uris, out, runtime, fan_out)
+
+
+def _segment(args: argparse.Namespace, cfg: Any, uris: list[str], out: str, runtime: Any, fan_out: str) -> int:
+    from flows.params import PipelineParams
+    from flows.segment import segment_batch_flow, segment_image_flow
+
     common = dict(out=out, settings=PipelineParams.from_config(cfg), runtime=runtime,
                   track=not getattr(args, "no_track", False), experiment=getattr(args, "experiment", "samseg"))
-    fan_out = getattr(args, "fan_out", "local")
     classes = _classes_request(args, out)
     if fan_out == "local" and not _preload_model(cfg.model_type, runtime):
         return 1
     if len(uris) == 1 and fan_out == "local" and not classes:  # one image: one MLflow run, no batch parent
+        from flows.segment import image_dir_name, refused_outputs
+
+        refused = refused_outputs(out, uris, [image_dir_name(uris[0])])
+        if refused:  # before any compute
+            _print_error(refused[uris[0]])
+            return 1
         with _progress_bars(args, 1):
             state = segment_image_flow(image=uris[0], **common, return_state=True)
         return _report_image(state, uris[0])
     with _progress_bars(args, len(uris)):
         state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, **classes, return_state=True)
     return _report_batch(state)
+
+
+def _check_out(out: str) -> None:
+    """--out is checked before any compute: a local path that is a file, `s3://` without a
+    bucket, or a bucket that does not exist is a usage error now, not N image errors later."""
+    from samseg.cli import UsageError
+    from samseg.storage import StorageError, check_bucket
+
+    if not _is_s3(out):
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"--out {out} exists and is not a directory")
+        return
+    try:
+        check_bucket(out)
+    except StorageError as exc:
+        raise UsageError(f"--out {exc}") from None
+
+
+@contextmanager
+def stage_cache_root(args: argparse.Namespace, shared: bool = False) -> Iterator[str]:
+    """The stage cache this command uses: --cache / $SAMSEG_CACHE / the default, checked
+    once before any compute. --no-cache, or a cache that cannot be written (one warning
+    line says why), gives a private temporary cache removed at the end of the command."""
+    import shutil
+    import tempfile
+
+    from samseg.cache import default_cache_root, unusable_reason
+    from samseg.cli import UsageError
+
+    root = getattr(args, "cache", None) or default_cache_root()
+    reason = None if getattr(args, "no_cache", False) else unusable_reason(root)
+    if not getattr(args, "no_cache", False) and reason is None:
+        yield root
+        return
+    if shared:
+        raise UsageError(f"--fan-out deployment needs a stage cache that every worker can use ({reason or '--no-cache'})")
+    if reason:
+        print(f"warning: stage cache {reason}; running without the cache (use --cache DIR or --no-cache)", file=sys.stderr)
+    tmp = tempfile.mkdtemp(prefix="samseg-nocache-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -216,9 +284,11 @@ def _report_batch(state: Any) -> int:
               f"{classes['contact_sheet']}")
     if report.get("mlflow_run_id"):
         print(f"MLflow batch run: {report['mlflow_run_id']}")
+    if report.get("summary_error"):
+        _print_error(report["summary_error"])
     if report["failed"]:
         print(f"{report['failed']} of {len(report['images'])} images failed", file=sys.stderr)
-    return 1 if report["failed"] or classes.get("error") else 0
+    return 1 if report["failed"] or classes.get("error") or report.get("summary_error") else 0
 
 
 def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:

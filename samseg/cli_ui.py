@@ -34,6 +34,9 @@ def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
                    help="where reruns run: auto = the Prefect deployment when PREFECT_API_URL is set and it exists, else in this process")
     p.add_argument("--prefect-deployment", default="recluster/recluster", help="deployment for --submit prefect/auto (default recluster/recluster)")
     p.add_argument("--prefect-out", default=None, help="output dir or s3:// prefix the recluster flow writes to (default: under --ui-cache)")
+    p.add_argument("--image-root", action="append", default=None, metavar="DIR",
+                   help="serve run input photos only from under this folder (repeatable; default: any local path, "
+                   "always checked against the sha256 the run recorded)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(handler=run_ui, subparser=p)
     return p
@@ -60,8 +63,22 @@ def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - la
         submit=args.submit,
         prefect_deployment=args.prefect_deployment,
         prefect_out=args.prefect_out,
-        allowed_hosts=LOOPBACK_NAMES if is_loopback(args.host) else None,
+        # the bound address itself is always an accepted Host (127.0.0.2 is loopback too)
+        allowed_hosts=tuple(dict.fromkeys((*LOOPBACK_NAMES, args.host))) if is_loopback(args.host) else None,
+        image_roots=tuple(Path(r).expanduser().resolve() for r in args.image_root) if args.image_root else None,
     )
+
+
+def missing_store(uri: str | None) -> str | None:
+    """Why a sqlite:// tracking URI names no existing database (the UI would create an empty
+    one, and its folders, and show nothing), or None."""
+    if not uri or not uri.startswith("sqlite:"):
+        return None
+    path = uri.split(":///", 1)[1] if ":///" in uri else ""  # sqlite:///rel.db, sqlite:////abs.db
+    path = path.split("?", 1)[0]
+    if path in ("", ":memory:") or os.path.isfile(path):
+        return None
+    return f"no MLflow database at {path} (MLFLOW_TRACKING_URI / --tracking-uri); run samseg segment first or fix the path"
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -77,6 +94,16 @@ def run_ui(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         # samseg.tracking (which logs the UI's reruns) reads the URI from the environment.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    from samseg.tracking import tracking_uri
+
+    problem = missing_store(tracking_uri())
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    for root in args.image_root or ():
+        if not os.path.isdir(root):
+            print(f"error: --image-root {root}: not a folder", file=sys.stderr)
+            return 2
     settings = build_settings(args)
     if not is_loopback(args.host):
         print(

@@ -8,6 +8,7 @@ cache keys, so the three can never disagree about what a run was configured with
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -78,6 +79,9 @@ class PoolConfig:
         _check(0.0 < self.min_coverage <= 1.0, "pool.min_coverage must be in (0, 1]")
 
 
+MAX_MIN_SAMPLES = 100_000
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Clustering of the N×C mask embeddings (scikit-learn).
@@ -96,8 +100,13 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         _check(self.algorithm in ALGORITHMS, f"cluster.algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         _check(self.eps > 0, "cluster.eps must be > 0")
+        _check(math.isfinite(self.eps), "cluster.eps must be a finite number")
+        # More than any batch's mask count is meaningless (everything is noise) and a huge
+        # value is an attack on the clustering's memory, not a setting.
         _check(self.min_samples >= 1, "cluster.min_samples must be >= 1")
+        _check(self.min_samples <= MAX_MIN_SAMPLES, f"cluster.min_samples must be <= {MAX_MIN_SAMPLES}")
         _check(self.distance_threshold > 0, "cluster.distance_threshold must be > 0")
+        _check(math.isfinite(self.distance_threshold), "cluster.distance_threshold must be a finite number")
         _check(self.metric in ("cosine", "euclidean", "manhattan", "l1", "l2"), f"cluster.metric {self.metric!r} is not supported")
 
 

@@ -12,7 +12,8 @@ Layout of an image dir (README "Outputs"):
   summary.json      what ran, on what, with which config, how long (samseg.pipeline.build_summary)
 
 Writes go to a hidden temporary sibling dir that is renamed into place at the end, so a
-crash never leaves a half-written image dir, and an existing dir is replaced whole.
+crash never leaves a half-written image dir. An existing dir is replaced whole, and only
+when samseg wrote it (samseg.outdirs: its marker lists every file; an input never goes).
 The format builders (`build_coco`, `build_mask_table`) are pure and separate from writing.
 """
 
@@ -21,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from samseg import __version__
+from samseg import outdirs
 from samseg.images import LoadedImage
 from samseg.types import ClusterResult, MaskSet
 
@@ -99,19 +100,28 @@ def write_outputs(
     label_map: np.ndarray,
     summary: dict[str, Any],
     features: np.ndarray | None = None,
+    protect: tuple[str, ...] = (),
 ) -> Path:
     """Write every output file of one image into `out_dir` atomically; returns `out_dir`.
 
     embeddings: N×C float32 in mask order. label_map: H×W uint16 at image.hw.
-    features: C×Hf×Wf float32 or None (then no features.npy).
+    features: C×Hf×Wf float32 or None (then no features.npy). protect: inputs (paths)
+    that must not lie inside `out_dir` (the image's own input always counts).
+    Raises OutputsError (one line) when `out_dir` exists and is not samseg's to replace.
     """
     out_dir = Path(out_dir)
     _check_consistent(image, masks, embeddings, clusters, label_map)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+    outdirs.remove_stale_temps(out_dir)
+    try:
+        outdirs.check_replaceable(out_dir, (*protect, image.uri))
+    except outdirs.OutputDirRefused as exc:
+        raise OutputsError(str(exc)) from None
+    tmp = outdirs.temp_sibling(out_dir, "tmp")
     tmp.mkdir()
     try:
         _write_all(tmp, image, masks, embeddings, clusters, label_map, summary, features)
+        outdirs.write_marker(tmp, __version__)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -141,7 +151,7 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     so at every instant `out_dir` is either the old complete dir or the new one."""
     old = None
     if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
+        old = outdirs.temp_sibling(out_dir, "old")
         os.replace(out_dir, old)
     try:
         os.replace(tmp, out_dir)

@@ -32,6 +32,12 @@ import numpy as np
 # likely a mistake (or a decompression bomb) than a photo to segment on a CPU box.
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "SAMSEG_MAX_PIXELS"
+# Peak memory per input pixel, measured: a 99-MP image took 7.7 GB peak RSS (tiny-random,
+# whole-image AMG). Stated in the limit's message so a user raising it knows the cost.
+BYTES_PER_PIXEL_MEASURED = 78
+# SAM resizes the long side to 1024 px and sees 16-px patches: beyond 64:1 the short side
+# falls under one patch (and at 1024:1 under one pixel, which SAM's resize cannot do).
+MAX_ASPECT = 64
 
 # Suffixes picked up from directories and globs (lower-cased comparison); samseg.storage
 # uses the same tuple for S3 prefixes. An explicitly named file is tried whatever its suffix.
@@ -99,10 +105,12 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None, uri: str
             # Our own limit below replaces PIL's bomb *warning*; its bomb *error* (> 2× PIL's
             # MAX_IMAGE_PIXELS) is still caught and reported as a too-large image.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow's own bomb limit must not undercut ours: SAMSEG_MAX_PIXELS is the one knob.
+            if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+                Image.MAX_IMAGE_PIXELS = limit
             with Image.open(BytesIO(data)) as img:
                 w, h = img.size
-                if w * h > limit:
-                    raise ImageError(label, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (set {MAX_PIXELS_ENV} to raise it)")
+                _check_size(label, w, h, limit)
                 img.load()  # full decode now: truncated data raises here, never a partial image
                 img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb_uint8(img)
@@ -119,6 +127,17 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None, uri: str
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(label, f"image has no pixels ({rgb.shape[1]}x{rgb.shape[0]})")
     return LoadedImage(rgb=rgb, sha256=digest, name=name, uri=uri or name)
+
+
+def _check_size(label: str, w: int, h: int, limit: int) -> None:
+    """ImageError for an image over the pixel limit or too thin for SAM (header size only)."""
+    if w * h > limit:
+        gb = w * h * BYTES_PER_PIXEL_MEASURED / 1e9
+        raise ImageError(label, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,}; it would need "
+                                f"about {gb:.1f} GB of memory (set {MAX_PIXELS_ENV} to raise the limit)")
+    if min(w, h) > 0 and max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(label, f"image is {w}x{h}: sides more than {MAX_ASPECT}:1 apart are too thin for SAM "
+                                "(the short side would fall under one 16-px patch at 1024 px); crop it into pieces")
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> LoadedImage:

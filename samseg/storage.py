@@ -28,6 +28,12 @@ from urllib.parse import unquote
 
 SUCCESS_MARKER = "_SUCCESS"
 
+# mkstemp creates 0600 files; what samseg writes gets the mode a plain open() would
+# (0666 less the umask), so a shared cache or output dir stays readable by the group.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 # 2 retries (3 calls in all) with botocore's "standard" backoff stays under ~5 s for a
 # dead endpoint; overridable (SAMSEG_S3_RETRIES) for flaky links. botocore's
 # retries["max_attempts"] counts retries AFTER the first call.
@@ -201,6 +207,7 @@ def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -219,6 +226,15 @@ def exists(uri_or_path: str | os.PathLike[str]) -> bool:
             return False
         return True
     return Path(uri_or_path).exists()
+
+
+def check_bucket(uri: str) -> None:
+    """StorageError (one line) unless `uri` names an existing bucket we can reach."""
+    bucket, _key = split_s3_uri(uri)
+    try:
+        _s3_call("check", uri, _client().head_bucket, Bucket=bucket)
+    except StorageNotFound:
+        raise StorageNotFound(f"{uri}: bucket {bucket!r} does not exist") from None
 
 
 def delete(uri_or_path: str | os.PathLike[str]) -> None:
@@ -274,6 +290,11 @@ def list_images(spec: str | os.PathLike[str]) -> list[str]:
     """
     if is_s3_uri(spec):
         _bucket, key = split_s3_uri(str(spec))
+        if key and _is_image_name(key):
+            try:
+                validate_key(key)
+            except StorageError:  # a hostile key fails alone, as that image's own error
+                return [str(spec)]
         if key and _is_image_name(key) and exists(str(spec)):
             return [str(spec)]
         return [u for u in list_keys(str(spec), recursive=False) if _is_image_name(u)]

@@ -60,6 +60,14 @@ _QUERY_SECRET = re.compile(
 )
 
 
+# Signed-request pieces botocore logs at DEBUG (headers, canonical requests, presigned URLs).
+_AWS_AUTH = re.compile(
+    r"(?P<key>X-Amz-Security-Token['\"]?\s*[:=]\s*b?['\"]?|X-Amz-Credential=|X-Amz-Signature=|Credential=|Signature=)"
+    r"[^\s,'\"&;]+",
+    re.IGNORECASE,
+)
+
+
 class TrackingError(Exception):
     """An MLflow operation failed; one line naming the run/experiment."""
 
@@ -72,6 +80,7 @@ def scrub_secrets(value: str) -> str:
     the values of secret environment variables (AWS_SECRET_ACCESS_KEY, …) → ``***``."""
     text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(value))
     text = _QUERY_SECRET.sub(lambda m: m.group("key") + "***", text)
+    text = _AWS_AUTH.sub(lambda m: m.group("key") + "***", text)
     for name in SECRET_ENV_VARS:
         secret = os.environ.get(name, "")
         if len(secret) >= 4 and secret in text:  # tiny values would redact innocent text

@@ -62,7 +62,7 @@ def test_every_file_written_with_right_shapes(tmp_path: Path, case) -> None:
     d = _write(tmp_path, case, features=np.ones((4, 8, 8), np.float32))
     names = {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
     assert names == {"labels.png", "overlay.png", "classes/class_0.png", "masks.json", "masks.parquet",
-                     "embeddings.npy", "features.npy", "summary.json"}
+                     "embeddings.npy", "features.npy", "summary.json", ".samseg-output.json"}
     assert np.array_equal(read_label_png(d / "labels.png"), label_map)
     overlay = np.asarray(Image.open(d / "overlay.png"))
     assert overlay.shape == (H, W, 3) and overlay.dtype == np.uint8
@@ -115,10 +115,15 @@ def test_read_outputs_keeps_embedding_order(tmp_path: Path, case) -> None:
 
 def test_existing_dir_replaced_whole_and_failed_write_leaves_old(tmp_path: Path, case, monkeypatch) -> None:
     d = tmp_path / "pic"
-    d.mkdir()
-    (d / "stale.txt").write_text("old run")
     _write(tmp_path, case)
-    assert not (d / "stale.txt").exists() and (d / "masks.json").exists()
+    (d / "classes" / "class_7.png").write_bytes(b"from an older run")  # stale: listed nowhere
+    import json
+
+    marker = json.loads((d / ".samseg-output.json").read_text())
+    marker["files"].append("classes/class_7.png")  # as an older run with more classes lists it
+    (d / ".samseg-output.json").write_text(json.dumps(marker))
+    _write(tmp_path, case)
+    assert not (d / "classes" / "class_7.png").exists() and (d / "masks.json").exists()
     before = sorted(p.name for p in d.iterdir())
 
     def boom(*a, **k):

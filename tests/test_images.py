@@ -171,13 +171,18 @@ def test_pixel_limit_argument_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         decode_image(data, "big.png")
 
 
-def test_pil_decompression_bomb_error_is_an_image_error() -> None:
-    # A header claiming 20000×20000 (> 2× PIL's MAX_IMAGE_PIXELS) trips PIL's own guard in
-    # Image.open, before our limit is consulted, when our limit is set above it.
+def test_max_pixels_above_pils_bomb_limit_takes_effect() -> None:
+    # A header claiming 20000×20000 (> 2× PIL's default MAX_IMAGE_PIXELS): with our limit
+    # set above it, PIL's own guard must not refuse first (SAMSEG_MAX_PIXELS is the one
+    # knob), so decoding goes on and fails only on the missing pixel data.
     data = _png_header_only(20000, 20000)
     with pytest.raises(ImageError) as exc:
         decode_image(data, "bomb.png", max_pixels=10**12)
-    _assert_one_line(exc, "bomb.png", "too large")
+    _assert_one_line(exc, "bomb.png", "truncated")
+    with pytest.raises(ImageError) as exc:
+        decode_image(data, "bomb.png", max_pixels=10**8)
+    _assert_one_line(exc, "bomb.png", "over the limit")
+    assert "gb of memory" in str(exc.value).lower()
 
 
 def test_find_images_dirs_globs_and_explicit_files(tmp_path: Path) -> None:

@@ -19,11 +19,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from samseg.ui import actions
+from samseg.ui import actions, hardening
 from samseg.ui.dataset_view import dataset_detail
-from samseg.ui.jobs import JobRunner
+from samseg.ui.jobs import JobRunner, QueueFull
 from samseg.ui.security import TOKEN_COOKIE, UnsafePathError, token_ok
-from samseg.ui.service import RunDataError, RunNotFound, RunStore, UiSettings
+from samseg.ui.service import RunDataError, RunNotFound, RunStore, StoreUnavailable, UiSettings
 from samseg.ui.validation import FormError, validate_rerun_form
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
     """Build the app; `settings.token` set → every request must carry it."""
     settings = settings or UiSettings()
     jobs = JobRunner()
+    hardening.redact_access_log()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -62,10 +63,27 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
 
 # ------------------------------------------------------------------ guards
 def _add_token_guard(app: FastAPI, token: str | None) -> None:
+    """One middleware, fixed order: foreign-origin check (CSRF) → token (with a limit on
+    wrong ones) → the app; every answer carries the anti-framing and nosniff headers."""
+    limiter = hardening.FailureLimiter()
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
+        resp = await _guarded(request, call_next)
+        for key, value in hardening.SECURITY_HEADERS.items():
+            resp.headers.setdefault(key, value)
+        return resp
+
+    async def _guarded(request: Request, call_next: Any) -> Response:
+        why = hardening.foreign_origin(request.method, request.headers.get("host"), request.headers.get("origin"),
+                                       request.headers.get("sec-fetch-site"))
+        if why:
+            return _error(request, 403, why)
         if not token:
             return await call_next(request)
+        client = hardening.client_address(request)
+        if limiter.blocked(client):
+            return _error(request, 429, "too many wrong access tokens from this address; wait a minute")
         given = request.query_params.get("token")
         if request.method in ("GET", "HEAD") and given is not None and token_ok(token, f"Bearer {given}", None):
             # ?token= once → cookie, then drop the token from the address bar and history.
@@ -76,6 +94,8 @@ def _add_token_guard(app: FastAPI, token: str | None) -> None:
             return resp
         if token_ok(token, request.headers.get("authorization"), request.cookies.get(TOKEN_COOKIE)):
             return await call_next(request)
+        if given is not None or request.headers.get("authorization") or request.cookies.get(TOKEN_COOKIE):
+            limiter.failed(client)
         return _error(request, 401, "this samseg UI needs its access token: open the URL with ?token=… once "
                       "or send 'Authorization: Bearer …'")
 
@@ -85,6 +105,7 @@ def _wants_json(request: Request) -> bool:
 
 
 def _error(request: Request, status: int, message: str, **extra: Any) -> Response:
+    message = hardening.public_message(message)
     if _wants_json(request):
         return JSONResponse({"detail": message, **extra}, status_code=status)
     templates = request.app.state.templates
@@ -116,10 +137,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(request, exc.status_code, str(exc.detail))
 
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable) -> Response:
+        return _error(request, 503, str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> Response:
+        return _error(request, 429, str(exc))
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
+        # The details (SQL, paths) go to the server log only.
         log.exception("unexpected error on %s", request.url.path)
-        return _error(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+        return _error(request, 500, f"internal error ({type(exc).__name__}); the details are in the server log")
 
 
 # ------------------------------------------------------------------- pages
@@ -197,6 +227,16 @@ def _rerun(store: RunStore, run_id: str, cluster_cfg: Any, pool_cfg: Any, cfg: A
     return {**actions.rerun(store, run_id, cluster_cfg, pool_cfg, progress), "via": "local"}
 
 
+def _finite(value: Any) -> float:
+    """A JSON number (not a bool, not a string like "nan") that is finite, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("not a number")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError("not finite")
+    return v
+
+
 def _split_ids(values: list[str]) -> list[str]:
     out: list[str] = []
     for v in values:
@@ -244,11 +284,11 @@ def _add_api(app: FastAPI) -> None:
         store: RunStore = request.app.state.store
         store.get_run(run_id)
         try:
-            x, y = float(body["x"]), float(body["y"])
-            max_distance = float(body.get("max_distance", 0.1))
+            x, y = _finite(body["x"]), _finite(body["y"])
+            max_distance = _finite(body.get("max_distance", 0.1))
             scope = str(body.get("scope", "image"))
         except (KeyError, TypeError, ValueError):
-            return _error(request, 422, "query needs numbers x, y (pixels) and max_distance")
+            return _error(request, 422, "query needs finite numbers x, y (pixels) and max_distance")
         errors = {}
         if not 0.0 <= max_distance <= 2.0:
             errors["max_distance"] = "max_distance must be in [0, 2] (cosine distance)"
@@ -271,10 +311,18 @@ def _add_job_api(app: FastAPI) -> None:
             if not isinstance(sel, dict) or not isinstance(sel.get("indices"), list) or not sel["indices"]:
                 return _error(request, 422, "every selection needs a run_id and a non-empty list of mask indices")
             masks, _, _ = store.outputs(str(sel.get("run_id")))  # RunNotFound → 404
+            indices = sel["indices"]
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+                return _error(request, 422, "mask indices must be whole numbers")
+            if len(set(indices)) != len(indices):
+                return _error(request, 422, "mask indices must not repeat")
             try:
-                actions.selection_labels(len(masks), [int(i) for i in sel["indices"]])
+                actions.selection_labels(len(masks), indices)
             except (TypeError, ValueError) as exc:
                 return _error(request, 422, str(exc))
+        run_ids = [str(sel.get("run_id")) for sel in selections]
+        if len(set(run_ids)) != len(run_ids):
+            return _error(request, 422, "each run may appear in one selection only")
         query = {k: body[k] for k in ("source_run_id", "mask", "max_distance") if k in body}
         job = request.app.state.jobs.submit("save-class", lambda p: actions.save_class(store, selections, query, p))
         return job.to_dict()

@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 # keep the page responsive without oversubscribing a laptop.
 _MAX_WORKERS = 2
 _KEEP_FINISHED = 200
+# Jobs queued or running at once: each rerun of a large run holds tens of MB until it is
+# done, so an unbounded queue is a memory leak a click-happy (or hostile) client can fill.
+MAX_PENDING = 8
+
+
+class QueueFull(RuntimeError):
+    """MAX_PENDING jobs are already queued or running (answered 429)."""
 
 
 @dataclass
@@ -49,14 +56,21 @@ class Job:
 class JobRunner:
     """Runs `fn(progress)` in a thread; `progress(stage: str)` updates the job's stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+        self.max_pending = max_pending
         self._pool = ThreadPoolExecutor(max_workers=_MAX_WORKERS, thread_name_prefix="samseg-ui-job")
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(j.finished is None for j in self._jobs.values())
+
     def submit(self, kind: str, fn: Callable[[Callable[[str], None]], Any]) -> Job:
         job = Job(id=uuid.uuid4().hex, kind=kind)
         with self._lock:
+            if sum(j.finished is None for j in self._jobs.values()) >= self.max_pending:
+                raise QueueFull(f"{self.max_pending} jobs are already queued or running; try again when one is done")
             self._jobs[job.id] = job
             self._forget_old()
         self._pool.submit(self._run, job, fn)

@@ -38,6 +38,26 @@ class RunDataError(RuntimeError):
     """A run exists but its artifacts or input cannot be used; one line for the page."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The MLflow store did not answer (locked SQLite file, server down): a 503, not a 404."""
+
+
+def _store_error(exc: Exception, where: str) -> Exception:
+    """An MlflowException → RunNotFound for an unknown run, else StoreUnavailable (one line)."""
+    code = str(getattr(exc, "error_code", ""))
+    if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        return RunNotFound(f"run not found on {where}")
+    text = str(exc).lower()
+    reason = "the database is locked by another process" if "locked" in text else "it did not answer"
+    return StoreUnavailable(f"the MLflow store {where} is unavailable ({reason}); try again in a moment")
+
+
+# The input photos the UI serves come only from a run that recorded the file's sha256,
+# and — when `samseg ui --image-root` names folders — only from under them; every refusal
+# gets this one answer, so the UI tells nothing about which files exist.
+INPUT_REFUSED = "the run's input image is not available"
+
+
 @dataclass(frozen=True)
 class UiSettings:
     """Everything the app needs; built by `samseg ui` from flags and environment.
@@ -62,6 +82,8 @@ class UiSettings:
     # Host headers accepted (None = any). `samseg ui` on loopback sets the loopback names so
     # a web page cannot reach the UI through DNS rebinding (evil.example → 127.0.0.1).
     allowed_hosts: tuple[str, ...] | None = None
+    # Local folders input photos may be served from (None = anywhere, sha256 still checked).
+    image_roots: tuple[Path, ...] | None = None
 
 
 def _resolve_tracking_uri(uri: str | None) -> str:
@@ -108,10 +130,15 @@ class RunStore:
     def list_runs(self, experiment: str | None = None, image: str | None = None) -> list[dict[str, Any]]:
         """Image runs and dataset runs of the experiment, newest first; `image` filters
         image runs by file-name substring (and then leaves dataset runs out)."""
-        exp_id = self.experiment_id(experiment)
-        if exp_id is None:
-            return []
-        runs = self.client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=_MAX_LIST)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp_id = self.experiment_id(experiment)
+            if exp_id is None:
+                return []
+            runs = self.client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=_MAX_LIST)
+        except MlflowException as exc:
+            raise _store_error(exc, _scrub(self.tracking_uri)) from None
         datasets = {r.info.run_id: r for r in runs if self.is_dataset_run(r)}
         rows = [self.dataset_row(r) if r.info.run_id in datasets else self.row(r, datasets)
                 for r in runs if self._is_image_run(r) or r.info.run_id in datasets]
@@ -140,7 +167,10 @@ class RunStore:
         try:
             run = self.client.get_run(run_id)
         except MlflowException as exc:
-            raise RunNotFound(f"run {run_id} not found on {_scrub(self.tracking_uri)}") from exc
+            err = _store_error(exc, _scrub(self.tracking_uri))
+            if isinstance(err, RunNotFound):
+                raise RunNotFound(f"run {run_id} not found on {_scrub(self.tracking_uri)}") from None
+            raise err from None
         if not (self._is_image_run(run) or self.is_dataset_run(run)):
             raise RunNotFound(f"run {run_id} is a {run.data.tags.get('samseg.kind')} run without dataset classes, "
                               "not an image or dataset run")
@@ -289,11 +319,12 @@ class RunStore:
             raise UnsafePathError(f"{path!r} belongs to dataset runs; run {run_id} is an image run")
         root = self.run_dir(run_id).resolve()
         if path == "thumb.png":
-            return self._thumbnail(root, "contact_sheet.png" if dataset else "overlay.png")
-        if path == "input.jpg":
-            return self._input_jpg(run_id, root)
-        full = (root / path).resolve()
-        if not full.is_relative_to(root) or not full.is_file():  # belt and braces after the whitelist
+            full = self._thumbnail(root, "contact_sheet.png" if dataset else "overlay.png")
+        elif path == "input.jpg":
+            full = self._input_jpg(run_id, root)
+        else:
+            full = root / path
+        if not _plain_file_under(full, root):  # no symlink anywhere: a planted link serves nothing
             raise FileNotFoundError(f"run {run_id} has no artifact {path}")
         return full
 
@@ -301,7 +332,7 @@ class RunStore:
         from PIL import Image
 
         thumb = root / ".ui" / "thumb.png"
-        if not thumb.is_file():
+        if not os.path.lexists(thumb):
             thumb.parent.mkdir(exist_ok=True)
             with Image.open(root / source) as im:
                 im.thumbnail((_THUMB_PX, _THUMB_PX))
@@ -313,29 +344,47 @@ class RunStore:
         from PIL import Image
 
         out = root / ".ui" / "input.jpg"
-        if not out.is_file():
+        self._input_source(run_id)  # the rules hold for the cached copy too (settings may differ)
+        if not os.path.lexists(out):
             out.parent.mkdir(exist_ok=True)
             _save_atomic(Image.fromarray(self.load_image(run_id).rgb), out, "JPEG", quality=90)
         return out
+
+    def _input_source(self, run_id: str) -> tuple[str, str]:
+        """(uri, sha256) of the run's input, or RunDataError(INPUT_REFUSED). A crafted run
+        could name any file: only one whose hash the run records, from the allowed roots."""
+        run = self.get_run(run_id)
+        summary = self.summary(run_id)
+        uri = run.data.tags.get("samseg.image_uri") or _image_field(summary, "uri")
+        expected = run.data.tags.get("samseg.image_sha256") or _image_field(summary, "sha256")
+        if not uri or not expected or not self._allowed_input(uri):
+            raise RunDataError(f"run {run_id}: {INPUT_REFUSED}")
+        return uri, expected
 
     def load_image(self, run_id: str) -> Any:
         """The run's input as a samseg.images.LoadedImage, verified against its sha256."""
         from samseg.images import ImageError, decode_image
         from samseg.storage import StorageError, read_bytes
 
-        run = self.get_run(run_id)
-        summary = self.summary(run_id)
-        uri = run.data.tags.get("samseg.image_uri") or _image_field(summary, "uri")
-        if not uri:
-            raise RunDataError(f"run {run_id}: no input image URI recorded")
+        uri, expected = self._input_source(run_id)
         try:
             image = decode_image(read_bytes(uri), uri.rsplit("/", 1)[-1], uri=uri)
-        except (ImageError, StorageError, OSError) as exc:
-            raise RunDataError(f"run {run_id}: input image unavailable: {exc}") from exc
-        expected = run.data.tags.get("samseg.image_sha256") or _image_field(summary, "sha256")
-        if expected and image.sha256 != expected:
-            raise RunDataError(f"run {run_id}: {uri} changed since the run (sha256 differs)")
+        except (ImageError, StorageError, OSError):
+            raise RunDataError(f"run {run_id}: {INPUT_REFUSED}") from None
+        if image.sha256 != expected:
+            raise RunDataError(f"run {run_id}: {INPUT_REFUSED}")
         return image
+
+    def _allowed_input(self, uri: str) -> bool:
+        roots = self.settings.image_roots
+        if uri.startswith("s3://"):
+            return True
+        if not os.path.isabs(uri):
+            return False
+        if roots is None:
+            return True
+        real = os.path.realpath(uri)
+        return any(Path(real).is_relative_to(os.path.realpath(r)) for r in roots)
 
     def outputs(self, run_id: str) -> tuple[Any, Any, Any]:
         """(MaskSet, N×C float32 embeddings, (N,) int64 labels) of the run."""
@@ -345,6 +394,20 @@ class RunStore:
             return read_outputs(self.run_dir(run_id))
         except OutputsError as exc:
             raise RunDataError(f"run {run_id}: {exc}") from exc
+
+
+def _plain_file_under(path: Path, root: Path) -> bool:
+    """A regular file inside `root` reached without following any symbolic link."""
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(root)
+    except ValueError:
+        return False
+    p = root
+    for part in rel.parts:
+        p = p / part
+        if p.is_symlink():
+            return False
+    return p.is_file()
 
 
 def _outputs_root(tmp: Path, marker: str = "summary.json") -> Path | None:

@@ -38,6 +38,11 @@ class FormError(ValueError):
 
 
 def _parse(name: str, raw: Any, kind: Callable[[Any], Any], section: str) -> Any:
+    # Strict JSON types: `true` is not 1.0, a list is not a number, a number is not a name.
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ValueError(f"{section}.{name} must be {_TYPE_WORDS[kind]}")
+    if kind is str and not isinstance(raw, str):
+        raise ValueError(f"{section}.{name} must be {_TYPE_WORDS[kind]}")
     if kind is int:
         # int("3.0") fails and int(3.7) truncates: accept only integral values.
         value = float(raw)

@@ -1,0 +1,153 @@
+"""Hostile inputs against the output directories: samseg deletes only what it wrote.
+
+Real files and symlinks, the real CLI in-process (tiny-random, 4x4 prompts) against the
+session's Prefect server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_run import run_cli
+from samseg import outdirs
+
+TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track"]
+
+
+def _png(path: Path, seed: int = 0, hw: tuple[int, int] = (48, 64)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(path, format="PNG")
+    return path
+
+
+def _segment(inputs: list[Path], out: Path, cache: Path) -> tuple[int, str, str]:
+    return run_cli(["segment", *map(str, inputs), "--out", str(out), "--cache", str(cache), *TINY])
+
+
+# ------------------------------------------------------------------ names (pure)
+@pytest.mark.parametrize("uri", ["in/..png", "in/...png", "in/.png", "in/.hidden.jpg", "x/a\\..\\b.png",
+                                 "in/con\x07trol.png", "in/ .png", "in/..\u202e.png", "s3://b/k/..png",
+                                 "in/" + "a" * 300 + ".png", "in/a:b.png", "in/.. .png"])
+def test_hostile_stem_gives_one_safe_component(uri: str, tmp_path: Path) -> None:
+    name = outdirs.safe_dir_name(uri)
+    assert name and name not in (".", "..") and "/" not in name and "\\" not in name
+    assert not name.startswith(".") and all(ch.isprintable() for ch in name) and len(name) <= 110
+    assert outdirs.safe_dir_name(uri) == name  # deterministic
+    child = outdirs.child_dir(tmp_path, name)
+    assert child.parent == tmp_path and child.resolve().parent == tmp_path.resolve()
+
+
+def test_plain_stems_are_kept_and_odd_ones_never_collide() -> None:
+    assert outdirs.safe_dir_name("/p/bears.jpg") == "bears"
+    assert outdirs.safe_dir_name("s3://b/k/my photo (2).png") == "my photo (2)"
+    odd = [outdirs.safe_dir_name(u) for u in ("a/..png", "a/...png", "a/.png", "a/?.png", "a/*.png")]
+    assert len(set(odd)) == len(odd)
+    assert outdirs.unique_names(["a/x.jpg", "b/x.png"]) == ["x", "x-2"]
+
+
+# ------------------------------------------------------------------ the CLI
+def test_input_named_dot_png_does_not_wipe_out(prefect_api, tmp_path: Path) -> None:
+    out = tmp_path / "OUT"
+    (out / "keep").mkdir(parents=True)
+    (out / "keep" / "thesis.txt").write_text("years of work")
+    (out / "notes.txt").write_text("mine")
+    inputs = [_png(tmp_path / "in" / "a.png", 1), _png(tmp_path / "in" / "..png", 2), _png(tmp_path / "in" / "...png", 3)]
+    rc, stdout, stderr = _segment(inputs, out, tmp_path / "cache")
+    assert rc == 0, stderr
+    assert (out / "notes.txt").read_text() == "mine" and (out / "keep" / "thesis.txt").read_text() == "years of work"
+    assert (out / "a" / "labels.png").is_file()
+    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(dirs) == 4 and all(not d.startswith(".") for d in dirs), dirs  # keep, a, and one each for the odd two
+    assert stdout.count("-> ") == 3
+
+
+def test_input_inside_out_stem_dir_is_never_deleted(prefect_api, tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    photo = _png(proj / "bears" / "bears.png", 4)
+    (proj / "bears" / "notes.txt").write_text("field notes")
+    other = _png(tmp_path / "in" / "corgi.png", 5)
+    rc, stdout, stderr = _segment([photo, other], proj, tmp_path / "cache")
+    assert rc == 1
+    assert photo.is_file() and (proj / "bears" / "notes.txt").read_text() == "field notes"
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "holds the input" in errors[0] and str(proj / "bears") in errors[0]
+    assert (proj / "corgi" / "labels.png").is_file()  # the rest of the batch goes on
+
+
+def test_existing_dir_samseg_did_not_write_is_refused(prefect_api, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "pic").mkdir(parents=True)
+    (out / "pic" / "mine.txt").write_text("not samseg's")
+    rc, _, stderr = _segment([_png(tmp_path / "pic.png", 6)], out, tmp_path / "cache")
+    assert rc == 1 and "holds files samseg did not write (mine.txt)" in stderr
+    assert (out / "pic" / "mine.txt").read_text() == "not samseg's"
+    (out / "pic" / "mine.txt").unlink()
+    (out / "pic").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / "pic")  # a link is never samseg's either
+    rc, _, stderr = _segment([_png(tmp_path / "pic.png", 6)], out, tmp_path / "cache")
+    assert rc == 1 and "symbolic link" in stderr and (out / "pic").is_symlink()
+
+
+def test_rerun_replaces_samseg_dir_but_not_a_file_added_to_it(prefect_api, tmp_path: Path) -> None:
+    out, photo = tmp_path / "out", _png(tmp_path / "pic.png", 7)
+    assert _segment([photo], out, tmp_path / "cache")[0] == 0
+    assert _segment([photo], out, tmp_path / "cache")[0] == 0  # samseg's own dir: replaced
+    (out / "pic" / "my-edit.png").write_bytes(b"x")
+    rc, _, stderr = _segment([photo], out, tmp_path / "cache")
+    assert rc == 1 and "my-edit.png" in stderr and (out / "pic" / "my-edit.png").exists()
+
+
+def test_relative_input_path_is_recorded_absolute(prefect_api, tmp_path: Path, monkeypatch) -> None:
+    _png(tmp_path / "in1" / "rel.png", 8)
+    monkeypatch.chdir(tmp_path)
+    rc, _, stderr = run_cli(["segment", "in1/rel.png", "--out", "out", "--cache", "cache", *TINY])
+    assert rc == 0, stderr
+    summary = json.loads((tmp_path / "out" / "rel" / "summary.json").read_text())
+    assert summary["image"]["uri"] == str(tmp_path / "in1" / "rel.png")
+
+
+# ------------------------------------------------------------------ leftovers, modes
+def _fake_dir(parent: Path, name: str, marker: bool = True) -> Path:
+    d = parent / name
+    d.mkdir()
+    (d / "labels.png").write_bytes(b"partial")
+    if marker:
+        (d / outdirs.MARKER).write_text(json.dumps({"written_by": "samseg", "files": ["labels.png"]}))
+    return d
+
+
+def test_kill9_during_export_leftovers_are_removed_on_rerun(tmp_path: Path) -> None:
+    dead = 2**22 + 12345  # above the default pid_max: never a live process
+    stale_tmp = _fake_dir(tmp_path, f".pic.tmp-{dead}-{'a' * 12}", marker=False)
+    stale_old = _fake_dir(tmp_path, f".pic.old-{dead}-{'b' * 12}")
+    live = _fake_dir(tmp_path, f".pic.tmp-{os.getpid()}-{'c' * 12}")  # ours: in use
+    user = tmp_path / f".pic.tmp-{dead}-{'d' * 12}"
+    user.mkdir()
+    (user / "diary.txt").write_text("a user's folder that happens to look like ours")
+    removed = outdirs.remove_stale_temps(tmp_path / "pic")
+    assert set(removed) == {stale_tmp, stale_old}
+    assert live.is_dir() and (user / "diary.txt").is_file()
+
+
+def test_written_files_follow_the_umask_not_0600(prefect_api, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        out, cache = tmp_path / "out", tmp_path / "cache"
+        rc, _, stderr = _segment([_png(tmp_path / "m1.png", 9), _png(tmp_path / "m2.png", 10)], out, cache)
+    finally:
+        os.umask(old)
+    assert rc == 0, stderr
+    files = [out / "batch_summary.json", *[p for p in cache.rglob("*") if p.is_file()]]
+    assert len(files) > 3
+    for p in files:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o044 == 0o044, f"{p} is {oct(mode)}"  # group/other can read, as with open()

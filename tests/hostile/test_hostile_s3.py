@@ -1,0 +1,80 @@
+"""Hostile and broken S3 against `samseg segment` (moto's HTTP server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cli_run import run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track"]
+
+
+def _png_bytes(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_verbose_log_carries_no_credentials(prefect_api, s3_bucket, s3_env, tmp_path: Path) -> None:
+    client = s3_env.client()
+    client.put_object(Bucket=s3_bucket, Key="in/a.png", Body=_png_bytes(1))
+    env = {**prefect_api.env, **s3_env.env, "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLESESSIONTOKEN"}
+    proc = subprocess.run([sys.executable, "-m", "samseg.cli", "segment", f"s3://{s3_bucket}/in/", "--out",
+                           str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "-v", *TINY],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "botocore" in log  # the debug log is there ...
+    assert env["AWS_SESSION_TOKEN"] not in log and env["AWS_ACCESS_KEY_ID"] not in log  # ... without credentials
+    assert env["AWS_SECRET_ACCESS_KEY"] not in log
+
+
+def test_one_hostile_key_fails_alone(prefect_api, s3_bucket, s3_env, tmp_path: Path) -> None:
+    client = s3_env.client()
+    client.put_object(Bucket=s3_bucket, Key="weird/good.png", Body=_png_bytes(2))
+    client.put_object(Bucket=s3_bucket, Key="weird/../escape.png", Body=_png_bytes(3))
+    client.put_object(Bucket=s3_bucket, Key="weird/ok2.png", Body=_png_bytes(4))
+    rc, stdout, stderr = run_cli(["segment", f"s3://{s3_bucket}/weird/", f"s3://{s3_bucket}/weird/../escape.png",
+                                  "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"), *TINY])
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert rc == 1 and len(errors) == 1 and "escape.png" in errors[0], stderr
+    assert (tmp_path / "out" / "good" / "labels.png").is_file() and (tmp_path / "out" / "ok2" / "labels.png").is_file()
+    assert "1 of 3 images failed" in stderr
+
+
+def test_missing_output_bucket_is_found_before_computing(prefect_api, s3_env, tmp_path: Path) -> None:
+    img = tmp_path / "a.png"
+    img.write_bytes(_png_bytes(5))
+    for out in ("s3://no-such-bucket-here/out", "s3://"):
+        rc, stdout, stderr = run_cli(["segment", str(img), "--out", out, "--cache", str(tmp_path / "c"), *TINY])
+        assert rc == 2, (out, stderr)
+        assert "does not exist" in stderr or "no bucket" in stderr
+        assert not (tmp_path / "c").exists()  # nothing was computed (no cache entry written)
+
+
+def test_dead_endpoint_at_the_end_still_prints_every_result(prefect_api, tmp_path: Path, monkeypatch) -> None:
+    import flows.segment as segment
+    from samseg.storage import StorageError
+
+    def dead(out, report):
+        raise StorageError("s3://bkt/out/batch_summary.json: write failed after retries: Could not connect")
+
+    monkeypatch.setattr(segment, "_write_batch_summary", dead)
+    for i in range(2):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"p{i}.png").write_bytes(_png_bytes(10 + i))
+    (tmp_path / "in" / "bad.png").write_bytes(b"not a png")
+    rc, stdout, stderr = run_cli(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--cache",
+                                  str(tmp_path / "c"), *TINY])
+    assert rc == 1
+    assert "p0.png:" in stdout and "p1.png:" in stdout
+    assert "1 of 3 images failed" in stderr and "batch_summary.json not written" in stderr
+    assert os.path.isfile(tmp_path / "out" / "p0" / "labels.png")

@@ -1,0 +1,128 @@
+"""Signals a user's tools send: SIGTERM (timeout, docker stop, systemd, CI) and SIGKILL.
+
+Real subprocesses of `samseg segment`, as users run it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track", "-q"]
+
+
+def _images(folder: Path, n: int, side: int = 96) -> list[Path]:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _samseg(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "samseg.cli", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_the_batch_like_ctrl_c_and_a_rerun_resumes(prefect_api, tmp_path: Path) -> None:
+    _images(tmp_path / "in", 12)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--cache", str(cache), *TINY]
+    proc = _samseg(argv, prefect_api.env)
+    try:
+        _wait_for(lambda: (out / "img00" / "summary.json").exists() or proc.poll() is not None, 240, "the first image")
+        assert proc.poll() is None, proc.communicate()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _stdout, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr
+    assert took < 5.0, f"exit took {took:.1f} s"
+    assert "TypeError" not in stderr and "Traceback" not in stderr
+    done = sorted(p.parent.name for p in out.glob("*/summary.json"))
+    assert 1 <= len(done) < 12, done  # started nothing new
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written dir
+    rerun = subprocess.run([sys.executable, "-m", "samseg.cli", *argv], cwd=REPO_ROOT, env=prefect_api.env,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(list(out.glob("*/summary.json"))) == 12
+    for name in done:  # finished images come from the cache
+        assert f"{name}.png:" in rerun.stdout and "(cache hits: 3/3)" in next(
+            line for line in rerun.stdout.splitlines() if line.startswith(f"{name}.png:"))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_kill9_leaves_no_temporary_prefect_server_behind(tmp_path: Path) -> None:
+    _images(tmp_path / "in", 6)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = _samseg(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"), *TINY], env)
+    server = None
+    try:
+        def server_up() -> bool:  # the server and its watchdog (started within ~10 ms of it)
+            nonlocal server
+            kids = _children(proc.pid)
+            found = [p for p in kids if "uvicorn" in _cmdline(p)]
+            server = found[0] if found and any("samseg.watchdog" in _cmdline(p) for p in kids) else None
+            return server is not None or proc.poll() is not None
+
+        _wait_for(server_up, 120, "the temporary Prefect server")
+        assert server is not None, proc.communicate()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _wait_for(lambda: not _alive(server), 15, f"the orphaned server {server} to stop")
+    finally:
+        if server is not None and _alive(server):
+            os.kill(server, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,239 @@
+"""Hostile requests against the web UI (TestClient over a real SQLite MLflow store)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ui_synthetic import sqlite_store, write_image_outputs
+
+EXPERIMENT = "hostile-ui"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """(tmp, honest run id, crafted run id): the crafted run names /etc/passwd, no sha256."""
+    from mlflow import MlflowClient
+
+    from samseg.tracking import log_image_run
+
+    tmp = tmp_path_factory.mktemp("hostile-ui")
+    mp = pytest.MonkeyPatch()
+    paths = sqlite_store(tmp, EXPERIMENT, mp)
+    honest = log_image_run(tmp / "out" / "a", write_image_outputs(tmp / "out" / "a", paths[0]), experiment=EXPERIMENT)
+    summary = write_image_outputs(tmp / "out" / "b", paths[1])
+    crafted = log_image_run(tmp / "out" / "b", summary, experiment=EXPERIMENT)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    client.set_tag(crafted, "samseg.image_uri", "/etc/passwd")
+    client.delete_tag(crafted, "samseg.image_sha256")
+    yield tmp, honest, crafted
+    mp.undo()
+
+
+def _app(tmp: Path, token: str | None = None, **kw):
+    from samseg.ui import UiSettings, create_app
+
+    return create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / f"ui-cache-{token}", token=token,
+                                 stage_cache=str(tmp / "stage-cache"), **kw))
+
+
+@pytest.fixture
+def client(store):
+    with TestClient(_app(store[0])) as c:
+        yield c
+
+
+# ------------------------------------------------------------------ CSRF
+@pytest.mark.parametrize("token", [None, "s3cret-token"])
+def test_csrf_foreign_origin_post_is_403_in_both_modes(store, token) -> None:
+    tmp, honest, _ = store
+    with TestClient(_app(tmp, token)) as c:
+        if token:
+            c.cookies.set("samseg_ui_token", token)
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Origin": "http://testserver.evil.example"}):
+            r = c.post(f"/api/runs/{honest}/rerun", content=b"eps=0.5", headers=headers)
+            assert r.status_code == 403, (headers, r.status_code)
+        ok = c.post(f"/api/runs/{honest}/rerun", json={"eps": 0.5}, headers={"Origin": "http://testserver",
+                                                                            "Sec-Fetch-Site": "same-origin"})
+        assert ok.status_code == 202
+
+
+def test_fastapi_floor_refuses_text_plain_posts() -> None:
+    """The dependency floor is the release whose JSON bodies need a JSON Content-Type."""
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "fastapi>=0.132" in deps
+
+
+# ------------------------------------------------------------------ headers, token
+def test_clickjacking_and_sniffing_headers_on_every_answer(client, store) -> None:
+    for path in ("/", f"/runs/{store[1]}", "/api/runs", "/nope"):
+        r = client.get(path)
+        assert r.headers["x-frame-options"] == "DENY", path
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_token_never_reaches_the_access_log(store, caplog) -> None:
+    from samseg.ui import hardening
+
+    hardening.redact_access_log()
+    logger = logging.getLogger("uvicorn.access")
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/?token=s3cret-token&x=1", "1.1", 303)
+    assert "s3cret-token" not in caplog.text and "token=***" in caplog.text
+
+
+def test_wrong_tokens_are_rate_limited(store) -> None:
+    with TestClient(_app(store[0], "right-token")) as c:
+        codes = [c.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code for _ in range(12)]
+        assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+        assert c.get("/api/runs", headers={"Authorization": "Bearer right-token"}).status_code == 429  # still blocked
+
+
+# ------------------------------------------------------------------ files
+def test_crafted_run_cannot_read_local_files(client, store) -> None:
+    _, honest, crafted = store
+    answers = set()
+    for run in (crafted,):
+        r = client.get(f"/runs/{run}/files/input.jpg")
+        assert r.status_code == 409
+        answers.add(r.json()["detail"].replace(run, "RUN"))
+    from mlflow import MlflowClient
+
+    mc = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    for target in ("/nonexistent/file.png", "/etc", "/etc/hostname"):
+        mc.set_tag(crafted, "samseg.image_uri", target)
+        r = client.get(f"/runs/{crafted}/files/input.jpg")
+        assert r.status_code == 409 and "root:" not in r.text
+        answers.add(r.json()["detail"].replace(crafted, "RUN"))
+    assert len(answers) == 1, answers  # one identical answer: nothing about what exists
+    assert client.get(f"/runs/{honest}/files/input.jpg").status_code == 200
+
+
+def test_image_root_limits_where_inputs_come_from(store) -> None:
+    tmp, honest, _ = store
+    with TestClient(_app(tmp, image_roots=(tmp / "elsewhere",))) as c:
+        assert c.get(f"/runs/{honest}/files/input.jpg").status_code == 409
+    with TestClient(_app(tmp, image_roots=(tmp / "images",))) as c:
+        assert c.get(f"/runs/{honest}/files/input.jpg").status_code == 200
+
+
+def test_symlink_planted_in_ui_cache_is_not_served(client, store) -> None:
+    tmp, honest, _ = store
+    assert client.get(f"/runs/{honest}/files/overlay.png").status_code == 200
+    run_dir = tmp / "ui-cache-None" / "runs" / honest
+    (run_dir / ".ui").mkdir(exist_ok=True)
+    for name in ("thumb.png", "input.jpg"):
+        target = run_dir / ".ui" / name
+        target.unlink(missing_ok=True)
+        os.symlink("/etc/passwd", target)
+        r = client.get(f"/runs/{honest}/files/{name}")
+        assert r.status_code == 404 and "root:" not in r.text
+    (run_dir / "summary.json").rename(run_dir / "summary.real")
+    os.symlink(run_dir / "summary.real", run_dir / "summary.json")
+    assert client.get(f"/runs/{honest}/files/summary.json").status_code == 404
+
+
+# ------------------------------------------------------------------ form values
+@pytest.mark.parametrize("form, field", [({"min_samples": 1e308}, "min_samples"), ({"eps": True}, "eps"),
+                                         ({"eps": [0.1]}, "eps"), ({"min_samples": "1e400"}, "min_samples"),
+                                         ({"algorithm": 3}, "algorithm"), ({"eps": "nan"}, "eps")])
+def test_rerun_form_strict_types_and_bounds(client, store, form, field) -> None:
+    r = client.post(f"/api/runs/{store[1]}/rerun", json=form)
+    assert r.status_code == 422 and field in r.json()["errors"], r.text
+
+
+@pytest.mark.parametrize("body", [{"x": "nan", "y": 1}, {"x": float("1e400"), "y": 1}, {"x": True, "y": 2}, {"x": 1}])
+def test_exemplar_query_with_nan_is_422_not_500(client, store, body) -> None:
+    import json
+
+    r = client.post(f"/api/runs/{store[1]}/query", content=json.dumps(body).replace("Infinity", "1e400"),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+
+
+def test_save_class_with_repeated_indices_is_422(client, store) -> None:
+    honest = store[1]
+    for sel in ([{"run_id": honest, "indices": [1] * 960}], [{"run_id": honest, "indices": [1, 2, 1]}],
+                [{"run_id": honest, "indices": [1]}, {"run_id": honest, "indices": [2]}],
+                [{"run_id": honest, "indices": [True]}]):
+        r = client.post("/api/classes", json={"selections": sel})
+        assert r.status_code == 422, (sel[:1], r.text)
+
+
+def test_job_queue_is_bounded(store) -> None:
+    import threading
+
+    from samseg.ui.jobs import JobRunner, QueueFull
+
+    release = threading.Event()
+    jobs = JobRunner(max_pending=3)
+    try:
+        for _ in range(3):
+            jobs.submit("x", lambda p: release.wait(10))
+        with pytest.raises(QueueFull):
+            jobs.submit("x", lambda p: None)
+    finally:
+        release.set()
+        jobs.shutdown()
+    tmp, honest, _ = store
+    app = _app(tmp)
+    app.state.jobs.max_pending = 0
+    with TestClient(app) as c:
+        assert c.post(f"/api/runs/{honest}/rerun", json={"eps": 0.5}).status_code == 429
+
+
+# ------------------------------------------------------------------ store trouble
+def test_locked_mlflow_db_is_a_clear_503(store, monkeypatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    tmp, honest, _ = store
+    app = _app(tmp)
+
+    def locked(*a, **k):
+        raise MlflowException("(sqlite3.OperationalError) database is locked [SQL: SELECT runs.run_uuid FROM runs]")
+
+    monkeypatch.setattr(app.state.store.client, "search_runs", locked)
+    monkeypatch.setattr(app.state.store.client, "get_run", locked)
+    with TestClient(app) as c:
+        for path in ("/api/runs", f"/runs/{honest}", f"/api/runs/{honest}"):
+            r = c.get(path)
+            assert r.status_code == 503, (path, r.status_code)
+            assert "SELECT" not in r.text and "locked" in r.text
+
+
+def test_error_bodies_carry_no_server_paths(client, store) -> None:
+    tmp, honest, _ = store
+    run_dir = tmp / "ui-cache-None" / "runs" / honest
+    client.get(f"/api/runs/{honest}")
+    (run_dir / "masks.json").write_text("{ not json")
+    r = client.get(f"/api/runs/{honest}")
+    assert r.status_code == 409 and str(tmp) not in r.text and "/tmp/" not in r.text, r.text
+    assert "masks.json" in r.text
+
+
+def test_ui_refuses_a_tracking_uri_without_a_database(tmp_path: Path, monkeypatch, capsys) -> None:
+    from cli_run import run_cli
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////nonexistent/dir/mlflow.db")
+    rc, _, stderr = run_cli(["ui", "--port", "1"])
+    assert rc == 2 and "no MLflow database at /nonexistent/dir/mlflow.db" in stderr
+    assert not Path("/nonexistent").exists()
+
+
+def test_bound_loopback_address_is_an_allowed_host() -> None:
+    import argparse
+
+    from samseg.cli_ui import add_parsers, build_settings
+
+    p = argparse.ArgumentParser()
+    add_parsers(p.add_subparsers())
+    settings = build_settings(p.parse_args(["ui", "--host", "127.0.0.2"]))
+    assert "127.0.0.2" in settings.allowed_hosts and "localhost" in settings.allowed_hosts
