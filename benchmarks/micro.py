@@ -65,7 +65,7 @@ def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repe
     import torch
 
     from samseg.fast_encoder import accelerate_encoder, restore_encoder
-    from samseg.precision import native_bf16_cpu
+    from samseg.precision import native_bf16_cpu, set_precision
 
     gflop = measure.encoder_gflop(sam.image_encoder)
     out: dict[str, Any] = {"encoder_gflop": gflop}
@@ -77,7 +77,8 @@ def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repe
         rate = measure.matmul_gflops(p)
         floor = gflop / rate
         row: dict[str, Any] = {"matmul_gflops": rate, "floor_s": floor}
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=(p == "bf16")):
+        set_precision(sam, p, parts=("image_encoder",), reversible=True)  # the production conversion
+        with torch.inference_mode():
             for name in ("sam", "fast"):
                 if name == "fast":
                     accelerate_encoder(sam)
@@ -91,8 +92,11 @@ def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repe
                 row[f"{name}_encoder_s"], row[f"{name}_over_floor"] = secs, secs / floor
                 row[f"{name}_output"] = y
             restore_encoder(sam)
+        set_precision(sam, "fp32", parts=("image_encoder",))
         row["max_abs_diff"] = float((row.pop("sam_output") - row.pop("fast_output")).abs().max())
         out[p] = row
+    if "fp32" in out and "bf16" in out and isinstance(out["bf16"], dict):
+        out["bf16_speedup_fast"] = out["fp32"]["fast_encoder_s"] / out["bf16"]["fast_encoder_s"]
     return out
 
 

@@ -95,6 +95,8 @@ class PipelineParams(_Params):
     """
 
     model_type: ModelType = Field(_PIPE.model_type)  # type: ignore[assignment]
+    # fp32 | bf16 | fp16 | auto (samseg.precision): auto = bf16 where the hardware has it
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     amg: AmgParams = Field(default_factory=AmgParams)
     pool: PoolParams = Field(default_factory=PoolParams)
     cluster: ClusterParams = Field(default_factory=ClusterParams)
@@ -102,6 +104,7 @@ class PipelineParams(_Params):
     def to_config(self) -> PipelineConfig:
         return PipelineConfig(
             model_type=self.model_type,
+            precision=self.precision,
             amg=self.amg.to_config(),
             pool=self.pool.to_config(),
             cluster=self.cluster.to_config(),
@@ -113,6 +116,7 @@ class PipelineParams(_Params):
 
         return cls(
             model_type=cfg.model_type,
+            precision=cfg.precision,  # type: ignore[arg-type]
             amg=AmgParams(**dataclasses.asdict(cfg.amg)),
             pool=PoolParams(**dataclasses.asdict(cfg.pool)),
             cluster=ClusterParams(**dataclasses.asdict(cfg.cluster)),

@@ -30,15 +30,17 @@ def _model_from_summary(summary: dict[str, Any]) -> SimpleNamespace:
     m = summary.get("model") or {}
     return SimpleNamespace(model_type=m.get("type") or summary["config"]["model_type"],
                            checkpoint_sha256=m.get("checkpoint_sha256"), checkpoint_path=m.get("checkpoint_path"),
-                           device=m.get("device"))
+                           device=m.get("device"), precision=m.get("precision", "fp32"))
 
 
-def _cached_pair(runtime: RuntimeParams, image_sha: str, checkpoint_sha: str, cfg: Any) -> tuple[Any, Any] | None:
-    """(MaskSet, N×C embeddings) from the stage cache, or None when either is missing/corrupt."""
+def _cached_pair(runtime: RuntimeParams, image_sha: str, checkpoint_sha: str, cfg: Any,
+                 precision: str = "fp32") -> tuple[Any, Any] | None:
+    """(MaskSet, N×C embeddings) from the stage cache, or None when either is missing/corrupt.
+    precision: the resolved one the run computed in (summary model.precision)."""
     from samseg.cache import stage_key
 
-    masks = load_entry(runtime, "amg", stage_key("amg", image_sha, checkpoint_sha, cfg))
-    emb = load_entry(runtime, "pool", stage_key("pool", image_sha, checkpoint_sha, cfg)) if masks is not None else None
+    masks = load_entry(runtime, "amg", stage_key("amg", image_sha, checkpoint_sha, cfg, precision))
+    emb = load_entry(runtime, "pool", stage_key("pool", image_sha, checkpoint_sha, cfg, precision)) if masks is not None else None
     return None if emb is None else (masks, emb)
 
 
@@ -50,7 +52,8 @@ def inputs_from_run(run_id: str, runtime: RuntimeParams, workdir: Path) -> tuple
 
     summary = fetch_run_inputs(run_id, workdir)
     cfg = PipelineConfig.from_flat(summary["config"])
-    pair = _cached_pair(runtime, summary["image"]["sha256"], summary["model"]["checkpoint_sha256"], cfg)
+    pair = _cached_pair(runtime, summary["image"]["sha256"], summary["model"]["checkpoint_sha256"], cfg,
+                        summary["model"].get("precision", "fp32"))
     if pair is not None:
         return summary, pair[0], pair[1], "cache"
     masks, emb, _labels = read_outputs(workdir)
@@ -88,8 +91,8 @@ def recluster_flow(
         else:
             base = (settings or PipelineParams()).to_config()
             img = read_image_task(image)
-            model = get_model(base.model_type, runtime)
-            pair = _cached_pair(runtime, img.sha256, model.checkpoint_sha256, base)
+            model = get_model(base.model_type, runtime, base.precision)
+            pair = _cached_pair(runtime, img.sha256, model.checkpoint_sha256, base, model.precision)
             if pair is None:
                 raise ReclusterError(f"{image}: no cached masks/embeddings for this model and AMG/pool config; run `samseg segment` first")
             (masks, emb), source = pair, "cache"

@@ -33,6 +33,7 @@ from flows.tasks import (
     timed,
     track_task,
 )
+from samseg.outdirs import refused_outputs
 from samseg.progress import report
 
 log = logging.getLogger(__name__)
@@ -65,24 +66,6 @@ def output_names(uris: list[str]) -> list[str]:
     return unique_names(uris)
 
 
-def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, str]:
-    """uri -> one error line for each image whose OUT/<name> samseg may not replace
-    (a directory it did not write, or one holding an input): checked before any compute."""
-    from samseg.outdirs import OutputDirRefused, check_replaceable, child_dir
-    from samseg.storage import is_s3_uri
-
-    if is_s3_uri(out):
-        return {}
-    local = [u for u in uris if not is_s3_uri(u)]
-    refused = {}
-    for uri, name in zip(uris, names):
-        try:
-            check_replaceable(child_dir(Path(out), name), local)
-        except OutputDirRefused as exc:
-            refused[uri] = f"{uri}: output {exc}"
-    return refused
-
-
 def describe_failure(uri: str, exc: BaseException) -> str:
     """One line for a failed image, naming it: input/output errors carry the file in their
     own message; other errors get "<uri>: " (and "unexpected <Type>: " for non-I/O ones)."""
@@ -105,12 +88,12 @@ def run_stages(img: Any, cfg: Any, runtime: RuntimeParams) -> tuple[dict[str, st
     """encode → amg → pool through the cache: (keys, cache status, seconds, model)."""
     from samseg.cache import stage_key
 
-    model = get_model(cfg.model_type, runtime)  # once per process; its sha256 is part of every key
-    keys = {s: stage_key(s, img.sha256, model.checkpoint_sha256, cfg) for s in STAGES}
+    model = get_model(cfg.model_type, runtime, cfg.precision)  # once per process; sha256 + precision key every stage
+    keys = {s: stage_key(s, img.sha256, model.checkpoint_sha256, cfg, model.precision) for s in STAGES}
     status: dict[str, str] = {}
     seconds: dict[str, float] = {}
     args = {
-        "encode": (keys["encode"], img, cfg.model_type, runtime),
+        "encode": (keys["encode"], img, cfg.model_type, runtime, cfg.precision),
         "amg": (keys["amg"], keys["encode"], img, cfg, runtime),
         "pool": (keys["pool"], keys["encode"], keys["amg"], cfg, runtime),
     }
@@ -219,19 +202,6 @@ def segment_image_flow(
 # ---------------------------------------------------------------- batch
 
 
-def deployment_exists(name: str = SEGMENT_DEPLOYMENT) -> bool:
-    """True when the API we talk to has the `segment` deployment (i.e. workers can take images)."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        with get_client(sync_client=True) as client:
-            client.read_deployment_by_name(name)
-        return True
-    except ObjectNotFound:
-        return False
-
-
 def _image_params(uri: str, out: str, settings: PipelineParams, runtime: RuntimeParams, track: bool,
                   experiment: str, batch_run_id: str | None) -> dict[str, Any]:
     return {"image": uri, "out": out, "settings": settings.model_dump(), "runtime": runtime.model_dump(),
@@ -259,59 +229,6 @@ def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         except Exception as exc:  # one bad image fails alone
             results.append({"image": uri, "name": name, "status": "failed", "error": describe_failure(uri, exc)})
             report("image_failed", image=uri, error=results[-1]["error"])
-    return results
-
-
-def _run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float | None,
-                     poll_s: float = 1.0) -> list[dict[str, Any]]:
-    """Create one `segment` run per image (any worker may take it), then wait for all;
-    a run not finished after `timeout_s` (None = wait forever) is reported as failed."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-
-    from samseg import shutdown
-
-    names = dict(zip(uris, output_names(uris)))
-    refused = refused_outputs(kwargs["out"], uris, list(names.values())) if kwargs.get("out") else {}
-    runs = {}
-    for uri in uris:
-        shutdown.check()
-        if uri not in refused:
-            runs[uri] = run_deployment(SEGMENT_DEPLOYMENT, parameters={"image": uri, "name": names[uri], **kwargs},
-                                       timeout=0, flow_run_name=f"segment-{names[uri]}")
-    pending = dict(runs)
-    final: dict[str, Any] = {}
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while pending and (deadline is None or time.monotonic() < deadline):
-            for uri, run in list(pending.items()):
-                fr = client.read_flow_run(run.id)
-                if fr.state is not None and fr.state.is_final():
-                    final[uri] = fr
-                    del pending[uri]
-                    if fr.state.is_completed():  # the image bar moves as each worker finishes
-                        report("image_done", image=uri)
-                    else:
-                        report("image_failed", image=uri, error=_one_line(fr.state.message or fr.state.name))
-            if pending:
-                time.sleep(poll_s)
-    results = []
-    for uri in uris:
-        if uri in refused:
-            results.append({"image": uri, "name": names[uri], "status": "failed", "error": refused[uri]})
-            report("image_failed", image=uri, error=refused[uri])
-            continue
-        if uri in pending:
-            results.append({"image": uri, "name": names[uri], "status": "failed", "flow_run_id": str(runs[uri].id),
-                            "error": f"{uri}: flow run {runs[uri].id} not finished after {timeout_s:g} s"})
-            report("image_failed", image=uri, error=results[-1]["error"])
-            continue
-        fr = final[uri]
-        ok = fr.state.is_completed()
-        entry = {"image": uri, "name": names[uri], "status": "completed" if ok else "failed", "flow_run_id": str(fr.id)}
-        if not ok:
-            entry["error"] = _one_line(fr.state.message or fr.state.name)
-        results.append(entry)
     return results
 
 
@@ -353,6 +270,8 @@ def segment_batch_flow(
     if dataset:
         check_dataset_request(out, classes_from)  # fail before any image is computed
     uris = list_sources(source)
+    from flows.fanout import deployment_exists, run_deployments
+
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
     batch_run_id = _start_batch(track, experiment, settings, source, out, len(uris))
     # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
@@ -361,7 +280,7 @@ def segment_batch_flow(
     if not use_deployments:
         kwargs.update(settings=settings, runtime=runtime)
     try:
-        results = _run_deployments(uris, kwargs, image_timeout_s) if use_deployments else _run_local(uris, kwargs)
+        results = run_deployments(uris, kwargs, image_timeout_s) if use_deployments else _run_local(uris, kwargs)
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
         if batch_run_id is not None:
             _end_quietly(batch_run_id, "KILLED")

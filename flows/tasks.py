@@ -43,24 +43,25 @@ class CacheEntryMissing(RuntimeError):
 
 # ---------------------------------------------------------------- per-process state
 
-_MODELS: dict[tuple[str, str | None, str | None, int], Any] = {}
+_MODELS: dict[tuple[str, str | None, str | None, int, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
 _GPU_LOCK = threading.Lock()
 _GPU: threading.BoundedSemaphore | None = None
 
 
-def get_model(model_type: str, runtime: RuntimeParams) -> Any:
-    """The LoadedModel for (model_type, checkpoint, device, seed), loaded once per process.
+def get_model(model_type: str, runtime: RuntimeParams, precision: str = "fp32") -> Any:
+    """The LoadedModel for (model_type, checkpoint, device, seed, precision), loaded once per process.
 
     A worker serves many images; loading SAM (and hashing a 2.5 GB checkpoint) per task
     would dominate the run time.
     """
     from samseg.model import load_model
 
-    key = (model_type, runtime.checkpoint, runtime.device, runtime.seed)
+    key = (model_type, runtime.checkpoint, runtime.device, runtime.seed, precision)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load_model(model_type, checkpoint=runtime.checkpoint, device=runtime.device, seed=runtime.seed)
+            _MODELS[key] = load_model(model_type, checkpoint=runtime.checkpoint, device=runtime.device, seed=runtime.seed,
+                                      precision=precision)
         return _MODELS[key]
 
 
@@ -192,12 +193,12 @@ def read_image_task(uri: str) -> Any:
 
 
 @task(name="encode", tags=["gpu"], cache_key_fn=_cached_key_fn("encode"), **_CACHED)
-def encode_task(key: str, image: Any, model_type: str, runtime: RuntimeParams) -> dict[str, str]:
+def encode_task(key: str, image: Any, model_type: str, runtime: RuntimeParams, precision: str = "fp32") -> dict[str, str]:
     """One image-encoder pass → cache entry of the C×64×64 features."""
     from samseg.encode import encode_image
 
     def compute() -> Any:
-        model = get_model(model_type, runtime)
+        model = get_model(model_type, runtime, precision)
         with gpu_slot():
             return encode_image(model, image.rgb)
 
@@ -211,7 +212,7 @@ def amg_task(key: str, encode_key: str, image: Any, cfg: Any, runtime: RuntimePa
 
     def compute() -> Any:
         encoded = require_entry(runtime, "encode", encode_key)
-        model = get_model(cfg.model_type, runtime)
+        model = get_model(cfg.model_type, runtime, cfg.precision)
         with gpu_slot():
             return generate_masks(model, image.rgb, encoded, cfg.amg)
 

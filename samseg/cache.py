@@ -60,7 +60,7 @@ def _config_for(stage: str, cfg: PipelineConfig) -> dict[str, Any]:
     raise ValueError(f"stage {stage!r} is not cached; cached stages: {', '.join(CACHED_STAGES)}")
 
 
-def stage_key(stage: str, image_sha256: str, checkpoint_sha256: str, cfg: PipelineConfig) -> str:
+def stage_key(stage: str, image_sha256: str, checkpoint_sha256: str, cfg: PipelineConfig, precision: str = "fp32") -> str:
     """Hex sha256 of canonical JSON of {stage, image, checkpoint, model_type, upstream configs}."""
     doc = {
         "format": CACHE_FORMAT,
@@ -70,6 +70,8 @@ def stage_key(stage: str, image_sha256: str, checkpoint_sha256: str, cfg: Pipeli
         "model_type": cfg.model_type,
         **_config_for(stage, cfg),
     }
+    if precision != "fp32":  # the RESOLVED precision; fp32 keys stay what they always were
+        doc["precision"] = precision
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -102,7 +102,7 @@ class _ScrubSecrets(logging.Filter):
     """No credential in any log line: with -v botocore logs signed headers at DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from samseg.tracking import scrub_secrets
+        from samseg.secrets import scrub_secrets
 
         try:
             text = record.getMessage()
@@ -157,6 +157,9 @@ def _add_segment_parser(sub: Any) -> None:
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="named config (default: %(default)s)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0, help="tiny-random weights seed (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default=None,
+                   help="encoder/decoder precision (default fp32); auto = bf16 on a CUDA GPU with bf16 or a CPU with "
+                   "AMX/AVX512-BF16, else fp32; fp16 needs CUDA. Thresholds and post-processing stay fp32")
     p.add_argument("--save-features", action="store_true", help="also write features.npy (C×64×64 float32 encoder output)")
     _add_config_flags(p)
     _add_common(p)
@@ -199,6 +202,8 @@ def config_from_args(args: argparse.Namespace) -> "Any":
         cfg = get_preset(args.preset)
         if args.model is not None:
             cfg = cfg.replace(model_type=args.model)
+        if getattr(args, "precision", None) is not None:
+            cfg = cfg.replace(precision=args.precision)
         changes: dict[str, dict[str, Any]] = {}
         for key, value in vars(args).items():
             section, dot, name = key.partition(".")

@@ -118,10 +118,18 @@ class PipelineConfig:
     amg: AmgConfig = field(default_factory=AmgConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # fp32 | bf16 | fp16 | auto for the encoder and decoder (samseg.precision); "auto" is
+    # resolved per machine at run time, and the resolved value is what the caches key on.
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        from samseg.precision import REQUESTS
+
+        _check(self.precision in REQUESTS, f"precision must be one of {', '.join(REQUESTS)}, got {self.precision!r}")
 
     def flat(self) -> dict[str, Any]:
-        """Dotted view: {'model_type': 'vit_h', 'amg.points_per_side': 32, ...}."""
-        out: dict[str, Any] = {"model_type": self.model_type}
+        """Dotted view: {'model_type': 'vit_h', 'precision': 'fp32', 'amg.points_per_side': 32, ...}."""
+        out: dict[str, Any] = {"model_type": self.model_type, "precision": self.precision}
         for name in ("amg", "pool", "cluster"):
             for key, value in dataclasses.asdict(getattr(self, name)).items():
                 out[f"{name}.{key}"] = value
@@ -143,7 +151,7 @@ class PipelineConfig:
         sections: dict[str, dict[str, Any]] = {"amg": {}, "pool": {}, "cluster": {}}
         model_type = flat.get("model_type", cls.model_type)
         for key, value in flat.items():
-            if key == "model_type":
+            if key in ("model_type", "precision"):
                 continue
             section, _, name = key.partition(".")
             if section not in sections:
@@ -151,6 +159,7 @@ class PipelineConfig:
             sections[section][name] = value
         return cls(
             model_type=model_type,
+            precision=str(flat.get("precision", cls.precision)),
             amg=AmgConfig(**sections["amg"]),
             pool=PoolConfig(**sections["pool"]),
             cluster=ClusterConfig(**sections["cluster"]),

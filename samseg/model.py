@@ -78,6 +78,7 @@ class LoadedModel:
     checkpoint_path: str | None
     checkpoint_sha256: str
     device: str
+    precision: str = "fp32"  # resolved (never "auto"): what the encoder and decoder run in
 
 
 def samseg_home() -> Path:
@@ -283,6 +284,7 @@ def load_model(
     seed: int = 0,
     fast_decoder: bool = True,
     fast_encoder: bool = True,
+    precision: str = "fp32",
 ) -> LoadedModel:
     """Build `model_type`, load its weights, move it to `device` (None/"auto" = best available).
 
@@ -293,10 +295,14 @@ def load_model(
     tolerance, ~3× faster per prompt on CPU); False keeps segment_anything's module.
     fast_encoder: swap in samseg.fast_encoder's per-head attention in the image encoder
     (same outputs within fp32 tolerance, no (heads×HW×HW) score tensors); False keeps SAM's.
+    precision: fp32 | bf16 | fp16 | auto (samseg.precision), resolved for `device` here.
     Raises CheckpointError (one line) for missing/invalid/undownloadable weights.
     """
+    from samseg.precision import resolve_precision, set_precision
+
     _check_model_type(model_type)
     dev = select_device(device)
+    resolved = resolve_precision(precision, dev)
     if model_type == TINY_RANDOM:
         sam = build_tiny_random(seed)
         path, sha = (None, state_dict_sha256(sam)) if checkpoint is None else _resolve_checkpoint(model_type, checkpoint)
@@ -316,6 +322,7 @@ def load_model(
         from samseg.fast_encoder import accelerate_encoder
 
         accelerate_encoder(sam)
-    log.info("loaded %s on %s (weights sha256 %s)", model_type, dev, sha)
+    set_precision(sam, resolved)
+    log.info("loaded %s on %s in %s (weights sha256 %s)", model_type, dev, resolved, sha)
     return LoadedModel(sam=sam, model_type=model_type, checkpoint_path=None if path is None else str(path),
-                       checkpoint_sha256=sha, device=dev)
+                       checkpoint_sha256=sha, device=dev, precision=resolved)

@@ -179,3 +179,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, str]:
+    """uri -> one error line for each image whose OUT/<name> samseg may not replace (a
+    directory it did not write, or one holding an input of the batch): checked before any
+    compute. S3 outputs are never deleted, so nothing there is refused."""
+    if str(out).startswith("s3://"):
+        return {}
+    local = [u for u in uris if not str(u).startswith("s3://")]
+    refused = {}
+    for uri, name in zip(uris, names):
+        try:
+            check_replaceable(child_dir(Path(out), name), local)
+        except OutputDirRefused as exc:
+            refused[uri] = f"{uri}: output {exc}"
+    return refused

@@ -100,6 +100,7 @@ def build_summary(image: "LoadedImage", model: "LoadedModel", cfg: PipelineConfi
             "checkpoint_sha256": model.checkpoint_sha256,
             "checkpoint_path": model.checkpoint_path,
             "device": model.device,
+            "precision": getattr(model, "precision", "fp32"),  # resolved: what the encoder/decoder ran in
         },
         "config": {**cfg.flat(), "model_type": model.model_type},
         "embedding_dim": int(result.embeddings.shape[1]) if result.embeddings.ndim == 2 else None,

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from samseg.secrets import SECRET_ENV_VARS, scrub_secrets  # noqa: F401 — re-exported: the edge's scrubber
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -42,50 +44,11 @@ ARTIFACT_DIRS: tuple[str, ...] = ("classes",)
 RECLUSTER_INPUTS: tuple[str, ...] = ("summary.json", "masks.json", "embeddings.npy")
 RUN_STATUSES: tuple[str, ...] = ("FINISHED", "FAILED", "KILLED")
 
-# Environment variables whose VALUES must never reach MLflow.
-SECRET_ENV_VARS: tuple[str, ...] = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "PREFECT_API_KEY",
-    "POSTGRES_PASSWORD",
-    "MINIO_ROOT_PASSWORD",
-)
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s?#]+@")
-_QUERY_SECRET = re.compile(
-    r"(?P<key>[?&](?:x-amz-[a-z\-]+|signature|sig|token|access_token|awsaccesskeyid|"
-    r"password|passwd|secret|api_key|apikey|key|x-goog-signature|x-goog-credential)=)[^&#\s]*",
-    re.IGNORECASE,
-)
-
-
-# Signed-request pieces botocore logs at DEBUG (headers, canonical requests, presigned URLs).
-_AWS_AUTH = re.compile(
-    r"(?P<key>X-Amz-Security-Token['\"]?\s*[:=]\s*b?['\"]?|X-Amz-Credential=|X-Amz-Signature=|Credential=|Signature=)"
-    r"[^\s,'\"&;]+",
-    re.IGNORECASE,
-)
-
-
 class TrackingError(Exception):
     """An MLflow operation failed; one line naming the run/experiment."""
 
 
 # ---------------------------------------------------------------- pure helpers
-
-
-def scrub_secrets(value: str) -> str:
-    """`value` with credentials removed: URI user:password@, signed-URL query values, and
-    the values of secret environment variables (AWS_SECRET_ACCESS_KEY, …) → ``***``."""
-    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(value))
-    text = _QUERY_SECRET.sub(lambda m: m.group("key") + "***", text)
-    text = _AWS_AUTH.sub(lambda m: m.group("key") + "***", text)
-    for name in SECRET_ENV_VARS:
-        secret = os.environ.get(name, "")
-        if len(secret) >= 4 and secret in text:  # tiny values would redact innocent text
-            text = text.replace(secret, "***")
-    return text
 
 
 def tracking_uri() -> str:
@@ -113,6 +76,9 @@ def run_params(summary: dict[str, Any]) -> dict[str, str]:
     model_type = _get(summary, ("model", "type"), "model_type")
     if model_type is not None:
         params.setdefault("model_type", str(model_type))
+    resolved = _get(summary, ("model", "precision"), "precision_resolved")
+    if resolved is not None:  # "auto" in the config says what was asked; this, what ran
+        params["precision_resolved"] = str(resolved)
     return params
 
 

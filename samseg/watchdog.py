@@ -48,7 +48,9 @@ def guard_child(child_pid: int) -> subprocess.Popen[bytes]:
 def guard_prefect_ephemeral() -> str | None:
     """Start Prefect's temporary API server (when no PREFECT_API_URL is set) under a
     watchdog; returns its API URL, or None when a real server is configured."""
-    if os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import get_current_settings
+
+    if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:  # a real server (env, profile, settings)
         return None
     from prefect.server.api.server import SubprocessASGIServer
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then segment ../shared/images with the tiny-random model.
-# tiny-random is a random miniature SAM: its output shows the file formats only and is NOT
-# a segmentation. A real run needs a checkpoint (see README, "Checkpoints").
+# Set up .venv if needed, then segment ../shared/images (or the directory given) for real:
+# with SAM vit_b (375 MB, sha256-pinned) when its checkpoint is cached or can be downloaded,
+# else — offline, as on the development machines and CI — with tiny-random, a random
+# miniature SAM whose masks are meaningless (it shows the file formats only).
+# SAMSEG_DEMO_MODEL=tiny-random|vit_b|vit_l|vit_h forces a choice (samseg/demo.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,6 +12,13 @@ if [[ ! -d "$IMAGES" ]]; then
   echo "demo: $IMAGES not found; pass an image directory: scripts/demo.sh DIR" >&2
   exit 2
 fi
-.venv/bin/samseg segment "$IMAGES" --model tiny-random --preset smoke --out out/demo
-echo "demo: results in out/demo/<image>/ (tiny-random: meaningless masks, formats only)"
+MODEL="$(.venv/bin/python -m samseg.demo choose)"   # one line on stderr says why
+if [[ "$MODEL" == "tiny-random" ]]; then
+  PRESET=smoke   # a random SAM's masks fail SAM's filters; smoke opens them
+else
+  PRESET=default # SAM's own AMG defaults, the notebook's clustering
+fi
+.venv/bin/samseg segment "$IMAGES" --model "$MODEL" --preset "$PRESET" --out out/demo
+echo "demo: $MODEL results in out/demo/<image>/ (overlay.png, labels.png, classes/, masks.json)"
+[[ "$MODEL" == "tiny-random" ]] && echo "demo: tiny-random: meaningless masks, formats only"
 echo "demo: runs are in MLflow (./mlflow.db); browse them with: .venv/bin/samseg ui"

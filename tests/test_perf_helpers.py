@@ -27,8 +27,9 @@ def test_bf16_is_opt_in_reversible_and_returns_float32():
     ref = sam.image_encoder(x)
     keys = list(sam.state_dict())
     assert get_precision(sam) == "fp32"
-    set_precision(sam, "bf16")
+    set_precision(sam, "bf16", reversible=True)
     assert get_precision(sam) == "bf16" and get_precision(sam, "mask_decoder") == "bf16"
+    assert sam.image_encoder.weight.dtype == torch.bfloat16  # converted, not autocast
     out = sam.image_encoder(x)
     assert out.dtype == torch.float32  # callers keep seeing float32
     assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=5e-2, rtol=5e-2)
@@ -37,9 +38,24 @@ def test_bf16_is_opt_in_reversible_and_returns_float32():
     assert get_precision(sam) == "fp32" and torch.equal(sam.image_encoder(x), ref)
 
 
-def test_unknown_precision_is_rejected():
-    with pytest.raises(PrecisionError, match="fp16"):
-        set_precision(_tiny_module_pair(), "fp16")
+def test_unknown_precision_is_rejected_and_lossy_return_refused():
+    with pytest.raises(PrecisionError, match="fp8"):
+        set_precision(_tiny_module_pair(), "fp8")
+    sam = set_precision(_tiny_module_pair(), "bf16")  # not reversible: fp32 weights not kept
+    with pytest.raises(PrecisionError, match="load the model again"):
+        set_precision(sam, "fp32")
+
+
+def test_auto_resolves_by_hardware(monkeypatch):
+    from samseg import precision
+
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
+    assert precision.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: False)
+    assert precision.resolve_precision("auto", "cpu") == "fp32"
+    assert precision.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(PrecisionError, match="needs a CUDA device"):
+        precision.resolve_precision("fp16", "cpu")
 
 
 def test_masks_per_chunk_shrinks_with_the_image_and_respects_the_budget():

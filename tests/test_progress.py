@@ -186,7 +186,7 @@ def test_deployment_fan_out_advances_images_as_runs_finish(monkeypatch: pytest.M
     import prefect.client.orchestration
     import prefect.deployments
 
-    from flows.segment import _run_deployments
+    from flows.fanout import run_deployments as _run_deployments
 
     finish_after = {"a.png": 2, "b.png": 1, "c.png": 99}  # c never finishes: timed out
     ok = {"a.png": True, "b.png": False}

@@ -61,7 +61,7 @@ def test_two_workers_take_each_image_exactly_once(prefect_api, workers, small_ph
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    names = ["bears.jpg", "corgi.jpg", "building.jpg", "alphabet.jpg"]
+    names = ["alphabet.jpg", "bears.jpg", "building.jpg", "corgi.jpg"]
     for name in names:
         (src / name).write_bytes((small_photos / name).read_bytes())
     smoke = PipelineParams.from_preset("smoke")

@@ -79,11 +79,12 @@ def _repool(store: RunStore, summary: dict[str, Any], cfg: PipelineConfig, masks
     if not image_sha or not ckpt_sha:
         raise RunDataError("a pooling change needs the run's image and checkpoint sha256 (not in summary.json)")
     new_cfg = cfg.replace(pool=pool_cfg)
+    precision = (summary.get("model") or {}).get("precision", "fp32")  # resolved, as the run computed
     cache = StageCache(store.settings.stage_cache)
-    emb = cache.load_embeddings(stage_key("pool", image_sha, ckpt_sha, new_cfg))
+    emb = cache.load_embeddings(stage_key("pool", image_sha, ckpt_sha, new_cfg, precision))
     if emb is not None and len(emb) == len(masks):
         return emb, {"encode": "skipped", "amg": "parent_run", "pool": "hit"}
-    encoded = cache.load_encoded(stage_key("encode", image_sha, ckpt_sha, cfg))
+    encoded = cache.load_encoded(stage_key("encode", image_sha, ckpt_sha, cfg, precision))
     if encoded is None:
         raise RunDataError(
             f"a pooling change needs this image's encoder features in the stage cache ({cache.root}); "

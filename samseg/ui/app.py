@@ -228,8 +228,9 @@ def _rerun(store: RunStore, run_id: str, cluster_cfg: Any, pool_cfg: Any, cfg: A
 
 
 def _finite(value: Any) -> float:
-    """A JSON number (not a bool, not a string like "nan") that is finite, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite number (JSON number or numeric string, as form inputs send; never a bool,
+    "nan" or "inf"), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("not a number")
     v = float(value)
     if v != v or v in (float("inf"), float("-inf")):

@@ -18,24 +18,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from samseg.ui.security import UnsafePathError, check_artifact_path, valid_run_id
+from samseg.ui.files import DATASET_FILES, RunDataError, RunFiles  # noqa: F401 — DATASET_FILES re-exported
+from samseg.ui.security import valid_run_id
 
 # Run kinds that have an image's outputs (a batch parent run has none).
 IMAGE_KINDS = ("image", "recluster")
 # Batch parent runs whose images share one set of class ids (tag samseg.classes, see
 # samseg.dataset_outputs): the UI shows them as "dataset runs".
 DATASET_MODES = ("dataset", "assigned")
-DATASET_FILES = ("classes.json", "contact_sheet.png")
-_THUMB_PX = 320  # long side of list thumbnails: readable, ~30 KB each
 _MAX_LIST = 500
 
 
 class RunNotFound(LookupError):
     """Unknown run id (or not a samseg image run); the message is shown with a 404."""
-
-
-class RunDataError(RuntimeError):
-    """A run exists but its artifacts or input cannot be used; one line for the page."""
 
 
 class StoreUnavailable(RuntimeError):
@@ -50,12 +45,6 @@ def _store_error(exc: Exception, where: str) -> Exception:
     text = str(exc).lower()
     reason = "the database is locked by another process" if "locked" in text else "it did not answer"
     return StoreUnavailable(f"the MLflow store {where} is unavailable ({reason}); try again in a moment")
-
-
-# The input photos the UI serves come only from a run that recorded the file's sha256,
-# and — when `samseg ui --image-root` names folders — only from under them; every refusal
-# gets this one answer, so the UI tells nothing about which files exist.
-INPUT_REFUSED = "the run's input image is not available"
 
 
 @dataclass(frozen=True)
@@ -108,8 +97,8 @@ def _prefect_ui_base(explicit: str | None) -> str | None:
     return base.rstrip("/") if base else None
 
 
-class RunStore:
-    """Read access to one MLflow tracking server's samseg runs."""
+class RunStore(RunFiles):
+    """Read access to one MLflow tracking server's samseg runs (and, through RunFiles, their files)."""
 
     def __init__(self, settings: UiSettings):
         from mlflow.tracking import MlflowClient
@@ -205,6 +194,8 @@ class RunStore:
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
             "model": p.get("model_type"),
+            # what ran (auto resolved), else what was asked; runs from before precision existed ran fp32
+            "precision": p.get("precision_resolved") or p.get("precision") or "fp32",
             "algorithm": p.get("cluster.algorithm"),
             "eps": p.get("cluster.eps"),
             "min_samples": p.get("cluster.min_samples"),
@@ -309,83 +300,6 @@ class RunStore:
     def summary(self, run_id: str) -> dict[str, Any]:
         return json.loads((self.run_dir(run_id) / "summary.json").read_text())
 
-    def file_path(self, run_id: str, path: str) -> Path:
-        """Absolute path of a servable artifact (UnsafePathError / RunNotFound / FileNotFoundError)."""
-        path = check_artifact_path(path)
-        dataset = self.is_dataset_run(self.get_any_run(run_id))
-        if dataset and path not in (*DATASET_FILES, "thumb.png"):
-            raise UnsafePathError(f"not an artifact of dataset run {run_id}: {path!r}")
-        if not dataset and path in DATASET_FILES:
-            raise UnsafePathError(f"{path!r} belongs to dataset runs; run {run_id} is an image run")
-        root = self.run_dir(run_id).resolve()
-        if path == "thumb.png":
-            full = self._thumbnail(root, "contact_sheet.png" if dataset else "overlay.png")
-        elif path == "input.jpg":
-            full = self._input_jpg(run_id, root)
-        else:
-            full = root / path
-        if not _plain_file_under(full, root):  # no symlink anywhere: a planted link serves nothing
-            raise FileNotFoundError(f"run {run_id} has no artifact {path}")
-        return full
-
-    def _thumbnail(self, root: Path, source: str = "overlay.png") -> Path:
-        from PIL import Image
-
-        thumb = root / ".ui" / "thumb.png"
-        if not os.path.lexists(thumb):
-            thumb.parent.mkdir(exist_ok=True)
-            with Image.open(root / source) as im:
-                im.thumbnail((_THUMB_PX, _THUMB_PX))
-                _save_atomic(im, thumb, "PNG")
-        return thumb
-
-    def _input_jpg(self, run_id: str, root: Path) -> Path:
-        """The EXIF-corrected input as JPEG q90: a photo as PNG would be ~10× larger."""
-        from PIL import Image
-
-        out = root / ".ui" / "input.jpg"
-        self._input_source(run_id)  # the rules hold for the cached copy too (settings may differ)
-        if not os.path.lexists(out):
-            out.parent.mkdir(exist_ok=True)
-            _save_atomic(Image.fromarray(self.load_image(run_id).rgb), out, "JPEG", quality=90)
-        return out
-
-    def _input_source(self, run_id: str) -> tuple[str, str]:
-        """(uri, sha256) of the run's input, or RunDataError(INPUT_REFUSED). A crafted run
-        could name any file: only one whose hash the run records, from the allowed roots."""
-        run = self.get_run(run_id)
-        summary = self.summary(run_id)
-        uri = run.data.tags.get("samseg.image_uri") or _image_field(summary, "uri")
-        expected = run.data.tags.get("samseg.image_sha256") or _image_field(summary, "sha256")
-        if not uri or not expected or not self._allowed_input(uri):
-            raise RunDataError(f"run {run_id}: {INPUT_REFUSED}")
-        return uri, expected
-
-    def load_image(self, run_id: str) -> Any:
-        """The run's input as a samseg.images.LoadedImage, verified against its sha256."""
-        from samseg.images import ImageError, decode_image
-        from samseg.storage import StorageError, read_bytes
-
-        uri, expected = self._input_source(run_id)
-        try:
-            image = decode_image(read_bytes(uri), uri.rsplit("/", 1)[-1], uri=uri)
-        except (ImageError, StorageError, OSError):
-            raise RunDataError(f"run {run_id}: {INPUT_REFUSED}") from None
-        if image.sha256 != expected:
-            raise RunDataError(f"run {run_id}: {INPUT_REFUSED}")
-        return image
-
-    def _allowed_input(self, uri: str) -> bool:
-        roots = self.settings.image_roots
-        if uri.startswith("s3://"):
-            return True
-        if not os.path.isabs(uri):
-            return False
-        if roots is None:
-            return True
-        real = os.path.realpath(uri)
-        return any(Path(real).is_relative_to(os.path.realpath(r)) for r in roots)
-
     def outputs(self, run_id: str) -> tuple[Any, Any, Any]:
         """(MaskSet, N×C float32 embeddings, (N,) int64 labels) of the run."""
         from samseg.export import OutputsError, read_outputs
@@ -396,39 +310,12 @@ class RunStore:
             raise RunDataError(f"run {run_id}: {exc}") from exc
 
 
-def _plain_file_under(path: Path, root: Path) -> bool:
-    """A regular file inside `root` reached without following any symbolic link."""
-    try:
-        rel = Path(os.path.abspath(path)).relative_to(root)
-    except ValueError:
-        return False
-    p = root
-    for part in rel.parts:
-        p = p / part
-        if p.is_symlink():
-            return False
-    return p.is_file()
-
-
 def _outputs_root(tmp: Path, marker: str = "summary.json") -> Path | None:
     """The downloaded folder that holds `marker` (the artifact root or one level down)."""
     if (tmp / marker).is_file():
         return tmp
     found = sorted(p.parent for p in tmp.glob(f"*/{marker}"))
     return found[0] if len(found) == 1 else None
-
-
-def _save_atomic(im: Any, path: Path, fmt: str, **kw: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    im.save(tmp, format=fmt, **kw)
-    os.replace(tmp, path)
-
-
-def _image_field(summary: dict[str, Any], key: str) -> Any:
-    img = summary.get("image")
-    if isinstance(img, dict):
-        return img.get(key)
-    return summary.get(f"image_{key}")
 
 
 def _int(v: Any) -> int | None:
@@ -451,8 +338,6 @@ def _link_base(url: str) -> str:
 
 
 def _scrub(uri: str) -> str:
-    try:
-        from samseg.tracking import scrub_secrets
-    except ImportError:  # tracking edge not installed: never print a URI we cannot scrub
-        return uri.split("@")[-1]
+    from samseg.secrets import scrub_secrets
+
     return scrub_secrets(uri)
