@@ -54,6 +54,25 @@ def decoder_micro(sam: Any, n_prompts: int = 32, seed: int = 0) -> dict[str, Any
     }
 
 
+def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3) -> float:
+    """ms per prompt of `sam`'s decoder as loaded (fast path, its precision) on one random
+    C×64×64 embedding: the production call, mask_decoder(...), inputs in fp32."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        image = torch.randn(1, sam.prompt_encoder.embed_dim, 64, 64, generator=g)
+        pe = sam.prompt_encoder.get_dense_pe()
+        sparse, dense = _grid_prompts(sam, n_prompts)
+        sam.mask_decoder(image, pe, sparse[:4], dense[:4], True)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):  # best of: this shared 2-core machine is noisy
+            t0 = time.perf_counter()
+            sam.mask_decoder(image, pe, sparse, dense, True)
+            best = min(best, time.perf_counter() - t0)
+        return 1e3 * best / n_prompts
+
+
 def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repeats: int = 2) -> dict[str, Any]:
     """Image-encoder passes per precision on a random 1×3×1024² input vs the matmul floor
     (encoder GFLOP / measured matmul GFLOP/s of that dtype, best of 5), with

@@ -120,7 +120,7 @@ def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any
 
     def stage(name: str, load: Any, compute: Any, save: Any) -> Any:
         t0 = time.perf_counter()
-        key = stage_key(name, image.sha256, model.checkpoint_sha256, cfg)
+        key = stage_key(name, image.sha256, model.checkpoint_sha256, cfg, getattr(model, "precision", "fp32"))
         out = load(key)
         hits[name] = out is not None
         if out is None:
@@ -145,14 +145,11 @@ def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str
     import warnings
 
     from samseg.model import load_model
-    from samseg.precision import set_precision
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not the pinned checkpoint": expected for random weights
-        model = load_model(model_type, checkpoint=checkpoint, device=device,
-                           fast_decoder=(decoder == "fast"), fast_encoder=(encoder == "fast"))
-    set_precision(model.sam, precision)
-    return model
+        return load_model(model_type, checkpoint=checkpoint, device=device, precision=precision,
+                          fast_decoder=(decoder == "fast"), fast_encoder=(encoder == "fast"))
 
 
 def bench_cfg(args: argparse.Namespace, cfg: Any) -> Any:
@@ -333,7 +330,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-all-masks", action="store_true",
                    help="box_nms_thresh=crop_nms_thresh=1.0: no NMS, so every mask is kept and compared (random weights collapse under NMS)")
     p.add_argument("--points-per-side", type=int, default=None)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="samseg path only (A is always fp32)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
+                   help="samseg path only (A is always fp32); auto = bf16 where the hardware has it")
     p.add_argument("--decoder", choices=("fast", "sam"), default="fast", help="samseg's mask decoder")
     p.add_argument("--encoder", choices=("fast", "sam"), default="fast", help="samseg's image-encoder attention")
     p.add_argument("--skip-original", action="store_true")

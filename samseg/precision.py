@@ -87,6 +87,13 @@ def _cast(x: Any, dtype: Any) -> Any:
     import torch
 
     if isinstance(x, torch.Tensor) and x.is_floating_point():
+        if any(st == 0 and n > 1 for n, st in zip(x.shape, x.stride())):
+            # An expanded (broadcast) tensor — the AMG's shared no-mask embedding is one
+            # C×h×w slice expanded over every prompt — is cast as its one slice and expanded
+            # again: .to() would materialise it (134 MB per 64 prompts for vit_b) and the
+            # fast decoder would lose its "same dense embedding" shortcut.
+            base = x[tuple(slice(0, 1) if st == 0 else slice(None) for st in x.stride())]
+            return base.to(dtype or torch.float32).expand(x.shape)
         return x.to(dtype or torch.float32)
     if isinstance(x, (tuple, list)):
         return type(x)(_cast(v, dtype) for v in x)

@@ -1,0 +1,147 @@
+"""bf16 against fp32 on this machine, side by side in one run: matmul rates, the vit_b
+encoder against its matmul floor, the fast decoder per prompt, a whole cold AMG run, and
+the agreement of the two runs' masks and embeddings.
+
+    python -m benchmarks.bf16 [--image ../shared/images/building.jpg] [--points-per-side 16]
+
+The AMG runs with open filters and no NMS (--keep-all semantics) so every mask of the
+random-weights model is compared: masks matched one-to-one by the Hungarian method on IoU,
+mean IoU over max(n_fp32, n_bf16) (an unmatched mask counts 0), and the cosine similarity
+of the matched masks' pooled embeddings. On a CPU without native bf16 (AMX-BF16 /
+AVX512-BF16) bf16 is emulated and very slow: the timings are skipped, and it says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import measure
+from benchmarks.micro import decoder_micro_precision
+from benchmarks.run import REPO, SHARED_IMAGES, checkpoint_file
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _load(precision: str, ckpt: Path) -> Any:
+    from samseg.model import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights are not the pinned checkpoint
+        return load_model("vit_b", checkpoint=ckpt, device="cpu", precision=precision)
+
+
+def encoder_pass(model: Any, repeats: int = 2) -> float:
+    """Best of `repeats` encoder passes (s) on a random 1×3×1024² input."""
+    import torch
+
+    x = torch.randn(1, 3, 1024, 1024)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.sam.image_encoder(x)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cold_amg(model: Any, image: Any, cfg: Any) -> dict[str, Any]:
+    """encode + AMG + pool on `image`, timed per stage, nothing cached."""
+    from samseg.amg import generate_masks
+    from samseg.encode import encode_image
+    from samseg.pool import pool_embeddings
+
+    t0 = time.perf_counter()
+    enc = encode_image(model, image.rgb)
+    t1 = time.perf_counter()
+    masks = generate_masks(model, image.rgb, enc, cfg.amg)
+    t2 = time.perf_counter()
+    emb = pool_embeddings(masks, enc, cfg.pool)
+    return {"encode_s": t1 - t0, "amg_s": t2 - t1, "total_s": t2 - t0, "masks": masks, "embeddings": emb}
+
+
+def agreement(ref: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Hungarian-matched mask IoU and matched embedding cosine of two cold_amg results."""
+    from scipy.optimize import linear_sum_assignment
+
+    a, b = ref["masks"], new["masks"]
+    out: dict[str, Any] = {"n_fp32": len(a), "n_bf16": len(b)}
+    if not len(a) or not len(b):
+        return out
+    iou = measure.mask_iou_matrix([b.coco_rle(i) for i in range(len(b))], [a.coco_rle(i) for i in range(len(a))])
+    rows, cols = linear_sum_assignment(-iou)
+    matched = iou[rows, cols]
+    ea, eb = ref["embeddings"][cols], new["embeddings"][rows]
+    cos = (ea * eb).sum(1) / np.maximum(np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1), 1e-12)
+    out.update(mean_iou=float(matched.sum() / max(len(a), len(b))), min_iou=float(matched.min()),
+               mean_embedding_cosine=float(cos.mean()), min_embedding_cosine=float(cos.min()))
+    return out
+
+
+def run(image_path: str, points_per_side: int) -> dict[str, Any]:
+    from samseg.config import get_preset
+    from samseg.images import load_image
+    from samseg.precision import cpu_bf16_flags
+
+    flags = cpu_bf16_flags()
+    res: dict[str, Any] = {"cpu": measure_cpu(), "native_bf16_flags": flags}
+    if not flags:
+        res["skipped"] = "no native bf16 (amx_bf16 / avx512_bf16) on this CPU: bf16 is emulated there, timings skipped"
+        return res
+    ckpt = checkpoint_file("vit_b", REPO / "benchmarks" / "results")
+    image = load_image(image_path)
+    cfg = get_preset("default").replace(model_type="vit_b", amg={
+        "points_per_side": points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+        "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0})
+    gflop = measure.encoder_gflop(_load("fp32", ckpt).sam.image_encoder)
+    res.update(image={"name": image.name, "hw": list(image.hw)}, points_per_side=points_per_side, encoder_gflop=gflop)
+    amg: dict[str, Any] = {}
+    for p in PRECISIONS:
+        model = _load(p, ckpt)
+        rate = measure.matmul_gflops(p, n=2048)
+        enc_s = encoder_pass(model)
+        res[p] = {"matmul_gflops": rate, "encoder_s": enc_s, "encoder_floor_s": gflop / rate,
+                  "encoder_over_floor": enc_s / (gflop / rate),
+                  "decoder_ms_per_prompt": decoder_micro_precision(model.sam, 64)}
+        amg[p] = cold_amg(model, image, cfg)
+        res[p].update({k: v for k, v in amg[p].items() if k.endswith("_s")}, n_masks=len(amg[p]["masks"]))
+    res["speedup"] = {"encoder": res["fp32"]["encoder_s"] / res["bf16"]["encoder_s"],
+                      "decoder_per_prompt": res["fp32"]["decoder_ms_per_prompt"] / res["bf16"]["decoder_ms_per_prompt"],
+                      "cold_amg": res["fp32"]["total_s"] / res["bf16"]["total_s"]}
+    res["agreement"] = agreement(amg["fp32"], amg["bf16"])
+    return res
+
+
+def measure_cpu() -> str:
+    from benchmarks.run import machine_info
+
+    return str(machine_info().get("cpu"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bf16", description=__doc__.split("\n\n")[0])
+    p.add_argument("--image", default=str(SHARED_IMAGES / "building.jpg"))
+    p.add_argument("--points-per-side", type=int, default=16)
+    args = p.parse_args(argv)
+    res = run(args.image, args.points_per_side)
+    print(f"CPU: {res['cpu']}; native bf16 flags: {', '.join(res['native_bf16_flags']) or 'none'}")
+    if "skipped" in res:
+        print(res["skipped"])
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bf16-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    path.write_text(json.dumps(res, indent=2, default=float))
+    print(json.dumps(res, indent=2, default=float))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

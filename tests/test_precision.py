@@ -1,0 +1,89 @@
+"""Precision as a first-class setting (samseg.precision): bf16 with the fast encoder and the
+fast decoder (the out= buffer crash), the config/CLI/cache-key plumbing, fp32 unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from samseg.cache import stage_key
+from samseg.config import PipelineConfig, get_preset
+from samseg.precision import PrecisionError, _cast, resolve_precision
+
+
+@pytest.fixture(scope="module")
+def models():
+    from samseg.model import load_model
+
+    return {p: load_model("tiny-random", device="cpu", precision=p) for p in ("fp32", "bf16")}
+
+
+def test_bf16_runs_fast_encoder_and_fast_decoder_and_agrees(models) -> None:
+    from samseg.amg import generate_masks
+    from samseg.encode import encode_image
+    from samseg.fast_decoder import is_accelerated
+    from samseg.fast_encoder import is_encoder_accelerated
+
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    cfg = get_preset("smoke")
+    out = {}
+    for p, m in models.items():
+        assert is_accelerated(m.sam) and is_encoder_accelerated(m.sam) and m.precision == p
+        enc = encode_image(m, rgb)
+        assert enc.features.dtype == np.float32  # thresholds and pooling see fp32
+        out[p] = (enc, generate_masks(m, rgb, enc, cfg.amg))
+    f32, b16 = out["fp32"][0].features, out["bf16"][0].features
+    cos = (f32 * b16).sum(0) / (np.linalg.norm(f32, axis=0) * np.linalg.norm(b16, axis=0))
+    assert cos.mean() > 0.99
+    assert len(out["bf16"][1]) == len(out["fp32"][1]) > 0
+
+
+def test_decoder_bf16_keeps_expanded_prompts_expanded() -> None:
+    base = torch.randn(1, 8, 4, 4)
+    dense = base.expand(64, -1, -1, -1)
+    cast = _cast(dense, torch.bfloat16)
+    assert cast.dtype == torch.bfloat16 and cast.stride(0) == 0 and cast.shape == dense.shape
+    assert torch.equal(cast[5].float(), base[0].to(torch.bfloat16).float())
+
+
+def test_precision_in_config_and_cache_key() -> None:
+    cfg = get_preset("smoke")
+    assert cfg.precision == "fp32" and cfg.flat()["precision"] == "fp32"
+    assert PipelineConfig.from_flat({**cfg.flat(), "precision": "auto"}).precision == "auto"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        cfg.replace(precision="fp8")
+    key32 = stage_key("encode", "a" * 64, "c" * 64, cfg)
+    assert stage_key("encode", "a" * 64, "c" * 64, cfg, "fp32") == key32  # fp32 keys unchanged
+    assert stage_key("encode", "a" * 64, "c" * 64, cfg, "bf16") != key32
+    # the REQUESTED value does not key, the resolved one does: auto that ran fp32 hits fp32 entries
+    auto = cfg.replace(precision="auto")
+    assert stage_key("amg", "a" * 64, "c" * 64, auto, "fp32") == stage_key("amg", "a" * 64, "c" * 64, cfg, "fp32")
+
+
+def test_fp16_on_cpu_is_a_clear_error() -> None:
+    with pytest.raises(PrecisionError, match="needs a CUDA device"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_cli_precision_flag_reaches_summary_and_mlflow_params(prefect_api, tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from cli_run import run_cli
+
+    img = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(img)
+    rc, _, stderr = run_cli(["segment", str(img), "--out", str(tmp_path / "o"), "--model", "tiny-random", "--preset",
+                             "smoke", "--points-per-side", "4", "--device", "cpu", "--precision", "bf16",
+                             "--cache", str(tmp_path / "c"), "--no-track"])
+    assert rc == 0, stderr
+    summary = json.loads((tmp_path / "o" / "p" / "summary.json").read_text())
+    assert summary["config"]["precision"] == "bf16" and summary["model"]["precision"] == "bf16"
+    from samseg.tracking import run_params
+
+    assert run_params(summary)["precision_resolved"] == "bf16"
+    rc, _, stderr = run_cli(["segment", str(img), "--out", str(tmp_path / "o2"), "--model", "tiny-random", "--device",
+                             "cpu", "--precision", "fp16", "--no-track"])
+    assert rc == 2 and "fp16 needs a CUDA device" in stderr
