@@ -29,7 +29,7 @@ from typing import Any, Callable
 log = logging.getLogger("samseg.cli")
 
 # Modules providing add_parser(subparsers): cli_orchestration adds recluster, runs, serve.
-COMMAND_MODULES: list[str] = ["samseg.cli_orchestration", "samseg.cli_ui"]
+COMMAND_MODULES: list[str] = ["samseg.cli_orchestration", "samseg.cli_ui", "samseg.cli_export"]
 
 # CLI sections: flag group title and the config section whose every field becomes a flag.
 _CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
