@@ -72,7 +72,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
             action.type, action.metavar = str, "DIR_OR_S3"
     g = p.add_argument_group("orchestration (Prefect, MLflow, S3)")
     g.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
-    g.add_argument("--experiment", default="samseg", help="MLflow experiment (default: %(default)s)")
+    g.add_argument("--experiment", default=None,
+                   help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, the experiment of $MLFLOW_EXPERIMENT_ID, else samseg)")
     g.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root (default: $SAMSEG_CACHE or ~/.cache/samseg/cache)")
     g.add_argument("--no-cache", action="store_true",
                    help="use no persistent stage cache (a private temporary one, removed when the command ends)")
@@ -132,7 +133,7 @@ def _segment(args: argparse.Namespace, cfg: Any, uris: list[str], out: str, runt
     from flows.segment import segment_batch_flow, segment_image_flow
 
     common = dict(out=out, settings=PipelineParams.from_config(cfg), runtime=runtime,
-                  track=not getattr(args, "no_track", False), experiment=getattr(args, "experiment", "samseg"))
+                  track=not getattr(args, "no_track", False), experiment=_experiment(args))
     classes = _classes_request(args, out)
     if fan_out == "local" and not _preload_model(cfg.model_type, runtime, cfg.precision):
         return 1
@@ -149,6 +150,17 @@ def _segment(args: argparse.Namespace, cfg: Any, uris: list[str], out: str, runt
     with _progress_bars(args, len(uris)):
         state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, **classes, return_state=True)
     return _report_batch(state)
+
+
+def _experiment(args: argparse.Namespace) -> str:
+    """--experiment, else MLflow's own environment (samseg.tracking_conventions)."""
+    if getattr(args, "experiment", None):
+        return str(args.experiment)
+    if getattr(args, "no_track", False):
+        return "samseg"  # nothing is logged: do not ask MLflow
+    from samseg.tracking_conventions import default_experiment
+
+    return default_experiment()
 
 
 def _check_out(out: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from samseg.cli_orchestration import _print_error, _quiet_prefect, stage_cache_root
+from samseg.cli_orchestration import _experiment, _print_error, _quiet_prefect, stage_cache_root
 
 
 def add_parsers(sub: Any) -> None:
@@ -37,7 +37,8 @@ def _add_recluster_parser(sub: Any) -> None:
     p.add_argument("--metric", default=None)
     p.add_argument("--distance-threshold", type=float, default=None)
     p.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
-    p.add_argument("--experiment", default="samseg", help="MLflow experiment of the new run (default: %(default)s)")
+    p.add_argument("--experiment", default=None,
+                   help="MLflow experiment of the new run (default: $MLFLOW_EXPERIMENT_NAME / _ID, else samseg)")
     p.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the stage cache (use the run's artifacts)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -74,7 +75,7 @@ def run_recluster(args: argparse.Namespace) -> int:
         raise UsageError("; ".join(e["msg"] for e in exc.errors())) from None
     with stage_cache_root(args) as cache:
         state = recluster_flow(cluster=cluster, out=str(args.out), run_id=args.run_id, runtime=RuntimeParams(cache=cache),
-                               track=not args.no_track, experiment=args.experiment, return_state=True)
+                               track=not args.no_track, experiment=_experiment(args), return_state=True)
     try:
         res = state.result()
     except Exception as exc:

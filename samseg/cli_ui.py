@@ -54,7 +54,7 @@ def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - la
 
     return UiSettings(
         tracking_uri=args.tracking_uri,
-        experiment=args.experiment or "samseg",
+        experiment=args.experiment or _default_experiment(),
         cache_dir=Path(args.ui_cache).expanduser() if args.ui_cache else None,
         stage_cache=args.cache,
         token=os.environ.get("SAMSEG_UI_TOKEN") or None,
@@ -67,6 +67,12 @@ def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - la
         allowed_hosts=tuple(dict.fromkeys((*LOOPBACK_NAMES, args.host))) if is_loopback(args.host) else None,
         image_roots=tuple(Path(r).expanduser().resolve() for r in args.image_root) if args.image_root else None,
     )
+
+
+def _default_experiment() -> str:
+    from samseg.tracking_conventions import default_experiment
+
+    return default_experiment()
 
 
 def missing_store(uri: str | None) -> str | None:

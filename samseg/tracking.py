@@ -253,6 +253,9 @@ def log_image_run(
     try:
         _log_values(client, run_id, run_params(summary), run_metrics(summary))
         _log_outputs(client, run_id, out_dir)
+        from samseg.tracking_conventions import log_lineage
+
+        log_lineage(client, run_id, summary, out_dir)
     except BaseException as exc:
         try:
             client.set_terminated(run_id, "FAILED")
@@ -311,7 +314,9 @@ def _search(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
             exp_ids = sorted({_get_run(client, rid).info.experiment_id for rid in run_ids})
             filter_string = "attributes.run_id IN ({})".format(", ".join(f"'{rid}'" for rid in run_ids))
         else:
-            name = experiment or EXPERIMENT_DEFAULT
+            from samseg.tracking_conventions import default_experiment
+
+            name = experiment or default_experiment()
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise TrackingError(f"MLflow at {_where()}: no experiment named {name!r}")
