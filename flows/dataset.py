@@ -34,6 +34,14 @@ def dataset_classes_task(out: str, image_dirs: list[str], cluster_cfg: Any, batc
     return report
 
 
+@task(name="register-classes", retries=2, retry_delay_seconds=0.5)
+def register_classes_task(batch_run_id: str, name: str, classes_json: str) -> dict[str, Any]:
+    """The batch's classes as a new version of registered model `name` (samseg.class_registry)."""
+    from samseg.class_registry import register_classes
+
+    return register_classes(batch_run_id, name, classes_json)
+
+
 def check_dataset_request(out: str, classes_from: Optional[str]) -> None:
     """Fail fast (before any image is segmented): dataset classes need a local OUT, and a
     `classes_from` that does not load (unknown run, bad classes.json) is an error now,
@@ -46,7 +54,7 @@ def check_dataset_request(out: str, classes_from: Optional[str]) -> None:
 
 def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Any, batch_run_id: Optional[str],
                       classes_from: Optional[str], max_cluster: Optional[int], track: bool,
-                      experiment: str) -> dict[str, Any]:
+                      experiment: str, register_classes: Optional[str] = None) -> dict[str, Any]:
     """Dataset ids for the completed images of a batch, then their MLflow child runs.
 
     results: segment-batch's per-image entries ("status", "name"); completed entries gain
@@ -65,6 +73,8 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Any,
         try:
             rep = dataset_classes_task(out, dirs, cluster_cfg, batch_run_id, classes_from, max_cluster)
             info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
+            if register_classes and batch_run_id and rep["mode"] == "dataset":
+                info["registered"] = register_classes_task(batch_run_id, register_classes, rep["classes_json"])
         except Exception as exc:  # a bad classes.json, an image that moved, MLflow down, ...
             info = {"error": _one_line(exc)}
     for r, d in zip(done, dirs):

@@ -249,6 +249,7 @@ def segment_batch_flow(
     classes: Literal["image", "dataset"] = "image",
     classes_from: Optional[str] = None,
     max_cluster: Optional[int] = None,
+    register_classes: Optional[str] = None,
 ) -> dict[str, Any]:
     """Segment every image of a folder, glob, file or s3:// prefix (or a list of them).
 
@@ -263,6 +264,8 @@ def segment_batch_flow(
     classes_from: an MLflow run id or classes.json path/URI whose classes label this batch
     (stable ids across batches; implies dataset-level classes). max_cluster: most masks
     clustered at once before a seeded sample is clustered and the rest assigned.
+    register_classes: register the batch's dataset classes as a new version of this MLflow
+    registered model (needs classes="dataset" and tracking).
     """
     from flows.dataset import check_dataset_request, relabel_and_track
 
@@ -291,7 +294,7 @@ def segment_batch_flow(
     class_report = None
     if dataset:
         class_report = relabel_and_track(out, results, settings.cluster.to_config(), batch_run_id, classes_from,
-                                         max_cluster, track, experiment)
+                                         max_cluster, track, experiment, register_classes)
     if batch_run_id is not None:
         from samseg.tracking import end_run
 

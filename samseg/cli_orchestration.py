@@ -88,6 +88,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--classes-from", default=None, metavar="RUN_ID_OR_FILE",
                    help="label the images with the classes of an earlier dataset run (MLflow batch run id, or a "
                    "classes.json path / s3:// URI): stable ids across batches, no re-clustering")
+    d.add_argument("--register-classes", default=None, metavar="NAME",
+                   help="with --classes dataset: register the batch's classes as a new version of the MLflow model NAME "
+                   "(then --classes-from models:/NAME/VERSION or models:/NAME@ALIAS)")
     d.add_argument("--max-cluster", type=int, default=None, metavar="N",
                    help="most masks clustered at once for --classes dataset; beyond it a seeded sample is "
                    "clustered and the rest assigned by prototype (default: per algorithm, 200000 for dbscan)")
@@ -231,6 +234,9 @@ def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
     from samseg.cli import UsageError
 
     mode, source, max_cluster = getattr(args, "classes", None), getattr(args, "classes_from", None), getattr(args, "max_cluster", None)
+    register = getattr(args, "register_classes", None)
+    if register and (mode != "dataset" or source or getattr(args, "no_track", False)):
+        raise UsageError("--register-classes needs --classes dataset (new classes, not --classes-from) and MLflow tracking")
     if mode == "image" and source:
         raise UsageError("--classes-from gives dataset-level ids; it cannot be combined with --classes image")
     if max_cluster is not None and max_cluster < 2:
@@ -241,7 +247,7 @@ def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
         return {}
     if _is_s3(out):
         raise UsageError(f"--out {out}: dataset-level classes need a local output directory for now")
-    return {"classes": "dataset", "classes_from": source, "max_cluster": max_cluster}
+    return {"classes": "dataset", "classes_from": source, "max_cluster": max_cluster, "register_classes": register}
 
 
 def _preload_model(model_type: str, runtime: Any, precision: str = "fp32") -> bool:
@@ -296,6 +302,8 @@ def _report_batch(state: Any) -> int:
     elif classes.get("classes_json"):
         print(f"dataset classes ({classes['mode']}): {classes['n_classes']} classes -> {classes['classes_json']}, "
               f"{classes['contact_sheet']}")
+        if classes.get("registered"):
+            print(f"registered classes: {classes['registered']['model_uri']}")
     if report.get("mlflow_run_id"):
         print(f"MLflow batch run: {report['mlflow_run_id']}")
     if report.get("summary_error"):

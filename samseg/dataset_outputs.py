@@ -15,6 +15,8 @@ Local OUT only for now: an s3:// OUT raises DatasetOutputsError (one line).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import tempfile
 from pathlib import Path
@@ -55,9 +57,12 @@ def apply_dataset_classes(
     names = _image_names(dirs, summaries)
     embs = [emb for _, emb, _ in loaded]
     mode = "dataset" if table is None else "assigned"
+    made_by = _embedding_model(summaries)
     if table is None:
         results, table = classify_batch(embs, names, cluster_cfg, max_cluster=max_cluster, seed=seed)
+        table = dataclasses.replace(table, sample={**table.sample, **made_by})  # what the registry records
     else:
+        _check_same_model(table, made_by)
         results = [assign_to_classes(e, table) for e in embs]
         table = _assigned_table(table, embs, results, names)
     for d, (masks, emb, _), summary, res in zip(dirs, loaded, summaries, results):
@@ -66,6 +71,25 @@ def apply_dataset_classes(
     _write_contact_sheet(out / CONTACT_SHEET_PNG, results, loaded, summaries, table)
     return {"classes_json": str(out / CLASSES_JSON), "contact_sheet": str(out / CONTACT_SHEET_PNG),
             "metrics": table.metrics(), "n_classes": table.n_classes, "images": names, "mode": mode}
+
+
+def _embedding_model(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"checkpoint_sha256", "model_type"} that embedded the batch (one each), or {}."""
+    shas = {(s.get("model") or {}).get("checkpoint_sha256") for s in summaries}
+    types = {(s.get("model") or {}).get("type") for s in summaries}
+    if len(shas) != 1 or None in shas:
+        return {}
+    return {"checkpoint_sha256": shas.pop(), "model_type": types.pop() if len(types) == 1 else None}
+
+
+def _check_same_model(table: Any, made_by: dict[str, Any]) -> None:
+    """Classes built from one checkpoint's embeddings mean nothing for another's."""
+    want, got = table.sample.get("checkpoint_sha256"), made_by.get("checkpoint_sha256")
+    if want and got and want != got:
+        raise DatasetOutputsError(
+            f"classes from {table.sample.get('run_id', 'classes.json')} were built from embeddings of checkpoint "
+            f"{str(want)[:12]}… ({table.sample.get('model_type')}), but these images were embedded by {str(got)[:12]}… "
+            f"({made_by.get('model_type')}); refusing to mix them")
 
 
 def _image_names(dirs: list[Path], summaries: list[dict[str, Any]]) -> list[str]:
@@ -136,6 +160,10 @@ def load_class_table(ref: str) -> Any:
     from samseg.dataset import ClassTable
     from samseg.storage import read_bytes
 
+    if str(ref).startswith("models:/"):  # a registered classes model (samseg.class_registry)
+        from samseg.class_registry import load_registered_classes
+
+        return load_registered_classes(str(ref))
     if str(ref).endswith(".json") or Path(ref).is_file():
         try:
             data = read_bytes(ref)

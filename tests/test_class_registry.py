@@ -1,0 +1,111 @@
+"""Dataset classes through the MLflow model registry: register, load with pyfunc, predict,
+aliases, --classes-from models:/..., and refusals (another checkpoint, another dimension).
+Against the SQLite store here and the real `mlflow server` of the integration tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from samseg.dataset import ClassTable, ClassTableError
+
+
+def _table(dim: int = 8, ckpt: str = "c" * 64) -> ClassTable:
+    protos = np.eye(dim, dtype=np.float32)[:2]
+    return ClassTable(prototypes=protos, radii=np.array([0.1, 0.1], np.float32), sizes=np.array([5, 3]),
+                      image_counts=[{"a.png": 5}, {"a.png": 3}], image_names=["a.png"],
+                      cluster={"algorithm": "dbscan", "eps": 0.06}, sample={"checkpoint_sha256": ckpt, "model_type": "vit_b"})
+
+
+def _batch_run(tmp: Path, table: ClassTable) -> tuple[str, Path]:
+    from samseg.tracking import start_batch_run
+
+    path = tmp / "classes.json"
+    path.write_text(table.to_json())
+    return start_batch_run("registry-test", "batch", {}, {"samseg.classes": "dataset"}), path
+
+
+def _round_trip(tmp: Path) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from samseg.class_registry import load_registered_classes, register_classes
+    from samseg.tracking import tracking_uri
+
+    run_id, path = _batch_run(tmp, _table())
+    first = register_classes(run_id, "samseg-classes-test", path)
+    second = register_classes(run_id, "samseg-classes-test", path)
+    assert (first["version"], second["version"]) == (1, 2) and first["model_uri"] == "models:/samseg-classes-test/1"
+    MlflowClient(tracking_uri()).set_registered_model_alias("samseg-classes-test", "production", "2")
+    mlflow.set_tracking_uri(tracking_uri())
+    for uri in ("models:/samseg-classes-test/1", "models:/samseg-classes-test@production"):
+        model = mlflow.pyfunc.load_model(uri)
+        x = np.zeros((3, 8), np.float32)
+        x[0, 0], x[1, 1], x[2, 5] = 1, 1, 1
+        assert list(model.predict(x)) == [0, 1, -1]
+        with pytest.raises(Exception, match="N×8"):
+            model.predict(np.zeros((2, 4), np.float32))
+        meta = model.metadata.metadata
+        assert meta["checkpoint_sha256"] == "c" * 64 and meta["embedding_dim"] == 8
+    table = load_registered_classes("models:/samseg-classes-test@production")
+    assert table.n_classes == 2 and table.sample["run_id"] == "models:/samseg-classes-test@production"
+
+
+def test_registry_round_trip_sqlite(tmp_path: Path, monkeypatch) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    MlflowClient(uri).create_experiment("registry-test", artifact_location=(tmp_path / "art").as_uri())
+    _round_trip(tmp_path)
+
+
+@pytest.mark.integration
+def test_registry_round_trip_mlflow_server(mlflow_env, tmp_path: Path) -> None:
+    _round_trip(tmp_path)
+
+
+def test_classes_from_another_checkpoint_are_refused(tmp_path: Path) -> None:
+    from samseg.dataset_outputs import DatasetOutputsError, _check_same_model
+
+    with pytest.raises(DatasetOutputsError, match="refusing to mix"):
+        _check_same_model(_table(ckpt="a" * 64), {"checkpoint_sha256": "b" * 64, "model_type": "vit_h"})
+    _check_same_model(_table(ckpt="a" * 64), {"checkpoint_sha256": "a" * 64})  # same: fine
+
+
+def test_classes_of_another_dimension_are_refused() -> None:
+    from samseg.dataset import assign_to_classes
+
+    with pytest.raises(ClassTableError, match="C=4 but the classes were built from C=8"):
+        assign_to_classes(np.ones((2, 4), np.float32), _table())
+
+
+def test_cli_register_classes_and_classes_from_models_uri(prefect_api, tmp_path: Path, monkeypatch) -> None:
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from cli_run import run_cli
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    MlflowClient(uri).create_experiment("reg-cli", artifact_location=(tmp_path / "art").as_uri())
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / f"r{i}.png")
+    common = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu",
+              "--experiment", "reg-cli", "--cache", str(tmp_path / "c")]
+    rc, stdout, stderr = run_cli(["segment", str(src), "--out", str(tmp_path / "o1"), "--classes", "dataset",
+                                  "--register-classes", "reg-cli-classes", "--eps", "0.5", *common])
+    assert rc == 0, stderr
+    assert "registered classes: models:/reg-cli-classes/1" in stdout
+    rc, stdout, stderr = run_cli(["segment", str(src), "--out", str(tmp_path / "o2"), "--classes-from",
+                                  "models:/reg-cli-classes/1", *common])
+    assert rc == 0, stderr
+    classes = json.loads((tmp_path / "o2" / "classes.json").read_text())
+    assert classes["sample"]["assigned_from"] == "models:/reg-cli-classes/1"
+    rc, _, stderr = run_cli(["segment", str(src), "--out", str(tmp_path / "o3"), "--register-classes", "x", *common])
+    assert rc == 2 and "--register-classes needs --classes dataset" in stderr
