@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samseg.secrets import SECRET_ENV_VARS, scrub_secrets  # noqa: F401 — re-exported: the edge's scrubber
+from samseg.tracking_conventions import log_lineage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -253,8 +254,6 @@ def log_image_run(
     try:
         _log_values(client, run_id, run_params(summary), run_metrics(summary))
         _log_outputs(client, run_id, out_dir)
-        from samseg.tracking_conventions import log_lineage
-
         log_lineage(client, run_id, summary, out_dir)
     except BaseException as exc:
         try:
