@@ -17,6 +17,7 @@ import socket
 from typing import Any
 
 from samseg import tracking
+from samseg.watchdog import pid_alive
 
 HOST_TAG, PID_TAG, KEY_TAG = "samseg.host", "samseg.pid", "samseg.batch_key"
 
@@ -27,16 +28,6 @@ def batch_key(experiment: str, source: Any, out: str, params: dict[str, Any]) ->
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def _orphans(client: Any, experiment_id: str) -> list[Any]:
     """RUNNING batch runs owned by a process of this host that no longer exists."""
     runs = client.search_runs([experiment_id], "tags.`samseg.kind` = 'batch' and attributes.status = 'RUNNING' "
@@ -44,7 +35,7 @@ def _orphans(client: Any, experiment_id: str) -> list[Any]:
     dead = []
     for run in runs:
         pid = run.data.tags.get(PID_TAG, "")
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             dead.append(run)
     return dead
 

@@ -170,15 +170,9 @@ def _only_samseg_names(d: Path) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from samseg.watchdog import pid_alive
+
+    return pid == os.getpid() or pid_alive(pid)
 
 
 def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, str]:

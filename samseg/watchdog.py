@@ -24,7 +24,8 @@ POLL_S = 0.25
 GRACE_S = 3.0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,8 +83,8 @@ def guard_prefect_ephemeral() -> str | None:
 
 def watch(parent_pid: int, child_pid: int) -> int:
     """Poll until the parent or the child is gone; if the parent went first, stop the child."""
-    while _alive(child_pid):
-        if os.getppid() != parent_pid or not _alive(parent_pid):
+    while pid_alive(child_pid):
+        if os.getppid() != parent_pid or not pid_alive(parent_pid):
             _stop(child_pid)
             return 0
         time.sleep(POLL_S)
@@ -97,7 +98,7 @@ def _stop(pid: int) -> None:
         return
     deadline = time.monotonic() + GRACE_S
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             return
         time.sleep(0.05)
     try:

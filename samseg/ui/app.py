@@ -112,22 +112,23 @@ def _error(request: Request, status: int, message: str, **extra: Any) -> Respons
     return templates.TemplateResponse(request, "error.html", {"status": status, "message": message}, status_code=status)
 
 
+# Expected errors → HTTP status; the message is the exception's one line (server paths removed).
+_ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (RunNotFound, 404), (UnsafePathError, 404), (FileNotFoundError, 404), (RunDataError, 409),
+    (StoreUnavailable, 503), (QueueFull, 429),
+)
+
+
+def _status_handler(status: int) -> Any:
+    async def handler(request: Request, exc: Exception) -> Response:
+        return _error(request, status, str(exc))
+
+    return handler
+
+
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RunNotFound)
-    async def not_found(request: Request, exc: RunNotFound) -> Response:
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(UnsafePathError)
-    async def unsafe(request: Request, exc: UnsafePathError) -> Response:
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(FileNotFoundError)
-    async def no_file(request: Request, exc: FileNotFoundError) -> Response:
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(RunDataError)
-    async def bad_data(request: Request, exc: RunDataError) -> Response:
-        return _error(request, 409, str(exc))
+    for exc_type, status in _ERROR_STATUS:
+        app.add_exception_handler(exc_type, _status_handler(status))
 
     @app.exception_handler(FormError)
     async def bad_form(request: Request, exc: FormError) -> Response:
@@ -137,13 +138,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(request, exc.status_code, str(exc.detail))
 
-    @app.exception_handler(StoreUnavailable)
-    async def store_down(request: Request, exc: StoreUnavailable) -> Response:
-        return _error(request, 503, str(exc))
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, exc: QueueFull) -> Response:
-        return _error(request, 429, str(exc))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
