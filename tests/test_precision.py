@@ -87,3 +87,22 @@ def test_cli_precision_flag_reaches_summary_and_mlflow_params(prefect_api, tmp_p
     rc, _, stderr = run_cli(["segment", str(img), "--out", str(tmp_path / "o2"), "--model", "tiny-random", "--device",
                              "cpu", "--precision", "fp16", "--no-track"])
     assert rc == 2 and "fp16 needs a CUDA device" in stderr
+
+
+def test_bf16_attention_bias_in_the_gemm_equals_the_add_path() -> None:
+    """The reduced-precision attention (bias folded into the score GEMM) computes SAM's
+    attention: compared with segment_anything's own Attention.forward in fp32."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from samseg.fast_encoder import fast_attention_forward
+
+    torch.manual_seed(0)
+    for size, batch in ((14, 3), (16, 1)):  # windowed-like and global-like
+        att = Attention(dim=32, num_heads=2, qkv_bias=True, use_rel_pos=True, input_size=(size, size)).eval()
+        torch.nn.init.normal_(att.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(att.rel_pos_w, std=0.5)
+        x = torch.randn(batch, size, size, 32)
+        with torch.inference_mode():
+            ref = Attention.forward(att, x)
+            got = fast_attention_forward(att.to(torch.bfloat16), x.to(torch.bfloat16)).float()
+        assert torch.allclose(got, ref, atol=0.05, rtol=0.05), float((got - ref).abs().max())
