@@ -78,6 +78,23 @@ def register_classes(batch_run_id: str, name: str, classes_json: str | Path) -> 
     return {"name": name, "version": int(version.version), "model_uri": f"models:/{name}/{version.version}"}
 
 
+def _version_source(model_uri: str) -> str:
+    """`models:/NAME/VERSION` or `models:/NAME@ALIAS` → the version's artifact location."""
+    from samseg.tracking import _client
+
+    ref = model_uri[len("models:/"):]
+    name, sep, alias = ref.partition("@")
+    client = _client()
+    if sep:
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, number = ref.rpartition("/")
+        if not name or not number.isdigit():
+            raise ValueError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+        version = client.get_model_version(name, number)
+    return client.get_model_version_download_uri(version.name, version.version)
+
+
 def load_registered_classes(model_uri: str) -> Any:
     """The ClassTable of a registered classes model (`models:/NAME/V` or `models:/NAME@alias`),
     with `sample["assigned_from"]` = the URI and the metadata's checkpoint/model type."""
@@ -87,15 +104,18 @@ def load_registered_classes(model_uri: str) -> Any:
 
     from samseg.tracking import TrackingError, _one_line, tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())  # models:/ resolves through the fluent API's registry
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as exc:
+        with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
+            # Resolved through samseg's own tracking URI, never the fluent API's process-wide one.
+            local = mlflow.artifacts.download_artifacts(artifact_uri=_version_source(model_uri), dst_path=tmp,
+                                                        tracking_uri=tracking_uri())
+            model = mlflow.pyfunc.load_model(local)
+            python_model = model.unwrap_python_model()
+            meta = dict(model.metadata.metadata or {})
+    except (MlflowException, OSError, ValueError) as exc:
         raise TrackingError(f"{model_uri}: cannot load the registered classes ({_one_line(exc)})") from None
-    python_model = model.unwrap_python_model()
     if not isinstance(python_model, ClassesModel):
         raise TrackingError(f"{model_uri}: not a samseg classes model")
-    meta = model.metadata.metadata or {}
     table = python_model.table
     sample = {**table.sample, "run_id": model_uri, "checkpoint_sha256": meta.get("checkpoint_sha256"),
               "model_type": meta.get("model_type")}

@@ -40,7 +40,8 @@ def _round_trip(tmp: Path) -> None:
     second = register_classes(run_id, "samseg-classes-test", path)
     assert (first["version"], second["version"]) == (1, 2) and first["model_uri"] == "models:/samseg-classes-test/1"
     MlflowClient(tracking_uri()).set_registered_model_alias("samseg-classes-test", "production", "2")
-    mlflow.set_tracking_uri(tracking_uri())
+    # mlflow.pyfunc resolves models:/ through MLFLOW_TRACKING_URI (set by the fixtures); never
+    # mlflow.set_tracking_uri here: it is process-wide and would leak into later tests.
     for uri in ("models:/samseg-classes-test/1", "models:/samseg-classes-test@production"):
         model = mlflow.pyfunc.load_model(uri)
         x = np.zeros((3, 8), np.float32)

@@ -365,7 +365,7 @@ def test_cli_segment_via_flows(prefect_api, local_env, small_photos) -> None:
     out = local_env / "out"
     code = (
         "import sys\n"
-        "from tests.test_flows import cli_parser\n"
+        "from test_flows import cli_parser\n"
         "args = cli_parser().parse_args(sys.argv[1:])\n"
         "sys.exit(args.handler(args))\n"
     )
