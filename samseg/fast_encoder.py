@@ -43,6 +43,9 @@ from typing import Any
 # windows measured 5-10× slower on the shared 2-core CPU (one thread barrier per tiny
 # GEMM); all 300 at once spills the caches.
 _GROUP_BYTES = 4 << 20
+# bf16/fp16: fold the rel-pos bias into the score GEMM (`_gemm_bias_attention`); a module
+# switch so benchmarks can put both paths side by side in one process.
+GEMM_BIAS = True
 
 
 class _FastAttentionForward:
@@ -129,7 +132,7 @@ def fast_attention_forward(attention: Any, x_bhwc: Any) -> Any:
     rel_h = rel_w = None
     if attention.use_rel_pos:
         rel_h, rel_w = _rel_pos_bias_parts(attention, q, (h, w))
-    if rel_h is not None and q.dtype in (torch.bfloat16, torch.float16):
+    if GEMM_BIAS and rel_h is not None and q.dtype in (torch.bfloat16, torch.float16):
         return _gemm_bias_attention(attention, q, k, v, rel_h, rel_w, (b, h, w))
     q_scaled = q * attention.scale
     k_t = k.transpose(1, 2)
