@@ -30,7 +30,6 @@ def run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float | 
                      poll_s: float = 1.0) -> list[dict[str, Any]]:
     """Create one `segment` run per image (any worker may take it), then wait for all;
     a run not finished after `timeout_s` (None = wait forever) is reported as failed."""
-    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
     from samseg import shutdown
@@ -43,22 +42,7 @@ def run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float | 
         if uri not in refused:
             runs[uri] = run_deployment(SEGMENT_DEPLOYMENT, parameters={"image": uri, "name": names[uri], **kwargs},
                                        timeout=0, flow_run_name=f"segment-{names[uri]}")
-    pending = dict(runs)
-    final: dict[str, Any] = {}
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while pending and (deadline is None or time.monotonic() < deadline):
-            for uri, run in list(pending.items()):
-                fr = client.read_flow_run(run.id)
-                if fr.state is not None and fr.state.is_final():
-                    final[uri] = fr
-                    del pending[uri]
-                    if fr.state.is_completed():  # the image bar moves as each worker finishes
-                        report("image_done", image=uri)
-                    else:
-                        report("image_failed", image=uri, error=_one_line(fr.state.message or fr.state.name))
-            if pending:
-                time.sleep(poll_s)
+    pending, final = _wait_for(runs, timeout_s, poll_s)
     results = []
     for uri in uris:
         if uri in refused:
@@ -77,3 +61,25 @@ def run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float | 
             entry["error"] = _one_line(fr.state.message or fr.state.name)
         results.append(entry)
     return results
+
+
+def _wait_for(runs: dict[str, Any], timeout_s: float | None, poll_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Poll the flow runs until all are final or `timeout_s` passed: (still pending, final)."""
+    from prefect.client.orchestration import get_client
+
+    pending, final = dict(runs), {}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while pending and (deadline is None or time.monotonic() < deadline):
+            for uri, run in list(pending.items()):
+                fr = client.read_flow_run(run.id)
+                if fr.state is not None and fr.state.is_final():
+                    final[uri] = fr
+                    del pending[uri]
+                    if fr.state.is_completed():  # the image bar moves as each worker finishes
+                        report("image_done", image=uri)
+                    else:
+                        report("image_failed", image=uri, error=_one_line(fr.state.message or fr.state.name))
+            if pending:
+                time.sleep(poll_s)
+    return pending, final

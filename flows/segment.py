@@ -251,30 +251,20 @@ def segment_batch_flow(
     max_cluster: Optional[int] = None,
     register_classes: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Segment every image of a folder, glob, file or s3:// prefix (or a list of them).
-
-    fan_out: "deployment" = one `segment` deployment run per image (needs a server with
-    that deployment and a worker), "local" = subflows in this process, "auto" = the
-    former when the deployment exists. Returns {"images", "succeeded", "failed", ...};
-    the same dict is written to OUT/batch_summary.json. image_timeout_s bounds the wait
-    for deployment runs (a run whose worker died never finishes).
-
-    classes: "image" = ids per image; "dataset" = one set of ids for the whole batch
-    (flows.dataset: OUT/classes.json + contact_sheet.png, logged on the batch run).
-    classes_from: an MLflow run id or classes.json path/URI whose classes label this batch
-    (stable ids across batches; implies dataset-level classes). max_cluster: most masks
-    clustered at once before a seeded sample is clustered and the rest assigned.
-    register_classes: register the batch's dataset classes as a new version of this MLflow
-    registered model (needs classes="dataset" and tracking).
-    """
+    """Segment every image of a folder, glob, file or s3:// prefix (or a list); returns the
+    report also written to OUT/batch_summary.json. fan_out: "deployment" (one `segment` run
+    per image, any worker), "local" (subflows here), "auto" (deployment when it exists);
+    image_timeout_s bounds the wait for deployment runs. classes="dataset" or classes_from
+    (run id, classes.json, models:/ URI) give dataset-level ids (flows.dataset); max_cluster
+    caps the masks clustered at once; register_classes names the MLflow model the batch's
+    new classes are registered as (samseg.class_registry)."""
     from flows.dataset import check_dataset_request, relabel_and_track
+    from flows.fanout import deployment_exists
 
     dataset = classes == "dataset" or classes_from is not None
     if dataset:
         check_dataset_request(out, classes_from)  # fail before any image is computed
     uris = list_sources(source)
-    from flows.fanout import deployment_exists, run_deployments
-
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
     batch_run_id = _start_batch(track, experiment, settings, source, out, len(uris))
     # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
@@ -282,12 +272,7 @@ def segment_batch_flow(
     kwargs.pop("image")
     if not use_deployments:
         kwargs.update(settings=settings, runtime=runtime)
-    try:
-        results = run_deployments(uris, kwargs, image_timeout_s) if use_deployments else _run_local(uris, kwargs)
-    except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
-        if batch_run_id is not None:
-            _end_quietly(batch_run_id, "KILLED")
-        raise
+    results = _run_images(uris, kwargs, image_timeout_s, use_deployments, batch_run_id)
     failed = [r for r in results if r["status"] != "completed"]
     for r in failed:  # the Prefect run log (the CLI prints its own line, and silences this one)
         _run_logger().warning("%s", r["error"])
@@ -296,12 +281,15 @@ def segment_batch_flow(
         class_report = relabel_and_track(out, results, settings.cluster.to_config(), batch_run_id, classes_from,
                                          max_cluster, track, experiment, register_classes)
     if batch_run_id is not None:
-        from samseg.tracking import end_run
-
-        end_run(batch_run_id, "FAILED" if failed or (class_report or {}).get("error") else "FINISHED")
+        _end_quietly(batch_run_id, "FAILED" if failed or (class_report or {}).get("error") else "FINISHED", quiet=False)
     report = {"source": source, "out": out, "images": results, "succeeded": len(results) - len(failed),
               "failed": len(failed), "mlflow_run_id": batch_run_id, "fan_out": "deployment" if use_deployments else "local",
               "classes": class_report or {"mode": "image"}}
+    return _with_batch_summary(out, report)
+
+
+def _with_batch_summary(out: str, report: dict[str, Any]) -> dict[str, Any]:
+    """Write OUT/batch_summary.json; a failed write is recorded, never a lost report."""
     try:
         _write_batch_summary(out, report)
     except Exception as exc:  # noqa: BLE001 — the images' results must still reach the caller
@@ -319,13 +307,27 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter:
         return log
 
 
-def _end_quietly(run_id: str, status: str) -> None:
+def _run_images(uris: list[str], kwargs: dict[str, Any], timeout_s: Optional[float], use_deployments: bool,
+                batch_run_id: Optional[str]) -> list[dict[str, Any]]:
+    """Every image of the batch, as deployment runs or local subflows."""
+    from flows.fanout import run_deployments
+
+    try:
+        return run_deployments(uris, kwargs, timeout_s) if use_deployments else _run_local(uris, kwargs)
+    except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
+        if batch_run_id is not None:
+            _end_quietly(batch_run_id, "KILLED")
+        raise
+
+
+def _end_quietly(run_id: str, status: str, quiet: bool = True) -> None:
     from samseg.tracking import TrackingError, end_run
 
     try:
         end_run(run_id, status)
     except TrackingError:
-        pass
+        if not quiet:
+            raise
 
 
 def list_sources(source: Union[str, list[str]]) -> list[str]:

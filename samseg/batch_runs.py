@@ -17,7 +17,7 @@ import socket
 from typing import Any
 
 from samseg import tracking
-from samseg.watchdog import pid_alive
+from samseg.shutdown import pid_alive
 
 HOST_TAG, PID_TAG, KEY_TAG = "samseg.host", "samseg.pid", "samseg.batch_key"
 

@@ -170,7 +170,7 @@ def _only_samseg_names(d: Path) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    from samseg.watchdog import pid_alive
+    from samseg.shutdown import pid_alive
 
     return pid == os.getpid() or pid_alive(pid)
 

@@ -10,6 +10,7 @@ was interrupted is simply missing, and a rerun computes only that.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -54,3 +55,18 @@ def check() -> None:
 def exit_code() -> int:
     """128 + the signal's number: 143 for SIGTERM, 130 for SIGINT / a plain Ctrl-C."""
     return 128 + (_received[0] if _received else signal.SIGINT)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -20,23 +20,10 @@ import sys
 import threading
 import time
 
+from samseg.shutdown import pid_alive
+
 POLL_S = 0.25
 GRACE_S = 3.0
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def guard_child(child_pid: int) -> subprocess.Popen[bytes]:
