@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flows.segment import SEGMENT_DEPLOYMENT, _one_line, output_names, refused_outputs
+from flows.segment import SEGMENT_DEPLOYMENT, _one_line
+from samseg.outdirs import refused_outputs, unique_names
 from samseg.progress import report
 
 
@@ -34,7 +35,7 @@ def run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float | 
 
     from samseg import shutdown
 
-    names = dict(zip(uris, output_names(uris)))
+    names = dict(zip(uris, unique_names(uris)))
     refused = refused_outputs(kwargs["out"], uris, list(names.values())) if kwargs.get("out") else {}
     runs = {}
     for uri in uris:

@@ -33,7 +33,7 @@ from flows.tasks import (
     timed,
     track_task,
 )
-from samseg.outdirs import refused_outputs
+from samseg.outdirs import refused_outputs, safe_dir_name, unique_names
 from samseg.progress import report
 
 log = logging.getLogger(__name__)
@@ -49,21 +49,6 @@ def stage_status(state: Any) -> tuple[dict[str, str], str]:
     """(StageRef, "hit"|"computed") of a finished cached-stage task; raises its error."""
     ref = state.result()
     return ref, "hit" if state.name == "Cached" else ref["status"]
-
-
-def image_dir_name(uri: str) -> str:
-    """OUT/<name>/ for an image run on its own: one safe path component (samseg.outdirs)."""
-    from samseg.outdirs import safe_dir_name
-
-    return safe_dir_name(uri)
-
-
-def output_names(uris: list[str]) -> list[str]:
-    """Output dir name per input of one batch: the safe stem; a repeated name (a/x.jpg,
-    b/x.png) gets -2, -3, ... in input order so no image overwrites another's results."""
-    from samseg.outdirs import unique_names
-
-    return unique_names(uris)
 
 
 def describe_failure(uri: str, exc: BaseException) -> str:
@@ -144,7 +129,7 @@ def publish(out: str, img: Any, masks: Any, embeddings: Any, clusters: Any, summ
 
     from samseg.outdirs import child_dir
 
-    name = name or image_dir_name(img.uri)
+    name = name or safe_dir_name(img.uri)
     tmp = None
     if is_s3_uri(out):
         tmp = Path(tempfile.mkdtemp(prefix="samseg-export-"))
@@ -180,7 +165,7 @@ def segment_image_flow(
     """Segment one image (path or s3:// URI) into OUT/<name>/; returns its summary.
 
     batch_run_id: the MLflow run of the batch this image belongs to (its run is nested).
-    name: output dir name (None = the file stem); a batch passes `output_names`' unique name.
+    name: output dir name (None = the file stem); a batch passes samseg.outdirs.unique_names' name.
     """
     cfg = settings.to_config()
     report("image_start", image=image)
@@ -211,7 +196,7 @@ def _image_params(uri: str, out: str, settings: PipelineParams, runtime: Runtime
 def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     from samseg import shutdown
 
-    names = output_names(uris)
+    names = unique_names(uris)
     refused = refused_outputs(kwargs["out"], uris, names)
     results = []
     for uri, name in zip(uris, names):

@@ -141,9 +141,9 @@ def _segment(args: argparse.Namespace, cfg: Any, uris: list[str], out: str, runt
     if fan_out == "local" and not _preload_model(cfg.model_type, runtime, cfg.precision):
         return 1
     if len(uris) == 1 and fan_out == "local" and not classes:  # one image: one MLflow run, no batch parent
-        from flows.segment import image_dir_name, refused_outputs
+        from samseg.outdirs import refused_outputs, safe_dir_name
 
-        refused = refused_outputs(out, uris, [image_dir_name(uris[0])])
+        refused = refused_outputs(out, uris, [safe_dir_name(uris[0])])
         if refused:  # before any compute
             _print_error(refused[uris[0]])
             return 1

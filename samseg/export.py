@@ -100,13 +100,12 @@ def write_outputs(
     label_map: np.ndarray,
     summary: dict[str, Any],
     features: np.ndarray | None = None,
-    protect: tuple[str, ...] = (),
 ) -> Path:
     """Write every output file of one image into `out_dir` atomically; returns `out_dir`.
 
     embeddings: N×C float32 in mask order. label_map: H×W uint16 at image.hw.
-    features: C×Hf×Wf float32 or None (then no features.npy). protect: inputs (paths)
-    that must not lie inside `out_dir` (the image's own input always counts).
+    features: C×Hf×Wf float32 or None (then no features.npy). The image's own input must
+    not lie inside `out_dir` (a batch checks all its inputs first: outdirs.refused_outputs).
     Raises OutputsError (one line) when `out_dir` exists and is not samseg's to replace.
     """
     out_dir = Path(out_dir)
@@ -114,7 +113,7 @@ def write_outputs(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     outdirs.remove_stale_temps(out_dir)
     try:
-        outdirs.check_replaceable(out_dir, (*protect, image.uri))
+        outdirs.check_replaceable(out_dir, (image.uri,))
     except outdirs.OutputDirRefused as exc:
         raise OutputsError(str(exc)) from None
     tmp = outdirs.temp_sibling(out_dir, "tmp")

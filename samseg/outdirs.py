@@ -147,17 +147,26 @@ def temp_sibling(out_dir: Path, kind: str) -> Path:
     return out_dir.parent / f".{out_dir.name}.{kind}-{os.getpid()}-{os.urandom(6).hex()}"
 
 
+_SWEPT: set[str] = set()  # parent dirs already swept by this process
+
+
 def remove_stale_temps(out_dir: Path) -> list[Path]:
-    """Remove `out_dir`'s temp/old siblings left by a dead process; returns what went."""
-    removed = []
+    """Remove the temp/old dirs that dead processes left beside `out_dir` (any image's, in
+    the same OUT); returns what went. Each OUT is swept once per process: a batch of N
+    images lists OUT once, not N times, and no process that is alive leaves stale temps."""
+    removed: list[Path] = []
     parent = Path(out_dir).parent
+    key = os.path.realpath(parent)
+    if key in _SWEPT:
+        return removed
     try:
         entries = list(parent.iterdir())
     except OSError:
         return removed
+    _SWEPT.add(key)
     for p in entries:
         m = _TEMP.match(p.name)
-        if not m or m["name"] != Path(out_dir).name or _pid_alive(int(m["pid"])) or p.is_symlink() or not p.is_dir():
+        if not m or _pid_alive(int(m["pid"])) or p.is_symlink() or not p.is_dir():
             continue
         if (p / MARKER).is_file() or not any(p.iterdir()) or _is_samseg_summary(p / "summary.json") or _only_samseg_names(p):
             shutil.rmtree(p, ignore_errors=True)
@@ -181,11 +190,25 @@ def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, st
     compute. S3 outputs are never deleted, so nothing there is refused."""
     if str(out).startswith("s3://"):
         return {}
-    local = [u for u in uris if not str(u).startswith("s3://")]
+    holders = _input_folders(u for u in uris if not str(u).startswith("s3://"))
     refused = {}
     for uri, name in zip(uris, names):
         try:
-            check_replaceable(child_dir(Path(out), name), local)
+            out_dir = child_dir(Path(out), name)
+            held = holders.get(os.path.realpath(out_dir))
+            if held is not None:
+                raise OutputDirRefused(f"{out_dir}: holds the input {held}; choose another --out (samseg never deletes an input)")
+            check_replaceable(out_dir)
         except OutputDirRefused as exc:
             refused[uri] = f"{uri}: output {exc}"
     return refused
+
+
+def _input_folders(inputs: Iterable[str]) -> dict[str, str]:
+    """realpath of every folder above an input → that input: one pass over the inputs, so
+    checking N output dirs against M inputs costs N + M look-ups, not N × M realpaths."""
+    folders: dict[str, str] = {}
+    for uri in inputs:
+        for folder in Path(os.path.realpath(uri)).parents:
+            folders.setdefault(str(folder), str(uri))
+    return folders

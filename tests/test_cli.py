@@ -159,7 +159,7 @@ def test_flags_override_preset() -> None:
 
 
 def test_output_names_never_collide() -> None:
-    from flows.segment import output_names
+    from samseg.outdirs import unique_names as output_names
 
     assert output_names(["a/x.jpg", "b/x.png", "c/y.jpg", "d/x.jpg"]) == ["x", "x-2", "y", "x-3"]
     assert output_names(["s3://b/in/x.jpg", "s3://b/other/x.jpg"]) == ["x", "x-2"]
