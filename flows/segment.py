@@ -33,7 +33,7 @@ from flows.tasks import (
     timed,
     track_task,
 )
-from samseg.outdirs import refused_outputs, safe_dir_name, unique_names
+from samseg.outdirs import child_dir, refused_outputs, safe_dir_name, unique_names
 from samseg.progress import report
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,11 @@ def _flow_run_id() -> str | None:
 
 def publish(out: str, img: Any, masks: Any, embeddings: Any, clusters: Any, summary: dict[str, Any],
             features: Any, track: bool, experiment: str, kind: str, nested_under: str | None = None,
-            parent_run_id: str | None = None, name: str | None = None) -> dict[str, Any]:
+            parent_run_id: str | None = None, name: str | None = None, resumed: bool = False) -> dict[str, Any]:
     """export (+ upload when `out` is s3://) to OUT/<name>/ (default: the image's stem), then
-    log the MLflow run; returns where things went."""
+    log the MLflow run; returns where things went. resumed: the batch run `nested_under` was
+    resumed after a kill, so this image may already be logged under it."""
     from samseg.storage import is_s3_uri, join_uri
-
-    from samseg.outdirs import child_dir
 
     name = name or safe_dir_name(img.uri)
     tmp = None
@@ -139,7 +138,7 @@ def publish(out: str, img: Any, masks: Any, embeddings: Any, clusters: Any, summ
     try:
         (where, seconds) = timed(export_task, str(local), dest, img, masks, embeddings, clusters, summary, features)
         run_id = None
-        if track and nested_under:  # a resumed batch (killed, then rerun) logs each image once
+        if track and nested_under and resumed:  # a resumed batch (killed, then rerun) logs each image once
             from samseg.batch_runs import logged_image_run
 
             run_id = logged_image_run(nested_under, img.sha256, where)
@@ -161,10 +160,12 @@ def segment_image_flow(
     experiment: str = EXPERIMENT_DEFAULT,
     batch_run_id: Optional[str] = None,
     name: Optional[str] = None,
+    batch_resumed: bool = False,
 ) -> dict[str, Any]:
     """Segment one image (path or s3:// URI) into OUT/<name>/; returns its summary.
 
-    batch_run_id: the MLflow run of the batch this image belongs to (its run is nested).
+    batch_run_id: the MLflow run of the batch this image belongs to (its run is nested);
+    batch_resumed: that run was resumed after a kill (images already logged are not logged again).
     name: output dir name (None = the file stem); a batch passes samseg.outdirs.unique_names' name.
     """
     cfg = settings.to_config()
@@ -178,7 +179,7 @@ def segment_image_flow(
     features = require_entry(runtime, "encode", keys["encode"]).features if runtime.save_features else None
     summary = build_image_summary(img, model, cfg, masks, embeddings, clusters, seconds, cache)
     where = publish(out, img, masks, embeddings, clusters, summary, features, track, experiment,
-                    kind="image", nested_under=batch_run_id, name=name)
+                    kind="image", nested_under=batch_run_id, name=name, resumed=batch_resumed)
     report("stage", image=image, stage="export", status="computed")
     report("image_done", image=image)
     return {**summary, **where}
@@ -188,9 +189,9 @@ def segment_image_flow(
 
 
 def _image_params(uri: str, out: str, settings: PipelineParams, runtime: RuntimeParams, track: bool,
-                  experiment: str, batch_run_id: str | None) -> dict[str, Any]:
+                  experiment: str, batch_run_id: str | None, batch_resumed: bool = False) -> dict[str, Any]:
     return {"image": uri, "out": out, "settings": settings.model_dump(), "runtime": runtime.model_dump(),
-            "track": track, "experiment": experiment, "batch_run_id": batch_run_id}
+            "track": track, "experiment": experiment, "batch_run_id": batch_run_id, "batch_resumed": batch_resumed}
 
 
 def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -251,9 +252,9 @@ def segment_batch_flow(
         check_dataset_request(out, classes_from)  # fail before any image is computed
     uris = list_sources(source)
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
-    batch_run_id = _start_batch(track, experiment, settings, source, out, len(uris))
+    batch_run_id, resumed = _start_batch(track, experiment, settings, source, out, len(uris))
     # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
-    kwargs = _image_params("", out, settings, runtime, track and not dataset, experiment, batch_run_id)
+    kwargs = _image_params("", out, settings, runtime, track and not dataset, experiment, batch_run_id, resumed)
     kwargs.pop("image")
     if not use_deployments:
         kwargs.update(settings=settings, runtime=runtime)
@@ -334,9 +335,11 @@ def _absolute(uri: str) -> str:
     return uri if is_s3_uri(uri) else os.path.abspath(uri)
 
 
-def _start_batch(track: bool, experiment: str, settings: PipelineParams, source: Any, out: str, n: int) -> str | None:
+def _start_batch(track: bool, experiment: str, settings: PipelineParams, source: Any, out: str,
+                 n: int) -> tuple[str | None, bool]:
+    """(batch run id or None when untracked, resumed after a kill)."""
     if not track:
-        return None
+        return None, False
     from samseg.batch_runs import batch_key, open_batch_run
 
     params = {**settings.to_config().flat(), "n_images": n}

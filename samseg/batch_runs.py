@@ -40,8 +40,10 @@ def _orphans(client: Any, experiment_id: str) -> list[Any]:
     return dead
 
 
-def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any], key: str) -> str:
-    """Start a batch run, or resume the killed one with the same `key`; end other orphans as KILLED."""
+def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any],
+                   key: str) -> tuple[str, bool]:
+    """(run id, resumed): start a batch run, or resume the killed one with the same `key`;
+    end other orphans as KILLED. Only a resumed run can already hold image runs."""
     from mlflow.exceptions import MlflowException
 
     client = tracking._client()
@@ -57,9 +59,9 @@ def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags:
         raise tracking.TrackingError(f"MLflow at {tracking._where()}: cannot check earlier batch runs: "
                                      f"{tracking._one_line(exc)}") from None
     if resumed is not None:
-        return resumed
+        return resumed, True
     own = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), KEY_TAG: key}
-    return tracking.start_batch_run(experiment, run_name, params, {**tags, **own})
+    return tracking.start_batch_run(experiment, run_name, params, {**tags, **own}), False
 
 
 def logged_image_run(batch_run_id: str, image_sha256: str, out_dir: str) -> str | None:

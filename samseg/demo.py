@@ -3,8 +3,8 @@
 `python -m samseg.demo choose` prints the model type on stdout (one word) and, on stderr,
 one line saying why. Rules (SAMSEG_DEMO_MODEL unset or `auto`):
 - vit_b (the smallest official checkpoint, 375 MB, sha256-pinned) when it is already in
-  `$SAMSEG_HOME/checkpoints/`, or when the download host answers within a few seconds and
-  the download succeeds;
+  `$SAMSEG_HOME/checkpoints/` (verified when the run loads it), or when the download host
+  answers within a few seconds and the download succeeds;
 - else `tiny-random`, with one line naming the reason and the command that fetches vit_b.
 SAMSEG_DEMO_MODEL=tiny-random|vit_b|vit_l|vit_h forces a choice; a forced real model that
 cannot be had is an error (exit 1), not a silent fallback.
@@ -80,10 +80,11 @@ def choose(requested: str | None, have: Callable[[str], bool], probe: Callable[[
 
 
 def _have(model: str) -> bool:
-    from samseg.model import CHECKPOINTS, checkpoint_path, file_sha256
+    """A cached checkpoint file exists. Not hashed here: loading it for the segment run
+    verifies the sha256 anyway (and fetches a good copy when it does not match)."""
+    from samseg.model import checkpoint_path
 
-    path = checkpoint_path(model)
-    return path.is_file() and file_sha256(path) == CHECKPOINTS[model].sha256
+    return checkpoint_path(model).is_file()
 
 
 def _probe(model: str) -> str | None:
