@@ -5,10 +5,10 @@ object with Zipf-like sizes (largest ≈ 5 % of the batch), members within ~0.04
 distance of each other, plus `--noise` uniformly scattered masks. Clustered with the
 notebook's DBSCAN (eps=0.06 cosine, min_samples=8) by each method:
 
-  chunked           samseg.dataset.cluster_batch (exact chunked cosine DBSCAN, float32 BLAS)
+  chunked           samseg.core.dataset.cluster_batch (exact chunked cosine DBSCAN, float32 BLAS)
   sklearn-brute     sklearn DBSCAN(metric="cosine", algorithm="brute") on the raw vectors
   sklearn-balltree  sklearn DBSCAN(euclidean, eps=sqrt(2·eps), algorithm="ball_tree") on unit vectors
-  assign            samseg.dataset.assign_to_classes of all rows against the chunked classes
+  assign            samseg.core.dataset.assign_to_classes of all rows against the chunked classes
 
 Every method runs in a fresh subprocess so its peak RSS (ru_maxrss) is its own; the
 reported "extra" memory is peak RSS minus RSS just before clustering (data excluded).
@@ -67,8 +67,8 @@ def rss_mb() -> float:
 def worker(method: str, args: argparse.Namespace) -> dict:
     from sklearn.metrics import adjusted_rand_score
 
-    from samseg.config import ClusterConfig
-    from samseg.dataset import ClassTable, _unit, assign_to_classes, classify_batch, eps_euclidean, prototypes_and_radii, renumber
+    from samseg.core.config import ClusterConfig
+    from samseg.core.dataset import ClassTable, _unit, assign_to_classes, classify_batch, eps_euclidean, prototypes_and_radii, renumber
 
     cfg = ClusterConfig(algorithm="dbscan", eps=args.eps, min_samples=args.min_samples, metric="cosine")
     x, truth = make_data(args.n, args.dim, args.classes, args.noise, args.seed)

@@ -31,7 +31,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def _load(precision: str, ckpt: Path) -> Any:
-    from samseg.model import load_model
+    from samseg.sam.model import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are not the pinned checkpoint
@@ -54,9 +54,9 @@ def encoder_pass(model: Any, repeats: int = 2) -> float:
 
 def cold_amg(model: Any, image: Any, cfg: Any) -> dict[str, Any]:
     """encode + AMG + pool on `image`, timed per stage, nothing cached."""
-    from samseg.amg import generate_masks
-    from samseg.encode import encode_image
-    from samseg.pool import pool_embeddings
+    from samseg.sam.amg import generate_masks
+    from samseg.sam.encode import encode_image
+    from samseg.core.pool import pool_embeddings
 
     t0 = time.perf_counter()
     enc = encode_image(model, image.rgb)
@@ -86,9 +86,9 @@ def agreement(ref: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(image_path: str, points_per_side: int) -> dict[str, Any]:
-    from samseg.config import get_preset
-    from samseg.images import load_image
-    from samseg.precision import cpu_bf16_flags
+    from samseg.core.config import get_preset
+    from samseg.edges.images import load_image
+    from samseg.sam.precision import cpu_bf16_flags
 
     flags = cpu_bf16_flags()
     res: dict[str, Any] = {"cpu": measure_cpu(), "native_bf16_flags": flags}

@@ -23,7 +23,7 @@ from benchmarks.run import REPO, SHARED_IMAGES, checkpoint_file
 def check(model_type: str, precision: str, images: list[Any], cfg: Any) -> dict[str, Any]:
     import torch
 
-    from samseg.model import load_model
+    from samseg.sam.model import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -45,8 +45,8 @@ def check(model_type: str, precision: str, images: list[Any], cfg: Any) -> dict[
 def main() -> int:
     import torch
 
-    from samseg.config import get_preset
-    from samseg.images import load_image
+    from samseg.core.config import get_preset
+    from samseg.edges.images import load_image
 
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it on a GPU machine")

@@ -1,4 +1,4 @@
-"""Micro-benchmarks: mask decoder per prompt (SAM's vs samseg.fast_decoder) and the
+"""Micro-benchmarks: mask decoder per prompt (SAM's vs samseg.sam.fast_decoder) and the
 image encoder against the measured matmul floor."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def decoder_micro(sam: Any, n_prompts: int = 32, seed: int = 0) -> dict[str, Any
     random C×64×64 embedding, plus their max |Δlogit| and mask (logit > 0) disagreement."""
     import torch
 
-    from samseg.fast_decoder import fast_predict_masks
+    from samseg.sam.fast_decoder import fast_predict_masks
 
     dec = sam.mask_decoder
     sam_predict = type(dec).predict_masks
@@ -76,15 +76,15 @@ def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeat
 def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repeats: int = 2) -> dict[str, Any]:
     """Image-encoder passes per precision on a random 1×3×1024² input vs the matmul floor
     (encoder GFLOP / measured matmul GFLOP/s of that dtype, best of 5), with
-    segment_anything's attention and with samseg.fast_encoder's (max |Δ| of the outputs).
+    segment_anything's attention and with samseg.sam.fast_encoder's (max |Δ| of the outputs).
     Each variant runs `repeats` times: `<name>_encoder_s` is the best (steady state, like
     the floor's best-of-5 matmul), `<name>_first_s` the first pass (cold allocator).
     `sam` must come without the fast encoder. bf16 is skipped (and says so) on a CPU
     without native bf16: its emulated kernels would take tens of minutes."""
     import torch
 
-    from samseg.fast_encoder import accelerate_encoder, restore_encoder
-    from samseg.precision import native_bf16_cpu, set_precision
+    from samseg.sam.fast_encoder import accelerate_encoder, restore_encoder
+    from samseg.sam.precision import native_bf16_cpu, set_precision
 
     gflop = measure.encoder_gflop(sam.image_encoder)
     out: dict[str, Any] = {"encoder_gflop": gflop}
@@ -142,10 +142,10 @@ def post_memory_probe(model: Any, rgb_hw3: Any, n_prompts: int = 64) -> dict[str
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from samseg.amg import make_generator
-    from samseg.amg_batch import postprocess_batch
-    from samseg.amg_budget import masks_per_chunk
-    from samseg.config import AmgConfig
+    from samseg.sam.amg import make_generator
+    from samseg.sam.amg_batch import postprocess_batch
+    from samseg.sam.amg_budget import masks_per_chunk
+    from samseg.core.config import AmgConfig
 
     h, w = rgb_hw3.shape[:2]
     gen = make_generator(model, AmgConfig(pred_iou_thresh=0.0, stability_score_thresh=0.0))

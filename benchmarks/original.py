@@ -12,7 +12,7 @@
 Nothing here is samseg code: only segment_anything, numpy, OpenCV and scikit-learn, so the
 comparison measures what the notebook did. Timings are wall seconds per step. One change:
 with crop layers, segment_anything raises IndexError when no crop yields a mask (its
-empty `crop_boxes` has shape (0,), see samseg.amg.fix_empty_crop_boxes) — which is what
+empty `crop_boxes` has shape (0,), see samseg.sam.amg.fix_empty_crop_boxes) — which is what
 random weights do under the notebook's filters — so `_Generator` gives that case the
 (0, 4) shape. It touches nothing else and costs nothing.
 """

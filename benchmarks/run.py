@@ -50,7 +50,7 @@ def checkpoint_file(model_type: str, out: Path, seed: int = 0) -> Path:
     if path.is_file():
         return path
     if model_type == "tiny-random":
-        from samseg.model import build_tiny_random
+        from samseg.sam.model import build_tiny_random
 
         sam = build_tiny_random(seed)
     else:
@@ -70,7 +70,7 @@ def original_sam(model_type: str, checkpoint: Path, device: str = "cpu") -> Any:
     import torch
 
     if model_type == "tiny-random":
-        from samseg.model import build_tiny_random
+        from samseg.sam.model import build_tiny_random
 
         sam = build_tiny_random(0)
         sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
@@ -83,7 +83,7 @@ def original_sam(model_type: str, checkpoint: Path, device: str = "cpu") -> Any:
 def load_images(mode: str, paths: list[str]) -> list[Any]:
     """LoadedImages for the run; quick mode shrinks them (long side 384) or synthesises
     two when ../shared/images is absent, so CI stays at seconds."""
-    from samseg.images import decode_image, load_image
+    from samseg.edges.images import decode_image, load_image
 
     if mode != "quick":
         return [load_image(p) for p in paths]
@@ -110,11 +110,11 @@ def load_images(mode: str, paths: list[str]) -> list[Any]:
 def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any]:
     """encode → amg → pool through StageCache (load, else compute + save), then cluster +
     compose. Returns seconds per stage, cache hits, masks, embeddings, labels."""
-    from samseg.amg import generate_masks
-    from samseg.cache import stage_key
-    from samseg.encode import encode_image
-    from samseg.pipeline import recluster
-    from samseg.pool import pool_embeddings
+    from samseg.sam.amg import generate_masks
+    from samseg.edges.cache import stage_key
+    from samseg.sam.encode import encode_image
+    from samseg.engine.pipeline import recluster
+    from samseg.core.pool import pool_embeddings
 
     seconds, hits = {}, {}
 
@@ -144,7 +144,7 @@ def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str
     """samseg's model from the same file, with the fast decoder / encoder ("fast" or "sam") and precision applied."""
     import warnings
 
-    from samseg.model import load_model
+    from samseg.sam.model import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not the pinned checkpoint": expected for random weights
@@ -164,8 +164,8 @@ def bench_cfg(args: argparse.Namespace, cfg: Any) -> Any:
 
 
 def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from samseg.cache import StageCache
-    from samseg.config import get_preset
+    from samseg.edges.cache import StageCache
+    from samseg.core.config import get_preset
 
     model_type = MODEL_TYPE[args.mode]
     ckpt = checkpoint_file(model_type, out)
@@ -224,7 +224,7 @@ def run_a(model_type: str, ckpt: Path, image: Any, cfg: Any, b_masks: Any, devic
 
 def run_batch(model: Any, images: list[Any], cfg: Any) -> dict[str, Any]:
     """D: samseg cold (empty cache) over every image, one model load."""
-    from samseg.cache import StageCache
+    from samseg.edges.cache import StageCache
 
     per_image = []
     with tempfile.TemporaryDirectory(prefix="samseg-bench-batch-") as tmp, measure.PeakRss() as rss:
@@ -239,14 +239,14 @@ def run_batch(model: Any, images: list[Any], cfg: Any) -> dict[str, Any]:
 
 def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """samseg cold on a 12-MP photo (an image upscaled to 4000×3000) at points_per_side=32,
-    masks upsampled in chunks sized by samseg.amg_budget; peak RSS of the whole process."""
+    masks upsampled in chunks sized by samseg.sam.amg_budget; peak RSS of the whole process."""
     import io
 
     from PIL import Image
 
-    from samseg.cache import StageCache
-    from samseg.config import get_preset
-    from samseg.images import decode_image
+    from samseg.edges.cache import StageCache
+    from samseg.core.config import get_preset
+    from samseg.edges.images import decode_image
 
     model_type = MODEL_TYPE[args.mode]
     ckpt = checkpoint_file(model_type, out)
@@ -261,7 +261,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     rss_before = measure.rss_bytes()
     with tempfile.TemporaryDirectory(prefix="samseg-bench-mem-") as tmp, measure.PeakRss() as rss:
         r = samseg_cached(model, image, run_cfg, StageCache(tmp))
-    from samseg.amg_budget import bytes_per_mask
+    from samseg.sam.amg_budget import bytes_per_mask
 
     from benchmarks.micro import post_memory_probe
 
@@ -274,7 +274,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def _masks_per_chunk(image_hw: tuple[int, int]) -> int:
-    from samseg.amg_budget import masks_per_chunk
+    from samseg.sam.amg_budget import masks_per_chunk
 
     return masks_per_chunk(image_hw)
 

@@ -44,7 +44,7 @@ def log_benchmark(res: dict[str, Any], json_path: Path, experiment: str = EXPERI
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
-    from samseg.tracking import scrub_secrets, tracking_uri
+    from samseg.edges.tracking import scrub_secrets, tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri())
     exp = client.get_experiment_by_name(experiment)

@@ -1,4 +1,4 @@
-"""Prefect task for dataset-level classes (issue 6); the work is samseg.dataset_outputs.
+"""Prefect task for dataset-level classes (issue 6); the work is samseg.edges.dataset_outputs.
 
 segment-batch calls `relabel_and_track` once every image dir of the batch exists: it runs
 `dataset_classes_task` over the completed image dirs, then logs one MLflow child run per
@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from prefect import task
 
-from samseg.dataset_outputs import (
+from samseg.edges.dataset_outputs import (
     DatasetOutputsError,
     apply_dataset_classes,
     load_class_table,
@@ -36,8 +36,8 @@ def dataset_classes_task(out: str, image_dirs: list[str], cluster_cfg: Any, batc
 
 @task(name="register-classes", retries=2, retry_delay_seconds=0.5)
 def register_classes_task(batch_run_id: str, name: str, classes_json: str) -> dict[str, Any]:
-    """The batch's classes as a new version of registered model `name` (samseg.class_registry)."""
-    from samseg.class_registry import register_classes
+    """The batch's classes as a new version of registered model `name` (samseg.edges.class_registry)."""
+    from samseg.edges.class_registry import register_classes
 
     return register_classes(batch_run_id, name, classes_json)
 

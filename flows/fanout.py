@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 from flows.segment import SEGMENT_DEPLOYMENT, _one_line
-from samseg.outdirs import refused_outputs, unique_names
-from samseg.progress import report
+from samseg.edges.outdirs import refused_outputs, unique_names
+from samseg.engine.progress import report
 
 
 def deployment_exists(name: str = SEGMENT_DEPLOYMENT) -> bool:
@@ -33,7 +33,7 @@ def run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float | 
     a run not finished after `timeout_s` (None = wait forever) is reported as failed."""
     from prefect.deployments import run_deployment
 
-    from samseg import shutdown
+    from samseg.edges import shutdown
 
     names = dict(zip(uris, unique_names(uris)))
     refused = refused_outputs(kwargs["out"], uris, list(names.values())) if kwargs.get("out") else {}

@@ -1,6 +1,6 @@
-"""Typed flow parameters: pydantic mirrors of samseg.config so the Prefect UI renders a form.
+"""Typed flow parameters: pydantic mirrors of samseg.core.config so the Prefect UI renders a form.
 
-Every model here is a thin shell around one frozen config from `samseg.config`:
+Every model here is a thin shell around one frozen config from `samseg.core.config`:
 - field names and defaults are the config's own (defaults are read from the dataclass,
   never re-typed here);
 - the `ge`/`gt` bounds only feed the JSON schema so the UI form can flag a bad value
@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from samseg.config import (
+from samseg.core.config import (
     AmgConfig,
     ClusterConfig,
     PipelineConfig,
@@ -45,7 +45,7 @@ class _Params(BaseModel):
 
 
 class AmgParams(_Params):
-    """SamAutomaticMaskGenerator knobs (see samseg.config.AmgConfig)."""
+    """SamAutomaticMaskGenerator knobs (see samseg.core.config.AmgConfig)."""
 
     points_per_side: int = Field(_AMG.points_per_side, ge=1, description="prompt grid is N×N points")
     points_per_batch: int = Field(_AMG.points_per_batch, ge=1, description="prompts per decoder call (memory only)")
@@ -64,7 +64,7 @@ class AmgParams(_Params):
 
 
 class PoolParams(_Params):
-    """How a mask's embedding is pooled (see samseg.config.PoolConfig)."""
+    """How a mask's embedding is pooled (see samseg.core.config.PoolConfig)."""
 
     cell_rule: Literal["min_pixels", "min_coverage"] = Field(_POOL.cell_rule)
     min_pixels: int = Field(_POOL.min_pixels, ge=0)
@@ -76,7 +76,7 @@ class PoolParams(_Params):
 
 
 class ClusterParams(_Params):
-    """Clustering of the mask embeddings (see samseg.config.ClusterConfig)."""
+    """Clustering of the mask embeddings (see samseg.core.config.ClusterConfig)."""
 
     algorithm: Literal["dbscan", "hdbscan", "agglomerative"] = Field(_CLUSTER.algorithm)
     eps: float = Field(_CLUSTER.eps, gt=0.0, description="DBSCAN neighbourhood radius (cosine distance)")
@@ -95,7 +95,7 @@ class PipelineParams(_Params):
     """
 
     model_type: ModelType = Field(_PIPE.model_type)  # type: ignore[assignment]
-    # fp32 | bf16 | fp16 | auto (samseg.precision): auto = bf16 where the hardware has it
+    # fp32 | bf16 | fp16 | auto (samseg.sam.precision): auto = bf16 where the hardware has it
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     amg: AmgParams = Field(default_factory=AmgParams)
     pool: PoolParams = Field(default_factory=PoolParams)

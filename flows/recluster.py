@@ -37,7 +37,7 @@ def _cached_pair(runtime: RuntimeParams, image_sha: str, checkpoint_sha: str, cf
                  precision: str = "fp32") -> tuple[Any, Any] | None:
     """(MaskSet, N×C embeddings) from the stage cache, or None when either is missing/corrupt.
     precision: the resolved one the run computed in (summary model.precision)."""
-    from samseg.cache import stage_key
+    from samseg.edges.cache import stage_key
 
     masks = load_entry(runtime, "amg", stage_key("amg", image_sha, checkpoint_sha, cfg, precision))
     emb = load_entry(runtime, "pool", stage_key("pool", image_sha, checkpoint_sha, cfg, precision)) if masks is not None else None
@@ -46,9 +46,9 @@ def _cached_pair(runtime: RuntimeParams, image_sha: str, checkpoint_sha: str, cf
 
 def inputs_from_run(run_id: str, runtime: RuntimeParams, workdir: Path) -> tuple[dict[str, Any], Any, Any, str]:
     """(summary, masks, embeddings, source) of an MLflow run; source = "cache" or "run"."""
-    from samseg.config import PipelineConfig
-    from samseg.export import read_outputs
-    from samseg.tracking import fetch_run_inputs
+    from samseg.core.config import PipelineConfig
+    from samseg.edges.export import read_outputs
+    from samseg.edges.tracking import fetch_run_inputs
 
     summary = fetch_run_inputs(run_id, workdir)
     cfg = PipelineConfig.from_flat(summary["config"])
@@ -81,7 +81,7 @@ def recluster_flow(
     with tempfile.TemporaryDirectory(prefix="samseg-recluster-") as tmp:
         if run_id is not None:
             summary0, masks, emb, source = inputs_from_run(run_id, runtime, Path(tmp))
-            from samseg.config import PipelineConfig
+            from samseg.core.config import PipelineConfig
 
             base = PipelineConfig.from_flat(summary0["config"])
             model = _model_from_summary(summary0)

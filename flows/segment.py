@@ -33,8 +33,8 @@ from flows.tasks import (
     timed,
     track_task,
 )
-from samseg.outdirs import child_dir, refused_outputs, safe_dir_name, unique_names
-from samseg.progress import report
+from samseg.edges.outdirs import child_dir, refused_outputs, safe_dir_name, unique_names
+from samseg.engine.progress import report
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ def stage_status(state: Any) -> tuple[dict[str, str], str]:
 def describe_failure(uri: str, exc: BaseException) -> str:
     """One line for a failed image, naming it: input/output errors carry the file in their
     own message; other errors get "<uri>: " (and "unexpected <Type>: " for non-I/O ones)."""
-    from samseg.export import OutputsError
-    from samseg.images import ImageError
-    from samseg.storage import StorageError
+    from samseg.edges.export import OutputsError
+    from samseg.edges.images import ImageError
+    from samseg.edges.storage import StorageError
 
     if isinstance(exc, (ImageError, OutputsError, StorageError)):
         message = str(exc)
@@ -71,7 +71,7 @@ def describe_failure(uri: str, exc: BaseException) -> str:
 
 def run_stages(img: Any, cfg: Any, runtime: RuntimeParams) -> tuple[dict[str, str], dict[str, str], dict[str, float], Any]:
     """encode → amg → pool through the cache: (keys, cache status, seconds, model)."""
-    from samseg.cache import stage_key
+    from samseg.edges.cache import stage_key
 
     model = get_model(cfg.model_type, runtime, cfg.precision)  # once per process; sha256 + precision key every stage
     keys = {s: stage_key(s, img.sha256, model.checkpoint_sha256, cfg, model.precision) for s in STAGES}
@@ -92,20 +92,20 @@ def run_stages(img: Any, cfg: Any, runtime: RuntimeParams) -> tuple[dict[str, st
 
 def build_image_summary(img: Any, model: Any, cfg: Any, masks: Any, embeddings: Any,
                         clusters: Any, seconds: dict[str, float], cache: dict[str, str]) -> dict[str, Any]:
-    """samseg.pipeline.build_summary plus the orchestration fields (cache, prefect ids).
+    """samseg.engine.pipeline.build_summary plus the orchestration fields (cache, prefect ids).
 
     model: a LoadedModel, or anything with .model_type/.checkpoint_sha256/.checkpoint_path/
     .device (a recluster describes the model of the run it started from).
     """
     from types import SimpleNamespace
 
-    from samseg.pipeline import build_summary
+    from samseg.engine.pipeline import build_summary
 
     result = SimpleNamespace(encoded=None, masks=masks, embeddings=embeddings, clusters=clusters,
                              label_map=None, timings=dict(seconds))
     summary = build_summary(img, model, cfg, result)
     if "silhouette" not in summary:
-        from samseg.cluster import silhouette_cosine
+        from samseg.core.cluster import silhouette_cosine
 
         summary["silhouette"] = silhouette_cosine(embeddings, clusters.labels)  # None when undefined
     summary["cache"] = dict(cache)
@@ -126,7 +126,7 @@ def publish(out: str, img: Any, masks: Any, embeddings: Any, clusters: Any, summ
     """export (+ upload when `out` is s3://) to OUT/<name>/ (default: the image's stem), then
     log the MLflow run; returns where things went. resumed: the batch run `nested_under` was
     resumed after a kill, so this image may already be logged under it."""
-    from samseg.storage import is_s3_uri, join_uri
+    from samseg.edges.storage import is_s3_uri, join_uri
 
     name = name or safe_dir_name(img.uri)
     tmp = None
@@ -139,7 +139,7 @@ def publish(out: str, img: Any, masks: Any, embeddings: Any, clusters: Any, summ
         (where, seconds) = timed(export_task, str(local), dest, img, masks, embeddings, clusters, summary, features)
         run_id = None
         if track and nested_under and resumed:  # a resumed batch (killed, then rerun) logs each image once
-            from samseg.batch_runs import logged_image_run
+            from samseg.edges.batch_runs import logged_image_run
 
             run_id = logged_image_run(nested_under, img.sha256, where)
         if track and run_id is None:
@@ -166,7 +166,7 @@ def segment_image_flow(
 
     batch_run_id: the MLflow run of the batch this image belongs to (its run is nested);
     batch_resumed: that run was resumed after a kill (images already logged are not logged again).
-    name: output dir name (None = the file stem); a batch passes samseg.outdirs.unique_names' name.
+    name: output dir name (None = the file stem); a batch passes samseg.edges.outdirs.unique_names' name.
     """
     cfg = settings.to_config()
     report("image_start", image=image)
@@ -195,7 +195,7 @@ def _image_params(uri: str, out: str, settings: PipelineParams, runtime: Runtime
 
 
 def _run_local(uris: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    from samseg import shutdown
+    from samseg.edges import shutdown
 
     names = unique_names(uris)
     refused = refused_outputs(kwargs["out"], uris, names)
@@ -243,7 +243,7 @@ def segment_batch_flow(
     image_timeout_s bounds the wait for deployment runs. classes="dataset" or classes_from
     (run id, classes.json, models:/ URI) give dataset-level ids (flows.dataset); max_cluster
     caps the masks clustered at once; register_classes names the MLflow model the batch's
-    new classes are registered as (samseg.class_registry)."""
+    new classes are registered as (samseg.edges.class_registry)."""
     from flows.dataset import check_dataset_request, relabel_and_track
     from flows.fanout import deployment_exists
 
@@ -307,7 +307,7 @@ def _run_images(uris: list[str], kwargs: dict[str, Any], timeout_s: Optional[flo
 
 
 def _end_quietly(run_id: str, status: str, quiet: bool = True) -> None:
-    from samseg.tracking import TrackingError, end_run
+    from samseg.edges.tracking import TrackingError, end_run
 
     try:
         end_run(run_id, status)
@@ -317,7 +317,7 @@ def _end_quietly(run_id: str, status: str, quiet: bool = True) -> None:
 
 
 def list_sources(source: Union[str, list[str]]) -> list[str]:
-    from samseg.storage import list_images
+    from samseg.edges.storage import list_images
 
     specs = [source] if isinstance(source, str) else list(source)
     uris: list[str] = []
@@ -330,7 +330,7 @@ def list_sources(source: Union[str, list[str]]) -> list[str]:
 def _absolute(uri: str) -> str:
     import os
 
-    from samseg.storage import is_s3_uri
+    from samseg.edges.storage import is_s3_uri
 
     return uri if is_s3_uri(uri) else os.path.abspath(uri)
 
@@ -340,7 +340,7 @@ def _start_batch(track: bool, experiment: str, settings: PipelineParams, source:
     """(batch run id or None when untracked, resumed after a kill)."""
     if not track:
         return None, False
-    from samseg.batch_runs import batch_key, open_batch_run
+    from samseg.edges.batch_runs import batch_key, open_batch_run
 
     params = {**settings.to_config().flat(), "n_images": n}
     tags = {"samseg.kind": "batch", "samseg.source": str(source)}
@@ -351,6 +351,6 @@ def _start_batch(track: bool, experiment: str, settings: PipelineParams, source:
 def _write_batch_summary(out: str, report: dict[str, Any]) -> None:
     import json
 
-    from samseg.storage import join_uri, write_bytes
+    from samseg.edges.storage import join_uri, write_bytes
 
     write_bytes(join_uri(out, "batch_summary.json"), json.dumps(report, indent=2, default=str).encode("utf-8"))

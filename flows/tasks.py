@@ -3,7 +3,7 @@
 Cached stages (encode, amg, pool) return a `StageRef` — a few strings naming the
 content-addressed cache entry — never the arrays: Prefect persists only that reference,
 and the next task loads the entry from the stage cache itself. Two cache layers agree on
-one key (`samseg.cache.stage_key`):
+one key (`samseg.edges.cache.stage_key`):
 - Prefect's task cache (`cache_key_fn`) skips a task whose key already completed. Before
   each call the flow checks that our entry still loads (manifest + payload hash); when it
   does not, the task runs with `refresh_cache=True`, recomputes and rewrites both.
@@ -55,7 +55,7 @@ def get_model(model_type: str, runtime: RuntimeParams, precision: str = "fp32") 
     A worker serves many images; loading SAM (and hashing a 2.5 GB checkpoint) per task
     would dominate the run time.
     """
-    from samseg.model import load_model
+    from samseg.sam.model import load_model
 
     key = (model_type, runtime.checkpoint, runtime.device, runtime.seed, precision)
     with _MODELS_LOCK:
@@ -90,7 +90,7 @@ def gpu_slot() -> Iterator[None]:
 
 
 def stage_cache(runtime: RuntimeParams) -> Any:
-    from samseg.cache import StageCache
+    from samseg.edges.cache import StageCache
 
     return StageCache(runtime.cache)
 
@@ -153,14 +153,14 @@ def entry_uri(cache: Any, stage: str, key: str) -> str:
 
 
 def _is_io_error(exc: BaseException) -> bool:
-    from samseg.storage import StorageError
+    from samseg.edges.storage import StorageError
 
     return isinstance(exc, (StorageError, OSError, ConnectionError, TimeoutError)) and not _is_input_error(exc)
 
 
 def _is_input_error(exc: BaseException) -> bool:
-    from samseg.images import ImageError
-    from samseg.storage import StorageNotFound
+    from samseg.edges.images import ImageError
+    from samseg.edges.storage import StorageNotFound
 
     return isinstance(exc, (ImageError, StorageNotFound, FileNotFoundError))
 
@@ -186,8 +186,8 @@ def read_image_task(uri: str) -> Any:
     """Local path or s3:// URI → LoadedImage (sha256 of the file bytes)."""
     from pathlib import PurePosixPath
 
-    from samseg.images import decode_image
-    from samseg.storage import read_bytes
+    from samseg.edges.images import decode_image
+    from samseg.edges.storage import read_bytes
 
     return decode_image(read_bytes(uri), PurePosixPath(str(uri)).name, uri=str(uri))
 
@@ -195,7 +195,7 @@ def read_image_task(uri: str) -> Any:
 @task(name="encode", tags=["gpu"], cache_key_fn=_cached_key_fn("encode"), **_CACHED)
 def encode_task(key: str, image: Any, model_type: str, runtime: RuntimeParams, precision: str = "fp32") -> dict[str, str]:
     """One image-encoder pass → cache entry of the C×64×64 features."""
-    from samseg.encode import encode_image
+    from samseg.sam.encode import encode_image
 
     def compute() -> Any:
         model = get_model(model_type, runtime, precision)
@@ -208,7 +208,7 @@ def encode_task(key: str, image: Any, model_type: str, runtime: RuntimeParams, p
 @task(name="amg", tags=["gpu"], cache_key_fn=_cached_key_fn("amg"), **_CACHED)
 def amg_task(key: str, encode_key: str, image: Any, cfg: Any, runtime: RuntimeParams) -> dict[str, str]:
     """SAM's automatic mask generator on the cached encoding → cache entry of the MaskSet."""
-    from samseg.amg import generate_masks
+    from samseg.sam.amg import generate_masks
 
     def compute() -> Any:
         encoded = require_entry(runtime, "encode", encode_key)
@@ -222,7 +222,7 @@ def amg_task(key: str, encode_key: str, image: Any, cfg: Any, runtime: RuntimePa
 @task(name="pool", cache_key_fn=_cached_key_fn("pool"), **_CACHED)
 def pool_task(key: str, encode_key: str, amg_key: str, cfg: Any, runtime: RuntimeParams) -> dict[str, str]:
     """Mean encoder feature under each mask → cache entry of the N×C embeddings."""
-    from samseg.pool import pool_embeddings
+    from samseg.core.pool import pool_embeddings
 
     def compute() -> Any:
         masks = require_entry(runtime, "amg", amg_key)
@@ -235,7 +235,7 @@ def pool_task(key: str, encode_key: str, amg_key: str, cfg: Any, runtime: Runtim
 @task(name="cluster", persist_result=False)
 def cluster_task(embeddings: Any, cluster_cfg: Any) -> Any:
     """N×C embeddings → ClusterResult (cheap; never cached — it is the stage users re-tune)."""
-    from samseg.cluster import cluster_embeddings
+    from samseg.core.cluster import cluster_embeddings
 
     return cluster_embeddings(embeddings, cluster_cfg)
 
@@ -250,15 +250,15 @@ def export_task(local_dir: str, dest: str | None, image: Any, masks: Any, embedd
     """
     from pathlib import Path
 
-    from samseg.compose import compose_labels
-    from samseg.export import write_outputs
+    from samseg.core.compose import compose_labels
+    from samseg.edges.export import write_outputs
 
     out = Path(local_dir)
     label_map = compose_labels(masks, clusters)
     write_outputs(out, image, masks, embeddings, clusters, label_map, summary, features=features)
     if dest is None:
         return str(out)
-    from samseg.storage import upload_dir
+    from samseg.edges.storage import upload_dir
 
     upload_dir(out, dest)
     return dest
@@ -270,7 +270,7 @@ def track_task(out_dir: str, summary: dict[str, Any], experiment: str, parent_ru
     """Log one image's outputs (read from `out_dir`, published at `where`) as an MLflow run; returns the run id."""
     from pathlib import Path
 
-    from samseg.tracking import log_image_run
+    from samseg.edges.tracking import log_image_run
 
     tags = {"samseg.kind": kind, "samseg.out_dir": where or out_dir}
     return log_image_run(Path(out_dir), summary, experiment=experiment, parent_run_id=parent_run_id,

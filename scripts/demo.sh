@@ -3,7 +3,7 @@
 # with SAM vit_b (375 MB, sha256-pinned) when its checkpoint is cached or can be downloaded,
 # else — offline, as on the development machines and CI — with tiny-random, a random
 # miniature SAM whose masks are meaningless (it shows the file formats only).
-# SAMSEG_DEMO_MODEL=tiny-random|vit_b|vit_l|vit_h forces a choice (samseg/demo.py).
+# SAMSEG_DEMO_MODEL=tiny-random|vit_b|vit_l|vit_h forces a choice (samseg/apps/demo.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,7 +12,7 @@ if [[ ! -d "$IMAGES" ]]; then
   echo "demo: $IMAGES not found; pass an image directory: scripts/demo.sh DIR" >&2
   exit 2
 fi
-MODEL="$(.venv/bin/python -m samseg.demo choose)"   # one line on stderr says why
+MODEL="$(.venv/bin/python -m samseg.apps.demo choose)"   # one line on stderr says why
 if [[ "$MODEL" == "tiny-random" ]]; then
   PRESET=smoke   # a random SAM's masks fail SAM's filters; smoke opens them
 else

@@ -7,8 +7,8 @@ import io
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `samseg <argv>` run through samseg.cli.main."""
-    from samseg import cli
+    """(exit code, stdout, stderr) of `samseg <argv>` run through samseg.apps.cli.main."""
+    from samseg.apps import cli
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -71,7 +71,7 @@ def tiny_model():
 
     Its masks are meaningless; tests use it for shapes, plumbing and determinism only.
     """
-    from samseg.model import load_model
+    from samseg.sam.model import load_model
 
     return load_model("tiny-random", device="cpu", seed=0)
 
@@ -79,6 +79,6 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def smoke_cfg():
     """The `smoke` preset (tiny-random, 8×8 points, filters opened up)."""
-    from samseg.config import get_preset
+    from samseg.core.config import get_preset
 
     return get_preset("smoke")

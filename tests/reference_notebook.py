@@ -1,6 +1,6 @@
 """Independent reference: the original notebook's mask embedding, written its way.
 
-Deliberately naive and separate from samseg.pool (no shared code): the 1024×1024 mask
+Deliberately naive and separate from samseg.core.pool (no shared code): the 1024×1024 mask
 is cut with np.split into a 64×64 grid of 16×16 blocks, python loops visit every block,
 a block is used when `block.sum() > 1`, and the embedding is np.mean of the selected
 rows of the 64×64×256 (H×W×C) feature array. A mask selecting no block gives NaN —

@@ -1,4 +1,4 @@
-"""samseg.amg_batch: the fused, chunked `_process_batch` gives exactly SAM's MaskData."""
+"""samseg.sam.amg_batch: the fused, chunked `_process_batch` gives exactly SAM's MaskData."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from samseg.amg_batch import process_batch, upscale_logits
-from samseg.model import load_model
+from samseg.sam.amg_batch import process_batch, upscale_logits
+from samseg.sam.model import load_model
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""samseg.cache: stage keys, local and S3 (moto server) round trips, corrupt entries → miss."""
+"""samseg.edges.cache: stage keys, local and S3 (moto server) round trips, corrupt entries → miss."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samseg import storage
-from samseg.cache import StageCache, default_cache_root, stage_key
-from samseg.config import SMOKE, PipelineConfig
-from samseg.types import EncodedImage, ImageGeometry, MaskSet
+from samseg.edges import storage
+from samseg.edges.cache import StageCache, default_cache_root, stage_key
+from samseg.core.config import SMOKE, PipelineConfig
+from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
 
 IMG = "a" * 64
 CKPT = "b" * 64
@@ -170,7 +170,7 @@ def test_corrupt_entry_is_a_miss_then_overwritten(tmp_path: Path, case: int, cap
     cache.save_encoded(key, _encoded(0))
     name, corrupt = _corruptions(cache, key)[case]
     corrupt()
-    with caplog.at_level(logging.WARNING, logger="samseg.cache"):
+    with caplog.at_level(logging.WARNING, logger="samseg.edges.cache"):
         assert cache.load_encoded(key) is None, name
     if name != "missing manifest":  # an absent entry is a plain miss, not worth a warning
         assert any("recomputing" in r.getMessage() for r in caplog.records), name

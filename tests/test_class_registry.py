@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samseg.dataset import ClassTable, ClassTableError
+from samseg.core.dataset import ClassTable, ClassTableError
 
 
 def _table(dim: int = 8, ckpt: str = "c" * 64) -> ClassTable:
@@ -21,7 +21,7 @@ def _table(dim: int = 8, ckpt: str = "c" * 64) -> ClassTable:
 
 
 def _batch_run(tmp: Path, table: ClassTable) -> tuple[str, Path]:
-    from samseg.tracking import start_batch_run
+    from samseg.edges.tracking import start_batch_run
 
     path = tmp / "classes.json"
     path.write_text(table.to_json())
@@ -32,8 +32,8 @@ def _round_trip(tmp: Path) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from samseg.class_registry import load_registered_classes, register_classes
-    from samseg.tracking import tracking_uri
+    from samseg.edges.class_registry import load_registered_classes, register_classes
+    from samseg.edges.tracking import tracking_uri
 
     run_id, path = _batch_run(tmp, _table())
     first = register_classes(run_id, "samseg-classes-test", path)
@@ -70,7 +70,7 @@ def test_registry_round_trip_mlflow_server(mlflow_env, tmp_path: Path) -> None:
 
 
 def test_classes_from_another_checkpoint_are_refused(tmp_path: Path) -> None:
-    from samseg.dataset_outputs import DatasetOutputsError, _check_same_model
+    from samseg.edges.dataset_outputs import DatasetOutputsError, _check_same_model
 
     with pytest.raises(DatasetOutputsError, match="refusing to mix"):
         _check_same_model(_table(ckpt="a" * 64), {"checkpoint_sha256": "b" * 64, "model_type": "vit_h"})
@@ -78,7 +78,7 @@ def test_classes_from_another_checkpoint_are_refused(tmp_path: Path) -> None:
 
 
 def test_classes_of_another_dimension_are_refused() -> None:
-    from samseg.dataset import assign_to_classes
+    from samseg.core.dataset import assign_to_classes
 
     with pytest.raises(ClassTableError, match="C=4 but the classes were built from C=8"):
         assign_to_classes(np.ones((2, 4), np.float32), _table())

@@ -1,7 +1,7 @@
 """`samseg` CLI end to end with the tiny-random SAM (meaningless masks: shapes and plumbing only).
 
 `samseg segment` runs through the Prefect flows: tests that segment request `prefect_api`
-(the session's one Prefect server) and patch samseg.model / samseg.amg / samseg.pool,
+(the session's one Prefect server) and patch samseg.sam.model / samseg.sam.amg / samseg.core.pool,
 where the flows' tasks look those names up at call time.
 """
 
@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from cli_run import run_cli
-from samseg import cli
-from samseg.export import read_label_png, write_label_png
-from samseg.types import MaskSet
+from samseg.apps import cli
+from samseg.edges.export import read_label_png, write_label_png
+from samseg.core.types import MaskSet
 
 TINY_POINTS = "4"  # 4×4 prompts: keeps the e2e runs cheap on 2 CPU cores
 
@@ -83,7 +83,7 @@ def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path, prefect_a
     """Reuse the session's tiny model instead of loading one per CLI call; a fresh stage cache."""
     import flows.tasks
 
-    monkeypatch.setattr("samseg.model.load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr("samseg.sam.model.load_model", lambda *a, **k: tiny_model)
     monkeypatch.setattr(flows.tasks, "_MODELS", {})  # the flows' once-per-process model cache
     monkeypatch.setenv("SAMSEG_CACHE", str(tmp_path / "cache"))
     return tmp_path
@@ -91,7 +91,7 @@ def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path, prefect_a
 
 def test_uniform_image_without_masks_gives_empty_result(quick: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Injected: the AMG finds nothing on a flat image (a random SAM cannot be relied on to).
-    monkeypatch.setattr("samseg.amg.generate_masks", lambda model, rgb, enc, cfg: MaskSet.empty(rgb.shape[:2]))
+    monkeypatch.setattr("samseg.sam.amg.generate_masks", lambda model, rgb, enc, cfg: MaskSet.empty(rgb.shape[:2]))
     Image.new("RGB", (48, 32), (128, 128, 128)).save(quick / "flat.png")
     rc, stdout, stderr = run_cli(["segment", str(quick / "flat.png"), "--preset", "smoke", "--out", str(quick / "out")])
     assert rc == 0, stderr
@@ -105,16 +105,16 @@ def test_uniform_image_without_masks_gives_empty_result(quick: Path, monkeypatch
 
 
 def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import samseg.pool
+    import samseg.core.pool
 
-    real_pool = samseg.pool.pool_embeddings
+    real_pool = samseg.core.pool.pool_embeddings
 
     def flaky_pool(masks, encoded, cfg):
         if masks.image_hw == (40, 40):
             raise RuntimeError("simulated crash")
         return real_pool(masks, encoded, cfg)
 
-    monkeypatch.setattr("samseg.pool.pool_embeddings", flaky_pool)
+    monkeypatch.setattr("samseg.core.pool.pool_embeddings", flaky_pool)
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(quick / "a_crash.png")
     Image.fromarray(rng.integers(0, 255, (24, 36, 3), dtype=np.uint8)).save(quick / "b_fine.png")
@@ -159,7 +159,7 @@ def test_flags_override_preset() -> None:
 
 
 def test_output_names_never_collide() -> None:
-    from samseg.outdirs import unique_names as output_names
+    from samseg.edges.outdirs import unique_names as output_names
 
     assert output_names(["a/x.jpg", "b/x.png", "c/y.jpg", "d/x.jpg"]) == ["x", "x-2", "y", "x-3"]
     assert output_names(["s3://b/in/x.jpg", "s3://b/other/x.jpg"]) == ["x", "x-2"]
@@ -167,7 +167,7 @@ def test_output_names_never_collide() -> None:
 
 def test_same_stem_in_two_folders_writes_two_dirs(quick: Path, monkeypatch: pytest.MonkeyPatch, tiny_model) -> None:
     loads: list[str] = []
-    monkeypatch.setattr("samseg.model.load_model", lambda model_type, **k: loads.append(model_type) or tiny_model)
+    monkeypatch.setattr("samseg.sam.model.load_model", lambda model_type, **k: loads.append(model_type) or tiny_model)
     rng = np.random.default_rng(7)
     for sub, hw in (("a", (20, 30)), ("b", (26, 18))):
         (quick / sub).mkdir()
@@ -181,12 +181,12 @@ def test_same_stem_in_two_folders_writes_two_dirs(quick: Path, monkeypatch: pyte
 
 
 def test_weights_download_offline_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from samseg.model import CheckpointError
+    from samseg.sam.model import CheckpointError
 
     def offline(model_type, *a, **k):
         raise CheckpointError(f"could not download the {model_type} checkpoint (offline)")
 
-    monkeypatch.setattr("samseg.model.download_checkpoint", offline)
+    monkeypatch.setattr("samseg.sam.model.download_checkpoint", offline)
     rc, _, stderr = run_cli(["weights", "download", "vit_b"])
     assert rc == 1 and error_lines(stderr) == ["error: could not download the vit_b checkpoint (offline)"]
     assert run_cli(["weights", "download", "vit_x"])[0] == 2
@@ -212,16 +212,16 @@ def test_eval_prints_tables_and_writes_csv(tmp_path: Path) -> None:
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
-    code = ("import sys, samseg.cli as c; c.build_parser().format_help(); "
+    code = ("import sys, samseg.apps.cli as c; c.build_parser().format_help(); "
             "print(sorted(m for m in ('torch', 'segment_anything', 'sklearn', 'mlflow', 'prefect', 'pandas') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
-    res = subprocess.run([sys.executable, "-m", "samseg.cli", "--help"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "samseg.apps.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "segment" in res.stdout
 
 
 def test_readme_preset_table_matches_config() -> None:
-    from samseg.config import PRESETS
+    from samseg.core.config import PRESETS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     rows = {}

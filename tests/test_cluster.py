@@ -1,12 +1,12 @@
-"""samseg.cluster: every algorithm's degenerate sizes, blob recovery, deterministic ids, input checks."""
+"""samseg.core.cluster: every algorithm's degenerate sizes, blob recovery, deterministic ids, input checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from samseg.cluster import ClusterInputError, cluster_embeddings, renumber_by_size, silhouette_cosine
-from samseg.config import ALGORITHMS, ClusterConfig
+from samseg.core.cluster import ClusterInputError, cluster_embeddings, renumber_by_size, silhouette_cosine
+from samseg.core.config import ALGORITHMS, ClusterConfig
 
 
 def _cfg(algorithm: str, **kw) -> ClusterConfig:

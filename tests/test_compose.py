@@ -1,13 +1,13 @@
-"""samseg.compose: overlap rule, noise, dtype/shape, chunking, errors."""
+"""samseg.core.compose: overlap rule, noise, dtype/shape, chunking, errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from samseg import compose as compose_mod
-from samseg.compose import ComposeError, class_mask, compose_labels, paint_order
-from samseg.types import ClusterResult, MaskSet
+from samseg.core import compose as compose_mod
+from samseg.core.compose import ComposeError, class_mask, compose_labels, paint_order
+from samseg.core.types import ClusterResult, MaskSet
 
 HW = (40, 60)  # non-square on purpose
 

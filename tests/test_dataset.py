@@ -1,4 +1,4 @@
-"""Dataset-level classes (samseg.dataset): synthetic batches with known features."""
+"""Dataset-level classes (samseg.core.dataset): synthetic batches with known features."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from samseg.cluster import ClusterInputError, cluster_embeddings, renumber_by_size
-from samseg.config import ClusterConfig, PoolConfig
-from samseg.dataset import (
+from samseg.core.cluster import ClusterInputError, cluster_embeddings, renumber_by_size
+from samseg.core.config import ClusterConfig, PoolConfig
+from samseg.core.dataset import (
     ClassTable,
     ClassTableError,
     assign_to_classes,
@@ -19,8 +19,8 @@ from samseg.dataset import (
     eps_euclidean,
     renumber,
 )
-from samseg.pool import pool_embeddings
-from samseg.types import ClusterResult, EncodedImage, ImageGeometry, MaskSet
+from samseg.core.pool import pool_embeddings
+from samseg.core.types import ClusterResult, EncodedImage, ImageGeometry, MaskSet
 
 C = 16
 SIDE = 256  # 256-px square image → 1024-px input, one 16-px cell = 4 original pixels
@@ -224,7 +224,7 @@ def test_renumber_matches_cluster_module():
 
 
 def test_select_examples_round_robin_largest_first():
-    from samseg.contact_sheet import select_examples
+    from samseg.core.contact_sheet import select_examples
 
     results = [ClusterResult(np.array([0, 0, 1, -1, 0])), ClusterResult(np.array([0, 1, 0]))]
     areas = [np.array([10, 50, 5, 99, 30]), np.array([7, 8, 9])]
@@ -237,8 +237,8 @@ def test_select_examples_round_robin_largest_first():
 
 
 def test_contact_sheet_layout_colours_and_cutouts():
-    from samseg.contact_sheet import TILE, contact_sheet, select_examples
-    from samseg.render import class_color
+    from samseg.core.contact_sheet import TILE, contact_sheet, select_examples
+    from samseg.core.render import class_color
 
     rgb = np.zeros((40, 60, 3), np.uint8)
     rgb[..., 1] = 200  # a green photo
@@ -260,7 +260,7 @@ def test_contact_sheet_layout_colours_and_cutouts():
 
 
 def test_contact_sheet_caps_rows_and_rejects_bad_cutouts():
-    from samseg.contact_sheet import ContactSheetError, fit_tile, render_contact_sheet
+    from samseg.core.contact_sheet import ContactSheetError, fit_tile, render_contact_sheet
 
     cut = np.full((10, 20, 4), 255, np.uint8)
     sheet = render_contact_sheet([[cut]] * 5, max_rows=2, tile=32)

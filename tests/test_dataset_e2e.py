@@ -1,7 +1,7 @@
 """Dataset-level classes end to end with the tiny-random SAM over ../shared/images.
 
 The batch is segmented image by image (per-image ids, as segment-batch writes them), then
-samseg.dataset_outputs.apply_dataset_classes gives the whole batch shared ids, classes.json and a
+samseg.edges.dataset_outputs.apply_dataset_classes gives the whole batch shared ids, classes.json and a
 contact sheet; a second batch is labelled from those classes (--classes-from), and the
 MLflow edge round-trips classes.json through a run.
 
@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from cli_run import run_cli
-from samseg.dataset import ClassTable, assign_to_classes
+from samseg.core.dataset import ClassTable, assign_to_classes
 
 PHOTOS = ("building.jpg", "bears.jpg", "alphabet.jpg", "corgi.jpg")
 # Long side of the copies segmented here: full-size photos make the tiny-random AMG's
@@ -31,11 +31,11 @@ SMALL_SIDE = 320
 @pytest.fixture(scope="module")
 def segmented(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
     """OUT/<stem>/ per image with per-image cluster ids, from SMALL_SIDE-px PNG copies."""
-    from samseg.cluster import cluster_embeddings
-    from samseg.compose import compose_labels
-    from samseg.export import write_outputs
-    from samseg.images import load_image
-    from samseg.pipeline import build_summary, segment_image
+    from samseg.core.cluster import cluster_embeddings
+    from samseg.core.compose import compose_labels
+    from samseg.edges.export import write_outputs
+    from samseg.edges.images import load_image
+    from samseg.engine.pipeline import build_summary, segment_image
 
     # 4×4 prompts (48 masks a photo, 192 in the batch) instead of smoke's 8×8: enough
     # masks to form batch classes, a quarter of the AMG time on 2 shared cores.
@@ -58,7 +58,7 @@ def segmented(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch_run(segmented):
-    from samseg.dataset_outputs import apply_dataset_classes
+    from samseg.edges.dataset_outputs import apply_dataset_classes
 
     root, out, dirs, segs, cfg = segmented
     report = apply_dataset_classes(out, dirs, cfg.cluster)
@@ -67,7 +67,7 @@ def batch_run(segmented):
 
 
 def test_every_label_id_is_a_class(segmented, batch_run):
-    from samseg.export import read_label_png, read_outputs
+    from samseg.edges.export import read_label_png, read_outputs
 
     _, out, dirs, segs, _ = segmented
     report, table = batch_run
@@ -94,7 +94,7 @@ def test_every_label_id_is_a_class(segmented, batch_run):
 
 
 def test_members_are_covered_by_their_classes(segmented, batch_run):
-    from samseg.export import read_outputs
+    from samseg.edges.export import read_outputs
 
     _, _, dirs, _, _ = segmented
     _, table = batch_run
@@ -114,7 +114,7 @@ def test_contact_sheet_written(segmented, batch_run):
 
 def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
     from flows.dataset import dataset_classes_task
-    from samseg.export import read_outputs
+    from samseg.edges.export import read_outputs
 
     _, _, dirs, _, cfg = segmented
     first, table = batch_run
@@ -135,8 +135,8 @@ def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
 def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from samseg.dataset_outputs import load_class_table, load_classes_from_run, log_dataset_classes
-    from samseg.tracking import TrackingError
+    from samseg.edges.dataset_outputs import load_class_table, load_classes_from_run, log_dataset_classes
+    from samseg.edges.tracking import TrackingError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
@@ -163,7 +163,7 @@ def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tm
 
     from mlflow import MlflowClient
 
-    from samseg.export import read_label_png
+    from samseg.edges.export import read_label_png
 
     src = tmp_path / "in"
     src.mkdir()

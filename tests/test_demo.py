@@ -1,4 +1,4 @@
-"""The demo's model choice (samseg.demo): a real checkpoint when one can be had, else
+"""The demo's model choice (samseg.apps.demo): a real checkpoint when one can be had, else
 tiny-random with one clear line. No network is touched: the I/O is injected."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from samseg import demo
+from samseg.apps import demo
 
 
 def _never(*_a):
@@ -63,6 +63,6 @@ def test_probe_of_a_closed_port_gives_up_in_seconds() -> None:
 
 def test_choose_command_prints_the_model_on_stdout(tmp_path: Path) -> None:
     env = {"SAMSEG_DEMO_MODEL": "tiny-random", "SAMSEG_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "samseg.demo", "choose"], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "samseg.apps.demo", "choose"], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "tiny-random" and "meaningless" in proc.stderr

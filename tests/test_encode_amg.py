@@ -1,4 +1,4 @@
-"""samseg.encode + samseg.amg on the tiny-random SAM (meaningless masks; we test plumbing).
+"""samseg.sam.encode + samseg.sam.amg on the tiny-random SAM (meaningless masks; we test plumbing).
 
 Checks: encode-once features equal SamPredictor's; geometry for non-square images; the
 full image is encoded exactly once even with crop layers; reusing features changes nothing
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from samseg.amg import EncodedMismatchError, count_encoder_calls, generate_masks, make_generator
-from samseg.config import AmgConfig
-from samseg.encode import ImageArrayError, encode_image
-from samseg.model import load_model
-from samseg.types import EncodedImage, ImageGeometry, MaskSet
+from samseg.sam.amg import EncodedMismatchError, count_encoder_calls, generate_masks, make_generator
+from samseg.core.config import AmgConfig
+from samseg.sam.encode import ImageArrayError, encode_image
+from samseg.sam.model import load_model
+from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
 
 OPEN = AmgConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
@@ -209,7 +209,7 @@ def test_real_photo_geometry_and_single_encode(model, shared_images) -> None:
 
 def test_memory_cap_on_mask_chunks_changes_no_mask(model, small, small_encoded, small_masks, monkeypatch) -> None:
     # A byte budget of one mask forces chunks of one mask: only memory may change, not the masks.
-    from samseg.amg_budget import bytes_per_mask, masks_per_chunk
+    from samseg.sam.amg_budget import bytes_per_mask, masks_per_chunk
 
     monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_mask(small.shape[:2])))
     assert masks_per_chunk(small.shape[:2]) == 1
@@ -220,7 +220,7 @@ def test_memory_cap_on_mask_chunks_changes_no_mask(model, small, small_encoded, 
 
 
 def test_fast_decoder_is_on_by_default_and_can_be_turned_off() -> None:
-    from samseg.fast_decoder import is_accelerated
+    from samseg.sam.fast_decoder import is_accelerated
 
     assert is_accelerated(load_model("tiny-random", device="cpu").sam)
     assert not is_accelerated(load_model("tiny-random", device="cpu", fast_decoder=False).sam)

@@ -1,4 +1,4 @@
-"""samseg.eval: hand-computable IoU / matching / ARI / NMI, and the directory edge."""
+"""samseg.core.eval: hand-computable IoU / matching / ARI / NMI, and the directory edge."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samseg.eval import EvalInputError, evaluate_dirs, evaluate_label_maps, iou_matrix
+from samseg.core.eval import EvalInputError, evaluate_dirs, evaluate_label_maps, iou_matrix
 
 
 def _row(*spans, n: int = 30) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""samseg.export and samseg.render on injected masks: every file, its format, and atomic replace."""
+"""samseg.edges.export and samseg.core.render on injected masks: every file, its format, and atomic replace."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from samseg import export
-from samseg.export import OutputsError, build_coco, read_label_png, read_outputs, read_summary, write_outputs
-from samseg.images import LoadedImage
-from samseg.render import PALETTE, class_color, render_cutout, render_overlay
-from samseg.types import ClusterResult, MaskSet
+from samseg.edges import export
+from samseg.edges.export import OutputsError, build_coco, read_label_png, read_outputs, read_summary, write_outputs
+from samseg.edges.images import LoadedImage
+from samseg.core.render import PALETTE, class_color, render_cutout, render_overlay
+from samseg.core.types import ClusterResult, MaskSet
 
 H, W = 30, 40  # non-square on purpose: catches h/w swaps
 
@@ -187,9 +187,9 @@ def test_palette_is_fixed_and_distinct() -> None:
 
 
 def test_recluster_and_summary_on_stored_outputs(tmp_path: Path, case) -> None:
-    from samseg.config import ClusterConfig, get_preset
-    from samseg.pipeline import SegmentationResult, build_summary, recluster
-    from samseg.types import EncodedImage, ImageGeometry
+    from samseg.core.config import ClusterConfig, get_preset
+    from samseg.engine.pipeline import SegmentationResult, build_summary, recluster
+    from samseg.core.types import EncodedImage, ImageGeometry
 
     image, masks, _, _, _ = case
     emb = np.array([[1, 0, 0], [0.99, 0.05, 0], [0, 1, 0]], np.float32)  # masks 0 and 1 alike

@@ -1,4 +1,4 @@
-"""samseg.fast_decoder computes segment_anything's MaskDecoder output (fp32 tolerance)."""
+"""samseg.sam.fast_decoder computes segment_anything's MaskDecoder output (fp32 tolerance)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from samseg.fast_decoder import accelerate_decoder, fast_predict_masks, is_accelerated, restore_decoder
+from samseg.sam.fast_decoder import accelerate_decoder, fast_predict_masks, is_accelerated, restore_decoder
 
 # (transformer_dim, depth, mlp_dim, heads, iou_head_hidden_dim): tiny-random's decoder and
 # the real SAM decoder (identical for vit_b/l/h: dim 256, depth 2, mlp 2048, 8 heads).

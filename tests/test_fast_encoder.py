@@ -1,4 +1,4 @@
-"""samseg.fast_encoder computes segment_anything's image-encoder Attention (fp32 tolerance)."""
+"""samseg.sam.fast_encoder computes segment_anything's image-encoder Attention (fp32 tolerance)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from segment_anything.modeling.image_encoder import Attention, Block
 
-from samseg.fast_encoder import accelerate_encoder, fast_attention_forward, is_encoder_accelerated, restore_encoder
-from samseg.model import build_tiny_random
+from samseg.sam.fast_encoder import accelerate_encoder, fast_attention_forward, is_encoder_accelerated, restore_encoder
+from samseg.sam.model import build_tiny_random
 
 
 def _attention(dim: int, heads: int, hw: int, use_rel_pos: bool = True, seed: int = 0) -> Attention:

@@ -54,7 +54,7 @@ def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def cli_parser():
     """samseg's own parser (segment runs through the flows; recluster/runs/serve are hooked in)."""
-    from samseg import cli
+    from samseg.apps import cli
 
     return cli.build_parser()
 
@@ -68,7 +68,7 @@ def test_params_mirror_configs_and_reject_what_configs_reject() -> None:
     from pydantic import ValidationError
 
     from flows.params import AmgParams, ClusterParams, PipelineParams, PoolParams
-    from samseg.config import AmgConfig, ClusterConfig, PoolConfig, get_preset
+    from samseg.core.config import AmgConfig, ClusterConfig, PoolConfig, get_preset
 
     for model, cfg in ((AmgParams, AmgConfig), (PoolParams, PoolConfig), (ClusterParams, ClusterConfig)):
         assert set(model.model_fields) == {f.name for f in dataclasses.fields(cfg)}
@@ -204,7 +204,7 @@ def _assert_labels_differ_iff_clusters_differ(client, bucket: str, a: str, b: st
 
     from PIL import Image
 
-    from samseg.cluster import cluster_embeddings
+    from samseg.core.cluster import cluster_embeddings
 
     def load(prefix: str) -> tuple[list[int], np.ndarray, np.ndarray]:
         def get(name: str) -> bytes:
@@ -226,7 +226,7 @@ def _assert_labels_differ_iff_clusters_differ(client, bucket: str, a: str, b: st
 
 def test_corrupt_cache_entry_is_recomputed(prefect_api, local_env, small_photos) -> None:
     from flows.segment import segment_image_flow
-    from samseg.cache import StageCache
+    from samseg.edges.cache import StageCache
 
     cache = local_env / "cache"
     args = dict(image=str(small_photos / "building.jpg"), settings=smoke_settings(), runtime=runtime(cache), track=False)

@@ -1,4 +1,4 @@
-"""samseg.images: every supported mode decodes to H×W×3 uint8; every bad input is one ImageError line."""
+"""samseg.edges.images: every supported mode decodes to H×W×3 uint8; every bad input is one ImageError line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samseg.images import IMAGE_SUFFIXES, ImageError, LoadedImage, decode_image, find_images, load_image
+from samseg.edges.images import IMAGE_SUFFIXES, ImageError, LoadedImage, decode_image, find_images, load_image
 
 
 def _png(img: Image.Image, **kw) -> bytes:

@@ -1,4 +1,4 @@
-"""samseg.model: registry, tiny-random determinism, verified downloads, local checkpoints, devices.
+"""samseg.sam.model: registry, tiny-random determinism, verified downloads, local checkpoints, devices.
 
 Downloads are tested against a loopback http.server on 127.0.0.1 serving a small file;
 the real CHECKPOINTS table is only ever changed through monkeypatch (restored after).
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from samseg import model as model_mod
-from samseg.model import (
+from samseg.sam import model as model_mod
+from samseg.sam.model import (
     CHECKPOINTS,
     MODEL_TYPES,
     CheckpointError,

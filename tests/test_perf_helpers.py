@@ -1,12 +1,12 @@
-"""samseg.precision (opt-in bf16), samseg.amg_budget (masks per post-processing chunk from image size), samseg.amg_post (fast RLE, MaskData.cat without deepcopy)."""
+"""samseg.sam.precision (opt-in bf16), samseg.sam.amg_budget (masks per post-processing chunk from image size), samseg.sam.amg_post (fast RLE, MaskData.cat without deepcopy)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from samseg.amg_budget import bytes_per_mask, masks_per_chunk
-from samseg.precision import PrecisionError, get_precision, set_precision
+from samseg.sam.amg_budget import bytes_per_mask, masks_per_chunk
+from samseg.sam.precision import PrecisionError, get_precision, set_precision
 
 
 def _tiny_module_pair():
@@ -47,7 +47,7 @@ def test_unknown_precision_is_rejected_and_lossy_return_refused():
 
 
 def test_auto_resolves_by_hardware(monkeypatch):
-    from samseg import precision
+    from samseg.sam import precision
 
     monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
     assert precision.resolve_precision("auto", "cpu") == "bf16"
@@ -82,7 +82,7 @@ def test_budget_from_environment(monkeypatch):
 def test_mask_to_rle_fast_equals_segment_anything(shape):
     from segment_anything.utils.amg import mask_to_rle_pytorch
 
-    from samseg.amg_post import mask_to_rle_fast
+    from samseg.sam.amg_post import mask_to_rle_fast
 
     g = torch.Generator().manual_seed(sum(shape))
     masks = torch.rand(shape, generator=g) > 0.5
@@ -95,11 +95,11 @@ def test_mask_to_rle_fast_equals_segment_anything(shape):
 def test_fast_amg_postprocessing_swaps_and_restores():
     import segment_anything.automatic_mask_generator as sam_amg
 
-    from samseg.amg_post import fast_amg_postprocessing, mask_to_rle_fast
+    from samseg.sam.amg_post import fast_amg_postprocessing, mask_to_rle_fast
 
     from segment_anything.utils.amg import MaskData
 
-    from samseg.amg_post import cat_without_deepcopy
+    from samseg.sam.amg_post import cat_without_deepcopy
 
     original, original_cat = sam_amg.mask_to_rle_pytorch, MaskData.cat
     with fast_amg_postprocessing():
@@ -124,7 +124,7 @@ def _mask_data(seed: int):
 def test_cat_without_deepcopy_equals_mask_data_cat():
     import numpy as np
 
-    from samseg.amg_post import cat_without_deepcopy
+    from samseg.sam.amg_post import cat_without_deepcopy
 
     ref, got = _mask_data(0), _mask_data(0)
     for seed in (1, 2):
@@ -147,9 +147,9 @@ def test_fast_postprocessing_gives_identical_amg_records_with_crops():
     import numpy as np
     from segment_anything import SamAutomaticMaskGenerator
 
-    from samseg.amg_post import fast_amg_postprocessing
-    from samseg.fast_decoder import accelerate_decoder
-    from samseg.model import build_tiny_random
+    from samseg.sam.amg_post import fast_amg_postprocessing
+    from samseg.sam.fast_decoder import accelerate_decoder
+    from samseg.sam.model import build_tiny_random
 
     sam = accelerate_decoder(build_tiny_random(seed=0))
     image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)

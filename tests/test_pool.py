@@ -1,4 +1,4 @@
-"""samseg.pool: notebook equivalence on masks from real photos, geometry, options, fallbacks."""
+"""samseg.core.pool: notebook equivalence on masks from real photos, geometry, options, fallbacks."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samseg import pool as pool_mod
-from samseg.config import NOTEBOOK, PoolConfig
-from samseg.pool import EmptyMaskError, PoolError, nearest_indices, pool_embeddings
-from samseg.types import EncodedImage, ImageGeometry, MaskSet
+from samseg.core import pool as pool_mod
+from samseg.core.config import NOTEBOOK, PoolConfig
+from samseg.core.pool import EmptyMaskError, PoolError, nearest_indices, pool_embeddings
+from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reference_notebook import notebook_embeddings  # noqa: E402
@@ -85,8 +85,8 @@ def test_notebook_nan_hand_built_diagonal():
 
 
 def test_matches_reference_on_tiny_random_amg_masks(tiny_model, smoke_cfg):
-    from samseg.amg import generate_masks
-    from samseg.encode import encode_image
+    from samseg.sam.amg import generate_masks
+    from samseg.sam.encode import encode_image
 
     rgb = np.random.default_rng(0).integers(0, 255, size=(1024, 1024, 3), dtype=np.uint8)
     encoded = encode_image(tiny_model, rgb)

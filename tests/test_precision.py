@@ -1,4 +1,4 @@
-"""Precision as a first-class setting (samseg.precision): bf16 with the fast encoder and the
+"""Precision as a first-class setting (samseg.sam.precision): bf16 with the fast encoder and the
 fast decoder (the out= buffer crash), the config/CLI/cache-key plumbing, fp32 unchanged."""
 
 from __future__ import annotations
@@ -7,23 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from samseg.cache import stage_key
-from samseg.config import PipelineConfig, get_preset
-from samseg.precision import PrecisionError, _cast, resolve_precision
+from samseg.edges.cache import stage_key
+from samseg.core.config import PipelineConfig, get_preset
+from samseg.sam.precision import PrecisionError, _cast, resolve_precision
 
 
 @pytest.fixture(scope="module")
 def models():
-    from samseg.model import load_model
+    from samseg.sam.model import load_model
 
     return {p: load_model("tiny-random", device="cpu", precision=p) for p in ("fp32", "bf16")}
 
 
 def test_bf16_runs_fast_encoder_and_fast_decoder_and_agrees(models) -> None:
-    from samseg.amg import generate_masks
-    from samseg.encode import encode_image
-    from samseg.fast_decoder import is_accelerated
-    from samseg.fast_encoder import is_encoder_accelerated
+    from samseg.sam.amg import generate_masks
+    from samseg.sam.encode import encode_image
+    from samseg.sam.fast_decoder import is_accelerated
+    from samseg.sam.fast_encoder import is_encoder_accelerated
 
     rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     cfg = get_preset("smoke")
@@ -81,7 +81,7 @@ def test_cli_precision_flag_reaches_summary_and_mlflow_params(prefect_api, tmp_p
     assert rc == 0, stderr
     summary = json.loads((tmp_path / "o" / "p" / "summary.json").read_text())
     assert summary["config"]["precision"] == "bf16" and summary["model"]["precision"] == "bf16"
-    from samseg.tracking import run_params
+    from samseg.edges.tracking import run_params
 
     assert run_params(summary)["precision_resolved"] == "bf16"
     rc, _, stderr = run_cli(["segment", str(img), "--out", str(tmp_path / "o2"), "--model", "tiny-random", "--device",
@@ -94,7 +94,7 @@ def test_bf16_attention_bias_in_the_gemm_equals_the_add_path() -> None:
     attention: compared with segment_anything's own Attention.forward in fp32."""
     from segment_anything.modeling.image_encoder import Attention
 
-    from samseg.fast_encoder import fast_attention_forward
+    from samseg.sam.fast_encoder import fast_attention_forward
 
     torch.manual_seed(0)
     for size, batch in ((14, 3), (16, 1)):  # windowed-like and global-like

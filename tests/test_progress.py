@@ -1,4 +1,4 @@
-"""samseg.progress (the flows' progress hook) and the CLI's bars over images and stages.
+"""samseg.engine.progress (the flows' progress hook) and the CLI's bars over images and stages.
 
 The CLI test runs `samseg segment` in-process with the tiny-random SAM (meaningless masks:
 plumbing only) and records every event the flows report.
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cli_run import run_cli
-from samseg import progress
+from samseg.engine import progress
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +110,7 @@ def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path, prefect_a
     """The session's tiny model instead of one load per CLI call; a fresh stage cache."""
     import flows.tasks
 
-    monkeypatch.setattr("samseg.model.load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr("samseg.sam.model.load_model", lambda *a, **k: tiny_model)
     monkeypatch.setattr(flows.tasks, "_MODELS", {})
     monkeypatch.setenv("SAMSEG_CACHE", str(tmp_path / "cache"))
     return tmp_path

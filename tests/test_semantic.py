@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samseg.cluster import cluster_embeddings
-from samseg.compose import compose_labels
-from samseg.config import ClusterConfig, PoolConfig
-from samseg.eval import evaluate_label_maps
-from samseg.pool import pool_embeddings
-from samseg.types import EncodedImage, ImageGeometry, MaskSet
+from samseg.core.cluster import cluster_embeddings
+from samseg.core.compose import compose_labels
+from samseg.core.config import ClusterConfig, PoolConfig
+from samseg.core.eval import evaluate_label_maps
+from samseg.core.pool import pool_embeddings
+from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
 
 HW = (600, 900)
 C = 64

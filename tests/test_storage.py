@@ -1,4 +1,4 @@
-"""samseg.storage: key validation (pure), local files, and S3 against a real moto server over HTTP."""
+"""samseg.edges.storage: key validation (pure), local files, and S3 against a real moto server over HTTP."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from samseg import storage
-from samseg.storage import StorageError, StorageNotFound
+from samseg.edges import storage
+from samseg.edges.storage import StorageError, StorageNotFound
 from servers import free_port
 
 # ---------------------------------------------------------------- keys (pure)
@@ -63,7 +63,7 @@ def test_local_roundtrip_atomic_and_listing(tmp_path: Path) -> None:
     imgs = tmp_path / "imgs"
     for name in ("b.JPG", "a.png", "sub/c.jpeg", "notes.txt", ".hidden.png"):
         storage.write_bytes(imgs / name, b"x")
-    # Same rule as samseg.images.find_images: direct children only, hidden skipped.
+    # Same rule as samseg.edges.images.find_images: direct children only, hidden skipped.
     assert storage.list_images(imgs) == [str(imgs / "a.png"), str(imgs / "b.JPG")]
     assert storage.list_images(str(imgs / "*.png")) == [str(imgs / "a.png")]
     assert storage.list_images(str(imgs / "a.png")) == [str(imgs / "a.png")]

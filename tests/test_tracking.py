@@ -1,4 +1,4 @@
-"""samseg.tracking: pure helpers, then a real `mlflow server` (SQLite, artifacts on moto S3)."""
+"""samseg.edges.tracking: pure helpers, then a real `mlflow server` (SQLite, artifacts on moto S3)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from samseg import tracking
-from samseg.config import SMOKE
-from samseg.tracking import TrackingError, scrub_secrets
+from samseg.edges import tracking
+from samseg.core.config import SMOKE
+from samseg.edges.tracking import TrackingError, scrub_secrets
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 

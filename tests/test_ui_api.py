@@ -17,14 +17,14 @@ import pytest
 
 from fastapi.testclient import TestClient
 
-from samseg.config import SMOKE
+from samseg.core.config import SMOKE
 from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, sqlite_store, write_image_outputs
 
 EXPERIMENT = "ui-test"
 
 
 def _log_synthetic_run(tmp: Path, name: str, image_path: Path) -> str:
-    from samseg.tracking import log_image_run
+    from samseg.edges.tracking import log_image_run
 
     out = tmp / "out" / name
     summary = write_image_outputs(out, image_path)
@@ -45,7 +45,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def client(mlflow_store, monkeypatch):
-    from samseg.ui import UiSettings, create_app
+    from samseg.apps.ui import UiSettings, create_app
 
     tmp, _, _ = mlflow_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
@@ -174,9 +174,9 @@ def test_pool_change_without_cached_features_fails_clearly(client, mlflow_store)
 def test_pool_change_uses_cached_encoder_features(client, mlflow_store):
     """With the image's C×64×64 features in the stage cache, a pooling change re-pools
     (no encoder/AMG) and logs the new pool config."""
-    from samseg.cache import StageCache, stage_key
-    from samseg.images import load_image
-    from samseg.types import EncodedImage, ImageGeometry
+    from samseg.edges.cache import StageCache, stage_key
+    from samseg.edges.images import load_image
+    from samseg.core.types import EncodedImage, ImageGeometry
 
     tmp, run_a, _ = mlflow_store
     image = load_image(tmp / "images" / "alpha.png")
@@ -279,7 +279,7 @@ def test_traversal_in_run_id_is_refused(client):
 
 
 def test_loopback_host_check_blocks_dns_rebinding(mlflow_store, monkeypatch):
-    from samseg.ui import UiSettings, create_app
+    from samseg.apps.ui import UiSettings, create_app
 
     tmp, _, _ = mlflow_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
@@ -290,14 +290,14 @@ def test_loopback_host_check_blocks_dns_rebinding(mlflow_store, monkeypatch):
 
 
 def test_mlflow_links_never_carry_credentials():
-    from samseg.ui.service import _link_base
+    from samseg.apps.ui.service import _link_base
 
     assert _link_base("https://bob:hunter2@mlflow.example:5000/?token=abc") == "https://mlflow.example:5000"
     assert _link_base("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"
 
 
 def test_check_artifact_path_unit():
-    from samseg.ui.security import UnsafePathError, check_artifact_path
+    from samseg.apps.ui.security import UnsafePathError, check_artifact_path
 
     assert check_artifact_path("classes/class_3.png") == "classes/class_3.png"
     for bad in ("../overlay.png", "classes/../overlay.png", "/overlay.png", "overlay.png/", "classes\\class_1.png", "%2e%2e/x", ""):
@@ -306,7 +306,7 @@ def test_check_artifact_path_unit():
 
 
 def test_token_enforcement(mlflow_store, monkeypatch):
-    from samseg.ui import UiSettings, create_app
+    from samseg.apps.ui import UiSettings, create_app
 
     tmp, run_a, _ = mlflow_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
@@ -333,17 +333,17 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
 
     import uvicorn
 
-    from samseg import cli_ui
+    from samseg.apps import cli_ui
 
     parser = argparse.ArgumentParser()
     cli_ui.add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["ui"])
     assert (args.host, args.port) == ("127.0.0.1", 8765)
-    import samseg.ui
+    import samseg.apps.ui
 
     calls, built = [], []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    monkeypatch.setattr(samseg.ui, "create_app", lambda settings: built.append(settings) or object())
+    monkeypatch.setattr(samseg.apps.ui, "create_app", lambda settings: built.append(settings) or object())
     monkeypatch.delenv("SAMSEG_UI_TOKEN", raising=False)
     assert args.handler(args) == 0
     assert calls[-1]["host"] == "127.0.0.1" and "WARNING" not in capsys.readouterr().err
@@ -366,8 +366,8 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
 
 # -------------------------------------------------------------- Prefect
 def test_use_prefect_decision(monkeypatch):
-    from samseg.ui import prefect_submit
-    from samseg.ui.service import RunDataError
+    from samseg.apps.ui import prefect_submit
+    from samseg.apps.ui.service import RunDataError
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert prefect_submit.use_prefect("auto", False, "recluster/recluster") is False
@@ -391,14 +391,14 @@ def test_rerun_through_prefect_deployment(client, mlflow_store, monkeypatch):
     import prefect.deployments
     from mlflow import MlflowClient
 
-    from samseg.ui import actions, prefect_submit
+    from samseg.apps.ui import actions, prefect_submit
 
     tmp, run_a, _ = mlflow_store
     store = client.app.state.store
     sent = {}
 
     def fake_run_deployment(name, parameters, **kw):
-        from samseg.config import ClusterConfig
+        from samseg.core.config import ClusterConfig
 
         sent.update(name=name, parameters=parameters)
         fr_id = str(uuid.uuid4())
@@ -425,7 +425,7 @@ def test_ui_over_mlflow_server_with_s3_artifacts(mlflow_env, tmp_path, monkeypat
     artifact download, a rerun logged back to the server, and links to the MLflow UI."""
     from PIL import Image
 
-    from samseg.ui import UiSettings, create_app
+    from samseg.apps.ui import UiSettings, create_app
 
     img = tmp_path / "gamma.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img)

@@ -40,11 +40,11 @@ def _free_port() -> int:
 
 def _segment_and_log(model, image_path: Path, out_root: Path) -> dict:
     """The real pipeline on one photo, logged like `samseg segment` does; returns the facts the test needs."""
-    from samseg.config import get_preset
-    from samseg.export import write_outputs
-    from samseg.images import load_image
-    from samseg.pipeline import build_summary, segment_image
-    from samseg.tracking import log_image_run
+    from samseg.core.config import get_preset
+    from samseg.edges.export import write_outputs
+    from samseg.edges.images import load_image
+    from samseg.engine.pipeline import build_summary, segment_image
+    from samseg.edges.tracking import log_image_run
 
     # smoke with a 4×4 prompt grid: 16 prompts (48 masks) keep the AMG cheap on a shared CPU.
     cfg = get_preset("smoke").replace(amg={"points_per_side": 4})
@@ -96,14 +96,14 @@ def ui_server(tmp_path_factory, shared_images, tiny_model):
 
 
 def _samseg_ui_command() -> list[str]:
-    """`samseg ui` through the console script once samseg.cli lists the ui module, else
-    the same handler through `python -m samseg.cli_ui ui`."""
-    from samseg import cli
+    """`samseg ui` through the console script once samseg.apps.cli lists the ui module, else
+    the same handler through `python -m samseg.apps.cli_ui ui`."""
+    from samseg.apps import cli
 
     script = Path(sys.executable).with_name("samseg")
-    if "samseg.cli_ui" in getattr(cli, "COMMAND_MODULES", []) and script.is_file():
+    if "samseg.apps.cli_ui" in getattr(cli, "COMMAND_MODULES", []) and script.is_file():
         return [str(script), "ui"]
-    return [sys.executable, "-m", "samseg.cli_ui", "ui"]
+    return [sys.executable, "-m", "samseg.apps.cli_ui", "ui"]
 
 
 def _wait_ok(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
@@ -245,10 +245,10 @@ def test_dataset_run_page(page, ui_server):
     """A dataset-level batch over the two runs' outputs (what segment-batch --classes dataset
     logs), then its page: classes table rows = the batch's classes, contact sheet loads,
     child overlays link to their image runs. tiny-random features: counts are not asserted."""
-    from samseg.config import get_preset
-    from samseg.dataset_outputs import apply_dataset_classes, log_dataset_classes
-    from samseg.export import read_summary
-    from samseg.tracking import end_run, log_image_run, start_batch_run
+    from samseg.core.config import get_preset
+    from samseg.edges.dataset_outputs import apply_dataset_classes, log_dataset_classes
+    from samseg.edges.export import read_summary
+    from samseg.edges.tracking import end_run, log_image_run, start_batch_run
 
     cfg = get_preset("smoke")
     dirs = sorted(p.parent for p in ui_server["out"].glob("*/summary.json"))[:2]

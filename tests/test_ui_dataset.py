@@ -1,7 +1,7 @@
 """Web UI over dataset-level runs (issue 6): a batch parent run with classes.json +
 contact_sheet.png and its child image runs, logged to a real SQLite MLflow store through
-the same functions segment-batch uses (samseg.dataset_outputs.apply_dataset_classes,
-log_dataset_classes, samseg.tracking.start_batch_run / log_image_run).
+the same functions segment-batch uses (samseg.edges.dataset_outputs.apply_dataset_classes,
+log_dataset_classes, samseg.edges.tracking.start_batch_run / log_image_run).
 
 Known structure, no SAM: each of the 2 images has 12 rectangle masks whose embeddings form
 group A (6 masks), group B (4) and 2 outliers. Over the batch DBSCAN(cosine, eps 0.06,
@@ -18,14 +18,14 @@ import pytest
 
 from fastapi.testclient import TestClient
 
-from samseg.config import SMOKE
+from samseg.core.config import SMOKE
 from ui_synthetic import sqlite_store, write_image_outputs
 
 EXPERIMENT = "ui-dataset-test"
 
 
 def _image_dir(out: Path, image_path: Path, seed: int) -> Path:
-    """One image's outputs (samseg.export layout) with per-image clustering, as a batch writes them."""
+    """One image's outputs (samseg.edges.export layout) with per-image clustering, as a batch writes them."""
     d = out / image_path.stem
     write_image_outputs(d, image_path, seed)
     return d
@@ -33,9 +33,9 @@ def _image_dir(out: Path, image_path: Path, seed: int) -> Path:
 
 def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: str | None) -> tuple[str, list[str]]:
     """What segment-batch --classes dataset (or --classes-from RUN) logs; returns (batch id, child ids)."""
-    from samseg.dataset_outputs import apply_dataset_classes, load_class_table, log_dataset_classes
-    from samseg.export import read_summary
-    from samseg.tracking import end_run, log_image_run, start_batch_run
+    from samseg.edges.dataset_outputs import apply_dataset_classes, load_class_table, log_dataset_classes
+    from samseg.edges.export import read_summary
+    from samseg.edges.tracking import end_run, log_image_run, start_batch_run
 
     out = tmp / "out" / name
     dirs = [_image_dir(out, p, seed) for seed, p in enumerate(images)]
@@ -52,7 +52,7 @@ def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: s
 def store(tmp_path_factory: pytest.TempPathFactory):
     """SQLite MLflow store: a `dataset` batch (2 images), an `assigned` batch, a plain batch
     without classes and a lone image run. Yields a dict of their ids and the tmp dir."""
-    from samseg.tracking import end_run, log_image_run, start_batch_run
+    from samseg.edges.tracking import end_run, log_image_run, start_batch_run
 
     tmp = tmp_path_factory.mktemp("ui-dataset")
     mp = pytest.MonkeyPatch()
@@ -62,7 +62,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     plain = start_batch_run(EXPERIMENT, "batch-plain", {"n_images": 0}, {})
     end_run(plain)
     lone_dir = _image_dir(tmp / "out" / "lone", images[0], 7)
-    from samseg.export import read_summary
+    from samseg.edges.export import read_summary
 
     lone = log_image_run(lone_dir, read_summary(lone_dir), experiment=EXPERIMENT, run_name="lone")
     yield {"tmp": tmp, "dataset": ds, "children": ds_children, "assigned": assigned, "plain": plain, "lone": lone}
@@ -71,7 +71,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def client(store, monkeypatch):
-    from samseg.ui import UiSettings, create_app
+    from samseg.apps.ui import UiSettings, create_app
 
     tmp = store["tmp"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
@@ -110,7 +110,7 @@ def test_image_filter_leaves_dataset_runs_out(client, store):
 
 # ------------------------------------------------------------- dataset page
 def test_dataset_page_classes_table_contact_sheet_children(client, store):
-    from samseg.render import class_color
+    from samseg.core.render import class_color
 
     rid = store["dataset"]
     page = client.get(f"/runs/{rid}", headers=HTML)

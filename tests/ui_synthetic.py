@@ -54,13 +54,13 @@ def sqlite_store(tmp, experiment: str, monkeypatch) -> list:
 
 
 def write_image_outputs(out_dir, image_path, seed: int = 0) -> dict:
-    """One synthetic image's outputs (samseg.export layout: rect_masks, embeddings(seed),
+    """One synthetic image's outputs (samseg.edges.export layout: rect_masks, embeddings(seed),
     per-image SMOKE clustering) written to `out_dir`; returns its summary.json dict."""
-    from samseg.config import SMOKE
-    from samseg.export import write_outputs
-    from samseg.images import load_image
-    from samseg.pipeline import recluster
-    from samseg.types import MaskSet
+    from samseg.core.config import SMOKE
+    from samseg.edges.export import write_outputs
+    from samseg.edges.images import load_image
+    from samseg.engine.pipeline import recluster
+    from samseg.core.types import MaskSet
 
     image = load_image(image_path)
     masks = MaskSet.from_binary(rect_masks())

@@ -26,7 +26,7 @@ def test_1x100000_png_gets_a_clear_message(prefect_api, tmp_path: Path) -> None:
 
 
 def test_max_pixels_env_above_pils_bomb_limit_is_honoured(tmp_path: Path, monkeypatch) -> None:
-    from samseg.images import decode_image
+    from samseg.edges.images import decode_image
 
     monkeypatch.setenv("SAMSEG_MAX_PIXELS", str(300_000_000))
     big = tmp_path / "big.png"
@@ -89,7 +89,7 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
     """A batch whose process died (its pid is gone) is resumed by the same command, not duplicated."""
     from mlflow import MlflowClient
 
-    from samseg import batch_runs, tracking
+    from samseg.edges import batch_runs, tracking
 
     exp = f"hostile-kill-{os.getpid()}"
     src = tmp_path / "in"

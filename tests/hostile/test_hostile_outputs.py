@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from cli_run import run_cli
-from samseg import outdirs
+from samseg.edges import outdirs
 
 TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track"]
 

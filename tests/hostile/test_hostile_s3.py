@@ -27,7 +27,7 @@ def test_verbose_log_carries_no_credentials(prefect_api, s3_bucket, s3_env, tmp_
     client = s3_env.client()
     client.put_object(Bucket=s3_bucket, Key="in/a.png", Body=_png_bytes(1))
     env = {**prefect_api.env, **s3_env.env, "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLESESSIONTOKEN"}
-    proc = subprocess.run([sys.executable, "-m", "samseg.cli", "segment", f"s3://{s3_bucket}/in/", "--out",
+    proc = subprocess.run([sys.executable, "-m", "samseg.apps.cli", "segment", f"s3://{s3_bucket}/in/", "--out",
                            str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "-v", *TINY],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -62,7 +62,7 @@ def test_missing_output_bucket_is_found_before_computing(prefect_api, s3_env, tm
 
 def test_dead_endpoint_at_the_end_still_prints_every_result(prefect_api, tmp_path: Path, monkeypatch) -> None:
     import flows.segment as segment
-    from samseg.storage import StorageError
+    from samseg.edges.storage import StorageError
 
     def dead(out, report):
         raise StorageError("s3://bkt/out/batch_summary.json: write failed after retries: Could not connect")

@@ -31,7 +31,7 @@ def _images(folder: Path, n: int, side: int = 96) -> list[Path]:
 
 
 def _samseg(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "samseg.cli", *args], cwd=REPO_ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "samseg.apps.cli", *args], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -63,7 +63,7 @@ def test_sigterm_stops_the_batch_like_ctrl_c_and_a_rerun_resumes(prefect_api, tm
     done = sorted(p.parent.name for p in out.glob("*/summary.json"))
     assert 1 <= len(done) < 12, done  # started nothing new
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written dir
-    rerun = subprocess.run([sys.executable, "-m", "samseg.cli", *argv], cwd=REPO_ROOT, env=prefect_api.env,
+    rerun = subprocess.run([sys.executable, "-m", "samseg.apps.cli", *argv], cwd=REPO_ROOT, env=prefect_api.env,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert len(list(out.glob("*/summary.json"))) == 12
@@ -111,7 +111,7 @@ def test_kill9_leaves_no_temporary_prefect_server_behind(tmp_path: Path) -> None
             nonlocal server
             kids = _children(proc.pid)
             found = [p for p in kids if "uvicorn" in _cmdline(p)]
-            server = found[0] if found and any("samseg.watchdog" in _cmdline(p) for p in kids) else None
+            server = found[0] if found and any("samseg.apps.watchdog" in _cmdline(p) for p in kids) else None
             return server is not None or proc.poll() is not None
 
         _wait_for(server_up, 120, "the temporary Prefect server")

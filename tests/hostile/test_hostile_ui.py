@@ -19,7 +19,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     """(tmp, honest run id, crafted run id): the crafted run names /etc/passwd, no sha256."""
     from mlflow import MlflowClient
 
-    from samseg.tracking import log_image_run
+    from samseg.edges.tracking import log_image_run
 
     tmp = tmp_path_factory.mktemp("hostile-ui")
     mp = pytest.MonkeyPatch()
@@ -35,7 +35,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _app(tmp: Path, token: str | None = None, **kw):
-    from samseg.ui import UiSettings, create_app
+    from samseg.apps.ui import UiSettings, create_app
 
     return create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / f"ui-cache-{token}", token=token,
                                  stage_cache=str(tmp / "stage-cache"), **kw))
@@ -81,7 +81,7 @@ def test_clickjacking_and_sniffing_headers_on_every_answer(client, store) -> Non
 
 
 def test_token_never_reaches_the_access_log(store, caplog) -> None:
-    from samseg.ui import hardening
+    from samseg.apps.ui import hardening
 
     hardening.redact_access_log()
     logger = logging.getLogger("uvicorn.access")
@@ -171,7 +171,7 @@ def test_save_class_with_repeated_indices_is_422(client, store) -> None:
 def test_job_queue_is_bounded(store) -> None:
     import threading
 
-    from samseg.ui.jobs import JobRunner, QueueFull
+    from samseg.apps.ui.jobs import JobRunner, QueueFull
 
     release = threading.Event()
     jobs = JobRunner(max_pending=3)
@@ -231,7 +231,7 @@ def test_ui_refuses_a_tracking_uri_without_a_database(tmp_path: Path, monkeypatc
 def test_bound_loopback_address_is_an_allowed_host() -> None:
     import argparse
 
-    from samseg.cli_ui import add_parsers, build_settings
+    from samseg.apps.cli_ui import add_parsers, build_settings
 
     p = argparse.ArgumentParser()
     add_parsers(p.add_subparsers())

@@ -1,0 +1,301 @@
+"""`samseg` command line: segment, weights, eval (+ commands other modules register).
+
+`segment` runs through the Prefect flows (samseg.apps.cli_orchestration.run_segment).
+
+Exit codes: 0 = everything done, 1 = some images (or the command's work) failed,
+2 = usage error (bad flag or config value), 130 = interrupted (Ctrl-C), 143 = stopped by
+SIGTERM (samseg.edges.shutdown: both start nothing new and leave no half-written output).
+Expected errors print ONE line ("error: <name>: <problem>") and no traceback; an
+unexpected exception on one image is reported the same way, its traceback is logged at
+debug level (shown with --verbose), and the batch goes on.
+
+Adding a subcommand: write a module with `add_parser(subparsers)` that creates its
+parser and calls `parser.set_defaults(handler=fn)` where `fn(args) -> int`, then list
+the module in COMMAND_MODULES. Keep that module's top-level imports light: every
+module listed is imported to build `samseg --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+
+from samseg.core.config import PRECISION_REQUESTS
+log = logging.getLogger("samseg.apps.cli")
+
+# Modules providing add_parser(subparsers): cli_orchestration adds recluster, runs, serve.
+COMMAND_MODULES: list[str] = ["samseg.apps.cli_orchestration", "samseg.apps.cli_ui", "samseg.apps.cli_export"]
+
+# CLI sections: flag group title and the config section whose every field becomes a flag.
+_CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("amg", "automatic mask generator (SAM's SamAutomaticMaskGenerator knobs)"),
+    ("pool", "mask embedding pooling"),
+    ("cluster", "clustering of mask embeddings"),
+)
+
+
+class UsageError(Exception):
+    """A bad command line detected after parsing (config values, no images); exit 2."""
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help → 0, bad flag → 2
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    _setup_logging(getattr(args, "verbose", False))
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:  # a command group without its action, or no command at all
+        getattr(args, "subparser", parser).print_help(sys.stderr)
+        return 2
+    from samseg.edges import shutdown
+
+    with shutdown.handled():
+        try:
+            rc = handler(args)
+            shutdown.check()  # a signal that a flow swallowed still ends the command as one
+            return rc
+        except UsageError as exc:
+            args.subparser.print_usage(sys.stderr)
+            print(f"{args.subparser.prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
+            return shutdown.exit_code()
+        except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
+            log.debug("unexpected error", exc_info=True)
+            _error_line(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
+            return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samseg",
+        description="Automatic semantic segmentation with Segment Anything: AMG masks, "
+        "pooled encoder embeddings, density clustering into classes.",
+    )
+    parser.add_argument("--version", action="version", version=f"samseg {_version()}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in (_add_segment_parser, _add_weights_parser, _add_eval_parser):
+        add(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    from samseg import __version__
+
+    return __version__
+
+
+class _ScrubSecrets(logging.Filter):
+    """No credential in any log line: with -v botocore logs signed headers at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from samseg.core.secrets import scrub_secrets
+
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 — a malformed record is logging's own problem
+            return True
+        clean = scrub_secrets(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _ScrubSecrets) for f in handler.filters):
+            handler.addFilter(_ScrubSecrets())
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks of unexpected errors")
+    p.set_defaults(subparser=p)
+
+
+def _error_line(message: str) -> None:
+    """One error line on stderr that does not tear a tqdm bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"error: {message}", file=sys.stderr)
+
+
+# -------------------------------------------------------------------------- segment
+
+
+def _add_segment_parser(sub: Any) -> None:
+    from samseg.core.config import PRESETS
+    from samseg.sam.model import MODEL_TYPES
+
+    p = sub.add_parser(
+        "segment",
+        help="segment images into classes",
+        description="Segment every image through the Prefect flows; results go to OUT/<image stem>/ (a repeated "
+        "stem gets -2, -3, ...). Flags left out take the preset's value.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, directories (not recursive) or globs")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output root; one sub-directory per image")
+    p.add_argument("--model", choices=MODEL_TYPES, default=None, help="SAM variant (default: the preset's)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", help="weights file (default: the verified cached official one)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="named config (default: %(default)s)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=0, help="tiny-random weights seed (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISION_REQUESTS, default=None,
+                   help="encoder/decoder precision (default fp32); auto = bf16 on a CUDA GPU with bf16 or a CPU with "
+                   "AMX/AVX512-BF16, else fp32; fp16 needs CUDA. Thresholds and post-processing stay fp32")
+    p.add_argument("--save-features", action="store_true", help="also write features.npy (C×64×64 float32 encoder output)")
+    _add_config_flags(p)
+    _add_common(p)
+    from samseg.apps import cli_orchestration  # light module; Prefect/MLflow load only when a handler runs
+
+    cli_orchestration.add_segment_arguments(p)
+    p.set_defaults(handler=cli_orchestration.run_segment)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per field of AmgConfig / PoolConfig / ClusterConfig (dest "section.field",
+    default None = the preset's value), so a new config field gets its flag for free."""
+    from samseg.core.config import DEFAULT
+
+    for section, title in _CONFIG_SECTIONS:
+        group = p.add_argument_group(title)
+        cls = type(getattr(DEFAULT, section))
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
+            default = getattr(getattr(DEFAULT, section), f.name)
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f"{section}.{f.name}",
+                type=type(default) if choices is None else str,
+                choices=choices,
+                default=None,
+                metavar=None if choices else type(default).__name__.upper(),
+                help=f"{section}.{f.name} ('default' preset: {default:.4g})" if isinstance(default, float)
+                else f"{section}.{f.name} ('default' preset: {default})",
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> "Any":
+    """PipelineConfig = preset, then --model, then every explicitly given config flag.
+    Invalid values raise UsageError with the config's own message."""
+    from samseg.core.config import get_preset
+
+    try:
+        cfg = get_preset(args.preset)
+        if args.model is not None:
+            cfg = cfg.replace(model_type=args.model)
+        if getattr(args, "precision", None) is not None:
+            cfg = cfg.replace(precision=args.precision)
+        changes: dict[str, dict[str, Any]] = {}
+        for key, value in vars(args).items():
+            section, dot, name = key.partition(".")
+            if dot and value is not None:
+                changes.setdefault(section, {})[name] = value
+        return cfg.replace(**changes) if changes else cfg
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# -------------------------------------------------------------------------- weights
+
+
+def _add_weights_parser(sub: Any) -> None:
+    from samseg.sam.model import CHECKPOINTS
+
+    p = sub.add_parser("weights", help="download or list SAM checkpoints", description="Official SAM checkpoints, sha256-verified, cached in $SAMSEG_HOME/checkpoints.")
+    wsub = p.add_subparsers(title="actions", metavar="ACTION")
+    d = wsub.add_parser("download", help="download and verify one checkpoint")
+    d.add_argument("model_type", metavar="TYPE", choices=tuple(CHECKPOINTS), help=" | ".join(CHECKPOINTS))
+    _add_common(d)
+    d.set_defaults(handler=_run_weights_download)
+    ls = wsub.add_parser("list", help="where each checkpoint is cached and whether it is present")
+    _add_common(ls)
+    ls.set_defaults(handler=_run_weights_list)
+    _add_common(p)
+
+
+def _run_weights_download(args: argparse.Namespace) -> int:
+    from samseg.sam.model import CheckpointError, download_checkpoint
+
+    try:
+        path = download_checkpoint(args.model_type)
+    except CheckpointError as exc:
+        _error_line(str(exc))
+        return 1
+    print(path)
+    return 0
+
+
+def _run_weights_list(args: argparse.Namespace) -> int:
+    from samseg.sam.model import CHECKPOINTS, checkpoint_path
+
+    for model_type in CHECKPOINTS:
+        path = checkpoint_path(model_type)
+        print(f"{model_type}\t{'present' if path.is_file() else 'missing'}\t{path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _add_eval_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score predicted class maps against ground truth",
+        description="PRED_DIR/<stem>/labels.png against GT_DIR/<stem>.png (0 = background): "
+        "Hungarian-matched per-class IoU, mIoU, ARI, NMI.",
+    )
+    p.add_argument("pred_dir", type=Path, metavar="PRED_DIR")
+    p.add_argument("gt_dir", type=Path, metavar="GT_DIR")
+    p.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                   help="write the per-image table to FILE and the per-class table to FILE with suffix .classes.csv")
+    p.add_argument("--ignore-index", type=int, default=None, metavar="ID", help="GT id excluded from scoring (e.g. 255)")
+    _add_common(p)
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from samseg.core.eval import EvalInputError, evaluate_dirs
+
+    try:
+        per_image, per_class, summary = evaluate_dirs(args.pred_dir, args.gt_dir, ignore_index=args.ignore_index)
+    except EvalInputError as exc:
+        _error_line(str(exc))
+        return 1
+    print("per-class IoU (GT class → matched predicted cluster id, -1 = unmatched)")
+    print(per_class.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("\nper image")
+    print(per_image.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nmean over {summary['n_images']} images: mIoU {summary['mean_miou']:.4f}  "
+          f"ARI {summary['mean_ari']:.4f}  NMI {summary['mean_nmi']:.4f}")
+    if summary.get("unscored_predictions"):
+        print(f"not scored (no ground truth): {', '.join(summary['unscored_predictions'])}")
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        per_image.to_csv(args.csv, index=False)
+        per_class.to_csv(args.csv.with_suffix(".classes.csv"), index=False)
+    return 0
+
+
+if __name__ == "__main__":  # python -m samseg.apps.cli
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""`samseg export RUN_ID_OR_OUT_DIR --format F --out DIR`: results → labelling tools' files.
+
+The source is a samseg output dir (one image dir, or a batch's OUT with one dir per image)
+or an MLflow run id (an image run, or a batch run: its nested image runs). Formats and their
+layouts: samseg.edges.annotations. Writes only the export's own files into DIR; deletes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# What an image dir needs for every format (downloaded from a run's artifacts).
+_RUN_FILES = ("summary.json", "masks.json", "embeddings.npy", "labels.png")
+
+
+def add_parser(sub: Any) -> None:
+    from samseg.edges.annotations import FORMATS
+
+    p = sub.add_parser("export", help="export results for labelling tools and trainers",
+                       description="Write a samseg output dir or MLflow run as COCO, CVAT (COCO 1.0), Label Studio "
+                       "(tasks + labeling config), YOLO segmentation or index PNGs.")
+    p.add_argument("source", metavar="RUN_ID_OR_OUT_DIR")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--image-root", default=None, metavar="URL_OR_DIR",
+                   help="Label Studio: image location prefix (default: the recorded image path or s3:// URI)")
+    p.add_argument("--copy-images", action="store_true", help="CVAT: also copy the input images into DIR/images/")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=run_export, subparser=p)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from samseg.edges.annotations import ExportError, image_dirs, read_image_dirs, write_export
+    from samseg.edges.tracking import TrackingError
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="samseg-export-") as tmp:
+            src = Path(args.source)
+            dirs = image_dirs(src) if src.exists() else _dirs_from_run(args.source, Path(tmp))
+            results = read_image_dirs(dirs)
+            files = write_export(args.format, results, args.out, image_root=args.image_root,
+                                 copy_images=args.copy_images)
+    except (ExportError, TrackingError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"{args.format}: {len(results)} images -> {args.out} ({len(files)} files)")
+    return 0
+
+
+def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
+    """Download each image run's artifacts (an image run, or a batch run's children)."""
+    from samseg.edges.tracking import TrackingError, _client, _get_run, _search
+
+    run = _get_run(_client(), run_id)
+    kind = run.data.tags.get("samseg.kind", "image")
+    if kind == "batch":
+        runs = [r for r in _search(None, _experiment_name(run)) if r.data.tags.get("mlflow.parentRunId") == run_id
+                and r.data.tags.get("samseg.kind", "image") == "image"]
+    else:
+        runs = [run]
+    if not runs:
+        raise TrackingError(f"MLflow run {run_id}: no image runs to export")
+    dirs = []
+    for r in runs:
+        d = tmp / r.info.run_id
+        _download(r.info.run_id, d)
+        dirs.append(d)
+    return dirs
+
+
+def _experiment_name(run: Any) -> str:
+    from samseg.edges.tracking import _client
+
+    return _client().get_experiment(run.info.experiment_id).name
+
+
+def _download(run_id: str, dst: Path) -> None:
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from samseg.edges.tracking import TrackingError, tracking_uri
+
+    dst.mkdir(parents=True)
+    for name in _RUN_FILES:
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst),
+                                                tracking_uri=tracking_uri())
+        except (MlflowException, OSError) as exc:
+            raise TrackingError(f"MLflow run {run_id}: cannot download {name} ({' '.join(str(exc).split())[:200]})") from None

@@ -1,0 +1,159 @@
+"""CLI handlers for the commands around runs: `recluster`, `runs compare`, `serve`.
+
+Registered by samseg.apps.cli_orchestration.add_parser; Prefect, MLflow and the flows are
+imported inside the handlers so `samseg --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from samseg.apps.cli_orchestration import _experiment, _print_error, _quiet_prefect, stage_cache_root
+
+
+def add_parsers(sub: Any) -> None:
+    _add_recluster_parser(sub)
+    _add_runs_parser(sub)
+    _add_serve_parser(sub)
+
+
+# ------------------------------------------------------------------ recluster
+
+
+def _add_recluster_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "recluster",
+        help="re-cluster a previous image run with new clustering settings",
+        description="Reuse the masks and embeddings of an MLflow image run (stage cache first, else the run's "
+        "artifacts), run only cluster + export, and log a new run tagged with the parent run id. "
+        "Flags left out keep the parent run's value.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an image run")
+    p.add_argument("--out", required=True, metavar="DIR_OR_S3", help="output root; the image goes to OUT/<image stem>/")
+    p.add_argument("--algorithm", choices=("dbscan", "hdbscan", "agglomerative"), default=None)
+    p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--min-samples", type=int, default=None)
+    p.add_argument("--metric", default=None)
+    p.add_argument("--distance-threshold", type=float, default=None)
+    p.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
+    p.add_argument("--experiment", default=None,
+                   help="MLflow experiment of the new run (default: $MLFLOW_EXPERIMENT_NAME / _ID, else samseg)")
+    p.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the stage cache (use the run's artifacts)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=run_recluster, subparser=p)
+
+
+def recluster_cluster_params(run_params: dict[str, str], args: argparse.Namespace) -> Any:
+    """ClusterParams = the parent run's cluster.* params, then the flags given."""
+    from flows.params import ClusterParams
+
+    base = {k.split(".", 1)[1]: v for k, v in run_params.items() if k.startswith("cluster.")}
+    flags = {"algorithm": args.algorithm, "eps": args.eps, "min_samples": args.min_samples,
+             "metric": args.metric, "distance_threshold": args.distance_threshold}
+    return ClusterParams(**{**base, **{k: v for k, v in flags.items() if v is not None}})
+
+
+def run_recluster(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from samseg.apps.cli import UsageError
+
+    _quiet_prefect(args.verbose)
+    from flows.params import RuntimeParams
+    from flows.recluster import recluster_flow
+
+    try:
+        params = _run_params(args.run_id)
+    except Exception as exc:  # TrackingError: unknown run, MLflow unreachable
+        _print_error(exc)
+        return 1
+    try:
+        cluster = recluster_cluster_params(params, args)
+    except ValidationError as exc:
+        raise UsageError("; ".join(e["msg"] for e in exc.errors())) from None
+    with stage_cache_root(args) as cache:
+        state = recluster_flow(cluster=cluster, out=str(args.out), run_id=args.run_id, runtime=RuntimeParams(cache=cache),
+                               track=not args.no_track, experiment=_experiment(args), return_state=True)
+    try:
+        res = state.result()
+    except Exception as exc:
+        _print_error(exc)
+        return 1
+    print(f"{res['image']['uri']} -> {res['out_dir']} ({res['n_clusters']} classes, {res['n_noise']} noise masks)")
+    if res.get("mlflow_run_id"):
+        print(f"MLflow run: {res['mlflow_run_id']} (parent {args.run_id})")
+    return 0
+
+
+def _run_params(run_id: str) -> dict[str, str]:
+    from samseg.edges.tracking import get_run  # raises TrackingError (one line) for unknown runs
+
+    return dict(get_run(run_id).data.params)
+
+
+# ------------------------------------------------------------------ runs compare
+
+
+def _add_runs_parser(sub: Any) -> None:
+    p = sub.add_parser("runs", help="inspect MLflow runs", description="Inspect samseg's MLflow runs.")
+    rsub = p.add_subparsers(title="actions", metavar="ACTION")
+    c = rsub.add_parser("compare", help="table of runs: the params that differ, and every metric",
+                        description="Compare runs by id, or every run of an experiment.")
+    c.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    c.add_argument("--experiment", default=None, help="compare every run of this experiment (default: samseg)")
+    c.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    c.set_defaults(handler=run_runs_compare, subparser=c)
+    p.set_defaults(subparser=p)
+
+
+def run_runs_compare(args: argparse.Namespace) -> int:
+    from samseg.edges.tracking import TrackingError, compare_runs, format_compare
+
+    try:
+        df = compare_runs(args.run_ids or None, args.experiment)
+    except TrackingError as exc:
+        _print_error(exc)
+        return 1
+    print(format_compare(df))
+    if args.csv:
+        try:
+            df.to_csv(args.csv, index=False)
+        except OSError as exc:
+            _print_error(f"{args.csv}: {exc.strerror or exc}")
+            return 1
+    return 0
+
+
+# ------------------------------------------------------------------ serve
+
+
+def _add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the segment, nightly-batch and recluster deployments from this process",
+        description="Local alternative to workers: registers the three deployments with the Prefect API "
+        "(PREFECT_API_URL; start one with `prefect server start`) and runs their flow runs here.",
+    )
+    p.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: unlimited)")
+    p.add_argument("--cron", default=None, help='schedule nightly-batch, e.g. "0 2 * * *" (default: no schedule)')
+    p.add_argument("--source", default=None, help="nightly-batch default source (folder, glob or s3:// prefix)")
+    p.add_argument("--out", default=None, help="nightly-batch default output root")
+    p.add_argument("--classes-from", default=None, metavar="RUN_ID_OR_FILE",
+                   help="nightly-batch default classes_from: label new images with the dataset-level classes of "
+                   "this MLflow batch run (or classes.json), so ids stay stable night after night")
+    p.set_defaults(handler=run_serve, subparser=p)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from samseg.apps.cli import UsageError
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be >= 1")
+    if args.cron and not (args.source and args.out):
+        raise UsageError("--cron needs --source and --out (the scheduled runs' parameters)")
+    from flows.serve import serve_all
+
+    serve_all(args.cron, args.source, args.out, limit=args.limit, classes_from=args.classes_from)
+    return 0

@@ -1,0 +1,141 @@
+"""`samseg ui`: start the web UI (FastAPI app served by uvicorn).
+
+Hooked into samseg.apps.cli by `add_parsers(subparsers)`; the handler is `run_ui(args) -> int`.
+Imports of FastAPI/uvicorn/MLflow happen inside the handler so `samseg --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_HOST = "127.0.0.1"  # loopback: the UI can start runs, so it is private by default
+DEFAULT_PORT = 8765
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "ui",
+        help="web UI: browse runs, rerun clustering, exemplar queries, compare runs",
+        description="Serve the samseg web UI over the MLflow runs of an experiment. "
+        "Loopback only unless --host says otherwise; set SAMSEG_UI_TOKEN to require a token.",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST}; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--experiment", default=None, help="MLflow experiment to show (default: samseg)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or MLflow's default)")
+    p.add_argument("--cache", default=None, help="stage cache root for pooling changes (default: $SAMSEG_CACHE or ~/.cache/samseg/cache)")
+    p.add_argument("--ui-cache", default=None, help="where downloaded run artifacts are kept (default: ~/.cache/samseg/ui)")
+    p.add_argument("--mlflow-ui-url", default=None, help="base URL of an MLflow UI for run links when the tracking URI is not http(s)")
+    p.add_argument("--prefect-ui-url", default=None, help="base URL of the Prefect UI for flow-run links (default: from PREFECT_API_URL)")
+    p.add_argument("--submit", default="auto", choices=("auto", "local", "prefect"),
+                   help="where reruns run: auto = the Prefect deployment when PREFECT_API_URL is set and it exists, else in this process")
+    p.add_argument("--prefect-deployment", default="recluster/recluster", help="deployment for --submit prefect/auto (default recluster/recluster)")
+    p.add_argument("--prefect-out", default=None, help="output dir or s3:// prefix the recluster flow writes to (default: under --ui-cache)")
+    p.add_argument("--image-root", action="append", default=None, metavar="DIR",
+                   help="serve run input photos only from under this folder (repeatable; default: any local path, "
+                   "always checked against the sha256 the run recorded)")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(handler=run_ui, subparser=p)
+    return p
+
+
+# samseg.apps.cli's COMMAND_MODULES convention is `add_parser(subparsers)`.
+add_parser = add_parsers
+
+
+def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - lazy import
+    from pathlib import Path
+
+    from samseg.apps.ui.security import is_loopback
+    from samseg.apps.ui.service import UiSettings
+
+    return UiSettings(
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment or _default_experiment(),
+        cache_dir=Path(args.ui_cache).expanduser() if args.ui_cache else None,
+        stage_cache=args.cache,
+        token=os.environ.get("SAMSEG_UI_TOKEN") or None,
+        mlflow_ui_url=args.mlflow_ui_url,
+        prefect_ui_url=args.prefect_ui_url,
+        submit=args.submit,
+        prefect_deployment=args.prefect_deployment,
+        prefect_out=args.prefect_out,
+        # the bound address itself is always an accepted Host (127.0.0.2 is loopback too)
+        allowed_hosts=tuple(dict.fromkeys((*LOOPBACK_NAMES, args.host))) if is_loopback(args.host) else None,
+        image_roots=tuple(Path(r).expanduser().resolve() for r in args.image_root) if args.image_root else None,
+    )
+
+
+def _default_experiment() -> str:
+    from samseg.edges.tracking_conventions import default_experiment
+
+    return default_experiment()
+
+
+def missing_store(uri: str | None) -> str | None:
+    """Why a sqlite:// tracking URI names no existing database (the UI would create an empty
+    one, and its folders, and show nothing), or None."""
+    if not uri or not uri.startswith("sqlite:"):
+        return None
+    path = uri.split(":///", 1)[1] if ":///" in uri else ""  # sqlite:///rel.db, sqlite:////abs.db
+    path = path.split("?", 1)[0]
+    if path in ("", ":memory:") or os.path.isfile(path):
+        return None
+    return f"no MLflow database at {path} (MLFLOW_TRACKING_URI / --tracking-uri); run samseg segment first or fix the path"
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    """Serve until interrupted. Exit 2 on a bad port, 0 on Ctrl-C."""
+    if not 0 < args.port < 65536:
+        print(f"error: --port {args.port} is not a TCP port (1-65535)", file=sys.stderr)
+        return 2
+    from samseg.apps.ui.security import is_loopback
+
+    if args.submit == "prefect" and not os.environ.get("PREFECT_API_URL"):
+        print("error: --submit prefect needs PREFECT_API_URL (the Prefect server's API)", file=sys.stderr)
+        return 2
+    if args.tracking_uri:
+        # samseg.edges.tracking (which logs the UI's reruns) reads the URI from the environment.
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    from samseg.edges.tracking import tracking_uri
+
+    problem = missing_store(tracking_uri())
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    for root in args.image_root or ():
+        if not os.path.isdir(root):
+            print(f"error: --image-root {root}: not a folder", file=sys.stderr)
+            return 2
+    settings = build_settings(args)
+    if not is_loopback(args.host):
+        print(
+            f"WARNING: samseg ui is listening on {args.host}:{args.port}, reachable from other machines; "
+            "anyone who can reach it can view runs and start reruns"
+            + ("" if settings.token else " — set SAMSEG_UI_TOKEN to require a token"),
+            file=sys.stderr,
+        )
+    import uvicorn
+
+    from samseg.apps.ui import create_app
+
+    app = create_app(settings)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"samseg ui: http://{shown}:{args.port}/" + ("?token=…" if settings.token else ""), file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m samseg.apps.cli_ui`) until samseg.apps.cli wires the subcommand."""
+    parser = argparse.ArgumentParser(prog="samseg")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""What the UI's buttons do: rerun clustering, exemplar queries, save a class, compare.
+
+Every action starts from a logged run's artifacts (masks.json + embeddings.npy) and the
+stage cache — never the encoder or the AMG — and logs its result as a new MLflow run
+tagged with the parent run id, through samseg.edges.tracking like every other samseg run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from samseg.core.config import ClusterConfig, PipelineConfig, PoolConfig
+from samseg.apps.ui.service import RunDataError, RunStore
+
+Progress = Callable[[str], None]
+MAX_BATCH_RUNS = 50  # exemplar search over a batch: enough for a page, bounded work
+MAX_COMPARE = 4
+
+
+def run_config(store: RunStore, run_id: str) -> PipelineConfig:
+    """The PipelineConfig the run was made with (summary.json's `config`)."""
+    flat = dict(store.summary(run_id).get("config") or {})
+    try:
+        return PipelineConfig.from_flat(flat)
+    except (TypeError, ValueError) as exc:
+        raise RunDataError(f"run {run_id}: summary.json config is not a samseg config ({exc})") from exc
+
+
+# ------------------------------------------------------------------ rerun
+def rerun(store: RunStore, run_id: str, cluster_cfg: ClusterConfig, pool_cfg: PoolConfig, progress: Progress) -> dict[str, Any]:
+    """Recluster run `run_id` with new settings; log and return the new run's numbers."""
+    from samseg.engine.pipeline import recluster
+
+    progress("loading the run's masks and embeddings")
+    cfg = run_config(store, run_id)
+    masks, embeddings, _ = store.outputs(run_id)
+    summary = store.summary(run_id)
+    seconds: dict[str, float] = {}
+    cache_status = {"encode": "skipped", "amg": "parent_run", "pool": "parent_run"}
+    if pool_cfg != cfg.pool:
+        progress("pooling from cached encoder features")
+        t0 = time.perf_counter()
+        embeddings, cache_status = _repool(store, summary, cfg, masks, pool_cfg)
+        seconds["pool"] = time.perf_counter() - t0
+    progress("clustering")
+    t0 = time.perf_counter()
+    clusters, label_map = recluster(masks, embeddings, cluster_cfg)
+    seconds["cluster"] = time.perf_counter() - t0
+    new_cfg = cfg.replace(cluster=cluster_cfg, pool=pool_cfg)
+    new_summary = _derived_summary(summary, new_cfg, clusters, seconds, parent=run_id, kind="recluster")
+    new_summary["cache"] = cache_status
+    progress("writing outputs and logging to MLflow")
+    new_id = _write_and_log(store, run_id, masks, embeddings, clusters, label_map, new_summary, "recluster")
+    return {
+        "run_id": new_id,
+        "parent_run_id": run_id,
+        "n_clusters": clusters.n_clusters,
+        "n_noise": clusters.n_noise,
+        "cluster_sizes": clusters.sizes(),
+        "overlay_url": f"/runs/{new_id}/files/overlay.png",
+        "run_url": f"/runs/{new_id}",
+    }
+
+
+def _repool(store: RunStore, summary: dict[str, Any], cfg: PipelineConfig, masks: Any, pool_cfg: PoolConfig) -> tuple[np.ndarray, dict[str, str]]:
+    """N×C embeddings for `pool_cfg`: the pool cache entry, else pool the cached encoder features."""
+    from samseg.edges.cache import StageCache, stage_key
+    from samseg.core.pool import pool_embeddings
+
+    image_sha = (summary.get("image") or {}).get("sha256")
+    ckpt_sha = (summary.get("model") or {}).get("checkpoint_sha256")
+    if not image_sha or not ckpt_sha:
+        raise RunDataError("a pooling change needs the run's image and checkpoint sha256 (not in summary.json)")
+    new_cfg = cfg.replace(pool=pool_cfg)
+    precision = (summary.get("model") or {}).get("precision", "fp32")  # resolved, as the run computed
+    cache = StageCache(store.settings.stage_cache)
+    emb = cache.load_embeddings(stage_key("pool", image_sha, ckpt_sha, new_cfg, precision))
+    if emb is not None and len(emb) == len(masks):
+        return emb, {"encode": "skipped", "amg": "parent_run", "pool": "hit"}
+    encoded = cache.load_encoded(stage_key("encode", image_sha, ckpt_sha, cfg, precision))
+    if encoded is None:
+        raise RunDataError(
+            f"a pooling change needs this image's encoder features in the stage cache ({cache.root}); "
+            "none found — run `samseg segment` on the image again with the same model to fill it"
+        )
+    return pool_embeddings(masks, encoded, pool_cfg), {"encode": "hit", "amg": "parent_run", "pool": "computed"}
+
+
+def _derived_summary(summary: dict[str, Any], cfg: PipelineConfig, clusters: Any, seconds: dict[str, float], parent: str, kind: str) -> dict[str, Any]:
+    out = copy.deepcopy(summary)
+    out["config"] = {**cfg.flat(), "model_type": summary.get("config", {}).get("model_type", cfg.model_type)}
+    out["n_clusters"] = clusters.n_clusters
+    out["n_noise"] = clusters.n_noise
+    out["cluster_sizes"] = clusters.sizes()
+    secs = {k: round(v, 6) for k, v in seconds.items()}
+    secs["total"] = round(sum(secs.values()), 6)
+    out["seconds"] = secs
+    out["parent_run_id"] = parent
+    out["kind"] = kind
+    out.pop("silhouette", None)  # belonged to the parent's clustering
+    if out.get("classes") in ("dataset", "assigned"):
+        # The parent's ids were dataset-wide; this clustering is of one image alone, so
+        # its ids are per-image — never let the copied summary claim otherwise.
+        out["rerun_of_dataset_ids"] = out["classes"]
+        out["classes"] = "image"
+        out.pop("dataset_n_classes", None)
+        out.pop("classes_from", None)
+    return out
+
+
+def _write_and_log(store: RunStore, parent: str, masks: Any, embeddings: np.ndarray, clusters: Any, label_map: np.ndarray, summary: dict[str, Any], kind: str) -> str:
+    from samseg.edges.export import write_outputs
+    from samseg.edges.tracking import log_image_run
+
+    image = store.load_image(parent)
+    with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
+        out_dir = Path(tmp) / image.stem
+        write_outputs(out_dir, image, masks, embeddings, clusters, label_map, summary)
+        return log_image_run(
+            out_dir,
+            summary,
+            experiment=_experiment_name(store, parent),
+            parent_run_id=parent,
+            run_name=f"{image.stem}-{kind}",
+            # samseg.edges.tracking knows the kinds image|batch|recluster: an exemplar class is a
+            # re-labelling of the parent's masks, so it is a recluster marked samseg.exemplar.
+            extra_tags={"samseg.kind": "recluster", "samseg.source": "ui", **({"samseg.exemplar": "true"} if kind == "exemplar" else {})},
+        )
+
+
+def _experiment_name(store: RunStore, run_id: str) -> str:
+    run = store.get_run(run_id)
+    return store.client.get_experiment(run.info.experiment_id).name
+
+
+# --------------------------------------------------------- exemplar query
+def mask_at(masks: Any, x: float, y: float) -> int | None:
+    """Index of the smallest mask covering pixel (x, y) of the original image, or None.
+
+    Smallest, because a click means the most specific thing under the cursor (the same
+    reason compose paints small masks on top). Only masks whose bbox holds the point are
+    decoded, one at a time: never N×H×W in memory.
+    """
+    h, w = masks.image_hw
+    xi, yi = int(x), int(y)
+    if not (0 <= xi < w and 0 <= yi < h):
+        return None
+    best: int | None = None
+    for i in np.argsort(masks.areas, kind="stable"):
+        bx, by, bw, bh = masks.bbox_xywh[i]
+        if not (bx <= xi <= bx + bw and by <= yi <= by + bh):
+            continue
+        if masks.decode([int(i)])[0, yi, xi]:
+            best = int(i)
+            break
+    return best
+
+
+def cosine_distance(query_c: np.ndarray, emb_nc: np.ndarray) -> np.ndarray:
+    """(N,) cosine distances, the same metric DBSCAN uses on the embeddings."""
+    from sklearn.metrics.pairwise import cosine_distances
+
+    if len(emb_nc) == 0:
+        return np.zeros(0, np.float64)
+    return cosine_distances(query_c.reshape(1, -1), emb_nc)[0]
+
+
+def exemplar_query(store: RunStore, run_id: str, x: float, y: float, max_distance: float, scope: str) -> dict[str, Any]:
+    """Masks within `max_distance` (cosine) of the embedding of the mask at (x, y)."""
+    masks, emb, _ = store.outputs(run_id)
+    idx = mask_at(masks, x, y)
+    if idx is None:
+        return {"mask": None, "message": f"no mask covers pixel ({int(x)}, {int(y)})", "results": []}
+    query = emb[idx]
+    targets = [run_id] if scope == "image" else batch_runs(store, run_id)
+    results = []
+    for rid in targets:
+        other = emb if rid == run_id else store.outputs(rid)[1]
+        if other.shape[1:] != query.shape:
+            continue  # another model's embedding space: distances would be meaningless
+        d = cosine_distance(query, other)
+        sel = [int(i) for i in np.flatnonzero(d <= max_distance)]
+        row = store.row(store.get_run(rid), {})  # {}: only the image name is needed, skip the batch look-up
+        results.append({
+            "run_id": rid,
+            "image": row["image"],
+            "indices": sel,
+            "n": len(sel),
+            "highlight_url": f"/runs/{rid}/highlight.png?masks=" + ",".join(map(str, sel)),
+        })
+    return {"mask": idx, "area": int(masks.areas[idx]), "max_distance": max_distance, "scope": scope, "results": results}
+
+
+def batch_runs(store: RunStore, run_id: str) -> list[str]:
+    """Runs comparable with `run_id`: same batch parent (else same experiment), same weights
+    and pooling, kind image. The run itself comes first."""
+    run = store.get_run(run_id)
+    tags, params = run.data.tags, run.data.params
+    filt = ["tags.`samseg.kind` = 'image'"]
+    if tags.get("mlflow.parentRunId"):
+        filt.append(f"tags.`mlflow.parentRunId` = '{tags['mlflow.parentRunId']}'")
+    if tags.get("samseg.checkpoint_sha256"):
+        filt.append(f"tags.`samseg.checkpoint_sha256` = '{tags['samseg.checkpoint_sha256']}'")
+    runs = store.client.search_runs([run.info.experiment_id], " and ".join(filt), max_results=MAX_BATCH_RUNS)
+    same_pool = [
+        r.info.run_id for r in runs
+        if all(r.data.params.get(k) == params.get(k) for k in params if k.startswith("pool.") or k == "model_type")
+    ]
+    return [run_id] + [r for r in same_pool if r != run_id]
+
+
+def highlight_png(store: RunStore, run_id: str, indices: list[int]) -> bytes:
+    """PNG of the run's image with the chosen masks painted as one class."""
+    import io
+
+    from PIL import Image
+
+    from samseg.core.compose import compose_labels
+    from samseg.core.render import render_overlay
+    from samseg.core.types import ClusterResult
+
+    masks, _, _ = store.outputs(run_id)
+    labels = selection_labels(len(masks), indices)
+    label_map = compose_labels(masks, ClusterResult(labels))
+    rgb = store.load_image(run_id).rgb
+    img = render_overlay(rgb, label_map, [len(set(indices))] if indices else [])
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def selection_labels(n: int, indices: list[int]) -> np.ndarray:
+    """(N,) int64: 0 for selected masks, -1 (noise) elsewhere; bad indices raise ValueError."""
+    bad = [i for i in indices if not (0 <= int(i) < n)]
+    if bad:
+        raise ValueError(f"mask index {bad[0]} out of range (run has {n} masks)")
+    labels = np.full(n, -1, np.int64)
+    labels[np.asarray(indices, np.int64)] = 0
+    return labels
+
+
+def save_class(store: RunStore, selections: list[dict[str, Any]], query: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
+    """Log each run's selection as a one-class run (kind `exemplar`), exported like a cluster."""
+    from samseg.core.compose import compose_labels
+    from samseg.core.types import ClusterResult
+
+    out = []
+    for k, sel in enumerate(selections, 1):
+        rid, indices = sel["run_id"], [int(i) for i in sel["indices"]]
+        progress(f"saving class for image {k}/{len(selections)}")
+        masks, emb, _ = store.outputs(rid)
+        clusters = ClusterResult(selection_labels(len(masks), indices))
+        label_map = compose_labels(masks, clusters)
+        summary = _derived_summary(store.summary(rid), run_config(store, rid), clusters, {}, parent=rid, kind="exemplar")
+        summary["exemplar"] = {**query, "n_selected": len(indices)}
+        new_id = _write_and_log(store, rid, masks, emb, clusters, label_map, summary, "exemplar")
+        out.append({"run_id": new_id, "parent_run_id": rid, "n": len(indices), "run_url": f"/runs/{new_id}"})
+    return out
+
+
+# ----------------------------------------------------------------- compare
+def compare(store: RunStore, run_ids: list[str]) -> dict[str, Any]:
+    """The table `samseg runs compare` prints (samseg.edges.tracking.compare_runs) + each run's row.
+
+    Dataset runs compare like image runs: their params are the batch's settings and their
+    metrics n_classes, n_noise, mean_class_coverage, class_coverage.<c>."""
+    from samseg.edges.tracking import compare_runs
+
+    if not 2 <= len(run_ids) <= MAX_COMPARE:
+        raise ValueError(f"pick 2 to {MAX_COMPARE} runs to compare, got {len(run_ids)}")
+    rows = [store.row(store.get_any_run(r)) for r in run_ids]  # image or dataset run; RunNotFound → 404
+    df = compare_runs(run_ids, None)
+    table = df.astype(object).where(df.notna(), None)
+    return {
+        "runs": rows,
+        "columns": [str(c) for c in table.columns],
+        "rows": [[_jsonable(v) for v in rec] for rec in table.itertuples(index=False, name=None)],
+    }
+
+
+def _jsonable(v: Any) -> Any:
+    """Table cell for display: counts as ints, other floats to 4 significant digits
+    (the precision `samseg runs compare` prints)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        if v != v:
+            return None
+        return int(v) if v.is_integer() else float(f"{v:.4g}")
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def form_defaults(cfg: PipelineConfig) -> dict[str, Any]:
+    """Current values for the rerun form."""
+    return {**dataclasses.asdict(cfg.cluster), **dataclasses.asdict(cfg.pool)}

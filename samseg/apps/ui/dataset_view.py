@@ -1,0 +1,90 @@
+"""What the UI shows of dataset runs: batch parent runs whose images share one set of
+class ids (samseg.core.dataset.ClassTable in classes.json, logged by
+samseg.edges.dataset_outputs.log_dataset_classes), and the note on their child image runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from samseg.apps.ui.service import DATASET_MODES, RunDataError, RunStore
+
+_MAX_CHILDREN = 500  # one page; a batch larger than that is browsed in MLflow
+
+
+def children(store: RunStore, run: Any) -> list[Any]:
+    """Image runs nested under batch run `run` (tag mlflow.parentRunId), oldest first."""
+    rid = run.info.run_id  # checked by RunStore.get_any_run: [A-Za-z0-9_-] only, safe in a filter
+    found = store.client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{rid}'",
+                                     order_by=["attributes.start_time ASC"], max_results=_MAX_CHILDREN)
+    return [r for r in found if r.data.tags.get("samseg.kind", "image") in ("image", "recluster")]
+
+
+def class_table(store: RunStore, run_id: str) -> Any:
+    """samseg.core.dataset.ClassTable of a dataset run's classes.json (RunDataError if unusable)."""
+    from samseg.core.dataset import ClassTable, ClassTableError
+
+    path = store.run_dir(run_id) / "classes.json"
+    try:
+        return ClassTable.from_json(path.read_bytes(), source=f"run {run_id} classes.json")
+    except ClassTableError as exc:
+        raise RunDataError(str(exc)) from exc
+
+
+def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
+    """Everything the dataset run page shows (also GET /api/runs/{id} of a dataset run)."""
+    from samseg.core.render import class_color
+
+    rid = run.info.run_id
+    table = class_table(store, rid)
+    cov = table.image_coverage()
+    classes = [
+        {"id": c, "color": "#%02x%02x%02x" % class_color(c), "size": int(table.sizes[c]),
+         "images": list(table.image_counts[c]), "image_counts": dict(table.image_counts[c]),
+         "n_images": len(table.image_counts[c]), "image_coverage": round(float(cov[c]), 4),
+         "radius": round(float(table.radii[c]), 4)}
+        for c in range(table.n_classes)
+    ]
+    known = {rid: run}
+    kids = [store.row(r, known) for r in children(store, run)]
+    row = store.dataset_row(run)
+    source = row["classes_from"]
+    return {
+        "run": row,
+        "classes": classes,
+        "n_classes": table.n_classes,
+        "n_noise": int(table.n_noise),
+        "n_images": len(table.image_names),
+        "image_names": list(table.image_names),
+        "cluster": dict(table.cluster),
+        "children": kids,
+        # classes_from is a run id or a classes.json path/URI: only a run id gets a link.
+        "classes_from": source,
+        "classes_from_url": f"/runs/{source}" if source and _looks_like_run(store, source) else None,
+        "classes_json_url": f"/runs/{rid}/files/classes.json",
+        "contact_sheet_url": row["contact_sheet_url"],
+    }
+
+
+def _looks_like_run(store: RunStore, ref: str) -> bool:
+    from samseg.apps.ui.security import valid_run_id
+
+    if not valid_run_id(ref):
+        return False
+    try:
+        store.get_any_run(ref)
+    except LookupError:
+        return False
+    return True
+
+
+def dataset_note(store: RunStore, row: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any] | None:
+    """What an image run page says about dataset ids: its ids ARE the dataset's (a child of
+    a dataset run), or this run is a per-image rerun of such a child; None otherwise."""
+    if row.get("dataset_run_id"):
+        return {"kind": "member", "batch_run_id": row["dataset_run_id"], "mode": row.get("dataset_mode")}
+    if summary.get("classes") in DATASET_MODES:  # logged with dataset ids, batch run not found
+        return {"kind": "member", "batch_run_id": None, "mode": summary["classes"]}
+    if summary.get("rerun_of_dataset_ids"):
+        return {"kind": "rerun", "batch_run_id": None, "mode": summary["rerun_of_dataset_ids"]}
+    return None

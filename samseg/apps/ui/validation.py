@@ -1,0 +1,97 @@
+"""Rerun-form validation: raw form values → (ClusterConfig, PoolConfig) or per-field errors.
+
+The rules are samseg.core.config's own (the same `__post_init__` checks the CLI and the flow
+parameters go through); this module only parses strings to numbers and maps each
+config message ("cluster.eps must be > 0") to the form field it is about, so the page can
+show it next to that field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from samseg.core.config import ClusterConfig, PoolConfig
+
+CLUSTER_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "algorithm": str,
+    "eps": float,
+    "min_samples": int,
+    "metric": str,
+    "distance_threshold": float,
+}
+POOL_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "cell_rule": str,
+    "min_pixels": int,
+    "min_coverage": float,
+    "weighting": str,
+}
+_TYPE_WORDS = {float: "a number", int: "a whole number", str: "text"}
+
+
+class FormError(ValueError):
+    """Invalid rerun form; `.errors` maps field name → one-line message."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def _parse(name: str, raw: Any, kind: Callable[[Any], Any], section: str) -> Any:
+    # Strict JSON types: `true` is not 1.0, a list is not a number, a number is not a name.
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ValueError(f"{section}.{name} must be {_TYPE_WORDS[kind]}")
+    if kind is str and not isinstance(raw, str):
+        raise ValueError(f"{section}.{name} must be {_TYPE_WORDS[kind]}")
+    if kind is int:
+        # int("3.0") fails and int(3.7) truncates: accept only integral values.
+        value = float(raw)
+        if not value.is_integer():
+            raise ValueError(f"{section}.{name} must be a whole number")
+        return int(value)
+    if kind is float:
+        value = float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{section}.{name} must be a finite number")
+        return value
+    return str(raw)
+
+
+def _validate_section(
+    form: dict[str, Any], fields: dict[str, Callable[[Any], Any]], base: Any, section: str, errors: dict[str, str]
+) -> dict[str, Any]:
+    """Parse and check each field ALONE against `base`, so every bad field gets its message."""
+    values: dict[str, Any] = {}
+    for name, kind in fields.items():
+        raw = form.get(name)
+        if raw is None or raw == "":
+            continue  # not given: keep the run's value
+        try:
+            value = _parse(name, raw, kind, section)
+        except (TypeError, ValueError) as exc:
+            msg = str(exc)
+            errors[name] = msg if msg.startswith(section + ".") else f"{section}.{name} must be {_TYPE_WORDS[kind]}"
+            continue
+        try:
+            dataclasses.replace(base, **{name: value})
+        except ValueError as exc:
+            errors[name] = str(exc)
+            continue
+        values[name] = value
+    return values
+
+
+def validate_rerun_form(
+    form: dict[str, Any], base_cluster: ClusterConfig, base_pool: PoolConfig
+) -> tuple[ClusterConfig, PoolConfig]:
+    """Return the new configs (unspecified fields keep the run's values) or raise FormError."""
+    unknown = sorted(set(form) - set(CLUSTER_FIELDS) - set(POOL_FIELDS))
+    errors: dict[str, str] = {name: "unknown field" for name in unknown}
+    cluster_values = _validate_section(form, CLUSTER_FIELDS, base_cluster, "cluster", errors)
+    pool_values = _validate_section(form, POOL_FIELDS, base_pool, "pool", errors)
+    if errors:
+        raise FormError(errors)
+    try:
+        return dataclasses.replace(base_cluster, **cluster_values), dataclasses.replace(base_pool, **pool_values)
+    except ValueError as exc:  # a rule spanning two fields: show it on the form as a whole
+        raise FormError({"form": str(exc)}) from exc

@@ -1,0 +1,98 @@
+"""No process samseg starts may outlive it, even after `kill -9` or the OOM killer.
+
+Without PREFECT_API_URL, Prefect runs flows against a temporary API server that it starts
+as a child process (~200 MB, listening on a port) and stops from an `atexit` hook; a
+process killed with SIGKILL runs no hook, so the server stayed behind. `guard_child(pid)`
+starts a tiny watchdog process that polls its parent; when the parent is gone (whatever
+killed it) it stops the child: SIGTERM, then SIGKILL after a grace period. The watchdog
+ends by itself as soon as the child has ended.
+
+`guard_prefect_ephemeral()` starts Prefect's temporary server now (it is a per-process
+singleton, the same one Prefect's client would start on first use) and guards it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from samseg.edges.shutdown import pid_alive
+
+POLL_S = 0.25
+GRACE_S = 3.0
+
+
+def guard_child(child_pid: int) -> subprocess.Popen[bytes]:
+    """Start the watchdog for `child_pid` (a process this one started)."""
+    return subprocess.Popen([sys.executable, "-m", "samseg.apps.watchdog", str(os.getpid()), str(child_pid)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # Ctrl-C to the terminal's group must not kill it first
+
+
+def guard_prefect_ephemeral() -> str | None:
+    """Start Prefect's temporary API server (when no PREFECT_API_URL is set) under a
+    watchdog; returns its API URL, or None when a real server is configured."""
+    from prefect.settings import get_current_settings
+
+    if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:  # a real server (env, profile, settings)
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    guarded: set[int] = set()
+
+    def guard_new() -> None:  # the server process exists long before it answers: guard it at once
+        proc = server.server_process
+        if proc is not None and proc.pid not in guarded:
+            guarded.add(proc.pid)
+            guard_child(proc.pid)
+
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.01):
+            guard_new()
+
+    poller = threading.Thread(target=poll, name="samseg-guard-prefect", daemon=True)
+    poller.start()
+    try:
+        server.start()
+    finally:
+        done.set()
+        poller.join()
+        guard_new()
+    return server.api_url
+
+
+def watch(parent_pid: int, child_pid: int) -> int:
+    """Poll until the parent or the child is gone; if the parent went first, stop the child."""
+    while pid_alive(child_pid):
+        if os.getppid() != parent_pid or not pid_alive(parent_pid):
+            _stop(child_pid)
+            return 0
+        time.sleep(POLL_S)
+    return 0
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + GRACE_S
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":  # python -m samseg.apps.watchdog PARENT_PID CHILD_PID
+    sys.exit(watch(int(sys.argv[1]), int(sys.argv[2])))

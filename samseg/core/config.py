@@ -1,0 +1,205 @@
+"""Frozen, typed configuration for every samseg stage, and the named presets.
+
+Each stage takes exactly one of these objects. `PipelineConfig.flat()` gives the
+dotted key/value view (``amg.points_per_side``) used by summary.json, MLflow params and
+cache keys, so the three can never disagree about what a run was configured with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+CellRule = Literal["min_pixels", "min_coverage"]
+Weighting = Literal["uniform", "coverage"]
+Algorithm = Literal["dbscan", "hdbscan", "agglomerative"]
+ALGORITHMS: tuple[str, ...] = ("dbscan", "hdbscan", "agglomerative")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class AmgConfig:
+    """Every `segment_anything.SamAutomaticMaskGenerator` knob; defaults are SAM's own.
+
+    `point_grids` and `output_mode` are not exposed: samseg always builds the grid from
+    `points_per_side` and always keeps masks as COCO RLE between stages.
+    """
+
+    points_per_side: int = 32  # 32×32 = 1,024 prompts on the full image
+    points_per_batch: int = 64  # prompts per decoder call; memory, not results
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0  # >0 runs SAM's small-region/hole removal (needs OpenCV)
+
+    def __post_init__(self) -> None:
+        _check(self.points_per_side >= 1, "amg.points_per_side must be >= 1")
+        _check(self.points_per_batch >= 1, "amg.points_per_batch must be >= 1")
+        _check(self.crop_n_layers >= 0, "amg.crop_n_layers must be >= 0")
+        _check(self.crop_n_points_downscale_factor >= 1, "amg.crop_n_points_downscale_factor must be >= 1")
+        _check(self.min_mask_region_area >= 0, "amg.min_mask_region_area must be >= 0")
+        _check(0.0 <= self.crop_overlap_ratio < 1.0, "amg.crop_overlap_ratio must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How a mask's embedding is pooled from the C×64×64 encoder feature grid.
+
+    Cells are the 16×16-pixel patches of SAM's 1024-px input frame (long side resized to
+    1024, padded bottom/right). Padding cells are never used.
+    - cell_rule="min_pixels": a cell is used when the mask covers MORE than `min_pixels`
+      pixels of it at input scale. The notebook's rule is `> 1 pixel` (min_pixels=1).
+    - cell_rule="min_coverage": a cell is used when the covered fraction of its valid
+      (non-padding) area is >= `min_coverage`.
+    - weighting="uniform" averages the selected cells equally (the notebook);
+      "coverage" weights each selected cell by its covered fraction.
+    A mask that selects no cell falls back to the single cell it overlaps most.
+    """
+
+    cell_rule: CellRule = "min_pixels"
+    min_pixels: int = 1
+    min_coverage: float = 0.5
+    weighting: Weighting = "uniform"
+
+    def __post_init__(self) -> None:
+        _check(self.cell_rule in ("min_pixels", "min_coverage"), f"pool.cell_rule must be min_pixels or min_coverage, got {self.cell_rule!r}")
+        _check(self.weighting in ("uniform", "coverage"), f"pool.weighting must be uniform or coverage, got {self.weighting!r}")
+        _check(self.min_pixels >= 0, "pool.min_pixels must be >= 0")
+        _check(0.0 < self.min_coverage <= 1.0, "pool.min_coverage must be in (0, 1]")
+
+
+MAX_MIN_SAMPLES = 100_000
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Clustering of the N×C mask embeddings (scikit-learn).
+
+    eps=0.06 / min_samples=8 / cosine are the notebook's DBSCAN values. For HDBSCAN,
+    `min_samples` is also its min_cluster_size (HDBSCAN needs >= 2). Agglomerative uses
+    average linkage cut at `distance_threshold`; its singletons are reported as noise.
+    """
+
+    algorithm: Algorithm = "dbscan"
+    eps: float = 0.06
+    min_samples: int = 8
+    metric: str = "cosine"
+    distance_threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check(self.algorithm in ALGORITHMS, f"cluster.algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        _check(self.eps > 0, "cluster.eps must be > 0")
+        _check(math.isfinite(self.eps), "cluster.eps must be a finite number")
+        # More than any batch's mask count is meaningless (everything is noise) and a huge
+        # value is an attack on the clustering's memory, not a setting.
+        _check(self.min_samples >= 1, "cluster.min_samples must be >= 1")
+        _check(self.min_samples <= MAX_MIN_SAMPLES, f"cluster.min_samples must be <= {MAX_MIN_SAMPLES}")
+        _check(self.distance_threshold > 0, "cluster.distance_threshold must be > 0")
+        _check(math.isfinite(self.distance_threshold), "cluster.distance_threshold must be a finite number")
+        _check(self.metric in ("cosine", "euclidean", "manhattan", "l1", "l2"), f"cluster.metric {self.metric!r} is not supported")
+
+
+# The precisions the encoder and decoder can run in; "auto" picks one per machine (samseg.sam.precision).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PRECISION_REQUESTS: tuple[str, ...] = (*PRECISIONS, "auto")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole run: which model and how each stage is configured."""
+
+    model_type: str = "vit_h"
+    amg: AmgConfig = field(default_factory=AmgConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # fp32 | bf16 | fp16 | auto for the encoder and decoder (samseg.sam.precision); "auto" is
+    # resolved per machine at run time, and the resolved value is what the caches key on.
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _check(self.precision in PRECISION_REQUESTS, f"precision must be one of {', '.join(PRECISION_REQUESTS)}, got {self.precision!r}")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted view: {'model_type': 'vit_h', 'precision': 'fp32', 'amg.points_per_side': 32, ...}."""
+        out: dict[str, Any] = {"model_type": self.model_type, "precision": self.precision}
+        for name in ("amg", "pool", "cluster"):
+            for key, value in dataclasses.asdict(getattr(self, name)).items():
+                out[f"{name}.{key}"] = value
+        return out
+
+    def replace(self, **sections: Any) -> "PipelineConfig":
+        """`cfg.replace(cluster={'eps': 0.1})` → new config with those fields changed."""
+        changes: dict[str, Any] = {}
+        for name, value in sections.items():
+            if isinstance(value, dict):
+                changes[name] = dataclasses.replace(getattr(self, name), **value)
+            else:
+                changes[name] = value
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> "PipelineConfig":
+        """Inverse of `flat()`; unknown keys raise ValueError."""
+        sections: dict[str, dict[str, Any]] = {"amg": {}, "pool": {}, "cluster": {}}
+        model_type = flat.get("model_type", cls.model_type)
+        for key, value in flat.items():
+            if key in ("model_type", "precision"):
+                continue
+            section, _, name = key.partition(".")
+            if section not in sections:
+                raise ValueError(f"unknown config key {key!r}")
+            sections[section][name] = value
+        return cls(
+            model_type=model_type,
+            precision=str(flat.get("precision", cls.precision)),
+            amg=AmgConfig(**sections["amg"]),
+            pool=PoolConfig(**sections["pool"]),
+            cluster=ClusterConfig(**sections["cluster"]),
+        )
+
+
+# The original notebook's values: vit_h, 51×51 points, one crop layer, DBSCAN(0.06, 8, cosine).
+NOTEBOOK = PipelineConfig(
+    model_type="vit_h",
+    amg=AmgConfig(
+        points_per_side=51,
+        pred_iou_thresh=0.86,
+        stability_score_thresh=0.92,
+        crop_n_layers=1,
+        crop_n_points_downscale_factor=2,
+        min_mask_region_area=100,
+    ),
+    pool=PoolConfig(cell_rule="min_pixels", min_pixels=1, weighting="uniform"),
+    cluster=ClusterConfig(algorithm="dbscan", eps=0.06, min_samples=8, metric="cosine"),
+)
+
+# SAM's AMG defaults with the notebook's clustering: ~5× fewer prompts than `notebook`.
+DEFAULT = PipelineConfig()
+
+# For tiny-random smoke runs: a random SAM's masks nearly all fail SAM's IoU/stability
+# filters and collapse under box NMS, so the filters are opened up and the grid is small.
+SMOKE = PipelineConfig(
+    model_type="tiny-random",
+    amg=AmgConfig(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
+    cluster=ClusterConfig(algorithm="dbscan", eps=0.06, min_samples=3, metric="cosine"),
+)
+
+PRESETS: dict[str, PipelineConfig] = {"default": DEFAULT, "notebook": NOTEBOOK, "smoke": SMOKE}
+
+
+def get_preset(name: str) -> PipelineConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+

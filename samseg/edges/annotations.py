@@ -1,0 +1,246 @@
+"""Annotation exports: samseg image dirs → the files labelling tools and trainers import.
+
+Formats (one `export_*` each; `write_export` picks by name):
+- coco: one `annotations.json` for every image (COCO instances: one annotation per non-noise
+  mask, RLE segmentation, `category_id` = class + 1, categories `class_<c>`).
+- cvat: CVAT's "COCO 1.0" layout, `annotations/instances_default.json` (+ `images/` with
+  --copy-images).
+- labelstudio: `tasks.json` (one task per image, its classes as brush pre-annotations in
+  Label Studio's own RLE, made by label_studio_converter.brush) and `labeling_config.xml`
+  whose BrushLabels `name`/`toName` match the results' `from_name`/`to_name`.
+- yolo-seg: `labels/<stem>.txt`, one line per polygon: `class x1 y1 x2 y2 ...` normalised to
+  [0, 1]; the outer contour of each connected component of each non-noise mask (OpenCV,
+  CHAIN_APPROX_SIMPLE). Holes are not represented (YOLO polygons have none: a ring becomes
+  its outer boundary) and components under 3 points or 4 px² are dropped. `data.yaml` names
+  the classes.
+- index-png: `<stem>.png`, 8-bit palette PNG of the class map (0 = no class, c + 1 = class c;
+  the palette is samseg's class colours) and `classes.txt`; at most 255 classes.
+
+Image locations: `file_name` is the image's file name; Label Studio's `data.image` is
+`<image_root>/<file name>` when --image-root is given (a URL prefix or a folder), else the
+recorded image URI (an absolute path or s3:// URI).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+FORMATS = ("coco", "cvat", "labelstudio", "yolo-seg", "index-png")
+FROM_NAME, TO_NAME = "tag", "image"  # Label Studio control / object tag names
+_MIN_POLY_AREA = 4.0
+
+
+class ExportError(Exception):
+    """An input that cannot be exported; one line naming it."""
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One samseg image dir, read back: masks (MaskSet), labels (N,) (-1 = noise),
+    label_map H×W uint16 (0 = none, c + 1 = class c), summary dict, the dir."""
+
+    out_dir: Path
+    masks: Any
+    labels: np.ndarray
+    label_map: np.ndarray
+    summary: dict[str, Any]
+
+    @property
+    def file_name(self) -> str:
+        return str(self.summary["image"]["file_name"])
+
+    @property
+    def stem(self) -> str:
+        return self.out_dir.name
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.label_map.shape)  # type: ignore[return-value]
+
+
+def read_image_dirs(dirs: list[Path]) -> list[ImageResult]:
+    from samseg.edges.export import LABELS_PNG, OutputsError, read_label_png, read_outputs, read_summary
+
+    results = []
+    for d in dirs:
+        try:
+            masks, _emb, labels = read_outputs(d)
+            results.append(ImageResult(d, masks, labels, read_label_png(d / LABELS_PNG), read_summary(d)))
+        except (OutputsError, OSError, KeyError) as exc:
+            raise ExportError(f"{d}: not a readable samseg image dir ({exc})") from None
+    return results
+
+
+def image_dirs(root: Path) -> list[Path]:
+    """`root` itself when it is an image dir (has masks.json), else its image subdirs, sorted."""
+    if (root / "masks.json").is_file():
+        return [root]
+    found = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (p / "masks.json").is_file())
+    if not found:
+        raise ExportError(f"{root}: no samseg image dirs (no masks.json here or one level down)")
+    return found
+
+
+def n_classes(results: list[ImageResult]) -> int:
+    return max((int(r.labels.max(initial=-1)) + 1 for r in results), default=0)
+
+
+def class_names(k: int) -> list[str]:
+    return [f"class_{c}" for c in range(k)]
+
+
+# ---------------------------------------------------------------- COCO / CVAT
+def coco_dataset(results: list[ImageResult]) -> dict[str, Any]:
+    """COCO instances dict: images 1..M, one annotation per non-noise mask."""
+    images, annotations = [], []
+    for img_id, r in enumerate(results, 1):
+        h, w = r.hw
+        images.append({"id": img_id, "file_name": r.file_name, "height": h, "width": w})
+        for i in np.flatnonzero(r.labels >= 0):
+            rle = r.masks.coco_rle(int(i))
+            counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+            x, y, bw, bh = (float(v) for v in r.masks.bbox_xywh[i])
+            annotations.append({"id": len(annotations) + 1, "image_id": img_id, "category_id": int(r.labels[i]) + 1,
+                                "segmentation": {"size": [h, w], "counts": counts}, "area": float(r.masks.areas[i]),
+                                "bbox": [x, y, bw, bh], "iscrowd": 0})
+    cats = [{"id": c + 1, "name": name, "supercategory": "samseg"} for c, name in enumerate(class_names(n_classes(results)))]
+    return {"info": {"description": "samseg classes"}, "licenses": [], "images": images, "annotations": annotations,
+            "categories": cats}
+
+
+def export_coco(results: list[ImageResult], out: Path, **_: Any) -> list[Path]:
+    path = out / "annotations.json"
+    _write_json(path, coco_dataset(results))
+    return [path]
+
+
+def export_cvat(results: list[ImageResult], out: Path, copy_images: bool = False, **_: Any) -> list[Path]:
+    path = out / "annotations" / "instances_default.json"
+    _write_json(path, coco_dataset(results))
+    written = [path]
+    if copy_images:
+        for r in results:
+            src = Path(str(r.summary["image"]["uri"]))
+            if not src.is_file():
+                raise ExportError(f"{src}: input image not found (needed for --copy-images)")
+            dst = out / "images" / r.file_name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            written.append(dst)
+    return written
+
+
+# ---------------------------------------------------------------- Label Studio
+def labeling_config(names: list[str]) -> str:
+    from xml.sax.saxutils import quoteattr
+
+    from samseg.core.render import class_color
+
+    labels = "\n".join(f"    <Label value={quoteattr(n)} background=\"#{'%02x%02x%02x' % class_color(c)}\"/>"
+                       for c, n in enumerate(names))
+    return (f'<View>\n  <Image name="{TO_NAME}" value="$image" zoom="true"/>\n'
+            f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}\n  </BrushLabels>\n</View>\n')
+
+
+def labelstudio_task(r: ImageResult, image_root: str | None) -> dict[str, Any]:
+    from label_studio_converter.brush import mask2rle
+
+    h, w = r.hw
+    results = []
+    for c in range(int(r.label_map.max(initial=0))):
+        mask = (r.label_map == c + 1).astype(np.uint8) * 255
+        if not mask.any():
+            continue
+        results.append({"id": f"{r.stem}-class_{c}", "from_name": FROM_NAME, "to_name": TO_NAME, "type": "brushlabels",
+                        "original_width": w, "original_height": h, "image_rotation": 0,
+                        "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": [f"class_{c}"]}})
+    where = f"{image_root.rstrip('/')}/{r.file_name}" if image_root else str(r.summary["image"]["uri"])
+    return {"data": {"image": where}, "predictions": [{"model_version": "samseg", "result": results}]}
+
+
+def export_labelstudio(results: list[ImageResult], out: Path, image_root: str | None = None, **_: Any) -> list[Path]:
+    tasks, config = out / "tasks.json", out / "labeling_config.xml"
+    _write_json(tasks, [labelstudio_task(r, image_root) for r in results])
+    config.write_text(labeling_config(class_names(n_classes(results))), encoding="utf-8")
+    return [tasks, config]
+
+
+# ---------------------------------------------------------------- YOLO / index PNG
+def yolo_lines(r: ImageResult) -> list[str]:
+    """`class x1 y1 ...` lines: outer contours of each non-noise mask's components."""
+    import cv2
+
+    h, w = r.hw
+    lines = []
+    for i in np.flatnonzero(r.labels >= 0):
+        mask = np.ascontiguousarray(r.masks.decode([int(i)])[0].astype(np.uint8))
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for cnt in contours:
+            if len(cnt) < 3 or cv2.contourArea(cnt) < _MIN_POLY_AREA:
+                continue
+            xy = cnt.reshape(-1, 2).astype(np.float64) / [w, h]
+            lines.append(f"{int(r.labels[i])} " + " ".join(f"{v:.6f}" for v in np.clip(xy, 0, 1).ravel()))
+    return lines
+
+
+def export_yolo(results: list[ImageResult], out: Path, **_: Any) -> list[Path]:
+    written = []
+    for r in results:
+        path = out / "labels" / f"{r.stem}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = yolo_lines(r)
+        path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+        written.append(path)
+    names = class_names(n_classes(results))
+    data = out / "data.yaml"
+    import yaml
+
+    data.write_text(yaml.safe_dump({"path": str(out.resolve()), "train": "images", "val": "images",
+                                    "nc": len(names), "names": names}, sort_keys=False), encoding="utf-8")
+    return [*written, data]
+
+
+def export_index_png(results: list[ImageResult], out: Path, **_: Any) -> list[Path]:
+    from PIL import Image
+
+    from samseg.core.render import class_color
+
+    k = n_classes(results)
+    if k > 255:
+        raise ExportError(f"{k} classes do not fit an 8-bit index PNG (at most 255); use the 16-bit labels.png")
+    palette = [0, 0, 0] + [v for c in range(k) for v in class_color(c)]
+    written = []
+    for r in results:
+        img = Image.fromarray(r.label_map.astype(np.uint8), mode="P")
+        img.putpalette(palette + [0] * (768 - len(palette)))
+        path = out / f"{r.stem}.png"
+        img.save(path, format="PNG", optimize=False, compress_level=1)
+        written.append(path)
+    classes = out / "classes.txt"
+    classes.write_text("\n".join(["background", *class_names(k)]) + "\n", encoding="utf-8")
+    return [*written, classes]
+
+
+EXPORTERS: dict[str, Callable[..., list[Path]]] = {
+    "coco": export_coco, "cvat": export_cvat, "labelstudio": export_labelstudio,
+    "yolo-seg": export_yolo, "index-png": export_index_png,
+}
+
+
+def write_export(fmt: str, results: list[ImageResult], out: Path, **options: Any) -> list[Path]:
+    """Write `fmt` for `results` into `out` (created); returns the files written."""
+    if fmt not in EXPORTERS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    return EXPORTERS[fmt](results, out, **options)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj), encoding="utf-8")

@@ -1,0 +1,83 @@
+"""Batch parent runs that survive a killed process: no run RUNNING forever, no duplicates.
+
+A batch run carries the host and pid of the process that owns it and a key of what it
+does (experiment, source, out, config). When a batch starts, RUNNING batch runs of this
+host whose process is gone are either resumed (same key: the killed batch is being rerun,
+so the new one reuses its run and the images already logged under it are not logged again)
+or ended as KILLED (another batch). Runs of other hosts are never touched: their pids mean
+nothing here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from typing import Any
+
+from samseg.edges import tracking
+from samseg.edges.shutdown import pid_alive
+
+HOST_TAG, PID_TAG, KEY_TAG = "samseg.host", "samseg.pid", "samseg.batch_key"
+
+
+def batch_key(experiment: str, source: Any, out: str, params: dict[str, Any]) -> str:
+    """Stable id of what a batch does: the same command again gives the same key."""
+    blob = json.dumps({"experiment": experiment, "source": source, "out": out, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+def _orphans(client: Any, experiment_id: str) -> list[Any]:
+    """RUNNING batch runs owned by a process of this host that no longer exists."""
+    runs = client.search_runs([experiment_id], "tags.`samseg.kind` = 'batch' and attributes.status = 'RUNNING' "
+                              f"and tags.`{HOST_TAG}` = '{socket.gethostname()}'", max_results=200)
+    dead = []
+    for run in runs:
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            dead.append(run)
+    return dead
+
+
+def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any],
+                   key: str) -> tuple[str, bool]:
+    """(run id, resumed): start a batch run, or resume the killed one with the same `key`;
+    end other orphans as KILLED. Only a resumed run can already hold image runs."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking._client()
+    resumed = None
+    try:
+        for run in _orphans(client, tracking._experiment_id(client, experiment)):
+            if resumed is None and run.data.tags.get(KEY_TAG) == key:
+                resumed = run.info.run_id
+                client.set_tag(resumed, PID_TAG, str(os.getpid()))
+            else:
+                client.set_terminated(run.info.run_id, "KILLED")
+    except MlflowException as exc:
+        raise tracking.TrackingError(f"MLflow at {tracking._where()}: cannot check earlier batch runs: "
+                                     f"{tracking._one_line(exc)}") from None
+    if resumed is not None:
+        return resumed, True
+    own = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), KEY_TAG: key}
+    return tracking.start_batch_run(experiment, run_name, params, {**tags, **own}), False
+
+
+def logged_image_run(batch_run_id: str, image_sha256: str, out_dir: str) -> str | None:
+    """The FINISHED image run already nested under `batch_run_id` for this image and output
+    dir (a resumed batch), or None."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking._client()
+    try:
+        parent = client.get_run(batch_run_id)
+        runs = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{batch_run_id}' and attributes.status = 'FINISHED' "
+                                  f"and tags.`samseg.image_sha256` = '{image_sha256}'", max_results=50)
+    except MlflowException:
+        return None
+    for run in runs:
+        if run.data.tags.get("samseg.out_dir") == str(out_dir):
+            return run.info.run_id
+    return None

@@ -1,0 +1,290 @@
+"""Content-addressed cache of the expensive stages' outputs (encode, amg, pool).
+
+A key is the sha256 of everything that determines a stage's output: the image bytes'
+sha256, the checkpoint's sha256, the model type, and the config of every stage up to and
+including this one (`stage_key`). `cluster` is NOT cached: it is the cheap stage users
+re-tune, and its config never enters a key, so changing eps re-uses every cached stage.
+
+Entry layout (root may be a local dir or ``s3://bucket/prefix``)::
+
+    <root>/<stage>/<key[:2]>/<key>/<payload files>   e.g. features.npy + geometry.json
+    <root>/<stage>/<key[:2]>/<key>/manifest.json     written LAST
+
+The manifest records each payload file's sha256 and size plus the array shape/dtype and
+the samseg version. A load checks all of it; a missing manifest is a plain miss, and a
+truncated/corrupt/mismatched entry logs a warning and is a miss too — the caller
+recomputes and the save overwrites it. Loads never raise for a bad entry.
+
+Concurrency: every file is replaced atomically (temp file + os.replace) and the manifest
+goes last, so a reader sees no entry, a complete one, or — mid-overwrite — a manifest
+whose hashes do not match the payload → a miss, never a wrong array. Local writers of one
+key are serialized by a lock file, so racing writers always leave a whole entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from samseg import __version__
+
+from samseg.edges import storage
+from samseg.core.config import PipelineConfig
+from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
+
+log = logging.getLogger(__name__)
+
+CACHED_STAGES: tuple[str, ...] = ("encode", "amg", "pool")
+MANIFEST = "manifest.json"
+# Bumped when an entry's layout changes, so old entries stop matching instead of misloading.
+CACHE_FORMAT = 1
+
+
+def _config_for(stage: str, cfg: PipelineConfig) -> dict[str, Any]:
+    """Config sections that determine `stage`'s output (its own and every upstream one)."""
+    import dataclasses
+
+    if stage == "encode":
+        return {}  # the encoder has no knobs: image + weights decide its output
+    if stage == "amg":
+        return {"amg": dataclasses.asdict(cfg.amg)}
+    if stage == "pool":
+        return {"amg": dataclasses.asdict(cfg.amg), "pool": dataclasses.asdict(cfg.pool)}
+    raise ValueError(f"stage {stage!r} is not cached; cached stages: {', '.join(CACHED_STAGES)}")
+
+
+def stage_key(stage: str, image_sha256: str, checkpoint_sha256: str, cfg: PipelineConfig, precision: str = "fp32") -> str:
+    """Hex sha256 of canonical JSON of {stage, image, checkpoint, model_type, upstream configs}."""
+    doc = {
+        "format": CACHE_FORMAT,
+        "stage": stage,
+        "image_sha256": image_sha256,
+        "checkpoint_sha256": checkpoint_sha256,
+        "model_type": cfg.model_type,
+        **_config_for(stage, cfg),
+    }
+    if precision != "fp32":  # the RESOLVED precision; fp32 keys stay what they always were
+        doc["precision"] = precision
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def default_cache_root() -> str:
+    """$SAMSEG_CACHE (a dir or s3:// prefix), else <samseg_home()>/cache."""
+    env = os.environ.get("SAMSEG_CACHE")
+    if env:
+        return env
+    from samseg.sam.model import samseg_home
+
+    return str(samseg_home() / "cache")
+
+
+def unusable_reason(root: str) -> str | None:
+    """Why the local cache `root` cannot be written (a file, read-only, ...), or None.
+
+    Checked once before any compute, so a bad --cache / SAMSEG_HOME costs one warning
+    line, not an encoder pass per image that then fails to save. S3 roots are not probed
+    (a write there is a request; its errors are one line each anyway)."""
+    if storage.is_s3_uri(root):
+        return None
+    import tempfile
+
+    path = os.path.expanduser(root)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except FileExistsError:
+        return f"{root} is not a directory"
+    except OSError as exc:
+        return f"{root}: {exc.strerror or exc}"
+    return None
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_load(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class _BadEntry(Exception):
+    """Internal: an entry exists but cannot be trusted."""
+
+
+class StageCache:
+    """Cache of encode (EncodedImage), amg (MaskSet) and pool (N×C float32) outputs.
+
+    `save_*` returns the entry's URI — the small reference a Prefect task returns instead
+    of the array. `load_*` returns None on a miss or a bad entry.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = str(root) if root is not None else default_cache_root()
+
+    def __repr__(self) -> str:
+        return f"StageCache({self.root!r})"
+
+    def entry_uri(self, stage: str, key: str) -> str:
+        if stage not in CACHED_STAGES:
+            raise ValueError(f"stage {stage!r} is not cached")
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"cache key must be 64 lower-case hex chars, got {key!r}")
+        return storage.join_uri(self.root, stage, key[:2], key)
+
+    # ------------------------------------------------------------ generic entry I/O
+
+    def _save(self, stage: str, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> str:
+        entry = self.entry_uri(stage, key)
+        with _writer_lock(entry):
+            self._write_entry(entry, stage, key, files, meta)
+        return entry
+
+    def _write_entry(self, entry: str, stage: str, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> None:
+        for name, data in files.items():
+            storage.write_bytes(storage.join_uri(entry, name), data)
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "format": CACHE_FORMAT,
+            "samseg_version": __version__,
+            "created_unix": time.time(),
+            "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for n, d in files.items()},
+            **meta,
+        }
+        storage.write_bytes(storage.join_uri(entry, MANIFEST), json.dumps(manifest, sort_keys=True).encode("utf-8"))
+
+    def _load(self, stage: str, key: str) -> tuple[dict[str, bytes], dict[str, Any]] | None:
+        """Verified payload bytes + manifest, or None (miss). Bad entries → warning + None."""
+        entry = self.entry_uri(stage, key)
+        try:
+            raw = storage.read_bytes(storage.join_uri(entry, MANIFEST))
+        except storage.StorageNotFound:
+            return None
+        except storage.StorageError as exc:
+            log.warning("cache: cannot read %s (%s); recomputing", entry, exc)
+            return None
+        try:
+            manifest = json.loads(raw)
+            if manifest.get("stage") != stage or manifest.get("key") != key or manifest.get("format") != CACHE_FORMAT:
+                raise _BadEntry("manifest does not describe this entry")
+            files = {name: self._verified(entry, name, info) for name, info in manifest["files"].items()}
+        except (_BadEntry, storage.StorageError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("cache: bad entry %s (%s); recomputing", entry, exc)
+            return None
+        return files, manifest
+
+    @staticmethod
+    def _verified(entry: str, name: str, info: dict[str, Any]) -> bytes:
+        data = storage.read_bytes(storage.join_uri(entry, name))
+        if len(data) != int(info["size"]):
+            raise _BadEntry(f"{name}: {len(data)} bytes, manifest says {info['size']}")
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise _BadEntry(f"{name}: sha256 mismatch")
+        return data
+
+    def _decode(self, stage: str, key: str, decoder: Any) -> Any:
+        """Run `decoder(files, manifest)` on a verified entry; any decoding error → miss."""
+        loaded = self._load(stage, key)
+        if loaded is None:
+            return None
+        try:
+            return decoder(*loaded)
+        except (_BadEntry, ValueError, KeyError, TypeError, IndexError, OSError) as exc:
+            log.warning("cache: bad entry %s (%s); recomputing", self.entry_uri(stage, key), exc)
+            return None
+
+    # ------------------------------------------------------------ encode
+
+    def save_encoded(self, key: str, enc: EncodedImage) -> str:
+        """features.npy (C×Hf×Wf float32) + geometry.json; returns the entry URI."""
+        feats = np.asarray(enc.features, dtype=np.float32)
+        files = {
+            "features.npy": _npy_bytes(feats),
+            "geometry.json": json.dumps(enc.geometry.to_dict(), sort_keys=True).encode("utf-8"),
+        }
+        return self._save("encode", key, files, {"shape": list(feats.shape), "dtype": str(feats.dtype)})
+
+    def load_encoded(self, key: str) -> EncodedImage | None:
+        def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> EncodedImage:
+            feats = _check_array(_npy_load(files["features.npy"]), manifest)
+            geometry = ImageGeometry.from_dict(json.loads(files["geometry.json"]))
+            return EncodedImage(features=feats, geometry=geometry)
+
+        return self._decode("encode", key, decode)
+
+    # ------------------------------------------------------------ amg
+
+    def save_masks(self, key: str, masks: MaskSet) -> str:
+        """masks.json = {image_hw, records (MaskSet.to_records)}; returns the entry URI."""
+        doc = {"image_hw": list(masks.image_hw), "records": masks.to_records()}
+        files = {"masks.json": json.dumps(doc, separators=(",", ":")).encode("utf-8")}
+        return self._save("amg", key, files, {"shape": [len(masks)], "dtype": "coco_rle"})
+
+    def load_masks(self, key: str) -> MaskSet | None:
+        def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> MaskSet:
+            doc = json.loads(files["masks.json"])
+            masks = MaskSet.from_records(tuple(doc["image_hw"]), doc["records"])
+            if [len(masks)] != list(manifest["shape"]):
+                raise _BadEntry(f"{len(masks)} masks, manifest says {manifest['shape']}")
+            return masks
+
+        return self._decode("amg", key, decode)
+
+    # ------------------------------------------------------------ pool
+
+    def save_embeddings(self, key: str, emb: np.ndarray) -> str:
+        """embeddings.npy (N×C float32, AMG row order); returns the entry URI."""
+        arr = np.asarray(emb, dtype=np.float32)
+        if arr.ndim != 2:
+            raise ValueError(f"embeddings must be N×C, got shape {arr.shape}")
+        files = {"embeddings.npy": _npy_bytes(arr)}
+        return self._save("pool", key, files, {"shape": list(arr.shape), "dtype": str(arr.dtype)})
+
+    def load_embeddings(self, key: str) -> np.ndarray | None:
+        def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> np.ndarray:
+            return _check_array(_npy_load(files["embeddings.npy"]), manifest)
+
+        return self._decode("pool", key, decode)
+
+
+@contextlib.contextmanager
+def _writer_lock(entry: str) -> Iterator[None]:
+    """Serialize writers of one local entry (flock on a sibling lock file).
+
+    Each file is replaced atomically anyway; the lock stops two writers from
+    interleaving payload and manifest (A's manifest over B's payload), which would leave
+    an entry that reads as a miss until recomputed. S3 has no locks: there such a race
+    costs one recompute, never a wrong array (the manifest hashes catch it).
+    """
+    if storage.is_s3_uri(entry):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(entry).parent / f".{Path(entry).name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _check_array(arr: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
+    if list(arr.shape) != list(manifest["shape"]) or str(arr.dtype) != manifest["dtype"]:
+        raise _BadEntry(f"array {arr.shape} {arr.dtype}, manifest says {manifest['shape']} {manifest['dtype']}")
+    return arr

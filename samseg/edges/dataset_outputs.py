@@ -1,0 +1,212 @@
+"""Dataset-level classes over a finished batch's output dirs (issue 6): file + MLflow edge.
+
+Used by the CLI (`samseg segment --classes dataset | --classes-from RUN_ID`) and by the
+Prefect task flows.dataset.dataset_classes_task; no Prefect import here.
+
+After segment-batch has written OUT/<stem>/ for every image (per-image ids), this step
+reads each dir's masks.json + embeddings.npy, either clusters all masks of the batch
+together (`--classes dataset`) or labels them by nearest prototype of an earlier run's
+classes.json (`--classes-from RUN_ID`), and rewrites every dir with the shared ids. It
+writes OUT/classes.json and OUT/contact_sheet.png and, when tracked, logs both to the
+batch parent run with the metrics of `ClassTable.metrics()` and tag samseg.classes.
+
+Local OUT only for now: an s3:// OUT raises DatasetOutputsError (one line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+CLASSES_JSON = "classes.json"
+CONTACT_SHEET_PNG = "contact_sheet.png"
+TAG_CLASSES = "samseg.classes"  # "dataset" (clustered here) or "assigned" (prototypes of another run)
+TAG_CLASSES_FROM = "samseg.classes_from"  # run id whose classes.json was used
+
+
+class DatasetOutputsError(RuntimeError):
+    """A batch whose outputs cannot be given dataset-level classes (one line)."""
+
+
+def apply_dataset_classes(
+    out: str | Path,
+    image_dirs: list[str | Path],
+    cluster_cfg: Any,
+    table: Any = None,
+    max_cluster: Optional[int] = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Rewrite every image dir with dataset-level ids; returns {"classes_json", "contact_sheet",
+    "metrics", "n_classes", "images"}. table: a ClassTable to assign to (no clustering) or
+    None to cluster the batch with `cluster_cfg` (samseg.core.config.ClusterConfig)."""
+    from samseg.core.dataset import assign_to_classes, classify_batch
+    from samseg.edges.export import read_outputs, read_summary
+
+    if str(out).startswith("s3://"):
+        raise DatasetOutputsError(f"{out}: dataset-level classes need a local --out for now")
+    out = Path(out)
+    dirs = [Path(d) for d in image_dirs]
+    if not dirs:
+        raise DatasetOutputsError(f"{out}: no image outputs to give classes to")
+    loaded = [read_outputs(d) for d in dirs]  # (MaskSet, N×C embeddings, old labels)
+    summaries = [read_summary(d) for d in dirs]
+    names = _image_names(dirs, summaries)
+    embs = [emb for _, emb, _ in loaded]
+    mode = "dataset" if table is None else "assigned"
+    made_by = _embedding_model(summaries)
+    if table is None:
+        results, table = classify_batch(embs, names, cluster_cfg, max_cluster=max_cluster, seed=seed)
+        table = dataclasses.replace(table, sample={**table.sample, **made_by})  # what the registry records
+    else:
+        _check_same_model(table, made_by)
+        results = [assign_to_classes(e, table) for e in embs]
+        table = _assigned_table(table, embs, results, names)
+    for d, (masks, emb, _), summary, res in zip(dirs, loaded, summaries, results):
+        _rewrite_dir(d, masks, emb, summary, res, table, mode)
+    (out / CLASSES_JSON).write_text(table.to_json(), encoding="utf-8")
+    _write_contact_sheet(out / CONTACT_SHEET_PNG, results, loaded, summaries, table)
+    return {"classes_json": str(out / CLASSES_JSON), "contact_sheet": str(out / CONTACT_SHEET_PNG),
+            "metrics": table.metrics(), "n_classes": table.n_classes, "images": names, "mode": mode}
+
+
+def _embedding_model(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"checkpoint_sha256", "model_type"} that embedded the batch (one each), or {}."""
+    shas = {(s.get("model") or {}).get("checkpoint_sha256") for s in summaries}
+    types = {(s.get("model") or {}).get("type") for s in summaries}
+    if len(shas) != 1 or None in shas:
+        return {}
+    return {"checkpoint_sha256": shas.pop(), "model_type": types.pop() if len(types) == 1 else None}
+
+
+def _check_same_model(table: Any, made_by: dict[str, Any]) -> None:
+    """Classes built from one checkpoint's embeddings mean nothing for another's."""
+    want, got = table.sample.get("checkpoint_sha256"), made_by.get("checkpoint_sha256")
+    if want and got and want != got:
+        raise DatasetOutputsError(
+            f"classes from {table.sample.get('run_id', 'classes.json')} were built from embeddings of checkpoint "
+            f"{str(want)[:12]}… ({table.sample.get('model_type')}), but these images were embedded by {str(got)[:12]}… "
+            f"({made_by.get('model_type')}); refusing to mix them")
+
+
+def _image_names(dirs: list[Path], summaries: list[dict[str, Any]]) -> list[str]:
+    """Image file names when unique in the batch, else the (unique) output dir names."""
+    names = [str(s.get("image", {}).get("file_name") or d.name) for d, s in zip(dirs, summaries)]
+    return names if len(set(names)) == len(names) else [d.name for d in dirs]
+
+
+def _assigned_table(source: Any, embs: list[Any], results: list[Any], names: list[str]) -> Any:
+    """The source classes (same ids, prototypes, radii) with this batch's counts."""
+    import dataclasses
+
+    import numpy as np
+
+    from samseg.core.dataset import build_classes
+
+    counts = build_classes(embs, results, names)
+    sample = {**source.sample, "assigned_from": source.sample.get("run_id", "local classes.json"),
+              "n_masks": int(sum(len(r.labels) for r in results))}
+    image_counts = [counts.image_counts[c] if c < counts.n_classes else {} for c in range(source.n_classes)]
+    sizes = [int(counts.sizes[c]) if c < counts.n_classes else 0 for c in range(source.n_classes)]
+    return dataclasses.replace(source, sizes=np.asarray(sizes, np.int64), image_counts=image_counts,
+                               image_names=list(names), n_noise=counts.n_noise, sample=sample)
+
+
+def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: Any, table: Any, mode: str) -> None:
+    import numpy as np
+
+    from samseg.core.compose import compose_labels
+    from samseg.edges.export import FEATURES_NPY, write_outputs
+    from samseg.edges.images import decode_image
+    from samseg.edges.storage import read_bytes
+
+    uri = summary["image"]["uri"]
+    try:
+        image = decode_image(read_bytes(uri), summary["image"]["file_name"], uri=uri)
+    except Exception as exc:  # the photo moved since the batch ran
+        raise DatasetOutputsError(f"{uri}: cannot re-read the image of {d} ({' '.join(str(exc).split())})") from None
+    features = np.load(d / FEATURES_NPY) if (d / FEATURES_NPY).is_file() else None
+    summary = {**summary, "n_clusters": res.n_clusters, "n_noise": res.n_noise, "cluster_sizes": res.sizes(),
+               "classes": mode, "dataset_n_classes": table.n_classes}
+    if mode == "assigned":
+        summary["classes_from"] = table.sample.get("assigned_from")
+    write_outputs(d, image, masks, emb, res, compose_labels(masks, res), summary, features)
+
+
+def _write_contact_sheet(path: Path, results: list[Any], loaded: list[Any], summaries: list[dict[str, Any]], table: Any) -> None:
+    from PIL import Image
+
+    from samseg.core.contact_sheet import contact_sheet, select_examples
+    from samseg.edges.images import decode_image
+    from samseg.edges.storage import read_bytes
+
+    def load(i: int) -> tuple[Any, Any]:
+        uri = summaries[i]["image"]["uri"]
+        return decode_image(read_bytes(uri), summaries[i]["image"]["file_name"], uri=uri).rgb, loaded[i][0]
+
+    picks = select_examples(results, [m.areas for m, _, _ in loaded], table.n_classes)
+    Image.fromarray(contact_sheet(picks, load, table.sizes)).save(path)
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def load_class_table(ref: str) -> Any:
+    """ClassTable from `ref`: a classes.json path / s3:// URI (ends with .json or is an
+    existing file), else an MLflow run id whose artifact classes.json is used."""
+    from samseg.core.dataset import ClassTable
+    from samseg.edges.storage import read_bytes
+
+    if str(ref).startswith("models:/"):  # a registered classes model (samseg.edges.class_registry)
+        from samseg.edges.class_registry import load_registered_classes
+
+        return load_registered_classes(str(ref))
+    if str(ref).endswith(".json") or Path(ref).is_file():
+        try:
+            data = read_bytes(ref)
+        except Exception as exc:
+            raise DatasetOutputsError(f"{ref}: cannot read ({' '.join(str(exc).split())})") from None
+        return ClassTable.from_json(data, source=str(ref))
+    return load_classes_from_run(ref)
+
+
+def load_classes_from_run(run_id: str) -> Any:
+    """ClassTable from the classes.json artifact of an MLflow run (a dataset-level batch run).
+    Its `sample["run_id"]` is set to `run_id`. Raises TrackingError / ClassTableError (one line)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from samseg.core.dataset import ClassTable
+    from samseg.edges.tracking import TrackingError, tracking_uri
+
+    with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CLASSES_JSON, dst_path=tmp,
+                                                       tracking_uri=tracking_uri())
+            text = Path(path).read_text(encoding="utf-8")
+        except (MlflowException, OSError) as exc:
+            raise TrackingError(f"MLflow run {run_id}: no usable {CLASSES_JSON} ({' '.join(str(exc).split())})") from None
+    table = ClassTable.from_json(text, source=f"MLflow run {run_id} {CLASSES_JSON}")
+    import dataclasses
+
+    return dataclasses.replace(table, sample={**table.sample, "run_id": run_id})
+
+
+def log_dataset_classes(batch_run_id: str, report: dict[str, Any]) -> None:
+    """Log classes.json, contact_sheet.png, the class metrics and tag samseg.classes on the batch run."""
+    from mlflow import MlflowClient
+
+    from samseg.edges.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    client.log_artifact(batch_run_id, report["classes_json"])
+    client.log_artifact(batch_run_id, report["contact_sheet"])
+    for key, value in report["metrics"].items():
+        client.log_metric(batch_run_id, key, float(value))
+    client.set_tag(batch_run_id, TAG_CLASSES, report["mode"])
+    table = json.loads(Path(report["classes_json"]).read_text(encoding="utf-8"))
+    if table.get("sample", {}).get("assigned_from"):
+        client.set_tag(batch_run_id, TAG_CLASSES_FROM, table["sample"]["assigned_from"])

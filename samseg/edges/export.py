@@ -1,0 +1,261 @@
+"""The output-file edge: one image's results → OUT/<image stem>/, and back.
+
+Layout of an image dir (README "Outputs"):
+  labels.png        H×W single-channel uint16 PNG at the original (EXIF-corrected) size;
+                    0 = no class, c + 1 = cluster c
+  overlay.png       H×W×3 class colours over the photo, boundaries, legend
+  classes/class_<c>.png  H×W×4 RGBA cut-out of class c (transparent elsewhere)
+  masks.json        COCO-style: info, images, annotations (RLE, cluster), categories
+  masks.parquet     one row per mask, the same fields as flat columns
+  embeddings.npy    N×C float32, row i = annotation i of masks.json
+  features.npy      C×64×64 float32 encoder features (only when asked for)
+  summary.json      what ran, on what, with which config, how long (samseg.engine.pipeline.build_summary)
+
+Writes go to a hidden temporary sibling dir that is renamed into place at the end, so a
+crash never leaves a half-written image dir. An existing dir is replaced whole, and only
+when samseg wrote it (samseg.edges.outdirs: its marker lists every file; an input never goes).
+The format builders (`build_coco`, `build_mask_table`) are pure and separate from writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samseg import __version__
+from samseg.edges import outdirs
+from samseg.edges.images import LoadedImage
+from samseg.core.types import ClusterResult, MaskSet
+
+LABELS_PNG = "labels.png"
+OVERLAY_PNG = "overlay.png"
+CLASSES_DIR = "classes"
+MASKS_JSON = "masks.json"
+MASKS_PARQUET = "masks.parquet"
+EMBEDDINGS_NPY = "embeddings.npy"
+FEATURES_NPY = "features.npy"
+SUMMARY_JSON = "summary.json"
+
+
+class OutputsError(Exception):
+    """An output dir that cannot be read back, or inputs that do not belong together.
+    str(e) is one line naming the dir or the mismatch."""
+
+
+def build_coco(image: LoadedImage, masks: MaskSet, clusters: ClusterResult) -> dict[str, Any]:
+    """COCO-style dict for one image (image id 1). Annotation ids are 1..N in mask order;
+    `cluster` is the cluster id (-1 = noise) and `category_id` is cluster + 1 (0 = noise,
+    which has no category)."""
+    h, w = image.hw
+    annotations = []
+    for i, rec in enumerate(masks.to_records()):
+        cluster = int(clusters.labels[i])
+        annotations.append({"id": i + 1, "image_id": 1, "category_id": cluster + 1, "iscrowd": 0, **rec, "cluster": cluster})
+    return {
+        "info": {"description": "samseg automatic masks, clustered into classes", "version": __version__},
+        "images": [{"id": 1, "file_name": image.name, "height": h, "width": w, "sha256": image.sha256}],
+        "annotations": annotations,
+        "categories": [{"id": c + 1, "name": f"class_{c}"} for c in range(clusters.n_clusters)],
+    }
+
+
+def build_mask_table(image: LoadedImage, masks: MaskSet, clusters: ClusterResult):  # -> pandas.DataFrame
+    """One row per mask in mask order: the masks.json annotation fields as flat columns
+    (bbox → x, y, w, h; point → point_x, point_y; crop box → crop_x..crop_h; RLE →
+    rle_h, rle_w, rle_counts as a string) plus file_name and image_sha256 so tables of
+    many images can be concatenated."""
+    import pandas as pd
+
+    n = len(masks)
+    bbox, crop, pts = masks.bbox_xywh.reshape(n, 4), masks.crop_box_xywh.reshape(n, 4), masks.point_coords_xy.reshape(n, 2)
+    columns = {
+        "id": np.arange(1, n + 1, dtype=np.int64),
+        "file_name": pd.Series([image.name] * n, dtype="string"),
+        "image_sha256": pd.Series([image.sha256] * n, dtype="string"),
+        "area": masks.areas.astype(np.int64),
+        "x": bbox[:, 0], "y": bbox[:, 1], "w": bbox[:, 2], "h": bbox[:, 3],
+        "predicted_iou": masks.predicted_iou.astype(np.float32),
+        "stability_score": masks.stability_score.astype(np.float32),
+        "point_x": pts[:, 0], "point_y": pts[:, 1],
+        "crop_x": crop[:, 0], "crop_y": crop[:, 1], "crop_w": crop[:, 2], "crop_h": crop[:, 3],
+        "cluster": np.asarray(clusters.labels, dtype=np.int64),
+        "rle_h": np.full(n, masks.image_hw[0], dtype=np.int64),
+        "rle_w": np.full(n, masks.image_hw[1], dtype=np.int64),
+        "rle_counts": pd.Series([_counts_str(r["counts"]) for r in masks.rles], dtype="string"),
+    }
+    return pd.DataFrame(columns)
+
+
+def write_outputs(
+    out_dir: Path,
+    image: LoadedImage,
+    masks: MaskSet,
+    embeddings: np.ndarray,
+    clusters: ClusterResult,
+    label_map: np.ndarray,
+    summary: dict[str, Any],
+    features: np.ndarray | None = None,
+) -> Path:
+    """Write every output file of one image into `out_dir` atomically; returns `out_dir`.
+
+    embeddings: N×C float32 in mask order. label_map: H×W uint16 at image.hw.
+    features: C×Hf×Wf float32 or None (then no features.npy). The image's own input must
+    not lie inside `out_dir` (a batch checks all its inputs first: outdirs.refused_outputs).
+    Raises OutputsError (one line) when `out_dir` exists and is not samseg's to replace.
+    """
+    out_dir = Path(out_dir)
+    _check_consistent(image, masks, embeddings, clusters, label_map)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    outdirs.remove_stale_temps(out_dir)
+    try:
+        outdirs.check_replaceable(out_dir, (image.uri,))
+    except outdirs.OutputDirRefused as exc:
+        raise OutputsError(str(exc)) from None
+    tmp = outdirs.temp_sibling(out_dir, "tmp")
+    tmp.mkdir()
+    try:
+        _write_all(tmp, image, masks, embeddings, clusters, label_map, summary, features)
+        outdirs.write_marker(tmp, __version__)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, features) -> None:
+    from samseg.core.render import render_cutout, render_overlay
+
+    write_label_png(d / LABELS_PNG, label_map)
+    overlay = render_overlay(image.rgb, label_map, clusters.sizes(), n_noise=clusters.n_noise)
+    _write_png(d / OVERLAY_PNG, overlay)
+    (d / CLASSES_DIR).mkdir()
+    for c in range(clusters.n_clusters):
+        _write_png(d / CLASSES_DIR / f"class_{c}.png", render_cutout(image.rgb, label_map, c))
+    _write_json(d / MASKS_JSON, build_coco(image, masks, clusters))
+    build_mask_table(image, masks, clusters).to_parquet(d / MASKS_PARQUET, index=False)
+    np.save(d / EMBEDDINGS_NPY, np.ascontiguousarray(embeddings, dtype=np.float32))
+    if features is not None:
+        np.save(d / FEATURES_NPY, np.ascontiguousarray(features, dtype=np.float32))
+    _write_json(d / SUMMARY_JSON, summary)
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move `tmp` to `out_dir`; an existing `out_dir` is moved aside first, then deleted,
+    so at every instant `out_dir` is either the old complete dir or the new one."""
+    old = None
+    if out_dir.exists() or out_dir.is_symlink():
+        old = outdirs.temp_sibling(out_dir, "old")
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_label_png(path: Path, label_map: np.ndarray) -> None:
+    """H×W uint16 → single-channel 16-bit PNG (PIL mode I;16), values unchanged."""
+    from PIL import Image
+
+    lab = np.asarray(label_map)
+    if lab.ndim != 2 or lab.dtype != np.uint16:
+        raise OutputsError(f"{path}: label map must be H×W uint16, got {lab.shape} {lab.dtype}")
+    Image.fromarray(np.ascontiguousarray(lab)).save(path, format="PNG")
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """labels.png → H×W uint16 (inverse of `write_label_png`)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if not img.mode.startswith("I;16") and img.mode != "I":
+            raise OutputsError(f"{path}: not a 16-bit label PNG (mode {img.mode})")
+        return np.asarray(img).astype(np.uint16)
+
+
+def read_outputs(out_dir: Path) -> tuple[MaskSet, np.ndarray, np.ndarray]:
+    """Load an image dir back: (MaskSet from masks.json, N×C float32 embeddings,
+    (N,) int64 cluster labels with -1 = noise). Raises OutputsError (one line)."""
+    out_dir = Path(out_dir)
+    coco = _read_json(out_dir / MASKS_JSON)
+    try:
+        img = coco["images"][0]
+        anns = coco["annotations"]
+        masks = MaskSet.from_records((int(img["height"]), int(img["width"])), anns)
+        labels = np.asarray([int(a["cluster"]) for a in anns], dtype=np.int64)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise OutputsError(f"{out_dir / MASKS_JSON}: not a samseg masks.json ({type(exc).__name__}: {exc})") from None
+    path = out_dir / EMBEDDINGS_NPY
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OutputsError(f"{path}: cannot read ({exc})") from None
+    if emb.ndim != 2 or emb.shape[0] != len(masks):
+        raise OutputsError(f"{path}: shape {emb.shape} does not match {len(masks)} masks in {MASKS_JSON}")
+    return masks, emb.astype(np.float32, copy=False), labels
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    """summary.json of an image dir as a dict."""
+    return _read_json(Path(out_dir) / SUMMARY_JSON)
+
+
+def _check_consistent(image: LoadedImage, masks: MaskSet, embeddings, clusters: ClusterResult, label_map) -> None:
+    n = len(masks)
+    problems = []
+    if tuple(masks.image_hw) != image.hw:
+        problems.append(f"masks are {tuple(masks.image_hw)} but the image is {image.hw}")
+    if np.ndim(embeddings) != 2 or np.shape(embeddings)[0] != n:
+        problems.append(f"embeddings {np.shape(embeddings)} are not N×C for {n} masks")
+    if len(clusters.labels) != n:
+        problems.append(f"{len(clusters.labels)} cluster labels for {n} masks")
+    if np.shape(label_map) != image.hw:
+        problems.append(f"label map {np.shape(label_map)} is not the image size {image.hw}")
+    if problems:
+        raise OutputsError(f"{image.uri}: cannot write outputs: {'; '.join(problems)}")
+
+
+def _counts_str(counts: Any) -> str:
+    return counts.decode("utf-8") if isinstance(counts, bytes) else str(counts)
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(arr).save(path, format="PNG")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o: Any) -> Any:
+    """numpy scalars/arrays and paths in summaries → plain JSON values."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise OutputsError(f"{path}: missing") from None
+    except (OSError, ValueError) as exc:
+        raise OutputsError(f"{path}: cannot read ({exc})") from None

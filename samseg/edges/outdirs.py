@@ -1,0 +1,214 @@
+"""Output directories: safe names, and the rule that samseg replaces only what it wrote.
+
+Naming (`safe_dir_name`): OUT/<name>/ where <name> is the input file's stem made into ONE
+safe path component: Unicode letters and digits and `- _ . + @ , = ( ) [ ]` and space are
+kept, every other character (separators, control characters, `:` ...) becomes `_`,
+leading dots and spaces and trailing dots and spaces are dropped, and the result is cut to
+100 characters. When that changed the stem, `-<8 hex of sha256(stem)>` is appended so two
+different odd names never meet; an empty result is `image-<hash>`. So `..png` → `image-…`,
+`.hidden.jpg` → `hidden-…`, `bears.jpg` → `bears`. A batch adds -2, -3, ... to a repeated name.
+
+Ownership (`check_replaceable`): an existing OUT/<name> is replaced only when samseg wrote
+it: a real directory (not a link) whose `.samseg-output.json` marker lists every file in it
+(or, for directories written before the marker existed, whose summary.json is samseg's and
+whose files all have samseg's output names). A directory that holds any other file, or an
+input of the batch, is refused with one line naming it; samseg never deletes an input.
+
+Leftovers: a write goes through `.<name>.tmp-<pid>-<hex>` and a replaced dir through
+`.<name>.old-<pid>-<hex>`; `remove_stale_temps` removes those whose process is gone (a
+`kill -9` mid-export), and only when they carry samseg's marker or are empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import unicodedata
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+MARKER = ".samseg-output.json"
+_MAX_NAME = 100
+_KEEP = set("-_.+@,=()[] ")
+# The names an image dir written by samseg holds (legacy dirs, written before MARKER).
+_LEGACY_FILES = re.compile(
+    r"^(labels\.png|overlay\.png|masks\.json|masks\.parquet|embeddings\.npy|features\.npy|summary\.json"
+    r"|classes|classes/class_\d+\.png)$"
+)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{12}$")
+
+
+class OutputDirRefused(Exception):
+    """OUT/<name> exists and is not samseg's to replace; str(e) is one line naming it."""
+
+
+def safe_dir_name(uri: str) -> str:
+    """The output dir name of an input (rules in the module docstring); never '', '.', '..'."""
+    stem = PurePosixPath(str(uri).replace("\\", "/")).name
+    stem = stem[: -len(PurePosixPath(stem).suffix)] if PurePosixPath(stem).suffix else stem
+    name = "".join(ch if (ch.isalnum() or ch in _KEEP) else "_" for ch in unicodedata.normalize("NFC", stem))
+    name = name.lstrip(". ").rstrip(". ")[:_MAX_NAME].rstrip(". ")
+    if name == stem and name:
+        return name
+    tag = hashlib.sha256(stem.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{name}-{tag}" if name else f"image-{tag}"
+
+
+def unique_names(uris: list[str]) -> list[str]:
+    """`safe_dir_name` per input; a repeated name gets -2, -3, ... in input order."""
+    names: list[str] = []
+    used: set[str] = set()
+    for uri in uris:
+        base = safe_dir_name(uri)
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def child_dir(out: Path, name: str) -> Path:
+    """OUT/<name>, refusing any name that is not one plain component inside OUT."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise OutputDirRefused(f"{out}/{name!r}: not a safe output directory name")
+    return Path(out) / name
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except (OSError, ValueError):
+        return False
+
+
+def check_replaceable(out_dir: Path, inputs: Iterable[str] = ()) -> None:
+    """Raise OutputDirRefused unless `out_dir` is absent or samseg's own (module docstring)."""
+    out_dir = Path(out_dir)
+    for uri in inputs:
+        if not str(uri).startswith("s3://") and _is_inside(Path(uri), out_dir):
+            raise OutputDirRefused(f"{out_dir}: holds the input {uri}; choose another --out (samseg never deletes an input)")
+    if not os.path.lexists(out_dir):
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        kind = "a symbolic link" if out_dir.is_symlink() else "a file"
+        raise OutputDirRefused(f"{out_dir}: exists and is {kind}, not a directory samseg wrote; move it or choose another --out")
+    foreign = foreign_entries(out_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputDirRefused(f"{out_dir}: exists and holds files samseg did not write ({shown}); "
+                               "move them or choose another --out")
+
+
+def foreign_entries(out_dir: Path) -> list[str]:
+    """Relative paths under `out_dir` that samseg's marker (or legacy layout) does not cover."""
+    listed = _marker_files(out_dir)
+    present = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*"))
+    if listed is None:  # no marker: a legacy samseg dir has samseg's summary.json and names
+        if not _is_samseg_summary(out_dir / "summary.json"):
+            return present or ["(no samseg marker)"]
+        return [p for p in present if not _LEGACY_FILES.match(p)]
+    allowed = set(listed) | {MARKER} | {str(PurePosixPath(f).parent) for f in listed if "/" in f}
+    links = [p for p in present if (out_dir / p).is_symlink()]
+    return sorted(set(links) | {p for p in present if p not in allowed})
+
+
+def _marker_files(out_dir: Path) -> list[str] | None:
+    try:
+        data = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != "samseg" or not isinstance(data.get("files"), list):
+        return None
+    return [str(f) for f in data["files"]]
+
+
+def _is_samseg_summary(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "samseg_version" in data
+
+
+def write_marker(tmp_dir: Path, version: str) -> None:
+    """List every file samseg wrote into `tmp_dir` (call last, before the rename)."""
+    files = sorted(p.relative_to(tmp_dir).as_posix() for p in tmp_dir.rglob("*") if p.is_file() and p.name != MARKER)
+    (tmp_dir / MARKER).write_text(json.dumps({"written_by": "samseg", "version": version, "files": files}) + "\n",
+                                  encoding="utf-8")
+
+
+def temp_sibling(out_dir: Path, kind: str) -> Path:
+    """`.<name>.<kind>-<pid>-<hex>` beside `out_dir` (kind: tmp | old)."""
+    return out_dir.parent / f".{out_dir.name}.{kind}-{os.getpid()}-{os.urandom(6).hex()}"
+
+
+_SWEPT: set[str] = set()  # parent dirs already swept by this process
+
+
+def remove_stale_temps(out_dir: Path) -> list[Path]:
+    """Remove the temp/old dirs that dead processes left beside `out_dir` (any image's, in
+    the same OUT); returns what went. Each OUT is swept once per process: a batch of N
+    images lists OUT once, not N times, and no process that is alive leaves stale temps."""
+    removed: list[Path] = []
+    parent = Path(out_dir).parent
+    key = os.path.realpath(parent)
+    if key in _SWEPT:
+        return removed
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    _SWEPT.add(key)
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if not m or _pid_alive(int(m["pid"])) or p.is_symlink() or not p.is_dir():
+            continue
+        if (p / MARKER).is_file() or not any(p.iterdir()) or _is_samseg_summary(p / "summary.json") or _only_samseg_names(p):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _only_samseg_names(d: Path) -> bool:
+    return all(_LEGACY_FILES.match(p.relative_to(d).as_posix()) for p in d.rglob("*"))
+
+
+def _pid_alive(pid: int) -> bool:
+    from samseg.edges.shutdown import pid_alive
+
+    return pid == os.getpid() or pid_alive(pid)
+
+
+def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, str]:
+    """uri -> one error line for each image whose OUT/<name> samseg may not replace (a
+    directory it did not write, or one holding an input of the batch): checked before any
+    compute. S3 outputs are never deleted, so nothing there is refused."""
+    if str(out).startswith("s3://"):
+        return {}
+    holders = _input_folders(u for u in uris if not str(u).startswith("s3://"))
+    refused = {}
+    for uri, name in zip(uris, names):
+        try:
+            out_dir = child_dir(Path(out), name)
+            held = holders.get(os.path.realpath(out_dir))
+            if held is not None:
+                raise OutputDirRefused(f"{out_dir}: holds the input {held}; choose another --out (samseg never deletes an input)")
+            check_replaceable(out_dir)
+        except OutputDirRefused as exc:
+            refused[uri] = f"{uri}: output {exc}"
+    return refused
+
+
+def _input_folders(inputs: Iterable[str]) -> dict[str, str]:
+    """realpath of every folder above an input → that input: one pass over the inputs, so
+    checking N output dirs against M inputs costs N + M look-ups, not N × M realpaths."""
+    folders: dict[str, str] = {}
+    for uri in inputs:
+        for folder in Path(os.path.realpath(uri)).parents:
+            folders.setdefault(str(folder), str(uri))
+    return folders

@@ -1,0 +1,376 @@
+"""The storage edge: local paths and ``s3://bucket/key`` URIs behind one small API.
+
+S3 goes through boto3 directly. The endpoint comes from ``AWS_ENDPOINT_URL_S3`` or
+``AWS_ENDPOINT_URL`` (boto3 reads them natively; we also pass it explicitly so MinIO/moto
+endpoints work with older botocore and get path-style addressing). Every S3 call has
+bounded retries and short timeouts, then fails with ONE ``StorageError`` line naming the
+URI — a batch must not hang on an unreachable endpoint.
+
+Keys are validated before use (`validate_key`): no ``..``/``.`` segments (plain or
+percent-encoded), no absolute paths, no backslashes, no empty segments, no control
+characters — so a key built with `join_key` can never escape its prefix.
+
+Output dirs on S3 (`upload_dir`) are published with a ``_SUCCESS`` marker written LAST.
+S3 has no rename, so a reader must trust only a dir whose marker exists (`is_complete`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+SUCCESS_MARKER = "_SUCCESS"
+
+# mkstemp creates 0600 files; what samseg writes gets the mode a plain open() would
+# (0666 less the umask), so a shared cache or output dir stays readable by the group.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+# 2 retries (3 calls in all) with botocore's "standard" backoff stays under ~5 s for a
+# dead endpoint; overridable (SAMSEG_S3_RETRIES) for flaky links. botocore's
+# retries["max_attempts"] counts retries AFTER the first call.
+_DEFAULT_RETRIES = 2
+_DEFAULT_CONNECT_TIMEOUT_S = 3.0
+_DEFAULT_READ_TIMEOUT_S = 30.0
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message is one line naming the URI."""
+
+
+class StorageNotFound(StorageError):
+    """The object or file does not exist."""
+
+
+# ---------------------------------------------------------------- URIs and keys
+
+
+def is_s3_uri(s: str | os.PathLike[str]) -> bool:
+    return isinstance(s, str) and s.startswith("s3://")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` → ``("bucket", "a/b")``; the key may be empty (bucket root)."""
+    if not is_s3_uri(uri):
+        raise StorageError(f"{uri}: not an s3:// URI")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket name")
+    return bucket, key
+
+
+def validate_key(key: str) -> str:
+    """Return `key` unchanged if it is a safe relative object key, else raise StorageError."""
+    if not key:
+        raise StorageError("empty object key")
+    if key.startswith("/"):
+        raise StorageError(f"{key!r}: absolute keys are not allowed")
+    if "\\" in key:
+        raise StorageError(f"{key!r}: backslashes are not allowed in keys")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise StorageError(f"{key!r}: control characters are not allowed in keys")
+    for segment in key.split("/"):
+        if segment == "":
+            raise StorageError(f"{key!r}: empty path segment")
+        # Reject encoded traversal too: something downstream may URL-decode the key.
+        if unquote(segment) in (".", ".."):
+            raise StorageError(f"{key!r}: '.' and '..' segments are not allowed")
+    return key
+
+
+def join_key(prefix: str, *parts: str) -> str:
+    """``join_key("runs/a", "img", "x.png")`` → ``"runs/a/img/x.png"`` (every part validated).
+
+    `prefix` may be empty (bucket root) or end with "/". Each part may itself contain "/"
+    but is validated as a relative key, so the result always lies under `prefix`.
+    """
+    pieces = [validate_key(p) for p in parts]
+    head = prefix.rstrip("/")
+    if head:
+        validate_key(head)
+    key = "/".join([head, *pieces] if head else pieces)
+    return validate_key(key)
+
+
+def join_uri(base: str | os.PathLike[str], *parts: str) -> str:
+    """Join validated relative `parts` onto a local dir or an ``s3://`` prefix."""
+    if is_s3_uri(base):
+        bucket, prefix = split_s3_uri(str(base))
+        return f"s3://{bucket}/{join_key(prefix, *parts)}"
+    for p in parts:
+        validate_key(p)
+    return str(Path(base, *parts))
+
+
+# ---------------------------------------------------------------- boto3 client
+
+_client_lock = threading.Lock()
+_clients: dict[tuple[Any, ...], Any] = {}
+
+
+def _endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _client() -> Any:
+    """One cached boto3 S3 client per (endpoint, credentials id, region, retry settings)."""
+    endpoint = _endpoint_url()
+    retries = int(os.environ.get("SAMSEG_S3_RETRIES", _DEFAULT_RETRIES))
+    connect_s = float(os.environ.get("SAMSEG_S3_CONNECT_TIMEOUT", _DEFAULT_CONNECT_TIMEOUT_S))
+    read_s = float(os.environ.get("SAMSEG_S3_READ_TIMEOUT", _DEFAULT_READ_TIMEOUT_S))
+    cache_key = (endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_DEFAULT_REGION"), retries, connect_s, read_s)
+    with _client_lock:
+        client = _clients.get(cache_key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"max_attempts": retries, "mode": "standard"},
+                connect_timeout=connect_s,
+                read_timeout=read_s,
+                # MinIO and moto serve buckets by path, not by virtual host.
+                s3={"addressing_style": "path"} if endpoint else {},
+            )
+            session = boto3.session.Session()  # sessions are not thread-safe; clients are
+            client = session.client("s3", endpoint_url=endpoint, config=config)
+            _clients[cache_key] = client
+    return client
+
+
+def _s3_error(op: str, uri: str, exc: Exception) -> StorageError:
+    """Turn a botocore exception into one line; 404s become StorageNotFound."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return StorageNotFound(f"{uri}: not found")
+        if code == "NoSuchBucket":
+            return StorageNotFound(f"{uri}: bucket does not exist")
+        return StorageError(f"{uri}: {op} failed: {code or exc}")
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return StorageError(f"{uri}: {op} failed after retries: {reason}")
+
+
+def _s3_call(op: str, uri: str, fn: Any, **kwargs: Any) -> Any:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn(**kwargs)
+    except (BotoCoreError, ClientError) as exc:
+        raise _s3_error(op, uri, exc) from None
+
+
+# ---------------------------------------------------------------- bytes
+
+
+def read_bytes(uri_or_path: str | os.PathLike[str]) -> bytes:
+    """Whole object/file as bytes. Missing → StorageNotFound; other failures → StorageError."""
+    if is_s3_uri(uri_or_path):
+        bucket, key = split_s3_uri(str(uri_or_path))
+        validate_key(key)
+        client = _client()
+        resp = _s3_call("read", str(uri_or_path), client.get_object, Bucket=bucket, Key=key)
+        try:
+            return resp["Body"].read()
+        except Exception as exc:  # a broken stream mid-body (botocore/urllib3 errors)
+            raise StorageError(f"{uri_or_path}: read failed: {exc}") from None
+    path = Path(uri_or_path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise StorageNotFound(f"{path}: not found") from None
+    except OSError as exc:
+        raise StorageError(f"{path}: read failed: {exc.strerror or exc}") from None
+
+
+def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes) -> None:
+    """Write atomically: local = temp file in the same dir + os.replace; S3 = one put_object."""
+    if is_s3_uri(uri_or_path):
+        bucket, key = split_s3_uri(str(uri_or_path))
+        validate_key(key)
+        _s3_call("write", str(uri_or_path), _client().put_object, Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(uri_or_path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise StorageError(f"{path}: write failed: {exc.strerror or exc}") from None
+
+
+def exists(uri_or_path: str | os.PathLike[str]) -> bool:
+    if is_s3_uri(uri_or_path):
+        bucket, key = split_s3_uri(str(uri_or_path))
+        validate_key(key)
+        try:
+            _s3_call("head", str(uri_or_path), _client().head_object, Bucket=bucket, Key=key)
+        except StorageNotFound:
+            return False
+        return True
+    return Path(uri_or_path).exists()
+
+
+def check_bucket(uri: str) -> None:
+    """StorageError (one line) unless `uri` names an existing bucket we can reach."""
+    bucket, _key = split_s3_uri(uri)
+    try:
+        _s3_call("check", uri, _client().head_bucket, Bucket=bucket)
+    except StorageNotFound:
+        raise StorageNotFound(f"{uri}: bucket {bucket!r} does not exist") from None
+
+
+def delete(uri_or_path: str | os.PathLike[str]) -> None:
+    """Remove one object/file; missing is not an error."""
+    if is_s3_uri(uri_or_path):
+        bucket, key = split_s3_uri(str(uri_or_path))
+        validate_key(key)
+        _s3_call("delete", str(uri_or_path), _client().delete_object, Bucket=bucket, Key=key)
+        return
+    Path(uri_or_path).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- listing
+
+
+def list_keys(prefix_uri: str, *, recursive: bool = True) -> list[str]:
+    """Sorted full ``s3://`` URIs of the objects under a prefix (treated as a folder).
+
+    recursive=False lists only the folder's direct children (S3 ``Delimiter="/"``).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_s3_uri(prefix_uri)
+    folder = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    paginator = _client().get_paginator("list_objects_v2")
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": folder}
+    if not recursive:
+        kwargs["Delimiter"] = "/"
+    uris: list[str] = []
+    try:
+        for page in paginator.paginate(**kwargs):
+            uris.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    except (BotoCoreError, ClientError) as exc:
+        raise _s3_error("list", prefix_uri, exc) from None
+    return sorted(uris)
+
+
+def _is_image_name(name: str) -> bool:
+    from samseg.edges.images import IMAGE_SUFFIXES
+
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(spec: str | os.PathLike[str]) -> list[str]:
+    """Sorted image URIs/paths (by suffix) for a file, a folder, a glob, or ``s3://bucket/prefix``.
+
+    Same rule everywhere (samseg.edges.images.find_images for local specs): a folder or S3
+    prefix gives its direct image children, not recursive, hidden names skipped; a single
+    image key on S3 is returned as itself. An empty folder/prefix gives [] — the caller
+    decides whether that is an error. A local name that does not exist is kept as given
+    so `samseg.edges.images.load_image` reports it as that file's own one-line error.
+    """
+    if is_s3_uri(spec):
+        _bucket, key = split_s3_uri(str(spec))
+        if key and _is_image_name(key):
+            try:
+                validate_key(key)
+            except StorageError:  # a hostile key fails alone, as that image's own error
+                return [str(spec)]
+        if key and _is_image_name(key) and exists(str(spec)):
+            return [str(spec)]
+        return [u for u in list_keys(str(spec), recursive=False) if _is_image_name(u)]
+    from samseg.edges.images import find_images
+
+    return find_images([str(spec)])
+
+
+# ---------------------------------------------------------------- whole dirs
+
+
+def _local_files(local_dir: Path) -> list[Path]:
+    """Every regular file under `local_dir` except the marker, sorted for determinism."""
+    return sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name != SUCCESS_MARKER)
+
+
+def upload_dir(local_dir: str | os.PathLike[str], dest_uri: str) -> list[str]:
+    """Publish a finished local dir at `dest_uri` (S3 prefix or local dir); returns file URIs.
+
+    Order matters because S3 has no rename: an old marker is removed first, then every
+    file is uploaded, then ``_SUCCESS`` is written LAST. A crash part-way leaves files but
+    no marker, and readers (`is_complete`) ignore unmarked dirs.
+    """
+    src = Path(local_dir)
+    if not src.is_dir():
+        raise StorageNotFound(f"{src}: not a directory")
+    marker = join_uri(dest_uri, SUCCESS_MARKER)
+    delete(marker)
+    files = _local_files(src)
+    written: list[str] = []
+    for path in files:
+        rel = path.relative_to(src).as_posix()
+        target = join_uri(dest_uri, rel)
+        write_bytes(target, path.read_bytes())
+        written.append(target)
+    manifest = {"files": [p.relative_to(src).as_posix() for p in files], "written_at": time.time()}
+    write_bytes(marker, json.dumps(manifest, sort_keys=True).encode("utf-8"))
+    return written
+
+
+def is_complete(dir_uri: str | os.PathLike[str]) -> bool:
+    """True when a dir published by `upload_dir` has its ``_SUCCESS`` marker."""
+    return exists(join_uri(dir_uri, SUCCESS_MARKER))
+
+
+def download_prefix(src_uri: str, local_dir: str | os.PathLike[str], *, require_success: bool = False) -> list[Path]:
+    """Copy every object under an S3 prefix (or local dir) into `local_dir`; returns the files.
+
+    Relative keys are validated, so a hostile key (``a/../../etc``) cannot write outside
+    `local_dir`. With `require_success`, a prefix without ``_SUCCESS`` raises StorageError.
+    """
+    if require_success and not is_complete(src_uri):
+        raise StorageError(f"{src_uri}: incomplete (no {SUCCESS_MARKER} marker)")
+    dst = Path(local_dir)
+    if is_s3_uri(src_uri):
+        bucket, prefix = split_s3_uri(src_uri)
+        folder = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        sources = [(u, u[len(f"s3://{bucket}/{folder}") :]) for u in list_keys(src_uri)]
+    else:
+        root = Path(src_uri)
+        if not root.is_dir():
+            raise StorageNotFound(f"{root}: not a directory")
+        sources = [(str(p), p.relative_to(root).as_posix()) for p in sorted(root.rglob("*")) if p.is_file()]
+    out: list[Path] = []
+    for uri, rel in sources:
+        validate_key(rel)
+        target = dst / rel
+        write_bytes(target, read_bytes(uri))
+        out.append(target)
+    return out
+
+
+def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy one file/object between any two locations (local↔S3)."""
+    if not is_s3_uri(src) and not is_s3_uri(dst):
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        return
+    write_bytes(dst, read_bytes(src))

@@ -1,0 +1,390 @@
+"""The MLflow edge: one run per image, a parent run per batch, comparisons, recluster inputs.
+
+All writes go through `MlflowClient` with explicit run ids (not the fluent "active run"
+stack), so children can be logged from any thread or process — a Prefect worker logs an
+image run nested under a batch run another process started.
+
+Run layout (see `log_image_run`):
+- params: every `cfg.flat()` value (`model_type`, `amg.points_per_side`, `cluster.eps`, …)
+- metrics: n_masks, n_clusters, n_noise, noise_fraction, silhouette (when known),
+  `seconds.<stage>`, cache_hits
+- tags: samseg.kind (image|batch|recluster), samseg.image_sha256, samseg.image_uri,
+  samseg.checkpoint_sha256, samseg.prefect_flow_run_id, samseg.parent_run_id (the run a
+  recluster started from), samseg.cache.<stage> (hit|computed), mlflow.parentRunId (batch)
+- artifacts: labels.png, overlay.png, classes/, masks.json, masks.parquet, summary.json,
+  embeddings.npy (so a recluster on another machine can run from the run alone)
+
+Every param/tag value goes through `scrub_secrets` first. mlflow is imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from samseg.core.secrets import SECRET_ENV_VARS, scrub_secrets  # noqa: F401 — re-exported: the edge's scrubber
+from samseg.edges.tracking_conventions import log_lineage
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_DEFAULT = "samseg"
+KINDS: tuple[str, ...] = ("image", "batch", "recluster")
+ARTIFACT_FILES: tuple[str, ...] = ("labels.png", "overlay.png", "masks.json", "masks.parquet", "summary.json", "embeddings.npy")
+ARTIFACT_DIRS: tuple[str, ...] = ("classes",)
+# What `fetch_run_inputs` needs to recluster without the original machine's cache.
+RECLUSTER_INPUTS: tuple[str, ...] = ("summary.json", "masks.json", "embeddings.npy")
+RUN_STATUSES: tuple[str, ...] = ("FINISHED", "FAILED", "KILLED")
+
+class TrackingError(Exception):
+    """An MLflow operation failed; one line naming the run/experiment."""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else MLflow's own default (3.x: ``sqlite:///mlflow.db``
+    in the working dir, or ``./mlruns`` when such a store already exists)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def _get(summary: dict[str, Any], nested: tuple[str, str], flat: str) -> Any:
+    """summary["image"]["sha256"] (samseg.engine.pipeline.build_summary layout) or summary["image_sha256"]."""
+    section = summary.get(nested[0])
+    if isinstance(section, dict) and section.get(nested[1]) is not None:
+        return section[nested[1]]
+    return summary.get(flat)
+
+
+def run_params(summary: dict[str, Any]) -> dict[str, str]:
+    """model_type + every flattened config value, as MLflow param strings."""
+    params = {str(k): _param_str(v) for k, v in (summary.get("config") or {}).items()}
+    model_type = _get(summary, ("model", "type"), "model_type")
+    if model_type is not None:
+        params.setdefault("model_type", str(model_type))
+    resolved = _get(summary, ("model", "precision"), "precision_resolved")
+    if resolved is not None:  # "auto" in the config says what was asked; this, what ran
+        params["precision_resolved"] = str(resolved)
+    return params
+
+
+def _param_str(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """Counts, noise fraction, silhouette, per-stage seconds and cache hits of one image."""
+    out: dict[str, float] = {}
+    for key in ("n_masks", "n_clusters", "n_noise", "silhouette"):
+        if summary.get(key) is not None:
+            out[key] = float(summary[key])
+    if summary.get("noise_fraction") is not None:
+        out["noise_fraction"] = float(summary["noise_fraction"])
+    elif "n_noise" in out and "n_masks" in out:
+        out["noise_fraction"] = out["n_noise"] / out["n_masks"] if out["n_masks"] else 0.0
+    for stage, seconds in (summary.get("seconds") or {}).items():
+        if seconds is not None:
+            out[f"seconds.{stage}"] = float(seconds)
+    cache = summary.get("cache") or {}
+    if cache:
+        out["cache_hits"] = float(sum(1 for v in cache.values() if v == "hit"))
+    return out
+
+
+def _prefect_flow_run_id(summary: dict[str, Any]) -> str | None:
+    """The Prefect flow run the summary was made in (flows/ records it; the edges never ask Prefect)."""
+    rid = summary.get("prefect_flow_run_id")
+    return str(rid) if rid else None
+
+
+def run_tags(
+    summary: dict[str, Any], kind: str, parent_run_id: str | None, nested_under: str | None, extra_tags: dict[str, Any] | None
+) -> dict[str, str]:
+    tags: dict[str, Any] = {
+        "samseg.kind": kind,
+        "samseg.image_sha256": _get(summary, ("image", "sha256"), "image_sha256"),
+        "samseg.image_uri": _get(summary, ("image", "uri"), "image_uri"),
+        "samseg.checkpoint_sha256": _get(summary, ("model", "checkpoint_sha256"), "checkpoint_sha256"),
+        "samseg.prefect_flow_run_id": _prefect_flow_run_id(summary),
+        "samseg.parent_run_id": parent_run_id,
+        "samseg.version": summary.get("samseg_version"),
+        "mlflow.parentRunId": nested_under,
+    }
+    for stage, state in (summary.get("cache") or {}).items():
+        tags[f"samseg.cache.{stage}"] = state
+    tags.update(extra_tags or {})
+    return {k: scrub_secrets(str(v)) for k, v in tags.items() if v is not None}
+
+
+# ---------------------------------------------------------------- MLflow calls
+
+
+# MLflow's own HTTP defaults (7 retries, backoff factor 2) take ~4.5 minutes to give up on
+# a dead server; samseg fails in seconds instead. Values set by the user are kept.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+def _client() -> Any:
+    from mlflow import MlflowClient
+
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def _where() -> str:
+    return scrub_secrets(tracking_uri())
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    """Id of experiment `name`, created on first use (a concurrent creator is tolerated)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)  # another worker created it first
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _log_values(client: Any, run_id: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    from mlflow.entities import Metric, Param
+
+    now_ms = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        params=[Param(k, scrub_secrets(_param_str(v))) for k, v in params.items()],
+        metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
+    )
+
+
+def _log_outputs(client: Any, run_id: str, out_dir: Path) -> None:
+    """Upload the image dir's artifacts; summary.json goes up scrubbed of secrets."""
+    missing = [n for n in ARTIFACT_FILES if not (out_dir / n).is_file()]
+    if missing:
+        log.warning("mlflow: %s has no %s; logging the rest", out_dir, ", ".join(missing))
+    for name in ARTIFACT_FILES:
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        if name == "summary.json":
+            with tempfile.TemporaryDirectory(prefix="samseg-mlflow-") as tmp:
+                clean = Path(tmp) / name
+                clean.write_text(scrub_secrets(path.read_text(encoding="utf-8")), encoding="utf-8")
+                client.log_artifact(run_id, str(clean))
+        else:
+            client.log_artifact(run_id, str(path))
+    for name in ARTIFACT_DIRS:
+        if (out_dir / name).is_dir():
+            client.log_artifacts(run_id, str(out_dir / name), artifact_path=name)
+
+
+def _kind_of(client: Any, run_id: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).data.tags.get("samseg.kind")
+    except MlflowException:
+        return None
+
+
+def log_image_run(
+    out_dir: Path,
+    summary: dict[str, Any],
+    *,
+    experiment: str = EXPERIMENT_DEFAULT,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    extra_tags: dict[str, Any] | None = None,
+    nested_under: str | None = None,
+) -> str:
+    """Log one image dir (written by samseg.edges.export) as a finished MLflow run; returns its id.
+
+    parent_run_id: the run a recluster started from (tag samseg.parent_run_id, kind
+    "recluster"). nested_under: the batch run this image belongs to (mlflow.parentRunId,
+    shown nested in the UI). For convenience a `parent_run_id` that names a *batch* run is
+    treated as `nested_under`. summary: samseg.engine.pipeline.build_summary's dict plus the
+    optional orchestration keys cache / prefect_flow_run_id / silhouette.
+    """
+    from mlflow.exceptions import MlflowException
+
+    out_dir = Path(out_dir)
+    try:
+        client = _client()
+        if parent_run_id and nested_under is None and _kind_of(client, parent_run_id) == "batch":
+            parent_run_id, nested_under = None, parent_run_id
+        kind = str((extra_tags or {}).get("samseg.kind") or ("recluster" if parent_run_id else "image"))
+        if kind not in KINDS:
+            raise ValueError(f"samseg.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        tags = run_tags(summary, kind, parent_run_id, nested_under, extra_tags)
+        name = run_name or _get(summary, ("image", "file_name"), "image_name") or out_dir.name
+        run = client.create_run(_experiment_id(client, experiment), tags=tags, run_name=scrub_secrets(str(name)))
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {_where()}: cannot start a run in {experiment!r}: {_one_line(exc)}") from None
+    run_id = run.info.run_id
+    try:
+        _log_values(client, run_id, run_params(summary), run_metrics(summary))
+        _log_outputs(client, run_id, out_dir)
+        log_lineage(client, run_id, summary, out_dir)
+    except BaseException as exc:
+        try:
+            client.set_terminated(run_id, "FAILED")
+        except MlflowException:
+            pass  # keep the original error; the run stays RUNNING in the UI
+        if isinstance(exc, MlflowException):
+            raise TrackingError(f"MLflow run {run_id} ({out_dir}): {_one_line(exc)}") from None
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
+    """Start (and leave RUNNING) a batch parent run; image runs pass its id as `nested_under`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = _client()
+        all_tags = {"samseg.kind": "batch", **tags}
+        clean = {k: scrub_secrets(str(v)) for k, v in all_tags.items() if v is not None}
+        run = client.create_run(_experiment_id(client, experiment), tags=clean, run_name=run_name)
+        _log_values(client, run.info.run_id, params, {})
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {_where()}: cannot start batch run {run_name!r}: {_one_line(exc)}") from None
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    """Terminate a run started by `start_batch_run` (FINISHED, FAILED or KILLED)."""
+    from mlflow.exceptions import MlflowException
+
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+    try:
+        _client().set_terminated(run_id, status)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow run {run_id}: cannot end ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return scrub_secrets(text.splitlines()[0] if text else type(exc).__name__)
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def _search(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
+    """mlflow Run objects, oldest first. Uses MlflowClient.search_runs (the API behind
+    mlflow.search_runs) so no process-global tracking URI is touched."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        if run_ids:
+            exp_ids = sorted({_get_run(client, rid).info.experiment_id for rid in run_ids})
+            filter_string = "attributes.run_id IN ({})".format(", ".join(f"'{rid}'" for rid in run_ids))
+        else:
+            from samseg.edges.tracking_conventions import default_experiment
+
+            name = experiment or default_experiment()
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise TrackingError(f"MLflow at {_where()}: no experiment named {name!r}")
+            exp_ids, filter_string = [exp.experiment_id], ""
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = client.search_runs(exp_ids, filter_string, order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {_where()}: search failed: {_one_line(exc)}") from None
+
+
+def _get_run(client: Any, run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    if not re.fullmatch(r"[0-9a-zA-Z_\-]{1,64}", run_id or ""):
+        raise TrackingError(f"{run_id!r}: not an MLflow run id")
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow run {run_id}: not found at {_where()} ({_one_line(exc)})") from None
+
+
+def get_run(run_id: str) -> Any:
+    """The mlflow `Run` (.info, .data.params/metrics/tags); unknown id → TrackingError."""
+    return _get_run(_client(), run_id)
+
+
+def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None) -> "pd.DataFrame":
+    """One row per run (oldest first): run_id, run_name, the params whose values DIFFER
+    across the runs (all params when there is one run), then every metric.
+
+    run_ids=None compares every run of `experiment` (default "samseg").
+    """
+    import pandas as pd
+
+    runs = _search(run_ids, experiment)
+    if not runs:
+        return pd.DataFrame(columns=["run_id", "run_name"])
+    params = pd.DataFrame([r.data.params for r in runs])
+    metrics = pd.DataFrame([r.data.metrics for r in runs])
+    param_cols = sorted(params.columns)
+    if len(runs) > 1:
+        param_cols = [c for c in param_cols if params[c].astype(str).nunique(dropna=False) > 1]
+    out = pd.DataFrame({"run_id": [r.info.run_id for r in runs], "run_name": [r.info.run_name for r in runs]})
+    for col in param_cols:
+        out[col if col not in out.columns else f"params.{col}"] = params[col].to_numpy()
+    for col in sorted(metrics.columns):
+        out[col if col not in out.columns else f"metrics.{col}"] = metrics[col].to_numpy()
+    return out.reset_index(drop=True)
+
+
+def format_compare(df: "pd.DataFrame") -> str:
+    """Plain-text table for the terminal (floats to 4 significant digits)."""
+    if df.empty:
+        return "no runs"
+    return df.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
+
+
+def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Download summary.json, masks.json and embeddings.npy of an image run into `dst_dir`
+    (what a recluster needs); returns the summary. Unknown run or missing artifact →
+    TrackingError (one line)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    _get_run(_client(), run_id)
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in RECLUSTER_INPUTS:
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst), tracking_uri=tracking_uri())
+        except (MlflowException, OSError) as exc:
+            raise TrackingError(f"MLflow run {run_id}: cannot download {name} ({_one_line(exc)})") from None
+    try:
+        return json.loads((dst / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrackingError(f"MLflow run {run_id}: summary.json is unreadable ({exc})") from None

@@ -1,0 +1,328 @@
+"""Model loading: SAM checkpoints (pinned, hash-verified downloads) and the tiny-random test model.
+
+`load_model(model_type, checkpoint=None, device=None) -> LoadedModel` is the only entry
+point the pipeline needs. Real models (`vit_h`, `vit_l`, `vit_b`) are built from
+`segment_anything.sam_model_registry` with `checkpoint=None` and the weights are then
+loaded here with `torch.load(..., weights_only=True)`, so a checkpoint file can never run
+pickled code.
+
+`tiny-random` is a seeded, randomly initialised SAM with tiny dims (32 channels instead
+of 256) that runs in seconds on CPU. It exists ONLY so tests and smoke runs can exercise
+the whole pipeline offline. ITS SEGMENTATIONS ARE MEANINGLESS: never present its output
+as a segmentation of anything.
+
+torch / segment_anything are imported inside functions because the CLI imports this
+module at startup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segment_anything.modeling import Sam
+
+log = logging.getLogger(__name__)
+
+TINY_RANDOM = "tiny-random"
+MODEL_TYPES: tuple[str, ...] = ("vit_h", "vit_l", "vit_b", TINY_RANDOM)
+CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+_CHUNK = 1 << 20  # 1 MiB read/hash chunks: large enough to be fast, small enough for a smooth progress bar
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, downloaded, verified or loaded (one-line message)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A local checkpoint's sha256 is not the pinned one for its model type (accepted anyway)."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Meta's official checkpoint: download URL, file name and pinned sha256 (hex)."""
+
+    url: str
+    filename: str
+    sha256: str
+
+
+def _official(filename: str, sha256: str) -> CheckpointInfo:
+    return CheckpointInfo(url=CHECKPOINT_BASE_URL + filename, filename=filename, sha256=sha256)
+
+
+CHECKPOINTS: dict[str, CheckpointInfo] = {
+    "vit_h": _official("sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    "vit_l": _official("sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_b": _official("sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A SAM in eval mode on `device`, plus what identifies its weights.
+
+    checkpoint_path: the weights file (None for a freshly seeded tiny-random).
+    checkpoint_sha256: hex sha256 of the checkpoint file, or for a seeded tiny-random the
+      sha256 of its state_dict (see `state_dict_sha256`); used in cache keys.
+    """
+
+    sam: "Sam"
+    model_type: str
+    checkpoint_path: str | None
+    checkpoint_sha256: str
+    device: str
+    precision: str = "fp32"  # resolved (never "auto"): what the encoder and decoder run in
+
+
+def samseg_home() -> Path:
+    """$SAMSEG_HOME, or ~/.cache/samseg. Checkpoints live in `<home>/checkpoints/`."""
+    env = os.environ.get("SAMSEG_HOME")
+    return Path(env).expanduser() if env else Path("~/.cache/samseg").expanduser()
+
+
+def checkpoint_path(model_type: str, home: str | Path | None = None) -> Path:
+    """Where the official checkpoint of `model_type` is (or would be) cached."""
+    info = _info(model_type)
+    return Path(home if home is not None else samseg_home()) / "checkpoints" / info.filename
+
+
+def _check_model_type(model_type: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}; choose one of: {', '.join(MODEL_TYPES)}")
+
+
+def _info(model_type: str) -> CheckpointInfo:
+    _check_model_type(model_type)
+    if model_type not in CHECKPOINTS:
+        raise ValueError(f"model type {model_type!r} has no official checkpoint to download")
+    return CHECKPOINTS[model_type]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, streamed in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_checkpoint(model_type: str, home: str | Path | None = None, url: str | None = None) -> Path:
+    """Return the verified cached checkpoint of `model_type`, downloading it if needed.
+
+    Streams into `<file>.part` while hashing; the file gets its final name (os.replace)
+    only when the sha256 matches the pinned one. A cached file that already matches is not
+    downloaded again; one that does not match is replaced. `url` overrides the download URL
+    (tests serve a small file from a loopback server).
+    Raises CheckpointError (one line, naming the expected path) on any failure.
+    """
+    info = _info(model_type)
+    dest = checkpoint_path(model_type, home)
+    if dest.is_file():
+        actual = file_sha256(dest)
+        if actual == info.sha256:
+            return dest
+        log.warning("cached %s has sha256 %s, expected %s; downloading again", dest, actual, info.sha256)
+    _download_verified(url or info.url, dest, info.sha256, model_type)
+    return dest
+
+
+def _download_verified(url: str, dest: Path, expected_sha256: str, model_type: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    from tqdm import tqdm
+
+    part = dest.with_name(dest.name + ".part")
+    hint = f"put {dest.name} at {dest} or pass --checkpoint PATH"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name) as bar:
+                for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        part.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise CheckpointError(f"could not download the {model_type} checkpoint from {url} ({reason}); {hint}") from exc
+    except BaseException:  # Ctrl-C mid-download: never leave a half-written .part behind
+        part.unlink(missing_ok=True)
+        raise
+    actual = h.hexdigest()
+    if actual != expected_sha256:
+        part.unlink(missing_ok=True)
+        raise CheckpointError(f"downloaded {url} has sha256 {actual}, expected {expected_sha256}; file discarded")
+    os.replace(part, dest)
+    log.info("downloaded %s (sha256 %s)", dest, actual)
+
+
+def select_device(requested: str | None = None) -> str:
+    """None/"auto" → "cuda" if available, else "mps", else "cpu". An explicit device that is
+    not available raises ValueError."""
+    import torch
+
+    mps_ok = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if requested is None or requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if mps_ok else "cpu"
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"unknown device {requested!r} (use auto, cpu, cuda, cuda:N or mps)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type == "mps" and not mps_ok:
+        raise ValueError(f"device {requested!r} requested but MPS is not available")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {requested!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return requested
+
+
+def build_tiny_random(seed: int = 0) -> "Sam":
+    """A randomly initialised SAM with tiny dims, identical for the same `seed`.
+
+    MEANINGLESS SEGMENTATIONS: for tests and smoke runs only. The geometry matches real SAM
+    (1024-px input, 16-px patches, so a 64×64 feature grid); the channel count is 32
+    instead of 256 so everything runs fast on CPU. The global RNG state is left untouched.
+    """
+    import torch
+    from functools import partial
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    dim, img_size, patch = 32, 1024, 16
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=img_size, patch_size=patch, embed_dim=dim, depth=2, num_heads=2, mlp_ratio=4,
+                out_chans=dim, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                use_rel_pos=True, window_size=14, global_attn_indexes=(1,),
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=dim, image_embedding_size=(img_size // patch, img_size // patch),
+                input_image_size=(img_size, img_size), mask_in_chans=16,
+            ),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
+                transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=32,
+            ),
+            pixel_mean=[123.675, 116.28, 103.53],  # SAM's ImageNet normalisation, as in build_sam
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+    return sam.eval()
+
+
+def state_dict_sha256(sam: Any) -> str:
+    """Hex sha256 over the state_dict in key order: each key, dtype, shape and raw bytes.
+    Deterministic for identical weights; independent of device."""
+    import torch
+
+    h = hashlib.sha256()
+    for key, tensor in sam.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _load_weights(sam: Any, path: Path, model_type: str) -> None:
+    """torch.load(weights_only=True) + strict load_state_dict; any failure → CheckpointError naming the file."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a valid PyTorch checkpoint ({first[:200]})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a SAM state_dict (got {type(state).__name__})")
+    try:
+        sam.load_state_dict(state)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: weights do not fit the {model_type} architecture (wrong model type or not a SAM checkpoint)") from exc
+
+
+def _resolve_checkpoint(model_type: str, checkpoint: str | Path | None) -> tuple[Path, str]:
+    """(path, sha256) of the weights to load; warns when a given file is not the pinned one."""
+    if checkpoint is None:
+        path = download_checkpoint(model_type)
+        return path, CHECKPOINTS[model_type].sha256
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    sha = file_sha256(path)
+    log.info("checkpoint %s sha256 %s", path, sha)
+    pinned = CHECKPOINTS.get(model_type)
+    if pinned is None or sha != pinned.sha256:
+        expected = f"the pinned {pinned.sha256}" if pinned else f"any pinned hash ({model_type} has none)"
+        msg = f"{path}: sha256 {sha} is not {expected}; using it anyway"
+        log.warning(msg)
+        warnings.warn(msg, CheckpointWarning, stacklevel=3)
+    return path, sha
+
+
+def load_model(
+    model_type: str,
+    checkpoint: str | Path | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    fast_decoder: bool = True,
+    fast_encoder: bool = True,
+    precision: str = "fp32",
+) -> LoadedModel:
+    """Build `model_type`, load its weights, move it to `device` (None/"auto" = best available).
+
+    Real types: `checkpoint` given → that file (hash logged, warning if not pinned);
+    otherwise the cached official file, downloaded and verified if missing.
+    tiny-random: seeded random weights (`seed`), or the state_dict file `checkpoint`.
+    fast_decoder: swap in samseg.sam.fast_decoder's mask decoder (same outputs within fp32
+    tolerance, ~3× faster per prompt on CPU); False keeps segment_anything's module.
+    fast_encoder: swap in samseg.sam.fast_encoder's per-head attention in the image encoder
+    (same outputs within fp32 tolerance, no (heads×HW×HW) score tensors); False keeps SAM's.
+    precision: fp32 | bf16 | fp16 | auto (samseg.sam.precision), resolved for `device` here.
+    Raises CheckpointError (one line) for missing/invalid/undownloadable weights.
+    """
+    from samseg.sam.precision import resolve_precision, set_precision
+
+    _check_model_type(model_type)
+    dev = select_device(device)
+    resolved = resolve_precision(precision, dev)
+    if model_type == TINY_RANDOM:
+        sam = build_tiny_random(seed)
+        path, sha = (None, state_dict_sha256(sam)) if checkpoint is None else _resolve_checkpoint(model_type, checkpoint)
+    else:
+        from segment_anything import sam_model_registry
+
+        path, sha = _resolve_checkpoint(model_type, checkpoint)
+        sam = sam_model_registry[model_type](checkpoint=None)
+    if path is not None:
+        _load_weights(sam, path, model_type)
+    sam.eval().to(dev)
+    if fast_decoder:
+        from samseg.sam.fast_decoder import accelerate_decoder
+
+        accelerate_decoder(sam)
+    if fast_encoder:
+        from samseg.sam.fast_encoder import accelerate_encoder
+
+        accelerate_encoder(sam)
+    set_precision(sam, resolved)
+    log.info("loaded %s on %s in %s (weights sha256 %s)", model_type, dev, resolved, sha)
+    return LoadedModel(sam=sam, model_type=model_type, checkpoint_path=None if path is None else str(path),
+                       checkpoint_sha256=sha, device=dev, precision=resolved)
