@@ -108,35 +108,17 @@ def load_images(mode: str, paths: list[str]) -> list[Any]:
 
 
 def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any]:
-    """encode → amg → pool through StageCache (load, else compute + save), then cluster +
-    compose. Returns seconds per stage, cache hits, masks, embeddings, labels."""
-    from samseg.sam.amg import generate_masks
-    from samseg.edges.cache import stage_key
-    from samseg.sam.encode import encode_image
-    from samseg.engine.pipeline import recluster
-    from samseg.core.pool import pool_embeddings
+    """B / C: the production engine (samseg.engine.runner.run_image) on `image` through
+    StageCache `cache`, with this process's already loaded `model`. Returns seconds per
+    stage (a cache hit's load included), cache statuses, masks, labels."""
+    from samseg.engine.runner import run_image
+    from samseg.sam.source import ModelIdentity
 
-    seconds, hits = {}, {}
-
-    def stage(name: str, load: Any, compute: Any, save: Any) -> Any:
-        t0 = time.perf_counter()
-        key = stage_key(name, image.sha256, model.checkpoint_sha256, cfg, getattr(model, "precision", "fp32"))
-        out = load(key)
-        hits[name] = out is not None
-        if out is None:
-            out = compute()
-            save(key, out)
-        seconds[name] = time.perf_counter() - t0
-        return out
-
-    enc = stage("encode", cache.load_encoded, lambda: encode_image(model, image.rgb), cache.save_encoded)
-    masks = stage("amg", cache.load_masks, lambda: generate_masks(model, image.rgb, enc, cfg.amg), cache.save_masks)
-    emb = stage("pool", cache.load_embeddings, lambda: pool_embeddings(masks, enc, cfg.pool), cache.save_embeddings)
-    t0 = time.perf_counter()
-    clusters, _label_map = recluster(masks, emb, cfg.cluster)
-    seconds["cluster+compose"] = time.perf_counter() - t0
+    run = run_image(image, cfg, ModelIdentity.of(model), cache, load_model=lambda: model)
+    seconds = dict(run.seconds)
     seconds["total"] = sum(seconds.values())
-    return {"seconds": seconds, "cache_hits": hits, "masks": masks, "labels": clusters.labels, "n_clusters": clusters.n_clusters}
+    return {"seconds": seconds, "cache": run.cache_status(), "masks": run.masks, "labels": run.clusters.labels,
+            "n_clusters": run.clusters.n_clusters}
 
 
 def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str, device: str = "cpu",
@@ -189,7 +171,7 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         rerun_cfg = run_cfg.replace(cluster={"eps": run_cfg.cluster.eps * 1.5})
         with measure.PeakRss() as rss:
             c = samseg_cached(model, image, rerun_cfg, cache)
-        res["C_rerun"] = {"seconds": c["seconds"], "cache_hits": c["cache_hits"], "peak_rss_mb": rss.peak / 2**20,
+        res["C_rerun"] = {"seconds": c["seconds"], "cache": c["cache"], "peak_rss_mb": rss.peak / 2**20,
                           "cluster_eps": rerun_cfg.cluster.eps, "n_clusters": c["n_clusters"]}
     if not args.skip_original:
         res["A_original"] = run_a(model_type, ckpt, image, cfg, b["masks"], args.device)
@@ -293,7 +275,7 @@ def markdown(res: dict[str, Any]) -> str:
                   f"(before the run {res['rss_before_mb']:.0f} MB), {res['seconds']['total']:.1f} s, {res['n_masks']} masks",
                   f"- post-processing probe (one batch, smooth synthetic masks, all kept): `{json.dumps(_brief(res['post_probe']))}`"]
         return "\n".join(lines)
-    stages = ["encode", "amg", "pool", "cluster", "cluster+compose", "total"]
+    stages = ["encode", "amg", "pool", "cluster", "compose", "total"]
     lines += ["| path | " + " | ".join(stages) + " | peak RSS MB | masks |", "|---" * (len(stages) + 3) + "|"]
     for name in ("A_original", "B_cold", "C_rerun"):
         if name in res:

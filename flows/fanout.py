@@ -1,7 +1,8 @@
 """Fan-out of a batch's images as `segment` deployment runs: any worker takes any image.
 
 The batch flow (flows.segment) creates one run per image and polls them; an image whose
-OUT/<name> samseg may not replace fails before its run is created.
+OUT/<name> samseg may not replace fails before its run is created. The report entries are
+the engine's (samseg.engine.segment).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flows.segment import SEGMENT_DEPLOYMENT, _one_line
 from samseg.edges.outdirs import refused_outputs, unique_names
+from samseg.edges.run_schema import SEGMENT_DEPLOYMENT
 from samseg.engine.progress import report
+from samseg.engine.segment import failed_entry
+from samseg.engine.segment import one_line as _one_line
 
 
 def deployment_exists(name: str = SEGMENT_DEPLOYMENT) -> bool:
@@ -47,13 +50,11 @@ def run_deployments(uris: list[str], kwargs: dict[str, Any], timeout_s: float | 
     results = []
     for uri in uris:
         if uri in refused:
-            results.append({"image": uri, "name": names[uri], "status": "failed", "error": refused[uri]})
-            report("image_failed", image=uri, error=refused[uri])
+            results.append(failed_entry(uri, names[uri], refused[uri]))
             continue
         if uri in pending:
-            results.append({"image": uri, "name": names[uri], "status": "failed", "flow_run_id": str(runs[uri].id),
-                            "error": f"{uri}: flow run {runs[uri].id} not finished after {timeout_s:g} s"})
-            report("image_failed", image=uri, error=results[-1]["error"])
+            results.append(failed_entry(uri, names[uri], f"{uri}: flow run {runs[uri].id} not finished after {timeout_s:g} s",
+                                        flow_run_id=str(runs[uri].id)))
             continue
         fr = final[uri]
         ok = fr.state.is_completed()

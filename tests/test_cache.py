@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from samseg.edges import storage
-from samseg.edges.cache import StageCache, default_cache_root, stage_key
+from samseg.edges.cache import StageCache, default_cache_root
+from samseg.engine.stages import stage_key
 from samseg.core.config import SMOKE, PipelineConfig
 from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
 
@@ -196,8 +197,9 @@ def test_bad_keys_and_shapes_rejected(tmp_path: Path) -> None:
     cache = StageCache(tmp_path)
     with pytest.raises(ValueError):
         cache.load_encoded("../../etc")
-    with pytest.raises(ValueError):
-        cache.entry_uri("cluster", "a" * 64)
+    for hostile in ("../amg", "a/b", "", "Encode", "x" * 60):  # a stage name is one safe path component
+        with pytest.raises(ValueError, match="stage name"):
+            cache.entry_uri(hostile, "a" * 64)
     with pytest.raises(ValueError, match="N×C"):
         cache.save_embeddings("a" * 64, np.ones(3, np.float32))
 

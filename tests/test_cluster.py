@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samseg.core.cluster import ClusterInputError, cluster_embeddings, renumber_by_size, silhouette_cosine
+from samseg.core.cluster import ClusterInputError, cluster_embeddings, renumber, silhouette_cosine
 from samseg.core.config import ALGORITHMS, ClusterConfig
 
 
@@ -69,13 +69,13 @@ def test_dbscan_matches_sklearn_up_to_renumbering():
     cfg = ClusterConfig(algorithm="dbscan", eps=0.06, min_samples=4, metric="cosine")
     ours = cluster_embeddings(x, cfg).labels
     ref = DBSCAN(eps=0.06, min_samples=4, metric="cosine").fit_predict(x)
-    np.testing.assert_array_equal(ours, renumber_by_size(ref))
+    np.testing.assert_array_equal(ours, renumber(ref))
 
 
 def test_renumbering_by_size_then_first_member():
     raw = np.array([5, 5, 2, -1, 2, 7, 7, 9, 9, 9])
     # sizes: 9→3, 5→2 (first at 0), 2→2 (first at 2), 7→2 (first at 5)
-    np.testing.assert_array_equal(renumber_by_size(raw), [1, 1, 2, -1, 2, 3, 3, 0, 0, 0])
+    np.testing.assert_array_equal(renumber(raw), [1, 1, 2, -1, 2, 3, 3, 0, 0, 0])
 
 
 def test_renumbering_is_invariant_to_input_ids():
@@ -91,7 +91,7 @@ def test_euclidean_metric_runs_for_every_algorithm():
     x, truth = _blobs([6, 6], noise=0.01)
     for algorithm in ALGORITHMS:
         res = cluster_embeddings(x, ClusterConfig(algorithm=algorithm, metric="euclidean", eps=0.2, min_samples=3, distance_threshold=0.5))
-        np.testing.assert_array_equal(res.labels, renumber_by_size(truth))  # equal sizes: row 0's blob is 0
+        np.testing.assert_array_equal(res.labels, renumber(truth))  # equal sizes: row 0's blob is 0
 
 
 def test_bad_inputs_raise_clear_errors():

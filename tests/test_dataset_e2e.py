@@ -35,7 +35,10 @@ def segmented(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
     from samseg.core.compose import compose_labels
     from samseg.edges.export import write_outputs
     from samseg.edges.images import load_image
-    from samseg.engine.pipeline import build_summary, segment_image
+    from samseg.edges.cache import StageCache
+    from samseg.engine.runner import run_image
+    from samseg.engine.summary import summarize
+    from samseg.sam.source import ModelIdentity
 
     # 4×4 prompts (48 masks a photo, 192 in the batch) instead of smoke's 8×8: enough
     # masks to form batch classes, a quarter of the AMG time on 2 shared cores.
@@ -48,10 +51,10 @@ def segmented(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
         small.thumbnail((SMALL_SIDE, SMALL_SIDE))
         small.save(root / "photos" / f"{Path(name).stem}.png")
         img = load_image(root / "photos" / f"{Path(name).stem}.png")
-        seg = segment_image(tiny_model, img, cfg)
-        own = cluster_embeddings(seg.embeddings, cfg.cluster)  # per-image ids, as before issue 6
+        seg = run_image(img, cfg, ModelIdentity.of(tiny_model), StageCache(root / "cache"), load_model=lambda: tiny_model)
+        own = cluster_embeddings(seg.embeddings, cfg.cluster)  # per-image ids
         dirs.append(write_outputs(out / img.stem, img, seg.masks, seg.embeddings, own,
-                                  compose_labels(seg.masks, own), build_summary(img, tiny_model, cfg, seg)))
+                                  compose_labels(seg.masks, own), summarize(seg).to_dict()))
         segs.append(seg)
     return root, out, dirs, segs, cfg
 
@@ -113,15 +116,15 @@ def test_contact_sheet_written(segmented, batch_run):
 
 
 def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
-    from flows.dataset import dataset_classes_task
     from samseg.edges.export import read_outputs
+    from samseg.engine.dataset import classify_dirs
 
     _, _, dirs, _, cfg = segmented
     first, table = batch_run
     new_dirs = [shutil.copytree(d, tmp_path / "new" / d.name) for d in dirs[:2]]
-    # the Prefect task's function, with --classes-from given as the first run's classes.json
-    report = dataset_classes_task.fn(str(tmp_path / "new"), [str(d) for d in new_dirs], cfg.cluster,
-                                     classes_from=first["classes_json"])
+    # the engine's dataset step, with --classes-from given as the first run's classes.json
+    report = classify_dirs(str(tmp_path / "new"), [str(d) for d in new_dirs], cfg.cluster, None,
+                           classes_from=first["classes_json"], max_cluster=None)
     assert report["mode"] == "assigned"
     back = ClassTable.from_json(Path(report["classes_json"]).read_text())
     assert np.array_equal(back.prototypes, table.prototypes)  # same classes, stable ids

@@ -188,24 +188,30 @@ def test_palette_is_fixed_and_distinct() -> None:
 
 def test_recluster_and_summary_on_stored_outputs(tmp_path: Path, case) -> None:
     from samseg.core.config import ClusterConfig, get_preset
-    from samseg.engine.pipeline import SegmentationResult, build_summary, recluster
-    from samseg.core.types import EncodedImage, ImageGeometry
+    from samseg.edges.cache import StageCache
+    from samseg.edges.run_schema import FROM_PARENT_RUN
+    from samseg.engine.recluster import recluster, recluster_summary
+    from samseg.sam.source import ModelIdentity
 
     image, masks, _, _, _ = case
     emb = np.array([[1, 0, 0], [0.99, 0.05, 0], [0, 1, 0]], np.float32)  # masks 0 and 1 alike
-    clusters, label_map = recluster(masks, emb, ClusterConfig(eps=0.1, min_samples=2))
-    assert clusters.labels.tolist() == [0, 0, -1]
-    assert label_map.dtype == np.uint16 and label_map.shape == (H, W)
-    assert set(np.unique(label_map)) == {0, 1}
-
-    class FakeModel:
-        model_type, checkpoint_sha256, checkpoint_path, device = "tiny-random", "cd" * 32, None, "cpu"
-
-    enc = EncodedImage(np.zeros((3, 64, 64), np.float32), ImageGeometry.for_image((H, W)))
-    result = SegmentationResult(enc, masks, emb, clusters, label_map, {"encode": 1.0, "amg": 2.0, "pool": 0.5, "cluster": 0.25, "compose": 0.25})
-    s = build_summary(image, FakeModel(), get_preset("smoke"), result)
+    cfg = get_preset("smoke").replace(cluster=ClusterConfig(eps=0.1, min_samples=2))
+    model = ModelIdentity("tiny-random", "cd" * 32, None, "cpu")
+    given = {"amg": (masks, FROM_PARENT_RUN), "pool": (emb, FROM_PARENT_RUN)}
+    run = recluster(image, cfg, model, StageCache(tmp_path / "cache"), given=given)  # no model: only cluster + compose
+    assert run.clusters.labels.tolist() == [0, 0, -1]
+    assert run.label_map.dtype == np.uint16 and run.label_map.shape == (H, W)
+    assert set(np.unique(run.label_map)) == {0, 1}
+    assert run.status == {"encode": "skipped", "amg": "parent_run", "pool": "parent_run", "cluster": "computed",
+                          "compose": "computed"}
+    s = recluster_summary(run, "parent-run", {"classes": "dataset"}).to_dict()
     assert s["image"] == {"file_name": "pic.jpg", "uri": "/data/pic.jpg", "sha256": "ab" * 32, "hw": [H, W]}
     assert (s["n_masks"], s["n_clusters"], s["n_noise"], s["cluster_sizes"]) == (3, 1, 1, [2])
-    assert s["seconds"]["total"] == 4.0 and s["model"]["checkpoint_sha256"] == "cd" * 32
-    assert s["config"]["cluster.min_samples"] == 3 and s["embedding_dim"] == 3
+    stages = {k: v for k, v in s["seconds"].items() if k != "total"}
+    assert set(stages) == {"amg", "pool", "cluster", "compose"}  # encode was not needed: no time, no entry
+    assert s["seconds"]["total"] == pytest.approx(sum(stages.values()), abs=1e-5)
+    assert s["model"]["checkpoint_sha256"] == "cd" * 32 and s["cache"]["amg"] == "parent_run"
+    assert s["config"]["cluster.min_samples"] == 2 and s["embedding_dim"] == 3
+    assert s["recluster"] == {"parent_run_id": "parent-run", "inputs_from": "cache"}
+    assert s["rerun_of_dataset_ids"] == "dataset"  # per-image ids now, and the summary says so
     json.dumps(s)  # JSON-able as is

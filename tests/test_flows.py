@@ -103,15 +103,20 @@ def test_flow_parameter_schema_is_a_validated_form() -> None:
 
 
 def test_gpu_slots_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.tasks import amg_task, encode_task, gpu_slots, pool_task
+    from flows.tasks import TASKS
+    from samseg.engine.runner import gpu_slots
 
     monkeypatch.delenv("SAMSEG_GPU_SLOTS", raising=False)
     assert gpu_slots() == 1
     monkeypatch.setenv("SAMSEG_GPU_SLOTS", "0")
     with pytest.raises(ValueError, match="SAMSEG_GPU_SLOTS"):
         gpu_slots()
-    assert "gpu" in encode_task.tags and "gpu" in amg_task.tags and "gpu" not in pool_task.tags
-    assert encode_task.retries == 0 and amg_task.retries == 0
+    assert "gpu" in TASKS["encode"].tags and "gpu" in TASKS["amg"].tags and "gpu" not in TASKS["pool"].tags
+    assert TASKS["encode"].retries == 0 and TASKS["amg"].retries == 0  # only I/O steps retry
+    assert TASKS["export"].retries == 2 and TASKS["read-image"].retries == 2
+    from samseg.engine.stages import STAGES
+
+    assert set(TASKS) >= {s.name for s in STAGES}  # one task per row of the stage table
 
 
 # ---------------------------------------------------------------- batch on S3 + MLflow, then re-tune
@@ -163,9 +168,10 @@ def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bu
     # rerun with another eps: encode/amg/pool all come from the cache
     report2 = segment_batch_flow(out=f"s3://{s3_bucket}/out2", settings=smoke_settings(eps=0.5), **kwargs)
     assert report2["succeeded"] == 3
-    assert all(r["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"} for r in report2["images"])
+    # a new eps: amg + pool are read from the cache, encode is not even needed
+    assert all(r["cache"] == {"encode": "skipped", "amg": "hit", "pool": "hit"} for r in report2["images"])
     summary2 = json.loads(client.get_object(Bucket=s3_bucket, Key="out2/building/summary.json")["Body"].read())
-    assert summary2["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}
+    assert summary2["cache"] == {"encode": "skipped", "amg": "hit", "pool": "hit"}
     assert summary2["config"]["cluster.eps"] == 0.5
 
     # recluster one image run: only cluster + export, a new run tagged with its parent
@@ -243,7 +249,7 @@ def test_corrupt_cache_entry_is_recomputed(prefect_api, local_env, small_photos)
     key = feats.parent.name
     assert StageCache(str(cache)).load_encoded(key) is not None  # rewritten whole
     third = segment_image_flow(out=str(local_env / "c"), **args)
-    assert third["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}
+    assert third["cache"] == {"encode": "skipped", "amg": "hit", "pool": "hit"}
     assert third["n_masks"] == first["n_masks"]
 
     # recluster from image + settings: straight from the cache, no run needed
@@ -351,7 +357,7 @@ def test_killed_batch_rerun_computes_only_unfinished(prefect_api, local_env, sma
     for r in report["images"]:
         stem = Path(r["image"]).stem
         if stem in finished:
-            assert r["cache"] == {"encode": "hit", "amg": "hit", "pool": "hit"}, stem
+            assert r["cache"] == {"encode": "skipped", "amg": "hit", "pool": "hit"}, stem
         else:
             assert "computed" in r["cache"].values(), stem
 

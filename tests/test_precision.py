@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from samseg.edges.cache import stage_key
+from samseg.engine.stages import stage_key
 from samseg.core.config import PipelineConfig, get_preset
 from samseg.sam.precision import PrecisionError, _cast, resolve_precision
 

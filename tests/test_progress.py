@@ -88,9 +88,9 @@ def test_tqdm_reporter_counts_stages_marks_hits_and_counts_each_image_once() -> 
     buf = io.StringIO()
     bars = progress.TqdmReporter(2, file=buf, disable=False)
     bars("image_start", image="/x/a.png")
-    for stage, status in zip(progress.STAGES, ("hit", "hit", "computed", "computed", "computed")):
+    for stage, status in zip(progress.STAGES, ("skipped", "hit", "hit", "computed", "computed", "computed")):
         bars("stage", image="/x/a.png", stage=stage, status=status)
-    assert bars.stages.n == len(progress.STAGES) == 5
+    assert bars.stages.n == len(progress.STAGES) == 6
     bars("image_done", image="/x/a.png")
     bars("image_done", image="/x/a.png")  # reported twice (flow + poll loop): counted once
     bars("image_start", image="/x/b.png")
@@ -99,7 +99,7 @@ def test_tqdm_reporter_counts_stages_marks_hits_and_counts_each_image_once() -> 
     assert bars.images.n == 2
     bars.close()
     text = buf.getvalue()
-    assert "encode hit > amg hit > pool" in text and "a.png" in text and "images" in text
+    assert "encode skipped > amg hit > pool hit > cluster" in text and "a.png" in text and "images" in text
 
 
 # ---------------------------------------------------------------- the CLI
@@ -108,10 +108,11 @@ def test_tqdm_reporter_counts_stages_marks_hits_and_counts_each_image_once() -> 
 @pytest.fixture()
 def quick(monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path, prefect_api) -> Path:
     """The session's tiny model instead of one load per CLI call; a fresh stage cache."""
-    import flows.tasks
+    import samseg.sam.source
 
     monkeypatch.setattr("samseg.sam.model.load_model", lambda *a, **k: tiny_model)
-    monkeypatch.setattr(flows.tasks, "_MODELS", {})
+    monkeypatch.setattr(samseg.sam.source, "_LOADED", {})  # the once-per-process model cache
+    monkeypatch.setattr(samseg.sam.source, "_FAILED", {})
     monkeypatch.setenv("SAMSEG_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
@@ -134,8 +135,16 @@ def recording_bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
 
 
 def expected_events(uri: str, cached: str) -> list[tuple[str, dict]]:
-    stages = [("stage", {"image": uri, "stage": s, "status": cached if s in ("encode", "amg", "pool") else "computed"})
-              for s in progress.STAGES]
+    """A fresh image computes every stage in table order; a warm one reads amg + pool, and
+    encode — not needed — is reported skipped once the stages that wanted it are done."""
+    def event(stage: str, status: str) -> tuple[str, dict]:
+        return ("stage", {"image": uri, "stage": stage, "status": status})
+
+    if cached == "computed":
+        stages = [event(s, "computed") for s in progress.STAGES]
+    else:
+        stages = [event("amg", "hit"), event("pool", "hit"), event("cluster", "computed"), event("compose", "computed"),
+                  event("encode", "skipped"), event("export", "computed")]
     return [("image_start", {"image": uri}), *stages, ("image_done", {"image": uri})]
 
 
@@ -167,12 +176,12 @@ def test_cli_reports_every_stage_of_every_image_in_order(quick: Path, monkeypatc
     assert rc == 1
     assert events[1:] == [*expected_events(a, "hit"), ("image_start", {"image": b}), failed[0],
                           *expected_events(c, "hit")]
-    assert "encode hit > amg hit > pool hit" in stderr
+    assert "amg hit > pool hit > cluster > compose > encode skipped" in stderr
 
     events.clear()
     rc, stdout_quiet, stderr_quiet = run_cli([*argv, "--quiet"])
     assert rc == 1 and events == []  # no bars, no reporter
-    assert stdout_quiet == stdout_again and "cache hits: 3/3" in stdout_quiet
+    assert stdout_quiet == stdout_again and "cache hits: 2/2" in stdout_quiet
     assert [line for line in stderr_quiet.splitlines() if line.startswith("error: ")] == errors
     assert progress.get_reporter() is None  # the CLI took its reporter away again
 

@@ -174,7 +174,8 @@ def test_pool_change_without_cached_features_fails_clearly(client, mlflow_store)
 def test_pool_change_uses_cached_encoder_features(client, mlflow_store):
     """With the image's C×64×64 features in the stage cache, a pooling change re-pools
     (no encoder/AMG) and logs the new pool config."""
-    from samseg.edges.cache import StageCache, stage_key
+    from samseg.edges.cache import StageCache
+    from samseg.engine.stages import stage_key
     from samseg.edges.images import load_image
     from samseg.core.types import EncodedImage, ImageGeometry
 
@@ -336,7 +337,7 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
     from samseg.apps import cli_ui
 
     parser = argparse.ArgumentParser()
-    cli_ui.add_parsers(parser.add_subparsers(dest="command"))
+    cli_ui.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["ui"])
     assert (args.host, args.port) == ("127.0.0.1", 8765)
     import samseg.apps.ui

@@ -43,14 +43,17 @@ def _segment_and_log(model, image_path: Path, out_root: Path) -> dict:
     from samseg.core.config import get_preset
     from samseg.edges.export import write_outputs
     from samseg.edges.images import load_image
-    from samseg.engine.pipeline import build_summary, segment_image
     from samseg.edges.tracking import log_image_run
+    from samseg.engine.runner import run_image
+    from samseg.engine.summary import summarize
+    from samseg.edges.cache import StageCache
+    from samseg.sam.source import ModelIdentity
 
     # smoke with a 4×4 prompt grid: 16 prompts (48 masks) keep the AMG cheap on a shared CPU.
     cfg = get_preset("smoke").replace(amg={"points_per_side": 4})
     image = load_image(image_path)
-    result = segment_image(model, image, cfg)
-    summary = build_summary(image, model, cfg, result)
+    result = run_image(image, cfg, ModelIdentity.of(model), StageCache(out_root / "cache"), load_model=lambda: model)
+    summary = summarize(result).to_dict()
     out = write_outputs(out_root / image.stem, image, result.masks, result.embeddings, result.clusters, result.label_map, summary)
     run_id = log_image_run(out, summary, experiment=EXPERIMENT)
     biggest = int(np.argmax(result.masks.areas))

@@ -59,13 +59,15 @@ def write_image_outputs(out_dir, image_path, seed: int = 0) -> dict:
     from samseg.core.config import SMOKE
     from samseg.edges.export import write_outputs
     from samseg.edges.images import load_image
-    from samseg.engine.pipeline import recluster
+    from samseg.core.cluster import cluster_embeddings
+    from samseg.core.compose import compose_labels
     from samseg.core.types import MaskSet
 
     image = load_image(image_path)
     masks = MaskSet.from_binary(rect_masks())
     emb = embeddings(seed)
-    clusters, label_map = recluster(masks, emb, SMOKE.cluster)
+    clusters = cluster_embeddings(emb, SMOKE.cluster)
+    label_map = compose_labels(masks, clusters)
     summary = {
         "samseg_version": "test",
         "image": {"file_name": image.name, "uri": image.uri, "sha256": image.sha256, "hw": list(image.hw)},

@@ -1,6 +1,6 @@
 """`samseg` command line: segment, weights, eval (+ commands other modules register).
 
-`segment` runs through the Prefect flows (samseg.apps.cli_orchestration.run_segment).
+`segment` runs through the engine (samseg.apps.cli_orchestration.run_segment; the Prefect flows with --orchestrator prefect).
 
 Exit codes: 0 = everything done, 1 = some images (or the command's work) failed,
 2 = usage error (bad flag or config value), 130 = interrupted (Ctrl-C), 143 = stopped by
@@ -18,32 +18,21 @@ module listed is imported to build `samseg --help`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import sys
-import typing
 from pathlib import Path
 from typing import Any, Callable
 
 
+from samseg.apps.cli_common import UsageError
+from samseg.apps.cli_config import add_config_flags as _add_config_flags
+from samseg.apps.cli_config import config_from_args  # noqa: F401 — the CLI's config builder
 from samseg.core.config import PRECISION_REQUESTS
 log = logging.getLogger("samseg.apps.cli")
 
-# Modules providing add_parser(subparsers): cli_orchestration adds recluster, runs, serve.
-COMMAND_MODULES: list[str] = ["samseg.apps.cli_orchestration", "samseg.apps.cli_ui", "samseg.apps.cli_export"]
-
-# CLI sections: flag group title and the config section whose every field becomes a flag.
-_CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
-    ("amg", "automatic mask generator (SAM's SamAutomaticMaskGenerator knobs)"),
-    ("pool", "mask embedding pooling"),
-    ("cluster", "clustering of mask embeddings"),
-)
-
-
-class UsageError(Exception):
-    """A bad command line detected after parsing (config values, no images); exit 2."""
-
+# Modules providing add_parser(subparsers): cli_runs adds recluster, runs, serve.
+COMMAND_MODULES: list[str] = ["samseg.apps.cli_runs", "samseg.apps.cli_ui", "samseg.apps.cli_export"]
 
 # ----------------------------------------------------------------------------- main
 
@@ -149,7 +138,7 @@ def _add_segment_parser(sub: Any) -> None:
     p = sub.add_parser(
         "segment",
         help="segment images into classes",
-        description="Segment every image through the Prefect flows; results go to OUT/<image stem>/ (a repeated "
+        description="Segment every image (the engine in this process, or the Prefect flows: --orchestrator); results go to OUT/<image stem>/ (a repeated "
         "stem gets -2, -3, ...). Flags left out take the preset's value.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, directories (not recursive) or globs")
@@ -169,51 +158,6 @@ def _add_segment_parser(sub: Any) -> None:
 
     cli_orchestration.add_segment_arguments(p)
     p.set_defaults(handler=cli_orchestration.run_segment)
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per field of AmgConfig / PoolConfig / ClusterConfig (dest "section.field",
-    default None = the preset's value), so a new config field gets its flag for free."""
-    from samseg.core.config import DEFAULT
-
-    for section, title in _CONFIG_SECTIONS:
-        group = p.add_argument_group(title)
-        cls = type(getattr(DEFAULT, section))
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
-            default = getattr(getattr(DEFAULT, section), f.name)
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f"{section}.{f.name}",
-                type=type(default) if choices is None else str,
-                choices=choices,
-                default=None,
-                metavar=None if choices else type(default).__name__.upper(),
-                help=f"{section}.{f.name} ('default' preset: {default:.4g})" if isinstance(default, float)
-                else f"{section}.{f.name} ('default' preset: {default})",
-            )
-
-
-def config_from_args(args: argparse.Namespace) -> "Any":
-    """PipelineConfig = preset, then --model, then every explicitly given config flag.
-    Invalid values raise UsageError with the config's own message."""
-    from samseg.core.config import get_preset
-
-    try:
-        cfg = get_preset(args.preset)
-        if args.model is not None:
-            cfg = cfg.replace(model_type=args.model)
-        if getattr(args, "precision", None) is not None:
-            cfg = cfg.replace(precision=args.precision)
-        changes: dict[str, dict[str, Any]] = {}
-        for key, value in vars(args).items():
-            section, dot, name = key.partition(".")
-            if dot and value is not None:
-                changes.setdefault(section, {})[name] = value
-        return cfg.replace(**changes) if changes else cfg
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 # -------------------------------------------------------------------------- weights

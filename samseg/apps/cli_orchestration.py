@@ -1,68 +1,24 @@
-"""CLI handler of `samseg segment` (through the Prefect flows + MLflow), plus the pieces the
-other run commands (samseg.apps.cli_runs: recluster, runs compare, serve) share: Prefect's
-quieting and guarded temporary server, the checked stage cache, one-line errors.
+"""CLI handler of `samseg segment`: the engine in this process (--orchestrator local, the
+default without PREFECT_API_URL) or the Prefect flows (--orchestrator prefect), with MLflow
+tracking, progress bars and one-line errors either way.
 
-Hooked into samseg.apps.cli by `add_parser(subparsers)` (which adds samseg.apps.cli_runs' commands)
-and, for the existing `segment` parser, `add_segment_arguments(parser)` + `run_segment(args)`.
-Prefect, MLflow and the flows are imported inside handlers so `samseg --help` stays fast.
-
-Defaults are embedded: without PREFECT_API_URL Prefect runs flows against a temporary
-local API (under a watchdog: it dies with this process); without MLFLOW_TRACKING_URI
-MLflow logs to its own local default; the stage cache is $SAMSEG_CACHE or
-~/.cache/samseg/cache, checked before any compute.
+Hooked into samseg.apps.cli by `add_segment_arguments(parser)` + `run_segment(args)`.
+Prefect, MLflow, torch and the flows are imported inside handlers so `samseg --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from samseg.apps.cli_common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
+from samseg.apps.cli_common import stage_cache_root
+
 FAN_OUT = ("local", "auto", "deployment")
-
-
-def _quiet_prefect(verbose: bool) -> None:
-    """Prefect logs every task at INFO and each failure with a traceback; the CLI prints
-    its own one-line errors instead (--verbose keeps Prefect's log)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        # The temporary local API Prefect starts for us would try to send usage telemetry and
-        # log an ERROR line on machines without internet; it is our server, so say no.
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-    _quiet_prefect_loggers(verbose)
-    from samseg.apps.watchdog import guard_prefect_ephemeral
-
-    # Prefect's temporary server, started now under a watchdog: it dies with this process,
-    # even after kill -9 (Prefect alone stops it from an atexit hook, which SIGKILL skips).
-    guard_prefect_ephemeral()
-
-
-def _quiet_prefect_loggers(verbose: bool) -> None:
-    if not verbose:
-        import logging
-
-        # Prefect may be imported already (the CLI called from another Python program): then
-        # the variable alone comes too late. Importing `flow` runs Prefect's logging setup
-        # (prefect.main) now, so the levels set below are not reset by it later.
-        from prefect import flow  # noqa: F401
-
-        for name in ("prefect", "prefect.extra"):
-            try:
-                logging.getLogger(name).setLevel(os.environ["PREFECT_LOGGING_LEVEL"].upper())
-            except ValueError:  # a level name logging does not know: leave Prefect's own
-                pass
-
-
-def _print_error(message: str) -> None:
-    from tqdm import tqdm  # tqdm.write: a line printed while progress bars show does not tear them
-
-    tqdm.write(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-# ------------------------------------------------------------------ segment (via flows)
 
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,6 +27,7 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
         if action.dest == "out":
             action.type, action.metavar = str, "DIR_OR_S3"
     g = p.add_argument_group("orchestration (Prefect, MLflow, S3)")
+    add_orchestrator_argument(g)
     g.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
     g.add_argument("--experiment", default=None,
                    help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, the experiment of $MLFLOW_EXPERIMENT_ID, else samseg)")
@@ -97,14 +54,15 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    """`samseg segment INPUT... --out DIR|s3://…` through segment_image_flow (one image,
-    fan-out local) or segment_batch_flow (MLflow parent run + one child per image).
+    """`samseg segment INPUT... --out DIR|s3://…`: one image (one MLflow run) or a batch
+    (an MLflow parent run + one child per image), through the engine or the flows.
 
-    Uses samseg.apps.cli.config_from_args for the preset + flags. Exit 0 = all images done,
-    1 = some failed (one error line each), 2 = usage error (raised as UsageError).
+    Exit 0 = all images done, 1 = some failed (one error line each), 2 = usage error.
     """
-    from samseg.apps.cli import UsageError, config_from_args
+    from samseg.apps.cli_common import UsageError
+    from samseg.apps.cli_config import config_from_args
     from samseg.edges.images import max_pixels_from_env
+    from samseg.engine.batch import list_sources
 
     cfg = config_from_args(args)
     try:
@@ -113,66 +71,139 @@ def run_segment(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     out = str(args.out)
     _check_out(out)
-    _quiet_prefect(getattr(args, "verbose", False))
-    from flows.params import RuntimeParams
-    from flows.segment import list_sources
-
+    fan_out = getattr(args, "fan_out", "local")
+    how = orchestrator(args, needs_prefect=fan_out == "deployment")
+    if how == "prefect":
+        quiet_prefect(getattr(args, "verbose", False))
     try:
         uris = list_sources(list(args.inputs))
     except Exception as exc:  # StorageError listing an s3:// prefix
-        _print_error(exc)
+        print_error(exc)
         return 1
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
-    fan_out = getattr(args, "fan_out", "local")
     with stage_cache_root(args, shared=fan_out == "deployment") as cache:
-        runtime = RuntimeParams(checkpoint=args.checkpoint, device=args.device, seed=args.seed,
-                                cache=cache, save_features=bool(getattr(args, "save_features", False)))
-        return _segment(args, cfg, uris, out, runtime, fan_out)
+        job = _job(args, cfg, out, cache)
+        if not _check_model(job):
+            return 1
+        if how == "prefect":
+            return _segment_prefect(args, job, uris, fan_out)
+        return _segment_local(args, job, uris)
 
 
-def _segment(args: argparse.Namespace, cfg: Any, uris: list[str], out: str, runtime: Any, fan_out: str) -> int:
-    from flows.params import PipelineParams
+def _job(args: argparse.Namespace, cfg: Any, out: str, cache: str) -> Any:
+    from samseg.engine.publish import Tracking
+    from samseg.engine.segment import SegmentJob
+    from samseg.sam.source import ModelRequest
+
+    model = ModelRequest(cfg.model_type, args.checkpoint, args.device, args.seed, cfg.precision)
+    tracking = Tracking(track=not getattr(args, "no_track", False), experiment=experiment(args))
+    return SegmentJob(cfg, model, cache, out, tracking, bool(getattr(args, "save_features", False)))
+
+
+def _check_model(job: Any) -> bool:
+    """The model's identity before any image (a missing checkpoint file is one error line
+    here, a bad device a usage error); the weights themselves load only when a stage needs them."""
+    from samseg.apps.cli_common import UsageError
+    from samseg.sam.model import CheckpointError
+    from samseg.sam.source import ModelSource
+
+    try:
+        ModelSource(job.model).identity()
+    except CheckpointError as exc:
+        print_error(exc)
+        return False
+    except ValueError as exc:  # unknown device, fp16 on a CPU, ...
+        raise UsageError(str(exc)) from None
+    return True
+
+
+def _single(args: argparse.Namespace, job: Any, uris: list[str]) -> bool:
+    """One image and no dataset classes: one MLflow run, no batch parent."""
+    return len(uris) == 1 and getattr(args, "fan_out", "local") == "local" and not _classes_request(args, job.out)
+
+
+def _refused_single(job: Any, uri: str) -> bool:
+    from samseg.edges.outdirs import refused_outputs, safe_dir_name
+
+    refused = refused_outputs(job.out, [uri], [safe_dir_name(uri)])
+    if refused:  # before any compute
+        print_error(refused[uri])
+    return bool(refused)
+
+
+def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
+    from samseg.engine.batch import run_batch
+    from samseg.engine.segment import describe_failure, segment_many, segment_one
+
+    if _single(args, job, uris):
+        if _refused_single(job, uris[0]):
+            return 1
+        with _progress_bars(args, 1):
+            try:
+                res = segment_one(uris[0], job)
+            except Exception as exc:  # ImageError, StorageError, CheckpointError … as one line
+                print_error(describe_failure(uris[0], exc))
+                return 1
+        return _report_image(res)
+
+    def run_images(batch: list[str], tracking: Any) -> list[dict[str, Any]]:
+        per_image = dataclasses.replace(job, tracking=tracking)
+        return segment_many(batch, job.out, lambda uri, name: segment_one(uri, per_image, name))
+
+    with _progress_bars(args, len(uris)):
+        try:
+            report = run_batch(list(args.inputs), job, run_images, _classes(_classes_request(args, job.out)))
+        except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
+            print_error(exc)
+            return 1
+    return _report_batch(report)
+
+
+def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_out: str) -> int:
+    from flows.params import PipelineParams, RuntimeParams
     from flows.segment import segment_batch_flow, segment_image_flow
+    from samseg.engine.segment import describe_failure
 
-    common = dict(out=out, settings=PipelineParams.from_config(cfg), runtime=runtime,
-                  track=not getattr(args, "no_track", False), experiment=_experiment(args))
-    classes = _classes_request(args, out)
-    if fan_out == "local" and not _preload_model(cfg.model_type, runtime, cfg.precision):
-        return 1
-    if len(uris) == 1 and fan_out == "local" and not classes:  # one image: one MLflow run, no batch parent
-        from samseg.edges.outdirs import refused_outputs, safe_dir_name
-
-        refused = refused_outputs(out, uris, [safe_dir_name(uris[0])])
-        if refused:  # before any compute
-            _print_error(refused[uris[0]])
+    runtime = RuntimeParams(checkpoint=job.model.checkpoint, device=job.model.device, seed=job.model.seed,
+                            cache=job.cache_root, save_features=job.save_features)
+    common = dict(out=job.out, settings=PipelineParams.from_config(job.cfg), runtime=runtime, track=job.tracking.track,
+                  experiment=job.tracking.experiment)
+    if _single(args, job, uris):
+        if _refused_single(job, uris[0]):
             return 1
         with _progress_bars(args, 1):
             state = segment_image_flow(image=uris[0], **common, return_state=True)
-        return _report_image(state, uris[0])
+        try:
+            return _report_image(state.result())
+        except Exception as exc:
+            print_error(describe_failure(uris[0], exc))
+            return 1
     with _progress_bars(args, len(uris)):
-        state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, **classes, return_state=True)
-    return _report_batch(state)
+        state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, **_classes_request(args, job.out),
+                                   return_state=True)
+    try:
+        report = state.result()
+    except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
+        print_error(exc)
+        return 1
+    return _report_batch(report)
 
 
-def _experiment(args: argparse.Namespace) -> str:
-    """--experiment, else MLflow's own environment (samseg.edges.tracking_conventions)."""
-    if getattr(args, "experiment", None):
-        return str(args.experiment)
-    if getattr(args, "no_track", False):
-        return "samseg"  # nothing is logged: do not ask MLflow
-    from samseg.edges.tracking_conventions import default_experiment
-
-    return default_experiment()
+def _report_image(res: dict[str, Any]) -> int:
+    print(_image_line(res["image"]["file_name"], res, res["out_dir"]))
+    if res.get("mlflow_run_id"):
+        print(f"MLflow run: {res['mlflow_run_id']}")
+    return 0
 
 
 def _check_out(out: str) -> None:
     """--out is checked before any compute: a local path that is a file, `s3://` without a
     bucket, or a bucket that does not exist is a usage error now, not N image errors later."""
-    from samseg.apps.cli import UsageError
+    from samseg.apps.cli_common import UsageError
     from samseg.edges.storage import StorageError, check_bucket
 
-    if not _is_s3(out):
+    if not is_s3(out):
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"--out {out} exists and is not a directory")
         return
@@ -180,33 +211,6 @@ def _check_out(out: str) -> None:
         check_bucket(out)
     except StorageError as exc:
         raise UsageError(f"--out {exc}") from None
-
-
-@contextmanager
-def stage_cache_root(args: argparse.Namespace, shared: bool = False) -> Iterator[str]:
-    """The stage cache this command uses: --cache / $SAMSEG_CACHE / the default, checked
-    once before any compute. --no-cache, or a cache that cannot be written (one warning
-    line says why), gives a private temporary cache removed at the end of the command."""
-    import shutil
-    import tempfile
-
-    from samseg.edges.cache import default_cache_root, unusable_reason
-    from samseg.apps.cli import UsageError
-
-    root = getattr(args, "cache", None) or default_cache_root()
-    reason = None if getattr(args, "no_cache", False) else unusable_reason(root)
-    if not getattr(args, "no_cache", False) and reason is None:
-        yield root
-        return
-    if shared:
-        raise UsageError(f"--fan-out deployment needs a stage cache that every worker can use ({reason or '--no-cache'})")
-    if reason:
-        print(f"warning: stage cache {reason}; running without the cache (use --cache DIR or --no-cache)", file=sys.stderr)
-    tmp = tempfile.mkdtemp(prefix="samseg-nocache-")
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -231,7 +235,7 @@ def _progress_bars(args: argparse.Namespace, n_images: int) -> Iterator[None]:
 
 def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
     """segment_batch_flow's classes/classes_from/max_cluster from the flags; {} = per-image ids."""
-    from samseg.apps.cli import UsageError
+    from samseg.apps.cli_common import UsageError
 
     mode, source, max_cluster = getattr(args, "classes", None), getattr(args, "classes_from", None), getattr(args, "max_cluster", None)
     register = getattr(args, "register_classes", None)
@@ -245,49 +249,22 @@ def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
         if max_cluster is not None:
             raise UsageError("--max-cluster needs --classes dataset")
         return {}
-    if _is_s3(out):
+    if is_s3(out):
         raise UsageError(f"--out {out}: dataset-level classes need a local output directory for now")
     return {"classes": "dataset", "classes_from": source, "max_cluster": max_cluster, "register_classes": register}
 
 
-def _preload_model(model_type: str, runtime: Any, precision: str = "fp32") -> bool:
-    """Load the model once for this process (the flows' tasks reuse it); a checkpoint
-    problem is one error line here instead of one per image. False after printing it."""
-    from samseg.apps.cli import UsageError
-    from samseg.sam.model import CheckpointError
+def _classes(request: dict[str, Any]) -> Any:
+    """The engine's ClassesRequest for _classes_request's dict (None = per-image ids)."""
+    from samseg.engine.batch import ClassesRequest
 
-    from flows.tasks import get_model
-
-    try:
-        get_model(model_type, runtime, precision)
-    except CheckpointError as exc:
-        _print_error(exc)
-        return False
-    except ValueError as exc:  # unknown device, etc.
-        raise UsageError(str(exc)) from None
-    return True
+    if not request:
+        return None
+    return ClassesRequest(request["classes_from"], request["max_cluster"], request["register_classes"])
 
 
-def _report_image(state: Any, uri: str) -> int:
-    try:
-        res = state.result()
-    except Exception as exc:  # ImageError, StorageError, CheckpointError … as one line
-        from flows.segment import describe_failure
 
-        _print_error(describe_failure(uri, exc))
-        return 1
-    print(_image_line(res["image"]["file_name"], res, res["out_dir"]))
-    if res.get("mlflow_run_id"):
-        print(f"MLflow run: {res['mlflow_run_id']}")
-    return 0
-
-
-def _report_batch(state: Any) -> int:
-    try:
-        report = state.result()
-    except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
-        _print_error(exc)
-        return 1
+def _report_batch(report: dict[str, Any]) -> int:
     from pathlib import PurePosixPath
 
     for r in report["images"]:
@@ -295,10 +272,10 @@ def _report_batch(state: Any) -> int:
             where = r.get("out_dir") or f"(deployment run {r.get('flow_run_id')})"
             print(_image_line(PurePosixPath(r["image"]).name, r, where))
         else:
-            _print_error(r["error"])
+            print_error(r["error"])
     classes = report.get("classes") or {}
     if classes.get("error"):
-        _print_error(f"dataset-level classes: {classes['error']}")
+        print_error(f"dataset-level classes: {classes['error']}")
     elif classes.get("classes_json"):
         print(f"dataset classes ({classes['mode']}): {classes['n_classes']} classes -> {classes['classes_json']}, "
               f"{classes['contact_sheet']}")
@@ -307,30 +284,20 @@ def _report_batch(state: Any) -> int:
     if report.get("mlflow_run_id"):
         print(f"MLflow batch run: {report['mlflow_run_id']}")
     if report.get("summary_error"):
-        _print_error(report["summary_error"])
+        print_error(report["summary_error"])
     if report["failed"]:
         print(f"{report['failed']} of {len(report['images'])} images failed", file=sys.stderr)
     return 1 if report["failed"] or classes.get("error") or report.get("summary_error") else 0
 
 
 def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:
-    """"<file>: N masks, K classes, M noise -> OUT/<name> (cache hits: h/3)"; counts when known."""
+    """"<file>: N masks, K classes, M noise -> OUT/<name> (cache hits: h/n)"; counts when known.
+    n counts the cached stages this run needed (a stage skipped because later ones were cached is not)."""
     counts = ""
     if r.get("n_masks") is not None:
         counts = f" {r['n_masks']} masks, {r['n_clusters']} classes, {r['n_noise']} noise"
-    hits = f" (cache hits: {sum(v == 'hit' for v in r['cache'].values())}/3)" if r.get("cache") else ""
+    hits = ""
+    if r.get("cache"):
+        needed = [v for v in r["cache"].values() if v != "skipped"]
+        hits = f" (cache hits: {sum(v == 'hit' for v in needed)}/{len(needed)})"
     return f"{file_name}:{counts} -> {where}{hits}"
-
-
-def _is_s3(s: str) -> bool:
-    return str(s).startswith("s3://")
-
-
-# ------------------------------------------------------------------ registration
-
-
-def add_parser(subparsers: Any) -> None:
-    """samseg.apps.cli COMMAND_MODULES hook: recluster, runs (compare) and serve live in samseg.apps.cli_runs."""
-    from samseg.apps import cli_runs
-
-    cli_runs.add_parsers(subparsers)

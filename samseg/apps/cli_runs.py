@@ -1,7 +1,7 @@
 """CLI handlers for the commands around runs: `recluster`, `runs compare`, `serve`.
 
-Registered by samseg.apps.cli_orchestration.add_parser; Prefect, MLflow and the flows are
-imported inside the handlers so `samseg --help` stays fast.
+Registered through samseg.apps.cli.COMMAND_MODULES (`add_parser`); Prefect, MLflow and the
+flows are imported inside the handlers so `samseg --help` stays fast.
 """
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from samseg.apps.cli_orchestration import _experiment, _print_error, _quiet_prefect, stage_cache_root
+from samseg.core.config import ALGORITHMS
+
+from samseg.apps.cli_common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
+from samseg.apps.cli_common import stage_cache_root
 
 
-def add_parsers(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     _add_recluster_parser(sub)
     _add_runs_parser(sub)
     _add_serve_parser(sub)
@@ -31,7 +34,7 @@ def _add_recluster_parser(sub: Any) -> None:
     )
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an image run")
     p.add_argument("--out", required=True, metavar="DIR_OR_S3", help="output root; the image goes to OUT/<image stem>/")
-    p.add_argument("--algorithm", choices=("dbscan", "hdbscan", "agglomerative"), default=None)
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=None)
     p.add_argument("--eps", type=float, default=None)
     p.add_argument("--min-samples", type=int, default=None)
     p.add_argument("--metric", default=None)
@@ -41,6 +44,7 @@ def _add_recluster_parser(sub: Any) -> None:
                    help="MLflow experiment of the new run (default: $MLFLOW_EXPERIMENT_NAME / _ID, else samseg)")
     p.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the stage cache (use the run's artifacts)")
+    add_orchestrator_argument(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=run_recluster, subparser=p)
 
@@ -58,33 +62,46 @@ def recluster_cluster_params(run_params: dict[str, str], args: argparse.Namespac
 def run_recluster(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from samseg.apps.cli import UsageError
+    from samseg.apps.cli_common import UsageError
 
-    _quiet_prefect(args.verbose)
-    from flows.params import RuntimeParams
-    from flows.recluster import recluster_flow
-
+    how = orchestrator(args)
+    if how == "prefect":
+        quiet_prefect(args.verbose)
     try:
         params = _run_params(args.run_id)
     except Exception as exc:  # TrackingError: unknown run, MLflow unreachable
-        _print_error(exc)
+        print_error(exc)
         return 1
     try:
         cluster = recluster_cluster_params(params, args)
     except ValidationError as exc:
         raise UsageError("; ".join(e["msg"] for e in exc.errors())) from None
     with stage_cache_root(args) as cache:
-        state = recluster_flow(cluster=cluster, out=str(args.out), run_id=args.run_id, runtime=RuntimeParams(cache=cache),
-                               track=not args.no_track, experiment=_experiment(args), return_state=True)
-    try:
-        res = state.result()
-    except Exception as exc:
-        _print_error(exc)
-        return 1
+        try:
+            res = _recluster(args, how, cluster, cache)
+        except Exception as exc:
+            print_error(exc)
+            return 1
     print(f"{res['image']['uri']} -> {res['out_dir']} ({res['n_clusters']} classes, {res['n_noise']} noise masks)")
     if res.get("mlflow_run_id"):
         print(f"MLflow run: {res['mlflow_run_id']} (parent {args.run_id})")
     return 0
+
+
+def _recluster(args: argparse.Namespace, how: str, cluster: Any, cache: str) -> dict[str, Any]:
+    if how == "prefect":
+        from flows.params import RuntimeParams
+        from flows.recluster import recluster_flow
+
+        state = recluster_flow(cluster=cluster, out=str(args.out), run_id=args.run_id, runtime=RuntimeParams(cache=cache),
+                               track=not args.no_track, experiment=experiment(args), return_state=True)
+        return state.result()
+    from samseg.edges.run_schema import KIND_RECLUSTER
+    from samseg.engine.publish import Tracking
+    from samseg.engine.recluster import recluster_job
+
+    tracking = Tracking(track=not args.no_track, experiment=experiment(args), kind=KIND_RECLUSTER, parent_run_id=args.run_id)
+    return recluster_job(cluster.to_config(), str(args.out), tracking, cache, run_id=args.run_id)
 
 
 def _run_params(run_id: str) -> dict[str, str]:
@@ -114,14 +131,14 @@ def run_runs_compare(args: argparse.Namespace) -> int:
     try:
         df = compare_runs(args.run_ids or None, args.experiment)
     except TrackingError as exc:
-        _print_error(exc)
+        print_error(exc)
         return 1
     print(format_compare(df))
     if args.csv:
         try:
             df.to_csv(args.csv, index=False)
         except OSError as exc:
-            _print_error(f"{args.csv}: {exc.strerror or exc}")
+            print_error(f"{args.csv}: {exc.strerror or exc}")
             return 1
     return 0
 
@@ -147,7 +164,7 @@ def _add_serve_parser(sub: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from samseg.apps.cli import UsageError
+    from samseg.apps.cli_common import UsageError
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")

@@ -1,6 +1,6 @@
 """`samseg ui`: start the web UI (FastAPI app served by uvicorn).
 
-Hooked into samseg.apps.cli by `add_parsers(subparsers)`; the handler is `run_ui(args) -> int`.
+Hooked into samseg.apps.cli by `add_parser(subparsers)`; the handler is `run_ui(args) -> int`.
 Imports of FastAPI/uvicorn/MLflow happen inside the handler so `samseg --help` stays fast.
 """
 
@@ -15,7 +15,7 @@ DEFAULT_PORT = 8765
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "ui",
         help="web UI: browse runs, rerun clustering, exemplar queries, compare runs",
@@ -43,7 +43,6 @@ def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 # samseg.apps.cli's COMMAND_MODULES convention is `add_parser(subparsers)`.
-add_parser = add_parsers
 
 
 def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - lazy import
@@ -132,7 +131,7 @@ def run_ui(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (`python -m samseg.apps.cli_ui`) until samseg.apps.cli wires the subcommand."""
     parser = argparse.ArgumentParser(prog="samseg")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

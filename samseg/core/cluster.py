@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from samseg.core.algorithms import ALGORITHMS
 from samseg.core.config import ClusterConfig
 from samseg.core.types import ClusterResult
 
@@ -28,15 +29,9 @@ def cluster_embeddings(embeddings_nc: np.ndarray, cfg: ClusterConfig) -> Cluster
     n = x.shape[0]
     if n < max(2, cfg.min_samples):
         return ClusterResult(labels=np.full(n, -1, dtype=np.int64))
-    if cfg.algorithm == "dbscan":
-        raw = _dbscan(x, cfg)
-    elif cfg.algorithm == "hdbscan":
-        raw = _hdbscan(x, cfg)
-    elif cfg.algorithm == "agglomerative":
-        raw = _agglomerative(x, cfg)
-    else:  # ClusterConfig already validates this; guard against hand-built objects
+    if cfg.algorithm not in ALGORITHMS:  # ClusterConfig validates this; guard against hand-built objects
         raise ValueError(f"unknown cluster algorithm {cfg.algorithm!r}")
-    return ClusterResult(labels=renumber_by_size(raw))
+    return ClusterResult(labels=renumber(ALGORITHMS[cfg.algorithm](x, cfg)))
 
 
 def check_embeddings(embeddings_nc: np.ndarray, metric: str) -> np.ndarray:
@@ -54,47 +49,19 @@ def check_embeddings(embeddings_nc: np.ndarray, metric: str) -> np.ndarray:
     return x
 
 
-def _dbscan(x: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
-    from sklearn.cluster import DBSCAN
-
-    return DBSCAN(eps=cfg.eps, min_samples=cfg.min_samples, metric=cfg.metric).fit_predict(x)
-
-
-def _hdbscan(x: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
-    from sklearn.cluster import HDBSCAN
-
-    metric = cfg.metric
-    if metric == "cosine":
-        # HDBSCAN's KD/Ball trees have no cosine metric. On unit vectors the euclidean
-        # distance is sqrt(2·(1 − cos)), a monotone function of cosine distance, so the
-        # neighbour orders, core distances and minimum spanning tree are the cosine ones.
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        metric = "euclidean"
-    size = max(2, cfg.min_samples)  # HDBSCAN needs clusters of >= 2 members
-    return HDBSCAN(min_cluster_size=size, metric=metric, copy=True).fit_predict(x)
-
-
-def _agglomerative(x: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
-    from sklearn.cluster import AgglomerativeClustering
-
-    model = AgglomerativeClustering(
-        n_clusters=None, distance_threshold=cfg.distance_threshold, metric=cfg.metric, linkage="average"
-    )
-    labels = model.fit_predict(x).astype(np.int64)
-    ids, counts = np.unique(labels, return_counts=True)
-    labels[np.isin(labels, ids[counts == 1])] = -1  # a class of one mask is not a class
-    return labels
-
-
-def renumber_by_size(labels: np.ndarray) -> np.ndarray:
-    """(N,) int64: clusters renumbered 0.. by decreasing size, ties by lowest first member index; noise stays -1."""
+def renumber(labels: np.ndarray) -> np.ndarray:
+    """(N,) int64: ids 0.. by decreasing size, ties by lowest first member index; -1 stays."""
     labels = np.asarray(labels, dtype=np.int64)
     out = np.full(labels.shape, -1, dtype=np.int64)
-    ids = [int(c) for c in np.unique(labels) if c >= 0]
-    first = {c: int(np.flatnonzero(labels == c)[0]) for c in ids}
-    size = {c: int((labels == c).sum()) for c in ids}
-    for new, c in enumerate(sorted(ids, key=lambda c: (-size[c], first[c]))):
-        out[labels == c] = new
+    keep = labels >= 0
+    if not keep.any():
+        return out
+    ids, first, inverse, counts = np.unique(labels[keep], return_index=True, return_inverse=True, return_counts=True)
+    first_global = np.flatnonzero(keep)[first]
+    order = np.lexsort((first_global, -counts))  # primary: size desc; secondary: first index
+    new_id = np.empty(len(ids), dtype=np.int64)
+    new_id[order] = np.arange(len(ids))
+    out[keep] = new_id[inverse]
     return out
 
 

@@ -12,10 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from samseg.core.algorithms import ALGORITHMS as _ALGORITHM_REGISTRY
+
 CellRule = Literal["min_pixels", "min_coverage"]
 Weighting = Literal["uniform", "coverage"]
-Algorithm = Literal["dbscan", "hdbscan", "agglomerative"]
-ALGORITHMS: tuple[str, ...] = ("dbscan", "hdbscan", "agglomerative")
+Algorithm = str  # a name in samseg.core.algorithms.ALGORITHMS
+ALGORITHMS: tuple[str, ...] = tuple(_ALGORITHM_REGISTRY)  # the registry's names, in registration order
 
 
 def _check(ok: bool, message: str) -> None:

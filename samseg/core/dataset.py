@@ -26,6 +26,7 @@ import numpy as np
 
 from samseg.core.config import ClusterConfig
 from samseg.core.cosine_dbscan import BLOCK_FLOATS, dbscan_cosine_chunked, eps_euclidean, row_chunks
+from samseg.core.cluster import renumber
 from samseg.core.types import ClusterResult
 
 __all__ = [
@@ -258,23 +259,6 @@ def _stack(
         raise ValueError(f"all images must have the same embedding size C, got {sorted(dims)}")
     offsets = np.cumsum([0] + [p.shape[0] for p in parts])
     return np.concatenate(parts, axis=0), offsets
-
-
-def renumber(labels: np.ndarray) -> np.ndarray:
-    """(N,) int64: ids 0.. by decreasing size, ties by lowest first member index; -1 stays.
-    Vectorised equivalent of samseg.core.cluster.renumber_by_size (that one is O(K·N))."""
-    labels = np.asarray(labels, dtype=np.int64)
-    out = np.full(labels.shape, -1, dtype=np.int64)
-    keep = labels >= 0
-    if not keep.any():
-        return out
-    ids, first, inverse, counts = np.unique(labels[keep], return_index=True, return_inverse=True, return_counts=True)
-    first_global = np.flatnonzero(keep)[first]
-    order = np.lexsort((first_global, -counts))  # primary: size desc; secondary: first index
-    new_id = np.empty(len(ids), dtype=np.int64)
-    new_id[order] = np.arange(len(ids))
-    out[keep] = new_id[inverse]
-    return out
 
 
 # ------------------------------------------------------------- prototypes and assignment

@@ -2,8 +2,9 @@
 
 A key is the sha256 of everything that determines a stage's output: the image bytes'
 sha256, the checkpoint's sha256, the model type, and the config of every stage up to and
-including this one (`stage_key`). `cluster` is NOT cached: it is the cheap stage users
-re-tune, and its config never enters a key, so changing eps re-uses every cached stage.
+including this one (`samseg.engine.stages.stage_key`, from the stage table; `content_key`
+hashes it). `cluster` is NOT cached: it is the cheap stage users re-tune, and its config
+never enters a key, so changing eps re-uses every cached stage.
 
 Entry layout (root may be a local dir or ``s3://bucket/prefix``)::
 
@@ -29,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,40 +40,20 @@ import numpy as np
 from samseg import __version__
 
 from samseg.edges import storage
-from samseg.core.config import PipelineConfig
 from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
 
 log = logging.getLogger(__name__)
 
-CACHED_STAGES: tuple[str, ...] = ("encode", "amg", "pool")
+_STAGE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")  # a stage name is one safe path component
 MANIFEST = "manifest.json"
 # Bumped when an entry's layout changes, so old entries stop matching instead of misloading.
 CACHE_FORMAT = 1
 
 
-def _config_for(stage: str, cfg: PipelineConfig) -> dict[str, Any]:
-    """Config sections that determine `stage`'s output (its own and every upstream one)."""
-    import dataclasses
-
-    if stage == "encode":
-        return {}  # the encoder has no knobs: image + weights decide its output
-    if stage == "amg":
-        return {"amg": dataclasses.asdict(cfg.amg)}
-    if stage == "pool":
-        return {"amg": dataclasses.asdict(cfg.amg), "pool": dataclasses.asdict(cfg.pool)}
-    raise ValueError(f"stage {stage!r} is not cached; cached stages: {', '.join(CACHED_STAGES)}")
-
-
-def stage_key(stage: str, image_sha256: str, checkpoint_sha256: str, cfg: PipelineConfig, precision: str = "fp32") -> str:
-    """Hex sha256 of canonical JSON of {stage, image, checkpoint, model_type, upstream configs}."""
-    doc = {
-        "format": CACHE_FORMAT,
-        "stage": stage,
-        "image_sha256": image_sha256,
-        "checkpoint_sha256": checkpoint_sha256,
-        "model_type": cfg.model_type,
-        **_config_for(stage, cfg),
-    }
+def content_key(doc: dict[str, Any], precision: str = "fp32") -> str:
+    """Hex sha256 of canonical JSON of a stage's key document (built by samseg.engine.stages
+    from the stage table: stage, image, checkpoint, model type, the sections it depends on)."""
+    doc = {"format": CACHE_FORMAT, **doc}
     if precision != "fp32":  # the RESOLVED precision; fp32 keys stay what they always were
         doc["precision"] = precision
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -138,8 +120,8 @@ class StageCache:
         return f"StageCache({self.root!r})"
 
     def entry_uri(self, stage: str, key: str) -> str:
-        if stage not in CACHED_STAGES:
-            raise ValueError(f"stage {stage!r} is not cached")
+        if not _STAGE_NAME.match(stage):
+            raise ValueError(f"stage name {stage!r} is not a cache stage name")
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
             raise ValueError(f"cache key must be 64 lower-case hex chars, got {key!r}")
         return storage.join_uri(self.root, stage, key[:2], key)
@@ -206,34 +188,50 @@ class StageCache:
             log.warning("cache: bad entry %s (%s); recomputing", self.entry_uri(stage, key), exc)
             return None
 
+    # ------------------------------------------------------------ codecs
+    # The stage table (samseg.engine.stages) names a codec per cached stage.
+    CODECS: dict[str, tuple[str, str]] = {
+        "encoded": ("save_encoded", "load_encoded"),
+        "masks": ("save_masks", "load_masks"),
+        "embeddings": ("save_embeddings", "load_embeddings"),
+    }
+
+    def load(self, stage: str, key: str, codec: str) -> Any:
+        """The entry of `stage` under `key` decoded by `codec`, or None (miss / bad entry)."""
+        return getattr(self, self.CODECS[codec][1])(key, stage=stage)
+
+    def save(self, stage: str, key: str, codec: str, value: Any) -> str:
+        """Write `value` as `stage`'s entry under `key` with `codec`; returns the entry URI."""
+        return getattr(self, self.CODECS[codec][0])(key, value, stage=stage)
+
     # ------------------------------------------------------------ encode
 
-    def save_encoded(self, key: str, enc: EncodedImage) -> str:
+    def save_encoded(self, key: str, enc: EncodedImage, stage: str = "encode") -> str:
         """features.npy (C×Hf×Wf float32) + geometry.json; returns the entry URI."""
         feats = np.asarray(enc.features, dtype=np.float32)
         files = {
             "features.npy": _npy_bytes(feats),
             "geometry.json": json.dumps(enc.geometry.to_dict(), sort_keys=True).encode("utf-8"),
         }
-        return self._save("encode", key, files, {"shape": list(feats.shape), "dtype": str(feats.dtype)})
+        return self._save(stage, key, files, {"shape": list(feats.shape), "dtype": str(feats.dtype)})
 
-    def load_encoded(self, key: str) -> EncodedImage | None:
+    def load_encoded(self, key: str, stage: str = "encode") -> EncodedImage | None:
         def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> EncodedImage:
             feats = _check_array(_npy_load(files["features.npy"]), manifest)
             geometry = ImageGeometry.from_dict(json.loads(files["geometry.json"]))
             return EncodedImage(features=feats, geometry=geometry)
 
-        return self._decode("encode", key, decode)
+        return self._decode(stage, key, decode)
 
     # ------------------------------------------------------------ amg
 
-    def save_masks(self, key: str, masks: MaskSet) -> str:
+    def save_masks(self, key: str, masks: MaskSet, stage: str = "amg") -> str:
         """masks.json = {image_hw, records (MaskSet.to_records)}; returns the entry URI."""
         doc = {"image_hw": list(masks.image_hw), "records": masks.to_records()}
         files = {"masks.json": json.dumps(doc, separators=(",", ":")).encode("utf-8")}
-        return self._save("amg", key, files, {"shape": [len(masks)], "dtype": "coco_rle"})
+        return self._save(stage, key, files, {"shape": [len(masks)], "dtype": "coco_rle"})
 
-    def load_masks(self, key: str) -> MaskSet | None:
+    def load_masks(self, key: str, stage: str = "amg") -> MaskSet | None:
         def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> MaskSet:
             doc = json.loads(files["masks.json"])
             masks = MaskSet.from_records(tuple(doc["image_hw"]), doc["records"])
@@ -241,23 +239,23 @@ class StageCache:
                 raise _BadEntry(f"{len(masks)} masks, manifest says {manifest['shape']}")
             return masks
 
-        return self._decode("amg", key, decode)
+        return self._decode(stage, key, decode)
 
     # ------------------------------------------------------------ pool
 
-    def save_embeddings(self, key: str, emb: np.ndarray) -> str:
+    def save_embeddings(self, key: str, emb: np.ndarray, stage: str = "pool") -> str:
         """embeddings.npy (N×C float32, AMG row order); returns the entry URI."""
         arr = np.asarray(emb, dtype=np.float32)
         if arr.ndim != 2:
             raise ValueError(f"embeddings must be N×C, got shape {arr.shape}")
         files = {"embeddings.npy": _npy_bytes(arr)}
-        return self._save("pool", key, files, {"shape": list(arr.shape), "dtype": str(arr.dtype)})
+        return self._save(stage, key, files, {"shape": list(arr.shape), "dtype": str(arr.dtype)})
 
-    def load_embeddings(self, key: str) -> np.ndarray | None:
+    def load_embeddings(self, key: str, stage: str = "pool") -> np.ndarray | None:
         def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> np.ndarray:
             return _check_array(_npy_load(files["embeddings.npy"]), manifest)
 
-        return self._decode("pool", key, decode)
+        return self._decode(stage, key, decode)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Dataset-level classes over a finished batch's output dirs (issue 6): file + MLflow edge.
 
 Used by the CLI (`samseg segment --classes dataset | --classes-from RUN_ID`) and by the
-Prefect task flows.dataset.dataset_classes_task; no Prefect import here.
+engine step samseg.engine.dataset.classify_dirs; no Prefect import here.
 
 After segment-batch has written OUT/<stem>/ for every image (per-image ids), this step
 reads each dir's masks.json + embeddings.npy, either clusters all masks of the batch
@@ -180,7 +180,7 @@ def load_classes_from_run(run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     from samseg.core.dataset import ClassTable
-    from samseg.edges.tracking import TrackingError, tracking_uri
+    from samseg.edges.mlflow_client import TrackingError, tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         try:
@@ -197,16 +197,15 @@ def load_classes_from_run(run_id: str) -> Any:
 
 def log_dataset_classes(batch_run_id: str, report: dict[str, Any]) -> None:
     """Log classes.json, contact_sheet.png, the class metrics and tag samseg.classes on the batch run."""
-    from mlflow import MlflowClient
+    from samseg.core.secrets import scrub_secrets
+    from samseg.edges.mlflow_client import client as mlflow_client
 
-    from samseg.edges.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri())
+    client = mlflow_client()
     client.log_artifact(batch_run_id, report["classes_json"])
     client.log_artifact(batch_run_id, report["contact_sheet"])
     for key, value in report["metrics"].items():
         client.log_metric(batch_run_id, key, float(value))
-    client.set_tag(batch_run_id, TAG_CLASSES, report["mode"])
+    client.set_tag(batch_run_id, TAG_CLASSES, scrub_secrets(str(report["mode"])))
     table = json.loads(Path(report["classes_json"]).read_text(encoding="utf-8"))
     if table.get("sample", {}).get("assigned_from"):
-        client.set_tag(batch_run_id, TAG_CLASSES_FROM, table["sample"]["assigned_from"])
+        client.set_tag(batch_run_id, TAG_CLASSES_FROM, scrub_secrets(str(table["sample"]["assigned_from"])))  # may be a URI with credentials

@@ -9,7 +9,7 @@ Layout of an image dir (README "Outputs"):
   masks.parquet     one row per mask, the same fields as flat columns
   embeddings.npy    N×C float32, row i = annotation i of masks.json
   features.npy      C×64×64 float32 encoder features (only when asked for)
-  summary.json      what ran, on what, with which config, how long (samseg.engine.pipeline.build_summary)
+  summary.json      what ran, on what, with which config, how long (samseg.engine.summary.RunSummary)
 
 Writes go to a hidden temporary sibling dir that is renamed into place at the end, so a
 crash never leaves a half-written image dir. An existing dir is replaced whole, and only

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samseg.core.secrets import SECRET_ENV_VARS, scrub_secrets  # noqa: F401 — re-exported: the edge's scrubber
+from samseg.edges.run_schema import EXPERIMENT_DEFAULT, KINDS, TAG_CACHE_PREFIX, TAG_KIND  # noqa: F401 — the schema
+from samseg.edges.mlflow_client import TrackingError, client as _client, one_line as _one_line, where as _where, tracking_uri  # noqa: F401 — re-exported
 from samseg.edges.tracking_conventions import log_lineage
 
 if TYPE_CHECKING:
@@ -36,47 +38,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_DEFAULT = "samseg"
-KINDS: tuple[str, ...] = ("image", "batch", "recluster")
 ARTIFACT_FILES: tuple[str, ...] = ("labels.png", "overlay.png", "masks.json", "masks.parquet", "summary.json", "embeddings.npy")
 ARTIFACT_DIRS: tuple[str, ...] = ("classes",)
 # What `fetch_run_inputs` needs to recluster without the original machine's cache.
 RECLUSTER_INPUTS: tuple[str, ...] = ("summary.json", "masks.json", "embeddings.npy")
 RUN_STATUSES: tuple[str, ...] = ("FINISHED", "FAILED", "KILLED")
 
-class TrackingError(Exception):
-    """An MLflow operation failed; one line naming the run/experiment."""
-
-
-# ---------------------------------------------------------------- pure helpers
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else MLflow's own default (3.x: ``sqlite:///mlflow.db``
-    in the working dir, or ``./mlruns`` when such a store already exists)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    import mlflow
-
-    return mlflow.get_tracking_uri()
-
-
-def _get(summary: dict[str, Any], nested: tuple[str, str], flat: str) -> Any:
-    """summary["image"]["sha256"] (samseg.engine.pipeline.build_summary layout) or summary["image_sha256"]."""
-    section = summary.get(nested[0])
-    if isinstance(section, dict) and section.get(nested[1]) is not None:
-        return section[nested[1]]
-    return summary.get(flat)
+def _get(summary: dict[str, Any], section: str, key: str) -> Any:
+    """summary[section][key] of a samseg.engine.summary.RunSummary dict, or None."""
+    part = summary.get(section)
+    return part.get(key) if isinstance(part, dict) else None
 
 
 def run_params(summary: dict[str, Any]) -> dict[str, str]:
     """model_type + every flattened config value, as MLflow param strings."""
     params = {str(k): _param_str(v) for k, v in (summary.get("config") or {}).items()}
-    model_type = _get(summary, ("model", "type"), "model_type")
+    model_type = _get(summary, "model", "type")
     if model_type is not None:
         params.setdefault("model_type", str(model_type))
-    resolved = _get(summary, ("model", "precision"), "precision_resolved")
+    resolved = _get(summary, "model", "precision")
     if resolved is not None:  # "auto" in the config says what was asked; this, what ran
         params["precision_resolved"] = str(resolved)
     return params
@@ -116,38 +96,21 @@ def run_tags(
 ) -> dict[str, str]:
     tags: dict[str, Any] = {
         "samseg.kind": kind,
-        "samseg.image_sha256": _get(summary, ("image", "sha256"), "image_sha256"),
-        "samseg.image_uri": _get(summary, ("image", "uri"), "image_uri"),
-        "samseg.checkpoint_sha256": _get(summary, ("model", "checkpoint_sha256"), "checkpoint_sha256"),
+        "samseg.image_sha256": _get(summary, "image", "sha256"),
+        "samseg.image_uri": _get(summary, "image", "uri"),
+        "samseg.checkpoint_sha256": _get(summary, "model", "checkpoint_sha256"),
         "samseg.prefect_flow_run_id": _prefect_flow_run_id(summary),
         "samseg.parent_run_id": parent_run_id,
         "samseg.version": summary.get("samseg_version"),
         "mlflow.parentRunId": nested_under,
     }
     for stage, state in (summary.get("cache") or {}).items():
-        tags[f"samseg.cache.{stage}"] = state
+        tags[f"{TAG_CACHE_PREFIX}{stage}"] = state
     tags.update(extra_tags or {})
     return {k: scrub_secrets(str(v)) for k, v in tags.items() if v is not None}
 
 
 # ---------------------------------------------------------------- MLflow calls
-
-
-# MLflow's own HTTP defaults (7 retries, backoff factor 2) take ~4.5 minutes to give up on
-# a dead server; samseg fails in seconds instead. Values set by the user are kept.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
-
-
-def _client() -> Any:
-    from mlflow import MlflowClient
-
-    for key, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    return MlflowClient(tracking_uri=tracking_uri())
-
-
-def _where() -> str:
-    return scrub_secrets(tracking_uri())
 
 
 def _experiment_id(client: Any, name: str) -> str:
@@ -222,7 +185,7 @@ def log_image_run(
     parent_run_id: the run a recluster started from (tag samseg.parent_run_id, kind
     "recluster"). nested_under: the batch run this image belongs to (mlflow.parentRunId,
     shown nested in the UI). For convenience a `parent_run_id` that names a *batch* run is
-    treated as `nested_under`. summary: samseg.engine.pipeline.build_summary's dict plus the
+    treated as `nested_under`. summary: a samseg.engine.summary.RunSummary dict (with the
     optional orchestration keys cache / prefect_flow_run_id / silhouette.
     """
     from mlflow.exceptions import MlflowException
@@ -236,7 +199,7 @@ def log_image_run(
         if kind not in KINDS:
             raise ValueError(f"samseg.kind must be one of {', '.join(KINDS)}, got {kind!r}")
         tags = run_tags(summary, kind, parent_run_id, nested_under, extra_tags)
-        name = run_name or _get(summary, ("image", "file_name"), "image_name") or out_dir.name
+        name = run_name or _get(summary, "image", "file_name") or out_dir.name
         run = client.create_run(_experiment_id(client, experiment), tags=tags, run_name=scrub_secrets(str(name)))
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {_where()}: cannot start a run in {experiment!r}: {_one_line(exc)}") from None
@@ -282,11 +245,6 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
         _client().set_terminated(run_id, status)
     except MlflowException as exc:
         raise TrackingError(f"MLflow run {run_id}: cannot end ({_one_line(exc)})") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    return scrub_secrets(text.splitlines()[0] if text else type(exc).__name__)
 
 
 # ---------------------------------------------------------------- reading runs

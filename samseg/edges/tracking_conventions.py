@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-FALLBACK_EXPERIMENT = "samseg"
+from samseg.edges.run_schema import EXPERIMENT_DEFAULT as FALLBACK_EXPERIMENT  # noqa: E402
 
 
 def default_experiment() -> str:
@@ -30,7 +30,7 @@ def default_experiment() -> str:
     if exp_id:
         from mlflow.exceptions import MlflowException
 
-        from samseg.edges.tracking import TrackingError, _client, _where
+        from samseg.edges.mlflow_client import TrackingError, client as _client, where as _where
 
         try:
             return _client().get_experiment(exp_id).name

@@ -3,8 +3,9 @@ tqdm bars, a test's recorder) listens through `set_reporter()`.
 
 Events (keyword info in brackets):
 - "image_start"  [image: uri]                  an image flow began
-- "stage"        [image, stage, status]        a stage finished; stage in STAGES,
-                                               status "hit" (stage cache) or "computed"
+- "stage"        [image, stage, status]        a stage finished; stage in STAGES, status
+                                               "hit" (stage cache), "computed" or "skipped"
+                                               (not needed: later stages were cached)
 - "image_done"   [image]                       an image finished (or its deployment run did)
 - "image_failed" [image, error]                an image failed (error: one line)
 
@@ -22,10 +23,11 @@ from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any, Callable, Iterator, Optional, Protocol
 
+from samseg.engine.stages import STEPS as STAGES  # the stage bar's steps: the table's rows, then export
+
 log = logging.getLogger(__name__)
 
-# The per-image stages in the order the image flow runs them (the stage bar's total).
-STAGES = ("encode", "amg", "pool", "cluster", "export")
+
 EVENTS = ("image_start", "stage", "image_done", "image_failed")
 
 
@@ -107,7 +109,7 @@ class TqdmReporter:
             self.stages.set_description_str(PurePosixPath(image).name or "stages", refresh=False)
             self.stages.set_postfix_str("", refresh=True)
         elif event == "stage":
-            mark = " hit" if info.get("status") == "hit" else ""
+            mark = f" {info['status']}" if info.get("status") in ("hit", "skipped") else ""
             self._done_stages.append(f"{info.get('stage')}{mark}")
             self.stages.set_postfix_str(" > ".join(self._done_stages), refresh=False)
             self.stages.update(1)

@@ -18,12 +18,13 @@ module at startup.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 TINY_RANDOM = "tiny-random"
-MODEL_TYPES: tuple[str, ...] = ("vit_h", "vit_l", "vit_b", TINY_RANDOM)
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _CHUNK = 1 << 20  # 1 MiB read/hash chunks: large enough to be fast, small enough for a smooth progress bar
 
@@ -64,6 +64,34 @@ CHECKPOINTS: dict[str, CheckpointInfo] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model type: `build(seed)` makes the (un-weighted or seeded) SAM;
+    `checkpoint` is the official weights to download (None: the seeded weights are the model)."""
+
+    build: Callable[[int], "Sam"]
+    checkpoint: CheckpointInfo | None = None
+
+
+# timm-style registry: model type -> builder + checkpoint info. Add a type with register_model.
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, build: Callable[[int], "Sam"], checkpoint: CheckpointInfo | None = None) -> None:
+    global MODEL_TYPES
+    MODELS[name] = ModelEntry(build, checkpoint)
+    MODEL_TYPES = tuple(MODELS)
+
+
+def _segment_anything_builder(model_type: str) -> Callable[[int], "Sam"]:
+    def build(_seed: int) -> "Sam":
+        from segment_anything import sam_model_registry
+
+        return sam_model_registry[model_type](checkpoint=None)
+
+    return build
+
+
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
     """A SAM in eval mode on `device`, plus what identifies its weights.
@@ -93,13 +121,13 @@ def checkpoint_path(model_type: str, home: str | Path | None = None) -> Path:
     return Path(home if home is not None else samseg_home()) / "checkpoints" / info.filename
 
 
-def _check_model_type(model_type: str) -> None:
+def check_model_type(model_type: str) -> None:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {model_type!r}; choose one of: {', '.join(MODEL_TYPES)}")
 
 
 def _info(model_type: str) -> CheckpointInfo:
-    _check_model_type(model_type)
+    check_model_type(model_type)
     if model_type not in CHECKPOINTS:
         raise ValueError(f"model type {model_type!r} has no official checkpoint to download")
     return CHECKPOINTS[model_type]
@@ -112,6 +140,32 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def remembered_sha256(path: Path) -> str:
+    """sha256 of a checkpoint file, hashed once per (path, size, mtime) and remembered in
+    $SAMSEG_HOME/checkpoint-sha256.json (a 2.5 GB vit_h costs seconds to hash)."""
+    st = path.stat()
+    real = os.path.realpath(path)
+    memo_path = samseg_home() / "checkpoint-sha256.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    hit = memo.get(real) if isinstance(memo, dict) else None
+    if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return str(hit["sha256"])
+    sha = file_sha256(path)
+    memo = memo if isinstance(memo, dict) else {}
+    memo[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
+        os.replace(tmp, memo_path)
+    except OSError:  # a read-only home: hash again next time, never fail the run
+        pass
+    return sha
 
 
 def download_checkpoint(model_type: str, home: str | Path | None = None, url: str | None = None) -> Path:
@@ -266,7 +320,7 @@ def _resolve_checkpoint(model_type: str, checkpoint: str | Path | None) -> tuple
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    sha = file_sha256(path)
+    sha = remembered_sha256(path)
     log.info("checkpoint %s sha256 %s", path, sha)
     pinned = CHECKPOINTS.get(model_type)
     if pinned is None or sha != pinned.sha256:
@@ -300,17 +354,14 @@ def load_model(
     """
     from samseg.sam.precision import resolve_precision, set_precision
 
-    _check_model_type(model_type)
+    check_model_type(model_type)
     dev = select_device(device)
     resolved = resolve_precision(precision, dev)
-    if model_type == TINY_RANDOM:
-        sam = build_tiny_random(seed)
-        path, sha = (None, state_dict_sha256(sam)) if checkpoint is None else _resolve_checkpoint(model_type, checkpoint)
+    sam = MODELS[model_type].build(seed)
+    if checkpoint is None and MODELS[model_type].checkpoint is None:  # seeded weights: their hash is the identity
+        path, sha = None, state_dict_sha256(sam)
     else:
-        from segment_anything import sam_model_registry
-
         path, sha = _resolve_checkpoint(model_type, checkpoint)
-        sam = sam_model_registry[model_type](checkpoint=None)
     if path is not None:
         _load_weights(sam, path, model_type)
     sam.eval().to(dev)
@@ -326,3 +377,9 @@ def load_model(
     log.info("loaded %s on %s in %s (weights sha256 %s)", model_type, dev, resolved, sha)
     return LoadedModel(sam=sam, model_type=model_type, checkpoint_path=None if path is None else str(path),
                        checkpoint_sha256=sha, device=dev, precision=resolved)
+
+
+for _name in ("vit_h", "vit_l", "vit_b"):
+    register_model(_name, _segment_anything_builder(_name), CHECKPOINTS[_name])
+register_model(TINY_RANDOM, build_tiny_random)
+MODEL_TYPES: tuple[str, ...] = tuple(MODELS)

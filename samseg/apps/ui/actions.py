@@ -7,11 +7,8 @@ tagged with the parent run id, through samseg.edges.tracking like every other sa
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import tempfile
-import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -35,29 +32,12 @@ def run_config(store: RunStore, run_id: str) -> PipelineConfig:
 
 # ------------------------------------------------------------------ rerun
 def rerun(store: RunStore, run_id: str, cluster_cfg: ClusterConfig, pool_cfg: PoolConfig, progress: Progress) -> dict[str, Any]:
-    """Recluster run `run_id` with new settings; log and return the new run's numbers."""
-    from samseg.engine.pipeline import recluster
-
+    """Recluster run `run_id` with new settings (the engine's recluster); log and return the new run's numbers."""
     progress("loading the run's masks and embeddings")
-    cfg = run_config(store, run_id)
-    masks, embeddings, _ = store.outputs(run_id)
-    summary = store.summary(run_id)
-    seconds: dict[str, float] = {}
-    cache_status = {"encode": "skipped", "amg": "parent_run", "pool": "parent_run"}
-    if pool_cfg != cfg.pool:
-        progress("pooling from cached encoder features")
-        t0 = time.perf_counter()
-        embeddings, cache_status = _repool(store, summary, cfg, masks, pool_cfg)
-        seconds["pool"] = time.perf_counter() - t0
-    progress("clustering")
-    t0 = time.perf_counter()
-    clusters, label_map = recluster(masks, embeddings, cluster_cfg)
-    seconds["cluster"] = time.perf_counter() - t0
-    new_cfg = cfg.replace(cluster=cluster_cfg, pool=pool_cfg)
-    new_summary = _derived_summary(summary, new_cfg, clusters, seconds, parent=run_id, kind="recluster")
-    new_summary["cache"] = cache_status
+    run, summary = _recluster(store, run_id, run_config(store, run_id).replace(cluster=cluster_cfg, pool=pool_cfg))
     progress("writing outputs and logging to MLflow")
-    new_id = _write_and_log(store, run_id, masks, embeddings, clusters, label_map, new_summary, "recluster")
+    new_id = _write_and_log(store, run_id, run, summary, "recluster")
+    clusters = run.clusters
     return {
         "run_id": new_id,
         "parent_run_id": run_id,
@@ -69,70 +49,42 @@ def rerun(store: RunStore, run_id: str, cluster_cfg: ClusterConfig, pool_cfg: Po
     }
 
 
-def _repool(store: RunStore, summary: dict[str, Any], cfg: PipelineConfig, masks: Any, pool_cfg: PoolConfig) -> tuple[np.ndarray, dict[str, str]]:
-    """N×C embeddings for `pool_cfg`: the pool cache entry, else pool the cached encoder features."""
-    from samseg.edges.cache import StageCache, stage_key
-    from samseg.core.pool import pool_embeddings
+def _recluster(store: RunStore, run_id: str, cfg: PipelineConfig, labels: Any = None, kind: str = "recluster",
+               extra: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(ImageRun, RunSummary) of `cfg` on the run's masks: its embeddings when the pool
+    config is unchanged, else the pool cache entry or a re-pool of the cached encoder
+    features (never the encoder or the AMG). labels: a fixed ClusterResult (exemplar class)."""
+    from samseg.edges.cache import StageCache
+    from samseg.edges.run_schema import FROM_PARENT_RUN
+    from samseg.engine.recluster import ReclusterError, parent_model, recluster, recluster_summary
 
-    image_sha = (summary.get("image") or {}).get("sha256")
-    ckpt_sha = (summary.get("model") or {}).get("checkpoint_sha256")
-    if not image_sha or not ckpt_sha:
-        raise RunDataError("a pooling change needs the run's image and checkpoint sha256 (not in summary.json)")
-    new_cfg = cfg.replace(pool=pool_cfg)
-    precision = (summary.get("model") or {}).get("precision", "fp32")  # resolved, as the run computed
-    cache = StageCache(store.settings.stage_cache)
-    emb = cache.load_embeddings(stage_key("pool", image_sha, ckpt_sha, new_cfg, precision))
-    if emb is not None and len(emb) == len(masks):
-        return emb, {"encode": "skipped", "amg": "parent_run", "pool": "hit"}
-    encoded = cache.load_encoded(stage_key("encode", image_sha, ckpt_sha, cfg, precision))
-    if encoded is None:
-        raise RunDataError(
-            f"a pooling change needs this image's encoder features in the stage cache ({cache.root}); "
-            "none found — run `samseg segment` on the image again with the same model to fill it"
-        )
-    return pool_embeddings(masks, encoded, pool_cfg), {"encode": "hit", "amg": "parent_run", "pool": "computed"}
-
-
-def _derived_summary(summary: dict[str, Any], cfg: PipelineConfig, clusters: Any, seconds: dict[str, float], parent: str, kind: str) -> dict[str, Any]:
-    out = copy.deepcopy(summary)
-    out["config"] = {**cfg.flat(), "model_type": summary.get("config", {}).get("model_type", cfg.model_type)}
-    out["n_clusters"] = clusters.n_clusters
-    out["n_noise"] = clusters.n_noise
-    out["cluster_sizes"] = clusters.sizes()
-    secs = {k: round(v, 6) for k, v in seconds.items()}
-    secs["total"] = round(sum(secs.values()), 6)
-    out["seconds"] = secs
-    out["parent_run_id"] = parent
-    out["kind"] = kind
-    out.pop("silhouette", None)  # belonged to the parent's clustering
-    if out.get("classes") in ("dataset", "assigned"):
-        # The parent's ids were dataset-wide; this clustering is of one image alone, so
-        # its ids are per-image — never let the copied summary claim otherwise.
-        out["rerun_of_dataset_ids"] = out["classes"]
-        out["classes"] = "image"
-        out.pop("dataset_n_classes", None)
-        out.pop("classes_from", None)
-    return out
+    parent = store.summary(run_id)
+    masks, embeddings, _ = store.outputs(run_id)
+    given: dict[str, tuple[Any, str]] = {"amg": (masks, FROM_PARENT_RUN)}
+    if cfg.pool == run_config(store, run_id).pool:
+        given["pool"] = (embeddings, FROM_PARENT_RUN)
+    if labels is not None:
+        given["cluster"] = (labels, kind)
+    try:
+        run = recluster(store.load_image(run_id), cfg, parent_model(parent), StageCache(store.settings.stage_cache), given=given)
+    except ReclusterError as exc:
+        raise RunDataError(f"a pooling change needs this image's encoder features in the stage cache ({exc})") from None
+    if len(run.embeddings) != len(masks):
+        raise RunDataError(f"run {run_id}: {len(run.embeddings)} embeddings for {len(masks)} masks")
+    return run, recluster_summary(run, run_id, parent, kind=kind, extra=extra)
 
 
-def _write_and_log(store: RunStore, parent: str, masks: Any, embeddings: np.ndarray, clusters: Any, label_map: np.ndarray, summary: dict[str, Any], kind: str) -> str:
-    from samseg.edges.export import write_outputs
-    from samseg.edges.tracking import log_image_run
+def _write_and_log(store: RunStore, parent: str, run: Any, summary: Any, kind: str) -> str:
+    from samseg.edges.run_schema import KIND_RECLUSTER, TAG_EXEMPLAR, TAG_OUT_DIR, TAG_SOURCE
+    from samseg.engine.publish import Tracking, publish
 
-    image = store.load_image(parent)
+    # samseg.edges.tracking knows the kinds image|batch|recluster: an exemplar class is a
+    # re-labelling of the parent's masks, so it is a recluster marked samseg.exemplar.
+    tags = {TAG_SOURCE: "ui", TAG_OUT_DIR: None, **({TAG_EXEMPLAR: "true"} if kind == "exemplar" else {})}
+    tracking = Tracking(experiment=_experiment_name(store, parent), kind=KIND_RECLUSTER, parent_run_id=parent,
+                        run_name=f"{run.image.stem}-{kind}", tags=tags)
     with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
-        out_dir = Path(tmp) / image.stem
-        write_outputs(out_dir, image, masks, embeddings, clusters, label_map, summary)
-        return log_image_run(
-            out_dir,
-            summary,
-            experiment=_experiment_name(store, parent),
-            parent_run_id=parent,
-            run_name=f"{image.stem}-{kind}",
-            # samseg.edges.tracking knows the kinds image|batch|recluster: an exemplar class is a
-            # re-labelling of the parent's masks, so it is a recluster marked samseg.exemplar.
-            extra_tags={"samseg.kind": "recluster", "samseg.source": "ui", **({"samseg.exemplar": "true"} if kind == "exemplar" else {})},
-        )
+        return publish(run, summary, tmp, run.image.stem, tracking)["mlflow_run_id"]
 
 
 def _experiment_name(store: RunStore, run_id: str) -> str:
@@ -248,19 +200,17 @@ def selection_labels(n: int, indices: list[int]) -> np.ndarray:
 
 def save_class(store: RunStore, selections: list[dict[str, Any]], query: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
     """Log each run's selection as a one-class run (kind `exemplar`), exported like a cluster."""
-    from samseg.core.compose import compose_labels
     from samseg.core.types import ClusterResult
 
     out = []
     for k, sel in enumerate(selections, 1):
         rid, indices = sel["run_id"], [int(i) for i in sel["indices"]]
         progress(f"saving class for image {k}/{len(selections)}")
-        masks, emb, _ = store.outputs(rid)
-        clusters = ClusterResult(selection_labels(len(masks), indices))
-        label_map = compose_labels(masks, clusters)
-        summary = _derived_summary(store.summary(rid), run_config(store, rid), clusters, {}, parent=rid, kind="exemplar")
-        summary["exemplar"] = {**query, "n_selected": len(indices)}
-        new_id = _write_and_log(store, rid, masks, emb, clusters, label_map, summary, "exemplar")
+        masks, _, _ = store.outputs(rid)
+        labels = ClusterResult(selection_labels(len(masks), indices))
+        run, summary = _recluster(store, rid, run_config(store, rid), labels=labels, kind="exemplar",
+                                  extra={"exemplar": {**query, "n_selected": len(indices)}})
+        new_id = _write_and_log(store, rid, run, summary, "exemplar")
         out.append({"run_id": new_id, "parent_run_id": rid, "n": len(indices), "run_url": f"/runs/{new_id}"})
     return out
 

@@ -101,11 +101,11 @@ class RunStore(RunFiles):
     """Read access to one MLflow tracking server's samseg runs (and, through RunFiles, their files)."""
 
     def __init__(self, settings: UiSettings):
-        from mlflow.tracking import MlflowClient
+        from samseg.edges.mlflow_client import client
 
         self.settings = settings
         self.tracking_uri = _resolve_tracking_uri(settings.tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = client(self.tracking_uri)  # samseg's HTTP timeouts: a dead server is a 503 in seconds
         self.cache_dir = Path(settings.cache_dir or _default_cache_dir())
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()

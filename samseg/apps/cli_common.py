@@ -1,0 +1,122 @@
+"""What the run commands (segment, recluster, runs, serve) share: the orchestrator choice,
+Prefect's quieting and guarded temporary server, the checked stage cache, one-line errors,
+the default experiment.
+
+Defaults are embedded: without PREFECT_API_URL runs go through the engine in this process
+(`--orchestrator local`); with it, through the Prefect flows, so they show in its UI.
+Without MLFLOW_TRACKING_URI MLflow logs to its own local default; the stage cache is
+$SAMSEG_CACHE or ~/.cache/samseg/cache, checked before any compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+ORCHESTRATORS = ("auto", "local", "prefect")
+
+
+class UsageError(Exception):
+    """A bad command line detected after parsing (config values, no images); exit 2."""
+
+
+def add_orchestrator_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--orchestrator", choices=ORCHESTRATORS, default="auto",
+                   help="local: the engine in this process (no Prefect server); prefect: through the Prefect flows "
+                   "(runs show in its UI; without PREFECT_API_URL Prefect starts a temporary server); "
+                   "auto (default): prefect when PREFECT_API_URL is set, else local")
+
+
+def orchestrator(args: argparse.Namespace, needs_prefect: bool = False) -> str:
+    """"local" or "prefect" for this command (needs_prefect: e.g. --fan-out deployment)."""
+    chosen = getattr(args, "orchestrator", "auto") or "auto"
+    if chosen == "auto":
+        return "prefect" if needs_prefect or os.environ.get("PREFECT_API_URL") else "local"
+    if chosen == "local" and needs_prefect:
+        raise UsageError("--fan-out deployment runs through Prefect; it cannot be combined with --orchestrator local")
+    return chosen
+
+
+def quiet_prefect(verbose: bool) -> None:
+    """Prefect logs every task at INFO and each failure with a traceback; the CLI prints
+    its own one-line errors instead (--verbose keeps Prefect's log)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        # The temporary local API Prefect starts for us would try to send usage telemetry and
+        # log an ERROR line on machines without internet; it is our server, so say no.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    _quiet_prefect_loggers(verbose)
+    from samseg.apps.watchdog import guard_prefect_ephemeral
+
+    # Prefect's temporary server, started now under a watchdog: it dies with this process,
+    # even after kill -9 (Prefect alone stops it from an atexit hook, which SIGKILL skips).
+    guard_prefect_ephemeral()
+
+
+def _quiet_prefect_loggers(verbose: bool) -> None:
+    if not verbose:
+        import logging
+
+        # Prefect may be imported already (the CLI called from another Python program): then
+        # the variable alone comes too late. Importing `flow` runs Prefect's logging setup
+        # (prefect.main) now, so the levels set below are not reset by it later.
+        from prefect import flow  # noqa: F401
+
+        for name in ("prefect", "prefect.extra"):
+            try:
+                logging.getLogger(name).setLevel(os.environ["PREFECT_LOGGING_LEVEL"].upper())
+            except ValueError:  # a level name logging does not know: leave Prefect's own
+                pass
+
+
+def print_error(message: str) -> None:
+    from tqdm import tqdm  # tqdm.write: a line printed while progress bars show does not tear them
+
+    tqdm.write(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def experiment(args: argparse.Namespace) -> str:
+    """--experiment, else MLflow's own environment (samseg.edges.tracking_conventions)."""
+    if getattr(args, "experiment", None):
+        return str(args.experiment)
+    if getattr(args, "no_track", False):
+        from samseg.edges.run_schema import EXPERIMENT_DEFAULT
+
+        return EXPERIMENT_DEFAULT  # nothing is logged: do not ask MLflow
+    from samseg.edges.tracking_conventions import default_experiment
+
+    return default_experiment()
+
+
+@contextmanager
+def stage_cache_root(args: argparse.Namespace, shared: bool = False) -> Iterator[str]:
+    """The stage cache this command uses: --cache / $SAMSEG_CACHE / the default, checked
+    once before any compute. --no-cache, or a cache that cannot be written (one warning
+    line says why), gives a private temporary cache removed at the end of the command."""
+    import shutil
+    import tempfile
+
+    from samseg.edges.cache import default_cache_root, unusable_reason
+
+    root = getattr(args, "cache", None) or default_cache_root()
+    reason = None if getattr(args, "no_cache", False) else unusable_reason(root)
+    if not getattr(args, "no_cache", False) and reason is None:
+        yield root
+        return
+    if shared:
+        raise UsageError(f"--fan-out deployment needs a stage cache that every worker can use ({reason or '--no-cache'})")
+    if reason:
+        print(f"warning: stage cache {reason}; running without the cache (use --cache DIR or --no-cache)", file=sys.stderr)
+    tmp = tempfile.mkdtemp(prefix="samseg-nocache-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_s3(s: str) -> bool:
+    return str(s).startswith("s3://")

@@ -1,0 +1,54 @@
+"""The one way samseg talks to MLflow: a client with HTTP timeouts, the tracking URI, one-line errors.
+
+Every edge module that needs MLflow (tracking, batch_runs, class_registry, dataset_outputs,
+tracking_conventions) and the UI's run store get their client here, so none waits MLflow's
+default ~4.5 minutes on a dead server and every error line is scrubbed of secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from samseg.core.secrets import scrub_secrets
+
+
+class TrackingError(Exception):
+    """An MLflow operation failed; one line naming the run/experiment."""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else MLflow's own default (3.x: ``sqlite:///mlflow.db``
+    in the working dir, or ``./mlruns`` when such a store already exists)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+# MLflow's own HTTP defaults (7 retries, backoff factor 2) take ~4.5 minutes to give up on
+# a dead server; samseg fails in seconds instead. Values set by the user are kept.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+def client(uri: str | None = None) -> Any:
+    """An MlflowClient for `uri` (default: tracking_uri()) with samseg's HTTP retry/timeout defaults."""
+    from mlflow import MlflowClient
+
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def where() -> str:
+    return scrub_secrets(tracking_uri())
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return scrub_secrets(text.splitlines()[0] if text else type(exc).__name__)

@@ -1,0 +1,30 @@
+"""The run schema every layer shares: run kinds, samseg's MLflow tag names, stage-cache
+statuses, the default experiment and the Prefect flow/deployment names. Strings that were
+once matched across six modules live here once. No imports: the CLI reads it at startup.
+"""
+
+from __future__ import annotations
+
+EXPERIMENT_DEFAULT = "samseg"
+
+# samseg.kind of an MLflow run
+KIND_IMAGE, KIND_BATCH, KIND_RECLUSTER = "image", "batch", "recluster"
+KINDS: tuple[str, ...] = (KIND_IMAGE, KIND_BATCH, KIND_RECLUSTER)
+
+# samseg's MLflow tags (the rest of the schema: samseg.edges.tracking.run_tags)
+TAG_KIND = "samseg.kind"
+TAG_OUT_DIR = "samseg.out_dir"
+TAG_SOURCE = "samseg.source"
+TAG_EXEMPLAR = "samseg.exemplar"
+TAG_PARENT_RUN = "samseg.parent_run_id"
+TAG_CACHE_PREFIX = "samseg.cache."  # + stage name: one of CACHE_STATUSES
+
+# Where a stage's value came from in one run (summary.json "cache", tags samseg.cache.<stage>).
+HIT, COMPUTED, SKIPPED = "hit", "computed", "skipped"  # skipped: not needed (later stages were cached)
+FROM_PARENT_RUN, FROM_RUN_ARTIFACTS = "parent_run", "run"  # a recluster's inputs
+CACHE_STATUSES: tuple[str, ...] = (HIT, COMPUTED, SKIPPED, FROM_PARENT_RUN, FROM_RUN_ARTIFACTS)
+
+# Prefect flow names and "<flow name>/<deployment name>" as in deployments/prefect.yaml.
+IMAGE_FLOW, BATCH_FLOW, RECLUSTER_FLOW = "segment-image", "segment-batch", "recluster"
+SEGMENT_DEPLOYMENT = f"{IMAGE_FLOW}/segment"
+RECLUSTER_DEPLOYMENT = f"{RECLUSTER_FLOW}/recluster"

@@ -1,0 +1,125 @@
+"""A batch's own records: its inputs, its MLflow parent run, its report (batch_summary.json).
+
+Used by the CLI's local orchestrator and by the segment-batch flow alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+from samseg.core.config import PipelineConfig
+from samseg.edges.run_schema import KIND_BATCH, TAG_KIND, TAG_SOURCE
+from samseg.engine.publish import Tracking
+from samseg.engine.runner import Execute, inline
+from samseg.engine.segment import SegmentJob, one_line
+
+Source = Union[str, list[str]]
+# (image URIs, how each image run is logged) -> the per-image report entries
+RunImages = Callable[[list[str], Tracking], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ClassesRequest:
+    """Dataset-level classes for a batch: new ones (classes_from None) or those of an earlier
+    dataset run / classes.json / models:/ URI; max_cluster caps the masks clustered at once;
+    register: the MLflow model name the new classes are registered as."""
+
+    classes_from: Optional[str] = None
+    max_cluster: Optional[int] = None
+    register: Optional[str] = None
+
+
+def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: Optional[ClassesRequest] = None,
+              fan_out: str = "local", execute: Execute = inline) -> dict[str, Any]:
+    """A whole batch: list the images, open the MLflow batch run (or resume a killed one),
+    run every image through `run_images`, give dataset-level ids when asked, write
+    OUT/batch_summary.json and end the batch run; returns the report."""
+    from samseg.engine.dataset import check_dataset_request, relabel_and_track
+
+    if classes is not None:
+        check_dataset_request(job.out, classes.classes_from)  # fail before any image is computed
+    uris = list_sources(source)
+    t = job.tracking
+    batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris))
+    # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
+    per_image = dataclasses.replace(t, track=t.track and classes is None, nested_under=batch_run_id, resumed=resumed)
+    try:
+        results = run_images(uris, per_image)
+    except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
+        end_batch(batch_run_id, "KILLED")
+        raise
+    class_report = None
+    if classes is not None:
+        class_report = relabel_and_track(job.out, results, job.cfg.cluster, batch_run_id, classes.classes_from,
+                                         classes.max_cluster, t.track, t.experiment, classes.register, execute=execute)
+    report = batch_report(source, job.out, results, batch_run_id, fan_out, class_report)
+    end_batch(batch_run_id, batch_status(report), quiet=False)
+    return report
+
+
+def list_sources(source: Source) -> list[str]:
+    """Every image of a folder, glob, file or s3:// prefix (or a list of them), once each;
+    local paths made absolute so the runs stay usable from any directory (UI, recluster)."""
+    from samseg.edges.storage import is_s3_uri, list_images
+
+    specs = [source] if isinstance(source, str) else list(source)
+    uris: list[str] = []
+    for spec in specs:
+        for uri in list_images(spec):
+            uri = uri if is_s3_uri(uri) else os.path.abspath(uri)
+            if uri not in uris:
+                uris.append(uri)
+    return uris
+
+
+def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Source, out: str,
+                n: int) -> tuple[Optional[str], bool]:
+    """(batch run id or None when untracked, resumed after a kill)."""
+    if not track:
+        return None, False
+    from samseg.edges.batch_runs import batch_key, open_batch_run
+
+    params = {**cfg.flat(), "n_images": n}
+    tags = {TAG_KIND: KIND_BATCH, TAG_SOURCE: str(source)}
+    key = batch_key(experiment, source, out, params)
+    return open_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags, key)
+
+
+def end_batch(run_id: Optional[str], status: str, quiet: bool = True) -> None:
+    """Terminate the batch run (FINISHED / FAILED / KILLED); quiet: an MLflow error is ignored."""
+    if run_id is None:
+        return
+    from samseg.edges.tracking import TrackingError, end_run
+
+    try:
+        end_run(run_id, status)
+    except TrackingError:
+        if not quiet:
+            raise
+
+
+def batch_report(source: Source, out: str, results: list[dict[str, Any]], batch_run_id: Optional[str],
+                 fan_out: str, classes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The batch report, written to OUT/batch_summary.json (a failed write is recorded in
+    `summary_error`, never a lost report)."""
+    failed = [r for r in results if r["status"] != "completed"]
+    report = {"source": source, "out": out, "images": results, "succeeded": len(results) - len(failed),
+              "failed": len(failed), "mlflow_run_id": batch_run_id, "fan_out": fan_out,
+              "classes": classes or {"mode": "image"}}
+    try:
+        from samseg.edges.storage import join_uri, write_bytes
+
+        write_bytes(join_uri(out, "batch_summary.json"), json.dumps(report, indent=2, default=str).encode("utf-8"))
+    except Exception as exc:  # noqa: BLE001 — the images' results must still reach the caller
+        report["summary_error"] = one_line(f"batch_summary.json not written: {exc}")
+    return report
+
+
+def batch_status(report: dict[str, Any]) -> str:
+    """The MLflow status the batch run ends with."""
+    return "FAILED" if report["failed"] or (report.get("classes") or {}).get("error") else "FINISHED"

@@ -1,0 +1,124 @@
+"""New clustering settings on masks and embeddings computed before: the same runner, fed
+the earlier run's values.
+
+`recluster` is the one recluster path: `samseg recluster` (local and the Prefect flow),
+the UI's rerun, its live preview and its saved exemplar classes. Where masks/embeddings
+come from is recorded per stage (hit = stage cache, parent_run = the run started from,
+run = that run's MLflow artifacts), never guessed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+from samseg.core.config import PipelineConfig
+from samseg.edges.run_schema import FROM_RUN_ARTIFACTS, KIND_RECLUSTER
+from samseg.engine.runner import Execute, ImageRun, ModelRequired, inline, run_image
+from samseg.engine.stages import OUTPUTS
+from samseg.engine.summary import RunSummary, summarize
+from samseg.sam.source import ModelIdentity
+
+if TYPE_CHECKING:
+    from samseg.edges.cache import StageCache
+
+
+class ReclusterError(RuntimeError):
+    """The inputs a recluster needs are not there (one line)."""
+
+
+def recluster(image: Any, cfg: PipelineConfig, model: ModelIdentity, cache: "StageCache", *,
+              given: Optional[Mapping[str, tuple[Any, str]]] = None,
+              fallback: Optional[Mapping[str, Callable[[], Any]]] = None,
+              load_model: Optional[Callable[[], Any]] = None, execute: Execute = inline) -> ImageRun:
+    """Run cluster + compose under `cfg` on the image's earlier masks/embeddings.
+
+    given: values already in hand (a parent run's masks and, when the pool config is
+    unchanged, its embeddings); otherwise the stage cache, then `fallback` (e.g. the parent
+    run's MLflow artifacts). A pooling change re-pools from the cached encoder features.
+    With no `load_model`, a stage that would need SAM raises ReclusterError (one line).
+    """
+    try:
+        return run_image(image, cfg, model, cache, given=given, fallback=fallback, load_model=load_model,
+                         want=OUTPUTS, execute=execute)
+    except ModelRequired:
+        raise ReclusterError(f"{image.uri}: no cached masks/embeddings (or encoder features) for this model and "
+                             "AMG/pool config; run `samseg segment` on it first") from None
+
+
+def recluster_summary(run: ImageRun, parent_run_id: Optional[str], parent: Optional[dict[str, Any]] = None,
+                      kind: str = KIND_RECLUSTER, extra: Optional[dict[str, Any]] = None) -> RunSummary:
+    """The new run's summary: `summarize` plus where its inputs came from and whose run it re-tunes.
+    parent: the parent's summary.json; a parent with dataset-wide ids is noted, since a
+    recluster of one image gives per-image ids."""
+    inputs_from = "run" if FROM_RUN_ARTIFACTS in run.status.values() else "cache"
+    more: dict[str, Any] = {"recluster": {"parent_run_id": parent_run_id, "inputs_from": inputs_from}}
+    if parent_run_id is not None:
+        more.update(parent_run_id=parent_run_id, kind=kind)
+    if parent and parent.get("classes") in ("dataset", "assigned"):
+        more["rerun_of_dataset_ids"] = parent["classes"]
+    return summarize(run, extra={**more, **(extra or {})})
+
+
+def parent_model(summary: dict[str, Any]) -> ModelIdentity:
+    """The model a run's summary.json records; ReclusterError when it lacks what the cache keys need."""
+    model = ModelIdentity.from_summary(summary)
+    if not model.checkpoint_sha256 or not (summary.get("image") or {}).get("sha256"):
+        raise ReclusterError("summary.json lacks the image or checkpoint sha256 a recluster needs")
+    return model
+
+
+def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *, run_id: Optional[str] = None,
+                  image_uri: Optional[str] = None, base: Optional[PipelineConfig] = None, model_request: Any = None,
+                  execute: Execute = inline, flow_run_id: Optional[str] = None) -> dict[str, Any]:
+    """`samseg recluster`: from an MLflow image run (`run_id`) or from an image + its segment
+    config (`image_uri`, `base`, `model_request`; its cache entries must exist). Writes
+    OUT/<stem>/ and logs a run tagged with its parent; returns summary + out_dir/mlflow_run_id."""
+    import tempfile
+    from pathlib import Path
+
+    from samseg.edges.cache import StageCache
+    from samseg.edges.outdirs import safe_dir_name
+    from samseg.engine.publish import publish
+    from samseg.engine.segment import READ_STEP, read_image
+
+    if (run_id is None) == (image_uri is None):
+        raise ReclusterError("recluster needs exactly one of run_id or image")
+    cache = StageCache(cache_root)
+    with tempfile.TemporaryDirectory(prefix="samseg-recluster-") as tmp:
+        if run_id is not None:
+            parent, base, model, fallback = _from_run(run_id, Path(tmp))
+            image = execute(READ_STEP, lambda: read_image(parent["image"]["uri"]))
+            if image.sha256 != parent["image"]["sha256"]:
+                raise ReclusterError(f"{image.uri}: file changed since run {run_id} (sha256 differs)")
+        else:
+            from samseg.sam.source import ModelSource
+
+            parent, fallback, model = None, None, ModelSource(model_request).identity()
+            image = execute(READ_STEP, lambda: read_image(image_uri))
+        run = recluster(image, base.replace(cluster=cluster_cfg), model, cache, fallback=fallback, execute=execute)
+        summary = recluster_summary(run, run_id, parent)
+        summary.prefect_flow_run_id = flow_run_id
+        where = publish(run, summary, out, safe_dir_name(image.uri), tracking, execute=execute)
+    return {**summary.to_dict(), **where}
+
+
+def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig, ModelIdentity, dict[str, Any]]:
+    """(parent summary, its config, its model, fallbacks reading its downloaded artifacts)."""
+    from samseg.edges.export import read_outputs
+    from samseg.edges.tracking import fetch_run_inputs
+
+    parent = fetch_run_inputs(run_id, workdir)
+    try:
+        base = PipelineConfig.from_flat(parent["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReclusterError(f"MLflow run {run_id}: summary.json config is not a samseg config ({exc})") from None
+    outputs: dict[str, Any] = {}
+
+    def artifact(i: int) -> Callable[[], Any]:
+        def load() -> Any:
+            if not outputs:
+                outputs["v"] = read_outputs(workdir)  # masks, embeddings, labels
+            return outputs["v"][i]
+        return load
+
+    return parent, base, parent_model(parent), {"amg": artifact(0), "pool": artifact(1)}

@@ -1,0 +1,213 @@
+"""The one runner: walk the stage table for one image, loading what the cache has and
+computing only what is missing.
+
+Demand-driven: the run asks for its outputs (amg, pool, cluster, compose; plus encode when
+features are kept); a cached stage whose entry loads is a "hit" and its upstream stages
+are never touched; a warm rerun with new DBSCAN settings reads two entries, loads no model
+and runs cluster + compose. Each entry is read and hash-checked once per run.
+
+Every caller goes through here: the CLI's local runs, the Prefect flows (which pass an
+`execute` that runs each stage as a Prefect task), the UI's rerun and preview, dataset
+mode and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Protocol, TypeVar
+
+from samseg.core.config import PipelineConfig
+from samseg.edges.run_schema import COMPUTED, FROM_RUN_ARTIFACTS, HIT, SKIPPED
+from samseg.engine import progress
+from samseg.engine.stages import CACHED, OUTPUTS, STAGES, StageInputs, stage, stage_key
+from samseg.sam.source import ModelIdentity
+
+if TYPE_CHECKING:
+    from samseg.core.types import ClusterResult, EncodedImage, MaskSet
+    from samseg.edges.cache import StageCache
+    from samseg.edges.images import LoadedImage
+    from samseg.sam.model import LoadedModel
+
+T = TypeVar("T")
+GPU_SLOTS_ENV = "SAMSEG_GPU_SLOTS"
+
+
+class Execute(Protocol):
+    """Runs one step's thunk: inline by default; flows/ runs it as the step's Prefect task."""
+
+    def __call__(self, step: str, fn: Callable[[], T]) -> T: ...
+
+
+def inline(_step: str, fn: Callable[[], T]) -> T:
+    return fn()
+
+
+class ModelRequired(RuntimeError):
+    """A stage has to compute with SAM, but this run has no model (e.g. a UI rerun whose cache entries are gone)."""
+
+
+@dataclass
+class ImageRun:
+    """One image's stage values (rows in AMG mask order), where each came from, and how long it took.
+
+    values: {stage: value} for the stages this run needed. status: {stage: hit | computed |
+    skipped | parent_run | run} for every stage of the table. seconds: wall time per stage
+    as this run saw it (a cache hit's load included).
+    """
+
+    image: "LoadedImage"
+    cfg: PipelineConfig
+    model: ModelIdentity
+    values: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def masks(self) -> "MaskSet":
+        return self.values["amg"]
+
+    @property
+    def embeddings(self) -> Any:  # N×C float32
+        return self.values["pool"]
+
+    @property
+    def clusters(self) -> "ClusterResult":
+        return self.values["cluster"]
+
+    @property
+    def label_map(self) -> Any:  # H×W uint16
+        return self.values["compose"]
+
+    @property
+    def encoded(self) -> Optional["EncodedImage"]:
+        return self.values.get("encode")
+
+    def cache_status(self) -> dict[str, str]:
+        """{cached stage: status} — summary.json's `cache` and the samseg.cache.<stage> tags."""
+        return {name: self.status[name] for name in CACHED}
+
+
+def run_image(
+    image: "LoadedImage",
+    cfg: PipelineConfig,
+    model: ModelIdentity,
+    cache: "StageCache",
+    *,
+    load_model: Optional[Callable[[], "LoadedModel"]] = None,
+    want: tuple[str, ...] = OUTPUTS,
+    given: Optional[Mapping[str, tuple[Any, str]]] = None,
+    fallback: Optional[Mapping[str, Callable[[], Any]]] = None,
+    execute: Execute = inline,
+) -> ImageRun:
+    """Resolve the stages in `want` (and what they need) for `image` under `cfg`.
+
+    model: the weights' identity (cache keys, summary); load_model: called only when a
+    stage that needs SAM has to compute (None: raise ModelRequired then).
+    given: {stage: (value, status)} known before the cache is asked (a recluster's parent
+    run). fallback: {stage: thunk} tried after a cache miss, before computing (a recluster's
+    MLflow artifacts); a thunk returning None means "not there either".
+    """
+    run = ImageRun(image, cfg, model)
+    ctx = StageInputs(image, cfg, _model_getter(load_model))
+    for name in [s.name for s in STAGES if s.name in want]:
+        _resolve(run, name, ctx, cache, dict(given or {}), dict(fallback or {}), execute)
+    for row in STAGES:
+        if row.name not in run.status:
+            run.status[row.name] = SKIPPED
+            progress.report("stage", image=image.uri, stage=row.name, status=SKIPPED)
+    return run
+
+
+def _resolve(run: ImageRun, name: str, ctx: StageInputs, cache: "StageCache", given: dict[str, tuple[Any, str]],
+             fallback: dict[str, Callable[[], Any]], execute: Execute) -> Any:
+    if name in run.values:
+        return run.values[name]
+    row = stage(name)
+    t0 = time.perf_counter()
+    value, status = _known(run, row, cache, given, fallback)
+    if status is None:
+        args = [_resolve(run, i, ctx, cache, given, fallback, execute) for i in row.inputs]
+        t0 = time.perf_counter()  # upstream time is the upstream stages' own
+        value, status = execute(name, _computing(run, row, ctx, cache, args)), COMPUTED
+    run.values[name], run.status[name] = value, status
+    run.seconds[name] = time.perf_counter() - t0
+    progress.report("stage", image=run.image.uri, stage=name, status=status)
+    return value
+
+
+def _known(run: ImageRun, row: Any, cache: "StageCache", given: dict[str, tuple[Any, str]],
+           fallback: dict[str, Callable[[], Any]]) -> tuple[Any, Optional[str]]:
+    """(value, status) from the given values, the cache, or the fallback; (None, None) = compute it."""
+    if row.name in given:
+        return given[row.name]
+    if row.cached:
+        value = cache.load(row.name, key_of(run, row.name), row.codec)
+        if value is not None:
+            return value, HIT
+    if row.name in fallback:
+        value = fallback[row.name]()
+        if value is not None:
+            return value, FROM_RUN_ARTIFACTS
+    return None, None
+
+
+def _computing(run: ImageRun, row: Any, ctx: StageInputs, cache: "StageCache", args: list[Any]) -> Callable[[], Any]:
+    """The thunk that computes one stage (under the GPU bound when it is a GPU stage) and saves its entry."""
+
+    def compute() -> Any:
+        with gpu_slot() if row.gpu else nullcontext():
+            value = row.compute(ctx, *args)
+        if row.cached:
+            cache.save(row.name, key_of(run, row.name), row.codec, value)
+        return value
+
+    return compute
+
+
+def key_of(run: ImageRun, name: str) -> str:
+    return stage_key(name, run.image.sha256, run.model.checkpoint_sha256, run.cfg, run.model.precision)
+
+
+def _model_getter(load_model: Optional[Callable[[], "LoadedModel"]]) -> Callable[[], "LoadedModel"]:
+    def get() -> "LoadedModel":
+        if load_model is None:
+            raise ModelRequired("this stage needs the SAM model, and this run has none (its cache entries are gone); "
+                                "run `samseg segment` on the image again")
+        return load_model()
+
+    return get
+
+
+# ---------------------------------------------------------------- GPU bound (process-local)
+
+_GPU_LOCK = threading.Lock()
+_GPU: Optional[threading.BoundedSemaphore] = None
+
+
+def gpu_slots() -> int:
+    """SAMSEG_GPU_SLOTS (default 1: one SAM pass at a time per GPU)."""
+    import os
+
+    raw = os.environ.get(GPU_SLOTS_ENV, "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"{GPU_SLOTS_ENV}={raw!r} is not an integer") from None
+    if n < 1:
+        raise ValueError(f"{GPU_SLOTS_ENV} must be >= 1, got {n}")
+    return n
+
+
+@contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Process-local bound on concurrent GPU work (a Prefect server's `gpu` tag limit is global)."""
+    global _GPU
+    with _GPU_LOCK:
+        if _GPU is None:
+            _GPU = threading.BoundedSemaphore(gpu_slots())
+        sem = _GPU
+    with sem:
+        yield

@@ -1,0 +1,127 @@
+"""`samseg segment` as engine calls: one image (read -> stages -> summary -> publish) and a batch of them.
+
+The CLI's local orchestrator calls these directly; the Prefect flows call the same
+functions with an `execute` that turns each step into a task (flows/segment.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Callable, Optional
+
+from samseg.core.config import PipelineConfig
+from samseg.engine import progress
+from samseg.engine.publish import Tracking, publish
+from samseg.engine.runner import Execute, ImageRun, inline, run_image
+from samseg.engine.stages import OUTPUTS
+from samseg.engine.summary import summarize
+from samseg.sam.source import ModelRequest, ModelSource
+
+READ_STEP = "read-image"
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """Everything an image run needs besides the image: config, model, stage cache root,
+    where outputs go, how they are logged, whether features.npy is written."""
+
+    cfg: PipelineConfig
+    model: ModelRequest
+    cache_root: str
+    out: str
+    tracking: Tracking = field(default_factory=Tracking)
+    save_features: bool = False
+
+
+def read_image(uri: str) -> Any:
+    """Local path or s3:// URI -> LoadedImage (sha256 of the file bytes)."""
+    from samseg.edges.images import decode_image
+    from samseg.edges.storage import read_bytes
+
+    return decode_image(read_bytes(uri), PurePosixPath(str(uri)).name, uri=str(uri))
+
+
+def compute_image(image: Any, job: SegmentJob, execute: Execute = inline) -> ImageRun:
+    """The stage table walked for one decoded image under `job` (cache first, model lazily)."""
+    from samseg.edges.cache import StageCache
+
+    source = ModelSource(job.model)
+    want = ("encode", *OUTPUTS) if job.save_features else OUTPUTS
+    return run_image(image, job.cfg, source.identity(), StageCache(job.cache_root), load_model=source.get, want=want,
+                     execute=execute)
+
+
+def segment_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Execute = inline,
+                flow_run_id: Optional[str] = None) -> dict[str, Any]:
+    """Segment one image into OUT/<name>/ (default: its safe stem) and log it; returns its
+    summary dict plus out_dir, mlflow_run_id, export_seconds."""
+    from samseg.edges.outdirs import safe_dir_name
+
+    progress.report("image_start", image=uri)
+    image = execute(READ_STEP, lambda: read_image(uri))
+    run = compute_image(image, job, execute)
+    summary = summarize(run, flow_run_id=flow_run_id)
+    where = publish(run, summary, job.out, name or safe_dir_name(uri), job.tracking, job.save_features, execute)
+    progress.report("image_done", image=uri)
+    return {**summary.to_dict(), **where}
+
+
+ImageFn = Callable[[str, str], dict[str, Any]]  # (uri, output name) -> segment_one's result
+
+
+def segment_many(uris: list[str], out: str, image_fn: ImageFn) -> list[dict[str, Any]]:
+    """Every image of a batch through `image_fn`, in order; one bad image fails alone.
+    Images whose OUT/<name> samseg may not replace fail before any compute."""
+    from samseg.edges import shutdown
+    from samseg.edges.outdirs import refused_outputs, unique_names
+
+    names = unique_names(uris)
+    refused = refused_outputs(out, uris, names)
+    results = []
+    for uri, name in zip(uris, names):
+        shutdown.check()  # SIGTERM / Ctrl-C: start no new image
+        if uri in refused:
+            results.append(failed_entry(uri, name, refused[uri]))
+            continue
+        try:
+            results.append(image_entry(uri, name, image_fn(uri, name)))
+        except Exception as exc:  # one bad image fails alone
+            results.append(failed_entry(uri, name, describe_failure(uri, exc)))
+    return results
+
+
+def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
+    """A completed image's line in the batch report."""
+    return {"image": uri, "name": name, "status": "completed", "out_dir": s["out_dir"],
+            "mlflow_run_id": s.get("mlflow_run_id"), "cache": s.get("cache"),
+            "n_masks": s.get("n_masks"), "n_clusters": s.get("n_clusters"), "n_noise": s.get("n_noise")}
+
+
+def failed_entry(uri: str, name: str, error: str, **more: Any) -> dict[str, Any]:
+    progress.report("image_failed", image=uri, error=error)
+    return {"image": uri, "name": name, "status": "failed", **more, "error": error}
+
+
+def describe_failure(uri: str, exc: BaseException) -> str:
+    """One line for a failed image, naming it: input/output errors carry the file in their
+    own message; other errors get "<uri>: " (and "unexpected <Type>: " for non-I/O ones)."""
+    from samseg.edges.export import OutputsError
+    from samseg.edges.images import ImageError
+    from samseg.edges.storage import StorageError
+    from samseg.sam.model import CheckpointError
+
+    if isinstance(exc, (ImageError, OutputsError, StorageError, CheckpointError)):
+        message = str(exc)
+    elif isinstance(exc, (ValueError, OSError)):
+        message = f"{uri}: {exc}"
+    else:
+        message = f"{uri}: unexpected {type(exc).__name__}: {exc}"
+    if uri not in message and PurePosixPath(str(uri)).name not in message:
+        message = f"{uri}: {message}"
+    return one_line(message)
+
+
+def one_line(value: Any) -> str:
+    """`value` as one line: every run of whitespace (newlines included) becomes one space."""
+    return " ".join(str(value).split())

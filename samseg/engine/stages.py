@@ -1,0 +1,120 @@
+"""The stage table: the one place that says which stages exist, what each reads, what its
+cache key depends on and how its output is stored.
+
+Stage order is the order a fresh image computes in: encode -> amg -> pool -> cluster ->
+compose; `export` (writing the image dir, samseg.engine.publish) follows the table. To add
+a stage: write its compute function here and add a row to STAGES; the runner
+(samseg.engine.runner), the Prefect tasks (flows/tasks.py), the progress bar and the cache
+keys follow from the row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from samseg.core.config import PipelineConfig
+from samseg.edges.cache import content_key
+
+if TYPE_CHECKING:
+    from samseg.edges.images import LoadedImage
+    from samseg.sam.model import LoadedModel
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a compute function may use besides its upstream values: the image (H×W×3 uint8
+    in `.rgb`), the config, and `model()`, which loads SAM on first use (stages that never
+    call it never load the model)."""
+
+    image: "LoadedImage"
+    cfg: PipelineConfig
+    model: Callable[[], "LoadedModel"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the table.
+
+    inputs: upstream stage names, passed positionally to `compute` after the StageInputs.
+    key_sections: PipelineConfig sections its cache key includes (its own and upstream);
+      None = not cached (cheap, re-tuned stages). codec: samseg.edges.cache.StageCache codec.
+    gpu: runs under the GPU bound (process slots; the `gpu` tag on a Prefect server).
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    compute: Callable[..., Any]
+    key_sections: tuple[str, ...] | None = None
+    codec: str | None = None
+    gpu: bool = False
+
+    @property
+    def cached(self) -> bool:
+        return self.key_sections is not None
+
+
+def _encode(ctx: StageInputs) -> Any:
+    from samseg.sam import encode
+
+    return encode.encode_image(ctx.model(), ctx.image.rgb)  # C×64×64 features + geometry
+
+
+def _amg(ctx: StageInputs, encoded: Any) -> Any:
+    from samseg.sam import amg
+
+    return amg.generate_masks(ctx.model(), ctx.image.rgb, encoded, ctx.cfg.amg)  # reuses `encoded`: one encoder pass
+
+
+def _pool(ctx: StageInputs, masks: Any, encoded: Any) -> Any:
+    from samseg.core import pool
+
+    return pool.pool_embeddings(masks, encoded, ctx.cfg.pool)  # N×C float32
+
+
+def _cluster(ctx: StageInputs, embeddings: Any) -> Any:
+    from samseg.core import cluster
+
+    return cluster.cluster_embeddings(embeddings, ctx.cfg.cluster)
+
+
+def _compose(ctx: StageInputs, masks: Any, clusters: Any) -> Any:
+    from samseg.core import compose
+
+    return compose.compose_labels(masks, clusters)  # H×W uint16, 0 = no class
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("encode", (), _encode, key_sections=(), codec="encoded", gpu=True),
+    Stage("amg", ("encode",), _amg, key_sections=("amg",), codec="masks", gpu=True),
+    Stage("pool", ("amg", "encode"), _pool, key_sections=("amg", "pool"), codec="embeddings"),
+    Stage("cluster", ("pool",), _cluster),
+    Stage("compose", ("amg", "cluster"), _compose),
+)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+CACHED: tuple[str, ...] = tuple(s.name for s in STAGES if s.cached)
+EXPORT = "export"
+# What a progress bar counts per image: every stage of the table, then the export.
+STEPS: tuple[str, ...] = (*(s.name for s in STAGES), EXPORT)
+# What an image run must end with; upstream stages are computed (or loaded) only as needed.
+OUTPUTS: tuple[str, ...] = ("amg", "pool", "cluster", "compose")
+
+
+def stage(name: str) -> Stage:
+    if name not in BY_NAME:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(BY_NAME)}")
+    return BY_NAME[name]
+
+
+def stage_key(name: str, image_sha256: str, checkpoint_sha256: str, cfg: PipelineConfig, precision: str = "fp32") -> str:
+    """Hex sha256 of a cached stage's inputs: stage, image bytes, weights, model type, the
+    config sections of its row (never `cluster`: re-tuning it re-uses every entry), and
+    the resolved precision (fp32 keys are what they always were)."""
+    row = stage(name)
+    if not row.cached:
+        raise ValueError(f"stage {name!r} is not cached; cached stages: {', '.join(CACHED)}")
+    doc = {"stage": name, "image_sha256": image_sha256, "checkpoint_sha256": checkpoint_sha256,
+           "model_type": cfg.model_type}
+    doc.update({section: dataclasses.asdict(getattr(cfg, section)) for section in row.key_sections or ()})
+    return content_key(doc, precision)

@@ -1,0 +1,77 @@
+"""RunSummary: the one record of what a run did, built in one place.
+
+summary.json is `RunSummary.to_dict()` (written by samseg.edges.export, the only writer of
+that file); MLflow params, metrics and tags are derived from the same dict by
+samseg.edges.tracking (the only writer to MLflow). A segment, a recluster, a UI rerun and
+an exemplar class all build theirs with `summarize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from samseg import __version__
+
+if TYPE_CHECKING:
+    from samseg.engine.runner import ImageRun
+
+_KNOWN = ("samseg_version", "image", "model", "config", "embedding_dim", "n_masks", "n_clusters", "n_noise",
+          "cluster_sizes", "seconds", "silhouette", "cache", "prefect_flow_run_id")
+
+
+@dataclass
+class RunSummary:
+    """image: {file_name, uri, sha256, hw}; model: {type, checkpoint_sha256, checkpoint_path,
+    device, precision (resolved)}; config: PipelineConfig.flat(); seconds: {stage: s, total};
+    cache: {cached stage: status}; extra: run-kind specific keys (recluster, parent_run_id,
+    kind, classes, exemplar, ...), written after the known ones."""
+
+    image: dict[str, Any]
+    model: dict[str, Any]
+    config: dict[str, Any]
+    embedding_dim: Optional[int]
+    n_masks: int
+    n_clusters: int
+    n_noise: int
+    cluster_sizes: list[int]
+    seconds: dict[str, float]
+    silhouette: Optional[float] = None
+    cache: dict[str, str] = field(default_factory=dict)
+    prefect_flow_run_id: Optional[str] = None
+    samseg_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in _KNOWN}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSummary":
+        known = {k: d[k] for k in _KNOWN if k in d}
+        known.setdefault("silhouette", None)
+        return cls(**known, extra={k: v for k, v in d.items() if k not in _KNOWN})
+
+
+def summarize(run: "ImageRun", flow_run_id: Optional[str] = None, extra: Optional[dict[str, Any]] = None) -> RunSummary:
+    """The RunSummary of a finished ImageRun (its clusters, timings and cache statuses)."""
+    from samseg.core.cluster import silhouette_cosine
+
+    img, m, clusters, emb = run.image, run.model, run.clusters, run.embeddings
+    seconds = {name: round(float(s), 6) for name, s in run.seconds.items()}
+    seconds["total"] = round(sum(seconds.values()), 6)
+    return RunSummary(
+        image={"file_name": img.name, "uri": img.uri, "sha256": img.sha256, "hw": list(img.hw)},
+        model={"type": m.model_type, "checkpoint_sha256": m.checkpoint_sha256, "checkpoint_path": m.checkpoint_path,
+               "device": m.device, "precision": m.precision},
+        config={**run.cfg.flat(), "model_type": m.model_type},
+        embedding_dim=int(emb.shape[1]) if getattr(emb, "ndim", 0) == 2 else None,
+        n_masks=len(run.masks),
+        n_clusters=clusters.n_clusters,
+        n_noise=clusters.n_noise,
+        cluster_sizes=clusters.sizes(),
+        seconds=seconds,
+        silhouette=silhouette_cosine(emb, clusters.labels),  # None when undefined
+        cache=run.cache_status(),
+        prefect_flow_run_id=flow_run_id,
+        extra=dict(extra or {}),
+    )

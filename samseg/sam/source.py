@@ -1,0 +1,126 @@
+"""Where the engine gets its model: an identity for cache keys now, the weights only when a
+stage has to compute.
+
+`ModelSource(request).identity()` says which weights a run uses (type, checkpoint sha256,
+device, resolved precision) without loading them: the pinned sha256 for an official
+checkpoint, the remembered sha256 of a local file (path, size, mtime -> sha256 under
+$SAMSEG_HOME, so a 2.5 GB file is hashed once), the state_dict hash for a seeded
+tiny-random. `get()` loads the model, once per process per request (a worker serves many
+images; loading SAM per image would dominate), and remembers a load failure so a batch
+reports a bad checkpoint once, not once per image.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from samseg.sam.model import LoadedModel
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What the user asked for: model type, checkpoint file (None = official / seeded),
+    device (None = best available), seed (tiny-random), precision (may be "auto")."""
+
+    model_type: str
+    checkpoint: Optional[str] = None
+    device: Optional[str] = None
+    seed: int = 0
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The weights a run used: what the cache keys and the summary's `model` record.
+    precision is the resolved one (never "auto")."""
+
+    model_type: str
+    checkpoint_sha256: str
+    checkpoint_path: Optional[str]
+    device: str
+    precision: str = "fp32"
+
+    @classmethod
+    def of(cls, model: Any) -> "ModelIdentity":
+        """The identity of a LoadedModel (or of anything with its fields)."""
+        return cls(model.model_type, model.checkpoint_sha256, model.checkpoint_path, model.device,
+                   getattr(model, "precision", "fp32"))
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> "ModelIdentity":
+        """The identity a run's summary.json records (a recluster describes its parent's model)."""
+        m = summary.get("model") or {}
+        return cls(m.get("type") or (summary.get("config") or {}).get("model_type", ""), m.get("checkpoint_sha256") or "",
+                   m.get("checkpoint_path"), m.get("device") or "cpu", m.get("precision", "fp32"))
+
+
+_LOADED: dict[ModelRequest, "LoadedModel"] = {}
+_FAILED: dict[ModelRequest, BaseException] = {}
+_LOCK = threading.Lock()
+
+
+class ModelSource:
+    """Lazily loaded weights for one ModelRequest (see the module docstring)."""
+
+    def __init__(self, request: ModelRequest) -> None:
+        self.request = request
+        self._identity: ModelIdentity | None = None
+
+    def identity(self) -> ModelIdentity:
+        if self._identity is None:
+            loaded = _LOADED.get(self.request)
+            self._identity = ModelIdentity.of(loaded) if loaded is not None else _identify(self.request)
+        return self._identity
+
+    def loaded(self) -> bool:
+        return self.request in _LOADED
+
+    def get(self) -> "LoadedModel":
+        """The LoadedModel, loaded once per process; a failed load re-raises at once."""
+        from samseg.sam.model import load_model
+
+        r = self.request
+        with _LOCK:
+            if r in _FAILED:
+                raise _FAILED[r]
+            if r not in _LOADED:
+                try:
+                    _LOADED[r] = load_model(r.model_type, checkpoint=r.checkpoint, device=r.device, seed=r.seed,
+                                            precision=r.precision)
+                except Exception as exc:
+                    _FAILED[r] = exc
+                    raise
+            return _LOADED[r]
+
+
+def forget_models() -> None:
+    """Drop every loaded model and remembered failure (tests; a long-lived UI after a fix)."""
+    with _LOCK:
+        _LOADED.clear()
+        _FAILED.clear()
+
+
+def _identify(r: ModelRequest) -> ModelIdentity:
+    from samseg.sam.model import CHECKPOINTS, CheckpointError, check_model_type, select_device
+    from samseg.sam.precision import resolve_precision
+
+    check_model_type(r.model_type)
+    device = select_device(r.device)
+    precision = resolve_precision(r.precision, device)
+    if r.checkpoint is not None:
+        path = Path(r.checkpoint).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found")
+        from samseg.sam.model import remembered_sha256
+
+        return ModelIdentity(r.model_type, remembered_sha256(path), str(path), device, precision)
+    if r.model_type in CHECKPOINTS:  # official weights: the load verifies the pinned sha256
+        from samseg.sam.model import checkpoint_path
+
+        return ModelIdentity(r.model_type, CHECKPOINTS[r.model_type].sha256, str(checkpoint_path(r.model_type)),
+                             device, precision)
+    return ModelIdentity.of(ModelSource(r).get())  # seeded weights: their hash is the identity
