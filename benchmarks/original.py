@@ -6,7 +6,8 @@
    output (encoder pass 2 — the generator sets the same image again);
 3. per mask: resize the H×W bool mask into SAM's input frame, pad to 1024², `np.split` it
    into 64×64 cells of 16×16 px, keep cells with more than 1 covered pixel, average their
-   feature vectors — a Python loop over masks × cells;
+   feature vectors — a Python loop over masks × cells (`notebook_embedding`, also the
+   tests' reference for samseg.core.pool);
 4. `sklearn.cluster.DBSCAN(eps, min_samples, metric="cosine")` on the N×C embeddings.
 
 Nothing here is samseg code: only segment_anything, numpy, OpenCV and scikit-learn, so the
@@ -28,26 +29,33 @@ import numpy as np
 GRID = 64  # cells per side of SAM's 1024-px input frame (16-px patches)
 
 
-def notebook_pool(mask_hw: np.ndarray, features_chw: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    """C float32: mean feature of the cells where the mask covers > 1 input pixel.
+def notebook_embedding(mask_1024: np.ndarray, features_chw: np.ndarray) -> np.ndarray:
+    """(C,) float32: the notebook's mask embedding of one 1024×1024 mask in SAM's input frame.
 
-    The notebook's loop: nearest resize to input_hw, pad to 1024², np.split rows then
-    columns, sum each 16×16 block. A mask covering no cell gets a zero vector.
-    """
+    np.split into 64×64 cells of 16×16 px, python loops over every cell, a cell is used
+    when `cell.sum() > 1`, np.mean of the selected feature vectors. A mask that selects no
+    cell gives NaN, as the notebook did (its defect; tests/test_pool.py finds those masks)."""
+    import warnings
+
+    selected = []
+    for i, row in enumerate(np.split(mask_1024, GRID, axis=0)):
+        for j, cell in enumerate(np.split(row, GRID, axis=1)):
+            if cell.sum() > 1:
+                selected.append(features_chw[:, i, j])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mean of nothing → NaN, as in the notebook
+        return np.mean(np.array(selected, dtype=np.float32).reshape(-1, features_chw.shape[0]), axis=0)
+
+
+def notebook_pool(mask_hw: np.ndarray, features_chw: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """C float32 for an H×W mask: nearest resize to input_hw, pad to 1024², then notebook_embedding."""
     import cv2
 
     ih, iw = input_hw
     resized = cv2.resize(mask_hw.astype(np.uint8), (iw, ih), interpolation=cv2.INTER_NEAREST)
     frame = np.zeros((GRID * 16, GRID * 16), dtype=np.uint8)
     frame[:ih, :iw] = resized
-    selected = []
-    for i, row in enumerate(np.split(frame, GRID, axis=0)):
-        for j, cell in enumerate(np.split(row, GRID, axis=1)):
-            if cell.sum() > 1:
-                selected.append(features_chw[:, i, j])
-    if not selected:
-        return np.zeros(features_chw.shape[0], dtype=np.float32)
-    return np.mean(selected, axis=0).astype(np.float32)
+    return notebook_embedding(frame, features_chw)
 
 
 def _generator_class() -> Any:
@@ -91,10 +99,14 @@ def run_original(sam: Any, rgb_hw3: np.ndarray, amg: Any, cluster: Any) -> dict[
     t3 = time.perf_counter()
     seconds["pool"] = t3 - t2
 
+    # The notebook's NaN rows would make DBSCAN raise; path A clusters them as zero vectors
+    # (their count is reported) so the timing covers the whole pipeline.
+    n_nan = int((~np.isfinite(embeddings).all(axis=1)).sum()) if len(embeddings) else 0
+    embeddings = np.nan_to_num(embeddings, nan=0.0)
     if len(embeddings):
         labels = DBSCAN(eps=cluster.eps, min_samples=cluster.min_samples, metric=cluster.metric).fit(embeddings).labels_
     else:
         labels = np.zeros(0, dtype=np.int64)
     seconds["cluster"] = time.perf_counter() - t3
     seconds["total"] = sum(seconds.values())
-    return {"seconds": seconds, "masks": masks, "embeddings": embeddings, "labels": labels}
+    return {"seconds": seconds, "masks": masks, "embeddings": embeddings, "labels": labels, "n_nan_embeddings": n_nan}

@@ -16,6 +16,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from samseg.sam.model import MODEL_TYPES
+
 from samseg.core.config import (
     AmgConfig,
     ClusterConfig,
@@ -24,7 +26,7 @@ from samseg.core.config import (
     get_preset,
 )
 
-ModelType = Literal["vit_h", "vit_l", "vit_b", "tiny-random"]
+ModelType = Literal[MODEL_TYPES]  # the model registry's names (samseg.sam.model.MODELS)
 
 _AMG = AmgConfig()
 _POOL = PoolConfig()

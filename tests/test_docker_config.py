@@ -184,6 +184,9 @@ def test_prefect_yaml_is_understood_by_prefect() -> None:
     import flows.segment
 
     # segment_batch_flow fans out to "<image flow name>/segment"; it must be this file's deployment.
-    assert flows.segment.SEGMENT_DEPLOYMENT == f"{flows.segment.segment_image_flow.name}/segment"
+    from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT, SEGMENT_DEPLOYMENT
+
+    assert SEGMENT_DEPLOYMENT == f"{flows.segment.segment_image_flow.name}/segment"
+    assert RECLUSTER_DEPLOYMENT == f"{flows.recluster.recluster_flow.name}/recluster"  # the UI's --submit prefect default
     for fn in (flows.segment.segment_batch_flow, flows.segment.segment_image_flow, flows.recluster.recluster_flow):
         assert hasattr(fn, "deploy") and hasattr(fn, "name"), f"{fn} is not a Prefect flow"

@@ -92,21 +92,16 @@ def test_mask_to_rle_fast_equals_segment_anything(shape):
     assert mask_to_rle_fast(masks) == mask_to_rle_pytorch(masks)
 
 
-def test_fast_amg_postprocessing_swaps_and_restores():
+def test_samseg_patches_nothing_in_segment_anything():
     import segment_anything.automatic_mask_generator as sam_amg
+    from segment_anything.utils.amg import MaskData, mask_to_rle_pytorch
 
-    from samseg.sam.amg_post import fast_amg_postprocessing, mask_to_rle_fast
+    from samseg.sam.generator import FastMaskData
 
-    from segment_anything.utils.amg import MaskData
-
-    from samseg.sam.amg_post import cat_without_deepcopy
-
-    original, original_cat = sam_amg.mask_to_rle_pytorch, MaskData.cat
-    with fast_amg_postprocessing():
-        assert sam_amg.mask_to_rle_pytorch is mask_to_rle_fast
-        assert MaskData.cat is cat_without_deepcopy
-    assert sam_amg.mask_to_rle_pytorch is original
-    assert MaskData.cat is original_cat
+    cat_before = MaskData.__dict__["cat"]
+    import samseg.sam.amg  # noqa: F401 — importing the fork changes nothing of SAM's
+    assert sam_amg.mask_to_rle_pytorch is mask_to_rle_pytorch and MaskData.__dict__["cat"] is cat_before
+    assert FastMaskData.cat is not MaskData.cat  # the fork's behaviour lives in its subclass
 
 
 def _mask_data(seed: int):
@@ -124,18 +119,21 @@ def _mask_data(seed: int):
 def test_cat_without_deepcopy_equals_mask_data_cat():
     import numpy as np
 
-    from samseg.sam.amg_post import cat_without_deepcopy
+    from samseg.sam.generator import FastMaskData
 
-    ref, got = _mask_data(0), _mask_data(0)
+    def fast(seed: int) -> FastMaskData:
+        return FastMaskData(**dict(_mask_data(seed).items()))
+
+    ref, got = _mask_data(0), fast(0)
     for seed in (1, 2):
         ref.cat(_mask_data(seed))
-        cat_without_deepcopy(got, _mask_data(seed))
+        got.cat(_mask_data(seed))
     assert ref["rles"] == got["rles"] and len(got["rles"]) == 9
     assert torch.equal(ref["boxes"], got["boxes"])
     assert np.array_equal(ref["points"], got["points"])
     fresh = _mask_data(3)
-    empty = type(fresh)()
-    cat_without_deepcopy(empty, fresh)
+    empty = FastMaskData()
+    empty.cat(fresh)
     assert empty["rles"] == fresh["rles"] and empty["rles"] is not fresh["rles"]
     assert torch.equal(empty["boxes"], fresh["boxes"]) and empty["boxes"] is not fresh["boxes"]
 
@@ -147,8 +145,9 @@ def test_fast_postprocessing_gives_identical_amg_records_with_crops():
     import numpy as np
     from segment_anything import SamAutomaticMaskGenerator
 
-    from samseg.sam.amg_post import fast_amg_postprocessing
+    from samseg.core.config import AmgConfig
     from samseg.sam.fast_decoder import accelerate_decoder
+    from samseg.sam.generator import ChunkedMaskGenerator
     from samseg.sam.model import build_tiny_random
 
     sam = accelerate_decoder(build_tiny_random(seed=0))
@@ -156,6 +155,7 @@ def test_fast_postprocessing_gives_identical_amg_records_with_crops():
     kw = dict(points_per_side=4, points_per_batch=5, pred_iou_thresh=0.0, stability_score_thresh=0.0,
               box_nms_thresh=1.0, crop_n_layers=1, crop_nms_thresh=1.0, output_mode="uncompressed_rle")
     ref = SamAutomaticMaskGenerator(sam, **kw).generate(image)
-    with fast_amg_postprocessing():
-        got = SamAutomaticMaskGenerator(sam, **kw).generate(image)
+    fork = ChunkedMaskGenerator(sam, AmgConfig(**{k: v for k, v in kw.items() if k != "output_mode"}))
+    fork.output_mode = kw["output_mode"]
+    got = fork.generate(image)
     assert len(ref) > 16 and got == ref

@@ -223,13 +223,15 @@ def test_fetch_run_inputs(mlflow_env: str, tmp_path: Path) -> None:  # noqa: F81
 def test_dead_server_is_one_clear_error_and_http_retries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     from servers import free_port
 
-    for key in tracking._HTTP_DEFAULTS:
+    from samseg.edges import mlflow_client
+
+    for key in mlflow_client._HTTP_DEFAULTS:
         monkeypatch.setenv(key, "x")  # recorded, so the defaults set below are undone afterwards
         monkeypatch.delenv(key)
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
     tracking._client()
-    assert {k: os.environ[k] for k in tracking._HTTP_DEFAULTS} == tracking._HTTP_DEFAULTS
+    assert {k: os.environ[k] for k in mlflow_client._HTTP_DEFAULTS} == mlflow_client._HTTP_DEFAULTS
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a user's own value wins
     tracking._client()
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"

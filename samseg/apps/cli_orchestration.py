@@ -151,9 +151,10 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
         per_image = dataclasses.replace(job, tracking=tracking)
         return segment_many(batch, job.out, lambda uri, name: segment_one(uri, per_image, name))
 
+    classes = _classes(_classes_request(args, job.out))  # a usage error before any compute
     with _progress_bars(args, len(uris)):
         try:
-            report = run_batch(list(args.inputs), job, run_images, _classes(_classes_request(args, job.out)))
+            report = run_batch(list(args.inputs), job, run_images, classes)
         except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
             print_error(exc)
             return 1

@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
+
 DEFAULT_HOST = "127.0.0.1"  # loopback: the UI can start runs, so it is private by default
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -32,7 +34,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--prefect-ui-url", default=None, help="base URL of the Prefect UI for flow-run links (default: from PREFECT_API_URL)")
     p.add_argument("--submit", default="auto", choices=("auto", "local", "prefect"),
                    help="where reruns run: auto = the Prefect deployment when PREFECT_API_URL is set and it exists, else in this process")
-    p.add_argument("--prefect-deployment", default="recluster/recluster", help="deployment for --submit prefect/auto (default recluster/recluster)")
+    p.add_argument("--prefect-deployment", default=RECLUSTER_DEPLOYMENT, help=f"deployment for --submit prefect/auto (default {RECLUSTER_DEPLOYMENT})")
     p.add_argument("--prefect-out", default=None, help="output dir or s3:// prefix the recluster flow writes to (default: under --ui-cache)")
     p.add_argument("--image-root", action="append", default=None, metavar="DIR",
                    help="serve run input photos only from under this folder (repeatable; default: any local path, "

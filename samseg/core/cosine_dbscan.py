@@ -1,4 +1,4 @@
-"""Exact DBSCAN with the cosine metric for large N (dataset-level classes, issue 6).
+"""Exact DBSCAN with the cosine metric for large N (dataset-level classes).
 
 On unit vectors cos(a, b) = a·b and ||a − b||² = 2(1 − cos), so "cosine distance <= eps"
 is "a·b >= 1 − eps" (euclidean eps_e = sqrt(2·eps)). Neighbour counts and core–core edges

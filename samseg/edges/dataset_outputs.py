@@ -1,4 +1,4 @@
-"""Dataset-level classes over a finished batch's output dirs (issue 6): file + MLflow edge.
+"""Dataset-level classes over a finished batch's output dirs: file + MLflow edge.
 
 Used by the CLI (`samseg segment --classes dataset | --classes-from RUN_ID`) and by the
 engine step samseg.engine.dataset.classify_dirs; no Prefect import here.

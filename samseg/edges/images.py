@@ -1,7 +1,7 @@
 """Image loading (file edge): bytes → H×W×3 uint8 RGB, or a one-line `ImageError`.
 
 `decode_image` is the single decoder; `load_image` reads a local file and calls it, and
-the S3 edge (later) reads an object and calls it too, so both paths behave identically.
+the S3 edge (`storage.read_bytes`) reads an object and calls it too, so both paths behave identically.
 
 Colour rules, in one place so every caller gets the same pixels:
 - EXIF orientation is applied first (`ImageOps.exif_transpose`), so `rgb` and every

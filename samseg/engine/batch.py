@@ -112,12 +112,17 @@ def batch_report(source: Source, out: str, results: list[dict[str, Any]], batch_
               "failed": len(failed), "mlflow_run_id": batch_run_id, "fan_out": fan_out,
               "classes": classes or {"mode": "image"}}
     try:
-        from samseg.edges.storage import join_uri, write_bytes
-
-        write_bytes(join_uri(out, "batch_summary.json"), json.dumps(report, indent=2, default=str).encode("utf-8"))
+        write_batch_summary(out, report)
     except Exception as exc:  # noqa: BLE001 — the images' results must still reach the caller
         report["summary_error"] = one_line(f"batch_summary.json not written: {exc}")
     return report
+
+
+def write_batch_summary(out: str, report: dict[str, Any]) -> None:
+    """OUT/batch_summary.json (a local dir or s3:// prefix)."""
+    from samseg.edges.storage import join_uri, write_bytes
+
+    write_bytes(join_uri(out, "batch_summary.json"), json.dumps(report, indent=2, default=str).encode("utf-8"))
 
 
 def batch_status(report: dict[str, Any]) -> str:

@@ -17,15 +17,14 @@ encoder. This module computes the same function per head (per small group of win
 Same arithmetic as SAM's (the same GEMM, the same adds, the same softmax), only the
 summation order of (q·k) + bias differs — see tests/test_fast_encoder.py.
 
-Why not `scaled_dot_product_attention`: measured on this 2-core AVX2 CPU with the rel-pos
-bias as attn_mask it was slower than the baddbmm path above (2.05 s vs 1.76 s for a vit_b
-global layer; SAM's own 2.8–3.6 s), and folding the bias into extra q/k channels (q·Rh,
-q·Rw against one-hot key positions) makes the score GEMM 3× wider (64 → 192) at 64²
-tokens, which ate the gain.
+Why not `scaled_dot_product_attention`: with the rel-pos bias as attn_mask it was slower
+than the baddbmm path above, and folding the bias into extra q/k channels (q·Rh, q·Rw
+against one-hot key positions) makes the score GEMM 3× wider (64 → 192) at 64² tokens,
+which ate the gain (timings: benchmarks/README.md).
 
 4. The MLP's GELU runs in place on lin1's output: a fresh 50 MB (4096×3072 float32)
-   tensor per block is an mmap whose page faults cost more than the GELU (measured on
-   vit_b here: 8.9 s → 8.4-8.7 s per encoder pass, identical outputs).
+   tensor per block is an mmap whose page faults cost more than the GELU (identical
+   outputs; timings in benchmarks/README.md).
 
 Wiring: `accelerate_encoder(sam)` installs the fast forward on every
 `segment_anything.modeling.image_encoder.Attention` (and the in-place MLP on every

@@ -346,7 +346,7 @@ def load_model(
     otherwise the cached official file, downloaded and verified if missing.
     tiny-random: seeded random weights (`seed`), or the state_dict file `checkpoint`.
     fast_decoder: swap in samseg.sam.fast_decoder's mask decoder (same outputs within fp32
-    tolerance, ~3× faster per prompt on CPU); False keeps segment_anything's module.
+    tolerance, faster per prompt: benchmarks/README.md); False keeps segment_anything's module.
     fast_encoder: swap in samseg.sam.fast_encoder's per-head attention in the image encoder
     (same outputs within fp32 tolerance, no (heads×HW×HW) score tensors); False keeps SAM's.
     precision: fp32 | bf16 | fp16 | auto (samseg.sam.precision), resolved for `device` here.

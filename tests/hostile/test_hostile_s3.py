@@ -61,13 +61,13 @@ def test_missing_output_bucket_is_found_before_computing(prefect_api, s3_env, tm
 
 
 def test_dead_endpoint_at_the_end_still_prints_every_result(prefect_api, tmp_path: Path, monkeypatch) -> None:
-    import flows.segment as segment
+    import samseg.engine.batch as batch
     from samseg.edges.storage import StorageError
 
     def dead(out, report):
         raise StorageError("s3://bkt/out/batch_summary.json: write failed after retries: Could not connect")
 
-    monkeypatch.setattr(segment, "_write_batch_summary", dead)
+    monkeypatch.setattr(batch, "write_batch_summary", dead)
     for i in range(2):
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / f"p{i}.png").write_bytes(_png_bytes(10 + i))

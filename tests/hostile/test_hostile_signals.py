@@ -104,7 +104,9 @@ def test_kill9_leaves_no_temporary_prefect_server_behind(tmp_path: Path) -> None
     _images(tmp_path / "in", 6)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = _samseg(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"), *TINY], env)
+    # --orchestrator prefect without PREFECT_API_URL: the flows on Prefect's temporary server
+    proc = _samseg(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"),
+                    "--orchestrator", "prefect", *TINY], env)
     server = None
     try:
         def server_up() -> bool:  # the server and its watchdog (started within ~10 ms of it)

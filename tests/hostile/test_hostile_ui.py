@@ -231,9 +231,9 @@ def test_ui_refuses_a_tracking_uri_without_a_database(tmp_path: Path, monkeypatc
 def test_bound_loopback_address_is_an_allowed_host() -> None:
     import argparse
 
-    from samseg.apps.cli_ui import add_parsers, build_settings
+    from samseg.apps.cli_ui import add_parser, build_settings
 
     p = argparse.ArgumentParser()
-    add_parsers(p.add_subparsers())
+    add_parser(p.add_subparsers())
     settings = build_settings(p.parse_args(["ui", "--host", "127.0.0.2"]))
     assert "127.0.0.2" in settings.allowed_hosts and "localhost" in settings.allowed_hosts

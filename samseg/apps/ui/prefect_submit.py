@@ -17,7 +17,8 @@ from samseg.core.config import ClusterConfig
 from samseg.apps.ui.service import RunDataError, RunStore
 
 # "<flow name>/<deployment name>" as in deployments/prefect.yaml (flow `recluster`).
-DEFAULT_DEPLOYMENT = "recluster/recluster"
+from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT as DEFAULT_DEPLOYMENT  # noqa: E402
+
 SUBMIT_MODES = ("auto", "local", "prefect")
 _WAIT_S = 900  # a recluster is seconds of work; minutes means no worker is polling
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from samseg.apps.ui.files import DATASET_FILES, RunDataError, RunFiles  # noqa: F401 — DATASET_FILES re-exported
 from samseg.apps.ui.security import valid_run_id
+from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
 
 # Run kinds that have an image's outputs (a batch parent run has none).
 IMAGE_KINDS = ("image", "recluster")
@@ -66,7 +67,7 @@ class UiSettings:
     # Reruns: "auto" = through the Prefect deployment when PREFECT_API_URL is set and the
     # deployment exists, else in the UI process; "local"; "prefect" (required).
     submit: str = "auto"
-    prefect_deployment: str = "recluster/recluster"
+    prefect_deployment: str = RECLUSTER_DEPLOYMENT
     prefect_out: str | None = None  # where the flow writes outputs; None → <cache_dir>/recluster-out
     # Host headers accepted (None = any). `samseg ui` on loopback sets the loopback names so
     # a web page cannot reach the UI through DNS rebinding (evil.example → 127.0.0.1).
