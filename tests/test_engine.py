@@ -1,0 +1,174 @@
+"""samseg.engine: the stage table, the demand-driven runner, and one engine under every orchestrator.
+
+Unit tests inject known compute (counting calls) so they say exactly which stages ran;
+the CLI tests run the real tiny-random SAM (meaningless masks: plumbing only).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samseg.core.config import get_preset
+from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
+from samseg.edges.cache import StageCache
+from samseg.edges.images import decode_image
+from samseg.engine import stages
+from samseg.engine.runner import ModelRequired, run_image
+from samseg.sam.source import ModelIdentity
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = get_preset("smoke")
+MODEL = ModelIdentity("tiny-random", "c" * 64, None, "cpu")
+
+
+def test_stage_keys_are_the_ones_the_cache_always_had() -> None:
+    # Pinned from the pre-engine samseg.cache.stage_key: every existing cache entry stays a hit.
+    pinned = {
+        ("encode", "fp32"): "acbaef027698656910a546974f271fe03762c95b177d0220e407e175acc7b6f7",
+        ("amg", "fp32"): "0ccb36cb2e06d66fee1d247ee147e942d2f9dc4418eb2df8ee60c885557bd560",
+        ("pool", "fp32"): "e3eea9f86ec9cb960bea4e75aebfa0370107951661d37c02abbb1200030af970",
+        ("pool", "bf16"): "5e58a36d11b2d68aa9405097caf4a30dc05a46cff0f4c7680318f4e848480600",
+    }
+    for (name, precision), key in pinned.items():
+        assert stages.stage_key(name, "a" * 64, "c" * 64, SMOKE, precision) == key
+    with pytest.raises(ValueError, match="not cached"):
+        stages.stage_key("cluster", "a" * 64, "c" * 64, SMOKE)
+
+
+def test_the_table_is_the_one_list_of_stages() -> None:
+    from samseg.engine import progress
+
+    names = [s.name for s in stages.STAGES]
+    assert names == ["encode", "amg", "pool", "cluster", "compose"]
+    assert progress.STAGES == (*names, "export") == stages.STEPS
+    assert stages.CACHED == ("encode", "amg", "pool")
+    for row in stages.STAGES:  # inputs only name earlier rows: the table is in compute order
+        assert all(names.index(i) < names.index(row.name) for i in row.inputs)
+
+
+@pytest.fixture()
+def counted(monkeypatch: pytest.MonkeyPatch):
+    """encode / amg / pool replaced by known values; `calls` counts each stage's computes."""
+    calls = {"encode": 0, "amg": 0, "pool": 0, "model": 0}
+    masks = np.zeros((3, 20, 30), bool)
+    masks[0, :10, :10], masks[1, :10, 15:25], masks[2, 12:, :] = True, True, True
+
+    def encode(model, rgb):
+        calls["encode"] += 1
+        return EncodedImage(np.ones((4, 64, 64), np.float32), ImageGeometry.for_image(rgb.shape[:2]))
+
+    def amg(model, rgb, encoded, cfg):
+        calls["amg"] += 1
+        return MaskSet.from_binary(masks)
+
+    def pool(m, encoded, cfg):
+        calls["pool"] += 1
+        return np.array([[1, 0, 0, 0], [1, 0.01, 0, 0], [0, 1, 0, 0]], np.float32)
+
+    monkeypatch.setattr("samseg.sam.encode.encode_image", encode)
+    monkeypatch.setattr("samseg.sam.amg.generate_masks", amg)
+    monkeypatch.setattr("samseg.core.pool.pool_embeddings", pool)
+
+    def load_model():
+        calls["model"] += 1
+        return object()
+
+    return calls, load_model
+
+
+def _image():
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(buf, "PNG")
+    return decode_image(buf.getvalue(), "x.png", uri="/in/x.png")
+
+
+def test_warm_rerun_reads_two_entries_loads_no_model_and_computes_only_cluster(counted, tmp_path: Path) -> None:
+    calls, load_model = counted
+    cache, image = StageCache(tmp_path), _image()
+    cold = run_image(image, SMOKE, MODEL, cache, load_model=load_model)
+    assert cold.status == dict.fromkeys(["encode", "amg", "pool", "cluster", "compose"], "computed")
+    assert calls == {"encode": 1, "amg": 1, "pool": 1, "model": 2}  # the stages that need SAM asked for it
+
+    warm = run_image(image, SMOKE.replace(cluster={"eps": 0.5}), MODEL, cache, load_model=load_model)
+    assert warm.status == {"encode": "skipped", "amg": "hit", "pool": "hit", "cluster": "computed", "compose": "computed"}
+    assert calls == {"encode": 1, "amg": 1, "pool": 1, "model": 2}  # nothing recomputed, no model asked for
+    assert "encode" not in warm.values  # its entry was never even read
+    np.testing.assert_array_equal(warm.embeddings, cold.embeddings)
+
+    repooled = run_image(image, SMOKE.replace(pool={"min_pixels": 3}), MODEL, cache, load_model=load_model)
+    assert repooled.status["encode"] == "hit" and repooled.status["amg"] == "hit" and repooled.status["pool"] == "computed"
+    assert calls["model"] == 2  # pooling needs the features, not SAM
+
+
+def test_a_stage_that_needs_sam_without_a_model_is_one_clear_error(counted, tmp_path: Path) -> None:
+    with pytest.raises(ModelRequired, match="needs the SAM model"):
+        run_image(_image(), SMOKE, MODEL, StageCache(tmp_path))
+
+
+def test_given_values_and_fallbacks_are_recorded_as_such(counted, tmp_path: Path) -> None:
+    from samseg.engine.recluster import recluster, recluster_summary
+
+    calls, load_model = counted
+    cache, image = StageCache(tmp_path), _image()
+    cold = run_image(image, SMOKE, MODEL, cache, load_model=load_model)
+    empty = StageCache(tmp_path / "elsewhere")  # another machine: nothing cached
+    from_artifacts = recluster(image, SMOKE, MODEL, empty, fallback={"amg": lambda: cold.masks, "pool": lambda: cold.embeddings})
+    assert from_artifacts.status["amg"] == from_artifacts.status["pool"] == "run"
+    assert recluster_summary(from_artifacts, "r1").extra["recluster"] == {"parent_run_id": "r1", "inputs_from": "run"}
+    from_cache = recluster(image, SMOKE, MODEL, cache, fallback={"amg": lambda: None, "pool": lambda: None})
+    assert from_cache.status["amg"] == "hit" and recluster_summary(from_cache, None).extra["recluster"]["inputs_from"] == "cache"
+    assert calls["model"] == 2  # reclusters never ask for SAM
+
+
+# ---------------------------------------------------------------- one engine, every orchestrator
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "samseg.apps.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_local_and_prefect_orchestrators_write_the_same_outputs(prefect_api, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / name)
+    tiny = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track", "-q"]
+    env = dict(prefect_api.env, SAMSEG_HOME=str(tmp_path / "home"))
+    local_env = {k: v for k, v in env.items() if not k.startswith("PREFECT_API")}  # auto = local without a server
+
+    local = _cli(["segment", str(src), "--out", str(tmp_path / "local"), "--cache", str(tmp_path / "c1"), *tiny], local_env)
+    assert local.returncode == 0, local.stderr
+    via = _cli(["segment", str(src), "--out", str(tmp_path / "prefect"), "--cache", str(tmp_path / "c2"), *tiny], env)
+    assert via.returncode == 0, via.stderr
+    for stem in ("a", "b"):
+        for name in ("labels.png", "masks.json", "embeddings.npy", "overlay.png"):
+            assert (tmp_path / "local" / stem / name).read_bytes() == (tmp_path / "prefect" / stem / name).read_bytes(), name
+        assert json.loads((tmp_path / "local" / stem / "summary.json").read_text())["prefect_flow_run_id"] is None
+        assert json.loads((tmp_path / "prefect" / stem / "summary.json").read_text())["prefect_flow_run_id"]
+
+    again = _cli(["segment", str(src), "--out", str(tmp_path / "local"), "--cache", str(tmp_path / "c1"), "--eps", "0.5",
+                  *tiny], local_env)
+    assert again.returncode == 0 and again.stdout.count("(cache hits: 2/2)") == 2, again.stdout + again.stderr
+
+
+def test_local_orchestrator_never_imports_prefect(tmp_path: Path) -> None:
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    code = ("import sys; from samseg.apps.cli import main; rc = main(sys.argv[1:]); "
+            "print('prefect' in sys.modules, rc)")
+    argv = ["segment", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"),
+            "--model", "tiny-random", "--preset", "smoke", "--points-per-side", "2", "--device", "cpu", "--no-track", "-q"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SAMSEG_HOME": str(tmp_path / "home")}
+    res = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False 0"
