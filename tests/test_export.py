@@ -215,3 +215,18 @@ def test_recluster_and_summary_on_stored_outputs(tmp_path: Path, case) -> None:
     assert s["recluster"] == {"parent_run_id": "parent-run", "inputs_from": "cache"}
     assert s["rerun_of_dataset_ids"] == "dataset"  # per-image ids now, and the summary says so
     json.dumps(s)  # JSON-able as is
+
+
+def test_overlay_blend_table_gives_the_per_pixel_float32_bytes() -> None:
+    from samseg.core.render import DEFAULT_ALPHA, _blend, color_lut
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 40):
+        rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+        lab = rng.integers(0, n + 1, (60, 80)).astype(np.int64)
+        lut = color_lut(n)
+        for alpha in (DEFAULT_ALPHA, 0.3):
+            out = rgb.astype(np.float32)  # the blend written pixel by pixel, as overlay.png always was
+            sel = lab > 0
+            out[sel] = (1.0 - alpha) * out[sel] + alpha * lut[lab[sel]].astype(np.float32)
+            np.testing.assert_array_equal(_blend(rgb, lab, lut, alpha), np.rint(out).astype(np.uint8))

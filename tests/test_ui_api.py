@@ -440,3 +440,35 @@ def test_ui_over_mlflow_server_with_s3_artifacts(mlflow_env, tmp_path, monkeypat
         done = _wait_job(c, c.post(f"/api/runs/{run_id}/rerun", json={"eps": "1.5"}).json())
         assert done["state"] == "done", done
         assert c.get(f"/api/runs/{done['result']['run_id']}").json()["run"]["parent_run_id"] == run_id
+
+
+# ------------------------------------------------------------------ live preview
+def test_preview_answers_png_with_counts_and_creates_no_run(client, mlflow_store):
+    import io
+
+    from PIL import Image
+
+    _, run_a, _ = mlflow_store
+    before = {r["run_id"] for r in client.get("/api/runs").json()["runs"]}
+    r = client.post(f"/api/runs/{run_a}/preview", json={"eps": 1.5, "min_samples": 3})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert (r.headers["X-Samseg-Clusters"], r.headers["X-Samseg-Noise"]) == ("1", "0")  # as the saved rerun gives
+    img = Image.open(io.BytesIO(r.content))
+    assert img.size == (W, H) and max(img.size) <= 1024
+    same = client.post(f"/api/runs/{run_a}/preview", json={})  # missing keys keep the run's values
+    detail = client.get(f"/api/runs/{run_a}").json()
+    assert int(same.headers["X-Samseg-Clusters"]) == len(detail["classes"])
+    assert {r["run_id"] for r in client.get("/api/runs").json()["runs"]} == before  # nothing logged
+
+
+@pytest.mark.parametrize("body, field", [({"eps": 0}, "eps"), ({"eps": "nan"}, "eps"), ({"min_samples": 1.5}, "min_samples"),
+                                         ({"algorithm": "kmeans"}, "algorithm"), ({"weighting": "coverage"}, "weighting"),
+                                         ({"eps": True}, "eps")])
+def test_preview_bad_value_is_422_naming_the_field(client, mlflow_store, body, field):
+    _, run_a, _ = mlflow_store
+    r = client.post(f"/api/runs/{run_a}/preview", json=body)
+    assert r.status_code == 422 and field in r.json()["errors"]
+
+
+def test_preview_of_unknown_run_is_404(client):
+    assert client.post("/api/runs/" + "f" * 32 + "/preview", json={}).status_code == 404

@@ -79,15 +79,26 @@ def render_overlay(
     n_classes = len(class_sizes) if class_sizes is not None else int(lab.max(initial=0))
     if int(lab.max(initial=0)) > n_classes:
         raise ValueError(f"label map has class id {int(lab.max()) - 1} but only {n_classes} class sizes were given")
-    lut = color_lut(n_classes)
-    out = rgb.astype(np.float32)
-    labelled = lab > 0
-    out[labelled] = (1.0 - alpha) * out[labelled] + alpha * lut[lab[labelled]].astype(np.float32)
-    out = np.rint(out).astype(np.uint8)
+    out = _blend(rgb, lab, color_lut(n_classes), alpha)
     h, w = lab.shape
     out[class_boundaries(lab, thickness=max(1, min(h, w) // 400))] = BOUNDARY_RGB
     rows = _legend_rows(n_classes, class_sizes, n_noise)
     return _draw_legend(out, rows) if rows else np.ascontiguousarray(out)
+
+
+def _blend(rgb: np.ndarray, lab: np.ndarray, lut: np.ndarray, alpha: float) -> np.ndarray:
+    """H×W×3 uint8: rint((1 − alpha)·rgb + alpha·colour) where lab > 0, rgb elsewhere.
+
+    Through a (classes+1)×256 table per channel, each entry computed with the same float32
+    arithmetic as blending the pixels one by one (so the bytes are the same), instead of
+    boolean-indexing H×W×3 floats: an overlay costs table look-ups."""
+    v = np.arange(256, dtype=np.float32)
+    out = np.empty_like(rgb)
+    for ch in range(3):
+        table = np.rint((1.0 - alpha) * v[None, :] + alpha * lut[:, ch].astype(np.float32)[:, None]).astype(np.uint8)
+        table[0] = np.arange(256, dtype=np.uint8)  # label 0: the photo as it is
+        out[..., ch] = table[lab, rgb[..., ch]]
+    return out
 
 
 def render_cutout(rgb: np.ndarray, label_map_hw: np.ndarray, c: int) -> np.ndarray:

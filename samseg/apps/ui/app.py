@@ -247,6 +247,10 @@ def _scrubbed(uri: str) -> str:
 
 # --------------------------------------------------------------------- api
 def _add_api(app: FastAPI) -> None:
+    from samseg.apps.ui.preview_api import add_preview_api
+
+    add_preview_api(app)
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -81,6 +81,20 @@ def _validate_section(
     return values
 
 
+def validate_cluster_form(form: Any, base_cluster: ClusterConfig) -> ClusterConfig:
+    """The preview's JSON: cluster fields only (missing keys keep the run's values), else FormError."""
+    if not isinstance(form, dict):
+        raise FormError({"form": "expected a JSON object of cluster settings"})
+    errors: dict[str, str] = {name: "unknown field" for name in sorted(set(form) - set(CLUSTER_FIELDS))}
+    values = _validate_section(form, CLUSTER_FIELDS, base_cluster, "cluster", errors)
+    if errors:
+        raise FormError(errors)
+    try:
+        return dataclasses.replace(base_cluster, **values)
+    except ValueError as exc:
+        raise FormError({"form": str(exc)}) from exc
+
+
 def validate_rerun_form(
     form: dict[str, Any], base_cluster: ClusterConfig, base_pool: PoolConfig
 ) -> tuple[ClusterConfig, PoolConfig]:

@@ -178,11 +178,65 @@ function initQuery(runId, w, h) {
   });
 }
 
+// Live preview: every change of a clustering control redraws the class overlay from the
+// run's cached masks and embeddings (POST /api/runs/{id}/preview), without creating a run.
+const PREVIEW_FIELDS = ["algorithm", "eps", "min_samples", "metric", "distance_threshold"];
+
+function initPreview(runId) {
+  const form = $("#rerun-form");
+  const img = $("#preview");
+  if (!form || !img) return;
+  let seq = 0;
+  let timer = null;
+  const redraw = async () => {
+    const mine = ++seq;
+    const values = {};
+    PREVIEW_FIELDS.forEach((k) => { const el = form.elements[k]; if (el && el.value !== "") values[k] = el.value; });
+    $$(".field-error", form).forEach((e) => { e.textContent = ""; });
+    let resp;
+    try {
+      resp = await fetch(`/api/runs/${runId}/preview`, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "image/png" }, body: JSON.stringify(values),
+      });
+    } catch (err) { flash(`Preview failed: cannot reach the samseg UI server (${err})`); return; }
+    if (mine !== seq) return; // a newer setting is already on its way
+    if (!resp.ok) {
+      let data = {};
+      try { data = await resp.json(); } catch (_) { /* non-JSON error */ }
+      const errors = data.errors || {};
+      let placed = false;
+      for (const [field, msg] of Object.entries(errors)) {
+        const slot = $(`.field-error[data-for="${field}"]`, form);
+        if (slot) { slot.textContent = msg; placed = true; }
+      }
+      if (!placed) flash(`Preview failed: ${data.detail || resp.status}`);
+      return;
+    }
+    const blob = await resp.blob();
+    if (mine !== seq) return;
+    const old = img.src;
+    img.src = URL.createObjectURL(blob);
+    if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
+    img.hidden = false;
+    $("#preview-clusters").textContent = resp.headers.get("X-Samseg-Clusters");
+    $("#preview-noise").textContent = resp.headers.get("X-Samseg-Noise");
+    $("#preview-note").hidden = false;
+  };
+  PREVIEW_FIELDS.forEach((k) => {
+    const el = form.elements[k];
+    if (!el) return;
+    const ev = el.tagName === "SELECT" ? "change" : "input";
+    el.addEventListener(ev, () => { clearTimeout(timer); timer = setTimeout(redraw, 80); });
+  });
+}
+
 function initRunPage() {
   const sec = $("#run");
   if (!sec) return;
   const runId = sec.dataset.runId;
   initRerun(runId);
+  initPreview(runId);
   initQuery(runId, Number(sec.dataset.imageW), Number(sec.dataset.imageH));
 }
 

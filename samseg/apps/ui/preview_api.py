@@ -1,0 +1,65 @@
+"""POST /api/runs/{run_id}/preview: the class overlay for new clustering settings, drawn from
+the run's masks and embeddings (samseg.engine.preview), no run created. Answers image/png
+(long side at most 1024 px) with X-Samseg-Clusters / X-Samseg-Noise; "Save as run" is the
+rerun endpoint. The last few runs' sessions stay in memory, so a slider drag costs one
+clustering and one paint per frame."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from fastapi import Body, FastAPI, Request, Response
+
+from samseg.apps.ui import actions
+from samseg.apps.ui.service import RunDataError, RunStore
+from samseg.apps.ui.validation import validate_cluster_form
+
+MAX_SESSIONS = 4
+
+
+class PreviewSessions:
+    """LRU of PreviewSession by run id (each holds one image's masks, embeddings and canvas)."""
+
+    def __init__(self, store: RunStore, size: int = MAX_SESSIONS) -> None:
+        self.store, self.size = store, size
+        self._sessions: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str) -> Any:
+        with self._lock:
+            if run_id in self._sessions:
+                self._sessions.move_to_end(run_id)
+                return self._sessions[run_id]
+        session = self._open(run_id)
+        with self._lock:
+            self._sessions[run_id] = session
+            while len(self._sessions) > self.size:
+                self._sessions.popitem(last=False)
+        return session
+
+    def _open(self, run_id: str) -> Any:
+        from samseg.engine.preview import PreviewSession
+        from samseg.engine.recluster import ReclusterError, parent_model
+
+        masks, embeddings, _ = self.store.outputs(run_id)
+        try:
+            model = parent_model(self.store.summary(run_id))
+        except ReclusterError as exc:
+            raise RunDataError(f"run {run_id}: {exc}") from None
+        return PreviewSession(self.store.load_image(run_id), masks, embeddings, actions.run_config(self.store, run_id), model)
+
+
+def add_preview_api(app: FastAPI) -> None:
+    @app.post("/api/runs/{run_id}/preview")
+    def api_preview(request: Request, run_id: str, body: Any = Body(...)) -> Response:
+        store: RunStore = request.app.state.store
+        if not hasattr(request.app.state, "previews"):
+            request.app.state.previews = PreviewSessions(store)
+        cfg = actions.run_config(store, run_id)  # RunNotFound -> 404 before validating
+        cluster_cfg = validate_cluster_form(body, cfg.cluster)  # FormError -> 422 naming the field
+        png, clusters = request.app.state.previews.get(run_id).png(cluster_cfg)
+        headers = {"X-Samseg-Clusters": str(clusters.n_clusters), "X-Samseg-Noise": str(clusters.n_noise),
+                   "Cache-Control": "no-store"}
+        return Response(content=png, media_type="image/png", headers=headers)

@@ -1,0 +1,65 @@
+"""Live preview: new clustering settings on a run's masks and embeddings, drawn at preview
+size, with no run created. The clustering is the engine's own `cluster` stage (run_image
+given the run's amg and pool values); the drawing is samseg.core.preview's canvas.
+
+A `PreviewSession` holds one run's decoded inputs so each redraw costs one clustering and
+one paint of the preview canvas (benchmarks/preview.py measures it).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from samseg.core.config import ClusterConfig, PipelineConfig
+from samseg.core.preview import PreviewCanvas
+from samseg.edges.run_schema import FROM_PARENT_RUN
+from samseg.engine.runner import run_image
+from samseg.sam.source import ModelIdentity
+
+
+@dataclass
+class PreviewSession:
+    """image: LoadedImage of the run; masks/embeddings: its AMG masks and N×C embeddings;
+    cfg: the run's config; model: its identity. The canvas is built on first use."""
+
+    image: Any
+    masks: Any
+    embeddings: np.ndarray
+    cfg: PipelineConfig
+    model: ModelIdentity
+    _canvas: PreviewCanvas | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def canvas(self) -> PreviewCanvas:
+        with self._lock:
+            if self._canvas is None:
+                self._canvas = PreviewCanvas.build(self.image.rgb, self.masks)
+            return self._canvas
+
+    def clusters(self, cluster_cfg: ClusterConfig) -> Any:
+        """The engine's cluster stage under `cluster_cfg` (nothing cached, nothing written)."""
+        from samseg.edges.cache import StageCache
+
+        given = {"amg": (self.masks, FROM_PARENT_RUN), "pool": (self.embeddings, FROM_PARENT_RUN)}
+        run = run_image(self.image, self.cfg.replace(cluster=cluster_cfg), self.model, StageCache(),
+                        given=given, want=("cluster",))  # given amg + pool: no entry is read
+        return run.clusters
+
+    def png(self, cluster_cfg: ClusterConfig) -> tuple[bytes, Any]:
+        """(overlay PNG at preview size, ClusterResult)."""
+        from PIL import Image
+
+        from samseg.core.render import render_overlay
+
+        clusters = self.clusters(cluster_cfg)
+        canvas = self.canvas()
+        rgb = render_overlay(canvas.rgb, canvas.label_map(clusters.labels), clusters.sizes(), clusters.n_noise)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)  # a preview: speed over size
+        return buf.getvalue(), clusters
+
