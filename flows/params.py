@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from samseg.sam.model import MODEL_TYPES
 
 from samseg.core.config import (
+    ALGORITHMS,
     AmgConfig,
     ClusterConfig,
     PipelineConfig,
@@ -80,11 +81,12 @@ class PoolParams(_Params):
 class ClusterParams(_Params):
     """Clustering of the mask embeddings (see samseg.core.config.ClusterConfig)."""
 
-    algorithm: Literal["dbscan", "hdbscan", "agglomerative"] = Field(_CLUSTER.algorithm)
+    algorithm: Literal[ALGORITHMS] = Field(_CLUSTER.algorithm)  # type: ignore[valid-type]  # the registry's names
     eps: float = Field(_CLUSTER.eps, gt=0.0, description="DBSCAN neighbourhood radius (cosine distance)")
     min_samples: int = Field(_CLUSTER.min_samples, ge=1)
     metric: Literal["cosine", "euclidean", "manhattan", "l1", "l2"] = Field(_CLUSTER.metric)  # type: ignore[assignment]
     distance_threshold: float = Field(_CLUSTER.distance_threshold, gt=0.0)
+    eps_auto: bool = Field(_CLUSTER.eps_auto, description="eps from the knee of the k-distance curve (eps = fallback)")
 
     def to_config(self) -> ClusterConfig:
         return ClusterConfig(**self.model_dump())

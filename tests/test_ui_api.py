@@ -472,3 +472,13 @@ def test_preview_bad_value_is_422_naming_the_field(client, mlflow_store, body, f
 
 def test_preview_of_unknown_run_is_404(client):
     assert client.post("/api/runs/" + "f" * 32 + "/preview", json={}).status_code == 404
+
+
+def test_sweep_api_gives_rows_curve_and_knee(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    rep = client.get(f"/api/runs/{run_a}/sweep", params={"eps_range": "0.1:1.0:0.1"}).json()
+    assert [round(r["eps"], 3) for r in rep["rows"]] == [round(0.1 * i, 3) for i in range(1, 11)]
+    assert rep["n_masks"] == len(rep["kdist"]) or len(rep["kdist"]) <= 400
+    assert rep["kdist"] == sorted(rep["kdist"])
+    bad = client.get(f"/api/runs/{run_a}/sweep", params={"eps_range": "1:0:1"})
+    assert bad.status_code == 422 and "eps_range" in bad.json()["errors"]

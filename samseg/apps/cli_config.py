@@ -19,6 +19,17 @@ _CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+def eps_value(raw: str) -> Any:
+    """--eps: a number, or "auto" (the knee of the k-distance curve, samseg.core.sweep)."""
+    if raw.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {raw!r} (or auto)") from None
+
+
+_TYPES: dict[str, Any] = {"cluster.eps": eps_value}
 # Fields whose allowed values come from a registry rather than a Literal type.
 _CHOICES: dict[str, tuple[str, ...]] = {"cluster.algorithm": ALGORITHMS}
 
@@ -33,13 +44,15 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         cls = type(getattr(DEFAULT, section))
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if isinstance(getattr(getattr(DEFAULT, section), f.name), bool):
+                continue  # switches get their own flag (eps_auto: --eps auto)
             choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
             choices = _CHOICES.get(f"{section}.{f.name}", choices)
             default = getattr(getattr(DEFAULT, section), f.name)
             group.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f"{section}.{f.name}",
-                type=type(default) if choices is None else str,
+                type=_TYPES.get(f"{section}.{f.name}", type(default) if choices is None else str),
                 choices=choices,
                 default=None,
                 metavar=None if choices else type(default).__name__.upper(),
@@ -63,6 +76,10 @@ def config_from_args(args: argparse.Namespace) -> "Any":
         for key, value in vars(args).items():
             section, dot, name = key.partition(".")
             if dot and value is not None:
+                if (section, name) == ("cluster", "eps"):  # "auto" switches eps_auto on; a number off
+                    changes.setdefault(section, {})["eps_auto"] = value == "auto"
+                    if value == "auto":
+                        continue
                 changes.setdefault(section, {})[name] = value
         return cfg.replace(**changes) if changes else cfg
     except ValueError as exc:

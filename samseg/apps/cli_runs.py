@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from samseg.apps.cli_config import eps_value
 from samseg.core.config import ALGORITHMS
 
 from samseg.apps.cli_common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
@@ -19,6 +20,7 @@ def add_parser(sub: Any) -> None:
     _add_recluster_parser(sub)
     _add_runs_parser(sub)
     _add_serve_parser(sub)
+    _add_sweep_parser(sub)
 
 
 # ------------------------------------------------------------------ recluster
@@ -35,7 +37,7 @@ def _add_recluster_parser(sub: Any) -> None:
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an image run")
     p.add_argument("--out", required=True, metavar="DIR_OR_S3", help="output root; the image goes to OUT/<image stem>/")
     p.add_argument("--algorithm", choices=ALGORITHMS, default=None)
-    p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--eps", type=eps_value, default=None, help="a number, or auto (the knee of the k-distance curve)")
     p.add_argument("--min-samples", type=int, default=None)
     p.add_argument("--metric", default=None)
     p.add_argument("--distance-threshold", type=float, default=None)
@@ -54,8 +56,12 @@ def recluster_cluster_params(run_params: dict[str, str], args: argparse.Namespac
     from flows.params import ClusterParams
 
     base = {k.split(".", 1)[1]: v for k, v in run_params.items() if k.startswith("cluster.")}
+    base = {k: v for k, v in base.items() if k in ClusterParams.model_fields}  # not eps_chosen / eps_rule
     flags = {"algorithm": args.algorithm, "eps": args.eps, "min_samples": args.min_samples,
              "metric": args.metric, "distance_threshold": args.distance_threshold}
+    if args.eps is not None:  # a number turns the parent's --eps auto off; "auto" turns it on
+        flags["eps_auto"] = args.eps == "auto"
+        flags["eps"] = None if args.eps == "auto" else args.eps
     return ClusterParams(**{**base, **{k: v for k, v in flags.items() if v is not None}})
 
 
@@ -173,4 +179,47 @@ def run_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_all
 
     serve_all(args.cron, args.source, args.out, limit=args.limit, classes_from=args.classes_from)
+    return 0
+
+
+# ------------------------------------------------------------------ sweep
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="n_clusters and noise over a grid of DBSCAN eps values, and the suggested eps",
+        description="For an MLflow image run, or a dataset (batch) run's images together: DBSCAN at every eps of "
+        "the range (the run's other cluster settings kept), and the knee of the sorted k-distance curve "
+        "(k = min_samples), the eps that --eps auto takes.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow image run or batch run id")
+    p.add_argument("--eps-range", default=None, metavar="A:B:STEP", help="eps grid (default 0.005:0.3:0.005)")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    p.set_defaults(handler=run_sweep, subparser=p)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from samseg.apps.cli_common import UsageError
+    from samseg.core.sweep import eps_grid
+    from samseg.engine.sweep import format_sweep, sweep_run
+
+    try:
+        eps_grid(args.eps_range)
+    except ValueError as exc:
+        raise UsageError(f"--eps-range: {exc}") from None
+    try:
+        report = sweep_run(args.run_id, args.eps_range)
+    except Exception as exc:  # TrackingError: unknown run, MLflow unreachable, missing artifact
+        print_error(exc)
+        return 1
+    print(format_sweep(report))
+    if args.csv:
+        import pandas as pd
+
+        try:
+            pd.DataFrame(report["rows"]).to_csv(args.csv, index=False)
+        except OSError as exc:
+            print_error(f"{args.csv}: {exc.strerror or exc}")
+            return 1
     return 0

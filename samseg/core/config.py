@@ -98,8 +98,12 @@ class ClusterConfig:
     min_samples: int = 8
     metric: str = "cosine"
     distance_threshold: float = 0.3
+    # DBSCAN's eps from the knee of the k-distance curve (samseg.core.sweep); `eps` is the
+    # fallback when there is no knee (fewer masks than min_samples, a straight curve).
+    eps_auto: bool = False
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.eps_auto, bool), "cluster.eps_auto must be true or false")
         _check(self.algorithm in ALGORITHMS, f"cluster.algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         _check(self.eps > 0, "cluster.eps must be > 0")
         _check(math.isfinite(self.eps), "cluster.eps must be a finite number")

@@ -205,6 +205,8 @@ class ClusterResult:
     size (ties: lower first member index first), so ids are deterministic."""
 
     labels: np.ndarray
+    # How a setting was chosen for this clustering, e.g. {"eps": 0.07, "rule": "knee"} for --eps auto.
+    choice: dict[str, Any] | None = None
 
     @property
     def n_clusters(self) -> int:

@@ -59,6 +59,10 @@ def run_params(summary: dict[str, Any]) -> dict[str, str]:
     resolved = _get(summary, "model", "precision")
     if resolved is not None:  # "auto" in the config says what was asked; this, what ran
         params["precision_resolved"] = str(resolved)
+    chosen = _get(summary, "eps_auto", "eps")
+    if chosen is not None:  # --eps auto: cluster.eps_auto=True says what was asked, this what ran
+        params["cluster.eps_chosen"] = _param_str(chosen)
+        params["cluster.eps_rule"] = str(_get(summary, "eps_auto", "rule"))
     return params
 
 
@@ -346,3 +350,29 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str]) -> dict[str, 
         return json.loads((dst / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TrackingError(f"MLflow run {run_id}: summary.json is unreadable ({exc})") from None
+
+
+def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """([N_i×C embeddings], [summary]) of an image run, or of every image run nested under
+    a batch run (a dataset run), downloaded into `dst_dir`; TrackingError (one line) when
+    the run or an artifact is missing."""
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    run = _get_run(client, run_id)
+    ids = [run_id]
+    if run.data.tags.get(TAG_KIND) == "batch":
+        try:
+            kids = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=5000)
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow run {run_id}: cannot list its image runs ({_one_line(exc)})") from None
+        ids = [r.info.run_id for r in kids if r.data.tags.get(TAG_KIND) == "image"]
+        if not ids:
+            raise TrackingError(f"MLflow batch run {run_id} has no image runs")
+    embs, summaries = [], []
+    for rid in ids:
+        d = Path(dst_dir) / rid
+        summaries.append(fetch_run_inputs(rid, d))
+        embs.append(np.load(d / "embeddings.npy", allow_pickle=False))
+    return embs, summaries

@@ -76,7 +76,17 @@ def _pool(ctx: StageInputs, masks: Any, encoded: Any) -> Any:
 def _cluster(ctx: StageInputs, embeddings: Any) -> Any:
     from samseg.core import cluster
 
-    return cluster.cluster_embeddings(embeddings, ctx.cfg.cluster)
+    cfg = ctx.cfg.cluster
+    if not cfg.eps_auto:
+        return cluster.cluster_embeddings(embeddings, cfg)
+    from samseg.core.sweep import suggest_eps
+    from samseg.core.types import ClusterResult
+
+    s = suggest_eps(embeddings, cfg)  # the knee of the k-distance curve, or no suggestion
+    choice = {"requested": "auto", "rule": "knee", "k": s.k, "eps": s.eps} if s.eps is not None else \
+        {"requested": "auto", "rule": "fallback", "k": s.k, "eps": cfg.eps, "warning": f"--eps auto: {s.reason}; used eps={cfg.eps:g}"}
+    used = dataclasses.replace(cfg, eps=choice["eps"])
+    return ClusterResult(cluster.cluster_embeddings(embeddings, used).labels, choice=choice)
 
 
 def _compose(ctx: StageInputs, masks: Any, clusters: Any) -> Any:

@@ -63,3 +63,19 @@ def add_preview_api(app: FastAPI) -> None:
         headers = {"X-Samseg-Clusters": str(clusters.n_clusters), "X-Samseg-Noise": str(clusters.n_noise),
                    "Cache-Control": "no-store"}
         return Response(content=png, media_type="image/png", headers=headers)
+
+    @app.get("/api/runs/{run_id}/sweep")
+    def api_sweep(request: Request, run_id: str, eps_range: str | None = None) -> Any:
+        """n_clusters / noise over an eps grid and the k-distance knee (samseg.engine.sweep)."""
+        from samseg.apps.ui.validation import FormError
+        from samseg.core.sweep import eps_grid
+        from samseg.engine.sweep import sweep_report
+
+        store: RunStore = request.app.state.store
+        cfg = actions.run_config(store, run_id)
+        try:
+            eps_grid(eps_range)
+        except ValueError as exc:
+            raise FormError({"eps_range": str(exc)}) from None
+        _, embeddings, _ = store.outputs(run_id)
+        return {"run_id": run_id, **sweep_report(embeddings, cfg.cluster, eps_range)}

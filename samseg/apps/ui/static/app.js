@@ -231,12 +231,54 @@ function initPreview(runId) {
   });
 }
 
+// Eps sweep: classes (solid) and noise fraction (dashed) over eps, the knee as a red line.
+function drawSweep(svg, rep) {
+  const W = Number(svg.getAttribute("width")), H = Number(svg.getAttribute("height")), P = 34;
+  const rows = rep.rows;
+  if (!rows.length) { svg.hidden = true; return; }
+  const xMax = rows[rows.length - 1].eps, xMin = rows[0].eps;
+  const cMax = Math.max(1, ...rows.map((r) => r.n_clusters));
+  const x = (e) => P + (W - 2 * P) * (e - xMin) / Math.max(1e-12, xMax - xMin);
+  const yc = (c) => H - P - (H - 2 * P) * c / cMax;
+  const yn = (f) => H - P - (H - 2 * P) * f;
+  const line = (f) => rows.map((r, i) => `${i ? "L" : "M"}${x(r.eps).toFixed(1)},${f(r).toFixed(1)}`).join(" ");
+  let s = `<path d="${line((r) => yc(r.n_clusters))}" fill="none" stroke="#1f6feb" stroke-width="2"/>`;
+  s += `<path d="${line((r) => yn(r.noise_fraction))}" fill="none" stroke="#888" stroke-dasharray="4 3"/>`;
+  if (rep.suggested_eps !== null && rep.suggested_eps >= xMin && rep.suggested_eps <= xMax) {
+    s += `<line x1="${x(rep.suggested_eps)}" x2="${x(rep.suggested_eps)}" y1="${P}" y2="${H - P}" stroke="#d1242f"/>`;
+  }
+  s += `<text x="${P}" y="${H - 8}" font-size="11">eps ${xMin}</text><text x="${W - P - 40}" y="${H - 8}" font-size="11">${xMax}</text>`;
+  s += `<text x="4" y="${P - 8}" font-size="11">classes (max ${cMax}) · noise (dashed, 0–100%)</text>`;
+  svg.innerHTML = s;
+  svg.hidden = false;
+}
+
+function initSweep(runId) {
+  const btn = $("#sweep-btn");
+  if (!btn) return;
+  btn.addEventListener("click", async () => {
+    btn.disabled = true;
+    $("#sweep-note").textContent = "sweeping…";
+    try {
+      const rep = await api("GET", `/api/runs/${runId}/sweep`);
+      drawSweep($("#sweep-chart"), rep);
+      $("#sweep-note").textContent = rep.suggested_eps !== null
+        ? `suggested eps (knee of the k-distance curve, k=${rep.min_samples}): ${rep.suggested_eps.toPrecision(3)}`
+        : `no suggested eps: ${rep.reason}`;
+    } catch (err) {
+      $("#sweep-note").textContent = "";
+      flash(`Sweep failed: ${(err && err.detail) || err}`);
+    } finally { btn.disabled = false; }
+  });
+}
+
 function initRunPage() {
   const sec = $("#run");
   if (!sec) return;
   const runId = sec.dataset.runId;
   initRerun(runId);
   initPreview(runId);
+  initSweep(runId);
   initQuery(runId, Number(sec.dataset.imageW), Number(sec.dataset.imageH));
 }
 

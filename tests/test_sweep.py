@@ -1,0 +1,112 @@
+"""samseg.core.sweep + `--eps auto` + `samseg sweep`: the knee on data whose right eps is known."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samseg.core.cluster import cluster_embeddings
+from samseg.core.config import ClusterConfig
+from samseg.core.sweep import eps_grid, eps_sweep, k_distances, suggest_eps
+
+
+def _groups(seed: int, spread: float, n_groups: int = 5, per_group: int = 30, n_outliers: int = 12):
+    """Tight groups (cosine distance within ~spread²) far apart, plus scattered outliers."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_groups, 48))
+    x = [c + spread * rng.normal(size=(per_group, 48)) for c in centres] + [rng.normal(size=(n_outliers, 48))]
+    truth = np.concatenate([np.full(per_group, g) for g in range(n_groups)] + [np.full(n_outliers, -1)])
+    return np.concatenate(x).astype(np.float32), truth
+
+
+@pytest.mark.parametrize("seed, spread", [(0, 0.02), (1, 0.05), (2, 0.1)])
+def test_knee_eps_recovers_the_known_groups(seed: int, spread: float) -> None:
+    x, truth = _groups(seed, spread)
+    cfg = ClusterConfig(min_samples=5)
+    s = suggest_eps(x, cfg)
+    assert s.eps is not None and s.k == 5
+    kd = k_distances(x, 5)
+    grouped = kd[: len(truth[truth >= 0])]
+    assert grouped.max() <= s.eps * 1.5 and s.eps < 0.2  # at the end of the flat part, far below the outliers'
+    labels = cluster_embeddings(x, dataclasses.replace(cfg, eps=s.eps)).labels
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth[truth >= 0], labels[truth >= 0]) == 1.0  # every group one class
+    assert (labels[truth < 0] == -1).all()  # outliers stay noise
+
+
+def test_too_few_masks_or_a_straight_curve_give_no_suggestion() -> None:
+    cfg = ClusterConfig(min_samples=8)
+    few = suggest_eps(np.eye(5, 16, dtype=np.float32) + 0.1, cfg)
+    assert few.eps is None and "fewer than min_samples" in few.reason
+    assert len(k_distances(np.ones((3, 4)), 8)) == 0
+
+
+def test_sweep_rows_and_grid_parsing() -> None:
+    x, _ = _groups(0, 0.02)
+    rows = eps_sweep(x, ClusterConfig(min_samples=5), eps_grid("0.01:0.05:0.02"))
+    assert [r["eps"] for r in rows] == [0.01, 0.03, 0.05]
+    assert all(0 <= r["noise_fraction"] <= 1 and r["n_clusters"] >= 0 for r in rows)
+    assert len(eps_grid(None)) == 60
+    for bad in ("0.1", "a:b:c", "0.3:0.1:0.01", "0:0.1:0.01", "0.1:0.2:0", "1e-9:1:1e-9"):
+        with pytest.raises(ValueError, match="eps range"):
+            eps_grid(bad)
+
+
+def test_cluster_stage_with_eps_auto_records_the_choice_or_the_fallback() -> None:
+    from samseg.engine.stages import StageInputs, stage
+
+    x, _ = _groups(0, 0.02)
+    cfg = get_cfg(eps_auto=True)
+    ctx = StageInputs(image=None, cfg=cfg, model=lambda: None)  # the cluster stage needs neither
+    res = stage("cluster").compute(ctx, x)
+    assert res.choice["rule"] == "knee" and res.choice["eps"] == suggest_eps(x, cfg.cluster).eps
+    assert res.n_clusters == 5
+    few = stage("cluster").compute(ctx, x[:3])
+    assert few.choice["rule"] == "fallback" and few.choice["eps"] == cfg.cluster.eps and "--eps auto" in few.choice["warning"]
+
+
+def get_cfg(**cluster):
+    from samseg.core.config import get_preset
+
+    return get_preset("smoke").replace(cluster={"min_samples": 5, **cluster})
+
+
+# ---------------------------------------------------------------- through the CLI and MLflow
+
+
+def test_segment_eps_auto_then_sweep_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli_run import run_cli
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the local orchestrator
+    MlflowClient(uri).create_experiment("sweep", artifact_location=(tmp_path / "art").as_uri())
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    common = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "-q",
+              "--experiment", "sweep", "--cache", str(tmp_path / "c")]
+    rc, stdout, stderr = run_cli(["segment", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--eps", "auto", *common])
+    assert rc == 0, stderr
+    summary = json.loads((tmp_path / "o" / "p" / "summary.json").read_text())
+    choice = summary["eps_auto"]
+    assert summary["config"]["cluster.eps_auto"] is True and choice["requested"] == "auto"
+    assert choice["rule"] in ("knee", "fallback") and choice["eps"] > 0
+    run_id = stdout.split("MLflow run: ")[1].split()[0]
+    params = MlflowClient(uri).get_run(run_id).data.params
+    assert params["cluster.eps_auto"] == "True" and float(params["cluster.eps_chosen"]) == choice["eps"]
+
+    rc, stdout, stderr = run_cli(["sweep", run_id, "--eps-range", "0.05:0.5:0.05", "--csv", str(tmp_path / "s.csv")])
+    assert rc == 0, stderr
+    assert "classes" in stdout and ("knee of the k-distance curve" in stdout or "no suggested eps" in stdout)
+    import pandas as pd
+
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 10
+    assert run_cli(["sweep", run_id, "--eps-range", "x"])[0] == 2
+    rc, _, stderr = run_cli(["sweep", "0" * 32])
+    assert rc == 1 and stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1
