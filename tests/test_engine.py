@@ -172,3 +172,20 @@ def test_local_orchestrator_never_imports_prefect(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "False 0"
+
+
+def test_fully_cached_image_loads_no_model_and_imports_no_torch(tmp_path: Path) -> None:
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    argv = ["segment", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"),
+            "--model", "tiny-random", "--preset", "smoke", "--points-per-side", "2", "--no-track", "-q"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SAMSEG_HOME": str(tmp_path / "home")}
+    code = ("import sys; from samseg.apps.cli import main; rc = main(sys.argv[1:]); "
+            "print(sorted(m for m in ('torch', 'segment_anything', 'prefect') if m in sys.modules), rc)")
+    cold = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert cold.returncode == 0 and cold.stdout.strip().endswith("['segment_anything', 'torch'] 0"), cold.stdout + cold.stderr
+    warm = subprocess.run([sys.executable, "-c", code, *argv, "--eps", "0.5"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert warm.returncode == 0 and warm.stdout.strip().endswith("[] 0"), warm.stdout + warm.stderr  # no torch at all
+    assert "(cache hits: 2/2)" in warm.stdout
+    summary = json.loads((tmp_path / "o" / "p" / "summary.json").read_text())
+    assert summary["model"]["device"] == "auto"  # no stage ran on a device: recorded as asked

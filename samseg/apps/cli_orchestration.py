@@ -109,6 +109,10 @@ def _check_model(job: Any) -> bool:
     from samseg.sam.source import ModelSource
 
     try:
+        if job.model.device not in (None, "auto", "cpu"):  # a device asked for must exist (imports torch)
+            from samseg.sam.model import select_device
+
+            select_device(job.model.device)
         ModelSource(job.model).identity()
     except CheckpointError as exc:
         print_error(exc)

@@ -124,7 +124,8 @@ def _marker_files(out_dir: Path) -> list[str] | None:
         return None
     if not isinstance(data, dict) or data.get("written_by") != "samseg" or not isinstance(data.get("files"), list):
         return None
-    return [str(f) for f in data["files"]]
+    dirs = data.get("dirs") if isinstance(data.get("dirs"), list) else []
+    return [str(f) for f in data["files"]] + [str(d) for d in dirs]
 
 
 def _is_samseg_summary(path: Path) -> bool:
@@ -138,8 +139,10 @@ def _is_samseg_summary(path: Path) -> bool:
 def write_marker(tmp_dir: Path, version: str) -> None:
     """List every file samseg wrote into `tmp_dir` (call last, before the rename)."""
     files = sorted(p.relative_to(tmp_dir).as_posix() for p in tmp_dir.rglob("*") if p.is_file() and p.name != MARKER)
-    (tmp_dir / MARKER).write_text(json.dumps({"written_by": "samseg", "version": version, "files": files}) + "\n",
-                                  encoding="utf-8")
+    # directories too: an image with no class writes an empty classes/, which is still samseg's
+    dirs = sorted(p.relative_to(tmp_dir).as_posix() for p in tmp_dir.rglob("*") if p.is_dir() and not p.is_symlink())
+    doc = {"written_by": "samseg", "version": version, "files": files, "dirs": dirs}
+    (tmp_dir / MARKER).write_text(json.dumps(doc) + "\n", encoding="utf-8")
 
 
 def temp_sibling(out_dir: Path, kind: str) -> Path:

@@ -48,8 +48,10 @@ def compute_image(image: Any, job: SegmentJob, execute: Execute = inline) -> Ima
 
     source = ModelSource(job.model)
     want = ("encode", *OUTPUTS) if job.save_features else OUTPUTS
-    return run_image(image, job.cfg, source.identity(), StageCache(job.cache_root), load_model=source.get, want=want,
-                     execute=execute)
+    run = run_image(image, job.cfg, source.identity(), StageCache(job.cache_root), load_model=source.get, want=want,
+                    execute=execute)
+    run.model = source.identity()  # the loaded model's (resolved device) when a stage loaded it
+    return run
 
 
 def segment_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Execute = inline,

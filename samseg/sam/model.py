@@ -18,7 +18,6 @@ module at startup.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import warnings
@@ -28,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
+
+from samseg.sam.files import file_sha256, remembered_sha256, samseg_home  # noqa: F401 — re-exported
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,6 @@ class LoadedModel:
     precision: str = "fp32"  # resolved (never "auto"): what the encoder and decoder run in
 
 
-def samseg_home() -> Path:
-    """$SAMSEG_HOME, or ~/.cache/samseg. Checkpoints live in `<home>/checkpoints/`."""
-    env = os.environ.get("SAMSEG_HOME")
-    return Path(env).expanduser() if env else Path("~/.cache/samseg").expanduser()
-
-
 def checkpoint_path(model_type: str, home: str | Path | None = None) -> Path:
     """Where the official checkpoint of `model_type` is (or would be) cached."""
     info = _info(model_type)
@@ -131,41 +126,6 @@ def _info(model_type: str) -> CheckpointInfo:
     if model_type not in CHECKPOINTS:
         raise ValueError(f"model type {model_type!r} has no official checkpoint to download")
     return CHECKPOINTS[model_type]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, streamed in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def remembered_sha256(path: Path) -> str:
-    """sha256 of a checkpoint file, hashed once per (path, size, mtime) and remembered in
-    $SAMSEG_HOME/checkpoint-sha256.json (a 2.5 GB vit_h costs seconds to hash)."""
-    st = path.stat()
-    real = os.path.realpath(path)
-    memo_path = samseg_home() / "checkpoint-sha256.json"
-    try:
-        memo = json.loads(memo_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        memo = {}
-    hit = memo.get(real) if isinstance(memo, dict) else None
-    if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-        return str(hit["sha256"])
-    sha = file_sha256(path)
-    memo = memo if isinstance(memo, dict) else {}
-    memo[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
-        os.replace(tmp, memo_path)
-    except OSError:  # a read-only home: hash again next time, never fail the run
-        pass
-    return sha
 
 
 def download_checkpoint(model_type: str, home: str | Path | None = None, url: str | None = None) -> Path:

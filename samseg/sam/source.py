@@ -71,9 +71,13 @@ class ModelSource:
         self._identity: ModelIdentity | None = None
 
     def identity(self) -> ModelIdentity:
+        """What the cache keys and the summary record; once the weights are loaded, the
+        loaded model's own (its resolved device)."""
+        loaded = _LOADED.get(self.request)
+        if loaded is not None:
+            return ModelIdentity.of(loaded)
         if self._identity is None:
-            loaded = _LOADED.get(self.request)
-            self._identity = ModelIdentity.of(loaded) if loaded is not None else _identify(self.request)
+            self._identity = _identify(self.request)
         return self._identity
 
     def loaded(self) -> bool:
@@ -105,22 +109,52 @@ def forget_models() -> None:
 
 
 def _identify(r: ModelRequest) -> ModelIdentity:
-    from samseg.sam.model import CHECKPOINTS, CheckpointError, check_model_type, select_device
-    from samseg.sam.precision import resolve_precision
+    """The identity without loading weights or importing torch where it can: the device is
+    recorded as asked ("auto" until a stage loads the model; then the loaded model's), and
+    only precision "auto" needs the device resolved now."""
+    from samseg.sam.model import CHECKPOINTS, CheckpointError, check_model_type
 
     check_model_type(r.model_type)
-    device = select_device(r.device)
-    precision = resolve_precision(r.precision, device)
+    device = r.device or "auto"
+    precision = r.precision
+    if precision == "auto":
+        from samseg.sam.model import select_device
+        from samseg.sam.precision import resolve_precision
+
+        device = select_device(r.device)
+        precision = resolve_precision(precision, device)
     if r.checkpoint is not None:
+        from samseg.sam.files import remembered_sha256
+
         path = Path(r.checkpoint).expanduser()
         if not path.is_file():
             raise CheckpointError(f"{path}: checkpoint file not found")
-        from samseg.sam.model import remembered_sha256
-
         return ModelIdentity(r.model_type, remembered_sha256(path), str(path), device, precision)
     if r.model_type in CHECKPOINTS:  # official weights: the load verifies the pinned sha256
         from samseg.sam.model import checkpoint_path
 
         return ModelIdentity(r.model_type, CHECKPOINTS[r.model_type].sha256, str(checkpoint_path(r.model_type)),
                              device, precision)
-    return ModelIdentity.of(ModelSource(r).get())  # seeded weights: their hash is the identity
+    return ModelIdentity(r.model_type, _seeded_sha256(r), None, device, precision)
+
+
+def _seeded_sha256(r: ModelRequest) -> str:
+    """The state_dict sha256 of seeded weights (tiny-random), remembered per (type, seed,
+    torch and segment_anything versions): the same seed on the same libraries builds the
+    same weights, so a cached run need not build them (nor import torch)."""
+    from importlib import metadata
+
+    from samseg.sam.files import remember, remembered
+
+    versions = []
+    for dist in ("torch", "segment_anything", "segment-anything"):
+        try:
+            versions.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    key = f"seeded:{r.model_type}:seed={r.seed}:" + ",".join(versions)
+    sha = remembered(key)
+    if sha is None:
+        sha = ModelSource(r).get().checkpoint_sha256
+        remember(key, sha)
+    return sha
