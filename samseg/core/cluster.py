@@ -68,12 +68,12 @@ def renumber(labels: np.ndarray) -> np.ndarray:
 def silhouette_cosine(embeddings_nc: np.ndarray, labels: np.ndarray) -> float | None:
     """Mean cosine silhouette over non-noise masks; None when it is undefined
     (< 2 clusters, or every cluster a single mask)."""
-    from sklearn.metrics import silhouette_score
-
     labels = np.asarray(labels)
     keep = labels >= 0
     x, y = np.asarray(embeddings_nc, dtype=np.float64)[keep], labels[keep]
     n_labels = len(np.unique(y))
     if n_labels < 2 or n_labels >= len(y):
         return None
+    from sklearn.metrics import silhouette_score  # ~2 s to import: only when there is something to score
+
     return float(silhouette_score(x, y, metric="cosine"))
