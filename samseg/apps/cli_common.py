@@ -118,5 +118,15 @@ def stage_cache_root(args: argparse.Namespace, shared: bool = False) -> Iterator
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_csv(df: "object", path: str) -> bool:
+    """df.to_csv(path) for a table a command printed; an unwritable path is one error line (False)."""
+    try:
+        df.to_csv(path, index=False)  # type: ignore[attr-defined]
+    except OSError as exc:
+        print_error(f"{path}: {exc.strerror or exc}")
+        return False
+    return True
+
+
 def is_s3(s: str) -> bool:
     return str(s).startswith("s3://")

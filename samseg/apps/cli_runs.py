@@ -13,7 +13,7 @@ from samseg.apps.cli_config import eps_value
 from samseg.core.config import ALGORITHMS
 
 from samseg.apps.cli_common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
-from samseg.apps.cli_common import stage_cache_root
+from samseg.apps.cli_common import stage_cache_root, write_csv
 
 
 def add_parser(sub: Any) -> None:
@@ -140,13 +140,7 @@ def run_runs_compare(args: argparse.Namespace) -> int:
         print_error(exc)
         return 1
     print(format_compare(df))
-    if args.csv:
-        try:
-            df.to_csv(args.csv, index=False)
-        except OSError as exc:
-            print_error(f"{args.csv}: {exc.strerror or exc}")
-            return 1
-    return 0
+    return 0 if not args.csv or write_csv(df, args.csv) else 1
 
 
 # ------------------------------------------------------------------ serve
@@ -214,12 +208,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         print_error(exc)
         return 1
     print(format_sweep(report))
-    if args.csv:
-        import pandas as pd
+    if not args.csv:
+        return 0
+    import pandas as pd
 
-        try:
-            pd.DataFrame(report["rows"]).to_csv(args.csv, index=False)
-        except OSError as exc:
-            print_error(f"{args.csv}: {exc.strerror or exc}")
-            return 1
-    return 0
+    return 0 if write_csv(pd.DataFrame(report["rows"]), args.csv) else 1

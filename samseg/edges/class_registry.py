@@ -53,7 +53,7 @@ def register_classes(batch_run_id: str, name: str, classes_json: str | Path) -> 
     from mlflow.exceptions import MlflowException
 
     from samseg.core.dataset import ClassTable
-    from samseg.edges.mlflow_client import TrackingError, client as _client, one_line as _one_line, where as _where
+    from samseg.edges.mlflow_client import TrackingError, client as _client, error_line as _one_line, where as _where
 
     table = ClassTable.from_json(Path(classes_json).read_text(encoding="utf-8"), source=str(classes_json))
     metadata = {"samseg_classes": "1", "n_classes": table.n_classes, "embedding_dim": table.embedding_dim,
@@ -102,7 +102,7 @@ def load_registered_classes(model_uri: str) -> Any:
 
     from mlflow.exceptions import MlflowException
 
-    from samseg.edges.mlflow_client import TrackingError, one_line as _one_line, tracking_uri
+    from samseg.edges.mlflow_client import TrackingError, error_line as _one_line, tracking_uri
 
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:

@@ -76,16 +76,9 @@ class LoadedImage:
 
 def max_pixels_from_env() -> int:
     """`SAMSEG_MAX_PIXELS` if set (a positive integer), else DEFAULT_MAX_PIXELS."""
-    raw = os.environ.get(MAX_PIXELS_ENV)
-    if raw is None or raw.strip() == "":
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r} must be >= 1")
-    return value
+    from samseg.edges.env import positive_int_env
+
+    return positive_int_env(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
 
 
 def decode_image(data: bytes, name: str, max_pixels: int | None = None, uri: str | None = None) -> LoadedImage:

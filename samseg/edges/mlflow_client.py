@@ -49,6 +49,6 @@ def where() -> str:
     return scrub_secrets(tracking_uri())
 
 
-def one_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     text = str(getattr(exc, "message", None) or exc).strip()
     return scrub_secrets(text.splitlines()[0] if text else type(exc).__name__)

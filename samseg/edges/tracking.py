@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from samseg.core.secrets import SECRET_ENV_VARS, scrub_secrets  # noqa: F401 — re-exported: the edge's scrubber
 from samseg.edges.run_schema import EXPERIMENT_DEFAULT, KINDS, TAG_CACHE_PREFIX, TAG_KIND  # noqa: F401 — the schema
-from samseg.edges.mlflow_client import TrackingError, client as _client, one_line as _one_line, where as _where, tracking_uri  # noqa: F401 — re-exported
+from samseg.edges.mlflow_client import TrackingError, client as _client, error_line as _one_line, where as _where, tracking_uri  # noqa: F401 — re-exported
 from samseg.edges.tracking_conventions import log_lineage
 
 if TYPE_CHECKING:

@@ -189,16 +189,9 @@ _GPU: Optional[threading.BoundedSemaphore] = None
 
 def gpu_slots() -> int:
     """SAMSEG_GPU_SLOTS (default 1: one SAM pass at a time per GPU)."""
-    import os
+    from samseg.edges.env import positive_int_env
 
-    raw = os.environ.get(GPU_SLOTS_ENV, "1")
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"{GPU_SLOTS_ENV}={raw!r} is not an integer") from None
-    if n < 1:
-        raise ValueError(f"{GPU_SLOTS_ENV} must be >= 1, got {n}")
-    return n
+    return positive_int_env(GPU_SLOTS_ENV, 1)
 
 
 @contextmanager

@@ -111,13 +111,13 @@ def forget_models() -> None:
 def _identify(r: ModelRequest) -> ModelIdentity:
     """The identity without loading weights or importing torch where it can: the device is
     recorded as asked ("auto" until a stage loads the model; then the loaded model's), and
-    only precision "auto" needs the device resolved now."""
+    only precision "auto" or "fp16" needs the device resolved now."""
     from samseg.sam.model import CHECKPOINTS, CheckpointError, check_model_type
 
     check_model_type(r.model_type)
     device = r.device or "auto"
     precision = r.precision
-    if precision == "auto":
+    if precision in ("auto", "fp16"):  # auto picks per device; fp16 must be refused off CUDA now
         from samseg.sam.model import select_device
         from samseg.sam.precision import resolve_precision
 
