@@ -200,6 +200,31 @@ def test_rerun_changes_clusters_and_logs_run(page, ui_server):
     page.screenshot(path=str(ARTIFACTS / "03b-compare-rerun.png"), full_page=True)
 
 
+def test_live_preview_and_eps_sweep(page, ui_server):
+    from mlflow import MlflowClient
+
+    run = ui_server["runs"][0]
+    client = MlflowClient(ui_server["uri"])
+    before = len(client.search_runs([client.get_run(run["run_id"]).info.experiment_id]))
+    page.goto(ui_server["base"] + f"/runs/{run['run_id']}")
+    page.wait_for_selector("#rerun-form")
+    # as in the rerun test: eps 2 with min_samples 1 is one class, min_samples above the mask count none
+    min_samples, expected = ("1", 1) if run["n_clusters"] != 1 else ("100000", 0)
+    page.fill('input[name="eps"]', "2.0")
+    page.fill('input[name="min_samples"]', min_samples)  # each keystroke redraws the preview, no run is made
+    page.wait_for_function(f"document.querySelector('#preview-clusters').textContent === '{expected}'")
+    page.wait_for_function("!document.querySelector('#preview').hidden && document.querySelector('#preview').naturalWidth > 0")
+    assert page.get_attribute("#preview", "src").startswith("blob:")
+    page.fill('input[name="eps"]', "0")  # a bad value: the field says why, the last preview stays
+    page.wait_for_selector('.field-error[data-for="eps"]:not(:empty)')
+    page.click("#sweep-btn")
+    page.wait_for_selector("#sweep-chart:not([hidden])")  # the chart (a flat line has no visible box of its own)
+    assert page.locator("#sweep-chart path").count() == 2  # classes and noise over eps
+    assert "eps" in page.inner_text("#sweep-note")
+    page.locator("#rerun-panel").screenshot(path=str(ARTIFACTS / "03c-preview-sweep.png"))
+    assert len(client.search_runs([client.get_run(run["run_id"]).info.experiment_id])) == before  # nothing logged
+
+
 def test_exemplar_query_click(page, ui_server):
     run = ui_server["runs"][0]
     page.goto(f"{ui_server['base']}/runs/{run['run_id']}")

@@ -73,6 +73,7 @@ function initRerun(runId) {
   if (!form) return;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    cancelPreview();
     $$(".field-error", form).forEach((e) => { e.textContent = ""; });
     flash("");
     const values = {};
@@ -181,15 +182,21 @@ function initQuery(runId, w, h) {
 // Live preview: every change of a clustering control redraws the class overlay from the
 // run's cached masks and embeddings (POST /api/runs/{id}/preview), without creating a run.
 const PREVIEW_FIELDS = ["algorithm", "eps", "min_samples", "metric", "distance_threshold"];
+let previewSeq = 0;     // the newest preview request; older answers are dropped
+let previewTimer = null;
+
+// "Save as run" (the rerun) owns the form's messages from its click on: no preview answer overwrites them.
+function cancelPreview() {
+  clearTimeout(previewTimer);
+  previewSeq++;
+}
 
 function initPreview(runId) {
   const form = $("#rerun-form");
   const img = $("#preview");
   if (!form || !img) return;
-  let seq = 0;
-  let timer = null;
   const redraw = async () => {
-    const mine = ++seq;
+    const mine = ++previewSeq;
     const values = {};
     PREVIEW_FIELDS.forEach((k) => { const el = form.elements[k]; if (el && el.value !== "") values[k] = el.value; });
     $$(".field-error", form).forEach((e) => { e.textContent = ""; });
@@ -200,7 +207,7 @@ function initPreview(runId) {
         headers: { "Content-Type": "application/json", Accept: "image/png" }, body: JSON.stringify(values),
       });
     } catch (err) { flash(`Preview failed: cannot reach the samseg UI server (${err})`); return; }
-    if (mine !== seq) return; // a newer setting is already on its way
+    if (mine !== previewSeq) return; // a newer setting (or a save) is already on its way
     if (!resp.ok) {
       let data = {};
       try { data = await resp.json(); } catch (_) { /* non-JSON error */ }
@@ -214,7 +221,7 @@ function initPreview(runId) {
       return;
     }
     const blob = await resp.blob();
-    if (mine !== seq) return;
+    if (mine !== previewSeq) return;
     const old = img.src;
     img.src = URL.createObjectURL(blob);
     if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
@@ -227,7 +234,7 @@ function initPreview(runId) {
     const el = form.elements[k];
     if (!el) return;
     const ev = el.tagName === "SELECT" ? "change" : "input";
-    el.addEventListener(ev, () => { clearTimeout(timer); timer = setTimeout(redraw, 80); });
+    el.addEventListener(ev, () => { clearTimeout(previewTimer); previewTimer = setTimeout(redraw, 80); });
   });
 }
 
@@ -235,7 +242,7 @@ function initPreview(runId) {
 function drawSweep(svg, rep) {
   const W = Number(svg.getAttribute("width")), H = Number(svg.getAttribute("height")), P = 34;
   const rows = rep.rows;
-  if (!rows.length) { svg.hidden = true; return; }
+  if (!rows.length) { svg.setAttribute("hidden", ""); return; }
   const xMax = rows[rows.length - 1].eps, xMin = rows[0].eps;
   const cMax = Math.max(1, ...rows.map((r) => r.n_clusters));
   const x = (e) => P + (W - 2 * P) * (e - xMin) / Math.max(1e-12, xMax - xMin);
@@ -250,7 +257,7 @@ function drawSweep(svg, rep) {
   s += `<text x="${P}" y="${H - 8}" font-size="11">eps ${xMin}</text><text x="${W - P - 40}" y="${H - 8}" font-size="11">${xMax}</text>`;
   s += `<text x="4" y="${P - 8}" font-size="11">classes (max ${cMax}) · noise (dashed, 0–100%)</text>`;
   svg.innerHTML = s;
-  svg.hidden = false;
+  svg.removeAttribute("hidden"); // an SVG element has no .hidden property: use the attribute
 }
 
 function initSweep(runId) {
