@@ -43,10 +43,11 @@ def k_distances(embeddings_nc: np.ndarray, k: int, metric: str = "cosine") -> np
     return np.sort(np.maximum(dist[:, k - 1], 0.0))
 
 
-def suggest_eps(embeddings_nc: np.ndarray, cfg: ClusterConfig) -> EpsSuggestion:
-    """The knee of the k-distance curve (k = cfg.min_samples) as DBSCAN's eps."""
+def suggest_eps(embeddings_nc: np.ndarray, cfg: ClusterConfig, curve: np.ndarray | None = None) -> EpsSuggestion:
+    """The knee of the k-distance curve (k = cfg.min_samples) as DBSCAN's eps; `curve`:
+    that curve when the caller has it already (k_distances(embeddings, k, cfg.metric))."""
     k = max(1, cfg.min_samples)
-    curve = k_distances(embeddings_nc, k, cfg.metric)
+    curve = k_distances(embeddings_nc, k, cfg.metric) if curve is None else curve
     if len(curve) < 3:
         return EpsSuggestion(None, k, f"{len(np.asarray(embeddings_nc))} masks, fewer than min_samples={k} (+2)")
     knee = knee_of(curve)

@@ -331,17 +331,18 @@ def format_compare(df: "pd.DataFrame") -> str:
     return df.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
 
 
-def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Download summary.json, masks.json and embeddings.npy of an image run into `dst_dir`
-    (what a recluster needs); returns the summary. Unknown run or missing artifact →
-    TrackingError (one line)."""
+def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
+                     names: tuple[str, ...] = RECLUSTER_INPUTS) -> dict[str, Any]:
+    """Download `names` (default: summary.json, masks.json and embeddings.npy, what a
+    recluster needs) of an image run into `dst_dir`; returns the summary. Unknown run or
+    missing artifact → TrackingError (one line)."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     _get_run(_client(), run_id)
     dst = Path(dst_dir)
     dst.mkdir(parents=True, exist_ok=True)
-    for name in RECLUSTER_INPUTS:
+    for name in dict.fromkeys(("summary.json", *names)):
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst), tracking_uri=tracking_uri())
         except (MlflowException, OSError) as exc:
@@ -373,6 +374,6 @@ def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[A
     embs, summaries = [], []
     for rid in ids:
         d = Path(dst_dir) / rid
-        summaries.append(fetch_run_inputs(rid, d))
+        summaries.append(fetch_run_inputs(rid, d, ("summary.json", "embeddings.npy")))  # no masks.json: it can be huge
         embs.append(np.load(d / "embeddings.npy", allow_pickle=False))
     return embs, summaries

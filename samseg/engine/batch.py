@@ -68,13 +68,11 @@ def list_sources(source: Source) -> list[str]:
     from samseg.edges.storage import is_s3_uri, list_images
 
     specs = [source] if isinstance(source, str) else list(source)
-    uris: list[str] = []
+    uris: dict[str, None] = {}  # insertion-ordered set
     for spec in specs:
         for uri in list_images(spec):
-            uri = uri if is_s3_uri(uri) else os.path.abspath(uri)
-            if uri not in uris:
-                uris.append(uri)
-    return uris
+            uris.setdefault(uri if is_s3_uri(uri) else os.path.abspath(uri))
+    return list(uris)
 
 
 def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Source, out: str,

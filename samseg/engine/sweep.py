@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from samseg.core.config import ClusterConfig
-from samseg.core.sweep import eps_grid, eps_sweep, k_distances, knee_of, suggest_eps
+from samseg.core.sweep import eps_grid, eps_sweep, k_distances, suggest_eps
 
 CURVE_POINTS = 400  # the k-distance curve as drawn: enough points for a chart
 
@@ -20,8 +20,8 @@ def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optio
     ValueError (one line) for a bad eps range."""
     grid = eps_grid(eps_range)
     x = np.asarray(embeddings_nc, dtype=np.float32)
-    suggestion = suggest_eps(x, cfg)
-    curve = k_distances(x, suggestion.k, cfg.metric)
+    curve = k_distances(x, max(1, cfg.min_samples), cfg.metric)
+    suggestion = suggest_eps(x, cfg, curve)
     if len(curve) > CURVE_POINTS:
         curve = curve[np.linspace(0, len(curve) - 1, CURVE_POINTS).round().astype(int)]
     return {"n_masks": int(len(x)), "min_samples": cfg.min_samples, "metric": cfg.metric, "eps": cfg.eps,
@@ -56,5 +56,3 @@ def format_sweep(report: dict[str, Any]) -> str:
         lines.append(f"no suggested eps: {report['reason']}")
     return "\n".join(lines)
 
-
-__all__ = ["format_sweep", "knee_of", "sweep_report", "sweep_run"]

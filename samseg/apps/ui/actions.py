@@ -21,9 +21,9 @@ MAX_BATCH_RUNS = 50  # exemplar search over a batch: enough for a page, bounded 
 MAX_COMPARE = 4
 
 
-def run_config(store: RunStore, run_id: str) -> PipelineConfig:
-    """The PipelineConfig the run was made with (summary.json's `config`)."""
-    flat = dict(store.summary(run_id).get("config") or {})
+def run_config(store: RunStore, run_id: str, summary: dict[str, Any] | None = None) -> PipelineConfig:
+    """The PipelineConfig the run was made with (summary.json's `config`; `summary`: it, already read)."""
+    flat = dict((summary if summary is not None else store.summary(run_id)).get("config") or {})
     try:
         return PipelineConfig.from_flat(flat)
     except (TypeError, ValueError) as exc:
@@ -61,7 +61,7 @@ def _recluster(store: RunStore, run_id: str, cfg: PipelineConfig, labels: Any = 
     parent = store.summary(run_id)
     masks, embeddings, _ = store.outputs(run_id)
     given: dict[str, tuple[Any, str]] = {"amg": (masks, FROM_PARENT_RUN)}
-    if cfg.pool == run_config(store, run_id).pool:
+    if cfg.pool == run_config(store, run_id, parent).pool:
         given["pool"] = (embeddings, FROM_PARENT_RUN)
     if labels is not None:
         given["cluster"] = (labels, kind)

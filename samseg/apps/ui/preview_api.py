@@ -44,19 +44,21 @@ class PreviewSessions:
         from samseg.engine.recluster import ReclusterError, parent_model
 
         masks, embeddings, _ = self.store.outputs(run_id)
+        summary = self.store.summary(run_id)
         try:
-            model = parent_model(self.store.summary(run_id))
+            model = parent_model(summary)
         except ReclusterError as exc:
             raise RunDataError(f"run {run_id}: {exc}") from None
-        return PreviewSession(self.store.load_image(run_id), masks, embeddings, actions.run_config(self.store, run_id), model)
+        cfg = actions.run_config(self.store, run_id, summary)
+        return PreviewSession(self.store.load_image(run_id), masks, embeddings, cfg, model)
 
 
 def add_preview_api(app: FastAPI) -> None:
+    app.state.previews = PreviewSessions(app.state.store)
+
     @app.post("/api/runs/{run_id}/preview")
     def api_preview(request: Request, run_id: str, body: Any = Body(...)) -> Response:
         store: RunStore = request.app.state.store
-        if not hasattr(request.app.state, "previews"):
-            request.app.state.previews = PreviewSessions(store)
         cfg = actions.run_config(store, run_id)  # RunNotFound -> 404 before validating
         cluster_cfg = validate_cluster_form(body, cfg.cluster)  # FormError -> 422 naming the field
         png, clusters = request.app.state.previews.get(run_id).png(cluster_cfg)
