@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samseg.core import compose as compose_mod
 from samseg.core.compose import ComposeError, class_mask, compose_labels, paint_order
 from samseg.core.types import ClusterResult, MaskSet
 
@@ -67,13 +66,16 @@ def test_no_masks_gives_zero_map():
     assert out.shape == HW and out.dtype == np.uint16 and not out.any()
 
 
-def test_chunked_painting_equals_unchunked(monkeypatch):
+def test_run_painting_equals_dense_painting():
+    """The RLE-run painter gives what decoding every mask and painting it in order gives."""
     rng = np.random.default_rng(0)
-    masks = MaskSet.from_binary(rng.random((9, *HW)) < 0.3, predicted_iou=rng.random(9))
+    dense = rng.random((9, *HW)) < 0.3
+    masks = MaskSet.from_binary(dense, predicted_iou=rng.random(9))
     labels = _labels(0, 1, 2, -1, 0, 1, 2, 0, 1)
-    whole = compose_labels(masks, labels)
-    monkeypatch.setattr(compose_mod, "CHUNK_PIXELS", 1)
-    np.testing.assert_array_equal(compose_labels(masks, labels), whole)
+    expected = np.zeros(HW, np.uint16)
+    for i in paint_order(masks.areas, masks.predicted_iou, labels.labels):
+        expected[dense[i]] = labels.labels[i] + 1
+    np.testing.assert_array_equal(compose_labels(masks, labels), expected)
 
 
 def test_class_mask():

@@ -116,9 +116,51 @@ class ClusterConfig:
         _check(self.metric in ("cosine", "euclidean", "manhattan", "l1", "l2"), f"cluster.metric {self.metric!r} is not supported")
 
 
+# `--tile auto` tiles an image whose long side is over this many tile sides: SAM would see
+# it at under half its resolution (a 2048-px side at 1024 px), so a 16-px patch covers 32+ pixels.
+TILE_AUTO_SIDES = 2
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Tiled segmentation of large images (samseg.core.tiling, samseg.engine.tiled).
+
+    size: tile side in pixels (0 = no tiling: the whole image is one SAM input). overlap:
+    pixels shared by neighbouring tiles; an object cut by a seam is matched with its
+    continuation there. auto: tile only images whose long side exceeds TILE_AUTO_SIDES·size
+    (resolved per image, so smaller images keep their untiled cache entries). merge_iou:
+    two tiles' masks are one object when their IoU inside the shared region reaches it.
+    """
+
+    size: int = 0
+    overlap: int = 256
+    auto: bool = False
+    merge_iou: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.size == 0 or self.size >= 64, "tile.size must be 0 (no tiling) or >= 64 pixels")
+        _check(self.overlap >= 0, "tile.overlap must be >= 0")
+        _check(self.size == 0 or self.overlap * 2 <= self.size, "tile.overlap must be at most half of tile.size")
+        _check(0.0 < self.merge_iou <= 1.0, "tile.merge_iou must be in (0, 1]")
+        _check(isinstance(self.auto, bool), "tile.auto must be true or false")
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+    def for_image(self, image_hw: tuple[int, int]) -> "TileConfig":
+        """This image's tiling: `auto` resolved (off, or on with auto=False), so equal work keys equally."""
+        if not self.enabled or (self.auto and max(image_hw) <= TILE_AUTO_SIDES * self.size):
+            return TileConfig()
+        return dataclasses.replace(self, auto=False)
+
+
 # The precisions the encoder and decoder can run in; "auto" picks one per machine (samseg.sam.precision).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 PRECISION_REQUESTS: tuple[str, ...] = (*PRECISIONS, "auto")
+
+
+SECTIONS: tuple[str, ...] = ("amg", "pool", "cluster", "tile")  # the config sections of `flat()`
 
 
 @dataclass(frozen=True)
@@ -132,6 +174,7 @@ class PipelineConfig:
     # fp32 | bf16 | fp16 | auto for the encoder and decoder (samseg.sam.precision); "auto" is
     # resolved per machine at run time, and the resolved value is what the caches key on.
     precision: str = "fp32"
+    tile: TileConfig = field(default_factory=TileConfig)
 
     def __post_init__(self) -> None:
         _check(self.precision in PRECISION_REQUESTS, f"precision must be one of {', '.join(PRECISION_REQUESTS)}, got {self.precision!r}")
@@ -139,7 +182,7 @@ class PipelineConfig:
     def flat(self) -> dict[str, Any]:
         """Dotted view: {'model_type': 'vit_h', 'precision': 'fp32', 'amg.points_per_side': 32, ...}."""
         out: dict[str, Any] = {"model_type": self.model_type, "precision": self.precision}
-        for name in ("amg", "pool", "cluster"):
+        for name in SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, name)).items():
                 out[f"{name}.{key}"] = value
         return out
@@ -157,7 +200,7 @@ class PipelineConfig:
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "PipelineConfig":
         """Inverse of `flat()`; unknown keys raise ValueError."""
-        sections: dict[str, dict[str, Any]] = {"amg": {}, "pool": {}, "cluster": {}}
+        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
         model_type = flat.get("model_type", cls.model_type)
         for key, value in flat.items():
             if key in ("model_type", "precision"):
@@ -172,7 +215,13 @@ class PipelineConfig:
             amg=AmgConfig(**sections["amg"]),
             pool=PoolConfig(**sections["pool"]),
             cluster=ClusterConfig(**sections["cluster"]),
+            tile=TileConfig(**sections["tile"]),  # none in a pre-tiling summary: untiled
         )
+
+    def for_image(self, image_hw: tuple[int, int]) -> "PipelineConfig":
+        """The config one image runs with: `tile.auto` resolved for its size."""
+        tile = self.tile.for_image(image_hw)
+        return self if tile == self.tile else dataclasses.replace(self, tile=tile)
 
 
 # The original notebook's values: vit_h, 51×51 points, one crop layer, DBSCAN(0.06, 8, cosine).
