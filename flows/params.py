@@ -24,6 +24,7 @@ from samseg.core.config import (
     ClusterConfig,
     PipelineConfig,
     PoolConfig,
+    TileConfig,
     get_preset,
 )
 
@@ -32,6 +33,7 @@ ModelType = Literal[MODEL_TYPES]  # the model registry's names (samseg.sam.model
 _AMG = AmgConfig()
 _POOL = PoolConfig()
 _CLUSTER = ClusterConfig()
+_TILE = TileConfig()
 _PIPE = PipelineConfig()
 
 
@@ -92,6 +94,18 @@ class ClusterParams(_Params):
         return ClusterConfig(**self.model_dump())
 
 
+class TileParams(_Params):
+    """Tiled segmentation of large images (see samseg.core.config.TileConfig)."""
+
+    size: int = Field(_TILE.size, ge=0, description="tile side in px; 0 = no tiling")
+    overlap: int = Field(_TILE.overlap, ge=0, description="px shared by neighbouring tiles")
+    auto: bool = Field(_TILE.auto, description="tile only images whose long side is over 2 tile sides")
+    merge_iou: float = Field(_TILE.merge_iou, gt=0.0, le=1.0, description="IoU in the shared region that makes two tiles' masks one")
+
+    def to_config(self) -> TileConfig:
+        return TileConfig(**self.model_dump())
+
+
 class PipelineParams(_Params):
     """The whole run's configuration; `to_config()` gives the frozen PipelineConfig.
 
@@ -104,6 +118,7 @@ class PipelineParams(_Params):
     amg: AmgParams = Field(default_factory=AmgParams)
     pool: PoolParams = Field(default_factory=PoolParams)
     cluster: ClusterParams = Field(default_factory=ClusterParams)
+    tile: TileParams = Field(default_factory=TileParams)
 
     def to_config(self) -> PipelineConfig:
         return PipelineConfig(
@@ -112,6 +127,7 @@ class PipelineParams(_Params):
             amg=self.amg.to_config(),
             pool=self.pool.to_config(),
             cluster=self.cluster.to_config(),
+            tile=self.tile.to_config(),
         )
 
     @classmethod
@@ -124,6 +140,7 @@ class PipelineParams(_Params):
             amg=AmgParams(**dataclasses.asdict(cfg.amg)),
             pool=PoolParams(**dataclasses.asdict(cfg.pool)),
             cluster=ClusterParams(**dataclasses.asdict(cfg.cluster)),
+            tile=TileParams(**dataclasses.asdict(cfg.tile)),
         )
 
     @classmethod

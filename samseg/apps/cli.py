@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from samseg.apps.cli_common import UsageError
 from samseg.apps.cli_config import add_config_flags as _add_config_flags
+from samseg.apps.cli_config import add_tile_flags as _add_tile_flags
 from samseg.apps.cli_config import config_from_args  # noqa: F401 — the CLI's config builder
 from samseg.core.config import PRECISION_REQUESTS
 log = logging.getLogger("samseg.apps.cli")
@@ -153,6 +154,7 @@ def _add_segment_parser(sub: Any) -> None:
                    "AMX/AVX512-BF16, else fp32; fp16 needs CUDA. Thresholds and post-processing stay fp32")
     p.add_argument("--save-features", action="store_true", help="also write features.npy (C×64×64 float32 encoder output)")
     _add_config_flags(p)
+    _add_tile_flags(p)
     _add_common(p)
     from samseg.apps import cli_orchestration  # light module; Prefect/MLflow load only when a handler runs
 

@@ -61,6 +61,34 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             )
 
 
+def tile_size(raw: str) -> Any:
+    """--tile: a tile side in pixels (0 = off), or "auto" (1024-px tiles for images over 2048 px)."""
+    if raw.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid tile size: {raw!r} (pixels, 0, or auto)") from None
+
+
+AUTO_TILE_SIZE = 1024  # SAM's own input side: each tile is seen at full resolution
+
+
+def add_tile_flags(p: argparse.ArgumentParser) -> None:
+    from samseg.core.config import TILE_AUTO_SIDES, TileConfig
+
+    d = TileConfig()
+    g = p.add_argument_group("tiling of large images (one class map over all tiles)")
+    g.add_argument("--tile", dest="tile.size", type=tile_size, default=None, metavar="SIZE|auto",
+                   help=f"cut the image into SIZE-px tiles, each segmented at full resolution; auto = "
+                        f"{AUTO_TILE_SIZE}-px tiles for images whose long side is over {TILE_AUTO_SIDES * AUTO_TILE_SIZE} px "
+                        "(default: no tiling)")
+    g.add_argument("--tile-overlap", dest="tile.overlap", type=int, default=None, metavar="PX",
+                   help=f"pixels neighbouring tiles share; objects cut by a seam are joined there (default {d.overlap})")
+    g.add_argument("--tile-merge-iou", dest="tile.merge_iou", type=float, default=None, metavar="FLOAT",
+                   help=f"IoU inside the shared region at which two tiles' masks are one object (default {d.merge_iou})")
+
+
 def config_from_args(args: argparse.Namespace) -> "Any":
     """PipelineConfig = preset, then --model, then every explicitly given config flag.
     Invalid values raise UsageError with the config's own message."""
@@ -80,7 +108,18 @@ def config_from_args(args: argparse.Namespace) -> "Any":
                     changes.setdefault(section, {})["eps_auto"] = value == "auto"
                     if value == "auto":
                         continue
+                if (section, name) == ("tile", "size"):  # "auto": AUTO_TILE_SIZE tiles, large images only
+                    changes.setdefault(section, {})["auto"] = value == "auto"
+                    value = AUTO_TILE_SIZE if value == "auto" else value
                 changes.setdefault(section, {})[name] = value
+        tile = changes.get("tile", {})
+        if tile.get("size") and getattr(args, "save_features", False):
+            raise UsageError("--save-features keeps one image's C×64×64 features; a tiled image has one grid per tile "
+                             "(they are in the stage cache): leave out --tile or --save-features")
+        if tile and not tile.get("size", cfg.tile.size):
+            raise UsageError("--tile-overlap / --tile-merge-iou need --tile SIZE or --tile auto")
+        if tile.get("size") and "overlap" not in tile:  # the default overlap, at most a quarter of a small tile
+            tile["overlap"] = min(cfg.tile.overlap, tile["size"] // 4)
         return cfg.replace(**changes) if changes else cfg
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -62,6 +62,7 @@ class MergedMasks:
     masks: MaskSet
     embeddings: np.ndarray
     parts: list[list[tuple[int, int]]]
+    n_tiles: int
 
     @property
     def n_merged(self) -> int:
@@ -140,7 +141,8 @@ def _inside(rles: list[dict], idx: np.ndarray, region: tuple[int, int, int, int]
 
     h, w = image_hw
     x0, y0, x1, y1 = region
-    box = mask_utils.frPyObjects([[x0, y0, x1 - x0, y1 - y0]], h, w)[0]
+    cols = np.arange(x0, x1, dtype=np.int64) * h
+    box = _coco(rle_ops.runs_to_rle(cols + y0, cols + y1, image_hw))
     return [mask_utils.merge([_coco(rles[i]), box], intersect=True) for i in idx]
 
 
@@ -197,4 +199,4 @@ def _assemble(tiles: list[TileMasks], placed: list[list[dict]], groups: list[lis
         crops[g] = [x0, y0, x1 - x0, y1 - y0]
     masks = MaskSet(image_hw=(int(image_hw[0]), int(image_hw[1])), rles=rles, areas=areas, bbox_xywh=boxes,
                     predicted_iou=iou, stability_score=stability, point_coords_xy=points, crop_box_xywh=crops)
-    return MergedMasks(masks=masks, embeddings=emb, parts=groups)
+    return MergedMasks(masks=masks, embeddings=emb, parts=groups, n_tiles=len(tiles))

@@ -40,6 +40,7 @@ import numpy as np
 from samseg import __version__
 
 from samseg.edges import storage
+from samseg.core.tiling import MergedMasks
 from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class StageCache:
         "encoded": ("save_encoded", "load_encoded"),
         "masks": ("save_masks", "load_masks"),
         "embeddings": ("save_embeddings", "load_embeddings"),
+        "tiled": ("save_tiled", "load_tiled"),
     }
 
     def load(self, stage: str, key: str, codec: str) -> Any:
@@ -254,6 +256,30 @@ class StageCache:
     def load_embeddings(self, key: str, stage: str = "pool") -> np.ndarray | None:
         def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> np.ndarray:
             return _check_array(_npy_load(files["embeddings.npy"]), manifest)
+
+        return self._decode(stage, key, decode)
+
+    # ------------------------------------------------------------ tiles (merged masks of a tiled image)
+
+    def save_tiled(self, key: str, merged: MergedMasks, stage: str = "tiles") -> str:
+        """masks.json + embeddings.npy (N×C) + parts.json (the tile pieces of each mask)."""
+        emb = np.asarray(merged.embeddings, dtype=np.float32)
+        doc = {"image_hw": list(merged.masks.image_hw), "records": merged.masks.to_records()}
+        files = {"masks.json": json.dumps(doc, separators=(",", ":")).encode("utf-8"),
+                 "embeddings.npy": _npy_bytes(emb),
+                 "parts.json": json.dumps({"n_tiles": merged.n_tiles, "parts": merged.parts}).encode("utf-8")}
+        return self._save(stage, key, files, {"shape": list(emb.shape), "dtype": str(emb.dtype)})
+
+    def load_tiled(self, key: str, stage: str = "tiles") -> MergedMasks | None:
+        def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> MergedMasks:
+            doc = json.loads(files["masks.json"])
+            masks = MaskSet.from_records(tuple(doc["image_hw"]), doc["records"])
+            emb = _check_array(_npy_load(files["embeddings.npy"]), manifest)
+            parts = json.loads(files["parts.json"])
+            if len(masks) != len(emb) or len(parts["parts"]) != len(masks):
+                raise _BadEntry(f"{len(masks)} masks, {len(emb)} embeddings, {len(parts['parts'])} part lists")
+            groups = [[(int(t), int(i)) for t, i in g] for g in parts["parts"]]
+            return MergedMasks(masks=masks, embeddings=emb, parts=groups, n_tiles=int(parts["n_tiles"]))
 
         return self._decode(stage, key, decode)
 

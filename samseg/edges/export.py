@@ -9,6 +9,8 @@ Layout of an image dir (README "Outputs"):
   masks.parquet     one row per mask, the same fields as flat columns
   embeddings.npy    N×C float32, row i = annotation i of masks.json
   features.npy      C×64×64 float32 encoder features (only when asked for)
+  labels.tif        labels.png as a GeoTIFF with the input's CRS and transform (GeoTIFF inputs)
+  classes.geojson   one (Multi)Polygon per class, WGS 84 (GeoTIFF inputs; samseg.edges.geo)
   summary.json      what ran, on what, with which config, how long (samseg.engine.summary.RunSummary)
 
 Writes go to a hidden temporary sibling dir that is renamed into place at the end, so a
@@ -150,6 +152,10 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
     np.save(d / EMBEDDINGS_NPY, np.ascontiguousarray(embeddings, dtype=np.float32))
     if features is not None:
         np.save(d / FEATURES_NPY, np.ascontiguousarray(features, dtype=np.float32))
+    if image.geo is not None:  # a GeoTIFF in: labels.tif (same CRS/transform) + classes.geojson
+        from samseg.edges.geo import write_geo_outputs
+
+        write_geo_outputs(d, label_map, image.geo)
     _write_json(d / SUMMARY_JSON, summary)
 
 

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,7 @@ class LoadedImage:
     sha256: str
     name: str
     uri: str
+    geo: Any = None  # samseg.edges.geo.GeoRef for a GeoTIFF with a CRS: its outputs are georeferenced too
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -93,6 +95,10 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None, uri: str
     if len(data) == 0:
         raise ImageError(label, "empty file (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
+    if Path(name).suffix.lower() in (".tif", ".tiff"):
+        geo = _georeferenced(data, label, limit)
+        if geo is not None:
+            return LoadedImage(rgb=geo[0], sha256=digest, name=name, uri=uri or name, geo=geo[1])
     try:
         with warnings.catch_warnings():
             # Our own limit below replaces PIL's bomb *warning*; its bomb *error* (> 2× PIL's
@@ -120,6 +126,18 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None, uri: str
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(label, f"image has no pixels ({rgb.shape[1]}x{rgb.shape[0]})")
     return LoadedImage(rgb=rgb, sha256=digest, name=name, uri=uri or name)
+
+
+def _georeferenced(data: bytes, label: str, limit: int) -> Any:
+    """(rgb, GeoRef) for a GeoTIFF with a CRS (samseg.edges.geo), else None."""
+    from samseg.edges import geo
+
+    try:
+        return geo.read_georeferenced(data, lambda w, h: _check_size(label, w, h, limit), _scale_to_uint8)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — untrusted bytes: a GDAL failure is this file's error
+        raise ImageError(label, f"cannot read GeoTIFF ({type(exc).__name__}: {exc})") from None
 
 
 def _check_size(label: str, w: int, h: int, limit: int) -> None:

@@ -6,6 +6,8 @@ Events (keyword info in brackets):
 - "stage"        [image, stage, status]        a stage finished; stage in STAGES, status
                                                "hit" (stage cache), "computed" or "skipped"
                                                (not needed: later stages were cached)
+- "tile"         [image, done, total, cached]  a tiled image finished tile `done` of `total`
+                                               (`cached`: tiles so far whose amg + pool were hits)
 - "image_done"   [image]                       an image finished (or its deployment run did)
 - "image_failed" [image, error]                an image failed (error: one line)
 
@@ -28,7 +30,7 @@ from samseg.engine.stages import STEPS as STAGES  # the stage bar's steps: the t
 log = logging.getLogger(__name__)
 
 
-EVENTS = ("image_start", "stage", "image_done", "image_failed")
+EVENTS = ("image_start", "stage", "tile", "image_done", "image_failed")
 
 
 class Reporter(Protocol):
@@ -113,6 +115,9 @@ class TqdmReporter:
             self._done_stages.append(f"{info.get('stage')}{mark}")
             self.stages.set_postfix_str(" > ".join(self._done_stages), refresh=False)
             self.stages.update(1)
+        elif event == "tile":
+            tiles = f"tiles {info.get('done')}/{info.get('total')} ({info.get('cached', 0)} cached)"
+            self.stages.set_postfix_str(" > ".join([*self._done_stages, tiles]), refresh=True)
         elif event in ("image_done", "image_failed") and image not in self._finished:
             # once per image, whoever reports it (the image flow, the batch's poll loop)
             self._finished.add(image)

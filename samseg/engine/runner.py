@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Pr
 from samseg.core.config import PipelineConfig
 from samseg.edges.run_schema import COMPUTED, FROM_RUN_ARTIFACTS, HIT, SKIPPED
 from samseg.engine import progress
-from samseg.engine.stages import CACHED, OUTPUTS, STAGES, StageInputs, stage, stage_key
+from samseg.engine.stages import CACHED, OUTPUTS, STAGES, StageInputs, stage, stage_key, table_for
 from samseg.sam.source import ModelIdentity
 
 if TYPE_CHECKING:
@@ -85,9 +85,23 @@ class ImageRun:
     def encoded(self) -> Optional["EncodedImage"]:
         return self.values.get("encode")
 
+    @property
+    def tiled(self) -> bool:
+        return self.cfg.tile.enabled
+
     def cache_status(self) -> dict[str, str]:
-        """{cached stage: status} — summary.json's `cache` and the samseg.cache.<stage> tags."""
-        return {name: self.status[name] for name in CACHED}
+        """{cached stage: status} — summary.json's `cache` and the samseg.cache.<stage> tags
+        (a tiled image adds `tiles`; its amg and pool take the tiles entry's status)."""
+        names = (*CACHED, "tiles") if self.tiled else CACHED
+        return {name: self.status[name] for name in names}
+
+    def tiling(self) -> Optional[dict[str, Any]]:
+        """summary.json's `tiling` for a tiled image whose tiles were needed: grid and merges."""
+        merged = self.values.get("tiles")
+        if merged is None:
+            return None
+        t = self.cfg.tile
+        return {"tile_size": t.size, "overlap": t.overlap, "n_tiles": merged.n_tiles, "n_merged": merged.n_merged}
 
 
 def run_image(
@@ -101,6 +115,7 @@ def run_image(
     given: Optional[Mapping[str, tuple[Any, str]]] = None,
     fallback: Optional[Mapping[str, Callable[[], Any]]] = None,
     execute: Execute = inline,
+    quiet: bool = False,
 ) -> ImageRun:
     """Resolve the stages in `want` (and what they need) for `image` under `cfg`.
 
@@ -109,32 +124,48 @@ def run_image(
     given: {stage: (value, status)} known before the cache is asked (a recluster's parent
     run). fallback: {stage: thunk} tried after a cache miss, before computing (a recluster's
     MLflow artifacts); a thunk returning None means "not there either".
+    `cfg.tile` is resolved for the image's size first (samseg.core.config.TileConfig.for_image);
+    a tiled image runs the tiled table, each tile through this function again (quiet: the
+    tiles report "tile" progress events, not their stages).
     """
+    cfg = cfg.for_image(image.hw)
     run = ImageRun(image, cfg, model)
-    ctx = StageInputs(image, cfg, _model_getter(load_model))
-    for name in [s.name for s in STAGES if s.name in want]:
-        _resolve(run, name, ctx, cache, dict(given or {}), dict(fallback or {}), execute)
-    for row in STAGES:
+
+    def run_part(part: "LoadedImage", part_cfg: PipelineConfig) -> ImageRun:
+        return run_image(part, part_cfg, model, cache, load_model=load_model, want=("amg", "pool"),
+                         execute=execute, quiet=True)
+
+    ctx = StageInputs(image, cfg, _model_getter(load_model), run_part=run_part)
+    table = table_for(cfg)
+    for name in [s.name for s in table if s.name in want]:
+        _resolve(run, name, ctx, cache, dict(given or {}), dict(fallback or {}), execute, quiet)
+    for row in table:
         if row.name not in run.status:
             run.status[row.name] = SKIPPED
-            progress.report("stage", image=image.uri, stage=row.name, status=SKIPPED)
+            if not quiet:
+                progress.report("stage", image=image.uri, stage=row.name, status=SKIPPED)
+    for row in STAGES:  # not a row of the tiled table (encode): no progress step either
+        run.status.setdefault(row.name, SKIPPED)
     return run
 
 
 def _resolve(run: ImageRun, name: str, ctx: StageInputs, cache: "StageCache", given: dict[str, tuple[Any, str]],
-             fallback: dict[str, Callable[[], Any]], execute: Execute) -> Any:
+             fallback: dict[str, Callable[[], Any]], execute: Execute, quiet: bool = False) -> Any:
     if name in run.values:
         return run.values[name]
-    row = stage(name)
+    row = stage(name, run.cfg)
     t0 = time.perf_counter()
     value, status = _known(run, row, cache, given, fallback)
     if status is None:
-        args = [_resolve(run, i, ctx, cache, given, fallback, execute) for i in row.inputs]
+        args = [_resolve(run, i, ctx, cache, given, fallback, execute, quiet) for i in row.inputs]
         t0 = time.perf_counter()  # upstream time is the upstream stages' own
-        value, status = execute(name, _computing(run, row, ctx, cache, args)), COMPUTED
+        thunk = _computing(run, row, ctx, cache, args)
+        value = thunk() if row.inline else execute(name, thunk)
+        status = run.status[row.inputs[0]] if row.inline and len(row.inputs) == 1 else COMPUTED
     run.values[name], run.status[name] = value, status
     run.seconds[name] = time.perf_counter() - t0
-    progress.report("stage", image=run.image.uri, stage=name, status=status)
+    if not quiet:
+        progress.report("stage", image=run.image.uri, stage=name, status=status)
     return value
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from samseg.core.config import PipelineConfig
 from samseg.edges.cache import content_key
@@ -31,6 +31,9 @@ class StageInputs:
     image: "LoadedImage"
     cfg: PipelineConfig
     model: Callable[[], "LoadedModel"]
+    # Runs the untiled amg + pool of a part of the image (one tile) with this run's model,
+    # cache and executor: (part image, its config) -> ImageRun. Set by the runner.
+    run_part: Optional[Callable[["LoadedImage", PipelineConfig], Any]] = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Stage:
     key_sections: PipelineConfig sections its cache key includes (its own and upstream);
       None = not cached (cheap, re-tuned stages). codec: samseg.edges.cache.StageCache codec.
     gpu: runs under the GPU bound (process slots; the `gpu` tag on a Prefect server).
+    inline: computed in the runner itself, not handed to the executor (a field read off its
+      input, or a stage whose own steps are executor steps: the tiles' encode/amg/pool);
+      a row with one input and inline=True takes that input's status.
     """
 
     name: str
@@ -49,6 +55,7 @@ class Stage:
     key_sections: tuple[str, ...] | None = None
     codec: str | None = None
     gpu: bool = False
+    inline: bool = False
 
     @property
     def cached(self) -> bool:
@@ -102,7 +109,27 @@ STAGES: tuple[Stage, ...] = (
     Stage("cluster", ("pool",), _cluster),
     Stage("compose", ("amg", "cluster"), _compose),
 )
+
+
+def _tiles(ctx: StageInputs) -> Any:
+    from samseg.engine.tiled import segment_tiles
+
+    return segment_tiles(ctx)  # samseg.core.tiling.MergedMasks: image masks + N×C embeddings
+
+
+# A tiled image (cfg.tile resolved on for it): each tile runs encode -> amg -> pool as an image
+# of its own (its own cache entries and executor steps), `tiles` merges them into the image's
+# masks and embeddings (one cache entry: a warm rerun reads it alone), then cluster and compose
+# as for any image. There is no image-level encode: the features live per tile.
+TILED_STAGES: tuple[Stage, ...] = (
+    Stage("tiles", (), _tiles, key_sections=("tile", "amg", "pool"), codec="tiled", inline=True),
+    Stage("amg", ("tiles",), lambda _ctx, merged: merged.masks, inline=True),
+    Stage("pool", ("tiles",), lambda _ctx, merged: merged.embeddings, inline=True),
+    STAGES[3],
+    STAGES[4],
+)
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+_TILED_BY_NAME: dict[str, Stage] = {s.name: s for s in TILED_STAGES}
 CACHED: tuple[str, ...] = tuple(s.name for s in STAGES if s.cached)
 EXPORT = "export"
 # What a progress bar counts per image: every stage of the table, then the export.
@@ -111,17 +138,25 @@ STEPS: tuple[str, ...] = (*(s.name for s in STAGES), EXPORT)
 OUTPUTS: tuple[str, ...] = ("amg", "pool", "cluster", "compose")
 
 
-def stage(name: str) -> Stage:
-    if name not in BY_NAME:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(BY_NAME)}")
-    return BY_NAME[name]
+def table_for(cfg: PipelineConfig) -> tuple[Stage, ...]:
+    """The rows an image with this (per-image resolved) config runs: tiled or not."""
+    return TILED_STAGES if cfg.tile.enabled else STAGES
+
+
+def stage(name: str, cfg: Optional[PipelineConfig] = None) -> Stage:
+    """The row `name` of the table `cfg` runs (the untiled table without a cfg)."""
+    rows = _TILED_BY_NAME if cfg is not None and cfg.tile.enabled else BY_NAME
+    if name not in rows:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(rows)}")
+    return rows[name]
 
 
 def stage_key(name: str, image_sha256: str, checkpoint_sha256: str, cfg: PipelineConfig, precision: str = "fp32") -> str:
     """Hex sha256 of a cached stage's inputs: stage, image bytes, weights, model type, the
     config sections of its row (never `cluster`: re-tuning it re-uses every entry), and
-    the resolved precision (fp32 keys are what they always were)."""
-    row = stage(name)
+    the resolved precision (fp32 keys are what they always were). `cfg` is the image's own
+    (tile.auto resolved); untiled rows never include `tile`, so their keys stay as they were."""
+    row = stage(name, cfg)
     if not row.cached:
         raise ValueError(f"stage {name!r} is not cached; cached stages: {', '.join(CACHED)}")
     doc = {"stage": name, "image_sha256": image_sha256, "checkpoint_sha256": checkpoint_sha256,

@@ -73,5 +73,6 @@ def summarize(run: "ImageRun", flow_run_id: Optional[str] = None, extra: Optiona
         silhouette=silhouette_cosine(emb, clusters.labels),  # None when undefined
         cache=run.cache_status(),
         prefect_flow_run_id=flow_run_id,
-        extra={**({"eps_auto": clusters.choice} if clusters.choice else {}), **(extra or {})},
+        extra={**({"eps_auto": clusters.choice} if clusters.choice else {}),
+               **({"tiling": run.tiling()} if run.tiling() else {}), **(extra or {})},
     )
