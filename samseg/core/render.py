@@ -24,7 +24,8 @@ BOUNDARY_RGB = (0, 0, 0)
 # Class colour weight in the blend: strong enough to read the classes, weak enough to
 # still see the photo underneath.
 DEFAULT_ALPHA = 0.5
-MAX_LEGEND_ROWS = 24  # more classes than this are summarised as "+k more classes"
+MAX_LEGEND_ROWS = 24
+BAND_PIXELS = 1 << 22  # pixels per band of rows while blending / cutting out (bounded temporaries)  # more classes than this are summarised as "+k more classes"
 
 
 def class_color(c: int) -> tuple[int, int, int]:
@@ -94,21 +95,34 @@ def _blend(rgb: np.ndarray, lab: np.ndarray, lut: np.ndarray, alpha: float) -> n
     boolean-indexing H×W×3 floats: an overlay costs table look-ups."""
     v = np.arange(256, dtype=np.float32)
     out = np.empty_like(rgb)
+    tables = []
     for ch in range(3):
         table = np.rint((1.0 - alpha) * v[None, :] + alpha * lut[:, ch].astype(np.float32)[:, None]).astype(np.uint8)
         table[0] = np.arange(256, dtype=np.uint8)  # label 0: the photo as it is
-        out[..., ch] = table[lab, rgb[..., ch]]
+        tables.append(table)
+    for rows in _bands(lab.shape):  # numpy turns index arrays into intp: bounded bands, not 8 bytes × H×W
+        for ch in range(3):
+            out[rows, :, ch] = tables[ch][lab[rows], rgb[rows, :, ch]]
     return out
+
+
+def _bands(hw: tuple[int, int], pixels: int = BAND_PIXELS) -> list[slice]:
+    """Row slices of about `pixels` pixels each, covering an H×W image."""
+    h, w = hw
+    step = max(1, pixels // max(1, w))
+    return [slice(y, min(h, y + step)) for y in range(0, h, step)]
 
 
 def render_cutout(rgb: np.ndarray, label_map_hw: np.ndarray, c: int) -> np.ndarray:
     """H×W×4 uint8 RGBA: the image where the label map is class c (value c + 1), fully
     transparent (and zeroed, which also keeps the PNG small) everywhere else."""
     lab = _check_pair(rgb, label_map_hw)
-    inside = lab == (int(c) + 1)
     out = np.zeros((*lab.shape, 4), np.uint8)
-    out[inside, :3] = rgb[inside]
-    out[inside, 3] = 255
+    for rows in _bands(lab.shape):
+        inside = lab[rows] == (int(c) + 1)
+        band = out[rows]
+        band[inside, :3] = rgb[rows][inside]
+        band[inside, 3] = 255
     return out
 
 
@@ -120,7 +134,9 @@ def _check_pair(rgb: np.ndarray, label_map_hw: np.ndarray) -> np.ndarray:
         raise ValueError(f"label map is {lab.shape} but the image is {rgb.shape[:2]}")
     if lab.dtype.kind not in "ui":
         raise ValueError(f"label map must be integer, got {lab.dtype}")
-    return lab.astype(np.int64, copy=False)
+    if lab.dtype.kind == "i" and lab.size and int(lab.min()) < 0:
+        raise ValueError("label map has negative values (0 = no class, c + 1 = cluster c)")
+    return lab  # its own dtype (uint16): an int64 copy is 8 bytes a pixel, 800 MB at 100 MP
 
 
 def _legend_rows(n_classes: int, class_sizes: list[int] | None, n_noise: int | None) -> list[tuple[tuple[int, int, int] | None, str]]:

@@ -48,17 +48,21 @@ def read_georeferenced(data: bytes, check_size: Callable[[int, int], None],
     """
     if not available():
         return None
-    from rasterio.errors import RasterioIOError
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
     from rasterio.io import MemoryFile
 
     try:
-        with MemoryFile(data) as mem, mem.open() as ds:
-            if ds.crs is None:
-                return None
-            check_size(ds.width, ds.height)
-            bands = [1, 2, 3] if ds.count >= 3 else [1]
-            planes = [b if b.dtype == np.uint8 else to_uint8(b) for b in ds.read(bands)]
-            geo = GeoRef(crs_wkt=ds.crs.to_wkt(), transform=tuple(float(v) for v in ds.transform[:6]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF: the Pillow path below
+            with MemoryFile(data) as mem, mem.open() as ds:
+                if ds.crs is None:
+                    return None
+                check_size(ds.width, ds.height)
+                bands = [1, 2, 3] if ds.count >= 3 else [1]
+                planes = [b if b.dtype == np.uint8 else to_uint8(b) for b in ds.read(bands)]
+                geo = GeoRef(crs_wkt=ds.crs.to_wkt(), transform=tuple(float(v) for v in ds.transform[:6]))
     except RasterioIOError:
         return None  # not something GDAL reads as a raster: Pillow says what it is
     rgb = np.stack(planes * 3 if len(planes) == 1 else planes, axis=-1)

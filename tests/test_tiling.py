@@ -1,0 +1,262 @@
+"""Tiled segmentation: the tile grid, RLE run arithmetic, the cross-tile merge, and the engine
+on a large synthetic image whose objects sit across tile seams.
+
+The engine test replaces SAM with known parts (as tests/test_semantic.py does): the image's
+red channel holds an object id and its green channel the object's class; the stand-in AMG
+returns each object piece a tile sees (plus the tile's background), and the stand-in encoder
+gives every 16-px cell its majority class's vector plus noise. The real tiling, merge, pool,
+cluster, compose and cache code runs. Every object must come back as exactly one mask (its
+pieces joined at the seams, no duplicate from a neighbouring tile), IoU >= 0.95 with the
+truth, and one class per shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from samseg.core import rle
+from samseg.core.config import PipelineConfig, TileConfig, get_preset
+from samseg.core.eval import evaluate_label_maps
+from samseg.core.tiling import TileMasks, merge_tiles, tile_boxes
+from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
+from samseg.edges.cache import StageCache
+from samseg.edges.images import LoadedImage
+from samseg.engine import stages
+from samseg.engine.runner import run_image
+from samseg.sam.source import ModelIdentity
+
+HW = (1100, 1500)
+TILE = TileConfig(size=512, overlap=128)
+C = 48
+MODEL = ModelIdentity("tiny-random", "c" * 64, None, "cpu")
+
+
+# ---------------------------------------------------------------- RLE runs
+
+
+def _coco_counts(m_hw: np.ndarray) -> str:
+    return mask_utils.encode(np.asfortranarray(m_hw.astype(np.uint8)))["counts"].decode("ascii")
+
+
+def test_counts_codec_is_byte_identical_to_pycocotools() -> None:
+    rng = np.random.default_rng(0)
+    for t in range(300):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        m = rng.random((h, w)) < rng.random()
+        if t % 4 == 0:
+            m[:] = t % 8 == 0  # empty and full masks
+        counts = _coco_counts(m)
+        runs = rle.decode_counts(counts)
+        assert runs.sum() == h * w
+        assert rle.encode_counts(runs, (h, w)) == counts
+    big = np.zeros((3000, 4000), bool)
+    big[1000:2900, 7:3990] = True  # runs far beyond one 5-bit digit
+    assert rle.encode_counts(rle.decode_counts(_coco_counts(big)), big.shape) == _coco_counts(big)
+
+
+def test_translate_places_a_tile_mask_exactly_where_pycocotools_would() -> None:
+    rng = np.random.default_rng(1)
+    for t in range(200):
+        th, tw = (int(v) for v in rng.integers(1, 40, 2))
+        tile = rng.random((th, tw)) < 0.4
+        h = th if t % 3 == 0 else th + int(rng.integers(0, 30))  # full-height tiles: runs join across columns
+        w = tw + int(rng.integers(0, 30))
+        y0, x0 = int(rng.integers(0, h - th + 1)), int(rng.integers(0, w - tw + 1))
+        image = np.zeros((h, w), bool)
+        image[y0:y0 + th, x0:x0 + tw] = tile
+        placed = rle.translate({"size": [th, tw], "counts": _coco_counts(tile)}, (y0, x0), (h, w))
+        assert placed == {"size": [h, w], "counts": _coco_counts(image)}
+        out_wh = np.zeros((w, h), np.uint16)
+        rle.paint(out_wh, placed, 3)
+        np.testing.assert_array_equal(out_wh.T == 3, image)
+    with pytest.raises(ValueError, match="does not fit"):
+        rle.translate({"size": [4, 4], "counts": _coco_counts(np.ones((4, 4), bool))}, (2, 0), (5, 5))
+
+
+# ---------------------------------------------------------------- grid and config
+
+
+def test_tiles_cover_the_image_and_neighbours_share_the_overlap() -> None:
+    boxes = tile_boxes(HW, TILE)
+    assert len(boxes) == 3 * 4  # starts 0, 384, 588 down; 0, 384, 768, 988 across
+    covered = np.zeros(HW, np.int32)
+    for x0, y0, x1, y1 in boxes:
+        assert (x1 - x0, y1 - y0) == (512, 512)
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+    xs = sorted({b[0] for b in boxes})
+    assert all(b - a <= TILE.size - TILE.overlap for a, b in zip(xs, xs[1:]))  # >= overlap shared
+    assert tile_boxes((300, 400), TILE) == [(0, 0, 400, 300)]  # smaller than a tile: one tile, the image
+    assert tile_boxes(HW, TileConfig()) == []
+
+
+def test_auto_tiles_only_images_over_two_tile_sides_and_keys_follow() -> None:
+    auto = TileConfig(size=1024, auto=True)
+    assert auto.for_image((1500, 2048)) == TileConfig()  # SAM sees it at >= half resolution: one image
+    assert auto.for_image((1500, 2049)) == TileConfig(size=1024)
+    small = PipelineConfig(tile=auto).for_image((800, 800))
+    assert small == PipelineConfig()  # untiled images keep the untiled config, so their cache keys
+    key = stages.stage_key("tiles", "a" * 64, "c" * 64, PipelineConfig(tile=TileConfig(size=1024)))
+    assert key != stages.stage_key("tiles", "a" * 64, "c" * 64, PipelineConfig(tile=TileConfig(size=1024, overlap=128)))
+    with pytest.raises(ValueError, match="not cached"):  # a tiled image's masks live in its tiles entry
+        stages.stage_key("amg", "a" * 64, "c" * 64, PipelineConfig(tile=TileConfig(size=1024)))
+    for bad, match in ((dict(size=32), "tile.size"), (dict(size=512, overlap=300), "at most half"),
+                       (dict(size=512, merge_iou=0), "merge_iou")):
+        with pytest.raises(ValueError, match=match):
+            TileConfig(**bad)
+
+
+# ---------------------------------------------------------------- merge rules on hand-made tiles
+
+
+def _tile(box: tuple[int, int, int, int], image_masks: list[np.ndarray], emb: list[list[float]]) -> TileMasks:
+    x0, y0, x1, y1 = box
+    return TileMasks(box, MaskSet.from_binary(np.stack([m[y0:y1, x0:x1] for m in image_masks])),
+                     np.asarray(emb, np.float32))
+
+
+def test_an_object_and_its_part_in_one_tile_stay_two_masks() -> None:
+    hw = (100, 180)
+    whole, part = np.zeros(hw, bool), np.zeros(hw, bool)
+    whole[30:70, 60:120] = True
+    part[30:70, 60:90] = True  # the left half: inside the shared region x 60..100
+    a, b = (0, 0, 100, 100), (60, 0, 180, 100)
+    merged = merge_tiles([_tile(a, [whole, part], [[1, 0], [0, 1]]), _tile(b, [whole], [[1, 0]])], hw, 0.5)
+    assert len(merged.masks) == 2 and merged.n_merged == 1
+    got = merged.masks.decode()
+    assert (got[0] == whole).all() and (got[1] == part).all()
+    np.testing.assert_allclose(merged.embeddings[0], [1, 0])  # area-weighted mean of the pieces
+
+
+def test_containment_joins_a_piece_one_tile_sees_smaller_and_never_an_uncut_object() -> None:
+    hw = (100, 200)
+    obj = np.zeros(hw, bool)
+    obj[20:80, 50:150] = True
+    a, b = (0, 0, 120, 100), (80, 0, 200, 100)
+    seen_by_b = obj.copy()
+    seen_by_b[20:80, 80:120] = False  # B's mask keeps 1 column in 5 of the shared region: IoU 0.2 there
+    seen_by_b[20:80, 80:120][:, ::5] = True
+    merged = merge_tiles([_tile(a, [obj], [[1.0]]), _tile(b, [seen_by_b], [[1.0]])], hw, 0.5)
+    assert len(merged.masks) == 2  # IoU in the shared region is under 0.5 and containment is too weak
+
+    b_piece = obj.copy()
+    b_piece[20:30, 80:120] = False  # B misses a strip: IoU in the shared region 0.83, contained in A's
+    merged = merge_tiles([_tile(a, [obj], [[1.0]]), _tile(b, [b_piece], [[1.0]])], hw, 0.9)
+    assert len(merged.masks) == 1 and (merged.masks.decode()[0] == obj).all()
+
+    small = np.zeros(hw, bool)
+    small[40:50, 95:105] = True  # whole inside the shared region, inside A's big mask, cut by no seam
+    merged = merge_tiles([_tile(a, [obj], [[1.0]]), _tile(b, [small], [[1.0]])], hw, 0.5)
+    assert len(merged.masks) == 2
+
+
+# ---------------------------------------------------------------- the engine on a tiled image
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(H×W×3 uint8: R = object id, G = 100·class; H×W class map; the objects' masks)."""
+    yy, xx = np.mgrid[: HW[0], : HW[1]]
+    centres = [(200, 448), (448, 448), (800, 448), (250, 832), (640, 640), (470, 1000), (900, 1050),
+               (150, 1250), (700, 1300), (1000, 200), (560, 160), (980, 700)]
+    rgb, classes, objects = np.zeros((*HW, 3), np.uint8), np.zeros(HW, np.int64), []
+    for k, (cy, cx) in enumerate(centres):
+        s = (40, 70, 30, 90, 55, 60, 45, 80, 65, 50, 35, 75)[k]  # many wider than the 128-px overlap
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= s * s if k % 2 == 0 else (abs(yy - cy) <= s) & (abs(xx - cx) <= s)
+        cls = 1 if k % 2 == 0 else 2
+        rgb[m, 0], rgb[m, 1] = k + 1, 100 * cls
+        classes[m] = cls
+        objects.append(m)
+    return rgb, classes, objects
+
+
+def _standins(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls = {"encode": 0, "amg": 0}
+    vectors = np.random.default_rng(7).normal(size=(3, C))  # background, disc, square
+
+    def encode(model, rgb_hw3):
+        calls["encode"] += 1
+        geometry = ImageGeometry.for_image(rgb_hw3.shape[:2])
+        from PIL import Image
+
+        (ih, iw), p = geometry.input_hw, geometry.patch_size
+        framed = np.asarray(Image.fromarray(rgb_hw3[:, :, 1]).resize((iw, ih), Image.NEAREST)) // 100
+        gh, gw = geometry.valid_cells_hw
+        padded = np.full((gh * p, gw * p), 9, np.uint8)
+        padded[:ih, :iw] = framed
+        cells = padded.reshape(gh, p, gw, p).transpose(0, 2, 1, 3).reshape(gh, gw, p * p)
+        majority = np.stack([(cells == k).sum(-1) for k in range(3)], -1).argmax(-1)
+        rng = np.random.default_rng(int(hashlib.sha256(rgb_hw3.tobytes()).hexdigest()[:8], 16))
+        features = rng.normal(size=(C, *geometry.feature_hw)) * 100  # junk padding cells
+        features[:, :gh, :gw] = (vectors[majority] + 0.05 * rng.normal(size=(gh, gw, C))).transpose(2, 0, 1)
+        return EncodedImage(features.astype(np.float32), geometry)
+
+    def amg(model, rgb_hw3, encoded, cfg):
+        calls["amg"] += 1
+        ids = rgb_hw3[:, :, 0]
+        found = [ids == k for k in np.unique(ids) if k > 0] + ([ids == 0] if (ids == 0).any() else [])
+        return MaskSet.from_binary(np.stack(found))
+
+    monkeypatch.setattr("samseg.sam.encode.encode_image", encode)
+    monkeypatch.setattr("samseg.sam.amg.generate_masks", amg)
+    return calls
+
+
+def _cfg(**tile) -> PipelineConfig:
+    base = get_preset("smoke").replace(cluster={"eps": 0.15, "min_samples": 3})
+    return dataclasses.replace(base, tile=dataclasses.replace(TILE, **tile))
+
+
+def test_objects_across_seams_come_back_one_mask_and_one_class_each(monkeypatch, tmp_path: Path) -> None:
+    calls = _standins(monkeypatch)
+    rgb, classes, objects = _scene()
+    image = LoadedImage(rgb=rgb, sha256="e" * 64, name="scene.png", uri="scene.png")
+    image_size_decodes = []
+    decode_wh = MaskSet.decode_wh
+    monkeypatch.setattr(MaskSet, "decode_wh", lambda self, idx=None: (
+        image_size_decodes.append(1) if tuple(self.image_hw) == HW else None) or decode_wh(self, idx))
+    cache = StageCache(tmp_path)
+    run = run_image(image, _cfg(), MODEL, cache, load_model=lambda: object())
+
+    assert calls == {"encode": 12, "amg": 12} and run.tiling()["n_tiles"] == 12
+    assert image_size_decodes == []  # no mask was ever decoded at the image's size
+    assert len(run.masks) == len(objects) + 1  # each object once, plus the one background
+    got = run.masks.decode()
+    best = [max(range(len(got)), key=lambda i: (got[i] & gt).sum() / (got[i] | gt).sum()) for gt in objects]
+    assert len(set(best)) == len(objects)
+    for k, (i, gt) in enumerate(zip(best, objects)):
+        assert (got[i] & gt).sum() / (got[i] | gt).sum() >= 0.95, k
+    labels = run.clusters.labels
+    assert len({labels[best[k]] for k in range(0, 12, 2)}) == 1  # every disc one class
+    assert len({labels[best[k]] for k in range(1, 12, 2)}) == 1  # every square one class
+    assert labels[best[0]] != labels[best[1]] and run.clusters.n_clusters == 2
+    res = evaluate_label_maps(run.label_map, classes)
+    assert run.label_map.shape == HW and min(res.per_class_iou.values()) >= 0.95, res.per_class_iou
+    assert run.status["tiles"] == "computed" and run.cache_status()["tiles"] == "computed"
+
+    warm = run_image(image, _cfg().replace(cluster={"eps": 0.2}), MODEL, cache, load_model=None)
+    assert warm.status["tiles"] == warm.status["amg"] == warm.status["pool"] == "hit"
+    assert calls == {"encode": 12, "amg": 12}  # the merged entry alone: no tile was read or computed
+    remerged = run_image(image, _cfg(merge_iou=0.6), MODEL, cache, load_model=None)
+    assert remerged.status["tiles"] == "computed" and calls == {"encode": 12, "amg": 12}  # every tile a hit
+    np.testing.assert_array_equal(remerged.label_map, run.label_map)
+
+
+def test_tile_progress_counts_tiles(monkeypatch, tmp_path: Path) -> None:
+    from samseg.engine import progress
+
+    _standins(monkeypatch)
+    rgb, _, _ = _scene()
+    image = LoadedImage(rgb=rgb, sha256="f" * 64, name="scene.png", uri="scene.png")
+    events: list[tuple[str, dict]] = []
+    with progress.reporting(lambda event, **info: events.append((event, info))):
+        run_image(image, _cfg(), MODEL, StageCache(tmp_path), load_model=lambda: object())
+    tiles = [info for event, info in events if event == "tile"]
+    assert [t["done"] for t in tiles] == list(range(1, 13)) and {t["total"] for t in tiles} == {12}
+    stage_events = [info["stage"] for event, info in events if event == "stage"]
+    assert stage_events == ["tiles", "amg", "pool", "cluster", "compose"]  # tiles' own stages stay quiet
