@@ -2,7 +2,7 @@
 on a large synthetic image whose objects sit across tile seams.
 
 The engine test replaces SAM with known parts (as tests/test_semantic.py does): the image's
-red channel holds an object id and its green channel the object's class; the stand-in AMG
+pixels hold an object id and the object's class (benchmarks/tiles_scene.py); the stand-in AMG
 returns each object piece a tile sees (plus the tile's background), and the stand-in encoder
 gives every 16-px cell its majority class's vector plus noise. The real tiling, merge, pool,
 cluster, compose and cache code runs. Every object must come back as exactly one mask (its
@@ -13,18 +13,18 @@ truth, and one class per shape.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from benchmarks.tiles_scene import install_standins, scene
 from samseg.core import rle
 from samseg.core.config import PipelineConfig, TileConfig, get_preset
 from samseg.core.eval import evaluate_label_maps
 from samseg.core.tiling import TileMasks, merge_tiles, tile_boxes
-from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
+from samseg.core.types import MaskSet
 from samseg.edges.cache import StageCache
 from samseg.edges.images import LoadedImage
 from samseg.engine import stages
@@ -33,7 +33,6 @@ from samseg.sam.source import ModelIdentity
 
 HW = (1100, 1500)
 TILE = TileConfig(size=512, overlap=128)
-C = 48
 MODEL = ModelIdentity("tiny-random", "c" * 64, None, "cpu")
 
 
@@ -159,52 +158,20 @@ def test_containment_joins_a_piece_one_tile_sees_smaller_and_never_an_uncut_obje
 # ---------------------------------------------------------------- the engine on a tiled image
 
 
+CENTRES = [(200, 448), (448, 448), (800, 448), (250, 832), (640, 640), (470, 1000), (900, 1050),
+           (150, 1250), (700, 1300), (1000, 200), (560, 160), (980, 700)]  # on seams, in 2- and 4-tile overlaps
+SIZES = (40, 70, 30, 90, 55, 60, 45, 80, 65, 50, 35, 75)  # many wider than the 128-px overlap
+
+
 def _scene() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(H×W×3 uint8: R = object id, G = 100·class; H×W class map; the objects' masks)."""
-    yy, xx = np.mgrid[: HW[0], : HW[1]]
-    centres = [(200, 448), (448, 448), (800, 448), (250, 832), (640, 640), (470, 1000), (900, 1050),
-               (150, 1250), (700, 1300), (1000, 200), (560, 160), (980, 700)]
-    rgb, classes, objects = np.zeros((*HW, 3), np.uint8), np.zeros(HW, np.int64), []
-    for k, (cy, cx) in enumerate(centres):
-        s = (40, 70, 30, 90, 55, 60, 45, 80, 65, 50, 35, 75)[k]  # many wider than the 128-px overlap
-        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= s * s if k % 2 == 0 else (abs(yy - cy) <= s) & (abs(xx - cx) <= s)
-        cls = 1 if k % 2 == 0 else 2
-        rgb[m, 0], rgb[m, 1] = k + 1, 100 * cls
-        classes[m] = cls
-        objects.append(m)
-    return rgb, classes, objects
+    """(H×W×3 pixels with the objects written in, H×W class map, the objects' masks)."""
+    rgb, classes = scene(HW, [(cy, cx, s) for (cy, cx), s in zip(CENTRES, SIZES)])
+    ids = rgb[:, :, 0].astype(np.int32) + 256 * rgb[:, :, 1].astype(np.int32)
+    return rgb, classes, [ids == k + 1 for k in range(len(CENTRES))]
 
 
 def _standins(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    calls = {"encode": 0, "amg": 0}
-    vectors = np.random.default_rng(7).normal(size=(3, C))  # background, disc, square
-
-    def encode(model, rgb_hw3):
-        calls["encode"] += 1
-        geometry = ImageGeometry.for_image(rgb_hw3.shape[:2])
-        from PIL import Image
-
-        (ih, iw), p = geometry.input_hw, geometry.patch_size
-        framed = np.asarray(Image.fromarray(rgb_hw3[:, :, 1]).resize((iw, ih), Image.NEAREST)) // 100
-        gh, gw = geometry.valid_cells_hw
-        padded = np.full((gh * p, gw * p), 9, np.uint8)
-        padded[:ih, :iw] = framed
-        cells = padded.reshape(gh, p, gw, p).transpose(0, 2, 1, 3).reshape(gh, gw, p * p)
-        majority = np.stack([(cells == k).sum(-1) for k in range(3)], -1).argmax(-1)
-        rng = np.random.default_rng(int(hashlib.sha256(rgb_hw3.tobytes()).hexdigest()[:8], 16))
-        features = rng.normal(size=(C, *geometry.feature_hw)) * 100  # junk padding cells
-        features[:, :gh, :gw] = (vectors[majority] + 0.05 * rng.normal(size=(gh, gw, C))).transpose(2, 0, 1)
-        return EncodedImage(features.astype(np.float32), geometry)
-
-    def amg(model, rgb_hw3, encoded, cfg):
-        calls["amg"] += 1
-        ids = rgb_hw3[:, :, 0]
-        found = [ids == k for k in np.unique(ids) if k > 0] + ([ids == 0] if (ids == 0).any() else [])
-        return MaskSet.from_binary(np.stack(found))
-
-    monkeypatch.setattr("samseg.sam.encode.encode_image", encode)
-    monkeypatch.setattr("samseg.sam.amg.generate_masks", amg)
-    return calls
+    return install_standins(monkeypatch)
 
 
 def _cfg(**tile) -> PipelineConfig:

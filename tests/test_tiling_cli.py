@@ -111,3 +111,35 @@ def test_class_polygons_cover_exactly_the_class_pixels() -> None:
     assert by_class[0]["properties"]["n_pixels"] == 300 and by_class[0]["geometry"]["type"] == "MultiPolygon"
     assert shape(by_class[0]["geometry"]).area == pytest.approx(300 * 1e-6)
     assert shape(by_class[1]["geometry"]).bounds == pytest.approx((10.06, 49.955, 10.07, 49.97))
+
+
+def test_tiles_run_as_prefect_tasks_and_write_what_the_local_engine_writes(prefect_api, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    Image.fromarray(_rgb((280, 400), seed=3)).save(tmp_path / "wide.png")
+    env = dict(prefect_api.env, SAMSEG_HOME=str(tmp_path / "home"))
+    outs = {}
+    for orchestrator in ("local", "prefect"):
+        argv = ["segment", str(tmp_path / "wide.png"), "--out", str(tmp_path / orchestrator), "--cache",
+                str(tmp_path / f"c-{orchestrator}"), "--orchestrator", orchestrator, "--tile", "256", "--tile-overlap", "64", *TINY]
+        proc = subprocess.run([sys.executable, "-m", "samseg.apps.cli", *argv], env=env, capture_output=True, text=True,
+                              timeout=600, cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stderr
+        outs[orchestrator] = tmp_path / orchestrator / "wide"
+    for name in ("labels.png", "masks.json", "embeddings.npy"):
+        assert (outs["local"] / name).read_bytes() == (outs["prefect"] / name).read_bytes(), name
+    flow_run_id = json.loads((outs["prefect"] / "summary.json").read_text())["prefect_flow_run_id"]
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline = time.monotonic() + 60  # task runs reach the server as events, a little later
+    while True:
+        with get_client(sync_client=True) as client:
+            names = [t.name.rsplit("-", 1)[0] for t in client.read_task_runs(flow_run_filter=flt)]
+        if names.count("amg") >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert names.count("encode") == names.count("amg") == names.count("pool") == 4  # one of each per tile
