@@ -227,3 +227,24 @@ def test_tile_progress_counts_tiles(monkeypatch, tmp_path: Path) -> None:
     assert [t["done"] for t in tiles] == list(range(1, 13)) and {t["total"] for t in tiles} == {12}
     stage_events = [info["stage"] for event, info in events if event == "stage"]
     assert stage_events == ["tiles", "amg", "pool", "cluster", "compose"]  # tiles' own stages stay quiet
+
+
+def test_recluster_of_a_tiled_image_reads_its_tiles_entry_before_any_fallback(monkeypatch, tmp_path: Path) -> None:
+    from samseg.engine.recluster import recluster, recluster_summary
+
+    _standins(monkeypatch)
+    rgb, _, _ = _scene()
+    image = LoadedImage(rgb=rgb, sha256="9" * 64, name="scene.png", uri="scene.png")
+    cold = run_image(image, _cfg(), MODEL, StageCache(tmp_path / "c"), load_model=lambda: object())
+
+    def never() -> None:
+        raise AssertionError("the fallback was asked although the tiles entry is cached")
+
+    re = recluster(image, _cfg().replace(cluster={"eps": 0.3}), MODEL, StageCache(tmp_path / "c"),
+                   fallback={"amg": never, "pool": never})
+    assert re.status["tiles"] == re.status["amg"] == re.status["pool"] == "hit"
+    assert recluster_summary(re, "r1").extra["recluster"]["inputs_from"] == "cache"
+    elsewhere = recluster(image, _cfg(), MODEL, StageCache(tmp_path / "empty"),
+                          fallback={"amg": lambda: cold.masks, "pool": lambda: cold.embeddings})
+    assert elsewhere.status["amg"] == elsewhere.status["pool"] == "run" and elsewhere.status["tiles"] == "skipped"
+    np.testing.assert_array_equal(elsewhere.label_map, cold.label_map)

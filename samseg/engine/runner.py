@@ -154,6 +154,9 @@ def _resolve(run: ImageRun, name: str, ctx: StageInputs, cache: "StageCache", gi
     if name in run.values:
         return run.values[name]
     row = stage(name, run.cfg)
+    if _derived_from_cache(run, row) and name in fallback and name not in given:
+        # a tiled image's amg/pool are fields of its `tiles` entry: the cache before a fallback, as for any stage
+        _load_entry(run, row.inputs[0], cache, quiet)
     t0 = time.perf_counter()
     value, status = _known(run, row, cache, given, fallback)
     if status is None:
@@ -169,6 +172,23 @@ def _resolve(run: ImageRun, name: str, ctx: StageInputs, cache: "StageCache", gi
     return value
 
 
+def _derived_from_cache(run: ImageRun, row: Any) -> bool:
+    """A row read off one cached input (the tiled table's amg and pool, off `tiles`)."""
+    return row.inline and len(row.inputs) == 1 and stage(row.inputs[0], run.cfg).cached
+
+
+def _load_entry(run: ImageRun, name: str, cache: "StageCache", quiet: bool) -> None:
+    """`name`'s cache entry into run.values (status hit) when it loads; nothing when it does not."""
+    if name in run.values:
+        return
+    t0 = time.perf_counter()
+    value = cache.load(name, key_of(run, name), stage(name, run.cfg).codec)
+    if value is not None:
+        run.values[name], run.status[name], run.seconds[name] = value, HIT, time.perf_counter() - t0
+        if not quiet:
+            progress.report("stage", image=run.image.uri, stage=name, status=HIT)
+
+
 def _known(run: ImageRun, row: Any, cache: "StageCache", given: dict[str, tuple[Any, str]],
            fallback: dict[str, Callable[[], Any]]) -> tuple[Any, Optional[str]]:
     """(value, status) from the given values, the cache, or the fallback; (None, None) = compute it."""
@@ -178,7 +198,8 @@ def _known(run: ImageRun, row: Any, cache: "StageCache", given: dict[str, tuple[
         value = cache.load(row.name, key_of(run, row.name), row.codec)
         if value is not None:
             return value, HIT
-    if row.name in fallback:
+    derived_in_hand = _derived_from_cache(run, row) and row.inputs[0] in run.values
+    if row.name in fallback and not derived_in_hand:
         value = fallback[row.name]()
         if value is not None:
             return value, FROM_RUN_ARTIFACTS
