@@ -123,7 +123,7 @@ TILE_AUTO_SIDES = 2
 
 @dataclass(frozen=True)
 class TileConfig:
-    """Tiled segmentation of large images (samseg.core.tiling, samseg.engine.tiled).
+    """Tiled segmentation of large images (samseg.core.tiling; the `tiles` stage of samseg.engine.stages).
 
     size: tile side in pixels (0 = no tiling: the whole image is one SAM input). overlap:
     pixels shared by neighbouring tiles; an object cut by a seam is matched with its

@@ -76,6 +76,17 @@ class LoadedImage:
         return Path(self.name).stem
 
 
+def crop_image(image: LoadedImage, box_xyxy: tuple[int, int, int, int], what: str = "crop") -> LoadedImage:
+    """The part `box_xyxy` (end exclusive) of `image` as an image of its own: pixels copied,
+    identity sha256(image sha256 + box), uri `<image uri>#<what>=x0,y0,x1,y1`. A tile of a tiled
+    run is one: it gets its own cache entries, keyed by that identity."""
+    x0, y0, x1, y1 = box_xyxy
+    where = f"{what}={x0},{y0},{x1},{y1}"
+    sha = hashlib.sha256(f"{image.sha256}#{where}".encode("ascii")).hexdigest()
+    rgb = np.ascontiguousarray(image.rgb[y0:y1, x0:x1])
+    return LoadedImage(rgb=rgb, sha256=sha, name=f"{image.stem}@{x0}_{y0}.{what}", uri=f"{image.uri}#{where}")
+
+
 def max_pixels_from_env() -> int:
     """`SAMSEG_MAX_PIXELS` if set (a positive integer), else DEFAULT_MAX_PIXELS."""
     from samseg.edges.env import positive_int_env

@@ -135,7 +135,8 @@ def run_image(
         return run_image(part, part_cfg, model, cache, load_model=load_model, want=("amg", "pool"),
                          execute=execute, quiet=True)
 
-    ctx = StageInputs(image, cfg, _model_getter(load_model), run_part=run_part)
+    ctx = StageInputs(image, cfg, _model_getter(load_model), run_part=run_part,
+                      report=(lambda _event, **_info: None) if quiet else progress.report)
     table = table_for(cfg)
     for name in [s.name for s in table if s.name in want]:
         _resolve(run, name, ctx, cache, dict(given or {}), dict(fallback or {}), execute, quiet)

@@ -34,6 +34,7 @@ class StageInputs:
     # Runs the untiled amg + pool of a part of the image (one tile) with this run's model,
     # cache and executor: (part image, its config) -> ImageRun. Set by the runner.
     run_part: Optional[Callable[["LoadedImage", PipelineConfig], Any]] = None
+    report: Callable[..., None] = lambda _event, **_info: None  # samseg.engine.progress.report when not quiet
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,23 @@ STAGES: tuple[Stage, ...] = (
 
 
 def _tiles(ctx: StageInputs) -> Any:
-    from samseg.engine.tiled import segment_tiles
+    """Every tile through the runner (its own amg + pool, cached), then one merged set of
+    image masks and N×C embeddings (samseg.core.tiling.MergedMasks)."""
+    from samseg.core.config import TileConfig
+    from samseg.core.tiling import TileMasks, merge_tiles, tile_boxes
+    from samseg.edges.images import crop_image
 
-    return segment_tiles(ctx)  # samseg.core.tiling.MergedMasks: image masks + N×C embeddings
+    if ctx.run_part is None:
+        raise RuntimeError("the tiles stage needs the runner's run_part")
+    boxes = tile_boxes(ctx.image.hw, ctx.cfg.tile)
+    part_cfg = dataclasses.replace(ctx.cfg, tile=TileConfig())
+    tiles, hits = [], 0
+    for k, box in enumerate(boxes):
+        part = ctx.run_part(crop_image(ctx.image, box, "tile"), part_cfg)
+        tiles.append(TileMasks(box_xyxy=box, masks=part.masks, embeddings=part.embeddings))
+        hits += part.status.get("amg") == "hit" and part.status.get("pool") == "hit"
+        ctx.report("tile", image=ctx.image.uri, done=k + 1, total=len(boxes), cached=hits)
+    return merge_tiles(tiles, ctx.image.hw, ctx.cfg.tile.merge_iou)
 
 
 # A tiled image (cfg.tile resolved on for it): each tile runs encode -> amg -> pool as an image
