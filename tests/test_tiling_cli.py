@@ -143,3 +143,26 @@ def test_tiles_run_as_prefect_tasks_and_write_what_the_local_engine_writes(prefe
             break
         time.sleep(1)
     assert names.count("encode") == names.count("amg") == names.count("pool") == 4  # one of each per tile
+
+
+def test_truncated_geotiff_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    from rasterio.transform import from_origin
+
+    _geotiff(tmp_path / "whole.tif", _rgb((120, 160)), "EPSG:32633", from_origin(500_000, 5_000_000, 0.5, 0.5))
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:30_000])
+    rc, out, err = run_cli(["segment", str(tmp_path / "cut.tif"), "--out", str(tmp_path / "o"), *TINY])
+    assert rc == 1 and "cut.tif: " in err and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if "cut.tif" in line]) == 1
+
+
+def test_geotiff_bomb_is_refused_from_its_header_before_pixels_are_read(tmp_path: Path) -> None:
+    from rasterio.transform import from_origin
+
+    from samseg.edges.images import ImageError, load_image
+
+    with rasterio.open(tmp_path / "bomb.tif", "w", driver="GTiff", height=20_000, width=20_000, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500_000, 5_000_000, 1, 1), tiled=True, sparse_ok=True) as dst:
+        dst.write(np.ones((3, 16, 16), np.uint8), window=((0, 16), (0, 16)))  # 400 MP claimed, a few KB on disk
+    assert (tmp_path / "bomb.tif").stat().st_size < 5_000_000
+    with pytest.raises(ImageError, match="20000x20000 = 400,000,000 pixels, over the limit"):
+        load_image(tmp_path / "bomb.tif")
