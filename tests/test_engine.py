@@ -189,3 +189,36 @@ def test_fully_cached_image_loads_no_model_and_imports_no_torch(tmp_path: Path) 
     assert "(cache hits: 2/2)" in warm.stdout
     summary = json.loads((tmp_path / "o" / "p" / "summary.json").read_text())
     assert summary["model"]["device"] == "auto"  # no stage ran on a device: recorded as asked
+
+
+def test_a_batch_publishes_each_image_while_the_next_one_computes(tmp_path: Path) -> None:
+    import threading
+
+    from samseg.engine.segment import segment_overlapped
+
+    second_started = threading.Event()
+    order: list[str] = []
+
+    def start(uri: str, name: str):
+        order.append(f"compute {name}")
+        if name == "b":
+            second_started.set()
+        if name == "c":
+            raise ValueError("cannot decode")
+
+        def finish() -> dict:
+            if name == "a":  # a's export can only end once b computes: the two overlap
+                assert second_started.wait(timeout=30), "b did not compute while a was being published"
+            if name == "d":
+                raise OSError("disk full")
+            order.append(f"publish {name}")
+            return {"out_dir": str(tmp_path / name), "n_masks": 1}
+
+        return finish
+
+    uris = [str(tmp_path / f"{n}.png") for n in "abcde"]
+    results = segment_overlapped(uris, str(tmp_path / "out"), start)
+    assert [r["name"] for r in results] == list("abcde")  # input order, whatever finished first
+    assert [r["status"] for r in results] == ["completed", "completed", "failed", "failed", "completed"]
+    assert "cannot decode" in results[2]["error"] and "disk full" in results[3]["error"]
+    assert order.index("compute b") < order.index("publish a")

@@ -138,7 +138,7 @@ def _refused_single(job: Any, uri: str) -> bool:
 
 def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
     from samseg.engine.batch import run_batch
-    from samseg.engine.segment import describe_failure, segment_many, segment_one
+    from samseg.engine.segment import describe_failure, segment_one, segment_overlapped, start_one
 
     if _single(args, job, uris):
         if _refused_single(job, uris[0]):
@@ -153,7 +153,8 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
 
     def run_images(batch: list[str], tracking: Any) -> list[dict[str, Any]]:
         per_image = dataclasses.replace(job, tracking=tracking)
-        return segment_many(batch, job.out, lambda uri, name: segment_one(uri, per_image, name))
+        # each image's export/upload/MLflow logging overlaps the next image's compute
+        return segment_overlapped(batch, job.out, lambda uri, name: start_one(uri, per_image, name))
 
     classes = _classes(_classes_request(args, job.out))  # a usage error before any compute
     with _progress_bars(args, len(uris)):

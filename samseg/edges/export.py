@@ -245,10 +245,22 @@ def _counts_str(counts: Any) -> str:
     return counts.decode("utf-8") if isinstance(counts, bytes) else str(counts)
 
 
-def _write_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
+def png_bytes(arr: np.ndarray) -> bytes:
+    """H×W×3 RGB / H×W×4 RGBA uint8 → PNG bytes through OpenCV's libpng: zlib level 1 with the
+    RLE strategy, 2-2.5× faster than Pillow's level 1 on overlays and cut-outs, with smaller
+    files (benchmarks/export.py), and it releases the GIL, so the export threads overlap."""
+    import cv2
 
-    Image.fromarray(arr).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    bgr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGBA2BGRA if arr.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL,
+                                          cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:
+        raise OutputsError(f"PNG encoding of a {arr.shape} array failed")
+    return data.tobytes()
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    Path(path).write_bytes(png_bytes(arr))
 
 
 def _write_json(path: Path, obj: Any) -> None:

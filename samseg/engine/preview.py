@@ -8,7 +8,6 @@ one paint of the preview canvas (benchmarks/preview.py measures it).
 
 from __future__ import annotations
 
-import io
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,14 +51,11 @@ class PreviewSession:
 
     def png(self, cluster_cfg: ClusterConfig) -> tuple[bytes, Any]:
         """(overlay PNG at preview size, ClusterResult)."""
-        from PIL import Image
-
         from samseg.core.render import render_overlay
+        from samseg.edges.export import png_bytes
 
         clusters = self.clusters(cluster_cfg)
         canvas = self.canvas()
         rgb = render_overlay(canvas.rgb, canvas.label_map(clusters.labels), clusters.sizes(), clusters.n_noise)
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)  # a preview: speed over size
-        return buf.getvalue(), clusters
+        return png_bytes(rgb), clusters  # the export's fast encoder: a preview is speed over size
 

@@ -102,14 +102,18 @@ class TqdmReporter:
                            bar_format="{desc}: {bar:10} {n_fmt}/{total_fmt}{postfix}")
         self._finished: set[str] = set()
         self._done_stages: list[str] = []
+        self._current = ""
 
     def __call__(self, event: str, **info: Any) -> None:
         image = str(info.get("image", ""))
         if event == "image_start":
+            self._current = image
             self.stages.reset(total=len(STAGES))
             self._done_stages = []
             self.stages.set_description_str(PurePosixPath(image).name or "stages", refresh=False)
             self.stages.set_postfix_str("", refresh=True)
+        elif event == "stage" and image != self._current:
+            pass  # the previous image's export, finishing while this one computes: its bar is gone
         elif event == "stage":
             mark = f" {info['status']}" if info.get("status") in ("hit", "skipped") else ""
             self._done_stages.append(f"{info.get('stage')}{mark}")

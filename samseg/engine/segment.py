@@ -54,43 +54,87 @@ def compute_image(image: Any, job: SegmentJob, execute: Execute = inline) -> Ima
     return run
 
 
-def segment_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Execute = inline,
-                flow_run_id: Optional[str] = None) -> dict[str, Any]:
-    """Segment one image into OUT/<name>/ (default: its safe stem) and log it; returns its
-    summary dict plus out_dir, mlflow_run_id, export_seconds."""
+def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Execute = inline,
+              flow_run_id: Optional[str] = None) -> Callable[[], dict[str, Any]]:
+    """Read and compute one image now; returns its publish step, which exports OUT/<name>/
+    (default: its safe stem), logs it and returns the summary dict plus out_dir,
+    mlflow_run_id, export_seconds."""
     from samseg.edges.outdirs import safe_dir_name
 
     progress.report("image_start", image=uri)
     image = execute(READ_STEP, lambda: read_image(uri))
     run = compute_image(image, job, execute)
     summary = summarize(run, flow_run_id=flow_run_id)
-    where = publish(run, summary, job.out, name or safe_dir_name(uri), job.tracking, job.save_features, execute)
-    progress.report("image_done", image=uri)
-    return {**summary.to_dict(), **where}
+
+    def finish() -> dict[str, Any]:
+        where = publish(run, summary, job.out, name or safe_dir_name(uri), job.tracking, job.save_features, execute)
+        progress.report("image_done", image=uri)
+        return {**summary.to_dict(), **where}
+
+    return finish
+
+
+def segment_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Execute = inline,
+                flow_run_id: Optional[str] = None) -> dict[str, Any]:
+    """Segment one image into OUT/<name>/ and log it (`start_one`, then its publish step)."""
+    return start_one(uri, job, name, execute, flow_run_id)()
 
 
 ImageFn = Callable[[str, str], dict[str, Any]]  # (uri, output name) -> segment_one's result
+StartFn = Callable[[str, str], Callable[[], dict[str, Any]]]  # (uri, output name) -> start_one's publish step
 
 
 def segment_many(uris: list[str], out: str, image_fn: ImageFn) -> list[dict[str, Any]]:
     """Every image of a batch through `image_fn`, in order; one bad image fails alone.
     Images whose OUT/<name> samseg may not replace fail before any compute."""
+    return segment_overlapped(uris, out, lambda uri, name: (lambda result=image_fn(uri, name): result), overlap=False)
+
+
+def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bool = True) -> list[dict[str, Any]]:
+    """`segment_many` with each image's publish step (export, upload, MLflow) running in a
+    background thread while the next image computes: one publish in flight, results in input
+    order, a failed publish fails its image alone. A stop request (SIGTERM) starts no new image
+    but lets the publish in flight finish."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from samseg.edges import shutdown
     from samseg.edges.outdirs import refused_outputs, unique_names
 
     names = unique_names(uris)
     refused = refused_outputs(out, uris, names)
-    results = []
-    for uri, name in zip(uris, names):
-        shutdown.check()  # SIGTERM / Ctrl-C: start no new image
-        if uri in refused:
-            results.append(failed_entry(uri, name, refused[uri]))
-            continue
+    results: list[dict[str, Any]] = []
+    pending: list[tuple[str, str, Future]] = []
+
+    def collect() -> None:
+        for uri, name, done in pending:
+            try:
+                results.append(image_entry(uri, name, done.result()))
+            except Exception as exc:  # one bad image fails alone
+                results.append(failed_entry(uri, name, describe_failure(uri, exc)))
+        pending.clear()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="samseg-publish") as pool:
         try:
-            results.append(image_entry(uri, name, image_fn(uri, name)))
-        except Exception as exc:  # one bad image fails alone
-            results.append(failed_entry(uri, name, describe_failure(uri, exc)))
+            for uri, name in zip(uris, names):
+                shutdown.check()  # SIGTERM / Ctrl-C: start no new image
+                finish, failure = _started(uri, name, start_fn) if uri not in refused else (None, refused[uri])
+                collect()  # the previous image's publish overlapped this image's compute
+                if failure is not None:
+                    results.append(failed_entry(uri, name, failure))
+                else:
+                    pending.append((uri, name, pool.submit(finish)))
+                    if not overlap:
+                        collect()
+        finally:
+            collect()
     return results
+
+
+def _started(uri: str, name: str, start_fn: StartFn) -> tuple[Optional[Callable[[], dict[str, Any]]], Optional[str]]:
+    try:
+        return start_fn(uri, name), None
+    except Exception as exc:  # one bad image fails alone
+        return None, describe_failure(uri, exc)
 
 
 def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
