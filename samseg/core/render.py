@@ -117,12 +117,11 @@ def render_cutout(rgb: np.ndarray, label_map_hw: np.ndarray, c: int) -> np.ndarr
     """H×W×4 uint8 RGBA: the image where the label map is class c (value c + 1), fully
     transparent (and zeroed, which also keeps the PNG small) everywhere else."""
     lab = _check_pair(rgb, label_map_hw)
-    out = np.zeros((*lab.shape, 4), np.uint8)
-    for rows in _bands(lab.shape):
-        inside = lab[rows] == (int(c) + 1)
-        band = out[rows]
-        band[inside, :3] = rgb[rows][inside]
-        band[inside, 3] = 255
+    out = np.empty((*lab.shape, 4), np.uint8)
+    for rows in _bands(lab.shape):  # multiply by 0/1 instead of boolean indexing: ~3× faster
+        inside = (lab[rows] == (int(c) + 1)).view(np.uint8)
+        np.multiply(rgb[rows], inside[:, :, None], out=out[rows, :, :3])
+        np.multiply(inside, 255, out=out[rows, :, 3])
     return out
 
 
