@@ -155,7 +155,8 @@ def _legend_rows(n_classes: int, class_sizes: list[int] | None, n_noise: int | N
 
 
 def _draw_legend(out: np.ndarray, rows: list[tuple[tuple[int, int, int] | None, str]]) -> np.ndarray:
-    """Draw the legend box onto a copy of `out` (H×W×3 uint8); skipped on tiny images."""
+    """Draw the legend box onto `out` (H×W×3 uint8, in place; returned); skipped on tiny images.
+    Only the box's region goes through PIL: a 100-MP overlay is not copied twice for a legend."""
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = out.shape[:2]
@@ -163,12 +164,14 @@ def _draw_legend(out: np.ndarray, rows: list[tuple[tuple[int, int, int] | None, 
     if h < 2 * size or w < 6 * size:
         return np.ascontiguousarray(out)
     font = ImageFont.load_default(size=size)
-    img = Image.fromarray(out)
-    draw = ImageDraw.Draw(img, "RGBA")
     pad, line = size // 2, int(size * 1.4)
-    text_w = max(draw.textlength(text, font=font) for _, text in rows)
+    text_w = max(font.getlength(text) for _, text in rows)
     box_w = min(w - 1, int(pad * 3 + size + text_w))
     box_h = min(h - 1, pad * 2 + line * len(rows))
+    # the text may run past the box only where the box is cut at the image edge: the region is all of that side
+    region = (slice(0, h if box_h >= h - 1 else box_h + line + 1), slice(0, w if box_w >= w - 1 else box_w + 1))
+    img = Image.fromarray(np.ascontiguousarray(out[region]))
+    draw = ImageDraw.Draw(img, "RGBA")
     draw.rectangle([0, 0, box_w, box_h], fill=(255, 255, 255, 210), outline=(0, 0, 0, 255))
     for i, (color, text) in enumerate(rows):
         y = pad + i * line
@@ -177,4 +180,5 @@ def _draw_legend(out: np.ndarray, rows: list[tuple[tuple[int, int, int] | None, 
         if color is not None:
             draw.rectangle([pad, y, pad + size, y + size], fill=(*color, 255), outline=(0, 0, 0, 255))
         draw.text((pad * 2 + size, y), text, fill=(0, 0, 0, 255), font=font)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    out[region] = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return out

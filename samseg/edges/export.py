@@ -45,7 +45,10 @@ SUMMARY_JSON = "summary.json"
 # zlib level 1: PNG encoding was most of an export at level 6 (e.g. 1.15 s of 1.46 s for a
 # 1-MP image with 8 classes); the pixels are the same, the files somewhat larger.
 PNG_COMPRESS_LEVEL = 1
-EXPORT_MEMORY_BYTES = 1 << 30  # images rendered at once: their H×W×4 arrays stay under this
+# PNGs rendered and encoded at once stay under this: each costs ~10 bytes a pixel while it is
+# made (the RGB(A) render, OpenCV's BGR copy, the encoded bytes), so a 100-MP image goes one at a time.
+EXPORT_MEMORY_BYTES = 1_500_000_000
+PNG_JOB_BYTES_PER_PIXEL = 10
 
 
 class OutputsError(Exception):
@@ -145,8 +148,8 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
     pngs += [lambda c=c: _write_png(d / CLASSES_DIR / f"class_{c}.png", render_cutout(image.rgb, label_map, c))
              for c in range(clusters.n_clusters)]
     # zlib and numpy release the GIL: the PNGs (most of an export's time) encode side by side
-    # ... as many at once as EXPORT_MEMORY_BYTES of RGBA cut-outs allow (one at a time at 100 MP)
-    by_memory = max(1, EXPORT_MEMORY_BYTES // max(1, 4 * label_map.size))
+    # ... as many at once as EXPORT_MEMORY_BYTES allows (one at a time at 100 MP)
+    by_memory = max(1, EXPORT_MEMORY_BYTES // max(1, PNG_JOB_BYTES_PER_PIXEL * label_map.size))
     with ThreadPoolExecutor(max_workers=min(len(pngs), os.cpu_count() or 1, 4, by_memory)) as pool:
         for done in [pool.submit(write) for write in pngs]:
             done.result()  # the first error propagates; the temp dir is removed by the caller

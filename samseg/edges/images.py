@@ -122,7 +122,7 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None, uri: str
                 w, h = img.size
                 _check_size(label, w, h, limit)
                 img.load()  # full decode now: truncated data raises here, never a partial image
-                img = ImageOps.exif_transpose(img)
+                ImageOps.exif_transpose(img, in_place=True)  # no second full-size copy (a 100-MP PNG: 300 MB)
                 rgb = _to_rgb_uint8(img)
     except ImageError:
         raise
