@@ -91,14 +91,28 @@ def segment_batch_flow(
         if use_deployments:
             return run_deployments(uris, {**kwargs, "settings": settings.model_dump(), "runtime": runtime.model_dump()},
                                    image_timeout_s)
-        return segment_many(uris, out, lambda uri, name: segment_image_flow(image=uri, name=name, settings=settings,
-                                                                            runtime=runtime, **kwargs))
+        return segment_many(uris, out, lambda uri, name: image_subflow(image=uri, name=name, settings=settings,
+                                                                       runtime=runtime, **kwargs))
 
     report = run_batch(source, job, run_images, request, "deployment" if use_deployments else "local", prefect_execute)
     for r in report["images"]:  # the Prefect run log (the CLI prints its own line, and silences this one)
         if r["status"] != "completed":
             _run_logger().warning("%s", r["error"])
     return report
+
+
+def image_subflow(**params: Any) -> dict[str, Any]:
+    """One image of a local batch as a `segment-image` subflow run, without a heartbeat of its own.
+
+    Prefect's flow-run heartbeat thread sleeps in 1-s steps and is joined when the run ends, so
+    it cost ~0.6 s per image (measured: an empty subflow 1.19 s with it, 0.62 s without). The
+    batch flow run, in the same process, keeps its heartbeat: a crashed process still shows as
+    its batch run's missing heartbeats.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return segment_image_flow(**params)
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
