@@ -1,7 +1,7 @@
 """A run's class overlay redrawn at preview size in milliseconds, for the UI's live tuning.
 
-`PreviewCanvas.build` decodes every mask ONCE, keeps it at preview scale as its bounding-box
-crop (a few bits per mask, never N×H×W), and fixes the painting order of all masks; each
+`PreviewCanvas.build` reads every mask ONCE at the preview's sample points (off its RLE runs),
+keeps it at preview scale as its bounding-box crop (a few bits per mask, never N×H×W), and fixes the painting order of all masks; each
 redraw then paints only the crops of the non-noise masks. The preview label map is exactly
 the full-resolution `compose_labels` map sampled at the preview's nearest-neighbour pixel
 centres (tests/test_preview.py), so what the slider shows is what a saved run writes.
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from samseg.core import rle
 from samseg.core.compose import paint_order
 from samseg.core.types import MaskSet
 
@@ -38,12 +39,10 @@ class PreviewCanvas:
     def build(cls, rgb_hw3: np.ndarray, masks: MaskSet, long_side: int = PREVIEW_LONG_SIDE) -> "PreviewCanvas":
         rows, cols = sample_points(masks.image_hw, long_side)
         origins, crops = [], []
-        for start in range(0, len(masks), 16):  # 16 full-size masks decoded at a time
-            idx = list(range(start, min(start + 16, len(masks))))
-            for i, full in zip(idx, masks.decode(idx)):
-                origin, crop = _sampled_crop(full, masks.bbox_xywh[i], rows, cols)
-                origins.append(origin)
-                crops.append(crop)
+        for i in range(len(masks)):
+            origin, crop = _sampled_crop(masks.rles[i], masks.bbox_xywh[i], rows, cols)
+            origins.append(origin)
+            crops.append(crop)
         order = paint_order(masks.areas, masks.predicted_iou, np.zeros(len(masks), np.int64))
         return cls(np.ascontiguousarray(rgb_hw3[np.ix_(rows, cols)]), order, origins, crops)
 
@@ -60,14 +59,15 @@ class PreviewCanvas:
         return out
 
 
-def _sampled_crop(full_hw: np.ndarray, bbox_xywh: np.ndarray, rows: np.ndarray,
+def _sampled_crop(mask_rle: dict, bbox_xywh: np.ndarray, rows: np.ndarray,
                   cols: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
     """The mask at the preview's sample points, cut to its bounding box: ((y0, x0), bool crop).
-    Only the sample points inside the bbox are read (a small mask costs a small crop)."""
+    Read off the RLE runs at the sample points inside the bbox (samseg.core.rle.sample_grid):
+    no mask is decoded, so a 100-MP tiled run's canvas costs its runs, not N·H·W."""
     x, y, w, h = (int(v) for v in bbox_xywh)
     r0, r1 = np.searchsorted(rows, y), np.searchsorted(rows, y + h + 1)
     c0, c1 = np.searchsorted(cols, x), np.searchsorted(cols, x + w + 1)
-    crop = full_hw[np.ix_(rows[r0:r1], cols[c0:c1])]
+    crop = rle.sample_grid(mask_rle, rows[r0:r1], cols[c0:c1])
     if not crop.any():
         return (0, 0), np.zeros((0, 0), bool)
     return (int(r0), int(c0)), crop

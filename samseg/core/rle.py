@@ -121,3 +121,25 @@ def paint(out_wh: np.ndarray, rle: dict[str, Any], value: int) -> None:
         return
     for s, e in zip(starts.tolist(), ends.tolist()):  # a huge mask: its runs are long, so they are few
         flat[s:e] = value
+
+
+def sample_grid(rle: dict[str, Any], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """len(rows)×len(cols) bool: the mask at pixels (rows[i], cols[j]) — `decoded[np.ix_(rows, cols)]`
+    without decoding it. rows and cols: sorted int arrays of pixel indices."""
+    h = int(rle["size"][0])
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    out = np.zeros((len(rows) + 1, len(cols)), np.int32)  # +1 row: run ends past the last sample
+    starts, ends = ones_runs(rle)
+    if not len(starts) or not len(rows) or not len(cols):
+        return out[:-1] > 0
+    first = np.searchsorted(ends, cols * h, side="right")  # first run ending after each column's top
+    last = np.searchsorted(starts, (cols + 1) * h, side="left")  # runs starting before its bottom
+    n = np.maximum(last - first, 0)
+    col = np.repeat(np.arange(len(cols)), n)
+    run = np.repeat(first, n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    top = np.repeat(cols * h, n)
+    lo = np.searchsorted(rows, np.maximum(starts[run], top) - top, side="left")
+    hi = np.searchsorted(rows, np.minimum(ends[run], top + h) - top, side="left")
+    np.add.at(out, (lo, col), 1)
+    np.add.at(out, (hi, col), -1)
+    return np.cumsum(out, axis=0)[:-1] > 0
