@@ -78,6 +78,20 @@ def test_translate_places_a_tile_mask_exactly_where_pycocotools_would() -> None:
         rle.translate({"size": [4, 4], "counts": _coco_counts(np.ones((4, 4), bool))}, (2, 0), (5, 5))
 
 
+def test_sampling_a_mask_at_grid_points_equals_decoding_it() -> None:
+    rng = np.random.default_rng(2)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        m = rng.random((h, w)) < rng.random()
+        if t % 3 == 0:
+            m[:] = False
+            m[int(rng.integers(0, h)):, int(rng.integers(0, w)):] = True
+        rows = np.unique(rng.integers(0, h, int(rng.integers(1, h + 1))))
+        cols = np.unique(rng.integers(0, w, int(rng.integers(1, w + 1))))
+        got = rle.sample_grid({"size": [h, w], "counts": _coco_counts(m)}, rows, cols)
+        np.testing.assert_array_equal(got, m[np.ix_(rows, cols)])
+
+
 # ---------------------------------------------------------------- grid and config
 
 
