@@ -85,10 +85,13 @@ def synthetic(args: argparse.Namespace) -> dict:
     from samseg.sam.source import ModelIdentity
 
     hw = (args.side, args.side)
-    rgb, _ = scene(hw, grid_objects(hw, args.objects))
+    objects = grid_objects(hw, args.objects)
+    rgb, _ = scene(hw, objects)
     install_standins(None)
     image = LoadedImage(rgb=rgb, sha256="d" * 64, name="synthetic.png", uri="synthetic.png")
-    cfg = get_preset("smoke").replace(cluster={"eps": 0.15, "min_samples": 3}, tile={"size": args.tile, "overlap": args.overlap})
+    # the coverage rule: objects of a few cells would otherwise pool mostly background cells
+    cfg = get_preset("smoke").replace(cluster={"eps": 0.15, "min_samples": 3}, pool={"cell_rule": "min_coverage"},
+                                      tile={"size": args.tile, "overlap": args.overlap})
     model = ModelIdentity("tiny-random", "c" * 64, None, "cpu")
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
@@ -98,7 +101,7 @@ def synthetic(args: argparse.Namespace) -> dict:
         t2 = time.perf_counter()
         warm = run_image(image, cfg.replace(cluster={"eps": 0.2}), model, StageCache(Path(d) / "c"), load_model=None)
         t3 = time.perf_counter()
-    return {"bench": "tiled-synthetic", "side": args.side, "objects": args.objects, "n_masks": len(run.masks),
+    return {"bench": "tiled-synthetic", "side": args.side, "objects": len(objects), "n_masks": len(run.masks),
             "tiling": run.tiling(), "n_clusters": run.clusters.n_clusters, "seconds": {k: round(v, 2) for k, v in run.seconds.items()},
             "run_s": round(t1 - t0, 1), "export_s": round(t2 - t1, 1), "warm_rerun_s": round(t3 - t2, 2),
             "warm_status": warm.status, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),

@@ -33,9 +33,11 @@ import numpy as np
 # likely a mistake (or a decompression bomb) than a photo to segment on a CPU box.
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "SAMSEG_MAX_PIXELS"
-# Peak memory per input pixel, measured: a 99-MP image took 7.7 GB peak RSS (tiny-random,
-# whole-image AMG). Stated in the limit's message so a user raising it knows the cost.
-BYTES_PER_PIXEL_MEASURED = 78
+# Peak memory per input pixel, measured (benchmarks/README.md, "Large images"): a 100-MP PNG
+# took 2.05 GB peak RSS with --tile 1024 at 32 points per tile and 1.93 GB untiled (tiny-random);
+# 1,937 smooth masks on a 100-MP image took 1.66 GB through the engine. Stated in the limit's
+# message so a user raising it knows the cost (a real SAM's weights come on top).
+BYTES_PER_PIXEL_MEASURED = 21
 # SAM resizes the long side to 1024 px and sees 16-px patches: beyond 64:1 the short side
 # falls under one patch (and at 1024:1 under one pixel, which SAM's resize cannot do).
 MAX_ASPECT = 64
