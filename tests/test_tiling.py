@@ -43,17 +43,27 @@ def _coco_counts(m_hw: np.ndarray) -> str:
     return mask_utils.encode(np.asfortranarray(m_hw.astype(np.uint8)))["counts"].decode("ascii")
 
 
-def test_counts_codec_is_byte_identical_to_pycocotools() -> None:
-    rng = np.random.default_rng(0)
-    for t in range(300):
+def _random_masks(seed: int, n: int):
+    """(t, rng, H×W bool) n times: random densities, every 3rd a solid corner block, every 8th empty."""
+    rng = np.random.default_rng(seed)
+    for t in range(n):
         h, w = (int(v) for v in rng.integers(1, 70, 2))
         m = rng.random((h, w)) < rng.random()
-        if t % 4 == 0:
-            m[:] = t % 8 == 0  # empty and full masks
+        if t % 3 == 0:
+            m[:] = False
+            m[int(rng.integers(0, h)):, int(rng.integers(0, w)):] = t % 8 != 0
+        yield t, rng, m
+
+
+def test_counts_codec_is_byte_identical_to_pycocotools() -> None:
+    for _t, _rng, m in _random_masks(0, 300):
+        h, w = m.shape
         counts = _coco_counts(m)
         runs = rle.decode_counts(counts)
         assert runs.sum() == h * w
         assert rle.encode_counts(runs, (h, w)) == counts
+    for solid in (np.ones((5, 7), bool), np.zeros((5, 7), bool)):  # one run of ones / of zeros only
+        assert rle.encode_counts(rle.decode_counts(_coco_counts(solid)), solid.shape) == _coco_counts(solid)
     big = np.zeros((3000, 4000), bool)
     big[1000:2900, 7:3990] = True  # runs far beyond one 5-bit digit
     assert rle.encode_counts(rle.decode_counts(_coco_counts(big)), big.shape) == _coco_counts(big)
@@ -79,13 +89,8 @@ def test_translate_places_a_tile_mask_exactly_where_pycocotools_would() -> None:
 
 
 def test_sampling_a_mask_at_grid_points_equals_decoding_it() -> None:
-    rng = np.random.default_rng(2)
-    for t in range(200):
-        h, w = (int(v) for v in rng.integers(1, 70, 2))
-        m = rng.random((h, w)) < rng.random()
-        if t % 3 == 0:
-            m[:] = False
-            m[int(rng.integers(0, h)):, int(rng.integers(0, w)):] = True
+    for _t, rng, m in _random_masks(2, 200):
+        h, w = m.shape
         rows = np.unique(rng.integers(0, h, int(rng.integers(1, h + 1))))
         cols = np.unique(rng.integers(0, w, int(rng.integers(1, w + 1))))
         got = rle.sample_grid({"size": [h, w], "counts": _coco_counts(m)}, rows, cols)

@@ -19,14 +19,21 @@ _CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-def eps_value(raw: str) -> Any:
-    """--eps: a number, or "auto" (the knee of the k-distance curve, samseg.core.sweep)."""
-    if raw.strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {raw!r} (or auto)") from None
+def _auto_or(cast: Any, what: str) -> Any:
+    """An argparse type: "auto", or the value `cast` makes of the text."""
+    def parse(raw: str) -> Any:
+        if raw.strip().lower() == "auto":
+            return "auto"
+        try:
+            return cast(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what}: {raw!r} (or auto)") from None
+
+    return parse
+
+
+eps_value = _auto_or(float, "float value")  # --eps: a number, or the knee of the k-distance curve (core.sweep)
+tile_size = _auto_or(int, "tile size")  # --tile: pixels (0 = off), or 1024-px tiles for images over 2048 px
 
 
 _TYPES: dict[str, Any] = {"cluster.eps": eps_value}
@@ -59,16 +66,6 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                 help=f"{section}.{f.name} ('default' preset: {default:.4g})" if isinstance(default, float)
                 else f"{section}.{f.name} ('default' preset: {default})",
             )
-
-
-def tile_size(raw: str) -> Any:
-    """--tile: a tile side in pixels (0 = off), or "auto" (1024-px tiles for images over 2048 px)."""
-    if raw.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid tile size: {raw!r} (pixels, 0, or auto)") from None
 
 
 AUTO_TILE_SIZE = 1024  # SAM's own input side: each tile is seen at full resolution
