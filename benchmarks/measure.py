@@ -85,12 +85,13 @@ def _rles_from_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """COCO RLEs (bytes counts) from AMG records with binary or coco_rle segmentation."""
     from pycocotools import mask as mask_utils
 
+    from samseg.core.rle import to_coco
+
     out = []
     for r in records:
         seg = r["segmentation"]
         if isinstance(seg, dict):
-            counts = seg["counts"]
-            out.append({"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts})
+            out.append(to_coco(seg))
         else:
             out.append(mask_utils.encode(np.asfortranarray(seg.astype(np.uint8))))
     return out

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio  # a dependency (pyproject.toml): GeoTIFF in and out
 from PIL import Image
 
 from cli_run import run_cli
 
-rasterio = pytest.importorskip("rasterio")  # a dependency (pyproject); importorskip only names it
 TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track", "-q"]
 
 

@@ -17,6 +17,12 @@ from typing import Any
 import numpy as np
 
 
+def to_coco(rle: dict[str, Any]) -> dict[str, Any]:
+    """{"size", "counts"} as pycocotools' C functions take it (counts as bytes)."""
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
 def decode_counts(counts: str | bytes) -> np.ndarray:
     """Compressed COCO counts → (K,) int64 run lengths (zeros, ones, zeros, ...)."""
     raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)

@@ -74,8 +74,9 @@ def merge_tiles(tiles: list[TileMasks], image_hw: tuple[int, int], merge_iou: fl
     """All tiles' masks as one MaskSet at `image_hw` (see the module docstring)."""
     placed = [[rle_ops.translate(t.masks.rles[i], (t.box_xyxy[1], t.box_xyxy[0]), image_hw)
                for i in range(len(t.masks))] for t in tiles]
-    groups = _group(tiles, placed, image_hw, merge_iou)
-    return _assemble(tiles, placed, groups, image_hw)
+    boxes = [_bbox_xyxy(t) for t in tiles]  # K×4 image-coordinate boxes per tile
+    groups = _group(tiles, placed, boxes, image_hw, merge_iou)
+    return _assemble(tiles, placed, boxes, groups, image_hw)
 
 
 def _bbox_xyxy(t: TileMasks) -> np.ndarray:
@@ -85,9 +86,8 @@ def _bbox_xyxy(t: TileMasks) -> np.ndarray:
     return np.stack([b[:, 0] + x0, b[:, 1] + y0, b[:, 0] + b[:, 2] + x0, b[:, 1] + b[:, 3] + y0], axis=1)
 
 
-def _cut(t: TileMasks, image_hw: tuple[int, int]) -> np.ndarray:
-    """(K,) bool: the mask touches a border of its tile that is inside the image (a seam)."""
-    b = _bbox_xyxy(t)
+def _cut(t: TileMasks, b: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """(K,) bool: the mask (image box b, K×4) touches a border of its tile inside the image (a seam)."""
     x0, y0, x1, y1 = t.box_xyxy
     h, w = image_hw
     return (((b[:, 0] <= x0) & (x0 > 0)) | ((b[:, 1] <= y0) & (y0 > 0))
@@ -99,13 +99,12 @@ def _shared(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def _pairs(tiles: list[TileMasks], placed: list[list[dict]], image_hw: tuple[int, int],
+def _pairs(tiles: list[TileMasks], placed: list[list[dict]], boxes: list[np.ndarray], image_hw: tuple[int, int],
            merge_iou: float) -> list[tuple[float, tuple[int, int], tuple[int, int]]]:
     """(score, (tile, mask), (tile, mask)) for every pair of masks judged the same object."""
     from pycocotools import mask as mask_utils
 
-    boxes = [_bbox_xyxy(t) for t in tiles]
-    cut = [_cut(t, image_hw) for t in tiles]
+    cut = [_cut(t, b, image_hw) for t, b in zip(tiles, boxes)]
     out = []
     for a in range(len(tiles)):
         for b in range(a + 1, len(tiles)):
@@ -142,22 +141,17 @@ def _inside(rles: list[dict], idx: np.ndarray, region: tuple[int, int, int, int]
     h, w = image_hw
     x0, y0, x1, y1 = region
     cols = np.arange(x0, x1, dtype=np.int64) * h
-    box = _coco(rle_ops.runs_to_rle(cols + y0, cols + y1, image_hw))
-    return [mask_utils.merge([_coco(rles[i]), box], intersect=True) for i in idx]
+    box = rle_ops.to_coco(rle_ops.runs_to_rle(cols + y0, cols + y1, image_hw))
+    return [mask_utils.merge([rle_ops.to_coco(rles[i]), box], intersect=True) for i in idx]
 
 
-def _coco(r: dict) -> dict:
-    counts = r["counts"]
-    return {"size": list(r["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def _group(tiles: list[TileMasks], placed: list[list[dict]], image_hw: tuple[int, int],
+def _group(tiles: list[TileMasks], placed: list[list[dict]], boxes: list[np.ndarray], image_hw: tuple[int, int],
            merge_iou: float) -> list[list[tuple[int, int]]]:
     """Union-find over the matched pairs, best match first, never two pieces of one tile in a group."""
     members: dict[tuple[int, int], list[tuple[int, int]]] = {(t, i): [(t, i)] for t in range(len(tiles))
                                                             for i in range(len(tiles[t].masks))}
     root = {k: k for k in members}
-    for _score, p, q in _pairs(tiles, placed, image_hw, merge_iou):
+    for _score, p, q in _pairs(tiles, placed, boxes, image_hw, merge_iou):
         rp, rq = root[p], root[q]
         if rp == rq or {t for t, _ in members[rp]} & {t for t, _ in members[rq]}:
             continue
@@ -167,8 +161,8 @@ def _group(tiles: list[TileMasks], placed: list[list[dict]], image_hw: tuple[int
     return sorted((sorted(g) for g in members.values()), key=lambda g: g[0])
 
 
-def _assemble(tiles: list[TileMasks], placed: list[list[dict]], groups: list[list[tuple[int, int]]],
-              image_hw: tuple[int, int]) -> MergedMasks:
+def _assemble(tiles: list[TileMasks], placed: list[list[dict]], tile_xyxy: list[np.ndarray],
+              groups: list[list[tuple[int, int]]], image_hw: tuple[int, int]) -> MergedMasks:
     from pycocotools import mask as mask_utils
 
     n = len(groups)
@@ -177,16 +171,15 @@ def _assemble(tiles: list[TileMasks], placed: list[list[dict]], groups: list[lis
     areas, boxes = np.zeros(n, np.int64), np.zeros((n, 4), np.float32)
     iou, stability = np.zeros(n, np.float32), np.zeros(n, np.float32)
     points, crops = np.zeros((n, 2), np.float32), np.zeros((n, 4), np.float32)
-    tile_xyxy = [_bbox_xyxy(t) for t in tiles]
     for g, parts in enumerate(groups):
         weights = np.array([tiles[t].masks.areas[i] for t, i in parts], np.float64)
         weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(parts), 1.0 / len(parts))
         if len(parts) == 1:
             rles.append(placed[parts[0][0]][parts[0][1]])
         else:
-            merged = mask_utils.merge([_coco(placed[t][i]) for t, i in parts], intersect=False)
+            merged = mask_utils.merge([rle_ops.to_coco(placed[t][i]) for t, i in parts], intersect=False)
             rles.append({"size": [int(v) for v in merged["size"]], "counts": merged["counts"].decode("ascii")})
-        areas[g] = int(mask_utils.area(_coco(rles[-1])))
+        areas[g] = int(mask_utils.area(rle_ops.to_coco(rles[-1])))
         xyxy = np.stack([tile_xyxy[t][i] for t, i in parts])
         lo, hi = xyxy[:, :2].min(axis=0), xyxy[:, 2:].max(axis=0)
         boxes[g] = [lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]]

@@ -122,9 +122,9 @@ class MaskSet:
 
     def coco_rle(self, i: int) -> dict[str, Any]:
         """Mask i as the dict pycocotools takes (counts as bytes)."""
-        rle = self.rles[i]
-        counts = rle["counts"]
-        return {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+        from samseg.core.rle import to_coco
+
+        return to_coco(self.rles[i])
 
     @classmethod
     def empty(cls, image_hw: tuple[int, int]) -> "MaskSet":

@@ -229,14 +229,12 @@ class StageCache:
 
     def save_masks(self, key: str, masks: MaskSet, stage: str = "amg") -> str:
         """masks.json = {image_hw, records (MaskSet.to_records)}; returns the entry URI."""
-        doc = {"image_hw": list(masks.image_hw), "records": masks.to_records()}
-        files = {"masks.json": json.dumps(doc, separators=(",", ":")).encode("utf-8")}
+        files = {"masks.json": _masks_json(masks)}
         return self._save(stage, key, files, {"shape": [len(masks)], "dtype": "coco_rle"})
 
     def load_masks(self, key: str, stage: str = "amg") -> MaskSet | None:
         def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> MaskSet:
-            doc = json.loads(files["masks.json"])
-            masks = MaskSet.from_records(tuple(doc["image_hw"]), doc["records"])
+            masks = _masks_from_json(files["masks.json"])
             if [len(masks)] != list(manifest["shape"]):
                 raise _BadEntry(f"{len(masks)} masks, manifest says {manifest['shape']}")
             return masks
@@ -264,16 +262,14 @@ class StageCache:
     def save_tiled(self, key: str, merged: MergedMasks, stage: str = "tiles") -> str:
         """masks.json + embeddings.npy (N×C) + parts.json (the tile pieces of each mask)."""
         emb = np.asarray(merged.embeddings, dtype=np.float32)
-        doc = {"image_hw": list(merged.masks.image_hw), "records": merged.masks.to_records()}
-        files = {"masks.json": json.dumps(doc, separators=(",", ":")).encode("utf-8"),
+        files = {"masks.json": _masks_json(merged.masks),
                  "embeddings.npy": _npy_bytes(emb),
                  "parts.json": json.dumps({"n_tiles": merged.n_tiles, "parts": merged.parts}).encode("utf-8")}
         return self._save(stage, key, files, {"shape": list(emb.shape), "dtype": str(emb.dtype)})
 
     def load_tiled(self, key: str, stage: str = "tiles") -> MergedMasks | None:
         def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> MergedMasks:
-            doc = json.loads(files["masks.json"])
-            masks = MaskSet.from_records(tuple(doc["image_hw"]), doc["records"])
+            masks = _masks_from_json(files["masks.json"])
             emb = _check_array(_npy_load(files["embeddings.npy"]), manifest)
             parts = json.loads(files["parts.json"])
             if len(masks) != len(emb) or len(parts["parts"]) != len(masks):
@@ -282,6 +278,17 @@ class StageCache:
             return MergedMasks(masks=masks, embeddings=emb, parts=groups, n_tiles=int(parts["n_tiles"]))
 
         return self._decode(stage, key, decode)
+
+
+def _masks_json(masks: MaskSet) -> bytes:
+    """An entry's masks.json: {image_hw, records (MaskSet.to_records)}."""
+    doc = {"image_hw": list(masks.image_hw), "records": masks.to_records()}
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def _masks_from_json(data: bytes) -> MaskSet:
+    doc = json.loads(data)
+    return MaskSet.from_records(tuple(doc["image_hw"]), doc["records"])
 
 
 @contextlib.contextmanager

@@ -155,11 +155,8 @@ def _resolve(run: ImageRun, name: str, ctx: StageInputs, cache: "StageCache", gi
     if name in run.values:
         return run.values[name]
     row = stage(name, run.cfg)
-    if _derived_from_cache(run, row) and name in fallback and name not in given:
-        # a tiled image's amg/pool are fields of its `tiles` entry: the cache before a fallback, as for any stage
-        _load_entry(run, row.inputs[0], cache, quiet)
     t0 = time.perf_counter()
-    value, status = _known(run, row, cache, given, fallback)
+    value, status = _known(run, row, cache, given, fallback, quiet)
     if status is None:
         args = [_resolve(run, i, ctx, cache, given, fallback, execute, quiet) for i in row.inputs]
         t0 = time.perf_counter()  # upstream time is the upstream stages' own
@@ -191,16 +188,21 @@ def _load_entry(run: ImageRun, name: str, cache: "StageCache", quiet: bool) -> N
 
 
 def _known(run: ImageRun, row: Any, cache: "StageCache", given: dict[str, tuple[Any, str]],
-           fallback: dict[str, Callable[[], Any]]) -> tuple[Any, Optional[str]]:
-    """(value, status) from the given values, the cache, or the fallback; (None, None) = compute it."""
+           fallback: dict[str, Callable[[], Any]], quiet: bool = False) -> tuple[Any, Optional[str]]:
+    """(value, status) from the given values, the cache, or the fallback; (None, None) = compute it.
+    A row read off one cached input (the tiled table's amg and pool, off `tiles`) is "in the
+    cache" when that input's entry loads: then it is derived from it, and no fallback is asked."""
     if row.name in given:
         return given[row.name]
     if row.cached:
         value = cache.load(row.name, key_of(run, row.name), row.codec)
         if value is not None:
             return value, HIT
-    derived_in_hand = _derived_from_cache(run, row) and row.inputs[0] in run.values
-    if row.name in fallback and not derived_in_hand:
+    elif _derived_from_cache(run, row):
+        _load_entry(run, row.inputs[0], cache, quiet)
+        if row.inputs[0] in run.values:
+            return None, None
+    if row.name in fallback:
         value = fallback[row.name]()
         if value is not None:
             return value, FROM_RUN_ARTIFACTS

@@ -87,7 +87,11 @@ StartFn = Callable[[str, str], Callable[[], dict[str, Any]]]  # (uri, output nam
 def segment_many(uris: list[str], out: str, image_fn: ImageFn) -> list[dict[str, Any]]:
     """Every image of a batch through `image_fn`, in order; one bad image fails alone.
     Images whose OUT/<name> samseg may not replace fail before any compute."""
-    return segment_overlapped(uris, out, lambda uri, name: (lambda result=image_fn(uri, name): result), overlap=False)
+    def start(uri: str, name: str) -> Callable[[], dict[str, Any]]:
+        result = image_fn(uri, name)  # the whole image, here and now
+        return lambda: result
+
+    return segment_overlapped(uris, out, start, overlap=False)
 
 
 def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bool = True) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ def summarize(run: "ImageRun", flow_run_id: Optional[str] = None, extra: Optiona
     from samseg.core.cluster import silhouette_cosine
 
     img, m, clusters, emb = run.image, run.model, run.clusters, run.embeddings
+    tiling = run.tiling()
     seconds = {name: round(float(s), 6) for name, s in run.seconds.items()}
     seconds["total"] = round(sum(seconds.values()), 6)
     return RunSummary(
@@ -74,5 +75,5 @@ def summarize(run: "ImageRun", flow_run_id: Optional[str] = None, extra: Optiona
         cache=run.cache_status(),
         prefect_flow_run_id=flow_run_id,
         extra={**({"eps_auto": clusters.choice} if clusters.choice else {}),
-               **({"tiling": run.tiling()} if run.tiling() else {}), **(extra or {})},
+               **({"tiling": tiling} if tiling else {}), **(extra or {})},
     )
