@@ -76,8 +76,13 @@ def test_accelerate_encoder_whole_tiny_random_encoder_and_restore():
     assert all("forward" in m.__dict__ for m in mlps)  # the in-place GELU MLP is installed too
     _assert_close(ref, sam.image_encoder(x))
     assert list(sam.state_dict()) == keys
+    # SAM's patch embedding is a channel-major view; the installed one is token-major
+    tokens = sam.image_encoder.patch_embed(x)
+    assert tokens.is_contiguous() and tokens.shape == (1, 64, 64, sam.image_encoder.patch_embed.proj.out_channels)
     restore_encoder(sam)
     assert not is_encoder_accelerated(sam) and not any("forward" in m.__dict__ for m in mlps)
+    assert "forward" not in sam.image_encoder.patch_embed.__dict__
+    assert not sam.image_encoder.patch_embed(x).is_contiguous()  # segment_anything's own forward again
     assert torch.equal(ref, sam.image_encoder(x))
     # the decoder's MLPs (ReLU) are never touched
     assert not any("forward" in m.__dict__ for m in sam.mask_decoder.modules())

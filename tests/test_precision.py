@@ -97,7 +97,7 @@ def test_bf16_attention_bias_in_the_gemm_equals_the_add_path() -> None:
     from samseg.sam.fast_encoder import fast_attention_forward
 
     torch.manual_seed(0)
-    for size, batch in ((14, 3), (16, 1)):  # windowed-like and global-like
+    for size, batch in ((14, 3), (16, 1), (32, 1)):  # windowed-like, global-like, global through SDPA
         att = Attention(dim=32, num_heads=2, qkv_bias=True, use_rel_pos=True, input_size=(size, size)).eval()
         torch.nn.init.normal_(att.rel_pos_h, std=0.5)
         torch.nn.init.normal_(att.rel_pos_w, std=0.5)
@@ -106,3 +106,30 @@ def test_bf16_attention_bias_in_the_gemm_equals_the_add_path() -> None:
             ref = Attention.forward(att, x)
             got = fast_attention_forward(att.to(torch.bfloat16), x.to(torch.bfloat16)).float()
         assert torch.allclose(got, ref, atol=0.05, rtol=0.05), float((got - ref).abs().max())
+
+
+def test_bf16_global_attention_through_sdpa_equals_the_loop(monkeypatch) -> None:
+    """A global layer (≥ 1024 tokens) takes the fused-SDPA path in bf16 and agrees with the
+    per-head loop it replaced and with SAM's fp32 attention."""
+    import torch.nn.functional as F
+    from segment_anything.modeling.image_encoder import Attention
+
+    from samseg.sam import fast_encoder
+
+    torch.manual_seed(1)
+    att = Attention(dim=32, num_heads=2, qkv_bias=True, use_rel_pos=True, input_size=(32, 32)).eval()
+    torch.nn.init.normal_(att.rel_pos_h, std=0.5)
+    torch.nn.init.normal_(att.rel_pos_w, std=0.5)
+    x = torch.randn(1, 32, 32, 32)
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real_sdpa(*a, **k))
+    with torch.inference_mode():
+        ref = Attention.forward(att, x)
+        att16, x16 = att.to(torch.bfloat16), x.to(torch.bfloat16)
+        fused = fast_encoder.fast_attention_forward(att16, x16).float()
+        monkeypatch.setattr(fast_encoder, "SDPA_GLOBAL", False)
+        loop = fast_encoder.fast_attention_forward(att16, x16).float()
+    assert calls == [1]  # the fused kernel ran once (all heads), the loop not at all
+    assert torch.allclose(fused, ref, atol=0.05, rtol=0.05), float((fused - ref).abs().max())
+    assert torch.allclose(fused, loop, atol=0.05, rtol=0.05), float((fused - loop).abs().max())

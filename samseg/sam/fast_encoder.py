@@ -17,18 +17,22 @@ encoder. This module computes the same function per head (per small group of win
 Same arithmetic as SAM's (the same GEMM, the same adds, the same softmax), only the
 summation order of (q·k) + bias differs — see tests/test_fast_encoder.py.
 
-Why not `scaled_dot_product_attention`: with the rel-pos bias as attn_mask it was slower
-than the baddbmm path above, and folding the bias into extra q/k channels (q·Rh, q·Rw
-against one-hot key positions) makes the score GEMM 3× wider (64 → 192) at 64² tokens,
-which ate the gain (timings: benchmarks/README.md).
+fp32 never uses `scaled_dot_product_attention`: with the rel-pos bias as attn_mask it
+was slower than the baddbmm path above. In bf16/fp16 the bias is folded into extra q/k
+channels (q·Rh, q·Rw against one-hot key positions, `_gemm_bias_attention`); global
+layers then go through SDPA's fused kernel with v zero-padded to the q/k width
+(`_sdpa_padded`: with unequal head dims SDPA falls back to its unfused math, 10× slower).
 
 4. The MLP's GELU runs in place on lin1's output: a fresh 50 MB (4096×3072 float32)
    tensor per block is an mmap whose page faults cost more than the GELU (identical
    outputs; timings in benchmarks/README.md).
 
+5. The patch embedding returns a contiguous token-major tensor, so the residual stream
+   is not channel-major for the whole encoder (`_TokenMajorPatchEmbed`; same values).
+
 Wiring: `accelerate_encoder(sam)` installs the fast forward on every
 `segment_anything.modeling.image_encoder.Attention` (and the in-place MLP on every
-encoder block whose MLP uses nn.GELU) of `sam.image_encoder` in place
+encoder block whose MLP uses nn.GELU, and the token-major patch embedding) of `sam.image_encoder` in place
 (instance attribute, like samseg.sam.fast_decoder); parameters and state_dict keys are
 unchanged. `restore_encoder(sam)` undoes it.
 """
@@ -45,6 +49,9 @@ _GROUP_BYTES = 4 << 20
 # bf16/fp16: fold the rel-pos bias into the score GEMM (`_gemm_bias_attention`); a module
 # switch so benchmarks can put both paths side by side in one process.
 GEMM_BIAS = True
+# ... and global layers (≥ this many tokens) through the fused SDPA kernel (`_sdpa_padded`).
+SDPA_GLOBAL = True
+_SDPA_MIN_TOKENS = 1024
 
 
 class _FastAttentionForward:
@@ -69,6 +76,28 @@ class _InPlaceGeluMlp:
         return self.mlp.lin2(torch.ops.aten.gelu_(self.mlp.lin1(x), approximate=self.mlp.act.approximate))
 
 
+class _TokenMajorPatchEmbed:
+    """Callable installed as `patch_embed.forward`: proj(x) as a contiguous B×H×W×C.
+
+    SAM returns `proj(x).permute(0, 2, 3, 1)`, a view whose memory is still B×C×H×W, and
+    elementwise ops keep their first input's layout: the whole residual stream stays
+    channel-major, so every LayerNorm copies its input to token-major first and every
+    residual add is a transposing pass. One copy here removes them (bf16 vit_b profile:
+    those adds and copies 344 → 49 ms per pass; same values)."""
+
+    def __init__(self, patch_embed: Any) -> None:
+        self.patch_embed = patch_embed
+
+    def __call__(self, x):
+        return self.patch_embed.proj(x).permute(0, 2, 3, 1).contiguous()
+
+
+def _patch_embeds(sam: Any) -> list[Any]:
+    from segment_anything.modeling.image_encoder import PatchEmbed
+
+    return [m for m in sam.image_encoder.modules() if isinstance(m, PatchEmbed)]
+
+
 def _gelu_mlps(sam: Any) -> list[Any]:
     import torch
     from segment_anything.modeling.common import MLPBlock
@@ -89,12 +118,14 @@ def accelerate_encoder(sam: Any) -> Any:
         module.__dict__["forward"] = _FastAttentionForward(module)
     for mlp in _gelu_mlps(sam):
         mlp.__dict__["forward"] = _InPlaceGeluMlp(mlp)
+    for embed in _patch_embeds(sam):
+        embed.__dict__["forward"] = _TokenMajorPatchEmbed(embed)
     return sam
 
 
 def restore_encoder(sam: Any) -> Any:
     """Undo `accelerate_encoder` (back to segment_anything's Attention.forward)."""
-    for module in _attention_modules(sam) + _gelu_mlps(sam):
+    for module in _attention_modules(sam) + _gelu_mlps(sam) + _patch_embeds(sam):
         module.__dict__.pop("forward", None)
     return sam
 
@@ -174,6 +205,8 @@ def _gemm_bias_attention(attention: Any, q: Any, k: Any, v: Any, rel_h: Any, rel
     onehot[pos, pos // w] = 1
     onehot[pos, h + pos % w] = 1
     k_ext_t = torch.cat([k, onehot.expand(bh, tokens, h + w)], dim=-1).transpose(1, 2)
+    if SDPA_GLOBAL and tokens >= _SDPA_MIN_TOKENS:
+        return attention.proj(_sdpa_padded(q_ext, k_ext_t.transpose(1, 2), v, bhw, attention.num_heads))
     out = torch.empty_like(q)
     group = max(1, min(bh, _GROUP_BYTES // (tokens * tokens * q.element_size())))
     buf = torch.empty(group, tokens, tokens, dtype=q.dtype, device=q.device)
@@ -186,3 +219,25 @@ def _gemm_bias_attention(attention: Any, q: Any, k: Any, v: Any, rel_h: Any, rel
     y = out.view(b, attention.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
     return attention.proj(y)
 
+
+
+def _sdpa_padded(q_ext: Any, k_ext: Any, v: Any, bhw: tuple[int, int, int], heads: int) -> Any:
+    """softmax(q_ext·k_extᵀ)·v by the fused (flash) SDPA kernel, for a global layer.
+
+    The fused kernels want one head dim for q, k and v; q_ext/k_ext carry d + H + W
+    channels (the rel-pos bias rides in them), so v is zero-padded to that width and the
+    padding's output columns are dropped. The (B·heads)×L×L scores are never written and
+    the softmax runs on fp32 tiles (no bf16 rounding of the scores). Measured, one vit_b
+    global layer in bf16 (12 heads, 4096 tokens, 2 cores): 127-156 ms against 218-234 ms
+    for the per-head bmm-softmax-bmm loop when the scores spread like a trained model's
+    peaked attention (std ≈ 14, where the loop's exp slows down), equal (≈ 140 ms) for
+    the flat scores of random weights. Windowed layers (196 tokens) stay on the loop:
+    18.7 ms there against 21.0 through SDPA (benchmarks/README.md).
+    """
+    import torch.nn.functional as F
+
+    b, h, w = bhw
+    d = v.shape[-1]
+    v_pad = F.pad(v, (0, q_ext.shape[-1] - d))
+    out = F.scaled_dot_product_attention(q_ext[None], k_ext[None], v_pad[None], scale=1.0)[0]  # (B·heads)×L×D
+    return out[..., :d].reshape(b, heads, h, w, d).permute(0, 2, 3, 1, 4).reshape(b, h, w, heads * d)
