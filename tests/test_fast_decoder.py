@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,22 @@ def test_accelerate_decoder_through_sam_predictor_keeps_state_and_outputs():
 def test_bad_chunk_size_is_rejected():
     with pytest.raises(ValueError, match="chunk_size"):
         accelerate_decoder(_tiny_sam(), chunk_size=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.uint8])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "odd-offset-fallback"])
+def test_interleave_4x4_puts_each_value_at_its_transposed_conv_pixel(dtype, offset):
+    """The run copies (values packed into wide elements) and the plain fallback (a view
+    whose offset forbids packing) both place src[n, i, j, ki, kj, ki2, kj2] at
+    out[n, 4i + 2ki + ki2, 4j + 2kj + kj2]."""
+    from samseg.sam.fast_decoder import _interleave_4x4
+
+    n, h, w = 3, 5, 7
+    src = (torch.rand(n * h * w * 16 + offset, generator=torch.Generator().manual_seed(0)) * 100).to(dtype)[offset:]
+    src = src.view(n, h, w, 16)
+    out, tmp = torch.empty(n, 4 * h, 4 * w, dtype=dtype), torch.empty(n * h * w * 16, dtype=dtype)
+    _interleave_4x4(src, out, tmp)
+    ref = torch.empty_like(out)
+    for i, j, ki, kj, ki2, kj2 in itertools.product(range(h), range(w), *[range(2)] * 4):
+        ref[:, 4 * i + 2 * ki + ki2, 4 * j + 2 * kj + kj2] = src[:, i, j, 8 * ki + 4 * kj + 2 * ki2 + kj2]
+    assert torch.equal(out, ref)
