@@ -4,8 +4,11 @@ the agreement of the two runs' masks and embeddings.
 
     python -m benchmarks.bf16 [--image ../shared/images/building.jpg] [--points-per-side 16]
 
-The AMG runs with open filters and no NMS (--keep-all semantics) so every mask of the
-random-weights model is compared: masks matched one-to-one by the Hungarian method on IoU,
+Two cold AMG runs per precision: the production settings (the default preset: 32
+points/side, SAM's filters and NMS; on random weights the predicted-IoU filter drops
+nearly every mask before upsampling, so this is the encoder and the decoder at work),
+and one with open filters and no NMS (--keep-all semantics) so every mask of the
+random-weights model is post-processed and compared: masks matched one-to-one by the Hungarian method on IoU,
 mean IoU over max(n_fp32, n_bf16) (an unmatched mask counts 0), and the cosine similarity
 of the matched masks' pooled embeddings. On a CPU without native bf16 (AMX-BF16 /
 AVX512-BF16) bf16 is emulated and very slow: the timings are skipped, and it says so.
@@ -30,12 +33,12 @@ from benchmarks.run import REPO, SHARED_IMAGES, checkpoint_file
 PRECISIONS = ("fp32", "bf16")
 
 
-def _load(precision: str, ckpt: Path) -> Any:
+def _load(precision: str, ckpt: Path, model_type: str = "vit_b") -> Any:
     from samseg.sam.model import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are not the pinned checkpoint
-        return load_model("vit_b", checkpoint=ckpt, device="cpu", precision=precision)
+        return load_model(model_type, checkpoint=ckpt, device="cpu", precision=precision)
 
 
 def encoder_pass(model: Any, repeats: int = 2) -> float:
@@ -85,7 +88,7 @@ def agreement(ref: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(image_path: str, points_per_side: int) -> dict[str, Any]:
+def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dict[str, Any]:
     from samseg.core.config import get_preset
     from samseg.edges.images import load_image
     from samseg.sam.precision import cpu_bf16_flags
@@ -95,16 +98,17 @@ def run(image_path: str, points_per_side: int) -> dict[str, Any]:
     if not flags:
         res["skipped"] = "no native bf16 (amx_bf16 / avx512_bf16) on this CPU: bf16 is emulated there, timings skipped"
         return res
-    ckpt = checkpoint_file("vit_b", REPO / "benchmarks" / "results")
+    ckpt = checkpoint_file(model_type, REPO / "benchmarks" / "results")
     image = load_image(image_path)
-    cfg = get_preset("default").replace(model_type="vit_b", amg={
+    cfg = get_preset("default").replace(model_type=model_type, amg={
         "points_per_side": points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
         "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0})
-    gflop = measure.encoder_gflop(_load("fp32", ckpt).sam.image_encoder)
+    production = get_preset("default").replace(model_type=model_type)  # what `samseg segment` runs
+    gflop = measure.encoder_gflop(_load("fp32", ckpt, model_type).sam.image_encoder)
     res.update(image={"name": image.name, "hw": list(image.hw)}, points_per_side=points_per_side, encoder_gflop=gflop)
     amg: dict[str, Any] = {}
     for p in PRECISIONS:
-        model = _load(p, ckpt)
+        model = _load(p, ckpt, model_type)
         rate = measure.matmul_gflops(p, n=2048)
         enc_s = encoder_pass(model)
         res[p] = {"matmul_gflops": rate, "encoder_s": enc_s, "encoder_floor_s": gflop / rate,
@@ -112,9 +116,14 @@ def run(image_path: str, points_per_side: int) -> dict[str, Any]:
                   "decoder_ms_per_prompt": decoder_micro_precision(model.sam, 64)}
         amg[p] = cold_amg(model, image, cfg)
         res[p].update({k: v for k, v in amg[p].items() if k.endswith("_s")}, n_masks=len(amg[p]["masks"]))
+        default = cold_amg(model, image, production)
+        res[p]["default_filters"] = {**{k: v for k, v in default.items() if k.endswith("_s")},
+                                     "n_masks": len(default["masks"]), "points_per_side": production.amg.points_per_side}
     res["speedup"] = {"encoder": res["fp32"]["encoder_s"] / res["bf16"]["encoder_s"],
                       "decoder_per_prompt": res["fp32"]["decoder_ms_per_prompt"] / res["bf16"]["decoder_ms_per_prompt"],
-                      "cold_amg": res["fp32"]["total_s"] / res["bf16"]["total_s"]}
+                      "cold_amg": res["fp32"]["total_s"] / res["bf16"]["total_s"],
+                      "cold_amg_default_filters": res["fp32"]["default_filters"]["total_s"]
+                      / res["bf16"]["default_filters"]["total_s"]}
     res["agreement"] = agreement(amg["fp32"], amg["bf16"])
     return res
 
@@ -129,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bf16", description=__doc__.split("\n\n")[0])
     p.add_argument("--image", default=str(SHARED_IMAGES / "building.jpg"))
     p.add_argument("--points-per-side", type=int, default=16)
+    p.add_argument("--model", default="vit_b", help="vit_b (the measurement) or tiny-random (a smoke run)")
     args = p.parse_args(argv)
-    res = run(args.image, args.points_per_side)
+    res = run(args.image, args.points_per_side, args.model)
     print(f"CPU: {res['cpu']}; native bf16 flags: {', '.join(res['native_bf16_flags']) or 'none'}")
     if "skipped" in res:
         print(res["skipped"])

@@ -66,3 +66,28 @@ def test_quick_benchmark_runs_all_paths_and_writes_json(tmp_path):
     assert run.data.metrics["B_cold.seconds.total"] == res["B_cold"]["seconds"]["total"]
     assert run.data.metrics["B_cold.seconds.compose"] == res["B_cold"]["seconds"]["compose"]
     assert [a.path for a in MlflowClient(tracking_uri=store).list_artifacts(run_id)] == [result_file.name]
+
+
+def test_bf16_benchmark_reports_every_ratio_or_says_why_not(tmp_path, monkeypatch):
+    """`python -m benchmarks.bf16` on tiny-random (a smoke run: its numbers mean nothing):
+    every timing, both cold AMG runs, the ratios and the agreement — or, on a CPU without
+    native bf16, the flags it looked for and no timings."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks import bf16
+
+    monkeypatch.setattr(bf16, "REPO", tmp_path)
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    img = tmp_path / "scene.png"
+    Image.fromarray((np.indices((96, 128)).sum(0) % 256).astype(np.uint8)[..., None].repeat(3, 2)).save(img)
+    res = bf16.run(str(img), 4, "tiny-random")
+    if not res["native_bf16_flags"]:
+        assert "no native bf16" in res["skipped"] and "bf16" not in res
+        return
+    assert set(res["speedup"]) == {"encoder", "decoder_per_prompt", "cold_amg", "cold_amg_default_filters"}
+    assert all(v > 0 for v in res["speedup"].values())
+    for p in ("fp32", "bf16"):
+        assert res[p]["encoder_over_floor"] > 0 and res[p]["decoder_ms_per_prompt"] > 0
+        assert res[p]["default_filters"]["points_per_side"] == 32 and res[p]["default_filters"]["total_s"] > 0
+    assert res["agreement"]["n_fp32"] == res["fp32"]["n_masks"] > 0
