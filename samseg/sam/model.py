@@ -312,8 +312,10 @@ def load_model(
     precision: fp32 | bf16 | fp16 | auto (samseg.sam.precision), resolved for `device` here.
     Raises CheckpointError (one line) for missing/invalid/undownloadable weights.
     """
+    from samseg.sam.malloc import tune_malloc
     from samseg.sam.precision import resolve_precision, set_precision
 
+    tune_malloc()  # before the first big tensor (samseg.sam.malloc: no page faults per decoder chunk)
     check_model_type(model_type)
     dev = select_device(device)
     resolved = resolve_precision(precision, dev)
