@@ -88,6 +88,11 @@ def agreement(ref: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _timings(result: dict[str, Any]) -> dict[str, Any]:
+    """The stage seconds and the mask count of a cold_amg result."""
+    return {**{k: v for k, v in result.items() if k.endswith("_s")}, "n_masks": len(result["masks"])}
+
+
 def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dict[str, Any]:
     from samseg.core.config import get_preset
     from samseg.edges.images import load_image
@@ -115,10 +120,9 @@ def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dic
                   "encoder_over_floor": enc_s / (gflop / rate),
                   "decoder_ms_per_prompt": decoder_micro_precision(model.sam, 64)}
         amg[p] = cold_amg(model, image, cfg)
-        res[p].update({k: v for k, v in amg[p].items() if k.endswith("_s")}, n_masks=len(amg[p]["masks"]))
-        default = cold_amg(model, image, production)
-        res[p]["default_filters"] = {**{k: v for k, v in default.items() if k.endswith("_s")},
-                                     "n_masks": len(default["masks"]), "points_per_side": production.amg.points_per_side}
+        res[p].update(_timings(amg[p]))
+        res[p]["default_filters"] = {**_timings(cold_amg(model, image, production)),
+                                     "points_per_side": production.amg.points_per_side}
     res["speedup"] = {"encoder": res["fp32"]["encoder_s"] / res["bf16"]["encoder_s"],
                       "decoder_per_prompt": res["fp32"]["decoder_ms_per_prompt"] / res["bf16"]["decoder_ms_per_prompt"],
                       "cold_amg": res["fp32"]["total_s"] / res["bf16"]["total_s"],

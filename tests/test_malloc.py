@@ -51,10 +51,11 @@ def test_env_switch_keeps_glibc_defaults():
 
 def test_tune_malloc_applies_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(malloc, "_state", {})
+    malloc.tune_malloc.cache_clear()
     monkeypatch.setattr(malloc, "_apply", lambda: calls.append(1) or True)
     assert malloc.tune_malloc() and malloc.tune_malloc()
     assert calls == [1]
+    malloc.tune_malloc.cache_clear()  # the next caller applies the real settings
 
 
 def test_load_model_tunes_malloc(monkeypatch):

@@ -204,9 +204,10 @@ def _gemm_bias_attention(attention: Any, q: Any, k: Any, v: Any, rel_h: Any, rel
     onehot = torch.zeros(tokens, h + w, dtype=q.dtype, device=q.device)
     onehot[pos, pos // w] = 1
     onehot[pos, h + pos % w] = 1
-    k_ext_t = torch.cat([k, onehot.expand(bh, tokens, h + w)], dim=-1).transpose(1, 2)
+    k_ext = torch.cat([k, onehot.expand(bh, tokens, h + w)], dim=-1)
     if SDPA_GLOBAL and tokens >= _SDPA_MIN_TOKENS:
-        return attention.proj(_sdpa_padded(q_ext, k_ext_t.transpose(1, 2), v, bhw, attention.num_heads))
+        return attention.proj(_sdpa_padded(q_ext, k_ext, v, bhw, attention.num_heads))
+    k_ext_t = k_ext.transpose(1, 2)
     out = torch.empty_like(q)
     group = max(1, min(bh, _GROUP_BYTES // (tokens * tokens * q.element_size())))
     buf = torch.empty(group, tokens, tokens, dtype=q.dtype, device=q.device)
@@ -220,7 +221,6 @@ def _gemm_bias_attention(attention: Any, q: Any, k: Any, v: Any, rel_h: Any, rel
     return attention.proj(y)
 
 
-
 def _sdpa_padded(q_ext: Any, k_ext: Any, v: Any, bhw: tuple[int, int, int], heads: int) -> Any:
     """softmax(q_ext·k_extᵀ)·v by the fused (flash) SDPA kernel, for a global layer.
 
@@ -229,9 +229,9 @@ def _sdpa_padded(q_ext: Any, k_ext: Any, v: Any, bhw: tuple[int, int, int], head
     padding's output columns are dropped. The (B·heads)×L×L scores are never written and
     the softmax runs on fp32 tiles (no bf16 rounding of the scores). Measured, one vit_b
     global layer in bf16 (12 heads, 4096 tokens, 2 cores): 127-177 ms against 214-240 ms
-    for the per-head bmm-softmax-bmm loop when the scores spread like a trained model's
-    peaked attention (std ≈ 14, where the loop's exp slows down), equal (≈ 140 ms) for
-    the flat scores of random weights. Windowed layers (196 tokens) stay on the loop:
+    for the per-head bmm-softmax-bmm loop when the scores spread widely (std ≈ 14, where
+    the loop's softmax slows down; a trained model's scores could not be measured here),
+    equal (≈ 140 ms) for the flat scores of random weights. Windowed layers (196 tokens) stay on the loop:
     18.7 ms there against 21.0 through SDPA (benchmarks/README.md).
     """
     import torch.nn.functional as F

@@ -5,11 +5,10 @@ to the kernel on free, so the next one of that size is faulted in and zeroed aga
 thresholds adapt to the sizes freed (the mmap threshold up to 32 MiB, the trim threshold
 at twice that), so when a decoder chunk frees several 8-16 MB temporaries at once — the
 LayerNorms' outputs above all, which have no out= form — the heap top is trimmed and the
-next chunk faults them in again (tests/test_malloc.py shows the pattern), over and over
-every time. `tune_malloc()` fixes the mmap threshold at 32 MiB (what glibc's own
-adaptation would reach at most: every allocation up to that size is carved from the heap
-and reused after free) and the trim threshold at 128 MiB (free memory at the top of the
-heap is kept up to that much).
+next chunk faults them in again (tests/test_malloc.py shows the pattern). `tune_malloc()`
+fixes the mmap threshold at 32 MiB (what glibc's own adaptation would reach at most:
+every allocation up to that size is carved from the heap and reused after free) and the
+trim threshold at 128 MiB (free memory at the top of the heap is kept up to that much).
 
 Measured on the 2-core Xeon dev VM, vit_b fast decoder on 64 prompts after one encoder
 pass, median of 12 calls, 4 pairs of processes alternating: fp32 (the default precision)
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 
@@ -37,14 +37,10 @@ MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 128 << 20
 ENV = "SAMSEG_MALLOC_TUNING"
 
-_state: dict[str, bool] = {}
-
-
+@functools.cache
 def tune_malloc() -> bool:
     """Apply the settings once per process; True when they are in effect."""
-    if "applied" not in _state:
-        _state["applied"] = _apply()
-    return _state["applied"]
+    return _apply()
 
 
 def _apply() -> bool:
