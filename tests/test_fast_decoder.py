@@ -128,7 +128,7 @@ def test_interleave_4x4_puts_each_value_at_its_transposed_conv_pixel(dtype, offs
     """The run copies (values packed into wide elements) and the plain fallback (a view
     whose offset forbids packing) both place src[n, i, j, ki, kj, ki2, kj2] at
     out[n, 4i + 2ki + ki2, 4j + 2kj + kj2]."""
-    from samseg.sam.fast_decoder import _interleave_4x4
+    from samseg.sam.fast_decoder_masks import _interleave_4x4
 
     n, h, w = 3, 5, 7
     src = (torch.rand(n * h * w * 16 + offset, generator=torch.Generator().manual_seed(0)) * 100).to(dtype)[offset:]

@@ -7,7 +7,9 @@ logits), and only then applies the predicted-IoU filter, the stability score, th
 threshold, the boxes and the RLE, each a full pass over that many fresh pages. Here:
 
 1. the predicted-IoU filter runs on the decoder's outputs, BEFORE upsampling — a mask it
-   drops is never upsampled (the IoU prediction does not depend on the upsampling);
+   drops is never upsampled (the IoU prediction does not depend on the upsampling); with
+   the fast decoder, a prompt whose masks it all drops never even goes through the
+   decoder's own upscaling (`samseg.sam.fast_decoder.decode_masks_above`);
 2. survivors are upsampled `masks_per_chunk` at a time (samseg.sam.amg_budget), and each chunk
    goes through stability score, stability filter, threshold, boxes, crop-edge filter and
    RLE while it is still warm; memory is bounded by the chunk, not by points_per_batch;
@@ -52,22 +54,22 @@ def upscale_logits(low_res_bmhw: Any, img_size: int, input_hw: tuple[int, int], 
     return F.interpolate(frame, tuple(out_hw), mode="bilinear", align_corners=False)
 
 
-def decode_batch(predictor: Any, points_xy: np.ndarray, im_size: tuple[int, int]) -> tuple[Any, Any]:
+def decode_batch(predictor: Any, points_xy: np.ndarray, im_size: tuple[int, int],
+                 min_iou: float | None = None) -> tuple[Any, Any, Any]:
     """The decoder part of SamPredictor.predict_torch for N single-point prompts (xy in
-    crop pixels): low-res logits N×M×256×256 and predicted IoU N×M (M = 3, multimask)."""
+    crop pixels): low-res logits K×M×256×256 of the K prompts `rows` that have a mask with
+    predicted IoU > min_iou (all N when min_iou is None), predicted IoU N×M (M = 3,
+    multimask). See samseg.sam.fast_decoder.decode_masks_above."""
     import torch
+
+    from samseg.sam.fast_decoder import decode_masks_above
 
     sam = predictor.model
     coords = torch.as_tensor(predictor.transform.apply_coords(points_xy, im_size), device=predictor.device)
     labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
     sparse, dense = sam.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-    return sam.mask_decoder(
-        image_embeddings=predictor.features,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-    )
+    return decode_masks_above(sam.mask_decoder, predictor.features, sam.prompt_encoder.get_dense_pe(), sparse, dense,
+                              multimask_output=True, min_iou=min_iou)
 
 
 def process_batch(generator: Any, points_xy: np.ndarray, im_size: tuple[int, int], crop_box: list[int],
@@ -75,26 +77,29 @@ def process_batch(generator: Any, points_xy: np.ndarray, im_size: tuple[int, int
     """Drop-in for `SamAutomaticMaskGenerator._process_batch` (same arguments, same MaskData:
     iou_preds, points, stability_score, boxes, rles), upsampling `masks_per_chunk` masks at
     a time. points_xy: N×2 in crop pixels; crop_box xyxy in the original image."""
-    low_res, iou_preds = decode_batch(generator.predictor, points_xy, im_size)
-    return postprocess_batch(generator, low_res, iou_preds, points_xy, crop_box, orig_size, masks_per_chunk)
+    min_iou = generator.pred_iou_thresh if generator.pred_iou_thresh > 0.0 else None
+    low_res, iou_preds, rows = decode_batch(generator.predictor, points_xy, im_size, min_iou)
+    return postprocess_batch(generator, low_res, iou_preds, points_xy, crop_box, orig_size, masks_per_chunk, rows)
 
 
 def postprocess_batch(generator: Any, low_res: Any, iou_preds: Any, points_xy: np.ndarray, crop_box: list[int],
-                      orig_size: tuple[int, int], masks_per_chunk: int) -> Any:
-    """Everything of `process_batch` after the decoder: low_res N×M×h×w logits and
-    iou_preds N×M for the N prompts `points_xy` → MaskData (the generator's predictor
-    gives the input and crop sizes)."""
+                      orig_size: tuple[int, int], masks_per_chunk: int, rows: Any = None) -> Any:
+    """Everything of `process_batch` after the decoder: low_res K×M×h×w logits of the
+    prompts `rows` (None: all, K = N), iou_preds N×M for the N prompts `points_xy` →
+    MaskData (the generator's predictor gives the input and crop sizes). Every prompt
+    with a mask that passes the predicted-IoU filter must be in `rows`."""
     import torch
     from segment_anything.utils.amg import MaskData
 
-    per_prompt = low_res.shape[1]
+    n, per_prompt = iou_preds.shape
     low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
     points = torch.as_tensor(points_xy.repeat(per_prompt, axis=0))
     index = torch.arange(len(iou_preds), device=iou_preds.device)  # same device as the masks it selects
     if generator.pred_iou_thresh > 0.0:
         index = index[iou_preds > generator.pred_iou_thresh]
-    parts = [_process_chunk(generator, low_res, index[i : i + masks_per_chunk], crop_box, orig_size)
-             for i in range(0, len(index), masks_per_chunk)]
+    src = index if rows is None else _rows_of(index, rows, n, per_prompt)
+    parts = [_process_chunk(generator, low_res[src[i : i + masks_per_chunk]], index[i : i + masks_per_chunk],
+                            crop_box, orig_size) for i in range(0, len(index), masks_per_chunk)]
     # SAM computes the boxes of a whole batch at once: int64 when any mask reached the
     # threshold step, float zeros (batched_mask_to_box on nothing) when none did. Chunks
     # that had no mask there would turn a torch.cat float, so they are left out.
@@ -112,10 +117,22 @@ def postprocess_batch(generator: Any, low_res: Any, iou_preds: Any, points_xy: n
                     rles=[r for p in thresholded for r in p["rles"]])
 
 
+def _rows_of(index: Any, rows: Any, n: int, per_prompt: int) -> Any:
+    """Flat mask indices over N×M → indices into the K×M logits of the prompts `rows`."""
+    import torch
+
+    pos = torch.full((n,), -1, dtype=torch.long, device=index.device)
+    pos[rows.to(index.device)] = torch.arange(len(rows), device=index.device)
+    prompt = pos[index // per_prompt]
+    if bool((prompt < 0).any()):
+        raise AssertionError("a mask passed the IoU filter but its prompt's logits were not computed")
+    return prompt * per_prompt + index % per_prompt
+
+
 def _process_chunk(generator: Any, low_res: Any, index: Any, crop_box: list[int], orig_size: tuple[int, int]) -> dict:
-    """Upsample the masks `index` of `low_res` (K×256×256) and run SAM's per-mask filters
-    and encoders on them; returns the surviving indices and their fields ("boxes" is None
-    when no mask survived the stability filter)."""
+    """Upsample `low_res` (K×256×256, the masks `index` of the batch) and run SAM's
+    per-mask filters and encoders on them; returns the surviving indices and their fields
+    ("boxes" is None when no mask survived the stability filter)."""
     import torch
     from segment_anything.utils.amg import (batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge,
                                             uncrop_masks)
@@ -123,7 +140,7 @@ def _process_chunk(generator: Any, low_res: Any, index: Any, crop_box: list[int]
     from samseg.sam.amg_post import mask_to_rle_fast
 
     predictor, sam = generator.predictor, generator.predictor.model
-    logits = upscale_logits(low_res[index][None], sam.image_encoder.img_size, predictor.input_size,
+    logits = upscale_logits(low_res[None], sam.image_encoder.img_size, predictor.input_size,
                             predictor.original_size)[0]
     stability = calculate_stability_score(logits, sam.mask_threshold, generator.stability_score_offset)
     if generator.stability_score_thresh > 0.0:

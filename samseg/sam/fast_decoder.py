@@ -25,6 +25,10 @@ module computes the same function with less work, exactly in fp32 up to summatio
 6. The masks leave the upscaling in its pixel order (i, j, ki, kj, ki2, kj2) and reach
    the B×M×4h×4w layout by two copies of whole runs (`_interleave_4x4`), not one 8-d
    permute whose innermost run is 2 values (10× slower).
+7. For the AMG, `decode_masks_above` upscales only the prompts that have a mask whose
+   predicted IoU passes the AMG's filter (the IoU head reads the transformer's tokens,
+   not the masks), and only the mask tokens the caller keeps (3 of 4 in multimask mode).
+   The upscaling is a third of the decoder; every mask the filter keeps is the same.
 
 Anything this path does not cover (several images at once, per-prompt dense/mask
 prompts, a non-standard transformer) falls back to segment_anything's own code.
@@ -39,18 +43,27 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# 4 prompts × (keys, keys+pe, norm temporaries, 4 MB each) + the 8 MB/prompt upscaled
-# tensor ≈ 100 MB of reused buffers: large enough for efficient matmuls, small enough that
-# the AMG's points_per_batch no longer drives the decoder's memory. Measured on vit_b
-# (2-core AVX2): 4 was as fast as 1-2 and faster than 8-16 (the working set spills).
-DEFAULT_CHUNK_SIZE = 4
+from samseg.sam.fast_decoder_masks import _layer_norm, _masks_from_tokens
+
+# Prompts per chunk × bytes per value. fp32: 4 prompts × (keys, keys+pe, norm temporaries,
+# 4 MB each) + the 8 MB/prompt upscaled tensor ≈ 100 MB of reused buffers: large enough for
+# efficient matmuls, small enough that the AMG's points_per_batch no longer drives the
+# decoder's memory. Measured on vit_b, 64 prompts: fp32 (2-core AVX2 and AMX Xeon) 4 was
+# as fast as 1-2 and faster than 8-16 (the working set spills); bf16 (AMX Xeon) 8 beat 4
+# by 7-10% and 16-32 (1: 22, 2: 17, 4: 14, 8: 13, 16: 15 ms per prompt): the same bytes.
+CHUNK_BYTES = 16
+
+
+def default_chunk_size(element_size: int) -> int:
+    """Prompts per chunk for values of `element_size` bytes: 4 in fp32, 8 in bf16/fp16."""
+    return max(1, CHUNK_BYTES // element_size)
 
 
 class _FastPredictMasks:
     """Callable installed as `decoder.predict_masks` (same signature as the original)."""
 
-    def __init__(self, decoder: Any, chunk_size: int) -> None:
-        if chunk_size < 1:
+    def __init__(self, decoder: Any, chunk_size: int | None) -> None:
+        if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.decoder = decoder
         self.chunk_size = chunk_size
@@ -61,8 +74,9 @@ class _FastPredictMasks:
         )
 
 
-def accelerate_decoder(sam: Any, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Any:
+def accelerate_decoder(sam: Any, chunk_size: int | None = None) -> Any:
     """Install the fast path on `sam.mask_decoder` in place and return `sam`. Idempotent.
+    chunk_size None: `default_chunk_size` of the dtype the decoder runs in at each call.
 
     Outputs equal segment_anything's within fp32 rounding (see tests/test_fast_decoder.py).
     """
@@ -105,29 +119,84 @@ def _shared_dense(dense):
 
 
 def fast_predict_masks(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                       chunk_size: int = DEFAULT_CHUNK_SIZE):
+                       chunk_size: int | None = None):
     """Same contract as `MaskDecoder.predict_masks`: masks B×(1+num_multimask)×4h×4w
     float logits and iou_pred B×(1+num_multimask), for B prompts on one 1×C×h×w image."""
-    import torch
-
     shared = _shared_dense(dense_prompt_embeddings) if image_embeddings.shape[0] == 1 else None
     if shared is None or not _supported(decoder):
         return type(decoder).predict_masks(
             decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
+    masks, iou, _ = _predict(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, shared,
+                             chunk_size, slice(None), None)
+    return masks, iou
+
+
+def decode_masks_above(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                       multimask_output: bool, min_iou: float | None):
+    """`decoder(...)` (MaskDecoder.forward, in the decoder's precision, outputs float32)
+    for the AMG, which keeps only masks whose predicted IoU is > min_iou: returns masks
+    K×M×4h×4w for the K prompts `rows` (K, ascending) that have such a mask, iou N×M for
+    all N prompts. The IoU head reads the transformer's tokens, not the masks, so the
+    upscaling — a third of the decoder — runs only for those K prompts. min_iou None: every
+    prompt (rows = 0..N-1). Not accelerated, or prompts it does not cover: the full call."""
+    import torch
+
     n = sparse_prompt_embeddings.shape[0]
+    shared = _shared_dense(dense_prompt_embeddings) if image_embeddings.shape[0] == 1 else None
+    if not isinstance(decoder.__dict__.get("predict_masks"), _FastPredictMasks) or shared is None \
+            or not _supported(decoder):
+        masks, iou = decoder(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                             multimask_output)
+        return masks, iou, torch.arange(n, device=masks.device)
+    dtype = decoder.iou_token.weight.dtype  # samseg.sam.precision converts the weights
+    token_slice = slice(1, None) if multimask_output else slice(0, 1)  # MaskDecoder.forward's mask_slice
+
+    def need(iou):  # compared in float32, the dtype of the iou the AMG filters
+        return (iou[:, token_slice].float() > min_iou).any(1)
+
+    masks, iou, rows = _predict(decoder, image_embeddings.to(dtype), image_pe.to(dtype),
+                                sparse_prompt_embeddings.to(dtype), shared.to(dtype),
+                                decoder.__dict__["predict_masks"].chunk_size, token_slice,
+                                None if min_iou is None else need)
+    return masks.float(), iou[:, token_slice].float(), rows
+
+
+def _predict(decoder, image_embeddings, image_pe, sparse, shared_dense, chunk_size: int | None,
+             token_slice: slice, need):
+    """The chunked fast path: masks K×M×4h×4w of the mask tokens `token_slice` for the K
+    prompts `rows` where need(iou B×(1+num_multimask)) is True (every prompt when need is
+    None), iou N×(1+num_multimask) of all N prompts."""
+    import torch
+
+    n = sparse.shape[0]
+    chunk = chunk_size or default_chunk_size(image_embeddings.element_size())
     out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat((out_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings), dim=1)
+    tokens = torch.cat((out_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
     c, h, w = image_embeddings.shape[1:]
-    keys0 = (image_embeddings[0] + shared).flatten(1).t().contiguous()  # L×C, L = h·w
+    keys0 = (image_embeddings[0] + shared_dense).flatten(1).t().contiguous()  # L×C, L = h·w
     pe = image_pe[0].flatten(1).t().contiguous()  # L×C
     layer0 = _Layer0Shared(decoder.transformer.layers[0], keys0, pe)
-    masks = keys0.new_empty((n, decoder.num_mask_tokens, 4 * h, 4 * w))
-    ious, ws = [], _Workspace()
-    for start in range(0, n, chunk_size):
-        stop = min(n, start + chunk_size)
-        ious.append(_decode_chunk(decoder, tokens[start:stop], keys0, pe, layer0, masks[start:stop], ws))
-    return masks, torch.cat(ious)
+    nm = len(range(decoder.num_mask_tokens)[token_slice])
+    masks = keys0.new_empty((n, nm, 4 * h, 4 * w))  # rows past K are never touched, so never faulted in
+    ious, rows, k, ws = [], [], 0, _Workspace()
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        hs, keys = _transformer_chunk(decoder, tokens[start:stop], keys0, pe, layer0, ws)
+        ious.append(decoder.iou_prediction_head(hs[:, 0, :]))
+        idx = torch.arange(start, stop, device=keys0.device)
+        if need is not None:
+            keep = need(ious[-1])
+            idx = idx[keep]
+            if not len(idx):
+                continue
+            if len(idx) < stop - start:
+                hs, keys = hs[keep], keys[keep]
+        _masks_from_tokens(decoder, hs, keys, masks[k : k + len(idx)], ws, token_slice)
+        rows.append(idx)
+        k += len(idx)
+    rows_k = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=keys0.device)
+    return masks[:k], torch.cat(ious), rows_k
 
 
 class _Workspace:
@@ -144,15 +213,6 @@ class _Workspace:
         if flat is None or flat.numel() < numel:
             flat = self._flat[name] = like.new_empty(numel)
         return flat[:numel].view(shape)
-
-
-def _layer_norm(norm: Any, x):
-    """norm(x), a LayerNorm over the last axis, into a fresh tensor: the out= variant
-    computes into a temporary and copies it over, one more pass than a fresh page costs
-    (64 vit_b prompts: 14.5 → 13.9 ms per prompt in fp32, 8.7 → 8.3 in bf16)."""
-    import torch
-
-    return torch.nn.functional.layer_norm(x, [x.shape[-1]], norm.weight, norm.bias, norm.eps)
 
 
 def _heads(x, num_heads: int):
@@ -230,7 +290,8 @@ def _tok2img_folded(attn: Any, q_in, x, keys):
 
 
 def _img2tok_residual(attn: Any, keys, probs_t, queries, out):
-    """keys + image→token attention output, B×L×C (the input of norm4), written into `out`.
+    """keys + image→token attention output, B×L×C (the input of norm4), written into `out`
+    (out = keys: in place, no copy of keys first; 1 ms of 4.6 per 8 prompts in bf16).
 
     probs_t: B×(H·T)×L, the transposed probabilities (softmax over T per head, see
     `_img2tok_probs_t`); values from `queries` B×T×C.
@@ -245,6 +306,8 @@ def _img2tok_residual(attn: Any, keys, probs_t, queries, out):
     b, _, t, d = v.shape
     wo = attn.out_proj.weight.view(-1, nh, d)  # C×H×d
     m = torch.einsum("bhtd,chd->bhtc", v, wo) + attn.out_proj.bias / nh  # B×H×T×C
+    if out is keys:
+        return keys.baddbmm_(probs_t.transpose(1, 2), m.reshape(b, nh * t, -1))
     return torch.baddbmm(keys.expand(b, -1, -1), probs_t.transpose(1, 2), m.reshape(b, nh * t, -1), out=out)
 
 
@@ -276,9 +339,9 @@ def _img2tok_probs_folded(attn: Any, x, k_in):
     return _softmax_over_tokens(torch.baddbmm(bias, g, x.transpose(1, 2)), nh)  # B×HT×L
 
 
-def _decode_chunk(decoder: Any, tokens, keys0, pe, layer0: _Layer0Shared, masks_out, ws: _Workspace):
-    """Transformer + upscaling + heads for a chunk of B prompts (tokens B×T×C): writes the
-    B×M×4h×4w mask logits into `masks_out`, returns iou B×M."""
+def _transformer_chunk(decoder: Any, tokens, keys0, pe, layer0: _Layer0Shared, ws: _Workspace):
+    """The two-way transformer for a chunk of B prompts (tokens B×T×C): returns the output
+    tokens hs B×T×C and the updated image tokens keys B×L×C."""
     import torch
 
     tr = decoder.transformer
@@ -304,76 +367,8 @@ def _decode_chunk(decoder: Any, tokens, keys0, pe, layer0: _Layer0Shared, masks_
             layer, queries, query_pe, lambda q: _tok2img_folded(layer.cross_attn_token_to_image, q, x, keys)
         )
         probs_t = _img2tok_probs_folded(layer.cross_attn_image_to_token, x, queries + query_pe)
-        residual = _img2tok_residual(layer.cross_attn_image_to_token, keys, probs_t, queries, residual)
-        keys = _layer_norm(layer.norm4, residual)
+        # keys is this chunk's own LayerNorm output and x is already formed: add in place
+        keys = _layer_norm(layer.norm4, _img2tok_residual(layer.cross_attn_image_to_token, keys, probs_t, queries, keys))
     x = torch.add(keys, pe, out=ws.get("keys_pe", (b, l, c), keys0))
     hs = tr.norm_final_attn(queries + _tok2img_folded(tr.final_attn_token_to_image, queries + query_pe, x, keys))
-    return _masks_from_tokens(decoder, hs, keys, masks_out, ws)
-
-
-def _gelu_(act: Any, x):
-    """act(x), in place on the fresh temporary x when act is an nn.GELU: a new 16-32 MB
-    output would be a fresh mmap whose page faults cost 4× the GELU itself here."""
-    import torch
-
-    if isinstance(act, torch.nn.GELU):
-        return torch.ops.aten.gelu_(x, approximate=act.approximate)
-    return act(x)
-
-
-# Widest integer/complex dtype per byte count: a run of values copied as one element.
-_UNITS = ((16, "complex128"), (8, "int64"), (4, "int32"), (2, "int16"), (1, "uint8"))
-
-
-def _runs(x, shape: tuple[int, ...], run: int):
-    """Contiguous x viewed as `shape` + runs of `run` values, each run packed into as few
-    wide elements as its bytes allow (shape + (k,)); None when x's offset forbids it."""
-    import torch
-
-    nbytes = run * x.element_size()
-    size, name = next((s, n) for s, n in _UNITS if nbytes % s == 0)
-    if not x.is_contiguous() or (x.storage_offset() * x.element_size()) % size:
-        return None
-    return x.view(getattr(torch, name)).view(*shape, nbytes // size)
-
-
-def _interleave_4x4(src, out, tmp) -> None:
-    """out[n, 4i + 2ki + ki2, 4j + 2kj + kj2] = src[n, i, j, ki, kj, ki2, kj2] (N×h×w×16 →
-    N×4h×4w, the two stride-2 transposed convs' pixel order), through `tmp` (src's size).
-
-    One permuted copy of that 8-d view has a 2-value innermost run and crawled (5.8 ms
-    per 4 vit_b prompts in fp32). Two copies of whole runs instead: (kj, ki2, kj2) moves
-    as one 8-value unit to give (i, ki, j, kj, ki2, kj2), then each kj2 pair moves as one
-    element to give the final order — 0.6 ms, bit-identical (the values are only moved)."""
-    n, h, w = src.shape[:3]
-    s1, t1 = _runs(src, (n, h, w, 2), 8), _runs(tmp, (n, h, 2, w), 8)
-    s2, t2 = _runs(tmp, (n, 2 * h, 2 * w, 2), 2), _runs(out, (n, 2 * h, 2, 2 * w), 2)
-    if any(v is None for v in (s1, t1, s2, t2)):
-        out.view(n, h, 2, 2, w, 2, 2).copy_(src.view(n, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6))
-        return
-    t1.copy_(s1.permute(0, 1, 3, 2, 4))
-    t2.copy_(s2.permute(0, 1, 3, 2, 4))
-
-
-def _masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: _Workspace):
-    """Upscaling as a per-pixel MLP + hypernetwork product. hs B×T×C, keys B×L×C (L = h·w)
-    → mask logits written into masks_out B×M×4h×4w (M = num_mask_tokens); returns iou B×M."""
-    import torch
-
-    ct1, ln, act1, ct2, act2 = decoder.output_upscaling
-    b, l, c = keys.shape
-    _, nm, h4, w4 = masks_out.shape
-    c4, c8 = ct1.out_channels, ct2.out_channels
-    # ConvTranspose2d(k=2, s=2) = per input pixel a C → (2·2·C_out) linear map; weight is
-    # C_in×C_out×kh×kw, reordered to C_in×(kh·kw·C_out) so C_out is innermost for the LN.
-    w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)
-    y = torch.addmm(ct1.bias.repeat(4), keys.reshape(b * l, c), w1, out=ws.get("up1", (b * l, 4 * c4), keys))
-    y = _gelu_(act1, _layer_norm(ln, y.view(b * l * 4, c4)))
-    w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
-    z = _gelu_(act2, torch.addmm(ct2.bias.repeat(4), y, w2, out=ws.get("up2", (b * l * 4, 4 * c8), keys)))
-    hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    # B×M×(L·16): per mask, rows (i, j, ki, kj, ki2, kj2) = pixel (4i + 2ki + ki2, 4j + 2kj + kj2)
-    m = torch.bmm(hyper, z.view(b, l * 16, c8).transpose(1, 2), out=ws.get("masks", (b, nm, l * 16), keys))
-    h, w = h4 // 4, w4 // 4
-    _interleave_4x4(m.view(b * nm, h, w, 16), masks_out.view(b * nm, h4, w4), ws.get("masks_tmp", (b * nm, l * 16), keys))
-    return decoder.iou_prediction_head(hs[:, 0, :])
+    return hs, keys
