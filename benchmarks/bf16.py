@@ -118,13 +118,16 @@ def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dic
         enc_s = encoder_pass(model)
         res[p] = {"matmul_gflops": rate, "encoder_s": enc_s, "encoder_floor_s": gflop / rate,
                   "encoder_over_floor": enc_s / (gflop / rate),
-                  "decoder_ms_per_prompt": decoder_micro_precision(model.sam, 64)}
+                  "decoder_ms_per_prompt": decoder_micro_precision(model.sam, 64),
+                  "decoder_no_masks_ms_per_prompt": decoder_micro_precision(model.sam, 64, masks=False)}
         amg[p] = cold_amg(model, image, cfg)
         res[p].update(_timings(amg[p]))
         res[p]["default_filters"] = {**_timings(cold_amg(model, image, production)),
                                      "points_per_side": production.amg.points_per_side}
     res["speedup"] = {"encoder": res["fp32"]["encoder_s"] / res["bf16"]["encoder_s"],
                       "decoder_per_prompt": res["fp32"]["decoder_ms_per_prompt"] / res["bf16"]["decoder_ms_per_prompt"],
+                      "decoder_no_masks_per_prompt": res["fp32"]["decoder_no_masks_ms_per_prompt"]
+                      / res["bf16"]["decoder_no_masks_ms_per_prompt"],
                       "cold_amg": res["fp32"]["total_s"] / res["bf16"]["total_s"],
                       "cold_amg_default_filters": res["fp32"]["default_filters"]["total_s"]
                       / res["bf16"]["default_filters"]["total_s"]}

@@ -54,21 +54,33 @@ def decoder_micro(sam: Any, n_prompts: int = 32, seed: int = 0) -> dict[str, Any
     }
 
 
-def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3) -> float:
+def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3,
+                            masks: bool = True) -> float:
     """ms per prompt of `sam`'s decoder as loaded (fast path, its precision) on one random
-    C×64×64 embedding: the production call, mask_decoder(...), inputs in fp32."""
+    C×64×64 embedding, inputs in fp32: the production call mask_decoder(...) (masks=True),
+    or (masks=False) the AMG's call for prompts whose every mask fails the predicted-IoU
+    filter — the transformer and the IoU head, no upscaling (fast_decoder.decode_masks_above)."""
     import torch
+
+    from samseg.sam.fast_decoder import decode_masks_above
 
     g = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         image = torch.randn(1, sam.prompt_encoder.embed_dim, 64, 64, generator=g)
         pe = sam.prompt_encoder.get_dense_pe()
         sparse, dense = _grid_prompts(sam, n_prompts)
-        sam.mask_decoder(image, pe, sparse[:4], dense[:4], True)  # warm-up
+
+        def call(k: int) -> None:
+            if masks:
+                sam.mask_decoder(image, pe, sparse[:k], dense[:k], True)
+            else:
+                decode_masks_above(sam.mask_decoder, image, pe, sparse[:k], dense[:k], True, float("inf"))
+
+        call(4)  # warm-up
         best = float("inf")
         for _ in range(repeats):  # best of: this shared 2-core machine is noisy
             t0 = time.perf_counter()
-            sam.mask_decoder(image, pe, sparse, dense, True)
+            call(n_prompts)
             best = min(best, time.perf_counter() - t0)
         return 1e3 * best / n_prompts
 

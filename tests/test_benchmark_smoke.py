@@ -85,9 +85,11 @@ def test_bf16_benchmark_reports_every_ratio_or_says_why_not(tmp_path, monkeypatc
     if not res["native_bf16_flags"]:
         assert "no native bf16" in res["skipped"] and "bf16" not in res
         return
-    assert set(res["speedup"]) == {"encoder", "decoder_per_prompt", "cold_amg", "cold_amg_default_filters"}
+    assert set(res["speedup"]) == {"encoder", "decoder_per_prompt", "decoder_no_masks_per_prompt", "cold_amg",
+                                   "cold_amg_default_filters"}
     assert all(v > 0 for v in res["speedup"].values())
     for p in ("fp32", "bf16"):
         assert res[p]["encoder_over_floor"] > 0 and res[p]["decoder_ms_per_prompt"] > 0
+        assert 0 < res[p]["decoder_no_masks_ms_per_prompt"]
         assert res[p]["default_filters"]["points_per_side"] == 32 and res[p]["default_filters"]["total_s"] > 0
     assert res["agreement"]["n_fp32"] == res["fp32"]["n_masks"] > 0

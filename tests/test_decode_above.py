@@ -25,9 +25,9 @@ def _upscaled_rows(monkeypatch) -> list[int]:
     seen: list[int] = []
     original = fast_decoder._masks_from_tokens
 
-    def counting(decoder, hs, keys, masks_out, ws, token_slice=slice(None)):
+    def counting(decoder, hs, keys, masks_out, ws):
         seen.append(hs.shape[0])
-        return original(decoder, hs, keys, masks_out, ws, token_slice)
+        return original(decoder, hs, keys, masks_out, ws)
 
     monkeypatch.setattr(fast_decoder, "_masks_from_tokens", counting)
     return seen
@@ -86,3 +86,40 @@ def test_chunk_size_follows_the_bytes_per_value() -> None:
     assert default_chunk_size(torch.float32.itemsize) == 4
     assert default_chunk_size(torch.bfloat16.itemsize) == default_chunk_size(torch.float16.itemsize) == 8
     assert default_chunk_size(torch.float64.itemsize) == 2
+
+
+@torch.inference_mode()
+def test_the_filter_goes_through_the_module_call_and_ends_with_it() -> None:
+    """Forward hooks (the benchmarks' decoder timer) see the filtered call; the next plain
+    call of the same decoder gets every prompt's masks again."""
+    sam = load_model("tiny-random", device="cpu").sam
+    args = _inputs(sam, n=6)
+    calls: list[int] = []
+    handle = sam.mask_decoder.register_forward_pre_hook(lambda _m, a: calls.append(a[2].shape[0]))
+    try:
+        _, _, rows = decode_masks_above(sam.mask_decoder, *args, multimask_output=True, min_iou=1e6)
+        masks, _ = sam.mask_decoder(*args, True)
+    finally:
+        handle.remove()
+    assert calls == [6, 6] and len(rows) == 0 and masks.shape[0] == 6
+    assert fast_decoder._MASK_FILTER.get() is None
+
+
+def test_a_filter_in_one_thread_is_not_seen_by_another() -> None:
+    import threading
+
+    sam = load_model("tiny-random", device="cpu").sam
+    args = _inputs(sam, n=5)
+    seen: dict[str, object] = {}
+    token = fast_decoder._MASK_FILTER.set(fast_decoder._MaskFilter(1e6, slice(1, None)))
+    try:
+        def plain() -> None:
+            with torch.inference_mode():
+                seen["masks"] = sam.mask_decoder(*args, True)[0]
+
+        t = threading.Thread(target=plain)
+        t.start()
+        t.join()
+    finally:
+        fast_decoder._MASK_FILTER.reset(token)
+    assert seen["masks"].shape[0] == 5  # the other thread's filter (drop all) did not apply

@@ -27,8 +27,8 @@ module computes the same function with less work, exactly in fp32 up to summatio
    permute whose innermost run is 2 values (10× slower).
 7. For the AMG, `decode_masks_above` upscales only the prompts that have a mask whose
    predicted IoU passes the AMG's filter (the IoU head reads the transformer's tokens,
-   not the masks), and only the mask tokens the caller keeps (3 of 4 in multimask mode).
-   The upscaling is a third of the decoder; every mask the filter keeps is the same.
+   not the masks). The upscaling is a third of the decoder; every mask the filter keeps
+   is the same.
 
 Anything this path does not cover (several images at once, per-prompt dense/mask
 prompts, a non-standard transformer) falls back to segment_anything's own code.
@@ -40,6 +40,8 @@ SamPredictor / SamAutomaticMaskGenerator use it transparently.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import math
 from typing import Any
 
@@ -118,55 +120,68 @@ def _shared_dense(dense):
     return dense[0] if bool((dense == first).all()) else None
 
 
+@dataclasses.dataclass
+class _MaskFilter:
+    """What `decode_masks_above` asks of the fast path inside one decoder call."""
+
+    min_iou: float
+    iou_slice: slice  # the IoU columns MaskDecoder.forward returns (its mask_slice)
+    rows: Any = None  # set by the fast path: the prompts whose masks it computed
+
+
+# Per thread/task (a ContextVar, not a module global): two AMGs in two threads never see
+# each other's filter, and the call still goes through nn.Module.__call__ (hooks, the
+# precision casts of samseg.sam.precision).
+_MASK_FILTER: contextvars.ContextVar[_MaskFilter | None] = contextvars.ContextVar("samseg_mask_filter", default=None)
+
+
 def fast_predict_masks(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                        chunk_size: int | None = None):
     """Same contract as `MaskDecoder.predict_masks`: masks B×(1+num_multimask)×4h×4w
-    float logits and iou_pred B×(1+num_multimask), for B prompts on one 1×C×h×w image."""
+    float logits and iou_pred B×(1+num_multimask), for B prompts on one 1×C×h×w image.
+    Inside `decode_masks_above`: masks only for the prompts it keeps (see there)."""
     shared = _shared_dense(dense_prompt_embeddings) if image_embeddings.shape[0] == 1 else None
     if shared is None or not _supported(decoder):
         return type(decoder).predict_masks(
             decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-    masks, iou, _ = _predict(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, shared,
-                             chunk_size, slice(None), None)
+    filt = _MASK_FILTER.get()
+
+    def need(iou):  # in float32, the dtype of the IoU the AMG filters
+        return (iou[:, filt.iou_slice].float() > filt.min_iou).any(1)
+
+    masks, iou, rows = _predict(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, shared,
+                                chunk_size, None if filt is None else need)
+    if filt is not None:
+        filt.rows = rows
     return masks, iou
 
 
 def decode_masks_above(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                        multimask_output: bool, min_iou: float | None):
-    """`decoder(...)` (MaskDecoder.forward, in the decoder's precision, outputs float32)
-    for the AMG, which keeps only masks whose predicted IoU is > min_iou: returns masks
-    K×M×4h×4w for the K prompts `rows` (K, ascending) that have such a mask, iou N×M for
-    all N prompts. The IoU head reads the transformer's tokens, not the masks, so the
-    upscaling — a third of the decoder — runs only for those K prompts. min_iou None: every
-    prompt (rows = 0..N-1). Not accelerated, or prompts it does not cover: the full call."""
+    """`decoder(...)` (MaskDecoder.forward) for the AMG, which keeps only masks whose
+    predicted IoU is > min_iou: returns masks K×M×4h×4w for the K prompts `rows` (ascending)
+    that have such a mask, and iou N×M for all N prompts. The IoU head reads the
+    transformer's tokens, not the masks, so the fast path's upscaling — a third of the
+    decoder — runs only for those K prompts. min_iou None, segment_anything's decoder, or
+    prompts the fast path does not cover: every prompt (rows = 0..N-1)."""
     import torch
 
-    n = sparse_prompt_embeddings.shape[0]
-    shared = _shared_dense(dense_prompt_embeddings) if image_embeddings.shape[0] == 1 else None
-    if not isinstance(decoder.__dict__.get("predict_masks"), _FastPredictMasks) or shared is None \
-            or not _supported(decoder):
+    filt = None if min_iou is None else _MaskFilter(min_iou, slice(1, None) if multimask_output else slice(0, 1))
+    token = _MASK_FILTER.set(filt)
+    try:
         masks, iou = decoder(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                              multimask_output)
-        return masks, iou, torch.arange(n, device=masks.device)
-    dtype = decoder.iou_token.weight.dtype  # samseg.sam.precision converts the weights
-    token_slice = slice(1, None) if multimask_output else slice(0, 1)  # MaskDecoder.forward's mask_slice
-
-    def need(iou):  # compared in float32, the dtype of the iou the AMG filters
-        return (iou[:, token_slice].float() > min_iou).any(1)
-
-    masks, iou, rows = _predict(decoder, image_embeddings.to(dtype), image_pe.to(dtype),
-                                sparse_prompt_embeddings.to(dtype), shared.to(dtype),
-                                decoder.__dict__["predict_masks"].chunk_size, token_slice,
-                                None if min_iou is None else need)
-    return masks.float(), iou[:, token_slice].float(), rows
+    finally:
+        _MASK_FILTER.reset(token)
+    rows = filt.rows if filt is not None and filt.rows is not None else None
+    return masks, iou, torch.arange(len(iou), device=iou.device) if rows is None else rows
 
 
-def _predict(decoder, image_embeddings, image_pe, sparse, shared_dense, chunk_size: int | None,
-             token_slice: slice, need):
-    """The chunked fast path: masks K×M×4h×4w of the mask tokens `token_slice` for the K
-    prompts `rows` where need(iou B×(1+num_multimask)) is True (every prompt when need is
-    None), iou N×(1+num_multimask) of all N prompts."""
+def _predict(decoder, image_embeddings, image_pe, sparse, shared_dense, chunk_size: int | None, need):
+    """The chunked fast path: masks K×(1+num_multimask)×4h×4w for the K prompts `rows`
+    where need(iou B×(1+num_multimask)) is True (every prompt when need is None), iou
+    N×(1+num_multimask) of all N prompts."""
     import torch
 
     n = sparse.shape[0]
@@ -177,8 +192,7 @@ def _predict(decoder, image_embeddings, image_pe, sparse, shared_dense, chunk_si
     keys0 = (image_embeddings[0] + shared_dense).flatten(1).t().contiguous()  # L×C, L = h·w
     pe = image_pe[0].flatten(1).t().contiguous()  # L×C
     layer0 = _Layer0Shared(decoder.transformer.layers[0], keys0, pe)
-    nm = len(range(decoder.num_mask_tokens)[token_slice])
-    masks = keys0.new_empty((n, nm, 4 * h, 4 * w))  # rows past K are never touched, so never faulted in
+    masks = keys0.new_empty((n, decoder.num_mask_tokens, 4 * h, 4 * w))  # rows past K: never touched
     ious, rows, k, ws = [], [], 0, _Workspace()
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -192,7 +206,7 @@ def _predict(decoder, image_embeddings, image_pe, sparse, shared_dense, chunk_si
                 continue
             if len(idx) < stop - start:
                 hs, keys = hs[keep], keys[keep]
-        _masks_from_tokens(decoder, hs, keys, masks[k : k + len(idx)], ws, token_slice)
+        _masks_from_tokens(decoder, hs, keys, masks[k : k + len(idx)], ws)
         rows.append(idx)
         k += len(idx)
     rows_k = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=keys0.device)

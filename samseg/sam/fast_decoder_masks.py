@@ -66,9 +66,9 @@ def _interleave_4x4(src, out, tmp) -> None:
     t2.copy_(s2.permute(0, 1, 3, 2, 4))
 
 
-def _masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: Any, token_slice: slice = slice(None)) -> None:
+def _masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: Any) -> None:
     """Upscaling as a per-pixel MLP + hypernetwork product. hs B×T×C, keys B×L×C (L = h·w)
-    → the logits of the mask tokens `token_slice` written into masks_out B×M×4h×4w."""
+    → mask logits written into masks_out B×M×4h×4w (M = num_mask_tokens)."""
     import torch
 
     ct1, ln, act1, ct2, act2 = decoder.output_upscaling
@@ -82,8 +82,7 @@ def _masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: Any, token_slice: 
     y = _gelu_(act1, _layer_norm(ln, y.view(b * l * 4, c4)))
     w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
     z = _gelu_(act2, torch.addmm(ct2.bias.repeat(4), y, w2, out=ws.get("up2", (b * l * 4, 4 * c8), keys)))
-    mlps = list(enumerate(decoder.output_hypernetworks_mlps))[token_slice]
-    hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in mlps], dim=1)
+    hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
     # B×M×(L·16): per mask, rows (i, j, ki, kj, ki2, kj2) = pixel (4i + 2ki + ki2, 4j + 2kj + kj2)
     m = torch.bmm(hyper, z.view(b, l * 16, c8).transpose(1, 2), out=ws.get("masks", (b, nm, l * 16), keys))
     h, w = h4 // 4, w4 // 4
