@@ -1,68 +1,118 @@
 """One short GPU check for a CUDA machine: vit_b and vit_h architectures (seeded random
-weights), fp32 and bf16, 32 points/side, a few images. Prints images/s, ms per stage,
-peak GPU memory and the bf16/fp32 agreement (benchmarks.bf16.agreement).
+weights), fp32 and bf16, the four shared photos at 32 points/side. Prints images/s, ms per
+stage, peak GPU memory and the bf16/fp32 agreement (benchmarks.bf16.agreement).
 
-    bash benchmarks/gpu_check.sh            # the same, with the install step for a bare machine
+    bash benchmarks/gpu_check.sh            # this, with the install step (see gpu_prepare.sh)
+    python -m benchmarks.gpu_check --device cpu --models tiny-random --images building.jpg   # smoke run
 
-Random weights: the masks are meaningless (open filters, no NMS, so every mask is compared);
-the numbers are speed and agreement, never segmentation quality.
+Timings use the production settings (the default preset: SAM's filters and NMS), which is
+what `samseg segment` runs; on random weights the predicted-IoU filter drops nearly every
+mask, so they time the encoder and the decoder. The agreement needs masks to compare, so it
+runs once per model on the first image with open filters and no NMS at 16 points/side (768
+masks): every mask of a random model is salt-and-pepper, and post-processing thousands of
+them per image at 32 points/side would take minutes of CPU-bound RLE work per run, longer
+than a device check may take. Random weights: the numbers are speed and agreement, never
+segmentation quality.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 from benchmarks.bf16 import agreement, cold_amg
 from benchmarks.run import REPO, SHARED_IMAGES, checkpoint_file
 
+IMAGES = ("building.jpg", "bears.jpg", "corgi.jpg", "alphabet.jpg")
+PRECISIONS = ("fp32", "bf16")
 
-def check(model_type: str, precision: str, images: list[Any], cfg: Any) -> dict[str, Any]:
+
+def _sync(device: str) -> None:
     import torch
 
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _load(model_type: str, precision: str, device: str) -> Any:
     from samseg.sam.model import load_model
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = load_model(model_type, checkpoint=checkpoint_file(model_type, REPO / "benchmarks" / "results"),
-                           device="cuda", precision=precision)
+        warnings.simplefilter("ignore")  # random weights are not the pinned checkpoint
+        return load_model(model_type, checkpoint=checkpoint_file(model_type, REPO / "benchmarks" / "results"),
+                          device=device, precision=precision)
+
+
+def timed(model: Any, images: list[Any], cfg: Any, device: str) -> dict[str, Any]:
+    """Production-settings cold AMG over `images` after one warm-up: images/s, ms per stage,
+    peak GPU memory (CUDA only)."""
+    import torch
+
     cold_amg(model, images[0], cfg)  # warm-up: kernels, cuBLAS handles
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     runs, t0 = [], time.perf_counter()
     for image in images:
         runs.append(cold_amg(model, image, cfg))
-    torch.cuda.synchronize()
+    _sync(device)
     wall = time.perf_counter() - t0
-    return {"images_per_s": len(images) / wall, "encode_ms": 1e3 * sum(r["encode_s"] for r in runs) / len(runs),
-            "amg_ms": 1e3 * sum(r["amg_s"] for r in runs) / len(runs),
-            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20, "runs": runs}
+    out = {"images_per_s": len(images) / wall, "encode_ms": 1e3 * sum(r["encode_s"] for r in runs) / len(runs),
+           "amg_ms": 1e3 * sum(r["amg_s"] for r in runs) / len(runs), "masks": [len(r["masks"]) for r in runs]}
+    if device.startswith("cuda"):
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
-def main() -> int:
+def check_model(model_type: str, images: list[Any], device: str) -> dict[str, Any]:
+    """fp32 and bf16 timings of one architecture, and their agreement on the first image."""
+    from samseg.core.config import get_preset
+
+    production = get_preset("default").replace(model_type=model_type)
+    keep_all = production.replace(amg={"points_per_side": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                                       "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0})
+    res: dict[str, Any] = {}
+    compared: dict[str, Any] = {}
+    for p in PRECISIONS:
+        model = _load(model_type, p, device)
+        res[p] = timed(model, images, production, device)
+        t0 = time.perf_counter()
+        compared[p] = cold_amg(model, images[0], keep_all)
+        _sync(device)
+        res[p]["keep_all_s"] = time.perf_counter() - t0
+        del model
+    res["agreement"] = agreement(compared["fp32"], compared["bf16"])
+    res["speedup"] = {k: res["fp32"][k] / res["bf16"][k] for k in ("encode_ms", "amg_ms")}
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from samseg.core.config import get_preset
     from samseg.edges.images import load_image
 
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; run it on a GPU machine")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--models", nargs="+", default=["vit_b", "vit_h"])
+    ap.add_argument("--images", nargs="+", default=list(IMAGES), help="file names under --images-dir")
+    ap.add_argument("--images-dir", type=Path, default=SHARED_IMAGES)
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; run it on a GPU machine (or --device cpu for a smoke run)")
         return 2
-    images = [load_image(SHARED_IMAGES / n) for n in ("building.jpg", "bears.jpg", "corgi.jpg", "alphabet.jpg")]
-    cfg = get_preset("default").replace(amg={"points_per_side": 32, "pred_iou_thresh": 0.0,
-                                             "stability_score_thresh": 0.0, "box_nms_thresh": 1.0})
-    report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    for model_type in ("vit_b", "vit_h"):
-        res = {p: check(model_type, p, images, cfg.replace(model_type=model_type)) for p in ("fp32", "bf16")}
-        res["agreement"] = agreement(res["fp32"]["runs"][0], res["bf16"]["runs"][0])
-        for p in ("fp32", "bf16"):
-            res[p].pop("runs")
-        report[model_type] = res
-        print(model_type, json.dumps(res, indent=1, default=float), flush=True)
+    images = [load_image(args.images_dir / n) for n in args.images]
+    name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
+    report: dict[str, Any] = {"device": name, "torch": torch.__version__, "images": args.images}
+    for model_type in args.models:
+        report[model_type] = check_model(model_type, images, args.device)
+        print(model_type, json.dumps(report[model_type], indent=1, default=float), flush=True)
     out = REPO / "benchmarks" / "results" / "gpu_check.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"results: {out}")
     return 0

@@ -93,3 +93,36 @@ def test_bf16_benchmark_reports_every_ratio_or_says_why_not(tmp_path, monkeypatc
         assert 0 < res[p]["decoder_no_masks_ms_per_prompt"]
         assert res[p]["default_filters"]["points_per_side"] == 32 and res[p]["default_filters"]["total_s"] > 0
     assert res["agreement"]["n_fp32"] == res["fp32"]["n_masks"] > 0
+
+
+def test_gpu_check_runs_end_to_end_on_cpu_with_tiny_random(tmp_path, monkeypatch):
+    """The device check is prepared here and run only where a GPU is lent: its whole path
+    (load per precision, production timings, keep-all agreement, the JSON) runs on CPU
+    with tiny-random, so a GPU run does not spend device time on a bug."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
+    monkeypatch.setattr(gpu_check, "SHARED_IMAGES", tmp_path)
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    Image.fromarray((np.indices((96, 128)).sum(0) % 256).astype(np.uint8)[..., None].repeat(3, 2)).save(tmp_path / "a.png")
+    assert gpu_check.main(["--device", "cpu", "--models", "tiny-random", "--images", "a.png", "a.png"]) == 0
+    report = json.loads((tmp_path / "benchmarks" / "results" / "gpu_check.json").read_text())
+    res = report["tiny-random"]
+    assert report["device"] == "cpu" and report["images"] == ["a.png", "a.png"]
+    for p in ("fp32", "bf16"):
+        assert res[p]["images_per_s"] > 0 and res[p]["encode_ms"] > 0 and len(res[p]["masks"]) == 2
+        assert "peak_gpu_mb" not in res[p]  # CUDA only
+    assert res["agreement"]["n_fp32"] > 0 and set(res["speedup"]) == {"encode_ms", "amg_ms"}
+
+
+def test_gpu_check_without_cuda_says_so(capsys, monkeypatch):
+    import torch
+
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().out
