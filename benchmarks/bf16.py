@@ -33,12 +33,23 @@ from benchmarks.run import REPO, SHARED_IMAGES, checkpoint_file
 PRECISIONS = ("fp32", "bf16")
 
 
-def _load(precision: str, ckpt: Path, model_type: str = "vit_b") -> Any:
+def load_random_weights(precision: str, ckpt: Path, model_type: str = "vit_b", device: str = "cpu") -> Any:
+    """load_model on a seeded-random checkpoint (benchmarks.run.checkpoint_file), its hash warning muted."""
     from samseg.sam.model import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are not the pinned checkpoint
-        return load_model(model_type, checkpoint=ckpt, device="cpu", precision=precision)
+        return load_model(model_type, checkpoint=ckpt, device=device, precision=precision)
+
+
+def keep_all_config(model_type: str, points_per_side: int) -> Any:
+    """The default preset with open filters and no NMS: every mask is post-processed and
+    compared (a random model's masks all fail SAM's filters)."""
+    from samseg.core.config import get_preset
+
+    return get_preset("default").replace(model_type=model_type, amg={
+        "points_per_side": points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+        "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0})
 
 
 def encoder_pass(model: Any, repeats: int = 2) -> float:
@@ -105,15 +116,13 @@ def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dic
         return res
     ckpt = checkpoint_file(model_type, REPO / "benchmarks" / "results")
     image = load_image(image_path)
-    cfg = get_preset("default").replace(model_type=model_type, amg={
-        "points_per_side": points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-        "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0})
+    cfg = keep_all_config(model_type, points_per_side)
     production = get_preset("default").replace(model_type=model_type)  # what `samseg segment` runs
-    gflop = measure.encoder_gflop(_load("fp32", ckpt, model_type).sam.image_encoder)
+    gflop = measure.encoder_gflop(load_random_weights("fp32", ckpt, model_type).sam.image_encoder)
     res.update(image={"name": image.name, "hw": list(image.hw)}, points_per_side=points_per_side, encoder_gflop=gflop)
     amg: dict[str, Any] = {}
     for p in PRECISIONS:
-        model = _load(p, ckpt, model_type)
+        model = load_random_weights(p, ckpt, model_type)
         rate = measure.matmul_gflops(p, n=2048)
         enc_s = encoder_pass(model)
         res[p] = {"matmul_gflops": rate, "encoder_s": enc_s, "encoder_floor_s": gflop / rate,

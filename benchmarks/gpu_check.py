@@ -21,15 +21,13 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bf16 import agreement, cold_amg
+from benchmarks.bf16 import PRECISIONS, agreement, cold_amg, keep_all_config, load_random_weights
 from benchmarks.run import REPO, SHARED_IMAGES, checkpoint_file
 
 IMAGES = ("building.jpg", "bears.jpg", "corgi.jpg", "alphabet.jpg")
-PRECISIONS = ("fp32", "bf16")
 
 
 def _sync(device: str) -> None:
@@ -39,23 +37,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _load(model_type: str, precision: str, device: str) -> Any:
-    from samseg.sam.model import load_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights are not the pinned checkpoint
-        return load_model(model_type, checkpoint=checkpoint_file(model_type, REPO / "benchmarks" / "results"),
-                          device=device, precision=precision)
-
-
 def timed(model: Any, images: list[Any], cfg: Any, device: str) -> dict[str, Any]:
     """Production-settings cold AMG over `images` after one warm-up: images/s, ms per stage,
     peak GPU memory (CUDA only)."""
     import torch
 
+    cuda = device.startswith("cuda")
     cold_amg(model, images[0], cfg)  # warm-up: kernels, cuBLAS handles
     _sync(device)
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     runs, t0 = [], time.perf_counter()
     for image in images:
@@ -64,7 +54,7 @@ def timed(model: Any, images: list[Any], cfg: Any, device: str) -> dict[str, Any
     wall = time.perf_counter() - t0
     out = {"images_per_s": len(images) / wall, "encode_ms": 1e3 * sum(r["encode_s"] for r in runs) / len(runs),
            "amg_ms": 1e3 * sum(r["amg_s"] for r in runs) / len(runs), "masks": [len(r["masks"]) for r in runs]}
-    if device.startswith("cuda"):
+    if cuda:
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
@@ -74,12 +64,12 @@ def check_model(model_type: str, images: list[Any], device: str) -> dict[str, An
     from samseg.core.config import get_preset
 
     production = get_preset("default").replace(model_type=model_type)
-    keep_all = production.replace(amg={"points_per_side": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-                                       "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0})
+    keep_all = keep_all_config(model_type, 16)
+    ckpt = checkpoint_file(model_type, REPO / "benchmarks" / "results")
     res: dict[str, Any] = {}
     compared: dict[str, Any] = {}
     for p in PRECISIONS:
-        model = _load(model_type, p, device)
+        model = load_random_weights(p, ckpt, model_type, device)
         res[p] = timed(model, images, production, device)
         t0 = time.perf_counter()
         compared[p] = cold_amg(model, images[0], keep_all)

@@ -128,6 +128,11 @@ class _MaskFilter:
     iou_slice: slice  # the IoU columns MaskDecoder.forward returns (its mask_slice)
     rows: Any = None  # set by the fast path: the prompts whose masks it computed
 
+    def need(self, iou):
+        """B prompts' bool: some returned mask's IoU > min_iou (B×(1+num_multimask) iou,
+        compared in float32, the dtype of the IoU the AMG filters)."""
+        return (iou[:, self.iou_slice].float() > self.min_iou).any(1)
+
 
 # Per thread/task (a ContextVar, not a module global): two AMGs in two threads never see
 # each other's filter, and the call still goes through nn.Module.__call__ (hooks, the
@@ -146,12 +151,8 @@ def fast_predict_masks(decoder, image_embeddings, image_pe, sparse_prompt_embedd
             decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
     filt = _MASK_FILTER.get()
-
-    def need(iou):  # in float32, the dtype of the IoU the AMG filters
-        return (iou[:, filt.iou_slice].float() > filt.min_iou).any(1)
-
     masks, iou, rows = _predict(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, shared,
-                                chunk_size, None if filt is None else need)
+                                chunk_size, None if filt is None else filt.need)
     if filt is not None:
         filt.rows = rows
     return masks, iou
@@ -174,7 +175,7 @@ def decode_masks_above(decoder, image_embeddings, image_pe, sparse_prompt_embedd
                              multimask_output)
     finally:
         _MASK_FILTER.reset(token)
-    rows = filt.rows if filt is not None and filt.rows is not None else None
+    rows = filt.rows if filt is not None else None  # None: the fast path did not run
     return masks, iou, torch.arange(len(iou), device=iou.device) if rows is None else rows
 
 
