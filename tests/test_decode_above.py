@@ -83,9 +83,9 @@ def test_segment_anythings_decoder_falls_back_to_the_full_call() -> None:
 
 
 def test_chunk_size_follows_the_bytes_per_value() -> None:
-    assert default_chunk_size(torch.float32.itemsize) == 4
-    assert default_chunk_size(torch.bfloat16.itemsize) == default_chunk_size(torch.float16.itemsize) == 8
-    assert default_chunk_size(torch.float64.itemsize) == 2
+    assert default_chunk_size(torch.float32.itemsize) == 8
+    assert default_chunk_size(torch.bfloat16.itemsize) == default_chunk_size(torch.float16.itemsize) == 16
+    assert default_chunk_size(torch.float64.itemsize) == 4
 
 
 @torch.inference_mode()

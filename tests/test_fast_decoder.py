@@ -139,3 +139,41 @@ def test_interleave_4x4_puts_each_value_at_its_transposed_conv_pixel(dtype, offs
     for i, j, ki, kj, ki2, kj2 in itertools.product(range(h), range(w), *[range(2)] * 4):
         ref[:, 4 * i + 2 * ki + ki2, 4 * j + 2 * kj + kj2] = src[:, i, j, 8 * ki + 4 * kj + 2 * ki2 + kj2]
     assert torch.equal(out, ref)
+
+
+@torch.inference_mode()
+def test_deeper_transformer_keeps_every_layers_rows_factored_and_matches():
+    # depth 3: rows of three attentions pass through up to three LayerNorms (SAM has 2)
+    dec, pe, image = _decoder_and_prompts((32, 3, 64, 2, 32))
+    sparse, dense = _point_prompts(pe, n=3)
+    ref_masks, ref_iou = dec.predict_masks(image, pe.get_dense_pe(), sparse, dense)
+    masks, iou = fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense, chunk_size=2)
+    _assert_close(ref_masks, masks, atol=1e-5)
+    _assert_close(ref_iou, iou, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_factored_layer_norm_of_offset_tokens_equals_the_dense_one():
+    # a mean of 1e3 on every token: variance from raw second moments would lose every digit
+    from samseg.sam.fast_decoder_factored import _SharedA, layer_norm, start_keys
+
+    g = torch.Generator().manual_seed(0)
+    l, c, nh, t, b = 64, 32, 2, 3, 2
+    shared = _SharedA(torch.randn(l, c, generator=g, dtype=torch.float64) + 1e3)
+    attn = torch.nn.MultiheadAttention(c, nh).double()  # only for an out_proj-like weight
+    lin = type("Attn", (), {})()
+    lin.num_heads = nh
+    lin.v_proj = torch.nn.Linear(c, c).double()
+    lin.out_proj = attn.out_proj
+    probs = torch.softmax(torch.randn(b, nh, t, l, generator=g, dtype=torch.float64), dim=2).view(b, nh * t, l)
+    keys = start_keys(shared, b).add_attention(0, probs, lin, torch.randn(b, t, c, generator=g, dtype=torch.float64))
+    norm = torch.nn.LayerNorm(c).double()
+    torch.nn.init.normal_(norm.weight, generator=g)
+    torch.nn.init.normal_(norm.bias, generator=g)
+    got = layer_norm(keys, norm, _SharedA(shared.Ac * norm.weight), nh)
+    ref = norm(keys.dense())
+    assert torch.allclose(got.dense(), ref, atol=1e-9)
+    assert torch.allclose(got.select(torch.tensor([False, True])).dense(), ref[1:], atol=1e-9)
+    w = torch.randn(c, 5, generator=g, dtype=torch.float64)
+    out = torch.empty(b, l, 5, dtype=torch.float64)
+    assert torch.allclose(got.linear("w", w, torch.ones(5, dtype=torch.float64), out), ref @ w + 1, atol=1e-9)

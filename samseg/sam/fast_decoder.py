@@ -8,15 +8,16 @@ module computes the same function with less work, exactly in fp32 up to summatio
 1. Layer 0 sees the SAME keys for every prompt (image embedding + the shared no-mask
    embedding), so its image-side projections (token→image K and V, image→token Q) are
    computed once per batch instead of once per prompt.
-2. With only T≈7 tokens per prompt, the image-side projections of later layers are folded
-   into the token side: q·(X·Wkᵀ+bk)ᵀ = (q·Wk)·Xᵀ + const (the constant cancels in the
-   softmax), softmax·(K·Wvᵀ+bv) = (softmax·K)·Wvᵀ + bv, and out_proj(P·V) = P·(V·Wo_hᵀ).
-   Each 4096×256→128 projection becomes a 4096×256×(heads·T) product: ≈2.3× fewer FLOPs
-   and no 4096×128 per-prompt intermediates.
+2. From layer 0's output on, a prompt's image tokens are the shared ones plus attention
+   outputs over T≈7 tokens, so they are kept factored, X = a⊙A + Zᵀ·V + e, and never
+   formed as a 4096×256 tensor per prompt (samseg.sam.fast_decoder_factored): every
+   projection of the shared part is computed once per image, LayerNorms work on Gram
+   products, and per prompt only heads·T-wide work is left.
 3. The output upscaling (two 2×2-stride-2 transposed convs, LayerNorm2d, GELU) is a
-   per-pixel MLP; it runs as two plain matmuls on the token layout, with no NCHW copies.
-4. Prompts are processed in chunks (`chunk_size`) so the per-prompt 4096×256 tensors of
-   a chunk stay a few tens of MB (cache- and RSS-friendly) whatever points_per_batch is.
+   per-pixel MLP; it runs as two plain matmuls on the token layout, with no NCHW copies,
+   the first one straight from the factored keys.
+4. Prompts are processed in chunks (`chunk_size`) so the per-chunk temporaries stay a few
+   tens of MB (cache- and RSS-friendly) whatever points_per_batch is.
 5. The chunk's big temporaries are written into buffers reused across chunks (`_Workspace`)
    and the masks straight into the output tensor: a fresh 16-33 MB tensor is a fresh mmap
    whose page faults cost more than the op that fills it (measured on the 2-core dev CPU:
@@ -45,19 +46,19 @@ import dataclasses
 import math
 from typing import Any
 
-from samseg.sam.fast_decoder_masks import _layer_norm, _masks_from_tokens
+from samseg.sam.fast_decoder_factored import _Layer0Shared, shared_stages, transformer_chunk
+from samseg.sam.fast_decoder_masks import _masks_from_tokens
 
-# Prompts per chunk × bytes per value. fp32: 4 prompts × (keys, keys+pe, norm temporaries,
-# 4 MB each) + the 8 MB/prompt upscaled tensor ≈ 100 MB of reused buffers: large enough for
-# efficient matmuls, small enough that the AMG's points_per_batch no longer drives the
-# decoder's memory. Measured on vit_b, 64 prompts: fp32 (2-core AVX2 and AMX Xeon) 4 was
-# as fast as 1-2 and faster than 8-16 (the working set spills); bf16 (AMX Xeon) 8 beat 4
-# by 7-10% and 16-32 (1: 22, 2: 17, 4: 14, 8: 13, 16: 15 ms per prompt): the same bytes.
-CHUNK_BYTES = 16
+# Prompts per chunk × bytes per value. Per prompt the factored transformer holds k×4096
+# coefficients (k ≤ 114) and a few 56×4096 scores; the upscaling of a kept prompt 8 MB.
+# Measured on vit_b, 64 prompts, 3 alternating process triples (AMX Xeon, 2 threads), ms
+# per prompt without / with the upscaling: fp32 4 prompts 8.3–9.5 / 15.2–16.9, 8 prompts
+# 7.5–9.3 / 15.2–17.6; bf16 8 prompts 5.3–6.8 / 10.8–12.6, 16 prompts 5.5–6.2 / 10.9–12.4.
+CHUNK_BYTES = 32
 
 
 def default_chunk_size(element_size: int) -> int:
-    """Prompts per chunk for values of `element_size` bytes: 4 in fp32, 8 in bf16/fp16."""
+    """Prompts per chunk for values of `element_size` bytes: 8 in fp32, 16 in bf16/fp16."""
     return max(1, CHUNK_BYTES // element_size)
 
 
@@ -193,11 +194,12 @@ def _predict(decoder, image_embeddings, image_pe, sparse, shared_dense, chunk_si
     keys0 = (image_embeddings[0] + shared_dense).flatten(1).t().contiguous()  # L×C, L = h·w
     pe = image_pe[0].flatten(1).t().contiguous()  # L×C
     layer0 = _Layer0Shared(decoder.transformer.layers[0], keys0, pe)
+    shared = shared_stages(decoder, keys0)  # per image: every stage's shared projections, computed once
     masks = keys0.new_empty((n, decoder.num_mask_tokens, 4 * h, 4 * w))  # rows past K: never touched
     ious, rows, k, ws = [], [], 0, _Workspace()
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        hs, keys = _transformer_chunk(decoder, tokens[start:stop], keys0, pe, layer0, ws)
+        hs, keys = transformer_chunk(decoder, tokens[start:stop], layer0, shared, pe, ws)
         ious.append(decoder.iou_prediction_head(hs[:, 0, :]))
         idx = torch.arange(start, stop, device=keys0.device)
         if need is not None:
@@ -206,7 +208,7 @@ def _predict(decoder, image_embeddings, image_pe, sparse, shared_dense, chunk_si
             if not len(idx):
                 continue
             if len(idx) < stop - start:
-                hs, keys = hs[keep], keys[keep]
+                hs, keys = hs[keep], keys.select(keep)
         _masks_from_tokens(decoder, hs, keys, masks[k : k + len(idx)], ws)
         rows.append(idx)
         k += len(idx)
@@ -228,162 +230,3 @@ class _Workspace:
         if flat is None or flat.numel() < numel:
             flat = self._flat[name] = like.new_empty(numel)
         return flat[:numel].view(shape)
-
-
-def _heads(x, num_heads: int):
-    """B×N×D → B×H×N×(D/H), as segment_anything's Attention._separate_heads."""
-    b, n, d = x.shape
-    return x.reshape(b, n, num_heads, d // num_heads).transpose(1, 2)
-
-
-def _recombine(x):
-    """B×H×N×d → B×N×(H·d)."""
-    b, hh, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, hh * d)
-
-
-class _Layer0Shared:
-    """Image-side work of transformer layer 0, identical for every prompt: computed once.
-
-    k_tok2img, v_tok2img, q_img2tok: H×L×d each (L = 4096 image tokens, d = head dim).
-    """
-
-    def __init__(self, layer: Any, keys0, pe) -> None:
-        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        x = (keys0 + pe).unsqueeze(0)
-        self.k_tok2img = _heads(t2i.k_proj(x), t2i.num_heads)[0]
-        self.v_tok2img = _heads(t2i.v_proj(keys0.unsqueeze(0)), t2i.num_heads)[0]
-        self.q_img2tok_t = _heads(i2t.q_proj(x), i2t.num_heads)[0].transpose(1, 2).contiguous()  # H×d×L
-
-
-def _queries_block(layer: Any, queries, query_pe, attn_out_fn):
-    """Self-attention, token→image attention (via `attn_out_fn(q)`), MLP — the query side."""
-    if layer.skip_first_layer_pe:
-        queries = layer.self_attn(q=queries, k=queries, v=queries)
-    else:
-        q = queries + query_pe
-        queries = queries + layer.self_attn(q=q, k=q, v=queries)
-    queries = layer.norm1(queries)
-    queries = layer.norm2(queries + attn_out_fn(queries + query_pe))
-    return layer.norm3(queries + layer.mlp(queries))
-
-
-def _tok2img_shared(attn: Any, q_in, k_heads, v_heads):
-    """Token→image attention against keys shared by all prompts (H×L×d): B×T×C.
-
-    Heads are the bmm batch and prompts × tokens the rows, so the shared keys and values
-    are never broadcast-copied per prompt."""
-    import torch
-
-    q = _heads(attn.q_proj(q_in), attn.num_heads)  # B×H×T×d
-    b, nh, t, d = q.shape
-    q = (q / math.sqrt(d)).transpose(0, 1).reshape(nh, b * t, d)  # H×BT×d
-    probs = torch.softmax(torch.bmm(q, k_heads.transpose(1, 2)), dim=-1)  # H×BT×L
-    out = torch.bmm(probs, v_heads).view(nh, b, t, d).permute(1, 2, 0, 3).reshape(b, t, nh * d)
-    return attn.out_proj(out)
-
-
-def _tok2img_folded(attn: Any, q_in, x, keys):
-    """Token→image attention with per-prompt keys, projections folded into the tokens.
-
-    q_in: B×T×C (queries + pe), x: B×L×C (keys + pe), keys: B×L×C. Returns B×T×C.
-    Scores: (q_h·Wk_h)·xᵀ; q_h·bk_h is constant along the softmax axis, so it is dropped.
-    Values: (P·keys)·Wv_hᵀ + bv, because every softmax row sums to 1.
-    """
-    import torch
-
-    nh, b, t = attn.num_heads, q_in.shape[0], q_in.shape[1]
-    q = _heads(attn.q_proj(q_in), nh)  # B×H×T×d
-    d = q.shape[-1]
-    wk = attn.k_proj.weight.view(nh, d, -1)  # H×d×C
-    qk = torch.einsum("bhtd,hdc->bhtc", q / math.sqrt(d), wk).reshape(b, nh * t, -1)  # B×HT×C, scaled
-    probs = torch.softmax(torch.bmm(qk, x.transpose(1, 2)), dim=-1)  # B×HT×L
-    pk = torch.bmm(probs, keys).view(b, nh, t, -1)  # B×H×T×C
-    wv = attn.v_proj.weight.view(nh, d, -1)
-    v = torch.einsum("bhtc,hdc->bhtd", pk, wv) + attn.v_proj.bias.view(nh, 1, d)
-    return attn.out_proj(_recombine(v))
-
-
-def _img2tok_residual(attn: Any, keys, probs_t, queries, out):
-    """keys + image→token attention output, B×L×C (the input of norm4), written into `out`
-    (out = keys: in place, no copy of keys first; 1 ms of 4.6 per 8 prompts in bf16).
-
-    probs_t: B×(H·T)×L, the transposed probabilities (softmax over T per head, see
-    `_img2tok_probs_t`); values from `queries` B×T×C.
-    out_proj(P·V) = P·(V_h·Wo_hᵀ) + bo, so no B×L×D tensor is formed; bo is spread as
-    bo/H over each head's rows (each head's probabilities sum to 1), so the residual add,
-    the bias and the product are one baddbmm pass over B×L×C.
-    """
-    import torch
-
-    nh = attn.num_heads
-    v = _heads(attn.v_proj(queries), nh)  # B×H×T×d
-    b, _, t, d = v.shape
-    wo = attn.out_proj.weight.view(-1, nh, d)  # C×H×d
-    m = torch.einsum("bhtd,chd->bhtc", v, wo) + attn.out_proj.bias / nh  # B×H×T×C
-    if out is keys:
-        return keys.baddbmm_(probs_t.transpose(1, 2), m.reshape(b, nh * t, -1))
-    return torch.baddbmm(keys.expand(b, -1, -1), probs_t.transpose(1, 2), m.reshape(b, nh * t, -1), out=out)
-
-
-def _softmax_over_tokens(scores_t, num_heads: int):
-    """B×(H·T)×L scores → probabilities normalised over T within each head, same layout.
-
-    The image→token softmax runs over only T≈7 tokens for each of 4096 pixels: as rows of
-    7 (B×L×H×T) PyTorch's CPU kernel is far slower than over the middle axis of
-    B×H×T×L, where it vectorises along L.
-    """
-    import torch
-
-    b, ht, l = scores_t.shape
-    return torch.softmax(scores_t.view(b, num_heads, ht // num_heads, l), dim=2).view(b, ht, l)
-
-
-def _img2tok_probs_folded(attn: Any, x, k_in):
-    """Image→token softmax with per-prompt image queries x: B×L×C, token keys k_in: B×T×C.
-    Scores x·(Wq_hᵀ·k_h) + bq_h·k_h; returns the probabilities transposed, B×(H·T)×L."""
-    import torch
-
-    nh = attn.num_heads
-    k = _heads(attn.k_proj(k_in), nh)  # B×H×T×d
-    b, _, t, d = k.shape
-    wq = attn.q_proj.weight.view(nh, d, -1)  # H×d×C
-    k = k / math.sqrt(d)
-    g = torch.einsum("bhtd,hdc->bhtc", k, wq).reshape(b, nh * t, -1)  # B×HT×C
-    bias = torch.einsum("bhtd,hd->bht", k, attn.q_proj.bias.view(nh, d)).reshape(b, nh * t, 1)
-    return _softmax_over_tokens(torch.baddbmm(bias, g, x.transpose(1, 2)), nh)  # B×HT×L
-
-
-def _transformer_chunk(decoder: Any, tokens, keys0, pe, layer0: _Layer0Shared, ws: _Workspace):
-    """The two-way transformer for a chunk of B prompts (tokens B×T×C): returns the output
-    tokens hs B×T×C and the updated image tokens keys B×L×C."""
-    import torch
-
-    tr = decoder.transformer
-    query_pe = tokens
-    first = tr.layers[0]
-    i2t = first.cross_attn_image_to_token
-    queries = _queries_block(
-        first, tokens, query_pe,
-        lambda q: _tok2img_shared(first.cross_attn_token_to_image, q, layer0.k_tok2img, layer0.v_tok2img),
-    )
-    k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads) / math.sqrt(layer0.q_img2tok_t.shape[1])  # B×H×T×d
-    b, nh, t, _ = k.shape
-    l, c = keys0.shape
-    scores_t = ws.get("scores0", (b, nh, t, l), keys0)
-    for i in range(b):  # one bmm per prompt against the shared H×d×L queries: no broadcast copy
-        torch.bmm(k[i], layer0.q_img2tok_t, out=scores_t[i])
-    probs_t = _softmax_over_tokens(scores_t.view(b, nh * t, l), nh)
-    residual = _img2tok_residual(i2t, keys0, probs_t, queries, ws.get("residual", (b, l, c), keys0))
-    keys = _layer_norm(first.norm4, residual)  # per prompt from here on
-    for layer in tr.layers[1:]:
-        x = torch.add(keys, pe, out=ws.get("keys_pe", (b, l, c), keys0))
-        queries = _queries_block(
-            layer, queries, query_pe, lambda q: _tok2img_folded(layer.cross_attn_token_to_image, q, x, keys)
-        )
-        probs_t = _img2tok_probs_folded(layer.cross_attn_image_to_token, x, queries + query_pe)
-        # keys is this chunk's own LayerNorm output and x is already formed: add in place
-        keys = _layer_norm(layer.norm4, _img2tok_residual(layer.cross_attn_image_to_token, keys, probs_t, queries, keys))
-    x = torch.add(keys, pe, out=ws.get("keys_pe", (b, l, c), keys0))
-    hs = tr.norm_final_attn(queries + _tok2img_folded(tr.final_attn_token_to_image, queries + query_pe, x, keys))
-    return hs, keys

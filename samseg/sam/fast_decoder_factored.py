@@ -1,0 +1,354 @@
+"""The two-way transformer's image side kept in factored form: no B×L×C tensor per prompt.
+
+After layer 0, segment_anything's decoder holds a 4096×256 image-token tensor per prompt,
+and every later step (add pe, project, LayerNorm, residual) is a pass over it: memory-bound
+work that bf16 does not speed up on CPU (benchmarks/README.md). But a prompt's image tokens
+differ from the SHARED image embedding only by attention outputs over T≈7 tokens:
+
+    X = a ⊙ A + Zᵀ·V + e        (B×L×C, never formed)
+
+A: L×C shared by every prompt (per image); a: B×L per-position scalars (the LayerNorms'
+1/σ); Z: B×k×L coefficients (image→token probabilities, heads·T rows per layer); V: B×k×C
+rows; e: B×1×C a constant row. A residual appends rows to Z and V. A LayerNorm centres
+every term, gets each position's variance from Gram products (‖Ac‖², V·Acᵀ, V·Vᵀ) and
+rescales a and Z. Every product with A is a product with a per-image projection of A,
+computed once (`_SharedA`), so per prompt only k- and head-wide work remains. The rows an
+attention appends are v_h·Wo_hᵀ (v: the heads' values, d wide), so their V·Acᵀ is a
+d-wide product too (`_Group`). `_Keys.dense` forms X for the prompts whose masks are
+upscaled. Same function up to rounding: tests/test_fast_decoder.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+
+class _SharedA:
+    """A shared L×C tensor A of one image and its cached per-head projections."""
+
+    def __init__(self, A) -> None:
+        self.A = A
+        self.Ac = A - A.mean(-1, keepdim=True)
+        self.sq = self.Ac.pow(2).sum(-1)  # L: ‖Ac‖²
+        self._cache: dict[Any, Any] = {}
+
+    def _heads_t(self, key, x_lc, w_dc, num_heads: int):
+        """(x·wᵀ) per head, H×d×L, cached under key."""
+        if key not in self._cache:
+            xw = x_lc @ w_dc.t()  # L×D
+            self._cache[key] = xw.t().reshape(num_heads, -1, xw.shape[0]).contiguous()
+        return self._cache[key]
+
+    def proj(self, lin: Any, num_heads: int, pe=None):
+        """A·Wᵀ per head, H×d×L; with pe: (A·Wᵀ | pe·Wᵀ), H×d×2L (one product for both)."""
+        a_t = self._heads_t(("a", id(lin)), self.A, lin.weight, num_heads)
+        if pe is None:
+            return a_t
+        if ("a+pe", id(lin)) not in self._cache:
+            pe_t = pe @ lin.weight.t()
+            pe_t = pe_t.t().reshape(num_heads, -1, pe_t.shape[0])
+            self._cache[("a+pe", id(lin))] = __import__("torch").cat((a_t, pe_t), -1)
+        return self._cache[("a+pe", id(lin))]
+
+    def linear(self, key, w_cn):
+        """A·w, L×N (w C×N), cached under key."""
+        key = ("lin", key)
+        if key not in self._cache:
+            self._cache[key] = self.A @ w_cn
+        return self._cache[key]
+
+    def cross(self, key, basis_cd, num_heads: int):
+        """Ac·basis per head, H×d×L (basis C×(H·d), the rows of a `_Group`)."""
+        return self._heads_t(("x", key), self.Ac, basis_cd.t(), num_heads)
+
+
+@dataclasses.dataclass
+class _Group:
+    """Rows start..start+H·T of V equal v_h·basis_hᵀ: v H×(B·T)×d, basis C×(H·d)."""
+
+    key: Any
+    start: int
+    v_hbd: Any
+    basis: Any
+
+
+@dataclasses.dataclass
+class _Keys:
+    """X = a ⊙ A + Zᵀ·V + e for B prompts (a None: 1)."""
+
+    a: Any
+    shared: _SharedA
+    Z: Any
+    V: Any
+    e: Any
+    groups: list[_Group]
+
+    def dense(self):
+        """X itself, B×L×C."""
+        import torch
+
+        x = torch.baddbmm(self.e, self.Z.transpose(1, 2), self.V)
+        return x.add_(self.shared.A) if self.a is None else x.addcmul_(self.a.unsqueeze(-1), self.shared.A)
+
+    @property
+    def shape(self):
+        return (self.Z.shape[0], self.Z.shape[2], self.V.shape[2])
+
+    def linear(self, key, w_cn, bias_n, out):
+        """X·w + bias into out B×L×N: per prompt only Zᵀ·(V·w); A·w once per image (key)."""
+        import torch
+
+        aw = self.shared.linear(key, w_cn)
+        torch.baddbmm(torch.matmul(self.e, w_cn) + bias_n, self.Z.transpose(1, 2), torch.matmul(self.V, w_cn), out=out)
+        return out.add_(aw) if self.a is None else out.addcmul_(self.a.unsqueeze(-1), aw)
+
+    def select(self, keep):
+        """The prompts where the B bools `keep` are True."""
+        a = None if self.a is None else self.a[keep]
+        groups = [_Group(g.key, g.start, _select_hbd(g.v_hbd, keep), g.basis) for g in self.groups]
+        return _Keys(a, self.shared, self.Z[keep], self.V[keep], self.e[keep], groups)
+
+    def add_attention(self, key, probs_t, attn: Any, queries):
+        """X + attn's output: probs_t B×(H·T)×L (softmax over T per head), values from queries."""
+        import torch
+
+        nh = attn.num_heads
+        b, t, _ = queries.shape
+        v = attn.v_proj(queries).view(b, t, nh, -1).permute(2, 0, 1, 3)  # H×B×T×d
+        d = v.shape[-1]
+        basis = attn.out_proj.weight  # C×(H·d)
+        rows = torch.einsum("hbtd,chd->bhtc", v, basis.view(-1, nh, d)).reshape(b, nh * t, -1)
+        group = _Group(key, self.Z.shape[1], v.reshape(nh, b * t, d), basis)
+        return _Keys(self.a, self.shared, torch.cat((self.Z, probs_t), 1), torch.cat((self.V, rows), 1),
+                     self.e + attn.out_proj.bias, [*self.groups, group])
+
+
+def _select_hbd(v_hbd, keep):
+    """H×(B·T)×d → H×(K·T)×d for the K prompts kept."""
+    nh, bt, d = v_hbd.shape
+    b = len(keep)
+    return v_hbd.view(nh, b, bt // b, d)[:, keep].reshape(nh, -1, d)
+
+
+def start_keys(shared: _SharedA, batch: int):
+    """The shared keys themselves for `batch` prompts (no rows yet)."""
+    l, c = shared.A.shape
+    z = shared.A.new_empty((batch, 0, l))
+    return _Keys(None, shared, z, shared.A.new_empty((batch, 0, c)), shared.A.new_zeros((batch, 1, c)), [])
+
+
+def _add_group_cross(gz, group: _Group, shared: _SharedA, a, num_heads: int):
+    """gz[:, group rows] += 2·a ⊙ (V_group·Acᵀ), the group's cross term, d wide per head."""
+    import torch
+
+    b, _, l = gz.shape
+    t = group.v_hbd.shape[1] // b
+    cross = torch.bmm(group.v_hbd, shared.cross(group.key, group.basis, num_heads))  # H×BT×L
+    cross = cross.view(num_heads, b, t, l).transpose(0, 1)
+    rows = gz[:, group.start : group.start + num_heads * t].view(b, num_heads, t, l)
+    if a is None:
+        rows.add_(cross, alpha=2)
+    else:
+        rows.addcmul_(cross, a.view(b, 1, 1, l), value=2)
+
+
+def layer_norm(keys: _Keys, norm: Any, next_shared: _SharedA, num_heads: int) -> _Keys:
+    """norm(X), factored again; next_shared must be _SharedA(keys.shared.Ac ⊙ norm.weight)."""
+    import torch
+
+    shared, (b, k, l), c = keys.shared, keys.Z.shape, keys.V.shape[-1]
+    ve = torch.cat((keys.V, keys.e), 1)
+    ve = ve - ve.mean(-1, keepdim=True)  # B×(k+1)×C: centred rows, the last one e's
+    gram = torch.bmm(ve, ve.transpose(1, 2))
+    # ‖centred X‖² = a²‖Ac‖² + 2a(Z·(V·Acᵀ) + e·Acᵀ) + Zᵀ·G_zz·Z + 2Z·G_ze + G_ee
+    gz = torch.baddbmm(2 * gram[:, :k, k:], gram[:, :k, :k], keys.Z)  # B×k×L
+    grouped = {j for g in keys.groups for j in range(g.start, g.start + g.v_hbd.shape[1] // b * num_heads)}
+    loose = [j for j in range(k) if j not in grouped] + [k]
+    cross = (ve[:, loose].reshape(-1, c) @ shared.Ac.t()).view(b, len(loose), l)
+    a = keys.a.unsqueeze(1) if keys.a is not None else None
+    for g in keys.groups:
+        _add_group_cross(gz, g, shared, keys.a, num_heads)
+    if len(loose) > 1:
+        idx = torch.tensor(loose[:-1], device=gz.device)
+        gz.index_add_(1, idx, cross[:, :-1] * (2 if a is None else 2 * a))
+    # the statistics in fp32: a bf16 sum of 114 terms that partly cancel loses digits
+    f = torch.promote_types(keys.Z.dtype, torch.float32)
+    sq, cross_e = shared.sq.to(f), cross[:, -1].to(f)
+    var = sq + 2 * cross_e if a is None else keys.a.to(f) * (keys.a.to(f) * sq + 2 * cross_e)
+    var += gz.mul_(keys.Z).sum(1, dtype=f) + gram[:, k, k:].to(f)
+    r = torch.rsqrt(var.div_(c).clamp_(min=0).add_(norm.eps)).to(keys.Z.dtype)  # B×L
+    z = keys.Z.new_empty((b, k + 1, l))
+    torch.mul(keys.Z, r.unsqueeze(1), out=z[:, :k])
+    z[:, k] = r
+    weight = norm.weight.unsqueeze(-1)
+    groups = [_Group(g.key, g.start, g.v_hbd, (g.basis - g.basis.mean(0)) * weight) for g in keys.groups]
+    return _Keys(r if keys.a is None else r * keys.a, next_shared, z, ve * norm.weight,
+                 norm.bias.view(1, 1, c).expand(b, 1, c), groups)
+
+
+def scores(keys: _Keys, q_heads, w_lin: Any, pe, bias):
+    """s[b, (h,t), l] = q[b,h,t] · W_h(X[b,l] + pe[l]) + bias: B×(H·T)×L.
+    q_heads B×H×T×d (already scaled), pe L×C or None, bias B×(H·T)×1 or None."""
+    import torch
+
+    b, nh, t, d = q_heads.shape
+    l = keys.Z.shape[-1]
+    qw = torch.einsum("bhtd,hdc->bhtc", q_heads, w_lin.weight.view(nh, d, -1)).reshape(b, nh * t, -1)
+    const = torch.bmm(qw, keys.e.transpose(1, 2))  # B×HT×1
+    out = torch.baddbmm(const if bias is None else const + bias, torch.bmm(qw, keys.V.transpose(1, 2)), keys.Z)
+    q_hbd = q_heads.transpose(0, 1).reshape(nh, b * t, d)
+    shared = torch.bmm(q_hbd, keys.shared.proj(w_lin, nh, pe)).view(nh, b, t, -1).transpose(0, 1)  # B×H×T×(L|2L)
+    view = out.view(b, nh, t, l)
+    if keys.a is None:
+        view += shared[..., :l]
+    else:
+        view.addcmul_(shared[..., :l], keys.a.view(b, 1, 1, l))
+    if pe is not None:
+        view += shared[..., l:]
+    return out
+
+
+def weighted_values(keys: _Keys, probs, v_lin: Any, num_heads: int):
+    """Σ_l probs[b,(h,t),l] · (Wv_h X[b,l] + bv_h): B×H×T×d (probs sum to 1 over l)."""
+    import torch
+
+    b, ht, l = probs.shape
+    t = ht // num_heads
+    pa = probs.new_empty((num_heads, b, t, l))
+    p4 = probs.view(b, num_heads, t, l).transpose(0, 1)
+    if keys.a is None:
+        pa.copy_(p4)
+    else:
+        torch.mul(p4, keys.a.view(1, b, 1, l), out=pa)
+    va = keys.shared.proj(v_lin, num_heads).transpose(1, 2)  # H×L×d
+    out = torch.bmm(pa.view(num_heads, b * t, l), va).view(num_heads, b, t, -1).transpose(0, 1)  # B×H×T×d
+    d = out.shape[-1]
+    pv = torch.bmm(torch.bmm(probs, keys.Z.transpose(1, 2)), keys.V) + keys.e  # B×HT×C
+    wv = v_lin.weight.view(num_heads, d, -1)
+    return out + torch.einsum("bhtc,hdc->bhtd", pv.view(b, num_heads, t, -1), wv) + v_lin.bias.view(num_heads, 1, d)
+
+
+def heads_scaled(x, num_heads: int):
+    """B×T×D → B×H×T×d, divided by √d."""
+    b, t, dd = x.shape
+    return x.reshape(b, t, num_heads, dd // num_heads).transpose(1, 2) / math.sqrt(dd // num_heads)
+
+
+def _heads(x, num_heads: int):
+    """B×N×D → B×H×N×(D/H), as segment_anything's Attention._separate_heads."""
+    b, n, d = x.shape
+    return x.reshape(b, n, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _recombine(x):
+    """B×H×N×d → B×N×(H·d)."""
+    b, hh, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, hh * d)
+
+
+class _Layer0Shared:
+    """Image-side work of transformer layer 0, identical for every prompt: computed once.
+
+    k_tok2img, v_tok2img, q_img2tok: H×L×d each (L = 4096 image tokens, d = head dim).
+    """
+
+    def __init__(self, layer: Any, keys0, pe) -> None:
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        x = (keys0 + pe).unsqueeze(0)
+        self.k_tok2img = _heads(t2i.k_proj(x), t2i.num_heads)[0]
+        self.v_tok2img = _heads(t2i.v_proj(keys0.unsqueeze(0)), t2i.num_heads)[0]
+        self.q_img2tok_t = _heads(i2t.q_proj(x), i2t.num_heads)[0].transpose(1, 2).contiguous()  # H×d×L
+
+
+def _queries_block(layer: Any, queries, query_pe, attn_out_fn):
+    """Self-attention, token→image attention (via `attn_out_fn(q)`), MLP — the query side."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    queries = layer.norm2(queries + attn_out_fn(queries + query_pe))
+    return layer.norm3(queries + layer.mlp(queries))
+
+
+def _tok2img_shared(attn: Any, q_in, k_heads, v_heads):
+    """Token→image attention against keys shared by all prompts (H×L×d): B×T×C.
+
+    Heads are the bmm batch and prompts × tokens the rows, so the shared keys and values
+    are never broadcast-copied per prompt."""
+    import torch
+
+    q = _heads(attn.q_proj(q_in), attn.num_heads)  # B×H×T×d
+    b, nh, t, d = q.shape
+    q = (q / math.sqrt(d)).transpose(0, 1).reshape(nh, b * t, d)  # H×BT×d
+    probs = torch.softmax(torch.bmm(q, k_heads.transpose(1, 2)), dim=-1)  # H×BT×L
+    out = torch.bmm(probs, v_heads).view(nh, b, t, d).permute(1, 2, 0, 3).reshape(b, t, nh * d)
+    return attn.out_proj(out)
+
+
+def _softmax_over_tokens(scores_t, num_heads: int):
+    """B×(H·T)×L scores → probabilities normalised over T within each head, same layout.
+
+    The image→token softmax runs over only T≈7 tokens for each of 4096 pixels: as rows of
+    7 (B×L×H×T) PyTorch's CPU kernel is far slower than over the middle axis of
+    B×H×T×L, where it vectorises along L.
+    """
+    import torch
+
+    b, ht, l = scores_t.shape
+    return torch.softmax(scores_t.view(b, num_heads, ht // num_heads, l), dim=2).view(b, ht, l)
+
+
+def transformer_chunk(decoder: Any, tokens, layer0: _Layer0Shared, shared: list[_SharedA], pe, ws: Any):
+    """The two-way transformer for a chunk of B prompts (tokens B×T×C) on one image:
+    the output tokens hs B×T×C and the image tokens as factored `_Keys`. shared: the
+    image's `_SharedA` per stage (`shared_stages`), pe: L×C; ws: a fast_decoder._Workspace."""
+    import torch
+
+    tr = decoder.transformer
+    query_pe = tokens
+    first = tr.layers[0]
+    i2t = first.cross_attn_image_to_token
+    queries = _queries_block(
+        first, tokens, query_pe,
+        lambda q: _tok2img_shared(first.cross_attn_token_to_image, q, layer0.k_tok2img, layer0.v_tok2img),
+    )
+    k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads) / math.sqrt(layer0.q_img2tok_t.shape[1])  # B×H×T×d
+    b, nh, t, _ = k.shape
+    l, c = shared[0].A.shape
+    scores_t = ws.get("scores0", (b, nh, t, l), shared[0].A)
+    for i in range(b):  # one bmm per prompt against the shared H×d×L queries: no broadcast copy
+        torch.bmm(k[i], layer0.q_img2tok_t, out=scores_t[i])
+    probs_t = _softmax_over_tokens(scores_t.view(b, nh * t, l), nh)
+    keys = start_keys(shared[0], b).add_attention(0, probs_t, i2t, queries)
+    keys = layer_norm(keys, first.norm4, shared[1], i2t.num_heads)  # per prompt from here on
+    for li, layer in enumerate(tr.layers[1:], 1):
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        queries = _queries_block(layer, queries, query_pe, lambda q: _attend(t2i, q, keys, pe))
+        kt = heads_scaled(i2t.k_proj(queries + query_pe), i2t.num_heads)
+        bias = torch.einsum("bhtd,hd->bht", kt, i2t.q_proj.bias.view(i2t.num_heads, -1)).reshape(b, -1, 1)
+        probs_t = _softmax_over_tokens(scores(keys, kt, i2t.q_proj, pe, bias), i2t.num_heads)
+        keys = keys.add_attention(li, probs_t, i2t, queries)
+        keys = layer_norm(keys, layer.norm4, shared[li + 1], i2t.num_heads)
+    hs = tr.norm_final_attn(queries + _attend(tr.final_attn_token_to_image, queries + query_pe, keys, pe))
+    return hs, keys
+
+
+def shared_stages(decoder: Any, keys0) -> list[_SharedA]:
+    """The shared A of every stage: keys0, then Ac ⊙ weight after each layer's norm4."""
+    shared = [_SharedA(keys0)]
+    for layer in decoder.transformer.layers:
+        shared.append(_SharedA(shared[-1].Ac * layer.norm4.weight))
+    return shared
+
+
+def _attend(attn: Any, q_in, keys: _Keys, pe):
+    """Token→image attention of the tokens q_in B×T×C to the factored keys (+ pe): B×T×C."""
+    import torch
+
+    q = heads_scaled(attn.q_proj(q_in), attn.num_heads)
+    probs = torch.softmax(scores(keys, q, attn.k_proj, pe, None), dim=-1)  # the k bias is constant along L
+    return attn.out_proj(_recombine(weighted_values(keys, probs, attn.v_proj, attn.num_heads)))
