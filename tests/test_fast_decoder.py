@@ -171,9 +171,72 @@ def test_factored_layer_norm_of_offset_tokens_equals_the_dense_one():
     torch.nn.init.normal_(norm.weight, generator=g)
     torch.nn.init.normal_(norm.bias, generator=g)
     got = layer_norm(keys, norm, _SharedA(shared.Ac * norm.weight), nh)
-    ref = norm(keys.dense())
-    assert torch.allclose(got.dense(), ref, atol=1e-9)
-    assert torch.allclose(got.select(torch.tensor([False, True])).dense(), ref[1:], atol=1e-9)
+    ref = norm(_dense(keys))
+    assert torch.allclose(_dense(got), ref, atol=1e-9)
+    assert torch.allclose(_dense(got.select(torch.tensor([False, True]))), ref[1:], atol=1e-9)
     w = torch.randn(c, 5, generator=g, dtype=torch.float64)
     out = torch.empty(b, l, 5, dtype=torch.float64)
     assert torch.allclose(got.linear("w", w, torch.ones(5, dtype=torch.float64), out), ref @ w + 1, atol=1e-9)
+
+
+def _dense(keys):
+    """X = a ⊙ A + Zᵀ·V + e of factored keys, written out from its fields (B×L×C)."""
+    x = torch.bmm(keys.Z.transpose(1, 2), keys.V) + keys.e
+    return x + keys.shared.A if keys.a is None else x + keys.a.unsqueeze(-1) * keys.shared.A
+
+
+def test_image_cache_reuses_one_image_and_misses_on_any_change(monkeypatch):
+    from samseg.sam import fast_decoder
+
+    dec, pe, image = _decoder_and_prompts(TINY)  # weights made outside inference mode, as load_model does
+    with torch.inference_mode():
+        _check_cache_reuse(monkeypatch, fast_decoder, dec, pe, image)
+
+
+def _check_cache_reuse(monkeypatch, fast_decoder, dec, pe, image):
+    sparse, dense = _point_prompts(pe, n=4)
+    built = []
+    original = fast_decoder.image_state
+    monkeypatch.setattr(fast_decoder, "image_state", lambda *a: built.append(1) or original(*a))
+    cache = fast_decoder._ImageCache()
+
+    def call(img):
+        return fast_predict_masks(dec, img, pe.get_dense_pe(), sparse, dense, cache=cache)
+
+    first = call(image)
+    again = call(image.clone())  # equal content, another tensor: the AMG's next batch
+    assert len(built) == 1 and torch.equal(first[0], again[0])
+    other = image + 1
+    _assert_close(dec.predict_masks(other, pe.get_dense_pe(), sparse, dense)[0], call(other)[0], atol=1e-5)
+    assert len(built) == 2
+
+
+def test_image_changed_in_place_between_calls_is_not_served_from_cache():
+    from samseg.sam import fast_decoder
+
+    dec, pe, image = _decoder_and_prompts(TINY)
+    with torch.inference_mode():
+        sparse, dense = _point_prompts(pe, n=3)
+        cache = fast_decoder._ImageCache()
+        fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense, cache=cache)
+        assert cache._last is not None  # the first call filled it
+        image.mul_(-1)  # the caller reuses its buffer for the next image
+        ref = dec.predict_masks(image, pe.get_dense_pe(), sparse, dense)[0]
+        got = fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense, cache=cache)[0]
+    _assert_close(ref, got, atol=1e-5)
+
+
+def test_weights_loaded_in_place_between_calls_are_not_served_from_cache():
+    from samseg.sam import fast_decoder
+
+    dec, pe, image = _decoder_and_prompts(TINY)
+    other, _, _ = _decoder_and_prompts(TINY, seed=3)
+    sparse, dense = _point_prompts(pe, n=3)
+    cache = fast_decoder._ImageCache()
+    with torch.inference_mode():
+        fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense, cache=cache)
+    assert cache._last is not None
+    dec.load_state_dict(other.state_dict())  # copies into the same storage: only the versions move
+    with torch.inference_mode():
+        ref = dec.predict_masks(image, pe.get_dense_pe(), sparse, dense)[0]
+        _assert_close(ref, fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense, cache=cache)[0], atol=1e-5)

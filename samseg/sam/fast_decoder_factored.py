@@ -14,8 +14,9 @@ every term, gets each position's variance from Gram products (‖Ac‖², V·Ac�
 rescales a and Z. Every product with A is a product with a per-image projection of A,
 computed once (`_SharedA`), so per prompt only k- and head-wide work remains. The rows an
 attention appends are v_h·Wo_hᵀ (v: the heads' values, d wide), so their V·Acᵀ is a
-d-wide product too (`_Group`). `_Keys.dense` forms X for the prompts whose masks are
-upscaled. Same function up to rounding: tests/test_fast_decoder.py.
+d-wide product too (`_Group`). For the prompts whose masks are upscaled, the upscaling's
+first matmul reads the factors (`_Keys.linear`): X itself is never formed. Same function
+up to rounding: tests/test_fast_decoder.py.
 """
 
 from __future__ import annotations
@@ -34,34 +35,33 @@ class _SharedA:
         self.sq = self.Ac.pow(2).sum(-1)  # L: ‖Ac‖²
         self._cache: dict[Any, Any] = {}
 
-    def _heads_t(self, key, x_lc, w_dc, num_heads: int):
-        """(x·wᵀ) per head, H×d×L, cached under key."""
+    def _cached(self, key, make):
         if key not in self._cache:
-            xw = x_lc @ w_dc.t()  # L×D
-            self._cache[key] = xw.t().reshape(num_heads, -1, xw.shape[0]).contiguous()
+            self._cache[key] = make()
         return self._cache[key]
 
     def proj(self, lin: Any, num_heads: int, pe=None):
         """A·Wᵀ per head, H×d×L; with pe: (A·Wᵀ | pe·Wᵀ), H×d×2L (one product for both)."""
-        a_t = self._heads_t(("a", id(lin)), self.A, lin.weight, num_heads)
+        import torch
+
+        a_t = self._cached(("a", id(lin)), lambda: _per_head_t(self.A, lin.weight, num_heads))
         if pe is None:
             return a_t
-        if ("a+pe", id(lin)) not in self._cache:
-            pe_t = pe @ lin.weight.t()
-            pe_t = pe_t.t().reshape(num_heads, -1, pe_t.shape[0])
-            self._cache[("a+pe", id(lin))] = __import__("torch").cat((a_t, pe_t), -1)
-        return self._cache[("a+pe", id(lin))]
+        return self._cached(("a+pe", id(lin)), lambda: torch.cat((a_t, _per_head_t(pe, lin.weight, num_heads)), -1))
 
     def linear(self, key, w_cn):
         """A·w, L×N (w C×N), cached under key."""
-        key = ("lin", key)
-        if key not in self._cache:
-            self._cache[key] = self.A @ w_cn
-        return self._cache[key]
+        return self._cached(("lin", key), lambda: self.A @ w_cn)
 
     def cross(self, key, basis_cd, num_heads: int):
-        """Ac·basis per head, H×d×L (basis C×(H·d), the rows of a `_Group`)."""
-        return self._heads_t(("x", key), self.Ac, basis_cd.t(), num_heads)
+        """Ac·basis per head, H×d×L (basis C×(H·d), the rows of a `_Group`), cached under key."""
+        return self._cached(("x", key), lambda: _per_head_t(self.Ac, basis_cd.t(), num_heads))
+
+
+def _per_head_t(x_lc, w_dc, num_heads: int):
+    """(x·wᵀ) per head, H×d×L (x L×C, w D×C with D = H·d)."""
+    xw = x_lc @ w_dc.t()  # L×D
+    return xw.t().reshape(num_heads, -1, xw.shape[0]).contiguous()
 
 
 @dataclasses.dataclass
@@ -85,15 +85,9 @@ class _Keys:
     e: Any
     groups: list[_Group]
 
-    def dense(self):
-        """X itself, B×L×C."""
-        import torch
-
-        x = torch.baddbmm(self.e, self.Z.transpose(1, 2), self.V)
-        return x.add_(self.shared.A) if self.a is None else x.addcmul_(self.a.unsqueeze(-1), self.shared.A)
-
     @property
     def shape(self):
+        """(B, L, C) of X."""
         return (self.Z.shape[0], self.Z.shape[2], self.V.shape[2])
 
     def linear(self, key, w_cn, bias_n, out):
@@ -232,8 +226,7 @@ def weighted_values(keys: _Keys, probs, v_lin: Any, num_heads: int):
 
 def heads_scaled(x, num_heads: int):
     """B×T×D → B×H×T×d, divided by √d."""
-    b, t, dd = x.shape
-    return x.reshape(b, t, num_heads, dd // num_heads).transpose(1, 2) / math.sqrt(dd // num_heads)
+    return _heads(x, num_heads) / math.sqrt(x.shape[-1] // num_heads)
 
 
 def _heads(x, num_heads: int):
@@ -302,12 +295,13 @@ def _softmax_over_tokens(scores_t, num_heads: int):
     return torch.softmax(scores_t.view(b, num_heads, ht // num_heads, l), dim=2).view(b, ht, l)
 
 
-def transformer_chunk(decoder: Any, tokens, layer0: _Layer0Shared, shared: list[_SharedA], pe, ws: Any):
+def transformer_chunk(decoder: Any, tokens, image: ImageState, ws: Any):
     """The two-way transformer for a chunk of B prompts (tokens B×T×C) on one image:
-    the output tokens hs B×T×C and the image tokens as factored `_Keys`. shared: the
-    image's `_SharedA` per stage (`shared_stages`), pe: L×C; ws: a fast_decoder._Workspace."""
+    the output tokens hs B×T×C and the image tokens as factored `_Keys`; ws: a
+    fast_decoder._Workspace."""
     import torch
 
+    layer0, shared, pe = image.layer0, image.shared, image.pe
     tr = decoder.transformer
     query_pe = tokens
     first = tr.layers[0]
@@ -337,12 +331,25 @@ def transformer_chunk(decoder: Any, tokens, layer0: _Layer0Shared, shared: list[
     return hs, keys
 
 
-def shared_stages(decoder: Any, keys0) -> list[_SharedA]:
-    """The shared A of every stage: keys0, then Ac ⊙ weight after each layer's norm4."""
+@dataclasses.dataclass
+class ImageState:
+    """What every prompt on one image shares: keys0 and pe L×C, layer 0's image-side work,
+    the `_SharedA` of every stage (keys0, then Ac ⊙ weight after each layer's norm4)."""
+
+    keys0: Any
+    pe: Any
+    layer0: _Layer0Shared
+    shared: list[_SharedA]
+
+
+def image_state(decoder: Any, image_embeddings, image_pe, shared_dense) -> ImageState:
+    """ImageState of a 1×C×h×w image whose prompts share the C×h×w dense embedding."""
+    keys0 = (image_embeddings[0] + shared_dense).flatten(1).t().contiguous()  # L×C, L = h·w
+    pe = image_pe[0].flatten(1).t().contiguous()
     shared = [_SharedA(keys0)]
     for layer in decoder.transformer.layers:
         shared.append(_SharedA(shared[-1].Ac * layer.norm4.weight))
-    return shared
+    return ImageState(keys0, pe, _Layer0Shared(decoder.transformer.layers[0], keys0, pe), shared)
 
 
 def _attend(attn: Any, q_in, keys: _Keys, pe):
