@@ -180,8 +180,8 @@ def test_factored_layer_norm_of_offset_tokens_equals_the_dense_one():
 
 
 def _dense(keys):
-    """X = a ⊙ A + Zᵀ·V + e of factored keys, written out from its fields (B×L×C)."""
-    x = torch.bmm(keys.Z.transpose(1, 2), keys.V) + keys.e
+    """X = a ⊙ A + Zᵀ·V of factored keys, written out from its fields (B×L×C)."""
+    x = torch.bmm(keys.Z.transpose(1, 2), keys.V)
     return x + keys.shared.A if keys.a is None else x + keys.a.unsqueeze(-1) * keys.shared.A
 
 
@@ -240,3 +240,26 @@ def test_weights_loaded_in_place_between_calls_are_not_served_from_cache():
     with torch.inference_mode():
         ref = dec.predict_masks(image, pe.get_dense_pe(), sparse, dense)[0]
         _assert_close(ref, fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense, cache=cache)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [TINY, REAL], ids=["tiny-dims", "vit-dims-256"])
+@torch.inference_mode()
+def test_zero_padding_rows_of_the_factored_keys_change_nothing(monkeypatch, dims):
+    # bf16 pads Z and V with zero rows for its GEMMs; forced here in fp32 (16 rows, so
+    # every stage has padding) the outputs must still be segment_anything's
+    from samseg.sam import fast_decoder_factored
+
+    monkeypatch.setitem(fast_decoder_factored.ROW_MULTIPLE, 4, 16)
+    dec, pe, image = _decoder_and_prompts(dims)
+    sparse, dense = _point_prompts(pe, n=3)
+    ref_masks, ref_iou = dec.predict_masks(image, pe.get_dense_pe(), sparse, dense)
+    masks, iou = fast_predict_masks(dec, image, pe.get_dense_pe(), sparse, dense, chunk_size=2)
+    _assert_close(ref_masks, masks, atol=1e-5)
+    _assert_close(ref_iou, iou, atol=1e-5)
+    i2t = dec.transformer.layers[0].cross_attn_image_to_token
+    shared = fast_decoder_factored.image_state(dec, image, pe.get_dense_pe(), dense[0]).shared[0]
+    probs = torch.rand(2, i2t.num_heads, 4096)  # 2 prompts, 1 token each
+    keys = fast_decoder_factored.start_keys(shared, 2).add_attention(0, probs, i2t, torch.randn(2, 1, dims[0]))
+    assert keys.k == 1 + i2t.num_heads and keys.Z.shape[1] == 16 == keys.V.shape[1]  # the ones row + 1 token
+    assert not keys.Z[:, keys.k :].any() and not keys.V[:, keys.k :].any()
+    assert torch.equal(keys.Z[:, keys.one], torch.ones(2, 4096))

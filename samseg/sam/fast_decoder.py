@@ -9,7 +9,7 @@ module computes the same function with less work, exactly in fp32 up to summatio
    embedding), so its image-side projections (token→image K and V, image→token Q) are
    computed once per batch instead of once per prompt.
 2. From layer 0's output on, a prompt's image tokens are the shared ones plus attention
-   outputs over T≈7 tokens, so they are kept factored, X = a⊙A + Zᵀ·V + e, and never
+   outputs over T≈7 tokens, so they are kept factored, X = a⊙A + Zᵀ·V (a row of ones in Z carries the biases), and never
    formed as a 4096×256 tensor per prompt (samseg.sam.fast_decoder_factored): every
    projection of the shared part is computed once per image, LayerNorms work on Gram
    products, and per prompt only heads·T-wide work is left.

@@ -5,13 +5,13 @@ and every later step (add pe, project, LayerNorm, residual) is a pass over it: m
 work that bf16 does not speed up on CPU (benchmarks/README.md). But a prompt's image tokens
 differ from the SHARED image embedding only by attention outputs over T≈7 tokens:
 
-    X = a ⊙ A + Zᵀ·V + e        (B×L×C, never formed)
+    X = a ⊙ A + Zᵀ·V            (B×L×C, never formed)
 
 A: L×C shared by every prompt (per image); a: B×L per-position scalars (the LayerNorms'
-1/σ); Z: B×k×L coefficients (image→token probabilities, heads·T rows per layer); V: B×k×C
-rows; e: B×1×C a constant row. A residual appends rows to Z and V. A LayerNorm centres
-every term, gets each position's variance from Gram products (‖Ac‖², V·Acᵀ, V·Vᵀ) and
-rescales a and Z. Every product with A is a product with a per-image projection of A,
+1/σ); Z: B×k×L coefficients (image→token probabilities, heads·T rows per layer, earlier
+LayerNorms' 1/σ, and one row of ones whose V row is X's constant part: the biases); V:
+B×k×C rows. A residual appends rows to Z and V. A LayerNorm centres every term, gets each
+position's variance from Gram products (‖Ac‖², V·Acᵀ, V·Vᵀ) and rescales a and Z. Every product with A is a product with a per-image projection of A,
 computed once (`_SharedA`), so per prompt only k- and head-wide work remains. The rows an
 attention appends are v_h·Wo_hᵀ (v: the heads' values, d wide), so their V·Acᵀ is a
 d-wide product too (`_Group`). For the prompts whose masks are upscaled, the upscaling's
@@ -74,15 +74,38 @@ class _Group:
     basis: Any
 
 
+# bf16/fp16 GEMMs (oneDNN/AMX) over 4096 positions are 2-4× slower at some odd inner
+# sizes (vit_b, 16 prompts, bf16, the LayerNorm's G·Z: 114 rows 7.6-8.0 ms, 120 rows 2.5-2.7;
+# 57 rows 2.2, 64 rows 1.2), while fp32 GEMMs pay for every zero row (114 rows 4.7 ms, 120
+# 4.9-5.1): so Z and V get zero rows up to a multiple of ROW_MULTIPLE[element size].
+ROW_MULTIPLE = {2: 8}
+
+
+def _padded(n: int, like) -> int:
+    m = ROW_MULTIPLE.get(like.element_size(), 1)
+    return -(-n // m) * m
+
+
+def _grown(x, k: int, n: int):
+    """A B×pad(n)×W buffer holding x's first k rows, rows n.. zero (k..n are the caller's)."""
+    out = x.new_empty((x.shape[0], _padded(n, x), x.shape[2]))
+    out[:, :k] = x[:, :k]
+    out[:, n:].zero_()
+    return out
+
+
 @dataclasses.dataclass
 class _Keys:
-    """X = a ⊙ A + Zᵀ·V + e for B prompts (a None: 1)."""
+    """X = a ⊙ A + Zᵀ·V for B prompts (a None: 1). Z B×n×L and V B×n×C hold k rows, rows
+    k..n zero (padding, `_padded`); row `one` of Z is all ones, so V's row `one` is X's
+    constant part (the biases) and every GEMM over Z adds it with no broadcast copy."""
 
     a: Any
     shared: _SharedA
     Z: Any
     V: Any
-    e: Any
+    k: int
+    one: int
     groups: list[_Group]
 
     @property
@@ -95,14 +118,16 @@ class _Keys:
         import torch
 
         aw = self.shared.linear(key, w_cn)
-        torch.baddbmm(torch.matmul(self.e, w_cn) + bias_n, self.Z.transpose(1, 2), torch.matmul(self.V, w_cn), out=out)
+        vw = torch.matmul(self.V, w_cn)  # B×n×N
+        vw[:, self.one] += bias_n
+        torch.bmm(self.Z.transpose(1, 2), vw, out=out)
         return out.add_(aw) if self.a is None else out.addcmul_(self.a.unsqueeze(-1), aw)
 
     def select(self, keep):
         """The prompts where the B bools `keep` are True."""
         a = None if self.a is None else self.a[keep]
         groups = [_Group(g.key, g.start, _select_hbd(g.v_hbd, keep), g.basis) for g in self.groups]
-        return _Keys(a, self.shared, self.Z[keep], self.V[keep], self.e[keep], groups)
+        return _Keys(a, self.shared, self.Z[keep], self.V[keep], self.k, self.one, groups)
 
     def add_attention(self, key, probs_t, attn: Any, queries):
         """X + attn's output: probs_t B×(H·T)×L (softmax over T per head), values from queries."""
@@ -114,9 +139,13 @@ class _Keys:
         d = v.shape[-1]
         basis = attn.out_proj.weight  # C×(H·d)
         rows = torch.einsum("hbtd,chd->bhtc", v, basis.view(-1, nh, d)).reshape(b, nh * t, -1)
-        group = _Group(key, self.Z.shape[1], v.reshape(nh, b * t, d), basis)
-        return _Keys(self.a, self.shared, torch.cat((self.Z, probs_t), 1), torch.cat((self.V, rows), 1),
-                     self.e + attn.out_proj.bias, [*self.groups, group])
+        k, n = self.k, self.k + nh * t
+        z, vv = _grown(self.Z, k, n), _grown(self.V, k, n)
+        z[:, k:n] = probs_t
+        vv[:, k:n] = rows
+        vv[:, self.one] += attn.out_proj.bias
+        group = _Group(key, k, v.reshape(nh, b * t, d), basis)
+        return _Keys(self.a, self.shared, z, vv, n, self.one, [*self.groups, group])
 
 
 def _select_hbd(v_hbd, keep):
@@ -127,10 +156,10 @@ def _select_hbd(v_hbd, keep):
 
 
 def start_keys(shared: _SharedA, batch: int):
-    """The shared keys themselves for `batch` prompts (no rows yet)."""
+    """The shared keys themselves for `batch` prompts: only the ones row (V's row 0)."""
     l, c = shared.A.shape
-    z = shared.A.new_empty((batch, 0, l))
-    return _Keys(None, shared, z, shared.A.new_empty((batch, 0, c)), shared.A.new_zeros((batch, 1, c)), [])
+    z = _grown(shared.A.new_ones((batch, 1, l)), 1, 1)
+    return _Keys(None, shared, z, shared.A.new_zeros((batch, z.shape[1], c)), 1, 0, [])
 
 
 def _add_group_cross(gz, group: _Group, shared: _SharedA, a, num_heads: int):
@@ -152,34 +181,35 @@ def layer_norm(keys: _Keys, norm: Any, next_shared: _SharedA, num_heads: int) ->
     """norm(X), factored again; next_shared must be _SharedA(keys.shared.Ac ⊙ norm.weight)."""
     import torch
 
-    shared, (b, k, l), c = keys.shared, keys.Z.shape, keys.V.shape[-1]
-    ve = torch.cat((keys.V, keys.e), 1)
-    ve = ve - ve.mean(-1, keepdim=True)  # B×(k+1)×C: centred rows, the last one e's
-    gram = torch.bmm(ve, ve.transpose(1, 2))
-    # ‖centred X‖² = a²‖Ac‖² + 2a(Z·(V·Acᵀ) + e·Acᵀ) + Zᵀ·G_zz·Z + 2Z·G_ze + G_ee
-    gz = torch.baddbmm(2 * gram[:, :k, k:], gram[:, :k, :k], keys.Z)  # B×k×L
+    shared, (b, _, l), c, k = keys.shared, keys.Z.shape, keys.V.shape[-1], keys.k
+    vc = keys.V - keys.V.mean(-1, keepdim=True)  # B×n×C: centred rows (padding rows stay 0)
+    # ‖centred X‖² = a²‖Ac‖² + 2a·Σ_k Z_k (Vc_k·Acᵀ) + Zᵀ·G·Z, G = Vc·Vcᵀ
+    gz = torch.bmm(torch.bmm(vc, vc.transpose(1, 2)), keys.Z)[:, :k]  # B×k×L
     grouped = {j for g in keys.groups for j in range(g.start, g.start + g.v_hbd.shape[1] // b * num_heads)}
-    loose = [j for j in range(k) if j not in grouped] + [k]
-    cross = (ve[:, loose].reshape(-1, c) @ shared.Ac.t()).view(b, len(loose), l)
-    a = keys.a.unsqueeze(1) if keys.a is not None else None
+    loose = [j for j in range(k) if j not in grouped]  # the ones row, earlier norms' 1/σ rows
     for g in keys.groups:
         _add_group_cross(gz, g, shared, keys.a, num_heads)
-    if len(loose) > 1:
-        idx = torch.tensor(loose[:-1], device=gz.device)
-        gz.index_add_(1, idx, cross[:, :-1] * (2 if a is None else 2 * a))
+    if loose:
+        cross = (vc[:, loose].reshape(-1, c) @ shared.Ac.t()).view(b, len(loose), l)
+        a2 = 2 if keys.a is None else 2 * keys.a.unsqueeze(1)
+        gz.index_add_(1, torch.tensor(loose, device=gz.device), cross * a2)
     # the statistics in fp32: a bf16 sum of 114 terms that partly cancel loses digits
     f = torch.promote_types(keys.Z.dtype, torch.float32)
-    sq, cross_e = shared.sq.to(f), cross[:, -1].to(f)
-    var = sq + 2 * cross_e if a is None else keys.a.to(f) * (keys.a.to(f) * sq + 2 * cross_e)
-    var += gz.mul_(keys.Z).sum(1, dtype=f) + gram[:, k, k:].to(f)
+    sq = shared.sq.to(f)
+    var = gz.mul_(keys.Z[:, :k]).sum(1, dtype=f)
+    var += sq if keys.a is None else keys.a.to(f).square() * sq
     r = torch.rsqrt(var.div_(c).clamp_(min=0).add_(norm.eps)).to(keys.Z.dtype)  # B×L
-    z = keys.Z.new_empty((b, k + 1, l))
-    torch.mul(keys.Z, r.unsqueeze(1), out=z[:, :k])
-    z[:, k] = r
+    z = keys.Z.new_empty((b, _padded(k + 1, keys.Z), l))
+    torch.mul(keys.Z[:, :k], r.unsqueeze(1), out=z[:, :k])
+    z[:, k] = 1
+    z[:, k + 1 :].zero_()
+    v = vc.new_empty((b, z.shape[1], c))
+    torch.mul(vc[:, :k], norm.weight, out=v[:, :k])
+    v[:, k] = norm.bias
+    v[:, k + 1 :].zero_()
     weight = norm.weight.unsqueeze(-1)
     groups = [_Group(g.key, g.start, g.v_hbd, (g.basis - g.basis.mean(0)) * weight) for g in keys.groups]
-    return _Keys(r if keys.a is None else r * keys.a, next_shared, z, ve * norm.weight,
-                 norm.bias.view(1, 1, c).expand(b, 1, c), groups)
+    return _Keys(r if keys.a is None else r * keys.a, next_shared, z, v, k + 1, k, groups)
 
 
 def scores(keys: _Keys, q_heads, w_lin: Any, pe, bias):
@@ -190,8 +220,10 @@ def scores(keys: _Keys, q_heads, w_lin: Any, pe, bias):
     b, nh, t, d = q_heads.shape
     l = keys.Z.shape[-1]
     qw = torch.einsum("bhtd,hdc->bhtc", q_heads, w_lin.weight.view(nh, d, -1)).reshape(b, nh * t, -1)
-    const = torch.bmm(qw, keys.e.transpose(1, 2))  # B×HT×1
-    out = torch.baddbmm(const if bias is None else const + bias, torch.bmm(qw, keys.V.transpose(1, 2)), keys.Z)
+    m = torch.bmm(qw, keys.V.transpose(1, 2))  # B×HT×n
+    if bias is not None:
+        m[:, :, keys.one] += bias[..., 0]  # a constant along l rides on the ones row
+    out = torch.bmm(m, keys.Z)
     q_hbd = q_heads.transpose(0, 1).reshape(nh, b * t, d)
     shared = torch.bmm(q_hbd, keys.shared.proj(w_lin, nh, pe)).view(nh, b, t, -1).transpose(0, 1)  # B×H×T×(L|2L)
     view = out.view(b, nh, t, l)
@@ -219,7 +251,7 @@ def weighted_values(keys: _Keys, probs, v_lin: Any, num_heads: int):
     va = keys.shared.proj(v_lin, num_heads).transpose(1, 2)  # H×L×d
     out = torch.bmm(pa.view(num_heads, b * t, l), va).view(num_heads, b, t, -1).transpose(0, 1)  # B×H×T×d
     d = out.shape[-1]
-    pv = torch.bmm(torch.bmm(probs, keys.Z.transpose(1, 2)), keys.V) + keys.e  # B×HT×C
+    pv = torch.bmm(torch.bmm(probs, keys.Z.transpose(1, 2)), keys.V)  # B×HT×C, the ones row: Σ probs = 1
     wv = v_lin.weight.view(num_heads, d, -1)
     return out + torch.einsum("bhtc,hdc->bhtd", pv.view(b, num_heads, t, -1), wv) + v_lin.bias.view(num_heads, 1, d)
 
