@@ -184,7 +184,8 @@ def layer_norm(keys: _Keys, norm: Any, next_shared: _SharedA, num_heads: int) ->
     shared, (b, _, l), c, k = keys.shared, keys.Z.shape, keys.V.shape[-1], keys.k
     vc = keys.V - keys.V.mean(-1, keepdim=True)  # B×n×C: centred rows (padding rows stay 0)
     # ‖centred X‖² = a²‖Ac‖² + 2a·Σ_k Z_k (Vc_k·Acᵀ) + Zᵀ·G·Z, G = Vc·Vcᵀ
-    gz = torch.bmm(torch.bmm(vc, vc.transpose(1, 2)), keys.Z)[:, :k]  # B×k×L
+    gzp = torch.bmm(torch.bmm(vc, vc.transpose(1, 2)), keys.Z)  # B×n×L, padding rows 0
+    gz = gzp[:, :k]
     grouped = {j for g in keys.groups for j in range(g.start, g.start + g.v_hbd.shape[1] // b * num_heads)}
     loose = [j for j in range(k) if j not in grouped]  # the ones row, earlier norms' 1/σ rows
     for g in keys.groups:
@@ -193,10 +194,13 @@ def layer_norm(keys: _Keys, norm: Any, next_shared: _SharedA, num_heads: int) ->
         cross = (vc[:, loose].reshape(-1, c) @ shared.Ac.t()).view(b, len(loose), l)
         a2 = 2 if keys.a is None else 2 * keys.a.unsqueeze(1)
         gz.index_add_(1, torch.tensor(loose, device=gz.device), cross * a2)
-    # the statistics in fp32: a bf16 sum of 114 terms that partly cancel loses digits
+    # the statistics in fp32: a bf16 sum of 114 terms that partly cancel loses digits. In
+    # bf16 the sum over rows is a GEMM with ones (fp32 accumulation, one read) rather than
+    # sum(dtype=fp32), which first copies all k×L products to fp32 (120 rows, 16 prompts: 2.8-3.4 → 1.1-1.2 ms)
     f = torch.promote_types(keys.Z.dtype, torch.float32)
     sq = shared.sq.to(f)
-    var = gz.mul_(keys.Z[:, :k]).sum(1, dtype=f)
+    prod = gzp.mul_(keys.Z)
+    var = prod.sum(1) if prod.dtype == f else torch.bmm(prod.new_ones((b, 1, prod.shape[1])), prod)[:, 0].to(f)
     var += sq if keys.a is None else keys.a.to(f).square() * sq
     r = torch.rsqrt(var.div_(c).clamp_(min=0).add_(norm.eps)).to(keys.Z.dtype)  # B×L
     z = keys.Z.new_empty((b, _padded(k + 1, keys.Z), l))
