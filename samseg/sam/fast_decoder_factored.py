@@ -77,7 +77,10 @@ class _Group:
 # bf16/fp16 GEMMs (oneDNN/AMX) over 4096 positions are 2-4× slower at some odd inner
 # sizes (vit_b, 16 prompts, bf16, the LayerNorm's G·Z: 114 rows 7.6-8.0 ms, 120 rows 2.5-2.7;
 # 57 rows 2.2, 64 rows 1.2), while fp32 GEMMs pay for every zero row (114 rows 4.7 ms, 120
-# 4.9-5.1): so Z and V get zero rows up to a multiple of ROW_MULTIPLE[element size].
+# 4.9-5.1): so the Z and V an attention leaves (what the next LayerNorm's Gram GEMMs read)
+# get zero rows up to a multiple of ROW_MULTIPLE[element size]. A LayerNorm's output is not
+# padded: the 56-row score GEMMs that read it do not gain (115 rows 1.8 ms, 128 rows 2.9-4.8),
+# and in the whole bf16 decoder padding it too was no faster (8 alternating rounds).
 ROW_MULTIPLE = {2: 8}
 
 
@@ -203,14 +206,12 @@ def layer_norm(keys: _Keys, norm: Any, next_shared: _SharedA, num_heads: int) ->
     var = prod.sum(1) if prod.dtype == f else torch.bmm(prod.new_ones((b, 1, prod.shape[1])), prod)[:, 0].to(f)
     var += sq if keys.a is None else keys.a.to(f).square() * sq
     r = torch.rsqrt(var.div_(c).clamp_(min=0).add_(norm.eps)).to(keys.Z.dtype)  # B×L
-    z = keys.Z.new_empty((b, _padded(k + 1, keys.Z), l))
+    z = keys.Z.new_empty((b, k + 1, l))  # not padded: see ROW_MULTIPLE
     torch.mul(keys.Z[:, :k], r.unsqueeze(1), out=z[:, :k])
     z[:, k] = 1
-    z[:, k + 1 :].zero_()
-    v = vc.new_empty((b, z.shape[1], c))
+    v = vc.new_empty((b, k + 1, c))
     torch.mul(vc[:, :k], norm.weight, out=v[:, :k])
     v[:, k] = norm.bias
-    v[:, k + 1 :].zero_()
     weight = norm.weight.unsqueeze(-1)
     groups = [_Group(g.key, g.start, g.v_hbd, (g.basis - g.basis.mean(0)) * weight) for g in keys.groups]
     return _Keys(r if keys.a is None else r * keys.a, next_shared, z, v, k + 1, k, groups)
