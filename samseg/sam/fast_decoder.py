@@ -9,8 +9,9 @@ module computes the same function with less work, exactly in fp32 up to summatio
    embedding), so its image-side projections (token→image K and V, image→token Q) are
    computed once per batch instead of once per prompt.
 2. From layer 0's output on, a prompt's image tokens are the shared ones plus attention
-   outputs over T≈7 tokens, so they are kept factored, X = a⊙A + Zᵀ·V (a row of ones in Z carries the biases), and never
-   formed as a 4096×256 tensor per prompt (samseg.sam.fast_decoder_factored): every
+   outputs over T≈7 tokens, so they are kept factored, X = a⊙A + Zᵀ·V (a row of ones in
+   Z carries the biases), and never formed as a 4096×256 tensor per prompt
+   (samseg.sam.fast_decoder_factored): every
    projection of the shared part is computed once per image, LayerNorms work on Gram
    products, and per prompt only heads·T-wide work is left.
 3. The output upscaling (two 2×2-stride-2 transposed convs, LayerNorm2d, GELU) is a
@@ -50,7 +51,7 @@ from samseg.sam.fast_decoder_factored import ImageState, image_state, transforme
 from samseg.sam.fast_decoder_masks import _masks_from_tokens
 
 # Prompts per chunk × bytes per value. Per prompt the factored transformer holds k×4096
-# coefficients (k ≤ 114) and a few 56×4096 scores; the upscaling of a kept prompt 8 MB.
+# coefficients (k ≤ 115, padded to 120 in bf16) and a few 56×4096 scores; the upscaling of a kept prompt 8 MB.
 # Measured on vit_b, 64 prompts, 3 alternating process triples (AMX Xeon, 2 threads), ms
 # per prompt without / with the upscaling: fp32 4 prompts 8.3–9.5 / 15.2–16.9, 8 prompts
 # 7.5–9.3 / 15.2–17.6; bf16 8 prompts 5.3–6.8 / 10.8–12.6, 16 prompts 5.5–6.2 / 10.9–12.4.
