@@ -1,6 +1,7 @@
 """bf16 against fp32 on this machine, side by side in one run: matmul rates, the vit_b
-encoder against its matmul floor, the fast decoder per prompt, a whole cold AMG run, and
-the agreement of the two runs' masks and embeddings.
+encoder against its matmul floor, the fast decoder per prompt (and, under torch.profiler,
+how much of it is GEMM kernels and how much the rest), a whole cold AMG run, and the
+agreement of the two runs' masks and embeddings.
 
     python -m benchmarks.bf16 [--image ../shared/images/building.jpg] [--points-per-side 16]
 
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import measure
-from benchmarks.micro import decoder_micro_precision
+from benchmarks.micro import decoder_micro_precision, decoder_op_split
 from benchmarks.run import REPO, SHARED_IMAGES, checkpoint_file
 
 PRECISIONS = ("fp32", "bf16")
@@ -147,7 +148,8 @@ def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dic
         model = load_random_weights(p, ckpt, model_type)
         res[p] = {**encoder_vs_floor(model, gflop, p),
                   "decoder_ms_per_prompt": decoder_micro_precision(model.sam, 64),
-                  "decoder_no_masks_ms_per_prompt": decoder_micro_precision(model.sam, 64, masks=False)}
+                  "decoder_no_masks_ms_per_prompt": decoder_micro_precision(model.sam, 64, masks=False),
+                  "decoder_no_masks_split": decoder_op_split(model.sam, 64)}
         amg[p] = cold_amg(model, image, cfg)
         res[p].update(_timings(amg[p]))
         res[p]["default_filters"] = {**_timings(cold_amg(model, image, production)),
@@ -156,6 +158,8 @@ def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dic
                       "decoder_per_prompt": res["fp32"]["decoder_ms_per_prompt"] / res["bf16"]["decoder_ms_per_prompt"],
                       "decoder_no_masks_per_prompt": res["fp32"]["decoder_no_masks_ms_per_prompt"]
                       / res["bf16"]["decoder_no_masks_ms_per_prompt"],
+                      **{f"decoder_{part}": res["fp32"]["decoder_no_masks_split"][f"{part}_ms_per_prompt"]
+                         / res["bf16"]["decoder_no_masks_split"][f"{part}_ms_per_prompt"] for part in ("gemm", "other")},
                       "cold_amg": res["fp32"]["total_s"] / res["bf16"]["total_s"],
                       "cold_amg_default_filters": res["fp32"]["default_filters"]["total_s"]
                       / res["bf16"]["default_filters"]["total_s"]}

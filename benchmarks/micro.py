@@ -54,12 +54,12 @@ def decoder_micro(sam: Any, n_prompts: int = 32, seed: int = 0) -> dict[str, Any
     }
 
 
-def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3,
-                            masks: bool = True) -> float:
-    """ms per prompt of `sam`'s decoder as loaded (fast path, its precision) on one random
-    C×64×64 embedding, inputs in fp32: the production call mask_decoder(...) (masks=True),
-    or (masks=False) the AMG's call for prompts whose every mask fails the predicted-IoU
-    filter — the transformer and the IoU head, no upscaling (fast_decoder.decode_masks_above)."""
+def _decoder_call(sam: Any, n_prompts: int, seed: int, masks: bool) -> Any:
+    """call(k): `sam`'s decoder as loaded (fast path, its precision) on the first k of
+    n_prompts grid prompts on one random C×64×64 embedding, inputs in fp32 (run it under
+    inference_mode): the production call mask_decoder(...) (masks=True), or (masks=False)
+    the AMG's call for prompts whose every mask fails the predicted-IoU filter — the
+    transformer and the IoU head, no upscaling (fast_decoder.decode_masks_above)."""
     import torch
 
     from samseg.sam.fast_decoder import decode_masks_above
@@ -70,12 +70,22 @@ def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeat
         pe = sam.prompt_encoder.get_dense_pe()
         sparse, dense = _grid_prompts(sam, n_prompts)
 
-        def call(k: int) -> None:
-            if masks:
-                sam.mask_decoder(image, pe, sparse[:k], dense[:k], True)
-            else:
-                decode_masks_above(sam.mask_decoder, image, pe, sparse[:k], dense[:k], True, float("inf"))
+    def call(k: int) -> None:
+        if masks:
+            sam.mask_decoder(image, pe, sparse[:k], dense[:k], True)
+        else:
+            decode_masks_above(sam.mask_decoder, image, pe, sparse[:k], dense[:k], True, float("inf"))
 
+    return call
+
+
+def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3,
+                            masks: bool = True) -> float:
+    """ms per prompt of `_decoder_call` (see there), best of `repeats` after a warm-up."""
+    import torch
+
+    call = _decoder_call(sam, n_prompts, seed, masks)
+    with torch.inference_mode():
         call(4)  # warm-up
         best = float("inf")
         for _ in range(repeats):  # best of: this shared 2-core machine is noisy
@@ -83,6 +93,34 @@ def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeat
             call(n_prompts)
             best = min(best, time.perf_counter() - t0)
         return 1e3 * best / n_prompts
+
+
+# The GEMM kernels of the decoder's fast path (oneDNN/MKL on CPU); everything else is
+# elementwise work, softmaxes, copies and dispatch.
+GEMM_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
+
+
+def decoder_op_split(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3) -> dict[str, float]:
+    """The no-upscaling decoder call (`_decoder_call`, masks=False) under torch.profiler:
+    ms per prompt of self CPU time in GEMM kernels (GEMM_OPS) and in everything else,
+    from the profiled call (of `repeats`, after a warm-up) with the least total. Says
+    which part bf16 speeds up: the split of each precision, side by side."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    call = _decoder_call(sam, n_prompts, seed, False)
+    best: dict[str, float] = {}
+    with torch.inference_mode():
+        call(4)
+        for _ in range(repeats):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                call(n_prompts)
+            events = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in events) / 1e3 / n_prompts
+            gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e3 / n_prompts
+            if not best or total < best["total_ms_per_prompt"]:
+                best = {"total_ms_per_prompt": total, "gemm_ms_per_prompt": gemm, "other_ms_per_prompt": total - gemm}
+    return best
 
 
 def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repeats: int = 2) -> dict[str, Any]:

@@ -85,8 +85,8 @@ def test_bf16_benchmark_reports_every_ratio_or_says_why_not(tmp_path, monkeypatc
     if not res["native_bf16_flags"]:
         assert "no native bf16" in res["skipped"] and "bf16" not in res
         return
-    assert set(res["speedup"]) == {"encoder", "decoder_per_prompt", "decoder_no_masks_per_prompt", "cold_amg",
-                                   "cold_amg_default_filters"}
+    assert set(res["speedup"]) == {"encoder", "decoder_per_prompt", "decoder_no_masks_per_prompt", "decoder_gemm",
+                                   "decoder_other", "cold_amg", "cold_amg_default_filters"}
     assert all(v > 0 for v in res["speedup"].values())
     for p in ("fp32", "bf16"):
         assert res[p]["encoder_over_floor"] > 0 and res[p]["decoder_ms_per_prompt"] > 0
@@ -94,6 +94,9 @@ def test_bf16_benchmark_reports_every_ratio_or_says_why_not(tmp_path, monkeypatc
         assert len(pairs) == 3 and res[p]["encoder_s"] == min(x["encoder_s"] for x in pairs)
         assert res[p]["matmul_gflops"] == max(x["matmul_gflops"] for x in pairs) and res[p]["encoder_over_floor_paired"] > 0
         assert 0 < res[p]["decoder_no_masks_ms_per_prompt"]
+        split = res[p]["decoder_no_masks_split"]
+        assert split["gemm_ms_per_prompt"] > 0 and split["other_ms_per_prompt"] > 0
+        assert split["total_ms_per_prompt"] == pytest.approx(split["gemm_ms_per_prompt"] + split["other_ms_per_prompt"])
         assert res[p]["default_filters"]["points_per_side"] == 32 and res[p]["default_filters"]["total_s"] > 0
     assert res["agreement"]["n_fp32"] == res["fp32"]["n_masks"] > 0
 
