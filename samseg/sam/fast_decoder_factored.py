@@ -349,7 +349,7 @@ def transformer_chunk(decoder: Any, tokens, image: ImageState, ws: Any):
     )
     k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads) / math.sqrt(layer0.q_img2tok_t.shape[1])  # B×H×T×d
     b, nh, t, _ = k.shape
-    l, c = shared[0].A.shape
+    l = shared[0].A.shape[0]
     scores_t = ws.get("scores0", (b, nh, t, l), shared[0].A)
     for i in range(b):  # one bmm per prompt against the shared H×d×L queries: no broadcast copy
         torch.bmm(k[i], layer0.q_img2tok_t, out=scores_t[i])

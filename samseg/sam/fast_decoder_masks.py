@@ -68,29 +68,24 @@ def _interleave_4x4(src, out, tmp) -> None:
 
 def _masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: Any) -> None:
     """Upscaling as a per-pixel MLP + hypernetwork product. hs B×T×C, keys the image
-    tokens: B×L×C (L = h·w) or anything with .shape and .linear(key, w C×N, bias N,
-    out B×L×N) = keys·w + bias (the factored keys of samseg.sam.fast_decoder_factored) →
-    mask logits written into masks_out B×M×4h×4w (M = num_mask_tokens)."""
+    tokens as samseg.sam.fast_decoder_factored's `_Keys` (.shape (B, L, C), L = h·w, and
+    .linear(key, w C×N, bias N, out B×L×N) = keys·w + bias) → mask logits written into
+    masks_out B×M×4h×4w (M = num_mask_tokens)."""
     import torch
 
     ct1, ln, act1, ct2, act2 = decoder.output_upscaling
     b, l, c = keys.shape
     _, nm, h4, w4 = masks_out.shape
-    like = hs
     c4, c8 = ct1.out_channels, ct2.out_channels
     # ConvTranspose2d(k=2, s=2) = per input pixel a C → (2·2·C_out) linear map; weight is
     # C_in×C_out×kh×kw, reordered to C_in×(kh·kw·C_out) so C_out is innermost for the LN.
     w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)
-    y = ws.get("up1", (b, l, 4 * c4), like)
-    if isinstance(keys, torch.Tensor):
-        torch.addmm(ct1.bias.repeat(4), keys.reshape(b * l, c), w1, out=y.view(b * l, -1))
-    else:
-        keys.linear(id(ct1), w1, ct1.bias.repeat(4), y)
+    y = keys.linear(id(ct1), w1, ct1.bias.repeat(4), ws.get("up1", (b, l, 4 * c4), hs))
     y = _gelu_(act1, _layer_norm(ln, y.view(b * l * 4, c4)))
     w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)
-    z = _gelu_(act2, torch.addmm(ct2.bias.repeat(4), y, w2, out=ws.get("up2", (b * l * 4, 4 * c8), like)))
+    z = _gelu_(act2, torch.addmm(ct2.bias.repeat(4), y, w2, out=ws.get("up2", (b * l * 4, 4 * c8), hs)))
     hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
     # B×M×(L·16): per mask, rows (i, j, ki, kj, ki2, kj2) = pixel (4i + 2ki + ki2, 4j + 2kj + kj2)
-    m = torch.bmm(hyper, z.view(b, l * 16, c8).transpose(1, 2), out=ws.get("masks", (b, nm, l * 16), like))
+    m = torch.bmm(hyper, z.view(b, l * 16, c8).transpose(1, 2), out=ws.get("masks", (b, nm, l * 16), hs))
     h, w = h4 // 4, w4 // 4
-    _interleave_4x4(m.view(b * nm, h, w, 16), masks_out.view(b * nm, h4, w4), ws.get("masks_tmp", (b * nm, l * 16), like))
+    _interleave_4x4(m.view(b * nm, h, w, 16), masks_out.view(b * nm, h4, w4), ws.get("masks_tmp", (b * nm, l * 16), hs))
