@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,48 @@ def test_s3_unreachable_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch
     message = str(info.value)
     assert "s3://bucket/key.png" in message and "\n" not in message
     assert sends["n"] == 3  # 1 call + 2 retries, then give up (bounded, never a hang)
+
+
+def _class_dir(path: Path, n_classes: int) -> Path:
+    storage.write_bytes(path / "summary.json", json.dumps({"n_clusters": n_classes}).encode())
+    for c in range(n_classes):
+        storage.write_bytes(path / "classes" / f"class_{c}.png", b"C%d" % c)
+    return path
+
+
+@pytest.mark.integration
+def test_s3_republish_with_fewer_classes_leaves_no_stale_class_files(s3_bucket: str, s3_env, tmp_path: Path,  # noqa: F811
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = f"s3://{s3_bucket}/out/run2/bears"
+    storage.upload_dir(_class_dir(tmp_path / "five", 5), dest)
+    s3_env.client().put_object(Bucket=s3_bucket, Key="out/run2/bears/notes.txt", Body=b"mine")  # the user's
+    # A republish cut off after its first file: the next one must still clean up after both.
+    real_write, calls = storage.write_bytes, {"n": 0}
+
+    def cut_off(uri, data):  # noqa: ANN001
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise StorageError(f"{uri}: injected failure")
+        real_write(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", cut_off)
+    with pytest.raises(StorageError, match="injected"):
+        storage.upload_dir(_class_dir(tmp_path / "three", 3), dest)
+    monkeypatch.setattr(storage, "write_bytes", real_write)
+
+    storage.upload_dir(_class_dir(tmp_path / "one", 1), dest)
+    keys = sorted(o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket, Prefix="out/run2/")["Contents"])
+    assert keys == ["out/run2/bears/_SUCCESS", "out/run2/bears/classes/class_0.png", "out/run2/bears/notes.txt",
+                    "out/run2/bears/summary.json"]  # class_1..4 gone; the user's object stays
+    got = storage.download_prefix(dest, tmp_path / "dl", require_success=True)
+    assert sorted(p.relative_to(tmp_path / "dl").as_posix() for p in got) == [
+        "_SUCCESS", "classes/class_0.png", "summary.json"]  # readers trust only what _SUCCESS lists
+
+
+def test_local_republish_removes_what_it_no_longer_lists(tmp_path: Path) -> None:
+    dest = tmp_path / "published"
+    storage.upload_dir(_class_dir(tmp_path / "five", 5), str(dest))
+    (dest / "mine.txt").write_text("user file")
+    storage.upload_dir(_class_dir(tmp_path / "two", 2), str(dest))
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "_SUCCESS", "classes/class_0.png", "classes/class_1.png", "mine.txt", "summary.json"]

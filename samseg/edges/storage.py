@@ -10,8 +10,11 @@ Keys are validated before use (`validate_key`): no ``..``/``.`` segments (plain 
 percent-encoded), no absolute paths, no backslashes, no empty segments, no control
 characters — so a key built with `join_key` can never escape its prefix.
 
-Output dirs on S3 (`upload_dir`) are published with a ``_SUCCESS`` marker written LAST.
-S3 has no rename, so a reader must trust only a dir whose marker exists (`is_complete`).
+Output dirs on S3 (`upload_dir`) are published with a ``_SUCCESS`` marker written LAST;
+it lists the dir's files. S3 has no rename, so a reader trusts only a dir whose marker exists
+(`is_complete`) and only the files it lists (`download_prefix(require_success=True)`). A
+republish replaces the dir whole: files an earlier publish wrote and the new one does not are
+deleted after the new marker is written, and nothing any marker of samseg's never listed is.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from typing import Any
 from urllib.parse import unquote
 
 SUCCESS_MARKER = "_SUCCESS"
+# Written first by `upload_dir`: every file samseg may have written under the prefix (the last
+# marker's list + this upload's), so a publish cut off mid-way is still cleaned by the next one.
+PENDING_MARKER = "_SAMSEG_PENDING"
 
 # mkstemp creates 0600 files; what samseg writes gets the mode a plain open() would
 # (0666 less the umask), so a shared cache or output dir stays readable by the group.
@@ -307,31 +313,56 @@ def list_images(spec: str | os.PathLike[str]) -> list[str]:
 
 
 def _local_files(local_dir: Path) -> list[Path]:
-    """Every regular file under `local_dir` except the marker, sorted for determinism."""
-    return sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name != SUCCESS_MARKER)
+    """Every regular file under `local_dir` except the markers, sorted for determinism."""
+    return sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name not in (SUCCESS_MARKER, PENDING_MARKER))
+
+
+def listed_files(marker_uri: str) -> list[str]:
+    """The relative file names a marker written by `upload_dir` lists ([] when it is missing
+    or unreadable); names that are not safe relative keys are dropped."""
+    try:
+        doc = json.loads(read_bytes(marker_uri))
+    except (StorageError, ValueError):
+        return []
+    names = doc.get("files") if isinstance(doc, dict) else None
+    safe = []
+    for name in names if isinstance(names, list) else []:
+        try:
+            safe.append(validate_key(str(name)))
+        except StorageError:
+            continue
+    return safe
 
 
 def upload_dir(local_dir: str | os.PathLike[str], dest_uri: str) -> list[str]:
-    """Publish a finished local dir at `dest_uri` (S3 prefix or local dir); returns file URIs.
+    """Publish a finished local dir at `dest_uri` (S3 prefix or local dir), replacing what an
+    earlier publish wrote there; returns the file URIs.
 
-    Order matters because S3 has no rename: an old marker is removed first, then every
-    file is uploaded, then ``_SUCCESS`` is written LAST. A crash part-way leaves files but
-    no marker, and readers (`is_complete`) ignore unmarked dirs.
+    Order matters because S3 has no rename: (1) ``_SAMSEG_PENDING`` lists every file samseg
+    wrote or will write here, (2) the old ``_SUCCESS`` goes, (3) every file is uploaded,
+    (4) ``_SUCCESS`` is written listing them, (5) files an earlier publish wrote and this one
+    did not are deleted, (6) the pending list goes. A crash part-way leaves no marker (readers
+    ignore the dir) and a pending list the next publish cleans from.
     """
     src = Path(local_dir)
     if not src.is_dir():
         raise StorageNotFound(f"{src}: not a directory")
-    marker = join_uri(dest_uri, SUCCESS_MARKER)
-    delete(marker)
+    marker, pending = join_uri(dest_uri, SUCCESS_MARKER), join_uri(dest_uri, PENDING_MARKER)
     files = _local_files(src)
+    names = [p.relative_to(src).as_posix() for p in files]
+    earlier = set(listed_files(marker)) | set(listed_files(pending))
+    write_bytes(pending, json.dumps({"files": sorted(earlier | set(names))}).encode("utf-8"))
+    delete(marker)
     written: list[str] = []
-    for path in files:
-        rel = path.relative_to(src).as_posix()
+    for path, rel in zip(files, names):
         target = join_uri(dest_uri, rel)
         write_bytes(target, path.read_bytes())
         written.append(target)
-    manifest = {"files": [p.relative_to(src).as_posix() for p in files], "written_at": time.time()}
+    manifest = {"files": names, "written_at": time.time()}
     write_bytes(marker, json.dumps(manifest, sort_keys=True).encode("utf-8"))
+    for rel in sorted(earlier - set(names) - {SUCCESS_MARKER, PENDING_MARKER}):
+        delete(join_uri(dest_uri, rel))
+    delete(pending)
     return written
 
 
@@ -344,10 +375,14 @@ def download_prefix(src_uri: str, local_dir: str | os.PathLike[str], *, require_
     """Copy every object under an S3 prefix (or local dir) into `local_dir`; returns the files.
 
     Relative keys are validated, so a hostile key (``a/../../etc``) cannot write outside
-    `local_dir`. With `require_success`, a prefix without ``_SUCCESS`` raises StorageError.
+    `local_dir`. With `require_success`, a prefix without ``_SUCCESS`` raises StorageError,
+    and only the files ``_SUCCESS`` lists are copied (anything else there is not the dir's).
     """
-    if require_success and not is_complete(src_uri):
-        raise StorageError(f"{src_uri}: incomplete (no {SUCCESS_MARKER} marker)")
+    listed: set[str] | None = None
+    if require_success:
+        if not is_complete(src_uri):
+            raise StorageError(f"{src_uri}: incomplete (no {SUCCESS_MARKER} marker)")
+        listed = set(listed_files(join_uri(src_uri, SUCCESS_MARKER)))
     dst = Path(local_dir)
     if is_s3_uri(src_uri):
         bucket, prefix = split_s3_uri(src_uri)
@@ -358,6 +393,8 @@ def download_prefix(src_uri: str, local_dir: str | os.PathLike[str], *, require_
         if not root.is_dir():
             raise StorageNotFound(f"{root}: not a directory")
         sources = [(str(p), p.relative_to(root).as_posix()) for p in sorted(root.rglob("*")) if p.is_file()]
+    if listed is not None:
+        sources = [(uri, rel) for uri, rel in sources if rel in listed or rel == SUCCESS_MARKER]
     out: list[Path] = []
     for uri, rel in sources:
         validate_key(rel)
