@@ -243,5 +243,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m samseg.apps.cli
-    sys.exit(main())
+def run() -> None:
+    """The `samseg` command (and `python -m samseg.apps.cli`): main(), then an exit that a
+    thread still blocked on a frozen peer cannot hold after Ctrl-C / SIGTERM."""
+    from samseg.edges import shutdown
+
+    shutdown.exit_process(main())
+
+
+if __name__ == "__main__":
+    run()

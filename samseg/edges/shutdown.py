@@ -6,15 +6,28 @@ remembers which signal came. Loops that start work call `check()` before each it
 even a stage that swallowed the interrupt (Prefect turns it into a crashed state) cannot
 make the batch go on. The atomic export and the cache's atomic writes mean that whatever
 was interrupted is simply missing, and a rerun computes only that.
+
+A stop never waits on a peer: clean-up that talks to one (ending an MLflow run as KILLED)
+runs `bounded` for a few seconds at most, a publish in flight gets `STOP_GRACE_S`, and
+`exit_process` ends the process even while a background thread is still blocked on a
+frozen server (what it cut off is swept on the next start, as killed batch runs are).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
+
+# After a stop request: how long a publish in flight, or a clean-up call to a peer, may
+# still take before the command exits without it (SAMSEG_STOP_GRACE_S overrides).
+STOP_GRACE_S = 2.0
 
 _received: list[int] = []
 
@@ -70,3 +83,48 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def grace_s() -> float:
+    """Seconds a stop waits for work in flight (STOP_GRACE_S unless SAMSEG_STOP_GRACE_S is set)."""
+    try:
+        return max(0.0, float(os.environ.get("SAMSEG_STOP_GRACE_S", STOP_GRACE_S)))
+    except ValueError:
+        return STOP_GRACE_S
+
+
+def bounded(fn: Callable[[], T], timeout_s: Optional[float] = None) -> Optional[T]:
+    """fn() in a daemon thread, waited for at most `timeout_s` (default: grace_s()); None when it
+    did not finish in time or raised. For clean-up after a stop: a frozen peer must not hold
+    the exit (the thread is a daemon, so it does not keep the process alive either)."""
+    box: list[T] = []
+
+    def call() -> None:
+        try:
+            box.append(fn())
+        except Exception:  # noqa: BLE001 — best-effort clean-up; the stop itself is what matters
+            pass
+
+    worker = threading.Thread(target=call, name="samseg-cleanup", daemon=True)
+    worker.start()
+    worker.join(grace_s() if timeout_s is None else timeout_s)
+    return box[0] if box else None
+
+
+def exit_process(rc: int) -> None:
+    """Exit with `rc`. After a stop request, threads still blocked (a publish waiting on a
+    frozen tracking server) get grace_s() to end; then the process exits without them, since
+    the interpreter would otherwise join them for as long as the peer stays silent."""
+    if requested():
+        waiting = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+        deadline = time.monotonic() + grace_s()
+        for t in waiting:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in waiting):
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(rc)
+    sys.exit(rc)

@@ -213,6 +213,11 @@ def log_image_run(
         _log_outputs(client, run_id, out_dir)
         log_lineage(client, run_id, summary, out_dir)
     except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):  # a stop: never wait on the server (the sweep ends the run)
+            from samseg.edges.shutdown import bounded
+
+            bounded(lambda: client.set_terminated(run_id, "KILLED"))
+            raise
         try:
             client.set_terminated(run_id, "FAILED")
         except MlflowException:

@@ -51,7 +51,9 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     try:
         results = run_images(uris, per_image)
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
-        end_batch(batch_run_id, "KILLED")
+        from samseg.edges.shutdown import bounded
+
+        bounded(lambda: end_batch(batch_run_id, "KILLED"))  # a frozen server: the next start's sweep ends it
         raise
     class_report = None
     if classes is not None:

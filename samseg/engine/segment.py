@@ -97,9 +97,11 @@ def segment_many(uris: list[str], out: str, image_fn: ImageFn) -> list[dict[str,
 def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bool = True) -> list[dict[str, Any]]:
     """`segment_many` with each image's publish step (export, upload, MLflow) running in a
     background thread while the next image computes: one publish in flight, results in input
-    order, a failed publish fails its image alone. A stop request (SIGTERM) starts no new image
-    but lets the publish in flight finish."""
+    order, a failed publish fails its image alone. A stop request (SIGTERM, Ctrl-C) starts no
+    new image and gives the publish in flight shutdown.grace_s() to finish: a tracking server
+    that hangs must not hold the stop (its image dir is atomic, the rerun redoes what is missing)."""
     from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
 
     from samseg.edges import shutdown
     from samseg.edges.outdirs import refused_outputs, unique_names
@@ -109,28 +111,35 @@ def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bo
     results: list[dict[str, Any]] = []
     pending: list[tuple[str, str, Future]] = []
 
-    def collect() -> None:
+    def collect(timeout_s: Optional[float] = None) -> None:
         for uri, name, done in pending:
             try:
-                results.append(image_entry(uri, name, done.result()))
+                results.append(image_entry(uri, name, done.result(timeout_s)))
+            except FutureTimeout:
+                results.append(failed_entry(uri, name, f"{uri}: interrupted while publishing"))
             except Exception as exc:  # one bad image fails alone
                 results.append(failed_entry(uri, name, describe_failure(uri, exc)))
         pending.clear()
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="samseg-publish") as pool:
-        try:
-            for uri, name in zip(uris, names):
-                shutdown.check()  # SIGTERM / Ctrl-C: start no new image
-                finish, failure = _started(uri, name, start_fn) if uri not in refused else (None, refused[uri])
-                collect()  # the previous image's publish overlapped this image's compute
-                if failure is not None:
-                    results.append(failed_entry(uri, name, failure))
-                else:
-                    pending.append((uri, name, pool.submit(finish)))
-                    if not overlap:
-                        collect()
-        finally:
-            collect()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samseg-publish")
+    stopped = False
+    try:
+        for uri, name in zip(uris, names):
+            shutdown.check()  # SIGTERM / Ctrl-C: start no new image
+            finish, failure = _started(uri, name, start_fn) if uri not in refused else (None, refused[uri])
+            collect()  # the previous image's publish overlapped this image's compute
+            if failure is not None:
+                results.append(failed_entry(uri, name, failure))
+            else:
+                pending.append((uri, name, pool.submit(finish)))
+                if not overlap:
+                    collect()
+    except BaseException:
+        stopped = True
+        raise
+    finally:
+        collect(shutdown.grace_s() if stopped else None)
+        pool.shutdown(wait=not stopped, cancel_futures=stopped)
     return results
 
 
