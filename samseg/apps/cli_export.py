@@ -2,7 +2,8 @@
 
 The source is a samseg output dir (one image dir, or a batch's OUT with one dir per image)
 or an MLflow run id (an image run, or a batch run: its nested image runs). Formats and their
-layouts: samseg.edges.annotations. Writes only the export's own files into DIR; deletes nothing.
+layouts: samseg.edges.annotations. Writes only the export's own files into DIR and replaces
+only files an earlier export wrote there (samseg.edges.owned_files); deletes nothing.
 """
 
 from __future__ import annotations
@@ -35,16 +36,26 @@ def add_parser(sub: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from samseg.edges.annotations import ExportError, image_dirs, read_image_dirs, write_export
+    from samseg.edges.owned_files import BatchIncomplete, FilesRefused, check_complete
+    from samseg.edges.storage import StorageError
     from samseg.edges.tracking import TrackingError
 
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-export-") as tmp:
             src = Path(args.source)
-            dirs = image_dirs(src) if src.exists() else _dirs_from_run(args.source, Path(tmp))
+            if src.exists():
+                dirs = image_dirs(src)
+                # a batch OUT (or an image dir in one) whose last batch did not finish is not exported
+                check_complete(str(src if dirs != [src] else src.parent), str(src))
+            else:
+                dirs = _dirs_from_run(args.source, Path(tmp))
             results = read_image_dirs(dirs)
             files = write_export(args.format, results, args.out, image_root=args.image_root,
                                  copy_images=args.copy_images)
-    except (ExportError, TrackingError, OSError) as exc:
+    except FilesRefused as exc:  # the user's own files in --out: nothing written
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except (ExportError, TrackingError, BatchIncomplete, StorageError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(f"{args.format}: {len(results)} images -> {args.out} ({len(files)} files)")

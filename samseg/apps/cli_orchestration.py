@@ -161,8 +161,7 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
         try:
             report = run_batch(list(args.inputs), job, run_images, classes)
         except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
-            print_error(exc)
-            return 1
+            return _batch_failed(exc)
     return _report_batch(report)
 
 
@@ -191,9 +190,16 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
     try:
         report = state.result()
     except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
-        print_error(exc)
-        return 1
+        return _batch_failed(exc)
     return _report_batch(report)
+
+
+def _batch_failed(exc: Exception) -> int:
+    """One line for a batch that could not run; 2 when the user's own files are in OUT's way."""
+    from samseg.edges.owned_files import FilesRefused
+
+    print_error(exc)
+    return 2 if isinstance(exc, FilesRefused) else 1
 
 
 def _report_image(res: dict[str, Any]) -> int:

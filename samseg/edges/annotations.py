@@ -24,7 +24,6 @@ recorded image URI (an absolute path or s3:// URI).
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +33,9 @@ import numpy as np
 FORMATS = ("coco", "cvat", "labelstudio", "yolo-seg", "index-png")
 FROM_NAME, TO_NAME = "tag", "image"  # Label Studio control / object tag names
 _MIN_POLY_AREA = 4.0
+
+
+Files = dict[str, bytes]  # relative path in the export dir -> its bytes
 
 
 class ExportError(Exception):
@@ -114,26 +116,19 @@ def coco_dataset(results: list[ImageResult]) -> dict[str, Any]:
             "categories": cats}
 
 
-def export_coco(results: list[ImageResult], out: Path, **_: Any) -> list[Path]:
-    path = out / "annotations.json"
-    _write_json(path, coco_dataset(results))
-    return [path]
+def export_coco(results: list[ImageResult], **_: Any) -> Files:
+    return {"annotations.json": _json(coco_dataset(results))}
 
 
-def export_cvat(results: list[ImageResult], out: Path, copy_images: bool = False, **_: Any) -> list[Path]:
-    path = out / "annotations" / "instances_default.json"
-    _write_json(path, coco_dataset(results))
-    written = [path]
+def export_cvat(results: list[ImageResult], copy_images: bool = False, **_: Any) -> Files:
+    files = {"annotations/instances_default.json": _json(coco_dataset(results))}
     if copy_images:
         for r in results:
             src = Path(str(r.summary["image"]["uri"]))
             if not src.is_file():
                 raise ExportError(f"{src}: input image not found (needed for --copy-images)")
-            dst = out / "images" / r.file_name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            written.append(dst)
-    return written
+            files[f"images/{r.file_name}"] = src.read_bytes()
+    return files
 
 
 # ---------------------------------------------------------------- Label Studio
@@ -164,11 +159,9 @@ def labelstudio_task(r: ImageResult, image_root: str | None) -> dict[str, Any]:
     return {"data": {"image": where}, "predictions": [{"model_version": "samseg", "result": results}]}
 
 
-def export_labelstudio(results: list[ImageResult], out: Path, image_root: str | None = None, **_: Any) -> list[Path]:
-    tasks, config = out / "tasks.json", out / "labeling_config.xml"
-    _write_json(tasks, [labelstudio_task(r, image_root) for r in results])
-    config.write_text(labeling_config(class_names(n_classes(results))), encoding="utf-8")
-    return [tasks, config]
+def export_labelstudio(results: list[ImageResult], image_root: str | None = None, **_: Any) -> Files:
+    return {"tasks.json": _json([labelstudio_task(r, image_root) for r in results]),
+            "labeling_config.xml": labeling_config(class_names(n_classes(results))).encode("utf-8")}
 
 
 # ---------------------------------------------------------------- YOLO / index PNG
@@ -189,24 +182,22 @@ def yolo_lines(r: ImageResult) -> list[str]:
     return lines
 
 
-def export_yolo(results: list[ImageResult], out: Path, **_: Any) -> list[Path]:
-    written = []
-    for r in results:
-        path = out / "labels" / f"{r.stem}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lines = yolo_lines(r)
-        path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-        written.append(path)
-    names = class_names(n_classes(results))
-    data = out / "data.yaml"
+def export_yolo(results: list[ImageResult], out: Path, **_: Any) -> Files:
     import yaml
 
-    data.write_text(yaml.safe_dump({"path": str(out.resolve()), "train": "images", "val": "images",
-                                    "nc": len(names), "names": names}, sort_keys=False), encoding="utf-8")
-    return [*written, data]
+    files = {}
+    for r in results:
+        lines = yolo_lines(r)
+        files[f"labels/{r.stem}.txt"] = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
+    names = class_names(n_classes(results))
+    files["data.yaml"] = yaml.safe_dump({"path": str(out.resolve()), "train": "images", "val": "images",
+                                         "nc": len(names), "names": names}, sort_keys=False).encode("utf-8")
+    return files
 
 
-def export_index_png(results: list[ImageResult], out: Path, **_: Any) -> list[Path]:
+def export_index_png(results: list[ImageResult], **_: Any) -> Files:
+    import io
+
     from PIL import Image
 
     from samseg.core.render import class_color
@@ -215,32 +206,34 @@ def export_index_png(results: list[ImageResult], out: Path, **_: Any) -> list[Pa
     if k > 255:
         raise ExportError(f"{k} classes do not fit an 8-bit index PNG (at most 255); use the 16-bit labels.png")
     palette = [0, 0, 0] + [v for c in range(k) for v in class_color(c)]
-    written = []
+    files = {}
     for r in results:
         img = Image.fromarray(r.label_map.astype(np.uint8), mode="P")
         img.putpalette(palette + [0] * (768 - len(palette)))
-        path = out / f"{r.stem}.png"
-        img.save(path, format="PNG", optimize=False, compress_level=1)
-        written.append(path)
-    classes = out / "classes.txt"
-    classes.write_text("\n".join(["background", *class_names(k)]) + "\n", encoding="utf-8")
-    return [*written, classes]
+        png = io.BytesIO()
+        img.save(png, format="PNG", optimize=False, compress_level=1)
+        files[f"{r.stem}.png"] = png.getvalue()
+    files["classes.txt"] = ("\n".join(["background", *class_names(k)]) + "\n").encode("utf-8")
+    return files
 
 
-EXPORTERS: dict[str, Callable[..., list[Path]]] = {
+EXPORTERS: dict[str, Callable[..., Files]] = {
     "coco": export_coco, "cvat": export_cvat, "labelstudio": export_labelstudio,
     "yolo-seg": export_yolo, "index-png": export_index_png,
 }
 
 
 def write_export(fmt: str, results: list[ImageResult], out: Path, **options: Any) -> list[Path]:
-    """Write `fmt` for `results` into `out` (created); returns the files written."""
+    """Write `fmt` for `results` into `out` (created); returns the files written. Only files
+    samseg wrote there before are replaced (samseg.edges.owned_files): a user's file in the
+    way raises FilesRefused before anything is written."""
+    from samseg.edges.owned_files import write_files
+
     if fmt not in EXPORTERS:
         raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    out.mkdir(parents=True, exist_ok=True)
-    return EXPORTERS[fmt](results, out, **options)
+    files = EXPORTERS[fmt](results, out=out, **options)
+    return [Path(p) for p in write_files(str(out), files)]
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj), encoding="utf-8")
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj).encode("utf-8")

@@ -16,14 +16,13 @@ Local OUT only for now: an s3:// OUT raises DatasetOutputsError (one line).
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-CLASSES_JSON = "classes.json"
-CONTACT_SHEET_PNG = "contact_sheet.png"
+from samseg.edges.owned_files import CLASSES_JSON, CONTACT_SHEET_PNG, BatchIncomplete, check_complete, write_files
+
 TAG_CLASSES = "samseg.classes"  # "dataset" (clustered here) or "assigned" (prototypes of another run)
 TAG_CLASSES_FROM = "samseg.classes_from"  # run id whose classes.json was used
 
@@ -67,8 +66,8 @@ def apply_dataset_classes(
         table = _assigned_table(table, embs, results, names)
     for d, (masks, emb, _), summary, res in zip(dirs, loaded, summaries, results):
         _rewrite_dir(d, masks, emb, summary, res, table, mode)
-    (out / CLASSES_JSON).write_text(table.to_json(), encoding="utf-8")
-    _write_contact_sheet(out / CONTACT_SHEET_PNG, results, loaded, summaries, table)
+    sheet = _contact_sheet_png(results, loaded, summaries, table)
+    write_files(str(out), {CLASSES_JSON: table.to_json().encode("utf-8"), CONTACT_SHEET_PNG: sheet})
     return {"classes_json": str(out / CLASSES_JSON), "contact_sheet": str(out / CONTACT_SHEET_PNG),
             "metrics": table.metrics(), "n_classes": table.n_classes, "images": names, "mode": mode}
 
@@ -136,7 +135,9 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
     write_outputs(d, image, masks, emb, res, compose_labels(masks, res), summary, features)
 
 
-def _write_contact_sheet(path: Path, results: list[Any], loaded: list[Any], summaries: list[dict[str, Any]], table: Any) -> None:
+def _contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[dict[str, Any]], table: Any) -> bytes:
+    import io
+
     from PIL import Image
 
     from samseg.core.contact_sheet import contact_sheet, select_examples
@@ -148,7 +149,9 @@ def _write_contact_sheet(path: Path, results: list[Any], loaded: list[Any], summ
         return decode_image(read_bytes(uri), summaries[i]["image"]["file_name"], uri=uri).rgb, loaded[i][0]
 
     picks = select_examples(results, [m.areas for m, _, _ in loaded], table.n_classes)
-    Image.fromarray(contact_sheet(picks, load, table.sizes)).save(path)
+    png = io.BytesIO()
+    Image.fromarray(contact_sheet(picks, load, table.sizes)).save(png, format="PNG")
+    return png.getvalue()
 
 
 # ---------------------------------------------------------------- MLflow
@@ -165,6 +168,10 @@ def load_class_table(ref: str) -> Any:
 
         return load_registered_classes(str(ref))
     if str(ref).endswith(".json") or Path(ref).is_file():
+        try:  # the classes.json of a batch that did not finish may not match that OUT's images
+            check_complete(str(ref).rsplit("/", 1)[0] if str(ref).startswith("s3://") else str(Path(ref).parent), str(ref))
+        except BatchIncomplete as exc:
+            raise DatasetOutputsError(str(exc)) from None
         try:
             data = read_bytes(ref)
         except Exception as exc:

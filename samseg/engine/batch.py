@@ -41,9 +41,14 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     OUT/batch_summary.json and end the batch run; returns the report."""
     from samseg.engine.dataset import check_dataset_request, relabel_and_track
 
+    from samseg.edges import owned_files
+
     if classes is not None:
         check_dataset_request(job.out, classes.classes_from)  # fail before any image is computed
     uris = list_sources(source)
+    # A user's file where a top-level file goes refuses the batch now; OUT stays marked
+    # incomplete until the batch's files all agree (an interrupted batch is never served).
+    owned_files.begin_batch(job.out, top_level_files(classes is not None))
     t = job.tracking
     batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris))
     # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
@@ -60,8 +65,17 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         class_report = relabel_and_track(job.out, results, job.cfg.cluster, batch_run_id, classes.classes_from,
                                          classes.max_cluster, t.track, t.experiment, classes.register, execute=execute)
     report = batch_report(source, job.out, results, batch_run_id, fan_out, class_report)
+    if not report.get("summary_error") and not (class_report or {}).get("error"):
+        owned_files.end_batch(job.out)
     end_batch(batch_run_id, batch_status(report), quiet=False)
     return report
+
+
+def top_level_files(dataset: bool) -> list[str]:
+    """The files a batch writes into OUT itself, beside the image dirs."""
+    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG
+
+    return [BATCH_SUMMARY_JSON, *((CLASSES_JSON, CONTACT_SHEET_PNG) if dataset else ())]
 
 
 def list_sources(source: Source) -> list[str]:
@@ -119,10 +133,10 @@ def batch_report(source: Source, out: str, results: list[dict[str, Any]], batch_
 
 
 def write_batch_summary(out: str, report: dict[str, Any]) -> None:
-    """OUT/batch_summary.json (a local dir or s3:// prefix)."""
-    from samseg.edges.storage import join_uri, write_bytes
+    """OUT/batch_summary.json (a local dir or s3:// prefix), replacing only samseg's own."""
+    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, write_files
 
-    write_bytes(join_uri(out, "batch_summary.json"), json.dumps(report, indent=2, default=str).encode("utf-8"))
+    write_files(out, {BATCH_SUMMARY_JSON: json.dumps(report, indent=2, default=str).encode("utf-8")})
 
 
 def batch_status(report: dict[str, Any]) -> str:

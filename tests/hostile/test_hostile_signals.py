@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from samseg.edges import owned_files
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track", "-q"]
 
@@ -62,11 +64,13 @@ def test_sigterm_stops_the_batch_like_ctrl_c_and_a_rerun_resumes(prefect_api, tm
     assert "TypeError" not in stderr and "Traceback" not in stderr
     done = sorted(p.parent.name for p in out.glob("*/summary.json"))
     assert 1 <= len(done) < 12, done  # started nothing new
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written dir
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != owned_files.LEDGER]  # no half-written dir
+    assert owned_files.incomplete_since(str(out)) is not None  # readers see the batch did not finish
     rerun = subprocess.run([sys.executable, "-m", "samseg.apps.cli", *argv], cwd=REPO_ROOT, env=prefect_api.env,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert len(list(out.glob("*/summary.json"))) == 12
+    assert owned_files.incomplete_since(str(out)) is None
     for name in done:  # finished images come from the cache
         assert f"{name}.png:" in rerun.stdout and "(cache hits: 2/2)" in next(
             line for line in rerun.stdout.splitlines() if line.startswith(f"{name}.png:"))
