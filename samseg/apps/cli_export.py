@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from samseg.edges.run_schema import TAG_KIND, TAG_MLFLOW_PARENT
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,10 @@ def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
     from samseg.edges.tracking import TrackingError, _client, _get_run, _search
 
     run = _get_run(_client(), run_id)
-    kind = run.data.tags.get("samseg.kind", "image")
+    kind = run.data.tags.get(TAG_KIND, "image")
     if kind == "batch":
-        runs = [r for r in _search(None, _experiment_name(run)) if r.data.tags.get("mlflow.parentRunId") == run_id
-                and r.data.tags.get("samseg.kind", "image") == "image"]
+        runs = [r for r in _search(None, _experiment_name(run)) if r.data.tags.get(TAG_MLFLOW_PARENT) == run_id
+                and r.data.tags.get(TAG_KIND, "image") == "image"]
     else:
         runs = [run]
     if not runs:

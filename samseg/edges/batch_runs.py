@@ -18,8 +18,8 @@ from typing import Any
 
 from samseg.edges import tracking
 from samseg.edges.shutdown import pid_alive
+from samseg.edges.run_schema import KIND_BATCH, TAG_BATCH_KEY, TAG_HOST, TAG_IMAGE_SHA256, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PID
 
-HOST_TAG, PID_TAG, KEY_TAG = "samseg.host", "samseg.pid", "samseg.batch_key"
 
 
 def batch_key(experiment: str, source: Any, out: str, params: dict[str, Any]) -> str:
@@ -30,11 +30,11 @@ def batch_key(experiment: str, source: Any, out: str, params: dict[str, Any]) ->
 
 def _orphans(client: Any, experiment_id: str) -> list[Any]:
     """RUNNING batch runs owned by a process of this host that no longer exists."""
-    runs = client.search_runs([experiment_id], "tags.`samseg.kind` = 'batch' and attributes.status = 'RUNNING' "
-                              f"and tags.`{HOST_TAG}` = '{socket.gethostname()}'", max_results=200)
+    runs = client.search_runs([experiment_id], f"tags.`{TAG_KIND}` = '{KIND_BATCH}' and attributes.status = 'RUNNING' "
+                              f"and tags.`{TAG_HOST}` = '{socket.gethostname()}'", max_results=200)
     dead = []
     for run in runs:
-        pid = run.data.tags.get(PID_TAG, "")
+        pid = run.data.tags.get(TAG_PID, "")
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             dead.append(run)
     return dead
@@ -50,9 +50,9 @@ def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags:
     resumed = None
     try:
         for run in _orphans(client, tracking._experiment_id(client, experiment)):
-            if resumed is None and run.data.tags.get(KEY_TAG) == key:
+            if resumed is None and run.data.tags.get(TAG_BATCH_KEY) == key:
                 resumed = run.info.run_id
-                client.set_tag(resumed, PID_TAG, str(os.getpid()))
+                client.set_tag(resumed, TAG_PID, str(os.getpid()))
             else:
                 client.set_terminated(run.info.run_id, "KILLED")
     except MlflowException as exc:
@@ -60,7 +60,7 @@ def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags:
                                      f"{tracking._one_line(exc)}") from None
     if resumed is not None:
         return resumed, True
-    own = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), KEY_TAG: key}
+    own = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), TAG_BATCH_KEY: key}
     return tracking.start_batch_run(experiment, run_name, params, {**tags, **own}), False
 
 
@@ -73,11 +73,11 @@ def logged_image_run(batch_run_id: str, image_sha256: str, out_dir: str) -> str 
     try:
         parent = client.get_run(batch_run_id)
         runs = client.search_runs([parent.info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{batch_run_id}' and attributes.status = 'FINISHED' "
-                                  f"and tags.`samseg.image_sha256` = '{image_sha256}'", max_results=50)
+                                  f"tags.`{TAG_MLFLOW_PARENT}` = '{batch_run_id}' and attributes.status = 'FINISHED' "
+                                  f"and tags.`{TAG_IMAGE_SHA256}` = '{image_sha256}'", max_results=50)
     except MlflowException:
         return None
     for run in runs:
-        if run.data.tags.get("samseg.out_dir") == str(out_dir):
+        if run.data.tags.get(TAG_OUT_DIR) == str(out_dir):
             return run.info.run_id
     return None

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from samseg.edges.owned_files import CLASSES_JSON, CONTACT_SHEET_PNG, BatchIncomplete, check_complete, write_files
+from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM
 
-TAG_CLASSES = "samseg.classes"  # "dataset" (clustered here) or "assigned" (prototypes of another run)
-TAG_CLASSES_FROM = "samseg.classes_from"  # run id whose classes.json was used
 
 
 class DatasetOutputsError(RuntimeError):

@@ -11,13 +11,23 @@ EXPERIMENT_DEFAULT = "samseg"
 KIND_IMAGE, KIND_BATCH, KIND_RECLUSTER = "image", "batch", "recluster"
 KINDS: tuple[str, ...] = (KIND_IMAGE, KIND_BATCH, KIND_RECLUSTER)
 
-# samseg's MLflow tags (the rest of the schema: samseg.edges.tracking.run_tags)
-TAG_KIND = "samseg.kind"
+# samseg's MLflow tags: every "samseg.<tag>" name is here and nowhere else (tests/test_run_schema.py)
+TAG_KIND = "samseg.kind"  # one of KINDS
 TAG_OUT_DIR = "samseg.out_dir"
 TAG_SOURCE = "samseg.source"
 TAG_EXEMPLAR = "samseg.exemplar"
-TAG_PARENT_RUN = "samseg.parent_run_id"
+TAG_PARENT_RUN = "samseg.parent_run_id"  # the run a recluster started from
+TAG_IMAGE_SHA256 = "samseg.image_sha256"
+TAG_IMAGE_URI = "samseg.image_uri"
+TAG_CHECKPOINT_SHA256 = "samseg.checkpoint_sha256"
+TAG_PREFECT_FLOW_RUN = "samseg.prefect_flow_run_id"
+TAG_VERSION = "samseg.version"
 TAG_CACHE_PREFIX = "samseg.cache."  # + stage name: one of CACHE_STATUSES
+TAG_CLASSES = "samseg.classes"  # a batch run's dataset classes: "dataset" (clustered) or "assigned" (another run's)
+TAG_CLASSES_FROM = "samseg.classes_from"  # the run id / classes.json the assigned classes came from
+TAG_HOST, TAG_PID, TAG_BATCH_KEY = "samseg.host", "samseg.pid", "samseg.batch_key"  # who runs a batch (resume/sweep)
+# MLflow's own tag that nests a run under its parent (an image run under its batch run)
+TAG_MLFLOW_PARENT = "mlflow.parentRunId"
 
 # Where a stage's value came from in one run (summary.json "cache", tags samseg.cache.<stage>).
 HIT, COMPUTED, SKIPPED = "hit", "computed", "skipped"  # skipped: not needed (later stages were cached)

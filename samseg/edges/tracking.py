@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samseg.core.secrets import SECRET_ENV_VARS, scrub_secrets  # noqa: F401 — re-exported: the edge's scrubber
-from samseg.edges.run_schema import EXPERIMENT_DEFAULT, KINDS, TAG_CACHE_PREFIX, TAG_KIND  # noqa: F401 — the schema
+from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, TAG_CACHE_PREFIX, TAG_CHECKPOINT_SHA256, TAG_IMAGE_SHA256,  # noqa: F401
+                                     TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_VERSION)
 from samseg.edges.mlflow_client import TrackingError, client as _client, error_line as _one_line, where as _where, tracking_uri  # noqa: F401 — re-exported
 from samseg.edges.tracking_conventions import log_lineage
 
@@ -99,14 +100,14 @@ def run_tags(
     summary: dict[str, Any], kind: str, parent_run_id: str | None, nested_under: str | None, extra_tags: dict[str, Any] | None
 ) -> dict[str, str]:
     tags: dict[str, Any] = {
-        "samseg.kind": kind,
-        "samseg.image_sha256": _get(summary, "image", "sha256"),
-        "samseg.image_uri": _get(summary, "image", "uri"),
-        "samseg.checkpoint_sha256": _get(summary, "model", "checkpoint_sha256"),
-        "samseg.prefect_flow_run_id": _prefect_flow_run_id(summary),
-        "samseg.parent_run_id": parent_run_id,
-        "samseg.version": summary.get("samseg_version"),
-        "mlflow.parentRunId": nested_under,
+        TAG_KIND: kind,
+        TAG_IMAGE_SHA256: _get(summary, "image", "sha256"),
+        TAG_IMAGE_URI: _get(summary, "image", "uri"),
+        TAG_CHECKPOINT_SHA256: _get(summary, "model", "checkpoint_sha256"),
+        TAG_PREFECT_FLOW_RUN: _prefect_flow_run_id(summary),
+        TAG_PARENT_RUN: parent_run_id,
+        TAG_VERSION: summary.get("samseg_version"),
+        TAG_MLFLOW_PARENT: nested_under,
     }
     for stage, state in (summary.get("cache") or {}).items():
         tags[f"{TAG_CACHE_PREFIX}{stage}"] = state
@@ -169,7 +170,7 @@ def _kind_of(client: Any, run_id: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_run(run_id).data.tags.get("samseg.kind")
+        return client.get_run(run_id).data.tags.get(TAG_KIND)
     except MlflowException:
         return None
 
@@ -199,9 +200,9 @@ def log_image_run(
         client = _client()
         if parent_run_id and nested_under is None and _kind_of(client, parent_run_id) == "batch":
             parent_run_id, nested_under = None, parent_run_id
-        kind = str((extra_tags or {}).get("samseg.kind") or ("recluster" if parent_run_id else "image"))
+        kind = str((extra_tags or {}).get(TAG_KIND) or (KIND_RECLUSTER if parent_run_id else KIND_IMAGE))
         if kind not in KINDS:
-            raise ValueError(f"samseg.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+            raise ValueError(f"{TAG_KIND} must be one of {', '.join(KINDS)}, got {kind!r}")
         tags = run_tags(summary, kind, parent_run_id, nested_under, extra_tags)
         name = run_name or _get(summary, "image", "file_name") or out_dir.name
         run = client.create_run(_experiment_id(client, experiment), tags=tags, run_name=scrub_secrets(str(name)))
@@ -235,7 +236,7 @@ def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags
 
     try:
         client = _client()
-        all_tags = {"samseg.kind": "batch", **tags}
+        all_tags = {TAG_KIND: "batch", **tags}
         clean = {k: scrub_secrets(str(v)) for k, v in all_tags.items() if v is not None}
         run = client.create_run(_experiment_id(client, experiment), tags=clean, run_name=run_name)
         _log_values(client, run.info.run_id, params, {})
@@ -370,7 +371,7 @@ def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[A
     ids = [run_id]
     if run.data.tags.get(TAG_KIND) == "batch":
         try:
-            kids = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=5000)
+            kids = client.search_runs([run.info.experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{run_id}'", max_results=5000)
         except MlflowException as exc:
             raise TrackingError(f"MLflow run {run_id}: cannot list its image runs ({_one_line(exc)})") from None
         ids = [r.info.run_id for r in kids if r.data.tags.get(TAG_KIND) == "image"]

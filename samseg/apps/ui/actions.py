@@ -15,6 +15,7 @@ import numpy as np
 
 from samseg.core.config import ClusterConfig, PipelineConfig, PoolConfig
 from samseg.apps.ui.service import RunDataError, RunStore
+from samseg.edges.run_schema import KIND_IMAGE, TAG_CHECKPOINT_SHA256, TAG_KIND, TAG_MLFLOW_PARENT
 
 Progress = Callable[[str], None]
 MAX_BATCH_RUNS = 50  # exemplar search over a batch: enough for a page, bounded work
@@ -155,11 +156,10 @@ def batch_runs(store: RunStore, run_id: str) -> list[str]:
     and pooling, kind image. The run itself comes first."""
     run = store.get_run(run_id)
     tags, params = run.data.tags, run.data.params
-    filt = ["tags.`samseg.kind` = 'image'"]
-    if tags.get("mlflow.parentRunId"):
-        filt.append(f"tags.`mlflow.parentRunId` = '{tags['mlflow.parentRunId']}'")
-    if tags.get("samseg.checkpoint_sha256"):
-        filt.append(f"tags.`samseg.checkpoint_sha256` = '{tags['samseg.checkpoint_sha256']}'")
+    filt = [f"tags.`{TAG_KIND}` = '{KIND_IMAGE}'"]
+    for tag in (TAG_MLFLOW_PARENT, TAG_CHECKPOINT_SHA256):
+        if tags.get(tag):
+            filt.append(f"tags.`{tag}` = '{tags[tag]}'")
     runs = store.client.search_runs([run.info.experiment_id], " and ".join(filt), max_results=MAX_BATCH_RUNS)
     same_pool = [
         r.info.run_id for r in runs

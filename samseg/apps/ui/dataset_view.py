@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from samseg.apps.ui.service import DATASET_MODES, RunDataError, RunStore
+from samseg.edges.run_schema import TAG_KIND, TAG_MLFLOW_PARENT
 
 _MAX_CHILDREN = 500  # one page; a batch larger than that is browsed in MLflow
 
@@ -15,9 +16,9 @@ _MAX_CHILDREN = 500  # one page; a batch larger than that is browsed in MLflow
 def children(store: RunStore, run: Any) -> list[Any]:
     """Image runs nested under batch run `run` (tag mlflow.parentRunId), oldest first."""
     rid = run.info.run_id  # checked by RunStore.get_any_run: [A-Za-z0-9_-] only, safe in a filter
-    found = store.client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{rid}'",
+    found = store.client.search_runs([run.info.experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{rid}'",
                                      order_by=["attributes.start_time ASC"], max_results=_MAX_CHILDREN)
-    return [r for r in found if r.data.tags.get("samseg.kind", "image") in ("image", "recluster")]
+    return [r for r in found if r.data.tags.get(TAG_KIND, "image") in ("image", "recluster")]
 
 
 def class_table(store: RunStore, run_id: str) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from samseg.apps.ui.security import UnsafePathError, check_artifact_path
+from samseg.edges.run_schema import TAG_IMAGE_SHA256, TAG_IMAGE_URI
 
 DATASET_FILES = ("classes.json", "contact_sheet.png")
 _THUMB_PX = 320  # long side of list thumbnails: readable, ~30 KB each
@@ -79,8 +80,8 @@ class RunFiles:
         could name any file: only one whose hash the run records, from the allowed roots."""
         run = self.get_run(run_id)
         summary = self.summary(run_id)
-        uri = run.data.tags.get("samseg.image_uri") or _image_field(summary, "uri")
-        expected = run.data.tags.get("samseg.image_sha256") or _image_field(summary, "sha256")
+        uri = run.data.tags.get(TAG_IMAGE_URI) or _image_field(summary, "uri")
+        expected = run.data.tags.get(TAG_IMAGE_SHA256) or _image_field(summary, "sha256")
         if not uri or not expected or not self._allowed_input(uri):
             raise RunDataError(f"run {run_id}: {INPUT_REFUSED}")
         return uri, expected

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from samseg.core.config import ClusterConfig
 from samseg.apps.ui.service import RunDataError, RunStore
+from samseg.edges.run_schema import TAG_PREFECT_FLOW_RUN
 
 # "<flow name>/<deployment name>" as in deployments/prefect.yaml (flow `recluster`).
 from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT as DEFAULT_DEPLOYMENT  # noqa: E402
@@ -67,7 +68,7 @@ def rerun_via_prefect(
         what = state.name if state is not None else "no state"
         raise RunDataError(f"Prefect flow run {flow_run.name} ({flow_run.id}) ended {what}: {getattr(state, 'message', '') or ''}".strip())
     found = store.client.search_runs(
-        [run.info.experiment_id], f"tags.`samseg.prefect_flow_run_id` = '{flow_run.id}'", max_results=1
+        [run.info.experiment_id], f"tags.`{TAG_PREFECT_FLOW_RUN}` = '{flow_run.id}'", max_results=1
     )
     if not found:
         raise RunDataError(f"Prefect flow run {flow_run.id} finished but logged no MLflow run in {experiment!r}")

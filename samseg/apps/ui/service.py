@@ -20,6 +20,7 @@ from typing import Any
 
 from samseg.apps.ui.files import DATASET_FILES, RunDataError, RunFiles  # noqa: F401 — DATASET_FILES re-exported
 from samseg.apps.ui.security import valid_run_id
+from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
 from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
 
 # Run kinds that have an image's outputs (a batch parent run has none).
@@ -139,14 +140,14 @@ class RunStore(RunFiles):
 
     @staticmethod
     def _is_image_run(run: Any) -> bool:
-        kind = run.data.tags.get("samseg.kind", "image")
+        kind = run.data.tags.get(TAG_KIND, "image")
         return kind in IMAGE_KINDS
 
     @staticmethod
     def is_dataset_run(run: Any) -> bool:
         """A batch parent run that carries dataset-level classes (classes.json)."""
         tags = run.data.tags
-        return tags.get("samseg.kind") == "batch" and tags.get("samseg.classes") in DATASET_MODES
+        return tags.get(TAG_KIND) == "batch" and tags.get(TAG_CLASSES) in DATASET_MODES
 
     def get_any_run(self, run_id: str) -> Any:
         """An image run or a dataset run (RunNotFound for anything else)."""
@@ -162,7 +163,7 @@ class RunStore(RunFiles):
                 raise RunNotFound(f"run {run_id} not found on {_scrub(self.tracking_uri)}") from None
             raise err from None
         if not (self._is_image_run(run) or self.is_dataset_run(run)):
-            raise RunNotFound(f"run {run_id} is a {run.data.tags.get('samseg.kind')} run without dataset classes, "
+            raise RunNotFound(f"run {run_id} is a {run.data.tags.get(TAG_KIND)} run without dataset classes, "
                               "not an image or dataset run")
         return run
 
@@ -177,7 +178,7 @@ class RunStore(RunFiles):
         """The dataset run an image run was labelled by (its batch parent), or None."""
         from mlflow.exceptions import MlflowException
 
-        parent = run.data.tags.get("mlflow.parentRunId")
+        parent = run.data.tags.get(TAG_MLFLOW_PARENT)
         if not parent:
             return None
         if known is not None:
@@ -204,7 +205,7 @@ class RunStore(RunFiles):
             "n_noise": _int(m.get("n_noise")),
             "time": _iso(run.info.start_time),
             "mlflow_url": self.mlflow_url(run),
-            "prefect_url": self.prefect_url(t.get("samseg.prefect_flow_run_id")),
+            "prefect_url": self.prefect_url(t.get(TAG_PREFECT_FLOW_RUN)),
         }
 
     def row(self, run: Any, datasets: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -214,18 +215,18 @@ class RunStore(RunFiles):
             return self.dataset_row(run)
         m, t = run.data.metrics, run.data.tags
         rid = run.info.run_id
-        uri = t.get("samseg.image_uri", "")
+        uri = t.get(TAG_IMAGE_URI, "")
         ds = self.dataset_of(run, datasets)
         return {
             **self._row_base(run),
             "is_dataset": False,
             "dataset_run_id": ds.info.run_id if ds is not None else None,
-            "dataset_mode": ds.data.tags.get("samseg.classes") if ds is not None else None,
-            "kind": "exemplar" if t.get("samseg.exemplar") == "true" else t.get("samseg.kind", "image"),
+            "dataset_mode": ds.data.tags.get(TAG_CLASSES) if ds is not None else None,
+            "kind": "exemplar" if t.get(TAG_EXEMPLAR) == "true" else t.get(TAG_KIND, "image"),
             "image": uri.rsplit("/", 1)[-1] if uri else None,
             "image_uri": uri or None,
             "n_clusters": _int(m.get("n_clusters")),
-            "parent_run_id": t.get("samseg.parent_run_id"),
+            "parent_run_id": t.get(TAG_PARENT_RUN),
             "thumb_url": f"/runs/{rid}/files/thumb.png",
             "overlay_url": f"/runs/{rid}/files/overlay.png",
         }
@@ -237,10 +238,10 @@ class RunStore(RunFiles):
         return {
             **self._row_base(run),
             "is_dataset": True,
-            "kind": t.get("samseg.classes"),
-            "classes_from": t.get("samseg.classes_from"),
+            "kind": t.get(TAG_CLASSES),
+            "classes_from": t.get(TAG_CLASSES_FROM),
             "image": None,
-            "source": t.get("samseg.source"),
+            "source": t.get(TAG_SOURCE),
             "n_images": _int(p.get("n_images")),
             "n_classes": _int(m.get("n_classes")),
             "n_clusters": _int(m.get("n_classes")),
