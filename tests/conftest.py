@@ -1,4 +1,4 @@
-"""Shared fixtures: the real photos in ../shared/images, the tiny-random SAM, the smoke config.
+"""Shared fixtures: the real photos in tests/data/photos, the tiny-random SAM, the smoke config.
 
 Isolation: before any test module is imported, `pytest_configure` points SAMSEG_HOME,
 SAMSEG_CACHE, MLFLOW_TRACKING_URI (SQLite), PREFECT_HOME at one session temp dir and
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = REPO_ROOT / ".." / "shared" / "images"
+PHOTOS = REPO_ROOT / "tests" / "data" / "photos"
 
 pytest_plugins = ["servers", "prefect_fixtures"]
 
@@ -58,11 +58,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def shared_images() -> Path:
-    """../shared/images relative to the repo root (building.jpg, bears.jpg, alphabet.jpg, corgi.jpg)."""
-    if not (SHARED_IMAGES / "building.jpg").is_file():
-        pytest.skip("../shared/images not present")
-    return SHARED_IMAGES.resolve()
+def photos() -> Path:
+    """tests/data/photos: building.jpg, bears.jpg, alphabet.jpg, corgi.jpg — the four real photos
+    of ../shared/images at 512 px (see its NOTICE), in the repository so no test needs ../shared."""
+    return PHOTOS
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@
   temporary server per process (tens of seconds each on a loaded machine).
 - `prefect_api` (session): this process talks to that server (temporary_settings:
   PREFECT_API_URL, result storage in the temp home) → the PrefectServer.
-- `small_photos` (session): building/bears/corgi/alphabet from ../shared/images, downscaled
+- `small_photos` (session): building/bears/corgi/alphabet from tests/data/photos, downscaled
   to a 192-px long side (JPEG) — real photos, cheap for tiny-random on a shared CPU.
 """
 
@@ -130,13 +130,13 @@ def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
 
 
 @pytest.fixture(scope="session")
-def small_photos(tmp_path_factory: pytest.TempPathFactory, shared_images: Path) -> Path:
+def small_photos(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> Path:
     """Dir with the four shared photos downscaled to SMALL_SIDE px (EXIF applied)."""
     from PIL import Image, ImageOps
 
     out = tmp_path_factory.mktemp("photos")
     for name in PHOTOS:
-        with Image.open(shared_images / name) as img:
+        with Image.open(photos / name) as img:
             small = ImageOps.exif_transpose(img).convert("RGB")
             small.thumbnail((SMALL_SIDE, SMALL_SIDE))
             small.save(out / name, quality=90)

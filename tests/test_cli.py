@@ -30,17 +30,17 @@ def error_lines(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def batch(shared_images: Path, tmp_path_factory: pytest.TempPathFactory, prefect_api):
+def batch(photos: Path, tmp_path_factory: pytest.TempPathFactory, prefect_api):
     """One real run: building.jpg + bears.jpg (non-square) + a text file named .jpg."""
     tmp = tmp_path_factory.mktemp("batch")
     bad = tmp / "broken.jpg"
     bad.write_text("this is not a JPEG\n")
     out = tmp / "out"
-    argv = ["segment", str(shared_images / "building.jpg"), str(bad), str(shared_images / "bears.jpg"),
+    argv = ["segment", str(photos / "building.jpg"), str(bad), str(photos / "bears.jpg"),
             "--model", "tiny-random", "--preset", "smoke", "--points-per-side", TINY_POINTS, "--device", "cpu",
             "--save-features", "--cache", str(tmp / "cache"), "--out", str(out)]
     rc, stdout, stderr = run_cli(argv)
-    return {"rc": rc, "stdout": stdout, "stderr": stderr, "out": out, "images": shared_images}
+    return {"rc": rc, "stdout": stdout, "stderr": stderr, "out": out, "images": photos}
 
 
 @pytest.mark.parametrize("name", ["building", "bears"])

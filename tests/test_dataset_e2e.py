@@ -1,4 +1,4 @@
-"""Dataset-level classes end to end with the tiny-random SAM over ../shared/images.
+"""Dataset-level classes end to end with the tiny-random SAM over the test photos (tests/data/photos).
 
 The batch is segmented image by image (per-image ids, as segment-batch writes them), then
 samseg.edges.dataset_outputs.apply_dataset_classes gives the whole batch shared ids, classes.json and a
@@ -29,7 +29,7 @@ SMALL_SIDE = 320
 
 
 @pytest.fixture(scope="module")
-def segmented(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
+def segmented(photos, tiny_model, smoke_cfg, tmp_path_factory):
     """OUT/<stem>/ per image with per-image cluster ids, from SMALL_SIDE-px PNG copies."""
     from samseg.core.cluster import cluster_embeddings
     from samseg.core.compose import compose_labels
@@ -47,7 +47,7 @@ def segmented(shared_images, tiny_model, smoke_cfg, tmp_path_factory):
     (root / "photos").mkdir()
     out, dirs, segs = root / "out", [], []
     for name in PHOTOS:
-        small = Image.fromarray(load_image(shared_images / name).rgb)
+        small = Image.fromarray(load_image(photos / name).rgb)
         small.thumbnail((SMALL_SIDE, SMALL_SIDE))
         small.save(root / "photos" / f"{Path(name).stem}.png")
         img = load_image(root / "photos" / f"{Path(name).stem}.png")

@@ -191,8 +191,8 @@ def test_count_encoder_calls_removes_its_hook(model) -> None:
     assert calls.count == 0 and len(model.sam.image_encoder._forward_hooks) == before
 
 
-def test_real_photo_geometry_and_single_encode(model, shared_images) -> None:
-    path = shared_images / "building.jpg"
+def test_real_photo_geometry_and_single_encode(model, photos) -> None:
+    path = photos / "building.jpg"
     from PIL import Image
 
     with Image.open(path) as im:

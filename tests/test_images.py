@@ -198,6 +198,6 @@ def test_find_images_dirs_globs_and_explicit_files(tmp_path: Path) -> None:
     assert ".png" in IMAGE_SUFFIXES and ".jpg" in IMAGE_SUFFIXES
 
 
-def test_shared_photo_loads(shared_images: Path) -> None:
-    img = load_image(shared_images / "bears.jpg")
+def test_shared_photo_loads(photos: Path) -> None:
+    img = load_image(photos / "bears.jpg")
     assert img.rgb.dtype == np.uint8 and img.rgb.ndim == 3 and img.hw[0] != img.hw[1]

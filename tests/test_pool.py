@@ -48,8 +48,8 @@ def _photo_masks(path: Path, k: int = 6, n_masks: int = 36) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", params=["building.jpg", "bears.jpg"])
-def photo_case(request, shared_images):
-    masks = _photo_masks(shared_images / request.param)
+def photo_case(request, photos):
+    masks = _photo_masks(photos / request.param)
     features = _features(256, seed=1)
     return masks, features, notebook_embeddings(masks, features)
 

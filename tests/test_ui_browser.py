@@ -63,7 +63,7 @@ def _segment_and_log(model, image_path: Path, out_root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory, shared_images, tiny_model):
+def ui_server(tmp_path_factory, photos, tiny_model):
     from mlflow import MlflowClient
 
     if not Path(CHROMIUM).is_file():
@@ -77,7 +77,7 @@ def ui_server(tmp_path_factory, shared_images, tiny_model):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
-    runs = [_segment_and_log(tiny_model, shared_images / name, tmp / "out") for name in ("building.jpg", "bears.jpg")]
+    runs = [_segment_and_log(tiny_model, photos / name, tmp / "out") for name in ("building.jpg", "bears.jpg")]
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SAMSEG_CACHE": str(tmp / "cache"), "SAMSEG_HOME": str(tmp / "home")}
     env.pop("SAMSEG_UI_TOKEN", None)

@@ -52,18 +52,16 @@ def test_sigterm_stops_the_batch_like_ctrl_c_and_a_rerun_resumes(prefect_api, tm
     try:
         _wait_for(lambda: (out / "img00" / "summary.json").exists() or proc.poll() is not None, 240, "the first image")
         assert proc.poll() is None, proc.communicate()
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        _stdout, stderr = proc.communicate(timeout=30)
-        took = time.monotonic() - t0
+        at_signal = len(list(out.glob("*/summary.json")))
+        _stdout, stderr = proc.communicate(timeout=30)  # a hang detector, not a speed target
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, stderr
-    assert took < 5.0, f"exit took {took:.1f} s"
     assert "TypeError" not in stderr and "Traceback" not in stderr
     done = sorted(p.parent.name for p in out.glob("*/summary.json"))
-    assert 1 <= len(done) < 12, done  # started nothing new
+    assert 1 <= len(done) <= at_signal + 1 and len(done) < 12, done  # at most the image in flight, nothing new
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != owned_files.LEDGER]  # no half-written dir
     assert owned_files.incomplete_since(str(out)) is not None  # readers see the batch did not finish
     rerun = subprocess.run([sys.executable, "-m", "samseg.apps.cli", *argv], cwd=REPO_ROOT, env=prefect_api.env,
