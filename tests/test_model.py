@@ -1,7 +1,7 @@
 """samseg.sam.model: registry, tiny-random determinism, verified downloads, local checkpoints, devices.
 
 Downloads are tested against a loopback http.server on 127.0.0.1 serving a small file;
-the real CHECKPOINTS table is only ever changed through monkeypatch (restored after).
+the real MODELS rows are only ever changed through monkeypatch (restored after).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 
 from samseg.sam import model as model_mod
 from samseg.sam.model import (
-    CHECKPOINTS,
     MODEL_TYPES,
+    MODELS,
     CheckpointError,
     CheckpointInfo,
     CheckpointWarning,
@@ -44,16 +44,34 @@ PAYLOAD = b"not really a checkpoint, just bytes to download\n" * 1000
 
 def test_registry_pins_meta_checkpoints() -> None:
     assert MODEL_TYPES == ("vit_h", "vit_l", "vit_b", "tiny-random")
-    assert CHECKPOINTS["vit_h"] == CheckpointInfo(
+    assert MODELS["vit_h"].checkpoint == CheckpointInfo(
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
         "sam_vit_h_4b8939.pth",
         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        2_564_550_879,
     )
-    assert CHECKPOINTS["vit_l"].sha256 == "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"
-    assert CHECKPOINTS["vit_b"].filename == "sam_vit_b_01ec64.pth"
-    assert CHECKPOINTS["vit_b"].sha256 == "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
+    assert MODELS["vit_l"].checkpoint.sha256 == "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"
+    assert MODELS["vit_b"].checkpoint.filename == "sam_vit_b_01ec64.pth"
+    assert MODELS["vit_b"].checkpoint.sha256 == "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
+    assert MODELS["tiny-random"].checkpoint is None
     with pytest.raises(dataclasses.FrozenInstanceError):
-        CHECKPOINTS["vit_b"].sha256 = "x"  # type: ignore[misc]
+        MODELS["vit_b"].checkpoint.sha256 = "x"  # type: ignore[misc]
+
+
+def test_a_row_is_all_the_registry_knows(monkeypatch, tmp_path) -> None:
+    """A model added with register_model alone is downloadable, resolvable and identified
+    (no second table to edit): the row's checkpoint is what `weights`, paths and identity read."""
+    from samseg.sam.model import ModelEntry, downloadable_types
+    from samseg.sam.source import ModelRequest, ModelSource
+
+    info = CheckpointInfo("http://127.0.0.1:9/unused", "new_model.pth", "ab" * 32, 10)
+    monkeypatch.setitem(MODELS, "new_model", ModelEntry(build_tiny_random, info, embed_dim=32))
+    monkeypatch.setattr(model_mod, "MODEL_TYPES", tuple(MODELS))
+    assert "new_model" in downloadable_types() and "tiny-random" not in downloadable_types()
+    assert checkpoint_path("new_model", home=tmp_path) == tmp_path / "checkpoints" / "new_model.pth"
+    monkeypatch.setenv("SAMSEG_HOME", str(tmp_path))
+    assert ModelSource(ModelRequest("new_model", None, "cpu", 0, "fp32")).identity().checkpoint_sha256 == "ab" * 32
+    assert MODELS["tiny-random"].grid_side == 64 and MODELS["vit_h"].embed_dim == 256
 
 
 def test_unknown_model_type_is_a_clear_error() -> None:
@@ -142,7 +160,8 @@ def server(tmp_path: Path):
 
 
 def _fake_entry(monkeypatch: pytest.MonkeyPatch, sha256: str, url: str = "http://127.0.0.1:9/unused") -> None:
-    monkeypatch.setitem(CHECKPOINTS, "vit_b", CheckpointInfo(url=url, filename="sam_vit_b_01ec64.pth", sha256=sha256))
+    info = CheckpointInfo(url=url, filename="sam_vit_b_01ec64.pth", sha256=sha256, size=len(PAYLOAD))
+    monkeypatch.setitem(MODELS, "vit_b", dataclasses.replace(MODELS["vit_b"], checkpoint=info))
 
 
 def _unreachable_url() -> str:
@@ -196,13 +215,21 @@ def test_download_unreachable_names_expected_path(monkeypatch, tmp_path) -> None
 
 def test_load_model_offline_without_checkpoint(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("SAMSEG_HOME", str(tmp_path))
-    _fake_entry(monkeypatch, CHECKPOINTS["vit_b"].sha256, _unreachable_url())
+    _fake_entry(monkeypatch, MODELS["vit_b"].checkpoint.sha256, _unreachable_url())
     with pytest.raises(CheckpointError, match="sam_vit_b_01ec64.pth"):
         load_model("vit_b", device="cpu")
 
 
+def test_download_that_cannot_fit_the_disk_is_refused_before_it_starts(monkeypatch, tmp_path) -> None:
+    info = dataclasses.replace(MODELS["vit_b"].checkpoint, url=_unreachable_url(), size=1 << 60)
+    monkeypatch.setitem(MODELS, "vit_b", dataclasses.replace(MODELS["vit_b"], checkpoint=info))
+    with pytest.raises(CheckpointError, match="GiB free") as err:
+        download_checkpoint("vit_b", home=tmp_path)
+    assert "\n" not in str(err.value) and "--checkpoint" in str(err.value)
+
+
 def test_real_table_is_intact_after_monkeypatching() -> None:
-    assert CHECKPOINTS["vit_b"].url == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+    assert MODELS["vit_b"].checkpoint.url == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 
 
 # --------------------------------------------------------------------------- local checkpoints

@@ -166,12 +166,12 @@ def _add_segment_parser(sub: Any) -> None:
 
 
 def _add_weights_parser(sub: Any) -> None:
-    from samseg.sam.model import CHECKPOINTS
+    from samseg.sam.model import downloadable_types
 
     p = sub.add_parser("weights", help="download or list SAM checkpoints", description="Official SAM checkpoints, sha256-verified, cached in $SAMSEG_HOME/checkpoints.")
     wsub = p.add_subparsers(title="actions", metavar="ACTION")
     d = wsub.add_parser("download", help="download and verify one checkpoint")
-    d.add_argument("model_type", metavar="TYPE", choices=tuple(CHECKPOINTS), help=" | ".join(CHECKPOINTS))
+    d.add_argument("model_type", metavar="TYPE", choices=downloadable_types(), help=" | ".join(downloadable_types()))
     _add_common(d)
     d.set_defaults(handler=_run_weights_download)
     ls = wsub.add_parser("list", help="where each checkpoint is cached and whether it is present")
@@ -193,9 +193,9 @@ def _run_weights_download(args: argparse.Namespace) -> int:
 
 
 def _run_weights_list(args: argparse.Namespace) -> int:
-    from samseg.sam.model import CHECKPOINTS, checkpoint_path
+    from samseg.sam.model import checkpoint_path, downloadable_types
 
-    for model_type in CHECKPOINTS:
+    for model_type in downloadable_types():
         path = checkpoint_path(model_type)
         print(f"{model_type}\t{'present' if path.is_file() else 'missing'}\t{path}")
     return 0

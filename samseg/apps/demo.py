@@ -88,9 +88,9 @@ def _have(model: str) -> bool:
 
 
 def _probe(model: str) -> str | None:
-    from samseg.sam.model import CHECKPOINTS
+    from samseg.sam.model import official_checkpoint
 
-    return reachable(CHECKPOINTS[model].url)
+    return reachable(official_checkpoint(model).url)
 
 
 def _download(model: str) -> object:

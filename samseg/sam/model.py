@@ -47,41 +47,58 @@ class CheckpointWarning(UserWarning):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """Meta's official checkpoint: download URL, file name and pinned sha256 (hex)."""
+    """Meta's official checkpoint: download URL, file name, pinned sha256 (hex), size in bytes."""
 
     url: str
     filename: str
     sha256: str
+    size: int
 
 
-def _official(filename: str, sha256: str) -> CheckpointInfo:
-    return CheckpointInfo(url=CHECKPOINT_BASE_URL + filename, filename=filename, sha256=sha256)
-
-
-CHECKPOINTS: dict[str, CheckpointInfo] = {
-    "vit_h": _official("sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
-    "vit_l": _official("sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-    "vit_b": _official("sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-}
+def _official(filename: str, sha256: str, size: int) -> CheckpointInfo:
+    return CheckpointInfo(url=CHECKPOINT_BASE_URL + filename, filename=filename, sha256=sha256, size=size)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model type: `build(seed)` makes the (un-weighted or seeded) SAM;
-    `checkpoint` is the official weights to download (None: the seeded weights are the model)."""
+    """One row of the model registry: everything samseg knows about a model type.
+
+    build(seed): the (un-weighted, or seeded) SAM; checkpoint: the official weights to download
+    (None: the seeded weights are the model); input_size: the square side the encoder takes;
+    patch_size: pixels per feature cell; embed_dim: channels per cell (the embeddings' width)."""
 
     build: Callable[[int], "Sam"]
     checkpoint: CheckpointInfo | None = None
+    input_size: int = 1024
+    patch_size: int = 16
+    embed_dim: int = 256
+
+    @property
+    def grid_side(self) -> int:
+        """Feature cells per side (64 for SAM)."""
+        return self.input_size // self.patch_size
 
 
-# timm-style registry: model type -> builder + checkpoint info. Add a type with register_model.
+# timm-style registry: model type -> its row. Add a type with register_model; every reader
+# (load_model, checkpoint paths, `samseg weights`, the model identity) reads the row only.
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, build: Callable[[int], "Sam"], checkpoint: CheckpointInfo | None = None) -> None:
+def register_model(name: str, entry: ModelEntry) -> None:
     global MODEL_TYPES
-    MODELS[name] = ModelEntry(build, checkpoint)
+    MODELS[name] = entry
     MODEL_TYPES = tuple(MODELS)
+
+
+def model_entry(model_type: str) -> ModelEntry:
+    """The registry row of `model_type` (ValueError naming the known types otherwise)."""
+    check_model_type(model_type)
+    return MODELS[model_type]
+
+
+def downloadable_types() -> tuple[str, ...]:
+    """The model types whose row has official weights to download."""
+    return tuple(name for name, entry in MODELS.items() if entry.checkpoint is not None)
 
 
 def _segment_anything_builder(model_type: str) -> Callable[[int], "Sam"]:
@@ -112,7 +129,7 @@ class LoadedModel:
 
 def checkpoint_path(model_type: str, home: str | Path | None = None) -> Path:
     """Where the official checkpoint of `model_type` is (or would be) cached."""
-    info = _info(model_type)
+    info = official_checkpoint(model_type)
     return Path(home if home is not None else samseg_home()) / "checkpoints" / info.filename
 
 
@@ -121,11 +138,12 @@ def check_model_type(model_type: str) -> None:
         raise ValueError(f"unknown model type {model_type!r}; choose one of: {', '.join(MODEL_TYPES)}")
 
 
-def _info(model_type: str) -> CheckpointInfo:
-    check_model_type(model_type)
-    if model_type not in CHECKPOINTS:
+def official_checkpoint(model_type: str) -> CheckpointInfo:
+    """The row's official checkpoint (ValueError when the type has none: tiny-random)."""
+    info = model_entry(model_type).checkpoint
+    if info is None:
         raise ValueError(f"model type {model_type!r} has no official checkpoint to download")
-    return CHECKPOINTS[model_type]
+    return info
 
 
 def download_checkpoint(model_type: str, home: str | Path | None = None, url: str | None = None) -> Path:
@@ -137,18 +155,19 @@ def download_checkpoint(model_type: str, home: str | Path | None = None, url: st
     (tests serve a small file from a loopback server).
     Raises CheckpointError (one line, naming the expected path) on any failure.
     """
-    info = _info(model_type)
+    info = official_checkpoint(model_type)
     dest = checkpoint_path(model_type, home)
     if dest.is_file():
         actual = file_sha256(dest)
         if actual == info.sha256:
             return dest
         log.warning("cached %s has sha256 %s, expected %s; downloading again", dest, actual, info.sha256)
-    _download_verified(url or info.url, dest, info.sha256, model_type)
+    _download_verified(url or info.url, dest, info, model_type)
     return dest
 
 
-def _download_verified(url: str, dest: Path, expected_sha256: str, model_type: str) -> None:
+def _download_verified(url: str, dest: Path, info: CheckpointInfo, model_type: str) -> None:
+    import shutil
     import urllib.error
     import urllib.request
 
@@ -158,9 +177,13 @@ def _download_verified(url: str, dest: Path, expected_sha256: str, model_type: s
     hint = f"put {dest.name} at {dest} or pass --checkpoint PATH"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dest.parent).free
+        if free < info.size:  # refuse now, not after gigabytes
+            raise CheckpointError(f"{dest.parent}: {free / 2**30:.1f} GiB free, the {model_type} checkpoint needs "
+                                  f"{info.size / 2**30:.1f} GiB; {hint}")
         h = hashlib.sha256()
         with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
+            total = int(resp.headers.get("Content-Length") or 0) or info.size
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name) as bar:
                 for chunk in iter(lambda: resp.read(_CHUNK), b""):
                     h.update(chunk)
@@ -174,9 +197,9 @@ def _download_verified(url: str, dest: Path, expected_sha256: str, model_type: s
         part.unlink(missing_ok=True)
         raise
     actual = h.hexdigest()
-    if actual != expected_sha256:
+    if actual != info.sha256:
         part.unlink(missing_ok=True)
-        raise CheckpointError(f"downloaded {url} has sha256 {actual}, expected {expected_sha256}; file discarded")
+        raise CheckpointError(f"downloaded {url} has sha256 {actual}, expected {info.sha256}; file discarded")
     os.replace(part, dest)
     log.info("downloaded %s (sha256 %s)", dest, actual)
 
@@ -218,7 +241,8 @@ def build_tiny_random(seed: int = 0) -> "Sam":
     from functools import partial
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    dim, img_size, patch = 32, 1024, 16
+    row = MODELS[TINY_RANDOM]
+    dim, img_size, patch = row.embed_dim, row.input_size, row.patch_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = Sam(
@@ -274,15 +298,15 @@ def _load_weights(sam: Any, path: Path, model_type: str) -> None:
 
 def _resolve_checkpoint(model_type: str, checkpoint: str | Path | None) -> tuple[Path, str]:
     """(path, sha256) of the weights to load; warns when a given file is not the pinned one."""
+    pinned = model_entry(model_type).checkpoint
     if checkpoint is None:
         path = download_checkpoint(model_type)
-        return path, CHECKPOINTS[model_type].sha256
+        return path, official_checkpoint(model_type).sha256
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     sha = remembered_sha256(path)
     log.info("checkpoint %s sha256 %s", path, sha)
-    pinned = CHECKPOINTS.get(model_type)
     if pinned is None or sha != pinned.sha256:
         expected = f"the pinned {pinned.sha256}" if pinned else f"any pinned hash ({model_type} has none)"
         msg = f"{path}: sha256 {sha} is not {expected}; using it anyway"
@@ -316,11 +340,11 @@ def load_model(
     from samseg.sam.precision import resolve_precision, set_precision
 
     tune_malloc()  # before the first big tensor (samseg.sam.malloc: no page faults per decoder chunk)
-    check_model_type(model_type)
+    entry = model_entry(model_type)
     dev = select_device(device)
     resolved = resolve_precision(precision, dev)
-    sam = MODELS[model_type].build(seed)
-    if checkpoint is None and MODELS[model_type].checkpoint is None:  # seeded weights: their hash is the identity
+    sam = entry.build(seed)
+    if checkpoint is None and entry.checkpoint is None:  # seeded weights: their hash is the identity
         path, sha = None, state_dict_sha256(sam)
     else:
         path, sha = _resolve_checkpoint(model_type, checkpoint)
@@ -341,7 +365,12 @@ def load_model(
                        checkpoint_sha256=sha, device=dev, precision=resolved)
 
 
-for _name in ("vit_h", "vit_l", "vit_b"):
-    register_model(_name, _segment_anything_builder(_name), CHECKPOINTS[_name])
-register_model(TINY_RANDOM, build_tiny_random)
-MODEL_TYPES: tuple[str, ...] = tuple(MODELS)
+MODEL_TYPES: tuple[str, ...] = ()  # the registry's names, in registration order (register_model keeps it)
+register_model("vit_h", ModelEntry(_segment_anything_builder("vit_h"), _official(
+    "sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879)))
+register_model("vit_l", ModelEntry(_segment_anything_builder("vit_l"), _official(
+    "sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607)))
+register_model("vit_b", ModelEntry(_segment_anything_builder("vit_b"), _official(
+    "sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383)))
+# SAM's geometry (1024-px input, 16-px patches: a 64×64 grid) with 32 channels instead of 256
+register_model(TINY_RANDOM, ModelEntry(build_tiny_random, embed_dim=32))

@@ -112,9 +112,9 @@ def _identify(r: ModelRequest) -> ModelIdentity:
     """The identity without loading weights or importing torch where it can: the device is
     recorded as asked ("auto" until a stage loads the model; then the loaded model's), and
     only precision "auto" or "fp16" needs the device resolved now."""
-    from samseg.sam.model import CHECKPOINTS, CheckpointError, check_model_type
+    from samseg.sam.model import CheckpointError, model_entry
 
-    check_model_type(r.model_type)
+    official = model_entry(r.model_type).checkpoint
     device = r.device or "auto"
     precision = r.precision
     if precision in ("auto", "fp16"):  # auto picks per device; fp16 must be refused off CUDA now
@@ -130,11 +130,10 @@ def _identify(r: ModelRequest) -> ModelIdentity:
         if not path.is_file():
             raise CheckpointError(f"{path}: checkpoint file not found")
         return ModelIdentity(r.model_type, remembered_sha256(path), str(path), device, precision)
-    if r.model_type in CHECKPOINTS:  # official weights: the load verifies the pinned sha256
+    if official is not None:  # official weights: the load verifies the pinned sha256
         from samseg.sam.model import checkpoint_path
 
-        return ModelIdentity(r.model_type, CHECKPOINTS[r.model_type].sha256, str(checkpoint_path(r.model_type)),
-                             device, precision)
+        return ModelIdentity(r.model_type, official.sha256, str(checkpoint_path(r.model_type)), device, precision)
     return ModelIdentity(r.model_type, _seeded_sha256(r), None, device, precision)
 
 
