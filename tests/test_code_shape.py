@@ -1,30 +1,56 @@
-"""The code's shape, enforced: no source file over 400 lines, no function over 50
-(samseg/, flows/, benchmarks/; tests are exempt). Short files, short functions."""
+"""The code's shape: short files and short functions as guidance, long ones as a smell.
+
+Files are split by concept, never to meet a number, so the guide (400 lines a file, 50 a
+function) only warns: the test run's warnings summary lists what is over it, for a reviewer
+to judge. A hard stop remains far above it (600 / 100), where a file or function is past any
+concept's size and is two things that should be two. samseg/, flows/, benchmarks/; tests exempt.
+"""
 
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 50
+GUIDE_FILE_LINES, GUIDE_FUNCTION_LINES = 400, 50
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 600, 100
+
+
+class ShapeWarning(UserWarning):
+    """A file or function over the size guide (listed, not failed)."""
 
 
 def _sources() -> list[Path]:
     return sorted(p for d in ("samseg", "flows", "benchmarks") for p in (REPO / d).rglob("*.py"))
 
 
-def test_no_file_over_400_lines() -> None:
-    long = {str(p.relative_to(REPO)): n for p in _sources() if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
-    assert not long, long
+def _file_lengths() -> dict[str, int]:
+    return {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in _sources()}
 
 
-def test_no_function_over_50_lines() -> None:
-    long = []
+def _function_lengths() -> dict[str, int]:
+    out = {}
     for p in _sources():
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES:
-                    long.append(f"{p.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
-    assert not long, long
+                out[f"{p.relative_to(REPO)}:{node.lineno} {node.name}"] = node.end_lineno - node.lineno + 1
+    return out
+
+
+def test_no_file_past_any_concepts_size() -> None:
+    lengths = _file_lengths()
+    over_guide = {k: n for k, n in lengths.items() if n > GUIDE_FILE_LINES}
+    if over_guide:
+        warnings.warn(ShapeWarning(f"files over {GUIDE_FILE_LINES} lines (guide): {over_guide}"))
+    too_long = {k: n for k, n in lengths.items() if n > MAX_FILE_LINES}
+    assert not too_long, too_long
+
+
+def test_no_function_past_any_concepts_size() -> None:
+    lengths = _function_lengths()
+    over_guide = {k: n for k, n in lengths.items() if n > GUIDE_FUNCTION_LINES}
+    if over_guide:
+        warnings.warn(ShapeWarning(f"functions over {GUIDE_FUNCTION_LINES} lines (guide): {over_guide}"))
+    too_long = {k: n for k, n in lengths.items() if n > MAX_FUNCTION_LINES}
+    assert not too_long, too_long

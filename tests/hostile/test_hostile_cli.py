@@ -89,7 +89,8 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
     """A batch whose process died (its pid is gone) is resumed by the same command, not duplicated."""
     from mlflow import MlflowClient
 
-    from samseg.edges import batch_runs, tracking
+    from samseg.edges import tracking
+    from samseg.edges.run_schema import TAG_BATCH_KEY, TAG_HOST, TAG_PID
 
     exp = f"hostile-kill-{os.getpid()}"
     src = tmp_path / "in"
@@ -103,9 +104,9 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
     (batch,) = client.search_runs([exp_id], "tags.`samseg.kind` = 'batch'")
     # As if the process had been killed mid-batch: still RUNNING, its pid dead.
     client.update_run(batch.info.run_id, status="RUNNING")
-    client.set_tag(batch.info.run_id, batch_runs.PID_TAG, str(2**22 + 99))
-    other = tracking.start_batch_run(exp, "other", {}, {batch_runs.HOST_TAG: batch.data.tags[batch_runs.HOST_TAG],
-                                                        batch_runs.PID_TAG: str(2**22 + 98), batch_runs.KEY_TAG: "x"})
+    client.set_tag(batch.info.run_id, TAG_PID, str(2**22 + 99))
+    other = tracking.start_batch_run(exp, "other", {}, {TAG_HOST: batch.data.tags[TAG_HOST], TAG_PID: str(2**22 + 98),
+                                                        TAG_BATCH_KEY: "x"})
     assert run_cli(argv)[0] == 0
     batches = client.search_runs([exp_id], "tags.`samseg.kind` = 'batch'")
     assert len(batches) == 2  # resumed, not a third
