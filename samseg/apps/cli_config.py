@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from typing import Any
 
 from samseg.apps.cli_common import UsageError
-from samseg.core.config import ALGORITHMS
 
 # CLI sections: flag group title and the config section whose every field becomes a flag.
 _CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
@@ -37,53 +35,58 @@ tile_size = _auto_or(int, "tile size")  # --tile: pixels (0 = off), or 1024-px t
 
 
 _TYPES: dict[str, Any] = {"cluster.eps": eps_value}
-# Fields whose allowed values come from a registry rather than a Literal type.
-_CHOICES: dict[str, tuple[str, ...]] = {"cluster.algorithm": ALGORITHMS}
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per field of AmgConfig / PoolConfig / ClusterConfig (dest "section.field",
-    default None = the preset's value), so a new config field gets its flag for free."""
-    from samseg.core.config import DEFAULT
+    """One flag per field of AmgConfig / PoolConfig / ClusterConfig, generated from the config
+    schema (samseg.core.config knobs), so a new config field gets its flag for free."""
+    from samseg.core.config import DEFAULT, SECTION_CLASSES
 
     for section, title in _CONFIG_SECTIONS:
-        group = p.add_argument_group(title)
-        cls = type(getattr(DEFAULT, section))
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if isinstance(getattr(getattr(DEFAULT, section), f.name), bool):
-                continue  # switches get their own flag (eps_auto: --eps auto)
-            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
-            choices = _CHOICES.get(f"{section}.{f.name}", choices)
-            default = getattr(getattr(DEFAULT, section), f.name)
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f"{section}.{f.name}",
-                type=_TYPES.get(f"{section}.{f.name}", type(default) if choices is None else str),
-                choices=choices,
-                default=None,
-                metavar=None if choices else type(default).__name__.upper(),
-                help=f"{section}.{f.name} ('default' preset: {default:.4g})" if isinstance(default, float)
-                else f"{section}.{f.name} ('default' preset: {default})",
-            )
+        add_section_flags(p.add_argument_group(title), SECTION_CLASSES[section], getattr(DEFAULT, section))
+
+
+def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
+    """`--field-name` (dest "section.field", default None = the preset's value) for each knob of
+    config section `cls`; help and choices are the knob's, the shown default the 'default' preset's."""
+    from samseg.core.config import field_types, knob_of
+
+    types = field_types(cls)
+    for f in dataclasses.fields(cls):
+        if types[f.name] is bool:
+            continue  # switches get their own flag (eps_auto: --eps auto)
+        k, dest = knob_of(f), f"{cls.SECTION}.{f.name}"
+        choices = None if k.invalid else k.choices  # a knob with its own message for a bad value says it itself
+        default = getattr(defaults, f.name)
+        shown = f"{default:.4g}" if isinstance(default, float) else str(default)
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=dest,
+            type=_TYPES.get(dest, types[f.name] if choices is None else str),
+            choices=choices,
+            default=None,
+            metavar=None if choices else types[f.name].__name__.upper(),
+            help=f"{k.help + '; ' if k.help else ''}{dest} ('default' preset: {shown})",
+        )
 
 
 AUTO_TILE_SIZE = 1024  # SAM's own input side: each tile is seen at full resolution
 
 
 def add_tile_flags(p: argparse.ArgumentParser) -> None:
-    from samseg.core.config import TILE_AUTO_SIDES, TileConfig
+    from samseg.core.config import TILE_AUTO_SIDES, TileConfig, knob_of
 
     d = TileConfig()
+    helps = {f.name: knob_of(f).help for f in dataclasses.fields(TileConfig)}
     g = p.add_argument_group("tiling of large images (one class map over all tiles)")
     g.add_argument("--tile", dest="tile.size", type=tile_size, default=None, metavar="SIZE|auto",
                    help=f"cut the image into SIZE-px tiles, each segmented at full resolution; auto = "
                         f"{AUTO_TILE_SIZE}-px tiles for images whose long side is over {TILE_AUTO_SIDES * AUTO_TILE_SIZE} px "
                         "(default: no tiling)")
     g.add_argument("--tile-overlap", dest="tile.overlap", type=int, default=None, metavar="PX",
-                   help=f"pixels neighbouring tiles share; objects cut by a seam are joined there (default {d.overlap})")
+                   help=f"{helps['overlap']}; objects cut by a seam are joined there (default {d.overlap})")
     g.add_argument("--tile-merge-iou", dest="tile.merge_iou", type=float, default=None, metavar="FLOAT",
-                   help=f"IoU inside the shared region at which two tiles' masks are one object (default {d.merge_iou})")
+                   help=f"{helps['merge_iou']} (default {d.merge_iou})")
 
 
 def config_from_args(args: argparse.Namespace) -> "Any":

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from samseg.apps.cli_config import eps_value
-from samseg.core.config import ALGORITHMS
+from samseg.apps.cli_config import add_section_flags
+from samseg.core.config import DEFAULT, ClusterConfig
 
 from samseg.apps.cli_common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
 from samseg.apps.cli_common import stage_cache_root, write_csv
@@ -36,11 +36,7 @@ def _add_recluster_parser(sub: Any) -> None:
     )
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an image run")
     p.add_argument("--out", required=True, metavar="DIR_OR_S3", help="output root; the image goes to OUT/<image stem>/")
-    p.add_argument("--algorithm", choices=ALGORITHMS, default=None)
-    p.add_argument("--eps", type=eps_value, default=None, help="a number, or auto (the knee of the k-distance curve)")
-    p.add_argument("--min-samples", type=int, default=None)
-    p.add_argument("--metric", default=None)
-    p.add_argument("--distance-threshold", type=float, default=None)
+    add_section_flags(p.add_argument_group("clustering (left out: the parent run's value)"), ClusterConfig, DEFAULT.cluster)
     p.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
     p.add_argument("--experiment", default=None,
                    help="MLflow experiment of the new run (default: $MLFLOW_EXPERIMENT_NAME / _ID, else samseg)")
@@ -57,11 +53,10 @@ def recluster_cluster_params(run_params: dict[str, str], args: argparse.Namespac
 
     base = {k.split(".", 1)[1]: v for k, v in run_params.items() if k.startswith("cluster.")}
     base = {k: v for k, v in base.items() if k in ClusterParams.model_fields}  # not eps_chosen / eps_rule
-    flags = {"algorithm": args.algorithm, "eps": args.eps, "min_samples": args.min_samples,
-             "metric": args.metric, "distance_threshold": args.distance_threshold}
-    if args.eps is not None:  # a number turns the parent's --eps auto off; "auto" turns it on
-        flags["eps_auto"] = args.eps == "auto"
-        flags["eps"] = None if args.eps == "auto" else args.eps
+    flags = {key.split(".", 1)[1]: value for key, value in vars(args).items() if key.startswith("cluster.")}
+    if flags.get("eps") is not None:  # a number turns the parent's --eps auto off; "auto" turns it on
+        flags["eps_auto"] = flags["eps"] == "auto"
+        flags["eps"] = None if flags["eps"] == "auto" else flags["eps"]
     return ClusterParams(**{**base, **{k: v for k, v in flags.items() if v is not None}})
 
 

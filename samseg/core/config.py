@@ -3,14 +3,21 @@
 Each stage takes exactly one of these objects. `PipelineConfig.flat()` gives the
 dotted key/value view (``amg.points_per_side``) used by summary.json, MLflow params and
 cache keys, so the three can never disagree about what a run was configured with.
+
+This module is the config schema: each field is declared once with `knob(default, help,
+bounds/choices)`. The checks (`ConfigSection.__post_init__`), the CLI flags
+(samseg.apps.cli_config), the Prefect flow parameters (flows.params) and the UI form's
+validation (samseg.apps.ui.validation) are all generated from that declaration, so a new
+field or section is one edit here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Optional
 
 from samseg.core.algorithms import ALGORITHMS as _ALGORITHM_REGISTRY
 
@@ -18,6 +25,7 @@ CellRule = Literal["min_pixels", "min_coverage"]
 Weighting = Literal["uniform", "coverage"]
 Algorithm = str  # a name in samseg.core.algorithms.ALGORITHMS
 ALGORITHMS: tuple[str, ...] = tuple(_ALGORITHM_REGISTRY)  # the registry's names, in registration order
+METRICS: tuple[str, ...] = ("cosine", "euclidean", "manhattan", "l1", "l2")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -25,37 +33,111 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# ---------------------------------------------------------------- the schema
+
+
 @dataclass(frozen=True)
-class AmgConfig:
+class Knob:
+    """What a config field is: help text, bounds, allowed values. `invalid` overrides the
+    message for a value not in `choices` ({name}, {value!r}); finite: NaN/inf refused."""
+
+    help: str
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+    choices: Optional[tuple[str, ...]] = None
+    finite: bool = False
+    invalid: Optional[str] = None
+
+
+def knob(default: Any, help: str, **rules: Any) -> Any:
+    """A config field declared once: its default plus a `Knob` (help, bounds, choices)."""
+    return field(default=default, metadata={"knob": Knob(help, **rules)})
+
+
+def knob_of(f: dataclasses.Field) -> Knob:
+    return f.metadata.get("knob") or Knob(help="")
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def knob_errors(name: str, value: Any, k: Knob, kind: type) -> Optional[str]:
+    """The one-line message for `value` of field `name` (e.g. "cluster.eps"), or None if valid."""
+    if kind is bool:
+        return None if isinstance(value, bool) else f"{name} must be true or false"
+    if k.choices is not None:
+        if value in k.choices:
+            return None
+        if k.invalid:
+            return k.invalid.format(name=name, value=value)
+        allowed = " or ".join(k.choices) if len(k.choices) == 2 else "one of " + ", ".join(k.choices)
+        return f"{name} must be {allowed}, got {value!r}"
+    if (k.ge is not None and k.lt is not None) or (k.gt is not None and k.le is not None):  # an interval
+        lo, lo_ok = (k.ge, value >= k.ge) if k.ge is not None else (k.gt, value > k.gt)
+        hi, hi_ok = (k.lt, value < k.lt) if k.lt is not None else (k.le, value <= k.le)
+        if not (lo_ok and hi_ok):
+            return f"{name} must be in {'[' if k.ge is not None else '('}{_num(lo)}, {_num(hi)}{')' if k.lt is not None else ']'}"
+    else:
+        for bound, word, ok in ((k.ge, ">=", lambda b: value >= b), (k.gt, ">", lambda b: value > b),
+                                (k.le, "<=", lambda b: value <= b), (k.lt, "<", lambda b: value < b)):
+            if bound is not None and not ok(bound):
+                return f"{name} must be {word} {_num(bound)}"
+    if k.finite and not math.isfinite(value):
+        return f"{name} must be a finite number"
+    return None
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """Each field's value type (bool, int, float or str; a Literal is str)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (str if typing.get_origin(hints[f.name]) is Literal else hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class ConfigSection:
+    """A section of the pipeline config (amg, pool, cluster, tile): its knobs are checked on
+    construction; `check()` adds the rules that span fields."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        types = field_types(type(self))
+        for f in dataclasses.fields(self):
+            message = knob_errors(f"{self.SECTION}.{f.name}", getattr(self, f.name), knob_of(f), types[f.name])
+            _check(message is None, message or "")
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields (none by default)."""
+
+
+@dataclass(frozen=True)
+class AmgConfig(ConfigSection):
     """Every `segment_anything.SamAutomaticMaskGenerator` knob; defaults are SAM's own.
 
     `point_grids` and `output_mode` are not exposed: samseg always builds the grid from
     `points_per_side` and always keeps masks as COCO RLE between stages.
     """
 
-    points_per_side: int = 32  # 32×32 = 1,024 prompts on the full image
-    points_per_batch: int = 64  # prompts per decoder call; memory, not results
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0  # >0 runs SAM's small-region/hole removal (needs OpenCV)
-
-    def __post_init__(self) -> None:
-        _check(self.points_per_side >= 1, "amg.points_per_side must be >= 1")
-        _check(self.points_per_batch >= 1, "amg.points_per_batch must be >= 1")
-        _check(self.crop_n_layers >= 0, "amg.crop_n_layers must be >= 0")
-        _check(self.crop_n_points_downscale_factor >= 1, "amg.crop_n_points_downscale_factor must be >= 1")
-        _check(self.min_mask_region_area >= 0, "amg.min_mask_region_area must be >= 0")
-        _check(0.0 <= self.crop_overlap_ratio < 1.0, "amg.crop_overlap_ratio must be in [0, 1)")
+    SECTION: ClassVar[str] = "amg"
+    points_per_side: int = knob(32, "prompt grid is N×N points (32: 1,024 prompts on the full image)", ge=1)
+    points_per_batch: int = knob(64, "prompts per decoder call (memory only, not results)", ge=1)
+    pred_iou_thresh: float = knob(0.88, "drop masks whose predicted IoU is lower")
+    stability_score_thresh: float = knob(0.95, "drop masks whose stability score is lower")
+    stability_score_offset: float = knob(1.0, "logit offset of the stability score")
+    box_nms_thresh: float = knob(0.7, "box IoU above which the lower-scored mask is dropped")
+    crop_n_layers: int = knob(0, "layers of image crops, each with its own prompt grid", ge=0)
+    crop_nms_thresh: float = knob(0.7, "box NMS threshold between crops")
+    crop_overlap_ratio: float = knob(512 / 1500, "overlap of neighbouring crops", ge=0, lt=1)
+    crop_n_points_downscale_factor: int = knob(1, "prompt grid divided by this per crop layer", ge=1)
+    min_mask_region_area: int = knob(0, ">0: remove holes and islands under this many pixels (OpenCV)", ge=0)
 
 
 @dataclass(frozen=True)
-class PoolConfig:
+class PoolConfig(ConfigSection):
     """How a mask's embedding is pooled from the C×64×64 encoder feature grid.
 
     Cells are the 16×16-pixel patches of SAM's 1024-px input frame (long side resized to
@@ -69,23 +151,18 @@ class PoolConfig:
     A mask that selects no cell falls back to the single cell it overlaps most.
     """
 
-    cell_rule: CellRule = "min_pixels"
-    min_pixels: int = 1
-    min_coverage: float = 0.5
-    weighting: Weighting = "uniform"
-
-    def __post_init__(self) -> None:
-        _check(self.cell_rule in ("min_pixels", "min_coverage"), f"pool.cell_rule must be min_pixels or min_coverage, got {self.cell_rule!r}")
-        _check(self.weighting in ("uniform", "coverage"), f"pool.weighting must be uniform or coverage, got {self.weighting!r}")
-        _check(self.min_pixels >= 0, "pool.min_pixels must be >= 0")
-        _check(0.0 < self.min_coverage <= 1.0, "pool.min_coverage must be in (0, 1]")
+    SECTION: ClassVar[str] = "pool"
+    cell_rule: CellRule = knob("min_pixels", "which feature cells a mask uses", choices=typing.get_args(CellRule))
+    min_pixels: int = knob(1, "min_pixels rule: a cell is used above this many mask pixels", ge=0)
+    min_coverage: float = knob(0.5, "min_coverage rule: the covered fraction a cell needs", gt=0, le=1)
+    weighting: Weighting = knob("uniform", "how used cells are averaged", choices=typing.get_args(Weighting))
 
 
 MAX_MIN_SAMPLES = 100_000
 
 
 @dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(ConfigSection):
     """Clustering of the N×C mask embeddings (scikit-learn).
 
     eps=0.06 / min_samples=8 / cosine are the notebook's DBSCAN values. For HDBSCAN,
@@ -93,27 +170,19 @@ class ClusterConfig:
     average linkage cut at `distance_threshold`; its singletons are reported as noise.
     """
 
-    algorithm: Algorithm = "dbscan"
-    eps: float = 0.06
-    min_samples: int = 8
-    metric: str = "cosine"
-    distance_threshold: float = 0.3
+    SECTION: ClassVar[str] = "cluster"
+    algorithm: Algorithm = knob("dbscan", "clustering algorithm (samseg.core.algorithms)", choices=ALGORITHMS)
+    eps: float = knob(0.06, "DBSCAN neighbourhood radius (cosine distance), or auto: the knee of the k-distance curve",
+                      gt=0, finite=True)
+    # More than any batch's mask count is meaningless (everything is noise) and a huge
+    # value is an attack on the clustering's memory, not a setting.
+    min_samples: int = knob(8, "masks a class needs around a core mask", ge=1, le=MAX_MIN_SAMPLES)
+    metric: str = knob("cosine", "distance between mask embeddings", choices=METRICS,
+                       invalid="{name} {value!r} is not supported")
+    distance_threshold: float = knob(0.3, "agglomerative: the linkage distance the tree is cut at", gt=0, finite=True)
     # DBSCAN's eps from the knee of the k-distance curve (samseg.core.sweep); `eps` is the
     # fallback when there is no knee (fewer masks than min_samples, a straight curve).
-    eps_auto: bool = False
-
-    def __post_init__(self) -> None:
-        _check(isinstance(self.eps_auto, bool), "cluster.eps_auto must be true or false")
-        _check(self.algorithm in ALGORITHMS, f"cluster.algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
-        _check(self.eps > 0, "cluster.eps must be > 0")
-        _check(math.isfinite(self.eps), "cluster.eps must be a finite number")
-        # More than any batch's mask count is meaningless (everything is noise) and a huge
-        # value is an attack on the clustering's memory, not a setting.
-        _check(self.min_samples >= 1, "cluster.min_samples must be >= 1")
-        _check(self.min_samples <= MAX_MIN_SAMPLES, f"cluster.min_samples must be <= {MAX_MIN_SAMPLES}")
-        _check(self.distance_threshold > 0, "cluster.distance_threshold must be > 0")
-        _check(math.isfinite(self.distance_threshold), "cluster.distance_threshold must be a finite number")
-        _check(self.metric in ("cosine", "euclidean", "manhattan", "l1", "l2"), f"cluster.metric {self.metric!r} is not supported")
+    eps_auto: bool = knob(False, "eps from the knee of the k-distance curve (eps = fallback)")
 
 
 # `--tile auto` tiles an image whose long side is over this many tile sides: SAM would see
@@ -122,7 +191,7 @@ TILE_AUTO_SIDES = 2
 
 
 @dataclass(frozen=True)
-class TileConfig:
+class TileConfig(ConfigSection):
     """Tiled segmentation of large images (samseg.core.tiling; the `tiles` stage of samseg.engine.stages).
 
     size: tile side in pixels (0 = no tiling: the whole image is one SAM input). overlap:
@@ -132,17 +201,15 @@ class TileConfig:
     two tiles' masks are one object when their IoU inside the shared region reaches it.
     """
 
-    size: int = 0
-    overlap: int = 256
-    auto: bool = False
-    merge_iou: float = 0.5
+    SECTION: ClassVar[str] = "tile"
+    size: int = knob(0, "tile side in px; 0 = no tiling")
+    overlap: int = knob(256, "px shared by neighbouring tiles", ge=0)
+    auto: bool = knob(False, f"tile only images whose long side is over {TILE_AUTO_SIDES} tile sides")
+    merge_iou: float = knob(0.5, "IoU in the shared region that makes two tiles' masks one", gt=0, le=1)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _check(self.size == 0 or self.size >= 64, "tile.size must be 0 (no tiling) or >= 64 pixels")
-        _check(self.overlap >= 0, "tile.overlap must be >= 0")
         _check(self.size == 0 or self.overlap * 2 <= self.size, "tile.overlap must be at most half of tile.size")
-        _check(0.0 < self.merge_iou <= 1.0, "tile.merge_iou must be in (0, 1]")
-        _check(isinstance(self.auto, bool), "tile.auto must be true or false")
 
     @property
     def enabled(self) -> bool:
@@ -160,7 +227,6 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 PRECISION_REQUESTS: tuple[str, ...] = (*PRECISIONS, "auto")
 
 
-SECTIONS: tuple[str, ...] = ("amg", "pool", "cluster", "tile")  # the config sections of `flat()`
 
 
 @dataclass(frozen=True)
@@ -179,10 +245,17 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         _check(self.precision in PRECISION_REQUESTS, f"precision must be one of {', '.join(PRECISION_REQUESTS)}, got {self.precision!r}")
 
+    @staticmethod
+    def section_classes() -> dict[str, type[ConfigSection]]:
+        """{section name: its class}, in field order: the sections of `flat()`, the CLI and the flows."""
+        hints = typing.get_type_hints(PipelineConfig)
+        return {f.name: hints[f.name] for f in dataclasses.fields(PipelineConfig)
+                if isinstance(hints[f.name], type) and issubclass(hints[f.name], ConfigSection)}
+
     def flat(self) -> dict[str, Any]:
         """Dotted view: {'model_type': 'vit_h', 'precision': 'fp32', 'amg.points_per_side': 32, ...}."""
         out: dict[str, Any] = {"model_type": self.model_type, "precision": self.precision}
-        for name in SECTIONS:
+        for name in SECTION_CLASSES:
             for key, value in dataclasses.asdict(getattr(self, name)).items():
                 out[f"{name}.{key}"] = value
         return out
@@ -200,7 +273,7 @@ class PipelineConfig:
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "PipelineConfig":
         """Inverse of `flat()`; unknown keys raise ValueError."""
-        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTION_CLASSES}
         model_type = flat.get("model_type", cls.model_type)
         for key, value in flat.items():
             if key in ("model_type", "precision"):
@@ -209,19 +282,18 @@ class PipelineConfig:
             if section not in sections:
                 raise ValueError(f"unknown config key {key!r}")
             sections[section][name] = value
-        return cls(
-            model_type=model_type,
-            precision=str(flat.get("precision", cls.precision)),
-            amg=AmgConfig(**sections["amg"]),
-            pool=PoolConfig(**sections["pool"]),
-            cluster=ClusterConfig(**sections["cluster"]),
-            tile=TileConfig(**sections["tile"]),  # none in a pre-tiling summary: untiled
-        )
+        # a section missing from an older summary (tile, before tiling) gets its defaults
+        return cls(model_type=model_type, precision=str(flat.get("precision", cls.precision)),
+                   **{name: section_cls(**sections[name]) for name, section_cls in SECTION_CLASSES.items()})
 
     def for_image(self, image_hw: tuple[int, int]) -> "PipelineConfig":
         """The config one image runs with: `tile.auto` resolved for its size."""
         tile = self.tile.for_image(image_hw)
         return self if tile == self.tile else dataclasses.replace(self, tile=tile)
+
+
+SECTION_CLASSES: dict[str, type[ConfigSection]] = PipelineConfig.section_classes()
+SECTIONS: tuple[str, ...] = tuple(SECTION_CLASSES)  # the config sections of `flat()`
 
 
 # The original notebook's values: vit_h, 51×51 points, one crop layer, DBSCAN(0.06, 8, cosine).

@@ -11,21 +11,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from samseg.core.config import ClusterConfig, PoolConfig
+from samseg.core.config import ClusterConfig, PoolConfig, field_types
 
-CLUSTER_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "algorithm": str,
-    "eps": float,
-    "min_samples": int,
-    "metric": str,
-    "distance_threshold": float,
-}
-POOL_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "cell_rule": str,
-    "min_pixels": int,
-    "min_coverage": float,
-    "weighting": str,
-}
+
+def form_fields(cls: type) -> dict[str, Callable[[Any], Any]]:
+    """The form fields of a config section: every knob but the switches, with its value type
+    (from the config schema, samseg.core.config)."""
+    return {name: kind for name, kind in field_types(cls).items() if kind is not bool}
+
+
+CLUSTER_FIELDS = form_fields(ClusterConfig)
+POOL_FIELDS = form_fields(PoolConfig)
 _TYPE_WORDS = {float: "a number", int: "a whole number", str: "text"}
 
 
