@@ -106,23 +106,27 @@ def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def _roundtrip(cache: StageCache) -> None:
     cfg = SMOKE
     k_enc, k_amg, k_pool = (stage_key(s, IMG, CKPT, cfg) for s in ("encode", "amg", "pool"))
-    assert cache.load_encoded(k_enc) is None and cache.load_masks(k_amg) is None and cache.load_embeddings(k_pool) is None
+    assert cache.load("encode", k_enc, "encoded") is None and cache.load("amg", k_amg, "masks") is None
+    assert cache.load("pool", k_pool, "embeddings") is None
 
     enc, masks = _encoded(), _masks()
     emb = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
-    uri_enc = cache.save_encoded(k_enc, enc)
-    uri_amg = cache.save_masks(k_amg, masks)
-    uri_pool = cache.save_embeddings(k_pool, emb)
+    cache.save("encode", k_enc, "encoded", enc)
+    uri_enc = cache.entry_uri("encode", k_enc)
+    cache.save("amg", k_amg, "masks", masks)
+    uri_amg = cache.entry_uri("amg", k_amg)
+    cache.save("pool", k_pool, "embeddings", emb)
+    uri_pool = cache.entry_uri("pool", k_pool)
     assert uri_enc == storage.join_uri(cache.root, "encode", k_enc[:2], k_enc)
     assert uri_amg.endswith(f"amg/{k_amg[:2]}/{k_amg}") and uri_pool.endswith(f"pool/{k_pool[:2]}/{k_pool}")
 
-    got = cache.load_encoded(k_enc)
+    got = cache.load("encode", k_enc, "encoded")
     assert got is not None and got.geometry == enc.geometry
     np.testing.assert_array_equal(got.features, enc.features)
-    got_masks = cache.load_masks(k_amg)
+    got_masks = cache.load("amg", k_amg, "masks")
     assert got_masks is not None
     _assert_masks_equal(got_masks, masks)
-    got_emb = cache.load_embeddings(k_pool)
+    got_emb = cache.load("pool", k_pool, "embeddings")
     assert got_emb is not None and got_emb.dtype == np.float32
     np.testing.assert_array_equal(got_emb, emb)
 
@@ -130,8 +134,8 @@ def _roundtrip(cache: StageCache) -> None:
     assert manifest["shape"] == [8, 64, 64] and manifest["dtype"] == "float32" and "samseg_version" in manifest
     # Empty mask sets are legal AMG output and must round-trip too.
     k_empty = stage_key("amg", "e" * 64, CKPT, cfg)
-    cache.save_masks(k_empty, MaskSet.empty((5, 6)))
-    empty = cache.load_masks(k_empty)
+    cache.save("amg", k_empty, "masks", MaskSet.empty((5, 6)))
+    empty = cache.load("amg", k_empty, "masks")
     assert empty is not None and len(empty) == 0 and empty.image_hw == (5, 6)
 
 
@@ -168,16 +172,16 @@ def _corruptions(cache: StageCache, key: str) -> list[tuple[str, object]]:
 def test_corrupt_entry_is_a_miss_then_overwritten(tmp_path: Path, case: int, caplog: pytest.LogCaptureFixture) -> None:
     cache = StageCache(tmp_path / "cache")
     key = stage_key("encode", IMG, CKPT, SMOKE)
-    cache.save_encoded(key, _encoded(0))
+    cache.save("encode", key, "encoded", _encoded(0))
     name, corrupt = _corruptions(cache, key)[case]
     corrupt()
     with caplog.at_level(logging.WARNING, logger="samseg.edges.cache"):
-        assert cache.load_encoded(key) is None, name
+        assert cache.load("encode", key, "encoded") is None, name
     if name != "missing manifest":  # an absent entry is a plain miss, not worth a warning
         assert any("recomputing" in r.getMessage() for r in caplog.records), name
     fresh = _encoded(1)
-    cache.save_encoded(key, fresh)  # the caller recomputes and overwrites
-    got = cache.load_encoded(key)
+    cache.save("encode", key, "encoded", fresh)  # the caller recomputes and overwrites
+    got = cache.load("encode", key, "encoded")
     assert got is not None
     np.testing.assert_array_equal(got.features, fresh.features)
 
@@ -186,22 +190,23 @@ def test_corrupt_entry_is_a_miss_then_overwritten(tmp_path: Path, case: int, cap
 def test_s3_corrupt_embeddings_are_a_miss(s3_bucket: str) -> None:  # noqa: F811
     cache = StageCache(f"s3://{s3_bucket}/c")
     key = stage_key("pool", IMG, CKPT, SMOKE)
-    entry = cache.save_embeddings(key, np.ones((4, 8), np.float32))
+    cache.save("pool", key, "embeddings", np.ones((4, 8), np.float32))
+    entry = cache.entry_uri("pool", key)
     storage.write_bytes(storage.join_uri(entry, "embeddings.npy"), b"\x93NUMPY truncated")
-    assert cache.load_embeddings(key) is None
-    cache.save_embeddings(key, np.zeros((4, 8), np.float32))
-    np.testing.assert_array_equal(cache.load_embeddings(key), np.zeros((4, 8), np.float32))
+    assert cache.load("pool", key, "embeddings") is None
+    cache.save("pool", key, "embeddings", np.zeros((4, 8), np.float32))
+    np.testing.assert_array_equal(cache.load("pool", key, "embeddings"), np.zeros((4, 8), np.float32))
 
 
 def test_bad_keys_and_shapes_rejected(tmp_path: Path) -> None:
     cache = StageCache(tmp_path)
     with pytest.raises(ValueError):
-        cache.load_encoded("../../etc")
+        cache.load("encode", "../../etc", "encoded")
     for hostile in ("../amg", "a/b", "", "Encode", "x" * 60):  # a stage name is one safe path component
         with pytest.raises(ValueError, match="stage name"):
             cache.entry_uri(hostile, "a" * 64)
     with pytest.raises(ValueError, match="N×C"):
-        cache.save_embeddings("a" * 64, np.ones(3, np.float32))
+        cache.save("pool", "a" * 64, "embeddings", np.ones(3, np.float32))
 
 
 def test_concurrent_writers_never_yield_a_mixed_entry(tmp_path: Path) -> None:
@@ -216,11 +221,11 @@ def test_concurrent_writers_never_yield_a_mixed_entry(tmp_path: Path) -> None:
 
     def write(arr: np.ndarray) -> None:
         while not stop.is_set():
-            cache.save_embeddings(key, arr)
+            cache.save("pool", key, "embeddings", arr)
 
     def read() -> None:
         for _ in range(200):
-            got = cache.load_embeddings(key)
+            got = cache.load("pool", key, "embeddings")
             if got is None:
                 seen["miss"] += 1
             elif np.array_equal(got, a):
@@ -240,4 +245,4 @@ def test_concurrent_writers_never_yield_a_mixed_entry(tmp_path: Path) -> None:
         for t in writers:
             t.join()
     assert seen["bad"] == 0 and seen["a"] + seen["b"] + seen["miss"] == 200
-    assert cache.load_embeddings(key) is not None  # once writers stop, the entry is whole
+    assert cache.load("pool", key, "embeddings") is not None  # once writers stop, the entry is whole

@@ -247,7 +247,7 @@ def test_corrupt_cache_entry_is_recomputed(prefect_api, local_env, small_photos)
     second = segment_image_flow(out=str(local_env / "b"), **args)
     assert second["cache"] == {"encode": "computed", "amg": "computed", "pool": "hit"}
     key = feats.parent.name
-    assert StageCache(str(cache)).load_encoded(key) is not None  # rewritten whole
+    assert StageCache(str(cache)).load("encode", key, "encoded") is not None  # rewritten whole
     third = segment_image_flow(out=str(local_env / "c"), **args)
     assert third["cache"] == {"encode": "skipped", "amg": "hit", "pool": "hit"}
     assert third["n_masks"] == first["n_masks"]

@@ -184,7 +184,7 @@ def test_pool_change_uses_cached_encoder_features(client, mlflow_store):
     geom = ImageGeometry.for_image(image.hw)
     feats = np.random.default_rng(2).normal(size=(8, 64, 64)).astype(np.float32)
     key = stage_key("encode", image.sha256, "c" * 64, SMOKE)
-    StageCache(str(tmp / "stage-cache")).save_encoded(key, EncodedImage(feats, geom))
+    StageCache(str(tmp / "stage-cache")).save("encode", key, "encoded", EncodedImage(feats, geom))
     done = _wait_job(client, client.post(f"/api/runs/{run_a}/rerun", json={"weighting": "coverage", "cell_rule": "min_coverage"}).json())
     assert done["state"] == "done", done
     d = client.get(f"/api/runs/{done['result']['run_id']}").json()

@@ -33,7 +33,8 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -108,10 +109,10 @@ class _BadEntry(Exception):
 
 
 class StageCache:
-    """Cache of encode (EncodedImage), amg (MaskSet) and pool (N×C float32) outputs.
-
-    `save_*` returns the entry's URI — the small reference a Prefect task returns instead
-    of the array. `load_*` returns None on a miss or a bad entry.
+    """Cache of the stages' outputs: encode (EncodedImage), amg (MaskSet), pool (N×C float32),
+    tiles (MergedMasks). `save(stage, key, codec, value)` writes an entry with the codec the
+    stage table names (samseg.engine.stages); `load(stage, key, codec)` returns its value, or
+    None on a miss or a bad entry.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
@@ -129,11 +130,23 @@ class StageCache:
 
     # ------------------------------------------------------------ generic entry I/O
 
-    def _save(self, stage: str, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> str:
+    def save(self, stage: str, key: str, codec: str, value: Any) -> None:
+        """Write `value` as `stage`'s entry under `key`, encoded by CODECS[codec]."""
+        files, meta = CODECS[codec].encode(value)
         entry = self.entry_uri(stage, key)
         with _writer_lock(entry):
             self._write_entry(entry, stage, key, files, meta)
-        return entry
+
+    def load(self, stage: str, key: str, codec: str) -> Any:
+        """The entry of `stage` under `key` decoded by CODECS[codec], or None (miss / bad entry)."""
+        loaded = self._load(stage, key)
+        if loaded is None:
+            return None
+        try:
+            return CODECS[codec].decode(*loaded)
+        except (_BadEntry, ValueError, KeyError, TypeError, IndexError, OSError) as exc:
+            log.warning("cache: bad entry %s (%s); recomputing", self.entry_uri(stage, key), exc)
+            return None
 
     def _write_entry(self, entry: str, stage: str, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> None:
         for name, data in files.items():
@@ -178,106 +191,72 @@ class StageCache:
             raise _BadEntry(f"{name}: sha256 mismatch")
         return data
 
-    def _decode(self, stage: str, key: str, decoder: Any) -> Any:
-        """Run `decoder(files, manifest)` on a verified entry; any decoding error → miss."""
-        loaded = self._load(stage, key)
-        if loaded is None:
-            return None
-        try:
-            return decoder(*loaded)
-        except (_BadEntry, ValueError, KeyError, TypeError, IndexError, OSError) as exc:
-            log.warning("cache: bad entry %s (%s); recomputing", self.entry_uri(stage, key), exc)
-            return None
 
-    # ------------------------------------------------------------ codecs
-    # The stage table (samseg.engine.stages) names a codec per cached stage.
-    CODECS: dict[str, tuple[str, str]] = {
-        "encoded": ("save_encoded", "load_encoded"),
-        "masks": ("save_masks", "load_masks"),
-        "embeddings": ("save_embeddings", "load_embeddings"),
-        "tiled": ("save_tiled", "load_tiled"),
-    }
+# ---------------------------------------------------------------- codecs
+# A codec turns a stage's value into an entry's files (+ manifest fields) and back; the stage
+# table (samseg.engine.stages) names one per cached stage. Decoders raise on anything wrong.
+Files = dict[str, bytes]
 
-    def load(self, stage: str, key: str, codec: str) -> Any:
-        """The entry of `stage` under `key` decoded by `codec`, or None (miss / bad entry)."""
-        return getattr(self, self.CODECS[codec][1])(key, stage=stage)
 
-    def save(self, stage: str, key: str, codec: str, value: Any) -> str:
-        """Write `value` as `stage`'s entry under `key` with `codec`; returns the entry URI."""
-        return getattr(self, self.CODECS[codec][0])(key, value, stage=stage)
+@dataclass(frozen=True)
+class Codec:
+    encode: Callable[[Any], tuple[Files, dict[str, Any]]]
+    decode: Callable[[Files, dict[str, Any]], Any]
 
-    # ------------------------------------------------------------ encode
 
-    def save_encoded(self, key: str, enc: EncodedImage, stage: str = "encode") -> str:
-        """features.npy (C×Hf×Wf float32) + geometry.json; returns the entry URI."""
-        feats = np.asarray(enc.features, dtype=np.float32)
-        files = {
-            "features.npy": _npy_bytes(feats),
-            "geometry.json": json.dumps(enc.geometry.to_dict(), sort_keys=True).encode("utf-8"),
-        }
-        return self._save(stage, key, files, {"shape": list(feats.shape), "dtype": str(feats.dtype)})
+def _encode_encoded(enc: EncodedImage) -> tuple[Files, dict[str, Any]]:
+    """features.npy (C×Hf×Wf float32) + geometry.json."""
+    feats = np.asarray(enc.features, dtype=np.float32)
+    files = {"features.npy": _npy_bytes(feats),
+             "geometry.json": json.dumps(enc.geometry.to_dict(), sort_keys=True).encode("utf-8")}
+    return files, {"shape": list(feats.shape), "dtype": str(feats.dtype)}
 
-    def load_encoded(self, key: str, stage: str = "encode") -> EncodedImage | None:
-        def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> EncodedImage:
-            feats = _check_array(_npy_load(files["features.npy"]), manifest)
-            geometry = ImageGeometry.from_dict(json.loads(files["geometry.json"]))
-            return EncodedImage(features=feats, geometry=geometry)
 
-        return self._decode(stage, key, decode)
+def _decode_encoded(files: Files, manifest: dict[str, Any]) -> EncodedImage:
+    feats = _check_array(_npy_load(files["features.npy"]), manifest)
+    return EncodedImage(features=feats, geometry=ImageGeometry.from_dict(json.loads(files["geometry.json"])))
 
-    # ------------------------------------------------------------ amg
 
-    def save_masks(self, key: str, masks: MaskSet, stage: str = "amg") -> str:
-        """masks.json = {image_hw, records (MaskSet.to_records)}; returns the entry URI."""
-        files = {"masks.json": _masks_json(masks)}
-        return self._save(stage, key, files, {"shape": [len(masks)], "dtype": "coco_rle"})
+def _encode_masks(masks: MaskSet) -> tuple[Files, dict[str, Any]]:
+    """masks.json = {image_hw, records (MaskSet.to_records)}."""
+    return {"masks.json": _masks_json(masks)}, {"shape": [len(masks)], "dtype": "coco_rle"}
 
-    def load_masks(self, key: str, stage: str = "amg") -> MaskSet | None:
-        def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> MaskSet:
-            masks = _masks_from_json(files["masks.json"])
-            if [len(masks)] != list(manifest["shape"]):
-                raise _BadEntry(f"{len(masks)} masks, manifest says {manifest['shape']}")
-            return masks
 
-        return self._decode(stage, key, decode)
+def _decode_masks(files: Files, manifest: dict[str, Any]) -> MaskSet:
+    masks = _masks_from_json(files["masks.json"])
+    if [len(masks)] != list(manifest["shape"]):
+        raise _BadEntry(f"{len(masks)} masks, manifest says {manifest['shape']}")
+    return masks
 
-    # ------------------------------------------------------------ pool
 
-    def save_embeddings(self, key: str, emb: np.ndarray, stage: str = "pool") -> str:
-        """embeddings.npy (N×C float32, AMG row order); returns the entry URI."""
-        arr = np.asarray(emb, dtype=np.float32)
-        if arr.ndim != 2:
-            raise ValueError(f"embeddings must be N×C, got shape {arr.shape}")
-        files = {"embeddings.npy": _npy_bytes(arr)}
-        return self._save(stage, key, files, {"shape": list(arr.shape), "dtype": str(arr.dtype)})
+def _encode_embeddings(emb: np.ndarray) -> tuple[Files, dict[str, Any]]:
+    """embeddings.npy (N×C float32, AMG row order)."""
+    arr = np.asarray(emb, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"embeddings must be N×C, got shape {arr.shape}")
+    return {"embeddings.npy": _npy_bytes(arr)}, {"shape": list(arr.shape), "dtype": str(arr.dtype)}
 
-    def load_embeddings(self, key: str, stage: str = "pool") -> np.ndarray | None:
-        def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> np.ndarray:
-            return _check_array(_npy_load(files["embeddings.npy"]), manifest)
 
-        return self._decode(stage, key, decode)
+def _decode_embeddings(files: Files, manifest: dict[str, Any]) -> np.ndarray:
+    return _check_array(_npy_load(files["embeddings.npy"]), manifest)
 
-    # ------------------------------------------------------------ tiles (merged masks of a tiled image)
 
-    def save_tiled(self, key: str, merged: MergedMasks, stage: str = "tiles") -> str:
-        """masks.json + embeddings.npy (N×C) + parts.json (the tile pieces of each mask)."""
-        emb = np.asarray(merged.embeddings, dtype=np.float32)
-        files = {"masks.json": _masks_json(merged.masks),
-                 "embeddings.npy": _npy_bytes(emb),
-                 "parts.json": json.dumps({"n_tiles": merged.n_tiles, "parts": merged.parts}).encode("utf-8")}
-        return self._save(stage, key, files, {"shape": list(emb.shape), "dtype": str(emb.dtype)})
+def _encode_tiled(merged: MergedMasks) -> tuple[Files, dict[str, Any]]:
+    """masks.json + embeddings.npy (N×C) + parts.json (the tile pieces of each mask)."""
+    emb = np.asarray(merged.embeddings, dtype=np.float32)
+    files = {"masks.json": _masks_json(merged.masks), "embeddings.npy": _npy_bytes(emb),
+             "parts.json": json.dumps({"n_tiles": merged.n_tiles, "parts": merged.parts}).encode("utf-8")}
+    return files, {"shape": list(emb.shape), "dtype": str(emb.dtype)}
 
-    def load_tiled(self, key: str, stage: str = "tiles") -> MergedMasks | None:
-        def decode(files: dict[str, bytes], manifest: dict[str, Any]) -> MergedMasks:
-            masks = _masks_from_json(files["masks.json"])
-            emb = _check_array(_npy_load(files["embeddings.npy"]), manifest)
-            parts = json.loads(files["parts.json"])
-            if len(masks) != len(emb) or len(parts["parts"]) != len(masks):
-                raise _BadEntry(f"{len(masks)} masks, {len(emb)} embeddings, {len(parts['parts'])} part lists")
-            groups = [[(int(t), int(i)) for t, i in g] for g in parts["parts"]]
-            return MergedMasks(masks=masks, embeddings=emb, parts=groups, n_tiles=int(parts["n_tiles"]))
 
-        return self._decode(stage, key, decode)
+def _decode_tiled(files: Files, manifest: dict[str, Any]) -> MergedMasks:
+    masks = _masks_from_json(files["masks.json"])
+    emb = _check_array(_npy_load(files["embeddings.npy"]), manifest)
+    parts = json.loads(files["parts.json"])
+    if len(masks) != len(emb) or len(parts["parts"]) != len(masks):
+        raise _BadEntry(f"{len(masks)} masks, {len(emb)} embeddings, {len(parts['parts'])} part lists")
+    groups = [[(int(t), int(i)) for t, i in g] for g in parts["parts"]]
+    return MergedMasks(masks=masks, embeddings=emb, parts=groups, n_tiles=int(parts["n_tiles"]))
 
 
 def _masks_json(masks: MaskSet) -> bytes:
@@ -289,6 +268,14 @@ def _masks_json(masks: MaskSet) -> bytes:
 def _masks_from_json(data: bytes) -> MaskSet:
     doc = json.loads(data)
     return MaskSet.from_records(tuple(doc["image_hw"]), doc["records"])
+
+
+CODECS: dict[str, Codec] = {
+    "encoded": Codec(_encode_encoded, _decode_encoded),
+    "masks": Codec(_encode_masks, _decode_masks),
+    "embeddings": Codec(_encode_embeddings, _decode_embeddings),
+    "tiled": Codec(_encode_tiled, _decode_tiled),
+}
 
 
 @contextlib.contextmanager

@@ -138,8 +138,9 @@ def run_image(
     ctx = StageInputs(image, cfg, _model_getter(load_model), run_part=run_part,
                       report=(lambda _event, **_info: None) if quiet else progress.report)
     table = table_for(cfg)
+    resolver = _Resolver(run, ctx, cache, dict(given or {}), dict(fallback or {}), execute, quiet)
     for name in [s.name for s in table if s.name in want]:
-        _resolve(run, name, ctx, cache, dict(given or {}), dict(fallback or {}), execute, quiet)
+        resolver.resolve(name)
     for row in table:
         if row.name not in run.status:
             run.status[row.name] = SKIPPED
@@ -150,76 +151,88 @@ def run_image(
     return run
 
 
-def _resolve(run: ImageRun, name: str, ctx: StageInputs, cache: "StageCache", given: dict[str, tuple[Any, str]],
-             fallback: dict[str, Callable[[], Any]], execute: Execute, quiet: bool = False) -> Any:
-    if name in run.values:
-        return run.values[name]
-    row = stage(name, run.cfg)
-    t0 = time.perf_counter()
-    value, status = _known(run, row, cache, given, fallback, quiet)
-    if status is None:
-        args = [_resolve(run, i, ctx, cache, given, fallback, execute, quiet) for i in row.inputs]
-        t0 = time.perf_counter()  # upstream time is the upstream stages' own
-        thunk = _computing(run, row, ctx, cache, args)
-        value = thunk() if row.inline else execute(name, thunk)
-        status = run.status[row.inputs[0]] if row.inline and len(row.inputs) == 1 else COMPUTED
-    run.values[name], run.status[name] = value, status
-    run.seconds[name] = time.perf_counter() - t0
-    if not quiet:
-        progress.report("stage", image=run.image.uri, stage=name, status=status)
-    return value
+@dataclass
+class _Resolver:
+    """One image run's walk of the stage table: each stage's value comes from (in order) the
+    values given, the cache, a value derived from a cached input, the fallback, or computing
+    it from its inputs (resolved the same way, first)."""
 
+    run: ImageRun
+    ctx: StageInputs
+    cache: "StageCache"
+    given: dict[str, tuple[Any, str]]
+    fallback: dict[str, Callable[[], Any]]
+    execute: Execute
+    quiet: bool
 
-def _derived_from_cache(run: ImageRun, row: Any) -> bool:
-    """A row read off one cached input (the tiled table's amg and pool, off `tiles`)."""
-    return row.inline and len(row.inputs) == 1 and stage(row.inputs[0], run.cfg).cached
-
-
-def _load_entry(run: ImageRun, name: str, cache: "StageCache", quiet: bool) -> None:
-    """`name`'s cache entry into run.values (status hit) when it loads; nothing when it does not."""
-    if name in run.values:
-        return
-    t0 = time.perf_counter()
-    value = cache.load(name, key_of(run, name), stage(name, run.cfg).codec)
-    if value is not None:
-        run.values[name], run.status[name], run.seconds[name] = value, HIT, time.perf_counter() - t0
-        if not quiet:
-            progress.report("stage", image=run.image.uri, stage=name, status=HIT)
-
-
-def _known(run: ImageRun, row: Any, cache: "StageCache", given: dict[str, tuple[Any, str]],
-           fallback: dict[str, Callable[[], Any]], quiet: bool = False) -> tuple[Any, Optional[str]]:
-    """(value, status) from the given values, the cache, or the fallback; (None, None) = compute it.
-    A row read off one cached input (the tiled table's amg and pool, off `tiles`) is "in the
-    cache" when that input's entry loads: then it is derived from it, and no fallback is asked."""
-    if row.name in given:
-        return given[row.name]
-    if row.cached:
-        value = cache.load(row.name, key_of(run, row.name), row.codec)
-        if value is not None:
-            return value, HIT
-    elif _derived_from_cache(run, row):
-        _load_entry(run, row.inputs[0], cache, quiet)
-        if row.inputs[0] in run.values:
-            return None, None
-    if row.name in fallback:
-        value = fallback[row.name]()
-        if value is not None:
-            return value, FROM_RUN_ARTIFACTS
-    return None, None
-
-
-def _computing(run: ImageRun, row: Any, ctx: StageInputs, cache: "StageCache", args: list[Any]) -> Callable[[], Any]:
-    """The thunk that computes one stage (under the GPU bound when it is a GPU stage) and saves its entry."""
-
-    def compute() -> Any:
-        with gpu_slot() if row.gpu else nullcontext():
-            value = row.compute(ctx, *args)
-        if row.cached:
-            cache.save(row.name, key_of(run, row.name), row.codec, value)
+    def resolve(self, name: str) -> Any:
+        run = self.run
+        if name in run.values:
+            return run.values[name]
+        row = stage(name, run.cfg)
+        t0 = time.perf_counter()
+        known = self.known(row)
+        if known is not None:
+            value, status = known
+        else:
+            args = [self.resolve(i) for i in row.inputs]
+            t0 = time.perf_counter()  # upstream time is the upstream stages' own
+            thunk = self.computing(row, args)
+            value = thunk() if row.inline else self.execute(name, thunk)
+            status = run.status[row.inputs[0]] if row.inline and len(row.inputs) == 1 else COMPUTED
+        run.values[name], run.status[name] = value, status
+        run.seconds[name] = time.perf_counter() - t0
+        self.report(name, status)
         return value
 
-    return compute
+    def known(self, row: Any) -> Optional[tuple[Any, str]]:
+        """(value, status) without computing, or None: compute it (a row derived from a cached
+        input — the tiled table's amg and pool, off `tiles` — is computed from that input once it
+        loads, and asks no fallback)."""
+        if row.name in self.given:
+            return self.given[row.name]
+        if row.cached:
+            value = self.cache.load(row.name, key_of(self.run, row.name), row.codec)
+            if value is not None:
+                return value, HIT
+        elif row.inline and len(row.inputs) == 1 and stage(row.inputs[0], self.run.cfg).cached:
+            if self.load_entry(row.inputs[0]):
+                return None
+        if row.name in self.fallback:
+            value = self.fallback[row.name]()
+            if value is not None:
+                return value, FROM_RUN_ARTIFACTS
+        return None
+
+    def load_entry(self, name: str) -> bool:
+        """`name`'s cache entry into the run's values (status hit); True when it is there."""
+        run = self.run
+        if name not in run.values:
+            t0 = time.perf_counter()
+            value = self.cache.load(name, key_of(run, name), stage(name, run.cfg).codec)
+            if value is None:
+                return False
+            run.values[name], run.status[name], run.seconds[name] = value, HIT, time.perf_counter() - t0
+            self.report(name, HIT)
+        return True
+
+    def computing(self, row: Any, args: list[Any]) -> Callable[[], Any]:
+        """The thunk that computes one stage (under the GPU bound when it is a GPU stage) and saves its entry."""
+        run, cache = self.run, self.cache
+        ctx = self.ctx
+
+        def compute() -> Any:
+            with gpu_slot() if row.gpu else nullcontext():
+                value = row.compute(ctx, *args)
+            if row.cached:
+                cache.save(row.name, key_of(run, row.name), row.codec, value)
+            return value
+
+        return compute
+
+    def report(self, name: str, status: str) -> None:
+        if not self.quiet:
+            progress.report("stage", image=self.run.image.uri, stage=name, status=status)
 
 
 def key_of(run: ImageRun, name: str) -> str:
