@@ -69,12 +69,12 @@ def _preview_p50(out_dir: Path, repeats: int = 15) -> float:
     import numpy as np
 
     from samseg.core.config import PipelineConfig
-    from samseg.edges.export import read_outputs, read_summary
+    from samseg.edges.image_dir import read_image_dir, read_summary
     from samseg.edges.images import load_image
     from samseg.engine.preview import PreviewSession
     from samseg.sam.source import ModelIdentity
 
-    masks, emb, _ = read_outputs(out_dir)
+    masks, emb, _ = read_image_dir(out_dir)
     summary = read_summary(out_dir)
     cfg = PipelineConfig.from_flat(summary["config"])
     session = PreviewSession(load_image(summary["image"]["uri"]), masks, emb, cfg, ModelIdentity.from_summary(summary))

@@ -28,7 +28,7 @@ def time_export(rgb: np.ndarray, n_masks: int, repeats: int) -> dict:
     from samseg.core.cluster import cluster_embeddings
     from samseg.core.compose import compose_labels
     from samseg.core.config import get_preset
-    from samseg.edges.export import write_outputs
+    from samseg.edges.image_dir import write_image_dir
     from samseg.edges.images import LoadedImage
 
     hw = rgb.shape[:2]
@@ -41,7 +41,7 @@ def time_export(rgb: np.ndarray, n_masks: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="samseg-bench-export-") as tmp:
         for _ in range(repeats):
             t0 = time.perf_counter()
-            write_outputs(Path(tmp) / "img", image, masks, emb, clusters, label_map, {"bench": True})
+            write_image_dir(Path(tmp) / "img", image, masks, emb, clusters, label_map, {"bench": True})
             times.append(time.perf_counter() - t0)
         size = sum(p.stat().st_size for p in (Path(tmp) / "img").rglob("*") if p.is_file())
     return {"hw": list(hw), "n_masks": n_masks, "n_classes": clusters.n_clusters, "median_s": float(np.median(times)),

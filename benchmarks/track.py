@@ -44,7 +44,8 @@ def log_benchmark(res: dict[str, Any], json_path: Path, experiment: str = EXPERI
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
-    from samseg.edges.tracking import scrub_secrets, tracking_uri
+    from samseg.core.secrets import scrub_secrets
+    from samseg.edges.mlflow_client import tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri())
     exp = client.get_experiment_by_name(experiment)

@@ -9,7 +9,7 @@ at all: its status ("hit") is in summary.json and the samseg.cache.<stage> tags.
 GPU stages carry the tag `gpu`: on a Prefect server a tag concurrency limit
 (`prefect concurrency-limit create gpu 1`) bounds them across workers; inside one process
 the engine's semaphore (SAMSEG_GPU_SLOTS, default 1) bounds them too. Only I/O steps
-(read image, export/upload, tracking, registering classes) retry, and only on I/O errors.
+(read image, write/upload, tracking, registering classes) retry, and only on I/O errors.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from typing import Any, Callable, TypeVar
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from samseg.engine.runner import gpu_slots  # noqa: F401 — re-exported for the workers' docs/tests
 from samseg.engine.segment import READ_STEP
-from samseg.engine.stages import EXPORT, STAGES
+from samseg.engine.stages import STAGES, WRITE
 
 T = TypeVar("T")
 IO_RETRIES = 2
 IO_RETRY_DELAY_S = 0.5
-IO_STEPS: tuple[str, ...] = (READ_STEP, EXPORT, "track", "register-classes")
+IO_STEPS: tuple[str, ...] = (READ_STEP, WRITE, "track", "register-classes")
 OTHER_STEPS: tuple[str, ...] = ("dataset-classes",)
 
 
@@ -38,7 +37,7 @@ def _is_io_error(exc: BaseException) -> bool:
 
 
 def _is_input_error(exc: BaseException) -> bool:
-    from samseg.edges.export import OutputsError
+    from samseg.edges.image_dir import OutputsError
     from samseg.edges.images import ImageError
     from samseg.edges.storage import StorageNotFound
 

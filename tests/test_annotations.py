@@ -105,7 +105,7 @@ def test_yolo_seg_polygons_and_data_yaml(out_root: Path) -> None:
 
 
 def test_index_png_palette_matches_labels(out_root: Path) -> None:
-    from samseg.edges.export import read_label_png
+    from samseg.edges.image_dir import read_label_png
 
     dst = _export(out_root, "index-png")
     with Image.open(dst / "alpha.png") as img:
@@ -121,7 +121,7 @@ def test_export_of_a_non_samseg_dir_is_one_line(tmp_path: Path) -> None:
 
 
 def test_export_from_an_mlflow_image_run(out_root: Path, tmp_path: Path, monkeypatch) -> None:
-    from samseg.edges.export import read_summary
+    from samseg.edges.image_dir import read_summary
     from samseg.edges.tracking import log_image_run
     from ui_synthetic import sqlite_store
 

@@ -33,7 +33,7 @@ def _round_trip(tmp: Path) -> None:
     from mlflow import MlflowClient
 
     from samseg.edges.class_registry import load_registered_classes, register_classes
-    from samseg.edges.tracking import tracking_uri
+    from samseg.edges.mlflow_client import tracking_uri
 
     run_id, path = _batch_run(tmp, _table())
     first = register_classes(run_id, "samseg-classes-test", path)

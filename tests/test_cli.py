@@ -19,7 +19,8 @@ from PIL import Image
 
 from cli_run import run_cli
 from samseg.apps import cli
-from samseg.edges.export import read_label_png, write_label_png
+from samseg.apps.cli_config import config_from_args
+from samseg.edges.image_dir import read_label_png, write_label_png
 from samseg.core.types import MaskSet
 
 TINY_POINTS = "4"  # 4×4 prompts: keeps the e2e runs cheap on 2 CPU cores
@@ -153,7 +154,7 @@ def test_flags_override_preset() -> None:
     args = cli.build_parser().parse_args(
         ["segment", "x.jpg", "--out", "o", "--preset", "smoke", "--model", "vit_b", "--points-per-side", "5",
          "--cell-rule", "min_coverage", "--min-samples", "4"])
-    cfg = cli.config_from_args(args)
+    cfg = config_from_args(args)
     assert cfg.model_type == "vit_b" and cfg.amg.points_per_side == 5
     assert cfg.amg.pred_iou_thresh == 0.0  # untouched smoke value
     assert cfg.pool.cell_rule == "min_coverage" and cfg.cluster.min_samples == 4 and cfg.cluster.eps == 0.06

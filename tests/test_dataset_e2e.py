@@ -33,7 +33,7 @@ def segmented(photos, tiny_model, smoke_cfg, tmp_path_factory):
     """OUT/<stem>/ per image with per-image cluster ids, from SMALL_SIDE-px PNG copies."""
     from samseg.core.cluster import cluster_embeddings
     from samseg.core.compose import compose_labels
-    from samseg.edges.export import write_outputs
+    from samseg.edges.image_dir import write_image_dir
     from samseg.edges.images import load_image
     from samseg.edges.cache import StageCache
     from samseg.engine.runner import run_image
@@ -53,7 +53,7 @@ def segmented(photos, tiny_model, smoke_cfg, tmp_path_factory):
         img = load_image(root / "photos" / f"{Path(name).stem}.png")
         seg = run_image(img, cfg, ModelIdentity.of(tiny_model), StageCache(root / "cache"), load_model=lambda: tiny_model)
         own = cluster_embeddings(seg.embeddings, cfg.cluster)  # per-image ids
-        dirs.append(write_outputs(out / img.stem, img, seg.masks, seg.embeddings, own,
+        dirs.append(write_image_dir(out / img.stem, img, seg.masks, seg.embeddings, own,
                                   compose_labels(seg.masks, own), summarize(seg).to_dict()))
         segs.append(seg)
     return root, out, dirs, segs, cfg
@@ -70,7 +70,7 @@ def batch_run(segmented):
 
 
 def test_every_label_id_is_a_class(segmented, batch_run):
-    from samseg.edges.export import read_label_png, read_outputs
+    from samseg.edges.image_dir import read_label_png, read_image_dir
 
     _, out, dirs, segs, _ = segmented
     report, table = batch_run
@@ -87,7 +87,7 @@ def test_every_label_id_is_a_class(segmented, batch_run):
         assert ids <= set(range(table.n_classes))
         for c in ids:  # a class painted in an image lists that image in classes.json
             assert name in table.image_counts[c]
-        _, emb, stored = read_outputs(d)
+        _, emb, stored = read_image_dir(d)
         assert np.array_equal(emb, seg.embeddings)
         for c, counts in enumerate(table.image_counts):  # masks.json carries the dataset ids
             assert int((stored == c).sum()) == counts.get(name, 0)
@@ -97,12 +97,12 @@ def test_every_label_id_is_a_class(segmented, batch_run):
 
 
 def test_members_are_covered_by_their_classes(segmented, batch_run):
-    from samseg.edges.export import read_outputs
+    from samseg.edges.image_dir import read_image_dir
 
     _, _, dirs, _, _ = segmented
     _, table = batch_run
     for d in dirs:
-        _, emb, stored = read_outputs(d)
+        _, emb, stored = read_image_dir(d)
         again = assign_to_classes(emb, table).labels
         # every clustered mask lies inside its own class's radius, so it is never noise here
         assert (again[stored >= 0] >= 0).all()
@@ -116,7 +116,7 @@ def test_contact_sheet_written(segmented, batch_run):
 
 
 def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
-    from samseg.edges.export import read_outputs
+    from samseg.edges.image_dir import read_image_dir
     from samseg.engine.dataset import classify_dirs
 
     _, _, dirs, _, cfg = segmented
@@ -130,7 +130,7 @@ def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
     assert np.array_equal(back.prototypes, table.prototypes)  # same classes, stable ids
     assert back.image_names == [d.name + ".png" for d in new_dirs]
     for d in new_dirs:
-        _, emb, stored = read_outputs(d)
+        _, emb, stored = read_image_dir(d)
         assert np.array_equal(stored, assign_to_classes(emb, table).labels)
         assert json.loads((d / "summary.json").read_text())["classes"] == "assigned"
 
@@ -139,7 +139,7 @@ def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from samseg.edges.dataset_outputs import load_class_table, load_classes_from_run, log_dataset_classes
-    from samseg.edges.tracking import TrackingError
+    from samseg.edges.mlflow_client import TrackingError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
@@ -166,7 +166,7 @@ def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tm
 
     from mlflow import MlflowClient
 
-    from samseg.edges.export import read_label_png
+    from samseg.edges.image_dir import read_label_png
 
     src = tmp_path / "in"
     src.mkdir()

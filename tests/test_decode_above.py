@@ -23,13 +23,13 @@ def _inputs(sam, n: int = 13, seed: int = 0):
 def _upscaled_rows(monkeypatch) -> list[int]:
     """Counts the prompts that go through the upscaling, chunk by chunk."""
     seen: list[int] = []
-    original = fast_decoder._masks_from_tokens
+    original = fast_decoder.masks_from_tokens
 
     def counting(decoder, hs, keys, masks_out, ws):
         seen.append(hs.shape[0])
         return original(decoder, hs, keys, masks_out, ws)
 
-    monkeypatch.setattr(fast_decoder, "_masks_from_tokens", counting)
+    monkeypatch.setattr(fast_decoder, "masks_from_tokens", counting)
     return seen
 
 

@@ -47,7 +47,7 @@ def test_the_table_is_the_one_list_of_stages() -> None:
 
     names = [s.name for s in stages.STAGES]
     assert names == ["encode", "amg", "pool", "cluster", "compose"]
-    assert progress.STAGES == (*names, "export") == stages.STEPS
+    assert progress.STAGES == (*names, "write") == stages.STEPS
     assert stages.CACHED == ("encode", "amg", "pool")
     for row in stages.STAGES:  # inputs only name earlier rows: the table is in compute order
         assert all(names.index(i) < names.index(row.name) for i in row.inputs)

@@ -113,7 +113,7 @@ def test_gpu_slots_env(monkeypatch: pytest.MonkeyPatch) -> None:
         gpu_slots()
     assert "gpu" in TASKS["encode"].tags and "gpu" in TASKS["amg"].tags and "gpu" not in TASKS["pool"].tags
     assert TASKS["encode"].retries == 0 and TASKS["amg"].retries == 0  # only I/O steps retry
-    assert TASKS["export"].retries == 2 and TASKS["read-image"].retries == 2
+    assert TASKS["write"].retries == 2 and TASKS["read-image"].retries == 2
     from samseg.engine.stages import STAGES
 
     assert set(TASKS) >= {s.name for s in STAGES}  # one task per row of the stage table
@@ -289,14 +289,14 @@ def test_s3_unreachable_retries_then_one_clear_error(prefect_api, local_env, sma
     while True:
         with get_client(sync_client=True) as client:
             runs = {t.name.rsplit("-", 1)[0]: t for t in client.read_task_runs(flow_run_filter=flt)}
-        export = runs.get("export")
-        if (export is not None and export.state is not None and export.state.is_failed()) or time.monotonic() > deadline:
+        write = runs.get("write")
+        if (write is not None and write.state is not None and write.state.is_failed()) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert runs["export"].state.is_failed()
-    assert runs["export"].run_count == 3  # the first try + IO_RETRIES
+    assert runs["write"].state.is_failed()
+    assert runs["write"].run_count == 3  # the first try + IO_RETRIES
     assert runs["encode"].run_count == 1
-    assert not list(Path("/tmp").glob("samseg-export-*/bears"))  # local staging cleaned up
+    assert not list(Path("/tmp").glob("samseg-write-*/bears"))  # local staging cleaned up
 
 
 def test_bad_image_fails_alone(prefect_api, local_env, small_photos) -> None:

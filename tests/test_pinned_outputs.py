@@ -56,13 +56,13 @@ def stable(value):
 
 
 def test_tiny_random_outputs_match_the_pinned_ones(tmp_path: Path) -> None:
-    from samseg.edges.export import read_label_png, read_outputs
+    from samseg.edges.image_dir import read_label_png, read_image_dir
 
     got = segment(tmp_path / "out", pinned_image(tmp_path / "in" / "pinned.png"))
     assert stable(json.loads((got / "summary.json").read_text())) == json.loads((PINNED / "summary.json").read_text())
     np.testing.assert_array_equal(read_label_png(got / "labels.png"), read_label_png(PINNED / "labels.png"))
-    ours, ours_emb, ours_labels = read_outputs(got)
-    ref, ref_emb, ref_labels = read_outputs(PINNED)
+    ours, ours_emb, ours_labels = read_image_dir(got)
+    ref, ref_emb, ref_labels = read_image_dir(PINNED)
     assert len(ours) == len(ref) > 0
     np.testing.assert_array_equal(ours_labels, ref_labels)
     np.testing.assert_allclose(ours_emb, ref_emb, atol=1e-4, rtol=0)

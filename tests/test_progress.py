@@ -144,7 +144,7 @@ def expected_events(uri: str, cached: str) -> list[tuple[str, dict]]:
         stages = [event(s, "computed") for s in progress.STAGES]
     else:
         stages = [event("amg", "hit"), event("pool", "hit"), event("cluster", "computed"), event("compose", "computed"),
-                  event("encode", "skipped"), event("export", "computed")]
+                  event("encode", "skipped"), event("write", "computed")]
     return [("image_start", {"image": uri}), *stages, ("image_done", {"image": uri})]
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from samseg.edges import tracking
+from samseg.edges import mlflow_client, tracking
 from samseg.core.config import SMOKE
-from samseg.edges.tracking import TrackingError, scrub_secrets
+from samseg.core.secrets import scrub_secrets
+from samseg.edges.mlflow_client import TrackingError
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 
@@ -78,10 +79,10 @@ def test_tracking_uri_default_is_mlflows(monkeypatch: pytest.MonkeyPatch, tmp_pa
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    assert tracking.tracking_uri() == "http://127.0.0.1:9"
+    assert mlflow_client.tracking_uri() == "http://127.0.0.1:9"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
-    assert tracking.tracking_uri() == mlflow.get_tracking_uri()
+    assert mlflow_client.tracking_uri() == mlflow.get_tracking_uri()
 
 
 # ---------------------------------------------------------------- against a real server
@@ -230,10 +231,10 @@ def test_dead_server_is_one_clear_error_and_http_retries_are_bounded(monkeypatch
         monkeypatch.delenv(key)
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
-    tracking._client()
+    mlflow_client.client()
     assert {k: os.environ[k] for k in mlflow_client._HTTP_DEFAULTS} == mlflow_client._HTTP_DEFAULTS
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a user's own value wins
-    tracking._client()
+    mlflow_client.client()
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
     with pytest.raises(TrackingError) as info:
         tracking.start_batch_run("x", "batch", {}, {})

@@ -41,7 +41,7 @@ def _free_port() -> int:
 def _segment_and_log(model, image_path: Path, out_root: Path) -> dict:
     """The real pipeline on one photo, logged like `samseg segment` does; returns the facts the test needs."""
     from samseg.core.config import get_preset
-    from samseg.edges.export import write_outputs
+    from samseg.edges.image_dir import write_image_dir
     from samseg.edges.images import load_image
     from samseg.edges.tracking import log_image_run
     from samseg.engine.runner import run_image
@@ -54,7 +54,7 @@ def _segment_and_log(model, image_path: Path, out_root: Path) -> dict:
     image = load_image(image_path)
     result = run_image(image, cfg, ModelIdentity.of(model), StageCache(out_root / "cache"), load_model=lambda: model)
     summary = summarize(result).to_dict()
-    out = write_outputs(out_root / image.stem, image, result.masks, result.embeddings, result.clusters, result.label_map, summary)
+    out = write_image_dir(out_root / image.stem, image, result.masks, result.embeddings, result.clusters, result.label_map, summary)
     run_id = log_image_run(out, summary, experiment=EXPERIMENT)
     biggest = int(np.argmax(result.masks.areas))
     ys, xs = np.nonzero(result.masks.decode([biggest])[0])
@@ -275,7 +275,7 @@ def test_dataset_run_page(page, ui_server):
     child overlays link to their image runs. tiny-random features: counts are not asserted."""
     from samseg.core.config import get_preset
     from samseg.edges.dataset_outputs import apply_dataset_classes, log_dataset_classes
-    from samseg.edges.export import read_summary
+    from samseg.edges.image_dir import read_summary
     from samseg.edges.tracking import end_run, log_image_run, start_batch_run
 
     cfg = get_preset("smoke")

@@ -25,7 +25,7 @@ EXPERIMENT = "ui-dataset-test"
 
 
 def _image_dir(out: Path, image_path: Path, seed: int) -> Path:
-    """One image's outputs (samseg.edges.export layout) with per-image clustering, as a batch writes them."""
+    """One image's outputs (samseg.edges.image_dir layout) with per-image clustering, as a batch writes them."""
     d = out / image_path.stem
     write_image_outputs(d, image_path, seed)
     return d
@@ -34,7 +34,7 @@ def _image_dir(out: Path, image_path: Path, seed: int) -> Path:
 def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: str | None) -> tuple[str, list[str]]:
     """What segment-batch --classes dataset (or --classes-from RUN) logs; returns (batch id, child ids)."""
     from samseg.edges.dataset_outputs import apply_dataset_classes, load_class_table, log_dataset_classes
-    from samseg.edges.export import read_summary
+    from samseg.edges.image_dir import read_summary
     from samseg.edges.tracking import end_run, log_image_run, start_batch_run
 
     out = tmp / "out" / name
@@ -62,7 +62,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     plain = start_batch_run(EXPERIMENT, "batch-plain", {"n_images": 0}, {})
     end_run(plain)
     lone_dir = _image_dir(tmp / "out" / "lone", images[0], 7)
-    from samseg.edges.export import read_summary
+    from samseg.edges.image_dir import read_summary
 
     lone = log_image_run(lone_dir, read_summary(lone_dir), experiment=EXPERIMENT, run_name="lone")
     yield {"tmp": tmp, "dataset": ds, "children": ds_children, "assigned": assigned, "plain": plain, "lone": lone}

@@ -54,10 +54,10 @@ def sqlite_store(tmp, experiment: str, monkeypatch) -> list:
 
 
 def write_image_outputs(out_dir, image_path, seed: int = 0) -> dict:
-    """One synthetic image's outputs (samseg.edges.export layout: rect_masks, embeddings(seed),
+    """One synthetic image's outputs (samseg.edges.image_dir layout: rect_masks, embeddings(seed),
     per-image SMOKE clustering) written to `out_dir`; returns its summary.json dict."""
     from samseg.core.config import SMOKE
-    from samseg.edges.export import write_outputs
+    from samseg.edges.image_dir import write_image_dir
     from samseg.edges.images import load_image
     from samseg.core.cluster import cluster_embeddings
     from samseg.core.compose import compose_labels
@@ -80,5 +80,5 @@ def write_image_outputs(out_dir, image_path, seed: int = 0) -> dict:
         "cluster_sizes": clusters.sizes(),
         "seconds": {"cluster": 0.001},
     }
-    write_outputs(out_dir, image, masks, emb, clusters, label_map, summary)
+    write_image_dir(out_dir, image, masks, emb, clusters, label_map, summary)
     return summary

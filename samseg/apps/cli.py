@@ -28,7 +28,6 @@ from typing import Any, Callable
 from samseg.apps.cli_common import UsageError
 from samseg.apps.cli_config import add_config_flags as _add_config_flags
 from samseg.apps.cli_config import add_tile_flags as _add_tile_flags
-from samseg.apps.cli_config import config_from_args  # noqa: F401 — the CLI's config builder
 from samseg.core.config import PRECISION_REQUESTS
 log = logging.getLogger("samseg.apps.cli")
 

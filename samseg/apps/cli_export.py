@@ -37,9 +37,9 @@ def add_parser(sub: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from samseg.edges.annotations import ExportError, image_dirs, read_image_dirs, write_export
+    from samseg.edges.mlflow_client import TrackingError
     from samseg.edges.owned_files import BatchIncomplete, FilesRefused, check_complete
     from samseg.edges.storage import StorageError
-    from samseg.edges.tracking import TrackingError
 
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-export-") as tmp:
@@ -65,12 +65,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
     """Download each image run's artifacts (an image run, or a batch run's children)."""
-    from samseg.edges.tracking import TrackingError, _client, _get_run, _search
+    from samseg.edges.mlflow_client import TrackingError
+    from samseg.edges.tracking import get_run, search_runs
 
-    run = _get_run(_client(), run_id)
+    run = get_run(run_id)
     kind = run.data.tags.get(TAG_KIND, "image")
     if kind == "batch":
-        runs = [r for r in _search(None, _experiment_name(run)) if r.data.tags.get(TAG_MLFLOW_PARENT) == run_id
+        runs = [r for r in search_runs(None, _experiment_name(run)) if r.data.tags.get(TAG_MLFLOW_PARENT) == run_id
                 and r.data.tags.get(TAG_KIND, "image") == "image"]
     else:
         runs = [run]
@@ -85,16 +86,16 @@ def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
 
 
 def _experiment_name(run: Any) -> str:
-    from samseg.edges.tracking import _client
+    from samseg.edges.mlflow_client import client
 
-    return _client().get_experiment(run.info.experiment_id).name
+    return client().get_experiment(run.info.experiment_id).name
 
 
 def _download(run_id: str, dst: Path) -> None:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from samseg.edges.tracking import TrackingError, tracking_uri
+    from samseg.edges.mlflow_client import TrackingError, tracking_uri
 
     dst.mkdir(parents=True)
     for name in _RUN_FILES:

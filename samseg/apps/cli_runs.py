@@ -127,7 +127,8 @@ def _add_runs_parser(sub: Any) -> None:
 
 
 def run_runs_compare(args: argparse.Namespace) -> int:
-    from samseg.edges.tracking import TrackingError, compare_runs, format_compare
+    from samseg.edges.mlflow_client import TrackingError
+    from samseg.edges.tracking import compare_runs, format_compare
 
     try:
         df = compare_runs(args.run_ids or None, args.experiment)

@@ -101,7 +101,7 @@ def run_ui(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         # samseg.edges.tracking (which logs the UI's reruns) reads the URI from the environment.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    from samseg.edges.tracking import tracking_uri
+    from samseg.edges.mlflow_client import tracking_uri
 
     problem = missing_store(tracking_uri())
     if problem:

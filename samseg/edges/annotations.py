@@ -67,12 +67,12 @@ class ImageResult:
 
 
 def read_image_dirs(dirs: list[Path]) -> list[ImageResult]:
-    from samseg.edges.export import LABELS_PNG, OutputsError, read_label_png, read_outputs, read_summary
+    from samseg.edges.image_dir import LABELS_PNG, OutputsError, read_label_png, read_image_dir, read_summary
 
     results = []
     for d in dirs:
         try:
-            masks, _emb, labels = read_outputs(d)
+            masks, _emb, labels = read_image_dir(d)
             results.append(ImageResult(d, masks, labels, read_label_png(d / LABELS_PNG), read_summary(d)))
         except (OutputsError, OSError, KeyError) as exc:
             raise ExportError(f"{d}: not a readable samseg image dir ({exc})") from None

@@ -16,7 +16,8 @@ import os
 import socket
 from typing import Any
 
-from samseg.edges import tracking
+from samseg.edges import mlflow_client, tracking
+from samseg.edges.mlflow_client import TrackingError
 from samseg.edges.shutdown import pid_alive
 from samseg.edges.run_schema import KIND_BATCH, TAG_BATCH_KEY, TAG_HOST, TAG_IMAGE_SHA256, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PID
 
@@ -46,18 +47,18 @@ def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags:
     end other orphans as KILLED. Only a resumed run can already hold image runs."""
     from mlflow.exceptions import MlflowException
 
-    client = tracking._client()
+    client = mlflow_client.client()
     resumed = None
     try:
-        for run in _orphans(client, tracking._experiment_id(client, experiment)):
+        for run in _orphans(client, tracking.experiment_id(client, experiment)):
             if resumed is None and run.data.tags.get(TAG_BATCH_KEY) == key:
                 resumed = run.info.run_id
                 client.set_tag(resumed, TAG_PID, str(os.getpid()))
             else:
                 client.set_terminated(run.info.run_id, "KILLED")
     except MlflowException as exc:
-        raise tracking.TrackingError(f"MLflow at {tracking._where()}: cannot check earlier batch runs: "
-                                     f"{tracking._one_line(exc)}") from None
+        raise TrackingError(f"MLflow at {mlflow_client.where()}: cannot check earlier batch runs: "
+                                     f"{mlflow_client.error_line(exc)}") from None
     if resumed is not None:
         return resumed, True
     own = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), TAG_BATCH_KEY: key}
@@ -69,7 +70,7 @@ def logged_image_run(batch_run_id: str, image_sha256: str, out_dir: str) -> str 
     dir (a resumed batch), or None."""
     from mlflow.exceptions import MlflowException
 
-    client = tracking._client()
+    client = mlflow_client.client()
     try:
         parent = client.get_run(batch_run_id)
         runs = client.search_runs([parent.info.experiment_id],

@@ -67,7 +67,7 @@ def default_cache_root() -> str:
     env = os.environ.get("SAMSEG_CACHE")
     if env:
         return env
-    from samseg.sam.model import samseg_home
+    from samseg.sam.files import samseg_home
 
     return str(samseg_home() / "cache")
 

@@ -42,7 +42,7 @@ def apply_dataset_classes(
     "metrics", "n_classes", "images"}. table: a ClassTable to assign to (no clustering) or
     None to cluster the batch with `cluster_cfg` (samseg.core.config.ClusterConfig)."""
     from samseg.core.dataset import assign_to_classes, classify_batch
-    from samseg.edges.export import read_outputs, read_summary
+    from samseg.edges.image_dir import read_image_dir, read_summary
 
     if str(out).startswith("s3://"):
         raise DatasetOutputsError(f"{out}: dataset-level classes need a local --out for now")
@@ -50,7 +50,7 @@ def apply_dataset_classes(
     dirs = [Path(d) for d in image_dirs]
     if not dirs:
         raise DatasetOutputsError(f"{out}: no image outputs to give classes to")
-    loaded = [read_outputs(d) for d in dirs]  # (MaskSet, N×C embeddings, old labels)
+    loaded = [read_image_dir(d) for d in dirs]  # (MaskSet, N×C embeddings, old labels)
     summaries = [read_summary(d) for d in dirs]
     names = _image_names(dirs, summaries)
     embs = [emb for _, emb, _ in loaded]
@@ -117,7 +117,7 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
     import numpy as np
 
     from samseg.core.compose import compose_labels
-    from samseg.edges.export import FEATURES_NPY, write_outputs
+    from samseg.edges.image_dir import FEATURES_NPY, write_image_dir
     from samseg.edges.images import decode_image
     from samseg.edges.storage import read_bytes
 
@@ -131,7 +131,7 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
                "classes": mode, "dataset_n_classes": table.n_classes}
     if mode == "assigned":
         summary["classes_from"] = table.sample.get("assigned_from")
-    write_outputs(d, image, masks, emb, res, compose_labels(masks, res), summary, features)
+    write_image_dir(d, image, masks, emb, res, compose_labels(masks, res), summary, features)
 
 
 def _contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[dict[str, Any]], table: Any) -> bytes:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -402,12 +401,3 @@ def download_prefix(src_uri: str, local_dir: str | os.PathLike[str], *, require_
         write_bytes(target, read_bytes(uri))
         out.append(target)
     return out
-
-
-def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Copy one file/object between any two locations (local↔S3)."""
-    if not is_s3_uri(src) and not is_s3_uri(dst):
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        return
-    write_bytes(dst, read_bytes(src))

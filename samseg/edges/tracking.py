@@ -28,10 +28,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from samseg.core.secrets import SECRET_ENV_VARS, scrub_secrets  # noqa: F401 — re-exported: the edge's scrubber
-from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, TAG_CACHE_PREFIX, TAG_CHECKPOINT_SHA256, TAG_IMAGE_SHA256,  # noqa: F401
-                                     TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_VERSION)
-from samseg.edges.mlflow_client import TrackingError, client as _client, error_line as _one_line, where as _where, tracking_uri  # noqa: F401 — re-exported
+from samseg.core.secrets import scrub_secrets
+from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, TAG_CACHE_PREFIX, TAG_CHECKPOINT_SHA256,
+                                     TAG_IMAGE_SHA256, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN,
+                                     TAG_PREFECT_FLOW_RUN, TAG_VERSION)
+from samseg.edges import mlflow_client
+from samseg.edges.mlflow_client import TrackingError
 from samseg.edges.tracking_conventions import log_lineage
 
 if TYPE_CHECKING:
@@ -118,7 +120,7 @@ def run_tags(
 # ---------------------------------------------------------------- MLflow calls
 
 
-def _experiment_id(client: Any, name: str) -> str:
+def experiment_id(client: Any, name: str) -> str:
     """Id of experiment `name`, created on first use (a concurrent creator is tolerated)."""
     from mlflow.exceptions import MlflowException
 
@@ -185,7 +187,7 @@ def log_image_run(
     extra_tags: dict[str, Any] | None = None,
     nested_under: str | None = None,
 ) -> str:
-    """Log one image dir (written by samseg.edges.export) as a finished MLflow run; returns its id.
+    """Log one image dir (written by samseg.edges.image_dir) as a finished MLflow run; returns its id.
 
     parent_run_id: the run a recluster started from (tag samseg.parent_run_id, kind
     "recluster"). nested_under: the batch run this image belongs to (mlflow.parentRunId,
@@ -197,7 +199,7 @@ def log_image_run(
 
     out_dir = Path(out_dir)
     try:
-        client = _client()
+        client = mlflow_client.client()
         if parent_run_id and nested_under is None and _kind_of(client, parent_run_id) == "batch":
             parent_run_id, nested_under = None, parent_run_id
         kind = str((extra_tags or {}).get(TAG_KIND) or (KIND_RECLUSTER if parent_run_id else KIND_IMAGE))
@@ -205,9 +207,9 @@ def log_image_run(
             raise ValueError(f"{TAG_KIND} must be one of {', '.join(KINDS)}, got {kind!r}")
         tags = run_tags(summary, kind, parent_run_id, nested_under, extra_tags)
         name = run_name or _get(summary, "image", "file_name") or out_dir.name
-        run = client.create_run(_experiment_id(client, experiment), tags=tags, run_name=scrub_secrets(str(name)))
+        run = client.create_run(experiment_id(client, experiment), tags=tags, run_name=scrub_secrets(str(name)))
     except MlflowException as exc:
-        raise TrackingError(f"MLflow at {_where()}: cannot start a run in {experiment!r}: {_one_line(exc)}") from None
+        raise TrackingError(f"MLflow at {mlflow_client.where()}: cannot start a run in {experiment!r}: {mlflow_client.error_line(exc)}") from None
     run_id = run.info.run_id
     try:
         _log_values(client, run_id, run_params(summary), run_metrics(summary))
@@ -224,7 +226,7 @@ def log_image_run(
         except MlflowException:
             pass  # keep the original error; the run stays RUNNING in the UI
         if isinstance(exc, MlflowException):
-            raise TrackingError(f"MLflow run {run_id} ({out_dir}): {_one_line(exc)}") from None
+            raise TrackingError(f"MLflow run {run_id} ({out_dir}): {mlflow_client.error_line(exc)}") from None
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
@@ -235,13 +237,13 @@ def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags
     from mlflow.exceptions import MlflowException
 
     try:
-        client = _client()
+        client = mlflow_client.client()
         all_tags = {TAG_KIND: "batch", **tags}
         clean = {k: scrub_secrets(str(v)) for k, v in all_tags.items() if v is not None}
-        run = client.create_run(_experiment_id(client, experiment), tags=clean, run_name=run_name)
+        run = client.create_run(experiment_id(client, experiment), tags=clean, run_name=run_name)
         _log_values(client, run.info.run_id, params, {})
     except MlflowException as exc:
-        raise TrackingError(f"MLflow at {_where()}: cannot start batch run {run_name!r}: {_one_line(exc)}") from None
+        raise TrackingError(f"MLflow at {mlflow_client.where()}: cannot start batch run {run_name!r}: {mlflow_client.error_line(exc)}") from None
     return run.info.run_id
 
 
@@ -252,20 +254,20 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
     if status not in RUN_STATUSES:
         raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
     try:
-        _client().set_terminated(run_id, status)
+        mlflow_client.client().set_terminated(run_id, status)
     except MlflowException as exc:
-        raise TrackingError(f"MLflow run {run_id}: cannot end ({_one_line(exc)})") from None
+        raise TrackingError(f"MLflow run {run_id}: cannot end ({mlflow_client.error_line(exc)})") from None
 
 
 # ---------------------------------------------------------------- reading runs
 
 
-def _search(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
+def search_runs(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
     """mlflow Run objects, oldest first. Uses MlflowClient.search_runs (the API behind
     mlflow.search_runs) so no process-global tracking URI is touched."""
     from mlflow.exceptions import MlflowException
 
-    client = _client()
+    client = mlflow_client.client()
     try:
         if run_ids:
             exp_ids = sorted({_get_run(client, rid).info.experiment_id for rid in run_ids})
@@ -276,7 +278,7 @@ def _search(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
             name = experiment or default_experiment()
             exp = client.get_experiment_by_name(name)
             if exp is None:
-                raise TrackingError(f"MLflow at {_where()}: no experiment named {name!r}")
+                raise TrackingError(f"MLflow at {mlflow_client.where()}: no experiment named {name!r}")
             exp_ids, filter_string = [exp.experiment_id], ""
         runs: list[Any] = []
         token = None
@@ -287,7 +289,7 @@ def _search(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
             if not token:
                 return runs
     except MlflowException as exc:
-        raise TrackingError(f"MLflow at {_where()}: search failed: {_one_line(exc)}") from None
+        raise TrackingError(f"MLflow at {mlflow_client.where()}: search failed: {mlflow_client.error_line(exc)}") from None
 
 
 def _get_run(client: Any, run_id: str) -> Any:
@@ -298,12 +300,12 @@ def _get_run(client: Any, run_id: str) -> Any:
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
-        raise TrackingError(f"MLflow run {run_id}: not found at {_where()} ({_one_line(exc)})") from None
+        raise TrackingError(f"MLflow run {run_id}: not found at {mlflow_client.where()} ({mlflow_client.error_line(exc)})") from None
 
 
 def get_run(run_id: str) -> Any:
     """The mlflow `Run` (.info, .data.params/metrics/tags); unknown id → TrackingError."""
-    return _get_run(_client(), run_id)
+    return _get_run(mlflow_client.client(), run_id)
 
 
 def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None) -> "pd.DataFrame":
@@ -314,7 +316,7 @@ def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None
     """
     import pandas as pd
 
-    runs = _search(run_ids, experiment)
+    runs = search_runs(run_ids, experiment)
     if not runs:
         return pd.DataFrame(columns=["run_id", "run_name"])
     params = pd.DataFrame([r.data.params for r in runs])
@@ -345,14 +347,14 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    _get_run(_client(), run_id)
+    _get_run(mlflow_client.client(), run_id)
     dst = Path(dst_dir)
     dst.mkdir(parents=True, exist_ok=True)
     for name in dict.fromkeys(("summary.json", *names)):
         try:
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst), tracking_uri=tracking_uri())
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst), tracking_uri=mlflow_client.tracking_uri())
         except (MlflowException, OSError) as exc:
-            raise TrackingError(f"MLflow run {run_id}: cannot download {name} ({_one_line(exc)})") from None
+            raise TrackingError(f"MLflow run {run_id}: cannot download {name} ({mlflow_client.error_line(exc)})") from None
     try:
         return json.loads((dst / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -366,14 +368,14 @@ def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[A
     import numpy as np
     from mlflow.exceptions import MlflowException
 
-    client = _client()
+    client = mlflow_client.client()
     run = _get_run(client, run_id)
     ids = [run_id]
     if run.data.tags.get(TAG_KIND) == "batch":
         try:
             kids = client.search_runs([run.info.experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{run_id}'", max_results=5000)
         except MlflowException as exc:
-            raise TrackingError(f"MLflow run {run_id}: cannot list its image runs ({_one_line(exc)})") from None
+            raise TrackingError(f"MLflow run {run_id}: cannot list its image runs ({mlflow_client.error_line(exc)})") from None
         ids = [r.info.run_id for r in kids if r.data.tags.get(TAG_KIND) == "image"]
         if not ids:
             raise TrackingError(f"MLflow batch run {run_id} has no image runs")

@@ -108,7 +108,8 @@ def end_batch(run_id: Optional[str], status: str, quiet: bool = True) -> None:
     """Terminate the batch run (FINISHED / FAILED / KILLED); quiet: an MLflow error is ignored."""
     if run_id is None:
         return
-    from samseg.edges.tracking import TrackingError, end_run
+    from samseg.edges.mlflow_client import TrackingError
+    from samseg.edges.tracking import end_run
 
     try:
         end_run(run_id, status)

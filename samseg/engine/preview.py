@@ -52,7 +52,7 @@ class PreviewSession:
     def png(self, cluster_cfg: ClusterConfig) -> tuple[bytes, Any]:
         """(overlay PNG at preview size, ClusterResult)."""
         from samseg.core.render import render_overlay
-        from samseg.edges.export import png_bytes
+        from samseg.edges.image_dir import png_bytes
 
         clusters = self.clusters(cluster_cfg)
         canvas = self.canvas()

@@ -23,7 +23,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional
 
 from samseg.engine.stages import STEPS as STAGES  # the stage bar's steps: the table's rows, then export
 
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 
 EVENTS = ("image_start", "stage", "tile", "image_done", "image_failed")
-
-
-class Reporter(Protocol):
-    def __call__(self, event: str, **info: Any) -> None: ...
 
 
 _LOCK = threading.RLock()  # re-entrant: a reporter may itself report

@@ -1,7 +1,7 @@
-"""After the stages: write the image dir (export, + upload when OUT is s3://) and log its MLflow run.
+"""After the stages, publish: write the image dir (+ upload when OUT is s3://), then log its MLflow run.
 
-`publish` is the one export + track sequence every caller uses (the CLI's local runs, the
-flows, the UI's rerun and saved classes); `execute` lets flows/ run "export" and "track"
+`publish` is the one write + track sequence every caller uses (the CLI's local runs, the
+flows, the UI's rerun and saved classes); `execute` lets flows/ run "write" and "track"
 as Prefect tasks with I/O retries.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Optional
 from samseg.edges.run_schema import EXPERIMENT_DEFAULT, KIND_IMAGE, TAG_KIND, TAG_OUT_DIR
 from samseg.engine import progress
 from samseg.engine.runner import Execute, ImageRun, inline
-from samseg.engine.stages import EXPORT
+from samseg.engine.stages import WRITE
 from samseg.engine.summary import RunSummary
 
 
@@ -39,34 +39,34 @@ class Tracking:
 def publish(run: ImageRun, summary: RunSummary, out: str, name: str, tracking: Tracking, features: bool = False,
             execute: Execute = inline) -> dict[str, Any]:
     """Export `run` to OUT/<name>/ (uploaded when OUT is s3://), then log it; returns
-    {"out_dir", "mlflow_run_id", "export_seconds"}."""
+    {"out_dir", "mlflow_run_id", "write_seconds"}."""
     import time
 
     from samseg.edges.outdirs import child_dir
     from samseg.edges.storage import is_s3_uri, join_uri
 
-    tmp = Path(tempfile.mkdtemp(prefix="samseg-export-")) if is_s3_uri(out) else None
+    tmp = Path(tempfile.mkdtemp(prefix="samseg-write-")) if is_s3_uri(out) else None
     local = child_dir(tmp if tmp is not None else Path(out), name)
     dest = join_uri(out, name) if tmp is not None else None
     try:
         t0 = time.perf_counter()
-        where = execute(EXPORT, lambda: export(run, summary, local, dest, features))
+        where = execute(WRITE, lambda: write_and_upload(run, summary, local, dest, features))
         seconds = time.perf_counter() - t0
-        progress.report("stage", image=run.image.uri, stage=EXPORT, status="computed")
+        progress.report("stage", image=run.image.uri, stage=WRITE, status="computed")
         run_id = _track(local, where, summary, run, tracking, execute) if tracking.track else None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return {"out_dir": where, "mlflow_run_id": run_id, "export_seconds": seconds}
+    return {"out_dir": where, "mlflow_run_id": run_id, "write_seconds": seconds}
 
 
-def export(run: ImageRun, summary: RunSummary, local: Path, dest: Optional[str], features: bool = False) -> str:
+def write_and_upload(run: ImageRun, summary: RunSummary, local: Path, dest: Optional[str], features: bool = False) -> str:
     """Write the image dir at `local` atomically, then publish it to `dest` (s3://…) when
     given; returns the final location. An S3 upload writes `_SUCCESS` last."""
-    from samseg.edges.export import write_outputs
+    from samseg.edges.image_dir import write_image_dir
 
     feats = run.encoded.features if features and run.encoded is not None else None
-    write_outputs(local, run.image, run.masks, run.embeddings, run.clusters, run.label_map, summary.to_dict(),
+    write_image_dir(local, run.image, run.masks, run.embeddings, run.clusters, run.label_map, summary.to_dict(),
                   features=feats)
     if dest is None:
         return str(local)

@@ -104,7 +104,7 @@ def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *,
 
 def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig, ModelIdentity, dict[str, Any]]:
     """(parent summary, its config, its model, fallbacks reading its downloaded artifacts)."""
-    from samseg.edges.export import read_outputs
+    from samseg.edges.image_dir import read_image_dir
     from samseg.edges.tracking import fetch_run_inputs
 
     parent = fetch_run_inputs(run_id, workdir)
@@ -117,7 +117,7 @@ def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig
     def artifact(i: int) -> Callable[[], Any]:
         def load() -> Any:
             if not outputs:
-                outputs["v"] = read_outputs(workdir)  # masks, embeddings, labels
+                outputs["v"] = read_image_dir(workdir)  # masks, embeddings, labels
             return outputs["v"][i]
         return load
 

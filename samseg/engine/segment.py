@@ -58,7 +58,7 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
               flow_run_id: Optional[str] = None) -> Callable[[], dict[str, Any]]:
     """Read and compute one image now; returns its publish step, which exports OUT/<name>/
     (default: its safe stem), logs it and returns the summary dict plus out_dir,
-    mlflow_run_id, export_seconds."""
+    mlflow_run_id, write_seconds."""
     from samseg.edges.outdirs import safe_dir_name
 
     progress.report("image_start", image=uri)
@@ -165,7 +165,7 @@ def failed_entry(uri: str, name: str, error: str, **more: Any) -> dict[str, Any]
 def describe_failure(uri: str, exc: BaseException) -> str:
     """One line for a failed image, naming it: input/output errors carry the file in their
     own message; other errors get "<uri>: " (and "unexpected <Type>: " for non-I/O ones)."""
-    from samseg.edges.export import OutputsError
+    from samseg.edges.image_dir import OutputsError
     from samseg.edges.images import ImageError
     from samseg.edges.storage import StorageError
     from samseg.sam.model import CheckpointError

@@ -146,9 +146,9 @@ TILED_STAGES: tuple[Stage, ...] = (
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 _TILED_BY_NAME: dict[str, Stage] = {s.name: s for s in TILED_STAGES}
 CACHED: tuple[str, ...] = tuple(s.name for s in STAGES if s.cached)
-EXPORT = "export"
-# What a progress bar counts per image: every stage of the table, then the export.
-STEPS: tuple[str, ...] = (*(s.name for s in STAGES), EXPORT)
+WRITE = "write"  # the step that writes OUT/<name>/ (and uploads it): samseg.engine.publish
+# What a progress bar counts per image: every stage of the table, then the write.
+STEPS: tuple[str, ...] = (*(s.name for s in STAGES), WRITE)
 # What an image run must end with; upstream stages are computed (or loaded) only as needed.
 OUTPUTS: tuple[str, ...] = ("amg", "pool", "cluster", "compose")
 

@@ -48,7 +48,7 @@ import math
 from typing import Any
 
 from samseg.sam.fast_decoder_factored import ImageState, image_state, transformer_chunk
-from samseg.sam.fast_decoder_masks import _masks_from_tokens
+from samseg.sam.fast_decoder_masks import masks_from_tokens
 
 # Prompts per chunk × bytes per value. Per prompt the factored transformer holds k×4096
 # coefficients (k ≤ 115, padded to 120 in bf16) and a few 56×4096 scores; the upscaling of a kept prompt 8 MB.
@@ -240,7 +240,7 @@ def _predict(decoder, image: ImageState, hw: tuple[int, int], sparse, chunk_size
                 continue
             if len(idx) < stop - start:
                 hs, keys = hs[keep], keys.select(keep)
-        _masks_from_tokens(decoder, hs, keys, masks[k : k + len(idx)], ws)
+        masks_from_tokens(decoder, hs, keys, masks[k : k + len(idx)], ws)
         rows.append(idx)
         k += len(idx)
     rows_k = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=keys0.device)

@@ -66,7 +66,7 @@ def _interleave_4x4(src, out, tmp) -> None:
     t2.copy_(s2.permute(0, 1, 3, 2, 4))
 
 
-def _masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: Any) -> None:
+def masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: Any) -> None:
     """Upscaling as a per-pixel MLP + hypernetwork product. hs B×T×C, keys the image
     tokens as samseg.sam.fast_decoder_factored's `_Keys` (.shape (B, L, C), L = h·w, and
     .linear(key, w C×N, bias N, out B×L×N) = keys·w + bias) → mask logits written into

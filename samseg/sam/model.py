@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
 
-from samseg.sam.files import file_sha256, remembered_sha256, samseg_home  # noqa: F401 — re-exported
+from samseg.sam.files import file_sha256, remembered_sha256, samseg_home
 
 log = logging.getLogger(__name__)
 

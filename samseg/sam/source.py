@@ -80,9 +80,6 @@ class ModelSource:
             self._identity = _identify(self.request)
         return self._identity
 
-    def loaded(self) -> bool:
-        return self.request in _LOADED
-
     def get(self) -> "LoadedModel":
         """The LoadedModel, loaded once per process; a failed load re-raises at once."""
         from samseg.sam.model import load_model
@@ -101,11 +98,6 @@ class ModelSource:
             return _LOADED[r]
 
 
-def forget_models() -> None:
-    """Drop every loaded model and remembered failure (tests; a long-lived UI after a fix)."""
-    with _LOCK:
-        _LOADED.clear()
-        _FAILED.clear()
 
 
 def _identify(r: ModelRequest) -> ModelIdentity:

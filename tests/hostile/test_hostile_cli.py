@@ -89,7 +89,7 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
     """A batch whose process died (its pid is gone) is resumed by the same command, not duplicated."""
     from mlflow import MlflowClient
 
-    from samseg.edges import tracking
+    from samseg.edges import mlflow_client, tracking
     from samseg.edges.run_schema import TAG_BATCH_KEY, TAG_HOST, TAG_PID
 
     exp = f"hostile-kill-{os.getpid()}"
@@ -99,7 +99,7 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
         Image.fromarray(np.full((32, 40, 3), 20 * i, np.uint8)).save(src / f"k{i}.png")
     argv = ["segment", str(src), "--out", str(tmp_path / "o"), "--experiment", exp, *TINY]
     assert run_cli(argv)[0] == 0
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(mlflow_client.tracking_uri())
     exp_id = client.get_experiment_by_name(exp).experiment_id
     (batch,) = client.search_runs([exp_id], "tags.`samseg.kind` = 'batch'")
     # As if the process had been killed mid-batch: still RUNNING, its pid dead.

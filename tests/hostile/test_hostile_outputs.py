@@ -156,16 +156,16 @@ def test_written_files_follow_the_umask_not_0600(prefect_api, tmp_path: Path) ->
 def test_an_image_with_no_class_can_be_written_again(tmp_path: Path) -> None:
     # zero classes leave an empty classes/ dir: it is samseg's own, so a rerun may replace the dir
     from samseg.core.types import ClusterResult, MaskSet
-    from samseg.edges.export import write_outputs
+    from samseg.edges.image_dir import write_image_dir
     from samseg.edges.images import LoadedImage
 
     rgb = np.zeros((8, 10, 3), np.uint8)
     image = LoadedImage(rgb, "a" * 64, "flat.png", str(tmp_path / "flat.png"))
     empty = MaskSet.empty((8, 10))
     args = (image, empty, np.zeros((0, 4), np.float32), ClusterResult(np.zeros(0, np.int64)), np.zeros((8, 10), np.uint16), {})
-    write_outputs(tmp_path / "out" / "flat", *args)
+    write_image_dir(tmp_path / "out" / "flat", *args)
     assert (tmp_path / "out" / "flat" / "classes").is_dir()
-    write_outputs(tmp_path / "out" / "flat", *args)  # no "holds files samseg did not write (classes)"
+    write_image_dir(tmp_path / "out" / "flat", *args)  # no "holds files samseg did not write (classes)"
     (tmp_path / "out" / "flat" / "classes" / "mine.txt").write_text("user file")
     with pytest.raises(Exception, match="mine.txt"):
-        write_outputs(tmp_path / "out" / "flat", *args)
+        write_image_dir(tmp_path / "out" / "flat", *args)

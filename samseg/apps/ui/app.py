@@ -240,9 +240,9 @@ def _split_ids(values: list[str]) -> list[str]:
 
 
 def _scrubbed(uri: str) -> str:
-    from samseg.apps.ui.service import _scrub
+    from samseg.core.secrets import scrub_secrets
 
-    return _scrub(uri)
+    return scrub_secrets(uri)
 
 
 # --------------------------------------------------------------------- api

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from samseg.apps.ui.security import UnsafePathError, check_artifact_path
+from samseg.edges.owned_files import CLASSES_JSON, CONTACT_SHEET_PNG
 from samseg.edges.run_schema import TAG_IMAGE_SHA256, TAG_IMAGE_URI
 
-DATASET_FILES = ("classes.json", "contact_sheet.png")
+DATASET_FILES = (CLASSES_JSON, CONTACT_SHEET_PNG)  # a dataset (batch) run's own files
 _THUMB_PX = 320  # long side of list thumbnails: readable, ~30 KB each
 
 

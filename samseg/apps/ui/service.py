@@ -18,8 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from samseg.apps.ui.files import DATASET_FILES, RunDataError, RunFiles  # noqa: F401 — DATASET_FILES re-exported
+from samseg.apps.ui.files import RunDataError, RunFiles
 from samseg.apps.ui.security import valid_run_id
+from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
 from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
 
@@ -53,7 +54,7 @@ def _store_error(exc: Exception, where: str) -> Exception:
 class UiSettings:
     """Everything the app needs; built by `samseg ui` from flags and environment.
 
-    tracking_uri None → samseg.edges.tracking.tracking_uri() (MLFLOW_TRACKING_URI or MLflow's
+    tracking_uri None → samseg.edges.mlflow_client.tracking_uri() (MLFLOW_TRACKING_URI or MLflow's
     default). cache_dir None → `<samseg_home()>/ui`. stage_cache None → StageCache's
     default root ($SAMSEG_CACHE or <samseg_home()>/cache). token None → no auth.
     """
@@ -80,13 +81,13 @@ class UiSettings:
 def _resolve_tracking_uri(uri: str | None) -> str:
     if uri:
         return uri
-    from samseg.edges.tracking import tracking_uri
+    from samseg.edges.mlflow_client import tracking_uri
 
     return tracking_uri()
 
 
 def _default_cache_dir() -> Path:
-    from samseg.sam.model import samseg_home
+    from samseg.sam.files import samseg_home
 
     return samseg_home() / "ui"
 
@@ -129,7 +130,7 @@ class RunStore(RunFiles):
                 return []
             runs = self.client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=_MAX_LIST)
         except MlflowException as exc:
-            raise _store_error(exc, _scrub(self.tracking_uri)) from None
+            raise _store_error(exc, scrub_secrets(self.tracking_uri)) from None
         datasets = {r.info.run_id: r for r in runs if self.is_dataset_run(r)}
         rows = [self.dataset_row(r) if r.info.run_id in datasets else self.row(r, datasets)
                 for r in runs if self._is_image_run(r) or r.info.run_id in datasets]
@@ -158,9 +159,9 @@ class RunStore(RunFiles):
         try:
             run = self.client.get_run(run_id)
         except MlflowException as exc:
-            err = _store_error(exc, _scrub(self.tracking_uri))
+            err = _store_error(exc, scrub_secrets(self.tracking_uri))
             if isinstance(err, RunNotFound):
-                raise RunNotFound(f"run {run_id} not found on {_scrub(self.tracking_uri)}") from None
+                raise RunNotFound(f"run {run_id} not found on {scrub_secrets(self.tracking_uri)}") from None
             raise err from None
         if not (self._is_image_run(run) or self.is_dataset_run(run)):
             raise RunNotFound(f"run {run_id} is a {run.data.tags.get(TAG_KIND)} run without dataset classes, "
@@ -304,10 +305,10 @@ class RunStore(RunFiles):
 
     def outputs(self, run_id: str) -> tuple[Any, Any, Any]:
         """(MaskSet, N×C float32 embeddings, (N,) int64 labels) of the run."""
-        from samseg.edges.export import OutputsError, read_outputs
+        from samseg.edges.image_dir import OutputsError, read_image_dir
 
         try:
-            return read_outputs(self.run_dir(run_id))
+            return read_image_dir(self.run_dir(run_id))
         except OutputsError as exc:
             raise RunDataError(f"run {run_id}: {exc}") from exc
 
@@ -337,9 +338,3 @@ def _link_base(url: str) -> str:
     u = urlsplit(url)
     host = (u.hostname or "") + (f":{u.port}" if u.port else "")
     return urlunsplit((u.scheme, host, u.path.rstrip("/"), "", ""))
-
-
-def _scrub(uri: str) -> str:
-    from samseg.core.secrets import scrub_secrets
-
-    return scrub_secrets(uri)

@@ -100,7 +100,7 @@ def build_mask_table(image: LoadedImage, masks: MaskSet, clusters: ClusterResult
     return pd.DataFrame(columns)
 
 
-def write_outputs(
+def write_image_dir(
     out_dir: Path,
     image: LoadedImage,
     masks: MaskSet,
@@ -202,7 +202,7 @@ def read_label_png(path: Path) -> np.ndarray:
         return np.asarray(img).astype(np.uint16)
 
 
-def read_outputs(out_dir: Path) -> tuple[MaskSet, np.ndarray, np.ndarray]:
+def read_image_dir(out_dir: Path) -> tuple[MaskSet, np.ndarray, np.ndarray]:
     """Load an image dir back: (MaskSet from masks.json, N×C float32 embeddings,
     (N,) int64 cluster labels with -1 = noise). Raises OutputsError (one line)."""
     out_dir = Path(out_dir)

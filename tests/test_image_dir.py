@@ -1,4 +1,4 @@
-"""samseg.edges.export and samseg.core.render on injected masks: every file, its format, and atomic replace."""
+"""samseg.edges.image_dir and samseg.core.render on injected masks: every file, its format, and atomic replace."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from samseg.edges import export
-from samseg.edges.export import OutputsError, build_coco, read_label_png, read_outputs, read_summary, write_outputs
+from samseg.edges import image_dir
+from samseg.edges.image_dir import OutputsError, build_coco, read_label_png, read_image_dir, read_summary, write_image_dir
 from samseg.edges.images import LoadedImage
 from samseg.core.render import PALETTE, class_color, render_cutout, render_overlay
 from samseg.core.types import ClusterResult, MaskSet
@@ -41,20 +41,20 @@ def case():
 def _write(tmp_path: Path, case, features=None) -> Path:
     image, masks, emb, clusters, label_map = case
     summary = {"n_masks": len(masks), "seconds": {"encode": np.float64(0.5)}}
-    return write_outputs(tmp_path / "pic", image, masks, emb, clusters, label_map, summary, features)
+    return write_image_dir(tmp_path / "pic", image, masks, emb, clusters, label_map, summary, features)
 
 
 def test_labels_png_uint16_roundtrip_high_values(tmp_path: Path) -> None:
     lab = np.zeros((H, W), np.uint16)
     lab[0, 0], lab[5, 7], lab[-1, -1] = 1, 700, 65535
     path = tmp_path / "labels.png"
-    export.write_label_png(path, lab)
+    image_dir.write_label_png(path, lab)
     back = read_label_png(path)
     assert back.dtype == np.uint16 and back.shape == (H, W) and np.array_equal(back, lab)
     via_cv2 = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # an independent reader agrees
     assert via_cv2.dtype == np.uint16 and np.array_equal(via_cv2, lab)
     with pytest.raises(OutputsError, match="uint16"):
-        export.write_label_png(path, lab.astype(np.int32))
+        image_dir.write_label_png(path, lab.astype(np.int32))
 
 
 def test_every_file_written_with_right_shapes(tmp_path: Path, case) -> None:
@@ -105,7 +105,7 @@ def test_read_outputs_keeps_embedding_order(tmp_path: Path, case) -> None:
     _, masks, emb, clusters, _ = case
     d = _write(tmp_path, case)
     assert not (d / "features.npy").exists()
-    masks2, emb2, labels2 = read_outputs(d)
+    masks2, emb2, labels2 = read_image_dir(d)
     assert len(masks2) == 3 and masks2.image_hw == (H, W)
     assert np.array_equal(emb2, emb) and emb2.dtype == np.float32
     assert np.array_equal(labels2, clusters.labels)
@@ -129,7 +129,7 @@ def test_existing_dir_replaced_whole_and_failed_write_leaves_old(tmp_path: Path,
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export, "build_mask_table", boom)
+    monkeypatch.setattr(image_dir, "build_mask_table", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         _write(tmp_path, case)
     assert sorted(p.name for p in d.iterdir()) == before  # the previous complete dir is untouched
@@ -139,17 +139,17 @@ def test_existing_dir_replaced_whole_and_failed_write_leaves_old(tmp_path: Path,
 def test_mismatched_inputs_rejected(tmp_path: Path, case) -> None:
     image, masks, emb, clusters, label_map = case
     with pytest.raises(OutputsError, match="embeddings"):
-        write_outputs(tmp_path / "x", image, masks, emb[:2], clusters, label_map, {})
+        write_image_dir(tmp_path / "x", image, masks, emb[:2], clusters, label_map, {})
     with pytest.raises(OutputsError, match="label map"):
-        write_outputs(tmp_path / "x", image, masks, emb, clusters, label_map.T, {})
+        write_image_dir(tmp_path / "x", image, masks, emb, clusters, label_map.T, {})
     assert not (tmp_path / "x").exists()
 
 
 def test_empty_result_writes_valid_files(tmp_path: Path) -> None:
     image = LoadedImage(rgb=np.full((H, W, 3), 128, np.uint8), sha256="0" * 64, name="flat.png", uri="flat.png")
-    d = write_outputs(tmp_path / "flat", image, MaskSet.empty((H, W)), np.zeros((0, 32), np.float32),
+    d = write_image_dir(tmp_path / "flat", image, MaskSet.empty((H, W)), np.zeros((0, 32), np.float32),
                       ClusterResult(np.zeros(0, np.int64)), np.zeros((H, W), np.uint16), {})
-    masks, emb, labels = read_outputs(d)
+    masks, emb, labels = read_image_dir(d)
     assert len(masks) == 0 and emb.shape == (0, 32) and labels.shape == (0,)
     assert len(pd.read_parquet(d / "masks.parquet")) == 0
     assert not list((d / "classes").iterdir())
@@ -157,7 +157,7 @@ def test_empty_result_writes_valid_files(tmp_path: Path) -> None:
 
 def test_read_outputs_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(OutputsError) as exc:
-        read_outputs(tmp_path)
+        read_image_dir(tmp_path)
     assert "masks.json: missing" in str(exc.value) and "\n" not in str(exc.value)
 
 
