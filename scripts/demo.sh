@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then segment ../shared/images (or the directory given) for real:
+# Set up .venv if needed, then segment ../shared/images (else their 512-px copies in
+# tests/data/photos, or the directory given) for real:
 # with SAM vit_b (375 MB, sha256-pinned) when its checkpoint is cached or can be downloaded,
 # else — offline, as on the development machines and CI — with tiny-random, a random
 # miniature SAM whose masks are meaningless (it shows the file formats only).
@@ -7,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-IMAGES="${1:-../shared/images}"
+DEFAULT_IMAGES=../shared/images
+[[ -d "$DEFAULT_IMAGES" ]] || DEFAULT_IMAGES=tests/data/photos
+IMAGES="${1:-$DEFAULT_IMAGES}"
 if [[ ! -d "$IMAGES" ]]; then
   echo "demo: $IMAGES not found; pass an image directory: scripts/demo.sh DIR" >&2
   exit 2

@@ -222,10 +222,10 @@ def test_help_does_not_import_heavy_libraries() -> None:
     assert res.returncode == 0 and "segment" in res.stdout
 
 
-def test_readme_preset_table_matches_config() -> None:
+def test_usage_doc_preset_table_matches_config() -> None:
     from samseg.core.config import PRESETS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
     rows = {}
     for line in readme.splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
