@@ -9,12 +9,6 @@ from typing import Any
 
 from samseg.apps.cli_common import UsageError
 
-# CLI sections: flag group title and the config section whose every field becomes a flag.
-_CONFIG_SECTIONS: tuple[tuple[str, str], ...] = (
-    ("amg", "automatic mask generator (SAM's SamAutomaticMaskGenerator knobs)"),
-    ("pool", "mask embedding pooling"),
-    ("cluster", "clustering of mask embeddings"),
-)
 
 
 def _auto_or(cast: Any, what: str) -> Any:
@@ -38,12 +32,13 @@ _TYPES: dict[str, Any] = {"cluster.eps": eps_value}
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per field of AmgConfig / PoolConfig / ClusterConfig, generated from the config
-    schema (samseg.core.config knobs), so a new config field gets its flag for free."""
+    """One flag per knob of every config section with FLAGS (amg, pool, cluster), generated from
+    the config schema (samseg.core.config), so a new field or section gets its flags for free."""
     from samseg.core.config import DEFAULT, SECTION_CLASSES
 
-    for section, title in _CONFIG_SECTIONS:
-        add_section_flags(p.add_argument_group(title), SECTION_CLASSES[section], getattr(DEFAULT, section))
+    for section, cls in SECTION_CLASSES.items():
+        if cls.FLAGS:
+            add_section_flags(p.add_argument_group(cls.TITLE or section), cls, getattr(DEFAULT, section))
 
 
 def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
@@ -78,7 +73,7 @@ def add_tile_flags(p: argparse.ArgumentParser) -> None:
 
     d = TileConfig()
     helps = {f.name: knob_of(f).help for f in dataclasses.fields(TileConfig)}
-    g = p.add_argument_group("tiling of large images (one class map over all tiles)")
+    g = p.add_argument_group(TileConfig.TITLE)
     g.add_argument("--tile", dest="tile.size", type=tile_size, default=None, metavar="SIZE|auto",
                    help=f"cut the image into SIZE-px tiles, each segmented at full resolution; auto = "
                         f"{AUTO_TILE_SIZE}-px tiles for images whose long side is over {TILE_AUTO_SIDES * AUTO_TILE_SIZE} px "

@@ -102,6 +102,8 @@ class ConfigSection:
     construction; `check()` adds the rules that span fields."""
 
     SECTION: ClassVar[str] = ""
+    TITLE: ClassVar[str] = ""  # the CLI's flag group for this section
+    FLAGS: ClassVar[bool] = True  # one CLI flag per knob (False: the section's flags are written by hand)
 
     def __post_init__(self) -> None:
         types = field_types(type(self))
@@ -123,6 +125,7 @@ class AmgConfig(ConfigSection):
     """
 
     SECTION: ClassVar[str] = "amg"
+    TITLE: ClassVar[str] = "automatic mask generator (SAM's SamAutomaticMaskGenerator knobs)"
     points_per_side: int = knob(32, "prompt grid is N×N points (32: 1,024 prompts on the full image)", ge=1)
     points_per_batch: int = knob(64, "prompts per decoder call (memory only, not results)", ge=1)
     pred_iou_thresh: float = knob(0.88, "drop masks whose predicted IoU is lower")
@@ -152,6 +155,7 @@ class PoolConfig(ConfigSection):
     """
 
     SECTION: ClassVar[str] = "pool"
+    TITLE: ClassVar[str] = "mask embedding pooling"
     cell_rule: CellRule = knob("min_pixels", "which feature cells a mask uses", choices=typing.get_args(CellRule))
     min_pixels: int = knob(1, "min_pixels rule: a cell is used above this many mask pixels", ge=0)
     min_coverage: float = knob(0.5, "min_coverage rule: the covered fraction a cell needs", gt=0, le=1)
@@ -171,6 +175,7 @@ class ClusterConfig(ConfigSection):
     """
 
     SECTION: ClassVar[str] = "cluster"
+    TITLE: ClassVar[str] = "clustering of mask embeddings"
     algorithm: Algorithm = knob("dbscan", "clustering algorithm (samseg.core.algorithms)", choices=ALGORITHMS)
     eps: float = knob(0.06, "DBSCAN neighbourhood radius (cosine distance), or auto: the knee of the k-distance curve",
                       gt=0, finite=True)
@@ -202,6 +207,8 @@ class TileConfig(ConfigSection):
     """
 
     SECTION: ClassVar[str] = "tile"
+    TITLE: ClassVar[str] = "tiling of large images (one class map over all tiles)"
+    FLAGS: ClassVar[bool] = False  # --tile SIZE|auto, --tile-overlap, --tile-merge-iou (samseg.apps.cli_config)
     size: int = knob(0, "tile side in px; 0 = no tiling")
     overlap: int = knob(256, "px shared by neighbouring tiles", ge=0)
     auto: bool = knob(False, f"tile only images whose long side is over {TILE_AUTO_SIDES} tile sides")

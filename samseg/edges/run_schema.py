@@ -28,6 +28,15 @@ TAG_CLASSES_FROM = "samseg.classes_from"  # the run id / classes.json the assign
 TAG_HOST, TAG_PID, TAG_BATCH_KEY = "samseg.host", "samseg.pid", "samseg.batch_key"  # who runs a batch (resume/sweep)
 # MLflow's own tag that nests a run under its parent (an image run under its batch run)
 TAG_MLFLOW_PARENT = "mlflow.parentRunId"
+# The tags an image run takes from its summary.json: tag -> the path of keys to its value there
+# (samseg.edges.tracking.run_tags). A new tag read off the summary is one line here.
+SUMMARY_TAGS: dict[str, tuple[str, ...]] = {
+    TAG_IMAGE_SHA256: ("image", "sha256"),
+    TAG_IMAGE_URI: ("image", "uri"),
+    TAG_CHECKPOINT_SHA256: ("model", "checkpoint_sha256"),
+    TAG_PREFECT_FLOW_RUN: ("prefect_flow_run_id",),
+    TAG_VERSION: ("samseg_version",),
+}
 
 # Where a stage's value came from in one run (summary.json "cache", tags samseg.cache.<stage>).
 HIT, COMPUTED, SKIPPED = "hit", "computed", "skipped"  # skipped: not needed (later stages were cached)

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samseg.core.secrets import scrub_secrets
-from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, TAG_CACHE_PREFIX, TAG_CHECKPOINT_SHA256,
-                                     TAG_IMAGE_SHA256, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN,
-                                     TAG_PREFECT_FLOW_RUN, TAG_VERSION)
+from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, SUMMARY_TAGS, TAG_CACHE_PREFIX,
+                                     TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
 from samseg.edges import mlflow_client
 from samseg.edges.mlflow_client import TrackingError
 from samseg.edges.tracking_conventions import log_lineage
@@ -92,25 +91,20 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _prefect_flow_run_id(summary: dict[str, Any]) -> str | None:
-    """The Prefect flow run the summary was made in (flows/ records it; the edges never ask Prefect)."""
-    rid = summary.get("prefect_flow_run_id")
-    return str(rid) if rid else None
+def _at(summary: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The summary's value at `path` (None when absent or empty: an empty tag is no tag)."""
+    value: Any = summary
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return None if value in (None, "") else value
 
 
 def run_tags(
     summary: dict[str, Any], kind: str, parent_run_id: str | None, nested_under: str | None, extra_tags: dict[str, Any] | None
 ) -> dict[str, str]:
-    tags: dict[str, Any] = {
-        TAG_KIND: kind,
-        TAG_IMAGE_SHA256: _get(summary, "image", "sha256"),
-        TAG_IMAGE_URI: _get(summary, "image", "uri"),
-        TAG_CHECKPOINT_SHA256: _get(summary, "model", "checkpoint_sha256"),
-        TAG_PREFECT_FLOW_RUN: _prefect_flow_run_id(summary),
-        TAG_PARENT_RUN: parent_run_id,
-        TAG_VERSION: summary.get("samseg_version"),
-        TAG_MLFLOW_PARENT: nested_under,
-    }
+    """An image run's tags: its kind and lineage, the summary's own (run_schema.SUMMARY_TAGS), cache statuses."""
+    tags: dict[str, Any] = {TAG_KIND: kind, TAG_PARENT_RUN: parent_run_id, TAG_MLFLOW_PARENT: nested_under}
+    tags.update({tag: _at(summary, path) for tag, path in SUMMARY_TAGS.items()})
     for stage, state in (summary.get("cache") or {}).items():
         tags[f"{TAG_CACHE_PREFIX}{stage}"] = state
     tags.update(extra_tags or {})
