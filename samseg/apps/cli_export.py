@@ -77,11 +77,12 @@ def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
         runs = [run]
     if not runs:
         raise TrackingError(f"MLflow run {run_id}: no image runs to export")
+    from samseg.edges.tracking import fetch_run_inputs
+
     dirs = []
     for r in runs:
-        d = tmp / r.info.run_id
-        _download(r.info.run_id, d)
-        dirs.append(d)
+        fetch_run_inputs(r.info.run_id, tmp / r.info.run_id, _RUN_FILES)
+        dirs.append(tmp / r.info.run_id)
     return dirs
 
 
@@ -89,18 +90,3 @@ def _experiment_name(run: Any) -> str:
     from samseg.edges.mlflow_client import client
 
     return client().get_experiment(run.info.experiment_id).name
-
-
-def _download(run_id: str, dst: Path) -> None:
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    from samseg.edges.mlflow_client import TrackingError, tracking_uri
-
-    dst.mkdir(parents=True)
-    for name in _RUN_FILES:
-        try:
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst),
-                                                tracking_uri=tracking_uri())
-        except (MlflowException, OSError) as exc:
-            raise TrackingError(f"MLflow run {run_id}: cannot download {name} ({' '.join(str(exc).split())[:200]})") from None

@@ -30,6 +30,12 @@ class DatasetOutputsError(RuntimeError):
     """A batch whose outputs cannot be given dataset-level classes (one line)."""
 
 
+def check_local_out(out: str | Path) -> None:
+    """Dataset-level classes rewrite the image dirs in place: OUT must be a local folder."""
+    if str(out).startswith("s3://"):
+        raise DatasetOutputsError(f"{out}: dataset-level classes need a local output directory for now")
+
+
 def apply_dataset_classes(
     out: str | Path,
     image_dirs: list[str | Path],
@@ -44,8 +50,7 @@ def apply_dataset_classes(
     from samseg.core.dataset import assign_to_classes, classify_batch
     from samseg.edges.image_dir import read_image_dir, read_summary
 
-    if str(out).startswith("s3://"):
-        raise DatasetOutputsError(f"{out}: dataset-level classes need a local --out for now")
+    check_local_out(out)
     out = Path(out)
     dirs = [Path(d) for d in image_dirs]
     if not dirs:

@@ -21,10 +21,9 @@ def check_dataset_request(out: str, classes_from: Optional[str]) -> None:
     """Fail fast (before any image is segmented): dataset classes need a local OUT, and a
     `classes_from` that does not load (unknown run, bad classes.json) is an error now,
     not after the whole batch. Raises DatasetOutputsError / TrackingError / ClassTableError."""
-    from samseg.edges.dataset_outputs import DatasetOutputsError, load_class_table
+    from samseg.edges.dataset_outputs import check_local_out, load_class_table
 
-    if str(out).startswith("s3://"):
-        raise DatasetOutputsError(f"{out}: dataset-level classes need a local --out for now")
+    check_local_out(out)
     if classes_from:
         load_class_table(classes_from)
 
