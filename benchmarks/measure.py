@@ -174,7 +174,31 @@ class ModuleTimer:
             h.remove()
 
 
-def amg_breakdown(amg_s: float, decoder: ModuleTimer, encoder: ModuleTimer) -> dict[str, Any]:
+class KernelTimer:
+    """The same record as ModuleTimer for samseg's path, whose encoder and decoder calls go
+    through samseg.sam.kernels (explicit calls, no module hooks): an observer of one part."""
+
+    def __init__(self, part: str) -> None:
+        from samseg.sam.kernels import observe
+
+        self.part, self.passes, self.prompts = part, [], 0
+        self._observing = observe(self._seen)
+        self._observing.__enter__()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.passes)
+
+    def _seen(self, part: str, seconds: float, prompts: int) -> None:
+        if part == self.part:
+            self.passes.append(seconds)
+            self.prompts += prompts
+
+    def close(self) -> None:
+        self._observing.__exit__(None, None, None)
+
+
+def amg_breakdown(amg_s: float, decoder: Any, encoder: Any) -> dict[str, Any]:
     """Split the AMG stage's seconds: decoder, the encoder passes the AMG runs itself (crop
     layers; for A also its second full-image pass), and the rest ("post": upsampling,
     filters, boxes, RLE, NMS, small-region removal). Both paths encode the full image once

@@ -54,16 +54,17 @@ def decoder_micro(sam: Any, n_prompts: int = 32, seed: int = 0) -> dict[str, Any
     }
 
 
-def _decoder_call(sam: Any, n_prompts: int, seed: int, masks: bool) -> Any:
-    """call(k): `sam`'s decoder as loaded (fast path, its precision) on the first k of
+def _decoder_call(model: Any, n_prompts: int, seed: int, masks: bool) -> Any:
+    """call(k): the model's decoder as loaded (its kernels, its precision) on the first k of
     n_prompts grid prompts on one random C×64×64 embedding, inputs in fp32 (run it under
-    inference_mode): the production call mask_decoder(...) (masks=True), or (masks=False)
-    the AMG's call for prompts whose every mask fails the predicted-IoU filter — the
-    transformer and the IoU head, no upscaling (fast_decoder.decode_masks_above)."""
+    inference_mode): the production call samseg.sam.kernels.decode (masks=True), or
+    (masks=False) the AMG's call for prompts whose every mask fails the predicted-IoU filter —
+    the transformer and the IoU head, no upscaling."""
     import torch
 
-    from samseg.sam.fast_decoder import decode_masks_above
+    from samseg.sam.kernels import decode
 
+    sam = model.sam
     g = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         image = torch.randn(1, sam.prompt_encoder.embed_dim, 64, 64, generator=g)
@@ -71,20 +72,17 @@ def _decoder_call(sam: Any, n_prompts: int, seed: int, masks: bool) -> Any:
         sparse, dense = _grid_prompts(sam, n_prompts)
 
     def call(k: int) -> None:
-        if masks:
-            sam.mask_decoder(image, pe, sparse[:k], dense[:k], True)
-        else:
-            decode_masks_above(sam.mask_decoder, image, pe, sparse[:k], dense[:k], True, float("inf"))
+        decode(model, image, pe, sparse[:k], dense[:k], True, None if masks else float("inf"))
 
     return call
 
 
-def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3,
+def decoder_micro_precision(model: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3,
                             masks: bool = True) -> float:
     """ms per prompt of `_decoder_call` (see there), best of `repeats` after a warm-up."""
     import torch
 
-    call = _decoder_call(sam, n_prompts, seed, masks)
+    call = _decoder_call(model, n_prompts, seed, masks)
     with torch.inference_mode():
         call(4)  # warm-up
         best = float("inf")
@@ -100,7 +98,7 @@ def decoder_micro_precision(sam: Any, n_prompts: int = 64, seed: int = 0, repeat
 GEMM_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
 
 
-def decoder_op_split(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3) -> dict[str, float]:
+def decoder_op_split(model: Any, n_prompts: int = 64, seed: int = 0, repeats: int = 3) -> dict[str, float]:
     """The no-upscaling decoder call (`_decoder_call`, masks=False) under torch.profiler:
     ms per prompt of self CPU time in GEMM kernels (GEMM_OPS) and in everything else,
     from the profiled call (of `repeats`, after a warm-up) with the least total. Says
@@ -108,7 +106,7 @@ def decoder_op_split(sam: Any, n_prompts: int = 64, seed: int = 0, repeats: int 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    call = _decoder_call(sam, n_prompts, seed, False)
+    call = _decoder_call(model, n_prompts, seed, False)
     best: dict[str, float] = {}
     with torch.inference_mode():
         call(4)
@@ -133,8 +131,8 @@ def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repe
     without native bf16: its emulated kernels would take tens of minutes."""
     import torch
 
-    from samseg.sam.fast_encoder import accelerate_encoder, restore_encoder
-    from samseg.sam.precision import native_bf16_cpu, set_precision
+    from samseg.sam.fast_encoder import encoder_forward
+    from samseg.sam.precision import native_bf16_cpu, set_precision, torch_dtype
 
     gflop = measure.encoder_gflop(sam.image_encoder)
     out: dict[str, Any] = {"encoder_gflop": gflop}
@@ -147,20 +145,18 @@ def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repe
         floor = gflop / rate
         row: dict[str, Any] = {"matmul_gflops": rate, "floor_s": floor}
         set_precision(sam, p, parts=("image_encoder",), reversible=True)  # the production conversion
+        xd = x.to(torch_dtype(p))
         with torch.inference_mode():
-            for name in ("sam", "fast"):
-                if name == "fast":
-                    accelerate_encoder(sam)
+            for name, forward in (("sam", sam.image_encoder), ("fast", lambda v: encoder_forward(sam.image_encoder, v))):
                 times = []
                 for _ in range(max(1, repeats)):
                     t0 = time.perf_counter()
-                    y = sam.image_encoder(x)
+                    y = forward(xd).float()
                     times.append(time.perf_counter() - t0)
                 secs = min(times)
                 row[f"{name}_first_s"] = times[0]
                 row[f"{name}_encoder_s"], row[f"{name}_over_floor"] = secs, secs / floor
                 row[f"{name}_output"] = y
-            restore_encoder(sam)
         set_precision(sam, "fp32", parts=("image_encoder",))
         row["max_abs_diff"] = float((row.pop("sam_output") - row.pop("fast_output")).abs().max())
         out[p] = row

@@ -121,17 +121,15 @@ def samseg_cached(model: Any, image: Any, cfg: Any, cache: Any) -> dict[str, Any
             "n_clusters": run.clusters.n_clusters}
 
 
-def samseg_model(model_type: str, checkpoint: Path, precision: str, decoder: str, device: str = "cpu",
-                 encoder: str = "fast") -> Any:
-    """samseg's model from the same file, with the fast decoder / encoder ("fast" or "sam") and precision applied."""
+def samseg_model(model_type: str, checkpoint: Path, precision: str, kernels: str, device: str = "cpu") -> Any:
+    """samseg's model from the same file, with its kernels ("fast" or "sam") and precision."""
     import warnings
 
     from samseg.sam.model import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not the pinned checkpoint": expected for random weights
-        return load_model(model_type, checkpoint=checkpoint, device=device, precision=precision,
-                          fast_decoder=(decoder == "fast"), fast_encoder=(encoder == "fast"))
+        return load_model(model_type, checkpoint=checkpoint, device=device, precision=precision, kernels=kernels)
 
 
 def bench_cfg(args: argparse.Namespace, cfg: Any) -> Any:
@@ -155,13 +153,13 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     images = load_images(args.mode, args.images)
     image = images[0]
     res: dict[str, Any] = {"mode": args.mode, "model_type": model_type, "checkpoint": str(ckpt), "config": cfg.flat(),
-                           "image": {"name": image.name, "hw": list(image.hw)}, "precision": args.precision, "decoder": args.decoder}
-    model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device, args.encoder)
+                           "image": {"name": image.name, "hw": list(image.hw)}, "precision": args.precision, "kernels": args.kernels}
+    model = samseg_model(model_type, ckpt, args.precision, args.kernels, args.device)
     run_cfg = cfg
     res["masks_per_chunk"] = _masks_per_chunk(image.hw)
     with tempfile.TemporaryDirectory(prefix="samseg-bench-cache-") as tmp:
         cache = StageCache(tmp)
-        timer, enc_timer = measure.ModuleTimer(model.sam.mask_decoder), measure.ModuleTimer(model.sam.image_encoder)
+        timer, enc_timer = measure.KernelTimer("decoder"), measure.KernelTimer("encoder")
         with measure.PeakRss() as rss:
             b = samseg_cached(model, image, run_cfg, cache)
         timer.close()
@@ -238,7 +236,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     pil.resize((4000, 3000), Image.BILINEAR).save(buf, format="JPEG", quality=90)
     image = decode_image(buf.getvalue(), f"{Path(src).stem if src else 'synthetic'}_4000x3000.jpg")
     cfg = bench_cfg(args, get_preset(args.preset).replace(model_type=model_type, amg={"points_per_side": 32}))
-    model = samseg_model(model_type, ckpt, args.precision, args.decoder, args.device, args.encoder)
+    model = samseg_model(model_type, ckpt, args.precision, args.kernels, args.device)
     run_cfg = cfg
     rss_before = measure.rss_bytes()
     with tempfile.TemporaryDirectory(prefix="samseg-bench-mem-") as tmp, measure.PeakRss() as rss:
@@ -314,8 +312,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--points-per-side", type=int, default=None)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
                    help="samseg path only (A is always fp32); auto = bf16 where the hardware has it")
-    p.add_argument("--decoder", choices=("fast", "sam"), default="fast", help="samseg's mask decoder")
-    p.add_argument("--encoder", choices=("fast", "sam"), default="fast", help="samseg's image-encoder attention")
+    p.add_argument("--kernels", choices=("fast", "sam"), default="fast",
+                   help="samseg's encoder and decoder kernels (samseg.sam.kernels)")
     p.add_argument("--skip-original", action="store_true")
     p.add_argument("--skip-batch", action="store_true")
     p.add_argument("--micro", action="store_true", help="also run the decoder / encoder micro-benchmarks")
@@ -347,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.micro:
         from benchmarks.micro import decoder_micro, encoder_floor
 
-        sam = samseg_model(MODEL_TYPE[args.mode], checkpoint_file(MODEL_TYPE[args.mode], out), "fp32", "sam",
-                           encoder="sam").sam
+        sam = samseg_model(MODEL_TYPE[args.mode], checkpoint_file(MODEL_TYPE[args.mode], out), "fp32", "sam").sam
         res["decoder_micro"] = _guarded(decoder_micro, sam, 32 if args.mode != "quick" else 8)
         res["encoder_floor"] = _guarded(encoder_floor, sam)
     info["load_average_end"] = list(os.getloadavg())

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 EXPERIMENT_DEFAULT = "samseg-benchmarks"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")  # MLflow metric names: "cluster+compose" → "cluster_compose"
-_PARAM_KEYS = ("mode", "model_type", "precision", "decoder", "encoder", "masks_per_chunk")
+_PARAM_KEYS = ("mode", "model_type", "precision", "kernels", "masks_per_chunk")
 
 
 def flat_metrics(doc: Any, prefix: str = "") -> Iterator[tuple[str, float]]:

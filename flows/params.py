@@ -24,6 +24,7 @@ from samseg.core.config import (
     get_preset,
     knob_of,
 )
+from samseg.sam.kernels import KERNELS
 from samseg.sam.model import MODEL_TYPES
 
 ModelType = Literal[MODEL_TYPES]  # the model registry's names (samseg.sam.model.MODELS)
@@ -107,6 +108,8 @@ class RuntimeParams(_Params):
 
     checkpoint: Optional[str] = Field(None, description="checkpoint path; None = samseg's download location")
     device: Optional[str] = Field(None, description="cpu, cuda, cuda:1 …; None = cuda when available")
+    kernels: Optional[Literal[KERNELS]] = Field(  # type: ignore[valid-type]
+        None, description="fast | sam: which code runs SAM's encoder and decoder; None = sam on CUDA, fast elsewhere")
     seed: int = Field(0, description="only used by the tiny-random test model")
     cache: Optional[str] = Field(None, description="stage cache root (dir or s3://); None = $SAMSEG_CACHE or ~/.cache/samseg/cache")
     save_features: bool = Field(False, description="also write features.npy (C×64×64) per image")

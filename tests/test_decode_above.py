@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from samseg.sam import fast_decoder
-from samseg.sam.fast_decoder import decode_masks_above, default_chunk_size, restore_decoder
+from samseg.sam.fast_decoder import decode_masks_above, default_chunk_size
 from samseg.sam.model import load_model
 
 
@@ -36,15 +36,17 @@ def _upscaled_rows(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @torch.inference_mode()
 def test_only_prompts_with_a_mask_above_the_threshold_are_upscaled(monkeypatch, precision) -> None:
-    sam = load_model("tiny-random", device="cpu", precision=precision).sam
-    args = _inputs(sam)
-    ref_masks, ref_iou = sam.mask_decoder(*args, True)  # MaskDecoder.forward: float32 out
+    from samseg.sam.kernels import decode
+
+    model = load_model("tiny-random", device="cpu", precision=precision)
+    args = _inputs(model.sam)
+    ref_masks, ref_iou, _ = decode(model, *args, multimask_output=True)  # the full call: float32 out
     best = ref_iou.max(1).values
     min_iou = float(best.median())  # about half of the 13 prompts pass
     expected_rows = torch.nonzero(best > min_iou)[:, 0]
     assert 0 < len(expected_rows) < 13
     seen = _upscaled_rows(monkeypatch)
-    masks, iou, rows = decode_masks_above(sam.mask_decoder, *args, multimask_output=True, min_iou=min_iou)
+    masks, iou, rows = decode(model, *args, multimask_output=True, min_iou=min_iou)
     assert torch.equal(rows, expected_rows)
     assert sum(seen) == len(rows)  # the other prompts never reached the upscaling
     assert masks.dtype == iou.dtype == torch.float32
@@ -61,8 +63,8 @@ def test_no_threshold_upscales_every_prompt_and_equals_the_full_call(monkeypatch
     seen = _upscaled_rows(monkeypatch)
     masks, iou, rows = decode_masks_above(sam.mask_decoder, *args, multimask_output=True, min_iou=None)
     assert torch.equal(rows, torch.arange(9)) and sum(seen) == 9
-    torch.testing.assert_close(masks, ref_masks, rtol=0, atol=1e-5)
-    assert torch.equal(iou, ref_iou)
+    torch.testing.assert_close(masks, ref_masks, rtol=0, atol=1e-5)  # segment_anything's own module
+    torch.testing.assert_close(iou, ref_iou, rtol=0, atol=1e-5)
 
 
 @torch.inference_mode()
@@ -74,11 +76,13 @@ def test_threshold_above_every_iou_upscales_nothing(monkeypatch) -> None:
 
 
 @torch.inference_mode()
-def test_segment_anythings_decoder_falls_back_to_the_full_call() -> None:
-    sam = restore_decoder(load_model("tiny-random", device="cpu").sam)
-    args = _inputs(sam, n=5)
-    ref_masks, ref_iou = sam.mask_decoder(*args, True)
-    masks, iou, rows = decode_masks_above(sam.mask_decoder, *args, multimask_output=True, min_iou=0.5)
+def test_segment_anythings_kernels_give_the_full_call() -> None:
+    from samseg.sam.kernels import decode
+
+    model = load_model("tiny-random", device="cpu", kernels="sam")
+    args = _inputs(model.sam, n=5)
+    ref_masks, ref_iou = model.sam.mask_decoder(*args, True)
+    masks, iou, rows = decode(model, *args, multimask_output=True, min_iou=0.5)
     assert torch.equal(rows, torch.arange(5)) and torch.equal(masks, ref_masks) and torch.equal(iou, ref_iou)
 
 
@@ -89,20 +93,19 @@ def test_chunk_size_follows_the_bytes_per_value() -> None:
 
 
 @torch.inference_mode()
-def test_the_filter_goes_through_the_module_call_and_ends_with_it() -> None:
-    """Forward hooks (the benchmarks' decoder timer) see the filtered call; the next plain
-    call of the same decoder gets every prompt's masks again."""
-    sam = load_model("tiny-random", device="cpu").sam
-    args = _inputs(sam, n=6)
-    calls: list[int] = []
-    handle = sam.mask_decoder.register_forward_pre_hook(lambda _m, a: calls.append(a[2].shape[0]))
-    try:
-        _, _, rows = decode_masks_above(sam.mask_decoder, *args, multimask_output=True, min_iou=1e6)
-        masks, _ = sam.mask_decoder(*args, True)
-    finally:
-        handle.remove()
-    assert calls == [6, 6] and len(rows) == 0 and masks.shape[0] == 6
-    assert fast_decoder._MASK_FILTER.get() is None
+def test_the_filter_is_an_argument_and_ends_with_the_call() -> None:
+    """The kernels' observers see the filtered call; the next call without a threshold gets
+    every prompt's masks again (nothing is left installed on the decoder)."""
+    from samseg.sam.kernels import decode, observe
+
+    model = load_model("tiny-random", device="cpu")
+    args = _inputs(model.sam, n=6)
+    calls: list[tuple[str, int]] = []
+    with observe(lambda part, _s, prompts: calls.append((part, prompts))):
+        _, _, rows = decode(model, *args, multimask_output=True, min_iou=1e6)
+        masks, _, _ = decode(model, *args, multimask_output=True)
+    assert calls == [("decoder", 6), ("decoder", 6)] and len(rows) == 0 and masks.shape[0] == 6
+    assert not any("predict_masks" in m.__dict__ or "forward" in m.__dict__ for m in model.sam.modules())
 
 
 def test_a_filter_in_one_thread_is_not_seen_by_another() -> None:
@@ -111,15 +114,17 @@ def test_a_filter_in_one_thread_is_not_seen_by_another() -> None:
     sam = load_model("tiny-random", device="cpu").sam
     args = _inputs(sam, n=5)
     seen: dict[str, object] = {}
-    token = fast_decoder._MASK_FILTER.set(fast_decoder._MaskFilter(1e6, slice(1, None)))
-    try:
-        def plain() -> None:
-            with torch.inference_mode():
-                seen["masks"] = sam.mask_decoder(*args, True)[0]
+    go = threading.Barrier(2)
 
-        t = threading.Thread(target=plain)
+    def run(name: str, min_iou) -> None:
+        go.wait()
+        with torch.inference_mode():
+            for _ in range(3):
+                seen[name] = decode_masks_above(sam.mask_decoder, *args, multimask_output=True, min_iou=min_iou)[0]
+
+    threads = [threading.Thread(target=run, args=("none", 1e6)), threading.Thread(target=run, args=("all", None))]
+    for t in threads:
         t.start()
+    for t in threads:
         t.join()
-    finally:
-        fast_decoder._MASK_FILTER.reset(token)
-    assert seen["masks"].shape[0] == 5  # the other thread's filter (drop all) did not apply
+    assert seen["none"].shape[0] == 0 and seen["all"].shape[0] == 5  # each call its own threshold

@@ -9,7 +9,7 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from samseg.sam.fast_decoder import accelerate_decoder, fast_predict_masks, is_accelerated, restore_decoder
+from samseg.sam.fast_decoder import decode_masks_above, fast_predict_masks
 
 # (transformer_dim, depth, mlp_dim, heads, iou_head_hidden_dim): tiny-random's decoder and
 # the real SAM decoder (identical for vit_b/l/h: dim 256, depth 2, mlp 2048, 8 heads).
@@ -89,8 +89,12 @@ def _tiny_sam(seed: int = 0) -> Sam:
     return sam.eval()
 
 
-def test_accelerate_decoder_through_sam_predictor_keeps_state_and_outputs():
+@torch.no_grad()
+def test_fast_kernels_match_sam_predictor_and_touch_no_module():
     from segment_anything import SamPredictor
+
+    from samseg.sam.kernels import decode
+    from samseg.sam.model import LoadedModel
 
     sam = _tiny_sam()
     keys_before = list(sam.state_dict())
@@ -100,26 +104,33 @@ def test_accelerate_decoder_through_sam_predictor_keeps_state_and_outputs():
     predictor.set_image(image)
     coords = torch.as_tensor(predictor.transform.apply_coords(np.array([[[30.0, 40.0]], [[150.0, 90.0]], [[10.0, 110.0]]]), image.shape[:2]), dtype=torch.float)
     labels = torch.ones(3, 1, dtype=torch.int)
-    ref_masks, ref_iou, _ = predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
-
-    assert accelerate_decoder(sam) is sam and is_accelerated(sam)
-    accelerate_decoder(sam, chunk_size=2)  # idempotent: re-installs, never wraps twice
-    assert list(sam.state_dict()) == keys_before
+    before, _, _ = predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+    fast = LoadedModel(sam=sam, model_type="tiny", checkpoint_path=None, checkpoint_sha256="", device="cpu", kernels="fast")
+    sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    pe = sam.prompt_encoder.get_dense_pe()
     for multimask in (True, False):
-        masks, iou, _ = predictor.predict_torch(coords, labels, multimask_output=multimask, return_logits=True)
-        assert masks.shape == (3, 3 if multimask else 1, 120, 200)
-        if multimask:
-            _assert_close(ref_masks, masks, atol=1e-5)
-            _assert_close(ref_iou, iou, atol=1e-5)
-    restore_decoder(sam)
-    assert not is_accelerated(sam)
-    masks, _, _ = predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
-    assert torch.equal(masks, ref_masks)
+        _, ref_iou, ref_low = predictor.predict_torch(coords, labels, multimask_output=multimask, return_logits=True)
+        low, iou, rows = decode(fast, predictor.features, pe, sparse, dense, multimask)
+        assert low.shape == (3, 3 if multimask else 1, 256, 256) and torch.equal(rows, torch.arange(3))
+        _assert_close(ref_low, low, atol=1e-5)
+        _assert_close(ref_iou, iou, atol=1e-5)
+        chunked, _, _ = decode_masks_above(sam.mask_decoder, predictor.features, pe, sparse, dense, multimask, None,
+                                           chunk_size=2)
+        _assert_close(ref_low, chunked, atol=1e-5)
+    assert list(sam.state_dict()) == keys_before
+    assert not any("forward" in m.__dict__ or "predict_masks" in m.__dict__ for m in sam.modules())
+    after, _, _ = predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+    assert torch.equal(after, before) and after.shape == (3, 3, 120, 200)  # segment_anything's path untouched
 
 
 def test_bad_chunk_size_is_rejected():
+    sam = _tiny_sam()
+    image = torch.zeros(1, sam.prompt_encoder.embed_dim, 64, 64)
+    sparse, dense = sam.prompt_encoder(points=(torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.int)), boxes=None,
+                                       masks=None)
     with pytest.raises(ValueError, match="chunk_size"):
-        accelerate_decoder(_tiny_sam(), chunk_size=0)
+        decode_masks_above(sam.mask_decoder, image, sam.prompt_encoder.get_dense_pe(), sparse, dense, True, None,
+                           chunk_size=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.uint8])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from samseg.sam.amg_budget import bytes_per_mask, masks_per_chunk
-from samseg.sam.precision import PrecisionError, get_precision, set_precision
+from samseg.sam.precision import PrecisionError, call_in, dtype_of, get_precision, set_precision
 
 
 def _tiny_module_pair():
@@ -30,7 +30,8 @@ def test_bf16_is_opt_in_reversible_and_returns_float32():
     set_precision(sam, "bf16", reversible=True)
     assert get_precision(sam) == "bf16" and get_precision(sam, "mask_decoder") == "bf16"
     assert sam.image_encoder.weight.dtype == torch.bfloat16  # converted, not autocast
-    out = sam.image_encoder(x)
+    assert not any("forward" in m.__dict__ for m in sam.modules())  # converted, never wrapped
+    out = call_in(sam.image_encoder, dtype_of(sam.image_encoder), x)  # the caller applies the precision
     assert out.dtype == torch.float32  # callers keep seeing float32
     assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=5e-2, rtol=5e-2)
     assert list(sam.state_dict()) == keys
@@ -146,16 +147,17 @@ def test_fast_postprocessing_gives_identical_amg_records_with_crops():
     from segment_anything import SamAutomaticMaskGenerator
 
     from samseg.core.config import AmgConfig
-    from samseg.sam.fast_decoder import accelerate_decoder
     from samseg.sam.generator import ChunkedMaskGenerator
-    from samseg.sam.model import build_tiny_random
+    from samseg.sam.model import LoadedModel, build_tiny_random
 
-    sam = accelerate_decoder(build_tiny_random(seed=0))
+    sam = build_tiny_random(seed=0)
+    reference = LoadedModel(sam=sam, model_type="tiny-random", checkpoint_path=None, checkpoint_sha256="", device="cpu",
+                            kernels="sam")  # both generators run segment_anything's decoder: only the AMG work differs
     image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     kw = dict(points_per_side=4, points_per_batch=5, pred_iou_thresh=0.0, stability_score_thresh=0.0,
               box_nms_thresh=1.0, crop_n_layers=1, crop_nms_thresh=1.0, output_mode="uncompressed_rle")
     ref = SamAutomaticMaskGenerator(sam, **kw).generate(image)
-    fork = ChunkedMaskGenerator(sam, AmgConfig(**{k: v for k, v in kw.items() if k != "output_mode"}))
+    fork = ChunkedMaskGenerator(reference, AmgConfig(**{k: v for k, v in kw.items() if k != "output_mode"}))
     fork.output_mode = kw["output_mode"]
     got = fork.generate(image)
     assert len(ref) > 16 and got == ref

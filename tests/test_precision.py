@@ -9,7 +9,7 @@ import torch
 
 from samseg.engine.stages import stage_key
 from samseg.core.config import PipelineConfig, get_preset
-from samseg.sam.precision import PrecisionError, _cast, resolve_precision
+from samseg.sam.precision import PrecisionError, cast_floats, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,13 @@ def models():
 def test_bf16_runs_fast_encoder_and_fast_decoder_and_agrees(models) -> None:
     from samseg.sam.amg import generate_masks
     from samseg.sam.encode import encode_image
-    from samseg.sam.fast_decoder import is_accelerated
-    from samseg.sam.fast_encoder import is_encoder_accelerated
 
     rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     cfg = get_preset("smoke")
     out = {}
     for p, m in models.items():
-        assert is_accelerated(m.sam) and is_encoder_accelerated(m.sam) and m.precision == p
+        assert m.kernels == "fast" and m.precision == p
+        assert not any("forward" in mod.__dict__ for mod in m.sam.modules())  # converted, never wrapped
         enc = encode_image(m, rgb)
         assert enc.features.dtype == np.float32  # thresholds and pooling see fp32
         out[p] = (enc, generate_masks(m, rgb, enc, cfg.amg))
@@ -42,7 +41,7 @@ def test_bf16_runs_fast_encoder_and_fast_decoder_and_agrees(models) -> None:
 def test_decoder_bf16_keeps_expanded_prompts_expanded() -> None:
     base = torch.randn(1, 8, 4, 4)
     dense = base.expand(64, -1, -1, -1)
-    cast = _cast(dense, torch.bfloat16)
+    cast = cast_floats(dense, torch.bfloat16)
     assert cast.dtype == torch.bfloat16 and cast.stride(0) == 0 and cast.shape == dense.shape
     assert torch.equal(cast[5].float(), base[0].to(torch.bfloat16).float())
 

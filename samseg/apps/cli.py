@@ -29,6 +29,7 @@ from samseg.apps.cli_common import UsageError
 from samseg.apps.cli_config import add_config_flags as _add_config_flags
 from samseg.apps.cli_config import add_tile_flags as _add_tile_flags
 from samseg.core.config import PRECISION_REQUESTS
+from samseg.sam.kernels import KERNELS
 log = logging.getLogger("samseg.apps.cli")
 
 # Modules providing add_parser(subparsers): cli_runs adds recluster, runs, serve.
@@ -147,6 +148,9 @@ def _add_segment_parser(sub: Any) -> None:
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="weights file (default: the verified cached official one)")
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="named config (default: %(default)s)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--kernels", choices=KERNELS, default=None,
+                   help="which code runs SAM's encoder and decoder: fast (samseg's, same outputs within fp32 rounding) "
+                        "or sam (segment_anything's own modules); default $SAMSEG_KERNELS, else sam on CUDA, fast elsewhere")
     p.add_argument("--seed", type=int, default=0, help="tiny-random weights seed (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISION_REQUESTS, default=None,
                    help="encoder/decoder precision (default fp32); auto = bf16 on a CUDA GPU with bf16 or a CPU with "

@@ -96,7 +96,7 @@ def _job(args: argparse.Namespace, cfg: Any, out: str, cache: str) -> Any:
     from samseg.engine.segment import SegmentJob
     from samseg.sam.source import ModelRequest
 
-    model = ModelRequest(cfg.model_type, args.checkpoint, args.device, args.seed, cfg.precision)
+    model = ModelRequest(cfg.model_type, args.checkpoint, args.device, args.seed, cfg.precision, args.kernels)
     tracking = Tracking(track=not getattr(args, "no_track", False), experiment=experiment(args))
     return SegmentJob(cfg, model, cache, out, tracking, bool(getattr(args, "save_features", False)))
 
@@ -170,7 +170,8 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
     from flows.segment import segment_batch_flow, segment_image_flow
     from samseg.engine.segment import describe_failure
 
-    runtime = RuntimeParams(checkpoint=job.model.checkpoint, device=job.model.device, seed=job.model.seed,
+    runtime = RuntimeParams(checkpoint=job.model.checkpoint, device=job.model.device, kernels=job.model.kernels,
+                            seed=job.model.seed,
                             cache=job.cache_root, save_features=job.save_features)
     common = dict(out=job.out, settings=PipelineParams.from_config(job.cfg), runtime=runtime, track=job.tracking.track,
                   experiment=job.tracking.experiment)

@@ -47,7 +47,7 @@ def make_generator(model: "LoadedModel", cfg: AmgConfig, masks_per_chunk: int | 
     output_mode="coco_rle"; with `encoded`, the full-image crop reuses those features."""
     from samseg.sam.generator import ChunkedMaskGenerator
 
-    return ChunkedMaskGenerator(model.sam, cfg, encoded=encoded, masks_per_chunk=masks_per_chunk)
+    return ChunkedMaskGenerator(model, cfg, encoded=encoded, masks_per_chunk=masks_per_chunk)
 
 
 def generate_masks(model: "LoadedModel", rgb_hw3: np.ndarray, encoded: EncodedImage, cfg: AmgConfig) -> MaskSet:
@@ -76,17 +76,18 @@ class EncoderCalls:
 
 @contextlib.contextmanager
 def count_encoder_calls(model: "LoadedModel") -> Iterator[EncoderCalls]:
-    """Count `model.sam.image_encoder` forward passes inside the block (forward hook).
+    """Count image-encoder passes inside the block (samseg.sam.kernels.observe: every pass,
+    fast or SAM's kernels, goes through kernels.encode).
 
     with count_encoder_calls(model) as calls: ...; calls.count
     """
+    from samseg.sam.kernels import observe
+
     calls = EncoderCalls()
 
-    def hook(_module: Any, _inputs: Any, _output: Any) -> None:
-        calls.count += 1
+    def seen(part: str, _seconds: float, _prompts: int) -> None:
+        if part == "encoder":
+            calls.count += 1
 
-    handle = model.sam.image_encoder.register_forward_hook(hook)
-    try:
+    with observe(seen):
         yield calls
-    finally:
-        handle.remove()

@@ -8,8 +8,8 @@ threshold, the boxes and the RLE, each a full pass over that many fresh pages. H
 
 1. the predicted-IoU filter runs on the decoder's outputs, BEFORE upsampling — a mask it
    drops is never upsampled (the IoU prediction does not depend on the upsampling); with
-   the fast decoder, a prompt whose masks it all drops never even goes through the
-   decoder's own upscaling (`samseg.sam.fast_decoder.decode_masks_above`);
+   the fast kernels, a prompt whose masks it all drops never even goes through the
+   decoder's own upscaling (`samseg.sam.kernels.decode`);
 2. survivors are upsampled `masks_per_chunk` at a time (samseg.sam.amg_budget), and each chunk
    goes through stability score, stability filter, threshold, boxes, crop-edge filter and
    RLE while it is still warm; memory is bounded by the chunk, not by points_per_batch;
@@ -59,17 +59,20 @@ def decode_batch(predictor: Any, points_xy: np.ndarray, im_size: tuple[int, int]
     """The decoder part of SamPredictor.predict_torch for N single-point prompts (xy in
     crop pixels): low-res logits K×M×256×256 of the K prompts `rows` that have a mask with
     predicted IoU > min_iou (all N when min_iou is None), predicted IoU N×M (M = 3,
-    multimask). See samseg.sam.fast_decoder.decode_masks_above."""
+    multimask). predictor: a samseg.sam.generator.KernelPredictor (its model's kernels and
+    precision run the decoder: samseg.sam.kernels.decode); a plain SamPredictor runs
+    segment_anything's own decoder."""
     import torch
 
-    from samseg.sam.fast_decoder import decode_masks_above
+    from samseg.sam.kernels import decode, reference
 
     sam = predictor.model
     coords = torch.as_tensor(predictor.transform.apply_coords(points_xy, im_size), device=predictor.device)
     labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
     sparse, dense = sam.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-    return decode_masks_above(sam.mask_decoder, predictor.features, sam.prompt_encoder.get_dense_pe(), sparse, dense,
-                              multimask_output=True, min_iou=min_iou)
+    model = getattr(predictor, "loaded", None) or reference(predictor.model)
+    return decode(model, predictor.features, sam.prompt_encoder.get_dense_pe(), sparse, dense,
+                  multimask_output=True, min_iou=min_iou)
 
 
 def process_batch(generator: Any, points_xy: np.ndarray, im_size: tuple[int, int], crop_box: list[int],

@@ -48,11 +48,12 @@ def encode_image(model: "LoadedModel", rgb_hw3: np.ndarray) -> EncodedImage:
     32 for tiny-random — geometry = where the image sits in the padded 1024² input frame).
     """
     import torch
-    from segment_anything import SamPredictor
+
+    from samseg.sam.generator import KernelPredictor
 
     check_rgb(rgb_hw3)
     geometry = model_geometry(model, (int(rgb_hw3.shape[0]), int(rgb_hw3.shape[1])))
-    predictor = SamPredictor(model.sam)
+    predictor = KernelPredictor(model)
     with torch.inference_mode():
         predictor.set_image(np.ascontiguousarray(rgb_hw3), image_format="RGB")
         features = predictor.features[0].float().cpu().numpy()

@@ -35,16 +35,16 @@ module computes the same function with less work, exactly in fp32 up to summatio
 Anything this path does not cover (several images at once, per-prompt dense/mask
 prompts, a non-standard transformer) falls back to segment_anything's own code.
 
-Wiring: `accelerate_decoder(sam)` patches `sam.mask_decoder.predict_masks` in place; the
-parameters, the state_dict keys and the forward signature are unchanged, so
-SamPredictor / SamAutomaticMaskGenerator use it transparently.
+Wiring: none. `decode_masks_above` is called explicitly (samseg.sam.kernels, when the
+kernels are "fast"); segment_anything's modules are never modified and stay the reference
+path. Each decoder's image cache lives beside it (a weak-keyed table), not on it.
 """
 
 from __future__ import annotations
 
-import contextvars
-import dataclasses
 import math
+import threading
+import weakref
 from typing import Any
 
 from samseg.sam.fast_decoder_factored import ImageState, image_state, transformer_chunk
@@ -61,21 +61,6 @@ CHUNK_BYTES = 32
 def default_chunk_size(element_size: int) -> int:
     """Prompts per chunk for values of `element_size` bytes: 8 in fp32, 16 in bf16/fp16."""
     return max(1, CHUNK_BYTES // element_size)
-
-
-class _FastPredictMasks:
-    """Callable installed as `decoder.predict_masks` (same signature as the original)."""
-
-    def __init__(self, decoder: Any, chunk_size: int | None) -> None:
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.decoder = decoder
-        self.chunk_size = chunk_size
-        self.cache = _ImageCache()
-
-    def __call__(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
-        return fast_predict_masks(self.decoder, image_embeddings, image_pe, sparse_prompt_embeddings,
-                                  dense_prompt_embeddings, self.chunk_size, self.cache)
 
 
 class _ImageCache:
@@ -108,25 +93,17 @@ class _ImageCache:
         return state
 
 
-def accelerate_decoder(sam: Any, chunk_size: int | None = None) -> Any:
-    """Install the fast path on `sam.mask_decoder` in place and return `sam`. Idempotent.
-    chunk_size None: `default_chunk_size` of the dtype the decoder runs in at each call.
-
-    Outputs equal segment_anything's within fp32 rounding (see tests/test_fast_decoder.py).
-    """
-    decoder = sam.mask_decoder
-    decoder.__dict__["predict_masks"] = _FastPredictMasks(decoder, chunk_size)
-    return sam
+_CACHES: "weakref.WeakKeyDictionary[Any, _ImageCache]" = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
 
 
-def restore_decoder(sam: Any) -> Any:
-    """Undo `accelerate_decoder` (back to segment_anything's predict_masks)."""
-    sam.mask_decoder.__dict__.pop("predict_masks", None)
-    return sam
-
-
-def is_accelerated(sam: Any) -> bool:
-    return isinstance(sam.mask_decoder.__dict__.get("predict_masks"), _FastPredictMasks)
+def _cache_of(decoder: Any) -> _ImageCache:
+    """The decoder's own image cache (kept beside it, never on it; gone with it)."""
+    with _CACHES_LOCK:
+        cache = _CACHES.get(decoder)
+        if cache is None:
+            cache = _CACHES[decoder] = _ImageCache()
+        return cache
 
 
 def _supported(decoder: Any) -> bool:
@@ -152,66 +129,48 @@ def _shared_dense(dense):
     return dense[0] if bool((dense == first).all()) else None
 
 
-@dataclasses.dataclass
-class _MaskFilter:
-    """What `decode_masks_above` asks of the fast path inside one decoder call."""
-
-    min_iou: float
-    iou_slice: slice  # the IoU columns MaskDecoder.forward returns (its mask_slice)
-    rows: Any = None  # set by the fast path: the prompts whose masks it computed
-
-    def need(self, iou):
-        """B prompts' bool: some returned mask's IoU > min_iou (B×(1+num_multimask) iou,
-        compared in float32, the dtype of the IoU the AMG filters)."""
-        return (iou[:, self.iou_slice].float() > self.min_iou).any(1)
-
-
-# Per thread/task (a ContextVar, not a module global): two AMGs in two threads never see
-# each other's filter, and the call still goes through nn.Module.__call__ (hooks, the
-# precision casts of samseg.sam.precision).
-_MASK_FILTER: contextvars.ContextVar[_MaskFilter | None] = contextvars.ContextVar("samseg_mask_filter", default=None)
-
-
 def fast_predict_masks(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                        chunk_size: int | None = None, cache: _ImageCache | None = None):
     """Same contract as `MaskDecoder.predict_masks`: masks B×(1+num_multimask)×4h×4w
     float logits and iou_pred B×(1+num_multimask), for B prompts on one 1×C×h×w image.
-    Inside `decode_masks_above`: masks only for the prompts it keeps (see there).
     cache: reuses the image's shared work from the previous call on the same image."""
-    shared = _shared_dense(dense_prompt_embeddings) if image_embeddings.shape[0] == 1 else None
-    if shared is None or not _supported(decoder):
-        return type(decoder).predict_masks(
-            decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
-    inputs = (image_embeddings, image_pe, shared)
-    image = cache.get(decoder, inputs) if cache is not None else image_state(decoder, *inputs)
-    filt = _MASK_FILTER.get()
-    masks, iou, rows = _predict(decoder, image, image_embeddings.shape[2:], sparse_prompt_embeddings,
-                                chunk_size, None if filt is None else filt.need)
-    if filt is not None:
-        filt.rows = rows
+    masks, iou, _rows = _masks_and_rows(decoder, image_embeddings, image_pe, sparse_prompt_embeddings,
+                                        dense_prompt_embeddings, chunk_size, cache, None)
     return masks, iou
 
 
 def decode_masks_above(decoder, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                       multimask_output: bool, min_iou: float | None):
-    """`decoder(...)` (MaskDecoder.forward) for the AMG, which keeps only masks whose
-    predicted IoU is > min_iou: returns masks K×M×4h×4w for the K prompts `rows` (ascending)
-    that have such a mask, and iou N×M for all N prompts. The IoU head reads the
-    transformer's tokens, not the masks, so the fast path's upscaling — a third of the
-    decoder — runs only for those K prompts. min_iou None, segment_anything's decoder, or
-    prompts the fast path does not cover: every prompt (rows = 0..N-1)."""
+                       multimask_output: bool, min_iou: float | None, chunk_size: int | None = None):
+    """`MaskDecoder.forward` for the AMG, which keeps only masks whose predicted IoU is
+    > min_iou: returns masks K×M×4h×4w for the K prompts `rows` (ascending) that have such a
+    mask, and iou N×M for all N prompts. The IoU head reads the transformer's tokens, not the
+    masks, so the upscaling — a third of the decoder — runs only for those K prompts.
+    min_iou None, or prompts the fast path does not cover: every prompt (rows = 0..N-1)."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+
+    def need(iou):  # some returned mask's IoU > min_iou (compared in float32, as the AMG filters)
+        return (iou[:, mask_slice].float() > min_iou).any(1)
+
+    masks, iou, rows = _masks_and_rows(decoder, image_embeddings, image_pe, sparse_prompt_embeddings,
+                                       dense_prompt_embeddings, chunk_size, _cache_of(decoder),
+                                       None if min_iou is None else need)
+    return masks[:, mask_slice], iou[:, mask_slice], rows
+
+
+def _masks_and_rows(decoder, image_embeddings, image_pe, sparse, dense, chunk_size, cache, need):
+    """(masks of the prompts `rows`, iou of all prompts, rows); segment_anything's own
+    predict_masks (every row) where the fast path does not apply."""
     import torch
 
-    filt = None if min_iou is None else _MaskFilter(min_iou, slice(1, None) if multimask_output else slice(0, 1))
-    token = _MASK_FILTER.set(filt)
-    try:
-        masks, iou = decoder(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                             multimask_output)
-    finally:
-        _MASK_FILTER.reset(token)
-    rows = filt.rows if filt is not None else None  # None: the fast path did not run
-    return masks, iou, torch.arange(len(iou), device=iou.device) if rows is None else rows
+    shared = _shared_dense(dense) if image_embeddings.shape[0] == 1 else None
+    if shared is None or not _supported(decoder):
+        masks, iou = type(decoder).predict_masks(decoder, image_embeddings, image_pe, sparse, dense)
+        return masks, iou, torch.arange(len(iou), device=iou.device)
+    inputs = (image_embeddings, image_pe, shared)
+    image = cache.get(decoder, inputs) if cache is not None else image_state(decoder, *inputs)
+    return _predict(decoder, image, image_embeddings.shape[2:], sparse, chunk_size, need)
 
 
 def _predict(decoder, image: ImageState, hw: tuple[int, int], sparse, chunk_size: int | None, need):

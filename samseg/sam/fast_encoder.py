@@ -28,13 +28,11 @@ layers then go through SDPA's fused kernel with v zero-padded to the q/k width
    outputs; timings in benchmarks/README.md).
 
 5. The patch embedding returns a contiguous token-major tensor, so the residual stream
-   is not channel-major for the whole encoder (`_TokenMajorPatchEmbed`; same values).
+   is not channel-major for the whole encoder (`patch_embed_token_major`; same values).
 
-Wiring: `accelerate_encoder(sam)` installs the fast forward on every
-`segment_anything.modeling.image_encoder.Attention` (and the in-place MLP on every
-encoder block whose MLP uses nn.GELU, and the token-major patch embedding) of `sam.image_encoder` in place
-(instance attribute, like samseg.sam.fast_decoder); parameters and state_dict keys are
-unchanged. `restore_encoder(sam)` undoes it.
+Wiring: none. `encoder_forward(encoder, x)` is called explicitly (samseg.sam.kernels, when
+the kernels are "fast"); segment_anything's modules are never modified and stay the
+reference path.
 """
 
 from __future__ import annotations
@@ -54,85 +52,58 @@ SDPA_GLOBAL = True
 _SDPA_MIN_TOKENS = 1024
 
 
-class _FastAttentionForward:
-    """Callable installed as `attention.forward` (same signature: B×H×W×C → B×H×W×C)."""
+def encoder_forward(encoder: Any, x_bchw: Any) -> Any:
+    """segment_anything's `ImageEncoderViT.forward` (and each `Block.forward`) with the fast
+    parts called explicitly: token-major patch embedding, `fast_attention_forward`, the MLP's
+    GELU in place. B×3×1024×1024 → B×C×64×64, equal to `encoder(x)` within fp32 rounding.
+    A block this path does not know (another attention or MLP class) runs as SAM's module."""
+    from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 
-    def __init__(self, attention: Any) -> None:
-        self.attention = attention
+    x = patch_embed_token_major(encoder.patch_embed, x_bchw)
+    if encoder.pos_embed is not None:
+        x = x + encoder.pos_embed
+    for blk in encoder.blocks:
+        if not _known_block(blk):
+            x = blk(x)
+            continue
+        shortcut = x
+        x = blk.norm1(x)
+        if blk.window_size > 0:
+            hw = x.shape[1], x.shape[2]
+            x, pad_hw = window_partition(x, blk.window_size)
+        x = fast_attention_forward(blk.attn, x)
+        if blk.window_size > 0:
+            x = window_unpartition(x, blk.window_size, pad_hw, hw)
+        x = shortcut + x
+        x = x + mlp_gelu_in_place(blk.mlp, blk.norm2(x))
+    return encoder.neck(x.permute(0, 3, 1, 2))
 
-    def __call__(self, x):
-        return fast_attention_forward(self.attention, x)
+
+def _known_block(blk: Any) -> bool:
+    import torch
+    from segment_anything.modeling.common import MLPBlock
+    from segment_anything.modeling.image_encoder import Attention, Block
+
+    return (type(blk) is Block and type(blk.attn) is Attention and type(blk.mlp) is MLPBlock
+            and type(blk.mlp.act) is torch.nn.GELU)
 
 
-class _InPlaceGeluMlp:
-    """Callable installed as an encoder `MLPBlock.forward`: lin2(gelu_(lin1(x)))."""
+def mlp_gelu_in_place(mlp: Any, x: Any) -> Any:
+    """An encoder `MLPBlock`: lin2(gelu_(lin1(x))) — the GELU in place on lin1's output."""
+    import torch
 
-    def __init__(self, mlp: Any) -> None:
-        self.mlp = mlp
-
-    def __call__(self, x):
-        import torch
-
-        return self.mlp.lin2(torch.ops.aten.gelu_(self.mlp.lin1(x), approximate=self.mlp.act.approximate))
+    return mlp.lin2(torch.ops.aten.gelu_(mlp.lin1(x), approximate=mlp.act.approximate))
 
 
-class _TokenMajorPatchEmbed:
-    """Callable installed as `patch_embed.forward`: proj(x) as a contiguous B×H×W×C.
+def patch_embed_token_major(patch_embed: Any, x: Any) -> Any:
+    """`PatchEmbed`: proj(x) as a contiguous B×H×W×C.
 
     SAM returns `proj(x).permute(0, 2, 3, 1)`, a view whose memory is still B×C×H×W, and
     elementwise ops keep their first input's layout: the whole residual stream stays
     channel-major, so every LayerNorm copies its input to token-major first and every
     residual add is a transposing pass. One copy here removes them (bf16 vit_b profile:
     those adds and copies 344 → 41 ms per pass; same values)."""
-
-    def __init__(self, patch_embed: Any) -> None:
-        self.patch_embed = patch_embed
-
-    def __call__(self, x):
-        return self.patch_embed.proj(x).permute(0, 2, 3, 1).contiguous()
-
-
-def _patch_embeds(sam: Any) -> list[Any]:
-    from segment_anything.modeling.image_encoder import PatchEmbed
-
-    return [m for m in sam.image_encoder.modules() if isinstance(m, PatchEmbed)]
-
-
-def _gelu_mlps(sam: Any) -> list[Any]:
-    import torch
-    from segment_anything.modeling.common import MLPBlock
-
-    return [m for m in sam.image_encoder.modules() if isinstance(m, MLPBlock) and type(m.act) is torch.nn.GELU]
-
-
-def _attention_modules(sam: Any) -> list[Any]:
-    from segment_anything.modeling.image_encoder import Attention
-
-    return [m for m in sam.image_encoder.modules() if isinstance(m, Attention)]
-
-
-def accelerate_encoder(sam: Any) -> Any:
-    """Install the fast attention on every encoder Attention module in place; return `sam`.
-    Idempotent. Outputs equal segment_anything's within fp32 rounding."""
-    for module in _attention_modules(sam):
-        module.__dict__["forward"] = _FastAttentionForward(module)
-    for mlp in _gelu_mlps(sam):
-        mlp.__dict__["forward"] = _InPlaceGeluMlp(mlp)
-    for embed in _patch_embeds(sam):
-        embed.__dict__["forward"] = _TokenMajorPatchEmbed(embed)
-    return sam
-
-
-def restore_encoder(sam: Any) -> Any:
-    """Undo `accelerate_encoder` (back to segment_anything's Attention.forward)."""
-    for module in _attention_modules(sam) + _gelu_mlps(sam) + _patch_embeds(sam):
-        module.__dict__.pop("forward", None)
-    return sam
-
-
-def is_encoder_accelerated(sam: Any) -> bool:
-    modules = _attention_modules(sam)
-    return bool(modules) and all(isinstance(m.__dict__.get("forward"), _FastAttentionForward) for m in modules)
+    return patch_embed.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 def _rel_pos_bias_parts(attention: Any, q_bld: Any, hw: tuple[int, int]) -> tuple[Any, Any]:

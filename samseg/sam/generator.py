@@ -2,7 +2,9 @@
 
 - `FastMaskData`: MaskData whose `cat` concatenates lists by reference (SAM deep-copies
   every RLE list on each concatenation; with salt-and-pepper masks that is most of the time).
-- `ReusingPredictor`: a SamPredictor whose set_image(full image) restores the features the
+- `KernelPredictor`: a SamPredictor whose encoder pass goes through samseg.sam.kernels (the
+  model's kernels and precision) instead of calling the module itself.
+- `ReusingPredictor`: a KernelPredictor whose set_image(full image) restores the features the
   encode stage already computed, so the AMG never encodes the full image a second time.
 - `ChunkedMaskGenerator`: SamAutomaticMaskGenerator with samseg.sam.amg_batch's fused,
   chunked `_process_batch`, FastMaskData in `_process_crop` / `_generate_masks` (the same
@@ -49,14 +51,33 @@ class FastMaskData(MaskData):
                 raise TypeError(f"MaskData key {k} has an unsupported type {type(v)}.")
 
 
-class ReusingPredictor(SamPredictor):
-    """set_image(full image) restores `encoded`; any smaller crop is encoded as SAM does.
+class KernelPredictor(SamPredictor):
+    """SamPredictor for a LoadedModel: SAM's resize and normalisation, then the encoder pass
+    through samseg.sam.kernels.encode (fast or SAM's kernels, in the model's precision)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model.sam)
+        self.loaded = model
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        from samseg.sam.kernels import encode
+
+        self.reset_image()
+        self.original_size = original_image_size
+        self.input_size = tuple(transformed_image.shape[-2:])
+        self.features = encode(self.loaded, self.model.preprocess(transformed_image))
+        self.is_image_set = True
+
+
+class ReusingPredictor(KernelPredictor):
+    """set_image(full image) restores `encoded`; any smaller crop is encoded through the kernels.
 
     AMG's crops are sub-arrays of the image, so a crop with the full image's H×W is the
     full image itself."""
 
-    def __init__(self, sam: Any, encoded: EncodedImage) -> None:
-        super().__init__(sam)
+    def __init__(self, model: Any, encoded: EncodedImage) -> None:
+        super().__init__(model)
         self.encoded = encoded
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -70,14 +91,14 @@ class ReusingPredictor(SamPredictor):
 
 
 class ChunkedMaskGenerator(SamAutomaticMaskGenerator):
-    """Every AmgConfig field, output_mode="coco_rle"; `masks_per_chunk` masks upsampled at a
-    time (None: samseg.sam.amg_budget.masks_per_chunk of the crop)."""
+    """Every AmgConfig field, output_mode="coco_rle", for a LoadedModel (its kernels and
+    precision); `masks_per_chunk` masks upsampled at a time (None:
+    samseg.sam.amg_budget.masks_per_chunk of the crop)."""
 
-    def __init__(self, sam: Any, cfg: AmgConfig, encoded: Optional[EncodedImage] = None,
+    def __init__(self, model: Any, cfg: AmgConfig, encoded: Optional[EncodedImage] = None,
                  masks_per_chunk: Optional[int] = None) -> None:
-        super().__init__(sam, output_mode="coco_rle", **dataclasses.asdict(cfg))
-        if encoded is not None:
-            self.predictor = ReusingPredictor(sam, encoded)
+        super().__init__(model.sam, output_mode="coco_rle", **dataclasses.asdict(cfg))
+        self.predictor = KernelPredictor(model) if encoded is None else ReusingPredictor(model, encoded)
         self.masks_per_chunk = masks_per_chunk
 
     def _process_batch(self, points, im_size, crop_box, orig_size):  # type: ignore[override]

@@ -125,6 +125,7 @@ class LoadedModel:
     checkpoint_sha256: str
     device: str
     precision: str = "fp32"  # resolved (never "auto"): what the encoder and decoder run in
+    kernels: str = "fast"  # resolved: which code runs the encoder and decoder (samseg.sam.kernels)
 
 
 def checkpoint_path(model_type: str, home: str | Path | None = None) -> Path:
@@ -320,22 +321,21 @@ def load_model(
     checkpoint: str | Path | None = None,
     device: str | None = None,
     seed: int = 0,
-    fast_decoder: bool = True,
-    fast_encoder: bool = True,
     precision: str = "fp32",
+    kernels: str | None = None,
 ) -> LoadedModel:
     """Build `model_type`, load its weights, move it to `device` (None/"auto" = best available).
 
     Real types: `checkpoint` given → that file (hash logged, warning if not pinned);
     otherwise the cached official file, downloaded and verified if missing.
     tiny-random: seeded random weights (`seed`), or the state_dict file `checkpoint`.
-    fast_decoder: swap in samseg.sam.fast_decoder's mask decoder (same outputs within fp32
-    tolerance, faster per prompt: benchmarks/README.md); False keeps segment_anything's module.
-    fast_encoder: swap in samseg.sam.fast_encoder's per-head attention in the image encoder
-    (same outputs within fp32 tolerance, no (heads×HW×HW) score tensors); False keeps SAM's.
-    precision: fp32 | bf16 | fp16 | auto (samseg.sam.precision), resolved for `device` here.
+    precision: fp32 | bf16 | fp16 | auto (samseg.sam.precision), resolved for `device` here:
+    the encoder's and decoder's weights are converted to it.
+    kernels: fast | sam | None (samseg.sam.kernels: $SAMSEG_KERNELS, else sam on CUDA, fast
+    elsewhere) — which code the encoder and decoder calls run; the modules are never patched.
     Raises CheckpointError (one line) for missing/invalid/undownloadable weights.
     """
+    from samseg.sam.kernels import resolve_kernels
     from samseg.sam.malloc import tune_malloc
     from samseg.sam.precision import resolve_precision, set_precision
 
@@ -343,6 +343,7 @@ def load_model(
     entry = model_entry(model_type)
     dev = select_device(device)
     resolved = resolve_precision(precision, dev)
+    chosen = resolve_kernels(kernels, dev)
     sam = entry.build(seed)
     if checkpoint is None and entry.checkpoint is None:  # seeded weights: their hash is the identity
         path, sha = None, state_dict_sha256(sam)
@@ -351,18 +352,10 @@ def load_model(
     if path is not None:
         _load_weights(sam, path, model_type)
     sam.eval().to(dev)
-    if fast_decoder:
-        from samseg.sam.fast_decoder import accelerate_decoder
-
-        accelerate_decoder(sam)
-    if fast_encoder:
-        from samseg.sam.fast_encoder import accelerate_encoder
-
-        accelerate_encoder(sam)
     set_precision(sam, resolved)
-    log.info("loaded %s on %s in %s (weights sha256 %s)", model_type, dev, resolved, sha)
+    log.info("loaded %s on %s in %s, %s kernels (weights sha256 %s)", model_type, dev, resolved, chosen, sha)
     return LoadedModel(sam=sam, model_type=model_type, checkpoint_path=None if path is None else str(path),
-                       checkpoint_sha256=sha, device=dev, precision=resolved)
+                       checkpoint_sha256=sha, device=dev, precision=resolved, kernels=chosen)
 
 
 MODEL_TYPES: tuple[str, ...] = ()  # the registry's names, in registration order (register_model keeps it)

@@ -15,6 +15,7 @@ The resolved precision (never `auto`) is what enters the cache keys and the summ
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from samseg.core.config import PRECISION_REQUESTS as REQUESTS
@@ -70,20 +71,22 @@ def torch_dtype(precision: str) -> Any:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[check_precision(precision)]
 
 
-class _CastForward:
-    """Callable installed as `module.forward`: floating inputs cast to the module's dtype,
-    the class's own forward, floating outputs cast back to float32."""
+def dtype_of(module: Any) -> Any:
+    """The floating dtype `module`'s weights are in (float32 for a module without any)."""
+    import torch
 
-    def __init__(self, module: Any, dtype: Any) -> None:
-        self.module, self.dtype = module, dtype
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        args = tuple(_cast(a, self.dtype) for a in args)
-        kwargs = {k: _cast(v, self.dtype) for k, v in kwargs.items()}
-        return _cast(type(self.module).forward(self.module, *args, **kwargs), None)
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
-def _cast(x: Any, dtype: Any) -> Any:
+def call_in(module: Any, dtype: Any, *args: Any, **kwargs: Any) -> Any:
+    """module(*args) with floating inputs cast to `dtype` and floating outputs back to float32:
+    how the code that runs a converted module applies its precision (through the module's own
+    call, so its hooks run)."""
+    out = module(*(cast_floats(a, dtype) for a in args), **{k: cast_floats(v, dtype) for k, v in kwargs.items()})
+    return cast_floats(out, None)
+
+
+def cast_floats(x: Any, dtype: Any) -> Any:
     """Floating tensors (also inside tuples/lists) → `dtype` (None = float32)."""
     import torch
 
@@ -97,12 +100,16 @@ def _cast(x: Any, dtype: Any) -> Any:
             return base.to(dtype or torch.float32).expand(x.shape)
         return x.to(dtype or torch.float32)
     if isinstance(x, (tuple, list)):
-        return type(x)(_cast(v, dtype) for v in x)
+        return type(x)(cast_floats(v, dtype) for v in x)
     return x
 
 
+_FP32_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
 def set_precision(sam: Any, precision: str, parts: tuple[str, ...] = PARTS, reversible: bool = False) -> Any:
-    """In place: run `sam.<part>` for each part in `precision`; returns `sam`.
+    """In place: convert the weights of `sam.<part>` for each part to `precision`; returns `sam`.
+    The code that runs a part casts its inputs and outputs (`call_in`, samseg.sam.kernels).
 
     Converting weights to bf16/fp16 rounds them, so going back to fp32 needs the original
     weights: `reversible=True` keeps an fp32 copy (the encoder's size again in memory) that
@@ -115,27 +122,22 @@ def set_precision(sam: Any, precision: str, parts: tuple[str, ...] = PARTS, reve
         was = get_precision(sam, part)
         if precision == was:
             continue
-        saved = module.__dict__.get("_samseg_fp32_state")
+        saved = _FP32_STATE.get(module)
         if precision == "fp32":
             if saved is None:
                 raise PrecisionError(f"{part} was converted to {was} without keeping its fp32 weights; load the model again")
             module.to(dtype)
             module.load_state_dict(saved)
-            module.__dict__.pop("_samseg_fp32_state", None)
-            module.__dict__.pop("forward", None)
+            del _FP32_STATE[module]
             continue
         if was == "fp32" and reversible:
-            module.__dict__["_samseg_fp32_state"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            _FP32_STATE[module] = {k: v.detach().clone() for k, v in module.state_dict().items()}
         module.to(dtype)
-        module.__dict__["forward"] = _CastForward(module, dtype)
     return sam
 
 
 def get_precision(sam: Any, part: str = "image_encoder") -> str:
-    """The precision `sam.<part>` runs in ("fp32" unless set_precision changed it)."""
-    fwd = getattr(sam, part).__dict__.get("forward")
-    if not isinstance(fwd, _CastForward):
-        return "fp32"
+    """The precision `sam.<part>`'s weights are in."""
     import torch
 
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[fwd.dtype]
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype_of(getattr(sam, part))]

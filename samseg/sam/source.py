@@ -24,13 +24,16 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ModelRequest:
     """What the user asked for: model type, checkpoint file (None = official / seeded),
-    device (None = best available), seed (tiny-random), precision (may be "auto")."""
+    device (None = best available), seed (tiny-random), precision (may be "auto"), kernels
+    (fast | sam | None: samseg.sam.kernels picks; they change speed, not results, so they are
+    not part of the identity)."""
 
     model_type: str
     checkpoint: Optional[str] = None
     device: Optional[str] = None
     seed: int = 0
     precision: str = "fp32"
+    kernels: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class ModelSource:
             if r not in _LOADED:
                 try:
                     _LOADED[r] = load_model(r.model_type, checkpoint=r.checkpoint, device=r.device, seed=r.seed,
-                                            precision=r.precision)
+                                            precision=r.precision, kernels=r.kernels)
                 except Exception as exc:
                     _FAILED[r] = exc
                     raise
