@@ -45,7 +45,7 @@ def log_benchmark(res: dict[str, Any], json_path: Path, experiment: str = EXPERI
     from mlflow.entities import Metric, Param, RunTag
 
     from samseg.core.secrets import scrub_secrets
-    from samseg.edges.mlflow_client import tracking_uri
+    from samseg.edges.mlflow.client import tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri())
     exp = client.get_experiment_by_name(experiment)

@@ -78,7 +78,7 @@ def segment_batch_flow(
     image_timeout_s bounds the wait for deployment runs. classes="dataset" or classes_from
     (run id, classes.json, models:/ URI) give dataset-level ids (samseg.engine.dataset);
     max_cluster caps the masks clustered at once; register_classes names the MLflow model
-    the batch's new classes are registered as (samseg.edges.class_registry)."""
+    the batch's new classes are registered as (samseg.edges.mlflow.class_registry)."""
     from flows.fanout import deployment_exists, run_deployments
 
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())

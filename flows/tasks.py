@@ -30,7 +30,7 @@ OTHER_STEPS: tuple[str, ...] = ("dataset-classes",)
 
 
 def _is_io_error(exc: BaseException) -> bool:
-    from samseg.edges.mlflow_client import TrackingError
+    from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.storage import StorageError
 
     return isinstance(exc, (StorageError, TrackingError, OSError, ConnectionError, TimeoutError)) and not _is_input_error(exc)

@@ -122,7 +122,7 @@ def test_export_of_a_non_samseg_dir_is_one_line(tmp_path: Path) -> None:
 
 def test_export_from_an_mlflow_image_run(out_root: Path, tmp_path: Path, monkeypatch) -> None:
     from samseg.edges.image_dir import read_summary
-    from samseg.edges.tracking import log_image_run
+    from samseg.edges.mlflow.tracking import log_image_run
     from ui_synthetic import sqlite_store
 
     sqlite_store(tmp_path, "export-test", monkeypatch)

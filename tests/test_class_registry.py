@@ -21,7 +21,7 @@ def _table(dim: int = 8, ckpt: str = "c" * 64) -> ClassTable:
 
 
 def _batch_run(tmp: Path, table: ClassTable) -> tuple[str, Path]:
-    from samseg.edges.tracking import start_batch_run
+    from samseg.edges.mlflow.tracking import start_batch_run
 
     path = tmp / "classes.json"
     path.write_text(table.to_json())
@@ -32,8 +32,8 @@ def _round_trip(tmp: Path) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from samseg.edges.class_registry import load_registered_classes, register_classes
-    from samseg.edges.mlflow_client import tracking_uri
+    from samseg.edges.mlflow.class_registry import load_registered_classes, register_classes
+    from samseg.edges.mlflow.client import tracking_uri
 
     run_id, path = _batch_run(tmp, _table())
     first = register_classes(run_id, "samseg-classes-test", path)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from cli_run import run_cli
 from samseg.apps import cli
-from samseg.apps.cli_config import config_from_args
+from samseg.apps.cli.config import config_from_args
 from samseg.edges.image_dir import read_label_png, write_label_png
 from samseg.core.types import MaskSet
 

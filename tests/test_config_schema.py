@@ -28,7 +28,7 @@ def test_new_knob_is_checked_by_the_config_itself() -> None:
 
 
 def test_new_knob_reaches_the_cli() -> None:
-    from samseg.apps.cli_config import add_section_flags
+    from samseg.apps.cli.config import add_section_flags
 
     p = argparse.ArgumentParser()
     add_section_flags(p, ClusterWithANewKnob, ClusterWithANewKnob())

@@ -139,7 +139,7 @@ def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from samseg.edges.dataset_outputs import load_class_table, load_classes_from_run, log_dataset_classes
-    from samseg.edges.mlflow_client import TrackingError
+    from samseg.edges.mlflow.client import TrackingError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()

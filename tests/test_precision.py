@@ -80,7 +80,7 @@ def test_cli_precision_flag_reaches_summary_and_mlflow_params(prefect_api, tmp_p
     assert rc == 0, stderr
     summary = json.loads((tmp_path / "o" / "p" / "summary.json").read_text())
     assert summary["config"]["precision"] == "bf16" and summary["model"]["precision"] == "bf16"
-    from samseg.edges.tracking import run_params
+    from samseg.edges.mlflow.tracking import run_params
 
     assert run_params(summary)["precision_resolved"] == "bf16"
     rc, _, stderr = run_cli(["segment", str(img), "--out", str(tmp_path / "o2"), "--model", "tiny-random", "--device",

@@ -1,4 +1,4 @@
-"""samseg.edges.tracking: pure helpers, then a real `mlflow server` (SQLite, artifacts on moto S3)."""
+"""samseg.edges.mlflow.tracking: pure helpers, then a real `mlflow server` (SQLite, artifacts on moto S3)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from samseg.edges import mlflow_client, tracking
+from samseg.edges.mlflow import client as mlflow_client, tracking
 from samseg.core.config import SMOKE
 from samseg.core.secrets import scrub_secrets
-from samseg.edges.mlflow_client import TrackingError
+from samseg.edges.mlflow.client import TrackingError
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 
@@ -224,7 +224,7 @@ def test_fetch_run_inputs(mlflow_env: str, tmp_path: Path) -> None:  # noqa: F81
 def test_dead_server_is_one_clear_error_and_http_retries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     from servers import free_port
 
-    from samseg.edges import mlflow_client
+    from samseg.edges.mlflow import client as mlflow_client
 
     for key in mlflow_client._HTTP_DEFAULTS:
         monkeypatch.setenv(key, "x")  # recorded, so the defaults set below are undone afterwards

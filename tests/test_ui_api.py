@@ -24,7 +24,7 @@ EXPERIMENT = "ui-test"
 
 
 def _log_synthetic_run(tmp: Path, name: str, image_path: Path) -> str:
-    from samseg.edges.tracking import log_image_run
+    from samseg.edges.mlflow.tracking import log_image_run
 
     out = tmp / "out" / name
     summary = write_image_outputs(out, image_path)
@@ -298,7 +298,7 @@ def test_mlflow_links_never_carry_credentials():
 
 
 def test_check_artifact_path_unit():
-    from samseg.apps.ui.security import UnsafePathError, check_artifact_path
+    from samseg.apps.ui.guards import UnsafePathError, check_artifact_path
 
     assert check_artifact_path("classes/class_3.png") == "classes/class_3.png"
     for bad in ("../overlay.png", "classes/../overlay.png", "/overlay.png", "overlay.png/", "classes\\class_1.png", "%2e%2e/x", ""):
@@ -334,7 +334,7 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
 
     import uvicorn
 
-    from samseg.apps import cli_ui
+    from samseg.apps.cli import ui as cli_ui
 
     parser = argparse.ArgumentParser()
     cli_ui.add_parser(parser.add_subparsers(dest="command"))

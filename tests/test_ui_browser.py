@@ -43,7 +43,7 @@ def _segment_and_log(model, image_path: Path, out_root: Path) -> dict:
     from samseg.core.config import get_preset
     from samseg.edges.image_dir import write_image_dir
     from samseg.edges.images import load_image
-    from samseg.edges.tracking import log_image_run
+    from samseg.edges.mlflow.tracking import log_image_run
     from samseg.engine.runner import run_image
     from samseg.engine.summary import summarize
     from samseg.edges.cache import StageCache
@@ -100,13 +100,13 @@ def ui_server(tmp_path_factory, photos, tiny_model):
 
 def _samseg_ui_command() -> list[str]:
     """`samseg ui` through the console script once samseg.apps.cli lists the ui module, else
-    the same handler through `python -m samseg.apps.cli_ui ui`."""
+    the same handler through `python -m samseg.apps.cli.ui ui`."""
     from samseg.apps import cli
 
     script = Path(sys.executable).with_name("samseg")
-    if "samseg.apps.cli_ui" in getattr(cli, "COMMAND_MODULES", []) and script.is_file():
+    if "samseg.apps.cli.ui" in getattr(cli, "COMMAND_MODULES", []) and script.is_file():
         return [str(script), "ui"]
-    return [sys.executable, "-m", "samseg.apps.cli_ui", "ui"]
+    return [sys.executable, "-m", "samseg.apps.cli.ui", "ui"]
 
 
 def _wait_ok(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
@@ -276,7 +276,7 @@ def test_dataset_run_page(page, ui_server):
     from samseg.core.config import get_preset
     from samseg.edges.dataset_outputs import apply_dataset_classes, log_dataset_classes
     from samseg.edges.image_dir import read_summary
-    from samseg.edges.tracking import end_run, log_image_run, start_batch_run
+    from samseg.edges.mlflow.tracking import end_run, log_image_run, start_batch_run
 
     cfg = get_preset("smoke")
     dirs = sorted(p.parent for p in ui_server["out"].glob("*/summary.json"))[:2]

@@ -1,7 +1,7 @@
 """Web UI over dataset-level runs (issue 6): a batch parent run with classes.json +
 contact_sheet.png and its child image runs, logged to a real SQLite MLflow store through
 the same functions segment-batch uses (samseg.edges.dataset_outputs.apply_dataset_classes,
-log_dataset_classes, samseg.edges.tracking.start_batch_run / log_image_run).
+log_dataset_classes, samseg.edges.mlflow.tracking.start_batch_run / log_image_run).
 
 Known structure, no SAM: each of the 2 images has 12 rectangle masks whose embeddings form
 group A (6 masks), group B (4) and 2 outliers. Over the batch DBSCAN(cosine, eps 0.06,
@@ -35,7 +35,7 @@ def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: s
     """What segment-batch --classes dataset (or --classes-from RUN) logs; returns (batch id, child ids)."""
     from samseg.edges.dataset_outputs import apply_dataset_classes, load_class_table, log_dataset_classes
     from samseg.edges.image_dir import read_summary
-    from samseg.edges.tracking import end_run, log_image_run, start_batch_run
+    from samseg.edges.mlflow.tracking import end_run, log_image_run, start_batch_run
 
     out = tmp / "out" / name
     dirs = [_image_dir(out, p, seed) for seed, p in enumerate(images)]
@@ -52,7 +52,7 @@ def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: s
 def store(tmp_path_factory: pytest.TempPathFactory):
     """SQLite MLflow store: a `dataset` batch (2 images), an `assigned` batch, a plain batch
     without classes and a lone image run. Yields a dict of their ids and the tmp dir."""
-    from samseg.edges.tracking import end_run, log_image_run, start_batch_run
+    from samseg.edges.mlflow.tracking import end_run, log_image_run, start_batch_run
 
     tmp = tmp_path_factory.mktemp("ui-dataset")
     mp = pytest.MonkeyPatch()

@@ -6,7 +6,7 @@ cache keys, so the three can never disagree about what a run was configured with
 
 This module is the config schema: each field is declared once with `knob(default, help,
 bounds/choices)`. The checks (`ConfigSection.__post_init__`), the CLI flags
-(samseg.apps.cli_config), the Prefect flow parameters (flows.params) and the UI form's
+(samseg.apps.cli.config), the Prefect flow parameters (flows.params) and the UI form's
 validation (samseg.apps.ui.validation) are all generated from that declaration, so a new
 field or section is one edit here.
 """
@@ -208,7 +208,7 @@ class TileConfig(ConfigSection):
 
     SECTION: ClassVar[str] = "tile"
     TITLE: ClassVar[str] = "tiling of large images (one class map over all tiles)"
-    FLAGS: ClassVar[bool] = False  # --tile SIZE|auto, --tile-overlap, --tile-merge-iou (samseg.apps.cli_config)
+    FLAGS: ClassVar[bool] = False  # --tile SIZE|auto, --tile-overlap, --tile-merge-iou (samseg.apps.cli.config)
     size: int = knob(0, "tile side in px; 0 = no tiling")
     overlap: int = knob(256, "px shared by neighbouring tiles", ge=0)
     auto: bool = knob(False, f"tile only images whose long side is over {TILE_AUTO_SIDES} tile sides")

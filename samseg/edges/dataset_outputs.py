@@ -167,8 +167,8 @@ def load_class_table(ref: str) -> Any:
     from samseg.core.dataset import ClassTable
     from samseg.edges.storage import read_bytes
 
-    if str(ref).startswith("models:/"):  # a registered classes model (samseg.edges.class_registry)
-        from samseg.edges.class_registry import load_registered_classes
+    if str(ref).startswith("models:/"):  # a registered classes model (samseg.edges.mlflow.class_registry)
+        from samseg.edges.mlflow.class_registry import load_registered_classes
 
         return load_registered_classes(str(ref))
     if str(ref).endswith(".json") or Path(ref).is_file():
@@ -191,7 +191,7 @@ def load_classes_from_run(run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     from samseg.core.dataset import ClassTable
-    from samseg.edges.mlflow_client import TrackingError, tracking_uri
+    from samseg.edges.mlflow.client import TrackingError, tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         try:
@@ -209,7 +209,7 @@ def load_classes_from_run(run_id: str) -> Any:
 def log_dataset_classes(batch_run_id: str, report: dict[str, Any]) -> None:
     """Log classes.json, contact_sheet.png, the class metrics and tag samseg.classes on the batch run."""
     from samseg.core.secrets import scrub_secrets
-    from samseg.edges.mlflow_client import client as mlflow_client
+    from samseg.edges.mlflow.client import client as mlflow_client
 
     client = mlflow_client()
     client.log_artifact(batch_run_id, report["classes_json"])

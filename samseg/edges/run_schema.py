@@ -29,7 +29,7 @@ TAG_HOST, TAG_PID, TAG_BATCH_KEY = "samseg.host", "samseg.pid", "samseg.batch_ke
 # MLflow's own tag that nests a run under its parent (an image run under its batch run)
 TAG_MLFLOW_PARENT = "mlflow.parentRunId"
 # The tags an image run takes from its summary.json: tag -> the path of keys to its value there
-# (samseg.edges.tracking.run_tags). A new tag read off the summary is one line here.
+# (samseg.edges.mlflow.tracking.run_tags). A new tag read off the summary is one line here.
 SUMMARY_TAGS: dict[str, tuple[str, ...]] = {
     TAG_IMAGE_SHA256: ("image", "sha256"),
     TAG_IMAGE_URI: ("image", "uri"),

@@ -96,7 +96,7 @@ def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Sourc
     """(batch run id or None when untracked, resumed after a kill)."""
     if not track:
         return None, False
-    from samseg.edges.batch_runs import batch_key, open_batch_run
+    from samseg.edges.mlflow.batch_runs import batch_key, open_batch_run
 
     params = {**cfg.flat(), "n_images": n}
     tags = {TAG_KIND: KIND_BATCH, TAG_SOURCE: str(source)}
@@ -108,8 +108,8 @@ def end_batch(run_id: Optional[str], status: str, quiet: bool = True) -> None:
     """Terminate the batch run (FINISHED / FAILED / KILLED); quiet: an MLflow error is ignored."""
     if run_id is None:
         return
-    from samseg.edges.mlflow_client import TrackingError
-    from samseg.edges.tracking import end_run
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.tracking import end_run
 
     try:
         end_run(run_id, status)

@@ -61,7 +61,7 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
                                                                    max_cluster))
             info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
             if register_classes and batch_run_id and rep["mode"] == "dataset":
-                from samseg.edges.class_registry import register_classes as register
+                from samseg.edges.mlflow.class_registry import register_classes as register
 
                 info["registered"] = execute("register-classes", lambda: register(batch_run_id, register_classes,
                                                                                   rep["classes_json"]))
@@ -76,7 +76,7 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
 
 
 def _log(d: str, summary: dict[str, Any], experiment: str, batch_run_id: Optional[str], name: str) -> str:
-    from samseg.edges.tracking import log_image_run
+    from samseg.edges.mlflow.tracking import log_image_run
 
     run_name = (summary.get("image") or {}).get("file_name") or name
     return log_image_run(Path(d), summary, experiment=experiment, nested_under=batch_run_id, run_name=run_name,

@@ -77,10 +77,10 @@ def write_and_upload(run: ImageRun, summary: RunSummary, local: Path, dest: Opti
 
 
 def _track(local: Path, where: str, summary: RunSummary, run: ImageRun, t: Tracking, execute: Execute) -> str:
-    from samseg.edges.tracking import log_image_run
+    from samseg.edges.mlflow.tracking import log_image_run
 
     if t.nested_under and t.resumed:  # a resumed batch (killed, then rerun) logs each image once
-        from samseg.edges.batch_runs import logged_image_run
+        from samseg.edges.mlflow.batch_runs import logged_image_run
 
         done = logged_image_run(t.nested_under, run.image.sha256, where)
         if done is not None:

@@ -105,7 +105,7 @@ def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *,
 def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig, ModelIdentity, dict[str, Any]]:
     """(parent summary, its config, its model, fallbacks reading its downloaded artifacts)."""
     from samseg.edges.image_dir import read_image_dir
-    from samseg.edges.tracking import fetch_run_inputs
+    from samseg.edges.mlflow.tracking import fetch_run_inputs
 
     parent = fetch_run_inputs(run_id, workdir)
     try:

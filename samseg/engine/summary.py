@@ -2,7 +2,7 @@
 
 summary.json is `RunSummary.to_dict()` (written by samseg.edges.image_dir, the only writer of
 that file); MLflow params, metrics and tags are derived from the same dict by
-samseg.edges.tracking (the only writer to MLflow). A segment, a recluster, a UI rerun and
+samseg.edges.mlflow.tracking (the only writer to MLflow). A segment, a recluster, a UI rerun and
 an exemplar class all build theirs with `summarize`.
 """
 

@@ -34,7 +34,7 @@ def sweep_run(run_id: str, eps_range: Optional[str] = None) -> dict[str, Any]:
     import tempfile
 
     from samseg.core.config import PipelineConfig
-    from samseg.edges.tracking import run_embeddings
+    from samseg.edges.mlflow.tracking import run_embeddings
 
     eps_grid(eps_range)  # a bad range is an error before any download
     with tempfile.TemporaryDirectory(prefix="samseg-sweep-") as tmp:

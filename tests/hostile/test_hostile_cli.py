@@ -89,7 +89,7 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
     """A batch whose process died (its pid is gone) is resumed by the same command, not duplicated."""
     from mlflow import MlflowClient
 
-    from samseg.edges import mlflow_client, tracking
+    from samseg.edges.mlflow import client as mlflow_client, tracking
     from samseg.edges.run_schema import TAG_BATCH_KEY, TAG_HOST, TAG_PID
 
     exp = f"hostile-kill-{os.getpid()}"

@@ -19,7 +19,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     """(tmp, honest run id, crafted run id): the crafted run names /etc/passwd, no sha256."""
     from mlflow import MlflowClient
 
-    from samseg.edges.tracking import log_image_run
+    from samseg.edges.mlflow.tracking import log_image_run
 
     tmp = tmp_path_factory.mktemp("hostile-ui")
     mp = pytest.MonkeyPatch()
@@ -85,9 +85,9 @@ def test_clickjacking_and_sniffing_headers_on_every_answer(client, store) -> Non
 
 
 def test_token_never_reaches_the_access_log(store, caplog) -> None:
-    from samseg.apps.ui import hardening
+    from samseg.apps.ui import guards
 
-    hardening.redact_access_log()
+    guards.redact_access_log()
     logger = logging.getLogger("uvicorn.access")
     with caplog.at_level(logging.INFO, logger="uvicorn.access"):
         logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/?token=s3cret-token&x=1", "1.1", 303)
@@ -235,7 +235,7 @@ def test_ui_refuses_a_tracking_uri_without_a_database(tmp_path: Path, monkeypatc
 def test_bound_loopback_address_is_an_allowed_host() -> None:
     import argparse
 
-    from samseg.apps.cli_ui import add_parser, build_settings
+    from samseg.apps.cli.ui import add_parser, build_settings
 
     p = argparse.ArgumentParser()
     add_parser(p.add_subparsers())

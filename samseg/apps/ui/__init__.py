@@ -2,7 +2,7 @@
 
 Browse runs, inspect a run's classes and masks, rerun the clustering from the stored
 masks/embeddings, query by exemplar, compare runs. `create_app(UiSettings(...))` builds
-the ASGI app; `samseg.apps.cli_ui` is the command line entry.
+the ASGI app; `samseg.apps.cli.ui` is the command line entry.
 """
 
 from samseg.apps.ui.service import UiSettings

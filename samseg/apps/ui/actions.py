@@ -2,7 +2,7 @@
 
 Every action starts from a logged run's artifacts (masks.json + embeddings.npy) and the
 stage cache — never the encoder or the AMG — and logs its result as a new MLflow run
-tagged with the parent run id, through samseg.edges.tracking like every other samseg run.
+tagged with the parent run id, through samseg.edges.mlflow.tracking like every other samseg run.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _write_and_log(store: RunStore, parent: str, run: Any, summary: Any, kind: s
     from samseg.edges.run_schema import KIND_RECLUSTER, TAG_EXEMPLAR, TAG_OUT_DIR, TAG_SOURCE
     from samseg.engine.publish import Tracking, publish
 
-    # samseg.edges.tracking knows the kinds image|batch|recluster: an exemplar class is a
+    # samseg.edges.mlflow.tracking knows the kinds image|batch|recluster: an exemplar class is a
     # re-labelling of the parent's masks, so it is a recluster marked samseg.exemplar.
     tags = {TAG_SOURCE: "ui", TAG_OUT_DIR: None, **({TAG_EXEMPLAR: "true"} if kind == "exemplar" else {})}
     tracking = Tracking(experiment=_experiment_name(store, parent), kind=KIND_RECLUSTER, parent_run_id=parent,
@@ -217,11 +217,11 @@ def save_class(store: RunStore, selections: list[dict[str, Any]], query: dict[st
 
 # ----------------------------------------------------------------- compare
 def compare(store: RunStore, run_ids: list[str]) -> dict[str, Any]:
-    """The table `samseg runs compare` prints (samseg.edges.tracking.compare_runs) + each run's row.
+    """The table `samseg runs compare` prints (samseg.edges.mlflow.tracking.compare_runs) + each run's row.
 
     Dataset runs compare like image runs: their params are the batch's settings and their
     metrics n_classes, n_noise, mean_class_coverage, class_coverage.<c>."""
-    from samseg.edges.tracking import compare_runs
+    from samseg.edges.mlflow.tracking import compare_runs
 
     if not 2 <= len(run_ids) <= MAX_COMPARE:
         raise ValueError(f"pick 2 to {MAX_COMPARE} runs to compare, got {len(run_ids)}")

@@ -19,10 +19,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from samseg.apps.ui import actions, hardening
+from samseg.apps.ui import actions, guards
 from samseg.apps.ui.dataset_view import dataset_detail
 from samseg.apps.ui.jobs import JobRunner, QueueFull
-from samseg.apps.ui.security import TOKEN_COOKIE, UnsafePathError, token_ok
+from samseg.apps.ui.guards import TOKEN_COOKIE, UnsafePathError, token_ok
 from samseg.apps.ui.service import RunDataError, RunNotFound, RunStore, StoreUnavailable, UiSettings
 from samseg.apps.ui.validation import FormError, validate_rerun_form
 
@@ -35,7 +35,7 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
     """Build the app; `settings.token` set → every request must carry it."""
     settings = settings or UiSettings()
     jobs = JobRunner()
-    hardening.redact_access_log()
+    guards.redact_access_log()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -65,23 +65,23 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
 def _add_token_guard(app: FastAPI, token: str | None) -> None:
     """One middleware, fixed order: foreign-origin check (CSRF) → token (with a limit on
     wrong ones) → the app; every answer carries the anti-framing and nosniff headers."""
-    limiter = hardening.FailureLimiter()
+    limiter = guards.FailureLimiter()
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         resp = await _guarded(request, call_next)
-        for key, value in hardening.SECURITY_HEADERS.items():
+        for key, value in guards.SECURITY_HEADERS.items():
             resp.headers.setdefault(key, value)
         return resp
 
     async def _guarded(request: Request, call_next: Any) -> Response:
-        why = hardening.foreign_origin(request.method, request.headers.get("host"), request.headers.get("origin"),
+        why = guards.foreign_origin(request.method, request.headers.get("host"), request.headers.get("origin"),
                                        request.headers.get("sec-fetch-site"))
         if why:
             return _error(request, 403, why)
         if not token:
             return await call_next(request)
-        client = hardening.client_address(request)
+        client = guards.client_address(request)
         if limiter.blocked(client):
             return _error(request, 429, "too many wrong access tokens from this address; wait a minute")
         given = request.query_params.get("token")
@@ -105,7 +105,7 @@ def _wants_json(request: Request) -> bool:
 
 
 def _error(request: Request, status: int, message: str, **extra: Any) -> Response:
-    message = hardening.public_message(message)
+    message = guards.public_message(message)
     if _wants_json(request):
         return JSONResponse({"detail": message, **extra}, status_code=status)
     templates = request.app.state.templates

@@ -68,7 +68,7 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
 
 
 def _looks_like_run(store: RunStore, ref: str) -> bool:
-    from samseg.apps.ui.security import valid_run_id
+    from samseg.apps.ui.guards import valid_run_id
 
     if not valid_run_id(ref):
         return False

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from samseg.apps.ui.security import UnsafePathError, check_artifact_path
+from samseg.apps.ui.guards import UnsafePathError, check_artifact_path
 from samseg.edges.owned_files import CLASSES_JSON, CONTACT_SHEET_PNG
 from samseg.edges.run_schema import TAG_IMAGE_SHA256, TAG_IMAGE_URI
 

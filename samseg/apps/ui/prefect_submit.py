@@ -2,7 +2,7 @@
 
 Used when a Prefect server is configured (PREFECT_API_URL) and the deployment exists, so
 a rerun shows up in the Prefect UI and runs on a worker like every other flow run. The
-new MLflow run is found by the tag samseg.edges.tracking sets inside a flow
+new MLflow run is found by the tag samseg.edges.mlflow.tracking sets inside a flow
 (`samseg.prefect_flow_run_id`). Pooling changes always run in the UI process: the
 recluster flow only re-clusters.
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from samseg.apps.ui.files import RunDataError, RunFiles
-from samseg.apps.ui.security import valid_run_id
+from samseg.apps.ui.guards import valid_run_id
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
 from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
@@ -54,7 +54,7 @@ def _store_error(exc: Exception, where: str) -> Exception:
 class UiSettings:
     """Everything the app needs; built by `samseg ui` from flags and environment.
 
-    tracking_uri None → samseg.edges.mlflow_client.tracking_uri() (MLFLOW_TRACKING_URI or MLflow's
+    tracking_uri None → samseg.edges.mlflow.client.tracking_uri() (MLFLOW_TRACKING_URI or MLflow's
     default). cache_dir None → `<samseg_home()>/ui`. stage_cache None → StageCache's
     default root ($SAMSEG_CACHE or <samseg_home()>/cache). token None → no auth.
     """
@@ -81,7 +81,7 @@ class UiSettings:
 def _resolve_tracking_uri(uri: str | None) -> str:
     if uri:
         return uri
-    from samseg.edges.mlflow_client import tracking_uri
+    from samseg.edges.mlflow.client import tracking_uri
 
     return tracking_uri()
 
@@ -104,7 +104,7 @@ class RunStore(RunFiles):
     """Read access to one MLflow tracking server's samseg runs (and, through RunFiles, their files)."""
 
     def __init__(self, settings: UiSettings):
-        from samseg.edges.mlflow_client import client
+        from samseg.edges.mlflow.client import client
 
         self.settings = settings
         self.tracking_uri = _resolve_tracking_uri(settings.tracking_uri)

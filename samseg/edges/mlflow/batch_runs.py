@@ -16,8 +16,8 @@ import os
 import socket
 from typing import Any
 
-from samseg.edges import mlflow_client, tracking
-from samseg.edges.mlflow_client import TrackingError
+from samseg.edges.mlflow import client as mlflow_client, tracking
+from samseg.edges.mlflow.client import TrackingError
 from samseg.edges.shutdown import pid_alive
 from samseg.edges.run_schema import KIND_BATCH, TAG_BATCH_KEY, TAG_HOST, TAG_IMAGE_SHA256, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PID
 

@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from samseg.edges.annotations import ExportError, image_dirs, read_image_dirs, write_export
-    from samseg.edges.mlflow_client import TrackingError
+    from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.owned_files import BatchIncomplete, FilesRefused, check_complete
     from samseg.edges.storage import StorageError
 
@@ -65,8 +65,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
     """Download each image run's artifacts (an image run, or a batch run's children)."""
-    from samseg.edges.mlflow_client import TrackingError
-    from samseg.edges.tracking import get_run, search_runs
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.tracking import get_run, search_runs
 
     run = get_run(run_id)
     kind = run.data.tags.get(TAG_KIND, "image")
@@ -77,7 +77,7 @@ def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
         runs = [run]
     if not runs:
         raise TrackingError(f"MLflow run {run_id}: no image runs to export")
-    from samseg.edges.tracking import fetch_run_inputs
+    from samseg.edges.mlflow.tracking import fetch_run_inputs
 
     dirs = []
     for r in runs:
@@ -87,6 +87,6 @@ def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
 
 
 def _experiment_name(run: Any) -> str:
-    from samseg.edges.mlflow_client import client
+    from samseg.edges.mlflow.client import client
 
     return client().get_experiment(run.info.experiment_id).name

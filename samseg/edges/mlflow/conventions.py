@@ -30,7 +30,7 @@ def default_experiment() -> str:
     if exp_id:
         from mlflow.exceptions import MlflowException
 
-        from samseg.edges.mlflow_client import TrackingError, client as _client, where as _where
+        from samseg.edges.mlflow.client import TrackingError, client as _client, where as _where
 
         try:
             return _client().get_experiment(exp_id).name

@@ -15,8 +15,8 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from samseg.apps.cli_common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
-from samseg.apps.cli_common import stage_cache_root
+from samseg.apps.cli.common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
+from samseg.apps.cli.common import stage_cache_root
 
 FAN_OUT = ("local", "auto", "deployment")
 
@@ -59,8 +59,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
     Exit 0 = all images done, 1 = some failed (one error line each), 2 = usage error.
     """
-    from samseg.apps.cli_common import UsageError
-    from samseg.apps.cli_config import config_from_args
+    from samseg.apps.cli.common import UsageError
+    from samseg.apps.cli.config import config_from_args
     from samseg.edges.images import max_pixels_from_env
     from samseg.engine.batch import list_sources
 
@@ -104,7 +104,7 @@ def _job(args: argparse.Namespace, cfg: Any, out: str, cache: str) -> Any:
 def _check_model(job: Any) -> bool:
     """The model's identity before any image (a missing checkpoint file is one error line
     here, a bad device a usage error); the weights themselves load only when a stage needs them."""
-    from samseg.apps.cli_common import UsageError
+    from samseg.apps.cli.common import UsageError
     from samseg.sam.model import CheckpointError
     from samseg.sam.source import ModelSource
 
@@ -213,7 +213,7 @@ def _report_image(res: dict[str, Any]) -> int:
 def _check_out(out: str) -> None:
     """--out is checked before any compute: a local path that is a file, `s3://` without a
     bucket, or a bucket that does not exist is a usage error now, not N image errors later."""
-    from samseg.apps.cli_common import UsageError
+    from samseg.apps.cli.common import UsageError
     from samseg.edges.storage import StorageError, check_bucket
 
     if not is_s3(out):
@@ -248,7 +248,7 @@ def _progress_bars(args: argparse.Namespace, n_images: int) -> Iterator[None]:
 
 def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
     """segment_batch_flow's classes/classes_from/max_cluster from the flags; {} = per-image ids."""
-    from samseg.apps.cli_common import UsageError
+    from samseg.apps.cli.common import UsageError
 
     mode, source, max_cluster = getattr(args, "classes", None), getattr(args, "classes_from", None), getattr(args, "max_cluster", None)
     register = getattr(args, "register_classes", None)

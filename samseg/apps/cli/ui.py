@@ -50,7 +50,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - lazy import
     from pathlib import Path
 
-    from samseg.apps.ui.security import is_loopback
+    from samseg.apps.ui.guards import is_loopback
     from samseg.apps.ui.service import UiSettings
 
     return UiSettings(
@@ -71,7 +71,7 @@ def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - la
 
 
 def _default_experiment() -> str:
-    from samseg.edges.tracking_conventions import default_experiment
+    from samseg.edges.mlflow.conventions import default_experiment
 
     return default_experiment()
 
@@ -93,15 +93,15 @@ def run_ui(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         print(f"error: --port {args.port} is not a TCP port (1-65535)", file=sys.stderr)
         return 2
-    from samseg.apps.ui.security import is_loopback
+    from samseg.apps.ui.guards import is_loopback
 
     if args.submit == "prefect" and not os.environ.get("PREFECT_API_URL"):
         print("error: --submit prefect needs PREFECT_API_URL (the Prefect server's API)", file=sys.stderr)
         return 2
     if args.tracking_uri:
-        # samseg.edges.tracking (which logs the UI's reruns) reads the URI from the environment.
+        # samseg.edges.mlflow.tracking (which logs the UI's reruns) reads the URI from the environment.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    from samseg.edges.mlflow_client import tracking_uri
+    from samseg.edges.mlflow.client import tracking_uri
 
     problem = missing_store(tracking_uri())
     if problem:
@@ -131,7 +131,7 @@ def run_ui(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m samseg.apps.cli_ui`) until samseg.apps.cli wires the subcommand."""
+    """Standalone entry (`python -m samseg.apps.cli.ui`) until samseg.apps.cli wires the subcommand."""
     parser = argparse.ArgumentParser(prog="samseg")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

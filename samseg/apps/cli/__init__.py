@@ -1,6 +1,6 @@
 """`samseg` command line: segment, weights, eval (+ commands other modules register).
 
-`segment` runs through the engine (samseg.apps.cli_orchestration.run_segment; the Prefect flows with --orchestrator prefect).
+`segment` runs through the engine (samseg.apps.cli.segment.run_segment; the Prefect flows with --orchestrator prefect).
 
 Exit codes: 0 = everything done, 1 = some images (or the command's work) failed,
 2 = usage error (bad flag or config value), 130 = interrupted (Ctrl-C), 143 = stopped by
@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from samseg.apps.cli_common import UsageError
-from samseg.apps.cli_config import add_config_flags as _add_config_flags
-from samseg.apps.cli_config import add_tile_flags as _add_tile_flags
+from samseg.apps.cli.common import UsageError
+from samseg.apps.cli.config import add_config_flags as _add_config_flags
+from samseg.apps.cli.config import add_tile_flags as _add_tile_flags
 from samseg.core.config import PRECISION_REQUESTS
 from samseg.sam.kernels import KERNELS
 log = logging.getLogger("samseg.apps.cli")
 
-# Modules providing add_parser(subparsers): cli_runs adds recluster, runs, serve.
-COMMAND_MODULES: list[str] = ["samseg.apps.cli_runs", "samseg.apps.cli_ui", "samseg.apps.cli_export"]
+# Modules providing add_parser(subparsers): runs adds recluster, runs, serve, sweep.
+COMMAND_MODULES: list[str] = ["samseg.apps.cli.runs", "samseg.apps.cli.ui", "samseg.apps.cli.export"]
 
 # ----------------------------------------------------------------------------- main
 
@@ -159,10 +159,10 @@ def _add_segment_parser(sub: Any) -> None:
     _add_config_flags(p)
     _add_tile_flags(p)
     _add_common(p)
-    from samseg.apps import cli_orchestration  # light module; Prefect/MLflow load only when a handler runs
+    from samseg.apps.cli import segment as cli_segment  # light module; Prefect/MLflow load only when a handler runs
 
-    cli_orchestration.add_segment_arguments(p)
-    p.set_defaults(handler=cli_orchestration.run_segment)
+    cli_segment.add_segment_arguments(p)
+    p.set_defaults(handler=cli_segment.run_segment)
 
 
 # -------------------------------------------------------------------------- weights

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from samseg.apps.cli_common import UsageError
+from samseg.apps.cli.common import UsageError
 
 
 

@@ -53,7 +53,7 @@ def register_classes(batch_run_id: str, name: str, classes_json: str | Path) -> 
     from mlflow.exceptions import MlflowException
 
     from samseg.core.dataset import ClassTable
-    from samseg.edges.mlflow_client import TrackingError, client as _client, error_line as _one_line, where as _where
+    from samseg.edges.mlflow.client import TrackingError, client as _client, error_line as _one_line, where as _where
 
     table = ClassTable.from_json(Path(classes_json).read_text(encoding="utf-8"), source=str(classes_json))
     metadata = {"samseg_classes": "1", "n_classes": table.n_classes, "embedding_dim": table.embedding_dim,
@@ -80,7 +80,7 @@ def register_classes(batch_run_id: str, name: str, classes_json: str | Path) -> 
 
 def _version_source(model_uri: str) -> str:
     """`models:/NAME/VERSION` or `models:/NAME@ALIAS` → the version's artifact location."""
-    from samseg.edges.mlflow_client import client as _client
+    from samseg.edges.mlflow.client import client as _client
 
     ref = model_uri[len("models:/"):]
     name, sep, alias = ref.partition("@")
@@ -102,7 +102,7 @@ def load_registered_classes(model_uri: str) -> Any:
 
     from mlflow.exceptions import MlflowException
 
-    from samseg.edges.mlflow_client import TrackingError, error_line as _one_line, tracking_uri
+    from samseg.edges.mlflow.client import TrackingError, error_line as _one_line, tracking_uri
 
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, SUMMARY_TAGS, TAG_CACHE_PREFIX,
                                      TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
-from samseg.edges import mlflow_client
-from samseg.edges.mlflow_client import TrackingError
-from samseg.edges.tracking_conventions import log_lineage
+from samseg.edges.mlflow import client as mlflow_client
+from samseg.edges.mlflow.client import TrackingError
+from samseg.edges.mlflow.conventions import log_lineage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -267,7 +267,7 @@ def search_runs(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
             exp_ids = sorted({_get_run(client, rid).info.experiment_id for rid in run_ids})
             filter_string = "attributes.run_id IN ({})".format(", ".join(f"'{rid}'" for rid in run_ids))
         else:
-            from samseg.edges.tracking_conventions import default_experiment
+            from samseg.edges.mlflow.conventions import default_experiment
 
             name = experiment or default_experiment()
             exp = client.get_experiment_by_name(name)

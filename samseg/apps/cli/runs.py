@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from samseg.apps.cli_config import add_section_flags
+from samseg.apps.cli.config import add_section_flags
 from samseg.core.config import DEFAULT, ClusterConfig
 
-from samseg.apps.cli_common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
-from samseg.apps.cli_common import stage_cache_root, write_csv
+from samseg.apps.cli.common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
+from samseg.apps.cli.common import stage_cache_root, write_csv
 
 
 def add_parser(sub: Any) -> None:
@@ -63,7 +63,7 @@ def recluster_cluster_params(run_params: dict[str, str], args: argparse.Namespac
 def run_recluster(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from samseg.apps.cli_common import UsageError
+    from samseg.apps.cli.common import UsageError
 
     how = orchestrator(args)
     if how == "prefect":
@@ -106,7 +106,7 @@ def _recluster(args: argparse.Namespace, how: str, cluster: Any, cache: str) -> 
 
 
 def _run_params(run_id: str) -> dict[str, str]:
-    from samseg.edges.tracking import get_run  # raises TrackingError (one line) for unknown runs
+    from samseg.edges.mlflow.tracking import get_run  # raises TrackingError (one line) for unknown runs
 
     return dict(get_run(run_id).data.params)
 
@@ -127,8 +127,8 @@ def _add_runs_parser(sub: Any) -> None:
 
 
 def run_runs_compare(args: argparse.Namespace) -> int:
-    from samseg.edges.mlflow_client import TrackingError
-    from samseg.edges.tracking import compare_runs, format_compare
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.tracking import compare_runs, format_compare
 
     try:
         df = compare_runs(args.run_ids or None, args.experiment)
@@ -160,7 +160,7 @@ def _add_serve_parser(sub: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from samseg.apps.cli_common import UsageError
+    from samseg.apps.cli.common import UsageError
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
@@ -190,7 +190,7 @@ def _add_sweep_parser(sub: Any) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from samseg.apps.cli_common import UsageError
+    from samseg.apps.cli.common import UsageError
     from samseg.core.sweep import eps_grid
     from samseg.engine.sweep import format_sweep, sweep_run
 

@@ -80,14 +80,14 @@ def print_error(message: str) -> None:
 
 
 def experiment(args: argparse.Namespace) -> str:
-    """--experiment, else MLflow's own environment (samseg.edges.tracking_conventions)."""
+    """--experiment, else MLflow's own environment (samseg.edges.mlflow.conventions)."""
     if getattr(args, "experiment", None):
         return str(args.experiment)
     if getattr(args, "no_track", False):
         from samseg.edges.run_schema import EXPERIMENT_DEFAULT
 
         return EXPERIMENT_DEFAULT  # nothing is logged: do not ask MLflow
-    from samseg.edges.tracking_conventions import default_experiment
+    from samseg.edges.mlflow.conventions import default_experiment
 
     return default_experiment()
 

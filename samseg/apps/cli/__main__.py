@@ -1,0 +1,5 @@
+"""`python -m samseg.apps.cli`: the `samseg` command."""
+
+from samseg.apps.cli import run
+
+run()
