@@ -38,19 +38,17 @@ def _function_lengths() -> dict[str, int]:
     return out
 
 
-def test_no_file_past_any_concepts_size() -> None:
-    lengths = _file_lengths()
-    over_guide = {k: n for k, n in lengths.items() if n > GUIDE_FILE_LINES}
+def _check(lengths: dict[str, int], guide: int, hard: int, what: str) -> None:
+    over_guide = {k: n for k, n in lengths.items() if n > guide}
     if over_guide:
-        warnings.warn(ShapeWarning(f"files over {GUIDE_FILE_LINES} lines (guide): {over_guide}"))
-    too_long = {k: n for k, n in lengths.items() if n > MAX_FILE_LINES}
+        warnings.warn(ShapeWarning(f"{what} over {guide} lines (guide): {over_guide}"))
+    too_long = {k: n for k, n in lengths.items() if n > hard}
     assert not too_long, too_long
+
+
+def test_no_file_past_any_concepts_size() -> None:
+    _check(_file_lengths(), GUIDE_FILE_LINES, MAX_FILE_LINES, "files")
 
 
 def test_no_function_past_any_concepts_size() -> None:
-    lengths = _function_lengths()
-    over_guide = {k: n for k, n in lengths.items() if n > GUIDE_FUNCTION_LINES}
-    if over_guide:
-        warnings.warn(ShapeWarning(f"functions over {GUIDE_FUNCTION_LINES} lines (guide): {over_guide}"))
-    too_long = {k: n for k, n in lengths.items() if n > MAX_FUNCTION_LINES}
-    assert not too_long, too_long
+    _check(_function_lengths(), GUIDE_FUNCTION_LINES, MAX_FUNCTION_LINES, "functions")

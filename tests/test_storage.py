@@ -107,6 +107,22 @@ def test_s3_roundtrip_list_and_missing(s3_bucket: str) -> None:  # noqa: F811
         storage.write_bytes(f"s3://{s3_bucket}/a/../b", b"x")
 
 
+def _upload_cut_off_at(monkeypatch: pytest.MonkeyPatch, nth: int, src: Path, dest: str) -> None:
+    """upload_dir(src, dest) failing at its nth write (a crash part-way), then writes work again."""
+    real_write, calls = storage.write_bytes, {"n": 0}
+
+    def cut_off(uri, data):  # noqa: ANN001
+        calls["n"] += 1
+        if calls["n"] == nth:
+            raise StorageError(f"{uri}: injected failure")
+        real_write(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", cut_off)
+    with pytest.raises(StorageError, match="injected"):
+        storage.upload_dir(src, dest)
+    monkeypatch.setattr(storage, "write_bytes", real_write)
+
+
 @pytest.mark.integration
 def test_s3_upload_dir_marker_last(s3_bucket: str, tmp_path: Path, s3_env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     src = tmp_path / "img1"
@@ -116,19 +132,7 @@ def test_s3_upload_dir_marker_last(s3_bucket: str, tmp_path: Path, s3_env, monke
     dest = f"s3://{s3_bucket}/out/img1"
 
     # A crash part-way through leaves files but no marker → readers see "incomplete".
-    real_write = storage.write_bytes
-    calls = {"n": 0}
-
-    def flaky(uri, data):  # noqa: ANN001
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise StorageError(f"{uri}: injected failure")
-        real_write(uri, data)
-
-    monkeypatch.setattr(storage, "write_bytes", flaky)
-    with pytest.raises(StorageError, match="injected"):
-        storage.upload_dir(src, dest)
-    monkeypatch.setattr(storage, "write_bytes", real_write)
+    _upload_cut_off_at(monkeypatch, 2, src, dest)
     assert not storage.is_complete(dest)
     with pytest.raises(StorageError, match="incomplete"):
         storage.download_prefix(dest, tmp_path / "dl", require_success=True)
@@ -192,18 +196,7 @@ def test_s3_republish_with_fewer_classes_leaves_no_stale_class_files(s3_bucket: 
     storage.upload_dir(_class_dir(tmp_path / "five", 5), dest)
     s3_env.client().put_object(Bucket=s3_bucket, Key="out/run2/bears/notes.txt", Body=b"mine")  # the user's
     # A republish cut off after its first file: the next one must still clean up after both.
-    real_write, calls = storage.write_bytes, {"n": 0}
-
-    def cut_off(uri, data):  # noqa: ANN001
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise StorageError(f"{uri}: injected failure")
-        real_write(uri, data)
-
-    monkeypatch.setattr(storage, "write_bytes", cut_off)
-    with pytest.raises(StorageError, match="injected"):
-        storage.upload_dir(_class_dir(tmp_path / "three", 3), dest)
-    monkeypatch.setattr(storage, "write_bytes", real_write)
+    _upload_cut_off_at(monkeypatch, 3, _class_dir(tmp_path / "three", 3), dest)
 
     storage.upload_dir(_class_dir(tmp_path / "one", 1), dest)
     keys = sorted(o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket, Prefix="out/run2/")["Contents"])
