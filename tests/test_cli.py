@@ -131,6 +131,8 @@ def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypat
     "flags, message",
     [
         (["--eps", "-1"], "cluster.eps must be > 0"),
+        (["--eps", "nan"], "cluster.eps must be a finite number > 0"),
+        (["--eps", "inf"], "cluster.eps must be a finite number > 0"),
         (["--points-per-side", "0"], "amg.points_per_side must be >= 1"),
         (["--metric", "hamming"], "cluster.metric"),
         (["--algorithm", "kmeans"], "invalid choice"),
@@ -141,6 +143,11 @@ def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypat
 def test_bad_flag_is_usage_error(tmp_path: Path, flags: list[str], message: str) -> None:
     rc, _, stderr = run_cli(["segment", str(tmp_path), "--out", str(tmp_path / "o"), *flags])
     assert rc == 2 and message in stderr and "Traceback" not in stderr
+
+
+def test_empty_out_is_a_usage_error_not_the_current_directory(tmp_path: Path) -> None:
+    rc, stdout, stderr = run_cli(["segment", str(tmp_path), "--out", ""])
+    assert rc == 2 and "--out is empty" in stderr and stdout == ""
 
 
 def test_no_images_and_missing_command_are_usage_errors(tmp_path: Path) -> None:

@@ -75,6 +75,9 @@ def knob_errors(name: str, value: Any, k: Knob, kind: type) -> Optional[str]:
             return k.invalid.format(name=name, value=value)
         allowed = " or ".join(k.choices) if len(k.choices) == 2 else "one of " + ", ".join(k.choices)
         return f"{name} must be {allowed}, got {value!r}"
+    if k.finite and isinstance(value, (int, float)) and not math.isfinite(value):  # NaN passes no comparison
+        bound = f" > {_num(k.gt)}" if k.gt is not None else f" >= {_num(k.ge)}" if k.ge is not None else ""
+        return f"{name} must be a finite number{bound}"
     if (k.ge is not None and k.lt is not None) or (k.gt is not None and k.le is not None):  # an interval
         lo, lo_ok = (k.ge, value >= k.ge) if k.ge is not None else (k.gt, value > k.gt)
         hi, hi_ok = (k.lt, value < k.lt) if k.lt is not None else (k.le, value <= k.le)
@@ -85,8 +88,6 @@ def knob_errors(name: str, value: Any, k: Knob, kind: type) -> Optional[str]:
                                 (k.le, "<=", lambda b: value <= b), (k.lt, "<", lambda b: value < b)):
             if bound is not None and not ok(bound):
                 return f"{name} must be {word} {_num(bound)}"
-    if k.finite and not math.isfinite(value):
-        return f"{name} must be a finite number"
     return None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -191,6 +192,10 @@ def read_bytes(uri_or_path: str | os.PathLike[str]) -> bytes:
             raise StorageError(f"{uri_or_path}: read failed: {exc}") from None
     path = Path(uri_or_path)
     try:
+        mode = os.stat(path).st_mode  # before opening: open() on a FIFO waits for a writer forever
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise StorageError(f"{path}: not a regular file ({kind}); nothing read")
         return path.read_bytes()
     except FileNotFoundError:
         raise StorageNotFound(f"{path}: not found") from None

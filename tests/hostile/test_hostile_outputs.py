@@ -169,3 +169,16 @@ def test_an_image_with_no_class_can_be_written_again(tmp_path: Path) -> None:
     (tmp_path / "out" / "flat" / "classes" / "mine.txt").write_text("user file")
     with pytest.raises(Exception, match="mine.txt"):
         write_image_dir(tmp_path / "out" / "flat", *args)
+
+
+def test_a_fifo_named_like_an_image_fails_alone_and_the_batch_goes_on(tmp_path: Path) -> None:
+    """A named pipe given explicitly (or through a shell glob) used to block the batch at
+    open() forever; it is refused before it is opened, in one line, and the next image runs."""
+    fifo = tmp_path / "in" / "b.jpg"
+    good = _png(tmp_path / "in" / "c.png")
+    os.mkfifo(fifo)
+    rc, stdout, stderr = _segment([fifo, good], tmp_path / "out", tmp_path / "cache")
+    assert rc == 1, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "b.jpg" in errors[0] and "FIFO" in errors[0]
+    assert (tmp_path / "out" / "c" / "summary.json").is_file() and "c.png:" in stdout

@@ -217,6 +217,8 @@ def _check_out(out: str) -> None:
     from samseg.edges.storage import StorageError, check_bucket
 
     if not is_s3(out):
+        if not out.strip():
+            raise UsageError("--out is empty; name an output directory (or s3:// prefix)")
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"--out {out} exists and is not a directory")
         return
