@@ -21,11 +21,12 @@ The format builders (`build_coco`, `build_mask_table`) are pure and separate fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -167,19 +168,35 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move `tmp` to `out_dir`; an existing `out_dir` is moved aside first, then deleted,
-    so at every instant `out_dir` is either the old complete dir or the new one."""
+    so at every instant `out_dir` is either the old complete dir or the new one. Writers of
+    one OUT take turns here (a lock on OUT itself, held for the renames only), so two
+    processes publishing the same image never interleave the moves: the last one wins."""
     old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = outdirs.temp_sibling(out_dir, "old")
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
+    with _locked(out_dir.parent):
+        if out_dir.exists() or out_dir.is_symlink():
+            old = outdirs.temp_sibling(out_dir, "old")
+            os.replace(out_dir, old)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out_dir)
+            raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself: no lock file is left in the user's OUT."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def write_label_png(path: Path, label_map: np.ndarray) -> None:

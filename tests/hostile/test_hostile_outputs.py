@@ -18,6 +18,7 @@ from PIL import Image
 from cli_run import run_cli
 from samseg.edges import outdirs
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track"]
 
 
@@ -182,3 +183,35 @@ def test_a_fifo_named_like_an_image_fails_alone_and_the_batch_goes_on(tmp_path: 
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "b.jpg" in errors[0] and "FIFO" in errors[0]
     assert (tmp_path / "out" / "c" / "summary.json").is_file() and "c.png:" in stdout
+
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+from samseg.edges import image_dir, outdirs
+out = Path(sys.argv[1]) / "img"
+for i in range(int(sys.argv[2])):
+    tmp = outdirs.temp_sibling(out, "tmp")
+    tmp.mkdir()
+    (tmp / "summary.json").write_text('{"writer": "%s", "i": %d}' % (sys.argv[3], i))
+    outdirs.write_marker(tmp, "test")
+    image_dir._replace_dir(tmp, out)
+"""
+
+
+def test_concurrent_publishes_of_one_image_dir_last_complete_writer_wins(tmp_path: Path) -> None:
+    """Six processes publishing OUT/img at once through the image-dir writer's replace step
+    (two batches into one OUT): none fails with a raw OSError, no .img.old-*/.img.tmp-* is
+    left, and OUT/img is one writer's complete dir."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", PUBLISHER, str(out), "200", f"w{k}"], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(6)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _ in results), [err[-500:] for rc, err in results if rc]
+    assert sorted(p.name for p in out.iterdir()) == ["img"]  # no leftovers beside it
+    assert outdirs.foreign_entries(out / "img") == []  # complete: every file its marker lists, nothing else
+    assert json.loads((out / "img" / "summary.json").read_text())["i"] == 199  # a writer's last publish
