@@ -82,3 +82,25 @@ def test_stop_wins_while_the_tracking_server_is_frozen(own_mlflow, moto_s3, tmp_
     assert "Traceback" not in stderr
     assert "interrupted" in stderr
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LEDGER]  # no half-written dir
+
+
+FIRST_USE = """
+import sys
+from samseg.edges.mlflow.tracking import end_run, start_batch_run
+run = start_batch_run("race", "batch-" + sys.argv[1], {"k": sys.argv[1]}, {})
+end_run(run, "FINISHED")
+print(run)
+"""
+
+
+def test_two_first_runs_at_once_on_a_fresh_sqlite_store_both_finish(tmp_path: Path) -> None:
+    """Commands started together on a store that does not exist yet: MLflow's schema migration
+    raced ("duplicate column name: step") and the second command died; now both finish."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"}
+    (tmp_path / "fresh").mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_USE, str(k)], cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(4)]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _, _ in results), [err[-800:] for rc, _, err in results if rc]
+    assert len({out.strip() for _, out, _ in results}) == 4  # four runs, one each
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["mlflow.db"]  # no lock file left

@@ -7,8 +7,10 @@ default ~4.5 minutes on a dead server and every error line is scrubbed of secret
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 from samseg.core.secrets import scrub_secrets
 
@@ -37,12 +39,41 @@ _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_B
 
 
 def client(uri: str | None = None) -> Any:
-    """An MlflowClient for `uri` (default: tracking_uri()) with samseg's HTTP retry/timeout defaults."""
+    """An MlflowClient for `uri` (default: tracking_uri()) with samseg's HTTP retry/timeout
+    defaults; a SQLite store is created and migrated once, under a lock (`_sqlite_ready`)."""
     from mlflow import MlflowClient
 
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    return MlflowClient(tracking_uri=uri or tracking_uri())
+    target = uri or tracking_uri()
+    with _first_use(target):
+        return MlflowClient(tracking_uri=target)
+
+
+_READY: set[str] = set()
+_READY_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _first_use(uri: str) -> Iterator[None]:
+    """The first use of a SQLite store (opening it creates and migrates its schema) under an
+    exclusive flock on the database's folder: two commands started together would both
+    migrate it, and the second dies ("duplicate column name"). No lock file is left beside
+    the database; once this process has opened the store, the lock is not taken again."""
+    folder = os.path.dirname(os.path.abspath(uri[len("sqlite:///"):])) if uri.startswith("sqlite:///") else ""
+    if not folder or uri in _READY or not os.path.isdir(folder):
+        yield
+        return
+    import fcntl
+
+    with _READY_LOCK:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+            _READY.add(uri)  # opening the store (MlflowClient's construction) created / migrated it
+        finally:
+            os.close(fd)
 
 
 def where() -> str:
