@@ -246,3 +246,38 @@ def test_concurrent_writers_never_yield_a_mixed_entry(tmp_path: Path) -> None:
             t.join()
     assert seen["bad"] == 0 and seen["a"] + seen["b"] + seen["miss"] == 200
     assert cache.load("pool", key, "embeddings") is not None  # once writers stop, the entry is whole
+
+
+def test_a_cache_that_fills_up_never_fails_the_value_it_was_given(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Disk full (or an S3 endpoint gone) at save time: one warning, no exception, a miss later."""
+    cache = StageCache(str(tmp_path / "c"))
+    key = stage_key("pool", IMG, CKPT, SMOKE)
+
+    def full(uri, data):  # noqa: ANN001
+        raise storage.StorageError(f"{uri}: write failed: No space left on device")
+
+    monkeypatch.setattr(storage, "write_bytes", full)
+    with caplog.at_level("DEBUG", logger="samseg.edges.cache"):
+        cache.save("pool", key, "embeddings", np.ones((4, 8), np.float32))
+        cache.save("pool", stage_key("amg", IMG, CKPT, SMOKE), "embeddings", np.ones((4, 8), np.float32))
+    warnings_ = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings_) == 1 and "No space left" in warnings_[0].getMessage()  # once per cache
+    monkeypatch.undo()
+    assert cache.load("pool", key, "embeddings") is None
+
+
+def test_a_nearly_full_disk_is_an_unusable_cache_up_front(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from samseg.edges.cache import unusable_reason
+
+    assert unusable_reason(str(tmp_path / "c")) is None
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
+    assert "No space left" in unusable_reason(str(tmp_path / "c"))
+
+
+@pytest.mark.integration
+def test_a_missing_s3_cache_bucket_is_an_unusable_cache_up_front(s3_env) -> None:  # noqa: F811
+    from samseg.edges.cache import unusable_reason
+
+    assert "does not exist" in unusable_reason("s3://no-such-cache-bucket/c")

@@ -72,14 +72,23 @@ def default_cache_root() -> str:
     return str(samseg_home() / "cache")
 
 
+# Less free space than this at the cache root counts as a full disk (one vit_h encode entry is 4 MiB).
+MIN_FREE_BYTES = 64 << 20
+
+
 def unusable_reason(root: str) -> str | None:
-    """Why the local cache `root` cannot be written (a file, read-only, ...), or None.
+    """Why the cache `root` cannot be written (a file, read-only, a full disk, a missing or
+    unreachable S3 bucket), or None.
 
     Checked once before any compute, so a bad --cache / SAMSEG_HOME costs one warning
-    line, not an encoder pass per image that then fails to save. S3 roots are not probed
-    (a write there is a request; its errors are one line each anyway)."""
+    line, not an encoder pass per image that then fails to save."""
     if storage.is_s3_uri(root):
+        try:
+            storage.check_bucket(root)
+        except storage.StorageError as exc:
+            return str(exc)
         return None
+    import shutil
     import tempfile
 
     path = os.path.expanduser(root)
@@ -87,10 +96,13 @@ def unusable_reason(root: str) -> str | None:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
             pass
+        free = shutil.disk_usage(path).free
     except FileExistsError:
         return f"{root} is not a directory"
     except OSError as exc:
         return f"{root}: {exc.strerror or exc}"
+    if free < MIN_FREE_BYTES:  # an empty probe file still fits on a full disk; an entry does not
+        return f"{root}: only {free // 2**20} MiB free (No space left on device)"
     return None
 
 
@@ -117,6 +129,7 @@ class StageCache:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = str(root) if root is not None else default_cache_root()
+        self._write_failed = False
 
     def __repr__(self) -> str:
         return f"StageCache({self.root!r})"
@@ -131,11 +144,19 @@ class StageCache:
     # ------------------------------------------------------------ generic entry I/O
 
     def save(self, stage: str, key: str, codec: str, value: Any) -> None:
-        """Write `value` as `stage`'s entry under `key`, encoded by CODECS[codec]."""
+        """Write `value` as `stage`'s entry under `key`, encoded by CODECS[codec]. A cache that
+        cannot be written (the disk filled up, the S3 endpoint went away) never fails the
+        image that computed the value: one warning, and the run goes on without that entry."""
         files, meta = CODECS[codec].encode(value)
         entry = self.entry_uri(stage, key)
-        with _writer_lock(entry):
-            self._write_entry(entry, stage, key, files, meta)
+        try:
+            with _writer_lock(entry):
+                self._write_entry(entry, stage, key, files, meta)
+        except (storage.StorageError, OSError) as exc:
+            # once per cache (one line, not one per stage and image); the rest at debug level
+            level = logging.DEBUG if self._write_failed else logging.WARNING
+            self._write_failed = True
+            log.log(level, "cache: cannot write %s (%s); going on without caching", entry, " ".join(str(exc).split()))
 
     def load(self, stage: str, key: str, codec: str) -> Any:
         """The entry of `stage` under `key` decoded by CODECS[codec], or None (miss / bad entry)."""
