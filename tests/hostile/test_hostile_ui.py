@@ -241,3 +241,68 @@ def test_bound_loopback_address_is_an_allowed_host() -> None:
     add_parser(p.add_subparsers())
     settings = build_settings(p.parse_args(["ui", "--host", "127.0.0.2"]))
     assert "127.0.0.2" in settings.allowed_hosts and "localhost" in settings.allowed_hosts
+
+
+def test_a_burst_of_first_previews_of_one_run_builds_its_session_once(monkeypatch) -> None:
+    """Ten parallel first previews of one run used to decode its masks ten times at once
+    (each request opened its own session outside the lock); now one builds, nine wait."""
+    import threading
+    import time
+
+    from samseg.apps.ui.preview_api import PreviewSessions
+
+    opened: list[str] = []
+    sessions = PreviewSessions(store=None)
+
+    def slow_open(run_id: str) -> object:
+        opened.append(run_id)
+        time.sleep(0.3)  # long enough that every request arrives while the first one builds
+        return object()
+
+    monkeypatch.setattr(sessions, "_open", slow_open)
+    got: list[object] = []
+    start = threading.Barrier(10)
+
+    def first_preview() -> None:
+        start.wait()
+        got.append(sessions.get("run-a"))
+
+    threads = [threading.Thread(target=first_preview) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert opened == ["run-a"] and len(got) == 10 and len({id(s) for s in got}) == 1
+
+
+def test_a_failed_first_preview_fails_the_waiters_and_the_next_request_retries(monkeypatch) -> None:
+    import threading
+    import time
+
+    from samseg.apps.ui.preview_api import PreviewSessions
+    from samseg.apps.ui.service import RunDataError
+
+    sessions, calls = PreviewSessions(store=None), []
+
+    def failing_open(run_id: str) -> object:
+        calls.append(run_id)
+        time.sleep(0.2)
+        raise RunDataError(f"run {run_id}: no masks.json")
+
+    monkeypatch.setattr(sessions, "_open", failing_open)
+    errors: list[str] = []
+
+    def preview() -> None:
+        try:
+            sessions.get("run-b")
+        except RunDataError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=preview) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["run-b"] and errors == ["run run-b: no masks.json"] * 4
+    preview()  # nothing is left half-built: the next request tries again
+    assert calls == ["run-b", "run-b"]

@@ -7,6 +7,7 @@ clustering and one paint per frame."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from collections import OrderedDict
 from typing import Any
 
@@ -20,11 +21,16 @@ MAX_SESSIONS = 4
 
 
 class PreviewSessions:
-    """LRU of PreviewSession by run id (each holds one image's masks, embeddings and canvas)."""
+    """LRU of PreviewSession by run id (each holds one image's masks, embeddings and canvas).
+
+    Single flight: a burst of first previews of one run builds its session once; the other
+    requests wait for that one (and get its error, if it fails) instead of each decoding
+    the run's masks at the same time."""
 
     def __init__(self, store: RunStore, size: int = MAX_SESSIONS) -> None:
         self.store, self.size = store, size
         self._sessions: OrderedDict[str, Any] = OrderedDict()
+        self._building: dict[str, Future] = {}
         self._lock = threading.Lock()
 
     def get(self, run_id: str) -> Any:
@@ -32,11 +38,24 @@ class PreviewSessions:
             if run_id in self._sessions:
                 self._sessions.move_to_end(run_id)
                 return self._sessions[run_id]
-        session = self._open(run_id)
+            building = self._building.get(run_id)
+            if building is None:
+                mine = self._building[run_id] = Future()
+        if building is not None:
+            return building.result()  # the session another request is building
+        try:
+            session = self._open(run_id)
+        except Exception as exc:
+            with self._lock:
+                del self._building[run_id]
+            mine.set_exception(exc)
+            raise
         with self._lock:
+            del self._building[run_id]
             self._sessions[run_id] = session
             while len(self._sessions) > self.size:
                 self._sessions.popitem(last=False)
+        mine.set_result(session)
         return session
 
     def _open(self, run_id: str) -> Any:
