@@ -306,3 +306,9 @@ def test_a_failed_first_preview_fails_the_waiters_and_the_next_request_retries(m
     assert calls == ["run-b"] and errors == ["run run-b: no masks.json"] * 4
     preview()  # nothing is left half-built: the next request tries again
     assert calls == ["run-b", "run-b"]
+
+
+def test_unknown_run_404_names_no_server_path(client, store) -> None:
+    r = client.get("/runs/0123456789abcdef0123456789abcdef")
+    assert r.status_code == 404
+    assert "mlflow.db" not in r.text and str(store[0]) not in r.text and "sqlite" not in r.text

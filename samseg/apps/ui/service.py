@@ -44,7 +44,7 @@ def _store_error(exc: Exception, where: str) -> Exception:
     """An MlflowException → RunNotFound for an unknown run, else StoreUnavailable (one line)."""
     code = str(getattr(exc, "error_code", ""))
     if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-        return RunNotFound(f"run not found on {where}")
+        return RunNotFound("run not found in this UI's MLflow store")  # no server path in an error page
     text = str(exc).lower()
     reason = "the database is locked by another process" if "locked" in text else "it did not answer"
     return StoreUnavailable(f"the MLflow store {where} is unavailable ({reason}); try again in a moment")
@@ -161,7 +161,7 @@ class RunStore(RunFiles):
         except MlflowException as exc:
             err = _store_error(exc, scrub_secrets(self.tracking_uri))
             if isinstance(err, RunNotFound):
-                raise RunNotFound(f"run {run_id} not found on {scrub_secrets(self.tracking_uri)}") from None
+                raise RunNotFound(f"run {run_id} not found in this UI's MLflow store") from None
             raise err from None
         if not (self._is_image_run(run) or self.is_dataset_run(run)):
             raise RunNotFound(f"run {run_id} is a {run.data.tags.get(TAG_KIND)} run without dataset classes, "
