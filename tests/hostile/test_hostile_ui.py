@@ -312,3 +312,11 @@ def test_unknown_run_404_names_no_server_path(client, store) -> None:
     r = client.get("/runs/0123456789abcdef0123456789abcdef")
     assert r.status_code == 404
     assert "mlflow.db" not in r.text and str(store[0]) not in r.text and "sqlite" not in r.text
+
+
+def test_head_answers_as_get_without_a_body(client, store) -> None:
+    for path, status in (("/", 200), ("/api/runs", 200), ("/runs/0123456789abcdef0123456789abcdef", 404)):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == status, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["x-frame-options"] == "DENY"

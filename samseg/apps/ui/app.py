@@ -69,7 +69,12 @@ def _add_token_guard(app: FastAPI, token: str | None) -> None:
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
+        head = request.method == "HEAD"
+        if head:  # HEAD answers as GET, without the body (the routes are GET routes)
+            request.scope["method"] = "GET"
         resp = await _guarded(request, call_next)
+        if head:
+            resp = Response(status_code=resp.status_code, headers=dict(resp.headers))
         for key, value in guards.SECURITY_HEADERS.items():
             resp.headers.setdefault(key, value)
         return resp
