@@ -60,6 +60,20 @@ def knob_of(f: dataclasses.Field) -> Knob:
     return f.metadata.get("knob") or Knob(help="")
 
 
+class _Shown:
+    """A bad value as a message shows it: its repr, cut to a short prefix (a 20 MB form field
+    must not come back in the error)."""
+
+    MAX = 60
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        text = repr(self.value)
+        return text if len(text) <= self.MAX else text[: self.MAX - 1] + "…"
+
+
 def _num(v: float) -> str:
     return f"{v:g}"
 
@@ -72,9 +86,9 @@ def knob_errors(name: str, value: Any, k: Knob, kind: type) -> Optional[str]:
         if value in k.choices:
             return None
         if k.invalid:
-            return k.invalid.format(name=name, value=value)
+            return k.invalid.format(name=name, value=_Shown(value))
         allowed = " or ".join(k.choices) if len(k.choices) == 2 else "one of " + ", ".join(k.choices)
-        return f"{name} must be {allowed}, got {value!r}"
+        return f"{name} must be {allowed}, got {_Shown(value)!r}"
     if k.finite and isinstance(value, (int, float)) and not math.isfinite(value):  # NaN passes no comparison
         bound = f" > {_num(k.gt)}" if k.gt is not None else f" >= {_num(k.ge)}" if k.ge is not None else ""
         return f"{name} must be a finite number{bound}"

@@ -320,3 +320,11 @@ def test_head_answers_as_get_without_a_body(client, store) -> None:
         assert head.status_code == get.status_code == status, path
         assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
         assert head.headers["x-frame-options"] == "DENY"
+
+
+def test_a_huge_bad_value_is_not_echoed_back(client, store) -> None:
+    """A 2 MB field value (or key) in a form: the 422 names the field and shows a short prefix only."""
+    headers = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    for body in ({"algorithm": "x" * 2_000_000}, {"y" * 2_000_000: 1}):
+        r = client.post(f"/api/runs/{store[1]}/preview", json=body, headers=headers)
+        assert r.status_code == 422 and len(r.content) < 2_000, len(r.content)

@@ -25,6 +25,11 @@ POOL_FIELDS = form_fields(PoolConfig)
 _TYPE_WORDS = {float: "a number", int: "a whole number", str: "text"}
 
 
+def _short(name: str, limit: int = 60) -> str:
+    """A field name as an error echoes it: a short prefix (a crafted 20 MB key stays on the client)."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 class FormError(ValueError):
     """Invalid rerun form; `.errors` maps field name → one-line message."""
 
@@ -81,7 +86,7 @@ def validate_cluster_form(form: Any, base_cluster: ClusterConfig) -> ClusterConf
     """The preview's JSON: cluster fields only (missing keys keep the run's values), else FormError."""
     if not isinstance(form, dict):
         raise FormError({"form": "expected a JSON object of cluster settings"})
-    errors: dict[str, str] = {name: "unknown field" for name in sorted(set(form) - set(CLUSTER_FIELDS))}
+    errors: dict[str, str] = {_short(name): "unknown field" for name in sorted(set(form) - set(CLUSTER_FIELDS))}
     values = _validate_section(form, CLUSTER_FIELDS, base_cluster, "cluster", errors)
     if errors:
         raise FormError(errors)
@@ -96,7 +101,7 @@ def validate_rerun_form(
 ) -> tuple[ClusterConfig, PoolConfig]:
     """Return the new configs (unspecified fields keep the run's values) or raise FormError."""
     unknown = sorted(set(form) - set(CLUSTER_FIELDS) - set(POOL_FIELDS))
-    errors: dict[str, str] = {name: "unknown field" for name in unknown}
+    errors: dict[str, str] = {_short(name): "unknown field" for name in unknown}
     cluster_values = _validate_section(form, CLUSTER_FIELDS, base_cluster, "cluster", errors)
     pool_values = _validate_section(form, POOL_FIELDS, base_pool, "pool", errors)
     if errors:
