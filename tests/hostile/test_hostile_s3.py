@@ -60,6 +60,23 @@ def test_missing_output_bucket_is_found_before_computing(prefect_api, s3_env, tm
         assert not (tmp_path / "c").exists()  # nothing was computed (no cache entry written)
 
 
+def test_unreachable_output_endpoint_is_one_line_exit_1_not_a_usage_error(tmp_path: Path, monkeypatch) -> None:
+    """--out s3://… whose endpoint refuses the connection (or rejects the credentials): a
+    network error, said in one line with exit 1 — not exit 2 with the whole usage text."""
+    from servers import free_port
+
+    img = tmp_path / "a.png"
+    img.write_bytes(_png_bytes(5))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens here
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("SAMSEG_S3_RETRIES", "0"), ("SAMSEG_S3_CONNECT_TIMEOUT", "1")):
+        monkeypatch.setenv(key, value)
+    rc, stdout, stderr = run_cli(["segment", str(img), "--out", "s3://bucket/out", "--cache", str(tmp_path / "c"), *TINY])
+    assert rc == 1, stderr
+    assert "usage:" not in stderr and len(stderr.strip().splitlines()) == 1 and "s3://bucket/out" in stderr
+    assert not (tmp_path / "c").exists()  # nothing was computed
+
+
 def test_dead_endpoint_at_the_end_still_prints_every_result(prefect_api, tmp_path: Path, monkeypatch) -> None:
     import samseg.engine.batch as batch
     from samseg.edges.storage import StorageError

@@ -70,7 +70,8 @@ def run_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     out = str(args.out)
-    _check_out(out)
+    if not _check_out(out):
+        return 1
     fan_out = getattr(args, "fan_out", "local")
     how = orchestrator(args, needs_prefect=fan_out == "deployment")
     if how == "prefect":
@@ -210,22 +211,30 @@ def _report_image(res: dict[str, Any]) -> int:
     return 0
 
 
-def _check_out(out: str) -> None:
+def _check_out(out: str) -> bool:
     """--out is checked before any compute: a local path that is a file, `s3://` without a
-    bucket, or a bucket that does not exist is a usage error now, not N image errors later."""
+    bucket, or a bucket that does not exist is a usage error now, not N image errors later.
+    An S3 endpoint that refuses or does not answer (credentials, network) is not a usage
+    error: one line, and False (exit 1)."""
     from samseg.apps.cli.common import UsageError
-    from samseg.edges.storage import StorageError, check_bucket
+    from samseg.edges.storage import StorageError, StorageNotFound, check_bucket
 
     if not is_s3(out):
         if not out.strip():
             raise UsageError("--out is empty; name an output directory (or s3:// prefix)")
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"--out {out} exists and is not a directory")
-        return
+        return True
     try:
         check_bucket(out)
-    except StorageError as exc:
+    except StorageNotFound as exc:
         raise UsageError(f"--out {exc}") from None
+    except StorageError as exc:
+        if not out[len("s3://"):].split("/", 1)[0]:  # s3:// without a bucket
+            raise UsageError(f"--out {exc}") from None
+        print_error(f"--out {exc}")
+        return False
+    return True
 
 
 @contextmanager
