@@ -93,16 +93,19 @@ def _current(folder: str, name: str) -> Optional[bytes]:
 
 def check_writable(folder: str, names: list[str]) -> dict[str, Any]:
     """Raise FilesRefused unless every `names` under `folder` is absent or samseg's; returns the
-    ledger (a new one when the folder has none)."""
+    ledger (a new one when the folder has none, with a pre-ledger OUT's own files recorded)."""
     ledger = _read_ledger(folder)
     legacy = _legacy_owned(folder) if ledger is None else set()
     ledger = ledger or _new_ledger()
     foreign = []
     for name in names:
         data = _current(folder, name)
-        if data is None or name in legacy or _sha256(data) in ledger["files"].get(name, []):
+        if data is None:
             continue
-        foreign.append(name)
+        if name in legacy:
+            ledger["files"][name] = [_sha256(data)]
+        elif _sha256(data) not in ledger["files"].get(name, []):
+            foreign.append(name)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise FilesRefused(f"{folder}: holds files samseg did not write ({shown}); samseg replaces only its own "
@@ -132,13 +135,7 @@ def write_files(folder: str, files: Mapping[str, bytes]) -> list[str]:
 def begin_batch(folder: str, names: list[str]) -> None:
     """Before a batch touches OUT: its top-level `names` must be writable (FilesRefused), and
     OUT is marked incomplete until `end_batch`."""
-    pre_ledger = _read_ledger(folder) is None
     ledger = check_writable(folder, names)
-    if pre_ledger:  # adopt what check_writable accepted (a pre-ledger OUT's own files) into the ledger
-        for name in names:
-            data = _current(folder, name)
-            if data is not None:
-                ledger["files"][name] = [_sha256(data)]
     ledger["incomplete"] = {"since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pid": os.getpid()}
     _write_ledger(folder, ledger)
 

@@ -31,7 +31,7 @@ def _add_recluster_parser(sub: Any) -> None:
         "recluster",
         help="re-cluster a previous image run with new clustering settings",
         description="Reuse the masks and embeddings of an MLflow image run (stage cache first, else the run's "
-        "artifacts), run only cluster + export, and log a new run tagged with the parent run id. "
+        "artifacts), run only cluster + compose + write, and log a new run tagged with the parent run id. "
         "Flags left out keep the parent run's value.",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an image run")

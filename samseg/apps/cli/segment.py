@@ -217,7 +217,7 @@ def _check_out(out: str) -> bool:
     An S3 endpoint that refuses or does not answer (credentials, network) is not a usage
     error: one line, and False (exit 1)."""
     from samseg.apps.cli.common import UsageError
-    from samseg.edges.storage import StorageError, StorageNotFound, check_bucket
+    from samseg.edges.storage import StorageError, StorageNotFound, check_bucket, split_s3_uri
 
     if not is_s3(out):
         if not out.strip():
@@ -226,12 +226,14 @@ def _check_out(out: str) -> bool:
             raise UsageError(f"--out {out} exists and is not a directory")
         return True
     try:
+        split_s3_uri(out)
+    except StorageError as exc:  # s3:// without a bucket
+        raise UsageError(f"--out {exc}") from None
+    try:
         check_bucket(out)
     except StorageNotFound as exc:
         raise UsageError(f"--out {exc}") from None
     except StorageError as exc:
-        if not out[len("s3://"):].split("/", 1)[0]:  # s3:// without a bucket
-            raise UsageError(f"--out {exc}") from None
         print_error(f"--out {exc}")
         return False
     return True

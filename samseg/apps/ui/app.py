@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from samseg.apps.ui import actions, guards
 from samseg.apps.ui.dataset_view import dataset_detail
+from samseg.core.secrets import scrub_secrets
 from samseg.apps.ui.jobs import JobRunner, QueueFull
 from samseg.apps.ui.guards import TOKEN_COOKIE, UnsafePathError, token_ok
 from samseg.apps.ui.service import RunDataError, RunNotFound, RunStore, StoreUnavailable, UiSettings
@@ -158,7 +159,7 @@ def _add_pages(app: FastAPI) -> None:
         store: RunStore = request.app.state.store
         exp = experiment or store.settings.experiment
         rows = store.list_runs(exp, image)
-        ctx = {"runs": rows, "experiment": exp, "image": image or "", "tracking_uri": _scrubbed(store.tracking_uri)}
+        ctx = {"runs": rows, "experiment": exp, "image": image or "", "tracking_uri": scrub_secrets(store.tracking_uri)}
         return request.app.state.templates.TemplateResponse(request, "runs.html", ctx)
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
@@ -242,12 +243,6 @@ def _split_ids(values: list[str]) -> list[str]:
     for v in values:
         out.extend(x.strip() for x in v.split(",") if x.strip())
     return out
-
-
-def _scrubbed(uri: str) -> str:
-    from samseg.core.secrets import scrub_secrets
-
-    return scrub_secrets(uri)
 
 
 # --------------------------------------------------------------------- api

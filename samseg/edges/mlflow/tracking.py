@@ -46,25 +46,27 @@ ARTIFACT_DIRS: tuple[str, ...] = ("classes",)
 RECLUSTER_INPUTS: tuple[str, ...] = ("summary.json", "masks.json", "embeddings.npy")
 RUN_STATUSES: tuple[str, ...] = ("FINISHED", "FAILED", "KILLED")
 
-def _get(summary: dict[str, Any], section: str, key: str) -> Any:
-    """summary[section][key] of a samseg.engine.summary.RunSummary dict, or None."""
-    part = summary.get(section)
-    return part.get(key) if isinstance(part, dict) else None
+def _at(summary: dict[str, Any], *path: str) -> Any:
+    """The value at `path` in a samseg.engine.summary.RunSummary dict (summary["model"]["type"]), or None."""
+    value: Any = summary
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def run_params(summary: dict[str, Any]) -> dict[str, str]:
     """model_type + every flattened config value, as MLflow param strings."""
     params = {str(k): _param_str(v) for k, v in (summary.get("config") or {}).items()}
-    model_type = _get(summary, "model", "type")
+    model_type = _at(summary, "model", "type")
     if model_type is not None:
         params.setdefault("model_type", str(model_type))
-    resolved = _get(summary, "model", "precision")
+    resolved = _at(summary, "model", "precision")
     if resolved is not None:  # "auto" in the config says what was asked; this, what ran
         params["precision_resolved"] = str(resolved)
-    chosen = _get(summary, "eps_auto", "eps")
+    chosen = _at(summary, "eps_auto", "eps")
     if chosen is not None:  # --eps auto: cluster.eps_auto=True says what was asked, this what ran
         params["cluster.eps_chosen"] = _param_str(chosen)
-        params["cluster.eps_rule"] = str(_get(summary, "eps_auto", "rule"))
+        params["cluster.eps_rule"] = str(_at(summary, "eps_auto", "rule"))
     return params
 
 
@@ -91,20 +93,12 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _at(summary: dict[str, Any], path: tuple[str, ...]) -> Any:
-    """The summary's value at `path` (None when absent or empty: an empty tag is no tag)."""
-    value: Any = summary
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return None if value in (None, "") else value
-
-
 def run_tags(
     summary: dict[str, Any], kind: str, parent_run_id: str | None, nested_under: str | None, extra_tags: dict[str, Any] | None
 ) -> dict[str, str]:
     """An image run's tags: its kind and lineage, the summary's own (run_schema.SUMMARY_TAGS), cache statuses."""
     tags: dict[str, Any] = {TAG_KIND: kind, TAG_PARENT_RUN: parent_run_id, TAG_MLFLOW_PARENT: nested_under}
-    tags.update({tag: _at(summary, path) for tag, path in SUMMARY_TAGS.items()})
+    tags.update({tag: _at(summary, *path) or None for tag, path in SUMMARY_TAGS.items()})  # an empty tag is no tag
     for stage, state in (summary.get("cache") or {}).items():
         tags[f"{TAG_CACHE_PREFIX}{stage}"] = state
     tags.update(extra_tags or {})
@@ -200,7 +194,7 @@ def log_image_run(
         if kind not in KINDS:
             raise ValueError(f"{TAG_KIND} must be one of {', '.join(KINDS)}, got {kind!r}")
         tags = run_tags(summary, kind, parent_run_id, nested_under, extra_tags)
-        name = run_name or _get(summary, "image", "file_name") or out_dir.name
+        name = run_name or _at(summary, "image", "file_name") or out_dir.name
         run = client.create_run(experiment_id(client, experiment), tags=tags, run_name=scrub_secrets(str(name)))
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {mlflow_client.where()}: cannot start a run in {experiment!r}: {mlflow_client.error_line(exc)}") from None
