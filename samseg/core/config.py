@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
 from samseg.core.algorithms import ALGORITHMS as _ALGORITHM_REGISTRY
+from samseg.core.backbones import BACKBONE_NAMES, SAM, backbone_entry
 
 CellRule = Literal["min_pixels", "min_coverage"]
 Weighting = Literal["uniform", "coverage"]
@@ -244,6 +245,38 @@ class TileConfig(ConfigSection):
         return dataclasses.replace(self, auto=False)
 
 
+@dataclass(frozen=True)
+class FeaturesConfig(ConfigSection):
+    """Which image encoder's features the mask embeddings are pooled from (samseg.core.backbones).
+
+    name: `sam` = SAM's own encoder (the original method: the AMG's one encoder pass); a DINOv2 /
+    DINOv3 name = that backbone's patch features, pooled under SAM's masks. input_size: the
+    backbone's input long side in px, a multiple of its patch (0 = the row's default; `sam`
+    always sees SAM's 1024-px frame). The weights file is a run setting (--features-checkpoint),
+    not config: its sha256 is what keys the cache and the summary records.
+    """
+
+    SECTION: ClassVar[str] = "features"
+    TITLE: ClassVar[str] = "embedding features (the backbone mask embeddings are pooled from)"
+    FLAGS: ClassVar[bool] = False  # --features NAME, --features-size PX (samseg.apps.cli.config)
+    name: str = knob(SAM, "feature backbone (samseg weights list)", choices=BACKBONE_NAMES,
+                     invalid="{name} {value!r} is not a feature backbone; see `samseg weights list`")
+    input_size: int = knob(0, "backbone input long side in px, a multiple of its patch; 0 = its default", ge=0)
+
+    def check(self) -> None:
+        row = backbone_entry(self.name)
+        if self.name == SAM:
+            _check(self.input_size in (0, row.input_size), "features.input_size does not apply to --features sam "
+                                                          "(SAM always sees its 1024-px frame)")
+        _check(self.input_size % row.patch_size == 0, f"features.input_size {self.input_size} is not a multiple of "
+               f"{self.name}'s {row.patch_size}-px patch (e.g. {row.input_size})")
+
+    @property
+    def long_side(self) -> int:
+        """The input long side this config runs at (the row's default for 0)."""
+        return self.input_size or backbone_entry(self.name).input_size
+
+
 # The precisions the encoder and decoder can run in; "auto" picks one per machine (samseg.sam.precision).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 PRECISION_REQUESTS: tuple[str, ...] = (*PRECISIONS, "auto")
@@ -263,6 +296,7 @@ class PipelineConfig:
     # resolved per machine at run time, and the resolved value is what the caches key on.
     precision: str = "fp32"
     tile: TileConfig = field(default_factory=TileConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def __post_init__(self) -> None:
         _check(self.precision in PRECISION_REQUESTS, f"precision must be one of {', '.join(PRECISION_REQUESTS)}, got {self.precision!r}")
@@ -308,6 +342,15 @@ class PipelineConfig:
         return cls(model_type=model_type, precision=str(flat.get("precision", cls.precision)),
                    **{name: section_cls(**sections[name]) for name, section_cls in SECTION_CLASSES.items()})
 
+    def with_features(self, name: str) -> "PipelineConfig":
+        """Features from backbone `name` at its default size, with its measured eps, or --eps auto
+        where none was measured (eps 0.06 was tuned for SAM's features only)."""
+        from samseg.core.backbones import default_eps
+
+        eps = default_eps(name)
+        cluster = {"eps_auto": False, "eps": eps} if eps is not None else {"eps_auto": True}
+        return self.replace(features=FeaturesConfig(name=name), cluster=cluster)
+
     def for_image(self, image_hw: tuple[int, int]) -> "PipelineConfig":
         """The config one image runs with: `tile.auto` resolved for its size."""
         tile = self.tile.for_image(image_hw)
@@ -333,8 +376,9 @@ NOTEBOOK = PipelineConfig(
     cluster=ClusterConfig(algorithm="dbscan", eps=0.06, min_samples=8, metric="cosine"),
 )
 
-# SAM's AMG defaults with the notebook's clustering: ~5× fewer prompts than `notebook`.
-DEFAULT = PipelineConfig()
+# SAM's AMG defaults (~5× fewer prompts than `notebook`), vit_h masks, DINOv2-B embeddings
+# (docs/features.md: why), eps from the knee of the k-distance curve.
+DEFAULT = PipelineConfig().with_features("dinov2-b")
 
 # For tiny-random smoke runs: a random SAM's masks nearly all fail SAM's IoU/stability
 # filters and collapse under box NMS, so the filters are opened up and the grid is small.

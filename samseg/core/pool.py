@@ -1,8 +1,9 @@
-"""Pool one embedding per mask from the encoder's C×64×64 feature grid.
+"""Pool one embedding per mask from an encoder's C×gh×gw feature grid (SAM: 256×64×64).
 
-Each mask (at the ORIGINAL image size) is mapped into SAM's input frame
-(`geometry.input_hw`, long side 1024) by nearest-neighbour resize — the frame the
-encoder saw — and its covered pixels are counted per 16×16 patch cell. Cells are then
+Each mask (at the ORIGINAL image size) is mapped into the encoder's input frame
+(`geometry.input_hw`: long side 1024 for SAM, 518 for DINOv2, ...) by nearest-neighbour
+resize — the frame the encoder saw — and its covered pixels are counted per patch cell
+(16×16 for SAM, 14×14 for DINOv2; any grid, square or not). Cells are then
 selected and weighted by `PoolConfig` and the mask's embedding is the weighted mean of
 the selected cells' feature vectors.
 
@@ -57,7 +58,7 @@ def _check_inputs(masks: MaskSet, features: np.ndarray, geometry: ImageGeometry)
         raise PoolError(f"features have grid {tuple(features.shape[1:])}, geometry expects {geometry.feature_hw}")
     gh, gw = geometry.valid_cells_hw
     if gh > geometry.feature_hw[0] or gw > geometry.feature_hw[1]:
-        raise PoolError(f"input_hw {geometry.input_hw} does not fit the {geometry.img_size}-px frame")
+        raise PoolError(f"input_hw {geometry.input_hw} does not fit the {geometry.padded_hw} frame")
 
 
 def valid_cell_pixels(geometry: ImageGeometry) -> np.ndarray:

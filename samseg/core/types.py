@@ -8,30 +8,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class ImageGeometry:
-    """Where the original image sits inside SAM's square, padded input frame.
+    """Where the original image sits inside an encoder's padded input frame.
 
-    SAM resizes the long side to `img_size` (ResizeLongestSide), giving `input_hw`, then
-    pads bottom/right to img_size×img_size. The encoder's feature grid has one cell per
-    `patch_size`×`patch_size` input pixels; cells entirely inside the padding are invalid.
+    The long side is resized to `img_size` (SAM's ResizeLongestSide), giving `input_hw`, then
+    padded bottom/right to `frame_hw`: SAM's square img_size×img_size frame, or (a feature
+    backbone on any grid) `input_hw` rounded up to whole patches. The feature grid has one cell
+    per `patch_size`×`patch_size` frame pixels; cells entirely inside the padding are invalid.
     """
 
     original_hw: tuple[int, int]
     input_hw: tuple[int, int]
     img_size: int = 1024
     patch_size: int = 16
+    frame_hw: Optional[tuple[int, int]] = None  # None: the square img_size×img_size frame (SAM)
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        """The padded frame the encoder saw."""
+        return self.frame_hw if self.frame_hw is not None else (self.img_size, self.img_size)
 
     @property
     def feature_hw(self) -> tuple[int, int]:
-        """Full feature grid, padding included: (64, 64) for SAM."""
-        n = self.img_size // self.patch_size
-        return (n, n)
+        """Full feature grid gh×gw, padding included: (64, 64) for SAM."""
+        fh, fw = self.padded_hw
+        return (fh // self.patch_size, fw // self.patch_size)
 
     @property
     def valid_cells_hw(self) -> tuple[int, int]:
@@ -40,24 +47,32 @@ class ImageGeometry:
         return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "original_hw": list(self.original_hw),
             "input_hw": list(self.input_hw),
             "img_size": self.img_size,
             "patch_size": self.patch_size,
         }
+        if self.frame_hw is not None:  # SAM's square frame is implied (and its entries stay as they were)
+            d["frame_hw"] = list(self.frame_hw)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImageGeometry":
-        return cls(tuple(d["original_hw"]), tuple(d["input_hw"]), int(d["img_size"]), int(d["patch_size"]))
+        frame = d.get("frame_hw")
+        return cls(tuple(d["original_hw"]), tuple(d["input_hw"]), int(d["img_size"]), int(d["patch_size"]),
+                   None if frame is None else (int(frame[0]), int(frame[1])))
 
     @classmethod
-    def for_image(cls, original_hw: tuple[int, int], img_size: int = 1024, patch_size: int = 16) -> "ImageGeometry":
-        """Same arithmetic as segment_anything's ResizeLongestSide.get_preprocess_shape."""
+    def for_image(cls, original_hw: tuple[int, int], img_size: int = 1024, patch_size: int = 16,
+                  square: bool = True) -> "ImageGeometry":
+        """Same arithmetic as segment_anything's ResizeLongestSide.get_preprocess_shape; square=False
+        pads to whole patches only (a ViT with dynamic image size: any gh×gw grid)."""
         h, w = original_hw
         scale = img_size / max(h, w)
         input_hw = (int(h * scale + 0.5), int(w * scale + 0.5))
-        return cls(original_hw=(int(h), int(w)), input_hw=input_hw, img_size=img_size, patch_size=patch_size)
+        frame = None if square else (-(-input_hw[0] // patch_size) * patch_size, -(-input_hw[1] // patch_size) * patch_size)
+        return cls(original_hw=(int(h), int(w)), input_hw=input_hw, img_size=img_size, patch_size=patch_size, frame_hw=frame)
 
 
 @dataclass(frozen=True, eq=False)

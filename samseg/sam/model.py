@@ -23,7 +23,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
@@ -47,12 +47,13 @@ class CheckpointWarning(UserWarning):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """Meta's official checkpoint: download URL, file name, pinned sha256 (hex), size in bytes."""
+    """An official weights file: download URL, file name, pinned sha256 (hex), size in bytes.
+    sha256/size None: not pinned by this release (a feature backbone's Hub file, samseg.sam.backbones)."""
 
     url: str
     filename: str
-    sha256: str
-    size: int
+    sha256: Optional[str]
+    size: Optional[int]
 
 
 def _official(filename: str, sha256: str, size: int) -> CheckpointInfo:
@@ -163,11 +164,15 @@ def download_checkpoint(model_type: str, home: str | Path | None = None, url: st
         if actual == info.sha256:
             return dest
         log.warning("cached %s has sha256 %s, expected %s; downloading again", dest, actual, info.sha256)
-    _download_verified(url or info.url, dest, info, model_type)
+    download_verified(url or info.url, dest, info, f"the {model_type} checkpoint",
+                      f"put {dest.name} at {dest} or pass --checkpoint PATH")
     return dest
 
 
-def _download_verified(url: str, dest: Path, info: CheckpointInfo, model_type: str) -> None:
+def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hint: str) -> str:
+    """Stream `url` into `dest` (via `<dest>.part`, renamed only when whole and, where
+    `info.sha256` is pinned, matching it); returns the file's sha256. Any failure is one
+    CheckpointError line naming `what`, the URL and `hint` (where to put the file instead)."""
     import shutil
     import urllib.error
     import urllib.request
@@ -175,12 +180,11 @@ def _download_verified(url: str, dest: Path, info: CheckpointInfo, model_type: s
     from tqdm import tqdm
 
     part = dest.with_name(dest.name + ".part")
-    hint = f"put {dest.name} at {dest} or pass --checkpoint PATH"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(dest.parent).free
-        if free < info.size:  # refuse now, not after gigabytes
-            raise CheckpointError(f"{dest.parent}: {free / 2**30:.1f} GiB free, the {model_type} checkpoint needs "
+        if info.size is not None and free < info.size:  # refuse now, not after gigabytes
+            raise CheckpointError(f"{dest.parent}: {free / 2**30:.1f} GiB free, {what} needs "
                                   f"{info.size / 2**30:.1f} GiB; {hint}")
         h = hashlib.sha256()
         with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
@@ -193,16 +197,17 @@ def _download_verified(url: str, dest: Path, info: CheckpointInfo, model_type: s
     except (urllib.error.URLError, OSError, ValueError) as exc:
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
-        raise CheckpointError(f"could not download the {model_type} checkpoint from {url} ({reason}); {hint}") from exc
+        raise CheckpointError(f"could not download {what} from {url} ({reason}); {hint}") from exc
     except BaseException:  # Ctrl-C mid-download: never leave a half-written .part behind
         part.unlink(missing_ok=True)
         raise
     actual = h.hexdigest()
-    if actual != info.sha256:
+    if info.sha256 is not None and actual != info.sha256:
         part.unlink(missing_ok=True)
         raise CheckpointError(f"downloaded {url} has sha256 {actual}, expected {info.sha256}; file discarded")
     os.replace(part, dest)
     log.info("downloaded %s (sha256 %s)", dest, actual)
+    return actual
 
 
 def select_device(requested: str | None = None) -> str:
