@@ -107,12 +107,14 @@ class RuntimeParams(_Params):
     except through the checkpoint's sha256."""
 
     checkpoint: Optional[str] = Field(None, description="checkpoint path; None = samseg's download location")
+    features_checkpoint: Optional[str] = Field(
+        None, description="the feature backbone's .safetensors file; None = samseg's verified download")
     device: Optional[str] = Field(None, description="cpu, cuda, cuda:1 …; None = cuda when available")
     kernels: Optional[Literal[KERNELS]] = Field(  # type: ignore[valid-type]
         None, description="fast | sam: which code runs SAM's encoder and decoder; None = sam on CUDA, fast elsewhere")
     seed: int = Field(0, description="only used by the tiny-random test model")
     cache: Optional[str] = Field(None, description="stage cache root (dir or s3://); None = $SAMSEG_CACHE or ~/.cache/samseg/cache")
-    save_features: bool = Field(False, description="also write features.npy (C×64×64) per image")
+    save_features: bool = Field(False, description="also write features.npy (the C×gh×gw grid pooled from) per image")
 
     def to_config(self) -> None:
         return None

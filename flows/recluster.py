@@ -41,7 +41,8 @@ def recluster_flow(
     and pool config of an earlier `segment`; its cache entries must exist).
     """
     base = (settings or PipelineParams()).to_config()
-    request = ModelRequest(base.model_type, runtime.checkpoint, runtime.device, runtime.seed, base.precision, runtime.kernels)
+    request = ModelRequest(base.model_type, runtime.checkpoint, runtime.device, runtime.seed, base.precision, runtime.kernels,
+                           base.features.name, runtime.features_checkpoint)
     tracking = Tracking(track=track, experiment=experiment, kind=KIND_RECLUSTER, parent_run_id=run_id)
     return recluster_job(cluster.to_config(), out, tracking, runtime.cache or default_cache_root(), run_id=run_id,
                          image_uri=image, base=base, model_request=request, execute=prefect_execute,

@@ -30,7 +30,8 @@ FanOut = Literal["auto", "local", "deployment"]
 def segment_job(settings: PipelineParams, runtime: RuntimeParams, out: str, tracking: Tracking) -> SegmentJob:
     """The engine's job for these flow parameters."""
     cfg = settings.to_config()
-    model = ModelRequest(cfg.model_type, runtime.checkpoint, runtime.device, runtime.seed, cfg.precision, runtime.kernels)
+    model = ModelRequest(cfg.model_type, runtime.checkpoint, runtime.device, runtime.seed, cfg.precision, runtime.kernels,
+                         cfg.features.name, runtime.features_checkpoint)
     return SegmentJob(cfg, model, runtime.cache or default_cache_root(), out, tracking, runtime.save_features)
 
 

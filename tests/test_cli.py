@@ -64,8 +64,11 @@ def test_batch_outputs_have_right_shapes(batch, name: str) -> None:
     assert int(labels.max()) <= summary["n_clusters"]
     assert summary["model"]["type"] == "tiny-random" and summary["config"]["amg.points_per_side"] == 4
     # the engine times every stage of its table (export is timed outside the summary it writes)
-    assert set(summary["seconds"]) == {"encode", "amg", "pool", "cluster", "compose", "total"}
+    assert set(summary["seconds"]) == {"encode", "amg", "features", "pool", "cluster", "compose", "total"}
     assert summary["cache"] == {"encode": "computed", "amg": "computed", "pool": "computed"}
+    # tiny-random pools SAM's own features (nothing to download): the summary says which and on what grid
+    assert summary["features"]["name"] == "sam" and summary["features"]["sha256"] == summary["model"]["checkpoint_sha256"]
+    assert summary["features"]["patch_size"] == 16 and len(summary["features"]["grid_hw"]) == 2
 
 
 def test_batch_bad_file_one_line_others_finished(batch) -> None:

@@ -6,6 +6,7 @@ the CLI tests run the real tiny-random SAM (meaningless masks: plumbing only).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -46,11 +47,13 @@ def test_the_table_is_the_one_list_of_stages() -> None:
     from samseg.engine import progress
 
     names = [s.name for s in stages.STAGES]
-    assert names == ["encode", "amg", "pool", "cluster", "compose"]
+    assert names == ["encode", "amg", "features", "pool", "cluster", "compose"]
+    assert [s.name for s in stages.BACKBONE_STAGES] == names  # the same steps; only `features` differs
     assert progress.STAGES == (*names, "write") == stages.STEPS
-    assert stages.CACHED == ("encode", "amg", "pool")
-    for row in stages.STAGES:  # inputs only name earlier rows: the table is in compute order
-        assert all(names.index(i) < names.index(row.name) for i in row.inputs)
+    assert stages.CACHED == ("encode", "amg", "pool", "features")
+    for table in (stages.STAGES, stages.BACKBONE_STAGES):  # inputs only name earlier rows: compute order
+        for row in table:
+            assert all(names.index(i) < names.index(row.name) for i in row.inputs)
 
 
 @pytest.fixture()
@@ -95,11 +98,12 @@ def test_warm_rerun_reads_two_entries_loads_no_model_and_computes_only_cluster(c
     calls, load_model = counted
     cache, image = StageCache(tmp_path), _image()
     cold = run_image(image, SMOKE, MODEL, cache, load_model=load_model)
-    assert cold.status == dict.fromkeys(["encode", "amg", "pool", "cluster", "compose"], "computed")
+    assert cold.status == dict.fromkeys(["encode", "amg", "features", "pool", "cluster", "compose"], "computed")
     assert calls == {"encode": 1, "amg": 1, "pool": 1, "model": 2}  # the stages that need SAM asked for it
 
     warm = run_image(image, SMOKE.replace(cluster={"eps": 0.5}), MODEL, cache, load_model=load_model)
-    assert warm.status == {"encode": "skipped", "amg": "hit", "pool": "hit", "cluster": "computed", "compose": "computed"}
+    assert warm.status == {"encode": "skipped", "amg": "hit", "features": "skipped", "pool": "hit", "cluster": "computed",
+                           "compose": "computed"}
     assert calls == {"encode": 1, "amg": 1, "pool": 1, "model": 2}  # nothing recomputed, no model asked for
     assert "encode" not in warm.values  # its entry was never even read
     np.testing.assert_array_equal(warm.embeddings, cold.embeddings)
@@ -107,6 +111,57 @@ def test_warm_rerun_reads_two_entries_loads_no_model_and_computes_only_cluster(c
     repooled = run_image(image, SMOKE.replace(pool={"min_pixels": 3}), MODEL, cache, load_model=load_model)
     assert repooled.status["encode"] == "hit" and repooled.status["amg"] == "hit" and repooled.status["pool"] == "computed"
     assert calls["model"] == 2  # pooling needs the features, not SAM
+
+
+def test_changing_only_the_backbone_reuses_the_amg_entry_and_computes_features_and_pool(counted, tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """--features changes the embeddings, not the masks: the AMG entry is re-used, SAM is never
+    loaded, and the backbone's features + pool are the only computes; a second backbone run is all hits."""
+    calls, load_model = counted
+    calls["backbone"] = calls["features"] = 0
+
+    def features(backbone, rgb, long_side):
+        calls["features"] += 1
+        g = ImageGeometry.for_image(rgb.shape[:2], long_side, 14, square=False)
+        return EncodedImage(np.ones((8, *g.feature_hw), np.float32), g)
+
+    def load_backbone():
+        calls["backbone"] += 1
+        return object()
+
+    monkeypatch.setattr("samseg.sam.backbones.encode_features", features)
+    cache, image = StageCache(tmp_path), _image()
+    run_image(image, SMOKE, MODEL, cache, load_model=load_model, load_backbone=load_backbone)
+    assert calls == {"encode": 1, "amg": 1, "pool": 1, "model": 2, "backbone": 0, "features": 0}  # sam: one encoder pass
+
+    dino = SMOKE.with_features("tiny-random")
+    ident = dataclasses.replace(MODEL, features="tiny-random", features_sha256="d" * 64)
+    run = run_image(image, dino, ident, cache, load_model=load_model, load_backbone=load_backbone)
+    assert run.status == {"encode": "skipped", "amg": "hit", "features": "computed", "pool": "computed",
+                          "cluster": "computed", "compose": "computed"}
+    assert calls == {"encode": 1, "amg": 1, "pool": 2, "model": 2, "backbone": 1, "features": 1}
+    assert run.cache_status() == {"encode": "skipped", "amg": "hit", "pool": "computed", "features": "computed"}
+
+    again = run_image(image, dino.replace(cluster={"eps": 0.3}), ident, cache, load_model=load_model, load_backbone=load_backbone)
+    assert again.status["amg"] == again.status["pool"] == "hit" and calls["features"] == 1 and calls["pool"] == 2
+    other = dataclasses.replace(ident, features_sha256="e" * 64)  # other weights of the same backbone: new features
+    run_image(image, dino, other, cache, load_model=load_model, load_backbone=load_backbone)
+    assert calls["features"] == 2 and calls["amg"] == 1
+
+
+def test_backbone_keys_leave_sam_keys_as_they_were_and_omit_sam_from_the_features_entry() -> None:
+    sam = stages.stage_key("pool", "a" * 64, "c" * 64, SMOKE)
+    assert stages.stage_key("pool", "a" * 64, "c" * 64, SMOKE, features_sha256="f" * 64) == sam  # sam: no backbone in it
+    dino = SMOKE.with_features("tiny-random")
+    assert stages.stage_key("pool", "a" * 64, "c" * 64, dino, features_sha256="f" * 64) != sam
+    assert stages.stage_key("amg", "a" * 64, "c" * 64, dino) == stages.stage_key("amg", "a" * 64, "c" * 64, SMOKE)
+    feats = stages.stage_key("features", "a" * 64, "c" * 64, dino, features_sha256="f" * 64)
+    assert stages.stage_key("features", "a" * 64, "9" * 64, dino.replace(model_type="vit_b"), features_sha256="f" * 64) == feats
+    assert stages.stage_key("features", "a" * 64, "c" * 64, dino, "bf16", features_sha256="f" * 64) != feats
+    bigger = dino.replace(features={"input_size": 448})
+    assert stages.stage_key("features", "a" * 64, "c" * 64, bigger, features_sha256="f" * 64) != feats
+    with pytest.raises(ValueError, match="not cached"):
+        stages.stage_key("features", "a" * 64, "c" * 64, SMOKE)  # sam's features are the encode entry
 
 
 def test_a_stage_that_needs_sam_without_a_model_is_one_clear_error(counted, tmp_path: Path) -> None:

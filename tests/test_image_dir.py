@@ -202,7 +202,7 @@ def test_recluster_and_summary_on_stored_outputs(tmp_path: Path, case) -> None:
     assert run.clusters.labels.tolist() == [0, 0, -1]
     assert run.label_map.dtype == np.uint16 and run.label_map.shape == (H, W)
     assert set(np.unique(run.label_map)) == {0, 1}
-    assert run.status == {"encode": "skipped", "amg": "parent_run", "pool": "parent_run", "cluster": "computed",
+    assert run.status == {"encode": "skipped", "features": "skipped", "amg": "parent_run", "pool": "parent_run", "cluster": "computed",
                           "compose": "computed"}
     s = recluster_summary(run, "parent-run", {"classes": "dataset"}).to_dict()
     assert s["image"] == {"file_name": "pic.jpg", "uri": "/data/pic.jpg", "sha256": "ab" * 32, "hw": [H, W]}

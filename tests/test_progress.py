@@ -88,9 +88,9 @@ def test_tqdm_reporter_counts_stages_marks_hits_and_counts_each_image_once() -> 
     buf = io.StringIO()
     bars = progress.TqdmReporter(2, file=buf, disable=False)
     bars("image_start", image="/x/a.png")
-    for stage, status in zip(progress.STAGES, ("skipped", "hit", "hit", "computed", "computed", "computed")):
+    for stage, status in zip(progress.STAGES, ("skipped", "hit", "skipped", "hit", "computed", "computed", "computed")):
         bars("stage", image="/x/a.png", stage=stage, status=status)
-    assert bars.stages.n == len(progress.STAGES) == 6
+    assert bars.stages.n == len(progress.STAGES) == 7
     bars("image_done", image="/x/a.png")
     bars("image_done", image="/x/a.png")  # reported twice (flow + poll loop): counted once
     bars("image_start", image="/x/b.png")
@@ -99,7 +99,7 @@ def test_tqdm_reporter_counts_stages_marks_hits_and_counts_each_image_once() -> 
     assert bars.images.n == 2
     bars.close()
     text = buf.getvalue()
-    assert "encode skipped > amg hit > pool hit > cluster" in text and "a.png" in text and "images" in text
+    assert "encode skipped > amg hit > features skipped > pool hit > cluster" in text and "a.png" in text and "images" in text
 
 
 # ---------------------------------------------------------------- the CLI
@@ -144,7 +144,7 @@ def expected_events(uri: str, cached: str) -> list[tuple[str, dict]]:
         stages = [event(s, "computed") for s in progress.STAGES]
     else:
         stages = [event("amg", "hit"), event("pool", "hit"), event("cluster", "computed"), event("compose", "computed"),
-                  event("encode", "skipped"), event("write", "computed")]
+                  event("encode", "skipped"), event("features", "skipped"), event("write", "computed")]
     return [("image_start", {"image": uri}), *stages, ("image_done", {"image": uri})]
 
 

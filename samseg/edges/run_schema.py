@@ -20,6 +20,7 @@ TAG_PARENT_RUN = "samseg.parent_run_id"  # the run a recluster started from
 TAG_IMAGE_SHA256 = "samseg.image_sha256"
 TAG_IMAGE_URI = "samseg.image_uri"
 TAG_CHECKPOINT_SHA256 = "samseg.checkpoint_sha256"
+TAG_FEATURES_SHA256 = "samseg.features_sha256"  # the weights the embeddings were pooled from (SAM's for `sam`)
 TAG_PREFECT_FLOW_RUN = "samseg.prefect_flow_run_id"
 TAG_VERSION = "samseg.version"
 TAG_CACHE_PREFIX = "samseg.cache."  # + stage name: one of CACHE_STATUSES
@@ -34,6 +35,7 @@ SUMMARY_TAGS: dict[str, tuple[str, ...]] = {
     TAG_IMAGE_SHA256: ("image", "sha256"),
     TAG_IMAGE_URI: ("image", "uri"),
     TAG_CHECKPOINT_SHA256: ("model", "checkpoint_sha256"),
+    TAG_FEATURES_SHA256: ("features", "sha256"),
     TAG_PREFECT_FLOW_RUN: ("prefect_flow_run_id",),
     TAG_VERSION: ("samseg_version",),
 }

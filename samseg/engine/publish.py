@@ -65,7 +65,7 @@ def write_and_upload(run: ImageRun, summary: RunSummary, local: Path, dest: Opti
     given; returns the final location. An S3 upload writes `_SUCCESS` last."""
     from samseg.edges.image_dir import write_image_dir
 
-    feats = run.encoded.features if features and run.encoded is not None else None
+    feats = run.features.features if features and run.features is not None else None
     write_image_dir(local, run.image, run.masks, run.embeddings, run.clusters, run.label_map, summary.to_dict(),
                   features=feats)
     if dest is None:

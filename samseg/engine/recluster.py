@@ -29,17 +29,19 @@ class ReclusterError(RuntimeError):
 def recluster(image: Any, cfg: PipelineConfig, model: ModelIdentity, cache: "StageCache", *,
               given: Optional[Mapping[str, tuple[Any, str]]] = None,
               fallback: Optional[Mapping[str, Callable[[], Any]]] = None,
-              load_model: Optional[Callable[[], Any]] = None, execute: Execute = inline) -> ImageRun:
+              load_model: Optional[Callable[[], Any]] = None, load_backbone: Optional[Callable[[], Any]] = None,
+              execute: Execute = inline) -> ImageRun:
     """Run cluster + compose under `cfg` on the image's earlier masks/embeddings.
 
     given: values already in hand (a parent run's masks and, when the pool config is
     unchanged, its embeddings); otherwise the stage cache, then `fallback` (e.g. the parent
     run's MLflow artifacts). A pooling change re-pools from the cached encoder features.
-    With no `load_model`, a stage that would need SAM raises ReclusterError (one line).
+    With no `load_model`, a stage that would need SAM raises ReclusterError (one line);
+    `load_backbone` lets a re-pool with another feature backbone compute its features.
     """
     try:
         return run_image(image, cfg, model, cache, given=given, fallback=fallback, load_model=load_model,
-                         want=OUTPUTS, execute=execute)
+                         load_backbone=load_backbone, want=OUTPUTS, execute=execute)
     except ModelRequired:
         raise ReclusterError(f"{image.uri}: no cached masks/embeddings (or encoder features) for this model and "
                              "AMG/pool config; run `samseg segment` on it first") from None

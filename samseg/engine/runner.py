@@ -13,22 +13,24 @@ mode and the benchmarks.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Protocol, TypeVar
 
-from samseg.core.config import PipelineConfig
+from samseg.core.config import PipelineConfig, TileConfig
 from samseg.edges.run_schema import COMPUTED, FROM_RUN_ARTIFACTS, HIT, SKIPPED
 from samseg.engine import progress
-from samseg.engine.stages import CACHED, OUTPUTS, STAGES, StageInputs, stage, stage_key, table_for
+from samseg.engine.stages import OUTPUTS, STAGES, StageInputs, stage, stage_key, table_for
 from samseg.sam.source import ModelIdentity
 
 if TYPE_CHECKING:
     from samseg.core.types import ClusterResult, EncodedImage, MaskSet
     from samseg.edges.cache import StageCache
     from samseg.edges.images import LoadedImage
+    from samseg.sam.backbones import LoadedBackbone
     from samseg.sam.model import LoadedModel
 
 T = TypeVar("T")
@@ -86,13 +88,19 @@ class ImageRun:
         return self.values.get("encode")
 
     @property
+    def features(self) -> Optional["EncodedImage"]:
+        """The grid the embeddings were pooled from (SAM's encoder output, or a backbone's)."""
+        return self.values.get("features")
+
+    @property
     def tiled(self) -> bool:
         return self.cfg.tile.enabled
 
     def cache_status(self) -> dict[str, str]:
         """{cached stage: status} — summary.json's `cache` and the samseg.cache.<stage> tags
         (a tiled image adds `tiles`; its amg and pool take the tiles entry's status)."""
-        names = (*CACHED, "tiles") if self.tiled else CACHED
+        untiled = table_for(dataclasses.replace(self.cfg, tile=TileConfig()))
+        names = [s.name for s in untiled if s.cached] + (["tiles"] if self.tiled else [])
         return {name: self.status[name] for name in names}
 
     def tiling(self) -> Optional[dict[str, Any]]:
@@ -111,6 +119,7 @@ def run_image(
     cache: "StageCache",
     *,
     load_model: Optional[Callable[[], "LoadedModel"]] = None,
+    load_backbone: Optional[Callable[[], "LoadedBackbone"]] = None,
     want: tuple[str, ...] = OUTPUTS,
     given: Optional[Mapping[str, tuple[Any, str]]] = None,
     fallback: Optional[Mapping[str, Callable[[], Any]]] = None,
@@ -119,8 +128,9 @@ def run_image(
 ) -> ImageRun:
     """Resolve the stages in `want` (and what they need) for `image` under `cfg`.
 
-    model: the weights' identity (cache keys, summary); load_model: called only when a
-    stage that needs SAM has to compute (None: raise ModelRequired then).
+    model: the weights' identity (cache keys, summary); load_model / load_backbone: called
+    only when a stage that needs SAM / the feature backbone has to compute (None: raise
+    ModelRequired then).
     given: {stage: (value, status)} known before the cache is asked (a recluster's parent
     run). fallback: {stage: thunk} tried after a cache miss, before computing (a recluster's
     MLflow artifacts); a thunk returning None means "not there either".
@@ -132,10 +142,11 @@ def run_image(
     run = ImageRun(image, cfg, model)
 
     def run_part(part: "LoadedImage", part_cfg: PipelineConfig) -> ImageRun:
-        return run_image(part, part_cfg, model, cache, load_model=load_model, want=("amg", "pool"),
-                         execute=execute, quiet=True)
+        return run_image(part, part_cfg, model, cache, load_model=load_model, load_backbone=load_backbone,
+                         want=("amg", "pool"), execute=execute, quiet=True)
 
-    ctx = StageInputs(image, cfg, _model_getter(load_model), run_part=run_part,
+    ctx = StageInputs(image, cfg, _model_getter(load_model), _model_getter(load_backbone, "the feature backbone"),
+                      run_part=run_part,
                       report=(lambda _event, **_info: None) if quiet else progress.report)
     table = table_for(cfg)
     resolver = _Resolver(run, ctx, cache, dict(given or {}), dict(fallback or {}), execute, quiet)
@@ -236,15 +247,16 @@ class _Resolver:
 
 
 def key_of(run: ImageRun, name: str) -> str:
-    return stage_key(name, run.image.sha256, run.model.checkpoint_sha256, run.cfg, run.model.precision)
+    m = run.model
+    return stage_key(name, run.image.sha256, m.checkpoint_sha256, run.cfg, m.precision, m.features_sha256)
 
 
-def _model_getter(load_model: Optional[Callable[[], "LoadedModel"]]) -> Callable[[], "LoadedModel"]:
-    def get() -> "LoadedModel":
-        if load_model is None:
-            raise ModelRequired("this stage needs the SAM model, and this run has none (its cache entries are gone); "
+def _model_getter(load: Optional[Callable[[], T]], what: str = "the SAM model") -> Callable[[], T]:
+    def get() -> T:
+        if load is None:
+            raise ModelRequired(f"this stage needs {what}, and this run has none (its cache entries are gone); "
                                 "run `samseg segment` on the image again")
-        return load_model()
+        return load()
 
     return get
 

@@ -47,9 +47,9 @@ def compute_image(image: Any, job: SegmentJob, execute: Execute = inline) -> Ima
     from samseg.edges.cache import StageCache
 
     source = ModelSource(job.model)
-    want = ("encode", *OUTPUTS) if job.save_features else OUTPUTS
-    run = run_image(image, job.cfg, source.identity(), StageCache(job.cache_root), load_model=source.get, want=want,
-                    execute=execute)
+    want = ("features", *OUTPUTS) if job.save_features else OUTPUTS
+    run = run_image(image, job.cfg, source.identity(), StageCache(job.cache_root), load_model=source.get,
+                    load_backbone=source.get_backbone, want=want, execute=execute)
     run.model = source.identity()  # the loaded model's (resolved device) when a stage loaded it
     return run
 

@@ -1,11 +1,14 @@
 """The stage table: the one place that says which stages exist, what each reads, what its
 cache key depends on and how its output is stored.
 
-Stage order is the order a fresh image computes in: encode -> amg -> pool -> cluster ->
-compose; `export` (writing the image dir, samseg.engine.publish) follows the table. To add
-a stage: write its compute function here and add a row to STAGES; the runner
+Stage order is the order a fresh image computes in: encode -> amg -> features -> pool ->
+cluster -> compose; `write` (the image dir, samseg.engine.publish) follows the table. Masks
+always come from SAM (encode, amg); `features` is what the embeddings are pooled from: SAM's
+own encoder output (the original method, no second pass) or a feature backbone's grid
+(DINOv2/v3, cached on its own key, so changing only the backbone re-uses the AMG entry). To
+add a stage: write its compute function here and add a row to the tables; the runner
 (samseg.engine.runner), the Prefect tasks (flows/tasks.py), the progress bar and the cache
-keys follow from the row.
+keys follow from the rows.
 """
 
 from __future__ import annotations
@@ -14,23 +17,30 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from samseg.core.backbones import SAM
 from samseg.core.config import PipelineConfig
 from samseg.edges.cache import content_key
 
 if TYPE_CHECKING:
     from samseg.edges.images import LoadedImage
+    from samseg.sam.backbones import LoadedBackbone
     from samseg.sam.model import LoadedModel
+
+
+def _no_backbone() -> "LoadedBackbone":
+    raise RuntimeError("this run has no feature backbone")
 
 
 @dataclass(frozen=True)
 class StageInputs:
     """What a compute function may use besides its upstream values: the image (H×W×3 uint8
-    in `.rgb`), the config, and `model()`, which loads SAM on first use (stages that never
-    call it never load the model)."""
+    in `.rgb`), the config, `model()`, which loads SAM on first use (stages that never
+    call it never load the model), and `backbone()`, the feature backbone, likewise."""
 
     image: "LoadedImage"
     cfg: PipelineConfig
     model: Callable[[], "LoadedModel"]
+    backbone: Callable[[], "LoadedBackbone"] = lambda: _no_backbone()
     # Runs the untiled amg + pool of a part of the image (one tile) with this run's model,
     # cache and executor: (part image, its config) -> ImageRun. Set by the runner.
     run_part: Optional[Callable[["LoadedImage", PipelineConfig], Any]] = None
@@ -48,6 +58,8 @@ class Stage:
     inline: computed in the runner itself, not handed to the executor (a field read off its
       input, or a stage whose own steps are executor steps: the tiles' encode/amg/pool);
       a row with one input and inline=True takes that input's status.
+    sam_keyed: its key names SAM's weights and model type (False: a backbone's features,
+      which SAM does not touch).
     """
 
     name: str
@@ -57,6 +69,7 @@ class Stage:
     codec: str | None = None
     gpu: bool = False
     inline: bool = False
+    sam_keyed: bool = True
 
     @property
     def cached(self) -> bool:
@@ -75,10 +88,16 @@ def _amg(ctx: StageInputs, encoded: Any) -> Any:
     return amg.generate_masks(ctx.model(), ctx.image.rgb, encoded, ctx.cfg.amg)  # reuses `encoded`: one encoder pass
 
 
-def _pool(ctx: StageInputs, masks: Any, encoded: Any) -> Any:
+def _features(ctx: StageInputs) -> Any:
+    from samseg.sam.backbones import encode_features
+
+    return encode_features(ctx.backbone(), ctx.image.rgb, ctx.cfg.features.long_side)  # C×gh×gw + geometry
+
+
+def _pool(ctx: StageInputs, masks: Any, features: Any) -> Any:
     from samseg.core import pool
 
-    return pool.pool_embeddings(masks, encoded, ctx.cfg.pool)  # N×C float32
+    return pool.pool_embeddings(masks, features, ctx.cfg.pool)  # N×C float32
 
 
 def _cluster(ctx: StageInputs, embeddings: Any) -> Any:
@@ -103,13 +122,19 @@ def _compose(ctx: StageInputs, masks: Any, clusters: Any) -> Any:
     return compose.compose_labels(masks, clusters)  # H×W uint16, 0 = no class
 
 
+# --features sam: the embeddings are pooled from SAM's own encoder output (one pass for both).
 STAGES: tuple[Stage, ...] = (
     Stage("encode", (), _encode, key_sections=(), codec="encoded", gpu=True),
     Stage("amg", ("encode",), _amg, key_sections=("amg",), codec="masks", gpu=True),
-    Stage("pool", ("amg", "encode"), _pool, key_sections=("amg", "pool"), codec="embeddings"),
+    Stage("features", ("encode",), lambda _ctx, encoded: encoded, inline=True),
+    Stage("pool", ("amg", "features"), _pool, key_sections=("amg", "pool", "features"), codec="embeddings"),
     Stage("cluster", ("pool",), _cluster),
     Stage("compose", ("amg", "cluster"), _compose),
 )
+# --features <backbone>: a second encoder's grid, keyed by the backbone and the image alone.
+BACKBONE_STAGES: tuple[Stage, ...] = tuple(
+    Stage("features", (), _features, key_sections=("features",), codec="encoded", gpu=True, sam_keyed=False)
+    if s.name == "features" else s for s in STAGES)
 
 
 def _tiles(ctx: StageInputs) -> Any:
@@ -137,15 +162,16 @@ def _tiles(ctx: StageInputs) -> Any:
 # masks and embeddings (one cache entry: a warm rerun reads it alone), then cluster and compose
 # as for any image. There is no image-level encode: the features live per tile.
 TILED_STAGES: tuple[Stage, ...] = (
-    Stage("tiles", (), _tiles, key_sections=("tile", "amg", "pool"), codec="tiled", inline=True),
+    Stage("tiles", (), _tiles, key_sections=("tile", "amg", "pool", "features"), codec="tiled", inline=True),
     Stage("amg", ("tiles",), lambda _ctx, merged: merged.masks, inline=True),
     Stage("pool", ("tiles",), lambda _ctx, merged: merged.embeddings, inline=True),
-    STAGES[3],
-    STAGES[4],
+    *(s for s in STAGES if s.name in ("cluster", "compose")),
 )
-BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
-_TILED_BY_NAME: dict[str, Stage] = {s.name: s for s in TILED_STAGES}
-CACHED: tuple[str, ...] = tuple(s.name for s in STAGES if s.cached)
+_TABLES: dict[str, tuple[Stage, ...]] = {"sam": STAGES, "backbone": BACKBONE_STAGES, "tiled": TILED_STAGES}
+_BY_NAME: dict[str, dict[str, Stage]] = {kind: {s.name: s for s in rows} for kind, rows in _TABLES.items()}
+# Each executor step once (a Prefect task each): GPU-bound if it is in any table.
+STEP_ROWS: dict[str, Stage] = {s.name: s for s in sorted((s for rows in _TABLES.values() for s in rows), key=lambda s: s.gpu)}
+CACHED: tuple[str, ...] = tuple(dict.fromkeys(s.name for s in (*STAGES, *BACKBONE_STAGES) if s.cached))
 WRITE = "write"  # the step that writes OUT/<name>/ (and uploads it): samseg.engine.publish
 # What a progress bar counts per image: every stage of the table, then the write.
 STEPS: tuple[str, ...] = (*(s.name for s in STAGES), WRITE)
@@ -153,28 +179,44 @@ STEPS: tuple[str, ...] = (*(s.name for s in STAGES), WRITE)
 OUTPUTS: tuple[str, ...] = ("amg", "pool", "cluster", "compose")
 
 
+def _kind(cfg: Optional[PipelineConfig]) -> str:
+    if cfg is not None and cfg.tile.enabled:
+        return "tiled"
+    return "backbone" if cfg is not None and cfg.features.name != SAM else "sam"
+
+
 def table_for(cfg: PipelineConfig) -> tuple[Stage, ...]:
-    """The rows an image with this (per-image resolved) config runs: tiled or not."""
-    return TILED_STAGES if cfg.tile.enabled else STAGES
+    """The rows an image with this (per-image resolved) config runs: tiled or not, SAM's
+    features or a backbone's."""
+    return _TABLES[_kind(cfg)]
 
 
 def stage(name: str, cfg: Optional[PipelineConfig] = None) -> Stage:
-    """The row `name` of the table `cfg` runs (the untiled table without a cfg)."""
-    rows = _TILED_BY_NAME if cfg is not None and cfg.tile.enabled else BY_NAME
+    """The row `name` of the table `cfg` runs (the untiled SAM-features table without a cfg)."""
+    rows = _BY_NAME[_kind(cfg)]
     if name not in rows:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(rows)}")
     return rows[name]
 
 
-def stage_key(name: str, image_sha256: str, checkpoint_sha256: str, cfg: PipelineConfig, precision: str = "fp32") -> str:
+def stage_key(name: str, image_sha256: str, checkpoint_sha256: str, cfg: PipelineConfig, precision: str = "fp32",
+              features_sha256: str = "") -> str:
     """Hex sha256 of a cached stage's inputs: stage, image bytes, weights, model type, the
     config sections of its row (never `cluster`: re-tuning it re-uses every entry), and
     the resolved precision (fp32 keys are what they always were). `cfg` is the image's own
-    (tile.auto resolved); untiled rows never include `tile`, so their keys stay as they were."""
+    (tile.auto resolved); untiled rows never include `tile`, so their keys stay as they were.
+    A feature backbone enters as {name, input long side, weights sha256}; `sam` features add
+    nothing (SAM's weights are in every key already), so those keys stay as they were too.
+    The backbone's own features row is keyed without SAM's weights: SAM does not touch it."""
     row = stage(name, cfg)
     if not row.cached:
         raise ValueError(f"stage {name!r} is not cached; cached stages: {', '.join(CACHED)}")
-    doc = {"stage": name, "image_sha256": image_sha256, "checkpoint_sha256": checkpoint_sha256,
-           "model_type": cfg.model_type}
-    doc.update({section: dataclasses.asdict(getattr(cfg, section)) for section in row.key_sections or ()})
+    doc: dict[str, Any] = {"stage": name, "image_sha256": image_sha256}
+    if row.sam_keyed:
+        doc.update({"checkpoint_sha256": checkpoint_sha256, "model_type": cfg.model_type})
+    for section in row.key_sections or ():
+        if section != "features":
+            doc[section] = dataclasses.asdict(getattr(cfg, section))
+        elif cfg.features.name != SAM:
+            doc["features"] = {"name": cfg.features.name, "input_size": cfg.features.long_side, "sha256": features_sha256}
     return content_key(doc, precision)

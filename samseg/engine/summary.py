@@ -16,14 +16,16 @@ from samseg import __version__
 if TYPE_CHECKING:
     from samseg.engine.runner import ImageRun
 
-_KNOWN = ("samseg_version", "image", "model", "config", "embedding_dim", "n_masks", "n_clusters", "n_noise",
+_KNOWN = ("samseg_version", "image", "model", "features", "config", "embedding_dim", "n_masks", "n_clusters", "n_noise",
           "cluster_sizes", "seconds", "silhouette", "cache", "prefect_flow_run_id")
 
 
 @dataclass
 class RunSummary:
     """image: {file_name, uri, sha256, hw}; model: {type, checkpoint_sha256, checkpoint_path,
-    device, precision (resolved)}; config: PipelineConfig.flat(); seconds: {stage: s, total};
+    device, precision (resolved)}; features: {name, sha256, checkpoint_path, grid_hw,
+    patch_size} (the backbone the embeddings were pooled from; no grid for a tiled image: one
+    per tile); config: PipelineConfig.flat(); seconds: {stage: s, total};
     cache: {cached stage: status}; extra: run-kind specific keys (recluster, parent_run_id,
     kind, classes, exemplar, ...), written after the known ones."""
 
@@ -39,6 +41,7 @@ class RunSummary:
     silhouette: Optional[float] = None
     cache: dict[str, str] = field(default_factory=dict)
     prefect_flow_run_id: Optional[str] = None
+    features: dict[str, Any] = field(default_factory=dict)
     samseg_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +67,7 @@ def summarize(run: "ImageRun", flow_run_id: Optional[str] = None, extra: Optiona
         image={"file_name": img.name, "uri": img.uri, "sha256": img.sha256, "hw": list(img.hw)},
         model={"type": m.model_type, "checkpoint_sha256": m.checkpoint_sha256, "checkpoint_path": m.checkpoint_path,
                "device": m.device, "precision": m.precision},
+        features={**m.features_record(), **features_grid(run)},
         config={**run.cfg.flat(), "model_type": m.model_type},
         embedding_dim=int(emb.shape[1]) if getattr(emb, "ndim", 0) == 2 else None,
         n_masks=len(run.masks),
@@ -77,3 +81,21 @@ def summarize(run: "ImageRun", flow_run_id: Optional[str] = None, extra: Optiona
         extra={**({"eps_auto": clusters.choice} if clusters.choice else {}),
                **({"tiling": tiling} if tiling else {}), **(extra or {})},
     )
+
+
+def features_grid(run: "ImageRun") -> dict[str, Any]:
+    """{grid_hw, patch_size} of the grid the embeddings were pooled from (computed from the
+    config, so a run whose pool entry was cached reports it too); {} for a tiled image."""
+    from samseg.core.backbones import SAM, backbone_entry
+    from samseg.core.types import ImageGeometry
+    from samseg.sam.model import model_entry
+
+    if run.tiled:
+        return {}
+    f = run.cfg.features
+    if f.name == SAM:
+        row = model_entry(run.cfg.model_type)
+        geometry = ImageGeometry.for_image(run.image.hw, row.input_size, row.patch_size)
+    else:
+        geometry = ImageGeometry.for_image(run.image.hw, f.long_side, backbone_entry(f.name).patch_size, square=False)
+    return {"grid_hw": list(geometry.valid_cells_hw), "patch_size": geometry.patch_size}

@@ -12,12 +12,16 @@ reports a bad checkpoint once, not once per image.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from samseg.core.backbones import SAM
+
 if TYPE_CHECKING:
+    from samseg.sam.backbones import LoadedBackbone
     from samseg.sam.model import LoadedModel
 
 
@@ -34,35 +38,52 @@ class ModelRequest:
     seed: int = 0
     precision: str = "fp32"
     kernels: Optional[str] = None
+    features: str = SAM  # the feature backbone (config `features.name`); sam = SAM's own encoder
+    features_checkpoint: Optional[str] = None  # its weights file (None = the verified download / seeded)
 
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """The weights a run used: what the cache keys and the summary's `model` record.
-    precision is the resolved one (never "auto")."""
+    """The weights a run used: what the cache keys and the summary's `model` and `features`
+    record. precision is the resolved one (never "auto"); it applies to the backbone too.
+    features_sha256: the feature backbone's weights ("" for sam: SAM's are checkpoint_sha256)."""
 
     model_type: str
     checkpoint_sha256: str
     checkpoint_path: Optional[str]
     device: str
     precision: str = "fp32"
+    features: str = SAM
+    features_sha256: str = ""
+    features_path: Optional[str] = None
 
     @classmethod
-    def of(cls, model: Any) -> "ModelIdentity":
-        """The identity of a LoadedModel (or of anything with its fields)."""
+    def of(cls, model: Any, backbone: Optional[tuple[str, str, Optional[str]]] = None) -> "ModelIdentity":
+        """The identity of a LoadedModel (or of anything with its fields), with the feature
+        backbone's (name, sha256, path) where it is not sam."""
+        name, sha, path = backbone or (SAM, "", None)
         return cls(model.model_type, model.checkpoint_sha256, model.checkpoint_path, model.device,
-                   getattr(model, "precision", "fp32"))
+                   getattr(model, "precision", "fp32"), name, sha, path)
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any]) -> "ModelIdentity":
         """The identity a run's summary.json records (a recluster describes its parent's model)."""
         m = summary.get("model") or {}
+        f = summary.get("features") or {}
         return cls(m.get("type") or (summary.get("config") or {}).get("model_type", ""), m.get("checkpoint_sha256") or "",
-                   m.get("checkpoint_path"), m.get("device") or "cpu", m.get("precision", "fp32"))
+                   m.get("checkpoint_path"), m.get("device") or "cpu", m.get("precision", "fp32"),
+                   f.get("name") or SAM, f.get("sha256") or "", f.get("checkpoint_path"))
+
+    def features_record(self) -> dict[str, Any]:
+        """summary.json's `features` (the grid is added per image): backbone name, weights sha256, file."""
+        if self.features == SAM:
+            return {"name": SAM, "sha256": self.checkpoint_sha256, "checkpoint_path": self.checkpoint_path}
+        return {"name": self.features, "sha256": self.features_sha256, "checkpoint_path": self.features_path}
 
 
 _LOADED: dict[ModelRequest, "LoadedModel"] = {}
-_FAILED: dict[ModelRequest, BaseException] = {}
+_FAILED: dict[Any, BaseException] = {}
+_BACKBONES: dict[tuple[Any, ...], "LoadedBackbone"] = {}
 _LOCK = threading.Lock()
 
 
@@ -71,23 +92,45 @@ class ModelSource:
 
     def __init__(self, request: ModelRequest) -> None:
         self.request = request
+        # SAM's weights do not depend on the feature backbone: one SAM per process for all of them
+        self._sam = dataclasses.replace(request, features=SAM, features_checkpoint=None)
         self._identity: ModelIdentity | None = None
 
     def identity(self) -> ModelIdentity:
         """What the cache keys and the summary record; once the weights are loaded, the
         loaded model's own (its resolved device)."""
-        loaded = _LOADED.get(self.request)
-        if loaded is not None:
+        loaded = _LOADED.get(self._sam)
+        if loaded is not None and self.request.features == SAM:
             return ModelIdentity.of(loaded)
         if self._identity is None:
             self._identity = _identify(self.request)
+        if loaded is not None:
+            i = self._identity
+            return ModelIdentity.of(loaded, (i.features, i.features_sha256, i.features_path))
         return self._identity
+
+    def get_backbone(self) -> "LoadedBackbone":
+        """The feature backbone (a DINOv2/v3 ViT), loaded once per process per request."""
+        from samseg.sam.backbones import load_backbone
+
+        r = self.request
+        key = (r.features, r.features_checkpoint, r.device, r.seed, r.precision)
+        with _LOCK:
+            if key in _FAILED:
+                raise _FAILED[key]
+            if key not in _BACKBONES:
+                try:
+                    _BACKBONES[key] = load_backbone(r.features, r.features_checkpoint, r.device, r.seed, r.precision)
+                except Exception as exc:
+                    _FAILED[key] = exc
+                    raise
+            return _BACKBONES[key]
 
     def get(self) -> "LoadedModel":
         """The LoadedModel, loaded once per process; a failed load re-raises at once."""
         from samseg.sam.model import load_model
 
-        r = self.request
+        r = self._sam
         with _LOCK:
             if r in _FAILED:
                 raise _FAILED[r]
@@ -118,18 +161,24 @@ def _identify(r: ModelRequest) -> ModelIdentity:
 
         device = select_device(r.device)
         precision = resolve_precision(precision, device)
+    backbone: tuple[str, str, Optional[str]] = (SAM, "", None)
+    if r.features != SAM:  # a missing download fails here, in one line, before any stage runs
+        from samseg.sam.backbones import weights_identity
+
+        path, sha = weights_identity(r.features, r.features_checkpoint, r.seed)
+        backbone = (r.features, sha, path)
     if r.checkpoint is not None:
         from samseg.sam.files import remembered_sha256
 
         path = Path(r.checkpoint).expanduser()
         if not path.is_file():
             raise CheckpointError(f"{path}: checkpoint file not found")
-        return ModelIdentity(r.model_type, remembered_sha256(path), str(path), device, precision)
+        return ModelIdentity(r.model_type, remembered_sha256(path), str(path), device, precision, *backbone)
     if official is not None:  # official weights: the load verifies the pinned sha256
         from samseg.sam.model import checkpoint_path
 
-        return ModelIdentity(r.model_type, official.sha256, str(checkpoint_path(r.model_type)), device, precision)
-    return ModelIdentity(r.model_type, _seeded_sha256(r), None, device, precision)
+        return ModelIdentity(r.model_type, official.sha256, str(checkpoint_path(r.model_type)), device, precision, *backbone)
+    return ModelIdentity(r.model_type, _seeded_sha256(r), None, device, precision, *backbone)
 
 
 def _seeded_sha256(r: ModelRequest) -> str:

@@ -155,8 +155,12 @@ def _add_segment_parser(sub: Any) -> None:
     p.add_argument("--precision", choices=PRECISION_REQUESTS, default=None,
                    help="encoder/decoder precision (default fp32); auto = bf16 on a CUDA GPU with bf16 or a CPU with "
                    "AMX/AVX512-BF16, else fp32; fp16 needs CUDA. Thresholds and post-processing stay fp32")
-    p.add_argument("--save-features", action="store_true", help="also write features.npy (C×64×64 float32 encoder output)")
+    p.add_argument("--save-features", action="store_true",
+                   help="also write features.npy (the C×gh×gw float32 grid the embeddings were pooled from)")
     _add_config_flags(p)
+    from samseg.apps.cli.config import add_features_flags
+
+    add_features_flags(p)
     _add_tile_flags(p)
     _add_common(p)
     from samseg.apps.cli import segment as cli_segment  # light module; Prefect/MLflow load only when a handler runs
@@ -168,26 +172,41 @@ def _add_segment_parser(sub: Any) -> None:
 # -------------------------------------------------------------------------- weights
 
 
-def _add_weights_parser(sub: Any) -> None:
+def _weights_names() -> tuple[str, ...]:
+    """What `samseg weights download` takes: SAM checkpoints, then feature backbones."""
+    from samseg.core.backbones import BACKBONES
     from samseg.sam.model import downloadable_types
 
-    p = sub.add_parser("weights", help="download or list SAM checkpoints", description="Official SAM checkpoints, sha256-verified, cached in $SAMSEG_HOME/checkpoints.")
+    return (*downloadable_types(), *(name for name, row in BACKBONES.items() if row.downloadable))
+
+
+def _add_weights_parser(sub: Any) -> None:
+    p = sub.add_parser("weights", help="download or list SAM checkpoints and feature backbones",
+                       description="Official SAM checkpoints and DINOv2/DINOv3 feature backbones, sha256-checked, "
+                                   "kept in $SAMSEG_HOME/checkpoints.")
     wsub = p.add_subparsers(title="actions", metavar="ACTION")
-    d = wsub.add_parser("download", help="download and verify one checkpoint")
-    d.add_argument("model_type", metavar="TYPE", choices=downloadable_types(), help=" | ".join(downloadable_types()))
+    d = wsub.add_parser("download", help="download and verify one weights file")
+    d.add_argument("model_type", metavar="NAME", choices=_weights_names(), help=" | ".join(_weights_names()))
     _add_common(d)
     d.set_defaults(handler=_run_weights_download)
-    ls = wsub.add_parser("list", help="where each checkpoint is cached and whether it is present")
+    ls = wsub.add_parser("list", help="where each weights file is kept, whether it is present, and its licence")
     _add_common(ls)
     ls.set_defaults(handler=_run_weights_list)
     _add_common(p)
 
 
 def _run_weights_download(args: argparse.Namespace) -> int:
+    from samseg.core.backbones import BACKBONES
     from samseg.sam.model import CheckpointError, download_checkpoint
 
     try:
-        path = download_checkpoint(args.model_type)
+        if args.model_type in BACKBONES:
+            from samseg.sam.backbones import download_backbone
+
+            print(f"{args.model_type}: licence {BACKBONES[args.model_type].licence}", file=sys.stderr)
+            path = download_backbone(args.model_type)
+        else:
+            path = download_checkpoint(args.model_type)
     except CheckpointError as exc:
         _error_line(str(exc))
         return 1
@@ -196,11 +215,18 @@ def _run_weights_download(args: argparse.Namespace) -> int:
 
 
 def _run_weights_list(args: argparse.Namespace) -> int:
+    from samseg.core.backbones import BACKBONES
+    from samseg.sam.backbones import weights_path
     from samseg.sam.model import checkpoint_path, downloadable_types
 
     for model_type in downloadable_types():
         path = checkpoint_path(model_type)
-        print(f"{model_type}\t{'present' if path.is_file() else 'missing'}\t{path}")
+        print(f"{model_type}\t{'present' if path.is_file() else 'missing'}\t{path}\tApache-2.0 (SAM)")
+    for name, row in BACKBONES.items():
+        if row.downloadable:
+            path = weights_path(name)
+            pinned = "" if row.sha256 else " [sha256 not pinned: recorded at download]"
+            print(f"{name}\t{'present' if path.is_file() else 'missing'}\t{path}\t{row.licence}{pinned}")
     return 0
 
 

@@ -84,15 +84,39 @@ def add_tile_flags(p: argparse.ArgumentParser) -> None:
                    help=f"{helps['merge_iou']} (default {d.merge_iou})")
 
 
+def add_features_flags(p: argparse.ArgumentParser) -> None:
+    """--features NAME, --features-size PX, --features-checkpoint FILE (samseg.core.backbones)."""
+    from samseg.core.backbones import BACKBONE_NAMES
+    from samseg.core.config import FeaturesConfig, knob_of
+
+    helps = {f.name: knob_of(f).help for f in dataclasses.fields(FeaturesConfig)}
+    g = p.add_argument_group(FeaturesConfig.TITLE)
+    g.add_argument("--features", dest="features_name", choices=BACKBONE_NAMES, default=None, metavar="NAME",
+                   help=f"{helps['name']}: {', '.join(BACKBONE_NAMES)}. sam = SAM's own encoder (the original method, "
+                        "no second pass); default: the preset's (dinov2-b for 'default', sam with --model tiny-random). "
+                        "A backbone without a measured eps clusters with --eps auto unless --eps is given")
+    g.add_argument("--features-size", dest="features.input_size", type=int, default=None, metavar="PX",
+                   help=f"{helps['input_size']} (518 for DINOv2, 512 for DINOv3)")
+    g.add_argument("--features-checkpoint", default=None, metavar="FILE",
+                   help="the backbone's weights file (.safetensors), e.g. for offline use (default: the verified download)")
+
+
 def config_from_args(args: argparse.Namespace) -> "Any":
     """PipelineConfig = preset, then --model, then every explicitly given config flag.
     Invalid values raise UsageError with the config's own message."""
+    from samseg.core.backbones import SAM
     from samseg.core.config import get_preset
+    from samseg.sam.model import TINY_RANDOM
 
     try:
         cfg = get_preset(args.preset)
         if args.model is not None:
             cfg = cfg.replace(model_type=args.model)
+        features = getattr(args, "features_name", None)
+        if features is None and args.model == TINY_RANDOM:
+            features = SAM  # the offline smoke model needs no backbone download
+        if features is not None and features != cfg.features.name:
+            cfg = cfg.with_features(features)
         if getattr(args, "precision", None) is not None:
             cfg = cfg.replace(precision=args.precision)
         changes: dict[str, dict[str, Any]] = {}

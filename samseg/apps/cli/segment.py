@@ -97,14 +97,17 @@ def _job(args: argparse.Namespace, cfg: Any, out: str, cache: str) -> Any:
     from samseg.engine.segment import SegmentJob
     from samseg.sam.source import ModelRequest
 
-    model = ModelRequest(cfg.model_type, args.checkpoint, args.device, args.seed, cfg.precision, args.kernels)
+    model = ModelRequest(cfg.model_type, args.checkpoint, args.device, args.seed, cfg.precision, args.kernels,
+                         cfg.features.name, getattr(args, "features_checkpoint", None))
     tracking = Tracking(track=not getattr(args, "no_track", False), experiment=experiment(args))
     return SegmentJob(cfg, model, cache, out, tracking, bool(getattr(args, "save_features", False)))
 
 
 def _check_model(job: Any) -> bool:
     """The model's identity before any image (a missing checkpoint file is one error line
-    here, a bad device a usage error); the weights themselves load only when a stage needs them."""
+    here, a bad device a usage error); the weights themselves load only when a stage needs them,
+    except a --features-checkpoint file: it is loaded now, so a file of another backbone (or not
+    a weights file) is one line before any image, not one per image."""
     from samseg.apps.cli.common import UsageError
     from samseg.sam.model import CheckpointError
     from samseg.sam.source import ModelSource
@@ -114,7 +117,10 @@ def _check_model(job: Any) -> bool:
             from samseg.sam.model import select_device
 
             select_device(job.model.device)
-        ModelSource(job.model).identity()
+        source = ModelSource(job.model)
+        source.identity()
+        if job.model.features_checkpoint is not None:
+            source.get_backbone()
     except CheckpointError as exc:
         print_error(exc)
         return False
