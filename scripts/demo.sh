@@ -4,6 +4,7 @@
 # with SAM vit_b (375 MB, sha256-pinned) when its checkpoint is cached or can be downloaded,
 # else — offline, as on the development machines and CI — with tiny-random, a random
 # miniature SAM whose masks are meaningless (it shows the file formats only).
+# Embeddings from the dinov2-s backbone when its weights can be had, else SAM's own features.
 # SAMSEG_DEMO_MODEL=tiny-random|vit_b|vit_l|vit_h forces a choice (samseg/apps/demo.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +20,10 @@ MODEL="$(.venv/bin/python -m samseg.apps.demo choose)"   # one line on stderr sa
 if [[ "$MODEL" == "tiny-random" ]]; then
   PRESET=smoke   # a random SAM's masks fail SAM's filters; smoke opens them
 else
-  PRESET=default # SAM's own AMG defaults, the notebook's clustering
+  PRESET=default # SAM's own AMG defaults, clustered with eps from the k-distance knee
 fi
-.venv/bin/samseg segment "$IMAGES" --model "$MODEL" --preset "$PRESET" --out out/demo
-echo "demo: $MODEL results in out/demo/<image>/ (overlay.png, labels.png, classes/, masks.json)"
+FEATURES="$(.venv/bin/python -m samseg.apps.demo features "$MODEL")"
+.venv/bin/samseg segment "$IMAGES" --model "$MODEL" --preset "$PRESET" --features "$FEATURES" --out out/demo
+echo "demo: $MODEL masks, $FEATURES embeddings: results in out/demo/<image>/ (overlay.png, labels.png, classes/, masks.json)"
 [[ "$MODEL" == "tiny-random" ]] && echo "demo: tiny-random: meaningless masks, formats only"
 echo "demo: runs are in MLflow (./mlflow.db); browse them with: .venv/bin/samseg ui"

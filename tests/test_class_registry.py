@@ -77,6 +77,40 @@ def test_classes_from_another_checkpoint_are_refused(tmp_path: Path) -> None:
     _check_same_model(_table(ckpt="a" * 64), {"checkpoint_sha256": "a" * 64})  # same: fine
 
 
+def test_classes_from_another_backbone_are_refused_in_one_line() -> None:
+    """The registered classes record the backbone (name + weights sha256); images embedded by another are refused."""
+    from samseg.edges.dataset_outputs import DatasetOutputsError, _check_same_model, _embedding_model
+
+    dino = _table()
+    dino = ClassTable(**{**dino.__dict__, "sample": {**dino.sample, "features": "dinov2-b", "features_sha256": "d" * 64}})
+    summaries = [{"model": {"checkpoint_sha256": "c" * 64, "type": "vit_b"}, "features": {"name": "sam", "sha256": "c" * 64}}]
+    made_by = _embedding_model(summaries)
+    assert made_by == {"checkpoint_sha256": "c" * 64, "model_type": "vit_b", "features": "sam", "features_sha256": "c" * 64}
+    with pytest.raises(DatasetOutputsError, match=r"built from dinov2-b embeddings .* embedded by sam .*--features dinov2-b") as err:
+        _check_same_model(dino, made_by)
+    assert "\n" not in str(err.value)
+    _check_same_model(dino, {**made_by, "features": "dinov2-b", "features_sha256": "d" * 64})  # same backbone: fine
+    mixed = summaries + [{"model": {"checkpoint_sha256": "c" * 64}, "features": {"name": "dinov2-s", "sha256": "e" * 64}}]
+    with pytest.raises(DatasetOutputsError, match="different feature backbones"):
+        _embedding_model(mixed)
+
+
+def test_registered_classes_carry_the_backbone(tmp_path: Path, monkeypatch) -> None:
+    from mlflow import MlflowClient
+
+    from samseg.edges.mlflow.class_registry import load_registered_classes, register_classes
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    MlflowClient(uri).create_experiment("registry-test", artifact_location=(tmp_path / "art").as_uri())
+    t = _table()
+    t = ClassTable(**{**t.__dict__, "sample": {**t.sample, "features": "dinov2-b", "features_sha256": "d" * 64}})
+    run_id, path = _batch_run(tmp_path, t)
+    uri = register_classes(run_id, "samseg-classes-backbone", path)["model_uri"]
+    loaded = load_registered_classes(uri)
+    assert loaded.sample["features"] == "dinov2-b" and loaded.sample["features_sha256"] == "d" * 64
+
+
 def test_classes_of_another_dimension_are_refused() -> None:
     from samseg.core.dataset import assign_to_classes
 

@@ -191,6 +191,30 @@ def test_pool_change_uses_cached_encoder_features(client, mlflow_store):
     assert d["form"]["weighting"] == "coverage" and d["form"]["cell_rule"] == "min_coverage"
 
 
+def test_rerun_with_another_backbone_repools_in_the_background(client, mlflow_store, monkeypatch):
+    """The rerun form's `features`: the run's masks, re-pooled from the tiny-random backbone (a
+    background job computing its features); the new run records the backbone, the page shows it."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("SAMSEG_HOME", str(mlflow_store[0] / "home"))
+    tmp, run_a, _ = mlflow_store
+    page = client.get(f"/runs/{run_a}").text
+    assert '<b id="features">sam</b>' in page and "<option>tiny-random</option>" in page
+    done = _wait_job(client, client.post(f"/api/runs/{run_a}/rerun", json={"features": "tiny-random", "eps": "0.5"}).json())
+    assert done["state"] == "done", done
+    new = done["result"]["run_id"]
+    run = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(new)
+    assert run.data.params["features.name"] == "tiny-random" and len(run.data.tags["samseg.features_sha256"]) == 64
+    assert client.get(f"/api/runs/{new}").json()["form"]["features"] == "tiny-random"
+    assert '<b id="features">tiny-random</b>' in client.get(f"/runs/{new}").text
+
+
+def test_rerun_with_an_unknown_backbone_is_a_field_error(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    r = client.post(f"/api/runs/{run_a}/rerun", json={"features": "dinov9"})
+    assert r.status_code == 422 and "not a feature backbone" in r.json()["errors"]["features"]
+
+
 # ------------------------------------------------------------- exemplar
 def test_exemplar_query_and_save_class(client, mlflow_store):
     from mlflow import MlflowClient

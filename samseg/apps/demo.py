@@ -8,6 +8,10 @@ one line saying why. Rules (SAMSEG_DEMO_MODEL unset or `auto`):
 - else `tiny-random`, with one line naming the reason and the command that fetches vit_b.
 SAMSEG_DEMO_MODEL=tiny-random|vit_b|vit_l|vit_h forces a choice; a forced real model that
 cannot be had is an error (exit 1), not a silent fallback.
+
+`python -m samseg.apps.demo features MODEL` prints the feature backbone the same way: dinov2-s
+(the cheapest semantic backbone, docs/features.md) when its weights are downloaded or can be,
+else sam (SAM's own encoder features) with one line saying why; always sam for tiny-random.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ ENV = "SAMSEG_DEMO_MODEL"
 REAL = ("vit_b", "vit_l", "vit_h")
 CHOICES = ("auto", "tiny-random", *REAL)
 DEFAULT_REAL = "vit_b"
+DEMO_FEATURES = "dinov2-s"
 PROBE_TIMEOUT_S = 3.0
 
 
@@ -79,6 +84,43 @@ def choose(requested: str | None, have: Callable[[str], bool], probe: Callable[[
                            f"meaningless. To segment for real: {fetch}, then run the demo again")
 
 
+def choose_features(model: str, have: Callable[[str], bool], probe: Callable[[str], str | None],
+                    download: Callable[[str], object]) -> tuple[str, str]:
+    """(feature backbone, one line): DEMO_FEATURES when it can be had for a real model, else sam."""
+    if model == "tiny-random":
+        return "sam", "demo: tiny-random pools its own encoder's features (no backbone to download)"
+    name = DEMO_FEATURES
+    if have(name):
+        return name, f"demo: embeddings from the downloaded {name} backbone"
+    reason = probe(name)
+    if reason is None:
+        try:
+            download(name)
+            return name, f"demo: downloaded the {name} backbone for the embeddings"
+        except Exception as exc:  # noqa: BLE001 — any failure is one line and a fallback
+            reason = " ".join(str(exc).split())
+    return "sam", (f"demo: no {name} backbone ({reason}); embeddings from SAM's own encoder (weakly semantic). "
+                   f"For better classes: samseg weights download {name}, then run the demo again")
+
+
+def _have_features(name: str) -> bool:
+    from samseg.sam.backbones import weights_path
+
+    return weights_path(name).is_file()
+
+
+def _probe_features(name: str) -> str | None:
+    from samseg.core.backbones import backbone_entry
+
+    return reachable(backbone_entry(name).url or "")
+
+
+def _download_features(name: str) -> object:
+    from samseg.sam.backbones import download_backbone
+
+    return download_backbone(name)
+
+
 def _have(model: str) -> bool:
     """A cached checkpoint file exists. Not hashed here: loading it for the segment run
     verifies the sha256 anyway (and fetches a good copy when it does not match)."""
@@ -100,11 +142,14 @@ def _download(model: str) -> object:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] != ["choose"]:
-        print("usage: python -m samseg.apps.demo choose", file=sys.stderr)
+    if argv[:1] != ["choose"] and not (argv[:1] == ["features"] and len(argv) == 2):
+        print("usage: python -m samseg.apps.demo choose | features MODEL", file=sys.stderr)
         return 2
     try:
-        model, message = choose(os.environ.get(ENV), _have, _probe, _download)
+        if argv[0] == "features":
+            model, message = choose_features(argv[1], _have_features, _probe_features, _download_features)
+        else:
+            model, message = choose(os.environ.get(ENV), _have, _probe, _download)
     except DemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

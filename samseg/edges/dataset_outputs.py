@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from samseg.core.backbones import SAM
+
 from samseg.edges.owned_files import CLASSES_JSON, CONTACT_SHEET_PNG, BatchIncomplete, check_complete, write_files
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM
 
@@ -77,22 +79,35 @@ def apply_dataset_classes(
 
 
 def _embedding_model(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """{"checkpoint_sha256", "model_type"} that embedded the batch (one each), or {}."""
+    """What embedded the batch: {"checkpoint_sha256", "model_type", "features", "features_sha256"}
+    (the SAM model and the feature backbone, one each), or {} for summaries that do not say.
+    Images embedded by different backbones cannot share classes: DatasetOutputsError."""
     shas = {(s.get("model") or {}).get("checkpoint_sha256") for s in summaries}
     types = {(s.get("model") or {}).get("type") for s in summaries}
-    if len(shas) != 1 or None in shas:
-        return {}
-    return {"checkpoint_sha256": shas.pop(), "model_type": types.pop() if len(types) == 1 else None}
+    backbones = {((s.get("features") or {}).get("name") or SAM, (s.get("features") or {}).get("sha256")) for s in summaries}
+    if len(backbones) > 1:
+        names = ", ".join(sorted(f"{n} ({str(h)[:12]}…)" for n, h in backbones))
+        raise DatasetOutputsError(f"the images were embedded by different feature backbones ({names}); "
+                                  "dataset classes need one: segment them all with the same --features")
+    made_by: dict[str, Any] = {}
+    if len(shas) == 1 and None not in shas:
+        made_by = {"checkpoint_sha256": shas.pop(), "model_type": types.pop() if len(types) == 1 else None}
+    name, sha = backbones.pop() if backbones else (SAM, None)
+    return {**made_by, "features": name, "features_sha256": sha or made_by.get("checkpoint_sha256")}
 
 
 def _check_same_model(table: Any, made_by: dict[str, Any]) -> None:
-    """Classes built from one checkpoint's embeddings mean nothing for another's."""
-    want, got = table.sample.get("checkpoint_sha256"), made_by.get("checkpoint_sha256")
+    """Classes built from one backbone's embeddings mean nothing for another's: the feature
+    weights must match (classes from before feature backbones name SAM's checkpoint only)."""
+    key = "features_sha256" if table.sample.get("features_sha256") else "checkpoint_sha256"
+    want, got = table.sample.get(key), made_by.get(key)
     if want and got and want != got:
+        source = table.sample.get("run_id", "classes.json")
+        theirs = table.sample.get("features") or table.sample.get("model_type") or SAM
+        ours = made_by.get("features") or made_by.get("model_type") or SAM
         raise DatasetOutputsError(
-            f"classes from {table.sample.get('run_id', 'classes.json')} were built from embeddings of checkpoint "
-            f"{str(want)[:12]}… ({table.sample.get('model_type')}), but these images were embedded by {str(got)[:12]}… "
-            f"({made_by.get('model_type')}); refusing to mix them")
+            f"classes from {source} were built from {theirs} embeddings (weights {str(want)[:12]}…), but these images were "
+            f"embedded by {ours} ({str(got)[:12]}…); refusing to mix them: segment them with --features {theirs}")
 
 
 def _image_names(dirs: list[Path], summaries: list[dict[str, Any]]) -> list[str]:

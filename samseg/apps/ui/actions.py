@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from samseg.core.config import ClusterConfig, PipelineConfig, PoolConfig
+from samseg.core.config import ClusterConfig, FeaturesConfig, PipelineConfig, PoolConfig
 from samseg.apps.ui.service import RunDataError, RunStore
 from samseg.edges.run_schema import KIND_IMAGE, TAG_CHECKPOINT_SHA256, TAG_KIND, TAG_MLFLOW_PARENT
 
@@ -32,10 +32,16 @@ def run_config(store: RunStore, run_id: str, summary: dict[str, Any] | None = No
 
 
 # ------------------------------------------------------------------ rerun
-def rerun(store: RunStore, run_id: str, cluster_cfg: ClusterConfig, pool_cfg: PoolConfig, progress: Progress) -> dict[str, Any]:
-    """Recluster run `run_id` with new settings (the engine's recluster); log and return the new run's numbers."""
+def rerun(store: RunStore, run_id: str, cluster_cfg: ClusterConfig, pool_cfg: PoolConfig, progress: Progress,
+          features_cfg: Optional[FeaturesConfig] = None) -> dict[str, Any]:
+    """Recluster run `run_id` with new settings (the engine's recluster), re-pooled from another
+    feature backbone when `features_cfg` names one; log and return the new run's numbers."""
     progress("loading the run's masks and embeddings")
-    run, summary = _recluster(store, run_id, run_config(store, run_id).replace(cluster=cluster_cfg, pool=pool_cfg))
+    cfg = run_config(store, run_id).replace(cluster=cluster_cfg, pool=pool_cfg)
+    if features_cfg is not None and features_cfg != cfg.features:
+        progress(f"computing {features_cfg.name} features (first time for this image: a backbone pass)")
+        cfg = cfg.replace(features=features_cfg)
+    run, summary = _recluster(store, run_id, cfg)
     progress("writing outputs and logging to MLflow")
     new_id = _write_and_log(store, run_id, run, summary, "recluster")
     clusters = run.clusters
@@ -62,17 +68,42 @@ def _recluster(store: RunStore, run_id: str, cfg: PipelineConfig, labels: Any = 
     parent = store.summary(run_id)
     masks, embeddings, _ = store.outputs(run_id)
     given: dict[str, tuple[Any, str]] = {"amg": (masks, FROM_PARENT_RUN)}
-    if cfg.pool == run_config(store, run_id, parent).pool:
+    was = run_config(store, run_id, parent)
+    if cfg.pool == was.pool and cfg.features == was.features:
         given["pool"] = (embeddings, FROM_PARENT_RUN)
     if labels is not None:
         given["cluster"] = (labels, kind)
+    model, load_backbone = parent_model(parent), None
+    if cfg.features != was.features:
+        model, load_backbone = _backbone(model, cfg.features.name)
     try:
-        run = recluster(store.load_image(run_id), cfg, parent_model(parent), StageCache(store.settings.stage_cache), given=given)
+        run = recluster(store.load_image(run_id), cfg, model, StageCache(store.settings.stage_cache), given=given,
+                        load_backbone=load_backbone)
     except ReclusterError as exc:
         raise RunDataError(f"a pooling change needs this image's encoder features in the stage cache ({exc})") from None
     if len(run.embeddings) != len(masks):
         raise RunDataError(f"run {run_id}: {len(run.embeddings)} embeddings for {len(masks)} masks")
     return run, recluster_summary(run, run_id, parent, kind=kind, extra=extra)
+
+
+def _backbone(model: Any, name: str) -> tuple[Any, Optional[Callable[[], Any]]]:
+    """(the parent's identity with backbone `name`, its loader): the UI re-pools with a backbone
+    whose weights are here; SAM's own features (`sam`) come from the stage cache only."""
+    from samseg.core.backbones import SAM
+    from samseg.sam.model import CheckpointError
+    from samseg.sam.source import ModelRequest, ModelSource
+
+    if name == SAM:
+        return dataclasses.replace(model, features=SAM, features_sha256="", features_path=None), None
+    request = ModelRequest(model.model_type, precision=model.precision, features=name)
+    try:
+        from samseg.sam.backbones import weights_identity
+
+        path, sha = weights_identity(name)
+    except CheckpointError as exc:
+        raise RunDataError(str(exc)) from None
+    return (dataclasses.replace(model, features=name, features_sha256=sha, features_path=path),
+            ModelSource(request).get_backbone)
 
 
 def _write_and_log(store: RunStore, parent: str, run: Any, summary: Any, kind: str) -> str:
@@ -251,4 +282,4 @@ def _jsonable(v: Any) -> Any:
 
 def form_defaults(cfg: PipelineConfig) -> dict[str, Any]:
     """Current values for the rerun form."""
-    return {**dataclasses.asdict(cfg.cluster), **dataclasses.asdict(cfg.pool)}
+    return {**dataclasses.asdict(cfg.cluster), **dataclasses.asdict(cfg.pool), "features": cfg.features.name}

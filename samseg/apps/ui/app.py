@@ -26,6 +26,7 @@ from samseg.apps.ui.jobs import JobRunner, QueueFull
 from samseg.apps.ui.guards import TOKEN_COOKIE, UnsafePathError, token_ok
 from samseg.apps.ui.service import RunDataError, RunNotFound, RunStore, StoreUnavailable, UiSettings
 from samseg.apps.ui.validation import FormError, validate_rerun_form
+from samseg.core.backbones import BACKBONE_NAMES
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -212,19 +213,22 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
         "noise_url": f"/runs/{run_id}/highlight.png?masks=" + ",".join(map(str, noise)) if noise else None,
         "masks": table,
         "form": actions.form_defaults(actions.run_config(store, run_id)),
+        "backbones": BACKBONE_NAMES,  # the rerun form's features choices: another one re-pools
         "input_url": f"/runs/{run_id}/files/input.jpg",
     }
 
 
-def _rerun(store: RunStore, run_id: str, cluster_cfg: Any, pool_cfg: Any, cfg: Any, progress: Any) -> dict[str, Any]:
-    """In this process, or through the Prefect `recluster` deployment (UiSettings.submit)."""
+def _rerun(store: RunStore, run_id: str, new: Any, cfg: Any, progress: Any) -> dict[str, Any]:
+    """In this process, or through the Prefect `recluster` deployment (UiSettings.submit).
+    new: (cluster, pool, features) configs; a re-pool (pool or backbone changed) runs here."""
     from samseg.apps.ui import prefect_submit
 
+    cluster_cfg, pool_cfg, features_cfg = new
     s = store.settings
-    if prefect_submit.use_prefect(s.submit, pool_cfg != cfg.pool, s.prefect_deployment):
+    if prefect_submit.use_prefect(s.submit, pool_cfg != cfg.pool or features_cfg != cfg.features, s.prefect_deployment):
         out = s.prefect_out or str(store.cache_dir / "recluster-out")
         return prefect_submit.rerun_via_prefect(store, run_id, cluster_cfg, out, progress, s.prefect_deployment)
-    return {**actions.rerun(store, run_id, cluster_cfg, pool_cfg, progress), "via": "local"}
+    return {**actions.rerun(store, run_id, cluster_cfg, pool_cfg, progress, features_cfg), "via": "local"}
 
 
 def _finite(value: Any) -> float:
@@ -274,8 +278,8 @@ def _add_api(app: FastAPI) -> None:
     def api_rerun(request: Request, run_id: str, form: dict[str, Any] = Body(...)) -> dict[str, Any]:
         store: RunStore = request.app.state.store
         cfg = actions.run_config(store, run_id)  # RunNotFound → 404 before validating
-        cluster_cfg, pool_cfg = validate_rerun_form(form, cfg.cluster, cfg.pool)
-        job = request.app.state.jobs.submit("rerun", lambda p: _rerun(store, run_id, cluster_cfg, pool_cfg, cfg, p))
+        new = validate_rerun_form(form, cfg.cluster, cfg.pool, cfg.features)
+        job = request.app.state.jobs.submit("rerun", lambda p: _rerun(store, run_id, new, cfg, p))
         return job.to_dict()
 
     @app.post("/api/runs/{run_id}/query")

@@ -20,6 +20,7 @@ from typing import Any
 
 from samseg.apps.ui.files import RunDataError, RunFiles
 from samseg.apps.ui.guards import valid_run_id
+from samseg.core.backbones import SAM
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
 from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
@@ -199,6 +200,8 @@ class RunStore(RunFiles):
             "model": p.get("model_type"),
             # what ran (auto resolved), else what was asked; runs from before precision existed ran fp32
             "precision": p.get("precision_resolved") or p.get("precision") or "fp32",
+            # the backbone the embeddings were pooled from; runs from before backbones pooled SAM's
+            "features": p.get("features.name") or SAM,
             "algorithm": p.get("cluster.algorithm"),
             "eps": p.get("cluster.eps"),
             "min_samples": p.get("cluster.min_samples"),

@@ -1,4 +1,5 @@
-"""Rerun-form validation: raw form values → (ClusterConfig, PoolConfig) or per-field errors.
+"""Rerun-form validation: raw form values → (ClusterConfig, PoolConfig, FeaturesConfig) or
+per-field errors.
 
 The rules are samseg.core.config's own (the same `__post_init__` checks the CLI and the flow
 parameters go through); this module only parses strings to numbers and maps each
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from samseg.core.config import ClusterConfig, PoolConfig, field_types
+from samseg.core.config import ClusterConfig, FeaturesConfig, PoolConfig, field_types
 
 
 def form_fields(cls: type) -> dict[str, Callable[[Any], Any]]:
@@ -22,6 +23,7 @@ def form_fields(cls: type) -> dict[str, Callable[[Any], Any]]:
 
 CLUSTER_FIELDS = form_fields(ClusterConfig)
 POOL_FIELDS = form_fields(PoolConfig)
+FEATURES_FIELD = "features"  # the backbone's name (features.name); another one re-pools, at its default size
 _TYPE_WORDS = {float: "a number", int: "a whole number", str: "text"}
 
 
@@ -97,16 +99,24 @@ def validate_cluster_form(form: Any, base_cluster: ClusterConfig) -> ClusterConf
 
 
 def validate_rerun_form(
-    form: dict[str, Any], base_cluster: ClusterConfig, base_pool: PoolConfig
-) -> tuple[ClusterConfig, PoolConfig]:
+    form: dict[str, Any], base_cluster: ClusterConfig, base_pool: PoolConfig, base_features: FeaturesConfig = FeaturesConfig()
+) -> tuple[ClusterConfig, PoolConfig, FeaturesConfig]:
     """Return the new configs (unspecified fields keep the run's values) or raise FormError."""
-    unknown = sorted(set(form) - set(CLUSTER_FIELDS) - set(POOL_FIELDS))
+    unknown = sorted(set(form) - set(CLUSTER_FIELDS) - set(POOL_FIELDS) - {FEATURES_FIELD})
     errors: dict[str, str] = {_short(name): "unknown field" for name in unknown}
     cluster_values = _validate_section(form, CLUSTER_FIELDS, base_cluster, "cluster", errors)
     pool_values = _validate_section(form, POOL_FIELDS, base_pool, "pool", errors)
+    features = base_features
+    raw = form.get(FEATURES_FIELD)
+    if raw not in (None, "", base_features.name):
+        try:
+            features = FeaturesConfig(name=_parse("name", raw, str, "features"))
+        except (TypeError, ValueError) as exc:
+            errors[FEATURES_FIELD] = str(exc)
     if errors:
         raise FormError(errors)
     try:
-        return dataclasses.replace(base_cluster, **cluster_values), dataclasses.replace(base_pool, **pool_values)
+        return (dataclasses.replace(base_cluster, **cluster_values), dataclasses.replace(base_pool, **pool_values),
+                features)
     except ValueError as exc:  # a rule spanning two fields: show it on the form as a whole
         raise FormError({"form": str(exc)}) from exc

@@ -58,6 +58,7 @@ def register_classes(batch_run_id: str, name: str, classes_json: str | Path) -> 
     table = ClassTable.from_json(Path(classes_json).read_text(encoding="utf-8"), source=str(classes_json))
     metadata = {"samseg_classes": "1", "n_classes": table.n_classes, "embedding_dim": table.embedding_dim,
                 "checkpoint_sha256": table.sample.get("checkpoint_sha256"), "model_type": table.sample.get("model_type"),
+                "features": table.sample.get("features"), "features_sha256": table.sample.get("features_sha256"),
                 "cluster": json.dumps(table.cluster, sort_keys=True), "batch_run_id": batch_run_id}
     client = _client()
     try:
@@ -117,6 +118,6 @@ def load_registered_classes(model_uri: str) -> Any:
     if not isinstance(python_model, ClassesModel):
         raise TrackingError(f"{model_uri}: not a samseg classes model")
     table = python_model.table
-    sample = {**table.sample, "run_id": model_uri, "checkpoint_sha256": meta.get("checkpoint_sha256"),
-              "model_type": meta.get("model_type")}
+    sample = {**table.sample, "run_id": model_uri,
+              **{k: meta.get(k) for k in ("checkpoint_sha256", "model_type", "features", "features_sha256")}}
     return dataclasses.replace(table, sample=sample)
