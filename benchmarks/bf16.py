@@ -48,7 +48,7 @@ def keep_all_config(model_type: str, points_per_side: int) -> Any:
     compared (a random model's masks all fail SAM's filters)."""
     from samseg.core.config import get_preset
 
-    return get_preset("default").replace(model_type=model_type, amg={
+    return get_preset("default").with_features("sam").replace(model_type=model_type, amg={
         "points_per_side": points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
         "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0})
 
@@ -142,7 +142,7 @@ def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dic
     ckpt = checkpoint_file(model_type, REPO / "benchmarks" / "results")
     image = load_image(image_path)
     cfg = keep_all_config(model_type, points_per_side)
-    production = get_preset("default").replace(model_type=model_type)  # what `samseg segment` runs
+    production = get_preset("default").with_features("sam").replace(model_type=model_type)  # SAM's AMG + its own features
     gflop = measure.encoder_gflop(load_random_weights("fp32", ckpt, model_type).sam.image_encoder)
     res.update(image={"name": image.name, "hw": list(image.hw)}, points_per_side=points_per_side, encoder_gflop=gflop)
     amg: dict[str, Any] = {}

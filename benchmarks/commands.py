@@ -95,7 +95,7 @@ def run(model: str, ckpt: Path, side: int, points: int, precision_auto: bool) ->
         env.update(PYTHONPATH=str(REPO), SAMSEG_HOME=str(t / "home"), MLFLOW_TRACKING_URI=f"sqlite:///{t / 'mlflow.db'}")
         seg = [sys.executable, "-m", "samseg.apps.cli", "segment", str(img), "--model", model, "--checkpoint", str(ckpt),
                "--points-per-side", str(points), "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
-               "--crop-n-layers", "0", "--device", "cpu", "-q"]
+               "--crop-n-layers", "0", "--device", "cpu", "-q", "--features", "sam"]  # like for like with A
         res: dict[str, Any] = {"model": model, "image_side": side, "points_per_side": points}
         res["A_original_s"], res["A_out"] = _timed([sys.executable, "-c", ORIGINAL, model, str(ckpt), str(img), str(points)], env)
         res["cold_s"], res["cold_out"] = _timed([*seg, "--out", str(t / "o"), "--cache", str(t / "c"), "--no-track"], env)

@@ -63,7 +63,7 @@ def check_model(model_type: str, images: list[Any], device: str) -> dict[str, An
     """fp32 and bf16 timings of one architecture, and their agreement on the first image."""
     from samseg.core.config import get_preset
 
-    production = get_preset("default").replace(model_type=model_type)
+    production = get_preset("default").with_features("sam").replace(model_type=model_type)  # SAM's features: one encoder pass
     keep_all = keep_all_config(model_type, 16)
     ckpt = checkpoint_file(model_type, REPO / "benchmarks" / "results")
     res: dict[str, Any] = {}

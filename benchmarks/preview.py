@@ -23,7 +23,7 @@ def run(hw: tuple[int, int], n_masks: int, repeats: int) -> dict:
 
     masks = smooth_masks(hw, n_masks)
     image = LoadedImage(smooth_rgb(hw), "b" * 64, "synthetic.png", "/synthetic.png")
-    cfg = get_preset("default")
+    cfg = get_preset("default").with_features("sam")
     session = PreviewSession(image, masks, clustered_embeddings(n_masks), cfg, ModelIdentity("vit_b", "c" * 64, None, "cpu"))
     t0 = time.perf_counter()
     session.canvas()

@@ -149,7 +149,7 @@ def run_scenarios(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     model_type = MODEL_TYPE[args.mode]
     ckpt = checkpoint_file(model_type, out)
-    cfg = bench_cfg(args, get_preset(args.preset).replace(model_type=model_type))
+    cfg = bench_cfg(args, get_preset(args.preset).with_features("sam").replace(model_type=model_type))  # like for like with A
     images = load_images(args.mode, args.images)
     image = images[0]
     res: dict[str, Any] = {"mode": args.mode, "model_type": model_type, "checkpoint": str(ckpt), "config": cfg.flat(),
@@ -235,7 +235,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     buf = io.BytesIO()
     pil.resize((4000, 3000), Image.BILINEAR).save(buf, format="JPEG", quality=90)
     image = decode_image(buf.getvalue(), f"{Path(src).stem if src else 'synthetic'}_4000x3000.jpg")
-    cfg = bench_cfg(args, get_preset(args.preset).replace(model_type=model_type, amg={"points_per_side": 32}))
+    cfg = bench_cfg(args, get_preset(args.preset).with_features("sam").replace(model_type=model_type, amg={"points_per_side": 32}))
     model = samseg_model(model_type, ckpt, args.precision, args.kernels, args.device)
     run_cfg = cfg
     rss_before = measure.rss_bytes()
