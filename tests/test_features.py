@@ -395,3 +395,15 @@ def test_cli_tiny_random_defaults_to_sam_features_and_a_backbone_run_records_it(
     assert summary["config"]["features.input_size"] == 112 and summary["embedding_dim"] == 32
     gh, gw = summary["features"]["grid_hw"]
     assert np.load(out / "bears" / "features.npy").shape == (32, gh, gw)
+
+
+def test_cli_tiled_image_pools_per_tile_backbone_features(tmp_path: Path, home: Path) -> None:
+    import json
+
+    rc, err, out = _segment(tmp_path, "--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4",
+                            "--features", TINY_RANDOM, "--tile", "256", "--tile-overlap", "64")
+    assert rc == 0, err
+    summary = json.loads((out / "bears" / "summary.json").read_text())
+    assert summary["tiling"]["n_tiles"] > 1 and summary["features"]["name"] == TINY_RANDOM
+    assert "grid_hw" not in summary["features"]  # one grid per tile
+    assert summary["cache"]["tiles"] == "computed" and summary["embedding_dim"] == 32
