@@ -66,3 +66,12 @@ def test_choose_command_prints_the_model_on_stdout(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "samseg.apps.demo", "choose"], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "tiny-random" and "meaningless" in proc.stderr
+
+
+def test_demo_features_dinov2_s_when_it_can_be_had_else_sam() -> None:
+    assert demo.choose_features("tiny-random", _never, _never, _never)[0] == "sam"
+    assert demo.choose_features("vit_b", lambda n: n == "dinov2-s", _never, _never)[0] == "dinov2-s"
+    got = []
+    assert demo.choose_features("vit_b", lambda n: False, lambda n: None, got.append)[0] == "dinov2-s" and got == ["dinov2-s"]
+    name, line = demo.choose_features("vit_b", lambda n: False, lambda n: "huggingface.co is not reachable", _never)
+    assert name == "sam" and "\n" not in line and "samseg weights download dinov2-s" in line

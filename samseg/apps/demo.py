@@ -57,6 +57,21 @@ def reachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     return result[0] if result else f"{host} did not answer within {timeout_s:g} s"
 
 
+def obtain(name: str, what: str, have: Callable[[str], bool], probe: Callable[[str], str | None],
+           download: Callable[[str], object]) -> tuple[str | None, str]:
+    """(None, line) when `name`'s weights are here or were downloaded now; (why not, "") otherwise."""
+    if have(name):
+        return None, f"demo: using the cached {what}"
+    reason = probe(name)
+    if reason is None:
+        try:
+            download(name)
+            return None, f"demo: downloaded the {what}"
+        except Exception as exc:  # noqa: BLE001 — any failure is one line and a fallback
+            reason = " ".join(str(exc).split())
+    return reason, ""
+
+
 def choose(requested: str | None, have: Callable[[str], bool], probe: Callable[[str], str | None],
            download: Callable[[str], object]) -> tuple[str, str]:
     """(model type, one line for the user). `have(m)`: a verified checkpoint of m is cached;
@@ -69,15 +84,9 @@ def choose(requested: str | None, have: Callable[[str], bool], probe: Callable[[
         return "tiny-random", f"demo: {ENV}=tiny-random: a random miniature SAM; its masks are meaningless"
     model = DEFAULT_REAL if req == "auto" else req
     fetch = f"samseg weights download {model}"
-    if have(model):
-        return model, f"demo: using the cached {model} checkpoint"
-    reason = probe(model)
+    reason, line = obtain(model, f"{model} checkpoint", have, probe, download)
     if reason is None:
-        try:
-            download(model)
-            return model, f"demo: downloaded the {model} checkpoint"
-        except Exception as exc:  # noqa: BLE001 — any failure is one line and a fallback
-            reason = " ".join(str(exc).split())
+        return model, line
     if req != "auto":
         raise DemoError(f"demo: {ENV}={model} but no {model} checkpoint can be had ({reason}); run: {fetch}")
     return "tiny-random", (f"demo: no {model} checkpoint ({reason}); falling back to tiny-random, whose masks are "
@@ -90,15 +99,9 @@ def choose_features(model: str, have: Callable[[str], bool], probe: Callable[[st
     if model == "tiny-random":
         return "sam", "demo: tiny-random pools its own encoder's features (no backbone to download)"
     name = DEMO_FEATURES
-    if have(name):
-        return name, f"demo: embeddings from the downloaded {name} backbone"
-    reason = probe(name)
+    reason, line = obtain(name, f"{name} backbone for the embeddings", have, probe, download)
     if reason is None:
-        try:
-            download(name)
-            return name, f"demo: downloaded the {name} backbone for the embeddings"
-        except Exception as exc:  # noqa: BLE001 — any failure is one line and a fallback
-            reason = " ".join(str(exc).split())
+        return name, line
     return "sam", (f"demo: no {name} backbone ({reason}); embeddings from SAM's own encoder (weakly semantic). "
                    f"For better classes: samseg weights download {name}, then run the demo again")
 
