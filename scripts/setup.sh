@@ -31,6 +31,17 @@ venv_complete() {
     "$VENV/bin/python" -c "import samseg, torch, torchvision, segment_anything, pytest" >/dev/null 2>&1
 }
 
+# --- Label Studio, the integration tests' real server (scripts/test.sh asks for it) ----------
+# In its own venv: label-studio pins its Django stack (and an SDK version) that samseg's need not follow.
+LS_VENV="${SAMSEG_LS_VENV:-.venv-ls}"
+LABEL_STUDIO="label-studio==1.23.2"
+if [[ "${SAMSEG_TEST_SERVERS:-0}" == 1 ]] && [[ ! -x "$LS_VENV/bin/label-studio" || "$(cat "$LS_VENV/.samseg-setup" 2>/dev/null)" != "$LABEL_STUDIO" ]]; then
+  [[ -x "$LS_VENV/bin/python" ]] || python3 -m venv "$LS_VENV"
+  "$LS_VENV/bin/python" -m pip install -q "$LABEL_STUDIO"
+  echo "$LABEL_STUDIO" >"$LS_VENV/.samseg-setup"
+  echo "setup: $LS_VENV ready ($LABEL_STUDIO)"
+fi
+
 if venv_complete; then
   echo "setup: $VENV is up to date"
 else

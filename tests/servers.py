@@ -13,6 +13,9 @@ Fixtures
 - `mlflow_server` (session): `mlflow server --workers 1`, SQLite backend in a tmp dir,
   `--serve-artifacts --artifacts-destination s3://<bucket>/mlartifacts` on moto → `MlflowServer`.
 - `mlflow_env` (function): `s3_env` + MLFLOW_TRACKING_URI → the server's tracking URI.
+- `label_studio` (session): `label-studio start` from its own virtualenv (.venv-ls, made by
+  scripts/setup.sh: its pinned Django stack stays out of samseg's), SQLite in a tmp dir, a user
+  and a legacy API token → `LabelStudioServer` (.url, .token).
 """
 
 from __future__ import annotations
@@ -147,7 +150,62 @@ def start_mlflow(workdir: Path, s3: MotoS3, bucket: str, timeout_s: float = 120.
     return server
 
 
+REPO = Path(__file__).resolve().parents[1]
+LABEL_STUDIO_BIN = Path(os.environ.get("SAMSEG_LABEL_STUDIO", REPO / ".venv-ls" / "bin" / "label-studio"))
+
+
+@dataclass
+class LabelStudioServer:
+    proc: subprocess.Popen
+    url: str
+    token: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)  # the server and the processes it started
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(timeout=5)
+
+
+def start_label_studio(workdir: Path, timeout_s: float = 180.0) -> LabelStudioServer:
+    """`label-studio start` on 127.0.0.1:<free port>, SQLite under `workdir`, user + token made at start."""
+    if not LABEL_STUDIO_BIN.is_file():
+        raise RuntimeError(f"{LABEL_STUDIO_BIN} not found: scripts/setup.sh installs Label Studio into .venv-ls")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, token = free_port(), uuid.uuid4().hex
+    log = workdir / "label-studio.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
+    env.update(LABEL_STUDIO_BASE_DATA_DIR=str(workdir), SENTRY_DSN="", COLLECT_ANALYTICS="false")
+    cmd = [str(LABEL_STUDIO_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
+           "--data-dir", str(workdir / "data"), "--database", str(workdir / "label_studio.sqlite3"),
+           "--username", "samseg@example.com", "--password", uuid.uuid4().hex, "--user-token", token,
+           "--enable-legacy-api-token"]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    server = LabelStudioServer(proc, f"http://127.0.0.1:{port}", token, log)
+    try:
+        wait_http_ok(f"{server.url}/health", timeout_s, proc, log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 # ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
 
 
 @pytest.fixture(scope="session")

@@ -64,10 +64,10 @@ def test_cvat_layout_is_coco_1_0(out_root: Path) -> None:
     assert sorted(p.name for p in (dst / "images").iterdir()) == ["alpha.png", "beta.png"]
 
 
-def test_labelstudio_tasks_decode_with_label_studio_converter(out_root: Path) -> None:
+def test_labelstudio_tasks_decode_with_the_label_studio_sdk(out_root: Path) -> None:
     import xml.etree.ElementTree as ET
 
-    from label_studio_converter.brush import decode_rle
+    from label_studio_sdk.converter.brush import decode_rle
 
     dst = _export(out_root, "labelstudio", "--image-root", "http://files.example/photos")
     tasks = json.loads((dst / "tasks.json").read_text())

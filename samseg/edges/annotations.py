@@ -6,8 +6,9 @@ Formats (one `export_*` each; `write_export` picks by name):
 - cvat: CVAT's "COCO 1.0" layout, `annotations/instances_default.json` (+ `images/` with
   --copy-images).
 - labelstudio: `tasks.json` (one task per image, its classes as brush pre-annotations in
-  Label Studio's own RLE, made by label_studio_converter.brush) and `labeling_config.xml`
-  whose BrushLabels `name`/`toName` match the results' `from_name`/`to_name`.
+  Label Studio's own RLE, made by label_studio_sdk.converter.brush) and `labeling_config.xml`
+  whose BrushLabels `name`/`toName` match the results' `from_name`/`to_name`; or pushed into a
+  running Label Studio (samseg.edges.labelstudio).
 - yolo-seg: `labels/<stem>.txt`, one line per polygon: `class x1 y1 x2 y2 ...` normalised to
   [0, 1]; the outer contour of each connected component of each non-noise mask (OpenCV,
   CHAIN_APPROX_SIMPLE). Holes are not represented (YOLO polygons have none: a ring becomes
@@ -143,8 +144,9 @@ def labeling_config(names: list[str]) -> str:
             f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}\n  </BrushLabels>\n</View>\n')
 
 
-def labelstudio_task(r: ImageResult, image_root: str | None) -> dict[str, Any]:
-    from label_studio_converter.brush import mask2rle
+def brush_results(r: ImageResult) -> list[dict[str, Any]]:
+    """One Label Studio brush result per class present in the image (its pixels in labels.png)."""
+    from label_studio_sdk.converter.brush import mask2rle
 
     h, w = r.hw
     results = []
@@ -155,8 +157,12 @@ def labelstudio_task(r: ImageResult, image_root: str | None) -> dict[str, Any]:
         results.append({"id": f"{r.stem}-class_{c}", "from_name": FROM_NAME, "to_name": TO_NAME, "type": "brushlabels",
                         "original_width": w, "original_height": h, "image_rotation": 0,
                         "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": [f"class_{c}"]}})
+    return results
+
+
+def labelstudio_task(r: ImageResult, image_root: str | None) -> dict[str, Any]:
     where = f"{image_root.rstrip('/')}/{r.file_name}" if image_root else str(r.summary["image"]["uri"])
-    return {"data": {"image": where}, "predictions": [{"model_version": "samseg", "result": results}]}
+    return {"data": {TO_NAME: where}, "predictions": [{"model_version": "samseg", "result": brush_results(r)}]}
 
 
 def export_labelstudio(results: list[ImageResult], image_root: str | None = None, **_: Any) -> Files:

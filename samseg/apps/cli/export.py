@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from samseg.edges.run_schema import TAG_KIND, TAG_MLFLOW_PARENT
 from pathlib import Path
 from typing import Any
+
+from samseg.edges.run_schema import TAG_KIND, TAG_MLFLOW_PARENT
 
 # What an image dir needs for every format (downloaded from a run's artifacts).
 _RUN_FILES = ("summary.json", "masks.json", "embeddings.npy", "labels.png")
@@ -27,7 +28,12 @@ def add_parser(sub: Any) -> None:
                        "(tasks + labeling config), YOLO segmentation or index PNGs.")
     p.add_argument("source", metavar="RUN_ID_OR_OUT_DIR")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write the export's files here (or, Label Studio: --to)")
+    p.add_argument("--to", default=None, metavar="URL",
+                   help="labelstudio: push into the Label Studio at URL (token: $LABEL_STUDIO_API_KEY): one task per "
+                        "image, its classes as predictions; pushing again updates, never duplicates")
+    p.add_argument("--project", default="samseg", metavar="NAME_OR_ID",
+                   help="--to: the Label Studio project (id, or exact title: created if missing; default %(default)s)")
     p.add_argument("--image-root", default=None, metavar="URL_OR_DIR",
                    help="Label Studio: image location prefix (default: the recorded image path or s3:// URI)")
     p.add_argument("--copy-images", action="store_true", help="CVAT: also copy the input images into DIR/images/")
@@ -36,11 +42,17 @@ def add_parser(sub: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from samseg.apps.cli.common import UsageError
     from samseg.edges.annotations import ExportError, image_dirs, read_image_dirs, write_export
+    from samseg.edges.labelstudio import LabelStudioError
     from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.owned_files import BatchIncomplete, FilesRefused, check_complete
     from samseg.edges.storage import StorageError
 
+    if (args.out is None) == (args.to is None):
+        raise UsageError("give --out DIR (write files) or --to URL (push into Label Studio), one of them")
+    if args.to is not None and args.format != "labelstudio":
+        raise UsageError(f"--to pushes into Label Studio: it needs --format labelstudio, not {args.format}")
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-export-") as tmp:
             src = Path(args.source)
@@ -48,18 +60,31 @@ def run_export(args: argparse.Namespace) -> int:
                 dirs = image_dirs(src)
                 # a batch OUT (or an image dir in one) whose last batch did not finish is not exported
                 check_complete(str(src if dirs != [src] else src.parent), str(src))
+                run_ids: dict[Path, str] = {}
             else:
                 dirs = _dirs_from_run(args.source, Path(tmp))
+                run_ids = {d: d.name for d in dirs}  # each dir is named by its image run's id
             results = read_image_dirs(dirs)
+            if args.to is not None:
+                return _push(args, results, run_ids)
             files = write_export(args.format, results, args.out, image_root=args.image_root,
                                  copy_images=args.copy_images)
     except FilesRefused as exc:  # the user's own files in --out: nothing written
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    except (ExportError, TrackingError, BatchIncomplete, StorageError, OSError) as exc:
+    except (ExportError, TrackingError, BatchIncomplete, StorageError, LabelStudioError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(f"{args.format}: {len(results)} images -> {args.out} ({len(files)} files)")
+    return 0
+
+
+def _push(args: argparse.Namespace, results: list[Any], run_ids: dict[Path, str]) -> int:
+    from samseg.edges.labelstudio import push
+
+    res = push(args.to, results, args.project, run_ids)
+    print(f"labelstudio: {len(results)} images -> {res.project_url} ({res.created} new tasks, {res.matched} already there; "
+          f"{res.predictions_added} predictions added, {res.predictions_replaced} replaced)")
     return 0
 
 

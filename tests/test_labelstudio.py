@@ -1,0 +1,131 @@
+"""`samseg export --format labelstudio --to URL` against a real Label Studio on 127.0.0.1.
+
+Known structure: the UI tests' synthetic image dirs (12 rectangles, 2 classes + 2 noise masks),
+so each pushed prediction must decode, pixel for pixel, to that class's pixels in labels.png.
+Read back through the SDK; images fetched from the server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_run import run_cli
+from ui_synthetic import H, W, write_image_outputs
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def out_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("ls-push")
+    for k, name in enumerate(("alpha", "beta")):
+        img = tmp / "images" / f"{name}.png"
+        img.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img)
+        write_image_outputs(tmp / "out" / name, img, seed=k)
+    return tmp
+
+
+@pytest.fixture()
+def ls_env(label_studio, monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    from label_studio_sdk import LabelStudio
+
+    return label_studio, LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+
+
+def _push(source: Path, url: str, project: str) -> tuple[int, str, str]:
+    return run_cli(["export", str(source), "--format", "labelstudio", "--to", url, "--project", project])
+
+
+def test_push_read_back_pixel_for_pixel_then_no_duplicates_then_a_recluster_beside_it(out_root: Path, ls_env) -> None:
+    import httpx
+    from label_studio_sdk.converter.brush import decode_rle
+
+    server, client = ls_env
+    rc, out, err = _push(out_root / "out", server.url, "samseg-test")
+    assert rc == 0, err
+    assert "2 new tasks" in out and "2 predictions added" in out
+    [project] = [p for p in client.projects.list(title="samseg-test") if p.title == "samseg-test"]
+    tasks = list(client.tasks.list(project=project.id))
+    assert len(tasks) == 2
+    for task in tasks:
+        name = next(n for n in ("alpha", "beta") if n in task.data["image"])
+        d = out_root / "out" / name
+        summary = json.loads((d / "summary.json").read_text())
+        assert task.data["samseg_sha256"] == summary["image"]["sha256"]
+        # the server serves the uploaded image: the very bytes of the input
+        img = httpx.get(server.url + task.data["image"], headers={"Authorization": f"Token {server.token}"})
+        assert img.status_code == 200 and img.content == (out_root / "images" / f"{name}.png").read_bytes()
+        labels = np.asarray(Image.open(d / "labels.png"))
+        [pred] = list(client.predictions.list(task=task.id))
+        assert pred.model_version.startswith("samseg:") and 0 <= pred.score <= 1
+        seen = set()
+        for r in pred.result:
+            c = int(r["value"]["brushlabels"][0].split("_")[1])
+            mask = decode_rle(r["value"]["rle"]).reshape(H, W, 4)[..., 3] > 0
+            np.testing.assert_array_equal(mask, labels == c + 1)  # pixel for pixel
+            seen.add(c)
+        assert seen == set(np.unique(labels[labels > 0]) - 1)
+
+    rc, out, err = _push(out_root / "out", server.url, "samseg-test")  # again: nothing duplicated
+    assert rc == 0 and "0 new tasks, 2 already there" in out and "2 replaced" in out
+    assert len(list(client.tasks.list(project=project.id))) == 2
+    assert all(len(list(client.predictions.list(task=t.id))) == 1 for t in tasks)
+
+    # a recluster of the run (other clustering settings, same images): a second model_version beside the first
+    other = out_root / "reclustered"
+    shutil.copytree(out_root / "out", other)
+    for d in other.iterdir():
+        s = json.loads((d / "summary.json").read_text())
+        s["config"]["cluster.eps"] = 0.2
+        (d / "summary.json").write_text(json.dumps(s))
+    rc, out, err = _push(other, server.url, str(project.id))
+    assert rc == 0 and "0 new tasks" in out and "2 predictions added" in out, err
+    for t in tasks:
+        versions = {p.model_version for p in client.predictions.list(task=t.id)}
+        assert len(versions) == 2 and any("eps=0.2" in v for v in versions)
+
+
+def test_wrong_token_unreachable_server_and_a_project_without_samseg_labels_are_one_line(out_root: Path, ls_env,
+                                                                                        monkeypatch) -> None:
+    from samseg.edges.labelstudio import labeling_config
+
+    server, client = ls_env
+    client.projects.create(title="not-samseg", label_config='<View><Image name="image" value="$image"/>'
+                           '<RectangleLabels name="box" toName="image"><Label value="car"/></RectangleLabels></View>')
+    rc, _, err = _push(out_root / "out", server.url, "not-samseg")
+    assert rc == 1 and err.count("\n") == 1 and "has no <BrushLabels" in err
+    for _ in range(2):
+        client.projects.create(title="twice", label_config=labeling_config(["class_0", "class_1"]))
+    rc, _, err = _push(out_root / "out", server.url, "twice")
+    assert rc == 1 and err.count("\n") == 1 and "2 projects are titled 'twice'" in err and "--project ID" in err
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-the-token")
+    rc, _, err = _push(out_root / "out", server.url, "samseg-test")
+    assert rc == 1 and err.count("\n") == 1 and "refused the token" in err and "not-the-token" not in err
+    rc, _, err = _push(out_root / "out", "http://127.0.0.1:9", "samseg-test")
+    assert rc == 1 and err.count("\n") == 1 and "not reachable" in err
+
+
+def test_an_image_that_went_missing_stops_with_how_many_went_in(out_root: Path, ls_env, tmp_path: Path) -> None:
+    server, client = ls_env
+    src = tmp_path / "out"
+    shutil.copytree(out_root / "out", src)
+    beta = json.loads((src / "beta" / "summary.json").read_text())
+    beta["image"]["uri"] = str(tmp_path / "gone.png")
+    beta["image"]["sha256"] = "f" * 64
+    (src / "beta" / "summary.json").write_text(json.dumps(beta))
+    rc, _, err = _push(src, server.url, "partial")
+    assert rc == 1 and err.count("\n") == 1 and "1 of 2 tasks were pushed" in err and "pushing again completes" in err
+
+
+def test_to_needs_the_labelstudio_format_and_no_out(out_root: Path) -> None:
+    rc, _, err = run_cli(["export", str(out_root / "out"), "--format", "coco", "--to", "http://127.0.0.1:9"])
+    assert rc == 2 and "needs --format labelstudio" in err
+    rc, _, err = run_cli(["export", str(out_root / "out"), "--format", "labelstudio"])
+    assert rc == 2 and "--out DIR" in err
