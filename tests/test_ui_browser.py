@@ -63,7 +63,7 @@ def _segment_and_log(model, image_path: Path, out_root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory, photos, tiny_model):
+def ui_server(tmp_path_factory, photos, tiny_model, label_studio):
     from mlflow import MlflowClient
 
     if not Path(CHROMIUM).is_file():
@@ -81,13 +81,15 @@ def ui_server(tmp_path_factory, photos, tiny_model):
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SAMSEG_CACHE": str(tmp / "cache"), "SAMSEG_HOME": str(tmp / "home")}
     env.pop("SAMSEG_UI_TOKEN", None)
+    env["LABEL_STUDIO_API_KEY"] = label_studio.token  # the real test server (tests/servers.py)
     log = open(tmp / "ui.log", "w")
-    cmd = [*_samseg_ui_command(), "--port", str(port), "--experiment", EXPERIMENT, "--ui-cache", str(tmp / "ui-cache")]
+    cmd = [*_samseg_ui_command(), "--port", str(port), "--experiment", EXPERIMENT, "--ui-cache", str(tmp / "ui-cache"),
+           "--label-studio", label_studio.url, "--label-studio-project", "ui-browser"]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ok(f"{base}/healthz", proc, tmp / "ui.log")
-        yield {"base": base, "runs": runs, "uri": uri, "out": tmp / "out"}
+        yield {"base": base, "runs": runs, "uri": uri, "out": tmp / "out", "label_studio": label_studio}
     finally:
         proc.terminate()
         try:
@@ -292,5 +294,32 @@ def test_dataset_run_page(page, ui_server):
     for child in children:
         assert page.locator(f'#children figure[data-run-id="{child}"] a').count() == 2
     page.screenshot(path=str(ARTIFACTS / "07-dataset-run.png"), full_page=True)
+    # the batch's images go to Label Studio from here too: one task per image
+    page.click("#ls-send")
+    page.wait_for_selector("#ls-result:not([hidden])")
+    assert "already there" in page.inner_text("#ls-line")
     page.goto(f"{ui_server['base']}/runs/{children[0]}")
     assert "dataset-level" in page.inner_text("#dataset-note")
+
+
+def test_send_to_label_studio(page, ui_server):
+    """The run page's button pushes the run into the real Label Studio as a background job; the
+    task and its prediction are there (read back through the SDK), a second click adds no task."""
+    from label_studio_sdk import LabelStudio
+
+    ls = ui_server["label_studio"]
+    run = ui_server["runs"][1]
+    page.goto(f"{ui_server['base']}/runs/{run['run_id']}")
+    for _ in range(2):  # the second push (like the dataset page's, which may have run first) adds no task
+        page.click("#ls-send")
+        page.wait_for_selector("#ls-result:not([hidden])")
+        page.wait_for_function("!document.querySelector('#ls-send').disabled")
+    assert "0 new tasks, 1 already there" in page.inner_text("#ls-line")
+    page.screenshot(path=str(ARTIFACTS / "08-label-studio.png"), full_page=True)
+    client = LabelStudio(base_url=ls.url, api_key=ls.token)
+    [project] = [p for p in client.projects.list(title="ui-browser") if p.title == "ui-browser"]
+    assert page.get_attribute("#ls-link", "href").endswith(f"/projects/{project.id}")
+    tasks = list(client.tasks.list(project=project.id))
+    assert len(tasks) <= 2  # one per image, however often the two photos were pushed
+    versions = [p.model_version for t in tasks for p in client.predictions.list(task=t.id) if p.result]
+    assert sum(v.startswith(run["run_id"]) for v in versions) == 1  # this run's prediction, once

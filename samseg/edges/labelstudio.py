@@ -45,6 +45,12 @@ class PushResult:
     matched: int  # tasks found by sha256 from an earlier push
     predictions_added: int
     predictions_replaced: int
+    n_images: int = 0
+
+    def line(self) -> str:
+        """What the CLI prints and the UI shows."""
+        return (f"{self.n_images} images -> {self.project_url} ({self.created} new tasks, {self.matched} already there; "
+                f"{self.predictions_added} predictions added, {self.predictions_replaced} replaced)")
 
 
 def model_version(r: ImageResult, run_id: Optional[str]) -> str:
@@ -154,7 +160,16 @@ def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[d
         except LabelStudioError as exc:
             raise LabelStudioError(f"{r.file_name}: {exc} — {done} of {len(results)} tasks were pushed; "
                                    "pushing again completes the rest (no task is duplicated)") from None
-    return PushResult(proj.id, f"{url.rstrip('/')}/projects/{proj.id}", created, matched, added, replaced)
+    return PushResult(proj.id, f"{url.rstrip('/')}/projects/{proj.id}", created, matched, added, replaced, len(results))
+
+
+def push_run(url: str, run_id: str, project: str, workdir: Path) -> PushResult:
+    """Push an MLflow image run, or a batch run's image runs, from their artifacts (the UI's button)."""
+    from samseg.edges.annotations import read_image_dirs
+    from samseg.edges.mlflow.run_dirs import download_image_dirs
+
+    dirs = download_image_dirs(run_id, workdir)
+    return push(url, read_image_dirs(dirs), project, {d: d.name for d in dirs})
 
 
 def _tasks_by_sha(client: Any, url: str, project_id: int) -> dict[str, int]:

@@ -14,11 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from samseg.edges.run_schema import TAG_KIND, TAG_MLFLOW_PARENT
-
-# What an image dir needs for every format (downloaded from a run's artifacts).
-_RUN_FILES = ("summary.json", "masks.json", "embeddings.npy", "labels.png")
-
 
 def add_parser(sub: Any) -> None:
     from samseg.edges.annotations import FORMATS
@@ -45,6 +40,7 @@ def run_export(args: argparse.Namespace) -> int:
     from samseg.apps.cli.common import UsageError
     from samseg.edges.annotations import ExportError, image_dirs, read_image_dirs, write_export
     from samseg.edges.labelstudio import LabelStudioError
+    from samseg.edges.mlflow.run_dirs import download_image_dirs
     from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.owned_files import BatchIncomplete, FilesRefused, check_complete
     from samseg.edges.storage import StorageError
@@ -62,7 +58,7 @@ def run_export(args: argparse.Namespace) -> int:
                 check_complete(str(src if dirs != [src] else src.parent), str(src))
                 run_ids: dict[Path, str] = {}
             else:
-                dirs = _dirs_from_run(args.source, Path(tmp))
+                dirs = download_image_dirs(args.source, Path(tmp))
                 run_ids = {d: d.name for d in dirs}  # each dir is named by its image run's id
             results = read_image_dirs(dirs)
             if args.to is not None:
@@ -82,36 +78,5 @@ def run_export(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace, results: list[Any], run_ids: dict[Path, str]) -> int:
     from samseg.edges.labelstudio import push
 
-    res = push(args.to, results, args.project, run_ids)
-    print(f"labelstudio: {len(results)} images -> {res.project_url} ({res.created} new tasks, {res.matched} already there; "
-          f"{res.predictions_added} predictions added, {res.predictions_replaced} replaced)")
+    print(f"labelstudio: {push(args.to, results, args.project, run_ids).line()}")
     return 0
-
-
-def _dirs_from_run(run_id: str, tmp: Path) -> list[Path]:
-    """Download each image run's artifacts (an image run, or a batch run's children)."""
-    from samseg.edges.mlflow.client import TrackingError
-    from samseg.edges.mlflow.tracking import get_run, search_runs
-
-    run = get_run(run_id)
-    kind = run.data.tags.get(TAG_KIND, "image")
-    if kind == "batch":
-        runs = [r for r in search_runs(None, _experiment_name(run)) if r.data.tags.get(TAG_MLFLOW_PARENT) == run_id
-                and r.data.tags.get(TAG_KIND, "image") == "image"]
-    else:
-        runs = [run]
-    if not runs:
-        raise TrackingError(f"MLflow run {run_id}: no image runs to export")
-    from samseg.edges.mlflow.tracking import fetch_run_inputs
-
-    dirs = []
-    for r in runs:
-        fetch_run_inputs(r.info.run_id, tmp / r.info.run_id, _RUN_FILES)
-        dirs.append(tmp / r.info.run_id)
-    return dirs
-
-
-def _experiment_name(run: Any) -> str:
-    from samseg.edges.mlflow.client import client
-
-    return client().get_experiment(run.info.experiment_id).name

@@ -39,6 +39,10 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--image-root", action="append", default=None, metavar="DIR",
                    help="serve run input photos only from under this folder (repeatable; default: any local path, "
                    "always checked against the sha256 the run recorded)")
+    p.add_argument("--label-studio", default=None, metavar="URL",
+                   help="a Label Studio server: the run pages get 'Send to Label Studio' (token: $LABEL_STUDIO_API_KEY)")
+    p.add_argument("--label-studio-project", default="samseg", metavar="NAME_OR_ID",
+                   help="the Label Studio project the button pushes to (id, or title: created if missing; default %(default)s)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(handler=run_ui, subparser=p)
     return p
@@ -67,6 +71,8 @@ def build_settings(args: argparse.Namespace) -> "UiSettings":  # noqa: F821 - la
         # the bound address itself is always an accepted Host (127.0.0.2 is loopback too)
         allowed_hosts=tuple(dict.fromkeys((*LOOPBACK_NAMES, args.host))) if is_loopback(args.host) else None,
         image_roots=tuple(Path(r).expanduser().resolve() for r in args.image_root) if args.image_root else None,
+        label_studio=args.label_studio,
+        label_studio_project=args.label_studio_project,
     )
 
 

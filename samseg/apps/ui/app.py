@@ -49,6 +49,7 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
     app.state.store = RunStore(settings)
     app.state.jobs = jobs
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.state.templates.env.globals["label_studio"] = settings.label_studio  # the pages' "Send to Label Studio"
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     _add_token_guard(app, settings.token)
     if settings.allowed_hosts:
@@ -231,6 +232,22 @@ def _rerun(store: RunStore, run_id: str, new: Any, cfg: Any, progress: Any) -> d
     return {**actions.rerun(store, run_id, cluster_cfg, pool_cfg, progress, features_cfg), "via": "local"}
 
 
+def _push_to_label_studio(store: RunStore, run_id: str, progress: Any) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
+    from samseg.edges.labelstudio import LabelStudioError, push_run
+
+    s = store.settings
+    progress("downloading the run's outputs and pushing them to Label Studio")
+    with tempfile.TemporaryDirectory(prefix="samseg-ls-") as tmp:
+        try:
+            res = push_run(str(s.label_studio), run_id, s.label_studio_project, Path(tmp))
+        except LabelStudioError as exc:
+            raise RunDataError(str(exc)) from None
+    return {"project_url": res.project_url, "line": res.line(), "created": res.created, "matched": res.matched}
+
+
 def _finite(value: Any) -> float:
     """A finite number (JSON number or numeric string, as form inputs send; never a bool,
     "nan" or "inf"), else ValueError."""
@@ -280,6 +297,17 @@ def _add_api(app: FastAPI) -> None:
         cfg = actions.run_config(store, run_id)  # RunNotFound → 404 before validating
         new = validate_rerun_form(form, cfg.cluster, cfg.pool, cfg.features)
         job = request.app.state.jobs.submit("rerun", lambda p: _rerun(store, run_id, new, cfg, p))
+        return job.to_dict()
+
+    @app.post("/api/runs/{run_id}/label-studio", status_code=202)
+    def api_label_studio(request: Request, run_id: str) -> Any:
+        """Push the run (an image run, or a batch run's images) into the configured Label Studio, as a job."""
+        store: RunStore = request.app.state.store
+        s = store.settings
+        if not s.label_studio:
+            return _error(request, 409, "no Label Studio is configured: start the UI with `samseg ui --label-studio URL`")
+        store.get_any_run(run_id)  # RunNotFound → 404 before a job
+        job = request.app.state.jobs.submit("label-studio", lambda p: _push_to_label_studio(store, run_id, p))
         return job.to_dict()
 
     @app.post("/api/runs/{run_id}/query")

@@ -77,6 +77,9 @@ class UiSettings:
     allowed_hosts: tuple[str, ...] | None = None
     # Local folders input photos may be served from (None = anywhere, sha256 still checked).
     image_roots: tuple[Path, ...] | None = None
+    # "Send to Label Studio" on the run pages (samseg.edges.labelstudio; token: $LABEL_STUDIO_API_KEY).
+    label_studio: str | None = None
+    label_studio_project: str = "samseg"
 
 
 def _resolve_tracking_uri(uri: str | None) -> str:

@@ -279,6 +279,34 @@ function initSweep(runId) {
   });
 }
 
+// "Send to Label Studio": the run (or the batch's images) pushed as predictions, a background job.
+function initLabelStudio() {
+  const btn = $("#ls-send");
+  const sec = $("#run") || $("#dataset-run");
+  if (!btn || !sec) return;
+  btn.addEventListener("click", async () => {
+    const prog = $("#ls-progress");
+    btn.disabled = true;
+    flash("");
+    try {
+      showProgress(prog, "submitting");
+      const job = await api("POST", `/api/runs/${sec.dataset.runId}/label-studio`);
+      const done = await waitForJob(job, (s) => showProgress(prog, s));
+      showProgress(prog, "");
+      const link = $("#ls-link");
+      link.href = done.result.project_url;
+      link.textContent = done.result.project_url;
+      $("#ls-line").textContent = `${done.result.created} new tasks, ${done.result.matched} already there`;
+      $("#ls-result").hidden = false;
+    } catch (err) {
+      showProgress(prog, "");
+      flash(`Send to Label Studio failed: ${err.detail || err.error || JSON.stringify(err)}`);
+    } finally {
+      btn.disabled = false;
+    }
+  });
+}
+
 function initRunPage() {
   const sec = $("#run");
   if (!sec) return;
@@ -303,4 +331,5 @@ document.addEventListener("DOMContentLoaded", () => {
   markBrokenImages();
   initRunsPage();
   initRunPage();
+  initLabelStudio();
 });
