@@ -22,6 +22,7 @@ SDK has no method for: it is the SDK's own HTTP client posting multipart to the 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -70,14 +71,16 @@ def score(r: ImageResult) -> float:
     return float(np.mean(r.masks.predicted_iou[keep])) if keep.any() else 0.0
 
 
-def connect(url: str) -> Any:
-    """The SDK client for `url`, its token from LABEL_STUDIO_API_KEY, checked with one call."""
+def connect(url: str, httpx_client: Any = None) -> Any:
+    """The SDK client for `url`, its token from LABEL_STUDIO_API_KEY, checked with one call
+    (httpx_client: the SDK's transport, e.g. one that times each request: benchmarks)."""
     from label_studio_sdk import LabelStudio
 
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise LabelStudioError(f"set {TOKEN_ENV} to your Label Studio access token (Account & Settings)")
-    client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=TIMEOUT_S)
+    transport = {"httpx_client": httpx_client} if httpx_client is not None else {"timeout": TIMEOUT_S}
+    client = LabelStudio(base_url=url.rstrip("/"), api_key=token, **transport)
     _call(url, "connect", lambda: client.users.whoami())
     return client
 
@@ -139,27 +142,35 @@ def check_config(config_xml: str, labels: list[str], what: str) -> None:
                                f"{' …' if len(missing) > 5 else ''}; push to a new project name")
 
 
-def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[dict[Path, str]] = None) -> PushResult:
+def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[dict[Path, str]] = None,
+         httpx_client: Any = None) -> PushResult:
     """Push `results` (one task each) into project `project` at `url` (see the module docstring)."""
-    client = connect(url)
+    client = connect(url, httpx_client)
     labels = class_names(n_classes(results))
     proj, _ = find_project(client, url, project, labels)
     existing = _tasks_by_sha(client, url, proj.id)
     created = matched = added = replaced = 0
-    for done, r in enumerate(results):
-        try:
-            sha = str(r.summary["image"]["sha256"])
-            task_id = existing.get(sha)
-            if task_id is None:
-                task_id = _new_task(client, url, proj.id, r, sha)
-                created += 1
-            else:
-                matched += 1
-            a, b = _put_prediction(client, url, task_id, r, model_version(r, (run_ids or {}).get(r.out_dir)))
-            added, replaced = added + a, replaced + b
-        except LabelStudioError as exc:
-            raise LabelStudioError(f"{r.file_name}: {exc} — {done} of {len(results)} tasks were pushed; "
-                                   "pushing again completes the rest (no task is duplicated)") from None
+    # The SDK's brush encoder is pure Python (~10 ms per class at 1 MP): one worker thread encodes
+    # the next images while this one waits on the server (the requests release the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="samseg-brush") as pool:
+        encoded = [pool.submit(brush_results, r) for r in results]
+        for done, (r, brush) in enumerate(zip(results, encoded)):
+            try:
+                sha = str(r.summary["image"]["sha256"])
+                task_id = existing.get(sha)
+                if task_id is None:
+                    task_id = _new_task(client, url, proj.id, r, sha)
+                    created += 1
+                else:
+                    matched += 1
+                version = model_version(r, (run_ids or {}).get(r.out_dir))
+                a, b = _put_prediction(client, url, task_id, brush.result(), score(r), version)
+                added, replaced = added + a, replaced + b
+            except LabelStudioError as exc:
+                for f in encoded:
+                    f.cancel()
+                raise LabelStudioError(f"{r.file_name}: {exc} — {done} of {len(results)} tasks were pushed; "
+                                       "pushing again completes the rest (no task is duplicated)") from None
     return PushResult(proj.id, f"{url.rstrip('/')}/projects/{proj.id}", created, matched, added, replaced, len(results))
 
 
@@ -210,9 +221,9 @@ def _upload(client: Any, url: str, project_id: int, path: Path) -> int:
     return int(ids[0])
 
 
-def _put_prediction(client: Any, url: str, task_id: int, r: ImageResult, version: str) -> tuple[int, int]:
+def _put_prediction(client: Any, url: str, task_id: int, result: list[dict[str, Any]], s: float,
+                    version: str) -> tuple[int, int]:
     """(added, replaced): this model_version's prediction on the task, replaced if it is there."""
-    result, s = brush_results(r), score(r)
     same = [p for p in _call(url, "list the task's predictions", lambda: list(client.predictions.list(task=task_id)))
             if p.model_version == version]
     if same:
