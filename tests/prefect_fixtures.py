@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Iterator
 
 import pytest
 
-from servers import free_port, wait_http_ok
+from servers import free_port, launch, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("building.jpg", "bears.jpg", "alphabet.jpg", "corgi.jpg")
@@ -54,24 +53,6 @@ class PrefectServer:
         stop_process(self.proc)
 
 
-def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL what is left."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
 def start_prefect_server(home: Path, timeout_s: float = 240.0) -> PrefectServer:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -86,15 +67,8 @@ def start_prefect_server(home: Path, timeout_s: float = 240.0) -> PrefectServer:
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
            "--no-scheduler", "--no-late-runs", "--analytics-off", "--no-ui"]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    server = PrefectServer(proc, f"http://127.0.0.1:{port}/api", home, log)
-    try:
-        wait_http_ok(f"{server.api_url}/health", timeout_s, proc, log)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    api_url = f"http://127.0.0.1:{port}/api"
+    return PrefectServer(launch(cmd, env, log, f"{api_url}/health", timeout_s), api_url, home, log)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ Fixtures
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +62,38 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
             last = exc
         time.sleep(0.3)
     raise RuntimeError(f"{url} not up after {timeout_s:.0f}s ({last}):\n{_tail(log)}")
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """SIGTERM the process group we started, then SIGKILL what is left."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def launch(cmd: list[str], env: dict[str, str], log: Path, health_url: str, timeout_s: float,
+           cwd: Path | None = None) -> subprocess.Popen:
+    """A server process in its own process group (stop_process ends it and what it started),
+    its output in `log`; returned once `health_url` answers 200, stopped if it never does."""
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http_ok(health_url, timeout_s, proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
 
 
 def _tail(log: Path | None, n: int = 40) -> str:
@@ -112,13 +145,7 @@ class MlflowServer:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
 
 def start_mlflow(workdir: Path, s3: MotoS3, bucket: str, timeout_s: float = 120.0) -> MlflowServer:
@@ -139,15 +166,8 @@ def start_mlflow(workdir: Path, s3: MotoS3, bucket: str, timeout_s: float = 120.
         "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
         "--serve-artifacts", "--artifacts-destination", destination,
     ]  # fmt: skip
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    server = MlflowServer(proc, f"http://127.0.0.1:{port}", destination, workdir, log)
-    try:
-        wait_http_ok(f"{server.tracking_uri}/health", timeout_s, proc, log)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    uri = f"http://127.0.0.1:{port}"
+    return MlflowServer(launch(cmd, env, log, f"{uri}/health", timeout_s, cwd=workdir), uri, destination, workdir, log)
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,13 +182,7 @@ class LabelStudioServer:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)  # the server and the processes it started
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
 
 def start_label_studio(workdir: Path, timeout_s: float = 180.0) -> LabelStudioServer:
@@ -184,15 +198,8 @@ def start_label_studio(workdir: Path, timeout_s: float = 180.0) -> LabelStudioSe
            "--data-dir", str(workdir / "data"), "--database", str(workdir / "label_studio.sqlite3"),
            "--username", "samseg@example.com", "--password", uuid.uuid4().hex, "--user-token", token,
            "--enable-legacy-api-token"]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    server = LabelStudioServer(proc, f"http://127.0.0.1:{port}", token, log)
-    try:
-        wait_http_ok(f"{server.url}/health", timeout_s, proc, log)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    url = f"http://127.0.0.1:{port}"
+    return LabelStudioServer(launch(cmd, env, log, f"{url}/health", timeout_s, cwd=workdir), url, token, log)
 
 
 # ---------------------------------------------------------------- fixtures

@@ -14,17 +14,13 @@ import pytest
 from PIL import Image
 
 from cli_run import run_cli
-from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, rect_masks, write_image_outputs
+from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, rect_masks, write_two_runs
 
 
 @pytest.fixture(scope="module")
 def out_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("exports")
-    for k, name in enumerate(("alpha", "beta")):
-        img = tmp / "images" / f"{name}.png"
-        img.parent.mkdir(exist_ok=True)
-        Image.fromarray(np.random.default_rng(k).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img)
-        write_image_outputs(tmp / "out" / name, img, seed=k)
+    write_two_runs(tmp)
     return tmp
 
 

@@ -82,3 +82,15 @@ def write_image_outputs(out_dir, image_path, seed: int = 0) -> dict:
     }
     write_image_dir(out_dir, image, masks, emb, clusters, label_map, summary)
     return summary
+
+
+def write_two_runs(tmp) -> None:
+    """`tmp/images/{alpha,beta}.png` (seeded noise) and their outputs in `tmp/out/<name>/`: the export tests' input."""
+    import numpy as np
+    from PIL import Image
+
+    for k, name in enumerate(("alpha", "beta")):
+        img = tmp / "images" / f"{name}.png"
+        img.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img)
+        write_image_outputs(tmp / "out" / name, img, seed=k)
