@@ -40,12 +40,14 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
-# 2 retries (3 calls in all) with botocore's "standard" backoff stays under ~5 s for a
-# dead endpoint; overridable (SAMSEG_S3_RETRIES) for flaky links. botocore's
+# 2 retries (3 calls in all) with botocore's "standard" backoff: a refused endpoint fails in
+# ~5 s, one that accepts and never answers in ~17 s (3 × the 5 s read timeout, which is a gap
+# between bytes, not a transfer's length); overridable (SAMSEG_S3_RETRIES,
+# SAMSEG_S3_CONNECT_TIMEOUT, SAMSEG_S3_READ_TIMEOUT) for slow or flaky links. botocore's
 # retries["max_attempts"] counts retries AFTER the first call.
 _DEFAULT_RETRIES = 2
 _DEFAULT_CONNECT_TIMEOUT_S = 3.0
-_DEFAULT_READ_TIMEOUT_S = 30.0
+_DEFAULT_READ_TIMEOUT_S = 5.0
 
 
 class StorageError(Exception):

@@ -59,7 +59,8 @@ def own_mlflow(moto_s3, tmp_path: Path):
 def test_stop_wins_while_the_tracking_server_is_frozen(own_mlflow, moto_s3, tmp_path: Path, sig: int, code: int) -> None:
     _images(tmp_path / "in", 8)
     out = tmp_path / "out"
-    env = {**os.environ, **moto_s3.env, "MLFLOW_TRACKING_URI": own_mlflow.tracking_uri}
+    # MLflow's HTTP timeout far above the hang detector below: only the signal may end the command
+    env = {**os.environ, **moto_s3.env, "MLFLOW_TRACKING_URI": own_mlflow.tracking_uri, "MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
     env.pop("PREFECT_API_URL", None)
     argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY]
     proc = subprocess.Popen([sys.executable, "-m", "samseg.apps.cli", *argv], cwd=REPO_ROOT, env=env,
@@ -71,7 +72,7 @@ def test_stop_wins_while_the_tracking_server_is_frozen(own_mlflow, moto_s3, tmp_
         time.sleep(3)  # the command reaches its next MLflow call (img00's run) and waits on it
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)
-        # MLflow's own timeout (60 s x retries) must not be what ends the command: 30 s is a
+        # MLflow's own timeout (300 s here) must not be what ends the command: 30 s is a
         # hang detector, far under the first HTTP timeout, not a speed target.
         _stdout, stderr = proc.communicate(timeout=30)
     finally:
