@@ -193,7 +193,10 @@ def start_label_studio(workdir: Path, timeout_s: float = 180.0) -> LabelStudioSe
     port, token = free_port(), uuid.uuid4().hex
     log = workdir / "label-studio.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
-    env.update(LABEL_STUDIO_BASE_DATA_DIR=str(workdir), SENTRY_DSN="", COLLECT_ANALYTICS="false")
+    env.update(LABEL_STUDIO_BASE_DATA_DIR=str(workdir), SENTRY_DSN="", COLLECT_ANALYTICS="false",
+               # the server's own credentials for an S3 source storage on moto, which listens on loopback:
+               # Label Studio refuses storage endpoints on reserved addresses unless SSRF protection is off
+               SSRF_PROTECTION_ENABLED="false", **FAKE_CREDENTIALS)
     cmd = [str(LABEL_STUDIO_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
            "--data-dir", str(workdir / "data"), "--database", str(workdir / "label_studio.sqlite3"),
            "--username", "samseg@example.com", "--password", uuid.uuid4().hex, "--user-token", token,

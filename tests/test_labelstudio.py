@@ -6,6 +6,7 @@ Read back through the SDK; images fetched from the server."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -125,3 +126,33 @@ def test_to_needs_the_labelstudio_format_and_no_out(out_root: Path) -> None:
     assert rc == 2 and "needs --format labelstudio" in err
     rc, _, err = run_cli(["export", str(out_root / "out"), "--format", "labelstudio"])
     assert rc == 2 and "--out DIR" in err
+
+
+def test_s3_images_get_the_bucket_as_source_storage_and_are_served(out_root: Path, ls_env, s3_bucket, s3_env,
+                                                                  tmp_path: Path) -> None:
+    """An image on S3 (moto) is not uploaded: the task references its s3:// URI, the project gets an
+    S3 source storage for the bucket (once), and Label Studio serves the image from it."""
+    import httpx
+
+    server, client = ls_env
+    body = (out_root / "images" / "alpha.png").read_bytes()
+    s3_env.client().put_object(Bucket=s3_bucket, Key="in/alpha.png", Body=body)
+    src = tmp_path / "out"
+    shutil.copytree(out_root / "out" / "alpha", src / "alpha")
+    s = json.loads((src / "alpha" / "summary.json").read_text())
+    s["image"]["uri"] = f"s3://{s3_bucket}/in/alpha.png"
+    s["image"]["sha256"] = "a" * 64
+    (src / "alpha" / "summary.json").write_text(json.dumps(s))
+    for _ in range(2):
+        rc, out, err = _push(src, server.url, "from-s3")
+        assert rc == 0, err
+    [project] = [p for p in client.projects.list(title="from-s3") if p.title == "from-s3"]
+    [storage] = list(client.import_storage.s3.list(project=project.id))
+    assert storage.bucket == s3_bucket and storage.presign
+    [task] = list(client.tasks.list(project=project.id))  # its s3:// URI, resolved through the storage
+    resolved = task.data["image"]
+    assert resolved.startswith(f"/tasks/{task.id}/resolve/?fileuri=")
+    fileuri = base64.b64decode(resolved.split("fileuri=")[1]).decode()
+    assert fileuri == f"s3://{s3_bucket}/in/alpha.png"
+    img = httpx.get(server.url + resolved, headers={"Authorization": f"Token {server.token}"}, follow_redirects=True)
+    assert img.status_code == 200 and img.content == body  # served from the bucket

@@ -10,8 +10,9 @@ SDK has no method for: it is the SDK's own HTTP client posting multipart to the 
   samseg's labeling config (one BrushLabels label per class, samseg's class colours). An existing
   project whose config lacks samseg's brush labels is refused.
 - Images: a local image is uploaded through Label Studio's import API (the server stores it and
-  serves it at /data/upload/...); an s3:// image is referenced as its URI, which Label Studio shows
-  when the project has an S3 source storage for that bucket with its own credentials (docs/exports.md).
+  serves it at /data/upload/...); an s3:// image is referenced as its URI, and the project gets an
+  S3 source storage for its bucket (presigned URLs, never synced) unless it has one: the server
+  reads the bucket with its own credentials, never samseg's (docs/exports.md).
 - Tasks are matched by the image's sha256 (task data `samseg_sha256`): pushing again never creates
   a second task. Predictions are matched by model_version (the run id and the clustering
   settings): the same run pushed again replaces its prediction, a recluster adds one beside it.
@@ -93,10 +94,10 @@ def _call(url: str, what: str, fn: Any) -> Any:
     try:
         return fn()
     except ApiError as exc:
-        if exc.status_code in (401, 403):
-            raise LabelStudioError(f"Label Studio at {url} refused the token in {TOKEN_ENV} "
-                                   f"(HTTP {exc.status_code}) while trying to {what}") from None
         body = " ".join(str(exc.body)[:200].split())
+        if exc.status_code == 401:
+            raise LabelStudioError(f"Label Studio at {url} refused the token in {TOKEN_ENV} "
+                                   f"(HTTP 401) while trying to {what}") from None
         raise LabelStudioError(f"Label Studio at {url} answered HTTP {exc.status_code} to {what}: {body}") from None
     except httpx.HTTPError as exc:
         raise LabelStudioError(f"Label Studio at {url} is not reachable ({type(exc).__name__}: {exc}) "
@@ -192,6 +193,7 @@ def _new_task(client: Any, url: str, project_id: int, r: ImageResult, sha: str) 
     """A task for the image: uploaded through the import API (local), or its s3:// URI; then its sha256."""
     uri = str(r.summary["image"]["uri"])
     if uri.startswith("s3://"):
+        _ensure_s3_storage(client, url, project_id, uri.split("/")[2])
         made = _call(url, f"create a task for {uri}",
                      lambda: client.tasks.create(project=project_id, data={TO_NAME: uri, SHA_KEY: sha}))
         return int(made.id)
@@ -203,6 +205,19 @@ def _new_task(client: Any, url: str, project_id: int, r: ImageResult, sha: str) 
     _call(url, "record the image's sha256 on its task",
           lambda: client.tasks.update(id=task_id, data={**dict(task.data), SHA_KEY: sha}))
     return task_id
+
+
+def _ensure_s3_storage(client: Any, url: str, project_id: int, bucket: str) -> None:
+    """The project's S3 source storage for `bucket` (created once: presigned URLs, no sync, no
+    keys: the server's own credentials; the endpoint of AWS_ENDPOINT_URL for MinIO-like stores)."""
+    storages = _call(url, "list the project's S3 storages", lambda: list(client.import_storage.s3.list(project=project_id)))
+    if any(getattr(st, "bucket", None) == bucket for st in storages):
+        return
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    extra = {"s3endpoint": endpoint} if endpoint else {}
+    _call(url, f"connect bucket {bucket} as the project's source storage", lambda: client.import_storage.s3.create(
+        project=project_id, bucket=bucket, presign=True, title=f"samseg: {bucket}", use_blob_urls=True,
+        region_name=os.environ.get("AWS_DEFAULT_REGION") or None, **extra))
 
 
 def _upload(client: Any, url: str, project_id: int, path: Path) -> int:
