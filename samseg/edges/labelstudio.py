@@ -165,7 +165,7 @@ def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[d
                 else:
                     matched += 1
                 version = model_version(r, (run_ids or {}).get(r.out_dir))
-                a, b = _put_prediction(client, url, task_id, brush.result(), score(r), version)
+                a, b = _put_prediction(client, url, task_id, brush.result(), score(r), version, new=sha not in existing)
                 added, replaced = added + a, replaced + b
             except LabelStudioError as exc:
                 for f in encoded:
@@ -237,10 +237,12 @@ def _upload(client: Any, url: str, project_id: int, path: Path) -> int:
 
 
 def _put_prediction(client: Any, url: str, task_id: int, result: list[dict[str, Any]], s: float,
-                    version: str) -> tuple[int, int]:
-    """(added, replaced): this model_version's prediction on the task, replaced if it is there."""
-    same = [p for p in _call(url, "list the task's predictions", lambda: list(client.predictions.list(task=task_id)))
-            if p.model_version == version]
+                    version: str, new: bool = False) -> tuple[int, int]:
+    """(added, replaced): this model_version's prediction on the task, replaced if it is there
+    (a task this push created has none: nothing to look up)."""
+    same = [] if new else [p for p in _call(url, "list the task's predictions",
+                                            lambda: list(client.predictions.list(task=task_id)))
+                           if p.model_version == version]
     if same:
         _call(url, "update a prediction", lambda: client.predictions.update(id=same[0].id, result=result, score=s,
                                                                              model_version=version))
