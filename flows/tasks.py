@@ -20,7 +20,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from samseg.engine.segment import READ_STEP
-from samseg.engine.stages import STEP_ROWS, WRITE
+from samseg.engine.stages import GPU_STEPS, STAGES, WRITE
 
 T = TypeVar("T")
 IO_RETRIES = 2
@@ -63,7 +63,7 @@ def _task(name: str, gpu: bool = False, io: bool = False) -> Task[..., Any]:
     return task(_run, name=name, tags=["gpu"] if gpu else None, cache_policy=NO_CACHE, persist_result=False, **retries)
 
 
-TASKS: dict[str, Task[..., Any]] = {name: _task(name, gpu=row.gpu) for name, row in STEP_ROWS.items()}
+TASKS: dict[str, Task[..., Any]] = {s.name: _task(s.name, gpu=s.name in GPU_STEPS) for s in STAGES}
 TASKS.update({name: _task(name, io=True) for name in IO_STEPS})
 TASKS.update({name: _task(name) for name in OTHER_STEPS})
 

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import pytest
 
-from servers import free_port, launch, stop_process
+from servers import free_port, launch, serving, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("building.jpg", "bears.jpg", "alphabet.jpg", "corgi.jpg")
@@ -73,11 +73,7 @@ def start_prefect_server(home: Path, timeout_s: float = 240.0) -> PrefectServer:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    server = start_prefect_server(tmp_path_factory.mktemp("prefect"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(start_prefect_server(tmp_path_factory.mktemp("prefect")))
 
 
 @pytest.fixture(scope="session")

@@ -208,13 +208,18 @@ def start_label_studio(workdir: Path, timeout_s: float = 180.0) -> LabelStudioSe
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+def serving(server: Any) -> Iterator[Any]:
+    """A session fixture's body: yield the started server, stop it when the session ends."""
     try:
         yield server
     finally:
         server.stop()
+
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    yield from serving(start_label_studio(tmp_path_factory.mktemp("label-studio")))
 
 
 
@@ -244,11 +249,7 @@ def s3_bucket(s3_env: MotoS3) -> str:
 @pytest.fixture(scope="session")
 def mlflow_server(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     bucket = moto_s3.make_bucket("mlflow-artifacts")
-    server = start_mlflow(tmp_path_factory.mktemp("mlflow"), moto_s3, bucket)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(start_mlflow(tmp_path_factory.mktemp("mlflow"), moto_s3, bucket))
 
 
 @pytest.fixture

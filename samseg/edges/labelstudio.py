@@ -58,10 +58,11 @@ class PushResult:
 def model_version(r: ImageResult, run_id: Optional[str]) -> str:
     """`<run id> <algorithm> eps=<eps> min_samples=<k>`: one per run and clustering setting."""
     c = r.summary.get("config") or {}
-    eps = (r.summary.get("eps_auto") or {}).get("eps", c.get("cluster.eps"))
-    where = run_id or f"samseg:{r.out_dir.name}"
-    return f"{where} {c.get('cluster.algorithm', 'dbscan')} eps={eps:.4g} min_samples={c.get('cluster.min_samples')}" \
-        if isinstance(eps, (int, float)) else f"{where} {c.get('cluster.algorithm', 'dbscan')}"
+    eps = (r.summary.get("eps_auto") or {}).get("eps", c.get("cluster.eps"))  # the eps used, also under --eps auto
+    version = f"{run_id or f'samseg:{r.out_dir.name}'} {c.get('cluster.algorithm', 'dbscan')}"
+    if isinstance(eps, (int, float)):
+        version += f" eps={eps:.4g} min_samples={c.get('cluster.min_samples')}"
+    return version
 
 
 def score(r: ImageResult) -> float:

@@ -40,7 +40,7 @@ class StageInputs:
     image: "LoadedImage"
     cfg: PipelineConfig
     model: Callable[[], "LoadedModel"]
-    backbone: Callable[[], "LoadedBackbone"] = lambda: _no_backbone()
+    backbone: Callable[[], "LoadedBackbone"] = _no_backbone
     # Runs the untiled amg + pool of a part of the image (one tile) with this run's model,
     # cache and executor: (part image, its config) -> ImageRun. Set by the runner.
     run_part: Optional[Callable[["LoadedImage", PipelineConfig], Any]] = None
@@ -169,8 +169,8 @@ TILED_STAGES: tuple[Stage, ...] = (
 )
 _TABLES: dict[str, tuple[Stage, ...]] = {"sam": STAGES, "backbone": BACKBONE_STAGES, "tiled": TILED_STAGES}
 _BY_NAME: dict[str, dict[str, Stage]] = {kind: {s.name: s for s in rows} for kind, rows in _TABLES.items()}
-# Each executor step once (a Prefect task each): GPU-bound if it is in any table.
-STEP_ROWS: dict[str, Stage] = {s.name: s for s in sorted((s for rows in _TABLES.values() for s in rows), key=lambda s: s.gpu)}
+# Executor steps that run under the GPU bound in some table (`features` only with a backbone).
+GPU_STEPS: frozenset[str] = frozenset(s.name for s in (*STAGES, *BACKBONE_STAGES) if s.gpu)
 CACHED: tuple[str, ...] = tuple(dict.fromkeys(s.name for s in (*STAGES, *BACKBONE_STAGES) if s.cached))
 WRITE = "write"  # the step that writes OUT/<name>/ (and uploads it): samseg.engine.publish
 # What a progress bar counts per image: every stage of the table, then the write.

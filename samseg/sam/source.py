@@ -115,33 +115,29 @@ class ModelSource:
 
         r = self.request
         key = (r.features, r.features_checkpoint, r.device, r.seed, r.precision)
-        with _LOCK:
-            if key in _FAILED:
-                raise _FAILED[key]
-            if key not in _BACKBONES:
-                try:
-                    _BACKBONES[key] = load_backbone(r.features, r.features_checkpoint, r.device, r.seed, r.precision)
-                except Exception as exc:
-                    _FAILED[key] = exc
-                    raise
-            return _BACKBONES[key]
+        return _once(_BACKBONES, key, lambda: load_backbone(r.features, r.features_checkpoint, r.device, r.seed, r.precision))
 
     def get(self) -> "LoadedModel":
         """The LoadedModel, loaded once per process; a failed load re-raises at once."""
         from samseg.sam.model import load_model
 
         r = self._sam
-        with _LOCK:
-            if r in _FAILED:
-                raise _FAILED[r]
-            if r not in _LOADED:
-                try:
-                    _LOADED[r] = load_model(r.model_type, checkpoint=r.checkpoint, device=r.device, seed=r.seed,
-                                            precision=r.precision, kernels=r.kernels)
-                except Exception as exc:
-                    _FAILED[r] = exc
-                    raise
-            return _LOADED[r]
+        return _once(_LOADED, r, lambda: load_model(r.model_type, checkpoint=r.checkpoint, device=r.device, seed=r.seed,
+                                                    precision=r.precision, kernels=r.kernels))
+
+
+def _once(loaded: dict[Any, Any], key: Any, load: Any) -> Any:
+    """`loaded[key]`, loaded on first use; a failed load is remembered and re-raised at once."""
+    with _LOCK:
+        if key in _FAILED:
+            raise _FAILED[key]
+        if key not in loaded:
+            try:
+                loaded[key] = load()
+            except Exception as exc:
+                _FAILED[key] = exc
+                raise
+        return loaded[key]
 
 
 

@@ -215,13 +215,13 @@ def _run_weights_download(args: argparse.Namespace) -> int:
 
 
 def _run_weights_list(args: argparse.Namespace) -> int:
-    from samseg.core.backbones import BACKBONES
+    from samseg.core.backbones import BACKBONES, SAM
     from samseg.sam.backbones import weights_path
     from samseg.sam.model import checkpoint_path, downloadable_types
 
     for model_type in downloadable_types():
         path = checkpoint_path(model_type)
-        print(f"{model_type}\t{'present' if path.is_file() else 'missing'}\t{path}\tApache-2.0 (SAM)")
+        print(f"{model_type}\t{'present' if path.is_file() else 'missing'}\t{path}\t{BACKBONES[SAM].licence}")
     for name, row in BACKBONES.items():
         if row.downloadable:
             path = weights_path(name)

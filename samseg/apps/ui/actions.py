@@ -95,15 +95,13 @@ def _backbone(model: Any, name: str) -> tuple[Any, Optional[Callable[[], Any]]]:
 
     if name == SAM:
         return dataclasses.replace(model, features=SAM, features_sha256="", features_path=None), None
-    request = ModelRequest(model.model_type, precision=model.precision, features=name)
+    source = ModelSource(ModelRequest(model.model_type, precision=model.precision, features=name))
     try:
-        from samseg.sam.backbones import weights_identity
-
-        path, sha = weights_identity(name)
+        ident = source.identity()
     except CheckpointError as exc:
         raise RunDataError(str(exc)) from None
-    return (dataclasses.replace(model, features=name, features_sha256=sha, features_path=path),
-            ModelSource(request).get_backbone)
+    return (dataclasses.replace(model, features=name, features_sha256=ident.features_sha256,
+                                features_path=ident.features_path), source.get_backbone)
 
 
 def _write_and_log(store: RunStore, parent: str, run: Any, summary: Any, kind: str) -> str:
