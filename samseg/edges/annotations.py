@@ -146,15 +146,20 @@ def labeling_config(names: list[str]) -> str:
 
 def brush_results(r: ImageResult) -> list[dict[str, Any]]:
     """One Label Studio brush result per class present in the image (its pixels in labels.png)."""
+    return brush_results_of(r.stem, r.label_map)
+
+
+def brush_results_of(stem: str, label_map: np.ndarray) -> list[dict[str, Any]]:
+    """brush_results from the H×W class-id map alone (what an encoder process is sent)."""
     from label_studio_sdk.converter.brush import mask2rle
 
-    h, w = r.hw
+    h, w = label_map.shape
     results = []
-    for c in range(int(r.label_map.max(initial=0))):
-        mask = (r.label_map == c + 1).astype(np.uint8) * 255
+    for c in range(int(label_map.max(initial=0))):
+        mask = (label_map == c + 1).astype(np.uint8) * 255
         if not mask.any():
             continue
-        results.append({"id": f"{r.stem}-class_{c}", "from_name": FROM_NAME, "to_name": TO_NAME, "type": "brushlabels",
+        results.append({"id": f"{stem}-class_{c}", "from_name": FROM_NAME, "to_name": TO_NAME, "type": "brushlabels",
                         "original_width": w, "original_height": h, "image_rotation": 0,
                         "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": [f"class_{c}"]}})
     return results

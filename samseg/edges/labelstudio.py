@@ -4,6 +4,9 @@ One task per image, its classes as a **prediction** in Label Studio's own brush 
 (samseg.edges.annotations.brush_results, label_studio_sdk.converter.brush), so annotators start
 from them. Every call goes through label_studio_sdk's client except the file upload, which the
 SDK has no method for: it is the SDK's own HTTP client posting multipart to the import endpoint.
+A prediction's body (a few MB of RLE) is also sent through that client as ready JSON: the SDK's
+typed methods walk every RLE byte in Python to encode it and again to parse the echo (0.25 s an
+image of 20 classes, more than the server takes), and the encoder processes already wrote the JSON.
 
 - The token comes from LABEL_STUDIO_API_KEY only (never a flag, never logged).
 - The project is found by id or by exact title (two with that title: refused), else created with
@@ -22,17 +25,20 @@ SDK has no method for: it is the SDK's own HTTP client posting multipart to the 
 
 from __future__ import annotations
 
+import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from samseg.edges.annotations import FROM_NAME, TO_NAME, ImageResult, brush_results, class_names, labeling_config, n_classes
+from samseg.edges.annotations import FROM_NAME, TO_NAME, ImageResult, brush_results_of, class_names, labeling_config, n_classes
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 SHA_KEY = "samseg_sha256"  # task data: the image's sha256, how a second push finds its task
 TIMEOUT_S = 30.0
+MAX_ENCODERS = 4  # brush-encoder processes at most (the server needs cores too)
 
 
 class LabelStudioError(RuntimeError):
@@ -152,11 +158,9 @@ def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[d
     proj, _ = find_project(client, url, project, labels)
     existing = _tasks_by_sha(client, url, proj.id)
     created = matched = added = replaced = 0
-    # The SDK's brush encoder is pure Python (~10 ms per class at 1 MP): one worker thread encodes
-    # the next images while this one waits on the server (the requests release the GIL).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="samseg-brush") as pool:
-        encoded = [pool.submit(brush_results, r) for r in results]
-        for done, (r, brush) in enumerate(zip(results, encoded)):
+    encoder = BrushEncoder(results)
+    try:
+        for done, r in enumerate(results):
             try:
                 sha = str(r.summary["image"]["sha256"])
                 task_id = existing.get(sha)
@@ -166,14 +170,53 @@ def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[d
                 else:
                     matched += 1
                 version = model_version(r, (run_ids or {}).get(r.out_dir))
-                a, b = _put_prediction(client, url, task_id, brush.result(), score(r), version, new=sha not in existing)
+                a, b = _put_prediction(client, url, task_id, encoder.result_json(done), score(r), version,
+                                       new=sha not in existing)
                 added, replaced = added + a, replaced + b
             except LabelStudioError as exc:
-                for f in encoded:
-                    f.cancel()
                 raise LabelStudioError(f"{r.file_name}: {exc} — {done} of {len(results)} tasks were pushed; "
                                        "pushing again completes the rest (no task is duplicated)") from None
+    finally:
+        encoder.close()
     return PushResult(proj.id, f"{url.rstrip('/')}/projects/{proj.id}", created, matched, added, replaced, len(results))
+
+
+class BrushEncoder:
+    """Each image's brush results as JSON, encoded a few images ahead in worker processes.
+
+    The SDK's encoder is pure Python (8-22 ms per 1-MP class mask, by CPU): in a thread it holds
+    the GIL the request loop needs, and alone it costs more than the server's import. Processes
+    (spawned: the caller may hold threads, e.g. the UI) encode on the cores the server leaves
+    free while this process waits on the server; the window bounds the JSON held in memory."""
+
+    def __init__(self, results: list[ImageResult]) -> None:
+        import multiprocessing
+
+        self.results = results
+        self.workers = max(1, min(MAX_ENCODERS, (os.cpu_count() or 2) - 1, len(results)))
+        self.ahead = 2 * self.workers + 1
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._futures: dict[int, Future] = {}
+
+    def result_json(self, i: int) -> bytes:
+        """Image i's brush results (a JSON list), submitting the next ones on the way."""
+        for j in range(i, min(i + self.ahead, len(self.results))):
+            if j not in self._futures:
+                r = self.results[j]
+                self._futures[j] = self._pool.submit(encoded_json, r.stem, r.label_map)
+        try:
+            return self._futures.pop(i).result()
+        except BrokenProcessPool:
+            raise LabelStudioError("the brush encoder process died (out of memory?)") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+
+def encoded_json(stem: str, label_map: Any) -> bytes:
+    """brush_results_of as JSON bytes (runs in an encoder process)."""
+    return json.dumps(brush_results_of(stem, label_map)).encode()
 
 
 def push_run(url: str, run_id: str, project: str, workdir: Path) -> PushResult:
@@ -223,33 +266,40 @@ def _ensure_s3_storage(client: Any, url: str, project_id: int, bucket: str) -> N
 
 def _upload(client: Any, url: str, project_id: int, path: Path) -> int:
     """The one call the SDK has no method for: a multipart file import; returns the new task's id."""
-    wrapper = client._client_wrapper  # the SDK's own HTTP client: its base URL, auth and timeout
     with open(path, "rb") as f:
-        resp = _call(url, f"upload {path.name}", lambda: wrapper.httpx_client.request(
-            f"api/projects/{project_id}/import", method="POST", params={"return_task_ids": True},
-            files={path.name: (path.name, f)}))
-    if resp.status_code >= 400:
-        body = " ".join(resp.text[:200].split())
-        raise LabelStudioError(f"Label Studio at {url} refused the image {path.name} (HTTP {resp.status_code}: {body})")
+        resp = _raw(client, url, f"upload {path.name}", f"api/projects/{project_id}/import", "POST",
+                    params={"return_task_ids": True}, files={path.name: (path.name, f)},
+                    refused=f"refused the image {path.name}")
     ids = resp.json().get("task_ids") or []
     if len(ids) != 1:
         raise LabelStudioError(f"Label Studio at {url} made {len(ids)} tasks of {path.name}, expected 1")
     return int(ids[0])
 
 
-def _put_prediction(client: Any, url: str, task_id: int, result: list[dict[str, Any]], s: float,
+def _raw(client: Any, url: str, what: str, path: str, method: str, refused: str = "", **request: Any) -> Any:
+    """A request through the SDK's own HTTP client (its base URL, auth and timeout), untyped."""
+    wrapper = client._client_wrapper
+    resp = _call(url, what, lambda: wrapper.httpx_client.request(path, method=method, **request))
+    if resp.status_code >= 400:
+        body = " ".join(resp.text[:200].split())
+        raise LabelStudioError(f"Label Studio at {url} {refused or f'answered to {what}'} (HTTP {resp.status_code}: {body})")
+    return resp
+
+
+def _put_prediction(client: Any, url: str, task_id: int, result_json: bytes, s: float,
                     version: str, new: bool = False) -> tuple[int, int]:
     """(added, replaced): this model_version's prediction on the task, replaced if it is there
     (a task this push created has none: nothing to look up)."""
     same = [] if new else [p for p in _call(url, "list the task's predictions",
                                             lambda: list(client.predictions.list(task=task_id)))
                            if p.model_version == version]
+    fields = json.dumps({"task": task_id, "score": s, "model_version": version}).encode()
+    body = fields[:-1] + b', "result": ' + result_json + b"}"  # the encoder's JSON spliced in, not re-walked
+    json_body = {"content": body, "headers": {"Content-Type": "application/json"}}
     if same:
-        _call(url, "update a prediction", lambda: client.predictions.update(id=same[0].id, result=result, score=s,
-                                                                             model_version=version))
+        _raw(client, url, "update a prediction", f"api/predictions/{same[0].id}/", "PATCH", **json_body)
         for extra in same[1:]:
             _call(url, "remove a duplicate prediction", lambda: client.predictions.delete(id=extra.id))
         return 0, 1
-    _call(url, "add a prediction", lambda: client.predictions.create(task=task_id, result=result, score=s,
-                                                                     model_version=version))
+    _raw(client, url, "add a prediction", "api/predictions/", "POST", **json_body)
     return 1, 0
