@@ -273,7 +273,8 @@ def _add_api(app: FastAPI) -> None:
     add_preview_api(app)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
+        # async: answered on the event loop, not on the thread pool that sync routes may fill
         return {"status": "ok"}
 
     @app.get("/api/runs")

@@ -20,6 +20,7 @@ from typing import Any
 
 from samseg.apps.ui.files import RunDataError, RunFiles
 from samseg.apps.ui.guards import valid_run_id
+from samseg.apps.ui.tracking_gate import GatedClient, TrackingGate
 from samseg.core.backbones import SAM
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
@@ -112,7 +113,11 @@ class RunStore(RunFiles):
 
         self.settings = settings
         self.tracking_uri = _resolve_tracking_uri(settings.tracking_uri)
-        self.client = client(self.tracking_uri)  # samseg's HTTP timeouts: a dead server is a 503 in seconds
+        # samseg's HTTP timeouts (a dead server is a 503 in seconds), and a gate: a stalled server
+        # holds a few request threads, never the whole pool (apps/ui/tracking_gate.py)
+        where = scrub_secrets(self.tracking_uri)
+        self.gate = TrackingGate(lambda why: StoreUnavailable(f"the MLflow store {where} is unavailable ({why})"))
+        self.client = GatedClient(client(self.tracking_uri), self.gate)
         self.cache_dir = Path(settings.cache_dir or _default_cache_dir())
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -296,7 +301,8 @@ class RunStore(RunFiles):
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=dest.parent))
         try:
-            mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp), tracking_uri=self.tracking_uri)
+            with self.gate.slot():
+                mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp), tracking_uri=self.tracking_uri)
             root = _outputs_root(tmp, marker)
             if root is None:
                 raise RunDataError(f"run {run_id}: no {marker} among its artifacts")
