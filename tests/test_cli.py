@@ -246,3 +246,22 @@ def test_usage_doc_preset_table_matches_config() -> None:
         for name, cell in zip(PRESETS, cells):
             value = PRESETS[name].flat()[key]
             assert cell == (f"{value:.4g}" if isinstance(value, float) else str(value)), (key, name)
+
+
+def test_a_prompt_grid_over_the_limit_is_refused_with_its_size(tmp_path: Path) -> None:
+    from samseg.core.config import MAX_PROMPTS
+
+    rc, stdout, stderr = run_cli(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--points-per-side", "5000"])
+    assert rc == 2 and "25,000,000 prompts" in stderr and f"{MAX_PROMPTS:,}" in stderr and stdout == ""
+    rc, _, stderr = run_cli(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--crop-n-layers", "1000000000"])
+    assert rc == 2 and "amg.crop_n_layers must be <= 4" in stderr  # bounded before any grid is counted
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_experiment_name_mlflow_cannot_store_is_refused_before_any_compute(tmp_path: Path) -> None:
+    from samseg.edges.run_schema import EXPERIMENT_NAME_MAX
+
+    for name, message in [("e" * 600, f"at most {EXPERIMENT_NAME_MAX} characters"), ("", "must not be empty"),
+                          ("a\nb", "control characters")]:
+        rc, _, stderr = run_cli(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--experiment", name])
+        assert rc == 2 and message in stderr, (name, stderr)

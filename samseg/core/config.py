@@ -132,6 +132,10 @@ class ConfigSection:
         """Rules between fields (none by default)."""
 
 
+MAX_PROMPTS = 512 * 512  # prompts per image over all crop layers (SAM's default grid: 32² = 1,024)
+MAX_CROP_LAYERS = 4  # 4^4 = 256 crops in the last layer
+
+
 @dataclass(frozen=True)
 class AmgConfig(ConfigSection):
     """Every `segment_anything.SamAutomaticMaskGenerator` knob; defaults are SAM's own.
@@ -148,11 +152,27 @@ class AmgConfig(ConfigSection):
     stability_score_thresh: float = knob(0.95, "drop masks whose stability score is lower")
     stability_score_offset: float = knob(1.0, "logit offset of the stability score")
     box_nms_thresh: float = knob(0.7, "box IoU above which the lower-scored mask is dropped")
-    crop_n_layers: int = knob(0, "layers of image crops, each with its own prompt grid", ge=0)
+    crop_n_layers: int = knob(0, "layers of image crops, each with its own prompt grid (layer i: 4^i crops)", ge=0,
+                              le=MAX_CROP_LAYERS)
     crop_nms_thresh: float = knob(0.7, "box NMS threshold between crops")
     crop_overlap_ratio: float = knob(512 / 1500, "overlap of neighbouring crops", ge=0, lt=1)
     crop_n_points_downscale_factor: int = knob(1, "prompt grid divided by this per crop layer", ge=1)
     min_mask_region_area: int = knob(0, ">0: remove holes and islands under this many pixels (OpenCV)", ge=0)
+
+    @property
+    def prompts(self) -> int:
+        """Prompts per image (or tile): crop layer i has 4^i crops, each a grid of
+        int(points_per_side / downscale^i)² points (SAM's build_all_layer_point_grids)."""
+        return sum(4**i * int(self.points_per_side / self.crop_n_points_downscale_factor**i) ** 2
+                   for i in range(self.crop_n_layers + 1))
+
+    def check(self) -> None:
+        # Each prompt is a decoder pass whose kept masks stay in memory until the image's NMS:
+        # refuse a grid that would run for hours and fill the memory, before any image is read.
+        n = self.prompts
+        _check(n <= MAX_PROMPTS, f"amg: points_per_side {self.points_per_side} with crop_n_layers {self.crop_n_layers} "
+               f"is {n:,} prompts per image, over samseg's limit of {MAX_PROMPTS:,} "
+               f"({-(-n // self.points_per_batch):,} decoder calls; SAM's default is 1,024 prompts)")
 
 
 @dataclass(frozen=True)
