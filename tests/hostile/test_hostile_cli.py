@@ -105,6 +105,9 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
     # As if the process had been killed mid-batch: still RUNNING, its pid dead.
     client.update_run(batch.info.run_id, status="RUNNING")
     client.set_tag(batch.info.run_id, TAG_PID, str(2**22 + 99))
+    # ... and one image's run cut off while its artifacts uploaded: RUNNING too.
+    cut = client.search_runs([exp_id], "tags.`samseg.kind` = 'image'")[0].info.run_id
+    client.update_run(cut, status="RUNNING")
     other = tracking.start_batch_run(exp, "other", {}, {TAG_HOST: batch.data.tags[TAG_HOST], TAG_PID: str(2**22 + 98),
                                                         TAG_BATCH_KEY: "x"})
     assert run_cli(argv)[0] == 0
@@ -112,5 +115,6 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
     assert len(batches) == 2  # resumed, not a third
     assert client.get_run(batch.info.run_id).info.status == "FINISHED"
     assert client.get_run(other).info.status == "KILLED"
-    images = client.search_runs([exp_id], "tags.`samseg.kind` = 'image'")
-    assert len(images) == 2, [r.data.tags.get("samseg.out_dir") for r in images]
+    assert client.get_run(cut).info.status == "FAILED"  # the orphan image run is ended, not RUNNING forever
+    images = client.search_runs([exp_id], "tags.`samseg.kind` = 'image' and attributes.status = 'FINISHED'")
+    assert len(images) == 2, [r.data.tags.get("samseg.out_dir") for r in images]  # the cut-off image logged again

@@ -50,7 +50,9 @@ def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags:
     client = mlflow_client.client()
     resumed = None
     try:
-        for run in _orphans(client, tracking.experiment_id(client, experiment)):
+        experiment_id = tracking.experiment_id(client, experiment)
+        for run in _orphans(client, experiment_id):
+            _end_running_images(client, experiment_id, run.info.run_id)
             if resumed is None and run.data.tags.get(TAG_BATCH_KEY) == key:
                 resumed = run.info.run_id
                 client.set_tag(resumed, TAG_PID, str(os.getpid()))
@@ -63,6 +65,14 @@ def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags:
         return resumed, True
     own = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), TAG_BATCH_KEY: key}
     return tracking.start_batch_run(experiment, run_name, params, {**tags, **own}), False
+
+
+def _end_running_images(client: Any, experiment_id: str, batch_run_id: str) -> None:
+    """An orphan batch's image runs still RUNNING were cut off while logging (their artifacts
+    part-uploaded): FAILED. A resumed batch logs those images again."""
+    for run in client.search_runs([experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{batch_run_id}' "
+                                  "and attributes.status = 'RUNNING'", max_results=1000):
+        client.set_terminated(run.info.run_id, "FAILED")
 
 
 def logged_image_run(batch_run_id: str, image_sha256: str, out_dir: str) -> str | None:
