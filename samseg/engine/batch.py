@@ -67,7 +67,12 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     report = batch_report(source, job.out, results, batch_run_id, fan_out, class_report)
     if not report.get("summary_error") and not (class_report or {}).get("error"):
         owned_files.end_batch(job.out)
-    end_batch(batch_run_id, batch_status(report), quiet=False)
+    from samseg.edges.mlflow.client import TrackingError
+
+    try:
+        end_batch(batch_run_id, batch_status(report), quiet=False)
+    except TrackingError as exc:  # the images' results are already on disk: report them, and this
+        report["tracking_error"] = one_line(f"MLflow batch run {batch_run_id} not ended: {exc}")
     return report
 
 
@@ -124,8 +129,8 @@ def batch_report(source: Source, out: str, results: list[dict[str, Any]], batch_
     `summary_error`, never a lost report)."""
     failed = [r for r in results if r["status"] != "completed"]
     report = {"source": source, "out": out, "images": results, "succeeded": len(results) - len(failed),
-              "failed": len(failed), "mlflow_run_id": batch_run_id, "fan_out": fan_out,
-              "classes": classes or {"mode": "image"}}
+              "failed": len(failed), "untracked": sum(bool(r.get("tracking_error")) for r in results),
+              "mlflow_run_id": batch_run_id, "fan_out": fan_out, "classes": classes or {"mode": "image"}}
     try:
         write_batch_summary(out, report)
     except Exception as exc:  # noqa: BLE001 — the images' results must still reach the caller
@@ -142,4 +147,4 @@ def write_batch_summary(out: str, report: dict[str, Any]) -> None:
 
 def batch_status(report: dict[str, Any]) -> str:
     """The MLflow status the batch run ends with."""
-    return "FAILED" if report["failed"] or (report.get("classes") or {}).get("error") else "FINISHED"
+    return "FAILED" if report["failed"] or report.get("untracked") or (report.get("classes") or {}).get("error") else "FINISHED"

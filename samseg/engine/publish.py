@@ -37,9 +37,11 @@ class Tracking:
 
 
 def publish(run: ImageRun, summary: RunSummary, out: str, name: str, tracking: Tracking, features: bool = False,
-            execute: Execute = inline) -> dict[str, Any]:
+            execute: Execute = inline, untracked_ok: bool = False) -> dict[str, Any]:
     """Export `run` to OUT/<name>/ (uploaded when OUT is s3://), then log it; returns
-    {"out_dir", "mlflow_run_id", "write_seconds"}."""
+    {"out_dir", "mlflow_run_id", "write_seconds"}. Outputs first, tracking second: with
+    `untracked_ok`, a tracking failure after the write does not undo it, it is returned as
+    "tracking_error" (mlflow_run_id None), so a batch reports the image as written, not failed."""
     import time
 
     from samseg.edges.outdirs import child_dir
@@ -53,11 +55,20 @@ def publish(run: ImageRun, summary: RunSummary, out: str, name: str, tracking: T
         where = execute(WRITE, lambda: write_and_upload(run, summary, local, dest, features))
         seconds = time.perf_counter() - t0
         progress.report("stage", image=run.image.uri, stage=WRITE, status="computed")
-        run_id = _track(local, where, summary, run, tracking, execute) if tracking.track else None
+        untracked = None
+        try:
+            run_id = _track(local, where, summary, run, tracking, execute) if tracking.track else None
+        except Exception as exc:
+            if not untracked_ok:
+                raise
+            from samseg.edges.mlflow.client import error_line
+
+            run_id, untracked = None, error_line(exc)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return {"out_dir": where, "mlflow_run_id": run_id, "write_seconds": seconds}
+    done = {"out_dir": where, "mlflow_run_id": run_id, "write_seconds": seconds}
+    return {**done, "tracking_error": untracked} if untracked else done
 
 
 def write_and_upload(run: ImageRun, summary: RunSummary, local: Path, dest: Optional[str], features: bool = False) -> str:

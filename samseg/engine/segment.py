@@ -67,7 +67,8 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
     summary = summarize(run, flow_run_id=flow_run_id)
 
     def finish() -> dict[str, Any]:
-        where = publish(run, summary, job.out, name or safe_dir_name(uri), job.tracking, job.save_features, execute)
+        where = publish(run, summary, job.out, name or safe_dir_name(uri), job.tracking, job.save_features, execute,
+                        untracked_ok=True)
         progress.report("image_done", image=uri)
         return {**summary.to_dict(), **where}
 
@@ -152,9 +153,12 @@ def _started(uri: str, name: str, start_fn: StartFn) -> tuple[Optional[Callable[
 
 def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
     """A completed image's line in the batch report."""
-    return {"image": uri, "name": name, "status": "completed", "out_dir": s["out_dir"],
-            "mlflow_run_id": s.get("mlflow_run_id"), "cache": s.get("cache"),
-            "n_masks": s.get("n_masks"), "n_clusters": s.get("n_clusters"), "n_noise": s.get("n_noise")}
+    entry = {"image": uri, "name": name, "status": "completed", "out_dir": s["out_dir"],
+             "mlflow_run_id": s.get("mlflow_run_id"), "cache": s.get("cache"),
+             "n_masks": s.get("n_masks"), "n_clusters": s.get("n_clusters"), "n_noise": s.get("n_noise")}
+    if s.get("tracking_error"):  # written, but its MLflow run is missing: a rerun logs it
+        entry["tracking_error"] = s["tracking_error"]
+    return entry
 
 
 def failed_entry(uri: str, name: str, error: str, **more: Any) -> dict[str, Any]:
@@ -167,10 +171,11 @@ def describe_failure(uri: str, exc: BaseException) -> str:
     own message; other errors get "<uri>: " (and "unexpected <Type>: " for non-I/O ones)."""
     from samseg.edges.image_dir import OutputsError
     from samseg.edges.images import ImageError
+    from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.storage import StorageError
     from samseg.sam.model import CheckpointError
 
-    if isinstance(exc, (ImageError, OutputsError, StorageError, CheckpointError)):
+    if isinstance(exc, (ImageError, OutputsError, StorageError, CheckpointError, TrackingError)):
         message = str(exc)
     elif isinstance(exc, (ValueError, OSError)):
         message = f"{uri}: {exc}"
@@ -179,6 +184,12 @@ def describe_failure(uri: str, exc: BaseException) -> str:
     if uri not in message and PurePosixPath(str(uri)).name not in message:
         message = f"{uri}: {message}"
     return one_line(message)
+
+
+def shown_name(name: str) -> str:
+    """A file name as a console line shows it: a newline, tab or other control character as
+    its escape (`\\n`), so a hostile name can neither split a line nor move the cursor."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(name))
 
 
 def one_line(value: Any) -> str:

@@ -105,3 +105,39 @@ def test_two_first_runs_at_once_on_a_fresh_sqlite_store_both_finish(tmp_path: Pa
     assert all(rc == 0 for rc, _, _ in results), [err[-800:] for rc, _, err in results if rc]
     assert len({out.strip() for _, out, _ in results}) == 4  # four runs, one each
     assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["mlflow.db"]  # no lock file left
+
+
+def test_a_tracking_failure_after_the_write_reports_the_images_written_not_failed(tmp_path: Path, monkeypatch) -> None:
+    """The artifact store fills (or the server dies) while image runs are logged: every OUT/<img>
+    is complete, so each image is reported written-but-not-logged (a line each, and a count),
+    not failed; the batch summary says so; a batch run that cannot be ended loses no report."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from cli_run import run_cli
+    from samseg.edges.mlflow import client as mlflow_client, tracking
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 40, 3), 40 * i, np.uint8)).save(src / f"t{i}.png")
+
+    def full(*_a, **_k):
+        raise mlflow_client.TrackingError("MLflow run x: cannot log artifacts (No space left on device)")
+
+    monkeypatch.setattr(tracking, "log_image_run", full)
+    monkeypatch.setattr(tracking, "end_run", full)
+    rc, stdout, stderr = run_cli(["segment", str(src), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"),
+                                  "--experiment", f"untracked-{os.getpid()}", *TINY])
+    assert rc == 1
+    assert "t0.png:" in stdout and "t1.png:" in stdout  # a line per image, as for any written image
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert sum("outputs written, not logged to MLflow" in line for line in errors) == 2, stderr
+    assert any("batch run" in line and "not ended" in line for line in errors), stderr
+    assert "2 of 2 images were written but not logged to MLflow" in stderr and "images failed" not in stderr
+    report = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
+    assert report["failed"] == 0 and report["untracked"] == 2
+    assert all(r["status"] == "completed" and "No space left" in r["tracking_error"] for r in report["images"])
+    assert all((tmp_path / "out" / f"t{i}" / "summary.json").is_file() for i in range(2))

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from samseg.apps.cli.common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
-from samseg.apps.cli.common import stage_cache_root
+from samseg.apps.cli.common import experiment_name, stage_cache_root
 
 FAN_OUT = ("local", "auto", "deployment")
 
@@ -29,7 +29,7 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("orchestration (Prefect, MLflow, S3)")
     add_orchestrator_argument(g)
     g.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
-    g.add_argument("--experiment", default=None,
+    g.add_argument("--experiment", default=None, type=experiment_name,
                    help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, the experiment of $MLFLOW_EXPERIMENT_ID, else samseg)")
     g.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root (default: $SAMSEG_CACHE or ~/.cache/samseg/cache)")
     g.add_argument("--no-cache", action="store_true",
@@ -214,6 +214,9 @@ def _report_image(res: dict[str, Any]) -> int:
     print(_image_line(res["image"]["file_name"], res, res["out_dir"]))
     if res.get("mlflow_run_id"):
         print(f"MLflow run: {res['mlflow_run_id']}")
+    if res.get("tracking_error"):
+        print_error(_untracked_line(res["image"]["uri"], res["tracking_error"]))
+        return 1
     return 0
 
 
@@ -307,6 +310,8 @@ def _report_batch(report: dict[str, Any]) -> int:
         if r["status"] == "completed":
             where = r.get("out_dir") or f"(deployment run {r.get('flow_run_id')})"
             print(_image_line(PurePosixPath(r["image"]).name, r, where))
+            if r.get("tracking_error"):
+                print_error(_untracked_line(r["image"], r["tracking_error"]))
         else:
             print_error(r["error"])
     classes = report.get("classes") or {}
@@ -319,11 +324,20 @@ def _report_batch(report: dict[str, Any]) -> int:
             print(f"registered classes: {classes['registered']['model_uri']}")
     if report.get("mlflow_run_id"):
         print(f"MLflow batch run: {report['mlflow_run_id']}")
-    if report.get("summary_error"):
-        print_error(report["summary_error"])
+    for problem in ("summary_error", "tracking_error"):
+        if report.get(problem):
+            print_error(report[problem])
     if report["failed"]:
         print(f"{report['failed']} of {len(report['images'])} images failed", file=sys.stderr)
-    return 1 if report["failed"] or classes.get("error") or report.get("summary_error") else 0
+    if report.get("untracked"):
+        print(f"{report['untracked']} of {len(report['images'])} images were written but not logged to MLflow; "
+              "the same command again logs them (its stages come from the cache)", file=sys.stderr)
+    problems = ("failed", "untracked", "summary_error", "tracking_error")
+    return 1 if any(report.get(k) for k in problems) or classes.get("error") else 0
+
+
+def _untracked_line(image: str, error: str) -> str:
+    return f"{image}: outputs written, not logged to MLflow ({error})"
 
 
 def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:
@@ -336,4 +350,6 @@ def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:
     if r.get("cache"):
         needed = [v for v in r["cache"].values() if v != "skipped"]
         hits = f" (cache hits: {sum(v == 'hit' for v in needed)}/{len(needed)})"
-    return f"{file_name}:{counts} -> {where}{hits}"
+    from samseg.engine.segment import shown_name
+
+    return f"{shown_name(file_name)}:{counts} -> {shown_name(where)}{hits}"
