@@ -6,6 +6,7 @@ once matched across six modules live here once. No imports: the CLI reads it at 
 from __future__ import annotations
 
 EXPERIMENT_DEFAULT = "samseg"
+EXPERIMENT_NAME_MAX = 256  # characters: MLflow's experiments.name column is String(256)
 
 # samseg.kind of an MLflow run
 KIND_IMAGE, KIND_BATCH, KIND_RECLUSTER = "image", "batch", "recluster"

@@ -79,6 +79,20 @@ def print_error(message: str) -> None:
     tqdm.write(f"error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def experiment_name(value: str) -> str:
+    """argparse type of --experiment: a name MLflow can store, refused before any compute."""
+    from samseg.edges.run_schema import EXPERIMENT_NAME_MAX
+
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an experiment name must not be empty")
+    if len(value) > EXPERIMENT_NAME_MAX:
+        raise argparse.ArgumentTypeError(f"an experiment name has at most {EXPERIMENT_NAME_MAX} characters "
+                                         f"(this one has {len(value)})")
+    if not value.isprintable():
+        raise argparse.ArgumentTypeError("an experiment name must not contain control characters")
+    return value
+
+
 def experiment(args: argparse.Namespace) -> str:
     """--experiment, else MLflow's own environment (samseg.edges.mlflow.conventions)."""
     if getattr(args, "experiment", None):

@@ -13,7 +13,7 @@ from samseg.apps.cli.config import add_section_flags
 from samseg.core.config import DEFAULT, ClusterConfig
 
 from samseg.apps.cli.common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
-from samseg.apps.cli.common import stage_cache_root, write_csv
+from samseg.apps.cli.common import experiment_name, stage_cache_root, write_csv
 
 
 def add_parser(sub: Any) -> None:
@@ -38,7 +38,7 @@ def _add_recluster_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR_OR_S3", help="output root; the image goes to OUT/<image stem>/")
     add_section_flags(p.add_argument_group("clustering (left out: the parent run's value)"), ClusterConfig, DEFAULT.cluster)
     p.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
-    p.add_argument("--experiment", default=None,
+    p.add_argument("--experiment", default=None, type=experiment_name,
                    help="MLflow experiment of the new run (default: $MLFLOW_EXPERIMENT_NAME / _ID, else samseg)")
     p.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the stage cache (use the run's artifacts)")
@@ -120,7 +120,7 @@ def _add_runs_parser(sub: Any) -> None:
     c = rsub.add_parser("compare", help="table of runs: the params that differ, and every metric",
                         description="Compare runs by id, or every run of an experiment.")
     c.add_argument("run_ids", nargs="*", metavar="RUN_ID")
-    c.add_argument("--experiment", default=None, help="compare every run of this experiment (default: samseg)")
+    c.add_argument("--experiment", default=None, type=experiment_name, help="compare every run of this experiment (default: samseg)")
     c.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
     c.set_defaults(handler=run_runs_compare, subparser=c)
     p.set_defaults(subparser=p)

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from samseg.apps.cli.common import experiment_name
 from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the UI can start runs, so it is private by default
@@ -26,7 +27,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST}; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--experiment", default=None, help="MLflow experiment to show (default: samseg)")
+    p.add_argument("--experiment", default=None, type=experiment_name, help="MLflow experiment to show (default: samseg)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or MLflow's default)")
     p.add_argument("--cache", default=None, help="stage cache root for pooling changes (default: $SAMSEG_CACHE or ~/.cache/samseg/cache)")
     p.add_argument("--ui-cache", default=None, help="where downloaded run artifacts are kept (default: ~/.cache/samseg/ui)")
