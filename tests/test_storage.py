@@ -103,7 +103,7 @@ def test_s3_roundtrip_list_and_missing(s3_bucket: str) -> None:  # noqa: F811
     assert storage.list_images(f"{base}/photos/") == expected
     assert storage.list_images(f"{base}/photos/b.jpg") == [f"{base}/photos/b.jpg"]
     assert storage.list_images(f"s3://{s3_bucket}/empty") == []
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match=f"'s3://{s3_bucket}/a/../b': '.' and '..' segments"):
         storage.write_bytes(f"s3://{s3_bucket}/a/../b", b"x")
 
 

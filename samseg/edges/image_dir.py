@@ -127,11 +127,14 @@ def write_image_dir(
     except outdirs.OutputDirRefused as exc:
         raise OutputsError(str(exc)) from None
     tmp = outdirs.temp_sibling(out_dir, "tmp")
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         _write_all(tmp, image, masks, embeddings, clusters, label_map, summary, features)
         outdirs.write_marker(tmp, __version__)
         _replace_dir(tmp, out_dir)
+    except OSError as exc:  # a full or read-only OUT: name the output, not the input
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputsError(f"{out_dir}: cannot write the outputs ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

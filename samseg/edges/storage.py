@@ -75,22 +75,31 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def validate_key(key: str) -> str:
-    """Return `key` unchanged if it is a safe relative object key, else raise StorageError."""
+def object_parts(uri: str) -> tuple[str, str]:
+    """split_s3_uri with the key validated; an error names the whole URI, bucket included."""
+    bucket, key = split_s3_uri(uri)
+    validate_key(key, shown=repr(uri))
+    return bucket, key
+
+
+def validate_key(key: str, shown: str | None = None) -> str:
+    """Return `key` unchanged if it is a safe relative object key, else raise StorageError
+    (naming `shown`, e.g. the whole URI, else the key; repr: a control character stays visible)."""
+    shown = shown or repr(key)
     if not key:
         raise StorageError("empty object key")
     if key.startswith("/"):
-        raise StorageError(f"{key!r}: absolute keys are not allowed")
+        raise StorageError(f"{shown}: absolute keys are not allowed")
     if "\\" in key:
-        raise StorageError(f"{key!r}: backslashes are not allowed in keys")
+        raise StorageError(f"{shown}: backslashes are not allowed in keys")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        raise StorageError(f"{key!r}: control characters are not allowed in keys")
+        raise StorageError(f"{shown}: control characters are not allowed in keys")
     for segment in key.split("/"):
         if segment == "":
-            raise StorageError(f"{key!r}: empty path segment")
+            raise StorageError(f"{shown}: empty path segment")
         # Reject encoded traversal too: something downstream may URL-decode the key.
         if unquote(segment) in (".", ".."):
-            raise StorageError(f"{key!r}: '.' and '..' segments are not allowed")
+            raise StorageError(f"{shown}: '.' and '..' segments are not allowed")
     return key
 
 
@@ -184,8 +193,7 @@ def _s3_call(op: str, uri: str, fn: Any, **kwargs: Any) -> Any:
 def read_bytes(uri_or_path: str | os.PathLike[str]) -> bytes:
     """Whole object/file as bytes. Missing → StorageNotFound; other failures → StorageError."""
     if is_s3_uri(uri_or_path):
-        bucket, key = split_s3_uri(str(uri_or_path))
-        validate_key(key)
+        bucket, key = object_parts(str(uri_or_path))
         client = _client()
         resp = _s3_call("read", str(uri_or_path), client.get_object, Bucket=bucket, Key=key)
         try:
@@ -208,8 +216,7 @@ def read_bytes(uri_or_path: str | os.PathLike[str]) -> bytes:
 def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes) -> None:
     """Write atomically: local = temp file in the same dir + os.replace; S3 = one put_object."""
     if is_s3_uri(uri_or_path):
-        bucket, key = split_s3_uri(str(uri_or_path))
-        validate_key(key)
+        bucket, key = object_parts(str(uri_or_path))
         _s3_call("write", str(uri_or_path), _client().put_object, Bucket=bucket, Key=key, Body=data)
         return
     path = Path(uri_or_path)
@@ -230,8 +237,7 @@ def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes) -> None:
 
 def exists(uri_or_path: str | os.PathLike[str]) -> bool:
     if is_s3_uri(uri_or_path):
-        bucket, key = split_s3_uri(str(uri_or_path))
-        validate_key(key)
+        bucket, key = object_parts(str(uri_or_path))
         try:
             _s3_call("head", str(uri_or_path), _client().head_object, Bucket=bucket, Key=key)
         except StorageNotFound:
@@ -252,8 +258,7 @@ def check_bucket(uri: str) -> None:
 def delete(uri_or_path: str | os.PathLike[str]) -> None:
     """Remove one object/file; missing is not an error."""
     if is_s3_uri(uri_or_path):
-        bucket, key = split_s3_uri(str(uri_or_path))
-        validate_key(key)
+        bucket, key = object_parts(str(uri_or_path))
         _s3_call("delete", str(uri_or_path), _client().delete_object, Bucket=bucket, Key=key)
         return
     Path(uri_or_path).unlink(missing_ok=True)
@@ -304,7 +309,7 @@ def list_images(spec: str | os.PathLike[str]) -> list[str]:
         _bucket, key = split_s3_uri(str(spec))
         if key and _is_image_name(key):
             try:
-                validate_key(key)
+                object_parts(str(spec))
             except StorageError:  # a hostile key fails alone, as that image's own error
                 return [str(spec)]
         if key and _is_image_name(key) and exists(str(spec)):

@@ -215,3 +215,30 @@ def test_concurrent_publishes_of_one_image_dir_last_complete_writer_wins(tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["img"]  # no leftovers beside it
     assert outdirs.foreign_entries(out / "img") == []  # complete: every file its marker lists, nothing else
     assert json.loads((out / "img" / "summary.json").read_text())["i"] == 199  # a writer's last publish
+
+
+def test_a_file_name_with_a_newline_or_tab_stays_on_its_own_line(tmp_path: Path) -> None:
+    good = _png(tmp_path / "in" / "odd\nname\t.png")
+    rc, stdout, stderr = _segment([good], tmp_path / "out", tmp_path / "cache")
+    assert rc == 0, stderr
+    lines = stdout.splitlines()
+    assert any(line.startswith("odd\\nname\\t.png:") for line in lines), stdout
+    assert not any(line.startswith("name") for line in lines)
+
+
+def test_a_full_out_disk_names_the_output_not_the_input(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from samseg.edges import image_dir
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(image_dir, "_write_all", full)
+    src = _png(tmp_path / "in" / "a.png")
+    rc, _, stderr = _segment([src], tmp_path / "out", tmp_path / "cache")
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert rc == 1 and len(errors) == 1, stderr
+    assert str(tmp_path / "out" / "a") in errors[0] and "No space left on device" in errors[0]
+    assert "unexpected" not in errors[0]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp dir left
