@@ -239,3 +239,28 @@ def test_dead_server_is_one_clear_error_and_http_retries_are_bounded(monkeypatch
     with pytest.raises(TrackingError) as info:
         tracking.start_batch_run("x", "batch", {}, {})
     assert dead in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_store_on_a_full_disk_is_named_so_whatever_sqlalchemy_raised_last() -> None:
+    from mlflow.exceptions import MlflowException
+
+    from samseg.edges.mlflow.client import error_line
+
+    try:
+        try:
+            raise OSError(28, "database or disk is full")
+        except OSError as disk:
+            raise MlflowException("(sqlalchemy) Query-invoked autoflush; consider using a session.no_autoflush block") from disk
+    except MlflowException as exc:
+        assert error_line(exc) == "the MLflow store's disk is full (database or disk is full)"
+    assert error_line(MlflowException("RESOURCE_DOES_NOT_EXIST: run x\nmore")) == "RESOURCE_DOES_NOT_EXIST: run x"
+
+
+def test_mlflow_prints_no_run_urls_and_draws_no_download_bars_unless_asked() -> None:
+    """samseg's console is its own lines: MLflow's "🏃 View run …" (stdout) and its artifact
+    download bars (stderr) are off once samseg's MLflow module is imported."""
+    import samseg.edges.mlflow.client  # noqa: F401
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False

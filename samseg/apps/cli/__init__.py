@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help → 0, bad flag → 2
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     _setup_logging(getattr(args, "verbose", False))
+    _line_buffered_stdout()
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:  # a command group without its action, or no command at all
         getattr(args, "subparser", parser).print_help(sys.stderr)
@@ -64,9 +65,23 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
             return shutdown.exit_code()
         except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
-            log.debug("unexpected error", exc_info=True)
-            _error_line(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
+            log.debug("error", exc_info=True)
+            if type(exc).__module__.startswith("samseg."):  # samseg's own errors are expected conditions, one line each
+                _error_line(" ".join(str(exc).split()))
+            else:
+                _error_line(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
             return 1
+
+
+def _line_buffered_stdout() -> None:
+    """Per-image lines reach a redirected stdout (a log file, `| tee`) as they are printed,
+    not in one block at the end of the batch (Python block-buffers a stdout that is not a TTY)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(line_buffering=True)
+        except (ValueError, OSError):  # a closed or exotic stream: leave it as it is
+            pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +130,10 @@ def _setup_logging(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _ScrubSecrets) for f in handler.filters):
             handler.addFilter(_ScrubSecrets())
+    if not verbose:
+        # MLflow logs a store's database errors at ERROR with ~80 lines of SQLAlchemy traceback
+        # before raising them; samseg reports the raised error in its own one line.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -38,6 +38,13 @@ def tracking_uri() -> str:
 # retry after 1 s, so about 21 s a call (docs/orchestration.md). Values set by the user are
 # kept (a slow link: raise MLFLOW_HTTP_REQUEST_TIMEOUT).
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow prints "🏃 View run … / 🧪 View experiment …" to stdout at each run's end and draws
+# "Downloading artifacts" bars on stderr: samseg's console is its own lines (-q: none of them),
+# and a batch's log is not a place for progress bars. Set either variable to have them back.
+# Set on import: every MLflow call samseg makes (downloads too) goes through a module that imports this one.
+_CONSOLE_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+for _key, _value in _CONSOLE_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
 
 
 def client(uri: str | None = None) -> Any:
@@ -82,6 +89,18 @@ def where() -> str:
     return scrub_secrets(tracking_uri())
 
 
+# What a store on a full disk says somewhere in the exception chain (SQLite, SQLAlchemy, the OS);
+# the top of the chain may be a later symptom ("Query-invoked autoflush ...").
+_DISK_FULL = ("database or disk is full", "No space left on device")
+
+
 def error_line(exc: BaseException) -> str:
+    seen: BaseException | None = exc
+    while seen is not None:
+        said = str(getattr(seen, "message", None) or seen)
+        for marker in _DISK_FULL:
+            if marker in said:
+                return f"the MLflow store's disk is full ({marker})"
+        seen = seen.__cause__ or seen.__context__
     text = str(getattr(exc, "message", None) or exc).strip()
     return scrub_secrets(text.splitlines()[0] if text else type(exc).__name__)
