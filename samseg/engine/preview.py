@@ -40,6 +40,15 @@ class PreviewSession:
                 self._canvas = PreviewCanvas.build(self.image.rgb, self.masks)
             return self._canvas
 
+    @property
+    def nbytes(self) -> int:
+        """What the session holds in memory: the image, its masks' RLE, the embeddings, the canvas."""
+        held = self.image.rgb.nbytes + self.embeddings.nbytes + sum(len(r["counts"]) for r in self.masks.rles)
+        canvas = self._canvas
+        if canvas is not None:
+            held += canvas.rgb.nbytes + sum(c.nbytes for c in canvas.crops)
+        return int(held)
+
     def clusters(self, cluster_cfg: ClusterConfig) -> Any:
         """The engine's cluster stage under `cluster_cfg` (nothing cached, nothing written)."""
         from samseg.edges.cache import StageCache

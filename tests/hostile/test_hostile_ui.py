@@ -372,3 +372,23 @@ def test_a_stalled_tracking_server_pins_a_few_threads_and_healthz_still_answers(
         sock.close()
         for conn in accepted:
             conn.close()
+
+
+def test_preview_sessions_are_bounded_in_bytes_not_only_in_count(monkeypatch) -> None:
+    """Four sessions of big runs used to stay in memory after a burst (2.8 GB); the LRU now
+    also evicts the oldest while the sessions together hold more than max_bytes."""
+    from types import SimpleNamespace
+
+    from samseg.apps.ui.preview_api import PreviewSessions
+
+    sessions = PreviewSessions(store=None, size=4, max_bytes=250)
+    monkeypatch.setattr(sessions, "_open", lambda run_id: SimpleNamespace(nbytes=100, run_id=run_id))
+    for run_id in ("a", "b", "c"):
+        sessions.get(run_id)
+    assert list(sessions._sessions) == ["b", "c"] and sessions.held_bytes() == 200
+    sessions.get("b")  # a hit moves it to the end
+    sessions.get("d")
+    assert list(sessions._sessions) == ["b", "d"]
+    big = PreviewSessions(store=None, size=4, max_bytes=50)
+    monkeypatch.setattr(big, "_open", lambda run_id: SimpleNamespace(nbytes=100, run_id=run_id))
+    assert big.get("huge").run_id == "huge" and list(big._sessions) == ["huge"]  # the newest stays

@@ -18,17 +18,19 @@ from samseg.apps.ui.service import RunDataError, RunStore
 from samseg.apps.ui.validation import validate_cluster_form
 
 MAX_SESSIONS = 4
+MAX_SESSION_BYTES = 512 * 2**20  # all sessions together; the newest is kept whatever its size
 
 
 class PreviewSessions:
-    """LRU of PreviewSession by run id (each holds one image's masks, embeddings and canvas).
+    """LRU of PreviewSession by run id (each holds one image's masks, embeddings and canvas),
+    bounded in count and in bytes (a few 100-MP runs must not hold gigabytes after a burst).
 
     Single flight: a burst of first previews of one run builds its session once; the other
     requests wait for that one (and get its error, if it fails) instead of each decoding
     the run's masks at the same time."""
 
-    def __init__(self, store: RunStore, size: int = MAX_SESSIONS) -> None:
-        self.store, self.size = store, size
+    def __init__(self, store: RunStore, size: int = MAX_SESSIONS, max_bytes: int = MAX_SESSION_BYTES) -> None:
+        self.store, self.size, self.max_bytes = store, size, max_bytes
         self._sessions: OrderedDict[str, Any] = OrderedDict()
         self._building: dict[str, Future] = {}
         self._lock = threading.Lock()
@@ -37,6 +39,7 @@ class PreviewSessions:
         with self._lock:
             if run_id in self._sessions:
                 self._sessions.move_to_end(run_id)
+                self._evict()
                 return self._sessions[run_id]
             building = self._building.get(run_id)
             if building is None:
@@ -53,10 +56,17 @@ class PreviewSessions:
         with self._lock:
             del self._building[run_id]
             self._sessions[run_id] = session
-            while len(self._sessions) > self.size:
-                self._sessions.popitem(last=False)
+            self._evict()
         mine.set_result(session)
         return session
+
+    def _evict(self) -> None:
+        """Oldest first, until both bounds hold (a session's canvas grows it after its first use)."""
+        while len(self._sessions) > 1 and (len(self._sessions) > self.size or self.held_bytes() > self.max_bytes):
+            self._sessions.popitem(last=False)
+
+    def held_bytes(self) -> int:
+        return sum(int(getattr(s, "nbytes", 0)) for s in self._sessions.values())
 
     def _open(self, run_id: str) -> Any:
         from samseg.engine.preview import PreviewSession
