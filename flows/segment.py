@@ -16,6 +16,7 @@ from prefect import flow
 
 from flows.params import PipelineParams, RuntimeParams
 from flows.tasks import flow_run_id, prefect_execute
+from samseg.edges import shutdown
 from samseg.edges.cache import default_cache_root
 from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW
 from samseg.engine.batch import ClassesRequest, run_batch
@@ -55,7 +56,8 @@ def segment_image_flow(
     """
     tracking = Tracking(track=track, experiment=experiment, nested_under=batch_run_id, resumed=batch_resumed)
     job = segment_job(settings, runtime, out, tracking)
-    return segment_one(image, job, name, execute=prefect_execute, flow_run_id=flow_run_id())
+    with shutdown.relayed():
+        return segment_one(image, job, name, execute=prefect_execute, flow_run_id=flow_run_id())
 
 
 @flow(name=BATCH_FLOW, log_prints=True)
@@ -95,7 +97,8 @@ def segment_batch_flow(
         return segment_many(uris, out, lambda uri, name: image_subflow(image=uri, name=name, settings=settings,
                                                                        runtime=runtime, **kwargs))
 
-    report = run_batch(source, job, run_images, request, "deployment" if use_deployments else "local", prefect_execute)
+    with shutdown.relayed():
+        report = run_batch(source, job, run_images, request, "deployment" if use_deployments else "local", prefect_execute)
     for r in report["images"]:  # the Prefect run log (the CLI prints its own line, and silences this one)
         if r["status"] != "completed":
             _run_logger().warning("%s", r["error"])

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -29,13 +29,42 @@ T = TypeVar("T")
 # still take before the command exits without it (SAMSEG_STOP_GRACE_S overrides).
 STOP_GRACE_S = 2.0
 
+# After a stop request the process ends within this many seconds whatever its main thread waits
+# on: a Ctrl-C to the terminal's process group also kills Prefect's temporary server, and Prefect's
+# engine then retries reporting the flow's state to it for minutes (SAMSEG_STOP_DEADLINE_S overrides).
+STOP_DEADLINE_S = 10.0
+
 _received: list[int] = []
 
 
 def _handler(signum: int, _frame: object) -> None:
+    _note(signum)
+    raise KeyboardInterrupt
+
+
+def _note(signum: int) -> None:
+    """Remember the first stop signal and start its deadline."""
     if not _received:
         _received.append(signum)
-    raise KeyboardInterrupt
+        threading.Thread(target=_deadline, name="samseg-stop-deadline", daemon=True).start()
+
+
+def _deadline() -> None:
+    """The stop's last word: still running `deadline_s()` after the signal, exit without the rest
+    (outputs and cache entries are atomic; a run left RUNNING is swept on the next start)."""
+    time.sleep(deadline_s())
+    print(f"interrupted; exiting without what still waited after {deadline_s():g} s "
+          "(a rerun resumes from the stage cache)", file=sys.stderr)
+    _flush()
+    os._exit(exit_code())
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 @contextmanager
@@ -52,6 +81,31 @@ def handled() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def relayed() -> Iterator[None]:
+    """Inside a Prefect flow run (call it in the flow's body): Prefect's engine has replaced the
+    SIGTERM handler with its own, which turns the signal into a crashed flow state, reported to
+    the API first. A SIGTERM is noted here before it is handed on, so the stop deadline runs even
+    when that API is gone (a process-group SIGTERM kills Prefect's temporary server too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    inner = signal.getsignal(signal.SIGTERM)
+
+    def relay(signum: int, frame: Any) -> None:
+        _note(signum)
+        if callable(inner):
+            inner(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, relay)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, inner)
 
 
 def requested() -> bool:
@@ -87,10 +141,19 @@ def pid_alive(pid: int) -> bool:
 
 def grace_s() -> float:
     """Seconds a stop waits for work in flight (STOP_GRACE_S unless SAMSEG_STOP_GRACE_S is set)."""
+    return _seconds("SAMSEG_STOP_GRACE_S", STOP_GRACE_S)
+
+
+def deadline_s() -> float:
+    """Seconds after a stop request by which the process has ended (never less than the grace)."""
+    return max(_seconds("SAMSEG_STOP_DEADLINE_S", STOP_DEADLINE_S), grace_s() + 1.0)
+
+
+def _seconds(env: str, default: float) -> float:
     try:
-        return max(0.0, float(os.environ.get("SAMSEG_STOP_GRACE_S", STOP_GRACE_S)))
+        return max(0.0, float(os.environ.get(env, default)))
     except ValueError:
-        return STOP_GRACE_S
+        return default
 
 
 def bounded(fn: Callable[[], T], timeout_s: Optional[float] = None) -> Optional[T]:
@@ -121,10 +184,6 @@ def exit_process(rc: int) -> None:
         for t in waiting:
             t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in waiting):
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
+            _flush()
             os._exit(rc)
     sys.exit(rc)

@@ -130,3 +130,26 @@ def test_kill9_leaves_no_temporary_prefect_server_behind(tmp_path: Path) -> None
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_sigterm_to_the_process_group_with_a_temporary_prefect_server_exits_143(tmp_path: Path) -> None:
+    """What a terminal's Ctrl-C or systemd does: the signal reaches samseg and Prefect's temporary
+    server at once. The server dies first, and the flow's next call fails to connect; that is the
+    stop itself, so the command ends with 143 and the interrupted line, not 'unexpected ConnectError'
+    after a minute of Prefect's retries."""
+    _images(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = _samseg(["segment", str(tmp_path / "in"), "--out", str(out), "--cache", str(tmp_path / "c"),
+                    "--orchestrator", "prefect", *TINY], env)
+    try:
+        _wait_for(lambda: (out / "img00" / "summary.json").exists() or proc.poll() is not None, 240, "the first image")
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGTERM)  # samseg and the server it started share the group
+        _stdout, stderr = proc.communicate(timeout=40)  # a hang detector, not a speed target
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr
+    assert "unexpected" not in stderr and "Traceback" not in stderr and "interrupted" in stderr

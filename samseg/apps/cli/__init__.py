@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             return shutdown.exit_code()
         except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
             log.debug("error", exc_info=True)
+            if shutdown.requested():  # what a stop broke (a Ctrl-C to the process group kills Prefect's
+                # temporary server too, and the flow's next call fails to connect) is the stop itself
+                print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
+                return shutdown.exit_code()
             if type(exc).__module__.startswith("samseg."):  # samseg's own errors are expected conditions, one line each
                 _error_line(" ".join(str(exc).split()))
             else:
