@@ -264,3 +264,48 @@ def test_mlflow_prints_no_run_urls_and_draws_no_download_bars_unless_asked() -> 
 
     assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True
     assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
+
+
+def test_after_a_call_without_an_answer_the_next_calls_fail_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracking server that accepts connections and never answers costs one timeout, not one
+    per call: for NO_ANSWER_COOLDOWN_S the next calls are refused without reaching it."""
+    import socket
+    import threading
+
+    from mlflow.exceptions import MlflowException
+
+    from samseg.edges.mlflow import client as mlflow_client
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(sock.accept()[0])  # held open, never answered
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        c = mlflow_client.client(uri)
+        with pytest.raises(MlflowException):
+            c.get_experiment_by_name("x")
+        assert len(accepted) == 1
+        for _ in range(3):
+            with pytest.raises(MlflowException, match="did not answer a moment ago"):
+                mlflow_client.client(uri).search_experiments()
+        assert len(accepted) == 1  # none of them reached the server
+        monkeypatch.setitem(mlflow_client._no_answer_until, uri, 0.0)  # the cool-down over: tried again
+        with pytest.raises(MlflowException):
+            c.get_experiment_by_name("x")
+        assert len(accepted) == 2
+    finally:
+        sock.close()
+        for conn in accepted:
+            conn.close()

@@ -136,8 +136,10 @@ def _setup_logging(verbose: bool) -> None:
             handler.addFilter(_ScrubSecrets())
     if not verbose:
         # MLflow logs a store's database errors at ERROR with ~80 lines of SQLAlchemy traceback
-        # before raising them; samseg reports the raised error in its own one line.
+        # before raising them, and urllib3 a warning per retry of a dead server; samseg reports
+        # the error raised at the end in its own one line.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from samseg.apps.ui.files import RunDataError, RunFiles
 from samseg.apps.ui.guards import valid_run_id
-from samseg.apps.ui.tracking_gate import GatedClient, TrackingGate
+from samseg.apps.ui.tracking_gate import TrackingGate
 from samseg.core.backbones import SAM
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
@@ -109,7 +109,7 @@ class RunStore(RunFiles):
     """Read access to one MLflow tracking server's samseg runs (and, through RunFiles, their files)."""
 
     def __init__(self, settings: UiSettings):
-        from samseg.edges.mlflow.client import client
+        from samseg.edges.mlflow.client import Guarded, client
 
         self.settings = settings
         self.tracking_uri = _resolve_tracking_uri(settings.tracking_uri)
@@ -117,7 +117,7 @@ class RunStore(RunFiles):
         # holds a few request threads, never the whole pool (apps/ui/tracking_gate.py)
         where = scrub_secrets(self.tracking_uri)
         self.gate = TrackingGate(lambda why: StoreUnavailable(f"the MLflow store {where} is unavailable ({why})"))
-        self.client = GatedClient(client(self.tracking_uri), self.gate)
+        self.client = Guarded(client(self.tracking_uri), self.gate.slot)
         self.cache_dir = Path(settings.cache_dir or _default_cache_dir())
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()

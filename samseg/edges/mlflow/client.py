@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 from samseg.core.secrets import scrub_secrets
 
@@ -49,14 +49,72 @@ for _key, _value in _CONSOLE_DEFAULTS.items():
 
 def client(uri: str | None = None) -> Any:
     """An MlflowClient for `uri` (default: tracking_uri()) with samseg's HTTP retry/timeout
-    defaults; a SQLite store is created and migrated once, under a lock (`_sqlite_ready`)."""
+    defaults, behind a short circuit (`answering`); a SQLite store is created and migrated
+    once, under a lock (`_first_use`)."""
     from mlflow import MlflowClient
 
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     target = uri or tracking_uri()
     with _first_use(target):
-        return MlflowClient(tracking_uri=target)
+        return Guarded(MlflowClient(tracking_uri=target), lambda: answering(target))
+
+
+# After a call got no answer (a timeout, a refused or reset connection), every call to that server
+# fails at once for this long: a batch whose tracking server stalls waits one timeout, not one
+# per image (its images are reported written but not logged), and a UI answers 503 at once.
+NO_ANSWER_COOLDOWN_S = 10.0
+_no_answer_until: dict[str, float] = {}
+
+
+class Guarded:
+    """`inner` with each of its method calls made inside `guard()` (a context manager)."""
+
+    def __init__(self, inner: Any, guard: Callable[[], ContextManager[None]]) -> None:
+        self._inner, self._guard = inner, guard
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._guard():
+                return attr(*args, **kwargs)
+
+        return call
+
+
+@contextlib.contextmanager
+def answering(uri: str) -> Iterator[None]:
+    """Around one call to the server at `uri`: refused at once (MlflowException) during the
+    cool-down after a call that got no answer; such a call starts the cool-down."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    if time.monotonic() < _no_answer_until.get(uri, 0.0):
+        raise MlflowException(f"MLflow at {scrub_secrets(uri)} did not answer a moment ago "
+                              f"(next try in at most {NO_ANSWER_COOLDOWN_S:g} s)")
+    try:
+        yield
+    except Exception as exc:
+        if no_answer(exc):
+            _no_answer_until[uri] = time.monotonic() + NO_ANSWER_COOLDOWN_S
+        raise
+
+
+def no_answer(exc: BaseException) -> bool:
+    """The call never got an answer (timeout, refused or reset connection), as opposed to an
+    answer that was an error (unknown run, bad filter, a locked SQLite file)."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 _READY: set[str] = set()
