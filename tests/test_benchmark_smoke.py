@@ -132,3 +132,18 @@ def test_gpu_check_without_cuda_says_so(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main([]) == 2
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_preview_burst_benchmark_runs_small_and_reports_every_number(tmp_path):
+    """benchmarks/preview_burst.py at a small size (a smoke run; its numbers are for the README only
+    at the default size)."""
+    out = tmp_path / "burst.json"
+    cmd = [sys.executable, "-m", "benchmarks.preview_burst", "--runs", "3", "--parallel", "4", "--masks", "12",
+           "--hw", "120x160", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**env, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    for burst in ("burst_one_run", "burst_over_runs"):
+        assert res[burst]["requests"] == 4 and 0 < res[burst]["p50_s"] <= res[burst]["p95_s"]
+    assert res["sessions_held"] == 3 and res["rss_mib"]["peak"] >= res["rss_mib"]["before"] > 0
