@@ -20,11 +20,13 @@ Fixtures
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -62,6 +64,31 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
             last = exc
         time.sleep(0.3)
     raise RuntimeError(f"{url} not up after {timeout_s:.0f}s ({last}):\n{_tail(log)}")
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[tuple[str, list[socket.socket]]]:
+    """("http://127.0.0.1:PORT", the connections accepted so far): a peer that accepts every
+    connection and never answers (a stalled server); everything is closed at the end."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(sock.accept()[0])  # held open, never answered
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", accepted
+    finally:
+        sock.close()
+        for conn in accepted:
+            conn.close()
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:

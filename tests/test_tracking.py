@@ -269,30 +269,14 @@ def test_mlflow_prints_no_run_urls_and_draws_no_download_bars_unless_asked() -> 
 def test_after_a_call_without_an_answer_the_next_calls_fail_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A tracking server that accepts connections and never answers costs one timeout, not one
     per call: for NO_ANSWER_COOLDOWN_S the next calls are refused without reaching it."""
-    import socket
-    import threading
-
     from mlflow.exceptions import MlflowException
 
     from samseg.edges.mlflow import client as mlflow_client
+    from servers import black_hole
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(sock.accept()[0])  # held open, never answered
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    with black_hole() as (uri, accepted):
         c = mlflow_client.client(uri)
         with pytest.raises(MlflowException):
             c.get_experiment_by_name("x")
@@ -305,7 +289,3 @@ def test_after_a_call_without_an_answer_the_next_calls_fail_at_once(monkeypatch:
         with pytest.raises(MlflowException):
             c.get_experiment_by_name("x")
         assert len(accepted) == 2
-    finally:
-        sock.close()
-        for conn in accepted:
-            conn.close()

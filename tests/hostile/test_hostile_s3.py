@@ -101,37 +101,17 @@ def test_black_hole_endpoint_is_given_a_bounded_number_of_tries(monkeypatch) -> 
     """An endpoint that accepts connections and never answers: samseg's read timeout and retry
     budget (storage._DEFAULT_*) end the read, in one line, after exactly 1 + retries tries —
     not MLflow-style minutes (botocore's own default is a 60 s read timeout and 4 tries)."""
-    import socket
-    import threading
-
     from samseg.edges import storage
+    from servers import black_hole
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            accepted.append(conn)  # held open, never answered
-
-    threading.Thread(target=accept, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{sock.getsockname()[1]}")
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("SAMSEG_S3_READ_TIMEOUT", "1")  # the budget's shape, not its length, is under test
-    try:
+    with black_hole() as (endpoint, accepted):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         try:
             storage.read_bytes("s3://bucket/in/a.png")
             raise AssertionError("a black-hole endpoint answered")
         except storage.StorageError as exc:
             assert "\n" not in str(exc) and "s3://bucket/in/a.png" in str(exc)
         assert len(accepted) == 1 + storage._DEFAULT_RETRIES
-    finally:
-        sock.close()
-        for conn in accepted:
-            conn.close()

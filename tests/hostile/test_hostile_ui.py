@@ -334,31 +334,16 @@ def test_a_stalled_tracking_server_pins_a_few_threads_and_healthz_still_answers(
     """50 parallel /api/runs against an MLflow server that accepts connections and never answers:
     at most the gate's slots ever reach it (the rest answer 503 without waiting their own
     timeout), every answer is a 503 naming the store, and /healthz answers while they wait."""
-    import socket
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from samseg.apps.ui import UiSettings, create_app
     from samseg.apps.ui.tracking_gate import SLOTS
+    from servers import black_hole
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(sock.accept()[0])  # held open, never answered
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")  # the gate's shape, not MLflow's timeout, is under test
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    app = create_app(UiSettings(tracking_uri=f"http://127.0.0.1:{sock.getsockname()[1]}", experiment=EXPERIMENT,
-                                cache_dir=tmp_path / "ui-cache"))
-    try:
+    with black_hole() as (uri, accepted):
+        app = create_app(UiSettings(tracking_uri=uri, experiment=EXPERIMENT, cache_dir=tmp_path / "ui-cache"))
         with TestClient(app) as c, ThreadPoolExecutor(50) as pool:
             burst = [pool.submit(c.get, "/api/runs") for _ in range(50)]
             health = c.get("/healthz")
@@ -368,10 +353,6 @@ def test_a_stalled_tracking_server_pins_a_few_threads_and_healthz_still_answers(
         assert {r.status_code for r in answers} == {503}
         assert all("MLflow store" in r.json()["detail"] for r in answers)
         assert 1 <= len(accepted) <= SLOTS
-    finally:
-        sock.close()
-        for conn in accepted:
-            conn.close()
 
 
 def test_preview_sessions_are_bounded_in_bytes_not_only_in_count(monkeypatch) -> None:
