@@ -197,13 +197,17 @@ class BrushEncoder:
         self.ahead = 2 * self.workers + 1
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         self._futures: dict[int, Future] = {}
+        self._submit_from(0)  # the first images encode while their uploads go out
 
-    def result_json(self, i: int) -> bytes:
-        """Image i's brush results (a JSON list), submitting the next ones on the way."""
+    def _submit_from(self, i: int) -> None:
         for j in range(i, min(i + self.ahead, len(self.results))):
             if j not in self._futures:
                 r = self.results[j]
                 self._futures[j] = self._pool.submit(encoded_json, r.stem, r.label_map)
+
+    def result_json(self, i: int) -> bytes:
+        """Image i's brush results (a JSON list), submitting the next ones on the way."""
+        self._submit_from(i)
         try:
             return self._futures.pop(i).result()
         except BrokenProcessPool:

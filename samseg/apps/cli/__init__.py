@@ -62,19 +62,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.subparser.prog}: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
-            return shutdown.exit_code()
+            return _interrupted()
         except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
             log.debug("error", exc_info=True)
             if shutdown.requested():  # what a stop broke (a Ctrl-C to the process group kills Prefect's
-                # temporary server too, and the flow's next call fails to connect) is the stop itself
-                print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
-                return shutdown.exit_code()
+                return _interrupted()  # temporary server too, and the flow's next call fails) is the stop
             if type(exc).__module__.startswith("samseg."):  # samseg's own errors are expected conditions, one line each
                 _error_line(" ".join(str(exc).split()))
             else:
                 _error_line(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
             return 1
+
+
+def _interrupted() -> int:
+    from samseg.edges import shutdown
+
+    print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
+    return shutdown.exit_code()
 
 
 def _line_buffered_stdout() -> None:

@@ -109,12 +109,15 @@ def no_answer(exc: BaseException) -> bool:
     answer that was an error (unknown run, bad filter, a locked SQLite file)."""
     import requests
 
+    return any(isinstance(e, (requests.ConnectionError, requests.Timeout)) for e in _chain(exc))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, newest first."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (requests.ConnectionError, requests.Timeout)):
-            return True
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 _READY: set[str] = set()
@@ -153,12 +156,10 @@ _DISK_FULL = ("database or disk is full", "No space left on device")
 
 
 def error_line(exc: BaseException) -> str:
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _chain(exc):
         said = str(getattr(seen, "message", None) or seen)
         for marker in _DISK_FULL:
             if marker in said:
                 return f"the MLflow store's disk is full ({marker})"
-        seen = seen.__cause__ or seen.__context__
     text = str(getattr(exc, "message", None) or exc).strip()
     return scrub_secrets(text.splitlines()[0] if text else type(exc).__name__)
