@@ -44,7 +44,7 @@ def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: s
     report = apply_dataset_classes(out, dirs, SMOKE.cluster, table=table)
     children = [log_image_run(d, read_summary(d), experiment=EXPERIMENT, nested_under=batch) for d in dirs]
     log_dataset_classes(batch, report)
-    end_run(batch)
+    end_run(batch, "FINISHED", {"images": [{"mlflow_run_id": c} for c in children]})  # the batch's own record
     return batch, children
 
 

@@ -265,6 +265,11 @@ class TileConfig(ConfigSection):
         return dataclasses.replace(self, auto=False)
 
 
+# The largest backbone input long side: 4096 px is a 292×292 grid of 14-px patches (85,000 tokens),
+# whose attention matrix alone is 29 GB per head in fp32; a larger image is split with --tile.
+MAX_FEATURES_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class FeaturesConfig(ConfigSection):
     """Which image encoder's features the mask embeddings are pooled from (samseg.core.backbones).
@@ -281,7 +286,8 @@ class FeaturesConfig(ConfigSection):
     FLAGS: ClassVar[bool] = False  # --features NAME, --features-size PX (samseg.apps.cli.config)
     name: str = knob(SAM, "feature backbone (samseg weights list)", choices=BACKBONE_NAMES,
                      invalid="{name} {value!r} is not a feature backbone; see `samseg weights list`")
-    input_size: int = knob(0, "backbone input long side in px, a multiple of its patch; 0 = its default", ge=0)
+    input_size: int = knob(0, "backbone input long side in px, a multiple of its patch; 0 = its default", ge=0,
+                           le=MAX_FEATURES_SIZE)
 
     def check(self) -> None:
         row = backbone_entry(self.name)

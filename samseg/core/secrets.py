@@ -17,6 +17,8 @@ SECRET_ENV_VARS: tuple[str, ...] = (
     "PREFECT_API_KEY",
     "POSTGRES_PASSWORD",
     "MINIO_ROOT_PASSWORD",
+    "LABEL_STUDIO_API_KEY",
+    "SAMSEG_UI_TOKEN",
 )
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s?#]+@")
 _QUERY_SECRET = re.compile(

@@ -3,13 +3,12 @@
 Formats (one `export_*` each; `write_export` picks by name):
 - coco: one `annotations.json` for every image (COCO instances: one annotation per non-noise
   mask, RLE segmentation, `category_id` = class + 1, categories `class_<c>`).
-- cvat: CVAT's "COCO 1.0" layout, `annotations/instances_default.json` (+ `images/` with
-  --copy-images).
+- cvat: CVAT's "COCO 1.0" layout, `annotations/instances_default.json`.
 - labelstudio: `tasks.json` (one task per image, its classes as brush pre-annotations in
   Label Studio's own RLE, made by label_studio_sdk.converter.brush) and `labeling_config.xml`
   whose BrushLabels `name`/`toName` match the results' `from_name`/`to_name`; or pushed into a
   running Label Studio (samseg.edges.labelstudio).
-- yolo-seg: `labels/<stem>.txt`, one line per polygon: `class x1 y1 x2 y2 ...` normalised to
+- yolo-seg: `labels/<image stem>.txt`, one line per polygon: `class x1 y1 x2 y2 ...` normalised to
   [0, 1]; the outer contour of each connected component of each non-noise mask (OpenCV,
   CHAIN_APPROX_SIMPLE). Holes are not represented (YOLO polygons have none: a ring becomes
   its outer boundary) and components under 3 points or 4 px² are dropped. `data.yaml` names
@@ -17,16 +16,19 @@ Formats (one `export_*` each; `write_export` picks by name):
 - index-png: `<stem>.png`, 8-bit palette PNG of the class map (0 = no class, c + 1 = class c;
   the palette is samseg's class colours) and `classes.txt`; at most 255 classes.
 
-Image locations: `file_name` is the image's file name; Label Studio's `data.image` is
-`<image_root>/<file name>` when --image-root is given (a URL prefix or a folder), else the
-recorded image URI (an absolute path or s3:// URI).
+Image names (`export_names`): the inputs' file names when they are unique in the export, else
+every image is named after its image dir (unique in its OUT) with its own suffix, so two inputs
+called `IMG_0001.jpg` never share a name, a copied file or a URL. `--copy-images` (cvat,
+labelstudio, yolo-seg) copies each input into `images/<name>`, only when its bytes hash to the
+sha256 its run recorded. Label Studio's `data.image` is `<image_root>/<name>` when --image-root
+is given (a URL prefix or a folder), else the recorded image URI (an absolute path or s3:// URI).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import numpy as np
@@ -90,6 +92,21 @@ def image_dirs(root: Path) -> list[Path]:
     return found
 
 
+def export_names(results: list[ImageResult]) -> list[str]:
+    """The image file names an export uses: the inputs' own names when they are unique in the
+    export, else every image named after its image dir (unique in its OUT) with its own suffix —
+    `cam1/IMG_1.jpg` and `cam2/IMG_1.jpg` never share one name, image file or URL."""
+    names = [r.file_name for r in results]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{r.stem}{PurePosixPath(r.file_name).suffix}" for r in results]
+
+
+def copied_images(results: list[ImageResult], names: list[str], folder: str = "images") -> Files:
+    """`folder/<export name>` for each image, its bytes checked against its run's sha256 (--copy-images)."""
+    return {f"{folder}/{n}": input_bytes(r, "--copy-images") for r, n in zip(results, names)}
+
+
 def n_classes(results: list[ImageResult]) -> int:
     return max((int(r.labels.max(initial=-1)) + 1 for r in results), default=0)
 
@@ -100,11 +117,11 @@ def class_names(k: int) -> list[str]:
 
 # ---------------------------------------------------------------- COCO / CVAT
 def coco_dataset(results: list[ImageResult]) -> dict[str, Any]:
-    """COCO instances dict: images 1..M, one annotation per non-noise mask."""
+    """COCO instances dict: images 1..M (named by `export_names`), one annotation per non-noise mask."""
     images, annotations = [], []
-    for img_id, r in enumerate(results, 1):
+    for img_id, (r, name) in enumerate(zip(results, export_names(results)), 1):
         h, w = r.hw
-        images.append({"id": img_id, "file_name": r.file_name, "height": h, "width": w})
+        images.append({"id": img_id, "file_name": name, "height": h, "width": w})
         for i in np.flatnonzero(r.labels >= 0):
             rle = r.masks.coco_rle(int(i))
             counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
@@ -124,12 +141,23 @@ def export_coco(results: list[ImageResult], **_: Any) -> Files:
 def export_cvat(results: list[ImageResult], copy_images: bool = False, **_: Any) -> Files:
     files = {"annotations/instances_default.json": _json(coco_dataset(results))}
     if copy_images:
-        for r in results:
-            src = Path(str(r.summary["image"]["uri"]))
-            if not src.is_file():
-                raise ExportError(f"{src}: input image not found (needed for --copy-images)")
-            files[f"images/{r.file_name}"] = src.read_bytes()
+        files.update(copied_images(results, export_names(results)))
     return files
+
+
+def input_bytes(r: ImageResult, needed_for: str) -> bytes:
+    """The image `r` was computed from, read from the URI its summary names and checked
+    against the sha256 it recorded (a crafted summary can name any file)."""
+    from samseg.edges.storage import StorageError, StorageNotFound, read_verified
+
+    image = r.summary.get("image") or {}
+    uri = str(image.get("uri") or "")
+    try:
+        return read_verified(uri, image.get("sha256"))
+    except StorageNotFound:
+        raise ExportError(f"{uri}: input image not found (needed for {needed_for})") from None
+    except StorageError as exc:
+        raise ExportError(f"{r.out_dir}: {exc}") from None
 
 
 # ---------------------------------------------------------------- Label Studio
@@ -165,14 +193,19 @@ def brush_results_of(stem: str, label_map: np.ndarray) -> list[dict[str, Any]]:
     return results
 
 
-def labelstudio_task(r: ImageResult, image_root: str | None) -> dict[str, Any]:
-    where = f"{image_root.rstrip('/')}/{r.file_name}" if image_root else str(r.summary["image"]["uri"])
+def labelstudio_task(r: ImageResult, image_root: str | None, name: str | None = None) -> dict[str, Any]:
+    where = f"{image_root.rstrip('/')}/{name or r.file_name}" if image_root else str(r.summary["image"]["uri"])
     return {"data": {TO_NAME: where}, "predictions": [{"model_version": "samseg", "result": brush_results(r)}]}
 
 
-def export_labelstudio(results: list[ImageResult], image_root: str | None = None, **_: Any) -> Files:
-    return {"tasks.json": _json([labelstudio_task(r, image_root) for r in results]),
-            "labeling_config.xml": labeling_config(class_names(n_classes(results))).encode("utf-8")}
+def export_labelstudio(results: list[ImageResult], image_root: str | None = None, copy_images: bool = False,
+                       **_: Any) -> Files:
+    names = export_names(results)
+    files = {"tasks.json": _json([labelstudio_task(r, image_root, n) for r, n in zip(results, names)]),
+             "labeling_config.xml": labeling_config(class_names(n_classes(results))).encode("utf-8")}
+    if copy_images:
+        files.update(copied_images(results, names))
+    return files
 
 
 # ---------------------------------------------------------------- YOLO / index PNG
@@ -193,13 +226,18 @@ def yolo_lines(r: ImageResult) -> list[str]:
     return lines
 
 
-def export_yolo(results: list[ImageResult], out: Path, **_: Any) -> Files:
+def export_yolo(results: list[ImageResult], out: Path, copy_images: bool = False, **_: Any) -> Files:
+    """labels/<image stem>.txt beside images/<image name> (Ultralytics pairs them by stem); the
+    images are there with --copy-images, and data.yaml points at them."""
     import yaml
 
     files = {}
-    for r in results:
+    images = export_names(results)
+    for r, name in zip(results, images):
         lines = yolo_lines(r)
-        files[f"labels/{r.stem}.txt"] = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
+        files[f"labels/{PurePosixPath(name).stem}.txt"] = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
+    if copy_images:
+        files.update(copied_images(results, images))
     names = class_names(n_classes(results))
     files["data.yaml"] = yaml.safe_dump({"path": str(out.resolve()), "train": "images", "val": "images",
                                          "nc": len(names), "names": names}, sort_keys=False).encode("utf-8")

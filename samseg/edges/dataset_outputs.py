@@ -96,6 +96,11 @@ def _embedding_model(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return {**made_by, "features": name, "features_sha256": sha or made_by.get("checkpoint_sha256")}
 
 
+def check_same_model(table: Any, summaries: list[dict[str, Any]]) -> None:
+    """DatasetOutputsError unless images with these summaries' model and backbone can take `table`'s classes."""
+    _check_same_model(table, _embedding_model(summaries))
+
+
 def _check_same_model(table: Any, made_by: dict[str, Any]) -> None:
     """Classes built from one backbone's embeddings mean nothing for another's: the feature
     weights must match (classes from before feature backbones name SAM's checkpoint only)."""
@@ -139,12 +144,12 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
     from samseg.core.compose import compose_labels
     from samseg.edges.image_dir import FEATURES_NPY, write_image_dir
     from samseg.edges.images import decode_image
-    from samseg.edges.storage import read_bytes
+    from samseg.edges.storage import read_verified
 
     uri = summary["image"]["uri"]
     try:
-        image = decode_image(read_bytes(uri), summary["image"]["file_name"], uri=uri)
-    except Exception as exc:  # the photo moved since the batch ran
+        image = decode_image(read_verified(uri, summary["image"].get("sha256")), summary["image"]["file_name"], uri=uri)
+    except Exception as exc:  # the photo moved or changed since the batch ran
         raise DatasetOutputsError(f"{uri}: cannot re-read the image of {d} ({' '.join(str(exc).split())})") from None
     features = np.load(d / FEATURES_NPY) if (d / FEATURES_NPY).is_file() else None
     summary = {**summary, "n_clusters": res.n_clusters, "n_noise": res.n_noise, "cluster_sizes": res.sizes(),
@@ -161,11 +166,11 @@ def _contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[di
 
     from samseg.core.contact_sheet import contact_sheet, select_examples
     from samseg.edges.images import decode_image
-    from samseg.edges.storage import read_bytes
+    from samseg.edges.storage import read_verified
 
     def load(i: int) -> tuple[Any, Any]:
-        uri = summaries[i]["image"]["uri"]
-        return decode_image(read_bytes(uri), summaries[i]["image"]["file_name"], uri=uri).rgb, loaded[i][0]
+        image = summaries[i]["image"]
+        return decode_image(read_verified(image["uri"], image.get("sha256")), image["file_name"], uri=image["uri"]).rgb, loaded[i][0]
 
     picks = select_examples(results, [m.areas for m, _, _ in loaded], table.n_classes)
     png = io.BytesIO()

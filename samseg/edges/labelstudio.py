@@ -8,35 +8,42 @@ A prediction's body (a few MB of RLE) is also sent through that client as ready 
 typed methods walk every RLE byte in Python to encode it and again to parse the echo (0.25 s an
 image of 20 classes, more than the server takes), and the encoder processes already wrote the JSON.
 
-- The token comes from LABEL_STUDIO_API_KEY only (never a flag, never logged).
-- The project is found by id or by exact title (two with that title: refused), else created with
-  samseg's labeling config (one BrushLabels label per class, samseg's class colours). An existing
-  project whose config lacks samseg's brush labels is refused.
+- The token comes from LABEL_STUDIO_API_KEY only (never a flag, never logged); a URL with a user
+  name, password or query is refused (`check_url`), so no error line can print a credential.
+- The project is found by id (ASCII digits) or by exact title (several with that title: refused
+  on the CLI, the lowest id from the UI), else created with samseg's labeling config (one
+  BrushLabels label per class, samseg's class colours). An existing project whose config lacks
+  samseg's brush labels is refused. One push at a time per server and project on a machine.
 - Images: a local image is uploaded through Label Studio's import API (the server stores it and
   serves it at /data/upload/...); an s3:// image is referenced as its URI, and the project gets an
   S3 source storage for its bucket (presigned URLs, never synced) unless it has one: the server
   reads the bucket with its own credentials, never samseg's (docs/exports.md).
-- Tasks are matched by the image's sha256 (task data `samseg_sha256`): pushing again never creates
-  a second task. Predictions are matched by model_version (the run id and the clustering
-  settings): the same run pushed again replaces its prediction, a recluster adds one beside it.
+- Tasks are matched by the image's sha256 (task data `samseg_sha256`), and an uploaded image's
+  name carries its sha256 prefix, so a task whose import answer was lost is found too: pushing
+  again never creates a second task. Predictions are matched by model_version (the run id and
+  the clustering settings): the same run pushed again replaces its prediction, a recluster adds
+  one beside it. An image is read, and uploaded or referenced, only when its bytes hash to the
+  sha256 its run recorded.
 - Any failure is one LabelStudioError line; one in the middle says how many tasks went in and
   that pushing again completes the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from samseg.edges.annotations import FROM_NAME, TO_NAME, ImageResult, brush_results_of, class_names, labeling_config, n_classes
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 SHA_KEY = "samseg_sha256"  # task data: the image's sha256, how a second push finds its task
+UPLOAD_TAG = ".samseg-"  # an uploaded image's name: <stem>.samseg-<sha256[:16]>.<suffix>
 TIMEOUT_S = 30.0
 MAX_ENCODERS = 4  # brush-encoder processes at most (the server needs cores too)
 
@@ -84,13 +91,61 @@ def connect(url: str, httpx_client: Any = None) -> Any:
     (httpx_client: the SDK's transport, e.g. one that times each request: benchmarks)."""
     from label_studio_sdk import LabelStudio
 
+    check_url(url)
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise LabelStudioError(f"set {TOKEN_ENV} to your Label Studio access token (Account & Settings)")
+    if not token.isascii() or not token.isprintable():
+        raise LabelStudioError(f"{TOKEN_ENV} holds characters no access token has (a line break, a non-ASCII "
+                               "character): copy the token again from Account & Settings")
     transport = {"httpx_client": httpx_client} if httpx_client is not None else {"timeout": TIMEOUT_S}
     client = LabelStudio(base_url=url.rstrip("/"), api_key=token, **transport)
     _call(url, "connect", lambda: client.users.whoami())
     return client
+
+
+def check_url(url: str) -> str:
+    """`url` when it can be Label Studio's base URL; LabelStudioError (one line, the URL shown
+    without what it must not carry) for another scheme, no host, a user name or password, or a
+    query: credentials go in LABEL_STUDIO_API_KEY, never in a URL that error lines print."""
+    from urllib.parse import urlsplit
+
+    from samseg.core.secrets import scrub_secrets
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 — raises ValueError for a bad port
+    except ValueError:
+        raise LabelStudioError(f"{scrub_secrets(url)!r}: not a URL") from None
+    shown = f"{parts.scheme}://{parts.hostname or ''}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LabelStudioError(f"{scrub_secrets(url)!r}: not a Label Studio URL (http(s)://host[:port])")
+    if parts.username is not None or parts.password is not None:
+        raise LabelStudioError(f"the Label Studio URL {shown}… carries a user name or password: give it without them; "
+                               f"the access token goes in {TOKEN_ENV}")
+    if parts.query or parts.fragment:
+        raise LabelStudioError(f"the Label Studio URL {shown}… carries a query or fragment (?…/#…): give the server's "
+                               f"base URL; the access token goes in {TOKEN_ENV}")
+    return url
+
+
+def server_said(body: Any) -> str:
+    """What Label Studio answered, whole, on one line: its JSON error's text, or — for an HTML
+    page — that this URL is not Label Studio's API (a path prefix, a proxy's login page)."""
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        text = body.strip()
+        if text[:1] == "<":
+            return "an HTML page, not Label Studio's API: check the URL (the server's base URL, no path)"
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return " ".join(text.split())
+    if isinstance(body, dict):
+        said = [str(body[k]) for k in ("detail", "validation_errors", "non_field_errors") if body.get(k)]
+        body = "; ".join(said) if said else json.dumps(body)
+    return " ".join(str(body).split())
 
 
 def _call(url: str, what: str, fn: Any) -> Any:
@@ -101,7 +156,7 @@ def _call(url: str, what: str, fn: Any) -> Any:
     try:
         return fn()
     except ApiError as exc:
-        body = " ".join(str(exc.body)[:200].split())
+        body = server_said(exc.body)
         if exc.status_code == 401:
             raise LabelStudioError(f"Label Studio at {url} refused the token in {TOKEN_ENV} "
                                    f"(HTTP 401) while trying to {what}") from None
@@ -111,14 +166,16 @@ def _call(url: str, what: str, fn: Any) -> Any:
                                f"while trying to {what}") from None
 
 
-def find_project(client: Any, url: str, name_or_id: str, labels: list[str]) -> tuple[Any, bool]:
-    """(project, created): by id, else by exact title, else a new project with samseg's config."""
-    if name_or_id.isdigit():
+def find_project(client: Any, url: str, name_or_id: str, labels: list[str], pick_oldest: bool = False) -> tuple[Any, bool]:
+    """(project, created): by id, else by exact title, else a new project with samseg's config.
+    Several projects with the title: refused (the CLI says which ids), or with pick_oldest (the
+    UI, whose user cannot pass an id) the one with the lowest id."""
+    if is_project_id(name_or_id):
         project = _call(url, f"get project {name_or_id}", lambda: client.projects.get(id=int(name_or_id)))
     else:
-        found = [p for p in _call(url, "list projects", lambda: list(client.projects.list(title=name_or_id)))
-                 if p.title == name_or_id]
-        if len(found) > 1:
+        found = sorted((p for p in _call(url, "list projects", lambda: list(client.projects.list(title=name_or_id)))
+                        if p.title == name_or_id), key=lambda p: int(p.id))
+        if len(found) > 1 and not pick_oldest:
             ids = ", ".join(str(p.id) for p in found)
             raise LabelStudioError(f"Label Studio at {url}: {len(found)} projects are titled {name_or_id!r} "
                                    f"(ids {ids}); pass --project ID")
@@ -128,6 +185,11 @@ def find_project(client: Any, url: str, name_or_id: str, labels: list[str]) -> t
         project = found[0]
     check_config(project.label_config or "", labels, f"Label Studio project {project.id} ({project.title!r})")
     return project, False
+
+
+def is_project_id(name_or_id: str) -> bool:
+    """A project id is ASCII digits ('²' and Arabic-Indic digits are titles, not ids)."""
+    return name_or_id.isascii() and name_or_id.isdigit()
 
 
 def check_config(config_xml: str, labels: list[str], what: str) -> None:
@@ -151,18 +213,27 @@ def check_config(config_xml: str, labels: list[str], what: str) -> None:
 
 
 def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[dict[Path, str]] = None,
-         httpx_client: Any = None) -> PushResult:
-    """Push `results` (one task each) into project `project` at `url` (see the module docstring)."""
+         httpx_client: Any = None, pick_oldest: bool = False) -> PushResult:
+    """Push `results` (one task each) into project `project` at `url` (see the module docstring).
+    One push at a time per server and project on this machine (`_one_push_at_a_time`)."""
     client = connect(url, httpx_client)
+    with _one_push_at_a_time(url, project):
+        return _push(client, url, results, project, run_ids, pick_oldest)
+
+
+def _push(client: Any, url: str, results: list[ImageResult], project: str, run_ids: Optional[dict[Path, str]],
+          pick_oldest: bool) -> PushResult:
     labels = class_names(n_classes(results))
-    proj, _ = find_project(client, url, project, labels)
-    existing = _tasks_by_sha(client, url, proj.id)
+    proj, _ = find_project(client, url, project, labels, pick_oldest)
+    existing = _tasks_by_sha(client, url, proj.id, {str((r.summary.get("image") or {}).get("sha256")) for r in results})
     created = matched = added = replaced = 0
     encoder = BrushEncoder(results)
     try:
         for done, r in enumerate(results):
             try:
-                sha = str(r.summary["image"]["sha256"])
+                sha = (r.summary.get("image") or {}).get("sha256")
+                if not isinstance(sha, str) or not sha:
+                    raise LabelStudioError(f"{r.out_dir}: the run records no sha256 of its input image")
                 task_id = existing.get(sha)
                 if task_id is None:
                     task_id = _new_task(client, url, proj.id, r, sha)
@@ -228,27 +299,76 @@ def push_run(url: str, run_id: str, project: str, workdir: Path) -> PushResult:
     from samseg.edges.annotations import read_image_dirs
     from samseg.edges.mlflow.run_dirs import download_image_dirs
 
-    dirs = download_image_dirs(run_id, workdir)
-    return push(url, read_image_dirs(dirs), project, {d: d.name for d in dirs})
+    run_ids = download_image_dirs(run_id, workdir)
+    return push(url, read_image_dirs(list(run_ids)), project, run_ids, pick_oldest=True)
 
 
-def _tasks_by_sha(client: Any, url: str, project_id: int) -> dict[str, int]:
+@contextlib.contextmanager
+def _one_push_at_a_time(url: str, project: str) -> Iterator[None]:
+    """An exclusive lock per (server, project) on this machine: two pushes at once (two CLI
+    commands, the UI's button pressed twice) would each create the project or the same tasks.
+    flock: held by an open file, so it serialises threads and processes alike, and a killed
+    holder releases it."""
+    import fcntl
+    import hashlib
+
+    from samseg.sam.files import samseg_home
+
+    key = hashlib.sha256(f"{url.rstrip('/')}\n{project}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    lock = samseg_home() / "locks" / f"labelstudio-{key}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def upload_name(name: str, sha: str) -> str:
+    """The file name an image is uploaded under: it carries the image's sha256 prefix, so a task
+    whose import answer was lost (the server died, the request timed out) is found by the next push."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}{UPLOAD_TAG}{sha[:16]}.{suffix}" if dot and stem else f"{name}{UPLOAD_TAG}{sha[:16]}"
+
+
+def _tasks_by_sha(client: Any, url: str, project_id: int, shas: set[str]) -> dict[str, int]:
+    """{sha256: task id} of the project's tasks: by the sha256 an earlier push recorded in the
+    task's data, else by the sha256 prefix in an uploaded image's name (a task whose import
+    answer was lost: its sha256 is recorded now, so it is never imported twice)."""
+    import re
+
     tasks = _call(url, "list the project's tasks", lambda: list(client.tasks.list(project=project_id)))
-    return {str(t.data[SHA_KEY]): int(t.id) for t in tasks if isinstance(t.data, dict) and t.data.get(SHA_KEY)}
+    found = {str(t.data[SHA_KEY]): int(t.id) for t in tasks if isinstance(t.data, dict) and t.data.get(SHA_KEY)}
+    by_prefix = {sha[:16]: sha for sha in shas if sha not in found}
+    for t in tasks:
+        data = t.data if isinstance(t.data, dict) else {}
+        m = re.search(re.escape(UPLOAD_TAG) + r"([0-9a-f]{16})(?:\.[^/]*)?$", str(data.get(TO_NAME, "")))
+        sha = by_prefix.get(m.group(1)) if m and not data.get(SHA_KEY) else None
+        if sha is not None and sha not in found:
+            _call(url, "record the image's sha256 on its task",
+                  lambda: client.tasks.update(id=t.id, data={**data, SHA_KEY: sha}))
+            found[sha] = int(t.id)
+    return found
 
 
 def _new_task(client: Any, url: str, project_id: int, r: ImageResult, sha: str) -> int:
-    """A task for the image: uploaded through the import API (local), or its s3:// URI; then its sha256."""
+    """A task for the image: uploaded through the import API (local), or its s3:// URI; then its
+    sha256. Either way the image is first read and checked against the sha256 its run recorded:
+    a crafted run naming another file (a private one) puts nothing in front of the annotators."""
+    from samseg.edges.annotations import ExportError, input_bytes
+
     uri = str(r.summary["image"]["uri"])
+    try:
+        data = input_bytes(r, "the push")
+    except ExportError as exc:
+        raise LabelStudioError(str(exc)) from None
     if uri.startswith("s3://"):
         _ensure_s3_storage(client, url, project_id, uri.split("/")[2])
         made = _call(url, f"create a task for {uri}",
                      lambda: client.tasks.create(project=project_id, data={TO_NAME: uri, SHA_KEY: sha}))
         return int(made.id)
-    path = Path(uri)
-    if not path.is_file():
-        raise LabelStudioError(f"{path}: the input image is not here to upload")
-    task_id = _upload(client, url, project_id, path)
+    task_id = _upload(client, url, project_id, upload_name(Path(uri).name, sha), data)
     task = _call(url, "read the new task", lambda: client.tasks.get(id=task_id))
     _call(url, "record the image's sha256 on its task",
           lambda: client.tasks.update(id=task_id, data={**dict(task.data), SHA_KEY: sha}))
@@ -268,15 +388,13 @@ def _ensure_s3_storage(client: Any, url: str, project_id: int, bucket: str) -> N
         region_name=os.environ.get("AWS_DEFAULT_REGION") or None, **extra))
 
 
-def _upload(client: Any, url: str, project_id: int, path: Path) -> int:
+def _upload(client: Any, url: str, project_id: int, name: str, data: bytes) -> int:
     """The one call the SDK has no method for: a multipart file import; returns the new task's id."""
-    with open(path, "rb") as f:
-        resp = _raw(client, url, f"upload {path.name}", f"api/projects/{project_id}/import", "POST",
-                    params={"return_task_ids": True}, files={path.name: (path.name, f)},
-                    refused=f"refused the image {path.name}")
+    resp = _raw(client, url, f"upload {name}", f"api/projects/{project_id}/import", "POST",
+                params={"return_task_ids": True}, files={name: (name, data)}, refused=f"refused the image {name}")
     ids = resp.json().get("task_ids") or []
     if len(ids) != 1:
-        raise LabelStudioError(f"Label Studio at {url} made {len(ids)} tasks of {path.name}, expected 1")
+        raise LabelStudioError(f"Label Studio at {url} made {len(ids)} tasks of {name}, expected 1")
     return int(ids[0])
 
 
@@ -285,7 +403,7 @@ def _raw(client: Any, url: str, what: str, path: str, method: str, refused: str 
     wrapper = client._client_wrapper
     resp = _call(url, what, lambda: wrapper.httpx_client.request(path, method=method, **request))
     if resp.status_code >= 400:
-        body = " ".join(resp.text[:200].split())
+        body = server_said(resp.text)
         raise LabelStudioError(f"Label Studio at {url} {refused or f'answered to {what}'} (HTTP {resp.status_code}: {body})")
     return resp
 

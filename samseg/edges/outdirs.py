@@ -6,7 +6,9 @@ kept, every other character (separators, control characters, `:` ...) becomes `_
 leading dots and spaces and trailing dots and spaces are dropped, and the result is cut to
 100 characters. When that changed the stem, `-<8 hex of sha256(stem)>` is appended so two
 different odd names never meet; an empty result is `image-<hash>`. So `..png` → `image-…`,
-`.hidden.jpg` → `hidden-…`, `bears.jpg` → `bears`. A batch adds -2, -3, ... to a repeated name.
+`.hidden.jpg` → `hidden-…`, `bears.jpg` → `bears`. A stem that is one of the batch's own names in
+OUT (`batch_summary.json`, `classes.json`, `contact_sheet.png`, `_SUCCESS`, …) is tagged the same
+way, so an image dir never takes a batch file's place. A batch adds -2, -3, ... to a repeated name.
 
 Ownership (`check_replaceable`): an existing OUT/<name> is replaced only when samseg wrote
 it: a real directory (not a link) whose `.samseg-output.json` marker lists every file in it
@@ -30,6 +32,9 @@ import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from samseg.edges.owned_files import BATCH_TOP_LEVEL
+from samseg.edges.storage import PENDING_MARKER, SUCCESS_MARKER
+
 MARKER = ".samseg-output.json"
 _MAX_NAME = 100
 _KEEP = set("-_.+@,=()[] ")
@@ -38,6 +43,9 @@ _LEGACY_FILES = re.compile(
     r"^(labels\.png|overlay\.png|masks\.json|masks\.parquet|embeddings\.npy|features\.npy|summary\.json"
     r"|classes|classes/class_\d+\.png)$"
 )
+# The names a batch itself uses in OUT: an input called `batch_summary.json.jpg` gets a tagged
+# dir name, never the batch's own file's (casefolded: case-insensitive file systems too).
+_BATCH_NAMES = frozenset(n.casefold() for n in (*BATCH_TOP_LEVEL, SUCCESS_MARKER, PENDING_MARKER))
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{12}$")
 
 
@@ -51,7 +59,7 @@ def safe_dir_name(uri: str) -> str:
     stem = stem[: -len(PurePosixPath(stem).suffix)] if PurePosixPath(stem).suffix else stem
     name = "".join(ch if (ch.isalnum() or ch in _KEEP) else "_" for ch in unicodedata.normalize("NFC", stem))
     name = name.lstrip(". ").rstrip(". ")[:_MAX_NAME].rstrip(". ")
-    if name == stem and name:
+    if name == stem and name and name.casefold() not in _BATCH_NAMES:
         return name
     tag = hashlib.sha256(stem.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{name}-{tag}" if name else f"image-{tag}"

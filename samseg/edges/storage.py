@@ -213,6 +213,21 @@ def read_bytes(uri_or_path: str | os.PathLike[str]) -> bytes:
         raise StorageError(f"{path}: read failed: {exc.strerror or exc}") from None
 
 
+def read_verified(uri_or_path: str | os.PathLike[str], sha256: Any) -> bytes:
+    """The bytes of a file a run names as its input, only when they hash to the sha256 the run
+    recorded: a crafted run can name any file, and only the one it was computed from is
+    copied or uploaded anywhere. No recorded hash, or other bytes: StorageError, nothing kept."""
+    import hashlib
+
+    if not isinstance(sha256, str) or not sha256:
+        raise StorageError(f"{uri_or_path}: the run records no sha256 of its input image; not read")
+    data = read_bytes(uri_or_path)
+    if hashlib.sha256(data).hexdigest() != sha256.lower():
+        raise StorageError(f"{uri_or_path}: not the image the run was computed from (its sha256 differs from "
+                           "the one the run recorded); not read")
+    return data
+
+
 def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes) -> None:
     """Write atomically: local = temp file in the same dir + os.replace; S3 = one put_object."""
     if is_s3_uri(uri_or_path):

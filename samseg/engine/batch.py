@@ -43,8 +43,11 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
 
     from samseg.edges import owned_files
 
-    if classes is not None:
-        check_dataset_request(job.out, classes.classes_from)  # fail before any image is computed
+    if classes is not None:  # fail before any image is computed
+        from samseg.sam.source import ModelSource
+
+        model = ModelSource(job.model).identity() if classes.classes_from else None
+        check_dataset_request(job.out, classes.classes_from, model)
     uris = list_sources(source)
     # A user's file where a top-level file goes refuses the batch now; OUT stays marked
     # incomplete until the batch's files all agree (an interrupted batch is never served).
@@ -70,7 +73,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     from samseg.edges.mlflow.client import TrackingError
 
     try:
-        end_batch(batch_run_id, batch_status(report), quiet=False)
+        end_batch(batch_run_id, batch_status(report), quiet=False, record=report)
     except TrackingError as exc:  # the images' results are already on disk: report them, and this
         report["tracking_error"] = one_line(f"MLflow batch run {batch_run_id} not ended: {exc}")
     return report
@@ -109,15 +112,16 @@ def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Sourc
     return open_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags, key)
 
 
-def end_batch(run_id: Optional[str], status: str, quiet: bool = True) -> None:
-    """Terminate the batch run (FINISHED / FAILED / KILLED); quiet: an MLflow error is ignored."""
+def end_batch(run_id: Optional[str], status: str, quiet: bool = True, record: Optional[dict[str, Any]] = None) -> None:
+    """Terminate the batch run (FINISHED / FAILED / KILLED); quiet: an MLflow error is ignored.
+    record: the batch report, logged on the run as the list of its image runs."""
     if run_id is None:
         return
     from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.mlflow.tracking import end_run
 
     try:
-        end_run(run_id, status)
+        end_run(run_id, status, record)
     except TrackingError:
         if not quiet:
             raise

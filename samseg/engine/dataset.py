@@ -17,15 +17,19 @@ from samseg.engine.runner import Execute, inline
 from samseg.engine.segment import one_line
 
 
-def check_dataset_request(out: str, classes_from: Optional[str]) -> None:
+def check_dataset_request(out: str, classes_from: Optional[str], model: Any = None) -> None:
     """Fail fast (before any image is segmented): dataset classes need a local OUT, and a
-    `classes_from` that does not load (unknown run, bad classes.json) is an error now,
+    `classes_from` that does not load (unknown run, bad classes.json) or was built from another
+    backbone's embeddings than `model`'s (a samseg.sam.source.ModelIdentity) is an error now,
     not after the whole batch. Raises DatasetOutputsError / TrackingError / ClassTableError."""
-    from samseg.edges.dataset_outputs import check_local_out, load_class_table
+    from samseg.edges.dataset_outputs import check_local_out, check_same_model, load_class_table
 
     check_local_out(out)
     if classes_from:
-        load_class_table(classes_from)
+        table = load_class_table(classes_from)
+        if model is not None:
+            check_same_model(table, [{"model": {"type": model.model_type, "checkpoint_sha256": model.checkpoint_sha256},
+                                      "features": model.features_record()}])
 
 
 def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],

@@ -73,17 +73,26 @@ def download_backbone(name: str, home: str | Path | None = None, url: str | None
     dest = weights_path(name, home)
     if dest.is_file():
         try:
-            return _verified(name, dest)
+            _verified(name, dest)
+            _fits(name, dest)  # a bad file an older samseg recorded as trusted is not kept for good
+            return dest
         except CheckpointError as exc:
             log.warning("%s; downloading again", exc)
+            dest.with_name(dest.name + RECORDED).unlink(missing_ok=True)
     log.warning("%s weights (%s) are under the %s", name, entry.timm_name, entry.licence)
     info = CheckpointInfo(url or entry.url or "", entry.filename, entry.sha256, entry.size)
-    sha = download_verified(info.url, dest, info, f"the {name} backbone weights", _offline_hint(name))
+    sha = download_verified(info.url, dest, info, f"the {name} backbone weights", _offline_hint(name),
+                            validate=lambda part: _fits(name, part))
     if entry.sha256 is None:
         dest.with_name(dest.name + RECORDED).write_text(sha + "\n", encoding="utf-8")
         log.warning("%s: sha256 %s recorded (this samseg release pins no hash for %s: compare it with the file's "
                     "page on the Hugging Face Hub)", dest, sha, name)
     return dest
+
+
+def _fits(name: str, path: Path) -> None:
+    """CheckpointError unless `path` parses as safetensors and fits backbone `name`'s model."""
+    _load_weights(build_backbone(name), path, name)
 
 
 def _verified(name: str, path: Path) -> str:
@@ -179,6 +188,9 @@ def _load_weights(net: Any, path: Path, name: str) -> None:
         entry = backbone_entry(name)
         raise CheckpointError(f"{path}: weights do not fit the {name} backbone ({entry.timm_name}, {entry.embed_dim} "
                               f"channels): {detail}; a checkpoint of another backbone?")
+    bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+    if bad is not None:  # else every image fails later in scikit-learn with "Input X contains NaN"
+        raise CheckpointError(f"{path}: weights hold NaN or infinite values ({bad}); not usable as the {name} backbone")
     net.load_state_dict(state)
 
 

@@ -1,7 +1,7 @@
 """samseg's home directory and the checkpoint hashes it remembers.
 
 A checkpoint's sha256 keys every cache entry; hashing a 2.5 GB vit_h file on every command
-would cost seconds, so the hash is remembered per (path, size, mtime) in
+would cost seconds, so the hash is remembered per (path, device, inode, size, mtime, ctime) in
 $SAMSEG_HOME/checkpoint-sha256.json (seeded weights per seed and library versions).
 """
 
@@ -31,10 +31,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def remembered_sha256(path: Path) -> str:
-    """sha256 of a checkpoint file, hashed once per (path, size, mtime) and remembered in
+    """sha256 of a checkpoint file, hashed once per (path, inode, size, mtime, ctime) and remembered in
     $SAMSEG_HOME/checkpoint-sha256.json (a 2.5 GB vit_h costs seconds to hash)."""
     st = path.stat()
-    key = f"file:{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+    # ctime too: writing a file in place and putting its mtime back (touch -d, os.utime) still
+    # moves its ctime, which no user call can set back: a changed file is hashed again.
+    key = f"file:{os.path.realpath(path)}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     sha = remembered(key)
     if sha is None:
         sha = file_sha256(path)

@@ -169,10 +169,19 @@ def download_checkpoint(model_type: str, home: str | Path | None = None, url: st
     return dest
 
 
-def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hint: str) -> str:
-    """Stream `url` into `dest` (via `<dest>.part`, renamed only when whole and, where
-    `info.sha256` is pinned, matching it); returns the file's sha256. Any failure is one
-    CheckpointError line naming `what`, the URL and `hint` (where to put the file instead)."""
+# The most an unpinned download may be (a row with no pinned size): over any weights file a
+# registry row names (ViT-g DINOv2, 4.5 GB), far under an endless stream filling the disk.
+MAX_DOWNLOAD_BYTES = 6 * 2**30
+
+
+def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hint: str,
+                      validate: Optional[Callable[[Path], None]] = None) -> str:
+    """Stream `url` into `dest` (via `<dest>.part`); returns the file's sha256. The file gets its
+    final name only when it is whole: as long as the server's Content-Length, no longer than the
+    row's size (or MAX_DOWNLOAD_BYTES), matching the pinned sha256 where there is one, and passing
+    `validate(part)` (a backbone: parses as safetensors and fits its model) — so an HTML page
+    served with 200, or a body cut short, is never kept as weights. Any failure is one
+    CheckpointError line naming `what`, the URL and `hint`; the partial file is deleted."""
     import shutil
     import urllib.error
     import urllib.request
@@ -180,6 +189,7 @@ def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hin
     from tqdm import tqdm
 
     part = dest.with_name(dest.name + ".part")
+    bound = int(info.size * 1.01) if info.size else MAX_DOWNLOAD_BYTES
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(dest.parent).free
@@ -187,13 +197,31 @@ def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hin
             raise CheckpointError(f"{dest.parent}: {free / 2**30:.1f} GiB free, {what} needs "
                                   f"{info.size / 2**30:.1f} GiB; {hint}")
         h = hashlib.sha256()
+        got = 0
         with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or info.size
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name) as bar:
+            length = int(resp.headers.get("Content-Length") or 0) or None
+            if length is not None and length > bound:
+                raise CheckpointError(f"{url} offers {length:,} bytes for {what}, more than the {bound:,} it can be; "
+                                      f"nothing kept; {hint}")
+            with tqdm(total=length or info.size, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name) as bar:
                 for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                    got += len(chunk)
+                    if got > bound:
+                        raise CheckpointError(f"{url} sent more than {bound:,} bytes for {what}; download discarded; {hint}")
                     h.update(chunk)
                     out.write(chunk)
                     bar.update(len(chunk))
+        if length is not None and got != length:
+            raise CheckpointError(f"{url} sent {got:,} of the {length:,} bytes it announced for {what} (cut short); "
+                                  f"download discarded; {hint}")
+        actual = h.hexdigest()
+        if info.sha256 is not None and actual != info.sha256:
+            raise CheckpointError(f"downloaded {url} has sha256 {actual}, expected {info.sha256}; file discarded")
+        if validate is not None:
+            validate(part)
+    except CheckpointError as exc:
+        part.unlink(missing_ok=True)
+        raise CheckpointError(str(exc).replace(str(part), f"the download from {url}")) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
@@ -201,10 +229,6 @@ def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hin
     except BaseException:  # Ctrl-C mid-download: never leave a half-written .part behind
         part.unlink(missing_ok=True)
         raise
-    actual = h.hexdigest()
-    if info.sha256 is not None and actual != info.sha256:
-        part.unlink(missing_ok=True)
-        raise CheckpointError(f"downloaded {url} has sha256 {actual}, expected {info.sha256}; file discarded")
     os.replace(part, dest)
     log.info("downloaded %s (sha256 %s)", dest, actual)
     return actual

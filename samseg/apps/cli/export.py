@@ -31,7 +31,9 @@ def add_parser(sub: Any) -> None:
                    help="--to: the Label Studio project (id, or exact title: created if missing; default %(default)s)")
     p.add_argument("--image-root", default=None, metavar="URL_OR_DIR",
                    help="Label Studio: image location prefix (default: the recorded image path or s3:// URI)")
-    p.add_argument("--copy-images", action="store_true", help="CVAT: also copy the input images into DIR/images/")
+    p.add_argument("--copy-images", action="store_true",
+                   help="cvat, labelstudio, yolo-seg: also copy the input images into DIR/images/ (each checked "
+                        "against the sha256 its run recorded)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=run_export, subparser=p)
 
@@ -49,6 +51,13 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError("give --out DIR (write files) or --to URL (push into Label Studio), one of them")
     if args.to is not None and args.format != "labelstudio":
         raise UsageError(f"--to pushes into Label Studio: it needs --format labelstudio, not {args.format}")
+    if args.to is not None:
+        from samseg.edges.labelstudio import check_url
+
+        try:
+            check_url(args.to)
+        except LabelStudioError as exc:
+            raise UsageError(f"--to: {exc}") from None
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-export-") as tmp:
             src = Path(args.source)
@@ -58,8 +67,8 @@ def run_export(args: argparse.Namespace) -> int:
                 check_complete(str(src if dirs != [src] else src.parent), str(src))
                 run_ids: dict[Path, str] = {}
             else:
-                dirs = download_image_dirs(args.source, Path(tmp))
-                run_ids = {d: d.name for d in dirs}  # each dir is named by its image run's id
+                run_ids = download_image_dirs(args.source, Path(tmp))
+                dirs = list(run_ids)
             results = read_image_dirs(dirs)
             if args.to is not None:
                 return _push(args, results, run_ids)

@@ -226,7 +226,7 @@ def _check_out(out: str) -> bool:
     An S3 endpoint that refuses or does not answer (credentials, network) is not a usage
     error: one line, and False (exit 1)."""
     from samseg.apps.cli.common import UsageError
-    from samseg.edges.storage import StorageError, StorageNotFound, check_bucket, split_s3_uri
+    from samseg.edges.storage import StorageError, StorageNotFound, check_bucket, join_uri
 
     if not is_s3(out):
         if not out.strip():
@@ -235,8 +235,8 @@ def _check_out(out: str) -> bool:
             raise UsageError(f"--out {out} exists and is not a directory")
         return True
     try:
-        split_s3_uri(out)
-    except StorageError as exc:  # s3:// without a bucket
+        join_uri(out, "x")  # s3:// without a bucket, or a prefix no key can be built on (s3://b//out)
+    except StorageError as exc:
         raise UsageError(f"--out {exc}") from None
     try:
         check_bucket(out)

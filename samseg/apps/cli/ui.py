@@ -118,6 +118,14 @@ def run_ui(args: argparse.Namespace) -> int:
         if not os.path.isdir(root):
             print(f"error: --image-root {root}: not a folder", file=sys.stderr)
             return 2
+    if args.label_studio:
+        from samseg.edges.labelstudio import LabelStudioError, check_url
+
+        try:
+            check_url(args.label_studio)
+        except LabelStudioError as exc:
+            print(f"error: --label-studio: {exc}", file=sys.stderr)
+            return 2
     settings = build_settings(args)
     if not is_loopback(args.host):
         print(

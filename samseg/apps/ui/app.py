@@ -308,7 +308,8 @@ def _add_api(app: FastAPI) -> None:
         if not s.label_studio:
             return _error(request, 409, "no Label Studio is configured: start the UI with `samseg ui --label-studio URL`")
         store.get_any_run(run_id)  # RunNotFound → 404 before a job
-        job = request.app.state.jobs.submit("label-studio", lambda p: _push_to_label_studio(store, run_id, p))
+        job = request.app.state.jobs.submit("label-studio", lambda p: _push_to_label_studio(store, run_id, p),
+                                            key=(run_id, s.label_studio, s.label_studio_project))
         return job.to_dict()
 
     @app.post("/api/runs/{run_id}/query")

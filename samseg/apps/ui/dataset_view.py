@@ -14,11 +14,20 @@ _MAX_CHILDREN = 500  # one page; a batch larger than that is browsed in MLflow
 
 
 def children(store: RunStore, run: Any) -> list[Any]:
-    """Image runs nested under batch run `run` (tag mlflow.parentRunId), oldest first."""
+    """The image runs batch run `run` recorded (samseg.edges.mlflow.tracking.batch_image_runs), in
+    its order, and recluster runs nested under it (tag mlflow.parentRunId), oldest first."""
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.tracking import batch_image_runs
+
     rid = run.info.run_id  # checked by RunStore.get_any_run: [A-Za-z0-9_-] only, safe in a filter
     found = store.client.search_runs([run.info.experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{rid}'",
                                      order_by=["attributes.start_time ASC"], max_results=_MAX_CHILDREN)
-    return [r for r in found if r.data.tags.get(TAG_KIND, "image") in ("image", "recluster")]
+    try:
+        recorded = batch_image_runs(store.client, run)
+    except TrackingError:  # still running: no record yet, so no image runs to vouch for
+        recorded = []
+    images = {r.info.run_id: r for r in found if r.data.tags.get(TAG_KIND, "image") == "image"}
+    return [images[i] for i in recorded if i in images] + [r for r in found if r.data.tags.get(TAG_KIND) == "recluster"]
 
 
 def class_table(store: RunStore, run_id: str) -> Any:

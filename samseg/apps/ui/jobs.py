@@ -40,6 +40,7 @@ class Job:
     error: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    key: Any = None  # single flight: one unfinished job per key
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,9 +67,14 @@ class JobRunner:
         with self._lock:
             return sum(j.finished is None for j in self._jobs.values())
 
-    def submit(self, kind: str, fn: Callable[[Callable[[str], None]], Any]) -> Job:
-        job = Job(id=uuid.uuid4().hex, kind=kind)
+    def submit(self, kind: str, fn: Callable[[Callable[[str], None]], Any], key: Any = None) -> Job:
+        """A new job, or — single flight — the unfinished job submitted with the same `key`
+        (a button pressed twice pushes once)."""
+        job = Job(id=uuid.uuid4().hex, kind=kind, key=None if key is None else (kind, key))
         with self._lock:
+            same = next((j for j in self._jobs.values() if j.finished is None and j.key == job.key), None)
+            if key is not None and same is not None:
+                return same
             if sum(j.finished is None for j in self._jobs.values()) >= self.max_pending:
                 raise QueueFull(f"{self.max_pending} jobs are already queued or running; try again when one is done")
             self._jobs[job.id] = job

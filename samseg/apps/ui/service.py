@@ -172,6 +172,8 @@ class RunStore(RunFiles):
             if isinstance(err, RunNotFound):
                 raise RunNotFound(f"run {run_id} not found in this UI's MLflow store") from None
             raise err from None
+        if run.info.lifecycle_stage == "deleted":  # deleted in MLflow: gone for the UI too (no serving, rerun, push)
+            raise RunNotFound(f"run {run_id} not found in this UI's MLflow store")
         if not (self._is_image_run(run) or self.is_dataset_run(run)):
             raise RunNotFound(f"run {run_id} is a {run.data.tags.get(TAG_KIND)} run without dataset classes, "
                               "not an image or dataset run")

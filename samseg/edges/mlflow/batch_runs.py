@@ -36,7 +36,7 @@ def _orphans(client: Any, experiment_id: str) -> list[Any]:
     dead = []
     for run in runs:
         pid = run.data.tags.get(TAG_PID, "")
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+        if pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             dead.append(run)
     return dead
 

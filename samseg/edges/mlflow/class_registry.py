@@ -90,7 +90,7 @@ def _version_source(model_uri: str) -> str:
         version = client.get_model_version_by_alias(name, alias)
     else:
         name, _, number = ref.rpartition("/")
-        if not name or not number.isdigit():
+        if not name or not (number.isascii() and number.isdigit()):
             raise ValueError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
         version = client.get_model_version(name, number)
     return client.get_model_version_download_uri(version.name, version.version)

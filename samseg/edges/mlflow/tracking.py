@@ -34,6 +34,7 @@ from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUS
 from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import TrackingError
 from samseg.edges.mlflow.conventions import log_lineage
+from samseg.edges.owned_files import BATCH_SUMMARY_JSON
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -235,13 +236,18 @@ def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags
     return run.info.run_id
 
 
-def end_run(run_id: str, status: str = "FINISHED") -> None:
-    """Terminate a run started by `start_batch_run` (FINISHED, FAILED or KILLED)."""
+def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None = None) -> None:
+    """Terminate a run started by `start_batch_run` (FINISHED, FAILED or KILLED). record: the
+    batch's report, logged first as its batch_summary.json: the list of its image runs that
+    every reader of the batch goes by (`batch_image_runs`)."""
     from mlflow.exceptions import MlflowException
 
     if status not in RUN_STATUSES:
         raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
     try:
+        if record is not None:
+            text = scrub_secrets(json.dumps(record, indent=2, default=str))
+            mlflow_client.client().log_text(run_id, text, BATCH_SUMMARY_JSON)
         mlflow_client.client().set_terminated(run_id, status)
     except MlflowException as exc:
         raise TrackingError(f"MLflow run {run_id}: cannot end ({mlflow_client.error_line(exc)})") from None
@@ -289,6 +295,26 @@ def _get_run(client: Any, run_id: str) -> Any:
         return client.get_run(run_id)
     except MlflowException as exc:
         raise TrackingError(f"MLflow run {run_id}: not found at {mlflow_client.where()} ({mlflow_client.error_line(exc)})") from None
+
+
+def batch_image_runs(client: Any, batch_run: Any) -> list[str]:
+    """The image run ids batch run `batch_run` recorded in its batch_summary.json, in its order.
+    Only the batch's own record counts: any run can tag itself as a batch's child
+    (mlflow.parentRunId), and a run injected that way must not join the batch's exports."""
+    from mlflow.exceptions import MlflowException
+
+    rid = batch_run.info.run_id
+    try:
+        with tempfile.TemporaryDirectory(prefix="samseg-batch-") as tmp:
+            path = client.download_artifacts(rid, BATCH_SUMMARY_JSON, tmp)
+            record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (MlflowException, OSError, ValueError):
+        state = "still running" if batch_run.info.status == "RUNNING" else f"{batch_run.info.status}"
+        raise TrackingError(f"MLflow batch run {rid} has no record of its image runs ({BATCH_SUMMARY_JSON}; "
+                            f"the batch is {state}, or was made by an older samseg): use its output dir instead") from None
+    images = record.get("images") if isinstance(record, dict) else None
+    ids = [i.get("mlflow_run_id") for i in images or [] if isinstance(i, dict)]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and re.fullmatch(r"[0-9a-zA-Z_\-]{1,64}", i)))
 
 
 def get_run(run_id: str) -> Any:
@@ -354,17 +380,12 @@ def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[A
     a batch run (a dataset run), downloaded into `dst_dir`; TrackingError (one line) when
     the run or an artifact is missing."""
     import numpy as np
-    from mlflow.exceptions import MlflowException
 
     client = mlflow_client.client()
     run = _get_run(client, run_id)
     ids = [run_id]
     if run.data.tags.get(TAG_KIND) == "batch":
-        try:
-            kids = client.search_runs([run.info.experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{run_id}'", max_results=5000)
-        except MlflowException as exc:
-            raise TrackingError(f"MLflow run {run_id}: cannot list its image runs ({mlflow_client.error_line(exc)})") from None
-        ids = [r.info.run_id for r in kids if r.data.tags.get(TAG_KIND) == "image"]
+        ids = batch_image_runs(client, run)
         if not ids:
             raise TrackingError(f"MLflow batch run {run_id} has no image runs")
     embs, summaries = [], []
