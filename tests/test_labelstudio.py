@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -140,8 +141,7 @@ def test_s3_images_get_the_bucket_as_source_storage_and_are_served(out_root: Pat
     src = tmp_path / "out"
     shutil.copytree(out_root / "out" / "alpha", src / "alpha")
     s = json.loads((src / "alpha" / "summary.json").read_text())
-    s["image"]["uri"] = f"s3://{s3_bucket}/in/alpha.png"
-    s["image"]["sha256"] = "a" * 64
+    s["image"]["uri"] = f"s3://{s3_bucket}/in/alpha.png"  # the same bytes: its recorded sha256 holds
     (src / "alpha" / "summary.json").write_text(json.dumps(s))
     for _ in range(2):
         rc, out, err = _push(src, server.url, "from-s3")
@@ -156,3 +156,54 @@ def test_s3_images_get_the_bucket_as_source_storage_and_are_served(out_root: Pat
     assert fileuri == f"s3://{s3_bucket}/in/alpha.png"
     img = httpx.get(server.url + resolved, headers={"Authorization": f"Token {server.token}"}, follow_redirects=True)
     assert img.status_code == 200 and img.content == body  # served from the bucket
+
+
+def test_a_lost_import_answer_does_not_duplicate_the_task(out_root: Path, ls_env) -> None:
+    """The server imported alpha but its answer never came back (it died, or the 30-s timeout
+    passed): the task exists without samseg's sha256. The next push finds it by the sha256 prefix
+    its upload name carries, records the sha256, and creates only beta's task."""
+    from samseg.edges import labelstudio
+    from samseg.edges.annotations import labeling_config
+
+    server, client = ls_env
+    project = client.projects.create(title="lost-answer", label_config=labeling_config(["class_0", "class_1"]))
+    alpha = json.loads((out_root / "out" / "alpha" / "summary.json").read_text())["image"]
+    data = (out_root / "images" / "alpha.png").read_bytes()
+    labelstudio._upload(client, server.url, project.id, labelstudio.upload_name("alpha.png", alpha["sha256"]), data)
+    rc, out, err = _push(out_root / "out", server.url, "lost-answer")
+    assert rc == 0 and "1 new tasks, 1 already there" in out, err
+    tasks = list(client.tasks.list(project=project.id))
+    assert len(tasks) == 2 and {t.data.get("samseg_sha256") for t in tasks} >= {alpha["sha256"]}
+
+
+def test_two_pushes_at_once_make_one_project_and_no_duplicate_task(out_root: Path, ls_env) -> None:
+    """Two pushes into one new project at the same time (two CLI commands, the UI's button twice):
+    one project, one task per image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from samseg.edges.annotations import image_dirs, read_image_dirs
+    from samseg.edges.labelstudio import push
+
+    server, client = ls_env
+    results = read_image_dirs(image_dirs(out_root / "out"))
+    with ThreadPoolExecutor(2) as pool:
+        done = [f.result() for f in [pool.submit(push, server.url, results, "at-once") for _ in range(2)]]
+    projects = [p for p in client.projects.list(title="at-once") if p.title == "at-once"]
+    assert len(projects) == 1 and sorted(d.created for d in done) == [0, 2]
+    assert len(list(client.tasks.list(project=projects[0].id))) == 2
+
+
+def test_the_ui_picks_the_oldest_of_two_projects_with_one_title(out_root: Path, ls_env) -> None:
+    from samseg.edges.annotations import image_dirs, labeling_config, read_image_dirs
+    from samseg.edges.labelstudio import LabelStudioError, push
+
+    server, client = ls_env
+    config = labeling_config(["class_0", "class_1"])
+    title = f"twice-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        client.projects.create(title=title, label_config=config)
+    ids = sorted(p.id for p in client.projects.list(title=title) if p.title == title)
+    results = read_image_dirs(image_dirs(out_root / "out"))
+    with pytest.raises(LabelStudioError, match=f"{len(ids)} projects are titled"):
+        push(server.url, results, title)  # the CLI: the user passes --project ID
+    assert len(ids) >= 2 and push(server.url, results, title, pick_oldest=True).project_id == ids[0]  # the UI's button

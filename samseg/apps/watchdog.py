@@ -8,17 +8,20 @@ killed it) it stops the child: SIGTERM, then SIGKILL after a grace period. The w
 ends by itself as soon as the child has ended.
 
 `guard_prefect_ephemeral()` starts Prefect's temporary server now (it is a per-process
-singleton, the same one Prefect's client would start on first use) and guards it.
+singleton, the same one Prefect's client would start on first use) and guards it; the server's
+own output goes to a log file (`server_log`), never to the terminal samseg prints to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from typing import Iterator
 
 from samseg.edges.shutdown import pid_alive
 
@@ -60,12 +63,41 @@ def guard_prefect_ephemeral() -> str | None:
     poller = threading.Thread(target=poll, name="samseg-guard-prefect", daemon=True)
     poller.start()
     try:
-        server.start()
+        with _stderr_to(server_log()):
+            server.start()
     finally:
         done.set()
         poller.join()
         guard_new()
     return server.api_url
+
+
+def server_log() -> str:
+    """Where the temporary server's own output goes: `$SAMSEG_HOME/logs/prefect-temporary-server.log`.
+    Not the terminal: a stop signal reaches the server with samseg's process group, and under
+    load it prints its database session's traceback while it dies — after samseg's one line."""
+    from samseg.sam.files import samseg_home
+
+    path = samseg_home() / "logs" / "prefect-temporary-server.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str) -> Iterator[None]:
+    """fd 2 pointed at `path` while a child is started (it inherits it), then restored. Prefect
+    starts its server with this process's stdout/stderr and offers no other choice."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
 
 
 def watch(parent_pid: int, child_pid: int) -> int:

@@ -182,6 +182,7 @@ def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hin
     `validate(part)` (a backbone: parses as safetensors and fits its model) — so an HTML page
     served with 200, or a body cut short, is never kept as weights. Any failure is one
     CheckpointError line naming `what`, the URL and `hint`; the partial file is deleted."""
+    import http.client
     import shutil
     import urllib.error
     import urllib.request
@@ -222,9 +223,9 @@ def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hin
     except CheckpointError as exc:
         part.unlink(missing_ok=True)
         raise CheckpointError(str(exc).replace(str(part), f"the download from {url}")) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         part.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", exc)
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         raise CheckpointError(f"could not download {what} from {url} ({reason}); {hint}") from exc
     except BaseException:  # Ctrl-C mid-download: never leave a half-written .part behind
         part.unlink(missing_ok=True)

@@ -103,3 +103,43 @@ def test_a_copied_export_source_keeps_working(crafted: Path) -> None:
     rc, _, err = run_cli(["export", str(crafted / "out"), "--format", "cvat", "--copy-images", "--out", str(dst)])
     assert rc == 0, err
     assert (dst / "images" / "alpha.png").read_bytes() == (crafted / "images" / "alpha.png").read_bytes()
+
+
+def _same_name_twice(tmp: Path) -> Path:
+    """OUT with cam1/IMG_0001.png and cam2/IMG_0001.png (different photos), as a batch names them."""
+    import numpy as np
+    from PIL import Image
+
+    from samseg.edges.outdirs import unique_names
+
+    paths = []
+    for k, cam in enumerate(("cam1", "cam2")):
+        p = tmp / cam / "IMG_0001.png"
+        p.parent.mkdir(parents=True)
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (48, 96, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    for p, name in zip(paths, unique_names([str(p) for p in paths])):
+        write_image_outputs(tmp / "out" / name, p, seed=0)
+    return tmp / "out"
+
+
+def test_two_inputs_with_one_file_name_get_two_images_in_a_cvat_export(tmp_path: Path) -> None:
+    out = _same_name_twice(tmp_path)
+    dst = tmp_path / "cvat"
+    rc, _, err = run_cli(["export", str(out), "--format", "cvat", "--copy-images", "--out", str(dst)])
+    assert rc == 0, err
+    coco = json.loads((dst / "annotations" / "instances_default.json").read_text())
+    names = [i["file_name"] for i in coco["images"]]
+    assert len(set(names)) == 2 and sorted(p.name for p in (dst / "images").iterdir()) == sorted(names)
+    for cam, name in zip(("cam1", "cam2"), names):  # each annotation set sits on its own photo
+        assert (dst / "images" / name).read_bytes() == (tmp_path / cam / "IMG_0001.png").read_bytes()
+
+
+def test_two_inputs_with_one_file_name_get_two_label_studio_urls(tmp_path: Path) -> None:
+    out = _same_name_twice(tmp_path)
+    dst = tmp_path / "ls"
+    rc, _, err = run_cli(["export", str(out), "--format", "labelstudio", "--image-root", "http://files/x",
+                          "--out", str(dst)])
+    assert rc == 0, err
+    urls = [t["data"]["image"] for t in json.loads((dst / "tasks.json").read_text())]
+    assert len(set(urls)) == 2

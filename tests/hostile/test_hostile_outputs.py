@@ -242,3 +242,25 @@ def test_a_full_out_disk_names_the_output_not_the_input(tmp_path: Path, monkeypa
     assert str(tmp_path / "out" / "a") in errors[0] and "No space left on device" in errors[0]
     assert "unexpected" not in errors[0]
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+# ------------------------------------------------------------------ inputs named like the batch's own files
+@pytest.mark.parametrize("name", ["batch_summary.json", "classes.json", "contact_sheet.png", "Batch_Summary.JSON",
+                                  "_SUCCESS", "_SAMSEG_PENDING"])
+def test_an_input_named_like_a_batch_file_gets_another_dir_name(name: str) -> None:
+    got = outdirs.safe_dir_name(f"in/{name}.jpg")
+    assert got.casefold() != name.casefold() and got.startswith(name)
+
+
+def test_inputs_named_like_the_batch_files_do_not_block_the_batch(tmp_path: Path) -> None:
+    """batch_summary.json.png, classes.json.png and contact_sheet.png.png in one dataset batch:
+    every top-level file is written, OUT is complete, and the same command again succeeds."""
+    names = ["batch_summary.json.png", "classes.json.png", "contact_sheet.png.png"]
+    inputs = [_png(tmp_path / "in" / n, seed=k) for k, n in enumerate(names)]
+    out = tmp_path / "OUT"
+    argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--cache", str(tmp_path / "c"), "--classes", "dataset", *TINY]
+    for _ in range(2):
+        rc, _, err = run_cli(argv)
+        assert rc in (0, 1) and "incomplete" not in err and "not samseg's" not in err, err
+        assert (out / "batch_summary.json").is_file() and (out / "classes.json").is_file()
+        assert len(json.loads((out / "batch_summary.json").read_text())["images"]) == len(inputs)

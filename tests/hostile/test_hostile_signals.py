@@ -132,6 +132,18 @@ def test_kill9_leaves_no_temporary_prefect_server_behind(tmp_path: Path) -> None
             pass
 
 
+def _group(pgid: int) -> list[int]:
+    """The live processes of process group `pgid`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == pgid:
+                pids.append(int(entry.name))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return pids
+
+
 def test_sigterm_to_the_process_group_with_a_temporary_prefect_server_exits_143(tmp_path: Path) -> None:
     """What a terminal's Ctrl-C or systemd does: the signal reaches samseg and Prefect's temporary
     server at once. The server dies first, and the flow's next call fails to connect; that is the
@@ -140,12 +152,19 @@ def test_sigterm_to_the_process_group_with_a_temporary_prefect_server_exits_143(
     _images(tmp_path / "in", 8)
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               SAMSEG_HOME=str(tmp_path / "home"))
     proc = _samseg(["segment", str(tmp_path / "in"), "--out", str(out), "--cache", str(tmp_path / "c"),
                     "--orchestrator", "prefect", *TINY], env)
     try:
         _wait_for(lambda: (out / "img00" / "summary.json").exists() or proc.poll() is not None, 240, "the first image")
         assert proc.poll() is None, proc.communicate()
+        # Whatever the dying server prints under load (its database session's traceback) goes to its
+        # log, never to the terminal: its stderr is that file, not samseg's (no timing involved).
+        servers = [pid for pid in _group(proc.pid) if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert servers, "no temporary Prefect server in samseg's process group"
+        log = tmp_path / "home" / "logs" / "prefect-temporary-server.log"
+        assert all(os.readlink(f"/proc/{pid}/fd/2") == str(log) for pid in servers)
         os.killpg(proc.pid, signal.SIGTERM)  # samseg and the server it started share the group
         _stdout, stderr = proc.communicate(timeout=40)  # a hang detector, not a speed target
     finally:
