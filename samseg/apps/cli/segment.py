@@ -226,7 +226,7 @@ def _check_out(out: str) -> bool:
     An S3 endpoint that refuses or does not answer (credentials, network) is not a usage
     error: one line, and False (exit 1)."""
     from samseg.apps.cli.common import UsageError
-    from samseg.edges.storage import StorageError, StorageNotFound, check_bucket, join_uri
+    from samseg.edges.storage import StorageError, StorageNotFound, check_bucket, split_s3_uri, validate_key
 
     if not is_s3(out):
         if not out.strip():
@@ -234,8 +234,10 @@ def _check_out(out: str) -> bool:
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"--out {out} exists and is not a directory")
         return True
-    try:
-        join_uri(out, "x")  # s3:// without a bucket, or a prefix no key can be built on (s3://b//out)
+    try:  # s3:// without a bucket, or a prefix no key can be built on (s3://b//out): now, not per image
+        _bucket, prefix = split_s3_uri(out)
+        if prefix.rstrip("/"):
+            validate_key(prefix.rstrip("/"), shown=repr(out))
     except StorageError as exc:
         raise UsageError(f"--out {exc}") from None
     try:
