@@ -129,7 +129,7 @@ def _timings(result: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in result.items() if k.endswith("_s")}, "n_masks": len(result["masks"])}
 
 
-def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dict[str, Any]:
+def run(image_path: str, points_per_side: int, model_type: str = "vit_b", production_points: int | None = None) -> dict[str, Any]:
     from samseg.core.config import get_preset
     from samseg.edges.images import load_image
     from samseg.sam.precision import cpu_bf16_flags
@@ -143,6 +143,8 @@ def run(image_path: str, points_per_side: int, model_type: str = "vit_b") -> dic
     image = load_image(image_path)
     cfg = keep_all_config(model_type, points_per_side)
     production = get_preset("default").with_features("sam").replace(model_type=model_type)  # SAM's AMG + its own features
+    if production_points is not None:  # a smoke run's grid; None: the default preset's
+        production = production.replace(amg={"points_per_side": production_points})
     gflop = measure.encoder_gflop(load_random_weights("fp32", ckpt, model_type).sam.image_encoder)
     res.update(image={"name": image.name, "hw": list(image.hw)}, points_per_side=points_per_side, encoder_gflop=gflop)
     amg: dict[str, Any] = {}

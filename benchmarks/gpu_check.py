@@ -59,12 +59,16 @@ def timed(model: Any, images: list[Any], cfg: Any, device: str) -> dict[str, Any
     return out
 
 
-def check_model(model_type: str, images: list[Any], device: str) -> dict[str, Any]:
-    """fp32 and bf16 timings of one architecture, and their agreement on the first image."""
+def check_model(model_type: str, images: list[Any], device: str, points: int | None = None,
+                keep_all_points: int = 16) -> dict[str, Any]:
+    """fp32 and bf16 timings of one architecture, and their agreement on the first image.
+    points: the production grid (None: the default preset's); smaller grids are for smoke runs."""
     from samseg.core.config import get_preset
 
     production = get_preset("default").with_features("sam").replace(model_type=model_type)  # SAM's features: one encoder pass
-    keep_all = keep_all_config(model_type, 16)
+    if points is not None:
+        production = production.replace(amg={"points_per_side": points})
+    keep_all = keep_all_config(model_type, keep_all_points)
     ckpt = checkpoint_file(model_type, REPO / "benchmarks" / "results")
     res: dict[str, Any] = {}
     compared: dict[str, Any] = {}
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["vit_b", "vit_h"])
     ap.add_argument("--images", nargs="+", default=list(IMAGES), help="file names under --images-dir")
     ap.add_argument("--images-dir", type=Path, default=SHARED_IMAGES)
+    ap.add_argument("--points-per-side", type=int, default=None, help="production grid (default: the default preset's)")
+    ap.add_argument("--keep-all-points", type=int, default=16, help="the agreement run's grid")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it on a GPU machine (or --device cpu for a smoke run)")
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     report: dict[str, Any] = {"device": name, "torch": torch.__version__, "images": args.images}
     for model_type in args.models:
-        report[model_type] = check_model(model_type, images, args.device)
+        report[model_type] = check_model(model_type, images, args.device, args.points_per_side, args.keep_all_points)
         print(model_type, json.dumps(report[model_type], indent=1, default=float), flush=True)
     out = REPO / "benchmarks" / "results" / "gpu_check.json"
     out.parent.mkdir(parents=True, exist_ok=True)

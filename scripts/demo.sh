@@ -5,7 +5,9 @@
 # else — offline, as on the development machines and CI — with tiny-random, a random
 # miniature SAM whose masks are meaningless (it shows the file formats only).
 # Embeddings from the dinov2-s backbone when its weights can be had, else SAM's own features.
-# SAMSEG_DEMO_MODEL=tiny-random|vit_b|vit_l|vit_h forces a choice (samseg/apps/demo.py).
+# SAMSEG_DEMO_MODEL=tiny-random|vit_b|vit_l|vit_h forces a choice (samseg/apps/demo.py);
+# SAMSEG_DEMO_OUT names the output dir (default out/demo). Installs samseg's runtime only:
+# no test extras, no system packages, no root (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -23,7 +25,8 @@ else
   PRESET=default # SAM's own AMG defaults, clustered with eps from the k-distance knee
 fi
 FEATURES="$(.venv/bin/python -m samseg.apps.demo features "$MODEL")"
-.venv/bin/samseg segment "$IMAGES" --model "$MODEL" --preset "$PRESET" --features "$FEATURES" --out out/demo
-echo "demo: $MODEL masks, $FEATURES embeddings: results in out/demo/<image>/ (overlay.png, labels.png, classes/, masks.json)"
+OUT="${SAMSEG_DEMO_OUT:-out/demo}"
+.venv/bin/samseg segment "$IMAGES" --model "$MODEL" --preset "$PRESET" --features "$FEATURES" --out "$OUT"
+echo "demo: $MODEL masks, $FEATURES embeddings: results in $OUT/<image>/ (overlay.png, labels.png, classes/, masks.json)"
 [[ "$MODEL" == "tiny-random" ]] && echo "demo: tiny-random: meaningless masks, formats only"
 echo "demo: runs are in MLflow (./mlflow.db); browse them with: .venv/bin/samseg ui"

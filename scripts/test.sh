@@ -3,7 +3,7 @@
 # e.g. ./scripts/test.sh tests/test_cli.py -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SAMSEG_TEST_SERVERS=1 scripts/setup.sh   # also Label Studio, in .venv-ls (tests/servers.py)
+scripts/setup.sh --test   # the test extras, Label Studio in .venv-ls (tests/servers.py), Chromium
 # Contracts first (seconds): lint errors and the layering rules in pyproject.toml.
 .venv/bin/ruff check samseg flows tests benchmarks
 .venv/bin/lint-imports

@@ -1,13 +1,15 @@
 """Shared fixtures: the real photos in tests/data/photos, the tiny-random SAM, the smoke config.
 
 Isolation: before any test module is imported, `pytest_configure` points SAMSEG_HOME,
-SAMSEG_CACHE, MLFLOW_TRACKING_URI (SQLite), PREFECT_HOME at one session temp dir and
-runs the session from there, so no test writes into the repo (mlflow.db, mlruns/ — MLflow
+SAMSEG_CACHE, MLFLOW_TRACKING_URI (SQLite), PREFECT_HOME at one temp dir per test process, and
+the tests run from there (after collection), so no test writes into the repo (mlflow.db, mlruns/ — MLflow
 puts a SQLite store's artifacts under the working dir) or into ~/.cache.
 
-Servers (tests/servers.py, tests/prefect_fixtures.py) are plugins here, so each
-session-scoped server starts once per session; test modules must request the fixtures by
-name, never import them (an imported fixture is a second definition: a second server).
+Servers (tests/servers.py, tests/prefect_fixtures.py) are plugins here; each server starts once
+per test session, whatever the number of pytest-xdist workers (servers.shared), in the background
+as soon as collection shows a test needs it. Test modules request the fixtures by name, never
+import them (an imported fixture is a second definition). Each test is marked with the servers
+its fixtures need (`prefect`, `mlflow`, `s3`, `labelstudio`, and `integration`).
 Every test that runs a flow requests `prefect_api`: without PREFECT_API_URL Prefect would
 start a temporary server per process.
 """
@@ -29,7 +31,20 @@ pytest_plugins = ["servers", "prefect_fixtures"]
 _SESSION: dict[str, object] = {}
 
 
+# The servers a fixture needs (the fixture closure of a test says which): each gets a marker,
+# so a lane is one `-m` (docs/development.md), and starts in the background once collection
+# shows a test will need it (servers.shared).
+SERVER_FIXTURES: dict[str, tuple[str, ...]] = {
+    "prefect_server": ("prefect",), "moto_s3": ("s3",), "mlflow_server": ("mlflow", "s3"), "label_studio": ("labelstudio",),
+}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the session's first process: the shared servers' folder
+        from servers import SHARED_ENV
+
+        os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="samseg-test-servers-")
+        _SESSION["shared"] = os.environ[SHARED_ENV]
     home = Path(tempfile.mkdtemp(prefix="samseg-tests-"))
     _SESSION.update(home=home, cwd=os.getcwd(), env={k: os.environ.get(k) for k in _ISOLATED})
     os.environ.update({
@@ -39,13 +54,43 @@ def pytest_configure(config: pytest.Config) -> None:
         "PREFECT_HOME": str(home / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     })
-    os.chdir(home)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # after collection: an xdist worker resolves the paths it was given against the repo
+    os.chdir(str(_SESSION["home"]))
 
 
 _ISOLATED = ("SAMSEG_HOME", "SAMSEG_CACHE", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with the servers it needs (and `integration`), start those servers in
+    the background, and run the modules that need no server first, so the boots overlap them."""
+    from servers import SPAWNERS
+
+    needed: set[str] = set()
+    server_modules: set[str] = set()
+    for item in items:
+        used = {s for f in getattr(item, "fixturenames", ()) for s in SERVER_FIXTURES.get(f, ())}
+        for name in sorted(used):
+            item.add_marker(getattr(pytest.mark, name))
+        if used:
+            item.add_marker(pytest.mark.integration)
+            server_modules.add(item.nodeid.split("::")[0])
+        needed |= used
+    items.sort(key=lambda item: item.nodeid.split("::")[0] in server_modules)  # stable: module order kept
+    for name in ("labelstudio", "prefect", "s3", "mlflow"):  # the slowest boot first
+        if name in needed:
+            SPAWNERS["moto" if name == "s3" else name]()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if "shared" in _SESSION:
+        from servers import stop_shared
+
+        stop_shared()
+        shutil.rmtree(str(_SESSION["shared"]), ignore_errors=True)
     if "home" not in _SESSION:
         return
     os.chdir(str(_SESSION["cwd"]))

@@ -1,11 +1,11 @@
 """A real Prefect server on 127.0.0.1 for the flow tests, plus small photo fixtures.
 
-    from prefect_fixtures import prefect_server, prefect_api, small_photos  # noqa: F401
-
+Request the fixtures by name (conftest.py loads this module as a plugin):
 - `prefect_server` (session): `prefect server start --host 127.0.0.1 --port <free>` in a
   temp PREFECT_HOME (SQLite, analytics/UI/scheduler off) → `PrefectServer` (.api_url,
-  .env for subprocesses, .home). One per session: Prefect would otherwise start a
-  temporary server per process (tens of seconds each on a loaded machine).
+  .env for subprocesses, .home). One per test session, shared by every pytest-xdist worker
+  (servers.shared): Prefect would otherwise start a temporary server per process (tens of
+  seconds each on a loaded machine).
 - `prefect_api` (session): this process talks to that server (temporary_settings:
   PREFECT_API_URL, result storage in the temp home) → the PrefectServer.
 - `small_photos` (session): building/bears/corgi/alphabet from tests/data/photos, downscaled
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Iterator
 
 import pytest
 
-from servers import free_port, launch, serving, stop_process
+from servers import free_port, spawn, stop_process, up  # noqa: F401 - stop_process: the tests' import
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("building.jpg", "bears.jpg", "alphabet.jpg", "corgi.jpg")
@@ -32,7 +31,6 @@ SMALL_SIDE = 192
 
 @dataclass
 class PrefectServer:
-    proc: subprocess.Popen
     api_url: str
     home: Path
     log: Path
@@ -49,11 +47,9 @@ class PrefectServer:
             "PYTHONPATH": str(REPO_ROOT),
         }
 
-    def stop(self) -> None:
-        stop_process(self.proc)
 
-
-def start_prefect_server(home: Path, timeout_s: float = 240.0) -> PrefectServer:
+def spawn_prefect_server(home: Path) -> dict[str, object]:
+    """`prefect server start` (SQLite under `home`, scheduler, UI and analytics off), not waited for."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = home / "prefect-server.log"
@@ -68,12 +64,14 @@ def start_prefect_server(home: Path, timeout_s: float = 240.0) -> PrefectServer:
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
            "--no-scheduler", "--no-late-runs", "--analytics-off", "--no-ui"]
     api_url = f"http://127.0.0.1:{port}/api"
-    return PrefectServer(launch(cmd, env, log, f"{api_url}/health", timeout_s), api_url, home, log)
+    proc = spawn(cmd, env, log)
+    return {"pgid": proc.pid, "url": api_url, "health": f"{api_url}/health", "log": str(log), "home": str(home)}
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    yield from serving(start_prefect_server(tmp_path_factory.mktemp("prefect")))
+def prefect_server() -> PrefectServer:
+    info = up("prefect", spawn_prefect_server, 240)
+    return PrefectServer(str(info["url"]), Path(str(info["home"])), Path(str(info["log"])))
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ Fixtures
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -49,13 +50,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    """Poll `url` until it answers 200; fail early (with the log tail) if `proc` dies."""
+def _gone(proc: subprocess.Popen | int | None) -> bool:
+    if isinstance(proc, subprocess.Popen):
+        return proc.poll() is not None
+    if isinstance(proc, int):  # a shared server's process group, maybe another process's child
+        try:
+            os.killpg(proc, 0)
+        except ProcessLookupError:
+            return True
+    return False
+
+
+def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | int | None = None, log: Path | None = None) -> None:
+    """Poll `url` until it answers 200; fail early (with the log tail) if `proc` (a process, or a
+    process group id) is gone."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} was up:\n{_tail(log)}")
+        if _gone(proc):
+            raise RuntimeError(f"server exited before {url} was up:\n{_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -109,12 +122,35 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
         proc.wait(timeout=10)
 
 
+def stop_group(pgid: int, timeout_s: float = 20.0) -> None:
+    """stop_process for a process group this process may not have started (a shared server)."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-pgid, os.WNOHANG)  # reap our own children of that group
+            time.sleep(0.1)
+
+
+def spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """A server process in its own process group (stop_process / stop_group ends it and what it
+    started), its output in `log`; returned at once (wait_http_ok waits for it)."""
+    with log.open("wb") as fh:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def launch(cmd: list[str], env: dict[str, str], log: Path, health_url: str, timeout_s: float,
            cwd: Path | None = None) -> subprocess.Popen:
-    """A server process in its own process group (stop_process ends it and what it started),
-    its output in `log`; returned once `health_url` answers 200, stopped if it never does."""
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    """spawn, returned once `health_url` answers 200, stopped if it never does."""
+    proc = spawn(cmd, env, log, cwd)
     try:
         wait_http_ok(health_url, timeout_s, proc, log)
     except BaseException:
@@ -131,7 +167,6 @@ def _tail(log: Path | None, n: int = 40) -> str:
 
 @dataclass
 class MotoS3:
-    server: Any
     endpoint_url: str
     env: dict[str, str] = field(default_factory=dict)
 
@@ -148,34 +183,43 @@ class MotoS3:
 
     def make_bucket(self, name: str | None = None) -> str:
         name = name or f"test-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
+        with contextlib.suppress(self.client().exceptions.BucketAlreadyOwnedByYou):
+            self.client().create_bucket(Bucket=name)
         return name
 
 
-def start_moto() -> MotoS3:
-    from moto.server import ThreadedMotoServer
+def moto_of(url: str) -> MotoS3:
+    env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": url, "MLFLOW_S3_ENDPOINT_URL": url}
+    return MotoS3(endpoint_url=url, env=env)
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
-    return MotoS3(server=server, endpoint_url=endpoint, env=env)
+
+def spawn_moto(workdir: Path) -> dict[str, Any]:
+    """moto's S3 server as a process (`python -m moto.server`), so every test process can share it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], dict(os.environ),
+                 workdir / "moto.log")
+    return {"pgid": proc.pid, "url": f"http://127.0.0.1:{port}", "health": f"http://127.0.0.1:{port}/moto-api/",
+            "log": str(workdir / "moto.log")}
 
 
 @dataclass
 class MlflowServer:
-    proc: subprocess.Popen
     tracking_uri: str
     artifacts_destination: str
     workdir: Path
     log: Path
+    proc: subprocess.Popen | None = None  # set where this process started it (start_mlflow)
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
-def start_mlflow(workdir: Path, s3: MotoS3, bucket: str, timeout_s: float = 120.0) -> MlflowServer:
+MLFLOW_BUCKET = "mlflow-artifacts"
+
+
+def spawn_mlflow(workdir: Path, s3: MotoS3, bucket: str = MLFLOW_BUCKET) -> tuple[subprocess.Popen, dict[str, Any]]:
     """`mlflow server` subprocess: SQLite backend under `workdir`, artifacts proxied to moto S3."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -194,7 +238,20 @@ def start_mlflow(workdir: Path, s3: MotoS3, bucket: str, timeout_s: float = 120.
         "--serve-artifacts", "--artifacts-destination", destination,
     ]  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    return MlflowServer(launch(cmd, env, log, f"{uri}/health", timeout_s, cwd=workdir), uri, destination, workdir, log)
+    proc = spawn(cmd, env, log, cwd=workdir)
+    return proc, {"pgid": proc.pid, "url": uri, "health": f"{uri}/health", "log": str(log),
+                  "destination": destination, "workdir": str(workdir), "bucket": bucket}
+
+
+def start_mlflow(workdir: Path, s3: MotoS3, bucket: str, timeout_s: float = 120.0) -> MlflowServer:
+    """An MLflow server of the caller's own, up when returned (stop() ends it)."""
+    proc, info = spawn_mlflow(workdir, s3, bucket)
+    try:
+        wait_http_ok(info["health"], timeout_s, proc, Path(info["log"]))
+    except BaseException:
+        stop_process(proc)
+        raise
+    return MlflowServer(info["url"], info["destination"], workdir, Path(info["log"]), proc)
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,19 +260,15 @@ LABEL_STUDIO_BIN = Path(os.environ.get("SAMSEG_LABEL_STUDIO", REPO / ".venv-ls" 
 
 @dataclass
 class LabelStudioServer:
-    proc: subprocess.Popen
     url: str
     token: str
     log: Path
 
-    def stop(self) -> None:
-        stop_process(self.proc)
 
-
-def start_label_studio(workdir: Path, timeout_s: float = 180.0) -> LabelStudioServer:
+def spawn_label_studio(workdir: Path) -> dict[str, Any]:
     """`label-studio start` on 127.0.0.1:<free port>, SQLite under `workdir`, user + token made at start."""
     if not LABEL_STUDIO_BIN.is_file():
-        raise RuntimeError(f"{LABEL_STUDIO_BIN} not found: scripts/setup.sh installs Label Studio into .venv-ls")
+        raise RuntimeError(f"{LABEL_STUDIO_BIN} not found: scripts/setup.sh --test installs Label Studio into .venv-ls")
     workdir.mkdir(parents=True, exist_ok=True)
     port, token = free_port(), uuid.uuid4().hex
     log = workdir / "label-studio.log"
@@ -229,34 +282,88 @@ def start_label_studio(workdir: Path, timeout_s: float = 180.0) -> LabelStudioSe
            "--username", "samseg@example.com", "--password", uuid.uuid4().hex, "--user-token", token,
            "--enable-legacy-api-token"]
     url = f"http://127.0.0.1:{port}"
-    return LabelStudioServer(launch(cmd, env, log, f"{url}/health", timeout_s, cwd=workdir), url, token, log)
+    proc = spawn(cmd, env, log, cwd=workdir)
+    return {"pgid": proc.pid, "url": url, "health": f"{url}/health", "log": str(log), "token": token}
+
+
+# ---------------------------------------------------------------- shared servers
+# One of each server per test session, whatever the number of pytest-xdist workers: the first
+# process that needs it starts it (under a file lock in SHARED_ENV's folder, which the session's
+# first process makes and its workers inherit) and records its address there; the others read
+# it. They start in the background as soon as collection shows a test will need them
+# (conftest.py), so a boot overlaps the tests that need none. The session's first process
+# stops them all at its end (stop_shared).
+
+SHARED_ENV = "SAMSEG_TEST_SHARED"
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ[SHARED_ENV])
+
+
+def shared(name: str, spawn_it: Any) -> dict[str, Any]:
+    """The record of shared server `name` ({"url", "health", "pgid", ...}), spawned by
+    `spawn_it(workdir)` if no process of this session has yet; not waited for."""
+    from filelock import FileLock
+
+    d = _shared_dir()
+    with FileLock(str(d / f"{name}.lock")):
+        record = d / f"{name}.json"
+        if record.exists():
+            return json.loads(record.read_text())
+        info = spawn_it(d / name)
+        record.write_text(json.dumps(info))
+        return info
+
+
+def up(name: str, spawn_it: Any, timeout_s: float) -> dict[str, Any]:
+    """shared(), then waited for until its health URL answers."""
+    info = shared(name, spawn_it)
+    wait_http_ok(info["health"], timeout_s, info["pgid"], Path(info["log"]))
+    return info
+
+
+def stop_shared() -> None:
+    """Stop every shared server this session started (its first process only)."""
+    for record in sorted(_shared_dir().glob("*.json")):
+        stop_group(int(json.loads(record.read_text())["pgid"]))
+
+
+def _moto_info() -> dict[str, Any]:
+    return shared("moto", spawn_moto)
+
+
+def _mlflow_info() -> dict[str, Any]:
+    s3 = moto_of(_moto_info()["url"])
+    return shared("mlflow", lambda d: spawn_mlflow(d, s3)[1])
+
+
+def _prefect_info() -> dict[str, Any]:
+    from prefect_fixtures import spawn_prefect_server
+
+    return shared("prefect", spawn_prefect_server)
+
+
+SPAWNERS: dict[str, Any] = {
+    "moto": _moto_info,
+    "mlflow": _mlflow_info,
+    "labelstudio": lambda: shared("labelstudio", spawn_label_studio),
+    "prefect": _prefect_info,
+}
 
 
 # ---------------------------------------------------------------- fixtures
 
 
-def serving(server: Any) -> Iterator[Any]:
-    """A session fixture's body: yield the started server, stop it when the session ends."""
-    try:
-        yield server
-    finally:
-        server.stop()
-
+@pytest.fixture(scope="session")
+def label_studio() -> LabelStudioServer:
+    info = up("labelstudio", spawn_label_studio, 240)
+    return LabelStudioServer(info["url"], info["token"], Path(info["log"]))
 
 
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    yield from serving(start_label_studio(tmp_path_factory.mktemp("label-studio")))
-
-
-
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[MotoS3]:
-    s3 = start_moto()
-    try:
-        yield s3
-    finally:
-        s3.server.stop()
+def moto_s3() -> MotoS3:
+    return moto_of(up("moto", spawn_moto, 60)["url"])
 
 
 @pytest.fixture
@@ -274,12 +381,61 @@ def s3_bucket(s3_env: MotoS3) -> str:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    bucket = moto_s3.make_bucket("mlflow-artifacts")
-    yield from serving(start_mlflow(tmp_path_factory.mktemp("mlflow"), moto_s3, bucket))
+def mlflow_server(moto_s3: MotoS3) -> MlflowServer:
+    info = _mlflow_info()
+    moto_s3.make_bucket(info["bucket"])
+    wait_http_ok(info["health"], 180, info["pgid"], Path(info["log"]))
+    return MlflowServer(info["url"], info["destination"], Path(info["workdir"]), Path(info["log"]))
 
 
 @pytest.fixture
 def mlflow_env(mlflow_server: MlflowServer, s3_env: MotoS3, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
     return mlflow_server.tracking_uri
+
+
+@contextlib.contextmanager
+def freezable(target_url: str) -> Iterator[tuple[str, Any]]:
+    """("http://127.0.0.1:PORT", freeze): a TCP relay to `target_url` that, once freeze() is
+    called, stops relaying: connections are still accepted and nothing is answered, as with a
+    server stopped by SIGSTOP — without a server of the test's own."""
+    from urllib.parse import urlsplit
+
+    target = urlsplit(target_url)
+    frozen = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    held: list[socket.socket] = []
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while not frozen.is_set():
+                data = src.recv(65536)
+                if not data or frozen.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def accept() -> None:
+        while True:
+            try:
+                conn = listener.accept()[0]
+            except OSError:
+                return
+            held.append(conn)
+            if frozen.is_set():
+                continue  # held open, never answered
+            upstream = socket.create_connection((target.hostname, target.port))
+            held.append(upstream)
+            threading.Thread(target=pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", frozen.set
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()

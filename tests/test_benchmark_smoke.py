@@ -12,15 +12,18 @@ import pytest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "images"
 
 
 def test_quick_benchmark_runs_all_paths_and_writes_json(tmp_path):
-    images = [str(SHARED / n) for n in ("building.jpg", "bears.jpg") if (SHARED / n).is_file()]
+    import numpy as np
+    from PIL import Image
+
+    images = []  # two small images: the photos' size proves nothing about the harness
+    for i in range(2):
+        images.append(tmp_path / f"s{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(images[-1])
     cmd = [sys.executable, "-m", "benchmarks.run", "--mode", "quick", "--points-per-side", "4", "--out", str(tmp_path),
-           "--mlflow", "bench-smoke"]
-    if images:
-        cmd += ["--images", *images]  # else the harness synthesises two images
+           "--mlflow", "bench-smoke", "--images", *map(str, images)]
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
@@ -81,7 +84,7 @@ def test_bf16_benchmark_reports_every_ratio_or_says_why_not(tmp_path, monkeypatc
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     img = tmp_path / "scene.png"
     Image.fromarray((np.indices((96, 128)).sum(0) % 256).astype(np.uint8)[..., None].repeat(3, 2)).save(img)
-    res = bf16.run(str(img), 4, "tiny-random")
+    res = bf16.run(str(img), 4, "tiny-random", production_points=4)  # the harness, not the production grid's cost
     if not res["native_bf16_flags"]:
         assert "no native bf16" in res["skipped"] and "bf16" not in res
         return
@@ -97,7 +100,7 @@ def test_bf16_benchmark_reports_every_ratio_or_says_why_not(tmp_path, monkeypatc
         split = res[p]["decoder_no_masks_split"]
         assert split["gemm_ms_per_prompt"] > 0 and split["other_ms_per_prompt"] > 0
         assert split["total_ms_per_prompt"] == pytest.approx(split["gemm_ms_per_prompt"] + split["other_ms_per_prompt"])
-        assert res[p]["default_filters"]["points_per_side"] == 32 and res[p]["default_filters"]["total_s"] > 0
+        assert res[p]["default_filters"]["points_per_side"] == 4 and res[p]["default_filters"]["total_s"] > 0
     assert res["agreement"]["n_fp32"] == res["fp32"]["n_masks"] > 0
 
 
@@ -114,7 +117,8 @@ def test_gpu_check_runs_end_to_end_on_cpu_with_tiny_random(tmp_path, monkeypatch
     monkeypatch.setattr(gpu_check, "SHARED_IMAGES", tmp_path)
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     Image.fromarray((np.indices((96, 128)).sum(0) % 256).astype(np.uint8)[..., None].repeat(3, 2)).save(tmp_path / "a.png")
-    assert gpu_check.main(["--device", "cpu", "--models", "tiny-random", "--images", "a.png", "a.png"]) == 0
+    assert gpu_check.main(["--device", "cpu", "--models", "tiny-random", "--images", "a.png", "a.png",
+                           "--points-per-side", "4", "--keep-all-points", "4"]) == 0  # the harness, small grids
     report = json.loads((tmp_path / "benchmarks" / "results" / "gpu_check.json").read_text())
     res = report["tiny-random"]
     assert report["device"] == "cpu" and report["images"] == ["a.png", "a.png"]

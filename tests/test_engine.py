@@ -192,29 +192,32 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def test_local_and_prefect_orchestrators_write_the_same_outputs(prefect_api, tmp_path: Path) -> None:
+def test_local_and_prefect_orchestrators_write_the_same_outputs(prefect_api, tmp_path: Path, monkeypatch) -> None:
+    from cli_run import run_cli
+
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(5)
     for name in ("a.png", "b.png"):
         Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / name)
     tiny = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--no-track", "-q"]
-    env = dict(prefect_api.env, SAMSEG_HOME=str(tmp_path / "home"))
-    local_env = {k: v for k, v in env.items() if not k.startswith("PREFECT_API")}  # auto = local without a server
-
-    local = _cli(["segment", str(src), "--out", str(tmp_path / "local"), "--cache", str(tmp_path / "c1"), *tiny], local_env)
-    assert local.returncode == 0, local.stderr
-    via = _cli(["segment", str(src), "--out", str(tmp_path / "prefect"), "--cache", str(tmp_path / "c2"), *tiny], env)
-    assert via.returncode == 0, via.stderr
+    monkeypatch.setenv("SAMSEG_HOME", str(tmp_path / "home"))
+    # in-process: the orchestrators are what differs, not the process
+    rc, _, err = run_cli(["segment", str(src), "--out", str(tmp_path / "local"), "--cache", str(tmp_path / "c1"),
+                          "--orchestrator", "local", *tiny])
+    assert rc == 0, err
+    rc, _, err = run_cli(["segment", str(src), "--out", str(tmp_path / "prefect"), "--cache", str(tmp_path / "c2"),
+                          "--orchestrator", "prefect", *tiny])
+    assert rc == 0, err
     for stem in ("a", "b"):
         for name in ("labels.png", "masks.json", "embeddings.npy", "overlay.png"):
             assert (tmp_path / "local" / stem / name).read_bytes() == (tmp_path / "prefect" / stem / name).read_bytes(), name
         assert json.loads((tmp_path / "local" / stem / "summary.json").read_text())["prefect_flow_run_id"] is None
         assert json.loads((tmp_path / "prefect" / stem / "summary.json").read_text())["prefect_flow_run_id"]
 
-    again = _cli(["segment", str(src), "--out", str(tmp_path / "local"), "--cache", str(tmp_path / "c1"), "--eps", "0.5",
-                  *tiny], local_env)
-    assert again.returncode == 0 and again.stdout.count("(cache hits: 2/2)") == 2, again.stdout + again.stderr
+    rc, out, err = run_cli(["segment", str(src), "--out", str(tmp_path / "local"), "--cache", str(tmp_path / "c1"),
+                            "--eps", "0.5", "--orchestrator", "local", *tiny])
+    assert rc == 0 and out.count("(cache hits: 2/2)") == 2, out + err
 
 
 def test_local_orchestrator_never_imports_prefect(tmp_path: Path) -> None:

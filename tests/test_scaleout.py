@@ -48,7 +48,7 @@ def workers(prefect_api: PrefectServer, mlflow_env: str, tmp_path: Path, monkeyp
         yield env
     finally:
         for p in procs:
-            stop_process(p)
+            stop_process(p, timeout_s=3)  # a worker's graceful stop is not what this tests
 
 
 def test_two_workers_take_each_image_exactly_once(prefect_api, workers, small_photos, tmp_path) -> None:

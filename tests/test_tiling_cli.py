@@ -113,23 +113,22 @@ def test_class_polygons_cover_exactly_the_class_pixels() -> None:
     assert shape(by_class[1]["geometry"]).bounds == pytest.approx((10.06, 49.955, 10.07, 49.97))
 
 
-def test_tiles_run_as_prefect_tasks_and_write_what_the_local_engine_writes(prefect_api, tmp_path: Path) -> None:
-    import subprocess
-    import sys
+def test_tiles_run_as_prefect_tasks_and_write_what_the_local_engine_writes(prefect_api, tmp_path: Path, monkeypatch) -> None:
     import time
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    from cli_run import run_cli
+
     Image.fromarray(_rgb((280, 400), seed=3)).save(tmp_path / "wide.png")
-    env = dict(prefect_api.env, SAMSEG_HOME=str(tmp_path / "home"))
+    monkeypatch.setenv("SAMSEG_HOME", str(tmp_path / "home"))
     outs = {}
-    for orchestrator in ("local", "prefect"):
+    for orchestrator in ("local", "prefect"):  # in-process: the orchestrators differ, not the process
         argv = ["segment", str(tmp_path / "wide.png"), "--out", str(tmp_path / orchestrator), "--cache",
                 str(tmp_path / f"c-{orchestrator}"), "--orchestrator", orchestrator, "--tile", "256", "--tile-overlap", "64", *TINY]
-        proc = subprocess.run([sys.executable, "-m", "samseg.apps.cli", *argv], env=env, capture_output=True, text=True,
-                              timeout=600, cwd=Path(__file__).resolve().parents[1])
-        assert proc.returncode == 0, proc.stderr
+        rc, _, err = run_cli(argv)
+        assert rc == 0, err
         outs[orchestrator] = tmp_path / orchestrator / "wide"
     for name in ("labels.png", "masks.json", "embeddings.npy"):
         assert (outs["local"] / name).read_bytes() == (outs["prefect"] / name).read_bytes(), name

@@ -286,7 +286,7 @@ def test_dataset_run_page(page, ui_server):
     report = apply_dataset_classes(ui_server["out"], dirs, cfg.cluster)
     children = [log_image_run(d, read_summary(d), experiment=EXPERIMENT, nested_under=batch) for d in dirs]
     log_dataset_classes(batch, report)
-    end_run(batch)
+    end_run(batch, "FINISHED", {"images": [{"mlflow_run_id": c} for c in children]})  # the batch's own record
     page.goto(f"{ui_server['base']}/runs/{batch}")
     page.wait_for_selector("#classes-table")
     assert page.locator("#classes-table tbody tr").count() == report["n_classes"]

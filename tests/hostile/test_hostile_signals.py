@@ -45,7 +45,8 @@ def _wait_for(pred, timeout_s: float, what: str) -> None:
 
 
 def test_sigterm_stops_the_batch_like_ctrl_c_and_a_rerun_resumes(prefect_api, tmp_path: Path) -> None:
-    _images(tmp_path / "in", 12)
+    n = 6  # enough that the signal lands mid-batch (it follows the first image)
+    _images(tmp_path / "in", n)
     out, cache = tmp_path / "out", tmp_path / "cache"
     argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--cache", str(cache), *TINY]
     proc = _samseg(argv, prefect_api.env)
@@ -61,13 +62,13 @@ def test_sigterm_stops_the_batch_like_ctrl_c_and_a_rerun_resumes(prefect_api, tm
     assert proc.returncode == 143, stderr
     assert "TypeError" not in stderr and "Traceback" not in stderr
     done = sorted(p.parent.name for p in out.glob("*/summary.json"))
-    assert 1 <= len(done) <= at_signal + 1 and len(done) < 12, done  # at most the image in flight, nothing new
+    assert 1 <= len(done) <= at_signal + 1 and len(done) < n, done  # at most the image in flight, nothing new
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != owned_files.LEDGER]  # no half-written dir
     assert owned_files.incomplete_since(str(out)) is not None  # readers see the batch did not finish
     rerun = subprocess.run([sys.executable, "-m", "samseg.apps.cli", *argv], cwd=REPO_ROOT, env=prefect_api.env,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
-    assert len(list(out.glob("*/summary.json"))) == 12
+    assert len(list(out.glob("*/summary.json"))) == n
     assert owned_files.incomplete_since(str(out)) is None
     for name in done:  # finished images come from the cache
         assert f"{name}.png:" in rerun.stdout and "(cache hits: 2/2)" in next(

@@ -1,8 +1,9 @@
 """A tracking server that stops answering mid-batch: Ctrl-C and SIGTERM still win.
 
-A real `mlflow server` on loopback, frozen with SIGSTOP while a real `samseg segment` batch
-logs to it (the kernel still accepts its TCP connections; nothing answers). The command must
-exit 130/143 within the stop's grace, not when the server resumes.
+The session's real `mlflow server`, reached through a relay (servers.freezable) that is frozen
+while a real `samseg segment` batch logs through it: connections are still accepted and nothing
+answers, as with a server stopped by SIGSTOP. The command must exit 130/143 within the stop's
+grace, not when the server resumes.
 """
 
 from __future__ import annotations
@@ -18,67 +19,40 @@ import pytest
 
 from samseg.edges.owned_files import LEDGER
 
-from test_hostile_signals import _children, _images, _wait_for
+from test_hostile_signals import _images, _wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "-q",
         "--orchestrator", "local"]
 
 
-def _tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (mlflow server's uvicorn worker answers, not the parent)."""
-    pids = [pid]
-    for kid in _children(pid):
-        pids.extend(_tree(kid))
-    return pids
-
-
-def _signal_tree(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-@pytest.fixture
-def own_mlflow(moto_s3, tmp_path: Path):
-    """An MLflow server of this test's own (it gets frozen, so not the session's)."""
-    from servers import start_mlflow
-
-    server = start_mlflow(tmp_path / "mlflow", moto_s3, moto_s3.make_bucket())
-    try:
-        yield server
-    finally:
-        _signal_tree(_tree(server.proc.pid), signal.SIGCONT)
-        server.stop()
-
-
-@pytest.mark.integration
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
-def test_stop_wins_while_the_tracking_server_is_frozen(own_mlflow, moto_s3, tmp_path: Path, sig: int, code: int) -> None:
+def test_stop_wins_while_the_tracking_server_is_frozen(mlflow_server, moto_s3, tmp_path: Path, sig: int, code: int) -> None:
+    from servers import freezable
+
     _images(tmp_path / "in", 8)
     out = tmp_path / "out"
-    # MLflow's HTTP timeout far above the hang detector below: only the signal may end the command
-    env = {**os.environ, **moto_s3.env, "MLFLOW_TRACKING_URI": own_mlflow.tracking_uri, "MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
-    env.pop("PREFECT_API_URL", None)
     argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY]
-    proc = subprocess.Popen([sys.executable, "-m", "samseg.apps.cli", *argv], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _wait_for(lambda: (out / "img00" / "summary.json").exists() or proc.poll() is not None, 240, "the first image")
-        assert proc.poll() is None, proc.communicate()
-        _signal_tree(_tree(own_mlflow.proc.pid), signal.SIGSTOP)  # mid-batch: every MLflow call now hangs
-        time.sleep(3)  # the command reaches its next MLflow call (img00's run) and waits on it
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(sig)
-        # MLflow's own timeout (300 s here) must not be what ends the command: 30 s is a
-        # hang detector, far under the first HTTP timeout, not a speed target.
-        _stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with freezable(mlflow_server.tracking_uri) as (uri, freeze):
+        # MLflow's HTTP timeout far above the hang detector below: only the signal may end the command
+        env = {**os.environ, **moto_s3.env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
+        env.pop("PREFECT_API_URL", None)
+        proc = subprocess.Popen([sys.executable, "-m", "samseg.apps.cli", *argv], cwd=REPO_ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _wait_for(lambda: (out / "img00" / "summary.json").exists() or proc.poll() is not None, 240, "the first image")
+            assert proc.poll() is None, proc.communicate()
+            freeze()  # mid-batch: every MLflow call now hangs (accepted, never answered)
+            time.sleep(3)  # the command reaches its next MLflow call (img00's run) and waits on it
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(sig)
+            # MLflow's own timeout (300 s here) must not be what ends the command: 30 s is a
+            # hang detector, far under the first HTTP timeout, not a speed target.
+            _stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     assert "interrupted" in stderr
