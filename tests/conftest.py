@@ -39,6 +39,17 @@ SERVER_FIXTURES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The modules that take 30 s or more (`./scripts/test.sh --durations=0`, summed per file, on the
+# 2-core development machine): each starts as early as its servers allow, longest first, so no
+# long module is the last one running while the other worker idles.
+HEAVY_MODULES: dict[str, int] = {
+    "tests/test_amg_batch.py": 109, "tests/hostile/test_hostile_signals.py": 67, "tests/test_flows.py": 56,
+    "tests/test_scaleout.py": 55, "tests/test_benchmark_smoke.py": 48, "tests/hostile/test_hostile_tracking.py": 48,
+    "tests/test_tiling_cli.py": 36, "tests/test_ui_api.py": 35, "tests/test_labelstudio.py": 32,
+    "tests/test_ui_browser.py": 31, "tests/hostile/test_hostile_outputs.py": 31,
+}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the session's first process: the shared servers' folder
         from servers import SHARED_ENV
@@ -79,7 +90,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
             server_modules.add(item.nodeid.split("::")[0])
         needed |= used
-    items.sort(key=lambda item: item.nodeid.split("::")[0] in server_modules)  # stable: module order kept
+    def order(item: pytest.Item) -> tuple[bool, int]:  # stable: a module's tests stay together, in order
+        module = item.nodeid.split("::")[0]
+        return module in server_modules, -HEAVY_MODULES.get(module, 0)
+
+    items.sort(key=order)
     for name in ("labelstudio", "prefect", "s3", "mlflow"):  # the slowest boot first
         if name in needed:
             SPAWNERS["moto" if name == "s3" else name]()
