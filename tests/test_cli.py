@@ -140,7 +140,7 @@ def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypat
         (["--metric", "hamming"], "cluster.metric"),
         (["--algorithm", "kmeans"], "invalid choice"),
         (["--eps", "lots"], "invalid float value"),
-        (["--no-such-flag"], "unrecognized arguments"),
+        (["--no-such-flag"], "unrecognized argument --no-such-flag"),
     ],
 )
 def test_bad_flag_is_usage_error(tmp_path: Path, flags: list[str], message: str) -> None:
@@ -265,3 +265,20 @@ def test_an_experiment_name_mlflow_cannot_store_is_refused_before_any_compute(tm
                           ("a\nb", "control characters")]:
         rc, _, stderr = run_cli(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--experiment", name])
         assert rc == 2 and message in stderr, (name, stderr)
+
+
+def test_a_mistyped_flag_says_did_you_mean_in_the_last_line_under_a_short_usage(tmp_path: Path) -> None:
+    from cli_run import run_cli
+
+    rc, _, err = run_cli(["segment", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--epss", "0.1"])
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 2, err
+    assert lines[-1].startswith("samseg segment: error:") and "--epss" in lines[-1] and "did you mean --eps?" in lines[-1]
+    assert lines[0].startswith("usage: samseg segment [options] IMAGE_OR_DIR")
+
+
+def test_a_mistyped_command_says_did_you_mean() -> None:
+    from cli_run import run_cli
+
+    rc, _, err = run_cli(["segmnet", "x.png"])
+    assert rc == 2 and "did you mean segment?" in err.strip().splitlines()[-1], err

@@ -311,16 +311,8 @@ def _writer_lock(entry: str) -> Iterator[None]:
     if storage.is_s3_uri(entry):
         yield
         return
-    import fcntl
-
-    lock_path = Path(entry).parent / f".{Path(entry).name}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with storage.exclusive(Path(entry).parent / f".{Path(entry).name}.lock"):
+        yield
 
 
 def _check_array(arr: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:

@@ -306,23 +306,15 @@ def push_run(url: str, run_id: str, project: str, workdir: Path) -> PushResult:
 @contextlib.contextmanager
 def _one_push_at_a_time(url: str, project: str) -> Iterator[None]:
     """An exclusive lock per (server, project) on this machine: two pushes at once (two CLI
-    commands, the UI's button pressed twice) would each create the project or the same tasks.
-    flock: held by an open file, so it serialises threads and processes alike, and a killed
-    holder releases it."""
-    import fcntl
+    commands, the UI's button pressed twice) would each create the project or the same tasks."""
     import hashlib
 
+    from samseg.edges.storage import exclusive
     from samseg.sam.files import samseg_home
 
     key = hashlib.sha256(f"{url.rstrip('/')}\n{project}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    lock = samseg_home() / "locks" / f"labelstudio-{key}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive(samseg_home() / "locks" / f"labelstudio-{key}.lock"):
+        yield
 
 
 def upload_name(name: str, sha: str) -> str:

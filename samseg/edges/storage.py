@@ -19,6 +19,7 @@ deleted after the new marker is written, and nothing any marker of samseg's neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import unquote
 
 SUCCESS_MARKER = "_SUCCESS"
@@ -211,6 +212,21 @@ def read_bytes(uri_or_path: str | os.PathLike[str]) -> bytes:
         raise StorageNotFound(f"{path}: not found") from None
     except OSError as exc:
         raise StorageError(f"{path}: read failed: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive flock on `lock_path` (created with its folder) for the block: held by an open
+    file, so it serialises threads and processes alike and a killed holder releases it."""
+    import fcntl
+
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_verified(uri_or_path: str | os.PathLike[str], sha256: Any) -> bytes:

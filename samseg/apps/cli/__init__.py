@@ -22,7 +22,7 @@ import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 
 from samseg.apps.cli.common import UsageError
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             shutdown.check()  # a signal that a flow swallowed still ends the command as one
             return rc
         except UsageError as exc:
-            args.subparser.print_usage(sys.stderr)
-            print(f"{args.subparser.prog}: error: {exc}", file=sys.stderr)
+            print(f"{args.subparser.short_usage()}{args.subparser.prog}: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return _interrupted()
@@ -92,8 +91,46 @@ def _line_buffered_stdout() -> None:
             pass
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error a person can act on: a short usage line, then the error line
+    last, with "did you mean" for a mistyped flag or command; an unknown flag is reported by the
+    command it was given to, not by the top-level parser."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            getattr(parsed, "subparser", self).unrecognized(extras)
+        return parsed
+
+    def unrecognized(self, extras: list[str]) -> None:
+        flags = [s for a in self._actions for s in a.option_strings]
+        first = next((x for x in extras if x.startswith("-")), extras[0])
+        self.error(f"unrecognized argument {first}" + did_you_mean(first.split("=", 1)[0], flags))
+
+    def error(self, message: str) -> NoReturn:
+        import re
+
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            message += did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+        self.exit(2, f"{self.short_usage()}{self.prog}: error: {message}\n")
+
+    def short_usage(self) -> str:
+        """One usage line: the positionals only, and where the options are listed."""
+        shown = [a.metavar or a.dest for a in self._get_positional_actions() if a.help != argparse.SUPPRESS]
+        return f"usage: {self.prog} [options] {' '.join(map(str, shown))}  ({self.prog} --help lists them)\n"
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """"; did you mean X?" for the closest of `choices`, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="samseg",
         description="Automatic semantic segmentation with Segment Anything: AMG masks, "
         "pooled encoder embeddings, density clustering into classes.",
