@@ -282,3 +282,23 @@ def test_a_mistyped_command_says_did_you_mean() -> None:
 
     rc, _, err = run_cli(["segmnet", "x.png"])
     assert rc == 2 and "did you mean segment?" in err.strip().splitlines()[-1], err
+
+
+def test_tiny_random_without_a_preset_uses_the_smoke_settings_and_finds_masks(tmp_path: Path) -> None:
+    """The tour with `--model tiny-random` and no --preset: SAM's default filters drop every
+    random mask (0 masks, exit 0); tiny-random's own preset opens them unless one is named."""
+    from PIL import Image
+
+    from cli_run import run_cli
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    common = [str(tmp_path / "p.png"), "--model", "tiny-random", "--device", "cpu", "--no-track", "--orchestrator", "local",
+              "--cache", str(tmp_path / "c")]
+    rc, out, err = run_cli(["segment", *common, "--out", str(tmp_path / "o")])
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "o" / "p" / "summary.json").read_text())
+    assert summary["config"]["amg.points_per_side"] == 8 and summary["config"]["amg.pred_iou_thresh"] == 0.0
+    assert summary["n_masks"] > 0, out
+    rc, _, err = run_cli(["segment", *common, "--out", str(tmp_path / "o2"), "--preset", "default", "--points-per-side", "2"])
+    assert rc == 0, err  # a named preset is honoured
+    assert json.loads((tmp_path / "o2" / "p" / "summary.json").read_text())["config"]["amg.pred_iou_thresh"] == 0.88

@@ -102,14 +102,17 @@ def add_features_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> "Any":
-    """PipelineConfig = preset, then --model, then every explicitly given config flag.
+    """PipelineConfig = preset (`default`; `smoke` for --model tiny-random), then --model, then every
+    explicitly given config flag.
     Invalid values raise UsageError with the config's own message."""
     from samseg.core.backbones import SAM
     from samseg.core.config import get_preset
     from samseg.sam.model import TINY_RANDOM
 
     try:
-        cfg = get_preset(args.preset)
+        # tiny-random's random masks fail SAM's filters (0 masks): its own preset unless one is named
+        preset = args.preset or ("smoke" if args.model == TINY_RANDOM else "default")
+        cfg = get_preset(preset)
         if args.model is not None:
             cfg = cfg.replace(model_type=args.model)
         features = getattr(args, "features_name", None)
