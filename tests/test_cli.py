@@ -302,3 +302,28 @@ def test_tiny_random_without_a_preset_uses_the_smoke_settings_and_finds_masks(tm
     rc, _, err = run_cli(["segment", *common, "--out", str(tmp_path / "o2"), "--preset", "default", "--points-per-side", "2"])
     assert rc == 0, err  # a named preset is honoured
     assert json.loads((tmp_path / "o2" / "p" / "summary.json").read_text())["config"]["amg.pred_iou_thresh"] == 0.88
+
+
+def test_every_image_line_of_a_batch_names_its_mlflow_run(tmp_path: Path, monkeypatch) -> None:
+    import re
+
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from cli_run import run_cli
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / f"r{i}.png")
+    rc, out, err = run_cli(["segment", str(src), "--out", str(tmp_path / "o"), "--model", "tiny-random", "--device", "cpu",
+                            "--points-per-side", "4", "--orchestrator", "local", "--cache", str(tmp_path / "c")])
+    assert rc == 0, err
+    batch = re.search(r"MLflow batch run: (\w+)", out).group(1)
+    ids = [re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines() if line.startswith("r")]
+    assert len(ids) == 2
+    for rid in ids:  # each id leads to that image's run, nested under the batch
+        run = MlflowClient(uri).get_run(rid)
+        assert run.data.tags["samseg.kind"] == "image" and run.data.tags["mlflow.parentRunId"] == batch

@@ -311,7 +311,8 @@ def _report_batch(report: dict[str, Any]) -> int:
     for r in report["images"]:
         if r["status"] == "completed":
             where = r.get("out_dir") or f"(deployment run {r.get('flow_run_id')})"
-            print(_image_line(PurePosixPath(r["image"]).name, r, where))
+            run = f", MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""  # the id each image's commands take
+            print(_image_line(PurePosixPath(r["image"]).name, r, where) + run)
             if r.get("tracking_error"):
                 print_error(_untracked_line(r["image"], r["tracking_error"]))
         else:
