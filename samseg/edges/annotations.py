@@ -93,11 +93,13 @@ def image_dirs(root: Path) -> list[Path]:
 
 
 def export_names(results: list[ImageResult]) -> list[str]:
-    """The image file names an export uses: the inputs' own names when they are unique in the
-    export, else every image named after its image dir (unique in its OUT) with its own suffix —
+    """The image file names an export uses: the inputs' own names when their stems are unique in
+    the export (in any case), else every image named after its image dir (unique in its OUT) with
+    its own suffix —
     `cam1/IMG_1.jpg` and `cam2/IMG_1.jpg` never share one name, image file or URL."""
     names = [r.file_name for r in results]
-    if len(set(names)) == len(names):
+    stems = {PurePosixPath(n).stem.casefold() for n in names}  # YOLO pairs by stem; some disks ignore case
+    if len(stems) == len(names):
         return names
     return [f"{r.stem}{PurePosixPath(r.file_name).suffix}" for r in results]
 

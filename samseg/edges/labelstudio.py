@@ -13,7 +13,7 @@ image of 20 classes, more than the server takes), and the encoder processes alre
 - The project is found by id (ASCII digits) or by exact title (several with that title: refused
   on the CLI, the lowest id from the UI), else created with samseg's labeling config (one
   BrushLabels label per class, samseg's class colours). An existing project whose config lacks
-  samseg's brush labels is refused. One push at a time per server and project on a machine.
+  samseg's brush labels is refused. One push at a time per server on a machine.
 - Images: a local image is uploaded through Label Studio's import API (the server stores it and
   serves it at /data/upload/...); an s3:// image is referenced as its URI, and the project gets an
   S3 source storage for its bucket (presigned URLs, never synced) unless it has one: the server
@@ -110,16 +110,17 @@ def check_url(url: str) -> str:
     query: credentials go in LABEL_STUDIO_API_KEY, never in a URL that error lines print."""
     from urllib.parse import urlsplit
 
-    from samseg.core.secrets import scrub_secrets
-
+    # the URL itself is never printed: a password holding '/', '?' or '#' defeats any scrubbing
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 — raises ValueError for a bad port
     except ValueError:
-        raise LabelStudioError(f"{scrub_secrets(url)!r}: not a URL") from None
+        raise LabelStudioError(f"the Label Studio URL is not a URL (http(s)://host[:port]; the access token goes in {TOKEN_ENV}, "
+                               "never in the URL)") from None
     shown = f"{parts.scheme}://{parts.hostname or ''}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LabelStudioError(f"{scrub_secrets(url)!r}: not a Label Studio URL (http(s)://host[:port])")
+        raise LabelStudioError(f"the Label Studio URL is not http(s)://host[:port] (the access token goes in {TOKEN_ENV}, "
+                               "never in the URL)")
     if parts.username is not None or parts.password is not None:
         raise LabelStudioError(f"the Label Studio URL {shown}… carries a user name or password: give it without them; "
                                f"the access token goes in {TOKEN_ENV}")
@@ -130,8 +131,17 @@ def check_url(url: str) -> str:
 
 
 def server_said(body: Any) -> str:
-    """What Label Studio answered, whole, on one line: its JSON error's text, or — for an HTML
-    page — that this URL is not Label Studio's API (a path prefix, a proxy's login page)."""
+    """What Label Studio answered, on one line: its JSON error's text (whole up to
+    SAID_MAX characters, then how much more), or — for an HTML page — that this URL is not
+    Label Studio's API (a path prefix, a proxy's login page)."""
+    said = _said(body)
+    return said if len(said) <= SAID_MAX else f"{said[:SAID_MAX]}… ({len(said) - SAID_MAX} more characters)"
+
+
+SAID_MAX = 2000  # a server's error text is whole up to this; a multi-megabyte body is not one line
+
+
+def _said(body: Any) -> str:
     if isinstance(body, (bytes, bytearray)):
         body = body.decode("utf-8", "replace")
     if isinstance(body, str):
@@ -215,9 +225,9 @@ def check_config(config_xml: str, labels: list[str], what: str) -> None:
 def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[dict[Path, str]] = None,
          httpx_client: Any = None, pick_oldest: bool = False) -> PushResult:
     """Push `results` (one task each) into project `project` at `url` (see the module docstring).
-    One push at a time per server and project on this machine (`_one_push_at_a_time`)."""
+    One push at a time per server on this machine (`_one_push_at_a_time`)."""
     client = connect(url, httpx_client)
-    with _one_push_at_a_time(url, project):
+    with _one_push_at_a_time(url):
         return _push(client, url, results, project, run_ids, pick_oldest)
 
 
@@ -225,7 +235,12 @@ def _push(client: Any, url: str, results: list[ImageResult], project: str, run_i
           pick_oldest: bool) -> PushResult:
     labels = class_names(n_classes(results))
     proj, _ = find_project(client, url, project, labels, pick_oldest)
-    existing = _tasks_by_sha(client, url, proj.id, {str((r.summary.get("image") or {}).get("sha256")) for r in results})
+    uploads = {}  # sha256 -> the name its upload would have: how a task whose import answer was lost is found
+    for r in results:
+        image = r.summary.get("image") or {}
+        if isinstance(image.get("sha256"), str):
+            uploads[image["sha256"]] = upload_name(Path(str(image.get("uri", ""))).name, image["sha256"])
+    existing = _tasks_by_sha(client, url, proj.id, uploads)
     created = matched = added = replaced = 0
     encoder = BrushEncoder(results)
     try:
@@ -304,15 +319,19 @@ def push_run(url: str, run_id: str, project: str, workdir: Path) -> PushResult:
 
 
 @contextlib.contextmanager
-def _one_push_at_a_time(url: str, project: str) -> Iterator[None]:
-    """An exclusive lock per (server, project) on this machine: two pushes at once (two CLI
-    commands, the UI's button pressed twice) would each create the project or the same tasks."""
+def _one_push_at_a_time(url: str) -> Iterator[None]:
+    """An exclusive lock per server on this machine: two pushes at once (two CLI commands, the
+    UI's button pressed twice) would each create the project or the same tasks. Per server, not
+    per project: `--project 12` and its title name one project before it is looked up."""
     import hashlib
+    from urllib.parse import urlsplit
 
     from samseg.edges.storage import exclusive
     from samseg.sam.files import samseg_home
 
-    key = hashlib.sha256(f"{url.rstrip('/')}\n{project}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    parts = urlsplit(url)
+    server = f"{parts.scheme}://{(parts.netloc or '').lower()}{parts.path.rstrip('/')}"
+    key = hashlib.sha256(server.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     with exclusive(samseg_home() / "locks" / f"labelstudio-{key}.lock"):
         yield
 
@@ -324,19 +343,23 @@ def upload_name(name: str, sha: str) -> str:
     return f"{stem}{UPLOAD_TAG}{sha[:16]}.{suffix}" if dot and stem else f"{name}{UPLOAD_TAG}{sha[:16]}"
 
 
-def _tasks_by_sha(client: Any, url: str, project_id: int, shas: set[str]) -> dict[str, int]:
+def _tasks_by_sha(client: Any, url: str, project_id: int, names: dict[str, str]) -> dict[str, int]:
     """{sha256: task id} of the project's tasks: by the sha256 an earlier push recorded in the
-    task's data, else by the sha256 prefix in an uploaded image's name (a task whose import
-    answer was lost: its sha256 is recorded now, so it is never imported twice)."""
+    task's data, else by an uploaded image's name `names[sha256]` (Label Studio prefixes it with
+    `<8 hex>-`): a task whose import answer was lost gets its sha256 recorded now, so it is never
+    imported twice."""
     import re
 
     tasks = _call(url, "list the project's tasks", lambda: list(client.tasks.list(project=project_id)))
     found = {str(t.data[SHA_KEY]): int(t.id) for t in tasks if isinstance(t.data, dict) and t.data.get(SHA_KEY)}
-    by_prefix = {sha[:16]: sha for sha in shas if sha not in found}
+    by_prefix = {sha[:16]: sha for sha in names if sha not in found}
     for t in tasks:
         data = t.data if isinstance(t.data, dict) else {}
         m = re.search(re.escape(UPLOAD_TAG) + r"([0-9a-f]{16})(?:\.[^/]*)?$", str(data.get(TO_NAME, "")))
         sha = by_prefix.get(m.group(1)) if m and not data.get(SHA_KEY) else None
+        # the whole upload name must be this push's (its stem too), not only the sha prefix
+        if sha is not None and not str(data.get(TO_NAME, "")).endswith(f"-{names.get(sha, '')}"):
+            sha = None
         if sha is not None and sha not in found:
             _call(url, "record the image's sha256 on its task",
                   lambda: client.tasks.update(id=t.id, data={**data, SHA_KEY: sha}))

@@ -229,6 +229,24 @@ def exclusive(lock_path: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _file_sha256(path: Path) -> str:
+    """Hex sha256 of a regular file, read in 1 MiB chunks (StorageError/StorageNotFound as read_bytes)."""
+    import hashlib
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise StorageError(f"{path}: not a regular file; nothing read")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except FileNotFoundError:
+        raise StorageNotFound(f"{path}: not found") from None
+    except OSError as exc:
+        raise StorageError(f"{path}: read failed: {exc.strerror or exc}") from None
+
+
 def read_verified(uri_or_path: str | os.PathLike[str], sha256: Any) -> bytes:
     """The bytes of a file a run names as its input, only when they hash to the sha256 the run
     recorded: a crafted run can name any file, and only the one it was computed from is
@@ -237,10 +255,14 @@ def read_verified(uri_or_path: str | os.PathLike[str], sha256: Any) -> bytes:
 
     if not isinstance(sha256, str) or not sha256:
         raise StorageError(f"{uri_or_path}: the run records no sha256 of its input image; not read")
+    other = StorageError(f"{uri_or_path}: not the image the run was computed from (its sha256 differs from "
+                         "the one the run recorded); not read")
+    # a local file is hashed in chunks first: a crafted run naming a huge file loads none of it
+    if not is_s3_uri(uri_or_path) and _file_sha256(Path(uri_or_path)) != sha256.lower():
+        raise other
     data = read_bytes(uri_or_path)
-    if hashlib.sha256(data).hexdigest() != sha256.lower():
-        raise StorageError(f"{uri_or_path}: not the image the run was computed from (its sha256 differs from "
-                           "the one the run recorded); not read")
+    if hashlib.sha256(data).hexdigest() != sha256.lower():  # the bytes kept, again: the file may have changed
+        raise other
     return data
 
 

@@ -143,3 +143,43 @@ def test_two_inputs_with_one_file_name_get_two_label_studio_urls(tmp_path: Path)
     assert rc == 0, err
     urls = [t["data"]["image"] for t in json.loads((dst / "tasks.json").read_text())]
     assert len(set(urls)) == 2
+
+
+def test_a_jpg_and_a_png_with_one_stem_get_two_yolo_label_files(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from samseg.edges.outdirs import unique_names
+
+    paths = []
+    for k, name in enumerate(("a.jpg", "a.png")):
+        p = tmp_path / "in" / name
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (48, 96, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    for p, name in zip(paths, unique_names([str(p) for p in paths])):
+        write_image_outputs(tmp_path / "out" / name, p, seed=0)
+    rc, _, err = run_cli(["export", str(tmp_path / "out"), "--format", "yolo-seg", "--copy-images",
+                          "--out", str(tmp_path / "yolo")])
+    assert rc == 0, err
+    labels = sorted(p.stem for p in (tmp_path / "yolo" / "labels").iterdir())
+    images = sorted(p.stem for p in (tmp_path / "yolo" / "images").iterdir())
+    assert len(labels) == 2 and labels == images  # each image beside its own label file
+
+
+def test_a_batch_whose_record_cannot_be_logged_is_still_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    from samseg.edges.mlflow import tracking
+    from samseg.edges.mlflow.client import TrackingError
+
+    sqlite_store(tmp_path, "record-lost", monkeypatch)
+    batch = tracking.start_batch_run("record-lost", "batch-1", {"n_images": 0}, {})
+
+    def down(*_a, **_k):
+        raise RuntimeError("artifact store unreachable")
+
+    monkeypatch.setattr(MlflowClient, "log_text", down)
+    with pytest.raises(TrackingError, match="was not logged"):
+        tracking.end_run(batch, "FINISHED", {"images": []})
+    assert MlflowClient().get_run(batch).info.status == "FINISHED"

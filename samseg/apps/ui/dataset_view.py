@@ -24,7 +24,7 @@ def children(store: RunStore, run: Any) -> list[Any]:
                                      order_by=["attributes.start_time ASC"], max_results=_MAX_CHILDREN)
     try:
         recorded = batch_image_runs(store.client, run)
-    except TrackingError:  # still running: no record yet, so no image runs to vouch for
+    except TrackingError:  # no record (running, killed, or an older samseg's batch): no image run to vouch for
         recorded = []
     images = {r.info.run_id: r for r in found if r.data.tags.get(TAG_KIND, "image") == "image"}
     return [images[i] for i in recorded if i in images] + [r for r in found if r.data.tags.get(TAG_KIND) == "recluster"]

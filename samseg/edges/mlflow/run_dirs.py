@@ -32,7 +32,7 @@ def download_image_dirs(run_id: str, workdir: Path) -> dict[Path, str]:
         rid = r.info.run_id
         name = safe_dir_name(PurePosixPath(r.data.tags.get(TAG_OUT_DIR) or rid).name)
         d, k = workdir / name, 1
-        while d in dirs:
+        while d.name.casefold() in {x.name.casefold() for x in dirs}:  # one folder on a case-insensitive disk
             k += 1
             d = workdir / f"{name}-{k}"
         fetch_run_inputs(rid, d, RUN_FILES)

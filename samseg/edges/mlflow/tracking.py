@@ -244,13 +244,20 @@ def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None
 
     if status not in RUN_STATUSES:
         raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
-    try:
-        if record is not None:
+    unrecorded = None
+    if record is not None:  # the run is ended whatever happens to its record (an artifact store may be down)
+        try:
             text = scrub_secrets(json.dumps(record, indent=2, default=str))
             mlflow_client.client().log_text(run_id, text, BATCH_SUMMARY_JSON)
+        except Exception as exc:  # noqa: BLE001 — MlflowException, boto3's upload errors, requests'
+            unrecorded = mlflow_client.error_line(exc)
+    try:
         mlflow_client.client().set_terminated(run_id, status)
     except MlflowException as exc:
         raise TrackingError(f"MLflow run {run_id}: cannot end ({mlflow_client.error_line(exc)})") from None
+    if unrecorded is not None:
+        raise TrackingError(f"MLflow batch run {run_id}: ended {status}, but its {BATCH_SUMMARY_JSON} (the list of its "
+                            f"image runs) was not logged ({unrecorded}); export its output dir instead")
 
 
 # ---------------------------------------------------------------- reading runs
@@ -301,14 +308,12 @@ def batch_image_runs(client: Any, batch_run: Any) -> list[str]:
     """The image run ids batch run `batch_run` recorded in its batch_summary.json, in its order.
     Only the batch's own record counts: any run can tag itself as a batch's child
     (mlflow.parentRunId), and a run injected that way must not join the batch's exports."""
-    from mlflow.exceptions import MlflowException
-
     rid = batch_run.info.run_id
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-batch-") as tmp:
             path = client.download_artifacts(rid, BATCH_SUMMARY_JSON, tmp)
             record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (MlflowException, OSError, ValueError):
+    except Exception:  # noqa: BLE001 — MlflowException, OSError, bad JSON, an S3 artifact store's ClientError
         state = "still running" if batch_run.info.status == "RUNNING" else f"{batch_run.info.status}"
         raise TrackingError(f"MLflow batch run {rid} has no record of its image runs ({BATCH_SUMMARY_JSON}; "
                             f"the batch is {state}, or was made by an older samseg): use its output dir instead") from None
