@@ -97,7 +97,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=order)
     for name in ("labelstudio", "prefect", "s3", "mlflow"):  # the slowest boot first
         if name in needed:
-            SPAWNERS["moto" if name == "s3" else name]()
+            SPAWNERS[name]()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -344,8 +344,8 @@ def _prefect_info() -> dict[str, Any]:
     return shared("prefect", spawn_prefect_server)
 
 
-SPAWNERS: dict[str, Any] = {
-    "moto": _moto_info,
+SPAWNERS: dict[str, Any] = {  # by the marker names of conftest.SERVER_FIXTURES
+    "s3": _moto_info,
     "mlflow": _mlflow_info,
     "labelstudio": lambda: shared("labelstudio", spawn_label_studio),
     "prefect": _prefect_info,

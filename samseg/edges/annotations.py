@@ -61,6 +61,17 @@ class ImageResult:
         return str(self.summary["image"]["file_name"])
 
     @property
+    def uri(self) -> str:
+        """The input image's path or s3:// URI the run recorded ("" if none)."""
+        return str((self.summary.get("image") or {}).get("uri") or "")
+
+    @property
+    def sha256(self) -> str | None:
+        """The input image's sha256 the run recorded (None: it records none)."""
+        sha = (self.summary.get("image") or {}).get("sha256")
+        return sha if isinstance(sha, str) and sha else None
+
+    @property
     def stem(self) -> str:
         return self.out_dir.name
 
@@ -152,10 +163,9 @@ def input_bytes(r: ImageResult, needed_for: str) -> bytes:
     against the sha256 it recorded (a crafted summary can name any file)."""
     from samseg.edges.storage import StorageError, StorageNotFound, read_verified
 
-    image = r.summary.get("image") or {}
-    uri = str(image.get("uri") or "")
+    uri = r.uri
     try:
-        return read_verified(uri, image.get("sha256"))
+        return read_verified(uri, r.sha256)
     except StorageNotFound:
         raise ExportError(f"{uri}: input image not found (needed for {needed_for})") from None
     except StorageError as exc:
@@ -196,7 +206,7 @@ def brush_results_of(stem: str, label_map: np.ndarray) -> list[dict[str, Any]]:
 
 
 def labelstudio_task(r: ImageResult, image_root: str | None, name: str | None = None) -> dict[str, Any]:
-    where = f"{image_root.rstrip('/')}/{name or r.file_name}" if image_root else str(r.summary["image"]["uri"])
+    where = f"{image_root.rstrip('/')}/{name or r.file_name}" if image_root else r.uri
     return {"data": {TO_NAME: where}, "predictions": [{"model_version": "samseg", "result": brush_results(r)}]}
 
 

@@ -235,19 +235,17 @@ def _push(client: Any, url: str, results: list[ImageResult], project: str, run_i
           pick_oldest: bool) -> PushResult:
     labels = class_names(n_classes(results))
     proj, _ = find_project(client, url, project, labels, pick_oldest)
-    uploads = {}  # sha256 -> the name its upload would have: how a task whose import answer was lost is found
-    for r in results:
-        image = r.summary.get("image") or {}
-        if isinstance(image.get("sha256"), str):
-            uploads[image["sha256"]] = upload_name(Path(str(image.get("uri", ""))).name, image["sha256"])
+    # sha256 -> the name its upload would have: how a task whose import answer was lost is found
+    uploads = {r.sha256: upload_name(Path(r.uri).name, r.sha256)
+               for r in results if r.sha256}
     existing = _tasks_by_sha(client, url, proj.id, uploads)
     created = matched = added = replaced = 0
     encoder = BrushEncoder(results)
     try:
         for done, r in enumerate(results):
             try:
-                sha = (r.summary.get("image") or {}).get("sha256")
-                if not isinstance(sha, str) or not sha:
+                sha = r.sha256
+                if sha is None:
                     raise LabelStudioError(f"{r.out_dir}: the run records no sha256 of its input image")
                 task_id = existing.get(sha)
                 if task_id is None:
@@ -373,7 +371,7 @@ def _new_task(client: Any, url: str, project_id: int, r: ImageResult, sha: str) 
     a crafted run naming another file (a private one) puts nothing in front of the annotators."""
     from samseg.edges.annotations import ExportError, input_bytes
 
-    uri = str(r.summary["image"]["uri"])
+    uri = r.uri
     try:
         data = input_bytes(r, "the push")
     except ExportError as exc:

@@ -230,17 +230,13 @@ def exclusive(lock_path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def _file_sha256(path: Path) -> str:
-    """Hex sha256 of a regular file, read in 1 MiB chunks (StorageError/StorageNotFound as read_bytes)."""
-    import hashlib
+    """sam.files.file_sha256 of a regular file, its failures as read_bytes's (StorageError/StorageNotFound)."""
+    from samseg.sam.files import file_sha256
 
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise StorageError(f"{path}: not a regular file; nothing read")
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return file_sha256(path)
     except FileNotFoundError:
         raise StorageNotFound(f"{path}: not found") from None
     except OSError as exc:
