@@ -28,6 +28,12 @@ PHOTOS = REPO_ROOT / "tests" / "data" / "photos"
 
 pytest_plugins = ["servers", "prefect_fixtures"]
 
+# Two workers on two cores: each worker's torch, and every samseg process a test starts, computes
+# on one thread, so the workers do not fight over the cores (set before anything imports torch).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 _SESSION: dict[str, object] = {}
 
 
@@ -43,10 +49,8 @@ SERVER_FIXTURES: dict[str, tuple[str, ...]] = {
 # 2-core development machine): each starts as early as its servers allow, longest first, so no
 # long module is the last one running while the other worker idles.
 HEAVY_MODULES: dict[str, int] = {
-    "tests/test_amg_batch.py": 109, "tests/hostile/test_hostile_signals.py": 67, "tests/test_flows.py": 56,
-    "tests/test_scaleout.py": 55, "tests/test_benchmark_smoke.py": 48, "tests/hostile/test_hostile_tracking.py": 48,
-    "tests/test_tiling_cli.py": 36, "tests/test_ui_api.py": 35, "tests/test_labelstudio.py": 32,
-    "tests/test_ui_browser.py": 31, "tests/hostile/test_hostile_outputs.py": 31,
+    "tests/test_amg_batch.py": 81, "tests/hostile/test_hostile_signals.py": 50, "tests/test_scaleout.py": 43,
+    "tests/test_flows.py": 43, "tests/hostile/test_hostile_tracking.py": 42, "tests/test_benchmark_smoke.py": 33,
 }
 
 
