@@ -11,11 +11,13 @@ the config rejects is a pydantic ValidationError with the config's message.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from samseg.core.config import (
+    DEFAULT,
     PRECISION_REQUESTS,
     SECTION_CLASSES,
     ConfigSection,
@@ -24,11 +26,10 @@ from samseg.core.config import (
     get_preset,
     knob_of,
 )
-from samseg.sam.kernels import KERNELS
+from samseg.engine.request import Runtime
 from samseg.sam.model import MODEL_TYPES
 
 ModelType = Literal[MODEL_TYPES]  # the model registry's names (samseg.sam.model.MODELS)
-_PIPE = PipelineConfig()
 
 
 class _Params(BaseModel):
@@ -53,17 +54,20 @@ class _SectionParams(_Params):
 _CONFIG_OF: dict[type, type[ConfigSection]] = {}
 
 
-def params_model(cls: type[ConfigSection], name: Optional[str] = None) -> type[_SectionParams]:
-    """The pydantic model of a config section: one field per knob (type, default, help,
-    ge/gt/le/lt, choices as an enum, NaN/inf refused where the knob is finite)."""
+def params_model(cls: type[ConfigSection], name: Optional[str] = None,
+                 defaults: Optional[ConfigSection] = None) -> type[_SectionParams]:
+    """The pydantic model of a config section: one field per knob (type, help, ge/gt/le/lt,
+    choices as an enum, NaN/inf refused where the knob is finite), defaults from `defaults`
+    (the section's own when None)."""
     types = field_types(cls)
+    defaults = defaults if defaults is not None else cls()
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         k = knob_of(f)
         kind: Any = Literal[k.choices] if k.choices else types[f.name]  # type: ignore[valid-type]
         bounds = {b: getattr(k, b) for b in ("ge", "gt", "le", "lt") if getattr(k, b) is not None}
         extra = {"allow_inf_nan": False} if k.finite else {}
-        fields[f.name] = (kind, Field(f.default, description=k.help or None, **bounds, **extra))
+        fields[f.name] = (kind, Field(getattr(defaults, f.name), description=k.help or None, **bounds, **extra))
     model = create_model(name or f"{cls.SECTION.capitalize()}Params", __base__=_SectionParams,
                          __doc__=f"{cls.__doc__.splitlines()[0] if cls.__doc__ else cls.SECTION} "
                                  f"(samseg.core.config.{cls.__name__})", **fields)
@@ -71,7 +75,10 @@ def params_model(cls: type[ConfigSection], name: Optional[str] = None) -> type[_
     return model
 
 
-SECTION_PARAMS: dict[str, type[_SectionParams]] = {name: params_model(cls) for name, cls in SECTION_CLASSES.items()}
+# Defaults are the `default` preset's, as for the CLI and samseg.segment: a deployment run with no
+# parameters segments as `samseg segment` does.
+SECTION_PARAMS: dict[str, type[_SectionParams]] = {
+    name: params_model(cls, defaults=getattr(DEFAULT, name)) for name, cls in SECTION_CLASSES.items()}
 AmgParams, PoolParams = SECTION_PARAMS["amg"], SECTION_PARAMS["pool"]
 ClusterParams, TileParams = SECTION_PARAMS["cluster"], SECTION_PARAMS["tile"]
 
@@ -95,26 +102,25 @@ PipelineParams = create_model(
     "PipelineParams", __base__=_PipelineBase,
     __doc__="The whole run's configuration; `to_config()` gives the frozen PipelineConfig. Defaults are the "
             "`default` preset; `from_preset(\"smoke\")` gives another preset.",
-    model_type=(ModelType, Field(_PIPE.model_type)),
+    model_type=(ModelType, Field(DEFAULT.model_type)),
     # fp32 | bf16 | fp16 | auto (samseg.sam.precision): auto = bf16 where the hardware has it
-    precision=(Literal[PRECISION_REQUESTS], Field(_PIPE.precision)),  # type: ignore[valid-type]
+    precision=(Literal[PRECISION_REQUESTS], Field(DEFAULT.precision)),  # type: ignore[valid-type]
     **{name: (model, Field(default_factory=model)) for name, model in SECTION_PARAMS.items()},
 )
 
 
-class RuntimeParams(_Params):
-    """Where the run happens; none of these change results, so none enter cache keys
-    except through the checkpoint's sha256."""
+def _runtime_field(f: dataclasses.Field) -> tuple[Any, Any]:
+    choices = f.metadata.get("choices")
+    kind = Optional[Literal[choices]] if choices else typing.get_type_hints(Runtime)[f.name]  # type: ignore[valid-type]
+    return kind, Field(f.default, description=f.metadata.get("help"))
 
-    checkpoint: Optional[str] = Field(None, description="checkpoint path; None = samseg's download location")
-    features_checkpoint: Optional[str] = Field(
-        None, description="the feature backbone's .safetensors file; None = samseg's verified download")
-    device: Optional[str] = Field(None, description="cpu, cuda, cuda:1 …; None = cuda when available")
-    kernels: Optional[Literal[KERNELS]] = Field(  # type: ignore[valid-type]
-        None, description="fast | sam: which code runs SAM's encoder and decoder; None = sam on CUDA, fast elsewhere")
-    seed: int = Field(0, description="only used by the tiny-random test model")
-    cache: Optional[str] = Field(None, description="stage cache root (dir or s3://); None = $SAMSEG_CACHE or ~/.cache/samseg/cache")
-    save_features: bool = Field(False, description="also write features.npy (the C×gh×gw grid pooled from) per image")
 
-    def to_config(self) -> None:
-        return None
+class _RuntimeBase(_Params):
+    def to_config(self) -> Runtime:
+        return Runtime.of(self.model_dump())
+
+
+# samseg.engine.request.Runtime as flow parameters: a runtime option added there is a parameter here.
+RuntimeParams = create_model(
+    "RuntimeParams", __base__=_RuntimeBase,
+    __doc__=Runtime.__doc__, **{f.name: _runtime_field(f) for f in dataclasses.fields(Runtime)})

@@ -15,11 +15,10 @@ from prefect import flow
 
 from flows.params import ClusterParams, PipelineParams, RuntimeParams
 from flows.tasks import flow_run_id, prefect_execute
-from samseg.edges.cache import default_cache_root
 from samseg.edges.run_schema import EXPERIMENT_DEFAULT, KIND_RECLUSTER, RECLUSTER_FLOW
 from samseg.engine.publish import Tracking
 from samseg.engine.recluster import ReclusterError, recluster_job
-from samseg.sam.source import ModelRequest
+from samseg.engine.request import SegmentJob
 
 __all__ = ["ReclusterError", "recluster_flow"]
 
@@ -41,9 +40,8 @@ def recluster_flow(
     and pool config of an earlier `segment`; its cache entries must exist).
     """
     base = (settings or PipelineParams()).to_config()
-    request = ModelRequest(base.model_type, runtime.checkpoint, runtime.device, runtime.seed, base.precision, runtime.kernels,
-                           base.features.name, runtime.features_checkpoint)
+    job = SegmentJob(base, runtime.to_config())
     tracking = Tracking(track=track, experiment=experiment, kind=KIND_RECLUSTER, parent_run_id=run_id)
-    return recluster_job(cluster.to_config(), out, tracking, runtime.cache or default_cache_root(), run_id=run_id,
-                         image_uri=image, base=base, model_request=request, execute=prefect_execute,
+    return recluster_job(cluster.to_config(), out, tracking, job.cache_root, run_id=run_id,
+                         image_uri=image, base=base, model_request=job.model, execute=prefect_execute,
                          flow_run_id=flow_run_id())

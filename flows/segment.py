@@ -17,12 +17,11 @@ from prefect import flow
 from flows.params import PipelineParams, RuntimeParams
 from flows.tasks import flow_run_id, prefect_execute
 from samseg.edges import shutdown
-from samseg.edges.cache import default_cache_root
 from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW
 from samseg.engine.batch import ClassesRequest, run_batch
 from samseg.engine.publish import Tracking
-from samseg.engine.segment import SegmentJob, segment_many, segment_one
-from samseg.sam.source import ModelRequest
+from samseg.engine.request import SegmentJob
+from samseg.engine.segment import segment_many, segment_one
 
 log = logging.getLogger(__name__)
 FanOut = Literal["auto", "local", "deployment"]
@@ -30,10 +29,7 @@ FanOut = Literal["auto", "local", "deployment"]
 
 def segment_job(settings: PipelineParams, runtime: RuntimeParams, out: str, tracking: Tracking) -> SegmentJob:
     """The engine's job for these flow parameters."""
-    cfg = settings.to_config()
-    model = ModelRequest(cfg.model_type, runtime.checkpoint, runtime.device, runtime.seed, cfg.precision, runtime.kernels,
-                         cfg.features.name, runtime.features_checkpoint)
-    return SegmentJob(cfg, model, runtime.cache or default_cache_root(), out, tracking, runtime.save_features)
+    return SegmentJob(settings.to_config(), runtime.to_config(), out, tracking)
 
 
 @flow(name=IMAGE_FLOW, log_prints=True)

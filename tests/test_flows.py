@@ -32,7 +32,7 @@ def smoke_settings(eps: float | None = None):
     p = PipelineParams.from_preset("smoke")
     amg = p.amg.model_copy(update={"points_per_side": 4})
     cluster = p.cluster if eps is None else p.cluster.model_copy(update={"eps": eps})
-    return PipelineParams(model_type=p.model_type, amg=amg, pool=p.pool, cluster=cluster)
+    return p.model_copy(update={"amg": amg, "cluster": cluster})
 
 
 def runtime(cache: Path | str):
@@ -68,11 +68,11 @@ def test_params_mirror_configs_and_reject_what_configs_reject() -> None:
     from pydantic import ValidationError
 
     from flows.params import AmgParams, ClusterParams, PipelineParams, PoolParams
-    from samseg.core.config import AmgConfig, ClusterConfig, PoolConfig, get_preset
+    from samseg.core.config import DEFAULT, AmgConfig, ClusterConfig, PoolConfig, get_preset
 
     for model, cfg in ((AmgParams, AmgConfig), (PoolParams, PoolConfig), (ClusterParams, ClusterConfig)):
         assert set(model.model_fields) == {f.name for f in dataclasses.fields(cfg)}
-        assert model().to_config() == cfg()
+        assert model().to_config() == getattr(DEFAULT, cfg.SECTION)  # the `default` preset's, as the CLI's
     for name in ("default", "notebook", "smoke"):
         assert PipelineParams.from_preset(name).to_config() == get_preset(name)
     for bad in ({"eps": 0}, {"eps": -1.0}, {"min_samples": 0}, {"metric": "chebyshev"}, {"algorithm": "kmeans"}):

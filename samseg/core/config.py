@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
 from samseg.core.algorithms import ALGORITHMS as _ALGORITHM_REGISTRY
-from samseg.core.backbones import BACKBONE_NAMES, SAM, backbone_entry
+from samseg.core.backbones import BACKBONE_NAMES, SAM, TINY_RANDOM, backbone_entry
 
 CellRule = Literal["min_pixels", "min_coverage"]
 Weighting = Literal["uniform", "coverage"]
@@ -422,3 +422,97 @@ def get_preset(name: str) -> PipelineConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
 
+
+
+# ---------------------------------------------------------------- one config from a request
+
+# `tile="auto"`: tiles of SAM's own input side (each seen at full resolution), for images whose
+# long side is over TILE_AUTO_SIDES of them.
+AUTO_TILE_SIZE = 1024
+# Override names besides "section.knob" and a knob's own name (unique across sections): the
+# knobs whose bare name says too little. They are the CLI's flags (--features, --tile-overlap).
+ALIASES: dict[str, str] = {
+    "features": "features.name", "features_size": "features.input_size", "tile": "tile.size",
+    "tile_overlap": "tile.overlap", "tile_merge_iou": "tile.merge_iou",
+}
+
+
+def _knob_names() -> dict[str, str]:
+    """{override name: "section.knob"}: every dotted key, every knob name that is unique, the aliases."""
+    dotted = [f"{section}.{f.name}" for section, cls in SECTION_CLASSES.items() for f in dataclasses.fields(cls)]
+    bare: dict[str, list[str]] = {}
+    for key in dotted:
+        bare.setdefault(key.split(".", 1)[1], []).append(key)
+    names = {key: key for key in dotted}
+    names.update({name: keys[0] for name, keys in bare.items() if len(keys) == 1})
+    names.update(ALIASES)
+    return names
+
+
+KNOB_NAMES: dict[str, str] = _knob_names()
+
+
+def knob_key(name: str) -> str:
+    """"section.knob" for an override name; ValueError naming it (and the closest names) otherwise."""
+    if name in KNOB_NAMES:
+        return KNOB_NAMES[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(KNOB_NAMES), n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ValueError(f"unknown setting {name!r}{hint} (settings: samseg.core.config.KNOB_NAMES)")
+
+
+def configure(preset: Optional[str] = None, model: Optional[str] = None, precision: Optional[str] = None,
+              **overrides: Any) -> "PipelineConfig":
+    """The one way a run's config is built, from the CLI's flags, `samseg.segment`'s keywords or
+    anything else: the preset (`default`; `smoke` for model tiny-random, whose random masks fail
+    SAM's filters), then the model, then the features backbone (with its measured eps, or
+    eps auto; tiny-random: sam, which needs no download), then the precision, then each
+    override by knob name (`points_per_side=8`, `eps=0.1` or `eps="auto"`, `features="sam"`,
+    `tile="auto"`, `cluster.min_samples=3`). None values are ignored (a flag not given).
+    A wrong name or value is one ValueError naming it."""
+    cfg = get_preset(preset or ("smoke" if model == TINY_RANDOM else "default"))
+    if model is not None:
+        cfg = cfg.replace(model_type=model)
+    changes: dict[str, dict[str, Any]] = {}
+    features = None if model != TINY_RANDOM else SAM
+    for name, value in overrides.items():
+        key = knob_key(name)
+        if value is None:
+            continue
+        section, knob_name = key.split(".", 1)
+        if key == "features.name":
+            features = value
+            continue
+        if key == "cluster.eps":  # "auto" switches eps_auto on; a number off
+            changes.setdefault(section, {})["eps_auto"] = value == "auto"
+            if value == "auto":
+                continue
+        if key == "tile.size":  # "auto": AUTO_TILE_SIZE tiles, large images only
+            changes.setdefault(section, {})["auto"] = value == "auto"
+            value = AUTO_TILE_SIZE if value == "auto" else value
+        changes.setdefault(section, {})[knob_name] = value
+    if features is not None and features != cfg.features.name:  # its eps first: an eps given overrides it
+        cfg = cfg.with_features(features)
+    if precision is not None:
+        cfg = cfg.replace(precision=precision)
+    tile = changes.get("tile", {})
+    if tile and not tile.get("size", cfg.tile.size):
+        raise ValueError("the tile overlap and merge IoU need tiling on: --tile SIZE or --tile auto "
+                         "(samseg.segment: tile=SIZE or tile='auto')")
+    if tile.get("size") and "overlap" not in tile:  # the default overlap, at most a quarter of a small tile
+        tile["overlap"] = min(cfg.tile.overlap, tile["size"] // 4)
+    for section, knobs in changes.items():  # a value of the wrong type is a ValueError too
+        _check_types(section, knobs)
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _check_types(section: str, knobs: dict[str, Any]) -> None:
+    types = field_types(SECTION_CLASSES[section])
+    for name, value in knobs.items():
+        kind = types[name]
+        ok = isinstance(value, bool) if kind is bool else \
+            isinstance(value, kind) and not isinstance(value, bool) or (kind is float and isinstance(value, int)
+                                                                         and not isinstance(value, bool))
+        _check(ok, f"{section}.{name} must be {kind.__name__}, got {value!r}")

@@ -16,7 +16,8 @@ from samseg.core.config import PipelineConfig
 from samseg.edges.run_schema import KIND_BATCH, TAG_KIND, TAG_SOURCE
 from samseg.engine.publish import Tracking
 from samseg.engine.runner import Execute, inline
-from samseg.engine.segment import SegmentJob, one_line
+from samseg.engine.request import SegmentJob
+from samseg.engine.segment import one_line
 
 Source = Union[str, list[str]]
 # (image URIs, how each image run is logged) -> the per-image report entries

@@ -6,32 +6,18 @@ functions with an `execute` that turns each step into a task (flows/segment.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Callable, Optional
 
-from samseg.core.config import PipelineConfig
 from samseg.engine import progress
-from samseg.engine.publish import Tracking, publish
+from samseg.engine.publish import publish
+from samseg.engine.request import SegmentJob
 from samseg.engine.runner import Execute, ImageRun, inline, run_image
 from samseg.engine.stages import OUTPUTS
 from samseg.engine.summary import summarize
-from samseg.sam.source import ModelRequest, ModelSource
+from samseg.sam.source import ModelSource
 
 READ_STEP = "read-image"
-
-
-@dataclass(frozen=True)
-class SegmentJob:
-    """Everything an image run needs besides the image: config, model, stage cache root,
-    where outputs go, how they are logged, whether features.npy is written."""
-
-    cfg: PipelineConfig
-    model: ModelRequest
-    cache_root: str
-    out: str
-    tracking: Tracking = field(default_factory=Tracking)
-    save_features: bool = False
 
 
 def read_image(uri: str) -> Any:

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
 
+from samseg.core.backbones import TINY_RANDOM
 from samseg.sam.files import file_sha256, remembered_sha256, samseg_home
 
 log = logging.getLogger(__name__)
 
-TINY_RANDOM = "tiny-random"
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _CHUNK = 1 << 20  # 1 MiB read/hash chunks: large enough to be fast, small enough for a smooth progress bar
 

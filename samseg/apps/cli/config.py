@@ -65,11 +65,8 @@ def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
         )
 
 
-AUTO_TILE_SIZE = 1024  # SAM's own input side: each tile is seen at full resolution
-
-
 def add_tile_flags(p: argparse.ArgumentParser) -> None:
-    from samseg.core.config import TILE_AUTO_SIDES, TileConfig, knob_of
+    from samseg.core.config import AUTO_TILE_SIZE, TILE_AUTO_SIDES, TileConfig, knob_of
 
     d = TileConfig()
     helps = {f.name: knob_of(f).help for f in dataclasses.fields(TileConfig)}
@@ -102,46 +99,17 @@ def add_features_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> "Any":
-    """PipelineConfig = preset (`default`; `smoke` for --model tiny-random), then --model, then every
-    explicitly given config flag.
-    Invalid values raise UsageError with the config's own message."""
-    from samseg.core.backbones import SAM
-    from samseg.core.config import get_preset
-    from samseg.sam.model import TINY_RANDOM
+    """The PipelineConfig of the flags (samseg.core.config.configure: preset, --model, --features,
+    --precision, then every config flag given). Invalid values raise UsageError with the config's
+    own message."""
+    from samseg.core.config import configure
 
+    knobs = {key: value for key, value in vars(args).items() if "." in key}
+    if knobs.get("tile.size") and getattr(args, "save_features", False):
+        raise UsageError("--save-features keeps one image's C×64×64 features; a tiled image has one grid per tile "
+                         "(they are in the stage cache): leave out --tile or --save-features")
     try:
-        # tiny-random's random masks fail SAM's filters (0 masks): its own preset unless one is named
-        preset = args.preset or ("smoke" if args.model == TINY_RANDOM else "default")
-        cfg = get_preset(preset)
-        if args.model is not None:
-            cfg = cfg.replace(model_type=args.model)
-        features = getattr(args, "features_name", None)
-        if features is None and args.model == TINY_RANDOM:
-            features = SAM  # the offline smoke model needs no backbone download
-        if features is not None and features != cfg.features.name:
-            cfg = cfg.with_features(features)
-        if getattr(args, "precision", None) is not None:
-            cfg = cfg.replace(precision=args.precision)
-        changes: dict[str, dict[str, Any]] = {}
-        for key, value in vars(args).items():
-            section, dot, name = key.partition(".")
-            if dot and value is not None:
-                if (section, name) == ("cluster", "eps"):  # "auto" switches eps_auto on; a number off
-                    changes.setdefault(section, {})["eps_auto"] = value == "auto"
-                    if value == "auto":
-                        continue
-                if (section, name) == ("tile", "size"):  # "auto": AUTO_TILE_SIZE tiles, large images only
-                    changes.setdefault(section, {})["auto"] = value == "auto"
-                    value = AUTO_TILE_SIZE if value == "auto" else value
-                changes.setdefault(section, {})[name] = value
-        tile = changes.get("tile", {})
-        if tile.get("size") and getattr(args, "save_features", False):
-            raise UsageError("--save-features keeps one image's C×64×64 features; a tiled image has one grid per tile "
-                             "(they are in the stage cache): leave out --tile or --save-features")
-        if tile and not tile.get("size", cfg.tile.size):
-            raise UsageError("--tile-overlap / --tile-merge-iou need --tile SIZE or --tile auto")
-        if tile.get("size") and "overlap" not in tile:  # the default overlap, at most a quarter of a small tile
-            tile["overlap"] = min(cfg.tile.overlap, tile["size"] // 4)
-        return cfg.replace(**changes) if changes else cfg
+        return configure(args.preset, args.model, getattr(args, "precision", None),
+                         features=getattr(args, "features_name", None), **knobs)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

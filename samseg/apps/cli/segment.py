@@ -94,13 +94,10 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def _job(args: argparse.Namespace, cfg: Any, out: str, cache: str) -> Any:
     from samseg.engine.publish import Tracking
-    from samseg.engine.segment import SegmentJob
-    from samseg.sam.source import ModelRequest
+    from samseg.engine.request import Runtime, SegmentJob
 
-    model = ModelRequest(cfg.model_type, args.checkpoint, args.device, args.seed, cfg.precision, args.kernels,
-                         cfg.features.name, getattr(args, "features_checkpoint", None))
     tracking = Tracking(track=not getattr(args, "no_track", False), experiment=experiment(args))
-    return SegmentJob(cfg, model, cache, out, tracking, bool(getattr(args, "save_features", False)))
+    return SegmentJob(cfg, Runtime.of(vars(args), cache=cache), out, tracking)
 
 
 def _check_model(job: Any) -> bool:
@@ -177,9 +174,7 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
     from flows.segment import segment_batch_flow, segment_image_flow
     from samseg.engine.segment import describe_failure
 
-    runtime = RuntimeParams(checkpoint=job.model.checkpoint, device=job.model.device, kernels=job.model.kernels,
-                            seed=job.model.seed,
-                            cache=job.cache_root, save_features=job.save_features)
+    runtime = RuntimeParams(**dataclasses.asdict(job.runtime))
     common = dict(out=job.out, settings=PipelineParams.from_config(job.cfg), runtime=runtime, track=job.tracking.track,
                   experiment=job.tracking.experiment)
     if _single(args, job, uris):

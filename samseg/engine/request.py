@@ -1,0 +1,80 @@
+"""One run request: the config, where it computes, where its outputs go and how it is logged.
+
+The CLI's flags, `samseg.segment`'s keywords, the Prefect flow parameters (flows/params.py,
+generated from `Runtime`) and a deployment's parameters all become one `SegmentJob`; its config
+comes from samseg.core.config.configure (one set of defaults: the `default` preset). A runtime
+option is a field of `Runtime`: every path takes it from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from samseg.core.config import PipelineConfig
+from samseg.engine.publish import Tracking
+from samseg.sam.kernels import KERNELS
+from samseg.sam.source import ModelRequest
+
+
+def option(default: Any, help: str, choices: Optional[tuple[str, ...]] = None) -> Any:
+    """A Runtime field with its help text (the flow parameters' form shows it) and its choices."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes. None of these change results, so none enter cache keys
+    except through the weights' sha256."""
+
+    checkpoint: Optional[str] = option(None, "SAM checkpoint path; None = samseg's verified download")
+    features_checkpoint: Optional[str] = option(
+        None, "the feature backbone's .safetensors file; None = samseg's verified download")
+    device: Optional[str] = option(None, "cpu, cuda, cuda:1 …; None = cuda when available")
+    kernels: Optional[str] = option(
+        None, "fast | sam: which code runs SAM's encoder and decoder; None = sam on CUDA, fast elsewhere", KERNELS)
+    seed: int = option(0, "only used by the tiny-random test model")
+    cache: Optional[str] = option(
+        None, "stage cache root (dir or s3://); None = $SAMSEG_CACHE or ~/.cache/samseg/cache")
+    save_features: bool = option(False, "also write features.npy (the C×gh×gw grid pooled from) per image")
+
+    def __post_init__(self) -> None:
+        if self.kernels is not None and self.kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any], **given: Any) -> "Runtime":
+        """The fields found in `values` (the CLI's parsed flags, flow parameters), then `given`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in values.items() if k in names}, **given})
+
+    def model(self, cfg: PipelineConfig) -> ModelRequest:
+        """The weights this run asks for under `cfg`."""
+        return ModelRequest(cfg.model_type, self.checkpoint, self.device, self.seed, cfg.precision, self.kernels,
+                            cfg.features.name, self.features_checkpoint)
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """Everything an image run needs besides the image: config, runtime, where outputs go
+    (a dir or s3:// prefix), how they are logged."""
+
+    cfg: PipelineConfig
+    runtime: Runtime = field(default_factory=Runtime)
+    out: str = ""
+    tracking: Tracking = field(default_factory=Tracking)
+
+    @property
+    def model(self) -> ModelRequest:
+        return self.runtime.model(self.cfg)
+
+    @property
+    def cache_root(self) -> str:
+        from samseg.edges.cache import default_cache_root
+
+        return self.runtime.cache or default_cache_root()
+
+    @property
+    def save_features(self) -> bool:
+        return self.runtime.save_features
