@@ -276,3 +276,29 @@ def test_checkpoint_for_another_architecture_is_a_clear_error(tmp_path) -> None:
     torch.save({"image_encoder.pos_embed": torch.zeros(1, 2, 3)}, wrong)
     with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="wrong.pth: weights do not fit"):
         load_model("tiny-random", checkpoint=wrong, device="cpu")
+
+
+def test_a_failed_load_is_answered_from_memory_then_tried_again(monkeypatch) -> None:
+    """A batch hears a bad checkpoint once, not per image; a long-running UI recovers from a
+    transient failure after RETRY_AFTER_S without a restart (the clock is the test's, no waiting)."""
+    from samseg.sam import source
+
+    now = [1000.0]
+    monkeypatch.setattr(source, "_FAILED", {})
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    calls: list[int] = []
+
+    def load() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise CheckpointError("download cut short")
+        return "model"
+
+    loaded: dict = {}
+    for _ in range(3):  # the first fails; the next two within the back-off hear the same error, no load
+        with pytest.raises(CheckpointError, match="cut short"):
+            source._once(loaded, "k", load)
+    assert len(calls) == 1
+    now[0] += source.RETRY_AFTER_S
+    assert source._once(loaded, "k", load) == "model" and len(calls) == 2
+    assert source._once(loaded, "k", load) == "model" and len(calls) == 2  # loaded once, kept

@@ -6,8 +6,10 @@ device, resolved precision) without loading them: the pinned sha256 for an offic
 checkpoint, the remembered sha256 of a local file (path, size, mtime -> sha256 under
 $SAMSEG_HOME, so a 2.5 GB file is hashed once), the state_dict hash for a seeded
 tiny-random. `get()` loads the model, once per process per request (a worker serves many
-images; loading SAM per image would dominate), and remembers a load failure so a batch
-reports a bad checkpoint once, not once per image.
+images; loading SAM per image would dominate). A failed load is re-raised at once for
+RETRY_AFTER_S, so a batch reports a bad checkpoint once, not once per image; after that the
+next request loads again, so a long-running process (the UI) recovers from a transient
+failure (a download cut short, a file being copied) without a restart.
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ class ModelIdentity:
         return {"name": self.features, "sha256": self.features_sha256, "checkpoint_path": self.features_path}
 
 
+RETRY_AFTER_S = 30.0  # how long a failed load is answered from memory before it is tried again
 _LOADED: dict[ModelRequest, "LoadedModel"] = {}
-_FAILED: dict[Any, BaseException] = {}
+_FAILED: dict[Any, tuple[float, BaseException]] = {}  # key -> (when it failed, time.monotonic(); the error)
 _BACKBONES: dict[tuple[Any, ...], "LoadedBackbone"] = {}
 _LOCK = threading.Lock()
 
@@ -127,15 +130,21 @@ class ModelSource:
 
 
 def _once(loaded: dict[Any, Any], key: Any, load: Any) -> Any:
-    """`loaded[key]`, loaded on first use; a failed load is remembered and re-raised at once."""
+    """`loaded[key]`, loaded on first use; a failed load is re-raised at once for RETRY_AFTER_S,
+    then tried again."""
+    import time
+
     with _LOCK:
         if key in _FAILED:
-            raise _FAILED[key]
+            failed_at, exc = _FAILED[key]
+            if time.monotonic() - failed_at < RETRY_AFTER_S:
+                raise exc
+            del _FAILED[key]
         if key not in loaded:
             try:
                 loaded[key] = load()
             except Exception as exc:
-                _FAILED[key] = exc
+                _FAILED[key] = (time.monotonic(), exc)
                 raise
         return loaded[key]
 
