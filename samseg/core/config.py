@@ -438,11 +438,13 @@ ALIASES: dict[str, str] = {
 
 
 def _knob_names() -> dict[str, str]:
-    """{override name: "section.knob"}: every dotted key, every knob name that is unique, the aliases."""
+    """{override name: "section.knob"}: every dotted key, the knob names of the sections with a
+    flag per knob (amg, pool, cluster) where unique, the aliases (tile's `size` alone says too little)."""
     dotted = [f"{section}.{f.name}" for section, cls in SECTION_CLASSES.items() for f in dataclasses.fields(cls)]
     bare: dict[str, list[str]] = {}
     for key in dotted:
-        bare.setdefault(key.split(".", 1)[1], []).append(key)
+        if SECTION_CLASSES[key.split(".", 1)[0]].FLAGS:
+            bare.setdefault(key.split(".", 1)[1], []).append(key)
     names = {key: key for key in dotted}
     names.update({name: keys[0] for name, keys in bare.items() if len(keys) == 1})
     names.update(ALIASES)
@@ -467,16 +469,23 @@ def configure(preset: Optional[str] = None, model: Optional[str] = None, precisi
               **overrides: Any) -> "PipelineConfig":
     """The one way a run's config is built, from the CLI's flags, `samseg.segment`'s keywords or
     anything else: the preset (`default`; `smoke` for model tiny-random, whose random masks fail
-    SAM's filters), then the model, then the features backbone (with its measured eps, or
-    eps auto; tiny-random: sam, which needs no download), then the precision, then each
-    override by knob name (`points_per_side=8`, `eps=0.1` or `eps="auto"`, `features="sam"`,
-    `tile="auto"`, `cluster.min_samples=3`). None values are ignored (a flag not given).
-    A wrong name or value is one ValueError naming it."""
+    SAM's filters), then the model (tiny-random: features sam, which needs no download), then
+    `override`. A wrong name or value is one ValueError naming it."""
     cfg = get_preset(preset or ("smoke" if model == TINY_RANDOM else "default"))
     if model is not None:
         cfg = cfg.replace(model_type=model)
+    keyed = {knob_key(name): value for name, value in overrides.items()}
+    if model == TINY_RANDOM and keyed.get("features.name") is None:
+        keyed["features.name"] = SAM
+    return override(cfg, precision, **keyed)
+
+
+def override(cfg: "PipelineConfig", precision: Optional[str] = None, **overrides: Any) -> "PipelineConfig":
+    """`cfg` with knobs changed by name (`points_per_side=8`, `eps=0.1` or `eps="auto"`,
+    `features="sam"` — with that backbone's eps unless eps is given —, `tile="auto"`,
+    `cluster.min_samples=3`), then the precision. None values are ignored (a flag not given)."""
     changes: dict[str, dict[str, Any]] = {}
-    features = None if model != TINY_RANDOM else SAM
+    features = None
     for name, value in overrides.items():
         key = knob_key(name)
         if value is None:

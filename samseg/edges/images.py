@@ -122,7 +122,7 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None, uri: str
                 Image.MAX_IMAGE_PIXELS = limit
             with Image.open(BytesIO(data)) as img:
                 w, h = img.size
-                _check_size(label, w, h, limit)
+                check_size(label, w, h, limit)
                 img.load()  # full decode now: truncated data raises here, never a partial image
                 ImageOps.exif_transpose(img, in_place=True)  # no second full-size copy (a 100-MP PNG: 300 MB)
                 rgb = _to_rgb_uint8(img)
@@ -146,14 +146,14 @@ def _georeferenced(data: bytes, label: str, limit: int) -> Any:
     from samseg.edges import geo
 
     try:
-        return geo.read_georeferenced(data, lambda w, h: _check_size(label, w, h, limit), _scale_to_uint8)
+        return geo.read_georeferenced(data, lambda w, h: check_size(label, w, h, limit), _scale_to_uint8)
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 — untrusted bytes: a GDAL failure is this file's error
         raise ImageError(label, f"cannot read GeoTIFF ({type(exc).__name__}: {exc})") from None
 
 
-def _check_size(label: str, w: int, h: int, limit: int) -> None:
+def check_size(label: str, w: int, h: int, limit: int) -> None:
     """ImageError for an image over the pixel limit or too thin for SAM (header size only)."""
     if w * h > limit:
         gb = w * h * BYTES_PER_PIXEL_MEASURED / 1e9

@@ -80,6 +80,18 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     return report
 
 
+def segment_local(source: Source, job: SegmentJob, classes: Optional[ClassesRequest] = None) -> dict[str, Any]:
+    """A batch in this process (the CLI's local orchestrator, samseg.segment_batch): each image's
+    export, upload and MLflow logging overlap the next image's compute; returns the report."""
+    from samseg.engine.segment import segment_overlapped, start_one
+
+    def run_images(uris: list[str], tracking: Tracking) -> list[dict[str, Any]]:
+        per_image = dataclasses.replace(job, tracking=tracking)
+        return segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name))
+
+    return run_batch(source, job, run_images, classes)
+
+
 def top_level_files(dataset: bool) -> list[str]:
     """The files a batch writes into OUT itself, beside the image dirs."""
     from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG

@@ -141,8 +141,8 @@ def _refused_single(job: Any, uri: str) -> bool:
 
 
 def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
-    from samseg.engine.batch import run_batch
-    from samseg.engine.segment import describe_failure, segment_one, segment_overlapped, start_one
+    from samseg.engine.batch import segment_local
+    from samseg.engine.segment import describe_failure, segment_one
 
     if _single(args, job, uris):
         if _refused_single(job, uris[0]):
@@ -155,15 +155,10 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
                 return 1
         return _report_image(res)
 
-    def run_images(batch: list[str], tracking: Any) -> list[dict[str, Any]]:
-        per_image = dataclasses.replace(job, tracking=tracking)
-        # each image's export/upload/MLflow logging overlaps the next image's compute
-        return segment_overlapped(batch, job.out, lambda uri, name: start_one(uri, per_image, name))
-
     classes = _classes(_classes_request(args, job.out))  # a usage error before any compute
     with _progress_bars(args, len(uris)):
         try:
-            report = run_batch(list(args.inputs), job, run_images, classes)
+            report = segment_local(list(args.inputs), job, classes)
         except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
             return _batch_failed(exc)
     return _report_batch(report)
