@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from samseg.edges.layout import CLASSES_GEOJSON, LABELS_TIF
+
 GEO_SUFFIXES = (".tif", ".tiff")
-LABELS_TIF = "labels.tif"
-CLASSES_GEOJSON = "classes.geojson"
 
 
 @dataclass(frozen=True)

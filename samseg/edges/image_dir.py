@@ -35,14 +35,17 @@ from samseg.edges import outdirs
 from samseg.edges.images import LoadedImage
 from samseg.core.types import ClusterResult, MaskSet
 
-LABELS_PNG = "labels.png"
-OVERLAY_PNG = "overlay.png"
-CLASSES_DIR = "classes"
-MASKS_JSON = "masks.json"
-MASKS_PARQUET = "masks.parquet"
-EMBEDDINGS_NPY = "embeddings.npy"
-FEATURES_NPY = "features.npy"
-SUMMARY_JSON = "summary.json"
+from samseg.edges.layout import (  # noqa: F401 — the names readers import from here too
+    CLASSES_DIR,
+    EMBEDDINGS_NPY,
+    FEATURES_NPY,
+    LABELS_PNG,
+    MASKS_JSON,
+    MASKS_PARQUET,
+    OVERLAY_PNG,
+    SUMMARY_JSON,
+    cutout_name,
+)
 # zlib level 1: PNG encoding was most of an export at level 6 (e.g. 1.15 s of 1.46 s for a
 # 1-MP image with 8 classes); the pixels are the same, the files somewhat larger.
 PNG_COMPRESS_LEVEL = 1
@@ -149,7 +152,7 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
     (d / CLASSES_DIR).mkdir()
     pngs = [lambda: write_label_png(d / LABELS_PNG, label_map),
             lambda: _write_png(d / OVERLAY_PNG, render_overlay(image.rgb, label_map, clusters.sizes(), n_noise=clusters.n_noise))]
-    pngs += [lambda c=c: _write_png(d / CLASSES_DIR / f"class_{c}.png", render_cutout(image.rgb, label_map, c))
+    pngs += [lambda c=c: _write_png(d / cutout_name(c), render_cutout(image.rgb, label_map, c))
              for c in range(clusters.n_clusters)]
     # zlib and numpy release the GIL: the PNGs (most of an export's time) encode side by side
     # ... as many at once as EXPORT_MEMORY_BYTES allows (one at a time at 100 MP)

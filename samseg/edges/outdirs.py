@@ -198,9 +198,11 @@ def _pid_alive(pid: int) -> bool:
 def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, str]:
     """uri -> one error line for each image whose OUT/<name> samseg may not replace (a
     directory it did not write, or one holding an input of the batch): checked before any
-    compute. S3 outputs are never deleted, so nothing there is refused."""
+    compute. Under an s3:// OUT, a prefix OUT/<name>/ holding an object of a name samseg writes
+    there (samseg.edges.layout) that no manifest of samseg's lists is refused the same way (one
+    listing of OUT for the whole batch)."""
     if str(out).startswith("s3://"):
-        return {}
+        return _refused_s3(str(out), uris, names)
     holders = _input_folders(u for u in uris if not str(u).startswith("s3://"))
     refused = {}
     for uri, name in zip(uris, names):
@@ -211,6 +213,29 @@ def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, st
                 raise OutputDirRefused(f"{out_dir}: holds the input {held}; choose another --out (samseg never deletes an input)")
             check_replaceable(out_dir)
         except OutputDirRefused as exc:
+            refused[uri] = f"{uri}: output {exc}"
+    return refused
+
+
+def _refused_s3(out: str, uris: list[str], names: list[str]) -> dict[str, str]:
+    from samseg.edges.layout import may_write
+    from samseg.edges.storage import StorageNotFound, StorageRefused, join_uri, list_keys, refuse_foreign
+
+    try:
+        keys = list_keys(out)
+    except StorageNotFound:
+        return {}
+    folder = out.rstrip("/") + "/"
+    by_name: dict[str, list[str]] = {}  # OUT/<name>/… grouped by name: one pass over the listing
+    for key in keys:
+        by_name.setdefault(key[len(folder):].split("/", 1)[0], []).append(key)
+    refused = {}
+    for uri, name in zip(uris, names):
+        if name not in by_name:
+            continue
+        try:
+            refuse_foreign(join_uri(out, name), may_write, by_name[name])
+        except StorageRefused as exc:
             refused[uri] = f"{uri}: output {exc}"
     return refused
 

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import unquote
 
 SUCCESS_MARKER = "_SUCCESS"
@@ -53,6 +53,10 @@ _DEFAULT_READ_TIMEOUT_S = 5.0
 
 class StorageError(Exception):
     """A storage operation failed; the message is one line naming the URI."""
+
+
+class StorageRefused(StorageError):
+    """An object of the user's is where samseg would write (one line; nothing was written)."""
 
 
 class StorageNotFound(StorageError):
@@ -394,6 +398,31 @@ def listed_files(marker_uri: str) -> list[str]:
     return safe
 
 
+def foreign_objects(dest_uri: str, names: Callable[[str], bool], keys: list[str] | None = None) -> list[str]:
+    """The relative names under an S3 prefix that samseg would write (`names(rel)` is True) but
+    no manifest of samseg's (``_SUCCESS``, ``_SAMSEG_PENDING``) lists: a user's objects, which
+    samseg must not overwrite. Other objects of the user's there are left alone, never deleted.
+    keys: the prefix's object URIs when already listed. [] for a local dir (outdirs owns those)."""
+    if not is_s3_uri(dest_uri):
+        return []
+    folder = dest_uri.rstrip("/") + "/"
+    listed = keys if keys is not None else list_keys(dest_uri)
+    wanted = [k[len(folder):] for k in listed if k.startswith(folder) and names(k[len(folder):])]
+    if not wanted:
+        return []
+    ours = set(listed_files(join_uri(dest_uri, SUCCESS_MARKER))) | set(listed_files(join_uri(dest_uri, PENDING_MARKER)))
+    return sorted(set(wanted) - ours)
+
+
+def refuse_foreign(dest_uri: str, names: Callable[[str], bool], keys: list[str] | None = None) -> None:
+    """StorageRefused (one line) when a user's object lies where samseg would write (`foreign_objects`)."""
+    foreign = foreign_objects(dest_uri, names, keys)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise StorageRefused(f"{dest_uri}: holds {foreign[0]!r}{more}, which samseg did not write; samseg replaces "
+                             "only what it wrote: choose another --out or move those objects")
+
+
 def upload_dir(local_dir: str | os.PathLike[str], dest_uri: str) -> list[str]:
     """Publish a finished local dir at `dest_uri` (S3 prefix or local dir), replacing what an
     earlier publish wrote there; returns the file URIs.
@@ -401,15 +430,17 @@ def upload_dir(local_dir: str | os.PathLike[str], dest_uri: str) -> list[str]:
     Order matters because S3 has no rename: (1) ``_SAMSEG_PENDING`` lists every file samseg
     wrote or will write here, (2) the old ``_SUCCESS`` goes, (3) every file is uploaded,
     (4) ``_SUCCESS`` is written listing them, (5) files an earlier publish wrote and this one
-    did not are deleted, (6) the pending list goes. A crash part-way leaves no marker (readers
+    did not are deleted, (6) the pending list goes. An object of a name it writes that no
+    manifest lists is a user's: the publish is refused (StorageRefused) and nothing is written. A crash part-way leaves no marker (readers
     ignore the dir) and a pending list the next publish cleans from.
     """
     src = Path(local_dir)
     if not src.is_dir():
         raise StorageNotFound(f"{src}: not a directory")
-    marker, pending = join_uri(dest_uri, SUCCESS_MARKER), join_uri(dest_uri, PENDING_MARKER)
     files = _local_files(src)
     names = [p.relative_to(src).as_posix() for p in files]
+    refuse_foreign(dest_uri, set(names).__contains__)  # a user's object is never overwritten (checked before compute too)
+    marker, pending = join_uri(dest_uri, SUCCESS_MARKER), join_uri(dest_uri, PENDING_MARKER)
     earlier = set(listed_files(marker)) | set(listed_files(pending))
     write_bytes(pending, json.dumps({"files": sorted(earlier | set(names))}).encode("utf-8"))
     delete(marker)

@@ -115,3 +115,46 @@ def test_black_hole_endpoint_is_given_a_bounded_number_of_tries(monkeypatch) -> 
         except storage.StorageError as exc:
             assert "\n" not in str(exc) and "s3://bucket/in/a.png" in str(exc)
         assert len(accepted) == 1 + storage._DEFAULT_RETRIES
+
+
+def test_attack_a_users_object_under_an_s3_output_is_never_overwritten(s3_bucket, s3_env, tmp_path: Path) -> None:
+    """What a local OUT/<name> folder of the user's gets, an S3 prefix gets: refused before compute,
+    one line, the object untouched; the other images written; samseg's own publish is replaced."""
+    client = s3_env.client()
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(("a.png", "b.png")):
+        (src / name).write_bytes(_png_bytes(10 + i))
+    client.put_object(Bucket=s3_bucket, Key="out/a/labels.png", Body=b"my own labels, not samseg's")
+    client.put_object(Bucket=s3_bucket, Key="out/b/notes.txt", Body=b"mine, beside samseg's files")  # no clash: kept
+    argv = ["segment", str(src), "--out", f"s3://{s3_bucket}/out", "--cache", str(tmp_path / "c"), "--orchestrator",
+            "local", "-q", *TINY]
+    rc, stdout, stderr = run_cli(argv)
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert rc == 1 and len(errors) == 1 and "out/a: holds 'labels.png'" in errors[0] and "did not write" in errors[0], stderr
+    assert client.get_object(Bucket=s3_bucket, Key="out/a/labels.png")["Body"].read() == b"my own labels, not samseg's"
+    assert {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="out/a/")["Contents"]} == {"out/a/labels.png"}
+    assert {"out/b/_SUCCESS", "out/b/notes.txt"} <= {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="out/b/")["Contents"]}
+    rc, stdout, stderr = run_cli(argv[:1] + [str(src / "b.png")] + argv[2:])  # samseg's own dir: replaced
+    assert rc == 0, stderr
+
+
+def test_attack_an_object_put_there_after_the_check_stops_the_publish_before_any_write(s3_bucket, s3_env,
+                                                                                        tmp_path: Path) -> None:
+    from samseg.edges.storage import StorageRefused, upload_dir
+
+    client = s3_env.client()
+    local = tmp_path / "d"
+    local.mkdir()
+    (local / "labels.png").write_bytes(b"samseg's")
+    upload_dir(local, f"s3://{s3_bucket}/o/x")  # samseg's publish: its manifest lists labels.png
+    client.put_object(Bucket=s3_bucket, Key="o/x/overlay.png", Body=b"mine")  # the user's, in between
+    (local / "labels.png").write_bytes(b"samseg's, again")
+    (local / "overlay.png").write_bytes(b"samseg's overlay")
+    try:
+        upload_dir(local, f"s3://{s3_bucket}/o/x")
+        raise AssertionError("the publish did not refuse")
+    except StorageRefused as exc:
+        assert "'overlay.png'" in str(exc)
+    assert client.get_object(Bucket=s3_bucket, Key="o/x/labels.png")["Body"].read() == b"samseg's"  # nothing written
+    assert client.get_object(Bucket=s3_bucket, Key="o/x/overlay.png")["Body"].read() == b"mine"

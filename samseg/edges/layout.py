@@ -1,0 +1,35 @@
+"""The files of an image dir, named once (README "Outputs"; samseg.edges.image_dir writes them).
+
+What samseg may write into OUT/<name>/ is known before any compute: these names, one cut-out
+per class under classes/, and the GeoTIFF pair. That is what lets samseg refuse, before
+computing, an image whose output would replace a file or an S3 object of the user's.
+"""
+
+from __future__ import annotations
+
+import re
+
+LABELS_PNG = "labels.png"
+OVERLAY_PNG = "overlay.png"
+CLASSES_DIR = "classes"
+MASKS_JSON = "masks.json"
+MASKS_PARQUET = "masks.parquet"
+EMBEDDINGS_NPY = "embeddings.npy"
+FEATURES_NPY = "features.npy"
+SUMMARY_JSON = "summary.json"
+LABELS_TIF = "labels.tif"  # GeoTIFF inputs: labels.png with the input's CRS and transform
+CLASSES_GEOJSON = "classes.geojson"  # GeoTIFF inputs: one (Multi)Polygon per class, WGS 84
+
+FILES: tuple[str, ...] = (LABELS_PNG, OVERLAY_PNG, MASKS_JSON, MASKS_PARQUET, EMBEDDINGS_NPY, FEATURES_NPY,
+                          SUMMARY_JSON, LABELS_TIF, CLASSES_GEOJSON)
+_CUTOUT = re.compile(rf"{CLASSES_DIR}/class_(\d+)\.png")
+
+
+def cutout_name(c: int) -> str:
+    """classes/class_<c>.png: the RGBA cut-out of class c."""
+    return f"{CLASSES_DIR}/class_{c}.png"
+
+
+def may_write(rel: str) -> bool:
+    """True when samseg may write the relative name `rel` into an image dir."""
+    return rel in FILES or _CUTOUT.fullmatch(rel) is not None
