@@ -192,16 +192,36 @@ def test_same_stem_in_two_folders_writes_two_dirs(quick: Path, monkeypatch: pyte
     assert loads == ["tiny-random"]  # the model is loaded once per process, not per image
 
 
-def test_weights_download_offline_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_download_offline_is_one_line_saying_what_to_copy_where(monkeypatch: pytest.MonkeyPatch) -> None:
     from samseg.sam.model import CheckpointError
 
     def offline(model_type, *a, **k):
-        raise CheckpointError(f"could not download the {model_type} checkpoint (offline)")
+        raise CheckpointError(f"could not download the {model_type} checkpoint (offline); put it there")
 
     monkeypatch.setattr("samseg.sam.model.download_checkpoint", offline)
+    monkeypatch.setattr("samseg.sam.backbones.download_backbone", offline)
     rc, _, stderr = run_cli(["weights", "download", "vit_b"])
-    assert rc == 1 and error_lines(stderr) == ["error: could not download the vit_b checkpoint (offline)"]
+    assert rc == 1 and len(error_lines(stderr)) == 1
+    line = error_lines(stderr)[0]
+    assert line.startswith("error: missing weights: vit_b (could not download the vit_b checkpoint (offline))")
+    assert "Copy sam_vit_b_01ec64.pth to " in line and "on a machine that reaches the hosts" in line
     assert run_cli(["weights", "download", "vit_x"])[0] == 2
+    assert "did you mean dinov2-b" in run_cli(["weights", "download", "dinov2b"])[2]
+
+
+def test_weights_download_preset_fetches_every_file_the_preset_needs(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    got: list[str] = []
+
+    def fetched(name, *a, **k):
+        got.append(name)
+        return tmp_path / name
+
+    monkeypatch.setattr("samseg.sam.model.download_checkpoint", fetched)
+    monkeypatch.setattr("samseg.sam.backbones.download_backbone", fetched)
+    rc, out, _ = run_cli(["weights", "download", "--preset", "default"])
+    assert rc == 0 and got == ["vit_h", "dinov2-b"] and out.split() == [str(tmp_path / "vit_h"), str(tmp_path / "dinov2-b")]
+    assert run_cli(["weights", "download"])[0] == 2  # nothing named
 
 
 def test_eval_prints_tables_and_writes_csv(tmp_path: Path) -> None:

@@ -345,10 +345,23 @@ def _segment(tmp_path: Path, *flags: str) -> tuple[int, str, Path]:
     return rc, err, out
 
 
-def test_cli_missing_backbone_weights_is_one_line_before_any_image(tmp_path: Path, home: Path) -> None:
+def test_cli_every_missing_weight_is_named_in_one_line_before_any_image(tmp_path: Path, home: Path,
+                                                                       monkeypatch) -> None:
+    from samseg.sam.model import CheckpointError
+
+    tried: list[str] = []
+
+    def offline(name, *a, **k):  # no test touches the network
+        tried.append(name)
+        raise CheckpointError(f"could not download {name} (offline); its own hint")
+
+    monkeypatch.setattr("samseg.sam.model.download_checkpoint", offline)
+    monkeypatch.setattr("samseg.sam.backbones.download_backbone", offline)
     rc, err, out = _segment(tmp_path, "--model", "vit_b", "--features", "dinov2-b")
     assert rc == 1 and err.count("error:") == 1 and "Traceback" not in err
-    assert "samseg weights download dinov2-b" in err and "--features sam" in err
+    assert tried == ["vit_b", "dinov2-b"]  # each tried once (first use), not once per image
+    assert "missing weights: vit_b, dinov2-b" in err and "samseg weights download vit_b dinov2-b" in err
+    assert str(home / "checkpoints") in err  # what to copy where
     assert not out.exists()  # nothing written
 
 

@@ -155,6 +155,7 @@ def segment(image: ImageInput, model: Optional[str] = None, preset: Optional[str
         runtime = Runtime(checkpoint=checkpoint, features_checkpoint=features_checkpoint, device=device,
                           kernels=kernels, seed=seed, cache=root)
         job = SegmentJob(cfg, runtime, str(out) if out is not None else "", Tracking(track=track, experiment=experiment))
+        job.fetch_weights()  # missing weights download now, or one CheckpointError names them all
         loaded = load_input(image)
         from samseg.engine.segment import compute_image
         from samseg.engine.summary import summarize

@@ -49,6 +49,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
 
         model = ModelSource(job.model).identity() if classes.classes_from else None
         check_dataset_request(job.out, classes.classes_from, model)
+    job.fetch_weights()  # every missing weight named once, before any image or MLflow run
     uris = list_sources(source)
     # A user's file where a top-level file goes refuses the batch now; OUT stays marked
     # incomplete until the batch's files all agree (an interrupted batch is never served).

@@ -78,3 +78,10 @@ class SegmentJob:
     @property
     def save_features(self) -> bool:
         return self.runtime.save_features
+
+    def fetch_weights(self) -> None:
+        """Every weights file this job reads, downloaded now if missing (first use); when some
+        cannot be, one CheckpointError lists them all (samseg.sam.weights)."""
+        from samseg.sam.weights import ensure
+
+        ensure(self.cfg.model_type, self.cfg.features.name, self.runtime.checkpoint, self.runtime.features_checkpoint)

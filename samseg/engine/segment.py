@@ -48,6 +48,7 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
     from samseg.edges.outdirs import safe_dir_name
 
     progress.report("image_start", image=uri)
+    job.fetch_weights()  # present: two stat calls; a worker's first image downloads what is missing
     image = execute(READ_STEP, lambda: read_image(uri))
     run = compute_image(image, job, execute)
     summary = summarize(run, flow_run_id=flow_run_id)

@@ -248,13 +248,28 @@ def _weights_names() -> tuple[str, ...]:
     return (*downloadable_types(), *(name for name, row in BACKBONES.items() if row.downloadable))
 
 
+def _weights_name(name: str) -> str:
+    """An argparse type: a name `samseg weights download` takes (argparse checks no choices of an
+    empty nargs='*' list on Python 3.11, so the check is here)."""
+    names = _weights_names()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(names)}){hint}")
+    return name
+
+
 def _add_weights_parser(sub: Any) -> None:
     p = sub.add_parser("weights", help="download or list SAM checkpoints and feature backbones",
                        description="Official SAM checkpoints and DINOv2/DINOv3 feature backbones, sha256-checked, "
                                    "kept in $SAMSEG_HOME/checkpoints.")
     wsub = p.add_subparsers(title="actions", metavar="ACTION")
-    d = wsub.add_parser("download", help="download and verify one weights file")
-    d.add_argument("model_type", metavar="NAME", choices=_weights_names(), help=" | ".join(_weights_names()))
+    d = wsub.add_parser("download", help="download and verify weights files (by name, or all a preset needs)")
+    d.add_argument("names", nargs="*", metavar="NAME", type=_weights_name, help=" | ".join(_weights_names()))
+    d.add_argument("--preset", default=None, metavar="PRESET",
+                   help="every weights file the preset needs (its SAM model and feature backbone), e.g. default")
     _add_common(d)
     d.set_defaults(handler=_run_weights_download)
     ls = wsub.add_parser("list", help="where each weights file is kept, whether it is present, and its licence")
@@ -264,21 +279,33 @@ def _add_weights_parser(sub: Any) -> None:
 
 
 def _run_weights_download(args: argparse.Namespace) -> int:
-    from samseg.core.backbones import BACKBONES
-    from samseg.sam.model import CheckpointError, download_checkpoint
+    """Each file in turn (progress, licence line), its path printed; the ones that could not be
+    fetched named together in one line at the end (exit 1)."""
+    from samseg.apps.cli.common import UsageError
+    from samseg.core.config import get_preset
+    from samseg.sam.model import CheckpointError
+    from samseg.sam.weights import Weight, missing_message, needed, weight
 
-    try:
-        if args.model_type in BACKBONES:
-            from samseg.sam.backbones import download_backbone
-
-            print(f"{args.model_type}: licence {BACKBONES[args.model_type].licence}", file=sys.stderr)
-            path = download_backbone(args.model_type)
-        else:
-            path = download_checkpoint(args.model_type)
-    except CheckpointError as exc:
-        _error_line(str(exc))
+    names = list(args.names)
+    if args.preset is not None:
+        try:
+            cfg = get_preset(args.preset)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        names += [w.name for w in needed(cfg.model_type, cfg.features.name)]
+    if not names:
+        raise UsageError("name the weights (e.g. vit_b dinov2-b) or --preset NAME")
+    failed: list[tuple[Weight, CheckpointError]] = []
+    for name in dict.fromkeys(names):
+        w = weight(name)
+        print(f"{name}: licence {w.licence}", file=sys.stderr)
+        try:
+            print(w.download())
+        except CheckpointError as exc:
+            failed.append((w, exc))
+    if failed:
+        _error_line(missing_message(failed))
         return 1
-    print(path)
     return 0
 
 

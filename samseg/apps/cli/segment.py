@@ -110,6 +110,7 @@ def _check_model(job: Any) -> bool:
     from samseg.sam.source import ModelSource
 
     try:
+        job.fetch_weights()  # all missing weights in one line, before any image
         if job.model.device not in (None, "auto", "cpu"):  # a device asked for must exist (imports torch)
             from samseg.sam.model import select_device
 
