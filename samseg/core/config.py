@@ -509,7 +509,7 @@ def override(cfg: "PipelineConfig", precision: Optional[str] = None, **overrides
     tile = changes.get("tile", {})
     if tile and not tile.get("size", cfg.tile.size):
         raise ValueError("the tile overlap and merge IoU need tiling on: --tile SIZE or --tile auto "
-                         "(samseg.segment: tile=SIZE or tile='auto')")
+                         "(in Python: tile=SIZE or tile='auto')")
     if tile.get("size") and "overlap" not in tile:  # the default overlap, at most a quarter of a small tile
         tile["overlap"] = min(cfg.tile.overlap, tile["size"] // 4)
     for section, knobs in changes.items():  # a value of the wrong type is a ValueError too

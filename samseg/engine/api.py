@@ -122,7 +122,7 @@ class Result:
         changed = {knob_key(k): v for k, v in cluster.items()}
         if any(not key.startswith("cluster.") for key in changed):
             others = ", ".join(k for k, key in zip(cluster, changed) if not key.startswith("cluster."))
-            raise ValueError(f"recluster changes the clustering only, not {others}; call samseg.segment for that")
+            raise ValueError(f"recluster changes the clustering only, not {others}; segment() the image again for that")
         cfg = override(self.run.cfg, **cluster)
         given = {"amg": (self.run.masks, FROM_PARENT_RUN), "pool": (self.run.embeddings, FROM_PARENT_RUN)}
         run = recluster(self.run.image, cfg, self.run.model, StageCache(self.job.cache_root), given=given)

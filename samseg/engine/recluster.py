@@ -124,3 +124,46 @@ def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig
         return load
 
     return parent, base, parent_model(parent), {"amg": artifact(0), "pool": artifact(1)}
+
+
+def recluster_batch(batch_run_id: str, image_run_ids: list[str], cluster_for: Callable[[str], Any], out: str,
+                    tracking: Any, cache_root: str, params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Every image run of a batch reclustered (`cluster_for(image run id)`: its ClusterConfig)
+    into OUT/<name>/, as one new batch run: its image runs nested under it, each tagged with the
+    run it re-tunes, its report in OUT/batch_summary.json and on the run. One image fails alone."""
+    import dataclasses
+    import time
+    from pathlib import PurePosixPath
+
+    from samseg.edges.run_schema import TAG_PARENT_RUN, TAG_SOURCE
+    from samseg.engine.batch import batch_report, batch_status, end_batch
+    from samseg.engine.segment import describe_failure, failed_entry, image_entry
+
+    new_batch = None
+    if tracking.track:
+        from samseg.edges.mlflow.tracking import start_batch_run
+
+        tags = {TAG_PARENT_RUN: batch_run_id, TAG_SOURCE: f"recluster of batch run {batch_run_id}"}
+        new_batch = start_batch_run(tracking.experiment, f"recluster-{time.strftime('%Y%m%d-%H%M%S')}",
+                                    {**(params or {}), "n_images": len(image_run_ids)}, tags)
+    results = []
+    try:
+        for rid in image_run_ids:
+            try:
+                t = dataclasses.replace(tracking, kind=KIND_RECLUSTER, parent_run_id=rid, nested_under=new_batch)
+                res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid)
+                results.append(image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res))
+            except Exception as exc:  # one image fails alone
+                results.append(failed_entry(rid, rid, describe_failure(f"MLflow run {rid}", exc)))
+    except BaseException:
+        end_batch(new_batch, "KILLED")
+        raise
+    report = batch_report(f"recluster of batch run {batch_run_id}", out, results, new_batch, "local")
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.engine.segment import one_line
+
+    try:
+        end_batch(new_batch, batch_status(report), quiet=False, record=report)
+    except TrackingError as exc:  # the images are written: report them, and this
+        report["tracking_error"] = one_line(f"MLflow batch run {new_batch} not ended: {exc}")
+    return report

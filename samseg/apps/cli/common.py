@@ -73,6 +73,20 @@ def _quiet_prefect_loggers(verbose: bool) -> None:
                 pass
 
 
+def run_ref(ref: str) -> str:
+    """A run id as the user typed it: whole, or a unique prefix (TrackingError in one line otherwise)."""
+    from samseg.edges.mlflow.tracking import resolve_run_id
+
+    return resolve_run_id(ref)
+
+
+def classes_ref(ref: str | None) -> str | None:
+    """--classes-from: a classes.json path, an s3:// or models:/ URI as given; else a run id or its prefix."""
+    if ref is None or os.path.exists(ref) or "://" in ref or ref.startswith("models:/"):
+        return ref
+    return run_ref(ref)
+
+
 def print_error(message: str) -> None:
     from tqdm import tqdm  # tqdm.write: a line printed while progress bars show does not tear them
 

@@ -67,7 +67,9 @@ def run_export(args: argparse.Namespace) -> int:
                 check_complete(str(src if dirs != [src] else src.parent), str(src))
                 run_ids: dict[Path, str] = {}
             else:
-                run_ids = download_image_dirs(args.source, Path(tmp))
+                from samseg.apps.cli.common import run_ref
+
+                run_ids = download_image_dirs(run_ref(args.source), Path(tmp))
                 dirs = list(run_ids)
             results = read_image_dirs(dirs)
             if args.to is not None:

@@ -13,7 +13,7 @@ from samseg.apps.cli.config import add_section_flags
 from samseg.core.config import DEFAULT, ClusterConfig
 
 from samseg.apps.cli.common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
-from samseg.apps.cli.common import experiment_name, stage_cache_root, write_csv
+from samseg.apps.cli.common import classes_ref, experiment_name, run_ref, stage_cache_root, write_csv
 
 
 def add_parser(sub: Any) -> None:
@@ -29,12 +29,13 @@ def add_parser(sub: Any) -> None:
 def _add_recluster_parser(sub: Any) -> None:
     p = sub.add_parser(
         "recluster",
-        help="re-cluster a previous image run with new clustering settings",
+        help="re-cluster a previous image run (or every image of a batch run) with new clustering settings",
         description="Reuse the masks and embeddings of an MLflow image run (stage cache first, else the run's "
         "artifacts), run only cluster + compose + write, and log a new run tagged with the parent run id. "
         "Flags left out keep the parent run's value.",
     )
-    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of an image run")
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id (or a unique prefix) of an image run, or of a batch "
+                   "run: each of its images, as one new batch run")
     p.add_argument("--out", required=True, metavar="DIR_OR_S3", help="output root; the image goes to OUT/<image stem>/")
     add_section_flags(p.add_argument_group("clustering (left out: the parent run's value)"), ClusterConfig, DEFAULT.cluster)
     p.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
@@ -69,10 +70,16 @@ def run_recluster(args: argparse.Namespace) -> int:
     if how == "prefect":
         quiet_prefect(args.verbose)
     try:
+        args.run_id = run_ref(args.run_id)  # a unique prefix is the run it starts
         params = _run_params(args.run_id)
-    except Exception as exc:  # TrackingError: unknown run, MLflow unreachable
+        from samseg.edges.mlflow.tracking import images_of_batch
+
+        images = images_of_batch(args.run_id)
+    except Exception as exc:  # TrackingError: unknown run, MLflow unreachable, a batch without its record
         print_error(exc)
         return 1
+    if images is not None:
+        return _recluster_batch(args, images)
     try:
         cluster = recluster_cluster_params(params, args)
     except ValidationError as exc:
@@ -87,6 +94,34 @@ def run_recluster(args: argparse.Namespace) -> int:
     if res.get("mlflow_run_id"):
         print(f"MLflow run: {res['mlflow_run_id']} (parent {args.run_id})")
     return 0
+
+
+def _recluster_batch(args: argparse.Namespace, images: list[str]) -> int:
+    """A batch run's id: each of its images reclustered (the flags over each image's own
+    settings), as one new batch run, in this process; its lines as `samseg segment` prints a batch's."""
+    from pydantic import ValidationError
+
+    from samseg.apps.cli.common import UsageError
+    from samseg.apps.cli.segment import report_batch
+    from samseg.engine.publish import Tracking
+    from samseg.engine.recluster import recluster_batch
+
+    def cluster_for(image_run: str) -> Any:
+        return recluster_cluster_params(_run_params(image_run), args).to_config()
+
+    flags = {k: v for k, v in vars(args).items() if k.startswith("cluster.") and v is not None}
+    try:
+        recluster_cluster_params({}, args)  # a bad flag is a usage error before any image
+    except ValidationError as exc:
+        raise UsageError("; ".join(e["msg"] for e in exc.errors())) from None
+    tracking = Tracking(track=not args.no_track, experiment=experiment(args))
+    with stage_cache_root(args) as cache:
+        try:
+            report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=flags)
+        except Exception as exc:  # the new batch run could not be started
+            print_error(exc)
+            return 1
+    return report_batch(report)
 
 
 def _recluster(args: argparse.Namespace, how: str, cluster: Any, cache: str) -> dict[str, Any]:
@@ -123,7 +158,58 @@ def _add_runs_parser(sub: Any) -> None:
     c.add_argument("--experiment", default=None, type=experiment_name, help="compare every run of this experiment (default: samseg)")
     c.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
     c.set_defaults(handler=run_runs_compare, subparser=c)
+    ls = rsub.add_parser("list", help="the newest runs: id, kind, image or batch, start, status, classes, backbone",
+                         description="The newest MLflow runs of samseg, newest first. Every command that takes a run "
+                         "id takes the id printed here, or a unique prefix of it (8 characters, as the UI shows).")
+    ls.add_argument("--experiment", default=None, type=experiment_name, help="one experiment (default: all of them)")
+    ls.add_argument("--limit", type=_positive, default=20, metavar="N", help="how many runs (default: %(default)s)")
+    ls.set_defaults(handler=run_runs_list, subparser=ls)
     p.set_defaults(subparser=p)
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+_WHAT_WIDTH = 27  # the image or source column: the whole line fits 120 characters
+
+
+def run_runs_list(args: argparse.Namespace) -> int:
+    """One line a run, in columns that fit 120 characters: the full id (what every command takes)."""
+    import datetime
+
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.tracking import recent_runs
+    from samseg.edges.run_schema import TAG_KIND, TAG_SOURCE
+    from samseg.engine.segment import shown_name
+
+    try:
+        runs = recent_runs(args.experiment, args.limit)
+    except TrackingError as exc:
+        print_error(exc)
+        return 1
+    if not runs:
+        print("no runs" + (f" in experiment {args.experiment!r}" if args.experiment else ""))
+        return 0
+    print(f"{'RUN ID':32}  {'KIND':9}  {'STARTED':16}  {'STATUS':8}  {'CLASSES':>7}  {'FEATURES':9}  IMAGE OR SOURCE")
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        kind = tags.get(TAG_KIND, "?")
+        what = tags.get(TAG_SOURCE) if kind == "batch" else (run.info.run_name or "")
+        started = datetime.datetime.fromtimestamp((run.info.start_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
+        classes = f"{int(metrics['n_clusters'])}" if "n_clusters" in metrics else "-"
+        features = params.get("features.name", "-")
+        what = shown_name(str(what or ""))
+        what = what if len(what) <= _WHAT_WIDTH else "…" + what[-(_WHAT_WIDTH - 1):]  # a path's end says the most
+        print(f"{run.info.run_id:32}  {kind[:9]:9}  {started:16}  {run.info.status[:8]:8}  {classes:>7}  {features[:9]:9}  "
+              f"{what}")
+    return 0
 
 
 def run_runs_compare(args: argparse.Namespace) -> int:
@@ -131,7 +217,7 @@ def run_runs_compare(args: argparse.Namespace) -> int:
     from samseg.edges.mlflow.tracking import compare_runs, format_compare
 
     try:
-        df = compare_runs(args.run_ids or None, args.experiment)
+        df = compare_runs([run_ref(r) for r in args.run_ids] or None, args.experiment)
     except TrackingError as exc:
         print_error(exc)
         return 1
@@ -168,7 +254,12 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError("--cron needs --source and --out (the scheduled runs' parameters)")
     from flows.serve import serve_all
 
-    serve_all(args.cron, args.source, args.out, limit=args.limit, classes_from=args.classes_from)
+    try:
+        classes_from = classes_ref(args.classes_from)
+    except Exception as exc:  # TrackingError: no such run, an ambiguous prefix
+        print_error(exc)
+        return 1
+    serve_all(args.cron, args.source, args.out, limit=args.limit, classes_from=classes_from)
     return 0
 
 
@@ -199,7 +290,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--eps-range: {exc}") from None
     try:
-        report = sweep_run(args.run_id, args.eps_range)
+        report = sweep_run(run_ref(args.run_id), args.eps_range)
     except Exception as exc:  # TrackingError: unknown run, MLflow unreachable, missing artifact
         print_error(exc)
         return 1

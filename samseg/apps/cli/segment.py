@@ -72,6 +72,14 @@ def run_segment(args: argparse.Namespace) -> int:
     out = str(args.out)
     if not _check_out(out):
         return 1
+    if getattr(args, "classes_from", None):
+        from samseg.apps.cli.common import classes_ref
+
+        try:
+            args.classes_from = classes_ref(args.classes_from)  # a run id prefix is the run it starts
+        except Exception as exc:  # TrackingError: no such run, an ambiguous prefix, MLflow unreachable
+            print_error(exc)
+            return 1
     fan_out = getattr(args, "fan_out", "local")
     how = orchestrator(args, needs_prefect=fan_out == "deployment")
     if how == "prefect":
@@ -162,7 +170,7 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
             report = segment_local(list(args.inputs), job, classes)
         except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
             return _batch_failed(exc)
-    return _report_batch(report)
+    return report_batch(report)
 
 
 def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_out: str) -> int:
@@ -190,7 +198,7 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
         report = state.result()
     except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
         return _batch_failed(exc)
-    return _report_batch(report)
+    return report_batch(report)
 
 
 def _batch_failed(exc: Exception) -> int:
@@ -296,7 +304,7 @@ def _classes(request: dict[str, Any]) -> Any:
 
 
 
-def _report_batch(report: dict[str, Any]) -> int:
+def report_batch(report: dict[str, Any]) -> int:
     from pathlib import PurePosixPath
 
     for r in report["images"]:

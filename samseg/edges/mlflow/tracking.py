@@ -293,6 +293,26 @@ def search_runs(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
         raise TrackingError(f"MLflow at {mlflow_client.where()}: search failed: {mlflow_client.error_line(exc)}") from None
 
 
+def recent_runs(experiment: str | None, limit: int) -> list[Any]:
+    """The `limit` newest runs (of one experiment, or of every active one), newest first."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client.client()
+    try:
+        if experiment is not None:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise TrackingError(f"MLflow at {mlflow_client.where()}: no experiment named {experiment!r}")
+            exp_ids = [exp.experiment_id]
+        else:
+            exp_ids = [e.experiment_id for e in client.search_experiments()]
+        if not exp_ids:
+            return []
+        return list(client.search_runs(exp_ids, "", order_by=["attributes.start_time DESC"], max_results=limit))
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {mlflow_client.where()}: search failed: {mlflow_client.error_line(exc)}") from None
+
+
 def _get_run(client: Any, run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
@@ -320,6 +340,46 @@ def batch_image_runs(client: Any, batch_run: Any) -> list[str]:
     images = record.get("images") if isinstance(record, dict) else None
     ids = [i.get("mlflow_run_id") for i in images or [] if isinstance(i, dict)]
     return list(dict.fromkeys(i for i in ids if isinstance(i, str) and re.fullmatch(r"[0-9a-zA-Z_\-]{1,64}", i)))
+
+
+RUN_ID_CHARS = 32  # an MLflow run id: 32 lower-case hex characters
+MIN_PREFIX = 4  # a shorter prefix is refused: it names too many runs to mean one
+
+
+def resolve_run_id(ref: str) -> str:
+    """The full run id of `ref`: a whole id as it is, or a unique prefix of one (as git takes a
+    commit's; the UI shows 8 characters), looked up over every experiment. No run, or more than
+    one, is TrackingError in one line. A ref that is not hex is returned as given (a path, a URI)."""
+    ref = ref.strip()
+    if len(ref) >= RUN_ID_CHARS or not re.fullmatch(r"[0-9a-f]+", ref):
+        return ref
+    if len(ref) < MIN_PREFIX:
+        raise TrackingError(f"{ref!r}: a run id prefix needs at least {MIN_PREFIX} characters")
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client.client()
+    try:
+        exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        found = client.search_runs(exp_ids, f"attributes.run_id LIKE '{ref}%'", max_results=3) if exp_ids else []
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {mlflow_client.where()}: search failed: {mlflow_client.error_line(exc)}") from None
+    if not found:
+        raise TrackingError(f"no MLflow run id starts with {ref} at {mlflow_client.where()}")
+    if len(found) > 1:
+        ids = ", ".join(r.info.run_id for r in found[:2])
+        raise TrackingError(f"{ref} is ambiguous: it starts {ids}{' and more' if len(found) > 2 else ''}; "
+                            "give more characters")
+    return found[0].info.run_id
+
+
+def images_of_batch(run_id: str) -> list[str] | None:
+    """The image run ids of batch run `run_id` (its own record), or None when it is not a batch run."""
+    client = mlflow_client.client()
+    run = _get_run(client, run_id)
+    if run.data.tags.get(TAG_KIND) != "batch":
+        return None
+    return batch_image_runs(client, run)
 
 
 def get_run(run_id: str) -> Any:

@@ -1,0 +1,112 @@
+"""Ids that lead somewhere: the ids a batch prints work in every command, whole or as a unique
+prefix (as git takes a commit's), `samseg recluster <batch id>` reclusters each of its images as
+one new batch run, and `samseg runs list` shows what there is (a real SQLite MLflow store)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_run import run_cli
+
+TINY = ["--model", "tiny-random", "--device", "cpu", "--points-per-side", "4", "--orchestrator", "local"]
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> dict:
+    """A tracked 2-image batch in a store of its own: its printed batch id and image ids."""
+    tmp = tmp_path_factory.mktemp("ids")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    src = tmp / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / f"r{i}.png")
+    rc, out, err = run_cli(["segment", str(src), "--out", str(tmp / "o"), "--cache", str(tmp / "c"), *TINY])
+    assert rc == 0, err
+    ids = [re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines() if line.startswith("r")]
+    yield {"tmp": tmp, "batch": re.search(r"MLflow batch run: (\w+)", out).group(1), "images": ids}
+    mp.undo()
+
+
+@pytest.fixture
+def store(batch: dict, monkeypatch) -> dict:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{batch['tmp'] / 'mlflow.db'}")
+    return batch
+
+
+def test_recluster_of_a_batch_id_prefix_reclusters_each_image_as_one_new_batch_run(store: dict, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    rc, out, err = run_cli(["recluster", store["batch"][:8], "--eps", "0.5", "--min-samples", "2", "--out",
+                            str(tmp_path / "re"), "--cache", str(store["tmp"] / "c")])
+    assert rc == 0, err
+    new_batch = re.search(r"MLflow batch run: (\w+)", out).group(1)
+    new_ids = [re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines() if line.startswith("r")]
+    assert len(new_ids) == 2 and new_batch != store["batch"]
+    client = MlflowClient()
+    assert client.get_run(new_batch).data.tags["samseg.parent_run_id"] == store["batch"]
+    parents = {client.get_run(rid).data.tags["samseg.parent_run_id"] for rid in new_ids}
+    assert parents == set(store["images"])  # each new image run re-tunes its own image run
+    for rid in new_ids:
+        run = client.get_run(rid)
+        assert run.data.tags["mlflow.parentRunId"] == new_batch and run.data.params["cluster.eps"] == "0.5"
+    report = json.loads((tmp_path / "re" / "batch_summary.json").read_text())
+    assert report["succeeded"] == 2 and report["mlflow_run_id"] == new_batch
+    assert [i["mlflow_run_id"] for i in report["images"]] == new_ids
+    # the new batch's id leads somewhere too: sweep it, recluster it again
+    rc, out, err = run_cli(["sweep", new_batch[:10], "--eps-range", "0.1:0.3:0.1"])
+    assert rc == 0, err
+
+
+def test_a_prefix_works_wherever_an_id_does(store: dict, tmp_path: Path) -> None:
+    image = store["images"][0]
+    rc, out, err = run_cli(["recluster", image[:8], "--eps", "0.4", "--out", str(tmp_path / "one"), "--no-track"])
+    assert rc == 0 and (tmp_path / "one" / "r0" / "labels.png").is_file(), err
+    rc, out, err = run_cli(["runs", "compare", image[:8], store["images"][1][:9]])
+    assert rc == 0 and image in out, err
+    rc, out, err = run_cli(["export", store["batch"][:8], "--format", "coco", "--out", str(tmp_path / "coco")])
+    assert rc == 0 and "2 images" in out, err
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("abc", "needs at least 4 characters"),
+    ("ffffffff", "no MLflow run id starts with ffffffff"),
+])
+def test_a_prefix_that_names_no_single_run_is_one_line(store: dict, ref: str, message: str) -> None:
+    rc, out, err = run_cli(["sweep", ref])
+    assert rc == 1 and err.count("error:") == 1 and message in err and "Traceback" not in err
+
+
+def test_an_ambiguous_prefix_names_two_of_its_runs(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from samseg.edges.mlflow import client as mlflow_client
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.tracking import resolve_run_id
+
+    runs = [SimpleNamespace(info=SimpleNamespace(run_id=f"abcd{i}" + "0" * 27)) for i in range(2)]
+    fake = SimpleNamespace(search_experiments=lambda **_: [SimpleNamespace(experiment_id="0")],
+                           search_runs=lambda exp, flt, max_results: [r for r in runs if flt.endswith("'abcd%'")])
+    monkeypatch.setattr(mlflow_client, "client", lambda: fake)
+    with pytest.raises(TrackingError, match="abcd is ambiguous: it starts abcd0.*, abcd1.*give more characters"):
+        resolve_run_id("abcd")
+    whole = "abcd0" + "0" * 27
+    assert resolve_run_id(whole) == whole  # a whole id is never looked up
+
+
+def test_runs_list_shows_batch_and_image_runs_in_120_columns(store: dict) -> None:
+    rc, out, err = run_cli(["runs", "list", "--limit", "50"])
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("RUN ID") and all(len(line) <= 120 for line in lines)
+    kinds = {line.split()[1] for line in lines[1:]}
+    assert {"batch", "image"} <= kinds
+    assert any(line.startswith(store["batch"]) for line in lines)
+    assert len(run_cli(["runs", "list", "--limit", "2"])[1].splitlines()) == 3  # the header and the 2 newest
+    assert run_cli(["runs", "list", "--limit", "0"])[0] == 2
