@@ -110,3 +110,20 @@ def test_runs_list_shows_batch_and_image_runs_in_120_columns(store: dict) -> Non
     assert any(line.startswith(store["batch"]) for line in lines)
     assert len(run_cli(["runs", "list", "--limit", "2"])[1].splitlines()) == 3  # the header and the 2 newest
     assert run_cli(["runs", "list", "--limit", "0"])[0] == 2
+
+
+def test_the_ui_pages_a_batch_id_lists_its_images_with_links_and_shows_it_in_the_runs(store: dict) -> None:
+    from fastapi.testclient import TestClient
+
+    from samseg.apps.ui import UiSettings, create_app
+
+    app = create_app(UiSettings(experiment="samseg", cache_dir=store["tmp"] / "ui-cache"))
+    with TestClient(app) as client:
+        page = client.get(f"/runs/{store['batch']}", headers={"accept": "text/html"})
+        assert page.status_code == 200 and 'id="batch-run"' in page.text
+        for rid in store["images"]:  # each image run of the batch, linked
+            assert f'href="/runs/{rid}"' in page.text
+        assert "r0.png" in page.text and "r1.png" in page.text
+        runs = client.get("/", headers={"accept": "text/html"})
+        assert runs.status_code == 200 and f'href="/runs/{store["batch"]}"' in runs.text and "batch run" in runs.text
+        assert client.get(f"/runs/{'0' * 32}", headers={"accept": "text/html"}).status_code == 404

@@ -92,7 +92,8 @@ def test_list_shows_dataset_runs_and_membership(client, store):
     assert ds["n_classes"] == 2 and ds["n_images"] == 2 and ds["n_noise"] == 4 and ds["time"]
     assigned = rows[store["assigned"]]
     assert assigned["kind"] == "assigned" and assigned["classes_from"] == store["dataset"]
-    assert store["plain"] not in rows  # a batch without dataset classes has nothing to show
+    plain = rows[store["plain"]]  # a batch of per-image classes: listed, its page lists its images
+    assert plain["is_batch"] and plain["kind"] == "batch" and not plain["is_dataset"]
     for child in store["children"]:
         assert rows[child]["dataset_run_id"] == store["dataset"] and rows[child]["dataset_mode"] == "dataset"
     assert rows[store["lone"]]["dataset_run_id"] is None

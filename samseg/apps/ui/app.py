@@ -167,7 +167,13 @@ def _add_pages(app: FastAPI) -> None:
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str) -> Response:
         store: RunStore = request.app.state.store
-        run = store.get_any_run(run_id)
+        try:
+            run = store.get_any_run(run_id)
+        except RunNotFound:  # a batch of per-image classes: its page lists its images
+            from samseg.apps.ui.dataset_view import batch_detail
+
+            batch = store.get_batch_run(run_id)
+            return request.app.state.templates.TemplateResponse(request, "batch.html", batch_detail(store, batch))
         if store.is_dataset_run(run):
             return request.app.state.templates.TemplateResponse(request, "dataset.html", dataset_detail(store, run))
         return request.app.state.templates.TemplateResponse(request, "run.html", run_detail(store, run_id))

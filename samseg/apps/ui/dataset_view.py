@@ -76,6 +76,14 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
     }
 
 
+def batch_detail(store: RunStore, run: Any) -> dict[str, Any]:
+    """The page of a batch run of per-image classes: its header and its image runs, with links."""
+    kids = [store.row(r) for r in children(store, run)]
+    images = [k for k in kids if k["kind"] == "image"]
+    return {"run": store.batch_row(run), "children": kids, "n_images": len(images),
+            "n_recorded": store.batch_row(run)["n_images"]}
+
+
 def _looks_like_run(store: RunStore, ref: str) -> bool:
     from samseg.apps.ui.guards import valid_run_id
 

@@ -141,8 +141,8 @@ class RunStore(RunFiles):
         except MlflowException as exc:
             raise _store_error(exc, scrub_secrets(self.tracking_uri)) from None
         datasets = {r.info.run_id: r for r in runs if self.is_dataset_run(r)}
-        rows = [self.dataset_row(r) if r.info.run_id in datasets else self.row(r, datasets)
-                for r in runs if self._is_image_run(r) or r.info.run_id in datasets]
+        rows = [self.dataset_row(r) if r.info.run_id in datasets else self.batch_row(r) if self.is_batch_run(r)
+                else self.row(r, datasets) for r in runs if self._is_image_run(r) or self.is_batch_run(r)]
         if image:
             needle = image.lower()
             rows = [r for r in rows if needle in (r["image"] or "").lower()]
@@ -152,6 +152,25 @@ class RunStore(RunFiles):
     def _is_image_run(run: Any) -> bool:
         kind = run.data.tags.get(TAG_KIND, "image")
         return kind in IMAGE_KINDS
+
+    @staticmethod
+    def is_batch_run(run: Any) -> bool:
+        """A batch parent run (with or without dataset-level classes)."""
+        return run.data.tags.get(TAG_KIND) == "batch"
+
+    def get_batch_run(self, run_id: str) -> Any:
+        """A batch run of per-image classes (its page lists its images); RunNotFound otherwise."""
+        from mlflow.exceptions import MlflowException
+
+        if not valid_run_id(run_id):
+            raise RunNotFound(f"run {run_id!r} not found: not a run id")
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise _store_error(exc, scrub_secrets(self.tracking_uri)) from None
+        if run.info.lifecycle_stage == "deleted" or not self.is_batch_run(run):
+            raise RunNotFound(f"run {run_id} not found in this UI's MLflow store")
+        return run
 
     @staticmethod
     def is_dataset_run(run: Any) -> bool:
@@ -265,6 +284,22 @@ class RunStore(RunFiles):
             "thumb_url": f"/runs/{rid}/files/thumb.png",
             "overlay_url": f"/runs/{rid}/files/contact_sheet.png",
             "contact_sheet_url": f"/runs/{rid}/files/contact_sheet.png",
+        }
+
+    def batch_row(self, run: Any) -> dict[str, Any]:
+        """Runs-table line of a batch run of per-image classes: how many images, where from, its status."""
+        p, t = run.data.params, run.data.tags
+        return {
+            **self._row_base(run),
+            "is_dataset": False,
+            "is_batch": True,
+            "kind": "batch",
+            "image": None,
+            "source": t.get(TAG_SOURCE),
+            "n_images": _int(p.get("n_images")),
+            "n_clusters": None,
+            "status": run.info.status,
+            "parent_run_id": t.get(TAG_PARENT_RUN),
         }
 
     def mlflow_url(self, run: Any) -> str | None:
