@@ -28,8 +28,11 @@ def _export(out_root: Path, fmt: str, *extra: str) -> Path:
     dst = out_root / f"export-{fmt}"
     rc, stdout, stderr = run_cli(["export", str(out_root / "out"), "--format", fmt, "--out", str(dst), *extra])
     assert rc == 0, stderr
-    assert f"{fmt}: 2 images" in stdout
+    assert f"{fmt}: 2 images" in stdout and "4 categories, one per (image, class)" in stdout
     return dst
+
+
+PER_IMAGE = ["alpha:class_0", "alpha:class_1", "beta:class_0", "beta:class_1"]  # two runs of per-image classes
 
 
 def _class_of(mask_index: int) -> int:
@@ -40,8 +43,9 @@ def test_coco_read_back_by_pycocotools(out_root: Path) -> None:
     from pycocotools.coco import COCO
 
     coco = COCO(str(_export(out_root, "coco") / "annotations.json"))
-    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["class_0", "class_1"]
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == PER_IMAGE  # class 0 of alpha is not beta's
     assert len(coco.getImgIds()) == 2
+    assert {a["category_id"] for a in coco.loadAnns(coco.getAnnIds(imgIds=[2]))} == {3, 4}
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
     assert len(anns) == len(GROUP_A) + len(GROUP_B)  # noise masks are not annotations
     truth = rect_masks()
@@ -70,15 +74,16 @@ def test_labelstudio_tasks_decode_with_the_label_studio_sdk(out_root: Path) -> N
     cfg = ET.fromstring((dst / "labeling_config.xml").read_text())
     brush = cfg.find("BrushLabels")
     assert brush.get("name") == "tag" and brush.get("toName") == cfg.find("Image").get("name") == "image"
-    assert [lab.get("value") for lab in brush.findall("Label")] == ["class_0", "class_1"]
+    assert [lab.get("value") for lab in brush.findall("Label")] == PER_IMAGE
     assert tasks[0]["data"]["image"] == "http://files.example/photos/alpha.png"
     results = tasks[0]["predictions"][0]["result"]
-    assert {r["value"]["brushlabels"][0] for r in results} == {"class_0", "class_1"}
+    assert {r["value"]["brushlabels"][0] for r in results} == {"alpha:class_0", "alpha:class_1"}
+    assert {r["value"]["brushlabels"][0] for r in tasks[1]["predictions"][0]["result"]} == {"beta:class_0", "beta:class_1"}
     truth = rect_masks()
     for r in results:
         assert r["from_name"] == "tag" and r["to_name"] == "image" and r["type"] == "brushlabels"
         decoded = decode_rle(r["value"]["rle"]).reshape(r["original_height"], r["original_width"], 4)[:, :, 3] > 0
-        c = int(r["value"]["brushlabels"][0].split("_")[1])
+        c = int(r["value"]["brushlabels"][0].rsplit("_", 1)[1])
         want = np.any([truth[i] for i in range(12) if i not in OUTLIERS and _class_of(i) == c], axis=0)
         assert (decoded == want).all()
 
@@ -88,7 +93,9 @@ def test_yolo_seg_polygons_and_data_yaml(out_root: Path) -> None:
 
     dst = _export(out_root, "yolo-seg")
     data = yaml.safe_load((dst / "data.yaml").read_text())
-    assert data["nc"] == 2 and data["names"] == ["class_0", "class_1"]
+    assert data["nc"] == 4 and data["names"] == PER_IMAGE
+    assert "--copy-images" in (dst / "data.yaml").read_text().splitlines()[0]  # images/ is empty: the file says so
+    assert {line.split()[0] for line in (dst / "labels" / "beta.txt").read_text().splitlines()} == {"2", "3"}
     lines = (dst / "labels" / "alpha.txt").read_text().splitlines()
     assert len(lines) == len(GROUP_A) + len(GROUP_B)
     for line in lines:
@@ -107,8 +114,29 @@ def test_index_png_palette_matches_labels(out_root: Path) -> None:
     with Image.open(dst / "alpha.png") as img:
         assert img.mode == "P"
         idx = np.asarray(img)
-    assert (idx == read_label_png(out_root / "out" / "alpha" / "labels.png")).all()
-    assert (dst / "classes.txt").read_text().split() == ["background", "class_0", "class_1"]
+    assert (idx == read_label_png(out_root / "out" / "alpha" / "labels.png")).all()  # alpha's are categories 1, 2
+    with Image.open(dst / "beta.png") as img:
+        beta = read_label_png(out_root / "out" / "beta" / "labels.png")
+        assert (np.asarray(img) == np.where(beta > 0, beta + 2, 0)).all()  # beta's classes are categories 3, 4
+    assert (dst / "classes.txt").read_text().split() == ["background", *PER_IMAGE]
+
+
+def test_dataset_classes_export_one_category_per_class(out_root: Path, tmp_path: Path) -> None:
+    """Images that carry one dataset's class ids share categories (class c is one thing)."""
+    import shutil
+
+    from samseg.edges.annotations import categories, read_image_dirs
+
+    for name in ("alpha", "beta"):
+        shutil.copytree(out_root / "out" / name, tmp_path / "ds" / name)
+        summary = json.loads((tmp_path / "ds" / name / "summary.json").read_text())
+        (tmp_path / "ds" / name / "summary.json").write_text(json.dumps({**summary, "classes": "dataset"}))
+    results = read_image_dirs([tmp_path / "ds" / "alpha", tmp_path / "ds" / "beta"])
+    cats = categories(results)
+    assert cats.shared and cats.names == ["class_0", "class_1"] and cats.index(1, 1) == 1
+    assert "the dataset classes, shared by every image" in cats.line()
+    mixed = read_image_dirs([tmp_path / "ds" / "alpha", out_root / "out" / "beta"])  # one per-image run in it
+    assert not categories(mixed).shared
 
 
 def test_export_of_a_non_samseg_dir_is_one_line(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 Formats (one `export_*` each; `write_export` picks by name):
 - coco: one `annotations.json` for every image (COCO instances: one annotation per non-noise
-  mask, RLE segmentation, `category_id` = class + 1, categories `class_<c>`).
+  mask, RLE segmentation). Categories (`categories`): with dataset-level classes one per class
+  (`class_<c>`, id c + 1); with per-image classes one per (image, class) (`<image>:class_<c>`),
+  since class 0 of one photo and class 0 of another are different things.
 - cvat: CVAT's "COCO 1.0" layout, `annotations/instances_default.json`.
 - labelstudio: `tasks.json` (one task per image, its classes as brush pre-annotations in
   Label Studio's own RLE, made by label_studio_sdk.converter.brush) and `labeling_config.xml`
@@ -12,7 +14,7 @@ Formats (one `export_*` each; `write_export` picks by name):
   [0, 1]; the outer contour of each connected component of each non-noise mask (OpenCV,
   CHAIN_APPROX_SIMPLE). Holes are not represented (YOLO polygons have none: a ring becomes
   its outer boundary) and components under 3 points or 4 px² are dropped. `data.yaml` names
-  the classes.
+  the categories; its `images/` folder is filled by `--copy-images` (without it, a comment says so).
 - index-png: `<stem>.png`, 8-bit palette PNG of the class map (0 = no class, c + 1 = class c;
   the palette is samseg's class colours) and `classes.txt`; at most 255 classes.
 
@@ -124,6 +126,58 @@ def n_classes(results: list[ImageResult]) -> int:
     return max((int(r.labels.max(initial=-1)) + 1 for r in results), default=0)
 
 
+DATASET_MODES = ("dataset", "assigned")  # summary.json "classes" of an image dir with dataset-level ids
+
+
+def shares_classes(results: list[ImageResult]) -> bool:
+    """True when class c means one thing in every image: all of them carry the dataset-level ids
+    of one source (one dataset batch, or one classes_from), so one category list is true."""
+    sources = set()
+    for r in results:
+        mode = r.summary.get("classes")
+        if mode not in DATASET_MODES:
+            return False
+        sources.add(str(r.summary.get("classes_from") or r.out_dir.parent) if mode == "assigned" else str(r.out_dir.parent))
+    return len(sources) <= 1
+
+
+@dataclass(frozen=True)
+class Categories:
+    """An export's categories: `names` (index k is category k; COCO id k + 1, YOLO class k), and
+    for each image its class id -> category index. With per-image classes (a plain batch) class 0
+    of one photo and class 0 of another are different things: one category per (image, class),
+    named `<image>:class_<c>`. With dataset-level classes, one category per class."""
+
+    names: list[str]
+    of_image: list[dict[int, int]]
+    shared: bool
+
+    def index(self, image: int, c: int) -> int:
+        return self.of_image[image][c]
+
+    def line(self) -> str:
+        """What the export's line says of its categories."""
+        if self.shared:
+            return f"{len(self.names)} categories: the dataset classes, shared by every image"
+        return (f"{len(self.names)} categories, one per (image, class): each image's classes are its own "
+                "(`--classes dataset` gives classes shared across images)")
+
+
+def categories(results: list[ImageResult], names: list[str] | None = None) -> Categories:
+    """The categories of an export of `results` (named by `names`, default `export_names`)."""
+    if shares_classes(results):
+        k = n_classes(results)
+        return Categories(class_names(k), [{c: c for c in range(k)} for _ in results], True)
+    names = names if names is not None else export_names(results)
+    cats: list[str] = []
+    of_image = []
+    for r, name in zip(results, names):
+        present = sorted(set(int(c) for c in r.labels[r.labels >= 0]) | set(range(int(r.label_map.max(initial=0)))))
+        of_image.append({c: len(cats) + k for k, c in enumerate(present)})
+        cats += [f"{PurePosixPath(name).stem}:class_{c}" for c in present]
+    return Categories(cats, of_image, False)
+
+
 def class_names(k: int) -> list[str]:
     return [f"class_{c}" for c in range(k)]
 
@@ -132,19 +186,22 @@ def class_names(k: int) -> list[str]:
 def coco_dataset(results: list[ImageResult]) -> dict[str, Any]:
     """COCO instances dict: images 1..M (named by `export_names`), one annotation per non-noise mask."""
     images, annotations = [], []
-    for img_id, (r, name) in enumerate(zip(results, export_names(results)), 1):
+    names = export_names(results)
+    cats = categories(results, names)
+    for img_id, (r, name) in enumerate(zip(results, names), 1):
         h, w = r.hw
         images.append({"id": img_id, "file_name": name, "height": h, "width": w})
         for i in np.flatnonzero(r.labels >= 0):
             rle = r.masks.coco_rle(int(i))
             counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
             x, y, bw, bh = (float(v) for v in r.masks.bbox_xywh[i])
-            annotations.append({"id": len(annotations) + 1, "image_id": img_id, "category_id": int(r.labels[i]) + 1,
+            annotations.append({"id": len(annotations) + 1, "image_id": img_id,
+                                "category_id": cats.index(img_id - 1, int(r.labels[i])) + 1,
                                 "segmentation": {"size": [h, w], "counts": counts}, "area": float(r.masks.areas[i]),
                                 "bbox": [x, y, bw, bh], "iscrowd": 0})
-    cats = [{"id": c + 1, "name": name, "supercategory": "samseg"} for c, name in enumerate(class_names(n_classes(results)))]
+    listed = [{"id": k + 1, "name": name, "supercategory": "samseg"} for k, name in enumerate(cats.names)]
     return {"info": {"description": "samseg classes"}, "licenses": [], "images": images, "annotations": annotations,
-            "categories": cats}
+            "categories": listed}
 
 
 def export_coco(results: list[ImageResult], **_: Any) -> Files:
@@ -184,12 +241,13 @@ def labeling_config(names: list[str]) -> str:
             f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}\n  </BrushLabels>\n</View>\n')
 
 
-def brush_results(r: ImageResult) -> list[dict[str, Any]]:
-    """One Label Studio brush result per class present in the image (its pixels in labels.png)."""
-    return brush_results_of(r.stem, r.label_map)
+def brush_results(r: ImageResult, labels: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """One Label Studio brush result per class present in the image (its pixels in labels.png),
+    labelled `labels[c]` (default class_<c>)."""
+    return brush_results_of(r.stem, r.label_map, labels)
 
 
-def brush_results_of(stem: str, label_map: np.ndarray) -> list[dict[str, Any]]:
+def brush_results_of(stem: str, label_map: np.ndarray, labels: dict[int, str] | None = None) -> list[dict[str, Any]]:
     """brush_results from the H×W class-id map alone (what an encoder process is sent)."""
     from label_studio_sdk.converter.brush import mask2rle
 
@@ -201,28 +259,33 @@ def brush_results_of(stem: str, label_map: np.ndarray) -> list[dict[str, Any]]:
             continue
         results.append({"id": f"{stem}-class_{c}", "from_name": FROM_NAME, "to_name": TO_NAME, "type": "brushlabels",
                         "original_width": w, "original_height": h, "image_rotation": 0,
-                        "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": [f"class_{c}"]}})
+                        "value": {"format": "rle", "rle": mask2rle(mask),
+                                  "brushlabels": [labels[c] if labels is not None else f"class_{c}"]}})
     return results
 
 
-def labelstudio_task(r: ImageResult, image_root: str | None, name: str | None = None) -> dict[str, Any]:
+def labelstudio_task(r: ImageResult, image_root: str | None, name: str | None = None,
+                     labels: dict[int, str] | None = None) -> dict[str, Any]:
     where = f"{image_root.rstrip('/')}/{name or r.file_name}" if image_root else r.uri
-    return {"data": {TO_NAME: where}, "predictions": [{"model_version": "samseg", "result": brush_results(r)}]}
+    return {"data": {TO_NAME: where}, "predictions": [{"model_version": "samseg", "result": brush_results(r, labels)}]}
 
 
 def export_labelstudio(results: list[ImageResult], image_root: str | None = None, copy_images: bool = False,
                        **_: Any) -> Files:
     names = export_names(results)
-    files = {"tasks.json": _json([labelstudio_task(r, image_root, n) for r, n in zip(results, names)]),
-             "labeling_config.xml": labeling_config(class_names(n_classes(results))).encode("utf-8")}
+    cats = categories(results, names)
+    labels = [{c: cats.names[k] for c, k in of.items()} for of in cats.of_image]
+    files = {"tasks.json": _json([labelstudio_task(r, image_root, n, lab) for r, n, lab in zip(results, names, labels)]),
+             "labeling_config.xml": labeling_config(cats.names).encode("utf-8")}
     if copy_images:
         files.update(copied_images(results, names))
     return files
 
 
 # ---------------------------------------------------------------- YOLO / index PNG
-def yolo_lines(r: ImageResult) -> list[str]:
-    """`class x1 y1 ...` lines: outer contours of each non-noise mask's components."""
+def yolo_lines(r: ImageResult, category: dict[int, int] | None = None) -> list[str]:
+    """`class x1 y1 ...` lines: outer contours of each non-noise mask's components; the class is
+    `category[c]` (default the class id itself)."""
     import cv2
 
     h, w = r.hw
@@ -234,7 +297,9 @@ def yolo_lines(r: ImageResult) -> list[str]:
             if len(cnt) < 3 or cv2.contourArea(cnt) < _MIN_POLY_AREA:
                 continue
             xy = cnt.reshape(-1, 2).astype(np.float64) / [w, h]
-            lines.append(f"{int(r.labels[i])} " + " ".join(f"{v:.6f}" for v in np.clip(xy, 0, 1).ravel()))
+            c = int(r.labels[i])
+            lines.append(f"{category[c] if category is not None else c} "
+                         + " ".join(f"{v:.6f}" for v in np.clip(xy, 0, 1).ravel()))
     return lines
 
 
@@ -245,14 +310,19 @@ def export_yolo(results: list[ImageResult], out: Path, copy_images: bool = False
 
     files = {}
     images = export_names(results)
-    for r, name in zip(results, images):
-        lines = yolo_lines(r)
+    cats = categories(results, images)
+    for r, name, of in zip(results, images, cats.of_image):
+        lines = yolo_lines(r, of)
         files[f"labels/{PurePosixPath(name).stem}.txt"] = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
     if copy_images:
         files.update(copied_images(results, images))
-    names = class_names(n_classes(results))
-    files["data.yaml"] = yaml.safe_dump({"path": str(out.resolve()), "train": "images", "val": "images",
-                                         "nc": len(names), "names": names}, sort_keys=False).encode("utf-8")
+    names = cats.names
+    doc = yaml.safe_dump({"path": str(out.resolve()), "train": "images", "val": "images", "nc": len(names),
+                          "names": names}, sort_keys=False)
+    if not copy_images:  # the file must not claim a folder that is not there without saying so
+        doc = ("# images/ is empty: export with --copy-images to fill it, or put the images there yourself\n"
+               "# (their names are the labels/ files' stems)\n" + doc)
+    files["data.yaml"] = doc.encode("utf-8")
     return files
 
 
@@ -263,18 +333,23 @@ def export_index_png(results: list[ImageResult], **_: Any) -> Files:
 
     from samseg.core.render import class_color
 
-    k = n_classes(results)
+    cats = categories(results)
+    k = len(cats.names)
     if k > 255:
-        raise ExportError(f"{k} classes do not fit an 8-bit index PNG (at most 255); use the 16-bit labels.png")
+        raise ExportError(f"{k} categories do not fit an 8-bit index PNG (at most 255); use the 16-bit labels.png")
     palette = [0, 0, 0] + [v for c in range(k) for v in class_color(c)]
     files = {}
-    for r in results:
-        img = Image.fromarray(r.label_map.astype(np.uint8), mode="P")
+    for r, of in zip(results, cats.of_image):
+        lut = np.zeros(int(r.label_map.max(initial=0)) + 1, np.uint8)  # class c + 1 -> category + 1
+        for c, index in of.items():
+            if c + 1 < len(lut):
+                lut[c + 1] = index + 1
+        img = Image.fromarray(lut[r.label_map], mode="P")
         img.putpalette(palette + [0] * (768 - len(palette)))
         png = io.BytesIO()
         img.save(png, format="PNG", optimize=False, compress_level=1)
         files[f"{r.stem}.png"] = png.getvalue()
-    files["classes.txt"] = ("\n".join(["background", *class_names(k)]) + "\n").encode("utf-8")
+    files["classes.txt"] = ("\n".join(["background", *cats.names]) + "\n").encode("utf-8")
     return files
 
 

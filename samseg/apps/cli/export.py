@@ -82,7 +82,15 @@ def run_export(args: argparse.Namespace) -> int:
     except (ExportError, TrackingError, BatchIncomplete, StorageError, LabelStudioError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    print(f"{args.format}: {len(results)} images -> {args.out} ({len(files)} files)")
+    from samseg.edges.annotations import categories
+
+    print(f"{args.format}: {len(results)} images -> {args.out} ({len(files)} files); {categories(results).line()}")
+    if args.format == "labelstudio" and args.image_root is None and not args.copy_images:
+        print("note: tasks.json names each image by its path or s3:// URI, which Label Studio shows only when it can "
+              "read it: pass --image-root URL_OR_DIR (where the images are served), or push with --to URL "
+              "(the push uploads them)", file=sys.stderr)
+    if args.format == "yolo-seg" and not args.copy_images:
+        print("note: images/ is empty; --copy-images fills it so data.yaml's folders are whole", file=sys.stderr)
     return 0
 
 
