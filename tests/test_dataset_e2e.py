@@ -94,6 +94,9 @@ def test_every_label_id_is_a_class(segmented, batch_run):
         summary = json.loads((d / "summary.json").read_text())
         assert summary["classes"] == "dataset" and summary["dataset_n_classes"] == table.n_classes
         assert summary["n_noise"] == int((stored < 0).sum())
+        present = sorted({int(c) for c in stored[stored >= 0]})  # the classes this image has, not the max id + 1
+        assert summary["n_clusters"] == len(present) and summary["classes_present"] == present
+        assert sorted(p.name for p in (d / "classes").iterdir()) == sorted(f"class_{c}.png" for c in present)
 
 
 def test_members_are_covered_by_their_classes(segmented, batch_run):

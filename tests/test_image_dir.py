@@ -230,3 +230,13 @@ def test_overlay_blend_table_gives_the_per_pixel_float32_bytes() -> None:
             sel = lab > 0
             out[sel] = (1.0 - alpha) * out[sel] + alpha * lut[lab[sel]].astype(np.float32)
             np.testing.assert_array_equal(_blend(rgb, lab, lut, alpha), np.rint(out).astype(np.uint8))
+
+
+def test_only_the_classes_an_image_has_get_a_cut_out(tmp_path: Path, case) -> None:
+    """Dataset-level ids: an image with only class 2 gets class_2.png, not empty class_0/1 cut-outs."""
+    image, masks, emb, _, _ = case
+    clusters = ClusterResult(labels=np.array([2, 2, -1], dtype=np.int64))
+    label_map = np.zeros((H, W), np.uint16)
+    label_map[masks.decode([0, 1]).any(axis=0)] = 3
+    d = write_image_dir(tmp_path / "pic", image, masks, emb, clusters, label_map, {"n_masks": 3})
+    assert sorted(p.name for p in (d / "classes").iterdir()) == ["class_2.png"]

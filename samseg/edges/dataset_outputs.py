@@ -152,8 +152,9 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
     except Exception as exc:  # the photo moved or changed since the batch ran
         raise DatasetOutputsError(f"{uri}: cannot re-read the image of {d} ({' '.join(str(exc).split())})") from None
     features = np.load(d / FEATURES_NPY) if (d / FEATURES_NPY).is_file() else None
-    summary = {**summary, "n_clusters": res.n_clusters, "n_noise": res.n_noise, "cluster_sizes": res.sizes(),
-               "classes": mode, "dataset_n_classes": table.n_classes}
+    present = sorted({int(c) for c in res.labels[res.labels >= 0]})  # the dataset's classes this image has
+    summary = {**summary, "n_clusters": len(present), "n_noise": res.n_noise, "cluster_sizes": res.sizes(),
+               "classes_present": present, "classes": mode, "dataset_n_classes": table.n_classes}
     if mode == "assigned":
         summary["classes_from"] = table.sample.get("assigned_from")
     write_image_dir(d, image, masks, emb, res, compose_labels(masks, res), summary, features)

@@ -152,8 +152,8 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
     (d / CLASSES_DIR).mkdir()
     pngs = [lambda: write_label_png(d / LABELS_PNG, label_map),
             lambda: _write_png(d / OVERLAY_PNG, render_overlay(image.rgb, label_map, clusters.sizes(), n_noise=clusters.n_noise))]
-    pngs += [lambda c=c: _write_png(d / cutout_name(c), render_cutout(image.rgb, label_map, c))
-             for c in range(clusters.n_clusters)]
+    present = sorted({int(c) for c in clusters.labels[clusters.labels >= 0]})  # dataset ids: not every class is here
+    pngs += [lambda c=c: _write_png(d / cutout_name(c), render_cutout(image.rgb, label_map, c)) for c in present]
     # zlib and numpy release the GIL: the PNGs (most of an export's time) encode side by side
     # ... as many at once as EXPORT_MEMORY_BYTES allows (one at a time at 100 MP)
     by_memory = max(1, EXPORT_MEMORY_BYTES // max(1, PNG_JOB_BYTES_PER_PIXEL * label_map.size))

@@ -202,7 +202,7 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
     sizes = [int((labels == c).sum()) for c in range(int(labels.max(initial=-1)) + 1)]
     classes = [
         {"id": c, "n_masks": n, "color": "#%02x%02x%02x" % class_color(c), "cutout_url": f"/runs/{run_id}/files/classes/class_{c}.png"}
-        for c, n in enumerate(sizes)
+        for c, n in enumerate(sizes) if n  # a dataset class this image does not have: no row, no cut-out
     ]
     noise = [int(i) for i in (labels < 0).nonzero()[0]]
     table = [
