@@ -31,7 +31,25 @@ def serve_deployments(cron: Optional[str] = None, source: Optional[str] = None, 
 
 def serve_all(cron: Optional[str] = None, source: Optional[str] = None, out: Optional[str] = None,
               limit: Optional[int] = None, classes_from: Optional[str] = None) -> None:
-    """Block serving the three deployments (Ctrl-C stops)."""
-    from prefect import serve
+    """Block serving the three deployments until Ctrl-C or SIGTERM (`prefect.serve`'s loop, with
+    a runner that records the SIGTERM it stops on: the command then exits 143, as documented)."""
+    import asyncio
+    import signal
 
-    serve(*serve_deployments(cron, source, out, classes_from), limit=limit)
+    from prefect.runner import Runner
+
+    from samseg.edges import shutdown
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+            shutdown.received(signal.SIGTERM)
+            super().handle_sigterm(*args, **kwargs)
+
+    runner = _Runner(pause_on_shutdown=True, limit=limit)
+    for deployment in serve_deployments(cron, source, out, classes_from):
+        runner.add_deployment(deployment)
+    try:
+        asyncio.run(runner.start())
+    except SystemExit:  # the runner's SIGTERM before it started: a stop like any other
+        if not shutdown.requested():
+            raise

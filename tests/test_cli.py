@@ -347,3 +347,19 @@ def test_every_image_line_of_a_batch_names_its_mlflow_run(tmp_path: Path, monkey
     for rid in ids:  # each id leads to that image's run, nested under the batch
         run = MlflowClient(uri).get_run(rid)
         assert run.data.tags["samseg.kind"] == "image" and run.data.tags["mlflow.parentRunId"] == batch
+
+
+def test_segment_help_shows_what_each_preset_runs_and_examples() -> None:
+    import contextlib
+    import io
+
+    from samseg.apps.cli import build_parser
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        build_parser().parse_args(["segment", "--help"])
+    text = " ".join(buf.getvalue().split())
+    assert "cluster.eps (default: auto; notebook: 0.06; smoke: 0.06)" in text  # the default preset runs eps auto
+    assert "amg.points_per_side (default: 32; notebook: 51; smoke: 8)" in text
+    assert "examples: samseg segment photos/ --out out/run1" in text and "samseg runs list" in text
+    assert "$SAMSEG_HOME/cache" in text

@@ -196,7 +196,8 @@ def test_compare_runs_shows_only_differing_params(mlflow_env: str, tmp_path: Pat
     by_exp = tracking.compare_runs(None, exp)
     assert sorted(by_exp["run_id"]) == sorted(ids)
     text = tracking.format_compare(df)
-    assert ids[0] in text and "cluster.eps" in text
+    assert ids[0][:8] in text and "cluster.eps" in text and {"status", "started"} <= set(df.columns)
+    assert max(len(line) for line in text.splitlines()) <= 120
     single = tracking.compare_runs(ids[:1], None)
     assert "amg.points_per_side" in single.columns  # one run: nothing to diff, show all
     with pytest.raises(TrackingError, match="no experiment"):
@@ -289,3 +290,22 @@ def test_after_a_call_without_an_answer_the_next_calls_fail_at_once(monkeypatch:
         with pytest.raises(MlflowException):
             c.get_experiment_by_name("x")
         assert len(accepted) == 2
+
+
+def _wide(n_runs: int) -> "Any":
+    import pandas as pd
+
+    cols = {"run_id": [f"{i:08x}" + "a" * 24 for i in range(n_runs)], "run_name": [f"photo_{i}.jpg" for i in range(n_runs)],
+            "status": ["FINISHED"] * n_runs, "started": ["2026-12-06 17:00"] * n_runs,
+            "n_clusters": list(range(n_runs)), "cluster.eps": [0.05 + i / 100 for i in range(n_runs)]}
+    cols.update({f"seconds.stage_{k}": [1.0 + k] * n_runs for k in range(30)})
+    return pd.DataFrame(cols)
+
+
+@pytest.mark.parametrize("n_runs", [2, 5, 12])
+def test_runs_compare_fits_120_columns_and_keeps_what_matters(n_runs: int) -> None:
+    text = tracking.format_compare(_wide(n_runs))
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert "n_clusters" in text and "cluster.eps" in text and "FINISHED" in text and f"{n_runs - 1:08x}" in text
+    if n_runs > 6:  # one line a run: the columns left out are counted, and --csv has them
+        assert "more columns: `--csv FILE`" in text

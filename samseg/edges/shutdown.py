@@ -108,6 +108,12 @@ def relayed() -> Iterator[None]:
         signal.signal(signal.SIGTERM, inner)
 
 
+def received(signum: int) -> None:
+    """Record a stop signal that another handler took (Prefect's runner handles SIGTERM itself):
+    the command then ends as that signal's stop (143 for SIGTERM)."""
+    _note(signum)
+
+
 def requested() -> bool:
     """True once SIGTERM or SIGINT was received."""
     return bool(_received)

@@ -173,3 +173,24 @@ def test_sigterm_to_the_process_group_with_a_temporary_prefect_server_exits_143(
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, stderr
     assert "unexpected" not in stderr and "Traceback" not in stderr and "interrupted" in stderr
+
+
+def test_sigterm_to_serve_exits_143(prefect_api, tmp_path: Path) -> None:
+    """`samseg serve` stops on SIGTERM (docker stop, systemd) with the documented 143, not 0.
+    The signal goes once serve says it is serving: from then on either samseg's handler (while the
+    deployments register) or Prefect's runner's (once it runs) takes it, and both end in 143."""
+    proc = _samseg(["serve"], {**prefect_api.env, "SAMSEG_HOME": str(tmp_path / "home")})
+    seen = []
+    try:
+        for line in proc.stderr:  # blocks until serve speaks; pytest's timeout bounds a hang
+            seen.append(line)
+            if line.startswith("serving the segment"):
+                break
+        assert proc.poll() is None, "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        _stdout, stderr = proc.communicate(timeout=60)  # a hang detector, not a speed target
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, "".join(seen) + stderr[-2000:]
+    assert "Traceback" not in stderr

@@ -198,6 +198,16 @@ def _error_line(message: str) -> None:
 # -------------------------------------------------------------------------- segment
 
 
+SEGMENT_EXAMPLES = """examples:
+  samseg segment photos/ --out out/run1                        # the default preset: vit_h masks, DINOv2-B, eps auto
+  samseg segment photo.jpg --out out/nb --preset notebook      # the original notebook's settings
+  samseg segment photos/ --out out/ds --classes dataset        # one set of classes for every image
+  samseg segment big.tif --out out/geo --tile auto             # a large image, tile by tile
+  samseg segment photos/ --out out/t --model tiny-random       # offline plumbing check (meaningless classes)
+  samseg segment s3://bucket/in/ --out s3://bucket/out/        # S3 in and out
+then: samseg runs list · samseg recluster RUN_ID --eps 0.1 --out out/re · samseg ui"""
+
+
 def _add_segment_parser(sub: Any) -> None:
     from samseg.core.config import PRESETS
     from samseg.sam.model import MODEL_TYPES
@@ -207,6 +217,8 @@ def _add_segment_parser(sub: Any) -> None:
         help="segment images into classes",
         description="Segment every image (the engine in this process, or the Prefect flows: --orchestrator); results go to OUT/<image stem>/ (a repeated "
         "stem gets -2, -3, ...). Flags left out take the preset's value.",
+        epilog=SEGMENT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, directories (not recursive) or globs")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output root; one sub-directory per image")

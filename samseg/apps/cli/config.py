@@ -41,6 +41,26 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             add_section_flags(p.add_argument_group(cls.TITLE or section), cls, getattr(DEFAULT, section))
 
 
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def preset_values(section: str, name: str, defaults: Any) -> str:
+    """A knob's value in the 'default' preset (`defaults`), as it runs (eps auto shows as auto),
+    then where another preset differs: "0.06; notebook: 0.06; smoke: 8" → what the help shows."""
+    from samseg.core.config import PRESETS
+
+    def value(sec: Any) -> str:
+        if (section, name) == ("cluster", "eps") and sec.eps_auto:
+            return "auto"
+        return _shown(getattr(sec, name))
+
+    first = value(defaults)
+    others = [f"{preset}: {value(getattr(cfg, section))}" for preset, cfg in PRESETS.items()
+              if preset != "default" and value(getattr(cfg, section)) != first]
+    return "; ".join([first, *others])
+
+
 def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
     """`--field-name` (dest "section.field", default None = the preset's value) for each knob of
     config section `cls`; help and choices are the knob's, the shown default the 'default' preset's."""
@@ -52,8 +72,7 @@ def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
             continue  # switches get their own flag (eps_auto: --eps auto)
         k, dest = knob_of(f), f"{cls.SECTION}.{f.name}"
         choices = None if k.invalid else k.choices  # a knob with its own message for a bad value says it itself
-        default = getattr(defaults, f.name)
-        shown = f"{default:.4g}" if isinstance(default, float) else str(default)
+        shown = preset_values(cls.SECTION, f.name, defaults)
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=dest,
@@ -61,7 +80,7 @@ def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
             choices=choices,
             default=None,
             metavar=None if choices else types[f.name].__name__.upper(),
-            help=f"{k.help + '; ' if k.help else ''}{dest} ('default' preset: {shown})",
+            help=f"{k.help + '; ' if k.help else ''}{dest} (default: {shown})",
         )
 
 

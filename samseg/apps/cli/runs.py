@@ -259,6 +259,14 @@ def run_serve(args: argparse.Namespace) -> int:
     except Exception as exc:  # TrackingError: no such run, an ambiguous prefix
         print_error(exc)
         return 1
+    import os
+    import sys
+
+    if args.cron and not os.environ.get("PREFECT_API_URL"):
+        print("warning: no PREFECT_API_URL: the --cron schedule lives on a temporary Prefect server that ends with "
+              "this command; for a schedule that lasts, start one (`prefect server start`) and set PREFECT_API_URL",
+              file=sys.stderr)
+    print("serving the segment, nightly-batch and recluster deployments; Ctrl-C or SIGTERM stops", file=sys.stderr)
     serve_all(args.cron, args.source, args.out, limit=args.limit, classes_from=classes_from)
     return 0
 

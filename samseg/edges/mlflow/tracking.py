@@ -403,7 +403,9 @@ def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None
     param_cols = sorted(params.columns)
     if len(runs) > 1:
         param_cols = [c for c in param_cols if params[c].astype(str).nunique(dropna=False) > 1]
-    out = pd.DataFrame({"run_id": [r.info.run_id for r in runs], "run_name": [r.info.run_name for r in runs]})
+    started = pd.to_datetime([r.info.start_time or 0 for r in runs], unit="ms").strftime("%Y-%m-%d %H:%M")
+    out = pd.DataFrame({"run_id": [r.info.run_id for r in runs], "run_name": [r.info.run_name for r in runs],
+                        "status": [r.info.status for r in runs], "started": list(started)})
     for col in param_cols:
         out[col if col not in out.columns else f"params.{col}"] = params[col].to_numpy()
     for col in sorted(metrics.columns):
@@ -411,11 +413,37 @@ def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None
     return out.reset_index(drop=True)
 
 
-def format_compare(df: "pd.DataFrame") -> str:
-    """Plain-text table for the terminal (floats to 4 significant digits)."""
+COMPARE_WIDTH = 120  # what `samseg runs compare` prints fits this many columns
+# The columns a wide comparison of many runs keeps, in this order, as far as they fit.
+_COMPARE_FIRST = ("run_id", "status", "started", "run_name", "n_clusters", "n_noise", "n_masks", "cluster.eps",
+                  "cluster.min_samples", "features.name", "model_type")
+
+
+def format_compare(df: "pd.DataFrame", width: int = COMPARE_WIDTH) -> str:
+    """Plain-text table for the terminal (floats to 4 significant digits), at most `width` wide:
+    the whole table when it fits; else one column per run (up to 6 runs, ids shortened to 8
+    characters); else the first columns that fit, saying how many were left out (--csv has all)."""
     if df.empty:
         return "no runs"
-    return df.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
+    fmt = {"index": False, "na_rep": "-", "float_format": lambda v: f"{v:.4g}"}
+    whole = df.to_string(**fmt)
+    if max(len(line) for line in whole.splitlines()) <= width:
+        return whole
+    if len(df) <= 6:
+        t = df.set_index(df["run_id"].str[:8]).drop(columns="run_id").T
+        t.columns.name, t.index.name = "run", None
+        text = t.to_string(na_rep="-", float_format=lambda v: f"{v:.4g}", max_colwidth=max(12, (width - 30) // len(df) - 2))
+        return "\n".join(line[:width] for line in text.splitlines())
+    short = df.assign(run_id=df["run_id"].str[:8], run_name=df["run_name"].astype(str).str[-24:])
+    keep: list[str] = []
+    for col in [c for c in _COMPARE_FIRST if c in short.columns] + [c for c in short.columns if c not in _COMPARE_FIRST]:
+        trial = short[[*keep, col]].to_string(**fmt)
+        if max(len(line) for line in trial.splitlines()) > width:
+            break
+        keep.append(col)
+    left = len(df.columns) - len(keep)
+    note = f"\n({left} more columns: `--csv FILE` writes every column)" if left else ""
+    return short[keep].to_string(**fmt) + note
 
 
 def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
