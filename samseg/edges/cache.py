@@ -201,6 +201,9 @@ class StageCache:
         except (_BadEntry, storage.StorageError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("cache: bad entry %s (%s); recomputing", entry, exc)
             return None
+        if not storage.is_s3_uri(entry):  # a hit is a use: the size bound removes entries used longest ago first
+            with contextlib.suppress(OSError):
+                os.utime(storage.join_uri(entry, MANIFEST))
         return files, manifest
 
     @staticmethod

@@ -130,10 +130,21 @@ def stage_cache_root(args: argparse.Namespace, shared: bool = False) -> Iterator
 
     from samseg.edges.cache import default_cache_root, unusable_reason
 
+    from samseg.edges.cache_bound import max_bytes, prune
+
     root = getattr(args, "cache", None) or default_cache_root()
+    try:
+        limit = max_bytes(getattr(args, "cache_max", None))  # a bad bound is a usage error before any compute
+    except ValueError as exc:
+        raise UsageError(f"--cache-max: {exc}") from None
     reason = None if getattr(args, "no_cache", False) else unusable_reason(root)
     if not getattr(args, "no_cache", False) and reason is None:
         yield root
+        if not is_s3(root):  # the command's entries are in: the least recently used go past the bound
+            try:
+                prune(root, limit)
+            except OSError as exc:  # a cache that cannot be pruned never fails the command's results
+                print(f"warning: stage cache {root}: not pruned ({exc})", file=sys.stderr)
         return
     if shared:
         raise UsageError(f"--fan-out deployment needs a stage cache that every worker can use ({reason or '--no-cache'})")
