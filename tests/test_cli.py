@@ -100,6 +100,7 @@ def test_uniform_image_without_masks_gives_empty_result(quick: Path, monkeypatch
     Image.new("RGB", (48, 32), (128, 128, 128)).save(quick / "flat.png")
     rc, stdout, stderr = run_cli(["segment", str(quick / "flat.png"), "--preset", "smoke", "--out", str(quick / "out")])
     assert rc == 0, stderr
+    assert "0 masks" in stdout and "no mask passed SAM's filters" in stdout and "--pred-iou-thresh" in stdout
     d = quick / "out" / "flat"
     assert np.array_equal(read_label_png(d / "labels.png"), np.zeros((32, 48), np.uint16))
     assert json.loads((d / "masks.json").read_text())["annotations"] == []

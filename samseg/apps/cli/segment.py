@@ -358,4 +358,8 @@ def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:
         hits = f" (cache hits: {sum(v == 'hit' for v in needed)}/{len(needed)})"
     from samseg.engine.segment import shown_name
 
-    return f"{shown_name(file_name)}:{counts} -> {shown_name(where)}{hits}"
+    why = ""
+    if r.get("n_masks") == 0:  # a run that found nothing says so, and what to turn
+        why = (" — no mask passed SAM's filters (--pred-iou-thresh, --stability-score-thresh, --box-nms-thresh, "
+               "--min-mask-region-area): lower the first two, or raise --points-per-side")
+    return f"{shown_name(file_name)}:{counts} -> {shown_name(where)}{hits}{why}"
