@@ -110,3 +110,19 @@ def test_segment_eps_auto_then_sweep_the_run(tmp_path: Path, monkeypatch: pytest
     assert run_cli(["sweep", run_id, "--eps-range", "x"])[0] == 2
     rc, _, stderr = run_cli(["sweep", "0" * 32])
     assert rc == 1 and stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_degenerate_knee_is_no_suggestion_and_says_why() -> None:
+    """Embeddings that are copies of each other bend the curve at float rounding (1e-16): the
+    UI once suggested eps = 1.11e-16. Below MIN_SUGGESTED_EPS there is no suggestion, with the reason."""
+    import numpy as np
+
+    from samseg.core.config import ClusterConfig
+    from samseg.core.sweep import MIN_SUGGESTED_EPS, suggest_eps
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(1, 16))
+    copies = np.repeat(base, 30, axis=0) + rng.normal(scale=1e-8, size=(30, 16))  # float32 rounding apart
+    emb = np.concatenate([copies, rng.normal(size=(3, 16))]).astype(np.float32)
+    s = suggest_eps(emb, ClusterConfig(min_samples=3))
+    assert s.eps is None and "nearly) the same" in s.reason, s

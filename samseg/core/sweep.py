@@ -19,6 +19,9 @@ import numpy as np
 from samseg.core.config import ClusterConfig
 
 DEFAULT_GRID = (0.005, 0.3, 0.005)  # start, stop (inclusive), step of `samseg sweep`
+# A knee below this is no eps to suggest: the curve is flat at (near) zero, i.e. the embeddings
+# are copies of each other (1e-16 is float rounding), and DBSCAN there would make every mask noise.
+MIN_SUGGESTED_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ def suggest_eps(embeddings_nc: np.ndarray, cfg: ClusterConfig, curve: np.ndarray
     knee = knee_of(curve)
     if knee is None or knee <= 0:
         return EpsSuggestion(None, k, "the k-distance curve has no knee")
+    if knee < MIN_SUGGESTED_EPS:
+        return EpsSuggestion(None, k, f"the k-distance curve bends at {knee:.2g}, below {MIN_SUGGESTED_EPS:g}: the masks' "
+                                      "embeddings are (nearly) the same, so no eps separates them")
     return EpsSuggestion(float(knee), k)
 
 
