@@ -118,7 +118,7 @@ def test_a_degenerate_knee_is_no_suggestion_and_says_why() -> None:
     import numpy as np
 
     from samseg.core.config import ClusterConfig
-    from samseg.core.sweep import MIN_SUGGESTED_EPS, suggest_eps
+    from samseg.core.sweep import suggest_eps
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(1, 16))

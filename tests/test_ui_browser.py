@@ -215,15 +215,36 @@ def test_live_preview_and_eps_sweep(page, ui_server):
     page.fill('input[name="eps"]', "2.0")
     page.fill('input[name="min_samples"]', min_samples)  # each keystroke redraws the preview, no run is made
     page.wait_for_function(f"document.querySelector('#preview-clusters').textContent === '{expected}'")
-    page.wait_for_function("!document.querySelector('#preview').hidden && document.querySelector('#preview').naturalWidth > 0")
-    assert page.get_attribute("#preview", "src").startswith("blob:")
+    # the preview replaces the overlay in place, at the overlay's size (no second, clipped picture)
+    page.wait_for_function("document.querySelector('#overlay').src.startsWith('blob:') && "
+                           "document.querySelector('#overlay').naturalWidth > 0")
+    assert page.is_visible("#preview-note") and not page.is_visible("#overlay-caption")
+    fig = page.eval_on_selector("#overlay-figure", "f => f.getBoundingClientRect().width")
+    img = page.eval_on_selector("#overlay", "i => i.getBoundingClientRect().width")
+    assert img <= fig
+    # the slider follows the box on a log scale, and moving it sets the box (and redraws)
+    assert abs(float(page.input_value("#eps-slider")) - 0.301) < 0.01  # log10(2)
+    page.eval_on_selector("#eps-slider", "s => { s.value = '-1'; s.dispatchEvent(new Event('input')); }")
+    assert page.input_value('input[name="eps"]') == "0.1"
     page.fill('input[name="eps"]', "0")  # a bad value: the field says why, the last preview stays
     page.wait_for_selector('.field-error[data-for="eps"]:not(:empty)')
+    page.fill('input[name="eps"]', "0.1")
     page.click("#sweep-btn")
     page.wait_for_selector("#sweep-chart:not([hidden])")  # the chart (a flat line has no visible box of its own)
     assert page.locator("#sweep-chart path").count() == 2  # classes and noise over eps
+    assert page.locator("#sweep-chart text").count() >= 8  # axis ticks and labels
+    assert page.get_attribute("#sweep-current", "visibility") == "visible"  # the form's eps, marked
     assert "eps" in page.inner_text("#sweep-note")
+    box = page.locator("#sweep-chart").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)  # a click sets eps there
+    page.wait_for_function("document.querySelector('input[name=eps]').value !== '0.1'")
+    clicked = float(page.input_value('input[name="eps"]'))
+    assert 0.1 < clicked < 0.2, clicked  # the middle of the 0.005..0.3 sweep
     page.locator("#rerun-panel").screenshot(path=str(ARTIFACTS / "03c-preview-sweep.png"))
+    page.wait_for_function("document.querySelector('#overlay').src.startsWith('blob:')")
+    page.screenshot(path=str(ARTIFACTS / "03d-run-page-tuning.png"))  # the overlay while it previews
+    page.click("#preview-reset")  # back to the saved run's overlay
+    assert not page.get_attribute("#overlay", "src").startswith("blob:")
     assert len(client.search_runs([client.get_run(run["run_id"]).info.experiment_id])) == before  # nothing logged
 
 

@@ -220,9 +220,18 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
         "noise_url": f"/runs/{run_id}/highlight.png?masks=" + ",".join(map(str, noise)) if noise else None,
         "masks": table,
         "form": actions.form_defaults(actions.run_config(store, run_id)),
-        "backbones": BACKBONE_NAMES,  # the rerun form's features choices: another one re-pools
+        "backbones": backbone_choices(),  # the rerun form's features choices: another one re-pools
         "input_url": f"/runs/{run_id}/files/input.jpg",
     }
+
+
+def backbone_choices() -> list[dict[str, Any]]:
+    """The features menu: every backbone, and whether its weights are here (SAM's own encoder and
+    seeded test weights always are); one that is not would download on first use."""
+    from samseg.core.backbones import BACKBONES
+    from samseg.sam.weights import weight
+
+    return [{"name": n, "ready": not BACKBONES[n].downloadable or weight(n).present} for n in BACKBONE_NAMES]
 
 
 def _rerun(store: RunStore, run_id: str, new: Any, cfg: Any, progress: Any) -> dict[str, Any]:

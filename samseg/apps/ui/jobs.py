@@ -94,8 +94,11 @@ class JobRunner:
         try:
             job.result = fn(progress)
             job.state, job.stage = "done", "done"
-        except Exception as exc:  # reported to the page as one line, logged in full here
-            log.exception("job %s (%s) failed", job.id, job.kind)
+        except Exception as exc:  # reported to the page as one line
+            if type(exc).__module__.startswith("samseg."):  # an expected condition (no cache entry, a bad
+                log.warning("job %s (%s) failed: %s", job.id, job.kind, " ".join(str(exc).split()))  # file): one line
+            else:
+                log.exception("job %s (%s) failed", job.id, job.kind)  # a bug: its traceback, for the report
             job.error = str(exc) or type(exc).__name__
             job.state = "failed"
         finally:

@@ -30,6 +30,13 @@ async function api(method, url, body) {
   return data;
 }
 
+// An action's error, in its own slot next to the action's button (never only at the top of the page).
+function showError(slot, message) {
+  if (!slot) { flash(message); return; }
+  slot.textContent = message || "";
+  slot.hidden = !message;
+}
+
 function showProgress(el, text) {
   if (!el) return;
   el.hidden = !text;
@@ -76,6 +83,7 @@ function initRerun(runId) {
     cancelPreview();
     $$(".field-error", form).forEach((e) => { e.textContent = ""; });
     flash("");
+    showError($("#rerun-error"), "");
     const values = {};
     new FormData(form).forEach((v, k) => { values[k] = v; });
     const btn = $("#rerun-btn");
@@ -104,7 +112,7 @@ function initRerun(runId) {
         const slot = $(`.field-error[data-for="${field}"]`, form);
         if (slot) { slot.textContent = msg; placed = true; }
       }
-      if (!placed) flash(`Rerun failed: ${(err && err.detail) || err}`);
+      if (!placed) showError($("#rerun-error"), `Could not save the run: ${(err && err.detail) || err}`);
     } finally {
       btn.disabled = false;
     }
@@ -193,20 +201,32 @@ function cancelPreview() {
 
 function initPreview(runId) {
   const form = $("#rerun-form");
-  const img = $("#preview");
+  const img = $("#overlay");
   if (!form || !img) return;
+  const saved = img.dataset.savedSrc;
+  const showSaved = () => {
+    cancelPreview();
+    const old = img.src;
+    img.src = saved;
+    if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
+    $("#overlay-figure").classList.remove("previewing");
+    $("#preview-note").hidden = true;
+    $("#overlay-caption").hidden = false;
+  };
+  $("#preview-reset").addEventListener("click", showSaved);
   const redraw = async () => {
     const mine = ++previewSeq;
     const values = {};
     PREVIEW_FIELDS.forEach((k) => { const el = form.elements[k]; if (el && el.value !== "") values[k] = el.value; });
     $$(".field-error", form).forEach((e) => { e.textContent = ""; });
+    showError($("#rerun-error"), "");
     let resp;
     try {
       resp = await fetch(`/api/runs/${runId}/preview`, {
         method: "POST", credentials: "same-origin",
         headers: { "Content-Type": "application/json", Accept: "image/png" }, body: JSON.stringify(values),
       });
-    } catch (err) { flash(`Preview failed: cannot reach the samseg UI server (${err})`); return; }
+    } catch (err) { showError($("#rerun-error"), `The preview could not reach the samseg UI server (${err}).`); return; }
     if (mine !== previewSeq) return; // a newer setting (or a save) is already on its way
     if (!resp.ok) {
       let data = {};
@@ -217,15 +237,16 @@ function initPreview(runId) {
         const slot = $(`.field-error[data-for="${field}"]`, form);
         if (slot) { slot.textContent = msg; placed = true; }
       }
-      if (!placed) flash(`Preview failed: ${data.detail || resp.status}`);
+      if (!placed) showError($("#rerun-error"), `No preview: ${data.detail || resp.status}`);
       return;
     }
     const blob = await resp.blob();
     if (mine !== previewSeq) return;
     const old = img.src;
-    img.src = URL.createObjectURL(blob);
+    img.src = URL.createObjectURL(blob);  // the overlay itself shows the preview, at the overlay's size
     if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
-    img.hidden = false;
+    $("#overlay-figure").classList.add("previewing");
+    $("#overlay-caption").hidden = true;
     $("#preview-clusters").textContent = resp.headers.get("X-Samseg-Clusters");
     $("#preview-noise").textContent = resp.headers.get("X-Samseg-Noise");
     $("#preview-note").hidden = false;
@@ -236,45 +257,124 @@ function initPreview(runId) {
     const ev = el.tagName === "SELECT" ? "change" : "input";
     el.addEventListener(ev, () => { clearTimeout(previewTimer); previewTimer = setTimeout(redraw, 80); });
   });
+  initEpsSlider(form);
 }
 
-// Eps sweep: classes (solid) and noise fraction (dashed) over eps, the knee as a red line.
+// The eps slider moves on a log scale (DBSCAN's useful eps spans 0.001 to 2 for cosine distances);
+// it and the eps box always show the same value, and either redraws the preview.
+function formatEps(v) { return Number(v.toPrecision(3)).toString(); }
+
+function initEpsSlider(form) {
+  const slider = $("#eps-slider");
+  const box = form.elements.eps;
+  if (!slider || !box) return;
+  const fromBox = () => {
+    const v = Number(box.value);
+    if (Number.isFinite(v) && v > 0) slider.value = Math.log10(v);
+    redrawSweepMarker();
+  };
+  slider.addEventListener("input", () => {
+    box.value = formatEps(10 ** Number(slider.value));
+    box.dispatchEvent(new Event("input"));
+  });
+  box.addEventListener("input", fromBox);
+  fromBox();
+}
+
+// Eps sweep: classes (blue, left axis) and noise (grey dashed, right axis) over eps; the suggested
+// eps in red, the form's eps in green; a click on the chart sets eps there (and redraws the preview).
+let lastSweep = null;
+const SWEEP_PAD = { l: 40, r: 44, t: 18, b: 34 };
+
+function sweepScale(svg, rep) {
+  const W = Number(svg.dataset.w), H = Number(svg.dataset.h), P = SWEEP_PAD;
+  const rows = rep.rows;
+  const xMin = rows[0].eps, xMax = rows[rows.length - 1].eps;
+  const cMax = Math.max(1, ...rows.map((r) => r.n_clusters));
+  return {
+    W, H, xMin, xMax, cMax,
+    x: (e) => P.l + (W - P.l - P.r) * (e - xMin) / Math.max(1e-12, xMax - xMin),
+    eps: (px) => xMin + (px - P.l) / (W - P.l - P.r) * (xMax - xMin),
+    yc: (c) => H - P.b - (H - P.t - P.b) * c / cMax,
+    yn: (f) => H - P.b - (H - P.t - P.b) * f,
+  };
+}
+
+function ticks(lo, hi, n) {
+  const out = [];
+  for (let i = 0; i <= n; i++) out.push(lo + (hi - lo) * i / n);
+  return out;
+}
+
 function drawSweep(svg, rep) {
-  const W = Number(svg.getAttribute("width")), H = Number(svg.getAttribute("height")), P = 34;
+  lastSweep = rep;
   const rows = rep.rows;
   if (!rows.length) { svg.setAttribute("hidden", ""); return; }
-  const xMax = rows[rows.length - 1].eps, xMin = rows[0].eps;
-  const cMax = Math.max(1, ...rows.map((r) => r.n_clusters));
-  const x = (e) => P + (W - 2 * P) * (e - xMin) / Math.max(1e-12, xMax - xMin);
-  const yc = (c) => H - P - (H - 2 * P) * c / cMax;
-  const yn = (f) => H - P - (H - 2 * P) * f;
-  const line = (f) => rows.map((r, i) => `${i ? "L" : "M"}${x(r.eps).toFixed(1)},${f(r).toFixed(1)}`).join(" ");
-  let s = `<path d="${line((r) => yc(r.n_clusters))}" fill="none" stroke="#1f6feb" stroke-width="2"/>`;
-  s += `<path d="${line((r) => yn(r.noise_fraction))}" fill="none" stroke="#888" stroke-dasharray="4 3"/>`;
-  if (rep.suggested_eps !== null && rep.suggested_eps >= xMin && rep.suggested_eps <= xMax) {
-    s += `<line x1="${x(rep.suggested_eps)}" x2="${x(rep.suggested_eps)}" y1="${P}" y2="${H - P}" stroke="#d1242f"/>`;
+  const sc = sweepScale(svg, rep), P = SWEEP_PAD;
+  const line = (f) => rows.map((r, i) => `${i ? "L" : "M"}${sc.x(r.eps).toFixed(1)},${f(r).toFixed(1)}`).join(" ");
+  const yBottom = sc.H - P.b;
+  let s = `<g class="axes" stroke="#999"><line x1="${P.l}" x2="${sc.W - P.r}" y1="${yBottom}" y2="${yBottom}"/>`;
+  s += `<line x1="${P.l}" x2="${P.l}" y1="${P.t}" y2="${yBottom}"/><line x1="${sc.W - P.r}" x2="${sc.W - P.r}" y1="${P.t}" y2="${yBottom}"/></g>`;
+  for (const e of ticks(sc.xMin, sc.xMax, 5)) {
+    s += `<line x1="${sc.x(e)}" x2="${sc.x(e)}" y1="${yBottom}" y2="${yBottom + 4}" stroke="#999"/>`;
+    s += `<text x="${sc.x(e)}" y="${yBottom + 16}" text-anchor="middle">${formatEps(e)}</text>`;
   }
-  s += `<text x="${P}" y="${H - 8}" font-size="11">eps ${xMin}</text><text x="${W - P - 40}" y="${H - 8}" font-size="11">${xMax}</text>`;
-  s += `<text x="4" y="${P - 8}" font-size="11">classes (max ${cMax}) · noise (dashed, 0–100%)</text>`;
+  for (const c of ticks(0, sc.cMax, Math.min(4, sc.cMax))) {
+    s += `<text x="${P.l - 6}" y="${sc.yc(c) + 4}" text-anchor="end">${Math.round(c)}</text>`;
+  }
+  for (const f of [0, 0.5, 1]) s += `<text x="${sc.W - P.r + 6}" y="${sc.yn(f) + 4}">${f * 100}%</text>`;
+  s += `<text x="${(sc.W) / 2}" y="${sc.H - 2}" text-anchor="middle">eps</text>`;
+  s += `<text x="${P.l}" y="${P.t - 6}">classes</text><text x="${sc.W - P.r}" y="${P.t - 6}" text-anchor="end">noise (dashed)</text>`;
+  s += `<path d="${line((r) => sc.yc(r.n_clusters))}" fill="none" stroke="#1f6feb" stroke-width="2"/>`;
+  s += `<path d="${line((r) => sc.yn(r.noise_fraction))}" fill="none" stroke="#888" stroke-dasharray="4 3"/>`;
+  if (rep.suggested_eps !== null && rep.suggested_eps >= sc.xMin && rep.suggested_eps <= sc.xMax) {
+    s += `<line id="sweep-suggested" x1="${sc.x(rep.suggested_eps)}" x2="${sc.x(rep.suggested_eps)}" y1="${P.t}" y2="${yBottom}" stroke="#d1242f"><title>suggested eps ${formatEps(rep.suggested_eps)}</title></line>`;
+  }
+  s += `<line id="sweep-current" y1="${P.t}" y2="${yBottom}" stroke="#1a7f37" stroke-width="2" stroke-dasharray="2 2" visibility="hidden"/>`;
   svg.innerHTML = s;
   svg.removeAttribute("hidden"); // an SVG element has no .hidden property: use the attribute
+  redrawSweepMarker();
+}
+
+// The form's eps, marked on the chart (hidden when it is outside the swept range or not a number).
+function redrawSweepMarker() {
+  const svg = $("#sweep-chart");
+  const marker = svg && $("#sweep-current", svg);
+  const box = $("#rerun-form") && $("#rerun-form").elements.eps;
+  if (!marker || !lastSweep || !box) return;
+  const v = Number(box.value), sc = sweepScale(svg, lastSweep);
+  const inside = Number.isFinite(v) && v >= sc.xMin && v <= sc.xMax;
+  marker.setAttribute("visibility", inside ? "visible" : "hidden");
+  if (inside) { marker.setAttribute("x1", sc.x(v)); marker.setAttribute("x2", sc.x(v)); }
 }
 
 function initSweep(runId) {
   const btn = $("#sweep-btn");
   if (!btn) return;
+  const svg = $("#sweep-chart");
+  svg.addEventListener("click", (ev) => {  // a click on the chart sets eps there
+    if (!lastSweep) return;
+    const rect = svg.getBoundingClientRect();
+    const px = (ev.clientX - rect.left) / rect.width * Number(svg.dataset.w);
+    const sc = sweepScale(svg, lastSweep);
+    const eps = Math.min(sc.xMax, Math.max(sc.xMin, sc.eps(px)));
+    const box = $("#rerun-form").elements.eps;
+    box.value = formatEps(eps);
+    box.dispatchEvent(new Event("input"));
+  });
   btn.addEventListener("click", async () => {
     btn.disabled = true;
+    showError($("#sweep-error"), "");
     $("#sweep-note").textContent = "sweeping…";
     try {
       const rep = await api("GET", `/api/runs/${runId}/sweep`);
-      drawSweep($("#sweep-chart"), rep);
-      $("#sweep-note").textContent = rep.suggested_eps !== null
-        ? `suggested eps (knee of the k-distance curve, k=${rep.min_samples}): ${rep.suggested_eps.toPrecision(3)}`
-        : `no suggested eps: ${rep.reason}`;
+      drawSweep(svg, rep);
+      $("#sweep-note").textContent = (rep.suggested_eps !== null
+        ? `suggested eps (knee of the k-distance curve, k=${rep.min_samples}): ${formatEps(rep.suggested_eps)}`
+        : `no suggested eps: ${rep.reason}`) + " · click the chart to try an eps";
     } catch (err) {
       $("#sweep-note").textContent = "";
-      flash(`Sweep failed: ${(err && err.detail) || err}`);
+      showError($("#sweep-error"), `The sweep did not run: ${(err && err.detail) || err}`);
     } finally { btn.disabled = false; }
   });
 }
