@@ -35,6 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from samseg.core.errors import SamsegError
+
 FORMATS = ("coco", "cvat", "labelstudio", "yolo-seg", "index-png")
 FROM_NAME, TO_NAME = "tag", "image"  # Label Studio control / object tag names
 _MIN_POLY_AREA = 4.0
@@ -43,7 +45,7 @@ _MIN_POLY_AREA = 4.0
 Files = dict[str, bytes]  # relative path in the export dir -> its bytes
 
 
-class ExportError(Exception):
+class ExportError(SamsegError):
     """An input that cannot be exported; one line naming it."""
 
 

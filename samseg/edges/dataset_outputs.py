@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from samseg.core.errors import SamsegError
 from samseg.core.backbones import SAM
 
 from samseg.edges.owned_files import CLASSES_JSON, CONTACT_SHEET_PNG, BatchIncomplete, check_complete, write_files
@@ -28,7 +29,7 @@ from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM
 
 
 
-class DatasetOutputsError(RuntimeError):
+class DatasetOutputsError(SamsegError, RuntimeError):
     """A batch whose outputs cannot be given dataset-level classes (one line)."""
 
 

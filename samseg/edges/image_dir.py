@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from samseg import __version__
+from samseg.core.errors import SamsegError
 from samseg.edges import outdirs
 from samseg.edges.images import LoadedImage
 from samseg.core.types import ClusterResult, MaskSet
@@ -55,7 +56,7 @@ EXPORT_MEMORY_BYTES = 1_500_000_000
 PNG_JOB_BYTES_PER_PIXEL = 10
 
 
-class OutputsError(Exception):
+class OutputsError(SamsegError):
     """An output dir that cannot be read back, or inputs that do not belong together.
     str(e) is one line naming the dir or the mismatch."""
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from samseg.core.errors import SamsegError
+
 # 100 megapixels: ~300 MB as RGB uint8 plus AMG working memory; larger inputs are more
 # likely a mistake (or a decompression bomb) than a photo to segment on a CPU box.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -49,7 +51,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".ti
 _GLOB_CHARS = set("*?[")
 
 
-class ImageError(Exception):
+class ImageError(SamsegError):
     """A file that cannot be used as an image. str(e) is one line: "<name>: <problem>"."""
 
     def __init__(self, name: str, problem: str) -> None:

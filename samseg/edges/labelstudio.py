@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from samseg.core.errors import SamsegError
 from samseg.edges.annotations import FROM_NAME, TO_NAME, ImageResult, brush_results_of, class_names, labeling_config, n_classes
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
@@ -48,7 +49,7 @@ TIMEOUT_S = 30.0
 MAX_ENCODERS = 4  # brush-encoder processes at most (the server needs cores too)
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioError(SamsegError, RuntimeError):
     """A push that cannot be done or did not finish (one line)."""
 
 

@@ -25,6 +25,7 @@ import os
 import time
 from typing import Any, Mapping, Optional
 
+from samseg.core.errors import RefusedError, SamsegError
 from samseg.edges.storage import StorageError, StorageNotFound, join_uri, read_bytes, write_bytes
 
 LEDGER = ".samseg-files.json"
@@ -38,11 +39,11 @@ _LEGACY_BATCH_FILES = (BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG)
 _LEGACY_REPORT_KEYS = {"images", "succeeded", "failed", "fan_out"}
 
 
-class FilesRefused(Exception):
+class FilesRefused(RefusedError):
     """A file samseg would replace is not samseg's; str(e) is one line naming it."""
 
 
-class BatchIncomplete(Exception):
+class BatchIncomplete(SamsegError):
     """A batch OUT whose last batch did not finish; str(e) is one line naming it."""
 
 

@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from samseg.core.errors import UnavailableError
 from urllib.parse import unquote
 
 SUCCESS_MARKER = "_SUCCESS"
@@ -51,16 +53,21 @@ _DEFAULT_CONNECT_TIMEOUT_S = 3.0
 _DEFAULT_READ_TIMEOUT_S = 5.0
 
 
-class StorageError(Exception):
+class StorageError(UnavailableError):
     """A storage operation failed; the message is one line naming the URI."""
 
 
 class StorageRefused(StorageError):
-    """An object of the user's is where samseg would write (one line; nothing was written)."""
+    """An object of the user's is where samseg would write (one line; nothing was written); that
+    image fails (exit 1), the others go on, as a local folder of the user's does."""
+
+    retryable = False
 
 
 class StorageNotFound(StorageError):
     """The object or file does not exist."""
+
+    retryable = False
 
 
 # ---------------------------------------------------------------- URIs and keys

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
+from samseg.core.errors import SamsegError
 from samseg.core.config import PipelineConfig
 from samseg.edges.run_schema import FROM_RUN_ARTIFACTS, KIND_RECLUSTER
 from samseg.engine.runner import Execute, ImageRun, ModelRequired, inline, run_image
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from samseg.edges.cache import StageCache
 
 
-class ReclusterError(RuntimeError):
+class ReclusterError(SamsegError, RuntimeError):
     """The inputs a recluster needs are not there (one line)."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any, Callable, Optional
 
+from samseg.core.errors import one_line  # noqa: F401 — the one formatter; engine callers import it from here
 from samseg.engine import progress
 from samseg.engine.publish import publish
 from samseg.engine.request import SegmentJob
@@ -179,6 +180,4 @@ def shown_name(name: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(name))
 
 
-def one_line(value: Any) -> str:
-    """`value` as one line: every run of whitespace (newlines included) becomes one space."""
-    return " ".join(str(value).split())
+

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
 
+from samseg.core.errors import SamsegError
 from samseg.core.backbones import TINY_RANDOM
 from samseg.sam.files import file_sha256, remembered_sha256, samseg_home
 
@@ -37,7 +38,7 @@ CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _CHUNK = 1 << 20  # 1 MiB read/hash chunks: large enough to be fast, small enough for a smooth progress bar
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SamsegError, RuntimeError):
     """A checkpoint could not be found, downloaded, verified or loaded (one-line message)."""
 
 

@@ -63,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return _interrupted()
         except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
+            from samseg.core.errors import SamsegError, exit_code_of, one_line
+
             log.debug("error", exc_info=True)
             if shutdown.requested():  # what a stop broke (a Ctrl-C to the process group kills Prefect's
                 return _interrupted()  # temporary server too, and the flow's next call fails) is the stop
-            if type(exc).__module__.startswith("samseg."):  # samseg's own errors are expected conditions, one line each
-                _error_line(" ".join(str(exc).split()))
+            if isinstance(exc, SamsegError) or type(exc).__module__.startswith("samseg."):  # expected: one line
+                _error_line(one_line(exc))
             else:
-                _error_line(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}")
-            return 1
+                _error_line(f"unexpected {type(exc).__name__}: {one_line(exc)}")
+            return exit_code_of(exc)  # the taxonomy's exit code (samseg.core.errors), decided nowhere else
 
 
 def _interrupted() -> int:

@@ -19,8 +19,7 @@ from typing import Iterator
 ORCHESTRATORS = ("auto", "local", "prefect")
 
 
-class UsageError(Exception):
-    """A bad command line detected after parsing (config values, no images); exit 2."""
+from samseg.core.errors import UsageError  # noqa: E402 — re-exported: the CLI's modules import it from here
 
 
 def add_orchestrator_argument(p: argparse.ArgumentParser) -> None:

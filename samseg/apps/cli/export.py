@@ -40,12 +40,11 @@ def add_parser(sub: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from samseg.apps.cli.common import UsageError
-    from samseg.edges.annotations import ExportError, image_dirs, read_image_dirs, write_export
+    from samseg.core.errors import SamsegError, exit_code_of, one_line
+    from samseg.edges.annotations import image_dirs, read_image_dirs, write_export
     from samseg.edges.labelstudio import LabelStudioError
     from samseg.edges.mlflow.run_dirs import download_image_dirs
-    from samseg.edges.mlflow.client import TrackingError
-    from samseg.edges.owned_files import BatchIncomplete, FilesRefused, check_complete
-    from samseg.edges.storage import StorageError
+    from samseg.edges.owned_files import check_complete
 
     if (args.out is None) == (args.to is None):
         raise UsageError("give --out DIR (write files) or --to URL (push into Label Studio), one of them")
@@ -76,12 +75,9 @@ def run_export(args: argparse.Namespace) -> int:
                 return _push(args, results, run_ids)
             files = write_export(args.format, results, args.out, image_root=args.image_root,
                                  copy_images=args.copy_images)
-    except FilesRefused as exc:  # the user's own files in --out: nothing written
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except (ExportError, TrackingError, BatchIncomplete, StorageError, LabelStudioError, OSError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    except (SamsegError, OSError) as exc:  # export, tracking, storage, Label Studio, the user's files in --out
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return exit_code_of(exc)  # FilesRefused: 2, the user's files in --out (samseg.core.errors)
     from samseg.edges.annotations import categories
 
     print(f"{args.format}: {len(results)} images -> {args.out} ({len(files)} files); {categories(results).line()}")

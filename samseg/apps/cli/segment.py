@@ -206,11 +206,11 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
 
 
 def _batch_failed(exc: Exception) -> int:
-    """One line for a batch that could not run; 2 when the user's own files are in OUT's way."""
-    from samseg.edges.owned_files import FilesRefused
+    """One line for a batch that could not run, and the taxonomy's exit code (2: the user's files in OUT's way)."""
+    from samseg.core.errors import exit_code_of
 
     print_error(exc)
-    return 2 if isinstance(exc, FilesRefused) else 1
+    return exit_code_of(exc)
 
 
 def _report_image(res: dict[str, Any]) -> int:

@@ -12,10 +12,11 @@ import os
 import threading
 from typing import Any, Callable, ContextManager, Iterator
 
+from samseg.core.errors import UnavailableError
 from samseg.core.secrets import scrub_secrets
 
 
-class TrackingError(Exception):
+class TrackingError(UnavailableError):
     """An MLflow operation failed; one line naming the run/experiment."""
 
 
