@@ -1,0 +1,50 @@
+"""How long is the walk of one image? The distinct named samseg/flows functions (comprehensions,
+lambdas and generator expressions excluded) and their modules that one command executes,
+counted with sys.setprofile — issue #36's measure of "following one image".
+
+    .venv/bin/python benchmarks/code_walk.py [IMAGE]   # default: tests/data/photos/bears.jpg
+
+Runs `samseg segment IMAGE --model tiny-random --preset smoke --no-cache --no-track
+--orchestrator local` in this process and prints the two counts, then the modules by count.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ANON = {"<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<lambda>", "<module>"}
+
+
+def walk(image: str) -> tuple[set[tuple[str, str]], Counter]:
+    from samseg.apps.cli import main
+
+    seen: set[tuple[str, str]] = set()
+    roots = (str(REPO / "samseg"), str(REPO / "flows"))
+
+    def profile(frame, event, _arg):
+        if event == "call":
+            code = frame.f_code
+            if code.co_filename.startswith(roots) and code.co_name not in ANON:
+                seen.add((code.co_filename, code.co_qualname))
+
+    with tempfile.TemporaryDirectory() as out:
+        argv = ["segment", image, "--out", out, "--model", "tiny-random", "--preset", "smoke", "--no-cache",
+                "--no-track", "--orchestrator", "local", "-q"]
+        sys.setprofile(profile)
+        try:
+            rc = main(argv)
+        finally:
+            sys.setprofile(None)
+    assert rc == 0, rc
+    return seen, Counter(str(Path(f).relative_to(REPO)) for f, _ in seen)
+
+
+if __name__ == "__main__":
+    functions, modules = walk(sys.argv[1] if len(sys.argv) > 1 else str(REPO / "tests" / "data" / "photos" / "bears.jpg"))
+    print(f"{len(functions)} functions in {len(modules)} modules")
+    for module, n in modules.most_common():
+        print(f"{n:4d}  {module}")
