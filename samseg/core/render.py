@@ -68,6 +68,7 @@ def render_overlay(
     class_sizes: list[int] | None = None,
     n_noise: int | None = None,
     alpha: float = DEFAULT_ALPHA,
+    names: dict[int, str] | None = None,
 ) -> np.ndarray:
     """H×W×3 uint8: class colours alpha-blended over `rgb`, thin black class boundaries,
     and a legend box (top-left) listing "class c (n masks)" per entry of `class_sizes`
@@ -83,7 +84,7 @@ def render_overlay(
     out = _blend(rgb, lab, color_lut(n_classes), alpha)
     h, w = lab.shape
     out[class_boundaries(lab, thickness=max(1, min(h, w) // 400))] = BOUNDARY_RGB
-    rows = _legend_rows(n_classes, class_sizes, n_noise)
+    rows = _legend_rows(n_classes, class_sizes, n_noise, names)
     return _draw_legend(out, rows) if rows else np.ascontiguousarray(out)
 
 
@@ -138,12 +139,14 @@ def _check_pair(rgb: np.ndarray, label_map_hw: np.ndarray) -> np.ndarray:
     return lab  # its own dtype (uint16): an int64 copy is 8 bytes a pixel, 800 MB at 100 MP
 
 
-def _legend_rows(n_classes: int, class_sizes: list[int] | None, n_noise: int | None) -> list[tuple[tuple[int, int, int] | None, str]]:
-    """(swatch colour or None, text) per legend line."""
+def _legend_rows(n_classes: int, class_sizes: list[int] | None, n_noise: int | None,
+                 names: dict[int, str] | None = None) -> list[tuple[tuple[int, int, int] | None, str]]:
+    """(swatch colour or None, text) per legend line: "class 3" or, when named, "3 road"."""
     rows: list[tuple[tuple[int, int, int] | None, str]] = []
     shown = min(n_classes, MAX_LEGEND_ROWS)
     for c in range(shown):
-        text = f"class {c}" if class_sizes is None else f"class {c} ({int(class_sizes[c])} masks)"
+        label = f"{c} {names[c]}" if names and names.get(c) else f"class {c}"
+        text = label if class_sizes is None else f"{label} ({int(class_sizes[c])} masks)"
         rows.append((class_color(c), text))
     if n_classes > shown:
         rows.append((None, f"+{n_classes - shown} more classes"))

@@ -222,6 +222,12 @@ class ClusterResult:
     labels: np.ndarray
     # How a setting was chosen for this clustering, e.g. {"eps": 0.07, "rule": "knee"} for --eps auto.
     choice: dict[str, Any] | None = None
+    # Names a person (samseg.core.curation) gave classes: {class id: name}; the others are class_<c>.
+    names: dict[int, str] | None = None
+
+    def name(self, c: int) -> str:
+        """Class c's name: the one it was given, else class_<c>."""
+        return (self.names or {}).get(c) or f"class_{c}"
 
     @property
     def n_clusters(self) -> int:

@@ -175,8 +175,9 @@ def categories(results: list[ImageResult], names: list[str] | None = None) -> Ca
     of_image = []
     for r, name in zip(results, names):
         present = sorted(set(int(c) for c in r.labels[r.labels >= 0]) | set(range(int(r.label_map.max(initial=0)))))
+        given = {int(k): str(v) for k, v in (r.summary.get("class_names") or {}).items()}  # `samseg classes edit`
         of_image.append({c: len(cats) + k for k, c in enumerate(present)})
-        cats += [f"{PurePosixPath(name).stem}:class_{c}" for c in present]
+        cats += [f"{PurePosixPath(name).stem}:{given.get(c) or f'class_{c}'}" for c in present]
     return Categories(cats, of_image, False)
 
 

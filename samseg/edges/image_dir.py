@@ -74,7 +74,7 @@ def build_coco(image: LoadedImage, masks: MaskSet, clusters: ClusterResult) -> d
         "info": {"description": "samseg automatic masks, clustered into classes", "version": __version__},
         "images": [{"id": 1, "file_name": image.name, "height": h, "width": w, "sha256": image.sha256}],
         "annotations": annotations,
-        "categories": [{"id": c + 1, "name": f"class_{c}"} for c in range(clusters.n_clusters)],
+        "categories": [{"id": c + 1, "name": clusters.name(c)} for c in range(clusters.n_clusters)],
     }
 
 
@@ -152,7 +152,8 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
 
     (d / CLASSES_DIR).mkdir()
     pngs = [lambda: write_label_png(d / LABELS_PNG, label_map),
-            lambda: _write_png(d / OVERLAY_PNG, render_overlay(image.rgb, label_map, clusters.sizes(), n_noise=clusters.n_noise))]
+            lambda: _write_png(d / OVERLAY_PNG, render_overlay(image.rgb, label_map, clusters.sizes(), n_noise=clusters.n_noise,
+                                                           names=clusters.names))]
     present = sorted({int(c) for c in clusters.labels[clusters.labels >= 0]})  # dataset ids: not every class is here
     pngs += [lambda c=c: _write_png(d / cutout_name(c), render_cutout(image.rgb, label_map, c)) for c in present]
     # zlib and numpy release the GIL: the PNGs (most of an export's time) encode side by side

@@ -33,7 +33,8 @@ from samseg.sam.kernels import KERNELS
 log = logging.getLogger("samseg.apps.cli")
 
 # Modules providing add_parser(subparsers): runs adds recluster, runs, serve, sweep.
-COMMAND_MODULES: list[str] = ["samseg.apps.cli.runs", "samseg.apps.cli.ui", "samseg.apps.cli.export", "samseg.apps.cli.cache"]
+COMMAND_MODULES: list[str] = ["samseg.apps.cli.runs", "samseg.apps.cli.ui", "samseg.apps.cli.export", "samseg.apps.cli.cache",
+                                 "samseg.apps.cli.classes"]
 
 # ----------------------------------------------------------------------------- main
 

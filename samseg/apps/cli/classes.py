@@ -1,0 +1,81 @@
+"""`samseg classes SOURCE` (the class table) and `samseg classes edit SOURCE --rename/--merge/--split/--drop`
+(a person's corrections, written as a new run): samseg.engine.curate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "classes", help="a run's classes (id, name, masks, pixels), and edits of them: rename, merge, split, drop",
+        description="`samseg classes RUN_ID_OR_DIR` prints the class table of an image run or image dir. "
+        "`samseg classes edit RUN_ID_OR_DIR --rename 3=road --merge 3,7 --split 5 --drop 9 --out DIR` applies "
+        "those edits (merges, splits and drops first, renames last; class ids are the source's) and writes a "
+        "new image dir, logged as a new MLflow run tagged with the run it edits (--no-track: the dir only). "
+        "The edit list is recorded in its summary.json.",
+        epilog="examples:\n  samseg classes 3e759092\n  samseg classes edit 3e759092 --merge 1,4 --rename 0=sky "
+               "--rename 1=building --out out/curated",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("words", nargs="+", metavar="RUN_ID_OR_DIR", help="a source, or `edit` and a source")
+    p.add_argument("--rename", action="append", default=[], metavar="C=NAME", help="give class C a name")
+    p.add_argument("--merge", action="append", default=[], metavar="C1,C2,...", help="one class of these (C1's id and name)")
+    p.add_argument("--split", action="append", default=[], metavar="C[:EPS]",
+                   help="re-cluster class C's masks alone, at EPS (default: half the run's eps)")
+    p.add_argument("--drop", action="append", default=[], metavar="C", help="class C's masks become noise")
+    p.add_argument("--out", default=None, metavar="DIR", help="where the edited image dir goes (OUT/<image name>/)")
+    p.add_argument("--no-track", action="store_true", help="write the dir only, log no MLflow run")
+    from samseg.apps.cli.common import experiment_name
+
+    p.add_argument("--experiment", default=None, type=experiment_name, help="MLflow experiment of the new run")
+    p.set_defaults(handler=run_classes, subparser=p)
+
+
+def run_classes(args: argparse.Namespace) -> int:
+    from samseg.apps.cli.common import UsageError, classes_ref, experiment, print_error
+    from samseg.core.curation import parse_edits
+    from samseg.engine.segment import shown_name
+
+    words = list(args.words)
+    editing = words[0] == "edit"
+    if editing:
+        words = words[1:]
+    if len(words) != 1:
+        raise UsageError("name one run id or image dir (`samseg classes [edit] RUN_ID_OR_DIR`)")
+    try:
+        edits = parse_edits(args.rename, args.merge, args.split, args.drop)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if edits and not editing:
+        editing = True  # the flags say it
+    if editing and not edits:
+        raise UsageError("an edit needs --rename, --merge, --split or --drop")
+    if editing and args.out is None:
+        raise UsageError("--out DIR: where the edited image dir goes")
+    try:
+        source = classes_ref(words[0])  # a run id prefix is the run it starts
+        if not editing:
+            from samseg.engine.curate import show
+
+            _print_table(show(source), shown_name)
+            return 0
+        from samseg.engine.curate import edit
+        from samseg.engine.publish import Tracking
+
+        res = edit(source, edits, args.out, Tracking(track=not args.no_track, experiment=experiment(args)))
+    except ValueError as exc:  # a bad edit (unknown class, ...): one line, nothing written
+        print_error(exc)
+        return 1
+    _print_table(res["classes"], shown_name)
+    print(f"-> {shown_name(res['out_dir'])}" + (f", MLflow run {res['mlflow_run_id']}" if res["mlflow_run_id"] else ""))
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]], shown: Any) -> None:
+    print(f"{'ID':>4}  {'NAME':30}  {'MASKS':>6}  {'PIXELS':>10}")
+    for r in rows:
+        print(f"{r['id']:>4}  {shown(r['name'])[:30]:30}  {r['masks']:>6}  {r['pixels']:>10}")
+    if not rows:
+        print("no classes", file=sys.stderr)

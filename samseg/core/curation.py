@@ -1,0 +1,128 @@
+"""A person corrects the classes: rename, merge, split, drop — on a run's masks and embeddings.
+
+`apply_edits(labels, embeddings, edits, cfg, names)` is pure: the (N,) class ids of the masks
+(AMG order, -1 = noise) become new ones. Edits name classes by the ids the run has and apply in
+order; the result is renumbered by decreasing size (as any clustering is), names following their
+class. A split re-clusters only that class's masks with DBSCAN at a smaller eps (half the run's,
+or the one given), its largest part keeping the name; masks the split calls noise stay in that
+largest part, so a split never loses a mask. Bad edits are one ValueError line, nothing applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+MAX_NAME = 200  # characters of a class name
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit: op rename | merge | split | drop; classes: the ids it names; name: rename's;
+    eps: split's DBSCAN eps (None: half the run's)."""
+
+    op: str
+    classes: tuple[int, ...]
+    name: Optional[str] = None
+    eps: Optional[float] = None
+
+    def record(self) -> dict[str, Any]:
+        """What summary.json's `edits` holds for it."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def check_name(name: str) -> str:
+    if not name.strip() or len(name) > MAX_NAME or not name.isprintable():
+        raise ValueError(f"class name {name[:40]!r}: a name is 1 to {MAX_NAME} printable characters")
+    return name.strip()
+
+
+def _ids(text: str, what: str) -> tuple[int, ...]:
+    try:
+        ids = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ValueError(f"{what} {text!r}: class ids are numbers, e.g. 3 or 3,7") from None
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{what} {text!r}: a class is named twice")
+    return ids
+
+
+def parse_edits(rename: list[str] = (), merge: list[str] = (), split: list[str] = (),  # type: ignore[assignment]
+                drop: list[str] = ()) -> list[Edit]:  # type: ignore[assignment]
+    """The CLI's `--rename 3=road --merge 3,7 --split 5[:EPS] --drop 9` as edits (merges, splits and
+    drops first, renames last, so a name can go to a merged class by its id)."""
+    edits = []
+    for text in merge:
+        ids = _ids(text, "--merge")
+        if len(ids) < 2:
+            raise ValueError(f"--merge {text!r}: merging needs two classes or more, e.g. 3,7")
+        edits.append(Edit("merge", ids))
+    for text in split:
+        cls, _, eps = text.partition(":")
+        try:
+            value = float(eps) if eps else None
+        except ValueError:
+            raise ValueError(f"--split {text!r}: give CLASS or CLASS:EPS, e.g. 5 or 5:0.03") from None
+        if value is not None and not value > 0:
+            raise ValueError(f"--split {text!r}: eps must be > 0")
+        edits.append(Edit("split", _ids(cls, "--split")[:1], eps=value))
+    for text in drop:
+        edits.append(Edit("drop", _ids(text, "--drop")))
+    for text in rename:
+        cls, eq, name = text.partition("=")
+        if not eq:
+            raise ValueError(f"--rename {text!r}: give CLASS=NAME, e.g. 3=road")
+        edits.append(Edit("rename", _ids(cls, "--rename")[:1], name=check_name(name)))
+    return edits
+
+
+def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit], cfg: Any,
+                names: Optional[dict[int, str]] = None) -> tuple[np.ndarray, dict[int, str]]:
+    """(new labels, {new class id: name}) after `edits` (see the module docstring). cfg: the run's ClusterConfig."""
+    from samseg.core.cluster import cluster_embeddings, renumber
+
+    out = np.asarray(labels, dtype=np.int64).copy()
+    named = dict(names or {})
+    known = set(int(c) for c in out[out >= 0])
+    next_id = max(known, default=-1) + 1
+    for e in edits:
+        missing = [c for c in e.classes if c not in known]
+        if missing:
+            raise ValueError(f"{e.op}: class {missing[0]} is not a class of this run (classes: "
+                             f"{', '.join(map(str, sorted(known))) or 'none'})")
+        if e.op == "rename":
+            named[e.classes[0]] = e.name or ""
+        elif e.op == "merge":
+            keep = e.classes[0]
+            for c in e.classes[1:]:
+                out[out == c] = keep
+                known.discard(c)
+                named.pop(c, None)
+        elif e.op == "drop":
+            for c in e.classes:
+                out[out == c] = -1
+                known.discard(c)
+                named.pop(c, None)
+        elif e.op == "split":
+            c = e.classes[0]
+            rows = np.flatnonzero(out == c)
+            eps = e.eps if e.eps is not None else cfg.eps / 2
+            sub = cluster_embeddings(embeddings_nc[rows], dataclasses.replace(cfg, algorithm="dbscan", eps=eps,
+                                                                             eps_auto=False)).labels
+            sub = np.where(sub < 0, 0, sub)  # the split's noise stays in the largest part: no mask is lost
+            for part in range(1, int(sub.max(initial=0)) + 1):
+                out[rows[sub == part]] = next_id
+                known.add(next_id)
+                next_id += 1
+        else:
+            raise ValueError(f"unknown edit {e.op!r}")
+    final = renumber(out)
+    new_names = {}
+    for old, name in named.items():
+        where = np.flatnonzero(out == old)
+        if len(where) and name:
+            new_names[int(final[where[0]])] = name
+    return final, new_names

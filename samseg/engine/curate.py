@@ -1,0 +1,93 @@
+"""`samseg classes`: a run's class table, and a person's edits of it written as a new run.
+
+The source is an image dir or an MLflow image run (its masks, embeddings and summary are
+downloaded). The edits (samseg.core.curation) relabel the masks; the image is re-read (and
+checked against the sha256 the run recorded) to draw the new overlay and cut-outs; the result
+is a new image dir whose summary.json records the edit list, the class names and what it was
+edited from, and, when tracked, a new MLflow run tagged with the run it edits. Nothing of the
+source changes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from samseg.core.curation import Edit, apply_edits
+from samseg.edges.run_schema import KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
+from samseg.engine.publish import Tracking
+
+CLASS_NAMES, CLASS_TABLE, EDITS = "class_names", "class_table", "edits"  # summary.json keys
+
+
+def class_table(labels: np.ndarray, label_map: np.ndarray, names: dict[int, str]) -> list[dict[str, Any]]:
+    """One row per class: id, name (class_<c> when it has none), masks, pixels of the label map."""
+    n = int(labels.max(initial=-1)) + 1
+    pixels = np.bincount(label_map.ravel(), minlength=n + 1)
+    return [{"id": c, "name": names.get(c) or f"class_{c}", "masks": int((labels == c).sum()), "pixels": int(pixels[c + 1])}
+            for c in range(n)]
+
+
+def names_of(summary: dict[str, Any]) -> dict[int, str]:
+    return {int(k): str(v) for k, v in (summary.get(CLASS_NAMES) or {}).items()}
+
+
+def read_source(source: str, workdir: Path) -> tuple[Path, Optional[str]]:
+    """(the image dir, its MLflow run id or None): a local dir as it is, a run's artifacts downloaded."""
+    if Path(source).is_dir():
+        return Path(source), None
+    from samseg.edges.mlflow.tracking import RECLUSTER_INPUTS, fetch_run_inputs
+
+    fetch_run_inputs(source, workdir, (*RECLUSTER_INPUTS, "labels.png"))
+    return workdir, source
+
+
+def show(source: str) -> list[dict[str, Any]]:
+    """The class table of an image dir or image run."""
+    from samseg.edges.image_dir import LABELS_PNG, read_image_dir, read_label_png, read_summary
+
+    with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
+        d, _ = read_source(source, Path(tmp))
+        _masks, _emb, labels = read_image_dir(d)
+        return class_table(labels, read_label_png(d / LABELS_PNG), names_of(read_summary(d)))
+
+
+def edit(source: str, edits: list[Edit], out: str, tracking: Tracking) -> dict[str, Any]:
+    """Apply `edits` to the source's classes; write OUT/<name>/ (and log it); returns
+    {"out_dir", "mlflow_run_id", "classes": the new table}. A bad edit: ValueError, nothing written."""
+    from samseg.core.compose import compose_labels
+    from samseg.core.config import PipelineConfig
+    from samseg.core.types import ClusterResult
+    from samseg.edges.image_dir import read_image_dir, read_summary, write_image_dir
+    from samseg.edges.images import decode_image
+    from samseg.edges.outdirs import child_dir, safe_dir_name
+    from samseg.edges.storage import read_verified
+
+    with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
+        d, run_id = read_source(source, Path(tmp))
+        masks, emb, labels = read_image_dir(d)
+        summary = read_summary(d)
+        cfg = PipelineConfig.from_flat(summary["config"])
+        new_labels, names = apply_edits(labels, emb, edits, cfg.cluster, names_of(summary))  # ValueError: nothing written
+        img = summary["image"]
+        image = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"])
+        clusters = ClusterResult(new_labels, names=names)
+        label_map = compose_labels(masks, clusters)
+        table = class_table(new_labels, label_map, names)
+        new = {**summary, "n_clusters": clusters.n_clusters, "n_noise": clusters.n_noise, "cluster_sizes": clusters.sizes(),
+               CLASS_NAMES: {str(c): n for c, n in names.items()}, CLASS_TABLE: table,
+               EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], "edited_from": run_id or str(d)}
+        if new.pop("classes", None) in ("dataset", "assigned"):  # edited alone, its ids are this image's own now
+            new["rerun_of_dataset_ids"] = summary["classes"]
+        target = child_dir(Path(out), safe_dir_name(img["uri"]))
+        write_image_dir(target, image, masks, emb, clusters, label_map, new)
+    new_run = None
+    if tracking.track:
+        from samseg.edges.mlflow.tracking import log_image_run
+
+        new_run = log_image_run(target, new, experiment=tracking.experiment, parent_run_id=run_id,
+                                run_name=img["file_name"], extra_tags={TAG_KIND: KIND_RECLUSTER, TAG_OUT_DIR: str(target)})
+    return {"out_dir": str(target), "mlflow_run_id": new_run, "classes": table}

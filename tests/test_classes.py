@@ -1,0 +1,104 @@
+"""Classes a person can correct (`samseg classes [edit]`, samseg.core.curation): on the synthetic
+run of known structure (12 rectangles: class 0 = GROUP_A's 6 masks, class 1 = GROUP_B's 4, 2 noise)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_run import run_cli
+from samseg.core.config import SMOKE
+from samseg.core.curation import Edit, apply_edits, parse_edits
+from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, embeddings, write_two_runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("classes")
+    write_two_runs(tmp)
+    return tmp
+
+
+def _labels() -> np.ndarray:
+    labels = np.full(12, -1)
+    labels[list(GROUP_A)], labels[list(GROUP_B)] = 0, 1
+    return labels
+
+
+def test_merge_rename_drop_and_split_relabel_as_asked() -> None:
+    emb = embeddings(0)
+    merged, names = apply_edits(_labels(), emb, parse_edits(merge=["0,1"], rename=["0=things"]), SMOKE.cluster)
+    assert set(merged[list(GROUP_A) + list(GROUP_B)]) == {0} and names == {0: "things"}
+    assert (merged[list(OUTLIERS)] == -1).all()
+    dropped, _ = apply_edits(_labels(), emb, [Edit("drop", (0,))], SMOKE.cluster)
+    assert (dropped[list(GROUP_A)] == -1).all() and (dropped[list(GROUP_B)] == 0).all()  # renumbered: B is 0 now
+    split, names = apply_edits(_labels(), emb, [Edit("rename", (0,), name="a"), Edit("split", (0,), eps=1e-9)],
+                               SMOKE.cluster)
+    assert (split >= 0).sum() == (_labels() >= 0).sum()  # a split loses no mask
+    assert "a" in names.values()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(merge=["3,3"]), "a class is named twice"),
+    (dict(merge=["3"]), "merging needs two classes"),
+    (dict(rename=["0=\x1b[2Jevil"]), "printable characters"),
+    (dict(rename=["0=" + "x" * 201]), "1 to 200"),
+    (dict(rename=["road"]), "give CLASS=NAME"),
+    (dict(split=["0:-1"]), "eps must be > 0"),
+])
+def test_attack_bad_edits_are_one_line(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_edits(**kwargs)
+
+
+def test_unknown_class_is_refused_before_anything_is_written(runs: Path, tmp_path: Path) -> None:
+    rc, out, err = run_cli(["classes", "edit", str(runs / "out" / "alpha"), "--drop", "9", "--out", str(tmp_path / "x"),
+                            "--no-track"])
+    assert rc == 1 and err.count("error:") == 1 and "class 9 is not a class of this run" in err
+    assert not (tmp_path / "x").exists()
+    rc, _, err = run_cli(["classes", "edit", str(runs / "out" / "alpha"), "--merge", "1,1", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "named twice" in err
+
+
+def test_the_table_then_an_edit_reaches_the_dir_the_summary_and_an_export(runs: Path, tmp_path: Path) -> None:
+    src = runs / "out" / "alpha"
+    rc, out, err = run_cli(["classes", str(src)])
+    assert rc == 0, err
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("0", "class_0", "6"), ("1", "class_1", "4")]
+    rc, out, err = run_cli(["classes", "edit", str(src), "--merge", "0,1", "--rename", "0=things", "--out",
+                            str(tmp_path / "cur"), "--no-track"])
+    assert rc == 0, err
+    assert re.search(r"^\s+0\s+things\s+10\s", out, re.M)
+    d = tmp_path / "cur" / "alpha"
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["class_names"] == {"0": "things"} and summary["n_clusters"] == 1
+    assert summary["edits"] == [{"op": "merge", "classes": [0, 1]}, {"op": "rename", "classes": [0], "name": "things"}]
+    assert summary["edited_from"] == str(src) and summary["n_noise"] == len(OUTLIERS)
+    assert json.loads((d / "masks.json").read_text())["categories"] == [{"id": 1, "name": "things"}]
+    rc, out, err = run_cli(["export", str(d), "--format", "coco", "--out", str(tmp_path / "coco")])
+    assert rc == 0, err
+    cats = json.loads((tmp_path / "coco" / "annotations.json").read_text())["categories"]
+    assert [c["name"] for c in cats] == ["alpha:things"]
+    assert json.loads((src / "summary.json").read_text()).get("edits") is None  # the source is untouched
+
+
+def test_a_tracked_edit_of_a_run_id_prefix_is_a_new_run_tagged_with_it(runs: Path, tmp_path: Path, monkeypatch) -> None:
+    from mlflow import MlflowClient
+
+    from samseg.edges.image_dir import read_summary
+    from samseg.edges.mlflow.tracking import log_image_run
+    from ui_synthetic import sqlite_store
+
+    sqlite_store(tmp_path, "classes-test", monkeypatch)
+    run_id = log_image_run(runs / "out" / "beta", read_summary(runs / "out" / "beta"), experiment="classes-test")
+    rc, out, err = run_cli(["classes", "edit", run_id[:8], "--drop", "1", "--out", str(tmp_path / "cur"),
+                            "--experiment", "classes-test"])
+    assert rc == 0, err
+    new = re.search(r"MLflow run (\w+)", out).group(1)
+    run = MlflowClient().get_run(new)
+    assert run.data.tags["samseg.parent_run_id"] == run_id and run.data.tags["samseg.kind"] == "recluster"
