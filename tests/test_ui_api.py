@@ -199,7 +199,7 @@ def test_rerun_with_another_backbone_repools_in_the_background(client, mlflow_st
     monkeypatch.setenv("SAMSEG_HOME", str(mlflow_store[0] / "home"))
     tmp, run_a, _ = mlflow_store
     page = client.get(f"/runs/{run_a}").text
-    assert '<b id="features">sam</b>' in page and "<option>tiny-random</option>" in page
+    assert '<b id="features">sam</b>' in page and '<option value="tiny-random">tiny-random</option>' in page
     done = _wait_job(client, client.post(f"/api/runs/{run_a}/rerun", json={"features": "tiny-random", "eps": "0.5"}).json())
     assert done["state"] == "done", done
     new = done["result"]["run_id"]

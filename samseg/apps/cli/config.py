@@ -51,13 +51,13 @@ def preset_values(section: str, name: str, defaults: Any) -> str:
     from samseg.core.config import PRESETS
 
     def value(sec: Any) -> str:
-        if (section, name) == ("cluster", "eps") and sec.eps_auto:
+        if (section, name) == ("cluster", "eps") and getattr(sec, "eps_auto", False):
             return "auto"
-        return _shown(getattr(sec, name))
+        return _shown(getattr(sec, name, None))
 
     first = value(defaults)
     others = [f"{preset}: {value(getattr(cfg, section))}" for preset, cfg in PRESETS.items()
-              if preset != "default" and value(getattr(cfg, section)) != first]
+              if preset != "default" and hasattr(getattr(cfg, section), name) and value(getattr(cfg, section)) != first]
     return "; ".join([first, *others])
 
 
