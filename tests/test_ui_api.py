@@ -506,3 +506,23 @@ def test_sweep_api_gives_rows_curve_and_knee(client, mlflow_store):
     assert rep["kdist"] == sorted(rep["kdist"])
     bad = client.get(f"/api/runs/{run_a}/sweep", params={"eps_range": "1:0:1"})
     assert bad.status_code == 422 and "eps_range" in bad.json()["errors"]
+
+
+@pytest.mark.parametrize("edits, message", [
+    (None, "edits must be a list"),
+    ([{"op": "explode", "classes": [0]}], "op must be one of"),
+    ([{"op": "merge", "classes": [0, 0]}], "distinct class ids"),
+    ([{"op": "rename", "classes": [0], "name": "road\x1b[2J"}], "printable characters"),
+    ([{"op": "split", "classes": [0], "eps": -1}], "split eps must be a number > 0"),
+])
+def test_attack_bad_class_edits_are_one_line_and_no_job(client, mlflow_store, edits, message):
+    _, run_a, _ = mlflow_store
+    resp = client.post(f"/api/runs/{run_a}/classes", json={"edits": edits})
+    assert resp.status_code == 422 and message in resp.json()["detail"]
+
+
+def test_class_edits_of_a_class_the_run_lacks_fail_as_a_job_in_one_line(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    job = client.post(f"/api/runs/{run_a}/classes", json={"edits": [{"op": "drop", "classes": [7]}]}).json()
+    done = _wait_job(client, job)
+    assert done["state"] == "failed" and "class 7 is not a class of this run" in done["error"]

@@ -344,3 +344,51 @@ def test_send_to_label_studio(page, ui_server):
     assert len(tasks) <= 2  # one per image, however often the two photos were pushed
     versions = [p.model_version for t in tasks for p in client.predictions.list(task=t.id) if p.result]
     assert sum(v.startswith(run["run_id"]) for v in versions) == 1  # this run's prediction, once
+
+
+def test_class_curation_by_clicking_then_the_saved_run_and_its_export(page, ui_server, tmp_path):
+    """A person merges two classes and names the result on the run page, saves, and the new run's
+    labels.png, summary.json and a COCO export carry the edit (a synthetic run of known structure:
+    class 0 = 6 masks, class 1 = 4, 2 noise)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from cli_run import run_cli
+    from samseg.edges.image_dir import read_label_png
+    from samseg.edges.mlflow.tracking import log_image_run
+    from ui_synthetic import GROUP_A, GROUP_B, write_two_runs
+
+    write_two_runs(tmp_path)
+    summary = json.loads((tmp_path / "out" / "alpha" / "summary.json").read_text())
+    run_id = log_image_run(tmp_path / "out" / "alpha", summary, experiment=EXPERIMENT, run_name="alpha.png")
+    page.goto(f"{ui_server['base']}/runs/{run_id}")
+    page.wait_for_selector("#class-edit-table")
+    page.check('input.pick-class[value="0"]')
+    page.check('input.pick-class[value="1"]')
+    page.click("#merge-btn")
+    page.fill('input.class-name[data-class="0"]', "things")
+    page.press('input.class-name[data-class="0"]', "Tab")  # the change event records the name
+    assert page.locator("#edit-list li").count() == 2
+    page.click("#undo-btn")  # undo the name, then give it again
+    assert page.locator("#edit-list li").count() == 1
+    page.fill('input.class-name[data-class="0"]', "things ")
+    page.press('input.class-name[data-class="0"]', "Tab")
+    page.click("#save-edits-btn")
+    page.wait_for_selector("#edits-result:not([hidden])")
+    assert "things" in page.inner_text("#edits-summary")
+    page.locator("#classes-panel").screenshot(path=str(ARTIFACTS / "09-class-curation.png"))
+    new = page.get_attribute("#edits-link", "href").rsplit("/", 1)[1]
+
+    client = MlflowClient(ui_server["uri"])
+    assert client.get_run(new).data.tags["samseg.parent_run_id"] == run_id
+    d = Path(client.download_artifacts(new, "", str(tmp_path / "dl")))
+    saved = json.loads((d / "summary.json").read_text())
+    assert saved["class_names"] == {"0": "things"} and saved["n_clusters"] == 1
+    assert saved["edits"] == [{"op": "merge", "classes": [0, 1]}, {"op": "rename", "classes": [0], "name": "things"}]
+    assert set(np.unique(read_label_png(d / "labels.png"))) <= {0, 1}
+    rc, _, err = run_cli(["export", new, "--format", "coco", "--out", str(tmp_path / "coco")])
+    assert rc == 0, err
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["alpha:things"]
+    assert len(coco["annotations"]) == len(GROUP_A) + len(GROUP_B)

@@ -79,6 +79,37 @@ def parse_edits(rename: list[str] = (), merge: list[str] = (), split: list[str] 
     return edits
 
 
+OPS = ("rename", "merge", "split", "drop")
+MAX_EDITS = 200  # more edits than this in one request is not a person at work
+
+
+def edits_from_json(items: Any) -> list[Edit]:
+    """The UI's edit list ([{"op", "classes", "name"?, "eps"?}, …]) as edits; ValueError naming the bad one."""
+    if not isinstance(items, list) or not items or len(items) > MAX_EDITS:
+        raise ValueError(f"edits must be a list of 1 to {MAX_EDITS} edits")
+    edits = []
+    for k, item in enumerate(items, 1):
+        if not isinstance(item, dict) or item.get("op") not in OPS:
+            raise ValueError(f"edit {k}: op must be one of {', '.join(OPS)}")
+        classes = item.get("classes")
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, int) and c >= 0 for c in classes) \
+                or len(set(classes)) != len(classes):
+            raise ValueError(f"edit {k}: classes must be distinct class ids")
+        op = item["op"]
+        if op == "merge" and len(classes) < 2:
+            raise ValueError(f"edit {k}: merging needs two classes or more")
+        if op in ("rename", "split") and len(classes) != 1:
+            raise ValueError(f"edit {k}: {op} takes one class")
+        name = check_name(str(item.get("name") or "")) if op == "rename" else None
+        eps = item.get("eps")
+        if op == "split" and eps is not None:
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 or eps != eps:
+                raise ValueError(f"edit {k}: split eps must be a number > 0")
+            eps = float(eps)
+        edits.append(Edit(op, tuple(classes), name=name, eps=eps if op == "split" else None))
+    return edits
+
+
 def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit], cfg: Any,
                 names: Optional[dict[int, str]] = None) -> tuple[np.ndarray, dict[int, str]]:
     """(new labels, {new class id: name}) after `edits` (see the module docstring). cfg: the run's ClusterConfig."""

@@ -55,7 +55,8 @@ def show(source: str) -> list[dict[str, Any]]:
         return class_table(labels, read_label_png(d / LABELS_PNG), names_of(read_summary(d)))
 
 
-def edit(source: str, edits: list[Edit], out: str, tracking: Tracking) -> dict[str, Any]:
+def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
+         tags: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Apply `edits` to the source's classes; write OUT/<name>/ (and log it); returns
     {"out_dir", "mlflow_run_id", "classes": the new table}. A bad edit: ValueError, nothing written."""
     from samseg.core.compose import compose_labels
@@ -89,5 +90,6 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking) -> dict[s
         from samseg.edges.mlflow.tracking import log_image_run
 
         new_run = log_image_run(target, new, experiment=tracking.experiment, parent_run_id=run_id,
-                                run_name=img["file_name"], extra_tags={TAG_KIND: KIND_RECLUSTER, TAG_OUT_DIR: str(target)})
+                                run_name=img["file_name"],
+                                extra_tags={TAG_KIND: KIND_RECLUSTER, TAG_OUT_DIR: str(target), **(tags or {})})
     return {"out_dir": str(target), "mlflow_run_id": new_run, "classes": table}

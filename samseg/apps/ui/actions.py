@@ -117,6 +117,23 @@ def _write_and_log(store: RunStore, parent: str, run: Any, summary: Any, kind: s
         return publish(run, summary, tmp, run.image.stem, tracking)["mlflow_run_id"]
 
 
+def save_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progress) -> dict[str, Any]:
+    """The run's classes edited (samseg.engine.curate.edit), logged as a new run tagged with this one."""
+    from samseg.edges.run_schema import TAG_OUT_DIR, TAG_SOURCE
+    from samseg.engine.curate import edit
+    from samseg.engine.publish import Tracking
+
+    progress("applying the edits")
+    with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
+        try:
+            res = edit(run_id, edits, tmp, Tracking(experiment=_experiment_name(store, run_id)),
+                       tags={TAG_SOURCE: "ui", TAG_OUT_DIR: None})  # its dir is the MLflow run's artifacts
+        except ValueError as exc:  # an unknown class id, ...: nothing was written
+            raise RunDataError(str(exc)) from None
+    new = res["mlflow_run_id"]
+    return {"run_id": new, "run_url": f"/runs/{new}", "classes": res["classes"]}
+
+
 def _experiment_name(store: RunStore, run_id: str) -> str:
     run = store.get_run(run_id)
     return store.client.get_experiment(run.info.experiment_id).name

@@ -201,7 +201,8 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
     masks, _, labels = store.outputs(run_id)
     sizes = [int((labels == c).sum()) for c in range(int(labels.max(initial=-1)) + 1)]
     classes = [
-        {"id": c, "n_masks": n, "color": "#%02x%02x%02x" % class_color(c), "cutout_url": f"/runs/{run_id}/files/classes/class_{c}.png"}
+        {"id": c, "n_masks": n, "color": "#%02x%02x%02x" % class_color(c), "cutout_url": f"/runs/{run_id}/files/classes/class_{c}.png",
+         "name": (summary.get("class_names") or {}).get(str(c))}
         for c, n in enumerate(sizes) if n  # a dataset class this image does not have: no row, no cut-out
     ]
     noise = [int(i) for i in (labels < 0).nonzero()[0]]
@@ -313,6 +314,20 @@ def _add_api(app: FastAPI) -> None:
         cfg = actions.run_config(store, run_id)  # RunNotFound → 404 before validating
         new = validate_rerun_form(form, cfg.cluster, cfg.pool, cfg.features)
         job = request.app.state.jobs.submit("rerun", lambda p: _rerun(store, run_id, new, cfg, p))
+        return job.to_dict()
+
+    @app.post("/api/runs/{run_id}/classes", status_code=202)
+    def api_edit_classes(request: Request, run_id: str, body: dict[str, Any] = Body(...)) -> Any:
+        """A person's edits of the run's classes (rename, merge, split, drop), saved as a new run: a job."""
+        from samseg.core.curation import edits_from_json
+
+        store: RunStore = request.app.state.store
+        store.get_run(run_id)  # RunNotFound → 404 before a job
+        try:
+            edits = edits_from_json(body.get("edits"))
+        except ValueError as exc:
+            return _error(request, 422, str(exc))
+        job = request.app.state.jobs.submit("classes", lambda p: actions.save_edits(store, run_id, edits, p))
         return job.to_dict()
 
     @app.post("/api/runs/{run_id}/label-studio", status_code=202)

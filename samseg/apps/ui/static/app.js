@@ -407,10 +407,76 @@ function initLabelStudio() {
   });
 }
 
+// Class curation: the edits are kept here (undo pops the last) and sent together on "Save".
+function initCuration(runId) {
+  const panel = $("#classes-panel");
+  if (!panel) return;
+  const edits = [];
+  const list = $("#edit-list");
+  const save = $("#save-edits-btn");
+  const err = $("#edits-error");
+  const picked = () => $$("input.pick-class:checked", panel).map((c) => Number(c.value));
+  const render = () => {
+    list.innerHTML = "";
+    for (const e of edits) {
+      const li = document.createElement("li");
+      li.textContent = e.op === "rename" ? `name class ${e.classes[0]} “${e.name}”`
+        : e.op === "split" ? `split class ${e.classes[0]}${e.eps ? ` at eps ${e.eps}` : ""}`
+        : `${e.op} class${e.classes.length > 1 ? "es" : ""} ${e.classes.join(", ")}`;
+      list.append(li);
+    }
+    save.disabled = edits.length === 0;
+  };
+  const add = (e) => { edits.push(e); showError(err, ""); render(); };
+  $("#merge-btn").addEventListener("click", () => {
+    const ids = picked();
+    if (ids.length < 2) { showError(err, "Tick two classes or more to merge them."); return; }
+    add({ op: "merge", classes: ids });
+  });
+  $("#drop-btn").addEventListener("click", () => {
+    const ids = picked();
+    if (!ids.length) { showError(err, "Tick the classes to drop to noise."); return; }
+    ids.forEach((c) => add({ op: "drop", classes: [c] }));
+  });
+  $$(".split-btn", panel).forEach((b) => b.addEventListener("click", () => {
+    const raw = $("#split-eps").value.trim();
+    const eps = raw === "" ? null : Number(raw);
+    if (eps !== null && !(eps > 0)) { showError(err, "The split eps must be a number above 0 (or empty: half the run's)."); return; }
+    add({ op: "split", classes: [Number(b.dataset.class)], eps });
+  }));
+  $$("input.class-name", panel).forEach((box) => box.addEventListener("change", () => {
+    const name = box.value.trim();
+    if (!name) return;
+    add({ op: "rename", classes: [Number(box.dataset.class)], name });
+  }));
+  $("#undo-btn").addEventListener("click", () => { edits.pop(); showError(err, ""); render(); });
+  save.addEventListener("click", async () => {
+    const prog = $("#edits-progress");
+    save.disabled = true;
+    showError(err, "");
+    try {
+      showProgress(prog, "submitting");
+      const job = await api("POST", `/api/runs/${runId}/classes`, { edits });
+      const res = (await waitForJob(job, (s) => showProgress(prog, s))).result;
+      showProgress(prog, "");
+      const link = $("#edits-link");
+      link.href = res.run_url;
+      link.textContent = res.run_id.slice(0, 8);
+      $("#edits-summary").textContent = res.classes.map((c) => `${c.id} ${c.name} (${c.masks} masks)`).join(" · ");
+      $("#edits-result").hidden = false;
+    } catch (e) {
+      showProgress(prog, "");
+      showError(err, `The edits were not saved: ${(e && e.detail) || e}`);
+    } finally { save.disabled = edits.length === 0; }
+  });
+  render();
+}
+
 function initRunPage() {
   const sec = $("#run");
   if (!sec) return;
   const runId = sec.dataset.runId;
+  initCuration(runId);
   initRerun(runId);
   initPreview(runId);
   initSweep(runId);
