@@ -121,7 +121,7 @@ def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Sourc
     from samseg.edges.mlflow.batch_runs import batch_key, open_batch_run
 
     params = {**cfg.flat(), "n_images": n}
-    tags = {TAG_KIND: KIND_BATCH, TAG_SOURCE: str(source)}
+    tags = {TAG_KIND: KIND_BATCH, TAG_SOURCE: source if isinstance(source, str) else " ".join(map(str, source))}
     key = batch_key(experiment, source, out, params)
     return open_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags, key)
 
