@@ -155,18 +155,12 @@ def _refused_single(job: Any, uri: str) -> bool:
 
 def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
     from samseg.engine.batch import segment_local
-    from samseg.engine.segment import describe_failure, segment_one
+    from samseg.engine.segment import segment_overlapped, start_one
 
-    if _single(args, job, uris):
-        if _refused_single(job, uris[0]):
-            return 1
+    if _single(args, job, uris):  # the batch's own loop, without a batch run or batch_summary.json
         with _progress_bars(args, 1):
-            try:
-                res = segment_one(uris[0], job)
-            except Exception as exc:  # ImageError, StorageError, CheckpointError … as one line
-                print_error(describe_failure(uris[0], exc))
-                return 1
-        return _report_image(res)
+            [entry] = segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, job, name), overlap=False)
+        return _report_entry(entry)
 
     classes = _classes(_classes_request(args, job.out))  # a usage error before any compute
     with _progress_bars(args, len(uris)):
@@ -211,6 +205,22 @@ def _batch_failed(exc: Exception) -> int:
 
     print_error(exc)
     return exit_code_of(exc)
+
+
+def _report_entry(entry: dict[str, Any]) -> int:
+    """A single image's entry of the batch loop: its line and run id, or its one error line."""
+    from pathlib import PurePosixPath
+
+    if entry["status"] != "completed":
+        print_error(entry["error"])
+        return 1
+    print(_image_line(PurePosixPath(entry["image"]).name, entry, entry["out_dir"]))
+    if entry.get("mlflow_run_id"):
+        print(f"MLflow run: {entry['mlflow_run_id']}")
+    if entry.get("tracking_error"):
+        print_error(_untracked_line(entry["image"], entry["tracking_error"]))
+        return 1
+    return 0
 
 
 def _report_image(res: dict[str, Any]) -> int:
