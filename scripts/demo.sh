@@ -25,8 +25,9 @@ else
   PRESET=default # SAM's own AMG defaults, clustered with eps from the k-distance knee
 fi
 FEATURES="$(.venv/bin/python -m samseg.apps.demo features "$MODEL")"
+NAMES="$(.venv/bin/python -m samseg.apps.demo names "$MODEL")"   # coco-stuff when CLIP's weights can be had
 OUT="${SAMSEG_DEMO_OUT:-out/demo}"
-.venv/bin/samseg segment "$IMAGES" --model "$MODEL" --preset "$PRESET" --features "$FEATURES" --out "$OUT"
+.venv/bin/samseg segment "$IMAGES" --model "$MODEL" --preset "$PRESET" --features "$FEATURES" --names "$NAMES" --out "$OUT"
 echo "demo: $MODEL masks, $FEATURES embeddings: results in $OUT/<image>/ (overlay.png, labels.png, classes/, masks.json)"
 [[ "$MODEL" == "tiny-random" ]] && echo "demo: tiny-random: meaningless masks, formats only"
 echo "demo: runs are in MLflow (./mlflow.db); browse them with: .venv/bin/samseg ui"

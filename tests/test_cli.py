@@ -220,8 +220,10 @@ def test_weights_download_preset_fetches_every_file_the_preset_needs(monkeypatch
 
     monkeypatch.setattr("samseg.sam.model.download_checkpoint", fetched)
     monkeypatch.setattr("samseg.sam.backbones.download_backbone", fetched)
+    monkeypatch.setattr("samseg.sam.namer.download_namer", fetched)
     rc, out, _ = run_cli(["weights", "download", "--preset", "default"])
-    assert rc == 0 and got == ["vit_h", "dinov2-b"] and out.split() == [str(tmp_path / "vit_h"), str(tmp_path / "dinov2-b")]
+    assert rc == 0 and got == ["vit_h", "dinov2-b", "clip-b16"]  # SAM, the backbone and the namer
+    assert out.split() == [str(tmp_path / n) for n in got]
     assert run_cli(["weights", "download"])[0] == 2  # nothing named
 
 

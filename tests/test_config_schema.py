@@ -60,7 +60,7 @@ def test_new_knob_reaches_the_ui_form() -> None:
 def test_every_section_of_the_pipeline_is_generated() -> None:
     from flows.params import SECTION_PARAMS, PipelineParams
 
-    assert list(SECTION_CLASSES) == ["amg", "pool", "cluster", "tile", "features"]
+    assert list(SECTION_CLASSES) == ["amg", "pool", "cluster", "tile", "features", "names"]
     assert set(SECTION_PARAMS) == set(SECTION_CLASSES) <= set(PipelineParams.model_fields)
     for name, cls in SECTION_CLASSES.items():
         assert set(SECTION_PARAMS[name].model_fields) == {f.name for f in dataclasses.fields(cls)}

@@ -103,3 +103,10 @@ def test_the_demo_installs_and_segments_without_apt_get_dpkg_or_root(tmp_path: P
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "apt-get" not in proc.stdout + proc.stderr
     assert (tmp_path / "out" / "corgi" / "labels.png").is_file() and "meaningless" in proc.stdout
+
+
+def test_demo_names_with_coco_stuff_when_clip_can_be_had_else_none() -> None:
+    assert demo.choose_names("tiny-random", _never, _never, _never)[0] == "none"
+    assert demo.choose_names("vit_b", lambda n: n == "clip-b16", _never, _never)[0] == "coco-stuff"
+    name, line = demo.choose_names("vit_b", lambda n: False, lambda n: "huggingface.co is not reachable", _never)
+    assert name == "none" and "\n" not in line and "samseg weights download clip-b16" in line

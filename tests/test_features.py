@@ -357,10 +357,11 @@ def test_cli_every_missing_weight_is_named_in_one_line_before_any_image(tmp_path
 
     monkeypatch.setattr("samseg.sam.model.download_checkpoint", offline)
     monkeypatch.setattr("samseg.sam.backbones.download_backbone", offline)
+    monkeypatch.setattr("samseg.sam.namer.download_namer", offline)
     rc, err, out = _segment(tmp_path, "--model", "vit_b", "--features", "dinov2-b")
     assert rc == 1 and err.count("error:") == 1 and "Traceback" not in err
-    assert tried == ["vit_b", "dinov2-b"]  # each tried once (first use), not once per image
-    assert "missing weights: vit_b, dinov2-b" in err and "samseg weights download vit_b dinov2-b" in err
+    assert tried == ["vit_b", "dinov2-b", "clip-b16"]  # each tried once (first use), not once per image
+    assert "missing weights: vit_b, dinov2-b, clip-b16" in err and "samseg weights download vit_b dinov2-b clip-b16" in err
     assert str(home / "checkpoints") in err  # what to copy where
     assert not out.exists()  # nothing written
 

@@ -1,7 +1,7 @@
 """Outputs pinned: a fixed image through the tiny-random SAM (smoke preset, 4x4 prompts) must
 give the labels.png, masks.json, embeddings.npy and summary.json recorded in tests/data/pinned
 (from main at 6b681b9, before the concept-per-place refactor; the summary later gained the
-additive `features` record and config keys). Refactors must not move them.
+additive `features` record and config keys, and the `names.*` config keys of class naming). Refactors must not move them.
 
 Tolerances only where a different CPU may round differently (oneDNN kernels differ by ISA):
 embeddings to 1e-4, each mask's IoU with its recorded self >= 0.99. Counts, ids and every

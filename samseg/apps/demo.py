@@ -106,6 +106,39 @@ def choose_features(model: str, have: Callable[[str], bool], probe: Callable[[st
                    f"For better classes: samseg weights download {name}, then run the demo again")
 
 
+DEMO_NAMER = "clip-b16"
+
+
+def choose_names(model: str, have: Callable[[str], bool], probe: Callable[[str], str | None],
+                 download: Callable[[str], object]) -> tuple[str, str]:
+    """(vocabulary, one line): coco-stuff when the namer's weights can be had for a real model, else none."""
+    if model == "tiny-random":
+        return "none", "demo: tiny-random: no class names (a random namer's names would be meaningless)"
+    reason, line = obtain(DEMO_NAMER, f"{DEMO_NAMER} namer for the class names", have, probe, download)
+    if reason is None:
+        return "coco-stuff", line
+    return "none", (f"demo: no {DEMO_NAMER} namer ({reason}); classes stay unnamed. For names: "
+                    f"samseg weights download {DEMO_NAMER}, then run the demo again")
+
+
+def _have_namer(name: str) -> bool:
+    from samseg.sam.namer import weights_path
+
+    return weights_path(name).is_file()
+
+
+def _probe_namer(name: str) -> str | None:
+    from samseg.core.namers import namer_entry
+
+    return reachable(namer_entry(name).url or "")
+
+
+def _download_namer(name: str) -> object:
+    from samseg.sam.namer import download_namer
+
+    return download_namer(name)
+
+
 def _have_features(name: str) -> bool:
     from samseg.sam.backbones import weights_path
 
@@ -145,12 +178,14 @@ def _download(model: str) -> object:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] != ["choose"] and not (argv[:1] == ["features"] and len(argv) == 2):
-        print("usage: python -m samseg.apps.demo choose | features MODEL", file=sys.stderr)
+    if argv[:1] != ["choose"] and not (argv[:1] in (["features"], ["names"]) and len(argv) == 2):
+        print("usage: python -m samseg.apps.demo choose | features MODEL | names MODEL", file=sys.stderr)
         return 2
     try:
         if argv[0] == "features":
             model, message = choose_features(argv[1], _have_features, _probe_features, _download_features)
+        elif argv[0] == "names":
+            model, message = choose_names(argv[1], _have_namer, _probe_namer, _download_namer)
         else:
             model, message = choose(os.environ.get(ENV), _have, _probe, _download)
     except DemoError as exc:

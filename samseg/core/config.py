@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from samseg.core.algorithms import ALGORITHMS as _ALGORITHM_REGISTRY
 from samseg.core.backbones import BACKBONE_NAMES, SAM, TINY_RANDOM, backbone_entry
+from samseg.core.namers import NAMER_NAMES
 
 CellRule = Literal["min_pixels", "min_coverage"]
 Weighting = Literal["uniform", "coverage"]
@@ -303,6 +304,32 @@ class FeaturesConfig(ConfigSection):
         return self.input_size or backbone_entry(self.name).input_size
 
 
+@dataclass(frozen=True)
+class NamesConfig(ConfigSection):
+    """Names for the classes, without training (samseg.core.namers, samseg.sam.namer): each class's
+    most central masks are cropped from the image and embedded by a CLIP-family model, and the
+    vocabulary's name whose text embedding they match best names the class when CLIP's softmax
+    over the vocabulary gives it at least `min_prob`; otherwise the class stays unnamed."""
+
+    SECTION: ClassVar[str] = "names"
+    TITLE: ClassVar[str] = "class names (open vocabulary)"
+    FLAGS: ClassVar[bool] = False  # --names VOCAB, --namer NAME (samseg.apps.cli.config)
+    vocabulary: str = knob("none", "none | coco-stuff | ade20k | a file (one name a line) | \"a,b,c\"")
+    namer: str = knob("clip-b16", "the CLIP-family model that names classes", choices=NAMER_NAMES)
+    min_prob: float = knob(0.3, "a class is named when its best name's probability over the vocabulary reaches this",
+                           gt=0, le=1)
+    # 2: measured on a 2-core CPU, 12 classes × 8 crops cost 48 % of vit_h's encoder pass, 2 crops ~12 %
+    # (benchmarks/names_cost.py); raise it on a GPU, where crops cost next to nothing.
+    masks_per_class: int = knob(2, "the class's most central masks whose crops are embedded", ge=1, le=32)
+
+    def check(self) -> None:
+        _check(bool(self.vocabulary.strip()), "names.vocabulary must not be empty (none: no names)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.vocabulary.strip() != "none"
+
+
 # The precisions the encoder and decoder can run in; "auto" picks one per machine (samseg.sam.precision).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 PRECISION_REQUESTS: tuple[str, ...] = (*PRECISIONS, "auto")
@@ -323,6 +350,7 @@ class PipelineConfig:
     precision: str = "fp32"
     tile: TileConfig = field(default_factory=TileConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    names: NamesConfig = field(default_factory=NamesConfig)
 
     def __post_init__(self) -> None:
         _check(self.precision in PRECISION_REQUESTS, f"precision must be one of {', '.join(PRECISION_REQUESTS)}, got {self.precision!r}")
@@ -403,8 +431,9 @@ NOTEBOOK = PipelineConfig(
 )
 
 # SAM's AMG defaults (~5× fewer prompts than `notebook`), vit_h masks, DINOv2-B embeddings
-# (docs/features.md: why), eps from the knee of the k-distance curve.
-DEFAULT = PipelineConfig().with_features("dinov2-b")
+# (docs/features.md: why), eps from the knee of the k-distance curve, classes named with COCO-Stuff's
+# vocabulary by CLIP ViT-B/16 (docs/names.md).
+DEFAULT = PipelineConfig().with_features("dinov2-b").replace(names={"vocabulary": "coco-stuff"})
 
 # For tiny-random smoke runs: a random SAM's masks nearly all fail SAM's IoU/stability
 # filters and collapse under box NMS, so the filters are opened up and the grid is small.
@@ -433,7 +462,8 @@ AUTO_TILE_SIZE = 1024
 # knobs whose bare name says too little. They are the CLI's flags (--features, --tile-overlap).
 ALIASES: dict[str, str] = {
     "features": "features.name", "features_size": "features.input_size", "tile": "tile.size",
-    "tile_overlap": "tile.overlap", "tile_merge_iou": "tile.merge_iou",
+    "tile_overlap": "tile.overlap", "tile_merge_iou": "tile.merge_iou", "names": "names.vocabulary",
+    "namer": "names.namer",
 }
 
 
@@ -475,8 +505,13 @@ def configure(preset: Optional[str] = None, model: Optional[str] = None, precisi
     if model is not None:
         cfg = cfg.replace(model_type=model)
     keyed = {knob_key(name): value for name, value in overrides.items()}
-    if model == TINY_RANDOM and keyed.get("features.name") is None:
-        keyed["features.name"] = SAM
+    if model == TINY_RANDOM:  # the offline smoke model downloads nothing: SAM's own features, no namer unless asked
+        if keyed.get("features.name") is None:
+            keyed["features.name"] = SAM
+        if keyed.get("names.vocabulary") is None:
+            keyed["names.vocabulary"] = "none"
+        if keyed.get("names.namer") is None:
+            keyed["names.namer"] = TINY_RANDOM
     return override(cfg, precision, **keyed)
 
 

@@ -161,7 +161,9 @@ def segment(image: ImageInput, model: Optional[str] = None, preset: Optional[str
         from samseg.engine.summary import summarize
 
         run = compute_image(loaded, job)
-        summary = summarize(run)
+        from samseg.engine.naming import name_run
+
+        summary = summarize(run, extra=name_run(run, device, seed))
         result = Result(run, job, summary=summary.to_dict())
         if out is not None:
             from samseg.edges.outdirs import refused_outputs, safe_dir_name

@@ -84,4 +84,6 @@ class SegmentJob:
         cannot be, one CheckpointError lists them all (samseg.sam.weights)."""
         from samseg.sam.weights import ensure
 
-        ensure(self.cfg.model_type, self.cfg.features.name, self.runtime.checkpoint, self.runtime.features_checkpoint)
+        names = self.cfg.names
+        ensure(self.cfg.model_type, self.cfg.features.name, self.runtime.checkpoint, self.runtime.features_checkpoint,
+               names.namer if names.enabled else None)

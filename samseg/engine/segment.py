@@ -52,7 +52,10 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
     job.fetch_weights()  # present: two stat calls; a worker's first image downloads what is missing
     image = execute(READ_STEP, lambda: read_image(uri))
     run = compute_image(image, job, execute)
-    summary = summarize(run, flow_run_id=flow_run_id)
+    from samseg.engine.naming import name_run
+
+    named = name_run(run, job.runtime.device, job.runtime.seed)  # names for the classes, when asked
+    summary = summarize(run, flow_run_id=flow_run_id, extra=named)
 
     def finish() -> dict[str, Any]:
         where = publish(run, summary, job.out, name or safe_dir_name(uri), job.tracking, job.save_features, execute,

@@ -31,6 +31,12 @@ class Weight:
 
     def download(self) -> Path:
         """The verified file, downloaded if missing (CheckpointError in one line)."""
+        from samseg.core.namers import NAMERS
+
+        if self.name in NAMERS:
+            from samseg.sam.namer import download_namer
+
+            return download_namer(self.name)
         if self.name in BACKBONES:
             from samseg.sam.backbones import download_backbone
 
@@ -41,7 +47,13 @@ class Weight:
 
 
 def weight(name: str) -> Weight:
-    """The Weight of a downloadable SAM type (`vit_b`) or feature backbone (`dinov2-b`)."""
+    """The Weight of a downloadable SAM type (`vit_b`), feature backbone (`dinov2-b`) or namer (`clip-b16`)."""
+    from samseg.core.namers import NAMERS
+
+    if name in NAMERS:
+        from samseg.sam.namer import weights_path as namer_path
+
+        return Weight(name, namer_path(name), NAMERS[name].licence)
     if name in BACKBONES:
         from samseg.sam.backbones import weights_path
 
@@ -52,7 +64,7 @@ def weight(name: str) -> Weight:
 
 
 def needed(model_type: str, features: str = SAM, checkpoint: Optional[str] = None,
-           features_checkpoint: Optional[str] = None) -> list[Weight]:
+           features_checkpoint: Optional[str] = None, namer: Optional[str] = None) -> list[Weight]:
     """The downloadable weights a run with this model and feature backbone reads (a file given
     with --checkpoint / --features-checkpoint, and seeded weights, need none)."""
     from samseg.sam.model import model_entry
@@ -63,15 +75,20 @@ def needed(model_type: str, features: str = SAM, checkpoint: Optional[str] = Non
     row = BACKBONES.get(features)
     if features != SAM and features_checkpoint is None and row is not None and row.downloadable:
         out.append(weight(features))
+    if namer is not None:
+        from samseg.core.namers import namer_entry
+
+        if namer_entry(namer).downloadable:
+            out.append(weight(namer))
     return out
 
 
 def ensure(model_type: str, features: str = SAM, checkpoint: Optional[str] = None,
-           features_checkpoint: Optional[str] = None) -> None:
+           features_checkpoint: Optional[str] = None, namer: Optional[str] = None) -> None:
     """Download every missing weight the run needs; when some cannot be fetched, one
     CheckpointError names them all, the command that fetches them and where to copy them."""
     failed: list[tuple[Weight, CheckpointError]] = []
-    for w in needed(model_type, features, checkpoint, features_checkpoint):
+    for w in needed(model_type, features, checkpoint, features_checkpoint, namer):
         if not w.present:
             try:
                 w.download()

@@ -241,9 +241,10 @@ def _add_segment_parser(sub: Any) -> None:
     p.add_argument("--save-features", action="store_true",
                    help="also write features.npy (the C×gh×gw float32 grid the embeddings were pooled from)")
     _add_config_flags(p)
-    from samseg.apps.cli.config import add_features_flags
+    from samseg.apps.cli.config import add_features_flags, add_names_flags
 
     add_features_flags(p)
+    add_names_flags(p)
     _add_tile_flags(p)
     _add_common(p)
     from samseg.apps.cli import segment as cli_segment  # light module; Prefect/MLflow load only when a handler runs
@@ -256,11 +257,13 @@ def _add_segment_parser(sub: Any) -> None:
 
 
 def _weights_names() -> tuple[str, ...]:
-    """What `samseg weights download` takes: SAM checkpoints, then feature backbones."""
+    """What `samseg weights download` takes: SAM checkpoints, feature backbones, class namers."""
     from samseg.core.backbones import BACKBONES
+    from samseg.core.namers import NAMERS
     from samseg.sam.model import downloadable_types
 
-    return (*downloadable_types(), *(name for name, row in BACKBONES.items() if row.downloadable))
+    return (*downloadable_types(), *(name for name, row in BACKBONES.items() if row.downloadable),
+            *(name for name, row in NAMERS.items() if row.downloadable))
 
 
 def _weights_name(name: str) -> str:
@@ -307,7 +310,8 @@ def _run_weights_download(args: argparse.Namespace) -> int:
             cfg = get_preset(args.preset)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        names += [w.name for w in needed(cfg.model_type, cfg.features.name)]
+        names += [w.name for w in needed(cfg.model_type, cfg.features.name,
+                                         namer=cfg.names.namer if cfg.names.enabled else None)]
     if not names:
         raise UsageError("name the weights (e.g. vit_b dinov2-b) or --preset NAME")
     failed: list[tuple[Weight, CheckpointError]] = []

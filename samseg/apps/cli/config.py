@@ -117,6 +117,23 @@ def add_features_flags(p: argparse.ArgumentParser) -> None:
                    help="the backbone's weights file (.safetensors), e.g. for offline use (default: the verified download)")
 
 
+def add_names_flags(p: argparse.ArgumentParser) -> None:
+    """--names VOCAB, --namer NAME (samseg.core.config.NamesConfig)."""
+    from samseg.core.config import DEFAULT, NamesConfig, knob_of
+    from samseg.core.namers import NAMER_NAMES
+
+    helps = {f.name: knob_of(f).help for f in dataclasses.fields(NamesConfig)}
+    g = p.add_argument_group(NamesConfig.TITLE)
+    g.add_argument("--names", dest="names.vocabulary", default=None, metavar="VOCAB",
+                   help=f"name the classes from {helps['vocabulary']} (default: {preset_values('names', 'vocabulary', DEFAULT.names)}); "
+                        "an unnamed class stays class_<c>")
+    g.add_argument("--namer", dest="names.namer", choices=NAMER_NAMES, default=None, metavar="NAME",
+                   help=f"{helps['namer']}: {', '.join(NAMER_NAMES)} (default {DEFAULT.names.namer}; tiny-random: random "
+                        "weights, meaningless names)")
+    g.add_argument("--names-min-prob", dest="names.min_prob", type=float, default=None, metavar="P",
+                   help=f"{helps['min_prob']} (default {DEFAULT.names.min_prob})")
+
+
 def config_from_args(args: argparse.Namespace) -> "Any":
     """The PipelineConfig of the flags (samseg.core.config.configure: preset, --model, --features,
     --precision, then every config flag given). Invalid values raise UsageError with the config's

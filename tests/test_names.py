@@ -1,0 +1,86 @@
+"""Names for classes without training (samseg.core.namers, samseg.sam.namer, samseg.engine.naming):
+a known answer from constructed embeddings, noise that stays unnamed, the vocabularies, and the
+plumbing end to end on the seeded tiny namer (`--namer tiny-random`: its names are MEANINGLESS —
+these tests check where names go, never that they are right)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_run import run_cli
+from samseg.core.namers import pick_names, vocabulary
+
+PHOTOS = Path(__file__).parent / "data" / "photos"
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def text() -> tuple[list[str], np.ndarray]:
+    names = vocabulary("coco-stuff")
+    return names, _unit(np.random.default_rng(0).normal(size=(len(names), 512)))
+
+
+def test_a_class_whose_crops_match_a_name_gets_it(text) -> None:
+    names, t = text
+    rng = np.random.default_rng(1)
+    image = _unit(t[[5, 40]] + 0.5 * rng.normal(size=(2, 512)) / np.sqrt(512))  # near "bus" and "wine glass"
+    rows = pick_names(image, t, names, min_prob=0.3)
+    assert [r["name"] for r in rows] == ["bus", "wine glass"] and all(r["score"] > 0.9 for r in rows)
+    assert rows[0]["runner_up"] and rows[0]["runner_up_score"] < rows[0]["score"]
+
+
+def test_noise_is_never_a_confident_name(text) -> None:
+    """Embeddings unrelated to every name: CLIP's softmax alone would still be peaked; the z test keeps them unnamed."""
+    names, t = text
+    for seed in range(100, 140):
+        image = _unit(np.random.default_rng(seed).normal(size=(4, 512)))
+        assert all(r["name"] is None for r in pick_names(image, t, names, min_prob=0.3))
+
+
+def test_vocabularies(tmp_path: Path) -> None:
+    assert len(vocabulary("coco-stuff")) == 171 and len(vocabulary("ade20k")) == 150
+    assert vocabulary("none") == [] and vocabulary(" road, sky ,road") == ["road", "sky"]
+    f = tmp_path / "v.txt"
+    f.write_text("# my classes\nroad\n\nsky  # above\n")
+    assert vocabulary(str(f)) == ["road", "sky"]
+    for bad, message in ((",,", "no names"), ("ok,\x1b[2Jbad", "printable")):
+        with pytest.raises(ValueError, match=message):
+            vocabulary(bad)
+
+
+def test_named_classes_reach_the_summary_masks_json_and_an_export(tmp_path: Path) -> None:
+    rc, out, err = run_cli(["segment", str(PHOTOS / "bears.jpg"), "--out", str(tmp_path / "o"), "--model", "tiny-random",
+                            "--points-per-side", "4", "--device", "cpu", "--no-track", "--no-cache", "-q",
+                            "--orchestrator", "local", "--names", "road,sky,grass,bear,water", "--namer", "tiny-random",
+                            "--names-min-prob", "0.01"])
+    assert rc == 0, err
+    d = tmp_path / "o" / "bears"
+    summary = json.loads((d / "summary.json").read_text())
+    naming = summary["naming"]
+    assert naming["namer"] == "tiny-random" and naming["vocabulary"] == "road,sky,grass,bear,water"
+    assert [c["id"] for c in naming["classes"]] == list(range(summary["n_clusters"]))
+    assert all(c["best"] in ("road", "sky", "grass", "bear", "water") for c in naming["classes"])
+    named = summary["class_names"]
+    assert named == {str(c["id"]): c["name"] for c in naming["classes"] if c["name"]}
+    cats = json.loads((d / "masks.json").read_text())["categories"]
+    assert [c["name"] for c in cats] == [named.get(str(k), f"class_{k}") for k in range(len(cats))]
+    rc, _, err = run_cli(["export", str(d), "--format", "coco", "--out", str(tmp_path / "coco")])
+    assert rc == 0, err
+    exported = [c["name"] for c in json.loads((tmp_path / "coco" / "annotations.json").read_text())["categories"]]
+    assert exported == [f"bears:{n}" for n in [c["name"] for c in cats]]
+
+
+def test_names_off_leaves_no_trace(tmp_path: Path) -> None:
+    rc, _, err = run_cli(["segment", str(PHOTOS / "corgi.jpg"), "--out", str(tmp_path / "o"), "--model", "tiny-random",
+                          "--points-per-side", "4", "--device", "cpu", "--no-track", "--no-cache", "-q",
+                          "--orchestrator", "local"])  # tiny-random's smoke preset names nothing
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "o" / "corgi" / "summary.json").read_text())
+    assert "naming" not in summary and summary["config"]["names.vocabulary"] == "none"
