@@ -160,26 +160,13 @@ class RunStore(RunFiles):
 
     def get_batch_run(self, run_id: str) -> Any:
         """A batch run of per-image classes (its page lists its images); RunNotFound otherwise."""
-        from mlflow.exceptions import MlflowException
-
-        if not valid_run_id(run_id):
-            raise RunNotFound(f"run {run_id!r} not found: not a run id")
-        try:
-            run = self.client.get_run(run_id)
-        except MlflowException as exc:
-            raise _store_error(exc, scrub_secrets(self.tracking_uri)) from None
-        if run.info.lifecycle_stage == "deleted" or not self.is_batch_run(run):
+        run = self._fetch(run_id)
+        if not self.is_batch_run(run):
             raise RunNotFound(f"run {run_id} not found in this UI's MLflow store")
         return run
 
-    @staticmethod
-    def is_dataset_run(run: Any) -> bool:
-        """A batch parent run that carries dataset-level classes (classes.json)."""
-        tags = run.data.tags
-        return tags.get(TAG_KIND) == "batch" and tags.get(TAG_CLASSES) in DATASET_MODES
-
-    def get_any_run(self, run_id: str) -> Any:
-        """An image run or a dataset run (RunNotFound for anything else)."""
+    def _fetch(self, run_id: str) -> Any:
+        """The MLflow run `run_id`, not deleted (RunNotFound otherwise; StoreUnavailable when the store is down)."""
         from mlflow.exceptions import MlflowException
 
         if not valid_run_id(run_id):
@@ -193,6 +180,17 @@ class RunStore(RunFiles):
             raise err from None
         if run.info.lifecycle_stage == "deleted":  # deleted in MLflow: gone for the UI too (no serving, rerun, push)
             raise RunNotFound(f"run {run_id} not found in this UI's MLflow store")
+        return run
+
+    @staticmethod
+    def is_dataset_run(run: Any) -> bool:
+        """A batch parent run that carries dataset-level classes (classes.json)."""
+        tags = run.data.tags
+        return tags.get(TAG_KIND) == "batch" and tags.get(TAG_CLASSES) in DATASET_MODES
+
+    def get_any_run(self, run_id: str) -> Any:
+        """An image run or a dataset run (RunNotFound for anything else)."""
+        run = self._fetch(run_id)
         if not (self._is_image_run(run) or self.is_dataset_run(run)):
             raise RunNotFound(f"run {run_id} is a {run.data.tags.get(TAG_KIND)} run without dataset classes, "
                               "not an image or dataset run")
