@@ -526,3 +526,19 @@ def test_class_edits_of_a_class_the_run_lacks_fail_as_a_job_in_one_line(client, 
     job = client.post(f"/api/runs/{run_a}/classes", json={"edits": [{"op": "drop", "classes": [7]}]}).json()
     done = _wait_job(client, job)
     assert done["state"] == "failed" and "class 7 is not a class of this run" in done["error"]
+
+
+def test_the_run_page_shows_the_names_a_run_gave_its_classes(client, mlflow_store, tmp_path):
+    """A run whose summary names its classes (samseg classes edit, --names): the legend and cut-outs say them."""
+    import json
+
+    from cli_run import run_cli
+
+    tmp, run_a, _ = mlflow_store
+    rc, out, err = run_cli(["classes", "edit", run_a, "--rename", "0=red <door>", "--out", str(tmp_path / "cur"),
+                            "--experiment", EXPERIMENT])
+    assert rc == 0, err
+    new = out.rsplit("MLflow run ", 1)[1].split()[0]
+    page = client.get(f"/runs/{new}", headers={"accept": "text/html"}).text
+    assert '<b class="class-label">red &lt;door&gt;</b>' in page  # named, and escaped
+    assert json.loads((tmp_path / "cur" / "alpha" / "summary.json").read_text())["class_names"] == {"0": "red <door>"}
