@@ -114,11 +114,12 @@ def test_index_png_palette_matches_labels(out_root: Path) -> None:
     with Image.open(dst / "alpha.png") as img:
         assert img.mode == "P"
         idx = np.asarray(img)
-    assert (idx == read_label_png(out_root / "out" / "alpha" / "labels.png")).all()  # alpha's are categories 1, 2
+    assert (idx == read_label_png(out_root / "out" / "alpha" / "labels.png")).all()  # each image's own ids
     with Image.open(dst / "beta.png") as img:
-        beta = read_label_png(out_root / "out" / "beta" / "labels.png")
-        assert (np.asarray(img) == np.where(beta > 0, beta + 2, 0)).all()  # beta's classes are categories 3, 4
-    assert (dst / "classes.txt").read_text().split() == ["background", *PER_IMAGE]
+        assert (np.asarray(img) == read_label_png(out_root / "out" / "beta" / "labels.png")).all()
+    assert (dst / "classes.txt").read_text().splitlines() == [  # which value is which category, per image
+        "background", "alpha.png 1 alpha:class_0", "alpha.png 2 alpha:class_1", "beta.png 1 beta:class_0",
+        "beta.png 2 beta:class_1"]
 
 
 def test_dataset_classes_export_one_category_per_class(out_root: Path, tmp_path: Path) -> None:

@@ -102,3 +102,11 @@ def test_a_tracked_edit_of_a_run_id_prefix_is_a_new_run_tagged_with_it(runs: Pat
     new = re.search(r"MLflow run (\w+)", out).group(1)
     run = MlflowClient().get_run(new)
     assert run.data.tags["samseg.parent_run_id"] == run_id and run.data.tags["samseg.kind"] == "recluster"
+
+
+def test_attack_an_edit_written_into_the_sources_own_out_is_refused(runs: Path) -> None:
+    before = (runs / "out" / "alpha" / "labels.png").read_bytes()
+    rc, _, err = run_cli(["classes", "edit", str(runs / "out" / "beta"), "--drop", "0", "--out", str(runs / "out"),
+                          "--no-track"])
+    assert rc == 1 and "source's own output dir" in err
+    assert (runs / "out" / "alpha" / "labels.png").read_bytes() == before

@@ -84,3 +84,16 @@ def test_names_off_leaves_no_trace(tmp_path: Path) -> None:
     assert rc == 0, err
     summary = json.loads((tmp_path / "o" / "corgi" / "summary.json").read_text())
     assert "naming" not in summary and summary["config"]["names.vocabulary"] == "none"
+
+
+def test_a_short_vocabulary_can_name_and_a_typo_is_refused() -> None:
+    """Five names: the largest z of five values is 2, so the margin scales with the list; a name
+    that is no vocabulary (`coco_stuff`) is one error, not a vocabulary of one that names everything."""
+    from samseg.core.config import configure
+
+    names = ["road", "car", "tree", "sky", "building"]
+    t = _unit(np.random.default_rng(0).normal(size=(5, 64)))
+    assert pick_names(t[[3]], t, names, min_prob=0.3)[0]["name"] == "sky"
+    with pytest.raises(ValueError, match="not coco-stuff, ade20k, a file of names"):
+        configure(names="coco_stuff")
+    assert configure(names="road,").names.vocabulary == "road,"

@@ -542,13 +542,17 @@ def override(cfg: "PipelineConfig", precision: Optional[str] = None, **overrides
     if precision is not None:
         cfg = cfg.replace(precision=precision)
     tile = changes.get("tile", {})
-    if tile and not tile.get("size", cfg.tile.size):
+    if {"overlap", "merge_iou"} & set(tile) and not tile.get("size", cfg.tile.size):
         raise ValueError("the tile overlap and merge IoU need tiling on: --tile SIZE or --tile auto "
                          "(in Python: tile=SIZE or tile='auto')")
     if tile.get("size") and "overlap" not in tile:  # the default overlap, at most a quarter of a small tile
         tile["overlap"] = min(cfg.tile.overlap, tile["size"] // 4)
     for section, knobs in changes.items():  # a value of the wrong type is a ValueError too
         _check_types(section, knobs)
+    if changes.get("names", {}).get("vocabulary") is not None:  # a typo is an error now, not a vocabulary of one
+        from samseg.core.namers import vocabulary
+
+        vocabulary(changes["names"]["vocabulary"])
     return cfg.replace(**changes) if changes else cfg
 
 

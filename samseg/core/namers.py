@@ -76,6 +76,9 @@ def vocabulary(spec: str) -> list[str]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"{spec}: not a readable vocabulary file ({exc})") from None
         what = spec
+    elif "," not in spec:
+        raise ValueError(f"vocabulary {spec!r}: not {', '.join(BUILTIN_VOCABULARIES)}, a file of names, or a list "
+                         "\"a,b,c\" (one name alone: \"road,\")")
     else:
         names, what = spec.split(","), "the names given"
     names = [n.split("#", 1)[0].strip() for n in names]
@@ -106,6 +109,8 @@ def pick_names(image_kd, text_vd, names: list[str], min_prob: float, logit_scale
     image_kd, text_vd = np.asarray(image_kd, np.float64), np.asarray(text_vd, np.float64)
     cos = image_kd @ text_vd.T
     z = (cos - cos.mean(axis=1, keepdims=True)) / np.maximum(cos.std(axis=1, keepdims=True), 1e-12)
+    # n values' largest z is at most sqrt(n - 1): a short list ("road,car,sky") could never reach MIN_Z
+    z_needed = min(MIN_Z, 0.8 * float(np.sqrt(max(len(names) - 1, 1))))
     logits = logit_scale * cos
     logits -= logits.max(axis=1, keepdims=True)
     prob = np.exp(logits)
@@ -114,7 +119,7 @@ def pick_names(image_kd, text_vd, names: list[str], min_prob: float, logit_scale
     for p, zk in zip(prob, z):
         order = np.argsort(-p, kind="stable")
         best, second = int(order[0]), int(order[1]) if len(order) > 1 else None
-        named = p[best] >= min_prob and (len(names) < 3 or zk[best] >= MIN_Z)  # z means nothing over 2 names
+        named = p[best] >= min_prob and (len(names) < 3 or zk[best] >= z_needed)
         rows.append({"name": names[best] if named else None, "best": names[best],
                      "score": round(float(p[best]), 4), "z": round(float(zk[best]), 2),
                      "runner_up": names[second] if second is not None else None,

@@ -330,29 +330,30 @@ def export_yolo(results: list[ImageResult], out: Path, copy_images: bool = False
 
 
 def export_index_png(results: list[ImageResult], **_: Any) -> Files:
+    """<stem>.png per image: each image's own class map (0 = none, c + 1 = its class c; one file per
+    image, so ids need not be shared), samseg's class colours as the palette; classes.txt lists each
+    image's classes by the categories' names (`categories`)."""
     import io
 
     from PIL import Image
 
     from samseg.core.render import class_color
 
-    cats = categories(results)
-    k = len(cats.names)
+    k = n_classes(results)
     if k > 255:
-        raise ExportError(f"{k} categories do not fit an 8-bit index PNG (at most 255); use the 16-bit labels.png")
+        raise ExportError(f"{k} classes in one image do not fit an 8-bit index PNG (at most 255); use the 16-bit labels.png")
     palette = [0, 0, 0] + [v for c in range(k) for v in class_color(c)]
     files = {}
-    for r, of in zip(results, cats.of_image):
-        lut = np.zeros(int(r.label_map.max(initial=0)) + 1, np.uint8)  # class c + 1 -> category + 1
-        for c, index in of.items():
-            if c + 1 < len(lut):
-                lut[c + 1] = index + 1
-        img = Image.fromarray(lut[r.label_map], mode="P")
+    for r in results:
+        img = Image.fromarray(r.label_map.astype(np.uint8), mode="P")
         img.putpalette(palette + [0] * (768 - len(palette)))
         png = io.BytesIO()
         img.save(png, format="PNG", optimize=False, compress_level=1)
         files[f"{r.stem}.png"] = png.getvalue()
-    files["classes.txt"] = ("\n".join(["background", *cats.names]) + "\n").encode("utf-8")
+    cats = categories(results)
+    lines = ["background"] + [f"{r.stem}.png {c + 1} {cats.names[k]}" for r, of in zip(results, cats.of_image)
+                              for c, k in sorted(of.items())]
+    files["classes.txt"] = ("\n".join(lines) + "\n").encode("utf-8")
     return files
 
 

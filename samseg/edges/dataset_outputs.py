@@ -154,6 +154,8 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
         raise DatasetOutputsError(f"{uri}: cannot re-read the image of {d} ({' '.join(str(exc).split())})") from None
     features = np.load(d / FEATURES_NPY) if (d / FEATURES_NPY).is_file() else None
     present = sorted({int(c) for c in res.labels[res.labels >= 0]})  # the dataset's classes this image has
+    for per_image in ("class_names", "naming"):  # named under the image's own ids: not the dataset's classes
+        summary.pop(per_image, None)
     summary = {**summary, "n_clusters": len(present), "n_noise": res.n_noise, "cluster_sizes": res.sizes(),
                "classes_present": present, "classes": mode, "dataset_n_classes": table.n_classes}
     if mode == "assigned":

@@ -95,7 +95,8 @@ class Result:
 
         clusters = self.run.clusters
         sizes = np.bincount(clusters.labels[clusters.labels >= 0], minlength=clusters.n_clusters).tolist()
-        return Image.fromarray(render_overlay(self.run.image.rgb, self.label_map, sizes, clusters.n_noise))
+        return Image.fromarray(render_overlay(self.run.image.rgb, self.label_map, sizes, clusters.n_noise,
+                                              names=clusters.names))
 
     def _repr_png_(self) -> bytes:  # a notebook shows the overlay
         from samseg.edges.image_dir import png_bytes
@@ -157,6 +158,13 @@ def segment(image: ImageInput, model: Optional[str] = None, preset: Optional[str
         job = SegmentJob(cfg, runtime, str(out) if out is not None else "", Tracking(track=track, experiment=experiment))
         job.fetch_weights()  # missing weights download now, or one CheckpointError names them all
         loaded = load_input(image)
+        if out is not None:  # a folder of the user's where OUT/<name> goes: refused before any compute
+            from samseg.core.errors import RefusedError
+            from samseg.edges.outdirs import refused_outputs, safe_dir_name
+
+            refused = refused_outputs(job.out, [loaded.uri], [safe_dir_name(loaded.uri)])
+            if refused:
+                raise RefusedError(refused[loaded.uri])
         from samseg.engine.segment import compute_image
         from samseg.engine.summary import summarize
 
@@ -166,14 +174,10 @@ def segment(image: ImageInput, model: Optional[str] = None, preset: Optional[str
         summary = summarize(run, extra=name_run(run, device, seed))
         result = Result(run, job, summary=summary.to_dict())
         if out is not None:
-            from samseg.edges.outdirs import refused_outputs, safe_dir_name
+            from samseg.edges.outdirs import safe_dir_name
             from samseg.engine.publish import publish
 
-            name = safe_dir_name(loaded.uri)
-            refused = refused_outputs(job.out, [loaded.uri], [name])
-            if refused:
-                raise ValueError(refused[loaded.uri])
-            where = publish(run, summary, job.out, name, job.tracking)
+            where = publish(run, summary, job.out, safe_dir_name(loaded.uri), job.tracking)
             result.out_dir, result.mlflow_run_id = where["out_dir"], where["mlflow_run_id"]
     return result
 

@@ -10,6 +10,7 @@ source changes.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -71,8 +72,11 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
         d, run_id = read_source(source, Path(tmp))
         masks, emb, labels = read_image_dir(d)
         summary = read_summary(d)
-        cfg = PipelineConfig.from_flat(summary["config"])
-        new_labels, names = apply_edits(labels, emb, edits, cfg.cluster, names_of(summary))  # ValueError: nothing written
+        cfg = PipelineConfig.from_flat(summary["config"]).cluster
+        chosen = (summary.get("eps_auto") or {}).get("eps")  # --eps auto: the eps the run used, not the fallback
+        if isinstance(chosen, (int, float)) and chosen > 0:
+            cfg = dataclasses.replace(cfg, eps=float(chosen))
+        new_labels, names = apply_edits(labels, emb, edits, cfg, names_of(summary))  # ValueError: nothing written
         img = summary["image"]
         image = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"])
         clusters = ClusterResult(new_labels, names=names)
@@ -84,6 +88,8 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
         if new.pop("classes", None) in ("dataset", "assigned"):  # edited alone, its ids are this image's own now
             new["rerun_of_dataset_ids"] = summary["classes"]
         target = child_dir(Path(out), safe_dir_name(img["uri"]))
+        if run_id is None and Path(out).resolve() == d.resolve().parent:  # the source's own OUT: its dir or a sibling's
+            raise ValueError(f"--out {out} is the source's own output dir; write the edited run elsewhere")
         write_image_dir(target, image, masks, emb, clusters, label_map, new)
     new_run = None
     if tracking.track:

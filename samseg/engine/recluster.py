@@ -72,7 +72,8 @@ def parent_model(summary: dict[str, Any]) -> ModelIdentity:
 
 def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *, run_id: Optional[str] = None,
                   image_uri: Optional[str] = None, base: Optional[PipelineConfig] = None, model_request: Any = None,
-                  execute: Execute = inline, flow_run_id: Optional[str] = None) -> dict[str, Any]:
+                  execute: Execute = inline, flow_run_id: Optional[str] = None,
+                  name: Optional[str] = None) -> dict[str, Any]:
     """`samseg recluster`: from an MLflow image run (`run_id`) or from an image + its segment
     config (`image_uri`, `base`, `model_request`; its cache entries must exist). Writes
     OUT/<stem>/ and logs a run tagged with its parent; returns summary + out_dir/mlflow_run_id."""
@@ -101,7 +102,7 @@ def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *,
         run = recluster(image, base.replace(cluster=cluster_cfg), model, cache, fallback=fallback, execute=execute)
         summary = recluster_summary(run, run_id, parent)
         summary.prefect_flow_run_id = flow_run_id
-        where = publish(run, summary, out, safe_dir_name(image.uri), tracking, execute=execute)
+        where = publish(run, summary, out, name or safe_dir_name(image.uri), tracking, execute=execute)
     return {**summary.to_dict(), **where}
 
 
@@ -147,12 +148,24 @@ def recluster_batch(batch_run_id: str, image_run_ids: list[str], cluster_for: Ca
         tags = {TAG_PARENT_RUN: batch_run_id, TAG_SOURCE: f"recluster of batch run {batch_run_id}"}
         new_batch = start_batch_run(tracking.experiment, f"recluster-{time.strftime('%Y%m%d-%H%M%S')}",
                                     {**(params or {}), "n_images": len(image_run_ids)}, tags)
+    from samseg.edges.mlflow.tracking import get_run
+    from samseg.edges.outdirs import unique_names
+    from samseg.edges.run_schema import TAG_IMAGE_URI
+
+    # OUT/<name> unique over the batch, as `samseg segment` names them: cam1/IMG.jpg and cam2/IMG.jpg never share a dir
+    uris = []
+    for rid in image_run_ids:
+        try:
+            uris.append(get_run(rid).data.tags.get(TAG_IMAGE_URI) or rid)
+        except Exception:  # noqa: BLE001 — that image fails alone below, with its own line
+            uris.append(rid)
+    names = dict(zip(image_run_ids, unique_names(uris)))
     results = []
     try:
         for rid in image_run_ids:
             try:
                 t = dataclasses.replace(tracking, kind=KIND_RECLUSTER, parent_run_id=rid, nested_under=new_batch)
-                res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid)
+                res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=names[rid])
                 results.append(image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res))
             except Exception as exc:  # one image fails alone
                 results.append(failed_entry(rid, rid, describe_failure(f"MLflow run {rid}", exc)))

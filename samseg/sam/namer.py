@@ -118,7 +118,9 @@ def load_namer(name: str, device: Optional[str] = None, seed: int = 0) -> Loaded
 
     from samseg.sam.model import state_dict_sha256
 
-    dev = device if device not in (None, "auto") else "cpu"
+    from samseg.sam.model import select_device
+
+    dev = select_device(device)  # as SAM's: cuda when there is one
     key = (name, dev, seed)
     with _LOCK:
         if key in _LOADED:
