@@ -35,6 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from samseg.edges.run_schema import DATASET_MODES
+
 from samseg.core.errors import SamsegError
 
 FORMATS = ("coco", "cvat", "labelstudio", "yolo-seg", "index-png")
@@ -126,9 +128,6 @@ def copied_images(results: list[ImageResult], names: list[str], folder: str = "i
 
 def n_classes(results: list[ImageResult]) -> int:
     return max((int(r.labels.max(initial=-1)) + 1 for r in results), default=0)
-
-
-DATASET_MODES = ("dataset", "assigned")  # summary.json "classes" of an image dir with dataset-level ids
 
 
 def shares_classes(results: list[ImageResult]) -> bool:

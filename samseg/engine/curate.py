@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from samseg.core.curation import Edit, apply_edits
-from samseg.edges.run_schema import KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
+from samseg.edges.run_schema import DATASET_MODES, KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.publish import Tracking
 
 CLASS_NAMES, CLASS_TABLE, EDITS = "class_names", "class_table", "edits"  # summary.json keys
@@ -85,7 +85,7 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
         new = {**summary, "n_clusters": clusters.n_clusters, "n_noise": clusters.n_noise, "cluster_sizes": clusters.sizes(),
                CLASS_NAMES: {str(c): n for c, n in names.items()}, CLASS_TABLE: table,
                EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], "edited_from": run_id or str(d)}
-        if new.pop("classes", None) in ("dataset", "assigned"):  # edited alone, its ids are this image's own now
+        if new.pop("classes", None) in DATASET_MODES:  # edited alone, its ids are this image's own now
             new["rerun_of_dataset_ids"] = summary["classes"]
         target = child_dir(Path(out), safe_dir_name(img["uri"]))
         if run_id is None and Path(out).resolve() == d.resolve().parent:  # the source's own OUT: its dir or a sibling's

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from samseg.core.errors import SamsegError
 from samseg.core.config import PipelineConfig
-from samseg.edges.run_schema import FROM_RUN_ARTIFACTS, KIND_RECLUSTER
+from samseg.edges.run_schema import DATASET_MODES, FROM_RUN_ARTIFACTS, KIND_RECLUSTER
 from samseg.engine.runner import Execute, ImageRun, ModelRequired, inline, run_image
 from samseg.engine.stages import OUTPUTS
 from samseg.engine.summary import RunSummary, summarize
@@ -57,7 +57,7 @@ def recluster_summary(run: ImageRun, parent_run_id: Optional[str], parent: Optio
     more: dict[str, Any] = {"recluster": {"parent_run_id": parent_run_id, "inputs_from": inputs_from}}
     if parent_run_id is not None:
         more.update(parent_run_id=parent_run_id, kind=kind)
-    if parent and parent.get("classes") in ("dataset", "assigned"):
+    if parent and parent.get("classes") in DATASET_MODES:
         more["rerun_of_dataset_ids"] = parent["classes"]
     return summarize(run, extra={**more, **(extra or {})})
 

@@ -23,10 +23,16 @@ import numpy as np
 from samseg.core.backbones import SAM, BackboneEntry, backbone_entry
 from samseg.core.types import EncodedImage, ImageGeometry
 from samseg.sam.files import remember, remembered, remembered_sha256, samseg_home
-from samseg.sam.model import CheckpointError, CheckpointInfo, CheckpointWarning, download_verified
+from samseg.sam.model import (  # noqa: F401 — RECORDED: the tests read it here
+    RECORDED,
+    CheckpointError,
+    CheckpointInfo,
+    CheckpointWarning,
+    expected_sha256,
+    fetch_verified,
+)
 
 log = logging.getLogger(__name__)
-RECORDED = ".sha256"  # beside a not-yet-pinned download: the hash every later load checks
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,24 +76,9 @@ def download_backbone(name: str, home: str | Path | None = None, url: str | None
     entry = _timm_row(name)
     if not entry.downloadable:
         raise ValueError(f"backbone {name!r} has seeded weights; there is nothing to download")
-    dest = weights_path(name, home)
-    if dest.is_file():
-        try:
-            _verified(name, dest)
-            _fits(name, dest)  # a bad file an older samseg recorded as trusted is not kept for good
-            return dest
-        except CheckpointError as exc:
-            log.warning("%s; downloading again", exc)
-            dest.with_name(dest.name + RECORDED).unlink(missing_ok=True)
-    log.warning("%s weights (%s) are under the %s", name, entry.timm_name, entry.licence)
     info = CheckpointInfo(url or entry.url or "", entry.filename, entry.sha256, entry.size)
-    sha = download_verified(info.url, dest, info, f"the {name} backbone weights", _offline_hint(name),
-                            validate=lambda part: _fits(name, part))
-    if entry.sha256 is None:
-        dest.with_name(dest.name + RECORDED).write_text(sha + "\n", encoding="utf-8")
-        log.warning("%s: sha256 %s recorded (this samseg release pins no hash for %s: compare it with the file's "
-                    "page on the Hugging Face Hub)", dest, sha, name)
-    return dest
+    return fetch_verified(info, weights_path(name, home), f"the {name} backbone weights ({entry.timm_name})",
+                          entry.licence, _offline_hint(name), validate=lambda part: _fits(name, part))
 
 
 def _fits(name: str, path: Path) -> None:
@@ -99,12 +90,9 @@ def _verified(name: str, path: Path) -> str:
     """The sha256 of the downloaded file `path`, checked against the pinned or recorded hash."""
     entry = _timm_row(name)
     sha = remembered_sha256(path)
-    want = entry.sha256
+    want = expected_sha256(path, entry.sha256)
     if want is None:
-        recorded = path.with_name(path.name + RECORDED)
-        want = recorded.read_text(encoding="utf-8").strip() if recorded.is_file() else None
-        if want is None:
-            raise CheckpointError(f"{path}: no recorded sha256 (not downloaded by samseg); {_offline_hint(name)}")
+        raise CheckpointError(f"{path}: no recorded sha256 (not downloaded by samseg); {_offline_hint(name)}")
     if sha != want:
         raise CheckpointError(f"{path}: sha256 {sha} is not the expected {want} (truncated or replaced); {_offline_hint(name)}")
     return sha

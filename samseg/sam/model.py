@@ -170,6 +170,42 @@ def download_checkpoint(model_type: str, home: str | Path | None = None, url: st
     return dest
 
 
+RECORDED = ".sha256"  # beside a download whose hash this release does not pin: the hash every later load checks
+
+
+def expected_sha256(path: Path, pinned: Optional[str]) -> Optional[str]:
+    """The sha256 `path` must have: the pinned one, else the one recorded beside it at its first download."""
+    if pinned:
+        return pinned
+    recorded = path.with_name(path.name + RECORDED)
+    return recorded.read_text(encoding="utf-8").strip() if recorded.is_file() else None
+
+
+def fetch_verified(info: CheckpointInfo, dest: Path, what: str, licence: str, hint: str,
+                   validate: Callable[[Path], None]) -> Path:
+    """`dest` when it holds its expected hash and passes `validate` (a file an older samseg recorded as
+    trusted is checked again, not kept for good); else downloaded (`download_verified`, the licence
+    named first) and, when this release pins no hash, its sha256 recorded beside it."""
+    if dest.is_file():
+        want = expected_sha256(dest, info.sha256)
+        try:
+            if want is None or remembered_sha256(dest) != want:
+                raise CheckpointError(f"{dest}: sha256 is not the {'pinned' if info.sha256 else 'recorded'} one "
+                                      "(truncated, replaced, or not downloaded by samseg)")
+            validate(dest)
+            return dest
+        except CheckpointError as exc:
+            log.warning("%s; downloading again", exc)
+            dest.with_name(dest.name + RECORDED).unlink(missing_ok=True)
+    log.warning("%s: under the %s", what, licence)
+    sha = download_verified(info.url, dest, info, what, hint, validate=validate)
+    if info.sha256 is None:
+        dest.with_name(dest.name + RECORDED).write_text(sha + "\n", encoding="utf-8")
+        log.warning("%s: sha256 %s recorded (this samseg release pins no hash for it: compare it with the file's "
+                    "page on the Hugging Face Hub)", dest, sha)
+    return dest
+
+
 # The most an unpinned download may be (a row with no pinned size): over any weights file a
 # registry row names (ViT-g DINOv2, 4.5 GB), far under an endless stream filling the disk.
 MAX_DOWNLOAD_BYTES = 6 * 2**30

@@ -25,7 +25,6 @@ from samseg.sam.files import samseg_home
 from samseg.sam.model import CheckpointError
 
 log = logging.getLogger(__name__)
-RECORDED = ".sha256"  # beside a weights file whose hash this release does not pin (as the backbones')
 _CROP_BATCH = 16
 
 
@@ -85,27 +84,15 @@ def _load_state(model: Any, path: Path) -> None:
 
 def download_namer(name: str, url: Optional[str] = None) -> Path:
     """The verified weights of namer `name`, downloaded if missing (the licence named); CheckpointError in one line."""
-    from samseg.sam.files import remembered_sha256
-    from samseg.sam.model import CheckpointInfo, download_verified
+    from samseg.sam.model import CheckpointInfo, fetch_verified
 
     entry = namer_entry(name)
     if not entry.downloadable:
         raise ValueError(f"namer {name!r} has seeded weights; there is nothing to download")
     dest = weights_path(name)
-    recorded = dest.with_name(dest.name + RECORDED)
-    if dest.is_file():
-        want = entry.sha256 or (recorded.read_text().strip() if recorded.is_file() else None)
-        if want is not None and remembered_sha256(dest) == want:
-            return dest
-        log.warning("%s: not the recorded weights; downloading again", dest)
-    log.warning("%s namer weights (%s) are under the %s", name, entry.open_clip_name, entry.licence)
-    hint = f"copy {dest.name} to {dest.parent}/ or use --names none"
-    sha = download_verified(url or entry.url or "", dest, CheckpointInfo(url or entry.url or "", entry.filename,
-                                                                          entry.sha256, entry.size),
-                            f"the {name} namer weights", hint, validate=lambda part: _fits(name, part))
-    if entry.sha256 is None:
-        recorded.write_text(sha + "\n", encoding="utf-8")
-    return dest
+    info = CheckpointInfo(url or entry.url or "", entry.filename, entry.sha256, entry.size)
+    return fetch_verified(info, dest, f"the {name} namer weights ({entry.open_clip_name})", entry.licence,
+                          f"copy {dest.name} to {dest.parent}/ or use --names none", validate=lambda part: _fits(name, part))
 
 
 _LOADED: dict[tuple[str, str, int], LoadedNamer] = {}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from samseg.apps.ui.service import DATASET_MODES, RunDataError, RunStore
+from samseg.apps.ui.service import RunDataError, RunStore
+from samseg.edges.run_schema import DATASET_MODES
 from samseg.edges.run_schema import TAG_KIND, TAG_MLFLOW_PARENT
 
 _MAX_CHILDREN = 500  # one page; a batch larger than that is browsed in MLflow

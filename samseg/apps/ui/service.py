@@ -24,13 +24,12 @@ from samseg.apps.ui.tracking_gate import TrackingGate
 from samseg.core.backbones import SAM
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
-from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
+from samseg.edges.run_schema import DATASET_MODES, RECLUSTER_DEPLOYMENT
 
 # Run kinds that have an image's outputs (a batch parent run has none).
 IMAGE_KINDS = ("image", "recluster")
 # Batch parent runs whose images share one set of class ids (tag samseg.classes, see
 # samseg.edges.dataset_outputs): the UI shows them as "dataset runs".
-DATASET_MODES = ("dataset", "assigned")
 _MAX_LIST = 500
 
 
