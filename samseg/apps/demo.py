@@ -121,60 +121,25 @@ def choose_names(model: str, have: Callable[[str], bool], probe: Callable[[str],
                     f"samseg weights download {DEMO_NAMER}, then run the demo again")
 
 
-def _have_namer(name: str) -> bool:
-    from samseg.sam.namer import weights_path
+# The demo's three probes, for a SAM checkpoint, a backbone or a namer alike (samseg.sam.weights).
+def _have(name: str) -> bool:
+    """Its weights file is there. Not hashed here: the segment run's load verifies the sha256 anyway
+    (and fetches a good copy when it does not match)."""
+    from samseg.sam.weights import weight
 
-    return weights_path(name).is_file()
-
-
-def _probe_namer(name: str) -> str | None:
-    from samseg.core.namers import namer_entry
-
-    return reachable(namer_entry(name).url or "")
+    return weight(name).present
 
 
-def _download_namer(name: str) -> object:
-    from samseg.sam.namer import download_namer
+def _probe(name: str) -> str | None:
+    from samseg.sam.weights import weight
 
-    return download_namer(name)
-
-
-def _have_features(name: str) -> bool:
-    from samseg.sam.backbones import weights_path
-
-    return weights_path(name).is_file()
+    return reachable(weight(name).url)
 
 
-def _probe_features(name: str) -> str | None:
-    from samseg.core.backbones import backbone_entry
+def _download(name: str) -> object:
+    from samseg.sam.weights import weight
 
-    return reachable(backbone_entry(name).url or "")
-
-
-def _download_features(name: str) -> object:
-    from samseg.sam.backbones import download_backbone
-
-    return download_backbone(name)
-
-
-def _have(model: str) -> bool:
-    """A cached checkpoint file exists. Not hashed here: loading it for the segment run
-    verifies the sha256 anyway (and fetches a good copy when it does not match)."""
-    from samseg.sam.model import checkpoint_path
-
-    return checkpoint_path(model).is_file()
-
-
-def _probe(model: str) -> str | None:
-    from samseg.sam.model import official_checkpoint
-
-    return reachable(official_checkpoint(model).url)
-
-
-def _download(model: str) -> object:
-    from samseg.sam.model import download_checkpoint
-
-    return download_checkpoint(model)  # .part + sha256 + atomic rename: no partial file stays
+    return weight(name).download()  # .part + sha256 + atomic rename: no partial file stays
 
 
 def main(argv: list[str]) -> int:
@@ -183,9 +148,9 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         if argv[0] == "features":
-            model, message = choose_features(argv[1], _have_features, _probe_features, _download_features)
+            model, message = choose_features(argv[1], _have, _probe, _download)
         elif argv[0] == "names":
-            model, message = choose_names(argv[1], _have_namer, _probe_namer, _download_namer)
+            model, message = choose_names(argv[1], _have, _probe, _download)
         else:
             model, message = choose(os.environ.get(ENV), _have, _probe, _download)
     except DemoError as exc:

@@ -152,10 +152,7 @@ def segment(image: ImageInput, model: Optional[str] = None, preset: Optional[str
     cfg = configure(preset, model, precision, **settings)
     if track and out is None:
         raise ValueError("track=True logs the image dir it writes: give out= as well")
-    with _cache_root(cache) as root:
-        runtime = Runtime(checkpoint=checkpoint, features_checkpoint=features_checkpoint, device=device,
-                          kernels=kernels, seed=seed, cache=root)
-        job = SegmentJob(cfg, runtime, str(out) if out is not None else "", Tracking(track=track, experiment=experiment))
+    with _job(cfg, out, track, experiment, cache, locals()) as job:
         job.fetch_weights()  # missing weights download now, or one CheckpointError names them all
         loaded = load_input(image)
         if out is not None:  # a folder of the user's where OUT/<name> goes: refused before any compute
@@ -200,11 +197,17 @@ def segment_batch(images: Union[str, Path, list[Union[str, Path]]], out: Union[s
     cfg = configure(preset, model, precision, **settings)
     request = ClassesRequest(classes_from) if classes == "dataset" or classes_from else None
     source = [str(i) for i in images] if isinstance(images, list) else str(images)
-    with _cache_root(cache) as root:
-        runtime = Runtime(checkpoint=checkpoint, features_checkpoint=features_checkpoint, device=device,
-                          kernels=kernels, seed=seed, cache=root)
-        job = SegmentJob(cfg, runtime, str(out), Tracking(track=track, experiment=experiment))
+    with _job(cfg, out, track, experiment, cache, locals()) as job:
         return segment_local(source, job, request)
+
+
+@contextmanager
+def _job(cfg: Any, out: Any, track: bool, experiment: str, cache: CacheOption,
+         arguments: dict[str, Any]) -> Iterator[SegmentJob]:
+    """The run request of a call: its runtime options are the arguments named as Runtime's fields."""
+    with _cache_root(cache) as root:
+        yield SegmentJob(cfg, Runtime.of(arguments, cache=root), str(out) if out is not None else "",
+                         Tracking(track=track, experiment=experiment))
 
 
 @contextmanager

@@ -128,7 +128,7 @@ def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig
     return parent, base, parent_model(parent), {"amg": artifact(0), "pool": artifact(1)}
 
 
-def recluster_batch(batch_run_id: str, image_run_ids: list[str], cluster_for: Callable[[str], Any], out: str,
+def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Callable[[str], Any], out: str,
                     tracking: Any, cache_root: str, params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Every image run of a batch reclustered (`cluster_for(image run id)`: its ClusterConfig)
     into OUT/<name>/, as one new batch run: its image runs nested under it, each tagged with the
@@ -147,25 +147,14 @@ def recluster_batch(batch_run_id: str, image_run_ids: list[str], cluster_for: Ca
 
         tags = {TAG_PARENT_RUN: batch_run_id, TAG_SOURCE: f"recluster of batch run {batch_run_id}"}
         new_batch = start_batch_run(tracking.experiment, f"recluster-{time.strftime('%Y%m%d-%H%M%S')}",
-                                    {**(params or {}), "n_images": len(image_run_ids)}, tags)
-    from samseg.edges.mlflow.tracking import get_run
-    from samseg.edges.outdirs import unique_names
-    from samseg.edges.run_schema import TAG_IMAGE_URI
-
-    # OUT/<name> unique over the batch, as `samseg segment` names them: cam1/IMG.jpg and cam2/IMG.jpg never share a dir
-    uris = []
-    for rid in image_run_ids:
-        try:
-            uris.append(get_run(rid).data.tags.get(TAG_IMAGE_URI) or rid)
-        except Exception:  # noqa: BLE001 — that image fails alone below, with its own line
-            uris.append(rid)
-    names = dict(zip(image_run_ids, unique_names(uris)))
+                                    {**(params or {}), "n_images": len(images)}, tags)
     results = []
     try:
-        for rid in image_run_ids:
+        for rid in images:
             try:
                 t = dataclasses.replace(tracking, kind=KIND_RECLUSTER, parent_run_id=rid, nested_under=new_batch)
-                res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=names[rid])
+                # the batch's own OUT/<name>: unique over it, as `samseg segment` named them
+                res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=images[rid] or None)
                 results.append(image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res))
             except Exception as exc:  # one image fails alone
                 results.append(failed_entry(rid, rid, describe_failure(f"MLflow run {rid}", exc)))

@@ -24,6 +24,7 @@ class Weight:
     name: str
     path: Path
     licence: str
+    url: str = ""  # where it downloads from
 
     @property
     def present(self) -> bool:
@@ -53,14 +54,14 @@ def weight(name: str) -> Weight:
     if name in NAMERS:
         from samseg.sam.namer import weights_path as namer_path
 
-        return Weight(name, namer_path(name), NAMERS[name].licence)
+        return Weight(name, namer_path(name), NAMERS[name].licence, NAMERS[name].url or "")
     if name in BACKBONES:
         from samseg.sam.backbones import weights_path
 
-        return Weight(name, weights_path(name), BACKBONES[name].licence)
-    from samseg.sam.model import checkpoint_path
+        return Weight(name, weights_path(name), BACKBONES[name].licence, BACKBONES[name].url or "")
+    from samseg.sam.model import checkpoint_path, official_checkpoint
 
-    return Weight(name, checkpoint_path(name), BACKBONES[SAM].licence)
+    return Weight(name, checkpoint_path(name), BACKBONES[SAM].licence, official_checkpoint(name).url)
 
 
 def needed(model_type: str, features: str = SAM, checkpoint: Optional[str] = None,

@@ -99,7 +99,7 @@ def run_recluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recluster_batch(args: argparse.Namespace, images: list[str]) -> int:
+def _recluster_batch(args: argparse.Namespace, images: dict[str, str]) -> int:
     """A batch run's id: each of its images reclustered (the flags over each image's own
     settings), as one new batch run, in this process; its lines as `samseg segment` prints a batch's."""
     from pydantic import ValidationError

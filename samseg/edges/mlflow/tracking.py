@@ -328,6 +328,11 @@ def batch_image_runs(client: Any, batch_run: Any) -> list[str]:
     """The image run ids batch run `batch_run` recorded in its batch_summary.json, in its order.
     Only the batch's own record counts: any run can tag itself as a batch's child
     (mlflow.parentRunId), and a run injected that way must not join the batch's exports."""
+    return list(batch_images(client, batch_run))
+
+
+def batch_images(client: Any, batch_run: Any) -> dict[str, str]:
+    """{image run id: its OUT/<name>} as batch run `batch_run` recorded them (batch_image_runs)."""
     rid = batch_run.info.run_id
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-batch-") as tmp:
@@ -338,8 +343,12 @@ def batch_image_runs(client: Any, batch_run: Any) -> list[str]:
         raise TrackingError(f"MLflow batch run {rid} has no record of its image runs ({BATCH_SUMMARY_JSON}; "
                             f"the batch is {state}, or was made by an older samseg): use its output dir instead") from None
     images = record.get("images") if isinstance(record, dict) else None
-    ids = [i.get("mlflow_run_id") for i in images or [] if isinstance(i, dict)]
-    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and re.fullmatch(r"[0-9a-zA-Z_\-]{1,64}", i)))
+    found: dict[str, str] = {}
+    for entry in images or []:
+        i = entry.get("mlflow_run_id") if isinstance(entry, dict) else None
+        if isinstance(i, str) and re.fullmatch(r"[0-9a-zA-Z_\-]{1,64}", i) and i not in found:
+            found[i] = str(entry.get("name") or "")
+    return found
 
 
 RUN_ID_CHARS = 32  # an MLflow run id: 32 lower-case hex characters
@@ -373,13 +382,13 @@ def resolve_run_id(ref: str) -> str:
     return found[0].info.run_id
 
 
-def images_of_batch(run_id: str) -> list[str] | None:
-    """The image run ids of batch run `run_id` (its own record), or None when it is not a batch run."""
+def images_of_batch(run_id: str) -> dict[str, str] | None:
+    """{image run id: OUT/<name>} of batch run `run_id` (its own record), or None when it is not a batch run."""
     client = mlflow_client.client()
     run = _get_run(client, run_id)
     if run.data.tags.get(TAG_KIND) != "batch":
         return None
-    return batch_image_runs(client, run)
+    return batch_images(client, run)
 
 
 def get_run(run_id: str) -> Any:
