@@ -130,7 +130,7 @@ def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig
 
 def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Callable[[str], Any], out: str,
                     tracking: Any, cache_root: str, params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Every image run of a batch reclustered (`cluster_for(image run id)`: its ClusterConfig)
+    """Every image run of a batch ({run id: its OUT/<name>}, the batch's record) reclustered (`cluster_for(run id)`: its ClusterConfig)
     into OUT/<name>/, as one new batch run: its image runs nested under it, each tagged with the
     run it re-tunes, its report in OUT/batch_summary.json and on the run. One image fails alone."""
     import dataclasses
