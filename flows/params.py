@@ -26,7 +26,7 @@ from samseg.core.config import (
     get_preset,
     knob_of,
 )
-from samseg.engine.request import Runtime
+from samseg.engine.request import Runtime, ShardPlan
 from samseg.sam.model import MODEL_TYPES
 
 ModelType = Literal[MODEL_TYPES]  # the model registry's names (samseg.sam.model.MODELS)
@@ -109,9 +109,9 @@ PipelineParams = create_model(
 )
 
 
-def _runtime_field(f: dataclasses.Field) -> tuple[Any, Any]:
+def _option_field(cls: type, f: dataclasses.Field) -> tuple[Any, Any]:
     choices = f.metadata.get("choices")
-    kind = Optional[Literal[choices]] if choices else typing.get_type_hints(Runtime)[f.name]  # type: ignore[valid-type]
+    kind = Optional[Literal[choices]] if choices else typing.get_type_hints(cls)[f.name]  # type: ignore[valid-type]
     return kind, Field(f.default, description=f.metadata.get("help"))
 
 
@@ -123,4 +123,15 @@ class _RuntimeBase(_Params):
 # samseg.engine.request.Runtime as flow parameters: a runtime option added there is a parameter here.
 RuntimeParams = create_model(
     "RuntimeParams", __base__=_RuntimeBase,
-    __doc__=Runtime.__doc__, **{f.name: _runtime_field(f) for f in dataclasses.fields(Runtime)})
+    __doc__=Runtime.__doc__, **{f.name: _option_field(Runtime, f) for f in dataclasses.fields(Runtime)})
+
+
+class _ShardBase(_Params):
+    def to_config(self) -> ShardPlan:
+        return ShardPlan(**self.model_dump())
+
+
+# samseg.engine.request.ShardPlan as the batch flow's `shards` parameter.
+ShardParams = create_model(
+    "ShardParams", __base__=_ShardBase,
+    __doc__=ShardPlan.__doc__, **{f.name: _option_field(ShardPlan, f) for f in dataclasses.fields(ShardPlan)})

@@ -1,10 +1,10 @@
-"""Prefect flows `segment-image` and `segment-batch` (entrypoints used by deployments/prefect.yaml).
+"""Prefect flows `segment-image`, `segment-shard` and `segment-batch` (deployments/prefect.yaml).
 
-Thin adapters over samseg.engine: segment_image_flow is engine.segment_one with every step
-run as its Prefect task; segment_batch_flow lists the images, opens the MLflow batch run and
-runs one image flow per image — as `segment` deployment runs when a server has that
-deployment (any worker takes any image), else as local subflows. One bad image fails
-alone; the batch finishes the rest and lists the failures.
+Thin adapters over samseg.engine, every step run as its Prefect task: segment_image_flow is
+engine.segment_one; segment_shard_flow is the engine's batch loop over a list of images;
+segment_batch_flow lists the images, opens the MLflow batch run and runs them as one shard
+here, or split in shards that run as `segment` deployment runs on any worker
+(flows.fanout). One bad image fails alone; the batch finishes the rest and lists the failures.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any, Literal, Optional, Union
 
 from prefect import flow
 
-from flows.params import PipelineParams, RuntimeParams
+from flows.params import PipelineParams, RuntimeParams, ShardParams
 from flows.tasks import flow_run_id, prefect_execute
 from samseg.edges import shutdown
-from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW
+from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW, SHARD_FLOW, SHARD_REPORT
 from samseg.engine.batch import ClassesRequest, run_batch
 from samseg.engine.publish import Tracking
 from samseg.engine.request import SegmentJob
-from samseg.engine.segment import segment_many, segment_one
+from samseg.engine.segment import segment_one, segment_overlapped, start_one
 
 log = logging.getLogger(__name__)
 FanOut = Literal["auto", "local", "deployment"]
@@ -56,6 +56,37 @@ def segment_image_flow(
         return segment_one(image, job, name, execute=prefect_execute, flow_run_id=flow_run_id())
 
 
+@flow(name=SHARD_FLOW, log_prints=True)
+def segment_shard_flow(
+    images: list[str],
+    out: str,
+    names: Optional[list[str]] = None,
+    settings: PipelineParams = PipelineParams(),
+    runtime: RuntimeParams = RuntimeParams(),
+    track: bool = True,
+    experiment: str = EXPERIMENT_DEFAULT,
+    batch_run_id: Optional[str] = None,
+    batch_resumed: bool = False,
+) -> list[dict[str, Any]]:
+    """Segment a shard of a batch (paths or s3:// URIs) into OUT/<name>/ each: the engine's
+    batch loop (one model load, each image's publish overlapping the next one's compute),
+    every step a task of this run. One bad image fails alone; the shard's report (one row
+    per image) is returned and kept as a table artifact, which is how a batch that fanned
+    the shard out to a worker reads it back (flows.fanout). names: the batch's output dir
+    names for these images (default: their unique stems)."""
+    tracking = Tracking(track=track, experiment=experiment, nested_under=batch_run_id, resumed=batch_resumed)
+    job = segment_job(settings, runtime, out, tracking)
+    run_id = flow_run_id()
+    with shutdown.relayed():
+        entries = segment_overlapped(images, out, lambda uri, name: start_one(uri, job, name, prefect_execute, run_id),
+                                     names=names)
+    if run_id is not None:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(entries, description=f"{SHARD_REPORT}: {len(entries)} images of a samseg batch")
+    return entries
+
+
 @flow(name=BATCH_FLOW, log_prints=True)
 def segment_batch_flow(
     source: Union[str, list[str]],
@@ -65,20 +96,23 @@ def segment_batch_flow(
     track: bool = True,
     experiment: str = EXPERIMENT_DEFAULT,
     fan_out: FanOut = "auto",
-    image_timeout_s: Optional[float] = None,
+    shards: ShardParams = ShardParams(),
     classes: Literal["image", "dataset"] = "image",
     classes_from: Optional[str] = None,
     max_cluster: Optional[int] = None,
     register_classes: Optional[str] = None,
 ) -> dict[str, Any]:
     """Segment every image of a folder, glob, file or s3:// prefix (or a list); returns the
-    report also written to OUT/batch_summary.json. fan_out: "deployment" (one `segment` run
-    per image, any worker), "local" (subflows here), "auto" (deployment when it exists);
-    image_timeout_s bounds the wait for deployment runs. classes="dataset" or classes_from
-    (run id, classes.json, models:/ URI) give dataset-level ids (samseg.engine.dataset);
-    max_cluster caps the masks clustered at once; register_classes names the MLflow model
-    the batch's new classes are registered as (samseg.edges.mlflow.class_registry)."""
-    from flows.fanout import deployment_exists, run_deployments
+    report also written to OUT/batch_summary.json. fan_out: "deployment" (the images split in
+    shards of `shards.size`, one `segment` deployment run per shard, any worker), "local" (one
+    shard here, as a subflow), "auto" (deployment when it exists). classes="dataset" or
+    classes_from (run id, classes.json, models:/ URI) give dataset-level ids
+    (samseg.engine.dataset); max_cluster caps the masks clustered at once; register_classes
+    names the MLflow model the batch's new classes are registered as
+    (samseg.edges.mlflow.class_registry). `shards`: how a fan-out is split and waited for
+    (samseg.engine.request.ShardPlan)."""
+    from flows.fanout import deployment_exists, run_shards
+
 
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
     job = segment_job(settings, runtime, out, Tracking(track=track, experiment=experiment))
@@ -86,12 +120,12 @@ def segment_batch_flow(
     request = ClassesRequest(classes_from, max_cluster, register_classes) if wanted else None
 
     def run_images(uris: list[str], t: Tracking) -> list[dict[str, Any]]:
-        kwargs = dict(out=out, track=t.track, experiment=experiment, batch_run_id=t.nested_under, batch_resumed=t.resumed)
+        kwargs = dict(out=out, settings=settings, runtime=runtime, track=t.track, experiment=experiment,
+                      batch_run_id=t.nested_under, batch_resumed=t.resumed)
         if use_deployments:
-            return run_deployments(uris, {**kwargs, "settings": settings.model_dump(), "runtime": runtime.model_dump()},
-                                   image_timeout_s)
-        return segment_many(uris, out, lambda uri, name: image_subflow(image=uri, name=name, settings=settings,
-                                                                       runtime=runtime, **kwargs))
+            return run_shards(uris, {**kwargs, "settings": settings.model_dump(), "runtime": runtime.model_dump()},
+                              shards.to_config())
+        return segment_shard_flow(images=uris, **kwargs)  # one shard, a subflow of this run
 
     with shutdown.relayed():
         report = run_batch(source, job, run_images, request, "deployment" if use_deployments else "local", prefect_execute)
@@ -99,20 +133,6 @@ def segment_batch_flow(
         if r["status"] != "completed":
             _run_logger().warning("%s", r["error"])
     return report
-
-
-def image_subflow(**params: Any) -> dict[str, Any]:
-    """One image of a local batch as a `segment-image` subflow run, without a heartbeat of its own.
-
-    Prefect's flow-run heartbeat thread sleeps in 1-s steps and is joined when the run ends, so
-    it cost ~0.6 s per image (measured: an empty subflow 1.19 s with it, 0.62 s without). The
-    batch flow run, in the same process, keeps its heartbeat: a crashed process still shows as
-    its batch run's missing heartbeats.
-    """
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return segment_image_flow(**params)
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:

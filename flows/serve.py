@@ -11,18 +11,18 @@ from typing import Any, Optional
 
 def serve_deployments(cron: Optional[str] = None, source: Optional[str] = None, out: Optional[str] = None,
                       classes_from: Optional[str] = None) -> list[Any]:
-    """RunnerDeployments named as in prefect.yaml: segment-image/segment,
+    """RunnerDeployments named as in prefect.yaml: segment-shard/segment,
     segment-batch/nightly-batch (optional cron + default source/out/classes_from), recluster/recluster.
 
     classes_from (an MLflow batch run id or classes.json path/URI): the nightly runs label
     new images with that run's dataset-level classes, so class ids stay the same night after night.
     """
     from flows.recluster import recluster_flow
-    from flows.segment import segment_batch_flow, segment_image_flow
+    from flows.segment import segment_batch_flow, segment_shard_flow
 
     batch_params = {k: v for k, v in (("source", source), ("out", out), ("classes_from", classes_from)) if v is not None}
     return [
-        segment_image_flow.to_deployment(name="segment", tags=["samseg", "image"]),
+        segment_shard_flow.to_deployment(name="segment", tags=["samseg", "shard"]),
         segment_batch_flow.to_deployment(name="nightly-batch", tags=["samseg", "batch"], cron=cron,
                                          parameters=batch_params),
         recluster_flow.to_deployment(name="recluster", tags=["samseg", "recluster"]),

@@ -152,7 +152,7 @@ def test_prefect_yaml_deployments_and_entrypoints() -> None:
     assert set(deployments) == {"nightly-batch", "segment", "recluster"}
     expected = {
         "nightly-batch": "flows/segment.py:segment_batch_flow",
-        "segment": "flows/segment.py:segment_image_flow",
+        "segment": "flows/segment.py:segment_shard_flow",
         "recluster": "flows/recluster.py:recluster_flow",
     }
     for name, entry in expected.items():
@@ -183,10 +183,11 @@ def test_prefect_yaml_is_understood_by_prefect() -> None:
     import flows.recluster
     import flows.segment
 
-    # segment_batch_flow fans out to "<image flow name>/segment"; it must be this file's deployment.
+    # segment_batch_flow fans its shards out to "<shard flow name>/segment"; it must be this file's deployment.
     from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT, SEGMENT_DEPLOYMENT
 
-    assert SEGMENT_DEPLOYMENT == f"{flows.segment.segment_image_flow.name}/segment"
+    assert SEGMENT_DEPLOYMENT == f"{flows.segment.segment_shard_flow.name}/segment"
     assert RECLUSTER_DEPLOYMENT == f"{flows.recluster.recluster_flow.name}/recluster"  # the UI's --submit prefect default
-    for fn in (flows.segment.segment_batch_flow, flows.segment.segment_image_flow, flows.recluster.recluster_flow):
+    for fn in (flows.segment.segment_batch_flow, flows.segment.segment_shard_flow, flows.segment.segment_image_flow,
+               flows.recluster.recluster_flow):
         assert hasattr(fn, "deploy") and hasattr(fn, "name"), f"{fn} is not a Prefect flow"

@@ -394,7 +394,7 @@ def test_serve_builds_the_three_deployments() -> None:
 
     deps = serve_deployments(cron="0 2 * * *", source="s3://b/in/", out="s3://b/out/")
     assert [(d.flow_name, d.name) for d in deps] == [
-        ("segment-image", "segment"), ("segment-batch", "nightly-batch"), ("recluster", "recluster")]
+        ("segment-shard", "segment"), ("segment-batch", "nightly-batch"), ("recluster", "recluster")]
     assert deps[1].parameters == {"source": "s3://b/in/", "out": "s3://b/out/"}
     nightly = serve_deployments(source="/data/in", out="/data/out", classes_from="0123abcd")[1]
     assert nightly.parameters == {"source": "/data/in", "out": "/data/out", "classes_from": "0123abcd"}

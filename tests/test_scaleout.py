@@ -1,7 +1,10 @@
-"""Scale-out on loopback: a real Prefect server, TWO `prefect worker` processes on the
-`samseg-local` pool, deployments from deployments/prefect.yaml, a batch of 4 images fanned
-out as one `segment` deployment run per image. Each image must be processed exactly once
-and logged to MLflow under the batch run. Every process is killed in teardown.
+"""Scale-out on loopback: a real Prefect server, TWO `prefect worker` processes (`--limit 1`,
+as docs/orchestration.md says) on the `samseg-local` pool, deployments from
+deployments/prefect.yaml, and `samseg segment DIR --fan-out deployment --shard-size 3` on 8
+images: 3 shard runs. One shard run's process is killed with SIGKILL while it holds its
+shard; the batch runs that shard again for the images it had not written. Every image is
+written by exactly one run and logged at most once under the batch run. Every process is
+killed in teardown.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def workers(prefect_api: PrefectServer, mlflow_env: str, tmp_path: Path, monkeyp
         for i in (1, 2):
             log = (tmp_path / f"worker{i}.log").open("wb")
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--name", f"w{i}", "--limit", "2"],
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--name", f"w{i}", "--limit", "1"],
                 cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         yield env
     finally:
@@ -51,56 +54,73 @@ def workers(prefect_api: PrefectServer, mlflow_env: str, tmp_path: Path, monkeyp
             stop_process(p, timeout_s=3)  # a worker's graceful stop is not what this tests
 
 
-def test_two_workers_take_each_image_exactly_once(prefect_api, workers, small_photos, tmp_path) -> None:
+def test_shards_survive_a_killed_shard_run(prefect_api, workers, small_photos, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
-    from prefect.deployments import run_deployment
-
-    from flows.params import PipelineParams, RuntimeParams
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    names = ["alphabet.jpg", "bears.jpg", "building.jpg", "corgi.jpg"]
-    for name in names:
-        (src / name).write_bytes((small_photos / name).read_bytes())
-    smoke = PipelineParams.from_preset("smoke")
-    settings = smoke.model_copy(update={"amg": smoke.amg.model_copy(update={"points_per_side": 4})})
+    for k in (1, 2):
+        for photo in sorted(small_photos.glob("*.jpg")):
+            (src / f"{photo.stem}{k}.jpg").write_bytes(photo.read_bytes())
+    names = sorted(p.stem for p in src.iterdir())
     experiment = f"scaleout-{uuid.uuid4().hex[:8]}"
-    batch = run_deployment(
-        "segment-batch/nightly-batch",
-        parameters={"source": str(src), "out": str(out), "settings": settings.model_dump(),
-                    "runtime": RuntimeParams(device="cpu", cache=str(tmp_path / "cache")).model_dump(),
-                    "experiment": experiment, "fan_out": "deployment"},
-        timeout=0,
-    )
-    deadline = time.monotonic() + 540
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "samseg.apps.cli", "segment", str(src), "--out", str(out), "--model", "tiny-random",
+         "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--cache", str(tmp_path / "cache"),
+         "--experiment", experiment, "--fan-out", "deployment", "--shard-size", "3", "--quiet"],
+        cwd=tmp_path, env=workers, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        killed = _kill_first_running_shard(tmp_path)
+        stdout, stderr = cli.communicate(timeout=540)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, f"{stdout[-2000:]}\n{stderr[-3000:]}\n{_worker_logs(tmp_path)}"
+
     with get_client(sync_client=True) as client:
-        while True:
-            fr = client.read_flow_run(batch.id)
-            if fr.state is not None and fr.state.is_final():
-                break
-            assert time.monotonic() < deadline, f"batch still {fr.state.name if fr.state else None}:\n{_worker_logs(tmp_path)}"
-            time.sleep(2)
-        assert fr.state.is_completed(), f"batch {fr.state.name}: {fr.state.message}\n{_worker_logs(tmp_path)}"
-        image_runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"])),
-                                           flow_run_filter=FlowRunFilter())
-    per_image: dict[str, list] = {}
-    for run in image_runs:
-        per_image.setdefault(Path(run.parameters["image"]).name, []).append(run)
-    assert sorted(per_image) == names
-    assert all(len(runs) == 1 and runs[0].state.is_completed() for runs in per_image.values()), per_image
-    for name in names:
-        summary = json.loads((out / Path(name).stem / "summary.json").read_text())
-        assert summary["prefect_flow_run_id"] == str(per_image[name][0].id)
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"])))
+    by_id = {str(r.id): r for r in runs}
+    assert by_id[killed].state.name == "Crashed", by_id[killed].state
+    written_by = {n: json.loads((out / n / "summary.json").read_text())["prefect_flow_run_id"] for n in names}
+    done_before_kill = {n for n, rid in written_by.items() if rid == killed}
+    killed_images = {Path(u).stem for u in by_id[killed].parameters["images"]}
+    reruns = [{Path(u).stem for u in r.parameters["images"]} for r in runs
+              if str(r.id) != killed and {Path(u).stem for u in r.parameters["images"]} <= killed_images]
+    # the killed shard's second run holds exactly the images its first run had not written
+    assert reruns == ([killed_images - done_before_kill] if killed_images - done_before_kill else [])
+    assert all(by_id[rid].state.is_completed() or rid == killed for rid in written_by.values())
+    assert len(runs) == 3 + len(reruns) and all(r.state.is_completed() for r in runs if str(r.id) != killed)
 
     report = json.loads((out / "batch_summary.json").read_text())
-    assert report["fan_out"] == "deployment" and report["succeeded"] == 4
+    assert (report["fan_out"], report["succeeded"], report["failed"]) == ("deployment", 8, 0)
+    assert report["retried"] == len(killed_images - done_before_kill)
     ml = MlflowClient()
     exp = ml.get_experiment_by_name(experiment)
     children = ml.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'")
-    assert sorted(r.info.run_name for r in children) == names
-    assert {r.data.tags["samseg.prefect_flow_run_id"] for r in children} == {str(r[0].id) for r in per_image.values()}
+    logged = [r.info.run_name for r in children]
+    assert len(logged) == len(set(logged))  # never logged twice
+    assert set(logged) >= {f"{n}.jpg" for n in names if n not in done_before_kill}
+
+
+def _kill_first_running_shard(tmp_path: Path) -> str:
+    """SIGKILL the process of the first shard run seen RUNNING (a worker's child); its id."""
+    import os
+    import signal
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    deadline = time.monotonic() + 300
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            for run in client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"]))):
+                if run.state is not None and run.state.is_running() and run.infrastructure_pid:
+                    os.kill(int(str(run.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
+                    return str(run.id)
+            time.sleep(0.2)
+    raise AssertionError(f"no shard run started:\n{_worker_logs(tmp_path)}")
 
 
 def _worker_logs(tmp_path: Path) -> str:

@@ -49,6 +49,7 @@ FROM_PARENT_RUN, FROM_RUN_ARTIFACTS = "parent_run", "run"  # a recluster's input
 CACHE_STATUSES: tuple[str, ...] = (HIT, COMPUTED, SKIPPED, FROM_PARENT_RUN, FROM_RUN_ARTIFACTS)
 
 # Prefect flow names and "<flow name>/<deployment name>" as in deployments/prefect.yaml.
-IMAGE_FLOW, BATCH_FLOW, RECLUSTER_FLOW = "segment-image", "segment-batch", "recluster"
-SEGMENT_DEPLOYMENT = f"{IMAGE_FLOW}/segment"
+IMAGE_FLOW, SHARD_FLOW, BATCH_FLOW, RECLUSTER_FLOW = "segment-image", "segment-shard", "segment-batch", "recluster"
+SEGMENT_DEPLOYMENT = f"{SHARD_FLOW}/segment"  # a batch's shards run as this deployment's runs (flows.fanout)
+SHARD_REPORT = "samseg shard report"  # the table artifact a shard run leaves: one row per image
 RECLUSTER_DEPLOYMENT = f"{RECLUSTER_FLOW}/recluster"

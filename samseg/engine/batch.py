@@ -148,6 +148,7 @@ def batch_report(source: Source, out: str, results: list[dict[str, Any]], batch_
     failed = [r for r in results if r["status"] != "completed"]
     report = {"source": source, "out": out, "images": results, "succeeded": len(results) - len(failed),
               "failed": len(failed), "untracked": sum(bool(r.get("tracking_error")) for r in results),
+              "retried": sum(r.get("attempts", 1) > 1 for r in results),
               "mlflow_run_id": batch_run_id, "fan_out": fan_out, "classes": classes or {"mode": "image"}}
     try:
         write_batch_summary(out, report)

@@ -87,3 +87,24 @@ class SegmentJob:
         names = self.cfg.names
         ensure(self.cfg.model_type, self.cfg.features.name, self.runtime.checkpoint, self.runtime.features_checkpoint,
                names.namer if names.enabled else None)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How a batch fanned out to workers is split and waited for (flows.fanout); the batch
+    flow's `shards` parameter is generated from it (flows/params.py)."""
+
+    size: int = option(256, "images per shard run: one model load each, one `segment` deployment run")
+    in_flight: int = option(8, "most shard runs created and not yet finished")
+    retries: int = option(2, "new runs for a shard whose run crashed or failed, for the images it had not written")
+    timeout_s: Optional[float] = option(None, "a shard run not finished after this many seconds fails its unwritten images")
+    stale_after_s: Optional[float] = option(None, "a running shard run without a heartbeat for this many seconds is "
+                                                  "marked CRASHED, its machine gone (default: 3 Prefect heartbeats)")
+
+    def __post_init__(self) -> None:
+        for name, low in (("size", 1), ("in_flight", 1), ("retries", 0)):
+            if int(getattr(self, name)) < low:
+                raise ValueError(f"shard {name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("timeout_s", "stale_after_s"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"shard {name} must be > 0, got {getattr(self, name)}")

@@ -72,33 +72,26 @@ def segment_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: 
     return start_one(uri, job, name, execute, flow_run_id)()
 
 
-ImageFn = Callable[[str, str], dict[str, Any]]  # (uri, output name) -> segment_one's result
 StartFn = Callable[[str, str], Callable[[], dict[str, Any]]]  # (uri, output name) -> start_one's publish step
 
 
-def segment_many(uris: list[str], out: str, image_fn: ImageFn) -> list[dict[str, Any]]:
-    """Every image of a batch through `image_fn`, in order; one bad image fails alone.
-    Images whose OUT/<name> samseg may not replace fail before any compute."""
-    def start(uri: str, name: str) -> Callable[[], dict[str, Any]]:
-        result = image_fn(uri, name)  # the whole image, here and now
-        return lambda: result
-
-    return segment_overlapped(uris, out, start, overlap=False)
-
-
-def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bool = True) -> list[dict[str, Any]]:
-    """`segment_many` with each image's publish step (export, upload, MLflow) running in a
-    background thread while the next image computes: one publish in flight, results in input
-    order, a failed publish fails its image alone. A stop request (SIGTERM, Ctrl-C) starts no
-    new image and gives the publish in flight shutdown.grace_s() to finish: a tracking server
-    that hangs must not hold the stop (its image dir is atomic, the rerun redoes what is missing)."""
+def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bool = True,
+                       names: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """The batch loop: every image through `start_fn`, in order, one bad image failing alone;
+    images whose OUT/<name> samseg may not replace fail before any compute. Each image's
+    publish step (export, upload, MLflow) runs in a background thread while the next image
+    computes (overlap=False: before it): one publish in flight, results in input order.
+    A stop request (SIGTERM, Ctrl-C) starts no new image and gives the publish in flight shutdown.grace_s() to finish: a tracking server
+    that hangs must not hold the stop (its image dir is atomic, the rerun redoes what is missing).
+    names: the output dir names (a shard of a batch gets the batch's; default: unique_names)."""
+    import contextvars
     from concurrent.futures import Future, ThreadPoolExecutor
     from concurrent.futures import TimeoutError as FutureTimeout
 
     from samseg.edges import shutdown
     from samseg.edges.outdirs import refused_outputs, unique_names
 
-    names = unique_names(uris)
+    names = unique_names(uris) if names is None else names
     refused = refused_outputs(out, uris, names)
     results: list[dict[str, Any]] = []
     pending: list[tuple[str, str, Future]] = []
@@ -123,7 +116,8 @@ def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bo
             if failure is not None:
                 results.append(failed_entry(uri, name, failure))
             else:
-                pending.append((uri, name, pool.submit(finish)))
+                # the publish thread runs in this thread's context: inside a flow its steps are that flow's tasks
+                pending.append((uri, name, pool.submit(contextvars.copy_context().run, finish)))
                 if not overlap:
                     collect()
     except BaseException:

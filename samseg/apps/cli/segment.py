@@ -40,8 +40,13 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
                    help="use no persistent stage cache (a private temporary one, removed when the command ends)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     g.add_argument("--fan-out", choices=FAN_OUT, default="local",
-                   help="local: every image in this process (default); deployment: one `segment` deployment run "
-                   "per image, taken by any worker; auto: deployment when the server has it")
+                   help="local: every image in this process (default); deployment: the images split in shards, "
+                   "one `segment` deployment run per shard, taken by any worker; auto: deployment when the server has it")
+    from samseg.engine.request import ShardPlan
+
+    g.add_argument("--shard-size", type=int, default=ShardPlan.size, metavar="N",
+                   help=f"images per deployment run with --fan-out deployment (default {ShardPlan.size}): one model "
+                   "load per shard; a crashed shard runs again for the images it had not written")
     d = p.add_argument_group("dataset-level classes")
     d.add_argument("--classes", choices=("image", "dataset"), default=None,
                    help="image: class ids per image (default); dataset: one set of ids for all images, "
@@ -85,6 +90,7 @@ def run_segment(args: argparse.Namespace) -> int:
             print_error(exc)
             return 1
     fan_out = getattr(args, "fan_out", "local")
+    _check_shards(args, fan_out)
     how = orchestrator(args, needs_prefect=fan_out == "deployment")
     if how == "prefect":
         quiet_prefect(getattr(args, "verbose", False))
@@ -102,6 +108,19 @@ def run_segment(args: argparse.Namespace) -> int:
         if how == "prefect":
             return _segment_prefect(args, job, uris, fan_out)
         return _segment_local(args, job, uris)
+
+
+def _check_shards(args: argparse.Namespace, fan_out: str) -> None:
+    from samseg.apps.cli.common import UsageError
+    from samseg.engine.request import ShardPlan
+
+    size = getattr(args, "shard_size", ShardPlan.size)
+    if size != ShardPlan.size and fan_out == "local":
+        raise UsageError("--shard-size splits a --fan-out deployment batch; this batch runs here (--fan-out local)")
+    try:
+        ShardPlan(size=size)
+    except ValueError as exc:
+        raise UsageError(f"--shard-size: {exc}") from None
 
 
 def _job(args: argparse.Namespace, cfg: Any, out: str, cache: str) -> Any:
@@ -172,7 +191,7 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
 
 
 def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_out: str) -> int:
-    from flows.params import PipelineParams, RuntimeParams
+    from flows.params import PipelineParams, RuntimeParams, ShardParams
     from flows.segment import segment_batch_flow, segment_image_flow
     from samseg.engine.segment import describe_failure
 
@@ -190,8 +209,8 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
             print_error(describe_failure(uris[0], exc))
             return 1
     with _progress_bars(args, len(uris)):
-        state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, **common, **_classes_request(args, job.out),
-                                   return_state=True)
+        state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size), **common,
+                                   **_classes_request(args, job.out), return_state=True)
     try:
         report = state.result()
     except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
@@ -343,6 +362,8 @@ def report_batch(report: dict[str, Any]) -> int:
     for problem in ("summary_error", "tracking_error"):
         if report.get(problem):
             print_error(report[problem])
+    if report.get("retried"):
+        print(f"{report['retried']} images were in a shard run that crashed and ran again on a worker")
     if report["failed"]:
         print(f"{report['failed']} of {len(report['images'])} images failed", file=sys.stderr)
     if report.get("untracked"):

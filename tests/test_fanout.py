@@ -1,0 +1,128 @@
+"""A batch fanned out in shards (flows.fanout.run_shards) against a fake Prefect client:
+shards of the plan's size, never more than `in_flight` runs at once, a completed shard's
+report read from its table artifact, a crashed shard run again for the images it had not
+written (never for those it had), a shard past its timeout set CRASHED and failed after
+its retries. The real server and workers are in test_scaleout.py."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from samseg.edges.run_schema import SHARD_REPORT
+from samseg.engine import progress
+from samseg.engine.request import ShardPlan
+
+
+class _State(SimpleNamespace):
+    def is_final(self) -> bool:
+        return self.name in ("Completed", "Crashed", "Failed")
+
+    def is_completed(self) -> bool:
+        return self.name == "Completed"
+
+    def is_running(self) -> bool:
+        return self.name == "Running"
+
+
+class FakePrefect:
+    """Each shard run plays a script keyed by its first image: 'ok' (completes, every image
+    in its report; 'bad.png' fails), 'crash-after-1' (writes its first image, then crashes),
+    'hang' (runs forever)."""
+
+    def __init__(self, out: Path, scripts: dict[str, str]) -> None:
+        self.out, self.scripts = out, scripts
+        self.runs: dict[uuid.UUID, dict] = {}
+        self.params: list[dict] = []
+        self.max_open = 0
+
+    def run_deployment(self, name, parameters, timeout, flow_run_name):
+        rid = uuid.uuid4()
+        self.params.append(parameters)
+        self.runs[rid] = {"params": parameters, "polls": 0, "state": _State(name="Scheduled", message=None)}
+        self.max_open = max(self.max_open, sum(not r["state"].is_final() for r in self.runs.values()))
+        return SimpleNamespace(id=rid)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read_flow_run(self, rid):
+        run = self.runs[rid]
+        run["polls"] += 1
+        images, names = run["params"]["images"], run["params"]["names"]
+        script = self.scripts.get(Path(images[0]).name, "ok")
+        if run["polls"] == 2 and not run["state"].is_final():
+            if script == "ok":
+                run["state"] = _State(name="Completed", message=None)
+                run["rows"] = [{"image": u, "name": n, "status": "failed" if u.endswith("bad.png") else "completed",
+                                **({"error": f"{u}: not an image"} if u.endswith("bad.png") else {})}
+                               for u, n in zip(images, names)]
+            elif script == "crash-after-1":
+                self.scripts[Path(images[0]).name] = "ok"  # its second run goes through
+                (self.out / names[0]).mkdir(parents=True)
+                (self.out / names[0] / "summary.json").write_text(json.dumps({"prefect_flow_run_id": str(rid), "n_masks": 3}))
+                run["state"] = _State(name="Crashed", message="Process exited with status -9")
+            else:
+                run["state"] = _State(name="Running", message=None)
+        return SimpleNamespace(id=rid, state=run["state"])
+
+    def set_flow_run_state(self, rid, state, force):
+        self.runs[rid]["state"] = _State(name=state.name, message=state.message)
+
+    def read_artifacts(self, artifact_filter):
+        [rid] = artifact_filter.flow_run_id.any_
+        rows = self.runs[rid].get("rows")
+        return [SimpleNamespace(description=f"{SHARD_REPORT}: x", data=json.dumps(rows))] if rows is not None else []
+
+    def read_events(self, *args, **kwargs):
+        return SimpleNamespace(events=[])
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakePrefect:
+    import prefect.client.orchestration
+    import prefect.deployments
+
+    f = FakePrefect(tmp_path / "out", {"c.png": "crash-after-1", "f.png": "hang"})
+    monkeypatch.setattr(prefect.deployments, "run_deployment", f.run_deployment)
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda sync_client: f)
+    return f
+
+
+def test_shards_retry_what_a_crash_left_and_fail_what_hangs(fake: FakePrefect) -> None:
+    from flows.fanout import run_shards
+
+    uris = [f"/in/{n}.png" for n in ("a", "b", "c", "d", "bad", "e", "f")]
+    events: list[tuple[str, str]] = []
+    with progress.reporting(lambda event, **info: events.append((event, Path(info["image"]).name))):
+        entries = run_shards(uris, {"out": str(fake.out)}, ShardPlan(size=2, in_flight=2, retries=1, timeout_s=0.3),
+                             poll_s=0.01)
+    by_name = {Path(e["image"]).name: e for e in entries}
+    assert [Path(e["image"]).name for e in entries] == [Path(u).name for u in uris]  # input order
+    assert {n: e["status"] for n, e in by_name.items()} == {
+        "a.png": "completed", "b.png": "completed", "c.png": "completed", "d.png": "completed",
+        "bad.png": "failed", "e.png": "completed", "f.png": "failed"}
+    # shards of 2, the crashed shard's second run holding only the image it had not written
+    assert [[Path(u).name for u in p["images"]] for p in fake.params] == [
+        ["a.png", "b.png"], ["c.png", "d.png"], ["d.png"], ["bad.png", "e.png"], ["f.png"], ["f.png"]]
+    assert fake.max_open <= 2
+    assert by_name["c.png"]["attempts"] == 1 and by_name["c.png"]["n_masks"] == 3  # written by the crashed run
+    assert by_name["d.png"]["attempts"] == 2
+    assert "not finished after 0.3 s" in by_name["f.png"]["error"] and by_name["f.png"]["attempts"] == 2
+    assert by_name["bad.png"]["error"] == "/in/bad.png: not an image"
+    assert sorted(events) == sorted([("image_done", n) for n in ("a.png", "b.png", "c.png", "d.png", "e.png")]
+                                    + [("image_failed", "bad.png"), ("image_failed", "f.png")])
+
+
+def test_a_bad_shard_plan_is_one_value_error() -> None:
+    with pytest.raises(ValueError, match="shard size must be >= 1"):
+        ShardPlan(size=0)
+    with pytest.raises(ValueError, match="shard timeout_s must be > 0"):
+        ShardPlan(timeout_s=0)
