@@ -226,3 +226,64 @@ def test_cli_dataset_classes_then_classes_from_run(prefect_api, small_photos, tm
                          *common])
     assert rc == 1 and "no usable classes.json" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "out3" / "corgi").exists()
+
+
+def test_dataset_classes_on_s3_then_classes_from_its_json(mlflow_env, s3_bucket, small_photos, tmp_path):
+    """--classes dataset with --out s3://…: every image dir is read back from its manifest,
+    relabelled and published again (a cut-out of a per-image class that is gone goes with it,
+    the user's object beside it stays); classes.json, the contact sheet and the image runs'
+    out dirs on S3; then --classes-from that s3:// classes.json."""
+    import io
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from samseg.edges.image_dir import read_label_png
+    from samseg.edges.storage import SUCCESS_MARKER, join_uri, list_keys, listed_files, read_bytes, write_bytes
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in PHOTOS[:3]:
+        shutil.copy(small_photos / name, src / name)
+    out = f"s3://{s3_bucket}/out"
+    write_bytes(f"{out}/notes.txt", b"the user's")  # beside the image dirs: never samseg's to touch
+    experiment = f"dataset-s3-{uuid.uuid4().hex[:8]}"
+    common = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu",
+              "--experiment", experiment, "--orchestrator", "local", "--no-cache"]
+    rc, stdout, stderr = run_cli(["segment", str(src), "--out", out, "--classes", "dataset", *common])
+    assert rc == 0, stderr
+    report = json.loads(read_bytes(f"{out}/batch_summary.json"))
+    table = ClassTable.from_json(read_bytes(f"{out}/classes.json"))
+    assert report["classes"]["mode"] == "dataset" and report["classes"]["classes_json"] == f"{out}/classes.json"
+    assert table.n_classes >= 1  # not a quality claim: with no class the id checks below would be vacuous
+    assert read_bytes(f"{out}/notes.txt") == b"the user's"
+    Image.open(io.BytesIO(read_bytes(f"{out}/contact_sheet.png"))).verify()
+    for name in PHOTOS[:3]:
+        d = join_uri(out, Path(name).stem)
+        listed = set(listed_files(join_uri(d, SUCCESS_MARKER)))
+        keys = {k[len(d) + 1:] for k in list_keys(d)} - {SUCCESS_MARKER}
+        assert keys == listed  # nothing left over from the per-image publish
+        summary = json.loads(read_bytes(join_uri(d, "summary.json")))
+        assert summary["classes"] == "dataset"
+        ids = {int(v) - 1 for v in np.unique(read_label_png(io.BytesIO(read_bytes(join_uri(d, "labels.png"))))) if v > 0}
+        assert ids <= set(range(table.n_classes)) and ids == set(summary["classes_present"])
+        assert {k for k in listed if k.startswith("classes/")} == {f"classes/class_{c}.png" for c in ids}
+
+    ml = MlflowClient()
+    batch = ml.get_run(report["mlflow_run_id"])
+    assert batch.info.status == "FINISHED" and batch.data.tags["samseg.classes"] == "dataset"
+    assert {a.path for a in ml.list_artifacts(batch.info.run_id)} >= {"classes.json", "contact_sheet.png"}
+    children = ml.search_runs([batch.info.experiment_id], f"tags.mlflow.parentRunId = '{batch.info.run_id}'")
+    assert sorted(r.data.tags["samseg.out_dir"] for r in children) == sorted(
+        join_uri(out, Path(n).stem) for n in PHOTOS[:3])
+
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(small_photos / PHOTOS[3], new / PHOTOS[3])
+    rc, _, stderr = run_cli(["segment", str(new), "--out", f"s3://{s3_bucket}/out2", "--classes-from",
+                             f"{out}/classes.json", *common])
+    assert rc == 0, stderr
+    assigned = ClassTable.from_json(read_bytes(f"s3://{s3_bucket}/out2/classes.json"))
+    assert np.array_equal(assigned.prototypes, table.prototypes)
+    summary = json.loads(read_bytes(f"s3://{s3_bucket}/out2/{Path(PHOTOS[3]).stem}/summary.json"))
+    assert summary["classes"] == "assigned"

@@ -1,10 +1,11 @@
 """Scale-out on loopback: a real Prefect server, TWO `prefect worker` processes (`--limit 1`,
 as docs/orchestration.md says) on the `samseg-local` pool, deployments from
-deployments/prefect.yaml, and `samseg segment DIR --fan-out deployment --shard-size 3` on 8
-images: 3 shard runs. One shard run's process is killed with SIGKILL while it holds its
-shard; the batch runs that shard again for the images it had not written. Every image is
-written by exactly one run and logged at most once under the batch run. Every process is
-killed in teardown.
+deployments/prefect.yaml, moto S3, and `samseg segment DIR --out s3://… --fan-out deployment
+--shard-size 3 --classes dataset` on 8 images: 3 shard runs. One shard run's process is killed
+with SIGKILL while it holds its shard; the batch runs that shard again for the images it had
+not written. Every image is written by exactly one shard run, every image's ids come from one
+classes.json, and each image is logged once under the batch run. Every process is killed in
+teardown.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def workers(prefect_api: PrefectServer, mlflow_env: str, tmp_path: Path, monkeyp
             stop_process(p, timeout_s=3)  # a worker's graceful stop is not what this tests
 
 
-def test_shards_survive_a_killed_shard_run(prefect_api, workers, small_photos, tmp_path) -> None:
+def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, small_photos, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-    src, out = tmp_path / "in", tmp_path / "out"
+    from samseg.core.dataset import ClassTable
+    from samseg.edges.storage import read_bytes
+
+    src, out = tmp_path / "in", f"s3://{s3_bucket}/out"
     src.mkdir()
     for k in (1, 2):
         for photo in sorted(small_photos.glob("*.jpg")):
@@ -69,7 +73,7 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, small_photos, t
     cli = subprocess.Popen(
         [sys.executable, "-m", "samseg.apps.cli", "segment", str(src), "--out", str(out), "--model", "tiny-random",
          "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--cache", str(tmp_path / "cache"),
-         "--experiment", experiment, "--fan-out", "deployment", "--shard-size", "3", "--quiet"],
+         "--experiment", experiment, "--fan-out", "deployment", "--shard-size", "3", "--classes", "dataset", "--quiet"],
         cwd=tmp_path, env=workers, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         killed = _kill_first_running_shard(tmp_path)
@@ -83,7 +87,8 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, small_photos, t
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"])))
     by_id = {str(r.id): r for r in runs}
     assert by_id[killed].state.name == "Crashed", by_id[killed].state
-    written_by = {n: json.loads((out / n / "summary.json").read_text())["prefect_flow_run_id"] for n in names}
+    summaries = {n: json.loads(read_bytes(f"{out}/{n}/summary.json")) for n in names}
+    written_by = {n: s["prefect_flow_run_id"] for n, s in summaries.items()}
     done_before_kill = {n for n, rid in written_by.items() if rid == killed}
     killed_images = {Path(u).stem for u in by_id[killed].parameters["images"]}
     reruns = [{Path(u).stem for u in r.parameters["images"]} for r in runs
@@ -93,15 +98,18 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, small_photos, t
     assert all(by_id[rid].state.is_completed() or rid == killed for rid in written_by.values())
     assert len(runs) == 3 + len(reruns) and all(r.state.is_completed() for r in runs if str(r.id) != killed)
 
-    report = json.loads((out / "batch_summary.json").read_text())
+    report = json.loads(read_bytes(f"{out}/batch_summary.json"))
     assert (report["fan_out"], report["succeeded"], report["failed"]) == ("deployment", 8, 0)
     assert report["retried"] == len(killed_images - done_before_kill)
     ml = MlflowClient()
     exp = ml.get_experiment_by_name(experiment)
     children = ml.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'")
-    logged = [r.info.run_name for r in children]
-    assert len(logged) == len(set(logged))  # never logged twice
-    assert set(logged) >= {f"{n}.jpg" for n in names if n not in done_before_kill}
+    # dataset classes: one classes.json for the 8 images of the 3 shards, the image runs logged once after it
+    table = ClassTable.from_json(read_bytes(f"{out}/classes.json"))
+    assert report["classes"]["mode"] == "dataset" and report["classes"]["n_classes"] == table.n_classes
+    assert all(s["classes"] == "dataset" and set(s["classes_present"]) <= set(range(table.n_classes))
+               for s in summaries.values())
+    assert sorted(r.info.run_name for r in children) == sorted(f"{n}.jpg" for n in names)
 
 
 def _kill_first_running_shard(tmp_path: Path) -> str:

@@ -10,7 +10,8 @@ classes.json (`--classes-from RUN_ID`), and rewrites every dir with the shared i
 writes OUT/classes.json and OUT/contact_sheet.png and, when tracked, logs both to the
 batch parent run with the metrics of `ClassTable.metrics()` and tag samseg.classes.
 
-Local OUT only for now: an s3:// OUT raises DatasetOutputsError (one line).
+Under an s3:// OUT the engine (samseg.engine.dataset) hands this step local copies of the
+image dirs and publishes them back; the top-level files are written to OUT itself.
 """
 
 from __future__ import annotations
@@ -33,12 +34,6 @@ class DatasetOutputsError(SamsegError, RuntimeError):
     """A batch whose outputs cannot be given dataset-level classes (one line)."""
 
 
-def check_local_out(out: str | Path) -> None:
-    """Dataset-level classes rewrite the image dirs in place: OUT must be a local folder."""
-    if str(out).startswith("s3://"):
-        raise DatasetOutputsError(f"{out}: dataset-level classes need a local output directory for now")
-
-
 def apply_dataset_classes(
     out: str | Path,
     image_dirs: list[str | Path],
@@ -47,14 +42,14 @@ def apply_dataset_classes(
     max_cluster: Optional[int] = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Rewrite every image dir with dataset-level ids; returns {"classes_json", "contact_sheet",
+    """Rewrite every (local) image dir with dataset-level ids and write classes.json and the
+    contact sheet into OUT (a folder or s3:// prefix); returns {"classes_json", "contact_sheet",
     "metrics", "n_classes", "images"}. table: a ClassTable to assign to (no clustering) or
     None to cluster the batch with `cluster_cfg` (samseg.core.config.ClusterConfig)."""
     from samseg.core.dataset import assign_to_classes, classify_batch
     from samseg.edges.image_dir import read_image_dir, read_summary
+    from samseg.edges.storage import join_uri
 
-    check_local_out(out)
-    out = Path(out)
     dirs = [Path(d) for d in image_dirs]
     if not dirs:
         raise DatasetOutputsError(f"{out}: no image outputs to give classes to")
@@ -75,7 +70,7 @@ def apply_dataset_classes(
         _rewrite_dir(d, masks, emb, summary, res, table, mode)
     sheet = _contact_sheet_png(results, loaded, summaries, table)
     write_files(str(out), {CLASSES_JSON: table.to_json().encode("utf-8"), CONTACT_SHEET_PNG: sheet})
-    return {"classes_json": str(out / CLASSES_JSON), "contact_sheet": str(out / CONTACT_SHEET_PNG),
+    return {"classes_json": join_uri(out, CLASSES_JSON), "contact_sheet": join_uri(out, CONTACT_SHEET_PNG),
             "metrics": table.metrics(), "n_classes": table.n_classes, "images": names, "mode": mode}
 
 
@@ -235,12 +230,15 @@ def log_dataset_classes(batch_run_id: str, report: dict[str, Any]) -> None:
     from samseg.core.secrets import scrub_secrets
     from samseg.edges.mlflow.client import client as mlflow_client
 
+    from samseg.edges.storage import local_path, read_bytes
+
     client = mlflow_client()
-    client.log_artifact(batch_run_id, report["classes_json"])
-    client.log_artifact(batch_run_id, report["contact_sheet"])
+    for uri in (report["classes_json"], report["contact_sheet"]):  # under an s3:// OUT, via a local copy
+        with local_path(uri) as path:
+            client.log_artifact(batch_run_id, str(path))
     for key, value in report["metrics"].items():
         client.log_metric(batch_run_id, key, float(value))
     client.set_tag(batch_run_id, TAG_CLASSES, scrub_secrets(str(report["mode"])))
-    table = json.loads(Path(report["classes_json"]).read_text(encoding="utf-8"))
+    table = json.loads(read_bytes(report["classes_json"]).decode("utf-8"))
     if table.get("sample", {}).get("assigned_from"):
         client.set_tag(batch_run_id, TAG_CLASSES_FROM, scrub_secrets(str(table["sample"]["assigned_from"])))  # may be a URI with credentials

@@ -26,7 +26,7 @@ import stat
 import tempfile
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 from samseg.core.errors import UnavailableError
@@ -467,6 +467,19 @@ def upload_dir(local_dir: str | os.PathLike[str], dest_uri: str) -> list[str]:
 def is_complete(dir_uri: str | os.PathLike[str]) -> bool:
     """True when a dir published by `upload_dir` has its ``_SUCCESS`` marker."""
     return exists(join_uri(dir_uri, SUCCESS_MARKER))
+
+
+@contextlib.contextmanager
+def local_path(uri_or_path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A local file of `uri_or_path` for a library that reads paths (MLflow's log_artifact):
+    the path itself, or an s3:// object's copy in a temporary folder (same file name) for the block."""
+    if not is_s3_uri(uri_or_path):
+        yield Path(uri_or_path)
+        return
+    with tempfile.TemporaryDirectory(prefix="samseg-s3-") as tmp:
+        target = Path(tmp) / PurePosixPath(split_s3_uri(str(uri_or_path))[1]).name
+        target.write_bytes(read_bytes(uri_or_path))
+        yield target
 
 
 def download_prefix(src_uri: str, local_dir: str | os.PathLike[str], *, require_success: bool = False) -> list[Path]:

@@ -8,8 +8,10 @@ the CLI's local orchestrator and the segment-batch flow alike.
 from __future__ import annotations
 
 import json
+import tempfile
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from samseg.core.config import ClusterConfig
 from samseg.edges.run_schema import KIND_IMAGE, TAG_KIND, TAG_OUT_DIR
@@ -18,13 +20,11 @@ from samseg.engine.segment import one_line
 
 
 def check_dataset_request(out: str, classes_from: Optional[str], model: Any = None) -> None:
-    """Fail fast (before any image is segmented): dataset classes need a local OUT, and a
-    `classes_from` that does not load (unknown run, bad classes.json) or was built from another
+    """Fail fast (before any image is segmented): a `classes_from` that does not load (unknown run, bad classes.json) or was built from another
     backbone's embeddings than `model`'s (a samseg.sam.source.ModelIdentity) is an error now,
     not after the whole batch. Raises DatasetOutputsError / TrackingError / ClassTableError."""
-    from samseg.edges.dataset_outputs import check_local_out, check_same_model, load_class_table
+    from samseg.edges.dataset_outputs import check_same_model, load_class_table
 
-    check_local_out(out)
     if classes_from:
         table = load_class_table(classes_from)
         if model is not None:
@@ -55,33 +55,69 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
     contact_sheet (+ registered) — or {"error": one line} when classing failed (the image
     dirs then keep their per-image ids, and are still logged).
     """
+    from samseg.edges.storage import join_uri
+
     done = [r for r in results if r["status"] == "completed"]
-    dirs = [str(Path(out) / r["name"]) for r in done]
-    if not dirs:
-        info: dict[str, Any] = {"error": f"{out}: no completed image to give dataset-level classes to"}
-    else:
+    if not done:
+        return {"error": f"{out}: no completed image to give dataset-level classes to"}
+    with ExitStack() as stack:
+        try:
+            dirs, publish = stack.enter_context(local_image_dirs(out, [r["name"] for r in done]))
+        except Exception as exc:  # an S3 image dir that cannot be read back
+            return {"error": one_line(exc)}
         try:
             rep = execute("dataset-classes", lambda: classify_dirs(out, dirs, cluster_cfg, batch_run_id, classes_from,
                                                                    max_cluster))
+            publish()
             info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
             if register_classes and batch_run_id and rep["mode"] == "dataset":
                 from samseg.edges.mlflow.class_registry import register_classes as register
+                from samseg.edges.storage import local_path
 
-                info["registered"] = execute("register-classes", lambda: register(batch_run_id, register_classes,
-                                                                                  rep["classes_json"]))
-        except Exception as exc:  # a bad classes.json, an image that moved, MLflow down, ...
+                with local_path(rep["classes_json"]) as path:
+                    info["registered"] = execute("register-classes", lambda: register(batch_run_id, register_classes,
+                                                                                      path))
+        except Exception as exc:  # a bad classes.json, an image that moved, MLflow or S3 down, ...
             info = {"error": one_line(exc)}
-    for r, d in zip(done, dirs):
-        summary = json.loads((Path(d) / "summary.json").read_text(encoding="utf-8"))
-        r.update(n_clusters=summary.get("n_clusters"), n_noise=summary.get("n_noise"))  # now the dataset ids'
-        if track:
-            r["mlflow_run_id"] = execute("track", lambda: _log(d, summary, experiment, batch_run_id, r["name"]))
+        for r, d in zip(done, dirs):
+            summary = json.loads((Path(d) / "summary.json").read_text(encoding="utf-8"))
+            r.update(n_clusters=summary.get("n_clusters"), n_noise=summary.get("n_noise"))  # now the dataset ids'
+            if track:
+                where = join_uri(out, r["name"])
+                r["mlflow_run_id"] = execute("track", lambda: _log(d, where, summary, experiment, batch_run_id, r["name"]))
     return info
 
 
-def _log(d: str, summary: dict[str, Any], experiment: str, batch_run_id: Optional[str], name: str) -> str:
+@contextmanager
+def local_image_dirs(out: str, names: list[str]) -> Iterator[tuple[list[str], Callable[[], None]]]:
+    """(the image dirs OUT/<name> as local folders, publish): a local OUT's own dirs, rewritten
+    in place (publish does nothing); under an s3:// OUT, copies of each published dir (only
+    the files its _SUCCESS lists) in a temporary folder, and publish uploads them back under
+    the manifest rules of every publish (samseg.edges.storage.upload_dir). Until then the
+    batch stays marked incomplete (samseg.edges.owned_files), so a crash here is redone by a rerun."""
+    from samseg.edges.storage import SUCCESS_MARKER, download_prefix, is_s3_uri, join_uri, upload_dir
+
+    if not is_s3_uri(out):
+        yield [str(Path(out) / n) for n in names], lambda: None
+        return
+    with tempfile.TemporaryDirectory(prefix="samseg-dataset-") as tmp:
+        dirs = []
+        for name in names:
+            local = Path(tmp) / name
+            download_prefix(join_uri(out, name), local, require_success=True)
+            (local / SUCCESS_MARKER).unlink()  # the copy is samseg's image dir, its marker listing every file
+            dirs.append(str(local))
+
+        def publish() -> None:
+            for name, local in zip(names, dirs):
+                upload_dir(local, join_uri(out, name))
+
+        yield dirs, publish
+
+
+def _log(d: str, where: str, summary: dict[str, Any], experiment: str, batch_run_id: Optional[str], name: str) -> str:
     from samseg.edges.mlflow.tracking import log_image_run
 
     run_name = (summary.get("image") or {}).get("file_name") or name
     return log_image_run(Path(d), summary, experiment=experiment, nested_under=batch_run_id, run_name=run_name,
-                         extra_tags={TAG_KIND: KIND_IMAGE, TAG_OUT_DIR: d})
+                         extra_tags={TAG_KIND: KIND_IMAGE, TAG_OUT_DIR: where})

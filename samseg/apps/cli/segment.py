@@ -318,12 +318,6 @@ def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
         if max_cluster is not None:
             raise UsageError("--max-cluster needs --classes dataset")
         return {}
-    from samseg.edges.dataset_outputs import DatasetOutputsError, check_local_out
-
-    try:
-        check_local_out(out)
-    except DatasetOutputsError as exc:
-        raise UsageError(f"--out {exc}") from None
     return {"classes": "dataset", "classes_from": source, "max_cluster": max_cluster, "register_classes": register}
 
 
