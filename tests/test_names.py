@@ -55,7 +55,7 @@ def test_vocabularies(tmp_path: Path) -> None:
             vocabulary(bad)
 
 
-def test_named_classes_reach_the_summary_masks_json_and_an_export(tmp_path: Path) -> None:
+def test_named_classes_reach_the_summary_masks_json_an_export_and_mlflow(tmp_path: Path, monkeypatch) -> None:
     rc, out, err = run_cli(["segment", str(PHOTOS / "bears.jpg"), "--out", str(tmp_path / "o"), "--model", "tiny-random",
                             "--points-per-side", "4", "--device", "cpu", "--no-track", "--no-cache", "-q",
                             "--orchestrator", "local", "--names", "road,sky,grass,bear,water", "--namer", "tiny-random",
@@ -75,6 +75,24 @@ def test_named_classes_reach_the_summary_masks_json_and_an_export(tmp_path: Path
     assert rc == 0, err
     exported = [c["name"] for c in json.loads((tmp_path / "coco" / "annotations.json").read_text())["categories"]]
     assert exported == [f"bears:{n}" for n in [c["name"] for c in cats]]
+
+    import mlflow
+
+    from samseg.edges.mlflow.tracking import CLASS_NAMES_TABLE, log_image_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = log_image_run(d, summary, experiment="names")
+    mlflow.set_experiment("names")  # load_table searches the active experiment
+    table = mlflow.load_table(CLASS_NAMES_TABLE, run_ids=[run_id])
+    assert list(table["id"]) == [c["id"] for c in naming["classes"]]
+    assert list(table["name"]) == [c["name"] or "" for c in naming["classes"]]
+    assert list(table["best"]) == [c["best"] for c in naming["classes"]]
+    params = mlflow.get_run(run_id).data.params
+    assert params["names.vocabulary"] == "road,sky,grass,bear,water" and params["names.namer"] == "tiny-random"
+    from samseg.edges.mlflow.tracking import compare_runs
+
+    shown = " ".join(f"{c}:{n}" for c, n in named.items()) or "-"
+    assert list(compare_runs([run_id])["class_names"]) == [shown]  # what `samseg runs compare` prints
 
 
 def test_names_off_leaves_no_trace(tmp_path: Path) -> None:

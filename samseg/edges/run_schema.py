@@ -28,6 +28,7 @@ TAG_CACHE_PREFIX = "samseg.cache."  # + stage name: one of CACHE_STATUSES
 TAG_CLASSES = "samseg.classes"  # a batch run's dataset classes: "dataset" (clustered) or "assigned" (another run's)
 # A batch run's TAG_CLASSES, and an image's summary.json "classes", when its ids are dataset-level ones.
 DATASET_MODES: tuple[str, ...] = ("dataset", "assigned")
+TAG_CLASS_NAMES = "samseg.class_names"  # a named run's "<id>:<name>" list, what `samseg runs compare` shows
 TAG_CLASSES_FROM = "samseg.classes_from"  # the run id / classes.json the assigned classes came from
 TAG_HOST, TAG_PID, TAG_BATCH_KEY = "samseg.host", "samseg.pid", "samseg.batch_key"  # who runs a batch (resume/sweep)
 # MLflow's own tag that nests a run under its parent (an image run under its batch run)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, SUMMARY_TAGS, TAG_CACHE_PREFIX,
-                                     TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
+                                     TAG_CLASS_NAMES, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
 from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import TrackingError
 from samseg.edges.mlflow.conventions import log_lineage
@@ -166,6 +166,24 @@ def _kind_of(client: Any, run_id: str) -> str | None:
         return None
 
 
+CLASS_NAMES_TABLE = "class_names.json"  # the MLflow table of a named run's classes
+
+
+def _log_class_names(client: Any, run_id: str, summary: dict[str, Any]) -> None:
+    """A named run's classes as an MLflow table (the UI's artifact view and `mlflow.load_table`):
+    one row per class — id, name (empty: unnamed), best name, its score, runner-up and its score."""
+    rows = (summary.get("naming") or {}).get("classes") or []
+    if not rows:
+        return
+    columns = ("id", "name", "best", "score", "runner_up", "runner_up_score")
+    client.log_table(run_id, data={k: [("" if r.get(k) is None else r.get(k)) for r in rows] for k in columns},
+                     artifact_file=CLASS_NAMES_TABLE)
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    named = " ".join(f"{r['id']}:{r['name']}" for r in rows if r.get("name"))
+    client.set_tag(run_id, TAG_CLASS_NAMES, scrub_secrets(named)[:MAX_TAG_VAL_LENGTH] or "-")
+
+
 def log_image_run(
     out_dir: Path,
     summary: dict[str, Any],
@@ -204,6 +222,7 @@ def log_image_run(
         _log_values(client, run_id, run_params(summary), run_metrics(summary))
         _log_outputs(client, run_id, out_dir)
         log_lineage(client, run_id, summary, out_dir)
+        _log_class_names(client, run_id, summary)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):  # a stop: never wait on the server (the sweep ends the run)
             from samseg.edges.shutdown import bounded
@@ -415,6 +434,8 @@ def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None
     started = pd.to_datetime([r.info.start_time or 0 for r in runs], unit="ms").strftime("%Y-%m-%d %H:%M")
     out = pd.DataFrame({"run_id": [r.info.run_id for r in runs], "run_name": [r.info.run_name for r in runs],
                         "status": [r.info.status for r in runs], "started": list(started)})
+    if any(TAG_CLASS_NAMES in r.data.tags for r in runs):  # what the classes are, when they are named
+        out["class_names"] = [r.data.tags.get(TAG_CLASS_NAMES) for r in runs]
     for col in param_cols:
         out[col if col not in out.columns else f"params.{col}"] = params[col].to_numpy()
     for col in sorted(metrics.columns):
@@ -424,7 +445,7 @@ def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None
 
 COMPARE_WIDTH = 120  # what `samseg runs compare` prints fits this many columns
 # The columns a wide comparison of many runs keeps, in this order, as far as they fit.
-_COMPARE_FIRST = ("run_id", "status", "started", "run_name", "n_clusters", "n_noise", "n_masks", "cluster.eps",
+_COMPARE_FIRST = ("run_id", "status", "started", "run_name", "n_clusters", "class_names", "n_noise", "n_masks", "cluster.eps",
                   "cluster.min_samples", "features.name", "model_type")
 
 
