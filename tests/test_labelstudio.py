@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -64,12 +65,17 @@ def test_push_read_back_pixel_for_pixel_then_no_duplicates_then_a_recluster_besi
         [pred] = list(client.predictions.list(task=task.id))
         assert pred.model_version.startswith("samseg:") and 0 <= pred.score <= 1
         seen = set()
-        for r in pred.result:
-            c = int(r["value"]["brushlabels"][0].split("_")[1])
+        for r in pred.result:  # labelled as the file exports name it: per-image classes are "<image>:class_<c>"
+            stem, _, label = r["value"]["brushlabels"][0].partition(":")
+            assert stem == name
+            c = int(label.split("_")[1])
             mask = decode_rle(r["value"]["rle"]).reshape(H, W, 4)[..., 3] > 0
             np.testing.assert_array_equal(mask, labels == c + 1)  # pixel for pixel
             seen.add(c)
         assert seen == set(np.unique(labels[labels > 0]) - 1)
+
+    config = client.projects.get(id=project.id).label_config
+    assert {"alpha:class_0", "beta:class_0"} <= set(re.findall(r'<Label value="([^"]+)"', config))
 
     rc, out, err = _push(out_root / "out", server.url, "samseg-test")  # again: nothing duplicated
     assert rc == 0 and "0 new tasks, 2 already there" in out and "2 replaced" in out
@@ -174,6 +180,9 @@ def test_a_lost_import_answer_does_not_duplicate_the_task(out_root: Path, ls_env
     assert rc == 0 and "1 new tasks, 1 already there" in out, err
     tasks = list(client.tasks.list(project=project.id))
     assert len(tasks) == 2 and {t.data.get("samseg_sha256") for t in tasks} >= {alpha["sha256"]}
+    # the project's own labels stay; the pushed classes' labels were added beside them
+    labels = re.findall(r'<Label value="([^"]+)"', client.projects.get(id=project.id).label_config)
+    assert labels[:2] == ["class_0", "class_1"] and "alpha:class_0" in labels and len(labels) == len(set(labels))
 
 
 def test_two_pushes_at_once_make_one_project_and_no_duplicate_task(out_root: Path, ls_env) -> None:

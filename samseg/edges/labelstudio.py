@@ -12,8 +12,9 @@ image of 20 classes, more than the server takes), and the encoder processes alre
   name, password or query is refused (`check_url`), so no error line can print a credential.
 - The project is found by id (ASCII digits) or by exact title (several with that title: refused
   on the CLI, the lowest id from the UI), else created with samseg's labeling config (one
-  BrushLabels label per class, samseg's class colours). An existing project whose config lacks
-  samseg's brush labels is refused. One push at a time per server on a machine.
+  BrushLabels label per category of the file exports — a class's name, `<image>:<name>` for
+  per-image classes —, samseg's class colours). An existing project whose config lacks samseg's
+  BrushLabels is refused; the labels it lacks are added to it. One push at a time per server on a machine.
 - Images: a local image is uploaded through Label Studio's import API (the server stores it and
   serves it at /data/upload/...); an s3:// image is referenced as its URI, and the project gets an
   S3 source storage for its bucket (presigned URLs, never synced) unless it has one: the server
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from samseg.core.errors import SamsegError
-from samseg.edges.annotations import FROM_NAME, TO_NAME, ImageResult, brush_results_of, class_names, labeling_config, n_classes
+from samseg.edges.annotations import FROM_NAME, TO_NAME, Categories, ImageResult, brush_results_of, categories, labeling_config
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 SHA_KEY = "samseg_sha256"  # task data: the image's sha256, how a second push finds its task
@@ -194,7 +195,12 @@ def find_project(client: Any, url: str, name_or_id: str, labels: list[str], pick
             config = labeling_config(labels)
             return _call(url, "create a project", lambda: client.projects.create(title=name_or_id, label_config=config)), True
         project = found[0]
-    check_config(project.label_config or "", labels, f"Label Studio project {project.id} ({project.title!r})")
+    what = f"Label Studio project {project.id} ({project.title!r})"
+    missing = check_config(project.label_config or "", labels, what)
+    if missing:  # the classes of images pushed before stay; these are added beside them
+        config = with_labels(project.label_config, missing, len(labels) - len(missing))
+        project = _call(url, f"add {len(missing)} labels to project {project.id}",
+                        lambda: client.projects.update(id=project.id, label_config=config))
     return project, False
 
 
@@ -203,8 +209,9 @@ def is_project_id(name_or_id: str) -> bool:
     return name_or_id.isascii() and name_or_id.isdigit()
 
 
-def check_config(config_xml: str, labels: list[str], what: str) -> None:
-    """The project's labeling config must have samseg's BrushLabels (name/toName) and every class label."""
+def check_config(config_xml: str, labels: list[str], what: str) -> list[str]:
+    """The project's labeling config must have samseg's BrushLabels (name/toName); returns the
+    labels it does not have yet."""
     import xml.etree.ElementTree as ET
 
     try:
@@ -217,10 +224,21 @@ def check_config(config_xml: str, labels: list[str], what: str) -> None:
         raise LabelStudioError(f"{what}: its labeling config has no <BrushLabels name=\"{FROM_NAME}\" toName=\"{TO_NAME}\">; "
                                "push to a new project name, or give it samseg's config (`samseg export --format labelstudio`)")
     have = {e.get("value") for e in brush.iter("Label")}
-    missing = [n for n in labels if n not in have]
-    if missing:
-        raise LabelStudioError(f"{what}: its labeling config lacks samseg's labels {', '.join(missing[:5])}"
-                               f"{' …' if len(missing) > 5 else ''}; push to a new project name")
+    return [n for n in labels if n not in have]
+
+
+def with_labels(config_xml: str, labels: list[str], first_color: int) -> str:
+    """`config_xml` with `labels` added to samseg's BrushLabels (samseg's class colours from
+    `first_color` on); everything else of the project's config kept as it is."""
+    import xml.etree.ElementTree as ET
+
+    from samseg.core.render import class_color
+
+    root = ET.fromstring(config_xml)
+    brush = next(e for e in root.iter("BrushLabels") if e.get("name") == FROM_NAME and e.get("toName") == TO_NAME)
+    for k, name in enumerate(labels, first_color):
+        ET.SubElement(brush, "Label", value=name, background="#%02x%02x%02x" % class_color(k))
+    return ET.tostring(root, encoding="unicode")
 
 
 def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[dict[Path, str]] = None,
@@ -234,14 +252,14 @@ def push(url: str, results: list[ImageResult], project: str, run_ids: Optional[d
 
 def _push(client: Any, url: str, results: list[ImageResult], project: str, run_ids: Optional[dict[Path, str]],
           pick_oldest: bool) -> PushResult:
-    labels = class_names(n_classes(results))
-    proj, _ = find_project(client, url, project, labels, pick_oldest)
+    cats = categories(results)  # the file exports' labels: names, and one per (image, class) unless ids are shared
+    proj, _ = find_project(client, url, project, cats.names, pick_oldest)
     # sha256 -> the name its upload would have: how a task whose import answer was lost is found
     uploads = {r.sha256: upload_name(Path(r.uri).name, r.sha256)
                for r in results if r.sha256}
     existing = _tasks_by_sha(client, url, proj.id, uploads)
     created = matched = added = replaced = 0
-    encoder = BrushEncoder(results)
+    encoder = BrushEncoder(results, cats)
     try:
         for done, r in enumerate(results):
             try:
@@ -274,10 +292,10 @@ class BrushEncoder:
     (spawned: the caller may hold threads, e.g. the UI) encode on the cores the server leaves
     free while this process waits on the server; the window bounds the JSON held in memory."""
 
-    def __init__(self, results: list[ImageResult]) -> None:
+    def __init__(self, results: list[ImageResult], cats: Categories) -> None:
         import multiprocessing
 
-        self.results = results
+        self.results, self.cats = results, cats
         self.workers = max(1, min(MAX_ENCODERS, (os.cpu_count() or 2) - 1, len(results)))
         self.ahead = 2 * self.workers + 1
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -288,7 +306,8 @@ class BrushEncoder:
         for j in range(i, min(i + self.ahead, len(self.results))):
             if j not in self._futures:
                 r = self.results[j]
-                self._futures[j] = self._pool.submit(encoded_json, r.stem, r.label_map)
+                labels = {c: self.cats.names[k] for c, k in self.cats.of_image[j].items()}
+                self._futures[j] = self._pool.submit(encoded_json, r.stem, r.label_map, labels)
 
     def result_json(self, i: int) -> bytes:
         """Image i's brush results (a JSON list), submitting the next ones on the way."""
@@ -303,9 +322,9 @@ class BrushEncoder:
 
 
 
-def encoded_json(stem: str, label_map: Any) -> bytes:
+def encoded_json(stem: str, label_map: Any, labels: dict[int, str]) -> bytes:
     """brush_results_of as JSON bytes (runs in an encoder process)."""
-    return json.dumps(brush_results_of(stem, label_map)).encode()
+    return json.dumps(brush_results_of(stem, label_map, labels)).encode()
 
 
 def push_run(url: str, run_id: str, project: str, workdir: Path) -> PushResult:
