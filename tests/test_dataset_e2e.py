@@ -287,3 +287,49 @@ def test_dataset_classes_on_s3_then_classes_from_its_json(mlflow_env, s3_bucket,
     assert np.array_equal(assigned.prototypes, table.prototypes)
     summary = json.loads(read_bytes(f"s3://{s3_bucket}/out2/{Path(PHOTOS[3]).stem}/summary.json"))
     assert summary["classes"] == "assigned"
+
+
+def test_dataset_classes_are_named_once_for_the_batch_and_assigned_images_keep_the_names(small_photos, tmp_path):
+    """--classes dataset with a vocabulary: classes.json names each dataset class once (the
+    seeded tiny open_clip namer: the names are meaningless, only where they go is checked), every
+    image's summary, legend (masks.json categories) and export use them; a later image assigned
+    to those classes (--classes-from, names off) gets the same names."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in PHOTOS[:3]:
+        shutil.copy(small_photos / name, src / name)
+    vocab = "grass,water"  # two names: the seeded namer's margin clears the bar for two, so some class is named
+    common = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu",
+              "--no-track", "--no-cache", "--orchestrator", "local", "-q"]
+    rc, _, stderr = run_cli(["segment", str(src), "--out", str(tmp_path / "out"), "--classes", "dataset", *common,
+                             "--names", vocab, "--namer", "tiny-random", "--names-min-prob", "0.01"])
+    assert rc == 0, stderr
+    table = ClassTable.from_json((tmp_path / "out" / "classes.json").read_text())
+    assert table.n_classes >= 1  # not a quality claim: with no class the checks below would be vacuous
+    assert table.naming["namer"] == "tiny-random" and table.naming["vocabulary"] == vocab
+    assert [r["id"] for r in table.naming["classes"]] == list(range(table.n_classes))
+    assert all(r["best"] in vocab.split(",") for r in table.naming["classes"])
+    assert table.class_names  # else the checks below would be vacuous
+    for name in PHOTOS[:3]:
+        d = tmp_path / "out" / Path(name).stem
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["class_names"] == {str(c): table.class_names[c] for c in summary["classes_present"]
+                                          if c in table.class_names}
+        cats = json.loads((d / "masks.json").read_text())["categories"]
+        assert [c["name"] for c in cats] == [table.class_names.get(k, f"class_{k}") for k in range(len(cats))]
+    rc, _, stderr = run_cli(["export", str(tmp_path / "out"), "--format", "coco", "--out", str(tmp_path / "coco")])
+    assert rc == 0, stderr
+    exported = [c["name"] for c in json.loads((tmp_path / "coco" / "annotations.json").read_text())["categories"]]
+    assert exported[:table.n_classes] == [table.class_names.get(k, f"class_{k}") for k in range(len(exported))]
+
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(small_photos / PHOTOS[3], new / PHOTOS[3])
+    rc, _, stderr = run_cli(["segment", str(new), "--out", str(tmp_path / "out2"), "--classes-from",
+                             str(tmp_path / "out" / "classes.json"), *common, "--names", "none"])
+    assert rc == 0, stderr
+    assigned = ClassTable.from_json((tmp_path / "out2" / "classes.json").read_text())
+    assert assigned.naming == table.naming
+    summary = json.loads((tmp_path / "out2" / Path(PHOTOS[3]).stem / "summary.json").read_text())
+    assert summary["class_names"] == {str(c): table.class_names[c] for c in summary["classes_present"]
+                                      if c in table.class_names}

@@ -58,6 +58,9 @@ class ClassTable:
     image_names: every image of the batch (including images with no class at all).
     n_noise: masks of the batch that are in no class. cluster: the ClusterConfig fields
     used. sample: how the batch was clustered ({"n_masks", "n_clustered", "seed"}).
+    naming: the classes' names when the batch was named ({"namer", "namer_sha256",
+    "vocabulary", "min_prob", "classes": [{"id", "name" (None: unnamed), "best", "score",
+    "runner_up", "runner_up_score"}]}); a batch assigned to these classes keeps them.
     """
 
     prototypes: np.ndarray
@@ -68,6 +71,12 @@ class ClassTable:
     n_noise: int = 0
     cluster: dict[str, Any] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
+    naming: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """{class id: name} of the named classes."""
+        return {int(r["id"]): str(r["name"]) for r in self.naming.get("classes", []) if r.get("name")}
 
     @property
     def n_classes(self) -> int:
@@ -118,6 +127,7 @@ class ClassTable:
             "image_names": list(self.image_names),
             "cluster": dict(self.cluster),
             "sample": dict(self.sample),
+            **({"naming": self.naming} if self.naming else {}),
             "classes": classes,
         }
 
@@ -153,6 +163,7 @@ class ClassTable:
                 n_noise=int(d.get("n_noise", 0)),
                 cluster=dict(d.get("cluster", {})),
                 sample=dict(d.get("sample", {})),
+                naming=dict(d.get("naming") or {}),
             )
         except ClassTableError:
             raise

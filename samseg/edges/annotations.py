@@ -166,9 +166,11 @@ class Categories:
 
 def categories(results: list[ImageResult], names: list[str] | None = None) -> Categories:
     """The categories of an export of `results` (named by `names`, default `export_names`)."""
-    if shares_classes(results):
+    if shares_classes(results):  # dataset ids: one name per class, whichever image names it
         k = n_classes(results)
-        return Categories(class_names(k), [{c: c for c in range(k)} for _ in results], True)
+        given = {int(c): str(n) for r in results for c, n in (r.summary.get("class_names") or {}).items()}
+        return Categories([given.get(c) or f"class_{c}" for c in range(k)], [{c: c for c in range(k)} for _ in results],
+                          True)
     names = names if names is not None else export_names(results)
     cats: list[str] = []
     of_image = []
@@ -178,10 +180,6 @@ def categories(results: list[ImageResult], names: list[str] | None = None) -> Ca
         of_image.append({c: len(cats) + k for k, c in enumerate(present)})
         cats += [f"{PurePosixPath(name).stem}:{given.get(c) or f'class_{c}'}" for c in present]
     return Categories(cats, of_image, False)
-
-
-def class_names(k: int) -> list[str]:
-    return [f"class_{c}" for c in range(k)]
 
 
 # ---------------------------------------------------------------- COCO / CVAT

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from samseg.core.errors import SamsegError
 from samseg.core.backbones import SAM
@@ -41,11 +41,14 @@ def apply_dataset_classes(
     table: Any = None,
     max_cluster: Optional[int] = None,
     seed: int = 0,
+    namer: Optional[Callable[[list[dict[str, Any]], list[Any], list[Any], Any], dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     """Rewrite every (local) image dir with dataset-level ids and write classes.json and the
     contact sheet into OUT (a folder or s3:// prefix); returns {"classes_json", "contact_sheet",
     "metrics", "n_classes", "images"}. table: a ClassTable to assign to (no clustering) or
-    None to cluster the batch with `cluster_cfg` (samseg.core.config.ClusterConfig)."""
+    None to cluster the batch with `cluster_cfg` (samseg.core.config.ClusterConfig). namer:
+    (summaries, [(masks, embeddings, _)], [ClusterResult], table) -> the table's `naming`, for
+    new classes (assigned classes keep the names of the table they come from)."""
     from samseg.core.dataset import assign_to_classes, classify_batch
     from samseg.edges.image_dir import read_image_dir, read_summary
     from samseg.edges.storage import join_uri
@@ -62,6 +65,8 @@ def apply_dataset_classes(
     if table is None:
         results, table = classify_batch(embs, names, cluster_cfg, max_cluster=max_cluster, seed=seed)
         table = dataclasses.replace(table, sample={**table.sample, **made_by})  # what the registry records
+        if namer is not None:
+            table = dataclasses.replace(table, naming=namer(summaries, loaded, results, table))
     else:
         _check_same_model(table, made_by)
         results = [assign_to_classes(e, table) for e in embs]
@@ -153,6 +158,12 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
         summary.pop(per_image, None)
     summary = {**summary, "n_clusters": len(present), "n_noise": res.n_noise, "cluster_sizes": res.sizes(),
                "classes_present": present, "classes": mode, "dataset_n_classes": table.n_classes}
+    named = {c: n for c, n in table.class_names.items() if c in present}
+    if table.naming:  # the dataset's names of the classes this image has (legend, masks.json, exports)
+        res = dataclasses.replace(res, names=table.class_names)  # masks.json lists every dataset class
+        summary["class_names"] = {str(c): n for c, n in named.items()}
+        summary["naming"] = {**{k: v for k, v in table.naming.items() if k != "classes"},
+                             "classes": [r for r in table.naming.get("classes", []) if int(r["id"]) in present]}
     if mode == "assigned":
         summary["classes_from"] = table.sample.get("assigned_from")
     write_image_dir(d, image, masks, emb, res, compose_labels(masks, res), summary, features)

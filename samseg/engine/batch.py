@@ -67,8 +67,12 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         raise
     class_report = None
     if classes is not None:
+        from samseg.engine.naming import dataset_namer
+
+        namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
         class_report = relabel_and_track(job.out, results, job.cfg.cluster, batch_run_id, classes.classes_from,
-                                         classes.max_cluster, t.track, t.experiment, classes.register, execute=execute)
+                                         classes.max_cluster, t.track, t.experiment, classes.register, execute=execute,
+                                         namer=namer)
     report = batch_report(source, job.out, results, batch_run_id, fan_out, class_report)
     if not report.get("summary_error") and not (class_report or {}).get("error"):
         owned_files.end_batch(job.out)

@@ -33,13 +33,16 @@ def check_dataset_request(out: str, classes_from: Optional[str], model: Any = No
 
 
 def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
-                  classes_from: Optional[str], max_cluster: Optional[int], seed: int = 0) -> dict[str, Any]:
-    """Cluster the batch's image dirs together (classes_from None) or assign them to the
-    classes of `classes_from`; log classes.json, contact sheet and metrics on the batch run."""
+                  classes_from: Optional[str], max_cluster: Optional[int], seed: int = 0,
+                  namer: Optional[Callable[..., dict[str, Any]]] = None) -> dict[str, Any]:
+    """Cluster the batch's image dirs together (classes_from None; named by `namer` when given,
+    samseg.engine.naming.dataset_namer) or assign them to the classes of `classes_from` (and
+    their names); log classes.json, contact sheet and metrics on the batch run."""
     from samseg.edges.dataset_outputs import apply_dataset_classes, load_class_table, log_dataset_classes
 
     table = load_class_table(classes_from) if classes_from else None
-    report = apply_dataset_classes(out, dirs, cluster_cfg, table=table, max_cluster=max_cluster, seed=seed)
+    report = apply_dataset_classes(out, dirs, cluster_cfg, table=table, max_cluster=max_cluster, seed=seed,
+                                   namer=namer)
     if batch_run_id:
         log_dataset_classes(batch_run_id, report)
     return report
@@ -47,7 +50,8 @@ def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_r
 
 def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
                       classes_from: Optional[str], max_cluster: Optional[int], track: bool, experiment: str,
-                      register_classes: Optional[str] = None, execute: Execute = inline) -> dict[str, Any]:
+                      register_classes: Optional[str] = None, execute: Execute = inline,
+                      namer: Optional[Callable[..., dict[str, Any]]] = None) -> dict[str, Any]:
     """Dataset ids for the completed images of a batch, then their MLflow child runs.
 
     results: the batch's per-image entries ("status", "name"); completed entries gain
@@ -67,7 +71,7 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
             return {"error": one_line(exc)}
         try:
             rep = execute("dataset-classes", lambda: classify_dirs(out, dirs, cluster_cfg, batch_run_id, classes_from,
-                                                                   max_cluster))
+                                                                   max_cluster, namer=namer))
             publish()
             info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
             if register_classes and batch_run_id and rep["mode"] == "dataset":

@@ -9,7 +9,7 @@ runner-up, named or not). A recluster does not carry names over: its class ids a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from samseg.engine.runner import ImageRun
 
@@ -31,3 +31,54 @@ def name_run(run: ImageRun, device: Optional[str] = None, seed: int = 0) -> Opti
     return {"class_names": {str(c): n for c, n in given.items()},
             "naming": {"namer": cfg.namer, "namer_sha256": namer.sha256, "vocabulary": cfg.vocabulary,
                        "min_prob": cfg.min_prob, "classes": [{"id": c, **r} for c, r in named.items()]}}
+
+
+def dataset_namer(cfg: Any, device: Optional[str] = None, seed: int = 0) -> Optional[Callable[..., dict[str, Any]]]:
+    """The names of a batch's dataset-level classes, for samseg.edges.dataset_outputs (None: names
+    are off). Each class is named once for the batch: the crops of its `masks_per_class` masks
+    nearest its prototype, over all images, against the vocabulary (only the images holding
+    those masks are read again)."""
+    if not cfg.enabled:
+        return None
+
+    def name(summaries: list[dict[str, Any]], loaded: list[Any], results: list[Any], table: Any) -> dict[str, Any]:
+        import numpy as np
+
+        from samseg.core.namers import pick_names, vocabulary
+        from samseg.edges.images import decode_image
+        from samseg.edges.storage import read_verified
+        from samseg.sam.namer import crops_embedding, load_namer, mask_crop, text_embeddings
+
+        names = vocabulary(cfg.vocabulary)
+        namer = load_namer(cfg.namer, device, seed)
+        record = {"namer": cfg.namer, "namer_sha256": namer.sha256, "vocabulary": cfg.vocabulary, "min_prob": cfg.min_prob}
+        if table.n_classes == 0:
+            return {**record, "classes": []}
+        # every member mask's cosine to its class prototype: (similarity, image, row) per class
+        members: dict[int, list[tuple[float, int, int]]] = {c: [] for c in range(table.n_classes)}
+        for i, ((_, emb, _), res) in enumerate(zip(loaded, results)):
+            unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            for r in np.flatnonzero(res.labels >= 0):
+                c = int(res.labels[r])
+                members[c].append((float(unit[r] @ table.prototypes[c]), i, int(r)))
+        images: dict[int, np.ndarray] = {}
+
+        def rgb(i: int) -> np.ndarray:
+            if i not in images:
+                img = summaries[i]["image"]
+                images[i] = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"]).rgb
+            return images[i]
+
+        seen = [c for c in range(table.n_classes) if members[c]]  # a class with no mask in this batch stays unnamed
+        class_kd = []
+        for c in seen:
+            picked = sorted(members[c], key=lambda m: (-m[0], m[1], m[2]))[:cfg.masks_per_class]
+            crops = []
+            for _, i, r in picked:
+                masks = loaded[i][0]
+                crops.append(mask_crop(namer, rgb(i), masks.decode([r])[0], masks.bbox_xywh[r]))
+            class_kd.append(crops_embedding(namer, crops))
+        rows = dict(zip(seen, pick_names(np.stack(class_kd), text_embeddings(namer, names), names, cfg.min_prob)))
+        return {**record, "classes": [{"id": c, **rows[c]} for c in seen]}
+
+    return name

@@ -208,27 +208,35 @@ def _crop(rgb: np.ndarray, mask_hw: np.ndarray, box_xywh: np.ndarray, size: int,
     return np.asarray(img, np.float32) / 255.0
 
 
-def class_embeddings(namer: LoadedNamer, rgb: np.ndarray, masks: Any, labels: np.ndarray, embeddings_nc: np.ndarray,
-                     classes: list[int], per_class: int) -> np.ndarray:
-    """K×D: each class's mean image embedding over its central masks' crops, L2-normalised."""
+def mask_crop(namer: LoadedNamer, rgb: np.ndarray, mask_hw: np.ndarray, box_xywh: np.ndarray) -> np.ndarray:
+    """A mask's crop as the namer takes it: S×S×3 float32 in [0, 1], outside pixels the model's mean."""
+    return _crop(rgb, mask_hw, box_xywh, namer.image_size, np.asarray(namer.mean, np.float32))
+
+
+def crops_embedding(namer: LoadedNamer, crops: list[np.ndarray]) -> np.ndarray:
+    """D: the L2-normalised mean of the crops' L2-normalised image embeddings."""
     import torch
 
     device = next(namer.model.parameters()).device
     mean, std = np.asarray(namer.mean, np.float32), np.asarray(namer.std, np.float32)
-    out = []
     with torch.inference_mode():
-        for c in classes:
-            rows = central_masks(labels, embeddings_nc, c, per_class)
-            decoded = masks.decode(list(rows))
-            crops = np.stack([_crop(rgb, decoded[i], masks.bbox_xywh[r], namer.image_size, mean)
-                              for i, r in enumerate(rows)])
-            x = torch.from_numpy(((crops - mean) / std).transpose(0, 3, 1, 2).copy()).to(device)
-            feats = torch.cat([namer.model.encode_image(x[s:s + _CROP_BATCH]).float()
-                               for s in range(0, len(x), _CROP_BATCH)])
-            feats = feats / feats.norm(dim=-1, keepdim=True)
-            m = feats.mean(dim=0)
-            out.append((m / m.norm()).cpu().numpy())
-    return np.stack(out).astype(np.float32) if out else np.zeros((0, 1), np.float32)
+        x = torch.from_numpy(((np.stack(crops) - mean) / std).transpose(0, 3, 1, 2).copy()).to(device)
+        feats = torch.cat([namer.model.encode_image(x[s:s + _CROP_BATCH]).float() for s in range(0, len(x), _CROP_BATCH)])
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        m = feats.mean(dim=0)
+        return (m / m.norm()).cpu().numpy().astype(np.float32)
+
+
+def class_embeddings(namer: LoadedNamer, rgb: np.ndarray, masks: Any, labels: np.ndarray, embeddings_nc: np.ndarray,
+                     classes: list[int], per_class: int) -> np.ndarray:
+    """K×D: each class's mean image embedding over its central masks' crops, L2-normalised."""
+    out = []
+    for c in classes:
+        rows = central_masks(labels, embeddings_nc, c, per_class)
+        decoded = masks.decode(list(rows))
+        out.append(crops_embedding(namer, [mask_crop(namer, rgb, decoded[i], masks.bbox_xywh[r])
+                                           for i, r in enumerate(rows)]))
+    return np.stack(out) if out else np.zeros((0, 1), np.float32)
 
 
 def name_classes(namer: LoadedNamer, rgb: np.ndarray, masks: Any, labels: np.ndarray, embeddings_nc: np.ndarray,
