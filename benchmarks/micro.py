@@ -1,4 +1,4 @@
-"""Micro-benchmarks: mask decoder per prompt (SAM's vs samseg.sam.fast_decoder) and the
+"""Micro-benchmarks: mask decoder per prompt (SAM's vs samseg.sam.kernels.decoder) and the
 image encoder against the measured matmul floor."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def decoder_micro(sam: Any, n_prompts: int = 32, seed: int = 0) -> dict[str, Any
     random C×64×64 embedding, plus their max |Δlogit| and mask (logit > 0) disagreement."""
     import torch
 
-    from samseg.sam.fast_decoder import fast_predict_masks
+    from samseg.sam.kernels.decoder import fast_predict_masks
 
     dec = sam.mask_decoder
     sam_predict = type(dec).predict_masks
@@ -124,14 +124,14 @@ def decoder_op_split(model: Any, n_prompts: int = 64, seed: int = 0, repeats: in
 def encoder_floor(sam: Any, precisions: tuple[str, ...] = ("fp32", "bf16"), repeats: int = 2) -> dict[str, Any]:
     """Image-encoder passes per precision on a random 1×3×1024² input vs the matmul floor
     (encoder GFLOP / measured matmul GFLOP/s of that dtype, best of 5), with
-    segment_anything's attention and with samseg.sam.fast_encoder's (max |Δ| of the outputs).
+    segment_anything's attention and with samseg.sam.kernels.encoder's (max |Δ| of the outputs).
     Each variant runs `repeats` times: `<name>_encoder_s` is the best (steady state, like
     the floor's best-of-5 matmul), `<name>_first_s` the first pass (cold allocator).
     `sam` must come without the fast encoder. bf16 is skipped (and says so) on a CPU
     without native bf16: its emulated kernels would take tens of minutes."""
     import torch
 
-    from samseg.sam.fast_encoder import encoder_forward
+    from samseg.sam.kernels.encoder import encoder_forward
     from samseg.sam.precision import native_bf16_cpu, set_precision, torch_dtype
 
     gflop = measure.encoder_gflop(sam.image_encoder)
@@ -189,8 +189,8 @@ def post_memory_probe(model: Any, rgb_hw3: Any, n_prompts: int = 64) -> dict[str
     from segment_anything.utils.transforms import ResizeLongestSide
 
     from samseg.sam.amg import make_generator
-    from samseg.sam.amg_batch import postprocess_batch
-    from samseg.sam.amg_budget import masks_per_chunk
+    from samseg.sam.amg.batch import postprocess_batch
+    from samseg.sam.amg.budget import masks_per_chunk
     from samseg.core.config import AmgConfig
 
     h, w = rgb_hw3.shape[:2]

@@ -219,7 +219,7 @@ def run_batch(model: Any, images: list[Any], cfg: Any) -> dict[str, Any]:
 
 def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """samseg cold on a 12-MP photo (an image upscaled to 4000×3000) at points_per_side=32,
-    masks upsampled in chunks sized by samseg.sam.amg_budget; peak RSS of the whole process."""
+    masks upsampled in chunks sized by samseg.sam.amg.budget; peak RSS of the whole process."""
     import io
 
     from PIL import Image
@@ -241,7 +241,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     rss_before = measure.rss_bytes()
     with tempfile.TemporaryDirectory(prefix="samseg-bench-mem-") as tmp, measure.PeakRss() as rss:
         r = samseg_cached(model, image, run_cfg, StageCache(tmp))
-    from samseg.sam.amg_budget import bytes_per_mask
+    from samseg.sam.amg.budget import bytes_per_mask
 
     from benchmarks.micro import post_memory_probe
 
@@ -254,7 +254,7 @@ def run_memory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def _masks_per_chunk(image_hw: tuple[int, int]) -> int:
-    from samseg.sam.amg_budget import masks_per_chunk
+    from samseg.sam.amg.budget import masks_per_chunk
 
     return masks_per_chunk(image_hw)
 

@@ -1,4 +1,4 @@
-"""samseg.sam.amg_batch: the fused, chunked `_process_batch` gives exactly SAM's MaskData."""
+"""samseg.sam.amg.batch: the fused, chunked `_process_batch` gives exactly SAM's MaskData."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from samseg.sam.amg_batch import process_batch, upscale_logits
+from samseg.sam.amg.batch import process_batch, upscale_logits
 from samseg.sam.model import load_model
 
 

@@ -1,4 +1,4 @@
-"""samseg.sam.fast_decoder.decode_masks_above: the AMG's decoder call upscales only the
+"""samseg.sam.kernels.decoder.decode_masks_above: the AMG's decoder call upscales only the
 prompts with a mask above the predicted-IoU threshold, and gives the same masks and IoU
 as the full MaskDecoder call for them."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samseg.sam import fast_decoder
-from samseg.sam.fast_decoder import decode_masks_above, default_chunk_size
+from samseg.sam.kernels import decoder as fast_decoder
+from samseg.sam.kernels.decoder import decode_masks_above, default_chunk_size
 from samseg.sam.model import load_model
 
 

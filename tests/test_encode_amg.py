@@ -217,7 +217,7 @@ def test_real_photo_geometry_and_single_encode(model, photos) -> None:
 
 def test_memory_cap_on_mask_chunks_changes_no_mask(model, small, small_encoded, small_masks, monkeypatch) -> None:
     # A byte budget of one mask forces chunks of one mask: only memory may change, not the masks.
-    from samseg.sam.amg_budget import bytes_per_mask, masks_per_chunk
+    from samseg.sam.amg.budget import bytes_per_mask, masks_per_chunk
 
     monkeypatch.setenv("SAMSEG_AMG_BATCH_BYTES", str(bytes_per_mask(small.shape[:2])))
     assert masks_per_chunk(small.shape[:2]) == 1

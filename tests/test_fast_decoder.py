@@ -1,4 +1,4 @@
-"""samseg.sam.fast_decoder computes segment_anything's MaskDecoder output (fp32 tolerance)."""
+"""samseg.sam.kernels.decoder computes segment_anything's MaskDecoder output (fp32 tolerance)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from samseg.sam.fast_decoder import decode_masks_above, fast_predict_masks
+from samseg.sam.kernels.decoder import decode_masks_above, fast_predict_masks
 
 # (transformer_dim, depth, mlp_dim, heads, iou_head_hidden_dim): tiny-random's decoder and
 # the real SAM decoder (identical for vit_b/l/h: dim 256, depth 2, mlp 2048, 8 heads).
@@ -139,7 +139,7 @@ def test_interleave_4x4_puts_each_value_at_its_transposed_conv_pixel(dtype, offs
     """The run copies (values packed into wide elements) and the plain fallback (a view
     whose offset forbids packing) both place src[n, i, j, ki, kj, ki2, kj2] at
     out[n, 4i + 2ki + ki2, 4j + 2kj + kj2]."""
-    from samseg.sam.fast_decoder_masks import _interleave_4x4
+    from samseg.sam.kernels.decoder_masks import _interleave_4x4
 
     n, h, w = 3, 5, 7
     src = (torch.rand(n * h * w * 16 + offset, generator=torch.Generator().manual_seed(0)) * 100).to(dtype)[offset:]
@@ -166,7 +166,7 @@ def test_deeper_transformer_keeps_every_layers_rows_factored_and_matches():
 @torch.inference_mode()
 def test_factored_layer_norm_of_offset_tokens_equals_the_dense_one():
     # a mean of 1e3 on every token: variance from raw second moments would lose every digit
-    from samseg.sam.fast_decoder_factored import _SharedA, layer_norm, start_keys
+    from samseg.sam.kernels.decoder_factored import _SharedA, layer_norm, start_keys
 
     g = torch.Generator().manual_seed(0)
     l, c, nh, t, b = 64, 32, 2, 3, 2
@@ -197,7 +197,7 @@ def _dense(keys):
 
 
 def test_image_cache_reuses_one_image_and_misses_on_any_change(monkeypatch):
-    from samseg.sam import fast_decoder
+    from samseg.sam.kernels import decoder as fast_decoder
 
     dec, pe, image = _decoder_and_prompts(TINY)  # weights made outside inference mode, as load_model does
     with torch.inference_mode():
@@ -223,7 +223,7 @@ def _check_cache_reuse(monkeypatch, fast_decoder, dec, pe, image):
 
 
 def test_image_changed_in_place_between_calls_is_not_served_from_cache():
-    from samseg.sam import fast_decoder
+    from samseg.sam.kernels import decoder as fast_decoder
 
     dec, pe, image = _decoder_and_prompts(TINY)
     with torch.inference_mode():
@@ -238,7 +238,7 @@ def test_image_changed_in_place_between_calls_is_not_served_from_cache():
 
 
 def test_weights_loaded_in_place_between_calls_are_not_served_from_cache():
-    from samseg.sam import fast_decoder
+    from samseg.sam.kernels import decoder as fast_decoder
 
     dec, pe, image = _decoder_and_prompts(TINY)
     other, _, _ = _decoder_and_prompts(TINY, seed=3)
@@ -258,7 +258,7 @@ def test_weights_loaded_in_place_between_calls_are_not_served_from_cache():
 def test_zero_padding_rows_of_the_factored_keys_change_nothing(monkeypatch, dims):
     # bf16 pads Z and V with zero rows for its GEMMs; forced here in fp32 (16 rows, so
     # every stage has padding) the outputs must still be segment_anything's
-    from samseg.sam import fast_decoder_factored
+    from samseg.sam.kernels import decoder_factored as fast_decoder_factored
 
     monkeypatch.setitem(fast_decoder_factored.ROW_MULTIPLE, 4, 16)
     dec, pe, image = _decoder_and_prompts(dims)

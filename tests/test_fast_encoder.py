@@ -1,4 +1,4 @@
-"""samseg.sam.fast_encoder computes segment_anything's image-encoder Attention (fp32 tolerance)."""
+"""samseg.sam.kernels.encoder computes segment_anything's image-encoder Attention (fp32 tolerance)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from segment_anything.modeling.image_encoder import Attention, Block
 
-from samseg.sam.fast_encoder import encoder_forward, fast_attention_forward, patch_embed_token_major
+from samseg.sam.kernels.encoder import encoder_forward, fast_attention_forward, patch_embed_token_major
 from samseg.sam.model import build_tiny_random
 
 

@@ -1,11 +1,11 @@
-"""samseg.sam.precision (opt-in bf16), samseg.sam.amg_budget (masks per post-processing chunk from image size), samseg.sam.amg_post (fast RLE, MaskData.cat without deepcopy)."""
+"""samseg.sam.precision (opt-in bf16), samseg.sam.amg.budget (masks per post-processing chunk from image size), samseg.sam.amg.post (fast RLE, MaskData.cat without deepcopy)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from samseg.sam.amg_budget import bytes_per_mask, masks_per_chunk
+from samseg.sam.amg.budget import bytes_per_mask, masks_per_chunk
 from samseg.sam.precision import PrecisionError, call_in, dtype_of, get_precision, set_precision
 
 
@@ -83,7 +83,7 @@ def test_budget_from_environment(monkeypatch):
 def test_mask_to_rle_fast_equals_segment_anything(shape):
     from segment_anything.utils.amg import mask_to_rle_pytorch
 
-    from samseg.sam.amg_post import mask_to_rle_fast
+    from samseg.sam.amg.post import mask_to_rle_fast
 
     g = torch.Generator().manual_seed(sum(shape))
     masks = torch.rand(shape, generator=g) > 0.5
@@ -97,7 +97,7 @@ def test_samseg_patches_nothing_in_segment_anything():
     import segment_anything.automatic_mask_generator as sam_amg
     from segment_anything.utils.amg import MaskData, mask_to_rle_pytorch
 
-    from samseg.sam.generator import FastMaskData
+    from samseg.sam.amg.generator import FastMaskData
 
     cat_before = MaskData.__dict__["cat"]
     import samseg.sam.amg  # noqa: F401 — importing the fork changes nothing of SAM's
@@ -120,7 +120,7 @@ def _mask_data(seed: int):
 def test_cat_without_deepcopy_equals_mask_data_cat():
     import numpy as np
 
-    from samseg.sam.generator import FastMaskData
+    from samseg.sam.amg.generator import FastMaskData
 
     def fast(seed: int) -> FastMaskData:
         return FastMaskData(**dict(_mask_data(seed).items()))
@@ -147,7 +147,7 @@ def test_fast_postprocessing_gives_identical_amg_records_with_crops():
     from segment_anything import SamAutomaticMaskGenerator
 
     from samseg.core.config import AmgConfig
-    from samseg.sam.generator import ChunkedMaskGenerator
+    from samseg.sam.amg.generator import ChunkedMaskGenerator
     from samseg.sam.model import LoadedModel, build_tiny_random
 
     sam = build_tiny_random(seed=0)

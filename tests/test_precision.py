@@ -93,7 +93,7 @@ def test_bf16_attention_bias_in_the_gemm_equals_the_add_path() -> None:
     attention: compared with segment_anything's own Attention.forward in fp32."""
     from segment_anything.modeling.image_encoder import Attention
 
-    from samseg.sam.fast_encoder import fast_attention_forward
+    from samseg.sam.kernels.encoder import fast_attention_forward
 
     torch.manual_seed(0)
     for size, batch in ((14, 3), (16, 1), (32, 1)):  # windowed-like, global-like, global through SDPA
@@ -113,7 +113,7 @@ def test_bf16_global_attention_through_sdpa_equals_the_loop(monkeypatch) -> None
     import torch.nn.functional as F
     from segment_anything.modeling.image_encoder import Attention
 
-    from samseg.sam import fast_encoder
+    from samseg.sam.kernels import encoder as fast_encoder
 
     torch.manual_seed(1)
     att = Attention(dim=32, num_heads=2, qkv_bias=True, use_rel_pos=True, input_size=(32, 32)).eval()

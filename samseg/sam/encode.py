@@ -49,7 +49,7 @@ def encode_image(model: "LoadedModel", rgb_hw3: np.ndarray) -> EncodedImage:
     """
     import torch
 
-    from samseg.sam.generator import KernelPredictor
+    from samseg.sam.kernels.predictor import KernelPredictor
 
     check_rgb(rgb_hw3)
     geometry = model_geometry(model, (int(rgb_hw3.shape[0]), int(rgb_hw3.shape[1])))

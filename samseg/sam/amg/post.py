@@ -7,8 +7,8 @@ benchmarks/README.md). `mask_to_rle_fast` splits the table once (O(changes)) and
 exactly the same list of {"size": [h, w], "counts": [...]} dicts.
 
 `MaskData.cat` deep-copies every list it appends (once per batch and once per crop):
-samseg.sam.generator.FastMaskData appends the same objects instead (profile in
-benchmarks/README.md). samseg.sam.amg_batch calls `mask_to_rle_fast` directly; nothing
+samseg.sam.amg.generator.FastMaskData appends the same objects instead (profile in
+benchmarks/README.md). samseg.sam.amg.batch calls `mask_to_rle_fast` directly; nothing
 in segment_anything is patched.
 """
 

@@ -2,7 +2,7 @@
 
 Two kernel sets, one switch (`LoadedModel.kernels`, `--kernels`, `SAMSEG_KERNELS`):
 - "sam": segment_anything's own modules, untouched: the reference path.
-- "fast": samseg.sam.fast_encoder.encoder_forward and samseg.sam.fast_decoder.decode_masks_above,
+- "fast": samseg.sam.kernels.encoder.encoder_forward and samseg.sam.kernels.decoder.decode_masks_above,
   the same functions computed with less work (equal within fp32 rounding; the equivalence
   tests compare them with segment_anything's modules).
 The fast kernels were tuned on a 2-core CPU, so they are the default there; on CUDA the
@@ -84,7 +84,7 @@ def encode(model: Any, input_bchw: Any) -> Any:
     t0 = time.perf_counter()
     with torch.no_grad():  # inference: the fast kernels write into out= buffers
         if model.kernels == "fast":
-            from samseg.sam.fast_encoder import encoder_forward
+            from samseg.sam.kernels.encoder import encoder_forward
 
             features = cast_floats(encoder_forward(encoder, cast_floats(input_bchw, dtype)), None)
         else:
@@ -108,7 +108,7 @@ def decode(model: Any, image_embeddings: Any, image_pe: Any, sparse: Any, dense:
     t0 = time.perf_counter()
     with torch.no_grad():  # inference: the fast kernels write into out= buffers
         if model.kernels == "fast":
-            from samseg.sam.fast_decoder import decode_masks_above
+            from samseg.sam.kernels.decoder import decode_masks_above
 
             args = cast_floats((image_embeddings, image_pe, sparse, dense), dtype)
             masks, iou, rows = cast_floats(decode_masks_above(decoder, *args, multimask_output, min_iou), None)

@@ -10,7 +10,7 @@ threshold, the boxes and the RLE, each a full pass over that many fresh pages. H
    drops is never upsampled (the IoU prediction does not depend on the upsampling); with
    the fast kernels, a prompt whose masks it all drops never even goes through the
    decoder's own upscaling (`samseg.sam.kernels.decode`);
-2. survivors are upsampled `masks_per_chunk` at a time (samseg.sam.amg_budget), and each chunk
+2. survivors are upsampled `masks_per_chunk` at a time (samseg.sam.amg.budget), and each chunk
    goes through stability score, stability filter, threshold, boxes, crop-edge filter and
    RLE while it is still warm; memory is bounded by the chunk, not by points_per_batch;
 3. the first bilinear step only computes the rows/columns of the 1024² frame that the
@@ -59,9 +59,9 @@ def decode_batch(predictor: Any, points_xy: np.ndarray, im_size: tuple[int, int]
     """The decoder part of SamPredictor.predict_torch for N single-point prompts (xy in
     crop pixels): low-res logits K×M×256×256 of the K prompts `rows` that have a mask with
     predicted IoU > min_iou (all N when min_iou is None), predicted IoU N×M (M = 3,
-    multimask). predictor: a samseg.sam.generator.KernelPredictor (its model's kernels and
-    precision run the decoder: samseg.sam.kernels.decode); a plain SamPredictor runs
-    segment_anything's own decoder."""
+    multimask). predictor: a samseg.sam.kernels.predictor.KernelPredictor (its model's
+    kernels and precision run the decoder: samseg.sam.kernels.decode); a plain SamPredictor
+    runs segment_anything's own decoder."""
     import torch
 
     from samseg.sam.kernels import decode, reference
@@ -140,7 +140,7 @@ def _process_chunk(generator: Any, low_res: Any, index: Any, crop_box: list[int]
     from segment_anything.utils.amg import (batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge,
                                             uncrop_masks)
 
-    from samseg.sam.amg_post import mask_to_rle_fast
+    from samseg.sam.amg.post import mask_to_rle_fast
 
     predictor, sam = generator.predictor, generator.predictor.model
     logits = upscale_logits(low_res[None], sam.image_encoder.img_size, predictor.input_size,

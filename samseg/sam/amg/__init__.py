@@ -2,9 +2,9 @@
 
 The generator's full-image crop reuses the features from `encode_image` instead of running
 the image encoder a second time; crop layers > 0 still encode their own crops. The per-batch
-work is samseg.sam.amg_batch's fused, chunked version of SAM's `_process_batch` (chunk size from
-samseg.sam.amg_budget), and the RLE encoder and MaskData.cat are swapped for identical, faster
-ones (samseg.sam.amg_post). Everything else (point grid, crops, NMS, small-region removal) is
+work is samseg.sam.amg.batch's fused, chunked version of SAM's `_process_batch` (chunk size from
+samseg.sam.amg.budget), and the RLE encoder and MaskData.cat are swapped for identical, faster
+ones (samseg.sam.amg.post). Everything else (point grid, crops, NMS, small-region removal) is
 SAM's code, so the masks are identical to a plain `SamAutomaticMaskGenerator(...).generate(image)`.
 """
 
@@ -43,9 +43,9 @@ def _check_encoded(model: "LoadedModel", rgb_hw3: np.ndarray, encoded: EncodedIm
 
 def make_generator(model: "LoadedModel", cfg: AmgConfig, masks_per_chunk: int | None = None,
                    encoded: EncodedImage | None = None) -> Any:
-    """samseg.sam.generator.ChunkedMaskGenerator with every AmgConfig field and
+    """samseg.sam.amg.generator.ChunkedMaskGenerator with every AmgConfig field and
     output_mode="coco_rle"; with `encoded`, the full-image crop reuses those features."""
-    from samseg.sam.generator import ChunkedMaskGenerator
+    from samseg.sam.amg.generator import ChunkedMaskGenerator
 
     return ChunkedMaskGenerator(model, cfg, encoded=encoded, masks_per_chunk=masks_per_chunk)
 

@@ -11,7 +11,7 @@ module computes the same function with less work, exactly in fp32 up to summatio
 2. From layer 0's output on, a prompt's image tokens are the shared ones plus attention
    outputs over T≈7 tokens, so they are kept factored, X = a⊙A + Zᵀ·V (a row of ones in
    Z carries the biases), and never formed as a 4096×256 tensor per prompt
-   (samseg.sam.fast_decoder_factored): every
+   (samseg.sam.kernels.decoder_factored): every
    projection of the shared part is computed once per image, LayerNorms work on Gram
    products, and per prompt only heads·T-wide work is left.
 3. The output upscaling (two 2×2-stride-2 transposed convs, LayerNorm2d, GELU) is a
@@ -47,8 +47,8 @@ import threading
 import weakref
 from typing import Any
 
-from samseg.sam.fast_decoder_factored import ImageState, image_state, transformer_chunk
-from samseg.sam.fast_decoder_masks import masks_from_tokens
+from samseg.sam.kernels.decoder_factored import ImageState, image_state, transformer_chunk
+from samseg.sam.kernels.decoder_masks import masks_from_tokens
 
 # Prompts per chunk × bytes per value. Per prompt the factored transformer holds k×4096
 # coefficients (k ≤ 115, padded to 120 in bf16) and a few 56×4096 scores; the upscaling of a kept prompt 8 MB.

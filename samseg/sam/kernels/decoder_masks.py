@@ -1,5 +1,5 @@
 """The fast decoder's output side: the upscaling as a per-pixel MLP, the hypernetwork
-product and the mask assembly (see samseg.sam.fast_decoder, points 3, 5 and 6).
+product and the mask assembly (see samseg.sam.kernels.decoder, points 3, 5 and 6).
 
 segment_anything's output_upscaling is ConvTranspose2d(2, 2) → LayerNorm2d → GELU →
 ConvTranspose2d(2, 2) → GELU on a B×C×h×w tensor. Both transposed convs have stride =
@@ -68,7 +68,7 @@ def _interleave_4x4(src, out, tmp) -> None:
 
 def masks_from_tokens(decoder: Any, hs, keys, masks_out, ws: Any) -> None:
     """Upscaling as a per-pixel MLP + hypernetwork product. hs B×T×C, keys the image
-    tokens as samseg.sam.fast_decoder_factored's `_Keys` (.shape (B, L, C), L = h·w, and
+    tokens as samseg.sam.kernels.decoder_factored's `_Keys` (.shape (B, L, C), L = h·w, and
     .linear(key, w C×N, bias N, out B×L×N) = keys·w + bias) → mask logits written into
     masks_out B×M×4h×4w (M = num_mask_tokens)."""
     import torch

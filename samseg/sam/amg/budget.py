@@ -2,7 +2,7 @@
 
 segment_anything's `_process_batch` upsamples every prompt's 3 low-res masks to the FULL
 crop resolution as float32 logits at once: for a 12-MP photo and the default 64 prompts per
-batch that is 64 × 3 × 12 M × 4 B ≈ 9 GB for the logits alone. samseg.sam.amg_batch upsamples
+batch that is 64 × 3 × 12 M × 4 B ≈ 9 GB for the logits alone. samseg.sam.amg.batch upsamples
 the masks of a batch in chunks instead, and `masks_per_chunk` picks the largest chunk whose
 working set fits a byte budget. Chunks never change the masks (every mask is processed on
 its own until the final NMS, in order), only memory and speed — so points_per_batch is left
@@ -42,7 +42,7 @@ def budget_bytes() -> int:
 
 
 def bytes_per_mask(crop_hw: tuple[int, int]) -> int:
-    """Estimated peak bytes one mask costs in samseg.sam.amg_batch for an H×W crop."""
+    """Estimated peak bytes one mask costs in samseg.sam.amg.batch for an H×W crop."""
     h, w = crop_hw
     return BYTES_PER_MASK_PIXEL * int(h) * int(w) + BYTES_PER_MASK_FIXED
 

@@ -2,11 +2,10 @@
 
 - `FastMaskData`: MaskData whose `cat` concatenates lists by reference (SAM deep-copies
   every RLE list on each concatenation; with salt-and-pepper masks that is most of the time).
-- `KernelPredictor`: a SamPredictor whose encoder pass goes through samseg.sam.kernels (the
-  model's kernels and precision) instead of calling the module itself.
-- `ReusingPredictor`: a KernelPredictor whose set_image(full image) restores the features the
-  encode stage already computed, so the AMG never encodes the full image a second time.
-- `ChunkedMaskGenerator`: SamAutomaticMaskGenerator with samseg.sam.amg_batch's fused,
+- `ReusingPredictor`: a samseg.sam.kernels.predictor.KernelPredictor whose set_image(full
+  image) restores the features the encode stage already computed, so the AMG never encodes
+  the full image a second time.
+- `ChunkedMaskGenerator`: SamAutomaticMaskGenerator with samseg.sam.amg.batch's fused,
   chunked `_process_batch`, FastMaskData in `_process_crop` / `_generate_masks` (the same
   steps as SAM's, in the same order), and crops with no mask given (0, 4) crop boxes.
 Nothing here replaces an attribute of segment_anything's modules or classes, so two
@@ -25,12 +24,13 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import MaskData, batch_iterator, generate_crop_boxes, uncrop_boxes_xyxy, uncrop_points
 from torchvision.ops.boxes import batched_nms, box_area
 
 from samseg.core.config import AmgConfig
 from samseg.core.types import EncodedImage
+from samseg.sam.kernels.predictor import KernelPredictor
 
 
 class FastMaskData(MaskData):
@@ -49,25 +49,6 @@ class FastMaskData(MaskData):
                 self._stats[k] = np.concatenate([self._stats[k], v], axis=0)
             else:
                 raise TypeError(f"MaskData key {k} has an unsupported type {type(v)}.")
-
-
-class KernelPredictor(SamPredictor):
-    """SamPredictor for a LoadedModel: SAM's resize and normalisation, then the encoder pass
-    through samseg.sam.kernels.encode (fast or SAM's kernels, in the model's precision)."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__(model.sam)
-        self.loaded = model
-
-    @torch.no_grad()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
-        from samseg.sam.kernels import encode
-
-        self.reset_image()
-        self.original_size = original_image_size
-        self.input_size = tuple(transformed_image.shape[-2:])
-        self.features = encode(self.loaded, self.model.preprocess(transformed_image))
-        self.is_image_set = True
 
 
 class ReusingPredictor(KernelPredictor):
@@ -93,7 +74,7 @@ class ReusingPredictor(KernelPredictor):
 class ChunkedMaskGenerator(SamAutomaticMaskGenerator):
     """Every AmgConfig field, output_mode="coco_rle", for a LoadedModel (its kernels and
     precision); `masks_per_chunk` masks upsampled at a time (None:
-    samseg.sam.amg_budget.masks_per_chunk of the crop)."""
+    samseg.sam.amg.budget.masks_per_chunk of the crop)."""
 
     def __init__(self, model: Any, cfg: AmgConfig, encoded: Optional[EncodedImage] = None,
                  masks_per_chunk: Optional[int] = None) -> None:
@@ -102,8 +83,8 @@ class ChunkedMaskGenerator(SamAutomaticMaskGenerator):
         self.masks_per_chunk = masks_per_chunk
 
     def _process_batch(self, points, im_size, crop_box, orig_size):  # type: ignore[override]
-        from samseg.sam.amg_batch import process_batch
-        from samseg.sam.amg_budget import masks_per_chunk as budget_chunk
+        from samseg.sam.amg.batch import process_batch
+        from samseg.sam.amg.budget import masks_per_chunk as budget_chunk
 
         chunk = self.masks_per_chunk or budget_chunk(tuple(im_size))
         return process_batch(self, points, tuple(im_size), crop_box, tuple(orig_size), chunk)
