@@ -6,10 +6,12 @@ and a Prefect server slows with thousands of small runs; a shard pays that once 
 Only paths or s3:// URIs travel as parameters. At most `in_flight` shard runs exist at once,
 so a million images never sit on the server as a million scheduled runs.
 
-A shard run that ends without completing (its process killed: the worker reports CRASHED; a
-lost machine: its heartbeats stop) is run again for the images it had not written, so
-finished images are never recomputed or written twice; its images are reported with
-`attempts` > 1. A shard's report is the table artifact its run left (SHARD_REPORT).
+A shard run that crashes (its process killed: the worker reports CRASHED; a lost machine: it
+sent heartbeats, then none for `stale_after_s`) or fails is run again for the images it had
+not written, so finished images are never recomputed or written twice; its images are
+reported with `attempts` > 1. A run past `timeout_s` is cancelled (its worker stops it) and its
+unwritten images fail; a run cancelled by a person is not run again. A shard's report is the
+table artifact its run left (SHARD_REPORT).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from samseg.edges.outdirs import unique_names
@@ -46,7 +48,10 @@ class _Shard:
     names: list[str]
     attempt: int = 1
     run: Any = None
-    started: float = field(default_factory=time.monotonic)
+    running_since: Optional[float] = None  # when this process first saw the run RUNNING (monotonic)
+    cancel_sent: Optional[float] = None  # when the batch asked a timed-out run to stop
+    why: Optional[str] = None  # why the batch stopped the run (timeout, silence)
+    heartbeat_checked: float = 0.0
 
 
 def deployment_exists(name: str = SEGMENT_DEPLOYMENT) -> bool:
@@ -77,20 +82,25 @@ def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardP
     running: list[_Shard] = []
     entries: dict[str, dict[str, Any]] = {}
     with get_client(sync_client=True) as client:
-        while todo or running:
-            shutdown.check()  # SIGTERM / Ctrl-C: no new shard (the runs created go on, on their workers)
-            while todo and len(running) < plan.in_flight:
-                running.append(_submit(todo.popleft(), kwargs))
-            for shard in list(running):
-                outcome = _poll(client, shard, plan)
-                if outcome is None:
-                    continue
-                running.remove(shard)
-                retry = _settle(client, shard, outcome, kwargs["out"], plan, entries)
-                if retry is not None:
-                    todo.appendleft(retry)
-            if running:
-                time.sleep(poll_s)
+        try:
+            while todo or running:
+                shutdown.check()  # SIGTERM / Ctrl-C: no new shard, and the runs created are cancelled (below)
+                while todo and len(running) < plan.in_flight:
+                    running.append(_submit(todo.popleft(), kwargs))
+                for shard in list(running):
+                    outcome = _poll(client, shard, plan)
+                    if outcome is None:
+                        continue
+                    running.remove(shard)
+                    retry = _settle(client, shard, outcome, kwargs, plan, entries)
+                    if retry is not None:
+                        todo.appendleft(retry)
+                if running:
+                    time.sleep(poll_s)
+        except BaseException:  # a stop or a server gone: the created runs must not go on writing unseen
+            for shard in running:
+                _cancel(client, shard)
+            raise
     return [entries[uri] for uri in uris]
 
 
@@ -99,62 +109,104 @@ def _submit(shard: _Shard, kwargs: dict[str, Any]) -> _Shard:
 
     shard.run = run_deployment(SEGMENT_DEPLOYMENT, parameters={"images": shard.uris, "names": shard.names, **kwargs},
                                timeout=0, flow_run_name=f"shard-{shard.index:05d}-try{shard.attempt}")
-    shard.started = time.monotonic()
     return shard
 
 
-def _poll(client: Any, shard: _Shard, plan: ShardPlan) -> Optional[Any]:
-    """The shard's final flow run, or None while it runs; a run past plan.timeout_s or without
-    heartbeats for stale_after_s(plan) is set CRASHED here (its machine or process is gone)."""
-    from prefect.states import Crashed
+def _cancel(client: Any, shard: _Shard) -> None:
+    """Ask the shard's run to stop (CANCELLING: its worker kills the process); best effort."""
+    from prefect.states import Cancelling
 
-    fr = client.read_flow_run(shard.run.id)
+    try:
+        client.set_flow_run_state(shard.run.id, Cancelling(message=f"samseg batch: {shard.why or 'stopped'}"))
+    except Exception as exc:  # noqa: BLE001 — a run already final, a server gone: nothing more to do here
+        log.debug("cannot cancel shard run %s: %s", shard.run.id, exc)
+
+
+def _poll(client: Any, shard: _Shard, plan: ShardPlan) -> Optional[Any]:
+    """The shard's final flow run, or None while it runs. A run RUNNING longer than
+    plan.timeout_s is asked to stop (CANCELLING); one whose heartbeats stopped (its machine is
+    gone) is set CRASHED; a stop nobody acknowledges within a heartbeat window is set CRASHED."""
+    try:
+        fr = client.read_flow_run(shard.run.id)
+    except Exception as exc:  # noqa: BLE001 — a blip of the API: ask again at the next poll
+        log.warning("samseg batch: cannot read shard run %s (%s); asking again", shard.run.id, one_line(exc))
+        return None
     if fr.state is not None and fr.state.is_final():
         return fr
-    age = time.monotonic() - shard.started
-    why = None
-    if plan.timeout_s is not None and age > plan.timeout_s:
-        why = f"not finished after {plan.timeout_s:g} s"
-    elif fr.state is not None and fr.state.is_running() and age > stale_after_s(plan) and _silent(client, fr, stale_after_s(plan)):
-        why = f"no heartbeat for {stale_after_s(plan):g} s (its worker is gone)"
-    if why is None:
+    now = time.monotonic()
+    if fr.state is not None and fr.state.is_running() and shard.running_since is None:
+        shard.running_since = now  # the timeout counts from here: a queue wait is not the run's time
+    window = stale_after_s(plan)
+    if shard.cancel_sent is not None:
+        if now - shard.cancel_sent > window:  # no worker took the stop: the machine is gone
+            return _crash(client, fr, shard.why)
         return None
-    client.set_flow_run_state(fr.id, Crashed(message=f"samseg batch: shard run {why}"), force=True)
-    return client.read_flow_run(fr.id)
+    if shard.running_since is None:
+        return None
+    if plan.timeout_s is not None and now - shard.running_since > plan.timeout_s:
+        shard.why, shard.cancel_sent = f"not finished after {plan.timeout_s:g} s", now
+        _cancel(client, shard)
+        return None
+    if now - shard.running_since > window and now - shard.heartbeat_checked > window / 3:
+        shard.heartbeat_checked = now
+        if _heartbeats_stopped(client, fr, window):
+            shard.why = f"sent no heartbeat for {window:g} s (its worker is gone)"
+            return _crash(client, fr, shard.why)
+    return None
 
 
-def _silent(client: Any, fr: Any, window_s: float) -> bool:
-    """True when the flow run sent no heartbeat event in the last `window_s` seconds."""
+def _crash(client: Any, fr: Any, why: Optional[str]) -> Optional[Any]:
+    """Set a run whose machine is gone CRASHED; its final run, or None to look again next poll."""
+    from prefect.states import Crashed
+
+    try:
+        client.set_flow_run_state(fr.id, Crashed(message=f"samseg batch: shard run {why}"), force=True)
+        done = client.read_flow_run(fr.id)
+    except Exception as exc:  # noqa: BLE001 — a blip of the API
+        log.warning("samseg batch: cannot mark shard run %s crashed (%s)", fr.id, one_line(exc))
+        return None
+    return done if done.state is not None and done.state.is_final() else None
+
+
+def _heartbeats_stopped(client: Any, fr: Any, window_s: float) -> bool:
+    """True when the run sent heartbeats and the newest is older than `window_s`. A run that
+    never sent one (heartbeats off on its worker, events not reaching the server) is not judged."""
     from datetime import datetime, timedelta, timezone
 
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
-    since = datetime.now(timezone.utc) - timedelta(seconds=window_s)
-    page = client.read_events(EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
-                                          resource=EventResourceFilter(id=[f"prefect.flow-run.{fr.id}"]),
-                                          occurred=EventOccurredFilter(since=since)), limit=1)
-    return not page.events
+    since = fr.start_time or (datetime.now(timezone.utc) - timedelta(days=1))
+    try:
+        page = client.read_events(EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                                              resource=EventResourceFilter(id=[f"prefect.flow-run.{fr.id}"]),
+                                              occurred=EventOccurredFilter(since=since)), limit=1)  # newest first
+    except Exception:  # noqa: BLE001 — cannot tell: not stopped
+        return False
+    if not page.events:
+        return False
+    return (datetime.now(timezone.utc) - page.events[0].occurred).total_seconds() > window_s
 
 
-def _settle(client: Any, shard: _Shard, fr: Any, out: str, plan: ShardPlan,
+def _settle(client: Any, shard: _Shard, fr: Any, kwargs: dict[str, Any], plan: ShardPlan,
             entries: dict[str, dict[str, Any]]) -> Optional[_Shard]:
     """Record the shard's images from its final run; returns the shard of its unwritten images
-    to run again, or None."""
+    to run again (the run crashed or failed, retries left), or None."""
     more = {"flow_run_id": str(fr.id), "shard": shard.index, "attempts": shard.attempt}
     rows = _shard_report(client, fr.id) if fr.state.is_completed() else None
     if rows is not None:
         for row in rows:
             _record(entries, {**row, **more})
         return None
-    written = _written_by(out, shard.names, str(fr.id))  # what the run finished before it ended
+    written = _written_by(kwargs, shard.names, str(fr.id))  # what the run finished before it ended
     missing = [(u, n) for u, n in zip(shard.uris, shard.names) if n not in written]
     for uri, name in zip(shard.uris, shard.names):
         if name in written:
             _record(entries, {"image": uri, "name": name, "status": "completed", **written[name], **more})
     if not missing:
         return None
-    why = one_line(f"shard run {fr.id} {fr.state.name}: {fr.state.message or 'no message'}")
-    if shard.attempt <= plan.retries:
+    why = one_line(f"shard run {fr.id} {fr.state.name}: {shard.why or fr.state.message or 'no message'}")
+    state = str(getattr(fr.state.type, "value", fr.state.type)).upper()
+    if state in ("CRASHED", "FAILED") and shard.attempt <= plan.retries:  # not a timeout, not a person's cancel
         log.warning("samseg batch: %s; running its %d unwritten images again (try %d)", why, len(missing),
                     shard.attempt + 1)
         uris, names = (list(t) for t in zip(*missing))
@@ -184,12 +236,14 @@ def _shard_report(client: Any, flow_run_id: Any) -> Optional[list[dict[str, Any]
     return None
 
 
-def _written_by(out: str, names: list[str], flow_run_id: str) -> dict[str, dict[str, Any]]:
-    """name -> its report fields, for the image dirs of OUT that flow run `flow_run_id`
-    wrote completely (a published summary.json recording that run)."""
+def _written_by(kwargs: dict[str, Any], names: list[str], flow_run_id: str) -> dict[str, dict[str, Any]]:
+    """name -> its report fields, for the image dirs of OUT that flow run `flow_run_id` wrote
+    completely (a published summary.json recording that run). With per-image tracking, its
+    MLflow run under the batch run, or a tracking_error when the run died before logging it."""
     from samseg.edges.layout import SUMMARY_JSON
     from samseg.edges.storage import SUCCESS_MARKER, exists, is_s3_uri, join_uri, read_bytes
 
+    out, batch_run_id = kwargs["out"], kwargs.get("batch_run_id")
     done = {}
     for name in names:
         where = join_uri(out, name)
@@ -199,7 +253,14 @@ def _written_by(out: str, names: list[str], flow_run_id: str) -> dict[str, dict[
             summary = json.loads(read_bytes(join_uri(where, SUMMARY_JSON)))
         except Exception:  # noqa: BLE001 — absent or half-written: not done
             continue
-        if summary.get("prefect_flow_run_id") == flow_run_id:
-            done[name] = {"out_dir": where, "mlflow_run_id": summary.get("mlflow_run_id"),
-                          **{k: summary.get(k) for k in ("n_masks", "n_clusters", "n_noise")}}
+        if summary.get("prefect_flow_run_id") != flow_run_id:
+            continue
+        entry = {"out_dir": where, "mlflow_run_id": None, **{k: summary.get(k) for k in ("n_masks", "n_clusters", "n_noise")}}
+        if kwargs.get("track") and batch_run_id:
+            from samseg.edges.mlflow.batch_runs import logged_image_run
+
+            entry["mlflow_run_id"] = logged_image_run(batch_run_id, (summary.get("image") or {}).get("sha256", ""), where)
+            if entry["mlflow_run_id"] is None:
+                entry["tracking_error"] = "its shard run stopped after writing it, before logging it"
+        done[name] = entry
     return done

@@ -2,8 +2,8 @@
 
 Thin adapters over samseg.engine, every step run as its Prefect task: segment_image_flow is
 engine.segment_one; segment_shard_flow is the engine's batch loop over a list of images;
-segment_batch_flow lists the images, opens the MLflow batch run and runs them as one shard
-here, or split in shards that run as `segment` deployment runs on any worker
+segment_batch_flow lists the images, opens the MLflow batch run and runs them in its own
+run, or split in shards that run as `segment` deployment runs on any worker
 (flows.fanout). One bad image fails alone; the batch finishes the rest and lists the failures.
 """
 
@@ -74,17 +74,27 @@ def segment_shard_flow(
     per image) is returned and kept as a table artifact, which is how a batch that fanned
     the shard out to a worker reads it back (flows.fanout). names: the batch's output dir
     names for these images (default: their unique stems)."""
+    entries = segment_images(images, out, names, settings, runtime, track, experiment, batch_run_id, batch_resumed)
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(entries, description=f"{SHARD_REPORT}: {len(entries)} images of a samseg batch")
+    except Exception as exc:  # noqa: BLE001 — the images are written: the batch finds them by their summary.json
+        _run_logger().warning("shard report not stored (%s); the batch reads the image dirs instead", exc)
+    return entries
+
+
+def segment_images(images: list[str], out: str, names: Optional[list[str]], settings: PipelineParams,
+                   runtime: RuntimeParams, track: bool, experiment: str, batch_run_id: Optional[str],
+                   batch_resumed: bool) -> list[dict[str, Any]]:
+    """The engine's batch loop inside the current flow run (a shard run, or a batch run that
+    keeps its images here), every step its Prefect task."""
     tracking = Tracking(track=track, experiment=experiment, nested_under=batch_run_id, resumed=batch_resumed)
     job = segment_job(settings, runtime, out, tracking)
     run_id = flow_run_id()
     with shutdown.relayed():
-        entries = segment_overlapped(images, out, lambda uri, name: start_one(uri, job, name, prefect_execute, run_id),
-                                     names=names)
-    if run_id is not None:
-        from prefect.artifacts import create_table_artifact
-
-        create_table_artifact(entries, description=f"{SHARD_REPORT}: {len(entries)} images of a samseg batch")
-    return entries
+        return segment_overlapped(images, out, lambda uri, name: start_one(uri, job, name, prefect_execute, run_id),
+                                  names=names)
 
 
 @flow(name=BATCH_FLOW, log_prints=True)
@@ -104,15 +114,14 @@ def segment_batch_flow(
 ) -> dict[str, Any]:
     """Segment every image of a folder, glob, file or s3:// prefix (or a list); returns the
     report also written to OUT/batch_summary.json. fan_out: "deployment" (the images split in
-    shards of `shards.size`, one `segment` deployment run per shard, any worker), "local" (one
-    shard here, as a subflow), "auto" (deployment when it exists). classes="dataset" or
+    shards of `shards.size`, one `segment` deployment run per shard, any worker), "local" (every
+    image's tasks in this run), "auto" (deployment when it exists). classes="dataset" or
     classes_from (run id, classes.json, models:/ URI) give dataset-level ids
     (samseg.engine.dataset); max_cluster caps the masks clustered at once; register_classes
     names the MLflow model the batch's new classes are registered as
     (samseg.edges.mlflow.class_registry). `shards`: how a fan-out is split and waited for
     (samseg.engine.request.ShardPlan)."""
     from flows.fanout import deployment_exists, run_shards
-
 
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
     job = segment_job(settings, runtime, out, Tracking(track=track, experiment=experiment))
@@ -125,7 +134,7 @@ def segment_batch_flow(
         if use_deployments:
             return run_shards(uris, {**kwargs, "settings": settings.model_dump(), "runtime": runtime.model_dump()},
                               shards.to_config())
-        return segment_shard_flow(images=uris, **kwargs)  # one shard, a subflow of this run
+        return segment_images(uris, names=None, **kwargs)  # the batch's own run holds its images' tasks
 
     with shutdown.relayed():
         report = run_batch(source, job, run_images, request, "deployment" if use_deployments else "local", prefect_execute)

@@ -19,8 +19,12 @@ from samseg.engine.request import ShardPlan
 
 
 class _State(SimpleNamespace):
+    @property
+    def type(self) -> str:
+        return self.name.upper()
+
     def is_final(self) -> bool:
-        return self.name in ("Completed", "Crashed", "Failed")
+        return self.name in ("Completed", "Crashed", "Failed", "Cancelled")
 
     def is_completed(self) -> bool:
         return self.name == "Completed"
@@ -39,6 +43,7 @@ class FakePrefect:
         self.runs: dict[uuid.UUID, dict] = {}
         self.params: list[dict] = []
         self.max_open = 0
+        self.cancels = 0
 
     def run_deployment(self, name, parameters, timeout, flow_run_name):
         rid = uuid.uuid4()
@@ -71,9 +76,12 @@ class FakePrefect:
                 run["state"] = _State(name="Crashed", message="Process exited with status -9")
             else:
                 run["state"] = _State(name="Running", message=None)
-        return SimpleNamespace(id=rid, state=run["state"])
+        elif run["state"].name == "Cancelling":  # the worker stopped the process
+            run["state"] = _State(name="Cancelled", message=run["state"].message)
+        return SimpleNamespace(id=rid, state=run["state"], start_time=None)
 
-    def set_flow_run_state(self, rid, state, force):
+    def set_flow_run_state(self, rid, state, force=False):
+        self.cancels += state.name == "Cancelling"
         self.runs[rid]["state"] = _State(name=state.name, message=state.message)
 
     def read_artifacts(self, artifact_filter):
@@ -96,14 +104,14 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakePrefect:
     return f
 
 
-def test_shards_retry_what_a_crash_left_and_fail_what_hangs(fake: FakePrefect) -> None:
+def test_shards_retry_what_a_crash_left_and_cancel_what_hangs(fake: FakePrefect) -> None:
     from flows.fanout import run_shards
 
     uris = [f"/in/{n}.png" for n in ("a", "b", "c", "d", "bad", "e", "f")]
     events: list[tuple[str, str]] = []
     with progress.reporting(lambda event, **info: events.append((event, Path(info["image"]).name))):
-        entries = run_shards(uris, {"out": str(fake.out)}, ShardPlan(size=2, in_flight=2, retries=1, timeout_s=0.3),
-                             poll_s=0.01)
+        entries = run_shards(uris, {"out": str(fake.out)},
+                             ShardPlan(size=2, in_flight=2, retries=1, timeout_s=0.3, stale_after_s=60), poll_s=0.01)
     by_name = {Path(e["image"]).name: e for e in entries}
     assert [Path(e["image"]).name for e in entries] == [Path(u).name for u in uris]  # input order
     assert {n: e["status"] for n, e in by_name.items()} == {
@@ -111,11 +119,12 @@ def test_shards_retry_what_a_crash_left_and_fail_what_hangs(fake: FakePrefect) -
         "bad.png": "failed", "e.png": "completed", "f.png": "failed"}
     # shards of 2, the crashed shard's second run holding only the image it had not written
     assert [[Path(u).name for u in p["images"]] for p in fake.params] == [
-        ["a.png", "b.png"], ["c.png", "d.png"], ["d.png"], ["bad.png", "e.png"], ["f.png"], ["f.png"]]
+        ["a.png", "b.png"], ["c.png", "d.png"], ["d.png"], ["bad.png", "e.png"], ["f.png"]]  # a timeout is not retried
     assert fake.max_open <= 2
     assert by_name["c.png"]["attempts"] == 1 and by_name["c.png"]["n_masks"] == 3  # written by the crashed run
     assert by_name["d.png"]["attempts"] == 2
-    assert "not finished after 0.3 s" in by_name["f.png"]["error"] and by_name["f.png"]["attempts"] == 2
+    assert "not finished after 0.3 s" in by_name["f.png"]["error"] and by_name["f.png"]["attempts"] == 1
+    assert fake.cancels == 1  # the timed-out run was asked to stop, not left running beside the report
     assert by_name["bad.png"]["error"] == "/in/bad.png: not an image"
     assert sorted(events) == sorted([("image_done", n) for n in ("a.png", "b.png", "c.png", "d.png", "e.png")]
                                     + [("image_failed", "bad.png"), ("image_failed", "f.png")])

@@ -169,8 +169,8 @@ def categories(results: list[ImageResult], names: list[str] | None = None) -> Ca
     if shares_classes(results):  # dataset ids: one name per class, whichever image names it
         k = n_classes(results)
         given = {int(c): str(n) for r in results for c, n in (r.summary.get("class_names") or {}).items()}
-        return Categories([given.get(c) or f"class_{c}" for c in range(k)], [{c: c for c in range(k)} for _ in results],
-                          True)
+        return Categories(_distinct([given.get(c) or f"class_{c}" for c in range(k)]),
+                          [{c: c for c in range(k)} for _ in results], True)
     names = names if names is not None else export_names(results)
     cats: list[str] = []
     of_image = []
@@ -178,8 +178,19 @@ def categories(results: list[ImageResult], names: list[str] | None = None) -> Ca
         present = sorted(set(int(c) for c in r.labels[r.labels >= 0]) | set(range(int(r.label_map.max(initial=0)))))
         given = {int(k): str(v) for k, v in (r.summary.get("class_names") or {}).items()}  # `samseg classes edit`
         of_image.append({c: len(cats) + k for k, c in enumerate(present)})
-        cats += [f"{PurePosixPath(name).stem}:{given.get(c) or f'class_{c}'}" for c in present]
+        stem = PurePosixPath(name).stem
+        cats += [f"{stem}:{n}" for n in _distinct([given.get(c) or f"class_{c}" for c in present], present)]
     return Categories(cats, of_image, False)
+
+
+def _distinct(names: list[str], ids: list[int] | None = None) -> list[str]:
+    """Two classes named alike ("road", "road") stay two categories: "road (3)", "road (7)"
+    (their class ids), so no tool merges them by label."""
+    ids = list(range(len(names))) if ids is None else ids
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return [f"{n} ({c})" if counts[n] > 1 else n for n, c in zip(names, ids)]
 
 
 # ---------------------------------------------------------------- COCO / CVAT

@@ -195,14 +195,15 @@ def _pid_alive(pid: int) -> bool:
     return pid == os.getpid() or pid_alive(pid)
 
 
-def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, str]:
+def refused_outputs(out: str, uris: list[str], names: list[str], whole_out: bool = True) -> dict[str, str]:
     """uri -> one error line for each image whose OUT/<name> samseg may not replace (a
     directory it did not write, or one holding an input of the batch): checked before any
     compute. Under an s3:// OUT, a prefix OUT/<name>/ holding an object of a name samseg writes
     there (samseg.edges.layout) that no manifest of samseg's lists is refused the same way (one
-    listing of OUT for the whole batch)."""
+    listing of OUT for the whole batch; whole_out=False: one listing of each OUT/<name>/, for a
+    shard of a batch whose OUT holds many more image dirs than the shard)."""
     if str(out).startswith("s3://"):
-        return _refused_s3(str(out), uris, names)
+        return _refused_s3(str(out), uris, names, whole_out)
     holders = _input_folders(u for u in uris if not str(u).startswith("s3://"))
     refused = {}
     for uri, name in zip(uris, names):
@@ -217,12 +218,12 @@ def refused_outputs(out: str, uris: list[str], names: list[str]) -> dict[str, st
     return refused
 
 
-def _refused_s3(out: str, uris: list[str], names: list[str]) -> dict[str, str]:
+def _refused_s3(out: str, uris: list[str], names: list[str], whole_out: bool = True) -> dict[str, str]:
     from samseg.edges.layout import may_write
     from samseg.edges.storage import StorageNotFound, StorageRefused, join_uri, list_keys, refuse_foreign
 
     try:
-        keys = list_keys(out)
+        keys = list_keys(out) if whole_out else [k for n in names for k in list_keys(join_uri(out, n))]
     except StorageNotFound:
         return {}
     folder = out.rstrip("/") + "/"

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 from samseg.core.config import ClusterConfig
 from samseg.edges.run_schema import KIND_IMAGE, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.runner import Execute, inline
+from samseg.engine.stages import WRITE
 from samseg.engine.segment import one_line
 
 
@@ -67,12 +68,15 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
     with ExitStack() as stack:
         try:
             dirs, publish = stack.enter_context(local_image_dirs(out, [r["name"] for r in done]))
-        except Exception as exc:  # an S3 image dir that cannot be read back
+        except Exception as exc:  # an S3 image dir that cannot be read back: its images keep their own ids
+            if track:
+                for r in done:
+                    r["tracking_error"] = "not logged: the batch's image dirs could not be read back from S3"
             return {"error": one_line(exc)}
         try:
             rep = execute("dataset-classes", lambda: classify_dirs(out, dirs, cluster_cfg, batch_run_id, classes_from,
                                                                    max_cluster, namer=namer))
-            publish()
+            execute(WRITE, publish)  # an S3 OUT: the relabelled dirs go back (I/O retries in a flow)
             info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
             if register_classes and batch_run_id and rep["mode"] == "dataset":
                 from samseg.edges.mlflow.class_registry import register_classes as register

@@ -61,23 +61,21 @@ def dataset_namer(cfg: Any, device: Optional[str] = None, seed: int = 0) -> Opti
             for r in np.flatnonzero(res.labels >= 0):
                 c = int(res.labels[r])
                 members[c].append((float(unit[r] @ table.prototypes[c]), i, int(r)))
-        images: dict[int, np.ndarray] = {}
-
-        def rgb(i: int) -> np.ndarray:
-            if i not in images:
-                img = summaries[i]["image"]
-                images[i] = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"]).rgb
-            return images[i]
-
         seen = [c for c in range(table.n_classes) if members[c]]  # a class with no mask in this batch stays unnamed
-        class_kd = []
-        for c in seen:
-            picked = sorted(members[c], key=lambda m: (-m[0], m[1], m[2]))[:cfg.masks_per_class]
-            crops = []
+        picks = {c: sorted(members[c], key=lambda m: (-m[0], m[1], m[2]))[:cfg.masks_per_class] for c in seen}
+        by_image: dict[int, list[tuple[int, int]]] = {}  # image -> (class, mask row): each image read once
+        for c, picked in picks.items():
             for _, i, r in picked:
-                masks = loaded[i][0]
-                crops.append(mask_crop(namer, rgb(i), masks.decode([r])[0], masks.bbox_xywh[r]))
-            class_kd.append(crops_embedding(namer, crops))
+                by_image.setdefault(i, []).append((c, r))
+        crops: dict[int, list[np.ndarray]] = {c: [] for c in seen}
+        for i, wanted in sorted(by_image.items()):
+            img = summaries[i]["image"]
+            rgb = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"]).rgb
+            masks = loaded[i][0]
+            for c, r in wanted:
+                crops[c].append(mask_crop(namer, rgb, masks.decode([r])[0], masks.bbox_xywh[r]))
+            del rgb  # one decoded image at a time
+        class_kd = [crops_embedding(namer, crops[c]) for c in seen]
         rows = dict(zip(seen, pick_names(np.stack(class_kd), text_embeddings(namer, names), names, cfg.min_prob)))
         return {**record, "classes": [{"id": c, **rows[c]} for c in seen]}
 

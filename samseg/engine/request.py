@@ -97,8 +97,9 @@ class ShardPlan:
     size: int = option(256, "images per shard run: one model load each, one `segment` deployment run")
     in_flight: int = option(8, "most shard runs created and not yet finished")
     retries: int = option(2, "new runs for a shard whose run crashed or failed, for the images it had not written")
-    timeout_s: Optional[float] = option(None, "a shard run not finished after this many seconds fails its unwritten images")
-    stale_after_s: Optional[float] = option(None, "a running shard run without a heartbeat for this many seconds is "
+    timeout_s: Optional[float] = option(None, "a shard run still running after this many seconds is cancelled and its "
+                                              "unwritten images fail (counted from when it starts running)")
+    stale_after_s: Optional[float] = option(None, "a running shard run whose heartbeats stopped this many seconds ago is "
                                                   "marked CRASHED, its machine gone (default: 3 Prefect heartbeats)")
 
     def __post_init__(self) -> None:

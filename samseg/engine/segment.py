@@ -91,8 +91,9 @@ def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bo
     from samseg.edges import shutdown
     from samseg.edges.outdirs import refused_outputs, unique_names
 
+    shard = names is not None  # a shard of a larger batch: check its own image dirs, not all of OUT
     names = unique_names(uris) if names is None else names
-    refused = refused_outputs(out, uris, names)
+    refused = refused_outputs(out, uris, names, whole_out=not shard)
     results: list[dict[str, Any]] = []
     pending: list[tuple[str, str, Future]] = []
 
