@@ -7,6 +7,11 @@ per combination.
 
 DATA_DIR holds IMAGE.jpg + IMAGE.png pairs (the PNG: class ids per pixel, 0 = unlabelled), the
 layout `samseg eval` reads; docs/features.md has the recipe that builds one from COCO-Stuff-27.
+With DATA_DIR/names.txt (line k names class id k), the classes are also named, that file being
+the vocabulary (`--names`, with `--namer`), and each row adds how well: name_accuracy (named
+classes whose name is the GT name of the class they overlap most), named_fraction, and
+name_miou (IoU of the pixels given each GT name with the pixels labelled with it;
+samseg.core.eval.name_scores).
 Every combination runs `samseg segment` itself (in this process, one shared stage cache: the
 masks are computed once, each backbone's features once) into OUT/<backbone>-eps<eps>/, then
 scores it. The weights must be there (`samseg weights download ...`); on the development
@@ -26,6 +31,8 @@ from benchmarks.run import REPO
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 COLUMNS = ("backbone", "eps", "mean_miou", "mean_ari", "mean_nmi", "n_images", "eps_chosen")
+NAME_COLUMNS = ("name_accuracy", "named_fraction", "mean_name_miou")
+NAMES_TXT = "names.txt"
 
 
 class QualityError(ValueError):
@@ -46,19 +53,22 @@ def run_combo(images: list[Path], data: Path, out: Path, backbone: str, eps: str
               cache: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """`samseg segment` with this backbone and eps, then `samseg eval` against the labels: one row."""
     from samseg.apps.cli import main as samseg
-    from samseg.core.eval import evaluate_dirs
+    from samseg.core.eval import evaluate_dirs, evaluate_names_dirs, read_gt_names
 
     pred = out / f"{backbone}-eps{eps}"
+    names = data / NAMES_TXT
+    naming = ("--names", str(names)) if names.is_file() else ()
     argv = ["segment", *map(str, images), "--out", str(pred), "--model", model, "--preset", preset,
-            "--features", backbone, "--eps", eps, "--cache", str(cache), "--no-track", "-q", *extra]
+            "--features", backbone, "--eps", eps, "--cache", str(cache), "--no-track", "-q", *naming, *extra]
     rc = samseg(argv)
     if rc != 0:
         return {"backbone": backbone, "eps": eps, "error": f"samseg segment exited {rc}"}
     _, per_class, summary = evaluate_dirs(pred, data)
     chosen = sorted({json.loads((d / "summary.json").read_text()).get("eps_auto", {}).get("eps") for d in pred.iterdir()
                      if (d / "summary.json").is_file()} - {None})
+    named = evaluate_names_dirs(pred, data, read_gt_names(names)) if naming else {}
     return {"backbone": backbone, "eps": eps, "pred_dir": str(pred), "eps_chosen": chosen,
-            **{k: summary[k] for k in ("mean_miou", "mean_ari", "mean_nmi", "n_images")},
+            **{k: summary[k] for k in ("mean_miou", "mean_ari", "mean_nmi", "n_images")}, **named,
             "per_class": per_class.to_dict(orient="records")}
 
 
@@ -73,10 +83,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         return str(v)
 
     ranked = sorted(rows, key=lambda r: -(r.get("mean_miou") if isinstance(r.get("mean_miou"), float) else -1.0))
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = COLUMNS + (NAME_COLUMNS if any(k in r for r in rows for k in NAME_COLUMNS) else ())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in ranked:
         lines.append("| " + " | ".join(r.get("error", "") if k == "mean_miou" and "error" in r else cell(r, k)
-                                       for k in COLUMNS) + " |")
+                                       for k in columns) + " |")
     return "\n".join(lines)
 
 
@@ -95,7 +106,8 @@ def log_rows(rows: list[dict[str, Any]], experiment: str, model: str, preset: st
     for r in rows:
         run = client.create_run(exp_id, run_name=f"quality-{r['backbone']}-eps{r['eps']}", tags={TAG_KIND: "quality"})
         params = {"features.name": r["backbone"], "eps": r["eps"], "model_type": model, "preset": preset, "data": str(data)}
-        metrics = [Metric(k, float(r[k]), 0, 0) for k in ("mean_miou", "mean_ari", "mean_nmi") if isinstance(r.get(k), float)]
+        metrics = [Metric(k, float(r[k]), 0, 0) for k in ("mean_miou", "mean_ari", "mean_nmi", *NAME_COLUMNS)
+                   if isinstance(r.get(k), float) and r[k] == r[k]]
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=metrics)
         client.set_terminated(run.info.run_id, "FINISHED" if "error" not in r else "FAILED")
         ids.append(run.info.run_id)

@@ -146,3 +146,78 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, ignore_index: int | 
         "unscored_predictions": unscored,
     }
     return per_image, per_class, summary
+
+
+# ---------------------------------------------------------------- names
+
+
+def name_scores(pred_hw: np.ndarray, pred_names: dict[int, str], gt_hw: np.ndarray, gt_names: dict[int, str],
+                ignore_index: int | None = None) -> dict[str, float]:
+    """How well one image's classes are named (labelled pixels only: GT > 0, not ignore_index).
+
+    pred_hw: labels.png values (c + 1 = class c), pred_names: {class c: its name} (unnamed ones
+    absent); gt_hw: GT ids, gt_names: {GT id: its name}. Returns counts of predicted `classes`
+    (with a labelled pixel), `named` ones, `correct` ones (the name of the GT class they overlap
+    most), and `name_miou`: the mean, over the GT names present, of the IoU between the pixels
+    predicted with that name and the pixels labelled with it (NaN when the GT has no class)."""
+    valid = gt_hw > 0
+    if ignore_index is not None:
+        valid &= gt_hw != ignore_index
+    pred, gt = pred_hw[valid].astype(np.int64), gt_hw[valid].astype(np.int64)
+    classes = [int(c) for c in np.unique(pred) if c > 0]
+    named = correct = 0
+    for c in classes:
+        name = pred_names.get(c - 1)
+        if name is None:
+            continue
+        named += 1
+        majority = int(np.bincount(gt[pred == c]).argmax())
+        correct += name == gt_names.get(majority)
+    vocab = sorted(set(gt_names.values()) | set(pred_names.values()))
+    index = {n: k for k, n in enumerate(vocab)}
+    pred_name = np.full(pred.shape, -1, np.int64)  # the name index of each pixel's class (-1: unnamed, no class)
+    for c in classes:
+        if pred_names.get(c - 1) is not None:
+            pred_name[pred == c] = index[pred_names[c - 1]]
+    gt_name = np.full(gt.shape, -2, np.int64)  # -2: a GT id without a name never matches
+    for g in np.unique(gt):
+        if int(g) in gt_names:
+            gt_name[gt == g] = index[gt_names[int(g)]]
+    ious = []
+    for k in sorted({int(v) for v in np.unique(gt_name) if v >= 0}):
+        inter = np.count_nonzero((pred_name == k) & (gt_name == k))
+        ious.append(inter / np.count_nonzero((pred_name == k) | (gt_name == k)))
+    return {"classes": len(classes), "named": named, "correct": correct,
+            "name_miou": float(np.mean(ious)) if ious else float("nan")}
+
+
+def read_gt_names(path: str | Path) -> dict[int, str]:
+    """names.txt beside the GT maps: line k names GT id k (from 1); blank lines and # comments
+    name nothing."""
+    names = {}
+    for k, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if name:
+            names[k] = name
+    return names
+
+
+def evaluate_names_dirs(pred_dir: str | Path, gt_dir: str | Path, gt_names: dict[int, str],
+                        ignore_index: int | None = None) -> dict[str, float]:
+    """`name_scores` over every gt_dir/<stem>.png against pred_dir/<stem>/ (labels.png and the
+    class names in its summary.json): name_accuracy (correct / named classes), named_fraction
+    (named / classes) and mean_name_miou (over images)."""
+    import json
+
+    rows = []
+    for gt_path in sorted(Path(gt_dir).glob("*.png")):
+        d = Path(pred_dir) / gt_path.stem
+        summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
+        pred_names = {int(c): str(n) for c, n in (summary.get("class_names") or {}).items()}
+        rows.append(name_scores(read_label_png(d / "labels.png"), pred_names, read_label_png(gt_path), gt_names,
+                                ignore_index))
+    named, classes = sum(r["named"] for r in rows), sum(r["classes"] for r in rows)
+    mious = [r["name_miou"] for r in rows if r["name_miou"] == r["name_miou"]]
+    return {"name_accuracy": sum(r["correct"] for r in rows) / named if named else float("nan"),
+            "named_fraction": named / classes if classes else float("nan"),
+            "mean_name_miou": float(np.mean(mious)) if mious else float("nan")}
