@@ -101,7 +101,8 @@ class MaskSet:
     (N,) float32. point_coords_xy: N×2 float32 (the prompt that produced each mask).
     crop_box_xywh: N×4 float32.
     Order is the AMG's output order; every later array (embeddings, cluster labels)
-    uses the same row order.
+    uses the same row order. funnel: when the AMG just found no mask, how many candidate
+    masks each of its filters let through (samseg.sam.amg; not cached, None otherwise).
     """
 
     image_hw: tuple[int, int]
@@ -112,6 +113,7 @@ class MaskSet:
     stability_score: np.ndarray
     point_coords_xy: np.ndarray
     crop_box_xywh: np.ndarray
+    funnel: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.rles)

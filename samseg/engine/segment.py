@@ -144,6 +144,8 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
              "n_masks": s.get("n_masks"), "n_clusters": s.get("n_clusters"), "n_noise": s.get("n_noise")}
     if s.get("tracking_error"):  # written, but its MLflow run is missing: a rerun logs it
         entry["tracking_error"] = s["tracking_error"]
+    if s.get("no_masks_because"):  # which AMG filter left nothing
+        entry["no_masks_because"] = s["no_masks_because"]
     return entry
 
 

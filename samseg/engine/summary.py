@@ -79,8 +79,29 @@ def summarize(run: "ImageRun", flow_run_id: Optional[str] = None, extra: Optiona
         cache=run.cache_status(),
         prefect_flow_run_id=flow_run_id,
         extra={**({"eps_auto": clusters.choice} if clusters.choice else {}),
+               **({"amg_funnel": run.masks.funnel, "no_masks_because": no_masks_because(run.masks.funnel, run.cfg)}
+                  if run.masks.funnel else {}),
                **({"tiling": tiling} if tiling else {}), **(extra or {})},
     )
+
+
+def no_masks_because(funnel: dict[str, Any], cfg: Any) -> str:
+    """One line: which of the AMG's filters left no mask (the first one that let none through),
+    with its knob, its value and the best score the candidates reached."""
+    amg = cfg.amg
+    n = funnel.get("candidates", 0)
+    if not n:
+        return "SAM made no candidate mask (no point prompt: raise points_per_side)"
+    if not funnel.get("pred_iou"):
+        return (f"none of {n} candidate masks passed pred_iou_thresh {amg.pred_iou_thresh:g} "
+                f"(the best predicted IoU was {funnel.get('best_iou') or 0:.3f}): lower it")
+    if not funnel.get("stability"):
+        return (f"{funnel['pred_iou']} of {n} candidates passed pred_iou_thresh, none stability_score_thresh "
+                f"{amg.stability_score_thresh:g} (the best stability was {funnel.get('best_stability') or 0:.3f}): lower it")
+    if not funnel.get("crop_edge"):
+        return f"the {funnel['stability']} masks left all touched a crop's edge (crop_n_layers {amg.crop_n_layers})"
+    return (f"{funnel.get('box_nms', 0)} masks passed the filters and box NMS; min_mask_region_area "
+            f"{amg.min_mask_region_area} or the crop NMS removed the rest")
 
 
 def features_grid(run: "ImageRun") -> dict[str, Any]:

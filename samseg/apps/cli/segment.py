@@ -384,7 +384,12 @@ def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:
     from samseg.engine.segment import shown_name
 
     why = ""
-    if r.get("n_masks") == 0:  # a run that found nothing says so, and what to turn
+    if r.get("n_masks") == 0 and r.get("no_masks_because"):  # which filter left nothing, as its flag
+        import re
+
+        why = " — " + re.sub(r"\b(pred_iou_thresh|stability_score_thresh|points_per_side|crop_n_layers|min_mask_region_area)\b",
+                             lambda m: "--" + m.group(1).replace("_", "-"), r["no_masks_because"])
+    elif r.get("n_masks") == 0:  # a run that found nothing says so, and what to turn
         why = (" — no mask passed SAM's filters (--pred-iou-thresh, --stability-score-thresh, --box-nms-thresh, "
                "--min-mask-region-area): lower the first two, or raise --points-per-side")
     return f"{shown_name(file_name)}:{counts} -> {shown_name(where)}{hits}{why}"

@@ -11,6 +11,7 @@ SAM's code, so the masks are identical to a plain `SamAutomaticMaskGenerator(...
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -64,7 +65,9 @@ def generate_masks(model: "LoadedModel", rgb_hw3: np.ndarray, encoded: EncodedIm
     with torch.inference_mode():
         records = generator.generate(np.ascontiguousarray(rgb_hw3))
     image_hw = (int(rgb_hw3.shape[0]), int(rgb_hw3.shape[1]))
-    return MaskSet.from_records(image_hw, records) if records else MaskSet.empty(image_hw)
+    if records:
+        return MaskSet.from_records(image_hw, records)
+    return dataclasses.replace(MaskSet.empty(image_hw), funnel=dict(generator.funnel))  # which filter left nothing
 
 
 @dataclass

@@ -100,6 +100,8 @@ def postprocess_batch(generator: Any, low_res: Any, iou_preds: Any, points_xy: n
     index = torch.arange(len(iou_preds), device=iou_preds.device)  # same device as the masks it selects
     if generator.pred_iou_thresh > 0.0:
         index = index[iou_preds > generator.pred_iou_thresh]
+    _count(generator, candidates=len(iou_preds), pred_iou=len(index),
+           best_iou=float(iou_preds.max()) if len(iou_preds) else None)
     src = index if rows is None else _rows_of(index, rows, n, per_prompt)
     parts = [_process_chunk(generator, low_res[src[i : i + masks_per_chunk]], index[i : i + masks_per_chunk],
                             crop_box, orig_size) for i in range(0, len(index), masks_per_chunk)]
@@ -118,6 +120,19 @@ def postprocess_batch(generator: Any, low_res: Any, iou_preds: Any, points_xy: n
         boxes = batched_mask_to_box(torch.zeros((0, *orig_size), dtype=torch.bool, device=low_res.device))
     return MaskData(iou_preds=iou_preds[kept], points=points[kept.cpu()], stability_score=stability, boxes=boxes,
                     rles=[r for p in thresholded for r in p["rles"]])
+
+
+def _count(generator: Any, **seen: Any) -> None:
+    """Add to the generator's funnel (samseg.sam.amg.generator): counts add up, best_* keep the max."""
+    funnel = getattr(generator, "funnel", None)
+    if funnel is None:  # SAM's own generator (the reference in tests)
+        return
+    for key, value in seen.items():
+        if key.startswith("best_"):
+            if value is not None:
+                funnel[key] = value if funnel[key] is None else max(funnel[key], value)
+        else:
+            funnel[key] += int(value)
 
 
 def _rows_of(index: Any, rows: Any, n: int, per_prompt: int) -> Any:
@@ -146,9 +161,11 @@ def _process_chunk(generator: Any, low_res: Any, index: Any, crop_box: list[int]
     logits = upscale_logits(low_res[None], sam.image_encoder.img_size, predictor.input_size,
                             predictor.original_size)[0]
     stability = calculate_stability_score(logits, sam.mask_threshold, generator.stability_score_offset)
+    best = float(stability.max()) if len(stability) else None
     if generator.stability_score_thresh > 0.0:
         keep = stability >= generator.stability_score_thresh
         index, stability, logits = index[keep], stability[keep], logits[keep]
+    _count(generator, stability=len(index), best_stability=best)
     if not len(index):
         return {"index": index, "stability_score": stability, "boxes": None, "rles": []}
     masks = logits > sam.mask_threshold
@@ -158,5 +175,6 @@ def _process_chunk(generator: Any, low_res: Any, index: Any, crop_box: list[int]
     keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
     if not torch.all(keep):
         index, stability, boxes, masks = index[keep], stability[keep], boxes[keep], masks[keep]
+    _count(generator, crop_edge=len(index))
     rles = mask_to_rle_fast(uncrop_masks(masks, crop_box, orig_h, orig_w)) if len(index) else []
     return {"index": index, "stability_score": stability, "boxes": boxes, "rles": rles}

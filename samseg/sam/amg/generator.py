@@ -81,6 +81,10 @@ class ChunkedMaskGenerator(SamAutomaticMaskGenerator):
         super().__init__(model.sam, output_mode="coco_rle", **dataclasses.asdict(cfg))
         self.predictor = KernelPredictor(model) if encoded is None else ReusingPredictor(model, encoded)
         self.masks_per_chunk = masks_per_chunk
+        # candidate masks left after each filter, in SAM's order (the best scores seen say how far
+        # a threshold was missed): what a run that finds no mask reports
+        self.funnel: dict[str, Any] = {"candidates": 0, "pred_iou": 0, "stability": 0, "crop_edge": 0, "box_nms": 0,
+                                       "best_iou": None, "best_stability": None}
 
     def _process_batch(self, points, im_size, crop_box, orig_size):  # type: ignore[override]
         from samseg.sam.amg.batch import process_batch
@@ -102,6 +106,7 @@ class ChunkedMaskGenerator(SamAutomaticMaskGenerator):
         keep_by_nms = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
                                   iou_threshold=self.box_nms_thresh)
         data.filter(keep_by_nms)
+        self.funnel["box_nms"] += len(data["rles"])
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         # SAM's torch.tensor([box] * n) is shape (0,) for no mask, and then box_area fails
