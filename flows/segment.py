@@ -124,6 +124,15 @@ def segment_batch_flow(
     from flows.fanout import deployment_exists, run_shards
 
     use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
+    if fan_out == "deployment" and not deployment_exists():  # before any MLflow run or image
+        from prefect.settings import PREFECT_API_URL
+
+        from samseg.core.errors import UnavailableError
+        from samseg.edges.run_schema import SEGMENT_DEPLOYMENT
+
+        raise UnavailableError(f"the Prefect server at {PREFECT_API_URL.value() or '(temporary)'} has no {SEGMENT_DEPLOYMENT} deployment "
+                               "for the shards: prefect deploy --all --prefect-file deployments/prefect.yaml "
+                               "(or samseg serve), then start a worker")
     job = segment_job(settings, runtime, out, Tracking(track=track, experiment=experiment))
     wanted = classes == "dataset" or classes_from is not None
     request = ClassesRequest(classes_from, max_cluster, register_classes) if wanted else None

@@ -387,3 +387,16 @@ def test_segment_help_shows_what_each_preset_runs_and_examples() -> None:
     assert "amg.points_per_side (default: 32; notebook: 51; smoke: 8)" in text
     assert "examples: samseg segment photos/ --out out/run1" in text and "samseg runs list" in text
     assert "$SAMSEG_HOME/cache" in text
+
+
+def test_fan_out_to_workers_without_a_server_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary Prefect server has no worker to take shards: one line, exit 2, before anything runs."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    photo = Path(__file__).parent / "data" / "photos" / "bears.jpg"
+    rc, _, stderr = run_cli(["segment", str(photo), "--out", str(tmp_path / "out"), "--model", "tiny-random",
+                             "--fan-out", "deployment", "--no-track"])
+    assert rc == 2 and "--fan-out deployment needs PREFECT_API_URL" in stderr.splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+    rc, _, stderr = run_cli(["segment", str(photo), "--out", str(tmp_path / "out"), "--model", "tiny-random",
+                             "--shard-size", "0", "--no-track"])
+    assert rc == 2 and "--shard-size" in stderr.splitlines()[-1]

@@ -32,10 +32,13 @@ def add_orchestrator_argument(p: argparse.ArgumentParser) -> None:
 def orchestrator(args: argparse.Namespace, needs_prefect: bool = False) -> str:
     """"local" or "prefect" for this command (needs_prefect: e.g. --fan-out deployment)."""
     chosen = getattr(args, "orchestrator", "auto") or "auto"
-    if chosen == "auto":
-        return "prefect" if needs_prefect or os.environ.get("PREFECT_API_URL") else "local"
     if chosen == "local" and needs_prefect:
         raise UsageError("--fan-out deployment runs through Prefect; it cannot be combined with --orchestrator local")
+    if needs_prefect and not os.environ.get("PREFECT_API_URL"):  # a temporary server has no worker to take shards
+        raise UsageError("--fan-out deployment needs PREFECT_API_URL: the Prefect server whose workers take the "
+                         "shards (docs/orchestration.md, Scale-out)")
+    if chosen == "auto":
+        return "prefect" if needs_prefect or os.environ.get("PREFECT_API_URL") else "local"
     return chosen
 
 
