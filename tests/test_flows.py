@@ -136,7 +136,8 @@ def test_batch_s3_mlflow_then_rerun_and_recluster(prefect_api, mlflow_env, s3_bu
         client.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=(small_photos / name).read_bytes())
     experiment = f"flows-{uuid.uuid4().hex[:8]}"
     cache, out = f"s3://{s3_bucket}/cache", f"s3://{s3_bucket}/out"
-    kwargs = dict(source=f"s3://{s3_bucket}/in/", runtime=runtime(cache), track=True, experiment=experiment)
+    # fan_out "local": the Prefect server is shared, and test_scaleout deploys `segment` on it ("auto" would use it)
+    kwargs = dict(source=f"s3://{s3_bucket}/in/", runtime=runtime(cache), track=True, experiment=experiment, fan_out="local")
 
     report = segment_batch_flow(out=out, settings=smoke_settings(), **kwargs)
     assert (report["succeeded"], report["failed"], report["fan_out"]) == (3, 0, "local")

@@ -76,7 +76,7 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
          "--experiment", experiment, "--fan-out", "deployment", "--shard-size", "3", "--classes", "dataset", "--quiet"],
         cwd=tmp_path, env=workers, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        killed = _kill_first_running_shard(tmp_path)
+        killed = _kill_first_running_shard(tmp_path, src)
         stdout, stderr = cli.communicate(timeout=540)
     finally:
         if cli.poll() is None:
@@ -85,6 +85,9 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"])))
+    # this batch's shard runs (the server is shared: another test's batch may fan out to these workers too)
+    runs = [r for r in runs if all(str(u).startswith(str(src)) for u in r.parameters.get("images", []))
+            and r.parameters.get("images")]
     by_id = {str(r.id): r for r in runs}
     assert by_id[killed].state.name == "Crashed", by_id[killed].state
     summaries = {n: json.loads(read_bytes(f"{out}/{n}/summary.json")) for n in names}
@@ -112,7 +115,7 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
     assert sorted(r.info.run_name for r in children) == sorted(f"{n}.jpg" for n in names)
 
 
-def _kill_first_running_shard(tmp_path: Path) -> str:
+def _kill_first_running_shard(tmp_path: Path, src: Path) -> str:
     """SIGKILL the process of the first shard run seen RUNNING (a worker's child); its id."""
     import os
     import signal
@@ -124,7 +127,8 @@ def _kill_first_running_shard(tmp_path: Path) -> str:
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             for run in client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"]))):
-                if run.state is not None and run.state.is_running() and run.infrastructure_pid:
+                mine = all(str(u).startswith(str(src)) for u in run.parameters.get("images", []))
+                if mine and run.state is not None and run.state.is_running() and run.infrastructure_pid:
                     os.kill(int(str(run.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
                     return str(run.id)
             time.sleep(0.2)
