@@ -212,7 +212,24 @@ def test_rerun_with_another_backbone_repools_in_the_background(client, mlflow_st
 def test_rerun_with_an_unknown_backbone_is_a_field_error(client, mlflow_store):
     _, run_a, _ = mlflow_store
     r = client.post(f"/api/runs/{run_a}/rerun", json={"features": "dinov9"})
-    assert r.status_code == 422 and "not a feature backbone" in r.json()["errors"]["features"]
+    assert r.status_code == 422 and "unknown feature backbone 'dinov9'" in r.json()["errors"]["features"]
+
+
+def test_the_eps_a_person_sets_is_the_eps_a_saved_run_uses_also_under_eps_auto(mlflow_store) -> None:
+    """The form's values go through samseg.core.config.override, as the CLI's flags do: on a run
+    made with --eps auto, an eps from the slider turns auto off — the saved run clusters with the
+    eps the preview showed, not with a knee chosen again — and the form starts at the eps the run used."""
+    from samseg.apps.ui.actions import form_defaults
+    from samseg.apps.ui.validation import validate_cluster_form, validate_rerun_form
+    from samseg.core.config import DEFAULT, configure
+
+    assert DEFAULT.cluster.eps_auto
+    new = validate_rerun_form({"eps": 0.1, "min_samples": 3}, DEFAULT)
+    assert new == configure(eps=0.1, min_samples=3)  # the CLI's `--eps 0.1 --min-samples 3`
+    assert (new.cluster.eps, new.cluster.eps_auto) == (0.1, False)
+    assert validate_cluster_form({"eps": 0.1}, DEFAULT) == configure(eps=0.1).cluster
+    form = form_defaults(DEFAULT, {"eps_auto": {"requested": "auto", "rule": "knee", "k": 8, "eps": 0.0421}})
+    assert form["eps"] == 0.0421
 
 
 # ------------------------------------------------------------- exemplar

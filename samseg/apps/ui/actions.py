@@ -295,6 +295,8 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def form_defaults(cfg: PipelineConfig) -> dict[str, Any]:
-    """Current values for the rerun form."""
-    return {**dataclasses.asdict(cfg.cluster), **dataclasses.asdict(cfg.pool), "features": cfg.features.name}
+def form_defaults(cfg: PipelineConfig, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Current values for the rerun form: the eps the run used (under --eps auto, the one it chose)."""
+    used = ((summary or {}).get("eps_auto") or {}).get("eps")
+    cluster = {**dataclasses.asdict(cfg.cluster), **({"eps": used} if used is not None else {})}
+    return {**cluster, **dataclasses.asdict(cfg.pool), "features": cfg.features.name}

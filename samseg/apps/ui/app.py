@@ -220,7 +220,7 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
         "noise": noise,
         "noise_url": f"/runs/{run_id}/highlight.png?masks=" + ",".join(map(str, noise)) if noise else None,
         "masks": table,
-        "form": actions.form_defaults(actions.run_config(store, run_id)),
+        "form": actions.form_defaults(actions.run_config(store, run_id, summary), summary),
         "backbones": backbone_choices(),  # the rerun form's features choices: another one re-pools
         "input_url": f"/runs/{run_id}/files/input.jpg",
     }
@@ -312,7 +312,8 @@ def _add_api(app: FastAPI) -> None:
     def api_rerun(request: Request, run_id: str, form: dict[str, Any] = Body(...)) -> dict[str, Any]:
         store: RunStore = request.app.state.store
         cfg = actions.run_config(store, run_id)  # RunNotFound → 404 before validating
-        new = validate_rerun_form(form, cfg.cluster, cfg.pool, cfg.features)
+        new_cfg = validate_rerun_form(form, cfg)
+        new = (new_cfg.cluster, new_cfg.pool, new_cfg.features)
         job = request.app.state.jobs.submit("rerun", lambda p: _rerun(store, run_id, new, cfg, p))
         return job.to_dict()
 

@@ -89,7 +89,7 @@ def add_preview_api(app: FastAPI) -> None:
     def api_preview(request: Request, run_id: str, body: Any = Body(...)) -> Response:
         store: RunStore = request.app.state.store
         cfg = actions.run_config(store, run_id)  # RunNotFound -> 404 before validating
-        cluster_cfg = validate_cluster_form(body, cfg.cluster)  # FormError -> 422 naming the field
+        cluster_cfg = validate_cluster_form(body, cfg)  # FormError -> 422 naming the field
         png, clusters = request.app.state.previews.get(run_id).png(cluster_cfg)
         headers = {"X-Samseg-Clusters": str(clusters.n_clusters), "X-Samseg-Noise": str(clusters.n_noise),
                    "Cache-Control": "no-store"}

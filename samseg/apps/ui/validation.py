@@ -1,18 +1,18 @@
-"""Rerun-form validation: raw form values → (ClusterConfig, PoolConfig, FeaturesConfig) or
-per-field errors.
+"""Rerun-form validation: raw form values → the run's PipelineConfig with them, or per-field errors.
 
-The rules are samseg.core.config's own (the same `__post_init__` checks the CLI and the flow
-parameters go through); this module only parses strings to numbers and maps each
-config message ("cluster.eps must be > 0") to the form field it is about, so the page can
-show it next to that field.
+The values go through samseg.core.config.override, the function the CLI's flags and
+`samseg.segment`'s keywords go through: the same knob names, the same checks, the same meaning
+(an eps given is the eps used: it turns `--eps auto` off, so what the preview showed is what a
+saved run clusters with). This module only parses strings to numbers and maps each config
+message ("cluster.eps must be > 0") to the form field it is about, so the page can show it next
+to that field.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
-from samseg.core.config import ClusterConfig, FeaturesConfig, PoolConfig, field_types
+from samseg.core.config import ClusterConfig, PipelineConfig, PoolConfig, field_types, override
 
 
 def form_fields(cls: type) -> dict[str, Callable[[Any], Any]]:
@@ -61,9 +61,11 @@ def _parse(name: str, raw: Any, kind: Callable[[Any], Any], section: str) -> Any
 
 
 def _validate_section(
-    form: dict[str, Any], fields: dict[str, Callable[[Any], Any]], base: Any, section: str, errors: dict[str, str]
+    form: dict[str, Any], fields: dict[str, Callable[[Any], Any]], base: PipelineConfig, section: str,
+    errors: dict[str, str]
 ) -> dict[str, Any]:
-    """Parse and check each field ALONE against `base`, so every bad field gets its message."""
+    """Parse and check each field ALONE against `base`, so every bad field gets its message;
+    returns {"section.knob": value} for override."""
     values: dict[str, Any] = {}
     for name, kind in fields.items():
         raw = form.get(name)
@@ -76,47 +78,44 @@ def _validate_section(
             errors[name] = msg if msg.startswith(section + ".") else f"{section}.{name} must be {_TYPE_WORDS[kind]}"
             continue
         try:
-            dataclasses.replace(base, **{name: value})
+            override(base, **{f"{section}.{name}": value})
         except ValueError as exc:
             errors[name] = str(exc)
             continue
-        values[name] = value
+        values[f"{section}.{name}"] = value
     return values
 
 
-def validate_cluster_form(form: Any, base_cluster: ClusterConfig) -> ClusterConfig:
+def validate_cluster_form(form: Any, base: PipelineConfig) -> ClusterConfig:
     """The preview's JSON: cluster fields only (missing keys keep the run's values), else FormError."""
     if not isinstance(form, dict):
         raise FormError({"form": "expected a JSON object of cluster settings"})
     errors: dict[str, str] = {_short(name): "unknown field" for name in sorted(set(form) - set(CLUSTER_FIELDS))}
-    values = _validate_section(form, CLUSTER_FIELDS, base_cluster, "cluster", errors)
+    values = _validate_section(form, CLUSTER_FIELDS, base, "cluster", errors)
     if errors:
         raise FormError(errors)
     try:
-        return dataclasses.replace(base_cluster, **values)
+        return override(base, **values).cluster
     except ValueError as exc:
         raise FormError({"form": str(exc)}) from exc
 
 
-def validate_rerun_form(
-    form: dict[str, Any], base_cluster: ClusterConfig, base_pool: PoolConfig, base_features: FeaturesConfig = FeaturesConfig()
-) -> tuple[ClusterConfig, PoolConfig, FeaturesConfig]:
-    """Return the new configs (unspecified fields keep the run's values) or raise FormError."""
+def validate_rerun_form(form: dict[str, Any], base: PipelineConfig) -> PipelineConfig:
+    """The run's config with the form's values (unspecified fields keep the run's), or FormError."""
     unknown = sorted(set(form) - set(CLUSTER_FIELDS) - set(POOL_FIELDS) - {FEATURES_FIELD})
     errors: dict[str, str] = {_short(name): "unknown field" for name in unknown}
-    cluster_values = _validate_section(form, CLUSTER_FIELDS, base_cluster, "cluster", errors)
-    pool_values = _validate_section(form, POOL_FIELDS, base_pool, "pool", errors)
-    features = base_features
+    values = {**_validate_section(form, CLUSTER_FIELDS, base, "cluster", errors),
+              **_validate_section(form, POOL_FIELDS, base, "pool", errors)}
     raw = form.get(FEATURES_FIELD)
-    if raw not in (None, "", base_features.name):
+    if raw not in (None, "", base.features.name):
         try:
-            features = FeaturesConfig(name=_parse("name", raw, str, "features"))
+            values["features"] = _parse("name", raw, str, "features")
+            override(base, features=values["features"])
         except (TypeError, ValueError) as exc:
             errors[FEATURES_FIELD] = str(exc)
     if errors:
         raise FormError(errors)
     try:
-        return (dataclasses.replace(base_cluster, **cluster_values), dataclasses.replace(base_pool, **pool_values),
-                features)
+        return override(base, **values)
     except ValueError as exc:  # a rule spanning two fields: show it on the form as a whole
         raise FormError({"form": str(exc)}) from exc
