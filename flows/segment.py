@@ -137,11 +137,12 @@ def segment_batch_flow(
     wanted = classes == "dataset" or classes_from is not None
     request = ClassesRequest(classes_from, max_cluster, register_classes) if wanted else None
 
-    def run_images(uris: list[str], t: Tracking) -> list[dict[str, Any]]:
-        kwargs = dict(out=out, settings=settings, runtime=runtime, track=t.track, experiment=experiment,
+    def run_images(uris: list[str], per_image: SegmentJob) -> list[dict[str, Any]]:
+        t, image_settings = per_image.tracking, PipelineParams.from_config(per_image.cfg)
+        kwargs = dict(out=out, settings=image_settings, runtime=runtime, track=t.track, experiment=experiment,
                       batch_run_id=t.nested_under, batch_resumed=t.resumed)
         if use_deployments:
-            return run_shards(uris, {**kwargs, "settings": settings.model_dump(), "runtime": runtime.model_dump()},
+            return run_shards(uris, {**kwargs, "settings": image_settings.model_dump(), "runtime": runtime.model_dump()},
                               shards.to_config())
         return segment_images(uris, names=None, **kwargs)  # the batch's own run holds its images' tasks
 

@@ -335,3 +335,15 @@ def test_dataset_classes_are_named_once_for_the_batch_and_assigned_images_keep_t
     summary = json.loads((tmp_path / "out2" / Path(PHOTOS[3]).stem / "summary.json").read_text())
     assert summary["class_names"] == {str(c): table.class_names[c] for c in summary["classes_present"]
                                       if c in table.class_names}
+
+
+def test_the_images_of_a_dataset_batch_are_not_named_on_their_own_ids() -> None:
+    """The batch names its classes once; naming each image first would be work thrown away."""
+    from samseg.engine.batch import image_job
+    from samseg.engine.publish import Tracking
+    from samseg.engine.request import Runtime, SegmentJob
+    from samseg.core.config import configure
+
+    job = SegmentJob(configure(names="coco-stuff"), Runtime(), "out", Tracking(track=False))
+    assert image_job(job, job.tracking, dataset=True).cfg.names.vocabulary == "none"
+    assert image_job(job, job.tracking, dataset=False).cfg == job.cfg

@@ -20,8 +20,8 @@ from samseg.engine.request import SegmentJob
 from samseg.engine.segment import one_line
 
 Source = Union[str, list[str]]
-# (image URIs, how each image run is logged) -> the per-image report entries
-RunImages = Callable[[list[str], Tracking], list[dict[str, Any]]]
+# (image URIs, the job each image runs as: its config and how it is logged) -> the per-image report entries
+RunImages = Callable[[list[str], SegmentJob], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
     per_image = dataclasses.replace(t, track=t.track and classes is None, nested_under=batch_run_id, resumed=resumed)
     try:
-        results = run_images(uris, per_image)
+        results = run_images(uris, image_job(job, per_image, classes is not None))
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
         from samseg.edges.shutdown import bounded
 
@@ -90,11 +90,19 @@ def segment_local(source: Source, job: SegmentJob, classes: Optional[ClassesRequ
     export, upload and MLflow logging overlap the next image's compute; returns the report."""
     from samseg.engine.segment import segment_overlapped, start_one
 
-    def run_images(uris: list[str], tracking: Tracking) -> list[dict[str, Any]]:
-        per_image = dataclasses.replace(job, tracking=tracking)
+    def run_images(uris: list[str], per_image: SegmentJob) -> list[dict[str, Any]]:
         return segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name))
 
     return run_batch(source, job, run_images, classes)
+
+
+def image_job(job: SegmentJob, tracking: Tracking, dataset: bool) -> SegmentJob:
+    """The job each image of a batch runs as. With dataset-level classes the images are not named
+    on their own ids: the batch names its classes once (samseg.engine.naming.dataset_namer)."""
+    cfg = job.cfg
+    if dataset and cfg.names.enabled:
+        cfg = cfg.replace(names=dataclasses.replace(cfg.names, vocabulary="none"))
+    return dataclasses.replace(job, cfg=cfg, tracking=tracking)
 
 
 def top_level_files(dataset: bool) -> list[str]:
