@@ -115,3 +115,18 @@ def test_a_short_vocabulary_can_name_and_a_typo_is_refused() -> None:
     with pytest.raises(ValueError, match="not coco-stuff, ade20k, a file of names"):
         configure(names="coco_stuff")
     assert configure(names="road,").names.vocabulary == "road,"
+
+
+def test_a_recluster_of_a_named_run_names_its_new_classes(tmp_path: Path) -> None:
+    """New class ids after a recluster: they are named again under the run's vocabulary (never
+    the old ids' names carried over). Seeded tiny namer: only where the names go is checked."""
+    import samseg
+
+    photo = PHOTOS / "bears.jpg"
+    result = samseg.segment(photo, model="tiny-random", points_per_side=4, device="cpu", cache=str(tmp_path / "c"),
+                            names="grass,water", namer="tiny-random", **{"names.min_prob": 0.01})
+    again = result.recluster(eps=0.5)
+    naming = again.summary["naming"]
+    assert naming["vocabulary"] == "grass,water" and naming["namer"] == "tiny-random"
+    assert [c["id"] for c in naming["classes"]] == list(range(again.summary["n_clusters"]))
+    assert again.summary.get("class_names", {}) == {str(c["id"]): c["name"] for c in naming["classes"] if c["name"]}

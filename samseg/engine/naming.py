@@ -3,7 +3,7 @@
 The names go into the run's ClusterResult (so the overlay legend, masks.json and exports use
 them) and into summary.json: `class_names` ({id: name}, the named ones) and `naming` (namer,
 its weights' sha256, the vocabulary, and per class the best name, its probability and the
-runner-up, named or not). A recluster does not carry names over: its class ids are new.
+runner-up, named or not). A recluster names its classes again: its class ids are new.
 """
 
 from __future__ import annotations

@@ -52,14 +52,18 @@ def recluster_summary(run: ImageRun, parent_run_id: Optional[str], parent: Optio
                       kind: str = KIND_RECLUSTER, extra: Optional[dict[str, Any]] = None) -> RunSummary:
     """The new run's summary: `summarize` plus where its inputs came from and whose run it re-tunes.
     parent: the parent's summary.json; a parent with dataset-wide ids is noted, since a
-    recluster of one image gives per-image ids."""
+    recluster of one image gives per-image ids. A recluster of a named run names its new
+    classes (its config's `names`, samseg.engine.naming); an edit or an exemplar class brings its own."""
+    from samseg.engine.naming import name_run
+
+    named = name_run(run) if kind == KIND_RECLUSTER else None  # new class ids: named again, never carried over
     inputs_from = "run" if FROM_RUN_ARTIFACTS in run.status.values() else "cache"
     more: dict[str, Any] = {"recluster": {"parent_run_id": parent_run_id, "inputs_from": inputs_from}}
     if parent_run_id is not None:
         more.update(parent_run_id=parent_run_id, kind=kind)
     if parent and parent.get("classes") in DATASET_MODES:
         more["rerun_of_dataset_ids"] = parent["classes"]
-    return summarize(run, extra={**more, **(extra or {})})
+    return summarize(run, extra={**more, **(named or {}), **(extra or {})})
 
 
 def parent_model(summary: dict[str, Any]) -> ModelIdentity:
