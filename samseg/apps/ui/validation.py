@@ -10,6 +10,7 @@ to that field.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 from samseg.core.config import ClusterConfig, PipelineConfig, PoolConfig, field_types, override
@@ -61,11 +62,10 @@ def _parse(name: str, raw: Any, kind: Callable[[Any], Any], section: str) -> Any
 
 
 def _validate_section(
-    form: dict[str, Any], fields: dict[str, Callable[[Any], Any]], base: PipelineConfig, section: str,
-    errors: dict[str, str]
+    form: dict[str, Any], fields: dict[str, Callable[[Any], Any]], base: Any, section: str, errors: dict[str, str]
 ) -> dict[str, Any]:
-    """Parse and check each field ALONE against `base`, so every bad field gets its message;
-    returns {"section.knob": value} for override."""
+    """Parse and check each field ALONE against `base` (the run's config section), so every bad
+    field gets its message; returns {"section.knob": value} for override."""
     values: dict[str, Any] = {}
     for name, kind in fields.items():
         raw = form.get(name)
@@ -78,7 +78,7 @@ def _validate_section(
             errors[name] = msg if msg.startswith(section + ".") else f"{section}.{name} must be {_TYPE_WORDS[kind]}"
             continue
         try:
-            override(base, **{f"{section}.{name}": value})
+            dataclasses.replace(base, **{name: value})
         except ValueError as exc:
             errors[name] = str(exc)
             continue
@@ -91,7 +91,7 @@ def validate_cluster_form(form: Any, base: PipelineConfig) -> ClusterConfig:
     if not isinstance(form, dict):
         raise FormError({"form": "expected a JSON object of cluster settings"})
     errors: dict[str, str] = {_short(name): "unknown field" for name in sorted(set(form) - set(CLUSTER_FIELDS))}
-    values = _validate_section(form, CLUSTER_FIELDS, base, "cluster", errors)
+    values = _validate_section(form, CLUSTER_FIELDS, base.cluster, "cluster", errors)
     if errors:
         raise FormError(errors)
     try:
@@ -104,8 +104,8 @@ def validate_rerun_form(form: dict[str, Any], base: PipelineConfig) -> PipelineC
     """The run's config with the form's values (unspecified fields keep the run's), or FormError."""
     unknown = sorted(set(form) - set(CLUSTER_FIELDS) - set(POOL_FIELDS) - {FEATURES_FIELD})
     errors: dict[str, str] = {_short(name): "unknown field" for name in unknown}
-    values = {**_validate_section(form, CLUSTER_FIELDS, base, "cluster", errors),
-              **_validate_section(form, POOL_FIELDS, base, "pool", errors)}
+    values = {**_validate_section(form, CLUSTER_FIELDS, base.cluster, "cluster", errors),
+              **_validate_section(form, POOL_FIELDS, base.pool, "pool", errors)}
     raw = form.get(FEATURES_FIELD)
     if raw not in (None, "", base.features.name):
         try:
