@@ -82,8 +82,11 @@ def test_named_classes_reach_the_summary_masks_json_an_export_and_mlflow(tmp_pat
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = log_image_run(d, summary, experiment="names")
-    mlflow.set_experiment("names")  # load_table searches the active experiment
-    table = mlflow.load_table(CLASS_NAMES_TABLE, run_ids=[run_id])
+    import pandas as pd
+
+    path = mlflow.MlflowClient().download_artifacts(run_id, CLASS_NAMES_TABLE, str(tmp_path))
+    doc = json.loads(Path(path).read_text())  # MLflow's table artifact: {"columns", "data"}
+    table = pd.DataFrame(doc["data"], columns=doc["columns"])
     assert list(table["id"]) == [c["id"] for c in naming["classes"]]
     assert list(table["name"]) == [c["name"] or "" for c in naming["classes"]]
     assert list(table["best"]) == [c["best"] for c in naming["classes"]]
