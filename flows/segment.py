@@ -123,8 +123,8 @@ def segment_batch_flow(
     (samseg.engine.request.ShardPlan)."""
     from flows.fanout import deployment_exists, run_shards
 
-    use_deployments = fan_out == "deployment" or (fan_out == "auto" and deployment_exists())
-    if fan_out == "deployment" and not deployment_exists():  # before any MLflow run or image
+    use_deployments = fan_out != "local" and deployment_exists()  # one look-up, whichever fan_out asked it
+    if fan_out == "deployment" and not use_deployments:  # before any MLflow run or image
         from prefect.settings import PREFECT_API_URL
 
         from samseg.core.errors import UnavailableError
