@@ -67,14 +67,21 @@ def segment_shard_flow(
     experiment: str = EXPERIMENT_DEFAULT,
     batch_run_id: Optional[str] = None,
     batch_resumed: bool = False,
+    classes_from: Optional[str] = None,
 ) -> list[dict[str, Any]]:
     """Segment a shard of a batch (paths or s3:// URIs) into OUT/<name>/ each: the engine's
     batch loop (one model load, each image's publish overlapping the next one's compute),
     every step a task of this run. One bad image fails alone; the shard's report (one row
     per image) is returned and kept as a table artifact, which is how a batch that fanned
     the shard out to a worker reads it back (flows.fanout). names: the batch's output dir
-    names for these images (default: their unique stems)."""
-    entries = segment_images(images, out, names, settings, runtime, track, experiment, batch_run_id, batch_resumed)
+    names for these images (default: their unique stems). classes_from: the batch's classes
+    given beforehand (run id, classes.json, models:/ URI): each image's masks are assigned to
+    them here, where the masks are (samseg.engine.dataset)."""
+    from samseg.engine.dataset import class_table
+
+    table = class_table(classes_from) if classes_from else None
+    entries = segment_images(images, out, names, settings, runtime, track, experiment, batch_run_id, batch_resumed,
+                             table)
     try:
         from prefect.artifacts import create_table_artifact
 
@@ -86,11 +93,13 @@ def segment_shard_flow(
 
 def segment_images(images: list[str], out: str, names: Optional[list[str]], settings: PipelineParams,
                    runtime: RuntimeParams, track: bool, experiment: str, batch_run_id: Optional[str],
-                   batch_resumed: bool) -> list[dict[str, Any]]:
+                   batch_resumed: bool, assign_to: Any = None) -> list[dict[str, Any]]:
     """The engine's batch loop inside the current flow run (a shard run, or a batch run that
-    keeps its images here), every step its Prefect task."""
+    keeps its images here), every step its Prefect task. assign_to: SegmentJob.assign_to."""
+    import dataclasses
+
     tracking = Tracking(track=track, experiment=experiment, nested_under=batch_run_id, resumed=batch_resumed)
-    job = segment_job(settings, runtime, out, tracking)
+    job = dataclasses.replace(segment_job(settings, runtime, out, tracking), assign_to=assign_to)
     run_id = flow_run_id()
     with shutdown.relayed():
         return segment_overlapped(images, out, lambda uri, name: start_one(uri, job, name, prefect_execute, run_id),
@@ -141,10 +150,11 @@ def segment_batch_flow(
         t, image_settings = per_image.tracking, PipelineParams.from_config(per_image.cfg)
         kwargs = dict(out=out, settings=image_settings, runtime=runtime, track=t.track, experiment=experiment,
                       batch_run_id=t.nested_under, batch_resumed=t.resumed)
-        if use_deployments:
-            return run_shards(uris, {**kwargs, "settings": image_settings.model_dump(), "runtime": runtime.model_dump()},
-                              shards.to_config())
-        return segment_images(uris, names=None, **kwargs)  # the batch's own run holds its images' tasks
+        if use_deployments:  # classes given beforehand travel as their reference: each shard assigns its own masks
+            given = classes_from if per_image.assign_to is not None else None
+            return run_shards(uris, {**kwargs, "settings": image_settings.model_dump(), "runtime": runtime.model_dump(),
+                                     "classes_from": given}, shards.to_config())
+        return segment_images(uris, names=None, **kwargs, assign_to=per_image.assign_to)  # the batch's own run holds its images' tasks
 
     with shutdown.relayed():
         report = run_batch(source, job, run_images, request, "deployment" if use_deployments else "local", prefect_execute)

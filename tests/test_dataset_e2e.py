@@ -118,24 +118,37 @@ def test_contact_sheet_written(segmented, batch_run):
     assert sheet.shape[0] >= min(table.n_classes, 60) * 96
 
 
-def test_classes_from_assigns_a_new_batch(segmented, batch_run, tmp_path):
+def test_classes_from_assigns_each_image_where_it_is_computed(segmented, batch_run, tmp_path):
+    """--classes-from: each image is assigned to the given classes as it is computed and written
+    once with their ids; the batch adds up the counts into classes.json (no image dir rewritten)."""
     from samseg.edges.image_dir import read_image_dir
-    from samseg.engine.dataset import classify_dirs
+    from samseg.engine.batch import ClassesRequest, segment_local
+    from samseg.engine.publish import Tracking
+    from samseg.engine.request import Runtime, SegmentJob
 
-    _, _, dirs, _, cfg = segmented
+    root, _, _, segs, cfg = segmented
     first, table = batch_run
-    new_dirs = [shutil.copytree(d, tmp_path / "new" / d.name) for d in dirs[:2]]
-    # the engine's dataset step, with --classes-from given as the first run's classes.json
-    report = classify_dirs(str(tmp_path / "new"), [str(d) for d in new_dirs], cfg.cluster, None,
-                           classes_from=first["classes_json"], max_cluster=None)
-    assert report["mode"] == "assigned"
-    back = ClassTable.from_json(Path(report["classes_json"]).read_text())
+    sources = [str(root / "photos" / f"{Path(n).stem}.png") for n in PHOTOS[:2]]
+    job = SegmentJob(cfg, Runtime(cache=str(root / "cache")), str(tmp_path / "new"), Tracking(track=False))
+    report = segment_local(sources, job, ClassesRequest(classes_from=first["classes_json"]))
+    assert report["failed"] == 0 and report["classes"]["mode"] == "assigned", report
+    back = ClassTable.from_json(Path(report["classes"]["classes_json"]).read_text())
     assert np.array_equal(back.prototypes, table.prototypes)  # same classes, stable ids
-    assert back.image_names == [d.name + ".png" for d in new_dirs]
-    for d in new_dirs:
+    assert back.image_names == [Path(s).name for s in sources]
+    total = 0
+    for src, seg, entry in zip(sources, segs, report["images"]):
+        d = Path(entry["out_dir"])
         _, emb, stored = read_image_dir(d)
+        assert np.array_equal(emb, seg.embeddings)  # the same masks as the first batch's (its cache)
         assert np.array_equal(stored, assign_to_classes(emb, table).labels)
-        assert json.loads((d / "summary.json").read_text())["classes"] == "assigned"
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["classes"] == "assigned" and summary["classes_from"] == "local classes.json"
+        present = sorted({int(c) for c in stored[stored >= 0]})
+        assert summary["classes_present"] == present and entry["n_clusters"] == len(present)
+        for c, counts in enumerate(back.image_counts):  # classes.json's counts are the written masks'
+            assert counts.get(Path(src).name, 0) == int((stored == c).sum())
+        total += len(stored)
+    assert int(back.sizes.sum()) + back.n_noise == total
 
 
 def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):

@@ -40,12 +40,32 @@ def _log_dataset_batch(tmp: Path, name: str, images: list[Path], classes_from: s
     out = tmp / "out" / name
     dirs = [_image_dir(out, p, seed) for seed, p in enumerate(images)]
     batch = start_batch_run(EXPERIMENT, name, {**SMOKE.flat(), "n_images": len(images)}, {"samseg.source": str(tmp / "images")})
-    table = load_class_table(classes_from) if classes_from else None
-    report = apply_dataset_classes(out, dirs, SMOKE.cluster, table=table)
+    if classes_from:  # each image assigned where it is computed, then the counts added up
+        report = _assign_dirs(out, dirs, load_class_table(classes_from))
+    else:
+        report = apply_dataset_classes(out, dirs, SMOKE.cluster)
     children = [log_image_run(d, read_summary(d), experiment=EXPERIMENT, nested_under=batch) for d in dirs]
     log_dataset_classes(batch, report)
     end_run(batch, "FINISHED", {"images": [{"mlflow_run_id": c} for c in children]})  # the batch's own record
     return batch, children
+
+
+def _assign_dirs(out: Path, dirs: list[Path], table) -> dict:
+    """What an --classes-from batch leaves: each summary.json with the given classes' ids, then classes.json."""
+    import json
+
+    from samseg.core.dataset import assign_to_classes
+    from samseg.edges.dataset_outputs import dataset_ids, write_assigned_classes
+    from samseg.edges.image_dir import read_image_dir, read_summary
+
+    images = []
+    for d in dirs:
+        _, emb, _ = read_image_dir(d)
+        summary, _ = dataset_ids(read_summary(d), assign_to_classes(emb, table), table, "assigned")
+        (d / "summary.json").write_text(json.dumps(summary))
+        images.append({"name": d.name, "file_name": summary["image"]["file_name"], "n_masks": len(emb),
+                       "cluster_sizes": summary["cluster_sizes"]})
+    return write_assigned_classes(out, table, images, dirs)
 
 
 @pytest.fixture(scope="module")

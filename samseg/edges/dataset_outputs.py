@@ -38,43 +38,73 @@ def apply_dataset_classes(
     out: str | Path,
     image_dirs: list[str | Path],
     cluster_cfg: Any,
-    table: Any = None,
     max_cluster: Optional[int] = None,
     seed: int = 0,
     namer: Optional[Callable[[list[dict[str, Any]], list[Any], list[Any], Any], dict[str, Any]]] = None,
 ) -> dict[str, Any]:
-    """Rewrite every (local) image dir with dataset-level ids and write classes.json and the
-    contact sheet into OUT (a folder or s3:// prefix); returns {"classes_json", "contact_sheet",
-    "metrics", "n_classes", "images"}. table: a ClassTable to assign to (no clustering) or
-    None to cluster the batch with `cluster_cfg` (samseg.core.config.ClusterConfig). namer:
-    (summaries, [(masks, embeddings, _)], [ClusterResult], table) -> the table's `naming`, for
-    new classes (assigned classes keep the names of the table they come from)."""
-    from samseg.core.dataset import assign_to_classes, classify_batch
+    """Cluster the masks of every (local) image dir together, rewrite each dir with the
+    dataset-level ids and write classes.json and the contact sheet into OUT (a folder or s3://
+    prefix); returns {"classes_json", "contact_sheet", "metrics", "n_classes", "images", "mode"}.
+    namer: (summaries, [(masks, embeddings, _)], [ClusterResult], table) -> the table's `naming`.
+    (Classes given beforehand, --classes-from, are assigned where each image is computed:
+    samseg.engine.dataset.assign_classes; `write_assigned_classes` records them.)"""
+    from samseg.core.dataset import classify_batch
     from samseg.edges.image_dir import read_image_dir, read_summary
-    from samseg.edges.storage import join_uri
 
     dirs = [Path(d) for d in image_dirs]
     if not dirs:
         raise DatasetOutputsError(f"{out}: no image outputs to give classes to")
     loaded = [read_image_dir(d) for d in dirs]  # (MaskSet, N×C embeddings, old labels)
     summaries = [read_summary(d) for d in dirs]
-    names = _image_names(dirs, summaries)
+    names = _image_names([d.name for d in dirs], summaries)
     embs = [emb for _, emb, _ in loaded]
-    mode = "dataset" if table is None else "assigned"
     made_by = _embedding_model(summaries)
-    if table is None:
-        results, table = classify_batch(embs, names, cluster_cfg, max_cluster=max_cluster, seed=seed)
-        table = dataclasses.replace(table, sample={**table.sample, **made_by})  # what the registry records
-        if namer is not None:
-            table = dataclasses.replace(table, naming=namer(summaries, loaded, results, table))
-    else:
-        _check_same_model(table, made_by)
-        results = [assign_to_classes(e, table) for e in embs]
-        table = _assigned_table(table, embs, results, names)
+    results, table = classify_batch(embs, names, cluster_cfg, max_cluster=max_cluster, seed=seed)
+    table = dataclasses.replace(table, sample={**table.sample, **made_by})  # what the registry records
+    if namer is not None:
+        table = dataclasses.replace(table, naming=namer(summaries, loaded, results, table))
     for d, (masks, emb, _), summary, res in zip(dirs, loaded, summaries, results):
-        _rewrite_dir(d, masks, emb, summary, res, table, mode)
-    sheet = _contact_sheet_png(results, loaded, summaries, table)
-    write_files(str(out), {CLASSES_JSON: table.to_json().encode("utf-8"), CONTACT_SHEET_PNG: sheet})
+        _rewrite_dir(d, masks, emb, summary, res, table)
+    return _write_classes(out, table, _contact_sheet_png(results, loaded, summaries, table), "dataset", names)
+
+
+def write_assigned_classes(out: str | Path, source: Any, images: list[dict[str, Any]],
+                           sheet_dirs: list[str | Path]) -> dict[str, Any]:
+    """classes.json and the contact sheet of a batch whose images were assigned to `source`'s
+    classes as they were computed (no image dir is rewritten). images: one per completed image,
+    {"name" (its dir), "file_name", "n_masks", "cluster_sizes" (masks per dataset class id)};
+    sheet_dirs: the local image dirs the contact sheet's examples are picked from (a bounded
+    few: the batch's masks are never all read back). Returns as apply_dataset_classes."""
+    import numpy as np
+
+    from samseg.core.types import ClusterResult
+    from samseg.edges.image_dir import read_image_dir, read_summary
+
+    names = _image_names([i["name"] for i in images], [{"image": {"file_name": i.get("file_name")}} for i in images])
+    k = source.n_classes
+    sizes = np.zeros(k, np.int64)
+    image_counts: list[dict[str, int]] = [{} for _ in range(k)]
+    n_masks = 0
+    for name, image in zip(names, images):
+        n_masks += int(image.get("n_masks") or 0)
+        for c, count in enumerate(image.get("cluster_sizes") or []):
+            if count and c < k:
+                sizes[c] += int(count)
+                image_counts[c][name] = int(count)
+    sample = {**source.sample, "assigned_from": assigned_from(source), "n_masks": n_masks}
+    table = dataclasses.replace(source, sizes=sizes, image_counts=image_counts, image_names=list(names),
+                                n_noise=n_masks - int(sizes.sum()), sample=sample)
+    dirs = [Path(d) for d in sheet_dirs]
+    loaded = [read_image_dir(d) for d in dirs]  # written with the dataset's ids already
+    results = [ClusterResult(labels=np.asarray(labels, np.int64)) for _, _, labels in loaded]
+    sheet = _contact_sheet_png(results, loaded, [read_summary(d) for d in dirs], table)
+    return _write_classes(out, table, sheet, "assigned", names)
+
+
+def _write_classes(out: str | Path, table: Any, sheet_png: bytes, mode: str, names: list[str]) -> dict[str, Any]:
+    from samseg.edges.storage import join_uri
+
+    write_files(str(out), {CLASSES_JSON: table.to_json().encode("utf-8"), CONTACT_SHEET_PNG: sheet_png})
     return {"classes_json": join_uri(out, CLASSES_JSON), "contact_sheet": join_uri(out, CONTACT_SHEET_PNG),
             "metrics": table.metrics(), "n_classes": table.n_classes, "images": names, "mode": mode}
 
@@ -116,30 +146,13 @@ def _check_same_model(table: Any, made_by: dict[str, Any]) -> None:
             f"embedded by {ours} ({str(got)[:12]}…); refusing to mix them: segment them with --features {theirs}")
 
 
-def _image_names(dirs: list[Path], summaries: list[dict[str, Any]]) -> list[str]:
+def _image_names(dir_names: list[str], summaries: list[dict[str, Any]]) -> list[str]:
     """Image file names when unique in the batch, else the (unique) output dir names."""
-    names = [str(s.get("image", {}).get("file_name") or d.name) for d, s in zip(dirs, summaries)]
-    return names if len(set(names)) == len(names) else [d.name for d in dirs]
+    names = [str((s.get("image") or {}).get("file_name") or d) for d, s in zip(dir_names, summaries)]
+    return names if len(set(names)) == len(names) else list(dir_names)
 
 
-def _assigned_table(source: Any, embs: list[Any], results: list[Any], names: list[str]) -> Any:
-    """The source classes (same ids, prototypes, radii) with this batch's counts."""
-    import dataclasses
-
-    import numpy as np
-
-    from samseg.core.dataset import build_classes
-
-    counts = build_classes(embs, results, names)
-    sample = {**source.sample, "assigned_from": source.sample.get("run_id", "local classes.json"),
-              "n_masks": int(sum(len(r.labels) for r in results))}
-    image_counts = [counts.image_counts[c] if c < counts.n_classes else {} for c in range(source.n_classes)]
-    sizes = [int(counts.sizes[c]) if c < counts.n_classes else 0 for c in range(source.n_classes)]
-    return dataclasses.replace(source, sizes=np.asarray(sizes, np.int64), image_counts=image_counts,
-                               image_names=list(names), n_noise=counts.n_noise, sample=sample)
-
-
-def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: Any, table: Any, mode: str) -> None:
+def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: Any, table: Any) -> None:
     import numpy as np
 
     from samseg.core.compose import compose_labels
@@ -153,20 +166,32 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
     except Exception as exc:  # the photo moved or changed since the batch ran
         raise DatasetOutputsError(f"{uri}: cannot re-read the image of {d} ({' '.join(str(exc).split())})") from None
     features = np.load(d / FEATURES_NPY) if (d / FEATURES_NPY).is_file() else None
+    summary, res = dataset_ids(summary, res, table, "dataset")
+    write_image_dir(d, image, masks, emb, res, compose_labels(masks, res), summary, features)
+
+
+def dataset_ids(summary: dict[str, Any], res: Any, table: Any, mode: str) -> tuple[dict[str, Any], Any]:
+    """(summary, clusters) of one image under the dataset's class ids `res` of `table`: its
+    counts, the classes present, the dataset's names of those (legend, masks.json, exports);
+    mode "dataset" (the batch's own classes) or "assigned" (an earlier table's)."""
     present = sorted({int(c) for c in res.labels[res.labels >= 0]})  # the dataset's classes this image has
-    for per_image in ("class_names", "naming"):  # named under the image's own ids: not the dataset's classes
-        summary.pop(per_image, None)
-    summary = {**summary, "n_clusters": len(present), "n_noise": res.n_noise, "cluster_sizes": res.sizes(),
-               "classes_present": present, "classes": mode, "dataset_n_classes": table.n_classes}
+    summary = {k: v for k, v in summary.items() if k not in ("class_names", "naming")}  # the image's own ids' names
+    summary.update(n_clusters=len(present), n_noise=res.n_noise, cluster_sizes=res.sizes(), classes_present=present,
+                   classes=mode, dataset_n_classes=table.n_classes)
     named = {c: n for c, n in table.class_names.items() if c in present}
-    if table.naming:  # the dataset's names of the classes this image has (legend, masks.json, exports)
+    if table.naming:
         res = dataclasses.replace(res, names=table.class_names)  # masks.json lists every dataset class
         summary["class_names"] = {str(c): n for c, n in named.items()}
         summary["naming"] = {**{k: v for k, v in table.naming.items() if k != "classes"},
                              "classes": [r for r in table.naming.get("classes", []) if int(r["id"]) in present]}
     if mode == "assigned":
-        summary["classes_from"] = table.sample.get("assigned_from")
-    write_image_dir(d, image, masks, emb, res, compose_labels(masks, res), summary, features)
+        summary["classes_from"] = assigned_from(table)
+    return summary, res
+
+
+def assigned_from(table: Any) -> str:
+    """Where classes given beforehand came from, as summary.json and classes.json record it."""
+    return str(table.sample.get("run_id", "local classes.json"))
 
 
 def _contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[dict[str, Any]], table: Any) -> bytes:

@@ -40,15 +40,16 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     """A whole batch: list the images, open the MLflow batch run (or resume a killed one),
     run every image through `run_images`, give dataset-level ids when asked, write
     OUT/batch_summary.json and end the batch run; returns the report."""
-    from samseg.engine.dataset import check_dataset_request, relabel_and_track
+    from samseg.engine.dataset import check_dataset_request, record_assigned, relabel_and_track
 
     from samseg.edges import owned_files
 
+    table = None
     if classes is not None:  # fail before any image is computed
         from samseg.sam.source import ModelSource
 
         model = ModelSource(job.model).identity() if classes.classes_from else None
-        check_dataset_request(job.out, classes.classes_from, model)
+        table = check_dataset_request(job.out, classes.classes_from, model)
     job.fetch_weights()  # every missing weight named once, before any image or MLflow run
     uris = list_sources(source)
     # A user's file where a top-level file goes refuses the batch now; OUT stays marked
@@ -56,23 +57,26 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     owned_files.begin_batch(job.out, top_level_files(classes is not None))
     t = job.tracking
     batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris))
-    # dataset mode: image runs are logged after relabelling, so they carry the dataset ids
-    per_image = dataclasses.replace(t, track=t.track and classes is None, nested_under=batch_run_id, resumed=resumed)
+    # new dataset classes: image runs are logged after relabelling, so they carry the dataset ids;
+    # classes given beforehand are assigned as each image is computed, which is logged as it is written
+    relabel = classes is not None and table is None
+    per_image = dataclasses.replace(t, track=t.track and not relabel, nested_under=batch_run_id, resumed=resumed)
     try:
-        results = run_images(uris, image_job(job, per_image, classes is not None))
+        results = run_images(uris, image_job(job, per_image, classes is not None, table))
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
         from samseg.edges.shutdown import bounded
 
         bounded(lambda: end_batch(batch_run_id, "KILLED"))  # a frozen server: the next start's sweep ends it
         raise
     class_report = None
-    if classes is not None:
+    if table is not None:
+        class_report = record_assigned(job.out, results, table, batch_run_id, execute)
+    elif classes is not None:
         from samseg.engine.naming import dataset_namer
 
         namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
-        class_report = relabel_and_track(job.out, results, job.cfg.cluster, batch_run_id, classes.classes_from,
-                                         classes.max_cluster, t.track, t.experiment, classes.register, execute=execute,
-                                         namer=namer)
+        class_report = relabel_and_track(job.out, results, job.cfg.cluster, batch_run_id, classes.max_cluster, t.track,
+                                         t.experiment, classes.register, execute=execute, namer=namer)
     report = batch_report(source, job.out, results, batch_run_id, fan_out, class_report)
     if not report.get("summary_error") and not (class_report or {}).get("error"):
         owned_files.end_batch(job.out)
@@ -96,13 +100,14 @@ def segment_local(source: Source, job: SegmentJob, classes: Optional[ClassesRequ
     return run_batch(source, job, run_images, classes)
 
 
-def image_job(job: SegmentJob, tracking: Tracking, dataset: bool) -> SegmentJob:
+def image_job(job: SegmentJob, tracking: Tracking, dataset: bool, assign_to: Any = None) -> SegmentJob:
     """The job each image of a batch runs as. With dataset-level classes the images are not named
-    on their own ids: the batch names its classes once (samseg.engine.naming.dataset_namer)."""
+    on their own ids: the batch names its classes once (samseg.engine.naming.dataset_namer), or
+    they come with `assign_to`, the classes given beforehand that each image is assigned to."""
     cfg = job.cfg
     if dataset and cfg.names.enabled:
         cfg = cfg.replace(names=dataclasses.replace(cfg.names, vocabulary="none"))
-    return dataclasses.replace(job, cfg=cfg, tracking=tracking)
+    return dataclasses.replace(job, cfg=cfg, tracking=tracking, assign_to=assign_to)
 
 
 def top_level_files(dataset: bool) -> list[str]:

@@ -1,8 +1,14 @@
-"""Dataset-level classes for a finished batch: one set of ids for every image, then each
-image's MLflow run (logged after relabelling, so the runs carry the dataset ids).
+"""Dataset-level classes: one set of ids for every image of a batch.
+
+New classes (`--classes dataset`) are fitted on the finished batch: its masks are clustered
+together, every image dir is rewritten with the shared ids, then each image's MLflow run is
+logged (after relabelling, so the runs carry the dataset ids). Classes given beforehand
+(`--classes-from`) are assigned where each image is computed — in the batch's own process or
+in the shard run that holds it — so the image is written and logged once, with the dataset's
+ids, and the batch only adds up the counts (`record_assigned`): no mask is read back.
 
 The work on the image dirs is samseg.edges.dataset_outputs; this module sequences it for
-the CLI's local orchestrator and the segment-batch flow alike.
+the CLI's local orchestrator and the segment-batch and segment-shard flows alike.
 """
 
 from __future__ import annotations
@@ -17,43 +23,96 @@ from samseg.core.config import ClusterConfig
 from samseg.edges.run_schema import KIND_IMAGE, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.runner import Execute, inline
 from samseg.engine.stages import WRITE
-from samseg.engine.segment import one_line
+from samseg.core.errors import one_line
 
 
-def check_dataset_request(out: str, classes_from: Optional[str], model: Any = None) -> None:
-    """Fail fast (before any image is segmented): a `classes_from` that does not load (unknown run, bad classes.json) or was built from another
+def check_dataset_request(out: str, classes_from: Optional[str], model: Any = None) -> Any:
+    """The ClassTable of `classes_from` (None when not given), checked before any image is
+    segmented: one that does not load (unknown run, bad classes.json) or was built from another
     backbone's embeddings than `model`'s (a samseg.sam.source.ModelIdentity) is an error now,
     not after the whole batch. Raises DatasetOutputsError / TrackingError / ClassTableError."""
-    from samseg.edges.dataset_outputs import check_same_model, load_class_table
+    from samseg.edges.dataset_outputs import check_same_model
 
-    if classes_from:
-        table = load_class_table(classes_from)
-        if model is not None:
-            check_same_model(table, [{"model": {"type": model.model_type, "checkpoint_sha256": model.checkpoint_sha256},
-                                      "features": model.features_record()}])
+    if not classes_from:
+        return None
+    table = class_table(classes_from)
+    if model is not None:
+        check_same_model(table, [{"model": {"type": model.model_type, "checkpoint_sha256": model.checkpoint_sha256},
+                                  "features": model.features_record()}])
+    return table
+
+
+SHEET_IMAGES = 64  # the images an assigned batch's contact sheet picks its examples from
+
+
+def class_table(ref: str) -> Any:
+    """The ClassTable of --classes-from `ref` (run id, classes.json path or URI, models:/ URI)."""
+    from samseg.edges.dataset_outputs import load_class_table
+
+    return load_class_table(ref)
+
+
+def assign_classes(run: Any, table: Any) -> None:
+    """Give an ImageRun's masks `table`'s class ids in place (nearest covering prototype, no
+    clustering): its clusters, label map and names become the dataset's."""
+    import dataclasses
+
+    from samseg.core.compose import compose_labels
+    from samseg.core.dataset import assign_to_classes
+    from samseg.edges.dataset_outputs import dataset_ids
+
+    _, res = dataset_ids({}, assign_to_classes(run.embeddings, table), table, "assigned")
+    run.values["cluster"] = dataclasses.replace(res, choice=run.clusters.choice)
+    run.values["compose"] = compose_labels(run.masks, res)
+
+
+def assigned_summary(summary: Any, run: Any, table: Any) -> Any:
+    """The RunSummary of an image assigned to `table` (assign_classes): the dataset's counts, classes present and names."""
+    from samseg.edges.dataset_outputs import dataset_ids
+    from samseg.engine.summary import RunSummary
+
+    return RunSummary.from_dict(dataset_ids(summary.to_dict(), run.clusters, table, "assigned")[0])
+
+
+def record_assigned(out: str, results: list[dict[str, Any]], table: Any, batch_run_id: Optional[str],
+                    execute: Execute = inline) -> dict[str, Any]:
+    """classes.json and the contact sheet of a batch whose images were assigned to `table` as
+    they were computed, from their report entries (counts per class) and a few image dirs for
+    the sheet's examples; logged on the batch run. {"error": one line} when it fails."""
+    from samseg.edges.dataset_outputs import log_dataset_classes, write_assigned_classes
+
+    done = [r for r in results if r["status"] == "completed"]
+    if not done:
+        return {"error": f"{out}: no completed image to give dataset-level classes to"}
+    try:
+        with local_image_dirs(out, [r["name"] for r in done[:SHEET_IMAGES]]) as (dirs, _):
+            images = [{**r, "file_name": str(r["image"]).rsplit("/", 1)[-1]} for r in done]
+            rep = execute("dataset-classes", lambda: write_assigned_classes(out, table, images, dirs))
+        if batch_run_id:
+            execute("track", lambda: log_dataset_classes(batch_run_id, rep))
+    except Exception as exc:  # an image dir that moved, MLflow or S3 down, ...
+        return {"error": one_line(exc)}
+    return {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
 
 
 def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
-                  classes_from: Optional[str], max_cluster: Optional[int], seed: int = 0,
+                  max_cluster: Optional[int], seed: int = 0,
                   namer: Optional[Callable[..., dict[str, Any]]] = None) -> dict[str, Any]:
-    """Cluster the batch's image dirs together (classes_from None; named by `namer` when given,
-    samseg.engine.naming.dataset_namer) or assign them to the classes of `classes_from` (and
-    their names); log classes.json, contact sheet and metrics on the batch run."""
-    from samseg.edges.dataset_outputs import apply_dataset_classes, load_class_table, log_dataset_classes
+    """Cluster the batch's image dirs together (named by `namer` when given,
+    samseg.engine.naming.dataset_namer); log classes.json, contact sheet and metrics on the batch run."""
+    from samseg.edges.dataset_outputs import apply_dataset_classes, log_dataset_classes
 
-    table = load_class_table(classes_from) if classes_from else None
-    report = apply_dataset_classes(out, dirs, cluster_cfg, table=table, max_cluster=max_cluster, seed=seed,
-                                   namer=namer)
+    report = apply_dataset_classes(out, dirs, cluster_cfg, max_cluster=max_cluster, seed=seed, namer=namer)
     if batch_run_id:
         log_dataset_classes(batch_run_id, report)
     return report
 
 
 def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
-                      classes_from: Optional[str], max_cluster: Optional[int], track: bool, experiment: str,
+                      max_cluster: Optional[int], track: bool, experiment: str,
                       register_classes: Optional[str] = None, execute: Execute = inline,
                       namer: Optional[Callable[..., dict[str, Any]]] = None) -> dict[str, Any]:
-    """Dataset ids for the completed images of a batch, then their MLflow child runs.
+    """New dataset ids for the completed images of a batch, then their MLflow child runs.
 
     results: the batch's per-image entries ("status", "name"); completed entries gain
     "mlflow_run_id". Returns the class report: mode, n_classes, metrics, classes_json,
@@ -74,11 +133,11 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
                     r["tracking_error"] = "not logged: the batch's image dirs could not be read back from S3"
             return {"error": one_line(exc)}
         try:
-            rep = execute("dataset-classes", lambda: classify_dirs(out, dirs, cluster_cfg, batch_run_id, classes_from,
-                                                                   max_cluster, namer=namer))
+            rep = execute("dataset-classes", lambda: classify_dirs(out, dirs, cluster_cfg, batch_run_id, max_cluster,
+                                                                   namer=namer))
             execute(WRITE, publish)  # an S3 OUT: the relabelled dirs go back (I/O retries in a flow)
             info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
-            if register_classes and batch_run_id and rep["mode"] == "dataset":
+            if register_classes and batch_run_id:
                 from samseg.edges.mlflow.class_registry import register_classes as register
                 from samseg.edges.storage import local_path
 

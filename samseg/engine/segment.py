@@ -54,8 +54,14 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
     run = compute_image(image, job, execute)
     from samseg.engine.naming import name_run
 
-    named = name_run(run, job.runtime.device, job.runtime.seed)  # names for the classes, when asked
-    summary = summarize(run, flow_run_id=flow_run_id, extra=named)
+    if job.assign_to is not None:  # the dataset's classes given beforehand: their ids and names
+        from samseg.engine.dataset import assign_classes, assigned_summary
+
+        assign_classes(run, job.assign_to)
+        summary = assigned_summary(summarize(run, flow_run_id=flow_run_id), run, job.assign_to)
+    else:
+        named = name_run(run, job.runtime.device, job.runtime.seed)  # names for the classes, when asked
+        summary = summarize(run, flow_run_id=flow_run_id, extra=named)
 
     def finish() -> dict[str, Any]:
         where = publish(run, summary, job.out, name or safe_dir_name(uri), job.tracking, job.save_features, execute,
@@ -146,6 +152,8 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
         entry["tracking_error"] = s["tracking_error"]
     if s.get("no_masks_because"):  # which AMG filter left nothing
         entry["no_masks_because"] = s["no_masks_because"]
+    if s.get("classes") == "assigned":  # masks per dataset class id: the batch adds them up into classes.json
+        entry["cluster_sizes"] = s.get("cluster_sizes")
     return entry
 
 
