@@ -110,3 +110,59 @@ def test_attack_an_edit_written_into_the_sources_own_out_is_refused(runs: Path) 
                           "--no-track"])
     assert rc == 1 and "source's own output dir" in err
     assert (runs / "out" / "alpha" / "labels.png").read_bytes() == before
+
+
+@pytest.fixture
+def dataset(runs: Path, tmp_path: Path) -> Path:
+    """A `--classes dataset` batch of the two synthetic runs: group A is class 0 in both images, B class 1."""
+    import shutil
+
+    from samseg.core.config import PipelineConfig
+    from samseg.edges.dataset_outputs import apply_dataset_classes
+    from samseg.edges.image_dir import read_summary
+    from samseg.engine.batch import write_batch_summary
+
+    out = tmp_path / "ds"
+    dirs = [Path(shutil.copytree(runs / "out" / n, out / n)) for n in ("alpha", "beta")]
+    cluster = PipelineConfig.from_flat(read_summary(dirs[0])["config"]).cluster
+    assert apply_dataset_classes(out, dirs, cluster)["n_classes"] == 2
+    write_batch_summary(str(out), {"images": [{"name": d.name, "status": "completed"} for d in dirs]})
+    return out
+
+
+def test_a_dataset_batch_is_edited_across_all_its_images(dataset: Path, tmp_path: Path) -> None:
+    from samseg.edges.image_dir import read_image_dir
+
+    rc, out, err = run_cli(["classes", str(dataset)])
+    assert rc == 0, err
+    assert out.split()[:4] == ["ID", "NAME", "MASKS", "IMAGES"]
+    assert [line.split() for line in out.splitlines()[1:]] == [["0", "class_0", "12", "2"], ["1", "class_1", "8", "2"]]
+    rc, out, err = run_cli(["classes", "edit", str(dataset), "--merge", "0,1", "--rename", "0=things", "--out",
+                            str(tmp_path / "ds2"), "--no-track"])
+    assert rc == 0, err
+    assert re.search(r"^\s+0\s+things\s+20\s+2$", out, re.M)
+    for name in ("alpha", "beta"):  # every image of the batch carries the edit
+        summary = json.loads((tmp_path / "ds2" / name / "summary.json").read_text())
+        assert summary["classes"] == "dataset" and summary["class_names"] == {"0": "things"}
+        assert summary["edits"] == [{"op": "merge", "classes": [0, 1]}, {"op": "rename", "classes": [0], "name": "things"}]
+        assert summary["edited_from"] == str(dataset.resolve()) and summary["n_noise"] == len(OUTLIERS)
+        assert json.loads((dataset / name / "summary.json").read_text()).get("edits") is None  # the source is untouched
+    table = json.loads((tmp_path / "ds2" / "classes.json").read_text())
+    assert [(c["id"], c["size"]) for c in table["classes"]] == [(0, 20)]
+    # a split re-clusters the class's masks of both images together (half the batch's eps): A and B again
+    rc, out, err = run_cli(["classes", "edit", str(tmp_path / "ds2"), "--split", "0", "--out", str(tmp_path / "ds3"),
+                            "--no-track"])
+    assert rc == 0, err
+    assert [line.split() for line in out.splitlines()[1:3]] == [["0", "things", "12", "2"], ["1", "class_1", "8", "2"]]
+    _, _, labels = read_image_dir(tmp_path / "ds3" / "beta")
+    assert sorted(np.flatnonzero(labels == 0)) == GROUP_A and sorted(np.flatnonzero(labels == 1)) == GROUP_B
+
+
+def test_attack_a_dataset_edit_into_its_own_folder_or_of_an_unknown_class_writes_nothing(dataset: Path,
+                                                                                       tmp_path: Path) -> None:
+    before = (dataset / "alpha" / "labels.png").read_bytes()
+    rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "0", "--out", str(dataset), "--no-track"])
+    assert rc == 1 and err.count("error:") == 1 and "source batch's own folder" in err
+    rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "9", "--out", str(tmp_path / "x"), "--no-track"])
+    assert rc == 1 and err.count("error:") == 1 and "class 9 is not a class" in err
+    assert not (tmp_path / "x").exists() and (dataset / "alpha" / "labels.png").read_bytes() == before

@@ -392,3 +392,69 @@ def test_class_curation_by_clicking_then_the_saved_run_and_its_export(page, ui_s
     coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["alpha:things"]
     assert len(coco["annotations"]) == len(GROUP_A) + len(GROUP_B)
+
+
+def test_dataset_curation_by_clicking_then_the_saved_batch_and_its_export(page, ui_server, tmp_path):
+    """On a dataset run's page a person merges the batch's two classes and names the result, saves,
+    and the new dataset batch run carries the edit in every image, its classes.json and a COCO
+    export (synthetic runs of known structure: group A = class 0 in both images, B = class 1)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from cli_run import run_cli
+    from samseg.core.config import PipelineConfig
+    from samseg.core.dataset import ClassTable
+    from samseg.edges.dataset_outputs import apply_dataset_classes, log_dataset_classes
+    from samseg.edges.image_dir import read_image_dir, read_summary
+    from samseg.edges.mlflow.tracking import end_run, log_image_run, start_batch_run
+    from ui_synthetic import GROUP_A, GROUP_B, write_two_runs
+
+    write_two_runs(tmp_path)
+    dirs = [tmp_path / "out" / "alpha", tmp_path / "out" / "beta"]
+    cfg = PipelineConfig.from_flat(read_summary(dirs[0])["config"])
+    batch = start_batch_run(EXPERIMENT, "batch-synthetic", {**cfg.flat(), "n_images": 2}, {})
+    report = apply_dataset_classes(tmp_path / "out", dirs, cfg.cluster)
+    assert report["n_classes"] == 2  # A and B, the same two classes in both images
+    children = [log_image_run(d, read_summary(d), experiment=EXPERIMENT, nested_under=batch) for d in dirs]
+    log_dataset_classes(batch, report)
+    end_run(batch, "FINISHED", {"images": [{"mlflow_run_id": c, "name": d.name} for c, d in zip(children, dirs)]})
+
+    page.goto(f"{ui_server['base']}/runs/{batch}")
+    page.wait_for_selector("#class-edit-table")
+    assert page.locator("#class-edit-table tbody tr").count() == 2
+    page.check('input.pick-class[value="0"]')
+    page.check('input.pick-class[value="1"]')
+    page.click("#merge-btn")
+    page.fill('input.class-name[data-class="0"]', "things")
+    page.press('input.class-name[data-class="0"]', "Tab")
+    page.locator("#classes-panel").screenshot(path=str(ARTIFACTS / "10-dataset-curation.png"))
+    page.click("#save-edits-btn")
+    page.wait_for_selector("#edits-result:not([hidden])")
+    assert "things" in page.inner_text("#edits-summary")
+    new = page.get_attribute("#edits-link", "href").rsplit("/", 1)[1]
+
+    client = MlflowClient(ui_server["uri"])
+    saved_run = client.get_run(new)
+    assert saved_run.data.tags["samseg.parent_run_id"] == batch and saved_run.data.tags["samseg.classes"] == "dataset"
+    table = ClassTable.from_json(Path(client.download_artifacts(new, "classes.json", str(tmp_path / "t"))).read_text())
+    assert table.n_classes == 1 and int(table.sizes[0]) == 2 * (len(GROUP_A) + len(GROUP_B))
+    assert table.class_names == {0: "things"}
+    kids = client.search_runs([saved_run.info.experiment_id], f"tags.mlflow.parentRunId = '{new}'")
+    assert len(kids) == 2
+    for kid in kids:  # every image of the batch carries the edit
+        d = Path(client.download_artifacts(kid.info.run_id, "", str(tmp_path / kid.info.run_id)))
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["classes"] == "dataset" and summary["class_names"] == {"0": "things"}
+        assert summary["edits"][-2:] == [{"op": "merge", "classes": [0, 1]}, {"op": "rename", "classes": [0], "name": "things"}]
+        _, _, labels = read_image_dir(d)
+        assert sorted(np.flatnonzero(labels == 0)) == sorted(GROUP_A + GROUP_B)
+    rc, _, err = run_cli(["export", new, "--format", "coco", "--out", str(tmp_path / "coco")])
+    assert rc == 0, err
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["things"]
+    assert len(coco["annotations"]) == 2 * (len(GROUP_A) + len(GROUP_B))
+    page.goto(f"{ui_server['base']}/runs/{new}")
+    page.wait_for_selector("#class-edit-table")
+    assert page.input_value('input.class-name[data-class="0"]') == "things"
+    page.screenshot(path=str(ARTIFACTS / "11-dataset-edited.png"), full_page=True)

@@ -122,23 +122,33 @@ def render_contact_sheet(
     n = len(cutouts_per_class)
     shown = min(n, max_rows)
     row_h = tile + 2 * _PAD
-    width = _GUTTER + per_class * (tile + _PAD) + _PAD
     height = max(1, shown) * row_h + (row_h // 2 if n > shown or n == 0 else 0)
-    sheet = np.full((height, width, 3), _BG, dtype=np.uint8)
+    sheet = np.full((height, sheet_width(tile, per_class), 3), _BG, dtype=np.uint8)
     for c in range(shown):
-        y = c * row_h + _PAD
+        _, y, _, _ = cutout_xywh(c, 0, tile)
         color = class_color(c)
         sheet[y : y + tile, _PAD : _PAD + 12] = color
         label = f"{c}" + (f" ({int(sizes[c])})" if sizes is not None else "")
         _text(sheet, label, (_PAD + 18, y + tile // 2 + 5))
         for j, cut in enumerate(list(cutouts_per_class[c])[:per_class]):
-            x = _GUTTER + j * (tile + _PAD)
+            x, y, _, _ = cutout_xywh(c, j, tile)
             sheet[y : y + tile, x : x + tile] = fit_tile(cut, tile)
     if n == 0:
         _text(sheet, "no classes", (_PAD, row_h // 2))
     elif n > shown:
         _text(sheet, f"+{n - shown} more classes", (_PAD, shown * row_h + row_h // 3))
     return sheet
+
+
+def sheet_width(tile: int = TILE, per_class: int = PER_CLASS) -> int:
+    """Width in px of every contact sheet drawn with these settings."""
+    return _GUTTER + per_class * (tile + _PAD) + _PAD
+
+
+def cutout_xywh(c: int, j: int = 0, tile: int = TILE) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of class c's j-th cut-out on the sheet (rows past MAX_ROWS are not drawn):
+    the UI shows a class's first cut-out as a window on the sheet it already loads."""
+    return _GUTTER + j * (tile + _PAD), c * (tile + 2 * _PAD) + _PAD, tile, tile
 
 
 def fit_tile(cut: np.ndarray, tile: int) -> np.ndarray:

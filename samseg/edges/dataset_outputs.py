@@ -56,7 +56,7 @@ def apply_dataset_classes(
         raise DatasetOutputsError(f"{out}: no image outputs to give classes to")
     loaded = [read_image_dir(d) for d in dirs]  # (MaskSet, N×C embeddings, old labels)
     summaries = [read_summary(d) for d in dirs]
-    names = _image_names([d.name for d in dirs], summaries)
+    names = image_names([d.name for d in dirs], summaries)
     embs = [emb for _, emb, _ in loaded]
     made_by = _embedding_model(summaries)
     results, table = classify_batch(embs, names, cluster_cfg, max_cluster=max_cluster, seed=seed)
@@ -65,7 +65,7 @@ def apply_dataset_classes(
         table = dataclasses.replace(table, naming=namer(summaries, loaded, results, table))
     for d, (masks, emb, _), summary, res in zip(dirs, loaded, summaries, results):
         _rewrite_dir(d, masks, emb, summary, res, table)
-    return _write_classes(out, table, _contact_sheet_png(results, loaded, summaries, table), "dataset", names)
+    return write_classes(out, table, contact_sheet_png(results, loaded, summaries, table), "dataset", names)
 
 
 def write_assigned_classes(out: str | Path, source: Any, images: list[dict[str, Any]],
@@ -80,7 +80,7 @@ def write_assigned_classes(out: str | Path, source: Any, images: list[dict[str, 
     from samseg.core.types import ClusterResult
     from samseg.edges.image_dir import read_image_dir, read_summary
 
-    names = _image_names([i["name"] for i in images], [{"image": {"file_name": i.get("file_name")}} for i in images])
+    names = image_names([i["name"] for i in images], [{"image": {"file_name": i.get("file_name")}} for i in images])
     k = source.n_classes
     sizes = np.zeros(k, np.int64)
     image_counts: list[dict[str, int]] = [{} for _ in range(k)]
@@ -97,11 +97,11 @@ def write_assigned_classes(out: str | Path, source: Any, images: list[dict[str, 
     dirs = [Path(d) for d in sheet_dirs]
     loaded = [read_image_dir(d) for d in dirs]  # written with the dataset's ids already
     results = [ClusterResult(labels=np.asarray(labels, np.int64)) for _, _, labels in loaded]
-    sheet = _contact_sheet_png(results, loaded, [read_summary(d) for d in dirs], table)
-    return _write_classes(out, table, sheet, "assigned", names)
+    sheet = contact_sheet_png(results, loaded, [read_summary(d) for d in dirs], table)
+    return write_classes(out, table, sheet, "assigned", names)
 
 
-def _write_classes(out: str | Path, table: Any, sheet_png: bytes, mode: str, names: list[str]) -> dict[str, Any]:
+def write_classes(out: str | Path, table: Any, sheet_png: bytes, mode: str, names: list[str]) -> dict[str, Any]:
     from samseg.edges.storage import join_uri
 
     write_files(str(out), {CLASSES_JSON: table.to_json().encode("utf-8"), CONTACT_SHEET_PNG: sheet_png})
@@ -146,7 +146,7 @@ def _check_same_model(table: Any, made_by: dict[str, Any]) -> None:
             f"embedded by {ours} ({str(got)[:12]}…); refusing to mix them: segment them with --features {theirs}")
 
 
-def _image_names(dir_names: list[str], summaries: list[dict[str, Any]]) -> list[str]:
+def image_names(dir_names: list[str], summaries: list[dict[str, Any]]) -> list[str]:
     """Image file names when unique in the batch, else the (unique) output dir names."""
     names = [str((s.get("image") or {}).get("file_name") or d) for d, s in zip(dir_names, summaries)]
     return names if len(set(names)) == len(names) else list(dir_names)
@@ -194,7 +194,7 @@ def assigned_from(table: Any) -> str:
     return str(table.sample.get("run_id", "local classes.json"))
 
 
-def _contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[dict[str, Any]], table: Any) -> bytes:
+def contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[dict[str, Any]], table: Any) -> bytes:
     import io
 
     from PIL import Image

@@ -15,9 +15,12 @@ def add_parser(sub: Any) -> None:
         "`samseg classes edit RUN_ID_OR_DIR --rename 3=road --merge 3,7 --split 5 --drop 9 --out DIR` applies "
         "those edits (merges, splits and drops first, renames last; class ids are the source's) and writes a "
         "new image dir, logged as a new MLflow run tagged with the run it edits (--no-track: the dir only). "
-        "The edit list is recorded in its summary.json.",
+        "The edit list is recorded in its summary.json. A dataset batch (its OUT folder, or its MLflow batch "
+        "run) is edited as a whole: its class ids are the same in every image, so the edits apply to all of "
+        "them, and OUT gets the edited batch (image dirs, classes.json, contact sheet, a new batch run).",
         epilog="examples:\n  samseg classes 3e759092\n  samseg classes edit 3e759092 --merge 1,4 --rename 0=sky "
-               "--rename 1=building --out out/curated",
+               "--rename 1=building --out out/curated\n  samseg classes edit out/dataset --merge 2,5 --rename 2=tree "
+               "--out out/dataset-curated",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("words", nargs="+", metavar="RUN_ID_OR_DIR", help="a source, or `edit` and a source")
     p.add_argument("--rename", action="append", default=[], metavar="C=NAME", help="give class C a name")
@@ -56,26 +59,35 @@ def run_classes(args: argparse.Namespace) -> int:
         raise UsageError("--out DIR: where the edited image dir goes")
     try:
         source = classes_ref(words[0])  # a run id prefix is the run it starts
+        from samseg.engine.curate_dataset import is_dataset_source
+
+        dataset = is_dataset_source(source)  # a dataset batch: its classes are edited across all its images
         if not editing:
             from samseg.engine.curate import show
+            from samseg.engine.curate_dataset import show_dataset
 
-            _print_table(show(source), shown_name)
+            _print_table(show_dataset(source) if dataset else show(source), shown_name)
             return 0
         from samseg.engine.curate import edit
+        from samseg.engine.curate_dataset import edit_dataset
         from samseg.engine.publish import Tracking
 
-        res = edit(source, edits, args.out, Tracking(track=not args.no_track, experiment=experiment(args)))
+        tracking = Tracking(track=not args.no_track, experiment=experiment(args))
+        res = (edit_dataset if dataset else edit)(source, edits, args.out, tracking)
     except ValueError as exc:  # a bad edit (unknown class, ...): one line, nothing written
         print_error(exc)
         return 1
     _print_table(res["classes"], shown_name)
-    print(f"-> {shown_name(res['out_dir'])}" + (f", MLflow run {res['mlflow_run_id']}" if res["mlflow_run_id"] else ""))
+    where = res["out"] if dataset else res["out_dir"]
+    kind = "MLflow batch run" if dataset else "MLflow run"
+    print(f"-> {shown_name(where)}" + (f", {kind} {res['mlflow_run_id']}" if res["mlflow_run_id"] else ""))
     return 0
 
 
 def _print_table(rows: list[dict[str, Any]], shown: Any) -> None:
-    print(f"{'ID':>4}  {'NAME':30}  {'MASKS':>6}  {'PIXELS':>10}")
+    last = "IMAGES" if rows and "images" in rows[0] else "PIXELS"  # a dataset's class: the images it is in
+    print(f"{'ID':>4}  {'NAME':30}  {'MASKS':>6}  {last:>10}")
     for r in rows:
-        print(f"{r['id']:>4}  {shown(r['name'])[:30]:30}  {r['masks']:>6}  {r['pixels']:>10}")
+        print(f"{r['id']:>4}  {shown(r['name'])[:30]:30}  {r['masks']:>6}  {r[last.lower()]:>10}")
     if not rows:
         print("no classes", file=sys.stderr)

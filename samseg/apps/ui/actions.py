@@ -134,8 +134,25 @@ def save_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progres
     return {"run_id": new, "run_url": f"/runs/{new}", "classes": res["classes"]}
 
 
+def save_dataset_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progress) -> dict[str, Any]:
+    """A dataset batch's classes edited across all its images (samseg.engine.curate_dataset),
+    logged as a new dataset batch run tagged with this one."""
+    from samseg.engine.curate_dataset import edit_dataset
+    from samseg.engine.publish import Tracking
+
+    progress("applying the edits to every image of the batch")
+    with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
+        try:  # the image dirs are the new runs' artifacts: the records name the runs
+            res = edit_dataset(run_id, edits, tmp, Tracking(experiment=_experiment_name(store, run_id)),
+                               record_dirs=False)
+        except ValueError as exc:  # an unknown class id, ...: nothing was written
+            raise RunDataError(str(exc)) from None
+    new = res["mlflow_run_id"]
+    return {"run_id": new, "run_url": f"/runs/{new}", "classes": res["classes"]}
+
+
 def _experiment_name(store: RunStore, run_id: str) -> str:
-    run = store.get_run(run_id)
+    run = store.get_any_run(run_id)  # an image run, or a dataset batch run
     return store.client.get_experiment(run.info.experiment_id).name
 
 

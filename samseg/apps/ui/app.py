@@ -217,6 +217,7 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
         "summary": summary,
         "image_hw": list(masks.image_hw),
         "classes": classes,
+        "edit_rows": classes,  # the curation panel's rows (templates/_curation.html)
         "noise": noise,
         "noise_url": f"/runs/{run_id}/highlight.png?masks=" + ",".join(map(str, noise)) if noise else None,
         "masks": table,
@@ -323,12 +324,13 @@ def _add_api(app: FastAPI) -> None:
         from samseg.core.curation import edits_from_json
 
         store: RunStore = request.app.state.store
-        store.get_run(run_id)  # RunNotFound → 404 before a job
+        run = store.get_any_run(run_id)  # RunNotFound → 404 before a job
         try:
             edits = edits_from_json(body.get("edits"))
         except ValueError as exc:
             return _error(request, 422, str(exc))
-        job = request.app.state.jobs.submit("classes", lambda p: actions.save_edits(store, run_id, edits, p))
+        save = actions.save_dataset_edits if store.is_dataset_run(run) else actions.save_edits  # a batch's: all its images
+        job = request.app.state.jobs.submit("classes", lambda p: save(store, run_id, edits, p))
         return job.to_dict()
 
     @app.post("/api/runs/{run_id}/label-studio", status_code=202)

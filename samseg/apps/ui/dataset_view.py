@@ -44,25 +44,30 @@ def class_table(store: RunStore, run_id: str) -> Any:
 
 def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
     """Everything the dataset run page shows (also GET /api/runs/{id} of a dataset run)."""
+    from samseg.core.contact_sheet import MAX_ROWS
     from samseg.core.render import class_color
 
     rid = run.info.run_id
     table = class_table(store, rid)
     cov = table.image_coverage()
+    row = store.dataset_row(run)
+    names = table.class_names
     classes = [
-        {"id": c, "color": "#%02x%02x%02x" % class_color(c), "size": int(table.sizes[c]),
+        {"id": c, "color": "#%02x%02x%02x" % class_color(c), "size": int(table.sizes[c]), "name": names.get(c),
          "images": list(table.image_counts[c]), "image_counts": dict(table.image_counts[c]),
          "n_images": len(table.image_counts[c]), "image_coverage": round(float(cov[c]), 4),
-         "radius": round(float(table.radii[c]), 4)}
+         "radius": round(float(table.radii[c]), 4),
+         "thumb": sheet_window(row["contact_sheet_url"], c) if c < MAX_ROWS else None}
         for c in range(table.n_classes)
     ]
     known = {rid: run}
     kids = [store.row(r, known) for r in children(store, run)]
-    row = store.dataset_row(run)
     source = row["classes_from"]
     return {
         "run": row,
         "classes": classes,
+        "dataset_edit": True,  # the curation panel edits the batch's classes (templates/_curation.html)
+        "edit_rows": [{**c, "n_masks": c["size"]} for c in classes],
         "n_classes": table.n_classes,
         "n_noise": int(table.n_noise),
         "n_images": len(table.image_names),
@@ -75,6 +80,20 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
         "classes_json_url": f"/runs/{rid}/files/classes.json",
         "contact_sheet_url": row["contact_sheet_url"],
     }
+
+
+THUMB_PX = 72  # a class's thumbnail in the curation panel, as the run page's cut-outs
+
+
+def sheet_window(sheet_url: str, c: int) -> str:
+    """CSS of a THUMB_PX square showing class c's first cut-out on the contact sheet the page
+    loads anyway (samseg.core.contact_sheet.cutout_xywh): no image fetched per class."""
+    from samseg.core.contact_sheet import cutout_xywh, sheet_width
+
+    x, y, w, _ = cutout_xywh(c)
+    k = THUMB_PX / w
+    return (f"background-image: url('{sheet_url}'); background-size: {sheet_width() * k:.1f}px auto; "
+            f"background-position: -{x * k:.1f}px -{y * k:.1f}px; width: {THUMB_PX}px; height: {THUMB_PX}px")
 
 
 def batch_detail(store: RunStore, run: Any) -> dict[str, Any]:

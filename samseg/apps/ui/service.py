@@ -277,7 +277,7 @@ class RunStore(RunFiles):
             "n_clusters": _int(m.get("n_classes")),
             "mean_class_coverage": m.get("mean_class_coverage"),
             "status": run.info.status,
-            "parent_run_id": None,
+            "parent_run_id": t.get(TAG_PARENT_RUN),  # the dataset run its classes were edited from
             "thumb_url": f"/runs/{rid}/files/thumb.png",
             "overlay_url": f"/runs/{rid}/files/contact_sheet.png",
             "contact_sheet_url": f"/runs/{rid}/files/contact_sheet.png",

@@ -493,9 +493,15 @@ function markBrokenImages() {
 }
 
 window.addEventListener("unhandledrejection", (ev) => flash(`Error: ${(ev.reason && ev.reason.detail) || ev.reason}`));
+function initDatasetPage() {
+  const sec = $("#dataset-run");
+  if (sec) initCuration(sec.dataset.runId);  // the batch's classes, edited across its images
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   markBrokenImages();
   initRunsPage();
   initRunPage();
+  initDatasetPage();
   initLabelStudio();
 });
