@@ -545,6 +545,20 @@ def test_class_edits_of_a_class_the_run_lacks_fail_as_a_job_in_one_line(client, 
     assert done["state"] == "failed" and "class 7 is not a class of this run" in done["error"]
 
 
+def test_the_overlay_after_class_edits_is_previewed_without_a_run(client, mlflow_store):
+    _, run_a, _ = mlflow_store
+    before = {r["run_id"] for r in client.get("/api/runs").json()["runs"]}
+    merged = [{"op": "merge", "classes": [0, 1]}]
+    r = client.post(f"/api/runs/{run_a}/classes/preview", json={"edits": merged})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert (r.headers["X-Samseg-Clusters"], r.headers["X-Samseg-Noise"]) == ("1", str(len(OUTLIERS)))
+    split = client.post(f"/api/runs/{run_a}/classes/preview", json={"edits": [*merged, {"op": "split", "classes": [0]}]})
+    assert split.headers["X-Samseg-Clusters"] == "2"  # half the run's eps parts A from B again
+    bad = client.post(f"/api/runs/{run_a}/classes/preview", json={"edits": [{"op": "drop", "classes": [7]}]})
+    assert bad.status_code == 422 and "class 7 is not a class of this run" in bad.json()["errors"]["edits"]
+    assert {r["run_id"] for r in client.get("/api/runs").json()["runs"]} == before  # nothing logged
+
+
 def test_the_run_page_shows_the_names_a_run_gave_its_classes(client, mlflow_store, tmp_path):
     """A run whose summary names its classes (samseg classes edit, --names): the legend and cut-outs say them."""
     import json

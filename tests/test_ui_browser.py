@@ -367,6 +367,17 @@ def test_class_curation_by_clicking_then_the_saved_run_and_its_export(page, ui_s
     page.check('input.pick-class[value="0"]')
     page.check('input.pick-class[value="1"]')
     page.click("#merge-btn")
+    page.wait_for_selector("#edits-preview-figure:not([hidden])")  # the edits drawn as they are made
+    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '1'")
+    # a split follows the eps box live: half the run's eps parts A from B again, eps 1.5 keeps them one
+    page.click('.split-btn[data-class="0"]')
+    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '2'")
+    page.fill("#split-eps", "1.5")
+    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '1'")
+    assert "at eps 1.5" in page.inner_text("#edit-list")
+    page.locator("#classes-panel").screenshot(path=str(ARTIFACTS / "09-class-curation-preview.png"))
+    page.click("#undo-btn")
+    page.fill("#split-eps", "")
     page.fill('input.class-name[data-class="0"]', "things")
     page.press('input.class-name[data-class="0"]', "Tab")  # the change event records the name
     assert page.locator("#edit-list li").count() == 2

@@ -36,6 +36,17 @@ def names_of(summary: dict[str, Any]) -> dict[int, str]:
     return {int(k): str(v) for k, v in (summary.get(CLASS_NAMES) or {}).items()}
 
 
+def edit_config(summary: dict[str, Any]) -> Any:
+    """The ClusterConfig a run's edits split with: the run's, at the eps it used (--eps auto: the chosen one)."""
+    from samseg.core.config import PipelineConfig
+
+    cfg = PipelineConfig.from_flat(summary["config"]).cluster
+    chosen = (summary.get("eps_auto") or {}).get("eps")  # --eps auto: the eps the run used, not the fallback
+    if isinstance(chosen, (int, float)) and chosen > 0:
+        cfg = dataclasses.replace(cfg, eps=float(chosen))
+    return cfg
+
+
 def read_source(source: str, workdir: Path) -> tuple[Path, Optional[str]]:
     """(the image dir, its MLflow run id or None): a local dir as it is, a run's artifacts downloaded."""
     if Path(source).is_dir():
@@ -61,7 +72,6 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
     """Apply `edits` to the source's classes; write OUT/<name>/ (and log it); returns
     {"out_dir", "mlflow_run_id", "classes": the new table}. A bad edit: ValueError, nothing written."""
     from samseg.core.compose import compose_labels
-    from samseg.core.config import PipelineConfig
     from samseg.core.types import ClusterResult
     from samseg.edges.image_dir import read_image_dir, read_summary, write_image_dir
     from samseg.edges.images import decode_image
@@ -72,11 +82,7 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
         d, run_id = read_source(source, Path(tmp))
         masks, emb, labels = read_image_dir(d)
         summary = read_summary(d)
-        cfg = PipelineConfig.from_flat(summary["config"]).cluster
-        chosen = (summary.get("eps_auto") or {}).get("eps")  # --eps auto: the eps the run used, not the fallback
-        if isinstance(chosen, (int, float)) and chosen > 0:
-            cfg = dataclasses.replace(cfg, eps=float(chosen))
-        new_labels, names = apply_edits(labels, emb, edits, cfg, names_of(summary))  # ValueError: nothing written
+        new_labels, names = apply_edits(labels, emb, edits, edit_config(summary), names_of(summary))  # ValueError: nothing written
         img = summary["image"]
         image = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"])
         clusters = ClusterResult(new_labels, names=names)

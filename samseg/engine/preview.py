@@ -31,6 +31,8 @@ class PreviewSession:
     embeddings: np.ndarray
     cfg: PipelineConfig
     model: ModelIdentity
+    labels: np.ndarray | None = None  # the run's own classes (what a person's edits start from)
+    summary: dict[str, Any] = field(default_factory=dict)  # the run's summary.json (its names, its eps)
     _canvas: PreviewCanvas | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,10 +62,25 @@ class PreviewSession:
 
     def png(self, cluster_cfg: ClusterConfig) -> tuple[bytes, Any]:
         """(overlay PNG at preview size, ClusterResult)."""
+        return self.draw(self.clusters(cluster_cfg))
+
+    def edited(self, edits: list[Any]) -> Any:
+        """The run's classes after a person's `edits` (samseg.core.curation, as `samseg classes
+        edit` applies them): a ClusterResult with the names; ValueError for a bad edit."""
+        from samseg.core.curation import apply_edits
+        from samseg.core.types import ClusterResult
+        from samseg.engine.curate import edit_config, names_of
+
+        if self.labels is None:
+            raise ValueError("this run's classes are not loaded")
+        labels, names = apply_edits(self.labels, self.embeddings, edits, edit_config(self.summary), names_of(self.summary))
+        return ClusterResult(labels, names=names)
+
+    def draw(self, clusters: Any) -> tuple[bytes, Any]:
+        """(overlay PNG at preview size of `clusters`, clusters)."""
         from samseg.core.render import render_overlay
         from samseg.edges.image_dir import png_bytes
 
-        clusters = self.clusters(cluster_cfg)
         canvas = self.canvas()
         rgb = render_overlay(canvas.rgb, canvas.label_map(clusters.labels), clusters.sizes(), clusters.n_noise)
         return png_bytes(rgb), clusters  # the export's fast encoder: a preview is speed over size

@@ -72,14 +72,14 @@ class PreviewSessions:
         from samseg.engine.preview import PreviewSession
         from samseg.engine.recluster import ReclusterError, parent_model
 
-        masks, embeddings, _ = self.store.outputs(run_id)
+        masks, embeddings, labels = self.store.outputs(run_id)
         summary = self.store.summary(run_id)
         try:
             model = parent_model(summary)
         except ReclusterError as exc:
             raise RunDataError(f"run {run_id}: {exc}") from None
         cfg = actions.run_config(self.store, run_id, summary)
-        return PreviewSession(self.store.load_image(run_id), masks, embeddings, cfg, model)
+        return PreviewSession(self.store.load_image(run_id), masks, embeddings, cfg, model, labels, summary)
 
 
 def add_preview_api(app: FastAPI) -> None:
@@ -91,6 +91,24 @@ def add_preview_api(app: FastAPI) -> None:
         cfg = actions.run_config(store, run_id)  # RunNotFound -> 404 before validating
         cluster_cfg = validate_cluster_form(body, cfg)  # FormError -> 422 naming the field
         png, clusters = request.app.state.previews.get(run_id).png(cluster_cfg)
+        headers = {"X-Samseg-Clusters": str(clusters.n_clusters), "X-Samseg-Noise": str(clusters.n_noise),
+                   "Cache-Control": "no-store"}
+        return Response(content=png, media_type="image/png", headers=headers)
+
+    @app.post("/api/runs/{run_id}/classes/preview")
+    def api_edits_preview(request: Request, run_id: str, body: dict[str, Any] = Body(...)) -> Response:
+        """The overlay after a person's class edits (the curation panel's list), no run created."""
+        from samseg.core.curation import edits_from_json
+
+        store: RunStore = request.app.state.store
+        store.get_run(run_id)  # an image run (RunNotFound -> 404): a dataset batch has no one overlay
+        try:
+            clusters = request.app.state.previews.get(run_id).edited(edits_from_json(body.get("edits")))
+        except ValueError as exc:  # an unknown class, a bad name, ...: 422 naming the edits
+            from samseg.apps.ui.validation import FormError
+
+            raise FormError({"edits": str(exc)}) from None
+        png, _ = request.app.state.previews.get(run_id).draw(clusters)
         headers = {"X-Samseg-Clusters": str(clusters.n_clusters), "X-Samseg-Noise": str(clusters.n_noise),
                    "Cache-Control": "no-store"}
         return Response(content=png, media_type="image/png", headers=headers)

@@ -427,7 +427,39 @@ function initCuration(runId) {
     }
     save.disabled = edits.length === 0;
   };
-  const add = (e) => { edits.push(e); showError(err, ""); render(); };
+  // The edits drawn on the overlay as they are made (an image run's panel only); a newer list wins.
+  const figure = $("#edits-preview-figure");
+  let drawSeq = 0, drawTimer = null;
+  const draw = async () => {
+    if (!figure) return;
+    const mine = ++drawSeq;
+    if (!edits.length) { figure.hidden = true; return; }
+    let resp;
+    try {
+      resp = await fetch(`/api/runs/${runId}/classes/preview`, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "image/png" }, body: JSON.stringify({ edits }),
+      });
+    } catch (e) { showError(err, `The preview could not reach the samseg UI server (${e}).`); return; }
+    if (mine !== drawSeq) return;
+    if (!resp.ok) {
+      let data = {};
+      try { data = await resp.json(); } catch (_) { /* non-JSON error */ }
+      showError(err, `No preview: ${(data.errors && data.errors.edits) || data.detail || resp.status}`);
+      return;
+    }
+    const blob = await resp.blob();
+    if (mine !== drawSeq) return;
+    const img = $("#edits-preview");
+    const old = img.src;
+    img.src = URL.createObjectURL(blob);
+    if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
+    $("#edits-preview-clusters").textContent = resp.headers.get("X-Samseg-Clusters");
+    $("#edits-preview-noise").textContent = resp.headers.get("X-Samseg-Noise");
+    figure.hidden = false;
+  };
+  const redraw = () => { clearTimeout(drawTimer); drawTimer = setTimeout(draw, 80); };
+  const add = (e) => { edits.push(e); showError(err, ""); render(); redraw(); };
   $("#merge-btn").addEventListener("click", () => {
     const ids = picked();
     if (ids.length < 2) { showError(err, "Tick two classes or more to merge them."); return; }
@@ -449,7 +481,17 @@ function initCuration(runId) {
     if (!name) return;
     add({ op: "rename", classes: [Number(box.dataset.class)], name });
   }));
-  $("#undo-btn").addEventListener("click", () => { edits.pop(); showError(err, ""); render(); });
+  $("#undo-btn").addEventListener("click", () => { edits.pop(); showError(err, ""); render(); redraw(); });
+  // A split just added follows the eps box: typing a new eps redraws it, as the eps slider does for a rerun.
+  $("#split-eps").addEventListener("input", () => {
+    const last = edits[edits.length - 1];
+    const raw = $("#split-eps").value.trim();
+    const eps = raw === "" ? null : Number(raw);
+    if (!last || last.op !== "split" || (eps !== null && !(eps > 0))) return;
+    last.eps = eps;
+    render();
+    redraw();
+  });
   save.addEventListener("click", async () => {
     const prog = $("#edits-progress");
     save.disabled = true;
