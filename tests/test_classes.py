@@ -80,6 +80,7 @@ def test_the_table_then_an_edit_reaches_the_dir_the_summary_and_an_export(runs: 
     assert summary["edits"] == [{"op": "merge", "classes": [0, 1]}, {"op": "rename", "classes": [0], "name": "things"}]
     assert summary["edited_from"] == str(src) and summary["n_noise"] == len(OUTLIERS)
     assert json.loads((d / "masks.json").read_text())["categories"] == [{"id": 1, "name": "things"}]
+    assert sorted(p.name for p in (d / "classes").iterdir()) == ["class_0-things.png"]  # its cut-out carries the name
     rc, out, err = run_cli(["export", str(d), "--format", "coco", "--out", str(tmp_path / "coco")])
     assert rc == 0, err
     cats = json.loads((tmp_path / "coco" / "annotations.json").read_text())["categories"]

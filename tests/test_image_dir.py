@@ -240,3 +240,14 @@ def test_only_the_classes_an_image_has_get_a_cut_out(tmp_path: Path, case) -> No
     label_map[masks.decode([0, 1]).any(axis=0)] = 3
     d = write_image_dir(tmp_path / "pic", image, masks, emb, clusters, label_map, {"n_masks": 3})
     assert sorted(p.name for p in (d / "classes").iterdir()) == ["class_2.png"]
+
+
+@pytest.mark.parametrize("name, slug", [("road", "road"), ("Dining table", "dining-table"), ("../../etc/passwd", "etc-passwd"),
+                                        ("café—terrace", "caf-terrace"), ("日本", ""), (None, ""), ("x" * 90, "x" * 40)])
+def test_a_named_class_cutout_carries_a_safe_slug_of_its_name(name, slug) -> None:
+    from samseg.edges.layout import cutout_name, may_write, name_slug
+
+    assert name_slug(name) == slug
+    rel = cutout_name(3, name)
+    assert rel == (f"classes/class_3-{slug}.png" if slug else "classes/class_3.png")
+    assert may_write(rel)  # what samseg writes, it may replace

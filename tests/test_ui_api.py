@@ -342,6 +342,10 @@ def test_check_artifact_path_unit():
     from samseg.apps.ui.guards import UnsafePathError, check_artifact_path
 
     assert check_artifact_path("classes/class_3.png") == "classes/class_3.png"
+    assert check_artifact_path("classes/class_3-dining-table.png") == "classes/class_3-dining-table.png"
+    for bad in ("classes/class_3-../x.png", "classes/class_3-Road.png", "classes/class_3-a/b.png"):
+        with pytest.raises(UnsafePathError):
+            check_artifact_path(bad)
     for bad in ("../overlay.png", "classes/../overlay.png", "/overlay.png", "overlay.png/", "classes\\class_1.png", "%2e%2e/x", ""):
         with pytest.raises(UnsafePathError):
             check_artifact_path(bad)

@@ -4,7 +4,8 @@ Layout of an image dir (README "Outputs"):
   labels.png        H×W single-channel uint16 PNG at the original (EXIF-corrected) size;
                     0 = no class, c + 1 = cluster c
   overlay.png       H×W×3 class colours over the photo, boundaries, legend
-  classes/class_<c>.png  H×W×4 RGBA cut-out of class c (transparent elsewhere)
+  classes/class_<c>.png  H×W×4 RGBA cut-out of class c (transparent elsewhere); a named class's
+                         file carries its name: classes/class_3-road.png
   masks.json        COCO-style: info, images, annotations (RLE, cluster), categories
   masks.parquet     one row per mask, the same fields as flat columns
   embeddings.npy    N×C float32, row i = annotation i of masks.json
@@ -155,7 +156,8 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
             lambda: _write_png(d / OVERLAY_PNG, render_overlay(image.rgb, label_map, clusters.sizes(), n_noise=clusters.n_noise,
                                                            names=clusters.names))]
     present = sorted({int(c) for c in clusters.labels[clusters.labels >= 0]})  # dataset ids: not every class is here
-    pngs += [lambda c=c: _write_png(d / cutout_name(c), render_cutout(image.rgb, label_map, c)) for c in present]
+    named = clusters.names or {}
+    pngs += [lambda c=c: _write_png(d / cutout_name(c, named.get(c)), render_cutout(image.rgb, label_map, c)) for c in present]
     # zlib and numpy release the GIL: the PNGs (most of an export's time) encode side by side
     # ... as many at once as EXPORT_MEMORY_BYTES allows (one at a time at 100 MP)
     by_memory = max(1, EXPORT_MEMORY_BYTES // max(1, PNG_JOB_BYTES_PER_PIXEL * label_map.size))

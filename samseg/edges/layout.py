@@ -22,12 +22,24 @@ CLASSES_GEOJSON = "classes.geojson"  # GeoTIFF inputs: one (Multi)Polygon per cl
 
 FILES: tuple[str, ...] = (LABELS_PNG, OVERLAY_PNG, MASKS_JSON, MASKS_PARQUET, EMBEDDINGS_NPY, FEATURES_NPY,
                           SUMMARY_JSON, LABELS_TIF, CLASSES_GEOJSON)
-_CUTOUT = re.compile(rf"{CLASSES_DIR}/class_(\d+)\.png")
+SLUG_MAX = 40  # characters of a class name kept in its cut-out's file name
+# classes/class_<c>.png, or classes/class_<c>-<slug>.png for a named class
+CUTOUT_PATTERN = rf"{CLASSES_DIR}/class_\d{{1,5}}(?:-[a-z0-9-]{{1,{SLUG_MAX}}})?\.png"
+_CUTOUT = re.compile(CUTOUT_PATTERN)
 
 
-def cutout_name(c: int) -> str:
-    """classes/class_<c>.png: the RGBA cut-out of class c."""
-    return f"{CLASSES_DIR}/class_{c}.png"
+def name_slug(name: str | None) -> str:
+    """A class name as a file name part: lower-case ASCII letters, digits and single hyphens
+    ("Dining table" -> "dining-table"); "" when nothing of it is left."""
+    slug = re.sub(r"[^a-z0-9]+", "-", str(name or "").lower()).strip("-")
+    return slug[:SLUG_MAX].rstrip("-")
+
+
+def cutout_name(c: int, name: str | None = None) -> str:
+    """classes/class_<c>.png, the RGBA cut-out of class c; a named class's carries its name:
+    classes/class_3-road.png."""
+    slug = name_slug(name)
+    return f"{CLASSES_DIR}/class_{c}{'-' + slug if slug else ''}.png"
 
 
 def may_write(rel: str) -> bool:

@@ -192,6 +192,7 @@ def _add_pages(app: FastAPI) -> None:
 def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
     """Everything the run page shows (also GET /api/runs/{id})."""
     from samseg.core.render import class_color
+    from samseg.edges.layout import cutout_name
 
     from samseg.apps.ui.dataset_view import dataset_note
 
@@ -200,9 +201,10 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
     row = store.row(run)
     masks, _, labels = store.outputs(run_id)
     sizes = [int((labels == c).sum()) for c in range(int(labels.max(initial=-1)) + 1)]
+    names = summary.get("class_names") or {}
     classes = [
-        {"id": c, "n_masks": n, "color": "#%02x%02x%02x" % class_color(c), "cutout_url": f"/runs/{run_id}/files/classes/class_{c}.png",
-         "name": (summary.get("class_names") or {}).get(str(c))}
+        {"id": c, "n_masks": n, "color": "#%02x%02x%02x" % class_color(c), "name": names.get(str(c)),
+         "cutout_url": f"/runs/{run_id}/files/{cutout_name(c, names.get(str(c)))}"}
         for c, n in enumerate(sizes) if n  # a dataset class this image does not have: no row, no cut-out
     ]
     noise = [int(i) for i in (labels < 0).nonzero()[0]]

@@ -17,6 +17,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from samseg.edges.layout import CUTOUT_PATTERN
+
 TOKEN_ENV = "SAMSEG_UI_TOKEN"
 TOKEN_COOKIE = "samseg_ui_token"
 
@@ -29,7 +31,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # absolute paths) can never name anything else.
 _ARTIFACT_FILES = re.compile(
     r"^(?:overlay\.png|labels\.png|summary\.json|masks\.json|input\.jpg|thumb\.png"
-    r"|classes/class_\d{1,5}\.png"
+    rf"|{CUTOUT_PATTERN}"
     r"|classes\.json|contact_sheet\.png)$"  # the last two: dataset (batch) runs only, see RunStore
 )
 
