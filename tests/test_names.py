@@ -69,6 +69,10 @@ def test_named_classes_reach_the_summary_masks_json_an_export_and_mlflow(tmp_pat
     assert all(c["best"] in ("road", "sky", "grass", "bear", "water") for c in naming["classes"])
     named = summary["class_names"]
     assert named == {str(c["id"]): c["name"] for c in naming["classes"] if c["name"]}
+    for c in naming["classes"]:  # a named class's cut-out carries its name
+        from samseg.edges.layout import cutout_name
+
+        assert (d / cutout_name(c["id"], c["name"])).is_file()
     cats = json.loads((d / "masks.json").read_text())["categories"]
     assert [c["name"] for c in cats] == [named.get(str(k), f"class_{k}") for k in range(len(cats))]
     rc, _, err = run_cli(["export", str(d), "--format", "coco", "--out", str(tmp_path / "coco")])
@@ -133,3 +137,15 @@ def test_a_recluster_of_a_named_run_names_its_new_classes(tmp_path: Path) -> Non
     assert naming["vocabulary"] == "grass,water" and naming["namer"] == "tiny-random"
     assert [c["id"] for c in naming["classes"]] == list(range(again.summary["n_clusters"]))
     assert again.summary.get("class_names", {}) == {str(c["id"]): c["name"] for c in naming["classes"] if c["name"]}
+
+
+def test_the_legend_says_each_name_with_its_score_and_a_persons_name_without() -> None:
+    import numpy as np
+
+    from samseg.core.render import _legend_rows
+    from samseg.core.types import ClusterResult
+
+    res = ClusterResult(np.array([0, 0, 1, -1]), names={0: "road", 1: "sky"}, scores={0: 0.3149})
+    assert res.legend() == {0: "road 0.31", 1: "sky"}  # sky: a person's name, no namer score
+    rows = [text for _, text in _legend_rows(2, res.sizes(), res.n_noise, res.legend())]
+    assert rows == ["0 road 0.31 (2 masks)", "1 sky (1 masks)", "noise (1 masks)"]

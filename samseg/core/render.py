@@ -141,7 +141,8 @@ def _check_pair(rgb: np.ndarray, label_map_hw: np.ndarray) -> np.ndarray:
 
 def _legend_rows(n_classes: int, class_sizes: list[int] | None, n_noise: int | None,
                  names: dict[int, str] | None = None) -> list[tuple[tuple[int, int, int] | None, str]]:
-    """(swatch colour or None, text) per legend line: "class 3" or, when named, "3 road"."""
+    """(swatch colour or None, text) per legend line: "class 3" or, when named, "3 road 0.31"
+    (`names`: ClusterResult.legend(), the name and the namer's score)."""
     rows: list[tuple[tuple[int, int, int] | None, str]] = []
     shown = min(n_classes, MAX_LEGEND_ROWS)
     for c in range(shown):

@@ -224,12 +224,19 @@ class ClusterResult:
     labels: np.ndarray
     # How a setting was chosen for this clustering, e.g. {"eps": 0.07, "rule": "knee"} for --eps auto.
     choice: dict[str, Any] | None = None
-    # Names a person (samseg.core.curation) gave classes: {class id: name}; the others are class_<c>.
+    # Names a namer (samseg.sam.namer) or a person (samseg.core.curation) gave classes: {class id:
+    # name}; the others are class_<c>. scores: the namer's score of each name (a person's has none).
     names: dict[int, str] | None = None
+    scores: dict[int, float] | None = None
 
     def name(self, c: int) -> str:
         """Class c's name: the one it was given, else class_<c>."""
         return (self.names or {}).get(c) or f"class_{c}"
+
+    def legend(self) -> dict[int, str]:
+        """{c: "road 0.31"}: each named class's name and, when a namer gave it, its score (overlay legends)."""
+        scores = self.scores or {}
+        return {c: f"{n} {scores[c]:.2f}" if c in scores else n for c, n in (self.names or {}).items() if n}
 
     @property
     def n_clusters(self) -> int:

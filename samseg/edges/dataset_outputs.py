@@ -180,7 +180,8 @@ def dataset_ids(summary: dict[str, Any], res: Any, table: Any, mode: str) -> tup
                    classes=mode, dataset_n_classes=table.n_classes)
     named = {c: n for c, n in table.class_names.items() if c in present}
     if table.naming:
-        res = dataclasses.replace(res, names=table.class_names)  # masks.json lists every dataset class
+        scores = {int(r["id"]): float(r["score"]) for r in table.naming.get("classes", []) if r.get("name") and r.get("score") is not None}
+        res = dataclasses.replace(res, names=table.class_names, scores=scores)  # masks.json lists every dataset class
         summary["class_names"] = {str(c): n for c, n in named.items()}
         summary["naming"] = {**{k: v for k, v in table.naming.items() if k != "classes"},
                              "classes": [r for r in table.naming.get("classes", []) if int(r["id"]) in present]}

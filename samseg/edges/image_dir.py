@@ -154,7 +154,7 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
     (d / CLASSES_DIR).mkdir()
     pngs = [lambda: write_label_png(d / LABELS_PNG, label_map),
             lambda: _write_png(d / OVERLAY_PNG, render_overlay(image.rgb, label_map, clusters.sizes(), n_noise=clusters.n_noise,
-                                                           names=clusters.names))]
+                                                           names=clusters.legend()))]
     present = sorted({int(c) for c in clusters.labels[clusters.labels >= 0]})  # dataset ids: not every class is here
     named = clusters.names or {}
     pngs += [lambda c=c: _write_png(d / cutout_name(c, named.get(c)), render_cutout(image.rgb, label_map, c)) for c in present]

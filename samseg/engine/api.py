@@ -96,7 +96,7 @@ class Result:
         clusters = self.run.clusters
         sizes = np.bincount(clusters.labels[clusters.labels >= 0], minlength=clusters.n_clusters).tolist()
         return Image.fromarray(render_overlay(self.run.image.rgb, self.label_map, sizes, clusters.n_noise,
-                                              names=clusters.names))
+                                              names=clusters.legend()))
 
     def _repr_png_(self) -> bytes:  # a notebook shows the overlay
         from samseg.edges.image_dir import png_bytes

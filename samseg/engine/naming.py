@@ -27,7 +27,8 @@ def name_run(run: ImageRun, device: Optional[str] = None, seed: int = 0) -> Opti
     named = name_classes(namer, run.image.rgb, run.masks, run.clusters.labels, run.embeddings, names, cfg.min_prob,
                          cfg.masks_per_class)
     given = {c: r["name"] for c, r in named.items() if r["name"]}
-    run.values["cluster"] = dataclasses.replace(run.clusters, names=given)
+    scores = {c: float(r["score"]) for c, r in named.items() if r["name"] and r.get("score") is not None}
+    run.values["cluster"] = dataclasses.replace(run.clusters, names=given, scores=scores)
     return {"class_names": {str(c): n for c, n in given.items()},
             "naming": {"namer": cfg.namer, "namer_sha256": namer.sha256, "vocabulary": cfg.vocabulary,
                        "min_prob": cfg.min_prob, "classes": [{"id": c, **r} for c, r in named.items()]}}

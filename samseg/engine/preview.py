@@ -82,6 +82,7 @@ class PreviewSession:
         from samseg.edges.image_dir import png_bytes
 
         canvas = self.canvas()
-        rgb = render_overlay(canvas.rgb, canvas.label_map(clusters.labels), clusters.sizes(), clusters.n_noise)
+        rgb = render_overlay(canvas.rgb, canvas.label_map(clusters.labels), clusters.sizes(), clusters.n_noise,
+                             names=clusters.legend())
         return png_bytes(rgb), clusters  # the export's fast encoder: a preview is speed over size
 
