@@ -149,3 +149,23 @@ def test_the_legend_says_each_name_with_its_score_and_a_persons_name_without() -
     assert res.legend() == {0: "road 0.31", 1: "sky"}  # sky: a person's name, no namer score
     rows = [text for _, text in _legend_rows(2, res.sizes(), res.n_noise, res.legend())]
     assert rows == ["0 road 0.31 (2 masks)", "1 sky (1 masks)", "noise (1 masks)"]
+
+
+def test_a_new_vocabulary_or_a_rerun_names_from_the_cached_crops(tmp_path: Path) -> None:
+    """The namer's image side (the masks' crops) is cached by the image, the masks' pixels and the
+    namer: a new vocabulary or the same command again embeds no crop, and names as a fresh run does."""
+    def segment(out: str, vocabulary: str) -> dict:
+        rc, _, err = run_cli(["segment", str(PHOTOS / "bears.jpg"), "--out", str(tmp_path / out), "--model", "tiny-random",
+                              "--points-per-side", "4", "--device", "cpu", "--no-track", "--cache", str(tmp_path / "cache"),
+                              "-q", "--orchestrator", "local", "--names", vocabulary, "--namer", "tiny-random"])
+        assert rc == 0, err
+        return json.loads((tmp_path / out / "bears" / "summary.json").read_text())["naming"]
+
+    first = segment("a", "road,sky,grass,bear,water")
+    assert first["crops_embedded"] > 0
+    other = segment("b", "cat,dog,tree")
+    assert other["crops_embedded"] == 0 and {c["best"] for c in other["classes"]} <= {"cat", "dog", "tree"}
+    again = segment("c", "road,sky,grass,bear,water")
+    assert again["crops_embedded"] == 0
+    assert [(c["best"], round(c["score"], 4)) for c in again["classes"]] == [(c["best"], round(c["score"], 4))
+                                                                          for c in first["classes"]]

@@ -118,6 +118,17 @@ class MaskSet:
     def __len__(self) -> int:
         return len(self.rles)
 
+    def content_sha256(self) -> str:
+        """Hex sha256 of the masks' pixels (their RLEs, in row order) and the image size: equal
+        for the same masks however they were reached (a segment, a recluster, the cache)."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.image_hw[0]}x{self.image_hw[1]}".encode())
+        for r in self.rles:
+            counts = r["counts"]
+            h.update(b"\n" + (counts.encode("utf-8") if isinstance(counts, str) else bytes(counts)))
+        return h.hexdigest()
+
     def decode(self, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
         """K×H×W bool for the chosen masks (all by default). Memory: K·H·W bytes."""
         return np.ascontiguousarray(self.decode_wh(indices).transpose(0, 2, 1))

@@ -283,6 +283,22 @@ def _decode_tiled(files: Files, manifest: dict[str, Any]) -> MergedMasks:
     return MergedMasks(masks=masks, embeddings=emb, parts=groups, n_tiles=int(parts["n_tiles"]))
 
 
+def _encode_rows(rows: dict[int, np.ndarray]) -> tuple[Files, dict[str, Any]]:
+    """rows.npy (N int64, mask rows) + vectors.npy (N×D float32): a vector per mask row, for some rows."""
+    keys = sorted(int(k) for k in rows)
+    vectors = np.stack([np.asarray(rows[k], np.float32) for k in keys]) if keys else np.zeros((0, 0), np.float32)
+    return ({"rows.npy": _npy_bytes(np.asarray(keys, np.int64)), "vectors.npy": _npy_bytes(vectors)},
+            {"shape": list(vectors.shape), "dtype": str(vectors.dtype)})
+
+
+def _decode_rows(files: Files, manifest: dict[str, Any]) -> dict[int, np.ndarray]:
+    keys = _npy_load(files["rows.npy"])
+    vectors = _check_array(_npy_load(files["vectors.npy"]), manifest)
+    if keys.ndim != 1 or len(keys) != len(vectors):
+        raise _BadEntry(f"{len(keys)} rows for {len(vectors)} vectors")
+    return {int(k): v for k, v in zip(keys, vectors)}
+
+
 def _masks_json(masks: MaskSet) -> bytes:
     """An entry's masks.json: {image_hw, records (MaskSet.to_records)}."""
     doc = {"image_hw": list(masks.image_hw), "records": masks.to_records()}
@@ -299,6 +315,7 @@ CODECS: dict[str, Codec] = {
     "masks": Codec(_encode_masks, _decode_masks),
     "embeddings": Codec(_encode_embeddings, _decode_embeddings),
     "tiled": Codec(_encode_tiled, _decode_tiled),
+    "rows": Codec(_encode_rows, _decode_rows),
 }
 
 

@@ -126,8 +126,10 @@ class Result:
             raise ValueError(f"recluster changes the clustering only, not {others}; segment() the image again for that")
         cfg = override(self.run.cfg, **cluster)
         given = {"amg": (self.run.masks, FROM_PARENT_RUN), "pool": (self.run.embeddings, FROM_PARENT_RUN)}
-        run = recluster(self.run.image, cfg, self.run.model, StageCache(self.job.cache_root), given=given)
-        return Result(run, dataclasses.replace(self.job, cfg=cfg), summary=recluster_summary(run, self.mlflow_run_id).to_dict())
+        cache = StageCache(self.job.cache_root)
+        run = recluster(self.run.image, cfg, self.run.model, cache, given=given)
+        summary = recluster_summary(run, self.mlflow_run_id, cache=cache)
+        return Result(run, dataclasses.replace(self.job, cfg=cfg), summary=summary.to_dict())
 
     def __repr__(self) -> str:
         c = self.run.clusters
@@ -168,7 +170,9 @@ def segment(image: ImageInput, model: Optional[str] = None, preset: Optional[str
         run = compute_image(loaded, job)
         from samseg.engine.naming import name_run
 
-        summary = summarize(run, extra=name_run(run, device, seed))
+        from samseg.edges.cache import StageCache
+
+        summary = summarize(run, extra=name_run(run, device, seed, StageCache(job.cache_root)))
         result = Result(run, job, summary=summary.to_dict())
         if out is not None:
             from samseg.edges.outdirs import safe_dir_name

@@ -14,8 +14,16 @@ from typing import Any, Callable, Optional
 from samseg.engine.runner import ImageRun
 
 
-def name_run(run: ImageRun, device: Optional[str] = None, seed: int = 0) -> Optional[dict[str, Any]]:
-    """Name `run`'s classes in place; returns the summary keys to add (None: names are off or there are no classes)."""
+# The stage cache's entry of an image's mask crops as a namer embedded them ({mask row: D}): the
+# costly part of naming (the image tower), keyed by the image, the masks' pixels and the namer, so
+# a new vocabulary, a rerun or a recluster of the same masks re-names from it and embeds only
+# the crops it has not seen (the classes' text side is cached per vocabulary, samseg.sam.namer).
+CROPS_STAGE, CROPS_CODEC = "namer-crops", "rows"
+
+
+def name_run(run: ImageRun, device: Optional[str] = None, seed: int = 0, cache: Any = None) -> Optional[dict[str, Any]]:
+    """Name `run`'s classes in place; returns the summary keys to add (None: names are off or there
+    are no classes). cache: the StageCache holding the crops' embeddings (None: none kept)."""
     cfg = run.cfg.names
     if not cfg.enabled or run.clusters.n_clusters == 0:
         return None
@@ -24,14 +32,28 @@ def name_run(run: ImageRun, device: Optional[str] = None, seed: int = 0) -> Opti
 
     names = vocabulary(cfg.vocabulary)
     namer = load_namer(cfg.namer, device, seed)
+    key = crops_key(run, namer) if cache is not None and namer.sha256 else None
+    crops = (cache.load(CROPS_STAGE, key, CROPS_CODEC) or {}) if key else {}
+    known = len(crops)
     named = name_classes(namer, run.image.rgb, run.masks, run.clusters.labels, run.embeddings, names, cfg.min_prob,
-                         cfg.masks_per_class)
+                         cfg.masks_per_class, crops)
+    if key and len(crops) > known:
+        cache.save(CROPS_STAGE, key, CROPS_CODEC, crops)
     given = {c: r["name"] for c, r in named.items() if r["name"]}
     scores = {c: float(r["score"]) for c, r in named.items() if r["name"] and r.get("score") is not None}
     run.values["cluster"] = dataclasses.replace(run.clusters, names=given, scores=scores)
     return {"class_names": {str(c): n for c, n in given.items()},
             "naming": {"namer": cfg.namer, "namer_sha256": namer.sha256, "vocabulary": cfg.vocabulary,
-                       "min_prob": cfg.min_prob, "classes": [{"id": c, **r} for c, r in named.items()]}}
+                       "min_prob": cfg.min_prob, "crops_embedded": len(crops) - known,  # 0: named from the cache
+                       "classes": [{"id": c, **r} for c, r in named.items()]}}
+
+
+def crops_key(run: ImageRun, namer: Any) -> str:
+    """The CROPS_STAGE entry's key: the image, its masks' pixels, the namer's weights and input size."""
+    from samseg.edges.cache import content_key
+
+    return content_key({"stage": CROPS_STAGE, "image_sha256": run.image.sha256, "masks_sha256": run.masks.content_sha256(),
+                        "namer_sha256": namer.sha256, "image_size": namer.image_size})
 
 
 def dataset_namer(cfg: Any, device: Optional[str] = None, seed: int = 0) -> Optional[Callable[..., dict[str, Any]]]:

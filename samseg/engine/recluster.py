@@ -49,14 +49,15 @@ def recluster(image: Any, cfg: PipelineConfig, model: ModelIdentity, cache: "Sta
 
 
 def recluster_summary(run: ImageRun, parent_run_id: Optional[str], parent: Optional[dict[str, Any]] = None,
-                      kind: str = KIND_RECLUSTER, extra: Optional[dict[str, Any]] = None) -> RunSummary:
+                      kind: str = KIND_RECLUSTER, extra: Optional[dict[str, Any]] = None, cache: Any = None) -> RunSummary:
     """The new run's summary: `summarize` plus where its inputs came from and whose run it re-tunes.
     parent: the parent's summary.json; a parent with dataset-wide ids is noted, since a
     recluster of one image gives per-image ids. A recluster of a named run names its new
-    classes (its config's `names`, samseg.engine.naming); an edit or an exemplar class brings its own."""
+    classes (its config's `names`, samseg.engine.naming; from the crops `cache` holds, when given); an edit or an
+    exemplar class brings its own."""
     from samseg.engine.naming import name_run
 
-    named = name_run(run) if kind == KIND_RECLUSTER else None  # new class ids: named again, never carried over
+    named = name_run(run, cache=cache) if kind == KIND_RECLUSTER else None  # new class ids: named again, never carried over
     inputs_from = "run" if FROM_RUN_ARTIFACTS in run.status.values() else "cache"
     more: dict[str, Any] = {"recluster": {"parent_run_id": parent_run_id, "inputs_from": inputs_from}}
     if parent_run_id is not None:
@@ -104,7 +105,7 @@ def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *,
             parent, fallback, model = None, None, ModelSource(model_request).identity()
             image = execute(READ_STEP, lambda: read_image(image_uri))
         run = recluster(image, base.replace(cluster=cluster_cfg), model, cache, fallback=fallback, execute=execute)
-        summary = recluster_summary(run, run_id, parent)
+        summary = recluster_summary(run, run_id, parent, cache=cache)
         summary.prefect_flow_run_id = flow_run_id
         where = publish(run, summary, out, name or safe_dir_name(image.uri), tracking, execute=execute)
     return {**summary.to_dict(), **where}

@@ -60,7 +60,9 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
         assign_classes(run, job.assign_to)
         summary = assigned_summary(summarize(run, flow_run_id=flow_run_id), run, job.assign_to)
     else:
-        named = name_run(run, job.runtime.device, job.runtime.seed)  # names for the classes, when asked
+        from samseg.edges.cache import StageCache
+
+        named = name_run(run, job.runtime.device, job.runtime.seed, StageCache(job.cache_root))  # names, when asked
         summary = summarize(run, flow_run_id=flow_run_id, extra=named)
 
     def finish() -> dict[str, Any]:

@@ -213,8 +213,8 @@ def mask_crop(namer: LoadedNamer, rgb: np.ndarray, mask_hw: np.ndarray, box_xywh
     return _crop(rgb, mask_hw, box_xywh, namer.image_size, np.asarray(namer.mean, np.float32))
 
 
-def crops_embedding(namer: LoadedNamer, crops: list[np.ndarray]) -> np.ndarray:
-    """D: the L2-normalised mean of the crops' L2-normalised image embeddings."""
+def crop_embeddings(namer: LoadedNamer, crops: list[np.ndarray]) -> np.ndarray:
+    """N×D: each crop's L2-normalised image embedding."""
     import torch
 
     device = next(namer.model.parameters()).device
@@ -222,29 +222,44 @@ def crops_embedding(namer: LoadedNamer, crops: list[np.ndarray]) -> np.ndarray:
     with torch.inference_mode():
         x = torch.from_numpy(((np.stack(crops) - mean) / std).transpose(0, 3, 1, 2).copy()).to(device)
         feats = torch.cat([namer.model.encode_image(x[s:s + _CROP_BATCH]).float() for s in range(0, len(x), _CROP_BATCH)])
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        m = feats.mean(dim=0)
-        return (m / m.norm()).cpu().numpy().astype(np.float32)
+        return (feats / feats.norm(dim=-1, keepdim=True)).cpu().numpy().astype(np.float32)
+
+
+def crops_embedding(namer: LoadedNamer, crops: list[np.ndarray]) -> np.ndarray:
+    """D: the L2-normalised mean of the crops' L2-normalised image embeddings."""
+    return mean_direction(crop_embeddings(namer, crops))
+
+
+def mean_direction(vectors_nd: np.ndarray) -> np.ndarray:
+    """D: the L2-normalised mean of N unit rows (a class's embedding from its crops')."""
+    m = vectors_nd.astype(np.float32).mean(axis=0)
+    return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
 
 
 def class_embeddings(namer: LoadedNamer, rgb: np.ndarray, masks: Any, labels: np.ndarray, embeddings_nc: np.ndarray,
-                     classes: list[int], per_class: int) -> np.ndarray:
-    """K×D: each class's mean image embedding over its central masks' crops, L2-normalised."""
-    out = []
-    for c in classes:
-        rows = central_masks(labels, embeddings_nc, c, per_class)
-        decoded = masks.decode(list(rows))
-        out.append(crops_embedding(namer, [mask_crop(namer, rgb, decoded[i], masks.bbox_xywh[r])
-                                           for i, r in enumerate(rows)]))
+                     classes: list[int], per_class: int, crops: Optional[dict[int, np.ndarray]] = None) -> np.ndarray:
+    """K×D: each class's mean image embedding over its central masks' crops, L2-normalised.
+    crops: {mask row: its crop's D embedding} already known for these masks (a cache the caller
+    keeps: a recluster or a new vocabulary re-names from it); the masks it lacks are embedded
+    (in one pass) and added to it."""
+    crops = {} if crops is None else crops
+    picked = {c: central_masks(labels, embeddings_nc, c, per_class) for c in classes}
+    missing = sorted({int(r) for rows in picked.values() for r in rows} - set(crops))
+    if missing:
+        decoded = masks.decode(missing)
+        new = crop_embeddings(namer, [mask_crop(namer, rgb, decoded[i], masks.bbox_xywh[r]) for i, r in enumerate(missing)])
+        crops.update(zip(missing, new))
+    out = [mean_direction(np.stack([crops[int(r)] for r in picked[c]])) for c in classes]
     return np.stack(out) if out else np.zeros((0, 1), np.float32)
 
 
 def name_classes(namer: LoadedNamer, rgb: np.ndarray, masks: Any, labels: np.ndarray, embeddings_nc: np.ndarray,
-                 names: list[str], min_prob: float, per_class: int) -> dict[int, dict[str, Any]]:
-    """{class id: {name (None = unnamed), best, score, runner_up, runner_up_score}}."""
+                 names: list[str], min_prob: float, per_class: int,
+                 crops: Optional[dict[int, np.ndarray]] = None) -> dict[int, dict[str, Any]]:
+    """{class id: {name (None = unnamed), best, score, runner_up, runner_up_score}}. crops: as class_embeddings."""
     classes = sorted({int(c) for c in labels[labels >= 0]})
     if not classes or not names:
         return {}
-    image_kd = class_embeddings(namer, rgb, masks, labels, embeddings_nc, classes, per_class)
+    image_kd = class_embeddings(namer, rgb, masks, labels, embeddings_nc, classes, per_class, crops)
     rows = pick_names(image_kd, text_embeddings(namer, names), names, min_prob)
     return dict(zip(classes, rows))

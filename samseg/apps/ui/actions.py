@@ -76,14 +76,14 @@ def _recluster(store: RunStore, run_id: str, cfg: PipelineConfig, labels: Any = 
     model, load_backbone = parent_model(parent), None
     if cfg.features != was.features:
         model, load_backbone = _backbone(model, cfg.features.name)
+    cache = StageCache(store.settings.stage_cache)
     try:
-        run = recluster(store.load_image(run_id), cfg, model, StageCache(store.settings.stage_cache), given=given,
-                        load_backbone=load_backbone)
+        run = recluster(store.load_image(run_id), cfg, model, cache, given=given, load_backbone=load_backbone)
     except ReclusterError as exc:
         raise RunDataError(f"a pooling change needs this image's encoder features in the stage cache ({exc})") from None
     if len(run.embeddings) != len(masks):
         raise RunDataError(f"run {run_id}: {len(run.embeddings)} embeddings for {len(masks)} masks")
-    return run, recluster_summary(run, run_id, parent, kind=kind, extra=extra)
+    return run, recluster_summary(run, run_id, parent, kind=kind, extra=extra, cache=cache)
 
 
 def _backbone(model: Any, name: str) -> tuple[Any, Optional[Callable[[], Any]]]:
