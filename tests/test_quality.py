@@ -141,7 +141,7 @@ def test_the_harness_scores_names_against_names_txt(labelled: Path, tmp_path: Pa
     _inject(monkeypatch, semantic=True)
     (labelled / "names.txt").write_text("square\nbar\n")
 
-    def oracle(_namer, rgb, masks, labels, _emb, names, _min_prob, _k):
+    def oracle(_namer, rgb, masks, labels, _emb, names, _min_prob, _k, _crops=None):
         gt = _scene(rgb.shape[:2])[1]
         out = {}
         for c in sorted({int(v) for v in labels[labels >= 0]}):
@@ -150,7 +150,7 @@ def test_the_harness_scores_names_against_names_txt(labelled: Path, tmp_path: Pa
             out[c] = {"name": names[g - 1], "best": names[g - 1], "score": 1.0, "runner_up": None, "runner_up_score": 0.0}
         return out
 
-    monkeypatch.setattr(namer_mod, "load_namer", lambda *a, **k: type("N", (), {"sha256": "oracle"})())
+    monkeypatch.setattr(namer_mod, "load_namer", lambda *a, **k: type("N", (), {"sha256": "oracle", "image_size": 224})())
     monkeypatch.setattr(namer_mod, "name_classes", oracle)
     rc = quality.main([str(labelled), "--model", "tiny-random", "--preset", "smoke", "--backbones", "tiny-random",
                        "--eps", "0.1", "--out", str(tmp_path / "q"), "--extra", "--namer", "tiny-random"])
