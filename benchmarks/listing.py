@@ -33,6 +33,9 @@ def _free_port() -> int:
 
 def _serve(port: int, keys: int, ready: "mp.synchronize.Event") -> None:
     """Child: moto on 127.0.0.1:port with `keys` empty objects under in/."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per page request
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
     from moto.server import ThreadedMotoServer
