@@ -167,3 +167,24 @@ def test_attack_a_dataset_edit_into_its_own_folder_or_of_an_unknown_class_writes
     rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "9", "--out", str(tmp_path / "x"), "--no-track"])
     assert rc == 1 and err.count("error:") == 1 and "class 9 is not a class" in err
     assert not (tmp_path / "x").exists() and (dataset / "alpha" / "labels.png").read_bytes() == before
+
+
+def test_a_dataset_batch_and_an_image_dir_on_s3_are_read_from_their_manifests(dataset: Path, s3_bucket: str,
+                                                                            tmp_path: Path) -> None:
+    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, write_files
+    from samseg.edges.storage import upload_dir
+
+    out = f"s3://{s3_bucket}/ds"
+    for name in ("alpha", "beta"):
+        upload_dir(dataset / name, f"{out}/{name}")
+    write_files(out, {n: (dataset / n).read_bytes() for n in (CLASSES_JSON, BATCH_SUMMARY_JSON)})
+    rc, text, err = run_cli(["classes", out])
+    assert rc == 0, err
+    assert [line.split() for line in text.splitlines()[1:]] == [["0", "class_0", "12", "2"], ["1", "class_1", "8", "2"]]
+    rc, text, err = run_cli(["classes", "edit", out, "--drop", "1", "--out", str(tmp_path / "ds2"), "--no-track"])
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "ds2" / "beta" / "summary.json").read_text())
+    assert summary["edited_from"] == out and summary["n_noise"] == len(GROUP_B) + len(OUTLIERS)
+    rc, text, err = run_cli(["classes", f"{out}/alpha"])  # one image dir on S3
+    assert rc == 0, err
+    assert [line.split()[:3] for line in text.splitlines()[1:]] == [["0", "class_0", "6"], ["1", "class_1", "4"]]

@@ -48,9 +48,15 @@ def edit_config(summary: dict[str, Any]) -> Any:
 
 
 def read_source(source: str, workdir: Path) -> tuple[Path, Optional[str]]:
-    """(the image dir, its MLflow run id or None): a local dir as it is, a run's artifacts downloaded."""
+    """(the image dir, its MLflow run id or None): a local dir as it is, an s3:// image dir (the
+    files its _SUCCESS lists) or a run's artifacts downloaded."""
+    from samseg.edges.storage import download_prefix, is_s3_uri
+
     if Path(source).is_dir():
         return Path(source), None
+    if is_s3_uri(source):
+        download_prefix(source, workdir, require_success=True)
+        return workdir, None
     from samseg.edges.mlflow.tracking import RECLUSTER_INPUTS, fetch_run_inputs
 
     fetch_run_inputs(source, workdir, (*RECLUSTER_INPUTS, "labels.png"))
@@ -90,7 +96,7 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
         table = class_table(new_labels, label_map, names)
         new = {**summary, "n_clusters": clusters.n_clusters, "n_noise": clusters.n_noise, "cluster_sizes": clusters.sizes(),
                CLASS_NAMES: {str(c): n for c, n in names.items()}, CLASS_TABLE: table,
-               EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], "edited_from": run_id or str(d)}
+               EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], "edited_from": run_id or (source if source.startswith("s3://") else str(d))}
         if new.pop("classes", None) in DATASET_MODES:  # edited alone, its ids are this image's own now
             new["rerun_of_dataset_ids"] = summary["classes"]
         target = child_dir(Path(out), safe_dir_name(img["uri"]))

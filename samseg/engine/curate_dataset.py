@@ -46,30 +46,35 @@ def is_dataset_source(source: str) -> bool:
     """True for a dataset batch's OUT folder (it holds classes.json) or MLflow batch run
     (tag samseg.classes dataset|assigned); image dirs and image runs are not."""
     from samseg.edges.owned_files import CLASSES_JSON
+    from samseg.edges.storage import exists, is_s3_uri, join_uri
 
-    if Path(source).is_dir():
-        return (Path(source) / CLASSES_JSON).is_file()
+    if Path(source).is_dir() or is_s3_uri(source):
+        return exists(join_uri(source, CLASSES_JSON))
     from samseg.edges.mlflow.tracking import get_run
 
     return get_run(source).data.tags.get(TAG_CLASSES) in DATASET_MODES
 
 
 def read_dataset(source: str, workdir: Path) -> DatasetSource:
-    """The batch at `source` (folder or run id); image runs are downloaded into `workdir`.
+    """The batch at `source` (a folder, an s3:// prefix, a run id); what is not local is downloaded into `workdir`.
     ValueError (one line) when it is not a complete dataset batch."""
     from samseg.edges.dataset_outputs import load_class_table
     from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON
+    from samseg.edges.storage import StorageError, download_prefix, is_s3_uri, join_uri, read_bytes
 
-    if Path(source).is_dir():
-        out = Path(source)
-        table = load_class_table(str(out / CLASSES_JSON))  # refuses a batch that did not finish
+    if Path(source).is_dir() or is_s3_uri(source):
+        table = load_class_table(join_uri(source, CLASSES_JSON))  # refuses a batch that did not finish
         try:
-            record = json.loads((out / BATCH_SUMMARY_JSON).read_text(encoding="utf-8"))
+            record = json.loads(read_bytes(join_uri(source, BATCH_SUMMARY_JSON)))
             names = [str(r["name"]) for r in record["images"] if r.get("status") == "completed"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{out}: no readable {BATCH_SUMMARY_JSON} listing its images ({exc})") from None
+        except (StorageError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{source}: no readable {BATCH_SUMMARY_JSON} listing its images ({exc})") from None
         logged = record.get("mlflow_run_id") if isinstance(record.get("mlflow_run_id"), str) else None
-        return DatasetSource([out / n for n in names], names, table, logged, str(out.resolve()))
+        if not is_s3_uri(source):
+            return DatasetSource([Path(source) / n for n in names], names, table, logged, str(Path(source).resolve()))
+        for name in names:  # an S3 batch: local copies of its image dirs (only what each _SUCCESS lists)
+            download_prefix(join_uri(source, name), workdir / name, require_success=True)
+        return DatasetSource([workdir / n for n in names], names, table, logged, source)
     from samseg.edges.dataset_outputs import load_classes_from_run
     from samseg.edges.mlflow import client as mlflow_client
     from samseg.edges.mlflow.tracking import batch_images, fetch_run_inputs, get_run
@@ -109,7 +114,7 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
         raise ValueError(f"--out {out}: an edited dataset is written to a local folder (copy it to S3 after)")
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         src = read_dataset(source, Path(tmp))
-        if Path(out).resolve() == Path(src.where).resolve():
+        if not src.where.startswith("s3://") and Path(out).resolve() == Path(src.where).resolve():
             raise ValueError(f"--out {out} is the source batch's own folder; write the edited batch elsewhere")
         loaded = [read_image_dir(d) for d in src.dirs]  # (MaskSet, N×C embeddings, dataset ids)
         summaries = [read_summary(d) for d in src.dirs]
