@@ -256,8 +256,9 @@ def _written_by(kwargs: dict[str, Any], names: list[str], flow_run_id: str) -> d
         if summary.get("prefect_flow_run_id") != flow_run_id:
             continue
         entry = {"out_dir": where, "mlflow_run_id": None, **{k: summary.get(k) for k in ("n_masks", "n_clusters", "n_noise")}}
-        if summary.get("classes") == "assigned":  # its masks per dataset class (samseg.engine.segment.image_entry)
-            entry["cluster_sizes"] = summary.get("cluster_sizes")
+        from samseg.engine.dataset import assigned_entry
+
+        entry.update(assigned_entry(summary))  # its masks per dataset class, as samseg.engine.segment.image_entry
         if kwargs.get("track") and batch_run_id:
             from samseg.edges.mlflow.batch_runs import logged_image_run
 

@@ -68,6 +68,7 @@ def segment_shard_flow(
     batch_run_id: Optional[str] = None,
     batch_resumed: bool = False,
     classes_from: Optional[str] = None,
+    classes_sha256: Optional[str] = None,
 ) -> list[dict[str, Any]]:
     """Segment a shard of a batch (paths or s3:// URIs) into OUT/<name>/ each: the engine's
     batch loop (one model load, each image's publish overlapping the next one's compute),
@@ -75,13 +76,14 @@ def segment_shard_flow(
     per image) is returned and kept as a table artifact, which is how a batch that fanned
     the shard out to a worker reads it back (flows.fanout). names: the batch's output dir
     names for these images (default: their unique stems). classes_from: the batch's classes
-    given beforehand (run id, classes.json, models:/ URI): each image's masks are assigned to
-    them here, where the masks are (samseg.engine.dataset)."""
-    from samseg.engine.dataset import class_table
+    given beforehand (pinned run id, classes.json, models:/ URI), classes_sha256 the table the
+    batch checked: each image's masks are assigned to them here, where the masks are
+    (samseg.engine.dataset.GivenClasses; another table than the batch's fails the shard)."""
+    from samseg.engine.dataset import GivenClasses
 
-    table = class_table(classes_from) if classes_from else None
+    given = GivenClasses.load(classes_from, classes_sha256) if classes_from else None
     entries = segment_images(images, out, names, settings, runtime, track, experiment, batch_run_id, batch_resumed,
-                             table)
+                             given)
     try:
         from prefect.artifacts import create_table_artifact
 
@@ -150,10 +152,11 @@ def segment_batch_flow(
         t, image_settings = per_image.tracking, PipelineParams.from_config(per_image.cfg)
         kwargs = dict(out=out, settings=image_settings, runtime=runtime, track=t.track, experiment=experiment,
                       batch_run_id=t.nested_under, batch_resumed=t.resumed)
-        if use_deployments:  # classes given beforehand travel as their reference: each shard assigns its own masks
-            given = classes_from if per_image.assign_to is not None else None
+        if use_deployments:  # classes given beforehand travel as their pinned reference: each shard assigns its own masks
+            given = per_image.assign_to
             return run_shards(uris, {**kwargs, "settings": image_settings.model_dump(), "runtime": runtime.model_dump(),
-                                     "classes_from": given}, shards.to_config())
+                                     "classes_from": given.ref if given else None,
+                                     "classes_sha256": given.sha256 if given else None}, shards.to_config())
         return segment_images(uris, names=None, **kwargs, assign_to=per_image.assign_to)  # the batch's own run holds its images' tasks
 
     with shutdown.relayed():

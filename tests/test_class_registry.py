@@ -53,6 +53,13 @@ def _round_trip(tmp: Path) -> None:
         assert meta["checkpoint_sha256"] == "c" * 64 and meta["embedding_dim"] == 8
     table = load_registered_classes("models:/samseg-classes-test@production")
     assert table.n_classes == 2 and table.sample["run_id"] == "models:/samseg-classes-test@production"
+    # a batch pins the alias once: every shard loads version 2, even if the alias moves mid-batch
+    from samseg.engine.dataset import GivenClasses
+
+    given = GivenClasses.load("models:/samseg-classes-test@production")
+    assert given.ref == "models:/samseg-classes-test/2"
+    MlflowClient(tracking_uri()).set_registered_model_alias("samseg-classes-test", "production", "1")
+    assert GivenClasses.load(given.ref, given.sha256).ref == given.ref
 
 
 def test_registry_round_trip_sqlite(tmp_path: Path, monkeypatch) -> None:

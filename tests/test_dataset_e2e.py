@@ -151,6 +151,29 @@ def test_classes_from_assigns_each_image_where_it_is_computed(segmented, batch_r
     assert int(back.sizes.sum()) + back.n_noise == total
 
 
+def test_attack_a_classes_json_rewritten_mid_batch_is_refused_not_mixed(batch_run, tmp_path, monkeypatch):
+    """A shard loads the batch's pinned reference and checks the table's sha256; the batch refuses
+    to add up images assigned to another table (or to none)."""
+    from samseg.edges.dataset_outputs import DatasetOutputsError
+    from samseg.engine.dataset import GivenClasses, record_assigned
+
+    first, _ = batch_run
+    copy = tmp_path / "classes.json"
+    copy.write_text(Path(first["classes_json"]).read_text())
+    monkeypatch.chdir(tmp_path)
+    given = GivenClasses.load("classes.json")
+    assert given.ref == str(copy)  # pinned: a worker in another directory reads the same file
+    doc = json.loads(copy.read_text())
+    doc["classes"][0]["radius"] = 0.5
+    copy.write_text(json.dumps(doc))
+    with pytest.raises(DatasetOutputsError, match="the classes changed since the batch started"):
+        GivenClasses.load(given.ref, given.sha256)
+    entries = [{"name": "a", "image": "/x/a.jpg", "status": "completed", "n_masks": 3, "cluster_sizes": [3],
+                "classes_sha256": "0" * 64}]
+    report = record_assigned(str(tmp_path / "out"), entries, given, None)
+    assert "were not assigned to the batch's classes" in report["error"] and not (tmp_path / "out").exists()
+
+
 def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

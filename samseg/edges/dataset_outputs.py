@@ -217,6 +217,22 @@ def contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[dic
 # ---------------------------------------------------------------- MLflow
 
 
+def pin_classes_ref(ref: str) -> str:
+    """`ref` as a reference that names one table wherever it is read: a registered model's alias
+    resolved to its version (models:/NAME@prod -> models:/NAME/3), a local path made absolute;
+    run ids, versions and s3:// URIs as they are."""
+    import os
+
+    ref = str(ref)
+    if ref.startswith("models:/") and "@" in ref:
+        from samseg.edges.mlflow.class_registry import pinned_version_uri
+
+        return pinned_version_uri(ref)
+    if "://" not in ref and not ref.startswith("models:/") and (ref.endswith(".json") or Path(ref).is_file()):
+        return os.path.abspath(ref)
+    return ref
+
+
 def load_class_table(ref: str) -> Any:
     """ClassTable from `ref`: a classes.json path / s3:// URI (ends with .json or is an
     existing file), else an MLflow run id whose artifact classes.json is used."""

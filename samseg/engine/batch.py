@@ -44,12 +44,12 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
 
     from samseg.edges import owned_files
 
-    table = None
+    given = None
     if classes is not None:  # fail before any image is computed
         from samseg.sam.source import ModelSource
 
         model = ModelSource(job.model).identity() if classes.classes_from else None
-        table = check_dataset_request(job.out, classes.classes_from, model)
+        given = check_dataset_request(job.out, classes.classes_from, model)
     job.fetch_weights()  # every missing weight named once, before any image or MLflow run
     uris = list_sources(source)
     # A user's file where a top-level file goes refuses the batch now; OUT stays marked
@@ -59,18 +59,18 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris))
     # new dataset classes: image runs are logged after relabelling, so they carry the dataset ids;
     # classes given beforehand are assigned as each image is computed, which is logged as it is written
-    relabel = classes is not None and table is None
+    relabel = classes is not None and given is None
     per_image = dataclasses.replace(t, track=t.track and not relabel, nested_under=batch_run_id, resumed=resumed)
     try:
-        results = run_images(uris, image_job(job, per_image, classes is not None, table))
+        results = run_images(uris, image_job(job, per_image, classes is not None, given))
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
         from samseg.edges.shutdown import bounded
 
         bounded(lambda: end_batch(batch_run_id, "KILLED"))  # a frozen server: the next start's sweep ends it
         raise
     class_report = None
-    if table is not None:
-        class_report = record_assigned(job.out, results, table, batch_run_id, execute)
+    if given is not None:
+        class_report = record_assigned(job.out, results, given, batch_run_id, execute)
     elif classes is not None:
         from samseg.engine.naming import dataset_namer
 

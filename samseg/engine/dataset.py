@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -26,8 +27,39 @@ from samseg.engine.stages import WRITE
 from samseg.core.errors import one_line
 
 
-def check_dataset_request(out: str, classes_from: Optional[str], model: Any = None) -> Any:
-    """The ClassTable of `classes_from` (None when not given), checked before any image is
+@dataclass(frozen=True)
+class GivenClasses:
+    """Classes given beforehand (--classes-from), as every image of one batch gets them: `ref`
+    pinned (a registered model's alias resolved to its version, a path made absolute), so a shard
+    on another worker loads the same table, and `sha256` of that table, which the shard checks and
+    each image records (an alias moved, a classes.json rewritten mid-batch: refused, not mixed)."""
+
+    ref: str
+    table: Any
+    sha256: str
+
+    @classmethod
+    def load(cls, ref: str, sha256: Optional[str] = None) -> "GivenClasses":
+        """The table at `ref`; with `sha256`, DatasetOutputsError unless it is still that table."""
+        from samseg.edges.dataset_outputs import DatasetOutputsError, load_class_table, pin_classes_ref
+
+        pinned = pin_classes_ref(ref)
+        table = load_class_table(pinned)
+        got = table_sha256(table)
+        if sha256 is not None and got != sha256:
+            raise DatasetOutputsError(f"{ref}: the classes changed since the batch started (sha256 {got[:12]}…, "
+                                      f"the batch's {sha256[:12]}…); rerun the batch")
+        return cls(pinned, table, got)
+
+
+def table_sha256(table: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(table.to_json().encode("utf-8")).hexdigest()
+
+
+def check_dataset_request(out: str, classes_from: Optional[str], model: Any = None) -> Optional[GivenClasses]:
+    """The classes of `classes_from` (None when not given), checked before any image is
     segmented: one that does not load (unknown run, bad classes.json) or was built from another
     backbone's embeddings than `model`'s (a samseg.sam.source.ModelIdentity) is an error now,
     not after the whole batch. Raises DatasetOutputsError / TrackingError / ClassTableError."""
@@ -35,21 +67,14 @@ def check_dataset_request(out: str, classes_from: Optional[str], model: Any = No
 
     if not classes_from:
         return None
-    table = class_table(classes_from)
+    given = GivenClasses.load(classes_from)
     if model is not None:
-        check_same_model(table, [{"model": {"type": model.model_type, "checkpoint_sha256": model.checkpoint_sha256},
-                                  "features": model.features_record()}])
-    return table
+        check_same_model(given.table, [{"model": {"type": model.model_type, "checkpoint_sha256": model.checkpoint_sha256},
+                                        "features": model.features_record()}])
+    return given
 
 
 SHEET_IMAGES = 64  # the images an assigned batch's contact sheet picks its examples from
-
-
-def class_table(ref: str) -> Any:
-    """The ClassTable of --classes-from `ref` (run id, classes.json path or URI, models:/ URI)."""
-    from samseg.edges.dataset_outputs import load_class_table
-
-    return load_class_table(ref)
 
 
 def assign_classes(run: Any, table: Any) -> None:
@@ -66,28 +91,48 @@ def assign_classes(run: Any, table: Any) -> None:
     run.values["compose"] = compose_labels(run.masks, res)
 
 
-def assigned_summary(summary: Any, run: Any, table: Any) -> Any:
-    """The RunSummary of an image assigned to `table` (assign_classes): the dataset's counts, classes present and names."""
+def assigned_summary(summary: Any, run: Any, given: GivenClasses) -> Any:
+    """The RunSummary of an image assigned to `given` (assign_classes): the dataset's counts, the
+    classes present, their names and the table's sha256."""
     from samseg.edges.dataset_outputs import dataset_ids
     from samseg.engine.summary import RunSummary
 
-    return RunSummary.from_dict(dataset_ids(summary.to_dict(), run.clusters, table, "assigned")[0])
+    d = dataset_ids(summary.to_dict(), run.clusters, given.table, "assigned")[0]
+    return RunSummary.from_dict({**d, CLASSES_SHA256: given.sha256})
 
 
-def record_assigned(out: str, results: list[dict[str, Any]], table: Any, batch_run_id: Optional[str],
+CLASSES_SHA256 = "classes_sha256"  # summary.json and the batch report: the table an image was assigned to
+
+
+def assigned_entry(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the batch report keeps of an assigned image for classes.json: its masks per class id
+    and the table they are ids of ({} for an image that was not assigned)."""
+    if summary.get("classes") != "assigned":
+        return {}
+    return {"cluster_sizes": summary.get("cluster_sizes"), CLASSES_SHA256: summary.get(CLASSES_SHA256)}
+
+
+def record_assigned(out: str, results: list[dict[str, Any]], given: GivenClasses, batch_run_id: Optional[str],
                     execute: Execute = inline) -> dict[str, Any]:
-    """classes.json and the contact sheet of a batch whose images were assigned to `table` as
+    """classes.json and the contact sheet of a batch whose images were assigned to `given` as
     they were computed, from their report entries (counts per class) and a few image dirs for
-    the sheet's examples; logged on the batch run. {"error": one line} when it fails."""
+    the sheet's examples; logged on the batch run. {"error": one line} when it fails, or when an
+    image was assigned to another table (or to none) than the batch's."""
+    from pathlib import PurePosixPath
+
     from samseg.edges.dataset_outputs import log_dataset_classes, write_assigned_classes
 
     done = [r for r in results if r["status"] == "completed"]
     if not done:
         return {"error": f"{out}: no completed image to give dataset-level classes to"}
+    other = [r["name"] for r in done if r.get(CLASSES_SHA256) != given.sha256]
+    if other:
+        return {"error": f"{out}: {len(other)} images ({', '.join(other[:3])}{'…' if len(other) > 3 else ''}) were not "
+                         f"assigned to the batch's classes {given.sha256[:12]}…; rerun the batch"}
     try:
         with local_image_dirs(out, [r["name"] for r in done[:SHEET_IMAGES]]) as (dirs, _):
-            images = [{**r, "file_name": str(r["image"]).rsplit("/", 1)[-1]} for r in done]
-            rep = execute("dataset-classes", lambda: write_assigned_classes(out, table, images, dirs))
+            images = [{**r, "file_name": PurePosixPath(str(r["image"])).name} for r in done]
+            rep = execute("dataset-classes", lambda: write_assigned_classes(out, given.table, images, dirs))
         if batch_run_id:
             execute("track", lambda: log_dataset_classes(batch_run_id, rep))
     except Exception as exc:  # an image dir that moved, MLflow or S3 down, ...

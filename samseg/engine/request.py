@@ -64,7 +64,7 @@ class SegmentJob:
     runtime: Runtime = field(default_factory=Runtime)
     out: str = ""
     tracking: Tracking = field(default_factory=Tracking)
-    # classes given beforehand (a samseg.core.dataset.ClassTable): each image's masks get their
+    # classes given beforehand (samseg.engine.dataset.GivenClasses): each image's masks get their
     # ids where the image is computed (samseg.engine.dataset.assign_classes), not its own clusters
     assign_to: Any = None
 

@@ -57,7 +57,7 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
     if job.assign_to is not None:  # the dataset's classes given beforehand: their ids and names
         from samseg.engine.dataset import assign_classes, assigned_summary
 
-        assign_classes(run, job.assign_to)
+        assign_classes(run, job.assign_to.table)
         summary = assigned_summary(summarize(run, flow_run_id=flow_run_id), run, job.assign_to)
     else:
         from samseg.edges.cache import StageCache
@@ -154,8 +154,9 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
         entry["tracking_error"] = s["tracking_error"]
     if s.get("no_masks_because"):  # which AMG filter left nothing
         entry["no_masks_because"] = s["no_masks_because"]
-    if s.get("classes") == "assigned":  # masks per dataset class id: the batch adds them up into classes.json
-        entry["cluster_sizes"] = s.get("cluster_sizes")
+    from samseg.engine.dataset import assigned_entry
+
+    entry.update(assigned_entry(s))  # masks per dataset class id: the batch adds them up into classes.json
     return entry
 
 

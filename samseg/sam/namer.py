@@ -245,10 +245,11 @@ def class_embeddings(namer: LoadedNamer, rgb: np.ndarray, masks: Any, labels: np
     crops = {} if crops is None else crops
     picked = {c: central_masks(labels, embeddings_nc, c, per_class) for c in classes}
     missing = sorted({int(r) for rows in picked.values() for r in rows} - set(crops))
-    if missing:
-        decoded = masks.decode(missing)
-        new = crop_embeddings(namer, [mask_crop(namer, rgb, decoded[i], masks.bbox_xywh[r]) for i, r in enumerate(missing)])
-        crops.update(zip(missing, new))
+    for start in range(0, len(missing), _CROP_BATCH):  # a few full-size masks decoded at a time (100-MP images)
+        part = missing[start:start + _CROP_BATCH]
+        decoded = masks.decode(part)
+        crops.update(zip(part, crop_embeddings(namer, [mask_crop(namer, rgb, decoded[i], masks.bbox_xywh[r])
+                                                       for i, r in enumerate(part)])))
     out = [mean_direction(np.stack([crops[int(r)] for r in picked[c]])) for c in classes]
     return np.stack(out) if out else np.zeros((0, 1), np.float32)
 

@@ -96,6 +96,20 @@ def _version_source(model_uri: str) -> str:
     return client.get_model_version_download_uri(version.name, version.version)
 
 
+def pinned_version_uri(model_uri: str) -> str:
+    """`models:/NAME@ALIAS` as the version the alias names now (`models:/NAME/3`); TrackingError in one line."""
+    from mlflow.exceptions import MlflowException
+
+    from samseg.edges.mlflow.client import TrackingError, client as _client, error_line as _one_line
+
+    name, _, alias = model_uri[len("models:/"):].partition("@")
+    try:
+        version = _client().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise TrackingError(f"{model_uri}: cannot resolve the alias ({_one_line(exc)})") from None
+    return f"models:/{version.name}/{version.version}"
+
+
 def load_registered_classes(model_uri: str) -> Any:
     """The ClassTable of a registered classes model (`models:/NAME/V` or `models:/NAME@alias`),
     with `sample["assigned_from"]` = the URI and the metadata's checkpoint/model type."""
