@@ -188,3 +188,36 @@ def test_a_dataset_batch_and_an_image_dir_on_s3_are_read_from_their_manifests(da
     rc, text, err = run_cli(["classes", f"{out}/alpha"])  # one image dir on S3
     assert rc == 0, err
     assert [line.split()[:3] for line in text.splitlines()[1:]] == [["0", "class_0", "6"], ["1", "class_1", "4"]]
+
+
+def test_names_alone_keep_every_id_and_the_tables_rows(dataset: Path, tmp_path: Path) -> None:
+    rc, out, err = run_cli(["classes", "edit", str(dataset), "--rename", "1=b", "--out", str(tmp_path / "ds2"), "--no-track"])
+    assert rc == 0, err
+    before, after = (json.loads((d / "classes.json").read_text()) for d in (dataset, tmp_path / "ds2"))
+    assert [c["prototype"] for c in after["classes"]] == [c["prototype"] for c in before["classes"]]
+    assert [c["id"] for c in after["classes"]] == [0, 1] and after["naming"]["classes"] == [{"id": 1, "name": "b", "edited": True}]
+    assert "run_id" not in after["sample"] and after["sample"]["edited_from"] == str(dataset.resolve())
+
+
+def test_attack_an_edit_of_a_batch_run_into_the_folder_it_wrote_is_refused(dataset: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    from samseg.edges.dataset_outputs import log_dataset_classes
+    from samseg.edges.image_dir import read_summary
+    from samseg.edges.mlflow.tracking import end_run, log_image_run, start_batch_run
+    from samseg.edges.run_schema import TAG_OUT_DIR
+    from ui_synthetic import sqlite_store
+
+    sqlite_store(tmp_path, "classes-test", monkeypatch)
+    batch = start_batch_run("classes-test", "ds", {"n_images": 2}, {})
+    kids = [log_image_run(dataset / n, read_summary(dataset / n), experiment="classes-test", nested_under=batch,
+                          extra_tags={TAG_OUT_DIR: str(dataset / n)}) for n in ("alpha", "beta")]
+    log_dataset_classes(batch, {"classes_json": str(dataset / "classes.json"), "contact_sheet": str(dataset / "contact_sheet.png"),
+                                "metrics": {}, "mode": "dataset"})
+    end_run(batch, "FINISHED", {"images": [{"mlflow_run_id": k, "name": n} for k, n in zip(kids, ("alpha", "beta"))]})
+    before = (dataset / "alpha" / "labels.png").read_bytes()
+    rc, _, err = run_cli(["classes", "edit", batch[:8], "--drop", "0", "--out", str(dataset), "--experiment", "classes-test"])
+    assert rc == 1 and "source batch's own folder" in err and (dataset / "alpha" / "labels.png").read_bytes() == before
+    rc, out, err = run_cli(["classes", "edit", batch[:8], "--drop", "0", "--out", str(tmp_path / "ds2"),
+                            "--experiment", "classes-test"])
+    assert rc == 0, err
+    assert re.search(r"MLflow batch run (\w+)", out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -111,9 +111,15 @@ def edits_from_json(items: Any) -> list[Edit]:
 
 
 def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit], cfg: Any,
-                names: Optional[dict[int, str]] = None) -> tuple[np.ndarray, dict[int, str]]:
-    """(new labels, {new class id: name}) after `edits` (see the module docstring). cfg: the run's ClusterConfig."""
+                names: Optional[dict[int, str]] = None, renumbered: bool = True,
+                cluster: Optional[Callable[[np.ndarray, Any], np.ndarray]] = None) -> tuple[np.ndarray, dict[int, str]]:
+    """(new labels, {new class id: name}) after `edits` (see the module docstring). cfg: the run's
+    ClusterConfig. renumbered=False keeps the ids as the edits leave them (renames only: every id
+    stays). cluster: (N×C, ClusterConfig) -> (N,) labels for a split (default: the run's own
+    clustering, samseg.core.cluster; a dataset's splits pass its blocked cosine DBSCAN)."""
     from samseg.core.cluster import cluster_embeddings, renumber
+
+    split_fn = cluster or (lambda x, c: cluster_embeddings(x, c).labels)
 
     out = np.asarray(labels, dtype=np.int64).copy()
     named = dict(names or {})
@@ -141,8 +147,7 @@ def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit]
             c = e.classes[0]
             rows = np.flatnonzero(out == c)
             eps = e.eps if e.eps is not None else cfg.eps / 2
-            sub = cluster_embeddings(embeddings_nc[rows], dataclasses.replace(cfg, algorithm="dbscan", eps=eps,
-                                                                             eps_auto=False)).labels
+            sub = split_fn(embeddings_nc[rows], dataclasses.replace(cfg, algorithm="dbscan", eps=eps, eps_auto=False))
             sub = np.where(sub < 0, 0, sub)  # the split's noise stays in the largest part: no mask is lost
             for part in range(1, int(sub.max(initial=0)) + 1):
                 out[rows[sub == part]] = next_id
@@ -150,7 +155,7 @@ def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit]
                 next_id += 1
         else:
             raise ValueError(f"unknown edit {e.op!r}")
-    final = renumber(out)
+    final = renumber(out) if renumbered else out
     new_names = {}
     for old, name in named.items():
         where = np.flatnonzero(out == old)

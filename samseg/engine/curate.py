@@ -21,7 +21,7 @@ from samseg.core.curation import Edit, apply_edits
 from samseg.edges.run_schema import DATASET_MODES, KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.publish import Tracking
 
-CLASS_NAMES, CLASS_TABLE, EDITS = "class_names", "class_table", "edits"  # summary.json keys
+CLASS_NAMES, CLASS_TABLE, EDITS, EDITED_FROM = "class_names", "class_table", "edits", "edited_from"  # summary.json keys
 
 
 def class_table(labels: np.ndarray, label_map: np.ndarray, names: dict[int, str]) -> list[dict[str, Any]]:
@@ -96,7 +96,7 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
         table = class_table(new_labels, label_map, names)
         new = {**summary, "n_clusters": clusters.n_clusters, "n_noise": clusters.n_noise, "cluster_sizes": clusters.sizes(),
                CLASS_NAMES: {str(c): n for c, n in names.items()}, CLASS_TABLE: table,
-               EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], "edited_from": run_id or (source if source.startswith("s3://") else str(d))}
+               EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], EDITED_FROM: run_id or (source if source.startswith("s3://") else str(d))}
         if new.pop("classes", None) in DATASET_MODES:  # edited alone, its ids are this image's own now
             new["rerun_of_dataset_ids"] = summary["classes"]
         target = child_dir(Path(out), safe_dir_name(img["uri"]))

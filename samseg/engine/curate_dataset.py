@@ -24,9 +24,8 @@ import numpy as np
 
 from samseg.core.curation import Edit, apply_edits
 from samseg.edges.run_schema import DATASET_MODES, KIND_IMAGE, TAG_CLASSES, TAG_KIND, TAG_OUT_DIR, TAG_PARENT_RUN
+from samseg.engine.curate import EDITED_FROM, EDITS
 from samseg.engine.publish import Tracking
-
-EDITS, EDITED_FROM = "edits", "edited_from"  # summary.json and classes.json keys
 
 
 @dataclass
@@ -40,6 +39,7 @@ class DatasetSource:
     table: Any
     run_id: Optional[str]
     where: str
+    wrote_to: Optional[str] = None  # the OUT its images were written to (a run's), never to be replaced by an edit
 
 
 def is_dataset_source(source: str) -> bool:
@@ -71,9 +71,9 @@ def read_dataset(source: str, workdir: Path) -> DatasetSource:
             raise ValueError(f"{source}: no readable {BATCH_SUMMARY_JSON} listing its images ({exc})") from None
         logged = record.get("mlflow_run_id") if isinstance(record.get("mlflow_run_id"), str) else None
         if not is_s3_uri(source):
-            return DatasetSource([Path(source) / n for n in names], names, table, logged, str(Path(source).resolve()))
+            return DatasetSource([_child(Path(source), n) for n in names], names, table, logged, str(Path(source).resolve()))
         for name in names:  # an S3 batch: local copies of its image dirs (only what each _SUCCESS lists)
-            download_prefix(join_uri(source, name), workdir / name, require_success=True)
+            download_prefix(join_uri(source, name), _child(workdir, name), require_success=True)
         return DatasetSource([workdir / n for n in names], names, table, logged, source)
     from samseg.edges.dataset_outputs import load_classes_from_run
     from samseg.edges.mlflow import client as mlflow_client
@@ -83,20 +83,35 @@ def read_dataset(source: str, workdir: Path) -> DatasetSource:
     if run.data.tags.get(TAG_CLASSES) not in DATASET_MODES:
         raise ValueError(f"MLflow run {source} is not a dataset batch (no dataset-level classes)")
     table = load_classes_from_run(source)
-    dirs, names = [], []
+    dirs, names, wrote_to = [], [], None
     for image_run, name in batch_images(mlflow_client.client(), run).items():
         name = name or image_run
-        fetch_run_inputs(image_run, workdir / name)
+        fetch_run_inputs(image_run, _child(workdir, name))
         dirs.append(workdir / name)
         names.append(name)
-    return DatasetSource(dirs, names, table, source, source)
+        where = get_run(image_run).data.tags.get(TAG_OUT_DIR)
+        wrote_to = wrote_to or (str(where).rstrip("/").rsplit("/", 1)[0] if where else None)
+    return DatasetSource(dirs, names, table, source, source, wrote_to)
+
+
+def _child(folder: Path, name: str) -> Path:
+    """folder/name for a name a batch's record gave: one plain component, else ValueError (one line)."""
+    from samseg.edges.outdirs import OutputDirRefused, child_dir
+
+    try:
+        return child_dir(folder, name)
+    except OutputDirRefused as exc:
+        raise ValueError(f"the batch's record names an image dir {name!r} that is not a plain name ({exc})") from None
 
 
 def show_dataset(source: str) -> list[dict[str, Any]]:
-    """The class table of a dataset batch: id, name, masks, and the images each class is in."""
-    with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
-        src = read_dataset(source, Path(tmp))
-    t = src.table
+    """The class table of a dataset batch (its classes.json alone): id, name, masks, and the images each class is in."""
+    from samseg.edges.dataset_outputs import load_class_table, load_classes_from_run
+    from samseg.edges.owned_files import CLASSES_JSON
+    from samseg.edges.storage import is_s3_uri, join_uri
+
+    folder = Path(source).is_dir() or is_s3_uri(source)
+    t = load_class_table(join_uri(source, CLASSES_JSON)) if folder else load_classes_from_run(source)
     names = t.class_names
     return [{"id": c, "name": names.get(c) or f"class_{c}", "masks": int(t.sizes[c]), "images": len(t.image_counts[c])}
             for c in range(t.n_classes)]
@@ -108,21 +123,25 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
     "classes": the new class table}. A bad edit: ValueError, nothing written. record_dirs=False:
     OUT is a temporary folder, so the records name the MLflow runs, not OUT (the UI's saves)."""
     from samseg.core.config import ClusterConfig
+    from samseg.core.dataset import cluster_rows
     from samseg.edges.image_dir import read_image_dir, read_summary
 
     if str(out).startswith("s3://"):
         raise ValueError(f"--out {out}: an edited dataset is written to a local folder (copy it to S3 after)")
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         src = read_dataset(source, Path(tmp))
-        if not src.where.startswith("s3://") and Path(out).resolve() == Path(src.where).resolve():
-            raise ValueError(f"--out {out} is the source batch's own folder; write the edited batch elsewhere")
+        for folder in (src.where, src.wrote_to):  # the source's OUT, or the OUT a source run wrote to
+            if folder and _same_folder(out, folder):
+                raise ValueError(f"--out {out} is the source batch's own folder ({folder}); write the edited batch elsewhere")
         loaded = [read_image_dir(d) for d in src.dirs]  # (MaskSet, N×C embeddings, dataset ids)
         summaries = [read_summary(d) for d in src.dirs]
         cfg = ClusterConfig(**src.table.cluster) if src.table.cluster else ClusterConfig()
         labels = np.concatenate([np.asarray(lab, np.int64) for _, _, lab in loaded]) if loaded else np.zeros(0, np.int64)
         embs = np.concatenate([e for _, e, _ in loaded]) if loaded else np.zeros((0, src.table.embedding_dim), np.float32)
-        new_labels, names = apply_edits(labels, embs, edits, cfg, src.table.class_names)  # ValueError: nothing written
-        table, results = _edited_table(src, loaded, summaries, new_labels, names, edits)
+        renames = all(e.op == "rename" for e in edits)  # names alone: every id (and a registered table's rows) stays
+        new_labels, names = apply_edits(labels, embs, edits, cfg, src.table.class_names, renumbered=not renames,
+                                        cluster=cluster_rows)  # a split of the whole batch: the blocked cosine DBSCAN
+        table, results = _edited_table(src, loaded, summaries, new_labels, names, renames)
         report, class_files = _write_batch(out, src, loaded, summaries, results, table, edits, record_dirs)
         run_id = _track(out, src, report, class_files, tracking) if tracking.track else None
         if run_id is not None:  # the record on disk names the runs too
@@ -135,16 +154,22 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
 
 
 def _edited_table(src: DatasetSource, loaded: list[Any], summaries: list[dict[str, Any]], new_labels: np.ndarray,
-                  names: dict[int, str], edits: list[Edit]) -> tuple[Any, list[Any]]:
-    """(the new ClassTable, each image's ClusterResult) from the batch's edited labels."""
+                  names: dict[int, str], renames: bool) -> tuple[Any, list[Any]]:
+    """(the new ClassTable, each image's ClusterResult) from the batch's edited labels; renames
+    alone keep the source's table (ids, prototypes, radii, classes this batch lacks) with the names."""
     from samseg.core.dataset import build_classes
     from samseg.core.types import ClusterResult
     from samseg.edges.dataset_outputs import image_names
 
     bounds = np.cumsum([0, *(len(e) for _, e, _ in loaded)])
     results = [ClusterResult(labels=new_labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    table = build_classes([e for _, e, _ in loaded], results, image_names([d.name for d in src.dirs], summaries),
-                          sample={**src.table.sample, EDITED_FROM: src.where})
+    # its own lineage: not the run or registered model the source's classes came from
+    sample = {**{k: v for k, v in src.table.sample.items() if k not in ("run_id", "assigned_from")}, EDITED_FROM: src.where}
+    if renames:
+        table = dataclasses.replace(src.table, sample=sample)
+    else:
+        table = build_classes([e for _, e, _ in loaded], results, image_names([d.name for d in src.dirs], summaries),
+                              sample=sample)
     naming = {k: v for k, v in src.table.naming.items() if k != "classes"}
     naming["classes"] = [{"id": c, "name": n, "edited": True} for c, n in sorted(names.items())]
     table = dataclasses.replace(table, cluster=src.table.cluster, naming=naming if names else {})
@@ -200,15 +225,27 @@ def _track(out: str, src: DatasetSource, report: dict[str, Any], class_files: di
     batch_id, _ = start_batch(True, tracking.experiment, cfg, src.where, out, len(src.names))
     from samseg.edges.mlflow.client import client
 
-    if src.run_id:  # the UI's and `samseg runs` lineage: this batch edits that one
-        client().set_tag(batch_id, TAG_PARENT_RUN, src.run_id)
-    for entry in report["images"]:
-        d = Path(out) / entry["name"]
-        summary = read_summary(d)
-        entry["mlflow_run_id"] = log_image_run(d, summary, experiment=tracking.experiment, nested_under=batch_id,
-                                               run_name=summary["image"]["file_name"],
-                                               extra_tags={TAG_KIND: KIND_IMAGE, TAG_OUT_DIR: entry["out_dir"]})
-    log_dataset_classes(batch_id, class_files)
+    try:
+        if src.run_id:  # the UI's and `samseg runs` lineage: this batch edits that one
+            client().set_tag(batch_id, TAG_PARENT_RUN, src.run_id)
+        for entry in report["images"]:
+            d = Path(out) / entry["name"]
+            summary = read_summary(d)
+            entry["mlflow_run_id"] = log_image_run(d, summary, experiment=tracking.experiment, nested_under=batch_id,
+                                                   run_name=summary["image"]["file_name"],
+                                                   extra_tags={TAG_KIND: KIND_IMAGE, TAG_OUT_DIR: entry["out_dir"]})
+        log_dataset_classes(batch_id, class_files)
+    except BaseException:  # MLflow failed part-way: the batch run ends FAILED, never RUNNING (the files are written)
+        from samseg.edges.shutdown import bounded
+
+        bounded(lambda: end_batch(batch_id, "FAILED"))
+        raise
     report["mlflow_run_id"] = batch_id
     end_batch(batch_id, "FINISHED", quiet=False, record=report)
     return batch_id
+
+
+def _same_folder(a: str, b: str) -> bool:
+    if str(a).startswith("s3://") or str(b).startswith("s3://"):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()

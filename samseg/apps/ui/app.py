@@ -192,7 +192,7 @@ def _add_pages(app: FastAPI) -> None:
 def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
     """Everything the run page shows (also GET /api/runs/{id})."""
     from samseg.core.render import class_color
-    from samseg.edges.layout import cutout_name
+    from samseg.edges.layout import CLASSES_DIR, cutout_name
 
     from samseg.apps.ui.dataset_view import dataset_note
 
@@ -202,9 +202,18 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
     masks, _, labels = store.outputs(run_id)
     sizes = [int((labels == c).sum()) for c in range(int(labels.max(initial=-1)) + 1)]
     names = summary.get("class_names") or {}
+    try:  # the cut-outs the run holds: a run logged before named cut-outs has class_<c>.png only
+        held = {f.path for f in store.client.list_artifacts(run_id, CLASSES_DIR)}
+    except Exception:  # noqa: BLE001 — an artifact store that cannot list: the names the run would have
+        held = set()
+
+    def cutout(c: int) -> str:
+        named = cutout_name(c, names.get(str(c)))
+        return named if named in held or cutout_name(c) not in held else cutout_name(c)
+
     classes = [
         {"id": c, "n_masks": n, "color": "#%02x%02x%02x" % class_color(c), "name": names.get(str(c)),
-         "cutout_url": f"/runs/{run_id}/files/{cutout_name(c, names.get(str(c)))}"}
+         "cutout_url": f"/runs/{run_id}/files/{cutout(c)}"}
         for c, n in enumerate(sizes) if n  # a dataset class this image does not have: no row, no cut-out
     ]
     noise = [int(i) for i in (labels < 0).nonzero()[0]]

@@ -67,7 +67,7 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
         "run": row,
         "classes": classes,
         "dataset_edit": True,  # the curation panel edits the batch's classes (templates/_curation.html)
-        "edit_rows": [{**c, "n_masks": c["size"]} for c in classes],
+        "edit_rows": [{**c, "n_masks": c["size"]} for c in classes if c["size"]],  # a class this batch lacks: nothing to edit
         "n_classes": table.n_classes,
         "n_noise": int(table.n_noise),
         "n_images": len(table.image_names),
