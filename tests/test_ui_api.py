@@ -563,6 +563,23 @@ def test_the_overlay_after_class_edits_is_previewed_without_a_run(client, mlflow
     assert {r["run_id"] for r in client.get("/api/runs").json()["runs"]} == before  # nothing logged
 
 
+def test_attack_class_edits_of_a_run_whose_image_is_outside_the_image_roots_are_refused(mlflow_store, monkeypatch,
+                                                                                           tmp_path):
+    """--image-root: a save re-reads the run's image, so it follows the same rule as serving it."""
+    from samseg.apps.ui import UiSettings, create_app
+
+    tmp, run_a, _ = mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp_path / "ui-cache", stage_cache=str(tmp_path / "sc"),
+                                image_roots=[str(tmp_path / "elsewhere")]))
+    with TestClient(app) as c:
+        before = {r["run_id"] for r in c.get("/api/runs").json()["runs"]}
+        job = c.post(f"/api/runs/{run_a}/classes", json={"edits": [{"op": "drop", "classes": [1]}]}).json()
+        done = _wait_job(c, job)
+        assert done["state"] == "failed" and "input image" in done["error"]
+        assert {r["run_id"] for r in c.get("/api/runs").json()["runs"]} == before  # nothing logged
+
+
 def test_the_run_page_shows_the_names_a_run_gave_its_classes(client, mlflow_store, tmp_path):
     """A run whose summary names its classes (samseg classes edit, --names): the legend and cut-outs say them."""
     import json

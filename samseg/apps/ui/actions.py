@@ -123,6 +123,7 @@ def save_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progres
     from samseg.engine.curate import edit
     from samseg.engine.publish import Tracking
 
+    store.input_uri(run_id)  # the image it re-reads: from the allowed roots (--image-root), else RunDataError
     progress("applying the edits")
     with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
         try:
@@ -140,6 +141,10 @@ def save_dataset_edits(store: RunStore, run_id: str, edits: list[Any], progress:
     from samseg.engine.curate_dataset import edit_dataset
     from samseg.engine.publish import Tracking
 
+    from samseg.edges.mlflow.tracking import batch_image_runs
+
+    for image_run in batch_image_runs(store.client, store.get_any_run(run_id)):  # every image it re-reads: from the
+        store.input_uri(image_run)  # allowed roots (--image-root) and as its run recorded it, else RunDataError
     progress("applying the edits to every image of the batch")
     with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
         try:  # the image dirs are the new runs' artifacts: the records name the runs

@@ -76,6 +76,10 @@ class RunFiles:
             _save_atomic(Image.fromarray(self.load_image(run_id).rgb), out, "JPEG", quality=90)
         return out
 
+    def input_uri(self, run_id: str) -> str:
+        """The run's input, when the UI may read it (allowed roots, a recorded sha256); else RunDataError."""
+        return self._input_source(run_id)[0]
+
     def _input_source(self, run_id: str) -> tuple[str, str]:
         """(uri, sha256) of the run's input, or RunDataError(INPUT_REFUSED). A crafted run
         could name any file: only one whose hash the run records, from the allowed roots."""
