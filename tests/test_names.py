@@ -148,7 +148,7 @@ def test_the_legend_says_each_name_with_its_score_and_a_persons_name_without() -
     res = ClusterResult(np.array([0, 0, 1, -1]), names={0: "road", 1: "sky"}, scores={0: 0.3149})
     assert res.legend() == {0: "road 0.31", 1: "sky"}  # sky: a person's name, no namer score
     rows = [text for _, text in _legend_rows(2, res.sizes(), res.n_noise, res.legend())]
-    assert rows == ["0 road 0.31 (2 masks)", "1 sky (1 masks)", "noise (1 masks)"]
+    assert rows == ["0 road 0.31 (2 masks)", "1 sky (1 mask)", "noise (1 mask)"]
 
 
 def test_a_new_vocabulary_or_a_rerun_names_from_the_cached_crops(tmp_path: Path) -> None:

@@ -147,15 +147,19 @@ def _legend_rows(n_classes: int, class_sizes: list[int] | None, n_noise: int | N
     shown = min(n_classes, MAX_LEGEND_ROWS)
     for c in range(shown):
         label = f"{c} {names[c]}" if names and names.get(c) else f"class {c}"
-        text = label if class_sizes is None else f"{label} ({int(class_sizes[c])} masks)"
+        text = label if class_sizes is None else f"{label} ({_masks(class_sizes[c])})"
         rows.append((class_color(c), text))
     if n_classes > shown:
         rows.append((None, f"+{n_classes - shown} more classes"))
     if n_noise is not None:
-        rows.append((None, f"noise ({int(n_noise)} masks)"))
+        rows.append((None, f"noise ({_masks(n_noise)})"))
     if not rows:
         rows.append((None, "no classes"))
     return rows
+
+
+def _masks(n: int) -> str:
+    return f"{int(n)} mask" if int(n) == 1 else f"{int(n)} masks"
 
 
 def _draw_legend(out: np.ndarray, rows: list[tuple[tuple[int, int, int] | None, str]]) -> np.ndarray:
