@@ -217,7 +217,19 @@ def test_attack_an_edit_of_a_batch_run_into_the_folder_it_wrote_is_refused(datas
     before = (dataset / "alpha" / "labels.png").read_bytes()
     rc, _, err = run_cli(["classes", "edit", batch[:8], "--drop", "0", "--out", str(dataset), "--experiment", "classes-test"])
     assert rc == 1 and "source batch's own folder" in err and (dataset / "alpha" / "labels.png").read_bytes() == before
-    rc, out, err = run_cli(["classes", "edit", batch[:8], "--drop", "0", "--out", str(tmp_path / "ds2"),
-                            "--experiment", "classes-test"])
+    rc, out, err = run_cli(["classes", "edit", batch[:8], "--drop", "0", "--rename", "1=b", "--out", str(tmp_path / "ds2"),
+                            "--experiment", "classes-test", "--register-classes", "edited-classes"])
     assert rc == 0, err
-    assert re.search(r"MLflow batch run (\w+)", out)
+    assert re.search(r"MLflow batch run (\w+)", out) and "registered: models:/edited-classes/1" in out
+    # the person's classes, registered, assign a batch's images: here the edited batch's own embeddings
+    from samseg.core.dataset import assign_to_classes
+    from samseg.edges.dataset_outputs import load_class_table
+    from samseg.edges.image_dir import read_image_dir
+
+    table = load_class_table("models:/edited-classes/1")
+    assert table.n_classes == 1 and table.class_names == {0: "b"}
+    _, emb, labels = read_image_dir(tmp_path / "ds2" / "alpha")
+    assert (assign_to_classes(emb, table).labels[labels >= 0] == 0).all()
+    rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "0", "--out", str(tmp_path / "ds3"), "--no-track",
+                          "--register-classes", "x"])
+    assert rc == 2 and "needs `edit` and MLflow tracking" in err

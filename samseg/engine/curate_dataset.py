@@ -24,6 +24,7 @@ import numpy as np
 
 from samseg.core.curation import Edit, apply_edits
 from samseg.edges.run_schema import DATASET_MODES, KIND_IMAGE, TAG_CLASSES, TAG_KIND, TAG_OUT_DIR, TAG_PARENT_RUN
+from samseg.edges.owned_files import CLASSES_JSON
 from samseg.engine.curate import EDITED_FROM, EDITS
 from samseg.engine.publish import Tracking
 
@@ -45,7 +46,6 @@ class DatasetSource:
 def is_dataset_source(source: str) -> bool:
     """True for a dataset batch's OUT folder (it holds classes.json) or MLflow batch run
     (tag samseg.classes dataset|assigned); image dirs and image runs are not."""
-    from samseg.edges.owned_files import CLASSES_JSON
     from samseg.edges.storage import exists, is_s3_uri, join_uri
 
     if Path(source).is_dir() or is_s3_uri(source):
@@ -59,7 +59,7 @@ def read_dataset(source: str, workdir: Path) -> DatasetSource:
     """The batch at `source` (a folder, an s3:// prefix, a run id); what is not local is downloaded into `workdir`.
     ValueError (one line) when it is not a complete dataset batch."""
     from samseg.edges.dataset_outputs import load_class_table
-    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON
+    from samseg.edges.owned_files import BATCH_SUMMARY_JSON
     from samseg.edges.storage import StorageError, download_prefix, is_s3_uri, join_uri, read_bytes
 
     if Path(source).is_dir() or is_s3_uri(source):
@@ -107,7 +107,6 @@ def _child(folder: Path, name: str) -> Path:
 def show_dataset(source: str) -> list[dict[str, Any]]:
     """The class table of a dataset batch (its classes.json alone): id, name, masks, and the images each class is in."""
     from samseg.edges.dataset_outputs import load_class_table, load_classes_from_run
-    from samseg.edges.owned_files import CLASSES_JSON
     from samseg.edges.storage import is_s3_uri, join_uri
 
     folder = Path(source).is_dir() or is_s3_uri(source)
@@ -117,11 +116,16 @@ def show_dataset(source: str) -> list[dict[str, Any]]:
             for c in range(t.n_classes)]
 
 
-def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, record_dirs: bool = True) -> dict[str, Any]:
+def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, record_dirs: bool = True,
+                 register: Optional[str] = None) -> dict[str, Any]:
     """Apply `edits` to the dataset classes of `source`; write the edited batch to OUT (a local
     folder that is not the source's) and, when tracked, log it; returns {"out", "mlflow_run_id",
-    "classes": the new class table}. A bad edit: ValueError, nothing written. record_dirs=False:
-    OUT is a temporary folder, so the records name the MLflow runs, not OUT (the UI's saves)."""
+    "classes": the new class table, "registered"}. A bad edit: ValueError, nothing written.
+    record_dirs=False: OUT is a temporary folder, so the records name the MLflow runs, not OUT (the
+    UI's saves). register: the MLflow model name the edited classes become a new version of (then
+    `--classes-from models:/NAME/VERSION` assigns them, in shards too)."""
+    if register and not tracking.track:
+        raise ValueError("registering the edited classes needs MLflow tracking (drop --no-track)")
     from samseg.core.config import ClusterConfig
     from samseg.core.dataset import cluster_rows
     from samseg.edges.image_dir import read_image_dir, read_summary
@@ -144,13 +148,18 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
         table, results = _edited_table(src, loaded, summaries, new_labels, names, renames)
         report, class_files = _write_batch(out, src, loaded, summaries, results, table, edits, record_dirs)
         run_id = _track(out, src, report, class_files, tracking) if tracking.track else None
+        registered = None
         if run_id is not None:  # the record on disk names the runs too
             from samseg.engine.batch import write_batch_summary
 
             write_batch_summary(out, report)
+            if register:
+                from samseg.edges.mlflow.class_registry import register_classes
+
+                registered = register_classes(run_id, register, Path(out) / CLASSES_JSON)
     rows = [{"id": c, "name": table.class_names.get(c) or f"class_{c}", "masks": int(table.sizes[c]),
              "images": len(table.image_counts[c])} for c in range(table.n_classes)]
-    return {"out": out, "mlflow_run_id": run_id, "classes": rows}
+    return {"out": out, "mlflow_run_id": run_id, "classes": rows, "registered": registered}
 
 
 def _edited_table(src: DatasetSource, loaded: list[Any], summaries: list[dict[str, Any]], new_labels: np.ndarray,

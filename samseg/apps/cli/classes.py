@@ -30,6 +30,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--drop", action="append", default=[], metavar="C", help="class C's masks become noise")
     p.add_argument("--out", default=None, metavar="DIR", help="where the edited image dir goes (OUT/<image name>/)")
     p.add_argument("--no-track", action="store_true", help="write the dir only, log no MLflow run")
+    p.add_argument("--register-classes", default=None, metavar="NAME",
+                   help="a dataset batch's edit: register the edited classes as a new version of the MLflow model NAME "
+                   "(then --classes-from models:/NAME/VERSION)")
     from samseg.apps.cli.common import experiment_name
 
     p.add_argument("--experiment", default=None, type=experiment_name, help="MLflow experiment of the new run")
@@ -57,6 +60,8 @@ def run_classes(args: argparse.Namespace) -> int:
         raise UsageError("an edit needs --rename, --merge, --split or --drop")
     if editing and args.out is None:
         raise UsageError("--out DIR: where the edited image dir goes")
+    if args.register_classes and (not editing or args.no_track):
+        raise UsageError("--register-classes needs `edit` and MLflow tracking (no --no-track)")
     try:
         source = classes_ref(words[0])  # a run id prefix is the run it starts
         from samseg.engine.curate_dataset import is_dataset_source
@@ -73,7 +78,12 @@ def run_classes(args: argparse.Namespace) -> int:
         from samseg.engine.publish import Tracking
 
         tracking = Tracking(track=not args.no_track, experiment=experiment(args))
-        res = (edit_dataset if dataset else edit)(source, edits, args.out, tracking)
+        if args.register_classes and not dataset:
+            raise UsageError("--register-classes registers a dataset batch's classes; this source is one image's")
+        if dataset:
+            res = edit_dataset(source, edits, args.out, tracking, register=args.register_classes)
+        else:
+            res = edit(source, edits, args.out, tracking)
     except ValueError as exc:  # a bad edit (unknown class, ...): one line, nothing written
         print_error(exc)
         return 1
@@ -81,6 +91,8 @@ def run_classes(args: argparse.Namespace) -> int:
     where = res["out"] if dataset else res["out_dir"]
     kind = "MLflow batch run" if dataset else "MLflow run"
     print(f"-> {shown_name(where)}" + (f", {kind} {res['mlflow_run_id']}" if res["mlflow_run_id"] else ""))
+    if res.get("registered"):
+        print(f"registered: {res['registered']['model_uri']} (--classes-from {res['registered']['model_uri']})")
     return 0
 
 
