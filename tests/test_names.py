@@ -73,6 +73,18 @@ def test_named_classes_reach_the_summary_masks_json_an_export_and_mlflow(tmp_pat
         from samseg.edges.layout import cutout_name
 
         assert (d / cutout_name(c["id"], c["name"])).is_file()
+    # the class table: one row per class, its name, the namer's score and runner-up, masks, pixels
+    from samseg.edges.image_dir import read_image_dir, read_label_png
+
+    _, _, labels = read_image_dir(d)
+    label_map = read_label_png(d / "labels.png")
+    by_id = {c["id"]: c for c in naming["classes"]}
+    assert [r["id"] for r in summary["class_table"]] == sorted({int(v) for v in labels[labels >= 0]})
+    for r in summary["class_table"]:
+        assert r["masks"] == int((labels == r["id"]).sum()) and r["pixels"] == int((label_map == r["id"] + 1).sum())
+        assert r["name"] == by_id[r["id"]]["name"]
+        assert (r["score"], r["runner_up"]) == ((by_id[r["id"]]["score"], by_id[r["id"]]["runner_up"]) if r["name"]
+                                                else (None, None))
     cats = json.loads((d / "masks.json").read_text())["categories"]
     assert [c["name"] for c in cats] == [named.get(str(k), f"class_{k}") for k in range(len(cats))]
     rc, _, err = run_cli(["export", str(d), "--format", "coco", "--out", str(tmp_path / "coco")])

@@ -244,6 +244,23 @@ class ClusterResult:
         """Class c's name: the one it was given, else class_<c>."""
         return (self.names or {}).get(c) or f"class_{c}"
 
+    def table(self, label_map_hw: np.ndarray, naming: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """summary.json's `class_table`: one row per class present, {id, name (None: unnamed),
+        score and runner_up (a namer's, when it named the class), masks, pixels (of the H×W
+        label map, 0 = none, c + 1 = class c)}. naming: summary.json's naming["classes"]."""
+        n = self.n_clusters
+        pixels = np.bincount(np.asarray(label_map_hw).ravel(), minlength=n + 1)
+        masks = np.bincount(self.labels[self.labels >= 0], minlength=n)
+        named = {int(r["id"]): r for r in naming or [] if isinstance(r, dict) and "id" in r}
+        rows = []
+        for c in np.flatnonzero(masks):
+            c = int(c)
+            by_namer = named.get(c, {})
+            rows.append({"id": c, "name": (self.names or {}).get(c), "score": (self.scores or {}).get(c),
+                         "runner_up": by_namer.get("runner_up") if c in (self.scores or {}) else None,
+                         "masks": int(masks[c]), "pixels": int(pixels[c + 1])})
+        return rows
+
     def legend(self) -> dict[int, str]:
         """{c: "road 0.31"}: each named class's name and, when a namer gave it, its score (overlay legends)."""
         scores = self.scores or {}

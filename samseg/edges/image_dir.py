@@ -38,6 +38,7 @@ from samseg.edges.images import LoadedImage
 from samseg.core.types import ClusterResult, MaskSet
 
 from samseg.edges.layout import (  # noqa: F401 — the names readers import from here too
+    CLASS_TABLE,
     CLASSES_DIR,
     EMBEDDINGS_NPY,
     FEATURES_NPY,
@@ -173,7 +174,9 @@ def _write_all(d: Path, image, masks, embeddings, clusters, label_map, summary, 
         from samseg.edges.geo import write_geo_outputs
 
         write_geo_outputs(d, label_map, image.geo)
-    _write_json(d / SUMMARY_JSON, summary)
+    # every writer's summary gets its classes as written: ids, names, the namer's scores, masks, pixels
+    table = clusters.table(label_map, (summary.get("naming") or {}).get("classes"))
+    _write_json(d / SUMMARY_JSON, {**summary, CLASS_TABLE: table})
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

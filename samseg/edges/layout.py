@@ -17,6 +17,7 @@ MASKS_PARQUET = "masks.parquet"
 EMBEDDINGS_NPY = "embeddings.npy"
 FEATURES_NPY = "features.npy"
 SUMMARY_JSON = "summary.json"
+CLASS_TABLE = "class_table"  # summary.json's list of the classes as written (samseg.core.types.ClusterResult.table)
 LABELS_TIF = "labels.tif"  # GeoTIFF inputs: labels.png with the input's CRS and transform
 CLASSES_GEOJSON = "classes.geojson"  # GeoTIFF inputs: one (Multi)Polygon per class, WGS 84
 

@@ -15,21 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 
 from samseg.core.curation import Edit, apply_edits
 from samseg.edges.run_schema import DATASET_MODES, KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.publish import Tracking
 
-CLASS_NAMES, CLASS_TABLE, EDITS, EDITED_FROM = "class_names", "class_table", "edits", "edited_from"  # summary.json keys
-
-
-def class_table(labels: np.ndarray, label_map: np.ndarray, names: dict[int, str]) -> list[dict[str, Any]]:
-    """One row per class: id, name (class_<c> when it has none), masks, pixels of the label map."""
-    n = int(labels.max(initial=-1)) + 1
-    pixels = np.bincount(label_map.ravel(), minlength=n + 1)
-    return [{"id": c, "name": names.get(c) or f"class_{c}", "masks": int((labels == c).sum()), "pixels": int(pixels[c + 1])}
-            for c in range(n)]
+CLASS_NAMES, EDITS, EDITED_FROM = "class_names", "edits", "edited_from"  # summary.json keys
 
 
 def names_of(summary: dict[str, Any]) -> dict[int, str]:
@@ -64,13 +55,14 @@ def read_source(source: str, workdir: Path) -> tuple[Path, Optional[str]]:
 
 
 def show(source: str) -> list[dict[str, Any]]:
-    """The class table of an image dir or image run."""
+    """The class table of an image dir or image run (samseg.core.types.ClusterResult.table)."""
+    from samseg.core.types import ClusterResult
     from samseg.edges.image_dir import LABELS_PNG, read_image_dir, read_label_png, read_summary
 
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         d, _ = read_source(source, Path(tmp))
         _masks, _emb, labels = read_image_dir(d)
-        return class_table(labels, read_label_png(d / LABELS_PNG), names_of(read_summary(d)))
+        return ClusterResult(labels, names=names_of(read_summary(d))).table(read_label_png(d / LABELS_PNG))
 
 
 def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
@@ -93,9 +85,10 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
         image = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"])
         clusters = ClusterResult(new_labels, names=names)
         label_map = compose_labels(masks, clusters)
-        table = class_table(new_labels, label_map, names)
-        new = {**summary, "n_clusters": clusters.n_clusters, "n_noise": clusters.n_noise, "cluster_sizes": clusters.sizes(),
-               CLASS_NAMES: {str(c): n for c, n in names.items()}, CLASS_TABLE: table,
+        table = clusters.table(label_map)
+        # the namer's record names the source's ids: the edited classes' names are the person's (class_names)
+        new = {**{k: v for k, v in summary.items() if k != "naming"}, "n_clusters": clusters.n_clusters,
+               "n_noise": clusters.n_noise, "cluster_sizes": clusters.sizes(), CLASS_NAMES: {str(c): n for c, n in names.items()},
                EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], EDITED_FROM: run_id or (source if source.startswith("s3://") else str(d))}
         if new.pop("classes", None) in DATASET_MODES:  # edited alone, its ids are this image's own now
             new["rerun_of_dataset_ids"] = summary["classes"]

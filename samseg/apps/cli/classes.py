@@ -100,6 +100,7 @@ def _print_table(rows: list[dict[str, Any]], shown: Any) -> None:
     last = "IMAGES" if rows and "images" in rows[0] else "PIXELS"  # a dataset's class: the images it is in
     print(f"{'ID':>4}  {'NAME':30}  {'MASKS':>6}  {last:>10}")
     for r in rows:
-        print(f"{r['id']:>4}  {shown(r['name'])[:30]:30}  {r['masks']:>6}  {r[last.lower()]:>10}")
+        name = r["name"] or f"class_{r['id']}"  # an unnamed class
+        print(f"{r['id']:>4}  {shown(name)[:30]:30}  {r['masks']:>6}  {r[last.lower()]:>10}")
     if not rows:
         print("no classes", file=sys.stderr)

@@ -504,7 +504,7 @@ function initCuration(runId) {
       const link = $("#edits-link");
       link.href = res.run_url;
       link.textContent = res.run_id.slice(0, 8);
-      $("#edits-summary").textContent = res.classes.map((c) => `${c.id} ${c.name} (${c.masks} masks)`).join(" · ");
+      $("#edits-summary").textContent = res.classes.map((c) => `${c.id} ${c.name || `class_${c.id}`} (${c.masks} masks)`).join(" · ");
       $("#edits-result").hidden = false;
     } catch (e) {
       showProgress(prog, "");
