@@ -204,7 +204,7 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
         with _progress_bars(args, 1):
             state = segment_image_flow(image=uris[0], **common, return_state=True)
         try:
-            return _report_image(state.result())
+            return _report_entry(state.result())
         except Exception as exc:
             print_error(describe_failure(uris[0], exc))
             return 1
@@ -227,27 +227,19 @@ def _batch_failed(exc: Exception) -> int:
 
 
 def _report_entry(entry: dict[str, Any]) -> int:
-    """A single image's entry of the batch loop: its line and run id, or its one error line."""
+    """A single image's entry of the batch loop (local) or its flow's summary (Prefect): its line
+    and run id, or its one error line; the exit code."""
     from pathlib import PurePosixPath
 
-    if entry["status"] != "completed":
+    if entry.get("status", "completed") != "completed":
         print_error(entry["error"])
         return 1
-    print(_image_line(PurePosixPath(entry["image"]).name, entry, entry["out_dir"]))
+    uri = entry["image"]["uri"] if isinstance(entry["image"], dict) else entry["image"]
+    print(_image_line(PurePosixPath(uri).name, entry, entry["out_dir"]))
     if entry.get("mlflow_run_id"):
         print(f"MLflow run: {entry['mlflow_run_id']}")
     if entry.get("tracking_error"):
-        print_error(_untracked_line(entry["image"], entry["tracking_error"]))
-        return 1
-    return 0
-
-
-def _report_image(res: dict[str, Any]) -> int:
-    print(_image_line(res["image"]["file_name"], res, res["out_dir"]))
-    if res.get("mlflow_run_id"):
-        print(f"MLflow run: {res['mlflow_run_id']}")
-    if res.get("tracking_error"):
-        print_error(_untracked_line(res["image"]["uri"], res["tracking_error"]))
+        print_error(_untracked_line(uri, entry["tracking_error"]))
         return 1
     return 0
 
