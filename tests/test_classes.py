@@ -162,8 +162,10 @@ def test_a_dataset_batch_is_edited_across_all_its_images(dataset: Path, tmp_path
 def test_attack_a_dataset_edit_into_its_own_folder_or_of_an_unknown_class_writes_nothing(dataset: Path,
                                                                                        tmp_path: Path) -> None:
     before = (dataset / "alpha" / "labels.png").read_bytes()
-    rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "0", "--out", str(dataset), "--no-track"])
-    assert rc == 1 and err.count("error:") == 1 and "source batch's own folder" in err
+    for inside in (dataset, dataset / "alpha", dataset / "alpha" / "x"):  # the folder, or anywhere inside it
+        rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "0", "--out", str(inside), "--no-track"])
+        assert rc == 1 and err.count("error:") == 1 and "source batch's own folder" in err
+    assert not (dataset / "alpha" / "x").exists()
     rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "9", "--out", str(tmp_path / "x"), "--no-track"])
     assert rc == 1 and err.count("error:") == 1 and "class 9 is not a class" in err
     assert not (tmp_path / "x").exists() and (dataset / "alpha" / "labels.png").read_bytes() == before
@@ -188,6 +190,13 @@ def test_a_dataset_batch_and_an_image_dir_on_s3_are_read_from_their_manifests(da
     rc, text, err = run_cli(["classes", f"{out}/alpha"])  # one image dir on S3
     assert rc == 0, err
     assert [line.split()[:3] for line in text.splitlines()[1:]] == [["0", "class_0", "6"], ["1", "class_1", "4"]]
+
+
+def test_names_alone_keep_the_names_of_classes_absent_from_the_masks() -> None:
+    labels = np.array([0, 0, 1])  # class 2 of the table has no mask here (an assigned batch)
+    out, names = apply_edits(labels, np.eye(3, dtype=np.float32), parse_edits(rename=["0=x"]), SMOKE.cluster,
+                             {0: "a", 1: "b", 2: "c"}, renumbered=False)
+    assert list(out) == [0, 0, 1] and names == {0: "x", 1: "b", 2: "c"}
 
 
 def test_names_alone_keep_every_id_and_the_tables_rows(dataset: Path, tmp_path: Path) -> None:

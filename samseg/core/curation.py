@@ -155,7 +155,9 @@ def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit]
                 next_id += 1
         else:
             raise ValueError(f"unknown edit {e.op!r}")
-    final = renumber(out) if renumbered else out
+    if not renumbered:  # ids as the edits leave them: every name stays on its id (a class absent here too)
+        return out, {int(c): n for c, n in named.items() if n}
+    final = renumber(out)
     new_names = {}
     for old, name in named.items():
         where = np.flatnonzero(out == old)

@@ -227,6 +227,11 @@ class MaskSet:
         )
 
 
+def class_label(c: int, name: str | None = None) -> str:
+    """How a class is called wherever one is shown or exported: its name, else class_<c>."""
+    return name or f"class_{c}"
+
+
 @dataclass(frozen=True, eq=False)
 class ClusterResult:
     """labels: (N,) int64, -1 = noise, clusters numbered 0..n_clusters-1 by decreasing
@@ -242,14 +247,17 @@ class ClusterResult:
 
     def name(self, c: int) -> str:
         """Class c's name: the one it was given, else class_<c>."""
-        return (self.names or {}).get(c) or f"class_{c}"
+        return class_label(c, (self.names or {}).get(c))
 
     def table(self, label_map_hw: np.ndarray, naming: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """summary.json's `class_table`: one row per class present, {id, name (None: unnamed),
         score and runner_up (a namer's, when it named the class), masks, pixels (of the H×W
         label map, 0 = none, c + 1 = class c)}. naming: summary.json's naming["classes"]."""
         n = self.n_clusters
-        pixels = np.bincount(np.asarray(label_map_hw).ravel(), minlength=n + 1)
+        lab = np.asarray(label_map_hw)
+        pixels = np.zeros(n + 1, np.int64)
+        for top in range(0, lab.shape[0], 256):  # a band at a time: bincount widens to int64 (8 bytes a pixel)
+            pixels += np.bincount(lab[top:top + 256].ravel(), minlength=n + 1)[: n + 1]
         masks = np.bincount(self.labels[self.labels >= 0], minlength=n)
         named = {int(r["id"]): r for r in naming or [] if isinstance(r, dict) and "id" in r}
         rows = []

@@ -138,7 +138,8 @@ def shares_classes(results: list[ImageResult]) -> bool:
         mode = r.summary.get("classes")
         if mode not in DATASET_MODES:
             return False
-        sources.add(str(r.summary.get("classes_from") or r.out_dir.parent) if mode == "assigned" else str(r.out_dir.parent))
+        given = r.summary.get("classes_sha256") or r.summary.get("classes_from")  # the table itself, when recorded
+        sources.add(str(given or r.out_dir.parent) if mode == "assigned" else str(r.out_dir.parent))
     return len(sources) <= 1
 
 

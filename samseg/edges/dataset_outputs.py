@@ -30,6 +30,11 @@ from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM
 
 
 
+# summary.json keys naming the table an image's ids came from (--classes-from): not true once the
+# ids are another table's (a new fit, a person's edit), so those drop them
+CLASSES_FROM, CLASSES_SHA256 = "classes_from", "classes_sha256"
+
+
 class DatasetOutputsError(SamsegError, RuntimeError):
     """A batch whose outputs cannot be given dataset-level classes (one line)."""
 
@@ -175,7 +180,8 @@ def dataset_ids(summary: dict[str, Any], res: Any, table: Any, mode: str) -> tup
     counts, the classes present, the dataset's names of those (legend, masks.json, exports);
     mode "dataset" (the batch's own classes) or "assigned" (an earlier table's)."""
     present = sorted({int(c) for c in res.labels[res.labels >= 0]})  # the dataset's classes this image has
-    summary = {k: v for k, v in summary.items() if k not in ("class_names", "naming")}  # the image's own ids' names
+    stale = ("class_names", "naming", CLASSES_FROM, CLASSES_SHA256)  # the image's own ids' names, an earlier table's
+    summary = {k: v for k, v in summary.items() if k not in stale}
     summary.update(n_clusters=len(present), n_noise=res.n_noise, cluster_sizes=res.sizes(), classes_present=present,
                    classes=mode, dataset_n_classes=table.n_classes)
     named = {c: n for c, n in table.class_names.items() if c in present}
@@ -186,7 +192,7 @@ def dataset_ids(summary: dict[str, Any], res: Any, table: Any, mode: str) -> tup
         summary["naming"] = {**{k: v for k, v in table.naming.items() if k != "classes"},
                              "classes": [r for r in table.naming.get("classes", []) if int(r["id"]) in present]}
     if mode == "assigned":
-        summary["classes_from"] = assigned_from(table)
+        summary[CLASSES_FROM] = assigned_from(table)
     return summary, res
 
 

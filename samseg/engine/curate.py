@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 
 from samseg.core.curation import Edit, apply_edits
+from samseg.edges.dataset_outputs import CLASSES_FROM, CLASSES_SHA256
 from samseg.edges.run_schema import DATASET_MODES, KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.publish import Tracking
 
@@ -92,6 +93,8 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
                EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], EDITED_FROM: run_id or (source if source.startswith("s3://") else str(d))}
         if new.pop("classes", None) in DATASET_MODES:  # edited alone, its ids are this image's own now
             new["rerun_of_dataset_ids"] = summary["classes"]
+            for key in (CLASSES_FROM, CLASSES_SHA256):  # no longer that table's ids
+                new.pop(key, None)
         target = child_dir(Path(out), safe_dir_name(img["uri"]))
         if run_id is None and Path(out).resolve() == d.resolve().parent:  # the source's own OUT: its dir or a sibling's
             raise ValueError(f"--out {out} is the source's own output dir; write the edited run elsewhere")

@@ -40,7 +40,7 @@ class DatasetSource:
     table: Any
     run_id: Optional[str]
     where: str
-    wrote_to: Optional[str] = None  # the OUT its images were written to (a run's), never to be replaced by an edit
+    wrote_to: tuple[str, ...] = ()  # the OUTs its images were written to (a run's), never to be replaced by an edit
 
 
 def is_dataset_source(source: str) -> bool:
@@ -83,15 +83,16 @@ def read_dataset(source: str, workdir: Path) -> DatasetSource:
     if run.data.tags.get(TAG_CLASSES) not in DATASET_MODES:
         raise ValueError(f"MLflow run {source} is not a dataset batch (no dataset-level classes)")
     table = load_classes_from_run(source)
-    dirs, names, wrote_to = [], [], None
+    dirs, names, wrote_to = [], [], set()
     for image_run, name in batch_images(mlflow_client.client(), run).items():
         name = name or image_run
         fetch_run_inputs(image_run, _child(workdir, name))
         dirs.append(workdir / name)
         names.append(name)
         where = get_run(image_run).data.tags.get(TAG_OUT_DIR)
-        wrote_to = wrote_to or (str(where).rstrip("/").rsplit("/", 1)[0] if where else None)
-    return DatasetSource(dirs, names, table, source, source, wrote_to)
+        if where:
+            wrote_to.add(str(where).rstrip("/").rsplit("/", 1)[0])
+    return DatasetSource(dirs, names, table, source, source, tuple(sorted(wrote_to)))
 
 
 def _child(folder: Path, name: str) -> Path:
@@ -110,10 +111,7 @@ def show_dataset(source: str) -> list[dict[str, Any]]:
     from samseg.edges.storage import is_s3_uri, join_uri
 
     folder = Path(source).is_dir() or is_s3_uri(source)
-    t = load_class_table(join_uri(source, CLASSES_JSON)) if folder else load_classes_from_run(source)
-    names = t.class_names
-    return [{"id": c, "name": names.get(c) or f"class_{c}", "masks": int(t.sizes[c]), "images": len(t.image_counts[c])}
-            for c in range(t.n_classes)]
+    return _rows(load_class_table(join_uri(source, CLASSES_JSON)) if folder else load_classes_from_run(source))
 
 
 def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, record_dirs: bool = True,
@@ -134,9 +132,11 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
         raise ValueError(f"--out {out}: an edited dataset is written to a local folder (copy it to S3 after)")
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         src = read_dataset(source, Path(tmp))
-        for folder in (src.where, src.wrote_to):  # the source's OUT, or the OUT a source run wrote to
-            if folder and _same_folder(out, folder):
-                raise ValueError(f"--out {out} is the source batch's own folder ({folder}); write the edited batch elsewhere")
+        folders = (*([src.where] if src.where != src.run_id else []), *src.wrote_to)  # a folder source's, a run's OUTs
+        for folder in folders:
+            if _overlaps(out, folder):
+                raise ValueError(f"--out {out} is the source batch's own folder ({folder}) or inside it; "
+                                 "write the edited batch elsewhere")
         loaded = [read_image_dir(d) for d in src.dirs]  # (MaskSet, N×C embeddings, dataset ids)
         summaries = [read_summary(d) for d in src.dirs]
         cfg = ClusterConfig(**src.table.cluster) if src.table.cluster else ClusterConfig()
@@ -157,9 +157,15 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
                 from samseg.edges.mlflow.class_registry import register_classes
 
                 registered = register_classes(run_id, register, Path(out) / CLASSES_JSON)
-    rows = [{"id": c, "name": table.class_names.get(c) or f"class_{c}", "masks": int(table.sizes[c]),
-             "images": len(table.image_counts[c])} for c in range(table.n_classes)]
-    return {"out": out, "mlflow_run_id": run_id, "classes": rows, "registered": registered}
+    # a merge, split or drop refits the table on this batch's masks: classes it has no mask of are not kept
+    lost = [] if renames else [c for c in range(src.table.n_classes) if not (labels == c).any()]
+    return {"out": out, "mlflow_run_id": run_id, "classes": _rows(table), "registered": registered, "not_kept": lost}
+
+
+def _rows(table: Any) -> list[dict[str, Any]]:
+    """The CLI's and the UI's rows of a dataset's classes: id, name (None: unnamed), masks, images."""
+    return [{"id": c, "name": table.class_names.get(c), "masks": int(table.sizes[c]), "images": len(table.image_counts[c])}
+            for c in range(table.n_classes)]
 
 
 def _edited_table(src: DatasetSource, loaded: list[Any], summaries: list[dict[str, Any]], new_labels: np.ndarray,
@@ -254,7 +260,11 @@ def _track(out: str, src: DatasetSource, report: dict[str, Any], class_files: di
     return batch_id
 
 
-def _same_folder(a: str, b: str) -> bool:
-    if str(a).startswith("s3://") or str(b).startswith("s3://"):
-        return str(a).rstrip("/") == str(b).rstrip("/")
-    return Path(a).resolve() == Path(b).resolve()
+def _overlaps(out: str, folder: str) -> bool:
+    """True when writing a batch to `out` could replace files of `folder`: the same folder, one
+    inside the other (an image dir of it, or a folder holding it)."""
+    if str(out).startswith("s3://") or str(folder).startswith("s3://"):
+        a, b = str(out).rstrip("/") + "/", str(folder).rstrip("/") + "/"
+        return a.startswith(b) or b.startswith(a)
+    a, b = Path(out).resolve(), Path(folder).resolve()
+    return a.is_relative_to(b) or b.is_relative_to(a)

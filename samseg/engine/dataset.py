@@ -25,6 +25,7 @@ from samseg.edges.run_schema import KIND_IMAGE, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.runner import Execute, inline
 from samseg.engine.stages import WRITE
 from samseg.core.errors import one_line
+from samseg.edges.dataset_outputs import CLASSES_SHA256  # summary.json and the batch report: the table an image was assigned to
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,6 @@ def assigned_summary(summary: Any, run: Any, given: GivenClasses) -> Any:
 
     d = dataset_ids(summary.to_dict(), run.clusters, given.table, "assigned")[0]
     return RunSummary.from_dict({**d, CLASSES_SHA256: given.sha256})
-
-
-CLASSES_SHA256 = "classes_sha256"  # summary.json and the batch report: the table an image was assigned to
 
 
 def assigned_entry(summary: dict[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,9 @@ def run_classes(args: argparse.Namespace) -> int:
     where = res["out"] if dataset else res["out_dir"]
     kind = "MLflow batch run" if dataset else "MLflow run"
     print(f"-> {shown_name(where)}" + (f", {kind} {res['mlflow_run_id']}" if res["mlflow_run_id"] else ""))
+    if res.get("not_kept"):  # a merge, split or drop refits the table on this batch: say what it leaves out
+        print(f"warning: classes {', '.join(map(str, res['not_kept']))} of the source's table have no mask in this "
+              "batch: the edited table does not keep them (names alone keep every class)", file=sys.stderr)
     if res.get("registered"):
         print(f"registered: {res['registered']['model_uri']} (--classes-from {res['registered']['model_uri']})")
     return 0
@@ -99,8 +102,9 @@ def run_classes(args: argparse.Namespace) -> int:
 def _print_table(rows: list[dict[str, Any]], shown: Any) -> None:
     last = "IMAGES" if rows and "images" in rows[0] else "PIXELS"  # a dataset's class: the images it is in
     print(f"{'ID':>4}  {'NAME':30}  {'MASKS':>6}  {last:>10}")
+    from samseg.core.types import class_label
+
     for r in rows:
-        name = r["name"] or f"class_{r['id']}"  # an unnamed class
-        print(f"{r['id']:>4}  {shown(name)[:30]:30}  {r['masks']:>6}  {r[last.lower()]:>10}")
+        print(f"{r['id']:>4}  {shown(class_label(r['id'], r['name']))[:30]:30}  {r['masks']:>6}  {r[last.lower()]:>10}")
     if not rows:
         print("no classes", file=sys.stderr)

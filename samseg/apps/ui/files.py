@@ -89,6 +89,9 @@ class RunFiles:
         expected = run.data.tags.get(TAG_IMAGE_SHA256) or _image_field(summary, "sha256")
         if not uri or not expected or not self._allowed_input(uri):
             raise RunDataError(f"run {run_id}: {INPUT_REFUSED}")
+        # what a save re-reads is summary.json's image: it must be the one checked here
+        if (_image_field(summary, "uri") or uri, _image_field(summary, "sha256") or expected) != (uri, expected):
+            raise RunDataError(f"run {run_id}: {INPUT_REFUSED}")
         return uri, expected
 
     def load_image(self, run_id: str) -> Any:
