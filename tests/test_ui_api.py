@@ -594,3 +594,27 @@ def test_the_run_page_shows_the_names_a_run_gave_its_classes(client, mlflow_stor
     page = client.get(f"/runs/{new}", headers={"accept": "text/html"}).text
     assert '<b class="class-label">red &lt;door&gt;</b>' in page  # named, and escaped
     assert json.loads((tmp_path / "cur" / "alpha" / "summary.json").read_text())["class_names"] == {"0": "red <door>"}
+
+
+def test_the_curation_panel_shows_the_namers_score_of_each_named_class(client, mlflow_store, tmp_path):
+    import json
+    import re
+
+    from samseg.edges.image_dir import read_summary
+    from samseg.edges.mlflow.tracking import log_image_run
+
+    tmp, _, _ = mlflow_store
+    d = tmp_path / "named"
+    write_image_outputs(d, sorted((tmp / "images").glob("*.png"))[0], 0)
+    summary = read_summary(d)
+    summary["class_names"] = {"0": "road"}
+    summary["naming"] = {"namer": "tiny-random", "classes": [{"id": 0, "name": "road", "score": 0.8712, "runner_up": "sky"},
+                                                            {"id": 1, "name": None, "score": 0.2, "runner_up": "sea"}]}
+    (d / "summary.json").write_text(json.dumps(summary))
+    run_id = log_image_run(d, summary, experiment=EXPERIMENT)
+    page = client.get(f"/runs/{run_id}", headers={"accept": "text/html"}).text
+    rows = re.findall(r'<tr data-class="(\d+)">.*?</tr>', page, re.S)
+    assert rows == ["0", "1"]
+    row0 = re.search(r'<tr data-class="0">.*?</tr>', page, re.S).group(0)
+    row1 = re.search(r'<tr data-class="1">.*?</tr>', page, re.S).group(0)
+    assert ">0.87<" in row0 and "0.20" not in row1  # an unnamed class shows no score

@@ -211,9 +211,11 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
         named = cutout_name(c, names.get(str(c)))
         return named if named in held or cutout_name(c) not in held else cutout_name(c)
 
+    scores = {int(r["id"]): r["score"] for r in (summary.get("naming") or {}).get("classes", [])
+              if isinstance(r, dict) and r.get("name") and r.get("score") is not None}  # the namer's, for named classes
     classes = [
         {"id": c, "n_masks": n, "color": "#%02x%02x%02x" % class_color(c), "name": names.get(str(c)),
-         "cutout_url": f"/runs/{run_id}/files/{cutout(c)}"}
+         "score": scores.get(c) if names.get(str(c)) else None, "cutout_url": f"/runs/{run_id}/files/{cutout(c)}"}
         for c, n in enumerate(sizes) if n  # a dataset class this image does not have: no row, no cut-out
     ]
     noise = [int(i) for i in (labels < 0).nonzero()[0]]

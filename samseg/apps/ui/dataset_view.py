@@ -52,8 +52,10 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
     cov = table.image_coverage()
     row = store.dataset_row(run)
     names = table.class_names
+    scores = {int(r["id"]): r["score"] for r in table.naming.get("classes", []) if r.get("name") and r.get("score") is not None}
     classes = [
         {"id": c, "color": "#%02x%02x%02x" % class_color(c), "size": int(table.sizes[c]), "name": names.get(c),
+         "score": scores.get(c),
          "images": list(table.image_counts[c]), "image_counts": dict(table.image_counts[c]),
          "n_images": len(table.image_counts[c]), "image_coverage": round(float(cov[c]), 4),
          "radius": round(float(table.radii[c]), 4),
