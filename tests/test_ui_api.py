@@ -618,3 +618,15 @@ def test_the_curation_panel_shows_the_namers_score_of_each_named_class(client, m
     row0 = re.search(r'<tr data-class="0">.*?</tr>', page, re.S).group(0)
     row1 = re.search(r'<tr data-class="1">.*?</tr>', page, re.S).group(0)
     assert ">0.87<" in row0 and "0.20" not in row1  # an unnamed class shows no score
+
+
+@pytest.mark.parametrize("register, message", [("x/y", "a model name is"), ("", None)])
+def test_attack_register_names_a_dataset_batch_only_and_a_plain_model_name(client, mlflow_store, register, message):
+    _, run_a, _ = mlflow_store
+    edits = [{"op": "rename", "classes": [0], "name": "a"}]
+    r = client.post(f"/api/runs/{run_a}/classes", json={"edits": edits, "register": "good-name"})
+    assert r.status_code == 422 and "only a dataset batch" in r.json()["errors"]["register"]  # an image run
+    if message:  # the name is checked on a dataset run (the store's image run is refused first, as above)
+        from samseg.apps.ui.app import REGISTERED_NAME
+
+        assert not REGISTERED_NAME.fullmatch(register) and REGISTERED_NAME.fullmatch("ui-edited classes.v2")

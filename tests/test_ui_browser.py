@@ -439,11 +439,16 @@ def test_dataset_curation_by_clicking_then_the_saved_batch_and_its_export(page, 
     page.click("#merge-btn")
     page.fill('input.class-name[data-class="0"]', "things")
     page.press('input.class-name[data-class="0"]', "Tab")
+    page.fill("#register-name", "ui-edited-classes")  # and register the corrected classes
     page.locator("#classes-panel").screenshot(path=str(ARTIFACTS / "10-dataset-curation.png"))
     page.click("#save-edits-btn")
     page.wait_for_selector("#edits-result:not([hidden])")
     assert "things" in page.inner_text("#edits-summary")
+    assert page.inner_text("#edits-model") == "models:/ui-edited-classes/1"
     new = page.get_attribute("#edits-link", "href").rsplit("/", 1)[1]
+    from samseg.edges.dataset_outputs import load_class_table
+
+    assert load_class_table("models:/ui-edited-classes/1").class_names == {0: "things"}
 
     client = MlflowClient(ui_server["uri"])
     saved_run = client.get_run(new)

@@ -135,9 +135,11 @@ def save_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progres
     return {"run_id": new, "run_url": f"/runs/{new}", "classes": res["classes"]}
 
 
-def save_dataset_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progress) -> dict[str, Any]:
+def save_dataset_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progress,
+                       register: str | None = None) -> dict[str, Any]:
     """A dataset batch's classes edited across all its images (samseg.engine.curate_dataset),
-    logged as a new dataset batch run tagged with this one."""
+    logged as a new dataset batch run tagged with this one; `register`: the MLflow model name the
+    edited classes become a new version of."""
     from samseg.engine.curate_dataset import edit_dataset
     from samseg.engine.publish import Tracking
 
@@ -149,11 +151,12 @@ def save_dataset_edits(store: RunStore, run_id: str, edits: list[Any], progress:
     with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
         try:  # the image dirs are the new runs' artifacts: the records name the runs
             res = edit_dataset(run_id, edits, tmp, Tracking(experiment=_experiment_name(store, run_id)),
-                               record_dirs=False)
+                               record_dirs=False, register=register)
         except ValueError as exc:  # an unknown class id, ...: nothing was written
             raise RunDataError(str(exc)) from None
     new = res["mlflow_run_id"]
-    return {"run_id": new, "run_url": f"/runs/{new}", "classes": res["classes"]}
+    registered = (res.get("registered") or {}).get("model_uri")
+    return {"run_id": new, "run_url": f"/runs/{new}", "classes": res["classes"], "registered": registered}
 
 
 def _experiment_name(store: RunStore, run_id: str) -> str:

@@ -7,6 +7,8 @@ exemplar clicks, job progress and run picking for compare.
 
 from __future__ import annotations
 
+import re
+
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -110,6 +112,9 @@ def _add_token_guard(app: FastAPI, token: str | None) -> None:
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
+
+
+REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")  # an MLflow model name the UI registers
 
 
 def _error(request: Request, status: int, message: str, **extra: Any) -> Response:
@@ -342,8 +347,16 @@ def _add_api(app: FastAPI) -> None:
             edits = edits_from_json(body.get("edits"))
         except ValueError as exc:
             return _error(request, 422, str(exc))
-        save = actions.save_dataset_edits if store.is_dataset_run(run) else actions.save_edits  # a batch's: all its images
-        job = request.app.state.jobs.submit("classes", lambda p: save(store, run_id, edits, p))
+        register = body.get("register") or None  # a dataset batch's edited classes, as a model version
+        if not store.is_dataset_run(run):
+            if register is not None:
+                raise FormError({"register": "only a dataset batch's classes are registered"})
+            job = request.app.state.jobs.submit("classes", lambda p: actions.save_edits(store, run_id, edits, p))
+            return job.to_dict()
+        if register is not None and not (isinstance(register, str) and REGISTERED_NAME.fullmatch(register)):
+            raise FormError({"register": "a model name is 1 to 100 letters, digits, spaces, '.', '_' or '-'"})
+        job = request.app.state.jobs.submit("classes", lambda p: actions.save_dataset_edits(store, run_id, edits, p,
+                                                                                             register))
         return job.to_dict()
 
     @app.post("/api/runs/{run_id}/label-studio", status_code=202)

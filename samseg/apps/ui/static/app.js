@@ -498,13 +498,17 @@ function initCuration(runId) {
     showError(err, "");
     try {
       showProgress(prog, "submitting");
-      const job = await api("POST", `/api/runs/${runId}/classes`, { edits });
+      const reg = $("#register-name");
+      const body = reg && reg.value.trim() ? { edits, register: reg.value.trim() } : { edits };
+      const job = await api("POST", `/api/runs/${runId}/classes`, body);
       const res = (await waitForJob(job, (s) => showProgress(prog, s))).result;
       showProgress(prog, "");
       const link = $("#edits-link");
       link.href = res.run_url;
       link.textContent = res.run_id.slice(0, 8);
       $("#edits-summary").textContent = res.classes.map((c) => `${c.id} ${c.name || `class_${c.id}`} (${c.masks} masks)`).join(" · ");
+      $("#edits-registered").hidden = !res.registered;
+      if (res.registered) $("#edits-model").textContent = res.registered;
       $("#edits-result").hidden = false;
     } catch (e) {
       showProgress(prog, "");
