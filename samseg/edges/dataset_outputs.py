@@ -234,9 +234,14 @@ def pin_classes_ref(ref: str) -> str:
         from samseg.edges.mlflow.class_registry import pinned_version_uri
 
         return pinned_version_uri(ref)
-    if "://" not in ref and not ref.startswith("models:/") and (ref.endswith(".json") or Path(ref).is_file()):
+    if "://" not in ref and not ref.startswith("models:/") and _is_classes_file(ref):
         return os.path.abspath(ref)
     return ref
+
+
+def _is_classes_file(ref: str) -> bool:
+    """A classes.json path or URI (it ends with .json or is a file), not an MLflow run id."""
+    return str(ref).endswith(".json") or Path(ref).is_file()
 
 
 def load_class_table(ref: str) -> Any:
@@ -249,7 +254,7 @@ def load_class_table(ref: str) -> Any:
         from samseg.edges.mlflow.class_registry import load_registered_classes
 
         return load_registered_classes(str(ref))
-    if str(ref).endswith(".json") or Path(ref).is_file():
+    if _is_classes_file(ref):
         try:  # the classes.json of a batch that did not finish may not match that OUT's images
             check_complete(str(ref).rsplit("/", 1)[0] if str(ref).startswith("s3://") else str(Path(ref).parent), str(ref))
         except BatchIncomplete as exc:

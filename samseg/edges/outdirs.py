@@ -87,7 +87,8 @@ def child_dir(out: Path, name: str) -> Path:
     return Path(out) / name
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or lies under it, links resolved."""
     try:
         return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
     except (OSError, ValueError):
@@ -98,7 +99,7 @@ def check_replaceable(out_dir: Path, inputs: Iterable[str] = ()) -> None:
     """Raise OutputDirRefused unless `out_dir` is absent or samseg's own (module docstring)."""
     out_dir = Path(out_dir)
     for uri in inputs:
-        if not str(uri).startswith("s3://") and _is_inside(Path(uri), out_dir):
+        if not str(uri).startswith("s3://") and is_inside(Path(uri), out_dir):
             raise OutputDirRefused(f"{out_dir}: holds the input {uri}; choose another --out (samseg never deletes an input)")
     if not os.path.lexists(out_dir):
         return

@@ -266,5 +266,6 @@ def _overlaps(out: str, folder: str) -> bool:
     if str(out).startswith("s3://") or str(folder).startswith("s3://"):
         a, b = str(out).rstrip("/") + "/", str(folder).rstrip("/") + "/"
         return a.startswith(b) or b.startswith(a)
-    a, b = Path(out).resolve(), Path(folder).resolve()
-    return a.is_relative_to(b) or b.is_relative_to(a)
+    from samseg.edges.outdirs import is_inside
+
+    return is_inside(Path(out), Path(folder)) or is_inside(Path(folder), Path(out))
