@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow.pyfunc
 
@@ -64,8 +65,9 @@ def register_classes(batch_run_id: str, name: str, classes_json: str | Path) -> 
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-classes-model-") as tmp:
             path = Path(tmp) / MODEL_ARTIFACT
-            mlflow.pyfunc.save_model(str(path), python_model=ClassesModel(), artifacts={_CLASSES_KEY: str(classes_json)},
-                                     metadata=metadata, pip_requirements=["samseg"])
+            with _quiet_pyfunc():  # its advice to model authors (type hints, code paths) is not the user's business
+                mlflow.pyfunc.save_model(str(path), python_model=ClassesModel(), artifacts={_CLASSES_KEY: str(classes_json)},
+                                         metadata=metadata, pip_requirements=["samseg"])
             client.log_artifacts(batch_run_id, str(path), artifact_path=MODEL_ARTIFACT)
         try:
             client.create_registered_model(name)
@@ -94,6 +96,23 @@ def _version_source(model_uri: str) -> str:
             raise ValueError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
         version = client.get_model_version(name, number)
     return client.get_model_version_download_uri(version.name, version.version)
+
+
+@contextmanager
+def _quiet_pyfunc() -> Iterator[None]:
+    """mlflow.pyfunc's warnings and log lines about how a python_model is written, silenced."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def pinned_version_uri(model_uri: str) -> str:
