@@ -215,13 +215,12 @@ def test_same_stem_in_two_folders_writes_two_dirs(quick: Path, monkeypatch: pyte
 
 
 def test_weights_download_offline_is_one_line_saying_what_to_copy_where(monkeypatch: pytest.MonkeyPatch) -> None:
-    from samseg.sam.model import CheckpointError
+    from samseg.sam.weights import CheckpointError
 
-    def offline(model_type, *a, **k):
-        raise CheckpointError(f"could not download the {model_type} checkpoint (offline); put it there")
+    def offline(w, *a, **k):
+        raise CheckpointError(f"could not download the {w.name} checkpoint (offline); put it there")
 
-    monkeypatch.setattr("samseg.sam.model.download_checkpoint", offline)
-    monkeypatch.setattr("samseg.sam.backbones.download_backbone", offline)
+    monkeypatch.setattr("samseg.sam.weights.Weight.download", offline)
     rc, _, stderr = run_cli(["weights", "download", "vit_b"])
     assert rc == 1 and len(error_lines(stderr)) == 1
     line = error_lines(stderr)[0]
@@ -231,17 +230,24 @@ def test_weights_download_offline_is_one_line_saying_what_to_copy_where(monkeypa
     assert "did you mean dinov2-b" in run_cli(["weights", "download", "dinov2b"])[2]
 
 
+def test_weights_list_is_one_table_of_every_family() -> None:
+    """SAM checkpoints, feature backbones and class namers in one list (samseg.sam.registry)."""
+    rc, out, _ = run_cli(["weights", "list"])
+    rows = {line.split("\t")[0]: line.split("\t") for line in out.splitlines()}
+    assert rc == 0 and {"vit_h", "vit_b", "dinov2-b", "dinov3-b", "clip-b16"} <= set(rows)
+    assert "tiny-random" not in rows and "sam" not in rows  # nothing to download
+    assert rows["clip-b16"][1] in ("present", "missing") and rows["clip-b16"][2].endswith(".safetensors")
+
+
 def test_weights_download_preset_fetches_every_file_the_preset_needs(monkeypatch: pytest.MonkeyPatch,
                                                                      tmp_path: Path) -> None:
     got: list[str] = []
 
-    def fetched(name, *a, **k):
-        got.append(name)
-        return tmp_path / name
+    def fetched(w, *a, **k):
+        got.append(w.name)
+        return tmp_path / w.name
 
-    monkeypatch.setattr("samseg.sam.model.download_checkpoint", fetched)
-    monkeypatch.setattr("samseg.sam.backbones.download_backbone", fetched)
-    monkeypatch.setattr("samseg.sam.namer.download_namer", fetched)
+    monkeypatch.setattr("samseg.sam.weights.Weight.download", fetched)
     rc, out, _ = run_cli(["weights", "download", "--preset", "default"])
     assert rc == 0 and got == ["vit_h", "dinov2-b", "clip-b16"]  # SAM, the backbone and the namer
     assert out.split() == [str(tmp_path / n) for n in got]

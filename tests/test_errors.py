@@ -22,7 +22,7 @@ def _taxonomy() -> dict[str, type]:
     from samseg.edges.owned_files import BatchIncomplete, FilesRefused
     from samseg.edges.storage import StorageError, StorageNotFound, StorageRefused
     from samseg.engine.recluster import ReclusterError
-    from samseg.sam.model import CheckpointError
+    from samseg.sam.weights import CheckpointError
 
     return {c.__name__: c for c in (UsageError, ExportError, OutputsError, ImageError, LabelStudioError, TrackingError,
                                     BatchIncomplete, FilesRefused, StorageError, StorageNotFound, StorageRefused,

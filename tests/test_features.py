@@ -14,7 +14,7 @@ from samseg.core.backbones import BACKBONES, SAM, TINY_RANDOM, backbone_entry
 from samseg.core.config import DEFAULT, NOTEBOOK, SMOKE, ClusterConfig, FeaturesConfig, PipelineConfig, PoolConfig
 from samseg.core.pool import pool_embeddings
 from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
-from samseg.sam.model import CheckpointError
+from samseg.sam.weights import CheckpointError
 
 # ---------------------------------------------------------------- the registry and the config
 
@@ -180,6 +180,14 @@ def test_bf16_applies_to_the_backbone() -> None:
     assert cos.min() > 0.98  # the same features within bf16 rounding
 
 
+def backbone_weight(name: str):
+    """A backbone's row in the one weights factory (samseg.sam.weights)."""
+    from samseg.sam.backbones import BACKBONE_WEIGHTS
+    from samseg.sam.weights import weight
+
+    return weight(name, BACKBONE_WEIGHTS)
+
+
 def _save(net, path: Path) -> Path:
     from safetensors.torch import save_file
 
@@ -188,12 +196,12 @@ def _save(net, path: Path) -> Path:
 
 
 def test_features_checkpoint_loads_with_safetensors_and_its_hash_is_the_identity(tmp_path: Path, tiny_backbone) -> None:
-    from samseg.sam.backbones import build_backbone, load_backbone, weights_identity
+    from samseg.sam.backbones import build_backbone, load_backbone
     from samseg.sam.files import file_sha256
 
     path = _save(build_backbone(TINY_RANDOM, seed=7), tmp_path / "tiny.safetensors")
     loaded = load_backbone(TINY_RANDOM, checkpoint=path, device="cpu")
-    assert loaded.sha256 == file_sha256(path) == weights_identity(TINY_RANDOM, path)[1]
+    assert loaded.sha256 == file_sha256(path) == backbone_weight(TINY_RANDOM).identity(path)[1]
     seeded7 = build_backbone(TINY_RANDOM, seed=7).state_dict()
     for k, v in loaded.net.state_dict().items():
         assert (v == seeded7[k]).all(), k
@@ -281,14 +289,14 @@ def served_dinov2_s(tmp_path: Path, monkeypatch):
 def test_download_records_the_hash_and_a_later_swap_is_refused(home: Path, served_dinov2_s) -> None:
     import hashlib
 
-    from samseg.sam.backbones import download_backbone, load_backbone, weights_identity
+    from samseg.sam.backbones import load_backbone
 
     url, payload = served_dinov2_s
     with pytest.raises(CheckpointError, match="samseg weights download dinov2-s.*--features sam"):
-        weights_identity("dinov2-s")  # offline, not downloaded: one line naming both fixes
-    path = download_backbone("dinov2-s", url=url)
+        backbone_weight("dinov2-s").identity()  # offline, not downloaded: one line naming both fixes
+    path = backbone_weight("dinov2-s").download(url)
     sha = hashlib.sha256(payload).hexdigest()
-    assert path.read_bytes() == payload and weights_identity("dinov2-s") == (str(path), sha)
+    assert path.read_bytes() == payload and backbone_weight("dinov2-s").identity() == (str(path), sha)
     assert load_backbone("dinov2-s", device="cpu").sha256 == sha
     path.write_bytes(payload[: len(payload) // 2])  # truncated after download
     with pytest.raises(CheckpointError, match="is not the expected") as err:
@@ -300,13 +308,12 @@ def test_pinned_hash_mismatch_discards_the_download(home: Path, served_dinov2_s,
     import dataclasses
 
     from samseg.core import backbones
-    from samseg.sam.backbones import download_backbone, weights_path
-
+    
     url, _ = served_dinov2_s
     monkeypatch.setitem(backbones.BACKBONES, "dinov2-s", dataclasses.replace(backbones.BACKBONES["dinov2-s"], sha256="0" * 64))
     with pytest.raises(CheckpointError, match="expected 0000"):
-        download_backbone("dinov2-s", url=url)
-    assert not weights_path("dinov2-s").exists() and not list(weights_path("dinov2-s").parent.glob("*.part"))
+        backbone_weight("dinov2-s").download(url)
+    assert not backbone_weight("dinov2-s").path.exists() and not list(backbone_weight("dinov2-s").path.parent.glob("*.part"))
 
 
 def test_sam_has_no_backbone_to_load() -> None:
@@ -317,11 +324,11 @@ def test_sam_has_no_backbone_to_load() -> None:
 
 
 def test_seeded_identity_is_remembered_and_stable(home: Path) -> None:
-    from samseg.sam.backbones import load_backbone, weights_identity
+    from samseg.sam.backbones import load_backbone
 
-    first = weights_identity(TINY_RANDOM, seed=5)[1]
-    assert weights_identity(TINY_RANDOM, seed=5)[1] == first == load_backbone(TINY_RANDOM, device="cpu", seed=5).sha256
-    assert weights_identity(TINY_RANDOM, seed=6)[1] != first
+    first = backbone_weight(TINY_RANDOM).identity(seed=5)[1]
+    assert backbone_weight(TINY_RANDOM).identity(seed=5)[1] == first == load_backbone(TINY_RANDOM, device="cpu", seed=5).sha256
+    assert backbone_weight(TINY_RANDOM).identity(seed=6)[1] != first
 
 
 def test_cluster_config_of_with_features_keeps_other_knobs() -> None:
@@ -347,17 +354,15 @@ def _segment(tmp_path: Path, *flags: str) -> tuple[int, str, Path]:
 
 def test_cli_every_missing_weight_is_named_in_one_line_before_any_image(tmp_path: Path, home: Path,
                                                                        monkeypatch) -> None:
-    from samseg.sam.model import CheckpointError
+    from samseg.sam.weights import CheckpointError
 
     tried: list[str] = []
 
-    def offline(name, *a, **k):  # no test touches the network
-        tried.append(name)
-        raise CheckpointError(f"could not download {name} (offline); its own hint")
+    def offline(w, *a, **k):  # no test touches the network
+        tried.append(w.name)
+        raise CheckpointError(f"could not download {w.name} (offline); its own hint")
 
-    monkeypatch.setattr("samseg.sam.model.download_checkpoint", offline)
-    monkeypatch.setattr("samseg.sam.backbones.download_backbone", offline)
-    monkeypatch.setattr("samseg.sam.namer.download_namer", offline)
+    monkeypatch.setattr("samseg.sam.weights.Weight.download", offline)
     rc, err, out = _segment(tmp_path, "--model", "vit_b", "--features", "dinov2-b")
     assert rc == 1 and err.count("error:") == 1 and "Traceback" not in err
     assert tried == ["vit_b", "dinov2-b", "clip-b16"]  # each tried once (first use), not once per image

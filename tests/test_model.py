@@ -20,21 +20,18 @@ import pytest
 import torch
 
 from samseg.sam import model as model_mod
-from samseg.sam.model import (
-    MODEL_TYPES,
-    MODELS,
-    CheckpointError,
-    CheckpointInfo,
-    CheckpointWarning,
-    build_tiny_random,
-    checkpoint_path,
-    download_checkpoint,
-    file_sha256,
-    load_model,
-    samseg_home,
-    select_device,
-    state_dict_sha256,
-)
+from samseg.sam.files import file_sha256, samseg_home
+from samseg.sam.model import MODEL_TYPES, MODELS, SAM_WEIGHTS, build_tiny_random, load_model, select_device
+from samseg.sam.weights import CheckpointError, CheckpointWarning, WeightsFile, state_dict_sha256, weight
+
+
+def checkpoint_path(model_type: str, home=None) -> Path:
+    return weight(model_type, SAM_WEIGHTS, home).path
+
+
+def download_checkpoint(model_type: str, home=None, url=None) -> Path:
+    """A SAM checkpoint through the one weights factory (samseg.sam.weights)."""
+    return weight(model_type, SAM_WEIGHTS, home).download(url)
 
 PAYLOAD = b"not really a checkpoint, just bytes to download\n" * 1000
 
@@ -44,7 +41,7 @@ PAYLOAD = b"not really a checkpoint, just bytes to download\n" * 1000
 
 def test_registry_pins_meta_checkpoints() -> None:
     assert MODEL_TYPES == ("vit_h", "vit_l", "vit_b", "tiny-random")
-    assert MODELS["vit_h"].checkpoint == CheckpointInfo(
+    assert MODELS["vit_h"].checkpoint == WeightsFile(
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
         "sam_vit_h_4b8939.pth",
         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
@@ -64,7 +61,7 @@ def test_a_row_is_all_the_registry_knows(monkeypatch, tmp_path) -> None:
     from samseg.sam.model import ModelEntry, downloadable_types
     from samseg.sam.source import ModelRequest, ModelSource
 
-    info = CheckpointInfo("http://127.0.0.1:9/unused", "new_model.pth", "ab" * 32, 10)
+    info = WeightsFile("http://127.0.0.1:9/unused", "new_model.pth", "ab" * 32, 10)
     monkeypatch.setitem(MODELS, "new_model", ModelEntry(build_tiny_random, info, embed_dim=32))
     monkeypatch.setattr(model_mod, "MODEL_TYPES", tuple(MODELS))
     assert "new_model" in downloadable_types() and "tiny-random" not in downloadable_types()
@@ -77,7 +74,7 @@ def test_a_row_is_all_the_registry_knows(monkeypatch, tmp_path) -> None:
 def test_unknown_model_type_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown model type 'vit_x'"):
         load_model("vit_x")
-    with pytest.raises(ValueError, match="no official checkpoint"):
+    with pytest.raises(ValueError, match="seeded weights; there is nothing to download"):
         download_checkpoint("tiny-random")
 
 
@@ -160,7 +157,7 @@ def server(tmp_path: Path):
 
 
 def _fake_entry(monkeypatch: pytest.MonkeyPatch, sha256: str, url: str = "http://127.0.0.1:9/unused") -> None:
-    info = CheckpointInfo(url=url, filename="sam_vit_b_01ec64.pth", sha256=sha256, size=len(PAYLOAD))
+    info = WeightsFile(url=url, filename="sam_vit_b_01ec64.pth", sha256=sha256, size=len(PAYLOAD))
     monkeypatch.setitem(MODELS, "vit_b", dataclasses.replace(MODELS["vit_b"], checkpoint=info))
 
 
@@ -255,10 +252,10 @@ def test_pinned_hash_is_accepted_without_warning(monkeypatch, tmp_path) -> None:
     _fake_entry(monkeypatch, hashlib.sha256(PAYLOAD).hexdigest())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert model_mod._resolve_checkpoint("vit_b", path) == (path, hashlib.sha256(PAYLOAD).hexdigest())
+        assert weight("vit_b", SAM_WEIGHTS).identity(path) == (str(path), hashlib.sha256(PAYLOAD).hexdigest())
     _fake_entry(monkeypatch, "f" * 64)
     with pytest.warns(CheckpointWarning, match="f" * 64):
-        model_mod._resolve_checkpoint("vit_b", path)
+        weight("vit_b", SAM_WEIGHTS).identity(path)
 
 
 def test_garbage_checkpoint_is_a_clear_error(tmp_path) -> None:
@@ -302,3 +299,20 @@ def test_a_failed_load_is_answered_from_memory_then_tried_again(monkeypatch) -> 
     now[0] += source.RETRY_AFTER_S
     assert source._once(loaded, "k", load) == "model" and len(calls) == 2
     assert source._once(loaded, "k", load) == "model" and len(calls) == 2  # loaded once, kept
+
+
+# --------------------------------------------------------------------------- the one weights factory
+
+
+@pytest.mark.parametrize("family", ["sam", "backbone", "namer"])
+def test_every_family_identifies_and_loads_seeded_weights_the_same_way(family, tmp_path, monkeypatch) -> None:
+    """SAM, a feature backbone and a namer go through one factory: the identity a cached run
+    records without building the model is the hash of the weights the load builds."""
+    from samseg.sam.registry import families_by_lookup
+
+    monkeypatch.setenv("SAMSEG_HOME", str(tmp_path))
+    w = weight("tiny-random", {f.name: f for f in families_by_lookup()}[family])
+    sha = w.identity(seed=3)[1]
+    assert f"seeded:{family}:tiny-random:seed=3:" in (tmp_path / "checkpoint-sha256.json").read_text()  # remembered
+    model, path, loaded = w.load(seed=3)
+    assert path is None and loaded == sha == state_dict_sha256(model) != w.identity(seed=4)[1]

@@ -125,21 +125,21 @@ def choose_names(model: str, have: Callable[[str], bool], probe: Callable[[str],
 def _have(name: str) -> bool:
     """Its weights file is there. Not hashed here: the segment run's load verifies the sha256 anyway
     (and fetches a good copy when it does not match)."""
-    from samseg.sam.weights import weight
+    from samseg.sam.registry import find
 
-    return weight(name).present
+    return find(name).present
 
 
 def _probe(name: str) -> str | None:
-    from samseg.sam.weights import weight
+    from samseg.sam.registry import find
 
-    return reachable(weight(name).url)
+    return reachable(find(name).url)
 
 
 def _download(name: str) -> object:
-    from samseg.sam.weights import weight
+    from samseg.sam.registry import find
 
-    return weight(name).download()  # .part + sha256 + atomic rename: no partial file stays
+    return find(name).download()  # .part + sha256 + atomic rename: no partial file stays
 
 
 def main(argv: list[str]) -> int:

@@ -84,8 +84,8 @@ class SegmentJob:
 
     def fetch_weights(self) -> None:
         """Every weights file this job reads, downloaded now if missing (first use); when some
-        cannot be, one CheckpointError lists them all (samseg.sam.weights)."""
-        from samseg.sam.weights import ensure
+        cannot be, one CheckpointError lists them all (samseg.sam.registry)."""
+        from samseg.sam.registry import ensure
 
         names = self.cfg.names
         ensure(self.cfg.model_type, self.cfg.features.name, self.runtime.checkpoint, self.runtime.features_checkpoint,

@@ -3,9 +3,8 @@ from a sha256-checked safetensors file, and encode an image into a C×gh×gw pat
 
 Weights never run code: the file is read with safetensors (tensors only), never torch.hub
 (which executes the downloaded repository) nor timm's `pretrained=True` (which fetches at
-will). A row whose hash this release pins is verified against it; a row not pinned yet has the
-hash of its first download recorded beside the file (`<file>.sha256`) and every later load
-checks the file against it, so a truncated or swapped file is refused, not silently used.
+will). Where the file is kept, how it downloads and how it is verified is the one weights
+factory's (samseg.sam.weights); this module says how a backbone is built and read (BACKBONE_WEIGHTS).
 
 timm / torch are imported inside functions: the CLI imports this module at startup.
 """
@@ -13,7 +12,6 @@ timm / torch are imported inside functions: the CLI imports this module at start
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -22,15 +20,7 @@ import numpy as np
 
 from samseg.core.backbones import SAM, BackboneEntry, backbone_entry
 from samseg.core.types import EncodedImage, ImageGeometry
-from samseg.sam.files import remember, remembered, remembered_sha256, samseg_home
-from samseg.sam.model import (  # noqa: F401 — RECORDED: the tests read it here
-    RECORDED,
-    CheckpointError,
-    CheckpointInfo,
-    CheckpointWarning,
-    expected_sha256,
-    fetch_verified,
-)
+from samseg.sam.weights import CheckpointError, Family, WeightsFile, weight
 
 log = logging.getLogger(__name__)
 
@@ -60,81 +50,9 @@ def _timm_row(name: str) -> BackboneEntry:
     return entry
 
 
-def weights_path(name: str, home: str | Path | None = None) -> Path:
-    """Where backbone `name`'s weights file is (or would be) kept: $SAMSEG_HOME/checkpoints/."""
-    return Path(home if home is not None else samseg_home()) / "checkpoints" / _timm_row(name).filename
-
-
-def _offline_hint(name: str) -> str:
-    return (f"run `samseg weights download {name}` (or copy the file there), pass --features-checkpoint FILE, "
-            "or use --features sam")
-
-
-def download_backbone(name: str, home: str | Path | None = None, url: str | None = None) -> Path:
-    """The verified local weights of backbone `name`, downloaded if missing (`url` overrides the
-    row's: tests serve a file from loopback). Names the licence; CheckpointError in one line."""
-    entry = _timm_row(name)
-    if not entry.downloadable:
-        raise ValueError(f"backbone {name!r} has seeded weights; there is nothing to download")
-    info = CheckpointInfo(url or entry.url or "", entry.filename, entry.sha256, entry.size)
-    return fetch_verified(info, weights_path(name, home), f"the {name} backbone weights ({entry.timm_name})",
-                          entry.licence, _offline_hint(name), validate=lambda part: _fits(name, part))
-
-
-def _fits(name: str, path: Path) -> None:
-    """CheckpointError unless `path` parses as safetensors and fits backbone `name`'s model."""
-    _load_weights(build_backbone(name), path, name)
-
-
-def _verified(name: str, path: Path) -> str:
-    """The sha256 of the downloaded file `path`, checked against the pinned or recorded hash."""
-    entry = _timm_row(name)
-    sha = remembered_sha256(path)
-    want = expected_sha256(path, entry.sha256)
-    if want is None:
-        raise CheckpointError(f"{path}: no recorded sha256 (not downloaded by samseg); {_offline_hint(name)}")
-    if sha != want:
-        raise CheckpointError(f"{path}: sha256 {sha} is not the expected {want} (truncated or replaced); {_offline_hint(name)}")
-    return sha
-
-
-def weights_identity(name: str, checkpoint: str | Path | None = None, seed: int = 0) -> tuple[Optional[str], str]:
-    """(path, sha256) of the weights backbone `name` would load, without loading them: what the
-    cache keys and the summary record. A missing download is CheckpointError now, naming the fix."""
-    entry = _timm_row(name)
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"{path}: features checkpoint file not found")
-        sha = remembered_sha256(path)
-        if entry.sha256 is not None and sha != entry.sha256:
-            msg = f"{path}: sha256 {sha} is not the pinned {name} {entry.sha256}; using it anyway"
-            log.warning(msg)
-            warnings.warn(msg, CheckpointWarning, stacklevel=2)
-        return str(path), sha
-    if entry.seeded:
-        return None, _seeded_sha256(name, seed)
-    path = weights_path(name)
-    if entry.sha256 is not None:  # pinned: the load downloads and verifies it
-        return str(path), entry.sha256
-    if not path.is_file():
-        raise CheckpointError(f"{name} weights are not downloaded ({path}); {_offline_hint(name)}")
-    return str(path), _verified(name, path)
-
-
-def _seeded_sha256(name: str, seed: int) -> str:
-    """The state_dict hash of seeded weights, remembered per (name, seed, torch and timm versions)."""
-    from importlib import metadata
-
-    versions = ",".join(f"{d}={metadata.version(d)}" for d in ("torch", "timm"))
-    key = f"seeded-backbone:{name}:seed={seed}:{versions}"
-    sha = remembered(key)
-    if sha is None:
-        from samseg.sam.model import state_dict_sha256
-
-        sha = state_dict_sha256(build_backbone(name, seed))
-        remember(key, sha)
-    return sha
+def _fix(name: str, path: Path) -> str:
+    return (f"run `samseg weights download {name}` (or copy {path.name} to {path.parent}/), pass --features-checkpoint "
+            "FILE, or use --features sam")
 
 
 def build_backbone(name: str, seed: int = 0) -> Any:
@@ -154,7 +72,7 @@ def build_backbone(name: str, seed: int = 0) -> Any:
 _IGNORED_KEYS = ("head.weight", "head.bias")
 
 
-def _load_weights(net: Any, path: Path, name: str) -> None:
+def _read_safetensors(net: Any, path: Path, name: str) -> None:
     """safetensors (tensors only, no code) + a strict fit; any failure is one CheckpointError line."""
     from safetensors.torch import load_file
 
@@ -187,20 +105,13 @@ def load_backbone(name: str, checkpoint: str | Path | None = None, device: str |
     """Build backbone `name`, load its weights (the given file, else the verified download —
     downloaded now if pinned and missing — else the seeded ones), move it to `device` in
     `precision` (fp32 | bf16 | fp16 | auto, as SAM's: samseg.sam.precision)."""
-    from samseg.sam.model import select_device, state_dict_sha256
+    from samseg.sam.model import select_device
     from samseg.sam.precision import resolve_precision, torch_dtype
 
     entry = _timm_row(name)
     dev = select_device(device)
     resolved = resolve_precision(precision, dev)
-    net = build_backbone(name, seed)
-    if checkpoint is None and entry.seeded:
-        path, sha = None, state_dict_sha256(net)
-    else:
-        if checkpoint is None and entry.sha256 is not None and not weights_path(name).is_file():
-            download_backbone(name)
-        path, sha = weights_identity(name, checkpoint, seed)
-        _load_weights(net, Path(path or ""), name)
+    net, path, sha = weight(name, BACKBONE_WEIGHTS).load(checkpoint, seed)
     net.eval().to(dev, dtype=torch_dtype(resolved))
     cfg = net.pretrained_cfg
     log.info("loaded backbone %s (%s) on %s in %s (weights sha256 %s)", name, entry.timm_name, dev, resolved, sha)
@@ -241,3 +152,14 @@ def encode_features(backbone: LoadedBackbone, rgb_hw3: np.ndarray, long_side: in
         raise RuntimeError(f"{backbone.name} returned {patches.shape[0]} patch tokens for a {gh}×{gw} grid")
     features = patches.T.reshape(-1, gh, gw).cpu().numpy()  # C×gh×gw, channels-first like SAM's
     return EncodedImage(features=np.ascontiguousarray(features, dtype=np.float32), geometry=geometry)
+
+
+def _backbone_row(name: str) -> tuple[Optional[WeightsFile], str]:
+    entry = _timm_row(name)
+    file = WeightsFile(entry.url, entry.filename, entry.sha256, entry.size) if entry.url else None
+    return file, entry.licence
+
+
+# Feature backbones in the one weights factory (samseg.sam.weights): safetensors, a strict fit
+BACKBONE_WEIGHTS = Family("backbone", _backbone_row, lambda name, seed: build_backbone(name, seed), _read_safetensors,
+                          "backbone weights", "--features-checkpoint", _fix, ("torch", "timm"))

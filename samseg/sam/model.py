@@ -1,9 +1,10 @@
-"""Model loading: SAM checkpoints (pinned, hash-verified downloads) and the tiny-random test model.
+"""The SAM model registry and its loading: the official checkpoints (downloaded and verified by the
+one weights factory, samseg.sam.weights) and the tiny-random test model.
 
 `load_model(model_type, checkpoint=None, device=None) -> LoadedModel` is the only entry
 point the pipeline needs. Real models (`vit_h`, `vit_l`, `vit_b`) are built from
 `segment_anything.sam_model_registry` with `checkpoint=None` and the weights are then
-loaded here with `torch.load(..., weights_only=True)`, so a checkpoint file can never run
+read (SAM_WEIGHTS) with `torch.load(..., weights_only=True)`, so a checkpoint file can never run
 pickled code.
 
 `tiny-random` is a seeded, randomly initialised SAM with tiny dims (32 channels instead
@@ -17,10 +18,7 @@ module at startup.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -28,37 +26,16 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
 
-from samseg.core.errors import SamsegError
 from samseg.core.backbones import TINY_RANDOM
-from samseg.sam.files import file_sha256, remembered_sha256, samseg_home
+from samseg.sam.weights import CheckpointError, Family, WeightsFile, weight
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-_CHUNK = 1 << 20  # 1 MiB read/hash chunks: large enough to be fast, small enough for a smooth progress bar
 
 
-class CheckpointError(SamsegError, RuntimeError):
-    """A checkpoint could not be found, downloaded, verified or loaded (one-line message)."""
-
-
-class CheckpointWarning(UserWarning):
-    """A local checkpoint's sha256 is not the pinned one for its model type (accepted anyway)."""
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """An official weights file: download URL, file name, pinned sha256 (hex), size in bytes.
-    sha256/size None: not pinned by this release (a feature backbone's Hub file, samseg.sam.backbones)."""
-
-    url: str
-    filename: str
-    sha256: Optional[str]
-    size: Optional[int]
-
-
-def _official(filename: str, sha256: str, size: int) -> CheckpointInfo:
-    return CheckpointInfo(url=CHECKPOINT_BASE_URL + filename, filename=filename, sha256=sha256, size=size)
+def _official(filename: str, sha256: str, size: int) -> WeightsFile:
+    return WeightsFile(url=CHECKPOINT_BASE_URL + filename, filename=filename, sha256=sha256, size=size)
 
 
 @dataclass(frozen=True)
@@ -70,7 +47,7 @@ class ModelEntry:
     patch_size: pixels per feature cell; embed_dim: channels per cell (the embeddings' width)."""
 
     build: Callable[[int], "Sam"]
-    checkpoint: CheckpointInfo | None = None
+    checkpoint: WeightsFile | None = None
     input_size: int = 1024
     patch_size: int = 16
     embed_dim: int = 256
@@ -130,146 +107,9 @@ class LoadedModel:
     kernels: str = "fast"  # resolved: which code runs the encoder and decoder (samseg.sam.kernels)
 
 
-def checkpoint_path(model_type: str, home: str | Path | None = None) -> Path:
-    """Where the official checkpoint of `model_type` is (or would be) cached."""
-    info = official_checkpoint(model_type)
-    return Path(home if home is not None else samseg_home()) / "checkpoints" / info.filename
-
-
 def check_model_type(model_type: str) -> None:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {model_type!r}; choose one of: {', '.join(MODEL_TYPES)}")
-
-
-def official_checkpoint(model_type: str) -> CheckpointInfo:
-    """The row's official checkpoint (ValueError when the type has none: tiny-random)."""
-    info = model_entry(model_type).checkpoint
-    if info is None:
-        raise ValueError(f"model type {model_type!r} has no official checkpoint to download")
-    return info
-
-
-def download_checkpoint(model_type: str, home: str | Path | None = None, url: str | None = None) -> Path:
-    """Return the verified cached checkpoint of `model_type`, downloading it if needed.
-
-    Streams into `<file>.part` while hashing; the file gets its final name (os.replace)
-    only when the sha256 matches the pinned one. A cached file that already matches is not
-    downloaded again; one that does not match is replaced. `url` overrides the download URL
-    (tests serve a small file from a loopback server).
-    Raises CheckpointError (one line, naming the expected path) on any failure.
-    """
-    info = official_checkpoint(model_type)
-    dest = checkpoint_path(model_type, home)
-    if dest.is_file():
-        actual = file_sha256(dest)
-        if actual == info.sha256:
-            return dest
-        log.warning("cached %s has sha256 %s, expected %s; downloading again", dest, actual, info.sha256)
-    download_verified(url or info.url, dest, info, f"the {model_type} checkpoint",
-                      f"put {dest.name} at {dest} or pass --checkpoint PATH")
-    return dest
-
-
-RECORDED = ".sha256"  # beside a download whose hash this release does not pin: the hash every later load checks
-
-
-def expected_sha256(path: Path, pinned: Optional[str]) -> Optional[str]:
-    """The sha256 `path` must have: the pinned one, else the one recorded beside it at its first download."""
-    if pinned:
-        return pinned
-    recorded = path.with_name(path.name + RECORDED)
-    return recorded.read_text(encoding="utf-8").strip() if recorded.is_file() else None
-
-
-def fetch_verified(info: CheckpointInfo, dest: Path, what: str, licence: str, hint: str,
-                   validate: Callable[[Path], None]) -> Path:
-    """`dest` when it holds its expected hash and passes `validate` (a file an older samseg recorded as
-    trusted is checked again, not kept for good); else downloaded (`download_verified`, the licence
-    named first) and, when this release pins no hash, its sha256 recorded beside it."""
-    if dest.is_file():
-        want = expected_sha256(dest, info.sha256)
-        try:
-            if want is None or remembered_sha256(dest) != want:
-                raise CheckpointError(f"{dest}: sha256 is not the {'pinned' if info.sha256 else 'recorded'} one "
-                                      "(truncated, replaced, or not downloaded by samseg)")
-            validate(dest)
-            return dest
-        except CheckpointError as exc:
-            log.warning("%s; downloading again", exc)
-            dest.with_name(dest.name + RECORDED).unlink(missing_ok=True)
-    log.warning("%s: under the %s", what, licence)
-    sha = download_verified(info.url, dest, info, what, hint, validate=validate)
-    if info.sha256 is None:
-        dest.with_name(dest.name + RECORDED).write_text(sha + "\n", encoding="utf-8")
-        log.warning("%s: sha256 %s recorded (this samseg release pins no hash for it: compare it with the file's "
-                    "page on the Hugging Face Hub)", dest, sha)
-    return dest
-
-
-# The most an unpinned download may be (a row with no pinned size): over any weights file a
-# registry row names (ViT-g DINOv2, 4.5 GB), far under an endless stream filling the disk.
-MAX_DOWNLOAD_BYTES = 6 * 2**30
-
-
-def download_verified(url: str, dest: Path, info: CheckpointInfo, what: str, hint: str,
-                      validate: Optional[Callable[[Path], None]] = None) -> str:
-    """Stream `url` into `dest` (via `<dest>.part`); returns the file's sha256. The file gets its
-    final name only when it is whole: as long as the server's Content-Length, no longer than the
-    row's size (or MAX_DOWNLOAD_BYTES), matching the pinned sha256 where there is one, and passing
-    `validate(part)` (a backbone: parses as safetensors and fits its model) — so an HTML page
-    served with 200, or a body cut short, is never kept as weights. Any failure is one
-    CheckpointError line naming `what`, the URL and `hint`; the partial file is deleted."""
-    import http.client
-    import shutil
-    import urllib.error
-    import urllib.request
-
-    from tqdm import tqdm
-
-    part = dest.with_name(dest.name + ".part")
-    bound = int(info.size * 1.01) if info.size else MAX_DOWNLOAD_BYTES
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dest.parent).free
-        if info.size is not None and free < info.size:  # refuse now, not after gigabytes
-            raise CheckpointError(f"{dest.parent}: {free / 2**30:.1f} GiB free, {what} needs "
-                                  f"{info.size / 2**30:.1f} GiB; {hint}")
-        h = hashlib.sha256()
-        got = 0
-        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-            length = int(resp.headers.get("Content-Length") or 0) or None
-            if length is not None and length > bound:
-                raise CheckpointError(f"{url} offers {length:,} bytes for {what}, more than the {bound:,} it can be; "
-                                      f"nothing kept; {hint}")
-            with tqdm(total=length or info.size, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name) as bar:
-                for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                    got += len(chunk)
-                    if got > bound:
-                        raise CheckpointError(f"{url} sent more than {bound:,} bytes for {what}; download discarded; {hint}")
-                    h.update(chunk)
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        if length is not None and got != length:
-            raise CheckpointError(f"{url} sent {got:,} of the {length:,} bytes it announced for {what} (cut short); "
-                                  f"download discarded; {hint}")
-        actual = h.hexdigest()
-        if info.sha256 is not None and actual != info.sha256:
-            raise CheckpointError(f"downloaded {url} has sha256 {actual}, expected {info.sha256}; file discarded")
-        if validate is not None:
-            validate(part)
-    except CheckpointError as exc:
-        part.unlink(missing_ok=True)
-        raise CheckpointError(str(exc).replace(str(part), f"the download from {url}")) from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        part.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-        raise CheckpointError(f"could not download {what} from {url} ({reason}); {hint}") from exc
-    except BaseException:  # Ctrl-C mid-download: never leave a half-written .part behind
-        part.unlink(missing_ok=True)
-        raise
-    os.replace(part, dest)
-    log.info("downloaded %s (sha256 %s)", dest, actual)
-    return actual
 
 
 def select_device(requested: str | None = None) -> str:
@@ -334,20 +174,7 @@ def build_tiny_random(seed: int = 0) -> "Sam":
     return sam.eval()
 
 
-def state_dict_sha256(sam: Any) -> str:
-    """Hex sha256 over the state_dict in key order: each key, dtype, shape and raw bytes.
-    Deterministic for identical weights; independent of device."""
-    import torch
-
-    h = hashlib.sha256()
-    for key, tensor in sam.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _load_weights(sam: Any, path: Path, model_type: str) -> None:
+def _read_checkpoint(sam: Any, path: Path, model_type: str) -> None:
     """torch.load(weights_only=True) + strict load_state_dict; any failure → CheckpointError naming the file."""
     import torch
 
@@ -362,25 +189,6 @@ def _load_weights(sam: Any, path: Path, model_type: str) -> None:
         sam.load_state_dict(state)
     except Exception as exc:
         raise CheckpointError(f"{path}: weights do not fit the {model_type} architecture (wrong model type or not a SAM checkpoint)") from exc
-
-
-def _resolve_checkpoint(model_type: str, checkpoint: str | Path | None) -> tuple[Path, str]:
-    """(path, sha256) of the weights to load; warns when a given file is not the pinned one."""
-    pinned = model_entry(model_type).checkpoint
-    if checkpoint is None:
-        path = download_checkpoint(model_type)
-        return path, official_checkpoint(model_type).sha256
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    sha = remembered_sha256(path)
-    log.info("checkpoint %s sha256 %s", path, sha)
-    if pinned is None or sha != pinned.sha256:
-        expected = f"the pinned {pinned.sha256}" if pinned else f"any pinned hash ({model_type} has none)"
-        msg = f"{path}: sha256 {sha} is not {expected}; using it anyway"
-        log.warning(msg)
-        warnings.warn(msg, CheckpointWarning, stacklevel=3)
-    return path, sha
 
 
 def load_model(
@@ -407,21 +215,14 @@ def load_model(
     from samseg.sam.precision import resolve_precision, set_precision
 
     tune_malloc()  # before the first big tensor (samseg.sam.malloc: no page faults per decoder chunk)
-    entry = model_entry(model_type)
     dev = select_device(device)
     resolved = resolve_precision(precision, dev)
     chosen = resolve_kernels(kernels, dev)
-    sam = entry.build(seed)
-    if checkpoint is None and entry.checkpoint is None:  # seeded weights: their hash is the identity
-        path, sha = None, state_dict_sha256(sam)
-    else:
-        path, sha = _resolve_checkpoint(model_type, checkpoint)
-    if path is not None:
-        _load_weights(sam, path, model_type)
+    sam, path, sha = weight(model_type, SAM_WEIGHTS).load(checkpoint, seed)
     sam.eval().to(dev)
     set_precision(sam, resolved)
     log.info("loaded %s on %s in %s, %s kernels (weights sha256 %s)", model_type, dev, resolved, chosen, sha)
-    return LoadedModel(sam=sam, model_type=model_type, checkpoint_path=None if path is None else str(path),
+    return LoadedModel(sam=sam, model_type=model_type, checkpoint_path=path,
                        checkpoint_sha256=sha, device=dev, precision=resolved, kernels=chosen)
 
 
@@ -434,3 +235,15 @@ register_model("vit_b", ModelEntry(_segment_anything_builder("vit_b"), _official
     "sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383)))
 # SAM's geometry (1024-px input, 16-px patches: a 64×64 grid) with 32 channels instead of 256
 register_model(TINY_RANDOM, ModelEntry(build_tiny_random, embed_dim=32))
+
+
+def _sam_row(model_type: str) -> tuple[Optional[WeightsFile], str]:
+    from samseg.core.backbones import BACKBONES, SAM
+
+    return model_entry(model_type).checkpoint, BACKBONES[SAM].licence
+
+
+# SAM checkpoints in the one weights factory (samseg.sam.weights): torch.load(weights_only=True), strict
+SAM_WEIGHTS = Family("sam", _sam_row, lambda name, seed: model_entry(name).build(seed), _read_checkpoint, "checkpoint",
+                     "--checkpoint", lambda name, path: f"put {path.name} at {path} or pass --checkpoint PATH",
+                     ("torch", "segment_anything", "segment-anything"))

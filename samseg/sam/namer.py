@@ -22,7 +22,7 @@ import numpy as np
 
 from samseg.core.namers import TEMPLATES, namer_entry, pick_names
 from samseg.sam.files import samseg_home
-from samseg.sam.model import CheckpointError
+from samseg.sam.weights import CheckpointError, Family, WeightsFile, weight
 
 log = logging.getLogger(__name__)
 _CROP_BATCH = 16
@@ -38,10 +38,6 @@ class LoadedNamer:
     std: tuple[float, float, float]
     sha256: str
     texts: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)  # vocabulary -> V×D, normalised
-
-
-def weights_path(name: str) -> Path:
-    return samseg_home() / "checkpoints" / namer_entry(name).filename
 
 
 def _build(name: str, seed: int = 0) -> Any:
@@ -67,11 +63,7 @@ def _build(name: str, seed: int = 0) -> Any:
     return model.eval()
 
 
-def _fits(name: str, path: Path) -> None:
-    _load_state(_build(name), path)
-
-
-def _load_state(model: Any, path: Path) -> None:
+def _read_safetensors(model: Any, path: Path, _name: str) -> None:
     from safetensors.torch import load_file
 
     try:
@@ -82,19 +74,6 @@ def _load_state(model: Any, path: Path) -> None:
         raise CheckpointError(f"{path}: not this namer's safetensors weights ({first[:200]})") from None
 
 
-def download_namer(name: str, url: Optional[str] = None) -> Path:
-    """The verified weights of namer `name`, downloaded if missing (the licence named); CheckpointError in one line."""
-    from samseg.sam.model import CheckpointInfo, fetch_verified
-
-    entry = namer_entry(name)
-    if not entry.downloadable:
-        raise ValueError(f"namer {name!r} has seeded weights; there is nothing to download")
-    dest = weights_path(name)
-    info = CheckpointInfo(url or entry.url or "", entry.filename, entry.sha256, entry.size)
-    return fetch_verified(info, dest, f"the {name} namer weights ({entry.open_clip_name})", entry.licence,
-                          f"copy {dest.name} to {dest.parent}/ or use --names none", validate=lambda part: _fits(name, part))
-
-
 _LOADED: dict[tuple[str, str, int], LoadedNamer] = {}
 _LOCK = threading.Lock()
 
@@ -103,8 +82,6 @@ def load_namer(name: str, device: Optional[str] = None, seed: int = 0) -> Loaded
     """Namer `name` on `device` (cpu when None), loaded once per process."""
     import open_clip
 
-    from samseg.sam.model import state_dict_sha256
-
     from samseg.sam.model import select_device
 
     dev = select_device(device)  # as SAM's: cuda when there is one
@@ -112,17 +89,9 @@ def load_namer(name: str, device: Optional[str] = None, seed: int = 0) -> Loaded
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
-        entry = namer_entry(name)
-        model = _build(name, seed)
-        if entry.seeded:
+        if namer_entry(name).seeded:
             log.warning("namer %s has random weights: its class names are MEANINGLESS (tests and plumbing only)", name)
-            sha = state_dict_sha256(model)
-        else:
-            path = download_namer(name)
-            _load_state(model, path)
-            from samseg.sam.files import remembered_sha256
-
-            sha = remembered_sha256(path)
+        model, _path, sha = weight(name, NAMER_WEIGHTS).load(None, seed)
         size = model.visual.image_size
         size = int(size[0] if isinstance(size, (tuple, list)) else size)
         mean = tuple(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
@@ -264,3 +233,14 @@ def name_classes(namer: LoadedNamer, rgb: np.ndarray, masks: Any, labels: np.nda
     image_kd = class_embeddings(namer, rgb, masks, labels, embeddings_nc, classes, per_class, crops)
     rows = pick_names(image_kd, text_embeddings(namer, names), names, min_prob)
     return dict(zip(classes, rows))
+
+
+def _namer_row(name: str) -> tuple[Optional[WeightsFile], str]:
+    entry = namer_entry(name)
+    file = WeightsFile(entry.url or "", entry.filename, entry.sha256, entry.size) if entry.downloadable else None
+    return file, entry.licence
+
+
+# Namers in the one weights factory (samseg.sam.weights): safetensors, a strict fit
+NAMER_WEIGHTS = Family("namer", _namer_row, _build, _read_safetensors, "namer weights", "--names",
+                       lambda name, path: f"copy {path.name} to {path.parent}/ or use --names none", ("torch", "open_clip_torch"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from samseg.core.backbones import SAM
@@ -155,9 +154,9 @@ def _identify(r: ModelRequest) -> ModelIdentity:
     """The identity without loading weights or importing torch where it can: the device is
     recorded as asked ("auto" until a stage loads the model; then the loaded model's), and
     only precision "auto" or "fp16" needs the device resolved now."""
-    from samseg.sam.model import CheckpointError, model_entry
+    from samseg.sam.model import SAM_WEIGHTS
+    from samseg.sam.weights import weight
 
-    official = model_entry(r.model_type).checkpoint
     device = r.device or "auto"
     precision = r.precision
     if precision in ("auto", "fp16"):  # auto picks per device; fp16 must be refused off CUDA now
@@ -168,41 +167,9 @@ def _identify(r: ModelRequest) -> ModelIdentity:
         precision = resolve_precision(precision, device)
     backbone: tuple[str, str, Optional[str]] = (SAM, "", None)
     if r.features != SAM:  # a missing download fails here, in one line, before any stage runs
-        from samseg.sam.backbones import weights_identity
+        from samseg.sam.backbones import BACKBONE_WEIGHTS
 
-        path, sha = weights_identity(r.features, r.features_checkpoint, r.seed)
+        path, sha = weight(r.features, BACKBONE_WEIGHTS).identity(r.features_checkpoint, r.seed)
         backbone = (r.features, sha, path)
-    if r.checkpoint is not None:
-        from samseg.sam.files import remembered_sha256
-
-        path = Path(r.checkpoint).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found")
-        return ModelIdentity(r.model_type, remembered_sha256(path), str(path), device, precision, *backbone)
-    if official is not None:  # official weights: the load verifies the pinned sha256
-        from samseg.sam.model import checkpoint_path
-
-        return ModelIdentity(r.model_type, official.sha256, str(checkpoint_path(r.model_type)), device, precision, *backbone)
-    return ModelIdentity(r.model_type, _seeded_sha256(r), None, device, precision, *backbone)
-
-
-def _seeded_sha256(r: ModelRequest) -> str:
-    """The state_dict sha256 of seeded weights (tiny-random), remembered per (type, seed,
-    torch and segment_anything versions): the same seed on the same libraries builds the
-    same weights, so a cached run need not build them (nor import torch)."""
-    from importlib import metadata
-
-    from samseg.sam.files import remember, remembered
-
-    versions = []
-    for dist in ("torch", "segment_anything", "segment-anything"):
-        try:
-            versions.append(f"{dist}={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue
-    key = f"seeded:{r.model_type}:seed={r.seed}:" + ",".join(versions)
-    sha = remembered(key)
-    if sha is None:
-        sha = ModelSource(r).get().checkpoint_sha256
-        remember(key, sha)
-    return sha
+    path, sha = weight(r.model_type, SAM_WEIGHTS).identity(r.checkpoint, r.seed)
+    return ModelIdentity(r.model_type, sha, path, device, precision, *backbone)

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from samseg.core.backbones import TINY_RANDOM
-from samseg.sam.model import CheckpointError
+from samseg.sam.weights import CheckpointError
+
+
+def _dinov2_s():
+    """dinov2-s's row in the one weights factory (samseg.sam.weights)."""
+    from samseg.sam.backbones import BACKBONE_WEIGHTS
+    from samseg.sam.weights import weight
+
+    return weight("dinov2-s", BACKBONE_WEIGHTS)
 
 
 def _save(net, path: Path) -> Path:
@@ -65,68 +73,65 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _nothing_kept() -> None:
-    from samseg.sam.backbones import RECORDED, weights_path
+    from samseg.sam.weights import RECORDED
 
-    path = weights_path("dinov2-s")
+    path = _dinov2_s().path
     assert not path.exists() and not path.with_name(path.name + RECORDED).exists()
     assert not list(path.parent.glob("*.part")) if path.parent.exists() else True
 
 
 def test_a_body_cut_short_of_its_content_length_is_deleted_and_named(home: Path, server) -> None:
-    from samseg.sam.backbones import download_backbone
 
     url, answer, good = server
     answer.update(body=good[: len(good) // 2], length=len(good))
     with pytest.raises(CheckpointError, match="dinov2-s") as err:
-        download_backbone("dinov2-s", url=url)
+        _dinov2_s().download(url)
     assert "\n" not in str(err.value) and url in str(err.value)
     _nothing_kept()
 
 
 def test_an_html_page_served_with_status_200_is_not_kept_as_weights(home: Path, server) -> None:
-    from samseg.sam.backbones import download_backbone
 
     url, answer, _ = server
     page = b"<!doctype html><html><body>Sign in to continue</body></html>"
     answer.update(body=page, length=len(page))
     with pytest.raises(CheckpointError, match="not a safetensors weights file") as err:
-        download_backbone("dinov2-s", url=url)
+        _dinov2_s().download(url)
     assert "the download from" in str(err.value) and ".part" not in str(err.value)
     _nothing_kept()
 
 
 def test_an_endless_stream_for_an_unpinned_row_stops_at_the_bound(home: Path, server, monkeypatch) -> None:
-    from samseg.sam import model
-    from samseg.sam.backbones import download_backbone
+    from samseg.sam import weights
 
     url, answer, _ = server
-    monkeypatch.setattr(model, "MAX_DOWNLOAD_BYTES", 4 << 20)
+    monkeypatch.setattr(weights, "MAX_DOWNLOAD_BYTES", 4 << 20)
     answer.update(body=b"\0" * (1 << 20), length=None, repeat=64)  # 64 MiB, no Content-Length
     with pytest.raises(CheckpointError, match="sent more than"):
-        download_backbone("dinov2-s", url=url)
+        _dinov2_s().download(url)
     _nothing_kept()
 
 
 def test_a_content_length_over_the_bound_is_refused_before_the_body(home: Path, server, monkeypatch) -> None:
-    from samseg.sam import model
-    from samseg.sam.backbones import download_backbone
+    from samseg.sam import weights
 
     url, answer, good = server
-    monkeypatch.setattr(model, "MAX_DOWNLOAD_BYTES", len(good) - 1)
+    monkeypatch.setattr(weights, "MAX_DOWNLOAD_BYTES", len(good) - 1)
     with pytest.raises(CheckpointError, match="offers"):
-        download_backbone("dinov2-s", url=url)
+        _dinov2_s().download(url)
     _nothing_kept()
 
 
 def test_a_bad_file_an_older_samseg_recorded_is_downloaded_again(home: Path, server) -> None:
-    from samseg.sam.backbones import RECORDED, download_backbone, load_backbone, weights_path
+    from samseg.sam.backbones import load_backbone
+    from samseg.sam.weights import RECORDED
 
     url, _, good = server
-    path = weights_path("dinov2-s")
+    path = _dinov2_s().path
     path.parent.mkdir(parents=True)
     path.write_bytes(b"<html>not weights</html>")
     path.with_name(path.name + RECORDED).write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
-    assert download_backbone("dinov2-s", url=url).read_bytes() == good
+    assert _dinov2_s().download(url).read_bytes() == good
     assert load_backbone("dinov2-s", device="cpu").sha256 == hashlib.sha256(good).hexdigest()
 
 

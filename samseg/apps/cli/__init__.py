@@ -258,12 +258,9 @@ def _add_segment_parser(sub: Any) -> None:
 
 def _weights_names() -> tuple[str, ...]:
     """What `samseg weights download` takes: SAM checkpoints, feature backbones, class namers."""
-    from samseg.core.backbones import BACKBONES
-    from samseg.core.namers import NAMERS
-    from samseg.sam.model import downloadable_types
+    from samseg.sam.registry import downloadable
 
-    return (*downloadable_types(), *(name for name, row in BACKBONES.items() if row.downloadable),
-            *(name for name, row in NAMERS.items() if row.downloadable))
+    return tuple(w.name for w in downloadable())
 
 
 def _weights_name(name: str) -> str:
@@ -301,22 +298,20 @@ def _run_weights_download(args: argparse.Namespace) -> int:
     fetched named together in one line at the end (exit 1)."""
     from samseg.apps.cli.common import UsageError
     from samseg.core.config import get_preset
-    from samseg.sam.model import CheckpointError
-    from samseg.sam.weights import Weight, missing_message, needed, weight
+    from samseg.sam.registry import find, missing_message, needed
+    from samseg.sam.weights import CheckpointError, Weight
 
-    names = list(args.names)
+    wanted = [find(name) for name in args.names]
     if args.preset is not None:
         try:
             cfg = get_preset(args.preset)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        names += [w.name for w in needed(cfg.model_type, cfg.features.name,
-                                         namer=cfg.names.namer if cfg.names.enabled else None)]
-    if not names:
+        wanted += needed(cfg.model_type, cfg.features.name, namer=cfg.names.namer if cfg.names.enabled else None)
+    if not wanted:
         raise UsageError("name the weights (e.g. vit_b dinov2-b) or --preset NAME")
     failed: list[tuple[Weight, CheckpointError]] = []
-    for name in dict.fromkeys(names):
-        w = weight(name)
+    for name, w in {w.name: w for w in wanted}.items():
         print(f"{name}: licence {w.licence}", file=sys.stderr)
         try:
             print(w.download())
@@ -329,18 +324,11 @@ def _run_weights_download(args: argparse.Namespace) -> int:
 
 
 def _run_weights_list(args: argparse.Namespace) -> int:
-    from samseg.core.backbones import BACKBONES, SAM
-    from samseg.sam.backbones import weights_path
-    from samseg.sam.model import checkpoint_path, downloadable_types
+    from samseg.sam.registry import downloadable
 
-    for model_type in downloadable_types():
-        path = checkpoint_path(model_type)
-        print(f"{model_type}\t{'present' if path.is_file() else 'missing'}\t{path}\t{BACKBONES[SAM].licence}")
-    for name, row in BACKBONES.items():
-        if row.downloadable:
-            path = weights_path(name)
-            pinned = "" if row.sha256 else " [sha256 not pinned: recorded at download]"
-            print(f"{name}\t{'present' if path.is_file() else 'missing'}\t{path}\t{row.licence}{pinned}")
+    for w in downloadable():
+        pinned = "" if w.file and w.file.sha256 else " [sha256 not pinned: recorded at download]"
+        print(f"{w.name}\t{'present' if w.present else 'missing'}\t{w.path}\t{w.licence}{pinned}")
     return 0
 
 

@@ -90,7 +90,7 @@ def _backbone(model: Any, name: str) -> tuple[Any, Optional[Callable[[], Any]]]:
     """(the parent's identity with backbone `name`, its loader): the UI re-pools with a backbone
     whose weights are here; SAM's own features (`sam`) come from the stage cache only."""
     from samseg.core.backbones import SAM
-    from samseg.sam.model import CheckpointError
+    from samseg.sam.weights import CheckpointError
     from samseg.sam.source import ModelRequest, ModelSource
 
     if name == SAM:

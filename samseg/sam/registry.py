@@ -1,0 +1,98 @@
+"""The one weights registry: every family's rows (SAM checkpoints, feature backbones, class
+namers) by name, and what a run needs fetched before its first image.
+
+The rows and their loading are samseg.sam.weights'; this module only looks across the three
+registries, so `samseg weights list|download`, the demo, the UI's features menu and a run's
+`ensure` see one table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from samseg.sam.backbones import BACKBONE_WEIGHTS
+from samseg.sam.model import SAM_WEIGHTS
+from samseg.sam.namer import NAMER_WEIGHTS
+from samseg.sam.weights import CheckpointError, Family, Weight, WeightsFile, weight
+
+
+def find(name: str) -> Weight:
+    """The downloadable row of a bare name: a namer (`clip-b16`), a feature backbone (`dinov2-b`)
+    or a SAM type (`vit_b`); a name no family has a file of is SAM's (ValueError if unknown)."""
+    *firsts, last = families_by_lookup()
+    family = next((f for f in firsts if _file_of(f, name) is not None), last)
+    return weight(name, family)
+
+
+def _file_of(family: Family, name: str) -> Optional[WeightsFile]:
+    try:
+        return family.row(name)[0]
+    except ValueError:
+        return None
+
+
+def families_by_lookup() -> list[Family]:
+    """The families, in the order a bare name is looked up in."""
+    return [NAMER_WEIGHTS, BACKBONE_WEIGHTS, SAM_WEIGHTS]
+
+
+def downloadable() -> list[Weight]:
+    """Every row that has a file to download, family by family (`samseg weights list`)."""
+    from samseg.core.backbones import BACKBONES
+    from samseg.core.namers import NAMERS
+    from samseg.sam.model import MODELS
+
+    out = []
+    for fam, names in ((SAM_WEIGHTS, MODELS), (BACKBONE_WEIGHTS, BACKBONES), (NAMER_WEIGHTS, NAMERS)):
+        for n in names:
+            try:
+                w = weight(n, fam)
+            except ValueError:  # sam: SAM's own encoder, not a backbone with a file
+                continue
+            if w.file is not None:
+                out.append(w)
+    return out
+
+
+def needed(model_type: str, features: str = "sam", checkpoint: Optional[str] = None,
+           features_checkpoint: Optional[str] = None, namer: Optional[str] = None) -> list[Weight]:
+    """The downloadable weights a run with this model, feature backbone and namer reads (a file
+    given with --checkpoint / --features-checkpoint, and seeded weights, need none)."""
+    from samseg.core.backbones import SAM, BACKBONES
+
+    wanted = [(model_type, SAM_WEIGHTS, checkpoint)]
+    if features != SAM and features in BACKBONES:
+        wanted.append((features, BACKBONE_WEIGHTS, features_checkpoint))
+    if namer is not None:
+        wanted.append((namer, NAMER_WEIGHTS, None))
+    return [w for name, fam, given in wanted if given is None and (w := weight(name, fam)).file is not None]
+
+
+def ensure(model_type: str, features: str = "sam", checkpoint: Optional[str] = None,
+           features_checkpoint: Optional[str] = None, namer: Optional[str] = None) -> None:
+    """Download every missing weight the run needs; when some cannot be fetched, one
+    CheckpointError names them all, the command that fetches them and where to copy them."""
+    failed: list[tuple[Weight, CheckpointError]] = []
+    for w in needed(model_type, features, checkpoint, features_checkpoint, namer):
+        if not w.present:
+            try:
+                w.download()
+            except CheckpointError as exc:
+                failed.append((w, exc))
+    if failed:
+        raise CheckpointError(missing_message(failed))
+
+
+def missing_message(failed: list[tuple[Weight, CheckpointError]]) -> str:
+    """One line: which weights, why the first could not be fetched, the command, what to copy where."""
+    names = [w.name for w, _ in failed]
+    reason = " ".join(str(failed[0][1]).split()).rsplit("; ", 1)[0]  # without its own hint: the fix is below
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    folders: dict[Path, list[str]] = {}
+    for w, _ in failed:
+        folders.setdefault(w.path.parent, []).append(w.path.name)
+    where = "; ".join(f"{' and '.join(files)} to {folder}/" for folder, files in folders.items())
+    return (f"missing weights: {', '.join(names)} ({reason}). Copy {where} "
+            f"(`samseg weights download {' '.join(names)}` fetches them on a machine that reaches the hosts)")
