@@ -1,7 +1,7 @@
 """Prefect flows `segment-image`, `segment-shard` and `segment-batch` (deployments/prefect.yaml).
 
-Thin adapters over samseg.engine, every step run as its Prefect task: segment_image_flow is
-engine.segment_one; segment_shard_flow is the engine's batch loop over a list of images;
+Thin adapters over samseg.engine, every step run as its Prefect task: segment_image_flow and
+segment_shard_flow are the engine's batch loop over one image and over a list of images;
 segment_batch_flow lists the images, opens the MLflow batch run and runs them in its own
 run, or split in shards that run as `segment` deployment runs on any worker
 (flows.fanout). One bad image fails alone; the batch finishes the rest and lists the failures.
@@ -21,7 +21,7 @@ from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW, 
 from samseg.engine.batch import ClassesRequest, run_batch
 from samseg.engine.publish import Tracking
 from samseg.engine.request import SegmentJob
-from samseg.engine.segment import segment_one, segment_overlapped, start_one
+from samseg.engine.segment import ImageFailed, segment_overlapped, start_one
 
 log = logging.getLogger(__name__)
 FanOut = Literal["auto", "local", "deployment"]
@@ -44,16 +44,18 @@ def segment_image_flow(
     name: Optional[str] = None,
     batch_resumed: bool = False,
 ) -> dict[str, Any]:
-    """Segment one image (path or s3:// URI) into OUT/<name>/; returns its summary.
+    """Segment one image (path or s3:// URI) into OUT/<name>/ through the batch loop, as a
+    batch of one (no batch run, no batch_summary.json); returns its report entry. A failed
+    image fails the flow run with its one line (ImageFailed).
 
-    batch_run_id: the MLflow run of the batch this image belongs to (its run is nested);
-    batch_resumed: that run was resumed after a kill (images already logged are not logged again).
-    name: output dir name (None = the file stem); a batch passes samseg.edges.outdirs.unique_names' name.
-    """
-    tracking = Tracking(track=track, experiment=experiment, nested_under=batch_run_id, resumed=batch_resumed)
-    job = segment_job(settings, runtime, out, tracking)
-    with shutdown.relayed():
-        return segment_one(image, job, name, execute=prefect_execute, flow_run_id=flow_run_id())
+    batch_run_id: an MLflow batch run this image's run is nested under; batch_resumed: that run
+    was resumed after a kill (an image already logged is not logged again). name: output dir
+    name (None = the file stem)."""
+    [entry] = segment_images([image], out, None if name is None else [name], settings, runtime, track, experiment,
+                             batch_run_id, batch_resumed)
+    if entry["status"] != "completed":
+        raise ImageFailed(entry["error"])
+    return entry
 
 
 @flow(name=SHARD_FLOW, log_prints=True)

@@ -277,9 +277,16 @@ def test_s3_unreachable_retries_then_one_clear_error(prefect_api, local_env, sma
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-not-real")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    state = segment_image_flow(image=str(small_photos / "bears.jpg"), out="s3://nowhere-bucket/run1",
-                               settings=smoke_settings(), runtime=runtime(local_env / "cache"), track=False,
-                               return_state=True)
+    args = dict(image=str(small_photos / "bears.jpg"), out="s3://nowhere-bucket/run1", settings=smoke_settings(),
+                runtime=runtime(local_env / "cache"), track=False, return_state=True)
+    # the batch loop looks at OUT before any compute: an unreachable endpoint fails there, in one line
+    state = segment_image_flow(**args)
+    with pytest.raises(Exception, match="s3://nowhere-bucket/run1: list failed") as info:
+        state.result()
+    assert "\n" not in str(info.value).strip() and not list((local_env / "cache").glob("encode/*/*"))
+    # an endpoint lost between that look and the write: the write task retries, then one clear error
+    monkeypatch.setattr("samseg.edges.outdirs.refused_outputs", lambda *a, **k: {})
+    state = segment_image_flow(**args)
     assert state.is_failed()
     with pytest.raises(Exception) as info:
         state.result()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any, Callable, Optional
 
-from samseg.core.errors import one_line  # noqa: F401 — the one formatter; engine callers import it from here
+from samseg.core.errors import SamsegError, one_line  # noqa: F401 — one_line: engine callers import it from here
 from samseg.engine import progress
 from samseg.engine.publish import publish
 from samseg.engine.request import SegmentJob
@@ -19,6 +19,11 @@ from samseg.engine.summary import summarize
 from samseg.sam.source import ModelSource
 
 READ_STEP = "read-image"
+
+
+class ImageFailed(SamsegError):
+    """The one image of a run failed: its message is the batch loop's one line for it (a
+    single-image flow run ends FAILED with it)."""
 
 
 def read_image(uri: str) -> Any:
@@ -72,12 +77,6 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
         return {**summary.to_dict(), **where}
 
     return finish
-
-
-def segment_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Execute = inline,
-                flow_run_id: Optional[str] = None) -> dict[str, Any]:
-    """Segment one image into OUT/<name>/ and log it (`start_one`, then its publish step)."""
-    return start_one(uri, job, name, execute, flow_run_id)()
 
 
 StartFn = Callable[[str, str], Callable[[], dict[str, Any]]]  # (uri, output name) -> start_one's publish step
@@ -172,7 +171,7 @@ def describe_failure(uri: str, exc: BaseException) -> str:
     from samseg.edges.images import ImageError
     from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.storage import StorageError
-    from samseg.sam.model import CheckpointError
+    from samseg.sam.weights import CheckpointError
 
     if isinstance(exc, (ImageError, OutputsError, StorageError, CheckpointError, TrackingError)):
         message = str(exc)

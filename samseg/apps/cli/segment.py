@@ -137,7 +137,7 @@ def _check_model(job: Any) -> bool:
     except a --features-checkpoint file: it is loaded now, so a file of another backbone (or not
     a weights file) is one line before any image, not one per image."""
     from samseg.apps.cli.common import UsageError
-    from samseg.sam.model import CheckpointError
+    from samseg.sam.weights import CheckpointError
     from samseg.sam.source import ModelSource
 
     try:
@@ -163,15 +163,6 @@ def _single(args: argparse.Namespace, job: Any, uris: list[str]) -> bool:
     return len(uris) == 1 and getattr(args, "fan_out", "local") == "local" and not _classes_request(args, job.out)
 
 
-def _refused_single(job: Any, uri: str) -> bool:
-    from samseg.edges.outdirs import refused_outputs, safe_dir_name
-
-    refused = refused_outputs(job.out, [uri], [safe_dir_name(uri)])
-    if refused:  # before any compute
-        print_error(refused[uri])
-    return bool(refused)
-
-
 def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
     from samseg.engine.batch import segment_local
     from samseg.engine.segment import segment_overlapped, start_one
@@ -193,21 +184,21 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
 def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_out: str) -> int:
     from flows.params import PipelineParams, RuntimeParams, ShardParams
     from flows.segment import segment_batch_flow, segment_image_flow
-    from samseg.engine.segment import describe_failure
+    from samseg.engine.segment import ImageFailed, describe_failure
 
     runtime = RuntimeParams(**dataclasses.asdict(job.runtime))
     common = dict(out=job.out, settings=PipelineParams.from_config(job.cfg), runtime=runtime, track=job.tracking.track,
                   experiment=job.tracking.experiment)
-    if _single(args, job, uris):
-        if _refused_single(job, uris[0]):
-            return 1
+    if _single(args, job, uris):  # the batch loop in one flow run, as the local path runs it in this process
         with _progress_bars(args, 1):
             state = segment_image_flow(image=uris[0], **common, return_state=True)
         try:
-            return _report_entry(state.result())
-        except Exception as exc:
-            print_error(describe_failure(uris[0], exc))
-            return 1
+            entry = state.result()
+        except ImageFailed as exc:
+            entry = {"status": "failed", "error": str(exc)}
+        except Exception as exc:  # the flow run itself failed
+            entry = {"status": "failed", "error": describe_failure(uris[0], exc)}
+        return _report_entry(entry)
     with _progress_bars(args, len(uris)):
         state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size), **common,
                                    **_classes_request(args, job.out), return_state=True)
