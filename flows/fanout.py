@@ -68,15 +68,16 @@ def deployment_exists(name: str = SEGMENT_DEPLOYMENT) -> bool:
 
 
 def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardPlan(),
-               poll_s: float = 1.0) -> list[dict[str, Any]]:
+               poll_s: float = 1.0, names: Optional[list[str]] = None) -> list[dict[str, Any]]:
     """Split `uris` in shards of plan.size, run each as a `segment` deployment run with
     `kwargs` (out, settings, runtime, tracking), at most plan.in_flight at once; returns the
-    report entries in input order (a shard that could not finish fails its unwritten images)."""
+    report entries in input order (a shard that could not finish fails its unwritten images).
+    names: the images' output dir names (default: their unique names; a part of a batch gets the batch's)."""
     from prefect.client.orchestration import get_client
 
     from samseg.edges import shutdown
 
-    names = unique_names(uris)
+    names = unique_names(uris) if names is None else names
     todo = deque(_Shard(i, uris[k:k + plan.size], names[k:k + plan.size])
                  for i, k in enumerate(range(0, len(uris), plan.size)))
     running: list[_Shard] = []

@@ -130,7 +130,8 @@ def segment_batch_flow(
     shards of `shards.size`, one `segment` deployment run per shard, any worker), "local" (every
     image's tasks in this run), "auto" (deployment when it exists). classes="dataset" or
     classes_from (run id, classes.json, models:/ URI) give dataset-level ids
-    (samseg.engine.dataset); max_cluster caps the masks clustered at once; register_classes
+    (samseg.engine.dataset; a sharded batch of more than shards.fit_images images is fitted on
+    that many and assigned in its shards); max_cluster caps the masks clustered at once; register_classes
     names the MLflow model the batch's new classes are registered as
     (samseg.edges.mlflow.class_registry). `shards`: how a fan-out is split and waited for
     (samseg.engine.request.ShardPlan)."""
@@ -148,9 +149,11 @@ def segment_batch_flow(
                                "(or samseg serve), then start a worker")
     job = segment_job(settings, runtime, out, Tracking(track=track, experiment=experiment))
     wanted = classes == "dataset" or classes_from is not None
-    request = ClassesRequest(classes_from, max_cluster, register_classes) if wanted else None
+    plan = shards.to_config()
+    request = ClassesRequest(classes_from, max_cluster, register_classes, plan.fit_images if use_deployments else None) \
+        if wanted else None
 
-    def run_images(uris: list[str], per_image: SegmentJob) -> list[dict[str, Any]]:
+    def run_images(uris: list[str], per_image: SegmentJob, names: Optional[list[str]]) -> list[dict[str, Any]]:
         t, image_settings = per_image.tracking, PipelineParams.from_config(per_image.cfg)
         kwargs = dict(out=out, settings=image_settings, runtime=runtime, track=t.track, experiment=experiment,
                       batch_run_id=t.nested_under, batch_resumed=t.resumed)
@@ -158,8 +161,8 @@ def segment_batch_flow(
             given = per_image.assign_to
             return run_shards(uris, {**kwargs, "settings": image_settings.model_dump(), "runtime": runtime.model_dump(),
                                      "classes_from": given.ref if given else None,
-                                     "classes_sha256": given.sha256 if given else None}, shards.to_config())
-        return segment_images(uris, names=None, **kwargs, assign_to=per_image.assign_to)  # the batch's own run holds its images' tasks
+                                     "classes_sha256": given.sha256 if given else None}, plan, names=names)
+        return segment_images(uris, names=names, **kwargs, assign_to=per_image.assign_to)  # the batch's own run holds its images' tasks
 
     with shutdown.relayed():
         report = run_batch(source, job, run_images, request, "deployment" if use_deployments else "local", prefect_execute)

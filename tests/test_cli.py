@@ -406,3 +406,9 @@ def test_fan_out_to_workers_without_a_server_is_a_usage_error(tmp_path: Path, mo
     rc, _, stderr = run_cli(["segment", str(photo), "--out", str(tmp_path / "out"), "--model", "tiny-random",
                              "--shard-size", "0", "--no-track"])
     assert rc == 2 and "--shard-size" in stderr.splitlines()[-1]
+    # --fit-images samples a dataset batch split in shards: alone, or on a batch run here, one line
+    for flags in (["--fit-images", "8"], ["--fit-images", "8", "--classes", "dataset"]):
+        rc, _, stderr = run_cli(["segment", str(photo), "--out", str(tmp_path / "out"), "--model", "tiny-random",
+                                 "--no-track", *flags])
+        assert rc == 2 and "--fit-images samples a --classes dataset batch split in shards" in stderr.splitlines()[-1]
+    assert not (tmp_path / "out").exists()

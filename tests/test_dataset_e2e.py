@@ -383,3 +383,45 @@ def test_the_images_of_a_dataset_batch_are_not_named_on_their_own_ids() -> None:
     job = SegmentJob(configure(names="coco-stuff"), Runtime(), "out", Tracking(track=False))
     assert image_job(job, job.tracking, dataset=True).cfg.names.vocabulary == "none"
     assert image_job(job, job.tracking, dataset=False).cfg == job.cfg
+
+
+def test_a_sharded_batch_fits_its_classes_on_a_spread_sample_and_assigns_every_image_where_it_is_computed(
+        segmented, tmp_path):
+    """--fan-out deployment with more images than --fit-images: the classes are fitted on a spread
+    sample (its images computed first, their dirs the only ones read back), then every image is
+    computed again (stages cached), assigned to those classes and written once with their ids."""
+    from samseg.core.dataset import ClassTable
+    from samseg.edges.image_dir import read_image_dir
+    from samseg.engine.batch import ClassesRequest, run_batch
+    from samseg.engine.dataset import spread, table_sha256
+    from samseg.engine.publish import Tracking
+    from samseg.engine.request import Runtime, SegmentJob
+    from samseg.engine.segment import segment_overlapped, start_one
+
+    root, _, _, _, cfg = segmented
+    sources = [str(root / "photos" / f"{Path(n).stem}.png") for n in PHOTOS]
+    job = SegmentJob(cfg, Runtime(cache=str(root / "cache")), str(tmp_path / "out"), Tracking(track=False))
+    calls = []
+
+    def run_images(uris, per_image, names):  # the shards' loop, here in-process
+        calls.append((list(uris), names, per_image.assign_to))
+        return segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name), names=names)
+
+    report = run_batch(sources, job, run_images, ClassesRequest(fit_images=2), "deployment")
+    assert spread(4, 2) == [1, 3] and spread(3, 5) == [0, 1, 2] and spread(1000, 3) == [166, 500, 833]
+    (sample, sample_names, none), (every, names, given) = calls
+    assert sample == [sources[1], sources[3]] and sample_names == ["bears", "corgi"] and none is None
+    assert every == sources and names == ["building", "bears", "alphabet", "corgi"]
+    fitted = ClassTable.from_json((tmp_path / "out" / "classes.fitted.json").read_text())
+    assert table_sha256(fitted) == given.sha256 and fitted.image_names == ["bears.png", "corgi.png"]  # the sample's
+    assert report["failed"] == 0 and report["classes"]["mode"] == "assigned", report
+    final = ClassTable.from_json(Path(report["classes"]["classes_json"]).read_text())
+    assert np.array_equal(final.prototypes, fitted.prototypes) and final.image_names == [Path(s).name for s in sources]
+    total = 0
+    for entry in report["images"]:
+        _, emb, stored = read_image_dir(Path(entry["out_dir"]))
+        assert np.array_equal(stored, assign_to_classes(emb, fitted).labels)  # every image, the sample's too
+        summary = json.loads((Path(entry["out_dir"]) / "summary.json").read_text())
+        assert summary["classes"] == "assigned" and summary["classes_sha256"] == given.sha256
+        total += len(stored)
+    assert int(final.sizes.sum()) + final.n_noise == total

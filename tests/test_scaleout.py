@@ -5,8 +5,8 @@ deployments/prefect.yaml, moto S3, and `samseg segment DIR --out s3://… --fan-
 with SIGKILL while it holds its shard; the batch runs that shard again for the images it had
 not written. Every image is written by exactly one shard run, every image's ids come from one
 classes.json, and each image is logged once under the batch run. A second batch on the same
-pool takes those classes (--classes-from): each shard run assigns its own images. Every process
-is killed in teardown.
+pool has more images than --fit-images: its classes are fitted on a spread sample (one shard
+run), then each shard run assigns its own images to them. Every process is killed in teardown.
 """
 
 from __future__ import annotations
@@ -114,13 +114,15 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
     assert all(s["classes"] == "dataset" and set(s["classes_present"]) <= set(range(table.n_classes))
                for s in summaries.values())
     assert sorted(r.info.run_name for r in children) == sorted(f"{n}.jpg" for n in names)
-    _assign_in_shards(workers, tmp_path, small_photos, f"{out}/classes.json", table, experiment)
+    _fit_on_a_sample_then_assign_in_shards(workers, tmp_path, small_photos, f"s3://{s3_bucket}/out2", experiment)
 
 
-def _assign_in_shards(env: dict[str, str], tmp_path: Path, photos: Path, classes_json: str, table, experiment: str) -> None:
-    """A batch with --classes-from on the same pool: each shard run assigns its own images to
-    the classes and writes and logs each once with the dataset's ids; the batch only adds up
-    the counts into its classes.json."""
+def _fit_on_a_sample_then_assign_in_shards(env: dict[str, str], tmp_path: Path, photos: Path, out: str,
+                                           experiment: str) -> None:
+    """--classes dataset --fit-images 2 on 4 images: one shard run computes the spread sample, the
+    batch fits the classes on its masks alone (classes.fitted.json), then each shard run assigns
+    its own images to them and writes and logs each once with the dataset's ids; the batch only
+    adds up the counts into classes.json."""
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
@@ -129,35 +131,49 @@ def _assign_in_shards(env: dict[str, str], tmp_path: Path, photos: Path, classes
     from samseg.edges.image_dir import read_image_dir
     from samseg.edges.storage import download_prefix, read_bytes
 
-    src, out = tmp_path / "in2", classes_json.rsplit("/", 2)[0] + "/out2"
+    from samseg.engine.dataset import table_sha256
+
+    src = tmp_path / "in2"
     src.mkdir()
     for photo in sorted(photos.glob("*.jpg")):  # the same photos: their stages come from the cache
         (src / f"{photo.stem}3.jpg").write_bytes(photo.read_bytes())
+    files = sorted(p.name for p in src.iterdir())
     proc = subprocess.run(
         [sys.executable, "-m", "samseg.apps.cli", "segment", str(src), "--out", out, "--model", "tiny-random",
          "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "--cache", str(tmp_path / "cache"),
-         "--experiment", experiment, "--fan-out", "deployment", "--shard-size", "2", "--classes-from", classes_json,
-         "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+         "--experiment", experiment, "--fan-out", "deployment", "--shard-size", "2", "--classes", "dataset",
+         "--fit-images", "2", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n{_worker_logs(tmp_path)}"
     report = json.loads(read_bytes(f"{out}/batch_summary.json"))
     assert (report["succeeded"], report["classes"]["mode"]) == (4, "assigned")
+    fitted = ClassTable.from_json(read_bytes(f"{out}/classes.fitted.json"))
+    assert fitted.image_names == [files[1], files[3]]  # the spread sample's masks alone
     back = ClassTable.from_json(read_bytes(f"{out}/classes.json"))
-    ml, total = MlflowClient(), 0
+    assert (back.prototypes == fitted.prototypes).all() and back.image_names == files
     with get_client(sync_client=True) as client:
         shards = {str(r.id): r for r in client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"])))
                   if r.parameters.get("images") and str(r.parameters["images"][0]).startswith(str(src))}
-    assert len(shards) == 2
+    [sample] = [r for r in shards.values() if not r.parameters.get("classes_from")]
+    assert [Path(u).name for u in sample.parameters["images"]] == [files[1], files[3]]
+    assigning = {i: r for i, r in shards.items() if r.parameters.get("classes_from")}
+    assert len(assigning) == 2 and all(r.parameters["classes_from"] == f"{out}/classes.fitted.json"
+                                       and r.parameters["classes_sha256"] == table_sha256(fitted)
+                                       for r in assigning.values())
+    ml, total = MlflowClient(), 0
+    children = ml.search_runs([ml.get_experiment_by_name(experiment).experiment_id],
+                              f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'")
+    assert sorted(r.info.run_name for r in children) == files  # one run per image: the sample's first pass is not logged
     for entry in report["images"]:
         local = tmp_path / "check" / entry["name"]
         download_prefix(entry["out_dir"], local, require_success=True)
         _, emb, stored = read_image_dir(local)
-        assert (stored == assign_to_classes(emb, table).labels).all()  # the given classes' ids
+        assert (stored == assign_to_classes(emb, fitted).labels).all()  # the fitted classes' ids, the sample's too
         summary = json.loads((local / "summary.json").read_text())
-        assert summary["classes"] == "assigned" and summary["classes_from"] == "local classes.json"
-        # written and logged by the shard run that computed it, which was given the classes
-        shard = shards[summary["prefect_flow_run_id"]]
-        assert shard.parameters["classes_from"] == classes_json and entry["name"] in shard.parameters["names"]
+        assert summary["classes"] == "assigned" and summary["classes_sha256"] == table_sha256(fitted)
+        # written and logged by the shard run that assigned it
+        shard = assigning[summary["prefect_flow_run_id"]]
+        assert entry["name"] in shard.parameters["names"]
         assert ml.get_run(entry["mlflow_run_id"]).data.tags["samseg.prefect_flow_run_id"] == str(shard.id)
         for c, counts in enumerate(back.image_counts):
             assert counts.get(f"{entry['name']}.jpg", 0) == int((stored == c).sum())

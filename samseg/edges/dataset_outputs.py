@@ -25,7 +25,8 @@ from typing import Any, Callable, Optional
 from samseg.core.errors import SamsegError
 from samseg.core.backbones import SAM
 
-from samseg.edges.owned_files import CLASSES_JSON, CONTACT_SHEET_PNG, BatchIncomplete, check_complete, write_files
+from samseg.edges.owned_files import (CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON, BatchIncomplete, check_complete,
+                                      write_files)
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM
 
 
@@ -53,24 +54,41 @@ def apply_dataset_classes(
     namer: (summaries, [(masks, embeddings, _)], [ClusterResult], table) -> the table's `naming`.
     (Classes given beforehand, --classes-from, are assigned where each image is computed:
     samseg.engine.dataset.assign_classes; `write_assigned_classes` records them.)"""
+    dirs = [Path(d) for d in image_dirs]
+    if not dirs:
+        raise DatasetOutputsError(f"{out}: no image outputs to give classes to")
+    loaded, summaries, names, results, table = fit_classes(dirs, cluster_cfg, max_cluster, seed, namer)
+    for d, (masks, emb, _), summary, res in zip(dirs, loaded, summaries, results):
+        _rewrite_dir(d, masks, emb, summary, res, table)
+    return write_classes(out, table, contact_sheet_png(results, loaded, summaries, table), "dataset", names)
+
+
+def fit_classes(image_dirs: list[str | Path], cluster_cfg: Any, max_cluster: Optional[int] = None, seed: int = 0,
+                namer: Optional[Callable[..., dict[str, Any]]] = None) -> tuple[list[Any], list[dict[str, Any]], list[str],
+                                                                                list[Any], Any]:
+    """The classes of the masks of these (local) image dirs clustered together, named by `namer`:
+    (loaded dirs, summaries, image names, each image's ClusterResult, the ClassTable)."""
     from samseg.core.dataset import classify_batch
     from samseg.edges.image_dir import read_image_dir, read_summary
 
     dirs = [Path(d) for d in image_dirs]
-    if not dirs:
-        raise DatasetOutputsError(f"{out}: no image outputs to give classes to")
     loaded = [read_image_dir(d) for d in dirs]  # (MaskSet, N×C embeddings, old labels)
     summaries = [read_summary(d) for d in dirs]
     names = image_names([d.name for d in dirs], summaries)
-    embs = [emb for _, emb, _ in loaded]
-    made_by = _embedding_model(summaries)
-    results, table = classify_batch(embs, names, cluster_cfg, max_cluster=max_cluster, seed=seed)
-    table = dataclasses.replace(table, sample={**table.sample, **made_by})  # what the registry records
+    results, table = classify_batch([emb for _, emb, _ in loaded], names, cluster_cfg, max_cluster=max_cluster, seed=seed)
+    table = dataclasses.replace(table, sample={**table.sample, **_embedding_model(summaries)})  # what the registry records
     if namer is not None:
         table = dataclasses.replace(table, naming=namer(summaries, loaded, results, table))
-    for d, (masks, emb, _), summary, res in zip(dirs, loaded, summaries, results):
-        _rewrite_dir(d, masks, emb, summary, res, table)
-    return write_classes(out, table, contact_sheet_png(results, loaded, summaries, table), "dataset", names)
+    return loaded, summaries, names, results, table
+
+
+def write_fitted_classes(out: str | Path, table: Any) -> str:
+    """OUT/classes.fitted.json: the classes a sharded batch fitted on its sample, which every shard
+    loads (by this reference and its sha256) to assign its images. Returns the reference."""
+    from samseg.edges.storage import join_uri
+
+    write_files(str(out), {FITTED_CLASSES_JSON: table.to_json().encode("utf-8")})
+    return join_uri(out, FITTED_CLASSES_JSON)
 
 
 def write_assigned_classes(out: str | Path, source: Any, images: list[dict[str, Any]],
@@ -255,8 +273,9 @@ def load_class_table(ref: str) -> Any:
 
         return load_registered_classes(str(ref))
     if _is_classes_file(ref):
-        try:  # the classes.json of a batch that did not finish may not match that OUT's images
-            check_complete(str(ref).rsplit("/", 1)[0] if str(ref).startswith("s3://") else str(Path(ref).parent), str(ref))
+        try:  # the classes.json of a batch that did not finish may not match that OUT's images (its fitted
+            if not str(ref).endswith(FITTED_CLASSES_JSON):  # classes are whole mid-batch: its shards assign to them)
+                check_complete(str(ref).rsplit("/", 1)[0] if str(ref).startswith("s3://") else str(Path(ref).parent), str(ref))
         except BatchIncomplete as exc:
             raise DatasetOutputsError(str(exc)) from None
         try:

@@ -33,7 +33,8 @@ LEDGER = ".samseg-files.json"
 BATCH_SUMMARY_JSON = "batch_summary.json"
 CLASSES_JSON = "classes.json"
 CONTACT_SHEET_PNG = "contact_sheet.png"
-BATCH_TOP_LEVEL = (BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG, LEDGER)  # every name a batch uses in OUT itself
+FITTED_CLASSES_JSON = "classes.fitted.json"  # a sharded dataset batch: the classes fitted on its sample, which every shard assigns to
+BATCH_TOP_LEVEL = (BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON, LEDGER)  # every name a batch uses in OUT itself
 _LEGACY_BATCH_FILES = (BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG)
 # A batch OUT written before the ledger existed: samseg's batch report there marks the three as samseg's.
 _LEGACY_REPORT_KEYS = {"images", "succeeded", "failed", "fan_out"}

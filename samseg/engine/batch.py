@@ -20,19 +20,23 @@ from samseg.engine.request import SegmentJob
 from samseg.engine.segment import one_line
 
 Source = Union[str, list[str]]
-# (image URIs, the job each image runs as: its config and how it is logged) -> the per-image report entries
-RunImages = Callable[[list[str], SegmentJob], list[dict[str, Any]]]
+# (image URIs, the job each image runs as: its config and how it is logged, their output dir names or
+# None for the URIs' unique names) -> the per-image report entries
+RunImages = Callable[[list[str], SegmentJob, Optional[list[str]]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
 class ClassesRequest:
     """Dataset-level classes for a batch: new ones (classes_from None) or those of an earlier
     dataset run / classes.json / models:/ URI; max_cluster caps the masks clustered at once;
-    register: the MLflow model name the new classes are registered as."""
+    register: the MLflow model name the new classes are registered as; fit_images: new classes of
+    a batch with more images than this are fitted on a sample of them and assigned where each
+    image is computed (samseg.engine.dataset.fit_then_assign); None: fitted on all of them."""
 
     classes_from: Optional[str] = None
     max_cluster: Optional[int] = None
     register: Optional[str] = None
+    fit_images: Optional[int] = None  # a sharded batch: fitted on this many images, assigned in the shards (ShardPlan)
 
 
 def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: Optional[ClassesRequest] = None,
@@ -60,9 +64,18 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     # new dataset classes: image runs are logged after relabelling, so they carry the dataset ids;
     # classes given beforehand are assigned as each image is computed, which is logged as it is written
     relabel = classes is not None and given is None
+    sampled = relabel and classes.fit_images is not None and len(uris) > classes.fit_images
     per_image = dataclasses.replace(t, track=t.track and not relabel, nested_under=batch_run_id, resumed=resumed)
     try:
-        results = run_images(uris, image_job(job, per_image, classes is not None, given))
+        if sampled:  # fitted on a sample, then every image assigned where it is computed, and logged there
+            from samseg.engine.dataset import fit_then_assign
+
+            def job_for(logged: bool, to: Any) -> SegmentJob:
+                return image_job(job, dataclasses.replace(per_image, track=t.track and logged), True, to)
+
+            given, results = fit_then_assign(uris, job, job_for, classes, run_images, execute)
+        else:
+            results = run_images(uris, image_job(job, per_image, classes is not None, given), None)
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
         from samseg.edges.shutdown import bounded
 
@@ -70,7 +83,8 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         raise
     class_report = None
     if given is not None:
-        class_report = record_assigned(job.out, results, given, batch_run_id, execute)
+        class_report = record_assigned(job.out, results, given, batch_run_id, execute,
+                                       register=classes.register if sampled else None)
     elif classes is not None:
         from samseg.engine.naming import dataset_namer
 
@@ -94,8 +108,8 @@ def segment_local(source: Source, job: SegmentJob, classes: Optional[ClassesRequ
     export, upload and MLflow logging overlap the next image's compute; returns the report."""
     from samseg.engine.segment import segment_overlapped, start_one
 
-    def run_images(uris: list[str], per_image: SegmentJob) -> list[dict[str, Any]]:
-        return segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name))
+    def run_images(uris: list[str], per_image: SegmentJob, names: Optional[list[str]]) -> list[dict[str, Any]]:
+        return segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name), names=names)
 
     return run_batch(source, job, run_images, classes)
 
@@ -112,9 +126,9 @@ def image_job(job: SegmentJob, tracking: Tracking, dataset: bool, assign_to: Any
 
 def top_level_files(dataset: bool) -> list[str]:
     """The files a batch writes into OUT itself, beside the image dirs."""
-    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG
+    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON
 
-    return [BATCH_SUMMARY_JSON, *((CLASSES_JSON, CONTACT_SHEET_PNG) if dataset else ())]
+    return [BATCH_SUMMARY_JSON, *((CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON) if dataset else ())]
 
 
 def list_sources(source: Source) -> list[str]:

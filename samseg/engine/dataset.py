@@ -5,7 +5,10 @@ together, every image dir is rewritten with the shared ids, then each image's ML
 logged (after relabelling, so the runs carry the dataset ids). Classes given beforehand
 (`--classes-from`) are assigned where each image is computed — in the batch's own process or
 in the shard run that holds it — so the image is written and logged once, with the dataset's
-ids, and the batch only adds up the counts (`record_assigned`): no mask is read back.
+ids, and the batch only adds up the counts (`record_assigned`): no mask is read back. A batch
+fanned out in shards with more images than ShardPlan.fit_images joins the two (`fit_then_assign`):
+its new classes are fitted on a spread sample of its images, then every image is assigned to them
+in its own shard, so the batch's process reads a bounded sample, never the whole dataset.
 
 The work on the image dirs is samseg.edges.dataset_outputs; this module sequences it for
 the CLI's local orchestrator and the segment-batch and segment-shard flows alike.
@@ -111,11 +114,12 @@ def assigned_entry(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_assigned(out: str, results: list[dict[str, Any]], given: GivenClasses, batch_run_id: Optional[str],
-                    execute: Execute = inline) -> dict[str, Any]:
+                    execute: Execute = inline, register: Optional[str] = None) -> dict[str, Any]:
     """classes.json and the contact sheet of a batch whose images were assigned to `given` as
     they were computed, from their report entries (counts per class) and a few image dirs for
-    the sheet's examples; logged on the batch run. {"error": one line} when it fails, or when an
-    image was assigned to another table (or to none) than the batch's."""
+    the sheet's examples; logged on the batch run (and registered as model `register`, for
+    classes the batch fitted itself). {"error": one line} when it fails, or when an image was
+    assigned to another table (or to none) than the batch's."""
     from pathlib import PurePosixPath
 
     from samseg.edges.dataset_outputs import log_dataset_classes, write_assigned_classes
@@ -133,9 +137,61 @@ def record_assigned(out: str, results: list[dict[str, Any]], given: GivenClasses
             rep = execute("dataset-classes", lambda: write_assigned_classes(out, given.table, images, dirs))
         if batch_run_id:
             execute("track", lambda: log_dataset_classes(batch_run_id, rep))
+        info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
+        if register and batch_run_id:
+            info["registered"] = register_table(batch_run_id, register, rep["classes_json"], execute)
     except Exception as exc:  # an image dir that moved, MLflow or S3 down, ...
         return {"error": one_line(exc)}
-    return {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
+    return info
+
+
+def register_table(batch_run_id: str, name: str, classes_json: str, execute: Execute = inline) -> Any:
+    """The batch's classes.json as a new version of MLflow model `name` (edges.mlflow.class_registry)."""
+    from samseg.edges.mlflow.class_registry import register_classes
+    from samseg.edges.storage import local_path
+
+    with local_path(classes_json) as path:
+        return execute("register-classes", lambda: register_classes(batch_run_id, name, path))
+
+
+def spread(n: int, k: int) -> list[int]:
+    """k indices of range(n) spread evenly over it (all of them when k >= n): a sample that sees
+    every part of a listing, not only its first folder."""
+    if k >= n:
+        return list(range(n))
+    return sorted({(2 * i + 1) * n // (2 * k) for i in range(k)})
+
+
+def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional[GivenClasses]], Any], classes: Any,
+                    run_images: Callable[..., list[dict[str, Any]]], execute: Execute = inline
+                    ) -> tuple[GivenClasses, list[dict[str, Any]]]:
+    """New dataset classes for a batch fanned out in shards, without reading the dataset back:
+
+    1. a spread sample of classes.fit_images images computed in shards (their own ids, not logged);
+    2. the classes fitted on the sample's masks (at most classes.max_cluster clustered at once)
+       and named, written to OUT/classes.fitted.json;
+    3. every image computed in shards (the sample's stages come from the stage cache), assigned
+       to those classes where its masks are, written and logged once.
+
+    job_for(logged, classes): the job each image runs as (samseg.engine.batch.image_job). Returns
+    (the fitted classes, as every shard loaded them; the images' report entries)."""
+    from samseg.edges.dataset_outputs import DatasetOutputsError, fit_classes, write_fitted_classes
+    from samseg.edges.outdirs import unique_names
+    from samseg.engine.naming import dataset_namer
+
+    names = unique_names(uris)
+    pick = spread(len(uris), int(classes.fit_images))
+    sample = run_images([uris[i] for i in pick], job_for(False, None), [names[i] for i in pick])
+    done = [r["name"] for r in sample if r["status"] == "completed"]
+    if not done:
+        raise DatasetOutputsError(f"{job.out}: no image of the {len(pick)} the classes are fitted on was segmented "
+                                  f"({sample[0]['error'] if sample else 'no images'})")
+    namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
+    with local_image_dirs(job.out, done) as (dirs, _):
+        table = execute("dataset-classes", lambda: fit_classes(dirs, job.cfg.cluster, classes.max_cluster, namer=namer)[-1])
+    ref = execute(WRITE, lambda: write_fitted_classes(job.out, table))
+    given = GivenClasses.load(ref)
+    return given, run_images(uris, job_for(True, given), names)
 
 
 def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
@@ -181,12 +237,7 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
             execute(WRITE, publish)  # an S3 OUT: the relabelled dirs go back (I/O retries in a flow)
             info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
             if register_classes and batch_run_id:
-                from samseg.edges.mlflow.class_registry import register_classes as register
-                from samseg.edges.storage import local_path
-
-                with local_path(rep["classes_json"]) as path:
-                    info["registered"] = execute("register-classes", lambda: register(batch_run_id, register_classes,
-                                                                                      path))
+                info["registered"] = register_table(batch_run_id, register_classes, rep["classes_json"], execute)
         except Exception as exc:  # a bad classes.json, an image that moved, MLflow or S3 down, ...
             info = {"error": one_line(exc)}
         for r, d in zip(done, dirs):

@@ -104,9 +104,12 @@ class ShardPlan:
                                               "unwritten images fail (counted from when it starts running)")
     stale_after_s: Optional[float] = option(None, "a running shard run whose heartbeats stopped this many seconds ago is "
                                                   "marked CRASHED, its machine gone (default: 3 Prefect heartbeats)")
+    fit_images: int = option(256, "--classes dataset: a batch of more images than this has its classes fitted on this many, "
+                                  "spread over its input, and every image assigned to them in its own shard; a smaller one "
+                                  "is fitted on all of its masks")
 
     def __post_init__(self) -> None:
-        for name, low in (("size", 1), ("in_flight", 1), ("retries", 0)):
+        for name, low in (("size", 1), ("in_flight", 1), ("retries", 0), ("fit_images", 1)):
             if int(getattr(self, name)) < low:
                 raise ValueError(f"shard {name} must be >= {low}, got {getattr(self, name)}")
         for name in ("timeout_s", "stale_after_s"):

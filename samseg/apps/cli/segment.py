@@ -57,6 +57,10 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--register-classes", default=None, metavar="NAME",
                    help="with --classes dataset: register the batch's classes as a new version of the MLflow model NAME "
                    "(then --classes-from models:/NAME/VERSION or models:/NAME@ALIAS)")
+    d.add_argument("--fit-images", type=int, default=ShardPlan.fit_images, metavar="N",
+                   help=f"with --classes dataset and --fan-out deployment: a batch of more images than N (default "
+                   f"{ShardPlan.fit_images}) has its classes fitted on N of them, spread over the input, and every image "
+                   "assigned to them in its own shard; the batch's process never reads the whole dataset back")
     d.add_argument("--max-cluster", type=int, default=None, metavar="N",
                    help="most masks clustered at once for --classes dataset; beyond it a seeded sample is "
                    "clustered and the rest assigned by prototype (default: per algorithm, 200000 for dbscan)")
@@ -115,12 +119,16 @@ def _check_shards(args: argparse.Namespace, fan_out: str) -> None:
     from samseg.engine.request import ShardPlan
 
     size = getattr(args, "shard_size", ShardPlan.size)
+    fit = getattr(args, "fit_images", ShardPlan.fit_images)
     if size != ShardPlan.size and fan_out == "local":
         raise UsageError("--shard-size splits a --fan-out deployment batch; this batch runs here (--fan-out local)")
+    if fit != ShardPlan.fit_images and (fan_out == "local" or getattr(args, "classes", None) != "dataset"):
+        raise UsageError("--fit-images samples a --classes dataset batch split in shards (--fan-out deployment); "
+                         "a batch run here is fitted on all of its masks (--max-cluster caps them)")
     try:
-        ShardPlan(size=size)
+        ShardPlan(size=size, fit_images=fit)
     except ValueError as exc:
-        raise UsageError(f"--shard-size: {exc}") from None
+        raise UsageError(f"--shard-size / --fit-images: {exc}") from None
 
 
 def _job(args: argparse.Namespace, cfg: Any, out: str, cache: str) -> Any:
@@ -200,7 +208,7 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
             entry = {"status": "failed", "error": describe_failure(uris[0], exc)}
         return _report_entry(entry)
     with _progress_bars(args, len(uris)):
-        state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size), **common,
+        state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size, fit_images=args.fit_images), **common,
                                    **_classes_request(args, job.out), return_state=True)
     try:
         report = state.result()
