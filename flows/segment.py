@@ -51,7 +51,10 @@ def segment_image_flow(
     batch_run_id: an MLflow batch run this image's run is nested under; batch_resumed: that run
     was resumed after a kill (an image already logged is not logged again). name: output dir
     name (None = the file stem)."""
-    [entry] = segment_images([image], out, None if name is None else [name], settings, runtime, track, experiment,
+    from samseg.edges.outdirs import safe_dir_name
+
+    # its own dir's check only: a large shared OUT is not listed for each image
+    [entry] = segment_images([image], out, [name or safe_dir_name(image)], settings, runtime, track, experiment,
                              batch_run_id, batch_resumed)
     if entry["status"] != "completed":
         raise ImageFailed(entry["error"])

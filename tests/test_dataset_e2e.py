@@ -414,7 +414,7 @@ def test_a_sharded_batch_fits_its_classes_on_a_spread_sample_and_assigns_every_i
     assert every == sources and names == ["building", "bears", "alphabet", "corgi"]
     fitted = ClassTable.from_json((tmp_path / "out" / "classes.fitted.json").read_text())
     assert table_sha256(fitted) == given.sha256 and fitted.image_names == ["bears.png", "corgi.png"]  # the sample's
-    assert report["failed"] == 0 and report["classes"]["mode"] == "assigned", report
+    assert report["failed"] == 0 and report["classes"]["mode"] == "dataset", report  # the batch's own classes
     final = ClassTable.from_json(Path(report["classes"]["classes_json"]).read_text())
     assert np.array_equal(final.prototypes, fitted.prototypes) and final.image_names == [Path(s).name for s in sources]
     total = 0
@@ -423,5 +423,33 @@ def test_a_sharded_batch_fits_its_classes_on_a_spread_sample_and_assigns_every_i
         assert np.array_equal(stored, assign_to_classes(emb, fitted).labels)  # every image, the sample's too
         summary = json.loads((Path(entry["out_dir"]) / "summary.json").read_text())
         assert summary["classes"] == "assigned" and summary["classes_sha256"] == given.sha256
+        assert summary["classes_from"] == str(tmp_path / "out" / "classes.fitted.json")  # where they came from
         total += len(stored)
     assert int(final.sizes.sum()) + final.n_noise == total
+
+
+def test_a_sharded_batch_whose_fit_fails_reports_it_and_stays_incomplete(segmented, tmp_path):
+    """No image of the sample could be segmented: one line says so, the images not started fail
+    naming why, no classes.json is written and OUT stays marked incomplete for a rerun."""
+    from samseg.edges.owned_files import incomplete_since
+    from samseg.engine.batch import ClassesRequest, run_batch
+    from samseg.engine.publish import Tracking
+    from samseg.engine.request import Runtime, SegmentJob
+    from samseg.engine.segment import failed_entry
+
+    root, _, _, _, cfg = segmented
+    sources = [str(root / "photos" / f"{Path(n).stem}.png") for n in PHOTOS]
+    job = SegmentJob(cfg, Runtime(cache=str(root / "cache")), str(tmp_path / "out"), Tracking(track=False))
+    calls = []
+
+    def run_images(uris, per_image, names):  # every shard of the sample lost
+        calls.append(uris)
+        return [failed_entry(u, n, f"{u}: worker lost") for u, n in zip(uris, names)]
+
+    report = run_batch(sources, job, run_images, ClassesRequest(fit_images=2), "deployment")
+    assert len(calls) == 1  # nothing assigned without classes
+    assert "no image of the 2 the classes are fitted on was segmented" in report["classes"]["error"]
+    assert [r["status"] for r in report["images"]] == ["failed"] * 4
+    assert [r["error"].endswith("worker lost") for r in report["images"]] == [False, True, False, True]
+    assert "not segmented: " in report["images"][0]["error"]
+    assert not (tmp_path / "out" / "classes.json").exists() and incomplete_since(str(tmp_path / "out"))

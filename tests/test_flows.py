@@ -267,6 +267,23 @@ def test_corrupt_cache_entry_is_recomputed(prefect_api, local_env, small_photos)
         state.result()
 
 
+def test_a_bad_single_image_fails_its_flow_run_with_the_batch_loops_line(prefect_api, local_env) -> None:
+    """segment-image is the batch loop over one image: a bad file is the loop's one line, and the
+    flow run ends FAILED with it (ImageFailed), as the CLI reports it."""
+    from flows.segment import segment_image_flow
+    from samseg.engine.segment import ImageFailed
+
+    bad = local_env / "zz-broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    state = segment_image_flow(image=str(bad), out=str(local_env / "out1"), settings=smoke_settings(),
+                               runtime=runtime(local_env / "cache"), track=False, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ImageFailed) as info:
+        state.result()
+    assert "zz-broken.jpg" in str(info.value) and "\n" not in str(info.value).strip()
+    assert not (local_env / "out1" / "zz-broken").exists()
+
+
 def test_s3_unreachable_retries_then_one_clear_error(prefect_api, local_env, small_photos, monkeypatch) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -279,9 +296,9 @@ def test_s3_unreachable_retries_then_one_clear_error(prefect_api, local_env, sma
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     args = dict(image=str(small_photos / "bears.jpg"), out="s3://nowhere-bucket/run1", settings=smoke_settings(),
                 runtime=runtime(local_env / "cache"), track=False, return_state=True)
-    # the batch loop looks at OUT before any compute: an unreachable endpoint fails there, in one line
+    # the batch loop looks at OUT/bears before any compute: an unreachable endpoint fails there, in one line
     state = segment_image_flow(**args)
-    with pytest.raises(Exception, match="s3://nowhere-bucket/run1: list failed") as info:
+    with pytest.raises(Exception, match="s3://nowhere-bucket/run1/bears: list failed") as info:
         state.result()
     assert "\n" not in str(info.value).strip() and not list((local_env / "cache").glob("encode/*/*"))
     # an endpoint lost between that look and the write: the write task retries, then one clear error

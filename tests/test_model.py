@@ -58,13 +58,14 @@ def test_registry_pins_meta_checkpoints() -> None:
 def test_a_row_is_all_the_registry_knows(monkeypatch, tmp_path) -> None:
     """A model added with register_model alone is downloadable, resolvable and identified
     (no second table to edit): the row's checkpoint is what `weights`, paths and identity read."""
-    from samseg.sam.model import ModelEntry, downloadable_types
+    from samseg.sam.model import ModelEntry
+    from samseg.sam.registry import downloadable
     from samseg.sam.source import ModelRequest, ModelSource
 
     info = WeightsFile("http://127.0.0.1:9/unused", "new_model.pth", "ab" * 32, 10)
     monkeypatch.setitem(MODELS, "new_model", ModelEntry(build_tiny_random, info, embed_dim=32))
     monkeypatch.setattr(model_mod, "MODEL_TYPES", tuple(MODELS))
-    assert "new_model" in downloadable_types() and "tiny-random" not in downloadable_types()
+    assert {"new_model", "vit_b"} <= {w.name for w in downloadable()} and "tiny-random" not in {w.name for w in downloadable()}
     assert checkpoint_path("new_model", home=tmp_path) == tmp_path / "checkpoints" / "new_model.pth"
     monkeypatch.setenv("SAMSEG_HOME", str(tmp_path))
     assert ModelSource(ModelRequest("new_model", None, "cpu", 0, "fp32")).identity().checkpoint_sha256 == "ab" * 32
@@ -252,10 +253,10 @@ def test_pinned_hash_is_accepted_without_warning(monkeypatch, tmp_path) -> None:
     _fake_entry(monkeypatch, hashlib.sha256(PAYLOAD).hexdigest())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert weight("vit_b", SAM_WEIGHTS).identity(path) == (str(path), hashlib.sha256(PAYLOAD).hexdigest())
+        assert weight("vit_b", SAM_WEIGHTS).identity(path, warn=True) == (str(path), hashlib.sha256(PAYLOAD).hexdigest())
     _fake_entry(monkeypatch, "f" * 64)
     with pytest.warns(CheckpointWarning, match="f" * 64):
-        weight("vit_b", SAM_WEIGHTS).identity(path)
+        weight("vit_b", SAM_WEIGHTS).identity(path, warn=True)
 
 
 def test_garbage_checkpoint_is_a_clear_error(tmp_path) -> None:
@@ -316,3 +317,16 @@ def test_every_family_identifies_and_loads_seeded_weights_the_same_way(family, t
     assert f"seeded:{family}:tiny-random:seed=3:" in (tmp_path / "checkpoint-sha256.json").read_text()  # remembered
     model, path, loaded = w.load(seed=3)
     assert path is None and loaded == sha == state_dict_sha256(model) != w.identity(seed=4)[1]
+
+
+def test_a_given_file_warns_when_it_is_read_not_each_time_it_is_identified(tmp_path) -> None:
+    """A run identifies its weights once per image (cache keys) but reads them once: the warning
+    that a file is not the pinned one comes with the read."""
+    path = tmp_path / "tiny.pth"
+    torch.save(build_tiny_random(0).state_dict(), path)
+    w = weight("tiny-random", SAM_WEIGHTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert w.identity(path) == w.identity(path) == (str(path), file_sha256(path))
+    with pytest.warns(CheckpointWarning, match="tiny-random has none"):
+        assert w.load(path)[1:] == (str(path), file_sha256(path))

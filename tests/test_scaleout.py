@@ -145,7 +145,7 @@ def _fit_on_a_sample_then_assign_in_shards(env: dict[str, str], tmp_path: Path, 
          "--fit-images", "2", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n{_worker_logs(tmp_path)}"
     report = json.loads(read_bytes(f"{out}/batch_summary.json"))
-    assert (report["succeeded"], report["classes"]["mode"]) == (4, "assigned")
+    assert (report["succeeded"], report["classes"]["mode"]) == (4, "dataset")  # the batch's own classes
     fitted = ClassTable.from_json(read_bytes(f"{out}/classes.fitted.json"))
     assert fitted.image_names == [files[1], files[3]]  # the spread sample's masks alone
     back = ClassTable.from_json(read_bytes(f"{out}/classes.json"))
@@ -171,6 +171,7 @@ def _fit_on_a_sample_then_assign_in_shards(env: dict[str, str], tmp_path: Path, 
         assert (stored == assign_to_classes(emb, fitted).labels).all()  # the fitted classes' ids, the sample's too
         summary = json.loads((local / "summary.json").read_text())
         assert summary["classes"] == "assigned" and summary["classes_sha256"] == table_sha256(fitted)
+        assert summary["classes_from"] == f"{out}/classes.fitted.json"
         # written and logged by the shard run that assigned it
         shard = assigning[summary["prefect_flow_run_id"]]
         assert entry["name"] in shard.parameters["names"]

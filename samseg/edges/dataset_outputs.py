@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
 from samseg.core.errors import SamsegError
@@ -34,6 +34,7 @@ from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM
 # summary.json keys naming the table an image's ids came from (--classes-from): not true once the
 # ids are another table's (a new fit, a person's edit), so those drop them
 CLASSES_FROM, CLASSES_SHA256 = "classes_from", "classes_sha256"
+FITTED_AT = "fitted_at"  # a classes.fitted.json's own reference, kept in its sample
 
 
 class DatasetOutputsError(SamsegError, RuntimeError):
@@ -87,12 +88,14 @@ def write_fitted_classes(out: str | Path, table: Any) -> str:
     loads (by this reference and its sha256) to assign its images. Returns the reference."""
     from samseg.edges.storage import join_uri
 
+    ref = join_uri(out, FITTED_CLASSES_JSON)
+    table = dataclasses.replace(table, sample={**table.sample, FITTED_AT: ref})  # what its images record they came from
     write_files(str(out), {FITTED_CLASSES_JSON: table.to_json().encode("utf-8")})
-    return join_uri(out, FITTED_CLASSES_JSON)
+    return ref
 
 
 def write_assigned_classes(out: str | Path, source: Any, images: list[dict[str, Any]],
-                           sheet_dirs: list[str | Path]) -> dict[str, Any]:
+                           sheet_dirs: list[str | Path], mode: str = "assigned") -> dict[str, Any]:
     """classes.json and the contact sheet of a batch whose images were assigned to `source`'s
     classes as they were computed (no image dir is rewritten). images: one per completed image,
     {"name" (its dir), "file_name", "n_masks", "cluster_sizes" (masks per dataset class id)};
@@ -114,14 +117,15 @@ def write_assigned_classes(out: str | Path, source: Any, images: list[dict[str, 
             if count and c < k:
                 sizes[c] += int(count)
                 image_counts[c][name] = int(count)
-    sample = {**source.sample, "assigned_from": assigned_from(source), "n_masks": n_masks}
+    sample = {**{k: v for k, v in source.sample.items() if k != FITTED_AT}, "assigned_from": assigned_from(source),
+              "n_masks": n_masks}
     table = dataclasses.replace(source, sizes=sizes, image_counts=image_counts, image_names=list(names),
                                 n_noise=n_masks - int(sizes.sum()), sample=sample)
     dirs = [Path(d) for d in sheet_dirs]
     loaded = [read_image_dir(d) for d in dirs]  # written with the dataset's ids already
     results = [ClusterResult(labels=np.asarray(labels, np.int64)) for _, _, labels in loaded]
     sheet = contact_sheet_png(results, loaded, [read_summary(d) for d in dirs], table)
-    return write_classes(out, table, sheet, "assigned", names)
+    return write_classes(out, table, sheet, mode, names)
 
 
 def write_classes(out: str | Path, table: Any, sheet_png: bytes, mode: str, names: list[str]) -> dict[str, Any]:
@@ -215,8 +219,9 @@ def dataset_ids(summary: dict[str, Any], res: Any, table: Any, mode: str) -> tup
 
 
 def assigned_from(table: Any) -> str:
-    """Where classes given beforehand came from, as summary.json and classes.json record it."""
-    return str(table.sample.get("run_id", "local classes.json"))
+    """Where classes given beforehand came from, as summary.json and classes.json record it: the
+    MLflow run, the classes.fitted.json a sharded batch fitted, or a classes.json file."""
+    return str(table.sample.get("run_id") or table.sample.get(FITTED_AT) or "local classes.json")
 
 
 def contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[dict[str, Any]], table: Any) -> bytes:
@@ -274,7 +279,7 @@ def load_class_table(ref: str) -> Any:
         return load_registered_classes(str(ref))
     if _is_classes_file(ref):
         try:  # the classes.json of a batch that did not finish may not match that OUT's images (its fitted
-            if not str(ref).endswith(FITTED_CLASSES_JSON):  # classes are whole mid-batch: its shards assign to them)
+            if PurePosixPath(str(ref)).name != FITTED_CLASSES_JSON:  # classes are whole mid-batch: its shards assign to them)
                 check_complete(str(ref).rsplit("/", 1)[0] if str(ref).startswith("s3://") else str(Path(ref).parent), str(ref))
         except BatchIncomplete as exc:
             raise DatasetOutputsError(str(exc)) from None

@@ -66,6 +66,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     relabel = classes is not None and given is None
     sampled = relabel and classes.fit_images is not None and len(uris) > classes.fit_images
     per_image = dataclasses.replace(t, track=t.track and not relabel, nested_under=batch_run_id, resumed=resumed)
+    fit_error = None
     try:
         if sampled:  # fitted on a sample, then every image assigned where it is computed, and logged there
             from samseg.engine.dataset import fit_then_assign
@@ -73,7 +74,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
             def job_for(logged: bool, to: Any) -> SegmentJob:
                 return image_job(job, dataclasses.replace(per_image, track=t.track and logged), True, to)
 
-            given, results = fit_then_assign(uris, job, job_for, classes, run_images, execute)
+            given, results, fit_error = fit_then_assign(uris, job, job_for, classes, run_images, execute)
         else:
             results = run_images(uris, image_job(job, per_image, classes is not None, given), None)
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
@@ -82,9 +83,12 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         bounded(lambda: end_batch(batch_run_id, "KILLED"))  # a frozen server: the next start's sweep ends it
         raise
     class_report = None
-    if given is not None:
+    if fit_error is not None:  # the sample as computed; the images not started fail, naming why
+        results, class_report = not_started(uris, results, fit_error), {"error": fit_error}
+    elif given is not None:
         class_report = record_assigned(job.out, results, given, batch_run_id, execute,
-                                       register=classes.register if sampled else None)
+                                       register=classes.register if sampled else None,
+                                       mode="dataset" if sampled else "assigned")
     elif classes is not None:
         from samseg.engine.naming import dataset_namer
 
@@ -112,6 +116,15 @@ def segment_local(source: Source, job: SegmentJob, classes: Optional[ClassesRequ
         return segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name), names=names)
 
     return run_batch(source, job, run_images, classes)
+
+
+def not_started(uris: list[str], done: list[dict[str, Any]], why: str) -> list[dict[str, Any]]:
+    """Every image's entry in input order: those of `done`, and a failed one naming `why` for the rest."""
+    from samseg.edges.outdirs import unique_names
+    from samseg.engine.segment import failed_entry
+
+    by_uri = {r["image"]: r for r in done}
+    return [by_uri.get(u) or failed_entry(u, n, f"{u}: not segmented: {why}") for u, n in zip(uris, unique_names(uris))]
 
 
 def image_job(job: SegmentJob, tracking: Tracking, dataset: bool, assign_to: Any = None) -> SegmentJob:

@@ -114,12 +114,13 @@ def assigned_entry(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_assigned(out: str, results: list[dict[str, Any]], given: GivenClasses, batch_run_id: Optional[str],
-                    execute: Execute = inline, register: Optional[str] = None) -> dict[str, Any]:
+                    execute: Execute = inline, register: Optional[str] = None, mode: str = "assigned") -> dict[str, Any]:
     """classes.json and the contact sheet of a batch whose images were assigned to `given` as
     they were computed, from their report entries (counts per class) and a few image dirs for
     the sheet's examples; logged on the batch run (and registered as model `register`, for
     classes the batch fitted itself). {"error": one line} when it fails, or when an image was
-    assigned to another table (or to none) than the batch's."""
+    assigned to another table (or to none) than the batch's. mode: "assigned" (classes given
+    beforehand) or "dataset" (the batch's own, fitted on its sample: fit_then_assign)."""
     from pathlib import PurePosixPath
 
     from samseg.edges.dataset_outputs import log_dataset_classes, write_assigned_classes
@@ -134,7 +135,7 @@ def record_assigned(out: str, results: list[dict[str, Any]], given: GivenClasses
     try:
         with local_image_dirs(out, [r["name"] for r in done[:SHEET_IMAGES]]) as (dirs, _):
             images = [{**r, "file_name": PurePosixPath(str(r["image"])).name} for r in done]
-            rep = execute("dataset-classes", lambda: write_assigned_classes(out, given.table, images, dirs))
+            rep = execute("dataset-classes", lambda: write_assigned_classes(out, given.table, images, dirs, mode))
         if batch_run_id:
             execute("track", lambda: log_dataset_classes(batch_run_id, rep))
         info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
@@ -164,7 +165,7 @@ def spread(n: int, k: int) -> list[int]:
 
 def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional[GivenClasses]], Any], classes: Any,
                     run_images: Callable[..., list[dict[str, Any]]], execute: Execute = inline
-                    ) -> tuple[GivenClasses, list[dict[str, Any]]]:
+                    ) -> tuple[Optional[GivenClasses], list[dict[str, Any]], Optional[str]]:
     """New dataset classes for a batch fanned out in shards, without reading the dataset back:
 
     1. a spread sample of classes.fit_images images computed in shards (their own ids, not logged);
@@ -174,24 +175,33 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
        to those classes where its masks are, written and logged once.
 
     job_for(logged, classes): the job each image runs as (samseg.engine.batch.image_job). Returns
-    (the fitted classes, as every shard loaded them; the images' report entries)."""
+    (the fitted classes, as every shard loaded them; the images' report entries; None), or when
+    the fit fails (no sample image segmented, the fit, S3): (None; the sample's entries, the
+    rest not started; the error's one line)."""
     from samseg.edges.dataset_outputs import DatasetOutputsError, fit_classes, write_fitted_classes
     from samseg.edges.outdirs import unique_names
     from samseg.engine.naming import dataset_namer
 
     names = unique_names(uris)
     pick = spread(len(uris), int(classes.fit_images))
-    sample = run_images([uris[i] for i in pick], job_for(False, None), [names[i] for i in pick])
+    from samseg.engine import progress
+
+    with progress.reporting(None):  # the progress bars count each image once: when it is assigned and written
+        sample = run_images([uris[i] for i in pick], job_for(False, None), [names[i] for i in pick])
     done = [r["name"] for r in sample if r["status"] == "completed"]
-    if not done:
-        raise DatasetOutputsError(f"{job.out}: no image of the {len(pick)} the classes are fitted on was segmented "
-                                  f"({sample[0]['error'] if sample else 'no images'})")
-    namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
-    with local_image_dirs(job.out, done) as (dirs, _):
-        table = execute("dataset-classes", lambda: fit_classes(dirs, job.cfg.cluster, classes.max_cluster, namer=namer)[-1])
-    ref = execute(WRITE, lambda: write_fitted_classes(job.out, table))
-    given = GivenClasses.load(ref)
-    return given, run_images(uris, job_for(True, given), names)
+    try:
+        if not done:
+            raise DatasetOutputsError(f"{job.out}: no image of the {len(pick)} the classes are fitted on was segmented "
+                                      f"({sample[0]['error'] if sample else 'no images'})")
+        namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
+        with local_image_dirs(job.out, done) as (dirs, _):
+            table = execute("dataset-classes", lambda: fit_classes(dirs, job.cfg.cluster, classes.max_cluster,
+                                                                   namer=namer)[-1])
+        ref = execute(WRITE, lambda: write_fitted_classes(job.out, table))
+        given = GivenClasses.load(ref)
+    except Exception as exc:  # the batch reports it; OUT stays marked incomplete and a rerun completes it
+        return None, sample, one_line(exc)
+    return given, run_images(uris, job_for(True, given), names), None
 
 
 def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],

@@ -51,8 +51,8 @@ def _timm_row(name: str) -> BackboneEntry:
 
 
 def _fix(name: str, path: Path) -> str:
-    return (f"run `samseg weights download {name}` (or copy {path.name} to {path.parent}/), pass --features-checkpoint "
-            "FILE, or use --features sam")
+    return (f"run `samseg weights download {name}` (or copy {path.name} and {path.name}.sha256 to {path.parent}/), "
+            "pass --features-checkpoint FILE, or use --features sam")
 
 
 def build_backbone(name: str, seed: int = 0) -> Any:
@@ -156,7 +156,7 @@ def encode_features(backbone: LoadedBackbone, rgb_hw3: np.ndarray, long_side: in
 
 def _backbone_row(name: str) -> tuple[Optional[WeightsFile], str]:
     entry = _timm_row(name)
-    file = WeightsFile(entry.url, entry.filename, entry.sha256, entry.size) if entry.url else None
+    file = WeightsFile(str(entry.url), entry.filename, entry.sha256, entry.size) if entry.downloadable else None
     return file, entry.licence
 
 

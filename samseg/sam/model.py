@@ -75,11 +75,6 @@ def model_entry(model_type: str) -> ModelEntry:
     return MODELS[model_type]
 
 
-def downloadable_types() -> tuple[str, ...]:
-    """The model types whose row has official weights to download."""
-    return tuple(name for name, entry in MODELS.items() if entry.checkpoint is not None)
-
-
 def _segment_anything_builder(model_type: str) -> Callable[[int], "Sam"]:
     def build(_seed: int) -> "Sam":
         from segment_anything import sam_model_registry

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from samseg.core.backbones import SAM
 from samseg.sam.backbones import BACKBONE_WEIGHTS
 from samseg.sam.model import SAM_WEIGHTS
 from samseg.sam.namer import NAMER_WEIGHTS
-from samseg.sam.weights import CheckpointError, Family, Weight, WeightsFile, weight
+from samseg.sam.weights import RECORDED, CheckpointError, Family, Weight, WeightsFile, weight
 
 
 def find(name: str) -> Weight:
@@ -55,11 +56,11 @@ def downloadable() -> list[Weight]:
     return out
 
 
-def needed(model_type: str, features: str = "sam", checkpoint: Optional[str] = None,
+def needed(model_type: str, features: str = SAM, checkpoint: Optional[str] = None,
            features_checkpoint: Optional[str] = None, namer: Optional[str] = None) -> list[Weight]:
     """The downloadable weights a run with this model, feature backbone and namer reads (a file
     given with --checkpoint / --features-checkpoint, and seeded weights, need none)."""
-    from samseg.core.backbones import SAM, BACKBONES
+    from samseg.core.backbones import BACKBONES
 
     wanted = [(model_type, SAM_WEIGHTS, checkpoint)]
     if features != SAM and features in BACKBONES:
@@ -69,7 +70,7 @@ def needed(model_type: str, features: str = "sam", checkpoint: Optional[str] = N
     return [w for name, fam, given in wanted if given is None and (w := weight(name, fam)).file is not None]
 
 
-def ensure(model_type: str, features: str = "sam", checkpoint: Optional[str] = None,
+def ensure(model_type: str, features: str = SAM, checkpoint: Optional[str] = None,
            features_checkpoint: Optional[str] = None, namer: Optional[str] = None) -> None:
     """Download every missing weight the run needs; when some cannot be fetched, one
     CheckpointError names them all, the command that fetches them and where to copy them."""
@@ -91,8 +92,9 @@ def missing_message(failed: list[tuple[Weight, CheckpointError]]) -> str:
     if len(reason) > 300:
         reason = reason[:297] + "..."
     folders: dict[Path, list[str]] = {}
-    for w, _ in failed:
-        folders.setdefault(w.path.parent, []).append(w.path.name)
+    for w, _ in failed:  # an unpinned file is trusted by the hash recorded beside it at its download: that file too
+        unpinned = w.file is not None and w.file.sha256 is None
+        folders.setdefault(w.path.parent, []).append(w.path.name + (f" (+ {w.path.name}{RECORDED})" if unpinned else ""))
     where = "; ".join(f"{' and '.join(files)} to {folder}/" for folder, files in folders.items())
     return (f"missing weights: {', '.join(names)} ({reason}). Copy {where} "
             f"(`samseg weights download {' '.join(names)}` fetches them on a machine that reaches the hosts)")

@@ -123,11 +123,12 @@ class Weight:
         validate = None if info.sha256 else (lambda part: self.family.read(self.family.build(self.name, 0), part, self.name))
         return fetch_verified(info, dest, self.what, self.licence, self.hint(), validate)
 
-    def identity(self, given: str | Path | None = None, seed: int = 0) -> tuple[Optional[str], str]:
+    def identity(self, given: str | Path | None = None, seed: int = 0, warn: bool = False) -> tuple[Optional[str], str]:
         """(path, sha256) of the weights a load would read, without loading them: what the cache
-        keys and the summary record. A missing unpinned download is CheckpointError now."""
+        keys and the summary record. A missing unpinned download is CheckpointError now. warn: a
+        given file that is not the row's pinned one warns (the load does, once per model)."""
         if given is not None:
-            return self._given(Path(given).expanduser())
+            return self._given(Path(given).expanduser(), warn)
         if self.file is None:
             return None, self.seeded_sha256(seed)
         path = self.path
@@ -143,17 +144,17 @@ class Weight:
             raise CheckpointError(f"{path}: sha256 {sha} is not the expected {want} (truncated or replaced); {self.hint()}")
         return str(path), sha
 
-    def _given(self, path: Path) -> tuple[str, str]:
+    def _given(self, path: Path, warn: bool) -> tuple[str, str]:
         """A file passed with the family's flag: its hash, with a warning when the row pins another."""
         if not path.is_file():
-            raise CheckpointError(f"{path}: {self.family.noun} file not found")
+            raise CheckpointError(f"{path}: {self.family.noun} file not found ({self.family.flag})")
         sha = remembered_sha256(path)
         pinned = self.file.sha256 if self.file else None
-        if sha != pinned and (pinned or self.file is None):  # an unpinned row has nothing to compare with
+        if warn and sha != pinned and (pinned or self.file is None):  # an unpinned row has nothing to compare with
             expected = f"the pinned {pinned}" if pinned else f"any pinned hash ({self.name} has none)"
             msg = f"{path}: sha256 {sha} is not {expected}; using it anyway"
             log.warning(msg)
-            warnings.warn(msg, CheckpointWarning, stacklevel=4)
+            warnings.warn(msg, CheckpointWarning, stacklevel=5)
         return str(path), sha
 
     def seeded_sha256(self, seed: int) -> str:
@@ -183,7 +184,7 @@ class Weight:
             return model, None, state_dict_sha256(model)
         if given is None and (self.file is not None and (self.file.sha256 is not None or not self.path.is_file())):
             self.download()  # missing, or pinned: its bytes are checked against the pin (remembered, not re-hashed)
-        path, sha = self.identity(given, seed)  # before the build: a missing file costs no model
+        path, sha = self.identity(given, seed, warn=True)  # before the build: a missing file costs no model
         assert path is not None
         model = self.family.build(self.name, seed)
         self.family.read(model, Path(path), self.name)

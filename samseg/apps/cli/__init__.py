@@ -277,14 +277,14 @@ def _weights_name(name: str) -> str:
 
 
 def _add_weights_parser(sub: Any) -> None:
-    p = sub.add_parser("weights", help="download or list SAM checkpoints and feature backbones",
-                       description="Official SAM checkpoints and DINOv2/DINOv3 feature backbones, sha256-checked, "
-                                   "kept in $SAMSEG_HOME/checkpoints.")
+    p = sub.add_parser("weights", help="download or list SAM checkpoints, feature backbones and class namers",
+                       description="Official SAM checkpoints, DINOv2/DINOv3 feature backbones and the CLIP class namer, "
+                                   "sha256-checked, kept in $SAMSEG_HOME/checkpoints.")
     wsub = p.add_subparsers(title="actions", metavar="ACTION")
     d = wsub.add_parser("download", help="download and verify weights files (by name, or all a preset needs)")
     d.add_argument("names", nargs="*", metavar="NAME", type=_weights_name, help=" | ".join(_weights_names()))
     d.add_argument("--preset", default=None, metavar="PRESET",
-                   help="every weights file the preset needs (its SAM model and feature backbone), e.g. default")
+                   help="every weights file the preset needs (its SAM model, feature backbone and namer), e.g. default")
     _add_common(d)
     d.set_defaults(handler=_run_weights_download)
     ls = wsub.add_parser("list", help="where each weights file is kept, whether it is present, and its licence")

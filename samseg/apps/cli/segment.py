@@ -122,9 +122,10 @@ def _check_shards(args: argparse.Namespace, fan_out: str) -> None:
     fit = getattr(args, "fit_images", ShardPlan.fit_images)
     if size != ShardPlan.size and fan_out == "local":
         raise UsageError("--shard-size splits a --fan-out deployment batch; this batch runs here (--fan-out local)")
-    if fit != ShardPlan.fit_images and (fan_out == "local" or getattr(args, "classes", None) != "dataset"):
-        raise UsageError("--fit-images samples a --classes dataset batch split in shards (--fan-out deployment); "
-                         "a batch run here is fitted on all of its masks (--max-cluster caps them)")
+    if fit != ShardPlan.fit_images and (fan_out == "local" or getattr(args, "classes", None) != "dataset"
+                                        or getattr(args, "classes_from", None)):
+        raise UsageError("--fit-images samples a --classes dataset batch split in shards (--fan-out deployment) to fit "
+                         "new classes; a batch run here is fitted on all of its masks (--max-cluster caps them)")
     try:
         ShardPlan(size=size, fit_images=fit)
     except ValueError as exc:
@@ -226,14 +227,14 @@ def _batch_failed(exc: Exception) -> int:
 
 
 def _report_entry(entry: dict[str, Any]) -> int:
-    """A single image's entry of the batch loop (local) or its flow's summary (Prefect): its line
-    and run id, or its one error line; the exit code."""
+    """A single image's entry of the batch loop (in this process, or the segment-image flow run's):
+    its line and run id, or its one error line; the exit code."""
     from pathlib import PurePosixPath
 
-    if entry.get("status", "completed") != "completed":
+    if entry["status"] != "completed":
         print_error(entry["error"])
         return 1
-    uri = entry["image"]["uri"] if isinstance(entry["image"], dict) else entry["image"]
+    uri = entry["image"]
     print(_image_line(PurePosixPath(uri).name, entry, entry["out_dir"]))
     if entry.get("mlflow_run_id"):
         print(f"MLflow run: {entry['mlflow_run_id']}")

@@ -248,10 +248,11 @@ def run_detail(store: RunStore, run_id: str) -> dict[str, Any]:
 def backbone_choices() -> list[dict[str, Any]]:
     """The features menu: every backbone, and whether its weights are here (SAM's own encoder and
     seeded test weights always are); one that is not would download on first use."""
-    from samseg.core.backbones import BACKBONES
-    from samseg.sam.registry import find
+    from samseg.core.backbones import SAM
+    from samseg.sam.backbones import BACKBONE_WEIGHTS
+    from samseg.sam.weights import weight
 
-    return [{"name": n, "ready": not BACKBONES[n].downloadable or find(n).present} for n in BACKBONE_NAMES]
+    return [{"name": n, "ready": n == SAM or weight(n, BACKBONE_WEIGHTS).present} for n in BACKBONE_NAMES]
 
 
 def _rerun(store: RunStore, run_id: str, new: Any, cfg: Any, progress: Any) -> dict[str, Any]:
