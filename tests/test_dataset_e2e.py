@@ -426,6 +426,11 @@ def test_a_sharded_batch_fits_its_classes_on_a_spread_sample_and_assigns_every_i
         assert summary["classes_from"] == str(tmp_path / "out" / "classes.fitted.json")  # where they came from
         total += len(stored)
     assert int(final.sizes.sum()) + final.n_noise == total
+    # a later batch into the same OUT fitted on all of its masks: the earlier fitted classes go, samseg's own file
+    from samseg.engine.batch import segment_local
+
+    assert segment_local(sources[:2], job, ClassesRequest())["classes"]["mode"] == "dataset"
+    assert not (tmp_path / "out" / "classes.fitted.json").exists()
 
 
 def test_a_sharded_batch_whose_fit_fails_reports_it_and_stays_incomplete(segmented, tmp_path):

@@ -135,6 +135,21 @@ def write_files(folder: str, files: Mapping[str, bytes]) -> list[str]:
     return written
 
 
+def remove_own(folder: str, names: list[str]) -> None:
+    """Delete those of `names` in `folder` that samseg wrote (a stale top-level file of an earlier
+    batch); a file of the user's there is FilesRefused, untouched."""
+    from samseg.edges.storage import delete
+
+    ledger = check_writable(folder, names)
+    gone = [n for n in names if n in ledger["files"]]
+    for name in gone:
+        if _current(folder, name) is not None:
+            delete(join_uri(folder, name))
+        ledger["files"].pop(name, None)
+    if gone:
+        _write_ledger(folder, ledger)
+
+
 def begin_batch(folder: str, names: list[str]) -> None:
     """Before a batch touches OUT: its top-level `names` must be writable (FilesRefused), and
     OUT is marked incomplete until `end_batch`."""

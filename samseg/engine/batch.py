@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 from samseg.core.config import PipelineConfig
+from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON
 from samseg.edges.run_schema import KIND_BATCH, TAG_KIND, TAG_SOURCE
 from samseg.engine.publish import Tracking
 from samseg.engine.runner import Execute, inline
@@ -59,12 +60,14 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     # A user's file where a top-level file goes refuses the batch now; OUT stays marked
     # incomplete until the batch's files all agree (an interrupted batch is never served).
     owned_files.begin_batch(job.out, top_level_files(classes is not None))
+    relabel = classes is not None and given is None
+    sampled = relabel and classes.fit_images is not None and len(uris) > classes.fit_images
+    if classes is not None and not sampled:  # an earlier sampled batch's fitted classes are not this batch's
+        owned_files.remove_own(job.out, [FITTED_CLASSES_JSON])
     t = job.tracking
     batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris))
     # new dataset classes: image runs are logged after relabelling, so they carry the dataset ids;
     # classes given beforehand are assigned as each image is computed, which is logged as it is written
-    relabel = classes is not None and given is None
-    sampled = relabel and classes.fit_images is not None and len(uris) > classes.fit_images
     per_image = dataclasses.replace(t, track=t.track and not relabel, nested_under=batch_run_id, resumed=resumed)
     fit_error = None
     try:
@@ -139,8 +142,6 @@ def image_job(job: SegmentJob, tracking: Tracking, dataset: bool, assign_to: Any
 
 def top_level_files(dataset: bool) -> list[str]:
     """The files a batch writes into OUT itself, beside the image dirs."""
-    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON
-
     return [BATCH_SUMMARY_JSON, *((CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON) if dataset else ())]
 
 
