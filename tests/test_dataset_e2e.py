@@ -415,6 +415,7 @@ def test_a_sharded_batch_fits_its_classes_on_a_spread_sample_and_assigns_every_i
     fitted = ClassTable.from_json((tmp_path / "out" / "classes.fitted.json").read_text())
     assert table_sha256(fitted) == given.sha256 and fitted.image_names == ["bears.png", "corgi.png"]  # the sample's
     assert report["failed"] == 0 and report["classes"]["mode"] == "dataset", report  # the batch's own classes
+    assert report["classes"]["fitted_on"] == "2 of 4 images"  # what the CLI's classes line says
     final = ClassTable.from_json(Path(report["classes"]["classes_json"]).read_text())
     assert np.array_equal(final.prototypes, fitted.prototypes) and final.image_names == [Path(s).name for s in sources]
     total = 0

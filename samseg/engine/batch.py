@@ -92,6 +92,8 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         class_report = record_assigned(job.out, results, given, batch_run_id, execute,
                                        register=classes.register if sampled else None,
                                        mode="dataset" if sampled else "assigned")
+        if sampled and not class_report.get("error"):  # what the classes were fitted on, for the report's line
+            class_report["fitted_on"] = f"{len(given.table.image_names)} of {len(uris)} images"
     elif classes is not None:
         from samseg.engine.naming import dataset_namer
 

@@ -339,7 +339,8 @@ def report_batch(report: dict[str, Any]) -> int:
     if classes.get("error"):
         print_error(f"dataset-level classes: {classes['error']}")
     elif classes.get("classes_json"):
-        print(f"dataset classes ({classes['mode']}): {classes['n_classes']} classes -> {classes['classes_json']}, "
+        how = f"{classes['mode']}, fitted on {classes['fitted_on']}" if classes.get("fitted_on") else classes["mode"]
+        print(f"dataset classes ({how}): {classes['n_classes']} classes -> {classes['classes_json']}, "
               f"{classes['contact_sheet']}")
         if classes.get("registered"):
             print(f"registered classes: {classes['registered']['model_uri']}")
