@@ -162,6 +162,30 @@ def test_chunked_dbscan_equals_sklearn():
     assert np.array_equal(eu, renumber(dbscan_cosine_chunked(x, 0.02, 10)))
 
 
+def test_the_block_product_is_a_hook_and_torchs_gives_the_same_classes():
+    """samseg.sam.gram: on CUDA the fit's block products run in torch; every product goes through
+    the hook (counted here), and torch's — run on the CPU here, the same code a GPU runs — gives
+    the same labels as numpy's, batch path included."""
+    from samseg.sam.gram import gram_for, torch_gram
+
+    x = blobs(n_per=60, k=5, dim=12, spread=0.08, n_noise=40, seed=1)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    calls = []
+
+    def counted(a, b):
+        calls.append((a.shape[0], b.shape[0]))
+        return torch_gram("cpu")(a, b)
+
+    for eps, ms in ((0.01, 5), (0.02, 10), (0.3, 4)):
+        ref = renumber(dbscan_cosine_chunked(x, eps, ms, block_floats=256))
+        assert np.array_equal(renumber(dbscan_cosine_chunked(x, eps, ms, block_floats=256, gram=counted)), ref)
+    assert len(calls) > 100  # every block product went through the hook (256-float blocks: many)
+    parts = [x[:100], x[100:]]
+    assert all(np.array_equal(a.labels, b.labels) for a, b in zip(
+        cluster_batch(parts, CFG), cluster_batch(parts, CFG, gram=torch_gram("cpu"))))
+    assert gram_for("cpu") is None  # a CPU run keeps numpy's BLAS
+
+
 def test_sampled_path_matches_full_partition():
     x = blobs(n_per=150, k=4, dim=16, spread=0.05, n_noise=0, seed=3)
     parts = [x[:200], x[200:450], x[450:]]

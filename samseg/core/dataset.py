@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from samseg.core.config import ClusterConfig
-from samseg.core.cosine_dbscan import BLOCK_FLOATS, dbscan_cosine_chunked, eps_euclidean, row_chunks
+from samseg.core.cosine_dbscan import BLOCK_FLOATS, Gram, dbscan_cosine_chunked, eps_euclidean, row_chunks
 from samseg.core.cluster import renumber
 from samseg.core.types import ClusterResult
 
@@ -183,6 +183,7 @@ def cluster_batch(
     max_cluster: int | None = None,
     seed: int = 0,
     image_names: Sequence[str] | None = None,
+    gram: Gram | None = None,
 ) -> list[ClusterResult]:
     """Cluster every mask of a batch together: one ClusterResult per image, ids shared.
 
@@ -190,10 +191,11 @@ def cluster_batch(
     Ids are numbered by decreasing batch-wide size (ties: first member in batch order).
     max_cluster: above this many masks a seeded random sample of that size is clustered
     and the other masks are assigned by nearest covering prototype (else noise); None →
-    DEFAULT_MAX_CLUSTER[cfg.algorithm]. image_names only improve error messages.
+    DEFAULT_MAX_CLUSTER[cfg.algorithm]. image_names only improve error messages. gram: the
+    cosine DBSCAN's block product (samseg.core.cosine_dbscan.Gram; a GPU's, samseg.sam.gram).
     """
     x, offsets = _stack(embeddings_per_image, cfg.metric, image_names)
-    labels = _cluster_all(x, cfg, max_cluster, seed)
+    labels = _cluster_all(x, cfg, max_cluster, seed, gram)
     return [ClusterResult(labels=labels[offsets[i] : offsets[i + 1]].copy()) for i in range(len(offsets) - 1)]
 
 
@@ -203,28 +205,31 @@ def classify_batch(
     cfg: ClusterConfig,
     max_cluster: int | None = None,
     seed: int = 0,
+    gram: Gram | None = None,
 ) -> tuple[list[ClusterResult], ClassTable]:
     """cluster_batch + build_classes in one call: (per-image results, ClassTable).
     The table's `sample` records whether (and how) a seeded sample was clustered."""
-    results = cluster_batch(embeddings_per_image, cfg, max_cluster=max_cluster, seed=seed, image_names=image_names)
+    results = cluster_batch(embeddings_per_image, cfg, max_cluster=max_cluster, seed=seed, image_names=image_names,
+                            gram=gram)
     n = int(sum(len(r.labels) for r in results))
     limit = DEFAULT_MAX_CLUSTER[cfg.algorithm] if max_cluster is None else int(max_cluster)
     sample = {"n_masks": n, "n_clustered": min(n, limit), "max_cluster": limit, "seed": int(seed)}
     return results, build_classes(embeddings_per_image, results, image_names, cfg=cfg, sample=sample)
 
 
-def _cluster_all(x: np.ndarray, cfg: ClusterConfig, max_cluster: int | None, seed: int) -> np.ndarray:
+def _cluster_all(x: np.ndarray, cfg: ClusterConfig, max_cluster: int | None, seed: int,
+                 gram: Gram | None = None) -> np.ndarray:
     """(N,) labels for the stacked N×C batch, sampling above max_cluster."""
     limit = DEFAULT_MAX_CLUSTER[cfg.algorithm] if max_cluster is None else int(max_cluster)
     if limit < 1:
         raise ValueError(f"max_cluster must be >= 1, got {limit}")
     n = x.shape[0]
     if n <= limit:
-        return cluster_rows(x, cfg)
+        return cluster_rows(x, cfg, gram)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=limit, replace=False))
     labels = np.full(n, -1, dtype=np.int64)
-    labels[sample] = cluster_rows(x[sample], cfg)
+    labels[sample] = cluster_rows(x[sample], cfg, gram)
     rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
     unit = _unit(x)
     protos, radii = prototypes_and_radii(unit[sample], labels[sample])
@@ -232,13 +237,13 @@ def _cluster_all(x: np.ndarray, cfg: ClusterConfig, max_cluster: int | None, see
     return renumber(labels)
 
 
-def cluster_rows(x_nc: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
+def cluster_rows(x_nc: np.ndarray, cfg: ClusterConfig, gram: Gram | None = None) -> np.ndarray:
     """(N,) int64 labels, renumbered by size. DBSCAN+cosine → chunked exact path; any other
     algorithm/metric → samseg.core.cluster.cluster_embeddings."""
     if cfg.algorithm == "dbscan" and cfg.metric == "cosine":
         if x_nc.shape[0] < max(2, cfg.min_samples):  # same rule as cluster_embeddings
             return np.full(x_nc.shape[0], -1, dtype=np.int64)
-        return renumber(dbscan_cosine_chunked(_unit(x_nc), cfg.eps, cfg.min_samples))
+        return renumber(dbscan_cosine_chunked(_unit(x_nc), cfg.eps, cfg.min_samples, gram=gram))
     from samseg.core.cluster import cluster_embeddings
 
     return np.asarray(cluster_embeddings(x_nc, cfg).labels, dtype=np.int64)

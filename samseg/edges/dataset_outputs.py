@@ -48,6 +48,7 @@ def apply_dataset_classes(
     max_cluster: Optional[int] = None,
     seed: int = 0,
     namer: Optional[Callable[[list[dict[str, Any]], list[Any], list[Any], Any], dict[str, Any]]] = None,
+    gram: Optional[Callable[..., Any]] = None,
 ) -> dict[str, Any]:
     """Cluster the masks of every (local) image dir together, rewrite each dir with the
     dataset-level ids and write classes.json and the contact sheet into OUT (a folder or s3://
@@ -58,17 +59,18 @@ def apply_dataset_classes(
     dirs = [Path(d) for d in image_dirs]
     if not dirs:
         raise DatasetOutputsError(f"{out}: no image outputs to give classes to")
-    loaded, summaries, names, results, table = fit_classes(dirs, cluster_cfg, max_cluster, seed, namer)
+    loaded, summaries, names, results, table = fit_classes(dirs, cluster_cfg, max_cluster, seed, namer, gram)
     for d, (masks, emb, _), summary, res in zip(dirs, loaded, summaries, results):
         _rewrite_dir(d, masks, emb, summary, res, table)
     return write_classes(out, table, contact_sheet_png(results, loaded, summaries, table), "dataset", names)
 
 
 def fit_classes(image_dirs: list[str | Path], cluster_cfg: Any, max_cluster: Optional[int] = None, seed: int = 0,
-                namer: Optional[Callable[..., dict[str, Any]]] = None) -> tuple[list[Any], list[dict[str, Any]], list[str],
-                                                                                list[Any], Any]:
+                namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Callable[..., Any]] = None,
+                ) -> tuple[list[Any], list[dict[str, Any]], list[str], list[Any], Any]:
     """The classes of the masks of these (local) image dirs clustered together, named by `namer`:
-    (loaded dirs, summaries, image names, each image's ClusterResult, the ClassTable)."""
+    (loaded dirs, summaries, image names, each image's ClusterResult, the ClassTable). gram: the
+    block product of the cosine DBSCAN (a GPU's: samseg.sam.gram)."""
     from samseg.core.dataset import classify_batch
     from samseg.edges.image_dir import read_image_dir, read_summary
 
@@ -76,7 +78,8 @@ def fit_classes(image_dirs: list[str | Path], cluster_cfg: Any, max_cluster: Opt
     loaded = [read_image_dir(d) for d in dirs]  # (MaskSet, N×C embeddings, old labels)
     summaries = [read_summary(d) for d in dirs]
     names = image_names([d.name for d in dirs], summaries)
-    results, table = classify_batch([emb for _, emb, _ in loaded], names, cluster_cfg, max_cluster=max_cluster, seed=seed)
+    results, table = classify_batch([emb for _, emb, _ in loaded], names, cluster_cfg, max_cluster=max_cluster, seed=seed,
+                                    gram=gram)
     table = dataclasses.replace(table, sample={**table.sample, **_embedding_model(summaries)})  # what the registry records
     if namer is not None:
         table = dataclasses.replace(table, naming=namer(summaries, loaded, results, table))

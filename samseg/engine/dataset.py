@@ -164,7 +164,8 @@ def spread(n: int, k: int) -> list[int]:
 
 
 def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional[GivenClasses]], Any], classes: Any,
-                    run_images: Callable[..., list[dict[str, Any]]], execute: Execute = inline
+                    run_images: Callable[..., list[dict[str, Any]]], execute: Execute = inline,
+                    gram: Optional[Callable[..., Any]] = None,
                     ) -> tuple[Optional[GivenClasses], list[dict[str, Any]], Optional[str]]:
     """New dataset classes for a batch fanned out in shards, without reading the dataset back:
 
@@ -196,7 +197,7 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
         namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
         with local_image_dirs(job.out, done) as (dirs, _):
             table = execute("dataset-classes", lambda: fit_classes(dirs, job.cfg.cluster, classes.max_cluster,
-                                                                   namer=namer)[-1])
+                                                                   namer=namer, gram=gram)[-1])
         ref = execute(WRITE, lambda: write_fitted_classes(job.out, table))
         given = GivenClasses.load(ref)
     except Exception as exc:  # the batch reports it; OUT stays marked incomplete and a rerun completes it
@@ -206,12 +207,13 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
 
 def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
                   max_cluster: Optional[int], seed: int = 0,
-                  namer: Optional[Callable[..., dict[str, Any]]] = None) -> dict[str, Any]:
+                  namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Callable[..., Any]] = None,
+                  ) -> dict[str, Any]:
     """Cluster the batch's image dirs together (named by `namer` when given,
     samseg.engine.naming.dataset_namer); log classes.json, contact sheet and metrics on the batch run."""
     from samseg.edges.dataset_outputs import apply_dataset_classes, log_dataset_classes
 
-    report = apply_dataset_classes(out, dirs, cluster_cfg, max_cluster=max_cluster, seed=seed, namer=namer)
+    report = apply_dataset_classes(out, dirs, cluster_cfg, max_cluster=max_cluster, seed=seed, namer=namer, gram=gram)
     if batch_run_id:
         log_dataset_classes(batch_run_id, report)
     return report
@@ -220,7 +222,8 @@ def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_r
 def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
                       max_cluster: Optional[int], track: bool, experiment: str,
                       register_classes: Optional[str] = None, execute: Execute = inline,
-                      namer: Optional[Callable[..., dict[str, Any]]] = None) -> dict[str, Any]:
+                      namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Callable[..., Any]] = None,
+                      ) -> dict[str, Any]:
     """New dataset ids for the completed images of a batch, then their MLflow child runs.
 
     results: the batch's per-image entries ("status", "name"); completed entries gain
@@ -243,7 +246,7 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
             return {"error": one_line(exc)}
         try:
             rep = execute("dataset-classes", lambda: classify_dirs(out, dirs, cluster_cfg, batch_run_id, max_cluster,
-                                                                   namer=namer))
+                                                                   namer=namer, gram=gram))
             execute(WRITE, publish)  # an S3 OUT: the relabelled dirs go back (I/O retries in a flow)
             info = {k: rep[k] for k in ("mode", "n_classes", "metrics", "classes_json", "contact_sheet")}
             if register_classes and batch_run_id:
