@@ -184,6 +184,16 @@ def test_the_block_product_is_a_hook_and_torchs_gives_the_same_classes():
     assert all(np.array_equal(a.labels, b.labels) for a, b in zip(
         cluster_batch(parts, CFG), cluster_batch(parts, CFG, gram=torch_gram("cpu"))))
     assert gram_for("cpu") is None  # a CPU run keeps numpy's BLAS
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = True  # a process that allows TF32 for its own work keeps it after a fit
+        torch_gram("cpu")(x[:3], x[:4])
+        assert matmul.allow_tf32 is True
+    finally:
+        matmul.allow_tf32 = before
 
 
 def test_sampled_path_matches_full_partition():

@@ -5,7 +5,7 @@ on CUDA torch does them, in exact float32 (TF32 is not allowed), and only the bl
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -15,29 +15,25 @@ def torch_gram(device: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     import torch
 
     def gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
-            tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).to(device)
-            return (ta @ tb.T).cpu().numpy()
+        # The threshold a·b >= 1 − eps is compared in float32: TF32's 10-bit mantissa would move
+        # masks across it, so the products stay fp32 whatever the process set (put back after).
+        matmul = torch.backends.cuda.matmul
+        tf32, matmul.allow_tf32 = matmul.allow_tf32, False
+        try:
+            with torch.inference_mode():
+                ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+                tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)).to(device)
+                return (ta @ tb.T).cpu().numpy()
+        finally:
+            matmul.allow_tf32 = tf32
 
     return gram
 
 
 def gram_for(device: Optional[str]) -> Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     """torch's block product when the run's device (None/"auto": the best there is) is CUDA;
-    None (numpy's BLAS) elsewhere: on a CPU, torch's matmul is no faster than numpy's."""
-    import torch
-
+    None elsewhere: a CPU run keeps numpy's BLAS, the path docs/dataset-classes.md measures."""
     from samseg.sam.model import select_device
 
     dev = select_device(device)
-    if not dev.startswith("cuda"):
-        return None
-    _exact_fp32(torch)
-    return torch_gram(dev)
-
-
-def _exact_fp32(torch: Any) -> None:
-    """The threshold a·b >= 1 − eps is compared in float32: TF32's 10-bit mantissa would move masks
-    across it, so the products stay fp32 (torch's default; a user's setting is not trusted here)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
+    return torch_gram(dev) if dev.startswith("cuda") else None
