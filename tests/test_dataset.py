@@ -184,16 +184,38 @@ def test_the_block_product_is_a_hook_and_torchs_gives_the_same_classes():
     assert all(np.array_equal(a.labels, b.labels) for a, b in zip(
         cluster_batch(parts, CFG), cluster_batch(parts, CFG, gram=torch_gram("cpu"))))
     assert gram_for("cpu") is None  # a CPU run keeps numpy's BLAS
+    import ast
+    import inspect
+
+    from samseg.core import cosine_dbscan
+
+    products = [n for n in ast.walk(ast.parse(inspect.getsource(cosine_dbscan)))
+                if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult)]
+    assert len(products) == 1  # every product is the hook's (numpy's own: _numpy_gram)
     import torch
 
-    matmul = torch.backends.cuda.matmul
-    before = matmul.allow_tf32
+    matmul, seen = torch.backends.cuda.matmul, []
+    before, cpu = matmul.fp32_precision, torch.Tensor.cpu
     try:
-        matmul.allow_tf32 = True  # a process that allows TF32 for its own work keeps it after a fit
+        matmul.fp32_precision = "tf32"  # a process that allows TF32 for its own work
+        torch.Tensor.cpu = lambda t: (seen.append(matmul.fp32_precision), cpu(t))[1]  # the state at the product
         torch_gram("cpu")(x[:3], x[:4])
-        assert matmul.allow_tf32 is True
+        assert seen == ["ieee"] and matmul.fp32_precision == "tf32"  # fp32 for the block, its setting after
     finally:
-        matmul.allow_tf32 = before
+        torch.Tensor.cpu, matmul.fp32_precision = cpu, before
+
+
+def test_a_small_fit_on_an_auto_device_imports_no_torch():
+    """gram_for decides at the first full-size block: a fit smaller than one never imports torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from samseg.sam.gram import gram_for\n"
+            "x = np.eye(6, dtype=np.float32)\n"
+            "assert (gram_for('auto')(x, x) == x).all()\n"
+            "print('torch' in sys.modules)\n")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_sampled_path_matches_full_partition():

@@ -459,3 +459,32 @@ def test_a_sharded_batch_whose_fit_fails_reports_it_and_stays_incomplete(segment
     assert [r["error"].endswith("worker lost") for r in report["images"]] == [False, True, False, True]
     assert "not segmented: " in report["images"][0]["error"]
     assert not (tmp_path / "out" / "classes.json").exists() and incomplete_since(str(tmp_path / "out"))
+
+
+def test_a_resumed_sharded_batch_keeps_the_classes_it_fitted_before(segmented, batch_run, tmp_path):
+    """A killed sampled batch run again: images it logged before are not logged again, so it
+    assigns to the classes.fitted.json it wrote then instead of fitting new ones."""
+    from samseg.edges.dataset_outputs import write_fitted_classes
+    from samseg.engine.batch import ClassesRequest
+    from samseg.engine.dataset import fit_then_assign, table_sha256
+
+    root, _, _, _, cfg = segmented
+    _, table = batch_run
+    out = tmp_path / "out"
+    out.mkdir()
+    ref = write_fitted_classes(str(out), table)
+    sources = [str(root / "photos" / f"{Path(n).stem}.png") for n in PHOTOS]
+    calls = []
+
+    def run_images(uris, per_image, names):
+        calls.append((uris, per_image))
+        return [{"image": u, "name": n, "status": "completed"} for u, n in zip(uris, names)]
+
+    class Job:
+        out = str(tmp_path / "out")
+
+    given, results, error = fit_then_assign(sources, Job, lambda logged, to: (logged, to), ClassesRequest(fit_images=2),
+                                            run_images, resumed=True)
+    assert error is None and [c[0] for c in calls] == [sources]  # no sample run, no new fit
+    assert calls[0][1] == (True, given) and given.ref == ref
+    assert given.sha256 == table_sha256(ClassTable.from_json((out / "classes.fitted.json").read_text()))

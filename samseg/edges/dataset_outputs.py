@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from samseg.core.errors import SamsegError
 from samseg.core.backbones import SAM
+from samseg.core.cosine_dbscan import Gram
 
 from samseg.edges.owned_files import (CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON, BatchIncomplete, check_complete,
                                       write_files)
@@ -48,7 +49,7 @@ def apply_dataset_classes(
     max_cluster: Optional[int] = None,
     seed: int = 0,
     namer: Optional[Callable[[list[dict[str, Any]], list[Any], list[Any], Any], dict[str, Any]]] = None,
-    gram: Optional[Callable[..., Any]] = None,
+    gram: Optional[Gram] = None,
 ) -> dict[str, Any]:
     """Cluster the masks of every (local) image dir together, rewrite each dir with the
     dataset-level ids and write classes.json and the contact sheet into OUT (a folder or s3://
@@ -66,7 +67,7 @@ def apply_dataset_classes(
 
 
 def fit_classes(image_dirs: list[str | Path], cluster_cfg: Any, max_cluster: Optional[int] = None, seed: int = 0,
-                namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Callable[..., Any]] = None,
+                namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Gram] = None,
                 ) -> tuple[list[Any], list[dict[str, Any]], list[str], list[Any], Any]:
     """The classes of the masks of these (local) image dirs clustered together, named by `namer`:
     (loaded dirs, summaries, image names, each image's ClusterResult, the ClassTable). gram: the
@@ -91,7 +92,7 @@ def write_fitted_classes(out: str | Path, table: Any) -> str:
     loads (by this reference and its sha256) to assign its images. Returns the reference."""
     from samseg.edges.storage import join_uri
 
-    ref = join_uri(out, FITTED_CLASSES_JSON)
+    ref = pin_classes_ref(join_uri(out, FITTED_CLASSES_JSON))  # the one spelling: shards load it, images record it
     table = dataclasses.replace(table, sample={**table.sample, FITTED_AT: ref})  # what its images record they came from
     write_files(str(out), {FITTED_CLASSES_JSON: table.to_json().encode("utf-8")})
     return ref

@@ -62,7 +62,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     owned_files.begin_batch(job.out, top_level_files(classes is not None))
     relabel = classes is not None and given is None
     sampled = relabel and classes.fit_images is not None and len(uris) > classes.fit_images
-    if classes is not None and not sampled:  # an earlier sampled batch's fitted classes are not this batch's
+    if relabel and not sampled:  # an earlier sampled batch's fitted classes are not this batch's
         owned_files.remove_own(job.out, [FITTED_CLASSES_JSON])
     t = job.tracking
     batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris))
@@ -79,7 +79,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
                 return image_job(job, dataclasses.replace(per_image, track=t.track and logged), True, to)
 
             given, results, fit_error = fit_then_assign(uris, job, job_for, classes, run_images, execute,
-                                                        gram_for(job.runtime.device))
+                                                        gram_for(job.runtime.device), resumed)
         else:
             results = run_images(uris, image_job(job, per_image, classes is not None, given), None)
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever

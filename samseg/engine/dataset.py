@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from samseg.core.config import ClusterConfig
+from samseg.core.cosine_dbscan import Gram
 from samseg.edges.run_schema import KIND_IMAGE, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.runner import Execute, inline
 from samseg.engine.stages import WRITE
@@ -165,7 +166,7 @@ def spread(n: int, k: int) -> list[int]:
 
 def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional[GivenClasses]], Any], classes: Any,
                     run_images: Callable[..., list[dict[str, Any]]], execute: Execute = inline,
-                    gram: Optional[Callable[..., Any]] = None,
+                    gram: Optional[Gram] = None, resumed: bool = False,
                     ) -> tuple[Optional[GivenClasses], list[dict[str, Any]], Optional[str]]:
     """New dataset classes for a batch fanned out in shards, without reading the dataset back:
 
@@ -175,6 +176,9 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
     3. every image computed in shards (the sample's stages come from the stage cache), assigned
        to those classes where its masks are, written and logged once.
 
+    A resumed batch (its MLflow run killed, the command run again) keeps the classes it fitted
+    before, when OUT holds them: images it logged then are not logged again, so a new fit could
+    leave their runs on other ids than OUT's.
     job_for(logged, classes): the job each image runs as (samseg.engine.batch.image_job). Returns
     (the fitted classes, as every shard loaded them; the images' report entries; None), or when
     the fit fails (no sample image segmented, the fit, S3): (None; the sample's entries, the
@@ -184,6 +188,14 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
     from samseg.engine.naming import dataset_namer
 
     names = unique_names(uris)
+    if resumed:
+        from samseg.edges.owned_files import FITTED_CLASSES_JSON
+        from samseg.edges.storage import exists, join_uri
+
+        fitted = join_uri(job.out, FITTED_CLASSES_JSON)
+        if exists(fitted):
+            given = GivenClasses.load(fitted)
+            return given, run_images(uris, job_for(True, given), names), None
     pick = spread(len(uris), int(classes.fit_images))
     from samseg.engine import progress
 
@@ -207,7 +219,7 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
 
 def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
                   max_cluster: Optional[int], seed: int = 0,
-                  namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Callable[..., Any]] = None,
+                  namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Gram] = None,
                   ) -> dict[str, Any]:
     """Cluster the batch's image dirs together (named by `namer` when given,
     samseg.engine.naming.dataset_namer); log classes.json, contact sheet and metrics on the batch run."""
@@ -222,7 +234,7 @@ def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_r
 def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
                       max_cluster: Optional[int], track: bool, experiment: str,
                       register_classes: Optional[str] = None, execute: Execute = inline,
-                      namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Callable[..., Any]] = None,
+                      namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Gram] = None,
                       ) -> dict[str, Any]:
     """New dataset ids for the completed images of a batch, then their MLflow child runs.
 

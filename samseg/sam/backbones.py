@@ -50,9 +50,8 @@ def _timm_row(name: str) -> BackboneEntry:
     return entry
 
 
-def _fix(name: str, path: Path) -> str:
-    return (f"run `samseg weights download {name}` (or copy {path.name} and {path.name}.sha256 to {path.parent}/), "
-            "pass --features-checkpoint FILE, or use --features sam")
+def _fix(name: str, _path: Path, copy: str) -> str:
+    return f"run `samseg weights download {name}` (or copy {copy}), pass --features-checkpoint FILE, or use --features sam"
 
 
 def build_backbone(name: str, seed: int = 0) -> Any:

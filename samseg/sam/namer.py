@@ -243,5 +243,5 @@ def _namer_row(name: str) -> tuple[Optional[WeightsFile], str]:
 
 # Namers in the one weights factory (samseg.sam.weights): safetensors, a strict fit
 NAMER_WEIGHTS = Family("namer", _namer_row, _build, _read_safetensors, "namer weights", "--names",
-                       lambda name, path: (f"run `samseg weights download {name}` (or copy {path.name} and {path.name}.sha256 "
-                                           f"to {path.parent}/), or use --names none"), ("torch", "open_clip_torch"))
+                       lambda name, _path, copy: f"run `samseg weights download {name}` (or copy {copy}), or use --names none",
+                       ("torch", "open_clip_torch"))

@@ -15,7 +15,7 @@ from samseg.core.backbones import SAM
 from samseg.sam.backbones import BACKBONE_WEIGHTS
 from samseg.sam.model import SAM_WEIGHTS
 from samseg.sam.namer import NAMER_WEIGHTS
-from samseg.sam.weights import RECORDED, CheckpointError, Family, Weight, WeightsFile, weight
+from samseg.sam.weights import CheckpointError, Family, Weight, WeightsFile, weight
 
 
 def find(name: str) -> Weight:
@@ -92,9 +92,8 @@ def missing_message(failed: list[tuple[Weight, CheckpointError]]) -> str:
     if len(reason) > 300:
         reason = reason[:297] + "..."
     folders: dict[Path, list[str]] = {}
-    for w, _ in failed:  # an unpinned file is trusted by the hash recorded beside it at its download: that file too
-        unpinned = w.file is not None and w.file.sha256 is None
-        folders.setdefault(w.path.parent, []).append(w.path.name + (f" (+ {w.path.name}{RECORDED})" if unpinned else ""))
+    for w, _ in failed:
+        folders.setdefault(w.path.parent, []).extend(w.copy_files())
     where = "; ".join(f"{' and '.join(files)} to {folder}/" for folder, files in folders.items())
     return (f"missing weights: {', '.join(names)} ({reason}). Copy {where} "
             f"(`samseg weights download {' '.join(names)}` fetches them on a machine that reaches the hosts)")

@@ -66,7 +66,8 @@ class Family:
     weights, licence), ValueError for an unknown name; build(name, seed): the model, un-weighted
     (seeded rows: `seed` decides the weights); read(model, path, name): the file's tensors into
     it, CheckpointError when they do not fit; noun: what a file is called in messages; flag: the
-    option that passes a file of one's own; fix(path): what to do when it cannot be fetched;
+    option that passes a file of one's own; fix(name, path, copy): what to do when it cannot be
+    fetched (copy: Weight.copy_files' names and their folder);
     versions: the distributions whose versions decide a seeded model's weights."""
 
     name: str
@@ -75,7 +76,7 @@ class Family:
     read: Callable[[Any, Path, str], None]
     noun: str
     flag: str
-    fix: Callable[[str, Path], str]
+    fix: Callable[[str, Path, str], str]  # (name, path, "FILE [and FILE.sha256] to DIR/") -> what to do
     versions: tuple[str, ...]
 
 
@@ -108,8 +109,14 @@ class Weight:
     def what(self) -> str:
         return f"the {self.name} {self.family.noun}"
 
+    def copy_files(self) -> list[str]:
+        """What a machine that cannot download it needs copied into <home>/checkpoints/: the file,
+        and for a file this release does not pin, the sha256 recorded beside it at its download."""
+        name = self.path.name
+        return [name, name + RECORDED] if self.file is not None and self.file.sha256 is None else [name]
+
     def hint(self) -> str:
-        return self.family.fix(self.name, self.path)
+        return self.family.fix(self.name, self.path, f"{' and '.join(self.copy_files())} to {self.path.parent}/")
 
     def download(self, url: Optional[str] = None) -> Path:
         """The verified file, downloaded if missing or not the expected bytes (`url` overrides the

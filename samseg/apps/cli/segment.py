@@ -174,11 +174,13 @@ def _single(args: argparse.Namespace, job: Any, uris: list[str]) -> bool:
 
 def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
     from samseg.engine.batch import segment_local
+    from samseg.edges.outdirs import safe_dir_name
     from samseg.engine.segment import segment_overlapped, start_one
 
     if _single(args, job, uris):  # the batch's own loop, without a batch run or batch_summary.json
         with _progress_bars(args, 1):
-            [entry] = segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, job, name), overlap=False)
+            [entry] = segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, job, name), overlap=False,
+                                         names=[safe_dir_name(uris[0])])  # its own dir's check: one listing on S3
         return _report_entry(entry)
 
     classes = _classes(_classes_request(args, job.out))  # a usage error before any compute
