@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samseg.core.compose import ComposeError, class_mask, compose_labels, paint_order
+from samseg.core.compose import ComposeError, compose_labels, paint_order
 from samseg.core.types import ClusterResult, MaskSet
 
 HW = (40, 60)  # non-square on purpose
@@ -76,15 +76,6 @@ def test_run_painting_equals_dense_painting():
     for i in paint_order(masks.areas, masks.predicted_iou, labels.labels):
         expected[dense[i]] = labels.labels[i] + 1
     np.testing.assert_array_equal(compose_labels(masks, labels), expected)
-
-
-def test_class_mask():
-    out = compose_labels(_masks((0, 10, 0, 10), (20, 30, 20, 30)), _labels(1, 0))
-    np.testing.assert_array_equal(class_mask(out, 0), out == 1)
-    assert class_mask(out, 1)[0, 0] and not class_mask(out, 1)[25, 25]
-    assert not class_mask(out, 5).any()
-    with pytest.raises(ValueError):
-        class_mask(out, -1)
 
 
 def test_label_count_mismatch_raises():

@@ -30,7 +30,7 @@ def no_reporter_left():
 
 
 def test_report_without_reporter_is_noop() -> None:
-    assert progress.get_reporter() is None
+    assert progress.set_reporter(None) is None
     progress.report("image_start", image="a.png")  # nothing to call, nothing raised
 
 
@@ -193,4 +193,4 @@ def test_cli_reports_every_stage_of_every_image_in_order(quick: Path, monkeypatc
     assert rc == 1 and events == []  # no bars, no reporter
     assert stdout_quiet == stdout_again and "cache hits: 2/2" in stdout_quiet
     assert [line for line in stderr_quiet.splitlines() if line.startswith("error: ")] == errors
-    assert progress.get_reporter() is None  # the CLI took its reporter away again
+    assert progress.set_reporter(None) is None  # the CLI took its reporter away again

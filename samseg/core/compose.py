@@ -58,10 +58,3 @@ def compose_labels(masks: MaskSet, clusters: ClusterResult) -> np.ndarray:
     for i in paint_order(masks.areas, masks.predicted_iou, labels):
         rle.paint(out_wh, masks.rles[i], int(labels[i]) + 1)  # the mask's runs only: no H×W decode
     return np.ascontiguousarray(out_wh.T)
-
-
-def class_mask(label_map_hw: np.ndarray, c: int) -> np.ndarray:
-    """H×W bool: pixels of cluster c (0-based id; the map stores c + 1)."""
-    if c < 0:
-        raise ValueError(f"cluster id must be >= 0, got {c}")
-    return np.asarray(label_map_hw) == c + 1

@@ -45,10 +45,6 @@ def set_reporter(reporter: Optional[Callable[..., None]]) -> Optional[Callable[.
     return previous
 
 
-def get_reporter() -> Optional[Callable[..., None]]:
-    return _REPORTER
-
-
 @contextmanager
 def reporting(reporter: Optional[Callable[..., None]]) -> Iterator[None]:
     """`reporter` installed for the block; the previous one restored after it."""
