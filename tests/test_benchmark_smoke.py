@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from pathlib import Path
+from mlflow_store import sqlite_uri
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def test_quick_benchmark_runs_all_paths_and_writes_json(tmp_path):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(images[-1])
     cmd = [sys.executable, "-m", "benchmarks.run", "--mode", "quick", "--points-per-side", "4", "--out", str(tmp_path),
            "--mlflow", "bench-smoke", "--images", *map(str, images)]
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = sqlite_uri(tmp_path / 'mlflow.db')
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from samseg.core.dataset import ClassTable, ClassTableError
+from mlflow_store import sqlite_uri
 
 
 def _table(dim: int = 8, ckpt: str = "c" * 64) -> ClassTable:
@@ -65,7 +66,7 @@ def _round_trip(tmp: Path) -> None:
 def test_registry_round_trip_sqlite(tmp_path: Path, monkeypatch) -> None:
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri(tmp_path / 'mlflow.db')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     MlflowClient(uri).create_experiment("registry-test", artifact_location=(tmp_path / "art").as_uri())
     _round_trip(tmp_path)
@@ -107,7 +108,7 @@ def test_registered_classes_carry_the_backbone(tmp_path: Path, monkeypatch) -> N
 
     from samseg.edges.mlflow.class_registry import load_registered_classes, register_classes
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri(tmp_path / 'mlflow.db')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     MlflowClient(uri).create_experiment("registry-test", artifact_location=(tmp_path / "art").as_uri())
     t = _table()
@@ -131,7 +132,7 @@ def test_cli_register_classes_and_classes_from_models_uri(prefect_api, tmp_path:
 
     from cli_run import run_cli
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri(tmp_path / 'mlflow.db')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     MlflowClient(uri).create_experiment("reg-cli", artifact_location=(tmp_path / "art").as_uri())
     src = tmp_path / "in"

@@ -22,6 +22,7 @@ from samseg.apps import cli
 from samseg.apps.cli.config import config_from_args
 from samseg.edges.image_dir import read_label_png, write_label_png
 from samseg.core.types import MaskSet
+from mlflow_store import sqlite_uri
 
 TINY_POINTS = "4"  # 4×4 prompts: keeps the e2e runs cheap on 2 CPU cores
 
@@ -362,7 +363,7 @@ def test_every_image_line_of_a_batch_names_its_mlflow_run(tmp_path: Path, monkey
 
     from cli_run import run_cli
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri(tmp_path / 'mlflow.db')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     src = tmp_path / "in"
     src.mkdir()

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cli_run import run_cli
 from samseg.core.dataset import ClassTable, assign_to_classes
+from mlflow_store import sqlite_uri
 
 PHOTOS = ("building.jpg", "bears.jpg", "alphabet.jpg", "corgi.jpg")
 # Long side of the copies segmented here: full-size photos make the tiny-random AMG's
@@ -180,7 +181,7 @@ def test_mlflow_round_trip(batch_run, tmp_path, monkeypatch):
     from samseg.edges.dataset_outputs import load_class_table, load_classes_from_run, log_dataset_classes
     from samseg.edges.mlflow.client import TrackingError
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp_path / 'mlflow.db'))
     client = MlflowClient()
     exp = client.create_experiment("ds", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(exp, tags={"samseg.kind": "batch"}).info.run_id

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from cli_run import run_cli
+from mlflow_store import sqlite_uri
 
 TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu"]
 
@@ -16,7 +17,7 @@ TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4",
 def store(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri(tmp_path / 'mlflow.db')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
     client.create_experiment("bars", artifact_location=(tmp_path / "art").as_uri())

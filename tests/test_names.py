@@ -13,6 +13,7 @@ import pytest
 
 from cli_run import run_cli
 from samseg.core.namers import pick_names, vocabulary
+from mlflow_store import sqlite_uri
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
 
@@ -96,7 +97,7 @@ def test_named_classes_reach_the_summary_masks_json_an_export_and_mlflow(tmp_pat
 
     from samseg.edges.mlflow.tracking import CLASS_NAMES_TABLE, log_image_run
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp_path / 'mlflow.db'))
     run_id = log_image_run(d, summary, experiment="names")
     import pandas as pd
 

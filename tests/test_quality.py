@@ -14,6 +14,7 @@ from PIL import Image
 
 from benchmarks import quality
 from samseg.core.types import EncodedImage, ImageGeometry, MaskSet
+from mlflow_store import sqlite_uri
 
 SIZES = ((96, 128), (112, 144))  # two images, told apart by size
 
@@ -114,7 +115,7 @@ def test_a_folder_without_labels_is_one_line(tmp_path: Path, capsys) -> None:
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("SAMSEG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp_path / 'mlflow.db'))
     return tmp_path / "home"
 
 

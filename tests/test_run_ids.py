@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cli_run import run_cli
+from mlflow_store import sqlite_uri
 
 TINY = ["--model", "tiny-random", "--device", "cpu", "--points-per-side", "4", "--orchestrator", "local"]
 
@@ -22,7 +23,7 @@ def batch(tmp_path_factory) -> dict:
     """A tracked 2-image batch in a store of its own: its printed batch id and image ids."""
     tmp = tmp_path_factory.mktemp("ids")
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    mp.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp / 'mlflow.db'))
     src = tmp / "in"
     src.mkdir()
     for i in range(2):
@@ -36,7 +37,7 @@ def batch(tmp_path_factory) -> dict:
 
 @pytest.fixture
 def store(batch: dict, monkeypatch) -> dict:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{batch['tmp'] / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(batch['tmp'] / 'mlflow.db'))
     return batch
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from samseg.core.cluster import cluster_embeddings
 from samseg.core.config import ClusterConfig
 from samseg.core.sweep import eps_grid, eps_sweep, k_distances, suggest_eps
+from mlflow_store import sqlite_uri
 
 
 def _groups(seed: int, spread: float, n_groups: int = 5, per_group: int = 30, n_outliers: int = 12):
@@ -84,7 +85,7 @@ def test_segment_eps_auto_then_sweep_the_run(tmp_path: Path, monkeypatch: pytest
     from cli_run import run_cli
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri(tmp_path / 'mlflow.db')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the local orchestrator
     MlflowClient(uri).create_experiment("sweep", artifact_location=(tmp_path / "art").as_uri())

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from samseg.core.config import SMOKE
 from ui_synthetic import GROUP_A, GROUP_B, OUTLIERS, H, W, sqlite_store, write_image_outputs
+from mlflow_store import sqlite_uri
 
 EXPERIMENT = "ui-test"
 
@@ -48,7 +49,7 @@ def client(mlflow_store, monkeypatch):
     from samseg.apps.ui import UiSettings, create_app
 
     tmp, _, _ = mlflow_store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp / 'mlflow.db'))
     monkeypatch.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
     app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / "ui-cache", stage_cache=str(tmp / "stage-cache")))
     with TestClient(app) as c:
@@ -155,7 +156,7 @@ def test_rerun_logs_new_run_with_parent(client, mlflow_store):
     assert done["state"] == "done", done
     res = done["result"]
     assert res["n_clusters"] == 1 and res["n_noise"] == 0 and res["parent_run_id"] == run_a
-    run = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(res["run_id"])
+    run = MlflowClient(sqlite_uri(tmp / 'mlflow.db')).get_run(res["run_id"])
     assert run.data.tags["samseg.parent_run_id"] == run_a
     assert run.data.tags["samseg.kind"] == "recluster"
     assert run.data.params["cluster.eps"] == "1.5"
@@ -203,7 +204,7 @@ def test_rerun_with_another_backbone_repools_in_the_background(client, mlflow_st
     done = _wait_job(client, client.post(f"/api/runs/{run_a}/rerun", json={"features": "tiny-random", "eps": "0.5"}).json())
     assert done["state"] == "done", done
     new = done["result"]["run_id"]
-    run = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(new)
+    run = MlflowClient(sqlite_uri(tmp / 'mlflow.db')).get_run(new)
     assert run.data.params["features.name"] == "tiny-random" and len(run.data.tags["samseg.features_sha256"]) == 64
     assert client.get(f"/api/runs/{new}").json()["form"]["features"] == "tiny-random"
     assert '<b id="features">tiny-random</b>' in client.get(f"/runs/{new}").text
@@ -253,7 +254,7 @@ def test_exemplar_query_and_save_class(client, mlflow_store):
     done = _wait_job(client, job.json())
     assert done["state"] == "done", done
     saved = done["result"][0]
-    run = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").get_run(saved["run_id"])
+    run = MlflowClient(sqlite_uri(tmp / 'mlflow.db')).get_run(saved["run_id"])
     assert run.data.tags["samseg.exemplar"] == "true" and run.data.tags["samseg.parent_run_id"] == run_a
     assert next(r for r in client.get("/api/runs").json()["runs"] if r["run_id"] == saved["run_id"])["kind"] == "exemplar"
     d = client.get(f"/api/runs/{saved['run_id']}").json()
@@ -324,7 +325,7 @@ def test_loopback_host_check_blocks_dns_rebinding(mlflow_store, monkeypatch):
     from samseg.apps.ui import UiSettings, create_app
 
     tmp, _, _ = mlflow_store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp / 'mlflow.db'))
     app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / "ui-cache", allowed_hosts=("127.0.0.1", "localhost")))
     with TestClient(app, base_url="http://127.0.0.1:8765") as c:
         assert c.get("/api/runs").status_code == 200
@@ -355,7 +356,7 @@ def test_token_enforcement(mlflow_store, monkeypatch):
     from samseg.apps.ui import UiSettings, create_app
 
     tmp, run_a, _ = mlflow_store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp / 'mlflow.db'))
     app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / "ui-cache", token="s3cret-token"))
     with TestClient(app) as c:
         for url in ("/api/runs", "/", f"/runs/{run_a}/files/overlay.png", "/static/app.js", "/healthz"):
@@ -449,7 +450,7 @@ def test_rerun_through_prefect_deployment(client, mlflow_store, monkeypatch):
         sent.update(name=name, parameters=parameters)
         fr_id = str(uuid.uuid4())
         res = actions.rerun(store, parameters["run_id"], ClusterConfig(**parameters["cluster"]), actions.run_config(store, run_a).pool, lambda s: None)
-        MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").set_tag(res["run_id"], "samseg.prefect_flow_run_id", fr_id)
+        MlflowClient(sqlite_uri(tmp / 'mlflow.db')).set_tag(res["run_id"], "samseg.prefect_flow_run_id", fr_id)
         state = types.SimpleNamespace(is_completed=lambda: True, name="Completed", message="")
         return types.SimpleNamespace(id=fr_id, name="fake-run", state=state)
 
@@ -569,7 +570,7 @@ def test_attack_class_edits_of_a_run_whose_image_is_outside_the_image_roots_are_
     from samseg.apps.ui import UiSettings, create_app
 
     tmp, run_a, _ = mlflow_store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp / 'mlflow.db'))
     app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp_path / "ui-cache", stage_cache=str(tmp_path / "sc"),
                                 image_roots=[str(tmp_path / "elsewhere")]))
     with TestClient(app) as c:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow_store import sqlite_uri
 
 pytestmark = pytest.mark.browser
 
@@ -73,7 +74,7 @@ def ui_server(tmp_path_factory, photos, tiny_model, label_studio):
             pytest.fail(message)
         pytest.skip(message)
     tmp = tmp_path_factory.mktemp("ui-browser")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = sqlite_uri(tmp / 'mlflow.db')
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from samseg.core.config import SMOKE
 from ui_synthetic import sqlite_store, write_image_outputs
+from mlflow_store import sqlite_uri
 
 EXPERIMENT = "ui-dataset-test"
 
@@ -94,7 +95,7 @@ def client(store, monkeypatch):
     from samseg.apps.ui import UiSettings, create_app
 
     tmp = store["tmp"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp / 'mlflow.db'))
     monkeypatch.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
     app = create_app(UiSettings(experiment=EXPERIMENT, cache_dir=tmp / "ui-cache", stage_cache=str(tmp / "stage-cache")))
     with TestClient(app) as c:

@@ -7,6 +7,7 @@ group B (4) and 2 outliers: DBSCAN(cosine, eps 0.06, min_samples 3) gives 2 clus
 from __future__ import annotations
 
 import numpy as np
+from mlflow_store import sqlite_uri
 
 H, W = 48, 96
 GROUP_A, GROUP_B, OUTLIERS = list(range(6)), list(range(6, 10)), [10, 11]
@@ -38,7 +39,7 @@ def sqlite_store(tmp, experiment: str, monkeypatch) -> list:
     from mlflow import MlflowClient
     from PIL import Image
 
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = sqlite_uri(tmp / 'mlflow.db')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SAMSEG_CACHE", str(tmp / "stage-cache"))
     # The experiment's artifacts go under tmp (MLflow would default to ./mlruns in the cwd).
