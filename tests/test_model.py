@@ -309,10 +309,10 @@ def test_a_failed_load_is_answered_from_memory_then_tried_again(monkeypatch) -> 
 def test_every_family_identifies_and_loads_seeded_weights_the_same_way(family, tmp_path, monkeypatch) -> None:
     """SAM, a feature backbone and a namer go through one factory: the identity a cached run
     records without building the model is the hash of the weights the load builds."""
-    from samseg.sam.registry import families_by_lookup
+    from samseg.sam.registry import FAMILIES
 
     monkeypatch.setenv("SAMSEG_HOME", str(tmp_path))
-    w = weight("tiny-random", {f.name: f for f in families_by_lookup()}[family])
+    w = weight("tiny-random", {f.name: f for f in FAMILIES}[family])
     sha = w.identity(seed=3)[1]
     assert f"seeded:{family}:tiny-random:seed=3:" in (tmp_path / "checkpoint-sha256.json").read_text()  # remembered
     model, path, loaded = w.load(seed=3)

@@ -70,16 +70,17 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     # classes given beforehand are assigned as each image is computed, which is logged as it is written
     per_image = dataclasses.replace(t, track=t.track and not relabel, nested_under=batch_run_id, resumed=resumed)
     fit_error = None
+    from samseg.sam.gram import gram_for
+
+    gram = gram_for(job.runtime.device) if relabel else None  # the fit's block products: torch's on CUDA
     try:
         if sampled:  # fitted on a sample, then every image assigned where it is computed, and logged there
             from samseg.engine.dataset import fit_then_assign
-            from samseg.sam.gram import gram_for
 
             def job_for(logged: bool, to: Any) -> SegmentJob:
                 return image_job(job, dataclasses.replace(per_image, track=t.track and logged), True, to)
 
-            given, results, fit_error = fit_then_assign(uris, job, job_for, classes, run_images, execute,
-                                                        gram_for(job.runtime.device), resumed)
+            given, results, fit_error = fit_then_assign(uris, job, job_for, classes, run_images, execute, gram, resumed)
         else:
             results = run_images(uris, image_job(job, per_image, classes is not None, given), None)
     except BaseException:  # SIGTERM / Ctrl-C: the batch run ends as KILLED, not RUNNING forever
@@ -98,12 +99,10 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
             class_report["fitted_on"] = f"{len(given.table.image_names)} of {len(uris)} images"
     elif classes is not None:
         from samseg.engine.naming import dataset_namer
-        from samseg.sam.gram import gram_for
 
         namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
         class_report = relabel_and_track(job.out, results, job.cfg.cluster, batch_run_id, classes.max_cluster, t.track,
-                                         t.experiment, classes.register, execute=execute, namer=namer,
-                                         gram=gram_for(job.runtime.device))
+                                         t.experiment, classes.register, execute=execute, namer=namer, gram=gram)
     report = batch_report(source, job.out, results, batch_run_id, fan_out, class_report)
     if not report.get("summary_error") and not (class_report or {}).get("error"):
         owned_files.end_batch(job.out)

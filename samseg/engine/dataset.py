@@ -185,33 +185,29 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
     rest not started; the error's one line)."""
     from samseg.edges.dataset_outputs import DatasetOutputsError, fit_classes, write_fitted_classes
     from samseg.edges.outdirs import unique_names
+    from samseg.edges.owned_files import FITTED_CLASSES_JSON
+    from samseg.edges.storage import exists, join_uri
+    from samseg.engine import progress
     from samseg.engine.naming import dataset_namer
 
     names = unique_names(uris)
-    if resumed:
-        from samseg.edges.owned_files import FITTED_CLASSES_JSON
-        from samseg.edges.storage import exists, join_uri
-
-        fitted = join_uri(job.out, FITTED_CLASSES_JSON)
-        if exists(fitted):
-            given = GivenClasses.load(fitted)
-            return given, run_images(uris, job_for(True, given), names), None
-    pick = spread(len(uris), int(classes.fit_images))
-    from samseg.engine import progress
-
-    with progress.reporting(None):  # the progress bars count each image once: when it is assigned and written
-        sample = run_images([uris[i] for i in pick], job_for(False, None), [names[i] for i in pick])
-    done = [r["name"] for r in sample if r["status"] == "completed"]
+    fitted = join_uri(job.out, FITTED_CLASSES_JSON)
+    sample: list[dict[str, Any]] = []
     try:
-        if not done:
-            raise DatasetOutputsError(f"{job.out}: no image of the {len(pick)} the classes are fitted on was segmented "
-                                      f"({sample[0]['error'] if sample else 'no images'})")
-        namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
-        with local_image_dirs(job.out, done) as (dirs, _):
-            table = execute("dataset-classes", lambda: fit_classes(dirs, job.cfg.cluster, classes.max_cluster,
-                                                                   namer=namer, gram=gram)[-1])
-        ref = execute(WRITE, lambda: write_fitted_classes(job.out, table))
-        given = GivenClasses.load(ref)
+        if not (resumed and exists(fitted)):  # (a resumed batch's fit is kept: see above)
+            pick = spread(len(uris), int(classes.fit_images))
+            with progress.reporting(None):  # the progress bars count each image once: when it is assigned
+                sample = run_images([uris[i] for i in pick], job_for(False, None), [names[i] for i in pick])
+            done = [r["name"] for r in sample if r["status"] == "completed"]
+            if not done:
+                raise DatasetOutputsError(f"{job.out}: no image of the {len(pick)} the classes are fitted on was "
+                                          f"segmented ({sample[0]['error'] if sample else 'no images'})")
+            namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
+            with local_image_dirs(job.out, done) as (dirs, _):
+                table = execute("dataset-classes", lambda: fit_classes(dirs, job.cfg.cluster, classes.max_cluster,
+                                                                       namer=namer, gram=gram)[-1])
+            execute(WRITE, lambda: write_fitted_classes(job.out, table))
+        given = GivenClasses.load(fitted)
     except Exception as exc:  # the batch reports it; OUT stays marked incomplete and a rerun completes it
         return None, sample, one_line(exc)
     return given, run_images(uris, job_for(True, given), names), None

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from samseg.core.backbones import SAM, BackboneEntry, backbone_entry
+from samseg.core.backbones import BACKBONES, SAM, BackboneEntry, backbone_entry
 from samseg.core.types import EncodedImage, ImageGeometry
 from samseg.sam.weights import CheckpointError, Family, WeightsFile, weight
 
@@ -161,4 +161,5 @@ def _backbone_row(name: str) -> tuple[Optional[WeightsFile], str]:
 
 # Feature backbones in the one weights factory (samseg.sam.weights): safetensors, a strict fit
 BACKBONE_WEIGHTS = Family("backbone", _backbone_row, lambda name, seed: build_backbone(name, seed), _read_safetensors,
-                          "backbone weights", "--features-checkpoint", _fix, ("torch", "timm"))
+                          "backbone weights", "--features-checkpoint", _fix, ("torch", "timm"),
+                          lambda: BACKBONES)

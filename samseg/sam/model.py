@@ -241,4 +241,4 @@ def _sam_row(model_type: str) -> tuple[Optional[WeightsFile], str]:
 # SAM checkpoints in the one weights factory (samseg.sam.weights): torch.load(weights_only=True), strict
 SAM_WEIGHTS = Family("sam", _sam_row, lambda name, seed: model_entry(name).build(seed), _read_checkpoint, "checkpoint",
                      "--checkpoint", lambda name, path, _copy: f"put {path.name} at {path} or pass --checkpoint PATH",
-                     ("torch", "segment_anything", "segment-anything"))
+                     ("torch", "segment_anything", "segment-anything"), lambda: MODELS)

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from samseg.core.namers import TEMPLATES, namer_entry, pick_names
+from samseg.core.namers import NAMERS, TEMPLATES, namer_entry, pick_names
 from samseg.sam.files import samseg_home
 from samseg.sam.weights import CheckpointError, Family, WeightsFile, weight
 
@@ -244,4 +244,4 @@ def _namer_row(name: str) -> tuple[Optional[WeightsFile], str]:
 # Namers in the one weights factory (samseg.sam.weights): safetensors, a strict fit
 NAMER_WEIGHTS = Family("namer", _namer_row, _build, _read_safetensors, "namer weights", "--names",
                        lambda name, _path, copy: f"run `samseg weights download {name}` (or copy {copy}), or use --names none",
-                       ("torch", "open_clip_torch"))
+                       ("torch", "open_clip_torch"), lambda: NAMERS)

@@ -19,10 +19,9 @@ from samseg.sam.weights import CheckpointError, Family, Weight, WeightsFile, wei
 
 
 def find(name: str) -> Weight:
-    """The downloadable row of a bare name: a namer (`clip-b16`), a feature backbone (`dinov2-b`)
-    or a SAM type (`vit_b`); a name no family has a file of is SAM's (ValueError if unknown)."""
-    *firsts, last = families_by_lookup()
-    family = next((f for f in firsts if _file_of(f, name) is not None), last)
+    """The downloadable row of a bare name: a SAM type (`vit_b`), a feature backbone (`dinov2-b`)
+    or a namer (`clip-b16`); a name no family has a file of is SAM's (ValueError if unknown)."""
+    family = next((f for f in FAMILIES if _file_of(f, name) is not None), SAM_WEIGHTS)
     return weight(name, family)
 
 
@@ -33,27 +32,13 @@ def _file_of(family: Family, name: str) -> Optional[WeightsFile]:
         return None
 
 
-def families_by_lookup() -> list[Family]:
-    """The families, in the order a bare name is looked up in."""
-    return [NAMER_WEIGHTS, BACKBONE_WEIGHTS, SAM_WEIGHTS]
+# Every family of weights, in the order `samseg weights list` shows them.
+FAMILIES: tuple[Family, ...] = (SAM_WEIGHTS, BACKBONE_WEIGHTS, NAMER_WEIGHTS)
 
 
 def downloadable() -> list[Weight]:
     """Every row that has a file to download, family by family (`samseg weights list`)."""
-    from samseg.core.backbones import BACKBONES
-    from samseg.core.namers import NAMERS
-    from samseg.sam.model import MODELS
-
-    out = []
-    for fam, names in ((SAM_WEIGHTS, MODELS), (BACKBONE_WEIGHTS, BACKBONES), (NAMER_WEIGHTS, NAMERS)):
-        for n in names:
-            try:
-                w = weight(n, fam)
-            except ValueError:  # sam: SAM's own encoder, not a backbone with a file
-                continue
-            if w.file is not None:
-                out.append(w)
-    return out
+    return [weight(n, f) for f in FAMILIES for n in f.names() if _file_of(f, n) is not None]
 
 
 def needed(model_type: str, features: str = SAM, checkpoint: Optional[str] = None,

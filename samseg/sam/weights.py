@@ -25,7 +25,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from samseg.core.errors import SamsegError
 from samseg.sam.files import remember, remembered, remembered_sha256, samseg_home
@@ -67,7 +67,7 @@ class Family:
     (seeded rows: `seed` decides the weights); read(model, path, name): the file's tensors into
     it, CheckpointError when they do not fit; noun: what a file is called in messages; flag: the
     option that passes a file of one's own; fix(name, path, copy): what to do when it cannot be
-    fetched (copy: Weight.copy_files' names and their folder);
+    fetched (copy: Weight.copy_files' names and their folder); names(): the registry's rows;
     versions: the distributions whose versions decide a seeded model's weights."""
 
     name: str
@@ -78,6 +78,7 @@ class Family:
     flag: str
     fix: Callable[[str, Path, str], str]  # (name, path, "FILE [and FILE.sha256] to DIR/") -> what to do
     versions: tuple[str, ...]
+    names: Callable[[], Iterable[str]]  # the registry's row names
 
 
 @dataclass(frozen=True)
