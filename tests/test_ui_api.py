@@ -117,6 +117,19 @@ def test_unknown_run_is_404_with_message(client):
     assert r.status_code == 404 and "not found" in r.json()["detail"]
 
 
+def test_a_run_id_prefix_opens_its_run_page(client, mlflow_store):
+    """The runs list shows 8 characters of an id, as the CLI prints and takes them: /runs/<prefix>
+    is that run's page; a prefix of no run, or not an id at all, is a 404 that says so."""
+    _, run_a, _ = mlflow_store
+    page = client.get(f"/runs/{run_a[:8]}", headers={"accept": "text/html"})
+    assert page.status_code == 200 and str(page.url).endswith(f"/runs/{run_a}") and "alpha.png" in page.text
+    none = "f" * 8 if not run_a.startswith("ffff") else "0" * 8
+    page = client.get(f"/runs/{none}", headers={"accept": "text/html"})
+    assert page.status_code == 404 and f"no MLflow run id starts with {none} in this UI" in page.text
+    page = client.get("/runs/not-an-id", headers={"accept": "text/html"})
+    assert page.status_code == 404 and "not found" in page.text
+
+
 # ------------------------------------------------------------------- rerun
 @pytest.mark.parametrize(
     "form, field, message",

@@ -29,6 +29,7 @@ from samseg.apps.ui.guards import TOKEN_COOKIE, UnsafePathError, token_ok
 from samseg.apps.ui.service import RunDataError, RunNotFound, RunStore, StoreUnavailable, UiSettings
 from samseg.apps.ui.validation import FormError, validate_rerun_form
 from samseg.core.backbones import BACKBONE_NAMES
+from samseg.edges.mlflow.tracking import RUN_ID_CHARS
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -172,6 +173,9 @@ def _add_pages(app: FastAPI) -> None:
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str) -> Response:
         store: RunStore = request.app.state.store
+        full = store.resolve(run_id) if len(run_id) < RUN_ID_CHARS else run_id
+        if full != run_id:  # a prefix, as the runs list and the CLI show ids: its run's page
+            return RedirectResponse(f"/runs/{full}", status_code=307)
         try:
             run = store.get_any_run(run_id)
         except RunNotFound:  # a batch of per-image classes: its page lists its images

@@ -164,6 +164,17 @@ class RunStore(RunFiles):
             raise RunNotFound(f"run {run_id} not found in this UI's MLflow store")
         return run
 
+    def resolve(self, ref: str) -> str:
+        """The full id of a run id prefix (as the CLI takes it, and as the runs list shows 8
+        characters) in this store; RunNotFound in one line for none or several."""
+        from samseg.edges.mlflow.client import TrackingError
+        from samseg.edges.mlflow.tracking import resolve_run_id
+
+        try:
+            return resolve_run_id(ref, self.client, "in this UI's MLflow store")
+        except TrackingError as exc:
+            raise RunNotFound(str(exc)) from None
+
     def _fetch(self, run_id: str) -> Any:
         """The MLflow run `run_id`, not deleted (RunNotFound otherwise; StoreUnavailable when the store is down)."""
         from mlflow.exceptions import MlflowException

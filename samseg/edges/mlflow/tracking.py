@@ -26,7 +26,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, SUMMARY_TAGS, TAG_CACHE_PREFIX,
@@ -374,10 +374,11 @@ RUN_ID_CHARS = 32  # an MLflow run id: 32 lower-case hex characters
 MIN_PREFIX = 4  # a shorter prefix is refused: it names too many runs to mean one
 
 
-def resolve_run_id(ref: str) -> str:
+def resolve_run_id(ref: str, client: Any = None, where: Optional[str] = None) -> str:
     """The full run id of `ref`: a whole id as it is, or a unique prefix of one (as git takes a
-    commit's; the UI shows 8 characters), looked up over every experiment. No run, or more than
-    one, is TrackingError in one line. A ref that is not hex is returned as given (a path, a URI)."""
+    commit's; the UI shows 8 characters), looked up over every experiment of `client`'s store
+    (default: MLFLOW_TRACKING_URI's; `where` names it in messages). No run, or more than one, is
+    TrackingError in one line. A ref that is not hex is returned as given (a path, a URI)."""
     ref = ref.strip()
     if len(ref) >= RUN_ID_CHARS or not re.fullmatch(r"[0-9a-f]+", ref):
         return ref
@@ -386,14 +387,15 @@ def resolve_run_id(ref: str) -> str:
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
-    client = mlflow_client.client()
+    client = client or mlflow_client.client()
+    where = where or f"at {mlflow_client.where()}"
     try:
         exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
         found = client.search_runs(exp_ids, f"attributes.run_id LIKE '{ref}%'", max_results=3) if exp_ids else []
     except MlflowException as exc:
-        raise TrackingError(f"MLflow at {mlflow_client.where()}: search failed: {mlflow_client.error_line(exc)}") from None
+        raise TrackingError(f"MLflow {where}: search failed: {mlflow_client.error_line(exc)}") from None
     if not found:
-        raise TrackingError(f"no MLflow run id starts with {ref} at {mlflow_client.where()}")
+        raise TrackingError(f"no MLflow run id starts with {ref} {where}")
     if len(found) > 1:
         ids = ", ".join(r.info.run_id for r in found[:2])
         raise TrackingError(f"{ref} is ambiguous: it starts {ids}{' and more' if len(found) > 2 else ''}; "
