@@ -1,7 +1,8 @@
 """Prefect flows `segment-image`, `segment-shard` and `segment-batch` (deployments/prefect.yaml).
 
-Thin adapters over samseg.engine, every step run as its Prefect task: segment_image_flow and
-segment_shard_flow are the engine's batch loop over one image and over a list of images;
+Thin adapters over samseg.engine: segment_image_flow and segment_shard_flow are the engine's
+batch loop over one image (every step its Prefect task) and over a list of images (its steps
+inline: a shard is the unit of distribution, flows.tasks.shard_execute);
 segment_batch_flow lists the images, opens the MLflow batch run and runs them in its own
 run, or split in shards that run as `segment` deployment runs on any worker
 (flows.fanout). One bad image fails alone; the batch finishes the rest and lists the failures.
@@ -15,12 +16,13 @@ from typing import Any, Literal, Optional, Union
 from prefect import flow
 
 from flows.params import PipelineParams, RuntimeParams, ShardParams
-from flows.tasks import flow_run_id, prefect_execute
+from flows.tasks import flow_run_id, prefect_execute, shard_execute
 from samseg.edges import shutdown
 from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW, SHARD_FLOW, SHARD_REPORT
 from samseg.engine.batch import ClassesRequest, run_batch
 from samseg.engine.publish import Tracking
 from samseg.engine.request import SegmentJob
+from samseg.engine.runner import Execute
 from samseg.engine.segment import ImageFailed, segment_overlapped, start_one
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,8 @@ def segment_shard_flow(
 ) -> list[dict[str, Any]]:
     """Segment a shard of a batch (paths or s3:// URIs) into OUT/<name>/ each: the engine's
     batch loop (one model load, each image's publish overlapping the next one's compute),
-    every step a task of this run. One bad image fails alone; the shard's report (one row
+    its steps in this run's process, not task runs (flows.tasks.shard_execute: I/O steps
+    retried as their tasks would be). One bad image fails alone; the shard's report (one row
     per image) is returned and kept as a table artifact, which is how a batch that fanned
     the shard out to a worker reads it back (flows.fanout). names: the batch's output dir
     names for these images (default: their unique stems). classes_from: the batch's classes
@@ -88,7 +91,7 @@ def segment_shard_flow(
 
     given = GivenClasses.load(classes_from, classes_sha256) if classes_from else None
     entries = segment_images(images, out, names, settings, runtime, track, experiment, batch_run_id, batch_resumed,
-                             given)
+                             given, execute=shard_execute)
     try:
         from prefect.artifacts import create_table_artifact
 
@@ -100,16 +103,17 @@ def segment_shard_flow(
 
 def segment_images(images: list[str], out: str, names: Optional[list[str]], settings: PipelineParams,
                    runtime: RuntimeParams, track: bool, experiment: str, batch_run_id: Optional[str],
-                   batch_resumed: bool, assign_to: Any = None) -> list[dict[str, Any]]:
+                   batch_resumed: bool, assign_to: Any = None, execute: Execute = prefect_execute) -> list[dict[str, Any]]:
     """The engine's batch loop inside the current flow run (a shard run, or a batch run that
-    keeps its images here), every step its Prefect task. assign_to: SegmentJob.assign_to."""
+    keeps its images here), every step its Prefect task (a shard: flows.tasks.shard_execute).
+    assign_to: SegmentJob.assign_to."""
     import dataclasses
 
     tracking = Tracking(track=track, experiment=experiment, nested_under=batch_run_id, resumed=batch_resumed)
     job = dataclasses.replace(segment_job(settings, runtime, out, tracking), assign_to=assign_to)
     run_id = flow_run_id()
     with shutdown.relayed():
-        return segment_overlapped(images, out, lambda uri, name: start_one(uri, job, name, prefect_execute, run_id),
+        return segment_overlapped(images, out, lambda uri, name: start_one(uri, job, name, execute, run_id),
                                   names=names)
 
 

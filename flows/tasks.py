@@ -10,10 +10,15 @@ GPU stages carry the tag `gpu`: on a Prefect server a tag concurrency limit
 (`prefect concurrency-limit create gpu 1`) bounds them across workers; inside one process
 the engine's semaphore (SAMSEG_GPU_SLOTS, default 1) bounds them too. Only I/O steps
 (read image, write/upload, tracking, registering classes) retry, and only on I/O errors.
+
+A shard of a fanned-out batch runs its steps with `shard_execute` instead: in its flow run's
+process, not as task runs (256 images would be some 2,300 task runs a shard, a million images
+nine million on the server), the I/O steps retried by the same rule.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, TypeVar
 
 from prefect import Task, task
@@ -71,6 +76,19 @@ TASKS.update({name: _task(name) for name in OTHER_STEPS})
 def prefect_execute(step: str, fn: Callable[[], T]) -> T:
     """The engine's `execute` inside a flow: the step runs as its Prefect task (same thread)."""
     return TASKS[step](fn)
+
+
+def shard_execute(step: str, fn: Callable[[], T]) -> T:
+    """The engine's `execute` inside a shard run: the step inline (no task run), an I/O step
+    tried again on an I/O error as its task would be (IO_RETRIES times, IO_RETRY_DELAY_S apart)."""
+    for _ in range(IO_RETRIES if step in IO_STEPS else 0):
+        try:
+            return fn()
+        except Exception as exc:
+            if not _is_io_error(exc):
+                raise
+            time.sleep(IO_RETRY_DELAY_S)
+    return fn()  # the last try: its error is the step's
 
 
 def flow_run_id() -> str | None:

@@ -119,6 +119,38 @@ def test_gpu_slots_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(TASKS) >= {s.name for s in STAGES}  # one task per row of the stage table
 
 
+def test_shard_steps_retry_io_errors_as_their_tasks_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard's steps are not task runs, but an upload that fails twice on a connection error
+    still succeeds on its third try; a bad input or a compute step is never tried again."""
+    import flows.tasks as tasks
+    from samseg.edges.images import ImageError
+
+    monkeypatch.setattr(tasks, "IO_RETRY_DELAY_S", 0.0)
+    calls: list[str] = []
+
+    def flaky(fails: int, exc: Exception):
+        def step() -> str:
+            calls.append("try")
+            if len(calls) <= fails:
+                raise exc
+            return "done"
+        return step
+
+    assert tasks.shard_execute("write", flaky(2, ConnectionError("reset"))) == "done" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(ConnectionError):  # three tries, as the task's retries=2
+        tasks.shard_execute("track", flaky(5, ConnectionError("reset")))
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(ImageError):  # a bad input: once
+        tasks.shard_execute("read-image", flaky(5, ImageError("x.jpg", "not an image")))
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(ConnectionError):  # not an I/O step: once
+        tasks.shard_execute("amg", flaky(5, ConnectionError("reset")))
+    assert len(calls) == 1
+
+
 # ---------------------------------------------------------------- batch on S3 + MLflow, then re-tune
 
 

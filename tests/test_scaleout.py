@@ -59,7 +59,7 @@ def workers(prefect_api: PrefectServer, mlflow_env: str, tmp_path: Path, monkeyp
 def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, small_photos, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
 
     from samseg.core.dataset import ClassTable
     from samseg.edges.storage import read_bytes
@@ -86,9 +86,11 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"])))
-    # this batch's shard runs (the server is shared: another test's batch may fan out to these workers too)
-    runs = [r for r in runs if all(str(u).startswith(str(src)) for u in r.parameters.get("images", []))
-            and r.parameters.get("images")]
+        # this batch's shard runs (the server is shared: another test's batch may fan out to these workers too)
+        runs = [r for r in runs if all(str(u).startswith(str(src)) for u in r.parameters.get("images", []))
+                and r.parameters.get("images")]
+        steps = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
+    assert steps == []  # a shard's steps run in its process: no task run per step of each image on the server
     by_id = {str(r.id): r for r in runs}
     assert by_id[killed].state.name == "Crashed", by_id[killed].state
     summaries = {n: json.loads(read_bytes(f"{out}/{n}/summary.json")) for n in names}
