@@ -99,6 +99,7 @@ def test_compose_wiring() -> None:
     assert "--serve-artifacts" in mlflow_cmd
     worker = services["worker"]
     assert worker["command"][:5] == ["prefect", "worker", "start", "--pool", "samseg-gpu"]
+    assert worker["command"][-2:] == ["--limit", "1"]  # one run at a time: shards spread over the GPU workers
     assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert worker["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
