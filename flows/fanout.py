@@ -198,11 +198,15 @@ def _settle(client: Any, shard: _Shard, fr: Any, kwargs: dict[str, Any], plan: S
         for row in rows:
             _record(entries, {**row, **more})
         return None
+    if kwargs.get("track") and kwargs.get("batch_run_id"):  # a run killed before it could end its MLflow run
+        from samseg.edges.mlflow.shard_runs import end_runs_of_flow_run
+
+        end_runs_of_flow_run(kwargs["batch_run_id"], str(fr.id))
     written = _written_by(kwargs, shard.names, str(fr.id))  # what the run finished before it ended
     missing = [(u, n) for u, n in zip(shard.uris, shard.names) if n not in written]
     for uri, name in zip(shard.uris, shard.names):
         if name in written:
-            _record(entries, {"image": uri, "name": name, "status": "completed", **written[name], **more})
+            _record(entries, {**written[name], "image": uri, **more})
     if not missing:
         return None
     why = one_line(f"shard run {fr.id} {fr.state.name}: {shard.why or fr.state.message or 'no message'}")
@@ -239,12 +243,12 @@ def _shard_report(client: Any, flow_run_id: Any) -> Optional[list[dict[str, Any]
 
 def _written_by(kwargs: dict[str, Any], names: list[str], flow_run_id: str) -> dict[str, dict[str, Any]]:
     """name -> its report fields, for the image dirs of OUT that flow run `flow_run_id` wrote
-    completely (a published summary.json recording that run). With per-image tracking, its
-    MLflow run under the batch run, or a tracking_error when the run died before logging it."""
+    completely (a published summary.json recording that run). Its shard's MLflow run ended
+    before it logged its table: the batch's record is the image's (samseg.edges.mlflow.shard_runs)."""
     from samseg.edges.layout import SUMMARY_JSON
     from samseg.edges.storage import SUCCESS_MARKER, exists, is_s3_uri, join_uri, read_bytes
 
-    out, batch_run_id = kwargs["out"], kwargs.get("batch_run_id")
+    out = kwargs["out"]
     done = {}
     for name in names:
         where = join_uri(out, name)
@@ -256,15 +260,7 @@ def _written_by(kwargs: dict[str, Any], names: list[str], flow_run_id: str) -> d
             continue
         if summary.get("prefect_flow_run_id") != flow_run_id:
             continue
-        entry = {"out_dir": where, "mlflow_run_id": None, **{k: summary.get(k) for k in ("n_masks", "n_clusters", "n_noise")}}
-        from samseg.engine.dataset import assigned_entry
+        from samseg.engine.segment import image_entry
 
-        entry.update(assigned_entry(summary))  # its masks per dataset class, as samseg.engine.segment.image_entry
-        if kwargs.get("track") and batch_run_id:
-            from samseg.edges.mlflow.batch_runs import logged_image_run
-
-            entry["mlflow_run_id"] = logged_image_run(batch_run_id, (summary.get("image") or {}).get("sha256", ""), where)
-            if entry["mlflow_run_id"] is None:
-                entry["tracking_error"] = "its shard run stopped after writing it, before logging it"
-        done[name] = entry
+        done[name] = image_entry(name, name, {**summary, "out_dir": where})  # its input: the caller's
     return done

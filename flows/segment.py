@@ -18,7 +18,7 @@ from prefect import flow
 from flows.params import PipelineParams, RuntimeParams, ShardParams
 from flows.tasks import flow_run_id, prefect_execute, shard_execute
 from samseg.edges import shutdown
-from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW, SHARD_FLOW, SHARD_REPORT
+from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW, SHARD_FLOW, SHARD_REPORT, SHARDED
 from samseg.engine.batch import ClassesRequest, run_batch
 from samseg.engine.publish import Tracking
 from samseg.engine.request import SegmentJob
@@ -86,12 +86,30 @@ def segment_shard_flow(
     names for these images (default: their unique stems). classes_from: the batch's classes
     given beforehand (pinned run id, classes.json, models:/ URI), classes_sha256 the table the
     batch checked: each image's masks are assigned to them here, where the masks are
-    (samseg.engine.dataset.GivenClasses; another table than the batch's fails the shard)."""
+    (samseg.engine.dataset.GivenClasses; another table than the batch's fails the shard). In a
+    tracked batch (batch_run_id) the shard logs one MLflow run holding its images' table, not a
+    run per image (samseg.edges.mlflow.shard_runs)."""
     from samseg.engine.dataset import GivenClasses
 
     given = GivenClasses.load(classes_from, classes_sha256) if classes_from else None
-    entries = segment_images(images, out, names, settings, runtime, track, experiment, batch_run_id, batch_resumed,
-                             given, execute=shard_execute)
+    shard_run, untracked = _start_shard_run(settings, runtime, out, experiment, batch_run_id) if track else (None, None)
+    try:  # a batch's shard: its one MLflow run holds its images, not a run each
+        entries = segment_images(images, out, names, settings, runtime, track and not batch_run_id, experiment,
+                                 batch_run_id, batch_resumed, given, execute=shard_execute)
+    except BaseException as exc:
+        if shard_run is not None:
+            from samseg.edges.mlflow.shard_runs import end_shard_run
+            from samseg.edges.shutdown import bounded
+
+            status = "FAILED" if isinstance(exc, Exception) else "KILLED"  # a stop: SIGTERM, Ctrl-C
+            bounded(lambda: end_shard_run(shard_run, [], status))
+        raise
+    if batch_run_id and track:
+        untracked = untracked or _end_shard_run(shard_run, entries)
+        for e in entries:
+            e["mlflow_shard_run_id"] = shard_run
+            if untracked and e["status"] == "completed":
+                e["tracking_error"] = untracked
     try:
         from prefect.artifacts import create_table_artifact
 
@@ -99,6 +117,38 @@ def segment_shard_flow(
     except Exception as exc:  # noqa: BLE001 — the images are written: the batch finds them by their summary.json
         _run_logger().warning("shard report not stored (%s); the batch reads the image dirs instead", exc)
     return entries
+
+
+def _start_shard_run(settings: PipelineParams, runtime: RuntimeParams, out: str, experiment: str,
+                     batch_run_id: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """(the shard's MLflow run id, None), or (None, why not): one run for a batch's shard; none
+    outside a batch (a list of images given to the deployment logs a run per image)."""
+    if not batch_run_id:
+        return None, None
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.shard_runs import start_shard_run
+
+    cfg = settings.to_config()
+    params = {**cfg.flat(), "model_type": cfg.model_type}
+    run_id = flow_run_id()
+    try:
+        return start_shard_run(experiment, batch_run_id, f"shard-{run_id or 'local'}", params, run_id, out), None
+    except TrackingError as exc:  # the images are still written: the batch reports them unlogged
+        _run_logger().warning("%s", exc)
+        return None, str(exc)
+
+
+def _end_shard_run(shard_run: str, entries: list[dict[str, Any]]) -> Optional[str]:
+    """End the shard's MLflow run with its images' table; why it could not, or None."""
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.shard_runs import end_shard_run
+
+    try:
+        end_shard_run(shard_run, entries)
+    except TrackingError as exc:
+        _run_logger().warning("%s", exc)
+        return str(exc)
+    return None
 
 
 def segment_images(images: list[str], out: str, names: Optional[list[str]], settings: PipelineParams,
@@ -172,7 +222,7 @@ def segment_batch_flow(
         return segment_images(uris, names=names, **kwargs, assign_to=per_image.assign_to)  # the batch's own run holds its images' tasks
 
     with shutdown.relayed():
-        report = run_batch(source, job, run_images, request, "deployment" if use_deployments else "local", prefect_execute)
+        report = run_batch(source, job, run_images, request, SHARDED if use_deployments else "local", prefect_execute)
     for r in report["images"]:  # the Prefect run log (the CLI prints its own line, and silences this one)
         if r["status"] != "completed":
             _run_logger().warning("%s", r["error"])

@@ -128,3 +128,68 @@ def test_the_ui_pages_a_batch_id_lists_its_images_with_links_and_shows_it_in_the
         runs = client.get("/", headers={"accept": "text/html"})
         assert runs.status_code == 200 and f'href="/runs/{store["batch"]}"' in runs.text and "batch run" in runs.text
         assert client.get(f"/runs/{'0' * 32}", headers={"accept": "text/html"}).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> dict:
+    """A batch as a fan-out to workers records it (one MLflow run per shard, none per image): a
+    2-image batch written untracked, then its shard run and its record logged as the shard's and
+    the batch's processes log them (tests/test_scaleout.py makes one for real)."""
+    import uuid
+
+    from samseg.edges.mlflow.shard_runs import end_shard_run, start_shard_run
+    from samseg.edges.mlflow.tracking import end_run, start_batch_run
+    from samseg.edges.run_schema import SHARDED
+
+    tmp = tmp_path_factory.mktemp("sharded")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp / 'mlflow.db'))
+    src, out = tmp / "in", tmp / "o"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src / f"s{i}.png")
+    rc, _, err = run_cli(["segment", str(src), "--out", str(out), "--cache", str(tmp / "c"), "--no-track", *TINY])
+    assert rc == 0, err
+    report = json.loads((out / "batch_summary.json").read_text())
+    batch = start_batch_run("samseg", "batch-sharded", {"n_images": 2}, {})
+    shard = start_shard_run("samseg", batch, "shard-00000-try1", {"cluster.eps": "0.3"}, str(uuid.uuid4()), str(out))
+    entries = [{**e, "mlflow_run_id": None, "mlflow_shard_run_id": shard} for e in report["images"]]
+    end_shard_run(shard, entries)
+    end_run(batch, "FINISHED", {**report, "fan_out": SHARDED, "images": entries, "mlflow_run_id": batch})
+    yield {"tmp": tmp, "batch": batch, "shard": shard, "out": out}
+    mp.undo()
+
+
+def test_a_sharded_batch_id_leads_to_its_images_dirs_in_every_command_and_the_ui(sharded: dict, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+    from mlflow import MlflowClient
+
+    from samseg.apps.ui import UiSettings, create_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(sharded["tmp"] / "mlflow.db"))
+    batch, shard = sharded["batch"], sharded["shard"]
+    client = MlflowClient()
+    table = client.load_table(client.get_run(shard).info.experiment_id, "images.json", run_ids=[shard])
+    assert list(table["name"]) == ["s0", "s1"] and list(table["status"]) == ["completed"] * 2
+    # recluster: each image from its dir, as one new batch run that names the batch it re-tunes
+    rc, out, err = run_cli(["recluster", batch[:8], "--eps", "0.5", "--out", str(tmp_path / "re"),
+                            "--cache", str(sharded["tmp"] / "c")])
+    assert rc == 0, err
+    new_batch = re.search(r"MLflow batch run: (\w+)", out).group(1)
+    assert client.get_run(new_batch).data.tags["samseg.parent_run_id"] == batch
+    new_ids = [re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines() if line.startswith("s")]
+    assert len(new_ids) == 2 and all(client.get_run(i).data.params["cluster.eps"] == "0.5" for i in new_ids)
+    rc, out, err = run_cli(["sweep", batch[:8], "--eps-range", "0.1:0.3:0.1"])
+    assert rc == 0, err
+    rc, out, err = run_cli(["export", batch[:8], "--format", "coco", "--out", str(tmp_path / "coco")])
+    assert rc == 0 and "2 images" in out, err
+    rc, out, err = run_cli(["runs", "compare", shard[:8]])
+    assert rc == 0 and "images" in out, err
+    # the UI: the batch page lists its shard run and its images; the shard run's id leads there
+    with TestClient(create_app(UiSettings(experiment="samseg", cache_dir=sharded["tmp"] / "ui-cache"))) as ui:
+        page = ui.get(f"/runs/{batch}", headers={"accept": "text/html"})
+        assert page.status_code == 200 and 'id="shards"' in page.text and f'id="shard-{shard}"' in page.text
+        assert str(sharded["out"] / "s0") in page.text and str(sharded["out"] / "s1") in page.text
+        hop = ui.get(f"/runs/{shard}", headers={"accept": "text/html"}, follow_redirects=False)
+        assert hop.status_code == 307 and hop.headers["location"] == f"/runs/{batch}#shard-{shard}"

@@ -5,8 +5,10 @@ deployments/prefect.yaml, moto S3, and `samseg segment DIR --out s3://… --fan-
 spread sample of 8 (one shard run), then 6 shard runs assign their own images to them. One
 assigning shard run's process is killed with SIGKILL while it holds its shard; the batch runs
 that shard again for the images it had not written. Every image is written last by exactly one
-assigning shard run and logged once by it, every image's ids come from one classes.json, no shard
-is lost, and no shard step is a Prefect task run. Every process is killed in teardown.
+assigning shard run, every image's ids come from one classes.json, no shard is lost, no shard
+step is a Prefect task run, and MLflow holds the batch run and one run per shard with its images'
+table (the killed one ended, never left RUNNING), no run per image; an export of the batch run
+reads every image from its dir. Every process is killed in teardown.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
 
     from samseg.core.dataset import ClassTable, assign_to_classes
     from samseg.edges.image_dir import read_image_dir
-    from samseg.edges.storage import download_prefix, read_bytes
+    from samseg.edges.mlflow.run_dirs import download_image_dirs
+    from samseg.edges.storage import read_bytes
     from samseg.engine.dataset import spread, table_sha256
 
     src, out = tmp_path / "in", f"s3://{s3_bucket}/out"
@@ -127,23 +130,37 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
     back = ClassTable.from_json(read_bytes(f"{out}/classes.json"))  # the fitted classes, counted over every image
     assert (back.prototypes == fitted.prototypes).all() and back.image_names == files
 
+    # MLflow: the batch run and one run per assigning shard run (the sample is not logged), none per image
     ml, total = MlflowClient(), 0
-    children = ml.search_runs([ml.get_experiment_by_name(experiment).experiment_id],
-                              f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'", max_results=1000)
-    assert sorted(r.info.run_name for r in children) == files  # one run per image: the sample's first pass is not logged
-    for entry in report["images"]:
-        local = tmp_path / "check" / entry["name"]
-        download_prefix(entry["out_dir"], local, require_success=True)
+    exp_id = ml.get_experiment_by_name(experiment).experiment_id
+    children = ml.search_runs([exp_id], f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'", max_results=1000)
+    assert {r.data.tags["samseg.kind"] for r in children} == {"shard"}
+    logged = {r.data.tags["samseg.prefect_flow_run_id"]: r for r in children}
+    assert set(assigning) - {killed} <= set(logged) <= set(assigning)  # the killed run may die before it starts its own
+    assert all(r.info.status == "FINISHED" for i, r in logged.items() if i != killed)
+    assert killed not in logged or logged[killed].info.status in ("FAILED", "KILLED")  # never left RUNNING
+    for i, r in logged.items():
+        if i != killed:  # each finished shard run's table: the images it wrote, with their counts
+            table = ml.load_table(exp_id, "images.json", run_ids=[r.info.run_id])
+            assert list(table["name"]) == assigning[i].parameters["names"] and set(table["status"]) == {"completed"}
+            assert int(r.data.metrics["images"]) == len(table)
+    assert {e["mlflow_shard_run_id"] for e in report["images"]} <= {r.info.run_id for r in logged.values()} | {None}
+
+    # every reader of the batch takes its images from their dirs (edges.mlflow.tracking.batch_images)
+    dirs = download_image_dirs(report["mlflow_run_id"], tmp_path / "check")
+    assert sorted(d.name for d in dirs) == names and set(dirs.values()) == {e["out_dir"] for e in report["images"]}
+    by_name = {e["name"]: e for e in report["images"]}
+    for local in dirs:
         _, emb, stored = read_image_dir(local)
         assert (stored == assign_to_classes(emb, fitted).labels).all()  # the fitted classes' ids, the sample's too
         summary = json.loads((local / "summary.json").read_text())
         assert summary["classes"] == "assigned" and summary["classes_sha256"] == table_sha256(fitted)
-        # written and logged by the shard run that assigned it
-        shard = summary["prefect_flow_run_id"]
-        assert entry["name"] in assigning[shard].parameters["names"]
-        assert ml.get_run(entry["mlflow_run_id"]).data.tags["samseg.prefect_flow_run_id"] == shard
+        shard = summary["prefect_flow_run_id"]  # written by the shard run that assigned it
+        assert local.name in assigning[shard].parameters["names"]
+        entry = by_name[local.name]
+        assert entry["mlflow_shard_run_id"] == (logged[shard].info.run_id if shard != killed else None)
         for c, counts in enumerate(back.image_counts):
-            assert counts.get(f"{entry['name']}.jpg", 0) == int((stored == c).sum())
+            assert counts.get(f"{local.name}.jpg", 0) == int((stored == c).sum())
         total += len(stored)
     assert int(back.sizes.sum()) + back.n_noise == total
 

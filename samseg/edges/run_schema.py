@@ -11,6 +11,7 @@ EXPERIMENT_NAME_MAX = 256  # characters: MLflow's experiments.name column is Str
 # samseg.kind of an MLflow run
 KIND_IMAGE, KIND_BATCH, KIND_RECLUSTER = "image", "batch", "recluster"
 KINDS: tuple[str, ...] = (KIND_IMAGE, KIND_BATCH, KIND_RECLUSTER)
+KIND_SHARD = "shard"  # one run for the images of a batch's shard (samseg.edges.mlflow.shard_runs)
 
 # samseg's MLflow tags: every "samseg.<tag>" name is here and nowhere else (tests/test_run_schema.py)
 TAG_KIND = "samseg.kind"  # one of KINDS
@@ -53,4 +54,5 @@ CACHE_STATUSES: tuple[str, ...] = (HIT, COMPUTED, SKIPPED, FROM_PARENT_RUN, FROM
 IMAGE_FLOW, SHARD_FLOW, BATCH_FLOW, RECLUSTER_FLOW = "segment-image", "segment-shard", "segment-batch", "recluster"
 SEGMENT_DEPLOYMENT = f"{SHARD_FLOW}/segment"  # a batch's shards run as this deployment's runs (flows.fanout)
 SHARD_REPORT = "samseg shard report"  # the table artifact a shard run leaves: one row per image
+SHARDED = "deployment"  # a batch report's "fan_out" when its images ran in shards: one MLflow run per shard
 RECLUSTER_DEPLOYMENT = f"{RECLUSTER_FLOW}/recluster"

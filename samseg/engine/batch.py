@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 from samseg.core.config import PipelineConfig
 from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON
-from samseg.edges.run_schema import KIND_BATCH, TAG_KIND, TAG_SOURCE
+from samseg.edges.run_schema import KIND_BATCH, SHARDED, TAG_KIND, TAG_SOURCE
 from samseg.engine.publish import Tracking
 from samseg.engine.runner import Execute, inline
 from samseg.engine.request import SegmentJob
@@ -101,8 +101,10 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         from samseg.engine.naming import dataset_namer
 
         namer = dataset_namer(job.cfg.names, job.runtime.device, job.runtime.seed)
-        class_report = relabel_and_track(job.out, results, job.cfg.cluster, batch_run_id, classes.max_cluster, t.track,
-                                         t.experiment, classes.register, execute=execute, namer=namer, gram=gram)
+        # a sharded batch logs no run per image: its record (batch_summary.json) lists them (edges.mlflow.shard_runs)
+        class_report = relabel_and_track(job.out, results, job.cfg.cluster, batch_run_id, classes.max_cluster,
+                                         t.track and fan_out != SHARDED, t.experiment, classes.register, execute=execute,
+                                         namer=namer, gram=gram)
     report = batch_report(source, job.out, results, batch_run_id, fan_out, class_report)
     if not report.get("summary_error") and not (class_report or {}).get("error"):
         owned_files.end_batch(job.out)

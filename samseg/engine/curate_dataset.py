@@ -77,7 +77,7 @@ def read_dataset(source: str, workdir: Path) -> DatasetSource:
         return DatasetSource([workdir / n for n in names], names, table, logged, source)
     from samseg.edges.dataset_outputs import load_classes_from_run
     from samseg.edges.mlflow import client as mlflow_client
-    from samseg.edges.mlflow.tracking import batch_images, fetch_run_inputs, get_run
+    from samseg.edges.mlflow.tracking import ImageDir, batch_images, fetch_run_inputs, get_run
 
     run = get_run(source)
     if run.data.tags.get(TAG_CLASSES) not in DATASET_MODES:
@@ -89,7 +89,7 @@ def read_dataset(source: str, workdir: Path) -> DatasetSource:
         fetch_run_inputs(image_run, _child(workdir, name))
         dirs.append(workdir / name)
         names.append(name)
-        where = get_run(image_run).data.tags.get(TAG_OUT_DIR)
+        where = get_run(image_run).data.tags.get(TAG_OUT_DIR) if not isinstance(image_run, ImageDir) else image_run  # a sharded batch's: its dir
         if where:
             wrote_to.add(str(where).rstrip("/").rsplit("/", 1)[0])
     return DatasetSource(dirs, names, table, source, source, tuple(sorted(wrote_to)))

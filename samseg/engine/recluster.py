@@ -142,6 +142,7 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
     import time
     from pathlib import PurePosixPath
 
+    from samseg.edges.mlflow.tracking import ImageDir
     from samseg.edges.run_schema import TAG_PARENT_RUN, TAG_SOURCE
     from samseg.engine.batch import batch_report, batch_status, end_batch
     from samseg.engine.segment import describe_failure, failed_entry, image_entry
@@ -157,7 +158,9 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
     try:
         for rid in images:
             try:
-                t = dataclasses.replace(tracking, kind=KIND_RECLUSTER, parent_run_id=rid, nested_under=new_batch)
+                # a sharded batch's image is its dir, not a run: the new batch run names the batch it re-tunes
+                t = dataclasses.replace(tracking, kind=KIND_RECLUSTER, parent_run_id=None if isinstance(rid, ImageDir) else rid,
+                                        nested_under=new_batch)
                 # the batch's own OUT/<name>: unique over it, as `samseg segment` named them
                 res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=images[rid] or None)
                 results.append(image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res))

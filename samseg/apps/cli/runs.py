@@ -144,9 +144,10 @@ def _recluster(args: argparse.Namespace, how: str, cluster: Any, cache: str) -> 
 
 
 def _run_params(run_id: str) -> dict[str, str]:
-    from samseg.edges.mlflow.tracking import get_run  # raises TrackingError (one line) for unknown runs
+    """An image run's params (or a sharded batch's image dir's); TrackingError (one line) for unknown runs."""
+    from samseg.edges.mlflow.tracking import image_params
 
-    return dict(get_run(run_id).data.params)
+    return image_params(run_id)
 
 
 # ------------------------------------------------------------------ runs compare

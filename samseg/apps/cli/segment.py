@@ -332,6 +332,8 @@ def report_batch(report: dict[str, Any]) -> int:
         if r["status"] == "completed":
             where = r.get("out_dir") or f"(deployment run {r.get('flow_run_id')})"
             run = f", MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""  # the id each image's commands take
+            if r.get("mlflow_shard_run_id"):  # a sharded batch logs a run per shard: the batch id takes its images
+                run = f", MLflow shard run {r['mlflow_shard_run_id'][:8]}"
             print(_image_line(PurePosixPath(r["image"]).name, r, where) + run)
             if r.get("tracking_error"):
                 print_error(_untracked_line(r["image"], r["tracking_error"]))

@@ -143,9 +143,12 @@ def save_dataset_edits(store: RunStore, run_id: str, edits: list[Any], progress:
     from samseg.engine.curate_dataset import edit_dataset
     from samseg.engine.publish import Tracking
 
-    from samseg.edges.mlflow.tracking import batch_image_runs
+    from samseg.edges.mlflow.tracking import ImageDir, batch_image_runs
 
     for image_run in batch_image_runs(store.client, store.get_any_run(run_id)):  # every image it re-reads: from the
+        if isinstance(image_run, ImageDir):  # a batch that ran in shards: its images are dirs, no run vouches for their inputs
+            raise RunDataError(f"batch run {run_id} ran in shards (no run per image): edit its classes with "
+                               f"`samseg classes edit {run_id[:8]} …`, which reads its image dirs")
         store.input_uri(image_run)  # allowed roots (--image-root) and as its run recorded it, else RunDataError
     progress("applying the edits to every image of the batch")
     with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:

@@ -181,6 +181,9 @@ def _add_pages(app: FastAPI) -> None:
         except RunNotFound:  # a batch of per-image classes: its page lists its images
             from samseg.apps.ui.dataset_view import batch_detail
 
+            batch = store.shard_batch(run_id)  # a shard run: its line on its batch's page
+            if batch is not None:
+                return RedirectResponse(f"/runs/{batch}#shard-{run_id}", status_code=307)
             batch = store.get_batch_run(run_id)
             return request.app.state.templates.TemplateResponse(request, "batch.html", batch_detail(store, batch))
         if store.is_dataset_run(run):

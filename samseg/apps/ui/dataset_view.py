@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from samseg.apps.ui.service import RunDataError, RunStore
-from samseg.edges.run_schema import DATASET_MODES
-from samseg.edges.run_schema import TAG_KIND, TAG_MLFLOW_PARENT
+from samseg.edges.run_schema import DATASET_MODES, KIND_SHARD, SHARDED, TAG_KIND, TAG_MLFLOW_PARENT
 
 _MAX_CHILDREN = 500  # one page; a batch larger than that is browsed in MLflow
 
@@ -76,6 +75,7 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
         "image_names": list(table.image_names),
         "cluster": dict(table.cluster),
         "children": kids,
+        **shard_section(store, run),
         # classes_from is a run id or a classes.json path/URI: only a run id gets a link.
         "classes_from": source,
         "classes_from_url": f"/runs/{source}" if source and _looks_like_run(store, source) else None,
@@ -99,11 +99,38 @@ def sheet_window(sheet_url: str, c: int) -> str:
 
 
 def batch_detail(store: RunStore, run: Any) -> dict[str, Any]:
-    """The page of a batch run of per-image classes: its header and its image runs, with links."""
+    """The page of a batch run of per-image classes: its header and its image runs, with links
+    (a batch split in shards: its shard runs and its images as it recorded them)."""
     kids = [store.row(r) for r in children(store, run)]
     images = [k for k in kids if k["kind"] == "image"]
     return {"run": store.batch_row(run), "children": kids, "n_images": len(images),
-            "n_recorded": store.batch_row(run)["n_images"]}
+            "n_recorded": store.batch_row(run)["n_images"], **shard_section(store, run)}
+
+
+def shard_section(store: RunStore, run: Any) -> dict[str, Any]:
+    """What a batch page shows of a batch split in shards (one MLflow run per shard, none per
+    image: samseg.edges.mlflow.shard_runs): its shard runs, and its images as its record lists
+    them (the first _MAX_CHILDREN). {} for any other batch."""
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.tracking import batch_record
+
+    try:
+        record = batch_record(store.client, run)
+    except TrackingError:
+        return {}
+    if record.get("fan_out") != SHARDED:
+        return {}
+    rid = run.info.run_id  # checked by RunStore: [A-Za-z0-9_-] only, safe in a filter
+    runs = store.client.search_runs([run.info.experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{rid}' and "
+                                    f"tags.`{TAG_KIND}` = '{KIND_SHARD}'", order_by=["attributes.start_time ASC"],
+                                    max_results=_MAX_CHILDREN)
+    shards = [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+               "images": int(r.data.metrics.get("images", 0)), "failed": int(r.data.metrics.get("failed", 0)),
+               "mlflow_url": store.mlflow_url(r)} for r in runs]
+    entries = [e for e in record.get("images") or [] if isinstance(e, dict)]
+    keys = ("name", "status", "n_masks", "n_clusters", "n_noise", "out_dir", "error", "mlflow_shard_run_id")
+    return {"shards": shards, "shard_images": [{k: e.get(k) for k in keys} for e in entries[:_MAX_CHILDREN]],
+            "n_shard_images": len(entries)}
 
 
 def _looks_like_run(store: RunStore, ref: str) -> bool:

@@ -24,7 +24,7 @@ from samseg.apps.ui.tracking_gate import TrackingGate
 from samseg.core.backbones import SAM
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
-from samseg.edges.run_schema import DATASET_MODES, RECLUSTER_DEPLOYMENT
+from samseg.edges.run_schema import DATASET_MODES, KIND_SHARD, RECLUSTER_DEPLOYMENT
 
 # Run kinds that have an image's outputs (a batch parent run has none).
 IMAGE_KINDS = ("image", "recluster")
@@ -163,6 +163,12 @@ class RunStore(RunFiles):
         if not self.is_batch_run(run):
             raise RunNotFound(f"run {run_id} not found in this UI's MLflow store")
         return run
+
+    def shard_batch(self, run_id: str) -> str | None:
+        """The batch run id of shard run `run_id` (samseg.edges.mlflow.shard_runs), or None when it is not a shard run."""
+        run = self._fetch(run_id)
+        parent = run.data.tags.get(TAG_MLFLOW_PARENT)
+        return parent if run.data.tags.get(TAG_KIND) == KIND_SHARD and parent and valid_run_id(parent) else None
 
     def resolve(self, ref: str) -> str:
         """The full id of a run id prefix (as the CLI takes it, and as the runs list shows 8

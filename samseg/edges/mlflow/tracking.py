@@ -1,4 +1,5 @@
 """The MLflow edge: one run per image, a parent run per batch, comparisons, recluster inputs.
+(A batch split in shards logs one run per shard instead: samseg.edges.mlflow.shard_runs.)
 
 All writes go through `MlflowClient` with explicit run ids (not the fluent "active run"
 stack), so children can be logged from any thread or process — a Prefect worker logs an
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from samseg.core.secrets import scrub_secrets
-from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, SUMMARY_TAGS, TAG_CACHE_PREFIX,
+from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, SHARDED, SUMMARY_TAGS, TAG_CACHE_PREFIX,
                                      TAG_CLASS_NAMES, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
 from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import TrackingError
@@ -335,7 +336,7 @@ def recent_runs(experiment: str | None, limit: int) -> list[Any]:
 def _get_run(client: Any, run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
-    if not re.fullmatch(r"[0-9a-zA-Z_\-]{1,64}", run_id or ""):
+    if not is_run_id(run_id):
         raise TrackingError(f"{run_id!r}: not an MLflow run id")
     try:
         return client.get_run(run_id)
@@ -344,14 +345,16 @@ def _get_run(client: Any, run_id: str) -> Any:
 
 
 def batch_image_runs(client: Any, batch_run: Any) -> list[str]:
-    """The image run ids batch run `batch_run` recorded in its batch_summary.json, in its order.
-    Only the batch's own record counts: any run can tag itself as a batch's child
+    """The images batch run `batch_run` recorded in its batch_summary.json, in its order: their
+    image run ids, or for a batch split in shards (one MLflow run per shard, none per image) their
+    image dirs OUT/<name> (as ImageDir; `fetch_run_inputs` and `image_params` read both). Only the batch's own record counts: any run can tag itself as a batch's child
     (mlflow.parentRunId), and a run injected that way must not join the batch's exports."""
     return list(batch_images(client, batch_run))
 
 
-def batch_images(client: Any, batch_run: Any) -> dict[str, str]:
-    """{image run id: its OUT/<name>} as batch run `batch_run` recorded them (batch_image_runs)."""
+def batch_record(client: Any, batch_run: Any) -> dict[str, Any]:
+    """The report batch run `batch_run` logged as its batch_summary.json (TrackingError, one
+    line, when it has none: still running, killed, or an older samseg's)."""
     rid = batch_run.info.run_id
     try:
         with tempfile.TemporaryDirectory(prefix="samseg-batch-") as tmp:
@@ -361,12 +364,33 @@ def batch_images(client: Any, batch_run: Any) -> dict[str, str]:
         state = "still running" if batch_run.info.status == "RUNNING" else f"{batch_run.info.status}"
         raise TrackingError(f"MLflow batch run {rid} has no record of its image runs ({BATCH_SUMMARY_JSON}; "
                             f"the batch is {state}, or was made by an older samseg): use its output dir instead") from None
-    images = record.get("images") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
+def is_run_id(ref: str) -> bool:
+    """True for what may be an MLflow run id (a path or URI has a '/')."""
+    return bool(re.fullmatch(r"[0-9a-zA-Z_\-]{1,64}", ref or ""))
+
+
+class ImageDir(str):
+    """An image dir OUT/<name> that a sharded batch's own record names (batch_images): the one
+    kind of ref `fetch_run_inputs` and `image_params` read from a path or URI. A ref a person
+    or a request gives is a run id, never a path to read."""
+
+
+def batch_images(client: Any, batch_run: Any) -> dict[str, str]:
+    """{image run id, or a sharded batch's image dir: its name in OUT} as batch run `batch_run`
+    recorded them (batch_image_runs)."""
+    record = batch_record(client, batch_run)
+    images = record.get("images")
+    sharded = record.get("fan_out") == SHARDED  # no run per image: their dirs
     found: dict[str, str] = {}
     for entry in images or []:
-        i = entry.get("mlflow_run_id") if isinstance(entry, dict) else None
-        if isinstance(i, str) and re.fullmatch(r"[0-9a-zA-Z_\-]{1,64}", i) and i not in found:
-            found[i] = str(entry.get("name") or "")
+        if not isinstance(entry, dict):
+            continue
+        i = entry.get("out_dir") if sharded and entry.get("status") == "completed" else entry.get("mlflow_run_id")
+        if isinstance(i, str) and (is_run_id(i) or sharded) and i not in found:
+            found[ImageDir(i) if sharded else i] = str(entry.get("name") or "")
     return found
 
 
@@ -481,14 +505,16 @@ def format_compare(df: "pd.DataFrame", width: int = COMPARE_WIDTH) -> str:
 def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
                      names: tuple[str, ...] = RECLUSTER_INPUTS) -> dict[str, Any]:
     """Download `names` (default: summary.json, masks.json and embeddings.npy, what a
-    recluster needs) of an image run into `dst_dir`; returns the summary. Unknown run or
-    missing artifact → TrackingError (one line)."""
+    recluster needs) of an image run — or of a sharded batch's image dir (batch_image_runs) —
+    into `dst_dir`; returns the summary. Unknown run or missing file → TrackingError (one line)."""
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    if isinstance(run_id, ImageDir):
+        return _fetch_dir_inputs(run_id, dst, names)
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     _get_run(mlflow_client.client(), run_id)
-    dst = Path(dst_dir)
-    dst.mkdir(parents=True, exist_ok=True)
     for name in dict.fromkeys(("summary.json", *names)):
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst), tracking_uri=mlflow_client.tracking_uri())
@@ -498,6 +524,31 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
         return json.loads((dst / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TrackingError(f"MLflow run {run_id}: summary.json is unreadable ({exc})") from None
+
+
+def _fetch_dir_inputs(image_dir: str, dst: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """fetch_run_inputs of an image dir OUT/<name> (local or s3://) a sharded batch recorded."""
+    from samseg.core.errors import one_line
+    from samseg.edges.storage import join_uri, read_bytes
+
+    for name in dict.fromkeys(("summary.json", *names)):
+        try:
+            (dst / name).write_bytes(read_bytes(join_uri(image_dir, name)))
+        except Exception as exc:  # noqa: BLE001 — StorageError, OSError: the dir moved or was removed
+            raise TrackingError(f"{image_dir}: cannot read {name} ({one_line(exc)})") from None
+    try:
+        return json.loads((dst / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrackingError(f"{image_dir}: summary.json is unreadable ({exc})") from None
+
+
+def image_params(ref: str) -> dict[str, str]:
+    """An image's MLflow params: its run's, or for a sharded batch's image dir the params its
+    run would have had (run_params of its summary.json)."""
+    if not isinstance(ref, ImageDir):
+        return dict(get_run(ref).data.params)
+    with tempfile.TemporaryDirectory(prefix="samseg-params-") as tmp:
+        return run_params(_fetch_dir_inputs(ref, Path(tmp), ()))
 
 
 def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -514,8 +565,8 @@ def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[A
         if not ids:
             raise TrackingError(f"MLflow batch run {run_id} has no image runs")
     embs, summaries = [], []
-    for rid in ids:
-        d = Path(dst_dir) / rid
+    for k, rid in enumerate(ids):
+        d = Path(dst_dir) / f"{k:06d}"  # a sharded batch's refs are URIs
         summaries.append(fetch_run_inputs(rid, d, ("summary.json", "embeddings.npy")))  # no masks.json: it can be huge
         embs.append(np.load(d / "embeddings.npy", allow_pickle=False))
     return embs, summaries
