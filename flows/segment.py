@@ -128,11 +128,14 @@ def _start_shard_run(settings: PipelineParams, runtime: RuntimeParams, out: str,
     from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.mlflow.shard_runs import start_shard_run
 
+    from prefect.runtime import flow_run
+
     cfg = settings.to_config()
     params = {**cfg.flat(), "model_type": cfg.model_type}
     run_id = flow_run_id()
+    name = flow_run.name or f"shard-{run_id}"  # the batch names its shard runs shard-<index>-try<attempt>
     try:
-        return start_shard_run(experiment, batch_run_id, f"shard-{run_id or 'local'}", params, run_id, out), None
+        return start_shard_run(experiment, batch_run_id, name, params, run_id, out), None
     except TrackingError as exc:  # the images are still written: the batch reports them unlogged
         _run_logger().warning("%s", exc)
         return None, str(exc)

@@ -193,3 +193,14 @@ def test_a_sharded_batch_id_leads_to_its_images_dirs_in_every_command_and_the_ui
         assert str(sharded["out"] / "s0") in page.text and str(sharded["out"] / "s1") in page.text
         hop = ui.get(f"/runs/{shard}", headers={"accept": "text/html"}, follow_redirects=False)
         assert hop.status_code == 307 and hop.headers["location"] == f"/runs/{batch}#shard-{shard}"
+
+
+def test_a_per_image_batch_id_where_one_image_or_dataset_classes_are_needed_says_what_to_give(store: dict,
+                                                                                              tmp_path: Path) -> None:
+    rc, _, err = run_cli(["classes", store["batch"][:8]])
+    assert rc == 1 and "is a batch run, not one image's: give one of its image runs" in err, err
+    rc, _, err = run_cli(["segment", str(store["tmp"] / "in" / "r0.png"), "--out", str(tmp_path / "cf"), "--cache",
+                          str(store["tmp"] / "c"), "--classes-from", store["batch"][:8], *TINY])
+    assert rc == 1 and "is a batch of per-image classes, with no dataset-level classes.json" in err, err
+    rc, _, err = run_cli(["recluster", store["images"][0][:8], "--eps", "-1", "--out", str(tmp_path / "x")])
+    assert rc == 2 and err.strip().endswith("--eps: Input should be greater than 0"), err  # the flag, named

@@ -138,6 +138,7 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
     logged = {r.data.tags["samseg.prefect_flow_run_id"]: r for r in children}
     assert set(assigning) - {killed} <= set(logged) <= set(assigning)  # the killed run may die before it starts its own
     assert all(r.info.status == "FINISHED" for i, r in logged.items() if i != killed)
+    assert all(r.info.run_name == assigning[i].name for i, r in logged.items())  # shard-<index>-try<attempt>
     assert killed not in logged or logged[killed].info.status in ("FAILED", "KILLED")  # never left RUNNING
     for i, r in logged.items():
         if i != killed:  # each finished shard run's table: the images it wrote, with their counts

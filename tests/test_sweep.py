@@ -127,3 +127,32 @@ def test_a_degenerate_knee_is_no_suggestion_and_says_why() -> None:
     emb = np.concatenate([copies, rng.normal(size=(3, 16))]).astype(np.float32)
     s = suggest_eps(emb, ClusterConfig(min_samples=3))
     assert s.eps is None and "nearly) the same" in s.reason, s
+
+
+def test_a_run_without_masks_sweeps_to_no_suggestion_not_a_numpy_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose AMG kept no mask (a strict --pred-iou-thresh) has 0×C embeddings: the sweep
+    says there is nothing to suggest, it does not fail reshaping an empty array."""
+    import samseg.edges.mlflow.tracking as tracking
+    from samseg.core.config import PipelineConfig
+    from samseg.engine.sweep import format_sweep, sweep_run
+
+    summary = {"config": PipelineConfig().flat()}
+    monkeypatch.setattr(tracking, "run_embeddings", lambda run_id, tmp: ([np.zeros((0, 768), np.float32)], [summary]))
+    report = sweep_run("0" * 32)
+    assert report["n_masks"] == 0 and report["rows"] == [] and report["suggested_eps"] is None
+    assert "no suggested eps: 0 masks" in format_sweep(report)
+
+
+def test_an_eps_auto_fallback_is_a_warning_line_under_the_image_line(capsys: pytest.CaptureFixture) -> None:
+    """--eps auto that found no knee used the configured eps: the console says so, not only summary.json."""
+    from samseg.apps.cli.segment import warn_of
+    from samseg.engine.segment import image_entry
+
+    summary = {"out_dir": "out/a", "n_masks": 3, "n_clusters": 1, "n_noise": 0,
+               "eps_auto": {"rule": "fallback", "eps": 0.06, "warning": "--eps auto: no knee; used eps=0.06"}}
+    entry = image_entry("photos/a.jpg", "a", summary)
+    assert entry["warning"] == "--eps auto: no knee; used eps=0.06" and entry["eps"] == 0.06
+    warn_of(entry)
+    assert capsys.readouterr().err == "warning: a.jpg: --eps auto: no knee; used eps=0.06\n"
+    warn_of(image_entry("photos/b.jpg", "b", {**summary, "eps_auto": {"rule": "knee", "eps": 0.1}}))
+    assert capsys.readouterr().err == ""

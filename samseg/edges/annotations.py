@@ -332,7 +332,7 @@ def export_yolo(results: list[ImageResult], out: Path, copy_images: bool = False
     doc = yaml.safe_dump({"path": str(out.resolve()), "train": "images", "val": "images", "nc": len(names),
                           "names": names}, sort_keys=False)
     if not copy_images:  # the file must not claim a folder that is not there without saying so
-        doc = ("# images/ is empty: export with --copy-images to fill it, or put the images there yourself\n"
+        doc = ("# images/ is not written: export with --copy-images to fill it, or put the images there yourself\n"
                "# (their names are the labels/ files' stems)\n" + doc)
     files["data.yaml"] = doc.encode("utf-8")
     return files

@@ -154,6 +154,8 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
         entry["tracking_error"] = s["tracking_error"]
     if s.get("no_masks_because"):  # which AMG filter left nothing
         entry["no_masks_because"] = s["no_masks_because"]
+    if (s.get("eps_auto") or {}).get("warning"):  # --eps auto found no knee: the eps it used instead
+        entry["warning"] = s["eps_auto"]["warning"]
     from samseg.engine.dataset import assigned_entry
 
     entry.update(assigned_entry(s))  # masks per dataset class id: the batch adds them up into classes.json

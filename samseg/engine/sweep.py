@@ -40,7 +40,8 @@ def sweep_run(run_id: str, eps_range: Optional[str] = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="samseg-sweep-") as tmp:
         embs, summaries = run_embeddings(run_id, tmp)
     cfg = PipelineConfig.from_flat(summaries[0]["config"]).cluster
-    x = np.concatenate([e.reshape(len(e), -1) for e in embs]) if embs else np.zeros((0, 1), np.float32)
+    found = [e.reshape(len(e), -1) for e in embs if len(e)]  # an image with no mask adds nothing
+    x = np.concatenate(found) if found else np.zeros((0, 1), np.float32)
     return {"run_id": run_id, "n_images": len(embs), **sweep_report(x, cfg, eps_range)}
 
 

@@ -86,7 +86,8 @@ def run_export(args: argparse.Namespace) -> int:
               "read it: pass --image-root URL_OR_DIR (where the images are served), or push with --to URL "
               "(the push uploads them)", file=sys.stderr)
     if args.format == "yolo-seg" and not args.copy_images:
-        print("note: images/ is empty; --copy-images fills it so data.yaml's folders are whole", file=sys.stderr)
+        print("note: data.yaml names images/, which is not written: --copy-images copies the images there",
+              file=sys.stderr)
     return 0
 
 

@@ -86,7 +86,7 @@ def run_recluster(args: argparse.Namespace) -> int:
     try:
         cluster = recluster_cluster_params(params, args)
     except ValidationError as exc:
-        raise UsageError("; ".join(e["msg"] for e in exc.errors())) from None
+        raise UsageError(_flag_errors(exc)) from None
     with stage_cache_root(args) as cache:
         try:
             res = _recluster(args, how, cluster, cache)
@@ -94,9 +94,18 @@ def run_recluster(args: argparse.Namespace) -> int:
             print_error(exc)
             return 1
     print(f"{res['image']['uri']} -> {res['out_dir']} ({res['n_clusters']} classes, {res['n_noise']} noise masks)")
+    from samseg.apps.cli.segment import warn_of
+
+    warn_of({"image": res["image"]["uri"], "warning": (res.get("eps_auto") or {}).get("warning")})
     if res.get("mlflow_run_id"):
         print(f"MLflow run: {res['mlflow_run_id']} (parent {args.run_id})")
     return 0
+
+
+def _flag_errors(exc: Any) -> str:
+    """A pydantic ValidationError of the cluster flags as one line naming each flag: "--eps: Input should be greater than 0"."""
+    return "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')}: {e['msg']}" if e.get("loc") else e["msg"]
+                     for e in exc.errors())
 
 
 def _recluster_batch(args: argparse.Namespace, images: dict[str, str]) -> int:
@@ -116,7 +125,7 @@ def _recluster_batch(args: argparse.Namespace, images: dict[str, str]) -> int:
     try:
         recluster_cluster_params({}, args)  # a bad flag is a usage error before any image
     except ValidationError as exc:
-        raise UsageError("; ".join(e["msg"] for e in exc.errors())) from None
+        raise UsageError(_flag_errors(exc)) from None
     tracking = Tracking(track=not args.no_track, experiment=experiment(args))
     with stage_cache_root(args) as cache:
         try:

@@ -238,6 +238,7 @@ def _report_entry(entry: dict[str, Any]) -> int:
         return 1
     uri = entry["image"]
     print(_image_line(PurePosixPath(uri).name, entry, entry["out_dir"]))
+    warn_of(entry)
     if entry.get("mlflow_run_id"):
         print(f"MLflow run: {entry['mlflow_run_id']}")
     if entry.get("tracking_error"):
@@ -335,6 +336,7 @@ def report_batch(report: dict[str, Any]) -> int:
             if r.get("mlflow_shard_run_id"):  # a sharded batch logs a run per shard: the batch id takes its images
                 run = f", MLflow shard run {r['mlflow_shard_run_id'][:8]}"
             print(_image_line(PurePosixPath(r["image"]).name, r, where) + run)
+            warn_of(r)
             if r.get("tracking_error"):
                 print_error(_untracked_line(r["image"], r["tracking_error"]))
         else:
@@ -366,6 +368,16 @@ def report_batch(report: dict[str, Any]) -> int:
 
 def _untracked_line(image: str, error: str) -> str:
     return f"{image}: outputs written, not logged to MLflow ({error})"
+
+
+def warn_of(r: dict[str, Any]) -> None:
+    """An image's warning line (eps auto that found no knee) under its line, on stderr."""
+    if r.get("warning"):
+        from pathlib import PurePosixPath
+
+        from samseg.engine.segment import shown_name
+
+        print(f"warning: {shown_name(PurePosixPath(str(r.get('image', ''))).name)}: {r['warning']}", file=sys.stderr)
 
 
 def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:

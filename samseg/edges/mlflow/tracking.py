@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from samseg.core.secrets import scrub_secrets
-from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_IMAGE, KIND_RECLUSTER, KINDS, SHARDED, SUMMARY_TAGS, TAG_CACHE_PREFIX,
+from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_BATCH, KIND_IMAGE, KIND_RECLUSTER, KINDS, SHARDED, SUMMARY_TAGS, TAG_CACHE_PREFIX,
                                      TAG_CLASS_NAMES, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
 from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import TrackingError
@@ -514,7 +514,9 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    _get_run(mlflow_client.client(), run_id)
+    if _get_run(mlflow_client.client(), run_id).data.tags.get(TAG_KIND) == KIND_BATCH:  # not one image's: say what to give
+        raise TrackingError(f"MLflow run {run_id} is a batch run, not one image's: give one of its image runs "
+                            "(`samseg runs list`), or give the batch to recluster, sweep or export, which take batches")
     for name in dict.fromkeys(("summary.json", *names)):
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst), tracking_uri=mlflow_client.tracking_uri())
