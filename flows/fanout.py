@@ -101,6 +101,7 @@ def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardP
         except BaseException:  # a stop or a server gone: the created runs must not go on writing unseen
             for shard in running:
                 _cancel(client, shard)
+                _end_mlflow_run(kwargs, str(shard.run.id))  # its process may die before it can
             raise
     return [entries[uri] for uri in uris]
 
@@ -198,10 +199,7 @@ def _settle(client: Any, shard: _Shard, fr: Any, kwargs: dict[str, Any], plan: S
         for row in rows:
             _record(entries, {**row, **more})
         return None
-    if kwargs.get("track") and kwargs.get("batch_run_id"):  # a run killed before it could end its MLflow run
-        from samseg.edges.mlflow.shard_runs import end_runs_of_flow_run
-
-        end_runs_of_flow_run(kwargs["batch_run_id"], str(fr.id))
+    _end_mlflow_run(kwargs, str(fr.id))  # a run killed before it could end its MLflow run
     written = _written_by(kwargs, shard.names, str(fr.id))  # what the run finished before it ended
     missing = [(u, n) for u, n in zip(shard.uris, shard.names) if n not in written]
     for uri, name in zip(shard.uris, shard.names):
@@ -219,6 +217,15 @@ def _settle(client: Any, shard: _Shard, fr: Any, kwargs: dict[str, Any], plan: S
     for uri, name in missing:
         entries[uri] = failed_entry(uri, name, f"{uri}: {why}", **more)
     return None
+
+
+def _end_mlflow_run(kwargs: dict[str, Any], flow_run_id: str) -> None:
+    """End (KILLED) the shard's MLflow run that flow run `flow_run_id` left RUNNING, if any (bounded: a stop must not wait)."""
+    if kwargs.get("track") and kwargs.get("batch_run_id"):
+        from samseg.edges.mlflow.shard_runs import end_runs_of_flow_run
+        from samseg.edges.shutdown import bounded
+
+        bounded(lambda: end_runs_of_flow_run(kwargs["batch_run_id"], flow_run_id))
 
 
 def _record(entries: dict[str, dict[str, Any]], entry: dict[str, Any]) -> None:

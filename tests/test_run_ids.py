@@ -156,7 +156,7 @@ def sharded(tmp_path_factory) -> dict:
     entries = [{**e, "mlflow_run_id": None, "mlflow_shard_run_id": shard} for e in report["images"]]
     end_shard_run(shard, entries)
     end_run(batch, "FINISHED", {**report, "fan_out": SHARDED, "images": entries, "mlflow_run_id": batch})
-    yield {"tmp": tmp, "batch": batch, "shard": shard, "out": out}
+    yield {"tmp": tmp, "batch": batch, "shard": shard, "out": out, "n_masks": sum(e["n_masks"] for e in entries)}
     mp.undo()
 
 
@@ -181,11 +181,22 @@ def test_a_sharded_batch_id_leads_to_its_images_dirs_in_every_command_and_the_ui
     new_ids = [re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines() if line.startswith("s")]
     assert len(new_ids) == 2 and all(client.get_run(i).data.params["cluster.eps"] == "0.5" for i in new_ids)
     rc, out, err = run_cli(["sweep", batch[:8], "--eps-range", "0.1:0.3:0.1"])
-    assert rc == 0, err
+    assert rc == 0 and out.startswith(f"{sharded['n_masks']} masks,"), err  # both images' masks, read from their dirs
     rc, out, err = run_cli(["export", batch[:8], "--format", "coco", "--out", str(tmp_path / "coco")])
     assert rc == 0 and "2 images" in out, err
     rc, out, err = run_cli(["runs", "compare", shard[:8]])
     assert rc == 0 and "images" in out, err
+    rc, _, err = run_cli(["sweep", shard[:8]])  # a shard run is not an image: the batch is what to give
+    assert rc == 1 and f"is a shard run of batch {batch}" in err, err
+    # the UI reads no path a record names: it refuses to push or edit a sharded batch, naming the command
+    from types import SimpleNamespace
+
+    from samseg.apps.ui import actions
+    from samseg.apps.ui.service import RunDataError
+
+    fake = SimpleNamespace(client=client, get_any_run=client.get_run)
+    with pytest.raises(RunDataError, match="ran in shards .*samseg export"):
+        actions.image_runs_only(fake, batch, f"push it with `samseg export {batch[:8]} --format labelstudio --to URL`")
     # the UI: the batch page lists its shard run and its images; the shard run's id leads there
     with TestClient(create_app(UiSettings(experiment="samseg", cache_dir=sharded["tmp"] / "ui-cache"))) as ui:
         page = ui.get(f"/runs/{batch}", headers={"accept": "text/html"})
@@ -201,6 +212,6 @@ def test_a_per_image_batch_id_where_one_image_or_dataset_classes_are_needed_says
     assert rc == 1 and "is a batch run, not one image's: give one of its image runs" in err, err
     rc, _, err = run_cli(["segment", str(store["tmp"] / "in" / "r0.png"), "--out", str(tmp_path / "cf"), "--cache",
                           str(store["tmp"] / "c"), "--classes-from", store["batch"][:8], *TINY])
-    assert rc == 1 and "is a batch of per-image classes, with no dataset-level classes.json" in err, err
+    assert rc == 1 and "no usable classes.json: it is a batch of per-image classes, not a dataset batch" in err, err
     rc, _, err = run_cli(["recluster", store["images"][0][:8], "--eps", "-1", "--out", str(tmp_path / "x")])
     assert rc == 2 and err.strip().endswith("--eps: Input should be greater than 0"), err  # the flag, named

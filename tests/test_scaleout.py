@@ -85,7 +85,7 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
          "--fit-images", str(SAMPLE), "--quiet"],
         cwd=tmp_path, env=workers, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        killed = _kill_first_running_shard(tmp_path, src)
+        killed = _kill_first_running_shard(tmp_path, src, experiment)
         stdout, stderr = cli.communicate(timeout=540)
     finally:
         if cli.poll() is None:
@@ -136,10 +136,10 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
     children = ml.search_runs([exp_id], f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'", max_results=1000)
     assert {r.data.tags["samseg.kind"] for r in children} == {"shard"}
     logged = {r.data.tags["samseg.prefect_flow_run_id"]: r for r in children}
-    assert set(assigning) - {killed} <= set(logged) <= set(assigning)  # the killed run may die before it starts its own
+    assert set(logged) == set(assigning)
     assert all(r.info.status == "FINISHED" for i, r in logged.items() if i != killed)
     assert all(r.info.run_name == assigning[i].name for i, r in logged.items())  # shard-<index>-try<attempt>
-    assert killed not in logged or logged[killed].info.status in ("FAILED", "KILLED")  # never left RUNNING
+    assert logged[killed].info.status == "KILLED"  # killed while its MLflow run was RUNNING: the batch ended it
     for i, r in logged.items():
         if i != killed:  # each finished shard run's table: the images it wrote, with their counts
             table = ml.load_table(exp_id, "images.json", run_ids=[r.info.run_id])
@@ -166,22 +166,30 @@ def test_shards_survive_a_killed_shard_run(prefect_api, workers, s3_bucket, smal
     assert int(back.sizes.sum()) + back.n_noise == total
 
 
-def _kill_first_running_shard(tmp_path: Path, src: Path) -> str:
-    """SIGKILL the process of the first assigning shard run seen RUNNING (a worker's child); its id."""
+def _kill_first_running_shard(tmp_path: Path, src: Path, experiment: str) -> str:
+    """SIGKILL the process of the first assigning shard run seen RUNNING (a worker's child) once
+    its MLflow shard run is RUNNING too, so the batch has a run to end; its flow run id."""
     import os
     import signal
 
+    from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
+    ml = MlflowClient()
     deadline = time.monotonic() + 300
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             for run in client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["segment"]))):
                 mine = run.parameters.get("classes_from") and all(str(u).startswith(str(src)) for u in run.parameters["images"])
-                if mine and run.state is not None and run.state.is_running() and run.infrastructure_pid:
-                    os.kill(int(str(run.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
-                    return str(run.id)
+                if not (mine and run.state is not None and run.state.is_running() and run.infrastructure_pid):
+                    continue
+                exp = ml.get_experiment_by_name(experiment)
+                if exp is None or not ml.search_runs([exp.experiment_id], f"tags.`samseg.prefect_flow_run_id` = '{run.id}' "
+                                                     "and attributes.status = 'RUNNING'"):
+                    continue
+                os.kill(int(str(run.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
+                return str(run.id)
             time.sleep(0.2)
     raise AssertionError(f"no shard run started:\n{_worker_logs(tmp_path)}")
 

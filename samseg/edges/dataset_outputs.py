@@ -315,10 +315,10 @@ def load_classes_from_run(run_id: str) -> Any:
 
             tags = get_run(run_id).data.tags  # an unknown run: its own one line
             if tags.get(TAG_CLASSES) not in DATASET_MODES:  # why it has none, and what has one
-                what = "a batch of per-image classes" if tags.get(TAG_KIND) == KIND_BATCH else f"a {tags.get(TAG_KIND, 'image')} run"
-                raise TrackingError(f"MLflow run {run_id} is {what}, with no dataset-level {CLASSES_JSON}: classes come "
-                                    "from a `samseg segment … --classes dataset` batch run, its classes.json, or a "
-                                    "registered models:/NAME/VERSION") from None
+                what = "a batch of per-image classes" if tags.get(TAG_KIND) == KIND_BATCH else "one image's run"
+                raise TrackingError(f"MLflow run {run_id}: no usable {CLASSES_JSON}: it is {what}, not a dataset batch; "
+                                    "classes come from a `samseg segment … --classes dataset` batch run, its "
+                                    "classes.json, or a registered models:/NAME/VERSION") from None
             raise TrackingError(f"MLflow run {run_id}: no usable {CLASSES_JSON} ({' '.join(str(exc).split())})") from None
     table = ClassTable.from_json(text, source=f"MLflow run {run_id} {CLASSES_JSON}")
     import dataclasses

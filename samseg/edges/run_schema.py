@@ -14,7 +14,7 @@ KINDS: tuple[str, ...] = (KIND_IMAGE, KIND_BATCH, KIND_RECLUSTER)
 KIND_SHARD = "shard"  # one run for the images of a batch's shard (samseg.edges.mlflow.shard_runs)
 
 # samseg's MLflow tags: every "samseg.<tag>" name is here and nowhere else (tests/test_run_schema.py)
-TAG_KIND = "samseg.kind"  # one of KINDS
+TAG_KIND = "samseg.kind"  # one of KINDS, or KIND_SHARD
 TAG_OUT_DIR = "samseg.out_dir"
 TAG_SOURCE = "samseg.source"
 TAG_EXEMPLAR = "samseg.exemplar"

@@ -15,7 +15,7 @@ import numpy as np
 
 from samseg.core.config import ClusterConfig, FeaturesConfig, PipelineConfig, PoolConfig
 from samseg.apps.ui.service import RunDataError, RunStore
-from samseg.edges.run_schema import KIND_IMAGE, TAG_CHECKPOINT_SHA256, TAG_KIND, TAG_MLFLOW_PARENT
+from samseg.edges.run_schema import KIND_BATCH, KIND_IMAGE, TAG_CHECKPOINT_SHA256, TAG_KIND, TAG_MLFLOW_PARENT
 
 Progress = Callable[[str], None]
 MAX_BATCH_RUNS = 50  # exemplar search over a batch: enough for a page, bounded work
@@ -135,6 +135,21 @@ def save_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progres
     return {"run_id": new, "run_url": f"/runs/{new}", "classes": res["classes"]}
 
 
+def image_runs_only(store: RunStore, run_id: str, instead: str) -> list[str]:
+    """The image runs of run `run_id` (itself, or those its batch recorded); RunDataError for a
+    batch that ran in shards: its images are dirs its record names, and the UI reads no path a
+    record names (a crafted record could name anyone's files). `instead`: the command that does it."""
+    from samseg.edges.mlflow.tracking import ImageDir, batch_image_runs
+
+    run = store.get_any_run(run_id)
+    if run.data.tags.get(TAG_KIND) != KIND_BATCH:
+        return [run_id]
+    refs = batch_image_runs(store.client, run)
+    if any(isinstance(r, ImageDir) for r in refs):
+        raise RunDataError(f"batch run {run_id} ran in shards (no run per image): {instead}, which reads its image dirs")
+    return refs
+
+
 def save_dataset_edits(store: RunStore, run_id: str, edits: list[Any], progress: Progress,
                        register: str | None = None) -> dict[str, Any]:
     """A dataset batch's classes edited across all its images (samseg.engine.curate_dataset),
@@ -143,13 +158,8 @@ def save_dataset_edits(store: RunStore, run_id: str, edits: list[Any], progress:
     from samseg.engine.curate_dataset import edit_dataset
     from samseg.engine.publish import Tracking
 
-    from samseg.edges.mlflow.tracking import ImageDir, batch_image_runs
-
-    for image_run in batch_image_runs(store.client, store.get_any_run(run_id)):  # every image it re-reads: from the
-        if isinstance(image_run, ImageDir):  # a batch that ran in shards: its images are dirs, no run vouches for their inputs
-            raise RunDataError(f"batch run {run_id} ran in shards (no run per image): edit its classes with "
-                               f"`samseg classes edit {run_id[:8]} …`, which reads its image dirs")
-        store.input_uri(image_run)  # allowed roots (--image-root) and as its run recorded it, else RunDataError
+    for image_run in image_runs_only(store, run_id, f"edit its classes with `samseg classes edit {run_id[:8]} …`"):
+        store.input_uri(image_run)  # every image it re-reads: from the allowed roots (--image-root), as its run recorded it
     progress("applying the edits to every image of the batch")
     with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
         try:  # the image dirs are the new runs' artifacts: the records name the runs

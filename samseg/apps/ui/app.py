@@ -282,6 +282,7 @@ def _push_to_label_studio(store: RunStore, run_id: str, progress: Any) -> dict[s
     from samseg.edges.labelstudio import LabelStudioError, push_run
 
     s = store.settings
+    actions.image_runs_only(store, run_id, f"push it with `samseg export {run_id[:8]} --format labelstudio --to URL`")
     progress("downloading the run's outputs and pushing them to Label Studio")
     with tempfile.TemporaryDirectory(prefix="samseg-ls-") as tmp:
         try:

@@ -62,7 +62,8 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
         for c in range(table.n_classes)
     ]
     known = {rid: run}
-    kids = [store.row(r, known) for r in children(store, run)]
+    shards = shard_section(store, run)
+    kids = [] if shards else [store.row(r, known) for r in children(store, run)]  # a sharded batch: no image runs
     source = row["classes_from"]
     return {
         "run": row,
@@ -75,7 +76,7 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
         "image_names": list(table.image_names),
         "cluster": dict(table.cluster),
         "children": kids,
-        **shard_section(store, run),
+        **shards,
         # classes_from is a run id or a classes.json path/URI: only a run id gets a link.
         "classes_from": source,
         "classes_from_url": f"/runs/{source}" if source and _looks_like_run(store, source) else None,
@@ -101,10 +102,11 @@ def sheet_window(sheet_url: str, c: int) -> str:
 def batch_detail(store: RunStore, run: Any) -> dict[str, Any]:
     """The page of a batch run of per-image classes: its header and its image runs, with links
     (a batch split in shards: its shard runs and its images as it recorded them)."""
-    kids = [store.row(r) for r in children(store, run)]
+    shards = shard_section(store, run)
+    kids = [] if shards else [store.row(r) for r in children(store, run)]  # a sharded batch: no image runs
     images = [k for k in kids if k["kind"] == "image"]
     return {"run": store.batch_row(run), "children": kids, "n_images": len(images),
-            "n_recorded": store.batch_row(run)["n_images"], **shard_section(store, run)}
+            "n_recorded": store.batch_row(run)["n_images"], **shards}
 
 
 def shard_section(store: RunStore, run: Any) -> dict[str, Any]:
@@ -118,7 +120,8 @@ def shard_section(store: RunStore, run: Any) -> dict[str, Any]:
         record = batch_record(store.client, run)
     except TrackingError:
         return {}
-    if record.get("fan_out") != SHARDED:
+    entries = [e for e in record.get("images") or [] if isinstance(e, dict)]
+    if record.get("fan_out") != SHARDED or any(e.get("mlflow_run_id") for e in entries):  # an older samseg's: image runs
         return {}
     rid = run.info.run_id  # checked by RunStore: [A-Za-z0-9_-] only, safe in a filter
     runs = store.client.search_runs([run.info.experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{rid}' and "
@@ -127,7 +130,6 @@ def shard_section(store: RunStore, run: Any) -> dict[str, Any]:
     shards = [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
                "images": int(r.data.metrics.get("images", 0)), "failed": int(r.data.metrics.get("failed", 0)),
                "mlflow_url": store.mlflow_url(r)} for r in runs]
-    entries = [e for e in record.get("images") or [] if isinstance(e, dict)]
     keys = ("name", "status", "n_masks", "n_clusters", "n_noise", "out_dir", "error", "mlflow_shard_run_id")
     return {"shards": shards, "shard_images": [{k: e.get(k) for k in keys} for e in entries[:_MAX_CHILDREN]],
             "n_shard_images": len(entries)}

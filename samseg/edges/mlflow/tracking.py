@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from samseg.core.secrets import scrub_secrets
-from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_BATCH, KIND_IMAGE, KIND_RECLUSTER, KINDS, SHARDED, SUMMARY_TAGS, TAG_CACHE_PREFIX,
+from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_BATCH, KIND_IMAGE, KIND_RECLUSTER, KIND_SHARD, KINDS, SHARDED, SUMMARY_TAGS, TAG_CACHE_PREFIX,
                                      TAG_CLASS_NAMES, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
 from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import TrackingError
@@ -382,15 +382,17 @@ def batch_images(client: Any, batch_run: Any) -> dict[str, str]:
     """{image run id, or a sharded batch's image dir: its name in OUT} as batch run `batch_run`
     recorded them (batch_image_runs)."""
     record = batch_record(client, batch_run)
-    images = record.get("images")
-    sharded = record.get("fan_out") == SHARDED  # no run per image: their dirs
+    sharded = record.get("fan_out") == SHARDED
     found: dict[str, str] = {}
-    for entry in images or []:
+    for entry in record.get("images") or []:
         if not isinstance(entry, dict):
             continue
-        i = entry.get("out_dir") if sharded and entry.get("status") == "completed" else entry.get("mlflow_run_id")
-        if isinstance(i, str) and (is_run_id(i) or sharded) and i not in found:
-            found[ImageDir(i) if sharded else i] = str(entry.get("name") or "")
+        ref = entry.get("mlflow_run_id")  # an image run (a sharded batch of an older samseg has them too)
+        if not (isinstance(ref, str) and is_run_id(ref)):
+            ref = entry.get("out_dir") if sharded and entry.get("status") == "completed" else None
+            ref = ImageDir(ref) if isinstance(ref, str) and ref else None  # a sharded batch's: no run per image
+        if ref is not None and ref not in found:
+            found[ref] = str(entry.get("name") or "")
     return found
 
 
@@ -514,9 +516,13 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    if _get_run(mlflow_client.client(), run_id).data.tags.get(TAG_KIND) == KIND_BATCH:  # not one image's: say what to give
+    tags = _get_run(mlflow_client.client(), run_id).data.tags
+    if tags.get(TAG_KIND) == KIND_BATCH:  # not one image's: say what to give
         raise TrackingError(f"MLflow run {run_id} is a batch run, not one image's: give one of its image runs "
                             "(`samseg runs list`), or give the batch to recluster, sweep or export, which take batches")
+    if tags.get(TAG_KIND) == KIND_SHARD:
+        raise TrackingError(f"MLflow run {run_id} is a shard run of batch {tags.get(TAG_MLFLOW_PARENT)}: give the batch "
+                            "to recluster, sweep or export (they read its images' dirs)")
     for name in dict.fromkeys(("summary.json", *names)):
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst), tracking_uri=mlflow_client.tracking_uri())
@@ -529,15 +535,19 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
 
 
 def _fetch_dir_inputs(image_dir: str, dst: Path, names: tuple[str, ...]) -> dict[str, Any]:
-    """fetch_run_inputs of an image dir OUT/<name> (local or s3://) a sharded batch recorded."""
+    """fetch_run_inputs of an image dir OUT/<name> (local or s3://) a sharded batch recorded; an
+    S3 dir as its _SUCCESS lists it (a dir being republished is not read half old, half new)."""
     from samseg.core.errors import one_line
-    from samseg.edges.storage import join_uri, read_bytes
+    from samseg.edges.storage import download_prefix, is_s3_uri, join_uri, read_bytes
 
-    for name in dict.fromkeys(("summary.json", *names)):
-        try:
-            (dst / name).write_bytes(read_bytes(join_uri(image_dir, name)))
-        except Exception as exc:  # noqa: BLE001 — StorageError, OSError: the dir moved or was removed
-            raise TrackingError(f"{image_dir}: cannot read {name} ({one_line(exc)})") from None
+    try:
+        if is_s3_uri(image_dir):
+            download_prefix(image_dir, dst, require_success=True)
+        for name in dict.fromkeys(("summary.json", *names)):
+            if not (dst / name).is_file():
+                (dst / name).write_bytes(read_bytes(join_uri(image_dir, name)))
+    except Exception as exc:  # noqa: BLE001 — StorageError, OSError: the dir moved, was removed or is incomplete
+        raise TrackingError(f"{image_dir}: cannot read its image dir ({one_line(exc)})") from None
     try:
         return json.loads((dst / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
