@@ -72,8 +72,10 @@ class PushResult:
 
 def model_version(r: ImageResult, run_id: Optional[str]) -> str:
     """`<run id> <algorithm> eps=<eps> min_samples=<k>`: one per run and clustering setting."""
+    from samseg.edges.run_schema import eps_used
+
     c = r.summary.get("config") or {}
-    eps = (r.summary.get("eps_auto") or {}).get("eps", c.get("cluster.eps"))  # the eps used, also under --eps auto
+    eps = eps_used(r.summary)  # the eps used, also under --eps auto
     version = f"{run_id or f'samseg:{r.out_dir.name}'} {c.get('cluster.algorithm', 'dbscan')}"
     if isinstance(eps, (int, float)):
         version += f" eps={eps:.4g} min_samples={c.get('cluster.min_samples')}"

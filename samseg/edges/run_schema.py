@@ -56,3 +56,10 @@ SEGMENT_DEPLOYMENT = f"{SHARD_FLOW}/segment"  # a batch's shards run as this dep
 SHARD_REPORT = "samseg shard report"  # the table artifact a shard run leaves: one row per image
 SHARDED = "deployment"  # a batch report's "fan_out" when its images ran in shards: one MLflow run per shard
 RECLUSTER_DEPLOYMENT = f"{RECLUSTER_FLOW}/recluster"
+
+
+def eps_used(summary: dict) -> object:
+    """The DBSCAN eps an image was clustered with, from its summary.json: --eps auto's choice
+    (or its fallback), else the configured one; None when neither is recorded."""
+    chosen = (summary.get("eps_auto") or {}).get("eps")
+    return chosen if chosen is not None else (summary.get("config") or {}).get("cluster.eps")

@@ -146,10 +146,12 @@ def _started(uri: str, name: str, start_fn: StartFn) -> tuple[Optional[Callable[
 
 def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
     """A completed image's line in the batch report."""
+    from samseg.edges.run_schema import eps_used
+
     entry = {"image": uri, "name": name, "status": "completed", "out_dir": s["out_dir"],
              "mlflow_run_id": s.get("mlflow_run_id"), "cache": s.get("cache"),
              "n_masks": s.get("n_masks"), "n_clusters": s.get("n_clusters"), "n_noise": s.get("n_noise"),
-             "eps": (s.get("eps_auto") or {}).get("eps") or (s.get("config") or {}).get("cluster.eps")}  # eps auto: its own
+             "eps": eps_used(s)}  # under --eps auto, each image's own
     if s.get("tracking_error"):  # written, but its MLflow run is missing: a rerun logs it
         entry["tracking_error"] = s["tracking_error"]
     if s.get("no_masks_because"):  # which AMG filter left nothing

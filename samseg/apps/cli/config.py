@@ -74,7 +74,7 @@ def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
         choices = None if k.invalid else k.choices  # a knob with its own message for a bad value says it itself
         shown = preset_values(cls.SECTION, f.name, defaults)
         group.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag_of(f.name),
             dest=dest,
             type=_TYPES.get(dest, types[f.name] if choices is None else str),
             choices=choices,
@@ -82,6 +82,11 @@ def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
             metavar=None if choices else types[f.name].__name__.upper(),
             help=f"{k.help + '; ' if k.help else ''}{dest} (default: {shown})",
         )
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a config field: min_samples -> --min-samples."""
+    return "--" + field.replace("_", "-")
 
 
 def add_tile_flags(p: argparse.ArgumentParser) -> None:

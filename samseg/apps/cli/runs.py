@@ -104,8 +104,9 @@ def run_recluster(args: argparse.Namespace) -> int:
 
 def _flag_errors(exc: Any) -> str:
     """A pydantic ValidationError of the cluster flags as one line naming each flag: "--eps: Input should be greater than 0"."""
-    return "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')}: {e['msg']}" if e.get("loc") else e["msg"]
-                     for e in exc.errors())
+    from samseg.apps.cli.config import flag_of
+
+    return "; ".join(f"{flag_of(str(e['loc'][-1]))}: {e['msg']}" if e.get("loc") else e["msg"] for e in exc.errors())
 
 
 def _recluster_batch(args: argparse.Namespace, images: dict[str, str]) -> int:

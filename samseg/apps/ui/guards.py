@@ -24,8 +24,6 @@ TOKEN_COOKIE = "samseg_ui_token"
 
 # MLflow run ids are uuid4 hex (32 chars); accept a little more so other backends
 # still work, but never a character that could mean a path or a query.
-_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 # The only files the UI serves, relative to one run's own artifact folder. A whitelist
 # (not a blacklist of `..`) so that encoded variants (%2e%2e, %252e, backslashes, NUL,
 # absolute paths) can never name anything else.
@@ -41,7 +39,9 @@ class UnsafePathError(ValueError):
 
 
 def valid_run_id(run_id: str) -> bool:
-    return bool(_RUN_ID.match(run_id or ""))
+    from samseg.edges.mlflow.tracking import is_run_id  # one rule: a trailing newline is no run id either
+
+    return is_run_id(run_id)
 
 
 def check_artifact_path(path: str) -> str:
