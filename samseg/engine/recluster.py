@@ -165,7 +165,8 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
                 res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=images[rid] or None)
                 results.append(image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res))
             except Exception as exc:  # one image fails alone
-                results.append(failed_entry(rid, rid, describe_failure(f"MLflow run {rid}", exc)))
+                what = f"image dir {rid}" if isinstance(rid, ImageDir) else f"MLflow run {rid}"
+                results.append(failed_entry(rid, images[rid] or rid, describe_failure(what, exc)))
     except BaseException:
         end_batch(new_batch, "KILLED")
         raise
