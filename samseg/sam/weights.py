@@ -246,7 +246,7 @@ def fetch_verified(info: WeightsFile, dest: Path, what: str, licence: str, hint:
         except CheckpointError as exc:
             log.warning("%s; downloading again", exc)
             dest.with_name(dest.name + RECORDED).unlink(missing_ok=True)
-    log.warning("%s: under the %s", what, licence)
+    log.warning("%s: downloading %s (licence: %s)", what, info.url, licence)
     sha = download_verified(info.url, dest, info, what, hint, validate=validate)
     if info.sha256 is None:
         dest.with_name(dest.name + RECORDED).write_text(sha + "\n", encoding="utf-8")

@@ -113,11 +113,15 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
     client.update_run(cut, status="RUNNING")
     other = tracking.start_batch_run(exp, "other", {}, {TAG_HOST: batch.data.tags[TAG_HOST], TAG_PID: str(2**22 + 98),
                                                         TAG_BATCH_KEY: "x"})
+    from samseg.edges.mlflow.shard_runs import start_shard_run
+
+    shard = start_shard_run(exp, other, "shard-00000-try1", {}, None, str(tmp_path / "o"))  # its worker died with it
     assert run_cli(argv)[0] == 0
     batches = client.search_runs([exp_id], "tags.`samseg.kind` = 'batch'")
     assert len(batches) == 2  # resumed, not a third
     assert client.get_run(batch.info.run_id).info.status == "FINISHED"
     assert client.get_run(other).info.status == "KILLED"
     assert client.get_run(cut).info.status == "FAILED"  # the orphan image run is ended, not RUNNING forever
+    assert client.get_run(shard).info.status == "KILLED"  # an orphan's shard run too, as the batch would have
     images = client.search_runs([exp_id], "tags.`samseg.kind` = 'image' and attributes.status = 'FINISHED'")
     assert len(images) == 2, [r.data.tags.get("samseg.out_dir") for r in images]  # the cut-off image logged again

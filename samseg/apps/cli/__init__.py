@@ -312,8 +312,7 @@ def _run_weights_download(args: argparse.Namespace) -> int:
         raise UsageError("name the weights (e.g. vit_b dinov2-b) or --preset NAME")
     failed: list[tuple[Weight, CheckpointError]] = []
     for name, w in {w.name: w for w in wanted}.items():
-        print(f"{name}: licence {w.licence}", file=sys.stderr)
-        try:
+        try:  # a file to fetch names its URL and licence as it starts
             print(w.download())
         except CheckpointError as exc:
             failed.append((w, exc))

@@ -19,7 +19,7 @@ from typing import Any
 from samseg.edges.mlflow import client as mlflow_client, tracking
 from samseg.edges.mlflow.client import TrackingError
 from samseg.edges.shutdown import pid_alive
-from samseg.edges.run_schema import KIND_BATCH, TAG_BATCH_KEY, TAG_HOST, TAG_IMAGE_SHA256, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PID
+from samseg.edges.run_schema import KIND_BATCH, KIND_SHARD, TAG_BATCH_KEY, TAG_HOST, TAG_IMAGE_SHA256, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PID
 
 
 
@@ -69,10 +69,11 @@ def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags:
 
 def _end_running_images(client: Any, experiment_id: str, batch_run_id: str) -> None:
     """An orphan batch's image runs still RUNNING were cut off while logging (their artifacts
-    part-uploaded): FAILED. A resumed batch logs those images again."""
+    part-uploaded): FAILED. A resumed batch logs those images again. Its shard runs still
+    RUNNING: KILLED, as the batch would have ended them (samseg.edges.mlflow.shard_runs)."""
     for run in client.search_runs([experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{batch_run_id}' "
                                   "and attributes.status = 'RUNNING'", max_results=1000):
-        client.set_terminated(run.info.run_id, "FAILED")
+        client.set_terminated(run.info.run_id, "KILLED" if run.data.tags.get(TAG_KIND) == KIND_SHARD else "FAILED")
 
 
 def logged_image_run(batch_run_id: str, image_sha256: str, out_dir: str) -> str | None:
