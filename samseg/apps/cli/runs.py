@@ -93,10 +93,14 @@ def run_recluster(args: argparse.Namespace) -> int:
         except Exception as exc:
             print_error(exc)
             return 1
-    print(f"{res['image']['uri']} -> {res['out_dir']} ({res['n_clusters']} classes, {res['n_noise']} noise masks)")
-    from samseg.apps.cli.segment import warn_of
+    from pathlib import PurePosixPath
 
-    warn_of({"image": res["image"]["uri"], "warning": (res.get("eps_auto") or {}).get("warning")})
+    from samseg.apps.cli.segment import image_line, warn_of
+    from samseg.engine.segment import image_entry
+
+    entry = image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res)  # as segment prints an image
+    print(image_line(PurePosixPath(entry["image"]).name, entry, res["out_dir"]))
+    warn_of(entry)
     if res.get("mlflow_run_id"):
         print(f"MLflow run: {res['mlflow_run_id']} (parent {args.run_id})")
     return 0

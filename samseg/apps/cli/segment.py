@@ -237,7 +237,7 @@ def _report_entry(entry: dict[str, Any]) -> int:
         print_error(entry["error"])
         return 1
     uri = entry["image"]
-    print(_image_line(PurePosixPath(uri).name, entry, entry["out_dir"]))
+    print(image_line(PurePosixPath(uri).name, entry, entry["out_dir"]))
     warn_of(entry)
     if entry.get("mlflow_run_id"):
         print(f"MLflow run: {entry['mlflow_run_id']}")
@@ -335,7 +335,7 @@ def report_batch(report: dict[str, Any]) -> int:
             run = f", MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""  # the id each image's commands take
             if r.get("mlflow_shard_run_id"):  # a sharded batch logs a run per shard: the batch id takes its images
                 run = f", MLflow shard run {r['mlflow_shard_run_id'][:8]}"
-            print(_image_line(PurePosixPath(r["image"]).name, r, where) + run)
+            print(image_line(PurePosixPath(r["image"]).name, r, where) + run)
             warn_of(r)
             if r.get("tracking_error"):
                 print_error(_untracked_line(r["image"], r["tracking_error"]))
@@ -380,7 +380,7 @@ def warn_of(r: dict[str, Any]) -> None:
         print(f"warning: {shown_name(PurePosixPath(str(r.get('image', ''))).name)}: {r['warning']}", file=sys.stderr)
 
 
-def _image_line(file_name: str, r: dict[str, Any], where: str) -> str:
+def image_line(file_name: str, r: dict[str, Any], where: str) -> str:
     """"<file>: N masks, K classes, M noise -> OUT/<name> (cache hits: h/n)"; counts when known.
     n counts the cached stages this run needed (a stage skipped because later ones were cached is not)."""
     counts = ""
