@@ -80,7 +80,10 @@ def run_export(args: argparse.Namespace) -> int:
         return exit_code_of(exc)  # FilesRefused: 2, the user's files in --out (samseg.core.errors)
     from samseg.edges.annotations import categories
 
-    print(f"{args.format}: {len(results)} images -> {args.out} ({len(files)} files); {categories(results).line()}")
+    from samseg.apps.cli.common import count
+
+    print(f"{args.format}: {count(len(results), 'image')} -> {args.out} ({count(len(files), 'file')}); "
+          f"{categories(results).line()}")
     if args.format == "labelstudio" and args.image_root is None and not args.copy_images:
         print("note: tasks.json names each image by its path or s3:// URI, which Label Studio shows only when it can "
               "read it: pass --image-root URL_OR_DIR (where the images are served), or push with --to URL "

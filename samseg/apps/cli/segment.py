@@ -15,7 +15,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from samseg.apps.cli.common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
+from samseg.apps.cli.common import add_orchestrator_argument, count, experiment, is_s3, orchestrator, print_error, quiet_prefect
 from samseg.apps.cli.common import experiment_name, stage_cache_root
 
 FAN_OUT = ("local", "auto", "deployment")
@@ -346,7 +346,7 @@ def report_batch(report: dict[str, Any]) -> int:
         print_error(f"dataset-level classes: {classes['error']}")
     elif classes.get("classes_json"):
         how = f"{classes['mode']}, fitted on {classes['fitted_on']}" if classes.get("fitted_on") else classes["mode"]
-        print(f"dataset classes ({how}): {classes['n_classes']} classes -> {classes['classes_json']}, "
+        print(f"dataset classes ({how}): {count(classes['n_classes'], 'class')} -> {classes['classes_json']}, "
               f"{classes['contact_sheet']}")
         if classes.get("registered"):
             print(f"registered classes: {classes['registered']['model_uri']}")
@@ -385,7 +385,7 @@ def image_line(file_name: str, r: dict[str, Any], where: str) -> str:
     n counts the cached stages this run needed (a stage skipped because later ones were cached is not)."""
     counts = ""
     if r.get("n_masks") is not None:
-        counts = f" {r['n_masks']} masks, {r['n_clusters']} classes, {r['n_noise']} noise"
+        counts = f" {count(r['n_masks'], 'mask')}, {count(r['n_clusters'], 'class')}, {r['n_noise']} noise"
     hits = ""
     if r.get("cache"):
         needed = [v for v in r["cache"].values() if v != "skipped"]
