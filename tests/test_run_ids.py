@@ -52,6 +52,8 @@ def test_recluster_of_a_batch_id_prefix_reclusters_each_image_as_one_new_batch_r
     assert len(new_ids) == 2 and new_batch != store["batch"]
     client = MlflowClient()
     assert client.get_run(new_batch).data.tags["samseg.parent_run_id"] == store["batch"]
+    totals = client.get_run(new_batch).data.metrics  # what `runs compare` shows of a batch
+    assert (totals["images"], totals["succeeded"], totals["failed"]) == (2, 2, 0)
     parents = {client.get_run(rid).data.tags["samseg.parent_run_id"] for rid in new_ids}
     assert parents == set(store["images"])  # each new image run re-tunes its own image run
     for rid in new_ids:

@@ -256,10 +256,14 @@ def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags
     return run.info.run_id
 
 
+BATCH_METRICS: tuple[str, ...] = ("succeeded", "failed", "retried", "untracked")  # a batch run's totals, from its report
+
+
 def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None = None) -> None:
     """Terminate a run started by `start_batch_run` (FINISHED, FAILED or KILLED). record: the
     batch's report, logged first as its batch_summary.json: the list of its image runs that
-    every reader of the batch goes by (`batch_image_runs`)."""
+    every reader of the batch goes by (`batch_image_runs`), and its totals as metrics
+    (images + BATCH_METRICS, what `samseg runs compare` shows of batches)."""
     from mlflow.exceptions import MlflowException
 
     if status not in RUN_STATUSES:
@@ -271,6 +275,11 @@ def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None
             mlflow_client.client().log_text(run_id, text, BATCH_SUMMARY_JSON)
         except Exception as exc:  # noqa: BLE001 — MlflowException, boto3's upload errors, requests'
             unrecorded = mlflow_client.error_line(exc)
+        totals = {k: record[k] for k in BATCH_METRICS if isinstance(record.get(k), (int, float))}
+        try:
+            _log_values(mlflow_client.client(), run_id, {}, {"images": len(record.get("images") or []), **totals})
+        except MlflowException as exc:  # the record is what readers go by: the totals are for comparing
+            log.warning("MLflow batch run %s: totals not logged (%s)", run_id, mlflow_client.error_line(exc))
     try:
         mlflow_client.client().set_terminated(run_id, status)
     except MlflowException as exc:
