@@ -29,6 +29,7 @@ tile_size = _auto_or(int, "tile size")  # --tile: pixels (0 = off), or 1024-px t
 
 
 _TYPES: dict[str, Any] = {"cluster.eps": eps_value}
+_METAVARS = {"cluster.eps": "FLOAT|auto"}  # a flag whose type takes more than its field's type says
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -79,7 +80,7 @@ def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
             type=_TYPES.get(dest, types[f.name] if choices is None else str),
             choices=choices,
             default=None,
-            metavar=None if choices else types[f.name].__name__.upper(),
+            metavar=None if choices else _METAVARS.get(dest, types[f.name].__name__.upper()),
             help=f"{k.help + '; ' if k.help else ''}{dest} (default: {shown})",
         )
 
