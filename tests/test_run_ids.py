@@ -182,6 +182,8 @@ def test_a_sharded_batch_id_leads_to_its_images_dirs_in_every_command_and_the_ui
     assert client.get_run(new_batch).data.tags["samseg.parent_run_id"] == batch
     new_ids = [re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines() if line.startswith("s")]
     assert len(new_ids) == 2 and all(client.get_run(i).data.params["cluster.eps"] == "0.5" for i in new_ids)
+    redone = json.loads((tmp_path / "re" / "s0" / "summary.json").read_text())  # what it re-tunes: a dir, not a run id
+    assert redone["recluster_of"] == str(sharded["out"] / "s0") and redone["recluster"]["parent_run_id"] is None
     rc, out, err = run_cli(["sweep", batch[:8], "--eps-range", "0.1:0.3:0.1"])
     assert rc == 0 and out.startswith(f"{sharded['n_masks']} masks,"), err  # both images' masks, read from their dirs
     rc, out, err = run_cli(["export", batch[:8], "--format", "coco", "--out", str(tmp_path / "coco")])

@@ -105,7 +105,11 @@ def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *,
             parent, fallback, model = None, None, ModelSource(model_request).identity()
             image = execute(READ_STEP, lambda: read_image(image_uri))
         run = recluster(image, base.replace(cluster=cluster_cfg), model, cache, fallback=fallback, execute=execute)
-        summary = recluster_summary(run, run_id, parent, cache=cache)
+        from samseg.edges.mlflow.tracking import ImageDir
+
+        # a sharded batch's image is its dir, not a run: recorded as what it re-tunes, never as a run id
+        of_dir = {"recluster_of": str(run_id)} if isinstance(run_id, ImageDir) else None
+        summary = recluster_summary(run, None if of_dir else run_id, parent, extra=of_dir, cache=cache)
         summary.prefect_flow_run_id = flow_run_id
         where = publish(run, summary, out, name or safe_dir_name(image.uri), tracking, execute=execute)
     return {**summary.to_dict(), **where}

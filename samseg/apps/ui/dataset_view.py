@@ -13,21 +13,29 @@ from samseg.edges.run_schema import DATASET_MODES, KIND_SHARD, SHARDED, TAG_KIND
 _MAX_CHILDREN = 500  # one page; a batch larger than that is browsed in MLflow
 
 
-def children(store: RunStore, run: Any) -> list[Any]:
-    """The image runs batch run `run` recorded (samseg.edges.mlflow.tracking.batch_image_runs), in
-    its order, and recluster runs nested under it (tag mlflow.parentRunId), oldest first."""
-    from samseg.edges.mlflow.client import TrackingError
-    from samseg.edges.mlflow.tracking import batch_image_runs
+def children(store: RunStore, run: Any, record: dict[str, Any]) -> list[Any]:
+    """The image runs batch run `run` recorded (its `record`, batch_record: an empty one for a
+    batch without one), in its order, and recluster runs nested under it (tag
+    mlflow.parentRunId), oldest first."""
+    from samseg.edges.mlflow.tracking import images_in
 
     rid = run.info.run_id  # checked by RunStore.get_any_run: [A-Za-z0-9_-] only, safe in a filter
     found = store.client.search_runs([run.info.experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{rid}'",
                                      order_by=["attributes.start_time ASC"], max_results=_MAX_CHILDREN)
-    try:
-        recorded = batch_image_runs(store.client, run)
-    except TrackingError:  # no record (running, killed, or an older samseg's batch): no image run to vouch for
-        recorded = []
+    recorded = images_in(record)  # no record (running, killed, an older samseg's batch): no image run to vouch for
     images = {r.info.run_id: r for r in found if r.data.tags.get(TAG_KIND, "image") == "image"}
     return [images[i] for i in recorded if i in images] + [r for r in found if r.data.tags.get(TAG_KIND) == "recluster"]
+
+
+def record_of(store: RunStore, run: Any) -> dict[str, Any]:
+    """Batch run `run`'s record (samseg.edges.mlflow.tracking.batch_record), read once per page; {} when it has none."""
+    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.tracking import batch_record
+
+    try:
+        return batch_record(store.client, run)
+    except TrackingError:
+        return {}
 
 
 def class_table(store: RunStore, run_id: str) -> Any:
@@ -62,8 +70,9 @@ def dataset_detail(store: RunStore, run: Any) -> dict[str, Any]:
         for c in range(table.n_classes)
     ]
     known = {rid: run}
-    shards = shard_section(store, run)
-    kids = [] if shards else [store.row(r, known) for r in children(store, run)]  # a sharded batch: no image runs
+    record = record_of(store, run)
+    shards = shard_section(store, run, record)
+    kids = [] if shards else [store.row(r, known) for r in children(store, run, record)]  # a sharded batch: no image runs
     source = row["classes_from"]
     return {
         "run": row,
@@ -102,24 +111,18 @@ def sheet_window(sheet_url: str, c: int) -> str:
 def batch_detail(store: RunStore, run: Any) -> dict[str, Any]:
     """The page of a batch run of per-image classes: its header and its image runs, with links
     (a batch split in shards: its shard runs and its images as it recorded them)."""
-    shards = shard_section(store, run)
-    kids = [] if shards else [store.row(r) for r in children(store, run)]  # a sharded batch: no image runs
+    record = record_of(store, run)
+    shards = shard_section(store, run, record)
+    kids = [] if shards else [store.row(r) for r in children(store, run, record)]  # a sharded batch: no image runs
     images = [k for k in kids if k["kind"] == "image"]
     return {"run": store.batch_row(run), "children": kids, "n_images": len(images),
             "n_recorded": store.batch_row(run)["n_images"], **shards}
 
 
-def shard_section(store: RunStore, run: Any) -> dict[str, Any]:
+def shard_section(store: RunStore, run: Any, record: dict[str, Any]) -> dict[str, Any]:
     """What a batch page shows of a batch split in shards (one MLflow run per shard, none per
-    image: samseg.edges.mlflow.shard_runs): its shard runs, and its images as its record lists
+    image: samseg.edges.mlflow.shard_runs): its shard runs, and its images as its `record` lists
     them (the first _MAX_CHILDREN). {} for any other batch."""
-    from samseg.edges.mlflow.client import TrackingError
-    from samseg.edges.mlflow.tracking import batch_record
-
-    try:
-        record = batch_record(store.client, run)
-    except TrackingError:
-        return {}
     entries = [e for e in record.get("images") or [] if isinstance(e, dict)]
     if record.get("fan_out") != SHARDED or any(e.get("mlflow_run_id") for e in entries):  # an older samseg's: image runs
         return {}

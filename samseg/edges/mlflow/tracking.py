@@ -356,8 +356,9 @@ def _get_run(client: Any, run_id: str) -> Any:
 def batch_image_runs(client: Any, batch_run: Any) -> list[str]:
     """The images batch run `batch_run` recorded in its batch_summary.json, in its order: their
     image run ids, or for a batch split in shards (one MLflow run per shard, none per image) their
-    image dirs OUT/<name> (as ImageDir; `fetch_run_inputs` and `image_params` read both). Only the batch's own record counts: any run can tag itself as a batch's child
-    (mlflow.parentRunId), and a run injected that way must not join the batch's exports."""
+    image dirs OUT/<name> (as ImageDir; `fetch_run_inputs` and `image_params` read both). Only
+    the batch's own record counts: any run can tag itself as a batch's child (mlflow.parentRunId),
+    and a run injected that way must not join the batch's exports."""
     return list(batch_images(client, batch_run))
 
 
@@ -390,7 +391,11 @@ class ImageDir(str):
 def batch_images(client: Any, batch_run: Any) -> dict[str, str]:
     """{image run id, or a sharded batch's image dir: its name in OUT} as batch run `batch_run`
     recorded them (batch_image_runs)."""
-    record = batch_record(client, batch_run)
+    return images_in(batch_record(client, batch_run))
+
+
+def images_in(record: dict[str, Any]) -> dict[str, str]:
+    """batch_images of a batch's record (its batch_summary.json, read once by the caller)."""
     sharded = record.get("fan_out") == SHARDED
     found: dict[str, str] = {}
     for entry in record.get("images") or []:
