@@ -89,11 +89,6 @@ def classes_ref(ref: str | None) -> str | None:
     return run_ref(ref)
 
 
-def count(n: int, noun: str) -> str:
-    """"1 class", "2 classes", "0 images": a count and its noun, the singular for one."""
-    return f"{n} {noun if n == 1 else noun + ('es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's')}"
-
-
 def print_error(message: str) -> None:
     from tqdm import tqdm  # tqdm.write: a line printed while progress bars show does not tear them
 

@@ -80,7 +80,7 @@ def run_export(args: argparse.Namespace) -> int:
         return exit_code_of(exc)  # FilesRefused: 2, the user's files in --out (samseg.core.errors)
     from samseg.edges.annotations import categories
 
-    from samseg.apps.cli.common import count
+    from samseg.apps import count
 
     print(f"{args.format}: {count(len(results), 'image')} -> {args.out} ({count(len(files), 'file')}); "
           f"{categories(results).line()}")

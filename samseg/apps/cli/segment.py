@@ -15,7 +15,8 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from samseg.apps.cli.common import add_orchestrator_argument, count, experiment, is_s3, orchestrator, print_error, quiet_prefect
+from samseg.apps import count
+from samseg.apps.cli.common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
 from samseg.apps.cli.common import experiment_name, stage_cache_root
 
 FAN_OUT = ("local", "auto", "deployment")

@@ -52,6 +52,9 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
     app.state.store = RunStore(settings)
     app.state.jobs = jobs
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
+    from samseg.apps import count
+
+    app.state.templates.env.filters["count"] = count  # {{ n|count("class") }}: "1 class", "2 classes"
     app.state.templates.env.globals["label_studio"] = settings.label_studio  # the pages' "Send to Label Studio"
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     _add_token_guard(app, settings.token)
