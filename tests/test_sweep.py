@@ -156,3 +156,32 @@ def test_an_eps_auto_fallback_is_a_warning_line_under_the_image_line(capsys: pyt
     assert capsys.readouterr().err == "warning: a.jpg: --eps auto: no knee; used eps=0.06\n"
     warn_of(image_entry("photos/b.jpg", "b", {**summary, "eps_auto": {"rule": "knee", "eps": 0.1}}))
     assert capsys.readouterr().err == ""
+
+
+def test_a_per_image_batch_is_swept_as_its_recluster_clusters_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of per-image classes is reclustered image by image, so its sweep must count classes
+    the same way: two images with the same two groups are 2 + 2 classes, not 2 pooled ones. A
+    dataset batch's masks share their classes, so they are swept together."""
+    import samseg.edges.mlflow.tracking as tracking
+    from samseg.core.config import PipelineConfig
+    from samseg.engine.sweep import format_sweep, sweep_run
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(2, 32))
+    one_image = np.concatenate([c + rng.normal(scale=1e-3, size=(12, 32)) for c in centres]).astype(np.float32)
+    cfg = PipelineConfig().flat() | {"cluster.min_samples": 3}
+    embs = [one_image, one_image[::-1].copy()]
+    for mode, classes in ((None, 4), ("dataset", 2)):
+        summaries = [{"config": cfg, **({"classes": mode} if mode else {})} for _ in embs]
+        monkeypatch.setattr(tracking, "run_embeddings", lambda run_id, tmp, s=summaries: (embs, s))
+        report = sweep_run("0" * 32, "0.05:0.1:0.05")
+        assert [r["n_clusters"] for r in report["rows"]] == [classes, classes], (mode, report["rows"])
+        assert report["n_masks"] == 48 and report["rows"][0]["n_noise"] == 0
+        text = format_sweep(report)
+        assert ("each clustered alone" in text) == (mode is None), text
+    monkeypatch.setattr(tracking, "run_embeddings",
+                        lambda run_id, tmp: ([one_image, np.zeros((0, 32), np.float32)], [{"config": cfg}] * 2))
+    report = sweep_run("0" * 32, "0.05:0.1:0.05")  # an image without masks adds nothing, and breaks nothing
+    assert [r["n_clusters"] for r in report["rows"]] == [2, 2] and report["n_masks"] == 24
+    text = format_sweep({**report, "knees": [0.1, 0.3], "suggested_eps": 0.2, "n_images": 3})
+    assert text.endswith("median eps = 0.2, 0.1–0.3, 2 of 3 images (--eps auto uses each image's own)"), text

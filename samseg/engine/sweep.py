@@ -1,6 +1,7 @@
 """`samseg sweep` and the UI's sweep chart: how n_clusters and noise move with DBSCAN's eps on
-a run's embeddings (an image run, or every image of a dataset run), the k-distance curve and
-its knee (samseg.core.sweep, the rule `--eps auto` uses)."""
+a run's embeddings, the k-distance curve and its knee (samseg.core.sweep, the rule `--eps auto`
+uses). A dataset batch's masks are clustered together, so they are swept together; a batch of
+per-image classes is swept as `samseg recluster` of it clusters: each image alone, summed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from samseg.core.config import ClusterConfig
 from samseg.core.sweep import eps_grid, eps_sweep, k_distances, suggest_eps
+from samseg.edges.run_schema import DATASET_MODES
 
 CURVE_POINTS = 400  # the k-distance curve as drawn: enough points for a chart
 
@@ -30,7 +32,8 @@ def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optio
 
 
 def sweep_run(run_id: str, eps_range: Optional[str] = None) -> dict[str, Any]:
-    """sweep_report for an MLflow image run or dataset (batch) run, its embeddings fetched from MLflow."""
+    """sweep_report for an MLflow image run or dataset (batch) run, its embeddings fetched from MLflow;
+    sweep_per_image for a batch of per-image classes."""
     import tempfile
 
     from samseg.core.config import PipelineConfig
@@ -40,17 +43,46 @@ def sweep_run(run_id: str, eps_range: Optional[str] = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="samseg-sweep-") as tmp:
         embs, summaries = run_embeddings(run_id, tmp)
     cfg = PipelineConfig.from_flat(summaries[0]["config"]).cluster
+    if len(embs) > 1 and any(s.get("classes") not in DATASET_MODES for s in summaries):
+        return {"run_id": run_id, "n_images": len(embs), **sweep_per_image(embs, cfg, eps_range)}
     found = [e.reshape(len(e), -1) for e in embs if len(e)]  # an image with no mask adds nothing
     x = np.concatenate(found) if found else np.zeros((0, 1), np.float32)
     return {"run_id": run_id, "n_images": len(embs), **sweep_report(x, cfg, eps_range)}
 
 
+def sweep_per_image(embs: list[np.ndarray], cfg: ClusterConfig, eps_range: Optional[str] = None) -> dict[str, Any]:
+    """sweep_report's fields for images clustered each alone (a recluster of a per-image batch):
+    rows sum the images' classes and noise; the suggestion is the median of the images' knees
+    (`--eps auto` uses each image's own: `knees` lists them); no one k-distance curve (kdist: [])."""
+    reports = [sweep_report(e.reshape(len(e), -1) if len(e) else np.zeros((0, 1), np.float32), cfg, eps_range)
+               for e in embs]
+    n = sum(r["n_masks"] for r in reports)
+    rows = []
+    for k, eps in enumerate(eps_grid(eps_range) if n else []):
+        found = [r["rows"][k] for r in reports if r["rows"]]  # an image with no mask adds nothing
+        noise = sum(row["n_noise"] for row in found)
+        rows.append({"eps": float(eps), "n_clusters": sum(row["n_clusters"] for row in found), "n_noise": noise,
+                     "noise_fraction": noise / n})
+    knees = [r["suggested_eps"] for r in reports if r["suggested_eps"] is not None]
+    reason = "" if knees else f"no image's k-distance curve has a knee (the first image: {reports[0]['reason']})"
+    return {"n_masks": n, "min_samples": cfg.min_samples, "metric": cfg.metric, "eps": cfg.eps, "rows": rows,
+            "kdist": [], "suggested_eps": float(np.median(knees)) if knees else None, "reason": reason,
+            "per_image": True, "knees": knees}
+
+
 def format_sweep(report: dict[str, Any]) -> str:
     """The table `samseg sweep` prints, then the knee line."""
-    lines = [f"{report['n_masks']} masks, min_samples={report['min_samples']}, metric={report['metric']}, run eps={report['eps']:g}",
+    each = f" in {report['n_images']} images, each clustered alone" if report.get("per_image") else ""
+    lines = [f"{report['n_masks']} masks{each}, min_samples={report['min_samples']}, metric={report['metric']}, run eps={report['eps']:g}",
              f"{'eps':>8}  {'classes':>7}  {'noise':>6}"]
     lines += [f"{r['eps']:8.4g}  {r['n_clusters']:7d}  {100 * r['noise_fraction']:5.1f}%" for r in report["rows"]]
-    if report["suggested_eps"] is not None:
+    knees = report.get("knees")
+    if report.get("per_image") and knees:
+        spread = f", {min(knees):.4g}–{max(knees):.4g}" if len(knees) > 1 else ""
+        lines.append(f"knees of the images' k-distance curves (k={report['min_samples']}): median eps = "
+                     f"{report['suggested_eps']:.4g}{spread}, {len(knees)} of {report['n_images']} images "
+                     "(--eps auto uses each image's own)")
+    elif report["suggested_eps"] is not None:
         lines.append(f"knee of the k-distance curve (k={report['min_samples']}): eps = {report['suggested_eps']:.4g} "
                      "(what --eps auto uses)")
     else:

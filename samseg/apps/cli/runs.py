@@ -296,9 +296,10 @@ def _add_sweep_parser(sub: Any) -> None:
     p = sub.add_parser(
         "sweep",
         help="n_clusters and noise over a grid of DBSCAN eps values, and the suggested eps",
-        description="For an MLflow image run, or a dataset (batch) run's images together: DBSCAN at every eps of "
-        "the range (the run's other cluster settings kept), and the knee of the sorted k-distance curve "
-        "(k = min_samples), the eps that --eps auto takes.",
+        description="For an MLflow image run or batch run: DBSCAN at every eps of the range (the run's other "
+        "cluster settings kept), and the knee of the sorted k-distance curve (k = min_samples), the eps that "
+        "--eps auto takes. A --classes dataset batch's masks are swept together; a batch of per-image classes "
+        "image by image, as recluster clusters it (classes and noise summed, the median of the images' knees).",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow image run or batch run id")
     p.add_argument("--eps-range", default=None, metavar="A:B:STEP", help="eps grid (default 0.005:0.3:0.005)")
