@@ -106,6 +106,8 @@ def run_segment(args: argparse.Namespace) -> int:
         return 1
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
+    if not any(is_s3(u) or os.path.exists(u) for u in uris):  # nothing to run: a mistyped path, a glob that matched none
+        raise UsageError(f"not found: {' '.join(args.inputs)}")
     with stage_cache_root(args, shared=fan_out == "deployment") as cache:
         job = _job(args, cfg, out, cache)
         if not _check_model(job):
