@@ -221,17 +221,22 @@ def test_same_stem_in_two_folders_writes_two_dirs(quick: Path, monkeypatch: pyte
 
 
 def test_weights_download_offline_is_one_line_saying_what_to_copy_where(monkeypatch: pytest.MonkeyPatch) -> None:
+    from samseg.sam.files import samseg_home
     from samseg.sam.weights import CheckpointError
 
     def offline(w, *a, **k):
-        raise CheckpointError(f"could not download the {w.name} checkpoint (offline); put it there")
+        raise CheckpointError(f"could not download the {w.name} checkpoint from https://dl.example.org/{'x' * 200}.pth "
+                              "(offline); put it there")
 
     monkeypatch.setattr("samseg.sam.weights.Weight.download", offline)
     rc, _, stderr = run_cli(["weights", "download", "vit_b"])
     assert rc == 1 and len(error_lines(stderr)) == 1
     line = error_lines(stderr)[0]
-    assert line.startswith("error: missing weights: vit_b (could not download the vit_b checkpoint (offline))")
-    assert "Copy sam_vit_b_01ec64.pth to " in line and "on a machine that reaches the hosts" in line
+    assert line.startswith("error: missing weights: vit_b (could not download the vit_b checkpoint from "
+                           "dl.example.org (offline)). Run `samseg weights download vit_b`"), line
+    assert line.endswith("on a machine that reaches the hosts, then copy sam_vit_b_01ec64.pth into "
+                         f"{samseg_home() / 'checkpoints'}/"), line
+    assert len(line) < 300  # the URL is not repeated: `samseg weights list` has it
     assert run_cli(["weights", "download", "vit_x"])[0] == 2
     assert "did you mean dinov2-b" in run_cli(["weights", "download", "dinov2b"])[2]
 

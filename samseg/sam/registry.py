@@ -72,13 +72,17 @@ def ensure(model_type: str, features: str = SAM, checkpoint: Optional[str] = Non
 
 def missing_message(failed: list[tuple[Weight, CheckpointError]]) -> str:
     """One line: which weights, why the first could not be fetched, the command, what to copy where."""
+    import re
+
     names = [w.name for w, _ in failed]
     reason = " ".join(str(failed[0][1]).split()).rsplit("; ", 1)[0]  # without its own hint: the fix is below
-    if len(reason) > 300:
-        reason = reason[:297] + "..."
+    reason = re.sub(r"https?://([^/\s]+)\S*", r"\1", reason)  # the host says where; the URL is in `samseg weights list`
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
     folders: dict[Path, list[str]] = {}
-    for w, _ in failed:
-        folders.setdefault(w.path.parent, []).extend(w.copy_files())
-    where = "; ".join(f"{' and '.join(files)} to {folder}/" for folder, files in folders.items())
-    return (f"missing weights: {', '.join(names)} ({reason}). Copy {where} "
-            f"(`samseg weights download {' '.join(names)}` fetches them on a machine that reaches the hosts)")
+    for w, _ in failed:  # a file and the sha256 recorded beside it: "file (and its .sha256)"
+        first, *more = w.copy_files()
+        folders.setdefault(w.path.parent, []).append(first + "".join(f" (and its {f[len(first):]})" for f in more))
+    where = "; ".join(f"{', '.join(files)} into {folder}/" for folder, files in folders.items())
+    return (f"missing weights: {', '.join(names)} ({reason}). Run `samseg weights download {' '.join(names)}` "
+            f"on a machine that reaches the hosts, then copy {where}")
