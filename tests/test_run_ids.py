@@ -53,6 +53,10 @@ def test_recluster_of_a_batch_id_prefix_reclusters_each_image_as_one_new_batch_r
     client = MlflowClient()
     assert client.get_run(new_batch).data.tags["samseg.parent_run_id"] == store["batch"]
     totals = client.get_run(new_batch).data.metrics  # what `runs compare` shows of a batch
+    # its settings are the batch's with the flags over them: a compare shows what changed, not every setting unset
+    was, now = client.get_run(store["batch"]).data.params, client.get_run(new_batch).data.params
+    assert {k for k in was.keys() | now.keys() if was.get(k) != now.get(k)} == {"cluster.eps", "cluster.min_samples"}
+    assert (now["cluster.eps"], now["cluster.min_samples"]) == ("0.5", "2")
     assert (totals["images"], totals["succeeded"], totals["failed"]) == (2, 2, 0)
     parents = {client.get_run(rid).data.tags["samseg.parent_run_id"] for rid in new_ids}
     assert parents == set(store["images"])  # each new image run re-tunes its own image run

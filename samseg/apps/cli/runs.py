@@ -82,7 +82,7 @@ def run_recluster(args: argparse.Namespace) -> int:
         print_error(exc)
         return 1
     if images is not None:
-        return _recluster_batch(args, images)
+        return _recluster_batch(args, images, params)
     try:
         cluster = recluster_cluster_params(params, args)
     except ValidationError as exc:
@@ -113,9 +113,13 @@ def _flag_errors(exc: Any) -> str:
     return "; ".join(f"{flag_of(str(e['loc'][-1]))}: {e['msg']}" if e.get("loc") else e["msg"] for e in exc.errors())
 
 
-def _recluster_batch(args: argparse.Namespace, images: dict[str, str]) -> int:
+def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_params: dict[str, str]) -> int:
     """A batch run's id: each of its images reclustered (the flags over each image's own
-    settings), as one new batch run, in this process; its lines as `samseg segment` prints a batch's."""
+    settings), as one new batch run, in this process; its lines as `samseg segment` prints a batch's.
+    The new batch run logs the batch's settings with the flags over them, so `runs compare` of
+    the two shows what changed, not every setting the flags did not name."""
+    import dataclasses
+
     from pydantic import ValidationError
 
     from samseg.apps.cli.common import UsageError
@@ -126,15 +130,16 @@ def _recluster_batch(args: argparse.Namespace, images: dict[str, str]) -> int:
     def cluster_for(image_run: str) -> Any:
         return recluster_cluster_params(_run_params(image_run), args).to_config()
 
-    flags = {k: v for k, v in vars(args).items() if k.startswith("cluster.") and v is not None}
     try:
         recluster_cluster_params({}, args)  # a bad flag is a usage error before any image
+        cluster = dataclasses.asdict(recluster_cluster_params(batch_params, args).to_config())
     except ValidationError as exc:
         raise UsageError(_flag_errors(exc)) from None
+    params = {**{k: v for k, v in batch_params.items() if k != "n_images"}, **{f"cluster.{k}": v for k, v in cluster.items()}}
     tracking = Tracking(track=not args.no_track, experiment=experiment(args))
     with stage_cache_root(args) as cache:
         try:
-            report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=flags)
+            report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=params)
         except Exception as exc:  # the new batch run could not be started
             print_error(exc)
             return 1
