@@ -83,6 +83,8 @@ def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardP
     running: list[_Shard] = []
     entries: dict[str, dict[str, Any]] = {}
     with get_client(sync_client=True) as client:
+        if kwargs.get("track"):  # an earlier batch that died left these RUNNING
+            end_dead_shard_runs(client, kwargs["experiment"])
         try:
             while todo or running:
                 shutdown.check()  # SIGTERM / Ctrl-C: no new shard, and the runs created are cancelled (below)
@@ -104,6 +106,31 @@ def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardP
                 _end_mlflow_run(kwargs, str(shard.run.id))  # its process may die before it can
             raise
     return [entries[uri] for uri in uris]
+
+
+def end_dead_shard_runs(client: Any, experiment: str) -> list[str]:
+    """End (KILLED) the shard runs an earlier batch left RUNNING in MLflow whose Prefect flow run is
+    over or gone: their batch died before it could end them, and so did they. A shard run whose
+    flow run is still going is left to end itself. Best effort; returns the ids ended."""
+    from prefect.exceptions import ObjectNotFound
+
+    from samseg.edges.mlflow.shard_runs import end_runs, running_shard_runs
+
+    try:
+        dead = []
+        for run_id, flow_run_id in running_shard_runs(experiment).items():
+            try:
+                fr = client.read_flow_run(flow_run_id)
+            except ObjectNotFound:
+                dead.append(run_id)
+                continue
+            if fr.state is not None and fr.state.is_final():
+                dead.append(run_id)
+        end_runs(dead)
+    except Exception as exc:  # noqa: BLE001 — MLflow or the API not answering: the next batch looks again
+        log.debug("samseg batch: cannot sweep shard runs: %s", exc)
+        return []
+    return dead
 
 
 def _submit(shard: _Shard, kwargs: dict[str, Any]) -> _Shard:

@@ -135,3 +135,34 @@ def test_a_bad_shard_plan_is_one_value_error() -> None:
         ShardPlan(size=0)
     with pytest.raises(ValueError, match="shard timeout_s must be > 0"):
         ShardPlan(timeout_s=0)
+
+
+def test_a_dead_batchs_shard_runs_are_ended_only_when_their_flow_runs_are_over(tmp_path: Path) -> None:
+    """A batch that died could not end its shard runs' MLflow runs. The next sharded batch ends those
+    whose Prefect flow run is over (crashed) or gone, and leaves a running one to end itself."""
+    from mlflow import MlflowClient
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.fanout import end_dead_shard_runs
+    from samseg.edges.mlflow import client as mlflow_client, tracking
+    from samseg.edges.mlflow.shard_runs import start_shard_run
+
+    exp = f"dead-shards-{uuid.uuid4().hex[:8]}"
+    batch = tracking.start_batch_run(exp, "killed", {}, {})
+    states = {"crashed": _State(name="Crashed", message="-9"), "running": _State(name="Running", message=None)}
+    runs = {key: start_shard_run(exp, batch, f"shard-{key}", {}, f"flow-{key}", str(tmp_path))
+            for key in ("crashed", "running", "gone")}
+
+    class Api:
+        def read_flow_run(self, flow_run_id: str) -> SimpleNamespace:
+            key = flow_run_id.removeprefix("flow-")
+            if key not in states:
+                raise ObjectNotFound(http_exc=Exception("404"))
+            return SimpleNamespace(id=flow_run_id, state=states[key])
+
+    assert sorted(end_dead_shard_runs(Api(), exp)) == sorted([runs["crashed"], runs["gone"]])
+    client = MlflowClient(mlflow_client.tracking_uri())
+    assert {k: client.get_run(r).info.status for k, r in runs.items()} == {"crashed": "KILLED", "running": "RUNNING",
+                                                                           "gone": "KILLED"}
+    states["running"] = _State(name="Completed", message=None)  # it ended without ending its run
+    assert end_dead_shard_runs(Api(), exp) == [runs["running"]]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,13 +117,22 @@ def test_killed_batch_run_is_not_left_running_and_rerun_logs_no_duplicates(prefe
                                                         TAG_BATCH_KEY: "x"})
     from samseg.edges.mlflow.shard_runs import start_shard_run
 
-    shard = start_shard_run(exp, other, "shard-00000-try1", {}, None, str(tmp_path / "o"))  # its worker died with it
-    assert run_cli(argv)[0] == 0
+    shard = start_shard_run(exp, other, "shard-00000-try1", {}, None, str(tmp_path / "o"))
+    client.set_tag(shard, TAG_PID, str(2**22 + 97))  # its process (on this host) died with the batch
+    live = start_shard_run(exp, other, "shard-00001-try1", {}, None, str(tmp_path / "o"))
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # ... this one still runs
+    client.set_tag(live, TAG_PID, str(worker.pid))
+    try:
+        assert run_cli(argv)[0] == 0
+    finally:
+        worker.kill()
+        worker.wait()
     batches = client.search_runs([exp_id], "tags.`samseg.kind` = 'batch'")
     assert len(batches) == 2  # resumed, not a third
     assert client.get_run(batch.info.run_id).info.status == "FINISHED"
     assert client.get_run(other).info.status == "KILLED"
     assert client.get_run(cut).info.status == "FAILED"  # the orphan image run is ended, not RUNNING forever
     assert client.get_run(shard).info.status == "KILLED"  # an orphan's shard run too, as the batch would have
+    assert client.get_run(live).info.status == "RUNNING"  # never one whose process runs: it ends itself
     images = client.search_runs([exp_id], "tags.`samseg.kind` = 'image' and attributes.status = 'FINISHED'")
     assert len(images) == 2, [r.data.tags.get("samseg.out_dir") for r in images]  # the cut-off image logged again

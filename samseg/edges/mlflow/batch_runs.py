@@ -33,12 +33,7 @@ def _orphans(client: Any, experiment_id: str) -> list[Any]:
     """RUNNING batch runs owned by a process of this host that no longer exists."""
     runs = client.search_runs([experiment_id], f"tags.`{TAG_KIND}` = '{KIND_BATCH}' and attributes.status = 'RUNNING' "
                               f"and tags.`{TAG_HOST}` = '{socket.gethostname()}'", max_results=200)
-    dead = []
-    for run in runs:
-        pid = run.data.tags.get(TAG_PID, "")
-        if pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            dead.append(run)
-    return dead
+    return [run for run in runs if _gone(run.data.tags.get(TAG_PID, ""))]
 
 
 def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any],
@@ -70,10 +65,19 @@ def open_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags:
 def _end_running_images(client: Any, experiment_id: str, batch_run_id: str) -> None:
     """An orphan batch's image runs still RUNNING were cut off while logging (their artifacts
     part-uploaded): FAILED. A resumed batch logs those images again. Its shard runs still
-    RUNNING: KILLED, as the batch would have ended them (samseg.edges.mlflow.shard_runs)."""
+    RUNNING whose process (on this host) is gone: KILLED, as the batch would have ended them; a
+    shard of another host is judged by its Prefect flow run (samseg.edges.mlflow.shard_runs)."""
     for run in client.search_runs([experiment_id], f"tags.`{TAG_MLFLOW_PARENT}` = '{batch_run_id}' "
                                   "and attributes.status = 'RUNNING'", max_results=1000):
-        client.set_terminated(run.info.run_id, "KILLED" if run.data.tags.get(TAG_KIND) == KIND_SHARD else "FAILED")
+        if run.data.tags.get(TAG_KIND) != KIND_SHARD:
+            client.set_terminated(run.info.run_id, "FAILED")
+        elif run.data.tags.get(TAG_HOST) == socket.gethostname() and _gone(run.data.tags.get(TAG_PID, "")):
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _gone(pid: str) -> bool:
+    """True when `pid` (a tag of a run of this host) names a process that no longer runs (never this one)."""
+    return pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
 def logged_image_run(batch_run_id: str, image_sha256: str, out_dir: str) -> str | None:

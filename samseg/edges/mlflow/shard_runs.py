@@ -8,18 +8,22 @@ name, input, status, error, output dir, masks, classes, noise, eps). The images'
 their dirs in OUT: the batch's record (batch_summary.json) names them, and every reader of a
 batch takes a sharded batch's images from there (samseg.edges.mlflow.tracking.batch_images).
 A shard run whose process was killed before it could end its MLflow run is ended KILLED by
-the batch (`end_runs_of_flow_run`), never left RUNNING.
+the batch (`end_runs_of_flow_run`), never left RUNNING. When the batch died too, the next batch
+ends it: the orphan sweep of a batch start (samseg.edges.mlflow.batch_runs) when it ran on this
+host and its pid is gone, and a sharded batch's start (flows.fanout) when its Prefect flow run is
+over; a shard run whose process still runs is never ended by anyone but itself.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Optional
 
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import TrackingError
-from samseg.edges.run_schema import KIND_SHARD, TAG_HOST, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PREFECT_FLOW_RUN
+from samseg.edges.run_schema import KIND_SHARD, TAG_HOST, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PID, TAG_PREFECT_FLOW_RUN
 
 SHARD_IMAGES_TABLE = "images.json"  # the shard run's table of its images (mlflow.load_table)
 TABLE_COLUMNS: tuple[str, ...] = ("name", "image", "status", "error", "out_dir", "n_masks", "n_clusters", "n_noise", "eps")
@@ -33,7 +37,7 @@ def start_shard_run(experiment: str, batch_run_id: str, run_name: str, params: d
     from samseg.edges.mlflow.tracking import _log_values, experiment_id
 
     tags = {TAG_KIND: KIND_SHARD, TAG_MLFLOW_PARENT: batch_run_id, TAG_PREFECT_FLOW_RUN: flow_run_id,
-            TAG_OUT_DIR: out, TAG_HOST: socket.gethostname()}
+            TAG_OUT_DIR: out, TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()}
     try:
         client = mlflow_client.client()
         run = client.create_run(experiment_id(client, experiment), run_name=run_name,
@@ -90,3 +94,21 @@ def end_runs_of_flow_run(batch_run_id: str, flow_run_id: str, status: str = "KIL
             client.set_terminated(run.info.run_id, status)
     except MlflowException:
         pass  # the batch run's own end, or the next batch's orphan sweep, ends it
+
+
+def running_shard_runs(experiment: str) -> dict[str, str]:
+    """{MLflow run id: Prefect flow run id} of the experiment's shard runs still RUNNING
+    ({} when the experiment does not exist yet)."""
+    from samseg.edges.mlflow.tracking import experiment_id
+
+    client = mlflow_client.client()
+    runs = client.search_runs([experiment_id(client, experiment)], f"tags.`{TAG_KIND}` = '{KIND_SHARD}' "
+                              "and attributes.status = 'RUNNING'", max_results=1000)
+    return {r.info.run_id: r.data.tags[TAG_PREFECT_FLOW_RUN] for r in runs if r.data.tags.get(TAG_PREFECT_FLOW_RUN)}
+
+
+def end_runs(run_ids: list[str], status: str = "KILLED") -> None:
+    """End these shard runs (their processes are known to be gone)."""
+    client = mlflow_client.client()
+    for run_id in run_ids:
+        client.set_terminated(run_id, status)
