@@ -97,8 +97,7 @@ def end_runs_of_flow_run(batch_run_id: str, flow_run_id: str, status: str = "KIL
 
 
 def running_shard_runs(experiment: str) -> dict[str, str]:
-    """{MLflow run id: Prefect flow run id} of the experiment's shard runs still RUNNING
-    ({} when the experiment does not exist yet)."""
+    """{MLflow run id: Prefect flow run id} of the experiment's shard runs still RUNNING."""
     from samseg.edges.mlflow.tracking import experiment_id
 
     client = mlflow_client.client()
