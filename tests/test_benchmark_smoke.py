@@ -152,3 +152,14 @@ def test_preview_burst_benchmark_runs_small_and_reports_every_number(tmp_path):
     for burst in ("burst_one_run", "burst_over_runs"):
         assert res[burst]["requests"] == 4 and 0 < res[burst]["p50_s"] <= res[burst]["p95_s"]
     assert res["sessions_held"] == 3 and res["rss_mib"]["peak"] >= res["rss_mib"]["before"] > 0
+
+
+def test_listing_benchmark_synthetic_pages_list_through_boto3_as_s3_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The --synthetic server answers ListObjectsV2 as S3 does (pages of 1000, continuation
+    tokens), so the 10^6-key figure is the parent's real listing, every key once and in order."""
+    from benchmarks import listing
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, "restored after the test")  # measure() points them at its server
+    row = listing.measure(2500, synthetic=True)  # three pages, the last one short
+    assert row["keys"] == 2500 and row["peak_mb"] > 0
