@@ -38,6 +38,7 @@ import numpy as np
 from samseg.edges.run_schema import DATASET_MODES
 
 from samseg.core.errors import SamsegError
+from samseg.edges.layout import MASKS_JSON
 
 FORMATS = ("coco", "cvat", "labelstudio", "yolo-seg", "index-png")
 FROM_NAME, TO_NAME = "tag", "image"  # Label Studio control / object tag names
@@ -101,9 +102,9 @@ def read_image_dirs(dirs: list[Path]) -> list[ImageResult]:
 
 def image_dirs(root: Path) -> list[Path]:
     """`root` itself when it is an image dir (has masks.json), else its image subdirs, sorted."""
-    if (root / "masks.json").is_file():
+    if (root / MASKS_JSON).is_file():
         return [root]
-    found = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (p / "masks.json").is_file())
+    found = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (p / MASKS_JSON).is_file())
     if not found:
         raise ExportError(f"{root}: no samseg image dirs (no masks.json here or one level down)")
     return found

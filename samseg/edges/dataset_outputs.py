@@ -169,7 +169,7 @@ def _check_same_model(table: Any, made_by: dict[str, Any]) -> None:
     key = "features_sha256" if table.sample.get("features_sha256") else "checkpoint_sha256"
     want, got = table.sample.get(key), made_by.get(key)
     if want and got and want != got:
-        source = table.sample.get("run_id", "classes.json")
+        source = table.sample.get("run_id", CLASSES_JSON)
         theirs = table.sample.get("features") or table.sample.get("model_type") or SAM
         ours = made_by.get("features") or made_by.get("model_type") or SAM
         raise DatasetOutputsError(

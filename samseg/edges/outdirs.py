@@ -34,6 +34,7 @@ from typing import Iterable
 
 from samseg.edges.owned_files import BATCH_TOP_LEVEL
 from samseg.edges.storage import PENDING_MARKER, SUCCESS_MARKER
+from samseg.edges.layout import SUMMARY_JSON
 
 MARKER = ".samseg-output.json"
 _MAX_NAME = 100
@@ -118,7 +119,7 @@ def foreign_entries(out_dir: Path) -> list[str]:
     listed = _marker_files(out_dir)
     present = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*"))
     if listed is None:  # no marker: a legacy samseg dir has samseg's summary.json and names
-        if not _is_samseg_summary(out_dir / "summary.json"):
+        if not _is_samseg_summary(out_dir / SUMMARY_JSON):
             return present or ["(no samseg marker)"]
         return [p for p in present if not _LEGACY_FILES.match(p)]
     allowed = set(listed) | {MARKER} | {str(PurePosixPath(f).parent) for f in listed if "/" in f}
@@ -180,7 +181,7 @@ def remove_stale_temps(out_dir: Path) -> list[Path]:
         m = _TEMP.match(p.name)
         if not m or _pid_alive(int(m["pid"])) or p.is_symlink() or not p.is_dir():
             continue
-        if (p / MARKER).is_file() or not any(p.iterdir()) or _is_samseg_summary(p / "summary.json") or _only_samseg_names(p):
+        if (p / MARKER).is_file() or not any(p.iterdir()) or _is_samseg_summary(p / SUMMARY_JSON) or _only_samseg_names(p):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

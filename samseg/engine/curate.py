@@ -20,6 +20,7 @@ from samseg.core.curation import Edit, apply_edits
 from samseg.edges.dataset_outputs import CLASSES_FROM, CLASSES_SHA256
 from samseg.edges.run_schema import DATASET_MODES, KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.publish import Tracking
+from samseg.edges.layout import LABELS_PNG
 
 CLASS_NAMES, EDITS, EDITED_FROM = "class_names", "edits", "edited_from"  # summary.json keys
 
@@ -51,7 +52,7 @@ def read_source(source: str, workdir: Path) -> tuple[Path, Optional[str]]:
         return workdir, None
     from samseg.edges.mlflow.tracking import RECLUSTER_INPUTS, fetch_run_inputs
 
-    fetch_run_inputs(source, workdir, (*RECLUSTER_INPUTS, "labels.png"))
+    fetch_run_inputs(source, workdir, (*RECLUSTER_INPUTS, LABELS_PNG))
     return workdir, source
 
 

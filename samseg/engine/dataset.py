@@ -30,6 +30,7 @@ from samseg.engine.runner import Execute, inline
 from samseg.engine.stages import WRITE
 from samseg.core.errors import one_line
 from samseg.edges.dataset_outputs import CLASSES_SHA256  # summary.json and the batch report: the table an image was assigned to
+from samseg.edges.layout import SUMMARY_JSON
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
         except Exception as exc:  # a bad classes.json, an image that moved, MLflow or S3 down, ...
             info = {"error": one_line(exc)}
         for r, d in zip(done, dirs):
-            summary = json.loads((Path(d) / "summary.json").read_text(encoding="utf-8"))
+            summary = json.loads((Path(d) / SUMMARY_JSON).read_text(encoding="utf-8"))
             r.update(n_clusters=summary.get("n_clusters"), n_noise=summary.get("n_noise"))  # now the dataset ids'
             if track:
                 where = join_uri(out, r["name"])

@@ -9,6 +9,7 @@ from typing import Any
 
 from samseg.apps.ui.service import RunDataError, RunStore
 from samseg.edges.run_schema import DATASET_MODES, KIND_SHARD, SHARDED, TAG_KIND, TAG_MLFLOW_PARENT
+from samseg.edges.owned_files import CLASSES_JSON
 
 _MAX_CHILDREN = 500  # one page; a batch larger than that is browsed in MLflow
 
@@ -42,7 +43,7 @@ def class_table(store: RunStore, run_id: str) -> Any:
     """samseg.core.dataset.ClassTable of a dataset run's classes.json (RunDataError if unusable)."""
     from samseg.core.dataset import ClassTable, ClassTableError
 
-    path = store.run_dir(run_id) / "classes.json"
+    path = store.run_dir(run_id) / CLASSES_JSON
     try:
         return ClassTable.from_json(path.read_bytes(), source=f"run {run_id} classes.json")
     except ClassTableError as exc:

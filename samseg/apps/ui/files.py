@@ -16,6 +16,7 @@ from typing import Any
 from samseg.apps.ui.guards import UnsafePathError, check_artifact_path
 from samseg.edges.owned_files import CLASSES_JSON, CONTACT_SHEET_PNG
 from samseg.edges.run_schema import TAG_IMAGE_SHA256, TAG_IMAGE_URI
+from samseg.edges.layout import OVERLAY_PNG
 
 DATASET_FILES = (CLASSES_JSON, CONTACT_SHEET_PNG)  # a dataset (batch) run's own files
 _THUMB_PX = 320  # long side of list thumbnails: readable, ~30 KB each
@@ -45,7 +46,7 @@ class RunFiles:
             raise UnsafePathError(f"{path!r} belongs to dataset runs; run {run_id} is an image run")
         root = self.run_dir(run_id).resolve()
         if path == "thumb.png":
-            full = self._thumbnail(root, "contact_sheet.png" if dataset else "overlay.png")
+            full = self._thumbnail(root, CONTACT_SHEET_PNG if dataset else OVERLAY_PNG)
         elif path == "input.jpg":
             full = self._input_jpg(run_id, root)
         else:
@@ -54,7 +55,7 @@ class RunFiles:
             raise FileNotFoundError(f"run {run_id} has no artifact {path}")
         return full
 
-    def _thumbnail(self, root: Path, source: str = "overlay.png") -> Path:
+    def _thumbnail(self, root: Path, source: str = OVERLAY_PNG) -> Path:
         from PIL import Image
 
         thumb = root / ".ui" / "thumb.png"

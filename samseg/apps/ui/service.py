@@ -25,6 +25,8 @@ from samseg.core.backbones import SAM
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
 from samseg.edges.run_schema import DATASET_MODES, KIND_SHARD, RECLUSTER_DEPLOYMENT
+from samseg.edges.layout import SUMMARY_JSON
+from samseg.edges.owned_files import CLASSES_JSON
 
 # Run kinds that have an image's outputs (a batch parent run has none).
 IMAGE_KINDS = ("image", "recluster")
@@ -333,7 +335,7 @@ class RunStore(RunFiles):
     def run_dir(self, run_id: str) -> Path:
         """Local copy of the run's artifacts (downloaded on first use); image or dataset run."""
         run = self.get_any_run(run_id)
-        marker = "classes.json" if self.is_dataset_run(run) else "summary.json"
+        marker = CLASSES_JSON if self.is_dataset_run(run) else SUMMARY_JSON
         dest = self.cache_dir / "runs" / run.info.run_id
         if (dest / marker).is_file():
             return dest
@@ -346,7 +348,7 @@ class RunStore(RunFiles):
         with self._locks_guard:
             return self._locks.setdefault(run_id, threading.Lock())
 
-    def _download(self, run_id: str, dest: Path, marker: str = "summary.json") -> None:
+    def _download(self, run_id: str, dest: Path, marker: str = SUMMARY_JSON) -> None:
         import mlflow.artifacts
 
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +366,7 @@ class RunStore(RunFiles):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def summary(self, run_id: str) -> dict[str, Any]:
-        return json.loads((self.run_dir(run_id) / "summary.json").read_text())
+        return json.loads((self.run_dir(run_id) / SUMMARY_JSON).read_text())
 
     def outputs(self, run_id: str) -> tuple[Any, Any, Any]:
         """(MaskSet, N×C float32 embeddings, (N,) int64 labels) of the run."""
@@ -376,7 +378,7 @@ class RunStore(RunFiles):
             raise RunDataError(f"run {run_id}: {exc}") from exc
 
 
-def _outputs_root(tmp: Path, marker: str = "summary.json") -> Path | None:
+def _outputs_root(tmp: Path, marker: str = SUMMARY_JSON) -> Path | None:
     """The downloaded folder that holds `marker` (the artifact root or one level down)."""
     if (tmp / marker).is_file():
         return tmp

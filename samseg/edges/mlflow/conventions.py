@@ -20,6 +20,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 from samseg.edges.run_schema import EXPERIMENT_DEFAULT as FALLBACK_EXPERIMENT  # noqa: E402
+from samseg.edges.layout import OVERLAY_PNG
 
 
 def default_experiment() -> str:
@@ -64,7 +65,7 @@ def log_lineage(client: Any, run_id: str, summary: dict[str, Any], out_dir: Path
         ds = image_dataset_input(summary)
         if ds is not None:
             client.log_inputs(run_id, datasets=[ds])
-        overlay = Path(out_dir) / "overlay.png"
+        overlay = Path(out_dir) / OVERLAY_PNG
         if overlay.is_file():
             from PIL import Image
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from samseg.edges.run_schema import KIND_BATCH, KIND_IMAGE, TAG_KIND, TAG_OUT_DIR
+from samseg.edges.layout import EMBEDDINGS_NPY, LABELS_PNG, MASKS_JSON, SUMMARY_JSON
 
 # What an image dir needs for every export format (downloaded from a run's artifacts).
-RUN_FILES = ("summary.json", "masks.json", "embeddings.npy", "labels.png")
+RUN_FILES = (SUMMARY_JSON, MASKS_JSON, EMBEDDINGS_NPY, LABELS_PNG)
 
 
 def download_image_dirs(run_id: str, workdir: Path) -> dict[Path, str]:

@@ -36,16 +36,17 @@ from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import TrackingError
 from samseg.edges.mlflow.conventions import log_lineage
 from samseg.edges.owned_files import BATCH_SUMMARY_JSON
+from samseg.edges.layout import EMBEDDINGS_NPY, LABELS_PNG, MASKS_JSON, MASKS_PARQUET, OVERLAY_PNG, SUMMARY_JSON
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_FILES: tuple[str, ...] = ("labels.png", "overlay.png", "masks.json", "masks.parquet", "summary.json", "embeddings.npy")
+ARTIFACT_FILES: tuple[str, ...] = (LABELS_PNG, OVERLAY_PNG, MASKS_JSON, MASKS_PARQUET, SUMMARY_JSON, EMBEDDINGS_NPY)
 ARTIFACT_DIRS: tuple[str, ...] = ("classes",)
 # What `fetch_run_inputs` needs to recluster without the original machine's cache.
-RECLUSTER_INPUTS: tuple[str, ...] = ("summary.json", "masks.json", "embeddings.npy")
+RECLUSTER_INPUTS: tuple[str, ...] = (SUMMARY_JSON, MASKS_JSON, EMBEDDINGS_NPY)
 RUN_STATUSES: tuple[str, ...] = ("FINISHED", "FAILED", "KILLED")
 
 def _at(summary: dict[str, Any], *path: str) -> Any:
@@ -146,7 +147,7 @@ def _log_outputs(client: Any, run_id: str, out_dir: Path) -> None:
         path = out_dir / name
         if not path.is_file():
             continue
-        if name == "summary.json":
+        if name == SUMMARY_JSON:
             with tempfile.TemporaryDirectory(prefix="samseg-mlflow-") as tmp:
                 clean = Path(tmp) / name
                 clean.write_text(scrub_secrets(path.read_text(encoding="utf-8")), encoding="utf-8")
@@ -537,13 +538,13 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
     if tags.get(TAG_KIND) == KIND_SHARD:
         raise TrackingError(f"MLflow run {run_id} is a shard run of batch {tags.get(TAG_MLFLOW_PARENT)}: give the batch "
                             "to recluster, sweep or export (they read its images' dirs)")
-    for name in dict.fromkeys(("summary.json", *names)):
+    for name in dict.fromkeys((SUMMARY_JSON, *names)):
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst), tracking_uri=mlflow_client.tracking_uri())
         except (MlflowException, OSError) as exc:
             raise TrackingError(f"MLflow run {run_id}: cannot download {name} ({mlflow_client.error_line(exc)})") from None
     try:
-        return json.loads((dst / "summary.json").read_text(encoding="utf-8"))
+        return json.loads((dst / SUMMARY_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TrackingError(f"MLflow run {run_id}: summary.json is unreadable ({exc})") from None
 
@@ -557,13 +558,13 @@ def _fetch_dir_inputs(image_dir: str, dst: Path, names: tuple[str, ...]) -> dict
     try:
         if is_s3_uri(image_dir):
             download_prefix(image_dir, dst, require_success=True)
-        for name in dict.fromkeys(("summary.json", *names)):
+        for name in dict.fromkeys((SUMMARY_JSON, *names)):
             if not (dst / name).is_file():
                 (dst / name).write_bytes(read_bytes(join_uri(image_dir, name)))
     except Exception as exc:  # noqa: BLE001 — StorageError, OSError: the dir moved, was removed or is incomplete
         raise TrackingError(f"{image_dir}: cannot read its image dir ({one_line(exc)})") from None
     try:
-        return json.loads((dst / "summary.json").read_text(encoding="utf-8"))
+        return json.loads((dst / SUMMARY_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TrackingError(f"{image_dir}: summary.json is unreadable ({exc})") from None
 
@@ -593,6 +594,6 @@ def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[A
     embs, summaries = [], []
     for k, rid in enumerate(ids):
         d = Path(dst_dir) / f"{k:06d}"  # a sharded batch's refs are URIs
-        summaries.append(fetch_run_inputs(rid, d, ("summary.json", "embeddings.npy")))  # no masks.json: it can be huge
-        embs.append(np.load(d / "embeddings.npy", allow_pickle=False))
+        summaries.append(fetch_run_inputs(rid, d, (SUMMARY_JSON, EMBEDDINGS_NPY)))  # no masks.json: it can be huge
+        embs.append(np.load(d / EMBEDDINGS_NPY, allow_pickle=False))
     return embs, summaries
