@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 
-from samseg.apps.cli.common import UsageError
+from samseg.apps.cli.common import UsageError, print_error
 from samseg.apps.cli.config import add_config_flags as _add_config_flags
 from samseg.apps.cli.config import add_tile_flags as _add_tile_flags
 from samseg.core.config import PRECISION_REQUESTS
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             if shutdown.requested():  # what a stop broke (a Ctrl-C to the process group kills Prefect's
                 return _interrupted()  # temporary server too, and the flow's next call fails) is the stop
             if isinstance(exc, SamsegError) or type(exc).__module__.startswith("samseg."):  # expected: one line
-                _error_line(one_line(exc))
+                print_error(one_line(exc))
             else:
-                _error_line(f"unexpected {type(exc).__name__}: {one_line(exc)}")
+                print_error(f"unexpected {type(exc).__name__}: {one_line(exc)}")
             return exit_code_of(exc)  # the taxonomy's exit code (samseg.core.errors), decided nowhere else
 
 
@@ -191,13 +191,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.set_defaults(subparser=p)
 
 
-def _error_line(message: str) -> None:
-    """One error line on stderr that does not tear a tqdm bar."""
-    from tqdm import tqdm
-
-    tqdm.write(f"error: {message}", file=sys.stderr)
-
-
 # -------------------------------------------------------------------------- segment
 
 
@@ -296,7 +289,7 @@ def _add_weights_parser(sub: Any) -> None:
 def _run_weights_download(args: argparse.Namespace) -> int:
     """Each file in turn (progress, licence line), its path printed; the ones that could not be
     fetched named together in one line at the end (exit 1)."""
-    from samseg.apps.cli.common import UsageError
+    from samseg.apps.cli.common import UsageError, print_error
     from samseg.core.config import get_preset
     from samseg.sam.registry import find, missing_message, needed
     from samseg.sam.weights import CheckpointError, Weight
@@ -317,7 +310,7 @@ def _run_weights_download(args: argparse.Namespace) -> int:
         except CheckpointError as exc:
             failed.append((w, exc))
     if failed:
-        _error_line(missing_message(failed))
+        print_error(missing_message(failed))
         return 1
     return 0
 
@@ -356,7 +349,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     try:
         per_image, per_class, summary = evaluate_dirs(args.pred_dir, args.gt_dir, ignore_index=args.ignore_index)
     except EvalInputError as exc:
-        _error_line(str(exc))
+        print_error(str(exc))
         return 1
     print("per-class IoU (GT class → matched predicted cluster id, -1 = unmatched)")
     print(per_class.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 ORCHESTRATORS = ("auto", "local", "prefect")
 
@@ -89,7 +89,8 @@ def classes_ref(ref: str | None) -> str | None:
     return run_ref(ref)
 
 
-def print_error(message: str) -> None:
+def print_error(message: Any) -> None:
+    """The one error line of every command, "error: <message>" on stderr as one line (that does not tear a tqdm bar)."""
     from tqdm import tqdm  # tqdm.write: a line printed while progress bars show does not tear them
 
     tqdm.write(f"error: {' '.join(str(message).split())}", file=sys.stderr)

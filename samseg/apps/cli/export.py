@@ -39,8 +39,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from samseg.apps.cli.common import UsageError
-    from samseg.core.errors import SamsegError, exit_code_of, one_line
+    from samseg.apps.cli.common import UsageError, print_error
+    from samseg.core.errors import SamsegError, exit_code_of
     from samseg.edges.annotations import image_dirs, read_image_dirs, write_export
     from samseg.edges.labelstudio import LabelStudioError
     from samseg.edges.mlflow.run_dirs import download_image_dirs
@@ -76,7 +76,7 @@ def run_export(args: argparse.Namespace) -> int:
             files = write_export(args.format, results, args.out, image_root=args.image_root,
                                  copy_images=args.copy_images)
     except (SamsegError, OSError) as exc:  # export, tracking, storage, Label Studio, the user's files in --out
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print_error(exc)
         return exit_code_of(exc)  # FilesRefused: 2, the user's files in --out (samseg.core.errors)
     from samseg.edges.annotations import categories
 

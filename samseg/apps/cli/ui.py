@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from samseg.apps.cli.common import experiment_name
+from samseg.apps.cli.common import UsageError, experiment_name
 from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the UI can start runs, so it is private by default
@@ -96,15 +96,13 @@ def missing_store(uri: str | None) -> str | None:
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    """Serve until interrupted. Exit 2 on a bad port, 0 on Ctrl-C."""
+    """Serve until interrupted (0 on Ctrl-C); a bad option is a UsageError (exit 2), before anything starts."""
     if not 0 < args.port < 65536:
-        print(f"error: --port {args.port} is not a TCP port (1-65535)", file=sys.stderr)
-        return 2
+        raise UsageError(f"--port {args.port} is not a TCP port (1-65535)")
     from samseg.apps.ui.guards import is_loopback
 
     if args.submit == "prefect" and not os.environ.get("PREFECT_API_URL"):
-        print("error: --submit prefect needs PREFECT_API_URL (the Prefect server's API)", file=sys.stderr)
-        return 2
+        raise UsageError("--submit prefect needs PREFECT_API_URL (the Prefect server's API)")
     if args.tracking_uri:
         # samseg.edges.mlflow.tracking (which logs the UI's reruns) reads the URI from the environment.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
@@ -112,20 +110,17 @@ def run_ui(args: argparse.Namespace) -> int:
 
     problem = missing_store(tracking_uri())
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(problem)
     for root in args.image_root or ():
         if not os.path.isdir(root):
-            print(f"error: --image-root {root}: not a folder", file=sys.stderr)
-            return 2
+            raise UsageError(f"--image-root {root}: not a folder")
     if args.label_studio:
         from samseg.edges.labelstudio import LabelStudioError, check_url
 
         try:
             check_url(args.label_studio)
         except LabelStudioError as exc:
-            print(f"error: --label-studio: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--label-studio: {exc}") from None
     settings = build_settings(args)
     if not is_loopback(args.host):
         print(
