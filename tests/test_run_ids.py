@@ -189,7 +189,7 @@ def test_a_sharded_batch_id_leads_to_its_images_dirs_in_every_command_and_the_ui
     redone = json.loads((tmp_path / "re" / "s0" / "summary.json").read_text())  # what it re-tunes: a dir, not a run id
     assert redone["recluster_of"] == str(sharded["out"] / "s0") and redone["recluster"]["parent_run_id"] is None
     rc, out, err = run_cli(["sweep", batch[:8], "--eps-range", "0.1:0.3:0.1"])
-    assert rc == 0 and out.startswith(f"{sharded['n_masks']} masks,"), err  # both images' masks, read from their dirs
+    assert rc == 0 and out.startswith(f"{sharded['n_masks']} masks in 2 images, each"), err  # read from their dirs
     rc, out, err = run_cli(["export", batch[:8], "--format", "coco", "--out", str(tmp_path / "coco")])
     assert rc == 0 and "2 images" in out, err
     rc, out, err = run_cli(["runs", "compare", shard[:8]])

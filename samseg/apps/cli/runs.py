@@ -72,15 +72,12 @@ def run_recluster(args: argparse.Namespace) -> int:
     how = orchestrator(args)
     if how == "prefect":
         quiet_prefect(args.verbose)
-    try:
-        args.run_id = run_ref(args.run_id)  # a unique prefix is the run it starts
-        params = _run_params(args.run_id)
-        from samseg.edges.mlflow.tracking import images_of_batch
+    from samseg.edges.mlflow.tracking import images_of_batch
 
-        images = images_of_batch(args.run_id)
-    except Exception as exc:  # TrackingError: unknown run, MLflow unreachable, a batch without its record
-        print_error(exc)
-        return 1
+    # TrackingError (an unknown run, MLflow unreachable, a batch without its record): main's one line, exit 1
+    args.run_id = run_ref(args.run_id)  # a unique prefix is the run it starts
+    params = _run_params(args.run_id)
+    images = images_of_batch(args.run_id)
     if images is not None:
         return _recluster_batch(args, images, params)
     try:
@@ -207,16 +204,11 @@ def run_runs_list(args: argparse.Namespace) -> int:
     """One line a run, in columns that fit 120 characters: the full id (what every command takes)."""
     import datetime
 
-    from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.mlflow.tracking import recent_runs
     from samseg.edges.run_schema import TAG_KIND, TAG_SOURCE
     from samseg.engine.segment import shown_name
 
-    try:
-        runs = recent_runs(args.experiment, args.limit)
-    except TrackingError as exc:
-        print_error(exc)
-        return 1
+    runs = recent_runs(args.experiment, args.limit)  # a TrackingError is main's one line, exit 1
     if not runs:
         print("no runs" + (f" in experiment {args.experiment!r}" if args.experiment else ""))
         return 0
@@ -236,14 +228,9 @@ def run_runs_list(args: argparse.Namespace) -> int:
 
 
 def run_runs_compare(args: argparse.Namespace) -> int:
-    from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.mlflow.tracking import compare_runs, format_compare
 
-    try:
-        df = compare_runs([run_ref(r) for r in args.run_ids] or None, args.experiment)
-    except TrackingError as exc:
-        print_error(exc)
-        return 1
+    df = compare_runs([run_ref(r) for r in args.run_ids] or None, args.experiment)  # TrackingError: main's line
     print(format_compare(df))
     return 0 if not args.csv or write_csv(df, args.csv) else 1
 
@@ -277,11 +264,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError("--cron needs --source and --out (the scheduled runs' parameters)")
     from flows.serve import serve_all
 
-    try:
-        classes_from = classes_ref(args.classes_from)
-    except Exception as exc:  # TrackingError: no such run, an ambiguous prefix
-        print_error(exc)
-        return 1
+    classes_from = classes_ref(args.classes_from)  # TrackingError (no such run, an ambiguous prefix): main's line
     import os
     import sys
 
@@ -321,11 +304,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         eps_grid(args.eps_range)
     except ValueError as exc:
         raise UsageError(f"--eps-range: {exc}") from None
-    try:
-        report = sweep_run(run_ref(args.run_id), args.eps_range)
-    except Exception as exc:  # TrackingError: unknown run, MLflow unreachable, missing artifact
-        print_error(exc)
-        return 1
+    report = sweep_run(run_ref(args.run_id), args.eps_range)  # TrackingError (unknown run, a missing artifact): main's line
     print(format_sweep(report))
     if not args.csv:
         return 0

@@ -89,21 +89,13 @@ def run_segment(args: argparse.Namespace) -> int:
     if getattr(args, "classes_from", None):
         from samseg.apps.cli.common import classes_ref
 
-        try:
-            args.classes_from = classes_ref(args.classes_from)  # a run id prefix is the run it starts
-        except Exception as exc:  # TrackingError: no such run, an ambiguous prefix, MLflow unreachable
-            print_error(exc)
-            return 1
+        args.classes_from = classes_ref(args.classes_from)  # a run id prefix is the run it starts (TrackingError: main's line)
     fan_out = getattr(args, "fan_out", "local")
     _check_shards(args, fan_out)
     how = orchestrator(args, needs_prefect=fan_out == "deployment")
     if how == "prefect":
         quiet_prefect(getattr(args, "verbose", False))
-    try:
-        uris = list_sources(list(args.inputs))
-    except Exception as exc:  # StorageError listing an s3:// prefix
-        print_error(exc)
-        return 1
+    uris = list_sources(list(args.inputs))  # a StorageError listing an s3:// prefix: main's one line, exit 1
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
     if not any(is_s3(u) or os.path.exists(u) for u in uris):  # nothing to run: a mistyped path, a glob that matched none
