@@ -71,6 +71,42 @@ def test_recluster_of_a_batch_id_prefix_reclusters_each_image_as_one_new_batch_r
     assert rc == 0, err
 
 
+def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_ones(store: dict, tmp_path: Path) -> None:
+    """A --classes dataset batch reclustered at a new eps is clustered as it was made: its images'
+    masks together, one classes.json, every image's ids from it and each image run logged once,
+    as a recluster of the image it re-tunes (a per-image recluster of it would drop the shared classes)."""
+    from mlflow import MlflowClient
+
+    src = store["tmp"] / "in"
+    rc, out, err = run_cli(["segment", str(src), "--classes", "dataset", "--out", str(tmp_path / "ds"), "--cache",
+                            str(store["tmp"] / "c"), *TINY])
+    assert rc == 0, err
+    dataset_batch = re.search(r"MLflow batch run: (\w+)", out).group(1)
+    images = {line.split(":")[0]: re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines()
+              if line.startswith("r")}
+    rc, out, err = run_cli(["recluster", dataset_batch[:8], "--eps", "0.3", "--out", str(tmp_path / "re"), "--cache",
+                            str(store["tmp"] / "c")])
+    assert rc == 0, err
+    assert "dataset classes (dataset):" in out and (tmp_path / "re" / "classes.json").is_file()
+    table = json.loads((tmp_path / "re" / "classes.json").read_text())
+    report = json.loads((tmp_path / "re" / "batch_summary.json").read_text())
+    assert report["classes"]["mode"] == "dataset"
+    client = MlflowClient()
+    new_batch = report["mlflow_run_id"]
+    assert client.get_run(new_batch).data.tags["samseg.classes"] == "dataset"
+    assert client.get_run(new_batch).data.params["cluster.eps"] == "0.3"
+    logged = client.search_runs([client.get_run(new_batch).info.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{new_batch}'")
+    assert sorted(r.info.run_id for r in logged) == sorted(i["mlflow_run_id"] for i in report["images"])  # once each
+    for entry in report["images"]:
+        summary = json.loads((Path(entry["out_dir"]) / "summary.json").read_text())
+        assert summary["classes"] == "dataset" and summary["n_clusters"] <= len(table["classes"])
+        tags = client.get_run(entry["mlflow_run_id"]).data.tags
+        assert tags["samseg.kind"] == "recluster" and tags["samseg.parent_run_id"] == images[summary["image"]["file_name"]]
+    rc, out, err = run_cli(["sweep", new_batch[:8], "--eps-range", "0.1:0.3:0.1"])  # swept together, as reclustered
+    assert rc == 0 and "each clustered alone" not in out, err
+
+
 def test_a_prefix_works_wherever_an_id_does(store: dict, tmp_path: Path) -> None:
     image = store["images"][0]
     rc, out, err = run_cli(["recluster", image[:8], "--eps", "0.4", "--out", str(tmp_path / "one"), "--no-track"])

@@ -302,5 +302,7 @@ def _log(d: str, where: str, summary: dict[str, Any], experiment: str, batch_run
     from samseg.edges.mlflow.tracking import log_image_run
 
     run_name = (summary.get("image") or {}).get("file_name") or name
+    # a recluster's image (samseg.engine.recluster.recluster_batch) keeps its kind and the run it re-tunes
     return log_image_run(Path(d), summary, experiment=experiment, nested_under=batch_run_id, run_name=run_name,
-                         extra_tags={TAG_KIND: KIND_IMAGE, TAG_OUT_DIR: where})
+                         parent_run_id=summary.get("parent_run_id"),
+                         extra_tags={TAG_KIND: summary.get("kind") or KIND_IMAGE, TAG_OUT_DIR: where})

@@ -138,19 +138,28 @@ def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig
 
 
 def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Callable[[str], Any], out: str,
-                    tracking: Any, cache_root: str, params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                    tracking: Any, cache_root: str, params: Optional[dict[str, Any]] = None,
+                    batch_cluster: Any = None) -> dict[str, Any]:
     """Every image run of a batch ({run id: its OUT/<name>}, the batch's record) reclustered (`cluster_for(run id)`: its ClusterConfig)
     into OUT/<name>/, as one new batch run: its image runs nested under it, each tagged with the
-    run it re-tunes, its report in OUT/batch_summary.json and on the run. One image fails alone."""
+    run it re-tunes, its report in OUT/batch_summary.json and on the run. One image fails alone.
+    A batch with dataset classes is clustered as it was made: its images' masks together again at
+    `batch_cluster` (the batch's ClusterConfig with the new settings), new dataset ids in every
+    image dir, classes.json and the contact sheet in OUT, as `segment --classes dataset` writes them."""
     import dataclasses
     import time
     from pathlib import PurePosixPath
 
+    from samseg.edges import owned_files
     from samseg.edges.mlflow.tracking import ImageDir
     from samseg.edges.run_schema import TAG_PARENT_RUN, TAG_SOURCE
-    from samseg.engine.batch import batch_report, batch_status, end_batch
+    from samseg.engine.batch import batch_report, batch_status, end_batch, top_level_files
+    from samseg.engine.curate_dataset import is_dataset_source
     from samseg.engine.segment import describe_failure, failed_entry, image_entry
 
+    dataset = batch_cluster is not None and is_dataset_source(batch_run_id)
+    if dataset:  # a user's file where classes.json goes refuses the batch now; OUT is incomplete until it agrees
+        owned_files.begin_batch(out, top_level_files(True))
     new_batch = None
     if tracking.track:
         from samseg.edges.mlflow.tracking import start_batch_run
@@ -163,8 +172,9 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
         for rid in images:
             try:
                 # a sharded batch's image is its dir, not a run: the new batch run names the batch it re-tunes
+                # dataset ids: each image run is logged once relabelled (relabel_and_track), not before
                 t = dataclasses.replace(tracking, kind=KIND_RECLUSTER, parent_run_id=None if isinstance(rid, ImageDir) else rid,
-                                        nested_under=new_batch)
+                                        nested_under=new_batch, track=tracking.track and not dataset)
                 # the batch's own OUT/<name>: unique over it, as `samseg segment` named them
                 res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=images[rid] or None)
                 results.append(image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res))
@@ -174,7 +184,14 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
     except BaseException:
         end_batch(new_batch, "KILLED")
         raise
-    report = batch_report(f"recluster of batch run {batch_run_id}", out, results, new_batch, "local")
+    class_report = None
+    if dataset:
+        from samseg.engine.dataset import relabel_and_track
+
+        class_report = relabel_and_track(out, results, batch_cluster, new_batch, None, tracking.track, tracking.experiment)
+    report = batch_report(f"recluster of batch run {batch_run_id}", out, results, new_batch, "local", class_report)
+    if dataset and not report.get("summary_error") and not class_report.get("error"):
+        owned_files.end_batch(out)
     from samseg.edges.mlflow.client import TrackingError
     from samseg.engine.segment import one_line
 

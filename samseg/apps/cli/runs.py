@@ -32,7 +32,8 @@ def _add_recluster_parser(sub: Any) -> None:
         help="re-cluster a previous image run (or every image of a batch run) with new clustering settings",
         description="Reuse the masks and embeddings of an MLflow image run (stage cache first, else the run's "
         "artifacts), run only cluster + compose + write, and log a new run tagged with the parent run id. "
-        "Flags left out keep the parent run's value.",
+        "Flags left out keep the parent run's value. A --classes dataset batch's images are clustered together "
+        "again, as the batch was (new dataset classes, classes.json, contact sheet).",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id (or a unique prefix) of an image run, or of a batch "
                    "run: each of its images, as one new batch run")
@@ -136,7 +137,8 @@ def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_par
     tracking = Tracking(track=not args.no_track, experiment=experiment(args))
     with stage_cache_root(args) as cache:
         try:
-            report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=params)
+            report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=params,
+                                     batch_cluster=recluster_cluster_params(batch_params, args).to_config())
         except Exception as exc:  # the new batch run could not be started
             print_error(exc)
             return 1
