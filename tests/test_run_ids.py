@@ -259,3 +259,19 @@ def test_a_per_image_batch_id_where_one_image_or_dataset_classes_are_needed_says
     assert rc == 1 and "no usable classes.json: it is a batch of per-image classes, not a dataset batch" in err, err
     rc, _, err = run_cli(["recluster", store["images"][0][:8], "--eps", "-1", "--out", str(tmp_path / "x")])
     assert rc == 2 and err.strip().endswith("--eps: Input should be greater than 0"), err  # the flag, named
+
+
+def test_a_path_of_the_wrong_kind_says_what_to_give_instead(store: dict, tmp_path: Path) -> None:
+    """A newcomer gives a batch's OUT where one image is read, an input photo to export, a folder
+    that does not exist, a folder where only run ids are taken: one line each that says what to give."""
+    out = store["tmp"] / "o"
+    rc, _, err = run_cli(["classes", str(out)])
+    assert rc == 1 and "a batch of per-image classes" in err and f"({out / 'r0'})" in err, err
+    photo = store["tmp"] / "in" / "r0.png"
+    rc, _, err = run_cli(["export", str(photo), "--format", "coco", "--out", str(tmp_path / "x")])
+    assert rc == 1 and f"{photo}: a file, not a samseg output dir" in err and "Errno" not in err, err
+    rc, _, err = run_cli(["export", str(tmp_path / "nothere"), "--format", "coco", "--out", str(tmp_path / "x")])
+    assert rc == 1 and "no such file or folder, and not an MLflow run id" in err, err
+    rc, _, err = run_cli(["sweep", str(out / "r0")])
+    assert rc == 1 and "this command takes an MLflow run id" in err, err
+    assert not (tmp_path / "x").exists()

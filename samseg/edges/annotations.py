@@ -104,6 +104,8 @@ def image_dirs(root: Path) -> list[Path]:
     """`root` itself when it is an image dir (has masks.json), else its image subdirs, sorted."""
     if (root / MASKS_JSON).is_file():
         return [root]
+    if not root.is_dir():
+        raise ExportError(f"{root}: a file, not a samseg output dir (an image dir, or a batch's OUT) nor a run id")
     found = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (p / MASKS_JSON).is_file())
     if not found:
         raise ExportError(f"{root}: no samseg image dirs (no masks.json here or one level down)")

@@ -17,12 +17,17 @@ from typing import Any, Optional
 
 
 from samseg.core.curation import Edit, apply_edits
+from samseg.core.errors import SamsegError
 from samseg.edges.dataset_outputs import CLASSES_FROM, CLASSES_SHA256
+from samseg.edges.layout import LABELS_PNG
 from samseg.edges.run_schema import DATASET_MODES, KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.publish import Tracking
-from samseg.edges.layout import LABELS_PNG
 
 CLASS_NAMES, EDITS, EDITED_FROM = "class_names", "edits", "edited_from"  # summary.json keys
+
+
+class CurateError(SamsegError):
+    """A source `samseg classes` cannot read as one image's classes (one line: what to give instead)."""
 
 
 def names_of(summary: dict[str, Any]) -> dict[int, str]:
@@ -46,7 +51,7 @@ def read_source(source: str, workdir: Path) -> tuple[Path, Optional[str]]:
     from samseg.edges.storage import download_prefix, is_s3_uri
 
     if Path(source).is_dir():
-        return Path(source), None
+        return _image_dir(Path(source)), None
     if is_s3_uri(source):
         download_prefix(source, workdir, require_success=True)
         return workdir, None
@@ -54,6 +59,18 @@ def read_source(source: str, workdir: Path) -> tuple[Path, Optional[str]]:
 
     fetch_run_inputs(source, workdir, (*RECLUSTER_INPUTS, LABELS_PNG))
     return workdir, source
+
+
+def _image_dir(d: Path) -> Path:
+    """`d` when it is an image dir; a batch's OUT of per-image classes says which to give instead."""
+    from samseg.edges.image_dir import MASKS_JSON
+    from samseg.edges.owned_files import BATCH_SUMMARY_JSON
+
+    if (d / MASKS_JSON).is_file() or not (d / BATCH_SUMMARY_JSON).is_file():
+        return d  # an image dir, or not samseg's: read_image_dir names what is missing
+    first = next((c for c in sorted(d.iterdir()) if (c / MASKS_JSON).is_file()), d / "IMAGE")
+    raise CurateError(f"{d}: a batch of per-image classes (each image has its own ids): give one of its image dirs "
+                      f"({first}) or an image run id; a --classes dataset batch's OUT is edited as a whole")
 
 
 def show(source: str) -> list[dict[str, Any]]:

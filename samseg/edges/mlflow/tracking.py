@@ -343,11 +343,21 @@ def recent_runs(experiment: str | None, limit: int) -> list[Any]:
         raise TrackingError(f"MLflow at {mlflow_client.where()}: search failed: {mlflow_client.error_line(exc)}") from None
 
 
+def _not_a_run_id(ref: str) -> str:
+    """Why `ref` names no run, for a ref that is not 32 hex digits: a path this command does not read, a path
+    that does not exist, or a mistyped id."""
+    if os.path.exists(ref):
+        return "a file or folder, and this command takes an MLflow run id (`samseg runs list` shows them)"
+    if "/" in ref or os.sep in ref or "." in ref:
+        return "no such file or folder, and not an MLflow run id"
+    return "not an MLflow run id"
+
+
 def _get_run(client: Any, run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     if not is_run_id(run_id):
-        raise TrackingError(f"{run_id!r}: not an MLflow run id")
+        raise TrackingError(f"{run_id!r}: {_not_a_run_id(run_id)}")
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
