@@ -232,6 +232,21 @@ def test_ui_refuses_a_tracking_uri_without_a_database(tmp_path: Path, monkeypatc
     assert not Path("/nonexistent").exists()
 
 
+def test_ui_on_a_port_in_use_is_one_usage_line_not_the_other_servers_url(monkeypatch) -> None:
+    """Another server holds the port: one line saying so, exit 2, and no URL printed (it would be the other's)."""
+    import socket
+
+    from cli_run import run_cli
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, _, stderr = run_cli(["ui", "--port", str(port)])
+    assert rc == 2 and f"127.0.0.1:{port} is in use" in stderr and "http://" not in stderr, stderr
+
+
 def test_bound_loopback_address_is_an_allowed_host() -> None:
     import argparse
 

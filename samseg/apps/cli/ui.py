@@ -99,6 +99,7 @@ def run_ui(args: argparse.Namespace) -> int:
     """Serve until interrupted (0 on Ctrl-C); a bad option is a UsageError (exit 2), before anything starts."""
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a TCP port (1-65535)")
+    _check_port_free(args.host, args.port)
     from samseg.apps.ui.guards import is_loopback
 
     if args.submit == "prefect" and not os.environ.get("PREFECT_API_URL"):
@@ -150,3 +151,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """UsageError when host:port cannot be bound (another server has it): said before the URL is
+    printed, which would be the other server's. Bound as uvicorn binds it (SO_REUSEADDR)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            why = "is in use (another samseg ui?)" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            raise UsageError(f"--port {port}: {host}:{port} {why}; pass another --port") from None
