@@ -423,3 +423,13 @@ def test_fan_out_to_workers_without_a_server_is_a_usage_error(tmp_path: Path, mo
                                  "--no-track", *flags])
         assert rc == 2 and "--fit-images samples a --classes dataset batch split in shards" in stderr.splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly_with_141() -> None:
+    """`samseg weights list | head -1`: the reader went away; no "unexpected BrokenPipeError" line,
+    exit 128 + SIGPIPE as a shell pipeline's writer would."""
+    proc = subprocess.Popen([sys.executable, "-m", "samseg.apps.cli", "weights", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -21,12 +21,13 @@ def _taxonomy() -> dict[str, type]:
     from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.owned_files import BatchIncomplete, FilesRefused
     from samseg.edges.storage import StorageError, StorageNotFound, StorageRefused
+    from samseg.engine.curate import CurateError
     from samseg.engine.recluster import ReclusterError
     from samseg.sam.weights import CheckpointError
 
     return {c.__name__: c for c in (UsageError, ExportError, OutputsError, ImageError, LabelStudioError, TrackingError,
                                     BatchIncomplete, FilesRefused, StorageError, StorageNotFound, StorageRefused,
-                                    ReclusterError, CheckpointError)}
+                                    ReclusterError, CheckpointError, CurateError)}
 
 
 @pytest.mark.parametrize("name, code, retry", [
@@ -52,7 +53,7 @@ def test_the_readmes_exit_codes_are_the_taxonomys() -> None:
     import signal
 
     ours = {errors.EXIT_OK, errors.EXIT_FAILED, errors.EXIT_USAGE, errors.EXIT_SIGNAL_BASE + signal.SIGINT,
-            errors.EXIT_SIGNAL_BASE + signal.SIGTERM}
+            errors.EXIT_SIGNAL_BASE + signal.SIGTERM, errors.EXIT_SIGNAL_BASE + signal.SIGPIPE}
     assert listed == ours
 
 

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             return _interrupted()
+        except BrokenPipeError:  # `samseg runs compare | head`: the reader has what it wanted
+            return _pipe_closed()
         except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
             from samseg.core.errors import SamsegError, exit_code_of, one_line
 
@@ -81,6 +83,18 @@ def _interrupted() -> int:
 
     print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
     return shutdown.exit_code()
+
+
+def _pipe_closed() -> int:
+    """stdout's reader went away: exit as a shell's pipeline would (128 + SIGPIPE), silently; stdout
+    now writes to /dev/null, so the interpreter's last flush does not fail again."""
+    import os
+    import signal
+
+    from samseg.core.errors import EXIT_SIGNAL_BASE
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_SIGNAL_BASE + signal.SIGPIPE
 
 
 def _line_buffered_stdout() -> None:
