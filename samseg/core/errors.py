@@ -16,7 +16,7 @@ from typing import Any
 EXIT_OK = 0
 EXIT_FAILED = 1  # some work failed (each failure printed as one line); the rest finished
 EXIT_USAGE = 2  # nothing ran: a bad flag or value, or the user's own files in the way
-EXIT_SIGNAL_BASE = 128  # + the signal's number: 130 for Ctrl-C, 143 for SIGTERM (samseg.edges.shutdown)
+EXIT_SIGNAL_BASE = 128  # + the signal's number: 130 for Ctrl-C, 143 for SIGTERM (samseg.edges.shutdown), 141 for a closed pipe
 
 
 class SamsegError(Exception):
