@@ -126,7 +126,7 @@ def test_a_degenerate_knee_is_no_suggestion_and_says_why() -> None:
     copies = np.repeat(base, 30, axis=0) + rng.normal(scale=1e-8, size=(30, 16))  # float32 rounding apart
     emb = np.concatenate([copies, rng.normal(size=(3, 16))]).astype(np.float32)
     s = suggest_eps(emb, ClusterConfig(min_samples=3))
-    assert s.eps is None and "nearly) the same" in s.reason, s
+    assert s.eps is None and "(nearly) zero distance" in s.reason, s
 
 
 def test_a_run_without_masks_sweeps_to_no_suggestion_not_a_numpy_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,8 +57,8 @@ def suggest_eps(embeddings_nc: np.ndarray, cfg: ClusterConfig, curve: np.ndarray
     if knee is None or knee <= 0:
         return EpsSuggestion(None, k, "the k-distance curve has no knee")
     if knee < MIN_SUGGESTED_EPS:
-        return EpsSuggestion(None, k, f"the k-distance curve bends at {knee:.2g}, below {MIN_SUGGESTED_EPS:g}: the masks' "
-                                      "embeddings are (nearly) the same, so no eps separates them")
+        return EpsSuggestion(None, k, f"the k-distance curve bends at {knee:.2g}, below {MIN_SUGGESTED_EPS:g}: most masks "
+                                      f"have {k} neighbours at (nearly) zero distance, so its knee is no eps to use")
     return EpsSuggestion(float(knee), k)
 
 
