@@ -105,14 +105,18 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
         assert tags["samseg.kind"] == "recluster" and tags["samseg.parent_run_id"] == images[summary["image"]["file_name"]]
     rc, out, err = run_cli(["sweep", new_batch[:8], "--eps-range", "0.1:0.3:0.1"])  # swept together, as reclustered
     assert rc == 0 and "each clustered alone" not in out, err
+    rc, out, err = run_cli(["runs", "list", "--limit", "50"])
+    [line] = [line for line in out.splitlines() if line.startswith(new_batch)]
+    assert line.split()[-3:] == ["recluster", "of", dataset_batch[:8]], line  # an id one can type, not its tail
+    assert line.split()[5] == str(len(table["classes"])), line  # a dataset batch's classes
 
 
 def test_a_prefix_works_wherever_an_id_does(store: dict, tmp_path: Path) -> None:
     image = store["images"][0]
     rc, out, err = run_cli(["recluster", image[:8], "--eps", "0.4", "--out", str(tmp_path / "one"), "--no-track"])
     assert rc == 0 and (tmp_path / "one" / "r0" / "labels.png").is_file(), err
-    rc, out, err = run_cli(["runs", "compare", image[:8], store["images"][1][:9]])
-    assert rc == 0 and image[:8] in out, err
+    rc, out, err = run_cli(["runs", "compare", store["images"][1][:9], image[:8]])
+    assert rc == 0 and out.splitlines()[0].split()[1:] == [store["images"][1][:8], image[:8]], out  # as given
     rc, out, err = run_cli(["export", store["batch"][:8], "--format", "coco", "--out", str(tmp_path / "coco")])
     assert rc == 0 and "2 images" in out, err
 

@@ -207,7 +207,7 @@ def run_runs_list(args: argparse.Namespace) -> int:
     import datetime
 
     from samseg.edges.mlflow.tracking import recent_runs
-    from samseg.edges.run_schema import TAG_KIND, TAG_SOURCE
+    from samseg.edges.run_schema import TAG_KIND, TAG_PARENT_RUN, TAG_SOURCE
     from samseg.engine.segment import shown_name
 
     runs = recent_runs(args.experiment, args.limit)  # a TrackingError is main's one line, exit 1
@@ -220,8 +220,12 @@ def run_runs_list(args: argparse.Namespace) -> int:
         kind = tags.get(TAG_KIND, "?")
         what = tags.get(TAG_SOURCE) if kind == "batch" else (run.info.run_name or "")
         started = datetime.datetime.fromtimestamp((run.info.start_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
-        classes = f"{int(metrics['n_clusters'])}" if "n_clusters" in metrics else "-"
+        n = metrics.get("n_clusters", metrics.get("n_classes"))  # an image's classes, or a dataset batch's
+        classes = f"{int(n)}" if n is not None else "-"
         features = params.get("features.name", "-")
+        parent = tags.get(TAG_PARENT_RUN, "")
+        if kind == "batch" and parent:  # a batch's recluster: the batch it re-tunes, as an id prefix one can type
+            what = f"recluster of {parent[:8]}"
         what = shown_name(str(what or ""))
         what = what if len(what) <= _WHAT_WIDTH else "…" + what[-(_WHAT_WIDTH - 1):]  # a path's end says the most
         print(f"{run.info.run_id:32}  {kind[:9]:9}  {started:16}  {run.info.status[:8]:8}  {classes:>7}  {features[:9]:9}  "

@@ -294,8 +294,9 @@ def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None
 
 
 def search_runs(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
-    """mlflow Run objects, oldest first. Uses MlflowClient.search_runs (the API behind
-    mlflow.search_runs) so no process-global tracking URI is touched."""
+    """mlflow Run objects: those of `run_ids` in the order given, else the experiment's, oldest first.
+    Uses MlflowClient.search_runs (the API behind mlflow.search_runs) so no process-global tracking
+    URI is touched."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client.client()
@@ -318,6 +319,9 @@ def search_runs(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
             runs.extend(page)
             token = page.token
             if not token:
+                if run_ids:  # as the person listed them: `runs compare A B` shows A first
+                    at = {rid: k for k, rid in enumerate(run_ids)}
+                    runs.sort(key=lambda r: at.get(r.info.run_id, len(at)))
                 return runs
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {mlflow_client.where()}: search failed: {mlflow_client.error_line(exc)}") from None
@@ -469,7 +473,7 @@ def get_run(run_id: str) -> Any:
 
 
 def compare_runs(run_ids: list[str] | None = None, experiment: str | None = None) -> "pd.DataFrame":
-    """One row per run (oldest first): run_id, run_name, the params whose values DIFFER
+    """One row per run (as `run_ids` lists them, else oldest first): run_id, run_name, the params whose values DIFFER
     across the runs (all params when there is one run), then every metric.
 
     run_ids=None compares every run of `experiment` (default "samseg").
