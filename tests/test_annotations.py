@@ -156,3 +156,12 @@ def test_export_from_an_mlflow_image_run(out_root: Path, tmp_path: Path, monkeyp
     assert rc == 0, stderr
     data = json.loads((tmp_path / "x" / "annotations.json").read_text())
     assert len(data["images"]) == 1 and len(data["annotations"]) == len(GROUP_A) + len(GROUP_B)
+
+
+def test_the_categories_line_counts_in_words_a_person_reads() -> None:
+    """One image's export has its classes, no (image, class) note; one category is singular."""
+    from samseg.edges.annotations import Categories
+
+    assert Categories(["class_0"], [{0: 0}], False).line() == "1 category: the image's classes"
+    assert Categories(["a", "b"], [{0: 0}, {0: 1}], False).line().startswith("2 categories, one per (image, class)")
+    assert Categories(["x"], [{0: 0}, {0: 0}], True).line() == "1 category: the dataset classes, shared by every image"

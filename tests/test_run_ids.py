@@ -87,7 +87,7 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
     rc, out, err = run_cli(["recluster", dataset_batch[:8], "--eps", "0.3", "--out", str(tmp_path / "re"), "--cache",
                             str(store["tmp"] / "c")])
     assert rc == 0, err
-    assert "dataset classes (dataset):" in out and (tmp_path / "re" / "classes.json").is_file()
+    assert "dataset classes (fitted on this batch): " in out and (tmp_path / "re" / "classes.json").is_file()
     table = json.loads((tmp_path / "re" / "classes.json").read_text())
     report = json.loads((tmp_path / "re" / "batch_summary.json").read_text())
     assert report["classes"]["mode"] == "dataset"

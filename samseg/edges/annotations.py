@@ -162,9 +162,12 @@ class Categories:
 
     def line(self) -> str:
         """What the export's line says of its categories."""
+        cats = f"{len(self.names)} {'category' if len(self.names) == 1 else 'categories'}"
         if self.shared:
-            return f"{len(self.names)} categories: the dataset classes, shared by every image"
-        return (f"{len(self.names)} categories, one per (image, class): each image's classes are its own "
+            return f"{cats}: the dataset classes, shared by every image"
+        if len(self.of_image) == 1:
+            return f"{cats}: the image's classes"
+        return (f"{cats}, one per (image, class): each image's classes are its own "
                 "(`--classes dataset` gives classes shared across images)")
 
 

@@ -340,7 +340,9 @@ def report_batch(report: dict[str, Any]) -> int:
     if classes.get("error"):
         print_error(f"dataset-level classes: {classes['error']}")
     elif classes.get("classes_json"):
-        how = f"{classes['mode']}, fitted on {classes['fitted_on']}" if classes.get("fitted_on") else classes["mode"]
+        how = {"dataset": "fitted on this batch", "assigned": "assigned from the classes given"}.get(classes["mode"],
+                                                                                                   classes["mode"])
+        how = f"fitted on {classes['fitted_on']}" if classes.get("fitted_on") else how
         print(f"dataset classes ({how}): {count(classes['n_classes'], 'class')} -> {classes['classes_json']}, "
               f"{classes['contact_sheet']}")
         if classes.get("registered"):
