@@ -433,3 +433,13 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly_with_141() -> No
     proc.stdout.close()  # before the command writes its first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_stop_says_what_it_left_only_where_that_is_true(capsys: pytest.CaptureFixture) -> None:
+    """segment and recluster resume from the stage cache; a stopped `samseg ui` left nothing to resume."""
+    from samseg.apps.cli import RESUMES, _interrupted, build_parser
+
+    parser = build_parser()
+    for argv, hint in ((["segment", "x.jpg"], RESUMES), (["recluster", "abcd", "--out", "o"], RESUMES), (["ui"], None)):
+        _interrupted(parser.parse_args(argv))
+        assert capsys.readouterr().err == "interrupted" + (f" ({hint})" if hint else "") + "\n", argv

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.subparser.short_usage()}{args.subparser.prog}: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            return _interrupted()
+            return _interrupted(args)
         except BrokenPipeError:  # `samseg runs compare | head`: the reader has what it wanted
             return _pipe_closed()
         except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
             log.debug("error", exc_info=True)
             if shutdown.requested():  # what a stop broke (a Ctrl-C to the process group kills Prefect's
-                return _interrupted()  # temporary server too, and the flow's next call fails) is the stop
+                return _interrupted(args)  # temporary server too, and the flow's next call fails) is the stop
             if isinstance(exc, SamsegError) or type(exc).__module__.startswith("samseg."):  # expected: one line
                 print_error(one_line(exc))
             else:
@@ -78,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             return exit_code_of(exc)  # the taxonomy's exit code (samseg.core.errors), decided nowhere else
 
 
-def _interrupted() -> int:
+RESUMES = "a rerun resumes from the stage cache"  # a command's stop_hint: what its stopped work left (segment, recluster)
+
+
+def _interrupted(args: argparse.Namespace) -> int:
     from samseg.edges import shutdown
 
-    print("interrupted (a rerun resumes from the stage cache)", file=sys.stderr)
+    hint = getattr(args, "stop_hint", None)
+    print("interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
     return shutdown.exit_code()
 
 
@@ -257,7 +261,7 @@ def _add_segment_parser(sub: Any) -> None:
     from samseg.apps.cli import segment as cli_segment  # light module; Prefect/MLflow load only when a handler runs
 
     cli_segment.add_segment_arguments(p)
-    p.set_defaults(handler=cli_segment.run_segment)
+    p.set_defaults(handler=cli_segment.run_segment, stop_hint=RESUMES)
 
 
 # -------------------------------------------------------------------------- weights

@@ -49,7 +49,9 @@ def _add_recluster_parser(sub: Any) -> None:
     p.add_argument("--cache-max", default=None, metavar="SIZE", help=CACHE_MAX_HELP)
     add_orchestrator_argument(p)
     p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(handler=run_recluster, subparser=p)
+    from samseg.apps.cli import RESUMES
+
+    p.set_defaults(handler=run_recluster, subparser=p, stop_hint=RESUMES)
 
 
 def recluster_cluster_params(run_params: dict[str, str], args: argparse.Namespace) -> Any:
