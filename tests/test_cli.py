@@ -440,6 +440,6 @@ def test_a_stop_says_what_it_left_only_where_that_is_true(capsys: pytest.Capture
     from samseg.apps.cli import RESUMES, _interrupted, build_parser
 
     parser = build_parser()
-    for argv, hint in ((["segment", "x.jpg"], RESUMES), (["recluster", "abcd", "--out", "o"], RESUMES), (["ui"], None)):
+    for argv, hint in ((["segment", "x.jpg", "--out", "o"], RESUMES), (["recluster", "abcd", "--out", "o"], RESUMES), (["ui"], None)):
         _interrupted(parser.parse_args(argv))
         assert capsys.readouterr().err == "interrupted" + (f" ({hint})" if hint else "") + "\n", argv
