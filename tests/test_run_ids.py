@@ -277,5 +277,5 @@ def test_a_path_of_the_wrong_kind_says_what_to_give_instead(store: dict, tmp_pat
     rc, _, err = run_cli(["export", str(tmp_path / "nothere"), "--format", "coco", "--out", str(tmp_path / "x")])
     assert rc == 1 and "no such file or folder, and not an MLflow run id" in err, err
     rc, _, err = run_cli(["sweep", str(out / "r0")])
-    assert rc == 1 and "this command takes an MLflow run id" in err, err
+    assert rc == 1 and "a file or folder, not an MLflow run id (this command takes run ids" in err, err
     assert not (tmp_path / "x").exists()

@@ -309,3 +309,24 @@ def test_runs_compare_fits_120_columns_and_keeps_what_matters(n_runs: int) -> No
     assert "n_clusters" in text and "cluster.eps" in text and "FINISHED" in text and f"{n_runs - 1:08x}" in text
     if n_runs > 6:  # one line a run: the columns left out are counted, and --csv has them
         assert "more columns: `--csv FILE`" in text
+
+
+def test_a_sqlite_stores_artifacts_live_beside_its_database_not_in_the_working_dir(tmp_path: Path, monkeypatch) -> None:
+    """MLflow puts a new experiment's artifacts in ./mlruns of whichever directory created it, so a
+    store named by an absolute path scattered them over working dirs: samseg keeps them beside the db."""
+    from mlflow import MlflowClient
+
+    from samseg.edges.mlflow.tracking import artifact_location, experiment_id
+
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment(experiment_id(client, "a/b c"))
+    assert exp.artifact_location.startswith((db.parent / "mlruns").as_uri() + "/a-b-c-"), exp.artifact_location
+    assert artifact_location("sqlite:///mlflow.db", "x") == (elsewhere / "mlruns").as_uri() + "/x-" + \
+        __import__("hashlib").sha256(b"x").hexdigest()[:8]
+    assert artifact_location("http://127.0.0.1:5000", "x") is None  # a server keeps its own root
+    assert not (elsewhere / "mlruns").exists()

@@ -402,6 +402,11 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
     import samseg.apps.ui
 
     calls, built = [], []
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from mlflow import MlflowClient
+
+    MlflowClient().search_experiments()  # the store exists: `samseg ui` refuses a URI without a database
+    monkeypatch.setattr(cli_ui, "_check_port_free", lambda host, port: None)  # no real port here (tested on its own)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
     monkeypatch.setattr(samseg.apps.ui, "create_app", lambda settings: built.append(settings) or object())
     monkeypatch.delenv("SAMSEG_UI_TOKEN", raising=False)
@@ -415,13 +420,17 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
     assert calls[-1] == {"host": "0.0.0.0", "port": 9999, "log_level": "warning"}
     assert "WARNING" in err and "SAMSEG_UI_TOKEN" in err
     assert built[-1].allowed_hosts is None
-    assert args.handler(parser.parse_args(["ui", "--port", "0"])) == 2
+    from samseg.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a TCP port"):  # main prints it with the usage, exit 2
+        args.handler(parser.parse_args(["ui", "--port", "0"]))
     monkeypatch.setenv("SAMSEG_UI_TOKEN", "tok")
     args = parser.parse_args(["ui", "--host", "0.0.0.0"])
     assert args.handler(args) == 0
     assert built[-1].token == "tok" and "set SAMSEG_UI_TOKEN" not in capsys.readouterr().err
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert args.handler(parser.parse_args(["ui", "--submit", "prefect"])) == 2
+    with pytest.raises(UsageError, match="needs PREFECT_API_URL"):
+        args.handler(parser.parse_args(["ui", "--submit", "prefect"]))
 
 
 # -------------------------------------------------------------- Prefect

@@ -20,6 +20,7 @@ Every param/tag value goes through `scrub_secrets` first. mlflow is imported laz
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -111,6 +112,21 @@ def run_tags(
 # ---------------------------------------------------------------- MLflow calls
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a local SQLite store keeps its artifacts: mlruns/ beside the database
+    (MLflow's default is ./mlruns of whichever directory created the experiment, so a store named
+    by an absolute path would scatter its artifacts over working dirs). None: the store's default."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path in ("/", "/:memory:"):
+        return None
+    db = Path(parsed.path[1:])  # sqlite:///rel.db -> rel.db; sqlite:////abs.db -> /abs.db
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-.")[:40] or "experiment"
+    digest = hashlib.sha256(experiment.encode("utf-8")).hexdigest()[:8]  # two names, one slug: two folders
+    return (db.resolve().parent / "mlruns" / f"{slug}-{digest}").as_uri()
+
+
 def experiment_id(client: Any, name: str) -> str:
     """Id of experiment `name`, created on first use (a concurrent creator is tolerated)."""
     from mlflow.exceptions import MlflowException
@@ -119,7 +135,7 @@ def experiment_id(client: Any, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     except MlflowException:
         exp = client.get_experiment_by_name(name)  # another worker created it first
         if exp is None:
@@ -351,7 +367,7 @@ def _not_a_run_id(ref: str) -> str:
     """Why `ref` names no run, for a ref that is not 32 hex digits: a path this command does not read, a path
     that does not exist, or a mistyped id."""
     if os.path.exists(ref):
-        return "a file or folder, and this command takes an MLflow run id (`samseg runs list` shows them)"
+        return "a file or folder, not an MLflow run id (this command takes run ids: `samseg runs list` shows them)"
     if "/" in ref or os.sep in ref or "." in ref:
         return "no such file or folder, and not an MLflow run id"
     return "not an MLflow run id"
