@@ -162,7 +162,7 @@ def test_rerun_changes_clusters_and_logs_run(page, ui_server):
     page.goto(ui_server["base"] + "/")
     page.click(f'tr[data-run-id="{run["run_id"]}"] td:nth-child(3) a')
     page.wait_for_selector("#rerun-form")
-    assert page.inner_text("#n-clusters") == str(run["n_clusters"])
+    assert page.inner_text("#n-clusters").split()[0] == str(run["n_clusters"])
     page.wait_for_function("document.querySelector('#overlay').naturalWidth > 0")
     page.screenshot(path=str(ARTIFACTS / "02-run.png"), full_page=True)
 
@@ -181,7 +181,11 @@ def test_rerun_changes_clusters_and_logs_run(page, ui_server):
     page.fill('input[name="min_samples"]', min_samples)
     page.click("#rerun-btn")
     page.wait_for_selector("#rerun-result:not([hidden])")
-    assert page.inner_text("#rerun-clusters") == str(expected)
+    assert page.inner_text("#rerun-clusters") == ("1 class" if expected == 1 else f"{expected} classes")
+    # the answer shows by the button, in view, not below the sweep chart's space
+    line = page.evaluate("(() => { const r = document.querySelector('#rerun-result p').getBoundingClientRect(); "
+                         "return [r.top, r.bottom, innerHeight]; })()")
+    assert 0 <= line[0] and line[1] <= line[2] + 1, line
     assert page.inner_text("#rerun-seconds").endswith(" s")
     page.wait_for_function("document.querySelector('#rerun-overlay').complete && document.querySelector('#rerun-overlay').naturalWidth > 0")
     new_src = page.get_attribute("#rerun-overlay", "src")
@@ -215,7 +219,8 @@ def test_live_preview_and_eps_sweep(page, ui_server):
     min_samples, expected = ("1", 1) if run["n_clusters"] != 1 else ("100000", 0)
     page.fill('input[name="eps"]', "2.0")
     page.fill('input[name="min_samples"]', min_samples)  # each keystroke redraws the preview, no run is made
-    page.wait_for_function(f"document.querySelector('#preview-clusters').textContent === '{expected}'")
+    shown = "1 class" if expected == 1 else f"{expected} classes"
+    page.wait_for_function(f"document.querySelector('#preview-clusters').textContent === '{shown}'")
     # the preview replaces the overlay in place, at the overlay's size (no second, clipped picture)
     page.wait_for_function("document.querySelector('#overlay').src.startsWith('blob:') && "
                            "document.querySelector('#overlay').naturalWidth > 0")
@@ -369,12 +374,12 @@ def test_class_curation_by_clicking_then_the_saved_run_and_its_export(page, ui_s
     page.check('input.pick-class[value="1"]')
     page.click("#merge-btn")
     page.wait_for_selector("#edits-preview-figure:not([hidden])")  # the edits drawn as they are made
-    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '1'")
+    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '1 class'")
     # a split follows the eps box live: half the run's eps parts A from B again, eps 1.5 keeps them one
     page.click('.split-btn[data-class="0"]')
-    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '2'")
+    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '2 classes'")
     page.fill("#split-eps", "1.5")
-    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '1'")
+    page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '1 class'")
     assert "at eps 1.5" in page.inner_text("#edit-list")
     page.locator("#classes-panel").screenshot(path=str(ARTIFACTS / "09-class-curation-preview.png"))
     page.click("#undo-btn")

@@ -74,6 +74,12 @@ function initRunsPage() {
   update();
 }
 
+// "1 class", "2 classes": samseg.apps.count's rule, so a page says what the CLI says.
+function count(n, noun) {
+  const k = Number(n);
+  return `${n} ${k === 1 ? noun : noun + (/(s|sh|ch|x)$/.test(noun) ? "es" : "s")}`;
+}
+
 // ------------------------------------------------------------------- run page
 function initRerun(runId) {
   const form = $("#rerun-form");
@@ -100,10 +106,11 @@ function initRerun(runId) {
       const link = $("#rerun-link");
       link.href = res.run_url;
       link.textContent = res.run_id.slice(0, 8);
-      $("#rerun-clusters").textContent = res.n_clusters;
-      $("#rerun-noise").textContent = res.n_noise;
+      $("#rerun-clusters").textContent = count(res.n_clusters, "class");
+      $("#rerun-noise").textContent = count(res.n_noise, "noise mask");
       $("#rerun-compare").href = `/compare?runs=${runId},${res.run_id}`;
       $("#rerun-overlay").src = res.overlay_url;
+      $("#rerun-result p").scrollIntoView({ block: "nearest" });  // the answer where the click was, on any screen
     } catch (err) {
       showProgress(prog, "");
       const errors = (err && err.errors) || {};
@@ -247,8 +254,8 @@ function initPreview(runId) {
     if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
     $("#overlay-figure").classList.add("previewing");
     $("#overlay-caption").hidden = true;
-    $("#preview-clusters").textContent = resp.headers.get("X-Samseg-Clusters");
-    $("#preview-noise").textContent = resp.headers.get("X-Samseg-Noise");
+    $("#preview-clusters").textContent = count(resp.headers.get("X-Samseg-Clusters"), "class");
+    $("#preview-noise").textContent = count(resp.headers.get("X-Samseg-Noise"), "noise mask");
     $("#preview-note").hidden = false;
   };
   PREVIEW_FIELDS.forEach((k) => {
@@ -454,8 +461,8 @@ function initCuration(runId) {
     const old = img.src;
     img.src = URL.createObjectURL(blob);
     if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
-    $("#edits-preview-clusters").textContent = resp.headers.get("X-Samseg-Clusters");
-    $("#edits-preview-noise").textContent = resp.headers.get("X-Samseg-Noise");
+    $("#edits-preview-clusters").textContent = count(resp.headers.get("X-Samseg-Clusters"), "class");
+    $("#edits-preview-noise").textContent = count(resp.headers.get("X-Samseg-Noise"), "noise mask");
     figure.hidden = false;
   };
   const redraw = () => { clearTimeout(drawTimer); drawTimer = setTimeout(draw, 80); };
