@@ -156,11 +156,11 @@ def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypat
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--eps", "-1"], "cluster.eps must be > 0"),
-        (["--eps", "nan"], "cluster.eps must be a finite number > 0"),
-        (["--eps", "inf"], "cluster.eps must be a finite number > 0"),
-        (["--points-per-side", "0"], "amg.points_per_side must be >= 1"),
-        (["--metric", "hamming"], "cluster.metric"),
+        (["--eps", "-1"], "--eps must be > 0"),
+        (["--eps", "nan"], "--eps must be a finite number > 0"),
+        (["--eps", "inf"], "--eps must be a finite number > 0"),
+        (["--points-per-side", "0"], "--points-per-side must be >= 1"),
+        (["--metric", "hamming"], "--metric"),
         (["--algorithm", "kmeans"], "invalid choice"),
         (["--eps", "lots"], "invalid float value"),
         (["--no-such-flag"], "unrecognized argument --no-such-flag"),
@@ -315,7 +315,7 @@ def test_a_prompt_grid_over_the_limit_is_refused_with_its_size(tmp_path: Path) -
     rc, stdout, stderr = run_cli(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--points-per-side", "5000"])
     assert rc == 2 and "25,000,000 prompts" in stderr and f"{MAX_PROMPTS:,}" in stderr and stdout == ""
     rc, _, stderr = run_cli(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--crop-n-layers", "1000000000"])
-    assert rc == 2 and "amg.crop_n_layers must be <= 4" in stderr  # bounded before any grid is counted
+    assert rc == 2 and "--crop-n-layers must be <= 4" in stderr  # bounded before any grid is counted
     assert not (tmp_path / "o").exists()
 
 

@@ -262,7 +262,7 @@ def test_a_per_image_batch_id_where_one_image_or_dataset_classes_are_needed_says
                           str(store["tmp"] / "c"), "--classes-from", store["batch"][:8], *TINY])
     assert rc == 1 and "no usable classes.json: it is a batch of per-image classes, not a dataset batch" in err, err
     rc, _, err = run_cli(["recluster", store["images"][0][:8], "--eps", "-1", "--out", str(tmp_path / "x")])
-    assert rc == 2 and err.strip().endswith("--eps: Input should be greater than 0"), err  # the flag, named
+    assert rc == 2 and err.strip().endswith("--eps must be > 0"), err  # the flag, named, in segment's words
 
 
 def test_a_path_of_the_wrong_kind_says_what_to_give_instead(store: dict, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def test_tiled_segment_writes_full_resolution_outputs_and_reruns_from_one_entry(
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--tile", "32"], "tile.size must be 0 (no tiling) or >= 64"),
+    (["--tile", "32"], "--tile must be 0 (no tiling) or >= 64"),
     (["--tile", "lots"], "invalid tile size"),
     (["--tile-overlap", "10"], "need tiling on: --tile SIZE or --tile auto"),
     (["--tile", "256", "--tile-overlap", "200"], "at most half"),

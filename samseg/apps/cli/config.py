@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 from samseg.apps.cli.common import UsageError
 
@@ -154,4 +154,13 @@ def config_from_args(args: argparse.Namespace) -> "Any":
         return configure(args.preset, args.model, getattr(args, "precision", None),
                          features=getattr(args, "features_name", None), **knobs)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(flag_message(str(exc), getattr(args, "subparser", None))) from None
+
+
+def flag_message(message: str, parser: Optional[argparse.ArgumentParser]) -> str:
+    """A config error as the command line says it: "cluster.eps must be > 0" -> "--eps must be > 0",
+    "tile.size ..." -> "--tile ..." (the flag whose dest is the key; the UI keeps the config's key)."""
+    import re
+
+    flags = {a.dest: a.option_strings[-1] for a in getattr(parser, "_actions", ()) if a.option_strings}
+    return re.sub(r"^[a-z]+\.[a-z_]+\b", lambda m: flags.get(m.group(0), m.group(0)), message)

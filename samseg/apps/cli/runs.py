@@ -106,11 +106,25 @@ def run_recluster(args: argparse.Namespace) -> int:
     return 0
 
 
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}  # pydantic's bound errors, said as `samseg segment` says them
+
+
 def _flag_errors(exc: Any) -> str:
-    """A pydantic ValidationError of the cluster flags as one line naming each flag: "--eps: Input should be greater than 0"."""
+    """A pydantic ValidationError of the cluster flags as one line naming each flag, in the words
+    `samseg segment` uses for the same value: "--eps must be > 0"."""
     from samseg.apps.cli.config import flag_of
 
-    return "; ".join(f"{flag_of(str(e['loc'][-1]))}: {e['msg']}" if e.get("loc") else e["msg"] for e in exc.errors())
+    def line(e: dict[str, Any]) -> str:
+        if not e.get("loc"):
+            return str(e["msg"])
+        flag, bound = flag_of(str(e["loc"][-1])), _BOUNDS.get(e.get("type", ""))
+        if bound is not None and bound[0] in (e.get("ctx") or {}):
+            value = e["ctx"][bound[0]]
+            return f"{flag} must be {bound[1]} {value:g}" if isinstance(value, (int, float)) else f"{flag} must be {bound[1]} {value}"
+        return f"{flag}: {e['msg']}"
+
+    return "; ".join(line(e) for e in exc.errors())
 
 
 def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_params: dict[str, str]) -> int:
