@@ -162,7 +162,7 @@ def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypat
         (["--points-per-side", "0"], "--points-per-side must be >= 1"),
         (["--metric", "hamming"], "--metric"),
         (["--algorithm", "kmeans"], "invalid choice"),
-        (["--eps", "lots"], "invalid float value"),
+        (["--eps", "lots"], "--eps: 'lots' is not a number or auto"),
         (["--no-such-flag"], "unrecognized argument --no-such-flag"),
     ],
 )

@@ -49,7 +49,7 @@ def test_tiled_segment_writes_full_resolution_outputs_and_reruns_from_one_entry(
 
 @pytest.mark.parametrize("flags, message", [
     (["--tile", "32"], "--tile must be 0 (no tiling) or >= 64"),
-    (["--tile", "lots"], "invalid tile size"),
+    (["--tile", "lots"], "'lots' is not a tile size in pixels or auto"),
     (["--tile-overlap", "10"], "need tiling on: --tile SIZE or --tile auto"),
     (["--tile", "256", "--tile-overlap", "200"], "at most half"),
     (["--tile", "256", "--save-features"], "leave out --tile or --save-features"),

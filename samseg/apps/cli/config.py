@@ -19,13 +19,13 @@ def _auto_or(cast: Any, what: str) -> Any:
         try:
             return cast(raw)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {what}: {raw!r} (or auto)") from None
+            raise argparse.ArgumentTypeError(f"{raw!r} is not {what} or auto") from None
 
     return parse
 
 
-eps_value = _auto_or(float, "float value")  # --eps: a number, or the knee of the k-distance curve (core.sweep)
-tile_size = _auto_or(int, "tile size")  # --tile: pixels (0 = off), or 1024-px tiles for images over 2048 px
+eps_value = _auto_or(float, "a number")  # --eps: a number, or the knee of the k-distance curve (core.sweep)
+tile_size = _auto_or(int, "a tile size in pixels")  # --tile: pixels (0 = off), or 1024-px tiles for images over 2048 px
 
 
 _TYPES: dict[str, Any] = {"cluster.eps": eps_value}
