@@ -59,7 +59,7 @@ def run_classes(args: argparse.Namespace) -> int:
     if editing and not edits:
         raise UsageError("an edit needs --rename, --merge, --split or --drop")
     if editing and args.out is None:
-        raise UsageError("--out DIR: where the edited image dir goes")
+        raise UsageError("classes edit needs --out DIR: where the edited image dir goes")
     if args.register_classes and (not editing or args.no_track):
         raise UsageError("--register-classes needs `edit` and MLflow tracking (no --no-track)")
     try:
