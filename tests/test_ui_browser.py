@@ -232,8 +232,10 @@ def test_live_preview_and_eps_sweep(page, ui_server):
     assert abs(float(page.input_value("#eps-slider")) - 0.301) < 0.01  # log10(2)
     page.eval_on_selector("#eps-slider", "s => { s.value = '-1'; s.dispatchEvent(new Event('input')); }")
     assert page.input_value('input[name="eps"]') == "0.1"
-    page.fill('input[name="eps"]', "0")  # a bad value: the field says why, the last preview stays
+    page.fill('input[name="eps"]', "0")  # a bad value: the field says why, and no stale preview stands for it
     page.wait_for_selector('.field-error[data-for="eps"]:not(:empty)')
+    page.wait_for_selector("#preview-note", state="hidden")
+    assert page.is_visible("#overlay-caption") and not page.get_attribute("#overlay", "src").startswith("blob:")
     page.fill('input[name="eps"]', "0.1")
     page.click("#sweep-btn")
     page.wait_for_selector("#sweep-chart:not([hidden])")  # the chart (a flat line has no visible box of its own)

@@ -211,8 +211,7 @@ function initPreview(runId) {
   const img = $("#overlay");
   if (!form || !img) return;
   const saved = img.dataset.savedSrc;
-  const showSaved = () => {
-    cancelPreview();
+  const restoreSaved = () => {  // the saved run's overlay again: no preview stands for settings that have none
     const old = img.src;
     img.src = saved;
     if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
@@ -220,6 +219,7 @@ function initPreview(runId) {
     $("#preview-note").hidden = true;
     $("#overlay-caption").hidden = false;
   };
+  const showSaved = () => { cancelPreview(); restoreSaved(); };
   $("#preview-reset").addEventListener("click", showSaved);
   const redraw = async () => {
     const mine = ++previewSeq;
@@ -236,6 +236,7 @@ function initPreview(runId) {
     } catch (err) { showError($("#rerun-error"), `The preview could not reach the samseg UI server (${err}).`); return; }
     if (mine !== previewSeq) return; // a newer setting (or a save) is already on its way
     if (!resp.ok) {
+      restoreSaved();  // a bad value (eps -1): the last preview's picture and counts are not this setting's
       let data = {};
       try { data = await resp.json(); } catch (_) { /* non-JSON error */ }
       const errors = data.errors || {};
@@ -450,6 +451,7 @@ function initCuration(runId) {
     } catch (e) { showError(err, `The preview could not reach the samseg UI server (${e}).`); return; }
     if (mine !== drawSeq) return;
     if (!resp.ok) {
+      restoreSaved();  // a bad value (eps -1): the last preview's picture and counts are not this setting's
       let data = {};
       try { data = await resp.json(); } catch (_) { /* non-JSON error */ }
       showError(err, `No preview: ${(data.errors && data.errors.edits) || data.detail || resp.status}`);
