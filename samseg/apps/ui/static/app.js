@@ -298,9 +298,12 @@ function sweepScale(svg, rep) {
   const W = Number(svg.dataset.w), H = Number(svg.dataset.h), P = SWEEP_PAD;
   const rows = rep.rows;
   const xMin = rows[0].eps, xMax = rows[rows.length - 1].eps;
-  const cMax = Math.max(1, ...rows.map((r) => r.n_clusters));
+  // The classes axis runs a quarter above the most classes, in 4 whole steps: a flat line sits
+  // inside the chart, not on its top edge (where it would read as the noise axis's 100%).
+  const cStep = Math.max(1, Math.ceil(1.25 * Math.max(1, ...rows.map((r) => r.n_clusters)) / 4));
+  const cMax = 4 * cStep;
   return {
-    W, H, xMin, xMax, cMax,
+    W, H, xMin, xMax, cMax, cStep,
     x: (e) => P.l + (W - P.l - P.r) * (e - xMin) / Math.max(1e-12, xMax - xMin),
     eps: (px) => xMin + (px - P.l) / (W - P.l - P.r) * (xMax - xMin),
     yc: (c) => H - P.b - (H - P.t - P.b) * c / cMax,
@@ -327,8 +330,8 @@ function drawSweep(svg, rep) {
     s += `<line x1="${sc.x(e)}" x2="${sc.x(e)}" y1="${yBottom}" y2="${yBottom + 4}" stroke="#999"/>`;
     s += `<text x="${sc.x(e)}" y="${yBottom + 16}" text-anchor="middle">${formatEps(e)}</text>`;
   }
-  for (const c of ticks(0, sc.cMax, Math.min(4, sc.cMax))) {
-    s += `<text x="${P.l - 6}" y="${sc.yc(c) + 4}" text-anchor="end">${Math.round(c)}</text>`;
+  for (let c = 0; c <= sc.cMax; c += sc.cStep) {
+    s += `<text x="${P.l - 6}" y="${sc.yc(c) + 4}" text-anchor="end">${c}</text>`;
   }
   for (const f of [0, 0.5, 1]) s += `<text x="${sc.W - P.r + 6}" y="${sc.yn(f) + 4}">${f * 100}%</text>`;
   s += `<text x="${(sc.W) / 2}" y="${sc.H - 2}" text-anchor="middle">eps</text>`;
@@ -339,6 +342,7 @@ function drawSweep(svg, rep) {
     s += `<line id="sweep-suggested" x1="${sc.x(rep.suggested_eps)}" x2="${sc.x(rep.suggested_eps)}" y1="${P.t}" y2="${yBottom}" stroke="#d1242f"><title>suggested eps ${formatEps(rep.suggested_eps)}</title></line>`;
   }
   s += `<line id="sweep-current" y1="${P.t}" y2="${yBottom}" stroke="#1a7f37" stroke-width="2" stroke-dasharray="2 2" visibility="hidden"/>`;
+  s += `<text id="sweep-current-label" y="${P.t + 12}" fill="#1a7f37" visibility="hidden"></text>`;
   svg.innerHTML = s;
   svg.removeAttribute("hidden"); // an SVG element has no .hidden property: use the attribute
   redrawSweepMarker();
@@ -352,8 +356,16 @@ function redrawSweepMarker() {
   if (!marker || !lastSweep || !box) return;
   const v = Number(box.value), sc = sweepScale(svg, lastSweep);
   const inside = Number.isFinite(v) && v >= sc.xMin && v <= sc.xMax;
+  const label = $("#sweep-current-label", svg);
   marker.setAttribute("visibility", inside ? "visible" : "hidden");
-  if (inside) { marker.setAttribute("x1", sc.x(v)); marker.setAttribute("x2", sc.x(v)); }
+  label.setAttribute("visibility", inside ? "visible" : "hidden");
+  if (inside) {
+    marker.setAttribute("x1", sc.x(v)); marker.setAttribute("x2", sc.x(v));
+    const right = sc.x(v) < sc.W / 2;  // the label on the side with room
+    label.setAttribute("x", sc.x(v) + (right ? 4 : -4));
+    label.setAttribute("text-anchor", right ? "start" : "end");
+    label.textContent = `eps ${formatEps(v)}`;
+  }
 }
 
 function initSweep(runId) {
