@@ -242,6 +242,7 @@ def test_live_preview_and_eps_sweep(page, ui_server):
     assert page.locator("#sweep-chart path").count() == 2  # classes and noise over eps
     assert page.locator("#sweep-chart text").count() >= 8  # axis ticks and labels
     assert page.get_attribute("#sweep-current", "visibility") == "visible"  # the form's eps, marked
+    assert page.text_content("#sweep-current-label") == "eps 0.1"  # ... and labelled
     assert "eps" in page.inner_text("#sweep-note")
     box = page.locator("#sweep-chart").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)  # a click sets eps there
