@@ -290,7 +290,7 @@ def test_compare_view(page, ui_server):
     assert page.locator("#compare-grid img").count() == 2
     page.wait_for_function("Array.from(document.querySelectorAll('#compare-grid img')).every(i => i.complete && i.naturalWidth > 0)")
     headers = page.locator("#compare-table th").all_inner_texts()
-    assert "run_id" in headers and "n_clusters" in headers
+    assert headers[0] == "run" and set(headers[1:3]) == {a[:8], b[:8]} and "n_clusters" in headers  # a column per run
     page.screenshot(path=str(ARTIFACTS / "05-compare.png"), full_page=True)
 
 
@@ -385,6 +385,17 @@ def test_class_curation_by_clicking_then_the_saved_run_and_its_export(page, ui_s
     page.wait_for_function("document.querySelector('#edits-preview-clusters').textContent === '1 class'")
     assert "at eps 1.5" in page.inner_text("#edit-list")
     page.locator("#classes-panel").screenshot(path=str(ARTIFACTS / "09-class-curation-preview.png"))
+    script_errors: list[str] = []
+    page.on("pageerror", lambda e: script_errors.append(str(e)))
+    refuse = "**/classes/preview"  # the server refusing an edit list (its answer, as the API gives it)
+    page.route(refuse, lambda route: route.fulfill(status=422, content_type="application/json",
+                                                   body='{"errors": {"edits": "split eps refused"}}'))
+    page.fill("#split-eps", "1.4")
+    page.wait_for_selector("#edits-preview-figure", state="hidden")  # no stale preview stands for it
+    assert "No preview: split eps refused" in page.inner_text("#edits-error") and not script_errors, script_errors
+    page.unroute(refuse)
+    page.fill("#split-eps", "1.5")
+    page.wait_for_selector("#edits-preview-figure:not([hidden])")
     page.click("#undo-btn")
     page.fill("#split-eps", "")
     page.fill('input.class-name[data-class="0"]', "things")

@@ -463,7 +463,7 @@ function initCuration(runId) {
     } catch (e) { showError(err, `The preview could not reach the samseg UI server (${e}).`); return; }
     if (mine !== drawSeq) return;
     if (!resp.ok) {
-      restoreSaved();  // a bad value (eps -1): the last preview's picture and counts are not this setting's
+      figure.hidden = true;  // a rejected edit (a split eps of -1): no stale preview stands for it
       let data = {};
       try { data = await resp.json(); } catch (_) { /* non-JSON error */ }
       showError(err, `No preview: ${(data.errors && data.errors.edits) || data.detail || resp.status}`);
