@@ -79,16 +79,22 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
 
     src = store["tmp"] / "in"
     rc, out, err = run_cli(["segment", str(src), "--classes", "dataset", "--out", str(tmp_path / "ds"), "--cache",
-                            str(store["tmp"] / "c"), *TINY])
+                            str(store["tmp"] / "c"), "--names", "sky,tree,road", "--namer", "tiny-random", *TINY])
     assert rc == 0, err
     dataset_batch = re.search(r"MLflow batch run: (\w+)", out).group(1)
     images = {line.split(":")[0]: re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines()
               if line.startswith("r")}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "classes.json").write_text("a person's file")  # where the recluster's classes.json goes
+    rc, _, err = run_cli(["recluster", dataset_batch[:8], "--eps", "0.3", "--out", str(tmp_path / "mine")])
+    assert rc == 2 and "classes.json" in err and (tmp_path / "mine" / "classes.json").read_text() == "a person's file"
     rc, out, err = run_cli(["recluster", dataset_batch[:8], "--eps", "0.3", "--out", str(tmp_path / "re"), "--cache",
                             str(store["tmp"] / "c")])
     assert rc == 0, err
     assert "dataset classes (fitted on this batch): " in out and (tmp_path / "re" / "classes.json").is_file()
     table = json.loads((tmp_path / "re" / "classes.json").read_text())
+    # named once for the batch, from the batch's vocabulary (its images' own is "none"), not per image
+    assert table["naming"]["vocabulary"] == "sky,tree,road" and len(table["naming"]["classes"]) == len(table["classes"])
     report = json.loads((tmp_path / "re" / "batch_summary.json").read_text())
     assert report["classes"]["mode"] == "dataset"
     client = MlflowClient()
@@ -109,6 +115,14 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
     [line] = [line for line in out.splitlines() if line.startswith(new_batch)]
     assert line.split()[-3:] == ["recluster", "of", dataset_batch[:8]], line  # an id one can type, not its tail
     assert line.split()[5] == str(len(table["classes"])), line  # a dataset batch's classes
+    # classes assigned from a table: a new eps changes nothing in an assignment, so it is refused in one line
+    rc, out, err = run_cli(["segment", str(src), "--classes-from", dataset_batch, "--out", str(tmp_path / "as"),
+                            "--cache", str(store["tmp"] / "c"), *TINY])
+    assert rc == 0, err
+    assigned = re.search(r"MLflow batch run: (\w+)", out).group(1)
+    rc, _, err = run_cli(["recluster", assigned[:8], "--eps", "0.3", "--out", str(tmp_path / "as-re")])
+    assert rc == 1 and "its classes were assigned from" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "as-re").exists()
 
 
 def test_a_prefix_works_wherever_an_id_does(store: dict, tmp_path: Path) -> None:

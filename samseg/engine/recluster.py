@@ -49,7 +49,8 @@ def recluster(image: Any, cfg: PipelineConfig, model: ModelIdentity, cache: "Sta
 
 
 def recluster_summary(run: ImageRun, parent_run_id: Optional[str], parent: Optional[dict[str, Any]] = None,
-                      kind: str = KIND_RECLUSTER, extra: Optional[dict[str, Any]] = None, cache: Any = None) -> RunSummary:
+                      kind: str = KIND_RECLUSTER, extra: Optional[dict[str, Any]] = None, cache: Any = None,
+                      name: bool = True) -> RunSummary:
     """The new run's summary: `summarize` plus where its inputs came from and whose run it re-tunes.
     parent: the parent's summary.json; a parent with dataset-wide ids is noted, since a
     recluster of one image gives per-image ids. A recluster of a named run names its new
@@ -57,7 +58,8 @@ def recluster_summary(run: ImageRun, parent_run_id: Optional[str], parent: Optio
     exemplar class brings its own."""
     from samseg.engine.naming import name_run
 
-    named = name_run(run, cache=cache) if kind == KIND_RECLUSTER else None  # new class ids: named again, never carried over
+    # new class ids: named again, never carried over (name=False: a dataset batch names its classes once)
+    named = name_run(run, cache=cache) if kind == KIND_RECLUSTER and name else None
     inputs_from = "run" if FROM_RUN_ARTIFACTS in run.status.values() else "cache"
     more: dict[str, Any] = {"recluster": {"parent_run_id": parent_run_id, "inputs_from": inputs_from}}
     if parent_run_id is not None:
@@ -78,7 +80,7 @@ def parent_model(summary: dict[str, Any]) -> ModelIdentity:
 def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *, run_id: Optional[str] = None,
                   image_uri: Optional[str] = None, base: Optional[PipelineConfig] = None, model_request: Any = None,
                   execute: Execute = inline, flow_run_id: Optional[str] = None,
-                  name: Optional[str] = None) -> dict[str, Any]:
+                  name: Optional[str] = None, name_classes: bool = True) -> dict[str, Any]:
     """`samseg recluster`: from an MLflow image run (`run_id`) or from an image + its segment
     config (`image_uri`, `base`, `model_request`; its cache entries must exist). Writes
     OUT/<stem>/ and logs a run tagged with its parent; returns summary + out_dir/mlflow_run_id."""
@@ -109,7 +111,7 @@ def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *,
 
         # a sharded batch's image is its dir, not a run: recorded as what it re-tunes, never as a run id
         of_dir = {"recluster_of": str(run_id)} if isinstance(run_id, ImageDir) else None
-        summary = recluster_summary(run, None if of_dir else run_id, parent, extra=of_dir, cache=cache)
+        summary = recluster_summary(run, None if of_dir else run_id, parent, extra=of_dir, cache=cache, name=name_classes)
         summary.prefect_flow_run_id = flow_run_id
         where = publish(run, summary, out, name or safe_dir_name(image.uri), tracking, execute=execute)
     return {**summary.to_dict(), **where}
@@ -143,52 +145,60 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
     """Every image run of a batch ({run id: its OUT/<name>}, the batch's record) reclustered (`cluster_for(run id)`: its ClusterConfig)
     into OUT/<name>/, as one new batch run: its image runs nested under it, each tagged with the
     run it re-tunes, its report in OUT/batch_summary.json and on the run. One image fails alone.
-    A batch with dataset classes is clustered as it was made: its images' masks together again at
-    `batch_cluster` (the batch's ClusterConfig with the new settings), new dataset ids in every
-    image dir, classes.json and the contact sheet in OUT, as `segment --classes dataset` writes them."""
+    A batch that fitted dataset classes is clustered as it was made: its images' masks together
+    again at `batch_cluster` (the batch's ClusterConfig with the new settings), new dataset ids in
+    every image dir, named once for the batch, classes.json and the contact sheet in OUT, as
+    `segment --classes dataset` writes them. A batch whose classes were assigned from an earlier
+    table is refused: eps does not change an assignment."""
     import dataclasses
     import time
     from pathlib import PurePosixPath
 
     from samseg.edges import owned_files
     from samseg.edges.mlflow.tracking import ImageDir
-    from samseg.edges.run_schema import TAG_PARENT_RUN, TAG_SOURCE
+    from samseg.edges.run_schema import TAG_HOST, TAG_PARENT_RUN, TAG_PID, TAG_SOURCE
     from samseg.engine.batch import batch_report, batch_status, end_batch, top_level_files
-    from samseg.engine.curate_dataset import is_dataset_source
     from samseg.engine.segment import describe_failure, failed_entry, image_entry
 
-    dataset = batch_cluster is not None and is_dataset_source(batch_run_id)
-    if dataset:  # a user's file where classes.json goes refuses the batch now; OUT is incomplete until it agrees
-        owned_files.begin_batch(out, top_level_files(True))
+    # 1. what the batch's classes are: per image, or fitted on the batch (refit here)
+    dataset = batch_cluster is not None and _dataset_classes(batch_run_id)
+    # 2. the new batch run (host and pid: a killed recluster's run is ended by the next batch's sweep)
     new_batch = None
     if tracking.track:
+        import os
+        import socket
+
         from samseg.edges.mlflow.tracking import start_batch_run
 
-        tags = {TAG_PARENT_RUN: batch_run_id, TAG_SOURCE: f"recluster of batch run {batch_run_id}"}
+        tags = {TAG_PARENT_RUN: batch_run_id, TAG_SOURCE: f"recluster of batch run {batch_run_id}",
+                TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
         new_batch = start_batch_run(tracking.experiment, f"recluster-{time.strftime('%Y%m%d-%H%M%S')}",
                                     {**(params or {}), "n_images": len(images)}, tags)
-    results = []
+    results: list[dict[str, Any]] = []
+    class_report = None
     try:
+        if dataset:  # a user's file where classes.json goes refuses the batch; OUT is incomplete until it agrees
+            owned_files.begin_batch(out, top_level_files(True))
+        # 3. each image alone (one fails alone); with dataset classes, logged once relabelled, and named by the batch
         for rid in images:
             try:
                 # a sharded batch's image is its dir, not a run: the new batch run names the batch it re-tunes
-                # dataset ids: each image run is logged once relabelled (relabel_and_track), not before
                 t = dataclasses.replace(tracking, kind=KIND_RECLUSTER, parent_run_id=None if isinstance(rid, ImageDir) else rid,
                                         nested_under=new_batch, track=tracking.track and not dataset)
                 # the batch's own OUT/<name>: unique over it, as `samseg segment` named them
-                res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=images[rid] or None)
+                res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=images[rid] or None,
+                                    name_classes=not dataset)
                 results.append(image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res))
-            except Exception as exc:  # one image fails alone
+            except Exception as exc:  # noqa: BLE001 — one image fails alone
                 what = f"image dir {rid}" if isinstance(rid, ImageDir) else f"MLflow run {rid}"
                 results.append(failed_entry(rid, images[rid] or rid, describe_failure(what, exc)))
-    except BaseException:
-        end_batch(new_batch, "KILLED")
+        # 4. dataset classes: the images' masks together, at the new settings
+        if dataset:
+            class_report = _refit(out, results, batch_cluster, new_batch, tracking, (params or {}).get("names.vocabulary"))
+    except BaseException as exc:  # a stop, a user's file in OUT: the new batch run ends, never RUNNING
+        end_batch(new_batch, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
-    class_report = None
-    if dataset:
-        from samseg.engine.dataset import relabel_and_track
-
-        class_report = relabel_and_track(out, results, batch_cluster, new_batch, None, tracking.track, tracking.experiment)
+    # 5. the batch's record, in OUT and on its run
     report = batch_report(f"recluster of batch run {batch_run_id}", out, results, new_batch, "local", class_report)
     if dataset and not report.get("summary_error") and not class_report.get("error"):
         owned_files.end_batch(out)
@@ -200,3 +210,50 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
     except TrackingError as exc:  # the images are written: report them, and this
         report["tracking_error"] = one_line(f"MLflow batch run {new_batch} not ended: {exc}")
     return report
+
+
+def _dataset_classes(batch_run_id: str) -> bool:
+    """True when the batch fitted dataset classes; ReclusterError when they were assigned from an
+    earlier table (a new eps changes nothing in an assignment by prototype)."""
+    from samseg.edges.mlflow.tracking import get_run
+    from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM
+
+    tags = get_run(batch_run_id).data.tags
+    if tags.get(TAG_CLASSES) == "assigned":
+        raise ReclusterError(f"batch run {batch_run_id}: its classes were assigned from {tags.get(TAG_CLASSES_FROM) or 'an earlier table'}; "
+                             "a new eps does not change an assignment: recluster the batch they were fitted on, or "
+                             "segment again with --classes dataset")
+    return tags.get(TAG_CLASSES) in DATASET_MODES
+
+
+def _refit(out: str, results: list[dict[str, Any]], cluster_cfg: Any, batch_run_id: Optional[str],
+           tracking: Any, vocabulary: Optional[str]) -> dict[str, Any]:
+    """Dataset classes for the reclustered images (samseg.engine.dataset.relabel_and_track), named
+    once for the batch as the batch was: its `vocabulary` (its images' own is "none": a dataset
+    batch names its classes, not each image) with its images' namer settings."""
+    import dataclasses
+
+    from samseg.engine.dataset import relabel_and_track
+    from samseg.engine.naming import dataset_namer
+
+    done = [r for r in results if r["status"] == "completed"]
+    summary = _summary_of(done[0]) if done else None
+    namer = None
+    if summary is not None and vocabulary:
+        names = PipelineConfig.from_flat(summary["config"]).names
+        namer = dataset_namer(dataclasses.replace(names, vocabulary=vocabulary))
+    return relabel_and_track(out, results, cluster_cfg, batch_run_id, None, tracking.track, tracking.experiment,
+                             namer=namer)
+
+
+def _summary_of(entry: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The summary.json an image entry's dir holds (None when it cannot be read)."""
+    import json
+
+    from samseg.edges.layout import SUMMARY_JSON
+    from samseg.edges.storage import StorageError, join_uri, read_bytes
+
+    try:
+        return json.loads(read_bytes(join_uri(str(entry["out_dir"]), SUMMARY_JSON)))
+    except (StorageError, OSError, ValueError, KeyError):
+        return None

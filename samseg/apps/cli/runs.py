@@ -152,12 +152,10 @@ def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_par
     params = {**{k: v for k, v in batch_params.items() if k != "n_images"}, **{f"cluster.{k}": v for k, v in cluster.items()}}
     tracking = Tracking(track=not args.no_track, experiment=experiment(args))
     with stage_cache_root(args) as cache:
-        try:
-            report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=params,
-                                     batch_cluster=recluster_cluster_params(batch_params, args).to_config())
-        except Exception as exc:  # the new batch run could not be started
-            print_error(exc)
-            return 1
+        # a batch run that cannot start, classes assigned from a table, a user's file where classes.json goes:
+        # main's one line, with the taxonomy's exit code
+        report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=params,
+                                 batch_cluster=recluster_cluster_params(batch_params, args).to_config())
     return report_batch(report)
 
 
@@ -240,8 +238,8 @@ def run_runs_list(args: argparse.Namespace) -> int:
         classes = f"{int(n)}" if n is not None else "-"
         features = params.get("features.name", "-")
         parent = tags.get(TAG_PARENT_RUN, "")
-        if kind == "batch" and parent:  # a batch's recluster: the batch it re-tunes, as an id prefix one can type
-            what = f"recluster of {parent[:8]}"
+        if kind == "batch" and parent:  # a batch's recluster or edit: the batch it re-tunes, as an id prefix one can type
+            what = f"{'recluster' if str(what).startswith('recluster of') else 'edit'} of {parent[:8]}"
         what = shown_name(str(what or ""))
         what = what if len(what) <= _WHAT_WIDTH else "…" + what[-(_WHAT_WIDTH - 1):]  # a path's end says the most
         print(f"{run.info.run_id:32}  {kind[:9]:9}  {started:16}  {run.info.status[:8]:8}  {classes:>7}  {features[:9]:9}  "
