@@ -110,19 +110,23 @@ def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardP
 
 def end_dead_shard_runs(client: Any, experiment: str) -> list[str]:
     """End (KILLED) the shard runs an earlier batch left RUNNING in MLflow whose Prefect flow run is
-    over or gone: their batch died before it could end them, and so did they. A shard run whose
-    flow run is still going is left to end itself. Best effort; returns the ids ended."""
+    over, or gone from the Prefect API it ran on (this one): their batch died before it could end
+    them, and so did they. A shard run whose flow run is still going, or that ran on another Prefect
+    API (its id means nothing here), is left alone. Best effort; returns the ids ended."""
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
 
     from samseg.edges.mlflow.shard_runs import end_runs, running_shard_runs
 
+    here = PREFECT_API_URL.value()
     try:
         dead = []
-        for run_id, flow_run_id in running_shard_runs(experiment).items():
+        for run_id, (flow_run_id, api) in running_shard_runs(experiment).items():
             try:
                 fr = client.read_flow_run(flow_run_id)
             except ObjectNotFound:
-                dead.append(run_id)
+                if api is not None and api == here:
+                    dead.append(run_id)
                 continue
             if fr.state is not None and fr.state.is_final():
                 dead.append(run_id)

@@ -137,11 +137,14 @@ def test_a_bad_shard_plan_is_one_value_error() -> None:
         ShardPlan(timeout_s=0)
 
 
-def test_a_dead_batchs_shard_runs_are_ended_only_when_their_flow_runs_are_over(tmp_path: Path) -> None:
+def test_a_dead_batchs_shard_runs_are_ended_only_when_their_flow_runs_are_over(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch that died could not end its shard runs' MLflow runs. The next sharded batch ends those
-    whose Prefect flow run is over (crashed) or gone, and leaves a running one to end itself."""
+    whose Prefect flow run is over (crashed) or gone from this Prefect API, and leaves a running one
+    to end itself, and one of another Prefect API (its flow run id means nothing here)."""
     from mlflow import MlflowClient
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.fanout import end_dead_shard_runs
     from samseg.edges.mlflow import client as mlflow_client, tracking
@@ -150,8 +153,11 @@ def test_a_dead_batchs_shard_runs_are_ended_only_when_their_flow_runs_are_over(t
     exp = f"dead-shards-{uuid.uuid4().hex[:8]}"
     batch = tracking.start_batch_run(exp, "killed", {}, {})
     states = {"crashed": _State(name="Crashed", message="-9"), "running": _State(name="Running", message=None)}
-    runs = {key: start_shard_run(exp, batch, f"shard-{key}", {}, f"flow-{key}", str(tmp_path))
-            for key in ("crashed", "running", "gone")}
+    here, there = "http://127.0.0.1:9/api", "http://staging.example:4200/api"
+    runs = {}
+    for key, api in (("crashed", here), ("running", here), ("gone", here), ("elsewhere", there)):
+        monkeypatch.setenv("PREFECT_API_URL", api)  # as a worker of that server runs the shard
+        runs[key] = start_shard_run(exp, batch, f"shard-{key}", {}, f"flow-{key}", str(tmp_path))
 
     class Api:
         def read_flow_run(self, flow_run_id: str) -> SimpleNamespace:
@@ -160,9 +166,10 @@ def test_a_dead_batchs_shard_runs_are_ended_only_when_their_flow_runs_are_over(t
                 raise ObjectNotFound(http_exc=Exception("404"))
             return SimpleNamespace(id=flow_run_id, state=states[key])
 
-    assert sorted(end_dead_shard_runs(Api(), exp)) == sorted([runs["crashed"], runs["gone"]])
-    client = MlflowClient(mlflow_client.tracking_uri())
-    assert {k: client.get_run(r).info.status for k, r in runs.items()} == {"crashed": "KILLED", "running": "RUNNING",
-                                                                           "gone": "KILLED"}
-    states["running"] = _State(name="Completed", message=None)  # it ended without ending its run
-    assert end_dead_shard_runs(Api(), exp) == [runs["running"]]
+    with temporary_settings({PREFECT_API_URL: here}):
+        assert sorted(end_dead_shard_runs(Api(), exp)) == sorted([runs["crashed"], runs["gone"]])
+        client = MlflowClient(mlflow_client.tracking_uri())
+        assert {k: client.get_run(r).info.status for k, r in runs.items()} == {
+            "crashed": "KILLED", "running": "RUNNING", "gone": "KILLED", "elsewhere": "RUNNING"}
+        states["running"] = _State(name="Completed", message=None)  # it ended without ending its run
+        assert end_dead_shard_runs(Api(), exp) == [runs["running"]]

@@ -24,6 +24,7 @@ TAG_IMAGE_URI = "samseg.image_uri"
 TAG_CHECKPOINT_SHA256 = "samseg.checkpoint_sha256"
 TAG_FEATURES_SHA256 = "samseg.features_sha256"  # the weights the embeddings were pooled from (SAM's for `sam`)
 TAG_PREFECT_FLOW_RUN = "samseg.prefect_flow_run_id"
+TAG_PREFECT_API = "samseg.prefect_api"  # the Prefect API a shard run's flow run lives on (its id means nothing elsewhere)
 TAG_VERSION = "samseg.version"
 TAG_CACHE_PREFIX = "samseg.cache."  # + stage name: one of CACHE_STATUSES
 TAG_CLASSES = "samseg.classes"  # a batch run's dataset classes: "dataset" (clustered) or "assigned" (another run's)

@@ -23,7 +23,8 @@ from typing import Any, Optional
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import TrackingError
-from samseg.edges.run_schema import KIND_SHARD, TAG_HOST, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PID, TAG_PREFECT_FLOW_RUN
+from samseg.edges.run_schema import (KIND_SHARD, TAG_HOST, TAG_KIND, TAG_MLFLOW_PARENT, TAG_OUT_DIR, TAG_PID, TAG_PREFECT_API,
+                                     TAG_PREFECT_FLOW_RUN)
 
 SHARD_IMAGES_TABLE = "images.json"  # the shard run's table of its images (mlflow.load_table)
 TABLE_COLUMNS: tuple[str, ...] = ("name", "image", "status", "error", "out_dir", "n_masks", "n_clusters", "n_noise", "eps")
@@ -37,7 +38,8 @@ def start_shard_run(experiment: str, batch_run_id: str, run_name: str, params: d
     from samseg.edges.mlflow.tracking import _log_values, experiment_id
 
     tags = {TAG_KIND: KIND_SHARD, TAG_MLFLOW_PARENT: batch_run_id, TAG_PREFECT_FLOW_RUN: flow_run_id,
-            TAG_OUT_DIR: out, TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()}
+            TAG_OUT_DIR: out, TAG_HOST: socket.gethostname(), TAG_PID: os.getpid(),
+            TAG_PREFECT_API: os.environ.get("PREFECT_API_URL")}
     try:
         client = mlflow_client.client()
         run = client.create_run(experiment_id(client, experiment), run_name=run_name,
@@ -96,14 +98,16 @@ def end_runs_of_flow_run(batch_run_id: str, flow_run_id: str, status: str = "KIL
         pass  # the batch run's own end, or the next batch's orphan sweep, ends it
 
 
-def running_shard_runs(experiment: str) -> dict[str, str]:
-    """{MLflow run id: Prefect flow run id} of the experiment's shard runs still RUNNING."""
+def running_shard_runs(experiment: str) -> dict[str, tuple[str, Optional[str]]]:
+    """{MLflow run id: (Prefect flow run id, the Prefect API it lives on)} of the experiment's shard
+    runs still RUNNING."""
     from samseg.edges.mlflow.tracking import experiment_id
 
     client = mlflow_client.client()
     runs = client.search_runs([experiment_id(client, experiment)], f"tags.`{TAG_KIND}` = '{KIND_SHARD}' "
                               "and attributes.status = 'RUNNING'", max_results=1000)
-    return {r.info.run_id: r.data.tags[TAG_PREFECT_FLOW_RUN] for r in runs if r.data.tags.get(TAG_PREFECT_FLOW_RUN)}
+    return {r.info.run_id: (r.data.tags[TAG_PREFECT_FLOW_RUN], r.data.tags.get(TAG_PREFECT_API))
+            for r in runs if r.data.tags.get(TAG_PREFECT_FLOW_RUN)}
 
 
 def end_runs(run_ids: list[str], status: str = "KILLED") -> None:
