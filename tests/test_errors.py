@@ -71,3 +71,19 @@ def test_main_takes_the_exit_code_from_the_error(monkeypatch) -> None:
     monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
     rc, _, err = run_cli(["runs", "list"])
     assert rc == EXIT_USAGE and err.strip() == "error: out/batch_summary.json: yours,\\nnot samseg's"
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_an_error_line_not_a_quiet_141(monkeypatch) -> None:
+    """141 is for a reader of stdout that went away; an EPIPE from another pipe or a socket is a failure."""
+    from cli_run import run_cli
+
+    from samseg.apps import cli
+
+    def pipe_to_a_child(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    args = cli.build_parser().parse_args(["runs", "list"])
+    args.handler = pipe_to_a_child
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    rc, _, err = run_cli(["runs", "list"])
+    assert rc == EXIT_FAILED and err.strip() == "error: unexpected BrokenPipeError: [Errno 32] Broken pipe", err

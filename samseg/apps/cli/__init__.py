@@ -63,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             return _interrupted(args)
-        except BrokenPipeError:  # `samseg runs compare | head`: the reader has what it wanted
-            return _pipe_closed()
+        except BrokenPipeError as exc:  # `samseg runs compare | head`: the reader has what it wanted
+            if _stdout_gone():
+                return _pipe_closed()
+            print_error(f"unexpected BrokenPipeError: {exc}")  # another pipe or socket: not the reader's choice
+            return 1
         except Exception as exc:  # noqa: BLE001 — one line, traceback only with --verbose
             from samseg.core.errors import SamsegError, exit_code_of, one_line
 
@@ -87,6 +90,18 @@ def _interrupted(args: argparse.Namespace) -> int:
     hint = getattr(args, "stop_hint", None)
     print("interrupted" + (f" ({hint})" if hint else ""), file=sys.stderr)
     return shutdown.exit_code()
+
+
+def _stdout_gone() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll says POLLERR on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or a stdout without a file descriptor
+        return False
 
 
 def _pipe_closed() -> int:
