@@ -102,14 +102,8 @@ def ui_server(tmp_path_factory, photos, tiny_model, label_studio):
 
 
 def _samseg_ui_command() -> list[str]:
-    """`samseg ui` through the console script once samseg.apps.cli lists the ui module, else
-    the same handler through `python -m samseg.apps.cli.ui ui`."""
-    from samseg.apps import cli
-
-    script = Path(sys.executable).with_name("samseg")
-    if "samseg.apps.cli.ui" in getattr(cli, "COMMAND_MODULES", []) and script.is_file():
-        return [str(script), "ui"]
-    return [sys.executable, "-m", "samseg.apps.cli.ui", "ui"]
+    """`samseg ui`, as this interpreter runs the CLI (the console script of the same package)."""
+    return [sys.executable, "-m", "samseg.apps.cli", "ui"]
 
 
 def _wait_ok(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:

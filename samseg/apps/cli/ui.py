@@ -141,18 +141,6 @@ def run_ui(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m samseg.apps.cli.ui`) until samseg.apps.cli wires the subcommand."""
-    parser = argparse.ArgumentParser(prog="samseg")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _check_port_free(host: str, port: int) -> None:
     """UsageError when host:port cannot be bound (another server has it): said before the URL is
     printed, which would be the other server's. Bound as uvicorn binds it (SO_REUSEADDR)."""
