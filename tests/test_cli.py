@@ -443,3 +443,15 @@ def test_a_stop_says_what_it_left_only_where_that_is_true(capsys: pytest.Capture
     for argv, hint in ((["segment", "x.jpg", "--out", "o"], RESUMES), (["recluster", "abcd", "--out", "o"], RESUMES), (["ui"], None)):
         _interrupted(parser.parse_args(argv))
         assert capsys.readouterr().err == "interrupted" + (f" ({hint})" if hint else "") + "\n", argv
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreadable input folder (root reads every folder, so the listing is made to refuse)."""
+    import samseg.edges.storage as storage
+
+    def refuse(spec):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(storage, "list_images", refuse)
+    rc, _, err = run_cli(["segment", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "o")])
+    assert rc == 1 and err.strip() == f"error: {tmp_path}: cannot list it (Permission denied)", err

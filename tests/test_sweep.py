@@ -185,3 +185,13 @@ def test_a_per_image_batch_is_swept_as_its_recluster_clusters_it(monkeypatch: py
     assert [r["n_clusters"] for r in report["rows"]] == [2, 2] and report["n_masks"] == 24
     text = format_sweep({**report, "knees": [0.1, 0.3], "suggested_eps": 0.2, "n_images": 3})
     assert text.endswith("median eps = 0.2, 0.1–0.3, 2 of 3 images (--eps auto uses each image's own)"), text
+
+
+def test_a_run_whose_summary_has_no_config_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A summary.json written by something else: the sweep names the run, no KeyError escapes."""
+    import samseg.edges.mlflow.tracking as tracking
+    from samseg.engine.sweep import SweepError, sweep_run
+
+    monkeypatch.setattr(tracking, "run_embeddings", lambda run_id, tmp: ([np.zeros((3, 8), np.float32)], [{}]))
+    with pytest.raises(SweepError, match=f"run {'0' * 32}: its summary.json holds no samseg config"):
+        sweep_run("0" * 32)

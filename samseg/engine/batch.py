@@ -160,7 +160,13 @@ def list_sources(source: Source) -> list[str]:
     specs = [source] if isinstance(source, str) else list(source)
     uris: dict[str, None] = {}  # insertion-ordered set
     for spec in specs:
-        for uri in list_images(spec):
+        try:
+            found = list_images(spec)
+        except OSError as exc:  # a folder this user cannot read: one line naming it
+            from samseg.edges.images import ImageError
+
+            raise ImageError(str(spec), f"cannot list it ({exc.strerror or exc})") from None
+        for uri in found:
             uris.setdefault(uri if is_s3_uri(uri) else os.path.abspath(uri))
     return list(uris)
 

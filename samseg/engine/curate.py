@@ -63,7 +63,7 @@ def read_source(source: str, workdir: Path) -> tuple[Path, Optional[str]]:
 
 def _image_dir(d: Path) -> Path:
     """`d` when it is an image dir; a batch's OUT of per-image classes says which to give instead."""
-    from samseg.edges.image_dir import MASKS_JSON
+    from samseg.edges.layout import MASKS_JSON
     from samseg.edges.owned_files import BATCH_SUMMARY_JSON
 
     if (d / MASKS_JSON).is_file() or not (d / BATCH_SUMMARY_JSON).is_file():

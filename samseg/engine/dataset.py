@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from samseg.core.config import ClusterConfig
 from samseg.core.cosine_dbscan import Gram
-from samseg.edges.run_schema import KIND_IMAGE, TAG_KIND, TAG_OUT_DIR
+from samseg.edges.run_schema import KIND_IMAGE, KIND_RECLUSTER, TAG_KIND, TAG_OUT_DIR
 from samseg.engine.runner import Execute, inline
 from samseg.engine.stages import WRITE
 from samseg.core.errors import one_line
@@ -305,4 +305,5 @@ def _log(d: str, where: str, summary: dict[str, Any], experiment: str, batch_run
     # a recluster's image (samseg.engine.recluster.recluster_batch) keeps its kind and the run it re-tunes
     return log_image_run(Path(d), summary, experiment=experiment, nested_under=batch_run_id, run_name=run_name,
                          parent_run_id=summary.get("parent_run_id"),
-                         extra_tags={TAG_KIND: summary.get("kind") or KIND_IMAGE, TAG_OUT_DIR: where})
+                         extra_tags={TAG_KIND: summary.get("kind") or (KIND_RECLUSTER if summary.get("recluster") else KIND_IMAGE),
+                                     TAG_OUT_DIR: where})

@@ -10,10 +10,15 @@ from typing import Any, Optional
 import numpy as np
 
 from samseg.core.config import ClusterConfig
+from samseg.core.errors import SamsegError, one_line
 from samseg.core.sweep import eps_grid, eps_sweep, k_distances, suggest_eps
 from samseg.edges.run_schema import DATASET_MODES
 
 CURVE_POINTS = 400  # the k-distance curve as drawn: enough points for a chart
+
+
+class SweepError(SamsegError):
+    """A run whose records cannot be swept (one line naming the run)."""
 
 
 def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optional[str] = None) -> dict[str, Any]:
@@ -42,7 +47,10 @@ def sweep_run(run_id: str, eps_range: Optional[str] = None) -> dict[str, Any]:
     eps_grid(eps_range)  # a bad range is an error before any download
     with tempfile.TemporaryDirectory(prefix="samseg-sweep-") as tmp:
         embs, summaries = run_embeddings(run_id, tmp)
-    cfg = PipelineConfig.from_flat(summaries[0]["config"]).cluster
+    try:
+        cfg = PipelineConfig.from_flat(summaries[0]["config"]).cluster
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SweepError(f"run {run_id}: its summary.json holds no samseg config ({one_line(exc)})") from None
     if len(embs) > 1 and any(s.get("classes") not in DATASET_MODES for s in summaries):
         return {"run_id": run_id, "n_images": len(embs), **sweep_per_image(embs, cfg, eps_range)}
     found = [e.reshape(len(e), -1) for e in embs if len(e)]  # an image with no mask adds nothing

@@ -77,7 +77,9 @@ function initRunsPage() {
 // "1 class", "2 classes": samseg.apps.count's rule, so a page says what the CLI says.
 function count(n, noun) {
   const k = Number(n);
-  return `${n} ${k === 1 ? noun : noun + (/(s|sh|ch|x)$/.test(noun) ? "es" : "s")}`;
+  const plural = noun + (/(s|sh|ch|x)$/.test(noun) ? "es" : "s");
+  if (n === null || n === undefined || n === "" || !Number.isFinite(k)) return `? ${plural}`;  // a count not sent
+  return `${n} ${k === 1 ? noun : plural}`;
 }
 
 // ------------------------------------------------------------------- run page
