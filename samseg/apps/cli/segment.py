@@ -98,7 +98,8 @@ def run_segment(args: argparse.Namespace) -> int:
     uris = list_sources(list(args.inputs))  # a StorageError listing an s3:// prefix: main's one line, exit 1
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
-    if not any(is_s3(u) or os.path.exists(u) for u in uris):  # nothing to run: a mistyped path, a glob that matched none
+    # nothing to run: a mistyped path, a glob that matched none (workers of a deployment may see paths this host does not)
+    if fan_out != "deployment" and not any(is_s3(u) or os.path.exists(u) for u in uris):
         raise UsageError(f"not found: {' '.join(args.inputs)}")
     with stage_cache_root(args, shared=fan_out == "deployment") as cache:
         job = _job(args, cfg, out, cache)
