@@ -1,5 +1,6 @@
 """The config flags of `samseg segment`: one flag per field of the AMG / pool / cluster
-configs, and the PipelineConfig they build (preset, then --model/--precision, then flags)."""
+configs, the PipelineConfig they build (preset, then --model/--precision, then flags), and how a
+bad value is said: by its flag, in the config's words (flag_message, flag_errors)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,25 @@ def add_section_flags(group: Any, cls: type, defaults: Any) -> None:
             metavar=None if choices else _METAVARS.get(dest, types[f.name].__name__.upper()),
             help=f"{k.help + '; ' if k.help else ''}{dest} (default: {shown})",
         )
+
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}  # pydantic's bound errors, said as `samseg segment` says them
+
+
+def flag_errors(exc: Any) -> str:
+    """A pydantic ValidationError of the cluster flags as one line naming each flag, in the words
+    `samseg segment` uses for the same value: "--eps must be > 0"."""
+    def line(e: dict[str, Any]) -> str:
+        if not e.get("loc"):
+            return str(e["msg"])
+        flag, bound = flag_of(str(e["loc"][-1])), _BOUNDS.get(e.get("type", ""))
+        if bound is not None and bound[0] in (e.get("ctx") or {}):
+            value = e["ctx"][bound[0]]
+            return f"{flag} must be {bound[1]} {value:g}" if isinstance(value, (int, float)) else f"{flag} must be {bound[1]} {value}"
+        return f"{flag}: {e['msg']}"
+
+    return "; ".join(line(e) for e in exc.errors())
 
 
 def flag_of(field: str) -> str:

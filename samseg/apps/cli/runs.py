@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from samseg.apps.cli.config import add_section_flags
+from samseg.apps.cli.config import add_section_flags, flag_errors
 from samseg.core.config import DEFAULT, ClusterConfig
 
 from samseg.apps.cli.common import add_orchestrator_argument, experiment, orchestrator, print_error, quiet_prefect
@@ -86,7 +86,7 @@ def run_recluster(args: argparse.Namespace) -> int:
     try:
         cluster = recluster_cluster_params(params, args)
     except ValidationError as exc:
-        raise UsageError(_flag_errors(exc)) from None
+        raise UsageError(flag_errors(exc)) from None
     with stage_cache_root(args) as cache:
         try:
             res = _recluster(args, how, cluster, cache)
@@ -106,25 +106,6 @@ def run_recluster(args: argparse.Namespace) -> int:
     return 0
 
 
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
-           "less_than_equal": ("le", "<=")}  # pydantic's bound errors, said as `samseg segment` says them
-
-
-def _flag_errors(exc: Any) -> str:
-    """A pydantic ValidationError of the cluster flags as one line naming each flag, in the words
-    `samseg segment` uses for the same value: "--eps must be > 0"."""
-    from samseg.apps.cli.config import flag_of
-
-    def line(e: dict[str, Any]) -> str:
-        if not e.get("loc"):
-            return str(e["msg"])
-        flag, bound = flag_of(str(e["loc"][-1])), _BOUNDS.get(e.get("type", ""))
-        if bound is not None and bound[0] in (e.get("ctx") or {}):
-            value = e["ctx"][bound[0]]
-            return f"{flag} must be {bound[1]} {value:g}" if isinstance(value, (int, float)) else f"{flag} must be {bound[1]} {value}"
-        return f"{flag}: {e['msg']}"
-
-    return "; ".join(line(e) for e in exc.errors())
 
 
 def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_params: dict[str, str]) -> int:
@@ -148,7 +129,7 @@ def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_par
         recluster_cluster_params({}, args)  # a bad flag is a usage error before any image
         cluster = dataclasses.asdict(recluster_cluster_params(batch_params, args).to_config())
     except ValidationError as exc:
-        raise UsageError(_flag_errors(exc)) from None
+        raise UsageError(flag_errors(exc)) from None
     params = {**{k: v for k, v in batch_params.items() if k != "n_images"}, **{f"cluster.{k}": v for k, v in cluster.items()}}
     tracking = Tracking(track=not args.no_track, experiment=experiment(args))
     with stage_cache_root(args) as cache:
