@@ -109,7 +109,7 @@ def test_named_classes_reach_the_summary_masks_json_an_export_and_mlflow(tmp_pat
     assert list(table["best"]) == [c["best"] for c in naming["classes"]]
     params = mlflow.get_run(run_id).data.params
     assert params["names.vocabulary"] == "road,sky,grass,bear,water" and params["names.namer"] == "tiny-random"
-    from samseg.edges.mlflow.tracking import compare_runs
+    from samseg.edges.mlflow.compare import compare_runs
 
     shown = " ".join(f"{c}:{n}" for c, n in named.items()) or "-"
     assert list(compare_runs([run_id])["class_names"]) == [shown]  # what `samseg runs compare` prints

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from samseg.edges.mlflow import client as mlflow_client, tracking
+from samseg.edges.mlflow import client as mlflow_client, compare, tracking
 from samseg.core.config import SMOKE
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.mlflow.client import TrackingError
@@ -188,20 +188,20 @@ def test_compare_runs_shows_only_differing_params(mlflow_env: str, tmp_path: Pat
     for i, eps in enumerate((0.06, 0.1)):
         s = _summary(eps)
         ids.append(tracking.log_image_run(_out_dir(tmp_path / str(i), s), s, experiment=exp, run_name=f"eps{eps}"))
-    df = tracking.compare_runs(ids, None)
+    df = compare.compare_runs(ids, None)
     assert list(df["run_id"]) == ids and list(df["run_name"]) == ["eps0.06", "eps0.1"]
     assert "cluster.eps" in df.columns and list(df["cluster.eps"]) == ["0.06", "0.1"]
     assert "amg.points_per_side" not in df.columns and "model_type" not in df.columns
     assert {"n_masks", "n_clusters", "seconds.amg", "cache_hits"} <= set(df.columns)
-    by_exp = tracking.compare_runs(None, exp)
+    by_exp = compare.compare_runs(None, exp)
     assert sorted(by_exp["run_id"]) == sorted(ids)
-    text = tracking.format_compare(df)
+    text = compare.format_compare(df)
     assert ids[0][:8] in text and "cluster.eps" in text and {"status", "started"} <= set(df.columns)
     assert max(len(line) for line in text.splitlines()) <= 120
-    single = tracking.compare_runs(ids[:1], None)
+    single = compare.compare_runs(ids[:1], None)
     assert "amg.points_per_side" in single.columns  # one run: nothing to diff, show all
     with pytest.raises(TrackingError, match="no experiment"):
-        tracking.compare_runs(None, "no-such-experiment-" + uuid.uuid4().hex)
+        compare.compare_runs(None, "no-such-experiment-" + uuid.uuid4().hex)
 
 
 @pytest.mark.integration
@@ -304,7 +304,7 @@ def _wide(n_runs: int) -> "Any":
 
 @pytest.mark.parametrize("n_runs", [2, 5, 12])
 def test_runs_compare_fits_120_columns_and_keeps_what_matters(n_runs: int) -> None:
-    text = tracking.format_compare(_wide(n_runs))
+    text = compare.format_compare(_wide(n_runs))
     assert max(len(line) for line in text.splitlines()) <= 120
     assert "n_clusters" in text and "cluster.eps" in text and "FINISHED" in text and f"{n_runs - 1:08x}" in text
     if n_runs > 6:  # one line a run: the columns left out are counted, and --csv has them

@@ -27,7 +27,7 @@ def _inputs(tmp: Path, n: int = 2) -> Path:
 def test_a_features_size_of_1_4_million_px_is_a_usage_error(tmp_path: Path) -> None:
     rc, _, err = run_cli(["segment", str(_inputs(tmp_path)), "--out", str(tmp_path / "o"), "--features", "tiny-random",
                           "--features-size", "1400000", *TINY])
-    assert rc == 2 and "features.input_size" in err.strip().splitlines()[-1] and "unexpected" not in err, err
+    assert rc == 2 and "--features-size must be <=" in err.strip().splitlines()[-1] and "unexpected" not in err, err
     assert not (tmp_path / "o").exists()
 
 

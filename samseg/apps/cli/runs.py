@@ -229,7 +229,7 @@ def run_runs_list(args: argparse.Namespace) -> int:
 
 
 def run_runs_compare(args: argparse.Namespace) -> int:
-    from samseg.edges.mlflow.tracking import compare_runs, format_compare
+    from samseg.edges.mlflow.compare import compare_runs, format_compare
 
     df = compare_runs([run_ref(r) for r in args.run_ids] or None, args.experiment)  # TrackingError: main's line
     print(format_compare(df))

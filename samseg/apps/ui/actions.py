@@ -301,11 +301,11 @@ def save_class(store: RunStore, selections: list[dict[str, Any]], query: dict[st
 
 # ----------------------------------------------------------------- compare
 def compare(store: RunStore, run_ids: list[str]) -> dict[str, Any]:
-    """The table `samseg runs compare` prints (samseg.edges.mlflow.tracking.compare_runs) + each run's row.
+    """The table `samseg runs compare` prints (samseg.edges.mlflow.compare.compare_runs) + each run's row.
 
     Dataset runs compare like image runs: their params are the batch's settings and their
     metrics n_classes, n_noise, mean_class_coverage, class_coverage.<c>."""
-    from samseg.edges.mlflow.tracking import compare_runs
+    from samseg.edges.mlflow.compare import compare_runs
 
     if not 2 <= len(run_ids) <= MAX_COMPARE:
         raise ValueError(f"pick 2 to {MAX_COMPARE} runs to compare, got {len(run_ids)}")
