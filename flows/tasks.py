@@ -38,7 +38,9 @@ def _is_io_error(exc: BaseException) -> bool:
     from samseg.edges.mlflow.client import TrackingError
     from samseg.edges.storage import StorageError
 
-    return isinstance(exc, (StorageError, TrackingError, OSError, ConnectionError, TimeoutError)) and not _is_input_error(exc)
+    # the taxonomy says what a retry can help (samseg.core.errors): a run id of no run, access refused: never
+    return (isinstance(exc, (StorageError, TrackingError, OSError, ConnectionError, TimeoutError))
+            and not _is_input_error(exc) and getattr(exc, "retryable", True))
 
 
 def _is_input_error(exc: BaseException) -> bool:

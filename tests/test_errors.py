@@ -18,7 +18,7 @@ def _taxonomy() -> dict[str, type]:
     from samseg.edges.image_dir import OutputsError
     from samseg.edges.images import ImageError
     from samseg.edges.labelstudio import LabelStudioError
-    from samseg.edges.mlflow.client import TrackingError
+    from samseg.edges.mlflow.client import RunRefError, TrackingError
     from samseg.edges.owned_files import BatchIncomplete, FilesRefused
     from samseg.edges.storage import StorageError, StorageNotFound, StorageRefused
     from samseg.engine.curate import CurateError
@@ -27,12 +27,12 @@ def _taxonomy() -> dict[str, type]:
 
     return {c.__name__: c for c in (UsageError, ExportError, OutputsError, ImageError, LabelStudioError, TrackingError,
                                     BatchIncomplete, FilesRefused, StorageError, StorageNotFound, StorageRefused,
-                                    ReclusterError, CheckpointError, CurateError)}
+                                    ReclusterError, CheckpointError, CurateError, RunRefError)}
 
 
 @pytest.mark.parametrize("name, code, retry", [
     ("UsageError", EXIT_USAGE, False), ("FilesRefused", EXIT_USAGE, False),
-    ("TrackingError", EXIT_FAILED, True), ("StorageError", EXIT_FAILED, True),
+    ("TrackingError", EXIT_FAILED, True), ("RunRefError", EXIT_USAGE, False), ("StorageError", EXIT_FAILED, True),
     ("StorageNotFound", EXIT_FAILED, False), ("StorageRefused", EXIT_FAILED, False),
     ("CheckpointError", EXIT_FAILED, False), ("ImageError", EXIT_FAILED, False),
 ])

@@ -149,6 +149,12 @@ def test_shard_steps_retry_io_errors_as_their_tasks_do(monkeypatch: pytest.Monke
     with pytest.raises(ConnectionError):  # not an I/O step: once
         tasks.shard_execute("amg", flaky(5, ConnectionError("reset")))
     assert len(calls) == 1
+    calls.clear()
+    from samseg.edges.mlflow.client import RunRefError
+
+    with pytest.raises(RunRefError):  # an MLflow error no retry helps (the taxonomy says so): once
+        tasks.shard_execute("track", flaky(5, RunRefError("no MLflow run id starts with abcd")))
+    assert len(calls) == 1
 
 
 # ---------------------------------------------------------------- batch on S3 + MLflow, then re-tune

@@ -140,8 +140,8 @@ def test_a_prefix_works_wherever_an_id_does(store: dict, tmp_path: Path) -> None
     ("ffffffff", "no MLflow run id starts with ffffffff"),
 ])
 def test_a_prefix_that_names_no_single_run_is_one_line(store: dict, ref: str, message: str) -> None:
-    rc, out, err = run_cli(["sweep", ref])
-    assert rc == 1 and err.count("error:") == 1 and message in err and "Traceback" not in err
+    rc, out, err = run_cli(["sweep", ref])  # a mistyped id is a usage error, as a mistyped path is
+    assert rc == 2 and err.count("error:") == 1 and message in err and "Traceback" not in err
 
 
 def test_an_ambiguous_prefix_names_two_of_its_runs(monkeypatch) -> None:
@@ -289,7 +289,7 @@ def test_a_path_of_the_wrong_kind_says_what_to_give_instead(store: dict, tmp_pat
     rc, _, err = run_cli(["export", str(photo), "--format", "coco", "--out", str(tmp_path / "x")])
     assert rc == 1 and f"{photo}: a file, not a samseg output dir" in err and "Errno" not in err, err
     rc, _, err = run_cli(["export", str(tmp_path / "nothere"), "--format", "coco", "--out", str(tmp_path / "x")])
-    assert rc == 1 and "no such file or folder, and not an MLflow run id" in err, err
+    assert rc == 2 and "no such file or folder, and not an MLflow run id" in err, err
     rc, _, err = run_cli(["sweep", str(out / "r0")])
-    assert rc == 1 and "a file or folder, not an MLflow run id (this command takes run ids" in err, err
+    assert rc == 2 and "a file or folder, not an MLflow run id (this command takes run ids" in err, err
     assert not (tmp_path / "x").exists()

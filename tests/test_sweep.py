@@ -109,8 +109,8 @@ def test_segment_eps_auto_then_sweep_the_run(tmp_path: Path, monkeypatch: pytest
 
     assert len(pd.read_csv(tmp_path / "s.csv")) == 10
     assert run_cli(["sweep", run_id, "--eps-range", "x"])[0] == 2
-    rc, _, stderr = run_cli(["sweep", "0" * 32])
-    assert rc == 1 and stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1
+    rc, _, stderr = run_cli(["sweep", "0" * 32])  # no such run in this store: a usage error, one line
+    assert rc == 2 and stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1
 
 
 def test_a_degenerate_knee_is_no_suggestion_and_says_why() -> None:

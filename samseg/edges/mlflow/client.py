@@ -12,12 +12,20 @@ import os
 import threading
 from typing import Any, Callable, ContextManager, Iterator
 
-from samseg.core.errors import UnavailableError
+from samseg.core.errors import EXIT_USAGE, UnavailableError
 from samseg.core.secrets import scrub_secrets
 
 
 class TrackingError(UnavailableError):
     """An MLflow operation failed; one line naming the run/experiment."""
+
+
+class RunRefError(TrackingError):
+    """A run id the person gave that names no run of this store (mistyped, too short a prefix,
+    ambiguous, or of another store): a usage error, as a path that does not exist is."""
+
+    exit_code = EXIT_USAGE
+    retryable = False
 
 
 # ---------------------------------------------------------------- pure helpers

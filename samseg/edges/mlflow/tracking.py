@@ -34,7 +34,7 @@ from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_BATCH, KIND_IMAGE, KIND_RECLUSTER, KIND_SHARD, KINDS, SHARDED, SUMMARY_TAGS, TAG_CACHE_PREFIX,
                                      TAG_CLASS_NAMES, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
 from samseg.edges.mlflow import client as mlflow_client
-from samseg.edges.mlflow.client import TrackingError
+from samseg.edges.mlflow.client import RunRefError, TrackingError
 from samseg.edges.mlflow.conventions import log_lineage
 from samseg.edges.owned_files import BATCH_SUMMARY_JSON
 from samseg.edges.layout import EMBEDDINGS_NPY, LABELS_PNG, MASKS_JSON, MASKS_PARQUET, OVERLAY_PNG, SUMMARY_JSON
@@ -340,11 +340,12 @@ def _get_run(client: Any, run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     if not is_run_id(run_id):
-        raise TrackingError(f"{run_id!r}: {_not_a_run_id(run_id)}")
+        raise RunRefError(f"{run_id!r}: {_not_a_run_id(run_id)}")
     try:
         return client.get_run(run_id)
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow run {run_id}: not found at {mlflow_client.where()} ({mlflow_client.error_line(exc)})") from None
+    except MlflowException as exc:  # no such run here (a usage error), or a store that does not answer
+        error = RunRefError if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else TrackingError
+        raise error(f"MLflow run {run_id}: not found at {mlflow_client.where()} ({mlflow_client.error_line(exc)})") from None
 
 
 def batch_image_runs(client: Any, batch_run: Any) -> list[str]:
@@ -417,7 +418,7 @@ def resolve_run_id(ref: str, client: Any = None, where: Optional[str] = None) ->
     if len(ref) >= RUN_ID_CHARS or not re.fullmatch(r"[0-9a-f]+", ref):
         return ref
     if len(ref) < MIN_PREFIX:
-        raise TrackingError(f"{ref!r}: a run id prefix needs at least {MIN_PREFIX} characters")
+        raise RunRefError(f"{ref!r}: a run id prefix needs at least {MIN_PREFIX} characters")
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
@@ -429,10 +430,10 @@ def resolve_run_id(ref: str, client: Any = None, where: Optional[str] = None) ->
     except MlflowException as exc:
         raise TrackingError(f"MLflow {where}: search failed: {mlflow_client.error_line(exc)}") from None
     if not found:
-        raise TrackingError(f"no MLflow run id starts with {ref} {where}")
+        raise RunRefError(f"no MLflow run id starts with {ref} {where}")
     if len(found) > 1:
         ids = ", ".join(r.info.run_id for r in found[:2])
-        raise TrackingError(f"{ref} is ambiguous: it starts {ids}{' and more' if len(found) > 2 else ''}; "
+        raise RunRefError(f"{ref} is ambiguous: it starts {ids}{' and more' if len(found) > 2 else ''}; "
                             "give more characters")
     return found[0].info.run_id
 
