@@ -175,7 +175,7 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
         new_batch = start_batch_run(tracking.experiment, f"recluster-{time.strftime('%Y%m%d-%H%M%S')}",
                                     {**(params or {}), "n_images": len(images)}, tags)
     results: list[dict[str, Any]] = []
-    class_report = None
+    class_report, config = None, None  # config: a reclustered image's, for the batch's namer
     try:
         if dataset:  # a user's file where classes.json goes refuses the batch; OUT is incomplete until it agrees
             owned_files.begin_batch(out, top_level_files(True))
@@ -189,12 +189,14 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
                 res = recluster_job(cluster_for(rid), out, t, cache_root, run_id=rid, name=images[rid] or None,
                                     name_classes=not dataset)
                 results.append(image_entry(res["image"]["uri"], PurePosixPath(res["out_dir"]).name, res))
+                config = config or res.get("config")
             except Exception as exc:  # noqa: BLE001 — one image fails alone
                 what = f"image dir {rid}" if isinstance(rid, ImageDir) else f"MLflow run {rid}"
                 results.append(failed_entry(rid, images[rid] or rid, describe_failure(what, exc)))
         # 4. dataset classes: the images' masks together, at the new settings
         if dataset:
-            class_report = _refit(out, results, batch_cluster, new_batch, tracking, (params or {}).get("names.vocabulary"))
+            class_report = _refit(out, results, batch_cluster, new_batch, tracking, config,
+                                  (params or {}).get("names.vocabulary"))
     except BaseException as exc:  # a stop, a user's file in OUT: the new batch run ends, never RUNNING
         end_batch(new_batch, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
@@ -227,33 +229,18 @@ def _dataset_classes(batch_run_id: str) -> bool:
 
 
 def _refit(out: str, results: list[dict[str, Any]], cluster_cfg: Any, batch_run_id: Optional[str],
-           tracking: Any, vocabulary: Optional[str]) -> dict[str, Any]:
+           tracking: Any, config: Optional[dict[str, Any]], vocabulary: Optional[str]) -> dict[str, Any]:
     """Dataset classes for the reclustered images (samseg.engine.dataset.relabel_and_track), named
     once for the batch as the batch was: its `vocabulary` (its images' own is "none": a dataset
-    batch names its classes, not each image) with its images' namer settings."""
+    batch names its classes, not each image) with the namer settings of an image's `config`."""
     import dataclasses
 
     from samseg.engine.dataset import relabel_and_track
     from samseg.engine.naming import dataset_namer
 
-    done = [r for r in results if r["status"] == "completed"]
-    summary = _summary_of(done[0]) if done else None
     namer = None
-    if summary is not None and vocabulary:
-        names = PipelineConfig.from_flat(summary["config"]).names
+    if config is not None and vocabulary:
+        names = PipelineConfig.from_flat(config).names
         namer = dataset_namer(dataclasses.replace(names, vocabulary=vocabulary))
     return relabel_and_track(out, results, cluster_cfg, batch_run_id, None, tracking.track, tracking.experiment,
                              namer=namer)
-
-
-def _summary_of(entry: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """The summary.json an image entry's dir holds (None when it cannot be read)."""
-    import json
-
-    from samseg.edges.layout import SUMMARY_JSON
-    from samseg.edges.storage import StorageError, join_uri, read_bytes
-
-    try:
-        return json.loads(read_bytes(join_uri(str(entry["out_dir"]), SUMMARY_JSON)))
-    except (StorageError, OSError, ValueError, KeyError):
-        return None

@@ -106,8 +106,6 @@ def run_recluster(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_params: dict[str, str]) -> int:
     """A batch run's id: each of its images reclustered (the flags over each image's own
     settings), as one new batch run, in this process; its lines as `samseg segment` prints a batch's.
@@ -127,16 +125,17 @@ def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_par
 
     try:
         recluster_cluster_params({}, args)  # a bad flag is a usage error before any image
-        cluster = dataclasses.asdict(recluster_cluster_params(batch_params, args).to_config())
+        batch_cluster = recluster_cluster_params(batch_params, args).to_config()
     except ValidationError as exc:
         raise UsageError(flag_errors(exc)) from None
-    params = {**{k: v for k, v in batch_params.items() if k != "n_images"}, **{f"cluster.{k}": v for k, v in cluster.items()}}
+    params = {**{k: v for k, v in batch_params.items() if k != "n_images"},
+              **{f"cluster.{k}": v for k, v in dataclasses.asdict(batch_cluster).items()}}
     tracking = Tracking(track=not args.no_track, experiment=experiment(args))
     with stage_cache_root(args) as cache:
         # a batch run that cannot start, classes assigned from a table, a user's file where classes.json goes:
         # main's one line, with the taxonomy's exit code
         report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=params,
-                                 batch_cluster=recluster_cluster_params(batch_params, args).to_config())
+                                 batch_cluster=batch_cluster)
     return report_batch(report)
 
 
@@ -202,7 +201,7 @@ def run_runs_list(args: argparse.Namespace) -> int:
     import datetime
 
     from samseg.edges.mlflow.tracking import recent_runs
-    from samseg.edges.run_schema import TAG_KIND, TAG_PARENT_RUN, TAG_SOURCE
+    from samseg.edges.run_schema import KIND_BATCH, TAG_KIND, TAG_PARENT_RUN, TAG_SOURCE
     from samseg.engine.segment import shown_name
 
     runs = recent_runs(args.experiment, args.limit)  # a TrackingError is main's one line, exit 1
@@ -213,13 +212,13 @@ def run_runs_list(args: argparse.Namespace) -> int:
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         kind = tags.get(TAG_KIND, "?")
-        what = tags.get(TAG_SOURCE) if kind == "batch" else (run.info.run_name or "")
+        what = tags.get(TAG_SOURCE) if kind == KIND_BATCH else (run.info.run_name or "")
         started = datetime.datetime.fromtimestamp((run.info.start_time or 0) / 1000).strftime("%Y-%m-%d %H:%M")
         n = metrics.get("n_clusters", metrics.get("n_classes"))  # an image's classes, or a dataset batch's
         classes = f"{int(n)}" if n is not None else "-"
         features = params.get("features.name", "-")
         parent = tags.get(TAG_PARENT_RUN, "")
-        if kind == "batch" and parent:  # a batch's recluster or edit: the batch it re-tunes, as an id prefix one can type
+        if kind == KIND_BATCH and parent:  # a batch's recluster or edit: the batch it re-tunes, as an id prefix one can type
             what = f"{'recluster' if str(what).startswith('recluster of') else 'edit'} of {parent[:8]}"
         what = shown_name(str(what or ""))
         what = what if len(what) <= _WHAT_WIDTH else "…" + what[-(_WHAT_WIDTH - 1):]  # a path's end says the most

@@ -222,7 +222,7 @@ def log_image_run(
     out_dir = Path(out_dir)
     try:
         client = mlflow_client.client()
-        if parent_run_id and nested_under is None and _kind_of(client, parent_run_id) == "batch":
+        if parent_run_id and nested_under is None and _kind_of(client, parent_run_id) == KIND_BATCH:
             parent_run_id, nested_under = None, parent_run_id
         kind = str((extra_tags or {}).get(TAG_KIND) or (KIND_RECLUSTER if parent_run_id else KIND_IMAGE))
         if kind not in KINDS:
@@ -261,7 +261,7 @@ def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags
 
     try:
         client = mlflow_client.client()
-        all_tags = {TAG_KIND: "batch", **tags}
+        all_tags = {TAG_KIND: KIND_BATCH, **tags}
         clean = {k: scrub_secrets(str(v)) for k, v in all_tags.items() if v is not None}
         run = client.create_run(experiment_id(client, experiment), tags=clean, run_name=run_name)
         _log_values(client, run.info.run_id, params, {})
@@ -442,7 +442,7 @@ def images_of_batch(run_id: str) -> dict[str, str] | None:
     """{image run id: OUT/<name>} of batch run `run_id` (its own record), or None when it is not a batch run."""
     client = mlflow_client.client()
     run = _get_run(client, run_id)
-    if run.data.tags.get(TAG_KIND) != "batch":
+    if run.data.tags.get(TAG_KIND) != KIND_BATCH:
         return None
     return batch_images(client, run)
 
@@ -520,7 +520,7 @@ def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[A
     client = mlflow_client.client()
     run = _get_run(client, run_id)
     ids = [run_id]
-    if run.data.tags.get(TAG_KIND) == "batch":
+    if run.data.tags.get(TAG_KIND) == KIND_BATCH:
         ids = batch_image_runs(client, run)
         if not ids:
             raise TrackingError(f"MLflow batch run {run_id} has no image runs")
