@@ -27,6 +27,12 @@ def register_algorithm(name: str) -> Callable[[AlgorithmFn], AlgorithmFn]:
     return add
 
 
+def import_ahead() -> None:
+    """Import what every algorithm here needs (scikit-learn: ~0.8 s), for a command that has
+    time to spare before its first clustering (samseg recluster, while MLflow answers)."""
+    import sklearn.cluster  # noqa: F401
+
+
 @register_algorithm("dbscan")
 def _dbscan(x: np.ndarray, cfg: Any) -> np.ndarray:
     from sklearn.cluster import DBSCAN

@@ -120,9 +120,10 @@ def recluster_job(cluster_cfg: Any, out: str, tracking: Any, cache_root: str, *,
 def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig, ModelIdentity, dict[str, Any]]:
     """(parent summary, its config, its model, fallbacks reading its downloaded artifacts)."""
     from samseg.edges.image_dir import read_image_dir
+    from samseg.edges.layout import SUMMARY_JSON
     from samseg.edges.mlflow.tracking import fetch_run_inputs
 
-    parent = fetch_run_inputs(run_id, workdir)
+    parent = fetch_run_inputs(run_id, workdir, (SUMMARY_JSON,))  # the masks and embeddings: when the cache misses
     try:
         base = PipelineConfig.from_flat(parent["config"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -132,6 +133,7 @@ def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig
     def artifact(i: int) -> Callable[[], Any]:
         def load() -> Any:
             if not outputs:
+                fetch_run_inputs(run_id, workdir)
                 outputs["v"] = read_image_dir(workdir)  # masks, embeddings, labels
             return outputs["v"][i]
         return load

@@ -29,6 +29,7 @@ from samseg.apps.cli.common import UsageError, print_error
 from samseg.apps.cli.config import add_config_flags as _add_config_flags
 from samseg.apps.cli.config import add_tile_flags as _add_tile_flags
 from samseg.core.config import PRECISION_REQUESTS
+from samseg.edges.logs import setup_logging
 from samseg.sam.kernels import KERNELS
 log = logging.getLogger("samseg.apps.cli")
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help → 0, bad flag → 2
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    _setup_logging(getattr(args, "verbose", False))
+    setup_logging(getattr(args, "verbose", False))
     _line_buffered_stdout()
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:  # a command group without its action, or no command at all
@@ -184,39 +185,6 @@ def _version() -> str:
     from samseg import __version__
 
     return __version__
-
-
-class _ScrubSecrets(logging.Filter):
-    """No credential in any log line: with -v botocore logs signed headers at DEBUG."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from samseg.core.secrets import scrub_secrets
-
-        try:
-            text = record.getMessage()
-        except Exception:  # noqa: BLE001 — a malformed record is logging's own problem
-            return True
-        clean = scrub_secrets(text)
-        if clean != text:
-            record.msg, record.args = clean, None
-        return True
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _ScrubSecrets) for f in handler.filters):
-            handler.addFilter(_ScrubSecrets())
-    if not verbose:
-        # MLflow logs a store's database errors at ERROR with ~80 lines of SQLAlchemy traceback
-        # before raising them, and urllib3 a warning per retry of a dead server; samseg reports
-        # the error raised at the end in its own one line.
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -403,7 +371,9 @@ def run() -> None:
     """The `samseg` command (and `python -m samseg.apps.cli`): main(), then an exit that a
     thread still blocked on a frozen peer cannot hold after Ctrl-C / SIGTERM."""
     from samseg.edges import shutdown
+    from samseg.edges.mlflow import process
 
+    process.allow()  # this process is the command: its MLflow calls may run in a process of their own
     shutdown.exit_process(main())
 
 

@@ -68,6 +68,19 @@ def recluster_cluster_params(run_params: dict[str, str], args: argparse.Namespac
 
 
 def run_recluster(args: argparse.Namespace) -> int:
+    import threading
+
+    from samseg.core.algorithms import import_ahead
+    from samseg.edges.mlflow.process import started
+
+    # mlflow imports in its own process; meanwhile this one imports scikit-learn, then waits for
+    # MLflow's answers (the run's inputs), clusters and writes
+    with started():
+        threading.Thread(target=import_ahead, name="samseg-import-ahead").start()
+        return _run_recluster(args)
+
+
+def _run_recluster(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from samseg.apps.cli.common import UsageError

@@ -73,6 +73,14 @@ def run_segment(args: argparse.Namespace) -> int:
 
     Exit 0 = all images done, 1 = some failed (one error line each), 2 = usage error.
     """
+    from samseg.edges.mlflow.process import started
+
+    # mlflow imports in its own process while this one computes (a run to log, a table to read)
+    with started(needed=not getattr(args, "no_track", False) or bool(getattr(args, "classes_from", None))):
+        return _run_segment(args)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
     from samseg.apps.cli.common import UsageError
     from samseg.apps.cli.config import config_from_args
     from samseg.edges.images import max_pixels_from_env

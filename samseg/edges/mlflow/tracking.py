@@ -15,7 +15,9 @@ Run layout (see `log_image_run`):
 - artifacts: labels.png, overlay.png, classes/, masks.json, masks.parquet, summary.json,
   embeddings.npy (so a recluster on another machine can run from the run alone)
 
-Every param/tag value goes through `scrub_secrets` first. mlflow is imported lazily.
+Every param/tag value goes through `scrub_secrets` first. mlflow is imported lazily, and the
+functions a short command calls run in samseg's MLflow process when the command started one
+(`@in_mlflow_process`, samseg.edges.mlflow.process): they take and return plain values.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_BATCH, KIND_IMAGE,
 from samseg.edges.mlflow import client as mlflow_client
 from samseg.edges.mlflow.client import RunRefError, TrackingError
 from samseg.edges.mlflow.conventions import log_lineage
+from samseg.edges.mlflow.process import in_mlflow_process
 from samseg.edges.owned_files import BATCH_SUMMARY_JSON
 from samseg.edges.layout import EMBEDDINGS_NPY, LABELS_PNG, MASKS_JSON, MASKS_PARQUET, OVERLAY_PNG, SUMMARY_JSON
 
@@ -199,6 +202,7 @@ def _log_class_names(client: Any, run_id: str, summary: dict[str, Any]) -> None:
     client.set_tag(run_id, TAG_CLASS_NAMES, scrub_secrets(named)[:MAX_TAG_VAL_LENGTH] or "-")
 
 
+@in_mlflow_process
 def log_image_run(
     out_dir: Path,
     summary: dict[str, Any],
@@ -255,6 +259,7 @@ def log_image_run(
     return run_id
 
 
+@in_mlflow_process
 def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
     """Start (and leave RUNNING) a batch parent run; image runs pass its id as `nested_under`."""
     from mlflow.exceptions import MlflowException
@@ -273,6 +278,7 @@ def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags
 BATCH_METRICS: tuple[str, ...] = ("succeeded", "failed", "retried", "untracked")  # a batch run's totals, from its report
 
 
+@in_mlflow_process
 def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None = None) -> None:
     """Terminate a run started by `start_batch_run` (FINISHED, FAILED or KILLED). record: the
     batch's report, logged first as its batch_summary.json: the list of its image runs that
@@ -409,6 +415,7 @@ RUN_ID_CHARS = 32  # an MLflow run id: 32 lower-case hex characters
 MIN_PREFIX = 4  # a shorter prefix is refused: it names too many runs to mean one
 
 
+@in_mlflow_process
 def resolve_run_id(ref: str, client: Any = None, where: Optional[str] = None) -> str:
     """The full run id of `ref`: a whole id as it is, or a unique prefix of one (as git takes a
     commit's; the UI shows 8 characters), looked up over every experiment of `client`'s store
@@ -438,6 +445,7 @@ def resolve_run_id(ref: str, client: Any = None, where: Optional[str] = None) ->
     return found[0].info.run_id
 
 
+@in_mlflow_process
 def images_of_batch(run_id: str) -> dict[str, str] | None:
     """{image run id: OUT/<name>} of batch run `run_id` (its own record), or None when it is not a batch run."""
     client = mlflow_client.client()
@@ -452,6 +460,7 @@ def get_run(run_id: str) -> Any:
     return _get_run(mlflow_client.client(), run_id)
 
 
+@in_mlflow_process
 def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
                      names: tuple[str, ...] = RECLUSTER_INPUTS) -> dict[str, Any]:
     """Download `names` (default: summary.json, masks.json and embeddings.npy, what a
@@ -502,6 +511,7 @@ def _fetch_dir_inputs(image_dir: str, dst: Path, names: tuple[str, ...]) -> dict
         raise TrackingError(f"{image_dir}: summary.json is unreadable ({exc})") from None
 
 
+@in_mlflow_process
 def image_params(ref: str) -> dict[str, str]:
     """An image's MLflow params: its run's, or for a sharded batch's image dir the params its
     run would have had (run_params of its summary.json)."""

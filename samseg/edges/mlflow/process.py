@@ -1,0 +1,163 @@
+"""MLflow in a process of its own while a short command works.
+
+`import mlflow` and opening its SQLite store take about 2 s on a 2-core machine: more than a
+warm rerun's whole work (read the cache, cluster, compose, write). The `samseg` command starts
+this process first (`started()`); the child imports mlflow and opens the store while the
+command computes, on the other core, and the tracking functions marked `@in_mlflow_process`
+run there. Their arguments and results are plain values (ids, dicts, paths), so the command's
+own process never imports mlflow. Every call waits for its answer: nothing is logged later
+than it would have been, and an error is raised where the call was made, as it was.
+
+Only the command line's own process starts one (`allow()`, from samseg.apps.cli.run): a program
+that calls samseg from Python (a notebook, the UI, a Prefect worker, an in-process test) keeps
+its calls where they are, in a process that imports mlflow once for its whole life.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_allowed = False
+_child: Optional["_Child"] = None
+
+
+def allow() -> None:
+    """This process is the samseg command itself: `started()` may start the child."""
+    global _allowed
+    _allowed = True
+
+
+def in_mlflow_process(fn: F) -> F:
+    """`fn` runs in the child while one is started (and as it is otherwise). `fn` must be a
+    module-level function whose arguments and result pickle without mlflow's classes."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        child = _child
+        if child is None:
+            return fn(*args, **kwargs)
+        return child.call(fn.__module__, fn.__name__, args, kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def started(needed: bool = True) -> Iterator[None]:
+    """Around a command that will talk to MLflow (`needed`): the child, started now, ended
+    (killed: each call is whole when it returns, so nothing is pending) when the command ends."""
+    global _child
+    if not (needed and _allowed) or _child is not None:
+        yield
+        return
+    _child = _Child()
+    try:
+        yield
+    finally:
+        child, _child = _child, None
+        child.kill()
+
+
+class _Child:
+    """The child process and the pipe to it; one call at a time (the publish thread and the
+    main thread share it)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        # spawn, not fork: the command's threads (BLAS, the publish thread) are not copied
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, theirs = ctx.Pipe()
+        from samseg.edges.logs import verbose
+
+        self._proc = ctx.Process(target=_serve, args=(theirs, verbose()), name="samseg-mlflow", daemon=True)
+        self._proc.start()
+        theirs.close()
+        self._lock = threading.Lock()
+        self._broken: Optional[str] = None
+
+    def call(self, module: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from samseg.edges.mlflow.client import TrackingError
+
+        with self._lock:
+            if self._broken:
+                raise TrackingError(self._broken)
+            try:
+                self._conn.send((module, name, args, kwargs))
+                ok, value = self._conn.recv()
+            except (EOFError, OSError):
+                self._proc.join(1.0)  # its pipe closes as it dies: its exit code follows
+                self._broken = f"samseg's MLflow process ended (exit code {self._proc.exitcode})"
+                raise TrackingError(self._broken) from None
+            except BaseException:  # a stop between the request and its answer: the answer is nobody's now
+                self._broken = "a stop interrupted a call to samseg's MLflow process"
+                raise
+        if ok:
+            return value
+        raise value
+
+    def kill(self) -> None:
+        self._proc.kill()
+        self._proc.join()
+        self._conn.close()
+
+
+def _serve(conn: Any, verbose: bool) -> None:
+    """The child: import mlflow and open the store, then answer calls until the pipe closes.
+    A stop (Ctrl-C, SIGTERM to the process group) is the command's to handle: it gives a call
+    in flight its grace time, then kills this process."""
+    import importlib
+    import signal
+    import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from samseg.edges.logs import setup_logging
+
+    setup_logging(verbose)  # as the command logs
+    _warm()
+    while True:
+        try:
+            module, name, args, kwargs = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = (True, getattr(importlib.import_module(module), name).__wrapped__(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 — every error is the caller's, raised where it called
+            exc.add_note(f"in samseg's MLflow process:\n{traceback.format_exc()}")
+            reply = (False, exc)
+        try:
+            conn.send_bytes(_pickled(reply))
+        except (OSError, ValueError):  # the command is gone
+            return
+
+
+def _pickled(reply: tuple[bool, Any]) -> bytes:
+    """The reply as the command's `recv` reads it; a value or an error that does not come back
+    whole from pickling (an exception with a constructor of its own) comes back as one
+    TrackingError line."""
+    import pickle
+
+    try:
+        data = pickle.dumps(reply)
+        pickle.loads(data)
+        return data
+    except Exception as exc:  # noqa: BLE001
+        from samseg.core.errors import one_line
+        from samseg.edges.mlflow.client import TrackingError
+
+        what = reply[1] if not reply[0] else exc
+        return pickle.dumps((False, TrackingError(f"{type(what).__name__}: {one_line(what)}")))
+
+
+def _warm() -> None:
+    """What the first call would wait for: mlflow's import and the store's opening (a SQLite
+    store is created or migrated here). A store that fails to open fails the first call instead."""
+    from samseg.edges.mlflow import client
+
+    with contextlib.suppress(Exception):
+        client.client()

@@ -1,0 +1,148 @@
+"""samseg's MLflow process (samseg.edges.mlflow.process): the command's MLflow calls run in a
+child that imports mlflow while the command computes. Real processes: the command as
+`samseg.apps.cli.run` starts it, a real SQLite store."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from samseg.edges.mlflow.client import TrackingError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "-q"]
+# samseg.apps.cli.run's own steps, and then whether the command's process imported mlflow
+COMMAND = """
+import sys
+from samseg.edges.mlflow import process
+process.allow()
+from samseg.apps.cli import main
+rc = main(sys.argv[1:])
+print("mlflow in the command's process:", "mlflow" in sys.modules)
+sys.exit(rc)
+"""
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "SAMSEG_HOME": str(tmp_path / "home")}
+
+
+def _command(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", COMMAND, *argv], cwd=REPO, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_tracked_segment_and_recluster_log_everything_without_importing_mlflow_in_the_command(photos, tmp_path):
+    from mlflow import MlflowClient
+
+    image, out, cache = photos / "building.jpg", tmp_path / "out", tmp_path / "cache"
+    first = _command(tmp_path, "segment", str(image), "--out", str(out), "--cache", str(cache), *TINY)
+    assert first.returncode == 0, first.stderr
+    assert "mlflow in the command's process: False" in first.stdout
+    client = MlflowClient(tracking_uri=_env(tmp_path)["MLFLOW_TRACKING_URI"])
+    [seg] = client.search_runs([client.get_experiment_by_name("samseg").experiment_id])
+    again = _command(tmp_path, "recluster", seg.info.run_id[:8], "--eps", "0.2", "--out", str(tmp_path / "re"),
+                     "--cache", str(cache))
+    assert again.returncode == 0, again.stderr
+    assert "mlflow in the command's process: False" in again.stdout
+    runs = client.search_runs([seg.info.experiment_id], order_by=["attributes.start_time DESC"])
+    new = runs[0]
+    assert new.info.run_id != seg.info.run_id and new.info.status == "FINISHED"
+    assert new.data.params["cluster.eps"] == "0.2" and new.data.tags["samseg.parent_run_id"] == seg.info.run_id
+    logged = {f.path for f in client.list_artifacts(new.info.run_id)}
+    assert {"summary.json", "labels.png", "masks.json", "embeddings.npy"} <= logged
+
+
+def test_an_error_raised_in_mlflows_process_keeps_its_type_and_exit_code(tmp_path):
+    """A prefix of no run: RunRefError from the child, a usage error (2) in one line, as in-process."""
+    res = _command(tmp_path, "recluster", "abcd1234", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2, res.stderr
+    assert "no MLflow run id starts with abcd1234" in res.stderr and "Traceback" not in res.stderr
+
+
+CHILD = """
+import sys
+from samseg.edges.mlflow import process, tracking
+process.allow()
+with process.started():
+    try:
+        tracking.resolve_run_id("abc")  # too short a prefix: refused in the child
+    except Exception as exc:
+        print(type(exc).__name__, "|", " ".join(getattr(exc, "__notes__", [""])).splitlines()[0])
+    process._child._proc.kill()  # the child dies (OOM killer, a crash)
+    try:
+        tracking.image_params("0" * 32)
+    except Exception as exc:
+        print(type(exc).__name__, "|", exc)
+"""
+
+
+def test_a_dead_mlflow_process_is_one_tracking_error_and_an_error_carries_where_it_was_raised(tmp_path):
+    res = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    short, dead = res.stdout.splitlines()
+    assert short == "RunRefError | in samseg's MLflow process:"
+    assert dead.startswith("TrackingError | samseg's MLflow process ended (exit code -9)")
+
+
+class _OwnConstructor(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code}: {text}")
+
+
+def test_an_error_that_does_not_survive_pickling_comes_back_as_its_one_line():
+    from samseg.edges.mlflow.process import _pickled
+
+    ok, exc = pickle.loads(_pickled((False, _OwnConstructor(7, "store locked"))))
+    assert not ok and isinstance(exc, TrackingError) and str(exc) == "_OwnConstructor: 7: store locked"
+    assert pickle.loads(_pickled((True, {"run": "abc"}))) == (True, {"run": "abc"})
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (a zombie has ended: whoever reaps it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == pgid:
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_or_killed_tracked_command_leaves_no_mlflow_process_behind(photos, tmp_path, sig):
+    """The child ignores SIGTERM/Ctrl-C (the command gives a call in flight its grace time): a
+    stopped command kills it, and a killed command's child ends when its pipe closes."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "samseg.apps.cli", "segment", str(photos), "--out", str(out),
+                             "--cache", str(tmp_path / "c"), *TINY], cwd=REPO, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_group(proc.pid)) < 2 and proc.poll() is None:  # the command and its MLflow process
+            assert time.monotonic() < deadline, "no MLflow process started"
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, sig) if sig == signal.SIGTERM else os.kill(proc.pid, sig)
+        _stdout, stderr = proc.communicate(timeout=60)  # a hang detector, not a speed target
+        deadline = time.monotonic() + 60
+        while _group(proc.pid):
+            assert time.monotonic() < deadline, f"left behind: {_group(proc.pid)}"
+            time.sleep(0.1)
+    finally:
+        for pid in _group(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, stderr
+        assert "Traceback" not in stderr
