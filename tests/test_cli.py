@@ -163,6 +163,8 @@ def test_unexpected_error_is_one_line_and_batch_continues(quick: Path, monkeypat
         (["--metric", "hamming"], "--metric"),
         (["--algorithm", "kmeans"], "invalid choice"),
         (["--eps", "lots"], "--eps: 'lots' is not a number or auto"),
+        (["--eps", "5"], "--eps must be <= 2 with the cosine metric"),  # cosine distances are at most 2
+        (["--eps", "5", "--metric", "euclidean"], "no images found"),  # no such bound in euclidean: the empty folder is next
         (["--no-such-flag"], "unrecognized argument --no-such-flag"),
     ],
 )

@@ -277,6 +277,8 @@ def test_a_per_image_batch_id_where_one_image_or_dataset_classes_are_needed_says
     assert rc == 1 and "no usable classes.json: it is a batch of per-image classes, not a dataset batch" in err, err
     rc, _, err = run_cli(["recluster", store["images"][0][:8], "--eps", "-1", "--out", str(tmp_path / "x")])
     assert rc == 2 and err.strip().endswith("--eps must be > 0"), err  # the flag, named, in segment's words
+    rc, _, err = run_cli(["recluster", store["images"][0][:8], "--eps", "3", "--out", str(tmp_path / "x")])
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("samseg recluster: error: --eps must be <= 2 with the cosine"), err
 
 
 def test_a_path_of_the_wrong_kind_says_what_to_give_instead(store: dict, tmp_path: Path) -> None:

@@ -226,6 +226,16 @@ class ClusterConfig(ConfigSection):
     # fallback when there is no knee (fewer masks than min_samples, a straight curve).
     eps_auto: bool = knob(False, "eps from the knee of the k-distance curve (eps = fallback)")
 
+    def check(self) -> None:
+        # a cosine distance is 1 − cos, at most 2: a larger radius reaches every mask, as 2 does
+        for name in ("eps", "distance_threshold"):
+            _check(self.metric != "cosine" or getattr(self, name) <= COSINE_MAX,
+                   f"cluster.{name} must be <= {COSINE_MAX:g} with the cosine metric (cosine distances are at most "
+                   f"{COSINE_MAX:g}: a larger value puts every mask in one class, as {COSINE_MAX:g} does)")
+
+
+COSINE_MAX = 2.0
+
 
 # `--tile auto` tiles an image whose long side is over this many tile sides: SAM would see
 # it at under half its resolution (a 2048-px side at 1024 px), so a 16-px patch covers 32+ pixels.

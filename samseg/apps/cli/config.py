@@ -93,9 +93,12 @@ _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "les
 def flag_errors(exc: Any) -> str:
     """A pydantic ValidationError of the cluster flags as one line naming each flag, in the words
     `samseg segment` uses for the same value: "--eps must be > 0"."""
+    import re
+
     def line(e: dict[str, Any]) -> str:
-        if not e.get("loc"):
-            return str(e["msg"])
+        if not e.get("loc"):  # the config's own check ("cluster.eps must be ..."), not pydantic's "Value error, ..."
+            said = str((e.get("ctx") or {}).get("error") or e["msg"])
+            return re.sub(r"^[a-z]+\.([a-z_]+)\b", lambda m: flag_of(m.group(1)), said)
         flag, bound = flag_of(str(e["loc"][-1])), _BOUNDS.get(e.get("type", ""))
         if bound is not None and bound[0] in (e.get("ctx") or {}):
             value = e["ctx"][bound[0]]
