@@ -7,8 +7,11 @@ Paths (every one a fresh process except the preview):
   A        the original pipeline (benchmarks/original.py) on the same weights and image
   cold     `samseg segment` on an empty stage cache (fp32; plus `--precision auto` when asked)
   rerun    `samseg segment` again with a new eps, warm cache, --no-track
-  tracked  the same, logging to MLflow (a local SQLite store; the second such command, the
-           first one also creates the store's tables: tracked_first_s)
+  tracked  the same, logging to MLflow (a local SQLite store; the first tracked command also
+           creates the store's tables: tracked_first_s, apart)
+  recluster_tracked / recluster
+           `samseg recluster <8-character run id> --eps …`, tracked / --no-track
+           (rerun, tracked and the reclusters alternate, --repeats times: medians + each_s)
   preview  the UI's live preview of a new eps on the cold run's outputs (in-process, p50)
 Configuration as in issue 12: seeded random weights, IoU/stability filters open, no crops.
 Random weights make meaningless masks: the timings, not the segmentations, are the point.
@@ -87,7 +90,31 @@ def _preview_p50(out_dir: Path, repeats: int = 15) -> float:
     return float(np.median(times))
 
 
-def run(model: str, ckpt: Path, side: int, points: int, precision_auto: bool) -> dict[str, Any]:
+def _reruns(seg: list[str], t: Path, env: dict[str, str], repeats: int) -> dict[str, Any]:
+    """A new eps four ways, alternated `repeats` times so that load on the machine falls on all
+    alike: `samseg segment` again untracked (rerun) and tracked, and `samseg recluster` of the
+    first tracked run (by its 8-character prefix, as the UI shows it) tracked and untracked.
+    Each path's median, and every time."""
+    import statistics
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    [first] = client.search_runs([client.get_experiment_by_name("samseg").experiment_id], max_results=1)
+    prefix = first.info.run_id[:8]
+    cache = ["--cache", str(t / "c")]
+    times: dict[str, list[float]] = {"rerun": [], "tracked": [], "recluster_tracked": [], "recluster": []}
+    for i in range(repeats):
+        eps = f"{0.2 + 0.01 * i:.2f}"
+        times["rerun"].append(_timed([*seg, "--out", str(t / "o"), *cache, "--no-track", "--eps", eps], env)[0])
+        times["tracked"].append(_timed([*seg, "--out", str(t / "o2"), *cache, "--eps", eps], env)[0])
+        recluster = [sys.executable, "-m", "samseg.apps.cli", "recluster", prefix, "--eps", eps, *cache]
+        times["recluster_tracked"].append(_timed([*recluster, "--out", str(t / "r")], env)[0])
+        times["recluster"].append(_timed([*recluster, "--out", str(t / "r2"), "--no-track"], env)[0])
+    return {**{f"{k}_s": statistics.median(v) for k, v in times.items()}, "each_s": times}
+
+
+def run(model: str, ckpt: Path, side: int, points: int, precision_auto: bool, repeats: int = 3) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="samseg-bench-cmd-") as tmp:
         t = Path(tmp)
         img = _image(t / "bench.png", side)
@@ -95,21 +122,21 @@ def run(model: str, ckpt: Path, side: int, points: int, precision_auto: bool) ->
         env.update(PYTHONPATH=str(REPO), SAMSEG_HOME=str(t / "home"), MLFLOW_TRACKING_URI=f"sqlite:///{t / 'mlflow.db'}")
         seg = [sys.executable, "-m", "samseg.apps.cli", "segment", str(img), "--model", model, "--checkpoint", str(ckpt),
                "--points-per-side", str(points), "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
-               "--crop-n-layers", "0", "--device", "cpu", "-q", "--features", "sam"]  # like for like with A
+               "--crop-n-layers", "0", "--device", "cpu", "-q", "--features", "sam", "--names", "none"]  # like for like with A
         res: dict[str, Any] = {"model": model, "image_side": side, "points_per_side": points}
         res["A_original_s"], res["A_out"] = _timed([sys.executable, "-c", ORIGINAL, model, str(ckpt), str(img), str(points)], env)
         res["cold_s"], res["cold_out"] = _timed([*seg, "--out", str(t / "o"), "--cache", str(t / "c"), "--no-track"], env)
-        res["rerun_s"], res["rerun_out"] = _timed([*seg, "--out", str(t / "o"), "--cache", str(t / "c"), "--no-track",
-                                                   "--eps", "0.1"], env)
-        # the first tracked command also creates the SQLite store's tables; the second is the steady state
+        _, res["rerun_out"] = _timed([*seg, "--out", str(t / "o"), "--cache", str(t / "c"), "--no-track", "--eps", "0.1"], env)
+        # the first tracked command also creates the SQLite store's tables; the next ones are the steady state
         res["tracked_first_s"], _ = _timed([*seg, "--out", str(t / "o2"), "--cache", str(t / "c"), "--eps", "0.12"], env)
-        res["tracked_s"], _ = _timed([*seg, "--out", str(t / "o2"), "--cache", str(t / "c"), "--eps", "0.14"], env)
+        res.update(_reruns(seg, t, env, repeats))
         if precision_auto:
             res["cold_auto_s"], res["cold_auto_out"] = _timed([*seg, "--out", str(t / "o3"), "--cache", str(t / "c3"),
                                                                "--no-track", "--precision", "auto"], env)
         res["preview_p50_s"] = _preview_p50(t / "o" / "bench")
     a = res["A_original_s"]
-    res["ratios"] = {k: a / res[f"{k}_s"] for k in ("cold", "rerun", "tracked", "preview_p50", "cold_auto") if f"{k}_s" in res}
+    paths = ("cold", "rerun", "tracked", "recluster_tracked", "recluster", "preview_p50", "cold_auto")
+    res["ratios"] = {k: a / res[f"{k}_s"] for k in paths if f"{k}_s" in res}
     return res
 
 
@@ -119,13 +146,14 @@ def main() -> None:
     p.add_argument("--side", type=int, default=1024)
     p.add_argument("--points", type=int, default=16)
     p.add_argument("--precision-auto", action="store_true", help="also time cold with --precision auto (bf16 on AMX CPUs)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of the four warm reruns (default 3)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     a = p.parse_args()
     from benchmarks.run import checkpoint_file
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = run(a.model, checkpoint_file(a.model, out), a.side, a.points, a.precision_auto)
+    res = run(a.model, checkpoint_file(a.model, out), a.side, a.points, a.precision_auto, a.repeats)
     path = out / f"commands-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     path.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
