@@ -20,12 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "-q"]
 # samseg.apps.cli.run's own steps, and then whether the command's process imported mlflow
 COMMAND = """
+import os
 import sys
 from samseg.edges.mlflow import process
 process.allow()
 from samseg.apps.cli import main
 rc = main(sys.argv[1:])
 print("mlflow in the command's process:", "mlflow" in sys.modules)
+print("pid:", os.getpid())
 sys.exit(rc)
 """
 
@@ -59,6 +61,32 @@ def test_a_tracked_segment_and_recluster_log_everything_without_importing_mlflow
     assert new.data.params["cluster.eps"] == "0.2" and new.data.tags["samseg.parent_run_id"] == seg.info.run_id
     logged = {f.path for f in client.list_artifacts(new.info.run_id)}
     assert {"summary.json", "labels.png", "masks.json", "embeddings.npy"} <= logged
+
+
+def test_a_tracked_batch_and_its_recluster_are_owned_by_the_command_not_by_mlflows_process(photos, tmp_path):
+    """The batch run's pid tag is what a later batch's orphan sweep goes by: the command's pid."""
+    from mlflow import MlflowClient
+
+    from samseg.edges.run_schema import KIND_BATCH, TAG_KIND, TAG_PID
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("building.jpg", "corgi.jpg"):
+        (src / name).write_bytes((photos / name).read_bytes())
+    res = _command(tmp_path, "segment", str(src), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"), *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "mlflow in the command's process: False" in res.stdout
+    client = MlflowClient(tracking_uri=_env(tmp_path)["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("samseg").experiment_id
+    [batch] = client.search_runs([exp], f"tags.`{TAG_KIND}` = '{KIND_BATCH}'")
+    assert batch.info.status == "FINISHED" and batch.data.tags[TAG_PID] == res.stdout.split("pid: ")[1].strip()
+    again = _command(tmp_path, "recluster", batch.info.run_id[:8], "--eps", "0.2", "--out", str(tmp_path / "re"),
+                     "--cache", str(tmp_path / "c"))
+    assert again.returncode == 0, again.stderr
+    assert "mlflow in the command's process: False" in again.stdout
+    [new] = [r for r in client.search_runs([exp], f"tags.`{TAG_KIND}` = '{KIND_BATCH}'") if r.info.run_id != batch.info.run_id]
+    assert new.info.status == "FINISHED" and new.data.tags[TAG_PID] == again.stdout.split("pid: ")[1].strip()
+    assert len(client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{new.info.run_id}'")) == 2
 
 
 def test_an_error_raised_in_mlflows_process_keeps_its_type_and_exit_code(tmp_path):
@@ -146,3 +174,19 @@ def test_a_stopped_or_killed_tracked_command_leaves_no_mlflow_process_behind(pho
     if sig == signal.SIGTERM:
         assert proc.returncode == 143, stderr
         assert "Traceback" not in stderr
+
+
+def test_no_mlflow_process_to_be_had_leaves_the_calls_in_the_command(monkeypatch):
+    """A spawn that fails (a main module without its guard, no /dev/shm): the command goes on,
+    its MLflow calls made where they always were."""
+    from samseg.edges.mlflow import process, tracking
+
+    def no_child() -> None:
+        raise RuntimeError("An attempt has been made to start a new process before ... bootstrapping phase")
+
+    monkeypatch.setattr(process, "_allowed", True)
+    monkeypatch.setattr(process, "_Child", no_child)
+    with process.started():
+        assert process._child is None
+        with pytest.raises(TrackingError, match="at least 4 characters"):
+            tracking.resolve_run_id("abc")

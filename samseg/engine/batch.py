@@ -181,7 +181,7 @@ def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Sourc
     params = {**cfg.flat(), "n_images": n}
     tags = {TAG_KIND: KIND_BATCH, TAG_SOURCE: source if isinstance(source, str) else " ".join(map(str, source))}
     key = batch_key(experiment, source, out, params)
-    return open_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags, key)
+    return open_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags, key, owner_pid=os.getpid())
 
 
 def end_batch(run_id: Optional[str], status: str, quiet: bool = True, record: Optional[dict[str, Any]] = None) -> None:

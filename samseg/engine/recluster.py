@@ -219,10 +219,10 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
 def _dataset_classes(batch_run_id: str) -> bool:
     """True when the batch fitted dataset classes; ReclusterError when they were assigned from an
     earlier table (a new eps changes nothing in an assignment by prototype)."""
-    from samseg.edges.mlflow.tracking import get_run
+    from samseg.edges.mlflow.tracking import tags_of
     from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM
 
-    tags = get_run(batch_run_id).data.tags
+    tags = tags_of(batch_run_id)
     if tags.get(TAG_CLASSES) == "assigned":
         raise ReclusterError(f"batch run {batch_run_id}: its classes were assigned from {tags.get(TAG_CLASSES_FROM) or 'an earlier table'}; "
                              "a new eps does not change an assignment: recluster the batch they were fitted on, or "

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 _allowed = False
 _child: Optional["_Child"] = None
@@ -54,7 +56,12 @@ def started(needed: bool = True) -> Iterator[None]:
     if not (needed and _allowed) or _child is not None:
         yield
         return
-    _child = _Child()
+    try:
+        _child = _Child()
+    except Exception:  # noqa: BLE001 — no process to be had (a main module without its guard, no /dev/shm):
+        log.debug("samseg's MLflow process did not start; MLflow is called here", exc_info=True)
+        yield  # the calls stay in this process, as a Python caller's do
+        return
     try:
         yield
     finally:

@@ -461,6 +461,12 @@ def get_run(run_id: str) -> Any:
 
 
 @in_mlflow_process
+def tags_of(run_id: str) -> dict[str, str]:
+    """A run's tags; unknown id → TrackingError."""
+    return dict(get_run(run_id).data.tags)
+
+
+@in_mlflow_process
 def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
                      names: tuple[str, ...] = RECLUSTER_INPUTS) -> dict[str, Any]:
     """Download `names` (default: summary.json, masks.json and embeddings.npy, what a
