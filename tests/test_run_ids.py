@@ -79,8 +79,10 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
 
     src = store["tmp"] / "in"
     rc, out, err = run_cli(["segment", str(src), "--classes", "dataset", "--out", str(tmp_path / "ds"), "--cache",
-                            str(store["tmp"] / "c"), "--names", "sky,tree,road", "--namer", "tiny-random", *TINY])
+                            str(store["tmp"] / "c"), "--names", "sky,tree,road", "--namer", "tiny-random",
+                            "--max-cluster", "40", *TINY])
     assert rc == 0, err
+    assert json.loads((tmp_path / "ds" / "classes.json").read_text())["sample"]["max_cluster"] == 40
     dataset_batch = re.search(r"MLflow batch run: (\w+)", out).group(1)
     images = {line.split(":")[0]: re.search(r"MLflow run (\w+)$", line).group(1) for line in out.splitlines()
               if line.startswith("r")}
@@ -93,6 +95,7 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
     assert rc == 0, err
     assert "dataset classes (fitted on this batch): " in out and (tmp_path / "re" / "classes.json").is_file()
     table = json.loads((tmp_path / "re" / "classes.json").read_text())
+    assert table["sample"]["max_cluster"] == 40  # fitted again as the batch was: --max-cluster is on its run
     # named once for the batch, from the batch's vocabulary (its images' own is "none"), not per image
     assert table["naming"]["vocabulary"] == "sky,tree,road" and len(table["naming"]["classes"]) == len(table["classes"])
     report = json.loads((tmp_path / "re" / "batch_summary.json").read_text())

@@ -64,3 +64,8 @@ def eps_used(summary: dict) -> object:
     (or its fallback), else the configured one; None when neither is recorded."""
     chosen = (summary.get("eps_auto") or {}).get("eps")
     return chosen if chosen is not None else (summary.get("config") or {}).get("cluster.eps")
+
+
+# A batch run's param beside its config's: the --max-cluster its dataset classes were fitted under
+# (absent: the algorithm's default), which a recluster of the batch fits them under again.
+PARAM_MAX_CLUSTER = "max_cluster"

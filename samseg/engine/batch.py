@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 from samseg.core.config import PipelineConfig
 from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON
-from samseg.edges.run_schema import KIND_BATCH, SHARDED, TAG_KIND, TAG_SOURCE
+from samseg.edges.run_schema import KIND_BATCH, PARAM_MAX_CLUSTER, SHARDED, TAG_KIND, TAG_SOURCE
 from samseg.engine.publish import Tracking
 from samseg.engine.runner import Execute, inline
 from samseg.engine.request import SegmentJob
@@ -65,7 +65,9 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     if relabel and not sampled:  # an earlier sampled batch's fitted classes are not this batch's
         owned_files.remove_own(job.out, [FITTED_CLASSES_JSON])
     t = job.tracking
-    batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris))
+    # a batch that fits its classes under --max-cluster records it: a recluster of the batch fits them alike
+    fit = {PARAM_MAX_CLUSTER: classes.max_cluster} if relabel and classes.max_cluster is not None else {}
+    batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris), fit)
     # new dataset classes: image runs are logged after relabelling, so they carry the dataset ids;
     # classes given beforehand are assigned as each image is computed, which is logged as it is written
     per_image = dataclasses.replace(t, track=t.track and not relabel, nested_under=batch_run_id, resumed=resumed)
@@ -172,13 +174,13 @@ def list_sources(source: Source) -> list[str]:
 
 
 def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Source, out: str,
-                n: int) -> tuple[Optional[str], bool]:
-    """(batch run id or None when untracked, resumed after a kill)."""
+                n: int, more: Optional[dict[str, Any]] = None) -> tuple[Optional[str], bool]:
+    """(batch run id or None when untracked, resumed after a kill); `more`: params beside the config's."""
     if not track:
         return None, False
     from samseg.edges.mlflow.batch_runs import batch_key, open_batch_run
 
-    params = {**cfg.flat(), "n_images": n}
+    params = {**cfg.flat(), **(more or {}), "n_images": n}
     tags = {TAG_KIND: KIND_BATCH, TAG_SOURCE: source if isinstance(source, str) else " ".join(map(str, source))}
     key = batch_key(experiment, source, out, params)
     return open_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags, key, owner_pid=os.getpid())

@@ -143,7 +143,7 @@ def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig
 
 def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Callable[[str], Any], out: str,
                     tracking: Any, cache_root: str, params: Optional[dict[str, Any]] = None,
-                    batch_cluster: Any = None) -> dict[str, Any]:
+                    batch_cluster: Any = None, max_cluster: Optional[int] = None) -> dict[str, Any]:
     """Every image run of a batch ({run id: its OUT/<name>}, the batch's record) reclustered (`cluster_for(run id)`: its ClusterConfig)
     into OUT/<name>/, as one new batch run: its image runs nested under it, each tagged with the
     run it re-tunes, its report in OUT/batch_summary.json and on the run. One image fails alone.
@@ -151,7 +151,8 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
     again at `batch_cluster` (the batch's ClusterConfig with the new settings), new dataset ids in
     every image dir, named once for the batch, classes.json and the contact sheet in OUT, as
     `segment --classes dataset` writes them. A batch whose classes were assigned from an earlier
-    table is refused: eps does not change an assignment."""
+    table is refused: eps does not change an assignment. max_cluster: the most masks clustered at
+    once, as the batch was fitted (None: the algorithm's default)."""
     import dataclasses
     import time
     from pathlib import PurePosixPath
@@ -198,7 +199,7 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
         # 4. dataset classes: the images' masks together, at the new settings
         if dataset:
             class_report = _refit(out, results, batch_cluster, new_batch, tracking, config,
-                                  (params or {}).get("names.vocabulary"))
+                                  (params or {}).get("names.vocabulary"), max_cluster)
     except BaseException as exc:  # a stop, a user's file in OUT: the new batch run ends, never RUNNING
         end_batch(new_batch, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
@@ -231,7 +232,8 @@ def _dataset_classes(batch_run_id: str) -> bool:
 
 
 def _refit(out: str, results: list[dict[str, Any]], cluster_cfg: Any, batch_run_id: Optional[str],
-           tracking: Any, config: Optional[dict[str, Any]], vocabulary: Optional[str]) -> dict[str, Any]:
+           tracking: Any, config: Optional[dict[str, Any]], vocabulary: Optional[str],
+           max_cluster: Optional[int]) -> dict[str, Any]:
     """Dataset classes for the reclustered images (samseg.engine.dataset.relabel_and_track), named
     once for the batch as the batch was: its `vocabulary` (its images' own is "none": a dataset
     batch names its classes, not each image) with the namer settings of an image's `config`."""
@@ -244,5 +246,5 @@ def _refit(out: str, results: list[dict[str, Any]], cluster_cfg: Any, batch_run_
     if config is not None and vocabulary:
         names = PipelineConfig.from_flat(config).names
         namer = dataset_namer(dataclasses.replace(names, vocabulary=vocabulary))
-    return relabel_and_track(out, results, cluster_cfg, batch_run_id, None, tracking.track, tracking.experiment,
+    return relabel_and_track(out, results, cluster_cfg, batch_run_id, max_cluster, tracking.track, tracking.experiment,
                              namer=namer)

@@ -148,8 +148,16 @@ def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_par
         # a batch run that cannot start, classes assigned from a table, a user's file where classes.json goes:
         # main's one line, with the taxonomy's exit code
         report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=params,
-                                 batch_cluster=batch_cluster)
+                                 batch_cluster=batch_cluster, max_cluster=_max_cluster(batch_params))
     return report_batch(report)
+
+
+def _max_cluster(batch_params: dict[str, str]) -> Any:
+    """The --max-cluster a dataset batch's classes were fitted under (None: the default)."""
+    from samseg.edges.run_schema import PARAM_MAX_CLUSTER
+
+    raw = batch_params.get(PARAM_MAX_CLUSTER)
+    return int(raw) if raw and raw.isdigit() else None
 
 
 def _recluster(args: argparse.Namespace, how: str, cluster: Any, cache: str) -> dict[str, Any]:
