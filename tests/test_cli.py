@@ -250,6 +250,23 @@ def test_weights_list_is_one_table_of_every_family() -> None:
     assert rc == 0 and {"vit_h", "vit_b", "dinov2-b", "dinov3-b", "clip-b16"} <= set(rows)
     assert "tiny-random" not in rows and "sam" not in rows  # nothing to download
     assert rows["clip-b16"][1] in ("present", "missing") and rows["clip-b16"][2].endswith(".safetensors")
+    assert "NAME" not in rows  # piped: rows only, for scripts
+
+
+def test_weights_list_on_a_terminal_names_its_columns() -> None:
+    import contextlib
+    import io
+
+    from samseg.apps import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown = Terminal()
+    with contextlib.redirect_stdout(shown):
+        assert cli.main(["weights", "list"]) == 0
+    assert shown.getvalue().splitlines()[0] == "NAME\tSTATUS\tFILE\tLICENCE"
 
 
 def test_weights_download_preset_fetches_every_file_the_preset_needs(monkeypatch: pytest.MonkeyPatch,

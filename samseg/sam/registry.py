@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from samseg.core.backbones import SAM
+from samseg.core.backbones import SAM, TINY_RANDOM
 from samseg.sam.backbones import BACKBONE_WEIGHTS
 from samseg.sam.model import SAM_WEIGHTS
 from samseg.sam.namer import NAMER_WEIGHTS
@@ -66,8 +66,9 @@ def ensure(model_type: str, features: str = SAM, checkpoint: Optional[str] = Non
                 w.download()
             except CheckpointError as exc:
                 failed.append((w, exc))
-    if failed:
-        raise CheckpointError(missing_message(failed))
+    if failed:  # a run, unlike `samseg weights download`, has an offline way to go on
+        raise CheckpointError(f"{missing_message(failed)}. To try samseg without them: the model {TINY_RANDOM} "
+                              "(random weights, meaningless classes)")
 
 
 def missing_message(failed: list[tuple[Weight, CheckpointError]]) -> str:

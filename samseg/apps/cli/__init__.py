@@ -319,6 +319,8 @@ def _run_weights_download(args: argparse.Namespace) -> int:
 def _run_weights_list(args: argparse.Namespace) -> int:
     from samseg.sam.registry import downloadable
 
+    if sys.stdout.isatty():  # a person reads the columns' names; a script piping the rows gets rows only
+        print("NAME\tSTATUS\tFILE\tLICENCE")
     for w in downloadable():
         pinned = "" if w.file and w.file.sha256 else " [sha256 not pinned: recorded at download]"
         print(f"{w.name}\t{'present' if w.present else 'missing'}\t{w.path}\t{w.licence}{pinned}")
