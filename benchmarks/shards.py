@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs of the server and workers, outputs)")
     args = p.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="samseg-shards-"))
@@ -120,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"per-image overhead, shard size 1 / shard size {args.shard_size}: {ratio:.0f}x")
     if args.json:
         args.json.write_text(json.dumps({"workers": args.workers, "runs": rows}, indent=2))
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print(f"kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
