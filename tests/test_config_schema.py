@@ -64,3 +64,18 @@ def test_every_section_of_the_pipeline_is_generated() -> None:
     assert set(SECTION_PARAMS) == set(SECTION_CLASSES) <= set(PipelineParams.model_fields)
     for name, cls in SECTION_CLASSES.items():
         assert set(SECTION_PARAMS[name].model_fields) == {f.name for f in dataclasses.fields(cls)}
+
+
+def test_a_cosine_radius_past_2_is_refused_but_a_run_recorded_with_one_still_reads():
+    """Cosine distances are at most 2: a new eps above it is refused (it names the knob), while a
+    run an older samseg recorded with one reads back as 2, the same clustering."""
+    import dataclasses
+
+    from samseg.core.config import DEFAULT, PipelineConfig
+
+    with pytest.raises(ValueError, match="cluster.eps must be <= 2 with the cosine metric"):
+        dataclasses.replace(DEFAULT.cluster, eps=5.0)
+    assert dataclasses.replace(DEFAULT.cluster, eps=5.0, metric="euclidean").eps == 5.0  # no such bound
+    assert dataclasses.replace(DEFAULT.cluster, distance_threshold=3.0).distance_threshold == 3.0  # dbscan: not its knob
+    recorded = {**DEFAULT.flat(), "cluster.eps": 5.0}
+    assert PipelineConfig.from_flat(recorded).cluster.eps == 2.0

@@ -158,7 +158,16 @@ def test_a_stopped_or_killed_tracked_command_leaves_no_mlflow_process_behind(pho
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while len(_group(proc.pid)) < 2 and proc.poll() is None:  # the command and its MLflow process
+        def cmdline(pid: int) -> bytes:
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:  # it ended meanwhile
+                return b""
+
+        def child_up() -> bool:  # the MLflow process itself (spawn's resource tracker starts before it)
+            return any(b"spawn_main" in cmdline(pid) for pid in _group(proc.pid))
+
+        while not child_up() and proc.poll() is None:
             assert time.monotonic() < deadline, "no MLflow process started"
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
@@ -190,3 +199,57 @@ def test_no_mlflow_process_to_be_had_leaves_the_calls_in_the_command(monkeypatch
         assert process._child is None
         with pytest.raises(TrackingError, match="at least 4 characters"):
             tracking.resolve_run_id("abc")
+
+
+SLOW = '''
+import time
+from pathlib import Path
+
+from samseg.edges.mlflow.process import in_mlflow_process
+
+
+@in_mlflow_process
+def slow(started: str, seconds: float, answer: str) -> str:
+    Path(started).write_text("in the call")  # the test's cue to send Ctrl-C
+    time.sleep(seconds)
+    return answer
+'''
+
+STOPPED = """
+import os, signal, sys, threading, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import slowcalls
+from samseg.edges.mlflow import process
+
+cue = Path(sys.argv[1]) / "started"
+def ctrl_c():
+    while not cue.exists():
+        time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGINT)
+
+if __name__ == "__main__":
+    process.allow()
+    with process.started():
+        threading.Thread(target=ctrl_c, daemon=True).start()
+        try:
+            slowcalls.slow(str(cue), float(sys.argv[2]), "first")
+        except KeyboardInterrupt:
+            print("interrupted")
+        print("in step:", not process._child._gone)
+        print("next answer:", slowcalls.slow(str(Path(sys.argv[1]) / "again"), 0, "second"))
+"""
+
+
+@pytest.mark.parametrize("seconds, grace, in_step", [(1.0, "60", True), (30.0, "0.2", False)])
+def test_ctrl_c_during_a_call_lets_it_finish_in_its_grace_and_the_next_call_gets_its_own_answer(tmp_path, seconds, grace,
+                                                                                               in_step):
+    """A stop while the command waits: the call finishes in the child (its run whole) within the
+    grace time and the pipe stays in step; past the grace, later calls run in the command, never
+    reading the stopped call's answer as theirs."""
+    (tmp_path / "slowcalls.py").write_text(SLOW)
+    (tmp_path / "stopped.py").write_text(STOPPED)
+    res = subprocess.run([sys.executable, str(tmp_path / "stopped.py"), str(tmp_path), str(seconds)], cwd=REPO,
+                         env={**_env(tmp_path), "SAMSEG_STOP_GRACE_S": grace}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["interrupted", f"in step: {in_step}", "next answer: second"]

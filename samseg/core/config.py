@@ -228,7 +228,8 @@ class ClusterConfig(ConfigSection):
 
     def check(self) -> None:
         # a cosine distance is 1 − cos, at most 2: a larger radius reaches every mask, as 2 does
-        for name in ("eps", "distance_threshold"):
+        radius = {"dbscan": "eps", "agglomerative": "distance_threshold"}.get(self.algorithm)
+        for name in (radius,) if radius else ():
             _check(self.metric != "cosine" or getattr(self, name) <= COSINE_MAX,
                    f"cluster.{name} must be <= {COSINE_MAX:g} with the cosine metric (cosine distances are at most "
                    f"{COSINE_MAX:g}: a larger value puts every mask in one class, as {COSINE_MAX:g} does)")
@@ -392,7 +393,7 @@ class PipelineConfig:
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "PipelineConfig":
-        """Inverse of `flat()`; unknown keys raise ValueError."""
+        """Inverse of `flat()`, for a config a run recorded; unknown keys raise ValueError."""
         sections: dict[str, dict[str, Any]] = {name: {} for name in SECTION_CLASSES}
         model_type = flat.get("model_type", cls.model_type)
         for key, value in flat.items():
@@ -402,6 +403,11 @@ class PipelineConfig:
             if section not in sections:
                 raise ValueError(f"unknown config key {key!r}")
             sections[section][name] = value
+        cluster = sections["cluster"]
+        if cluster.get("metric", ClusterConfig.metric) == "cosine":  # a run an older samseg let reach past 2:
+            for name in ("eps", "distance_threshold"):  # the same clustering at 2 (every mask within reach)
+                if isinstance(cluster.get(name), (int, float)) and cluster[name] > COSINE_MAX:
+                    cluster[name] = COSINE_MAX
         # a section missing from an older summary (tile, before tiling) gets its defaults
         return cls(model_type=model_type, precision=str(flat.get("precision", cls.precision)),
                    **{name: section_cls(**sections[name]) for name, section_cls in SECTION_CLASSES.items()})

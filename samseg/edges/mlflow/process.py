@@ -1,12 +1,14 @@
 """MLflow in a process of its own while a short command works.
 
-`import mlflow` and opening its SQLite store take about 2 s on a 2-core machine: more than a
-warm rerun's whole work (read the cache, cluster, compose, write). The `samseg` command starts
-this process first (`started()`); the child imports mlflow and opens the store while the
-command computes, on the other core, and the tracking functions marked `@in_mlflow_process`
-run there. Their arguments and results are plain values (ids, dicts, paths), so the command's
-own process never imports mlflow. Every call waits for its answer: nothing is logged later
-than it would have been, and an error is raised where the call was made, as it was.
+`import mlflow` and its store's modules take about 2 s on a 2-core machine: more than a warm
+rerun's whole work (read the cache, cluster, compose, write). The `samseg` command starts this
+process first (`started()`); the child imports mlflow while the command computes, on the other
+core, and the tracking functions marked `@in_mlflow_process` run there. Their arguments and
+results are plain values (ids, dicts, paths), so these calls never import mlflow in the
+command. Every call waits for its answer: nothing is logged later than it would have been, and
+an error is raised where the call was made, with its type (one that does not pickle comes
+back as a TrackingError line). After a stop the calls run in the command again, so a stop's
+clean-up never waits behind the pipe.
 
 Only the command line's own process starts one (`allow()`, from samseg.apps.cli.run): a program
 that calls samseg from Python (a notebook, the UI, a Prefect worker, an in-process test) keeps
@@ -36,22 +38,23 @@ def allow() -> None:
 
 def in_mlflow_process(fn: F) -> F:
     """`fn` runs in the child while one is started (and as it is otherwise). `fn` must be a
-    module-level function whose arguments and result pickle without mlflow's classes."""
+    module-level function whose arguments and result pickle without mlflow's classes; a call
+    whose arguments do not pickle (an MlflowClient passed in) runs here."""
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         child = _child
         if child is None:
             return fn(*args, **kwargs)
-        return child.call(fn.__module__, fn.__name__, args, kwargs)
+        return child.call(fn, args, kwargs)
 
     return call  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
 def started(needed: bool = True) -> Iterator[None]:
-    """Around a command that will talk to MLflow (`needed`): the child, started now, ended
-    (killed: each call is whole when it returns, so nothing is pending) when the command ends."""
+    """Around a command that will talk to MLflow (`needed`): the child, started now, ended when
+    the command ends (a call in flight gets the stop's grace time to finish first)."""
     global _child
     if not (needed and _allowed) or _child is not None:
         yield
@@ -66,55 +69,92 @@ def started(needed: bool = True) -> Iterator[None]:
         yield
     finally:
         child, _child = _child, None
-        child.kill()
+        child.close()
 
 
 class _Child:
     """The child process and the pipe to it; one call at a time (the publish thread and the
-    main thread share it)."""
+    main thread share it). After a stop, or once the child is gone, calls run in the command
+    itself: a stop's clean-up (a batch run ended KILLED) never waits behind the pipe."""
 
     def __init__(self) -> None:
         import multiprocessing
 
+        from samseg.edges.logs import verbose
+
         # spawn, not fork: the command's threads (BLAS, the publish thread) are not copied
         ctx = multiprocessing.get_context("spawn")
         self._conn, theirs = ctx.Pipe()
-        from samseg.edges.logs import verbose
-
         self._proc = ctx.Process(target=_serve, args=(theirs, verbose()), name="samseg-mlflow", daemon=True)
         self._proc.start()
         theirs.close()
         self._lock = threading.Lock()
-        self._broken: Optional[str] = None
+        self._gone = False
 
-    def call(self, module: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        import pickle
+
+        from samseg.edges import shutdown
         from samseg.edges.mlflow.client import TrackingError
 
-        with self._lock:
-            if self._broken:
-                raise TrackingError(self._broken)
-            try:
-                self._conn.send((module, name, args, kwargs))
-                ok, value = self._conn.recv()
-            except (EOFError, OSError):
-                self._proc.join(1.0)  # its pipe closes as it dies: its exit code follows
-                self._broken = f"samseg's MLflow process ended (exit code {self._proc.exitcode})"
-                raise TrackingError(self._broken) from None
-            except BaseException:  # a stop between the request and its answer: the answer is nobody's now
-                self._broken = "a stop interrupted a call to samseg's MLflow process"
-                raise
-        if ok:
-            return value
-        raise value
+        try:
+            request = pickle.dumps((fn.__module__, fn.__name__, args, kwargs))
+        except Exception:  # noqa: BLE001 — an argument that cannot travel: the call runs here
+            request = None
+        if request is not None and not self._gone and not shutdown.requested():
+            with self._lock:
+                if not self._gone:
+                    try:
+                        self._conn.send_bytes(request)
+                        ok, value = self._answer()
+                    except (EOFError, OSError):
+                        self._proc.join(1.0)  # its pipe closes as it dies: its exit code follows
+                        self._gone = True
+                        raise TrackingError(f"samseg's MLflow process ended (exit code {self._proc.exitcode})") from None
+                    if ok:
+                        return value
+                    raise value
+        return fn(*args, **kwargs)
 
-    def kill(self) -> None:
-        self._proc.kill()
-        self._proc.join()
-        self._conn.close()
+    def _answer(self) -> tuple[bool, Any]:
+        """The answer to the request just sent. A stop while waiting (Ctrl-C: this is the main
+        thread) lets the call finish in the child, which ignores the signal, for up to the grace
+        time, so its run is whole and the pipe stays in step; then the stop goes on. Until that
+        answer is read, no other call may take it for theirs: they run in the command."""
+        from samseg.edges import shutdown
+
+        reading = False
+        try:
+            while not self._conn.poll(0.1):  # a signal lands between polls, not inside a half-read answer
+                pass
+            reading = True
+            return self._conn.recv()
+        except (EOFError, OSError):  # the child is gone: the caller says so
+            raise
+        except BaseException:
+            self._gone = True
+            if not reading and self._conn.poll(shutdown.grace_s()):
+                self._conn.recv_bytes()
+                self._gone = False
+            raise
+
+    def close(self) -> None:
+        """End the child: once a call in flight has finished (at most the stop's grace time),
+        so nothing it writes is cut off; between calls it only imports or waits."""
+        from samseg.edges import shutdown
+
+        held = self._lock.acquire(timeout=shutdown.grace_s())
+        try:
+            self._proc.kill()
+            self._proc.join()
+            self._conn.close()
+        finally:
+            if held:
+                self._lock.release()
 
 
 def _serve(conn: Any, verbose: bool) -> None:
-    """The child: import mlflow and open the store, then answer calls until the pipe closes.
+    """The child: import mlflow, then answer calls until the pipe closes.
     A stop (Ctrl-C, SIGTERM to the process group) is the command's to handle: it gives a call
     in flight its grace time, then kills this process."""
     import importlib
@@ -162,9 +202,13 @@ def _pickled(reply: tuple[bool, Any]) -> bytes:
 
 
 def _warm() -> None:
-    """What the first call would wait for: mlflow's import and the store's opening (a SQLite
-    store is created or migrated here). A store that fails to open fails the first call instead."""
+    """What the first call would wait for: mlflow's import and its store's module (about 2 s).
+    Imports only: a store is opened (created, migrated) by a call, so ending this process
+    between calls can never cut a migration short."""
     from samseg.edges.mlflow import client
 
     with contextlib.suppress(Exception):
-        client.client()
+        import mlflow  # noqa: F401
+
+        if client.tracking_uri().split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
