@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,24 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
     rc, _, err = run_cli(["recluster", assigned[:8], "--eps", "0.3", "--out", str(tmp_path / "as-re")])
     assert rc == 1 and "its classes were assigned from" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "as-re").exists()
+    # the UI's dataset page makes the same request: new dataset classes; an assigned batch says why not
+    from fastapi.testclient import TestClient
+
+    from samseg.apps.ui import UiSettings, create_app
+
+    app = create_app(UiSettings(experiment="samseg", cache_dir=tmp_path / "ui-cache", stage_cache=str(store["tmp"] / "c")))
+    with TestClient(app) as ui:
+        assert 'id="batch-recluster-form"' not in ui.get(f"/runs/{assigned}", headers={"accept": "text/html"}).text
+        assert "clustered together again" in ui.get(f"/runs/{dataset_batch}", headers={"accept": "text/html"}).text
+        done = {}
+        for batch_id in (dataset_batch, assigned):
+            job = ui.post(f"/api/runs/{batch_id}/rerun", json={"eps": "0.3"}).json()
+            while (state := ui.get(f"/api/jobs/{job['id']}").json())["state"] in ("queued", "running"):
+                time.sleep(0.2)  # the test's own timeout bounds a hang
+            done[batch_id] = state
+    assert done[dataset_batch]["state"] == "done", done
+    assert client.get_run(done[dataset_batch]["result"]["run_id"]).data.tags["samseg.classes"] == "dataset"
+    assert done[assigned]["state"] == "failed" and "its classes were assigned from" in done[assigned]["error"]
 
 
 def test_a_prefix_works_wherever_an_id_does(store: dict, tmp_path: Path) -> None:
@@ -191,6 +210,44 @@ def test_the_ui_pages_a_batch_id_lists_its_images_with_links_and_shows_it_in_the
         runs = client.get("/", headers={"accept": "text/html"})
         assert runs.status_code == 200 and f'href="/runs/{store["batch"]}"' in runs.text and "batch run" in runs.text
         assert client.get(f"/runs/{'0' * 32}", headers={"accept": "text/html"}).status_code == 404
+
+
+def test_the_ui_batch_page_reclusters_every_image_as_one_new_batch_run_as_the_cli_does(store: dict) -> None:
+    """The batch page's form makes the request `samseg recluster BATCH --eps` makes (samseg.apps.batch_recluster)."""
+    import time
+
+    from fastapi.testclient import TestClient
+    from mlflow import MlflowClient
+
+    from samseg.apps.ui import UiSettings, create_app
+
+    app = create_app(UiSettings(experiment="samseg", cache_dir=store["tmp"] / "ui-cache",
+                                stage_cache=str(store["tmp"] / "c")))
+    with TestClient(app) as ui:
+        page = ui.get(f"/runs/{store['batch']}", headers={"accept": "text/html"})
+        assert 'id="batch-recluster-form"' in page.text and "each image clustered alone" in page.text
+        bad = ui.post(f"/api/runs/{store['batch']}/rerun", json={"eps": "3"})  # cosine distances are at most 2
+        assert bad.status_code == 422 and "cluster.eps must be <= 2 with the cosine metric" in bad.json()["errors"]["eps"]
+        assert ui.post(f"/api/runs/{store['batch']}/rerun", json={"eps": "-1"}).json()["errors"]["eps"] == "cluster.eps must be > 0"
+        assert "give an eps" in ui.post(f"/api/runs/{store['batch']}/rerun", json={}).json()["errors"]["form"]
+        assert ui.post(f"/api/runs/{store['batch']}/rerun", json={"colour": "red"}).json()["errors"] == {"colour": "unknown field"}
+        job = ui.post(f"/api/runs/{store['batch']}/rerun", json={"eps": "0.4", "min_samples": "2"})
+        assert job.status_code == 202, job.text
+        deadline = time.monotonic() + 300  # a hang detector, not a speed target
+        while (done := ui.get(f"/api/jobs/{job.json()['id']}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, done
+            time.sleep(0.2)
+        assert done["state"] == "done", done
+        res = done["result"]
+        assert (res["images"], res["failed"]) == (2, 0) and res["run_url"] == f"/runs/{res['run_id']}"
+        assert ui.get(res["run_url"], headers={"accept": "text/html"}).status_code == 200
+    client = MlflowClient()
+    new = client.get_run(res["run_id"])
+    assert new.data.tags["samseg.parent_run_id"] == store["batch"] and new.info.status == "FINISHED"
+    assert (new.data.params["cluster.eps"], new.data.params["cluster.min_samples"]) == ("0.4", "2")
+    kids = client.search_runs([new.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res['run_id']}'")
+    assert sorted(k.data.tags["samseg.parent_run_id"] for k in kids) == sorted(store["images"])
+    assert {k.data.params["cluster.eps"] for k in kids} == {"0.4"}
 
 
 @pytest.fixture(scope="module")

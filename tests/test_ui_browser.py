@@ -326,6 +326,38 @@ def test_dataset_run_page(page, ui_server):
     assert "dataset-level" in page.inner_text("#dataset-note")
 
 
+def test_batch_page_reclusters_every_image_into_a_new_batch_run(page, ui_server):
+    """A batch of per-image classes: its page's form takes a new eps, says a bad one next to the
+    field, and saves the batch's images reclustered as one new batch run, linked where the click was."""
+    from samseg.core.config import get_preset
+    from samseg.edges.image_dir import read_summary
+    from samseg.edges.mlflow.tracking import end_run, log_image_run, start_batch_run
+
+    cfg = get_preset("smoke")
+    dirs = sorted(p.parent for p in ui_server["out"].glob("*/summary.json"))[:2]
+    batch = start_batch_run(EXPERIMENT, "batch-per-image", {**cfg.flat(), "n_images": len(dirs)}, {})
+    children = [log_image_run(d, read_summary(d), experiment=EXPERIMENT, nested_under=batch) for d in dirs]
+    end_run(batch, "FINISHED", {"images": [{"mlflow_run_id": c, "name": d.name} for c, d in zip(children, dirs)]})
+    page.goto(f"{ui_server['base']}/runs/{batch}")
+    form = page.locator("#batch-recluster-form")
+    form.locator("input[name=eps]").fill("3")
+    page.click("#batch-recluster-btn")
+    page.wait_for_function("document.querySelector('.field-error[data-for=eps]').textContent.length > 0")
+    assert "must be <= 2 with the cosine metric" in form.locator(".field-error[data-for=eps]").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "12a-batch-recluster-error.png"))
+    form.locator("input[name=eps]").fill("0.4")
+    page.click("#batch-recluster-btn")
+    page.wait_for_selector("#batch-recluster-result:not([hidden])")
+    assert form.locator(".field-error[data-for=eps]").inner_text() == ""  # the old message is gone
+    assert page.inner_text("#batch-recluster-count") == "2 images"
+    box = page.locator("#batch-recluster-result").bounding_box()
+    assert box is not None and 0 <= box["y"] <= page.viewport_size["height"] - box["height"]  # in view, where the click was
+    page.screenshot(path=str(ARTIFACTS / "12-batch-recluster.png"), full_page=True)
+    page.click("#batch-recluster-link")
+    page.wait_for_selector("#batch-run")
+    assert f"batch {batch[:8]}" in page.inner_text("#batch-run .meta") and page.locator("#children figure").count() == 2
+
+
 def test_send_to_label_studio(page, ui_server):
     """The run page's button pushes the run into the real Label Studio as a background job; the
     task and its prediction are there (read back through the SDK), a second click adds no task."""

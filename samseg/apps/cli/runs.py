@@ -54,17 +54,9 @@ def _add_recluster_parser(sub: Any) -> None:
     p.set_defaults(handler=run_recluster, subparser=p, stop_hint=RESUMES)
 
 
-def recluster_cluster_params(run_params: dict[str, str], args: argparse.Namespace) -> Any:
-    """ClusterParams = the parent run's cluster.* params, then the flags given."""
-    from flows.params import ClusterParams
-
-    base = {k.split(".", 1)[1]: v for k, v in run_params.items() if k.startswith("cluster.")}
-    base = {k: v for k, v in base.items() if k in ClusterParams.model_fields}  # not eps_chosen / eps_rule
-    flags = {key.split(".", 1)[1]: value for key, value in vars(args).items() if key.startswith("cluster.")}
-    if flags.get("eps") is not None:  # a number turns the parent's --eps auto off; "auto" turns it on
-        flags["eps_auto"] = flags["eps"] == "auto"
-        flags["eps"] = None if flags["eps"] == "auto" else flags["eps"]
-    return ClusterParams(**{**base, **{k: v for k, v in flags.items() if v is not None}})
+def _cluster_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster flags given: {knob: value} (None = not given)."""
+    return {key.split(".", 1)[1]: value for key, value in vars(args).items() if key.startswith("cluster.")}
 
 
 def run_recluster(args: argparse.Namespace) -> int:
@@ -96,8 +88,10 @@ def _run_recluster(args: argparse.Namespace) -> int:
     images = images_of_batch(args.run_id)
     if images is not None:
         return _recluster_batch(args, images, params)
+    from samseg.apps.batch_recluster import cluster_params
+
     try:
-        cluster = recluster_cluster_params(params, args)
+        cluster = cluster_params(params, _cluster_changes(args))
     except ValidationError as exc:
         raise UsageError(flag_errors(exc)) from None
     with stage_cache_root(args) as cache:
@@ -121,43 +115,25 @@ def _run_recluster(args: argparse.Namespace) -> int:
 
 def _recluster_batch(args: argparse.Namespace, images: dict[str, str], batch_params: dict[str, str]) -> int:
     """A batch run's id: each of its images reclustered (the flags over each image's own
-    settings), as one new batch run, in this process; its lines as `samseg segment` prints a batch's.
-    The new batch run logs the batch's settings with the flags over them, so `runs compare` of
-    the two shows what changed, not every setting the flags did not name."""
-    import dataclasses
-
+    settings), as one new batch run, in this process (samseg.apps.batch_recluster, as the UI's
+    batch page does it); its lines as `samseg segment` prints a batch's."""
     from pydantic import ValidationError
 
+    from samseg.apps.batch_recluster import recluster_batch_run
     from samseg.apps.cli.common import UsageError
     from samseg.apps.cli.segment import report_batch
     from samseg.engine.publish import Tracking
-    from samseg.engine.recluster import recluster_batch
 
-    def cluster_for(image_run: str) -> Any:
-        return recluster_cluster_params(_run_params(image_run), args).to_config()
-
-    try:
-        recluster_cluster_params({}, args)  # a bad flag is a usage error before any image
-        batch_cluster = recluster_cluster_params(batch_params, args).to_config()
-    except ValidationError as exc:
-        raise UsageError(flag_errors(exc)) from None
-    params = {**{k: v for k, v in batch_params.items() if k != "n_images"},
-              **{f"cluster.{k}": v for k, v in dataclasses.asdict(batch_cluster).items()}}
     tracking = Tracking(track=not args.no_track, experiment=experiment(args))
     with stage_cache_root(args) as cache:
-        # a batch run that cannot start, classes assigned from a table, a user's file where classes.json goes:
-        # main's one line, with the taxonomy's exit code
-        report = recluster_batch(args.run_id, images, cluster_for, str(args.out), tracking, cache, params=params,
-                                 batch_cluster=batch_cluster, max_cluster=_max_cluster(batch_params))
+        try:
+            # a batch run that cannot start, classes assigned from a table, a user's file where classes.json goes:
+            # main's one line, with the taxonomy's exit code
+            report = recluster_batch_run(args.run_id, images, batch_params, _cluster_changes(args), str(args.out),
+                                         tracking, cache)
+        except ValidationError as exc:
+            raise UsageError(flag_errors(exc)) from None
     return report_batch(report)
-
-
-def _max_cluster(batch_params: dict[str, str]) -> Any:
-    """The --max-cluster a dataset batch's classes were fitted under (None: the default)."""
-    from samseg.edges.run_schema import PARAM_MAX_CLUSTER
-
-    raw = batch_params.get(PARAM_MAX_CLUSTER)
-    return int(raw) if raw and raw.isdigit() else None
 
 
 def _recluster(args: argparse.Namespace, how: str, cluster: Any, cache: str) -> dict[str, Any]:

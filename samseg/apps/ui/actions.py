@@ -56,6 +56,34 @@ def rerun(store: RunStore, run_id: str, cluster_cfg: ClusterConfig, pool_cfg: Po
     }
 
 
+def rerun_batch(store: RunStore, batch: Any, changes: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Every image of batch run `batch` reclustered with `changes` as one new batch run
+    (samseg.apps.batch_recluster, what `samseg recluster BATCH` runs); its outputs are the new runs'
+    MLflow artifacts. Returns the new batch's id, link and counts."""
+    from samseg.apps import count
+    from samseg.apps.batch_recluster import recluster_batch_run
+    from samseg.edges.mlflow.tracking import images_of_batch
+    from samseg.engine.publish import Tracking
+    from samseg.engine.recluster import ReclusterError
+
+    run_id = batch.info.run_id
+    images = images_of_batch(run_id) or {}
+    if not images:
+        raise RunDataError(f"batch run {run_id[:8]} records no images to recluster")
+    progress(f"reclustering {count(len(images), 'image')}")
+    tracking = Tracking(experiment=store.client.get_experiment(batch.info.experiment_id).name)
+    with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
+        try:
+            report = recluster_batch_run(run_id, images, dict(batch.data.params), changes, tmp, tracking,
+                                         store.settings.stage_cache)
+        except ReclusterError as exc:  # classes assigned from a table: a new eps changes nothing
+            raise RunDataError(str(exc)) from None
+    new = report.get("mlflow_run_id")
+    failed = [e for e in report.get("images", []) if e.get("status") != "completed"]
+    return {"run_id": new, "run_url": f"/runs/{new}" if new else None, "images": len(report.get("images", [])),
+            "failed": len(failed), "first_error": failed[0].get("error") if failed else None}
+
+
 def _recluster(store: RunStore, run_id: str, cfg: PipelineConfig, labels: Any = None, kind: str = "recluster",
                extra: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """(ImageRun, RunSummary) of `cfg` on the run's masks: its embeddings when the pool

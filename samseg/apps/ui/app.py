@@ -27,7 +27,7 @@ from samseg.core.secrets import scrub_secrets
 from samseg.apps.ui.jobs import JobRunner, QueueFull
 from samseg.apps.ui.guards import TOKEN_COOKIE, UnsafePathError, token_ok
 from samseg.apps.ui.service import RunDataError, RunNotFound, RunStore, StoreUnavailable, UiSettings
-from samseg.apps.ui.validation import FormError, validate_rerun_form
+from samseg.apps.ui.validation import FormError, validate_batch_form, validate_rerun_form
 from samseg.core.backbones import BACKBONE_NAMES
 from samseg.edges.mlflow.tracking import RUN_ID_CHARS
 
@@ -342,6 +342,11 @@ def _add_api(app: FastAPI) -> None:
     @app.post("/api/runs/{run_id}/rerun", status_code=202)
     def api_rerun(request: Request, run_id: str, form: dict[str, Any] = Body(...)) -> dict[str, Any]:
         store: RunStore = request.app.state.store
+        batch = store.batch_or_none(run_id)
+        if batch is not None:  # its images, each with the form's values over its own, as one new batch
+            changes = validate_batch_form(form, dict(batch.data.params))
+            job = request.app.state.jobs.submit("rerun", lambda p: actions.rerun_batch(store, batch, changes, p))
+            return job.to_dict()
         cfg = actions.run_config(store, run_id)  # RunNotFound → 404 before validating
         new_cfg = validate_rerun_form(form, cfg)
         new = (new_cfg.cluster, new_cfg.pool, new_cfg.features)

@@ -166,6 +166,12 @@ class RunStore(RunFiles):
             raise RunNotFound(f"run {run_id} not found in this UI's MLflow store")
         return run
 
+    def batch_or_none(self, run_id: str) -> Any:
+        """Batch run `run_id` (of per-image or dataset classes), or None for any other run; RunNotFound
+        for no run."""
+        run = self._fetch(run_id)
+        return run if self.is_batch_run(run) else None
+
     def shard_batch(self, run_id: str) -> str | None:
         """The batch run id of shard run `run_id` (samseg.edges.mlflow.shard_runs), or None when it is not a shard run."""
         run = self._fetch(run_id)

@@ -119,3 +119,35 @@ def validate_rerun_form(form: dict[str, Any], base: PipelineConfig) -> PipelineC
         return override(base, **values)
     except ValueError as exc:  # a rule spanning two fields: show it on the form as a whole
         raise FormError({"form": str(exc)}) from exc
+
+
+BATCH_FIELDS = {"eps": float, "min_samples": int}  # a batch page changes these, over each image's own
+
+
+def validate_batch_form(form: Any, batch_params: dict[str, str]) -> dict[str, Any]:
+    """A batch's recluster form: {knob: value} for samseg.apps.batch_recluster (eps may be
+    "auto"; a field left empty keeps each image's own value), or FormError."""
+    from pydantic import ValidationError
+
+    from samseg.apps.batch_recluster import cluster_params
+
+    if not isinstance(form, dict):
+        raise FormError({"form": "expected a JSON object of cluster settings"})
+    errors: dict[str, str] = {_short(name): "unknown field" for name in sorted(set(form) - set(BATCH_FIELDS))}
+    auto = form.get("eps") == "auto"
+    fields = {k: v for k, v in BATCH_FIELDS.items() if not (auto and k == "eps")}
+    base = cluster_params(batch_params, {}).to_config()  # the batch's own settings, which the checks are against
+    values = _validate_section(form, fields, base, "cluster", errors)
+    if errors:
+        raise FormError(errors)
+    changes = {key.split(".", 1)[1]: value for key, value in values.items()}
+    if auto:
+        changes["eps"] = "auto"
+    if not changes:
+        raise FormError({"form": "give an eps (or auto) or a min_samples to recluster the batch with"})
+    try:
+        cluster_params(batch_params, changes).to_config()
+    except (ValidationError, ValueError) as exc:  # a rule spanning two knobs (eps with the metric)
+        said = exc.errors()[0].get("ctx", {}).get("error") if isinstance(exc, ValidationError) else exc
+        raise FormError({"form": str(said or exc)}) from None
+    return changes

@@ -561,6 +561,52 @@ function markBrokenImages() {
   }));
 }
 
+// ------------------------------------------------------------ batch pages
+// "Recluster every image": the batch's images with a new eps / min_samples, as one new batch run.
+function initBatchRecluster() {
+  const form = $("#batch-recluster-form");
+  const sec = $("#batch-run") || $("#dataset-run");
+  if (!form || !sec) return;
+  const runId = sec.dataset.runId;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    $$(".field-error", form).forEach((e) => { e.textContent = ""; });
+    showError($("#batch-recluster-error"), "");
+    $("#batch-recluster-result").hidden = true;
+    const values = {};
+    new FormData(form).forEach((v, k) => { if (String(v).trim() !== "") values[k] = String(v).trim(); });
+    const btn = $("#batch-recluster-btn");
+    const prog = $("#batch-recluster-progress");
+    btn.disabled = true;
+    try {
+      showProgress(prog, "submitting");
+      const job = await api("POST", `/api/runs/${runId}/rerun`, values);
+      const done = await waitForJob(job, (s) => showProgress(prog, s));
+      const res = done.result;
+      showProgress(prog, "");
+      const link = $("#batch-recluster-link");
+      link.href = res.run_url;
+      link.textContent = res.run_id.slice(0, 8);
+      $("#batch-recluster-count").textContent = count(res.images, "image") +
+        (res.failed ? `, ${res.failed} failed (the first: ${res.first_error})` : "");
+      $("#batch-recluster-seconds").textContent = `${done.seconds.toFixed(1)} s`;
+      $("#batch-recluster-compare").href = `/compare?runs=${runId},${res.run_id}`;
+      $("#batch-recluster-result").hidden = false;
+      $("#batch-recluster-result").scrollIntoView({ block: "nearest" });
+    } catch (err) {
+      showProgress(prog, "");
+      let placed = false;
+      for (const [field, msg] of Object.entries((err && err.errors) || {})) {
+        const slot = $(`.field-error[data-for="${field}"]`, form);
+        if (slot) { slot.textContent = msg; placed = true; }
+      }
+      if (!placed) showError($("#batch-recluster-error"), `Could not recluster the batch: ${(err && err.detail) || err}`);
+    } finally {
+      btn.disabled = false;
+    }
+  });
+}
+
 window.addEventListener("unhandledrejection", (ev) => flash(`Error: ${(ev.reason && ev.reason.detail) || ev.reason}`));
 function initDatasetPage() {
   const sec = $("#dataset-run");
@@ -572,5 +618,6 @@ document.addEventListener("DOMContentLoaded", () => {
   initRunsPage();
   initRunPage();
   initDatasetPage();
+  initBatchRecluster();
   initLabelStudio();
 });
