@@ -82,6 +82,34 @@ function count(n, noun) {
   return `${n} ${k === 1 ? noun : plural}`;
 }
 
+// A form whose submit runs a background job: POST `url` with `values`; meanwhile the button
+// #<prefix>-btn is off and #<prefix>-progress says the job's stage; then onDone(job), or each
+// field's error next to its field and any other in #<prefix>-error ("<failing>: <why>").
+async function runFormJob(form, prefix, url, values, onDone, failing) {
+  $$(".field-error", form).forEach((e) => { e.textContent = ""; });
+  showError($(`#${prefix}-error`), "");
+  const btn = $(`#${prefix}-btn`);
+  const prog = $(`#${prefix}-progress`);
+  btn.disabled = true;
+  try {
+    showProgress(prog, "submitting");
+    const job = await api("POST", url, values);
+    const done = await waitForJob(job, (s) => showProgress(prog, s));
+    showProgress(prog, "");
+    onDone(done);
+  } catch (err) {
+    showProgress(prog, "");
+    let placed = false;
+    for (const [field, msg] of Object.entries((err && err.errors) || {})) {
+      const slot = $(`.field-error[data-for="${field}"]`, form);
+      if (slot) { slot.textContent = msg; placed = true; }
+    }
+    if (!placed) showError($(`#${prefix}-error`), `${failing}: ${(err && err.detail) || err}`);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
 // ------------------------------------------------------------------- run page
 function initRerun(runId) {
   const form = $("#rerun-form");
@@ -89,20 +117,11 @@ function initRerun(runId) {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     cancelPreview();
-    $$(".field-error", form).forEach((e) => { e.textContent = ""; });
     flash("");
-    showError($("#rerun-error"), "");
     const values = {};
     new FormData(form).forEach((v, k) => { values[k] = v; });
-    const btn = $("#rerun-btn");
-    const prog = $("#rerun-progress");
-    btn.disabled = true;
-    try {
-      showProgress(prog, "submitting");
-      const job = await api("POST", `/api/runs/${runId}/rerun`, values);
-      const done = await waitForJob(job, (s) => showProgress(prog, s));
+    await runFormJob(form, "rerun", `/api/runs/${runId}/rerun`, values, (done) => {
       const res = done.result;
-      showProgress(prog, "");
       $("#rerun-result").hidden = false;
       $("#rerun-seconds").textContent = `${done.seconds.toFixed(1)} s${res.via === "prefect" ? " via Prefect" : ""}`;
       const link = $("#rerun-link");
@@ -113,18 +132,7 @@ function initRerun(runId) {
       $("#rerun-compare").href = `/compare?runs=${runId},${res.run_id}`;
       $("#rerun-overlay").src = res.overlay_url;
       $("#rerun-result p").scrollIntoView({ block: "nearest" });  // the answer where the click was, on any screen
-    } catch (err) {
-      showProgress(prog, "");
-      const errors = (err && err.errors) || {};
-      let placed = false;
-      for (const [field, msg] of Object.entries(errors)) {
-        const slot = $(`.field-error[data-for="${field}"]`, form);
-        if (slot) { slot.textContent = msg; placed = true; }
-      }
-      if (!placed) showError($("#rerun-error"), `Could not save the run: ${(err && err.detail) || err}`);
-    } finally {
-      btn.disabled = false;
-    }
+    }, "Could not save the run");
   });
 }
 
@@ -570,20 +578,11 @@ function initBatchRecluster() {
   const runId = sec.dataset.runId;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    $$(".field-error", form).forEach((e) => { e.textContent = ""; });
-    showError($("#batch-recluster-error"), "");
     $("#batch-recluster-result").hidden = true;
     const values = {};
     new FormData(form).forEach((v, k) => { if (String(v).trim() !== "") values[k] = String(v).trim(); });
-    const btn = $("#batch-recluster-btn");
-    const prog = $("#batch-recluster-progress");
-    btn.disabled = true;
-    try {
-      showProgress(prog, "submitting");
-      const job = await api("POST", `/api/runs/${runId}/rerun`, values);
-      const done = await waitForJob(job, (s) => showProgress(prog, s));
+    await runFormJob(form, "batch-recluster", `/api/runs/${runId}/rerun`, values, (done) => {
       const res = done.result;
-      showProgress(prog, "");
       const link = $("#batch-recluster-link");
       link.href = res.run_url;
       link.textContent = res.run_id.slice(0, 8);
@@ -593,17 +592,7 @@ function initBatchRecluster() {
       $("#batch-recluster-compare").href = `/compare?runs=${runId},${res.run_id}`;
       $("#batch-recluster-result").hidden = false;
       $("#batch-recluster-result").scrollIntoView({ block: "nearest" });
-    } catch (err) {
-      showProgress(prog, "");
-      let placed = false;
-      for (const [field, msg] of Object.entries((err && err.errors) || {})) {
-        const slot = $(`.field-error[data-for="${field}"]`, form);
-        if (slot) { slot.textContent = msg; placed = true; }
-      }
-      if (!placed) showError($("#batch-recluster-error"), `Could not recluster the batch: ${(err && err.detail) || err}`);
-    } finally {
-      btn.disabled = false;
-    }
+    }, "Could not recluster the batch");
   });
 }
 
