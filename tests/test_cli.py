@@ -266,7 +266,9 @@ def test_weights_list_on_a_terminal_names_its_columns() -> None:
     shown = Terminal()
     with contextlib.redirect_stdout(shown):
         assert cli.main(["weights", "list"]) == 0
-    assert shown.getvalue().splitlines()[0] == "NAME\tSTATUS\tFILE\tLICENCE"
+    lines = shown.getvalue().splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "FILE", "LICENCE"] and "\t" not in shown.getvalue()
+    assert len({line.index(" missing") if " missing" in line else line.index(" present") for line in lines[1:]}) == 1  # aligned
 
 
 def test_weights_download_preset_fetches_every_file_the_preset_needs(monkeypatch: pytest.MonkeyPatch,

@@ -368,7 +368,7 @@ def test_cli_every_missing_weight_is_named_in_one_line_before_any_image(tmp_path
     assert tried == ["vit_b", "dinov2-b", "clip-b16"]  # each tried once (first use), not once per image
     assert "missing weights: vit_b, dinov2-b, clip-b16" in err and "samseg weights download vit_b dinov2-b clip-b16" in err
     assert str(home / "checkpoints") in err  # what to copy where
-    assert err.rstrip().endswith("To try samseg without them: the model tiny-random (random weights, meaningless classes)")
+    assert err.rstrip().endswith("To try samseg without them: --model tiny-random (random weights, meaningless classes)")
     assert not out.exists()  # nothing written
 
 

@@ -142,6 +142,8 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
             while (state := ui.get(f"/api/jobs/{job['id']}").json())["state"] in ("queued", "running"):
                 time.sleep(0.2)  # the test's own timeout bounds a hang
             done[batch_id] = state
+        new_page = ui.get(f"/runs/{done[dataset_batch]['result']['run_id']}", headers={"accept": "text/html"}).text
+        assert f"re-tunes <a href=\"/runs/{dataset_batch}\"" in new_page and "a person's edits" not in new_page
     assert done[dataset_batch]["state"] == "done", done
     assert client.get_run(done[dataset_batch]["result"]["run_id"]).data.tags["samseg.classes"] == "dataset"
     assert done[assigned]["state"] == "failed" and "its classes were assigned from" in done[assigned]["error"]

@@ -355,7 +355,9 @@ def test_batch_page_reclusters_every_image_into_a_new_batch_run(page, ui_server)
     page.screenshot(path=str(ARTIFACTS / "12-batch-recluster.png"), full_page=True)
     page.click("#batch-recluster-link")
     page.wait_for_selector("#batch-run")
-    assert f"batch {batch[:8]}" in page.inner_text("#batch-run .meta") and page.locator("#children figure").count() == 2
+    assert f"re-tunes batch {batch[:8]}" in page.inner_text("#batch-run .meta") and page.locator("#children figure").count() == 2
+    assert page.inner_text("#batch-n-images") == "2"  # its image runs are reclusters: counted as its images
+    assert page.locator("#batch-recluster-compare").count() == 0  # compare takes image and dataset runs only
 
 
 def test_send_to_label_studio(page, ui_server):

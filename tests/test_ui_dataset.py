@@ -212,8 +212,9 @@ def test_unknown_and_plain_batch_runs_404(client, store):
     page = client.get(f"/runs/{'0' * 32}", headers=HTML)
     assert page.status_code == 404 and 'id="error-message"' in page.text
     assert client.get(f"/runs/{store['plain']}/files/classes.json").status_code == 404
-    # a dataset run has no masks to rerun or query
-    assert client.post(f"/api/runs/{store['dataset']}/rerun", json={}).status_code == 404
+    # a dataset run's rerun is its batch's (samseg.apps.batch_recluster): with nothing to change, a form error
+    empty = client.post(f"/api/runs/{store['dataset']}/rerun", json={})
+    assert empty.status_code == 422 and "give an eps" in empty.json()["errors"]["form"]
 
 
 # ------------------------------------------------------------------ compare

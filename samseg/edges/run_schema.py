@@ -69,3 +69,15 @@ def eps_used(summary: dict) -> object:
 # A batch run's param beside its config's: the --max-cluster its dataset classes were fitted under
 # (absent: the algorithm's default), which a recluster of the batch fits them under again.
 PARAM_MAX_CLUSTER = "max_cluster"
+
+
+RECLUSTER_OF = "recluster of batch run "  # a batch recluster's source tag: this, then the batch's id
+
+
+def derived_how(tags: dict[str, str]) -> str | None:
+    """How a batch run made from another (tag samseg.parent_run_id) was made: "recluster" (new
+    settings, samseg.engine.recluster) or "edit" (a person's class edits, samseg.engine.curate_dataset);
+    None for a batch made from images."""
+    if not tags.get(TAG_PARENT_RUN):
+        return None
+    return "recluster" if str(tags.get(TAG_SOURCE) or "").startswith(RECLUSTER_OF) else "edit"

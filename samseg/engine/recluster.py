@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from samseg.core.errors import SamsegError
 from samseg.core.config import PipelineConfig
-from samseg.edges.run_schema import DATASET_MODES, FROM_RUN_ARTIFACTS, KIND_RECLUSTER
+from samseg.edges.run_schema import DATASET_MODES, FROM_RUN_ARTIFACTS, KIND_RECLUSTER, RECLUSTER_OF
 from samseg.engine.runner import Execute, ImageRun, ModelRequired, inline, run_image
 from samseg.engine.stages import OUTPUTS
 from samseg.engine.summary import RunSummary, summarize
@@ -173,7 +173,7 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
 
         from samseg.edges.mlflow.tracking import start_batch_run
 
-        tags = {TAG_PARENT_RUN: batch_run_id, TAG_SOURCE: f"recluster of batch run {batch_run_id}",
+        tags = {TAG_PARENT_RUN: batch_run_id, TAG_SOURCE: f"{RECLUSTER_OF}{batch_run_id}",
                 TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
         new_batch = start_batch_run(tracking.experiment, f"recluster-{time.strftime('%Y%m%d-%H%M%S')}",
                                     {**(params or {}), "n_images": len(images)}, tags)
@@ -204,7 +204,7 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
         end_batch(new_batch, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
     # 5. the batch's record, in OUT and on its run
-    report = batch_report(f"recluster of batch run {batch_run_id}", out, results, new_batch, "local", class_report)
+    report = batch_report(f"{RECLUSTER_OF}{batch_run_id}", out, results, new_batch, "local", class_report)
     if dataset and not report.get("summary_error") and not class_report.get("error"):
         owned_files.end_batch(out)
     from samseg.edges.mlflow.client import TrackingError

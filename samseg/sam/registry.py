@@ -67,7 +67,7 @@ def ensure(model_type: str, features: str = SAM, checkpoint: Optional[str] = Non
             except CheckpointError as exc:
                 failed.append((w, exc))
     if failed:  # a run, unlike `samseg weights download`, has an offline way to go on
-        raise CheckpointError(f"{missing_message(failed)}. To try samseg without them: the model {TINY_RANDOM} "
+        raise CheckpointError(f"{missing_message(failed)}. To try samseg without them: --model {TINY_RANDOM} "
                               "(random weights, meaningless classes)")
 
 

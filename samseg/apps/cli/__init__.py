@@ -319,11 +319,17 @@ def _run_weights_download(args: argparse.Namespace) -> int:
 def _run_weights_list(args: argparse.Namespace) -> int:
     from samseg.sam.registry import downloadable
 
-    if sys.stdout.isatty():  # a person reads the columns' names; a script piping the rows gets rows only
-        print("NAME\tSTATUS\tFILE\tLICENCE")
-    for w in downloadable():
-        pinned = "" if w.file and w.file.sha256 else " [sha256 not pinned: recorded at download]"
-        print(f"{w.name}\t{'present' if w.present else 'missing'}\t{w.path}\t{w.licence}{pinned}")
+    rows = [(w.name, "present" if w.present else "missing", str(w.path),
+             w.licence + ("" if w.file and w.file.sha256 else " [sha256 not pinned: recorded at download]"))
+            for w in downloadable()]
+    if not sys.stdout.isatty():  # a script piping the rows: tab-separated, no header
+        for row in rows:
+            print("\t".join(row))
+        return 0
+    rows.insert(0, ("NAME", "STATUS", "FILE", "LICENCE"))  # a person reads aligned columns, named
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from samseg.apps.ui.service import RunDataError, RunStore
+from samseg.apps.ui.service import IMAGE_KINDS, RunDataError, RunStore
 from samseg.edges.run_schema import DATASET_MODES, KIND_SHARD, SHARDED, TAG_KIND, TAG_MLFLOW_PARENT
 from samseg.edges.owned_files import CLASSES_JSON
 
@@ -115,7 +115,7 @@ def batch_detail(store: RunStore, run: Any) -> dict[str, Any]:
     record = record_of(store, run)
     shards = shard_section(store, run, record)
     kids = [] if shards else [store.row(r) for r in children(store, run, record)]  # a sharded batch: no image runs
-    images = [k for k in kids if k["kind"] == "image"]
+    images = [k for k in kids if k["kind"] in IMAGE_KINDS]  # a recluster batch's image runs are reclusters
     return {"run": store.batch_row(run), "children": kids, "n_images": len(images),
             "n_recorded": store.batch_row(run)["n_images"], **shards}
 

@@ -24,7 +24,7 @@ from samseg.apps.ui.tracking_gate import TrackingGate
 from samseg.core.backbones import SAM
 from samseg.core.secrets import scrub_secrets
 from samseg.edges.run_schema import TAG_CLASSES, TAG_CLASSES_FROM, TAG_EXEMPLAR, TAG_IMAGE_URI, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN, TAG_PREFECT_FLOW_RUN, TAG_SOURCE
-from samseg.edges.run_schema import DATASET_MODES, KIND_SHARD, RECLUSTER_DEPLOYMENT
+from samseg.edges.run_schema import DATASET_MODES, KIND_SHARD, RECLUSTER_DEPLOYMENT, derived_how
 from samseg.edges.layout import SUMMARY_JSON
 from samseg.edges.owned_files import CLASSES_JSON
 
@@ -302,7 +302,8 @@ class RunStore(RunFiles):
             "n_clusters": _int(m.get("n_classes")),
             "mean_class_coverage": m.get("mean_class_coverage"),
             "status": run.info.status,
-            "parent_run_id": t.get(TAG_PARENT_RUN),  # the dataset run its classes were edited from
+            "parent_run_id": t.get(TAG_PARENT_RUN),  # the dataset run it was edited or reclustered from
+            "derived": derived_how(t),
             "thumb_url": f"/runs/{rid}/files/thumb.png",
             "overlay_url": f"/runs/{rid}/files/contact_sheet.png",
             "contact_sheet_url": f"/runs/{rid}/files/contact_sheet.png",
@@ -322,6 +323,7 @@ class RunStore(RunFiles):
             "n_clusters": None,
             "status": run.info.status,
             "parent_run_id": t.get(TAG_PARENT_RUN),
+            "derived": derived_how(t),
         }
 
     def mlflow_url(self, run: Any) -> str | None:

@@ -570,7 +570,7 @@ function markBrokenImages() {
 }
 
 // ------------------------------------------------------------ batch pages
-// "Recluster every image": the batch's images with a new eps / min_samples, as one new batch run.
+// "Recluster the batch": its images with a new eps / min_samples, as one new batch run.
 function initBatchRecluster() {
   const form = $("#batch-recluster-form");
   const sec = $("#batch-run") || $("#dataset-run");
@@ -589,7 +589,8 @@ function initBatchRecluster() {
       $("#batch-recluster-count").textContent = count(res.images, "image") +
         (res.failed ? `, ${res.failed} failed (the first: ${res.first_error})` : "");
       $("#batch-recluster-seconds").textContent = `${done.seconds.toFixed(1)} s`;
-      $("#batch-recluster-compare").href = `/compare?runs=${runId},${res.run_id}`;
+      const compare = $("#batch-recluster-compare");  // a dataset run's page: compare takes dataset runs
+      if (compare) compare.href = `/compare?runs=${runId},${res.run_id}`;
       $("#batch-recluster-result").hidden = false;
       $("#batch-recluster-result").scrollIntoView({ block: "nearest" });
     }, "Could not recluster the batch");
