@@ -62,11 +62,11 @@ def _cluster_changes(args: argparse.Namespace) -> dict[str, Any]:
 def run_recluster(args: argparse.Namespace) -> int:
     import threading
 
-    from samseg.core.algorithms import import_ahead
     from samseg.edges.mlflow.process import started
+    from samseg.engine.recluster import import_ahead
 
-    # mlflow imports in its own process; meanwhile this one imports scikit-learn, then waits for
-    # MLflow's answers (the run's inputs), clusters and writes
+    # mlflow imports in its own process; meanwhile this one imports what it clusters and writes
+    # with, then waits for MLflow's answers (the run's inputs), clusters and writes
     with started():
         threading.Thread(target=import_ahead, name="samseg-import-ahead").start()
         return _run_recluster(args)
