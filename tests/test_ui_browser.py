@@ -160,11 +160,11 @@ def test_rerun_changes_clusters_and_logs_run(page, ui_server):
     page.wait_for_function("document.querySelector('#overlay').naturalWidth > 0")
     page.screenshot(path=str(ARTIFACTS / "02-run.png"), full_page=True)
 
-    # Server-side validation shows the config's message next to the field.
+    # Server-side validation shows the config's message next to the field, in its words (eps, not cluster.eps).
     page.fill('input[name="eps"]', "0")
     page.click("#rerun-btn")
     page.wait_for_selector('.field-error[data-for="eps"]:not(:empty)')
-    assert "cluster.eps must be > 0" in page.inner_text('.field-error[data-for="eps"]')
+    assert "eps must be > 0" == page.inner_text('.field-error[data-for="eps"]')
 
     # Cosine distances are <= 2, so eps 2 with min_samples 1 joins every mask into one
     # cluster; min_samples above the mask count leaves none. Pick whichever differs from

@@ -182,7 +182,7 @@ def config_from_args(args: argparse.Namespace) -> "Any":
 
 def flag_message(message: str, parser: Optional[argparse.ArgumentParser]) -> str:
     """A config error as the command line says it: "cluster.eps must be > 0" -> "--eps must be > 0",
-    "tile.size ..." -> "--tile ..." (the flag whose dest is the key; the UI keeps the config's key)."""
+    "tile.size ..." -> "--tile ..." (the flag whose dest is the key; the UI names its form field: samseg.apps.ui.validation)."""
     import re
 
     flags = {a.dest: a.option_strings[-1] for a in getattr(parser, "_actions", ()) if a.option_strings}

@@ -4,8 +4,8 @@ The values go through samseg.core.config.override, the function the CLI's flags 
 `samseg.segment`'s keywords go through: the same knob names, the same checks, the same meaning
 (an eps given is the eps used: it turns `--eps auto` off, so what the preview showed is what a
 saved run clusters with). This module only parses strings to numbers and maps each config
-message ("cluster.eps must be > 0") to the form field it is about, so the page can show it next
-to that field.
+message ("cluster.eps must be > 0") to the form field it is about, in that field's words ("eps
+must be > 0"), so the page can show it next to that field.
 """
 
 from __future__ import annotations
@@ -61,6 +61,13 @@ def _parse(name: str, raw: Any, kind: Callable[[Any], Any], section: str) -> Any
     return str(raw)
 
 
+def _at_field(message: str, section: str, name: str) -> str:
+    """A config message as its form field shows it, next to the field labelled `name`:
+    "cluster.eps must be > 0" -> "eps must be > 0"."""
+    key = f"{section}.{name}"
+    return name + message[len(key):] if message.startswith(key) else message
+
+
 def _validate_section(
     form: dict[str, Any], fields: dict[str, Callable[[Any], Any]], base: Any, section: str, errors: dict[str, str]
 ) -> dict[str, Any]:
@@ -75,12 +82,13 @@ def _validate_section(
             value = _parse(name, raw, kind, section)
         except (TypeError, ValueError) as exc:
             msg = str(exc)
-            errors[name] = msg if msg.startswith(section + ".") else f"{section}.{name} must be {_TYPE_WORDS[kind]}"
+            errors[name] = _at_field(msg if msg.startswith(section + ".") else f"{section}.{name} must be {_TYPE_WORDS[kind]}",
+                                     section, name)
             continue
         try:
             dataclasses.replace(base, **{name: value})
         except ValueError as exc:
-            errors[name] = str(exc)
+            errors[name] = _at_field(str(exc), section, name)
             continue
         values[f"{section}.{name}"] = value
     return values
