@@ -102,7 +102,7 @@ from samseg.edges.mlflow import process, tracking
 process.allow()
 with process.started():
     try:
-        tracking.resolve_run_id("abc")  # too short a prefix: refused in the child
+        tracking.resolve_run_id("abcd")  # a prefix of no run: looked up, and refused, in the child
     except Exception as exc:
         print(type(exc).__name__, "|", " ".join(getattr(exc, "__notes__", [""])).splitlines()[0])
     process._child._proc.kill()  # the child dies (OOM killer, a crash)

@@ -415,7 +415,6 @@ RUN_ID_CHARS = 32  # an MLflow run id: 32 lower-case hex characters
 MIN_PREFIX = 4  # a shorter prefix is refused: it names too many runs to mean one
 
 
-@in_mlflow_process
 def resolve_run_id(ref: str, client: Any = None, where: Optional[str] = None) -> str:
     """The full run id of `ref`: a whole id as it is, or a unique prefix of one (as git takes a
     commit's; the UI shows 8 characters), looked up over every experiment of `client`'s store
@@ -426,6 +425,12 @@ def resolve_run_id(ref: str, client: Any = None, where: Optional[str] = None) ->
         return ref
     if len(ref) < MIN_PREFIX:
         raise RunRefError(f"{ref!r}: a run id prefix needs at least {MIN_PREFIX} characters")
+    return _search_run_id(ref, client, where)  # a path or a URI never waits for MLflow
+
+
+@in_mlflow_process
+def _search_run_id(ref: str, client: Any = None, where: Optional[str] = None) -> str:
+    """The one run id that starts with hex prefix `ref` (resolve_run_id)."""
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
