@@ -304,6 +304,18 @@ def test_download_records_the_hash_and_a_later_swap_is_refused(home: Path, serve
     assert "\n" not in str(err.value)
 
 
+def test_a_download_names_its_licence_once_the_server_answers_and_offline_only_the_error(home: Path, served_dinov2_s,
+                                                                                         caplog) -> None:
+    url, _ = served_dinov2_s
+    with caplog.at_level("WARNING", logger="samseg.sam.weights"):
+        with pytest.raises(CheckpointError):
+            backbone_weight("dinov2-s").download("http://127.0.0.1:9/nothing-listens-here")  # refused: offline
+        assert not [r for r in caplog.records if "downloading" in r.getMessage()]  # no promise of a download
+        backbone_weight("dinov2-s").download(url)
+    [line] = [r.getMessage() for r in caplog.records if "downloading" in r.getMessage()]
+    assert url in line and f"(licence: {backbone_weight('dinov2-s').licence})" in line
+
+
 def test_pinned_hash_mismatch_discards_the_download(home: Path, served_dinov2_s, monkeypatch) -> None:
     import dataclasses
 

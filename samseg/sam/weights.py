@@ -246,8 +246,7 @@ def fetch_verified(info: WeightsFile, dest: Path, what: str, licence: str, hint:
         except CheckpointError as exc:
             log.warning("%s; downloading again", exc)
             dest.with_name(dest.name + RECORDED).unlink(missing_ok=True)
-    log.warning("%s: downloading %s (licence: %s)", what, info.url, licence)
-    sha = download_verified(info.url, dest, info, what, hint, validate=validate)
+    sha = download_verified(info.url, dest, info, what, hint, validate=validate, licence=licence)
     if info.sha256 is None:
         dest.with_name(dest.name + RECORDED).write_text(sha + "\n", encoding="utf-8")
         log.warning("%s: sha256 %s recorded (this samseg release pins no hash for it: compare it with the file's "
@@ -256,13 +255,14 @@ def fetch_verified(info: WeightsFile, dest: Path, what: str, licence: str, hint:
 
 
 def download_verified(url: str, dest: Path, info: WeightsFile, what: str, hint: str,
-                      validate: Optional[Callable[[Path], None]] = None) -> str:
+                      validate: Optional[Callable[[Path], None]] = None, licence: str = "") -> str:
     """Stream `url` into `dest` (via `<dest>.part`); returns the file's sha256. The file gets its
     final name only when it is whole: as long as the server's Content-Length, no longer than the
     row's size (or MAX_DOWNLOAD_BYTES), matching the pinned sha256 where there is one, and passing
     `validate(part)` (an unpinned file: parses and fits its model) — so an HTML page served with
     200, or a body cut short, is never kept as weights. Any failure is one CheckpointError line
-    naming `what`, the URL and `hint`; the partial file is deleted."""
+    naming `what`, the URL and `hint`; the partial file is deleted. The download and its
+    `licence` are announced once the server answers: offline, the one error line says it all."""
     import http.client
     import shutil
     import urllib.error
@@ -281,6 +281,7 @@ def download_verified(url: str, dest: Path, info: WeightsFile, what: str, hint: 
         h = hashlib.sha256()
         got = 0
         with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+            log.warning("%s: downloading %s (licence: %s)", what, url, licence)
             length = int(resp.headers.get("Content-Length") or 0) or None
             if length is not None and length > bound:
                 raise CheckpointError(f"{url} offers {length:,} bytes for {what}, more than the {bound:,} it can be; "
