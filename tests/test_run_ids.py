@@ -119,6 +119,7 @@ def test_recluster_of_a_dataset_batch_gives_new_dataset_classes_not_per_image_on
     [line] = [line for line in out.splitlines() if line.startswith(new_batch)]
     assert line.split()[-3:] == ["recluster", "of", dataset_batch[:8]], line  # an id one can type, not its tail
     assert line.split()[5] == str(len(table["classes"])), line  # a dataset batch's classes
+    assert line.split()[1] == "dataset", line  # its kind as the UI says it (a batch of dataset classes)
     # classes assigned from a table: a new eps changes nothing in an assignment, so it is refused in one line
     rc, out, err = run_cli(["segment", str(src), "--classes-from", dataset_batch, "--out", str(tmp_path / "as"),
                             "--cache", str(store["tmp"] / "c"), *TINY])

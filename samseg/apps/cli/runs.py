@@ -198,7 +198,7 @@ def run_runs_list(args: argparse.Namespace) -> int:
     import datetime
 
     from samseg.edges.mlflow.tracking import recent_runs
-    from samseg.edges.run_schema import KIND_BATCH, TAG_KIND, TAG_PARENT_RUN, TAG_SOURCE, derived_how
+    from samseg.edges.run_schema import DATASET_MODES, KIND_BATCH, TAG_CLASSES, TAG_KIND, TAG_PARENT_RUN, TAG_SOURCE, derived_how
     from samseg.engine.segment import shown_name
 
     runs = recent_runs(args.experiment, args.limit)  # a TrackingError is main's one line, exit 1
@@ -219,7 +219,8 @@ def run_runs_list(args: argparse.Namespace) -> int:
             what = f"{derived_how(tags)} of {parent[:8]}"
         what = shown_name(str(what or ""))
         what = what if len(what) <= _WHAT_WIDTH else "…" + what[-(_WHAT_WIDTH - 1):]  # a path's end says the most
-        print(f"{run.info.run_id:32}  {kind[:9]:9}  {started:16}  {run.info.status[:8]:8}  {classes:>7}  {features[:9]:9}  "
+        shown = tags[TAG_CLASSES] if kind == KIND_BATCH and tags.get(TAG_CLASSES) in DATASET_MODES else kind  # as the UI says
+        print(f"{run.info.run_id:32}  {shown[:9]:9}  {started:16}  {run.info.status[:8]:8}  {classes:>7}  {features[:9]:9}  "
               f"{what}")
     return 0
 
