@@ -54,7 +54,7 @@ def test_new_knob_reaches_the_ui_form() -> None:
     assert fields["smoothing"] is float and "eps_auto" not in fields  # switches are not form fields
     errors: dict[str, str] = {}
     values = _validate_section({"smoothing": "7", "eps": "0.1"}, fields, ClusterWithANewKnob(), "cluster", errors)
-    assert errors == {"smoothing": "cluster.smoothing must be in (0, 1]"} and values == {"cluster.eps": 0.1}
+    assert errors == {"smoothing": "smoothing must be in (0, 1]"} and values == {"cluster.eps": 0.1}  # in the field's words
 
 
 def test_every_section_of_the_pipeline_is_generated() -> None:
