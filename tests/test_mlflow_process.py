@@ -185,7 +185,7 @@ def test_a_stopped_or_killed_tracked_command_leaves_no_mlflow_process_behind(pho
         assert "Traceback" not in stderr
 
 
-def test_no_mlflow_process_to_be_had_leaves_the_calls_in_the_command(monkeypatch):
+def test_no_mlflow_process_to_be_had_leaves_the_calls_in_the_command(monkeypatch, tmp_path):
     """A spawn that fails (a main module without its guard, no /dev/shm): the command goes on,
     its MLflow calls made where they always were."""
     from samseg.edges.mlflow import process, tracking
@@ -193,12 +193,14 @@ def test_no_mlflow_process_to_be_had_leaves_the_calls_in_the_command(monkeypatch
     def no_child() -> None:
         raise RuntimeError("An attempt has been made to start a new process before ... bootstrapping phase")
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _env(tmp_path)["MLFLOW_TRACKING_URI"])
     monkeypatch.setattr(process, "_allowed", True)
     monkeypatch.setattr(process, "_Child", no_child)
     with process.started():
         assert process._child is None
-        with pytest.raises(TrackingError, match="at least 4 characters"):
-            tracking.resolve_run_id("abc")
+        with pytest.raises(TrackingError, match="no MLflow run id starts with abcd") as err:  # looked up, here
+            tracking.resolve_run_id("abcd")
+    assert not getattr(err.value, "__notes__", None)  # raised in this process, not in a child
 
 
 SLOW = '''

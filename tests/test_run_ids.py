@@ -251,6 +251,11 @@ def test_the_ui_batch_page_reclusters_every_image_as_one_new_batch_run_as_the_cl
     kids = client.search_runs([new.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res['run_id']}'")
     assert sorted(k.data.tags["samseg.parent_run_id"] for k in kids) == sorted(store["images"])
     assert {k.data.params["cluster.eps"] for k in kids} == {"0.4"}
+    # the UI's outputs are the runs' artifacts: no run and no record names its temporary folder
+    assert not [k for k in kids if "samseg.out_dir" in k.data.tags]
+    record = json.loads(client.download_artifacts(res["run_id"], "batch_summary.json", str(store["tmp"])) and
+                        (store["tmp"] / "batch_summary.json").read_text())
+    assert record["out"] is None and {e["out_dir"] for e in record["images"]} == {None}
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +334,29 @@ def test_a_sharded_batch_id_leads_to_its_images_dirs_in_every_command_and_the_ui
         assert str(sharded["out"] / "s0") in page.text and str(sharded["out"] / "s1") in page.text
         hop = ui.get(f"/runs/{shard}", headers={"accept": "text/html"}, follow_redirects=False)
         assert hop.status_code == 307 and hop.headers["location"] == f"/runs/{batch}#shard-{shard}"
+        # no recluster panel: its images are dirs its record names; the API says which command does it
+        assert 'id="batch-recluster-form"' not in page.text
+        job = ui.post(f"/api/runs/{batch}/rerun", json={"eps": "0.3"}).json()
+        while (state := ui.get(f"/api/jobs/{job['id']}").json())["state"] in ("queued", "running"):
+            time.sleep(0.2)  # the test's own timeout bounds a hang
+        assert state["state"] == "failed" and "ran in shards" in state["error"] and "samseg recluster" in state["error"]
+
+
+def test_a_batch_form_checks_the_new_values_against_the_batchs_own_settings() -> None:
+    """eps 5 is a cosine batch's error and a euclidean batch's setting; a batch an older samseg
+    recorded under rules since changed is said on the form, never an internal error."""
+    from samseg.apps.ui.validation import FormError, validate_batch_form
+    from samseg.core.config import DEFAULT
+
+    cosine = {k: str(v) for k, v in DEFAULT.flat().items()}
+    with pytest.raises(FormError) as err:
+        validate_batch_form({"eps": "5"}, cosine)
+    assert err.value.errors["eps"].startswith("eps must be <= 2 with the cosine metric")
+    assert validate_batch_form({"eps": "5"}, {**cosine, "cluster.metric": "euclidean"}) == {"eps": 5.0}
+    assert validate_batch_form({"eps": "auto", "min_samples": "4"}, cosine) == {"eps": "auto", "min_samples": 4}
+    with pytest.raises(FormError) as err:
+        validate_batch_form({"eps": "0.5"}, {**cosine, "cluster.algorithm": "optics"})  # no such algorithm now
+    assert "recorded settings cannot be reclustered here" in err.value.errors["form"]
 
 
 def test_a_per_image_batch_id_where_one_image_or_dataset_classes_are_needed_says_what_to_give(store: dict,

@@ -28,19 +28,21 @@ def cluster_params(run_params: Mapping[str, str], changes: Mapping[str, Any]) ->
 
 
 def recluster_batch_run(batch_run_id: str, images: dict[str, str], batch_params: Mapping[str, str],
-                        changes: Mapping[str, Any], out: str, tracking: Any, cache_root: str) -> dict[str, Any]:
+                        changes: Mapping[str, Any], out: str, tracking: Any, cache_root: str,
+                        record_dirs: bool = True) -> dict[str, Any]:
     """Every image of the batch (`images`: its record, samseg.edges.mlflow.tracking.images_of_batch)
     reclustered with `changes` into OUT, as one new batch run (samseg.engine.recluster.recluster_batch);
-    its report. A bad value is a ValidationError before any image. The new batch run logs the
-    batch's settings with the changes over them, so a compare of the two shows what changed."""
+    its report. A bad value is a ValidationError before any image (checked against the batch's own
+    settings: a euclidean batch takes an eps a cosine one does not). The new batch run logs the
+    batch's settings with the changes over them, so a compare of the two shows what changed.
+    record_dirs=False: OUT is a temporary folder (the UI's): the runs name no dir of it."""
     import dataclasses
 
     from samseg.edges.mlflow.tracking import image_params
     from samseg.edges.run_schema import PARAM_MAX_CLUSTER
     from samseg.engine.recluster import recluster_batch
 
-    cluster_params({}, changes)  # a bad value, before any image
-    batch_cluster = cluster_params(batch_params, changes).to_config()
+    batch_cluster = cluster_params(batch_params, changes).to_config()  # a bad value, before any image
     params = {**{k: v for k, v in batch_params.items() if k != "n_images"},
               **{f"cluster.{k}": v for k, v in dataclasses.asdict(batch_cluster).items()}}
     raw = batch_params.get(PARAM_MAX_CLUSTER) or ""
@@ -50,4 +52,4 @@ def recluster_batch_run(batch_run_id: str, images: dict[str, str], batch_params:
         return cluster_params(image_params(image_run), changes).to_config()
 
     return recluster_batch(batch_run_id, images, cluster_for, out, tracking, cache_root, params=params,
-                           batch_cluster=batch_cluster, max_cluster=max_cluster)
+                           batch_cluster=batch_cluster, max_cluster=max_cluster, record_dirs=record_dirs)

@@ -232,8 +232,9 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
                       max_cluster: Optional[int], track: bool, experiment: str,
                       register_classes: Optional[str] = None, execute: Execute = inline,
                       namer: Optional[Callable[..., dict[str, Any]]] = None, gram: Optional[Gram] = None,
-                      ) -> dict[str, Any]:
-    """New dataset ids for the completed images of a batch, then their MLflow child runs.
+                      record_dirs: bool = True) -> dict[str, Any]:
+    """New dataset ids for the completed images of a batch, then their MLflow child runs
+    (record_dirs=False: OUT is a temporary folder, so the runs name no dir of it).
 
     results: the batch's per-image entries ("status", "name"); completed entries gain
     "mlflow_run_id". Returns the class report: mode, n_classes, metrics, classes_json,
@@ -266,7 +267,7 @@ def relabel_and_track(out: str, results: list[dict[str, Any]], cluster_cfg: Clus
             summary = json.loads((Path(d) / SUMMARY_JSON).read_text(encoding="utf-8"))
             r.update(n_clusters=summary.get("n_clusters"), n_noise=summary.get("n_noise"))  # now the dataset ids'
             if track:
-                where = join_uri(out, r["name"])
+                where = join_uri(out, r["name"]) if record_dirs else None
                 r["mlflow_run_id"] = execute("track", lambda: _log(d, where, summary, experiment, batch_run_id, r["name"]))
     return info
 
@@ -298,7 +299,7 @@ def local_image_dirs(out: str, names: list[str]) -> Iterator[tuple[list[str], Ca
         yield dirs, publish
 
 
-def _log(d: str, where: str, summary: dict[str, Any], experiment: str, batch_run_id: Optional[str], name: str) -> str:
+def _log(d: str, where: Optional[str], summary: dict[str, Any], experiment: str, batch_run_id: Optional[str], name: str) -> str:
     from samseg.edges.mlflow.tracking import log_image_run
 
     run_name = (summary.get("image") or {}).get("file_name") or name

@@ -29,15 +29,19 @@ class ReclusterError(SamsegError, RuntimeError):
 
 def import_ahead() -> None:
     """Import what a recluster needs on its way (scikit-learn to cluster, Pillow to read the
-    image, OpenCV to write its PNGs: ~1 s together), for a command that waits for MLflow first."""
-    from samseg.core.algorithms import import_ahead as clustering
+    image, OpenCV to write its PNGs: ~1 s together), for a command that waits for MLflow first.
+    Only a head start: a failure here is the later import's to say."""
+    try:
+        from samseg.core.algorithms import import_ahead as clustering
 
-    clustering()
-    import cv2  # noqa: F401 — samseg.edges.image_dir.png_bytes
-    import PIL.Image  # noqa: F401 — samseg.edges.images
+        clustering()
+        import cv2  # noqa: F401 — samseg.edges.image_dir.png_bytes
+        import PIL.Image  # noqa: F401 — samseg.edges.images
 
-    import samseg.edges.image_dir  # noqa: F401
-    import samseg.engine.publish  # noqa: F401
+        import samseg.edges.image_dir  # noqa: F401
+        import samseg.engine.publish  # noqa: F401
+    except BaseException:  # noqa: BLE001 — a stop, or a broken install: said where the import is needed
+        pass
 
 
 def recluster(image: Any, cfg: PipelineConfig, model: ModelIdentity, cache: "StageCache", *,
@@ -156,7 +160,8 @@ def _from_run(run_id: str, workdir: Any) -> tuple[dict[str, Any], PipelineConfig
 
 def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Callable[[str], Any], out: str,
                     tracking: Any, cache_root: str, params: Optional[dict[str, Any]] = None,
-                    batch_cluster: Any = None, max_cluster: Optional[int] = None) -> dict[str, Any]:
+                    batch_cluster: Any = None, max_cluster: Optional[int] = None,
+                    record_dirs: bool = True) -> dict[str, Any]:
     """Every image run of a batch ({run id: its OUT/<name>}, the batch's record) reclustered (`cluster_for(run id)`: its ClusterConfig)
     into OUT/<name>/, as one new batch run: its image runs nested under it, each tagged with the
     run it re-tunes, its report in OUT/batch_summary.json and on the run. One image fails alone.
@@ -165,7 +170,8 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
     every image dir, named once for the batch, classes.json and the contact sheet in OUT, as
     `segment --classes dataset` writes them. A batch whose classes were assigned from an earlier
     table is refused: eps does not change an assignment. max_cluster: the most masks clustered at
-    once, as the batch was fitted (None: the algorithm's default)."""
+    once, as the batch was fitted (None: the algorithm's default). record_dirs=False: OUT is a
+    temporary folder (the UI's), so the runs and the batch's record name the runs, not its dirs."""
     import dataclasses
     import time
     from pathlib import PurePosixPath
@@ -212,12 +218,14 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
         # 4. dataset classes: the images' masks together, at the new settings
         if dataset:
             class_report = _refit(out, results, batch_cluster, new_batch, tracking, config,
-                                  (params or {}).get("names.vocabulary"), max_cluster)
+                                  (params or {}).get("names.vocabulary"), max_cluster, record_dirs)
     except BaseException as exc:  # a stop, a user's file in OUT: the new batch run ends, never RUNNING
         end_batch(new_batch, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
     # 5. the batch's record, in OUT and on its run
     report = batch_report(f"{RECLUSTER_OF}{batch_run_id}", out, results, new_batch, "local", class_report)
+    if not record_dirs:  # the record read later names the runs; OUT is gone by then
+        report = {**report, "out": None, "images": [{**e, "out_dir": None} for e in report["images"]]}
     if dataset and not report.get("summary_error") and not class_report.get("error"):
         owned_files.end_batch(out)
     from samseg.edges.mlflow.client import TrackingError
@@ -246,7 +254,7 @@ def _dataset_classes(batch_run_id: str) -> bool:
 
 def _refit(out: str, results: list[dict[str, Any]], cluster_cfg: Any, batch_run_id: Optional[str],
            tracking: Any, config: Optional[dict[str, Any]], vocabulary: Optional[str],
-           max_cluster: Optional[int]) -> dict[str, Any]:
+           max_cluster: Optional[int], record_dirs: bool) -> dict[str, Any]:
     """Dataset classes for the reclustered images (samseg.engine.dataset.relabel_and_track), named
     once for the batch as the batch was: its `vocabulary` (its images' own is "none": a dataset
     batch names its classes, not each image) with the namer settings of an image's `config`."""
@@ -260,4 +268,4 @@ def _refit(out: str, results: list[dict[str, Any]], cluster_cfg: Any, batch_run_
         names = PipelineConfig.from_flat(config).names
         namer = dataset_namer(dataclasses.replace(names, vocabulary=vocabulary))
     return relabel_and_track(out, results, cluster_cfg, batch_run_id, max_cluster, tracking.track, tracking.experiment,
-                             namer=namer)
+                             namer=namer, record_dirs=record_dirs)

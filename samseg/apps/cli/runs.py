@@ -68,7 +68,7 @@ def run_recluster(args: argparse.Namespace) -> int:
     # mlflow imports in its own process; meanwhile this one imports what it clusters and writes
     # with, then waits for MLflow's answers (the run's inputs), clusters and writes
     with started():
-        threading.Thread(target=import_ahead, name="samseg-import-ahead").start()
+        threading.Thread(target=import_ahead, name="samseg-import-ahead", daemon=True).start()
         return _run_recluster(args)
 
 

@@ -66,18 +66,27 @@ def rerun_batch(store: RunStore, batch: Any, changes: dict[str, Any], progress: 
     from samseg.engine.publish import Tracking
     from samseg.engine.recluster import ReclusterError
 
+    from pydantic import ValidationError
+
+    from samseg.edges.run_schema import TAG_OUT_DIR, TAG_SOURCE
+
     run_id = batch.info.run_id
+    for image_run in recorded_image_runs(store, batch, f"recluster it with `samseg recluster {run_id[:8]} --eps …`"):
+        store.input_uri(image_run)  # every image it re-reads: from the allowed roots (--image-root), as its run recorded it
     images = images_of_batch(run_id) or {}
     if not images:
         raise RunDataError(f"batch run {run_id[:8]} records no images to recluster")
     progress(f"reclustering {count(len(images), 'image')}")
-    tracking = Tracking(experiment=store.client.get_experiment(batch.info.experiment_id).name)
+    tracking = Tracking(experiment=store.client.get_experiment(batch.info.experiment_id).name,
+                        tags={TAG_SOURCE: "ui", TAG_OUT_DIR: None})  # its dirs are the MLflow runs' artifacts
     with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
         try:
             report = recluster_batch_run(run_id, images, dict(batch.data.params), changes, tmp, tracking,
-                                         store.settings.stage_cache)
+                                         store.settings.stage_cache, record_dirs=False)
         except ReclusterError as exc:  # classes assigned from a table: a new eps changes nothing
             raise RunDataError(str(exc)) from None
+        except ValidationError as exc:  # the batch's own settings are no longer valid (an older samseg's)
+            raise RunDataError(f"batch run {run_id[:8]}: its settings cannot be reclustered ({exc.errors()[0]['msg']})") from None
     new = report.get("mlflow_run_id")
     failed = [e for e in report.get("images", []) if e.get("status") != "completed"]
     return {"run_id": new, "run_url": f"/runs/{new}" if new else None, "images": len(report.get("images", [])),
@@ -167,14 +176,21 @@ def image_runs_only(store: RunStore, run_id: str, instead: str) -> list[str]:
     """The image runs of run `run_id` (itself, or those its batch recorded); RunDataError for a
     batch that ran in shards: its images are dirs its record names, and the UI reads no path a
     record names (a crafted record could name anyone's files). `instead`: the command that does it."""
-    from samseg.edges.mlflow.tracking import ImageDir, batch_image_runs
-
     run = store.get_any_run(run_id)
     if run.data.tags.get(TAG_KIND) != KIND_BATCH:
         return [run_id]
-    refs = batch_image_runs(store.client, run)
+    return recorded_image_runs(store, run, instead)
+
+
+def recorded_image_runs(store: RunStore, batch: Any, instead: str) -> list[str]:
+    """The image runs batch run `batch` recorded; RunDataError for a batch that ran in shards
+    (image_runs_only says why)."""
+    from samseg.edges.mlflow.tracking import ImageDir, batch_image_runs
+
+    refs = batch_image_runs(store.client, batch)
     if any(isinstance(r, ImageDir) for r in refs):
-        raise RunDataError(f"batch run {run_id} ran in shards (no run per image): {instead}, which reads its image dirs")
+        raise RunDataError(f"batch run {batch.info.run_id} ran in shards (no run per image): {instead}, which reads its "
+                           "image dirs")
     return refs
 
 

@@ -144,7 +144,11 @@ def validate_batch_form(form: Any, batch_params: dict[str, str]) -> dict[str, An
     errors: dict[str, str] = {_short(name): "unknown field" for name in sorted(set(form) - set(BATCH_FIELDS))}
     auto = form.get("eps") == "auto"
     fields = {k: v for k, v in BATCH_FIELDS.items() if not (auto and k == "eps")}
-    base = cluster_params(batch_params, {}).to_config()  # the batch's own settings, which the checks are against
+    try:  # the batch's own settings, which the checks are against
+        base = cluster_params(batch_params, {}).to_config()
+    except (ValidationError, ValueError) as exc:  # recorded by an older samseg under rules since changed
+        said = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
+        raise FormError({"form": f"this batch's recorded settings cannot be reclustered here ({said})"}) from None
     values = _validate_section(form, fields, base, "cluster", errors)
     if errors:
         raise FormError(errors)
