@@ -17,7 +17,8 @@ import pytest
 from samseg.edges.mlflow.client import TrackingError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "-q"]
+TINY = ["--model", "tiny-random", "--preset", "smoke", "--points-per-side", "4", "--device", "cpu", "-q",
+        "--orchestrator", "local"]  # this process's own stop handling, whatever Prefect the environment names
 # samseg.apps.cli.run's own steps, and then whether the command's process imported mlflow
 COMMAND = """
 import os
@@ -33,8 +34,9 @@ sys.exit(rc)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "SAMSEG_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "SAMSEG_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    return env
 
 
 def _command(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
