@@ -228,7 +228,7 @@ class ClusterConfig(ConfigSection):
 
     def check(self) -> None:
         # a cosine distance is 1 − cos, at most 2: a larger radius reaches every mask, as 2 does
-        radius = {"dbscan": "eps", "agglomerative": "distance_threshold"}.get(self.algorithm)
+        radius = COSINE_RADII.get(self.algorithm)
         for name in (radius,) if radius else ():
             _check(self.metric != "cosine" or getattr(self, name) <= COSINE_MAX,
                    f"cluster.{name} must be <= {COSINE_MAX:g} with the cosine metric (cosine distances are at most "
@@ -236,6 +236,7 @@ class ClusterConfig(ConfigSection):
 
 
 COSINE_MAX = 2.0
+COSINE_RADII = {"dbscan": "eps", "agglomerative": "distance_threshold"}  # the knob each algorithm reaches with
 
 
 # `--tile auto` tiles an image whose long side is over this many tile sides: SAM would see
@@ -405,7 +406,7 @@ class PipelineConfig:
             sections[section][name] = value
         cluster = sections["cluster"]
         if cluster.get("metric", ClusterConfig.metric) == "cosine":  # a run an older samseg let reach past 2:
-            for name in ("eps", "distance_threshold"):  # the same clustering at 2 (every mask within reach)
+            for name in COSINE_RADII.values():  # the same clustering at 2 (every mask within reach)
                 if isinstance(cluster.get(name), (int, float)) and cluster[name] > COSINE_MAX:
                     cluster[name] = COSINE_MAX
         # a section missing from an older summary (tile, before tiling) gets its defaults

@@ -60,20 +60,19 @@ def rerun_batch(store: RunStore, batch: Any, changes: dict[str, Any], progress: 
     """Every image of batch run `batch` reclustered with `changes` as one new batch run
     (samseg.apps.batch_recluster, what `samseg recluster BATCH` runs); its outputs are the new runs'
     MLflow artifacts. Returns the new batch's id, link and counts."""
+    from pydantic import ValidationError
+
     from samseg.apps import count
     from samseg.apps.batch_recluster import recluster_batch_run
-    from samseg.edges.mlflow.tracking import images_of_batch
+    from samseg.apps.ui.validation import said_of
+    from samseg.edges.run_schema import TAG_OUT_DIR, TAG_SOURCE
     from samseg.engine.publish import Tracking
     from samseg.engine.recluster import ReclusterError
 
-    from pydantic import ValidationError
-
-    from samseg.edges.run_schema import TAG_OUT_DIR, TAG_SOURCE
-
     run_id = batch.info.run_id
-    for image_run in recorded_image_runs(store, batch, f"recluster it with `samseg recluster {run_id[:8]} --eps …`"):
+    images = recorded_images(store, batch, f"recluster it with `samseg recluster {run_id[:8]} --eps …`")
+    for image_run in images:
         store.input_uri(image_run)  # every image it re-reads: from the allowed roots (--image-root), as its run recorded it
-    images = images_of_batch(run_id) or {}
     if not images:
         raise RunDataError(f"batch run {run_id[:8]} records no images to recluster")
     progress(f"reclustering {count(len(images), 'image')}")
@@ -86,7 +85,7 @@ def rerun_batch(store: RunStore, batch: Any, changes: dict[str, Any], progress: 
         except ReclusterError as exc:  # classes assigned from a table: a new eps changes nothing
             raise RunDataError(str(exc)) from None
         except ValidationError as exc:  # the batch's own settings are no longer valid (an older samseg's)
-            raise RunDataError(f"batch run {run_id[:8]}: its settings cannot be reclustered ({exc.errors()[0]['msg']})") from None
+            raise RunDataError(f"batch run {run_id[:8]}: its settings cannot be reclustered ({said_of(exc)})") from None
     new = report.get("mlflow_run_id")
     failed = [e for e in report.get("images", []) if e.get("status") != "completed"]
     return {"run_id": new, "run_url": f"/runs/{new}" if new else None, "images": len(report.get("images", [])),
@@ -179,15 +178,15 @@ def image_runs_only(store: RunStore, run_id: str, instead: str) -> list[str]:
     run = store.get_any_run(run_id)
     if run.data.tags.get(TAG_KIND) != KIND_BATCH:
         return [run_id]
-    return recorded_image_runs(store, run, instead)
+    return list(recorded_images(store, run, instead))
 
 
-def recorded_image_runs(store: RunStore, batch: Any, instead: str) -> list[str]:
-    """The image runs batch run `batch` recorded; RunDataError for a batch that ran in shards
-    (image_runs_only says why)."""
-    from samseg.edges.mlflow.tracking import ImageDir, batch_image_runs
+def recorded_images(store: RunStore, batch: Any, instead: str) -> dict[str, str]:
+    """{image run id: its name in OUT} as batch run `batch` recorded them; RunDataError for a
+    batch that ran in shards (image_runs_only says why)."""
+    from samseg.edges.mlflow.tracking import ImageDir, batch_images
 
-    refs = batch_image_runs(store.client, batch)
+    refs = batch_images(store.client, batch)
     if any(isinstance(r, ImageDir) for r in refs):
         raise RunDataError(f"batch run {batch.info.run_id} ran in shards (no run per image): {instead}, which reads its "
                            "image dirs")

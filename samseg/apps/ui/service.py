@@ -161,8 +161,8 @@ class RunStore(RunFiles):
 
     def get_batch_run(self, run_id: str) -> Any:
         """A batch run of per-image classes (its page lists its images); RunNotFound otherwise."""
-        run = self._fetch(run_id)
-        if not self.is_batch_run(run):
+        run = self.batch_or_none(run_id)
+        if run is None:
             raise RunNotFound(f"run {run_id} not found in this UI's MLflow store")
         return run
 

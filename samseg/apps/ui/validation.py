@@ -147,8 +147,7 @@ def validate_batch_form(form: Any, batch_params: dict[str, str]) -> dict[str, An
     try:  # the batch's own settings, which the checks are against
         base = cluster_params(batch_params, {}).to_config()
     except (ValidationError, ValueError) as exc:  # recorded by an older samseg under rules since changed
-        said = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
-        raise FormError({"form": f"this batch's recorded settings cannot be reclustered here ({said})"}) from None
+        raise FormError({"form": f"this batch's recorded settings cannot be reclustered here ({said_of(exc)})"}) from None
     values = _validate_section(form, fields, base, "cluster", errors)
     if errors:
         raise FormError(errors)
@@ -160,6 +159,14 @@ def validate_batch_form(form: Any, batch_params: dict[str, str]) -> dict[str, An
     try:
         cluster_params(batch_params, changes).to_config()
     except (ValidationError, ValueError) as exc:  # a rule spanning two knobs (eps with the metric)
-        said = exc.errors()[0].get("ctx", {}).get("error") if isinstance(exc, ValidationError) else exc
-        raise FormError({"form": str(said or exc)}) from None
+        raise FormError({"form": said_of(exc)}) from None
     return changes
+
+
+def said_of(exc: Exception) -> str:
+    """The one line of a config error: a pydantic ValidationError's first error as the config
+    said it (its check's own message), else the error's text."""
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    if errors:
+        return str((errors[0].get("ctx") or {}).get("error") or errors[0]["msg"])
+    return str(exc)
