@@ -15,6 +15,7 @@ frozen server (what it cut off is swept on the next start, as killed batch runs 
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -192,4 +193,8 @@ def exit_process(rc: int) -> None:
         if any(t.is_alive() for t in waiting):
             _flush()
             os._exit(rc)
+    # The interpreter's last garbage collections walk every object the command's imports made
+    # (scikit-learn's and pandas' alone: ~0.2 s of a 3-s recluster); frozen, they are skipped.
+    # Objects are still released by reference counting, and atexit handlers still run.
+    gc.freeze()
     sys.exit(rc)
