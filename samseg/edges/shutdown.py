@@ -36,11 +36,18 @@ STOP_GRACE_S = 2.0
 STOP_DEADLINE_S = 10.0
 
 _received: list[int] = []
+_raised: list[bool] = []  # handled() raised its KeyboardInterrupt
 
 
 def _handler(signum: int, _frame: object) -> None:
+    """One stop, one KeyboardInterrupt. A second signal (the process group's SIGTERM and the one
+    Prefect's engine sends itself again; a second Ctrl-C) is noted only: raised again, it would
+    escape the first one's clean-up (`main`'s "interrupted") and Python would end the process by
+    SIGINT (exit -2, not 143). The stop's deadline still bounds how long the clean-up takes."""
     _note(signum)
-    raise KeyboardInterrupt
+    if not _raised:
+        _raised.append(True)
+        raise KeyboardInterrupt
 
 
 def _note(signum: int) -> None:
@@ -76,6 +83,7 @@ def handled() -> Iterator[None]:
         yield
         return
     _received.clear()
+    _raised.clear()
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

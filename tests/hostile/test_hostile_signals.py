@@ -194,3 +194,26 @@ def test_sigterm_to_serve_exits_143(prefect_api, tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, "".join(seen) + stderr[-2000:]
     assert "Traceback" not in stderr
+
+
+def test_a_second_stop_signal_during_the_clean_up_does_not_escape_it(monkeypatch) -> None:
+    """The process group's SIGTERM and the SIGTERM Prefect's engine sends itself again (or a second
+    Ctrl-C) reach the command while it cleans up after the first: one KeyboardInterrupt, no second
+    one out of the clean-up (Python would then end the process by SIGINT, exit -2, not 143)."""
+    from samseg.edges import shutdown
+
+    monkeypatch.setattr(shutdown, "_deadline", lambda: None)  # the stop's deadline would end this test process
+    with shutdown.handled():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+            raise AssertionError("the first stop signal raised nothing")
+        except KeyboardInterrupt:
+            signal.raise_signal(signal.SIGTERM)  # in the clean-up: noted, not raised
+            signal.raise_signal(signal.SIGINT)
+        assert shutdown.requested() and shutdown.exit_code() == 143
+    with shutdown.handled():  # the next command's first stop raises again
+        try:
+            signal.raise_signal(signal.SIGINT)
+            raise AssertionError("a new stop raised nothing")
+        except KeyboardInterrupt:
+            assert shutdown.exit_code() == 130
