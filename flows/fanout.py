@@ -262,7 +262,7 @@ def _end_mlflow_run(kwargs: dict[str, Any], flow_run_id: str) -> None:
 def _record(entries: dict[str, dict[str, Any]], entry: dict[str, Any]) -> None:
     entries[entry["image"]] = entry
     if entry["status"] == "completed":  # the image bar moves as each shard's images finish
-        report("image_done", image=entry["image"])
+        report("image_done", image=entry["image"], entry=entry)
     else:
         report("image_failed", image=entry["image"], error=entry.get("error", ""))
 

@@ -153,7 +153,9 @@ def by_image(events: list[tuple[str, dict]]) -> dict[str, list[tuple[str, dict]]
     export runs while the next one computes, so events of neighbouring images interleave."""
     out: dict[str, list[tuple[str, dict]]] = {}
     for event, info in events:
-        out.setdefault(info["image"], []).append((event, info))
+        entry = info.get("entry")  # the image's report line, which the CLI prints as the image finishes
+        assert entry is None or (entry["image"] == info["image"] and event in ("image_done", "image_failed"))
+        out.setdefault(info["image"], []).append((event, {k: v for k, v in info.items() if k != "entry"}))
     assert [info["image"] for event, info in events if event == "image_start"] == list(out)
     return out
 
@@ -174,10 +176,12 @@ def test_cli_reports_every_stage_of_every_image_in_order(quick: Path, monkeypatc
     assert events[0] == ("bars", {"n_images": 3})
     failed = [e for e in events if e[0] == "image_failed"]
     assert len(failed) == 1 and failed[0][1]["image"] == b and "b_broken.png" in failed[0][1]["error"]
+    failed = [(e, {k: v for k, v in info.items() if k != "entry"}) for e, info in failed]
     assert by_image(events[1:]) == {a: expected_events(a, "computed"), b: [("image_start", {"image": b}), failed[0]],
                                     c: expected_events(c, "computed")}
     # the one-line error and the per-image lines are as without bars
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    # printed as the image failed, among the bars' redraws (tqdm.write clears them on a terminal)
+    errors = [line[line.index("error: "):] for line in stderr.splitlines() if "error: " in line]
     assert len(errors) == 1 and "b_broken.png" in errors[0] and "Traceback" not in stderr
     assert "images" in stderr and "3/3" in stderr  # the image bar went on to the end, failure included
 

@@ -8,8 +8,9 @@ Events (keyword info in brackets):
                                                (not needed: later stages were cached)
 - "tile"         [image, done, total, cached]  a tiled image finished tile `done` of `total`
                                                (`cached`: tiles so far whose amg + pool were hits)
-- "image_done"   [image]                       an image finished (or its deployment run did)
-- "image_failed" [image, error]                an image failed (error: one line)
+- "image_done"   [image, entry]                an image finished (or its deployment run did);
+                                               entry: its line of the batch report
+- "image_failed" [image, error, entry]         an image failed (error: one line)
 
 With no reporter set, `report` is a no-op (workers, library use). The hook is one global
 per process, not per flow run: Prefect may run tasks and subflows in other threads,

@@ -71,10 +71,11 @@ def start_one(uri: str, job: SegmentJob, name: Optional[str] = None, execute: Ex
         summary = summarize(run, flow_run_id=flow_run_id, extra=named)
 
     def finish() -> dict[str, Any]:
-        where = publish(run, summary, job.out, name or safe_dir_name(uri), job.tracking, job.save_features, execute,
-                        untracked_ok=True)
-        progress.report("image_done", image=uri)
-        return {**summary.to_dict(), **where}
+        out_name = name or safe_dir_name(uri)
+        where = publish(run, summary, job.out, out_name, job.tracking, job.save_features, execute, untracked_ok=True)
+        result = {**summary.to_dict(), **where}
+        progress.report("image_done", image=uri, entry=image_entry(uri, out_name, result))
+        return result
 
     return finish
 
@@ -165,8 +166,9 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def failed_entry(uri: str, name: str, error: str, **more: Any) -> dict[str, Any]:
-    progress.report("image_failed", image=uri, error=error)
-    return {"image": uri, "name": name, "status": "failed", **more, "error": error}
+    entry = {"image": uri, "name": name, "status": "failed", **more, "error": error}
+    progress.report("image_failed", image=uri, error=error, entry=entry)
+    return entry
 
 
 def describe_failure(uri: str, exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 from samseg.apps import count
 from samseg.apps.cli.common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
@@ -188,12 +188,12 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
         return _report_entry(entry)
 
     classes = _classes(_classes_request(args, job.out))  # a usage error before any compute
-    with _progress_bars(args, len(uris)):
+    with _progress_bars(args, len(uris), lines=classes is None) as printed:
         try:
             report = segment_local(list(args.inputs), job, classes)
         except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
             return _batch_failed(exc)
-    return report_batch(report)
+    return report_batch(report, printed)
 
 
 def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_out: str) -> int:
@@ -214,14 +214,14 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
         except Exception as exc:  # the flow run itself failed
             entry = {"status": "failed", "error": describe_failure(uris[0], exc)}
         return _report_entry(entry)
-    with _progress_bars(args, len(uris)):
+    with _progress_bars(args, len(uris), lines=not _classes_request(args, job.out)) as printed:
         state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size, fit_images=args.fit_images), **common,
                                    **_classes_request(args, job.out), return_state=True)
     try:
         report = state.result()
     except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
         return _batch_failed(exc)
-    return report_batch(report)
+    return report_batch(report, printed)
 
 
 def _batch_failed(exc: Exception) -> int:
@@ -282,23 +282,38 @@ def _check_out(out: str) -> bool:
 
 
 @contextmanager
-def _progress_bars(args: argparse.Namespace, n_images: int) -> Iterator[None]:
+def _progress_bars(args: argparse.Namespace, n_images: int, lines: bool = False) -> Iterator[set[tuple[str, str]]]:
     """Bars over images and the stages of the current image (samseg.engine.progress.TqdmReporter)
     while the flows run; none with --verbose (Prefect's log lines would interleave) or --quiet.
-    Log records go through tqdm.write meanwhile; the bars are gone before results print."""
-    if getattr(args, "verbose", False) or getattr(args, "quiet", False):
-        yield
-        return
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
+    Log records go through tqdm.write meanwhile; the bars are gone before results print.
+    lines: each image's line is printed as the image finishes (a log file or CI follows the batch,
+    and a stopped batch has said what it finished); yields the images printed, which the batch's
+    report leaves out. Not for dataset classes: an image's ids are known once the batch is done."""
     from samseg.engine import progress
 
-    bars = progress.TqdmReporter(n_images)
+    printed: set[tuple[str, str]] = set()  # (input, output name): an input given twice is two images
+    bars = None if getattr(args, "verbose", False) or getattr(args, "quiet", False) else progress.TqdmReporter(n_images)
+
+    def reporter(event: str, **info: Any) -> None:
+        if bars is not None:
+            bars(event, **info)
+        entry = info.get("entry")
+        if lines and entry is not None and (entry["image"], entry.get("name")) not in printed:
+            printed.add((entry["image"], entry.get("name")))
+            print_entry(entry)
+
     try:
-        with progress.reporting(bars), logging_redirect_tqdm():
-            yield
+        if bars is None:
+            with progress.reporting(reporter):
+                yield printed
+            return
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with progress.reporting(reporter), logging_redirect_tqdm():
+            yield printed
     finally:
-        bars.close()
+        if bars is not None:
+            bars.close()
 
 
 def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
@@ -330,21 +345,30 @@ def _classes(request: dict[str, Any]) -> Any:
 
 
 
-def report_batch(report: dict[str, Any]) -> int:
+def print_entry(r: dict[str, Any]) -> None:
+    """A batch image's lines: "<file>: … -> OUT/<name>, MLflow run <id>" and its warning, or its error line."""
     from pathlib import PurePosixPath
 
+    from tqdm import tqdm  # tqdm.write: a line printed while progress bars show does not tear them
+
+    if r["status"] != "completed":
+        print_error(r["error"])
+        return
+    where = r.get("out_dir") or f"(deployment run {r.get('flow_run_id')})"
+    run = f", MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""  # the id each image's commands take
+    if r.get("mlflow_shard_run_id"):  # a sharded batch logs a run per shard: the batch id takes its images
+        run = f", MLflow shard run {r['mlflow_shard_run_id'][:8]}"
+    tqdm.write(image_line(PurePosixPath(r["image"]).name, r, where) + run, file=sys.stdout)
+    warn_of(r)
+    if r.get("tracking_error"):
+        print_error(_untracked_line(r["image"], r["tracking_error"]))
+
+
+def report_batch(report: dict[str, Any], printed: Collection[tuple[str, str]] = ()) -> int:
+    """The batch's lines (each image's, but those `printed` as it finished) and its exit code."""
     for r in report["images"]:
-        if r["status"] == "completed":
-            where = r.get("out_dir") or f"(deployment run {r.get('flow_run_id')})"
-            run = f", MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""  # the id each image's commands take
-            if r.get("mlflow_shard_run_id"):  # a sharded batch logs a run per shard: the batch id takes its images
-                run = f", MLflow shard run {r['mlflow_shard_run_id'][:8]}"
-            print(image_line(PurePosixPath(r["image"]).name, r, where) + run)
-            warn_of(r)
-            if r.get("tracking_error"):
-                print_error(_untracked_line(r["image"], r["tracking_error"]))
-        else:
-            print_error(r["error"])
+        if (r["image"], r.get("name")) not in printed:
+            print_entry(r)
     classes = report.get("classes") or {}
     if classes.get("error"):
         print_error(f"dataset-level classes: {classes['error']}")
