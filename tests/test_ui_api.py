@@ -552,6 +552,18 @@ def test_sweep_api_gives_rows_curve_and_knee(client, mlflow_store):
     assert bad.status_code == 422 and "eps_range" in bad.json()["errors"]
 
 
+def test_the_sweep_of_the_form_uses_its_min_samples_and_metric_not_the_runs(client, mlflow_store):
+    """The chart's curve, knee and rows are for the settings the click on it will set an eps beside."""
+    _, run_a, _ = mlflow_store
+    own = client.get(f"/api/runs/{run_a}/sweep").json()
+    form = {"min_samples": own["min_samples"] + 1, "metric": "euclidean" if own["metric"] != "euclidean" else "cosine"}
+    rep = client.post(f"/api/runs/{run_a}/sweep", json=form).json()
+    assert (rep["min_samples"], rep["metric"]) == (form["min_samples"], form["metric"])
+    assert rep["kdist"] != own["kdist"]  # another k and metric: another k-distance curve
+    bad = client.post(f"/api/runs/{run_a}/sweep", json={"min_samples": 0})
+    assert bad.status_code == 422 and "min_samples" in bad.json()["errors"]
+
+
 @pytest.mark.parametrize("edits, message", [
     (None, "edits must be a list"),
     ([{"op": "explode", "classes": [0]}], "op must be one of"),

@@ -238,6 +238,7 @@ def test_live_preview_and_eps_sweep(page, ui_server):
     assert page.get_attribute("#sweep-current", "visibility") == "visible"  # the form's eps, marked
     assert page.text_content("#sweep-current-label") == "eps 0.1"  # ... and labelled
     assert "eps" in page.inner_text("#sweep-note")
+    assert f"min_samples {min_samples}," in page.inner_text("#sweep-note")  # swept under the form's, not the run's
     box = page.locator("#sweep-chart").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)  # a click sets eps there
     page.wait_for_function("document.querySelector('input[name=eps]').value !== '0.1'")

@@ -115,16 +115,28 @@ def add_preview_api(app: FastAPI) -> None:
 
     @app.get("/api/runs/{run_id}/sweep")
     def api_sweep(request: Request, run_id: str, eps_range: str | None = None) -> Any:
-        """n_clusters / noise over an eps grid and the k-distance knee (samseg.engine.sweep)."""
-        from samseg.apps.ui.validation import FormError
-        from samseg.core.sweep import eps_grid
-        from samseg.engine.sweep import sweep_report
-
+        """n_clusters / noise over an eps grid and the k-distance knee (samseg.engine.sweep), under
+        the run's own cluster settings."""
         store: RunStore = request.app.state.store
-        cfg = actions.run_config(store, run_id)
-        try:
-            eps_grid(eps_range)
-        except ValueError as exc:
-            raise FormError({"eps_range": str(exc)}) from None
-        _, embeddings, _ = store.outputs(run_id)
-        return {"run_id": run_id, **sweep_report(embeddings, cfg.cluster, eps_range)}
+        return _sweep(store, run_id, actions.run_config(store, run_id).cluster, eps_range)
+
+    @app.post("/api/runs/{run_id}/sweep")
+    def api_sweep_form(request: Request, run_id: str, eps_range: str | None = None, body: Any = Body(...)) -> Any:
+        """The same under the form's settings (as the preview takes them): its min_samples and
+        metric shape the curve and its knee, so a click on the chart gives an eps for that form."""
+        store: RunStore = request.app.state.store
+        cfg = actions.run_config(store, run_id)  # RunNotFound -> 404 before validating
+        return _sweep(store, run_id, validate_cluster_form(body, cfg), eps_range)
+
+
+def _sweep(store: RunStore, run_id: str, cluster: Any, eps_range: str | None) -> dict[str, Any]:
+    from samseg.apps.ui.validation import FormError
+    from samseg.core.sweep import eps_grid
+    from samseg.engine.sweep import sweep_report
+
+    try:
+        eps_grid(eps_range)
+    except ValueError as exc:
+        raise FormError({"eps_range": str(exc)}) from None
+    _, embeddings, _ = store.outputs(run_id)
+    return {"run_id": run_id, **sweep_report(embeddings, cluster, eps_range)}

@@ -207,6 +207,12 @@ function initQuery(runId, w, h) {
 // Live preview: every change of a clustering control redraws the class overlay from the
 // run's cached masks and embeddings (POST /api/runs/{id}/preview), without creating a run.
 const PREVIEW_FIELDS = ["algorithm", "eps", "min_samples", "metric", "distance_threshold"];
+// The clustering form's values as the preview and the sweep take them (empty fields keep the run's).
+function formValues() {
+  const form = $("#rerun-form"), values = {};
+  PREVIEW_FIELDS.forEach((k) => { const el = form && form.elements[k]; if (el && el.value !== "") values[k] = el.value; });
+  return values;
+}
 let previewSeq = 0;     // the newest preview request; older answers are dropped
 let previewTimer = null;
 
@@ -233,8 +239,7 @@ function initPreview(runId) {
   $("#preview-reset").addEventListener("click", showSaved);
   const redraw = async () => {
     const mine = ++previewSeq;
-    const values = {};
-    PREVIEW_FIELDS.forEach((k) => { const el = form.elements[k]; if (el && el.value !== "") values[k] = el.value; });
+    const values = formValues();
     $$(".field-error", form).forEach((e) => { e.textContent = ""; });
     showError($("#rerun-error"), "");
     let resp;
@@ -397,14 +402,16 @@ function initSweep(runId) {
     showError($("#sweep-error"), "");
     $("#sweep-note").textContent = "sweeping…";
     try {
-      const rep = await api("GET", `/api/runs/${runId}/sweep`);
+      const rep = await api("POST", `/api/runs/${runId}/sweep`, formValues());  // the form's min_samples and metric
       drawSweep(svg, rep);
-      $("#sweep-note").textContent = (rep.suggested_eps !== null
-        ? `suggested eps (knee of the k-distance curve, k=${rep.min_samples}): ${formatEps(rep.suggested_eps)}`
-        : `no suggested eps: ${rep.reason}`) + " · click the chart to try an eps";
+      $("#sweep-note").textContent = `DBSCAN, min_samples ${rep.min_samples}, metric ${rep.metric} (the form's when swept) · `
+        + (rep.suggested_eps !== null
+          ? `suggested eps (knee of the k-distance curve, k=${rep.min_samples}): ${formatEps(rep.suggested_eps)}`
+          : `no suggested eps: ${rep.reason}`) + " · click the chart to try an eps";
     } catch (err) {
       $("#sweep-note").textContent = "";
-      showError($("#sweep-error"), `The sweep did not run: ${(err && err.detail) || err}`);
+      const fields = Object.entries((err && err.errors) || {}).map(([k, v]) => `${k} ${v}`).join("; ");
+      showError($("#sweep-error"), `The sweep did not run: ${fields || (err && err.detail) || err}`);
     } finally { btn.disabled = false; }
   });
 }
