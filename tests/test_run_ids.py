@@ -179,7 +179,7 @@ def test_an_ambiguous_prefix_names_two_of_its_runs(monkeypatch) -> None:
     runs = [SimpleNamespace(info=SimpleNamespace(run_id=f"abcd{i}" + "0" * 27)) for i in range(2)]
     fake = SimpleNamespace(search_experiments=lambda **_: [SimpleNamespace(experiment_id="0")],
                            search_runs=lambda exp, flt, max_results: [r for r in runs if flt.endswith("'abcd%'")])
-    monkeypatch.setattr(mlflow_client, "client", lambda: fake)
+    monkeypatch.setattr(mlflow_client, "client", lambda **_: fake)
     with pytest.raises(TrackingError, match="abcd is ambiguous: it starts abcd0.*, abcd1.*give more characters"):
         resolve_run_id("abcd")
     whole = "abcd0" + "0" * 27
@@ -386,3 +386,18 @@ def test_a_path_of_the_wrong_kind_says_what_to_give_instead(store: dict, tmp_pat
     rc, _, err = run_cli(["sweep", str(out / "r0")])
     assert rc == 2 and "a file or folder, not an MLflow run id (this command takes run ids" in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_command_that_reads_runs_where_there_is_no_store_says_where_it_looked_and_creates_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`samseg runs list` in another folder than the one the runs were made in: not "no runs" over
+    a new empty mlflow.db, but one line naming the store it looked for (exit 2), nothing created."""
+    db = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    for argv in (["runs", "list"], ["runs", "compare"], ["recluster", "abcd1234", "--eps", "0.1", "--out", str(tmp_path / "o")],
+                 ["recluster", "ab" * 16, "--eps", "0.1", "--out", str(tmp_path / "o")], ["sweep", "abcd1234"]):
+        rc, _, err = run_cli(argv)
+        assert rc == 2 and err.strip() == (f"error: no MLflow store at {db}: runs are kept where samseg segment ran them "
+                                           "(./mlflow.db), or where MLFLOW_TRACKING_URI points; run from that folder "
+                                           "or set it"), (argv, err)
+    assert not db.parent.exists()

@@ -228,7 +228,7 @@ def test_ui_refuses_a_tracking_uri_without_a_database(tmp_path: Path, monkeypatc
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////nonexistent/dir/mlflow.db")
     rc, _, stderr = run_cli(["ui", "--port", "1"])
-    assert rc == 2 and "no MLflow database at /nonexistent/dir/mlflow.db" in stderr
+    assert rc == 2 and "no MLflow store at /nonexistent/dir/mlflow.db" in stderr
     assert not Path("/nonexistent").exists()
 
 

@@ -203,7 +203,9 @@ def run_runs_list(args: argparse.Namespace) -> int:
 
     runs = recent_runs(args.experiment, args.limit)  # a TrackingError is main's one line, exit 1
     if not runs:
-        print("no runs" + (f" in experiment {args.experiment!r}" if args.experiment else ""))
+        from samseg.edges.mlflow.client import where
+
+        print("no runs" + (f" in experiment {args.experiment!r}" if args.experiment else "") + f" at {where()}")
         return 0
     print(f"{'RUN ID':32}  {'KIND':9}  {'STARTED':16}  {'STATUS':8}  {'CLASSES':>7}  {'FEATURES':9}  IMAGE OR SOURCE")
     for run in runs:

@@ -83,18 +83,6 @@ def _default_experiment() -> str:
     return default_experiment()
 
 
-def missing_store(uri: str | None) -> str | None:
-    """Why a sqlite:// tracking URI names no existing database (the UI would create an empty
-    one, and its folders, and show nothing), or None."""
-    if not uri or not uri.startswith("sqlite:"):
-        return None
-    path = uri.split(":///", 1)[1] if ":///" in uri else ""  # sqlite:///rel.db, sqlite:////abs.db
-    path = path.split("?", 1)[0]
-    if path in ("", ":memory:") or os.path.isfile(path):
-        return None
-    return f"no MLflow database at {path} (MLFLOW_TRACKING_URI / --tracking-uri); run samseg segment first or fix the path"
-
-
 def run_ui(args: argparse.Namespace) -> int:
     """Serve until interrupted (0 on Ctrl-C); a bad option is a UsageError (exit 2), before anything starts."""
     if not 0 < args.port < 65536:
@@ -107,11 +95,11 @@ def run_ui(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         # samseg.edges.mlflow.tracking (which logs the UI's reruns) reads the URI from the environment.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    from samseg.edges.mlflow.client import tracking_uri
+    from samseg.edges.mlflow.client import missing_store, tracking_uri
 
     problem = missing_store(tracking_uri())
     if problem:
-        raise UsageError(problem)
+        raise UsageError(f"{problem} (or --tracking-uri)")
     for root in args.image_root or ():
         if not os.path.isdir(root):
             raise UsageError(f"--image-root {root}: not a folder")

@@ -28,7 +28,28 @@ class RunRefError(TrackingError):
     retryable = False
 
 
+class StoreMissing(TrackingError):
+    """The SQLite store named is not there: runs are kept where `samseg segment` ran them, or where
+    MLFLOW_TRACKING_URI points (a usage error: a wrong folder or URI, nothing was read)."""
+
+    exit_code = EXIT_USAGE
+    retryable = False
+
+
 # ---------------------------------------------------------------- pure helpers
+
+
+def missing_store(uri: str | None) -> str | None:
+    """Why a sqlite:// tracking URI names no existing database, or None."""
+    if not uri or not uri.startswith("sqlite:"):
+        return None
+    path = uri.split(":///", 1)[1] if ":///" in uri else ""  # sqlite:///rel.db, sqlite:////abs.db
+    path = path.split("?", 1)[0]
+    if path in ("", ":memory:") or os.path.isfile(path):
+        return None
+    shown = os.path.abspath(path)
+    return (f"no MLflow store at {shown}: runs are kept where samseg segment ran them (./mlflow.db), or where "
+            "MLFLOW_TRACKING_URI points; run from that folder or set it")
 
 
 def tracking_uri() -> str:
@@ -56,15 +77,19 @@ for _key, _value in _CONSOLE_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 
 
-def client(uri: str | None = None) -> Any:
+def client(uri: str | None = None, reading: bool = False) -> Any:
     """An MlflowClient for `uri` (default: tracking_uri()) with samseg's HTTP retry/timeout
     defaults, behind a short circuit (`answering`); a SQLite store is created and migrated
-    once, under a lock (`_first_use`)."""
+    once, under a lock (`_first_use`). reading: for a command that only reads runs, a SQLite
+    store that does not exist is StoreMissing (MLflow would create an empty one there and find nothing)."""
     from mlflow import MlflowClient
 
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     target = uri or tracking_uri()
+    problem = missing_store(target) if reading else None
+    if problem:
+        raise StoreMissing(problem)
     with _first_use(target):
         return Guarded(MlflowClient(tracking_uri=target), lambda: answering(target))
 

@@ -20,7 +20,7 @@ def search_runs(run_ids: list[str] | None, experiment: str | None) -> list[Any]:
     URI is touched."""
     from mlflow.exceptions import MlflowException
 
-    client = mlflow_client.client()
+    client = mlflow_client.client(reading=True)
     try:
         if run_ids:
             exp_ids = sorted({_get_run(client, rid).info.experiment_id for rid in run_ids})

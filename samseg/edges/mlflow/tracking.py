@@ -316,7 +316,7 @@ def recent_runs(experiment: str | None, limit: int) -> list[Any]:
     """The `limit` newest runs (of one experiment, or of every active one), newest first."""
     from mlflow.exceptions import MlflowException
 
-    client = mlflow_client.client()
+    client = mlflow_client.client(reading=True)
     try:
         if experiment is not None:
             exp = client.get_experiment_by_name(experiment)
@@ -434,7 +434,7 @@ def _search_run_id(ref: str, client: Any = None, where: Optional[str] = None) ->
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
 
-    client = client or mlflow_client.client()
+    client = client or mlflow_client.client(reading=True)
     where = where or f"at {mlflow_client.where()}"
     try:
         exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
@@ -453,7 +453,7 @@ def _search_run_id(ref: str, client: Any = None, where: Optional[str] = None) ->
 @in_mlflow_process
 def images_of_batch(run_id: str) -> dict[str, str] | None:
     """{image run id: OUT/<name>} of batch run `run_id` (its own record), or None when it is not a batch run."""
-    client = mlflow_client.client()
+    client = mlflow_client.client(reading=True)
     run = _get_run(client, run_id)
     if run.data.tags.get(TAG_KIND) != KIND_BATCH:
         return None
@@ -462,7 +462,7 @@ def images_of_batch(run_id: str) -> dict[str, str] | None:
 
 def get_run(run_id: str) -> Any:
     """The mlflow `Run` (.info, .data.params/metrics/tags); unknown id → TrackingError."""
-    return _get_run(mlflow_client.client(), run_id)
+    return _get_run(mlflow_client.client(reading=True), run_id)
 
 
 @in_mlflow_process
@@ -484,7 +484,7 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    tags = _get_run(mlflow_client.client(), run_id).data.tags
+    tags = _get_run(mlflow_client.client(reading=True), run_id).data.tags
     if tags.get(TAG_KIND) == KIND_BATCH:  # not one image's: say what to give
         raise TrackingError(f"MLflow run {run_id} is a batch run, not one image's: give one of its image runs "
                             "(`samseg runs list`), or give the batch to recluster, sweep or export, which take batches")
@@ -538,7 +538,7 @@ def run_embeddings(run_id: str, dst_dir: str | os.PathLike[str]) -> tuple[list[A
     the run or an artifact is missing."""
     import numpy as np
 
-    client = mlflow_client.client()
+    client = mlflow_client.client(reading=True)
     run = _get_run(client, run_id)
     ids = [run_id]
     if run.data.tags.get(TAG_KIND) == KIND_BATCH:
