@@ -30,4 +30,6 @@ OUT="${SAMSEG_DEMO_OUT:-out/demo}"
 .venv/bin/samseg segment "$IMAGES" --model "$MODEL" --preset "$PRESET" --features "$FEATURES" --names "$NAMES" --out "$OUT"
 echo "demo: $MODEL masks, $FEATURES embeddings: results in $OUT/<image>/ (overlay.png, labels.png, classes/, masks.json)"
 [[ "$MODEL" == "tiny-random" ]] && echo "demo: tiny-random: meaningless masks, formats only"
-echo "demo: runs are in MLflow (./mlflow.db); browse them with: .venv/bin/samseg ui"
+STORE="./mlflow.db"
+[[ -n "${MLFLOW_TRACKING_URI:-}" ]] && STORE='$MLFLOW_TRACKING_URI'   # named, not printed: it may hold a password
+echo "demo: runs are in MLflow ($STORE); browse them with: .venv/bin/samseg ui"
