@@ -147,8 +147,8 @@ def _write_and_log(store: RunStore, parent: str, run: Any, summary: Any, kind: s
     # samseg.edges.mlflow.tracking knows the kinds image|batch|recluster: an exemplar class is a
     # re-labelling of the parent's masks, so it is a recluster marked samseg.exemplar.
     tags = {TAG_SOURCE: "ui", TAG_OUT_DIR: None, **({TAG_EXEMPLAR: "true"} if kind == "exemplar" else {})}
-    tracking = Tracking(experiment=_experiment_name(store, parent), kind=KIND_RECLUSTER, parent_run_id=parent,
-                        run_name=f"{run.image.stem}-{kind}", tags=tags)
+    # named as every image run is (its file name): the kind and the parent say what it is (runs list, the UI)
+    tracking = Tracking(experiment=_experiment_name(store, parent), kind=KIND_RECLUSTER, parent_run_id=parent, tags=tags)
     with tempfile.TemporaryDirectory(prefix="samseg-ui-") as tmp:
         return publish(run, summary, tmp, run.image.stem, tracking)["mlflow_run_id"]
 
