@@ -142,7 +142,7 @@ def test_dataset_classes_export_one_category_per_class(out_root: Path, tmp_path:
 
 def test_export_of_a_non_samseg_dir_is_one_line(tmp_path: Path) -> None:
     rc, _, stderr = run_cli(["export", str(tmp_path), "--format", "coco", "--out", str(tmp_path / "x")])
-    assert rc == 1 and stderr.count("\n") == 1 and "no samseg image dirs" in stderr
+    assert rc == 2 and stderr.count("\n") == 1 and "no samseg image dirs" in stderr
 
 
 def test_export_from_an_mlflow_image_run(out_root: Path, tmp_path: Path, monkeypatch) -> None:

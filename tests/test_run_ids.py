@@ -380,7 +380,7 @@ def test_a_path_of_the_wrong_kind_says_what_to_give_instead(store: dict, tmp_pat
     assert rc == 1 and "a batch of per-image classes" in err and f"({out / 'r0'})" in err, err
     photo = store["tmp"] / "in" / "r0.png"
     rc, _, err = run_cli(["export", str(photo), "--format", "coco", "--out", str(tmp_path / "x")])
-    assert rc == 1 and f"{photo}: a file, not a samseg output dir" in err and "Errno" not in err, err
+    assert rc == 2 and f"{photo}: a file, not a samseg output dir" in err and "Errno" not in err, err
     rc, _, err = run_cli(["export", str(tmp_path / "nothere"), "--format", "coco", "--out", str(tmp_path / "x")])
     assert rc == 2 and "no such file or folder, and not an MLflow run id" in err, err
     rc, _, err = run_cli(["sweep", str(out / "r0")])

@@ -37,7 +37,7 @@ import numpy as np
 
 from samseg.edges.run_schema import DATASET_MODES
 
-from samseg.core.errors import SamsegError
+from samseg.core.errors import EXIT_USAGE, SamsegError
 from samseg.edges.layout import MASKS_JSON
 
 FORMATS = ("coco", "cvat", "labelstudio", "yolo-seg", "index-png")
@@ -50,6 +50,12 @@ Files = dict[str, bytes]  # relative path in the export dir -> its bytes
 
 class ExportError(SamsegError):
     """An input that cannot be exported; one line naming it."""
+
+
+class NotAnOutput(ExportError):
+    """The path given holds no samseg output at all: a usage error, as no images found is."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,10 @@ def image_dirs(root: Path) -> list[Path]:
     if (root / MASKS_JSON).is_file():
         return [root]
     if not root.is_dir():
-        raise ExportError(f"{root}: a file, not a samseg output dir (an image dir, or a batch's OUT) nor a run id")
+        raise NotAnOutput(f"{root}: a file, not a samseg output dir (an image dir, or a batch's OUT) nor a run id")
     found = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (p / MASKS_JSON).is_file())
     if not found:
-        raise ExportError(f"{root}: no samseg image dirs (no masks.json here or one level down)")
+        raise NotAnOutput(f"{root}: no samseg image dirs (no masks.json here or one level down)")
     return found
 
 
