@@ -131,7 +131,12 @@ def _line_buffered_stdout() -> None:
 class Parser(argparse.ArgumentParser):
     """argparse with a usage error a person can act on: a short usage line, then the error line
     last, with "did you mean" for a mistyped flag or command; an unknown flag is reported by the
-    command it was given to, not by the top-level parser."""
+    command it was given to, not by the top-level parser. No abbreviated flags: `--min-sample` is
+    a typo with its "did you mean", not silently --min-samples (and not another flag once one is added)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         parsed, extras = self.parse_known_args(args, namespace)
