@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_store import sqlite_uri
 from samseg.edges.mlflow.client import TrackingError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,8 @@ sys.exit(rc)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "SAMSEG_HOME": str(tmp_path / "home")}
+    # a store that exists (empty): what is looked up there is not found, rather than the store itself
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri(tmp_path / "mlflow.db"), "SAMSEG_HOME": str(tmp_path / "home")}
     env.pop("PREFECT_API_URL", None)
     return env
 
