@@ -264,7 +264,7 @@ def _record(entries: dict[str, dict[str, Any]], entry: dict[str, Any]) -> None:
     if entry["status"] == "completed":  # the image bar moves as each shard's images finish
         report("image_done", image=entry["image"], entry=entry)
     else:
-        report("image_failed", image=entry["image"], error=entry.get("error", ""))
+        report("image_failed", image=entry["image"], error=entry.get("error", ""), entry=entry)
 
 
 def _shard_report(client: Any, flow_run_id: Any) -> Optional[list[dict[str, Any]]]:

@@ -395,7 +395,9 @@ def test_a_command_that_reads_runs_where_there_is_no_store_says_where_it_looked_
     db = tmp_path / "elsewhere" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     for argv in (["runs", "list"], ["runs", "compare"], ["recluster", "abcd1234", "--eps", "0.1", "--out", str(tmp_path / "o")],
-                 ["recluster", "ab" * 16, "--eps", "0.1", "--out", str(tmp_path / "o")], ["sweep", "abcd1234"]):
+                 ["recluster", "ab" * 16, "--eps", "0.1", "--out", str(tmp_path / "o")], ["sweep", "abcd1234"],
+                 ["segment", str(Path(__file__).parent / "data" / "photos" / "bears.jpg"), "--classes-from", "ab" * 16,
+                  "--model", "tiny-random", "--out", str(tmp_path / "o")]):
         rc, _, err = run_cli(argv)
         assert rc == 2 and err.strip() == (f"error: no MLflow store at {db}: runs are kept where samseg segment ran them "
                                            "(./mlflow.db), or where MLFLOW_TRACKING_URI points; run from that folder "

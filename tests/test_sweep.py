@@ -195,3 +195,25 @@ def test_a_run_whose_summary_has_no_config_is_one_line(monkeypatch: pytest.Monke
     monkeypatch.setattr(tracking, "run_embeddings", lambda run_id, tmp: ([np.zeros((3, 8), np.float32)], [{}]))
     with pytest.raises(SweepError, match=f"run {'0' * 32}: its summary.json holds no samseg config"):
         sweep_run("0" * 32)
+
+
+def test_an_image_line_and_its_warning_printed_inside_a_flow_run_reach_the_console(prefect_api, capsys) -> None:
+    """A batch prints each image's lines as it finishes, while its flow runs (--orchestrator prefect):
+    Prefect's log_prints would route a plain print() into the run's log, which the CLI silences."""
+    from prefect import flow
+
+    from samseg.apps.cli.segment import print_entry
+    from samseg.engine.segment import image_entry
+
+    summary = {"out_dir": "out/a", "n_masks": 3, "n_clusters": 1, "n_noise": 0,
+               "eps_auto": {"rule": "fallback", "eps": 0.06, "warning": "--eps auto: no knee; used eps=0.06"}}
+
+    @flow(log_prints=True)
+    def batch() -> None:
+        print_entry(image_entry("photos/a.jpg", "a", summary))
+
+    capsys.readouterr()
+    batch()
+    out, err = capsys.readouterr()
+    assert "a.jpg: 3 masks, 1 class, 0 noise -> out/a" in out
+    assert "warning: a.jpg: --eps auto: no knee; used eps=0.06" in err

@@ -131,6 +131,7 @@ def requested() -> bool:
 def check() -> None:
     """Raise KeyboardInterrupt when a stop was requested (call before starting new work)."""
     if _received:
+        _raised[:] = [True]  # this stop's KeyboardInterrupt: a later signal must not raise a second one
         raise KeyboardInterrupt
 
 

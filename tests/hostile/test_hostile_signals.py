@@ -207,6 +207,8 @@ def test_a_second_stop_signal_during_the_clean_up_does_not_escape_it(monkeypatch
     from samseg.edges import shutdown
 
     monkeypatch.setattr(shutdown, "_deadline", lambda: None)  # the stop's deadline would end this test process
+    monkeypatch.setattr(shutdown, "_received", [])  # this process's later tests must not see a stop requested
+    monkeypatch.setattr(shutdown, "_raised", [])
     with shutdown.handled():
         try:
             signal.raise_signal(signal.SIGTERM)
@@ -215,6 +217,13 @@ def test_a_second_stop_signal_during_the_clean_up_does_not_escape_it(monkeypatch
             signal.raise_signal(signal.SIGTERM)  # in the clean-up: noted, not raised
             signal.raise_signal(signal.SIGINT)
         assert shutdown.requested() and shutdown.exit_code() == 143
+    with shutdown.handled():  # Prefect's engine took the signal (a runner's cancel): the stop raises at check()
+        shutdown.received(signal.SIGTERM)
+        try:
+            shutdown.check()
+            raise AssertionError("a stop noted elsewhere raised nothing")
+        except KeyboardInterrupt:
+            signal.raise_signal(signal.SIGTERM)  # in the clean-up: noted, not raised
     with shutdown.handled():  # the next command's first stop raises again
         try:
             signal.raise_signal(signal.SIGINT)

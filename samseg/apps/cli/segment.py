@@ -291,7 +291,7 @@ def _progress_bars(args: argparse.Namespace, n_images: int, lines: bool = False)
     report leaves out. Not for dataset classes: an image's ids are known once the batch is done."""
     from samseg.engine import progress
 
-    printed: set[tuple[str, str]] = set()  # (input, output name): an input given twice is two images
+    printed: set[tuple[str, str]] = set()  # (input, output name): what the batch's report lists an image by
     bars = None if getattr(args, "verbose", False) or getattr(args, "quiet", False) else progress.TqdmReporter(n_images)
 
     def reporter(event: str, **info: Any) -> None:
@@ -407,7 +407,9 @@ def warn_of(r: dict[str, Any]) -> None:
 
         from samseg.engine.segment import shown_name
 
-        print(f"warning: {shown_name(PurePosixPath(str(r.get('image', ''))).name)}: {r['warning']}", file=sys.stderr)
+        from tqdm import tqdm  # not print: inside a flow run Prefect's print goes to its (silenced) run log
+
+        tqdm.write(f"warning: {shown_name(PurePosixPath(str(r.get('image', ''))).name)}: {r['warning']}", file=sys.stderr)
 
 
 def image_line(file_name: str, r: dict[str, Any], where: str) -> str:

@@ -87,7 +87,7 @@ def _version_source(model_uri: str) -> str:
 
     ref = model_uri[len("models:/"):]
     name, sep, alias = ref.partition("@")
-    client = _client()
+    client = _client(reading=True)
     if sep:
         version = client.get_model_version_by_alias(name, alias)
     else:
@@ -123,7 +123,7 @@ def pinned_version_uri(model_uri: str) -> str:
 
     name, _, alias = model_uri[len("models:/"):].partition("@")
     try:
-        version = _client().get_model_version_by_alias(name, alias)
+        version = _client(reading=True).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         raise TrackingError(f"{model_uri}: cannot resolve the alias ({_one_line(exc)})") from None
     return f"models:/{version.name}/{version.version}"
