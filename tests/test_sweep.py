@@ -197,23 +197,34 @@ def test_a_run_whose_summary_has_no_config_is_one_line(monkeypatch: pytest.Monke
         sweep_run("0" * 32)
 
 
-def test_an_image_line_and_its_warning_printed_inside_a_flow_run_reach_the_console(prefect_api, capsys) -> None:
+FLOW_PRINTS = """
+from prefect import flow
+
+from samseg.apps.cli.segment import print_entry
+from samseg.engine.segment import image_entry
+
+summary = {"out_dir": "out/a", "n_masks": 3, "n_clusters": 1, "n_noise": 0,
+           "eps_auto": {"rule": "fallback", "eps": 0.06, "warning": "--eps auto: no knee; used eps=0.06"}}
+
+
+@flow(log_prints=True)
+def batch() -> None:
+    print_entry(image_entry("photos/a.jpg", "a", summary))
+
+
+batch()
+"""
+
+
+def test_an_image_line_and_its_warning_printed_inside_a_flow_run_reach_the_console(prefect_api) -> None:
     """A batch prints each image's lines as it finishes, while its flow runs (--orchestrator prefect):
-    Prefect's log_prints would route a plain print() into the run's log, which the CLI silences."""
-    from prefect import flow
+    Prefect's log_prints would route a plain print() into the run's log, which the CLI silences.
+    In a process of its own: Prefect's log handlers keep the streams they were first set up with."""
+    import subprocess
+    import sys
 
-    from samseg.apps.cli.segment import print_entry
-    from samseg.engine.segment import image_entry
-
-    summary = {"out_dir": "out/a", "n_masks": 3, "n_clusters": 1, "n_noise": 0,
-               "eps_auto": {"rule": "fallback", "eps": 0.06, "warning": "--eps auto: no knee; used eps=0.06"}}
-
-    @flow(log_prints=True)
-    def batch() -> None:
-        print_entry(image_entry("photos/a.jpg", "a", summary))
-
-    capsys.readouterr()
-    batch()
-    out, err = capsys.readouterr()
-    assert "a.jpg: 3 masks, 1 class, 0 noise -> out/a" in out.splitlines()
-    assert "warning: a.jpg: --eps auto: no knee; used eps=0.06" in err.splitlines()  # its own line, not a log record
+    done = subprocess.run([sys.executable, "-c", FLOW_PRINTS], env=prefect_api.env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "a.jpg: 3 masks, 1 class, 0 noise -> out/a" in done.stdout.splitlines()
+    assert "warning: a.jpg: --eps auto: no knee; used eps=0.06" in done.stderr.splitlines()  # its own line, not a log record
