@@ -11,10 +11,12 @@ OUT (`batch_summary.json`, `classes.json`, `contact_sheet.png`, `_SUCCESS`, …)
 way, so an image dir never takes a batch file's place. A batch adds -2, -3, ... to a repeated name.
 
 Ownership (`check_replaceable`): an existing OUT/<name> is replaced only when samseg wrote
-it: a real directory (not a link) whose `.samseg-output.json` marker lists every file in it
-(or, for directories written before the marker existed, whose summary.json is samseg's and
-whose files all have samseg's output names). A directory that holds any other file, or an
-input of the batch, is refused with one line naming it; samseg never deletes an input.
+it: a real directory (not a link) whose `.samseg-output.json` marker lists every file in it,
+each still holding the bytes samseg wrote (the marker records their sha256), or, for
+directories written before the marker existed, whose summary.json is samseg's and whose files
+all have samseg's output names. A directory that holds any other file, a file changed since
+samseg wrote it, or an input of the batch, is refused with one line naming it; samseg never
+deletes an input.
 
 Leftovers: a write goes through `.<name>.tmp-<pid>-<hex>` and a replaced dir through
 `.<name>.old-<pid>-<hex>`; `remove_stale_temps` removes those whose process is gone (a
@@ -109,9 +111,16 @@ def check_replaceable(out_dir: Path, inputs: Iterable[str] = ()) -> None:
         raise OutputDirRefused(f"{out_dir}: exists and is {kind}, not a directory samseg wrote; move it or choose another --out")
     foreign = foreign_entries(out_dir)
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise OutputDirRefused(f"{out_dir}: exists and holds files samseg did not write ({shown}); "
+        raise OutputDirRefused(f"{out_dir}: exists and holds files samseg did not write ({_shown(foreign)}); "
                                "move them or choose another --out")
+    changed = changed_entries(out_dir)
+    if changed:
+        raise OutputDirRefused(f"{out_dir}: holds files changed since samseg wrote them ({_shown(changed)}); "
+                               "move them or choose another --out")
+
+
+def _shown(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def foreign_entries(out_dir: Path) -> list[str]:
@@ -125,6 +134,29 @@ def foreign_entries(out_dir: Path) -> list[str]:
     allowed = set(listed) | {MARKER} | {str(PurePosixPath(f).parent) for f in listed if "/" in f}
     links = [p for p in present if (out_dir / p).is_symlink()]
     return sorted(set(links) | {p for p in present if p not in allowed})
+
+
+def changed_entries(out_dir: Path) -> list[str]:
+    """Files samseg's marker lists whose bytes are no longer those it wrote (a person's corrected
+    labels.png): a marker written before hashes were recorded has none to compare."""
+    try:
+        recorded = json.loads((out_dir / MARKER).read_text(encoding="utf-8")).get("sha256") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    changed = []
+    for rel, sha in sorted(recorded.items() if isinstance(recorded, dict) else ()):
+        path = out_dir / str(rel)
+        if path.is_file() and not path.is_symlink() and _file_sha256(path) != sha:
+            changed.append(str(rel))
+    return changed
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _marker_files(out_dir: Path) -> list[str] | None:
@@ -151,7 +183,9 @@ def write_marker(tmp_dir: Path, version: str) -> None:
     files = sorted(p.relative_to(tmp_dir).as_posix() for p in tmp_dir.rglob("*") if p.is_file() and p.name != MARKER)
     # directories too: an image with no class writes an empty classes/, which is still samseg's
     dirs = sorted(p.relative_to(tmp_dir).as_posix() for p in tmp_dir.rglob("*") if p.is_dir() and not p.is_symlink())
-    doc = {"written_by": "samseg", "version": version, "files": files, "dirs": dirs}
+    # each file's sha256: a file a person changed since (a corrected labels.png) is theirs, never replaced
+    doc = {"written_by": "samseg", "version": version, "files": files, "dirs": dirs,
+           "sha256": {f: _file_sha256(tmp_dir / f) for f in files}}
     (tmp_dir / MARKER).write_text(json.dumps(doc) + "\n", encoding="utf-8")
 
 

@@ -154,3 +154,19 @@ def test_interrupted_dataset_batch_is_never_served_with_mixed_class_ids(tmp_path
         summary = json.loads((out / f"img{i}" / "summary.json").read_text())
         assert summary["dataset_n_classes"] == n_classes
     assert run_cli(["export", str(out), "--format", "coco", "--out", str(tmp_path / "x")])[0] == 0
+
+
+def test_a_corrected_file_in_an_image_dir_refuses_that_image_and_stays(tmp_path: Path) -> None:
+    """A person fixed img0's labels.png by hand: the same batch again keeps their file (that image
+    refused, in one line naming it), and replaces the untouched img1 as before."""
+    inputs = [_png(tmp_path / "in" / f"img{i}.png", seed=i) for i in range(2)]
+    out = tmp_path / "out"
+    argv = ["segment", *map(str, inputs), "--out", str(out), "--cache", str(tmp_path / "c"), *TINY]
+    rc, _stdout, stderr = run_cli(argv)
+    assert rc == 0, stderr
+    (out / "img0" / "labels.png").write_bytes(b"the person's corrected labels")
+    before = (out / "img1" / "summary.json").read_bytes()
+    rc, _stdout, stderr = run_cli([*argv, "--eps", "0.2"])
+    assert rc == 1 and "img0: holds files changed since samseg wrote them (labels.png)" in stderr, stderr
+    assert (out / "img0" / "labels.png").read_bytes() == b"the person's corrected labels"
+    assert (out / "img1" / "summary.json").read_bytes() != before  # its own dir, replaced
