@@ -51,9 +51,17 @@ def test_attack_a_users_folder_that_looks_like_an_entry_is_never_removed(tmp_pat
 
 
 @pytest.mark.parametrize("text, size", [("20G", 20 * 2**30), ("500M", 500 * 2**20), ("1.5GB", int(1.5 * 2**30)),
-                                        ("0", 0), ("123", 123)])
+                                        ("0", 0), ("123B", 123)])
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_attack_a_size_without_a_unit_does_not_empty_the_cache(tmp_path: Path) -> None:
+    """`samseg cache prune --max 20` meant 20G: refused (exit 2), not a 20-byte bound that removes every entry."""
+    with pytest.raises(ValueError, match="needs a unit: 20G, 20M or 20B"):
+        parse_size("20")
+    rc, _, err = run_cli(["cache", "prune", "--cache", str(tmp_path / "c"), "--max", "20"])
+    assert rc == 2 and "cache size '20' needs a unit" in err.splitlines()[-1]
 
 
 def test_cache_info_and_prune_commands(tmp_path: Path) -> None:

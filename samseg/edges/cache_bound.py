@@ -26,10 +26,14 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_size(text: str) -> int:
-    """'20G', '500M', '1.5GB' (binary units), '0' (keep nothing) -> bytes; ValueError naming it."""
+    """'20G', '500M', '1.5GB', '64B' (binary units), '0' (keep nothing) -> bytes; ValueError naming
+    it. A number without a unit other than 0 is refused: `--max 20` meant 20G, not 20 bytes (an
+    emptied cache)."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"cache size {text!r} is not a size like 20G, 500M or 1.5GB")
+    if not m.group(2) and float(m.group(1)) != 0:
+        raise ValueError(f"cache size {text!r} needs a unit: {m.group(1)}G, {m.group(1)}M or {m.group(1)}B (0 keeps nothing)")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
