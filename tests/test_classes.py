@@ -43,6 +43,16 @@ def test_merge_rename_drop_and_split_relabel_as_asked() -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(rename=["0=a", "0=b"]), "rename: class 0 is renamed twice"),  # which name was meant is not samseg's to pick
+    (dict(merge=["0,1"], rename=["1=x"]), "rename: class 1 was merged into 0 by an earlier edit"),
+    (dict(drop=["1"], rename=["1=x"]), "rename: class 1 was dropped by an earlier edit"),
+])
+def test_an_edit_of_a_class_that_earlier_edits_changed_says_what_they_did(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        apply_edits(_labels(), embeddings(0), parse_edits(**kwargs), SMOKE.cluster)
+
+
+@pytest.mark.parametrize("kwargs, message", [
     (dict(merge=["3,3"]), "a class is named twice"),
     (dict(merge=["3"]), "merging needs two classes"),
     (dict(rename=["0=\x1b[2Jevil"]), "printable characters"),
@@ -58,7 +68,7 @@ def test_attack_bad_edits_are_one_line(kwargs: dict, message: str) -> None:
 def test_unknown_class_is_refused_before_anything_is_written(runs: Path, tmp_path: Path) -> None:
     rc, out, err = run_cli(["classes", "edit", str(runs / "out" / "alpha"), "--drop", "9", "--out", str(tmp_path / "x"),
                             "--no-track"])
-    assert rc == 1 and err.count("error:") == 1 and "class 9 is not a class of this run" in err
+    assert rc == 2 and err.count("error:") == 1 and "class 9 is not a class of this run" in err
     assert not (tmp_path / "x").exists()
     rc, _, err = run_cli(["classes", "edit", str(runs / "out" / "alpha"), "--merge", "1,1", "--out", str(tmp_path / "x")])
     assert rc == 2 and "named twice" in err
@@ -109,7 +119,7 @@ def test_attack_an_edit_written_into_the_sources_own_out_is_refused(runs: Path) 
     before = (runs / "out" / "alpha" / "labels.png").read_bytes()
     rc, _, err = run_cli(["classes", "edit", str(runs / "out" / "beta"), "--drop", "0", "--out", str(runs / "out"),
                           "--no-track"])
-    assert rc == 1 and "source's own output dir" in err
+    assert rc == 2 and "source's own output dir" in err
     assert (runs / "out" / "alpha" / "labels.png").read_bytes() == before
 
 
@@ -164,10 +174,10 @@ def test_attack_a_dataset_edit_into_its_own_folder_or_of_an_unknown_class_writes
     before = (dataset / "alpha" / "labels.png").read_bytes()
     for inside in (dataset, dataset / "alpha", dataset / "alpha" / "x"):  # the folder, or anywhere inside it
         rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "0", "--out", str(inside), "--no-track"])
-        assert rc == 1 and err.count("error:") == 1 and "source batch's own folder" in err
+        assert rc == 2 and err.count("error:") == 1 and "source batch's own folder" in err
     assert not (dataset / "alpha" / "x").exists()
     rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "9", "--out", str(tmp_path / "x"), "--no-track"])
-    assert rc == 1 and err.count("error:") == 1 and "class 9 is not a class" in err
+    assert rc == 2 and err.count("error:") == 1 and "class 9 is not a class" in err
     assert not (tmp_path / "x").exists() and (dataset / "alpha" / "labels.png").read_bytes() == before
 
 
@@ -225,7 +235,7 @@ def test_attack_an_edit_of_a_batch_run_into_the_folder_it_wrote_is_refused(datas
     end_run(batch, "FINISHED", {"images": [{"mlflow_run_id": k, "name": n} for k, n in zip(kids, ("alpha", "beta"))]})
     before = (dataset / "alpha" / "labels.png").read_bytes()
     rc, _, err = run_cli(["classes", "edit", batch[:8], "--drop", "0", "--out", str(dataset), "--experiment", "classes-test"])
-    assert rc == 1 and "source batch's own folder" in err and (dataset / "alpha" / "labels.png").read_bytes() == before
+    assert rc == 2 and "source batch's own folder" in err and (dataset / "alpha" / "labels.png").read_bytes() == before
     rc, out, err = run_cli(["classes", "edit", batch[:8], "--drop", "0", "--rename", "1=b", "--out", str(tmp_path / "ds2"),
                             "--experiment", "classes-test", "--register-classes", "edited-classes"])
     assert rc == 0, err

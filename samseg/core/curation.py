@@ -124,13 +124,21 @@ def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit]
     out = np.asarray(labels, dtype=np.int64).copy()
     named = dict(names or {})
     known = set(int(c) for c in out[out >= 0])
+    gone: dict[int, str] = {}  # a class an earlier edit took away -> what did (its error says so)
+    renamed: set[int] = set()
     next_id = max(known, default=-1) + 1
     for e in edits:
         missing = [c for c in e.classes if c not in known]
         if missing:
-            raise ValueError(f"{e.op}: class {missing[0]} is not a class of this run (classes: "
+            c = missing[0]
+            if c in gone:
+                raise ValueError(f"{e.op}: class {c} {gone[c]} by an earlier edit")
+            raise ValueError(f"{e.op}: class {c} is not a class of this run (classes: "
                              f"{', '.join(map(str, sorted(known))) or 'none'})")
         if e.op == "rename":
+            if e.classes[0] in renamed:  # two names for one class: which one the person meant is not ours to pick
+                raise ValueError(f"rename: class {e.classes[0]} is renamed twice")
+            renamed.add(e.classes[0])
             named[e.classes[0]] = e.name or ""
         elif e.op == "merge":
             keep = e.classes[0]
@@ -138,11 +146,13 @@ def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit]
                 out[out == c] = keep
                 known.discard(c)
                 named.pop(c, None)
+                gone[c] = f"was merged into {keep}"
         elif e.op == "drop":
             for c in e.classes:
                 out[out == c] = -1
                 known.discard(c)
                 named.pop(c, None)
+                gone[c] = "was dropped"
         elif e.op == "split":
             c = e.classes[0]
             rows = np.flatnonzero(out == c)
