@@ -403,3 +403,12 @@ def test_a_command_that_reads_runs_where_there_is_no_store_says_where_it_looked_
                                            "(./mlflow.db), or where MLFLOW_TRACKING_URI points; run from that folder "
                                            "or set it"), (argv, err)
     assert not db.parent.exists()
+
+
+def test_an_s3_folder_given_where_a_run_id_goes_says_to_give_its_batch_run(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`samseg classes s3://…/OUT/` reads a dataset OUT; export and sweep take the batch's run id instead."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp_path / "mlflow.db"))
+    for argv in (["export", "s3://bucket/ds/", "--format", "coco", "--out", str(tmp_path / "x")], ["sweep", "s3://bucket/ds/"]):
+        rc, _, err = run_cli(argv)
+        assert rc == 2 and "'s3://bucket/ds/': an s3:// folder, not an MLflow run id: give the run id of the batch" in err, err

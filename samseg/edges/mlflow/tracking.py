@@ -337,6 +337,8 @@ def _not_a_run_id(ref: str) -> str:
     that does not exist, or a mistyped id."""
     if os.path.exists(ref):
         return "a file or folder, not an MLflow run id (this command takes run ids: `samseg runs list` shows them)"
+    if ref.startswith("s3://"):  # a batch's s3:// OUT: its batch run reads it
+        return "an s3:// folder, not an MLflow run id: give the run id of the batch that wrote it (`samseg runs list`)"
     if "/" in ref or os.sep in ref or "." in ref:
         return "no such file or folder, and not an MLflow run id"
     return "not an MLflow run id"
