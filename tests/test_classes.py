@@ -252,3 +252,12 @@ def test_attack_an_edit_of_a_batch_run_into_the_folder_it_wrote_is_refused(datas
     rc, _, err = run_cli(["classes", "edit", str(dataset), "--drop", "0", "--out", str(tmp_path / "ds3"), "--no-track",
                           "--register-classes", "x"])
     assert rc == 2 and "needs `edit` and MLflow tracking" in err
+
+
+def test_a_recluster_of_an_edited_run_says_its_edits_are_not_carried_over() -> None:
+    """A person's names and merges were of the old classes: a recluster's new ones come without them, and says so."""
+    from samseg.engine.segment import image_entry
+
+    summary = {"out_dir": "out/a", "n_masks": 3, "n_clusters": 1, "n_noise": 0, "recluster": {"edits_not_kept": 2}}
+    assert "class edits (names, merges) not carried over" in image_entry("photos/a.jpg", "a", summary)["warning"]
+    assert "warning" not in image_entry("photos/a.jpg", "a", {**summary, "recluster": {}})

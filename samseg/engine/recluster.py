@@ -83,6 +83,10 @@ def recluster_summary(run: ImageRun, parent_run_id: Optional[str], parent: Optio
         more.update(parent_run_id=parent_run_id, kind=kind)
     if parent and parent.get("classes") in DATASET_MODES:
         more["rerun_of_dataset_ids"] = parent["classes"]
+    from samseg.engine.curate import EDITS
+
+    if parent and parent.get(EDITS):  # a person's renames and merges were of the old classes: said, not silently lost
+        more["recluster"]["edits_not_kept"] = len(parent[EDITS])
     return summarize(run, extra={**more, **(named or {}), **(extra or {})})
 
 
