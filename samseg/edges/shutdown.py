@@ -37,6 +37,7 @@ STOP_DEADLINE_S = 10.0
 
 _received: list[int] = []
 _raised: list[bool] = []  # handled() raised its KeyboardInterrupt
+_hint: list[str] = []  # what the command's stopped work left, for the deadline's line (handled(hint))
 
 
 def _handler(signum: int, _frame: object) -> None:
@@ -61,8 +62,8 @@ def _deadline() -> None:
     """The stop's last word: still running `deadline_s()` after the signal, exit without the rest
     (outputs and cache entries are atomic; a run left RUNNING is swept on the next start)."""
     time.sleep(deadline_s())
-    print(f"interrupted; exiting without what still waited after {deadline_s():g} s "
-          "(a rerun resumes from the stage cache)", file=sys.stderr)
+    print(f"interrupted; exiting without what still waited after {deadline_s():g} s"
+          + (f" ({_hint[0]})" if _hint else ""), file=sys.stderr)
     _flush()
     os._exit(exit_code())
 
@@ -76,14 +77,17 @@ def _flush() -> None:
 
 
 @contextmanager
-def handled() -> Iterator[None]:
+def handled(hint: Optional[str] = None) -> Iterator[None]:
     """While inside: SIGTERM (and SIGINT) → KeyboardInterrupt in the main thread, and the
-    signal is remembered; the previous handlers come back on exit. No-op off the main thread."""
+    signal is remembered; the previous handlers come back on exit. No-op off the main thread.
+    hint: what the command's stopped work leaves (its "interrupted" line's), said again if the
+    stop's deadline ends it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _received.clear()
     _raised.clear()
+    _hint[:] = [hint] if hint else []
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

@@ -230,3 +230,25 @@ def test_a_second_stop_signal_during_the_clean_up_does_not_escape_it(monkeypatch
             raise AssertionError("a new stop raised nothing")
         except KeyboardInterrupt:
             assert shutdown.exit_code() == 130
+
+
+HUNG_CLEAN_UP = """
+import os, signal, time
+from samseg.edges import shutdown
+
+with shutdown.handled("the served deployments stay paused"):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+    except KeyboardInterrupt:
+        time.sleep(60)  # a clean-up that hangs on a peer
+"""
+
+
+def test_a_stop_the_deadline_ends_says_what_this_command_left_not_another_commands() -> None:
+    """The deadline's line carries the command's own stop hint (serve has no stage cache to resume from)."""
+    env = {**os.environ, "SAMSEG_STOP_DEADLINE_S": "4"}  # at least the grace time + 1 s
+    done = subprocess.run([sys.executable, "-c", HUNG_CLEAN_UP], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("interrupted; exiting without what still waited after 4 s "
+                                                    "(the served deployments stay paused)")

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from samseg.edges import shutdown
 
-    with shutdown.handled():
+    with shutdown.handled(getattr(args, "stop_hint", None)):
         try:
             rc = handler(args)
             shutdown.check()  # a signal that a flow swallowed still ends the command as one

@@ -42,13 +42,17 @@ def orchestrator(args: argparse.Namespace, needs_prefect: bool = False) -> str:
     return chosen
 
 
+def no_telemetry_from_our_server() -> None:
+    """The temporary local API Prefect starts for a command (no PREFECT_API_URL) would try to send
+    usage telemetry and log an ERROR line on machines without internet; it is our server, so say no."""
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def quiet_prefect(verbose: bool) -> None:
     """Prefect logs every task at INFO and each failure with a traceback; the CLI prints
     its own one-line errors instead (--verbose keeps Prefect's log)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        # The temporary local API Prefect starts for us would try to send usage telemetry and
-        # log an ERROR line on machines without internet; it is our server, so say no.
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    no_telemetry_from_our_server()
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     _quiet_prefect_loggers(verbose)

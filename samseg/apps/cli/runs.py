@@ -268,6 +268,9 @@ def run_serve(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from samseg.apps.cli.common import no_telemetry_from_our_server
+
+    no_telemetry_from_our_server()
     if args.cron and not os.environ.get("PREFECT_API_URL"):
         print("warning: no PREFECT_API_URL: the --cron schedule lives on a temporary Prefect server that ends with "
               "this command; for a schedule that lasts, start one (`prefect server start`) and set PREFECT_API_URL",
