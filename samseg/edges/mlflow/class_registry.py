@@ -21,31 +21,37 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import mlflow.pyfunc
+import warnings
+
+# MLflow warns at its import and at each PythonModel's definition that predict has no type hints:
+# advice to model authors, not the user's business (ours has none on purpose: MLflow reads them as a
+# schema). Recorded and dropped: MLflow sets its own filter ("once") around that warning.
+with warnings.catch_warnings(record=True):
+    import mlflow.pyfunc
+
+    class ClassesModel(mlflow.pyfunc.PythonModel):
+        """pyfunc wrapper of a samseg ClassTable: predict(N×C embeddings) → (N,) class ids."""
+
+        def load_context(self, context: Any) -> None:
+            from samseg.core.dataset import ClassTable
+
+            path = context.artifacts[_CLASSES_KEY]
+            self.table = ClassTable.from_json(Path(path).read_text(encoding="utf-8"), source=str(path))
+
+        def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
+            import numpy as np
+
+            from samseg.core.dataset import ClassTableError, assign_to_classes
+
+            x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
+            if x.ndim != 2 or (x.shape[0] and x.shape[1] != self.table.embedding_dim):
+                raise ClassTableError(f"embeddings must be N×{self.table.embedding_dim} (the classes' dimension), "
+                                      f"got shape {tuple(x.shape)}")
+            return assign_to_classes(x, self.table).labels
+
 
 MODEL_ARTIFACT = "classes_model"
 _CLASSES_KEY = "classes_json"
-
-
-class ClassesModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of a samseg ClassTable: predict(N×C embeddings) → (N,) class ids."""
-
-    def load_context(self, context: Any) -> None:
-        from samseg.core.dataset import ClassTable
-
-        path = context.artifacts[_CLASSES_KEY]
-        self.table = ClassTable.from_json(Path(path).read_text(encoding="utf-8"), source=str(path))
-
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
-        import numpy as np
-
-        from samseg.core.dataset import ClassTableError, assign_to_classes
-
-        x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
-        if x.ndim != 2 or (x.shape[0] and x.shape[1] != self.table.embedding_dim):
-            raise ClassTableError(f"embeddings must be N×{self.table.embedding_dim} (the classes' dimension), "
-                                  f"got shape {tuple(x.shape)}")
-        return assign_to_classes(x, self.table).labels
 
 
 def register_classes(batch_run_id: str, name: str, classes_json: str | Path) -> dict[str, Any]:
