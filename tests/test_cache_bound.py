@@ -85,3 +85,14 @@ def test_a_run_leaves_the_cache_within_its_bound(tmp_path: Path) -> None:
     assert rc == 0, err
     assert scan(str(tmp_path / "c")).total <= 100 * 1024
     assert not any(e.path.name == _key(0) for e in scan(str(tmp_path / "c")).entries)  # the oldest went first
+
+
+def test_a_bound_in_bytes_from_the_environment_still_counts_and_a_bad_one_names_the_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from samseg.edges.cache_bound import max_bytes
+
+    monkeypatch.setenv("SAMSEG_CACHE_MAX", str(20 * 2**30))
+    assert max_bytes() == 20 * 2**30  # bytes, as it was set before units were required
+    monkeypatch.setenv("SAMSEG_CACHE_MAX", "20")
+    with pytest.raises(ValueError, match=r"\$SAMSEG_CACHE_MAX: cache size '20' needs a unit"):
+        max_bytes()

@@ -261,3 +261,12 @@ def test_a_recluster_of_an_edited_run_says_its_edits_are_not_carried_over() -> N
     summary = {"out_dir": "out/a", "n_masks": 3, "n_clusters": 1, "n_noise": 0, "recluster": {"edits_not_kept": 2}}
     assert "class edits (names, merges) not carried over" in image_entry("photos/a.jpg", "a", summary)["warning"]
     assert "warning" not in image_entry("photos/a.jpg", "a", {**summary, "recluster": {}})
+
+
+def test_a_name_retyped_in_the_ui_is_the_last_rename_not_an_error() -> None:
+    """The UI sends each name a person types for a class as one more rename: the last one counts."""
+    from samseg.core.curation import edits_from_json
+
+    edits = edits_from_json([{"op": "rename", "classes": [0], "name": "raod"}, {"op": "rename", "classes": [0], "name": "road"}])
+    _, names = apply_edits(_labels(), embeddings(0), edits, SMOKE.cluster)
+    assert names[0] == "road"

@@ -19,6 +19,11 @@ import numpy as np
 MAX_NAME = 200  # characters of a class name
 
 
+class EditError(ValueError):
+    """A person's edit that cannot be applied (an unknown class, a bad name, ...): a usage error,
+    nothing written."""
+
+
 @dataclass(frozen=True)
 class Edit:
     """One edit: op rename | merge | split | drop; classes: the ids it names; name: rename's;
@@ -36,7 +41,7 @@ class Edit:
 
 def check_name(name: str) -> str:
     if not name.strip() or len(name) > MAX_NAME or not name.isprintable():
-        raise ValueError(f"class name {name[:40]!r}: a name is 1 to {MAX_NAME} printable characters")
+        raise EditError(f"class name {name[:40]!r}: a name is 1 to {MAX_NAME} printable characters")
     return name.strip()
 
 
@@ -44,9 +49,9 @@ def _ids(text: str, what: str) -> tuple[int, ...]:
     try:
         ids = tuple(int(t) for t in text.split(","))
     except ValueError:
-        raise ValueError(f"{what} {text!r}: class ids are numbers, e.g. 3 or 3,7") from None
+        raise EditError(f"{what} {text!r}: class ids are numbers, e.g. 3 or 3,7") from None
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{what} {text!r}: a class is named twice")
+        raise EditError(f"{what} {text!r}: a class is named twice")
     return ids
 
 
@@ -58,24 +63,29 @@ def parse_edits(rename: list[str] = (), merge: list[str] = (), split: list[str] 
     for text in merge:
         ids = _ids(text, "--merge")
         if len(ids) < 2:
-            raise ValueError(f"--merge {text!r}: merging needs two classes or more, e.g. 3,7")
+            raise EditError(f"--merge {text!r}: merging needs two classes or more, e.g. 3,7")
         edits.append(Edit("merge", ids))
     for text in split:
         cls, _, eps = text.partition(":")
         try:
             value = float(eps) if eps else None
         except ValueError:
-            raise ValueError(f"--split {text!r}: give CLASS or CLASS:EPS, e.g. 5 or 5:0.03") from None
+            raise EditError(f"--split {text!r}: give CLASS or CLASS:EPS, e.g. 5 or 5:0.03") from None
         if value is not None and not value > 0:
-            raise ValueError(f"--split {text!r}: eps must be > 0")
+            raise EditError(f"--split {text!r}: eps must be > 0")
         edits.append(Edit("split", _ids(cls, "--split")[:1], eps=value))
     for text in drop:
         edits.append(Edit("drop", _ids(text, "--drop")))
+    renamed: set[tuple[int, ...]] = set()
     for text in rename:
         cls, eq, name = text.partition("=")
         if not eq:
-            raise ValueError(f"--rename {text!r}: give CLASS=NAME, e.g. 3=road")
-        edits.append(Edit("rename", _ids(cls, "--rename")[:1], name=check_name(name)))
+            raise EditError(f"--rename {text!r}: give CLASS=NAME, e.g. 3=road")
+        ids = _ids(cls, "--rename")[:1]
+        if ids in renamed:  # two names for one class on one command line: which one was meant is not ours to pick
+            raise EditError(f"--rename: class {ids[0]} is renamed twice")
+        renamed.add(ids)
+        edits.append(Edit("rename", ids, name=check_name(name)))
     return edits
 
 
@@ -86,25 +96,25 @@ MAX_EDITS = 200  # more edits than this in one request is not a person at work
 def edits_from_json(items: Any) -> list[Edit]:
     """The UI's edit list ([{"op", "classes", "name"?, "eps"?}, …]) as edits; ValueError naming the bad one."""
     if not isinstance(items, list) or not items or len(items) > MAX_EDITS:
-        raise ValueError(f"edits must be a list of 1 to {MAX_EDITS} edits")
+        raise EditError(f"edits must be a list of 1 to {MAX_EDITS} edits")
     edits = []
     for k, item in enumerate(items, 1):
         if not isinstance(item, dict) or item.get("op") not in OPS:
-            raise ValueError(f"edit {k}: op must be one of {', '.join(OPS)}")
+            raise EditError(f"edit {k}: op must be one of {', '.join(OPS)}")
         classes = item.get("classes")
         if not isinstance(classes, list) or not classes or not all(isinstance(c, int) and c >= 0 for c in classes) \
                 or len(set(classes)) != len(classes):
-            raise ValueError(f"edit {k}: classes must be distinct class ids")
+            raise EditError(f"edit {k}: classes must be distinct class ids")
         op = item["op"]
         if op == "merge" and len(classes) < 2:
-            raise ValueError(f"edit {k}: merging needs two classes or more")
+            raise EditError(f"edit {k}: merging needs two classes or more")
         if op in ("rename", "split") and len(classes) != 1:
-            raise ValueError(f"edit {k}: {op} takes one class")
+            raise EditError(f"edit {k}: {op} takes one class")
         name = check_name(str(item.get("name") or "")) if op == "rename" else None
         eps = item.get("eps")
         if op == "split" and eps is not None:
             if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 or eps != eps:
-                raise ValueError(f"edit {k}: split eps must be a number > 0")
+                raise EditError(f"edit {k}: split eps must be a number > 0")
             eps = float(eps)
         edits.append(Edit(op, tuple(classes), name=name, eps=eps if op == "split" else None))
     return edits
@@ -125,20 +135,16 @@ def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit]
     named = dict(names or {})
     known = set(int(c) for c in out[out >= 0])
     gone: dict[int, str] = {}  # a class an earlier edit took away -> what did (its error says so)
-    renamed: set[int] = set()
     next_id = max(known, default=-1) + 1
     for e in edits:
         missing = [c for c in e.classes if c not in known]
         if missing:
             c = missing[0]
             if c in gone:
-                raise ValueError(f"{e.op}: class {c} {gone[c]} by an earlier edit")
-            raise ValueError(f"{e.op}: class {c} is not a class of this run (classes: "
+                raise EditError(f"{e.op}: class {c} {gone[c]} by an earlier edit")
+            raise EditError(f"{e.op}: class {c} is not a class of this run (classes: "
                              f"{', '.join(map(str, sorted(known))) or 'none'})")
-        if e.op == "rename":
-            if e.classes[0] in renamed:  # two names for one class: which one the person meant is not ours to pick
-                raise ValueError(f"rename: class {e.classes[0]} is renamed twice")
-            renamed.add(e.classes[0])
+        if e.op == "rename":  # the last name wins: the UI sends each name a person retypes as one more rename
             named[e.classes[0]] = e.name or ""
         elif e.op == "merge":
             keep = e.classes[0]
@@ -164,7 +170,7 @@ def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit]
                 known.add(next_id)
                 next_id += 1
         else:
-            raise ValueError(f"unknown edit {e.op!r}")
+            raise EditError(f"unknown edit {e.op!r}")
     if not renumbered:  # ids as the edits leave them: every name stays on its id (a class absent here too)
         return out, {int(c): n for c, n in named.items() if n}
     final = renumber(out)

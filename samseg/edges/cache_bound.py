@@ -27,12 +27,12 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def parse_size(text: str) -> int:
     """'20G', '500M', '1.5GB', '64B' (binary units), '0' (keep nothing) -> bytes; ValueError naming
-    it. A number without a unit other than 0 is refused: `--max 20` meant 20G, not 20 bytes (an
-    emptied cache)."""
+    it. A number without a unit under 1 MiB (other than 0) is refused: `--max 20` meant 20G, not 20
+    bytes (an emptied cache); a unitless count of bytes from 1 MiB on is taken as bytes."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"cache size {text!r} is not a size like 20G, 500M or 1.5GB")
-    if not m.group(2) and float(m.group(1)) != 0:
+    if not m.group(2) and 0 < float(m.group(1)) < 2**20:  # bytes only from a MiB on: "20" meant 20G
         raise ValueError(f"cache size {text!r} needs a unit: {m.group(1)}G, {m.group(1)}M or {m.group(1)}B (0 keeps nothing)")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
@@ -40,7 +40,10 @@ def parse_size(text: str) -> int:
 def max_bytes(flag: Optional[str] = None) -> int:
     """The bound: the flag's, else $SAMSEG_CACHE_MAX, else DEFAULT_MAX_BYTES."""
     raw = flag if flag is not None else os.environ.get(CACHE_MAX_ENV)
-    return parse_size(raw) if raw else DEFAULT_MAX_BYTES
+    try:
+        return parse_size(raw) if raw else DEFAULT_MAX_BYTES
+    except ValueError as exc:
+        raise ValueError(str(exc) if flag is not None else f"${CACHE_MAX_ENV}: {exc}") from None
 
 
 @dataclass

@@ -143,11 +143,18 @@ def changed_entries(out_dir: Path) -> list[str]:
         recorded = json.loads((out_dir / MARKER).read_text(encoding="utf-8")).get("sha256") or {}
     except (OSError, ValueError, AttributeError):
         return []
+    listed = set(_marker_files(out_dir) or ())
     changed = []
     for rel, sha in sorted(recorded.items() if isinstance(recorded, dict) else ()):
+        parts = PurePosixPath(str(rel)).parts
+        if rel not in listed or not parts or PurePosixPath(str(rel)).is_absolute() or ".." in parts:
+            continue  # a hand-made marker's entry outside the dir is not read
         path = out_dir / str(rel)
-        if path.is_file() and not path.is_symlink() and _file_sha256(path) != sha:
-            changed.append(str(rel))
+        try:
+            if path.is_file() and not path.is_symlink() and _file_sha256(path) != sha:
+                changed.append(str(rel))
+        except OSError as exc:  # unreadable: not known to be samseg's bytes, so that image is refused, not the batch
+            changed.append(f"{rel} (cannot read it: {exc.strerror or exc})")
     return changed
 
 

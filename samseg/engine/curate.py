@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-from samseg.core.curation import Edit, apply_edits
+from samseg.core.curation import Edit, EditError, apply_edits
 from samseg.core.errors import SamsegError
 from samseg.edges.dataset_outputs import CLASSES_FROM, CLASSES_SHA256
 from samseg.edges.layout import LABELS_PNG
@@ -115,7 +115,7 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
                 new.pop(key, None)
         target = child_dir(Path(out), safe_dir_name(img["uri"]))
         if run_id is None and Path(out).resolve() == d.resolve().parent:  # the source's own OUT: its dir or a sibling's
-            raise ValueError(f"--out {out} is the source's own output dir; write the edited run elsewhere")
+            raise EditError(f"--out {out} is the source's own output dir; write the edited run elsewhere")
         write_image_dir(target, image, masks, emb, clusters, label_map, new)
     new_run = None
     if tracking.track:

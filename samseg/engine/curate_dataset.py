@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from samseg.core.curation import Edit, apply_edits
+from samseg.core.curation import Edit, EditError, apply_edits
 from samseg.edges.run_schema import DATASET_MODES, KIND_IMAGE, TAG_CLASSES, TAG_KIND, TAG_OUT_DIR, TAG_PARENT_RUN
 from samseg.edges.owned_files import CLASSES_JSON
 from samseg.engine.curate import EDITED_FROM, EDITS
@@ -123,19 +123,19 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
     UI's saves). register: the MLflow model name the edited classes become a new version of (then
     `--classes-from models:/NAME/VERSION` assigns them, in shards too)."""
     if register and not tracking.track:
-        raise ValueError("registering the edited classes needs MLflow tracking (drop --no-track)")
+        raise EditError("registering the edited classes needs MLflow tracking (drop --no-track)")
     from samseg.core.config import ClusterConfig
     from samseg.core.dataset import cluster_rows
     from samseg.edges.image_dir import read_image_dir, read_summary
 
     if str(out).startswith("s3://"):
-        raise ValueError(f"--out {out}: an edited dataset is written to a local folder (copy it to S3 after)")
+        raise EditError(f"--out {out}: an edited dataset is written to a local folder (copy it to S3 after)")
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         src = read_dataset(source, Path(tmp))
         folders = (*([src.where] if src.where != src.run_id else []), *src.wrote_to)  # a folder source's, a run's OUTs
         for folder in folders:
             if _overlaps(out, folder):
-                raise ValueError(f"--out {out} is the source batch's own folder ({folder}) or inside it; "
+                raise EditError(f"--out {out} is the source batch's own folder ({folder}) or inside it; "
                                  "write the edited batch elsewhere")
         loaded = [read_image_dir(d) for d in src.dirs]  # (MaskSet, N×C embeddings, dataset ids)
         summaries = [read_summary(d) for d in src.dirs]

@@ -85,8 +85,9 @@ def recluster_summary(run: ImageRun, parent_run_id: Optional[str], parent: Optio
         more["rerun_of_dataset_ids"] = parent["classes"]
     from samseg.engine.curate import EDITS
 
-    if parent and parent.get(EDITS):  # a person's renames and merges were of the old classes: said, not silently lost
-        more["recluster"]["edits_not_kept"] = len(parent[EDITS])
+    edits = (parent or {}).get(EDITS)
+    if isinstance(edits, list) and edits:  # a person's renames and merges were of the old classes: said, not silently lost
+        more["recluster"]["edits_not_kept"] = len(edits)
     return summarize(run, extra={**more, **(named or {}), **(extra or {})})
 
 

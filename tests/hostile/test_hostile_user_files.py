@@ -170,3 +170,38 @@ def test_a_corrected_file_in_an_image_dir_refuses_that_image_and_stays(tmp_path:
     assert rc == 1 and "img0: holds files changed since samseg wrote them (labels.png)" in stderr, stderr
     assert (out / "img0" / "labels.png").read_bytes() == b"the person's corrected labels"
     assert (out / "img1" / "summary.json").read_bytes() != before  # its own dir, replaced
+
+
+def test_an_unreadable_file_in_an_image_dir_refuses_that_image_not_the_batch(tmp_path: Path, monkeypatch) -> None:
+    from samseg.edges import outdirs
+
+    inputs = [_png(tmp_path / "in" / f"img{i}.png", seed=i) for i in range(2)]
+    out = tmp_path / "out"
+    argv = ["segment", *map(str, inputs), "--out", str(out), "--cache", str(tmp_path / "c"), *TINY]
+    rc, _stdout, stderr = run_cli(argv)
+    assert rc == 0, stderr
+    hash_file = outdirs._file_sha256
+
+    def unreadable(path: Path) -> str:
+        if path == out / "img0" / "labels.png":
+            raise PermissionError(13, "Permission denied")
+        return hash_file(path)
+
+    monkeypatch.setattr(outdirs, "_file_sha256", unreadable)
+    rc, _stdout, stderr = run_cli([*argv, "--eps", "0.2"])
+    assert rc == 1 and "img0: holds files changed since samseg wrote them (labels.png (cannot read it: Permission denied))" in stderr
+    assert "1 of 2 images failed" in stderr
+
+
+def test_attack_a_hand_made_marker_naming_files_outside_its_dir_is_not_read(tmp_path: Path) -> None:
+    from samseg.edges import outdirs
+
+    d = tmp_path / "OUT" / "img"
+    d.mkdir(parents=True)
+    (d / "labels.png").write_bytes(b"x")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not samseg's")
+    marker = {"written_by": "samseg", "files": ["labels.png", "../../secret"], "dirs": [],
+              "sha256": {"labels.png": outdirs._file_sha256(d / "labels.png"), "../../secret": "0" * 64, "/etc/hostname": "0" * 64}}
+    (d / outdirs.MARKER).write_text(json.dumps(marker))
+    assert outdirs.changed_entries(d) == []

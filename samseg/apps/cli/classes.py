@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
 
 def run_classes(args: argparse.Namespace) -> int:
     from samseg.apps.cli.common import UsageError, classes_ref, experiment
-    from samseg.core.curation import parse_edits
+    from samseg.core.curation import EditError, parse_edits
     from samseg.engine.segment import shown_name
 
     words = list(args.words)
@@ -84,7 +84,7 @@ def run_classes(args: argparse.Namespace) -> int:
             res = edit_dataset(source, edits, args.out, tracking, register=args.register_classes)
         else:
             res = edit(source, edits, args.out, tracking)
-    except ValueError as exc:  # a bad edit (unknown class, a class renamed twice, ...): nothing written, as --merge 0,0
+    except EditError as exc:  # a bad edit (unknown class, --out the source's own, ...): nothing written, as --merge 0,0
         raise UsageError(str(exc)) from None
     _print_table(res["classes"], shown_name)
     where = res["out"] if dataset else res["out_dir"]

@@ -142,8 +142,8 @@ def stage_cache_root(args: argparse.Namespace, shared: bool = False) -> Iterator
     root = getattr(args, "cache", None) or default_cache_root()
     try:
         limit = max_bytes(getattr(args, "cache_max", None))  # a bad bound is a usage error before any compute
-    except ValueError as exc:
-        raise UsageError(f"--cache-max: {exc}") from None
+    except ValueError as exc:  # the flag's, or $SAMSEG_CACHE_MAX's (its message names it)
+        raise UsageError(f"--cache-max: {exc}" if getattr(args, "cache_max", None) is not None else str(exc)) from None
     reason = None if getattr(args, "no_cache", False) else unusable_reason(root)
     if not getattr(args, "no_cache", False) and reason is None:
         yield root

@@ -25,8 +25,18 @@ import warnings
 
 # MLflow warns at its import and at each PythonModel's definition that predict has no type hints:
 # advice to model authors, not the user's business (ours has none on purpose: MLflow reads them as a
-# schema). Recorded and dropped: MLflow sets its own filter ("once") around that warning.
-with warnings.catch_warnings(record=True):
+# schema). MLflow sets its own filter ("once") around that warning, so it is dropped where it is
+# shown; every other warning, and every filter a module adds on import, stays as it is.
+_shown = warnings.showwarning
+
+
+def _without_type_hint_advice(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    if "Add type hints to the `predict` method" not in str(message):
+        _shown(message, category, *args, **kwargs)
+
+
+warnings.showwarning = _without_type_hint_advice
+try:
     import mlflow.pyfunc
 
     class ClassesModel(mlflow.pyfunc.PythonModel):
@@ -48,6 +58,8 @@ with warnings.catch_warnings(record=True):
                 raise ClassTableError(f"embeddings must be N×{self.table.embedding_dim} (the classes' dimension), "
                                       f"got shape {tuple(x.shape)}")
             return assign_to_classes(x, self.table).labels
+finally:
+    warnings.showwarning = _shown
 
 
 MODEL_ARTIFACT = "classes_model"
