@@ -32,7 +32,7 @@ import re
 import shutil
 import unicodedata
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Any, Iterable, Optional
 
 from samseg.edges.owned_files import BATCH_TOP_LEVEL
 from samseg.edges.storage import PENDING_MARKER, SUCCESS_MARKER
@@ -109,11 +109,12 @@ def check_replaceable(out_dir: Path, inputs: Iterable[str] = ()) -> None:
     if out_dir.is_symlink() or not out_dir.is_dir():
         kind = "a symbolic link" if out_dir.is_symlink() else "a file"
         raise OutputDirRefused(f"{out_dir}: exists and is {kind}, not a directory samseg wrote; move it or choose another --out")
-    foreign = foreign_entries(out_dir)
+    marker = _marker(out_dir)
+    foreign = foreign_entries(out_dir, marker)
     if foreign:
         raise OutputDirRefused(f"{out_dir}: exists and holds files samseg did not write ({_shown(foreign)}); "
                                "move them or choose another --out")
-    changed = changed_entries(out_dir)
+    changed = changed_entries(out_dir, marker)
     if changed:
         raise OutputDirRefused(f"{out_dir}: holds files changed since samseg wrote them ({_shown(changed)}); "
                                "move them or choose another --out")
@@ -123,9 +124,9 @@ def _shown(paths: list[str]) -> str:
     return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
-def foreign_entries(out_dir: Path) -> list[str]:
+def foreign_entries(out_dir: Path, marker: Optional[dict[str, Any]] = None) -> list[str]:
     """Relative paths under `out_dir` that samseg's marker (or legacy layout) does not cover."""
-    listed = _marker_files(out_dir)
+    listed = _marker_files(marker if marker is not None else _marker(out_dir))
     present = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*"))
     if listed is None:  # no marker: a legacy samseg dir has samseg's summary.json and names
         if not _is_samseg_summary(out_dir / SUMMARY_JSON):
@@ -136,14 +137,12 @@ def foreign_entries(out_dir: Path) -> list[str]:
     return sorted(set(links) | {p for p in present if p not in allowed})
 
 
-def changed_entries(out_dir: Path) -> list[str]:
+def changed_entries(out_dir: Path, marker: Optional[dict[str, Any]] = None) -> list[str]:
     """Files samseg's marker lists whose bytes are no longer those it wrote (a person's corrected
     labels.png): a marker written before hashes were recorded has none to compare."""
-    try:
-        recorded = json.loads((out_dir / MARKER).read_text(encoding="utf-8")).get("sha256") or {}
-    except (OSError, ValueError, AttributeError):
-        return []
-    listed = set(_marker_files(out_dir) or ())
+    marker = marker if marker is not None else _marker(out_dir)
+    recorded = (marker or {}).get("sha256") or {}
+    listed = set(_marker_files(marker) or ())
     changed = []
     for rel, sha in sorted(recorded.items() if isinstance(recorded, dict) else ()):
         parts = PurePosixPath(str(rel)).parts
@@ -159,19 +158,24 @@ def changed_entries(out_dir: Path) -> list[str]:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from samseg.sam.files import file_sha256
+
+    return file_sha256(path)
 
 
-def _marker_files(out_dir: Path) -> list[str] | None:
+def _marker(out_dir: Path) -> dict[str, Any] | None:
+    """The dir's marker when it is samseg's (written_by samseg, a files list), else None."""
     try:
         data = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("written_by") != "samseg" or not isinstance(data.get("files"), list):
+        return None
+    return data
+
+
+def _marker_files(data: dict[str, Any] | None) -> list[str] | None:
+    if data is None:
         return None
     dirs = data.get("dirs") if isinstance(data.get("dirs"), list) else []
     return [str(f) for f in data["files"]] + [str(d) for d in dirs]

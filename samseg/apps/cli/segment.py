@@ -214,9 +214,10 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
         except Exception as exc:  # the flow run itself failed
             entry = {"status": "failed", "error": describe_failure(uris[0], exc)}
         return _report_entry(entry)
-    with _progress_bars(args, len(uris), lines=not _classes_request(args, job.out)) as printed:
+    classes = _classes_request(args, job.out)
+    with _progress_bars(args, len(uris), lines=not classes) as printed:
         state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size, fit_images=args.fit_images), **common,
-                                   **_classes_request(args, job.out), return_state=True)
+                                   **classes, return_state=True)
     try:
         report = state.result()
     except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)
@@ -291,15 +292,15 @@ def _progress_bars(args: argparse.Namespace, n_images: int, lines: bool = False)
     report leaves out. Not for dataset classes: an image's ids are known once the batch is done."""
     from samseg.engine import progress
 
-    printed: set[tuple[str, str]] = set()  # (input, output name): what the batch's report lists an image by
+    printed: set[tuple[str, str]] = set()  # _key of each image printed
     bars = None if getattr(args, "verbose", False) or getattr(args, "quiet", False) else progress.TqdmReporter(n_images)
 
     def reporter(event: str, **info: Any) -> None:
         if bars is not None:
             bars(event, **info)
         entry = info.get("entry")
-        if lines and entry is not None and (entry["image"], entry.get("name")) not in printed:
-            printed.add((entry["image"], entry.get("name")))
+        if lines and entry is not None and _key(entry) not in printed:
+            printed.add(_key(entry))
             print_entry(entry)
 
     try:
@@ -345,6 +346,11 @@ def _classes(request: dict[str, Any]) -> Any:
 
 
 
+def _key(entry: dict[str, Any]) -> tuple[str, str]:
+    """(input, output name): what the batch's report lists an image by."""
+    return entry["image"], entry.get("name")
+
+
 def print_entry(r: dict[str, Any]) -> None:
     """A batch image's lines: "<file>: … -> OUT/<name>, MLflow run <id>" and its warning, or its error line."""
     from pathlib import PurePosixPath
@@ -367,7 +373,7 @@ def print_entry(r: dict[str, Any]) -> None:
 def report_batch(report: dict[str, Any], printed: Collection[tuple[str, str]] = ()) -> int:
     """The batch's lines (each image's, but those `printed` as it finished) and its exit code."""
     for r in report["images"]:
-        if (r["image"], r.get("name")) not in printed:
+        if _key(r) not in printed:
             print_entry(r)
     classes = report.get("classes") or {}
     if classes.get("error"):
