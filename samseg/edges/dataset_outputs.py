@@ -304,8 +304,9 @@ def load_classes_from_run(run_id: str) -> Any:
     from samseg.core.dataset import ClassTable
     from samseg.edges.mlflow.client import StoreMissing, TrackingError, missing_store, tracking_uri
 
-    if missing_store(tracking_uri()):  # a download would create an empty store there first
-        raise StoreMissing(missing_store(tracking_uri()))
+    problem = missing_store(tracking_uri())
+    if problem:  # a download would create an empty store there first
+        raise StoreMissing(problem)
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CLASSES_JSON, dst_path=tmp,

@@ -47,7 +47,7 @@ def _handler(signum: int, _frame: object) -> None:
     SIGINT (exit -2, not 143). The stop's deadline still bounds how long the clean-up takes."""
     _note(signum)
     if not _raised:
-        _raised.append(True)
+        _raised[:] = [True]
         raise KeyboardInterrupt
 
 
