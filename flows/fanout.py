@@ -68,7 +68,7 @@ def deployment_exists(name: str = SEGMENT_DEPLOYMENT) -> bool:
 
 
 def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardPlan(),
-               poll_s: float = 1.0, names: Optional[list[str]] = None) -> list[dict[str, Any]]:
+               poll_s: float = 0.25, names: Optional[list[str]] = None) -> list[dict[str, Any]]:
     """Split `uris` in shards of plan.size, run each as a `segment` deployment run with
     `kwargs` (out, settings, runtime, tracking), at most plan.in_flight at once; returns the
     report entries in input order (a shard that could not finish fails its unwritten images).
@@ -90,8 +90,9 @@ def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardP
                 shutdown.check()  # SIGTERM / Ctrl-C: no new shard, and the runs created are cancelled (below)
                 while todo and len(running) < plan.in_flight:
                     running.append(_submit(todo.popleft(), kwargs))
+                runs = _read_runs(client, running)  # one request a poll, however many shards run
                 for shard in list(running):
-                    outcome = _poll(client, shard, plan)
+                    outcome = _poll(client, shard, plan, runs.get(shard.run.id))
                     if outcome is None:
                         continue
                     running.remove(shard)
@@ -155,14 +156,26 @@ def _cancel(client: Any, shard: _Shard) -> None:
         log.debug("cannot cancel shard run %s: %s", shard.run.id, exc)
 
 
-def _poll(client: Any, shard: _Shard, plan: ShardPlan) -> Optional[Any]:
-    """The shard's final flow run, or None while it runs. A run RUNNING longer than
-    plan.timeout_s is asked to stop (CANCELLING); one whose heartbeats stopped (its machine is
-    gone) is set CRASHED; a stop nobody acknowledges within a heartbeat window is set CRASHED."""
+def _read_runs(client: Any, shards: list[_Shard]) -> dict[Any, Any]:
+    """flow run id -> flow run, for the shards' runs, in one request ({} on a blip of the API:
+    they are asked again at the next poll)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    ids = [shard.run.id for shard in shards]
     try:
-        fr = client.read_flow_run(shard.run.id)
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
     except Exception as exc:  # noqa: BLE001 — a blip of the API: ask again at the next poll
-        log.warning("samseg batch: cannot read shard run %s (%s); asking again", shard.run.id, one_line(exc))
+        log.warning("samseg batch: cannot read the shard runs (%s); asking again", one_line(exc))
+        return {}
+    return {fr.id: fr for fr in runs}
+
+
+def _poll(client: Any, shard: _Shard, plan: ShardPlan, fr: Optional[Any]) -> Optional[Any]:
+    """The shard's final flow run, or None while it runs (or while `fr`, its run as just read, is
+    None: not read this time). A run RUNNING longer than plan.timeout_s is asked to stop
+    (CANCELLING); one whose heartbeats stopped (its machine is gone) is set CRASHED; a stop
+    nobody acknowledges within a heartbeat window is set CRASHED."""
+    if fr is None:
         return None
     if fr.state is not None and fr.state.is_final():
         return fr

@@ -44,6 +44,7 @@ class FakePrefect:
         self.params: list[dict] = []
         self.max_open = 0
         self.cancels = 0
+        self.reads = 0
 
     def run_deployment(self, name, parameters, timeout, flow_run_name):
         rid = uuid.uuid4()
@@ -79,6 +80,10 @@ class FakePrefect:
         elif run["state"].name == "Cancelling":  # the worker stopped the process
             run["state"] = _State(name="Cancelled", message=run["state"].message)
         return SimpleNamespace(id=rid, state=run["state"], start_time=None)
+
+    def read_flow_runs(self, flow_run_filter, limit):
+        self.reads += 1  # one request a poll, whatever the shards running
+        return [self.read_flow_run(rid) for rid in flow_run_filter.id.any_][:limit]
 
     def set_flow_run_state(self, rid, state, force=False):
         self.cancels += state.name == "Cancelling"
@@ -121,6 +126,7 @@ def test_shards_retry_what_a_crash_left_and_cancel_what_hangs(fake: FakePrefect)
     assert [[Path(u).name for u in p["images"]] for p in fake.params] == [
         ["a.png", "b.png"], ["c.png", "d.png"], ["d.png"], ["bad.png", "e.png"], ["f.png"]]  # a timeout is not retried
     assert fake.max_open <= 2
+    assert fake.reads < sum(r["polls"] for r in fake.runs.values())  # the running shards read together
     assert by_name["c.png"]["attempts"] == 1 and by_name["c.png"]["n_masks"] == 3  # written by the crashed run
     assert by_name["d.png"]["attempts"] == 2
     assert "not finished after 0.3 s" in by_name["f.png"]["error"] and by_name["f.png"]["attempts"] == 1
