@@ -93,6 +93,8 @@ def test_attack_save_over_a_users_folder_refuses_and_keeps_it(bears: samseg.Resu
     (lambda: samseg.segment(42, **TINY), "must be a path, an s3:// URI, a PIL image"),
     (lambda: samseg.segment(PHOTOS / "bears.jpg", track=True, **TINY), "give out="),
     (lambda: samseg.segment_batch(PHOTOS, out="o", classes="everything", **TINY), "classes must be"),
+    (lambda: samseg.segment_batch(PHOTOS, out="o", classes="image", classes_from="classes.json", **TINY),
+     "cannot be combined with classes='image'"),
 ])
 def test_a_wrong_argument_is_one_value_error_naming_it(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -184,7 +184,7 @@ def segment(image: ImageInput, model: Optional[str] = None, preset: Optional[str
 
 
 def segment_batch(images: Union[str, Path, list[Union[str, Path]]], out: Union[str, Path], model: Optional[str] = None,
-                  preset: Optional[str] = None, *, classes: str = "image", classes_from: Optional[str] = None,
+                  preset: Optional[str] = None, *, classes: Optional[str] = None, classes_from: Optional[str] = None,
                   track: bool = False, experiment: str = EXPERIMENT_DEFAULT, cache: CacheOption = True,
                   precision: Optional[str] = None, device: Optional[str] = None, checkpoint: Optional[str] = None,
                   features_checkpoint: Optional[str] = None, seed: int = 0, kernels: Optional[str] = None,
@@ -193,11 +193,14 @@ def segment_batch(images: Union[str, Path, list[Union[str, Path]]], out: Union[s
     OUT/<name>/ each, as `samseg segment` does; returns the batch report (what
     OUT/batch_summary.json holds: one entry per image, "completed" or "failed" with its error
     line). classes="dataset" (or classes_from=<dataset run id / classes.json>) gives one set of
-    class ids across the images. The other arguments are `segment`'s."""
+    class ids across the images; classes="image" (the default without classes_from) ids of each
+    image's own. The other arguments are `segment`'s."""
     from samseg.engine.batch import ClassesRequest, segment_local
 
-    if classes not in ("image", "dataset"):
+    if classes not in (None, "image", "dataset"):
         raise ValueError(f"classes must be 'image' or 'dataset', got {classes!r}")
+    if classes == "image" and classes_from:  # as the CLI's --classes image --classes-from: not a silent choice
+        raise ValueError("classes_from gives dataset-level ids; it cannot be combined with classes='image'")
     cfg = configure(preset, model, precision, **settings)
     request = ClassesRequest(classes_from) if classes == "dataset" or classes_from else None
     source = [str(i) for i in images] if isinstance(images, list) else str(images)
