@@ -325,6 +325,20 @@ def test_contact_sheet_layout_colours_and_cutouts():
     assert (tile0 == (255, 255, 255)).all(axis=1).any()  # transparent → white
 
 
+def test_a_named_class_shows_its_name_on_the_contact_sheet_within_the_gutter():
+    from samseg.core.contact_sheet import _GUTTER, TILE, _fitted, render_contact_sheet
+
+    cut = np.full((10, 20, 4), 255, np.uint8)
+    plain = render_contact_sheet([[cut], [cut]], sizes=[3, 4])
+    named = render_contact_sheet([[cut], [cut]], sizes=[3, 4], names={1: "a traffic light on a long pole"})
+    row = slice(TILE + 8, 2 * (TILE + 8))  # class 1's row; class 0 has no name and is drawn as before
+    assert (named[: TILE + 8] == plain[: TILE + 8]).all()
+    assert (named[row, :_GUTTER] != plain[row, :_GUTTER]).any()
+    assert (named[:, _GUTTER:] == plain[:, _GUTTER:]).all()  # a long name never runs over the cut-outs
+    assert _fitted("a traffic light on a long pole", 66).endswith("..")
+    assert _fitted("Straße café", 500) == "Stra?e cafe"  # what cv2's ASCII font can draw
+
+
 def test_contact_sheet_caps_rows_and_rejects_bad_cutouts():
     from samseg.core.contact_sheet import ContactSheetError, fit_tile, render_contact_sheet
 

@@ -14,7 +14,7 @@ looks the same on the sheet and in every image's overlay.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from samseg.core.types import ClusterResult, MaskSet
 TILE = 96  # px per cut-out tile: big enough to recognise an object, 6 per row < 700 px wide
 PER_CLASS = 6
 MAX_ROWS = 60  # a sheet taller than ~6000 px is no longer looked at; the rest is summarised
-_GUTTER = 88  # left column: class colour + id + size
+_GUTTER = 88  # left column: class colour + id + size, and the name below when the class has one
 _PAD = 4
 _BG = (255, 255, 255)
 
@@ -72,8 +72,10 @@ def contact_sheet(
     tile: int = TILE,
     per_class: int = PER_CLASS,
     max_rows: int = MAX_ROWS,
+    names: Mapping[int, str] | None = None,
 ) -> np.ndarray:
-    """H×W×3 uint8 sheet for `select_examples` picks; `load(i)` → (H×W×3 uint8, MaskSet) of image i."""
+    """H×W×3 uint8 sheet for `select_examples` picks; `load(i)` → (H×W×3 uint8, MaskSet) of image i;
+    names: {class id: name} of the named classes (ClassTable.class_names)."""
     wanted: dict[int, list[int]] = {}
     for row in list(picks)[:max_rows]:
         for img, mask in row:
@@ -84,7 +86,7 @@ def contact_sheet(
         for mask, cut in zip(wanted[img], mask_cutouts(rgb, masks, wanted[img])):
             cuts[(img, mask)] = cut
     rows = [[cuts[(int(i), int(m))] for i, m in row] if c < max_rows else [] for c, row in enumerate(picks)]
-    return render_contact_sheet(rows, sizes=sizes, tile=tile, per_class=per_class, max_rows=max_rows)
+    return render_contact_sheet(rows, sizes=sizes, tile=tile, per_class=per_class, max_rows=max_rows, names=names)
 
 
 def mask_cutouts(rgb_hw3: np.ndarray, masks: MaskSet, indices: Sequence[int]) -> list[np.ndarray]:
@@ -113,10 +115,12 @@ def render_contact_sheet(
     tile: int = TILE,
     per_class: int = PER_CLASS,
     max_rows: int = MAX_ROWS,
+    names: Mapping[int, str] | None = None,
 ) -> np.ndarray:
-    """H×W×3 uint8 sheet: row c = class c's colour, id and size, then its cut-outs
-    (h×w×4 RGBA or h×w×3) each scaled to fit a tile×tile cell over white.
-    More than `max_rows` classes → the first max_rows rows and a "+k more classes" line."""
+    """H×W×3 uint8 sheet: row c = class c's colour, id and size (and its name below, cut to the
+    gutter, when `names` has one), then its cut-outs (h×w×4 RGBA or h×w×3) each scaled to fit a
+    tile×tile cell over white. More than `max_rows` classes → the first max_rows rows and a
+    "+k more classes" line."""
     from samseg.core.render import class_color
 
     n = len(cutouts_per_class)
@@ -129,7 +133,10 @@ def render_contact_sheet(
         color = class_color(c)
         sheet[y : y + tile, _PAD : _PAD + 12] = color
         label = f"{c}" + (f" ({int(sizes[c])})" if sizes is not None else "")
-        _text(sheet, label, (_PAD + 18, y + tile // 2 + 5))
+        name = (names or {}).get(c)
+        _text(sheet, label, (_PAD + 18, y + tile // 2 + (-3 if name else 5)))
+        if name:  # the gutter's width: the sheet's layout (cutout_xywh) does not move for a long name
+            _text(sheet, _fitted(name, _GUTTER - _PAD - 18 - 2), (_PAD + 18, y + tile // 2 + 13))
         for j, cut in enumerate(list(cutouts_per_class[c])[:per_class]):
             x, y, _, _ = cutout_xywh(c, j, tile)
             sheet[y : y + tile, x : x + tile] = fit_tile(cut, tile)
@@ -173,7 +180,28 @@ def fit_tile(cut: np.ndarray, tile: int) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+_FONT = (0, 0.45, 1)  # cv2.FONT_HERSHEY_SIMPLEX, scale, thickness
+
+
 def _text(img: np.ndarray, text: str, org_xy: tuple[int, int]) -> None:
     import cv2
 
-    cv2.putText(img, text, org_xy, cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    face, scale, thick = _FONT
+    cv2.putText(img, text, org_xy, face, scale, (0, 0, 0), thick, cv2.LINE_AA)
+
+
+def _fitted(name: str, width_px: int) -> str:
+    """`name` as the sheet's font draws it (ASCII: accents dropped, other letters '?'), cut with
+    '..' to `width_px`."""
+    import unicodedata
+
+    import cv2
+
+    face, scale, thick = _FONT
+    text = "".join(ch if ch.isascii() and ch.isprintable() else "?"
+                   for ch in unicodedata.normalize("NFKD", name) if not unicodedata.combining(ch))
+    if cv2.getTextSize(text, face, scale, thick)[0][0] <= width_px:
+        return text
+    while text and cv2.getTextSize(text + "..", face, scale, thick)[0][0] > width_px:
+        text = text[:-1]
+    return text + ".."

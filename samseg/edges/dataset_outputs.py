@@ -243,7 +243,7 @@ def contact_sheet_png(results: list[Any], loaded: list[Any], summaries: list[dic
 
     picks = select_examples(results, [m.areas for m, _, _ in loaded], table.n_classes)
     png = io.BytesIO()
-    Image.fromarray(contact_sheet(picks, load, table.sizes)).save(png, format="PNG")
+    Image.fromarray(contact_sheet(picks, load, table.sizes, names=table.class_names)).save(png, format="PNG")
     return png.getvalue()
 
 
