@@ -164,6 +164,18 @@ def test_the_legend_says_each_name_with_its_score_and_a_persons_name_without() -
     assert rows == ["0 road 0.31 (2 masks)", "1 sky (1 mask)", "noise (1 mask)"]
 
 
+def test_a_class_with_no_mask_in_this_image_is_not_in_its_legend() -> None:
+    """Dataset ids: this image holds classes 0 and 2 of the batch's three (or an edit emptied class 1)."""
+    import numpy as np
+
+    from samseg.core.render import _legend_rows
+    from samseg.core.types import ClusterResult
+
+    res = ClusterResult(np.array([0, 2, 2, -1]), names={1: "road", 2: "sky"})
+    rows = [text for _, text in _legend_rows(3, res.sizes(), res.n_noise, res.legend())]
+    assert rows == ["class 0 (1 mask)", "2 sky (2 masks)", "noise (1 mask)"]
+
+
 def test_a_new_vocabulary_or_a_rerun_names_from_the_cached_crops(tmp_path: Path) -> None:
     """The namer's image side (the masks' crops) is cached by the image, the masks' pixels and the
     namer: a new vocabulary or the same command again embeds no crop, and names as a fresh run does."""

@@ -144,13 +144,14 @@ def _legend_rows(n_classes: int, class_sizes: list[int] | None, n_noise: int | N
     """(swatch colour or None, text) per legend line: "class 3" or, when named, "3 road 0.31"
     (`names`: ClusterResult.legend(), the name and the namer's score)."""
     rows: list[tuple[tuple[int, int, int] | None, str]] = []
-    shown = min(n_classes, MAX_LEGEND_ROWS)
-    for c in range(shown):
+    # a class with no mask here (a dataset class absent from this image, one emptied by an edit) is not in its legend
+    present = [c for c in range(n_classes) if class_sizes is None or class_sizes[c] > 0]
+    for c in present[:MAX_LEGEND_ROWS]:
         label = f"{c} {names[c]}" if names and names.get(c) else f"class {c}"
         text = label if class_sizes is None else f"{label} ({_masks(class_sizes[c])})"
         rows.append((class_color(c), text))
-    if n_classes > shown:
-        rows.append((None, f"+{n_classes - shown} more classes"))
+    if len(present) > MAX_LEGEND_ROWS:
+        rows.append((None, f"+{len(present) - MAX_LEGEND_ROWS} more classes"))
     if n_noise is not None:
         rows.append((None, f"noise ({_masks(n_noise)})"))
     if not rows:
