@@ -146,6 +146,9 @@ def test_runs_list(page, ui_server):
         page.wait_for_selector(f'tr[data-run-id="{r["run_id"]}"]')
     assert "building.jpg" in page.inner_text("#runs-table") and "bears.jpg" in page.inner_text("#runs-table")
     page.wait_for_function("Array.from(document.querySelectorAll('img.thumb')).every(i => i.complete && i.naturalWidth > 0)")
+    # a thumbnail (a dataset run's is its contact sheet) shows its first rows, not a row as tall as the sheet
+    thumb = page.locator("#runs-table img.thumb").first
+    assert thumb.evaluate("i => [getComputedStyle(i).maxHeight, getComputedStyle(i).objectFit]") == ["120px", "cover"]
     page.screenshot(path=str(ARTIFACTS / "01-runs.png"), full_page=True)
 
 
