@@ -497,16 +497,25 @@ function initCuration(runId) {
     figure.hidden = false;
   };
   const redraw = () => { clearTimeout(drawTimer); drawTimer = setTimeout(draw, 80); };
+  // The form says what the edit list holds: a tick is a choice for the next merge or drop (an applied one
+  // leaves none), a name box its class's last rename in the list, else the run's own name.
+  const untick = () => $$("input.pick-class:checked", panel).forEach((c) => { c.checked = false; });
+  const showNames = () => $$("input.class-name", panel).forEach((box) => {
+    const renames = edits.filter((e) => e.op === "rename" && e.classes[0] === Number(box.dataset.class));
+    box.value = renames.length ? renames[renames.length - 1].name : box.defaultValue;
+  });
   const add = (e) => { edits.push(e); showError(err, ""); render(); redraw(); };
   $("#merge-btn").addEventListener("click", () => {
     const ids = picked();
     if (ids.length < 2) { showError(err, "Tick two classes or more to merge them."); return; }
     add({ op: "merge", classes: ids });
+    untick();
   });
   $("#drop-btn").addEventListener("click", () => {
     const ids = picked();
     if (!ids.length) { showError(err, "Tick the classes to drop to noise."); return; }
     ids.forEach((c) => add({ op: "drop", classes: [c] }));
+    untick();
   });
   $$(".split-btn", panel).forEach((b) => b.addEventListener("click", () => {
     const raw = $("#split-eps").value.trim();
@@ -519,7 +528,7 @@ function initCuration(runId) {
     if (!name) return;
     add({ op: "rename", classes: [Number(box.dataset.class)], name });
   }));
-  $("#undo-btn").addEventListener("click", () => { edits.pop(); showError(err, ""); render(); redraw(); });
+  $("#undo-btn").addEventListener("click", () => { edits.pop(); showNames(); untick(); showError(err, ""); render(); redraw(); });
   // A split just added follows the eps box: typing a new eps redraws it, as the eps slider does for a rerun.
   $("#split-eps").addEventListener("input", () => {
     const last = edits[edits.length - 1];
