@@ -89,6 +89,8 @@ def test_the_table_then_an_edit_reaches_the_dir_the_summary_and_an_export(runs: 
     assert summary["class_names"] == {"0": "things"} and summary["n_clusters"] == 1
     assert summary["edits"] == [{"op": "merge", "classes": [0, 1]}, {"op": "rename", "classes": [0], "name": "things"}]
     assert summary["edited_from"] == str(src) and summary["n_noise"] == len(OUTLIERS)
+    assert summary["silhouette"] is None  # measured on the edited classes (one class has none), with the edit's own time
+    assert set(summary["seconds"]) == {"edit", "total"}
     assert json.loads((d / "masks.json").read_text())["categories"] == [{"id": 1, "name": "things"}]
     assert sorted(p.name for p in (d / "classes").iterdir()) == ["class_0-things.png"]  # its cut-out carries the name
     rc, out, err = run_cli(["export", str(d), "--format", "coco", "--out", str(tmp_path / "coco")])
@@ -157,6 +159,7 @@ def test_a_dataset_batch_is_edited_across_all_its_images(dataset: Path, tmp_path
         assert summary["classes"] == "dataset" and summary["class_names"] == {"0": "things"}
         assert summary["edits"] == [{"op": "merge", "classes": [0, 1]}, {"op": "rename", "classes": [0], "name": "things"}]
         assert summary["edited_from"] == str(dataset.resolve()) and summary["n_noise"] == len(OUTLIERS)
+        assert summary["silhouette"] is None  # one class now: measured on the edited ids, not the image's own
         assert json.loads((dataset / name / "summary.json").read_text()).get("edits") is None  # the source is untouched
     table = json.loads((tmp_path / "ds2" / "classes.json").read_text())
     assert [(c["id"], c["size"]) for c in table["classes"]] == [(0, 20)]
@@ -165,8 +168,12 @@ def test_a_dataset_batch_is_edited_across_all_its_images(dataset: Path, tmp_path
                             "--no-track"])
     assert rc == 0, err
     assert [line.split() for line in out.splitlines()[1:3]] == [["0", "things", "12", "2"], ["1", "class_1", "8", "2"]]
-    _, _, labels = read_image_dir(tmp_path / "ds3" / "beta")
+    _, emb, labels = read_image_dir(tmp_path / "ds3" / "beta")
     assert sorted(np.flatnonzero(labels == 0)) == GROUP_A and sorted(np.flatnonzero(labels == 1)) == GROUP_B
+    from samseg.core.cluster import silhouette_cosine
+
+    summary = json.loads((tmp_path / "ds3" / "beta" / "summary.json").read_text())
+    assert summary["silhouette"] == pytest.approx(silhouette_cosine(emb, labels))  # of the split's two classes
 
 
 def test_attack_a_dataset_edit_into_its_own_folder_or_of_an_unknown_class_writes_nothing(dataset: Path,

@@ -197,19 +197,25 @@ def _rewrite_dir(d: Path, masks: Any, emb: Any, summary: dict[str, Any], res: An
     except Exception as exc:  # the photo moved or changed since the batch ran
         raise DatasetOutputsError(f"{uri}: cannot re-read the image of {d} ({' '.join(str(exc).split())})") from None
     features = np.load(d / FEATURES_NPY) if (d / FEATURES_NPY).is_file() else None
-    summary, res = dataset_ids(summary, res, table, "dataset")
+    summary, res = dataset_ids(summary, res, table, "dataset", emb)
     write_image_dir(d, image, masks, emb, res, compose_labels(masks, res), summary, features)
 
 
-def dataset_ids(summary: dict[str, Any], res: Any, table: Any, mode: str) -> tuple[dict[str, Any], Any]:
+def dataset_ids(summary: dict[str, Any], res: Any, table: Any, mode: str,
+                embeddings: Any = None) -> tuple[dict[str, Any], Any]:
     """(summary, clusters) of one image under the dataset's class ids `res` of `table`: its
     counts, the classes present, the dataset's names of those (legend, masks.json, exports);
-    mode "dataset" (the batch's own classes) or "assigned" (an earlier table's)."""
+    mode "dataset" (the batch's own classes) or "assigned" (an earlier table's). embeddings: the
+    image's N×C mask embeddings, its silhouette then measured on these ids (not its own ids')."""
+    from samseg.core.cluster import silhouette_cosine
+
     present = sorted({int(c) for c in res.labels[res.labels >= 0]})  # the dataset's classes this image has
     stale = ("class_names", "naming", CLASSES_FROM, CLASSES_SHA256)  # the image's own ids' names, an earlier table's
     summary = {k: v for k, v in summary.items() if k not in stale}
     summary.update(n_clusters=len(present), n_noise=res.n_noise, cluster_sizes=res.sizes(), classes_present=present,
                    classes=mode, dataset_n_classes=table.n_classes)
+    if embeddings is not None:
+        summary["silhouette"] = silhouette_cosine(embeddings, res.labels)
     named = {c: n for c, n in table.class_names.items() if c in present}
     if table.naming:
         scores = {int(r["id"]): float(r["score"]) for r in table.naming.get("classes", []) if r.get("name") and r.get("score") is not None}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -88,6 +89,7 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
          tags: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Apply `edits` to the source's classes; write OUT/<name>/ (and log it); returns
     {"out_dir", "mlflow_run_id", "classes": the new table}. A bad edit: ValueError, nothing written."""
+    from samseg.core.cluster import silhouette_cosine
     from samseg.core.compose import compose_labels
     from samseg.core.types import ClusterResult
     from samseg.edges.image_dir import read_image_dir, read_summary, write_image_dir
@@ -95,6 +97,7 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
     from samseg.edges.outdirs import child_dir, safe_dir_name
     from samseg.edges.storage import read_verified
 
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         d, run_id = read_source(source, Path(tmp))
         masks, emb, labels = read_image_dir(d)
@@ -106,8 +109,11 @@ def edit(source: str, edits: list[Edit], out: str, tracking: Tracking,
         label_map = compose_labels(masks, clusters)
         table = clusters.table(label_map)
         # the namer's record names the source's ids: the edited classes' names are the person's (class_names)
+        # what describes these classes is measured on them (silhouette) and on this edit (seconds), not copied from the source's
+        took = round(time.perf_counter() - started, 6)
         new = {**{k: v for k, v in summary.items() if k != "naming"}, "n_clusters": clusters.n_clusters,
                "n_noise": clusters.n_noise, "cluster_sizes": clusters.sizes(), CLASS_NAMES: {str(c): n for c, n in names.items()},
+               "silhouette": silhouette_cosine(emb, clusters.labels), "seconds": {"edit": took, "total": took},
                EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], EDITED_FROM: run_id or (source if source.startswith("s3://") else str(d))}
         if new.pop("classes", None) in DATASET_MODES:  # edited alone, its ids are this image's own now
             new["rerun_of_dataset_ids"] = summary["classes"]

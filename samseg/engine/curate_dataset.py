@@ -207,7 +207,7 @@ def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: lis
     owned_files.begin_batch(out, top_level_files(True))  # a user's file where classes.json goes: refused now
     entries = []
     for name, (masks, emb, _), summary, res in zip(src.names, loaded, summaries, results):
-        new, named = dataset_ids(summary, res, table, "dataset")
+        new, named = dataset_ids(summary, res, table, "dataset", emb)
         new.update({EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], EDITED_FROM: src.where})
         img = summary["image"]
         try:
