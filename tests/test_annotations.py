@@ -122,6 +122,18 @@ def test_index_png_palette_matches_labels(out_root: Path) -> None:
         "beta.png 2 beta:class_1"]
 
 
+def test_an_index_png_is_named_after_its_image_not_the_folder_it_was_read_from(out_root: Path, tmp_path: Path) -> None:
+    """A run exported by its id is read from a folder named after the run: its PNG is still alpha.png."""
+    import shutil
+
+    src = tmp_path / "c7a59c1c23e94e3da75b2dc3404b8874"
+    shutil.copytree(out_root / "out" / "alpha", src)
+    rc, _, stderr = run_cli(["export", str(src), "--format", "index-png", "--out", str(tmp_path / "x")])
+    assert rc == 0, stderr
+    assert sorted(p.name for p in (tmp_path / "x").glob("*.*") if not p.name.startswith(".")) == ["alpha.png", "classes.txt"]
+    assert (tmp_path / "x" / "classes.txt").read_text().splitlines()[1].startswith("alpha.png 1 ")
+
+
 def test_dataset_classes_export_one_category_per_class(out_root: Path, tmp_path: Path) -> None:
     """Images that carry one dataset's class ids share categories (class c is one thing)."""
     import shutil

@@ -365,14 +365,15 @@ def export_index_png(results: list[ImageResult], **_: Any) -> Files:
         raise ExportError(f"{k} classes in one image do not fit an 8-bit index PNG (at most 255); use the 16-bit labels.png")
     palette = [0, 0, 0] + [v for c in range(k) for v in class_color(c)]
     files = {}
-    for r in results:
+    pngs = [f"{PurePosixPath(n).stem}.png" for n in export_names(results)]  # bears.jpg -> bears.png, as the other formats name it
+    for r, name in zip(results, pngs):
         img = Image.fromarray(r.label_map.astype(np.uint8), mode="P")
         img.putpalette(palette + [0] * (768 - len(palette)))
         png = io.BytesIO()
         img.save(png, format="PNG", optimize=False, compress_level=1)
-        files[f"{r.stem}.png"] = png.getvalue()
+        files[name] = png.getvalue()
     cats = categories(results)
-    lines = ["background"] + [f"{r.stem}.png {c + 1} {cats.names[k]}" for r, of in zip(results, cats.of_image)
+    lines = ["background"] + [f"{name} {c + 1} {cats.names[k]}" for name, of in zip(pngs, cats.of_image)
                               for c, k in sorted(of.items())]
     files["classes.txt"] = ("\n".join(lines) + "\n").encode("utf-8")
     return files
