@@ -181,7 +181,7 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
     import time
     from pathlib import PurePosixPath
 
-    from samseg.edges import owned_files
+    from samseg.edges import owned_files, shutdown
     from samseg.edges.mlflow.tracking import ImageDir
     from samseg.edges.run_schema import TAG_HOST, TAG_PARENT_RUN, TAG_PID, TAG_SOURCE
     from samseg.engine.batch import batch_report, batch_status, end_batch, top_level_files
@@ -208,6 +208,7 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
             owned_files.begin_batch(out, top_level_files(True))
         # 3. each image alone (one fails alone); with dataset classes, logged once relabelled, and named by the batch
         for rid in images:
+            shutdown.check()  # a stop (the UI's too, whose job thread no signal reaches): no new image, the run ends KILLED
             try:
                 # a sharded batch's image is its dir, not a run: the new batch run names the batch it re-tunes
                 t = dataclasses.replace(tracking, kind=KIND_RECLUSTER, parent_run_id=None if isinstance(rid, ImageDir) else rid,

@@ -194,6 +194,41 @@ def test_job_queue_is_bounded(store) -> None:
         assert c.post(f"/api/runs/{honest}/rerun", json={"eps": 0.5}).status_code == 429
 
 
+def test_a_stopped_ui_lets_a_running_batch_job_end_its_run_before_it_exits(monkeypatch) -> None:
+    """Ctrl-C while the UI reclusters a batch: the job's loop sees the stop at its next image
+    (shutdown.check, as the engine's batch loops call it) and ends what it started (its new batch
+    run KILLED), and the UI's shutdown waits for that instead of abandoning the thread mid-run."""
+    import signal
+    import threading
+    import time
+
+    from samseg.apps.ui.jobs import JobRunner
+    from samseg.edges import shutdown
+
+    monkeypatch.setattr(shutdown, "_received", [])  # this process's later tests must not see a stop requested
+    monkeypatch.setattr(shutdown, "_raised", [])
+    running, ended = threading.Event(), []
+
+    def batch(progress) -> None:
+        try:
+            for _ in range(3000):  # images; each starts only while no stop was asked for
+                shutdown.check()
+                running.set()
+                time.sleep(0.01)
+        except BaseException:
+            time.sleep(0.2)  # ending the new batch run KILLED takes a moment
+            ended.append("KILLED")
+            raise
+
+    jobs = JobRunner()
+    job = jobs.submit("recluster-batch", batch)
+    assert running.wait(30)
+    shutdown._received.append(signal.SIGINT)  # what the UI's server notes (shutdown.received, less its deadline thread)
+    jobs.shutdown()
+    assert ended == ["KILLED"] and job.finished is not None
+    assert job.to_dict()["state"] == "failed" and "stopped" in job.to_dict()["error"]
+
+
 # ------------------------------------------------------------------ store trouble
 def test_locked_mlflow_db_is_a_clear_503(store, monkeypatch) -> None:
     from mlflow.exceptions import MlflowException

@@ -125,7 +125,16 @@ def run_ui(args: argparse.Namespace) -> int:
     app = create_app(settings)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"samseg ui: http://{shown}:{args.port}/" + ("?token=…" if settings.token else ""), file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    from samseg.edges import shutdown
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # samseg's stop handling hears the signal uvicorn took: a job's loop stops at its next
+            # image and ends its run KILLED (samseg.apps.ui.jobs), and the command exits 130 or 143
+            shutdown.received(sig)
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)).run()
     return 0
 
 

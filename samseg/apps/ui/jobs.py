@@ -94,6 +94,8 @@ class JobRunner:
         try:
             job.result = fn(progress)
             job.state, job.stage = "done", "done"
+        except KeyboardInterrupt:  # the UI stops (shutdown.check in the job's loop): what it started has ended
+            job.error, job.state = "stopped: the samseg UI was stopped", "failed"
         except Exception as exc:  # reported to the page as one line
             if type(exc).__module__.startswith("samseg."):  # an expected condition (no cache entry, a bad
                 log.warning("job %s (%s) failed: %s", job.id, job.kind, " ".join(str(exc).split()))  # file): one line
@@ -110,4 +112,14 @@ class JobRunner:
             self._jobs.pop(j.id, None)
 
     def shutdown(self) -> None:
+        """Drop the queued jobs and give the running ones until the stop's deadline to end: a
+        batch loop sees the stop at its next image (samseg.edges.shutdown.check) and ends its
+        new MLflow run KILLED, not RUNNING; a job past the deadline is cut off by it."""
+        from samseg.edges import shutdown
+
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            running = [j for j in self._jobs.values() if j.state == "running" and j.finished is None]
+        until = time.monotonic() + shutdown.deadline_s()
+        while any(j.finished is None for j in running) and time.monotonic() < until:
+            time.sleep(0.05)
