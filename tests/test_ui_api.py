@@ -584,6 +584,18 @@ def test_class_edits_of_a_class_the_run_lacks_fail_as_a_job_in_one_line(client, 
     assert done["state"] == "failed" and "class 7 is not a class of this run" in done["error"]
 
 
+def test_a_rerun_of_an_edited_run_says_its_edits_are_not_carried_over(client, mlflow_store):
+    """As `samseg recluster` of an edited run says on its line: the page shows the same note."""
+    _, run_a, _ = mlflow_store
+    edited = _wait_job(client, client.post(f"/api/runs/{run_a}/classes",
+                                           json={"edits": [{"op": "rename", "classes": [0], "name": "things"}]}).json())
+    assert edited["state"] == "done", edited
+    done = _wait_job(client, client.post(f"/api/runs/{edited['result']['run_id']}/rerun", json={"eps": 0.5}).json())
+    assert done["state"] == "done" and "not carried over" in done["result"]["warning"]
+    plain = _wait_job(client, client.post(f"/api/runs/{run_a}/rerun", json={"eps": 0.5}).json())
+    assert plain["state"] == "done" and plain["result"]["warning"] is None
+
+
 def test_the_overlay_after_class_edits_is_previewed_without_a_run(client, mlflow_store):
     _, run_a, _ = mlflow_store
     before = {r["run_id"] for r in client.get("/api/runs").json()["runs"]}

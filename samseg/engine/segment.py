@@ -157,17 +157,22 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
         entry["tracking_error"] = s["tracking_error"]
     if s.get("no_masks_because"):  # which AMG filter left nothing
         entry["no_masks_because"] = s["no_masks_because"]
-    warnings = [(s.get("eps_auto") or {}).get("warning")]  # --eps auto found no knee: the eps it used instead
-    dropped = (s.get("recluster") or {}).get("edits_not_kept")
-    if dropped:
-        warnings.append(f"the parent's class edit{'s' if dropped != 1 else ''} (names, merges) not carried over: "
-                        "a recluster makes new classes (samseg classes edit names them again)")
+    warnings = [(s.get("eps_auto") or {}).get("warning"), edits_not_kept(s)]  # --eps auto found no knee: the eps it used instead
     if any(warnings):
         entry["warning"] = "; ".join(w for w in warnings if w)
     from samseg.engine.dataset import assigned_entry
 
     entry.update(assigned_entry(s))  # masks per dataset class id: the batch adds them up into classes.json
     return entry
+
+
+def edits_not_kept(summary: dict[str, Any]) -> Optional[str]:
+    """The line a recluster of an edited run says (the CLI's image line, the UI's result), or None."""
+    dropped = (summary.get("recluster") or {}).get("edits_not_kept")
+    if not dropped:
+        return None
+    return (f"the parent's class edit{'s' if dropped != 1 else ''} (names, merges) not carried over: "
+            "a recluster makes new classes (samseg classes edit names them again)")
 
 
 def failed_entry(uri: str, name: str, error: str, **more: Any) -> dict[str, Any]:

@@ -45,7 +45,10 @@ def rerun(store: RunStore, run_id: str, cluster_cfg: ClusterConfig, pool_cfg: Po
     progress("writing outputs and logging to MLflow")
     new_id = _write_and_log(store, run_id, run, summary, "recluster")
     clusters = run.clusters
+    from samseg.engine.segment import edits_not_kept
+
     return {
+        "warning": edits_not_kept(summary.to_dict()),
         "run_id": new_id,
         "parent_run_id": run_id,
         "n_clusters": clusters.n_clusters,
@@ -88,8 +91,10 @@ def rerun_batch(store: RunStore, batch: Any, changes: dict[str, Any], progress: 
             raise RunDataError(f"batch run {run_id[:8]}: its settings cannot be reclustered ({said_of(exc)})") from None
     new = report.get("mlflow_run_id")
     failed = [e for e in report.get("images", []) if e.get("status") != "completed"]
+    warnings = sorted({e["warning"] for e in report.get("images", []) if e.get("warning")})
     return {"run_id": new, "run_url": f"/runs/{new}" if new else None, "images": len(report.get("images", [])),
-            "failed": len(failed), "first_error": failed[0].get("error") if failed else None}
+            "failed": len(failed), "first_error": failed[0].get("error") if failed else None,
+            "warning": "; ".join(warnings) or None}
 
 
 def _recluster(store: RunStore, run_id: str, cfg: PipelineConfig, labels: Any = None, kind: str = "recluster",

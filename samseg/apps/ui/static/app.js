@@ -110,6 +110,13 @@ async function runFormJob(form, prefix, url, values, onDone, failing) {
   }
 }
 
+// What a saved rerun did not keep (an edited run's names and merges): said beside its result, as the CLI says it.
+function showWarning(el, text) {
+  if (!el) return;
+  el.textContent = text ? `Note: ${text}.` : "";
+  el.hidden = !text;
+}
+
 // ------------------------------------------------------------------- run page
 function initRerun(runId) {
   const form = $("#rerun-form");
@@ -131,6 +138,7 @@ function initRerun(runId) {
       $("#rerun-noise").textContent = count(res.n_noise, "noise mask");
       $("#rerun-compare").href = `/compare?runs=${runId},${res.run_id}`;
       $("#rerun-overlay").src = res.overlay_url;
+      showWarning($("#rerun-warning"), res.warning);
       $("#rerun-result p").scrollIntoView({ block: "nearest" });  // the answer where the click was, on any screen
     }, "Could not save the run");
   });
@@ -595,6 +603,7 @@ function initBatchRecluster() {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     $("#batch-recluster-result").hidden = true;
+    showWarning($("#batch-recluster-warning"), null);
     const values = {};
     new FormData(form).forEach((v, k) => { if (String(v).trim() !== "") values[k] = String(v).trim(); });
     await runFormJob(form, "batch-recluster", `/api/runs/${runId}/rerun`, values, (done) => {
@@ -607,6 +616,7 @@ function initBatchRecluster() {
       $("#batch-recluster-seconds").textContent = `${done.seconds.toFixed(1)} s`;
       const compare = $("#batch-recluster-compare");  // a dataset run's page: compare takes dataset runs
       if (compare) compare.href = `/compare?runs=${runId},${res.run_id}`;
+      showWarning($("#batch-recluster-warning"), res.warning);
       $("#batch-recluster-result").hidden = false;
       $("#batch-recluster-result").scrollIntoView({ block: "nearest" });
     }, "Could not recluster the batch");
