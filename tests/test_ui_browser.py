@@ -222,6 +222,7 @@ def test_live_preview_and_eps_sweep(page, ui_server):
     page.wait_for_function("document.querySelector('#overlay').src.startsWith('blob:') && "
                            "document.querySelector('#overlay').naturalWidth > 0")
     assert page.is_visible("#preview-note") and not page.is_visible("#overlay-caption")
+    assert page.is_visible("#classes-saved-note")  # the classes listed below are the saved run's, and say so
     fig = page.eval_on_selector("#overlay-figure", "f => f.getBoundingClientRect().width")
     img = page.eval_on_selector("#overlay", "i => i.getBoundingClientRect().width")
     assert img <= fig
@@ -233,6 +234,7 @@ def test_live_preview_and_eps_sweep(page, ui_server):
     page.wait_for_selector('.field-error[data-for="eps"]:not(:empty)')
     page.wait_for_selector("#preview-note", state="hidden")
     assert page.is_visible("#overlay-caption") and not page.get_attribute("#overlay", "src").startswith("blob:")
+    assert not page.is_visible("#classes-saved-note")
     page.fill('input[name="eps"]', "0.1")
     page.click("#sweep-btn")
     page.wait_for_selector("#sweep-chart:not([hidden])")  # the chart (a flat line has no visible box of its own)

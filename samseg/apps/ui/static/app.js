@@ -242,6 +242,13 @@ function initPreview(runId) {
     $("#overlay-figure").classList.remove("previewing");
     $("#preview-note").hidden = true;
     $("#overlay-caption").hidden = false;
+    showSavedClasses(false);
+  };
+  // The classes listed under the overlay are the saved run's: while a preview stands, they say so.
+  const showSavedClasses = (previewing) => {
+    const note = $("#classes-saved-note");
+    if (note) note.hidden = !previewing;
+    $$("#legend, .cutouts").forEach((el) => el.classList.toggle("stale", previewing));
   };
   const showSaved = () => { cancelPreview(); restoreSaved(); };
   $("#preview-reset").addEventListener("click", showSaved);
@@ -281,6 +288,7 @@ function initPreview(runId) {
     $("#preview-clusters").textContent = count(resp.headers.get("X-Samseg-Clusters"), "class");
     $("#preview-noise").textContent = count(resp.headers.get("X-Samseg-Noise"), "noise mask");
     $("#preview-note").hidden = false;
+    showSavedClasses(true);
   };
   PREVIEW_FIELDS.forEach((k) => {
     const el = form.elements[k];
