@@ -106,10 +106,12 @@ def test_recluster_of_anything_but_clustering_is_refused(bears: samseg.Result) -
         bears.recluster(points_per_side=8)
 
 
-def test_segment_batch_writes_what_the_cli_writes_and_returns_its_report(tmp_path: Path) -> None:
-    report = samseg.segment_batch([PHOTOS / "bears.jpg", PHOTOS / "corgi.jpg"], out=tmp_path / "out", cache=False, **TINY)
+def test_segment_batch_writes_what_the_cli_writes_and_returns_its_report(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(PHOTOS.parent)  # a source given relative to here is recorded as the absolute path it is
+    report = samseg.segment_batch(["photos/bears.jpg", "photos/corgi.jpg"], out=tmp_path / "out", cache=False, **TINY)
     assert [(r["name"], r["status"]) for r in report["images"]] == [("bears", "completed"), ("corgi", "completed")]
-    assert json.loads((tmp_path / "out" / "batch_summary.json").read_text())["succeeded"] == 2
+    recorded = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
+    assert recorded["succeeded"] == 2 and recorded["source"] == [str(PHOTOS / "bears.jpg"), str(PHOTOS / "corgi.jpg")]
     assert (tmp_path / "out" / "corgi" / "labels.png").is_file()
 
 

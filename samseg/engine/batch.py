@@ -67,6 +67,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     t = job.tracking
     # a batch that fits its classes under --max-cluster records it: a recluster of the batch fits them alike
     fit = {PARAM_MAX_CLUSTER: classes.max_cluster} if relabel and classes.max_cluster is not None else {}
+    source = recorded_source(source)  # as its images are recorded: the UI and recluster read it from anywhere
     batch_run_id, resumed = start_batch(t.track, t.experiment, job.cfg, source, job.out, len(uris), fit)
     # new dataset classes: image runs are logged after relabelling, so they carry the dataset ids;
     # classes given beforehand are assigned as each image is computed, which is logged as it is written
@@ -171,6 +172,16 @@ def list_sources(source: Source) -> list[str]:
         for uri in found:
             uris.setdefault(uri if is_s3_uri(uri) else os.path.abspath(uri))
     return list(uris)
+
+
+def recorded_source(source: Source) -> Source:
+    """`source` as a batch records it: local folders, globs and files made absolute (s3:// URIs as they are)."""
+    from samseg.edges.storage import is_s3_uri
+
+    def one(spec: Any) -> str:
+        return str(spec) if is_s3_uri(str(spec)) else os.path.abspath(os.fspath(spec))
+
+    return one(source) if isinstance(source, (str, os.PathLike)) else [one(spec) for spec in source]
 
 
 def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Source, out: str,
