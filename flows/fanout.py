@@ -156,18 +156,31 @@ def _cancel(client: Any, shard: _Shard) -> None:
         log.debug("cannot cancel shard run %s: %s", shard.run.id, exc)
 
 
+READ_PAGE = 200  # flow runs per read: a Prefect server answers at most PREFECT_SERVER_API_DEFAULT_LIMIT (200) at once
+
+
 def _read_runs(client: Any, shards: list[_Shard]) -> dict[Any, Any]:
-    """flow run id -> flow run, for the shards' runs, in one request ({} on a blip of the API:
-    they are asked again at the next poll)."""
+    """flow run id -> flow run, for the shards' runs: one request per READ_PAGE of them, whatever
+    plan.in_flight is. A run the answer lacks (deleted from the server) is read alone, so its
+    error is said; a run not read this time is absent (a blip of the API: asked again next poll)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     ids = [shard.run.id for shard in shards]
+    runs: dict[Any, Any] = {}
     try:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
+        for k in range(0, len(ids), READ_PAGE):
+            page = ids[k:k + READ_PAGE]
+            runs.update((fr.id, fr) for fr in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=len(page)))
     except Exception as exc:  # noqa: BLE001 — a blip of the API: ask again at the next poll
         log.warning("samseg batch: cannot read the shard runs (%s); asking again", one_line(exc))
-        return {}
-    return {fr.id: fr for fr in runs}
+        return runs
+    for rid in (rid for rid in ids if rid not in runs):
+        try:
+            runs[rid] = client.read_flow_run(rid)
+        except Exception as exc:  # noqa: BLE001 — gone or a blip: said, and asked again at the next poll
+            log.warning("samseg batch: cannot read shard run %s (%s); asking again", rid, one_line(exc))
+    return runs
 
 
 def _poll(client: Any, shard: _Shard, plan: ShardPlan, fr: Optional[Any]) -> Optional[Any]:

@@ -19,7 +19,7 @@ from flows.params import PipelineParams, RuntimeParams, ShardParams
 from flows.tasks import flow_run_id, prefect_execute, shard_execute
 from samseg.edges import shutdown
 from samseg.edges.run_schema import BATCH_FLOW, EXPERIMENT_DEFAULT, IMAGE_FLOW, SHARD_FLOW, SHARD_REPORT, SHARDED
-from samseg.engine.batch import ClassesRequest, run_batch
+from samseg.engine.batch import ClassesRequest, dataset_classes_wanted, run_batch
 from samseg.engine.publish import Tracking
 from samseg.engine.request import SegmentJob
 from samseg.engine.runner import Execute
@@ -180,7 +180,7 @@ def segment_batch_flow(
     experiment: str = EXPERIMENT_DEFAULT,
     fan_out: FanOut = "auto",
     shards: ShardParams = ShardParams(),
-    classes: Literal["image", "dataset"] = "image",
+    classes: Optional[Literal["image", "dataset"]] = None,
     classes_from: Optional[str] = None,
     max_cluster: Optional[int] = None,
     register_classes: Optional[str] = None,
@@ -208,7 +208,7 @@ def segment_batch_flow(
                                "for the shards: prefect deploy --all --prefect-file deployments/prefect.yaml "
                                "(or samseg serve), then start a worker")
     job = segment_job(settings, runtime, out, Tracking(track=track, experiment=experiment))
-    wanted = classes == "dataset" or classes_from is not None
+    wanted = dataset_classes_wanted(classes, classes_from)  # "image" with classes_from: a ValueError, as everywhere
     plan = shards.to_config()
     request = ClassesRequest(classes_from, max_cluster, register_classes, plan.fit_images if use_deployments else None) \
         if wanted else None

@@ -476,3 +476,12 @@ def test_a_folder_that_cannot_be_listed_is_one_line_naming_it(tmp_path: Path, mo
     monkeypatch.setattr(storage, "list_images", refuse)
     rc, _, err = run_cli(["segment", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "o")])
     assert rc == 1 and err.strip() == f"error: {tmp_path}: cannot list it (Permission denied)", err
+
+
+def test_classes_image_with_classes_from_is_a_usage_error_naming_the_flags(tmp_path) -> None:
+    """The engine's rule (samseg.engine.batch.dataset_classes_wanted), said with the flags' names, before any image."""
+    photos = Path(__file__).parent / "data" / "photos"
+    rc, _, err = run_cli(["segment", str(photos), "--out", str(tmp_path / "o"), "--model", "tiny-random", "--no-track",
+                          "--classes", "image", "--classes-from", str(tmp_path / "classes.json")])
+    assert rc == 2 and "--classes-from gives dataset-level ids; it cannot be combined with --classes image" in err, err
+    assert not (tmp_path / "o").exists()

@@ -45,6 +45,7 @@ class FakePrefect:
         self.max_open = 0
         self.cancels = 0
         self.reads = 0
+        self.direct, self.direct_reads = True, 0
 
     def run_deployment(self, name, parameters, timeout, flow_run_name):
         rid = uuid.uuid4()
@@ -60,6 +61,7 @@ class FakePrefect:
         return False
 
     def read_flow_run(self, rid):
+        self.direct_reads += self.direct  # a run read alone, not with the others
         run = self.runs[rid]
         run["polls"] += 1
         images, names = run["params"]["images"], run["params"]["names"]
@@ -82,8 +84,14 @@ class FakePrefect:
         return SimpleNamespace(id=rid, state=run["state"], start_time=None)
 
     def read_flow_runs(self, flow_run_filter, limit):
-        self.reads += 1  # one request a poll, whatever the shards running
-        return [self.read_flow_run(rid) for rid in flow_run_filter.id.any_][:limit]
+        ids = flow_run_filter.id.any_
+        if limit > 200 or len(ids) > limit:  # a Prefect server refuses a limit above its default (422)
+            raise ValueError(f"limit {limit} for {len(ids)} ids")
+        self.reads += 1
+        self.direct = False
+        polls = [self.read_flow_run(rid) for rid in ids]
+        self.direct = True
+        return polls
 
     def set_flow_run_state(self, rid, state, force=False):
         self.cancels += state.name == "Cancelling"
@@ -126,7 +134,7 @@ def test_shards_retry_what_a_crash_left_and_cancel_what_hangs(fake: FakePrefect)
     assert [[Path(u).name for u in p["images"]] for p in fake.params] == [
         ["a.png", "b.png"], ["c.png", "d.png"], ["d.png"], ["bad.png", "e.png"], ["f.png"]]  # a timeout is not retried
     assert fake.max_open <= 2
-    assert fake.reads < sum(r["polls"] for r in fake.runs.values())  # the running shards read together
+    assert fake.reads and fake.direct_reads == 0  # the running shards are read together, never one by one
     assert by_name["c.png"]["attempts"] == 1 and by_name["c.png"]["n_masks"] == 3  # written by the crashed run
     assert by_name["d.png"]["attempts"] == 2
     assert "not finished after 0.3 s" in by_name["f.png"]["error"] and by_name["f.png"]["attempts"] == 1
@@ -134,6 +142,39 @@ def test_shards_retry_what_a_crash_left_and_cancel_what_hangs(fake: FakePrefect)
     assert by_name["bad.png"]["error"] == "/in/bad.png: not an image"
     assert sorted(events) == sorted([("image_done", n) for n in ("a.png", "b.png", "c.png", "d.png", "e.png")]
                                     + [("image_failed", "bad.png"), ("image_failed", "f.png")])
+
+
+@pytest.mark.timeout(120)  # a read the server refuses would be asked again forever
+def test_more_shards_in_flight_than_a_server_answers_at_once_are_read_page_by_page(fake: FakePrefect) -> None:
+    from flows.fanout import READ_PAGE, run_shards
+
+    uris = [f"/in/{i:04d}.png" for i in range(READ_PAGE + 50)]
+    entries = run_shards(uris, {"out": str(fake.out)}, ShardPlan(size=1, in_flight=len(uris)), poll_s=0.01)
+    assert [e["status"] for e in entries] == ["completed"] * len(uris) and fake.max_open == len(uris)
+    assert fake.direct_reads == 0
+
+
+def test_a_shard_run_gone_from_the_server_is_read_alone_and_said(fake: FakePrefect, monkeypatch, caplog) -> None:
+    import flows.fanout as fanout
+
+    gone: list = []
+
+    def listed(flow_run_filter, limit):  # the server no longer lists a run of `gone`
+        fake.direct = False
+        runs = [fake.read_flow_run(rid) for rid in flow_run_filter.id.any_ if rid not in gone]
+        fake.direct = True
+        return runs
+
+    monkeypatch.setattr(fake, "read_flow_runs", listed)
+    shard = fanout._Shard(0, ["/in/a.png"], ["a"], run=fake.run_deployment("segment", {"images": ["/in/a.png"],
+                                                                                      "names": ["a"]}, 0, "shard"))
+    gone.append(shard.run.id)
+    runs = fanout._read_runs(fake, [shard])
+    assert runs[shard.run.id].id == shard.run.id and fake.direct_reads == 1  # read alone: its answer or its error
+    del fake.runs[shard.run.id]
+    with caplog.at_level("WARNING"):
+        assert fanout._read_runs(fake, [shard]) == {}
+    assert f"cannot read shard run {shard.run.id}" in caplog.text
 
 
 def test_a_bad_shard_plan_is_one_value_error() -> None:

@@ -412,3 +412,27 @@ def test_an_s3_folder_given_where_a_run_id_goes_says_to_give_its_batch_run(tmp_p
     for argv in (["export", "s3://bucket/ds/", "--format", "coco", "--out", str(tmp_path / "x")], ["sweep", "s3://bucket/ds/"]):
         rc, _, err = run_cli(argv)
         assert rc == 2 and "'s3://bucket/ds/': an s3:// folder, not an MLflow run id: give the run id of the batch" in err, err
+
+
+def test_a_batch_recluster_stopped_mid_way_ends_its_new_batch_run_killed(store: dict, tmp_path: Path, monkeypatch) -> None:
+    """A stop (Ctrl-C to `samseg ui` or the CLI) reaches the recluster's loop at its next image
+    (shutdown.check): the new batch run it opened ends KILLED, never left RUNNING."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    from samseg.apps.batch_recluster import recluster_batch_run
+    from samseg.edges import shutdown
+    from samseg.edges.mlflow.tracking import batch_images
+    from samseg.engine.publish import Tracking
+
+    client = MlflowClient()
+    batch = client.get_run(store["batch"])
+    monkeypatch.setattr(shutdown, "_received", [signal.SIGTERM])  # as the UI's server notes it; no deadline thread here
+    monkeypatch.setattr(shutdown, "_raised", [])
+    with pytest.raises(KeyboardInterrupt):
+        recluster_batch_run(store["batch"], batch_images(client, batch), dict(batch.data.params), {"eps": 0.45},
+                            str(tmp_path / "re"), Tracking(experiment="samseg"), str(store["tmp"] / "c"))
+    new = client.search_runs([batch.info.experiment_id], f"tags.`samseg.parent_run_id` = '{store['batch']}'",
+                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert new.info.status == "KILLED" and new.data.params["cluster.eps"] == "0.45"

@@ -388,10 +388,25 @@ def test_token_enforcement(mlflow_store, monkeypatch):
 
 
 # ------------------------------------------------------------------ CLI
-def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
-    import argparse
+def test_the_uis_server_tells_samsegs_stop_handling_the_signal_it_takes(monkeypatch):
+    """uvicorn takes SIGINT/SIGTERM itself; samseg's stop handling must hear it, so that a job's
+    loop stops at its next image (shutdown.check) and the command exits 143 for SIGTERM."""
+    import signal
 
     import uvicorn
+
+    from samseg.apps.cli import ui as cli_ui
+    from samseg.edges import shutdown
+
+    monkeypatch.setattr(shutdown, "_received", [])  # this process's later tests must not see a stop requested
+    monkeypatch.setattr(shutdown, "_deadline", lambda: None)  # the stop's deadline would end this test process
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: self.handle_exit(signal.SIGTERM, None))
+    cli_ui.serve(object(), host="127.0.0.1", port=9)
+    assert shutdown.requested() and shutdown.exit_code() == 143
+
+
+def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
+    import argparse
 
     from samseg.apps.cli import ui as cli_ui
 
@@ -407,7 +422,7 @@ def test_cli_defaults_and_public_bind_warning(monkeypatch, capsys, tmp_path):
 
     MlflowClient().search_experiments()  # the store exists: `samseg ui` refuses a URI without a database
     monkeypatch.setattr(cli_ui, "_check_port_free", lambda host, port: None)  # no real port here (tested on its own)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    monkeypatch.setattr(cli_ui, "serve", lambda app, **kw: calls.append(kw))
     monkeypatch.setattr(samseg.apps.ui, "create_app", lambda settings: built.append(settings) or object())
     monkeypatch.delenv("SAMSEG_UI_TOKEN", raising=False)
     assert args.handler(args) == 0

@@ -195,14 +195,11 @@ def segment_batch(images: Union[str, Path, list[Union[str, Path]]], out: Union[s
     line). classes="dataset" (or classes_from=<dataset run id / classes.json>) gives one set of
     class ids across the images; classes="image" (the default without classes_from) ids of each
     image's own. The other arguments are `segment`'s."""
-    from samseg.engine.batch import ClassesRequest, segment_local
+    from samseg.engine.batch import ClassesRequest, dataset_classes_wanted, segment_local
 
-    if classes not in (None, "image", "dataset"):
-        raise ValueError(f"classes must be 'image' or 'dataset', got {classes!r}")
-    if classes == "image" and classes_from:  # as the CLI's --classes image --classes-from: not a silent choice
-        raise ValueError("classes_from gives dataset-level ids; it cannot be combined with classes='image'")
+    wanted = dataset_classes_wanted(classes, classes_from)  # ValueError: a bad classes, or "image" with classes_from
     cfg = configure(preset, model, precision, **settings)
-    request = ClassesRequest(classes_from) if classes == "dataset" or classes_from else None
+    request = ClassesRequest(classes_from) if wanted else None
     source = [str(i) for i in images] if isinstance(images, list) else str(images)
     with _job(cfg, out, track, experiment, cache, locals()) as job:
         return segment_local(source, job, request)

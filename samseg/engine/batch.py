@@ -40,6 +40,17 @@ class ClassesRequest:
     fit_images: Optional[int] = None  # a sharded batch: fitted on this many images, assigned in the shards (ShardPlan)
 
 
+def dataset_classes_wanted(classes: Optional[str], classes_from: Optional[str]) -> bool:
+    """True when a batch gives dataset-level ids: classes="dataset", or classes_from given (classes
+    None or "dataset"); classes None or "image" alone: each image's own ids. ValueError for another
+    classes, or classes="image" with classes_from (the CLI says it with its flags' names)."""
+    if classes not in (None, "image", "dataset"):
+        raise ValueError(f"classes must be 'image' or 'dataset', got {classes!r}")
+    if classes == "image" and classes_from:
+        raise ValueError("classes_from gives dataset-level ids; it cannot be combined with classes='image'")
+    return classes == "dataset" or bool(classes_from)
+
+
 def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: Optional[ClassesRequest] = None,
               fan_out: str = "local", execute: Execute = inline) -> dict[str, Any]:
     """A whole batch: list the images, open the MLflow batch run (or resume a killed one),
@@ -158,7 +169,7 @@ def top_level_files(dataset: bool) -> list[str]:
 def list_sources(source: Source) -> list[str]:
     """Every image of a folder, glob, file or s3:// prefix (or a list of them), once each;
     local paths made absolute so the runs stay usable from any directory (UI, recluster)."""
-    from samseg.edges.storage import is_s3_uri, list_images
+    from samseg.edges.storage import list_images
 
     specs = [source] if isinstance(source, str) else list(source)
     uris: dict[str, None] = {}  # insertion-ordered set
@@ -170,18 +181,21 @@ def list_sources(source: Source) -> list[str]:
 
             raise ImageError(str(spec), f"cannot list it ({exc.strerror or exc})") from None
         for uri in found:
-            uris.setdefault(uri if is_s3_uri(uri) else os.path.abspath(uri))
+            uris.setdefault(absolute(uri))
     return list(uris)
 
 
-def recorded_source(source: Source) -> Source:
-    """`source` as a batch records it: local folders, globs and files made absolute (s3:// URIs as they are)."""
+def absolute(where: Any) -> str:
+    """A local path (folder, glob, file, OUT) made absolute, an s3:// URI as it is: how a batch
+    records its inputs, source and output, usable from any directory (UI, recluster, a rerun's key)."""
     from samseg.edges.storage import is_s3_uri
 
-    def one(spec: Any) -> str:
-        return str(spec) if is_s3_uri(str(spec)) else os.path.abspath(os.fspath(spec))
+    return str(where) if is_s3_uri(str(where)) else os.path.abspath(os.fspath(where))
 
-    return one(source) if isinstance(source, (str, os.PathLike)) else [one(spec) for spec in source]
+
+def recorded_source(source: Source) -> Source:
+    """`source` as a batch records it (each spec `absolute`)."""
+    return absolute(source) if isinstance(source, (str, os.PathLike)) else [absolute(spec) for spec in source]
 
 
 def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Source, out: str,
@@ -193,7 +207,7 @@ def start_batch(track: bool, experiment: str, cfg: PipelineConfig, source: Sourc
 
     params = {**cfg.flat(), **(more or {}), "n_images": n}
     tags = {TAG_KIND: KIND_BATCH, TAG_SOURCE: source if isinstance(source, str) else " ".join(map(str, source))}
-    key = batch_key(experiment, source, out, params)
+    key = batch_key(experiment, source, absolute(out), params)  # `--out o` in two folders is two batches
     return open_batch_run(experiment, f"batch-{time.strftime('%Y%m%d-%H%M%S')}", params, tags, key, owner_pid=os.getpid())
 
 

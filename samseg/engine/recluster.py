@@ -226,7 +226,8 @@ def recluster_batch(batch_run_id: str, images: dict[str, str], cluster_for: Call
             class_report = _refit(out, results, batch_cluster, new_batch, tracking, config,
                                   (params or {}).get("names.vocabulary"), max_cluster, record_dirs)
     except BaseException as exc:  # a stop, a user's file in OUT: the new batch run ends, never RUNNING
-        end_batch(new_batch, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+        shutdown.bounded(lambda: end_batch(new_batch, status))  # a frozen server: the next batch's sweep ends it
         raise
     # 5. the batch's record, in OUT and on its run
     report = batch_report(f"{RECLUSTER_OF}{batch_run_id}", out, results, new_batch, "local", class_report)

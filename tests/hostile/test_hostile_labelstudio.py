@@ -33,9 +33,11 @@ def test_credentials_in_the_push_url_are_refused_and_never_printed(out_root: Pat
 
 
 def test_credentials_in_the_ui_label_studio_url_are_refused_at_start(tmp_path: Path) -> None:
+    from servers import free_port
+
     (tmp_path / "m.db").touch()
-    rc, _, err = run_cli(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
-                          "--label-studio", "http://alice:hunter2@127.0.0.1:9"])
+    rc, _, err = run_cli(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--port", str(free_port()),  # not 8765:
+                          "--label-studio", "http://alice:hunter2@127.0.0.1:9"])  # another UI may hold it
     assert rc == 2 and "hunter2" not in err and "LABEL_STUDIO_API_KEY" in err
 
 

@@ -325,11 +325,15 @@ def _classes_request(args: argparse.Namespace, out: str) -> dict[str, Any]:
     register = getattr(args, "register_classes", None)
     if register and (mode != "dataset" or source or getattr(args, "no_track", False)):
         raise UsageError("--register-classes needs --classes dataset (new classes, not --classes-from) and MLflow tracking")
-    if mode == "image" and source:
-        raise UsageError("--classes-from gives dataset-level ids; it cannot be combined with --classes image")
+    from samseg.engine.batch import dataset_classes_wanted
+
+    try:
+        wanted = dataset_classes_wanted(mode, source)
+    except ValueError:  # the engine's rule, said with the flags' names
+        raise UsageError("--classes-from gives dataset-level ids; it cannot be combined with --classes image") from None
     if max_cluster is not None and max_cluster < 2:
         raise UsageError("--max-cluster must be >= 2")
-    if mode != "dataset" and not source:
+    if not wanted:
         if max_cluster is not None:
             raise UsageError("--max-cluster needs --classes dataset")
         return {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from samseg.apps.cli.common import UsageError, experiment_name
 from samseg.edges.run_schema import RECLUSTER_DEPLOYMENT
@@ -118,24 +119,29 @@ def run_ui(args: argparse.Namespace) -> int:
             + ("" if settings.token else " — set SAMSEG_UI_TOKEN to require a token"),
             file=sys.stderr,
         )
-    import uvicorn
-
     from samseg.apps.ui import create_app
 
     app = create_app(settings)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"samseg ui: http://{shown}:{args.port}/" + ("?token=…" if settings.token else ""), file=sys.stderr, flush=True)
+    serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def serve(app: Any, **config: Any) -> None:
+    """Serve `app` with uvicorn (`config`: uvicorn.Config's), telling samseg's stop handling the
+    signal uvicorn takes: a job's loop then stops at its next image and ends its run KILLED
+    (samseg.apps.ui.jobs), and the command exits 130 or 143."""
+    import uvicorn
+
     from samseg.edges import shutdown
 
     class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: object) -> None:
-            # samseg's stop handling hears the signal uvicorn took: a job's loop stops at its next
-            # image and ends its run KILLED (samseg.apps.ui.jobs), and the command exits 130 or 143
+        def handle_exit(self, sig: int, frame: Any) -> None:
             shutdown.received(sig)
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            super().handle_exit(sig, frame)
 
-    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)).run()
-    return 0
+    Server(uvicorn.Config(app, **config)).run()
 
 
 def _check_port_free(host: str, port: int) -> None:
