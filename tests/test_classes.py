@@ -266,7 +266,9 @@ def test_a_recluster_of_an_edited_run_says_its_edits_are_not_carried_over() -> N
     from samseg.engine.segment import image_entry
 
     summary = {"out_dir": "out/a", "n_masks": 3, "n_clusters": 1, "n_noise": 0, "recluster": {"edits_not_kept": 2}}
-    assert "class edits (names, merges) not carried over" in image_entry("photos/a.jpg", "a", summary)["warning"]
+    entry = image_entry("photos/a.jpg", "a", summary)
+    assert "class edits (names, merges) not carried over" in entry["warning"]
+    assert entry["edits_not_kept"] == 2  # what a batch's report counts (the UI's note on a batch recluster)
     assert "warning" not in image_entry("photos/a.jpg", "a", {**summary, "recluster": {}})
 
 

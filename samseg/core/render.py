@@ -71,8 +71,8 @@ def render_overlay(
     names: dict[int, str] | None = None,
 ) -> np.ndarray:
     """H×W×3 uint8: class colours alpha-blended over `rgb`, thin black class boundaries,
-    and a legend box (top-left) listing "class c (n masks)" per entry of `class_sizes`
-    (mask counts per cluster), plus "noise (n masks)" when `n_noise` is given.
+    and a legend box (top-left) listing "class c (n masks)" per class of `class_sizes` (mask
+    counts per cluster) with a mask here, plus "noise (n masks)" when `n_noise` is given.
 
     rgb: H×W×3 uint8. label_map_hw: H×W integer, 0 = none, c + 1 = cluster c.
     class_sizes None → classes are read off the label map and the legend has no counts.

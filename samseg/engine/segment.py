@@ -158,6 +158,8 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
     if s.get("no_masks_because"):  # which AMG filter left nothing
         entry["no_masks_because"] = s["no_masks_because"]
     warnings = [(s.get("eps_auto") or {}).get("warning"), edits_not_kept(s)]  # --eps auto found no knee: the eps it used instead
+    if (s.get("recluster") or {}).get("edits_not_kept"):  # counted by a batch's report (the UI's note)
+        entry["edits_not_kept"] = s["recluster"]["edits_not_kept"]
     if any(warnings):
         entry["warning"] = "; ".join(w for w in warnings if w)
     from samseg.engine.dataset import assigned_entry
