@@ -94,7 +94,8 @@ def test_flow_parameter_schema_is_a_validated_form() -> None:
     text = json.dumps(schema)
     assert {"source", "out", "settings", "runtime", "track", "experiment", "fan_out", "classes", "classes_from",
             "max_cluster"} <= set(schema["properties"])
-    assert schema["properties"]["classes"]["enum"] == ["image", "dataset"]
+    classes = schema["properties"]["classes"]  # None: each image's own ids, or dataset ids when classes_from is given
+    assert {"enum": ["image", "dataset"], "type": "string"} in classes["anyOf"] and classes["default"] is None
     cluster = schema["definitions"]["ClusterParams"]["properties"]
     assert cluster["eps"]["exclusiveMinimum"] == 0 and cluster["min_samples"]["minimum"] == 1
     assert "dbscan" in text
