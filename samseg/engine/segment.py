@@ -158,7 +158,7 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
     if s.get("no_masks_because"):  # which AMG filter left nothing
         entry["no_masks_because"] = s["no_masks_because"]
     warnings = [(s.get("eps_auto") or {}).get("warning"), edits_not_kept(s)]  # --eps auto found no knee: the eps it used instead
-    if (s.get("recluster") or {}).get("edits_not_kept"):  # counted by a batch's report (the UI's note)
+    if warnings[1]:  # counted by a batch's report (the UI's note)
         entry["edits_not_kept"] = s["recluster"]["edits_not_kept"]
     if any(warnings):
         entry["warning"] = "; ".join(w for w in warnings if w)
@@ -168,13 +168,16 @@ def image_entry(uri: str, name: str, s: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+# what a recluster of an edited run says of the edits it drops (an image's line, a batch's note)
+EDITS_NOT_KEPT = "(names, merges) not carried over: a recluster makes new classes (samseg classes edit names them again)"
+
+
 def edits_not_kept(summary: dict[str, Any]) -> Optional[str]:
     """The line a recluster of an edited run says (the CLI's image line, the UI's result), or None."""
     dropped = (summary.get("recluster") or {}).get("edits_not_kept")
     if not dropped:
         return None
-    return (f"the parent's class edit{'s' if dropped != 1 else ''} (names, merges) not carried over: "
-            "a recluster makes new classes (samseg classes edit names them again)")
+    return f"the parent's class edit{'s' if dropped != 1 else ''} {EDITS_NOT_KEPT}"
 
 
 def failed_entry(uri: str, name: str, error: str, **more: Any) -> dict[str, Any]:

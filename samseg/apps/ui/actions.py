@@ -91,9 +91,10 @@ def rerun_batch(store: RunStore, batch: Any, changes: dict[str, Any], progress: 
             raise RunDataError(f"batch run {run_id[:8]}: its settings cannot be reclustered ({said_of(exc)})") from None
     new = report.get("mlflow_run_id")
     failed = [e for e in report.get("images", []) if e.get("status") != "completed"]
+    from samseg.engine.segment import EDITS_NOT_KEPT
+
     dropped = sum(bool(e.get("edits_not_kept")) for e in report.get("images", []))  # image runs whose edits are gone
-    warning = f"{count(dropped, 'image')}: the class edits (names, merges) of the runs they re-tune not carried over: " \
-        "a recluster makes new classes" if dropped else None
+    warning = f"{count(dropped, 'image')}: the class edits of the runs they re-tune {EDITS_NOT_KEPT}" if dropped else None
     return {"run_id": new, "run_url": f"/runs/{new}" if new else None, "images": len(report.get("images", [])),
             "failed": len(failed), "first_error": failed[0].get("error") if failed else None, "warning": warning}
 
