@@ -197,15 +197,23 @@ def bounded(fn: Callable[[], T], timeout_s: Optional[float] = None) -> Optional[
 def exit_process(rc: int) -> None:
     """Exit with `rc`. After a stop request, threads still blocked (a publish waiting on a
     frozen tracking server) get grace_s() to end; then the process exits without them, since
-    the interpreter would otherwise join them for as long as the peer stays silent."""
+    the interpreter would otherwise join them for as long as the peer stays silent, and
+    without the interpreter's finalization, whatever a KeyboardInterrupt went through."""
     if requested():
         waiting = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
         deadline = time.monotonic() + grace_s()
         for t in waiting:
             t.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in waiting):
-            _flush()
-            os._exit(rc)
+        if not any(t.is_alive() for t in waiting):
+            # CPython marks a KeyboardInterrupt that unwound through exec()/eval() of a string (a
+            # dataclass or namedtuple being made as the signal landed) as unhandled, though `main`
+            # caught it, and after finalizing ends the process by SIGINT (exit -2, not 143). So a
+            # stopped command runs the exit handlers itself, then ends with its own code.
+            import atexit
+
+            atexit._run_exitfuncs()
+        _flush()
+        os._exit(rc)
     # The interpreter's last garbage collections walk every object the command's imports made
     # (scikit-learn's and pandas' alone: ~0.2 s of a 3-s recluster); frozen, they are skipped.
     # Objects are still released by reference counting, and atexit handlers still run.

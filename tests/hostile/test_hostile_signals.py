@@ -252,3 +252,34 @@ def test_a_stop_the_deadline_ends_says_what_this_command_left_not_another_comman
     assert done.returncode == 143, done.stderr
     assert done.stderr.strip().splitlines()[-1] == ("interrupted; exiting without what still waited after 4 s "
                                                     "(the served deployments stay paused)")
+
+
+STOP_INSIDE_EXEC = """
+import atexit, sys
+from samseg.edges import shutdown
+
+atexit.register(lambda: print("exit handlers ran", file=sys.stderr))
+
+def main():
+    with shutdown.handled():
+        try:  # the signal lands while exec() of a string runs (a dataclass or namedtuple being made)
+            exec("import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)")
+        except KeyboardInterrupt:
+            return shutdown.exit_code()
+    return 0
+
+shutdown.exit_process(main())
+"""
+
+
+def test_a_sigterm_landing_inside_exec_of_a_string_still_exits_143(tmp_path: Path) -> None:
+    """CPython remembers a KeyboardInterrupt that unwound through exec()/eval() of a string as
+    unhandled, though the command caught it, and would end a `python -m` process by SIGINT (exit
+    -2): under load the process group's SIGTERM lands there now and then. The stop's exit code is
+    still 143, and the exit handlers still run."""
+    (tmp_path / "stopped_in_exec.py").write_text(STOP_INSIDE_EXEC)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "stopped_in_exec"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert "exit handlers ran" in done.stderr
