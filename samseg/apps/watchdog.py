@@ -27,6 +27,10 @@ from samseg.edges.shutdown import pid_alive
 
 POLL_S = 0.25
 GRACE_S = 3.0
+# How long the temporary server may take to answer (Prefect's own default, 20 s, counts only its
+# sleeps, and a first start that creates its database under load on 2 cores takes longer);
+# PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, when set, is the user's choice.
+SERVER_START_S = 120
 
 
 def guard_child(child_pid: int) -> subprocess.Popen[bytes]:
@@ -62,9 +66,15 @@ def guard_prefect_ephemeral() -> str | None:
 
     poller = threading.Thread(target=poll, name="samseg-guard-prefect", daemon=True)
     poller.start()
+    chosen = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
     try:
         with _stderr_to(server_log()):
-            server.start()
+            server.start(timeout=None if chosen else SERVER_START_S)
+    except RuntimeError as exc:  # Prefect's "Timed out while attempting to connect …"
+        from samseg.core.errors import UnavailableError, one_line
+
+        raise UnavailableError(f"Prefect's temporary server did not start ({one_line(exc)}); its log: {server_log()}. "
+                               "Set PREFECT_API_URL to a running server, or use --orchestrator local") from None
     finally:
         done.set()
         poller.join()
