@@ -228,3 +228,33 @@ def test_an_image_line_and_its_warning_printed_inside_a_flow_run_reach_the_conso
     assert done.returncode == 0, done.stderr
     assert "a.jpg: 3 masks, 1 class, 0 noise -> out/a" in done.stdout.splitlines()
     assert "warning: a.jpg: --eps auto: no knee; used eps=0.06" in done.stderr.splitlines()  # its own line, not a log record
+
+
+def test_a_sweep_with_no_range_covers_its_data_the_runs_eps_and_the_knee():
+    from samseg.core.sweep import DEFAULT_GRID, SWEEP_HEADROOM, SWEEP_POINTS, covering_grid, eps_grid
+
+    kdist = np.array([0.02, 0.05, 0.4, 0.9])  # distances past the fixed grid's 0.3
+    grid = covering_grid(kdist, 0.06, None)
+    assert grid[0] > 0 and grid[-1] >= 0.9 * SWEEP_HEADROOM and grid[-1] < 0.9 * SWEEP_HEADROOM + (grid[1] - grid[0])
+    assert SWEEP_POINTS // 2 <= len(grid) <= SWEEP_POINTS + 1
+    assert np.allclose(np.diff(grid), grid[0])  # even steps of one 1-2-5 number
+    assert covering_grid(np.array([0.001, 0.002]), 1.5)[-1] >= 1.5  # an eps shown (the run's) is on the chart
+    small = covering_grid(np.array([0.001, 0.004]))  # small distances are not squeezed into the first step
+    assert small[-1] < 0.01 and len(small) >= SWEEP_POINTS // 2
+    assert np.array_equal(covering_grid(np.zeros(0)), eps_grid(None))  # nothing to cover: the fixed grid
+    assert np.array_equal(covering_grid(np.zeros(3)), eps_grid(None)) and eps_grid(None)[-1] == DEFAULT_GRID[1]
+
+
+def test_a_sweep_report_with_no_range_reaches_past_the_largest_k_distance():
+    from samseg.core.config import ClusterConfig
+    from samseg.core.sweep import k_distances
+    from samseg.engine.sweep import sweep_report
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8)).astype(np.float32)  # random directions: cosine distances near 1
+    cfg = ClusterConfig(eps=0.06, min_samples=3)
+    report = sweep_report(x, cfg)
+    assert report["rows"][-1]["eps"] >= float(k_distances(x, 3, "cosine").max())
+    assert report["rows"][-1]["n_noise"] == 0  # past every core radius: no mask is noise
+    asked = sweep_report(x, cfg, "0.1:0.3:0.1")  # an asked range is the range
+    assert [round(r["eps"], 3) for r in asked["rows"]] == [0.1, 0.2, 0.3]

@@ -11,7 +11,7 @@ import numpy as np
 
 from samseg.core.config import ClusterConfig
 from samseg.core.errors import SamsegError, one_line
-from samseg.core.sweep import eps_grid, eps_sweep, k_distances, suggest_eps
+from samseg.core.sweep import covering_grid, eps_grid, eps_sweep, k_distances, suggest_eps
 from samseg.edges.run_schema import DATASET_MODES
 
 CURVE_POINTS = 400  # the k-distance curve as drawn: enough points for a chart
@@ -21,14 +21,19 @@ class SweepError(SamsegError):
     """A run whose records cannot be swept (one line naming the run)."""
 
 
-def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optional[str] = None) -> dict[str, Any]:
+def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optional[str] = None,
+                 grid: Optional[np.ndarray] = None) -> dict[str, Any]:
     """{n_masks, min_samples, metric, eps (the run's), rows [{eps, n_clusters, n_noise,
     noise_fraction}], kdist (sorted, ≤ CURVE_POINTS samples), suggested_eps, reason}.
-    ValueError (one line) for a bad eps range."""
-    grid = eps_grid(eps_range)
+    The eps values: `grid`, else `eps_range`, else a range that covers this data, the run's eps
+    and the knee (samseg.core.sweep.covering_grid). ValueError (one line) for a bad eps range."""
+    if grid is None and eps_range:
+        grid = eps_grid(eps_range)
     x = np.asarray(embeddings_nc, dtype=np.float32)
     curve = k_distances(x, max(1, cfg.min_samples), cfg.metric)
     suggestion = suggest_eps(x, cfg, curve)
+    if grid is None:
+        grid = covering_grid(curve, _number(cfg.eps), suggestion.eps)
     if len(curve) > CURVE_POINTS:
         curve = curve[np.linspace(0, len(curve) - 1, CURVE_POINTS).round().astype(int)]
     return {"n_masks": int(len(x)), "min_samples": cfg.min_samples, "metric": cfg.metric, "eps": cfg.eps,
@@ -62,11 +67,17 @@ def sweep_per_image(embs: list[np.ndarray], cfg: ClusterConfig, eps_range: Optio
     """sweep_report's fields for images clustered each alone (a recluster of a per-image batch):
     rows sum the images' classes and noise; the suggestion is the median of the images' knees
     (`--eps auto` uses each image's own: `knees` lists them); no one k-distance curve (kdist: [])."""
-    reports = [sweep_report(e.reshape(len(e), -1) if len(e) else np.zeros((0, 1), np.float32), cfg, eps_range)
-               for e in embs]
+    xs = [e.reshape(len(e), -1) if len(e) else np.zeros((0, 1), np.float32) for e in embs]
+    if eps_range:
+        grid = eps_grid(eps_range)
+    else:  # one range for every image: it covers the largest of their k-distances
+        k = max(1, cfg.min_samples)
+        grid = covering_grid(np.array([float(np.max(k_distances(x, k, cfg.metric), initial=0.0)) for x in xs]),
+                             _number(cfg.eps))
+    reports = [sweep_report(x, cfg, grid=grid) for x in xs]
     n = sum(r["n_masks"] for r in reports)
     rows = []
-    for k, eps in enumerate(eps_grid(eps_range) if n else []):
+    for k, eps in enumerate(grid if n else []):
         found = [r["rows"][k] for r in reports if r["rows"]]  # an image with no mask adds nothing
         noise = sum(row["n_noise"] for row in found)
         rows.append({"eps": float(eps), "n_clusters": sum(row["n_clusters"] for row in found), "n_noise": noise,
@@ -76,6 +87,11 @@ def sweep_per_image(embs: list[np.ndarray], cfg: ClusterConfig, eps_range: Optio
     return {"n_masks": n, "min_samples": cfg.min_samples, "metric": cfg.metric, "eps": cfg.eps, "rows": rows,
             "kdist": [], "suggested_eps": float(np.median(knees)) if knees else None, "reason": reason,
             "per_image": True, "knees": knees}
+
+
+def _number(eps: Any) -> Optional[float]:
+    """A config's eps as a number to cover, or None (`auto`: its knee is covered instead)."""
+    return float(eps) if isinstance(eps, (int, float)) else None
 
 
 def format_sweep(report: dict[str, Any]) -> str:
