@@ -160,6 +160,7 @@ def test_a_dataset_batch_is_edited_across_all_its_images(dataset: Path, tmp_path
         assert summary["edits"] == [{"op": "merge", "classes": [0, 1]}, {"op": "rename", "classes": [0], "name": "things"}]
         assert summary["edited_from"] == str(dataset.resolve()) and summary["n_noise"] == len(OUTLIERS)
         assert summary["silhouette"] is None  # one class now: measured on the edited ids, not the image's own
+        assert set(summary["seconds"]) == {"edit", "total"}  # the edit's own time, not the source's computation
         assert json.loads((dataset / name / "summary.json").read_text()).get("edits") is None  # the source is untouched
     table = json.loads((tmp_path / "ds2" / "classes.json").read_text())
     assert [(c["id"], c["size"]) for c in table["classes"]] == [(0, 20)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -207,6 +208,7 @@ def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: lis
     owned_files.begin_batch(out, top_level_files(True))  # a user's file where classes.json goes: refused now
     entries = []
     for name, (masks, emb, _), summary, res in zip(src.names, loaded, summaries, results):
+        started = time.perf_counter()
         new, named = dataset_ids(summary, res, table, "dataset", emb)
         new.update({EDITS: [*summary.get(EDITS, []), *(e.record() for e in edits)], EDITED_FROM: src.where})
         img = summary["image"]
@@ -214,6 +216,8 @@ def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: lis
             image = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"])
         except Exception as exc:  # the photo moved or changed since the batch ran
             raise DatasetOutputsError(f"{img['uri']}: cannot re-read the image ({' '.join(str(exc).split())})") from None
+        took = round(time.perf_counter() - started, 6)  # this edit's work on the image, not the source's computation
+        new["seconds"] = {"edit": took, "total": took}  # (as an edited image run records: samseg.engine.curate)
         d = write_image_dir(child_dir(Path(out), name), image, masks, emb, named, compose_labels(masks, named), new)
         entries.append({"image": img["uri"], "name": name, "status": "completed", "out_dir": str(d) if record_dirs else None,
                         "n_masks": len(masks), "n_clusters": new["n_clusters"], "n_noise": new["n_noise"]})
