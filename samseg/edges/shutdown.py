@@ -208,9 +208,10 @@ def exit_process(rc: int) -> None:
             # CPython marks a KeyboardInterrupt that unwound through exec()/eval() of a string (a
             # dataclass or namedtuple being made as the signal landed) as unhandled, though `main`
             # caught it, and after finalizing ends the process by SIGINT (exit -2, not 143). So a
-            # stopped command runs the exit handlers itself, then ends with its own code.
+            # stopped command runs the exit hooks itself, in the interpreter's order, then ends with its own code.
             import atexit
 
+            threading._shutdown()  # type: ignore[attr-defined]  # the threads' exit hooks (Prefect flushes its logs there)
             atexit._run_exitfuncs()
         _flush()
         os._exit(rc)
