@@ -27,9 +27,9 @@ from samseg.edges.shutdown import pid_alive
 
 POLL_S = 0.25
 GRACE_S = 3.0
-# How long the temporary server may take to answer (Prefect's own default, 20 s, counts only its
-# sleeps, and a first start that creates its database under load on 2 cores takes longer);
-# PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, when set, is the user's choice.
+# How long samseg polls the temporary server for its first answer (Prefect's default, 20 s of its
+# polling, is too short for a first start that creates its database on a slow or busy machine);
+# PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, when the user sets it, is the user's choice.
 SERVER_START_S = 120
 
 
@@ -66,13 +66,17 @@ def guard_prefect_ephemeral() -> str | None:
 
     poller = threading.Thread(target=poll, name="samseg-guard-prefect", daemon=True)
     poller.start()
-    chosen = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+    import httpx
+
+    # the user's bound (environment, profile, prefect.toml) when set, else samseg's
+    chosen = "startup_timeout_seconds" in get_current_settings().server.ephemeral.model_fields_set
     try:
         with _stderr_to(server_log()):
             server.start(timeout=None if chosen else SERVER_START_S)
-    except RuntimeError as exc:  # Prefect's "Timed out while attempting to connect …"
+    except (RuntimeError, httpx.HTTPError) as exc:  # Prefect's "Timed out while attempting to connect …"
         from samseg.core.errors import UnavailableError, one_line
 
+        server.stop()  # Prefect leaves a server that did not answer running
         raise UnavailableError(f"Prefect's temporary server did not start ({one_line(exc)}); its log: {server_log()}. "
                                "Set PREFECT_API_URL to a running server, or use --orchestrator local") from None
     finally:
