@@ -231,30 +231,50 @@ def test_an_image_line_and_its_warning_printed_inside_a_flow_run_reach_the_conso
 
 
 def test_a_sweep_with_no_range_covers_its_data_the_runs_eps_and_the_knee():
-    from samseg.core.sweep import DEFAULT_GRID, SWEEP_HEADROOM, SWEEP_POINTS, covering_grid, eps_grid
+    from samseg.core.sweep import COVERED_QUANTILE, DEFAULT_GRID, SWEEP_HEADROOM, SWEEP_POINTS, covering_grid, eps_grid
 
-    kdist = np.array([0.02, 0.05, 0.4, 0.9])  # distances past the fixed grid's 0.3
+    kdist = np.linspace(0.02, 0.9, 50)  # distances past the fixed grid's 0.3
     grid = covering_grid(kdist, 0.06, None)
-    assert grid[0] > 0 and grid[-1] >= 0.9 * SWEEP_HEADROOM and grid[-1] < 0.9 * SWEEP_HEADROOM + (grid[1] - grid[0])
-    assert SWEEP_POINTS // 2 <= len(grid) <= SWEEP_POINTS + 1
-    assert np.allclose(np.diff(grid), grid[0])  # even steps of one 1-2-5 number
+    top = float(np.quantile(kdist, COVERED_QUANTILE)) * SWEEP_HEADROOM
+    assert grid[0] > 0 and top - (grid[1] - grid[0]) < grid[-1] <= top
+    assert SWEEP_POINTS / 2.5 <= len(grid) <= SWEEP_POINTS  # a 1-2-5 step: between 24 and 60 values
+    assert np.allclose(np.diff(grid), grid[0])  # even steps
     assert covering_grid(np.array([0.001, 0.002]), 1.5)[-1] >= 1.5  # an eps shown (the run's) is on the chart
     small = covering_grid(np.array([0.001, 0.004]))  # small distances are not squeezed into the first step
-    assert small[-1] < 0.01 and len(small) >= SWEEP_POINTS // 2
-    assert np.array_equal(covering_grid(np.zeros(0)), eps_grid(None))  # nothing to cover: the fixed grid
-    assert np.array_equal(covering_grid(np.zeros(3)), eps_grid(None)) and eps_grid(None)[-1] == DEFAULT_GRID[1]
+    assert small[-1] < 0.01 and len(small) >= SWEEP_POINTS / 2.5
+    tiny = covering_grid(np.array([2e-11, 4e-11]))  # any scale: no value rounded to a copy of another, or to 0
+    assert len(set(tiny)) == len(tiny) and tiny[0] > 0
+    assert np.array_equal(covering_grid(np.zeros(0)), eps_grid(None)) and eps_grid(None)[-1] == DEFAULT_GRID[1]
 
 
-def test_a_sweep_report_with_no_range_reaches_past_the_largest_k_distance():
+def test_attack_one_outlier_does_not_push_the_knee_off_the_sweep():
+    from samseg.core.sweep import covering_grid
+
+    kdist = np.array([*np.linspace(0.005, 0.02, 40), 1.0])  # one mask far from every other
+    grid = covering_grid(kdist, 0.01, 0.015)
+    assert grid[0] < 0.01 and grid[-1] < 0.1
+
+
+def test_a_cosine_sweep_stops_at_the_largest_cosine_distance():
+    """1.25 × a k-distance near 2 would be an eps the cosine config refuses (one error, no chart)."""
+    from samseg.core.config import COSINE_MAX, ClusterConfig
+    from samseg.engine.sweep import sweep_report
+
+    x = np.array([[1.0, 0.0], [-1.0, 0.0]] * 10, np.float32)  # opposite directions: distance 2
+    report = sweep_report(x, ClusterConfig(eps=1.7, min_samples=19))
+    assert report["rows"] and report["rows"][-1]["eps"] <= COSINE_MAX
+
+
+def test_a_sweep_report_with_no_range_reaches_past_most_k_distances():
     from samseg.core.config import ClusterConfig
-    from samseg.core.sweep import k_distances
+    from samseg.core.sweep import COVERED_QUANTILE, k_distances
     from samseg.engine.sweep import sweep_report
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 8)).astype(np.float32)  # random directions: cosine distances near 1
     cfg = ClusterConfig(eps=0.06, min_samples=3)
     report = sweep_report(x, cfg)
-    assert report["rows"][-1]["eps"] >= float(k_distances(x, 3, "cosine").max())
-    assert report["rows"][-1]["n_noise"] == 0  # past every core radius: no mask is noise
+    assert report["rows"][-1]["eps"] >= float(np.quantile(k_distances(x, 3, "cosine"), COVERED_QUANTILE))
+    assert report["rows"][-1]["n_noise"] <= 0.05 * len(x)  # past the core radii: at most the outliers are noise
     asked = sweep_report(x, cfg, "0.1:0.3:0.1")  # an asked range is the range
     assert [round(r["eps"], 3) for r in asked["rows"]] == [0.1, 0.2, 0.3]

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from samseg.core.config import ClusterConfig
+from samseg.core.config import COSINE_MAX, ClusterConfig
 from samseg.core.errors import SamsegError, one_line
 from samseg.core.sweep import covering_grid, eps_grid, eps_sweep, k_distances, suggest_eps
 from samseg.edges.run_schema import DATASET_MODES
@@ -33,7 +33,7 @@ def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optio
     curve = k_distances(x, max(1, cfg.min_samples), cfg.metric)
     suggestion = suggest_eps(x, cfg, curve)
     if grid is None:
-        grid = covering_grid(curve, _number(cfg.eps), suggestion.eps)
+        grid = covering_grid(curve, cfg.eps, suggestion.eps, cap=_largest_distance(cfg))
     if len(curve) > CURVE_POINTS:
         curve = curve[np.linspace(0, len(curve) - 1, CURVE_POINTS).round().astype(int)]
     return {"n_masks": int(len(x)), "min_samples": cfg.min_samples, "metric": cfg.metric, "eps": cfg.eps,
@@ -70,10 +70,10 @@ def sweep_per_image(embs: list[np.ndarray], cfg: ClusterConfig, eps_range: Optio
     xs = [e.reshape(len(e), -1) if len(e) else np.zeros((0, 1), np.float32) for e in embs]
     if eps_range:
         grid = eps_grid(eps_range)
-    else:  # one range for every image: it covers the largest of their k-distances
+    else:  # one range for every image: it covers all their k-distances
         k = max(1, cfg.min_samples)
-        grid = covering_grid(np.array([float(np.max(k_distances(x, k, cfg.metric), initial=0.0)) for x in xs]),
-                             _number(cfg.eps))
+        grid = covering_grid(np.concatenate([k_distances(x, k, cfg.metric) for x in xs]) if xs else np.zeros(0),
+                             cfg.eps, cap=_largest_distance(cfg))
     reports = [sweep_report(x, cfg, grid=grid) for x in xs]
     n = sum(r["n_masks"] for r in reports)
     rows = []
@@ -89,9 +89,9 @@ def sweep_per_image(embs: list[np.ndarray], cfg: ClusterConfig, eps_range: Optio
             "per_image": True, "knees": knees}
 
 
-def _number(eps: Any) -> Optional[float]:
-    """A config's eps as a number to cover, or None (`auto`: its knee is covered instead)."""
-    return float(eps) if isinstance(eps, (int, float)) else None
+def _largest_distance(cfg: ClusterConfig) -> Optional[float]:
+    """The largest eps the config accepts for its metric (cosine distances are at most COSINE_MAX)."""
+    return COSINE_MAX if cfg.metric == "cosine" else None
 
 
 def format_sweep(report: dict[str, Any]) -> str:
