@@ -26,7 +26,7 @@ import numpy as np
 from samseg.core.curation import Edit, EditError, apply_edits
 from samseg.edges.run_schema import DATASET_MODES, KIND_IMAGE, TAG_CLASSES, TAG_KIND, TAG_OUT_DIR, TAG_PARENT_RUN
 from samseg.edges.owned_files import CLASSES_JSON
-from samseg.engine.curate import EDITED_FROM, EDITS
+from samseg.engine.curate import EDITED_FROM, EDITS, edit_seconds
 from samseg.engine.publish import Tracking
 
 
@@ -216,8 +216,7 @@ def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: lis
             image = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"])
         except Exception as exc:  # the photo moved or changed since the batch ran
             raise DatasetOutputsError(f"{img['uri']}: cannot re-read the image ({' '.join(str(exc).split())})") from None
-        took = round(time.perf_counter() - started, 6)  # this edit's work on the image, not the source's computation
-        new["seconds"] = {"edit": took, "total": took}  # (as an edited image run records: samseg.engine.curate)
+        new["seconds"] = edit_seconds(started)  # this image's share: its re-read and relabel
         d = write_image_dir(child_dir(Path(out), name), image, masks, emb, named, compose_labels(masks, named), new)
         entries.append({"image": img["uri"], "name": name, "status": "completed", "out_dir": str(d) if record_dirs else None,
                         "n_masks": len(masks), "n_clusters": new["n_clusters"], "n_noise": new["n_noise"]})
