@@ -7,8 +7,8 @@ even a stage that swallowed the interrupt (Prefect turns it into a crashed state
 make the batch go on. The atomic export and the cache's atomic writes mean that whatever
 was interrupted is simply missing, and a rerun computes only that.
 
-A stop never waits on a peer: clean-up that talks to one (ending an MLflow run as KILLED)
-runs `bounded` for a few seconds at most, a publish in flight gets `STOP_GRACE_S`, and
+A stop never waits on a peer for long: clean-up that talks to one (ending an MLflow run as KILLED)
+runs `bounded`, until shortly before the stop's deadline, a publish in flight gets `STOP_GRACE_S`, and
 `exit_process` ends the process even while a background thread is still blocked on a
 frozen server (what it cut off is swept on the next start, as killed batch runs are).
 """
@@ -38,6 +38,9 @@ STOP_DEADLINE_S = 10.0
 _received: list[int] = []
 _raised: list[bool] = []  # handled() raised its KeyboardInterrupt
 _hint: list[str] = []  # what the command's stopped work left, for the deadline's line (handled(hint))
+_stopped_at: list[float] = []  # time.monotonic() of the first stop signal
+# Of the deadline, what a clean-up call to a peer leaves for the rest of the exit (flushing, exit hooks).
+EXIT_MARGIN_S = 1.0
 
 
 def _handler(signum: int, _frame: object) -> None:
@@ -55,6 +58,7 @@ def _note(signum: int) -> None:
     """Remember the first stop signal and start its deadline."""
     if not _received:
         _received.append(signum)
+        _stopped_at[:] = [time.monotonic()]
         threading.Thread(target=_deadline, name="samseg-stop-deadline", daemon=True).start()
 
 
@@ -87,6 +91,7 @@ def handled(hint: Optional[str] = None) -> Iterator[None]:
         return
     _received.clear()
     _raised.clear()
+    _stopped_at.clear()
     _hint[:] = [hint] if hint else []
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -176,10 +181,20 @@ def _seconds(env: str, default: float) -> float:
         return default
 
 
+def left_s() -> float:
+    """After a stop: the seconds until its deadline, less EXIT_MARGIN_S, and at least grace_s()
+    (before a stop: grace_s())."""
+    if not _stopped_at:
+        return grace_s()
+    return max(grace_s(), deadline_s() - (time.monotonic() - _stopped_at[0]) - EXIT_MARGIN_S)
+
+
 def bounded(fn: Callable[[], T], timeout_s: Optional[float] = None) -> Optional[T]:
-    """fn() in a daemon thread, waited for at most `timeout_s` (default: grace_s()); None when it
-    did not finish in time or raised. For clean-up after a stop: a frozen peer must not hold
-    the exit (the thread is a daemon, so it does not keep the process alive either)."""
+    """fn() in a daemon thread, waited for at most `timeout_s` (default: left_s(), what the stop's
+    deadline leaves: ending a run as KILLED can wait on a publish still logging, and a run left
+    RUNNING misleads `runs list` and the next rerun); None when it did not finish in time or
+    raised. For clean-up after a stop: a frozen peer must not hold the exit (the thread is a
+    daemon, so it does not keep the process alive either)."""
     box: list[T] = []
 
     def call() -> None:
@@ -190,7 +205,7 @@ def bounded(fn: Callable[[], T], timeout_s: Optional[float] = None) -> Optional[
 
     worker = threading.Thread(target=call, name="samseg-cleanup", daemon=True)
     worker.start()
-    worker.join(grace_s() if timeout_s is None else timeout_s)
+    worker.join(left_s() if timeout_s is None else timeout_s)
     return box[0] if box else None
 
 

@@ -283,3 +283,29 @@ def test_a_sigterm_landing_inside_exec_of_a_string_still_exits_143(tmp_path: Pat
                           text=True, timeout=120)
     assert done.returncode == 143, done.stderr
     assert "exit handlers ran" in done.stderr
+
+
+def test_ending_runs_after_a_stop_gets_what_the_deadline_leaves_not_only_the_grace(monkeypatch) -> None:
+    """A publish still logging holds the MLflow process, so ending the batch run as KILLED can take
+    longer than the publish's grace on a healthy store: it gets until shortly before the deadline
+    (a run left RUNNING misleads `runs list` and the next rerun); a frozen peer is still cut off."""
+    import time as clock
+
+    from samseg.edges import shutdown
+
+    monkeypatch.setenv("SAMSEG_STOP_GRACE_S", "0.1")
+    monkeypatch.setenv("SAMSEG_STOP_DEADLINE_S", "60")
+    monkeypatch.setattr(shutdown, "_deadline", lambda: None)  # the stop's deadline would end this test process
+    monkeypatch.setattr(shutdown, "_received", [])
+    monkeypatch.setattr(shutdown, "_raised", [])
+    monkeypatch.setattr(shutdown, "_stopped_at", [])
+    assert shutdown.left_s() == shutdown.grace_s()  # no stop yet: the grace alone
+    shutdown.received(signal.SIGTERM)
+    assert shutdown.left_s() > 30  # the deadline's 60 s, less what passed and the exit's margin
+
+    def slow_end() -> str:  # ends the run after the grace has passed, well before the deadline
+        clock.sleep(0.5)
+        return "KILLED"
+
+    assert shutdown.bounded(slow_end) == "KILLED"
+    assert shutdown.bounded(slow_end, timeout_s=0.01) is None  # an explicit bound still cuts it off
