@@ -65,6 +65,13 @@ def test_attack_bad_edits_are_one_line(kwargs: dict, message: str) -> None:
         parse_edits(**kwargs)
 
 
+def test_attack_a_split_eps_past_the_largest_cosine_distance_is_the_edits_error() -> None:
+    from samseg.core.curation import EditError
+
+    with pytest.raises(EditError, match=r"split of class 0: cluster.eps must be <= 2"):
+        apply_edits(_labels(), embeddings(0), parse_edits(split=["0:3"]), SMOKE.cluster)
+
+
 def test_unknown_class_is_refused_before_anything_is_written(runs: Path, tmp_path: Path) -> None:
     rc, out, err = run_cli(["classes", "edit", str(runs / "out" / "alpha"), "--drop", "9", "--out", str(tmp_path / "x"),
                             "--no-track"])

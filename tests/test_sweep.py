@@ -109,6 +109,8 @@ def test_segment_eps_auto_then_sweep_the_run(tmp_path: Path, monkeypatch: pytest
 
     assert len(pd.read_csv(tmp_path / "s.csv")) == 10
     assert run_cli(["sweep", run_id, "--eps-range", "x"])[0] == 2
+    rc, _, stderr = run_cli(["sweep", run_id, "--eps-range", "0.5:2.5:0.5"])  # past what cosine takes: a usage error
+    assert rc == 2 and "goes past 2" in stderr and "unexpected" not in stderr
     rc, _, stderr = run_cli(["sweep", "0" * 32])  # no such run in this store: a usage error, one line
     assert rc == 2 and stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1
 
@@ -278,3 +280,13 @@ def test_a_sweep_report_with_no_range_reaches_past_most_k_distances():
     assert report["rows"][-1]["n_noise"] <= 0.05 * len(x)  # past the core radii: at most the outliers are noise
     asked = sweep_report(x, cfg, "0.1:0.3:0.1")  # an asked range is the range
     assert [round(r["eps"], 3) for r in asked["rows"]] == [0.1, 0.2, 0.3]
+
+
+def test_attack_an_asked_cosine_range_past_2_is_one_line_naming_the_range():
+    from samseg.core.config import ClusterConfig
+    from samseg.engine.sweep import sweep_report
+
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"eps range '0.5:2.5:0.5' goes past 2, the largest cosine distance"):
+        sweep_report(x, ClusterConfig(), "0.5:2.5:0.5")
+    assert sweep_report(x, ClusterConfig(metric="euclidean"), "0.5:2.5:0.5")["rows"]  # no such bound there

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from samseg.core.config import ClusterConfig
+from samseg.core.config import COSINE_MAX, ClusterConfig
 
 DEFAULT_GRID = (0.005, 0.3, 0.005)  # start, stop (inclusive), step: a sweep with no masks to cover
 # A sweep with no range asked covers its data instead (covering_grid): at most this many eps values,
@@ -98,13 +98,21 @@ def eps_sweep(embeddings_nc: np.ndarray, cfg: ClusterConfig, grid: np.ndarray) -
     return rows
 
 
-def eps_grid(spec: str | None = None) -> np.ndarray:
-    """"A:B:STEP" (inclusive of B up to rounding) -> eps values; ValueError names the problem."""
+def eps_grid(spec: str | None = None, cap: float | None = None) -> np.ndarray:
+    """"A:B:STEP" (inclusive of B up to rounding) -> eps values; ValueError names the problem.
+    cap: the largest eps the metric takes (largest_distance)."""
     start, stop, step = DEFAULT_GRID if spec is None else _parse_grid(spec)
+    if cap is not None and stop > cap:
+        raise ValueError(f"eps range {spec!r} goes past {cap:g}, the largest cosine distance")
     n = int(np.floor((stop - start) / step + 1e-9)) + 1
     if n > 2000:
         raise ValueError(f"eps range {spec!r} has {n} values; at most 2000")
     return np.round(start + step * np.arange(n), 10)
+
+
+def largest_distance(cfg: ClusterConfig) -> float | None:
+    """The largest eps `cfg`'s metric takes (cosine distances are at most COSINE_MAX), or None."""
+    return COSINE_MAX if cfg.metric == "cosine" else None
 
 
 def covering_grid(kdist: np.ndarray, *shown: float | None, cap: float | None = None) -> np.ndarray:

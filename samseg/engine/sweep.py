@@ -9,9 +9,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from samseg.core.config import COSINE_MAX, ClusterConfig
+from samseg.core.config import ClusterConfig
 from samseg.core.errors import SamsegError, one_line
-from samseg.core.sweep import covering_grid, eps_grid, eps_sweep, k_distances, suggest_eps
+from samseg.core.sweep import covering_grid, eps_grid, eps_sweep, k_distances, largest_distance, suggest_eps
 from samseg.edges.run_schema import DATASET_MODES
 
 CURVE_POINTS = 400  # the k-distance curve as drawn: enough points for a chart
@@ -28,12 +28,12 @@ def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optio
     The eps values: `grid`, else `eps_range`, else a range that covers this data, the run's eps
     and the knee (samseg.core.sweep.covering_grid). ValueError (one line) for a bad eps range."""
     if grid is None and eps_range:
-        grid = eps_grid(eps_range)
+        grid = eps_grid(eps_range, largest_distance(cfg))
     x = np.asarray(embeddings_nc, dtype=np.float32)
     curve = k_distances(x, max(1, cfg.min_samples), cfg.metric)
     suggestion = suggest_eps(x, cfg, curve)
     if grid is None:
-        grid = covering_grid(curve, cfg.eps, suggestion.eps, cap=_largest_distance(cfg))
+        grid = covering_grid(curve, cfg.eps, suggestion.eps, cap=largest_distance(cfg))
     if len(curve) > CURVE_POINTS:
         curve = curve[np.linspace(0, len(curve) - 1, CURVE_POINTS).round().astype(int)]
     return {"n_masks": int(len(x)), "min_samples": cfg.min_samples, "metric": cfg.metric, "eps": cfg.eps,
@@ -69,11 +69,11 @@ def sweep_per_image(embs: list[np.ndarray], cfg: ClusterConfig, eps_range: Optio
     (`--eps auto` uses each image's own: `knees` lists them); no one k-distance curve (kdist: [])."""
     xs = [e.reshape(len(e), -1) if len(e) else np.zeros((0, 1), np.float32) for e in embs]
     if eps_range:
-        grid = eps_grid(eps_range)
+        grid = eps_grid(eps_range, largest_distance(cfg))
     else:  # one range for every image: it covers all their k-distances
         k = max(1, cfg.min_samples)
         grid = covering_grid(np.concatenate([k_distances(x, k, cfg.metric) for x in xs]) if xs else np.zeros(0),
-                             cfg.eps, cap=_largest_distance(cfg))
+                             cfg.eps, cap=largest_distance(cfg))
     reports = [sweep_report(x, cfg, grid=grid) for x in xs]
     n = sum(r["n_masks"] for r in reports)
     rows = []
@@ -87,11 +87,6 @@ def sweep_per_image(embs: list[np.ndarray], cfg: ClusterConfig, eps_range: Optio
     return {"n_masks": n, "min_samples": cfg.min_samples, "metric": cfg.metric, "eps": cfg.eps, "rows": rows,
             "kdist": [], "suggested_eps": float(np.median(knees)) if knees else None, "reason": reason,
             "per_image": True, "knees": knees}
-
-
-def _largest_distance(cfg: ClusterConfig) -> Optional[float]:
-    """The largest eps the config accepts for its metric (cosine distances are at most COSINE_MAX)."""
-    return COSINE_MAX if cfg.metric == "cosine" else None
 
 
 def format_sweep(report: dict[str, Any]) -> str:

@@ -307,7 +307,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         eps_grid(args.eps_range)
     except ValueError as exc:
         raise UsageError(f"--eps-range: {exc}") from None
-    report = sweep_run(run_ref(args.run_id), args.eps_range)  # TrackingError (unknown run, a missing artifact): main's line
+    try:  # TrackingError (unknown run, a missing artifact): main's line
+        report = sweep_run(run_ref(args.run_id), args.eps_range)
+    except ValueError as exc:  # a range past what the run's metric takes (known once its config is read)
+        raise UsageError(f"--eps-range: {exc}") from None
     print(format_sweep(report))
     if not args.csv:
         return 0

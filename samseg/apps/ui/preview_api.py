@@ -131,11 +131,11 @@ def add_preview_api(app: FastAPI) -> None:
 
 def _sweep(store: RunStore, run_id: str, cluster: Any, eps_range: str | None) -> dict[str, Any]:
     from samseg.apps.ui.validation import FormError
-    from samseg.core.sweep import eps_grid
+    from samseg.core.sweep import eps_grid, largest_distance
     from samseg.engine.sweep import sweep_report
 
     try:
-        eps_grid(eps_range)
+        eps_grid(eps_range, largest_distance(cluster))
     except ValueError as exc:
         raise FormError({"eps_range": str(exc)}) from None
     _, embeddings, _ = store.outputs(run_id)
