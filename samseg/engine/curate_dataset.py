@@ -131,6 +131,7 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
 
     if str(out).startswith("s3://"):
         raise EditError(f"--out {out}: an edited dataset is written to a local folder (copy it to S3 after)")
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="samseg-classes-") as tmp:
         src = read_dataset(source, Path(tmp))
         folders = (*([src.where] if src.where != src.run_id else []), *src.wrote_to)  # a folder source's, a run's OUTs
@@ -147,7 +148,8 @@ def edit_dataset(source: str, edits: list[Edit], out: str, tracking: Tracking, r
         new_labels, names = apply_edits(labels, embs, edits, cfg, src.table.class_names, renumbered=not renames,
                                         cluster=cluster_rows)  # a split of the whole batch: the blocked cosine DBSCAN
         table, results = _edited_table(src, loaded, summaries, new_labels, names, renames)
-        report, class_files = _write_batch(out, src, loaded, summaries, results, table, edits, record_dirs)
+        report, class_files = _write_batch(out, src, loaded, summaries, results, table, edits, record_dirs,
+                                           time.perf_counter() - started)
         run_id = _track(out, src, report, class_files, tracking) if tracking.track else None
         registered = None
         if run_id is not None:  # the record on disk names the runs too
@@ -193,9 +195,10 @@ def _edited_table(src: DatasetSource, loaded: list[Any], summaries: list[dict[st
 
 
 def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: list[dict[str, Any]], results: list[Any],
-                 table: Any, edits: list[Edit], record_dirs: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+                 table: Any, edits: list[Edit], record_dirs: bool, shared_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every image dir, classes.json, the contact sheet and batch_summary.json into OUT; (the batch
-    report, the class files' report of samseg.edges.dataset_outputs.write_classes)."""
+    report, the class files' report of samseg.edges.dataset_outputs.write_classes). shared_s: the
+    seconds the edit spent on the whole batch (reading it, the edits), shared among its images."""
     from samseg.core.compose import compose_labels
     from samseg.edges import owned_files
     from samseg.edges.dataset_outputs import DatasetOutputsError, contact_sheet_png, dataset_ids, write_classes
@@ -207,6 +210,7 @@ def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: lis
 
     owned_files.begin_batch(out, top_level_files(True))  # a user's file where classes.json goes: refused now
     entries = []
+    shared_s = shared_s / max(1, len(src.names))
     for name, (masks, emb, _), summary, res in zip(src.names, loaded, summaries, results):
         started = time.perf_counter()
         new, named = dataset_ids(summary, res, table, "dataset", emb)
@@ -216,8 +220,9 @@ def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: lis
             image = decode_image(read_verified(img["uri"], img.get("sha256")), img["file_name"], uri=img["uri"])
         except Exception as exc:  # the photo moved or changed since the batch ran
             raise DatasetOutputsError(f"{img['uri']}: cannot re-read the image ({' '.join(str(exc).split())})") from None
-        new["seconds"] = edit_seconds(started)  # this image's share: its re-read and relabel
-        d = write_image_dir(child_dir(Path(out), name), image, masks, emb, named, compose_labels(masks, named), new)
+        label_map = compose_labels(masks, named)
+        new["seconds"] = edit_seconds(started - shared_s)  # its re-read and relabel, and its share of the batch's edit
+        d = write_image_dir(child_dir(Path(out), name), image, masks, emb, named, label_map, new)
         entries.append({"image": img["uri"], "name": name, "status": "completed", "out_dir": str(d) if record_dirs else None,
                         "n_masks": len(masks), "n_clusters": new["n_clusters"], "n_noise": new["n_noise"]})
     class_files = write_classes(out, table, contact_sheet_png(results, loaded, summaries, table), "dataset",
