@@ -233,17 +233,20 @@ def test_an_image_line_and_its_warning_printed_inside_a_flow_run_reach_the_conso
 
 
 def test_a_sweep_with_no_range_covers_its_data_the_runs_eps_and_the_knee():
-    from samseg.core.sweep import COVERED_QUANTILE, DEFAULT_GRID, SWEEP_HEADROOM, SWEEP_POINTS, covering_grid, eps_grid
+    from samseg.core.sweep import (COVERED_QUANTILE, DEFAULT_GRID, SWEEP_DECADES, SWEEP_HEADROOM, SWEEP_POINTS,
+                                   covering_grid, eps_grid)
 
     kdist = np.linspace(0.02, 0.9, 50)  # distances past the fixed grid's 0.3
     grid = covering_grid(kdist, 0.06, None)
     top = float(np.quantile(kdist, COVERED_QUANTILE)) * SWEEP_HEADROOM
-    assert grid[0] > 0 and top - (grid[1] - grid[0]) < grid[-1] <= top
-    assert SWEEP_POINTS / 2.5 <= len(grid) <= SWEEP_POINTS  # a 1-2-5 step: between 24 and 60 values
-    assert np.allclose(np.diff(grid), grid[0])  # even steps
+    assert grid[0] <= 0.06 / 2 * 1.01 and grid[-1] == pytest.approx(top, rel=0.01)
+    assert len(grid) == SWEEP_POINTS and (np.diff(grid) > 0).all()
+    ratios = grid[1:] / grid[:-1]
+    assert np.allclose(ratios, ratios.mean(), rtol=0.02)  # even steps on a log scale (3 significant digits)
     assert covering_grid(np.array([0.001, 0.002]), 1.5)[-1] >= 1.5  # an eps shown (the run's) is on the chart
-    small = covering_grid(np.array([0.001, 0.004]))  # small distances are not squeezed into the first step
-    assert small[-1] < 0.01 and len(small) >= SWEEP_POINTS / 2.5
+    # the run's eps decades above the data's distances: both on the chart, within SWEEP_DECADES
+    apart = covering_grid(np.full(30, 1e-4), 0.06, 2e-4)
+    assert apart[0] <= 1e-4 and apart[-1] >= 0.06 and apart[-1] / apart[0] <= 10.0 ** SWEEP_DECADES * 1.01
     tiny = covering_grid(np.array([2e-11, 4e-11]))  # any scale: no value rounded to a copy of another, or to 0
     assert len(set(tiny)) == len(tiny) and tiny[0] > 0
     assert np.array_equal(covering_grid(np.zeros(0)), eps_grid(None)) and eps_grid(None)[-1] == DEFAULT_GRID[1]

@@ -11,6 +11,7 @@ test uses /usr/bin/chromium (apt packages chromium, chromium-driver) and skips w
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -249,8 +250,8 @@ def test_live_preview_and_eps_sweep(page, ui_server):
     clicked = float(page.input_value('input[name="eps"]'))
     first, last = page.evaluate("[lastSweep.rows[0].eps, lastSweep.rows[lastSweep.rows.length - 1].eps]")
     assert first <= 0.1 <= last  # the sweep covers the form's eps
-    middle = (first + last) / 2  # the sweep's own range: it covers the run's k-distances
-    assert abs(clicked - middle) < 0.1 * (last - first), (clicked, first, last)
+    middle = (first * last) ** 0.5  # the middle of the sweep's own range, on its log scale
+    assert abs(math.log(clicked / middle)) < 0.1 * math.log(last / first), (clicked, first, last)
     page.locator("#rerun-panel").screenshot(path=str(ARTIFACTS / "03c-preview-sweep.png"))
     page.wait_for_function("document.querySelector('#overlay').src.startsWith('blob:')")
     page.screenshot(path=str(ARTIFACTS / "03d-run-page-tuning.png"))  # the overlay while it previews

@@ -19,11 +19,13 @@ import numpy as np
 from samseg.core.config import COSINE_MAX, ClusterConfig
 
 DEFAULT_GRID = (0.005, 0.3, 0.005)  # start, stop (inclusive), step: a sweep with no masks to cover
-# A sweep with no range asked covers its data instead (covering_grid): at most this many eps values,
-# up to this much past the k-distances (this quantile of them) and any eps shown with it (the run's, the knee).
+# A sweep with no range asked covers its data instead (covering_grid): this many eps values on a
+# log scale, up to this much past the k-distances (between these quantiles of them) and any eps
+# shown with them (the run's, the knee), over at most this many powers of ten.
 SWEEP_POINTS = 60
 SWEEP_HEADROOM = 1.25
 COVERED_QUANTILE = 0.95
+SWEEP_DECADES = 4
 # A knee below this is no eps to suggest: the curve is flat at (near) zero, i.e. the embeddings
 # are copies of each other (1e-16 is float rounding), and DBSCAN there would make every mask noise.
 MIN_SUGGESTED_EPS = 1e-6
@@ -116,21 +118,22 @@ def largest_distance(cfg: ClusterConfig) -> float | None:
 
 
 def covering_grid(kdist: np.ndarray, *shown: float | None, cap: float | None = None) -> np.ndarray:
-    """The eps values of a sweep with no range asked: at most SWEEP_POINTS even steps of a 1-2-5
-    number, from one step above 0 to SWEEP_HEADROOM × the largest of the k-distances' 95th
-    percentile (one far outlier does not stretch the chart past the knee) and `shown` (the run's
-    eps, the knee), never past `cap` (the metric's largest distance). Past the k-distances every
-    mask is a core point, no noise is left and classes only merge; a fixed range would miss the
-    knee of features whose distances are larger, or squeeze it into a corner when smaller."""
-    top = max([float(np.quantile(kdist, COVERED_QUANTILE)) if len(kdist) else 0.0] + [float(e) for e in shown if e is not None])
-    top = min(top * SWEEP_HEADROOM, cap if cap is not None else np.inf)
-    if not np.isfinite(top) or top <= 0:  # no masks to cover: the fixed grid
+    """The eps values of a sweep with no range asked: SWEEP_POINTS values evenly spaced on a log
+    scale (eps matters relatively: 0.01 vs 0.02 as much as 0.1 vs 0.2), from half the smallest of
+    the k-distances' 5th percentile and `shown` (the run's eps, the knee) to SWEEP_HEADROOM × the
+    largest of their 95th percentile and `shown`, never past `cap` (the metric's largest distance)
+    and over at most SWEEP_DECADES. Percentiles: one far outlier does not stretch the range. Past
+    the k-distances every mask is a core point and classes only merge; a fixed range would miss
+    the knee of features whose distances are larger, or squeeze it into a corner when smaller."""
+    ends = [float(e) for e in shown if e is not None and e > 0]
+    if len(kdist):
+        ends += [float(q) for q in np.quantile(kdist, [1 - COVERED_QUANTILE, COVERED_QUANTILE]) if q > 0]
+    if not ends:  # no masks to cover: the fixed grid
         return eps_grid(None)
-    raw = top / SWEEP_POINTS
-    magnitude = 10.0 ** np.floor(np.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
-    decimals = int(-np.floor(np.log10(step))) + 2  # the step's own digits, at any scale
-    return np.round(step * np.arange(1, int(np.floor(top / step + 1e-9)) + 1), max(0, decimals))
+    top = min(max(ends) * SWEEP_HEADROOM, cap if cap is not None else np.inf)
+    bottom = max(min(ends) / 2, top * 10.0 ** -SWEEP_DECADES)
+    grid = np.unique(np.array([float(f"{v:.3g}") for v in np.geomspace(bottom, top, SWEEP_POINTS)]))
+    return grid[grid <= top]  # 3 significant digits: a table's values, never past the cap
 
 
 def _parse_grid(spec: str) -> tuple[float, float, float]:

@@ -320,7 +320,7 @@ function initEpsSlider(form) {
   fromBox();
 }
 
-// Eps sweep: classes (blue, left axis) and noise (grey dashed, right axis) over eps; the suggested
+// Eps sweep: classes (blue, left axis) and noise (grey dashed, right axis) over eps (log scale); the suggested
 // eps in red, the form's eps in green; a click on the chart sets eps there (and redraws the preview).
 let lastSweep = null;
 const SWEEP_PAD = { l: 40, r: 44, t: 18, b: 34 };
@@ -335,16 +335,18 @@ function sweepScale(svg, rep) {
   const cMax = 4 * cStep;
   return {
     W, H, xMin, xMax, cMax, cStep,
-    x: (e) => P.l + (W - P.l - P.r) * (e - xMin) / Math.max(1e-12, xMax - xMin),
-    eps: (px) => xMin + (px - P.l) / (W - P.l - P.r) * (xMax - xMin),
+    // eps on a log scale, as the slider: the sweep spans the data's distances and the run's eps,
+    // which can be decades apart (samseg.core.sweep.covering_grid)
+    x: (e) => P.l + (W - P.l - P.r) * Math.log(e / xMin) / Math.max(1e-12, Math.log(xMax / xMin)),
+    eps: (px) => xMin * Math.pow(xMax / xMin, (px - P.l) / (W - P.l - P.r)),
     yc: (c) => H - P.b - (H - P.t - P.b) * c / cMax,
     yn: (f) => H - P.b - (H - P.t - P.b) * f,
   };
 }
 
-function ticks(lo, hi, n) {
+function logTicks(lo, hi, n) {
   const out = [];
-  for (let i = 0; i <= n; i++) out.push(lo + (hi - lo) * i / n);
+  for (let i = 0; i <= n; i++) out.push(lo * Math.pow(hi / lo, i / n));
   return out;
 }
 
@@ -357,7 +359,7 @@ function drawSweep(svg, rep) {
   const yBottom = sc.H - P.b;
   let s = `<g class="axes" stroke="#999"><line x1="${P.l}" x2="${sc.W - P.r}" y1="${yBottom}" y2="${yBottom}"/>`;
   s += `<line x1="${P.l}" x2="${P.l}" y1="${P.t}" y2="${yBottom}"/><line x1="${sc.W - P.r}" x2="${sc.W - P.r}" y1="${P.t}" y2="${yBottom}"/></g>`;
-  for (const e of ticks(sc.xMin, sc.xMax, 5)) {
+  for (const e of logTicks(sc.xMin, sc.xMax, 5)) {
     s += `<line x1="${sc.x(e)}" x2="${sc.x(e)}" y1="${yBottom}" y2="${yBottom + 4}" stroke="#999"/>`;
     s += `<text x="${sc.x(e)}" y="${yBottom + 16}" text-anchor="middle">${formatEps(e)}</text>`;
   }
