@@ -102,12 +102,12 @@ def test_segment_eps_auto_then_sweep_the_run(tmp_path: Path, monkeypatch: pytest
     params = MlflowClient(uri).get_run(run_id).data.params
     assert params["cluster.eps_auto"] == "True" and float(params["cluster.eps_chosen"]) == choice["eps"]
 
-    rc, stdout, stderr = run_cli(["sweep", run_id, "--eps-range", "0.05:0.5:0.05", "--csv", str(tmp_path / "s.csv")])
-    assert rc == 0, stderr
+    rc, stdout, stderr = run_cli(["sweep", run_id, "--eps-range", "0.05:0.5:0.05", "--csv", str(tmp_path / "new" / "s.csv")])
+    assert rc == 0, stderr  # --csv's folder is made, as eval's is
     assert "classes" in stdout and ("knee of the k-distance curve" in stdout or "no suggested eps" in stdout)
     import pandas as pd
 
-    assert len(pd.read_csv(tmp_path / "s.csv")) == 10
+    assert len(pd.read_csv(tmp_path / "new" / "s.csv")) == 10
     assert run_cli(["sweep", run_id, "--eps-range", "x"])[0] == 2
     rc, _, stderr = run_cli(["sweep", run_id, "--eps-range", "0.5:2.5:0.5"])  # past what cosine takes: a usage error
     assert rc == 2 and "goes past 2" in stderr and "unexpected" not in stderr

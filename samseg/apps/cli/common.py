@@ -165,8 +165,12 @@ def stage_cache_root(args: argparse.Namespace, shared: bool = False) -> Iterator
 
 
 def write_csv(df: "object", path: str) -> bool:
-    """df.to_csv(path) for a table a command printed; an unwritable path is one error line (False)."""
+    """df.to_csv(path) for a table a command printed, its folder made if missing (as `eval --csv`
+    does); an unwritable path is one error line (False)."""
+    from pathlib import Path
+
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(path, index=False)  # type: ignore[attr-defined]
     except OSError as exc:
         print_error(f"{path}: {exc.strerror or exc}")

@@ -292,7 +292,7 @@ def _add_sweep_parser(sub: Any) -> None:
         "--eps auto takes. A --classes dataset batch's masks are swept together; a batch of per-image classes "
         "image by image, as recluster clusters it (classes and noise summed, the median of the images' knees).",
     )
-    p.add_argument("run_id", metavar="RUN_ID", help="MLflow image run or batch run id")
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow image run or batch run id (or a unique prefix)")
     p.add_argument("--eps-range", default=None, metavar="A:B:STEP", help="eps grid (default: one that covers the run's k-distances, its eps and the knee)")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
     p.set_defaults(handler=run_sweep, subparser=p)
