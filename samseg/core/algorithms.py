@@ -29,7 +29,7 @@ def register_algorithm(name: str) -> Callable[[AlgorithmFn], AlgorithmFn]:
 
 def import_ahead() -> None:
     """Import what every algorithm here needs (scikit-learn: ~0.8 s), for a command that has
-    time to spare before its first clustering (samseg.engine.recluster.import_ahead)."""
+    time to spare before its first clustering (samseg.engine.segment.import_ahead)."""
     import sklearn.cluster  # noqa: F401
 
 

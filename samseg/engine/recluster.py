@@ -27,23 +27,6 @@ class ReclusterError(SamsegError, RuntimeError):
     """The inputs a recluster needs are not there (one line)."""
 
 
-def import_ahead() -> None:
-    """Import what a recluster needs on its way (scikit-learn to cluster, Pillow to read the
-    image, OpenCV to write its PNGs: ~1 s together), for a command that waits for MLflow first.
-    Only a head start: a failure here is the later import's to say."""
-    try:
-        from samseg.core.algorithms import import_ahead as clustering
-
-        clustering()
-        import cv2  # noqa: F401 — samseg.edges.image_dir.png_bytes
-        import PIL.Image  # noqa: F401 — samseg.edges.images
-
-        import samseg.edges.image_dir  # noqa: F401
-        import samseg.engine.publish  # noqa: F401
-    except BaseException:  # noqa: BLE001 — a stop, or a broken install: said where the import is needed
-        pass
-
-
 def recluster(image: Any, cfg: PipelineConfig, model: ModelIdentity, cache: "StageCache", *,
               given: Optional[Mapping[str, tuple[Any, str]]] = None,
               fallback: Optional[Mapping[str, Callable[[], Any]]] = None,

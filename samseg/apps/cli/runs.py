@@ -60,15 +60,13 @@ def _cluster_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_recluster(args: argparse.Namespace) -> int:
-    import threading
-
     from samseg.edges.mlflow.process import started
-    from samseg.engine.recluster import import_ahead
+    from samseg.engine.segment import importing_ahead
 
     # mlflow imports in its own process; meanwhile this one imports what it clusters and writes
     # with, then waits for MLflow's answers (the run's inputs), clusters and writes
     with started():
-        threading.Thread(target=import_ahead, name="samseg-import-ahead", daemon=True).start()
+        importing_ahead()
         return _run_recluster(args)
 
 
