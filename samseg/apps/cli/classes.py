@@ -28,7 +28,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--split", action="append", default=[], metavar="C[:EPS]",
                    help="re-cluster class C's masks alone, at EPS (default: half the run's eps)")
     p.add_argument("--drop", action="append", default=[], metavar="C", help="class C's masks become noise")
-    p.add_argument("--out", default=None, metavar="DIR", help="where the edited image dir goes (OUT/<image name>/)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the edit goes: the edited image dir (DIR/<image name>/), or a dataset batch's edited batch (DIR itself)")
     p.add_argument("--no-track", action="store_true", help="write the dir only, log no MLflow run")
     p.add_argument("--register-classes", default=None, metavar="NAME",
                    help="a dataset batch's edit: register the edited classes as a new version of the MLflow model NAME "
@@ -54,12 +55,15 @@ def run_classes(args: argparse.Namespace) -> int:
         edits = parse_edits(args.rename, args.merge, args.split, args.drop)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    asked = editing
     if edits and not editing:
         editing = True  # the flags say it
     if editing and not edits:
         raise UsageError("an edit needs --rename, --merge, --split or --drop")
     if editing and args.out is None:
-        raise UsageError("classes edit needs --out DIR: where the edited image dir goes")
+        raise UsageError("classes edit needs --out DIR: where the edited image dir goes" if asked else
+                         "--rename, --merge, --split and --drop edit the classes (as `classes edit`): give --out DIR, "
+                         "where the edited image dir goes")
     if args.register_classes and (not editing or args.no_track):
         raise UsageError("--register-classes needs `edit` and MLflow tracking (no --no-track)")
     try:
