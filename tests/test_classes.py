@@ -79,6 +79,8 @@ def test_unknown_class_is_refused_before_anything_is_written(runs: Path, tmp_pat
     assert not (tmp_path / "x").exists()
     rc, _, err = run_cli(["classes", "edit", str(runs / "out" / "alpha"), "--merge", "1,1", "--out", str(tmp_path / "x")])
     assert rc == 2 and "named twice" in err
+    rc, out, err = run_cli(["classes", str(runs / "out" / "alpha"), "--merge", "0,1"])  # edit flags without `edit`
+    assert rc == 2 and "edit the classes (as `classes edit`): give --out DIR" in err
 
 
 def test_the_table_then_an_edit_reaches_the_dir_the_summary_and_an_export(runs: Path, tmp_path: Path) -> None:
