@@ -68,7 +68,7 @@ def test_attack_bad_edits_are_one_line(kwargs: dict, message: str) -> None:
 def test_attack_a_split_eps_past_the_largest_cosine_distance_is_the_edits_error() -> None:
     from samseg.core.curation import EditError
 
-    with pytest.raises(EditError, match=r"split of class 0: cluster.eps must be <= 2"):
+    with pytest.raises(EditError, match=r"split of class 0: eps 3 is not one the cosine metric takes"):
         apply_edits(_labels(), embeddings(0), parse_edits(split=["0:3"]), SMOKE.cluster)
 
 

@@ -166,7 +166,7 @@ def apply_edits(labels: np.ndarray, embeddings_nc: np.ndarray, edits: list[Edit]
             try:  # an eps the run's metric does not take (cosine: past 2) is the edit's error, not the run's
                 split_cfg = dataclasses.replace(cfg, algorithm="dbscan", eps=eps, eps_auto=False)
             except ValueError as exc:
-                raise EditError(f"split of class {c}: {exc}") from None
+                raise EditError(f"split of class {c}: eps {eps:g} is not one the {cfg.metric} metric takes ({exc})") from None
             sub = split_fn(embeddings_nc[rows], split_cfg)
             sub = np.where(sub < 0, 0, sub)  # the split's noise stays in the largest part: no mask is lost
             for part in range(1, int(sub.max(initial=0)) + 1):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from samseg.core.config import COSINE_MAX, ClusterConfig
+from samseg.core.errors import UsageError
 
 DEFAULT_GRID = (0.005, 0.3, 0.005)  # start, stop (inclusive), step: a sweep with no masks to cover
 # A sweep with no range asked covers its data instead (covering_grid): this many eps values on a
@@ -29,6 +30,10 @@ SWEEP_DECADES = 4
 # A knee below this is no eps to suggest: the curve is flat at (near) zero, i.e. the embeddings
 # are copies of each other (1e-16 is float rounding), and DBSCAN there would make every mask noise.
 MIN_SUGGESTED_EPS = 1e-6
+
+
+class EpsRangeError(UsageError, ValueError):
+    """An eps range that cannot be swept (malformed, too many values, past the metric's distances)."""
 
 
 @dataclass(frozen=True)
@@ -105,10 +110,10 @@ def eps_grid(spec: str | None = None, cap: float | None = None) -> np.ndarray:
     cap: the largest eps the metric takes (largest_distance)."""
     start, stop, step = DEFAULT_GRID if spec is None else _parse_grid(spec)
     if cap is not None and stop > cap:
-        raise ValueError(f"eps range {spec!r} goes past {cap:g}, the largest cosine distance")
+        raise EpsRangeError(f"eps range {spec!r} goes past {cap:g}, the largest cosine distance")
     n = int(np.floor((stop - start) / step + 1e-9)) + 1
     if n > 2000:
-        raise ValueError(f"eps range {spec!r} has {n} values; at most 2000")
+        raise EpsRangeError(f"eps range {spec!r} has {n} values; at most 2000")
     return np.round(start + step * np.arange(n), 10)
 
 
@@ -132,15 +137,15 @@ def covering_grid(kdist: np.ndarray, *shown: float | None, cap: float | None = N
         return eps_grid(None)
     top = min(max(ends) * SWEEP_HEADROOM, cap if cap is not None else np.inf)
     bottom = max(min(ends) / 2, top * 10.0 ** -SWEEP_DECADES)
-    grid = np.unique(np.array([float(f"{v:.3g}") for v in np.geomspace(bottom, top, SWEEP_POINTS)]))
-    return grid[grid <= top]  # 3 significant digits: a table's values, never past the cap
+    # 3 significant digits (a table's values), never past the cap, which rounding could pass
+    return np.unique(np.minimum([float(f"{v:.3g}") for v in np.geomspace(bottom, top, SWEEP_POINTS)], top))
 
 
 def _parse_grid(spec: str) -> tuple[float, float, float]:
     try:
         start, stop, step = (float(v) for v in spec.split(":"))
     except ValueError:
-        raise ValueError(f"eps range {spec!r} must be START:STOP:STEP, e.g. 0.01:0.3:0.01") from None
+        raise EpsRangeError(f"eps range {spec!r} must be START:STOP:STEP, e.g. 0.01:0.3:0.01") from None
     if not (np.isfinite([start, stop, step]).all() and 0 < start <= stop and step > 0):
-        raise ValueError(f"eps range {spec!r} needs 0 < START <= STOP and STEP > 0")
+        raise EpsRangeError(f"eps range {spec!r} needs 0 < START <= STOP and STEP > 0")
     return start, stop, step

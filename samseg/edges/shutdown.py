@@ -39,7 +39,8 @@ _received: list[int] = []
 _raised: list[bool] = []  # handled() raised its KeyboardInterrupt
 _hint: list[str] = []  # what the command's stopped work left, for the deadline's line (handled(hint))
 _stopped_at: list[float] = []  # time.monotonic() of the first stop signal
-# Of the deadline, what a clean-up call to a peer leaves for the rest of the exit (flushing, exit hooks).
+# Of the deadline, what a clean-up call to a peer leaves for the exit's hooks and flush (beyond
+# exit_process's grace_s() wait for threads still publishing).
 EXIT_MARGIN_S = 1.0
 
 
@@ -182,11 +183,11 @@ def _seconds(env: str, default: float) -> float:
 
 
 def left_s() -> float:
-    """After a stop: the seconds until its deadline, less EXIT_MARGIN_S, and at least grace_s()
-    (before a stop: grace_s())."""
+    """After a stop: the seconds until its deadline, less what the exit itself takes
+    (exit_process's grace_s() for threads, EXIT_MARGIN_S), never negative; before a stop: grace_s()."""
     if not _stopped_at:
         return grace_s()
-    return max(grace_s(), deadline_s() - (time.monotonic() - _stopped_at[0]) - EXIT_MARGIN_S)
+    return max(0.0, deadline_s() - (time.monotonic() - _stopped_at[0]) - grace_s() - EXIT_MARGIN_S)
 
 
 def bounded(fn: Callable[[], T], timeout_s: Optional[float] = None) -> Optional[T]:

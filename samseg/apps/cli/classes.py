@@ -61,9 +61,9 @@ def run_classes(args: argparse.Namespace) -> int:
     if editing and not edits:
         raise UsageError("an edit needs --rename, --merge, --split or --drop")
     if editing and args.out is None:
-        raise UsageError("classes edit needs --out DIR: where the edited image dir goes" if asked else
+        raise UsageError("classes edit needs --out DIR: where the edit goes" if asked else
                          "--rename, --merge, --split and --drop edit the classes (as `classes edit`): give --out DIR, "
-                         "where the edited image dir goes")
+                         "where the edit goes")
     if args.register_classes and (not editing or args.no_track):
         raise UsageError("--register-classes needs `edit` and MLflow tracking (no --no-track)")
     try:

@@ -244,9 +244,10 @@ def log_image_run(
         _log_class_names(client, run_id, summary)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):  # a stop: never wait on the server (the sweep ends the run)
-            from samseg.edges.shutdown import bounded
+            from samseg.edges.shutdown import bounded, grace_s
 
-            bounded(lambda: client.set_terminated(run_id, "KILLED"))
+            # the grace alone: what the stop's deadline leaves is for ending the batch run after it
+            bounded(lambda: client.set_terminated(run_id, "KILLED"), grace_s())
             raise
         try:
             client.set_terminated(run_id, "FAILED")
