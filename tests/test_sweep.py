@@ -293,3 +293,15 @@ def test_attack_an_asked_cosine_range_past_2_is_one_line_naming_the_range():
     with pytest.raises(ValueError, match=r"eps range '0.5:2.5:0.5' goes past 2, the largest cosine distance"):
         sweep_report(x, ClusterConfig(), "0.5:2.5:0.5")
     assert sweep_report(x, ClusterConfig(metric="euclidean"), "0.5:2.5:0.5")["rows"]  # no such bound there
+
+
+def test_a_per_image_sweep_covers_every_images_knee():
+    from samseg.core.config import ClusterConfig
+    from samseg.engine.sweep import sweep_per_image
+
+    rng = np.random.default_rng(0)
+    tight = np.concatenate([c + 0.01 * rng.normal(size=(20, 16)) for c in rng.normal(size=(2, 16))])
+    loose = np.concatenate([c + 0.4 * rng.normal(size=(20, 16)) for c in rng.normal(size=(2, 16))])
+    report = sweep_per_image([tight.astype(np.float32), loose.astype(np.float32)], ClusterConfig(eps=0.06, min_samples=3))
+    shown = [r["eps"] for r in report["rows"]]
+    assert report["knees"] and all(shown[0] <= knee <= shown[-1] for knee in report["knees"]), (report["knees"], shown[::10])

@@ -210,7 +210,7 @@ def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: lis
 
     owned_files.begin_batch(out, top_level_files(True))  # a user's file where classes.json goes: refused now
     entries = []
-    shared_s = shared_s / max(1, len(src.names))
+    share_s = shared_s / max(1, len(src.names))  # each image's share of the batch's read and edits
     for name, (masks, emb, _), summary, res in zip(src.names, loaded, summaries, results):
         started = time.perf_counter()
         new, named = dataset_ids(summary, res, table, "dataset", emb)
@@ -221,7 +221,7 @@ def _write_batch(out: str, src: DatasetSource, loaded: list[Any], summaries: lis
         except Exception as exc:  # the photo moved or changed since the batch ran
             raise DatasetOutputsError(f"{img['uri']}: cannot re-read the image ({' '.join(str(exc).split())})") from None
         label_map = compose_labels(masks, named)
-        new["seconds"] = edit_seconds(started - shared_s)  # its re-read and relabel, and its share of the batch's edit
+        new["seconds"] = edit_seconds(started - share_s)  # its re-read and relabel, and its share
         d = write_image_dir(child_dir(Path(out), name), image, masks, emb, named, label_map, new)
         entries.append({"image": img["uri"], "name": name, "status": "completed", "out_dir": str(d) if record_dirs else None,
                         "n_masks": len(masks), "n_clusters": new["n_clusters"], "n_noise": new["n_noise"]})

@@ -21,19 +21,25 @@ class SweepError(SamsegError):
     """A run whose records cannot be swept (one line naming the run)."""
 
 
-def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optional[str] = None,
-                 grid: Optional[np.ndarray] = None) -> dict[str, Any]:
+def sweep_report(embeddings_nc: np.ndarray, cfg: ClusterConfig, eps_range: Optional[str] = None) -> dict[str, Any]:
     """{n_masks, min_samples, metric, eps (the run's), rows [{eps, n_clusters, n_noise,
     noise_fraction}], kdist (sorted, ≤ CURVE_POINTS samples), suggested_eps, reason}.
-    The eps values: `grid`, else `eps_range`, else a range that covers this data, the run's eps
-    and the knee (samseg.core.sweep.covering_grid). ValueError (one line) for a bad eps range."""
-    if grid is None and eps_range:
-        grid = eps_grid(eps_range, largest_distance(cfg))
+    The eps values: `eps_range`, else a range that covers this data, the run's eps and the knee
+    (samseg.core.sweep.covering_grid). EpsRangeError (one line) for a bad eps range."""
+    asked = eps_grid(eps_range, largest_distance(cfg)) if eps_range else None  # before any compute
+    x, curve, suggestion = _measured(embeddings_nc, cfg)
+    grid = asked if asked is not None else covering_grid(curve, cfg.eps, suggestion.eps, cap=largest_distance(cfg))
+    return _report(x, cfg, grid, curve, suggestion)
+
+
+def _measured(embeddings_nc: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(N×C float32 embeddings, their sorted k-distances, the knee's EpsSuggestion)."""
     x = np.asarray(embeddings_nc, dtype=np.float32)
     curve = k_distances(x, max(1, cfg.min_samples), cfg.metric)
-    suggestion = suggest_eps(x, cfg, curve)
-    if grid is None:
-        grid = covering_grid(curve, cfg.eps, suggestion.eps, cap=largest_distance(cfg))
+    return x, curve, suggest_eps(x, cfg, curve)
+
+
+def _report(x: np.ndarray, cfg: ClusterConfig, grid: np.ndarray, curve: np.ndarray, suggestion: Any) -> dict[str, Any]:
     if len(curve) > CURVE_POINTS:
         curve = curve[np.linspace(0, len(curve) - 1, CURVE_POINTS).round().astype(int)]
     return {"n_masks": int(len(x)), "min_samples": cfg.min_samples, "metric": cfg.metric, "eps": cfg.eps,
@@ -67,14 +73,13 @@ def sweep_per_image(embs: list[np.ndarray], cfg: ClusterConfig, eps_range: Optio
     """sweep_report's fields for images clustered each alone (a recluster of a per-image batch):
     rows sum the images' classes and noise; the suggestion is the median of the images' knees
     (`--eps auto` uses each image's own: `knees` lists them); no one k-distance curve (kdist: [])."""
-    xs = [e.reshape(len(e), -1) if len(e) else np.zeros((0, 1), np.float32) for e in embs]
-    if eps_range:
-        grid = eps_grid(eps_range, largest_distance(cfg))
-    else:  # one range for every image: it covers all their k-distances
-        k = max(1, cfg.min_samples)
-        grid = covering_grid(np.concatenate([k_distances(x, k, cfg.metric) for x in xs]) if xs else np.zeros(0),
-                             cfg.eps, cap=largest_distance(cfg))
-    reports = [sweep_report(x, cfg, grid=grid) for x in xs]
+    asked = eps_grid(eps_range, largest_distance(cfg)) if eps_range else None  # before any compute
+    measured = [_measured(e.reshape(len(e), -1) if len(e) else np.zeros((0, 1), np.float32), cfg) for e in embs]
+    # one range for every image: it covers all their k-distances and knees, and the run's eps
+    grid = asked if asked is not None else covering_grid(
+        np.concatenate([curve for _, curve, _ in measured]) if measured else np.zeros(0), cfg.eps,
+        *(s.eps for _, _, s in measured), cap=largest_distance(cfg))
+    reports = [_report(x, cfg, grid, curve, s) for x, curve, s in measured]
     n = sum(r["n_masks"] for r in reports)
     rows = []
     for k, eps in enumerate(grid if n else []):

@@ -298,16 +298,12 @@ def _add_sweep_parser(sub: Any) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     from samseg.apps.cli.common import UsageError
-    from samseg.core.sweep import EpsRangeError, eps_grid
+    from samseg.core.sweep import EpsRangeError
     from samseg.engine.sweep import format_sweep, sweep_run
 
-    try:
-        eps_grid(args.eps_range)
-    except ValueError as exc:
-        raise UsageError(f"--eps-range: {exc}") from None
     try:  # TrackingError (unknown run, a missing artifact): main's line
-        report = sweep_run(run_ref(args.run_id), args.eps_range)
-    except EpsRangeError as exc:  # a range past what the run's metric takes (known once its config is read)
+        report = sweep_run(run_ref(args.run_id), args.eps_range)  # a bad range: before any download
+    except EpsRangeError as exc:  # or past what the run's metric takes (known once its config is read)
         raise UsageError(f"--eps-range: {exc}") from None
     print(format_sweep(report))
     if not args.csv:
