@@ -1,16 +1,21 @@
-"""Memory of a batch's parent while it lists an S3 prefix: what `samseg segment s3://…` holds
-before the first shard is submitted (samseg.engine.batch.list_sources: every key, page by page
-through boto3's paginator, kept as one list of URIs).
+"""Memory of a batch's parent over an S3 prefix, two ways side by side, each in a fresh process:
 
-    python -m benchmarks.listing [--keys 10000 100000] [--synthetic]
+- `list`: samseg.engine.batch.list_sources, every key kept as one list of URIs (a local batch,
+  or a sharded one with dataset classes);
+- `sharded`: what the parent of `samseg segment s3://… --fan-out deployment` does over the whole
+  batch, less Prefect: a Listing (counting pass, then the listing again page by page), shards made
+  as it goes (flows.fanout._shards, names made unique on disk), each shard's report entries spilled
+  (samseg.edges.spill) as if it had completed.
+
+    python -m benchmarks.listing [--keys 10000 100000] [--synthetic] [--shard-size 256]
 
 A moto S3 server on loopback in a child process, its bucket filled with empty `.jpg` objects
-through moto's backend (no HTTP per object); then, in this process, `list_sources` of the prefix
-under tracemalloc: the peak of Python allocations during the listing and the bytes still held by
-the returned list, per key. moto answers every page by scanning the whole bucket, so 10⁶ keys
-take hours there. `--synthetic` serves the same ListObjectsV2 pages (1000 keys each, in key
-order, continuation tokens) from a counter instead of a bucket, so 10⁶ keys list in a minute
-through the same boto3 paginator and samseg code; nothing else differs for the parent.
+through moto's backend (no HTTP per object). Each mode prints the peak of Python allocations
+(tracemalloc) and the growth of the process's peak RSS (SQLite's pages are not Python's).
+moto answers every page by scanning the whole bucket, so 10⁶ keys take hours there.
+`--synthetic` serves the same ListObjectsV2 pages (1000 keys each, in key order, continuation
+tokens) from a counter instead of a bucket, so 10⁶ keys list in a minute through the same boto3
+paginator and samseg code; nothing else differs for the parent.
 """
 
 from __future__ import annotations
@@ -92,30 +97,67 @@ def _serve_synthetic(port: int, keys: int, ready: "mp.synchronize.Event") -> Non
     server.serve_forever()
 
 
-def measure(keys: int, synthetic: bool = False) -> dict[str, float]:
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _parent(mode: str, prefix: str, keys: int, shard_size: int, result: "mp.Queue") -> None:
+    """Child: the parent's side of one mode, measured. "list": list_sources, one list of URIs (a
+    local batch, dataset classes). "sharded": what a sharded parent does over the whole batch
+    without Prefect: a Listing (its counting pass), then the shards made as the listing goes
+    (names made unique on disk) and each shard's report entries spilled as if it had completed."""
+    import resource
+
+    from flows.fanout import _named, _shards
+    from samseg.edges.spill import SpilledEntries
+    from samseg.engine.batch import Listing, list_sources
+
+    list(Listing(prefix.replace("/in/", "/none/")))  # imports and the boto3 client first: not the listing's memory
+    SpilledEntries()
+    rss0 = _rss_bytes()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    if mode == "list":
+        n = len(list_sources(prefix))
+    else:
+        listing, entries, n = Listing(prefix), SpilledEntries(), 0
+        for shard in _shards(_named(listing), shard_size):
+            entries.begin(shard.index, shard.uris)
+            entries.add(shard.index, [{"image": u, "name": m, "status": "completed", "n_masks": 0, "n_classes": 0,
+                                       "out_dir": f"s3://out/{m}", "shard": shard.index, "attempts": 1}
+                                      for u, m in zip(shard.uris, shard.names)])
+            n += len(shard.uris)
+        assert len(entries) == n == len(listing), (len(entries), n, len(listing))
+    seconds = time.perf_counter() - t0
+    _held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result.put({"mode": mode, "keys": n, "seconds": round(seconds, 1), "peak_mb": round(peak / 2**20, 1),
+                "rss_growth_mb": round(max(0, rss_peak - rss0) / 2**20, 1), "peak_bytes_per_key": round(peak / max(n, 1))})
+
+
+def measure(keys: int, synthetic: bool = False, modes: tuple[str, ...] = ("list", "sharded"),
+            shard_size: int = 256) -> list[dict[str, float]]:
     port = _free_port()
-    ready = mp.get_context("spawn").Event()
-    child = mp.get_context("spawn").Process(target=_serve_synthetic if synthetic else _serve, args=(port, keys, ready),
-                                            daemon=True)
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_serve_synthetic if synthetic else _serve, args=(port, keys, ready), daemon=True)
     child.start()
     try:
         if not ready.wait(timeout=3600):
             raise SystemExit("moto did not start")
         os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
                            "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
-        from samseg.engine.batch import list_sources
-
-        list_sources(f"s3://{BUCKET}/none/")  # imports and the boto3 client first: not the listing's memory
-        tracemalloc.start()
-        t0 = time.perf_counter()
-        uris = list_sources(f"s3://{BUCKET}/in/")
-        seconds = time.perf_counter() - t0
-        held, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert len(uris) == keys, (len(uris), keys)
-        return {"keys": keys, "seconds": round(seconds, 1), "peak_mb": round(peak / 2**20, 1),
-                "held_mb": round(held / 2**20, 1), "peak_bytes_per_key": round(peak / keys),
-                "held_bytes_per_key": round(held / keys)}
+        rows = []
+        for mode in modes:  # each in a process of its own: its peak RSS is its own
+            result = ctx.Queue()
+            parent = ctx.Process(target=_parent, args=(mode, f"s3://{BUCKET}/in/", keys, shard_size, result))
+            parent.start()
+            rows.append(result.get())
+            parent.join()
+            assert rows[-1]["keys"] == keys, (rows[-1], keys)
+        return rows
     finally:
         child.kill()
 
@@ -124,14 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--synthetic", action="store_true", help="pages from a counter, not a moto bucket (10^6 keys in a minute)")
+    ap.add_argument("--shard-size", type=int, default=256)
     args = ap.parse_args(argv)
-    rows = [measure(n, args.synthetic) for n in args.keys]
-    for r in rows:
-        print(f"{r['keys']:>9} keys: listed in {r['seconds']:7.1f} s, peak {r['peak_mb']:7.1f} MB "
-              f"({r['peak_bytes_per_key']} B/key), held after {r['held_mb']:7.1f} MB ({r['held_bytes_per_key']} B/key)")
-    last = rows[-1]
-    print(f"10^6 keys, by the {last['keys']}-key rate: peak ≈ {last['peak_bytes_per_key'] * 1e6 / 2**20:.0f} MB, "
-          f"held ≈ {last['held_bytes_per_key'] * 1e6 / 2**20:.0f} MB")
+    for n in args.keys:
+        for r in measure(n, args.synthetic, shard_size=args.shard_size):
+            print(f"{r['keys']:>9} keys, {r['mode']:>7}: {r['seconds']:7.1f} s, Python peak {r['peak_mb']:7.1f} MB "
+                  f"({r['peak_bytes_per_key']} B/key), RSS growth {r['rss_growth_mb']:7.1f} MB", flush=True)
     return 0
 
 

@@ -16,15 +16,17 @@ table artifact its run left (SHARD_REPORT).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
-from samseg.edges.outdirs import unique_names
+from samseg.edges.outdirs import iter_unique_names
 from samseg.edges.run_schema import SEGMENT_DEPLOYMENT, SHARD_REPORT
+from samseg.edges.spill import DiskSet, SpilledEntries
 from samseg.engine.progress import report
 from samseg.engine.request import ShardPlan
 from samseg.engine.segment import failed_entry, one_line
@@ -67,29 +69,33 @@ def deployment_exists(name: str = SEGMENT_DEPLOYMENT) -> bool:
         return False
 
 
-def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardPlan(),
-               poll_s: float = 0.25, names: Optional[list[str]] = None) -> list[dict[str, Any]]:
+def run_shards(uris: Iterable[str], kwargs: dict[str, Any], plan: ShardPlan = ShardPlan(),
+               poll_s: float = 0.25, names: Optional[Iterable[str]] = None) -> SpilledEntries:
     """Split `uris` in shards of plan.size, run each as a `segment` deployment run with
     `kwargs` (out, settings, runtime, tracking), at most plan.in_flight at once; returns the
     report entries in input order (a shard that could not finish fails its unwritten images).
-    names: the images' output dir names (default: their unique names; a part of a batch gets the batch's)."""
+    names: the images' output dir names (default: their unique names; a part of a batch gets the batch's).
+    `uris` is read as shards are submitted (a Listing: page by page) and the entries wait on
+    disk, so the parent's memory does not grow with the batch."""
     from prefect.client.orchestration import get_client
 
     from samseg.edges import shutdown
 
-    names = unique_names(uris) if names is None else names
-    todo = deque(_Shard(i, uris[k:k + plan.size], names[k:k + plan.size])
-                 for i, k in enumerate(range(0, len(uris), plan.size)))
+    pending = _shards(zip(uris, names) if names is not None else _named(uris), plan.size)
+    todo: deque[_Shard] = deque()  # shards run again (retries), before any new one
     running: list[_Shard] = []
-    entries: dict[str, dict[str, Any]] = {}
+    entries = SpilledEntries()
     with get_client(sync_client=True) as client:
         if kwargs.get("track"):  # an earlier batch that died left these RUNNING
             end_dead_shard_runs(client, kwargs["experiment"])
         try:
-            while todo or running:
+            while True:
                 shutdown.check()  # SIGTERM / Ctrl-C: no new shard, and the runs created are cancelled (below)
-                while todo and len(running) < plan.in_flight:
-                    running.append(_submit(todo.popleft(), kwargs))
+                while len(running) < plan.in_flight and (shard := todo.popleft() if todo else next(pending, None)):
+                    entries.begin(shard.index, shard.uris)
+                    running.append(_submit(shard, kwargs))
+                if not running:
+                    break
                 runs = _read_runs(client, running)  # one request a poll, however many shards run
                 for shard in list(running):
                     outcome = _poll(client, shard, plan, runs.get(shard.run.id))
@@ -106,7 +112,25 @@ def run_shards(uris: list[str], kwargs: dict[str, Any], plan: ShardPlan = ShardP
                 _cancel(client, shard)
                 _end_mlflow_run(kwargs, str(shard.run.id))  # its process may die before it can
             raise
-    return [entries[uri] for uri in uris]
+    return entries
+
+
+def _named(uris: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(uri, its unique output dir name), the names seen so far on disk (a million would not fit a set)."""
+    used = DiskSet()
+    for uri in uris:
+        yield uri, next(iter_unique_names([uri], used))
+
+
+def _shards(named: Iterable[tuple[str, str]], size: int) -> Iterator[_Shard]:
+    """The shards of `named` in input order, each made when it is asked for."""
+    pairs = iter(named)
+    for index in itertools.count():
+        chunk = list(itertools.islice(pairs, size))
+        if not chunk:
+            return
+        uris, names = (list(t) for t in zip(*chunk))
+        yield _Shard(index, uris, names)
 
 
 def end_dead_shard_runs(client: Any, experiment: str) -> list[str]:
@@ -247,33 +271,30 @@ def _heartbeats_stopped(client: Any, fr: Any, window_s: float) -> bool:
 
 
 def _settle(client: Any, shard: _Shard, fr: Any, kwargs: dict[str, Any], plan: ShardPlan,
-            entries: dict[str, dict[str, Any]]) -> Optional[_Shard]:
+            entries: SpilledEntries) -> Optional[_Shard]:
     """Record the shard's images from its final run; returns the shard of its unwritten images
     to run again (the run crashed or failed, retries left), or None."""
     more = {"flow_run_id": str(fr.id), "shard": shard.index, "attempts": shard.attempt}
     rows = _shard_report(client, fr.id) if fr.state.is_completed() else None
     if rows is not None:
-        for row in rows:
-            _record(entries, {**row, **more})
+        _record(entries, shard, [{**row, **more} for row in rows])
         return None
     _end_mlflow_run(kwargs, str(fr.id))  # a run killed before it could end its MLflow run
     written = _written_by(kwargs, shard.names, str(fr.id))  # what the run finished before it ended
     missing = [(u, n) for u, n in zip(shard.uris, shard.names) if n not in written]
-    for uri, name in zip(shard.uris, shard.names):
-        if name in written:
-            _record(entries, {**written[name], "image": uri, **more})
-    if not missing:
-        return None
+    settled = [{**written[name], "image": uri, **more} for uri, name in zip(shard.uris, shard.names) if name in written]
     why = one_line(f"shard run {fr.id} {fr.state.name}: {shard.why or fr.state.message or 'no message'}")
     state = str(getattr(fr.state.type, "value", fr.state.type)).upper()
-    if state in ("CRASHED", "FAILED") and shard.attempt <= plan.retries:  # not a timeout, not a person's cancel
+    retry = None
+    if missing and state in ("CRASHED", "FAILED") and shard.attempt <= plan.retries:  # not a timeout, not a person's cancel
         log.warning("samseg batch: %s; running its %d unwritten images again (try %d)", why, len(missing),
                     shard.attempt + 1)
         uris, names = (list(t) for t in zip(*missing))
-        return _Shard(shard.index, uris, names, shard.attempt + 1)
-    for uri, name in missing:
-        entries[uri] = failed_entry(uri, name, f"{uri}: {why}", **more)
-    return None
+        retry = _Shard(shard.index, uris, names, shard.attempt + 1)
+    _record(entries, shard, settled)
+    if missing and retry is None:  # (failed_entry says each failure itself)
+        entries.add(shard.index, [failed_entry(uri, name, f"{uri}: {why}", **more) for uri, name in missing])
+    return retry
 
 
 def _end_mlflow_run(kwargs: dict[str, Any], flow_run_id: str) -> None:
@@ -285,12 +306,13 @@ def _end_mlflow_run(kwargs: dict[str, Any], flow_run_id: str) -> None:
         bounded(lambda: end_runs_of_flow_run(kwargs["batch_run_id"], flow_run_id))
 
 
-def _record(entries: dict[str, dict[str, Any]], entry: dict[str, Any]) -> None:
-    entries[entry["image"]] = entry
-    if entry["status"] == "completed":  # the image bar moves as each shard's images finish
-        report("image_done", image=entry["image"], entry=entry)
-    else:
-        report("image_failed", image=entry["image"], error=entry.get("error", ""), entry=entry)
+def _record(entries: SpilledEntries, shard: _Shard, settled: list[dict[str, Any]]) -> None:
+    entries.add(shard.index, settled)
+    for entry in settled:  # the image bar moves as each shard's images finish
+        if entry["status"] == "completed":
+            report("image_done", image=entry["image"], entry=entry)
+        else:
+            report("image_failed", image=entry["image"], error=entry.get("error", ""), entry=entry)
 
 
 def _shard_report(client: Any, flow_run_id: Any) -> Optional[list[dict[str, Any]]]:

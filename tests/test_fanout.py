@@ -220,3 +220,70 @@ def test_a_dead_batchs_shard_runs_are_ended_only_when_their_flow_runs_are_over(t
             "crashed": "KILLED", "running": "RUNNING", "gone": "KILLED", "elsewhere": "RUNNING"}
         states["running"] = _State(name="Completed", message=None)  # it ended without ending its run
         assert end_dead_shard_runs(Api(), exp) == [runs["running"]]
+
+
+def test_shards_are_made_as_slots_free_so_the_inputs_are_never_all_held(fake: FakePrefect, monkeypatch) -> None:
+    import prefect.deployments
+
+    from flows.fanout import run_shards
+
+    read: list[str] = []
+    submitted_when: list[int] = []
+
+    def inputs():  # a listing page by page: how many it had given when each shard went out
+        for i in range(20):
+            read.append(f"/in/{i:02d}.png")
+            yield read[-1]
+
+    run_deployment = fake.run_deployment
+
+    def counting(*args, **kwargs):
+        submitted_when.append(len(read))
+        return run_deployment(*args, **kwargs)
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", counting)
+    entries = run_shards(inputs(), {"out": str(fake.out)}, ShardPlan(size=3, in_flight=2), poll_s=0.01)
+    assert submitted_when[:2] == [3, 6]  # the first two shards out before the third is read
+    assert all(n <= 3 * (k + 1) for k, n in enumerate(submitted_when))
+    assert [Path(e["image"]).name for e in entries] == [Path(u).name for u in read] and len(entries) == 20
+    assert [p["names"] for p in fake.params][:2] == [["00", "01", "02"], ["03", "04", "05"]]
+
+
+def test_a_sharded_batch_reports_and_records_its_images_from_disk(fake: FakePrefect, tmp_path: Path, monkeypatch) -> None:
+    """run_batch of a sharded batch (no dataset classes): the inputs are a Listing, the entries
+    spilled; batch_summary.json and the MLflow batch run's record still list every image in input
+    order, with the counts, as a list-held batch writes them."""
+    from flows.fanout import run_shards
+    from mlflow_store import sqlite_uri
+    from samseg.core.config import configure
+    from samseg.edges.mlflow import client as mlflow_client
+    from samseg.edges.mlflow.tracking import batch_record
+    from samseg.edges.run_schema import SHARDED
+    from samseg.edges.spill import SpilledEntries
+    from samseg.engine.batch import Listing, run_batch
+    from samseg.engine.publish import Tracking
+    from samseg.engine.request import SegmentJob
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(tmp_path / "mlflow.db"))
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for n in ("e", "a", "bad", "d", "c"):
+        (photos / f"{n}.png").write_bytes(b"")
+    job = SegmentJob(configure(preset="smoke", model="tiny-random"), out=str(fake.out),
+                     tracking=Tracking(track=True, experiment="sharded"))
+    seen = []
+
+    def run_images(uris, per_image, names):  # the parent's side of a sharded batch: run_shards
+        seen.append(uris)
+        return run_shards(uris, {"out": job.out}, ShardPlan(size=2, in_flight=1), poll_s=0.01, names=names)
+
+    report = run_batch(str(photos), job, run_images, None, SHARDED)
+    assert isinstance(seen[0], Listing) and isinstance(report["images"], SpilledEntries)
+    order = [str(photos / f"{n}.png") for n in ("a", "bad", "c", "d", "e")]
+    summary = json.loads((fake.out / "batch_summary.json").read_text())
+    assert [e["image"] for e in summary["images"]] == order
+    assert (summary["succeeded"], summary["failed"], summary["fan_out"]) == (4, 1, SHARDED)
+    run = mlflow_client.client().get_run(report["mlflow_run_id"])
+    record = batch_record(mlflow_client.client(), run)
+    assert [e["image"] for e in record["images"]] == order and record["failed"] == 1
+    assert run.info.status == "FAILED" and run.data.metrics["images"] == 5

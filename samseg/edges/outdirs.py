@@ -32,7 +32,8 @@ import re
 import shutil
 import unicodedata
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Optional
+from collections.abc import MutableSet
+from typing import Any, Iterable, Iterator, Optional
 
 from samseg.edges.owned_files import BATCH_TOP_LEVEL
 from samseg.edges.storage import PENDING_MARKER, SUCCESS_MARKER
@@ -70,8 +71,13 @@ def safe_dir_name(uri: str) -> str:
 
 def unique_names(uris: list[str]) -> list[str]:
     """`safe_dir_name` per input; a repeated name gets -2, -3, ... in input order."""
-    names: list[str] = []
-    used: set[str] = set()
+    return list(iter_unique_names(uris))
+
+
+def iter_unique_names(uris: Iterable[str], used: Optional[MutableSet[str]] = None) -> Iterator[str]:
+    """`unique_names` one input at a time; `used` holds the names given so far (a batch too large
+    for a set in memory passes samseg.edges.spill.DiskSet)."""
+    used = set() if used is None else used
     for uri in uris:
         base = safe_dir_name(uri)
         name, k = base, 1
@@ -79,8 +85,7 @@ def unique_names(uris: list[str]) -> list[str]:
             k += 1
             name = f"{base}-{k}"
         used.add(name)
-        names.append(name)
-    return names
+        yield name
 
 
 def child_dir(out: Path, name: str) -> Path:

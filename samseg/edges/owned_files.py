@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from samseg.core.errors import RefusedError, SamsegError
@@ -48,7 +49,10 @@ class BatchIncomplete(SamsegError):
     """A batch OUT whose last batch did not finish; str(e) is one line naming it."""
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | Path) -> str:
+    if isinstance(data, Path):  # a file too large to read whole (a sharded batch's batch_summary.json)
+        with data.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
     return hashlib.sha256(data).hexdigest()
 
 
@@ -116,8 +120,8 @@ def check_writable(folder: str, names: list[str]) -> dict[str, Any]:
     return ledger
 
 
-def write_files(folder: str, files: Mapping[str, bytes]) -> list[str]:
-    """Write `files` (relative name -> bytes) into `folder` atomically, replacing only samseg's
+def write_files(folder: str, files: Mapping[str, bytes | Path]) -> list[str]:
+    """Write `files` (relative name -> bytes, or a local file's) into `folder` atomically, replacing only samseg's
     own earlier files; returns their URIs/paths. FilesRefused (nothing written) otherwise."""
     ledger = check_writable(folder, list(files))
     hashes = {name: _sha256(data) for name, data in files.items()}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -273,8 +274,16 @@ def read_verified(uri_or_path: str | os.PathLike[str], sha256: Any) -> bytes:
     return data
 
 
-def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes) -> None:
-    """Write atomically: local = temp file in the same dir + os.replace; S3 = one put_object."""
+def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes | Path) -> None:
+    """Write atomically: local = temp file in the same dir + os.replace; S3 = one put_object.
+    data: the bytes, or a local file whose bytes are copied (streamed, never read whole)."""
+    if isinstance(data, Path):
+        with data.open("rb") as f:
+            return _write(uri_or_path, f)
+    return _write(uri_or_path, data)
+
+
+def _write(uri_or_path: str | os.PathLike[str], data: Any) -> None:
     if is_s3_uri(uri_or_path):
         bucket, key = object_parts(str(uri_or_path))
         _s3_call("write", str(uri_or_path), _client().put_object, Bucket=bucket, Key=key, Body=data)
@@ -285,7 +294,7 @@ def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(data) if isinstance(data, bytes) else shutil.copyfileobj(data, f)
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
@@ -327,8 +336,12 @@ def delete(uri_or_path: str | os.PathLike[str]) -> None:
 # ---------------------------------------------------------------- listing
 
 
-def list_keys(prefix_uri: str, *, recursive: bool = True) -> list[str]:
-    """Sorted full ``s3://`` URIs of the objects under a prefix (treated as a folder).
+LIST_PAGE = 1000  # keys per ListObjectsV2 request: S3's own most
+
+
+def iter_keys(prefix_uri: str, *, recursive: bool = True) -> Iterator[str]:
+    """Full ``s3://`` URIs of the objects under a prefix (treated as a folder), page by page in
+    S3's key order (UTF-8 binary: Python's str order), so a million keys are never in memory at once.
 
     recursive=False lists only the folder's direct children (S3 ``Delimiter="/"``).
     """
@@ -340,13 +353,16 @@ def list_keys(prefix_uri: str, *, recursive: bool = True) -> list[str]:
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": folder}
     if not recursive:
         kwargs["Delimiter"] = "/"
-    uris: list[str] = []
     try:
-        for page in paginator.paginate(**kwargs):
-            uris.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+        for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": LIST_PAGE}):
+            yield from (f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
     except (BotoCoreError, ClientError) as exc:
         raise _s3_error("list", prefix_uri, exc) from None
-    return sorted(uris)
+
+
+def list_keys(prefix_uri: str, *, recursive: bool = True) -> list[str]:
+    """Sorted `iter_keys`, as one list (a server that pages out of order is still sorted)."""
+    return sorted(iter_keys(prefix_uri, recursive=recursive))
 
 
 def _is_image_name(name: str) -> bool:
@@ -365,19 +381,28 @@ def list_images(spec: str | os.PathLike[str]) -> list[str]:
     decides whether that is an error. A local name that does not exist is kept as given
     so `samseg.edges.images.load_image` reports it as that file's own one-line error.
     """
+    found = list(iter_images(spec))
+    return sorted(found) if is_s3_uri(spec) else found
+
+
+def iter_images(spec: str | os.PathLike[str]) -> Iterator[str]:
+    """`list_images`, an S3 prefix page by page (`iter_keys`, in S3's order, which is sorted)."""
     if is_s3_uri(spec):
         _bucket, key = split_s3_uri(str(spec))
         if key and _is_image_name(key):
             try:
                 object_parts(str(spec))
             except StorageError:  # a hostile key fails alone, as that image's own error
-                return [str(spec)]
+                yield str(spec)
+                return
         if key and _is_image_name(key) and exists(str(spec)):
-            return [str(spec)]
-        return [u for u in list_keys(str(spec), recursive=False) if _is_image_name(u)]
+            yield str(spec)
+            return
+        yield from (u for u in iter_keys(str(spec), recursive=False) if _is_image_name(u))
+        return
     from samseg.edges.images import find_images
 
-    return find_images([str(spec)])
+    yield from find_images([str(spec)])
 
 
 # ---------------------------------------------------------------- whole dirs

@@ -6,11 +6,11 @@ Used by the CLI's local orchestrator and by the segment-batch flow alike.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from collections.abc import MutableSet
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from samseg.core.config import PipelineConfig
 from samseg.edges.owned_files import BATCH_SUMMARY_JSON, CLASSES_JSON, CONTACT_SHEET_PNG, FITTED_CLASSES_JSON
@@ -22,8 +22,13 @@ from samseg.engine.segment import one_line
 
 Source = Union[str, list[str]]
 # (image URIs, the job each image runs as: its config and how it is logged, their output dir names or
-# None for the URIs' unique names) -> the per-image report entries
-RunImages = Callable[[list[str], SegmentJob, Optional[list[str]]], list[dict[str, Any]]]
+# None for the URIs' unique names) -> the per-image report entries (a sharded batch's: on disk, edges.spill)
+RunImages = Callable[[Iterable[str], SegmentJob, Optional[list[str]]], Iterable[dict[str, Any]]]
+
+
+def in_memory(run_images: RunImages) -> RunImages:
+    """`run_images` whose entries come back as one list (for the readers that index them)."""
+    return lambda uris, job, names: list(run_images(uris, job, names))
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,15 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         model = ModelSource(job.model).identity() if classes.classes_from else None
         given = check_dataset_request(job.out, classes.classes_from, model)
     job.fetch_weights()  # every missing weight named once, before any image or MLflow run
-    uris = list_sources(source)
+    # a sharded batch's parent holds neither its inputs nor their entries (samseg.edges.spill); new
+    # dataset classes are fitted and recorded from the whole list
+    uris = Listing(source) if fan_out == SHARDED and classes is None else list_sources(source)
     # A user's file where a top-level file goes refuses the batch now; OUT stays marked
     # incomplete until the batch's files all agree (an interrupted batch is never served).
     owned_files.begin_batch(job.out, top_level_files(classes is not None))
     relabel = classes is not None and given is None
+    if classes is not None:  # dataset classes are fitted and recorded from every entry, in memory
+        run_images = in_memory(run_images)
     sampled = relabel and classes.fit_images is not None and len(uris) > classes.fit_images
     if relabel and not sampled:  # an earlier sampled batch's fitted classes are not this batch's
         owned_files.remove_own(job.out, [FITTED_CLASSES_JSON])
@@ -169,20 +178,44 @@ def top_level_files(dataset: bool) -> list[str]:
 def list_sources(source: Source) -> list[str]:
     """Every image of a folder, glob, file or s3:// prefix (or a list of them), once each;
     local paths made absolute so the runs stay usable from any directory (UI, recluster)."""
-    from samseg.edges.storage import list_images
+    return list(_iter_sources(source, set()))
 
-    specs = [source] if isinstance(source, str) else list(source)
-    uris: dict[str, None] = {}  # insertion-ordered set
-    for spec in specs:
+
+class Listing:
+    """`list_sources` for a batch too large to hold its inputs (a sharded parent): listed again each
+    time it is iterated, an S3 prefix page by page, the inputs of several specs made unique on disk
+    (DiskSet); len() is their count, from one listing pass made here. A source that changes between
+    passes is listed as it is on each."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._n = sum(1 for _ in self)
+
+    def __iter__(self) -> Iterator[str]:
+        from samseg.edges.spill import DiskSet
+
+        several = not isinstance(self.source, str) and len(list(self.source)) > 1  # one spec lists each image once
+        return _iter_sources(self.source, DiskSet() if several else None)
+
+    def __len__(self) -> int:
+        return self._n
+
+
+def _iter_sources(source: Source, seen: Optional[MutableSet[str]]) -> Iterator[str]:
+    """list_sources' images one by one; seen: those given so far (None: the source lists none twice)."""
+    from samseg.edges.storage import iter_images
+
+    for spec in [source] if isinstance(source, str) else list(source):
         try:
-            found = list_images(spec)
+            for uri in map(absolute, iter_images(spec)):
+                if seen is None or uri not in seen:
+                    if seen is not None:
+                        seen.add(uri)
+                    yield uri
         except OSError as exc:  # a folder this user cannot read: one line naming it
             from samseg.edges.images import ImageError
 
             raise ImageError(str(spec), f"cannot list it ({exc.strerror or exc})") from None
-        for uri in found:
-            uris.setdefault(absolute(uri))
-    return list(uris)
 
 
 def absolute(where: Any) -> str:
@@ -226,14 +259,21 @@ def end_batch(run_id: Optional[str], status: str, quiet: bool = True, record: Op
             raise
 
 
-def batch_report(source: Source, out: str, results: list[dict[str, Any]], batch_run_id: Optional[str],
+def batch_report(source: Source, out: str, results: Iterable[dict[str, Any]], batch_run_id: Optional[str],
                  fan_out: str, classes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The batch report, written to OUT/batch_summary.json (a failed write is recorded in
-    `summary_error`, never a lost report)."""
-    failed = [r for r in results if r["status"] != "completed"]
-    report = {"source": source, "out": out, "images": results, "succeeded": len(results) - len(failed),
-              "failed": len(failed), "untracked": sum(bool(r.get("tracking_error")) for r in results),
-              "retried": sum(r.get("attempts", 1) > 1 for r in results),
+    `summary_error`, never a lost report). results: a list, or a sharded batch's SpilledEntries."""
+    from samseg.edges.spill import SpilledEntries
+
+    if isinstance(results, SpilledEntries):  # counted as they arrived: never read back whole
+        counts = dict(results.counts)
+    else:
+        results = list(results)
+        failed = sum(r["status"] != "completed" for r in results)
+        counts = {"succeeded": len(results) - failed, "failed": failed,
+                  "untracked": sum(bool(r.get("tracking_error")) for r in results),
+                  "retried": sum(r.get("attempts", 1) > 1 for r in results)}
+    report = {"source": source, "out": out, "images": results, **counts,
               "mlflow_run_id": batch_run_id, "fan_out": fan_out, "classes": classes or {"mode": "image"}}
     try:
         write_batch_summary(out, report)
@@ -243,10 +283,18 @@ def batch_report(source: Source, out: str, results: list[dict[str, Any]], batch_
 
 
 def write_batch_summary(out: str, report: dict[str, Any]) -> None:
-    """OUT/batch_summary.json (a local dir or s3:// prefix), replacing only samseg's own."""
-    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, write_files
+    """OUT/batch_summary.json (a local dir or s3:// prefix), replacing only samseg's own; a
+    sharded batch's through a local file, its entries streamed from disk."""
+    import tempfile
+    from pathlib import Path
 
-    write_files(out, {BATCH_SUMMARY_JSON: json.dumps(report, indent=2, default=str).encode("utf-8")})
+    from samseg.edges.owned_files import BATCH_SUMMARY_JSON, write_files
+    from samseg.edges.spill import write_json
+
+    with tempfile.TemporaryDirectory(prefix="samseg-summary-") as tmp:
+        path = Path(tmp) / BATCH_SUMMARY_JSON
+        write_json(report, str(path))
+        write_files(out, {BATCH_SUMMARY_JSON: path})
 
 
 def batch_status(report: dict[str, Any]) -> str:

@@ -84,7 +84,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     from samseg.apps.cli.common import UsageError
     from samseg.apps.cli.config import config_from_args
     from samseg.edges.images import max_pixels_from_env
-    from samseg.engine.batch import list_sources
+    from samseg.engine.batch import Listing, list_sources
 
     cfg = config_from_args(args)
     try:
@@ -103,7 +103,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     how = orchestrator(args, needs_prefect=fan_out == "deployment")
     if how == "prefect":
         quiet_prefect(getattr(args, "verbose", False))
-    uris = list_sources(list(args.inputs))  # a StorageError listing an s3:// prefix: main's one line, exit 1
+    # a StorageError listing an s3:// prefix: main's one line, exit 1; a fan-out's inputs are only counted
+    uris = Listing(list(args.inputs)) if fan_out == "deployment" else list_sources(list(args.inputs))
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
     # nothing to run: a mistyped path, a glob that matched none (workers of a deployment may see paths this host does not)

@@ -292,8 +292,7 @@ def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None
     unrecorded = None
     if record is not None:  # the run is ended whatever happens to its record (an artifact store may be down)
         try:
-            text = scrub_secrets(json.dumps(record, indent=2, default=str))
-            mlflow_client.client().log_text(run_id, text, BATCH_SUMMARY_JSON)
+            _log_record(run_id, record)
         except Exception as exc:  # noqa: BLE001 — MlflowException, boto3's upload errors, requests'
             unrecorded = mlflow_client.error_line(exc)
         totals = {k: record[k] for k in BATCH_METRICS if isinstance(record.get(k), (int, float))}
@@ -412,6 +411,17 @@ def images_in(record: dict[str, Any]) -> dict[str, str]:
         if ref is not None and ref not in found:
             found[ref] = str(entry.get("name") or "")
     return found
+
+
+def _log_record(run_id: str, record: dict[str, Any]) -> None:
+    """The batch's record as the run's BATCH_SUMMARY_JSON, secrets scrubbed; written through a
+    local file, so a sharded batch's entries stream from disk (samseg.edges.spill)."""
+    from samseg.edges.spill import write_json
+
+    with tempfile.TemporaryDirectory(prefix="samseg-record-") as tmp:
+        path = os.path.join(tmp, BATCH_SUMMARY_JSON)
+        write_json(record, path, scrub=scrub_secrets)
+        mlflow_client.client().log_artifact(run_id, path)
 
 
 RUN_ID_CHARS = 32  # an MLflow run id: 32 lower-case hex characters

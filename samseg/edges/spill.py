@@ -1,0 +1,134 @@
+"""A batch's records that outgrow memory, kept on local disk: the sharded parent of a batch of a
+million images must not hold a million names or report entries (docs/orchestration.md).
+
+- `DiskSet`: a set of strings in a SQLite file (the names a batch has used, the inputs it has
+  seen); memory stays at SQLite's page cache however many strings it holds.
+- `SpilledEntries`: a batch's per-image report entries, written as each shard settles and read
+  back in input order (shard by shard); in memory only a few offsets per shard and the counts.
+
+Both live in a temporary directory of their own, removed when they are closed or collected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import weakref
+from collections.abc import MutableSet
+from typing import Any, Callable, Iterator
+
+CACHE_KIB = 2048  # SQLite's page cache: the DiskSet's memory, whatever it holds
+
+
+class DiskSet(MutableSet[str]):
+    """A set of str on disk (SQLite, one primary-key table)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="samseg-set-")
+        self._db = sqlite3.connect(os.path.join(self._dir.name, "set.sqlite"), isolation_level=None,
+                                   check_same_thread=False)
+        # a scratch file: a crash loses nothing worth a journal or an fsync
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self._db.execute("CREATE TABLE s (k TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("BEGIN")  # one transaction, never committed: no write per add
+        self._n = 0
+        weakref.finalize(self, _close, self._db, self._dir)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._db.execute("SELECT 1 FROM s WHERE k = ?", (key,)).fetchone() is not None
+
+    def add(self, key: str) -> None:
+        self._n += self._db.execute("INSERT OR IGNORE INTO s VALUES (?)", (key,)).rowcount
+
+    def discard(self, key: str) -> None:
+        self._n -= self._db.execute("DELETE FROM s WHERE k = ?", (key,)).rowcount
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for (k,) in self._db.execute("SELECT k FROM s ORDER BY k"))
+
+
+def _close(db: sqlite3.Connection, folder: tempfile.TemporaryDirectory) -> None:
+    db.close()
+    folder.cleanup()
+
+
+class SpilledEntries:
+    """Report entries ({"image", "status", ...}) of shards, on disk. `begin(shard, uris)` gives a
+    shard's input order once; `add(shard, entries)` appends what it settled (a retried shard adds
+    again); iteration yields every entry in shard order, each shard's in its input order. Counts
+    by the report's rules are kept as entries arrive (`counts`)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="samseg-entries-")
+        self._file = open(os.path.join(self._dir.name, "entries.jsonl"), "w+b")  # noqa: SIM115 — closed by finalize
+        self._spans: dict[int, list[tuple[int, int]]] = {}  # shard -> (offset, length) of its lines; the first: its order
+        self._n = 0
+        self.counts = {"succeeded": 0, "failed": 0, "untracked": 0, "retried": 0}
+        weakref.finalize(self, _close_file, self._file, self._dir)
+
+    def _append(self, shard: int, doc: Any) -> None:
+        line = json.dumps(doc, default=str).encode("utf-8") + b"\n"
+        self._file.seek(0, os.SEEK_END)
+        self._spans.setdefault(shard, []).append((self._file.tell(), len(line)))
+        self._file.write(line)
+
+    def begin(self, shard: int, uris: list[str]) -> None:
+        if shard not in self._spans:
+            self._append(shard, uris)
+
+    def add(self, shard: int, entries: list[dict[str, Any]]) -> None:
+        self._append(shard, entries)
+        for e in entries:
+            self._n += 1
+            self.counts["succeeded" if e["status"] == "completed" else "failed"] += 1
+            self.counts["untracked"] += bool(e.get("tracking_error"))
+            self.counts["retried"] += e.get("attempts", 1) > 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for shard in sorted(self._spans):
+            order, *parts = (json.loads(self._read(at, n)) for at, n in self._spans[shard])
+            by_uri = {e["image"]: e for part in parts for e in part}
+            yield from (by_uri[u] for u in order if u in by_uri)
+
+    def _read(self, at: int, n: int) -> bytes:
+        self._file.seek(at)
+        return self._file.read(n)
+
+
+def _close_file(file: Any, folder: tempfile.TemporaryDirectory) -> None:
+    file.close()
+    folder.cleanup()
+
+
+def json_pieces(doc: dict[str, Any]) -> Iterator[str]:
+    """`doc` as indented JSON text in pieces: a SpilledEntries value entry by entry (never whole
+    in memory), the rest at once. Joined, the pieces are json.dumps(doc, indent=2) with the
+    spilled values moved last."""
+    spilled = {k: v for k, v in doc.items() if isinstance(v, SpilledEntries)}
+    head = json.dumps({k: v for k, v in doc.items() if k not in spilled}, indent=2, default=str)
+    if not spilled:
+        yield head
+        return
+    yield head[:-2] + "," if head != "{}" else "{"
+    for n, (key, entries) in enumerate(spilled.items()):
+        yield f"{',' if n else ''}\n  {json.dumps(key)}: ["
+        for i, entry in enumerate(entries):
+            yield f"{',' if i else ''}\n    {json.dumps(entry, default=str)}"
+        yield "\n  ]"
+    yield "\n}"
+
+
+def write_json(doc: dict[str, Any], path: str, scrub: Callable[[str], str] = str) -> None:
+    """Write `json_pieces(doc)` to the local file `path`, each piece through `scrub`."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(scrub(piece) for piece in json_pieces(doc))
