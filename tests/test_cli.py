@@ -472,8 +472,9 @@ def test_a_folder_that_cannot_be_listed_is_one_line_naming_it(tmp_path: Path, mo
 
     def refuse(spec):
         raise PermissionError(13, "Permission denied")
+        yield  # a generator, as iter_images is: the refusal comes as it is read
 
-    monkeypatch.setattr(storage, "list_images", refuse)
+    monkeypatch.setattr(storage, "iter_images", refuse)
     rc, _, err = run_cli(["segment", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "o")])
     assert rc == 1 and err.strip() == f"error: {tmp_path}: cannot list it (Permission denied)", err
 

@@ -122,9 +122,9 @@ def recording_bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
     events: list[tuple[str, dict]] = []
 
     class Recording(progress.TqdmReporter):
-        def __init__(self, n_images: int) -> None:
+        def __init__(self, n_images: int, finished=None) -> None:
             events.append(("bars", {"n_images": n_images}))
-            super().__init__(n_images, disable=False)
+            super().__init__(n_images, disable=False, finished=finished)
 
         def __call__(self, event: str, **info) -> None:
             events.append((event, info))

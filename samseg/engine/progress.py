@@ -24,6 +24,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from pathlib import PurePosixPath
+from collections.abc import MutableSet
 from typing import Any, Callable, Iterator, Optional
 
 from samseg.engine.stages import STEPS as STAGES  # the stage bar's steps: the table's rows, then export
@@ -82,7 +83,8 @@ class TqdmReporter:
     stay clean. Print lines meanwhile with `tqdm.write` so they do not tear the bars.
     """
 
-    def __init__(self, n_images: int, file: Any = None, disable: Optional[bool] = None) -> None:
+    def __init__(self, n_images: int, file: Any = None, disable: Optional[bool] = None,
+                 finished: Optional[MutableSet[str]] = None) -> None:
         import sys
 
         from tqdm import tqdm
@@ -93,7 +95,7 @@ class TqdmReporter:
         self.stages = tqdm(total=len(STAGES), desc="stages", unit="stage", file=file, disable=disable, position=1,
                            leave=False, dynamic_ncols=True, mininterval=0,  # ≤ 5 redraws per image: show each
                            bar_format="{desc}: {bar:10} {n_fmt}/{total_fmt}{postfix}")
-        self._finished: set[str] = set()
+        self._finished = set() if finished is None else finished  # a batch of millions: on disk (edges.spill)
         self._done_stages: list[str] = []
         self._current = ""
 

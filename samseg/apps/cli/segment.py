@@ -13,7 +13,8 @@ import dataclasses
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Collection, Iterator
+from collections.abc import MutableSet
+from typing import Any, Callable, Collection, Iterator
 
 from samseg.apps import count
 from samseg.apps.cli.common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
@@ -216,7 +217,7 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
             entry = {"status": "failed", "error": describe_failure(uris[0], exc)}
         return _report_entry(entry)
     classes = _classes_request(args, job.out)
-    with _progress_bars(args, len(uris), lines=not classes) as printed:
+    with _progress_bars(args, len(uris), lines=not classes, on_disk=fan_out == "deployment") as printed:
         state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size, fit_images=args.fit_images), **common,
                                    **classes, return_state=True)
     try:
@@ -284,17 +285,22 @@ def _check_out(out: str) -> bool:
 
 
 @contextmanager
-def _progress_bars(args: argparse.Namespace, n_images: int, lines: bool = False) -> Iterator[set[tuple[str, str]]]:
+def _progress_bars(args: argparse.Namespace, n_images: int, lines: bool = False,
+                   on_disk: bool = False) -> Iterator[MutableSet[str]]:
     """Bars over images and the stages of the current image (samseg.engine.progress.TqdmReporter)
     while the flows run; none with --verbose (Prefect's log lines would interleave) or --quiet.
     Log records go through tqdm.write meanwhile; the bars are gone before results print.
     lines: each image's line is printed as the image finishes (a log file or CI follows the batch,
     and a stopped batch has said what it finished); yields the images printed, which the batch's
-    report leaves out. Not for dataset classes: an image's ids are known once the batch is done."""
+    report leaves out. Not for dataset classes: an image's ids are known once the batch is done.
+    on_disk: the images finished are kept on disk (a sharded batch of a million images)."""
+    from samseg.edges.spill import DiskSet
     from samseg.engine import progress
 
-    printed: set[tuple[str, str]] = set()  # _key of each image printed
-    bars = None if getattr(args, "verbose", False) or getattr(args, "quiet", False) else progress.TqdmReporter(n_images)
+    seen: Callable[[], MutableSet[str]] = DiskSet if on_disk else set
+    printed = seen()  # _key of each image printed
+    quiet = getattr(args, "verbose", False) or getattr(args, "quiet", False)
+    bars = None if quiet else progress.TqdmReporter(n_images, finished=seen())
 
     def reporter(event: str, **info: Any) -> None:
         if bars is not None:
@@ -351,9 +357,9 @@ def _classes(request: dict[str, Any]) -> Any:
 
 
 
-def _key(entry: dict[str, Any]) -> tuple[str, str]:
-    """(input, output name): what the batch's report lists an image by."""
-    return entry["image"], entry.get("name")
+def _key(entry: dict[str, Any]) -> str:
+    """input NUL output name (no path holds a NUL): what the batch's report lists an image by."""
+    return f"{entry['image']}\0{entry.get('name')}"
 
 
 def print_entry(r: dict[str, Any]) -> None:
@@ -375,7 +381,7 @@ def print_entry(r: dict[str, Any]) -> None:
         print_error(_untracked_line(r["image"], r["tracking_error"]))
 
 
-def report_batch(report: dict[str, Any], printed: Collection[tuple[str, str]] = ()) -> int:
+def report_batch(report: dict[str, Any], printed: Collection[str] = ()) -> int:
     """The batch's lines (each image's, but those `printed` as it finished) and its exit code."""
     for r in report["images"]:
         if _key(r) not in printed:
