@@ -5,6 +5,7 @@ the report streamed as the JSON json.dumps would write, and an S3 prefix listed 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 from samseg.edges import storage
@@ -46,6 +47,7 @@ def test_spilled_entries_come_back_in_input_order_with_their_counts() -> None:
     assert [e["image"] for e in spilled] == ["/a", "/b", "/c", "/d"] and len(spilled) == 4
     assert spilled.counts == {"succeeded": 3, "failed": 1, "untracked": 1, "retried": 1}
     assert [e["image"] for e in spilled] == ["/a", "/b", "/c", "/d"]  # read again: the same
+    assert pickle.loads(pickle.dumps(spilled)) == list(spilled)  # a persisted flow result: the list it stands for
 
 
 def test_a_report_streamed_from_disk_is_the_json_of_its_entries(tmp_path: Path) -> None:

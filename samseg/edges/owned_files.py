@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from samseg.core.errors import RefusedError, SamsegError
-from samseg.edges.storage import StorageError, StorageNotFound, join_uri, read_bytes, write_bytes
+from samseg.edges.storage import StorageError, StorageNotFound, join_uri, read_bytes, sha256_of, write_bytes
 
 LEDGER = ".samseg-files.json"
 # A batch OUT's top-level files (beside its image dirs).
@@ -51,8 +51,7 @@ class BatchIncomplete(SamsegError):
 
 def _sha256(data: bytes | Path) -> str:
     if isinstance(data, Path):  # a file too large to read whole (a sharded batch's batch_summary.json)
-        with data.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_of(data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -85,13 +84,13 @@ def _legacy_owned(folder: str) -> set[str]:
     return set(_LEGACY_BATCH_FILES) if isinstance(report, dict) and _LEGACY_REPORT_KEYS <= set(report) else set()
 
 
-def _current(folder: str, name: str) -> Optional[bytes]:
-    """The bytes at folder/name, None when absent; a folder or link in the way is refused."""
+def _current(folder: str, name: str) -> Optional[str]:
+    """The sha256 of folder/name, None when absent; a folder or link in the way is refused."""
     target = join_uri(folder, name)
     if not target.startswith("s3://") and (os.path.islink(target) or os.path.isdir(target)):
         raise FilesRefused(f"{target}: exists and is not a file samseg wrote; move it or choose another --out")
     try:
-        return read_bytes(target)
+        return sha256_of(target)
     except StorageNotFound:
         return None
     except StorageError as exc:
@@ -106,12 +105,12 @@ def check_writable(folder: str, names: list[str]) -> dict[str, Any]:
     ledger = ledger or _new_ledger()
     foreign = []
     for name in names:
-        data = _current(folder, name)
-        if data is None:
+        sha = _current(folder, name)
+        if sha is None:
             continue
         if name in legacy:
-            ledger["files"][name] = [_sha256(data)]
-        elif _sha256(data) not in ledger["files"].get(name, []):
+            ledger["files"][name] = [sha]
+        elif sha not in ledger["files"].get(name, []):
             foreign.append(name)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

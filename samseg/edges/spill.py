@@ -100,6 +100,10 @@ class SpilledEntries:
             by_uri = {e["image"]: e for part in parts for e in part}
             yield from (by_uri[u] for u in order if u in by_uri)
 
+    def __reduce__(self) -> tuple[Any, tuple[list[dict[str, Any]]]]:
+        # pickled (a flow's result persisted by Prefect) as the list it stands for: a temp file cannot travel
+        return list, (list(self),)
+
     def _read(self, at: int, n: int) -> bytes:
         self._file.seek(at)
         return self._file.read(n)

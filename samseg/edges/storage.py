@@ -20,6 +20,7 @@ deleted after the new marker is written, and nothing any marker of samseg's neve
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -205,12 +206,29 @@ def _s3_call(op: str, uri: str, fn: Any, **kwargs: Any) -> Any:
 
 def read_bytes(uri_or_path: str | os.PathLike[str]) -> bytes:
     """Whole object/file as bytes. Missing → StorageNotFound; other failures → StorageError."""
+    return _read(uri_or_path, lambda f: f.read())
+
+
+def sha256_of(uri_or_path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of an object/file, read a MiB at a time (a sharded batch's batch_summary.json
+    is never read whole); read_bytes' errors."""
+    def digest(f: Any) -> str:
+        h = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+        return h.hexdigest()
+
+    return _read(uri_or_path, digest)
+
+
+def _read(uri_or_path: str | os.PathLike[str], use: Callable[[Any], Any]) -> Any:
+    """use(a binary reader of the object/file), with read_bytes' errors."""
     if is_s3_uri(uri_or_path):
         bucket, key = object_parts(str(uri_or_path))
         client = _client()
         resp = _s3_call("read", str(uri_or_path), client.get_object, Bucket=bucket, Key=key)
         try:
-            return resp["Body"].read()
+            return use(resp["Body"])
         except Exception as exc:  # a broken stream mid-body (botocore/urllib3 errors)
             raise StorageError(f"{uri_or_path}: read failed: {exc}") from None
     path = Path(uri_or_path)
@@ -219,7 +237,8 @@ def read_bytes(uri_or_path: str | os.PathLike[str]) -> bytes:
         if not stat.S_ISREG(mode):
             kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
             raise StorageError(f"{path}: not a regular file ({kind}); nothing read")
-        return path.read_bytes()
+        with path.open("rb") as f:
+            return use(f)
     except FileNotFoundError:
         raise StorageNotFound(f"{path}: not found") from None
     except OSError as exc:
@@ -259,8 +278,6 @@ def read_verified(uri_or_path: str | os.PathLike[str], sha256: Any) -> bytes:
     """The bytes of a file a run names as its input, only when they hash to the sha256 the run
     recorded: a crafted run can name any file, and only the one it was computed from is
     copied or uploaded anywhere. No recorded hash, or other bytes: StorageError, nothing kept."""
-    import hashlib
-
     if not isinstance(sha256, str) or not sha256:
         raise StorageError(f"{uri_or_path}: the run records no sha256 of its input image; not read")
     other = StorageError(f"{uri_or_path}: not the image the run was computed from (its sha256 differs from "
