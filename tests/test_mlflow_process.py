@@ -4,6 +4,7 @@ child that imports mlflow while the command computes. Real processes: the comman
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -259,3 +260,38 @@ def test_ctrl_c_during_a_call_lets_it_finish_in_its_grace_and_the_next_call_gets
                          env={**_env(tmp_path), "SAMSEG_STOP_GRACE_S": grace}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["interrupted", f"in step: {in_step}", "next answer: second"]
+
+
+RECORD = """
+import json, sys
+from samseg.edges.mlflow import process, tracking
+from samseg.edges.spill import SpilledEntries
+from mlflow import MlflowClient
+
+pickled = []
+plain = SpilledEntries.__reduce__
+SpilledEntries.__reduce__ = lambda self: pickled.append(1) or plain(self)  # the entries must stay on this side of the pipe
+entries = SpilledEntries()
+entries.begin(0, ["s3://u:secret@b/a.png", "/in/b.png"])
+entries.add(0, [{"image": "/in/b.png", "status": "completed"}, {"image": "s3://u:secret@b/a.png", "status": "failed"}])
+process.allow()
+with process.started():
+    batch = tracking.start_batch_run("spilled", "batch-1", {"n_images": 2}, {})
+    tracking.end_run(batch, "FAILED", {"images": entries, "failed": 1, "succeeded": 1})
+    assert process._child is not None
+client = MlflowClient()
+record = tracking.batch_record(client, client.get_run(batch))
+print(len(pickled), json.dumps([[e["image"], e["status"]] for e in record["images"]]), client.get_run(batch).data.metrics["images"])
+"""
+
+
+def test_a_sharded_batchs_record_reaches_mlflows_process_as_a_file_not_as_its_entries(tmp_path):
+    """The batch's record is written (scrubbed) on the command's side and logged by the child:
+    a million spilled entries never cross the pipe as one pickled list."""
+    res = subprocess.run([sys.executable, "-c", RECORD], cwd=REPO, env={**_env(tmp_path), "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    pickled, rest = res.stdout.strip().splitlines()[-1].split(" ", 1)
+    images, n = rest.rsplit(" ", 1)
+    assert pickled == "0" and "secret" not in images and float(n) == 2
+    assert [s for _, s in json.loads(images)] == ["failed", "completed"]  # input order

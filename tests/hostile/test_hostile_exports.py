@@ -179,7 +179,7 @@ def test_a_batch_whose_record_cannot_be_logged_is_still_ended(tmp_path: Path, mo
     def down(*_a, **_k):
         raise RuntimeError("artifact store unreachable")
 
-    monkeypatch.setattr(MlflowClient, "log_text", down)
+    monkeypatch.setattr(MlflowClient, "log_artifact", down)
     with pytest.raises(TrackingError, match="was not logged"):
         tracking.end_run(batch, "FINISHED", {"images": []})
     assert MlflowClient().get_run(batch).info.status == "FINISHED"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from samseg.core.secrets import scrub_secrets
+from samseg.core.errors import one_line
 from samseg.edges.run_schema import (EXPERIMENT_DEFAULT, KIND_BATCH, KIND_IMAGE, KIND_RECLUSTER, KIND_SHARD, KINDS, SHARDED, SUMMARY_TAGS, TAG_CACHE_PREFIX,
                                      TAG_CLASS_NAMES, TAG_KIND, TAG_MLFLOW_PARENT, TAG_PARENT_RUN)
 from samseg.edges.mlflow import client as mlflow_client
@@ -279,25 +280,44 @@ def start_batch_run(experiment: str, run_name: str, params: dict[str, Any], tags
 BATCH_METRICS: tuple[str, ...] = ("succeeded", "failed", "retried", "untracked")  # a batch run's totals, from its report
 
 
-@in_mlflow_process
 def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None = None) -> None:
     """Terminate a run started by `start_batch_run` (FINISHED, FAILED or KILLED). record: the
     batch's report, logged first as its batch_summary.json: the list of its image runs that
     every reader of the batch goes by (`batch_image_runs`), and its totals as metrics
-    (images + BATCH_METRICS, what `samseg runs compare` shows of batches)."""
-    from mlflow.exceptions import MlflowException
+    (images + BATCH_METRICS, what `samseg runs compare` shows of batches). The record is written
+    here, secrets scrubbed, to a local file that the MLflow process logs: a sharded batch's
+    entries stream from disk (samseg.edges.spill) and never cross the pipe."""
+    from samseg.edges.spill import write_json
 
     if status not in RUN_STATUSES:
         raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
-    unrecorded = None
-    if record is not None:  # the run is ended whatever happens to its record (an artifact store may be down)
+    if record is None:
+        return _end_run(run_id, status, None, {}, None)
+    totals = {"images": len(record.get("images") or []),
+              **{k: record[k] for k in BATCH_METRICS if isinstance(record.get(k), (int, float))}}
+    with tempfile.TemporaryDirectory(prefix="samseg-record-") as tmp:
+        path, unwritten = os.path.join(tmp, BATCH_SUMMARY_JSON), None
         try:
-            _log_record(run_id, record)
+            write_json(record, path, scrub=scrub_secrets)
+        except Exception as exc:  # noqa: BLE001 — a full disk: the run is still ended, and says why its record is not
+            path, unwritten = None, one_line(exc)
+        return _end_run(run_id, status, path, totals, unwritten)
+
+
+@in_mlflow_process
+def _end_run(run_id: str, status: str, record_path: Optional[str], totals: dict[str, float],
+             unrecorded: Optional[str]) -> None:
+    """end_run's MLflow calls: the record file logged, the totals, the run ended."""
+    from mlflow.exceptions import MlflowException
+
+    if record_path is not None:  # the run is ended whatever happens to its record (an artifact store may be down)
+        try:
+            mlflow_client.client().log_artifact(run_id, record_path)
         except Exception as exc:  # noqa: BLE001 — MlflowException, boto3's upload errors, requests'
             unrecorded = mlflow_client.error_line(exc)
-        totals = {k: record[k] for k in BATCH_METRICS if isinstance(record.get(k), (int, float))}
+    if totals:
         try:
-            _log_values(mlflow_client.client(), run_id, {}, {"images": len(record.get("images") or []), **totals})
+            _log_values(mlflow_client.client(), run_id, {}, totals)
         except MlflowException as exc:  # the record is what readers go by: the totals are for comparing
             log.warning("MLflow batch run %s: totals not logged (%s)", run_id, mlflow_client.error_line(exc))
     try:
@@ -413,17 +433,6 @@ def images_in(record: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def _log_record(run_id: str, record: dict[str, Any]) -> None:
-    """The batch's record as the run's BATCH_SUMMARY_JSON, secrets scrubbed; written through a
-    local file, so a sharded batch's entries stream from disk (samseg.edges.spill)."""
-    from samseg.edges.spill import write_json
-
-    with tempfile.TemporaryDirectory(prefix="samseg-record-") as tmp:
-        path = os.path.join(tmp, BATCH_SUMMARY_JSON)
-        write_json(record, path, scrub=scrub_secrets)
-        mlflow_client.client().log_artifact(run_id, path)
-
-
 RUN_ID_CHARS = 32  # an MLflow run id: 32 lower-case hex characters
 MIN_PREFIX = 4  # a shorter prefix is refused: it names too many runs to mean one
 
@@ -518,7 +527,7 @@ def fetch_run_inputs(run_id: str, dst_dir: str | os.PathLike[str],
 def _fetch_dir_inputs(image_dir: str, dst: Path, names: tuple[str, ...]) -> dict[str, Any]:
     """fetch_run_inputs of an image dir OUT/<name> (local or s3://) a sharded batch recorded; an
     S3 dir as its _SUCCESS lists it (a dir being republished is not read half old, half new)."""
-    from samseg.core.errors import one_line
+
     from samseg.edges.storage import download_prefix, is_s3_uri, join_uri, read_bytes
 
     try:
