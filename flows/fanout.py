@@ -278,6 +278,11 @@ def _settle(client: Any, shard: _Shard, fr: Any, kwargs: dict[str, Any], plan: S
     rows = _shard_report(client, fr.id) if fr.state.is_completed() else None
     if rows is not None:
         _record(entries, shard, [{**row, **more} for row in rows])
+        reported = {row.get("image") for row in rows}
+        lost = [failed_entry(u, n, f"{u}: not in its shard run's report ({fr.id})", **more)
+                for u, n in zip(shard.uris, shard.names) if u not in reported]
+        if lost:  # a report that lacks an image (another samseg's worker): failed, never dropped from the batch's
+            entries.add(shard.index, lost)
         return None
     _end_mlflow_run(kwargs, str(fr.id))  # a run killed before it could end its MLflow run
     written = _written_by(kwargs, shard.names, str(fr.id))  # what the run finished before it ended

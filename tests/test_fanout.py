@@ -35,7 +35,7 @@ class _State(SimpleNamespace):
 
 class FakePrefect:
     """Each shard run plays a script keyed by its first image: 'ok' (completes, every image
-    in its report; 'bad.png' fails), 'crash-after-1' (writes its first image, then crashes),
+    in its report; 'bad.png' fails), 'short' (completes, its last image missing from its report), 'crash-after-1' (writes its first image, then crashes),
     'hang' (runs forever)."""
 
     def __init__(self, out: Path, scripts: dict[str, str]) -> None:
@@ -67,11 +67,11 @@ class FakePrefect:
         images, names = run["params"]["images"], run["params"]["names"]
         script = self.scripts.get(Path(images[0]).name, "ok")
         if run["polls"] == 2 and not run["state"].is_final():
-            if script == "ok":
+            if script in ("ok", "short"):
                 run["state"] = _State(name="Completed", message=None)
                 run["rows"] = [{"image": u, "name": n, "status": "failed" if u.endswith("bad.png") else "completed",
                                 **({"error": f"{u}: not an image"} if u.endswith("bad.png") else {})}
-                               for u, n in zip(images, names)]
+                               for u, n in zip(images, names)][:-1 if script == "short" else None]
             elif script == "crash-after-1":
                 self.scripts[Path(images[0]).name] = "ok"  # its second run goes through
                 (self.out / names[0]).mkdir(parents=True)
@@ -287,3 +287,14 @@ def test_a_sharded_batch_reports_and_records_its_images_from_disk(fake: FakePref
     record = batch_record(mlflow_client.client(), run)
     assert [e["image"] for e in record["images"]] == order and record["failed"] == 1
     assert run.info.status == "FAILED" and run.data.metrics["images"] == 5
+
+
+def test_an_image_a_completed_shard_did_not_report_fails_instead_of_vanishing(fake: FakePrefect) -> None:
+    from flows.fanout import run_shards
+
+    fake.scripts["s.png"] = "short"
+    uris = [f"/in/{n}.png" for n in ("s", "t", "u")]
+    entries = run_shards(uris, {"out": str(fake.out)}, ShardPlan(size=2, in_flight=1), poll_s=0.01)
+    assert [(Path(e["image"]).name, e["status"]) for e in entries] == [
+        ("s.png", "completed"), ("t.png", "failed"), ("u.png", "completed")]
+    assert "not in its shard run's report" in list(entries)[1]["error"] and entries.counts["failed"] == 1

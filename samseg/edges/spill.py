@@ -6,7 +6,8 @@ million images must not hold a million names or report entries (docs/orchestrati
 - `SpilledEntries`: a batch's per-image report entries, written as each shard settles and read
   back in input order (shard by shard); in memory only a few offsets per shard and the counts.
 
-Both live in a temporary directory of their own, removed when they are closed or collected.
+Both live in a temporary directory of their own (under TMPDIR: keep it on disk, not tmpfs, for a
+batch of millions), removed when the object is collected or the process ends.
 """
 
 from __future__ import annotations
@@ -33,25 +34,30 @@ class DiskSet(MutableSet[str]):
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        self._db.execute("CREATE TABLE s (k TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE s (k BLOB PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("BEGIN")  # one transaction, never committed: no write per add
         self._n = 0
         weakref.finalize(self, _close, self._db, self._dir)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._db.execute("SELECT 1 FROM s WHERE k = ?", (key,)).fetchone() is not None
+        return isinstance(key, str) and self._db.execute("SELECT 1 FROM s WHERE k = ?", (_blob(key),)).fetchone() is not None
 
     def add(self, key: str) -> None:
-        self._n += self._db.execute("INSERT OR IGNORE INTO s VALUES (?)", (key,)).rowcount
+        self._n += self._db.execute("INSERT OR IGNORE INTO s VALUES (?)", (_blob(key),)).rowcount
 
     def discard(self, key: str) -> None:
-        self._n -= self._db.execute("DELETE FROM s WHERE k = ?", (key,)).rowcount
+        self._n -= self._db.execute("DELETE FROM s WHERE k = ?", (_blob(key),)).rowcount
 
     def __len__(self) -> int:
         return self._n
 
     def __iter__(self) -> Iterator[str]:
-        return (k for (k,) in self._db.execute("SELECT k FROM s ORDER BY k"))
+        return (bytes(k).decode("utf-8", "surrogatepass") for (k,) in self._db.execute("SELECT k FROM s ORDER BY k"))
+
+
+def _blob(key: str) -> bytes:
+    # a file name that is not UTF-8 comes as lone surrogates, which SQLite's TEXT refuses
+    return key.encode("utf-8", "surrogatepass")
 
 
 def _close(db: sqlite3.Connection, folder: tempfile.TemporaryDirectory) -> None:
@@ -116,8 +122,8 @@ def _close_file(file: Any, folder: tempfile.TemporaryDirectory) -> None:
 
 def json_pieces(doc: dict[str, Any]) -> Iterator[str]:
     """`doc` as indented JSON text in pieces: a SpilledEntries value entry by entry (never whole
-    in memory), the rest at once. Joined, the pieces are json.dumps(doc, indent=2) with the
-    spilled values moved last."""
+    in memory; one line each, moved after the other keys), the rest at once. Without a spilled
+    value the text is json.dumps(doc, indent=2, default=str) itself."""
     spilled = {k: v for k, v in doc.items() if isinstance(v, SpilledEntries)}
     head = json.dumps({k: v for k, v in doc.items() if k not in spilled}, indent=2, default=str)
     if not spilled:

@@ -105,7 +105,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     if how == "prefect":
         quiet_prefect(getattr(args, "verbose", False))
     # a StorageError listing an s3:// prefix: main's one line, exit 1; a fan-out's inputs are only counted
-    uris = Listing(list(args.inputs)) if fan_out == "deployment" else list_sources(list(args.inputs))
+    uris = Listing(list(args.inputs)) if fan_out != "local" else list_sources(list(args.inputs))
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
     # nothing to run: a mistyped path, a glob that matched none (workers of a deployment may see paths this host does not)
@@ -217,7 +217,7 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
             entry = {"status": "failed", "error": describe_failure(uris[0], exc)}
         return _report_entry(entry)
     classes = _classes_request(args, job.out)
-    with _progress_bars(args, len(uris), lines=not classes, on_disk=fan_out == "deployment") as printed:
+    with _progress_bars(args, len(uris), lines=not classes, on_disk=fan_out != "local") as printed:
         state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size, fit_images=args.fit_images), **common,
                                    **classes, return_state=True)
     try:
