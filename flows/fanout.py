@@ -12,6 +12,11 @@ not written, so finished images are never recomputed or written twice; its image
 reported with `attempts` > 1. A run past `timeout_s` is cancelled (its worker stops it) and its
 unwritten images fail; a run cancelled by a person is not run again. A shard's report is the
 table artifact its run left (SHARD_REPORT).
+
+The parent holds no list of the batch: its inputs come as a Listing (an S3 prefix page by page),
+each shard is made when a slot frees, names are made unique on disk and each shard's entries
+are spilled to a local file as it settles (samseg.edges.spill), so its memory does not grow with
+the batch (benchmarks/listing.py).
 """
 
 from __future__ import annotations
@@ -85,13 +90,29 @@ def run_shards(uris: Iterable[str], kwargs: dict[str, Any], plan: ShardPlan = Sh
     todo: deque[_Shard] = deque()  # shards run again (retries), before any new one
     running: list[_Shard] = []
     entries = SpilledEntries()
+    listing_error: Optional[Exception] = None
+
+    def next_shard() -> Optional[_Shard]:
+        """A retry, else the next shard of the listing; None when there is none (or the listing failed)."""
+        nonlocal listing_error
+        if todo:
+            return todo.popleft()
+        if listing_error is not None:
+            return None
+        try:
+            return next(pending, None)
+        except Exception as exc:  # noqa: BLE001 — S3 gone mid-listing: the running shards' work is kept, then it is raised
+            listing_error = exc
+            log.warning("samseg batch: the listing failed (%s); no new shard, waiting for the %d running",
+                        one_line(exc), len(running))
+            return None
     with get_client(sync_client=True) as client:
         if kwargs.get("track"):  # an earlier batch that died left these RUNNING
             end_dead_shard_runs(client, kwargs["experiment"])
         try:
             while True:
                 shutdown.check()  # SIGTERM / Ctrl-C: no new shard, and the runs created are cancelled (below)
-                while len(running) < plan.in_flight and (shard := todo.popleft() if todo else next(pending, None)):
+                while len(running) < plan.in_flight and (shard := next_shard()):
                     entries.begin(shard.index, shard.uris)
                     running.append(_submit(shard, kwargs))
                 if not running:
@@ -112,6 +133,8 @@ def run_shards(uris: Iterable[str], kwargs: dict[str, Any], plan: ShardPlan = Sh
                 _cancel(client, shard)
                 _end_mlflow_run(kwargs, str(shard.run.id))  # its process may die before it can
             raise
+    if listing_error is not None:  # the batch fails as its listing did; the same command again runs what is missing
+        raise listing_error
     return entries
 
 

@@ -298,3 +298,17 @@ def test_an_image_a_completed_shard_did_not_report_fails_instead_of_vanishing(fa
     assert [(Path(e["image"]).name, e["status"]) for e in entries] == [
         ("s.png", "completed"), ("t.png", "failed"), ("u.png", "completed")]
     assert "not in its shard run's report" in list(entries)[1]["error"] and entries.counts["failed"] == 1
+
+
+def test_a_listing_that_fails_mid_batch_lets_the_running_shards_finish_then_fails(fake: FakePrefect) -> None:
+    from flows.fanout import run_shards
+    from samseg.edges.storage import StorageError
+
+    def inputs():  # S3 answers the first page, then is gone
+        yield from (f"/in/{n}.png" for n in ("a", "b", "c"))
+        raise StorageError("s3://b/in: list failed: endpoint gone")
+
+    with pytest.raises(StorageError, match="endpoint gone"):
+        run_shards(inputs(), {"out": str(fake.out)}, ShardPlan(size=2, in_flight=2), poll_s=0.01)
+    assert [p["images"] for p in fake.params] == [["/in/a.png", "/in/b.png"]]
+    assert fake.cancels == 0 and all(r["state"].name == "Completed" for r in fake.runs.values())  # not cancelled
