@@ -156,6 +156,8 @@ def measure(keys: int, synthetic: bool = False, modes: tuple[str, ...] = ("list"
             parent.start()
             rows.append(result.get())
             parent.join()
+            print(f"{rows[-1]['keys']:>9} keys, {mode:>7}: {rows[-1]['seconds']:7.1f} s, Python peak {rows[-1]['peak_mb']:7.1f} MB "
+                  f"({rows[-1]['peak_bytes_per_key']} B/key), RSS growth {rows[-1]['rss_growth_mb']:7.1f} MB", flush=True)
             assert rows[-1]["keys"] == keys, (rows[-1], keys)
         return rows
     finally:
@@ -167,11 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--synthetic", action="store_true", help="pages from a counter, not a moto bucket (10^6 keys in a minute)")
     ap.add_argument("--shard-size", type=int, default=256)
+    ap.add_argument("--modes", nargs="+", choices=("list", "sharded"), default=["list", "sharded"])
     args = ap.parse_args(argv)
     for n in args.keys:
-        for r in measure(n, args.synthetic, shard_size=args.shard_size):
-            print(f"{r['keys']:>9} keys, {r['mode']:>7}: {r['seconds']:7.1f} s, Python peak {r['peak_mb']:7.1f} MB "
-                  f"({r['peak_bytes_per_key']} B/key), RSS growth {r['rss_growth_mb']:7.1f} MB", flush=True)
+        measure(n, args.synthetic, tuple(args.modes), shard_size=args.shard_size)  # prints each mode as it ends
     return 0
 
 

@@ -152,6 +152,7 @@ def by_image(events: list[tuple[str, dict]]) -> dict[str, list[tuple[str, dict]]
     """Each image's events in order, checking that images start in input order. An image's
     export runs while the next one computes, so events of neighbouring images interleave."""
     out: dict[str, list[tuple[str, dict]]] = {}
+    events = [(event, info) for event, info in events if event != "listed"]  # the batch's, not an image's
     for event, info in events:
         entry = info.get("entry")  # the image's report line, which the CLI prints as the image finishes
         assert entry is None or (entry["image"] == info["image"] and event in ("image_done", "image_failed"))
@@ -173,7 +174,7 @@ def test_cli_reports_every_stage_of_every_image_in_order(quick: Path, monkeypatc
     events = recording_bars(monkeypatch)
     rc, stdout, stderr = run_cli(argv)
     assert rc == 1
-    assert events[0] == ("bars", {"n_images": 3})
+    assert events[0] == ("bars", {"n_images": 3}) and events[1] == ("listed", {"n_images": 3})
     failed = [e for e in events if e[0] == "image_failed"]
     assert len(failed) == 1 and failed[0][1]["image"] == b and "b_broken.png" in failed[0][1]["error"]
     failed = [(e, {k: v for k, v in info.items() if k != "entry"}) for e, info in failed]
@@ -198,3 +199,16 @@ def test_cli_reports_every_stage_of_every_image_in_order(quick: Path, monkeypatc
     assert stdout_quiet == stdout_again and "cache hits: 2/2" in stdout_quiet
     assert [line for line in stderr_quiet.splitlines() if line.startswith("error: ")] == errors
     assert progress.set_reporter(None) is None  # the CLI took its reporter away again
+
+
+def test_a_bar_without_a_count_takes_the_batchs_listing_as_its_total() -> None:
+    """A sharded batch's command does not list its source itself: the batch's "listed" sets the total once."""
+    import io
+
+    bars = progress.TqdmReporter(None, file=io.StringIO(), disable=False)
+    with progress.reporting(bars):
+        progress.report("listed", n_images=5)
+        progress.report("listed", n_images=7)  # a later batch's part (a dataset batch's sample) changes nothing
+        progress.report("image_done", image="a")
+    assert (bars.images.total, bars.images.n) == (5, 1)
+    bars.close()

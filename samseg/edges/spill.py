@@ -3,6 +3,7 @@ million images must not hold a million names or report entries (docs/orchestrati
 
 - `DiskSet`: a set of strings in a SQLite file (the names a batch has used, the inputs it has
   seen); memory stays at SQLite's page cache however many strings it holds.
+- `SpooledStrings`: a list of strings in a file (a batch's inputs, listed once).
 - `SpilledEntries`: a batch's per-image report entries, written as each shard settles and read
   back in input order (shard by shard); in memory only a few offsets per shard and the counts.
 
@@ -18,7 +19,7 @@ import sqlite3
 import tempfile
 import weakref
 from collections.abc import MutableSet
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 CACHE_KIB = 2048  # SQLite's page cache: the DiskSet's memory, whatever it holds
 
@@ -63,6 +64,28 @@ def _blob(key: str) -> bytes:
 def _close(db: sqlite3.Connection, folder: tempfile.TemporaryDirectory) -> None:
     db.close()
     folder.cleanup()
+
+
+class SpooledStrings:
+    """Strings appended to a local file (one JSON string a line: any character may be in a name)
+    and read back in order, as often as asked; len() their count."""
+
+    def __init__(self, strings: Iterable[str] = ()) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="samseg-list-")
+        self._file = open(os.path.join(self._dir.name, "strings.jsonl"), "w+", encoding="utf-8")  # noqa: SIM115 — closed by finalize
+        self._n = 0
+        weakref.finalize(self, _close_file, self._file, self._dir)
+        for s in strings:
+            self._file.write(json.dumps(s) + "\n")
+            self._n += 1
+        self._file.flush()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[str]:
+        with open(self._file.name, encoding="utf-8") as f:  # a reader of its own: two may read at once
+            yield from (json.loads(line) for line in f)
 
 
 class SpilledEntries:

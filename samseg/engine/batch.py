@@ -6,6 +6,7 @@ Used by the CLI's local orchestrator and by the segment-batch flow alike.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     # a sharded batch's parent holds neither its inputs nor their entries (samseg.edges.spill); new
     # dataset classes are fitted and recorded from the whole list
     uris = Listing(source) if fan_out == SHARDED and classes is None else list_sources(source)
+    from samseg.engine.progress import report
+
+    report("listed", n_images=len(uris))
     # A user's file where a top-level file goes refuses the batch now; OUT stays marked
     # incomplete until the batch's files all agree (an interrupted batch is never served).
     owned_files.begin_batch(job.out, top_level_files(classes is not None))
@@ -181,24 +185,29 @@ def list_sources(source: Source) -> list[str]:
     return list(_iter_sources(source, set()))
 
 
+def first_source(source: Source) -> list[str]:
+    """[the first image of `source`] (one page of an S3 prefix), [] when it has none; list_sources' errors."""
+    return list(itertools.islice(_iter_sources(source, None), 1))
+
+
 class Listing:
-    """`list_sources` for a batch too large to hold its inputs (a sharded parent): listed again each
-    time it is iterated, an S3 prefix page by page, the inputs of several specs made unique on disk
-    (DiskSet); len() is their count, from one listing pass made here. A source that changes between
-    passes is listed as it is on each."""
+    """`list_sources` for a batch too large to hold its inputs (a sharded parent): listed once, an
+    S3 prefix page by page, into a local file (edges.spill.SpooledStrings) that is read back as
+    often as asked, so its count and what runs agree; the inputs of several specs made unique on
+    disk (DiskSet). Raises as list_sources does, here."""
 
     def __init__(self, source: Source) -> None:
+        from samseg.edges.spill import DiskSet, SpooledStrings
+
+        several = not isinstance(source, str) and len(list(source)) > 1  # one spec lists each image once
         self.source = source
-        self._n = sum(1 for _ in self)
+        self._uris = SpooledStrings(_iter_sources(source, DiskSet() if several else None))
 
     def __iter__(self) -> Iterator[str]:
-        from samseg.edges.spill import DiskSet
-
-        several = not isinstance(self.source, str) and len(list(self.source)) > 1  # one spec lists each image once
-        return _iter_sources(self.source, DiskSet() if several else None)
+        return iter(self._uris)
 
     def __len__(self) -> int:
-        return self._n
+        return len(self._uris)
 
 
 def _iter_sources(source: Source, seen: Optional[MutableSet[str]]) -> Iterator[str]:

@@ -11,6 +11,8 @@ Events (keyword info in brackets):
 - "image_done"   [image, entry]                an image finished (or its deployment run did);
                                                entry: its line of the batch report
 - "image_failed" [image, error, entry]         an image failed (error: one line)
+- "listed"       [n_images]                    a batch listed its source (the image bar's total,
+                                               where the caller did not count it itself)
 
 With no reporter set, `report` is a no-op (workers, library use). The hook is one global
 per process, not per flow run: Prefect may run tasks and subflows in other threads,
@@ -23,8 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from pathlib import PurePosixPath
 from collections.abc import MutableSet
+from pathlib import PurePosixPath
 from typing import Any, Callable, Iterator, Optional
 
 from samseg.engine.stages import STEPS as STAGES  # the stage bar's steps: the table's rows, then export
@@ -32,7 +34,7 @@ from samseg.engine.stages import STEPS as STAGES  # the stage bar's steps: the t
 log = logging.getLogger(__name__)
 
 
-EVENTS = ("image_start", "stage", "tile", "image_done", "image_failed")
+EVENTS = ("image_start", "stage", "tile", "image_done", "image_failed", "listed")
 
 
 _LOCK = threading.RLock()  # re-entrant: a reporter may itself report
@@ -83,7 +85,7 @@ class TqdmReporter:
     stay clean. Print lines meanwhile with `tqdm.write` so they do not tear the bars.
     """
 
-    def __init__(self, n_images: int, file: Any = None, disable: Optional[bool] = None,
+    def __init__(self, n_images: Optional[int], file: Any = None, disable: Optional[bool] = None,
                  finished: Optional[MutableSet[str]] = None) -> None:
         import sys
 
@@ -117,6 +119,9 @@ class TqdmReporter:
         elif event == "tile":
             tiles = f"tiles {info.get('done')}/{info.get('total')} ({info.get('cached', 0)} cached)"
             self.stages.set_postfix_str(" > ".join([*self._done_stages, tiles]), refresh=True)
+        elif event == "listed" and self.images.total is None:
+            self.images.total = info["n_images"]
+            self.images.refresh()
         elif event in ("image_done", "image_failed") and image not in self._finished:
             # once per image, whoever reports it (the image flow, the batch's poll loop)
             self._finished.add(image)

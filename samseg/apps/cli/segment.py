@@ -14,7 +14,7 @@ import os
 import sys
 from contextlib import contextmanager
 from collections.abc import MutableSet
-from typing import Any, Callable, Collection, Iterator
+from typing import Any, Callable, Collection, Iterator, Optional
 
 from samseg.apps import count
 from samseg.apps.cli.common import add_orchestrator_argument, experiment, is_s3, orchestrator, print_error, quiet_prefect
@@ -85,7 +85,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     from samseg.apps.cli.common import UsageError
     from samseg.apps.cli.config import config_from_args
     from samseg.edges.images import max_pixels_from_env
-    from samseg.engine.batch import Listing, list_sources
+    from samseg.engine.batch import first_source, list_sources
 
     cfg = config_from_args(args)
     try:
@@ -104,12 +104,14 @@ def _run_segment(args: argparse.Namespace) -> int:
     how = orchestrator(args, needs_prefect=fan_out == "deployment")
     if how == "prefect":
         quiet_prefect(getattr(args, "verbose", False))
-    # a StorageError listing an s3:// prefix: main's one line, exit 1; a fan-out's inputs are only counted
-    uris = Listing(list(args.inputs)) if fan_out != "local" else list_sources(list(args.inputs))
+    # a StorageError listing an s3:// prefix: main's one line, exit 1. A fan-out's batch lists its source
+    # itself (a million keys take minutes): here its first image says that it has one
+    uris = list_sources(list(args.inputs)) if fan_out == "local" else first_source(list(args.inputs))
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
-    # nothing to run: a mistyped path, a glob that matched none (workers of a deployment may see paths this host does not)
-    if fan_out != "deployment" and not any(is_s3(u) or os.path.exists(u) for u in uris):
+    # nothing to run: a mistyped path, a glob that matched none (workers of a deployment may see paths this
+    # host does not; a fan-out's missing inputs fail one by one, as its listing finds them)
+    if fan_out == "local" and not any(is_s3(u) or os.path.exists(u) for u in uris):
         raise UsageError(f"not found: {' '.join(args.inputs)}")
     with stage_cache_root(args, shared=fan_out == "deployment") as cache:
         job = _job(args, cfg, out, cache)
@@ -217,7 +219,8 @@ def _segment_prefect(args: argparse.Namespace, job: Any, uris: list[str], fan_ou
             entry = {"status": "failed", "error": describe_failure(uris[0], exc)}
         return _report_entry(entry)
     classes = _classes_request(args, job.out)
-    with _progress_bars(args, len(uris), lines=not classes, on_disk=fan_out != "local") as printed:
+    sharded = fan_out != "local"  # its image count comes from the batch's listing ("listed")
+    with _progress_bars(args, None if sharded else len(uris), lines=not classes, on_disk=sharded) as printed:
         state = segment_batch_flow(source=list(args.inputs), fan_out=fan_out, shards=ShardParams(size=args.shard_size, fit_images=args.fit_images), **common,
                                    **classes, return_state=True)
     try:
@@ -285,7 +288,7 @@ def _check_out(out: str) -> bool:
 
 
 @contextmanager
-def _progress_bars(args: argparse.Namespace, n_images: int, lines: bool = False,
+def _progress_bars(args: argparse.Namespace, n_images: Optional[int], lines: bool = False,
                    on_disk: bool = False) -> Iterator[MutableSet[str]]:
     """Bars over images and the stages of the current image (samseg.engine.progress.TqdmReporter)
     while the flows run; none with --verbose (Prefect's log lines would interleave) or --quiet.
