@@ -161,5 +161,6 @@ def test_listing_benchmark_synthetic_pages_list_through_boto3_as_s3_would(monkey
 
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, "restored after the test")  # measure() points them at its server
-    row = listing.measure(2500, synthetic=True)  # three pages, the last one short
-    assert row["keys"] == 2500 and row["peak_mb"] > 0
+    rows = listing.measure(2500, synthetic=True)  # three pages, the last one short; a list, then the sharded parent
+    assert [(r["mode"], r["keys"]) for r in rows] == [("list", 2500), ("sharded", 2500)]
+    assert all(r["peak_mb"] > 0 for r in rows)
