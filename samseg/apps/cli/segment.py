@@ -297,10 +297,13 @@ def _progress_bars(args: argparse.Namespace, n_images: Optional[int], lines: boo
     and a stopped batch has said what it finished); yields the images printed, which the batch's
     report leaves out. Not for dataset classes: an image's ids are known once the batch is done.
     on_disk: the images finished are kept on disk (a sharded batch of a million images)."""
-    from samseg.edges.spill import DiskSet
     from samseg.engine import progress
 
-    seen: Callable[[], MutableSet[str]] = DiskSet if on_disk else set
+    seen: Callable[[], MutableSet[str]] = set
+    if on_disk:  # (imported only then: a command of a few images does without it)
+        from samseg.edges.spill import DiskSet
+
+        seen = DiskSet
     printed = seen()  # _key of each image printed
     quiet = getattr(args, "verbose", False) or getattr(args, "quiet", False)
     bars = None if quiet else progress.TqdmReporter(n_images, finished=seen())
