@@ -182,8 +182,10 @@ def test_no_images_and_missing_command_are_usage_errors(tmp_path: Path) -> None:
     rc, _, stderr = run_cli(["segment", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "o")])
     assert rc == 2 and "no images found" in stderr
     # a mistyped path or a glob that matches nothing is the same "nothing to run" (exit 2, not 1) ...
-    for missing in (tmp_path / "nosuch.jpg", tmp_path / "nos*.jpg"):
-        rc, _, stderr = run_cli(["segment", str(missing), "--preset", "smoke", "--out", str(tmp_path / "o")])
+    for missing, fan_out in ((tmp_path / "nosuch.jpg", "local"), (tmp_path / "nos*.jpg", "local"),
+                             (tmp_path / "nosuch.jpg", "auto")):  # auto: the command reads its source lazily
+        rc, _, stderr = run_cli(["segment", str(missing), "--preset", "smoke", "--out", str(tmp_path / "o"),
+                                 "--fan-out", fan_out])
         assert rc == 2 and stderr.strip().endswith(f"error: not found: {missing}"), stderr
     assert not (tmp_path / "o").exists()
     assert run_cli([])[0] == 2

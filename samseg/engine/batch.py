@@ -6,7 +6,6 @@ Used by the CLI's local orchestrator and by the segment-batch flow alike.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -185,9 +184,9 @@ def list_sources(source: Source) -> list[str]:
     return list(_iter_sources(source, set()))
 
 
-def first_source(source: Source) -> list[str]:
-    """[the first image of `source`] (one page of an S3 prefix), [] when it has none; list_sources' errors."""
-    return list(itertools.islice(_iter_sources(source, None), 1))
+def iter_sources(source: Source) -> Iterator[str]:
+    """list_sources' images one by one, an S3 prefix page by page (several specs may give one twice)."""
+    return _iter_sources(source, None)
 
 
 class Listing:

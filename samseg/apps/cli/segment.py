@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import sys
 from contextlib import contextmanager
@@ -85,7 +86,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     from samseg.apps.cli.common import UsageError
     from samseg.apps.cli.config import config_from_args
     from samseg.edges.images import max_pixels_from_env
-    from samseg.engine.batch import first_source, list_sources
+    from samseg.engine.batch import iter_sources, list_sources
 
     cfg = config_from_args(args)
     try:
@@ -106,12 +107,12 @@ def _run_segment(args: argparse.Namespace) -> int:
         quiet_prefect(getattr(args, "verbose", False))
     # a StorageError listing an s3:// prefix: main's one line, exit 1. A fan-out's batch lists its source
     # itself (a million keys take minutes): here its first image says that it has one
-    uris = list_sources(list(args.inputs)) if fan_out == "local" else first_source(list(args.inputs))
+    inputs = list(args.inputs)
+    uris = list_sources(inputs) if fan_out == "local" else list(itertools.islice(iter_sources(inputs), 1))
     if not uris:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
-    # nothing to run: a mistyped path, a glob that matched none (workers of a deployment may see paths this
-    # host does not; a fan-out's missing inputs fail one by one, as its listing finds them)
-    if fan_out == "local" and not any(is_s3(u) or os.path.exists(u) for u in uris):
+    # nothing to run: a mistyped path, a glob that matched none (workers of a deployment may see paths this host does not)
+    if fan_out != "deployment" and not any(is_s3(u) or os.path.exists(u) for u in (uris if fan_out == "local" else iter_sources(inputs))):
         raise UsageError(f"not found: {' '.join(args.inputs)}")
     with stage_cache_root(args, shared=fan_out == "deployment") as cache:
         job = _job(args, cfg, out, cache)
