@@ -3,9 +3,9 @@
 - `list`: samseg.engine.batch.list_sources, every key kept as one list of URIs (a local batch,
   or a sharded one with dataset classes);
 - `sharded`: what the parent of `samseg segment s3://… --fan-out deployment` does over the whole
-  batch, less Prefect: a Listing (counting pass, then the listing again page by page), shards made
-  as it goes (flows.fanout._shards, names made unique on disk), each shard's report entries spilled
-  (samseg.edges.spill) as if it had completed.
+  batch, less Prefect: a Listing (the prefix listed once, page by page, into a local file), shards
+  made from it (flows.fanout._shards, names made unique on disk), each shard's report entries
+  spilled (samseg.edges.spill) as if it had completed.
 
     python -m benchmarks.listing [--keys 10000 100000] [--synthetic] [--shard-size 256]
 
@@ -105,8 +105,8 @@ def _rss_bytes() -> int:
 def _parent(mode: str, prefix: str, keys: int, shard_size: int, result: "mp.Queue") -> None:
     """Child: the parent's side of one mode, measured. "list": list_sources, one list of URIs (a
     local batch, dataset classes). "sharded": what a sharded parent does over the whole batch
-    without Prefect: a Listing (its counting pass), then the shards made as the listing goes
-    (names made unique on disk) and each shard's report entries spilled as if it had completed."""
+    without Prefect: a Listing (spooled to a local file), then the shards made from it (names
+    made unique on disk) and each shard's report entries spilled as if it had completed."""
     import resource
 
     from flows.fanout import _named, _shards

@@ -13,8 +13,8 @@ reported with `attempts` > 1. A run past `timeout_s` is cancelled (its worker st
 unwritten images fail; a run cancelled by a person is not run again. A shard's report is the
 table artifact its run left (SHARD_REPORT).
 
-The parent holds no list of the batch: its inputs come as a Listing (an S3 prefix page by page),
-each shard is made when a slot frees, names are made unique on disk and each shard's entries
+The parent holds no list of the batch: its inputs come as a Listing (listed once into a local
+file, an S3 prefix page by page), each shard is made when a slot frees, names are made unique on disk and each shard's entries
 are spilled to a local file as it settles (samseg.edges.spill), so its memory does not grow with
 the batch (benchmarks/listing.py).
 """
@@ -299,9 +299,11 @@ def _settle(client: Any, shard: _Shard, fr: Any, kwargs: dict[str, Any], plan: S
     to run again (the run crashed or failed, retries left), or None."""
     more = {"flow_run_id": str(fr.id), "shard": shard.index, "attempts": shard.attempt}
     rows = _shard_report(client, fr.id) if fr.state.is_completed() else None
-    if rows is not None:
+    if rows is not None:  # the rows of this shard's images, one each (a foreign report may hold others)
+        mine = set(shard.uris)
+        rows = list({row.get("image"): row for row in rows if row.get("image") in mine}.values())
         _record(entries, shard, [{**row, **more} for row in rows])
-        reported = {row.get("image") for row in rows}
+        reported = {row["image"] for row in rows}
         lost = [failed_entry(u, n, f"{u}: not in its shard run's report ({fr.id})", **more)
                 for u, n in zip(shard.uris, shard.names) if u not in reported]
         if lost:  # a report that lacks an image (another samseg's worker): failed, never dropped from the batch's

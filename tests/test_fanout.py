@@ -35,7 +35,7 @@ class _State(SimpleNamespace):
 
 class FakePrefect:
     """Each shard run plays a script keyed by its first image: 'ok' (completes, every image
-    in its report; 'bad.png' fails), 'short' (completes, its last image missing from its report), 'crash-after-1' (writes its first image, then crashes),
+    in its report; 'bad.png' fails), 'short' (completes, its last image missing from its report, another's in it), 'crash-after-1' (writes its first image, then crashes),
     'hang' (runs forever)."""
 
     def __init__(self, out: Path, scripts: dict[str, str]) -> None:
@@ -72,6 +72,8 @@ class FakePrefect:
                 run["rows"] = [{"image": u, "name": n, "status": "failed" if u.endswith("bad.png") else "completed",
                                 **({"error": f"{u}: not an image"} if u.endswith("bad.png") else {})}
                                for u, n in zip(images, names)][:-1 if script == "short" else None]
+                if script == "short":  # and a row of an image that is not the shard's
+                    run["rows"].append({"image": "/elsewhere/z.png", "name": "z", "status": "completed"})
             elif script == "crash-after-1":
                 self.scripts[Path(images[0]).name] = "ok"  # its second run goes through
                 (self.out / names[0]).mkdir(parents=True)
@@ -298,6 +300,7 @@ def test_an_image_a_completed_shard_did_not_report_fails_instead_of_vanishing(fa
     assert [(Path(e["image"]).name, e["status"]) for e in entries] == [
         ("s.png", "completed"), ("t.png", "failed"), ("u.png", "completed")]
     assert "not in its shard run's report" in list(entries)[1]["error"] and entries.counts["failed"] == 1
+    assert len(entries) == 3 and entries.counts["succeeded"] == 2  # the foreign row is not the batch's
 
 
 def test_a_listing_that_fails_mid_batch_lets_the_running_shards_finish_then_fails(fake: FakePrefect) -> None:

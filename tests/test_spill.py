@@ -80,3 +80,13 @@ def test_an_s3_prefix_is_listed_page_by_page(s3_bucket: str, monkeypatch) -> Non
     assert len(listing) == 5 and list(listing) == list_sources(f"s3://{s3_bucket}/in/")
     twice = Listing([f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/in/3.jpg", f"s3://{s3_bucket}/in"])
     assert len(twice) == 5 and list(twice) == list(listing)  # several specs: each image once
+
+
+def test_a_local_glob_that_names_one_file_twice_lists_it_once(tmp_path: Path) -> None:
+    from samseg.engine.batch import Listing, list_sources
+
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "p.png").write_bytes(b"")
+    glob = str(tmp_path / "*" / ".." / "p.png")  # x/../p.png and y/../p.png: one file
+    assert list(Listing(glob)) == list_sources(glob) == [str(tmp_path / "p.png")]

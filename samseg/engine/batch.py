@@ -6,6 +6,7 @@ Used by the CLI's local orchestrator and by the segment-batch flow alike.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -181,7 +182,9 @@ def top_level_files(dataset: bool) -> list[str]:
 def list_sources(source: Source) -> list[str]:
     """Every image of a folder, glob, file or s3:// prefix (or a list of them), once each;
     local paths made absolute so the runs stay usable from any directory (UI, recluster)."""
-    return list(_iter_sources(source, set()))
+    from samseg.edges.storage import list_images
+
+    return list(_iter_sources(source, set(), list_images))
 
 
 def iter_sources(source: Source) -> Iterator[str]:
@@ -198,9 +201,13 @@ class Listing:
     def __init__(self, source: Source) -> None:
         from samseg.edges.spill import DiskSet, SpooledStrings
 
-        several = not isinstance(source, str) and len(list(source)) > 1  # one spec lists each image once
+        from samseg.edges.storage import is_s3_uri
+
+        specs = [source] if isinstance(source, str) else list(source)
+        # one S3 prefix lists each key once; a local glob may name one file twice (a/x/../p.png, a/y/../p.png)
+        once = len(specs) == 1 and is_s3_uri(str(specs[0]))
         self.source = source
-        self._uris = SpooledStrings(_iter_sources(source, DiskSet() if several else None))
+        self._uris = SpooledStrings(_iter_sources(source, None if once else DiskSet()))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._uris)
@@ -209,13 +216,15 @@ class Listing:
         return len(self._uris)
 
 
-def _iter_sources(source: Source, seen: Optional[MutableSet[str]]) -> Iterator[str]:
-    """list_sources' images one by one; seen: those given so far (None: the source lists none twice)."""
+def _iter_sources(source: Source, seen: Optional[MutableSet[str]],
+                  lister: Optional[Callable[[str], Iterable[str]]] = None) -> Iterator[str]:
+    """list_sources' images one by one; seen: those given so far (None: the source lists none twice);
+    lister: a spec's images (default storage.iter_images: an S3 prefix page by page, in S3's order)."""
     from samseg.edges.storage import iter_images
 
     for spec in [source] if isinstance(source, str) else list(source):
         try:
-            for uri in map(absolute, iter_images(spec)):
+            for uri in map(absolute, (lister or iter_images)(spec)):
                 if seen is None or uri not in seen:
                     if seen is not None:
                         seen.add(uri)
@@ -297,6 +306,10 @@ def write_batch_summary(out: str, report: dict[str, Any]) -> None:
     from pathlib import Path
 
     from samseg.edges.owned_files import BATCH_SUMMARY_JSON, write_files
+
+    if isinstance(report.get("images"), list):  # in memory already: no file in TMPDIR needed
+        write_files(out, {BATCH_SUMMARY_JSON: json.dumps(report, indent=2, default=str).encode("utf-8")})
+        return
     from samseg.edges.spill import write_json
 
     with tempfile.TemporaryDirectory(prefix="samseg-summary-") as tmp:

@@ -183,3 +183,24 @@ def test_a_batch_whose_record_cannot_be_logged_is_still_ended(tmp_path: Path, mo
     with pytest.raises(TrackingError, match="was not logged"):
         tracking.end_run(batch, "FINISHED", {"images": []})
     assert MlflowClient().get_run(batch).info.status == "FINISHED"
+
+
+def test_a_full_tmpdir_still_ends_the_batch_run_and_says_why_its_record_is_missing(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from samseg.edges.mlflow import tracking
+    from samseg.edges.mlflow.client import TrackingError
+
+    sqlite_store(tmp_path, "tmp-full", monkeypatch)
+    batch = tracking.start_batch_run("tmp-full", "batch-1", {"n_images": 0}, {})
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    with pytest.raises(TrackingError, match="was not logged.*No space left on device"):
+        tracking.end_run(batch, "FINISHED", {"images": []})
+    assert MlflowClient().get_run(batch).info.status == "FINISHED"

@@ -193,7 +193,8 @@ def _segment_local(args: argparse.Namespace, job: Any, uris: list[str]) -> int:
         return _report_entry(entry)
 
     classes = _classes(_classes_request(args, job.out))  # a usage error before any compute
-    with _progress_bars(args, len(uris), lines=classes is None) as printed:
+    total = len(uris) if getattr(args, "fan_out", "local") == "local" else None  # else: the batch's "listed"
+    with _progress_bars(args, total, lines=classes is None) as printed:
         try:
             report = segment_local(list(args.inputs), job, classes)
         except Exception as exc:  # the batch itself failed (listing, MLflow parent run, …)

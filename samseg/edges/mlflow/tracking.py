@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -295,13 +296,26 @@ def end_run(run_id: str, status: str = "FINISHED", record: dict[str, Any] | None
         return _end_run(run_id, status, None, {}, None)
     totals = {"images": len(record.get("images") or []),
               **{k: record[k] for k in BATCH_METRICS if isinstance(record.get(k), (int, float))}}
-    with tempfile.TemporaryDirectory(prefix="samseg-record-") as tmp:
-        path, unwritten = os.path.join(tmp, BATCH_SUMMARY_JSON), None
-        try:
-            write_json(record, path, scrub=scrub_secrets)
-        except Exception as exc:  # noqa: BLE001 — a full disk: the run is still ended, and says why its record is not
-            path, unwritten = None, one_line(exc)
-        return _end_run(run_id, status, path, totals, unwritten)
+    tmp: Optional[str] = None
+    path, unwritten = None, None
+    try:
+        tmp = tempfile.mkdtemp(prefix="samseg-record-")
+        path = os.path.join(tmp, BATCH_SUMMARY_JSON)
+        write_json(record, path, scrub=scrub_secrets)
+    except Exception as exc:  # noqa: BLE001 — TMPDIR full or missing: the run is still ended, and says why its record is not
+        path, unwritten = None, one_line(exc)
+    try:
+        _end_run(run_id, status, path, totals, unwritten)
+    except Exception:
+        _remove(tmp)
+        raise
+    # a stop (BaseException) leaves the file: the MLflow process may still be uploading it
+    _remove(tmp)
+
+
+def _remove(folder: Optional[str]) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @in_mlflow_process
