@@ -140,9 +140,8 @@ def run_shards(uris: Iterable[str], kwargs: dict[str, Any], plan: ShardPlan = Sh
 
 def _named(uris: Iterable[str]) -> Iterator[tuple[str, str]]:
     """(uri, its unique output dir name), the names seen so far on disk (a million would not fit a set)."""
-    used = DiskSet()
-    for uri in uris:
-        yield uri, next(iter_unique_names([uri], used))
+    listed, named = itertools.tee(uris)  # zip reads both in step: tee holds one uri at most
+    return zip(listed, iter_unique_names(named, DiskSet()))
 
 
 def _shards(named: Iterable[tuple[str, str]], size: int) -> Iterator[_Shard]:

@@ -82,6 +82,16 @@ def test_an_s3_prefix_is_listed_page_by_page(s3_bucket: str, monkeypatch) -> Non
     assert len(twice) == 5 and list(twice) == list(listing)  # several specs: each image once
 
 
+def test_a_local_file_is_written_to_s3_and_hashed_without_being_read_whole(s3_bucket: str, tmp_path: Path) -> None:  # noqa: F811
+    import hashlib
+
+    big = tmp_path / "batch_summary.json"
+    big.write_bytes(b"x" * (3 << 20))  # three of sha256_of's reads
+    storage.write_bytes(f"s3://{s3_bucket}/out/batch_summary.json", big)
+    assert storage.read_bytes(f"s3://{s3_bucket}/out/batch_summary.json") == big.read_bytes()
+    assert storage.sha256_of(f"s3://{s3_bucket}/out/batch_summary.json") == hashlib.sha256(big.read_bytes()).hexdigest()
+
+
 def test_a_local_glob_that_names_one_file_twice_lists_it_once(tmp_path: Path) -> None:
     from samseg.engine.batch import Listing, list_sources
 

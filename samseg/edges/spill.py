@@ -88,18 +88,29 @@ class SpooledStrings:
             yield from (json.loads(line) for line in f)
 
 
+def count_entries(entries: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """A batch report's counts of its entries: succeeded, failed (any other status), untracked
+    (written, not logged to MLflow), retried (in a shard run that ran again)."""
+    counts = {"succeeded": 0, "failed": 0, "untracked": 0, "retried": 0}
+    for e in entries:
+        counts["succeeded" if e["status"] == "completed" else "failed"] += 1
+        counts["untracked"] += bool(e.get("tracking_error"))
+        counts["retried"] += e.get("attempts", 1) > 1
+    return counts
+
+
 class SpilledEntries:
     """Report entries ({"image", "status", ...}) of shards, on disk. `begin(shard, uris)` gives a
     shard's input order once; `add(shard, entries)` appends what it settled (a retried shard adds
-    again); iteration yields every entry in shard order, each shard's in its input order. Counts
-    by the report's rules are kept as entries arrive (`counts`)."""
+    again); iteration yields every entry in shard order, each shard's in its input order.
+    `counts` (count_entries) are kept as entries arrive."""
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="samseg-entries-")
         self._file = open(os.path.join(self._dir.name, "entries.jsonl"), "w+b")  # noqa: SIM115 — closed by finalize
         self._spans: dict[int, list[tuple[int, int]]] = {}  # shard -> (offset, length) of its lines; the first: its order
         self._n = 0
-        self.counts = {"succeeded": 0, "failed": 0, "untracked": 0, "retried": 0}
+        self.counts = count_entries(())
         weakref.finalize(self, _close_file, self._file, self._dir)
 
     def _append(self, shard: int, doc: Any) -> None:
@@ -114,11 +125,9 @@ class SpilledEntries:
 
     def add(self, shard: int, entries: list[dict[str, Any]]) -> None:
         self._append(shard, entries)
-        for e in entries:
-            self._n += 1
-            self.counts["succeeded" if e["status"] == "completed" else "failed"] += 1
-            self.counts["untracked"] += bool(e.get("tracking_error"))
-            self.counts["retried"] += e.get("attempts", 1) > 1
+        self._n += len(entries)
+        for key, n in count_entries(entries).items():
+            self.counts[key] += n
 
     def __len__(self) -> int:
         return self._n

@@ -294,16 +294,10 @@ def read_verified(uri_or_path: str | os.PathLike[str], sha256: Any) -> bytes:
 def write_bytes(uri_or_path: str | os.PathLike[str], data: bytes | Path) -> None:
     """Write atomically: local = temp file in the same dir + os.replace; S3 = one put_object.
     data: the bytes, or a local file whose bytes are copied (streamed, never read whole)."""
-    if isinstance(data, Path):
-        with data.open("rb") as f:
-            return _write(uri_or_path, f)
-    return _write(uri_or_path, data)
-
-
-def _write(uri_or_path: str | os.PathLike[str], data: Any) -> None:
     if is_s3_uri(uri_or_path):
         bucket, key = object_parts(str(uri_or_path))
-        _s3_call("write", str(uri_or_path), _client().put_object, Bucket=bucket, Key=key, Body=data)
+        with data.open("rb") if isinstance(data, Path) else contextlib.nullcontext(data) as body:
+            _s3_call("write", str(uri_or_path), _client().put_object, Bucket=bucket, Key=key, Body=body)
         return
     path = Path(uri_or_path)
     try:
@@ -311,7 +305,11 @@ def _write(uri_or_path: str | os.PathLike[str], data: Any) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data) if isinstance(data, bytes) else shutil.copyfileobj(data, f)
+                if isinstance(data, Path):
+                    with data.open("rb") as src:
+                        shutil.copyfileobj(src, f)
+                else:
+                    f.write(data)
             os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         except BaseException:

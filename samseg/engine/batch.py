@@ -280,16 +280,13 @@ def batch_report(source: Source, out: str, results: Iterable[dict[str, Any]], ba
                  fan_out: str, classes: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The batch report, written to OUT/batch_summary.json (a failed write is recorded in
     `summary_error`, never a lost report). results: a list, or a sharded batch's SpilledEntries."""
-    from samseg.edges.spill import SpilledEntries
+    from samseg.edges.spill import SpilledEntries, count_entries
 
     if isinstance(results, SpilledEntries):  # counted as they arrived: never read back whole
         counts = dict(results.counts)
     else:
         results = list(results)
-        failed = sum(r["status"] != "completed" for r in results)
-        counts = {"succeeded": len(results) - failed, "failed": failed,
-                  "untracked": sum(bool(r.get("tracking_error")) for r in results),
-                  "retried": sum(r.get("attempts", 1) > 1 for r in results)}
+        counts = count_entries(results)
     report = {"source": source, "out": out, "images": results, **counts,
               "mlflow_run_id": batch_run_id, "fan_out": fan_out, "classes": classes or {"mode": "image"}}
     try:
