@@ -316,6 +316,17 @@ def test_help_does_not_import_heavy_libraries() -> None:
     assert res.returncode == 0 and "segment" in res.stdout
 
 
+def test_a_named_command_builds_only_its_own_parser() -> None:
+    """`samseg segment` does not import the other commands' modules or every weights family."""
+    code = ("import sys, samseg.apps.cli as c; p = c.build_parser('segment'); "
+            "p.parse_args(['segment', 'x.jpg', '--out', 'o']); "
+            "print(sorted(m for m in (*c.COMMAND_MODULES, 'samseg.sam.registry') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
+    rc, _, stderr = run_cli(["segmnt", "x.jpg"])  # a mistyped command still sees every command
+    assert rc == 2 and "did you mean segment?" in stderr and "'classes'" in stderr
+
+
 def test_usage_doc_preset_table_matches_config() -> None:
     from samseg.core.config import PRESETS
 

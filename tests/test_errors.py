@@ -68,7 +68,7 @@ def test_main_takes_the_exit_code_from_the_error(monkeypatch) -> None:
 
     args = cli.build_parser().parse_args(["runs", "list"])
     args.handler = refused  # any command whose handler meets the user's file in its way
-    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    monkeypatch.setattr(cli, "build_parser", lambda *_: type("P", (), {"parse_args": lambda self, argv: args})())
     rc, _, err = run_cli(["runs", "list"])
     assert rc == EXIT_USAGE and err.strip() == "error: out/batch_summary.json: yours,\\nnot samseg's"
 
@@ -84,6 +84,6 @@ def test_a_broken_pipe_that_is_not_stdouts_is_an_error_line_not_a_quiet_141(monk
 
     args = cli.build_parser().parse_args(["runs", "list"])
     args.handler = pipe_to_a_child
-    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    monkeypatch.setattr(cli, "build_parser", lambda *_: type("P", (), {"parse_args": lambda self, argv: args})())
     rc, _, err = run_cli(["runs", "list"])
     assert rc == EXIT_FAILED and err.strip() == "error: unexpected BrokenPipeError: [Errno 32] Broken pipe", err

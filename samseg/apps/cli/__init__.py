@@ -41,7 +41,8 @@ COMMAND_MODULES: list[str] = ["samseg.apps.cli.runs", "samseg.apps.cli.ui", "sam
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help → 0, bad flag → 2
@@ -171,7 +172,11 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `samseg` parser. Given the command a command line starts with (`segment`, `weights`,
+    `eval`), only that command's parser is built: `samseg segment` neither imports the other
+    commands' modules nor lists every weights file. Any other command, a mistyped one, or none
+    (`samseg --help`) builds them all, so help and "did you mean" see every command."""
     parser = Parser(
         prog="samseg",
         description="Automatic semantic segmentation with Segment Anything: AMG masks, "
@@ -179,10 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"samseg {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_segment_parser, _add_weights_parser, _add_eval_parser):
-        add(sub)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+    if command in BUILT_IN:
+        BUILT_IN[command](sub, command)
+        return parser
+    for name, add in BUILT_IN.items():
+        add(sub, name)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -210,12 +218,12 @@ SEGMENT_EXAMPLES = """examples:
 then: samseg runs list · samseg recluster RUN_ID --eps 0.1 --out out/re · samseg ui"""
 
 
-def _add_segment_parser(sub: Any) -> None:
+def _add_segment_parser(sub: Any, name: str) -> None:
     from samseg.core.config import PRESETS
     from samseg.sam.model import MODEL_TYPES
 
     p = sub.add_parser(
-        "segment",
+        name,
         help="segment images into classes",
         description="Segment every image (the engine in this process, or the Prefect flows: --orchestrator); results go to OUT/<image stem>/ (a repeated "
         "stem gets -2, -3, ...). Flags left out take the preset's value.",
@@ -275,8 +283,8 @@ def _weights_name(name: str) -> str:
     return name
 
 
-def _add_weights_parser(sub: Any) -> None:
-    p = sub.add_parser("weights", help="download or list SAM checkpoints, feature backbones and class namers",
+def _add_weights_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="download or list SAM checkpoints, feature backbones and class namers",
                        description="Official SAM checkpoints, DINOv2/DINOv3 feature backbones and the CLIP class namer, "
                                    "sha256-checked, kept in $SAMSEG_HOME/checkpoints.")
     wsub = p.add_subparsers(title="actions", metavar="ACTION")
@@ -341,9 +349,9 @@ def _run_weights_list(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval
 
 
-def _add_eval_parser(sub: Any) -> None:
+def _add_eval_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(
-        "eval",
+        name,
         help="score predicted class maps against ground truth",
         description="PRED_DIR/<stem>/labels.png against GT_DIR/<stem>.png (0 = background): "
         "Hungarian-matched per-class IoU, mIoU, ARI, NMI.",
@@ -378,6 +386,11 @@ def _run_eval(args: argparse.Namespace) -> int:
         per_image.to_csv(args.csv, index=False)
         per_class.to_csv(args.csv.with_suffix(".classes.csv"), index=False)
     return 0
+
+
+# The commands this module adds, by name (build_parser builds one alone when a command line names it).
+BUILT_IN: dict[str, Callable[[Any, str], None]] = {"segment": _add_segment_parser, "weights": _add_weights_parser,
+                                              "eval": _add_eval_parser}
 
 
 def run() -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-CACHE_MAX_HELP = ("most the stage cache may hold, e.g. 20G or 500M; the least recently used entries go first "
-                  "(default: $SAMSEG_CACHE_MAX, else 20G)")
-
-
 def add_parser(sub: Any) -> None:
+    from samseg.apps.cli.common import CACHE_MAX_HELP
+
     p = sub.add_parser("cache", help="what the stage cache holds; shrink it to its size bound",
                        description="The stage cache keeps each image's encoder, AMG and pooling results, so a rerun "
                        "computes only what changed. `samseg segment` and `samseg recluster` shrink it to its bound at "

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 ORCHESTRATORS = ("auto", "local", "prefect")
+CACHE_MAX_HELP = ("most the stage cache may hold, e.g. 20G or 500M; the least recently used entries go first "
+                  "(default: $SAMSEG_CACHE_MAX, else 20G)")  # --cache-max of segment and recluster, --max of `cache`
 
 
 from samseg.core.errors import UsageError  # noqa: E402 — re-exported: the CLI's modules import it from here

@@ -44,7 +44,7 @@ def _add_recluster_parser(sub: Any) -> None:
                    help="MLflow experiment of the new run (default: $MLFLOW_EXPERIMENT_NAME / _ID, else samseg)")
     p.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the stage cache (use the run's artifacts)")
-    from samseg.apps.cli.cache import CACHE_MAX_HELP
+    from samseg.apps.cli.common import CACHE_MAX_HELP
 
     p.add_argument("--cache-max", default=None, metavar="SIZE", help=CACHE_MAX_HELP)
     add_orchestrator_argument(p)

@@ -36,7 +36,7 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
                    help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, the experiment of $MLFLOW_EXPERIMENT_ID, else samseg)")
     g.add_argument("--cache", default=None, metavar="DIR_OR_S3", help="stage cache root (default: $SAMSEG_CACHE, else $SAMSEG_HOME/cache, "
                    "$SAMSEG_HOME defaulting to ~/.cache/samseg)")
-    from samseg.apps.cli.cache import CACHE_MAX_HELP
+    from samseg.apps.cli.common import CACHE_MAX_HELP
 
     g.add_argument("--cache-max", default=None, metavar="SIZE", help=CACHE_MAX_HELP)
     g.add_argument("--no-cache", action="store_true",
