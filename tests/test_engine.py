@@ -113,6 +113,28 @@ def test_warm_rerun_reads_two_entries_loads_no_model_and_computes_only_cluster(c
     assert calls["model"] == 2  # pooling needs the features, not SAM
 
 
+def test_a_model_load_is_timed_as_load_not_as_the_stage_that_asked_for_it(counted, tmp_path: Path, monkeypatch) -> None:
+    """seconds.load holds the wait for the model (a process's first image pays its imports and
+    weights); encode and amg are timed without it, and the summary's total still includes it."""
+    from samseg.engine import runner
+    from samseg.engine.summary import summarize
+
+    calls, count_loads = counted
+    clock = [0.0]  # a fake clock: each reading moves it 1 ms; a model load moves it 100 s
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock.__setitem__(0, clock[0] + 0.001) or clock[0])
+
+    def load_model():
+        clock[0] += 100.0 if calls["model"] == 0 else 0.0  # the first call loads, later ones find it loaded
+        return count_loads()
+
+    run = run_image(_image(), SMOKE, MODEL, StageCache(tmp_path), load_model=load_model)
+    assert calls["model"] == 2 and 100.0 <= run.seconds[runner.LOAD] < 100.1
+    assert all(0 < run.seconds[s] < 1 for s in ("encode", "amg", "pool", "cluster", "compose")), run.seconds
+    assert summarize(run).seconds["total"] >= 100.0  # the image's whole time
+    warm = run_image(_image(), SMOKE.replace(cluster={"eps": 0.5}), MODEL, StageCache(tmp_path), load_model=load_model)
+    assert runner.LOAD not in warm.seconds  # no stage asked for the model
+
+
 def test_changing_only_the_backbone_reuses_the_amg_entry_and_computes_features_and_pool(counted, tmp_path: Path,
                                                                                       monkeypatch) -> None:
     """--features changes the embeddings, not the masks: the AMG entry is re-used, SAM is never

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 GPU_SLOTS_ENV = "SAMSEG_GPU_SLOTS"
+# seconds.load: the wait for the models an image's stages asked for (the first image of a process
+# pays their imports and weights); the stage that asked is timed without it, so a shard's first
+# encode is comparable to its others and the load is seen as what it is.
+LOAD = "load"
 
 
 class Execute(Protocol):
@@ -57,7 +61,7 @@ class ImageRun:
 
     values: {stage: value} for the stages this run needed. status: {stage: hit | computed |
     skipped | parent_run | run} for every stage of the table. seconds: wall time per stage
-    as this run saw it (a cache hit's load included).
+    as this run saw it (a cache hit's load included), and LOAD: the wait for its models.
     """
 
     image: "LoadedImage"
@@ -141,11 +145,11 @@ def run_image(
     cfg = cfg.for_image(image.hw)
     run = ImageRun(image, cfg, model)
 
-    def run_part(part: "LoadedImage", part_cfg: PipelineConfig) -> ImageRun:
-        return run_image(part, part_cfg, model, cache, load_model=load_model, load_backbone=load_backbone,
+    def run_part(part: "LoadedImage", part_cfg: PipelineConfig) -> ImageRun:  # a tile's model wait is its image's
+        return run_image(part, part_cfg, model, cache, load_model=ctx.model, load_backbone=ctx.backbone,
                          want=("amg", "pool"), execute=execute, quiet=True)
 
-    ctx = StageInputs(image, cfg, _model_getter(load_model), _model_getter(load_backbone, "the feature backbone"),
+    ctx = StageInputs(image, cfg, _model_getter(load_model, run), _model_getter(load_backbone, run, "the feature backbone"),
                       run_part=run_part,
                       report=(lambda _event, **_info: None) if quiet else progress.report)
     table = table_for(cfg)
@@ -188,11 +192,12 @@ class _Resolver:
         else:
             args = [self.resolve(i) for i in row.inputs]
             t0 = time.perf_counter()  # upstream time is the upstream stages' own
+            t0 -= run.seconds.get(LOAD, 0.0)  # and the models' load is LOAD's (below, what it adds meanwhile)
             thunk = self.computing(row, args)
             value = thunk() if row.inline else self.execute(name, thunk)
             status = run.status[row.inputs[0]] if row.inline and len(row.inputs) == 1 else COMPUTED
         run.values[name], run.status[name] = value, status
-        run.seconds[name] = time.perf_counter() - t0
+        run.seconds[name] = time.perf_counter() - t0 - run.seconds.get(LOAD, 0.0)
         self.report(name, status)
         return value
 
@@ -251,12 +256,17 @@ def key_of(run: ImageRun, name: str) -> str:
     return stage_key(name, run.image.sha256, m.checkpoint_sha256, run.cfg, m.precision, m.features_sha256)
 
 
-def _model_getter(load: Optional[Callable[[], T]], what: str = "the SAM model") -> Callable[[], T]:
+def _model_getter(load: Optional[Callable[[], T]], run: ImageRun, what: str = "the SAM model") -> Callable[[], T]:
+    """`load`, its wait added to the run's seconds[LOAD]."""
     def get() -> T:
         if load is None:
             raise ModelRequired(f"this stage needs {what}, and this run has none (its cache entries are gone); "
                                 "run `samseg segment` on the image again")
-        return load()
+        t0 = time.perf_counter()
+        try:
+            return load()
+        finally:
+            run.seconds[LOAD] = run.seconds.get(LOAD, 0.0) + time.perf_counter() - t0
 
     return get
 
