@@ -64,8 +64,9 @@ def test_batch_outputs_have_right_shapes(batch, name: str) -> None:
     assert len(list((d / "classes").glob("class_*.png"))) == summary["n_clusters"]
     assert int(labels.max()) <= summary["n_clusters"]
     assert summary["model"]["type"] == "tiny-random" and summary["config"]["amg.points_per_side"] == 4
-    # the engine times every stage of its table (export is timed outside the summary it writes)
-    assert set(summary["seconds"]) == {"encode", "amg", "features", "pool", "cluster", "compose", "total"}
+    # the engine times every stage of its table and the wait for what they load (export is timed
+    # outside the summary it writes)
+    assert set(summary["seconds"]) == {"encode", "amg", "features", "pool", "cluster", "compose", "load", "total"}
     assert summary["cache"] == {"encode": "computed", "amg": "computed", "pool": "computed"}
     # tiny-random pools SAM's own features (nothing to download): the summary says which and on what grid
     assert summary["features"]["name"] == "sam" and summary["features"]["sha256"] == summary["model"]["checkpoint_sha256"]

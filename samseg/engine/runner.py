@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 GPU_SLOTS_ENV = "SAMSEG_GPU_SLOTS"
-# seconds.load: the wait for the models an image's stages asked for (the first image of a process
-# pays their imports and weights); the stage that asked is timed without it, so a shard's first
-# encode is comparable to its others and the load is seen as what it is.
+# seconds.load: the wait for the models and libraries an image's stages asked for (the first image
+# of a process pays their imports and weights); the stage that asked is timed without it, so a
+# shard's first encode and cluster are comparable to its others and the load is seen as what it is.
 LOAD = "load"
 
 
@@ -124,6 +124,7 @@ def run_image(
     *,
     load_model: Optional[Callable[[], "LoadedModel"]] = None,
     load_backbone: Optional[Callable[[], "LoadedBackbone"]] = None,
+    load_libraries: Optional[Callable[[], None]] = None,
     want: tuple[str, ...] = OUTPUTS,
     given: Optional[Mapping[str, tuple[Any, str]]] = None,
     fallback: Optional[Mapping[str, Callable[[], Any]]] = None,
@@ -134,7 +135,8 @@ def run_image(
 
     model: the weights' identity (cache keys, summary); load_model / load_backbone: called
     only when a stage that needs SAM / the feature backbone has to compute (None: raise
-    ModelRequired then).
+    ModelRequired then); load_libraries: waits for the libraries clustering imports (imported
+    ahead by the batch loop; None: the stage imports them). Their waits are the run's seconds[LOAD].
     given: {stage: (value, status)} known before the cache is asked (a recluster's parent
     run). fallback: {stage: thunk} tried after a cache miss, before computing (a recluster's
     MLflow artifacts); a thunk returning None means "not there either".
@@ -150,7 +152,7 @@ def run_image(
                          want=("amg", "pool"), execute=execute, quiet=True)
 
     ctx = StageInputs(image, cfg, _model_getter(load_model, run), _model_getter(load_backbone, run, "the feature backbone"),
-                      run_part=run_part,
+                      _model_getter(load_libraries, run) if load_libraries else lambda: None, run_part=run_part,
                       report=(lambda _event, **_info: None) if quiet else progress.report)
     table = table_for(cfg)
     resolver = _Resolver(run, ctx, cache, dict(given or {}), dict(fallback or {}), execute, quiet)
@@ -257,7 +259,7 @@ def key_of(run: ImageRun, name: str) -> str:
 
 
 def _model_getter(load: Optional[Callable[[], T]], run: ImageRun, what: str = "the SAM model") -> Callable[[], T]:
-    """`load`, its wait added to the run's seconds[LOAD]."""
+    """`load`, its wait added to the run's seconds[LOAD] (a model, or the libraries imported ahead)."""
     def get() -> T:
         if load is None:
             raise ModelRequired(f"this stage needs {what}, and this run has none (its cache entries are gone); "

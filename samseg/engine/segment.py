@@ -6,6 +6,7 @@ functions with an `execute` that turns each step into a task (flows/segment.py).
 
 from __future__ import annotations
 
+import threading
 from pathlib import PurePosixPath
 from typing import Any, Callable, Optional
 
@@ -41,7 +42,7 @@ def compute_image(image: Any, job: SegmentJob, execute: Execute = inline) -> Ima
     source = ModelSource(job.model)
     want = ("features", *OUTPUTS) if job.save_features else OUTPUTS
     run = run_image(image, job.cfg, source.identity(), StageCache(job.cache_root), load_model=source.get,
-                    load_backbone=source.get_backbone, want=want, execute=execute)
+                    load_backbone=source.get_backbone, load_libraries=imports_ready, want=want, execute=execute)
     run.model = source.identity()  # the loaded model's (resolved device) when a stage loaded it
     return run
 
@@ -85,9 +86,8 @@ StartFn = Callable[[str, str], Callable[[], dict[str, Any]]]  # (uri, output nam
 
 def import_ahead() -> None:
     """Import what clustering and writing an image need (scikit-learn: 0.8 s alone, ~2.8 s after
-    torch on a 2-core machine; Pillow, OpenCV: ~1 s) before the batch loop starts its first image, so that
-    image's `cluster` seconds are DBSCAN's, not an import's; in a thread while a recluster waits
-    for MLflow (importing_ahead). Only a head start: a failure here is the later import's to say."""
+    torch on a 2-core machine; Pillow, OpenCV: ~1 s). Only a head start: a failure here is the
+    later import's to say."""
     try:
         from samseg.core.algorithms import import_ahead as clustering
 
@@ -97,15 +97,30 @@ def import_ahead() -> None:
 
         import samseg.edges.image_dir  # noqa: F401
         import samseg.engine.publish  # noqa: F401
-    except Exception:  # noqa: BLE001 — a broken install: said where the import is needed (a stop goes on up)
+    except Exception:  # noqa: BLE001 — a broken install: said where the import is needed
         pass
 
 
-def importing_ahead() -> None:
-    """import_ahead in a daemon thread (it never holds the exit)."""
-    import threading
+_AHEAD_LOCK = threading.Lock()
+_ahead: Optional[threading.Thread] = None
 
-    threading.Thread(target=import_ahead, name="samseg-import-ahead", daemon=True).start()
+
+def importing_ahead() -> threading.Thread:
+    """import_ahead in a daemon thread (it never holds the exit), once per process: the batch loop
+    starts it before its first image, whose model load (torch's import) it runs beside on the other
+    core; a recluster, while it waits for MLflow."""
+    global _ahead
+    with _AHEAD_LOCK:
+        if _ahead is None:
+            _ahead = threading.Thread(target=import_ahead, name="samseg-import-ahead", daemon=True)
+            _ahead.start()
+        return _ahead
+
+
+def imports_ready() -> None:
+    """Wait until import_ahead is done (run it now if nothing started it): the cluster stage's
+    load_libraries, so a process's first clustering is timed without scikit-learn's import."""
+    importing_ahead().join()
 
 
 def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bool = True,
@@ -127,8 +142,8 @@ def segment_overlapped(uris: list[str], out: str, start_fn: StartFn, overlap: bo
     shard = names is not None  # a shard of a larger batch: check its own image dirs, not all of OUT
     names = unique_names(uris) if names is None else names
     refused = refused_outputs(out, uris, names, whole_out=not shard)
-    if len(refused) < len(uris):  # before the first image's clock: a process's imports are its start, not that image's clustering
-        import_ahead()
+    if len(refused) < len(uris):  # beside the first image's model load; its cluster stage waits for them (imports_ready)
+        importing_ahead()
     results: list[dict[str, Any]] = []
     pending: list[tuple[str, str, Future]] = []
 

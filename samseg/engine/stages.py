@@ -41,6 +41,7 @@ class StageInputs:
     cfg: PipelineConfig
     model: Callable[[], "LoadedModel"]
     backbone: Callable[[], "LoadedBackbone"] = _no_backbone
+    libraries: Callable[[], None] = lambda: None  # waits for scikit-learn & co, imported ahead (engine.segment)
     # Runs the untiled amg + pool of a part of the image (one tile) with this run's model,
     # cache and executor: (part image, its config) -> ImageRun. Set by the runner.
     run_part: Optional[Callable[["LoadedImage", PipelineConfig], Any]] = None
@@ -101,6 +102,7 @@ def _pool(ctx: StageInputs, masks: Any, features: Any) -> Any:
 
 
 def _cluster(ctx: StageInputs, embeddings: Any) -> Any:
+    ctx.libraries()  # a process's first clustering: the import's wait is seconds.load, not this stage's
     from samseg.core import cluster
 
     cfg = ctx.cfg.cluster
