@@ -1,6 +1,6 @@
 """How long is the walk of one image? The distinct named samseg/flows functions (comprehensions,
 lambdas and generator expressions excluded) and their modules that one command executes,
-counted with sys.setprofile — issue #36's measure of "following one image".
+counted with sys.setprofile in every thread the command runs — issue #36's measure of "following one image".
 
     .venv/bin/python benchmarks/code_walk.py [IMAGE]   # default: tests/data/photos/bears.jpg
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -35,10 +36,12 @@ def walk(image: str) -> tuple[set[tuple[str, str]], Counter]:
         argv = ["segment", image, "--out", out, "--model", "tiny-random", "--preset", "smoke", "--no-cache",
                 "--no-track", "--orchestrator", "local", "-q"]
         sys.setprofile(profile)
+        threading.setprofile(profile)  # the threads the command starts too: an image's publish step runs in one
         try:
             rc = main(argv)
         finally:
             sys.setprofile(None)
+            threading.setprofile(None)  # type: ignore[arg-type]
     assert rc == 0, rc
     return seen, Counter(str(Path(f).relative_to(REPO)) for f, _ in seen)
 
