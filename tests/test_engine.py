@@ -139,6 +139,32 @@ def test_a_model_or_library_load_is_timed_as_load_not_as_the_stage_that_asked_fo
     assert calls["model"] == 2 and runner.LOAD not in warm.seconds  # nothing to wait for: no model, no libraries given
 
 
+def test_a_cache_hit_after_a_model_load_is_not_timed_below_zero(counted, tmp_path: Path, monkeypatch) -> None:
+    """A new AMG setting with a feature backbone: amg loads SAM and computes, then the backbone's
+    features entry is a hit; the hit's seconds are its own, not minus the load before it."""
+    from samseg.engine import runner
+
+    calls, count_loads = counted
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock.__setitem__(0, clock[0] + 0.001) or clock[0])
+    monkeypatch.setattr("samseg.sam.backbones.encode_features", lambda backbone, rgb, long_side: EncodedImage(
+        np.ones((8, 2, 3), np.float32), ImageGeometry.for_image(rgb.shape[:2], long_side, 14, square=False)))
+
+    def load_model():  # every run a new process: its load costs 100 s
+        clock[0] += 100.0
+        return count_loads()
+
+    dino = SMOKE.with_features("tiny-random")
+    ident = dataclasses.replace(MODEL, features="tiny-random", features_sha256="d" * 64)
+    cache, image = StageCache(tmp_path), _image()
+    run_image(image, dino, ident, cache, load_model=load_model, load_backbone=object)
+    run = run_image(image, dino.replace(amg={"points_per_side": 5}), ident, cache, load_model=load_model,
+                    load_backbone=object)
+    assert run.status["amg"] == "computed" and run.status["features"] == "hit"
+    assert all(0 < run.seconds[s] < 1 for s in ("amg", "features", "pool")), run.seconds
+    assert run.seconds[runner.LOAD] >= 100.0
+
+
 def test_changing_only_the_backbone_reuses_the_amg_entry_and_computes_features_and_pool(counted, tmp_path: Path,
                                                                                       monkeypatch) -> None:
     """--features changes the embeddings, not the masks: the AMG entry is re-used, SAM is never

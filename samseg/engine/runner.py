@@ -187,19 +187,19 @@ class _Resolver:
         if name in run.values:
             return run.values[name]
         row = stage(name, run.cfg)
-        t0 = time.perf_counter()
+        t0, loaded = time.perf_counter(), run.seconds.get(LOAD, 0.0)
         known = self.known(row)
         if known is not None:
             value, status = known
         else:
             args = [self.resolve(i) for i in row.inputs]
-            t0 = time.perf_counter()  # upstream time is the upstream stages' own
-            t0 -= run.seconds.get(LOAD, 0.0)  # and the models' load is LOAD's (below, what it adds meanwhile)
+            # upstream time is the upstream stages' own, and a load meanwhile is LOAD's
+            t0, loaded = time.perf_counter(), run.seconds.get(LOAD, 0.0)
             thunk = self.computing(row, args)
             value = thunk() if row.inline else self.execute(name, thunk)
             status = run.status[row.inputs[0]] if row.inline and len(row.inputs) == 1 else COMPUTED
         run.values[name], run.status[name] = value, status
-        run.seconds[name] = time.perf_counter() - t0 - run.seconds.get(LOAD, 0.0)
+        run.seconds[name] = time.perf_counter() - t0 - (run.seconds.get(LOAD, 0.0) - loaded)
         self.report(name, status)
         return value
 

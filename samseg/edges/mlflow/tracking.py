@@ -8,7 +8,7 @@ image run nested under a batch run another process started.
 Run layout (see `log_image_run`):
 - params: every `cfg.flat()` value (`model_type`, `amg.points_per_side`, `cluster.eps`, …)
 - metrics: n_masks, n_clusters, n_noise, noise_fraction, silhouette (when known),
-  `seconds.<stage>`, cache_hits
+  `seconds.<stage>`, `seconds.load` (the wait for models and libraries), `seconds.total`, cache_hits
 - tags: samseg.kind (image|batch|recluster), samseg.image_sha256, samseg.image_uri,
   samseg.checkpoint_sha256, samseg.prefect_flow_run_id, samseg.parent_run_id (the run a
   recluster started from), samseg.cache.<stage> (hit|computed), mlflow.parentRunId (batch)
