@@ -61,7 +61,7 @@ class ImageRun:
 
     values: {stage: value} for the stages this run needed. status: {stage: hit | computed |
     skipped | parent_run | run} for every stage of the table. seconds: wall time per stage
-    as this run saw it (a cache hit's load included), and LOAD: the wait for its models.
+    as this run saw it (a cache hit's load included), and LOAD: the wait for its models and libraries.
     """
 
     image: "LoadedImage"

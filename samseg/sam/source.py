@@ -148,8 +148,6 @@ def _once(loaded: dict[Any, Any], key: Any, load: Any) -> Any:
         return loaded[key]
 
 
-
-
 def _identify(r: ModelRequest) -> ModelIdentity:
     """The identity without loading weights or importing torch where it can: the device is
     recorded as asked ("auto" until a stage loads the model; then the loaded model's), and
