@@ -151,8 +151,9 @@ def run_image(
         return run_image(part, part_cfg, model, cache, load_model=ctx.model, load_backbone=ctx.backbone,
                          want=("amg", "pool"), execute=execute, quiet=True)
 
-    ctx = StageInputs(image, cfg, _model_getter(load_model, run), _model_getter(load_backbone, run, "the feature backbone"),
-                      _model_getter(load_libraries, run) if load_libraries else lambda: None, run_part=run_part,
+    libraries = _timed_load(load_libraries, run) if load_libraries else StageInputs.libraries  # None: nothing to wait for
+    ctx = StageInputs(image, cfg, _timed_load(load_model, run), _timed_load(load_backbone, run, "the feature backbone"),
+                      libraries, run_part=run_part,
                       report=(lambda _event, **_info: None) if quiet else progress.report)
     table = table_for(cfg)
     resolver = _Resolver(run, ctx, cache, dict(given or {}), dict(fallback or {}), execute, quiet)
@@ -258,7 +259,7 @@ def key_of(run: ImageRun, name: str) -> str:
     return stage_key(name, run.image.sha256, m.checkpoint_sha256, run.cfg, m.precision, m.features_sha256)
 
 
-def _model_getter(load: Optional[Callable[[], T]], run: ImageRun, what: str = "the SAM model") -> Callable[[], T]:
+def _timed_load(load: Optional[Callable[[], T]], run: ImageRun, what: str = "the SAM model") -> Callable[[], T]:
     """`load`, its wait added to the run's seconds[LOAD] (a model, or the libraries imported ahead)."""
     def get() -> T:
         if load is None:
