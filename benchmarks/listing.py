@@ -1,7 +1,7 @@
 """Memory of a batch's parent over an S3 prefix, two ways side by side, each in a fresh process:
 
 - `list`: samseg.engine.batch.list_sources, every key kept as one list of URIs (a local batch,
-  or a sharded one with dataset classes);
+  or a sharded one whose dataset classes are fitted on every image);
 - `sharded`: what the parent of `samseg segment s3://… --fan-out deployment` does over the whole
   batch, less Prefect: a Listing (the prefix listed once, page by page, into a local file), shards
   made from it (flows.fanout._shards, names made unique on disk), each shard's report entries

@@ -29,9 +29,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
 
-from samseg.edges.outdirs import iter_unique_names
+from samseg.edges.outdirs import named_inputs
 from samseg.edges.run_schema import SEGMENT_DEPLOYMENT, SHARD_REPORT
-from samseg.edges.spill import DiskSet, SpilledEntries
+from samseg.edges.spill import SpilledEntries
 from samseg.engine.progress import report
 from samseg.engine.request import ShardPlan
 from samseg.engine.segment import failed_entry, one_line
@@ -86,7 +86,7 @@ def run_shards(uris: Iterable[str], kwargs: dict[str, Any], plan: ShardPlan = Sh
 
     from samseg.edges import shutdown
 
-    pending = _shards(zip(uris, names) if names is not None else _named(uris), plan.size)
+    pending = _shards(zip(uris, names) if names is not None else named_inputs(uris), plan.size)
     todo: deque[_Shard] = deque()  # shards run again (retries), before any new one
     running: list[_Shard] = []
     entries = SpilledEntries()
@@ -136,12 +136,6 @@ def run_shards(uris: Iterable[str], kwargs: dict[str, Any], plan: ShardPlan = Sh
     if listing_error is not None:  # the batch fails as its listing did; the same command again runs what is missing
         raise listing_error
     return entries
-
-
-def _named(uris: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """(uri, its unique output dir name), the names seen so far on disk (a million would not fit a set)."""
-    listed, named = itertools.tee(uris)  # zip reads both in step: tee holds one uri at most
-    return zip(listed, iter_unique_names(named, DiskSet()))
 
 
 def _shards(named: Iterable[tuple[str, str]], size: int) -> Iterator[_Shard]:

@@ -171,7 +171,7 @@ def test_attack_a_classes_json_rewritten_mid_batch_is_refused_not_mixed(batch_ru
         GivenClasses.load(given.ref, given.sha256)
     entries = [{"name": "a", "image": "/x/a.jpg", "status": "completed", "n_masks": 3, "cluster_sizes": [3],
                 "classes_sha256": "0" * 64}]
-    report = record_assigned(str(tmp_path / "out"), entries, given, None)
+    report = record_assigned(str(tmp_path / "out"), iter(entries), given, None)  # read once, as a shard's spill streams
     assert "were not assigned to the batch's classes" in report["error"] and not (tmp_path / "out").exists()
 
 
@@ -390,10 +390,13 @@ def test_a_sharded_batch_fits_its_classes_on_a_spread_sample_and_assigns_every_i
         segmented, tmp_path):
     """--fan-out deployment with more images than --fit-images: the classes are fitted on a spread
     sample (its images computed first, their dirs the only ones read back), then every image is
-    computed again (stages cached), assigned to those classes and written once with their ids."""
+    computed again (stages cached), assigned to those classes and written once with their ids.
+    The parent holds neither the inputs (a Listing, named on disk) nor the entries (spilled by
+    the shards): classes.json is added up from the entries as they stream, once."""
     from samseg.core.dataset import ClassTable
     from samseg.edges.image_dir import read_image_dir
-    from samseg.engine.batch import ClassesRequest, run_batch
+    from samseg.edges.spill import SpilledEntries, spill_entries
+    from samseg.engine.batch import ClassesRequest, Listing, run_batch
     from samseg.engine.dataset import spread, table_sha256
     from samseg.engine.publish import Tracking
     from samseg.engine.request import Runtime, SegmentJob
@@ -404,15 +407,18 @@ def test_a_sharded_batch_fits_its_classes_on_a_spread_sample_and_assigns_every_i
     job = SegmentJob(cfg, Runtime(cache=str(root / "cache")), str(tmp_path / "out"), Tracking(track=False))
     calls = []
 
-    def run_images(uris, per_image, names):  # the shards' loop, here in-process
-        calls.append((list(uris), names, per_image.assign_to))
-        return segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name), names=names)
+    def run_images(uris, per_image, names):  # the shards' loop, here in-process; its entries spilled as run_shards does
+        calls.append((type(uris), list(uris), names, per_image.assign_to))
+        return spill_entries(segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name),
+                                                names=names))
 
     report = run_batch(sources, job, run_images, ClassesRequest(fit_images=2), "deployment")
     assert spread(4, 2) == [1, 3] and spread(3, 5) == [0, 1, 2] and spread(1000, 3) == [166, 500, 833]
-    (sample, sample_names, none), (every, names, given) = calls
+    (_, sample, sample_names, none), (listed, every, names, given) = calls
     assert sample == [sources[1], sources[3]] and sample_names == ["bears", "corgi"] and none is None
-    assert every == sources and names == ["building", "bears", "alphabet", "corgi"]
+    assert listed is Listing and every == sources and names is None  # named as the sample was: unique stems
+    assert isinstance(report["images"], SpilledEntries)
+    assert [e["name"] for e in report["images"]] == ["building", "bears", "alphabet", "corgi"]
     fitted = ClassTable.from_json((tmp_path / "out" / "classes.fitted.json").read_text())
     assert table_sha256(fitted) == given.sha256 and fitted.image_names == ["bears.png", "corgi.png"]  # the sample's
     assert report["failed"] == 0 and report["classes"]["mode"] == "dataset", report  # the batch's own classes
@@ -442,6 +448,7 @@ def test_a_sharded_batch_whose_fit_fails_reports_it_and_stays_incomplete(segment
     from samseg.engine.batch import ClassesRequest, run_batch
     from samseg.engine.publish import Tracking
     from samseg.engine.request import Runtime, SegmentJob
+    from samseg.edges.spill import SpilledEntries
     from samseg.engine.segment import failed_entry
 
     root, _, _, _, cfg = segmented
@@ -455,10 +462,11 @@ def test_a_sharded_batch_whose_fit_fails_reports_it_and_stays_incomplete(segment
 
     report = run_batch(sources, job, run_images, ClassesRequest(fit_images=2), "deployment")
     assert len(calls) == 1  # nothing assigned without classes
+    assert isinstance(report["images"], SpilledEntries)  # a failed entry for each image not started: on disk too
     assert "no image of the 2 the classes are fitted on was segmented" in report["classes"]["error"]
     assert [r["status"] for r in report["images"]] == ["failed"] * 4
     assert [r["error"].endswith("worker lost") for r in report["images"]] == [False, True, False, True]
-    assert "not segmented: " in report["images"][0]["error"]
+    assert "not segmented: " in next(iter(report["images"]))["error"]
     assert not (tmp_path / "out" / "classes.json").exists() and incomplete_since(str(tmp_path / "out"))
 
 
@@ -479,7 +487,7 @@ def test_a_resumed_sharded_batch_keeps_the_classes_it_fitted_before(segmented, b
 
     def run_images(uris, per_image, names):
         calls.append((uris, per_image))
-        return [{"image": u, "name": n, "status": "completed"} for u, n in zip(uris, names)]
+        return [{"image": u, "status": "completed"} for u in uris]
 
     class Job:
         out = str(tmp_path / "out")

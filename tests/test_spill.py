@@ -9,8 +9,8 @@ import pickle
 from pathlib import Path
 
 from samseg.edges import storage
-from samseg.edges.outdirs import iter_unique_names, unique_names
-from samseg.edges.spill import DiskSet, SpilledEntries, json_pieces, write_json
+from samseg.edges.outdirs import iter_unique_names, named_inputs, unique_names
+from samseg.edges.spill import DiskSet, SpilledEntries, json_pieces, spill_entries, write_json
 from servers import moto_s3, s3_bucket, s3_env  # noqa: F401
 
 
@@ -32,6 +32,8 @@ def test_names_made_unique_on_disk_are_the_names_made_in_memory() -> None:
             "/h/batch_summary.png", "s3://b/k/x.png"]
     assert list(iter_unique_names(uris, DiskSet())) == unique_names(uris)
     assert len(set(unique_names(uris))) == len(uris)
+    # as a batch pairs its inputs with their names: a list's, or a listing's read one at a time
+    assert list(named_inputs(uris)) == list(named_inputs(iter(uris))) == list(zip(uris, unique_names(uris)))
 
 
 def _entry(uri: str, status: str = "completed", **more: object) -> dict:
@@ -50,6 +52,13 @@ def test_spilled_entries_come_back_in_input_order_with_their_counts() -> None:
     assert spilled.counts == {"succeeded": 3, "failed": 1, "untracked": 1, "retried": 1}
     assert [e["image"] for e in spilled] == ["/a", "/b", "/c", "/d"]  # read again: the same
     assert pickle.loads(pickle.dumps(spilled)) == list(spilled)  # a persisted flow result: the list it stands for
+
+
+def test_entries_spilled_in_parts_come_back_whole_in_order() -> None:
+    entries = [_entry(f"/{c}", "failed" if c == "c" else "completed") for c in "edcba"]  # not sorted: input order
+    spilled = spill_entries(iter(entries), per_part=2)  # three parts, the last of one
+    assert list(spilled) == entries and len(spilled) == 5 and spilled.counts["failed"] == 1
+    assert list(spill_entries(iter([]))) == []
 
 
 def test_a_report_streamed_from_disk_is_the_json_of_its_entries(tmp_path: Path) -> None:

@@ -88,6 +88,18 @@ def iter_unique_names(uris: Iterable[str], used: Optional[MutableSet[str]] = Non
         yield name
 
 
+def named_inputs(uris: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(input, its unique output dir name) one at a time, as `unique_names` gives them: a list's
+    names seen so far kept in a set, any other iterable's (a batch's Listing: a million inputs)
+    on disk (samseg.edges.spill.DiskSet)."""
+    import itertools
+
+    from samseg.edges.spill import DiskSet
+
+    listed, named = itertools.tee(uris)  # zip reads both in step: tee holds one input at most
+    return zip(listed, iter_unique_names(named, set() if isinstance(uris, list) else DiskSet()))
+
+
 def child_dir(out: Path, name: str) -> Path:
     """OUT/<name>, refusing any name that is not one plain component inside OUT."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:

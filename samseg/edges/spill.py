@@ -13,6 +13,7 @@ batch of millions), removed when the object is collected or the process ends.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -145,6 +146,18 @@ class SpilledEntries:
     def _read(self, at: int, n: int) -> bytes:
         self._file.seek(at)
         return self._file.read(n)
+
+
+def spill_entries(entries: Iterable[dict[str, Any]], per_part: int = 1024) -> SpilledEntries:
+    """`entries` (one per image, in input order) read one part at a time into a SpilledEntries."""
+    spilled, it = SpilledEntries(), iter(entries)
+    for part in itertools.count():
+        chunk = list(itertools.islice(it, per_part))
+        if not chunk:
+            break
+        spilled.begin(part, [e["image"] for e in chunk])
+        spilled.add(part, chunk)
+    return spilled
 
 
 def _close_file(file: Any, folder: tempfile.TemporaryDirectory) -> None:

@@ -73,9 +73,8 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         model = ModelSource(job.model).identity() if classes.classes_from else None
         given = check_dataset_request(job.out, classes.classes_from, model)
     job.fetch_weights()  # every missing weight named once, before any image or MLflow run
-    # a sharded batch's parent holds neither its inputs nor their entries (samseg.edges.spill); new
-    # dataset classes are fitted and recorded from the whole list
-    uris = Listing(source) if fan_out == SHARDED and classes is None else list_sources(source)
+    # a sharded batch's parent holds neither its inputs nor their entries (samseg.edges.spill)
+    uris: Any = Listing(source) if fan_out == SHARDED else list_sources(source)
     from samseg.engine.progress import report
 
     report("listed", n_images=len(uris))
@@ -83,9 +82,11 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     # incomplete until the batch's files all agree (an interrupted batch is never served).
     owned_files.begin_batch(job.out, top_level_files(classes is not None))
     relabel = classes is not None and given is None
-    if classes is not None:  # dataset classes are fitted and recorded from every entry, in memory
-        run_images = in_memory(run_images)
     sampled = relabel and classes.fit_images is not None and len(uris) > classes.fit_images
+    # classes fitted on every image read every entry back: held in memory (a sharded batch only
+    # up to ShardPlan.fit_images images); classes assigned in the shards are added up as they stream
+    if classes is not None and (fan_out != SHARDED or (relabel and not sampled)):
+        uris, run_images = list(uris), in_memory(run_images)
     if relabel and not sampled:  # an earlier sampled batch's fitted classes are not this batch's
         owned_files.remove_own(job.out, [FITTED_CLASSES_JSON])
     t = job.tracking
@@ -118,6 +119,10 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
     class_report = None
     if fit_error is not None:  # the sample as computed; the images not started fail, naming why
         results, class_report = not_started(uris, results, fit_error), {"error": fit_error}
+        if isinstance(uris, Listing):
+            from samseg.edges.spill import spill_entries
+
+            results = spill_entries(results)
     elif given is not None:
         class_report = record_assigned(job.out, results, given, batch_run_id, execute,
                                        register=classes.register if sampled else None,
@@ -155,13 +160,14 @@ def segment_local(source: Source, job: SegmentJob, classes: Optional[ClassesRequ
     return run_batch(source, job, run_images, classes)
 
 
-def not_started(uris: list[str], done: list[dict[str, Any]], why: str) -> list[dict[str, Any]]:
-    """Every image's entry in input order: those of `done`, and a failed one naming `why` for the rest."""
-    from samseg.edges.outdirs import unique_names
+def not_started(uris: Iterable[str], done: list[dict[str, Any]], why: str) -> Iterator[dict[str, Any]]:
+    """Every image's entry in input order, one at a time: those of `done`, and a failed one naming
+    `why` for the rest."""
+    from samseg.edges.outdirs import named_inputs
     from samseg.engine.segment import failed_entry
 
     by_uri = {r["image"]: r for r in done}
-    return [by_uri.get(u) or failed_entry(u, n, f"{u}: not segmented: {why}") for u, n in zip(uris, unique_names(uris))]
+    return (by_uri.get(u) or failed_entry(u, n, f"{u}: not segmented: {why}") for u, n in named_inputs(uris))
 
 
 def image_job(job: SegmentJob, tracking: Tracking, dataset: bool, assign_to: Any = None) -> SegmentJob:

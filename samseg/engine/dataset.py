@@ -21,7 +21,7 @@ import tempfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sized
 
 from samseg.core.config import ClusterConfig
 from samseg.core.cosine_dbscan import Gram
@@ -115,28 +115,35 @@ def assigned_entry(summary: dict[str, Any]) -> dict[str, Any]:
     return {"cluster_sizes": summary.get("cluster_sizes"), CLASSES_SHA256: summary.get(CLASSES_SHA256)}
 
 
-def record_assigned(out: str, results: list[dict[str, Any]], given: GivenClasses, batch_run_id: Optional[str],
+def record_assigned(out: str, results: Iterable[dict[str, Any]], given: GivenClasses, batch_run_id: Optional[str],
                     execute: Execute = inline, register: Optional[str] = None, mode: str = "assigned") -> dict[str, Any]:
     """classes.json and the contact sheet of a batch whose images were assigned to `given` as
-    they were computed, from their report entries (counts per class) and a few image dirs for
-    the sheet's examples; logged on the batch run (and registered as model `register`, for
-    classes the batch fitted itself). {"error": one line} when it fails, or when an image was
-    assigned to another table (or to none) than the batch's. mode: "assigned" (classes given
-    beforehand) or "dataset" (the batch's own, fitted on its sample: fit_then_assign)."""
+    they were computed, from their report entries (counts per class: read once, as they stream from
+    a sharded batch's spill) and a few image dirs for the sheet's examples; logged on the batch run
+    (and registered as model `register`, for classes the batch fitted itself). {"error": one line}
+    when it fails, or when an image was assigned to another table (or to none) than the batch's.
+    mode: "assigned" (classes given beforehand) or "dataset" (the batch's own, fitted on its
+    sample: fit_then_assign)."""
     from pathlib import PurePosixPath
 
     from samseg.edges.dataset_outputs import log_dataset_classes, write_assigned_classes
 
-    done = [r for r in results if r["status"] == "completed"]
-    if not done:
+    images: list[dict[str, Any]] = []  # what classes.json keeps of each completed image, no more
+    other, n_other = [], 0  # images assigned to another table: counted, the first few named
+    for r in results:
+        if r["status"] != "completed":
+            continue
+        if r.get(CLASSES_SHA256) != given.sha256:
+            other, n_other = (other + [r["name"]])[:4], n_other + 1
+        images.append({"name": r["name"], "file_name": PurePosixPath(str(r["image"])).name,
+                       "n_masks": r.get("n_masks"), "cluster_sizes": r.get("cluster_sizes")})
+    if not images:
         return {"error": f"{out}: no completed image to give dataset-level classes to"}
-    other = [r["name"] for r in done if r.get(CLASSES_SHA256) != given.sha256]
-    if other:
-        return {"error": f"{out}: {len(other)} images ({', '.join(other[:3])}{'…' if len(other) > 3 else ''}) were not "
+    if n_other:
+        return {"error": f"{out}: {n_other} images ({', '.join(other[:3])}{'…' if n_other > 3 else ''}) were not "
                          f"assigned to the batch's classes {given.sha256[:12]}…; rerun the batch"}
     try:
-        with local_image_dirs(out, [r["name"] for r in done[:SHEET_IMAGES]]) as (dirs, _):
-            images = [{**r, "file_name": PurePosixPath(str(r["image"])).name} for r in done]
+        with local_image_dirs(out, [i["name"] for i in images[:SHEET_IMAGES]]) as (dirs, _):
             rep = execute("dataset-classes", lambda: write_assigned_classes(out, given.table, images, dirs, mode))
         if batch_run_id:
             execute("track", lambda: log_dataset_classes(batch_run_id, rep))
@@ -165,10 +172,10 @@ def spread(n: int, k: int) -> list[int]:
     return sorted({(2 * i + 1) * n // (2 * k) for i in range(k)})
 
 
-def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional[GivenClasses]], Any], classes: Any,
-                    run_images: Callable[..., list[dict[str, Any]]], execute: Execute = inline,
+def fit_then_assign(uris: Sized, job: Any, job_for: Callable[[bool, Optional[GivenClasses]], Any], classes: Any,
+                    run_images: Callable[..., Iterable[dict[str, Any]]], execute: Execute = inline,
                     gram: Optional[Gram] = None, resumed: bool = False,
-                    ) -> tuple[Optional[GivenClasses], list[dict[str, Any]], Optional[str]]:
+                    ) -> tuple[Optional[GivenClasses], Iterable[dict[str, Any]], Optional[str]]:
     """New dataset classes for a batch fanned out in shards, without reading the dataset back:
 
     1. a spread sample of classes.fit_images images computed in shards (their own ids, not logged);
@@ -180,25 +187,26 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
     A resumed batch (its MLflow run killed, the command run again) keeps the classes it fitted
     before, when OUT holds them: images it logged then are not logged again, so a new fit could
     leave their runs on other ids than OUT's.
+    uris: a list, or a batch's Listing (read twice, never held: the sample is picked as it streams).
     job_for(logged, classes): the job each image runs as (samseg.engine.batch.image_job). Returns
-    (the fitted classes, as every shard loaded them; the images' report entries; None), or when
-    the fit fails (no sample image segmented, the fit, S3): (None; the sample's entries, the
-    rest not started; the error's one line)."""
+    (the fitted classes, as every shard loaded them; the images' report entries, as run_images
+    gives them; None), or when the fit fails (no sample image segmented, the fit, S3): (None; the
+    sample's entries; the error's one line)."""
     from samseg.edges.dataset_outputs import DatasetOutputsError, fit_classes, write_fitted_classes
-    from samseg.edges.outdirs import unique_names
+    from samseg.edges.outdirs import named_inputs
     from samseg.edges.owned_files import FITTED_CLASSES_JSON
     from samseg.edges.storage import exists, join_uri
     from samseg.engine import progress
     from samseg.engine.naming import dataset_namer
 
-    names = unique_names(uris)
     fitted = join_uri(job.out, FITTED_CLASSES_JSON)
     sample: list[dict[str, Any]] = []
     try:
         if not (resumed and exists(fitted)):  # (a resumed batch's fit is kept: see above)
-            pick = spread(len(uris), int(classes.fit_images))
+            pick = set(spread(len(uris), int(classes.fit_images)))
+            picked = [pair for i, pair in enumerate(named_inputs(uris)) if i in pick]
             with progress.reporting(None):  # the progress bars count each image once: when it is assigned
-                sample = run_images([uris[i] for i in pick], job_for(False, None), [names[i] for i in pick])
+                sample = list(run_images([u for u, _ in picked], job_for(False, None), [n for _, n in picked]))
             done = [r["name"] for r in sample if r["status"] == "completed"]
             if not done:
                 raise DatasetOutputsError(f"{job.out}: no image of the {len(pick)} the classes are fitted on was "
@@ -211,7 +219,7 @@ def fit_then_assign(uris: list[str], job: Any, job_for: Callable[[bool, Optional
         given = GivenClasses.load(fitted)
     except Exception as exc:  # the batch reports it; OUT stays marked incomplete and a rerun completes it
         return None, sample, one_line(exc)
-    return given, run_images(uris, job_for(True, given), names), None
+    return given, run_images(uris, job_for(True, given), None), None  # None: the same unique names as the sample's
 
 
 def classify_dirs(out: str, dirs: list[str], cluster_cfg: ClusterConfig, batch_run_id: Optional[str],
