@@ -1,4 +1,4 @@
-"""Memory of a batch's parent over an S3 prefix, two ways side by side, each in a fresh process:
+"""Memory of a batch's parent over an S3 prefix (or a local folder), two ways side by side, each in a fresh process:
 
 - `list`: samseg.engine.batch.list_sources, every key kept as one list of URIs (a local batch,
   or a sharded one whose dataset classes are fitted on every image);
@@ -7,12 +7,13 @@
   made from it (flows.fanout._shards, names made unique on disk), each shard's report entries
   spilled (samseg.edges.spill) as if it had completed.
 
-    python -m benchmarks.listing [--keys 10000 100000] [--synthetic] [--shard-size 256]
+    python -m benchmarks.listing [--keys 10000 100000] [--synthetic | --local] [--shard-size 256]
 
 A moto S3 server on loopback in a child process, its bucket filled with empty `.jpg` objects
 through moto's backend (no HTTP per object). Each mode prints the peak of Python allocations
 (tracemalloc) and the growth of the process's peak RSS (SQLite's pages are not Python's).
 moto answers every page by scanning the whole bucket, so 10⁶ keys take hours there.
+`--local` lists a folder of as many empty files under TMPDIR instead (no server).
 `--synthetic` serves the same ListObjectsV2 pages (1000 keys each, in key order, continuation
 tokens) from a counter instead of a bucket, so 10⁶ keys list in a minute through the same boto3
 paginator and samseg code; nothing else differs for the parent.
@@ -27,6 +28,8 @@ import socket
 import sys
 import time
 import tracemalloc
+from pathlib import Path
+from typing import Any
 
 BUCKET = "samseg-listing"
 
@@ -109,11 +112,12 @@ def _parent(mode: str, prefix: str, keys: int, shard_size: int, result: "mp.Queu
     made unique on disk) and each shard's report entries spilled as if it had completed."""
     import resource
 
-    from flows.fanout import _named, _shards
+    from flows.fanout import _shards
+    from samseg.edges.outdirs import named_inputs
     from samseg.edges.spill import SpilledEntries
     from samseg.engine.batch import Listing, list_sources
 
-    list(Listing(prefix.replace("/in/", "/none/")))  # imports and the boto3 client first: not the listing's memory
+    list(Listing(prefix.replace("/in/", "/none/")))  # imports (and the boto3 client) first: not the listing's memory
     SpilledEntries()
     rss0 = _rss_bytes()
     tracemalloc.start()
@@ -122,7 +126,7 @@ def _parent(mode: str, prefix: str, keys: int, shard_size: int, result: "mp.Queu
         n = len(list_sources(prefix))
     else:
         listing, entries, n = Listing(prefix), SpilledEntries(), 0
-        for shard in _shards(_named(listing), shard_size):
+        for shard in _shards(named_inputs(listing), shard_size):
             entries.begin(shard.index, shard.uris)
             entries.add(shard.index, [{"image": u, "name": m, "status": "completed", "n_masks": 0, "n_classes": 0,
                                        "out_dir": f"s3://out/{m}", "shard": shard.index, "attempts": 1}
@@ -138,9 +142,19 @@ def _parent(mode: str, prefix: str, keys: int, shard_size: int, result: "mp.Queu
 
 
 def measure(keys: int, synthetic: bool = False, modes: tuple[str, ...] = ("list", "sharded"),
-            shard_size: int = 256) -> list[dict[str, float]]:
-    port = _free_port()
+            shard_size: int = 256, local: bool = False) -> list[dict[str, float]]:
+    """Each mode's row; local: a folder of `keys` empty files under TMPDIR instead of an S3 prefix."""
+    import tempfile
+
     ctx = mp.get_context("spawn")
+    if local:
+        with tempfile.TemporaryDirectory(prefix="samseg-listing-") as folder:
+            (Path(folder) / "in").mkdir()
+            (Path(folder) / "none").mkdir()  # the warm-up's empty listing
+            for i in range(keys):
+                (Path(folder) / "in" / f"img{i:07d}.jpg").touch()
+            return _measure_modes(ctx, f"{folder}/in/", keys, modes, shard_size)
+    port = _free_port()
     ready = ctx.Event()
     child = ctx.Process(target=_serve_synthetic if synthetic else _serve, args=(port, keys, ready), daemon=True)
     child.start()
@@ -149,30 +163,35 @@ def measure(keys: int, synthetic: bool = False, modes: tuple[str, ...] = ("list"
             raise SystemExit("moto did not start")
         os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
                            "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
-        rows = []
-        for mode in modes:  # each in a process of its own: its peak RSS is its own
-            result = ctx.Queue()
-            parent = ctx.Process(target=_parent, args=(mode, f"s3://{BUCKET}/in/", keys, shard_size, result))
-            parent.start()
-            rows.append(result.get())
-            parent.join()
-            print(f"{rows[-1]['keys']:>9} keys, {mode:>7}: {rows[-1]['seconds']:7.1f} s, Python peak {rows[-1]['peak_mb']:7.1f} MB "
-                  f"({rows[-1]['peak_bytes_per_key']} B/key), RSS growth {rows[-1]['rss_growth_mb']:7.1f} MB", flush=True)
-            assert rows[-1]["keys"] == keys, (rows[-1], keys)
-        return rows
+        return _measure_modes(ctx, f"s3://{BUCKET}/in/", keys, modes, shard_size)
     finally:
         child.kill()
+
+
+def _measure_modes(ctx: Any, prefix: str, keys: int, modes: tuple[str, ...], shard_size: int) -> list[dict[str, float]]:
+    rows = []
+    for mode in modes:  # each in a process of its own: its peak RSS is its own
+        result = ctx.Queue()
+        parent = ctx.Process(target=_parent, args=(mode, prefix, keys, shard_size, result))
+        parent.start()
+        rows.append(result.get())
+        parent.join()
+        print(f"{rows[-1]['keys']:>9} keys, {mode:>7}: {rows[-1]['seconds']:7.1f} s, Python peak {rows[-1]['peak_mb']:7.1f} MB "
+              f"({rows[-1]['peak_bytes_per_key']} B/key), RSS growth {rows[-1]['rss_growth_mb']:7.1f} MB", flush=True)
+        assert rows[-1]["keys"] == keys, (rows[-1], keys)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--synthetic", action="store_true", help="pages from a counter, not a moto bucket (10^6 keys in a minute)")
+    ap.add_argument("--local", action="store_true", help="a local folder of empty files (under TMPDIR), not an S3 prefix")
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--modes", nargs="+", choices=("list", "sharded"), default=["list", "sharded"])
     args = ap.parse_args(argv)
     for n in args.keys:
-        measure(n, args.synthetic, tuple(args.modes), shard_size=args.shard_size)  # prints each mode as it ends
+        measure(n, args.synthetic, tuple(args.modes), shard_size=args.shard_size, local=args.local)  # prints each mode as it ends
     return 0
 
 

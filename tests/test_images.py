@@ -6,6 +6,7 @@ import hashlib
 import struct
 import zlib
 from io import BytesIO
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,33 @@ def test_find_images_dirs_globs_and_explicit_files(tmp_path: Path) -> None:
     missing = str(tmp_path / "gone.jpg")
     assert find_images([explicit, missing, explicit]) == [explicit, missing]
     assert ".png" in IMAGE_SUFFIXES and ".jpg" in IMAGE_SUFFIXES
+    assert find_images([str(tmp_path / "*.gif")]) == [str(tmp_path / "*.gif")]  # no match: kept, to fail as that file
+
+
+def test_a_folder_larger_than_a_sort_run_is_listed_sorted_from_runs_on_disk(tmp_path: Path, monkeypatch) -> None:
+    """A folder of a million images is never held whole: its names are sorted in bounded runs,
+    spilled and merged, and come out as sorted() would give them (a name that is not UTF-8 too)."""
+    from samseg.edges import spill
+
+    odd = b"caf\xe9.png".decode("utf-8", "surrogateescape")  # a Latin-1 name, as os.scandir gives it
+    names = [f"{i:02d}.png" for i in range(17, -1, -1)] + [odd, "Z.JPG", "sub.png"]
+    for n in names[:-1]:
+        (tmp_path / n).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()  # a folder named like an image is not one
+    scratch = tmp_path.parent / f"{tmp_path.name}-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(spill, "SORT_RUN", 4)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    from samseg.edges.images import iter_found_images
+
+    listed = iter_found_images(str(tmp_path))
+    first = next(listed)
+    assert [p.name for p in scratch.iterdir()][0].startswith("samseg-sort-")  # the runs are on disk while merged
+    assert [first, *listed] == [str(tmp_path / n) for n in sorted(names[:-1])]
+    assert not list(scratch.iterdir())  # and gone once read
+    assert find_images([str(tmp_path)]) == [str(tmp_path / n) for n in sorted(names[:-1])]
+    assert list(spill.sorted_strings(iter(["b", "a", "c"]), run=2)) == ["a", "b", "c"]
+    assert list(spill.sorted_strings(iter([]))) == []
 
 
 def test_shared_photo_loads(photos: Path) -> None:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import os
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -218,36 +219,38 @@ def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def find_images(paths: list[str]) -> list[str]:
-    """Expand CLI arguments into image paths, in argument order, without duplicates.
+    """Expand CLI arguments into image paths, in argument order, without duplicates
+    (`iter_found_images` of each)."""
+    return list(dict.fromkeys(p for arg in paths for p in iter_found_images(arg)))
 
-    - a directory → its image files (by IMAGE_SUFFIXES, case-insensitive), sorted by
-      name, not recursive, hidden files skipped;
+
+def iter_found_images(arg: str) -> Iterator[str]:
+    """One CLI argument's image paths, one at a time:
+
+    - a directory → its image files (`is_image_name`), sorted by name, not recursive;
     - a glob (contains * ? [) → its matching image files, sorted;
     - anything else → kept as given, whatever its suffix, so a missing or bad file
       is reported by `load_image` as that file's own one-line error.
-    """
-    out: list[str] = []
-    seen: set[str] = set()
 
-    def add(p: str) -> None:
-        if p not in seen:
-            seen.add(p)
-            out.append(p)
+    A folder or glob of a million files is never listed whole in memory: its names are sorted
+    in bounded runs on disk (samseg.edges.spill.sorted_strings)."""
+    from samseg.edges.spill import sorted_strings
 
-    for arg in paths:
-        p = Path(arg)
-        if p.is_dir():
-            for child in sorted(p.iterdir(), key=lambda c: c.name):
-                if _is_image_file(child):
-                    add(str(child))
-        elif _GLOB_CHARS & set(arg) and not p.exists():
-            matches = [m for m in sorted(glob.glob(arg)) if _is_image_file(Path(m))]
-            for m in matches or [arg]:  # no match → kept, so it fails as "no such file"
-                add(m)
-        else:
-            add(arg)
-    return out
+    p = Path(arg)
+    if p.is_dir():
+        with os.scandir(p) as entries:  # DirEntry.is_file: no stat per file where the OS gives its type
+            names = sorted_strings(e.name for e in entries if is_image_name(e.name) and e.is_file())
+            yield from (str(p / name) for name in names)
+    elif _GLOB_CHARS & set(arg) and not p.exists():
+        matches = sorted_strings(m for m in glob.iglob(arg) if is_image_name(Path(m).name) and Path(m).is_file())
+        first = next(matches, None)
+        yield from [arg] if first is None else itertools.chain([first], matches)  # no match → kept: "no such file"
+    else:
+        yield arg
 
 
-def _is_image_file(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+def is_image_name(name: str) -> bool:
+    """A file or S3 key name that a folder or prefix lists as an image: an image suffix
+    (IMAGE_SUFFIXES, any case), not hidden."""
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_SUFFIXES

@@ -20,7 +20,7 @@ import sqlite3
 import tempfile
 import weakref
 from collections.abc import MutableSet
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 CACHE_KIB = 2048  # SQLite's page cache: the DiskSet's memory, whatever it holds
 
@@ -158,6 +158,35 @@ def spill_entries(entries: Iterable[dict[str, Any]], per_part: int = 1024) -> Sp
         spilled.begin(part, [e["image"] for e in chunk])
         spilled.add(part, chunk)
     return spilled
+
+
+SORT_RUN = 100_000  # strings sorted in memory at once (a few MB of file names); more are merged from disk
+
+
+def sorted_strings(strings: Iterable[str], run: Optional[int] = None) -> Iterator[str]:
+    """sorted(strings), one at a time, holding at most `run` (default SORT_RUN) of them: more are
+    sorted in runs of `run`, each spilled to a local file (one JSON string a line), and the runs merged."""
+    import heapq
+
+    run = run or SORT_RUN
+    it = iter(strings)
+    chunk = sorted(itertools.islice(it, run))
+    if len(chunk) < run:  # a folder of fewer: no file
+        yield from chunk
+        return
+    with tempfile.TemporaryDirectory(prefix="samseg-sort-") as tmp:
+        runs = []
+        try:
+            while chunk:
+                f = open(os.path.join(tmp, f"{len(runs)}.jsonl"), "w+", encoding="utf-8")  # noqa: SIM115 — closed below
+                runs.append(f)
+                f.writelines(json.dumps(s) + "\n" for s in chunk)
+                f.seek(0)
+                chunk = sorted(itertools.islice(it, run))
+            yield from heapq.merge(*((json.loads(line) for line in f) for f in runs))
+        finally:
+            for f in runs:
+                f.close()
 
 
 def _close_file(file: Any, folder: tempfile.TemporaryDirectory) -> None:

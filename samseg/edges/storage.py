@@ -380,17 +380,10 @@ def list_keys(prefix_uri: str, *, recursive: bool = True) -> list[str]:
     return sorted(iter_keys(prefix_uri, recursive=recursive))
 
 
-def _is_image_name(name: str) -> bool:
-    from samseg.edges.images import IMAGE_SUFFIXES
-
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_SUFFIXES
-
-
 def list_images(spec: str | os.PathLike[str]) -> list[str]:
     """Sorted image URIs/paths (by suffix) for a file, a folder, a glob, or ``s3://bucket/prefix``.
 
-    Same rule everywhere (samseg.edges.images.find_images for local specs): a folder or S3
+    Same rule everywhere (samseg.edges.images.iter_found_images for local specs): a folder or S3
     prefix gives its direct image children, not recursive, hidden names skipped; a single
     image key on S3 is returned as itself. An empty folder/prefix gives [] — the caller
     decides whether that is an error. A local name that does not exist is kept as given
@@ -401,23 +394,26 @@ def list_images(spec: str | os.PathLike[str]) -> list[str]:
 
 
 def iter_images(spec: str | os.PathLike[str]) -> Iterator[str]:
-    """`list_images`, an S3 prefix page by page (`iter_keys`, in S3's order, which is sorted)."""
+    """`list_images`, an S3 prefix page by page (`iter_keys`, in S3's order, which is sorted), a
+    local folder sorted in bounded runs (samseg.edges.images.iter_found_images)."""
+    from samseg.edges.images import is_image_name
+
     if is_s3_uri(spec):
         _bucket, key = split_s3_uri(str(spec))
-        if key and _is_image_name(key):
+        if key and is_image_name(key):
             try:
                 object_parts(str(spec))
             except StorageError:  # a hostile key fails alone, as that image's own error
                 yield str(spec)
                 return
-        if key and _is_image_name(key) and exists(str(spec)):
+        if key and is_image_name(key) and exists(str(spec)):
             yield str(spec)
             return
-        yield from (u for u in iter_keys(str(spec), recursive=False) if _is_image_name(u))
+        yield from (u for u in iter_keys(str(spec), recursive=False) if is_image_name(u))
         return
-    from samseg.edges.images import find_images
+    from samseg.edges.images import iter_found_images
 
-    yield from find_images([str(spec)])
+    yield from iter_found_images(str(spec))
 
 
 # ---------------------------------------------------------------- whole dirs
