@@ -6,10 +6,13 @@ counted with sys.setprofile in every thread the command runs — issue #36's mea
 
 Runs `samseg segment IMAGE --model tiny-random --preset smoke --no-cache --no-track
 --orchestrator local` in this process and prints the two counts, then the modules by count.
+A class body (run once, when its module is imported on the way) is a call to the profiler too:
+the first line counts them with the functions, as the measure always has; the second without.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 import tempfile
 import threading
@@ -20,10 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 ANON = {"<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<lambda>", "<module>"}
 
 
-def walk(image: str) -> tuple[set[tuple[str, str]], Counter]:
+def walk(image: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(every (file, qualified name) the command ran, class bodies included; the class bodies)."""
     from samseg.apps.cli import main
 
     seen: set[tuple[str, str]] = set()
+    class_bodies: set[tuple[str, str]] = set()
     roots = (str(REPO / "samseg"), str(REPO / "flows"))
 
     def profile(frame, event, _arg):
@@ -31,6 +36,8 @@ def walk(image: str) -> tuple[set[tuple[str, str]], Counter]:
             code = frame.f_code
             if code.co_filename.startswith(roots) and code.co_name not in ANON:
                 seen.add((code.co_filename, code.co_qualname))
+                if not code.co_flags & inspect.CO_NEWLOCALS:  # a class body, not a function
+                    class_bodies.add((code.co_filename, code.co_qualname))
 
     with tempfile.TemporaryDirectory() as out:
         argv = ["segment", image, "--out", out, "--model", "tiny-random", "--preset", "smoke", "--no-cache",
@@ -43,11 +50,14 @@ def walk(image: str) -> tuple[set[tuple[str, str]], Counter]:
             sys.setprofile(None)
             threading.setprofile(None)  # type: ignore[arg-type]
     assert rc == 0, rc
-    return seen, Counter(str(Path(f).relative_to(REPO)) for f, _ in seen)
+    return seen, class_bodies
 
 
 if __name__ == "__main__":
-    functions, modules = walk(sys.argv[1] if len(sys.argv) > 1 else str(REPO / "tests" / "data" / "photos" / "bears.jpg"))
-    print(f"{len(functions)} functions in {len(modules)} modules")
+    functions, class_bodies = walk(sys.argv[1] if len(sys.argv) > 1 else str(REPO / "tests" / "data" / "photos" / "bears.jpg"))
+    modules = Counter(str(Path(f).relative_to(REPO)) for f, _ in functions)
+    plain = functions - class_bodies
+    print(f"{len(functions)} functions in {len(modules)} modules (class bodies included)")
+    print(f"{len(plain)} functions in {len({f for f, _ in plain})} modules (class bodies excluded)")
     for module, n in modules.most_common():
         print(f"{n:4d}  {module}")

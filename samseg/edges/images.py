@@ -234,14 +234,16 @@ def iter_found_images(arg: str) -> Iterator[str]:
 
     A folder or glob of a million files is never listed whole in memory: its names are sorted
     in bounded runs on disk (samseg.edges.spill.sorted_strings)."""
-    from samseg.edges.spill import sorted_strings
-
     p = Path(arg)
     if p.is_dir():
+        from samseg.edges.spill import sorted_strings
+
         with os.scandir(p) as entries:  # DirEntry.is_file: no stat per file where the OS gives its type
             names = sorted_strings(e.name for e in entries if is_image_name(e.name) and e.is_file())
             yield from (str(p / name) for name in names)
     elif _GLOB_CHARS & set(arg) and not p.exists():
+        from samseg.edges.spill import sorted_strings
+
         matches = sorted_strings(m for m in glob.iglob(arg) if is_image_name(Path(m).name) and Path(m).is_file())
         first = next(matches, None)
         yield from [arg] if first is None else itertools.chain([first], matches)  # no match → kept: "no such file"
