@@ -11,7 +11,7 @@ run, or split in shards that run as `segment` deployment runs on any worker
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Literal, Optional, Union
 
 from prefect import flow
 
@@ -213,7 +213,7 @@ def segment_batch_flow(
     request = ClassesRequest(classes_from, max_cluster, register_classes, plan.fit_images if use_deployments else None) \
         if wanted else None
 
-    def run_images(uris: list[str], per_image: SegmentJob, names: Optional[list[str]]) -> list[dict[str, Any]]:
+    def run_images(uris: Iterable[str], per_image: SegmentJob, names: Optional[Iterable[str]]) -> Iterable[dict[str, Any]]:
         t, image_settings = per_image.tracking, PipelineParams.from_config(per_image.cfg)
         kwargs = dict(out=out, settings=image_settings, runtime=runtime, track=t.track, experiment=experiment,
                       batch_run_id=t.nested_under, batch_resumed=t.resumed)
@@ -222,7 +222,8 @@ def segment_batch_flow(
             return run_shards(uris, {**kwargs, "settings": image_settings.model_dump(), "runtime": runtime.model_dump(),
                                      "classes_from": given.ref if given else None,
                                      "classes_sha256": given.sha256 if given else None}, plan, names=names)
-        return segment_images(uris, names=names, **kwargs, assign_to=per_image.assign_to)  # the batch's own run holds its images' tasks
+        return segment_images(list(uris), names=None if names is None else list(names), **kwargs,  # a local batch's lists
+                              assign_to=per_image.assign_to)  # the batch's own run holds its images' tasks
 
     with shutdown.relayed():
         report = run_batch(source, job, run_images, request, SHARDED if use_deployments else "local", prefect_execute)

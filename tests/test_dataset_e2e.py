@@ -441,6 +441,63 @@ def test_a_sharded_batch_fits_its_classes_on_a_spread_sample_and_assigns_every_i
     assert not (tmp_path / "out" / "classes.fitted.json").exists()
 
 
+def test_a_sharded_batch_given_classes_streams_its_inputs_and_entries_into_classes_json(segmented, batch_run, tmp_path):
+    """--classes-from with --fan-out deployment: the shards assign, the parent reads a Listing and
+    the shards' spilled entries, and classes.json adds up every image from them."""
+    from samseg.core.dataset import ClassTable
+    from samseg.edges.spill import SpilledEntries, spill_entries
+    from samseg.engine.batch import ClassesRequest, Listing, run_batch
+    from samseg.engine.publish import Tracking
+    from samseg.engine.request import Runtime, SegmentJob
+    from samseg.engine.segment import segment_overlapped, start_one
+
+    root, _, _, _, cfg = segmented
+    first, _ = batch_run
+    sources = [str(root / "photos" / f"{Path(n).stem}.png") for n in PHOTOS]
+    job = SegmentJob(cfg, Runtime(cache=str(root / "cache")), str(tmp_path / "out"), Tracking(track=False))
+    seen = []
+
+    def run_images(uris, per_image, names):  # the shards, here in-process; their entries spilled as run_shards does
+        seen.append((type(uris), per_image.assign_to))
+        return spill_entries(segment_overlapped(uris, job.out, lambda uri, name: start_one(uri, per_image, name),
+                                                names=names))
+
+    report = run_batch(sources, job, run_images, ClassesRequest(classes_from=first["classes_json"]), "deployment")
+    [(listed, given)] = seen
+    assert listed is Listing and given is not None and isinstance(report["images"], SpilledEntries)
+    assert report["failed"] == 0 and report["classes"]["mode"] == "assigned", report
+    final = ClassTable.from_json(Path(report["classes"]["classes_json"]).read_text())
+    assert final.image_names == [Path(s).name for s in sources]
+    assert int(final.sizes.sum()) + final.n_noise == sum(e["n_masks"] for e in report["images"])
+
+
+def test_the_sample_of_a_fit_is_named_as_the_full_run_names_its_images(tmp_path):
+    """Two inputs with one stem: the second is <stem>-2 in the sample as in the batch's shards."""
+    from samseg.edges.outdirs import unique_names
+    from samseg.engine.batch import ClassesRequest, Listing
+    from samseg.engine.dataset import fit_then_assign, spread
+    from samseg.engine.segment import failed_entry
+
+    sources = [str(tmp_path / d / f"{n}.png") for d, n in (("a", "x"), ("b", "x"), ("c", "y"), ("d", "x"), ("e", "z"))]
+    for s in sources:
+        Path(s).parent.mkdir()
+        Path(s).write_bytes(b"")
+    sampled = []
+
+    def run_images(uris, per_image, names):  # the sample lost: the fit stops after it
+        sampled.append(list(zip(uris, names)))
+        return [failed_entry(u, n, f"{u}: worker lost") for u, n in zip(uris, names)]
+
+    class Job:
+        out = str(tmp_path / "out")
+
+    pick = spread(5, 2)
+    listing = Listing([str(tmp_path / d / "*.png") for d in "abcde"])
+    _, _, error = fit_then_assign(listing, Job, lambda logged, to: None, ClassesRequest(fit_images=2), run_images)
+    assert "no image of the 2" in error and pick == [1, 3]
+    assert sampled == [[(sources[i], unique_names(sources)[i]) for i in pick]] == [[(sources[1], "x-2"), (sources[3], "x-3")]]
+
+
 def test_a_sharded_batch_whose_fit_fails_reports_it_and_stays_incomplete(segmented, tmp_path):
     """No image of the sample could be segmented: one line says so, the images not started fail
     naming why, no classes.json is written and OUT stays marked incomplete for a rerun."""

@@ -224,6 +224,17 @@ def test_a_folder_larger_than_a_sort_run_is_listed_sorted_from_runs_on_disk(tmp_
     assert find_images([str(tmp_path)]) == [str(tmp_path / n) for n in sorted(names[:-1])]
     assert list(spill.sorted_strings(iter(["b", "a", "c"]), run=2)) == ["a", "b", "c"]
     assert list(spill.sorted_strings(iter([]))) == []
+    stopped = spill.sorted_strings(iter("qwertyuiop"), run=3)
+    assert next(stopped) == "e" and list(scratch.iterdir())
+    stopped.close()  # a reader that stops early: its runs go too
+    assert not list(scratch.iterdir())
+
+
+def test_a_link_loop_named_like_an_image_is_not_an_image_of_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert find_images([str(tmp_path)]) == [str(tmp_path / "a.png")]
 
 
 def test_shared_photo_loads(photos: Path) -> None:

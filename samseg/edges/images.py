@@ -18,6 +18,7 @@ Colour rules, in one place so every caller gets the same pixels:
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import itertools
@@ -232,14 +233,15 @@ def iter_found_images(arg: str) -> Iterator[str]:
     - anything else → kept as given, whatever its suffix, so a missing or bad file
       is reported by `load_image` as that file's own one-line error.
 
-    A folder or glob of a million files is never listed whole in memory: its names are sorted
-    in bounded runs on disk (samseg.edges.spill.sorted_strings)."""
+    A folder of a million files is never listed whole in memory: its names are sorted in bounded
+    runs on disk (samseg.edges.spill.sorted_strings); a glob's matches too, though Python's glob
+    reads the names of each folder it searches into a list first."""
     p = Path(arg)
     if p.is_dir():
         from samseg.edges.spill import sorted_strings
 
         with os.scandir(p) as entries:  # DirEntry.is_file: no stat per file where the OS gives its type
-            names = sorted_strings(e.name for e in entries if is_image_name(e.name) and e.is_file())
+            names = sorted_strings(e.name for e in entries if is_image_name(e.name) and _is_file(e))
             yield from (str(p / name) for name in names)
     elif _GLOB_CHARS & set(arg) and not p.exists():
         from samseg.edges.spill import sorted_strings
@@ -249,6 +251,17 @@ def iter_found_images(arg: str) -> Iterator[str]:
         yield from [arg] if first is None else itertools.chain([first], matches)  # no match → kept: "no such file"
     else:
         yield arg
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """entry.is_file(), False where pathlib's is_file says False: a link to nowhere or a link loop
+    named like an image is not one (a folder the user cannot read still raises)."""
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
 
 
 def is_image_name(name: str) -> bool:

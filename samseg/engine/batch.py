@@ -74,7 +74,7 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         given = check_dataset_request(job.out, classes.classes_from, model)
     job.fetch_weights()  # every missing weight named once, before any image or MLflow run
     # a sharded batch's parent holds neither its inputs nor their entries (samseg.edges.spill)
-    uris: Any = Listing(source) if fan_out == SHARDED else list_sources(source)
+    uris: Union[list[str], Listing] = Listing(source) if fan_out == SHARDED else list_sources(source)
     from samseg.engine.progress import report
 
     report("listed", n_images=len(uris))
@@ -117,6 +117,10 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         bounded(lambda: end_batch(batch_run_id, "KILLED"))  # a frozen server: the next start's sweep ends it
         raise
     class_report = None
+    if not isinstance(results, list):  # read twice below (the classes, the report): kept on disk if not already
+        from samseg.edges.spill import SpilledEntries, spill_entries
+
+        results = results if isinstance(results, SpilledEntries) else spill_entries(results)
     if fit_error is not None:  # the sample as computed; the images not started fail, naming why
         results, class_report = not_started(uris, results, fit_error), {"error": fit_error}
         if isinstance(uris, Listing):

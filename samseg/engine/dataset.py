@@ -16,12 +16,13 @@ the CLI's local orchestrator and the segment-batch and segment-shard flows alike
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sized
+from typing import Any, Callable, Collection, Iterable, Iterator, Optional
 
 from samseg.core.config import ClusterConfig
 from samseg.core.cosine_dbscan import Gram
@@ -172,7 +173,7 @@ def spread(n: int, k: int) -> list[int]:
     return sorted({(2 * i + 1) * n // (2 * k) for i in range(k)})
 
 
-def fit_then_assign(uris: Sized, job: Any, job_for: Callable[[bool, Optional[GivenClasses]], Any], classes: Any,
+def fit_then_assign(uris: Collection[str], job: Any, job_for: Callable[[bool, Optional[GivenClasses]], Any], classes: Any,
                     run_images: Callable[..., Iterable[dict[str, Any]]], execute: Execute = inline,
                     gram: Optional[Gram] = None, resumed: bool = False,
                     ) -> tuple[Optional[GivenClasses], Iterable[dict[str, Any]], Optional[str]]:
@@ -204,7 +205,8 @@ def fit_then_assign(uris: Sized, job: Any, job_for: Callable[[bool, Optional[Giv
     try:
         if not (resumed and exists(fitted)):  # (a resumed batch's fit is kept: see above)
             pick = set(spread(len(uris), int(classes.fit_images)))
-            picked = [pair for i, pair in enumerate(named_inputs(uris)) if i in pick]
+            # named as the full run names them (its shards: named_inputs too), read up to the last one picked
+            picked = [pair for i, pair in enumerate(itertools.islice(named_inputs(uris), max(pick, default=-1) + 1)) if i in pick]
             with progress.reporting(None):  # the progress bars count each image once: when it is assigned
                 sample = list(run_images([u for u, _ in picked], job_for(False, None), [n for _, n in picked]))
             done = [r["name"] for r in sample if r["status"] == "completed"]

@@ -113,7 +113,9 @@ def _run_segment(args: argparse.Namespace) -> int:
         raise UsageError(f"no images found in: {' '.join(args.inputs)}")
     # nothing to run: a mistyped path, a glob that matched none (workers of a deployment may see paths this host does not)
     found = uris if fan_out == "local" else iter_sources(inputs)  # auto: read until the first image that exists
-    if fan_out != "deployment" and not any(is_s3(u) or os.path.exists(u) for u in found):
+    missing = fan_out != "deployment" and not any(is_s3(u) or os.path.exists(u) for u in found)
+    del found  # a listing stopped early: its sort runs on disk go now, not when the batch ends
+    if missing:
         raise UsageError(f"not found: {' '.join(args.inputs)}")
     with stage_cache_root(args, shared=fan_out == "deployment") as cache:
         job = _job(args, cfg, out, cache)
