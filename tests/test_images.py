@@ -224,6 +224,14 @@ def test_a_folder_larger_than_a_sort_run_is_listed_sorted_from_runs_on_disk(tmp_
     assert find_images([str(tmp_path)]) == [str(tmp_path / n) for n in sorted(names[:-1])]
     assert list(spill.sorted_strings(iter(["b", "a", "c"]), run=2)) == ["a", "b", "c"]
     assert list(spill.sorted_strings(iter([]))) == []
+    many = [f"{i:03d}" for i in range(200)][::-1]  # 67 runs of 3, merged 4 at a time: at most 4 runs kept
+    opened = []
+    monkeypatch.setattr(spill, "open", lambda *a, **kw: opened.append(a[0]) or open(*a, **kw), raising=False)
+    merging = spill.sorted_strings(iter(many), run=3, fan_in=4)
+    assert next(merging) == "000" and len(list(scratch.iterdir())) == 1
+    assert len(list((next(scratch.iterdir())).iterdir())) <= 4 and len(opened) > 67  # runs and runs of runs
+    assert ["000", *merging] == sorted(many)
+    monkeypatch.delattr(spill, "open")
     stopped = spill.sorted_strings(iter("qwertyuiop"), run=3)
     assert next(stopped) == "e" and list(scratch.iterdir())
     stopped.close()  # a reader that stops early: its runs go too

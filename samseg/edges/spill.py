@@ -161,11 +161,13 @@ def spill_entries(entries: Iterable[dict[str, Any]], per_part: int = 1024) -> Sp
 
 
 SORT_RUN = 100_000  # strings sorted in memory at once (a few MB of file names); more are merged from disk
+MERGE_FAN_IN = 64  # runs open at once: more are merged into one first (10^8 names stay far below `ulimit -n`)
 
 
-def sorted_strings(strings: Iterable[str], run: Optional[int] = None) -> Iterator[str]:
+def sorted_strings(strings: Iterable[str], run: Optional[int] = None, fan_in: int = MERGE_FAN_IN) -> Iterator[str]:
     """sorted(strings), one at a time, holding at most `run` (default SORT_RUN) of them: more are
-    sorted in runs of `run`, each spilled to a local file (one JSON string a line), and the runs merged."""
+    sorted in runs of `run`, each spilled to a local file (one JSON string a line), and the runs
+    merged, at most `fan_in` files open at once."""
     import heapq
 
     run = run or SORT_RUN
@@ -175,15 +177,29 @@ def sorted_strings(strings: Iterable[str], run: Optional[int] = None) -> Iterato
         yield from chunk
         return
     with tempfile.TemporaryDirectory(prefix="samseg-sort-") as tmp:
-        runs = []
+        runs: list[Any] = []
+        names = (os.path.join(tmp, f"{i}.jsonl") for i in itertools.count())
+
+        def spill(sorted_run: Iterable[str]) -> Any:
+            f = open(next(names), "w+", encoding="utf-8")  # noqa: SIM115 — closed by the caller
+            f.writelines(json.dumps(s) + "\n" for s in sorted_run)
+            f.seek(0)
+            return f
+
+        def merged(files: list[Any]) -> Iterator[str]:
+            return heapq.merge(*((json.loads(line) for line in f) for f in files))
+
         try:
             while chunk:
-                f = open(os.path.join(tmp, f"{len(runs)}.jsonl"), "w+", encoding="utf-8")  # noqa: SIM115 — closed below
-                runs.append(f)
-                f.writelines(json.dumps(s) + "\n" for s in chunk)
-                f.seek(0)
+                runs.append(spill(chunk))
+                if len(runs) == fan_in:  # one run of them all, before another file is opened
+                    run_of_all = spill(merged(runs))
+                    for f in runs:
+                        f.close()
+                        os.unlink(f.name)
+                    runs = [run_of_all]
                 chunk = sorted(itertools.islice(it, run))
-            yield from heapq.merge(*((json.loads(line) for line in f) for f in runs))
+            yield from merged(runs)
         finally:
             for f in runs:
                 f.close()
