@@ -117,16 +117,13 @@ def run_batch(source: Source, job: SegmentJob, run_images: RunImages, classes: O
         bounded(lambda: end_batch(batch_run_id, "KILLED"))  # a frozen server: the next start's sweep ends it
         raise
     class_report = None
-    if not isinstance(results, list):  # read twice below (the classes, the report): kept on disk if not already
-        from samseg.edges.spill import SpilledEntries, spill_entries
+    from samseg.edges.spill import SpilledEntries, spill_entries
 
-        results = results if isinstance(results, SpilledEntries) else spill_entries(results)
+    if not isinstance(results, (list, SpilledEntries)):  # read twice below (the classes, the report): kept on disk
+        results = spill_entries(results)
     if fit_error is not None:  # the sample as computed; the images not started fail, naming why
         results, class_report = not_started(uris, results, fit_error), {"error": fit_error}
-        if isinstance(uris, Listing):
-            from samseg.edges.spill import spill_entries
-
-            results = spill_entries(results)
+        results = spill_entries(results) if isinstance(uris, Listing) else list(results)
     elif given is not None:
         class_report = record_assigned(job.out, results, given, batch_run_id, execute,
                                        register=classes.register if sampled else None,
