@@ -246,7 +246,7 @@ def iter_found_images(arg: str) -> Iterator[str]:
     elif _GLOB_CHARS & set(arg) and not p.exists():
         from samseg.edges.spill import sorted_strings
 
-        matches = sorted_strings(m for m in glob.iglob(arg) if is_image_name(Path(m).name) and Path(m).is_file())
+        matches = sorted_strings(m for m in glob.iglob(arg) if is_image_name(m) and Path(m).is_file())
         first = next(matches, None)
         yield from [arg] if first is None else itertools.chain([first], matches)  # no match → kept: "no such file"
     else:
